@@ -1,0 +1,107 @@
+// The CPU backend: OpenBLAS for products, vectorised loops on a thread pool for the rest.
+#include <cmath>
+
+#include "engine/backend/backend.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/relative_attention.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/vector_ops.h"
+
+namespace mnemo::engine {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() : pool_(kernels::ThreadPool::Default()) {}
+
+  std::string_view name() const override { return "cpu"; }
+  Device device() const override { return Device::kCpu; }
+
+  absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override {
+    return Tensor::Zeros(dtype, std::move(shape));
+  }
+
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
+    kernels::Linear(x.data<float>(), in, w.data<float>(),
+                    bias != nullptr ? bias->data<float>() : nullptr, y.data<float>(), out, rows, in,
+                    out);
+    return absl::OkStatus();
+  }
+
+  absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                         Tensor& y) override {
+    const int64_t rows = x.dim(0), n = x.dim(1);
+    const float* xp = x.data<float>();
+    float* yp = y.data<float>();
+    pool_.ParallelFor(rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        kernels::LayerNormRow(xp + r * n, gamma.data<float>(), beta.data<float>(), eps, yp + r * n,
+                              n);
+      }
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override {
+    const int64_t rows = y.dim(0), n = y.dim(1);
+    float* yp = y.data<float>();
+    pool_.ParallelFor(rows, 4, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        switch (act) {
+          case Activation::kRelu:
+            kernels::BiasRelu(yp + r * n, bias.data<float>(), n);
+            break;
+          case Activation::kGelu:
+            kernels::BiasGelu(yp + r * n, bias.data<float>(), n);
+            break;
+        }
+      }
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& y) override {
+    kernels::AddVectors(a.data<float>(), b.data<float>(), y.data<float>(), y.numel());
+    return absl::OkStatus();
+  }
+
+  absl::Status Embedding(const Tensor& table, const std::vector<int32_t>& ids, float scale,
+                         Tensor& y) override {
+    const int64_t d = table.dim(1);
+    for (size_t n = 0; n < ids.size(); ++n) {
+      const float* src = table.data<float>() + static_cast<int64_t>(ids[n]) * d;
+      float* dst = y.data<float>() + static_cast<int64_t>(n) * d;
+      for (int64_t i = 0; i < d; ++i) dst[i] = src[i] * scale;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) override {
+    std::vector<kernels::KvSpan> spans;
+    for (const RelativeAttentionArgs& a : batch) {
+      const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
+      const int64_t t = a.qkv->dim(0);
+      spans.clear();
+      a.memory->AppendSpans(spans);
+      const float* qkv = a.qkv->data<float>();
+      spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+      kernels::RelativeAttentionShape shape{a.num_heads, a.head_dim,   t,
+                                            a.memory->size(), a.mem_len_max, a.clamp_len,
+                                            a.same_length};
+      kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
+                                 a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
+                                 a.out->data<float>(), width, pool_);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  kernels::ThreadPool& pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace mnemo::engine

@@ -1,0 +1,147 @@
+#include "engine/model/model_config.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace mnemo::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+// Sizes above this are certainly mistakes and would overflow products downstream.
+constexpr int64_t kMaxDimension = int64_t{1} << 24;
+
+absl::Status FieldError(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("config.json: field \"", field, "\" ", what));
+}
+
+absl::StatusOr<int64_t> GetInt(const Json& j, const char* field, int64_t min, int64_t max) {
+  if (!j.contains(field)) return FieldError(field, "is missing");
+  const Json& v = j.at(field);
+  if (!v.is_number_integer()) return FieldError(field, "must be an integer");
+  const int64_t x = v.get<int64_t>();
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) {
+    return FieldError(field, absl::StrCat("must be at most ", max));
+  }
+  if (x < min || x > max) {
+    return FieldError(field, absl::StrCat("must be in [", min, ", ", max, "], got ", x));
+  }
+  return x;
+}
+
+absl::StatusOr<bool> GetBool(const Json& j, const char* field) {
+  if (!j.contains(field)) return FieldError(field, "is missing");
+  if (!j.at(field).is_boolean()) return FieldError(field, "must be true or false");
+  return j.at(field).get<bool>();
+}
+
+absl::StatusOr<std::string> GetString(const Json& j, const char* field) {
+  if (!j.contains(field)) return FieldError(field, "is missing");
+  if (!j.at(field).is_string()) return FieldError(field, "must be a string");
+  return j.at(field).get<std::string>();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
+  Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("config.json: top level must be an object");
+
+  static const std::set<std::string> kKnown = {
+      "architecture", "vocab_size",   "d_model",   "n_layer",        "n_head",
+      "d_head",       "d_inner",      "mem_len",   "clamp_len",      "same_length",
+      "pre_lnorm",    "untie_r",      "activation", "layer_norm_epsilon", "memory_init",
+      "tie_word_embeddings", "torch_dtype", "eos_token_id"};
+  for (const auto& item : j.items()) {
+    if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
+  }
+
+  ModelConfig c;
+  ASSIGN_OR_RETURN(c.architecture, GetString(j, "architecture"));
+  if (c.architecture != "transfo_xl") {
+    return FieldError("architecture", absl::StrCat("names unknown architecture \"", c.architecture,
+                                                   "\" (supported: transfo_xl)"));
+  }
+  ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", 1, kMaxDimension));
+  ASSIGN_OR_RETURN(c.d_model, GetInt(j, "d_model", 2, 1 << 16));
+  if (c.d_model % 2 != 0) return FieldError("d_model", "must be even (sinusoid table)");
+  ASSIGN_OR_RETURN(c.n_layer, GetInt(j, "n_layer", 1, 1024));
+  ASSIGN_OR_RETURN(c.n_head, GetInt(j, "n_head", 1, 1024));
+  ASSIGN_OR_RETURN(c.d_head, GetInt(j, "d_head", 1, 4096));
+  if (c.n_head * c.d_head > (1 << 16)) {
+    return FieldError("n_head", "times d_head must be at most 65536");
+  }
+  ASSIGN_OR_RETURN(c.d_inner, GetInt(j, "d_inner", 1, 1 << 18));
+  ASSIGN_OR_RETURN(c.mem_len, GetInt(j, "mem_len", 0, 1 << 20));
+  ASSIGN_OR_RETURN(c.clamp_len, GetInt(j, "clamp_len", 0, 1 << 20));
+  ASSIGN_OR_RETURN(c.same_length, GetBool(j, "same_length"));
+  ASSIGN_OR_RETURN(c.pre_lnorm, GetBool(j, "pre_lnorm"));
+  ASSIGN_OR_RETURN(c.untie_r, GetBool(j, "untie_r"));
+  ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings"));
+
+  ASSIGN_OR_RETURN(std::string activation, GetString(j, "activation"));
+  if (activation == "relu") {
+    c.activation = Activation::kRelu;
+  } else if (activation == "gelu") {
+    c.activation = Activation::kGelu;
+  } else {
+    return FieldError("activation", absl::StrCat("must be \"relu\" or \"gelu\", got \"",
+                                                 activation, "\""));
+  }
+
+  ASSIGN_OR_RETURN(std::string memory_init, GetString(j, "memory_init"));
+  if (memory_init == "zeros") {
+    c.memory_init = MemoryInit::kZeros;
+  } else if (memory_init == "empty") {
+    c.memory_init = MemoryInit::kEmpty;
+  } else {
+    return FieldError("memory_init", absl::StrCat("must be \"zeros\" or \"empty\", got \"",
+                                                  memory_init, "\""));
+  }
+
+  if (!j.contains("layer_norm_epsilon")) return FieldError("layer_norm_epsilon", "is missing");
+  if (!j.at("layer_norm_epsilon").is_number()) {
+    return FieldError("layer_norm_epsilon", "must be a number");
+  }
+  c.layer_norm_epsilon = j.at("layer_norm_epsilon").get<double>();
+  if (!(c.layer_norm_epsilon > 0.0 && c.layer_norm_epsilon < 1.0)) {
+    return FieldError("layer_norm_epsilon", "must be in (0, 1)");
+  }
+
+  ASSIGN_OR_RETURN(std::string dtype, GetString(j, "torch_dtype"));
+  auto parsed = ParseDTypeName(dtype);
+  if (!parsed.ok() || *parsed == DType::kI32) {
+    return FieldError("torch_dtype", absl::StrCat("must be float32, float16 or bfloat16, got \"",
+                                                  dtype, "\""));
+  }
+  c.dtype = *parsed;
+
+  if (j.contains("eos_token_id") && !j.at("eos_token_id").is_null()) {
+    ASSIGN_OR_RETURN(int64_t eos, GetInt(j, "eos_token_id", 0, c.vocab_size - 1));
+    c.eos_token_id = eos;
+  }
+  return c;
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = ParseModelConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+}  // namespace mnemo::engine

@@ -1,0 +1,74 @@
+// TransfoXlModel: a decoder-only Transformer-XL (relative positions, segment-level memory) run
+// on a Backend. One Forward call advances a ragged batch of sessions, each with its own state,
+// by a prefill segment of any length or a single decode token.
+//
+// Threading: a loaded model is immutable; Forward may run concurrently from several threads as
+// long as no SessionState is used by two calls at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/memory/session_state.h"
+#include "engine/model/model_config.h"
+#include "engine/model/transfo_xl_weights.h"
+
+namespace mnemo::engine {
+
+// One session's part of a batch.
+struct SequenceInput {
+  const int32_t* tokens = nullptr;  // [num_tokens] token ids
+  int64_t num_tokens = 0;
+  SessionState* state = nullptr;
+};
+
+enum class LogitsMode : uint8_t {
+  kNone,  // only update the states (ingest)
+  kLast,  // logits of each sequence's last token: [batch, vocab]
+  kAll,   // logits of every token, sequences concatenated in batch order: [Σ num_tokens, vocab]
+};
+
+class TransfoXlModel {
+ public:
+  // Loads `<dir>/config.json` and `<dir>/model.safetensors` onto the CPU backend.
+  static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Load(const std::string& dir);
+  // Builds a model from already-loaded parts (tests, converters).
+  static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Create(ModelConfig config,
+                                                                TransfoXlWeights weights,
+                                                                std::unique_ptr<Backend> backend);
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
+
+  // A fresh session state: memory of mem_len projected zero rows ("zeros") or empty ("empty").
+  SessionState NewState() const;
+  // Bytes of one session's state (exact; equals NewState().bytes()).
+  size_t StateBytes() const;
+
+  // Runs the batch. On INVALID_ARGUMENT (a token id outside the vocabulary, an empty sequence, a
+  // state from another model, the same state twice) no state is modified. `logits` receives a
+  // float32 host tensor shaped as LogitsMode says (untouched for kNone).
+  absl::Status Forward(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
+
+ private:
+  TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
+  absl::Status Validate(const std::vector<SequenceInput>& batch) const;
+  // The layer's distance table with at least `rows` rows: the precomputed one when it is long
+  // enough, else one computed for this call into `scratch`.
+  absl::StatusOr<const Tensor*> RelativeTable(int layer, int64_t rows, Tensor& scratch) const;
+  // [rows, D] sinusoid embeddings of distances 0 … rows − 1, clamped to clamp_len.
+  Tensor Sinusoids(int64_t rows) const;
+
+  ModelConfig config_;
+  TransfoXlWeights weights_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<Tensor> rel_tables_;  // per layer [P, H·d_h]
+  std::vector<Tensor> zero_keys_;   // per layer [H·d_h]: key of a zero hidden row
+  std::vector<Tensor> zero_values_;  // per layer [H·d_h]
+};
+
+}  // namespace mnemo::engine

@@ -1,0 +1,103 @@
+#include "engine/model/transfo_xl_weights.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/status_macros.h"
+
+namespace mnemo::engine {
+namespace {
+
+class TensorReader {
+ public:
+  TensorReader(const ModelConfig& config, const SafetensorsFile& file)
+      : config_(config), file_(file) {}
+
+  absl::StatusOr<Tensor> Read(const std::string& name, std::vector<int64_t> shape) {
+    used_.insert(name);
+    const SafetensorsTensor* t = file_.Find(name);
+    if (t == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_.path(), ": missing tensor \"", name, "\" ", ShapeToString(shape)));
+    }
+    if (t->shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(file_.path(), ": tensor \"", name,
+                                                     "\" has shape ", ShapeToString(t->shape),
+                                                     ", config.json implies ",
+                                                     ShapeToString(shape)));
+    }
+    if (t->dtype != config_.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
+          " but config.json torch_dtype is ", DTypeName(config_.dtype)));
+    }
+    Tensor out = Tensor::Zeros(DType::kF32, std::move(shape));
+    ConvertToFloat(t->dtype, t->data, out.data<float>(), static_cast<size_t>(out.numel()));
+    return out;
+  }
+
+  // Every tensor of the file must have been read.
+  absl::Status CheckNoExtra() const {
+    std::vector<std::string> extra;
+    for (const SafetensorsTensor& t : file_.tensors()) {
+      if (!used_.count(t.name)) extra.push_back(t.name);
+    }
+    if (extra.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        file_.path(), ": unexpected tensor(s) not used by this config: ", absl::StrJoin(extra, ", ")));
+  }
+
+ private:
+  const ModelConfig& config_;
+  const SafetensorsFile& file_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& c,
+                                                      const SafetensorsFile& file) {
+  TensorReader reader(c, file);
+  const int64_t d = c.d_model, hd = c.attn_width();
+  TransfoXlWeights w;
+  ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, d}));
+  Tensor shared_r_w, shared_r_r;
+  if (!c.untie_r) {
+    ASSIGN_OR_RETURN(shared_r_w, reader.Read("r_w_bias", {c.n_head, c.d_head}));
+    ASSIGN_OR_RETURN(shared_r_r, reader.Read("r_r_bias", {c.n_head, c.d_head}));
+  }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    TransfoXlLayerWeights lw;
+    ASSIGN_OR_RETURN(lw.qkv, reader.Read(p + "attn.qkv.weight", {3 * hd, d}));
+    ASSIGN_OR_RETURN(lw.r, reader.Read(p + "attn.r.weight", {hd, d}));
+    ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
+    ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.ln.weight", {d}));
+    ASSIGN_OR_RETURN(lw.attn_ln_beta, reader.Read(p + "attn.ln.bias", {d}));
+    if (c.untie_r) {
+      ASSIGN_OR_RETURN(lw.r_w_bias, reader.Read(p + "attn.r_w_bias", {c.n_head, c.d_head}));
+      ASSIGN_OR_RETURN(lw.r_r_bias, reader.Read(p + "attn.r_r_bias", {c.n_head, c.d_head}));
+    } else {
+      lw.r_w_bias = shared_r_w;
+      lw.r_r_bias = shared_r_r;
+    }
+    ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {c.d_inner, d}));
+    ASSIGN_OR_RETURN(lw.fc1_bias, reader.Read(p + "ff.fc1.bias", {c.d_inner}));
+    ASSIGN_OR_RETURN(lw.fc2, reader.Read(p + "ff.fc2.weight", {d, c.d_inner}));
+    ASSIGN_OR_RETURN(lw.fc2_bias, reader.Read(p + "ff.fc2.bias", {d}));
+    ASSIGN_OR_RETURN(lw.ff_ln_gamma, reader.Read(p + "ff.ln.weight", {d}));
+    ASSIGN_OR_RETURN(lw.ff_ln_beta, reader.Read(p + "ff.ln.bias", {d}));
+    w.layers.push_back(std::move(lw));
+  }
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.word_emb;
+  } else {
+    ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, d}));
+  }
+  ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
+  RETURN_IF_ERROR(reader.CheckNoExtra());
+  return w;
+}
+
+}  // namespace mnemo::engine

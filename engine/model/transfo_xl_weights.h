@@ -1,0 +1,37 @@
+// The weights of a Transformer-XL checkpoint, loaded from safetensors into float32 host tensors
+// (CHECKPOINT-FORMAT.md names and shapes), with every tensor checked by name, shape and dtype.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/checkpoint/safetensors.h"
+#include "engine/model/model_config.h"
+#include "engine/tensor/tensor.h"
+
+namespace mnemo::engine {
+
+struct TransfoXlLayerWeights {
+  Tensor qkv;                 // [3·H·d_h, D]
+  Tensor r;                   // [H·d_h, D]
+  Tensor o;                   // [D, H·d_h]
+  Tensor attn_ln_gamma, attn_ln_beta;  // [D]
+  Tensor r_w_bias, r_r_bias;  // [H, d_h] (shared tensors when !untie_r)
+  Tensor fc1, fc1_bias;       // [d_inner, D], [d_inner]
+  Tensor fc2, fc2_bias;       // [D, d_inner], [D]
+  Tensor ff_ln_gamma, ff_ln_beta;  // [D]
+};
+
+struct TransfoXlWeights {
+  Tensor word_emb;  // [V, D]
+  std::vector<TransfoXlLayerWeights> layers;
+  Tensor lm_head;       // [V, D]; shares word_emb's buffer when tied
+  Tensor lm_head_bias;  // [V]
+};
+
+// Loads and checks every tensor. Errors (INVALID_ARGUMENT) name the tensor: missing, unexpected,
+// wrong shape, or a dtype other than config.dtype.
+absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
+                                                      const SafetensorsFile& file);
+
+}  // namespace mnemo::engine

@@ -1,0 +1,113 @@
+#include "engine/sampling/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace mnemo::engine {
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  if (!(p.temperature >= 0.0f && p.temperature <= 100.0f)) {
+    return absl::InvalidArgumentError("temperature must be in [0, 100]");
+  }
+  if (p.top_k < 0) return absl::InvalidArgumentError("top_k must be ≥ 0");
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError("top_p must be in (0, 1]");
+  }
+  if (!(p.repetition_penalty > 0.0f && p.repetition_penalty <= 100.0f)) {
+    return absl::InvalidArgumentError("repetition_penalty must be in (0, 100]");
+  }
+  if (p.top_logprobs < 0 || p.top_logprobs > 20) {
+    return absl::InvalidArgumentError("top_logprobs must be in [0, 20]");
+  }
+  return absl::OkStatus();
+}
+
+void LogSoftmax(const float* logits, int64_t n, float* out) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, logits[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i] - max));
+  const float log_z = max + static_cast<float>(std::log(sum));
+  for (int64_t i = 0; i < n; ++i) out[i] = logits[i] - log_z;
+}
+
+Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {}
+
+double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+
+SampledToken Sampler::Sample(const float* logits, int64_t vocab,
+                             const std::vector<int32_t>& history) {
+  SampledToken result;
+  work_.resize(static_cast<size_t>(vocab));
+  LogSoftmax(logits, vocab, work_.data());  // model log-probabilities for reporting
+  if (params_.top_logprobs > 0) {
+    const int64_t k = std::min<int64_t>(params_.top_logprobs, vocab);
+    order_.resize(static_cast<size_t>(vocab));
+    std::iota(order_.begin(), order_.end(), 0);
+    std::partial_sort(order_.begin(), order_.begin() + k, order_.end(),
+                      [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
+    for (int64_t i = 0; i < k; ++i) result.top.emplace_back(order_[i], work_[order_[i]]);
+  }
+  const std::vector<float> model_logprobs = work_;
+
+  // Adjusted logits: repetition penalty, then temperature.
+  std::copy(logits, logits + vocab, work_.begin());
+  if (params_.repetition_penalty != 1.0f) {
+    for (int32_t id : history) {
+      if (id < 0 || id >= vocab) continue;
+      float& l = work_[id];
+      l = l > 0.0f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
+    }
+  }
+  int32_t chosen;
+  if (params_.temperature == 0.0f) {
+    chosen = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
+  } else {
+    for (float& l : work_) l /= params_.temperature;
+    // Candidates sorted by logit (descending), cut by top-k, then by top-p.
+    order_.resize(static_cast<size_t>(vocab));
+    std::iota(order_.begin(), order_.end(), 0);
+    int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, vocab) : vocab;
+    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
+                      [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
+    const float max = work_[order_[0]];
+    std::vector<double> probs(static_cast<size_t>(keep));
+    double total = 0.0;
+    for (int64_t i = 0; i < keep; ++i) {
+      probs[i] = std::exp(static_cast<double>(work_[order_[i]] - max));
+      total += probs[i];
+    }
+    if (params_.top_p < 1.0f) {
+      double cumulative = 0.0;
+      int64_t cut = keep;
+      for (int64_t i = 0; i < keep; ++i) {
+        cumulative += probs[i] / total;
+        if (cumulative >= params_.top_p) {
+          cut = i + 1;
+          break;
+        }
+      }
+      keep = cut;
+      total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+    }
+    const double target = Uniform() * total;
+    double running = 0.0;
+    chosen = order_[keep - 1];
+    for (int64_t i = 0; i < keep; ++i) {
+      running += probs[i];
+      if (target < running) {
+        chosen = order_[i];
+        break;
+      }
+    }
+  }
+  result.id = chosen;
+  result.logprob = model_logprobs[chosen];
+  return result;
+}
+
+}  // namespace mnemo::engine

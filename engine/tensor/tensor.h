@@ -1,0 +1,56 @@
+// Tensor: a shared buffer + dtype + device + shape. No autograd, no strides beyond row views:
+// the engine runs one model family and keeps tensors contiguous.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+
+namespace mnemo::engine {
+
+enum class Device : uint8_t { kCpu, kCuda };
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Wraps `buffer` (owned through the shared_ptr's deleter) holding a contiguous tensor.
+  Tensor(std::shared_ptr<void> buffer, DType dtype, Device device, std::vector<int64_t> shape);
+
+  // A zero-filled host tensor, 64-byte aligned.
+  static Tensor Zeros(DType dtype, std::vector<int64_t> shape);
+
+  bool defined() const { return buffer_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const { return shape_[static_cast<size_t>(i)]; }
+  int64_t numel() const;
+  size_t bytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype_); }
+
+  void* raw() const { return buffer_.get(); }
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(buffer_.get());
+  }
+
+  // Rows [begin, end) along the first dimension, sharing this tensor's buffer.
+  Tensor Rows(int64_t begin, int64_t end) const;
+
+  // "[2, 3, 4]"
+  std::string ShapeString() const;
+
+ private:
+  std::shared_ptr<void> buffer_;
+  DType dtype_ = DType::kF32;
+  Device device_ = Device::kCpu;
+  std::vector<int64_t> shape_;
+};
+
+std::string ShapeToString(const std::vector<int64_t>& shape);
+
+}  // namespace mnemo::engine

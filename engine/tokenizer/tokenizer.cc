@@ -1,0 +1,96 @@
+#include "engine/tokenizer/tokenizer.h"
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "engine/tokenizer/sentencepiece_processor_wrapper.h"
+
+namespace mnemo::engine {
+namespace {
+
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  int64_t vocab_size() const override { return processor_.vocab_size(); }
+
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const override {
+    if (!IsValidUtf8(text)) return absl::InvalidArgumentError("text is not valid UTF-8");
+    std::vector<int> ids;
+    const std::string error = processor_.Encode(std::string(text), &ids);
+    if (!error.empty()) return absl::InvalidArgumentError(absl::StrCat("tokenizer: ", error));
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  }
+
+  absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const override {
+    for (int32_t id : ids) {
+      if (id < 0 || id >= vocab_size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " outside vocabulary [0, ", vocab_size(), ")"));
+      }
+    }
+    std::string text;
+    const std::string error = processor_.Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+    if (!error.empty()) return absl::InvalidArgumentError(absl::StrCat("tokenizer: ", error));
+    return text;
+  }
+
+  int32_t eos_id() const override { return processor_.eos_id(); }
+
+  spm::Processor processor_;
+};
+
+// Expected length of a UTF-8 sequence from its lead byte; 0 for an invalid lead.
+int SequenceLength(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xc2 && lead <= 0xdf) return 2;
+  if (lead >= 0xe0 && lead <= 0xef) return 3;
+  if (lead >= 0xf0 && lead <= 0xf4) return 4;
+  return 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path) {
+  if (!std::ifstream(path).good()) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  auto tokenizer = std::make_unique<SentencePieceTokenizer>();
+  const std::string error = tokenizer->processor_.Load(path);
+  if (!error.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a sentencepiece model: ", error));
+  }
+  return tokenizer;
+}
+
+bool IsValidUtf8(std::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const int len = SequenceLength(s[i]);
+    if (len == 0 || i + static_cast<size_t>(len) > n) return false;
+    for (int k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xc0) != 0x80) return false;
+    }
+    if (len == 3) {
+      if (s[i] == 0xe0 && s[i + 1] < 0xa0) return false;  // overlong
+      if (s[i] == 0xed && s[i + 1] >= 0xa0) return false;  // surrogate
+    } else if (len == 4) {
+      if (s[i] == 0xf0 && s[i + 1] < 0x90) return false;  // overlong
+      if (s[i] == 0xf4 && s[i + 1] >= 0x90) return false;  // > U+10FFFF
+    }
+    i += static_cast<size_t>(len);
+  }
+  return true;
+}
+
+size_t CompleteUtf8Prefix(std::string_view text) {
+  const size_t n = text.size();
+  // A sequence is at most 4 bytes: look back at most 3 bytes for an unfinished lead byte.
+  for (size_t back = 1; back <= 3 && back <= n; ++back) {
+    const auto c = static_cast<unsigned char>(text[n - back]);
+    if ((c & 0xc0) == 0x80) continue;  // continuation byte: keep looking for the lead
+    const int len = SequenceLength(c);
+    return (len > static_cast<int>(back)) ? n - back : n;
+  }
+  return n;
+}
+
+}  // namespace mnemo::engine

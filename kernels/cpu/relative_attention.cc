@@ -1,0 +1,177 @@
+#include "kernels/cpu/relative_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/vector_ops.h"
+
+namespace mnemo::kernels {
+namespace {
+
+constexpr int64_t kQueryBlock = 128;  // query rows per score block: bounds the workspace
+
+int64_t EffectiveClamp(const RelativeAttentionShape& s) {
+  return s.clamp_len > 0 ? s.clamp_len : std::numeric_limits<int64_t>::max();
+}
+
+// First key query i may see. Hugging Face rule for same_length: with K = M + T keys and
+// K > mem_len_max, forbid j ≤ i − (mem_len_max − M); otherwise nothing extra is masked.
+int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
+  if (!s.same_length) return 0;
+  const int64_t k = s.memory_len + s.query_len;
+  const int64_t shift = k > s.mem_len_max ? s.mem_len_max - s.memory_len : s.query_len;
+  return std::max<int64_t>(0, i - shift + 1);
+}
+
+// Finds the span holding key position j (spans are few: ring halves plus the new rows).
+struct KeyCursor {
+  const std::vector<KvSpan>* spans;
+  size_t index = 0;
+  int64_t base = 0;  // key position of spans[index].rows[0]
+  void Seek(int64_t j) {
+    while (j >= base + (*spans)[index].rows) {
+      base += (*spans)[index].rows;
+      ++index;
+    }
+  }
+};
+
+void AttendOneQuery(const RelativeAttentionShape& s, const float* q, const std::vector<KvSpan>& keys,
+                    const float* rk, int64_t ldr, const float* r_w_bias, const float* r_r_bias,
+                    float* out, int head, std::vector<float>& work) {
+  const int dh = s.head_dim;
+  const int64_t i = 0;
+  const int64_t last = s.memory_len + i;  // the query's own position
+  const int64_t first = FirstVisibleKey(s, i);
+  const int64_t clamp = EffectiveClamp(s);
+  const int64_t n = last - first + 1;
+  const int64_t table_rows = std::min(last - first, clamp) + 1;
+  work.resize(2 * dh + n + table_rows);
+  float* qu = work.data();
+  float* qv = qu + dh;
+  float* scores = qv + dh;
+  float* bd = scores + n;
+  const float* qh = q + head * dh;
+  for (int d = 0; d < dh; ++d) {
+    qu[d] = qh[d] + r_w_bias[head * dh + d];
+    qv[d] = qh[d] + r_r_bias[head * dh + d];
+  }
+  // Positional term once per distance (distances > clamp share the last row).
+  for (int64_t p = 0; p < table_rows; ++p) bd[p] = Dot(qv, rk + p * ldr + head * dh, dh);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  KeyCursor cursor{&keys};
+  for (int64_t j = first; j <= last; ++j) {
+    cursor.Seek(j);
+    const KvSpan& span = keys[cursor.index];
+    const float* k = span.k + (j - cursor.base) * span.ld + head * dh;
+    scores[j - first] = (Dot(qu, k, dh) + bd[std::min(last - j, clamp)]) * scale;
+  }
+  SoftmaxRow(scores, n);
+  float* o = out + head * dh;
+  std::fill(o, o + dh, 0.0f);
+  cursor = KeyCursor{&keys};
+  for (int64_t j = first; j <= last; ++j) {
+    cursor.Seek(j);
+    const KvSpan& span = keys[cursor.index];
+    Axpy(scores[j - first], span.v + (j - cursor.base) * span.ld + head * dh, o, dh);
+  }
+}
+
+void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
+                 const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
+                 const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo, int head,
+                 int64_t i0, int64_t i1, std::vector<float>& work, ThreadPool& pool) {
+  const int dh = s.head_dim;
+  const int64_t b = i1 - i0;
+  const int64_t col0 = FirstVisibleKey(s, i0);          // first key any row of the block sees
+  const int64_t col1 = s.memory_len + i1;               // one past the last key it sees
+  const int64_t ncols = col1 - col0;
+  const int64_t clamp = EffectiveClamp(s);
+  const int64_t table_rows = std::min(col1 - 1 - col0, clamp) + 1;  // max distance in the block + 1
+  work.resize(2 * b * dh + b * ncols + b * table_rows);
+  float* qu = work.data();           // [b, dh]
+  float* qv = qu + b * dh;           // [b, dh]
+  float* scores = qv + b * dh;       // [b, ncols]
+  float* bd = scores + b * ncols;    // [b, table_rows]
+  for (int64_t r = 0; r < b; ++r) {
+    const float* qh = q + (i0 + r) * ldq + head * dh;
+    AddVectors(qh, r_w_bias + head * dh, qu + r * dh, dh);
+    AddVectors(qh, r_r_bias + head * dh, qv + r * dh, dh);
+  }
+  // Content term against every key span overlapping [col0, col1).
+  int64_t base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
+    if (lo < hi) {
+      GemmNT(b, hi - lo, dh, 1.0f, qu, dh, span.k + (lo - base) * span.ld + head * dh, span.ld,
+             0.0f, scores + (lo - col0), ncols);
+    }
+    base += span.rows;
+  }
+  // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
+  GemmNT(b, table_rows, dh, 1.0f, qv, dh, rk + head * dh, ldr, 0.0f, bd, table_rows);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  pool.ParallelFor(b, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t last = s.memory_len + i;
+      const int64_t first = FirstVisibleKey(s, i);
+      float* row = scores + r * ncols;
+      const float* bd_row = bd + r * table_rows;
+      for (int64_t j = first; j <= last; ++j) {
+        row[j - col0] = (row[j - col0] + bd_row[std::min(last - j, clamp)]) * scale;
+      }
+      SoftmaxRow(row + (first - col0), last - first + 1);
+      std::fill(row, row + (first - col0), 0.0f);
+      std::fill(row + (last - col0) + 1, row + ncols, 0.0f);
+    }
+  });
+  // out[b, dh] = P · V over the same spans, accumulating after the first product.
+  float beta = 0.0f;
+  base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
+    if (lo < hi) {
+      GemmNN(b, dh, hi - lo, 1.0f, scores + (lo - col0), ncols,
+             span.v + (lo - base) * span.ld + head * dh, span.ld, beta, out + i0 * ldo + head * dh,
+             ldo);
+      beta = 1.0f;
+    }
+    base += span.rows;
+  }
+}
+
+}  // namespace
+
+int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape) {
+  return std::min(shape.memory_len + shape.query_len - 1, EffectiveClamp(shape)) + 1;
+}
+
+void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
+                       const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
+                       const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,
+                       ThreadPool& pool) {
+  if (shape.query_len <= 0) return;
+  if (shape.query_len == 1) {
+    pool.ParallelFor(shape.num_heads, 1, [&](int64_t h0, int64_t h1) {
+      thread_local std::vector<float> work;
+      for (int64_t h = h0; h < h1; ++h) {
+        AttendOneQuery(shape, q, keys, rk, ldr, r_w_bias, r_r_bias, out, static_cast<int>(h),
+                       work);
+      }
+    });
+    return;
+  }
+  thread_local std::vector<float> work;
+  for (int h = 0; h < shape.num_heads; ++h) {
+    for (int64_t i0 = 0; i0 < shape.query_len; i0 += kQueryBlock) {
+      const int64_t i1 = std::min(shape.query_len, i0 + kQueryBlock);
+      AttendBlock(shape, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work,
+                  pool);
+    }
+  }
+}
+
+}  // namespace mnemo::kernels

@@ -1,0 +1,48 @@
+// Transformer-XL relative-position attention over [memory | segment] on the CPU (MODEL-SPEC §1.1):
+//   score[i,j] = ((q_i + u)·k_j + (q_i + v)·Rk[min(δ, clamp)]) / sqrt(d_h),  δ = (M + i) − j,
+// causal (j ≤ M + i) and, with same_length, every query sees at most mem_len_max keys. The
+// positional term indexes the distance table directly instead of materialising shifted matrices.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/thread_pool.h"
+
+namespace mnemo::kernels {
+
+// A run of consecutive key positions (oldest first); k/v rows are `ld` floats apart and hold all
+// heads of a position ([rows, H·d_h] with head h at columns h·d_h … h·d_h + d_h − 1).
+struct KvSpan {
+  const float* k;
+  const float* v;
+  int64_t ld;
+  int64_t rows;
+};
+
+struct RelativeAttentionShape {
+  int num_heads;        // H
+  int head_dim;         // d_h
+  int64_t query_len;    // T: new positions; they are the last T keys
+  int64_t memory_len;   // M: keys before the new positions
+  int64_t mem_len_max;  // configured mem_len (same_length rule)
+  int64_t clamp_len;    // 0 = no clamp
+  bool same_length;
+};
+
+// Rows of the distance table that a call reads: distances 0 … min(M + T − 1, clamp).
+int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
+
+// q:   [T, H·d_h], row stride ldq.
+// keys: spans covering exactly M + T key positions, oldest first.
+// rk:  [rows ≥ RelativeTableRowsNeeded, H·d_h], row p = W_r · sinusoid(p), row stride ldr.
+// r_w_bias, r_r_bias: [H, d_h] (u and v of the paper).
+// out: [T, H·d_h], row stride ldo.
+// Multi-row calls run their products through BLAS; T = 1 (decode) runs vector loops split over
+// heads on `pool`.
+void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
+                       const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
+                       const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,
+                       ThreadPool& pool);
+
+}  // namespace mnemo::kernels

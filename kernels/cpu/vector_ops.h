@@ -1,0 +1,33 @@
+// Vectorised float32 loops of the CPU backend: dot products, norms, activations, softmax.
+// Each function is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load time
+// (GCC target_clones), so shipped binaries need no -march=native.
+#pragma once
+
+#include <cstdint>
+
+namespace mnemo::kernels {
+
+// Σ a[i]·b[i], accumulated in float32 lanes.
+float Dot(const float* a, const float* b, int64_t n);
+// y[i] += alpha·x[i].
+void Axpy(float alpha, const float* x, float* y, int64_t n);
+// y[i] = a[i] + b[i] (y may alias a or b).
+void AddVectors(const float* a, const float* b, float* y, int64_t n);
+// y[i] = exp(x[i]) for x ≤ 88; inputs below -87 give 0. Max relative error ~2 ulp.
+void ExpInPlace(float* x, int64_t n);
+
+// LayerNorm of one row: y = (x − mean)/sqrt(var + eps)·gamma + beta, statistics in float32
+// with a two-pass variance (numerically safe for rows with a large mean). y may alias x.
+void LayerNormRow(const float* x, const float* gamma, const float* beta, float eps, float* y,
+                  int64_t n);
+
+// In-place y = relu(y + bias) and y = gelu(y + bias) (exact erf form, as torch's default).
+void BiasRelu(float* y, const float* bias, int64_t n);
+void BiasGelu(float* y, const float* bias, int64_t n);
+// y += bias.
+void AddBias(float* y, const float* bias, int64_t n);
+
+// Numerically stable in-place softmax of one row (subtracts the row max before exp).
+void SoftmaxRow(float* x, int64_t n);
+
+}  // namespace mnemo::kernels
