@@ -7,13 +7,11 @@ namespace mnemo {
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
     case DType::kF32:
-      return 4;
-    case DType::kF16:
-      return 2;
-    case DType::kBF16:
-      return 2;
     case DType::kI32:
       return 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
   }
   return 0;
 }
@@ -37,8 +35,8 @@ absl::StatusOr<DType> ParseDTypeName(std::string_view name) {
   if (name == "float16") return DType::kF16;
   if (name == "bfloat16") return DType::kBF16;
   if (name == "int32") return DType::kI32;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype \"", std::string(name), "\" (expected float32, float16, bfloat16 or int32)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dtype \"", std::string(name), "\" (expected float32, float16, bfloat16 or int32)"));
 }
 
 float HalfToFloat(uint16_t h) {
@@ -73,13 +71,13 @@ uint16_t FloatToHalf(float f) {
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;     // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;    // overflow (≥ 65520 rounds to inf)
-  if (abs < 0x38800000u) {                          // result is subnormal or zero
-    if (abs < 0x33000000u) return sign;             // < 2^-25 rounds to zero
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (≥ 65520 rounds to inf)
+  if (abs < 0x38800000u) {                        // result is subnormal or zero
+    if (abs < 0x33000000u) return sign;           // < 2^-25 rounds to zero
     const uint32_t exponent = abs >> 23;
     const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - exponent;          // 14..24
+    const uint32_t shift = 126 - exponent;  // 14..24
     uint32_t half = mantissa >> shift;
     const uint32_t rest = mantissa & ((1u << shift) - 1);
     const uint32_t halfway = 1u << (shift - 1);

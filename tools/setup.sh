@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything mnemo needs on Debian bookworm, idempotently: the Debian packages for the
-# C++ build and the Python test tooling (a venv in .venv that sees Debian's python3-torch).
-# Usage: tools/setup.sh            (build + test dependencies)
-# Safe to run again: it only installs what is missing.
+# Installs what mnemo needs on Debian bookworm, idempotently (only what is missing).
+#   tools/setup.sh build   Debian packages for building and running (C++ toolchain, libraries)
+#   tools/setup.sh test    the above, the test tooling, and a venv in .venv that sees Debian's
+#                          python3-torch and adds pinned PyPI packages (tools/requirements.txt)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-test}
 
 debs=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libabsl-dev libopenblas-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
-  clang-format clang-tidy
-  python3 python3-venv python3-pip python3-numpy python3-torch
+  python3 python3-numpy
 )
+if [ "$mode" = test ]; then
+  debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
+         python3-venv python3-pip python3-torch)
+elif [ "$mode" != build ]; then
+  echo "usage: tools/setup.sh [build|test]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${debs[@]}"; do
@@ -20,13 +26,17 @@ for p in "${debs[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
-  sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
+    "${missing[@]}"
 fi
 
-# Python test tooling: Debian's torch, PyPI for the rest (pinned; transformers 4.27 still ships
-# TransfoXL and works with torch 1.13).
+[ "$mode" = test ] || exit 0
+
+# Python test tooling: Debian's torch (system site packages), PyPI for the rest, pinned
+# (transformers 4.27 still ships TransfoXL and works with torch 1.13).
 venv=$root/.venv
 stamp=$venv/.mnemo-requirements
 req=$root/tools/requirements.txt

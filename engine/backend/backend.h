@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/tensor/tensor.h"

@@ -1,8 +1,6 @@
 #include "engine/checkpoint/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,8 +9,11 @@
 #include <set>
 
 #include <nlohmann/json.hpp>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 
 namespace mnemo::engine {
@@ -131,7 +132,9 @@ absl::Status SafetensorsFile::Parse(const unsigned char* bytes, size_t size) {
       }
       continue;
     }
-    auto terr = [&](absl::string_view what) { return error(absl::StrCat("tensor \"", name, "\": ", what)); };
+    auto terr = [&](absl::string_view what) {
+      return error(absl::StrCat("tensor \"", name, "\": ", what));
+    };
     if (!v.is_object()) return terr("entry must be an object");
     for (const auto& f : v.items()) {
       if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets") {
@@ -168,9 +171,8 @@ absl::Status SafetensorsFile::Parse(const unsigned char* bytes, size_t size) {
     }
     const uint64_t expected = numel * DTypeSize(*dtype);
     if (end - begin != expected) {
-      return terr(absl::StrCat("holds ", end - begin, " bytes but shape ", "[",
-                               shape_json.dump(), "] of ", v.at("dtype").get<std::string>(),
-                               " needs ", expected));
+      return terr(absl::StrCat("holds ", end - begin, " bytes but shape ", "[", shape_json.dump(),
+                               "] of ", v.at("dtype").get<std::string>(), " needs ", expected));
     }
     ranges.push_back({static_cast<size_t>(begin), static_cast<size_t>(end), tensors_.size()});
     tensors_.push_back(SafetensorsTensor{name, *dtype, std::move(shape), data + begin,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "base/dtype.h"
 
 namespace mnemo::engine {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 
 namespace mnemo::engine {
@@ -54,11 +55,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: top level must be an object");
 
-  static const std::set<std::string> kKnown = {
-      "architecture", "vocab_size",   "d_model",   "n_layer",        "n_head",
-      "d_head",       "d_inner",      "mem_len",   "clamp_len",      "same_length",
-      "pre_lnorm",    "untie_r",      "activation", "layer_norm_epsilon", "memory_init",
-      "tie_word_embeddings", "torch_dtype", "eos_token_id"};
+  static const std::set<std::string> kKnown = {"architecture", "vocab_size",
+                                               "d_model",      "n_layer",
+                                               "n_head",       "d_head",
+                                               "d_inner",      "mem_len",
+                                               "clamp_len",    "same_length",
+                                               "pre_lnorm",    "untie_r",
+                                               "activation",   "layer_norm_epsilon",
+                                               "memory_init",  "tie_word_embeddings",
+                                               "torch_dtype",  "eos_token_id"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -92,8 +97,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   } else if (activation == "gelu") {
     c.activation = Activation::kGelu;
   } else {
-    return FieldError("activation", absl::StrCat("must be \"relu\" or \"gelu\", got \"",
-                                                 activation, "\""));
+    return FieldError("activation",
+                      absl::StrCat("must be \"relu\" or \"gelu\", got \"", activation, "\""));
   }
 
   ASSIGN_OR_RETURN(std::string memory_init, GetString(j, "memory_init"));
@@ -102,8 +107,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   } else if (memory_init == "empty") {
     c.memory_init = MemoryInit::kEmpty;
   } else {
-    return FieldError("memory_init", absl::StrCat("must be \"zeros\" or \"empty\", got \"",
-                                                  memory_init, "\""));
+    return FieldError("memory_init",
+                      absl::StrCat("must be \"zeros\" or \"empty\", got \"", memory_init, "\""));
   }
 
   if (!j.contains("layer_norm_epsilon")) return FieldError("layer_norm_epsilon", "is missing");
@@ -118,8 +123,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(std::string dtype, GetString(j, "torch_dtype"));
   auto parsed = ParseDTypeName(dtype);
   if (!parsed.ok() || *parsed == DType::kI32) {
-    return FieldError("torch_dtype", absl::StrCat("must be float32, float16 or bfloat16, got \"",
-                                                  dtype, "\""));
+    return FieldError("torch_dtype",
+                      absl::StrCat("must be float32, float16 or bfloat16, got \"", dtype, "\""));
   }
   c.dtype = *parsed;
 

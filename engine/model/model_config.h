@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+
 #include "base/dtype.h"
 
 namespace mnemo::engine {

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 #include "engine/checkpoint/safetensors.h"
 #include "kernels/cpu/relative_attention.h"
@@ -32,8 +33,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
   const ModelConfig& c = model->config_;
   const int64_t hd = c.attn_width();
-  const int64_t rows =
-      c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
+  const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
   const Tensor sinusoids = model->Sinusoids(rows);
   Backend& be = *model->backend_;
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -71,7 +71,8 @@ Tensor TransfoXlModel::Sinusoids(int64_t rows) const {
         static_cast<double>(config_.clamp_len > 0 ? std::min(p, config_.clamp_len) : p);
     float* row = out.data<float>() + p * d;
     for (int64_t i = 0; i < half; ++i) {
-      const double freq = 1.0 / std::pow(10000.0, static_cast<double>(2 * i) / static_cast<double>(d));
+      const double freq =
+          1.0 / std::pow(10000.0, static_cast<double>(2 * i) / static_cast<double>(d));
       row[i] = static_cast<float>(std::sin(pos * freq));
       row[half + i] = static_cast<float>(std::cos(pos * freq));
     }
@@ -80,7 +81,7 @@ Tensor TransfoXlModel::Sinusoids(int64_t rows) const {
 }
 
 absl::StatusOr<const Tensor*> TransfoXlModel::RelativeTable(int layer, int64_t rows,
-                                                           Tensor& scratch) const {
+                                                            Tensor& scratch) const {
   const Tensor& table = rel_tables_[layer];
   if (table.dim(0) >= rows) return &table;
   ASSIGN_OR_RETURN(scratch, backend_->Allocate(DType::kF32, {rows, config_.attn_width()}));
@@ -112,7 +113,8 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
     if (s.num_tokens <= 0 || s.tokens == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has no tokens"));
     }
-    if (s.state == nullptr) return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has no state"));
+    if (s.state == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " has no state"));
     if (!seen.insert(s.state).second) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " repeats a session state"));
     }
@@ -147,11 +149,11 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
   }
   const int64_t n = static_cast<int64_t>(ids.size());
 
-  ASSIGN_OR_RETURN(Tensor x, be.Allocate(DType::kF32, {n, d}));        // [N, D] residual stream
-  ASSIGN_OR_RETURN(Tensor h, be.Allocate(DType::kF32, {n, d}));        // [N, D] normed input
-  ASSIGN_OR_RETURN(Tensor qkv, be.Allocate(DType::kF32, {n, 3 * hd})); // [N, 3·H·d_h]
-  ASSIGN_OR_RETURN(Tensor attn, be.Allocate(DType::kF32, {n, hd}));    // [N, H·d_h]
-  ASSIGN_OR_RETURN(Tensor proj, be.Allocate(DType::kF32, {n, d}));     // [N, D]
+  ASSIGN_OR_RETURN(Tensor x, be.Allocate(DType::kF32, {n, d}));         // [N, D] residual stream
+  ASSIGN_OR_RETURN(Tensor h, be.Allocate(DType::kF32, {n, d}));         // [N, D] normed input
+  ASSIGN_OR_RETURN(Tensor qkv, be.Allocate(DType::kF32, {n, 3 * hd}));  // [N, 3·H·d_h]
+  ASSIGN_OR_RETURN(Tensor attn, be.Allocate(DType::kF32, {n, hd}));     // [N, H·d_h]
+  ASSIGN_OR_RETURN(Tensor proj, be.Allocate(DType::kF32, {n, d}));      // [N, D]
   ASSIGN_OR_RETURN(Tensor inner, be.Allocate(DType::kF32, {n, c.d_inner}));  // [N, d_inner]
   RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, std::sqrt(static_cast<float>(d)), x));
 
@@ -173,9 +175,13 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
     RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
     int64_t table_rows = 1;
     for (const SequenceInput& s : batch) {
-      kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head), static_cast<int>(c.d_head),
-                                            s.num_tokens, s.state->layers()[l].size(), c.mem_len,
-                                            c.clamp_len, c.same_length};
+      kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head),
+                                            static_cast<int>(c.d_head),
+                                            s.num_tokens,
+                                            s.state->layers()[l].size(),
+                                            c.mem_len,
+                                            c.clamp_len,
+                                            c.same_length};
       table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
     }
     Tensor scratch;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "engine/backend/backend.h"
 #include "engine/memory/session_state.h"
 #include "engine/model/model_config.h"
@@ -66,8 +67,8 @@ class TransfoXlModel {
   ModelConfig config_;
   TransfoXlWeights weights_;
   std::unique_ptr<Backend> backend_;
-  std::vector<Tensor> rel_tables_;  // per layer [P, H·d_h]
-  std::vector<Tensor> zero_keys_;   // per layer [H·d_h]: key of a zero hidden row
+  std::vector<Tensor> rel_tables_;   // per layer [P, H·d_h]
+  std::vector<Tensor> zero_keys_;    // per layer [H·d_h]: key of a zero hidden row
   std::vector<Tensor> zero_values_;  // per layer [H·d_h]
 };
 

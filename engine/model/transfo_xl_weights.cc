@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "base/status_macros.h"
 
 namespace mnemo::engine {
@@ -22,15 +23,14 @@ class TensorReader {
           absl::StrCat(file_.path(), ": missing tensor \"", name, "\" ", ShapeToString(shape)));
     }
     if (t->shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(file_.path(), ": tensor \"", name,
-                                                     "\" has shape ", ShapeToString(t->shape),
-                                                     ", config.json implies ",
-                                                     ShapeToString(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_.path(), ": tensor \"", name, "\" has shape ", ShapeToString(t->shape),
+                       ", config.json implies ", ShapeToString(shape)));
     }
     if (t->dtype != config_.dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
-          " but config.json torch_dtype is ", DTypeName(config_.dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
+                       " but config.json torch_dtype is ", DTypeName(config_.dtype)));
     }
     Tensor out = Tensor::Zeros(DType::kF32, std::move(shape));
     ConvertToFloat(t->dtype, t->data, out.data<float>(), static_cast<size_t>(out.numel()));
@@ -45,7 +45,8 @@ class TensorReader {
     }
     if (extra.empty()) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat(
-        file_.path(), ": unexpected tensor(s) not used by this config: ", absl::StrJoin(extra, ", ")));
+        file_.path(),
+        ": unexpected tensor(s) not used by this config: ", absl::StrJoin(extra, ", ")));
   }
 
  private:

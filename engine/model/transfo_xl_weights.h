@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "engine/checkpoint/safetensors.h"
 #include "engine/model/model_config.h"
 #include "engine/tensor/tensor.h"
@@ -12,14 +13,14 @@
 namespace mnemo::engine {
 
 struct TransfoXlLayerWeights {
-  Tensor qkv;                 // [3·H·d_h, D]
-  Tensor r;                   // [H·d_h, D]
-  Tensor o;                   // [D, H·d_h]
+  Tensor qkv;                          // [3·H·d_h, D]
+  Tensor r;                            // [H·d_h, D]
+  Tensor o;                            // [D, H·d_h]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
-  Tensor r_w_bias, r_r_bias;  // [H, d_h] (shared tensors when !untie_r)
-  Tensor fc1, fc1_bias;       // [d_inner, D], [d_inner]
-  Tensor fc2, fc2_bias;       // [D, d_inner], [D]
-  Tensor ff_ln_gamma, ff_ln_beta;  // [D]
+  Tensor r_w_bias, r_r_bias;           // [H, d_h] (shared tensors when !untie_r)
+  Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]
+  Tensor fc2, fc2_bias;                // [D, d_inner], [D]
+  Tensor ff_ln_gamma, ff_ln_beta;      // [D]
 };
 
 struct TransfoXlWeights {

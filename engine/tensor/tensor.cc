@@ -16,10 +16,11 @@ Tensor Tensor::Zeros(DType dtype, std::vector<int64_t> shape) {
   for (int64_t d : shape) n *= d;
   const size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
   const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-  void* p = ::operator new(rounded, std::align_val_t{64});
+  void* p = ::operator new (rounded, std::align_val_t{64});
   std::memset(p, 0, rounded);
-  return Tensor(std::shared_ptr<void>(p, [](void* q) { ::operator delete(q, std::align_val_t{64}); }),
-                dtype, Device::kCpu, std::move(shape));
+  return Tensor(
+      std::shared_ptr<void>(p, [](void* q) { ::operator delete (q, std::align_val_t{64}); }), dtype,
+      Device::kCpu, std::move(shape));
 }
 
 int64_t Tensor::numel() const {

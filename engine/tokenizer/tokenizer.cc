@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+
 #include "engine/tokenizer/sentencepiece_processor_wrapper.h"
 
 namespace mnemo::engine {
@@ -70,10 +71,10 @@ bool IsValidUtf8(std::string_view text) {
       if ((s[i + k] & 0xc0) != 0x80) return false;
     }
     if (len == 3) {
-      if (s[i] == 0xe0 && s[i + 1] < 0xa0) return false;  // overlong
+      if (s[i] == 0xe0 && s[i + 1] < 0xa0) return false;   // overlong
       if (s[i] == 0xed && s[i + 1] >= 0xa0) return false;  // surrogate
     } else if (len == 4) {
-      if (s[i] == 0xf0 && s[i + 1] < 0x90) return false;  // overlong
+      if (s[i] == 0xf0 && s[i + 1] < 0x90) return false;   // overlong
       if (s[i] == 0xf4 && s[i + 1] >= 0x90) return false;  // > U+10FFFF
     }
     i += static_cast<size_t>(len);

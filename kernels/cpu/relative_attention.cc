@@ -38,9 +38,10 @@ struct KeyCursor {
   }
 };
 
-void AttendOneQuery(const RelativeAttentionShape& s, const float* q, const std::vector<KvSpan>& keys,
-                    const float* rk, int64_t ldr, const float* r_w_bias, const float* r_r_bias,
-                    float* out, int head, std::vector<float>& work) {
+void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
+                    const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
+                    const float* r_w_bias, const float* r_r_bias, float* out, int head,
+                    std::vector<float>& work) {
   const int dh = s.head_dim;
   const int64_t i = 0;
   const int64_t last = s.memory_len + i;  // the query's own position
@@ -85,16 +86,16 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
                  int64_t i0, int64_t i1, std::vector<float>& work, ThreadPool& pool) {
   const int dh = s.head_dim;
   const int64_t b = i1 - i0;
-  const int64_t col0 = FirstVisibleKey(s, i0);          // first key any row of the block sees
-  const int64_t col1 = s.memory_len + i1;               // one past the last key it sees
+  const int64_t col0 = FirstVisibleKey(s, i0);  // first key any row of the block sees
+  const int64_t col1 = s.memory_len + i1;       // one past the last key it sees
   const int64_t ncols = col1 - col0;
   const int64_t clamp = EffectiveClamp(s);
   const int64_t table_rows = std::min(col1 - 1 - col0, clamp) + 1;  // max distance in the block + 1
   work.resize(2 * b * dh + b * ncols + b * table_rows);
-  float* qu = work.data();           // [b, dh]
-  float* qv = qu + b * dh;           // [b, dh]
-  float* scores = qv + b * dh;       // [b, ncols]
-  float* bd = scores + b * ncols;    // [b, table_rows]
+  float* qu = work.data();         // [b, dh]
+  float* qv = qu + b * dh;         // [b, dh]
+  float* scores = qv + b * dh;     // [b, ncols]
+  float* bd = scores + b * ncols;  // [b, table_rows]
   for (int64_t r = 0; r < b; ++r) {
     const float* qh = q + (i0 + r) * ldq + head * dh;
     AddVectors(qh, r_w_bias + head * dh, qu + r * dh, dh);
@@ -158,8 +159,7 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
     pool.ParallelFor(shape.num_heads, 1, [&](int64_t h0, int64_t h1) {
       thread_local std::vector<float> work;
       for (int64_t h = h0; h < h1; ++h) {
-        AttendOneQuery(shape, q, keys, rk, ldr, r_w_bias, r_r_bias, out, static_cast<int>(h),
-                       work);
+        AttendOneQuery(shape, q, keys, rk, ldr, r_w_bias, r_r_bias, out, static_cast<int>(h), work);
       }
     });
     return;

@@ -1,21 +1,22 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <string>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "kernels/cuda/convert.h"
 
 namespace mnemo::kernels::cuda {
 namespace {
 
-#define MNEMO_CUDA_TRY(expr)                                                             \
-  do {                                                                                   \
-    cudaError_t err_ = (expr);                                                           \
-    if (err_ != cudaSuccess) {                                                           \
+#define MNEMO_CUDA_TRY(expr)                                                            \
+  do {                                                                                  \
+    cudaError_t err_ = (expr);                                                          \
+    if (err_ != cudaSuccess) {                                                          \
       return std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " #expr ": " + \
-             cudaGetErrorString(err_);                                                   \
-    }                                                                                    \
+             cudaGetErrorString(err_);                                                  \
+    }                                                                                   \
   } while (0)
 
 // ---- kernels ------------------------------------------------------------------------------

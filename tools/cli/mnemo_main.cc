@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/sampling/sampler.h"
@@ -100,7 +101,8 @@ class Flags {
       }
       const bool takes_value = it->second;
       if (takes_value && !has_value) {
-        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", arg, " needs a value"));
+        if (i + 1 >= argc)
+          return absl::InvalidArgumentError(absl::StrCat("--", arg, " needs a value"));
         value = argv[++i];
       } else if (!takes_value && has_value) {
         return absl::InvalidArgumentError(absl::StrCat("--", arg, " takes no value"));
@@ -158,8 +160,8 @@ absl::StatusOr<std::vector<int32_t>> ReadIds(const std::string& path, int64_t vo
   while (in >> word) {
     int64_t id;
     if (!absl::SimpleAtoi(word, &id) || id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": \"", word,
-                                                     "\" is not a token id in [0, ", vocab, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": \"", word, "\" is not a token id in [0, ", vocab, ")"));
     }
     ids.push_back(static_cast<int32_t>(id));
   }
@@ -180,9 +182,9 @@ absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
   if (need_tokenizer || std::ifstream(spm_path).good()) {
     ASSIGN_OR_RETURN(loaded.tokenizer, engine::LoadSentencePieceTokenizer(spm_path));
     if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          spm_path, " has ", loaded.tokenizer->vocab_size(), " pieces but the model only ",
-          loaded.model->config().vocab_size, " ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(spm_path, " has ", loaded.tokenizer->vocab_size(),
+                       " pieces but the model only ", loaded.model->config().vocab_size, " ids"));
     }
   }
   return loaded;
@@ -218,11 +220,11 @@ absl::Status RunLogits(const Flags& flags) {
   std::ofstream out(flags.Get("output"), std::ios::binary);
   if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", flags.Get("output")));
   SessionState state = model.NewState();
-  RETURN_IF_ERROR(Feed(model, state, ids, segment_len, LogitsMode::kAll,
-                       [&](int64_t, const Tensor& logits) {
-                         out.write(static_cast<const char*>(logits.raw()),
-                                   static_cast<std::streamsize>(logits.bytes()));
-                       }));
+  RETURN_IF_ERROR(
+      Feed(model, state, ids, segment_len, LogitsMode::kAll, [&](int64_t, const Tensor& logits) {
+        out.write(static_cast<const char*>(logits.raw()),
+                  static_cast<std::streamsize>(logits.bytes()));
+      }));
   if (!out.flush()) return absl::InternalError("writing logits failed");
   return absl::OkStatus();
 }
@@ -337,8 +339,8 @@ absl::Status RunGenerate(const Flags& flags) {
   // Prefill all but the last prompt token in segments, then decode from the last one.
   SessionState state = model.NewState();
   std::vector<int32_t> head(ids.begin(), ids.end() - 1);
-  RETURN_IF_ERROR(Feed(model, state, head, segment_len, LogitsMode::kNone,
-                       [](int64_t, const Tensor&) {}));
+  RETURN_IF_ERROR(
+      Feed(model, state, head, segment_len, LogitsMode::kNone, [](int64_t, const Tensor&) {}));
   std::vector<int32_t> history = ids;
   std::vector<int32_t> generated;
   std::vector<engine::SampledToken> samples;
@@ -397,7 +399,8 @@ int Main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::map<std::string, bool> common = {{"model", true}, {"segment-len", true}, {"help", false}};
+  const std::map<std::string, bool> common = {
+      {"model", true}, {"segment-len", true}, {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate") {
     for (auto f : {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",
@@ -419,7 +422,8 @@ int Main(int argc, char** argv) {
   }
   auto flags = Flags::Parse(argc, argv, 2, known);
   if (!flags.ok()) {
-    std::fprintf(stderr, "mnemo %s: %s\n", command.c_str(), std::string(flags.status().message()).c_str());
+    std::fprintf(stderr, "mnemo %s: %s\n", command.c_str(),
+                 std::string(flags.status().message()).c_str());
     return 2;
   }
   if (flags->Has("help")) {

@@ -86,9 +86,8 @@ class CpuBackend final : public Backend {
       a.memory->AppendSpans(spans);
       const float* qkv = a.qkv->data<float>();
       spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
-      kernels::RelativeAttentionShape shape{a.num_heads, a.head_dim,   t,
-                                            a.memory->size(), a.mem_len_max, a.clamp_len,
-                                            a.same_length};
+      kernels::RelativeAttentionShape shape{
+          a.num_heads, a.head_dim, t, a.memory->size(), a.mem_len_max, a.clamp_len, a.same_length};
       kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
                                  a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                  a.out->data<float>(), width, pool_);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The quick start's "test" command: installs what the tests need, builds from scratch and runs
+# every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
+# parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan, and the
+# format, layering and clang-tidy checks.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+tools/setup.sh test
+jobs=$(nproc)
+
+echo "== format and layering checks"
+tools/check_format.sh
+tools/check_layering.sh
+
+for preset in release asan; do
+  echo "== $preset: configure and build from scratch"
+  rm -rf "build/$preset"
+  cmake --preset "$preset" >/dev/null
+  cmake --build --preset "$preset" -j "$jobs"
+  echo "== $preset: tests"
+  ctest --preset "$preset" -j "$jobs"
+  if [ "$preset" = release ]; then
+    echo "== clang-tidy"
+    tools/check_tidy.sh "build/$preset"
+  fi
+done
+echo "== all tests passed"
