@@ -171,8 +171,8 @@ absl::Status SafetensorsFile::Parse(const unsigned char* bytes, size_t size) {
     }
     const uint64_t expected = numel * DTypeSize(*dtype);
     if (end - begin != expected) {
-      return terr(absl::StrCat("holds ", end - begin, " bytes but shape ", "[", shape_json.dump(),
-                               "] of ", v.at("dtype").get<std::string>(), " needs ", expected));
+      return terr(absl::StrCat("holds ", end - begin, " bytes but shape ", shape_json.dump(),
+                               " of ", v.at("dtype").get<std::string>(), " needs ", expected));
     }
     ranges.push_back({static_cast<size_t>(begin), static_cast<size_t>(end), tensors_.size()});
     tensors_.push_back(SafetensorsTensor{name, *dtype, std::move(shape), data + begin,

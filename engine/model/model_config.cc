@@ -87,6 +87,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(c.mem_len, GetInt(j, "mem_len", 0, 1 << 20));
   ASSIGN_OR_RETURN(c.clamp_len, GetInt(j, "clamp_len", 0, 1 << 20));
   ASSIGN_OR_RETURN(c.same_length, GetBool(j, "same_length"));
+  if (c.same_length && c.mem_len == 0) {
+    // Every query would see mem_len = 0 keys, not even itself.
+    return FieldError("same_length", "requires mem_len > 0");
+  }
   ASSIGN_OR_RETURN(c.pre_lnorm, GetBool(j, "pre_lnorm"));
   ASSIGN_OR_RETURN(c.untie_r, GetBool(j, "untie_r"));
   ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings"));
@@ -143,8 +147,7 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   text << in.rdbuf();
   auto config = ParseModelConfig(text.str());
   if (!config.ok()) {
-    return absl::Status(config.status().code(),
-                        absl::StrCat(path, ": ", config.status().message()));
+    return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
   }
   return config;
 }

@@ -57,8 +57,11 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
   // Adjusted logits: repetition penalty, then temperature.
   std::copy(logits, logits + vocab, work_.begin());
   if (params_.repetition_penalty != 1.0f) {
+    // Once per distinct seen id (CTRL, Hugging Face), however often it occurred.
+    seen_.assign(static_cast<size_t>(vocab), 0);
     for (int32_t id : history) {
-      if (id < 0 || id >= vocab) continue;
+      if (id < 0 || id >= vocab || seen_[id]) continue;
+      seen_[id] = 1;
       float& l = work_[id];
       l = l > 0.0f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
     }

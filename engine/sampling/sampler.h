@@ -46,6 +46,7 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<float> work_;
   std::vector<int32_t> order_;
+  std::vector<uint8_t> seen_;  // repetition penalty: ids already penalised this step
 };
 
 // log-softmax of one row into `out` (same length).

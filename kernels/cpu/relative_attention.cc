@@ -120,6 +120,10 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       const int64_t last = s.memory_len + i;
       const int64_t first = FirstVisibleKey(s, i);
       float* row = scores + r * ncols;
+      if (first > last) {  // every key masked: the row attends to nothing and outputs zeros
+        std::fill(row, row + ncols, 0.0f);
+        continue;
+      }
       const float* bd_row = bd + r * table_rows;
       for (int64_t j = first; j <= last; ++j) {
         row[j - col0] = (row[j - col0] + bd_row[std::min(last - j, clamp)]) * scale;
@@ -141,6 +145,9 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       beta = 1.0f;
     }
     base += span.rows;
+  }
+  if (beta == 0.0f) {  // no key visible to any row of the block
+    for (int64_t r = i0; r < i1; ++r) std::fill_n(out + r * ldo + head * dh, dh, 0.0f);
   }
 }
 

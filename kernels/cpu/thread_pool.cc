@@ -35,17 +35,16 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mu_);
-  const int64_t chunk = (n + parts - 1) / parts;
   {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     job_n_ = n;
-    chunk_ = chunk;
+    parts_ = parts;
     pending_ = static_cast<int>(workers_.size());
     ++generation_;
   }
   work_cv_.notify_all();
-  fn(0, std::min(chunk, n));  // the caller takes chunk 0
+  fn(0, n / parts);  // the caller takes part 0
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this] { return pending_ == 0; });
   job_ = nullptr;
@@ -62,8 +61,9 @@ void ThreadPool::WorkerLoop(int index) {
       if (stop_) return;
       seen = generation_;
       job = job_;
-      begin = std::min(job_n_, index * chunk_);
-      end = std::min(job_n_, begin + chunk_);
+      // Part i is [i·n/parts, (i+1)·n/parts): sizes differ by at most one, each ≥ min_chunk.
+      begin = index < parts_ ? index * job_n_ / parts_ : 0;
+      end = index < parts_ ? (index + 1) * job_n_ / parts_ : 0;
     }
     if (begin < end) (*job)(begin, end);
     {

@@ -23,8 +23,8 @@ class ThreadPool {
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Runs fn(begin, end) over [0, n) split into at most num_threads() contiguous chunks of at least
-  // `min_chunk` items, and returns when all are done. Not reentrant: one ParallelFor at a time
-  // per pool (calls from several threads are serialised).
+  // `min_chunk` items (sizes differ by at most one), and returns when all are done. Not reentrant:
+  // one ParallelFor at a time per pool (calls from several threads are serialised).
   void ParallelFor(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn);
 
   // The process-wide pool sized to the machine's hardware threads.
@@ -40,7 +40,7 @@ class ThreadPool {
   std::condition_variable done_cv_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;  // guarded by mu_
   int64_t job_n_ = 0;
-  int64_t chunk_ = 0;
+  int64_t parts_ = 0;
   uint64_t generation_ = 0;  // guarded by mu_
   int pending_ = 0;          // guarded by mu_
   bool stop_ = false;        // guarded by mu_

@@ -1,0 +1,275 @@
+// engine/model/model_config: a valid config.json parses to the right values; every field missing,
+// mistyped or out of range gives INVALID_ARGUMENT naming that field.
+#include "engine/model/model_config.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/test_checkpoint.h"
+
+namespace mnemo::engine {
+namespace {
+
+using Fields = std::vector<std::pair<std::string, std::string>>;
+
+Fields ValidFields() {
+  ModelConfig c = test::SmallConfig();
+  c.eos_token_id = 3;
+  return test::ConfigFields(c);
+}
+
+Fields Without(Fields f, const std::string& field) {
+  for (auto it = f.begin(); it != f.end(); ++it) {
+    if (it->first == field) {
+      f.erase(it);
+      return f;
+    }
+  }
+  ADD_FAILURE() << "no field " << field;
+  return f;
+}
+
+Fields With(Fields f, const std::string& field, const std::string& raw_value) {
+  for (auto& [k, v] : f) {
+    if (k == field) {
+      v = raw_value;
+      return f;
+    }
+  }
+  f.emplace_back(field, raw_value);
+  return f;
+}
+
+// Parsing fails with INVALID_ARGUMENT and a message that names `field`.
+void ExpectFieldError(const Fields& fields, const std::string& field, const std::string& context) {
+  const std::string json = test::RenderJsonObject(fields);
+  auto parsed = ParseModelConfig(json);
+  ASSERT_FALSE(parsed.ok()) << context << " accepted:\n" << json;
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << context;
+  EXPECT_NE(std::string(parsed.status().message()).find("\"" + field + "\""), std::string::npos)
+      << context << ": message does not name field \"" << field
+      << "\": " << parsed.status().message();
+}
+
+const char* const kAllFields[] = {"architecture", "vocab_size",
+                                  "d_model",      "n_layer",
+                                  "n_head",       "d_head",
+                                  "d_inner",      "mem_len",
+                                  "clamp_len",    "same_length",
+                                  "pre_lnorm",    "untie_r",
+                                  "activation",   "layer_norm_epsilon",
+                                  "memory_init",  "tie_word_embeddings",
+                                  "torch_dtype"};
+
+TEST(ModelConfigTest, ValidConfigParses) {
+  ModelConfig want = test::SmallConfig();
+  want.eos_token_id = 3;
+  want.clamp_len = 7;
+  want.same_length = true;
+  want.pre_lnorm = true;
+  want.untie_r = false;
+  want.activation = Activation::kGelu;
+  want.layer_norm_epsilon = 1e-6;
+  want.memory_init = MemoryInit::kZeros;
+  want.tie_word_embeddings = true;
+  want.dtype = DType::kBF16;
+  auto got = ParseModelConfig(test::ConfigJson(want));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->architecture, "transfo_xl");
+  EXPECT_EQ(got->vocab_size, want.vocab_size);
+  EXPECT_EQ(got->d_model, want.d_model);
+  EXPECT_EQ(got->n_layer, want.n_layer);
+  EXPECT_EQ(got->n_head, want.n_head);
+  EXPECT_EQ(got->d_head, want.d_head);
+  EXPECT_EQ(got->d_inner, want.d_inner);
+  EXPECT_EQ(got->mem_len, want.mem_len);
+  EXPECT_EQ(got->clamp_len, 7);
+  EXPECT_TRUE(got->same_length);
+  EXPECT_TRUE(got->pre_lnorm);
+  EXPECT_FALSE(got->untie_r);
+  EXPECT_EQ(got->activation, Activation::kGelu);
+  EXPECT_DOUBLE_EQ(got->layer_norm_epsilon, 1e-6);
+  EXPECT_EQ(got->memory_init, MemoryInit::kZeros);
+  EXPECT_TRUE(got->tie_word_embeddings);
+  EXPECT_EQ(got->dtype, DType::kBF16);
+  ASSERT_TRUE(got->eos_token_id.has_value());
+  EXPECT_EQ(*got->eos_token_id, 3);
+  EXPECT_EQ(got->attn_width(), want.n_head * want.d_head);
+}
+
+TEST(ModelConfigTest, OppositeFlagsAndEnumsParse) {
+  ModelConfig want = test::SmallConfig();  // relu, empty, float32, untied, post-LN
+  auto got = ParseModelConfig(test::ConfigJson(want));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->activation, Activation::kRelu);
+  EXPECT_EQ(got->memory_init, MemoryInit::kEmpty);
+  EXPECT_EQ(got->dtype, DType::kF32);
+  EXPECT_TRUE(got->untie_r);
+  EXPECT_FALSE(got->pre_lnorm);
+  EXPECT_FALSE(got->eos_token_id.has_value());
+  want.dtype = DType::kF16;
+  got = ParseModelConfig(test::ConfigJson(want));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->dtype, DType::kF16);
+}
+
+TEST(ModelConfigTest, RandomConfigsRoundTrip) {
+  for (uint32_t seed = 0; seed < 50; ++seed) {
+    const ModelConfig want = test::RandomConfig(seed);
+    auto got = ParseModelConfig(test::ConfigJson(want));
+    ASSERT_TRUE(got.ok()) << "seed " << seed << ": " << got.status();
+    EXPECT_EQ(test::ConfigJson(*got), test::ConfigJson(want)) << "seed " << seed;
+  }
+}
+
+TEST(ModelConfigTest, OptionalEosMayBeAbsentOrNull) {
+  auto absent = ParseModelConfig(test::RenderJsonObject(Without(ValidFields(), "eos_token_id")));
+  ASSERT_TRUE(absent.ok()) << absent.status();
+  EXPECT_FALSE(absent->eos_token_id.has_value());
+  auto null = ParseModelConfig(test::RenderJsonObject(With(ValidFields(), "eos_token_id", "null")));
+  ASSERT_TRUE(null.ok()) << null.status();
+  EXPECT_FALSE(null->eos_token_id.has_value());
+}
+
+TEST(ModelConfigTest, EveryMissingFieldIsNamed) {
+  for (const char* field : kAllFields) {
+    ExpectFieldError(Without(ValidFields(), field), field, std::string("missing ") + field);
+  }
+}
+
+TEST(ModelConfigTest, EveryWrongTypeIsNamed) {
+  const std::vector<std::string> ints = {"vocab_size", "d_model",   "n_layer",
+                                         "n_head",     "d_head",    "d_inner",
+                                         "mem_len",    "clamp_len", "eos_token_id"};
+  for (const std::string& f : ints) {
+    ExpectFieldError(With(ValidFields(), f, "\"8\""), f, f + " as string");
+    ExpectFieldError(With(ValidFields(), f, "8.5"), f, f + " as fraction");
+    ExpectFieldError(With(ValidFields(), f, "true"), f, f + " as bool");
+    ExpectFieldError(With(ValidFields(), f, "[8]"), f, f + " as array");
+  }
+  for (const std::string f : {"same_length", "pre_lnorm", "untie_r", "tie_word_embeddings"}) {
+    ExpectFieldError(With(ValidFields(), f, "1"), f, f + " as int");
+    ExpectFieldError(With(ValidFields(), f, "\"true\""), f, f + " as string");
+    ExpectFieldError(With(ValidFields(), f, "null"), f, f + " as null");
+  }
+  for (const std::string f : {"architecture", "activation", "memory_init", "torch_dtype"}) {
+    ExpectFieldError(With(ValidFields(), f, "1"), f, f + " as int");
+    ExpectFieldError(With(ValidFields(), f, "{}"), f, f + " as object");
+  }
+  ExpectFieldError(With(ValidFields(), "layer_norm_epsilon", "\"1e-5\""), "layer_norm_epsilon",
+                   "epsilon as string");
+}
+
+TEST(ModelConfigTest, OutOfRangeValuesAreNamed) {
+  const std::vector<std::pair<std::string, std::string>> bad = {{"vocab_size", "0"},
+                                                                {"vocab_size", "-1"},
+                                                                {"d_model", "0"},
+                                                                {"d_model", "-16"},
+                                                                {"d_model", "15"},
+                                                                {"n_layer", "0"},
+                                                                {"n_layer", "-2"},
+                                                                {"n_head", "0"},
+                                                                {"d_head", "0"},
+                                                                {"d_head", "-4"},
+                                                                {"d_inner", "0"},
+                                                                {"mem_len", "-1"},
+                                                                {"clamp_len", "-1"},
+                                                                {"vocab_size", "99999999999"},
+                                                                {"mem_len", "18446744073709551615"},
+                                                                {"layer_norm_epsilon", "0"},
+                                                                {"layer_norm_epsilon", "-1e-5"}};
+  for (const auto& [field, value] : bad) {
+    ExpectFieldError(With(ValidFields(), field, value), field, field + " = " + value);
+  }
+}
+
+TEST(ModelConfigTest, ZeroIsAllowedWhereDocumented) {
+  auto got = ParseModelConfig(
+      test::RenderJsonObject(With(With(ValidFields(), "mem_len", "0"), "clamp_len", "0")));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->mem_len, 0);
+  EXPECT_EQ(got->clamp_len, 0);
+}
+
+TEST(ModelConfigTest, SameLengthNeedsAMemory) {
+  ExpectFieldError(With(With(ValidFields(), "mem_len", "0"), "same_length", "true"), "same_length",
+                   "same_length without memory");
+  auto got = ParseModelConfig(
+      test::RenderJsonObject(With(With(ValidFields(), "mem_len", "1"), "same_length", "true")));
+  EXPECT_TRUE(got.ok()) << got.status();
+}
+
+TEST(ModelConfigTest, OddDModelIsRejected) {
+  ExpectFieldError(With(ValidFields(), "d_model", "17"), "d_model", "odd d_model");
+}
+
+TEST(ModelConfigTest, UnknownArchitectureNamesTheField) {
+  ExpectFieldError(With(ValidFields(), "architecture", "\"gpt2\""), "architecture", "gpt2");
+  auto parsed =
+      ParseModelConfig(test::RenderJsonObject(With(ValidFields(), "architecture", "\"gpt2\"")));
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(std::string(parsed.status().message()).find("gpt2"), std::string::npos);
+}
+
+TEST(ModelConfigTest, UnknownExtraFieldIsRejected) {
+  ExpectFieldError(With(ValidFields(), "mem_lenn", "16"), "mem_lenn", "typo field");
+  ExpectFieldError(With(ValidFields(), "cutoffs", "[10, 20]"), "cutoffs", "adaptive field");
+}
+
+TEST(ModelConfigTest, BadEnumValuesAreNamed) {
+  ExpectFieldError(With(ValidFields(), "memory_init", "\"zero\""), "memory_init", "zero");
+  ExpectFieldError(With(ValidFields(), "memory_init", "\"\""), "memory_init", "empty string");
+  ExpectFieldError(With(ValidFields(), "activation", "\"silu\""), "activation", "silu");
+  ExpectFieldError(With(ValidFields(), "activation", "\"RELU\""), "activation", "RELU");
+  ExpectFieldError(With(ValidFields(), "torch_dtype", "\"float64\""), "torch_dtype", "float64");
+  ExpectFieldError(With(ValidFields(), "torch_dtype", "\"int32\""), "torch_dtype", "int32");
+  ExpectFieldError(With(ValidFields(), "torch_dtype", "\"F32\""), "torch_dtype", "F32");
+}
+
+TEST(ModelConfigTest, EosTokenIdMustBeInsideVocabulary) {
+  ModelConfig c = test::SmallConfig();
+  ExpectFieldError(With(ValidFields(), "eos_token_id", std::to_string(c.vocab_size)),
+                   "eos_token_id", "eos == vocab");
+  ExpectFieldError(With(ValidFields(), "eos_token_id", "-1"), "eos_token_id", "eos -1");
+  auto last = ParseModelConfig(test::RenderJsonObject(
+      With(ValidFields(), "eos_token_id", std::to_string(c.vocab_size - 1))));
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(*last->eos_token_id, c.vocab_size - 1);
+}
+
+TEST(ModelConfigTest, InvalidJsonIsRejected) {
+  for (const std::string text :
+       {"", "{", "not json", "{\"vocab_size\": 5,}", "[1, 2]", "42", "\"transfo_xl\"", "null"}) {
+    auto parsed = ParseModelConfig(text);
+    ASSERT_FALSE(parsed.ok()) << "accepted: " << text;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(std::string(parsed.status().message()).find("config.json"), std::string::npos)
+        << parsed.status().message();
+  }
+  // A valid object followed by garbage.
+  auto trailing = ParseModelConfig(test::RenderJsonObject(ValidFields()) + "}");
+  EXPECT_FALSE(trailing.ok());
+}
+
+TEST(ModelConfigTest, LoadModelConfigReadsTheDirectory) {
+  test::ScopedTempDir dir("config");
+  auto missing = LoadModelConfig(dir.path());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  test::WriteFile(dir.File("config.json"), test::ConfigJson(test::SmallConfig()));
+  auto loaded = LoadModelConfig(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->vocab_size, test::SmallConfig().vocab_size);
+  test::WriteFile(dir.File("config.json"),
+                  test::RenderJsonObject(Without(ValidFields(), "n_head")));
+  auto bad = LoadModelConfig(dir.path());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(bad.status().message()).find("config.json"), std::string::npos);
+  EXPECT_NE(std::string(bad.status().message()).find("\"n_head\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mnemo::engine

@@ -1,0 +1,371 @@
+// kernels/cpu/vector_ops and ThreadPool: every vector loop against a plain double-precision loop
+// over sizes around the SIMD widths (1, 7, 63, 64, 65, 1000), on unaligned pointers too; the
+// thread pool's ParallelFor covers each index exactly once.
+#include "kernels/cpu/vector_ops.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace mnemo::kernels {
+namespace {
+
+constexpr int64_t kSizes[] = {1, 7, 63, 64, 65, 1000};
+
+// A buffer of n random floats starting `offset` floats into its storage (offset 1 breaks every
+// vector alignment).
+class Buffer {
+ public:
+  Buffer(int64_t n, int offset, std::mt19937& rng, float lo = -2.0f, float hi = 2.0f)
+      : storage_(static_cast<size_t>(n + offset)), offset_(offset), n_(n) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    for (float& v : storage_) v = dist(rng);
+  }
+  float* data() { return storage_.data() + offset_; }
+  std::vector<float> values() const {
+    return std::vector<float>(storage_.begin() + offset_, storage_.end());
+  }
+  int64_t size() const { return n_; }
+
+ private:
+  std::vector<float> storage_;
+  int offset_;
+  int64_t n_;
+};
+
+class VectorOpsTest : public ::testing::TestWithParam<std::pair<int64_t, int>> {
+ protected:
+  int64_t n() const { return GetParam().first; }
+  int offset() const { return GetParam().second; }
+  std::mt19937 rng_{static_cast<uint32_t>(GetParam().first * 31 + GetParam().second)};
+};
+
+TEST_P(VectorOpsTest, DotMatchesDouble) {
+  Buffer a(n(), offset(), rng_), b(n(), 0, rng_);
+  double want = 0.0, magnitude = 0.0;
+  for (int64_t i = 0; i < n(); ++i) {
+    want += static_cast<double>(a.data()[i]) * b.data()[i];
+    magnitude += std::fabs(static_cast<double>(a.data()[i]) * b.data()[i]);
+  }
+  EXPECT_NEAR(Dot(a.data(), b.data(), n()), want, 1e-5 * magnitude);
+}
+
+TEST_P(VectorOpsTest, AxpyMatchesDouble) {
+  Buffer x(n(), offset(), rng_), y(n(), 0, rng_);
+  const std::vector<float> y0 = y.values();
+  Axpy(0.75f, x.data(), y.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    const double want = y0[i] + 0.75 * static_cast<double>(x.data()[i]);
+    ASSERT_NEAR(y.data()[i], want, 1e-6 * (std::fabs(want) + 1)) << i;
+  }
+}
+
+TEST_P(VectorOpsTest, AddVectorsAndAddBiasMatchDouble) {
+  Buffer a(n(), offset(), rng_), b(n(), 0, rng_), y(n(), 0, rng_);
+  AddVectors(a.data(), b.data(), y.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    ASSERT_EQ(y.data()[i], a.data()[i] + b.data()[i]) << i;  // one rounding: exact
+  }
+  const std::vector<float> a0 = a.values();
+  AddVectors(a.data(), b.data(), a.data(), n());  // y aliasing a
+  for (int64_t i = 0; i < n(); ++i) ASSERT_EQ(a.data()[i], a0[i] + b.data()[i]) << i;
+  const std::vector<float> y0 = y.values();
+  AddBias(y.data(), b.data(), n());
+  for (int64_t i = 0; i < n(); ++i) ASSERT_EQ(y.data()[i], y0[i] + b.data()[i]) << i;
+}
+
+TEST_P(VectorOpsTest, ExpInPlaceMatchesDouble) {
+  Buffer x(n(), offset(), rng_, -87.0f, 88.0f);
+  const std::vector<float> x0 = x.values();
+  ExpInPlace(x.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    const double want = std::exp(static_cast<double>(x0[i]));
+    ASSERT_NEAR(x.data()[i], want, 1e-6 * want) << "exp(" << x0[i] << ")";
+  }
+}
+
+TEST_P(VectorOpsTest, SoftmaxRowMatchesDouble) {
+  Buffer x(n(), offset(), rng_, -10.0f, 10.0f);
+  const std::vector<float> x0 = x.values();
+  SoftmaxRow(x.data(), n());
+  const double max = *std::max_element(x0.begin(), x0.end());
+  double z = 0.0;
+  for (float v : x0) z += std::exp(v - max);
+  double total = 0.0;
+  for (int64_t i = 0; i < n(); ++i) {
+    const double want = std::exp(x0[i] - max) / z;
+    ASSERT_NEAR(x.data()[i], want, 1e-5 * want) << i;
+    total += x.data()[i];
+  }
+  EXPECT_NEAR(total, 1.0, 1e-5);
+}
+
+TEST_P(VectorOpsTest, LayerNormRowMatchesDouble) {
+  Buffer x(n(), offset(), rng_), gamma(n(), 0, rng_, 0.5f, 1.5f), beta(n(), 0, rng_);
+  std::vector<float> y(static_cast<size_t>(n()));
+  const float eps = 1e-5f;
+  LayerNormRow(x.data(), gamma.data(), beta.data(), eps, y.data(), n());
+  double mean = 0.0, var = 0.0;
+  for (int64_t i = 0; i < n(); ++i) mean += x.data()[i];
+  mean /= static_cast<double>(n());
+  for (int64_t i = 0; i < n(); ++i) var += (x.data()[i] - mean) * (x.data()[i] - mean);
+  var /= static_cast<double>(n());
+  const double inv_std = 1.0 / std::sqrt(var + eps);
+  for (int64_t i = 0; i < n(); ++i) {
+    const double want = (x.data()[i] - mean) * inv_std * gamma.data()[i] + beta.data()[i];
+    ASSERT_NEAR(y[i], want, 1e-5 * (std::fabs(want) + 1)) << i;
+  }
+  // In place (y aliasing x) gives the same numbers.
+  LayerNormRow(x.data(), gamma.data(), beta.data(), eps, x.data(), n());
+  for (int64_t i = 0; i < n(); ++i) ASSERT_EQ(x.data()[i], y[i]) << i;
+}
+
+TEST_P(VectorOpsTest, BiasGeluAndBiasReluMatchDouble) {
+  Buffer y(n(), offset(), rng_, -6.0f, 6.0f), bias(n(), 0, rng_, -1.0f, 1.0f);
+  const std::vector<float> y0 = y.values();
+  BiasGelu(y.data(), bias.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    const double v = static_cast<double>(y0[i] + bias.data()[i]);
+    const double want = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    ASSERT_NEAR(y.data()[i], want, 1e-6 * (std::fabs(want) + 1)) << "gelu(" << v << ")";
+  }
+  Buffer r(n(), offset(), rng_, -6.0f, 6.0f);
+  const std::vector<float> r0 = r.values();
+  BiasRelu(r.data(), bias.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    ASSERT_EQ(r.data()[i], std::max(r0[i] + bias.data()[i], 0.0f)) << i;
+  }
+}
+
+std::vector<std::pair<int64_t, int>> SizesAndOffsets() {
+  std::vector<std::pair<int64_t, int>> out;
+  for (int64_t n : kSizes) {
+    out.emplace_back(n, 0);
+    out.emplace_back(n, 1);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, VectorOpsTest, ::testing::ValuesIn(SizesAndOffsets()),
+                         [](const auto& info) {
+                           return absl::StrCat("n", info.param.first, "_offset", info.param.second);
+                         });
+
+TEST(ExpInPlaceTest, BoundaryInputs) {
+  std::vector<float> x = {
+      0.0f, -87.0f, 88.0f, -87.5f, -100.0f, -1e30f, -std::numeric_limits<float>::infinity()};
+  ExpInPlace(x.data(), static_cast<int64_t>(x.size()));
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_NEAR(x[1], std::exp(-87.0), 1e-6 * std::exp(-87.0));
+  EXPECT_NEAR(x[2], std::exp(88.0), 1e-6 * std::exp(88.0));
+  EXPECT_EQ(x[3], 0.0f);  // documented: inputs below -87 give 0
+  EXPECT_EQ(x[4], 0.0f);
+  EXPECT_EQ(x[5], 0.0f);
+  EXPECT_EQ(x[6], 0.0f);
+}
+
+TEST(SoftmaxRowTest, LargeMagnitudeInputsStayFinite) {
+  std::vector<float> x = {1000.0f, 999.0f, -1000.0f, 0.0f, 1000.0f, -3e38f};
+  std::vector<double> want(x.size());
+  const double max = 1000.0;
+  double z = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) z += std::exp(x[i] - max);
+  for (size_t i = 0; i < x.size(); ++i) want[i] = std::exp(x[i] - max) / z;
+  SoftmaxRow(x.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(x[i])) << i;
+    EXPECT_NEAR(x[i], want[i], 1e-6) << i;
+  }
+  EXPECT_NEAR(x[0], 1.0 / (2.0 + std::exp(-1.0)), 1e-6);
+
+  std::vector<float> huge = {3e38f, 3e38f, -3e38f};
+  SoftmaxRow(huge.data(), 3);
+  EXPECT_NEAR(huge[0], 0.5f, 1e-6);
+  EXPECT_NEAR(huge[1], 0.5f, 1e-6);
+  EXPECT_EQ(huge[2], 0.0f);
+}
+
+TEST(SoftmaxRowTest, NegativeInfinityGetsZeroMass) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x = {-inf, 1.0f, -inf, 1.0f};
+  SoftmaxRow(x.data(), 4);
+  EXPECT_EQ(x[0], 0.0f);
+  EXPECT_EQ(x[2], 0.0f);
+  EXPECT_NEAR(x[1], 0.5f, 1e-7);
+  EXPECT_NEAR(x[3], 0.5f, 1e-7);
+}
+
+TEST(LayerNormRowTest, LargeMeanRowStaysAccurate) {
+  // A one-pass E[x²] − E[x]² in float loses everything here; the two-pass form must not.
+  std::mt19937 rng(7);
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  const int64_t n = 1000;
+  std::vector<float> x(n), gamma(n, 1.0f), beta(n, 0.0f), y(n);
+  for (float& v : x) v = 1000.0f + noise(rng);
+  LayerNormRow(x.data(), gamma.data(), beta.data(), 1e-5f, y.data(), n);
+  double mean = 0.0, var = 0.0;
+  for (float v : x) mean += v;
+  mean /= n;
+  for (float v : x) var += (v - mean) * (v - mean);
+  var /= n;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_NEAR(y[i], (x[i] - mean) / std::sqrt(var + 1e-5), 2e-3) << i;
+  }
+}
+
+TEST(LayerNormRowTest, ConstantRowGivesBeta) {
+  std::vector<float> x(65, 3.25f), gamma(65, 2.0f), beta(65), y(65);
+  for (int i = 0; i < 65; ++i) beta[i] = 0.01f * i;
+  LayerNormRow(x.data(), gamma.data(), beta.data(), 1e-5f, y.data(), 65);
+  for (int i = 0; i < 65; ++i) EXPECT_NEAR(y[i], beta[i], 1e-6) << i;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ThreadPool
+
+struct ParallelForCase {
+  int threads;
+  int64_t n;
+  int64_t min_chunk;
+};
+
+void CheckCoverage(ThreadPool& pool, int64_t n, int64_t min_chunk) {
+  std::vector<std::atomic<int>> hits(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  std::mutex mu;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  pool.ParallelFor(n, min_chunk, [&](int64_t begin, int64_t end) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      chunks.emplace_back(begin, end);
+    }
+    for (int64_t i = begin; i < end; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1)
+        << "index " << i << " of n=" << n << " min_chunk=" << min_chunk
+        << " threads=" << pool.num_threads();
+  }
+  if (n <= 0) {
+    EXPECT_TRUE(chunks.empty()) << "fn called for n=" << n;
+    return;
+  }
+  EXPECT_LE(static_cast<int>(chunks.size()), pool.num_threads());
+  for (const auto& [begin, end] : chunks) {
+    EXPECT_LE(0, begin);
+    EXPECT_LT(begin, end) << "empty chunk passed to fn";
+    EXPECT_LE(end, n);
+  }
+}
+
+TEST(ThreadPoolTest, ParallelForCoversEveryIndexExactlyOnce) {
+  for (int threads : {1, 2, 3, 4, 8}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.num_threads(), threads);
+    for (int64_t n : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 100, 1001}) {
+      for (int64_t min_chunk : {0, 1, 2, 3, 4, 8, 1000}) {
+        CheckCoverage(pool, n, min_chunk);
+      }
+    }
+  }
+}
+
+TEST(ThreadPoolTest, FewerItemsThanThreads) {
+  ThreadPool pool(8);
+  for (int64_t n = 1; n < 8; ++n) CheckCoverage(pool, n, 1);
+}
+
+TEST(ThreadPoolTest, NonPositiveThreadCountRunsInline) {
+  ThreadPool pool(0);
+  EXPECT_EQ(pool.num_threads(), 1);
+  const std::thread::id caller = std::this_thread::get_id();
+  pool.ParallelFor(100, 1, [&](int64_t begin, int64_t end) {
+    EXPECT_EQ(std::this_thread::get_id(), caller);
+    EXPECT_EQ(begin, 0);
+    EXPECT_EQ(end, 100);
+  });
+}
+
+TEST(ThreadPoolTest, SplitsWorkAcrossThreads) {
+  ThreadPool pool(4);
+  std::mutex mu;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  pool.ParallelFor(400, 1, [&](int64_t begin, int64_t end) {
+    std::lock_guard<std::mutex> lock(mu);
+    chunks.emplace_back(begin, end);
+  });
+  EXPECT_GT(chunks.size(), 1u);  // 400 items on 4 threads are not run as one chunk
+}
+
+// The header promises chunks "of at least min_chunk items".
+TEST(ThreadPoolTest, ChunksAreAtLeastMinChunk) {
+  for (int threads : {2, 3, 4, 8}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {5, 9, 13, 17, 100, 1001}) {
+      for (int64_t min_chunk : {2, 3, 4, 8}) {
+        if (n < min_chunk) continue;
+        std::mutex mu;
+        std::vector<int64_t> sizes;
+        pool.ParallelFor(n, min_chunk, [&](int64_t begin, int64_t end) {
+          std::lock_guard<std::mutex> lock(mu);
+          sizes.push_back(end - begin);
+        });
+        for (int64_t s : sizes) {
+          EXPECT_GE(s, min_chunk) << "threads " << threads << " n " << n << " min_chunk "
+                                  << min_chunk;
+        }
+      }
+    }
+  }
+}
+
+TEST(ThreadPoolTest, ManyConsecutiveJobsAndConcurrentCallers) {
+  ThreadPool pool(3);
+  for (int rep = 0; rep < 200; ++rep) CheckCoverage(pool, 1 + rep % 17, 1);
+  // Calls from several threads are serialised, each still complete and correct.
+  std::vector<std::thread> callers;
+  std::atomic<int64_t> total{0};
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&pool, &total, t] {
+      for (int rep = 0; rep < 50; ++rep) {
+        const int64_t n = 10 + t + rep;
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        pool.ParallelFor(n, 2, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+        });
+        for (auto& h : hits) {
+          EXPECT_EQ(h.load(), 1);
+          total += h.load();
+        }
+      }
+    });
+  }
+  for (auto& c : callers) c.join();
+  int64_t want = 0;
+  for (int t = 0; t < 4; ++t) {
+    for (int rep = 0; rep < 50; ++rep) want += 10 + t + rep;
+  }
+  EXPECT_EQ(total.load(), want);
+}
+
+TEST(ThreadPoolTest, DefaultPoolMatchesHardware) {
+  ThreadPool& pool = ThreadPool::Default();
+  EXPECT_EQ(pool.num_threads(),
+            static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  EXPECT_EQ(&pool, &ThreadPool::Default());
+  CheckCoverage(pool, 77, 1);
+}
+
+}  // namespace
+}  // namespace mnemo::kernels

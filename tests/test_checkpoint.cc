@@ -1,0 +1,304 @@
+#include "tests/test_checkpoint.h"
+
+#include <stdlib.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace mnemo::test {
+namespace {
+
+std::string ShapeJson(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string Bool(bool b) { return b ? "true" : "false"; }
+
+}  // namespace
+
+std::string SafetensorsDTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI32:
+      return "I32";
+  }
+  return "?";
+}
+
+std::string FloatBytes(const std::vector<float>& values, DType dtype) {
+  std::string out;
+  for (float v : values) {
+    switch (dtype) {
+      case DType::kF32: {
+        char b[4];
+        std::memcpy(b, &v, 4);
+        out.append(b, 4);
+        break;
+      }
+      case DType::kF16:
+      case DType::kBF16: {
+        const uint16_t h = dtype == DType::kF16 ? FloatToHalf(v) : FloatToBFloat16(v);
+        out.push_back(static_cast<char>(h & 0xff));
+        out.push_back(static_cast<char>(h >> 8));
+        break;
+      }
+      case DType::kI32: {
+        const int32_t i = static_cast<int32_t>(v);
+        char b[4];
+        std::memcpy(b, &i, 4);
+        out.append(b, 4);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::string SafetensorsFromHeader(const std::string& header_json, const std::string& data) {
+  std::string out;
+  uint64_t n = header_json.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  out += header_json;
+  out += data;
+  return out;
+}
+
+std::string SafetensorsBytes(const std::vector<RawTensor>& tensors,
+                             const std::vector<std::pair<std::string, std::string>>& metadata) {
+  std::vector<std::string> entries;
+  if (!metadata.empty()) {
+    std::vector<std::string> kv;
+    for (const auto& [k, v] : metadata) kv.push_back(absl::StrCat("\"", k, "\":\"", v, "\""));
+    entries.push_back(absl::StrCat("\"__metadata__\":{", absl::StrJoin(kv, ","), "}"));
+  }
+  std::string data;
+  for (const RawTensor& t : tensors) {
+    const size_t begin = data.size();
+    data += t.bytes;
+    entries.push_back(absl::StrCat("\"", t.name, "\":{\"dtype\":\"", t.dtype,
+                                   "\",\"shape\":", ShapeJson(t.shape), ",\"data_offsets\":[",
+                                   begin, ",", data.size(), "]}"));
+  }
+  std::string header = absl::StrCat("{", absl::StrJoin(entries, ","), "}");
+  while (header.size() % 8 != 0) header.push_back(' ');
+  return SafetensorsFromHeader(header, data);
+}
+
+engine::ModelConfig SmallConfig() {
+  engine::ModelConfig c;
+  c.architecture = "transfo_xl";
+  c.vocab_size = 37;
+  c.d_model = 16;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.d_head = 6;  // H·d_h = 12 ≠ D
+  c.d_inner = 24;
+  c.mem_len = 16;
+  c.clamp_len = 0;
+  c.same_length = false;
+  c.pre_lnorm = false;
+  c.untie_r = true;
+  c.activation = engine::Activation::kRelu;
+  c.layer_norm_epsilon = 1e-5;
+  c.memory_init = engine::MemoryInit::kEmpty;
+  c.tie_word_embeddings = false;
+  c.dtype = DType::kF32;
+  return c;
+}
+
+engine::ModelConfig RandomConfig(uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  auto coin = [&] { return uniform(0, 1) == 1; };
+  engine::ModelConfig c = SmallConfig();
+  c.vocab_size = uniform(5, 60);
+  c.d_model = 2 * uniform(2, 12);
+  c.n_layer = uniform(1, 3);
+  c.n_head = uniform(1, 3);
+  c.d_head = uniform(1, 8);
+  c.d_inner = uniform(1, 40);
+  c.mem_len = uniform(0, 12);
+  c.clamp_len = coin() ? 0 : uniform(1, 6);
+  c.same_length = coin() && c.mem_len > 0;  // same_length needs a memory
+  c.pre_lnorm = coin();
+  c.untie_r = coin();
+  c.activation = coin() ? engine::Activation::kGelu : engine::Activation::kRelu;
+  c.layer_norm_epsilon = coin() ? 1e-5 : 1e-6;
+  c.memory_init = coin() ? engine::MemoryInit::kZeros : engine::MemoryInit::kEmpty;
+  c.tie_word_embeddings = coin();
+  const int dtype = uniform(0, 2);
+  c.dtype = dtype == 0 ? DType::kF32 : dtype == 1 ? DType::kF16 : DType::kBF16;
+  if (coin()) c.eos_token_id = uniform(0, static_cast<int>(c.vocab_size) - 1);
+  return c;
+}
+
+std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& c) {
+  std::vector<std::pair<std::string, std::string>> f = {
+      {"architecture", absl::StrCat("\"", c.architecture, "\"")},
+      {"vocab_size", absl::StrCat(c.vocab_size)},
+      {"d_model", absl::StrCat(c.d_model)},
+      {"n_layer", absl::StrCat(c.n_layer)},
+      {"n_head", absl::StrCat(c.n_head)},
+      {"d_head", absl::StrCat(c.d_head)},
+      {"d_inner", absl::StrCat(c.d_inner)},
+      {"mem_len", absl::StrCat(c.mem_len)},
+      {"clamp_len", absl::StrCat(c.clamp_len)},
+      {"same_length", Bool(c.same_length)},
+      {"pre_lnorm", Bool(c.pre_lnorm)},
+      {"untie_r", Bool(c.untie_r)},
+      {"activation", c.activation == engine::Activation::kGelu ? "\"gelu\"" : "\"relu\""},
+      {"layer_norm_epsilon", absl::StrCat(c.layer_norm_epsilon)},
+      {"memory_init", c.memory_init == engine::MemoryInit::kZeros ? "\"zeros\"" : "\"empty\""},
+      {"tie_word_embeddings", Bool(c.tie_word_embeddings)},
+      {"torch_dtype", absl::StrCat("\"", std::string(DTypeName(c.dtype)), "\"")},
+  };
+  if (c.eos_token_id.has_value()) f.emplace_back("eos_token_id", absl::StrCat(*c.eos_token_id));
+  return f;
+}
+
+std::string RenderJsonObject(const std::vector<std::pair<std::string, std::string>>& fields) {
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : fields) parts.push_back(absl::StrCat("\"", k, "\": ", v));
+  return absl::StrCat("{\n  ", absl::StrJoin(parts, ",\n  "), "\n}\n");
+}
+
+std::string ConfigJson(const engine::ModelConfig& config) {
+  return RenderJsonObject(ConfigFields(config));
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
+    const engine::ModelConfig& c) {
+  const int64_t d = c.d_model, hd = c.attn_width();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+  t.push_back({"word_emb.weight", {c.vocab_size, d}});
+  if (!c.untie_r) {
+    t.push_back({"r_w_bias", {c.n_head, c.d_head}});
+    t.push_back({"r_r_bias", {c.n_head, c.d_head}});
+  }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    t.push_back({p + "attn.qkv.weight", {3 * hd, d}});
+    t.push_back({p + "attn.r.weight", {hd, d}});
+    t.push_back({p + "attn.o.weight", {d, hd}});
+    t.push_back({p + "attn.ln.weight", {d}});
+    t.push_back({p + "attn.ln.bias", {d}});
+    if (c.untie_r) {
+      t.push_back({p + "attn.r_w_bias", {c.n_head, c.d_head}});
+      t.push_back({p + "attn.r_r_bias", {c.n_head, c.d_head}});
+    }
+    t.push_back({p + "ff.fc1.weight", {c.d_inner, d}});
+    t.push_back({p + "ff.fc1.bias", {c.d_inner}});
+    t.push_back({p + "ff.fc2.weight", {d, c.d_inner}});
+    t.push_back({p + "ff.fc2.bias", {d}});
+    t.push_back({p + "ff.ln.weight", {d}});
+    t.push_back({p + "ff.ln.bias", {d}});
+  }
+  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, d}});
+  t.push_back({"lm_head.bias", {c.vocab_size}});
+  return t;
+}
+
+std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<RawTensor> out;
+  for (const auto& [name, shape] : ExpectedTensors(config)) {
+    const bool is_ln_gamma = name.ends_with("ln.weight");
+    const bool is_bias = name.ends_with(".bias") || name.ends_with("_bias");
+    const float center = is_ln_gamma ? 1.0f : 0.0f;
+    const float scale = is_ln_gamma ? 0.1f : is_bias ? 0.05f : 0.1f;
+    std::uniform_real_distribution<float> dist(center - scale, center + scale);
+    std::vector<float> values(static_cast<size_t>(NumElements(shape)));
+    for (float& v : values) v = dist(rng);
+    out.push_back(RawTensor{name, SafetensorsDTypeName(config.dtype), shape,
+                            FloatBytes(values, config.dtype)});
+  }
+  return out;
+}
+
+ScopedTempDir::ScopedTempDir(const std::string& label) {
+  std::string tmpl = ::testing::TempDir();
+  if (!tmpl.empty() && tmpl.back() != '/') tmpl += '/';
+  tmpl += "mnemo_" + label + "_XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  const char* made = ::mkdtemp(buf.data());
+  EXPECT_NE(made, nullptr) << "mkdtemp " << tmpl << ": " << std::strerror(errno);
+  path_ = made != nullptr ? std::string(made) : tmpl;
+}
+
+ScopedTempDir::ScopedTempDir(ScopedTempDir&& other) noexcept : path_(std::move(other.path_)) {
+  other.path_.clear();
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  if (path_.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+std::string ScopedTempDir::File(const std::string& name) const { return path_ + "/" + name; }
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  EXPECT_TRUE(out.good()) << "writing " << path;
+}
+
+ScopedTempDir WriteCheckpointFiles(const std::string& config_json,
+                                   const std::vector<RawTensor>& tensors) {
+  ScopedTempDir dir("ckpt");
+  WriteFile(dir.File("config.json"), config_json);
+  WriteFile(dir.File("model.safetensors"), SafetensorsBytes(tensors));
+  return dir;
+}
+
+ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed) {
+  return WriteCheckpointFiles(ConfigJson(config), RandomWeights(config, seed));
+}
+
+::testing::AssertionResult NearRelative(const std::vector<float>& a, const std::vector<float>& b,
+                                        double tol) {
+  if (a.size() != b.size()) {
+    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  }
+  double max_b = 0.0, max_diff = 0.0;
+  size_t worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) {
+      return ::testing::AssertionFailure() << "NaN at " << i << ": " << a[i] << " vs " << b[i];
+    }
+    max_b = std::max(max_b, std::fabs(static_cast<double>(b[i])));
+    const double diff = std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (diff > max_diff) {
+      max_diff = diff;
+      worst = i;
+    }
+  }
+  if (max_diff <= tol * max_b) {
+    return ::testing::AssertionSuccess() << "max diff " << max_diff << " (max |b| " << max_b << ")";
+  }
+  return ::testing::AssertionFailure()
+         << "max |a-b| = " << max_diff << " > " << tol << " * max|b| (" << max_b << ") at index "
+         << worst << ": " << a[worst] << " vs " << b[worst];
+}
+
+}  // namespace mnemo::test

@@ -1,0 +1,93 @@
+// Test helpers shared by the engine tests: small random Transformer-XL configs, a tiny
+// safetensors writer (so tests can also craft hostile files), checkpoint directories written into
+// fresh temporary folders, and the relative-error check the exactness tests use.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/dtype.h"
+#include "engine/model/model_config.h"
+#include "gtest/gtest.h"
+
+namespace mnemo::test {
+
+// One tensor of a safetensors file as written: `dtype` is the safetensors spelling ("F32",
+// "F16", "BF16", "I32"; anything else for hostile files) and `bytes` the raw little-endian data.
+struct RawTensor {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+// Safetensors spelling of a dtype ("F32", "F16", "BF16", "I32").
+std::string SafetensorsDTypeName(DType dtype);
+
+// Float values stored as `dtype` (f32, f16 or bf16; f16/bf16 rounded to nearest even).
+std::string FloatBytes(const std::vector<float>& values, DType dtype);
+
+// A complete safetensors image: header (tensors in the given order, data laid out back to back in
+// that order, optional __metadata__ of string pairs) padded with spaces to a multiple of 8, then
+// the data. Names and strings must not need JSON escaping.
+std::string SafetensorsBytes(const std::vector<RawTensor>& tensors,
+                             const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
+// A safetensors image from a literal header text and data buffer (for hostile headers).
+std::string SafetensorsFromHeader(const std::string& header_json, const std::string& data);
+
+// A fixed small config (f32, post-LN, relu, untied r biases, "empty" memory, mem_len 16).
+engine::ModelConfig SmallConfig();
+// A random small config: every size in a few units, every flag and enum drawn from `seed`.
+engine::ModelConfig RandomConfig(uint32_t seed);
+
+// config.json as (field, raw JSON value) pairs in CHECKPOINT-FORMAT.md order; eos_token_id only
+// when set. Tests edit the list to build invalid configs.
+std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& config);
+// {"k": v, ...} from raw JSON values.
+std::string RenderJsonObject(const std::vector<std::pair<std::string, std::string>>& fields);
+std::string ConfigJson(const engine::ModelConfig& config);
+
+// Every tensor name and shape the checkpoint format requires for `config`, in a fixed order.
+std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
+    const engine::ModelConfig& config);
+// Weights for `config` drawn from std::mt19937(seed), stored as config.dtype: matrices and
+// embeddings uniform in ±0.1, biases ±0.05, LayerNorm gammas 1 ± 0.1. The values depend only on
+// the tensor shapes and the seed, so configs that differ only in mem_len, clamp_len,
+// same_length, memory_init… get identical weights.
+std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t seed);
+
+// A fresh directory under testing::TempDir(), removed with its contents on destruction.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& label);
+  ~ScopedTempDir();
+  ScopedTempDir(ScopedTempDir&& other) noexcept;
+  ScopedTempDir& operator=(ScopedTempDir&&) = delete;
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  // path() + "/" + name
+  std::string File(const std::string& name) const;
+
+ private:
+  std::string path_;
+};
+
+// Writes `bytes` to `path` (the test fails on I/O errors).
+void WriteFile(const std::string& path, const std::string& bytes);
+
+// A checkpoint directory: config.json from `config_json`, model.safetensors from `tensors`.
+ScopedTempDir WriteCheckpointFiles(const std::string& config_json,
+                                   const std::vector<RawTensor>& tensors);
+// A valid checkpoint of `config` with RandomWeights(config, seed).
+ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed);
+
+// Succeeds when a and b have the same size and max|a − b| ≤ tol · max|b| (and nothing is NaN).
+::testing::AssertionResult NearRelative(const std::vector<float>& a, const std::vector<float>& b,
+                                        double tol);
+
+}  // namespace mnemo::test
