@@ -22,8 +22,9 @@ constexpr int64_t kTableHeadroom = 512;
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(const std::string& dir) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/model.safetensors"));
-  ASSIGN_OR_RETURN(TransfoXlWeights weights, LoadTransfoXlWeights(config, *file));
+  ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
+                   SafetensorsFile::Open(dir + "/model.safetensors"));
+  ASSIGN_OR_RETURN(TransfoXlWeights weights, LoadTransfoXlWeights(config, std::move(file)));
   return Create(std::move(config), std::move(weights), MakeCpuBackend());
 }
 

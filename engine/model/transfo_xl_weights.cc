@@ -1,5 +1,7 @@
 #include "engine/model/transfo_xl_weights.h"
 
+#include <cstdint>
+#include <memory>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -12,8 +14,10 @@ namespace {
 
 class TensorReader {
  public:
-  TensorReader(const ModelConfig& config, const SafetensorsFile& file)
-      : config_(config), file_(file) {}
+  // `keep_alive`, when set, owns `file` and lets aligned f32 tensors alias the mapping.
+  TensorReader(const ModelConfig& config, const SafetensorsFile& file,
+               std::shared_ptr<const SafetensorsFile> keep_alive)
+      : config_(config), file_(file), keep_alive_(std::move(keep_alive)) {}
 
   absl::StatusOr<Tensor> Read(const std::string& name, std::vector<int64_t> shape) {
     used_.insert(name);
@@ -31,6 +35,12 @@ class TensorReader {
       return absl::InvalidArgumentError(
           absl::StrCat(file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
                        " but config.json torch_dtype is ", DTypeName(config_.dtype)));
+    }
+    if (keep_alive_ != nullptr && t->dtype == DType::kF32 &&
+        reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
+      void* data = const_cast<unsigned char*>(t->data);  // read-only by contract (see header)
+      return Tensor(std::shared_ptr<void>(keep_alive_, data), DType::kF32, Device::kCpu,
+                    std::move(shape));
     }
     Tensor out = Tensor::Zeros(DType::kF32, std::move(shape));
     ConvertToFloat(t->dtype, t->data, out.data<float>(), static_cast<size_t>(out.numel()));
@@ -52,14 +62,28 @@ class TensorReader {
  private:
   const ModelConfig& config_;
   const SafetensorsFile& file_;
+  std::shared_ptr<const SafetensorsFile> keep_alive_;
   std::set<std::string> used_;
 };
 
+absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader reader);
+
 }  // namespace
 
-absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& c,
+absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       const SafetensorsFile& file) {
-  TensorReader reader(c, file);
+  return LoadWeights(config, TensorReader(config, file, nullptr));
+}
+
+absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
+                                                      std::shared_ptr<const SafetensorsFile> file) {
+  const SafetensorsFile& ref = *file;
+  return LoadWeights(config, TensorReader(config, ref, std::move(file)));
+}
+
+namespace {
+
+absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader reader) {
   const int64_t d = c.d_model, hd = c.attn_width();
   TransfoXlWeights w;
   ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, d}));
@@ -100,5 +124,7 @@ absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& c,
   RETURN_IF_ERROR(reader.CheckNoExtra());
   return w;
 }
+
+}  // namespace
 
 }  // namespace mnemo::engine

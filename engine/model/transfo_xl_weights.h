@@ -2,6 +2,7 @@
 // (CHECKPOINT-FORMAT.md names and shapes), with every tensor checked by name, shape and dtype.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,8 +32,14 @@ struct TransfoXlWeights {
 };
 
 // Loads and checks every tensor. Errors (INVALID_ARGUMENT) name the tensor: missing, unexpected,
-// wrong shape, or a dtype other than config.dtype.
+// wrong shape, or a dtype other than config.dtype. Every tensor is copied (and widened to f32).
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       const SafetensorsFile& file);
+// As above, but float32 tensors that are 4-byte aligned in the file are used in place from the
+// read-only mapping (the weights keep `file` alive): no copy, so loading is fast, resident memory
+// is the weights once, and processes serving the same file share its page cache. The weights are
+// immutable; writing through such a tensor faults.
+absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
+                                                      std::shared_ptr<const SafetensorsFile> file);
 
 }  // namespace mnemo::engine

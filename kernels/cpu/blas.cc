@@ -2,13 +2,20 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstring>
+#include <mutex>
 
 namespace mnemo::kernels {
 
-void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-            int64_t rows, int64_t in, int64_t out) {
-  if (rows <= 0) return;
+namespace {
+
+// Below this many multiply-adds a product runs on the calling thread: waking workers costs more.
+constexpr int64_t kMinParallelWork = int64_t{1} << 16;
+constexpr int64_t kColumnAlign = 16;  // keep column blocks a multiple of the vector width
+
+void LinearBlock(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
+                 int64_t ldy, int64_t rows, int64_t in, int64_t out) {
   // With a bias, y starts as the bias and BLAS accumulates into it (beta = 1): one pass over y.
   float beta = 0.0f;
   if (bias != nullptr) {
@@ -25,9 +32,54 @@ void Linear(const float* x, int64_t ldx, const float* w, const float* bias, floa
   }
 }
 
+}  // namespace
+
+void UseSingleThreadedBlas() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
+void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
+            int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
+  if (rows <= 0 || out <= 0) return;
+  UseSingleThreadedBlas();
+  const int64_t threads = pool.num_threads();
+  if (threads == 1 || rows * in * out < kMinParallelWork) {
+    LinearBlock(x, ldx, w, bias, y, ldy, rows, in, out);
+    return;
+  }
+  int64_t block = (out + threads - 1) / threads;
+  block = (block + kColumnAlign - 1) / kColumnAlign * kColumnAlign;
+  const int64_t blocks = (out + block - 1) / block;
+  pool.ParallelFor(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o0 = b * block, n = std::min(block, out - o0);
+      LinearBlock(x, ldx, w + o0 * in, bias != nullptr ? bias + o0 : nullptr, y + o0, ldy, rows, in,
+                  n);
+    }
+  });
+}
+
+void Gemv(int64_t rows, int64_t cols, const float* a, int64_t lda, const float* x, float beta,
+          float* y) {
+  if (rows <= 0) return;
+  UseSingleThreadedBlas();
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0f, a,
+              static_cast<int>(lda), x, 1, beta, y, 1);
+}
+
+void GemvT(int64_t rows, int64_t cols, const float* a, int64_t lda, const float* x, float beta,
+           float* y) {
+  if (rows <= 0) return;
+  UseSingleThreadedBlas();
+  cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0f, a,
+              static_cast<int>(lda), x, 1, beta, y, 1);
+}
+
 void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
+  UseSingleThreadedBlas();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
               c, static_cast<int>(ldc));
@@ -36,6 +88,7 @@ void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_
 void GemmNN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
+  UseSingleThreadedBlas();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
               c, static_cast<int>(ldc));

@@ -1,15 +1,32 @@
 // The CPU backend's dense products, through OpenBLAS (Debian's libopenblas).
+// OpenBLAS runs single-threaded: all parallelism comes from our ThreadPool, which splits
+// products by output columns (and attention by heads), so two thread pools never compete for
+// the same cores and pool workers can call BLAS concurrently.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/cpu/thread_pool.h"
+
 namespace mnemo::kernels {
 
-// y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null).
-// Strides are in elements. A single row goes through sgemv: OpenBLAS's sgemv is several times
-// faster than sgemm with M = 1, and decode is made of such rows.
+// Makes OpenBLAS single-threaded (once per process). Called by every function here; call it
+// directly before using cblas_* elsewhere.
+void UseSingleThreadedBlas();
+
+// y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), split over `pool` by
+// blocks of output columns. Strides are in elements. A single row goes through sgemv: OpenBLAS's
+// sgemv is several times faster than sgemm with M = 1, and decode is made of such rows.
 void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-            int64_t rows, int64_t in, int64_t out);
+            int64_t rows, int64_t in, int64_t out, ThreadPool& pool);
+
+// Single-threaded products for callers that parallelise themselves.
+// y[rows] = a[rows, cols] · x[cols] + beta·y  (a row-major with row stride lda).
+void Gemv(int64_t rows, int64_t cols, const float* a, int64_t lda, const float* x, float beta,
+          float* y);
+// y[cols] = a[rows, cols]ᵀ · x[rows] + beta·y  (a row-major with row stride lda).
+void GemvT(int64_t rows, int64_t cols, const float* a, int64_t lda, const float* x, float beta,
+           float* y);
 
 // c[m, n] = alpha · a[m, k] · b[n, k]ᵀ + beta · c  (row-major, strides in elements).
 void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

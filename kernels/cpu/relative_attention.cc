@@ -25,28 +25,17 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
   return std::max<int64_t>(0, i - shift + 1);
 }
 
-// Finds the span holding key position j (spans are few: ring halves plus the new rows).
-struct KeyCursor {
-  const std::vector<KvSpan>* spans;
-  size_t index = 0;
-  int64_t base = 0;  // key position of spans[index].rows[0]
-  void Seek(int64_t j) {
-    while (j >= base + (*spans)[index].rows) {
-      base += (*spans)[index].rows;
-      ++index;
-    }
-  }
-};
-
 void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
                     const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                     const float* r_w_bias, const float* r_r_bias, float* out, int head,
                     std::vector<float>& work) {
   const int dh = s.head_dim;
-  const int64_t i = 0;
-  const int64_t last = s.memory_len + i;  // the query's own position
-  const int64_t first = FirstVisibleKey(s, i);
+  const int64_t last = s.memory_len;  // the query's own position (i = 0)
+  const int64_t first = FirstVisibleKey(s, 0);
   const int64_t clamp = EffectiveClamp(s);
+  float* o = out + head * dh;
+  std::fill(o, o + dh, 0.0f);
+  if (first > last) return;  // every key masked: zeros
   const int64_t n = last - first + 1;
   const int64_t table_rows = std::min(last - first, clamp) + 1;
   work.resize(2 * dh + n + table_rows);
@@ -55,35 +44,40 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   float* scores = qv + dh;
   float* bd = scores + n;
   const float* qh = q + head * dh;
-  for (int d = 0; d < dh; ++d) {
-    qu[d] = qh[d] + r_w_bias[head * dh + d];
-    qv[d] = qh[d] + r_r_bias[head * dh + d];
-  }
+  AddVectors(qh, r_w_bias + head * dh, qu, dh);
+  AddVectors(qh, r_r_bias + head * dh, qv, dh);
   // Positional term once per distance (distances > clamp share the last row).
-  for (int64_t p = 0; p < table_rows; ++p) bd[p] = Dot(qv, rk + p * ldr + head * dh, dh);
+  Gemv(table_rows, dh, rk + head * dh, ldr, qv, 0.0f, bd);
+  // Content term span by span over the visible keys [first, last].
+  int64_t base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, first), hi = std::min(base + span.rows, last + 1);
+    if (lo < hi) {
+      Gemv(hi - lo, dh, span.k + (lo - base) * span.ld + head * dh, span.ld, qu, 0.0f,
+           scores + (lo - first));
+    }
+    base += span.rows;
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  KeyCursor cursor{&keys};
   for (int64_t j = first; j <= last; ++j) {
-    cursor.Seek(j);
-    const KvSpan& span = keys[cursor.index];
-    const float* k = span.k + (j - cursor.base) * span.ld + head * dh;
-    scores[j - first] = (Dot(qu, k, dh) + bd[std::min(last - j, clamp)]) * scale;
+    scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
   }
   SoftmaxRow(scores, n);
-  float* o = out + head * dh;
-  std::fill(o, o + dh, 0.0f);
-  cursor = KeyCursor{&keys};
-  for (int64_t j = first; j <= last; ++j) {
-    cursor.Seek(j);
-    const KvSpan& span = keys[cursor.index];
-    Axpy(scores[j - first], span.v + (j - cursor.base) * span.ld + head * dh, o, dh);
+  base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, first), hi = std::min(base + span.rows, last + 1);
+    if (lo < hi) {
+      GemvT(hi - lo, dh, span.v + (lo - base) * span.ld + head * dh, span.ld, scores + (lo - first),
+            1.0f, o);
+    }
+    base += span.rows;
   }
 }
 
 void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
                  const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                  const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo, int head,
-                 int64_t i0, int64_t i1, std::vector<float>& work, ThreadPool& pool) {
+                 int64_t i0, int64_t i1, std::vector<float>& work) {
   const int dh = s.head_dim;
   const int64_t b = i1 - i0;
   const int64_t col0 = FirstVisibleKey(s, i0);  // first key any row of the block sees
@@ -114,8 +108,8 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
   // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
   GemmNT(b, table_rows, dh, 1.0f, qv, dh, rk + head * dh, ldr, 0.0f, bd, table_rows);
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  pool.ParallelFor(b, 8, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+  {
+    for (int64_t r = 0; r < b; ++r) {
       const int64_t i = i0 + r;
       const int64_t last = s.memory_len + i;
       const int64_t first = FirstVisibleKey(s, i);
@@ -132,7 +126,7 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       std::fill(row, row + (first - col0), 0.0f);
       std::fill(row + (last - col0) + 1, row + ncols, 0.0f);
     }
-  });
+  }
   // out[b, dh] = P · V over the same spans, accumulating after the first product.
   float beta = 0.0f;
   base = 0;
@@ -171,14 +165,17 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
     });
     return;
   }
-  thread_local std::vector<float> work;
-  for (int h = 0; h < shape.num_heads; ++h) {
-    for (int64_t i0 = 0; i0 < shape.query_len; i0 += kQueryBlock) {
+  // One task per (head, query block), each on one thread with single-threaded BLAS.
+  const int64_t blocks = (shape.query_len + kQueryBlock - 1) / kQueryBlock;
+  pool.ParallelFor(shape.num_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> work;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int h = static_cast<int>(t / blocks);
+      const int64_t i0 = (t % blocks) * kQueryBlock;
       const int64_t i1 = std::min(shape.query_len, i0 + kQueryBlock);
-      AttendBlock(shape, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work,
-                  pool);
+      AttendBlock(shape, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work);
     }
-  }
+  });
 }
 
 }  // namespace mnemo::kernels

@@ -2,7 +2,26 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace mnemo::kernels {
+namespace {
+
+// Spin iterations before blocking (each a pause instruction, ~10–40 ns): a few hundred
+// microseconds, longer than the gap between a decode step's jobs, far shorter than a token.
+constexpr int kSpinIterations = 20000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
   for (int i = 1; i < std::max(num_threads, 1); ++i) {
@@ -12,10 +31,10 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    std::lock_guard<std::mutex> lock(sleep_mu_);
+    stop_.store(true, std::memory_order_release);
   }
-  work_cv_.notify_all();
+  wake_cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
@@ -23,6 +42,15 @@ ThreadPool& ThreadPool::Default() {
   static ThreadPool* pool =
       new ThreadPool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   return *pool;
+}
+
+void ThreadPool::RunPart(int index) {
+  // Part i is [i·n/parts, (i+1)·n/parts): sizes differ by at most one, each ≥ min_chunk.
+  if (index < parts_) {
+    const int64_t begin = index * job_n_ / parts_;
+    const int64_t end = (index + 1) * job_n_ / parts_;
+    if (begin < end) (*job_)(begin, end);
+  }
 }
 
 void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
@@ -35,40 +63,58 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mu_);
+  job_ = &fn;
+  job_n_ = n;
+  parts_ = parts;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    job_n_ = n;
-    parts_ = parts;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    // Bumping the generation under sleep_mu_ means a worker about to sleep either sees it or is
+    // already waiting and gets the notification.
+    std::lock_guard<std::mutex> lock(sleep_mu_);
+    generation_.fetch_add(1, std::memory_order_release);
+    if (sleepers_ > 0) wake_cv_.notify_all();
   }
-  work_cv_.notify_all();
-  fn(0, n / parts);  // the caller takes part 0
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
+  RunPart(0);
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kSpinIterations) {
+      CpuRelax();
+      continue;
+    }
+    std::unique_lock<std::mutex> lock(sleep_mu_);
+    caller_waiting_ = true;
+    done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    caller_waiting_ = false;
+    break;
+  }
   job_ = nullptr;
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t begin, end;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-      // Part i is [i·n/parts, (i+1)·n/parts): sizes differ by at most one, each ≥ min_chunk.
-      begin = index < parts_ ? index * job_n_ / parts_ : 0;
-      end = index < parts_ ? (index + 1) * job_n_ / parts_ : 0;
+    // Wait for a new generation: spin first, then sleep.
+    uint64_t current = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      CpuRelax();
+      current = generation_.load(std::memory_order_acquire);
     }
-    if (begin < end) (*job)(begin, end);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+    if (current == seen) {
+      std::unique_lock<std::mutex> lock(sleep_mu_);
+      ++sleepers_;
+      wake_cv_.wait(lock, [&] {
+        return stop_.load(std::memory_order_acquire) ||
+               generation_.load(std::memory_order_acquire) != seen;
+      });
+      --sleepers_;
+      if (stop_.load(std::memory_order_acquire)) return;
+      current = generation_.load(std::memory_order_acquire);
+    }
+    seen = current;
+    RunPart(index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(sleep_mu_);
+      if (caller_waiting_) done_cv_.notify_one();
     }
   }
 }

@@ -38,18 +38,6 @@ inline float ExpScalar(float x) {
 
 }  // namespace
 
-MNEMO_MULTIVERSION float Dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-MNEMO_MULTIVERSION void Axpy(float alpha, const float* x, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
-
 MNEMO_MULTIVERSION void AddVectors(const float* a, const float* b, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];

@@ -1,4 +1,4 @@
-// Vectorised float32 loops of the CPU backend: dot products, norms, activations, softmax.
+// Vectorised float32 loops of the CPU backend: norms, activations, softmax, element-wise ops.
 // Each function is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load time
 // (GCC target_clones), so shipped binaries need no -march=native.
 #pragma once
@@ -7,10 +7,6 @@
 
 namespace mnemo::kernels {
 
-// Σ a[i]·b[i], accumulated in float32 lanes.
-float Dot(const float* a, const float* b, int64_t n);
-// y[i] += alpha·x[i].
-void Axpy(float alpha, const float* x, float* y, int64_t n);
 // y[i] = a[i] + b[i] (y may alias a or b).
 void AddVectors(const float* a, const float* b, float* y, int64_t n);
 // y[i] = exp(x[i]) for x ≤ 88; inputs below -87 give 0. Max relative error ~2 ulp.

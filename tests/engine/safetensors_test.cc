@@ -5,6 +5,7 @@
 #include "engine/checkpoint/safetensors.h"
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -478,6 +479,44 @@ TEST_F(WeightsTest, RandomConfigsLoad) {
     auto w = Load(c, test::RandomWeights(c, seed), &bytes);
     ASSERT_TRUE(w.ok()) << "seed " << seed << ": " << w.status();
     EXPECT_EQ(static_cast<int64_t>(w->layers.size()), c.n_layer);
+  }
+}
+
+}  // namespace
+}  // namespace mnemo::engine
+
+namespace mnemo::engine {
+namespace {
+
+// Loading from a file the weights keep alive: aligned float32 tensors alias the read-only
+// mapping (no copy) and hold the same values as the copying loader's; other dtypes are widened.
+TEST(WeightsInPlaceTest, AlignedFloat32TensorsAliasTheMapping) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    ModelConfig c = test::SmallConfig();
+    c.dtype = dtype;
+    const std::string bytes = test::SafetensorsBytes(test::RandomWeights(c, 5));
+    test::ScopedTempDir dir("inplace");
+    test::WriteFile(dir.File("w.safetensors"), bytes);
+    auto opened = SafetensorsFile::Open(dir.File("w.safetensors"));
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    std::shared_ptr<const SafetensorsFile> file(std::move(*opened));
+    auto copied = LoadTransfoXlWeights(c, *file);
+    ASSERT_TRUE(copied.ok()) << copied.status();
+    const SafetensorsTensor* raw = file->Find("word_emb.weight");
+    ASSERT_NE(raw, nullptr);
+    auto in_place = LoadTransfoXlWeights(c, file);
+    ASSERT_TRUE(in_place.ok()) << in_place.status();
+    const bool aliased = in_place->word_emb.raw() == static_cast<const void*>(raw->data);
+    EXPECT_EQ(aliased, dtype == DType::kF32) << DTypeName(dtype);
+    EXPECT_EQ(
+        std::memcmp(in_place->word_emb.raw(), copied->word_emb.raw(), copied->word_emb.bytes()), 0);
+    EXPECT_EQ(std::memcmp(in_place->layers[0].fc2.raw(), copied->layers[0].fc2.raw(),
+                          copied->layers[0].fc2.bytes()),
+              0);
+    // The tensors keep the mapping alive after every other owner is gone.
+    const float first = copied->word_emb.data<float>()[0];
+    file.reset();
+    EXPECT_EQ(in_place->word_emb.data<float>()[0], first);
   }
 }
 

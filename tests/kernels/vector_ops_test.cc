@@ -52,26 +52,6 @@ class VectorOpsTest : public ::testing::TestWithParam<std::pair<int64_t, int>> {
   std::mt19937 rng_{static_cast<uint32_t>(GetParam().first * 31 + GetParam().second)};
 };
 
-TEST_P(VectorOpsTest, DotMatchesDouble) {
-  Buffer a(n(), offset(), rng_), b(n(), 0, rng_);
-  double want = 0.0, magnitude = 0.0;
-  for (int64_t i = 0; i < n(); ++i) {
-    want += static_cast<double>(a.data()[i]) * b.data()[i];
-    magnitude += std::fabs(static_cast<double>(a.data()[i]) * b.data()[i]);
-  }
-  EXPECT_NEAR(Dot(a.data(), b.data(), n()), want, 1e-5 * magnitude);
-}
-
-TEST_P(VectorOpsTest, AxpyMatchesDouble) {
-  Buffer x(n(), offset(), rng_), y(n(), 0, rng_);
-  const std::vector<float> y0 = y.values();
-  Axpy(0.75f, x.data(), y.data(), n());
-  for (int64_t i = 0; i < n(); ++i) {
-    const double want = y0[i] + 0.75 * static_cast<double>(x.data()[i]);
-    ASSERT_NEAR(y.data()[i], want, 1e-6 * (std::fabs(want) + 1)) << i;
-  }
-}
-
 TEST_P(VectorOpsTest, AddVectorsAndAddBiasMatchDouble) {
   Buffer a(n(), offset(), rng_), b(n(), 0, rng_), y(n(), 0, rng_);
   AddVectors(a.data(), b.data(), y.data(), n());

@@ -25,7 +25,7 @@ class CpuBackend final : public Backend {
     const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
     kernels::Linear(x.data<float>(), in, w.data<float>(),
                     bias != nullptr ? bias->data<float>() : nullptr, y.data<float>(), out, rows, in,
-                    out);
+                    out, pool_);
     return absl::OkStatus();
   }
 

@@ -1,0 +1,496 @@
+// mnemo_bench: one benchmark figure of mnemo's CPU backend on one checkpoint, printed as one JSON
+// line. Run one figure per process so that the peak RSS it reports belongs to that figure alone
+// (bench/run_cpu_bench.py does this and runs the PyTorch peers on the same weights).
+//
+//   mnemo_bench --model DIR --figure prefill --segment S [--runs N] [--warmup W]
+//               [--segments-per-run K] [--logits last|all]
+//   mnemo_bench --model DIR --figure decode [--runs N] [--warmup W] [--decode-steps K]
+//   mnemo_bench --model DIR --figure breakdown --segment S   (S = 1: decode step)
+//   mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT
+//
+// prefill: a session whose memory is already full (primed with real tokens: mem_len comes from
+//   the checkpoint's config) advances by segments of S tokens with LogitsMode::kLast (the state
+//   update plus the logits of the segment's last token, as a prompt ingest before generation
+//   needs). One run = K segments; tokens/s = K·S / wall time. --logits all: LogitsMode::kAll
+//   (every position's logits, the scoring use case) instead.
+// decode: a session primed with mem_len tokens (memory full) generates one token per Forward
+//   (T = 1, LogitsMode::kLast, next token = argmax of the logits, as greedy generation does).
+//   One run = K steps; tokens/s = K / wall time. The memory length is the checkpoint's mem_len.
+// breakdown: times the ops one Forward is made of (the same Backend::Linear /
+//   Backend::RelativeAttention calls with the same shapes and this checkpoint's weights, each op
+//   over all layers' data) and the whole Forward, to show where the time goes; for S = 1 also
+//   every weight product of a step in Forward's order (the whole weight set streaming from
+//   memory), once as the engine runs them and once split over mnemo's pool with OpenBLAS on one
+//   thread, and the latency of an empty ParallelFor. Diagnostic only, in RESULTS.md's analysis.
+//   The peak RSS of prefill/decode also comes with rss_after_load_mib and rss_end_mib.
+// logits: writes the float32 logits [n, vocab] of whitespace-separated ids (one segment,
+//   LogitsMode::kAll, fresh session) so that the orchestrator can check that mnemo and the
+//   PyTorch peers run the same weights.
+//
+// Every figure: warm-up W, then N timed runs; min / median / max over the runs.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <sys/resource.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+#include "engine/backend/backend.h"
+#include "engine/checkpoint/safetensors.h"
+#include "engine/memory/xl_memory.h"
+#include "engine/model/transfo_xl_model.h"
+#include "engine/model/transfo_xl_weights.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace mnemo::bench {
+namespace {
+
+using engine::LogitsMode;
+using engine::SequenceInput;
+using engine::SessionState;
+using engine::Tensor;
+using engine::TransfoXlModel;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string model;
+  std::string figure;
+  int64_t segment = 128;
+  int runs = 7;
+  int warmup = 2;
+  int segments_per_run = 0;  // 0: enough for ~1024 tokens per run
+  int decode_steps = 64;
+  std::string ids_file;
+  std::string output;
+  bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
+};
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "mnemo_bench: %s\n", message.c_str());
+  std::exit(1);
+}
+
+void Check(const absl::Status& status, const char* what) {
+  if (!status.ok()) Die(absl::StrCat(std::string(what), ": ", status.ToString()));
+}
+
+Options ParseArgs(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Die(absl::StrCat("missing value after ", arg));
+      return argv[++i];
+    };
+    if (arg == "--model") {
+      o.model = value();
+    } else if (arg == "--figure") {
+      o.figure = value();
+    } else if (arg == "--segment") {
+      o.segment = std::atoll(value().c_str());
+    } else if (arg == "--runs") {
+      o.runs = std::atoi(value().c_str());
+    } else if (arg == "--warmup") {
+      o.warmup = std::atoi(value().c_str());
+    } else if (arg == "--segments-per-run") {
+      o.segments_per_run = std::atoi(value().c_str());
+    } else if (arg == "--decode-steps") {
+      o.decode_steps = std::atoi(value().c_str());
+    } else if (arg == "--logits") {
+      const std::string v = value();
+      if (v != "last" && v != "all") Die("--logits must be last or all");
+      o.all_logits = v == "all";
+    } else if (arg == "--ids-file") {
+      o.ids_file = value();
+    } else if (arg == "--output") {
+      o.output = value();
+    } else if (arg == "--help" || arg == "-h") {
+      std::printf(
+          "usage: mnemo_bench --model DIR --figure prefill|decode|breakdown [--segment S]\n"
+          "       [--runs N] [--warmup W] [--segments-per-run K] [--decode-steps K]\n"
+          "       [--logits last|all]\n"
+          "       mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT\n");
+      std::exit(0);
+    } else {
+      Die(absl::StrCat("unknown flag ", arg));
+    }
+  }
+  if (o.model.empty()) Die("--model is required");
+  if (o.figure != "prefill" && o.figure != "decode" && o.figure != "breakdown" &&
+      o.figure != "logits") {
+    Die("--figure must be prefill, decode, breakdown or logits");
+  }
+  if (o.figure == "logits" && (o.ids_file.empty() || o.output.empty())) {
+    Die("--figure logits needs --ids-file and --output");
+  }
+  if (o.segment < 1 || o.runs < 1 || o.warmup < 0 || o.decode_steps < 1) Die("bad counts");
+  return o;
+}
+
+// Resident-set figures from /proc/self/status, in MiB ("VmHWM" = peak, "VmRSS" = now).
+double ProcStatusMib(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string prefix = absl::StrCat(std::string(key), ":");
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix, 0) == 0) {
+      return std::strtod(line.c_str() + prefix.size(), nullptr) / 1024.0;  // kB
+    }
+  }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+// Deterministic token ids in [0, vocab).
+class Tokens {
+ public:
+  explicit Tokens(int64_t vocab) : vocab_(vocab) {}
+  std::vector<int32_t> Next(int64_t n) {
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (auto& id : ids) {
+      state_ = state_ * 6364136223846793005ULL + 1442695040888963407ULL;
+      id = static_cast<int32_t>((state_ >> 33) % static_cast<uint64_t>(vocab_));
+    }
+    return ids;
+  }
+
+ private:
+  int64_t vocab_;
+  uint64_t state_ = 0x853c49e6748fea9bULL;
+};
+
+struct Summary {
+  double min = 0, median = 0, max = 0;
+};
+
+Summary Summarise(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  Summary s;
+  s.min = v.front();
+  s.max = v.back();
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return s;
+}
+
+std::string Num(double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", x);
+  return buf;
+}
+
+std::string SummaryJson(const Summary& s) {
+  return absl::StrCat("{\"min\":", Num(s.min), ",\"median\":", Num(s.median),
+                      ",\"max\":", Num(s.max), "}");
+}
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Feeds `tokens` ids through the session in segments of at most `segment` (no logits).
+void Prime(TransfoXlModel& model, SessionState& state, Tokens& gen, int64_t tokens,
+           int64_t segment) {
+  while (tokens > 0) {
+    const int64_t n = std::min(tokens, segment);
+    const std::vector<int32_t> ids = gen.Next(n);
+    Check(model.Forward({SequenceInput{ids.data(), n, &state}}, LogitsMode::kNone, nullptr),
+          "prime forward");
+    tokens -= n;
+  }
+}
+
+int32_t Argmax(const Tensor& logits) {
+  const float* p = logits.data<float>();
+  const int64_t n = logits.dim(logits.rank() - 1);
+  return static_cast<int32_t>(std::max_element(p, p + n) - p);
+}
+
+double g_rss_after_load_mib = 0;
+
+std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
+  const engine::ModelConfig& c = model.config();
+  return absl::StrCat(
+      "\"rss_after_load_mib\":", Num(g_rss_after_load_mib),
+      ",\"rss_end_mib\":", Num(ProcStatusMib("VmRSS")), ",",
+      "\"threads\":{\"pool\":", kernels::ThreadPool::Default().num_threads(),
+      ",\"openblas\":", openblas_get_num_threads(), "},\"openblas_core\":\"",
+      std::string(openblas_get_corename()), "\",\"openblas_config\":\"",
+      std::string(openblas_get_config()), "\",\"model\":{\"n_layer\":", c.n_layer,
+      ",\"d_model\":", c.d_model, ",\"n_head\":", c.n_head, ",\"d_head\":", c.d_head,
+      ",\"d_inner\":", c.d_inner, ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len,
+      ",\"clamp_len\":", c.clamp_len, ",\"same_length\":", c.same_length ? "true" : "false",
+      ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
+      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size());
+}
+
+int RunPrefill(const Options& o, TransfoXlModel& model) {
+  const engine::ModelConfig& c = model.config();
+  const int64_t s = o.segment;
+  Tokens gen(c.vocab_size);
+  SessionState state = model.NewState();
+  // Fill the memory with real positions (mem_len of them, in segments of S).
+  Prime(model, state, gen, std::max<int64_t>(c.mem_len, s), s);
+  const int k = o.segments_per_run > 0 ? o.segments_per_run
+                                       : static_cast<int>(std::max<int64_t>(1, 1024 / s));
+  Tensor logits;
+  auto segment = [&]() {
+    const std::vector<int32_t> ids = gen.Next(s);
+    Check(model.Forward({SequenceInput{ids.data(), s, &state}},
+                        o.all_logits ? LogitsMode::kAll : LogitsMode::kLast, &logits),
+          "prefill forward");
+  };
+  for (int w = 0; w < o.warmup; ++w) segment();
+  std::vector<double> rates;
+  for (int r = 0; r < o.runs; ++r) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < k; ++i) segment();
+    const auto t1 = Clock::now();
+    rates.push_back(static_cast<double>(k * s) / Seconds(t0, t1));
+  }
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"prefill\",\"segment\":%" PRId64 ",\"mem\":%" PRId64
+              ",\"logits\":\"%s\",\"tokens_per_s\":%s,\"runs\":%d,\"tokens_per_run\":%" PRId64
+              ",\"warmup_segments\":%d,\"peak_rss_mib\":%s,%s}\n",
+              s, c.mem_len, o.all_logits ? "all" : "last", SummaryJson(Summarise(rates)).c_str(),
+              o.runs, k * s, o.warmup, Num(ProcStatusMib("VmHWM")).c_str(),
+              CommonJson(model, state).c_str());
+  return 0;
+}
+
+int RunDecode(const Options& o, TransfoXlModel& model) {
+  const engine::ModelConfig& c = model.config();
+  Tokens gen(c.vocab_size);
+  SessionState state = model.NewState();
+  Prime(model, state, gen, c.mem_len, std::min<int64_t>(c.mem_len, 512));
+  Tensor logits;
+  int32_t token = gen.Next(1)[0];
+  auto step = [&]() {
+    Check(model.Forward({SequenceInput{&token, 1, &state}}, LogitsMode::kLast, &logits),
+          "decode forward");
+    token = Argmax(logits);
+  };
+  for (int w = 0; w < o.warmup * 8; ++w) step();
+  std::vector<double> rates;
+  for (int r = 0; r < o.runs; ++r) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < o.decode_steps; ++i) step();
+    const auto t1 = Clock::now();
+    rates.push_back(static_cast<double>(o.decode_steps) / Seconds(t0, t1));
+  }
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
+              ",\"logits\":\"last\",\"tokens_per_s\":%s,\"runs\":%d,\"tokens_per_run\":%d"
+              ",\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s}\n",
+              c.mem_len, SummaryJson(Summarise(rates)).c_str(), o.runs, o.decode_steps,
+              o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(), CommonJson(model, state).c_str());
+  return 0;
+}
+
+// Median wall time in milliseconds of `reps` calls of fn (after one warm-up call).
+double TimeMs(int reps, const std::function<void()>& fn) {
+  fn();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    t.push_back(1e3 * Seconds(t0, Clock::now()));
+  }
+  return Summarise(t).median;
+}
+
+// Per-kernel timing of one Forward of S tokens (S = 1: a decode step) on a full memory, using the
+// same kernel entry points and shapes as TransfoXlModel::Forward and this checkpoint's weights.
+int RunBreakdown(const Options& o, TransfoXlModel& model) {
+  const engine::ModelConfig& c = model.config();
+  auto file = engine::SafetensorsFile::Open(o.model + "/model.safetensors");
+  Check(file.status(), "open safetensors");
+  auto weights = engine::LoadTransfoXlWeights(c, **file);
+  Check(weights.status(), "load weights");
+  const engine::TransfoXlWeights& w = *weights;
+  // The ops go through the engine's Backend interface, as TransfoXlModel::Forward calls them.
+  std::unique_ptr<engine::Backend> backend = engine::MakeCpuBackend();
+  engine::Backend& be = *backend;
+  const int64_t s = o.segment, d = c.d_model, hd = c.attn_width(), f = c.d_inner, m = c.mem_len;
+  const int reps = s == 1 ? 50 : 5;
+  kernels::ThreadPool& pool = kernels::ThreadPool::Default();
+  auto filled = [](std::vector<int64_t> shape, float value) {
+    Tensor t = Tensor::Zeros(DType::kF32, std::move(shape));
+    std::fill(t.data<float>(), t.data<float>() + t.numel(), value);
+    return t;
+  };
+  Tensor x = filled({s, d}, 0.01f), qkv = filled({s, 3 * hd}, 0.01f), attn = filled({s, hd}, 0.0f),
+         y = filled({s, d}, 0.0f), inner = filled({s, f}, 0.0f), last = filled({1, d}, 0.01f),
+         logits = filled({1, c.vocab_size}, 0.0f);
+  // Per-layer full memories and positional tables, so every op streams all layers' data as a
+  // real Forward does (timing one layer repeatedly would measure a cache-resident working set).
+  const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
+  const int64_t rows = std::min(m + s - 1, clamp) + 1;  // distance-table rows one call reads
+  std::vector<float> k_row(hd, 0.01f), v_row(hd, 0.01f);
+  std::vector<engine::XlMemory> memories;
+  std::vector<Tensor> tables;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    memories.emplace_back(m, hd);
+    memories.back().FillWith(k_row.data(), v_row.data());
+    tables.push_back(filled({rows, hd}, 0.01f));
+  }
+  auto all_layers =
+      [&](const std::function<void(const engine::TransfoXlLayerWeights&, int64_t)>& op) {
+        return [&, op] {
+          for (int64_t l = 0; l < c.n_layer; ++l) op(w.layers[l], l);
+        };
+      };
+  auto ok = [](const absl::Status& status) { Check(status, "backend op"); };
+  // Milliseconds per Forward (all layers).
+  std::map<std::string, double> ms;
+  ms["qkv"] = TimeMs(
+      reps, all_layers([&](const auto& lw, int64_t) { ok(be.Linear(x, lw.qkv, nullptr, qkv)); }));
+  ms["o"] = TimeMs(
+      reps, all_layers([&](const auto& lw, int64_t) { ok(be.Linear(attn, lw.o, nullptr, y)); }));
+  ms["fc1"] = TimeMs(
+      reps, all_layers([&](const auto& lw, int64_t) { ok(be.Linear(x, lw.fc1, nullptr, inner)); }));
+  ms["fc2"] = TimeMs(reps, all_layers([&](const auto& lw, int64_t) {
+                       ok(be.Linear(inner, lw.fc2, &lw.fc2_bias, y));
+                     }));
+  ms["attention"] = TimeMs(
+      reps, all_layers([&](const auto& lw, int64_t l) {
+        ok(be.RelativeAttention({engine::RelativeAttentionArgs{
+            &qkv, &memories[l], &tables[l], &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
+            static_cast<int>(c.d_head), c.mem_len, c.clamp_len, c.same_length, &attn}}));
+      }));
+  ms["lm_head_last"] =
+      TimeMs(reps, [&] { ok(be.Linear(last, w.lm_head, &w.lm_head_bias, logits)); });
+  double kernels_total = 0;
+  for (const auto& [name, v] : ms) kernels_total += v;
+
+  // Decode only: every weight product of a step in Forward's order (all layers, then the output
+  // layer), so the whole weight set streams from memory as in a real step: (a) as the engine
+  // runs them (Backend::Linear), (b) split by output rows over mnemo's thread pool, each part a
+  // single-threaded OpenBLAS sgemv (one set of threads, no OpenBLAS worker spinning while the
+  // pool runs attention).
+  std::map<std::string, double> stream_ms;
+  if (s == 1) {
+    auto gemv_pool = [&](const Tensor& in_vec, const Tensor& wt, const Tensor* bias,
+                         Tensor& out_vec) {
+      const int64_t rows_out = wt.dim(0), in = wt.dim(1);
+      const float* xv = in_vec.data<float>();
+      float* out = out_vec.data<float>();
+      pool.ParallelFor(rows_out, 64, [&](int64_t r0, int64_t r1) {
+        float beta = 0.0f;
+        if (bias != nullptr) {
+          std::memcpy(out + r0, bias->data<float>() + r0, (r1 - r0) * sizeof(float));
+          beta = 1.0f;
+        }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(r1 - r0), static_cast<int>(in),
+                    1.0f, wt.data<float>() + r0 * in, static_cast<int>(in), xv, 1, beta, out + r0,
+                    1);
+      });
+    };
+    auto step = [&](bool pooled) {
+      return [&, pooled] {
+        for (int64_t l = 0; l < c.n_layer; ++l) {
+          const engine::TransfoXlLayerWeights& lw = w.layers[l];
+          if (pooled) {
+            gemv_pool(x, lw.qkv, nullptr, qkv);
+            gemv_pool(attn, lw.o, nullptr, y);
+            gemv_pool(x, lw.fc1, nullptr, inner);
+            gemv_pool(inner, lw.fc2, &lw.fc2_bias, y);
+          } else {
+            ok(be.Linear(x, lw.qkv, nullptr, qkv));
+            ok(be.Linear(attn, lw.o, nullptr, y));
+            ok(be.Linear(x, lw.fc1, nullptr, inner));
+            ok(be.Linear(inner, lw.fc2, &lw.fc2_bias, y));
+          }
+        }
+        if (pooled) {
+          gemv_pool(last, w.lm_head, &w.lm_head_bias, logits);
+        } else {
+          ok(be.Linear(last, w.lm_head, &w.lm_head_bias, logits));
+        }
+      };
+    };
+    // Latency of one ParallelFor over the pool's threads with no work (a wake-up and a join).
+    stream_ms["pool_parallel_for_empty_x100"] = TimeMs(reps, [&] {
+      for (int i = 0; i < 100; ++i)
+        pool.ParallelFor(pool.num_threads(), 1, [](int64_t, int64_t) {});
+    });
+    stream_ms["engine_linear"] = TimeMs(reps, step(false));
+    const int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    stream_ms["pool_split_openblas_1"] = TimeMs(reps, step(true));
+    openblas_set_num_threads(blas_threads);
+  }
+
+  // The whole Forward on a full memory, same S.
+  Tokens gen(c.vocab_size);
+  SessionState state = model.NewState();
+  Prime(model, state, gen, std::max<int64_t>(m, s),
+        std::min<int64_t>(std::max<int64_t>(s, 64), 512));
+  Tensor out;
+  const double forward_ms = TimeMs(reps, [&] {
+    const std::vector<int32_t> ids = gen.Next(s);
+    Check(model.Forward({SequenceInput{ids.data(), s, &state}}, LogitsMode::kLast, &out),
+          "forward");
+  });
+  std::string parts, stream_parts;
+  for (const auto& [name, v] : ms) {
+    absl::StrAppend(&parts, parts.empty() ? "" : ",", "\"", name, "\":", Num(v));
+  }
+  for (const auto& [name, v] : stream_ms) {
+    absl::StrAppend(&stream_parts, stream_parts.empty() ? "" : ",", "\"", name, "\":", Num(v));
+  }
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"breakdown\",\"segment\":%" PRId64
+              ",\"mem\":%" PRId64
+              ",\"ms_per_forward\":{%s},\"weight_stream_ms\":{%s},\"layers\":%" PRId64
+              ",\"kernels_total_ms\":%s,\"forward_ms\":%s,\"other_ms\":%s,%s}\n",
+              s, m, parts.c_str(), stream_parts.c_str(), c.n_layer, Num(kernels_total).c_str(),
+              Num(forward_ms).c_str(), Num(forward_ms - kernels_total).c_str(),
+              CommonJson(model, state).c_str());
+  return 0;
+}
+
+int RunLogits(const Options& o, TransfoXlModel& model) {
+  std::ifstream in(o.ids_file);
+  std::vector<int32_t> ids;
+  for (long long id; in >> id;) ids.push_back(static_cast<int32_t>(id));
+  if (ids.empty()) Die(absl::StrCat("no ids in ", o.ids_file));
+  SessionState state = model.NewState();
+  Tensor logits;
+  Check(model.Forward({SequenceInput{ids.data(), static_cast<int64_t>(ids.size()), &state}},
+                      LogitsMode::kAll, &logits),
+        "logits forward");
+  std::ofstream out(o.output, std::ios::binary);
+  out.write(static_cast<const char*>(logits.raw()), static_cast<std::streamsize>(logits.bytes()));
+  if (!out) Die(absl::StrCat("cannot write ", o.output));
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  const Options o = ParseArgs(argc, argv);
+  auto loaded = TransfoXlModel::Load(o.model);
+  Check(loaded.status(), "load");
+  TransfoXlModel& model = **loaded;
+  g_rss_after_load_mib = ProcStatusMib("VmRSS");
+  if (o.figure == "prefill") return RunPrefill(o, model);
+  if (o.figure == "decode") return RunDecode(o, model);
+  if (o.figure == "logits") return RunLogits(o, model);
+  return RunBreakdown(o, model);
+}
+
+}  // namespace
+}  // namespace mnemo::bench
+
+int main(int argc, char** argv) { return mnemo::bench::Main(argc, argv); }
