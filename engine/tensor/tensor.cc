@@ -41,6 +41,4 @@ std::string ShapeToString(const std::vector<int64_t>& shape) {
   return "[" + absl::StrJoin(shape, ", ") + "]";
 }
 
-std::string Tensor::ShapeString() const { return ShapeToString(shape_); }
-
 }  // namespace mnemo::engine

@@ -41,9 +41,6 @@ class Tensor {
   // Rows [begin, end) along the first dimension, sharing this tensor's buffer.
   Tensor Rows(int64_t begin, int64_t end) const;
 
-  // "[2, 3, 4]"
-  std::string ShapeString() const;
-
  private:
   std::shared_ptr<void> buffer_;
   DType dtype_ = DType::kF32;
@@ -51,6 +48,7 @@ class Tensor {
   std::vector<int64_t> shape_;
 };
 
+// "[2, 3, 4]"
 std::string ShapeToString(const std::vector<int64_t>& shape);
 
 }  // namespace mnemo::engine

@@ -28,8 +28,6 @@ std::string Processor::Decode(const std::vector<int>& ids, std::string* text) co
 }
 
 int Processor::vocab_size() const { return impl_->sp.GetPieceSize(); }
-std::string Processor::IdToPiece(int id) const { return impl_->sp.IdToPiece(id); }
 int Processor::eos_id() const { return impl_->sp.eos_id(); }
-int Processor::bos_id() const { return impl_->sp.bos_id(); }
 
 }  // namespace mnemo::engine::spm

@@ -21,9 +21,7 @@ class Processor {
   std::string Encode(const std::string& text, std::vector<int>* ids) const;
   std::string Decode(const std::vector<int>& ids, std::string* text) const;
   int vocab_size() const;
-  std::string IdToPiece(int id) const;
   int eos_id() const;
-  int bos_id() const;
 
  private:
   struct Impl;
