@@ -27,9 +27,6 @@ for f in libopenblas.so libopenblas.so.0 libblas.so libblas.so.3 liblapack.so li
   src=$(ls "$lib/openblas-pthread/$f" 2>/dev/null || true)
   [ -n "$src" ] && ln -sfn "openblas-pthread/$f" "$lib/$f"
 done
-mkdir -p "$lib/pkgconfig"
-[ -f "$lib/openblas-pthread/pkgconfig/openblas-pthread.pc" ] &&
-  ln -sfn ../openblas-pthread/pkgconfig/openblas-pthread.pc "$lib/pkgconfig/openblas.pc"
 # Keep the carried tree small (the device tool carries at most 64 MiB): shared libraries only,
 # except GoogleTest, which Debian ships static; no documentation.
 find "$out/root" -name '*.a' ! -name 'libgtest*' ! -name 'libgmock*' -delete

@@ -9,7 +9,7 @@ deps=$root/.gpu-deps/root
 [ -d "$deps" ] || { echo "gpu_build: run tools/gather_gpu_deps.sh first (and carry .gpu-deps)" >&2; exit 1; }
 lib=$deps/usr/lib/x86_64-linux-gnu
 export PKG_CONFIG="$deps/usr/bin/pkgconf"
-export PKG_CONFIG_LIBDIR="$lib/pkgconfig:$deps/usr/share/pkgconfig"
+export PKG_CONFIG_LIBDIR="$lib/pkgconfig:$lib/openblas-pthread/pkgconfig:$deps/usr/share/pkgconfig"
 export PKG_CONFIG_SYSROOT_DIR="$deps"
 export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 build=$root/build/engine-gpu

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The quick start's "test" command: installs what the tests need, builds from scratch and runs
 # every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
-# parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan, and the
-# format, layering and clang-tidy checks.
+# parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan and under
+# TSan, and the format, layering and clang-tidy checks.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -13,7 +13,7 @@ echo "== format and layering checks"
 tools/check_format.sh
 tools/check_layering.sh
 
-for preset in release asan; do
+for preset in release asan tsan; do
   echo "== $preset: configure and build from scratch"
   rm -rf "build/$preset"
   cmake --preset "$preset" >/dev/null

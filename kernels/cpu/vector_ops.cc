@@ -5,7 +5,9 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
+// Not under sanitizers: ifunc resolvers run before the sanitizer runtime is initialised.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && \
+    !defined(__clang__)
 #define MNEMO_MULTIVERSION __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define MNEMO_MULTIVERSION
