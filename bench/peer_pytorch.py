@@ -47,7 +47,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -164,23 +163,9 @@ class ReferencePeer:
 
     @torch.no_grad()
     def prefill(self, ids, mems):
-        # TransfoXLReference.forward's loop, with the output layer applied to
-        # the last position only (LogitsMode::kLast's work).
-        m = self.model
-        x = m.word_emb(ids) * math.sqrt(m.config["d_model"])
-        new_mems = []
-        for n, layer in enumerate(m.layers):
-            mem = mems[n]
-            both = torch.cat([mem, x], dim=1)
-            keep = min(m.mem_len, both.shape[1])
-            new_mems.append(both[:, both.shape[1] - keep:].detach().clone())
-            if m.config["untie_r"]:
-                u, v = layer.attn.r_w_bias, layer.attn.r_r_bias
-            else:
-                u, v = m.r_w_bias, m.r_r_bias
-            x = layer(x, mem, u, v)
-        logits = x[:, -1] @ m.output_weight().t() + m.lm_head.bias
-        return logits[0], new_mems
+        # Output layer on the last position only (LogitsMode::kLast's work).
+        logits, mems = self.model(ids, mems, last_only=True)
+        return logits[0, -1], mems
 
 
 # --------------------------------------------------------------------------

@@ -294,13 +294,15 @@ class TransfoXLReference(nn.Module):
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor,
-                mems: Optional[Sequence[torch.Tensor]] = None
+                mems: Optional[Sequence[torch.Tensor]] = None,
+                last_only: bool = False
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run one call of ``T`` new tokens.
 
         ``ids``: LongTensor [B, T]; ``mems``: per-layer [B, M, D] or None.
         Returns ``(logits [B, T, V], new_mems)`` where ``new_mems[l]`` is the
-        last ``mem_len`` rows of ``cat(mems[l], input of layer l)``.
+        last ``mem_len`` rows of ``cat(mems[l], input of layer l)``; with
+        ``last_only`` the logits are those of the last position, [B, 1, V].
         """
         B, T = ids.shape
         if mems is None:
@@ -321,6 +323,8 @@ class TransfoXLReference(nn.Module):
                 u, v = self.r_w_bias, self.r_r_bias
             x = layer(x, mem, u, v)
 
+        if last_only:
+            x = x[:, -1:]
         logits = x @ self.output_weight().t() + self.lm_head.bias
         return logits, new_mems
 
