@@ -10,7 +10,10 @@
 namespace mnemo::kernels {
 namespace {
 
-constexpr int64_t kQueryBlock = 128;  // query rows per score block: bounds the workspace
+// Query rows per score block. A block computes scores for every key any of its rows sees, so with
+// a causal or same_length window larger blocks waste more columns; smaller ones make the BLAS
+// calls less efficient. 64 measured best here (prefill S=512: 1518 → 1621 tok/s against 128).
+constexpr int64_t kQueryBlock = 64;
 
 int64_t EffectiveClamp(const RelativeAttentionShape& s) {
   return s.clamp_len > 0 ? s.clamp_len : std::numeric_limits<int64_t>::max();

@@ -38,7 +38,7 @@ int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
 // rk:  [rows ≥ RelativeTableRowsNeeded, H·d_h], row p = W_r · sinusoid(p), row stride ldr.
 // r_w_bias, r_r_bias: [H, d_h] (u and v of the paper).
 // out: [T, H·d_h], row stride ldo.
-// Work is split over `pool`: multi-row calls by (head, block of 128 queries), each with
+// Work is split over `pool`: multi-row calls by (head, block of 64 queries), each with
 // single-threaded BLAS products; T = 1 (decode) by head, with single-threaded sgemv per key span.
 void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
                        const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,

@@ -1,6 +1,6 @@
 // kernels::RelativeAttention against a naive double-precision implementation of MODEL-SPEC §1.1
 // steps 5–7 (direct δ indexing, the Hugging Face same_length rule), over decode (T = 1) and BLAS
-// (T > 1, across the 128-row query block) paths, memory empty / partial / full, keys split in
+// (T > 1, across the 64-row query blocks) paths, memory empty / partial / full, keys split in
 // 1–3 spans (ring wrap-around), same_length on and off, clamp_len 0 and small.
 #include "kernels/cpu/relative_attention.h"
 
@@ -213,7 +213,7 @@ std::vector<Case> SweepCases() {
   uint32_t seed = 1;
   const std::pair<int, int> heads[] = {{1, 4}, {3, 5}, {2, 16}};
   for (const auto& [h, dh] : heads) {
-    for (int64_t t : {1, 2, 7, 128, 129, 300}) {
+    for (int64_t t : {1, 2, 7, 64, 65, 128, 129, 300}) {
       for (int64_t m_max : {0, 10, 50}) {
         std::vector<int64_t> fills = {0};
         if (m_max > 0) fills = {0, m_max / 2, m_max};  // empty, partial, full
