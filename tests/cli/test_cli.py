@@ -1,0 +1,163 @@
+"""End-to-end tests of the `mnemo` command line on a real checkpoint.
+
+The checkpoint comes from tools/make_tiny_model.py (a real sentencepiece
+tokenizer, random weights). The binary is $MNEMO_BIN (set by ctest).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEXT = ("This program is free software: you can redistribute it and/or modify "
+        "it under the terms of the licence, in any medium, with or without "
+        "modification, provided that the conditions below are met. ") * 3
+
+
+def mnemo():
+    path = os.environ.get("MNEMO_BIN")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail("MNEMO_BIN must name the built mnemo binary (ctest sets it)")
+    return path
+
+
+def run(*args, check=True):
+    proc = subprocess.run([mnemo(), *args], capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        pytest.fail(f"mnemo {' '.join(args)} exited {proc.returncode}: "
+                    f"{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools",
+                                                 "make_tiny_model.py"),
+                    str(out), "--seed", "3"], check=True,
+                   capture_output=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+def test_generate_is_reproducible_for_a_seed(model):
+    args = ["generate", "--model", model, "--prompt", "The licence",
+            "--max-tokens", "20", "--temperature", "0.9", "--top-k", "50",
+            "--seed", "7", "--ignore-eos"]
+    first, second = run(*args), run(*args)
+    assert first.stdout == second.stdout
+    assert "[finish: length" in first.stderr and "generated 20]" in first.stderr
+    other = run(*[("8" if a == "7" else a) for a in args])
+    assert other.stdout != first.stdout
+
+
+def test_generate_stops_at_a_stop_string_without_printing_it(model):
+    base = run("generate", "--model", model, "--prompt", "The licence",
+               "--max-tokens", "30", "--temperature", "0", "--ignore-eos")
+    text = base.stdout.rstrip("\n")
+    assert len(text) > 6
+    stop = text[3:6]
+    cut = run("generate", "--model", model, "--prompt", "The licence",
+              "--max-tokens", "30", "--temperature", "0", "--ignore-eos",
+              "--stop", stop)
+    assert cut.stdout.rstrip("\n") == text[:text.find(stop)]
+    assert "[finish: stop_string" in cut.stderr
+
+
+def test_generate_logprobs_are_reported_per_token(model):
+    proc = run("generate", "--model", model, "--prompt", "Licence",
+               "--max-tokens", "5", "--temperature", "0", "--ignore-eos",
+               "--logprobs", "3")
+    rows = [line.split("\t") for line in proc.stderr.splitlines()
+            if line and line[0].isdigit()]
+    assert len(rows) == 5
+    for row in rows:
+        chosen, logprob = int(row[0]), float(row[1])
+        alternatives = [(int(a), float(b)) for a, b in
+                        (cell.split(":") for cell in row[2:])]
+        assert len(alternatives) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert alternatives[0][0] == chosen
+        assert abs(alternatives[0][1] - logprob) < 1e-4
+        assert logprob <= 0.0
+
+
+def test_score_json_is_consistent(model, text_file):
+    proc = run("score", "--model", model, "--text-file", text_file,
+               "--segment-len", "16", "--json")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    tokens, summary = lines[:-1], lines[-1]["summary"]
+    assert summary["tokens"] == len(tokens) + 1
+    assert [t["position"] for t in tokens] == list(range(1, len(tokens) + 1))
+    assert all(t["logprob"] <= 0.0 for t in tokens)
+    bits = -sum(t["logprob"] for t in tokens) / math.log(2.0)
+    assert summary["total_bits"] == pytest.approx(bits, rel=1e-6)
+    assert summary["bits_per_byte"] == pytest.approx(
+        summary["total_bits"] / summary["bytes"], rel=1e-6)
+    assert 0 < summary["bytes"] <= len(TEXT.encode())
+
+
+def test_score_of_ids_agrees_with_raw_logits(model, tmp_path):
+    import numpy as np
+    ids = [(7 * i + 3) % 1000 for i in range(90)]
+    ids_path = tmp_path / "ids.txt"
+    ids_path.write_text(" ".join(map(str, ids)))
+    scored = [json.loads(line) for line in
+              run("score", "--model", model, "--ids-file", str(ids_path),
+                  "--segment-len", "16", "--json").stdout.splitlines()]
+    out = tmp_path / "logits.f32"
+    run("logits", "--model", model, "--ids", str(ids_path), "--segment-len",
+        "16", "--output", str(out))
+    logits = np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    for row in scored[:-1]:
+        t = row["position"]
+        assert row["token"] == ids[t]
+        assert row["logprob"] == pytest.approx(logp[t - 1, ids[t]], abs=1e-4)
+    assert scored[-1]["summary"]["scored_tokens"] == len(ids) - 1
+
+
+def test_bad_input_gives_clear_errors(model, tmp_path):
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (truncated / name).write_bytes(open(os.path.join(model, name),
+                                            "rb").read())
+    data = open(os.path.join(model, "model.safetensors"), "rb").read()
+    (truncated / "model.safetensors").write_bytes(data[:len(data) // 2])
+    proc = run("score", "--model", str(truncated), "--text-file",
+               os.path.join(model, "config.json"), check=False)
+    assert proc.returncode == 1
+    assert "model.safetensors" in proc.stderr
+
+    bad_utf8 = tmp_path / "bad.txt"
+    bad_utf8.write_bytes(b"ab\xff\xfecd")
+    proc = run("score", "--model", model, "--text-file", str(bad_utf8),
+               check=False)
+    assert proc.returncode == 1 and "UTF-8" in proc.stderr
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 2 1000000")
+    proc = run("score", "--model", model, "--ids-file", str(ids),
+               check=False)
+    assert proc.returncode == 1 and "1000000" in proc.stderr
+
+    proc = run("generate", "--model", model, "--prompt", "x", "--top-p",
+               "1.5", check=False)
+    assert proc.returncode == 1 and "top_p" in proc.stderr
+
+    proc = run("generate", "--model", model, "--bogus", check=False)
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
