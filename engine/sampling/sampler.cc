@@ -26,12 +26,16 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   return absl::OkStatus();
 }
 
-void LogSoftmax(const float* logits, int64_t n, float* out) {
+float LogSumExp(const float* logits, int64_t n) {
   float max = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) max = std::max(max, logits[i]);
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i] - max));
-  const float log_z = max + static_cast<float>(std::log(sum));
+  return max + static_cast<float>(std::log(sum));
+}
+
+void LogSoftmax(const float* logits, int64_t n, float* out) {
+  const float log_z = LogSumExp(logits, n);
   for (int64_t i = 0; i < n; ++i) out[i] = logits[i] - log_z;
 }
 
@@ -42,20 +46,19 @@ double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53
 SampledToken Sampler::Sample(const float* logits, int64_t vocab,
                              const std::vector<int32_t>& history) {
   SampledToken result;
-  work_.resize(static_cast<size_t>(vocab));
-  LogSoftmax(logits, vocab, work_.data());  // model log-probabilities for reporting
+  // Reported log-probabilities are the model's: logits[id] − log Z of the raw logits.
+  const float log_z = LogSumExp(logits, vocab);
   if (params_.top_logprobs > 0) {
     const int64_t k = std::min<int64_t>(params_.top_logprobs, vocab);
     order_.resize(static_cast<size_t>(vocab));
     std::iota(order_.begin(), order_.end(), 0);
     std::partial_sort(order_.begin(), order_.begin() + k, order_.end(),
-                      [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
-    for (int64_t i = 0; i < k; ++i) result.top.emplace_back(order_[i], work_[order_[i]]);
+                      [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    for (int64_t i = 0; i < k; ++i) result.top.emplace_back(order_[i], logits[order_[i]] - log_z);
   }
-  const std::vector<float> model_logprobs = work_;
 
   // Adjusted logits: repetition penalty, then temperature.
-  std::copy(logits, logits + vocab, work_.begin());
+  work_.assign(logits, logits + vocab);
   if (params_.repetition_penalty != 1.0f) {
     // Once per distinct seen id (CTRL, Hugging Face), however often it occurred.
     seen_.assign(static_cast<size_t>(vocab), 0);
@@ -71,37 +74,41 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
     chosen = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   } else {
     for (float& l : work_) l /= params_.temperature;
-    // Candidates sorted by logit (descending), cut by top-k, then by top-p.
+    // Candidates: every id in id order when nothing truncates the distribution (no sort on the
+    // per-token path); otherwise sorted by logit (descending), cut by top-k, then by top-p.
+    const bool truncate = params_.top_k > 0 || params_.top_p < 1.0f;
+    int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, vocab) : vocab;
     order_.resize(static_cast<size_t>(vocab));
     std::iota(order_.begin(), order_.end(), 0);
-    int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, vocab) : vocab;
-    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
-                      [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
-    const float max = work_[order_[0]];
-    std::vector<double> probs(static_cast<size_t>(keep));
+    if (truncate) {
+      std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
+                        [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
+    }
+    const float max = truncate ? work_[order_[0]] : *std::max_element(work_.begin(), work_.end());
+    probs_.resize(static_cast<size_t>(keep));
     double total = 0.0;
     for (int64_t i = 0; i < keep; ++i) {
-      probs[i] = std::exp(static_cast<double>(work_[order_[i]] - max));
-      total += probs[i];
+      probs_[i] = std::exp(static_cast<double>(work_[order_[i]] - max));
+      total += probs_[i];
     }
     if (params_.top_p < 1.0f) {
       double cumulative = 0.0;
       int64_t cut = keep;
       for (int64_t i = 0; i < keep; ++i) {
-        cumulative += probs[i] / total;
+        cumulative += probs_[i] / total;
         if (cumulative >= params_.top_p) {
           cut = i + 1;
           break;
         }
       }
       keep = cut;
-      total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+      total = std::accumulate(probs_.begin(), probs_.begin() + keep, 0.0);
     }
     const double target = Uniform() * total;
     double running = 0.0;
     chosen = order_[keep - 1];
     for (int64_t i = 0; i < keep; ++i) {
-      running += probs[i];
+      running += probs_[i];
       if (target < running) {
         chosen = order_[i];
         break;
@@ -109,7 +116,7 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
     }
   }
   result.id = chosen;
-  result.logprob = model_logprobs[chosen];
+  result.logprob = logits[chosen] - log_z;
   return result;
 }
 

@@ -47,8 +47,11 @@ class Sampler {
   std::vector<float> work_;
   std::vector<int32_t> order_;
   std::vector<uint8_t> seen_;  // repetition penalty: ids already penalised this step
+  std::vector<double> probs_;  // unnormalised probabilities of the candidates
 };
 
+// log Σ exp(logits[i]), accumulated in double after subtracting the max.
+float LogSumExp(const float* logits, int64_t n);
 // log-softmax of one row into `out` (same length).
 void LogSoftmax(const float* logits, int64_t n, float* out);
 
