@@ -20,8 +20,12 @@ class StopCondition {
                 int32_t eos_id);
 
   // Checks the token just generated; `text` is the full generated text so far (including it).
-  // On a stop string, *keep_bytes is the length of `text` before the match.
-  std::optional<FinishReason> Check(int32_t token, std::string_view text, size_t* keep_bytes) const;
+  // On a stop string, *keep_bytes is the length of `text` before the match. `new_bytes` is how
+  // much of `text` this token added: stop strings are then searched only where they can end in
+  // it (earlier text was checked before), which keeps a long generation linear; npos searches
+  // the whole text.
+  std::optional<FinishReason> Check(int32_t token, std::string_view text, size_t* keep_bytes,
+                                    size_t new_bytes = std::string_view::npos) const;
 
   // Bytes at the end of `text` that might still become the start of a stop string: a streaming
   // client must hold them back until the next token decides.
@@ -29,6 +33,7 @@ class StopCondition {
 
  private:
   std::vector<std::string> stop_strings_;
+  size_t longest_ = 0;  // length of the longest stop string
   std::vector<int32_t> stop_ids_;
   int32_t eos_id_;
 };

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -309,6 +311,35 @@ TEST(StopConditionTest, StopStringAtTheVeryStart) {
   size_t keep = 99;
   ASSERT_TRUE(stop.Check(1, "abc", &keep).has_value());
   EXPECT_EQ(keep, 0u);
+}
+
+// Searching only where a stop string can end in the new bytes finds the same earliest match as
+// searching the whole text, when the text grows a few bytes per token.
+TEST(StopConditionTest, TailSearchMatchesFullSearch) {
+  const StopCondition stop({"needle", "dle x"}, {}, -1);
+  const std::string full =
+      "hay hay ne"
+      "edle tail and a needle x";
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::string text;
+    size_t pos = 0;
+    std::optional<FinishReason> tail_result;
+    size_t tail_keep = 0;
+    while (pos < full.size()) {
+      const size_t n = std::min<size_t>(1 + rng() % 4, full.size() - pos);
+      text += full.substr(pos, n);
+      pos += n;
+      tail_result = stop.Check(1, text, &tail_keep, n);
+      if (tail_result) break;
+    }
+    size_t full_keep = 0;
+    const auto full_result = stop.Check(1, text, &full_keep);
+    ASSERT_TRUE(tail_result.has_value());
+    ASSERT_TRUE(full_result.has_value());
+    EXPECT_EQ(tail_keep, full_keep);
+    EXPECT_EQ(tail_keep, full.find("needle"));
+  }
 }
 
 TEST(StopConditionTest, PendingBytesHoldBackAPossiblePrefix) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/tokenizer/incremental_decoder.h"
 #include "gtest/gtest.h"
 #include "tests/test_checkpoint.h"
 
@@ -197,6 +198,48 @@ TEST_F(TrainedTokenizerTest, EncodeDecodeRoundTrip) {
   auto bytes = tokenizer_->Encode("\xe4\xb8\xad");
   ASSERT_TRUE(bytes.ok());
   EXPECT_GE(bytes->size(), 3u);
+}
+
+// Streaming detokenisation: the deltas of IncrementalDecoder concatenate to the full decode, and
+// every delta is whole UTF-8, for encoded multi-byte text (byte-fallback pieces that complete a
+// character only together) and for random id sequences.
+TEST_F(TrainedTokenizerTest, IncrementalDecoderDeltasConcatenateToTheFullDecode) {
+  std::vector<std::vector<int32_t>> streams;
+  for (const std::string text :
+       {"the quick brown fox",
+        "gr\xc3\xbc\xc3\x9f \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 end"}) {
+    auto ids = tokenizer_->Encode(text);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    streams.push_back(*ids);
+  }
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> any_id(3, 299);  // no control ids
+  for (int s = 0; s < 20; ++s) {
+    std::vector<int32_t> ids(40);
+    for (int32_t& id : ids) id = any_id(rng);
+    streams.push_back(ids);
+  }
+  for (const std::vector<int32_t>& ids : streams) {
+    IncrementalDecoder decoder(*tokenizer_);
+    std::string streamed;
+    size_t emitted_after_first_half = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto delta = decoder.Push(ids[i]);
+      ASSERT_TRUE(delta.ok()) << delta.status();
+      EXPECT_TRUE(IsValidUtf8(*delta));
+      streamed += *delta;
+      if (i + 1 == ids.size() / 2) emitted_after_first_half = streamed.size();
+    }
+    auto rest = decoder.Flush();
+    ASSERT_TRUE(rest.ok());
+    streamed += *rest;
+    auto full = tokenizer_->Decode(ids);
+    ASSERT_TRUE(full.ok());
+    EXPECT_EQ(streamed, *full);
+    EXPECT_GT(emitted_after_first_half, 0u) << "text must stream, not wait for the end";
+  }
+  IncrementalDecoder decoder(*tokenizer_);
+  EXPECT_FALSE(decoder.Push(300).ok());
 }
 
 TEST_F(TrainedTokenizerTest, RejectsInvalidUtf8AndOutOfRangeIds) {

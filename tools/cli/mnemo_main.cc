@@ -23,6 +23,7 @@
 #include "engine/model/transfo_xl_model.h"
 #include "engine/sampling/sampler.h"
 #include "engine/sampling/stop_condition.h"
+#include "engine/tokenizer/incremental_decoder.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace mnemo::cli {
@@ -344,11 +345,13 @@ absl::Status RunGenerate(const Flags& flags) {
   std::vector<int32_t> history = ids;
   std::vector<int32_t> generated;
   std::vector<engine::SampledToken> samples;
+  engine::IncrementalDecoder decoder(tokenizer);
   std::string text;    // decoded generated text
   size_t printed = 0;  // bytes of `text` already on stdout
   engine::FinishReason reason = engine::FinishReason::kLength;
+  bool stopped = false;
   int32_t next = ids.back();
-  for (int64_t step = 0; step < max_tokens; ++step) {
+  for (int64_t step = 0; step < max_tokens && !stopped; ++step) {
     Tensor logits;
     RETURN_IF_ERROR(model.Forward({SequenceInput{&next, 1, &state}}, LogitsMode::kLast, &logits));
     engine::SampledToken sample =
@@ -357,15 +360,13 @@ absl::Status RunGenerate(const Flags& flags) {
     samples.push_back(sample);
     history.push_back(next);
     generated.push_back(next);
-    ASSIGN_OR_RETURN(text, tokenizer.Decode(generated));
+    ASSIGN_OR_RETURN(std::string delta, decoder.Push(next));
+    text += delta;
     size_t keep = text.size();
-    if (auto r = stop.Check(next, text, &keep)) {
+    if (auto r = stop.Check(next, text, &keep, delta.size())) {
       reason = *r;
-      if (reason == engine::FinishReason::kEos || reason == engine::FinishReason::kStopToken) {
-        text.resize(std::min(keep, text.size()));
-      } else {
-        text.resize(keep);
-      }
+      text.resize(keep);
+      stopped = true;
       break;
     }
     // Emit what can no longer change: whole UTF-8 characters not possibly starting a stop string.
@@ -375,6 +376,15 @@ absl::Status RunGenerate(const Flags& flags) {
       std::fwrite(text.data() + printed, 1, ready - printed, stdout);
       std::fflush(stdout);
       printed = ready;
+    }
+  }
+  if (!stopped) {  // the length limit: what the decoder still holds ends the text
+    ASSIGN_OR_RETURN(std::string rest, decoder.Flush());
+    text += rest;
+    size_t keep = text.size();
+    if (stop.Check(-1, text, &keep, rest.size()).has_value()) {
+      reason = engine::FinishReason::kStopString;
+      text.resize(keep);
     }
   }
   if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
