@@ -88,6 +88,12 @@ void Check(const absl::Status& status, const char* what) {
   if (!status.ok()) Die(absl::StrCat(std::string(what), ": ", status.ToString()));
 }
 
+SessionState NewState(const TransfoXlModel& model) {
+  absl::StatusOr<SessionState> state = model.NewState();
+  Check(state.status(), "new session state");
+  return std::move(*state);
+}
+
 Options ParseArgs(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -243,7 +249,7 @@ int RunPrefill(const Options& o, TransfoXlModel& model) {
   const engine::ModelConfig& c = model.config();
   const int64_t s = o.segment;
   Tokens gen(c.vocab_size);
-  SessionState state = model.NewState();
+  SessionState state = NewState(model);
   // Fill the memory with real positions (mem_len of them, in segments of S).
   Prime(model, state, gen, std::max<int64_t>(c.mem_len, s), s);
   const int k = o.segments_per_run > 0 ? o.segments_per_run
@@ -275,7 +281,7 @@ int RunPrefill(const Options& o, TransfoXlModel& model) {
 int RunDecode(const Options& o, TransfoXlModel& model) {
   const engine::ModelConfig& c = model.config();
   Tokens gen(c.vocab_size);
-  SessionState state = model.NewState();
+  SessionState state = NewState(model);
   Prime(model, state, gen, c.mem_len, std::min<int64_t>(c.mem_len, 512));
   Tensor logits;
   int32_t token = gen.Next(1)[0];
@@ -339,12 +345,11 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   // real Forward does (timing one layer repeatedly would measure a cache-resident working set).
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
   const int64_t rows = std::min(m + s - 1, clamp) + 1;  // distance-table rows one call reads
-  std::vector<float> k_row(hd, 0.01f), v_row(hd, 0.01f);
   std::vector<engine::XlMemory> memories;
   std::vector<Tensor> tables;
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    memories.emplace_back(m, hd);
-    memories.back().FillWith(k_row.data(), v_row.data());
+    memories.emplace_back(filled({m, hd}, 0.01f), filled({m, hd}, 0.01f));
+    memories.back().MarkFull();
     tables.push_back(filled({rows, hd}, 0.01f));
   }
   auto all_layers =
@@ -436,7 +441,7 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
 
   // The whole Forward on a full memory, same S.
   Tokens gen(c.vocab_size);
-  SessionState state = model.NewState();
+  SessionState state = NewState(model);
   Prime(model, state, gen, std::max<int64_t>(m, s),
         std::min<int64_t>(std::max<int64_t>(s, 64), 512));
   Tensor out;
@@ -467,7 +472,7 @@ int RunLogits(const Options& o, TransfoXlModel& model) {
   std::vector<int32_t> ids;
   for (long long id; in >> id;) ids.push_back(static_cast<int32_t>(id));
   if (ids.empty()) Die(absl::StrCat("no ids in ", o.ids_file));
-  SessionState state = model.NewState();
+  SessionState state = NewState(model);
   Tensor logits;
   Check(model.Forward({SequenceInput{ids.data(), static_cast<int64_t>(ids.size()), &state}},
                       LogitsMode::kAll, &logits),

@@ -2,9 +2,11 @@
 // is the oracle every other backend is tested against. Tensors passed to a backend live on its
 // device; shapes are validated by the caller (the model), not re-checked here.
 // Ops return a Status because device backends can fail (launch errors, out of memory); the CPU
-// backend never does for valid shapes.
+// backend never does for valid shapes. Device backends may run ops asynchronously: results are
+// visible to the host after CopyToHost or Synchronize.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -33,6 +35,19 @@ struct RelativeAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
+// One sequence's new positions joining its layer memory: keys/values are the k and v blocks of
+// `qkv` ([T, 3·H·d_h]). The backend writes the rows; the caller then calls memory->Advance(T).
+struct MemoryAppendArgs {
+  const Tensor* qkv;
+  XlMemory* memory;
+};
+
+// Device memory as a server budgets it.
+struct DeviceMemoryInfo {
+  size_t total_bytes = 0;  // the device's memory (host RAM is not reported for the CPU: 0)
+  size_t free_bytes = 0;   // free on the device now, plus what this process's pool holds unused
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -41,6 +56,23 @@ class Backend {
 
   // A zero-filled tensor on this backend's device.
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
+  // A tensor whose contents are unspecified (scratch that is written before it is read).
+  virtual absl::StatusOr<Tensor> AllocateUninitialized(DType dtype,
+                                                       std::vector<int64_t> shape) = 0;
+  // A copy of the host tensor `host` on this device.
+  virtual absl::StatusOr<Tensor> CopyFromHost(const Tensor& host) = 0;
+  // A host copy of `t` (a tensor of this device); waits for the work that produces it.
+  virtual absl::StatusOr<Tensor> CopyToHost(const Tensor& t) = 0;
+  // dst = src (same device, same size in bytes).
+  virtual absl::Status Copy(const Tensor& src, Tensor& dst) = 0;
+  // Every row of dst[R, C] = row[C].
+  virtual absl::Status FillRows(const Tensor& row, Tensor& dst) = 0;
+  // y[i, :] = x[rows[i], :]; rows are host indices already checked against x.
+  virtual absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows,
+                                  Tensor& y) = 0;
+  // Waits until every op issued so far has finished; reports a deferred device error.
+  virtual absl::Status Synchronize() = 0;
+  virtual DeviceMemoryInfo MemoryInfo() const = 0;
 
   // y[N, out] = x[N, in] · w[out, in]ᵀ (+ bias[out]).
   virtual absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
@@ -56,9 +88,20 @@ class Backend {
                                  Tensor& y) = 0;
   // Runs every sequence's attention of one layer (a ragged batch).
   virtual absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) = 0;
+  // Writes every sequence's new keys/values into its memory ring (slots from
+  // XlMemory::SlotOfNewRow); the memories' bookkeeping is the caller's (XlMemory::Advance).
+  virtual absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) = 0;
 };
 
 // The CPU backend (OpenBLAS GEMMs, vectorised loops, the process-wide thread pool).
 std::unique_ptr<Backend> MakeCpuBackend();
+
+// The CUDA backend on device `ordinal` (cuBLAS GEMMs, own kernels, a stream-ordered memory pool
+// shared by every backend on that device). UNAVAILABLE when the build has no CUDA or the machine
+// has no such device.
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int ordinal = 0);
+
+// "cpu" or "cuda[:N]" → a backend.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device);
 
 }  // namespace mnemo::engine

@@ -8,14 +8,6 @@ size_t SessionState::bytes() const {
   return total;
 }
 
-SessionState SessionState::Clone() const {
-  SessionState copy;
-  copy.layers_.reserve(layers_.size());
-  for (const XlMemory& m : layers_) copy.layers_.push_back(m.Clone());
-  copy.position_ = position_;
-  return copy;
-}
-
 size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width) {
   return static_cast<size_t>(n_layer) * 2 * static_cast<size_t>(mem_len) *
          static_cast<size_t>(attn_width) * sizeof(float);

@@ -1,6 +1,8 @@
 // SessionState: everything a session keeps between requests for one model: per-layer XL memory
-// (projected keys/values) and the number of tokens seen. Its size is exact and known up front,
-// so a server can budget sessions with SessionStateBytes() before creating one.
+// (projected keys/values, on the model's device) and the number of tokens seen. Its size is exact
+// and known up front, so a server can budget sessions with SessionStateBytes() before creating
+// one. States are created, cloned and moved between host and device by the model
+// (TransfoXlModel::NewState / CloneState / StateToHost / StateFromHost).
 #pragma once
 
 #include <cstddef>
@@ -22,10 +24,12 @@ class SessionState {
   // Tokens processed by this state since it was opened (the absolute stream position).
   int64_t position() const { return position_; }
   void Advance(int64_t tokens) { position_ += tokens; }
+  void set_position(int64_t position) { position_ = position; }
+  // Where the tensors live (kCpu for an empty state).
+  Device device() const { return layers_.empty() ? Device::kCpu : layers_[0].device(); }
 
   // Exact bytes of tensor storage: Σ_layers 2·mem_len·H·d_h·4.
   size_t bytes() const;
-  SessionState Clone() const;
 
  private:
   std::vector<XlMemory> layers_;

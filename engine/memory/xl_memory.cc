@@ -1,42 +1,45 @@
 #include "engine/memory/xl_memory.h"
 
 #include <algorithm>
-#include <cstring>
 
 namespace mnemo::engine {
 
-XlMemory::XlMemory(int64_t capacity, int64_t width)
-    : capacity_(capacity),
-      width_(width),
-      keys_(Tensor::Zeros(DType::kF32, {capacity, width})),
-      values_(Tensor::Zeros(DType::kF32, {capacity, width})) {}
+XlMemory::XlMemory(Tensor keys, Tensor values)
+    : capacity_(keys.dim(0)),
+      width_(keys.dim(1)),
+      keys_(std::move(keys)),
+      values_(std::move(values)) {}
 
 size_t XlMemory::bytes() const { return keys_.bytes() + values_.bytes(); }
 
-void XlMemory::FillWith(const float* k_row, const float* v_row) {
-  for (int64_t s = 0; s < capacity_; ++s) {
-    std::memcpy(keys_.data<float>() + s * width_, k_row, width_ * sizeof(float));
-    std::memcpy(values_.data<float>() + s * width_, v_row, width_ * sizeof(float));
-  }
+int64_t XlMemory::SlotOfNewRow(int64_t r, int64_t rows) const {
+  const int64_t kept = std::min(rows, capacity_);
+  const int64_t first_kept = rows - kept;
+  if (r < first_kept) return -1;
+  const int64_t end = (start_ + size_) % capacity_;  // slot after the newest position
+  return (end + (r - first_kept)) % capacity_;
+}
+
+void XlMemory::Advance(int64_t rows) {
+  if (capacity_ == 0) return;
+  const int64_t kept = std::min(rows, capacity_);
+  const int64_t end = (start_ + size_) % capacity_;
+  const int64_t new_size = std::min(capacity_, size_ + kept);
+  // The newest position sits at end + kept − 1; the oldest kept one new_size − 1 slots before.
+  start_ = (end + kept - new_size + capacity_) % capacity_;
+  size_ = new_size;
+}
+
+void XlMemory::MarkFull() {
   start_ = 0;
   size_ = capacity_;
 }
 
-void XlMemory::Append(const float* k, const float* v, int64_t ld, int64_t rows) {
-  if (capacity_ == 0) return;
-  const int64_t skip = std::max<int64_t>(0, rows - capacity_);  // only the last capacity rows stay
-  for (int64_t r = skip; r < rows; ++r) {
-    int64_t slot;
-    if (size_ < capacity_) {
-      slot = (start_ + size_) % capacity_;
-      ++size_;
-    } else {
-      slot = start_;
-      start_ = (start_ + 1) % capacity_;
-    }
-    std::memcpy(keys_.data<float>() + slot * width_, k + r * ld, width_ * sizeof(float));
-    std::memcpy(values_.data<float>() + slot * width_, v + r * ld, width_ * sizeof(float));
-  }
+XlMemory XlMemory::WithStorage(Tensor keys, Tensor values) const {
+  XlMemory copy(std::move(keys), std::move(values));
+  copy.start_ = start_;
+  copy.size_ = size_;
+  return copy;
 }
 
 void XlMemory::AppendSpans(std::vector<kernels::KvSpan>& spans) const {
@@ -54,15 +57,6 @@ const float* XlMemory::KeyRow(int64_t j) const {
 
 const float* XlMemory::ValueRow(int64_t j) const {
   return values_.data<float>() + ((start_ + j) % capacity_) * width_;
-}
-
-XlMemory XlMemory::Clone() const {
-  XlMemory copy(capacity_, width_);
-  std::memcpy(copy.keys_.raw(), keys_.raw(), keys_.bytes());
-  std::memcpy(copy.values_.raw(), values_.raw(), values_.bytes());
-  copy.start_ = start_;
-  copy.size_ = size_;
-  return copy;
 }
 
 }  // namespace mnemo::engine

@@ -1,8 +1,13 @@
 // One layer's Transformer-XL memory in projected form: a ring of the last `capacity` positions'
 // keys and values ([capacity, H·d_h] each), so a decode step never re-projects the memory and
 // costs O(mem_len·d) per layer instead of O(mem_len·d²) (MODEL-SPEC §1.4).
+//
+// The storage lives on a backend's device (host for the CPU backend, device memory for CUDA);
+// this class keeps only the ring's bookkeeping, which is the same for every device. Backends
+// write rows at SlotOfNewRow and the model then calls Advance.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -14,33 +19,42 @@ namespace mnemo::engine {
 class XlMemory {
  public:
   XlMemory() = default;
-  // Allocates an empty ring (host memory).
-  XlMemory(int64_t capacity, int64_t width);
+  // An empty ring over `keys` and `values` ([capacity, width] float32 each, same device).
+  XlMemory(Tensor keys, Tensor values);
 
   int64_t capacity() const { return capacity_; }
   int64_t width() const { return width_; }
   int64_t size() const { return size_; }
+  int64_t start() const { return start_; }  // slot of the oldest stored position
+  Device device() const { return keys_.device(); }
+  const Tensor& keys() const { return keys_; }
+  const Tensor& values() const { return values_; }
+  Tensor& keys() { return keys_; }
+  Tensor& values() { return values_; }
   // Exact bytes held: 2 · capacity · width · 4 (keys and values, float32).
   size_t bytes() const;
 
-  // Fills the ring with `capacity` copies of one key row and one value row (the projection of a
-  // zero hidden state: the "zeros" first-segment convention).
-  void FillWith(const float* k_row, const float* v_row);
-  // Appends `rows` positions (k/v rows `ld` floats apart), dropping the oldest beyond capacity.
-  void Append(const float* k, const float* v, int64_t ld, int64_t rows);
-  // The stored positions, oldest first, as at most two spans.
+  // The slot the r-th of `rows` rows appended next goes to, or −1 when that row is dropped
+  // (only the last `capacity` rows of an append stay).
+  int64_t SlotOfNewRow(int64_t r, int64_t rows) const;
+  // Bookkeeping after `rows` rows were written at their slots: the oldest beyond capacity leave.
+  void Advance(int64_t rows);
+  // Bookkeeping after every slot was written (the "zeros" first-segment convention fills the
+  // ring with the projection of a zero hidden state).
+  void MarkFull();
+  // The same bookkeeping over other storage of the same shape (clone, offload to host, restore).
+  XlMemory WithStorage(Tensor keys, Tensor values) const;
+
+  // Host storage only (CPU backend, tests): the stored positions, oldest first, as at most two
+  // spans, and the key/value row of the j-th oldest stored position.
   void AppendSpans(std::vector<kernels::KvSpan>& spans) const;
-  // Key/value row of the j-th oldest stored position.
   const float* KeyRow(int64_t j) const;
   const float* ValueRow(int64_t j) const;
-
-  // A deep copy (fork / snapshot).
-  XlMemory Clone() const;
 
  private:
   int64_t capacity_ = 0;
   int64_t width_ = 0;
-  int64_t start_ = 0;  // slot of the oldest position
+  int64_t start_ = 0;
   int64_t size_ = 0;
   Tensor keys_;    // [capacity, width]
   Tensor values_;  // [capacity, width]

@@ -21,40 +21,56 @@ constexpr int64_t kTableHeadroom = 512;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(const std::string& dir) {
+  return Load(dir, MakeCpuBackend());
+}
+
+absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(
+    const std::string& dir, std::unique_ptr<Backend> backend) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
                    SafetensorsFile::Open(dir + "/model.safetensors"));
   ASSIGN_OR_RETURN(TransfoXlWeights weights, LoadTransfoXlWeights(config, std::move(file)));
-  return Create(std::move(config), std::move(weights), MakeCpuBackend());
+  return Create(std::move(config), std::move(weights), std::move(backend));
 }
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend) {
+  const ModelConfig& c = config;
+  const int64_t hd = c.attn_width();
+  // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN): the
+  // inputs are taken from the host weights before they move to the device.
+  std::vector<Tensor> zero_inputs;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
+    if (c.pre_lnorm) {
+      const Tensor& beta = weights.layers[l].attn_ln_beta;
+      std::memcpy(zero_in.raw(), beta.raw(), beta.bytes());
+    }
+    zero_inputs.push_back(std::move(zero_in));
+  }
+  Backend& be = *backend;
+  if (be.device() != Device::kCpu) {
+    ASSIGN_OR_RETURN(weights, CopyWeightsTo(weights, be));
+  }
   std::unique_ptr<TransfoXlModel> model(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
-  const ModelConfig& c = model->config_;
-  const int64_t hd = c.attn_width();
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
-  const Tensor sinusoids = model->Sinusoids(rows);
-  Backend& be = *model->backend_;
+  ASSIGN_OR_RETURN(const Tensor sinusoids, be.CopyFromHost(model->Sinusoids(rows)));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
-    ASSIGN_OR_RETURN(Tensor table, be.Allocate(DType::kF32, {rows, hd}));
+    ASSIGN_OR_RETURN(Tensor table, be.AllocateUninitialized(DType::kF32, {rows, hd}));
     RETURN_IF_ERROR(be.Linear(sinusoids, lw.r, nullptr, table));
     model->rel_tables_.push_back(std::move(table));
-    // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN).
-    ASSIGN_OR_RETURN(Tensor zero_in, be.Allocate(DType::kF32, {1, c.d_model}));
-    if (c.pre_lnorm) {
-      std::memcpy(zero_in.raw(), lw.attn_ln_beta.raw(), lw.attn_ln_beta.bytes());
-    }
-    ASSIGN_OR_RETURN(Tensor qkv, be.Allocate(DType::kF32, {1, 3 * hd}));
-    RETURN_IF_ERROR(be.Linear(zero_in, lw.qkv, nullptr, qkv));
-    Tensor k = Tensor::Zeros(DType::kF32, {hd}), v = Tensor::Zeros(DType::kF32, {hd});
-    std::memcpy(k.raw(), qkv.data<float>() + hd, hd * sizeof(float));
-    std::memcpy(v.raw(), qkv.data<float>() + 2 * hd, hd * sizeof(float));
+    ASSIGN_OR_RETURN(const Tensor zero_in, be.CopyFromHost(zero_inputs[l]));
+    ASSIGN_OR_RETURN(Tensor k, be.AllocateUninitialized(DType::kF32, {1, hd}));
+    ASSIGN_OR_RETURN(Tensor v, be.AllocateUninitialized(DType::kF32, {1, hd}));
+    // Rows hd … 3·hd − 1 of the fused projection are W_k and W_v.
+    RETURN_IF_ERROR(be.Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, k));
+    RETURN_IF_ERROR(be.Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, v));
     model->zero_keys_.push_back(std::move(k));
     model->zero_values_.push_back(std::move(v));
   }
+  RETURN_IF_ERROR(be.Synchronize());
   return model;
 }
 
@@ -85,17 +101,28 @@ absl::StatusOr<const Tensor*> TransfoXlModel::RelativeTable(int layer, int64_t r
                                                             Tensor& scratch) const {
   const Tensor& table = rel_tables_[layer];
   if (table.dim(0) >= rows) return &table;
-  ASSIGN_OR_RETURN(scratch, backend_->Allocate(DType::kF32, {rows, config_.attn_width()}));
-  RETURN_IF_ERROR(backend_->Linear(Sinusoids(rows), weights_.layers[layer].r, nullptr, scratch));
+  ASSIGN_OR_RETURN(scratch,
+                   backend_->AllocateUninitialized(DType::kF32, {rows, config_.attn_width()}));
+  ASSIGN_OR_RETURN(const Tensor sinusoids, backend_->CopyFromHost(Sinusoids(rows)));
+  RETURN_IF_ERROR(backend_->Linear(sinusoids, weights_.layers[layer].r, nullptr, scratch));
   return &scratch;
 }
 
-SessionState TransfoXlModel::NewState() const {
+absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
   SessionState state;
+  Backend& be = *backend_;
+  const bool fill = config_.memory_init == MemoryInit::kZeros;
   for (int64_t l = 0; l < config_.n_layer; ++l) {
-    XlMemory memory(config_.mem_len, config_.attn_width());
-    if (config_.memory_init == MemoryInit::kZeros) {
-      memory.FillWith(zero_keys_[l].data<float>(), zero_values_[l].data<float>());
+    const std::vector<int64_t> shape = {config_.mem_len, config_.attn_width()};
+    ASSIGN_OR_RETURN(Tensor keys, fill ? be.AllocateUninitialized(DType::kF32, shape)
+                                       : be.Allocate(DType::kF32, shape));
+    ASSIGN_OR_RETURN(Tensor values, fill ? be.AllocateUninitialized(DType::kF32, shape)
+                                         : be.Allocate(DType::kF32, shape));
+    XlMemory memory(std::move(keys), std::move(values));
+    if (fill) {
+      RETURN_IF_ERROR(be.FillRows(zero_keys_[l], memory.keys()));
+      RETURN_IF_ERROR(be.FillRows(zero_values_[l], memory.values()));
+      memory.MarkFull();
     }
     state.layers().push_back(std::move(memory));
   }
@@ -104,6 +131,56 @@ SessionState TransfoXlModel::NewState() const {
 
 size_t TransfoXlModel::StateBytes() const {
   return SessionStateBytes(config_.n_layer, config_.mem_len, config_.attn_width());
+}
+
+bool TransfoXlModel::StateFits(const SessionState& state) const {
+  const auto& layers = state.layers();
+  if (static_cast<int64_t>(layers.size()) != config_.n_layer) return false;
+  for (const XlMemory& m : layers) {
+    if (m.capacity() != config_.mem_len || m.width() != config_.attn_width()) return false;
+  }
+  return true;
+}
+
+template <typename CopyFn>
+absl::StatusOr<SessionState> TransfoXlModel::CopyState(const SessionState& state,
+                                                       CopyFn copy) const {
+  if (!StateFits(state)) {
+    return absl::InvalidArgumentError("session state was not made by this model");
+  }
+  SessionState out;
+  for (const XlMemory& m : state.layers()) {
+    ASSIGN_OR_RETURN(Tensor keys, copy(m.keys()));
+    ASSIGN_OR_RETURN(Tensor values, copy(m.values()));
+    out.layers().push_back(m.WithStorage(std::move(keys), std::move(values)));
+  }
+  out.set_position(state.position());
+  return out;
+}
+
+absl::StatusOr<SessionState> TransfoXlModel::CloneState(const SessionState& state) const {
+  if (state.device() != backend_->device()) {
+    return absl::InvalidArgumentError("session state is not on the model's device");
+  }
+  return CopyState(state, [&](const Tensor& t) -> absl::StatusOr<Tensor> {
+    ASSIGN_OR_RETURN(Tensor copy, backend_->AllocateUninitialized(t.dtype(), t.shape()));
+    RETURN_IF_ERROR(backend_->Copy(t, copy));
+    return copy;
+  });
+}
+
+absl::StatusOr<SessionState> TransfoXlModel::StateToHost(const SessionState& state) const {
+  if (state.device() != backend_->device()) {
+    return absl::InvalidArgumentError("session state is not on the model's device");
+  }
+  return CopyState(state, [&](const Tensor& t) { return backend_->CopyToHost(t); });
+}
+
+absl::StatusOr<SessionState> TransfoXlModel::StateFromHost(const SessionState& host_state) const {
+  if (host_state.device() != Device::kCpu) {
+    return absl::InvalidArgumentError("StateFromHost needs a host state");
+  }
+  return CopyState(host_state, [&](const Tensor& t) { return backend_->CopyFromHost(t); });
 }
 
 absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) const {
@@ -119,11 +196,14 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
     if (!seen.insert(s.state).second) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " repeats a session state"));
     }
-    const auto& layers = s.state->layers();
-    if (static_cast<int64_t>(layers.size()) != config_.n_layer ||
-        layers[0].capacity() != config_.mem_len || layers[0].width() != config_.attn_width()) {
+    if (!StateFits(*s.state)) {
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", b, ": session state was not made by this model"));
+    }
+    if (s.state->device() != backend_->device()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", b, ": session state is on another device (offloaded states must be "
+          "restored with StateFromHost first)"));
     }
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= config_.vocab_size) {
@@ -150,12 +230,16 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
   }
   const int64_t n = static_cast<int64_t>(ids.size());
 
-  ASSIGN_OR_RETURN(Tensor x, be.Allocate(DType::kF32, {n, d}));         // [N, D] residual stream
-  ASSIGN_OR_RETURN(Tensor h, be.Allocate(DType::kF32, {n, d}));         // [N, D] normed input
-  ASSIGN_OR_RETURN(Tensor qkv, be.Allocate(DType::kF32, {n, 3 * hd}));  // [N, 3·H·d_h]
-  ASSIGN_OR_RETURN(Tensor attn, be.Allocate(DType::kF32, {n, hd}));     // [N, H·d_h]
-  ASSIGN_OR_RETURN(Tensor proj, be.Allocate(DType::kF32, {n, d}));      // [N, D]
-  ASSIGN_OR_RETURN(Tensor inner, be.Allocate(DType::kF32, {n, c.d_inner}));  // [N, d_inner]
+  // Scratch: every element is written before it is read.
+  auto scratch = [&](std::vector<int64_t> shape) {
+    return be.AllocateUninitialized(DType::kF32, std::move(shape));
+  };
+  ASSIGN_OR_RETURN(Tensor x, scratch({n, d}));              // [N, D] residual stream
+  ASSIGN_OR_RETURN(Tensor h, scratch({n, d}));              // [N, D] normed input
+  ASSIGN_OR_RETURN(Tensor qkv, scratch({n, 3 * hd}));       // [N, 3·H·d_h]
+  ASSIGN_OR_RETURN(Tensor attn, scratch({n, hd}));          // [N, H·d_h]
+  ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));           // [N, D]
+  ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));  // [N, d_inner]
   RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, std::sqrt(static_cast<float>(d)), x));
 
   const float eps = static_cast<float>(c.layer_norm_epsilon);
@@ -196,9 +280,13 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
     }
     RETURN_IF_ERROR(be.RelativeAttention(args));
     // The new positions' keys/values join the memory only after every query has attended.
+    std::vector<MemoryAppendArgs> appends;
     for (size_t b = 0; b < batch.size(); ++b) {
-      const float* rows = qkv_rows[b].data<float>();
-      batch[b].state->layers()[l].Append(rows + hd, rows + 2 * hd, 3 * hd, batch[b].num_tokens);
+      appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
+    }
+    RETURN_IF_ERROR(be.AppendToMemory(appends));
+    for (size_t b = 0; b < batch.size(); ++b) {
+      batch[b].state->layers()[l].Advance(batch[b].num_tokens);
     }
     RETURN_IF_ERROR(be.Linear(attn, lw.o, nullptr, proj));
     RETURN_IF_ERROR(be.Add(x, proj, x));
@@ -218,25 +306,22 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
   }
   for (const SequenceInput& s : batch) s.state->Advance(s.num_tokens);
 
-  switch (mode) {
-    case LogitsMode::kNone:
-      return absl::OkStatus();
-    case LogitsMode::kAll: {
-      ASSIGN_OR_RETURN(*logits, be.Allocate(DType::kF32, {n, c.vocab_size}));
-      return be.Linear(x, weights_.lm_head, &weights_.lm_head_bias, *logits);
-    }
-    case LogitsMode::kLast: {
-      const int64_t bsz = static_cast<int64_t>(batch.size());
-      ASSIGN_OR_RETURN(Tensor last, be.Allocate(DType::kF32, {bsz, d}));
-      for (int64_t b = 0; b < bsz; ++b) {
-        std::memcpy(last.data<float>() + b * d,
-                    x.data<float>() + (offsets[b] + batch[b].num_tokens - 1) * d,
-                    d * sizeof(float));
-      }
-      ASSIGN_OR_RETURN(*logits, be.Allocate(DType::kF32, {bsz, c.vocab_size}));
-      return be.Linear(last, weights_.lm_head, &weights_.lm_head_bias, *logits);
-    }
+  if (mode == LogitsMode::kNone) return be.Synchronize();
+  Tensor last = x;
+  const int64_t bsz = static_cast<int64_t>(batch.size());
+  if (mode == LogitsMode::kLast && n != bsz) {
+    std::vector<int64_t> rows;
+    for (int64_t b = 0; b < bsz; ++b) rows.push_back(offsets[b] + batch[b].num_tokens - 1);
+    ASSIGN_OR_RETURN(last, scratch({bsz, d}));
+    RETURN_IF_ERROR(be.GatherRows(x, rows, last));
   }
+  ASSIGN_OR_RETURN(Tensor out, scratch({last.dim(0), c.vocab_size}));
+  RETURN_IF_ERROR(be.Linear(last, weights_.lm_head, &weights_.lm_head_bias, out));
+  if (be.device() == Device::kCpu) {
+    *logits = std::move(out);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(*logits, be.CopyToHost(out));
   return absl::OkStatus();
 }
 

@@ -37,7 +37,10 @@ class TransfoXlModel {
  public:
   // Loads `<dir>/config.json` and `<dir>/model.safetensors` onto the CPU backend.
   static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Load(const std::string& dir);
-  // Builds a model from already-loaded parts (tests, converters).
+  // Loads onto `backend` (weights are copied to its device; the host copy is released).
+  static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Load(const std::string& dir,
+                                                              std::unique_ptr<Backend> backend);
+  // Builds a model from already-loaded host weights (tests, converters).
   static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Create(ModelConfig config,
                                                                 TransfoXlWeights weights,
                                                                 std::unique_ptr<Backend> backend);
@@ -45,10 +48,17 @@ class TransfoXlModel {
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return *backend_; }
 
-  // A fresh session state: memory of mem_len projected zero rows ("zeros") or empty ("empty").
-  SessionState NewState() const;
-  // Bytes of one session's state (exact; equals NewState().bytes()).
+  // A fresh session state on the model's device: memory of mem_len projected zero rows
+  // ("zeros") or empty ("empty"). RESOURCE_EXHAUSTED when the device is out of memory.
+  absl::StatusOr<SessionState> NewState() const;
+  // Bytes of one session's state (exact; equals NewState()->bytes()).
   size_t StateBytes() const;
+  // A deep copy of `state` on the model's device (fork / snapshot).
+  absl::StatusOr<SessionState> CloneState(const SessionState& state) const;
+  // A host copy of a state of this model (offload); StateFromHost brings it back to the model's
+  // device. The round trip is exact.
+  absl::StatusOr<SessionState> StateToHost(const SessionState& state) const;
+  absl::StatusOr<SessionState> StateFromHost(const SessionState& host_state) const;
 
   // Runs the batch. On INVALID_ARGUMENT (a token id outside the vocabulary, an empty sequence, a
   // state from another model, the same state twice) no state is modified. `logits` receives a
@@ -58,6 +68,11 @@ class TransfoXlModel {
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
+  // Whether `state` has this model's shape (layers, memory capacity and width).
+  bool StateFits(const SessionState& state) const;
+  // Copies a state's tensors with `copy` (same bookkeeping, new storage).
+  template <typename CopyFn>
+  absl::StatusOr<SessionState> CopyState(const SessionState& state, CopyFn copy) const;
   // The layer's distance table with at least `rows` rows: the precomputed one when it is long
   // enough, else one computed for this call into `scratch`.
   absl::StatusOr<const Tensor*> RelativeTable(int layer, int64_t rows, Tensor& scratch) const;
@@ -68,8 +83,8 @@ class TransfoXlModel {
   TransfoXlWeights weights_;
   std::unique_ptr<Backend> backend_;
   std::vector<Tensor> rel_tables_;   // per layer [P, H·d_h]
-  std::vector<Tensor> zero_keys_;    // per layer [H·d_h]: key of a zero hidden row
-  std::vector<Tensor> zero_values_;  // per layer [H·d_h]
+  std::vector<Tensor> zero_keys_;    // per layer [1, H·d_h]: key of a zero hidden row
+  std::vector<Tensor> zero_values_;  // per layer [1, H·d_h]
 };
 
 }  // namespace mnemo::engine

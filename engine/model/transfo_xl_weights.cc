@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -126,5 +127,40 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
 }
 
 }  // namespace
+
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend) {
+  std::map<const void*, Tensor> copied;  // host buffer → its device copy
+  auto copy = [&](const Tensor& host) -> absl::StatusOr<Tensor> {
+    auto it = copied.find(host.raw());
+    if (it != copied.end() && it->second.shape() == host.shape()) return it->second;
+    ASSIGN_OR_RETURN(Tensor device, backend.CopyFromHost(host));
+    copied[host.raw()] = device;
+    return device;
+  };
+  TransfoXlWeights out;
+  ASSIGN_OR_RETURN(out.word_emb, copy(weights.word_emb));
+  for (const TransfoXlLayerWeights& lw : weights.layers) {
+    TransfoXlLayerWeights d;
+    for (auto [src, dst] : {std::pair{&lw.qkv, &d.qkv},
+                            {&lw.r, &d.r},
+                            {&lw.o, &d.o},
+                            {&lw.attn_ln_gamma, &d.attn_ln_gamma},
+                            {&lw.attn_ln_beta, &d.attn_ln_beta},
+                            {&lw.r_w_bias, &d.r_w_bias},
+                            {&lw.r_r_bias, &d.r_r_bias},
+                            {&lw.fc1, &d.fc1},
+                            {&lw.fc1_bias, &d.fc1_bias},
+                            {&lw.fc2, &d.fc2},
+                            {&lw.fc2_bias, &d.fc2_bias},
+                            {&lw.ff_ln_gamma, &d.ff_ln_gamma},
+                            {&lw.ff_ln_beta, &d.ff_ln_beta}}) {
+      ASSIGN_OR_RETURN(*dst, copy(*src));
+    }
+    out.layers.push_back(std::move(d));
+  }
+  ASSIGN_OR_RETURN(out.lm_head, copy(weights.lm_head));
+  ASSIGN_OR_RETURN(out.lm_head_bias, copy(weights.lm_head_bias));
+  return out;
+}
 
 }  // namespace mnemo::engine

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 
+#include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/model/model_config.h"
 #include "engine/tensor/tensor.h"
@@ -41,5 +42,9 @@ absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
 // immutable; writing through such a tensor faults.
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       std::shared_ptr<const SafetensorsFile> file);
+
+// A copy of host weights on `backend`'s device. Tensors that share a buffer (a tied output
+// embedding, r biases shared across layers) still share one device buffer.
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend);
 
 }  // namespace mnemo::engine

@@ -11,16 +11,21 @@ namespace mnemo::engine {
 Tensor::Tensor(std::shared_ptr<void> buffer, DType dtype, Device device, std::vector<int64_t> shape)
     : buffer_(std::move(buffer)), dtype_(dtype), device_(device), shape_(std::move(shape)) {}
 
-Tensor Tensor::Zeros(DType dtype, std::vector<int64_t> shape) {
+Tensor Tensor::Empty(DType dtype, std::vector<int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   const size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
   const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
   void* p = ::operator new (rounded, std::align_val_t{64});
-  std::memset(p, 0, rounded);
   return Tensor(
       std::shared_ptr<void>(p, [](void* q) { ::operator delete (q, std::align_val_t{64}); }), dtype,
       Device::kCpu, std::move(shape));
+}
+
+Tensor Tensor::Zeros(DType dtype, std::vector<int64_t> shape) {
+  Tensor t = Empty(dtype, std::move(shape));
+  std::memset(t.raw(), 0, t.bytes());
+  return t;
 }
 
 int64_t Tensor::numel() const {

@@ -22,6 +22,8 @@ class Tensor {
 
   // A zero-filled host tensor, 64-byte aligned.
   static Tensor Zeros(DType dtype, std::vector<int64_t> shape);
+  // A host tensor with unspecified contents, 64-byte aligned (scratch written before it is read).
+  static Tensor Empty(DType dtype, std::vector<int64_t> shape);
 
   bool defined() const { return buffer_ != nullptr; }
   DType dtype() const { return dtype_; }

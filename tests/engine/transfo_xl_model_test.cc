@@ -130,12 +130,12 @@ class EquivalenceTest : public ::testing::TestWithParam<Variant> {
 TEST_P(EquivalenceTest, SegmentedPrefillEqualsOnePass) {
   const int64_t vocab = model_->config().vocab_size;
   const std::vector<int32_t> doc = RandomTokens(40, vocab, 3);
-  SessionState whole_state = model_->NewState();
+  SessionState whole_state = *model_->NewState();
   const std::vector<float> whole = Feed(*model_, whole_state, doc);
   ASSERT_EQ(whole.size(), static_cast<size_t>(40 * vocab));
   for (const std::vector<int64_t>& cut :
        std::vector<std::vector<int64_t>>{{1, 39}, {20, 20}, {7, 1, 13, 19}, {39, 1}}) {
-    SessionState state = model_->NewState();
+    SessionState state = *model_->NewState();
     EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, state, doc, cut), whole, kTol))
         << "segments starting with " << cut[0];
     EXPECT_EQ(state.position(), 40);
@@ -145,9 +145,9 @@ TEST_P(EquivalenceTest, SegmentedPrefillEqualsOnePass) {
 TEST_P(EquivalenceTest, DecodeEqualsPrefill) {
   const int64_t vocab = model_->config().vocab_size;
   const std::vector<int32_t> doc = RandomTokens(40, vocab, 4);
-  SessionState prefill_state = model_->NewState();
+  SessionState prefill_state = *model_->NewState();
   const std::vector<float> prefill = Feed(*model_, prefill_state, doc);
-  SessionState state = model_->NewState();
+  SessionState state = *model_->NewState();
   for (size_t t = 0; t < doc.size(); ++t) {
     const std::vector<float> step = Feed(*model_, state, {doc[t]}, LogitsMode::kLast);
     ASSERT_TRUE(test::NearRelative(step, Row(prefill, static_cast<int64_t>(t), vocab), kTol))
@@ -160,9 +160,9 @@ TEST_P(EquivalenceTest, DecodeEqualsPrefill) {
 TEST_P(EquivalenceTest, DocumentExactlyFillingMemory) {
   const int64_t mem_len = model_->config().mem_len;
   const std::vector<int32_t> doc = RandomTokens(mem_len, model_->config().vocab_size, 5);
-  SessionState a = model_->NewState();
+  SessionState a = *model_->NewState();
   const std::vector<float> whole = Feed(*model_, a, doc);
-  SessionState b = model_->NewState();
+  SessionState b = *model_->NewState();
   EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, b, doc, {mem_len - 1, 1}), whole, kTol));
   for (const XlMemory& m : b.layers()) EXPECT_EQ(m.size(), mem_len);
 }
@@ -206,14 +206,14 @@ TEST_P(SlidingWindowTest, DecodeWithWrappedRingEqualsFreshWindow) {
   ASSERT_NE(window_model, nullptr);
   const int64_t m = c.mem_len;
   const std::vector<int32_t> doc = RandomTokens(4 * m + 3, c.vocab_size, 8);
-  SessionState state = model->NewState();
+  SessionState state = *model->NewState();
   for (int64_t t = 0; t < static_cast<int64_t>(doc.size()); ++t) {
     const std::vector<float> step = Feed(*model, state, {doc[t]}, LogitsMode::kLast);
     if (t < m) continue;  // ring not yet full ("zeros": zero rows still present)
     // same_length: the query sees itself and m − 1 predecessors; otherwise m predecessors.
     const int64_t first = GetParam().same_length ? t - m + 1 : t - m;
     const std::vector<int32_t> window(doc.begin() + first, doc.begin() + t + 1);
-    SessionState fresh = window_model->NewState();
+    SessionState fresh = *window_model->NewState();
     ASSERT_TRUE(
         test::NearRelative(step, Feed(*window_model, fresh, window, LogitsMode::kLast), kTol))
         << "token " << t;
@@ -241,9 +241,9 @@ TEST(TransfoXlModelTest, OnePastFullMemoryForgetsOldestToken) {
   auto model = LoadModel(c, 2);
   ASSERT_NE(model, nullptr);
   const std::vector<int32_t> doc = RandomTokens(c.mem_len + 2, c.vocab_size, 9);
-  SessionState whole = model->NewState();
+  SessionState whole = *model->NewState();
   const std::vector<float> all = Feed(*model, whole, doc);
-  SessionState state = model->NewState();
+  SessionState state = *model->NewState();
   std::vector<std::vector<float>> steps;
   for (int32_t t : doc) steps.push_back(Feed(*model, state, {t}, LogitsMode::kLast));
   EXPECT_TRUE(test::NearRelative(steps[c.mem_len], Row(all, c.mem_len, c.vocab_size), kTol));
@@ -281,7 +281,7 @@ TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
   const std::vector<int64_t> lengths = {6, 1, 11};
   std::vector<SessionState> states;
   for (size_t b = 0; b < history.size(); ++b) {
-    states.push_back(model->NewState());
+    states.push_back(*model->NewState());
     if (history[b] > 0) {
       Feed(*model, states[b], RandomTokens(history[b], vocab, 100 + static_cast<uint32_t>(b)),
            LogitsMode::kNone);
@@ -294,8 +294,8 @@ TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
   for (LogitsMode mode : {LogitsMode::kAll, LogitsMode::kLast}) {
     std::vector<SessionState> batch_states, alone_states;
     for (const SessionState& s : states) {
-      batch_states.push_back(s.Clone());
-      alone_states.push_back(s.Clone());
+      batch_states.push_back(*model->CloneState(s));
+      alone_states.push_back(*model->CloneState(s));
     }
     std::vector<SequenceInput> batch;
     for (size_t b = 0; b < inputs.size(); ++b) {
@@ -333,8 +333,8 @@ TEST_P(BatchTest, LastModeEqualsLastRowOfAllMode) {
   ASSERT_NE(model, nullptr);
   const std::vector<int32_t> a = RandomTokens(5, c.vocab_size, 1);
   const std::vector<int32_t> b = RandomTokens(3, c.vocab_size, 2);
-  SessionState sa = model->NewState(), sb = model->NewState();
-  SessionState ca = model->NewState(), cb = model->NewState();
+  SessionState sa = *model->NewState(), sb = *model->NewState();
+  SessionState ca = *model->NewState(), cb = *model->NewState();
   Tensor all, last;
   ASSERT_TRUE(
       model->Forward({{a.data(), 5, &sa}, {b.data(), 3, &sb}}, LogitsMode::kAll, &all).ok());
@@ -362,14 +362,14 @@ TEST(TransfoXlModelTest, ConcurrentForwardOnDistinctStatesMatchesSequential) {
   std::vector<std::vector<float>> sequential;
   for (int i = 0; i < kThreads; ++i) {
     docs.push_back(RandomTokens(30 + i, c.vocab_size, 40 + i));
-    SessionState s = model->NewState();
+    SessionState s = *model->NewState();
     sequential.push_back(FeedInSegments(*model, s, docs[i], {10, 1, static_cast<int64_t>(19 + i)}));
   }
   std::vector<std::vector<float>> concurrent(kThreads);
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&, i] {
-      SessionState s = model->NewState();
+      SessionState s = *model->NewState();
       concurrent[i] = FeedInSegments(*model, s, docs[i], {10, 1, static_cast<int64_t>(19 + i)});
     });
   }
@@ -393,11 +393,11 @@ TEST(TransfoXlModelTest, StateBytesAreExact) {
     const size_t want = static_cast<size_t>(c.n_layer * 2 * c.mem_len * c.n_head * c.d_head * 4);
     EXPECT_EQ(model->StateBytes(), want);
     EXPECT_EQ(SessionStateBytes(c.n_layer, c.mem_len, c.attn_width()), want);
-    SessionState s = model->NewState();
+    SessionState s = *model->NewState();
     EXPECT_EQ(s.bytes(), want);
     Feed(*model, s, RandomTokens(30, c.vocab_size, 1), LogitsMode::kNone);
     EXPECT_EQ(s.bytes(), want);  // a full, wrapped memory occupies exactly the same
-    EXPECT_EQ(s.Clone().bytes(), want);
+    EXPECT_EQ(model->CloneState(s)->bytes(), want);
   }
 }
 
@@ -407,9 +407,9 @@ TEST(TransfoXlModelTest, CloneIsIndependentAndIdentical) {
   c.memory_init = MemoryInit::kZeros;
   auto model = LoadModel(c, 3);
   ASSERT_NE(model, nullptr);
-  SessionState original = model->NewState();
+  SessionState original = *model->NewState();
   Feed(*model, original, RandomTokens(9, c.vocab_size, 1), LogitsMode::kNone);  // wrapped ring
-  SessionState clone = original.Clone();
+  SessionState clone = *model->CloneState(original);
   EXPECT_EQ(clone.position(), original.position());
   const std::vector<int32_t> next = RandomTokens(4, c.vocab_size, 2);
   const std::vector<float> from_clone = Feed(*model, clone, next);
@@ -428,7 +428,7 @@ TEST(TransfoXlModelTest, NoLogitsModeUpdatesStateLikeOtherModes) {
   ASSERT_NE(model, nullptr);
   const std::vector<int32_t> first = RandomTokens(7, c.vocab_size, 1);
   const std::vector<int32_t> second = RandomTokens(3, c.vocab_size, 2);
-  SessionState a = model->NewState(), b = model->NewState();
+  SessionState a = *model->NewState(), b = *model->NewState();
   Tensor untouched;
   ASSERT_TRUE(model->Forward({{first.data(), 7, &a}}, LogitsMode::kNone, &untouched).ok());
   EXPECT_FALSE(untouched.defined());
@@ -443,7 +443,7 @@ TEST(TransfoXlModelTest, ZerosInitStartsWithFullMemory) {
   c.mem_len = 10;
   auto model = LoadModel(c);
   ASSERT_NE(model, nullptr);
-  SessionState s = model->NewState();
+  SessionState s = *model->NewState();
   EXPECT_EQ(s.position(), 0);
   ASSERT_EQ(static_cast<int64_t>(s.layers().size()), c.n_layer);
   for (const XlMemory& m : s.layers()) {
@@ -462,7 +462,7 @@ TEST(TransfoXlModelTest, EmptyInitMemoryGrowsToMemLen) {
   c.mem_len = 10;
   auto model = LoadModel(c);
   ASSERT_NE(model, nullptr);
-  SessionState s = model->NewState();
+  SessionState s = *model->NewState();
   for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
   Feed(*model, s, RandomTokens(4, c.vocab_size, 1));
   for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 4);
@@ -495,7 +495,7 @@ TEST(TransfoXlModelTest, ZerosInitMemoryHoldsProjectionOfZeroHiddenState) {
       ADD_FAILURE() << "no tensor " << name;
       return std::vector<float>();
     };
-    const SessionState s = model->NewState();
+    const SessionState s = *model->NewState();
     const int64_t hd = c.attn_width(), d = c.d_model;
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const std::string p = "layers." + std::to_string(l) + ".";
@@ -533,19 +533,19 @@ TEST(TransfoXlModelTest, MemLenZeroKeepsNoState) {
     EXPECT_EQ(model->StateBytes(), 0u);
     const std::vector<int32_t> first = RandomTokens(5, c.vocab_size, 1);
     const std::vector<int32_t> second = RandomTokens(6, c.vocab_size, 2);
-    SessionState s = model->NewState();
+    SessionState s = *model->NewState();
     EXPECT_EQ(s.bytes(), 0u);
     Feed(*model, s, first);
     for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
     // Nothing carries over: the second segment equals a fresh pass over it alone.
     const std::vector<float> continued = Feed(*model, s, second);
-    SessionState fresh = model->NewState();
+    SessionState fresh = *model->NewState();
     EXPECT_TRUE(test::NearRelative(continued, Feed(*model, fresh, second), kTol));
     EXPECT_EQ(s.position(), 11);
     // Decode: each token alone.
-    SessionState d = model->NewState();
+    SessionState d = *model->NewState();
     for (int32_t t : second) {
-      SessionState alone = model->NewState();
+      SessionState alone = *model->NewState();
       EXPECT_TRUE(test::NearRelative(Feed(*model, d, {t}, LogitsMode::kLast),
                                      Feed(*model, alone, {t}, LogitsMode::kLast), kTol));
     }
@@ -585,18 +585,18 @@ TEST(TransfoXlModelTest, SegmentBeyondPrecomputedDistanceTable) {
   ASSERT_NE(b, nullptr);
   const std::vector<int32_t> doc = RandomTokens(600, small.vocab_size, 5);
 
-  SessionState sa = a->NewState(), sb = b->NewState();
+  SessionState sa = *a->NewState(), sb = *b->NewState();
   const std::vector<float> one_pass = Feed(*b, sb, doc);
   EXPECT_TRUE(test::NearRelative(Feed(*a, sa, doc), one_pass, kTol)) << "fresh 600-token segment";
 
-  SessionState segmented = b->NewState();
+  SessionState segmented = *b->NewState();
   EXPECT_TRUE(test::NearRelative(FeedInSegments(*b, segmented, doc, {100, 100, 100, 100, 100, 100}),
                                  one_pass, kTol))
       << "600 tokens in segments of 100";
 
   // 8 tokens (all kept by both memories), then 600 more: 608 distances on the small model.
   const std::vector<int32_t> head = RandomTokens(8, small.vocab_size, 6);
-  SessionState ha = a->NewState(), hb = b->NewState();
+  SessionState ha = *a->NewState(), hb = *b->NewState();
   Feed(*a, ha, head, LogitsMode::kNone);
   Feed(*b, hb, head, LogitsMode::kNone);
   EXPECT_TRUE(test::NearRelative(Feed(*a, ha, doc), Feed(*b, hb, doc), kTol))
@@ -614,9 +614,9 @@ class ValidationTest : public ::testing::Test {
     config_.memory_init = MemoryInit::kEmpty;
     model_ = LoadModel(config_, 9);
     ASSERT_NE(model_, nullptr);
-    state_ = model_->NewState();
+    state_ = *model_->NewState();
     Feed(*model_, state_, RandomTokens(4, config_.vocab_size, 1), LogitsMode::kNone);
-    reference_ = state_.Clone();
+    reference_ = *model_->CloneState(state_);
   }
 
   // state_ is exactly as reference_: same position, same logits for the same next tokens.
@@ -653,7 +653,7 @@ TEST_F(ValidationTest, NegativeTokenId) {
 }
 
 TEST_F(ValidationTest, BadTokenInLaterSequenceLeavesEarlierStateUntouched) {
-  SessionState other = model_->NewState();
+  SessionState other = *model_->NewState();
   const std::vector<int32_t> good = {1, 2, 3};
   const std::vector<int32_t> bad = {0, static_cast<int32_t>(config_.vocab_size) + 5};
   const absl::Status status = Run({{good.data(), 3, &state_}, {bad.data(), 2, &other}});
@@ -686,7 +686,7 @@ TEST_F(ValidationTest, StateFromAnotherModel) {
   for (const ModelConfig& oc : {other_mem, other_width, other_depth}) {
     auto other = LoadModel(oc, 9);
     ASSERT_NE(other, nullptr);
-    SessionState foreign = other->NewState();
+    SessionState foreign = *other->NewState();
     const absl::Status status = Run({{tokens.data(), 2, &foreign}});
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
     EXPECT_EQ(foreign.position(), 0);
@@ -740,11 +740,11 @@ TEST(TransfoXlModelTest, RandomConfigsRunAndAreDeterministic) {
     auto model = LoadModel(c, seed);
     ASSERT_NE(model, nullptr) << "seed " << seed;
     const std::vector<int32_t> doc = RandomTokens(2 * c.mem_len + 3, c.vocab_size, seed);
-    SessionState a = model->NewState(), b = model->NewState();
+    SessionState a = *model->NewState(), b = *model->NewState();
     const std::vector<float> first = Feed(*model, a, doc);
     for (float v : first) ASSERT_TRUE(std::isfinite(v)) << "seed " << seed;
     EXPECT_EQ(first, Feed(*model, b, doc)) << "seed " << seed;
-    EXPECT_EQ(model->NewState().bytes(), model->StateBytes());
+    EXPECT_EQ(model->NewState()->bytes(), model->StateBytes());
   }
 }
 

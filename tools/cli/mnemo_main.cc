@@ -220,7 +220,7 @@ absl::Status RunLogits(const Flags& flags) {
   if (flags.Has("decode")) segment_len = 1;
   std::ofstream out(flags.Get("output"), std::ios::binary);
   if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", flags.Get("output")));
-  SessionState state = model.NewState();
+  ASSIGN_OR_RETURN(SessionState state, model.NewState());
   RETURN_IF_ERROR(
       Feed(model, state, ids, segment_len, LogitsMode::kAll, [&](int64_t, const Tensor& logits) {
         out.write(static_cast<const char*>(logits.raw()),
@@ -251,7 +251,7 @@ absl::Status RunScore(const Flags& flags) {
 
   std::vector<float> logprobs(ids.size(), 0.0f);  // logprobs[t] = log p(ids[t] | ids[<t])
   std::vector<float> row(static_cast<size_t>(vocab));
-  SessionState state = model.NewState();
+  ASSIGN_OR_RETURN(SessionState state, model.NewState());
   RETURN_IF_ERROR(Feed(model, state, ids, segment_len, LogitsMode::kAll,
                        [&](int64_t first, const Tensor& logits) {
                          for (int64_t r = 0; r < logits.dim(0); ++r) {
@@ -338,7 +338,7 @@ absl::Status RunGenerate(const Flags& flags) {
   engine::Sampler sampler(params);
 
   // Prefill all but the last prompt token in segments, then decode from the last one.
-  SessionState state = model.NewState();
+  ASSIGN_OR_RETURN(SessionState state, model.NewState());
   std::vector<int32_t> head(ids.begin(), ids.end() - 1);
   RETURN_IF_ERROR(
       Feed(model, state, head, segment_len, LogitsMode::kNone, [](int64_t, const Tensor&) {}));

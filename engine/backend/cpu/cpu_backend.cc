@@ -1,5 +1,6 @@
 // The CPU backend: OpenBLAS for products, vectorised loops on a thread pool for the rest.
 #include <cmath>
+#include <cstring>
 
 #include "engine/backend/backend.h"
 #include "kernels/cpu/blas.h"
@@ -20,6 +21,43 @@ class CpuBackend final : public Backend {
   absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override {
     return Tensor::Zeros(dtype, std::move(shape));
   }
+
+  absl::StatusOr<Tensor> AllocateUninitialized(DType dtype, std::vector<int64_t> shape) override {
+    return Tensor::Empty(dtype, std::move(shape));
+  }
+
+  absl::StatusOr<Tensor> CopyFromHost(const Tensor& host) override {
+    Tensor copy = Tensor::Empty(host.dtype(), host.shape());
+    std::memcpy(copy.raw(), host.raw(), host.bytes());
+    return copy;
+  }
+
+  absl::StatusOr<Tensor> CopyToHost(const Tensor& t) override { return CopyFromHost(t); }
+
+  absl::Status Copy(const Tensor& src, Tensor& dst) override {
+    std::memcpy(dst.raw(), src.raw(), src.bytes());
+    return absl::OkStatus();
+  }
+
+  absl::Status FillRows(const Tensor& row, Tensor& dst) override {
+    const size_t row_bytes = row.bytes();
+    auto* out = static_cast<char*>(dst.raw());
+    for (int64_t r = 0; r < dst.dim(0); ++r) std::memcpy(out + r * row_bytes, row.raw(), row_bytes);
+    return absl::OkStatus();
+  }
+
+  absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& y) override {
+    const int64_t n = x.dim(1);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::memcpy(y.data<float>() + static_cast<int64_t>(i) * n, x.data<float>() + rows[i] * n,
+                  n * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  DeviceMemoryInfo MemoryInfo() const override { return {}; }
 
   absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
     const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
@@ -91,6 +129,23 @@ class CpuBackend final : public Backend {
       kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
                                  a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                  a.out->data<float>(), width, pool_);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override {
+    for (const MemoryAppendArgs& a : batch) {
+      XlMemory& m = *a.memory;
+      const int64_t width = m.width(), rows = a.qkv->dim(0);
+      const float* qkv = a.qkv->data<float>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t slot = m.SlotOfNewRow(r, rows);
+        if (slot < 0) continue;
+        std::memcpy(m.keys().data<float>() + slot * width, qkv + r * 3 * width + width,
+                    width * sizeof(float));
+        std::memcpy(m.values().data<float>() + slot * width, qkv + r * 3 * width + 2 * width,
+                    width * sizeof(float));
+      }
     }
     return absl::OkStatus();
   }
