@@ -7,6 +7,9 @@
 //   mnemo_bench --model DIR --figure decode [--runs N] [--warmup W] [--decode-steps K]
 //   mnemo_bench --model DIR --figure breakdown --segment S   (S = 1: decode step)
 //   mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT
+//   mnemo_bench --model DIR --device cuda --figure batched-decode --batch B [--decode-steps K]
+//   --device cpu|cuda[:N] (default cpu) picks the backend for prefill, decode, batched-decode
+//   and logits; breakdown is CPU only.
 //
 // prefill: a session whose memory is already full (primed with real tokens: mem_len comes from
 //   the checkpoint's config) advances by segments of S tokens with LogitsMode::kLast (the state
@@ -23,6 +26,11 @@
 //   memory), once as the engine runs them and once split over mnemo's pool with OpenBLAS on one
 //   thread, and the latency of an empty ParallelFor. Diagnostic only, in RESULTS.md's analysis.
 //   The peak RSS of prefill/decode also comes with rss_after_load_mib and rss_end_mib.
+// batched-decode: B sessions with full memories (one primed, the others forked from it) each
+//   generate one token per step in one Forward (T = 1 per session): tokens/s = B·K / wall time.
+// decode also reports bytes_per_token: the bytes a step must read at least (every weight matrix
+//   and bias it uses, the distance-table rows and the K/V memory its attention reads, the output
+//   embedding), for the roofline ratio against the measured copy bandwidth.
 // logits: writes the float32 logits [n, vocab] of whitespace-separated ids (one segment,
 //   LogitsMode::kAll, fresh session) so that the orchestrator can check that mnemo and the
 //   PyTorch peers run the same weights.
@@ -77,6 +85,8 @@ struct Options {
   std::string ids_file;
   std::string output;
   bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
+  std::string device = "cpu";
+  int batch = 1;
 };
 
 [[noreturn]] void Die(const std::string& message) {
@@ -124,11 +134,16 @@ Options ParseArgs(int argc, char** argv) {
       o.ids_file = value();
     } else if (arg == "--output") {
       o.output = value();
+    } else if (arg == "--device") {
+      o.device = value();
+    } else if (arg == "--batch") {
+      o.batch = std::atoi(value().c_str());
     } else if (arg == "--help" || arg == "-h") {
       std::printf(
           "usage: mnemo_bench --model DIR --figure prefill|decode|breakdown [--segment S]\n"
           "       [--runs N] [--warmup W] [--segments-per-run K] [--decode-steps K]\n"
-          "       [--logits last|all]\n"
+          "       [--logits last|all] [--device cpu|cuda[:N]]\n"
+          "       mnemo_bench --model DIR --figure batched-decode --batch B [--device D]\n"
           "       mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT\n");
       std::exit(0);
     } else {
@@ -137,9 +152,11 @@ Options ParseArgs(int argc, char** argv) {
   }
   if (o.model.empty()) Die("--model is required");
   if (o.figure != "prefill" && o.figure != "decode" && o.figure != "breakdown" &&
-      o.figure != "logits") {
-    Die("--figure must be prefill, decode, breakdown or logits");
+      o.figure != "logits" && o.figure != "batched-decode") {
+    Die("--figure must be prefill, decode, batched-decode, breakdown or logits");
   }
+  if (o.figure == "breakdown" && o.device != "cpu") Die("--figure breakdown is CPU only");
+  if (o.batch < 1) Die("--batch must be at least 1");
   if (o.figure == "logits" && (o.ids_file.empty() || o.output.empty())) {
     Die("--figure logits needs --ids-file and --output");
   }
@@ -229,6 +246,30 @@ int32_t Argmax(const Tensor& logits) {
 
 double g_rss_after_load_mib = 0;
 
+// Device memory in use (total − free, the pool's cached blocks counted as free) for GPU runs.
+std::string DeviceMemoryJson(const TransfoXlModel& model) {
+  const engine::DeviceMemoryInfo info = model.backend().MemoryInfo();
+  if (info.total_bytes == 0) return "";
+  return absl::StrCat(",\"device_used_mib\":",
+                      Num(static_cast<double>(info.total_bytes - info.free_bytes) / (1 << 20)),
+                      ",\"device_total_mib\":",
+                      Num(static_cast<double>(info.total_bytes) / (1 << 20)));
+}
+
+// Bytes one decode step (T = 1, memory of `memory_rows` positions) must read at least.
+std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows) {
+  const int64_t d = c.d_model, w = c.attn_width(), f = c.d_inner;
+  const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
+  const int64_t per_layer_weights = 3 * w * d + d * w + f * d + d * f  // qkv, o, fc1, fc2
+                                    + f + d + 4 * d + 2 * w;  // biases, two LayerNorms, u, v
+  const int64_t weights = c.n_layer * per_layer_weights + c.vocab_size * d + c.vocab_size + d;
+  const int64_t memory = c.n_layer * (2 * memory_rows * w                     // keys, values
+                                      + (std::min(memory_rows, clamp) + 1) * w);  // table rows
+  return absl::StrCat("\"bytes_per_token\":", (weights + memory) * 4,
+                      ",\"weight_bytes_per_token\":", weights * 4,
+                      ",\"memory_bytes_per_token\":", memory * 4);
+}
+
 std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
   const engine::ModelConfig& c = model.config();
   return absl::StrCat(
@@ -242,7 +283,8 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       ",\"d_inner\":", c.d_inner, ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len,
       ",\"clamp_len\":", c.clamp_len, ",\"same_length\":", c.same_length ? "true" : "false",
       ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
-      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size());
+      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size(),
+      ",\"device\":\"", std::string(model.backend().name()), "\"", DeviceMemoryJson(model));
 }
 
 int RunPrefill(const Options& o, TransfoXlModel& model) {
@@ -299,10 +341,54 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
     rates.push_back(static_cast<double>(o.decode_steps) / Seconds(t0, t1));
   }
   std::printf("{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
-              ",\"logits\":\"last\",\"tokens_per_s\":%s,\"runs\":%d,\"tokens_per_run\":%d"
-              ",\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s}\n",
-              c.mem_len, SummaryJson(Summarise(rates)).c_str(), o.runs, o.decode_steps,
-              o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(), CommonJson(model, state).c_str());
+              ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
+              "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
+              c.mem_len, SummaryJson(Summarise(rates)).c_str(),
+              Num(1e3 / Summarise(rates).median).c_str(), o.runs, o.decode_steps, o.warmup * 8,
+              Num(ProcStatusMib("VmHWM")).c_str(),
+              DecodeBytesJson(c, state.layers().empty() ? 0 : state.layers()[0].size()).c_str(),
+              CommonJson(model, state).c_str());
+  return 0;
+}
+
+int RunBatchedDecode(const Options& o, TransfoXlModel& model) {
+  const engine::ModelConfig& c = model.config();
+  Tokens gen(c.vocab_size);
+  std::vector<SessionState> states;
+  states.push_back(NewState(model));
+  Prime(model, states[0], gen, c.mem_len, std::min<int64_t>(c.mem_len, 512));
+  for (int b = 1; b < o.batch; ++b) {
+    absl::StatusOr<SessionState> fork = model.CloneState(states[0]);
+    Check(fork.status(), "fork session state");
+    states.push_back(std::move(*fork));
+  }
+  std::vector<int32_t> tokens = gen.Next(o.batch);
+  Tensor logits;
+  auto step = [&]() {
+    std::vector<SequenceInput> batch;
+    for (int b = 0; b < o.batch; ++b) batch.push_back({&tokens[b], 1, &states[b]});
+    Check(model.Forward(batch, LogitsMode::kLast, &logits), "batched decode forward");
+    const int64_t v = c.vocab_size;
+    for (int b = 0; b < o.batch; ++b) {
+      const float* row = logits.data<float>() + b * v;
+      tokens[b] = static_cast<int32_t>(std::max_element(row, row + v) - row);
+    }
+  };
+  for (int w = 0; w < o.warmup * 4; ++w) step();
+  std::vector<double> rates;
+  for (int r = 0; r < o.runs; ++r) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < o.decode_steps; ++i) step();
+    const auto t1 = Clock::now();
+    rates.push_back(static_cast<double>(o.decode_steps) * o.batch / Seconds(t0, t1));
+  }
+  const Summary s = Summarise(rates);
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"batched-decode\",\"batch\":%d,\"mem\":%" PRId64
+              ",\"tokens_per_s\":%s,\"ms_per_step\":%s,\"runs\":%d,\"steps_per_run\":%d,"
+              "\"state_bytes_total\":%zu,%s}\n",
+              o.batch, c.mem_len, SummaryJson(s).c_str(), Num(1e3 * o.batch / s.median).c_str(),
+              o.runs, o.decode_steps, states[0].bytes() * states.size(),
+              CommonJson(model, states[0]).c_str());
   return 0;
 }
 
@@ -485,13 +571,16 @@ int RunLogits(const Options& o, TransfoXlModel& model) {
 
 int Main(int argc, char** argv) {
   const Options o = ParseArgs(argc, argv);
-  auto loaded = TransfoXlModel::Load(o.model);
+  auto backend = engine::MakeBackend(o.device);
+  Check(backend.status(), "backend");
+  auto loaded = TransfoXlModel::Load(o.model, std::move(*backend));
   Check(loaded.status(), "load");
   TransfoXlModel& model = **loaded;
   g_rss_after_load_mib = ProcStatusMib("VmRSS");
   if (o.figure == "prefill") return RunPrefill(o, model);
   if (o.figure == "decode") return RunDecode(o, model);
   if (o.figure == "logits") return RunLogits(o, model);
+  if (o.figure == "batched-decode") return RunBatchedDecode(o, model);
   return RunBreakdown(o, model);
 }
 

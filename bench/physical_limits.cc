@@ -13,6 +13,8 @@
 // Each measurement: a warm-up then several repetitions; min / median / max and best (= max).
 //
 //   physical_limits [--quick] [--large-mib N] [--ws-mib N]
+//   physical_limits --cuda [--quick]   the GPU instead (bench/cuda_limits.h): copy bandwidth
+//                                      and float32 GEMM peak
 #include <cblas.h>
 
 #include <algorithm>
@@ -25,6 +27,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#ifdef MNEMO_WITH_CUDA
+#include "bench/cuda_limits.h"
+#endif
 
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
 #define BENCH_MULTIVERSION __attribute__((target_clones("avx512f", "arch=haswell", "default")))
@@ -186,7 +192,7 @@ void Sgemm(const char* shape, int threads, int64_t m, int64_t n, int64_t k, int 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, cuda = false;
   int64_t large_mib = 1024, ws_mib = 256;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -196,10 +202,21 @@ int main(int argc, char** argv) {
       large_mib = std::atoll(argv[++i]);
     } else if (arg == "--ws-mib" && i + 1 < argc) {
       ws_mib = std::atoll(argv[++i]);
+    } else if (arg == "--cuda") {
+      cuda = true;
     } else {
-      std::fprintf(stderr, "usage: physical_limits [--quick] [--large-mib N] [--ws-mib N]\n");
+      std::fprintf(stderr,
+                   "usage: physical_limits [--quick] [--large-mib N] [--ws-mib N] [--cuda]\n");
       return 1;
     }
+  }
+  if (cuda) {  // the GPU's limits only
+#ifdef MNEMO_WITH_CUDA
+    return mnemo::bench::RunCudaLimits(quick);
+#else
+    std::fprintf(stderr, "physical_limits: built without CUDA\n");
+    return 2;
+#endif
   }
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int blas_default = openblas_get_num_threads();

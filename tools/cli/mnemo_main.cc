@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/status_macros.h"
+#include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/sampling/sampler.h"
 #include "engine/sampling/stop_condition.h"
@@ -46,6 +47,8 @@ common flags:
   --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model
   --segment-len N      tokens per forward segment when feeding input (default: the model's
                        mem_len, at least 1); memory is carried between segments
+  --device D           where the model runs: cpu (default), cuda or cuda:N (weights and
+                       session memory on that GPU; f32, same results as cpu within 1e-4)
   --help               this text
 
 generate:
@@ -178,7 +181,9 @@ absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
   const std::string dir = flags.Get("model");
   Loaded loaded;
-  ASSIGN_OR_RETURN(loaded.model, TransfoXlModel::Load(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> backend,
+                   engine::MakeBackend(flags.Has("device") ? flags.Get("device") : "cpu"));
+  ASSIGN_OR_RETURN(loaded.model, TransfoXlModel::Load(dir, std::move(backend)));
   const std::string spm_path = dir + "/tokenizer.model";
   if (need_tokenizer || std::ifstream(spm_path).good()) {
     ASSIGN_OR_RETURN(loaded.tokenizer, engine::LoadSentencePieceTokenizer(spm_path));
@@ -410,7 +415,7 @@ int Main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::map<std::string, bool> common = {
-      {"model", true}, {"segment-len", true}, {"help", false}};
+      {"model", true}, {"segment-len", true}, {"device", true}, {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate") {
     for (auto f : {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",

@@ -1,0 +1,58 @@
+#include "kernels/cuda/attention_plan.h"
+
+#include <algorithm>
+
+namespace mnemo::kernels::cuda {
+
+AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs, int num_heads,
+                                    int64_t mem_len_max, bool same_length, int min_blocks,
+                                    int64_t min_split_keys) {
+  AttentionPlan plan;
+  const bool decode = std::all_of(seqs.begin(), seqs.end(),
+                                  [](const AttentionShapeInput& s) { return s.query_len == 1; });
+  plan.query_tile = decode ? kDecodeQueryTile : kPrefillQueryTile;
+  struct Tile {
+    int32_t seq, q_begin, q_count;
+    int64_t k_begin, k_end;
+  };
+  std::vector<Tile> tiles;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const AttentionShapeInput& s = seqs[b];
+    for (int64_t q0 = 0; q0 < s.query_len; q0 += plan.query_tile) {
+      const int64_t q1 = std::min(s.query_len, q0 + plan.query_tile);
+      // Keys any query of the tile sees: from the first query's first visible key (the window
+      // only moves forward) to the last query's own position.
+      const int64_t k_begin =
+          FirstVisibleKey(q0, s.memory_len, s.query_len, mem_len_max, same_length);
+      const int64_t k_end = s.memory_len + q1;
+      tiles.push_back({static_cast<int32_t>(b), static_cast<int32_t>(q0),
+                       static_cast<int32_t>(q1 - q0), k_begin, std::max(k_begin, k_end)});
+    }
+  }
+  const int64_t blocks = static_cast<int64_t>(tiles.size()) * num_heads;
+  const int64_t want_splits = blocks >= min_blocks ? 1 : (min_blocks + blocks - 1) / blocks;
+  for (const Tile& t : tiles) {
+    const int64_t keys = t.k_end - t.k_begin;
+    int64_t splits = std::min(want_splits, std::max<int64_t>(1, keys / min_split_keys));
+    if (splits <= 1) {
+      plan.items.push_back({t.seq, t.q_begin, t.q_count, 0, t.k_begin, t.k_end, -1});
+      continue;
+    }
+    // Chunks of whole key tiles, so no warp loads a tile that straddles two chunks.
+    int64_t chunk = (keys + splits - 1) / splits;
+    chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
+    splits = (keys + chunk - 1) / chunk;
+    const int64_t partial = plan.partial_rows;
+    for (int64_t s = 0; s < splits; ++s) {
+      const int64_t k0 = t.k_begin + s * chunk;
+      plan.items.push_back({t.seq, t.q_begin, t.q_count, 0, k0, std::min(t.k_end, k0 + chunk),
+                            partial + s * t.q_count});
+    }
+    plan.combines.push_back(
+        {t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits), partial});
+    plan.partial_rows += splits * t.q_count;
+  }
+  return plan;
+}
+
+}  // namespace mnemo::kernels::cuda

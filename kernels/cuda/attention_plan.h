@@ -1,0 +1,91 @@
+// Work planning for the CUDA relative-attention kernel (relative_attention.cu): which block runs
+// which queries against which keys. Plain C++ (no CUDA headers), so it is tested on machines
+// without a GPU; the structs are the kernel's device-side inputs, copied to the GPU as they are.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define MNEMO_HOST_DEVICE __host__ __device__
+#else
+#define MNEMO_HOST_DEVICE
+#endif
+
+namespace mnemo::kernels::cuda {
+
+// Queries one block handles: 1 for decode batches (every sequence has one new token), else 8.
+constexpr int kDecodeQueryTile = 1;
+constexpr int kPrefillQueryTile = 8;
+// Keys one warp scores at a time, and warps per block.
+constexpr int kKeyTile = 32;
+constexpr int kWarpsPerBlock = 4;
+
+// First key position query i (0-based among the T new ones) may see; keys are numbered
+// 0 … M + T − 1 over [memory | segment]. With same_length (Hugging Face's rule) and more keys
+// than mem_len_max, query i sees at most mem_len_max keys; otherwise everything up to itself.
+MNEMO_HOST_DEVICE inline int64_t FirstVisibleKey(int64_t i, int64_t memory_len, int64_t query_len,
+                                                 int64_t mem_len_max, bool same_length) {
+  if (!same_length) return 0;
+  const int64_t keys = memory_len + query_len;
+  const int64_t shift = keys > mem_len_max ? mem_len_max - memory_len : query_len;
+  const int64_t first = i - shift + 1;
+  return first > 0 ? first : 0;
+}
+
+// One sequence of a batch, as the kernel reads it.
+struct AttentionSequence {
+  const float* qkv;    // [T, 3·W]: q | k | v, W = H·d_h
+  const float* mem_k;  // memory ring [capacity, W]
+  const float* mem_v;
+  float* out;  // [T, W]
+  int64_t query_len;
+  int64_t memory_len;  // stored positions (≤ capacity), oldest at ring_start
+  int64_t capacity;
+  int64_t ring_start;
+};
+
+// One block row of the grid (all heads run as grid.y): queries [q_begin, q_begin + q_count) of
+// sequence `seq` against keys [k_begin, k_end). A split item writes partial softmax statistics
+// (rows partial … partial + q_count − 1) that a combine item merges; otherwise partial = −1 and
+// it writes the output.
+struct AttentionWorkItem {
+  int32_t seq;
+  int32_t q_begin;
+  int32_t q_count;
+  int32_t pad_ = 0;
+  int64_t k_begin;
+  int64_t k_end;
+  int64_t partial;
+};
+
+// Merges `splits` partial results of one query tile: split s, query q is partial row
+// partial + s · q_count + q.
+struct AttentionCombineItem {
+  int32_t seq;
+  int32_t q_begin;
+  int32_t q_count;
+  int32_t splits;
+  int64_t partial;
+};
+
+struct AttentionShapeInput {
+  int64_t query_len;
+  int64_t memory_len;
+};
+
+struct AttentionPlan {
+  int query_tile = kPrefillQueryTile;
+  std::vector<AttentionWorkItem> items;
+  std::vector<AttentionCombineItem> combines;
+  int64_t partial_rows = 0;  // rows of [H, d_h + 2] partial records the items write
+};
+
+// Plans one layer's attention for a ragged batch. Query tiles whose key range is long are split
+// into chunks (flash-decoding) until the grid has at least `min_blocks` blocks (items × heads),
+// with no chunk shorter than `min_split_keys` keys.
+AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs, int num_heads,
+                                    int64_t mem_len_max, bool same_length, int min_blocks,
+                                    int64_t min_split_keys = 128);
+
+}  // namespace mnemo::kernels::cuda

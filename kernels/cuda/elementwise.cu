@@ -1,0 +1,144 @@
+#include "kernels/cuda/elementwise.h"
+
+#include <cmath>
+
+namespace mnemo::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Grid-stride launch size for n elements (capped: the loops stride over the rest).
+int Blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
+}
+
+__device__ float BlockSum(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? shared[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // `shared` is reused by the next call
+  return v;
+}
+
+__global__ void EmbeddingKernel(const float* table, const int32_t* ids, int64_t dim, float scale,
+                                float* y) {
+  const int64_t n = blockIdx.x;
+  const float* src = table + static_cast<int64_t>(ids[n]) * dim;
+  float* dst = y + n * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i] * scale;
+}
+
+__global__ void LayerNormKernel(const float* x, const float* gamma, const float* beta, float eps,
+                                float* y, int64_t cols) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * cols;
+  float* out = y + blockIdx.x * cols;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) sum += row[i];
+  const float mean = BlockSum(sum, shared) / static_cast<float>(cols);
+  float sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float c = row[i] - mean;
+    sq += c * c;
+  }
+  const float inv = rsqrtf(BlockSum(sq, shared) / static_cast<float>(cols) + eps);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    out[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+  }
+}
+
+__global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,
+                                     int act) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = y[i] + bias[i % cols];
+    y[i] = act == 0 ? fmaxf(v, 0.0f) : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  }
+}
+
+__global__ void AddKernel(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = a[i] + b[i];
+  }
+}
+
+__global__ void FillRowsKernel(const float* row, float* dst, int64_t n, int64_t cols) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = row[i % cols];
+  }
+}
+
+__global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t cols, float* y) {
+  const float* src = x + rows[blockIdx.x] * cols;
+  float* dst = y + blockIdx.x * cols;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}
+
+__global__ void CopyRowsIndirectKernel(const float* const* src, float* const* dst, int64_t cols) {
+  const float* s = src[blockIdx.x];
+  float* d = dst[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) d[i] = s[i];
+}
+
+}  // namespace
+
+cudaError_t EmbeddingGather(const float* table, const int32_t* ids, int64_t count, int64_t dim,
+                            float scale, float* y, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  EmbeddingKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(table, ids, dim, scale,
+                                                                         y);
+  return cudaGetLastError();
+}
+
+cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, float eps, float* y,
+                      int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  LayerNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gamma, beta, eps, y,
+                                                                        cols);
+  return cudaGetLastError();
+}
+
+cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
+                           cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  if (n == 0) return cudaSuccess;
+  BiasActivationKernel<<<Blocks(n), kThreads, 0, stream>>>(y, bias, n, cols, act);
+  return cudaGetLastError();
+}
+
+cudaError_t Add(const float* a, const float* b, float* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AddKernel<<<Blocks(n), kThreads, 0, stream>>>(a, b, y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t FillRows(const float* row, float* dst, int64_t rows, int64_t cols,
+                     cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  if (n == 0) return cudaSuccess;
+  FillRowsKernel<<<Blocks(n), kThreads, 0, stream>>>(row, dst, n, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherRows(const float* x, const int64_t* rows, int64_t count, int64_t cols, float* y,
+                       cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  GatherRowsKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(x, rows, cols, y);
+  return cudaGetLastError();
+}
+
+cudaError_t CopyRowsIndirect(const float* const* src, float* const* dst, int64_t count,
+                             int64_t cols, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  CopyRowsIndirectKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(src, dst, cols);
+  return cudaGetLastError();
+}
+
+}  // namespace mnemo::kernels::cuda

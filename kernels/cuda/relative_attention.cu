@@ -1,0 +1,275 @@
+#include "kernels/cuda/relative_attention.h"
+
+#include <cmath>
+
+namespace mnemo::kernels::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kThreads = kWarpsPerBlock * 32;
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+// Key j's row (all heads) of sequence s: the memory ring for j < M, the segment after.
+__device__ __forceinline__ const float* KeyRow(const AttentionSequence& s, int64_t j, int64_t w) {
+  return j < s.memory_len ? s.mem_k + ((s.ring_start + j) % s.capacity) * w
+                          : s.qkv + (j - s.memory_len) * 3 * w + w;
+}
+
+__device__ __forceinline__ const float* ValueRow(const AttentionSequence& s, int64_t j,
+                                                 int64_t w) {
+  return j < s.memory_len ? s.mem_v + ((s.ring_start + j) % s.capacity) * w
+                          : s.qkv + (j - s.memory_len) * 3 * w + 2 * w;
+}
+
+// Shared memory: (q+u)·scale and (q+v)·scale for the tile's queries, then per warp a key tile
+// and the band of distance-table rows its scores need, rows padded by one float (no bank
+// conflicts when lane j reads row j).
+__host__ __device__ constexpr int WarpFloats(int bq, int head_dim) {
+  return (kKeyTile + bq + kKeyTile - 1) * (head_dim + 1);
+}
+
+// BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane.
+template <int BQ, int DK>
+__global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAttentionLaunch p) {
+  extern __shared__ float smem[];
+  const AttentionWorkItem item = p.items[blockIdx.x];
+  const AttentionSequence s = p.seqs[item.seq];
+  const int h = blockIdx.y;
+  const int d_h = p.head_dim, dp = d_h + 1;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * d_h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float scale = rsqrtf(static_cast<float>(d_h));
+
+  float* qu = smem;           // [BQ, d_h]
+  float* qv = qu + BQ * d_h;  // [BQ, d_h]
+  float* ks = qv + BQ * d_h + warp * WarpFloats(BQ, d_h);  // [32, d_h + 1]
+  float* rs = ks + kKeyTile * dp;                           // [BQ + 31, d_h + 1]
+
+  for (int idx = threadIdx.x; idx < BQ * d_h; idx += kThreads) {
+    const int q = idx / d_h, d = idx % d_h;
+    float u = 0.0f, v = 0.0f;
+    if (q < item.q_count) {
+      const float x = s.qkv[(item.q_begin + q) * 3 * w + h * d_h + d];
+      u = (x + p.r_w_bias[h * d_h + d]) * scale;
+      v = (x + p.r_r_bias[h * d_h + d]) * scale;
+    }
+    qu[idx] = u;
+    qv[idx] = v;
+  }
+  __syncthreads();
+
+  const int64_t m_len = s.memory_len;
+  const int64_t clamp = p.clamp_len > 0 ? p.clamp_len : (int64_t{1} << 62);
+  float m_run[BQ], l_run[BQ], acc[BQ][DK];
+#pragma unroll
+  for (int q = 0; q < BQ; ++q) {
+    m_run[q] = -INFINITY;
+    l_run[q] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < DK; ++k) acc[q][k] = 0.0f;
+  }
+
+  for (int64_t j0 = item.k_begin + warp * kKeyTile; j0 < item.k_end;
+       j0 += kWarpsPerBlock * kKeyTile) {
+    const int64_t left = item.k_end - j0;
+    const int rows = left < kKeyTile ? static_cast<int>(left) : kKeyTile;
+    for (int r = 0; r < kKeyTile; ++r) {
+      const float* krow = r < rows ? KeyRow(s, j0 + r, w) + h * d_h : nullptr;
+#pragma unroll
+      for (int k = 0; k < DK; ++k) {
+        const int d = lane + 32 * k;
+        if (d < d_h) ks[r * dp + d] = krow != nullptr ? krow[d] : 0.0f;
+      }
+    }
+    // Distances in this tile run from dmin (last key, first query) to dmin + BQ + 30.
+    const int64_t dmin = m_len + item.q_begin - j0 - (kKeyTile - 1);
+    for (int r = 0; r < BQ + kKeyTile - 1; ++r) {
+      int64_t dist = dmin + r;
+      dist = dist < 0 ? 0 : (dist > clamp ? clamp : dist);  // negative: masked anyway
+      const float* rrow = p.rel + dist * w + h * d_h;
+#pragma unroll
+      for (int k = 0; k < DK; ++k) {
+        const int d = lane + 32 * k;
+        if (d < d_h) rs[r * dp + d] = rrow[d];
+      }
+    }
+    __syncwarp();
+
+    // Lane `lane` scores key j0 + lane against every query of the tile.
+    float sc[BQ];
+#pragma unroll
+    for (int q = 0; q < BQ; ++q) sc[q] = 0.0f;
+    const float* krow = ks + lane * dp;
+    for (int d = 0; d < d_h; ++d) {
+      const float kd = krow[d];
+#pragma unroll
+      for (int q = 0; q < BQ; ++q) {
+        sc[q] += qu[q * d_h + d] * kd + qv[q * d_h + d] * rs[(q - lane + kKeyTile - 1) * dp + d];
+      }
+    }
+    const int64_t j = j0 + lane;
+    float pr[BQ];
+#pragma unroll
+    for (int q = 0; q < BQ; ++q) {
+      const int64_t i = item.q_begin + q;
+      const bool visible =
+          q < item.q_count && lane < rows && j <= m_len + i &&
+          j >= FirstVisibleKey(i, m_len, s.query_len, p.mem_len_max, p.same_length);
+      const float score = visible ? sc[q] : -INFINITY;
+      const float m_new = fmaxf(m_run[q], WarpMax(score));
+      if (m_new == -INFINITY) {  // nothing visible yet for this query
+        pr[q] = 0.0f;
+        continue;
+      }
+      pr[q] = visible ? expf(score - m_new) : 0.0f;
+      const float alpha = m_run[q] == -INFINITY ? 0.0f : expf(m_run[q] - m_new);
+      l_run[q] = l_run[q] * alpha + WarpSum(pr[q]);
+#pragma unroll
+      for (int k = 0; k < DK; ++k) acc[q][k] *= alpha;
+      m_run[q] = m_new;
+    }
+    // out += P · V: value rows straight from global memory, one coalesced row per key.
+    for (int jj = 0; jj < rows; ++jj) {
+      const float* vrow = ValueRow(s, j0 + jj, w) + h * d_h;
+      float v[DK];
+#pragma unroll
+      for (int k = 0; k < DK; ++k) {
+        const int d = lane + 32 * k;
+        v[k] = d < d_h ? vrow[d] : 0.0f;
+      }
+#pragma unroll
+      for (int q = 0; q < BQ; ++q) {
+        const float pj = __shfl_sync(kFullMask, pr[q], jj);
+#pragma unroll
+        for (int k = 0; k < DK; ++k) acc[q][k] += pj * v[k];
+      }
+    }
+    __syncwarp();  // the next tile overwrites ks / rs
+  }
+
+  // Merge the warps' partial softmax states through shared memory (each warp its own region).
+  float* mine = qv + BQ * d_h + warp * WarpFloats(BQ, d_h);  // [BQ, d_h + 2]: m, l, acc
+#pragma unroll
+  for (int q = 0; q < BQ; ++q) {
+    if (lane == 0) {
+      mine[q * (d_h + 2)] = m_run[q];
+      mine[q * (d_h + 2) + 1] = l_run[q];
+    }
+#pragma unroll
+    for (int k = 0; k < DK; ++k) {
+      const int d = lane + 32 * k;
+      if (d < d_h) mine[q * (d_h + 2) + 2 + d] = acc[q][k];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < item.q_count * d_h; idx += kThreads) {
+    const int q = idx / d_h, d = idx % d_h;
+    float m_all = -INFINITY;
+    for (int wi = 0; wi < kWarpsPerBlock; ++wi) {
+      m_all = fmaxf(m_all, qv[BQ * d_h + wi * WarpFloats(BQ, d_h) + q * (d_h + 2)]);
+    }
+    float l_all = 0.0f, a_all = 0.0f;
+    if (m_all != -INFINITY) {
+      for (int wi = 0; wi < kWarpsPerBlock; ++wi) {
+        const float* rec = qv + BQ * d_h + wi * WarpFloats(BQ, d_h) + q * (d_h + 2);
+        if (rec[0] == -INFINITY) continue;
+        const float f = expf(rec[0] - m_all);
+        l_all += rec[1] * f;
+        a_all += rec[2 + d] * f;
+      }
+    }
+    if (item.partial < 0) {
+      s.out[(item.q_begin + q) * w + h * d_h + d] = l_all > 0.0f ? a_all / l_all : 0.0f;
+    } else {
+      float* rec = p.partials + ((item.partial + q) * p.num_heads + h) * (d_h + 2);
+      if (d == 0) {
+        rec[0] = m_all;
+        rec[1] = l_all;
+      }
+      rec[2 + d] = a_all;
+    }
+  }
+}
+
+// Merges the split partial results of one query tile; grid (combines, heads).
+__global__ void CombineKernel(RelativeAttentionLaunch p) {
+  const AttentionCombineItem c = p.combines[blockIdx.x];
+  const AttentionSequence s = p.seqs[c.seq];
+  const int h = blockIdx.y, d_h = p.head_dim;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * d_h;
+  for (int idx = threadIdx.x; idx < c.q_count * d_h; idx += blockDim.x) {
+    const int q = idx / d_h, d = idx % d_h;
+    auto rec = [&](int split) {
+      return p.partials + ((c.partial + split * c.q_count + q) * p.num_heads + h) * (d_h + 2);
+    };
+    float m_all = -INFINITY;
+    for (int sp = 0; sp < c.splits; ++sp) m_all = fmaxf(m_all, rec(sp)[0]);
+    float l_all = 0.0f, a_all = 0.0f;
+    if (m_all != -INFINITY) {
+      for (int sp = 0; sp < c.splits; ++sp) {
+        const float* r = rec(sp);
+        if (r[0] == -INFINITY) continue;
+        const float f = expf(r[0] - m_all);
+        l_all += r[1] * f;
+        a_all += r[2 + d] * f;
+      }
+    }
+    s.out[(c.q_begin + q) * w + h * d_h + d] = l_all > 0.0f ? a_all / l_all : 0.0f;
+  }
+}
+
+template <int BQ, int DK>
+cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {
+  const size_t shared = RelativeAttentionSharedBytes(BQ, p.head_dim);
+  // Opt in to more than 48 KB once per instantiation (the attribute is per function).
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      RelativeAttentionKernel<BQ, DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(RelativeAttentionSharedBytes(BQ, kMaxHeadDim)));
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(static_cast<unsigned>(p.num_items), static_cast<unsigned>(p.num_heads));
+  RelativeAttentionKernel<BQ, DK><<<grid, kThreads, shared, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int BQ>
+cudaError_t LaunchForTile(const RelativeAttentionLaunch& p, cudaStream_t stream) {
+  switch ((p.head_dim + 31) / 32) {
+    case 1:
+      return LaunchAttention<BQ, 1>(p, stream);
+    case 2:
+      return LaunchAttention<BQ, 2>(p, stream);
+    case 3:
+      return LaunchAttention<BQ, 3>(p, stream);
+    default:
+      return LaunchAttention<BQ, 4>(p, stream);
+  }
+}
+
+}  // namespace
+
+size_t RelativeAttentionSharedBytes(int query_tile, int head_dim) {
+  return sizeof(float) * (2 * static_cast<size_t>(query_tile) * head_dim +
+                          static_cast<size_t>(kWarpsPerBlock) * WarpFloats(query_tile, head_dim));
+}
+
+cudaError_t RelativeAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {
+  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim) return cudaErrorInvalidValue;
+  if (p.num_items == 0) return cudaSuccess;
+  cudaError_t err = p.query_tile == kDecodeQueryTile ? LaunchForTile<kDecodeQueryTile>(p, stream)
+                                                     : LaunchForTile<kPrefillQueryTile>(p, stream);
+  if (err != cudaSuccess || p.num_combines == 0) return err;
+  const dim3 grid(static_cast<unsigned>(p.num_combines), static_cast<unsigned>(p.num_heads));
+  CombineKernel<<<grid, 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace mnemo::kernels::cuda

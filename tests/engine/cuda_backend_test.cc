@@ -1,0 +1,464 @@
+// The CUDA backend against the CPU backend (the oracle): every op on random inputs over a sweep
+// of shapes, the relative attention over memories empty / partial / full / wrapped and ragged
+// batches of mixed fill levels, whole-model logits, 200-token greedy generation, clone and
+// host offload. Tests that need a GPU skip with a message where there is none; the work planner
+// and backend selection are tested everywhere.
+//
+// Tolerance (float32 on both sides, no TF32): ops and attention ‖gpu − cpu‖∞ ≤ 1e-5 · ‖cpu‖∞
+// (summation order differs; float32 rounding is ~1e-7 per add); whole-model logits ≤ 1e-4.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#include "engine/backend/backend.h"
+#include "engine/model/transfo_xl_model.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/convert.h"
+#include "tests/test_checkpoint.h"
+
+namespace mnemo::engine {
+namespace {
+
+namespace kc = kernels::cuda;
+
+constexpr double kOpTol = 1e-5;
+constexpr double kModelTol = 1e-4;
+
+// ---- Work planning (no device needed) ------------------------------------------------------
+
+// Every (sequence, query, key) the attention must visit is covered by exactly one work item.
+void ExpectPlanCovers(const std::vector<kc::AttentionShapeInput>& seqs, int heads,
+                      int64_t mem_len_max, bool same_length, int min_blocks) {
+  const kc::AttentionPlan plan =
+      kc::PlanRelativeAttention(seqs, heads, mem_len_max, same_length, min_blocks);
+  std::set<std::tuple<int, int64_t, int64_t>> seen;  // (seq, query, key)
+  std::set<int64_t> partial_rows;
+  for (const kc::AttentionWorkItem& item : plan.items) {
+    ASSERT_LE(item.q_count, plan.query_tile);
+    ASSERT_GT(item.q_count, 0);
+    const kc::AttentionShapeInput& s = seqs[static_cast<size_t>(item.seq)];
+    for (int q = 0; q < item.q_count; ++q) {
+      const int64_t i = item.q_begin + q;
+      ASSERT_LT(i, s.query_len);
+      const int64_t first = kc::FirstVisibleKey(i, s.memory_len, s.query_len, mem_len_max,
+                                                same_length);
+      for (int64_t j = std::max(item.k_begin, first); j < item.k_end && j <= s.memory_len + i;
+           ++j) {
+        EXPECT_TRUE(seen.insert({item.seq, i, j}).second) << "key visited twice";
+      }
+      if (item.partial >= 0) {
+        EXPECT_TRUE(partial_rows.insert(item.partial + q).second);
+      }
+    }
+  }
+  int64_t expected = 0;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    for (int64_t i = 0; i < seqs[b].query_len; ++i) {
+      const int64_t first = kc::FirstVisibleKey(i, seqs[b].memory_len, seqs[b].query_len,
+                                                mem_len_max, same_length);
+      expected += std::max<int64_t>(0, seqs[b].memory_len + i - first + 1);
+    }
+  }
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), expected);
+  EXPECT_EQ(static_cast<int64_t>(partial_rows.size()), plan.partial_rows);
+  int64_t combined = 0;
+  for (const kc::AttentionCombineItem& c : plan.combines) {
+    EXPECT_GE(c.splits, 2);
+    combined += c.splits * c.q_count;
+  }
+  EXPECT_EQ(combined, plan.partial_rows);
+}
+
+TEST(CudaAttentionPlanTest, CoversEveryVisibleKeyOnce) {
+  for (bool same_length : {false, true}) {
+    ExpectPlanCovers({{1, 0}}, 2, 8, same_length, 1);
+    ExpectPlanCovers({{1, 1600}}, 16, 1600, same_length, 264);  // split decode
+    ExpectPlanCovers({{37, 5}, {1, 0}, {8, 20}}, 3, 20, same_length, 4);
+    ExpectPlanCovers({{64, 100}, {9, 100}}, 2, 100, same_length, 1000);  // split prefill
+  }
+}
+
+TEST(CudaAttentionPlanTest, DecodeUsesOneQueryTilesAndSplitsLongMemories) {
+  const kc::AttentionPlan plan = kc::PlanRelativeAttention({{1, 1600}}, 16, 1600, false, 264);
+  EXPECT_EQ(plan.query_tile, kc::kDecodeQueryTile);
+  // 1601 keys in chunks of at least 128 (one key tile per warp): 11 chunks × 16 heads.
+  EXPECT_EQ(plan.items.size(), 11u);
+  ASSERT_EQ(plan.combines.size(), 1u);
+  for (size_t i = 0; i + 1 < plan.items.size(); ++i) {
+    EXPECT_EQ((plan.items[i].k_end - plan.items[i].k_begin) % kc::kKeyTile, 0)
+        << "chunks are whole key tiles";
+    EXPECT_GE(plan.items[i].k_end - plan.items[i].k_begin, 128);
+    EXPECT_EQ(plan.items[i].k_end, plan.items[i + 1].k_begin);
+  }
+}
+
+TEST(CudaAttentionPlanTest, LargeBatchesAreNotSplit) {
+  std::vector<kc::AttentionShapeInput> seqs(256, {1, 1600});
+  const kc::AttentionPlan plan = kc::PlanRelativeAttention(seqs, 16, 1600, false, 264);
+  EXPECT_EQ(plan.items.size(), 256u);
+  EXPECT_TRUE(plan.combines.empty());
+  EXPECT_EQ(plan.partial_rows, 0);
+}
+
+TEST(CudaBackendSelectionTest, NamesAreParsed) {
+  EXPECT_EQ(MakeBackend("tpu").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeBackend("cuda:x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeBackend("cuda:99").status().code(), absl::StatusCode::kUnavailable);
+  auto cpu = MakeBackend("cpu");
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->name(), "cpu");
+}
+
+// ---- Against the CPU backend (GPU needed) --------------------------------------------------
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (kc::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine: GPU test not run";
+    auto gpu = MakeCudaBackend(0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = std::move(*gpu);
+    cpu_ = MakeCpuBackend();
+  }
+
+  Tensor Random(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
+    Tensor t = Tensor::Zeros(DType::kF32, std::move(shape));
+    std::uniform_real_distribution<float> dist(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng_);
+    return t;
+  }
+  Tensor Up(const Tensor& host) {
+    auto t = gpu_->CopyFromHost(host);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : Tensor();
+  }
+  // A device tensor of `shape` poisoned with NaN, so an element the kernel fails to write shows.
+  Tensor Poisoned(std::vector<int64_t> shape) {
+    Tensor host = Tensor::Zeros(DType::kF32, std::move(shape));
+    std::fill(host.data<float>(), host.data<float>() + host.numel(), std::nanf(""));
+    return Up(host);
+  }
+  std::vector<float> Down(const Tensor& t) {
+    auto host = gpu_->CopyToHost(t);
+    EXPECT_TRUE(host.ok()) << host.status();
+    if (!host.ok()) return {};
+    return std::vector<float>(host->data<float>(), host->data<float>() + host->numel());
+  }
+  static std::vector<float> Values(const Tensor& t) {
+    return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+  }
+
+  std::mt19937 rng_{42};
+  std::unique_ptr<Backend> gpu_, cpu_;
+};
+
+TEST_F(CudaBackendTest, LinearMatchesCpu) {
+  for (auto [rows, in, out] : {std::tuple{1, 64, 96}, {7, 33, 5}, {130, 257, 129}, {512, 128, 64}}) {
+    for (bool with_bias : {false, true}) {
+      const Tensor x = Random({rows, in}), w = Random({out, in}), b = Random({out});
+      Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, out});
+      ASSERT_TRUE(cpu_->Linear(x, w, with_bias ? &b : nullptr, y_cpu).ok());
+      Tensor y = Poisoned({rows, out});
+      const Tensor b_dev = Up(b);
+      ASSERT_TRUE(gpu_->Linear(Up(x), Up(w), with_bias ? &b_dev : nullptr, y).ok());
+      EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol))
+          << rows << "x" << in << "→" << out << " bias " << with_bias;
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, RowOpsMatchCpu) {
+  for (auto [rows, cols] : {std::pair{1, 1}, {3, 31}, {17, 1024}, {65, 4097}}) {
+    const Tensor x = Random({rows, cols}, -3, 5), g = Random({cols}), b = Random({cols});
+    Tensor ln_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+    ASSERT_TRUE(cpu_->LayerNorm(x, g, b, 1e-5f, ln_cpu).ok());
+    Tensor ln = Poisoned({rows, cols});
+    ASSERT_TRUE(gpu_->LayerNorm(Up(x), Up(g), Up(b), 1e-5f, ln).ok());
+    EXPECT_TRUE(test::NearRelative(Down(ln), Values(ln_cpu), kOpTol)) << "LayerNorm " << cols;
+    // In place, as the post-LN model calls it.
+    Tensor inplace = Up(x);
+    ASSERT_TRUE(gpu_->LayerNorm(inplace, Up(g), Up(b), 1e-5f, inplace).ok());
+    EXPECT_TRUE(test::NearRelative(Down(inplace), Values(ln_cpu), kOpTol));
+
+    for (Activation act : {Activation::kRelu, Activation::kGelu}) {
+      Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+      ASSERT_TRUE(cpu_->Copy(x, y_cpu).ok());
+      ASSERT_TRUE(cpu_->BiasActivation(b, act, y_cpu).ok());
+      Tensor y = Up(x);
+      ASSERT_TRUE(gpu_->BiasActivation(Up(b), act, y).ok());
+      EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol));
+    }
+    const Tensor other = Random({rows, cols});
+    Tensor sum_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+    ASSERT_TRUE(cpu_->Add(x, other, sum_cpu).ok());
+    Tensor sum = Poisoned({rows, cols});
+    ASSERT_TRUE(gpu_->Add(Up(x), Up(other), sum).ok());
+    EXPECT_EQ(Down(sum), Values(sum_cpu));
+
+    Tensor filled = Poisoned({rows, cols});
+    ASSERT_TRUE(gpu_->FillRows(Up(g), filled).ok());
+    const std::vector<float> f = Down(filled);
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_TRUE(std::equal(g.data<float>(), g.data<float>() + cols, f.begin() + r * cols));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, EmbeddingAndGatherMatchCpu) {
+  const Tensor table = Random({50, 37});
+  const std::vector<int32_t> ids = {0, 49, 7, 7, 13};
+  Tensor y_cpu = Tensor::Zeros(DType::kF32, {5, 37});
+  ASSERT_TRUE(cpu_->Embedding(table, ids, 2.5f, y_cpu).ok());
+  Tensor y = Poisoned({5, 37});
+  ASSERT_TRUE(gpu_->Embedding(Up(table), ids, 2.5f, y).ok());
+  EXPECT_EQ(Down(y), Values(y_cpu));
+  const std::vector<int64_t> rows = {4, 0, 2};
+  Tensor g_cpu = Tensor::Zeros(DType::kF32, {3, 37});
+  ASSERT_TRUE(cpu_->GatherRows(y_cpu, rows, g_cpu).ok());
+  Tensor g = Poisoned({3, 37});
+  ASSERT_TRUE(gpu_->GatherRows(y, rows, g).ok());
+  EXPECT_EQ(Down(g), Values(g_cpu));
+}
+
+// A memory ring on each backend with the same contents and bookkeeping: `fill` positions
+// appended in chunks, so the ring may wrap.
+struct MemoryPair {
+  XlMemory cpu, gpu;
+};
+
+class CudaAttentionTest : public CudaBackendTest {
+ protected:
+  MemoryPair MakeMemory(int64_t capacity, int64_t width, int64_t fill) {
+    MemoryPair m{XlMemory(Tensor::Zeros(DType::kF32, {capacity, width}),
+                          Tensor::Zeros(DType::kF32, {capacity, width})),
+                 XlMemory(*gpu_->Allocate(DType::kF32, {capacity, width}),
+                          *gpu_->Allocate(DType::kF32, {capacity, width}))};
+    for (int64_t done = 0; done < fill;) {
+      const int64_t rows = std::min<int64_t>(fill - done, 1 + static_cast<int64_t>(rng_() % 7));
+      const Tensor qkv = Random({rows, 3 * width});
+      const Tensor qkv_dev = Up(qkv);
+      EXPECT_TRUE(cpu_->AppendToMemory({{&qkv, &m.cpu}}).ok());
+      EXPECT_TRUE(gpu_->AppendToMemory({{&qkv_dev, &m.gpu}}).ok());
+      m.cpu.Advance(rows);
+      m.gpu.Advance(rows);
+      done += rows;
+    }
+    return m;
+  }
+};
+
+TEST_F(CudaAttentionTest, AppendToMemoryWritesTheSameRing) {
+  for (auto [capacity, fill] : {std::pair{5, 3}, {5, 5}, {5, 23}, {16, 40}}) {
+    MemoryPair m = MakeMemory(capacity, 24, fill);
+    EXPECT_EQ(m.gpu.start(), m.cpu.start());
+    EXPECT_EQ(m.gpu.size(), m.cpu.size());
+    EXPECT_EQ(Down(m.gpu.keys()), Values(m.cpu.keys()));
+    EXPECT_EQ(Down(m.gpu.values()), Values(m.cpu.values()));
+  }
+}
+
+struct AttentionCase {
+  int heads, head_dim;
+  int64_t mem_len_max, clamp;
+  bool same_length;
+  std::vector<std::pair<int64_t, int64_t>> seqs;  // (query_len T, memory fill)
+};
+
+TEST_F(CudaAttentionTest, RelativeAttentionMatchesCpu) {
+  const std::vector<AttentionCase> cases = {
+      {2, 32, 16, 0, false, {{1, 0}}},                       // empty memory, decode
+      {2, 32, 16, 0, false, {{1, 9}}},                       // partial memory
+      {4, 64, 16, 0, false, {{1, 40}}},                      // full, wrapped ring
+      {1, 8, 12, 0, false, {{5, 12}, {1, 3}, {17, 0}}},     // ragged batch, mixed fill
+      {3, 40, 20, 7, false, {{13, 25}}},                     // clamp_len, d_h not /32
+      {2, 64, 20, 0, true, {{9, 20}, {30, 8}, {1, 20}}},    // same_length
+      {2, 128, 32, 0, true, {{64, 32}}},                     // d_h 128
+      {16, 64, 1600, 1000, true, {{1, 1600}}},               // wt103-like decode (split)
+      {4, 64, 300, 0, false, {{100, 300}, {1, 300}, {1, 0}}},  // prefill + decode mix
+      {2, 16, 8, 0, true, {{40, 0}}},                        // same_length masks whole rows
+  };
+  for (const AttentionCase& c : cases) {
+    const int64_t w = static_cast<int64_t>(c.heads) * c.head_dim;
+    int64_t rows = 1;
+    for (auto [t, fill] : c.seqs) rows = std::max(rows, std::min(fill, c.mem_len_max) + t);
+    if (c.clamp > 0) rows = std::min(rows, c.clamp + 1);
+    const Tensor rel = Random({rows, w}), u = Random({c.heads, c.head_dim}),
+                 v = Random({c.heads, c.head_dim});
+    const Tensor rel_dev = Up(rel), u_dev = Up(u), v_dev = Up(v);
+    std::vector<MemoryPair> memories;
+    std::vector<Tensor> qkv, qkv_dev, out_cpu, out_gpu;
+    for (auto [t, fill] : c.seqs) {
+      memories.push_back(MakeMemory(c.mem_len_max, w, fill));
+      qkv.push_back(Random({t, 3 * w}));
+      qkv_dev.push_back(Up(qkv.back()));
+      out_cpu.push_back(Tensor::Zeros(DType::kF32, {t, w}));
+      out_gpu.push_back(Poisoned({t, w}));
+    }
+    std::vector<RelativeAttentionArgs> cpu_args, gpu_args;
+    for (size_t b = 0; b < c.seqs.size(); ++b) {
+      cpu_args.push_back({&qkv[b], &memories[b].cpu, &rel, &u, &v, c.heads, c.head_dim,
+                          c.mem_len_max, c.clamp, c.same_length, &out_cpu[b]});
+      gpu_args.push_back({&qkv_dev[b], &memories[b].gpu, &rel_dev, &u_dev, &v_dev, c.heads,
+                          c.head_dim, c.mem_len_max, c.clamp, c.same_length, &out_gpu[b]});
+    }
+    ASSERT_TRUE(cpu_->RelativeAttention(cpu_args).ok());
+    const absl::Status status = gpu_->RelativeAttention(gpu_args);
+    ASSERT_TRUE(status.ok()) << status;
+    for (size_t b = 0; b < c.seqs.size(); ++b) {
+      EXPECT_TRUE(test::NearRelative(Down(out_gpu[b]), Values(out_cpu[b]), kOpTol))
+          << "heads " << c.heads << " d_h " << c.head_dim << " seq " << b << " T "
+          << c.seqs[b].first << " fill " << c.seqs[b].second << " same_length "
+          << c.same_length << " clamp " << c.clamp;
+    }
+  }
+}
+
+// ---- Whole model ---------------------------------------------------------------------------
+
+class CudaModelTest : public CudaBackendTest {
+ protected:
+  void LoadBoth(const ModelConfig& config, uint32_t seed = 1) {
+    dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(config, seed));
+    auto cpu = TransfoXlModel::Load(dir_->path());
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    auto gpu = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    cpu_model_ = std::move(*cpu);
+    gpu_model_ = std::move(*gpu);
+  }
+  std::vector<int32_t> Tokens(int64_t n) {
+    std::uniform_int_distribution<int32_t> dist(
+        0, static_cast<int32_t>(cpu_model_->config().vocab_size - 1));
+    std::vector<int32_t> out(static_cast<size_t>(n));
+    for (int32_t& t : out) t = dist(rng_);
+    return out;
+  }
+  static std::vector<float> Run(TransfoXlModel& model, std::vector<SessionState*> states,
+                                const std::vector<std::vector<int32_t>>& tokens, LogitsMode mode) {
+    std::vector<SequenceInput> batch;
+    for (size_t b = 0; b < states.size(); ++b) {
+      batch.push_back({tokens[b].data(), static_cast<int64_t>(tokens[b].size()), states[b]});
+    }
+    Tensor logits;
+    const absl::Status status = model.Forward(batch, mode, &logits);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok() || mode == LogitsMode::kNone) return {};
+    EXPECT_EQ(logits.device(), Device::kCpu);
+    return Values(logits);
+  }
+
+  std::unique_ptr<test::ScopedTempDir> dir_;
+  std::unique_ptr<TransfoXlModel> cpu_model_, gpu_model_;
+};
+
+TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
+  for (uint32_t seed = 1; seed <= 12; ++seed) {
+    gpu_ = *MakeCudaBackend(0);
+    const ModelConfig config = test::RandomConfig(seed);
+    LoadBoth(config, seed);
+    ASSERT_NE(gpu_model_, nullptr);
+    // Three sessions of different fill levels, advanced together: prefill segments of ragged
+    // lengths, then decode steps, in one batch.
+    std::vector<SessionState> cpu_states, gpu_states;
+    for (int b = 0; b < 3; ++b) {
+      cpu_states.push_back(*cpu_model_->NewState());
+      gpu_states.push_back(*gpu_model_->NewState());
+    }
+    const std::vector<std::vector<int64_t>> steps = {{5, 1, 2}, {config.mem_len + 3, 4, 1},
+                                                     {1, 1, 1}, {1, 7, 1}, {1, 1, 1}};
+    for (const auto& lengths : steps) {
+      std::vector<std::vector<int32_t>> tokens;
+      for (int64_t n : lengths) tokens.push_back(Tokens(n));
+      std::vector<SessionState*> cs, gs;
+      for (int b = 0; b < 3; ++b) {
+        cs.push_back(&cpu_states[b]);
+        gs.push_back(&gpu_states[b]);
+      }
+      const std::vector<float> want = Run(*cpu_model_, cs, tokens, LogitsMode::kAll);
+      const std::vector<float> got = Run(*gpu_model_, gs, tokens, LogitsMode::kAll);
+      ASSERT_TRUE(test::NearRelative(got, want, kModelTol)) << "config seed " << seed;
+    }
+    // The device states hold the same memory as the host ones.
+    auto host = gpu_model_->StateToHost(gpu_states[1]);
+    ASSERT_TRUE(host.ok()) << host.status();
+    for (size_t l = 0; l < host->layers().size(); ++l) {
+      EXPECT_EQ(host->layers()[l].start(), cpu_states[1].layers()[l].start());
+      EXPECT_TRUE(test::NearRelative(Values(host->layers()[l].keys()),
+                                     Values(cpu_states[1].layers()[l].keys()), kModelTol));
+    }
+  }
+}
+
+TEST_F(CudaModelTest, GreedyGenerationOf200TokensEqualsCpu) {
+  ModelConfig config = test::SmallConfig();
+  config.mem_len = 32;
+  LoadBoth(config, 7);
+  ASSERT_NE(gpu_model_, nullptr);
+  SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+  std::vector<int32_t> prompt = Tokens(20);
+  std::vector<float> cpu_logits = Run(*cpu_model_, {&cs}, {prompt}, LogitsMode::kLast);
+  std::vector<float> gpu_logits = Run(*gpu_model_, {&gs}, {prompt}, LogitsMode::kLast);
+  std::vector<int32_t> cpu_text, gpu_text;
+  for (int step = 0; step < 200; ++step) {
+    const auto argmax = [](const std::vector<float>& l) {
+      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    };
+    cpu_text.push_back(argmax(cpu_logits));
+    gpu_text.push_back(argmax(gpu_logits));
+    ASSERT_EQ(gpu_text.back(), cpu_text.back()) << "diverged at token " << step;
+    cpu_logits = Run(*cpu_model_, {&cs}, {{cpu_text.back()}}, LogitsMode::kLast);
+    gpu_logits = Run(*gpu_model_, {&gs}, {{gpu_text.back()}}, LogitsMode::kLast);
+  }
+  EXPECT_EQ(gpu_text, cpu_text);
+}
+
+TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {
+  ModelConfig config = test::SmallConfig();
+  config.memory_init = MemoryInit::kZeros;
+  config.mem_len = 10;
+  LoadBoth(config, 3);
+  ASSERT_NE(gpu_model_, nullptr);
+  SessionState state = *gpu_model_->NewState();
+  Run(*gpu_model_, {&state}, {Tokens(23)}, LogitsMode::kNone);  // wrapped ring
+  auto host = gpu_model_->StateToHost(state);
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ(host->device(), Device::kCpu);
+  EXPECT_EQ(host->bytes(), gpu_model_->StateBytes());
+  EXPECT_EQ(host->position(), 23);
+  // A host state is refused by the GPU model until it is restored.
+  const std::vector<int32_t> next = Tokens(4);
+  Tensor logits;
+  EXPECT_EQ(gpu_model_->Forward({{next.data(), 4, &*host}}, LogitsMode::kAll, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+  auto restored = gpu_model_->StateFromHost(*host);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto clone = gpu_model_->CloneState(state);
+  ASSERT_TRUE(clone.ok()) << clone.status();
+  const std::vector<float> original = Run(*gpu_model_, {&state}, {next}, LogitsMode::kAll);
+  EXPECT_EQ(Run(*gpu_model_, {&*restored}, {next}, LogitsMode::kAll), original);
+  EXPECT_EQ(Run(*gpu_model_, {&*clone}, {next}, LogitsMode::kAll), original);
+}
+
+TEST_F(CudaBackendTest, ReportsDeviceMemory) {
+  const DeviceMemoryInfo info = gpu_->MemoryInfo();
+  EXPECT_GT(info.total_bytes, 0u);
+  EXPECT_LE(info.free_bytes, info.total_bytes);
+  EXPECT_GT(info.free_bytes, 0u);
+}
+
+TEST_F(CudaBackendTest, OutOfMemoryIsResourceExhausted) {
+  auto huge = gpu_->Allocate(DType::kF32, {int64_t{1} << 40});  // 4 TiB
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
+  // The backend still works afterwards.
+  auto small = gpu_->Allocate(DType::kF32, {16});
+  EXPECT_TRUE(small.ok()) << small.status();
+  EXPECT_TRUE(gpu_->Synchronize().ok());
+}
+
+}  // namespace
+}  // namespace mnemo::engine
