@@ -79,6 +79,10 @@ class Backend {
   // Row-wise LayerNorm over the last dimension; y may be x.
   virtual absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                  float eps, Tensor& y) = 0;
+  // The residual step of a block: x = x + delta, then normed = LayerNorm(x) (normed may be x, as
+  // in a post-LN model). One pass instead of two.
+  virtual absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
+                                    const Tensor& beta, float eps, Tensor& normed) = 0;
   // y = act(y + bias[last dim]).
   virtual absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) = 0;
   // y = a + b (same shapes; y may alias either).
@@ -91,6 +95,19 @@ class Backend {
   // Writes every sequence's new keys/values into its memory ring (slots from
   // XlMemory::SlotOfNewRow); the memories' bookkeeping is the caller's (XlMemory::Advance).
   virtual absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) = 0;
+
+  // Repeated steps. The ops issued between BeginStep(key) and EndStep() form one step that the
+  // caller promises to repeat exactly for the same key: the same ops on the same shapes, only the
+  // contents of host inputs differing (token ids, which session memories, their fill levels).
+  // A backend may record such a step and replay the recording (the CUDA backend: a CUDA graph
+  // per key, so a decode step costs one launch instead of hundreds). Within a step, host tensors
+  // returned by CopyToHost are filled by EndStep, and no op may depend on host-visible results
+  // of an earlier op of the step. The default runs the ops as they come.
+  virtual absl::Status BeginStep(uint64_t key) { return absl::OkStatus(); }
+  // Runs what was recorded (or waits for the ops) and fills the step's host tensors.
+  virtual absl::Status EndStep() { return absl::OkStatus(); }
+  // Abandons the step after an error (its ops may or may not have run).
+  virtual void AbortStep() {}
 };
 
 // The CPU backend (OpenBLAS GEMMs, vectorised loops, the process-wide thread pool).

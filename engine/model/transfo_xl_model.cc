@@ -219,6 +219,23 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
 absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, LogitsMode mode,
                                      Tensor* logits) {
   RETURN_IF_ERROR(Validate(batch));
+  // A decode batch (one token per sequence) issues the same ops on the same shapes every step
+  // for a given batch size: the backend may record it once and replay it (CUDA graphs).
+  const bool decode = std::all_of(batch.begin(), batch.end(),
+                                  [](const SequenceInput& s) { return s.num_tokens == 1; });
+  if (!decode) return Run(batch, mode, logits);
+  const uint64_t key = (static_cast<uint64_t>(batch.size()) << 8) | static_cast<uint64_t>(mode);
+  RETURN_IF_ERROR(backend_->BeginStep(key));
+  absl::Status status = Run(batch, mode, logits);
+  if (!status.ok()) {
+    backend_->AbortStep();
+    return status;
+  }
+  return backend_->EndStep();
+}
+
+absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, LogitsMode mode,
+                                 Tensor* logits) {
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const int64_t d = c.d_model, hd = c.attn_width();
@@ -289,20 +306,25 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
       batch[b].state->layers()[l].Advance(batch[b].num_tokens);
     }
     RETURN_IF_ERROR(be.Linear(attn, lw.o, nullptr, proj));
-    RETURN_IF_ERROR(be.Add(x, proj, x));
-    if (!c.pre_lnorm) RETURN_IF_ERROR(be.LayerNorm(x, lw.attn_ln_gamma, lw.attn_ln_beta, eps, x));
-
-    // Position-wise FFN.
+    // Residual, then the LayerNorm that follows it: post-LN normalises x itself; pre-LN keeps x
+    // and normalises into the FFN's input.
     const Tensor* ff_in = &x;
     if (c.pre_lnorm) {
-      RETURN_IF_ERROR(be.LayerNorm(x, lw.ff_ln_gamma, lw.ff_ln_beta, eps, h));
+      RETURN_IF_ERROR(be.AddLayerNorm(x, proj, lw.ff_ln_gamma, lw.ff_ln_beta, eps, h));
       ff_in = &h;
+    } else {
+      RETURN_IF_ERROR(be.AddLayerNorm(x, proj, lw.attn_ln_gamma, lw.attn_ln_beta, eps, x));
     }
+
+    // Position-wise FFN.
     RETURN_IF_ERROR(be.Linear(*ff_in, lw.fc1, nullptr, inner));
     RETURN_IF_ERROR(be.BiasActivation(lw.fc1_bias, c.activation, inner));
     RETURN_IF_ERROR(be.Linear(inner, lw.fc2, &lw.fc2_bias, proj));
-    RETURN_IF_ERROR(be.Add(x, proj, x));
-    if (!c.pre_lnorm) RETURN_IF_ERROR(be.LayerNorm(x, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
+    if (c.pre_lnorm) {
+      RETURN_IF_ERROR(be.Add(x, proj, x));
+    } else {
+      RETURN_IF_ERROR(be.AddLayerNorm(x, proj, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
+    }
   }
   for (const SequenceInput& s : batch) s.state->Advance(s.num_tokens);
 

@@ -68,6 +68,8 @@ class TransfoXlModel {
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
+  // Forward after validation (inside a recorded step for decode batches).
+  absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // Whether `state` has this model's shape (layers, memory capacity and width).
   bool StateFits(const SessionState& state) const;
   // Copies a state's tensors with `copy` (same bookkeeping, new storage).

@@ -30,10 +30,36 @@ AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs
     }
   }
   const int64_t blocks = static_cast<int64_t>(tiles.size()) * num_heads;
-  const int64_t want_splits = blocks >= min_blocks ? 1 : (min_blocks + blocks - 1) / blocks;
+  const int64_t want_splits =
+      std::min<int64_t>(kMaxSplits, blocks >= min_blocks ? 1 : (min_blocks + blocks - 1) / blocks);
+  // Decode: every sequence gets the same number of splits, chosen for the longest key range the
+  // model allows (mem_len_max + 1), whatever its memory holds now; chunks past a short memory
+  // are empty. The grid then depends only on the batch size, so a recorded decode step (CUDA
+  // graph) replays unchanged while memories fill.
+  const int64_t decode_splits =
+      std::min(want_splits, std::max<int64_t>(1, (mem_len_max + 1) / min_split_keys));
   for (const Tile& t : tiles) {
     const int64_t keys = t.k_end - t.k_begin;
     int64_t splits = std::min(want_splits, std::max<int64_t>(1, keys / min_split_keys));
+    if (decode) {
+      splits = decode_splits;
+      const int64_t max_keys = std::max<int64_t>(mem_len_max + 1, keys);
+      int64_t chunk = (max_keys + splits - 1) / splits;
+      chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
+      splits = (max_keys + chunk - 1) / chunk;
+      const int64_t partial = splits > 1 ? plan.partial_rows : -1;
+      for (int64_t s = 0; s < splits; ++s) {
+        const int64_t k0 = std::min(t.k_end, t.k_begin + s * chunk);
+        plan.items.push_back({t.seq, t.q_begin, t.q_count, 0, k0, std::min(t.k_end, k0 + chunk),
+                              splits > 1 ? partial + s : -1});
+      }
+      if (splits > 1) {
+        plan.combines.push_back({t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits),
+                                 partial});
+        plan.partial_rows += splits;
+      }
+      continue;
+    }
     if (splits <= 1) {
       plan.items.push_back({t.seq, t.q_begin, t.q_count, 0, t.k_begin, t.k_end, -1});
       continue;

@@ -20,6 +20,8 @@ constexpr int kPrefillQueryTile = 8;
 // Keys one warp scores at a time, and warps per block.
 constexpr int kKeyTile = 32;
 constexpr int kWarpsPerBlock = 4;
+// Most chunks one query tile's keys are split into (the combine kernel's shared arrays).
+constexpr int kMaxSplits = 64;
 
 // First key position query i (0-based among the T new ones) may see; keys are numbered
 // 0 … M + T − 1 over [memory | segment]. With same_length (Hugging Face's rule) and more keys
@@ -83,7 +85,9 @@ struct AttentionPlan {
 
 // Plans one layer's attention for a ragged batch. Query tiles whose key range is long are split
 // into chunks (flash-decoding) until the grid has at least `min_blocks` blocks (items × heads),
-// with no chunk shorter than `min_split_keys` keys.
+// with no chunk shorter than `min_split_keys` keys. A decode batch (every T = 1) gets a grid that
+// depends only on the batch size and mem_len_max (some chunks may be empty), so that its
+// launches can be recorded once and replayed.
 AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs, int num_heads,
                                     int64_t mem_len_max, bool same_length, int min_blocks,
                                     int64_t min_split_keys = 128);

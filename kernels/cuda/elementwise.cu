@@ -52,6 +52,30 @@ __global__ void LayerNormKernel(const float* x, const float* gamma, const float*
   }
 }
 
+__global__ void AddLayerNormKernel(float* x, const float* delta, const float* gamma,
+                                   const float* beta, float eps, float* y, int64_t cols) {
+  __shared__ float shared[32];
+  float* row = x + blockIdx.x * cols;
+  const float* d = delta + blockIdx.x * cols;
+  float* out = y + blockIdx.x * cols;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = row[i] + d[i];
+    row[i] = v;  // each thread rereads only what it wrote: no barrier needed
+    sum += v;
+  }
+  const float mean = BlockSum(sum, shared) / static_cast<float>(cols);
+  float sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float c = row[i] - mean;
+    sq += c * c;
+  }
+  const float inv = rsqrtf(BlockSum(sq, shared) / static_cast<float>(cols) + eps);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    out[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+  }
+}
+
 __global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,
                                      int act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -102,6 +126,14 @@ cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, flo
   if (rows == 0) return cudaSuccess;
   LayerNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gamma, beta, eps, y,
                                                                         cols);
+  return cudaGetLastError();
+}
+
+cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const float* beta,
+                         float eps, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  AddLayerNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, delta, gamma, beta,
+                                                                           eps, y, cols);
   return cudaGetLastError();
 }
 

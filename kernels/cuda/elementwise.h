@@ -15,6 +15,9 @@ cudaError_t EmbeddingGather(const float* table, const int32_t* ids, int64_t coun
 // as the CPU oracle does.
 cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, float eps, float* y,
                       int64_t rows, int64_t cols, cudaStream_t stream);
+// x += delta, then y = LayerNorm(x), row-wise (y may be x).
+cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const float* beta,
+                         float eps, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
 // y = act(y + bias) row-wise; act 0 = ReLU, 1 = GELU (erf form).
 cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
                            cudaStream_t stream);

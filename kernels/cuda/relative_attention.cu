@@ -1,12 +1,17 @@
 #include "kernels/cuda/relative_attention.h"
 
+#include <cuda_pipeline.h>
+
 #include <cmath>
 
 namespace mnemo::kernels::cuda {
 namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kThreads = kWarpsPerBlock * 32;
+
+// Warps per block: 4 up to d_h 64; 2 above, so a block's shared memory stays within what an
+// sm_80 multiprocessor offers (163 KB).
+__host__ __device__ constexpr int Warps(int dk) { return dk <= 2 ? kWarpsPerBlock : 2; }
 
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
@@ -18,28 +23,35 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
-// Key j's row (all heads) of sequence s: the memory ring for j < M, the segment after.
-__device__ __forceinline__ const float* KeyRow(const AttentionSequence& s, int64_t j, int64_t w) {
-  return j < s.memory_len ? s.mem_k + ((s.ring_start + j) % s.capacity) * w
-                          : s.qkv + (j - s.memory_len) * 3 * w + w;
-}
-
-__device__ __forceinline__ const float* ValueRow(const AttentionSequence& s, int64_t j,
-                                                 int64_t w) {
-  return j < s.memory_len ? s.mem_v + ((s.ring_start + j) % s.capacity) * w
-                          : s.qkv + (j - s.memory_len) * 3 * w + 2 * w;
+// Offset (in floats) of key j's key row, and of its value row relative to the key row: the
+// memory ring for j < M, the segment after. j < M ≤ capacity and ring_start < capacity, so the
+// slot needs one conditional subtraction, not a 64-bit modulo (which costs ~100 instructions).
+struct KvRow {
+  const float* k;
+  const float* v;
+};
+__device__ __forceinline__ KvRow RowOf(const AttentionSequence& s, int64_t j, int64_t w) {
+  if (j < s.memory_len) {
+    int64_t slot = s.ring_start + j;
+    if (slot >= s.capacity) slot -= s.capacity;
+    return {s.mem_k + slot * w, s.mem_v + slot * w};
+  }
+  const float* row = s.qkv + (j - s.memory_len) * 3 * w;
+  return {row + w, row + 2 * w};
 }
 
 // Shared memory: (q+u)·scale and (q+v)·scale for the tile's queries, then per warp a key tile
 // and the band of distance-table rows its scores need, rows padded by one float (no bank
-// conflicts when lane j reads row j).
+// conflicts when lane j reads row j), and the value tile (read along rows: no padding needed).
 __host__ __device__ constexpr int WarpFloats(int bq, int head_dim) {
-  return (kKeyTile + bq + kKeyTile - 1) * (head_dim + 1);
+  return (kKeyTile + bq + kKeyTile - 1) * (head_dim + 1) + kKeyTile * head_dim;
 }
 
 // BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane.
 template <int BQ, int DK>
-__global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAttentionLaunch p) {
+__global__ void __launch_bounds__(Warps(DK) * 32) RelativeAttentionKernel(RelativeAttentionLaunch p) {
+  constexpr int kWarps = Warps(DK);
+  constexpr int kThreads = kWarps * 32;
   extern __shared__ float smem[];
   const AttentionWorkItem item = p.items[blockIdx.x];
   const AttentionSequence s = p.seqs[item.seq];
@@ -53,6 +65,7 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
   float* qv = qu + BQ * d_h;  // [BQ, d_h]
   float* ks = qv + BQ * d_h + warp * WarpFloats(BQ, d_h);  // [32, d_h + 1]
   float* rs = ks + kKeyTile * dp;                           // [BQ + 31, d_h + 1]
+  float* vs = rs + (BQ + kKeyTile - 1) * dp;                // [32, d_h]
 
   for (int idx = threadIdx.x; idx < BQ * d_h; idx += kThreads) {
     const int q = idx / d_h, d = idx % d_h;
@@ -78,16 +91,22 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
     for (int k = 0; k < DK; ++k) acc[q][k] = 0.0f;
   }
 
-  for (int64_t j0 = item.k_begin + warp * kKeyTile; j0 < item.k_end;
-       j0 += kWarpsPerBlock * kKeyTile) {
+  for (int64_t j0 = item.k_begin + warp * kKeyTile; j0 < item.k_end; j0 += kWarps * kKeyTile) {
     const int64_t left = item.k_end - j0;
     const int rows = left < kKeyTile ? static_cast<int>(left) : kKeyTile;
-    for (int r = 0; r < kKeyTile; ++r) {
-      const float* krow = r < rows ? KeyRow(s, j0 + r, w) + h * d_h : nullptr;
+    // The key, value and distance-table tiles go global → shared with asynchronous copies
+    // (cp.async), all in flight at once: one memory latency per tile, not one per row.
+    for (int r = 0; r < rows; ++r) {
+      const KvRow row = RowOf(s, j0 + r, w);
+      const float* krow = row.k + h * d_h;
+      const float* vrow = row.v + h * d_h;
 #pragma unroll
       for (int k = 0; k < DK; ++k) {
         const int d = lane + 32 * k;
-        if (d < d_h) ks[r * dp + d] = krow != nullptr ? krow[d] : 0.0f;
+        if (d < d_h) {
+          __pipeline_memcpy_async(ks + r * dp + d, krow + d, sizeof(float));
+          __pipeline_memcpy_async(vs + r * d_h + d, vrow + d, sizeof(float));
+        }
       }
     }
     // Distances in this tile run from dmin (last key, first query) to dmin + BQ + 30.
@@ -99,16 +118,18 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
 #pragma unroll
       for (int k = 0; k < DK; ++k) {
         const int d = lane + 32 * k;
-        if (d < d_h) rs[r * dp + d] = rrow[d];
+        if (d < d_h) __pipeline_memcpy_async(rs + r * dp + d, rrow + d, sizeof(float));
       }
     }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
     __syncwarp();
 
     // Lane `lane` scores key j0 + lane against every query of the tile.
     float sc[BQ];
 #pragma unroll
     for (int q = 0; q < BQ; ++q) sc[q] = 0.0f;
-    const float* krow = ks + lane * dp;
+    const float* krow = ks + lane * dp;  // rows ≥ `rows` hold stale data: masked below
     for (int d = 0; d < d_h; ++d) {
       const float kd = krow[d];
 #pragma unroll
@@ -137,9 +158,9 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
       for (int k = 0; k < DK; ++k) acc[q][k] *= alpha;
       m_run[q] = m_new;
     }
-    // out += P · V: value rows straight from global memory, one coalesced row per key.
+    // out += P · V.
     for (int jj = 0; jj < rows; ++jj) {
-      const float* vrow = ValueRow(s, j0 + jj, w) + h * d_h;
+      const float* vrow = vs + jj * d_h;
       float v[DK];
 #pragma unroll
       for (int k = 0; k < DK; ++k) {
@@ -174,12 +195,12 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
   for (int idx = threadIdx.x; idx < item.q_count * d_h; idx += kThreads) {
     const int q = idx / d_h, d = idx % d_h;
     float m_all = -INFINITY;
-    for (int wi = 0; wi < kWarpsPerBlock; ++wi) {
+    for (int wi = 0; wi < kWarps; ++wi) {
       m_all = fmaxf(m_all, qv[BQ * d_h + wi * WarpFloats(BQ, d_h) + q * (d_h + 2)]);
     }
     float l_all = 0.0f, a_all = 0.0f;
     if (m_all != -INFINITY) {
-      for (int wi = 0; wi < kWarpsPerBlock; ++wi) {
+      for (int wi = 0; wi < kWarps; ++wi) {
         const float* rec = qv + BQ * d_h + wi * WarpFloats(BQ, d_h) + q * (d_h + 2);
         if (rec[0] == -INFINITY) continue;
         const float f = expf(rec[0] - m_all);
@@ -200,30 +221,39 @@ __global__ void __launch_bounds__(kThreads) RelativeAttentionKernel(RelativeAtte
   }
 }
 
-// Merges the split partial results of one query tile; grid (combines, heads).
+// Merges the split partial results of one query tile; grid (combines, heads). The splits'
+// softmax statistics become one weight per split in shared memory first, so each output element
+// is a sum of independent loads rather than a chain of dependent ones.
 __global__ void CombineKernel(RelativeAttentionLaunch p) {
+  __shared__ float weight[kPrefillQueryTile][kMaxSplits];
   const AttentionCombineItem c = p.combines[blockIdx.x];
   const AttentionSequence s = p.seqs[c.seq];
   const int h = blockIdx.y, d_h = p.head_dim;
   const int64_t w = static_cast<int64_t>(p.num_heads) * d_h;
+  auto rec = [&](int split, int q) {
+    return p.partials + ((c.partial + split * c.q_count + q) * p.num_heads + h) * (d_h + 2);
+  };
+  if (threadIdx.x < c.q_count) {
+    const int q = threadIdx.x;
+    float m_all = -INFINITY;
+    for (int sp = 0; sp < c.splits; ++sp) m_all = fmaxf(m_all, rec(sp, q)[0]);
+    float l_all = 0.0f;
+    for (int sp = 0; sp < c.splits; ++sp) {
+      const float m = rec(sp, q)[0];
+      const float f = m == -INFINITY ? 0.0f : expf(m - m_all);
+      weight[q][sp] = f;
+      l_all += rec(sp, q)[1] * f;
+    }
+    const float inv = l_all > 0.0f ? 1.0f / l_all : 0.0f;  // nothing visible: zeros
+    for (int sp = 0; sp < c.splits; ++sp) weight[q][sp] *= inv;
+  }
+  __syncthreads();
   for (int idx = threadIdx.x; idx < c.q_count * d_h; idx += blockDim.x) {
     const int q = idx / d_h, d = idx % d_h;
-    auto rec = [&](int split) {
-      return p.partials + ((c.partial + split * c.q_count + q) * p.num_heads + h) * (d_h + 2);
-    };
-    float m_all = -INFINITY;
-    for (int sp = 0; sp < c.splits; ++sp) m_all = fmaxf(m_all, rec(sp)[0]);
-    float l_all = 0.0f, a_all = 0.0f;
-    if (m_all != -INFINITY) {
-      for (int sp = 0; sp < c.splits; ++sp) {
-        const float* r = rec(sp);
-        if (r[0] == -INFINITY) continue;
-        const float f = expf(r[0] - m_all);
-        l_all += r[1] * f;
-        a_all += r[2 + d] * f;
-      }
-    }
-    s.out[(c.q_begin + q) * w + h * d_h + d] = l_all > 0.0f ? a_all / l_all : 0.0f;
+    float a = 0.0f;
+#pragma unroll 4
+    for (int sp = 0; sp < c.splits; ++sp) a += weight[q][sp] * rec(sp, q)[2 + d];
+    s.out[(c.q_begin + q) * w + h * d_h + d] = a;
   }
 }
 
@@ -233,10 +263,10 @@ cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t strea
   // Opt in to more than 48 KB once per instantiation (the attribute is per function).
   static const cudaError_t attr = cudaFuncSetAttribute(
       RelativeAttentionKernel<BQ, DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(RelativeAttentionSharedBytes(BQ, kMaxHeadDim)));
+      static_cast<int>(RelativeAttentionSharedBytes(BQ, DK * 32)));
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>(p.num_items), static_cast<unsigned>(p.num_heads));
-  RelativeAttentionKernel<BQ, DK><<<grid, kThreads, shared, stream>>>(p);
+  RelativeAttentionKernel<BQ, DK><<<grid, Warps(DK) * 32, shared, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -258,7 +288,8 @@ cudaError_t LaunchForTile(const RelativeAttentionLaunch& p, cudaStream_t stream)
 
 size_t RelativeAttentionSharedBytes(int query_tile, int head_dim) {
   return sizeof(float) * (2 * static_cast<size_t>(query_tile) * head_dim +
-                          static_cast<size_t>(kWarpsPerBlock) * WarpFloats(query_tile, head_dim));
+                          static_cast<size_t>(Warps((head_dim + 31) / 32)) *
+                              WarpFloats(query_tile, head_dim));
 }
 
 cudaError_t RelativeAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {

@@ -97,6 +97,22 @@ TEST(CudaAttentionPlanTest, DecodeUsesOneQueryTilesAndSplitsLongMemories) {
   }
 }
 
+TEST(CudaAttentionPlanTest, DecodeGridDependsOnlyOnTheBatch) {
+  // A recorded decode step replays one grid while memories fill: same items and partial rows for
+  // every fill level, only the key ranges move.
+  const kc::AttentionPlan full = kc::PlanRelativeAttention({{1, 600}, {1, 600}}, 8, 600, false, 264);
+  for (int64_t fill : {0, 1, 100, 599}) {
+    for (bool same_length : {false, true}) {
+      const kc::AttentionPlan plan =
+          kc::PlanRelativeAttention({{1, fill}, {1, 600}}, 8, 600, same_length, 264);
+      EXPECT_EQ(plan.items.size(), full.items.size()) << fill;
+      EXPECT_EQ(plan.combines.size(), full.combines.size());
+      EXPECT_EQ(plan.partial_rows, full.partial_rows);
+      ExpectPlanCovers({{1, fill}, {1, 600}}, 8, 600, same_length, 264);
+    }
+  }
+}
+
 TEST(CudaAttentionPlanTest, LargeBatchesAreNotSplit) {
   std::vector<kc::AttentionShapeInput> seqs(256, {1, 1600});
   const kc::AttentionPlan plan = kc::PlanRelativeAttention(seqs, 16, 1600, false, 264);
@@ -158,7 +174,10 @@ class CudaBackendTest : public ::testing::Test {
 };
 
 TEST_F(CudaBackendTest, LinearMatchesCpu) {
-  for (auto [rows, in, out] : {std::tuple{1, 64, 96}, {7, 33, 5}, {130, 257, 129}, {512, 128, 64}}) {
+  // rows = 1 runs the own matrix-vector kernel (or cuBLAS's where in % 4 ≠ 0); more rows GEMM.
+  for (auto [rows, in, out] : {std::tuple{1, 64, 96}, {1, 1024, 3072}, {1, 4096, 1023},
+                               {1, 33, 7}, {1, 128, 32001}, {7, 33, 5}, {130, 257, 129},
+                               {512, 128, 64}}) {
     for (bool with_bias : {false, true}) {
       const Tensor x = Random({rows, in}), w = Random({out, in}), b = Random({out});
       Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, out});
@@ -184,6 +203,20 @@ TEST_F(CudaBackendTest, RowOpsMatchCpu) {
     Tensor inplace = Up(x);
     ASSERT_TRUE(gpu_->LayerNorm(inplace, Up(g), Up(b), 1e-5f, inplace).ok());
     EXPECT_TRUE(test::NearRelative(Down(inplace), Values(ln_cpu), kOpTol));
+
+    // Residual + LayerNorm, into another tensor (pre-LN) and in place (post-LN).
+    const Tensor delta = Random({rows, cols});
+    Tensor x_cpu = Tensor::Zeros(DType::kF32, {rows, cols}), res_cpu = x_cpu;
+    ASSERT_TRUE(cpu_->Copy(x, x_cpu).ok());
+    res_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+    ASSERT_TRUE(cpu_->AddLayerNorm(x_cpu, delta, g, b, 1e-5f, res_cpu).ok());
+    Tensor x_gpu = Up(x), res = Poisoned({rows, cols});
+    ASSERT_TRUE(gpu_->AddLayerNorm(x_gpu, Up(delta), Up(g), Up(b), 1e-5f, res).ok());
+    EXPECT_TRUE(test::NearRelative(Down(x_gpu), Values(x_cpu), kOpTol));
+    EXPECT_TRUE(test::NearRelative(Down(res), Values(res_cpu), kOpTol));
+    Tensor same = Up(x);
+    ASSERT_TRUE(gpu_->AddLayerNorm(same, Up(delta), Up(g), Up(b), 1e-5f, same).ok());
+    EXPECT_TRUE(test::NearRelative(Down(same), Values(res_cpu), kOpTol));
 
     for (Activation act : {Activation::kRelu, Activation::kGelu}) {
       Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
@@ -223,6 +256,40 @@ TEST_F(CudaBackendTest, EmbeddingAndGatherMatchCpu) {
   Tensor g = Poisoned({3, 37});
   ASSERT_TRUE(gpu_->GatherRows(y, rows, g).ok());
   EXPECT_EQ(Down(g), Values(g_cpu));
+}
+
+// Recorded steps: run 1 measures, run 2 captures a graph, later runs replay it with new host
+// inputs (token ids here) and new device contents; a step whose ops change falls back to eager
+// execution with correct results.
+TEST_F(CudaBackendTest, RecordedStepsReplayWithNewInputsAndFallBackWhenTheStepChanges) {
+  const Tensor table = Random({40, 24}), w = Random({16, 24}), b = Random({16});
+  const Tensor table_dev = Up(table), w_dev = Up(w), b_dev = Up(b);
+  Tensor w_other = Up(w);  // same values, another address: a different step
+  for (int run = 0; run < 7; ++run) {
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 3; ++i) ids.push_back(static_cast<int32_t>(rng_() % 40));
+    const Tensor& weight = run == 5 ? w_other : w_dev;
+    ASSERT_TRUE(gpu_->BeginStep(7).ok());
+    auto x = gpu_->AllocateUninitialized(DType::kF32, {3, 24});
+    auto y = gpu_->AllocateUninitialized(DType::kF32, {3, 16});
+    ASSERT_TRUE(x.ok() && y.ok());
+    ASSERT_TRUE(gpu_->Embedding(table_dev, ids, 0.5f, *x).ok());
+    ASSERT_TRUE(gpu_->Linear(*x, weight, &b_dev, *y).ok());
+    auto host = gpu_->CopyToHost(*y);
+    ASSERT_TRUE(host.ok()) << host.status();
+    const absl::Status end = gpu_->EndStep();
+    ASSERT_TRUE(end.ok()) << end;
+
+    Tensor x_cpu = Tensor::Zeros(DType::kF32, {3, 24}), y_cpu = Tensor::Zeros(DType::kF32, {3, 16});
+    ASSERT_TRUE(cpu_->Embedding(table, ids, 0.5f, x_cpu).ok());
+    ASSERT_TRUE(cpu_->Linear(x_cpu, w, &b, y_cpu).ok());
+    EXPECT_TRUE(test::NearRelative(Values(*host), Values(y_cpu), kOpTol)) << "run " << run;
+  }
+  // Steps do not nest, and EndStep needs a BeginStep.
+  ASSERT_TRUE(gpu_->BeginStep(8).ok());
+  EXPECT_EQ(gpu_->BeginStep(9).code(), absl::StatusCode::kFailedPrecondition);
+  gpu_->AbortStep();
+  EXPECT_EQ(gpu_->EndStep().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // A memory ring on each backend with the same contents and bookkeeping: `fill` positions
@@ -369,8 +436,11 @@ TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
       cpu_states.push_back(*cpu_model_->NewState());
       gpu_states.push_back(*gpu_model_->NewState());
     }
-    const std::vector<std::vector<int64_t>> steps = {{5, 1, 2}, {config.mem_len + 3, 4, 1},
-                                                     {1, 1, 1}, {1, 7, 1}, {1, 1, 1}};
+    // Decode batches run as recorded steps: measured, captured, then replayed while the
+    // memories' fill levels change.
+    const std::vector<std::vector<int64_t>> steps = {
+        {5, 1, 2}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {config.mem_len + 3, 4, 1},
+        {1, 1, 1}, {1, 7, 1}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}};
     for (const auto& lengths : steps) {
       std::vector<std::vector<int32_t>> tokens;
       for (int64_t n : lengths) tokens.push_back(Tokens(n));
@@ -454,9 +524,11 @@ TEST_F(CudaBackendTest, ReportsDeviceMemory) {
 TEST_F(CudaBackendTest, OutOfMemoryIsResourceExhausted) {
   auto huge = gpu_->Allocate(DType::kF32, {int64_t{1} << 40});  // 4 TiB
   EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
-  // The backend still works afterwards.
-  auto small = gpu_->Allocate(DType::kF32, {16});
-  EXPECT_TRUE(small.ok()) << small.status();
+  // The backend still works afterwards: allocations, and kernel launches (whose launch check must
+  // not report the handled allocation failure again).
+  auto small = gpu_->Allocate(DType::kF32, {4, 16});
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_TRUE(gpu_->FillRows(Up(Random({16})), *small).ok());
   EXPECT_TRUE(gpu_->Synchronize().ok());
 }
 

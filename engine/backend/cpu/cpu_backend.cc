@@ -81,6 +81,22 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
+                            const Tensor& beta, float eps, Tensor& normed) override {
+    const int64_t rows = x.dim(0), n = x.dim(1);
+    float* xp = x.data<float>();
+    const float* dp = delta.data<float>();
+    float* yp = normed.data<float>();
+    pool_.ParallelFor(rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        kernels::AddVectors(xp + r * n, dp + r * n, xp + r * n, n);
+        kernels::LayerNormRow(xp + r * n, gamma.data<float>(), beta.data<float>(), eps,
+                              yp + r * n, n);
+      }
+    });
+    return absl::OkStatus();
+  }
+
   absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override {
     const int64_t rows = y.dim(0), n = y.dim(1);
     float* yp = y.data<float>();

@@ -1,8 +1,20 @@
 // The CUDA backend: cuBLAS float32 GEMMs and the kernels of kernels/cuda/, on the device's shared
 // stream and memory pool (device_context.h). Ops are asynchronous; CopyToHost and Synchronize
 // wait. Errors carry the failing call site.
+//
+// Recorded steps (Backend::BeginStep): the first time a key is seen the step runs eagerly and
+// measures the device memory and pinned staging it needs; the second time it runs against a
+// per-key arena of that size while the stream is captured into a CUDA graph; from then on the
+// ops only do their host part (allocate from the arena in the same order, so every address
+// repeats, and write the step's host inputs into the pinned staging the graph copies from) and
+// EndStep launches the graph. Every op adds its launch parameters to a fingerprint; a replay
+// whose fingerprint differs from the recording's runs its ops eagerly instead (and the key is
+// no longer replayed), so a broken promise costs speed, never correctness.
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -14,6 +26,7 @@
 #include "engine/backend/cuda/device_context.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/relative_attention.h"
 
 namespace mnemo::engine {
@@ -24,10 +37,38 @@ using cuda::DeviceContext;
 
 // Bytes rounded up so consecutive parts of one staging upload stay 16-byte aligned.
 size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+// Arena allocations are 256-byte aligned, as the pool's are.
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256 + (bytes == 0 ? 256 : 0); }
+
+// Recordings kept per backend (one per decode batch size in practice); later keys run eagerly.
+constexpr size_t kMaxRecordings = 16;
+
+// One key's recorded step: its arena, pinned staging and graph.
+struct Recording {
+  enum class State { kNew, kMeasured, kRecorded, kFailed };
+  State state = State::kNew;
+  size_t device_bytes = 0;
+  size_t pinned_bytes = 0;
+  std::shared_ptr<void> device;  // arena; tensors of replays alias it
+  void* pinned = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  uint64_t fingerprint = 0;
+
+  Recording() = default;
+  Recording(const Recording&) = delete;
+  Recording& operator=(const Recording&) = delete;
+  ~Recording() {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+    if (pinned != nullptr) cudaFreeHost(pinned);
+  }
+};
 
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(DeviceContext* context) : ctx_(*context) {}
+  ~CudaBackend() override {
+    if (mode_ != Mode::kEager || step_lock_.owns_lock()) AbortStep();
+  }
 
   std::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::kCuda; }
@@ -36,7 +77,13 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     ASSIGN_OR_RETURN(Tensor t, NewTensor(dtype, std::move(shape)));
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(t.raw(), 0, t.bytes(), ctx_.stream()));
+    void* p = t.raw();
+    const size_t bytes = t.bytes();
+    Note({1, Addr(p), bytes});
+    RETURN_IF_ERROR(Launch([this, p, bytes] {
+      MNEMO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p, 0, bytes, ctx_.stream()));
+      return absl::OkStatus();
+    }));
     return t;
   }
 
@@ -50,6 +97,9 @@ class CudaBackend final : public Backend {
     if (host.device() != Device::kCpu) return absl::InvalidArgumentError("not a host tensor");
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
+    if (Recording_()) {
+      return absl::FailedPreconditionError("CopyFromHost inside a recorded step");
+    }
     ASSIGN_OR_RETURN(Tensor t, NewTensor(host.dtype(), host.shape()));
     // Pageable source: the copy is complete (staged) when the stream reaches it; wait so the
     // caller may free the host buffer at once. Not a hot path (weights, state restore).
@@ -63,49 +113,80 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     Tensor host = Tensor::Empty(t.dtype(), t.shape());
-    MNEMO_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(host.raw(), t.raw(), t.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
+    if (!Recording_()) {
+      if (mode_ == Mode::kMeasure) pinned_used_ += Align256(t.bytes());
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(host.raw(), t.raw(), t.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
+      MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
+      return host;
+    }
+    // In a recorded step: into pinned staging by the graph, to `host` by EndStep.
+    ASSIGN_OR_RETURN(void* pinned, PinnedBump(t.bytes()));
+    const void* src = t.raw();
+    const size_t bytes = t.bytes();
+    Note({2, Addr(src), bytes});
+    post_copies_.push_back({pinned, host.raw(), bytes});
+    RETURN_IF_ERROR(Launch([this, pinned, src, bytes] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(pinned, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream()));
+      return absl::OkStatus();
+    }));
     return host;
   }
 
   absl::Status Copy(const Tensor& src, Tensor& dst) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.raw(), src.raw(), src.bytes(),
-                                               cudaMemcpyDeviceToDevice, ctx_.stream()));
-    return absl::OkStatus();
+    const void* s = src.raw();
+    void* d = dst.raw();
+    const size_t bytes = src.bytes();
+    Note({3, Addr(s), Addr(d), bytes});
+    return Launch([this, s, d, bytes] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status FillRows(const Tensor& row, Tensor& dst) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::FillRows(row.data<float>(), dst.data<float>(), dst.dim(0),
-                                            dst.numel() / std::max<int64_t>(dst.dim(0), 1),
-                                            ctx_.stream()));
-    return absl::OkStatus();
+    const float* r = row.data<float>();
+    float* d = dst.data<float>();
+    const int64_t rows = dst.dim(0), cols = dst.numel() / std::max<int64_t>(dst.dim(0), 1);
+    Note({4, Addr(r), Addr(d), U(rows), U(cols)});
+    return Launch([this, r, d, rows, cols] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::FillRows(r, d, rows, cols, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& y) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     ASSIGN_OR_RETURN(Tensor index, Stage(rows.data(), rows.size() * sizeof(int64_t)));
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::GatherRows(x.data<float>(), index.data<int64_t>(),
-                                              static_cast<int64_t>(rows.size()), x.dim(1),
-                                              y.data<float>(), ctx_.stream()));
-    return absl::OkStatus();
+    const float* xp = x.data<float>();
+    const int64_t* ip = index.data<int64_t>();
+    float* yp = y.data<float>();
+    const int64_t count = static_cast<int64_t>(rows.size()), cols = x.dim(1);
+    Note({5, Addr(xp), Addr(ip), Addr(yp), U(count), U(cols)});
+    return Launch([this, xp, ip, yp, count, cols] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::GatherRows(xp, ip, count, cols, yp, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status Synchronize() override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
+    if (Recording_()) return absl::OkStatus();  // EndStep waits
     MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
     return absl::OkStatus();
   }
 
   DeviceMemoryInfo MemoryInfo() const override {
     DeviceMemoryInfo info;
-    std::lock_guard<std::mutex> lock(ctx_.mutex());
+    std::lock_guard<std::recursive_mutex> lock(ctx_.mutex());
     if (!ctx_.MemoryInfo(&info.total_bytes, &info.free_bytes).ok()) return {};
     return info;
   }
@@ -115,46 +196,97 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
     if (rows == 0) return absl::OkStatus();
-    float beta = 0.0f;
-    if (bias != nullptr) {  // y = bias, then y += x·wᵀ
-      MNEMO_CUDA_RETURN_IF_ERROR(
-          kc::FillRows(bias->data<float>(), y.data<float>(), rows, out, ctx_.stream()));
-      beta = 1.0f;
-    }
-    // Row-major y[rows, out] = x · wᵀ is column-major yᵀ[out, rows] = w_cm[in, out]ᵀ · xᵀ.
-    const float alpha = 1.0f;
-    MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemm(
-        ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
-        static_cast<int>(in), &alpha, w.data<float>(), static_cast<int>(in), x.data<float>(),
-        static_cast<int>(in), &beta, y.data<float>(), static_cast<int>(out)));
-    return absl::OkStatus();
+    const float* xp = x.data<float>();
+    const float* wp = w.data<float>();
+    const float* bp = bias != nullptr ? bias->data<float>() : nullptr;
+    float* yp = y.data<float>();
+    Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(rows), U(in), U(out)});
+    return Launch([this, xp, wp, bp, yp, rows, in, out] {
+      if (rows == 1 && kc::GemvSupported(wp, xp, in)) {  // a decode step: bandwidth-bound
+        MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, yp, out, in, ctx_.stream()));
+        return absl::OkStatus();
+      }
+      float beta = 0.0f;
+      if (bp != nullptr) {  // y = bias, then y += x·wᵀ
+        MNEMO_CUDA_RETURN_IF_ERROR(kc::FillRows(bp, yp, rows, out, ctx_.stream()));
+        beta = 1.0f;
+      }
+      // Row-major y[rows, out] = x · wᵀ is column-major yᵀ[out, rows] = w_cm[in, out]ᵀ · xᵀ.
+      const float alpha = 1.0f;
+      if (rows == 1) {  // shapes the own kernel does not take
+        MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemv(ctx_.cublas(), CUBLAS_OP_T, static_cast<int>(in),
+                                                 static_cast<int>(out), &alpha, wp,
+                                                 static_cast<int>(in), xp, 1, &beta, yp, 1));
+        return absl::OkStatus();
+      }
+      MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemm(
+          ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
+          static_cast<int>(in), &alpha, wp, static_cast<int>(in), xp, static_cast<int>(in), &beta,
+          yp, static_cast<int>(out)));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                          Tensor& y) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::LayerNorm(x.data<float>(), gamma.data<float>(),
-                                             beta.data<float>(), eps, y.data<float>(), x.dim(0),
-                                             x.dim(1), ctx_.stream()));
-    return absl::OkStatus();
+    const float* xp = x.data<float>();
+    const float* gp = gamma.data<float>();
+    const float* bp = beta.data<float>();
+    float* yp = y.data<float>();
+    const int64_t rows = x.dim(0), cols = x.dim(1);
+    Note({7, Addr(xp), Addr(gp), Addr(bp), Addr(yp), U(rows), U(cols)});
+    return Launch([this, xp, gp, bp, yp, rows, cols, eps] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::LayerNorm(xp, gp, bp, eps, yp, rows, cols, ctx_.stream()));
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
+                            const Tensor& beta, float eps, Tensor& normed) override {
+    Lock lock(ctx_);
+    RETURN_IF_ERROR(lock.status());
+    float* xp = x.data<float>();
+    const float* dp = delta.data<float>();
+    const float* gp = gamma.data<float>();
+    const float* bp = beta.data<float>();
+    float* yp = normed.data<float>();
+    const int64_t rows = x.dim(0), cols = x.dim(1);
+    Note({14, Addr(xp), Addr(dp), Addr(gp), Addr(bp), Addr(yp), U(rows), U(cols)});
+    return Launch([this, xp, dp, gp, bp, yp, rows, cols, eps] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          kc::AddLayerNorm(xp, dp, gp, bp, eps, yp, rows, cols, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::BiasActivation(y.data<float>(), bias.data<float>(), y.dim(0),
-                                                  y.dim(1), act == Activation::kRelu ? 0 : 1,
-                                                  ctx_.stream()));
-    return absl::OkStatus();
+    const float* bp = bias.data<float>();
+    float* yp = y.data<float>();
+    const int64_t rows = y.dim(0), cols = y.dim(1);
+    const int kind = act == Activation::kRelu ? 0 : 1;
+    Note({8, Addr(bp), Addr(yp), U(rows), U(cols), U(kind)});
+    return Launch([this, bp, yp, rows, cols, kind] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::BiasActivation(yp, bp, rows, cols, kind, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status Add(const Tensor& a, const Tensor& b, Tensor& y) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    MNEMO_CUDA_RETURN_IF_ERROR(
-        kc::Add(a.data<float>(), b.data<float>(), y.data<float>(), y.numel(), ctx_.stream()));
-    return absl::OkStatus();
+    const float* ap = a.data<float>();
+    const float* bp = b.data<float>();
+    float* yp = y.data<float>();
+    const int64_t n = y.numel();
+    Note({9, Addr(ap), Addr(bp), Addr(yp), U(n)});
+    return Launch([this, ap, bp, yp, n] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::Add(ap, bp, yp, n, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status Embedding(const Tensor& table, const std::vector<int32_t>& ids, float scale,
@@ -162,10 +294,15 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     ASSIGN_OR_RETURN(Tensor staged, Stage(ids.data(), ids.size() * sizeof(int32_t)));
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::EmbeddingGather(table.data<float>(), staged.data<int32_t>(),
-                                                   static_cast<int64_t>(ids.size()), table.dim(1),
-                                                   scale, y.data<float>(), ctx_.stream()));
-    return absl::OkStatus();
+    const float* tp = table.data<float>();
+    const int32_t* ip = staged.data<int32_t>();
+    float* yp = y.data<float>();
+    const int64_t count = static_cast<int64_t>(ids.size()), dim = table.dim(1);
+    Note({10, Addr(tp), Addr(ip), Addr(yp), U(count), U(dim)});
+    return Launch([this, tp, ip, yp, count, dim, scale] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::EmbeddingGather(tp, ip, count, dim, scale, yp, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) override {
@@ -182,8 +319,8 @@ class CudaBackend final : public Backend {
     for (const RelativeAttentionArgs& a : batch) {
       const XlMemory& m = *a.memory;
       seqs.push_back({a.qkv->data<float>(), m.keys().data<float>(), m.values().data<float>(),
-                      a.out->data<float>(), a.qkv->dim(0), m.size(), std::max<int64_t>(
-                          m.capacity(), 1), m.start()});
+                      a.out->data<float>(), a.qkv->dim(0), m.size(),
+                      std::max<int64_t>(m.capacity(), 1), m.start()});
       shapes.push_back({a.qkv->dim(0), m.size()});
     }
     const kc::AttentionPlan plan =
@@ -205,7 +342,7 @@ class CudaBackend final : public Backend {
                                                          first.head_dim + 2}));
     }
     auto* base = static_cast<char*>(staged.raw());
-    kc::RelativeAttentionLaunch launch{
+    const kc::RelativeAttentionLaunch launch{
         reinterpret_cast<const kc::AttentionSequence*>(base),
         reinterpret_cast<const kc::AttentionWorkItem*>(base + seq_bytes),
         reinterpret_cast<const kc::AttentionCombineItem*>(base + seq_bytes + item_bytes),
@@ -221,8 +358,14 @@ class CudaBackend final : public Backend {
         first.mem_len_max,
         first.clamp_len,
         first.same_length};
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::RelativeAttention(launch, ctx_.stream()));
-    return absl::OkStatus();
+    Note({11, Addr(base), host.size(), U(launch.num_items), U(launch.num_combines),
+          U(launch.query_tile), Addr(launch.partials), Addr(launch.rel), Addr(launch.r_w_bias),
+          Addr(launch.r_r_bias), U(launch.num_heads), U(launch.head_dim), U(launch.mem_len_max),
+          U(launch.clamp_len), U(launch.same_length)});
+    return Launch([this, launch] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::RelativeAttention(launch, ctx_.stream()));
+      return absl::OkStatus();
+    });
   }
 
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override {
@@ -253,14 +396,133 @@ class CudaBackend final : public Backend {
     std::copy(dst.begin(), dst.end(), pointers.begin() + static_cast<std::ptrdiff_t>(n));
     ASSIGN_OR_RETURN(Tensor staged, Stage(pointers.data(), pointers.size() * sizeof(void*)));
     auto* table = static_cast<void**>(staged.raw());
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(reinterpret_cast<const float* const*>(table),
-                                                    reinterpret_cast<float* const*>(table + n),
-                                                    static_cast<int64_t>(n), width,
-                                                    ctx_.stream()));
+    Note({12, Addr(table), n, U(width)});
+    return Launch([this, table, n, width] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(reinterpret_cast<const float* const*>(table),
+                                                      reinterpret_cast<float* const*>(table + n),
+                                                      static_cast<int64_t>(n), width,
+                                                      ctx_.stream()));
+      return absl::OkStatus();
+    });
+  }
+
+  // ---- Recorded steps ----------------------------------------------------------------------
+
+  absl::Status BeginStep(uint64_t key) override {
+    std::unique_lock<std::recursive_mutex> lock(ctx_.mutex());
+    if (step_lock_.owns_lock()) return absl::FailedPreconditionError("steps do not nest");
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaSetDevice(ctx_.ordinal()));
+    rec_ = nullptr;
+    mode_ = Mode::kEager;
+    auto it = recordings_.find(key);
+    if (it == recordings_.end() && recordings_.size() < kMaxRecordings) {
+      it = recordings_.emplace(key, std::make_unique<Recording>()).first;
+    }
+    device_used_ = pinned_used_ = 0;
+    fingerprint_ = 0x9e3779b97f4a7c15ULL;
+    post_copies_.clear();
+    deferred_.clear();
+    capture_failed_ = false;
+    if (it != recordings_.end()) {
+      Recording& rec = *it->second;
+      switch (rec.state) {
+        case Recording::State::kNew:
+          mode_ = Mode::kMeasure;
+          break;
+        case Recording::State::kMeasured: {
+          // The arena and staging are allocated before the capture starts (not in the graph).
+          ASSIGN_OR_RETURN(rec.device, ctx_.Allocate(rec.device_bytes));
+          MNEMO_CUDA_RETURN_IF_ERROR(cudaMallocHost(&rec.pinned, std::max<size_t>(
+                                                                     rec.pinned_bytes, 256)));
+          MNEMO_CUDA_RETURN_IF_ERROR(
+              cudaStreamBeginCapture(ctx_.stream(), cudaStreamCaptureModeThreadLocal));
+          mode_ = Mode::kCapture;
+          break;
+        }
+        case Recording::State::kRecorded:
+          mode_ = Mode::kReplay;
+          break;
+        case Recording::State::kFailed:
+          break;
+      }
+      rec_ = &rec;
+    }
+    step_lock_ = std::move(lock);
     return absl::OkStatus();
   }
 
+  absl::Status EndStep() override {
+    if (!step_lock_.owns_lock()) return absl::FailedPreconditionError("EndStep without BeginStep");
+    const Mode mode = mode_;
+    Recording* rec = rec_;
+    absl::Status status = absl::OkStatus();
+    if (mode == Mode::kMeasure) {
+      rec->device_bytes = device_used_;
+      rec->pinned_bytes = pinned_used_;
+      rec->state = Recording::State::kMeasured;
+    } else if (mode == Mode::kCapture) {
+      cudaGraph_t graph = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(ctx_.stream(), &graph);
+      bool recorded = false;
+      if (end == cudaSuccess && !capture_failed_ && graph != nullptr) {
+        recorded = cudaGraphInstantiate(&rec->exec, graph, 0) == cudaSuccess;
+      }
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();  // a failed capture is handled by running the ops eagerly
+      if (recorded) {
+        rec->fingerprint = fingerprint_;
+        rec->state = Recording::State::kRecorded;
+        status = GraphLaunch(*rec);
+      } else {
+        rec->state = Recording::State::kFailed;
+        status = RunDeferred();
+      }
+    } else if (mode == Mode::kReplay) {
+      if (fingerprint_ == rec->fingerprint) {
+        status = GraphLaunch(*rec);
+      } else {
+        rec->state = Recording::State::kFailed;  // the step changed shape: no more replays
+        status = RunDeferred();
+      }
+    }
+    mode_ = Mode::kEager;
+    if (status.ok()) {
+      const cudaError_t err = cudaStreamSynchronize(ctx_.stream());
+      if (err != cudaSuccess) status = cuda::CudaStatus(err, "step", __FILE__, __LINE__);
+    }
+    if (status.ok()) {
+      for (const PostCopy& c : post_copies_) std::memcpy(c.host, c.pinned, c.bytes);
+    }
+    post_copies_.clear();
+    deferred_.clear();
+    rec_ = nullptr;
+    step_lock_.unlock();
+    return status;
+  }
+
+  void AbortStep() override {
+    if (mode_ == Mode::kCapture) {
+      cudaGraph_t graph = nullptr;
+      cudaStreamEndCapture(ctx_.stream(), &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      rec_->state = Recording::State::kFailed;
+    }
+    mode_ = Mode::kEager;
+    rec_ = nullptr;
+    post_copies_.clear();
+    deferred_.clear();
+    if (step_lock_.owns_lock()) step_lock_.unlock();
+  }
+
  private:
+  enum class Mode {
+    kEager,    // ops run as they come (no step, or a key that is not recorded)
+    kMeasure,  // first run of a key: eager, counting arena and staging bytes
+    kCapture,  // second run: ops run from the arena while the stream is captured
+    kReplay,   // later runs: host parts only; EndStep launches the graph
+  };
+
   // Holds the context's lock with the device current on this thread.
   class Lock {
    public:
@@ -273,30 +535,120 @@ class CudaBackend final : public Backend {
     const absl::Status& status() const { return status_; }
 
    private:
-    std::lock_guard<std::mutex> lock_;
+    std::lock_guard<std::recursive_mutex> lock_;
     absl::Status status_;
   };
 
-  // A tensor from the pool (caller holds the lock).
+  struct PostCopy {
+    const void* pinned;
+    void* host;
+    size_t bytes;
+  };
+
+  static uint64_t Addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
+  template <typename T>
+  static uint64_t U(T v) {
+    return static_cast<uint64_t>(v);
+  }
+
+  bool Recording_() const { return mode_ == Mode::kCapture || mode_ == Mode::kReplay; }
+
+  // Mixes an op's launch parameters into the step's fingerprint.
+  void Note(std::initializer_list<uint64_t> values) {
+    for (uint64_t v : values) {
+      fingerprint_ ^= v + 0x9e3779b97f4a7c15ULL + (fingerprint_ << 6) + (fingerprint_ >> 2);
+    }
+  }
+
+  // Runs an op's device work now (eager, measure, capture) or keeps it for EndStep (replay).
+  absl::Status Launch(std::function<absl::Status()> work) {
+    if (mode_ == Mode::kReplay) {
+      deferred_.push_back(std::move(work));
+      return absl::OkStatus();
+    }
+    if (mode_ != Mode::kCapture) return work();
+    deferred_.push_back(work);  // kept in case the capture fails and the step runs eagerly
+    if (!work().ok()) capture_failed_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status RunDeferred() {
+    for (auto& work : deferred_) RETURN_IF_ERROR(work());
+    return absl::OkStatus();
+  }
+
+  absl::Status GraphLaunch(Recording& rec) {
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(rec.exec, ctx_.stream()));
+    return absl::OkStatus();
+  }
+
+  // A tensor from the pool, or from the step's arena (caller holds the lock).
   absl::StatusOr<Tensor> NewTensor(DType dtype, std::vector<int64_t> shape) {
     int64_t n = 1;
     for (int64_t d : shape) {
       if (d < 0) return absl::InvalidArgumentError("negative dimension");
       n *= d;
     }
-    ASSIGN_OR_RETURN(std::shared_ptr<void> buffer,
-                     ctx_.Allocate(static_cast<size_t>(n) * DTypeSize(dtype)));
+    const size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
+    if (Recording_()) {
+      const size_t need = Align256(bytes);
+      if (device_used_ + need > rec_->device_bytes) {
+        return absl::InternalError("a recorded step allocated more than its first run measured");
+      }
+      void* p = static_cast<char*>(rec_->device.get()) + device_used_;
+      device_used_ += need;
+      return Tensor(std::shared_ptr<void>(rec_->device, p), dtype, Device::kCuda,
+                    std::move(shape));
+    }
+    if (mode_ == Mode::kMeasure) device_used_ += Align256(bytes);
+    ASSIGN_OR_RETURN(std::shared_ptr<void> buffer, ctx_.Allocate(bytes));
     return Tensor(std::move(buffer), dtype, Device::kCuda, std::move(shape));
   }
 
-  // A device copy of small host data for one op (freed stream-ordered after the op).
+  // Pinned staging of a recorded step (or counting it while measuring).
+  absl::StatusOr<void*> PinnedBump(size_t bytes) {
+    const size_t need = Align256(bytes);
+    if (pinned_used_ + need > rec_->pinned_bytes) {
+      return absl::InternalError("a recorded step staged more than its first run measured");
+    }
+    void* p = static_cast<char*>(rec_->pinned) + pinned_used_;
+    pinned_used_ += need;
+    return p;
+  }
+
+  // A device copy of small host data for one op.
   absl::StatusOr<Tensor> Stage(const void* data, size_t bytes) {
     ASSIGN_OR_RETURN(Tensor t, NewTensor(DType::kI32, {static_cast<int64_t>((bytes + 3) / 4)}));
-    RETURN_IF_ERROR(ctx_.Upload(data, bytes, t.raw()));
+    if (!Recording_()) {
+      if (mode_ == Mode::kMeasure) pinned_used_ += Align256(bytes);
+      RETURN_IF_ERROR(ctx_.Upload(data, bytes, t.raw()));
+      return t;
+    }
+    // The graph copies from this pinned slot, which each replay rewrites before the launch.
+    ASSIGN_OR_RETURN(void* pinned, PinnedBump(bytes));
+    std::memcpy(pinned, data, bytes);
+    void* dst = t.raw();
+    Note({13, Addr(dst), bytes});
+    RETURN_IF_ERROR(Launch([this, dst, pinned, bytes] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(dst, pinned, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
+      return absl::OkStatus();
+    }));
     return t;
   }
 
   DeviceContext& ctx_;
+  // Step state (guarded by step_lock_, held from BeginStep to EndStep).
+  std::unique_lock<std::recursive_mutex> step_lock_;
+  Mode mode_ = Mode::kEager;
+  Recording* rec_ = nullptr;
+  size_t device_used_ = 0;
+  size_t pinned_used_ = 0;
+  uint64_t fingerprint_ = 0;
+  bool capture_failed_ = false;
+  std::vector<std::function<absl::Status()>> deferred_;
+  std::vector<PostCopy> post_copies_;
+  std::map<uint64_t, std::unique_ptr<Recording>> recordings_;
 };
 
 }  // namespace

@@ -7,6 +7,10 @@
 namespace mnemo::engine::cuda {
 
 absl::Status CudaStatus(cudaError_t err, const char* expr, const char* file, int line) {
+  // The runtime also records a failed call as the thread's "last error", which the next launch
+  // check (cudaGetLastError) would report again: it is handled here, so clear it (non-sticky
+  // errors only; a sticky one keeps failing every call, as it must).
+  cudaGetLastError();
   const std::string message = absl::StrCat(file, ":", line, ": ", expr, ": ",
                                            cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
   if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);

@@ -41,12 +41,17 @@ absl::Status DeviceContext::Init() {
   MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
-  // Plain float32 products (no TF32): the f32 path is the oracle and must match the CPU.
-  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH));
+  // Plain float32 products (the default math mode uses no TF32): the f32 path is the oracle and
+  // must match the CPU.
+  MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   MNEMO_CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool_, ordinal_));
   uint64_t keep_all = UINT64_MAX;
   MNEMO_CUDA_RETURN_IF_ERROR(
       cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep_all));
+  // A fixed cuBLAS workspace, so that products recorded into a CUDA graph allocate nothing.
+  MNEMO_CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  MNEMO_CUBLAS_RETURN_IF_ERROR(
+      cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
   staging_.resize(kStagingSlots);
   for (StagingSlot& slot : staging_) {
     MNEMO_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));

@@ -5,7 +5,9 @@
 //
 // One context per device, created on first use and kept for the process lifetime: tensors free
 // their memory through it, possibly after every backend that allocated them is gone. Calls are
-// serialised by `mutex()`; the GPU runs one stream, so concurrency comes from batching.
+// serialised by `mutex()` (recursive: a recorded step holds it from BeginStep to EndStep, so no
+// other thread's work lands in a graph being captured); the GPU runs one stream, so concurrency
+// comes from batching.
 #pragma once
 
 #include <cstddef>
@@ -29,7 +31,7 @@ class DeviceContext {
   int ordinal() const { return ordinal_; }
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
-  std::mutex& mutex() { return mutex_; }
+  std::recursive_mutex& mutex() { return mutex_; }
   int multiprocessors() const { return multiprocessors_; }
 
   // `bytes` of device memory from the pool, freed (stream-ordered) when the last owner drops it.
@@ -52,15 +54,17 @@ class DeviceContext {
     cudaEvent_t done = nullptr;
   };
   static constexpr int kStagingSlots = 64;
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
   int ordinal_;
   int multiprocessors_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cudaMemPool_t pool_ = nullptr;
+  void* cublas_workspace_ = nullptr;
   std::vector<StagingSlot> staging_;
   int next_slot_ = 0;
-  std::mutex mutex_;
+  std::recursive_mutex mutex_;
 };
 
 }  // namespace mnemo::engine::cuda

@@ -1,0 +1,19 @@
+// y[out] = W[out, in] · x[in] (+ bias[out]) in float32: the matrix-vector product of a decode
+// step, where every weight is read once and the kernel is bound by memory bandwidth. 16-byte
+// loads, several rows per warp in flight, x staged in shared memory, the bias fused.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace mnemo::kernels::cuda {
+
+// Whether Gemv handles this shape and these addresses (16-byte aligned W rows and x, `in` a
+// multiple of 4 and small enough for x to fit in shared memory); otherwise use a BLAS.
+bool GemvSupported(const float* w, const float* x, int64_t in);
+
+cudaError_t Gemv(const float* w, const float* x, const float* bias, float* y, int64_t out,
+                 int64_t in, cudaStream_t stream);
+
+}  // namespace mnemo::kernels::cuda
