@@ -1,6 +1,7 @@
 // y[out] = W[out, in] · x[in] (+ bias[out]) in float32: the matrix-vector product of a decode
 // step, where every weight is read once and the kernel is bound by memory bandwidth. 16-byte
-// loads, several rows per warp in flight, x staged in shared memory, the bias fused.
+// loads, four rows per block with the `in` dimension split over its threads (so even out = 1024
+// gives 256 blocks), the bias fused.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 namespace mnemo::kernels::cuda {
 
 // Whether Gemv handles this shape and these addresses (16-byte aligned W rows and x, `in` a
-// multiple of 4 and small enough for x to fit in shared memory); otherwise use a BLAS.
+// multiple of 4); otherwise use a BLAS.
 bool GemvSupported(const float* w, const float* x, int64_t in);
 
 cudaError_t Gemv(const float* w, const float* x, const float* bias, float* y, int64_t out,

@@ -222,10 +222,11 @@ __global__ void __launch_bounds__(Warps(DK) * 32) RelativeAttentionKernel(Relati
 }
 
 // Merges the split partial results of one query tile; grid (combines, heads). The splits'
-// softmax statistics become one weight per split in shared memory first, so each output element
-// is a sum of independent loads rather than a chain of dependent ones.
+// softmax statistics are loaded in parallel and become one weight per split in shared memory,
+// so each output element is a sum of independent loads rather than a chain of dependent ones.
 __global__ void CombineKernel(RelativeAttentionLaunch p) {
   __shared__ float weight[kPrefillQueryTile][kMaxSplits];
+  __shared__ float mass[kPrefillQueryTile][kMaxSplits];
   const AttentionCombineItem c = p.combines[blockIdx.x];
   const AttentionSequence s = p.seqs[c.seq];
   const int h = blockIdx.y, d_h = p.head_dim;
@@ -233,16 +234,23 @@ __global__ void CombineKernel(RelativeAttentionLaunch p) {
   auto rec = [&](int split, int q) {
     return p.partials + ((c.partial + split * c.q_count + q) * p.num_heads + h) * (d_h + 2);
   };
-  if (threadIdx.x < c.q_count) {
+  // One thread per (query, split) loads that split's running max and mass.
+  for (int idx = threadIdx.x; idx < c.q_count * c.splits; idx += blockDim.x) {
+    const int q = idx / c.splits, sp = idx % c.splits;
+    weight[q][sp] = rec(sp, q)[0];
+    mass[q][sp] = rec(sp, q)[1];
+  }
+  __syncthreads();
+  if (threadIdx.x < c.q_count) {  // per query: split weights exp(m_s − m) / Σ l_s·exp(m_s − m)
     const int q = threadIdx.x;
     float m_all = -INFINITY;
-    for (int sp = 0; sp < c.splits; ++sp) m_all = fmaxf(m_all, rec(sp, q)[0]);
+    for (int sp = 0; sp < c.splits; ++sp) m_all = fmaxf(m_all, weight[q][sp]);
     float l_all = 0.0f;
     for (int sp = 0; sp < c.splits; ++sp) {
-      const float m = rec(sp, q)[0];
+      const float m = weight[q][sp];
       const float f = m == -INFINITY ? 0.0f : expf(m - m_all);
       weight[q][sp] = f;
-      l_all += rec(sp, q)[1] * f;
+      l_all += mass[q][sp] * f;
     }
     const float inv = l_all > 0.0f ? 1.0f / l_all : 0.0f;  // nothing visible: zeros
     for (int sp = 0; sp < c.splits; ++sp) weight[q][sp] *= inv;
