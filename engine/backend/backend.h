@@ -76,6 +76,10 @@ class Backend {
 
   // y[N, out] = x[N, in] · w[out, in]ᵀ (+ bias[out]).
   virtual absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  // y = act(x · wᵀ + bias): the FFN's first product, bias and activation (fused where the
+  // backend can).
+  virtual absl::Status LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                            Activation act, Tensor& y) = 0;
   // Row-wise LayerNorm over the last dimension; y may be x.
   virtual absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                  float eps, Tensor& y) = 0;

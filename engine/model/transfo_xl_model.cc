@@ -317,8 +317,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     }
 
     // Position-wise FFN.
-    RETURN_IF_ERROR(be.Linear(*ff_in, lw.fc1, nullptr, inner));
-    RETURN_IF_ERROR(be.BiasActivation(lw.fc1_bias, c.activation, inner));
+    RETURN_IF_ERROR(be.LinearBiasActivation(*ff_in, lw.fc1, lw.fc1_bias, c.activation, inner));
     RETURN_IF_ERROR(be.Linear(inner, lw.fc2, &lw.fc2_bias, proj));
     if (c.pre_lnorm) {
       RETURN_IF_ERROR(be.Add(x, proj, x));

@@ -12,7 +12,8 @@ constexpr int kRows = 4;  // rows per block: out / 4 blocks, enough to fill the 
 // consecutive threads on consecutive addresses), then reduce through shared memory.
 __global__ void __launch_bounds__(kWarps * 32)
     GemvKernel(const float* __restrict__ w, const float* __restrict__ x,
-               const float* __restrict__ bias, float* __restrict__ y, int64_t out, int64_t in) {
+               const float* __restrict__ bias, int act, float* __restrict__ y, int64_t out,
+               int64_t in) {
   __shared__ float partial[kWarps][kRows];
   const int64_t in4 = in / 4;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
@@ -46,7 +47,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (threadIdx.x < kRows && row0 + threadIdx.x < out) {
     float v = 0.0f;
     for (int wi = 0; wi < kWarps; ++wi) v += partial[wi][threadIdx.x];
-    y[row0 + threadIdx.x] = v + (bias != nullptr ? bias[row0 + threadIdx.x] : 0.0f);
+    v += bias != nullptr ? bias[row0 + threadIdx.x] : 0.0f;
+    if (act == 0) v = fmaxf(v, 0.0f);
+    if (act == 1) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    y[row0 + threadIdx.x] = v;
   }
 }
 
@@ -57,12 +61,12 @@ bool GemvSupported(const float* w, const float* x, int64_t in) {
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-cudaError_t Gemv(const float* w, const float* x, const float* bias, float* y, int64_t out,
-                 int64_t in, cudaStream_t stream) {
+cudaError_t Gemv(const float* w, const float* x, const float* bias, int act, float* y,
+                 int64_t out, int64_t in, cudaStream_t stream) {
   if (out == 0) return cudaSuccess;
   if (!GemvSupported(w, x, in)) return cudaErrorInvalidValue;
   const unsigned blocks = static_cast<unsigned>((out + kRows - 1) / kRows);
-  GemvKernel<<<blocks, kWarps * 32, 0, stream>>>(w, x, bias, y, out, in);
+  GemvKernel<<<blocks, kWarps * 32, 0, stream>>>(w, x, bias, act, y, out, in);
   return cudaGetLastError();
 }
 

@@ -191,6 +191,19 @@ TEST_F(CudaBackendTest, LinearMatchesCpu) {
   }
 }
 
+TEST_F(CudaBackendTest, LinearBiasActivationMatchesCpu) {
+  for (auto [rows, in, out] : {std::tuple{1, 1024, 4096}, {1, 30, 17}, {5, 64, 33}}) {
+    for (Activation act : {Activation::kRelu, Activation::kGelu}) {
+      const Tensor x = Random({rows, in}), w = Random({out, in}), b = Random({out});
+      Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, out});
+      ASSERT_TRUE(cpu_->LinearBiasActivation(x, w, b, act, y_cpu).ok());
+      Tensor y = Poisoned({rows, out});
+      ASSERT_TRUE(gpu_->LinearBiasActivation(Up(x), Up(w), Up(b), act, y).ok());
+      EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol)) << rows << "x" << in;
+    }
+  }
+}
+
 TEST_F(CudaBackendTest, RowOpsMatchCpu) {
   for (auto [rows, cols] : {std::pair{1, 1}, {3, 31}, {17, 1024}, {65, 4097}}) {
     const Tensor x = Random({rows, cols}, -3, 5), g = Random({cols}), b = Random({cols});

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/relative_attention.h"
@@ -65,6 +66,12 @@ class CpuBackend final : public Backend {
                     bias != nullptr ? bias->data<float>() : nullptr, y.data<float>(), out, rows, in,
                     out, pool_);
     return absl::OkStatus();
+  }
+
+  absl::Status LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                    Activation act, Tensor& y) override {
+    RETURN_IF_ERROR(Linear(x, w, nullptr, y));
+    return BiasActivation(bias, act, y);
   }
 
   absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,

@@ -47,10 +47,13 @@ constexpr size_t kMaxRecordings = 16;
 struct Recording {
   enum class State { kNew, kMeasured, kRecorded, kFailed };
   State state = State::kNew;
-  size_t device_bytes = 0;
-  size_t pinned_bytes = 0;
+  size_t device_bytes = 0;  // arena: every tensor the step allocates
+  size_t stage_bytes = 0;   // host inputs (ids, attention work lists, append slots)
+  size_t output_bytes = 0;  // CopyToHost results
   std::shared_ptr<void> device;  // arena; tensors of replays alias it
-  void* pinned = nullptr;
+  std::shared_ptr<void> stage;   // device mirror of `pinned_stage`, filled by the graph's first node
+  void* pinned_stage = nullptr;
+  void* pinned_output = nullptr;
   cudaGraphExec_t exec = nullptr;
   uint64_t fingerprint = 0;
 
@@ -59,7 +62,8 @@ struct Recording {
   Recording& operator=(const Recording&) = delete;
   ~Recording() {
     if (exec != nullptr) cudaGraphExecDestroy(exec);
-    if (pinned != nullptr) cudaFreeHost(pinned);
+    if (pinned_stage != nullptr) cudaFreeHost(pinned_stage);
+    if (pinned_output != nullptr) cudaFreeHost(pinned_output);
   }
 };
 
@@ -114,14 +118,18 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     Tensor host = Tensor::Empty(t.dtype(), t.shape());
     if (!Recording_()) {
-      if (mode_ == Mode::kMeasure) pinned_used_ += Align256(t.bytes());
+      if (mode_ == Mode::kMeasure) output_used_ += Align256(t.bytes());
       MNEMO_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(host.raw(), t.raw(), t.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
       MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
       return host;
     }
     // In a recorded step: into pinned staging by the graph, to `host` by EndStep.
-    ASSIGN_OR_RETURN(void* pinned, PinnedBump(t.bytes()));
+    if (output_used_ + Align256(t.bytes()) > rec_->output_bytes) {
+      return absl::InternalError("a recorded step copied out more than its first run measured");
+    }
+    void* pinned = static_cast<char*>(rec_->pinned_output) + output_used_;
+    output_used_ += Align256(t.bytes());
     const void* src = t.raw();
     const size_t bytes = t.bytes();
     Note({2, Addr(src), bytes});
@@ -203,7 +211,7 @@ class CudaBackend final : public Backend {
     Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(rows), U(in), U(out)});
     return Launch([this, xp, wp, bp, yp, rows, in, out] {
       if (rows == 1 && kc::GemvSupported(wp, xp, in)) {  // a decode step: bandwidth-bound
-        MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, yp, out, in, ctx_.stream()));
+        MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, -1, yp, out, in, ctx_.stream()));
         return absl::OkStatus();
       }
       float beta = 0.0f;
@@ -225,6 +233,29 @@ class CudaBackend final : public Backend {
           yp, static_cast<int>(out)));
       return absl::OkStatus();
     });
+  }
+
+  absl::Status LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                    Activation act, Tensor& y) override {
+    const int kind = act == Activation::kRelu ? 0 : 1;
+    {
+      Lock lock(ctx_);
+      RETURN_IF_ERROR(lock.status());
+      const float* xp = x.data<float>();
+      const float* wp = w.data<float>();
+      if (x.dim(0) == 1 && kc::GemvSupported(wp, xp, x.dim(1))) {  // one fused kernel
+        const float* bp = bias.data<float>();
+        float* yp = y.data<float>();
+        const int64_t in = x.dim(1), out = w.dim(0);
+        Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(kind)});
+        return Launch([this, xp, wp, bp, yp, in, out, kind] {
+          MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, kind, yp, out, in, ctx_.stream()));
+          return absl::OkStatus();
+        });
+      }
+    }
+    RETURN_IF_ERROR(Linear(x, w, nullptr, y));
+    return BiasActivation(bias, act, y);
   }
 
   absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
@@ -418,7 +449,7 @@ class CudaBackend final : public Backend {
     if (it == recordings_.end() && recordings_.size() < kMaxRecordings) {
       it = recordings_.emplace(key, std::make_unique<Recording>()).first;
     }
-    device_used_ = pinned_used_ = 0;
+    device_used_ = stage_used_ = output_used_ = 0;
     fingerprint_ = 0x9e3779b97f4a7c15ULL;
     post_copies_.clear();
     deferred_.clear();
@@ -432,8 +463,15 @@ class CudaBackend final : public Backend {
         case Recording::State::kMeasured: {
           // The arena and staging are allocated before the capture starts (not in the graph).
           ASSIGN_OR_RETURN(rec.device, ctx_.Allocate(rec.device_bytes));
-          MNEMO_CUDA_RETURN_IF_ERROR(cudaMallocHost(&rec.pinned, std::max<size_t>(
-                                                                     rec.pinned_bytes, 256)));
+          ASSIGN_OR_RETURN(rec.stage, ctx_.Allocate(rec.stage_bytes));
+          if (rec.pinned_stage == nullptr) {
+            MNEMO_CUDA_RETURN_IF_ERROR(
+                cudaMallocHost(&rec.pinned_stage, std::max<size_t>(rec.stage_bytes, 256)));
+          }
+          if (rec.pinned_output == nullptr) {
+            MNEMO_CUDA_RETURN_IF_ERROR(
+                cudaMallocHost(&rec.pinned_output, std::max<size_t>(rec.output_bytes, 256)));
+          }
           MNEMO_CUDA_RETURN_IF_ERROR(
               cudaStreamBeginCapture(ctx_.stream(), cudaStreamCaptureModeThreadLocal));
           mode_ = Mode::kCapture;
@@ -458,13 +496,15 @@ class CudaBackend final : public Backend {
     absl::Status status = absl::OkStatus();
     if (mode == Mode::kMeasure) {
       rec->device_bytes = device_used_;
-      rec->pinned_bytes = pinned_used_;
+      rec->stage_bytes = stage_used_;
+      rec->output_bytes = output_used_;
       rec->state = Recording::State::kMeasured;
     } else if (mode == Mode::kCapture) {
       cudaGraph_t graph = nullptr;
       const cudaError_t end = cudaStreamEndCapture(ctx_.stream(), &graph);
       bool recorded = false;
-      if (end == cudaSuccess && !capture_failed_ && graph != nullptr) {
+      if (end == cudaSuccess && !capture_failed_ && graph != nullptr &&
+          PrependStageCopy(graph).ok()) {
         recorded = cudaGraphInstantiate(&rec->exec, graph, 0) == cudaSuccess;
       }
       if (graph != nullptr) cudaGraphDestroy(graph);
@@ -577,6 +617,24 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // Makes the captured graph start with one copy of all the step's staged host inputs (pinned)
+  // to their device mirror, instead of one small copy per op.
+  absl::Status PrependStageCopy(cudaGraph_t graph) {
+    if (stage_used_ == 0) return absl::OkStatus();
+    size_t count = 0;
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(graph, nullptr, &count));
+    std::vector<cudaGraphNode_t> roots(count);
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(graph, roots.data(), &count));
+    cudaGraphNode_t copy = nullptr;
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphAddMemcpyNode1D(&copy, graph, nullptr, 0,
+                                                        rec_->stage.get(), rec_->pinned_stage,
+                                                        stage_used_, cudaMemcpyHostToDevice));
+    for (cudaGraphNode_t root : roots) {
+      MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphAddDependencies(graph, &copy, &root, nullptr, 1));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status GraphLaunch(Recording& rec) {
     MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(rec.exec, ctx_.stream()));
     return absl::OkStatus();
@@ -605,36 +663,32 @@ class CudaBackend final : public Backend {
     return Tensor(std::move(buffer), dtype, Device::kCuda, std::move(shape));
   }
 
-  // Pinned staging of a recorded step (or counting it while measuring).
-  absl::StatusOr<void*> PinnedBump(size_t bytes) {
-    const size_t need = Align256(bytes);
-    if (pinned_used_ + need > rec_->pinned_bytes) {
-      return absl::InternalError("a recorded step staged more than its first run measured");
-    }
-    void* p = static_cast<char*>(rec_->pinned) + pinned_used_;
-    pinned_used_ += need;
-    return p;
-  }
-
-  // A device copy of small host data for one op.
+  // A device copy of small host data for one op. In a recorded step it lands in the step's
+  // pinned staging; the graph's first node copies all of it to the device mirror at once.
   absl::StatusOr<Tensor> Stage(const void* data, size_t bytes) {
-    ASSIGN_OR_RETURN(Tensor t, NewTensor(DType::kI32, {static_cast<int64_t>((bytes + 3) / 4)}));
+    const int64_t words = static_cast<int64_t>((bytes + 3) / 4);
     if (!Recording_()) {
-      if (mode_ == Mode::kMeasure) pinned_used_ += Align256(bytes);
+      ASSIGN_OR_RETURN(Tensor t, NewTensor(DType::kI32, {words}));
+      if (mode_ == Mode::kMeasure) stage_used_ += Align256(bytes);
       RETURN_IF_ERROR(ctx_.Upload(data, bytes, t.raw()));
       return t;
     }
-    // The graph copies from this pinned slot, which each replay rewrites before the launch.
-    ASSIGN_OR_RETURN(void* pinned, PinnedBump(bytes));
+    const size_t offset = stage_used_;
+    if (offset + Align256(bytes) > rec_->stage_bytes) {
+      return absl::InternalError("a recorded step staged more than its first run measured");
+    }
+    stage_used_ += Align256(bytes);
+    void* pinned = static_cast<char*>(rec_->pinned_stage) + offset;
+    void* dst = static_cast<char*>(rec_->stage.get()) + offset;
     std::memcpy(pinned, data, bytes);
-    void* dst = t.raw();
-    Note({13, Addr(dst), bytes});
-    RETURN_IF_ERROR(Launch([this, dst, pinned, bytes] {
+    Note({13, offset, bytes});
+    // Not captured (the prepended copy does it); kept for a step that falls back to eager.
+    deferred_.push_back([this, dst, pinned, bytes] {
       MNEMO_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(dst, pinned, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
       return absl::OkStatus();
-    }));
-    return t;
+    });
+    return Tensor(std::shared_ptr<void>(rec_->stage, dst), DType::kI32, Device::kCuda, {words});
   }
 
   DeviceContext& ctx_;
@@ -643,7 +697,8 @@ class CudaBackend final : public Backend {
   Mode mode_ = Mode::kEager;
   Recording* rec_ = nullptr;
   size_t device_used_ = 0;
-  size_t pinned_used_ = 0;
+  size_t stage_used_ = 0;
+  size_t output_used_ = 0;
   uint64_t fingerprint_ = 0;
   bool capture_failed_ = false;
   std::vector<std::function<absl::Status()>> deferred_;
