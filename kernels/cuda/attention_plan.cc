@@ -32,21 +32,25 @@ AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs
   const int64_t blocks = static_cast<int64_t>(tiles.size()) * num_heads;
   const int64_t want_splits =
       std::min<int64_t>(kMaxSplits, blocks >= min_blocks ? 1 : (min_blocks + blocks - 1) / blocks);
-  // Decode: every sequence gets the same number of splits, chosen for the longest key range the
-  // model allows (mem_len_max + 1), whatever its memory holds now; chunks past a short memory
-  // are empty. The grid then depends only on the batch size, so a recorded decode step (CUDA
-  // graph) replays unchanged while memories fill.
-  const int64_t decode_splits =
-      std::min(want_splits, std::max<int64_t>(1, (mem_len_max + 1) / min_split_keys));
+  // Decode: every sequence gets the same chunks, sized for the longest key range the model
+  // allows (mem_len_max + 1) whatever its memory holds now; chunks past a short memory are
+  // empty. The grid then depends only on the batch size, so a recorded decode step (CUDA graph)
+  // replays unchanged while memories fill. Chunks are 64 keys (one tile per warp) or longer:
+  // the longest that still yields min_blocks blocks, so a lone decode step spreads over the
+  // GPU and large batches are not split at all.
+  const int64_t max_keys = mem_len_max + 1;
+  int64_t decode_chunk = max_keys;
+  if (want_splits > 1) {
+    decode_chunk = std::max<int64_t>(kDecodeChunkUnit,
+                                     max_keys / want_splits / kDecodeChunkUnit * kDecodeChunkUnit);
+  }
   for (const Tile& t : tiles) {
     const int64_t keys = t.k_end - t.k_begin;
     int64_t splits = std::min(want_splits, std::max<int64_t>(1, keys / min_split_keys));
     if (decode) {
-      splits = decode_splits;
-      const int64_t max_keys = std::max<int64_t>(mem_len_max + 1, keys);
-      int64_t chunk = (max_keys + splits - 1) / splits;
-      chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
-      splits = (max_keys + chunk - 1) / chunk;
+      const int64_t span = std::max(max_keys, keys);
+      const int64_t chunk = std::max(decode_chunk, (span + kMaxSplits - 1) / kMaxSplits);
+      splits = (span + chunk - 1) / chunk;
       const int64_t partial = splits > 1 ? plan.partial_rows : -1;
       for (int64_t s = 0; s < splits; ++s) {
         const int64_t k0 = std::min(t.k_end, t.k_begin + s * chunk);

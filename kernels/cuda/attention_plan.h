@@ -22,6 +22,9 @@ constexpr int kKeyTile = 32;
 constexpr int kWarpsPerBlock = 4;
 // Most chunks one query tile's keys are split into (the combine kernel's shared arrays).
 constexpr int kMaxSplits = 64;
+// Decode blocks run 2 warps, so decode chunks are whole multiples of 2 key tiles.
+constexpr int kDecodeWarps = 2;
+constexpr int kDecodeChunkUnit = kDecodeWarps * kKeyTile;
 
 // First key position query i (0-based among the T new ones) may see; keys are numbered
 // 0 … M + T − 1 over [memory | segment]. With same_length (Hugging Face's rule) and more keys

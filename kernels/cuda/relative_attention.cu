@@ -9,9 +9,12 @@ namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Warps per block: 4 up to d_h 64; 2 above, so a block's shared memory stays within what an
-// sm_80 multiprocessor offers (163 KB).
-__host__ __device__ constexpr int Warps(int dk) { return dk <= 2 ? kWarpsPerBlock : 2; }
+// Warps per block: decode blocks (one query, chunks of 2 key tiles) run kDecodeWarps, so twice
+// as many blocks fit an SM; prefill blocks 4 up to d_h 64 and 2 above, so a block's shared
+// memory stays within what an sm_80 multiprocessor offers (163 KB).
+__host__ __device__ constexpr int Warps(int bq, int dk) {
+  return bq == kDecodeQueryTile ? kDecodeWarps : (dk <= 2 ? kWarpsPerBlock : 2);
+}
 
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
@@ -49,8 +52,9 @@ __host__ __device__ constexpr int WarpFloats(int bq, int head_dim) {
 
 // BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane.
 template <int BQ, int DK>
-__global__ void __launch_bounds__(Warps(DK) * 32) RelativeAttentionKernel(RelativeAttentionLaunch p) {
-  constexpr int kWarps = Warps(DK);
+__global__ void __launch_bounds__(Warps(BQ, DK) * 32)
+    RelativeAttentionKernel(RelativeAttentionLaunch p) {
+  constexpr int kWarps = Warps(BQ, DK);
   constexpr int kThreads = kWarps * 32;
   extern __shared__ float smem[];
   const AttentionWorkItem item = p.items[blockIdx.x];
@@ -274,7 +278,7 @@ cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t strea
       static_cast<int>(RelativeAttentionSharedBytes(BQ, DK * 32)));
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>(p.num_items), static_cast<unsigned>(p.num_heads));
-  RelativeAttentionKernel<BQ, DK><<<grid, Warps(DK) * 32, shared, stream>>>(p);
+  RelativeAttentionKernel<BQ, DK><<<grid, Warps(BQ, DK) * 32, shared, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -296,7 +300,7 @@ cudaError_t LaunchForTile(const RelativeAttentionLaunch& p, cudaStream_t stream)
 
 size_t RelativeAttentionSharedBytes(int query_tile, int head_dim) {
   return sizeof(float) * (2 * static_cast<size_t>(query_tile) * head_dim +
-                          static_cast<size_t>(Warps((head_dim + 31) / 32)) *
+                          static_cast<size_t>(Warps(query_tile, (head_dim + 31) / 32)) *
                               WarpFloats(query_tile, head_dim));
 }
 

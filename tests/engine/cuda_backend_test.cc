@@ -86,13 +86,11 @@ TEST(CudaAttentionPlanTest, CoversEveryVisibleKeyOnce) {
 TEST(CudaAttentionPlanTest, DecodeUsesOneQueryTilesAndSplitsLongMemories) {
   const kc::AttentionPlan plan = kc::PlanRelativeAttention({{1, 1600}}, 16, 1600, false, 264);
   EXPECT_EQ(plan.query_tile, kc::kDecodeQueryTile);
-  // 1601 keys in chunks of at least 128 (one key tile per warp): 11 chunks × 16 heads.
-  EXPECT_EQ(plan.items.size(), 11u);
+  // 1601 keys in chunks of 64 (one key tile per decode warp): 26 chunks × 16 heads ≥ 264.
+  EXPECT_EQ(plan.items.size(), 26u);
   ASSERT_EQ(plan.combines.size(), 1u);
   for (size_t i = 0; i + 1 < plan.items.size(); ++i) {
-    EXPECT_EQ((plan.items[i].k_end - plan.items[i].k_begin) % kc::kKeyTile, 0)
-        << "chunks are whole key tiles";
-    EXPECT_GE(plan.items[i].k_end - plan.items[i].k_begin, 128);
+    EXPECT_EQ(plan.items[i].k_end - plan.items[i].k_begin, kc::kDecodeChunkUnit);
     EXPECT_EQ(plan.items[i].k_end, plan.items[i + 1].k_begin);
   }
 }
@@ -110,6 +108,14 @@ TEST(CudaAttentionPlanTest, DecodeGridDependsOnlyOnTheBatch) {
       EXPECT_EQ(plan.partial_rows, full.partial_rows);
       ExpectPlanCovers({{1, fill}, {1, 600}}, 8, 600, same_length, 264);
     }
+  }
+}
+
+TEST(CudaAttentionPlanTest, DecodeChunksShrinkAsTheBatchGrows) {
+  for (auto [batch, items_per_seq] : {std::pair{8, 4}, {64, 1}}) {
+    std::vector<kc::AttentionShapeInput> seqs(static_cast<size_t>(batch), {1, 1600});
+    const kc::AttentionPlan plan = kc::PlanRelativeAttention(seqs, 16, 1600, false, 264);
+    EXPECT_EQ(plan.items.size(), static_cast<size_t>(batch * items_per_seq)) << batch;
   }
 }
 
