@@ -1,22 +1,23 @@
 #include "bench/cuda_limits.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <vector>
 
+#include <cublas_v2.h>
+
 namespace mnemo::bench {
 namespace {
 
-#define LIMITS_CHECK(expr)                                                          \
-  do {                                                                              \
-    const auto err_ = (expr);                                                       \
-    if (err_ != 0) {                                                                \
+#define LIMITS_CHECK(expr)                                                         \
+  do {                                                                             \
+    const auto err_ = (expr);                                                      \
+    if (err_ != 0) {                                                               \
       std::fprintf(stderr, "physical_limits: %s failed (%d)\n", #expr, int(err_)); \
-      return 1;                                                                     \
-    }                                                                               \
+      return 1;                                                                    \
+    }                                                                              \
   } while (0)
 
 double Median(std::vector<double> v) {
@@ -32,11 +33,12 @@ int RunCudaLimits(bool quick) {
   int mem_clock_khz = 0, bus_width = 0;
   cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, 0);
   cudaDeviceGetAttribute(&bus_width, cudaDevAttrGlobalMemoryBusWidth, 0);
-  std::printf("{\"impl\":\"machine\",\"figure\":\"cuda_info\",\"device\":\"%s\",\"sm\":%d%d,"
-              "\"multiprocessors\":%d,\"memory_gib\":%.3f,\"l2_mib\":%.1f}\n",
-              prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-              static_cast<double>(prop.totalGlobalMem) / (1 << 30),
-              static_cast<double>(prop.l2CacheSize) / (1 << 20));
+  std::printf(
+      "{\"impl\":\"machine\",\"figure\":\"cuda_info\",\"device\":\"%s\",\"sm\":%d%d,"
+      "\"multiprocessors\":%d,\"memory_gib\":%.3f,\"l2_mib\":%.1f}\n",
+      prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+      static_cast<double>(prop.totalGlobalMem) / (1 << 30),
+      static_cast<double>(prop.l2CacheSize) / (1 << 20));
   std::fflush(stdout);
   cudaStream_t stream;
   LIMITS_CHECK(cudaStreamCreate(&stream));
@@ -55,18 +57,19 @@ int RunCudaLimits(bool quick) {
   std::vector<double> gbps;
   for (int r = -2; r < reps; ++r) {
     LIMITS_CHECK(cudaEventRecord(start, stream));
-    LIMITS_CHECK(cudaMemcpyAsync(r % 2 ? a : b, r % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice,
-                                 stream));
+    LIMITS_CHECK(
+        cudaMemcpyAsync(r % 2 ? a : b, r % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice, stream));
     LIMITS_CHECK(cudaEventRecord(stop, stream));
     LIMITS_CHECK(cudaEventSynchronize(stop));
     float ms = 0;
     LIMITS_CHECK(cudaEventElapsedTime(&ms, start, stop));
     if (r >= 0) gbps.push_back(2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9);
   }
-  std::printf("{\"impl\":\"machine\",\"figure\":\"cuda_copy\",\"bytes\":%zu,"
-              "\"d2d_copy_gb_s\":%.6g,\"best_gb_s\":%.6g,\"reps\":%d,"
-              "\"note\":\"bytes read + written per second\"}\n",
-              bytes, Median(gbps), *std::max_element(gbps.begin(), gbps.end()), reps);
+  std::printf(
+      "{\"impl\":\"machine\",\"figure\":\"cuda_copy\",\"bytes\":%zu,"
+      "\"d2d_copy_gb_s\":%.6g,\"best_gb_s\":%.6g,\"reps\":%d,"
+      "\"note\":\"bytes read + written per second\"}\n",
+      bytes, Median(gbps), *std::max_element(gbps.begin(), gbps.end()), reps);
   std::fflush(stdout);
   LIMITS_CHECK(cudaFree(a));
   LIMITS_CHECK(cudaFree(b));
@@ -79,7 +82,8 @@ int RunCudaLimits(bool quick) {
   LIMITS_CHECK(cudaMalloc(&y, mat));
   LIMITS_CHECK(cudaMalloc(&z, mat));
   std::vector<float> host(static_cast<size_t>(n) * n);
-  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f;
+  for (size_t i = 0; i < host.size(); ++i)
+    host[i] = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f;
   LIMITS_CHECK(cudaMemcpy(x, host.data(), mat, cudaMemcpyHostToDevice));
   LIMITS_CHECK(cudaMemcpy(y, host.data(), mat, cudaMemcpyHostToDevice));
   cublasHandle_t handle;
@@ -90,17 +94,18 @@ int RunCudaLimits(bool quick) {
   std::vector<double> tflops;
   for (int r = -2; r < (quick ? 3 : 10); ++r) {
     LIMITS_CHECK(cudaEventRecord(start, stream));
-    LIMITS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, x, n, y, n, &zero,
-                             z, n));
+    LIMITS_CHECK(
+        cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, x, n, y, n, &zero, z, n));
     LIMITS_CHECK(cudaEventRecord(stop, stream));
     LIMITS_CHECK(cudaEventSynchronize(stop));
     float ms = 0;
     LIMITS_CHECK(cudaEventElapsedTime(&ms, start, stop));
     if (r >= 0) tflops.push_back(2.0 * n * static_cast<double>(n) * n / (ms * 1e-3) / 1e12);
   }
-  std::printf("{\"impl\":\"machine\",\"figure\":\"cuda_sgemm\",\"n\":%d,\"f32_tflops\":%.6g,"
-              "\"note\":\"cuBLAS SGEMM, pedantic float32 (no TF32)\"}\n",
-              n, Median(tflops));
+  std::printf(
+      "{\"impl\":\"machine\",\"figure\":\"cuda_sgemm\",\"n\":%d,\"f32_tflops\":%.6g,"
+      "\"note\":\"cuBLAS SGEMM, pedantic float32 (no TF32)\"}\n",
+      n, Median(tflops));
   cublasDestroy(handle);
   cudaFree(x);
   cudaFree(y);

@@ -250,10 +250,10 @@ double g_rss_after_load_mib = 0;
 std::string DeviceMemoryJson(const TransfoXlModel& model) {
   const engine::DeviceMemoryInfo info = model.backend().MemoryInfo();
   if (info.total_bytes == 0) return "";
-  return absl::StrCat(",\"device_used_mib\":",
-                      Num(static_cast<double>(info.total_bytes - info.free_bytes) / (1 << 20)),
-                      ",\"device_total_mib\":",
-                      Num(static_cast<double>(info.total_bytes) / (1 << 20)));
+  return absl::StrCat(
+      ",\"device_used_mib\":",
+      Num(static_cast<double>(info.total_bytes - info.free_bytes) / (1 << 20)),
+      ",\"device_total_mib\":", Num(static_cast<double>(info.total_bytes) / (1 << 20)));
 }
 
 // Bytes one decode step (T = 1, memory of `memory_rows` positions) must read at least.
@@ -263,7 +263,7 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows) {
   const int64_t per_layer_weights = 3 * w * d + d * w + f * d + d * f  // qkv, o, fc1, fc2
                                     + f + d + 4 * d + 2 * w;  // biases, two LayerNorms, u, v
   const int64_t weights = c.n_layer * per_layer_weights + c.vocab_size * d + c.vocab_size + d;
-  const int64_t memory = c.n_layer * (2 * memory_rows * w                     // keys, values
+  const int64_t memory = c.n_layer * (2 * memory_rows * w                         // keys, values
                                       + (std::min(memory_rows, clamp) + 1) * w);  // table rows
   return absl::StrCat("\"bytes_per_token\":", (weights + memory) * 4,
                       ",\"weight_bytes_per_token\":", weights * 4,
@@ -283,8 +283,8 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       ",\"d_inner\":", c.d_inner, ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len,
       ",\"clamp_len\":", c.clamp_len, ",\"same_length\":", c.same_length ? "true" : "false",
       ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
-      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size(),
-      ",\"device\":\"", std::string(model.backend().name()), "\"", DeviceMemoryJson(model));
+      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size(), ",\"device\":\"",
+      std::string(model.backend().name()), "\"", DeviceMemoryJson(model));
 }
 
 int RunPrefill(const Options& o, TransfoXlModel& model) {
@@ -366,6 +366,7 @@ int RunBatchedDecode(const Options& o, TransfoXlModel& model) {
   Tensor logits;
   auto step = [&]() {
     std::vector<SequenceInput> batch;
+    batch.reserve(static_cast<size_t>(o.batch));
     for (int b = 0; b < o.batch; ++b) batch.push_back({&tokens[b], 1, &states[b]});
     Check(model.Forward(batch, LogitsMode::kLast, &logits), "batched decode forward");
     const int64_t v = c.vocab_size;

@@ -57,8 +57,7 @@ class Backend {
   // A zero-filled tensor on this backend's device.
   virtual absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) = 0;
   // A tensor whose contents are unspecified (scratch that is written before it is read).
-  virtual absl::StatusOr<Tensor> AllocateUninitialized(DType dtype,
-                                                       std::vector<int64_t> shape) = 0;
+  virtual absl::StatusOr<Tensor> AllocateUninitialized(DType dtype, std::vector<int64_t> shape) = 0;
   // A copy of the host tensor `host` on this device.
   virtual absl::StatusOr<Tensor> CopyFromHost(const Tensor& host) = 0;
   // A host copy of `t` (a tensor of this device); waits for the work that produces it.
@@ -68,8 +67,7 @@ class Backend {
   // Every row of dst[R, C] = row[C].
   virtual absl::Status FillRows(const Tensor& row, Tensor& dst) = 0;
   // y[i, :] = x[rows[i], :]; rows are host indices already checked against x.
-  virtual absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows,
-                                  Tensor& y) = 0;
+  virtual absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& y) = 0;
   // Waits until every op issued so far has finished; reports a deferred device error.
   virtual absl::Status Synchronize() = 0;
   virtual DeviceMemoryInfo MemoryInfo() const = 0;

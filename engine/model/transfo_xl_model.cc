@@ -201,9 +201,10 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
           absl::StrCat("sequence ", b, ": session state was not made by this model"));
     }
     if (s.state->device() != backend_->device()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", b, ": session state is on another device (offloaded states must be "
-          "restored with StateFromHost first)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", b,
+                       ": session state is on another device (offloaded states must be "
+                       "restored with StateFromHost first)"));
     }
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= config_.vocab_size) {

@@ -1,8 +1,8 @@
 #include "engine/model/transfo_xl_weights.h"
 
 #include <cstdint>
-#include <memory>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "absl/strings/str_cat.h"

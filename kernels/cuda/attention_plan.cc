@@ -58,8 +58,8 @@ AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs
                               splits > 1 ? partial + s : -1});
       }
       if (splits > 1) {
-        plan.combines.push_back({t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits),
-                                 partial});
+        plan.combines.push_back(
+            {t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits), partial});
         plan.partial_rows += splits;
       }
       continue;
@@ -78,8 +78,7 @@ AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs
       plan.items.push_back({t.seq, t.q_begin, t.q_count, 0, k0, std::min(t.k_end, k0 + chunk),
                             partial + s * t.q_count});
     }
-    plan.combines.push_back(
-        {t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits), partial});
+    plan.combines.push_back({t.seq, t.q_begin, t.q_count, static_cast<int32_t>(splits), partial});
     plan.partial_rows += splits * t.q_count;
   }
   return plan;

@@ -1,6 +1,6 @@
-#include "kernels/cuda/elementwise.h"
-
 #include <cmath>
+
+#include "kernels/cuda/elementwise.h"
 
 namespace mnemo::kernels::cuda {
 namespace {
@@ -116,8 +116,7 @@ __global__ void CopyRowsIndirectKernel(const float* const* src, float* const* ds
 cudaError_t EmbeddingGather(const float* table, const int32_t* ids, int64_t count, int64_t dim,
                             float scale, float* y, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  EmbeddingKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(table, ids, dim, scale,
-                                                                         y);
+  EmbeddingKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(table, ids, dim, scale, y);
   return cudaGetLastError();
 }
 

@@ -2,9 +2,9 @@
 // enqueues on `stream` and returns the launch error (cudaSuccess when queued).
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 namespace mnemo::kernels::cuda {
 
@@ -24,8 +24,7 @@ cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t co
 // y = a + b over n elements (y may alias a or b).
 cudaError_t Add(const float* a, const float* b, float* y, int64_t n, cudaStream_t stream);
 // dst[r, :] = row[:] for r < rows.
-cudaError_t FillRows(const float* row, float* dst, int64_t rows, int64_t cols,
-                     cudaStream_t stream);
+cudaError_t FillRows(const float* row, float* dst, int64_t rows, int64_t cols, cudaStream_t stream);
 // y[i, :] = x[rows[i], :] for i < count; rows on the device.
 cudaError_t GatherRows(const float* x, const int64_t* rows, int64_t count, int64_t cols, float* y,
                        cudaStream_t stream);

@@ -1,6 +1,6 @@
-#include "kernels/cuda/gemv.h"
-
 #include <cstdint>
+
+#include "kernels/cuda/gemv.h"
 
 namespace mnemo::kernels::cuda {
 namespace {
@@ -61,8 +61,8 @@ bool GemvSupported(const float* w, const float* x, int64_t in) {
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-cudaError_t Gemv(const float* w, const float* x, const float* bias, int act, float* y,
-                 int64_t out, int64_t in, cudaStream_t stream) {
+cudaError_t Gemv(const float* w, const float* x, const float* bias, int act, float* y, int64_t out,
+                 int64_t in, cudaStream_t stream) {
   if (out == 0) return cudaSuccess;
   if (!GemvSupported(w, x, in)) return cudaErrorInvalidValue;
   const unsigned blocks = static_cast<unsigned>((out + kRows - 1) / kRows);

@@ -4,9 +4,9 @@
 // gives 256 blocks), the bias and activation fused.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 namespace mnemo::kernels::cuda {
 
@@ -15,7 +15,7 @@ namespace mnemo::kernels::cuda {
 bool GemvSupported(const float* w, const float* x, int64_t in);
 
 // act: −1 none, 0 ReLU, 1 GELU (erf form), applied after the bias.
-cudaError_t Gemv(const float* w, const float* x, const float* bias, int act, float* y,
-                 int64_t out, int64_t in, cudaStream_t stream);
+cudaError_t Gemv(const float* w, const float* x, const float* bias, int act, float* y, int64_t out,
+                 int64_t in, cudaStream_t stream);
 
 }  // namespace mnemo::kernels::cuda

@@ -1,8 +1,8 @@
-#include "kernels/cuda/relative_attention.h"
-
 #include <cuda_pipeline.h>
 
 #include <cmath>
+
+#include "kernels/cuda/relative_attention.h"
 
 namespace mnemo::kernels::cuda {
 namespace {
@@ -65,11 +65,11 @@ __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float scale = rsqrtf(static_cast<float>(d_h));
 
-  float* qu = smem;           // [BQ, d_h]
-  float* qv = qu + BQ * d_h;  // [BQ, d_h]
+  float* qu = smem;                                        // [BQ, d_h]
+  float* qv = qu + BQ * d_h;                               // [BQ, d_h]
   float* ks = qv + BQ * d_h + warp * WarpFloats(BQ, d_h);  // [32, d_h + 1]
-  float* rs = ks + kKeyTile * dp;                           // [BQ + 31, d_h + 1]
-  float* vs = rs + (BQ + kKeyTile - 1) * dp;                // [32, d_h]
+  float* rs = ks + kKeyTile * dp;                          // [BQ + 31, d_h + 1]
+  float* vs = rs + (BQ + kKeyTile - 1) * dp;               // [32, d_h]
 
   for (int idx = threadIdx.x; idx < BQ * d_h; idx += kThreads) {
     const int q = idx / d_h, d = idx % d_h;

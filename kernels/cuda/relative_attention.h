@@ -7,23 +7,23 @@
 // second kernel (flash-decoding), so a single decode token still fills the GPU.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "kernels/cuda/attention_plan.h"
 
 namespace mnemo::kernels::cuda {
 
 struct RelativeAttentionLaunch {
-  const AttentionSequence* seqs;       // device
-  const AttentionWorkItem* items;      // device
+  const AttentionSequence* seqs;         // device
+  const AttentionWorkItem* items;        // device
   const AttentionCombineItem* combines;  // device
   int num_items;
   int num_combines;
-  int query_tile;     // the plan's
-  float* partials;    // device [partial_rows, H, d_h + 2] (unused when num_combines = 0)
-  const float* rel;   // [P, W]: row p = W_r · sinusoid(p); rows ≥ min(M + T − 1, clamp) + 1
+  int query_tile;    // the plan's
+  float* partials;   // device [partial_rows, H, d_h + 2] (unused when num_combines = 0)
+  const float* rel;  // [P, W]: row p = W_r · sinusoid(p); rows ≥ min(M + T − 1, clamp) + 1
   const float* r_w_bias;  // [H, d_h]
   const float* r_r_bias;  // [H, d_h]
   int num_heads;

@@ -13,10 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "gtest/gtest.h"
-
 #include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
+#include "gtest/gtest.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/convert.h"
 #include "tests/test_checkpoint.h"
@@ -45,8 +44,8 @@ void ExpectPlanCovers(const std::vector<kc::AttentionShapeInput>& seqs, int head
     for (int q = 0; q < item.q_count; ++q) {
       const int64_t i = item.q_begin + q;
       ASSERT_LT(i, s.query_len);
-      const int64_t first = kc::FirstVisibleKey(i, s.memory_len, s.query_len, mem_len_max,
-                                                same_length);
+      const int64_t first =
+          kc::FirstVisibleKey(i, s.memory_len, s.query_len, mem_len_max, same_length);
       for (int64_t j = std::max(item.k_begin, first); j < item.k_end && j <= s.memory_len + i;
            ++j) {
         EXPECT_TRUE(seen.insert({item.seq, i, j}).second) << "key visited twice";
@@ -59,8 +58,8 @@ void ExpectPlanCovers(const std::vector<kc::AttentionShapeInput>& seqs, int head
   int64_t expected = 0;
   for (size_t b = 0; b < seqs.size(); ++b) {
     for (int64_t i = 0; i < seqs[b].query_len; ++i) {
-      const int64_t first = kc::FirstVisibleKey(i, seqs[b].memory_len, seqs[b].query_len,
-                                                mem_len_max, same_length);
+      const int64_t first =
+          kc::FirstVisibleKey(i, seqs[b].memory_len, seqs[b].query_len, mem_len_max, same_length);
       expected += std::max<int64_t>(0, seqs[b].memory_len + i - first + 1);
     }
   }
@@ -98,7 +97,8 @@ TEST(CudaAttentionPlanTest, DecodeUsesOneQueryTilesAndSplitsLongMemories) {
 TEST(CudaAttentionPlanTest, DecodeGridDependsOnlyOnTheBatch) {
   // A recorded decode step replays one grid while memories fill: same items and partial rows for
   // every fill level, only the key ranges move.
-  const kc::AttentionPlan full = kc::PlanRelativeAttention({{1, 600}, {1, 600}}, 8, 600, false, 264);
+  const kc::AttentionPlan full =
+      kc::PlanRelativeAttention({{1, 600}, {1, 600}}, 8, 600, false, 264);
   for (int64_t fill : {0, 1, 100, 599}) {
     for (bool same_length : {false, true}) {
       const kc::AttentionPlan plan =
@@ -181,8 +181,13 @@ class CudaBackendTest : public ::testing::Test {
 
 TEST_F(CudaBackendTest, LinearMatchesCpu) {
   // rows = 1 runs the own matrix-vector kernel (or cuBLAS's where in % 4 ≠ 0); more rows GEMM.
-  for (auto [rows, in, out] : {std::tuple{1, 64, 96}, {1, 1024, 3072}, {1, 4096, 1023},
-                               {1, 33, 7}, {1, 128, 32001}, {7, 33, 5}, {130, 257, 129},
+  for (auto [rows, in, out] : {std::tuple{1, 64, 96},
+                               {1, 1024, 3072},
+                               {1, 4096, 1023},
+                               {1, 33, 7},
+                               {1, 128, 32001},
+                               {7, 33, 5},
+                               {130, 257, 129},
                                {512, 128, 64}}) {
     for (bool with_bias : {false, true}) {
       const Tensor x = Random({rows, in}), w = Random({out, in}), b = Random({out});
@@ -357,16 +362,16 @@ struct AttentionCase {
 
 TEST_F(CudaAttentionTest, RelativeAttentionMatchesCpu) {
   const std::vector<AttentionCase> cases = {
-      {2, 32, 16, 0, false, {{1, 0}}},                       // empty memory, decode
-      {2, 32, 16, 0, false, {{1, 9}}},                       // partial memory
-      {4, 64, 16, 0, false, {{1, 40}}},                      // full, wrapped ring
-      {1, 8, 12, 0, false, {{5, 12}, {1, 3}, {17, 0}}},     // ragged batch, mixed fill
-      {3, 40, 20, 7, false, {{13, 25}}},                     // clamp_len, d_h not /32
-      {2, 64, 20, 0, true, {{9, 20}, {30, 8}, {1, 20}}},    // same_length
-      {2, 128, 32, 0, true, {{64, 32}}},                     // d_h 128
-      {16, 64, 1600, 1000, true, {{1, 1600}}},               // wt103-like decode (split)
+      {2, 32, 16, 0, false, {{1, 0}}},                         // empty memory, decode
+      {2, 32, 16, 0, false, {{1, 9}}},                         // partial memory
+      {4, 64, 16, 0, false, {{1, 40}}},                        // full, wrapped ring
+      {1, 8, 12, 0, false, {{5, 12}, {1, 3}, {17, 0}}},        // ragged batch, mixed fill
+      {3, 40, 20, 7, false, {{13, 25}}},                       // clamp_len, d_h not /32
+      {2, 64, 20, 0, true, {{9, 20}, {30, 8}, {1, 20}}},       // same_length
+      {2, 128, 32, 0, true, {{64, 32}}},                       // d_h 128
+      {16, 64, 1600, 1000, true, {{1, 1600}}},                 // wt103-like decode (split)
       {4, 64, 300, 0, false, {{100, 300}, {1, 300}, {1, 0}}},  // prefill + decode mix
-      {2, 16, 8, 0, true, {{40, 0}}},                        // same_length masks whole rows
+      {2, 16, 8, 0, true, {{40, 0}}},                          // same_length masks whole rows
   };
   for (const AttentionCase& c : cases) {
     const int64_t w = static_cast<int64_t>(c.heads) * c.head_dim;
@@ -398,8 +403,8 @@ TEST_F(CudaAttentionTest, RelativeAttentionMatchesCpu) {
     for (size_t b = 0; b < c.seqs.size(); ++b) {
       EXPECT_TRUE(test::NearRelative(Down(out_gpu[b]), Values(out_cpu[b]), kOpTol))
           << "heads " << c.heads << " d_h " << c.head_dim << " seq " << b << " T "
-          << c.seqs[b].first << " fill " << c.seqs[b].second << " same_length "
-          << c.same_length << " clamp " << c.clamp;
+          << c.seqs[b].first << " fill " << c.seqs[b].second << " same_length " << c.same_length
+          << " clamp " << c.clamp;
     }
   }
 }

@@ -88,8 +88,8 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
-                            const Tensor& beta, float eps, Tensor& normed) override {
+  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma, const Tensor& beta,
+                            float eps, Tensor& normed) override {
     const int64_t rows = x.dim(0), n = x.dim(1);
     float* xp = x.data<float>();
     const float* dp = delta.data<float>();
@@ -97,8 +97,8 @@ class CpuBackend final : public Backend {
     pool_.ParallelFor(rows, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         kernels::AddVectors(xp + r * n, dp + r * n, xp + r * n, n);
-        kernels::LayerNormRow(xp + r * n, gamma.data<float>(), beta.data<float>(), eps,
-                              yp + r * n, n);
+        kernels::LayerNormRow(xp + r * n, gamma.data<float>(), beta.data<float>(), eps, yp + r * n,
+                              n);
       }
     });
     return absl::OkStatus();

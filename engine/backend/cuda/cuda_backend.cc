@@ -47,11 +47,11 @@ constexpr size_t kMaxRecordings = 16;
 struct Recording {
   enum class State { kNew, kMeasured, kRecorded, kFailed };
   State state = State::kNew;
-  size_t device_bytes = 0;  // arena: every tensor the step allocates
-  size_t stage_bytes = 0;   // host inputs (ids, attention work lists, append slots)
-  size_t output_bytes = 0;  // CopyToHost results
+  size_t device_bytes = 0;       // arena: every tensor the step allocates
+  size_t stage_bytes = 0;        // host inputs (ids, attention work lists, append slots)
+  size_t output_bytes = 0;       // CopyToHost results
   std::shared_ptr<void> device;  // arena; tensors of replays alias it
-  std::shared_ptr<void> stage;   // device mirror of `pinned_stage`, filled by the graph's first node
+  std::shared_ptr<void> stage;  // device mirror of `pinned_stage`, filled by the graph's first node
   void* pinned_stage = nullptr;
   void* pinned_output = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -107,8 +107,8 @@ class CudaBackend final : public Backend {
     ASSIGN_OR_RETURN(Tensor t, NewTensor(host.dtype(), host.shape()));
     // Pageable source: the copy is complete (staged) when the stream reaches it; wait so the
     // caller may free the host buffer at once. Not a hot path (weights, state restore).
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.raw(), host.raw(), host.bytes(),
-                                               cudaMemcpyHostToDevice, ctx_.stream()));
+    MNEMO_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(t.raw(), host.raw(), host.bytes(), cudaMemcpyHostToDevice, ctx_.stream()));
     MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
     return t;
   }
@@ -274,8 +274,8 @@ class CudaBackend final : public Backend {
     });
   }
 
-  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
-                            const Tensor& beta, float eps, Tensor& normed) override {
+  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma, const Tensor& beta,
+                            float eps, Tensor& normed) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     float* xp = x.data<float>();
@@ -354,9 +354,8 @@ class CudaBackend final : public Backend {
                       std::max<int64_t>(m.capacity(), 1), m.start()});
       shapes.push_back({a.qkv->dim(0), m.size()});
     }
-    const kc::AttentionPlan plan =
-        kc::PlanRelativeAttention(shapes, first.num_heads, first.mem_len_max, first.same_length,
-                                  2 * ctx_.multiprocessors());
+    const kc::AttentionPlan plan = kc::PlanRelativeAttention(
+        shapes, first.num_heads, first.mem_len_max, first.same_length, 2 * ctx_.multiprocessors());
     // One upload: sequences | work items | combine items.
     const size_t seq_bytes = Align16(seqs.size() * sizeof(kc::AttentionSequence));
     const size_t item_bytes = Align16(plan.items.size() * sizeof(kc::AttentionWorkItem));
@@ -429,10 +428,9 @@ class CudaBackend final : public Backend {
     auto* table = static_cast<void**>(staged.raw());
     Note({12, Addr(table), n, U(width)});
     return Launch([this, table, n, width] {
-      MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(reinterpret_cast<const float* const*>(table),
-                                                      reinterpret_cast<float* const*>(table + n),
-                                                      static_cast<int64_t>(n), width,
-                                                      ctx_.stream()));
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(
+          reinterpret_cast<const float* const*>(table), reinterpret_cast<float* const*>(table + n),
+          static_cast<int64_t>(n), width, ctx_.stream()));
       return absl::OkStatus();
     });
   }
@@ -626,9 +624,9 @@ class CudaBackend final : public Backend {
     std::vector<cudaGraphNode_t> roots(count);
     MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphGetRootNodes(graph, roots.data(), &count));
     cudaGraphNode_t copy = nullptr;
-    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphAddMemcpyNode1D(&copy, graph, nullptr, 0,
-                                                        rec_->stage.get(), rec_->pinned_stage,
-                                                        stage_used_, cudaMemcpyHostToDevice));
+    MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphAddMemcpyNode1D(&copy, graph, nullptr, 0, rec_->stage.get(),
+                                                        rec_->pinned_stage, stage_used_,
+                                                        cudaMemcpyHostToDevice));
     for (cudaGraphNode_t root : roots) {
       MNEMO_CUDA_RETURN_IF_ERROR(cudaGraphAddDependencies(graph, &copy, &root, nullptr, 1));
     }
@@ -655,8 +653,7 @@ class CudaBackend final : public Backend {
       }
       void* p = static_cast<char*>(rec_->device.get()) + device_used_;
       device_used_ += need;
-      return Tensor(std::shared_ptr<void>(rec_->device, p), dtype, Device::kCuda,
-                    std::move(shape));
+      return Tensor(std::shared_ptr<void>(rec_->device, p), dtype, Device::kCuda, std::move(shape));
     }
     if (mode_ == Mode::kMeasure) device_used_ += Align256(bytes);
     ASSIGN_OR_RETURN(std::shared_ptr<void> buffer, ctx_.Allocate(bytes));
@@ -683,7 +680,7 @@ class CudaBackend final : public Backend {
     std::memcpy(pinned, data, bytes);
     Note({13, offset, bytes});
     // Not captured (the prepended copy does it); kept for a step that falls back to eager.
-    deferred_.push_back([this, dst, pinned, bytes] {
+    deferred_.emplace_back([this, dst, pinned, bytes] {
       MNEMO_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(dst, pinned, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
       return absl::OkStatus();

@@ -11,8 +11,8 @@ absl::Status CudaStatus(cudaError_t err, const char* expr, const char* file, int
   // check (cudaGetLastError) would report again: it is handled here, so clear it (non-sticky
   // errors only; a sticky one keeps failing every call, as it must).
   cudaGetLastError();
-  const std::string message = absl::StrCat(file, ":", line, ": ", expr, ": ",
-                                           cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  const std::string message = absl::StrCat(file, ":", line, ": ", expr, ": ", cudaGetErrorName(err),
+                                           " (", cudaGetErrorString(err), ")");
   if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
   if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver ||
       err == cudaErrorInvalidDevice) {

@@ -2,8 +2,9 @@
 // RESOURCE_EXHAUSTED (a server answers it as such); everything else INTERNAL.
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include <cublas_v2.h>
 
 #include "absl/status/status.h"
 
@@ -22,10 +23,10 @@ absl::Status CublasStatus(cublasStatus_t err, const char* expr, const char* file
     }                                                                                       \
   } while (0)
 
-#define MNEMO_CUBLAS_RETURN_IF_ERROR(expr)                                                        \
-  do {                                                                                            \
-    const cublasStatus_t mnemo_cublas_err_ = (expr);                                              \
-    if (mnemo_cublas_err_ != CUBLAS_STATUS_SUCCESS) {                                             \
-      return ::mnemo::engine::cuda::CublasStatus(mnemo_cublas_err_, #expr, __FILE__, __LINE__);   \
-    }                                                                                             \
+#define MNEMO_CUBLAS_RETURN_IF_ERROR(expr)                                                      \
+  do {                                                                                          \
+    const cublasStatus_t mnemo_cublas_err_ = (expr);                                            \
+    if (mnemo_cublas_err_ != CUBLAS_STATUS_SUCCESS) {                                           \
+      return ::mnemo::engine::cuda::CublasStatus(mnemo_cublas_err_, #expr, __FILE__, __LINE__); \
+    }                                                                                           \
   } while (0)

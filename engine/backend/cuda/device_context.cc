@@ -22,8 +22,8 @@ absl::StatusOr<DeviceContext*> DeviceContext::Get(int ordinal) {
     count = 0;
   }
   if (ordinal < 0 || ordinal >= count) {
-    return absl::UnavailableError(absl::StrCat("CUDA device ", ordinal, " not present (", count,
-                                               " device(s) visible)"));
+    return absl::UnavailableError(
+        absl::StrCat("CUDA device ", ordinal, " not present (", count, " device(s) visible)"));
   }
   auto* context = new DeviceContext(ordinal);
   if (absl::Status status = context->Init(); !status.ok()) {

@@ -10,6 +10,8 @@
 // comes from batching.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -17,7 +19,6 @@
 #include <vector>
 
 #include <cublas_v2.h>
-#include <cuda_runtime.h>
 
 #include "absl/status/statusor.h"
 
