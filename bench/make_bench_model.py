@@ -65,7 +65,7 @@ def bench_config(args):
         "layer_norm_epsilon": 1e-5,
         "memory_init": "zeros",
         "tie_word_embeddings": True,
-        "torch_dtype": "float32",
+        "torch_dtype": args.dtype,
     }
 
 
@@ -105,6 +105,10 @@ def random_state_dict(config, seed, std):
     return {name: t.contiguous() for name, t in model.state_dict().items()}
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
 def make(out, config, seed, std):
     """Writes the checkpoint unless it is there already; returns its line."""
     from safetensors.torch import save_file
@@ -121,7 +125,10 @@ def make(out, config, seed, std):
         for name in (STAMP_FILE, CONFIG_FILE):  # invalidate first
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
-        tensors = random_state_dict(config, seed, std)
+        # Same draws for every dtype; a 16-bit checkpoint stores them rounded.
+        dtype = DTYPES[config["torch_dtype"]]
+        tensors = {name: t.to(dtype).contiguous()
+                   for name, t in random_state_dict(config, seed, std).items()}
         tmp = os.path.join(out, WEIGHTS_FILE + ".tmp")
         save_file(tensors, tmp)
         os.replace(tmp, os.path.join(out, WEIGHTS_FILE))
@@ -158,6 +165,9 @@ def main(argv=None):
                     default=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-std", type=float, default=0.02)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                    help="storage type of every tensor (mnemo's CUDA backend keeps "
+                         "16-bit weights as they are)")
     args = ap.parse_args(argv)
     line = make(args.out, bench_config(args), args.seed, args.init_std)
     print(json.dumps(line), flush=True)

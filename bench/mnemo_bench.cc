@@ -256,18 +256,24 @@ std::string DeviceMemoryJson(const TransfoXlModel& model) {
       ",\"device_total_mib\":", Num(static_cast<double>(info.total_bytes) / (1 << 20)));
 }
 
-// Bytes one decode step (T = 1, memory of `memory_rows` positions) must read at least.
-std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows) {
+// Bytes one decode step (T = 1, memory of `memory_rows` positions) must read at least. Weight
+// matrices and embeddings count at `matrix_bytes` per value (2 when a device backend keeps a
+// 16-bit checkpoint's type), everything else at 4.
+std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows,
+                            int64_t matrix_bytes) {
   const int64_t d = c.d_model, w = c.attn_width(), f = c.d_inner;
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
-  const int64_t per_layer_weights = 3 * w * d + d * w + f * d + d * f  // qkv, o, fc1, fc2
-                                    + f + d + 4 * d + 2 * w;  // biases, two LayerNorms, u, v
-  const int64_t weights = c.n_layer * per_layer_weights + c.vocab_size * d + c.vocab_size + d;
-  const int64_t memory = c.n_layer * (2 * memory_rows * w                         // keys, values
-                                      + (std::min(memory_rows, clamp) + 1) * w);  // table rows
-  return absl::StrCat("\"bytes_per_token\":", (weights + memory) * 4,
-                      ",\"weight_bytes_per_token\":", weights * 4,
-                      ",\"memory_bytes_per_token\":", memory * 4);
+  const int64_t matrices = c.n_layer * (3 * w * d + d * w + f * d + d * f)  // qkv, o, fc1, fc2
+                           + c.vocab_size * d;                              // output layer
+  const int64_t vectors = c.n_layer * (f + d + 4 * d + 2 * w)  // biases, LayerNorms, u, v
+                          + c.vocab_size + d;                  // output bias, embedding row
+  const int64_t weights = matrices * matrix_bytes + vectors * 4;
+  const int64_t memory = 4 * c.n_layer *
+                         (2 * memory_rows * w                         // keys, values
+                          + (std::min(memory_rows, clamp) + 1) * w);  // distance-table rows
+  return absl::StrCat("\"bytes_per_token\":", weights + memory,
+                      ",\"weight_bytes_per_token\":", weights,
+                      ",\"memory_bytes_per_token\":", memory);
 }
 
 std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
@@ -340,14 +346,17 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
     const auto t1 = Clock::now();
     rates.push_back(static_cast<double>(o.decode_steps) / Seconds(t0, t1));
   }
-  std::printf("{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
-              ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
-              "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
-              c.mem_len, SummaryJson(Summarise(rates)).c_str(),
-              Num(1e3 / Summarise(rates).median).c_str(), o.runs, o.decode_steps, o.warmup * 8,
-              Num(ProcStatusMib("VmHWM")).c_str(),
-              DecodeBytesJson(c, state.layers().empty() ? 0 : state.layers()[0].size()).c_str(),
-              CommonJson(model, state).c_str());
+  std::printf(
+      "{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
+      ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
+      "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
+      c.mem_len, SummaryJson(Summarise(rates)).c_str(), Num(1e3 / Summarise(rates).median).c_str(),
+      o.runs, o.decode_steps, o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(),
+      DecodeBytesJson(
+          c, state.layers().empty() ? 0 : state.layers()[0].size(),
+          model.backend().device() != engine::Device::kCpu && c.dtype != DType::kF32 ? 2 : 4)
+          .c_str(),
+      CommonJson(model, state).c_str());
   return 0;
 }
 

@@ -256,6 +256,16 @@ def print_summary(info, res, d, runner, out_path, t_start):
         line = first(res[f"mnemo_batched{b}"])
         parts.append(f"B={b} {fmt(median(line.get('tokens_per_s')), '.0f')}")
     print("mnemo batched decode, tok/s: " + ", ".join(parts), file=out)
+    dec16 = first(res.get("mnemo_bf16_decode", []))
+    pre16 = first(res.get("mnemo_bf16_prefill512", []))
+    ms16 = ms_per_token(dec16)
+    bpt16 = num(dec16.get("bytes_per_token"))
+    ideal16 = (bpt16 / (d["d2d_copy_gb_s"] * 1e9) * 1e3
+               if bpt16 and d.get("d2d_copy_gb_s") else None)
+    print(f"mnemo bf16 weights: decode {fmt(ms16, '.3f')} ms/token "
+          f"({fmt(bpt16 / 1e6 if bpt16 else None)} MB/token, measured/ideal = "
+          f"{fmt(ms16 / ideal16 if ms16 and ideal16 else None, '.2f')}), prefill S=512 "
+          f"{fmt(median(pre16.get('tokens_per_s')), '.0f')} tok/s", file=out)
     errors = [l for l in runner.lines if "error" in l]
     for l in errors:
         print(f"ERROR {l['step']}: {l['error']}", file=out)
@@ -321,6 +331,21 @@ def main(argv=None):
             {"impl": "mnemo", "figure": "batched-decode", "batch": b},
             mnemo + ["--figure", "batched-decode", "--batch", str(b)]
             + mnemo_runs, 120)
+
+    # The same draws stored as bfloat16: mnemo keeps 16-bit weights on the GPU (decode reads
+    # half the bytes; prefill runs on the tensor cores with activations rounded to bf16).
+    bf16_dir = args.model_dir.rstrip("/") + "-bf16"
+    runner.step("model bf16", {"impl": "model", "figure": "checkpoint", "dtype": "bfloat16"},
+                [py, "bench/make_bench_model.py", "--out", bf16_dir, "--dtype", "bfloat16"],
+                240)
+    mnemo16 = [mnemo_bench, "--model", bf16_dir, "--device", "cuda"]
+    res["mnemo_bf16_decode"] = runner.step(
+        "mnemo bf16 decode", {"impl": "mnemo", "figure": "decode", "dtype": "bfloat16"},
+        mnemo16 + ["--figure", "decode", "--decode-steps", "64"] + mnemo_runs, 120)
+    res["mnemo_bf16_prefill512"] = runner.step(
+        "mnemo bf16 prefill S=512",
+        {"impl": "mnemo", "figure": "prefill", "segment": 512, "dtype": "bfloat16"},
+        mnemo16 + ["--figure", "prefill", "--segment", "512"] + mnemo_runs, 120)
 
     peer = [py, "bench/peer_pytorch_gpu.py", "--ckpt-dir", args.model_dir]
     peer_tag = {"impl": "pytorch_reference"}

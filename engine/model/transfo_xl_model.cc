@@ -35,38 +35,47 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend) {
-  const ModelConfig& c = config;
-  const int64_t hd = c.attn_width();
-  // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN): the
-  // inputs are taken from the host weights before they move to the device.
-  std::vector<Tensor> zero_inputs;
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
-    if (c.pre_lnorm) {
-      const Tensor& beta = weights.layers[l].attn_ln_beta;
-      std::memcpy(zero_in.raw(), beta.raw(), beta.bytes());
-    }
-    zero_inputs.push_back(std::move(zero_in));
-  }
-  Backend& be = *backend;
-  if (be.device() != Device::kCpu) {
-    ASSIGN_OR_RETURN(weights, CopyWeightsTo(weights, be));
-  }
   std::unique_ptr<TransfoXlModel> model(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
+  const ModelConfig& c = model->config_;
+  const int64_t hd = c.attn_width();
+  // The distance tables and the projection of a zero hidden row (the "zeros" memory) are
+  // computed once, in float32 from the host weights, on the CPU backend, whatever the model's
+  // device: every backend then starts from the same tables, bit for bit.
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
-  ASSIGN_OR_RETURN(const Tensor sinusoids, be.CopyFromHost(model->Sinusoids(rows)));
+  const Tensor sinusoids = model->Sinusoids(rows);
+  std::vector<Tensor> tables, zero_keys, zero_values;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
-    ASSIGN_OR_RETURN(Tensor table, be.AllocateUninitialized(DType::kF32, {rows, hd}));
-    RETURN_IF_ERROR(be.Linear(sinusoids, lw.r, nullptr, table));
-    model->rel_tables_.push_back(std::move(table));
-    ASSIGN_OR_RETURN(const Tensor zero_in, be.CopyFromHost(zero_inputs[l]));
-    ASSIGN_OR_RETURN(Tensor k, be.AllocateUninitialized(DType::kF32, {1, hd}));
-    ASSIGN_OR_RETURN(Tensor v, be.AllocateUninitialized(DType::kF32, {1, hd}));
+    Tensor table = Tensor::Empty(DType::kF32, {rows, hd});
+    RETURN_IF_ERROR(cpu->Linear(sinusoids, lw.r, nullptr, table));
+    tables.push_back(std::move(table));
+    // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN).
+    Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
+    if (c.pre_lnorm) std::memcpy(zero_in.raw(), lw.attn_ln_beta.raw(), lw.attn_ln_beta.bytes());
+    Tensor k = Tensor::Empty(DType::kF32, {1, hd}), v = Tensor::Empty(DType::kF32, {1, hd});
     // Rows hd … 3·hd − 1 of the fused projection are W_k and W_v.
-    RETURN_IF_ERROR(be.Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, k));
-    RETURN_IF_ERROR(be.Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, v));
+    RETURN_IF_ERROR(cpu->Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, k));
+    RETURN_IF_ERROR(cpu->Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, v));
+    zero_keys.push_back(std::move(k));
+    zero_values.push_back(std::move(v));
+  }
+  Backend& be = *model->backend_;
+  if (be.device() == Device::kCpu) {
+    model->rel_tables_ = std::move(tables);
+    model->zero_keys_ = std::move(zero_keys);
+    model->zero_values_ = std::move(zero_values);
+    return model;
+  }
+  // Device backends keep the checkpoint's own weight type (16-bit checkpoints: half the bytes
+  // per decode step, tensor-core prefill); the CPU backend computes from float32.
+  ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    ASSIGN_OR_RETURN(Tensor table, be.CopyFromHost(tables[l]));
+    ASSIGN_OR_RETURN(Tensor k, be.CopyFromHost(zero_keys[l]));
+    ASSIGN_OR_RETURN(Tensor v, be.CopyFromHost(zero_values[l]));
+    model->rel_tables_.push_back(std::move(table));
     model->zero_keys_.push_back(std::move(k));
     model->zero_values_.push_back(std::move(v));
   }

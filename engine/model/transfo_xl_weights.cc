@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -128,38 +129,59 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
 
 }  // namespace
 
-absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend) {
-  std::map<const void*, Tensor> copied;  // host buffer → its device copy
-  auto copy = [&](const Tensor& host) -> absl::StatusOr<Tensor> {
-    auto it = copied.find(host.raw());
+namespace {
+
+// A host copy of a float32 tensor narrowed to bf16/f16 (round to nearest even; exact when the
+// values came from that type, as a 16-bit checkpoint's do).
+Tensor Narrowed(const Tensor& host, DType dtype) {
+  Tensor out = Tensor::Empty(dtype, host.shape());
+  const float* src = host.data<float>();
+  auto* dst = out.data<uint16_t>();
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    dst[i] = dtype == DType::kBF16 ? FloatToBFloat16(src[i]) : FloatToHalf(src[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
+                                               DType matrix_dtype) {
+  std::map<std::pair<const void*, bool>, Tensor> copied;  // (host buffer, matrix) → device copy
+  auto copy = [&](const Tensor& host, bool matrix) -> absl::StatusOr<Tensor> {
+    auto it = copied.find({host.raw(), matrix});
     if (it != copied.end() && it->second.shape() == host.shape()) return it->second;
-    ASSIGN_OR_RETURN(Tensor device, backend.CopyFromHost(host));
-    copied[host.raw()] = device;
+    const bool narrow = matrix && (matrix_dtype == DType::kBF16 || matrix_dtype == DType::kF16);
+    ASSIGN_OR_RETURN(Tensor device,
+                     backend.CopyFromHost(narrow ? Narrowed(host, matrix_dtype) : host));
+    copied[{host.raw(), matrix}] = device;
     return device;
   };
   TransfoXlWeights out;
-  ASSIGN_OR_RETURN(out.word_emb, copy(weights.word_emb));
+  ASSIGN_OR_RETURN(out.word_emb, copy(weights.word_emb, true));
   for (const TransfoXlLayerWeights& lw : weights.layers) {
     TransfoXlLayerWeights d;
     for (auto [src, dst] : {std::pair{&lw.qkv, &d.qkv},
                             {&lw.r, &d.r},
                             {&lw.o, &d.o},
-                            {&lw.attn_ln_gamma, &d.attn_ln_gamma},
+                            {&lw.fc1, &d.fc1},
+                            {&lw.fc2, &d.fc2}}) {
+      ASSIGN_OR_RETURN(*dst, copy(*src, true));
+    }
+    for (auto [src, dst] : {std::pair{&lw.attn_ln_gamma, &d.attn_ln_gamma},
                             {&lw.attn_ln_beta, &d.attn_ln_beta},
                             {&lw.r_w_bias, &d.r_w_bias},
                             {&lw.r_r_bias, &d.r_r_bias},
-                            {&lw.fc1, &d.fc1},
                             {&lw.fc1_bias, &d.fc1_bias},
-                            {&lw.fc2, &d.fc2},
                             {&lw.fc2_bias, &d.fc2_bias},
                             {&lw.ff_ln_gamma, &d.ff_ln_gamma},
                             {&lw.ff_ln_beta, &d.ff_ln_beta}}) {
-      ASSIGN_OR_RETURN(*dst, copy(*src));
+      ASSIGN_OR_RETURN(*dst, copy(*src, false));
     }
     out.layers.push_back(std::move(d));
   }
-  ASSIGN_OR_RETURN(out.lm_head, copy(weights.lm_head));
-  ASSIGN_OR_RETURN(out.lm_head_bias, copy(weights.lm_head_bias));
+  ASSIGN_OR_RETURN(out.lm_head, copy(weights.lm_head, true));
+  ASSIGN_OR_RETURN(out.lm_head_bias, copy(weights.lm_head_bias, false));
   return out;
 }
 

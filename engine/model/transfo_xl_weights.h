@@ -43,8 +43,11 @@ absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       std::shared_ptr<const SafetensorsFile> file);
 
-// A copy of host weights on `backend`'s device. Tensors that share a buffer (a tied output
+// A copy of host weights on `backend`'s device. The weight matrices and embeddings are stored as
+// `matrix_dtype` (float32, or bf16/f16: the checkpoint's own type, so narrowing is exact);
+// biases, LayerNorms and the r biases stay float32. Tensors that share a buffer (a tied output
 // embedding, r biases shared across layers) still share one device buffer.
-absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend);
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
+                                               DType matrix_dtype);
 
 }  // namespace mnemo::engine

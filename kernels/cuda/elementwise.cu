@@ -1,5 +1,8 @@
 #include <cmath>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "kernels/cuda/elementwise.h"
 
 namespace mnemo::kernels::cuda {
@@ -25,12 +28,25 @@ __device__ float BlockSum(float v, float* shared) {
   return v;
 }
 
-__global__ void EmbeddingKernel(const float* table, const int32_t* ids, int64_t dim, float scale,
+__device__ __forceinline__ float Widen(float v) { return v; }
+__device__ __forceinline__ float Widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float Widen(__half v) { return __half2float(v); }
+
+template <typename T>
+__global__ void EmbeddingKernel(const T* table, const int32_t* ids, int64_t dim, float scale,
                                 float* y) {
   const int64_t n = blockIdx.x;
-  const float* src = table + static_cast<int64_t>(ids[n]) * dim;
+  const T* src = table + static_cast<int64_t>(ids[n]) * dim;
   float* dst = y + n * dim;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i] * scale;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = Widen(src[i]) * scale;
+}
+
+__global__ void NarrowKernel(const float* src, uint16_t* dst, int64_t n, bool to_bf16) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = to_bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(src[i]))
+                     : __half_as_ushort(__float2half_rn(src[i]));
+  }
 }
 
 __global__ void LayerNormKernel(const float* x, const float* gamma, const float* beta, float eps,
@@ -113,10 +129,31 @@ __global__ void CopyRowsIndirectKernel(const float* const* src, float* const* ds
 
 }  // namespace
 
-cudaError_t EmbeddingGather(const float* table, const int32_t* ids, int64_t count, int64_t dim,
-                            float scale, float* y, cudaStream_t stream) {
+cudaError_t EmbeddingGather(const void* table, int table_type, const int32_t* ids, int64_t count,
+                            int64_t dim, float scale, float* y, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  EmbeddingKernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(table, ids, dim, scale, y);
+  const unsigned blocks = static_cast<unsigned>(count);
+  switch (table_type) {
+    case 0:
+      EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(table), ids, dim,
+                                                       scale, y);
+      break;
+    case 1:
+      EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(table),
+                                                       ids, dim, scale, y);
+      break;
+    default:
+      EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(table), ids, dim,
+                                                       scale, y);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t NarrowFloat(const float* src, uint16_t* dst, int64_t n, bool to_bf16,
+                        cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  NarrowKernel<<<Blocks(n), kThreads, 0, stream>>>(src, dst, n, to_bf16);
   return cudaGetLastError();
 }
 

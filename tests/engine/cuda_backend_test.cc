@@ -8,6 +8,7 @@
 // (summation order differs; float32 rounding is ~1e-7 per add); whole-model logits ≤ 1e-4.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <set>
 #include <string>
@@ -199,6 +200,59 @@ TEST_F(CudaBackendTest, LinearMatchesCpu) {
       EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol))
           << rows << "x" << in << "→" << out << " bias " << with_bias;
     }
+  }
+}
+
+// 16-bit weights (bf16/f16 checkpoints keep their type on the GPU): a single row runs the
+// matrix-vector kernel, which widens each weight exactly, so it matches float32 arithmetic on the
+// same values; more rows run on the tensor cores with the activations rounded to the weight type,
+// which matches the CPU on the rounded activations up to summation order.
+TEST_F(CudaBackendTest, SixteenBitWeightsMatchCpuOnTheSameValues) {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    auto round = [&](float v) {
+      return dtype == DType::kBF16 ? BFloat16ToFloat(FloatToBFloat16(v))
+                                   : HalfToFloat(FloatToHalf(v));
+    };
+    for (auto [rows, in, out] :
+         {std::tuple{1, 1024, 3072}, {1, 40, 9}, {1, 12, 5}, {37, 96, 130}}) {
+      Tensor w = Random({out, in}), x = Random({rows, in});
+      const Tensor b = Random({out});
+      Tensor w16 = Tensor::Empty(dtype, {out, in});
+      for (int64_t i = 0; i < w.numel(); ++i) {
+        w.data<float>()[i] = round(w.data<float>()[i]);
+        w16.data<uint16_t>()[i] = dtype == DType::kBF16 ? FloatToBFloat16(w.data<float>()[i])
+                                                        : FloatToHalf(w.data<float>()[i]);
+      }
+      Tensor x_ref = Tensor::Zeros(DType::kF32, {rows, in});
+      ASSERT_TRUE(cpu_->Copy(x, x_ref).ok());
+      if (rows > 1 || in % 8 != 0) {  // the tensor-core path rounds the activations
+        for (int64_t i = 0; i < x_ref.numel(); ++i) {
+          x_ref.data<float>()[i] = round(x_ref.data<float>()[i]);
+        }
+      }
+      Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, out});
+      ASSERT_TRUE(cpu_->Linear(x_ref, w, &b, y_cpu).ok());
+      Tensor y = Poisoned({rows, out});
+      const Tensor b_dev = Up(b);
+      const absl::Status status = gpu_->Linear(Up(x), Up(w16), &b_dev, y);
+      ASSERT_TRUE(status.ok()) << status;
+      EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol))
+          << DTypeName(dtype) << " " << rows << "x" << in << "→" << out;
+    }
+    // Embedding rows widen exactly.
+    const Tensor table = Random({20, 16});
+    Tensor table16 = Tensor::Empty(dtype, {20, 16}),
+           table_ref = Tensor::Zeros(DType::kF32, {20, 16});
+    for (int64_t i = 0; i < table.numel(); ++i) {
+      const float v = round(table.data<float>()[i]);
+      table_ref.data<float>()[i] = v;
+      table16.data<uint16_t>()[i] = dtype == DType::kBF16 ? FloatToBFloat16(v) : FloatToHalf(v);
+    }
+    const std::vector<int32_t> ids = {3, 19, 0};
+    Tensor e_cpu = Tensor::Zeros(DType::kF32, {3, 16}), e = Poisoned({3, 16});
+    ASSERT_TRUE(cpu_->Embedding(table_ref, ids, 1.5f, e_cpu).ok());
+    ASSERT_TRUE(gpu_->Embedding(Up(table16), ids, 1.5f, e).ok());
+    EXPECT_EQ(Down(e), Values(e_cpu));
   }
 }
 
@@ -484,6 +538,42 @@ TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
       EXPECT_EQ(host->layers()[l].start(), cpu_states[1].layers()[l].start());
       EXPECT_TRUE(test::NearRelative(Values(host->layers()[l].keys()),
                                      Values(cpu_states[1].layers()[l].keys()), kModelTol));
+    }
+  }
+}
+
+// bf16 / f16 checkpoints: the GPU keeps the 16-bit weights, prefill products round their
+// activations to that type (tensor cores, f32 accumulation), decode widens weights exactly. The
+// CPU computes everything in float32 from the same weights. Bounds (max |Δlogit| ÷ max |logit|):
+// activations rounded to an 8-bit (bf16) / 11-bit (f16) mantissa carry 2^-9 / 2^-12 relative
+// error into every product, compounded over the layers and into the memory the decode steps
+// read; 3e-2 and 5e-3 are about 15× those unit errors. The measured values are printed.
+TEST_F(CudaModelTest, SixteenBitCheckpointsStayCloseToTheFloat32Cpu) {
+  for (auto [dtype, tol] : {std::pair{DType::kBF16, 3e-2}, {DType::kF16, 5e-3}}) {
+    for (uint32_t seed = 1; seed <= 4; ++seed) {
+      gpu_ = *MakeCudaBackend(0);
+      ModelConfig config = test::RandomConfig(seed);
+      config.dtype = dtype;
+      LoadBoth(config, seed);
+      ASSERT_NE(gpu_model_, nullptr);
+      SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+      double worst = 0;
+      for (int64_t n : {config.mem_len + 5, int64_t{1}, int64_t{1}, int64_t{7}, int64_t{1}}) {
+        const std::vector<int32_t> tokens = Tokens(n);
+        const std::vector<float> want = Run(*cpu_model_, {&cs}, {tokens}, LogitsMode::kAll);
+        const std::vector<float> got = Run(*gpu_model_, {&gs}, {tokens}, LogitsMode::kAll);
+        ASSERT_EQ(got.size(), want.size());
+        float max_want = 0, max_diff = 0;
+        for (size_t i = 0; i < want.size(); ++i) {
+          max_want = std::max(max_want, std::fabs(want[i]));
+          max_diff = std::max(max_diff, std::fabs(got[i] - want[i]));
+        }
+        worst = std::max(worst, static_cast<double>(max_diff / max_want));
+        ASSERT_TRUE(test::NearRelative(got, want, tol))
+            << DTypeName(dtype) << " config seed " << seed;
+      }
+      std::printf("[ measured ] %s config %u: max |Δlogit| / max |logit| = %.2e (bound %.0e)\n",
+                  DTypeName(dtype), seed, worst, tol);
     }
   }
 }

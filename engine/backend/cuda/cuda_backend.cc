@@ -40,6 +40,18 @@ size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 // Arena allocations are 256-byte aligned, as the pool's are.
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256 + (bytes == 0 ? 256 : 0); }
 
+// The matrix-vector kernel's name for a weight dtype (float32, bfloat16, float16).
+kc::GemvWeights GemvType(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16:
+      return kc::GemvWeights::kBF16;
+    case DType::kF16:
+      return kc::GemvWeights::kF16;
+    default:
+      return kc::GemvWeights::kF32;
+  }
+}
+
 // Recordings kept per backend (one per decode batch size in practice); later keys run eagerly.
 constexpr size_t kMaxRecordings = 16;
 
@@ -205,15 +217,27 @@ class CudaBackend final : public Backend {
     const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
     if (rows == 0) return absl::OkStatus();
     const float* xp = x.data<float>();
-    const float* wp = w.data<float>();
+    const void* wp = w.raw();
     const float* bp = bias != nullptr ? bias->data<float>() : nullptr;
     float* yp = y.data<float>();
-    Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(rows), U(in), U(out)});
-    return Launch([this, xp, wp, bp, yp, rows, in, out] {
-      if (rows == 1 && kc::GemvSupported(wp, xp, in)) {  // a decode step: bandwidth-bound
-        MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, -1, yp, out, in, ctx_.stream()));
+    const DType wt = w.dtype();
+    if (rows == 1 && kc::GemvSupported(GemvType(wt), wp, xp, in)) {  // decode: bandwidth-bound
+      Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(wt)});
+      return Launch([this, xp, wp, bp, yp, in, out, wt] {
+        MNEMO_CUDA_RETURN_IF_ERROR(
+            kc::Gemv(GemvType(wt), wp, xp, bp, -1, yp, out, in, ctx_.stream()));
         return absl::OkStatus();
-      }
+      });
+    }
+    // 16-bit weights: the activations are rounded to the same type and the product runs on the
+    // tensor cores with float32 accumulation.
+    Tensor narrow;
+    if (wt != DType::kF32) {
+      ASSIGN_OR_RETURN(narrow, NewTensor(wt, {rows, in}));
+    }
+    uint16_t* np = narrow.defined() ? narrow.data<uint16_t>() : nullptr;
+    Note({16, Addr(xp), Addr(wp), Addr(bp), Addr(yp), Addr(np), U(rows), U(in), U(out), U(wt)});
+    return Launch([this, xp, wp, bp, yp, np, rows, in, out, wt] {
       float beta = 0.0f;
       if (bp != nullptr) {  // y = bias, then y += x·wᵀ
         MNEMO_CUDA_RETURN_IF_ERROR(kc::FillRows(bp, yp, rows, out, ctx_.stream()));
@@ -221,16 +245,25 @@ class CudaBackend final : public Backend {
       }
       // Row-major y[rows, out] = x · wᵀ is column-major yᵀ[out, rows] = w_cm[in, out]ᵀ · xᵀ.
       const float alpha = 1.0f;
-      if (rows == 1) {  // shapes the own kernel does not take
-        MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemv(ctx_.cublas(), CUBLAS_OP_T, static_cast<int>(in),
-                                                 static_cast<int>(out), &alpha, wp,
-                                                 static_cast<int>(in), xp, 1, &beta, yp, 1));
+      const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(in);
+      if (wt == DType::kF32) {
+        if (rows == 1) {  // shapes the own kernel does not take
+          MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemv(ctx_.cublas(), CUBLAS_OP_T, k, m, &alpha,
+                                                   static_cast<const float*>(wp), k, xp, 1, &beta,
+                                                   yp, 1));
+          return absl::OkStatus();
+        }
+        MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemm(ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, k,
+                                                 &alpha, static_cast<const float*>(wp), k, xp, k,
+                                                 &beta, yp, m));
         return absl::OkStatus();
       }
-      MNEMO_CUBLAS_RETURN_IF_ERROR(cublasSgemm(
-          ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
-          static_cast<int>(in), &alpha, wp, static_cast<int>(in), xp, static_cast<int>(in), &beta,
-          yp, static_cast<int>(out)));
+      const bool bf16 = wt == DType::kBF16;
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::NarrowFloat(xp, np, rows * in, bf16, ctx_.stream()));
+      const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+      MNEMO_CUBLAS_RETURN_IF_ERROR(
+          cublasGemmEx(ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, wp, type, k, np,
+                       type, k, &beta, yp, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       return absl::OkStatus();
     });
   }
@@ -242,14 +275,16 @@ class CudaBackend final : public Backend {
       Lock lock(ctx_);
       RETURN_IF_ERROR(lock.status());
       const float* xp = x.data<float>();
-      const float* wp = w.data<float>();
-      if (x.dim(0) == 1 && kc::GemvSupported(wp, xp, x.dim(1))) {  // one fused kernel
+      const void* wp = w.raw();
+      const DType wt = w.dtype();
+      if (x.dim(0) == 1 && kc::GemvSupported(GemvType(wt), wp, xp, x.dim(1))) {  // one kernel
         const float* bp = bias.data<float>();
         float* yp = y.data<float>();
         const int64_t in = x.dim(1), out = w.dim(0);
-        Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(kind)});
-        return Launch([this, xp, wp, bp, yp, in, out, kind] {
-          MNEMO_CUDA_RETURN_IF_ERROR(kc::Gemv(wp, xp, bp, kind, yp, out, in, ctx_.stream()));
+        Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(kind), U(wt)});
+        return Launch([this, xp, wp, bp, yp, in, out, kind, wt] {
+          MNEMO_CUDA_RETURN_IF_ERROR(
+              kc::Gemv(GemvType(wt), wp, xp, bp, kind, yp, out, in, ctx_.stream()));
           return absl::OkStatus();
         });
       }
@@ -325,13 +360,15 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     ASSIGN_OR_RETURN(Tensor staged, Stage(ids.data(), ids.size() * sizeof(int32_t)));
-    const float* tp = table.data<float>();
+    const void* tp = table.raw();
+    const int type = table.dtype() == DType::kBF16 ? 1 : (table.dtype() == DType::kF16 ? 2 : 0);
     const int32_t* ip = staged.data<int32_t>();
     float* yp = y.data<float>();
     const int64_t count = static_cast<int64_t>(ids.size()), dim = table.dim(1);
-    Note({10, Addr(tp), Addr(ip), Addr(yp), U(count), U(dim)});
-    return Launch([this, tp, ip, yp, count, dim, scale] {
-      MNEMO_CUDA_RETURN_IF_ERROR(kc::EmbeddingGather(tp, ip, count, dim, scale, yp, ctx_.stream()));
+    Note({10, Addr(tp), U(type), Addr(ip), Addr(yp), U(count), U(dim)});
+    return Launch([this, tp, type, ip, yp, count, dim, scale] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          kc::EmbeddingGather(tp, type, ip, count, dim, scale, yp, ctx_.stream()));
       return absl::OkStatus();
     });
   }
