@@ -504,7 +504,9 @@ class CudaModelTest : public CudaBackendTest {
 TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
   for (uint32_t seed = 1; seed <= 12; ++seed) {
     gpu_ = *MakeCudaBackend(0);
-    const ModelConfig config = test::RandomConfig(seed);
+    ModelConfig config = test::RandomConfig(seed);
+    // The float32 oracle path (16-bit checkpoints keep their type on the GPU: tested below).
+    config.dtype = DType::kF32;
     LoadBoth(config, seed);
     ASSERT_NE(gpu_model_, nullptr);
     // Three sessions of different fill levels, advanced together: prefill segments of ragged
