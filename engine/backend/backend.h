@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 
+#include "engine/memory/linear_state.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/tensor/tensor.h"
@@ -32,6 +33,20 @@ struct RelativeAttentionArgs {
   int64_t mem_len_max;
   int64_t clamp_len;  // 0 = no clamp
   bool same_length;
+  Tensor* out;  // [T, H·d_h]
+};
+
+// One sequence's linear attention (MODEL-SPEC §5) of one layer, updating its state in place.
+struct LinearAttentionArgs {
+  const Tensor* qkv;          // [T, 3·H·d_h]
+  const Tensor* input;        // [T, D] the layer input (the gate reads it)
+  const LayerConfig* layer;   // feature map, num_features, eps, gated
+  const Tensor* features;     // [num_features, d_h] (favor, rfa)
+  const Tensor* gate_weight;  // [H, D] (gated)
+  const Tensor* gate_bias;    // [H] (gated)
+  LinearState* state;
+  int num_heads;
+  int head_dim;
   Tensor* out;  // [T, H·d_h]
 };
 
@@ -94,6 +109,8 @@ class Backend {
                                  Tensor& y) = 0;
   // Runs every sequence's attention of one layer (a ragged batch).
   virtual absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) = 0;
+  // Runs every sequence's linear attention of one layer; each state advances by its T tokens.
+  virtual absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) = 0;
   // Writes every sequence's new keys/values into its memory ring (slots from
   // XlMemory::SlotOfNewRow); the memories' bookkeeping is the caller's (XlMemory::Advance).
   virtual absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) = 0;

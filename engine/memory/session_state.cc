@@ -5,7 +5,18 @@ namespace mnemo::engine {
 size_t SessionState::bytes() const {
   size_t total = 0;
   for (const XlMemory& m : layers_) total += m.bytes();
+  for (const LinearState& l : linear_) total += l.bytes();
   return total;
+}
+
+Device SessionState::device() const {
+  for (const XlMemory& m : layers_) {
+    if (m.keys().defined()) return m.device();
+  }
+  for (const LinearState& l : linear_) {
+    if (l.defined()) return l.s.device();
+  }
+  return Device::kCpu;
 }
 
 size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width) {

@@ -1,5 +1,6 @@
-// SessionState: everything a session keeps between requests for one model: per-layer XL memory
-// (projected keys/values, on the model's device) and the number of tokens seen. Its size is exact
+// SessionState: everything a session keeps between requests for one model: per layer either the
+// XL memory (projected keys/values) of a dense layer or the (S, z) sums of a linear one, on the
+// model's device, and the number of tokens seen. Its size is exact
 // and known up front, so a server can budget sessions with SessionStateBytes() before creating
 // one. States are created, cloned and moved between host and device by the model
 // (TransfoXlModel::NewState / CloneState / StateToHost / StateFromHost).
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/memory/linear_state.h"
 #include "engine/memory/xl_memory.h"
 
 namespace mnemo::engine {
@@ -19,20 +21,26 @@ class SessionState {
   SessionState(SessionState&&) = default;
   SessionState& operator=(SessionState&&) = default;
 
+  // Per layer: the XL memory (empty, capacity 0, for a linear layer) …
   std::vector<XlMemory>& layers() { return layers_; }
   const std::vector<XlMemory>& layers() const { return layers_; }
+  // … and the linear state (undefined for a dense layer).
+  std::vector<LinearState>& linear() { return linear_; }
+  const std::vector<LinearState>& linear() const { return linear_; }
   // Tokens processed by this state since it was opened (the absolute stream position).
   int64_t position() const { return position_; }
   void Advance(int64_t tokens) { position_ += tokens; }
   void set_position(int64_t position) { position_ = position; }
   // Where the tensors live (kCpu for an empty state).
-  Device device() const { return layers_.empty() ? Device::kCpu : layers_[0].device(); }
+  Device device() const;
 
-  // Exact bytes of tensor storage: Σ_layers 2·mem_len·H·d_h·4.
+  // Exact bytes of tensor storage: Σ dense layers 2·mem_len·H·d_h·4 + Σ linear layers
+  // 4·H·(m'·d_h + m').
   size_t bytes() const;
 
  private:
   std::vector<XlMemory> layers_;
+  std::vector<LinearState> linear_;
   int64_t position_ = 0;
 };
 

@@ -10,7 +10,9 @@ XlMemory::XlMemory(Tensor keys, Tensor values)
       keys_(std::move(keys)),
       values_(std::move(values)) {}
 
-size_t XlMemory::bytes() const { return keys_.bytes() + values_.bytes(); }
+size_t XlMemory::bytes() const {
+  return keys_.defined() ? keys_.bytes() + values_.bytes() : 0;  // no storage: a linear layer
+}
 
 int64_t XlMemory::SlotOfNewRow(int64_t r, int64_t rows) const {
   const int64_t kept = std::min(rows, capacity_);

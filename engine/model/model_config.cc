@@ -48,7 +48,103 @@ absl::StatusOr<std::string> GetString(const Json& j, const char* field) {
   return j.at(field).get<std::string>();
 }
 
+// One "layers" entry (MODEL-SPEC §5; CHECKPOINT-FORMAT.md).
+absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, int64_t d_head) {
+  const std::string where = absl::StrCat("layers[", index, "]");
+  auto error = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", where, " ", what));
+  };
+  if (!j.is_object()) return error("must be an object");
+  static const std::set<std::string> kKnown = {"attention", "feature_map", "num_features", "eps",
+                                               "gated"};
+  for (const auto& item : j.items()) {
+    if (!kKnown.count(item.key()))
+      return error(absl::StrCat("has unknown field \"", item.key(), "\""));
+  }
+  LayerConfig layer;
+  if (!j.contains("attention") || !j.at("attention").is_string()) {
+    return error("needs \"attention\": \"dense\" or \"linear\"");
+  }
+  const std::string attention = j.at("attention").get<std::string>();
+  if (attention == "dense") {
+    if (j.size() != 1) return error("(dense) takes no other field");
+    return layer;
+  }
+  if (attention != "linear") {
+    return error(
+        absl::StrCat("\"attention\" must be \"dense\" or \"linear\", got \"", attention, "\""));
+  }
+  layer.attention = AttentionKind::kLinear;
+  if (!j.contains("feature_map") || !j.at("feature_map").is_string()) {
+    return error("(linear) needs \"feature_map\": \"elu\", \"favor\" or \"rfa\"");
+  }
+  const std::string map = j.at("feature_map").get<std::string>();
+  if (map == "elu") {
+    layer.feature_map = FeatureMap::kElu;
+  } else if (map == "favor") {
+    layer.feature_map = FeatureMap::kFavor;
+  } else if (map == "rfa") {
+    layer.feature_map = FeatureMap::kRfa;
+  } else {
+    return error(absl::StrCat("\"feature_map\" must be elu, favor or rfa, got \"", map, "\""));
+  }
+  if (layer.feature_map == FeatureMap::kElu) {
+    if (j.contains("num_features")) return error("(elu) has d_head features: no \"num_features\"");
+  } else {
+    if (!j.contains("num_features")) return error("needs \"num_features\"");
+    const Json& v = j.at("num_features");
+    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 65536) {
+      return error("\"num_features\" must be an integer in [1, 65536]");
+    }
+    layer.num_features = v.get<int64_t>();
+  }
+  if (layer.feature_map == FeatureMap::kFavor && d_head > 128) {
+    // Keys carry no stabiliser (so the state can be carried): exp(u − ‖k̂‖²/2) ≤ exp(d_h/2)
+    // must stay far inside float32 range even summed over millions of tokens.
+    return error("(favor) needs d_head ≤ 128");
+  }
+  if (j.contains("eps")) {
+    if (!j.at("eps").is_number() || !(j.at("eps").get<double>() > 0.0)) {
+      return error("\"eps\" must be a number > 0");
+    }
+    layer.eps = j.at("eps").get<double>();
+  }
+  if (j.contains("gated")) {
+    if (!j.at("gated").is_boolean()) return error("\"gated\" must be true or false");
+    layer.gated = j.at("gated").get<bool>();
+    if (layer.gated && layer.feature_map != FeatureMap::kRfa) {
+      return error("\"gated\" is only for rfa");
+    }
+  }
+  return layer;
+}
+
 }  // namespace
+
+const LayerConfig& ModelConfig::layer(int64_t l) const {
+  static const LayerConfig kDense;
+  return l < static_cast<int64_t>(layers.size()) ? layers[static_cast<size_t>(l)] : kDense;
+}
+
+bool ModelConfig::has_dense_layer() const {
+  for (int64_t l = 0; l < n_layer; ++l) {
+    if (is_dense(l)) return true;
+  }
+  return false;
+}
+
+int64_t ModelConfig::linear_features(int64_t index) const {
+  const LayerConfig& l = layer(index);
+  switch (l.feature_map) {
+    case FeatureMap::kElu:
+      return d_head;
+    case FeatureMap::kFavor:
+      return l.num_features;
+    case FeatureMap::kRfa:
+      return 2 * l.num_features;
+  }
+  return d_head;
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
@@ -63,7 +159,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "pre_lnorm",    "untie_r",
                                                "activation",   "layer_norm_epsilon",
                                                "memory_init",  "tie_word_embeddings",
-                                               "torch_dtype",  "eos_token_id"};
+                                               "torch_dtype",  "eos_token_id",
+                                               "layers"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -135,6 +232,19 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (j.contains("eos_token_id") && !j.at("eos_token_id").is_null()) {
     ASSIGN_OR_RETURN(int64_t eos, GetInt(j, "eos_token_id", 0, c.vocab_size - 1));
     c.eos_token_id = eos;
+  }
+
+  c.layers.assign(static_cast<size_t>(c.n_layer), LayerConfig{});
+  if (j.contains("layers")) {
+    const Json& layers = j.at("layers");
+    if (!layers.is_array() || static_cast<int64_t>(layers.size()) != c.n_layer) {
+      return FieldError("layers",
+                        absl::StrCat("must be a list of n_layer = ", c.n_layer, " layer objects"));
+    }
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      ASSIGN_OR_RETURN(c.layers[static_cast<size_t>(l)],
+                       ParseLayer(layers[static_cast<size_t>(l)], l, c.d_head));
+    }
   }
   return c;
 }

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -18,6 +19,28 @@ enum class Activation : uint8_t { kRelu, kGelu };
 enum class MemoryInit : uint8_t {
   kZeros,  // mem_len zero rows, as Hugging Face and the TF code (what wt103 weights expect)
   kEmpty,  // no rows, as the original PyTorch code
+};
+
+// What a layer's attention is (MODEL-SPEC §1, §5). More kinds follow.
+enum class AttentionKind : uint8_t {
+  kDense,   // Transformer-XL relative attention over [memory | segment]
+  kLinear,  // kernelised causal attention carried as a recurrent state (S, z) per head
+};
+
+// Feature map of a linear layer (MODEL-SPEC §5.2–5.4).
+enum class FeatureMap : uint8_t {
+  kElu,    // φ(x) = elu(x) + 1, d_h features
+  kFavor,  // Performer FAVOR+ positive random features, num_features of them
+  kRfa,    // random Fourier features (sin | cos), 2·num_features of them, optionally gated
+};
+
+// One entry of config.json's "layers".
+struct LayerConfig {
+  AttentionKind attention = AttentionKind::kDense;
+  FeatureMap feature_map = FeatureMap::kElu;
+  int64_t num_features = 0;  // favor, rfa: rows of the stored feature matrix
+  double eps = 1e-6;         // linear: the denominator is clamped to at least eps
+  bool gated = false;        // rfa: decay the state by a learned per-head gate
 };
 
 struct ModelConfig {
@@ -39,8 +62,16 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   DType dtype = DType::kF32;  // storage dtype of the weights
   std::optional<int64_t> eos_token_id;
+  // Per layer; empty or shorter than n_layer means dense for the missing layers (a config built
+  // in code without them; ParseModelConfig always fills n_layer entries).
+  std::vector<LayerConfig> layers;
 
   int64_t attn_width() const { return n_head * d_head; }  // H·d_h
+  const LayerConfig& layer(int64_t l) const;
+  bool is_dense(int64_t l) const { return layer(l).attention == AttentionKind::kDense; }
+  bool has_dense_layer() const;
+  // Features per head of linear layer `layer` (the rows of its state S).
+  int64_t linear_features(int64_t layer) const;
 };
 
 // Parses and validates config.json text. Errors are INVALID_ARGUMENT and name the field.

@@ -46,8 +46,23 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
   const Tensor sinusoids = model->Sinusoids(rows);
   std::vector<Tensor> tables, zero_keys, zero_values;
+  if (model->backend_->device() != Device::kCpu) {
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      if (!c.is_dense(l)) {
+        return absl::UnimplementedError(absl::StrCat("layer ", l, ": linear attention has no ",
+                                                     std::string(model->backend_->name()),
+                                                     " kernel yet; run this model on the CPU"));
+      }
+    }
+  }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
+    if (!c.is_dense(l)) {  // no positions, no memory
+      tables.emplace_back();
+      zero_keys.emplace_back();
+      zero_values.emplace_back();
+      continue;
+    }
     Tensor table = Tensor::Empty(DType::kF32, {rows, hd});
     RETURN_IF_ERROR(cpu->Linear(sinusoids, lw.r, nullptr, table));
     tables.push_back(std::move(table));
@@ -72,6 +87,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   // per decode step, tensor-core prefill); the CPU backend computes from float32.
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
   for (int64_t l = 0; l < c.n_layer; ++l) {
+    // (every layer is dense here: the check above)
     ASSIGN_OR_RETURN(Tensor table, be.CopyFromHost(tables[l]));
     ASSIGN_OR_RETURN(Tensor k, be.CopyFromHost(zero_keys[l]));
     ASSIGN_OR_RETURN(Tensor v, be.CopyFromHost(zero_values[l]));
@@ -120,9 +136,19 @@ absl::StatusOr<const Tensor*> TransfoXlModel::RelativeTable(int layer, int64_t r
 absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
   SessionState state;
   Backend& be = *backend_;
-  const bool fill = config_.memory_init == MemoryInit::kZeros;
-  for (int64_t l = 0; l < config_.n_layer; ++l) {
-    const std::vector<int64_t> shape = {config_.mem_len, config_.attn_width()};
+  const ModelConfig& c = config_;
+  const bool fill = c.memory_init == MemoryInit::kZeros;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (!c.is_dense(l)) {  // linear: zero sums, no memory
+      const int64_t m = c.linear_features(l);
+      LinearState linear;
+      ASSIGN_OR_RETURN(linear.s, be.Allocate(DType::kF32, {c.n_head, m, c.d_head}));
+      ASSIGN_OR_RETURN(linear.z, be.Allocate(DType::kF32, {c.n_head, m}));
+      state.layers().emplace_back();
+      state.linear().push_back(std::move(linear));
+      continue;
+    }
+    const std::vector<int64_t> shape = {c.mem_len, c.attn_width()};
     ASSIGN_OR_RETURN(Tensor keys, fill ? be.AllocateUninitialized(DType::kF32, shape)
                                        : be.Allocate(DType::kF32, shape));
     ASSIGN_OR_RETURN(Tensor values, fill ? be.AllocateUninitialized(DType::kF32, shape)
@@ -134,19 +160,49 @@ absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
       memory.MarkFull();
     }
     state.layers().push_back(std::move(memory));
+    state.linear().emplace_back();
   }
   return state;
 }
 
 size_t TransfoXlModel::StateBytes() const {
-  return SessionStateBytes(config_.n_layer, config_.mem_len, config_.attn_width());
+  const ModelConfig& c = config_;
+  size_t total = 0;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (c.is_dense(l)) {
+      total += SessionStateBytes(1, c.mem_len, c.attn_width());
+    } else {
+      const int64_t m = c.linear_features(l);
+      total += static_cast<size_t>(c.n_head * (m * c.d_head + m)) * sizeof(float);
+    }
+  }
+  return total;
 }
 
 bool TransfoXlModel::StateFits(const SessionState& state) const {
+  const ModelConfig& c = config_;
   const auto& layers = state.layers();
-  if (static_cast<int64_t>(layers.size()) != config_.n_layer) return false;
-  for (const XlMemory& m : layers) {
-    if (m.capacity() != config_.mem_len || m.width() != config_.attn_width()) return false;
+  const auto& linear = state.linear();
+  if (static_cast<int64_t>(layers.size()) != c.n_layer ||
+      static_cast<int64_t>(linear.size()) != c.n_layer) {
+    return false;
+  }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const XlMemory& m = layers[l];
+    const LinearState& lin = linear[l];
+    if (c.is_dense(l)) {
+      if (!m.keys().defined() || m.capacity() != c.mem_len || m.width() != c.attn_width() ||
+          lin.defined()) {
+        return false;
+      }
+    } else {
+      const int64_t f = c.linear_features(l);
+      if (m.keys().defined() || !lin.defined() ||
+          lin.s.shape() != std::vector<int64_t>{c.n_head, f, c.d_head} ||
+          lin.z.shape() != std::vector<int64_t>{c.n_head, f}) {
+        return false;
+      }
+    }
   }
   return true;
 }
@@ -158,10 +214,21 @@ absl::StatusOr<SessionState> TransfoXlModel::CopyState(const SessionState& state
     return absl::InvalidArgumentError("session state was not made by this model");
   }
   SessionState out;
-  for (const XlMemory& m : state.layers()) {
+  for (size_t l = 0; l < state.layers().size(); ++l) {
+    const XlMemory& m = state.layers()[l];
+    const LinearState& lin = state.linear()[l];
+    if (lin.defined()) {
+      LinearState linear;
+      ASSIGN_OR_RETURN(linear.s, copy(lin.s));
+      ASSIGN_OR_RETURN(linear.z, copy(lin.z));
+      out.layers().emplace_back();
+      out.linear().push_back(std::move(linear));
+      continue;
+    }
     ASSIGN_OR_RETURN(Tensor keys, copy(m.keys()));
     ASSIGN_OR_RETURN(Tensor values, copy(m.values()));
     out.layers().push_back(m.WithStorage(std::move(keys), std::move(values)));
+    out.linear().emplace_back();
   }
   out.set_position(state.position());
   return out;
@@ -285,35 +352,50 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       attn_in = &h;
     }
     RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
-    int64_t table_rows = 1;
-    for (const SequenceInput& s : batch) {
-      kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head),
-                                            static_cast<int>(c.d_head),
-                                            s.num_tokens,
-                                            s.state->layers()[l].size(),
-                                            c.mem_len,
-                                            c.clamp_len,
-                                            c.same_length};
-      table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
-    }
-    Tensor scratch;
-    ASSIGN_OR_RETURN(const Tensor* table, RelativeTable(static_cast<int>(l), table_rows, scratch));
-    std::vector<RelativeAttentionArgs> args;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      args.push_back(RelativeAttentionArgs{&qkv_rows[b], &batch[b].state->layers()[l], table,
-                                           &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
-                                           static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
-                                           c.same_length, &attn_rows[b]});
-    }
-    RETURN_IF_ERROR(be.RelativeAttention(args));
-    // The new positions' keys/values join the memory only after every query has attended.
-    std::vector<MemoryAppendArgs> appends;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
-    }
-    RETURN_IF_ERROR(be.AppendToMemory(appends));
-    for (size_t b = 0; b < batch.size(); ++b) {
-      batch[b].state->layers()[l].Advance(batch[b].num_tokens);
+    if (!c.is_dense(l)) {  // linear attention: the state advances as the outputs are computed
+      std::vector<Tensor> input_rows;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        input_rows.push_back(attn_in->Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+      }
+      std::vector<LinearAttentionArgs> args;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        args.push_back({&qkv_rows[b], &input_rows[b], &c.layer(l), &lw.features, &lw.gate_weight,
+                        &lw.gate_bias, &batch[b].state->linear()[l], static_cast<int>(c.n_head),
+                        static_cast<int>(c.d_head), &attn_rows[b]});
+      }
+      RETURN_IF_ERROR(be.LinearAttention(args));
+    } else {
+      int64_t table_rows = 1;
+      for (const SequenceInput& s : batch) {
+        kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head),
+                                              static_cast<int>(c.d_head),
+                                              s.num_tokens,
+                                              s.state->layers()[l].size(),
+                                              c.mem_len,
+                                              c.clamp_len,
+                                              c.same_length};
+        table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
+      }
+      Tensor scratch;
+      ASSIGN_OR_RETURN(const Tensor* table,
+                       RelativeTable(static_cast<int>(l), table_rows, scratch));
+      std::vector<RelativeAttentionArgs> args;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        args.push_back(RelativeAttentionArgs{&qkv_rows[b], &batch[b].state->layers()[l], table,
+                                             &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
+                                             static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
+                                             c.same_length, &attn_rows[b]});
+      }
+      RETURN_IF_ERROR(be.RelativeAttention(args));
+      // The new positions' keys/values join the memory only after every query has attended.
+      std::vector<MemoryAppendArgs> appends;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
+      }
+      RETURN_IF_ERROR(be.AppendToMemory(appends));
+      for (size_t b = 0; b < batch.size(); ++b) {
+        batch[b].state->layers()[l].Advance(batch[b].num_tokens);
+      }
     }
     RETURN_IF_ERROR(be.Linear(attn, lw.o, nullptr, proj));
     // Residual, then the LayerNorm that follows it: post-LN normalises x itself; pre-LN keeps x

@@ -90,7 +90,7 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
   TransfoXlWeights w;
   ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, d}));
   Tensor shared_r_w, shared_r_r;
-  if (!c.untie_r) {
+  if (!c.untie_r && c.has_dense_layer()) {
     ASSIGN_OR_RETURN(shared_r_w, reader.Read("r_w_bias", {c.n_head, c.d_head}));
     ASSIGN_OR_RETURN(shared_r_r, reader.Read("r_r_bias", {c.n_head, c.d_head}));
   }
@@ -98,16 +98,28 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     const std::string p = absl::StrCat("layers.", l, ".");
     TransfoXlLayerWeights lw;
     ASSIGN_OR_RETURN(lw.qkv, reader.Read(p + "attn.qkv.weight", {3 * hd, d}));
-    ASSIGN_OR_RETURN(lw.r, reader.Read(p + "attn.r.weight", {hd, d}));
     ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
     ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.attn_ln_beta, reader.Read(p + "attn.ln.bias", {d}));
-    if (c.untie_r) {
-      ASSIGN_OR_RETURN(lw.r_w_bias, reader.Read(p + "attn.r_w_bias", {c.n_head, c.d_head}));
-      ASSIGN_OR_RETURN(lw.r_r_bias, reader.Read(p + "attn.r_r_bias", {c.n_head, c.d_head}));
-    } else {
-      lw.r_w_bias = shared_r_w;
-      lw.r_r_bias = shared_r_r;
+    const LayerConfig& lc = c.layer(l);
+    if (lc.attention == AttentionKind::kDense) {
+      ASSIGN_OR_RETURN(lw.r, reader.Read(p + "attn.r.weight", {hd, d}));
+      if (c.untie_r) {
+        ASSIGN_OR_RETURN(lw.r_w_bias, reader.Read(p + "attn.r_w_bias", {c.n_head, c.d_head}));
+        ASSIGN_OR_RETURN(lw.r_r_bias, reader.Read(p + "attn.r_r_bias", {c.n_head, c.d_head}));
+      } else {
+        lw.r_w_bias = shared_r_w;
+        lw.r_r_bias = shared_r_r;
+      }
+    } else {  // linear: no positions, no r biases; random features and gate as configured
+      if (lc.feature_map != FeatureMap::kElu) {
+        ASSIGN_OR_RETURN(lw.features,
+                         reader.Read(p + "attn.features", {lc.num_features, c.d_head}));
+      }
+      if (lc.gated) {
+        ASSIGN_OR_RETURN(lw.gate_weight, reader.Read(p + "attn.gate.weight", {c.n_head, d}));
+        ASSIGN_OR_RETURN(lw.gate_bias, reader.Read(p + "attn.gate.bias", {c.n_head}));
+      }
     }
     ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {c.d_inner, d}));
     ASSIGN_OR_RETURN(lw.fc1_bias, reader.Read(p + "ff.fc1.bias", {c.d_inner}));
@@ -149,6 +161,7 @@ absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, 
                                                DType matrix_dtype) {
   std::map<std::pair<const void*, bool>, Tensor> copied;  // (host buffer, matrix) → device copy
   auto copy = [&](const Tensor& host, bool matrix) -> absl::StatusOr<Tensor> {
+    if (!host.defined()) return Tensor();  // a tensor this layer kind does not have
     auto it = copied.find({host.raw(), matrix});
     if (it != copied.end() && it->second.shape() == host.shape()) return it->second;
     const bool narrow = matrix && (matrix_dtype == DType::kBF16 || matrix_dtype == DType::kF16);
@@ -168,7 +181,10 @@ absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, 
                             {&lw.fc2, &d.fc2}}) {
       ASSIGN_OR_RETURN(*dst, copy(*src, true));
     }
-    for (auto [src, dst] : {std::pair{&lw.attn_ln_gamma, &d.attn_ln_gamma},
+    for (auto [src, dst] : {std::pair{&lw.features, &d.features},
+                            {&lw.gate_weight, &d.gate_weight},
+                            {&lw.gate_bias, &d.gate_bias},
+                            {&lw.attn_ln_gamma, &d.attn_ln_gamma},
                             {&lw.attn_ln_beta, &d.attn_ln_beta},
                             {&lw.r_w_bias, &d.r_w_bias},
                             {&lw.r_r_bias, &d.r_r_bias},

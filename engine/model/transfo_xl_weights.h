@@ -16,10 +16,12 @@ namespace mnemo::engine {
 
 struct TransfoXlLayerWeights {
   Tensor qkv;                          // [3·H·d_h, D]
-  Tensor r;                            // [H·d_h, D]
+  Tensor r;                            // [H·d_h, D] (dense layers)
   Tensor o;                            // [D, H·d_h]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
-  Tensor r_w_bias, r_r_bias;           // [H, d_h] (shared tensors when !untie_r)
+  Tensor r_w_bias, r_r_bias;           // [H, d_h] (dense layers; shared tensors when !untie_r)
+  Tensor features;                     // [num_features, d_h] (linear favor / rfa layers)
+  Tensor gate_weight, gate_bias;       // [H, D], [H] (gated rfa layers)
   Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]
   Tensor fc2, fc2_bias;                // [D, d_inner], [D]
   Tensor ff_ln_gamma, ff_ln_beta;      // [D]

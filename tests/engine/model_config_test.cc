@@ -273,3 +273,95 @@ TEST(ModelConfigTest, LoadModelConfigReadsTheDirectory) {
 
 }  // namespace
 }  // namespace mnemo::engine
+
+namespace mnemo::engine {
+namespace {
+
+// config.json "layers": per-layer attention kinds (CHECKPOINT-FORMAT.md).
+Fields WithLayers(const std::string& raw_layers) {
+  Fields f = test::ConfigFields(test::SmallConfig());
+  f.emplace_back("layers", raw_layers);
+  return f;
+}
+
+TEST(ModelConfigLayersTest, AbsentMeansEveryLayerDense) {
+  auto c = ParseModelConfig(test::RenderJsonObject(test::ConfigFields(test::SmallConfig())));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(static_cast<int64_t>(c->layers.size()), c->n_layer);
+  for (int64_t l = 0; l < c->n_layer; ++l) EXPECT_TRUE(c->is_dense(l));
+  EXPECT_TRUE(c->has_dense_layer());
+}
+
+TEST(ModelConfigLayersTest, EveryKindParses) {
+  ASSERT_EQ(test::SmallConfig().n_layer, 2);
+  auto c = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "linear", "feature_map": "rfa", "num_features": 5, "gated": true,
+           "eps": 0.001}, {"attention": "dense"}])")));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->is_dense(0));
+  EXPECT_TRUE(c->is_dense(1));
+  EXPECT_EQ(c->layer(0).feature_map, FeatureMap::kRfa);
+  EXPECT_EQ(c->layer(0).num_features, 5);
+  EXPECT_TRUE(c->layer(0).gated);
+  EXPECT_DOUBLE_EQ(c->layer(0).eps, 0.001);
+  EXPECT_EQ(c->linear_features(0), 10);  // sin | cos
+  auto elu = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "linear", "feature_map": "elu"},
+          {"attention": "linear", "feature_map": "favor", "num_features": 7}])")));
+  ASSERT_TRUE(elu.ok()) << elu.status();
+  EXPECT_EQ(elu->linear_features(0), elu->d_head);
+  EXPECT_EQ(elu->linear_features(1), 7);
+  EXPECT_DOUBLE_EQ(elu->layer(0).eps, 1e-6);
+  EXPECT_FALSE(elu->has_dense_layer());
+}
+
+TEST(ModelConfigLayersTest, BadEntriesNameTheLayerAndField) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"([{"attention": "dense"}])", "layers"},  // wrong length
+      {R"({"attention": "dense"})", "layers"},
+      {R"([{"attention": "dense"}, 3])", "layers[1] must be an object"},
+      {R"([{"attention": "dense"}, {"attention": "sparse"}])", "layers[1]"},
+      {R"([{"attention": "dense", "gated": true}, {"attention": "dense"}])", "layers[0]"},
+      {R"([{"attention": "linear"}, {"attention": "dense"}])", "feature_map"},
+      {R"([{"attention": "linear", "feature_map": "relu"}, {"attention": "dense"}])",
+       "feature_map"},
+      {R"([{"attention": "linear", "feature_map": "favor"}, {"attention": "dense"}])",
+       "num_features"},
+      {R"([{"attention": "linear", "feature_map": "elu", "num_features": 4},
+           {"attention": "dense"}])",
+       "num_features"},
+      {R"([{"attention": "linear", "feature_map": "favor", "num_features": 0},
+           {"attention": "dense"}])",
+       "num_features"},
+      {R"([{"attention": "linear", "feature_map": "elu", "gated": true},
+           {"attention": "dense"}])",
+       "gated"},
+      {R"([{"attention": "linear", "feature_map": "elu", "eps": 0}, {"attention": "dense"}])",
+       "eps"},
+      {R"([{"attention": "linear", "feature_map": "elu", "window": 4},
+           {"attention": "dense"}])",
+       "window"},
+  };
+  for (const auto& [layers, fragment] : cases) {
+    auto c = ParseModelConfig(test::RenderJsonObject(WithLayers(layers)));
+    ASSERT_FALSE(c.ok()) << layers;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(c.status().message().find(fragment), std::string::npos)
+        << c.status() << " should mention " << fragment;
+  }
+}
+
+TEST(ModelConfigLayersTest, FavorNeedsSmallHeads) {
+  Fields f = test::ConfigFields(test::SmallConfig());
+  for (auto& [k, v] : f) {
+    if (k == "d_head") v = "129";
+  }
+  f.emplace_back("layers", R"([{"attention": "linear", "feature_map": "favor", "num_features": 8},
+                              {"attention": "dense"}])");
+  auto c = ParseModelConfig(test::RenderJsonObject(f));
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("d_head"), std::string::npos) << c.status();
+}
+
+}  // namespace
+}  // namespace mnemo::engine

@@ -14,6 +14,17 @@ Deliberate choices (they make this an oracle, not a fast implementation):
 * memory holds layer *inputs* (hidden-state form), updated to the last
   ``mem_len`` rows of ``cat(mem, X)`` after every call.
 
+Per-layer attention kinds (config field ``layers``, MODEL-SPEC 5): a layer
+is ``dense`` (the Transformer-XL attention above) or ``linear`` (causal
+linear attention with feature map ``elu``, ``favor`` or ``rfa``, optionally
+gated for rfa). A linear layer keeps the qkv/o/ln/ff tensors, has no
+``attn.r.weight`` and no r biases, adds ``attn.features`` [m, d_h] for
+favor/rfa and ``attn.gate.weight`` [H, D] / ``attn.gate.bias`` [H] when
+gated. Its per-session state is a :class:`LinearState` (S [B, H, m', d_h],
+z [B, H, m']) instead of a memory tensor. It is computed token by token
+(the recurrence, default) or in the masked parallel form
+(``model.set_linear_mode("parallel")``); both carry the state exactly.
+
 Library use::
 
     model = random_checkpoint(config, "ckpt_dir", seed=1)
@@ -38,7 +49,7 @@ import json
 import math
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +80,7 @@ _REQUIRED_FIELDS = {
     "tie_word_embeddings": bool,
     "torch_dtype": str,
 }
-_OPTIONAL_FIELDS = {"eos_token_id": int}
+_OPTIONAL_FIELDS = {"eos_token_id": int, "layers": list}
 
 DTYPES = {
     "float32": torch.float32,
@@ -122,7 +133,104 @@ def validate_config(config: dict) -> dict:
     check(cfg["memory_init"] in ("zeros", "empty"), "memory_init")
     check(cfg["torch_dtype"] in DTYPES, "torch_dtype")
     cfg["layer_norm_epsilon"] = float(cfg["layer_norm_epsilon"])
+    if "layers" in cfg:
+        _validate_layers(cfg["layers"], cfg)
+        cfg["layers"] = [dict(entry) for entry in cfg["layers"]]
     return cfg
+
+
+#: feature maps of linear layers (MODEL-SPEC 5.2-5.4).
+FEATURE_MAPS = ("elu", "favor", "rfa")
+#: default ``eps`` of a linear layer (denominator clamp).
+LINEAR_EPS_DEFAULT = 1e-6
+#: favor keys carry no stabiliser, so exp() must stay in float32 range.
+FAVOR_MAX_D_HEAD = 128
+
+
+def _validate_layers(layers, cfg: dict) -> None:
+    """Validate the optional per-layer ``layers`` list (attention kinds)."""
+
+    def fail(n, what: str):
+        raise ValueError(f"invalid config: layers[{n}]: {what}")
+
+    if len(layers) != cfg["n_layer"]:
+        raise ValueError(f"invalid config: 'layers' has {len(layers)} "
+                         f"entries, n_layer is {cfg['n_layer']}")
+    for n, entry in enumerate(layers):
+        if not isinstance(entry, dict):
+            fail(n, f"must be an object, got {entry!r}")
+        if "attention" not in entry:
+            fail(n, "missing field 'attention'")
+        kind = entry["attention"]
+        if kind == "dense":
+            extra = sorted(set(entry) - {"attention"})
+            if extra:
+                fail(n, f"field {extra[0]!r} is not allowed for a dense layer")
+            continue
+        if kind != "linear":
+            fail(n, f"field 'attention' must be \"dense\" or \"linear\", "
+                    f"got {kind!r}")
+        allowed = {"attention", "feature_map", "num_features", "eps", "gated"}
+        extra = sorted(set(entry) - allowed)
+        if extra:
+            fail(n, f"unknown field {extra[0]!r}")
+        if "feature_map" not in entry:
+            fail(n, "missing field 'feature_map'")
+        fmap = entry["feature_map"]
+        if not isinstance(fmap, str) or fmap not in FEATURE_MAPS:
+            fail(n, f"field 'feature_map' must be one of {FEATURE_MAPS}, "
+                    f"got {fmap!r}")
+        if fmap == "elu":
+            if "num_features" in entry:
+                fail(n, "field 'num_features' is not allowed for "
+                        "feature_map elu")
+        else:
+            if "num_features" not in entry:
+                fail(n, f"missing field 'num_features' (required for "
+                        f"feature_map {fmap})")
+            m = entry["num_features"]
+            if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
+                fail(n, f"field 'num_features' must be an int > 0, got {m!r}")
+        if "eps" in entry:
+            eps = entry["eps"]
+            if (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                    or not math.isfinite(eps) or eps <= 0):
+                fail(n, f"field 'eps' must be a float > 0, got {eps!r}")
+        if "gated" in entry:
+            gated = entry["gated"]
+            if not isinstance(gated, bool):
+                fail(n, f"field 'gated' must be a bool, got {gated!r}")
+            if gated and fmap != "rfa":
+                fail(n, f"field 'gated' may be true only for feature_map "
+                        f"rfa, not {fmap}")
+        if fmap == "favor" and cfg["d_head"] > FAVOR_MAX_D_HEAD:
+            fail(n, f"field 'feature_map' favor needs d_head <= "
+                    f"{FAVOR_MAX_D_HEAD}, d_head is {cfg['d_head']}")
+
+
+def layer_specs(cfg: dict) -> List[dict]:
+    """Per-layer attention specs of a validated config, defaults filled in.
+
+    Dense: ``{"attention": "dense"}``. Linear: ``attention``,
+    ``feature_map``, ``num_features`` (m, the size of the ``features``
+    tensor; None for elu), ``eps`` and ``gated``.
+    """
+    layers = cfg.get("layers")
+    if layers is None:
+        return [{"attention": "dense"} for _ in range(cfg["n_layer"])]
+    specs = []
+    for entry in layers:
+        if entry["attention"] == "dense":
+            specs.append({"attention": "dense"})
+            continue
+        specs.append({
+            "attention": "linear",
+            "feature_map": entry["feature_map"],
+            "num_features": entry.get("num_features"),
+            "eps": float(entry.get("eps", LINEAR_EPS_DEFAULT)),
+            "gated": bool(entry.get("gated", False)),
+        })
+    return specs
 
 
 # --------------------------------------------------------------------------
@@ -221,6 +329,164 @@ class RelMultiHeadAttention(nn.Module):
         return self.ln(x + out)
 
 
+class LinearState(NamedTuple):
+    """Carried state of one linear-attention layer (MODEL-SPEC 5.1).
+
+    ``S``: [B, H, m', d_h], ``z``: [B, H, m']; zeros for a new session.
+    """
+
+    S: torch.Tensor
+    z: torch.Tensor
+
+
+class LinearAttention(nn.Module):
+    """Causal linear attention with a carried (S, z) state (MODEL-SPEC 5).
+
+    Same projections, residual and LayerNorm as the dense layer, but no
+    relative positions, no memory, no r biases and no 1/sqrt(d_h) scaling.
+    ``mode`` selects the recurrent (token by token, the definition) or the
+    parallel (masked quadratic) form; both give the same outputs and state.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.d_model, self.n_head, self.d_head = d_model, n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.feature_map = spec["feature_map"]
+        self.num_features = spec["num_features"]
+        self.eps = spec["eps"]
+        self.gated = spec["gated"]
+        self.mode = "recurrent"
+        #: smallest phi(q).z (before the clamp) seen since construction or
+        #: the last model.reset_denominator_stats(); a conditioning check
+        #: for tests (rfa features can make it ~0 or negative).
+        self.min_denominator = math.inf
+        self.qkv = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.o = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+        if self.feature_map in ("favor", "rfa"):
+            self.features = nn.Parameter(
+                torch.zeros(self.num_features, d_head))
+        if self.gated:
+            self.gate = nn.Linear(d_model, n_head, bias=True)
+
+    @property
+    def state_features(self) -> int:
+        """m', the length of phi(x)."""
+        if self.feature_map == "elu":
+            return self.d_head
+        if self.feature_map == "favor":
+            return self.num_features
+        return 2 * self.num_features
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> LinearState:
+        H, m, dh = self.n_head, self.state_features, self.d_head
+        return LinearState(ref.new_zeros(batch, H, m, dh),
+                           ref.new_zeros(batch, H, m))
+
+    def phi(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
+        """Feature map of [..., d_h] -> [..., m']."""
+        if self.feature_map == "elu":
+            return F.elu(x) + 1.0
+        m = self.num_features
+        if self.feature_map == "favor":
+            xh = x * self.d_head ** -0.25
+            u = xh @ self.features.t()                               # [.., m]
+            sq = 0.5 * (xh * xh).sum(dim=-1, keepdim=True)
+            arg = u - sq
+            if is_query:
+                arg = arg - u.max(dim=-1, keepdim=True).values
+            return m ** -0.5 * (torch.exp(arg) + 1e-4)
+        # rfa
+        norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        wx = (x / norm) @ self.features.t()
+        return m ** -0.5 * torch.cat([wx.sin(), wx.cos()], dim=-1)
+
+    def _recurrent(self, fq, fk, v, gate, state: LinearState):
+        """fq, fk: [B, H, T, m']; v: [B, H, T, d_h]; gate: [B, H, T]|None."""
+        S, z = state
+        T = fq.shape[2]
+        outs, dens = [], []
+        for t in range(T):
+            kv = fk[:, :, t, :, None] * v[:, :, t, None, :]      # [B,H,m',dh]
+            if gate is None:
+                S = S + kv
+                z = z + fk[:, :, t]
+            else:
+                g = gate[:, :, t]
+                S = g[..., None, None] * S + (1 - g)[..., None, None] * kv
+                z = g[..., None] * z + (1 - g)[..., None] * fk[:, :, t]
+            q = fq[:, :, t]                                          # [B,H,m']
+            num = torch.einsum("bhm,bhmd->bhd", q, S)
+            den = (q * z).sum(dim=-1)
+            dens.append(den)
+            outs.append(num / den.clamp(min=self.eps)[..., None])
+        if T == 0:
+            return v.new_zeros(v.shape), fq.new_zeros(fq.shape[:3]), \
+                LinearState(S, z)
+        return (torch.stack(outs, dim=2), torch.stack(dens, dim=2),
+                LinearState(S, z))
+
+    def _parallel(self, fq, fk, v, gate, state: LinearState):
+        """Masked quadratic form with the carried state; same contract."""
+        S0, z0 = state
+        T = fq.shape[2]
+        causal = torch.ones(T, T, dtype=torch.bool,
+                            device=fq.device).tril()               # s <= t
+        A = torch.einsum("bhtm,bhsm->bhts", fq, fk)
+        if gate is None:
+            A = A.masked_fill(~causal, 0.0)
+            carry_q = torch.ones_like(fq[..., 0])                    # [B,H,T]
+            wk = torch.ones_like(fk[..., 0])                         # [B,H,T]
+            carry_final = torch.ones_like(fq[:, :, 0, 0])            # [B,H]
+            decay_final = wk
+        else:
+            logg = torch.log(gate)
+            c = torch.cumsum(logg, dim=-1)                           # [B,H,T]
+            diff = (c[..., :, None] - c[..., None, :]).masked_fill(
+                ~causal, float("-inf"))
+            w = 1 - gate                                             # (1-g_s)
+            A = A * torch.exp(diff) * w[..., None, :]
+            carry_q = torch.exp(c)
+            c_T = c[..., -1:] if T else torch.zeros_like(c[..., :1])
+            carry_final = torch.exp(c_T[..., 0])
+            decay_final = torch.exp(c_T - c) * w
+        num = (carry_q[..., None]
+               * torch.einsum("bhtm,bhmd->bhtd", fq, S0)
+               + torch.einsum("bhts,bhsd->bhtd", A, v))
+        den = (carry_q * torch.einsum("bhtm,bhm->bht", fq, z0)
+               + A.sum(dim=-1))
+        out = num / den.clamp(min=self.eps)[..., None]
+        fkw = fk * decay_final[..., None]
+        S = (carry_final[..., None, None] * S0
+             + torch.einsum("bhsm,bhsd->bhmd", fkw, v))
+        z = carry_final[..., None] * z0 + fkw.sum(dim=2)
+        return out, den, LinearState(S, z)
+
+    def forward(self, x: torch.Tensor, state: LinearState
+                ) -> Tuple[torch.Tensor, LinearState]:
+        """``x``: [B, T, D]; returns ([B, T, D], state after the call)."""
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x                 # layer input
+        q, k, v = self.qkv(h).split(H * dh, dim=-1)
+        q, k, v = (t.reshape(B, T, H, dh).transpose(1, 2) for t in (q, k, v))
+        fq, fk = self.phi(q, is_query=True), self.phi(k, is_query=False)
+        gate = None
+        if self.gated:
+            gate = torch.sigmoid(self.gate(h)).transpose(1, 2)      # [B,H,T]
+        form = self._recurrent if self.mode == "recurrent" else self._parallel
+        out, den, new_state = form(fq, fk, v, gate, state)
+        if den.numel():
+            self.min_denominator = min(self.min_denominator,
+                                       float(den.min()))
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
 class PositionwiseFF(nn.Module):
     """Position-wise feed-forward block with its residual and LayerNorm."""
 
@@ -240,13 +506,23 @@ class PositionwiseFF(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: dict):
+    """Dense (Transformer-XL) layer by default; ``spec`` may make it linear."""
+
+    def __init__(self, cfg: dict, spec: Optional[dict] = None):
         super().__init__()
-        self.attn = RelMultiHeadAttention(cfg)
+        self.kind = "dense" if spec is None else spec["attention"]
+        if self.kind == "dense":
+            self.attn = RelMultiHeadAttention(cfg)
+        else:
+            self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
 
-    def forward(self, x, mem, r_w_bias, r_r_bias):
-        return self.ff(self.attn(x, mem, r_w_bias, r_r_bias))
+    def forward(self, x, mem, r_w_bias=None, r_r_bias=None):
+        """Dense: returns the output; linear: (output, new LinearState)."""
+        if self.kind == "dense":
+            return self.ff(self.attn(x, mem, r_w_bias, r_r_bias))
+        y, state = self.attn(x, mem)
+        return self.ff(y), state
 
 
 class LMHead(nn.Module):
@@ -269,9 +545,12 @@ class TransfoXLReference(nn.Module):
         self.config = cfg
         n_head, d_head = cfg["n_head"], cfg["d_head"]
         self.word_emb = nn.Embedding(cfg["vocab_size"], cfg["d_model"])
+        self.specs = layer_specs(cfg)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg) for _ in range(cfg["n_layer"]))
-        if not cfg["untie_r"]:
+            DecoderLayer(cfg, spec) for spec in self.specs)
+        # The shared r biases exist only when some layer is dense.
+        any_dense = any(s["attention"] == "dense" for s in self.specs)
+        if not cfg["untie_r"] and any_dense:
             self.r_w_bias = nn.Parameter(torch.zeros(n_head, d_head))
             self.r_r_bias = nn.Parameter(torch.zeros(n_head, d_head))
         self.lm_head = LMHead(cfg)
@@ -285,12 +564,35 @@ class TransfoXLReference(nn.Module):
             return self.word_emb.weight
         return self.lm_head.weight
 
-    def init_mems(self, batch: int) -> List[torch.Tensor]:
-        """First-call memory: ``mem_len`` zero rows or empty (memory_init)."""
+    def set_linear_mode(self, mode: str) -> None:
+        """``"recurrent"`` (default) or ``"parallel"`` for linear layers."""
+        if mode not in ("recurrent", "parallel"):
+            raise ValueError(mode)
+        for layer in self.layers:
+            if layer.kind == "linear":
+                layer.attn.mode = mode
+
+    def reset_denominator_stats(self) -> None:
+        for layer in self.layers:
+            if layer.kind == "linear":
+                layer.attn.min_denominator = math.inf
+
+    def min_denominator(self) -> float:
+        """Smallest linear-attention denominator seen (inf if none)."""
+        return min((layer.attn.min_denominator for layer in self.layers
+                    if layer.kind == "linear"), default=math.inf)
+
+    def init_mems(self, batch: int) -> List[Union[torch.Tensor, LinearState]]:
+        """First-call state per layer.
+
+        Dense layer: ``mem_len`` zero rows or empty (memory_init), [B, M, D].
+        Linear layer: a zero :class:`LinearState` (S, z).
+        """
         rows = self.mem_len if self.config["memory_init"] == "zeros" else 0
         ref = self.word_emb.weight
         return [ref.new_zeros(batch, rows, self.config["d_model"])
-                for _ in self.layers]
+                if layer.kind == "dense" else layer.attn.init_state(batch, ref)
+                for layer in self.layers]
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor,
@@ -299,10 +601,13 @@ class TransfoXLReference(nn.Module):
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run one call of ``T`` new tokens.
 
-        ``ids``: LongTensor [B, T]; ``mems``: per-layer [B, M, D] or None.
-        Returns ``(logits [B, T, V], new_mems)`` where ``new_mems[l]`` is the
-        last ``mem_len`` rows of ``cat(mems[l], input of layer l)``; with
-        ``last_only`` the logits are those of the last position, [B, 1, V].
+        ``ids``: LongTensor [B, T]; ``mems``: per-layer state or None
+        (dense layer: memory [B, M, D]; linear layer: a LinearState).
+        Returns ``(logits [B, T, V], new_mems)`` where, for a dense layer,
+        ``new_mems[l]`` is the last ``mem_len`` rows of
+        ``cat(mems[l], input of layer l)`` and, for a linear layer, the
+        (S, z) state after the call; with ``last_only`` the logits are
+        those of the last position, [B, 1, V].
         """
         B, T = ids.shape
         if mems is None:
@@ -313,6 +618,17 @@ class TransfoXLReference(nn.Module):
         x = self.word_emb(ids) * math.sqrt(self.config["d_model"])
         new_mems = []
         for n, layer in enumerate(self.layers):
+            if layer.kind == "linear":
+                state = mems[n]
+                if not isinstance(state, tuple) or len(state) != 2:
+                    raise ValueError(f"layer {n} is linear: its state must "
+                                     f"be a LinearState (S, z)")
+                state = LinearState(state[0].to(x.dtype),
+                                    state[1].to(x.dtype))
+                x, state = layer(x, state)
+                new_mems.append(LinearState(state.S.detach().clone(),
+                                            state.z.detach().clone()))
+                continue
             mem = mems[n].to(x.dtype)
             both = torch.cat([mem, x], dim=1)
             keep = min(self.mem_len, both.shape[1])
@@ -361,6 +677,26 @@ def stream_logits(model: TransfoXLReference, ids: Sequence[int],
 # --------------------------------------------------------------------------
 
 
+def favor_features(m: int, d_head: int, gen: torch.Generator
+                   ) -> torch.Tensor:
+    """FAVOR+ projection Omega [m, d_head] (MODEL-SPEC 5.3, scaling=1).
+
+    Blocks of d_head orthogonal rows (Q of the QR of a Gaussian
+    [d_head, d_head] matrix, float64), the last block partial; every row is
+    rescaled to norm sqrt(d_head).
+    """
+    blocks = []
+    rows = 0
+    while rows < m:
+        g = torch.randn(d_head, d_head, generator=gen, dtype=torch.float64)
+        q, _ = torch.linalg.qr(g)
+        take = min(d_head, m - rows)
+        blocks.append(q.t()[:take])  # rows of Q^T: orthonormal
+        rows += take
+    omega = torch.cat(blocks, dim=0)
+    return omega / omega.norm(dim=1, keepdim=True) * math.sqrt(d_head)
+
+
 def _init_weights(model: TransfoXLReference, gen: torch.Generator) -> None:
     """Seeded init that gives non-trivial attention patterns and logits."""
 
@@ -371,7 +707,18 @@ def _init_weights(model: TransfoXLReference, gen: torch.Generator) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if name.endswith("ln.weight"):
+            if name.endswith("attn.features"):
+                n = int(name.split(".")[1])
+                fmap = model.specs[n]["feature_map"]
+                if fmap == "favor":
+                    p.copy_(favor_features(p.shape[0], p.shape[1], gen))
+                else:  # rfa: w_i ~ N(0, sigma^2 I), sigma = 1
+                    normal(p, 0.0, 1.0)
+            elif name.endswith("attn.gate.weight"):
+                normal(p, 0.0, 0.5 / math.sqrt(p.shape[1]))
+            elif name.endswith("attn.gate.bias"):
+                p.zero_()
+            elif name.endswith("ln.weight"):
                 normal(p, 1.0, 0.1)
             elif leaf in ("r_w_bias", "r_r_bias"):
                 normal(p, 0.0, 0.2)

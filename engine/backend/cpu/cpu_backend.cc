@@ -5,6 +5,7 @@
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/linear_attention.h"
 #include "kernels/cpu/relative_attention.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vector_ops.h"
@@ -152,6 +153,30 @@ class CpuBackend final : public Backend {
       kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
                                  a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                  a.out->data<float>(), width, pool_);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override {
+    for (const LinearAttentionArgs& a : batch) {
+      const LayerConfig& l = *a.layer;
+      kernels::LinearAttentionShape shape{
+          a.num_heads,
+          a.head_dim,
+          a.qkv->dim(0),
+          l.feature_map == FeatureMap::kElu     ? kernels::LinearFeatureMap::kElu
+          : l.feature_map == FeatureMap::kFavor ? kernels::LinearFeatureMap::kFavor
+                                                : kernels::LinearFeatureMap::kRfa,
+          l.num_features,
+          l.gated,
+          static_cast<float>(l.eps),
+          a.input->dim(1)};
+      auto ptr = [](const Tensor* t) {
+        return t != nullptr && t->defined() ? t->data<float>() : nullptr;
+      };
+      kernels::LinearAttention(shape, a.qkv->data<float>(), a.input->data<float>(), ptr(a.features),
+                               ptr(a.gate_weight), ptr(a.gate_bias), a.state->s.data<float>(),
+                               a.state->z.data<float>(), a.out->data<float>(), pool_);
     }
     return absl::OkStatus();
   }

@@ -435,6 +435,11 @@ class CudaBackend final : public Backend {
     });
   }
 
+  absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override {
+    return absl::UnimplementedError(
+        "linear attention has no CUDA kernel yet: run this model with --device cpu");
+  }
+
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
