@@ -38,7 +38,8 @@ void Features(const LinearAttentionShape& s, const float* x, const float* featur
       float stab = 0.0f;
       if (query) stab = *std::max_element(u, u + m);
       const float norm_m = 1.0f / std::sqrt(static_cast<float>(m));
-      for (int64_t i = 0; i < m; ++i) phi[i] = norm_m * (std::exp(u[i] - 0.5f * norm - stab) + 1e-4f);
+      for (int64_t i = 0; i < m; ++i)
+        phi[i] = norm_m * (std::exp(u[i] - 0.5f * norm - stab) + 1e-4f);
       return;
     }
     case LinearFeatureMap::kRfa: {

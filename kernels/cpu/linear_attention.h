@@ -14,10 +14,10 @@
 namespace mnemo::kernels {
 
 enum class LinearFeatureMap : uint8_t {
-  kElu,    // φ(x) = elu(x) + 1                                        m' = d_h
+  kElu,  // φ(x) = elu(x) + 1                                        m' = d_h
   kFavor,  // x̂ = x·d_h^(−1/4), u = Ωx̂: queries m^(−1/2)(exp(u − ‖x̂‖²/2 − max u) + 1e-4),
            // keys m^(−1/2)(exp(u − ‖x̂‖²/2) + 1e-4)                   m' = m
-  kRfa,    // x̂ = x/‖x‖, u = Wx̂: m^(−1/2)[sin u, cos u]                 m' = 2m
+  kRfa,  // x̂ = x/‖x‖, u = Wx̂: m^(−1/2)[sin u, cos u]                 m' = 2m
 };
 
 struct LinearAttentionShape {

@@ -98,14 +98,16 @@ class LinearAttentionTest : public ::testing::TestWithParam<Case> {
         double a = 1, b = 1;
         if (c.gated) {
           double x = gate_b_[h];
-          for (int i = 0; i < kInput; ++i) x += double(gate_w_[h * kInput + i]) * input_[t * kInput + i];
+          for (int i = 0; i < kInput; ++i)
+            x += double(gate_w_[h * kInput + i]) * input_[t * kInput + i];
           a = 1 / (1 + std::exp(-x));
           b = 1 - a;
         }
         const float* v = row + 2 * w;
         for (int64_t i = 0; i < mf_; ++i) {
           z[i] = a * z[i] + b * fk[i];
-          for (int d = 0; d < kHeadDim; ++d) S[i * kHeadDim + d] = a * S[i * kHeadDim + d] + b * fk[i] * v[d];
+          for (int d = 0; d < kHeadDim; ++d)
+            S[i * kHeadDim + d] = a * S[i * kHeadDim + d] + b * fk[i] * v[d];
         }
         double den = 0;
         for (int64_t i = 0; i < mf_; ++i) den += fq[i] * z[i];
