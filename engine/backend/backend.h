@@ -50,6 +50,17 @@ struct LinearAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
+// One sequence's sliding-window attention (MODEL-SPEC §3) of one layer against its rolling
+// K/V buffer; the new positions join the buffer afterwards (AppendToMemory), as for dense layers.
+struct SparseAttentionArgs {
+  const Tensor* qkv;         // [T, 3·H·d_h]
+  const XlMemory* memory;    // the last (W − 1)·max dilation positions before this segment
+  const LayerConfig* layer;  // window, per-head dilations
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [T, H·d_h]
+};
+
 // One sequence's new positions joining its layer memory: keys/values are the k and v blocks of
 // `qkv` ([T, 3·H·d_h]). The backend writes the rows; the caller then calls memory->Advance(T).
 struct MemoryAppendArgs {
@@ -111,6 +122,8 @@ class Backend {
   virtual absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) = 0;
   // Runs every sequence's linear attention of one layer; each state advances by its T tokens.
   virtual absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) = 0;
+  // Runs every sequence's sliding-window attention of one layer.
+  virtual absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) = 0;
   // Writes every sequence's new keys/values into its memory ring (slots from
   // XlMemory::SlotOfNewRow); the memories' bookkeeping is the caller's (XlMemory::Advance).
   virtual absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) = 0;

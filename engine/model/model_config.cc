@@ -1,5 +1,6 @@
 #include "engine/model/model_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -49,30 +50,64 @@ absl::StatusOr<std::string> GetString(const Json& j, const char* field) {
 }
 
 // One "layers" entry (MODEL-SPEC §5; CHECKPOINT-FORMAT.md).
-absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, int64_t d_head) {
+absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, int64_t d_head,
+                                       int64_t n_head) {
   const std::string where = absl::StrCat("layers[", index, "]");
   auto error = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat("config.json: ", where, " ", what));
   };
   if (!j.is_object()) return error("must be an object");
   static const std::set<std::string> kKnown = {"attention", "feature_map", "num_features", "eps",
-                                               "gated"};
+                                               "gated",     "window",      "dilation"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key()))
       return error(absl::StrCat("has unknown field \"", item.key(), "\""));
   }
   LayerConfig layer;
   if (!j.contains("attention") || !j.at("attention").is_string()) {
-    return error("needs \"attention\": \"dense\" or \"linear\"");
+    return error("needs \"attention\": \"dense\", \"linear\" or \"sparse\"");
   }
   const std::string attention = j.at("attention").get<std::string>();
   if (attention == "dense") {
     if (j.size() != 1) return error("(dense) takes no other field");
     return layer;
   }
+  if (attention == "sparse") {
+    layer.attention = AttentionKind::kSparse;
+    for (const char* field : {"feature_map", "num_features", "eps", "gated"}) {
+      if (j.contains(field)) return error(absl::StrCat("(sparse) has no \"", field, "\""));
+    }
+    auto positive = [](const Json& v) {
+      return v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= (1 << 20);
+    };
+    if (!j.contains("window") || !positive(j.at("window"))) {
+      return error("(sparse) needs \"window\": an integer in [1, 1048576] (keys incl. itself)");
+    }
+    layer.window = j.at("window").get<int64_t>();
+    layer.dilations.assign(static_cast<size_t>(n_head), 1);
+    if (j.contains("dilation")) {
+      const Json& d = j.at("dilation");
+      if (positive(d)) {
+        layer.dilations.assign(static_cast<size_t>(n_head), d.get<int64_t>());
+      } else if (d.is_array() && static_cast<int64_t>(d.size()) == n_head &&
+                 std::all_of(d.begin(), d.end(), positive)) {
+        for (int64_t h = 0; h < n_head; ++h) layer.dilations[h] = d[h].get<int64_t>();
+      } else {
+        return error(absl::StrCat(
+            "\"dilation\" must be an integer ≥ 1 or a list of n_head = ", n_head, " of them"));
+      }
+    }
+    if (layer.sparse_span() > (int64_t{1} << 20)) {
+      return error("window × dilation must be at most 1048576");
+    }
+    return layer;
+  }
+  for (const char* field : {"window", "dilation"}) {
+    if (j.contains(field)) return error(absl::StrCat("(", attention, ") has no \"", field, "\""));
+  }
   if (attention != "linear") {
-    return error(
-        absl::StrCat("\"attention\" must be \"dense\" or \"linear\", got \"", attention, "\""));
+    return error(absl::StrCat("\"attention\" must be \"dense\", \"linear\" or \"sparse\", got \"",
+                              attention, "\""));
   }
   layer.attention = AttentionKind::kLinear;
   if (!j.contains("feature_map") || !j.at("feature_map").is_string()) {
@@ -120,6 +155,12 @@ absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, int64_t d_h
 }
 
 }  // namespace
+
+int64_t LayerConfig::sparse_span() const {
+  int64_t dil = 1;
+  for (int64_t d : dilations) dil = std::max(dil, d);
+  return (window - 1) * dil;
+}
 
 const LayerConfig& ModelConfig::layer(int64_t l) const {
   static const LayerConfig kDense;
@@ -243,7 +284,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     }
     for (int64_t l = 0; l < c.n_layer; ++l) {
       ASSIGN_OR_RETURN(c.layers[static_cast<size_t>(l)],
-                       ParseLayer(layers[static_cast<size_t>(l)], l, c.d_head));
+                       ParseLayer(layers[static_cast<size_t>(l)], l, c.d_head, c.n_head));
     }
   }
   return c;

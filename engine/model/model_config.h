@@ -25,6 +25,7 @@ enum class MemoryInit : uint8_t {
 enum class AttentionKind : uint8_t {
   kDense,   // Transformer-XL relative attention over [memory | segment]
   kLinear,  // kernelised causal attention carried as a recurrent state (S, z) per head
+  kSparse,  // softmax attention over a (dilated) sliding window, kept as a rolling K/V buffer
 };
 
 // Feature map of a linear layer (MODEL-SPEC §5.2–5.4).
@@ -38,9 +39,14 @@ enum class FeatureMap : uint8_t {
 struct LayerConfig {
   AttentionKind attention = AttentionKind::kDense;
   FeatureMap feature_map = FeatureMap::kElu;
-  int64_t num_features = 0;  // favor, rfa: rows of the stored feature matrix
-  double eps = 1e-6;         // linear: the denominator is clamped to at least eps
-  bool gated = false;        // rfa: decay the state by a learned per-head gate
+  int64_t num_features = 0;        // favor, rfa: rows of the stored feature matrix
+  double eps = 1e-6;               // linear: the denominator is clamped to at least eps
+  bool gated = false;              // rfa: decay the state by a learned per-head gate
+  int64_t window = 0;              // sparse: keys a query sees, itself included
+  std::vector<int64_t> dilations;  // sparse: per head (n_head entries)
+
+  // sparse: positions before the current segment the layer must keep: (window − 1)·max dilation.
+  int64_t sparse_span() const;
 };
 
 struct ModelConfig {

@@ -49,15 +49,17 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   if (model->backend_->device() != Device::kCpu) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
       if (!c.is_dense(l)) {
-        return absl::UnimplementedError(absl::StrCat("layer ", l, ": linear attention has no ",
-                                                     std::string(model->backend_->name()),
-                                                     " kernel yet; run this model on the CPU"));
+        return absl::UnimplementedError(absl::StrCat(
+            "layer ", l, ": ",
+            c.layer(l).attention == AttentionKind::kLinear ? "linear" : "sliding-window",
+            " attention has no ", std::string(model->backend_->name()),
+            " kernel yet; run this model on the CPU"));
       }
     }
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
-    if (!c.is_dense(l)) {  // no positions, no memory
+    if (!c.is_dense(l)) {  // no positions, no zero-memory rows
       tables.emplace_back();
       zero_keys.emplace_back();
       zero_values.emplace_back();
@@ -139,6 +141,14 @@ absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
   const ModelConfig& c = config_;
   const bool fill = c.memory_init == MemoryInit::kZeros;
   for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (c.layer(l).attention == AttentionKind::kSparse) {  // an empty rolling window
+      const std::vector<int64_t> shape = {c.layer(l).sparse_span(), c.attn_width()};
+      ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
+      ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
+      state.layers().emplace_back(std::move(keys), std::move(values));
+      state.linear().emplace_back();
+      continue;
+    }
     if (!c.is_dense(l)) {  // linear: zero sums, no memory
       const int64_t m = c.linear_features(l);
       LinearState linear;
@@ -171,6 +181,8 @@ size_t TransfoXlModel::StateBytes() const {
   for (int64_t l = 0; l < c.n_layer; ++l) {
     if (c.is_dense(l)) {
       total += SessionStateBytes(1, c.mem_len, c.attn_width());
+    } else if (c.layer(l).attention == AttentionKind::kSparse) {
+      total += SessionStateBytes(1, c.layer(l).sparse_span(), c.attn_width());
     } else {
       const int64_t m = c.linear_features(l);
       total += static_cast<size_t>(c.n_head * (m * c.d_head + m)) * sizeof(float);
@@ -190,8 +202,9 @@ bool TransfoXlModel::StateFits(const SessionState& state) const {
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const XlMemory& m = layers[l];
     const LinearState& lin = linear[l];
-    if (c.is_dense(l)) {
-      if (!m.keys().defined() || m.capacity() != c.mem_len || m.width() != c.attn_width() ||
+    if (c.layer(l).attention != AttentionKind::kLinear) {  // dense, sparse: a K/V ring
+      const int64_t capacity = c.is_dense(l) ? c.mem_len : c.layer(l).sparse_span();
+      if (!m.keys().defined() || m.capacity() != capacity || m.width() != c.attn_width() ||
           lin.defined()) {
         return false;
       }
@@ -352,7 +365,23 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       attn_in = &h;
     }
     RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
-    if (!c.is_dense(l)) {  // linear attention: the state advances as the outputs are computed
+    if (c.layer(l).attention == AttentionKind::kSparse) {
+      std::vector<SparseAttentionArgs> args;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        args.push_back({&qkv_rows[b], &batch[b].state->layers()[l], &c.layer(l),
+                        static_cast<int>(c.n_head), static_cast<int>(c.d_head), &attn_rows[b]});
+      }
+      RETURN_IF_ERROR(be.SparseAttention(args));
+      // As for dense layers, the new keys/values join the window after every query attended.
+      std::vector<MemoryAppendArgs> appends;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
+      }
+      RETURN_IF_ERROR(be.AppendToMemory(appends));
+      for (size_t b = 0; b < batch.size(); ++b) {
+        batch[b].state->layers()[l].Advance(batch[b].num_tokens);
+      }
+    } else if (!c.is_dense(l)) {  // linear attention: the state advances with the outputs
       std::vector<Tensor> input_rows;
       for (size_t b = 0; b < batch.size(); ++b) {
         input_rows.push_back(attn_in->Rows(offsets[b], offsets[b] + batch[b].num_tokens));

@@ -111,7 +111,9 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
         lw.r_w_bias = shared_r_w;
         lw.r_r_bias = shared_r_r;
       }
-    } else {  // linear: no positions, no r biases; random features and gate as configured
+    } else if (lc.attention == AttentionKind::kLinear) {
+      // Linear: no positions, no r biases; random features and gate as configured. (Sparse
+      // layers have nothing beyond the projections.)
       if (lc.feature_map != FeatureMap::kElu) {
         ASSIGN_OR_RETURN(lw.features,
                          reader.Read(p + "attn.features", {lc.num_features, c.d_head}));

@@ -351,6 +351,38 @@ TEST(ModelConfigLayersTest, BadEntriesNameTheLayerAndField) {
   }
 }
 
+TEST(ModelConfigLayersTest, SparseWindowsParse) {
+  // SmallConfig has 2 heads.
+  auto c =
+      ParseModelConfig(test::RenderJsonObject(WithLayers(R"([{"attention": "sparse", "window": 4},
+                    {"attention": "sparse", "window": 3, "dilation": [1, 5]}])")));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->layer(0).attention, AttentionKind::kSparse);
+  EXPECT_EQ(c->layer(0).dilations, (std::vector<int64_t>{1, 1}));
+  EXPECT_EQ(c->layer(0).sparse_span(), 3);
+  EXPECT_EQ(c->layer(1).dilations, (std::vector<int64_t>{1, 5}));
+  EXPECT_EQ(c->layer(1).sparse_span(), 10);  // (3 − 1) · 5
+  for (const auto& [layers, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {R"([{"attention": "sparse"}, {"attention": "dense"}])", "window"},
+           {R"([{"attention": "sparse", "window": 0}, {"attention": "dense"}])", "window"},
+           {R"([{"attention": "sparse", "window": 2, "dilation": [1]}, {"attention": "dense"}])",
+            "dilation"},
+           {R"([{"attention": "sparse", "window": 2, "dilation": 0}, {"attention": "dense"}])",
+            "dilation"},
+           {R"([{"attention": "sparse", "window": 2, "eps": 1}, {"attention": "dense"}])", "eps"},
+           {R"([{"attention": "linear", "feature_map": "elu", "window": 2},
+                {"attention": "dense"}])",
+            "window"},
+           {R"([{"attention": "sparse", "window": 1048576, "dilation": 2},
+                {"attention": "dense"}])",
+            "window"},
+       }) {
+    auto bad = ParseModelConfig(test::RenderJsonObject(WithLayers(layers)));
+    ASSERT_FALSE(bad.ok()) << layers;
+    EXPECT_NE(bad.status().message().find(fragment), std::string::npos) << bad.status();
+  }
+}
+
 TEST(ModelConfigLayersTest, FavorNeedsSmallHeads) {
   Fields f = test::ConfigFields(test::SmallConfig());
   for (auto& [k, v] : f) {

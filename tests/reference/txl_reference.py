@@ -17,13 +17,19 @@ Deliberate choices (they make this an oracle, not a fast implementation):
 Per-layer attention kinds (config field ``layers``, MODEL-SPEC 5): a layer
 is ``dense`` (the Transformer-XL attention above) or ``linear`` (causal
 linear attention with feature map ``elu``, ``favor`` or ``rfa``, optionally
-gated for rfa). A linear layer keeps the qkv/o/ln/ff tensors, has no
-``attn.r.weight`` and no r biases, adds ``attn.features`` [m, d_h] for
+gated for rfa) or ``sparse`` (causal softmax attention over a sliding
+window of ``window`` keys, itself included, spaced ``dilation`` apart, per
+head; no position encodings). A linear layer keeps the qkv/o/ln/ff tensors,
+has no ``attn.r.weight`` and no r biases, adds ``attn.features`` [m, d_h] for
 favor/rfa and ``attn.gate.weight`` [H, D] / ``attn.gate.bias`` [H] when
 gated. Its per-session state is a :class:`LinearState` (S [B, H, m', d_h],
 z [B, H, m']) instead of a memory tensor. It is computed token by token
 (the recurrence, default) or in the masked parallel form
 (``model.set_linear_mode("parallel")``); both carry the state exactly.
+A sparse layer has exactly the tensors of an elu linear layer; its state
+is a :class:`SparseState`: the projected keys and values (k, v
+[B, H, P, d_h]) of the last P = min(seen, (window-1) * max(dilation))
+stream positions, empty for a new session (``memory_init`` does not apply).
 
 Library use::
 
@@ -167,9 +173,12 @@ def _validate_layers(layers, cfg: dict) -> None:
             if extra:
                 fail(n, f"field {extra[0]!r} is not allowed for a dense layer")
             continue
+        if kind == "sparse":
+            _validate_sparse(entry, cfg, lambda what: fail(n, what))
+            continue
         if kind != "linear":
-            fail(n, f"field 'attention' must be \"dense\" or \"linear\", "
-                    f"got {kind!r}")
+            fail(n, f"field 'attention' must be \"dense\", \"linear\" or "
+                    f"\"sparse\", got {kind!r}")
         allowed = {"attention", "feature_map", "num_features", "eps", "gated"}
         extra = sorted(set(entry) - allowed)
         if extra:
@@ -208,12 +217,52 @@ def _validate_layers(layers, cfg: dict) -> None:
                     f"{FAVOR_MAX_D_HEAD}, d_head is {cfg['d_head']}")
 
 
+#: largest ``window * max(dilation)`` of a sparse layer.
+SPARSE_MAX_SPAN = 1 << 20
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_sparse(entry: dict, cfg: dict, fail) -> None:
+    """One ``{"attention": "sparse", "window": W, "dilation": D}`` entry."""
+    extra = sorted(set(entry) - {"attention", "window", "dilation"})
+    if extra:
+        fail(f"unknown field {extra[0]!r}")
+    if "window" not in entry:
+        fail("missing field 'window' (required when 'attention' is "
+             "\"sparse\")")
+    window = entry["window"]
+    if not _is_int(window) or window < 1:
+        fail(f"field 'window' must be an int >= 1, got {window!r}")
+    dilation = entry.get("dilation", 1)
+    n_head = cfg["n_head"]
+    if isinstance(dilation, list):
+        if len(dilation) != n_head:
+            fail(f"field 'dilation' has {len(dilation)} entries, n_head is "
+                 f"{n_head}")
+        for h, d in enumerate(dilation):
+            if not _is_int(d) or d < 1:
+                fail(f"field 'dilation'[{h}] must be an int >= 1, got {d!r}")
+        max_dil = max(dilation)
+    else:
+        if not _is_int(dilation) or dilation < 1:
+            fail(f"field 'dilation' must be an int >= 1 or a list of n_head "
+                 f"({n_head}) ints >= 1, got {dilation!r}")
+        max_dil = dilation
+    if window * max_dil > SPARSE_MAX_SPAN:
+        fail(f"fields 'window' * 'dilation' = {window} * {max_dil} = "
+             f"{window * max_dil} exceeds {SPARSE_MAX_SPAN}")
+
+
 def layer_specs(cfg: dict) -> List[dict]:
     """Per-layer attention specs of a validated config, defaults filled in.
 
     Dense: ``{"attention": "dense"}``. Linear: ``attention``,
     ``feature_map``, ``num_features`` (m, the size of the ``features``
-    tensor; None for elu), ``eps`` and ``gated``.
+    tensor; None for elu), ``eps`` and ``gated``. Sparse: ``attention``,
+    ``window`` and ``dilation`` (always a list of ``n_head`` ints).
     """
     layers = cfg.get("layers")
     if layers is None:
@@ -222,6 +271,13 @@ def layer_specs(cfg: dict) -> List[dict]:
     for entry in layers:
         if entry["attention"] == "dense":
             specs.append({"attention": "dense"})
+            continue
+        if entry["attention"] == "sparse":
+            dilation = entry.get("dilation", 1)
+            if not isinstance(dilation, list):
+                dilation = [dilation] * cfg["n_head"]
+            specs.append({"attention": "sparse", "window": entry["window"],
+                          "dilation": list(dilation)})
             continue
         specs.append({
             "attention": "linear",
@@ -487,6 +543,89 @@ class LinearAttention(nn.Module):
         return self.ln(x + out), new_state
 
 
+class SparseState(NamedTuple):
+    """Carried state of one sparse (sliding-window) layer.
+
+    ``k``, ``v``: [B, H, P, d_h], the projected keys and values of the last
+    ``P = min(seen, (window - 1) * max(dilation))`` stream positions, oldest
+    first; P = 0 for a new session. Because the cache always holds the most
+    recent positions, ``P < (window - 1) * max(dilation)`` means that the
+    session has seen exactly P tokens, so no position counter is needed.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class SparseAttention(nn.Module):
+    """Causal sliding-window (optionally dilated) softmax attention.
+
+    Query at stream position p, head h (dilation d_h) sees the keys at
+    ``p - r * d_h`` for ``r = 0 .. window - 1`` that are >= 0, itself
+    included; ``score = q.k / sqrt(d_head)``, softmax over those keys. No
+    relative or absolute positions, no r biases, no memory; the same
+    projections, residual and LayerNorm as the other kinds.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.d_model, self.n_head, self.d_head = d_model, n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.window = spec["window"]
+        self.dilation = list(spec["dilation"])
+        # Registration order = random_checkpoint draw order: qkv, o, ln.
+        self.qkv = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.o = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+
+    @property
+    def cache_len(self) -> int:
+        """Positions kept between calls: (window - 1) * max(dilation)."""
+        return (self.window - 1) * max(self.dilation)
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> SparseState:
+        shape = (batch, self.n_head, 0, self.d_head)
+        return SparseState(ref.new_zeros(shape), ref.new_zeros(shape))
+
+    def allowed(self, T: int, P: int, device=None) -> torch.Tensor:
+        """Boolean [H, T, P + T], True = key j visible to query i.
+
+        Keys are [cache | new]; query i sits at index P + i, so the stream
+        distance to key j is ``delta = P + i - j``.
+        """
+        i = torch.arange(T, device=device)[:, None]
+        j = torch.arange(P + T, device=device)[None, :]
+        delta = (P + i - j)[None]                                 # [1,T,K]
+        dil = torch.tensor(self.dilation, device=device)[:, None, None]
+        return ((delta >= 0) & (delta % dil == 0)
+                & (delta // dil < self.window))
+
+    def forward(self, x: torch.Tensor, state: SparseState
+                ) -> Tuple[torch.Tensor, SparseState]:
+        """``x``: [B, T, D]; returns ([B, T, D], state after the call)."""
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x                 # layer input
+        q, k, v = self.qkv(h).split(H * dh, dim=-1)
+        q, k, v = (t.reshape(B, T, H, dh).transpose(1, 2) for t in (q, k, v))
+        keys = torch.cat([state.k, k], dim=2)                  # [B,H,P+T,dh]
+        values = torch.cat([state.v, v], dim=2)
+        P = state.k.shape[2]
+        scores = torch.einsum("bhtd,bhkd->bhtk", q, keys) / math.sqrt(dh)
+        mask = self.allowed(T, P, x.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)   # never all masked (r = 0)
+        out = torch.einsum("bhtk,bhkd->bhtd", probs, values)
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        keep = min(self.cache_len, P + T)
+        start = P + T - keep
+        new_state = SparseState(keys[:, :, start:], values[:, :, start:])
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
 class PositionwiseFF(nn.Module):
     """Position-wise feed-forward block with its residual and LayerNorm."""
 
@@ -506,19 +645,23 @@ class PositionwiseFF(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Dense (Transformer-XL) layer by default; ``spec`` may make it linear."""
+    """Dense (Transformer-XL) layer by default; ``spec`` may make it linear
+    or sparse."""
 
     def __init__(self, cfg: dict, spec: Optional[dict] = None):
         super().__init__()
         self.kind = "dense" if spec is None else spec["attention"]
         if self.kind == "dense":
             self.attn = RelMultiHeadAttention(cfg)
+        elif self.kind == "sparse":
+            self.attn = SparseAttention(cfg, spec)
         else:
             self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
 
     def forward(self, x, mem, r_w_bias=None, r_r_bias=None):
-        """Dense: returns the output; linear: (output, new LinearState)."""
+        """Dense: returns the output; linear / sparse: (output, new
+        LinearState / SparseState)."""
         if self.kind == "dense":
             return self.ff(self.attn(x, mem, r_w_bias, r_r_bias))
         y, state = self.attn(x, mem)
@@ -586,7 +729,8 @@ class TransfoXLReference(nn.Module):
         """First-call state per layer.
 
         Dense layer: ``mem_len`` zero rows or empty (memory_init), [B, M, D].
-        Linear layer: a zero :class:`LinearState` (S, z).
+        Linear layer: a zero :class:`LinearState` (S, z). Sparse layer: an
+        empty :class:`SparseState` (memory_init does not apply).
         """
         rows = self.mem_len if self.config["memory_init"] == "zeros" else 0
         ref = self.word_emb.weight
@@ -602,11 +746,13 @@ class TransfoXLReference(nn.Module):
         """Run one call of ``T`` new tokens.
 
         ``ids``: LongTensor [B, T]; ``mems``: per-layer state or None
-        (dense layer: memory [B, M, D]; linear layer: a LinearState).
+        (dense layer: memory [B, M, D]; linear layer: a LinearState; sparse
+        layer: a SparseState).
         Returns ``(logits [B, T, V], new_mems)`` where, for a dense layer,
         ``new_mems[l]`` is the last ``mem_len`` rows of
         ``cat(mems[l], input of layer l)`` and, for a linear layer, the
-        (S, z) state after the call; with ``last_only`` the logits are
+        (S, z) state after the call, for a sparse layer the (k, v) cache of
+        the last positions after the call; with ``last_only`` the logits are
         those of the last position, [B, 1, V].
         """
         B, T = ids.shape
@@ -620,7 +766,8 @@ class TransfoXLReference(nn.Module):
         for n, layer in enumerate(self.layers):
             if layer.kind == "linear":
                 state = mems[n]
-                if not isinstance(state, tuple) or len(state) != 2:
+                if (not isinstance(state, tuple) or len(state) != 2
+                        or isinstance(state, SparseState)):
                     raise ValueError(f"layer {n} is linear: its state must "
                                      f"be a LinearState (S, z)")
                 state = LinearState(state[0].to(x.dtype),
@@ -628,6 +775,16 @@ class TransfoXLReference(nn.Module):
                 x, state = layer(x, state)
                 new_mems.append(LinearState(state.S.detach().clone(),
                                             state.z.detach().clone()))
+                continue
+            if layer.kind == "sparse":
+                state = mems[n]
+                if not isinstance(state, SparseState):
+                    raise ValueError(f"layer {n} is sparse: its state must "
+                                     f"be a SparseState (k, v)")
+                state = SparseState(state.k.to(x.dtype), state.v.to(x.dtype))
+                x, state = layer(x, state)
+                new_mems.append(SparseState(state.k.detach().clone(),
+                                            state.v.detach().clone()))
                 continue
             mem = mems[n].to(x.dtype)
             both = torch.cat([mem, x], dim=1)

@@ -7,6 +7,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/linear_attention.h"
 #include "kernels/cpu/relative_attention.h"
+#include "kernels/cpu/sparse_attention.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vector_ops.h"
 
@@ -177,6 +178,23 @@ class CpuBackend final : public Backend {
       kernels::LinearAttention(shape, a.qkv->data<float>(), a.input->data<float>(), ptr(a.features),
                                ptr(a.gate_weight), ptr(a.gate_bias), a.state->s.data<float>(),
                                a.state->z.data<float>(), a.out->data<float>(), pool_);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override {
+    std::vector<kernels::KvSpan> spans;
+    for (const SparseAttentionArgs& a : batch) {
+      const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
+      const int64_t t = a.qkv->dim(0);
+      spans.clear();
+      a.memory->AppendSpans(spans);
+      const float* qkv = a.qkv->data<float>();
+      spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+      kernels::SlidingWindowShape shape{
+          a.num_heads, a.head_dim, t, a.memory->size(), a.layer->window, a.layer->dilations.data()};
+      kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,
+                                      pool_);
     }
     return absl::OkStatus();
   }

@@ -440,6 +440,11 @@ class CudaBackend final : public Backend {
         "linear attention has no CUDA kernel yet: run this model with --device cpu");
   }
 
+  absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override {
+    return absl::UnimplementedError(
+        "sliding-window attention has no CUDA kernel yet: run this model with --device cpu");
+  }
+
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
