@@ -16,10 +16,10 @@ namespace mnemo::kernels {
 struct SlidingWindowShape {
   int num_heads;
   int head_dim;
-  int64_t query_len;           // T: the new positions are the last T keys
-  int64_t memory_len;          // M: stored positions before them
-  int64_t window;              // W keys per query, itself included
-  const int64_t* dilations;    // [H]
+  int64_t query_len;         // T: the new positions are the last T keys
+  int64_t memory_len;        // M: stored positions before them
+  int64_t window;            // W keys per query, itself included
+  const int64_t* dilations;  // [H]
 };
 
 // q: [T, H·d_h] rows `ldq` apart; keys: spans covering exactly M + T positions, oldest first;

@@ -32,8 +32,8 @@ std::vector<float> Naive(const Case& c, int dh, const std::vector<float>& q,
       double max = -INFINITY;
       for (int64_t j = 0; j < keys; ++j) {
         const int64_t back = self - j;
-        const bool allowed = back >= 0 && back % c.dilations[h] == 0 &&
-                             back / c.dilations[h] < c.window;
+        const bool allowed =
+            back >= 0 && back % c.dilations[h] == 0 && back / c.dilations[h] < c.window;
         if (!allowed) continue;
         double dot = 0;
         for (int d = 0; d < dh; ++d) dot += double(q[i * w + h * dh + d]) * k[j * w + h * dh + d];
@@ -55,12 +55,12 @@ std::vector<float> Naive(const Case& c, int dh, const std::vector<float>& q,
 TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
   const int dh = 8;
   const std::vector<Case> cases = {
-      {1, {1, 1}, 5, 4},         // itself only
-      {4, {1, 1}, 10, 7},        // plain window, memory + segment
-      {3, {2, 2}, 9, 6},         // dilated
-      {3, {1, 3}, 12, 5},        // per-head dilation
-      {100, {1, 1}, 6, 9},       // covers everything: plain causal attention
-      {5, {2, 1}, 0, 12},        // no memory yet
+      {1, {1, 1}, 5, 4},    // itself only
+      {4, {1, 1}, 10, 7},   // plain window, memory + segment
+      {3, {2, 2}, 9, 6},    // dilated
+      {3, {1, 3}, 12, 5},   // per-head dilation
+      {100, {1, 1}, 6, 9},  // covers everything: plain causal attention
+      {5, {2, 1}, 0, 12},   // no memory yet
   };
   std::mt19937 rng(3);
   std::normal_distribution<float> dist;
@@ -81,8 +81,8 @@ TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
     }
     spans.push_back({k.data() + c.memory_len * w, v.data() + c.memory_len * w, w, c.query_len});
     std::vector<float> out(q.size(), std::nanf(""));
-    const SlidingWindowShape shape{heads, dh, c.query_len, c.memory_len, c.window,
-                                   c.dilations.data()};
+    const SlidingWindowShape shape{heads,        dh,       c.query_len,
+                                   c.memory_len, c.window, c.dilations.data()};
     SlidingWindowAttention(shape, q.data(), w, spans, out.data(), w, ThreadPool::Default());
     EXPECT_TRUE(test::NearRelative(out, Naive(c, dh, q, k, v), 1e-5))
         << "window " << c.window << " memory " << c.memory_len;
