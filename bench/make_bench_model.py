@@ -66,6 +66,7 @@ def bench_config(args):
         "memory_init": "zeros",
         "tie_word_embeddings": True,
         "torch_dtype": args.dtype,
+        **({"layers": json.loads(args.layers)} if args.layers else {}),
     }
 
 
@@ -165,6 +166,9 @@ def main(argv=None):
                     default=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-std", type=float, default=0.02)
+    ap.add_argument("--layers", default="",
+                    help="config.json's \"layers\" list as JSON (per-layer attention "
+                         "kinds; engine/CHECKPOINT-FORMAT.md); default: every layer dense")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                     help="storage type of every tensor (mnemo's CUDA backend keeps "
                          "16-bit weights as they are)")

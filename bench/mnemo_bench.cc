@@ -8,6 +8,7 @@
 //   mnemo_bench --model DIR --figure breakdown --segment S   (S = 1: decode step)
 //   mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT
 //   mnemo_bench --model DIR --device cuda --figure batched-decode --batch B [--decode-steps K]
+//   mnemo_bench --model DIR --figure stream --tokens N [--segment S]
 //   --device cpu|cuda[:N] (default cpu) picks the backend for prefill, decode, batched-decode
 //   and logits; breakdown is CPU only.
 //
@@ -28,6 +29,9 @@
 //   The peak RSS of prefill/decode also comes with rss_after_load_mib and rss_end_mib.
 // batched-decode: B sessions with full memories (one primed, the others forked from it) each
 //   generate one token per step in one Forward (T = 1 per session): tokens/s = B·K / wall time.
+// stream: one session ingests an N-token synthetic document in segments of S (LogitsMode::kNone,
+//   the long-document path): tokens/s in each tenth of the stream, the ratio last tenth ÷ first
+//   tenth (flat = 1), and the session's state bytes after the first segment and at the end.
 // decode also reports bytes_per_token: the bytes a step must read at least (every weight matrix
 //   and bias it uses, the distance-table rows and the K/V memory its attention reads, the output
 //   embedding), for the roofline ratio against the measured copy bandwidth.
@@ -87,6 +91,7 @@ struct Options {
   bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
   std::string device = "cpu";
   int batch = 1;
+  int64_t tokens = 1 << 20;  // stream: document length
 };
 
 [[noreturn]] void Die(const std::string& message) {
@@ -138,6 +143,8 @@ Options ParseArgs(int argc, char** argv) {
       o.device = value();
     } else if (arg == "--batch") {
       o.batch = std::atoi(value().c_str());
+    } else if (arg == "--tokens") {
+      o.tokens = std::atoll(value().c_str());
     } else if (arg == "--help" || arg == "-h") {
       std::printf(
           "usage: mnemo_bench --model DIR --figure prefill|decode|breakdown [--segment S]\n"
@@ -152,9 +159,10 @@ Options ParseArgs(int argc, char** argv) {
   }
   if (o.model.empty()) Die("--model is required");
   if (o.figure != "prefill" && o.figure != "decode" && o.figure != "breakdown" &&
-      o.figure != "logits" && o.figure != "batched-decode") {
-    Die("--figure must be prefill, decode, batched-decode, breakdown or logits");
+      o.figure != "logits" && o.figure != "batched-decode" && o.figure != "stream") {
+    Die("--figure must be prefill, decode, batched-decode, stream, breakdown or logits");
   }
+  if (o.tokens < 10) Die("--tokens must be at least 10");
   if (o.figure == "breakdown" && o.device != "cpu") Die("--figure breakdown is CPU only");
   if (o.batch < 1) Die("--batch must be at least 1");
   if (o.figure == "logits" && (o.ids_file.empty() || o.output.empty())) {
@@ -357,6 +365,40 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
           model.backend().device() != engine::Device::kCpu && c.dtype != DType::kF32 ? 2 : 4)
           .c_str(),
       CommonJson(model, state).c_str());
+  return 0;
+}
+
+int RunStream(const Options& o, TransfoXlModel& model) {
+  const engine::ModelConfig& c = model.config();
+  Tokens gen(c.vocab_size);
+  SessionState state = NewState(model);
+  const int64_t tenth = o.tokens / 10;
+  std::vector<double> rates;
+  size_t bytes_first = 0;
+  for (int part = 0; part < 10; ++part) {
+    const int64_t end = part == 9 ? o.tokens : (part + 1) * tenth;
+    int64_t done = part * tenth;
+    const auto t0 = Clock::now();
+    while (done < end) {
+      const int64_t n = std::min(o.segment, end - done);
+      const std::vector<int32_t> ids = gen.Next(n);
+      Check(model.Forward({SequenceInput{ids.data(), n, &state}}, LogitsMode::kNone, nullptr),
+            "stream forward");
+      if (bytes_first == 0) bytes_first = state.bytes();
+      done += n;
+    }
+    rates.push_back(static_cast<double>(end - part * tenth) / Seconds(t0, Clock::now()));
+  }
+  std::string parts;
+  for (double r : rates) absl::StrAppend(&parts, parts.empty() ? "" : ",", Num(r));
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"stream\",\"tokens\":%" PRId64
+              ",\"segment\":%" PRId64
+              ",\"tokens_per_s_by_tenth\":[%s],\"last_over_first\":%s,"
+              "\"state_bytes_after_first_segment\":%zu,\"state_bytes_end\":%zu,"
+              "\"position_end\":%" PRId64 ",\"peak_rss_mib\":%s,%s}\n",
+              o.tokens, o.segment, parts.c_str(), Num(rates.back() / rates.front()).c_str(),
+              bytes_first, state.bytes(), state.position(), Num(ProcStatusMib("VmHWM")).c_str(),
+              CommonJson(model, state).c_str());
   return 0;
 }
 
@@ -591,6 +633,7 @@ int Main(int argc, char** argv) {
   if (o.figure == "decode") return RunDecode(o, model);
   if (o.figure == "logits") return RunLogits(o, model);
   if (o.figure == "batched-decode") return RunBatchedDecode(o, model);
+  if (o.figure == "stream") return RunStream(o, model);
   return RunBreakdown(o, model);
 }
 
