@@ -1,14 +1,94 @@
 #include "kernels/cpu/sparse_attention.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/vector_ops.h"
 
 namespace mnemo::kernels {
 
+namespace {
+
+// Query rows per block of the segment path (as in relative_attention.cc).
+constexpr int64_t kQueryBlock = 64;
+
+// Whether the query with key index `self` sees key `j` under window `w` and dilation `dil`.
+inline bool Sees(int64_t self, int64_t j, int64_t w, int64_t dil) {
+  const int64_t back = self - j;
+  return back >= 0 && back % dil == 0 && back / dil < w;
+}
+
+// Rows [i0, i1) of head h: scores for the contiguous key range the block's windows span, by BLAS
+// products per key span, then the window mask, softmax and P·V (as relative_attention.cc's
+// blocks do). Dilated windows compute the skipped columns too; worth it while dil is small.
+void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
+                 const std::vector<KvSpan>& keys, float* out, int64_t ldo, int h, int64_t i0,
+                 int64_t i1, std::vector<float>& work) {
+  const int dh = s.head_dim;
+  const int64_t dil = s.dilations[h], b = i1 - i0;
+  const int64_t col1 = s.memory_len + i1;  // one past the last key the block sees
+  const int64_t col0 = std::max<int64_t>(0, s.memory_len + i0 - (s.window - 1) * dil);
+  const int64_t ncols = col1 - col0;
+  work.resize(static_cast<size_t>(b * ncols));
+  float* scores = work.data();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  int64_t base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
+    if (lo < hi) {
+      GemmNT(b, hi - lo, dh, scale, q + i0 * ldq + h * dh, ldq,
+             span.k + (lo - base) * span.ld + h * dh, span.ld, 0.0f, scores + (lo - col0), ncols);
+    }
+    base += span.rows;
+  }
+  for (int64_t r = 0; r < b; ++r) {
+    const int64_t self = s.memory_len + i0 + r;
+    float* row = scores + r * ncols;
+    float max = -INFINITY;
+    for (int64_t c = 0; c < ncols; ++c) {
+      if (Sees(self, col0 + c, s.window, dil)) max = std::max(max, row[c]);
+    }
+    float sum = 0.0f;
+    for (int64_t c = 0; c < ncols; ++c) {
+      row[c] = Sees(self, col0 + c, s.window, dil) ? std::exp(row[c] - max) : 0.0f;
+      sum += row[c];
+    }
+    const float inv = 1.0f / sum;  // the query always sees itself: sum ≥ 1
+    for (int64_t c = 0; c < ncols; ++c) row[c] *= inv;
+  }
+  float beta = 0.0f;
+  base = 0;
+  for (const KvSpan& span : keys) {
+    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
+    if (lo < hi) {
+      GemmNN(b, dh, hi - lo, 1.0f, scores + (lo - col0), ncols,
+             span.v + (lo - base) * span.ld + h * dh, span.ld, beta, out + i0 * ldo + h * dh, ldo);
+      beta = 1.0f;
+    }
+    base += span.rows;
+  }
+}
+
+}  // namespace
+
 void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int64_t ldq,
                             const std::vector<KvSpan>& keys, float* out, int64_t ldo,
                             ThreadPool& pool) {
+  if (shape.query_len > 1) {  // a segment: (head, query block) tasks with BLAS products
+    const int64_t blocks = (shape.query_len + kQueryBlock - 1) / kQueryBlock;
+    pool.ParallelFor(shape.num_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+      thread_local std::vector<float> work;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int h = static_cast<int>(t / blocks);
+        const int64_t i0 = (t % blocks) * kQueryBlock;
+        const int64_t i1 = std::min(shape.query_len, i0 + kQueryBlock);
+        AttendBlock(shape, q, ldq, keys, out, ldo, h, i0, i1, work);
+      }
+    });
+    return;
+  }
+  // A decode step: the window's keys one by one (W dot products per head).
   const int dh = shape.head_dim;
   const int64_t t_len = shape.query_len, w = shape.window;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));

@@ -1,6 +1,7 @@
 // kernels/cpu/sparse_attention: the dilated sliding window against a naive double-precision
-// attention under the pattern's explicit mask; a window covering everything is plain causal
-// attention; keys split over several spans (a wrapped ring) change nothing.
+// attention under the pattern's explicit mask, for segments (blocked BLAS path) and single
+// queries (decode path); a window covering everything is plain causal attention; keys split over
+// several spans (a wrapped ring) change nothing.
 #include "kernels/cpu/sparse_attention.h"
 
 #include <cmath>
@@ -55,12 +56,15 @@ std::vector<float> Naive(const Case& c, int dh, const std::vector<float>& q,
 TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
   const int dh = 8;
   const std::vector<Case> cases = {
-      {1, {1, 1}, 5, 4},    // itself only
-      {4, {1, 1}, 10, 7},   // plain window, memory + segment
-      {3, {2, 2}, 9, 6},    // dilated
-      {3, {1, 3}, 12, 5},   // per-head dilation
-      {100, {1, 1}, 6, 9},  // covers everything: plain causal attention
-      {5, {2, 1}, 0, 12},   // no memory yet
+      {1, {1, 1}, 5, 4},     // itself only
+      {4, {1, 1}, 10, 7},    // plain window, memory + segment
+      {3, {2, 2}, 9, 6},     // dilated
+      {3, {1, 3}, 12, 5},    // per-head dilation
+      {100, {1, 1}, 6, 9},   // covers everything: plain causal attention
+      {5, {2, 1}, 0, 12},    // no memory yet
+      {8, {1, 2}, 20, 150},  // several 64-query blocks
+      {3, {1, 2}, 7, 1},     // decode steps (one query: the key-by-key path)
+      {1, {1, 1}, 0, 1},
   };
   std::mt19937 rng(3);
   std::normal_distribution<float> dist;
