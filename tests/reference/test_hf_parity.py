@@ -27,7 +27,6 @@ import contextlib
 import copy
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -174,18 +173,6 @@ def token_ids(vocab_size, n, seed):
 
 # --------------------------------------------------------------------------
 # Engine side
-
-
-@pytest.fixture(scope="session")
-def mnemo_bin():
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo). These tests never "
-                    "skip.")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path} is not an executable file")
-    return path
 
 
 def engine_logits(mnemo_bin, model_dir, ids, seg_len, decode, work_dir):

@@ -37,6 +37,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from parity_common import (  # noqa: E402
+    assert_logits_close,
+    base_config as _config,
+    decode_document as _decode_document,
+    document as _document,
+    engine_logits,
+    max_rel as _max_rel,
+    segment_document as _segment_document,
+    segment_len as _segment_len,
+    write_ids,
+)
 from txl_reference import (  # noqa: E402
     DTYPES,
     LinearAttention,
@@ -52,30 +63,6 @@ from txl_reference import (  # noqa: E402
 # --------------------------------------------------------------------------
 # Configurations
 # --------------------------------------------------------------------------
-
-
-def _config(**overrides) -> dict:
-    cfg = {
-        "architecture": "transfo_xl",
-        "vocab_size": 60,
-        "d_model": 32,
-        "n_layer": 2,
-        "n_head": 4,
-        "d_head": 8,
-        "d_inner": 64,
-        "mem_len": 8,
-        "clamp_len": 0,
-        "same_length": False,
-        "pre_lnorm": False,
-        "untie_r": True,
-        "activation": "relu",
-        "layer_norm_epsilon": 1e-5,
-        "memory_init": "zeros",
-        "tie_word_embeddings": True,
-        "torch_dtype": "float32",
-    }
-    cfg.update(overrides)
-    return cfg
 
 
 def _linear(feature_map: str, **fields) -> dict:
@@ -136,28 +123,6 @@ SEGMENT_KINDS = ["short", "equal", "long"]
 MIN_RFA_DENOMINATOR = 1e-2
 
 
-def _segment_len(cfg: dict, kind: str) -> int:
-    mem = cfg["mem_len"]
-    return {"short": max(1, mem // 2 - 1), "equal": mem, "long": mem + 3}[kind]
-
-
-def _document(cfg: dict, length: int, seed: int = 1234) -> list:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, cfg["vocab_size"], size=length).tolist()
-
-
-def _segment_document(cfg: dict, seg: int) -> list:
-    """>= 3 segments, longer than mem_len (memory wraps), last one short."""
-    length = 3 * max(seg, cfg["mem_len"]) + 5
-    if length % seg == 0:
-        length += 1
-    return _document(cfg, length)
-
-
-def _decode_document(cfg: dict) -> list:
-    return _document(cfg, 3 * cfg["mem_len"] + 7, seed=4321)
-
-
 def _seed(name: str) -> int:
     return sorted(CONFIGS).index(name) + 101
 
@@ -165,29 +130,6 @@ def _seed(name: str) -> int:
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
-
-
-def assert_logits_close(actual: np.ndarray, expected: np.ndarray,
-                        tol: float = 1e-4, what: str = "") -> None:
-    """``max|a-b| <= tol*max|b| + 1e-6`` and elementwise allclose."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert np.isfinite(actual).all(), f"{what}: non-finite logits"
-    scale = float(np.abs(expected).max())
-    diff = np.abs(actual - expected)
-    worst = np.unravel_index(int(diff.argmax()), diff.shape)
-    assert diff.max() <= tol * scale + 1e-6, (
-        f"{what}: max|diff| {diff.max():.3e} > {tol:g} * max|ref| "
-        f"{scale:.3e} (+1e-6); worst at row/col {worst}: "
-        f"got {actual[worst]:.8g}, want {expected[worst]:.8g}")
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale,
-                               err_msg=what)
-
-
-def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    scale = max(b.abs().max().item(), 1e-300)
-    return (a - b).abs().max().item() / scale
 
 
 def _check_conditioning(model: TransfoXLReference, what: str) -> None:
@@ -205,50 +147,11 @@ def _check_conditioning(model: TransfoXLReference, what: str) -> None:
 
 
 def oracle_logits(ckpt_dir, ids, segment_len=0, decode=False) -> np.ndarray:
+    """As parity_common.oracle_logits, plus the conditioning check."""
     model = load_checkpoint(ckpt_dir, dtype=torch.float64)
     logits = stream_logits(model, ids, segment_len, decode)
     _check_conditioning(model, str(ckpt_dir))
     return logits.numpy()
-
-
-def write_ids(path, ids) -> None:
-    path.write_text(" ".join(str(i) for i in ids) + "\n")
-
-
-@pytest.fixture(scope="session")
-def mnemo_bin() -> str:
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo) to run the "
-                    "linear-attention engine parity tests", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file",
-                    pytrace=False)
-    return path
-
-
-def engine_logits(mnemo_bin, tmp_path, ckpt_dir, ids, segment_len=1,
-                  decode=False) -> np.ndarray:
-    """Run ``mnemo logits`` and return float32 logits [len(ids), V]."""
-    ids_file = tmp_path / "ids.txt"
-    out_file = tmp_path / ("decode.f32" if decode else "segment.f32")
-    write_ids(ids_file, ids)
-    cmd = [mnemo_bin, "logits", "--model", str(ckpt_dir), "--ids",
-           str(ids_file), "--segment-len", str(segment_len), "--output",
-           str(out_file)]
-    if decode:
-        cmd.insert(-2, "--decode")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        f"{' '.join(cmd)} exited with {proc.returncode}\n"
-        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    with open(ckpt_dir / "config.json") as f:
-        vocab = json.load(f)["vocab_size"]
-    data = np.fromfile(out_file, dtype="<f4")
-    assert data.size == len(ids) * vocab, (
-        f"output has {data.size} floats, expected {len(ids)} x {vocab}")
-    return data.reshape(len(ids), vocab)
 
 
 def _model(name: str, **overrides) -> TransfoXLReference:

@@ -36,20 +36,20 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_linear_parity import (  # noqa: E402
-    _config,
-    _linear,
-    _max_rel,
-    _run_splits,
+from parity_common import (  # noqa: E402
     assert_logits_close,
+    base_config as _config,
+    document,
     engine_logits,
+    max_rel as _max_rel,
+    oracle_logits,
 )
+from test_linear_parity import _linear, _run_splits  # noqa: E402
 from txl_reference import (  # noqa: E402
     DTYPES,
     SPARSE_MAX_SPAN,
@@ -119,8 +119,7 @@ def _seed(name: str) -> int:
 
 
 def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 2024) -> list:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, cfg["vocab_size"], size=length).tolist()
+    return document(cfg, length, seed)
 
 
 def _model(name_or_cfg, seed=None, **overrides) -> TransfoXLReference:
@@ -133,29 +132,6 @@ def _model(name_or_cfg, seed=None, **overrides) -> TransfoXLReference:
     with tempfile.TemporaryDirectory() as d:
         model = random_checkpoint(cfg, d, seed=seed)
     return model.double().eval()
-
-
-def oracle_logits(ckpt_dir, ids, segment_len=0, decode=False) -> np.ndarray:
-    model = load_checkpoint(ckpt_dir, dtype=torch.float64)
-    return stream_logits(model, ids, segment_len, decode).numpy()
-
-
-@pytest.fixture(scope="session")
-def mnemo_bin() -> str:
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo) to run the "
-                    "sparse-attention engine parity tests", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file",
-                    pytrace=False)
-    return path
-
-
-# --------------------------------------------------------------------------
-# Naive computations written here (not using SparseAttention.forward)
-# --------------------------------------------------------------------------
 
 
 def _naive_attention(attn, x: torch.Tensor, visible) -> torch.Tensor:
