@@ -236,7 +236,7 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
 ScopedTempDir::ScopedTempDir(const std::string& label) {
   std::string tmpl = ::testing::TempDir();
   if (!tmpl.empty() && tmpl.back() != '/') tmpl += '/';
-  tmpl += "mnemo_" + label + "_XXXXXX";
+  tmpl += "mnemo_" + label + "_XXXXXX";  // mkdtemp fills in the X's with a unique suffix
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   const char* made = ::mkdtemp(buf.data());

@@ -372,15 +372,6 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                         static_cast<int>(c.n_head), static_cast<int>(c.d_head), &attn_rows[b]});
       }
       RETURN_IF_ERROR(be.SparseAttention(args));
-      // As for dense layers, the new keys/values join the window after every query attended.
-      std::vector<MemoryAppendArgs> appends;
-      for (size_t b = 0; b < batch.size(); ++b) {
-        appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
-      }
-      RETURN_IF_ERROR(be.AppendToMemory(appends));
-      for (size_t b = 0; b < batch.size(); ++b) {
-        batch[b].state->layers()[l].Advance(batch[b].num_tokens);
-      }
     } else if (!c.is_dense(l)) {  // linear attention: the state advances with the outputs
       std::vector<Tensor> input_rows;
       for (size_t b = 0; b < batch.size(); ++b) {
@@ -416,7 +407,10 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                                              c.same_length, &attn_rows[b]});
       }
       RETURN_IF_ERROR(be.RelativeAttention(args));
-      // The new positions' keys/values join the memory only after every query has attended.
+    }
+    if (c.layer(l).attention != AttentionKind::kLinear) {
+      // Dense and sparse layers keep a K/V ring: the new positions' keys/values join it only
+      // after every query has attended.
       std::vector<MemoryAppendArgs> appends;
       for (size_t b = 0; b < batch.size(); ++b) {
         appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});

@@ -70,7 +70,7 @@ void AttendHead(const LinearAttentionShape& s, int h, const float* qkv, const fl
   const int64_t mf = LinearStateFeatures(s);
   float* S = state_s + static_cast<int64_t>(h) * mf * dh;  // [m', d_h]
   float* z = state_z + static_cast<int64_t>(h) * mf;       // [m']
-  thread_local std::vector<float> fq, fk, log_a, b, work, tile, num, proj, wk;
+  thread_local std::vector<float> fq, fk, log_a, b, g, work, tile, num, proj, wk;
   fq.resize(static_cast<size_t>(t_len * mf));
   fk.resize(static_cast<size_t>(t_len * mf));
   log_a.assign(static_cast<size_t>(t_len), 0.0f);
@@ -111,7 +111,7 @@ void AttendHead(const LinearAttentionShape& s, int h, const float* qkv, const fl
   //   num_i = e^{G_i}·φq_iᵀS + Σ_{j≤i} b_j e^{G_i−G_j} (φq_i·φk_j) v_j,  den likewise with z.
   for (int64_t c0 = 0; c0 < t_len; c0 += kChunk) {
     const int64_t c = std::min(kChunk, t_len - c0);
-    std::vector<float> g(static_cast<size_t>(c));
+    g.resize(static_cast<size_t>(c));
     float acc = 0.0f;
     for (int64_t i = 0; i < c; ++i) g[i] = acc += log_a[c0 + i];
     tile.resize(static_cast<size_t>(c * c));

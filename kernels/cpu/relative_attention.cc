@@ -52,29 +52,19 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   // Positional term once per distance (distances > clamp share the last row).
   Gemv(table_rows, dh, rk + head * dh, ldr, qv, 0.0f, bd);
   // Content term span by span over the visible keys [first, last].
-  int64_t base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, first), hi = std::min(base + span.rows, last + 1);
-    if (lo < hi) {
-      Gemv(hi - lo, dh, span.k + (lo - base) * span.ld + head * dh, span.ld, qu, 0.0f,
-           scores + (lo - first));
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(
+      keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+        Gemv(n, dh, span.k + row * span.ld + head * dh, span.ld, qu, 0.0f, scores + (j - first));
+      });
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   for (int64_t j = first; j <= last; ++j) {
     scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
   }
   SoftmaxRow(scores, n);
-  base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, first), hi = std::min(base + span.rows, last + 1);
-    if (lo < hi) {
-      GemvT(hi - lo, dh, span.v + (lo - base) * span.ld + head * dh, span.ld, scores + (lo - first),
-            1.0f, o);
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(
+      keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+        GemvT(n, dh, span.v + row * span.ld + head * dh, span.ld, scores + (j - first), 1.0f, o);
+      });
 }
 
 void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
@@ -99,15 +89,10 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
     AddVectors(qh, r_r_bias + head * dh, qv + r * dh, dh);
   }
   // Content term against every key span overlapping [col0, col1).
-  int64_t base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
-    if (lo < hi) {
-      GemmNT(b, hi - lo, dh, 1.0f, qu, dh, span.k + (lo - base) * span.ld + head * dh, span.ld,
-             0.0f, scores + (lo - col0), ncols);
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+    GemmNT(b, n, dh, 1.0f, qu, dh, span.k + row * span.ld + head * dh, span.ld, 0.0f,
+           scores + (j - col0), ncols);
+  });
   // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
   GemmNT(b, table_rows, dh, 1.0f, qv, dh, rk + head * dh, ldr, 0.0f, bd, table_rows);
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
@@ -132,17 +117,11 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
   }
   // out[b, dh] = P · V over the same spans, accumulating after the first product.
   float beta = 0.0f;
-  base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
-    if (lo < hi) {
-      GemmNN(b, dh, hi - lo, 1.0f, scores + (lo - col0), ncols,
-             span.v + (lo - base) * span.ld + head * dh, span.ld, beta, out + i0 * ldo + head * dh,
-             ldo);
-      beta = 1.0f;
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+    GemmNN(b, dh, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + head * dh, span.ld,
+           beta, out + i0 * ldo + head * dh, ldo);
+    beta = 1.0f;
+  });
   if (beta == 0.0f) {  // no key visible to any row of the block
     for (int64_t r = i0; r < i1; ++r) std::fill_n(out + r * ldo + head * dh, dh, 0.0f);
   }

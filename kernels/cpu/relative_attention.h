@@ -7,18 +7,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/kv_span.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace mnemo::kernels {
-
-// A run of consecutive key positions (oldest first); k/v rows are `ld` floats apart and hold all
-// heads of a position ([rows, H·d_h] with head h at columns h·d_h … h·d_h + d_h − 1).
-struct KvSpan {
-  const float* k;
-  const float* v;
-  int64_t ld;
-  int64_t rows;
-};
 
 struct RelativeAttentionShape {
   int num_heads;        // H

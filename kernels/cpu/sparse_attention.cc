@@ -33,15 +33,10 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   work.resize(static_cast<size_t>(b * ncols));
   float* scores = work.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  int64_t base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
-    if (lo < hi) {
-      GemmNT(b, hi - lo, dh, scale, q + i0 * ldq + h * dh, ldq,
-             span.k + (lo - base) * span.ld + h * dh, span.ld, 0.0f, scores + (lo - col0), ncols);
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+    GemmNT(b, n, dh, scale, q + i0 * ldq + h * dh, ldq, span.k + row * span.ld + h * dh, span.ld,
+           0.0f, scores + (j - col0), ncols);
+  });
   for (int64_t r = 0; r < b; ++r) {
     const int64_t self = s.memory_len + i0 + r;
     float* row = scores + r * ncols;
@@ -58,16 +53,11 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
     for (int64_t c = 0; c < ncols; ++c) row[c] *= inv;
   }
   float beta = 0.0f;
-  base = 0;
-  for (const KvSpan& span : keys) {
-    const int64_t lo = std::max(base, col0), hi = std::min(base + span.rows, col1);
-    if (lo < hi) {
-      GemmNN(b, dh, hi - lo, 1.0f, scores + (lo - col0), ncols,
-             span.v + (lo - base) * span.ld + h * dh, span.ld, beta, out + i0 * ldo + h * dh, ldo);
-      beta = 1.0f;
-    }
-    base += span.rows;
-  }
+  ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+    GemmNN(b, dh, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + h * dh, span.ld,
+           beta, out + i0 * ldo + h * dh, ldo);
+    beta = 1.0f;
+  });
 }
 
 }  // namespace

@@ -49,13 +49,10 @@ __global__ void NarrowKernel(const float* src, uint16_t* dst, int64_t n, bool to
   }
 }
 
-__global__ void LayerNormKernel(const float* x, const float* gamma, const float* beta, float eps,
-                                float* y, int64_t cols) {
-  __shared__ float shared[32];
-  const float* row = x + blockIdx.x * cols;
-  float* out = y + blockIdx.x * cols;
-  float sum = 0.0f;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) sum += row[i];
+// LayerNorm of one row whose elements this thread strides over and whose sum (over this
+// thread's elements) is `sum`: block-reduced mean, centred variance, then the affine output.
+__device__ void NormalizeRow(const float* row, float sum, const float* gamma, const float* beta,
+                             float eps, float* out, int64_t cols, float* shared) {
   const float mean = BlockSum(sum, shared) / static_cast<float>(cols);
   float sq = 0.0f;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
@@ -68,28 +65,27 @@ __global__ void LayerNormKernel(const float* x, const float* gamma, const float*
   }
 }
 
+__global__ void LayerNormKernel(const float* x, const float* gamma, const float* beta, float eps,
+                                float* y, int64_t cols) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * cols;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) sum += row[i];
+  NormalizeRow(row, sum, gamma, beta, eps, y + blockIdx.x * cols, cols, shared);
+}
+
 __global__ void AddLayerNormKernel(float* x, const float* delta, const float* gamma,
                                    const float* beta, float eps, float* y, int64_t cols) {
   __shared__ float shared[32];
   float* row = x + blockIdx.x * cols;
   const float* d = delta + blockIdx.x * cols;
-  float* out = y + blockIdx.x * cols;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
     const float v = row[i] + d[i];
     row[i] = v;  // each thread rereads only what it wrote: no barrier needed
     sum += v;
   }
-  const float mean = BlockSum(sum, shared) / static_cast<float>(cols);
-  float sq = 0.0f;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float c = row[i] - mean;
-    sq += c * c;
-  }
-  const float inv = rsqrtf(BlockSum(sq, shared) / static_cast<float>(cols) + eps);
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    out[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
-  }
+  NormalizeRow(row, sum, gamma, beta, eps, y + blockIdx.x * cols, cols, shared);
 }
 
 __global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,

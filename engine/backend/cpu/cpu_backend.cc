@@ -14,6 +14,15 @@
 namespace mnemo::engine {
 namespace {
 
+// The keys/values an attention call sees, oldest first: the layer's stored positions (the ring,
+// as at most two spans), then the segment's own k and v blocks of qkv [t, 3·width].
+void KeySpans(const XlMemory& memory, const float* qkv, int64_t width, int64_t t,
+              std::vector<kernels::KvSpan>& spans) {
+  spans.clear();
+  memory.AppendSpans(spans);
+  spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend() : pool_(kernels::ThreadPool::Default()) {}
@@ -145,10 +154,8 @@ class CpuBackend final : public Backend {
     for (const RelativeAttentionArgs& a : batch) {
       const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
       const int64_t t = a.qkv->dim(0);
-      spans.clear();
-      a.memory->AppendSpans(spans);
       const float* qkv = a.qkv->data<float>();
-      spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+      KeySpans(*a.memory, qkv, width, t, spans);
       kernels::RelativeAttentionShape shape{
           a.num_heads, a.head_dim, t, a.memory->size(), a.mem_len_max, a.clamp_len, a.same_length};
       kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
@@ -187,10 +194,8 @@ class CpuBackend final : public Backend {
     for (const SparseAttentionArgs& a : batch) {
       const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
       const int64_t t = a.qkv->dim(0);
-      spans.clear();
-      a.memory->AppendSpans(spans);
       const float* qkv = a.qkv->data<float>();
-      spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+      KeySpans(*a.memory, qkv, width, t, spans);
       kernels::SlidingWindowShape shape{
           a.num_heads, a.head_dim, t, a.memory->size(), a.layer->window, a.layer->dilations.data()};
       kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,

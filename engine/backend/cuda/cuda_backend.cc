@@ -113,7 +113,7 @@ class CudaBackend final : public Backend {
     if (host.device() != Device::kCpu) return absl::InvalidArgumentError("not a host tensor");
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    if (Recording_()) {
+    if (InGraphStep()) {
       return absl::FailedPreconditionError("CopyFromHost inside a recorded step");
     }
     ASSIGN_OR_RETURN(Tensor t, NewTensor(host.dtype(), host.shape()));
@@ -129,7 +129,7 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     Tensor host = Tensor::Empty(t.dtype(), t.shape());
-    if (!Recording_()) {
+    if (!InGraphStep()) {
       if (mode_ == Mode::kMeasure) output_used_ += Align256(t.bytes());
       MNEMO_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(host.raw(), t.raw(), t.bytes(), cudaMemcpyDeviceToHost, ctx_.stream()));
@@ -199,7 +199,7 @@ class CudaBackend final : public Backend {
   absl::Status Synchronize() override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
-    if (Recording_()) return absl::OkStatus();  // EndStep waits
+    if (InGraphStep()) return absl::OkStatus();  // EndStep waits
     MNEMO_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream()));
     return absl::OkStatus();
   }
@@ -636,7 +636,8 @@ class CudaBackend final : public Backend {
     return static_cast<uint64_t>(v);
   }
 
-  bool Recording_() const { return mode_ == Mode::kCapture || mode_ == Mode::kReplay; }
+  // Capturing or replaying: allocations come from the arena, host inputs from pinned staging.
+  bool InGraphStep() const { return mode_ == Mode::kCapture || mode_ == Mode::kReplay; }
 
   // Mixes an op's launch parameters into the step's fingerprint.
   void Note(std::initializer_list<uint64_t> values) {
@@ -693,7 +694,7 @@ class CudaBackend final : public Backend {
       n *= d;
     }
     const size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
-    if (Recording_()) {
+    if (InGraphStep()) {
       const size_t need = Align256(bytes);
       if (device_used_ + need > rec_->device_bytes) {
         return absl::InternalError("a recorded step allocated more than its first run measured");
@@ -711,7 +712,7 @@ class CudaBackend final : public Backend {
   // pinned staging; the graph's first node copies all of it to the device mirror at once.
   absl::StatusOr<Tensor> Stage(const void* data, size_t bytes) {
     const int64_t words = static_cast<int64_t>((bytes + 3) / 4);
-    if (!Recording_()) {
+    if (!InGraphStep()) {
       ASSIGN_OR_RETURN(Tensor t, NewTensor(DType::kI32, {words}));
       if (mode_ == Mode::kMeasure) stage_used_ += Align256(bytes);
       RETURN_IF_ERROR(ctx_.Upload(data, bytes, t.raw()));

@@ -1,0 +1,32 @@
+// The keys/values an attention call reads, as runs of consecutive positions: a layer's ring
+// buffer (at most two runs) followed by the segment's own rows.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace mnemo::kernels {
+
+// A run of consecutive key positions (oldest first); k/v rows are `ld` floats apart and hold all
+// heads of a position ([rows, H·d_h] with head h at columns h·d_h … h·d_h + d_h − 1).
+struct KvSpan {
+  const float* k;
+  const float* v;
+  int64_t ld;
+  int64_t rows;
+};
+
+// Calls fn(span, first row inside the span, first key index, count) for every span's share of
+// the keys [begin, end), in key order.
+template <typename Fn>
+void ForEachKeyRange(const std::vector<KvSpan>& spans, int64_t begin, int64_t end, Fn&& fn) {
+  int64_t base = 0;
+  for (const KvSpan& span : spans) {
+    const int64_t lo = std::max(base, begin), hi = std::min(base + span.rows, end);
+    if (lo < hi) fn(span, lo - base, lo, hi - lo);
+    base += span.rows;
+  }
+}
+
+}  // namespace mnemo::kernels
