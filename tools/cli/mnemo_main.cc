@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
+#include "base/flags.h"
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
@@ -80,73 +81,7 @@ logits:
   --decode             feed one token per step (decode path) instead of segments
 )";
 
-// Minimal flag parser: "--name value", "--name=value", boolean "--name".
-class Flags {
- public:
-  static absl::StatusOr<Flags> Parse(int argc, char** argv, int first,
-                                     const std::map<std::string, bool>& known) {
-    Flags f;
-    for (int i = first; i < argc; ++i) {
-      std::string arg = argv[i];
-      if (arg.rfind("--", 0) != 0) {
-        return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
-      }
-      arg = arg.substr(2);
-      std::string value;
-      bool has_value = false;
-      if (auto eq = arg.find('='); eq != std::string::npos) {
-        value = arg.substr(eq + 1);
-        arg = arg.substr(0, eq);
-        has_value = true;
-      }
-      auto it = known.find(arg);
-      if (it == known.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("unknown flag --", arg, " (see --help)"));
-      }
-      const bool takes_value = it->second;
-      if (takes_value && !has_value) {
-        if (i + 1 >= argc)
-          return absl::InvalidArgumentError(absl::StrCat("--", arg, " needs a value"));
-        value = argv[++i];
-      } else if (!takes_value && has_value) {
-        return absl::InvalidArgumentError(absl::StrCat("--", arg, " takes no value"));
-      }
-      f.values_[arg].push_back(takes_value ? value : "true");
-    }
-    return f;
-  }
-
-  bool Has(const std::string& name) const { return values_.count(name) > 0; }
-  std::string Get(const std::string& name, const std::string& fallback = "") const {
-    auto it = values_.find(name);
-    return it == values_.end() ? fallback : it->second.back();
-  }
-  std::vector<std::string> All(const std::string& name) const {
-    auto it = values_.find(name);
-    return it == values_.end() ? std::vector<std::string>{} : it->second;
-  }
-  absl::StatusOr<int64_t> Int(const std::string& name, int64_t fallback, int64_t min,
-                              int64_t max) const {
-    if (!Has(name)) return fallback;
-    int64_t v;
-    if (!absl::SimpleAtoi(Get(name), &v) || v < min || v > max) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " must be an integer in [", min, ", ", max, "]"));
-    }
-    return v;
-  }
-  absl::StatusOr<float> Float(const std::string& name, float fallback) const {
-    if (!Has(name)) return fallback;
-    float v;
-    if (!absl::SimpleAtof(Get(name), &v) || !std::isfinite(v)) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be a number"));
-    }
-    return v;
-  }
-
- private:
-  std::map<std::string, std::vector<std::string>> values_;
-};
+using mnemo::Flags;
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

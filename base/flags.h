@@ -1,0 +1,41 @@
+// Flags: the small command-line parser the binaries share ("--name value", "--name=value",
+// boolean "--name"; a flag may repeat). Unknown flags and missing values are errors that name
+// the flag, so a typo never passes silently.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace mnemo {
+
+class Flags {
+ public:
+  // `known` maps each flag name (without "--") to whether it takes a value. Parsing starts at
+  // argv[first].
+  static absl::StatusOr<Flags> Parse(int argc, char** argv, int first,
+                                     const std::map<std::string, bool>& known);
+
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  // The last value given (flags given twice: the later one wins), or `fallback`.
+  std::string Get(const std::string& name, const std::string& fallback = "") const;
+  // Every value given, in order (repeatable flags).
+  std::vector<std::string> All(const std::string& name) const;
+  // INVALID_ARGUMENT naming the flag and the range when the value is no integer in [min, max].
+  absl::StatusOr<int64_t> Int(const std::string& name, int64_t fallback, int64_t min,
+                              int64_t max) const;
+  // A finite float.
+  absl::StatusOr<float> Float(const std::string& name, float fallback) const;
+  // An Abseil duration ("90s", "1h30m", "250ms"), at least `min`.
+  absl::StatusOr<absl::Duration> Duration(const std::string& name, absl::Duration fallback,
+                                          absl::Duration min) const;
+
+ private:
+  std::map<std::string, std::vector<std::string>> values_;
+};
+
+}  // namespace mnemo

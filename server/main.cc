@@ -1,0 +1,182 @@
+// mnemo-server: serves the mnemo.v1 gRPC API (models, sessions, ingest, generate, score) for the
+// models given with --model, with the standard health service, server reflection, and Prometheus
+// metrics over HTTP. SIGTERM/SIGINT drain: health turns NOT_SERVING and new requests get
+// UNAVAILABLE at once, requests in flight get --shutdown-grace to finish, then the process exits.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#include "base/flags.h"
+#include "base/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "server/metrics.h"
+#include "server/metrics_http_server.h"
+#include "server/model_registry.h"
+#include "server/services.h"
+#include "server/session_manager.h"
+
+namespace mnemo::server {
+namespace {
+
+constexpr char kUsage[] = R"(usage: mnemo-server --model NAME=DIR [flags]
+
+Serves the mnemo.v1 gRPC API for the given checkpoints (config.json, model.safetensors and
+tokenizer.model in DIR). The first --model is the default one.
+
+  --model NAME=DIR           a model to serve (repeatable; NAME: [A-Za-z0-9._-], ≤ 64)
+  --listen ADDR              gRPC address (default 0.0.0.0:50051)
+  --metrics-listen ADDR      Prometheus /metrics over HTTP (default 0.0.0.0:9464; "off": none)
+  --device D                 cpu (default), cuda or cuda:N
+  --segment-tokens N         tokens per model segment for ingest and prompts (default: each
+                             model's memory length)
+  --session-ttl D            idle time after which a session is deleted (default 1h)
+  --max-session-ttl D        the largest TTL a client may ask for (default 168h)
+  --max-sessions N           open sessions at most (default 10000)
+  --device-state-budget B    bytes of session state kept on the device; beyond it the least
+                             recently used idle states move to host memory (default 4294967296)
+  --max-batch-tokens N       prefill tokens per forward pass (default 2048)
+  --max-batch-sequences N    sequences per forward pass (default 256)
+  --max-queue N              model steps waiting per model before RESOURCE_EXHAUSTED (default 4096)
+  --batch-wait D             how long a forward pass waits for other streams' steps (default 500us)
+  --max-generate-tokens N    GenerateRequest.max_tokens at most (default 4096)
+  --max-input-tokens N       tokens of one prompt or scored text at most (default 1048576)
+  --max-message-bytes N      largest request message (default 16777216)
+  --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
+  --help                     this text
+
+Durations are like 90s, 5m, 1h30m, 250ms.
+)";
+
+absl::Status Serve(int argc, char** argv) {
+  const std::map<std::string, bool> known = {{"model", true},
+                                             {"listen", true},
+                                             {"metrics-listen", true},
+                                             {"device", true},
+                                             {"segment-tokens", true},
+                                             {"session-ttl", true},
+                                             {"max-session-ttl", true},
+                                             {"max-sessions", true},
+                                             {"device-state-budget", true},
+                                             {"max-batch-tokens", true},
+                                             {"max-batch-sequences", true},
+                                             {"max-queue", true},
+                                             {"batch-wait", true},
+                                             {"max-generate-tokens", true},
+                                             {"max-input-tokens", true},
+                                             {"max-message-bytes", true},
+                                             {"shutdown-grace", true},
+                                             {"help", false}};
+  ASSIGN_OR_RETURN(Flags flags, Flags::Parse(argc, argv, 1, known));
+  if (flags.Has("help")) {
+    std::fputs(kUsage, stdout);
+    return absl::OkStatus();
+  }
+  std::vector<ModelSpec> specs;
+  for (const std::string& m : flags.All("model")) {
+    ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(m));
+    specs.push_back(spec);
+  }
+  SchedulerOptions scheduling;
+  ASSIGN_OR_RETURN(scheduling.max_batch_tokens, flags.Int("max-batch-tokens", 2048, 1, 1 << 24));
+  ASSIGN_OR_RETURN(int64_t max_seqs, flags.Int("max-batch-sequences", 256, 1, 65536));
+  scheduling.max_batch_sequences = static_cast<int>(max_seqs);
+  ASSIGN_OR_RETURN(scheduling.max_queue, flags.Int("max-queue", 4096, 1, 1 << 24));
+  ASSIGN_OR_RETURN(scheduling.batch_wait,
+                   flags.Duration("batch-wait", absl::Microseconds(500), absl::ZeroDuration()));
+  SessionManagerOptions session_options;
+  ASSIGN_OR_RETURN(session_options.default_ttl,
+                   flags.Duration("session-ttl", absl::Hours(1), absl::Seconds(1)));
+  ASSIGN_OR_RETURN(session_options.max_ttl,
+                   flags.Duration("max-session-ttl", absl::Hours(168), absl::Seconds(1)));
+  ASSIGN_OR_RETURN(session_options.max_sessions, flags.Int("max-sessions", 10000, 1, 1 << 24));
+  ASSIGN_OR_RETURN(session_options.device_budget_bytes,
+                   flags.Int("device-state-budget", int64_t{4} << 30, 0, INT64_MAX));
+  ServiceContext ctx;
+  ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
+                   flags.Int("max-generate-tokens", 4096, 1, 1 << 24));
+  ASSIGN_OR_RETURN(ctx.limits.max_input_tokens, flags.Int("max-input-tokens", 1 << 20, 1, 1 << 28));
+  ASSIGN_OR_RETURN(int64_t max_message, flags.Int("max-message-bytes", 16 << 20, 1024, 1 << 30));
+  ASSIGN_OR_RETURN(absl::Duration grace,
+                   flags.Duration("shutdown-grace", absl::Seconds(30), absl::ZeroDuration()));
+  ASSIGN_OR_RETURN(int64_t segment_tokens, flags.Int("segment-tokens", 0, 0, 1 << 20));
+  const std::string listen = flags.Get("listen", "0.0.0.0:50051");
+  const std::string metrics_listen = flags.Get("metrics-listen", "0.0.0.0:9464");
+
+  // Signals go to one waiting thread: block them before any other thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Metrics metrics;
+  ctx.metrics = &metrics;
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<ModelRegistry> models,
+      ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens, scheduling, &metrics));
+  ctx.models = models.get();
+  auto sessions = std::make_unique<SessionManager>(session_options, &metrics);
+  ctx.sessions = sessions.get();
+
+  std::unique_ptr<MetricsHttpServer> metrics_http;
+  if (metrics_listen != "off") {
+    ASSIGN_OR_RETURN(metrics_http, MetricsHttpServer::Start(metrics_listen, metrics.registry()));
+  }
+
+  ModelServiceImpl model_service(ctx);
+  SessionServiceImpl session_service(ctx);
+  InferenceServiceImpl inference_service(ctx);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
+  builder.RegisterService(&model_service);
+  builder.RegisterService(&session_service);
+  builder.RegisterService(&inference_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+  }
+  for (const auto& m : models->models()) {
+    std::fprintf(stderr, "mnemo-server: model %s (%s, %s) from %s\n", m->name.c_str(),
+                 m->device.c_str(), m->fingerprint.c_str(), m->dir.c_str());
+  }
+  std::fprintf(stderr, "mnemo-server: listening on %s (port %d), metrics on %s\n", listen.c_str(),
+               port, metrics_listen.c_str());
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::fprintf(stderr, "mnemo-server: signal %d, draining (grace %s)\n", signal,
+               absl::FormatDuration(grace).c_str());
+  ctx.draining = true;
+  server->GetHealthCheckService()->Shutdown();  // every service NOT_SERVING from now on
+  server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  models->Shutdown();
+  server->Wait();
+  std::fprintf(stderr, "mnemo-server: stopped\n");
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace mnemo::server
+
+int main(int argc, char** argv) {
+  absl::Status status = mnemo::server::Serve(argc, argv);
+  if (!status.ok()) {
+    std::fprintf(stderr, "mnemo-server: %s\n", status.ToString().c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
+}

@@ -1,0 +1,161 @@
+#include "server/metrics.h"
+
+#include <string>
+
+#include "prometheus/histogram.h"
+
+namespace mnemo::server {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+// Request and first-token latencies: 1 ms … ~17 min, long enough for a book's ingest.
+Histogram::BucketBoundaries LatencyBuckets() {
+  Histogram::BucketBoundaries b;
+  for (double v = 0.001; v < 1100; v *= 2) b.push_back(v);
+  return b;
+}
+
+// Inter-token and step times: 50 µs … ~3.3 s.
+Histogram::BucketBoundaries StepBuckets() {
+  Histogram::BucketBoundaries b;
+  for (double v = 50e-6; v < 4; v *= 2) b.push_back(v);
+  return b;
+}
+
+Histogram::BucketBoundaries BatchBuckets() { return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}; }
+
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests_(BuildCounter()
+                    .Name("mnemo_requests_total")
+                    .Help("Finished RPCs by method and gRPC status code")
+                    .Register(*registry_)),
+      request_duration_(BuildHistogram()
+                            .Name("mnemo_request_duration_seconds")
+                            .Help("RPC duration from receipt to the last response")
+                            .Register(*registry_)),
+      ttft_(BuildHistogram()
+                .Name("mnemo_time_to_first_token_seconds")
+                .Help("Generate: from receipt to the first generated token, by where the "
+                      "session's state was (resident, promoted from host, new)")
+                .Register(*registry_)),
+      inter_token_(BuildHistogram()
+                       .Name("mnemo_inter_token_latency_seconds")
+                       .Help("Generate: time between consecutive generated tokens")
+                       .Register(*registry_)
+                       .Add({}, StepBuckets())),
+      prompt_tokens_(BuildCounter()
+                         .Name("mnemo_prompt_tokens_total")
+                         .Help("Prompt tokens of Generate and Score requests")
+                         .Register(*registry_)
+                         .Add({})),
+      generated_tokens_(BuildCounter()
+                            .Name("mnemo_generated_tokens_total")
+                            .Help("Tokens generated")
+                            .Register(*registry_)
+                            .Add({})),
+      ingested_tokens_(BuildCounter()
+                           .Name("mnemo_ingested_tokens_total")
+                           .Help("Document tokens received by Ingest")
+                           .Register(*registry_)
+                           .Add({})),
+      running_(BuildGauge()
+                   .Name("mnemo_requests_running")
+                   .Help("RPCs being handled")
+                   .Register(*registry_)
+                   .Add({})),
+      waiting_(BuildGauge()
+                   .Name("mnemo_requests_waiting")
+                   .Help("Model steps queued for the next forward passes")
+                   .Register(*registry_)
+                   .Add({})),
+      rejected_(BuildCounter()
+                    .Name("mnemo_requests_rejected_total")
+                    .Help("Requests refused for lack of capacity, by reason")
+                    .Register(*registry_)),
+      batch_size_(BuildHistogram()
+                      .Name("mnemo_batch_size")
+                      .Help("Sequences per engine step")
+                      .Register(*registry_)
+                      .Add({}, BatchBuckets())),
+      step_(BuildHistogram()
+                .Name("mnemo_engine_step_seconds")
+                .Help("Forward-pass time by phase")
+                .Register(*registry_)),
+      sessions_(BuildGauge()
+                    .Name("mnemo_sessions")
+                    .Help("Open sessions by the tier their state lives in")
+                    .Register(*registry_)),
+      state_bytes_(BuildGauge()
+                       .Name("mnemo_session_state_bytes")
+                       .Help("Bytes of session state by tier")
+                       .Register(*registry_)),
+      tier_moves_(BuildCounter()
+                      .Name("mnemo_session_tier_moves_total")
+                      .Help("Session states moved between tiers")
+                      .Register(*registry_)),
+      closed_(BuildCounter()
+                  .Name("mnemo_sessions_closed_total")
+                  .Help("Sessions closed, by reason")
+                  .Register(*registry_)),
+      compressions_(BuildCounter()
+                        .Name("mnemo_memory_compressions_total")
+                        .Help("Compressive-memory compression steps")
+                        .Register(*registry_)
+                        .Add({})),
+      model_info_(BuildGauge()
+                      .Name("mnemo_model_info")
+                      .Help("Loaded models (value 1)")
+                      .Register(*registry_)) {
+  BuildGauge()
+      .Name("mnemo_build_info")
+      .Help("Build of this server (value 1)")
+      .Register(*registry_)
+      .Add({{"version", MNEMO_VERSION}})
+      .Set(1);
+  for (const char* tier : {"device", "host"}) SetSessions(tier, 0, 0);
+}
+
+void Metrics::Request(std::string_view rpc, std::string_view code, double seconds) {
+  requests_.Add({{"rpc", std::string(rpc)}, {"code", std::string(code)}}).Increment();
+  request_duration_.Add({{"rpc", std::string(rpc)}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::Rejected(std::string_view reason) {
+  rejected_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::TimeToFirstToken(std::string_view state_source, double seconds) {
+  ttft_.Add({{"state_source", std::string(state_source)}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::ObserveStep(std::string_view phase, double seconds) {
+  step_.Add({{"phase", std::string(phase)}}, StepBuckets()).Observe(seconds);
+}
+
+void Metrics::SetSessions(std::string_view tier, int64_t count, int64_t bytes) {
+  sessions_.Add({{"tier", std::string(tier)}}).Set(static_cast<double>(count));
+  state_bytes_.Add({{"tier", std::string(tier)}}).Set(static_cast<double>(bytes));
+}
+
+void Metrics::TierMove(std::string_view from, std::string_view to) {
+  tier_moves_.Add({{"from", std::string(from)}, {"to", std::string(to)}}).Increment();
+}
+
+void Metrics::SessionClosed(std::string_view reason) {
+  closed_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::ModelInfo(const std::string& name, const std::string& device,
+                        const std::string& dtype, const std::string& attention) {
+  model_info_.Add({{"model", name}, {"device", device}, {"dtype", dtype}, {"attention", attention}})
+      .Set(1);
+}
+
+}  // namespace mnemo::server

@@ -1,0 +1,72 @@
+// Metrics: the server's Prometheus instruments (prometheus-cpp), named and labelled by Prometheus
+// conventions: `mnemo_` prefix, base units (seconds, bytes), `_total` counters, and only
+// low-cardinality labels (never a session id). Exposed over HTTP by an Exposer in main.
+//
+// Threading: every method is safe to call from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace mnemo::server {
+
+class Metrics {
+ public:
+  Metrics();
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // One finished RPC: `rpc` is the method name, `code` the gRPC code name ("OK", …).
+  void Request(std::string_view rpc, std::string_view code, double seconds);
+  void RequestStarted() { running_.Increment(); }
+  void RequestEnded() { running_.Decrement(); }
+  void Rejected(std::string_view reason);
+  // `state_source`: "resident", "promoted" or "new".
+  void TimeToFirstToken(std::string_view state_source, double seconds);
+  void InterTokenLatency(double seconds) { inter_token_.Observe(seconds); }
+  void PromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
+  void GeneratedTokens(int64_t n) { generated_tokens_.Increment(static_cast<double>(n)); }
+  void IngestedTokens(int64_t n) { ingested_tokens_.Increment(static_cast<double>(n)); }
+  void SetWaiting(int64_t n) { waiting_.Set(static_cast<double>(n)); }
+  void ObserveBatch(int64_t sequences) { batch_size_.Observe(static_cast<double>(sequences)); }
+  // `phase`: "decode", "prefill", "ingest" or "score".
+  void ObserveStep(std::string_view phase, double seconds);
+  // `tier`: "device" or "host".
+  void SetSessions(std::string_view tier, int64_t count, int64_t bytes);
+  void TierMove(std::string_view from, std::string_view to);
+  // `reason`: "deleted", "expired" or "shutdown".
+  void SessionClosed(std::string_view reason);
+  void Compressions(int64_t n) { compressions_.Increment(static_cast<double>(n)); }
+  void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
+                 const std::string& attention);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& request_duration_;
+  prometheus::Family<prometheus::Histogram>& ttft_;
+  prometheus::Histogram& inter_token_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& generated_tokens_;
+  prometheus::Counter& ingested_tokens_;
+  prometheus::Gauge& running_;
+  prometheus::Gauge& waiting_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Histogram& batch_size_;
+  prometheus::Family<prometheus::Histogram>& step_;
+  prometheus::Family<prometheus::Gauge>& sessions_;
+  prometheus::Family<prometheus::Gauge>& state_bytes_;
+  prometheus::Family<prometheus::Counter>& tier_moves_;
+  prometheus::Family<prometheus::Counter>& closed_;
+  prometheus::Counter& compressions_;
+  prometheus::Family<prometheus::Gauge>& model_info_;
+};
+
+}  // namespace mnemo::server

@@ -1,0 +1,173 @@
+#include "server/model_registry.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+#include "base/status_macros.h"
+#include "engine/backend/backend.h"
+#include "engine/checkpoint/safetensors.h"
+#include "server/metrics.h"
+
+namespace mnemo::server {
+namespace {
+
+constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ULL;
+constexpr uint64_t kFnvPrime = 0x100000001b3ULL;
+
+uint64_t Fnv1a(uint64_t h, const unsigned char* data, size_t n) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ data[i]) * kFnvPrime;
+  return h;
+}
+
+bool IsZero(const unsigned char* p, DType dtype) {
+  switch (dtype) {
+    case DType::kF32: {
+      uint32_t v;
+      std::memcpy(&v, p, 4);
+      return (v & 0x7fffffffU) == 0;
+    }
+    case DType::kF16:
+    case DType::kBF16: {
+      uint16_t v;
+      std::memcpy(&v, p, 2);
+      return (v & 0x7fffU) == 0;
+    }
+    case DType::kI32:
+      return false;
+  }
+  return false;
+}
+
+// The fingerprint (config and every tensor's bytes) and the fraction of zero weights.
+absl::Status Describe(LoadedModel& m) {
+  std::ifstream config(m.dir + "/config.json", std::ios::binary);
+  std::stringstream text;
+  text << config.rdbuf();
+  const std::string config_text = text.str();
+  uint64_t h = Fnv1a(kFnvOffset, reinterpret_cast<const unsigned char*>(config_text.data()),
+                     config_text.size());
+  ASSIGN_OR_RETURN(auto file, engine::SafetensorsFile::Open(m.dir + "/model.safetensors"));
+  int64_t zeros = 0, total = 0;
+  for (const engine::SafetensorsTensor& t : file->tensors()) {
+    h = Fnv1a(h, reinterpret_cast<const unsigned char*>(t.name.data()), t.name.size());
+    h = Fnv1a(h, t.data, t.size_bytes);
+    if (t.dtype == DType::kI32) continue;
+    const size_t width = DTypeSize(t.dtype);
+    for (size_t off = 0; off < t.size_bytes; off += width) zeros += IsZero(t.data + off, t.dtype);
+    total += static_cast<int64_t>(t.size_bytes / width);
+  }
+  m.fingerprint = absl::StrFormat("%016x", h);
+  m.weight_sparsity = total > 0 ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
+  return absl::OkStatus();
+}
+
+std::string AttentionSummary(const engine::ModelConfig& c) {
+  int dense = 0, linear = 0, sparse = 0;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    switch (c.layer(l).attention) {
+      case engine::AttentionKind::kDense:
+        ++dense;
+        break;
+      case engine::AttentionKind::kLinear:
+        ++linear;
+        break;
+      case engine::AttentionKind::kSparse:
+        ++sparse;
+        break;
+    }
+  }
+  std::vector<std::string> parts;
+  if (dense > 0) parts.push_back("dense");
+  if (linear > 0) parts.push_back("linear");
+  if (sparse > 0) parts.push_back("sparse");
+  return absl::StrJoin(parts, "+");
+}
+
+}  // namespace
+
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == text.size() || eq > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model \"", text, "\" must be NAME=DIR (NAME: 1–64 of [A-Za-z0-9._-])"));
+  }
+  ModelSpec spec{text.substr(0, eq), text.substr(eq + 1)};
+  for (char ch : spec.name) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model name \"", spec.name, "\" may hold only [A-Za-z0-9._-]"));
+    }
+  }
+  return spec;
+}
+
+absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
+    const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
+    const SchedulerOptions& scheduling, Metrics* metrics) {
+  if (specs.empty()) return absl::InvalidArgumentError("no model to serve: pass --model NAME=DIR");
+  auto registry = std::make_unique<ModelRegistry>();
+  for (const ModelSpec& spec : specs) {
+    if (registry->Find(spec.name).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("model \"", spec.name, "\" given twice"));
+    }
+    auto m = std::make_unique<LoadedModel>();
+    m->name = spec.name;
+    m->dir = spec.dir;
+    m->device = device;
+    auto with_name = [&](const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat("model \"", spec.name, "\": ", s.message()));
+    };
+    auto backend = engine::MakeBackend(device);
+    if (!backend.ok()) return with_name(backend.status());
+    auto model = engine::TransfoXlModel::Load(spec.dir, *std::move(backend));
+    if (!model.ok()) return with_name(model.status());
+    m->model = *std::move(model);
+    const std::string spm = spec.dir + "/tokenizer.model";
+    if (std::filesystem::exists(spm)) {
+      auto tokenizer = engine::LoadSentencePieceTokenizer(spm);
+      if (!tokenizer.ok()) return with_name(tokenizer.status());
+      m->tokenizer = *std::move(tokenizer);
+    }
+    if (absl::Status s = Describe(*m); !s.ok()) return with_name(s);
+    const engine::ModelConfig& c = m->model->config();
+    {
+      auto probe = m->model->NewState();
+      if (!probe.ok()) return with_name(probe.status());
+      for (int64_t l = 0; l < c.n_layer; ++l) {
+        const auto i = static_cast<size_t>(l);
+        size_t bytes = probe->layers()[i].bytes();
+        if (i < probe->linear().size()) bytes += probe->linear()[i].bytes();
+        m->layer_state_bytes.push_back(static_cast<int64_t>(bytes));
+      }
+    }
+    m->segment_tokens = segment_tokens > 0 ? segment_tokens : std::max<int64_t>(1, c.mem_len);
+    m->scheduler = std::make_unique<Scheduler>(*m->model, scheduling, metrics);
+    if (metrics != nullptr)
+      metrics->ModelInfo(m->name, device, DTypeName(c.dtype), AttentionSummary(c));
+    registry->models_.push_back(std::move(m));
+  }
+  return registry;
+}
+
+absl::StatusOr<LoadedModel*> ModelRegistry::Find(const std::string& name) const {
+  if (name.empty() && !models_.empty()) return models_.front().get();
+  std::vector<std::string> names;
+  for (const auto& m : models_) {
+    if (m->name == name) return m.get();
+    names.push_back(m->name);
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no model named \"", name, "\" (loaded: ", absl::StrJoin(names, ", "), ")"));
+}
+
+void ModelRegistry::Shutdown() {
+  for (auto& m : models_) m->scheduler->Shutdown();
+}
+
+}  // namespace mnemo::server

@@ -1,0 +1,60 @@
+// ModelRegistry: the models a server loaded at start, by name, each with its tokenizer, its
+// scheduler (the engine loop that batches its steps) and the facts clients may ask about.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "engine/model/transfo_xl_model.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "server/scheduler.h"
+
+namespace mnemo::server {
+
+struct LoadedModel {
+  std::string name;
+  std::string dir;
+  std::string device;  // "cpu", "cuda:0", …
+  std::unique_ptr<engine::TransfoXlModel> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;  // null when the checkpoint has none
+  int64_t segment_tokens = 0;                    // tokens per prefill step
+  std::string fingerprint;                       // FNV-1a 64 of config.json and the weights
+  double weight_sparsity = 0;                    // fraction of weight entries that are zero
+  std::vector<int64_t> layer_state_bytes;        // per layer, of one session's state
+  std::unique_ptr<Scheduler> scheduler;
+};
+
+struct ModelSpec {
+  std::string name;
+  std::string dir;
+};
+
+class ModelRegistry {
+ public:
+  // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure).
+  // `segment_tokens` 0 means each model's memory length.
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(const std::vector<ModelSpec>& specs,
+                                                             const std::string& device,
+                                                             int64_t segment_tokens,
+                                                             const SchedulerOptions& scheduling,
+                                                             Metrics* metrics);
+
+  // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
+  absl::StatusOr<LoadedModel*> Find(const std::string& name) const;
+  const std::vector<std::unique_ptr<LoadedModel>>& models() const { return models_; }
+  // Stops every model's engine loop (pending steps fail with UNAVAILABLE).
+  void Shutdown();
+
+ private:
+  std::vector<std::unique_ptr<LoadedModel>> models_;
+};
+
+// Parses "NAME=DIR" (NAME: 1–64 of [A-Za-z0-9._-]).
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
+
+}  // namespace mnemo::server

@@ -1,0 +1,65 @@
+#include "base/status_macros.h"
+#include "server/proto_conversion.h"
+#include "server/services.h"
+
+namespace mnemo::server {
+namespace {
+
+absl::StatusOr<const engine::Tokenizer*> TokenizerOf(const LoadedModel& m) {
+  if (m.tokenizer == nullptr) {
+    return absl::FailedPreconditionError("model \"" + m.name +
+                                         "\" has no tokenizer (tokenizer.model): use token ids");
+  }
+  return m.tokenizer.get();
+}
+
+}  // namespace
+
+grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                          v1::ListModelsResponse* response) {
+  RpcScope scope(ctx_, "ListModels");
+  for (const auto& m : ctx_.models->models()) ModelToProto(*m, response->add_models());
+  return scope.Finish(absl::OkStatus());
+}
+
+grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+                                        v1::Model* response) {
+  RpcScope scope(ctx_, "GetModel");
+  auto m = ctx_.models->Find(request->name());
+  if (m.ok()) ModelToProto(**m, response);
+  return scope.Finish(m.status());
+}
+
+grpc::Status ModelServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+                                        v1::TokenizeResponse* response) {
+  RpcScope scope(ctx_, "Tokenize");
+  auto run = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
+    ASSIGN_OR_RETURN(const engine::Tokenizer* tokenizer, TokenizerOf(*m));
+    auto ids = tokenizer->Encode(request->text());
+    if (!ids.ok()) return InvalidField("text", std::string(ids.status().message()));
+    response->mutable_ids()->Add(ids->begin(), ids->end());
+    return absl::OkStatus();
+  };
+  return scope.Finish(run());
+}
+
+grpc::Status ModelServiceImpl::Detokenize(grpc::ServerContext*,
+                                          const v1::DetokenizeRequest* request,
+                                          v1::DetokenizeResponse* response) {
+  RpcScope scope(ctx_, "Detokenize");
+  auto run = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
+    ASSIGN_OR_RETURN(const engine::Tokenizer* tokenizer, TokenizerOf(*m));
+    FieldViolations violations;
+    CheckTokenIds(request->ids(), m->model->config().vocab_size, "ids", violations);
+    RETURN_IF_ERROR(violations.ToStatus());
+    ASSIGN_OR_RETURN(std::string text,
+                     tokenizer->Decode({request->ids().begin(), request->ids().end()}));
+    response->set_text(std::move(text));
+    return absl::OkStatus();
+  };
+  return scope.Finish(run());
+}
+
+}  // namespace mnemo::server

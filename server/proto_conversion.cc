@@ -1,0 +1,152 @@
+#include "server/proto_conversion.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+#include "base/dtype.h"
+
+namespace mnemo::server {
+
+engine::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std::string& field,
+                                         FieldViolations& violations) {
+  engine::SamplingParams s;
+  s.temperature = p.temperature();
+  s.top_k = p.top_k();
+  s.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();
+  s.repetition_penalty = p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty();
+  s.seed = p.seed();
+  if (!std::isfinite(s.temperature) || s.temperature < 0 || s.temperature > 100) {
+    violations.Add(field + ".temperature", "must be in [0, 100] (0: greedy)");
+  }
+  if (s.top_k < 0) violations.Add(field + ".top_k", "must be ≥ 0 (0: no limit)");
+  if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1) {
+    violations.Add(field + ".top_p", "must be in (0, 1] (0: no limit)");
+  }
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty < 1 ||
+      s.repetition_penalty > 10) {
+    violations.Add(field + ".repetition_penalty", "must be in [1, 10] (0: off)");
+  }
+  return s;
+}
+
+v1::SamplingParams SamplingToProto(const engine::SamplingParams& p) {
+  v1::SamplingParams out;
+  out.set_temperature(p.temperature);
+  out.set_top_k(p.top_k);
+  out.set_top_p(p.top_p);
+  out.set_repetition_penalty(p.repetition_penalty);
+  out.set_seed(p.seed);
+  return out;
+}
+
+void CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab,
+                   const std::string& field, FieldViolations& violations) {
+  int reported = 0;
+  for (int i = 0; i < ids.size() && reported < 8; ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      violations.Add(
+          absl::StrCat(field, "[", i, "]"),
+          absl::StrCat("token id ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
+      ++reported;
+    }
+  }
+}
+
+void CheckLabels(const google::protobuf::Map<std::string, std::string>& labels, int max_labels,
+                 const std::string& field, FieldViolations& violations) {
+  if (static_cast<int>(labels.size()) > max_labels) {
+    violations.Add(field, absl::StrCat("at most ", max_labels, " labels"));
+  }
+  for (const auto& [k, v] : labels) {
+    bool ok = !k.empty() && k.size() <= 63;
+    for (char ch : k)
+      ok = ok && ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-');
+    if (!ok) violations.Add(absl::StrCat(field, "[", k, "]"), "keys are 1–63 of [a-z0-9_-]");
+    if (v.size() > 256) violations.Add(absl::StrCat(field, "[", k, "]"), "values are ≤ 256 bytes");
+  }
+}
+
+google::protobuf::Timestamp TimeToProto(absl::Time t) {
+  google::protobuf::Timestamp out;
+  const int64_t ns = absl::ToUnixNanos(t);
+  out.set_seconds(ns / 1000000000);
+  out.set_nanos(static_cast<int32_t>(ns % 1000000000));
+  return out;
+}
+
+google::protobuf::Duration DurationToProto(absl::Duration d) {
+  google::protobuf::Duration out;
+  const int64_t ns = absl::ToInt64Nanoseconds(d);
+  out.set_seconds(ns / 1000000000);
+  out.set_nanos(static_cast<int32_t>(ns % 1000000000));
+  return out;
+}
+
+absl::Duration DurationFromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+void SessionToProto(const SessionInfo& info, v1::Session* out) {
+  out->set_id(info.id);
+  out->set_model(info.model);
+  out->mutable_labels()->insert(info.labels.begin(), info.labels.end());
+  *out->mutable_create_time() = TimeToProto(info.create_time);
+  *out->mutable_last_use_time() = TimeToProto(info.last_use_time);
+  *out->mutable_ttl() = DurationToProto(info.ttl);
+  out->set_tokens_seen(info.tokens_seen);
+  out->set_state_bytes(info.state_bytes);
+  out->set_tier(info.tier == Tier::kDevice ? v1::STATE_TIER_DEVICE : v1::STATE_TIER_HOST);
+  out->set_state_version(info.state_version);
+  out->set_memory_tokens(info.memory_tokens);
+  if (info.default_sampling)
+    *out->mutable_default_sampling() = SamplingToProto(*info.default_sampling);
+  out->set_pending_tokens(info.pending_tokens);
+}
+
+void ModelToProto(const LoadedModel& m, v1::Model* out) {
+  const engine::ModelConfig& c = m.model->config();
+  out->set_name(m.name);
+  out->set_architecture(c.architecture);
+  out->set_vocab_size(c.vocab_size);
+  out->set_d_model(c.d_model);
+  out->set_n_head(c.n_head);
+  out->set_d_head(c.d_head);
+  out->set_d_inner(c.d_inner);
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const engine::LayerConfig& lc = c.layer(l);
+    v1::Layer* layer = out->add_layers();
+    layer->set_state_bytes(m.layer_state_bytes[static_cast<size_t>(l)]);
+    switch (lc.attention) {
+      case engine::AttentionKind::kDense:
+        layer->set_attention(v1::ATTENTION_KIND_DENSE);
+        layer->set_memory_tokens(c.mem_len);
+        break;
+      case engine::AttentionKind::kLinear: {
+        layer->set_attention(v1::ATTENTION_KIND_LINEAR);
+        const char* names[] = {"elu", "favor", "rfa"};
+        layer->set_feature_map(names[static_cast<int>(lc.feature_map)]);
+        layer->set_num_features(lc.num_features);
+        break;
+      }
+      case engine::AttentionKind::kSparse:
+        layer->set_attention(v1::ATTENTION_KIND_SPARSE);
+        layer->set_window(lc.window);
+        for (int64_t d : lc.dilations) layer->add_dilations(d);
+        layer->set_memory_tokens(lc.sparse_span());
+        break;
+    }
+  }
+  out->set_memory_tokens(c.mem_len);
+  out->set_segment_tokens(m.segment_tokens);
+  out->set_compression_rate(0);
+  out->set_dtype(DTypeName(c.dtype));
+  out->set_device(m.device);
+  out->set_state_bytes_per_session(static_cast<int64_t>(m.model->StateBytes()));
+  out->set_weight_sparsity(m.weight_sparsity);
+  out->set_eos_token_id(m.tokenizer != nullptr ? m.tokenizer->eos_id()
+                                               : static_cast<int32_t>(c.eos_token_id.value_or(-1)));
+  out->set_fingerprint(m.fingerprint);
+}
+
+}  // namespace mnemo::server

@@ -1,0 +1,206 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+#include "server/metrics.h"
+
+namespace mnemo::server {
+
+using engine::LogitsMode;
+
+struct Scheduler::Step {
+  engine::SessionState* state = nullptr;
+  std::vector<int32_t> tokens;
+  LogitsMode mode = LogitsMode::kNone;
+  absl::Time submitted;
+  bool taken = false;  // the loop owns it now: it will complete
+  bool done = false;
+  absl::Status status;
+  StepOutput output;
+  bool is_decode() const { return tokens.size() == 1 && mode == LogitsMode::kLast; }
+};
+
+Scheduler::Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics)
+    : model_(model), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
+
+Scheduler::~Scheduler() {
+  Shutdown();
+  loop_.join();
+}
+
+void Scheduler::Shutdown() {
+  std::lock_guard lock(mu_);
+  stopping_ = true;
+  work_cv_.notify_all();
+}
+
+int64_t Scheduler::queued() const {
+  std::lock_guard lock(mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+Scheduler::ActiveStream::ActiveStream(Scheduler& s) : scheduler_(s) {
+  std::lock_guard lock(s.mu_);
+  ++s.active_streams_;
+}
+
+Scheduler::ActiveStream::~ActiveStream() {
+  std::lock_guard lock(scheduler_.mu_);
+  --scheduler_.active_streams_;
+  scheduler_.work_cv_.notify_all();  // the loop may be waiting for this stream's next step
+}
+
+absl::StatusOr<StepOutput> Scheduler::Run(engine::SessionState* state,
+                                          std::span<const int32_t> tokens, LogitsMode mode,
+                                          absl::Time deadline,
+                                          const std::function<bool()>& cancelled) {
+  auto step = std::make_shared<Step>();
+  step->state = state;
+  step->tokens.assign(tokens.begin(), tokens.end());
+  step->mode = mode;
+  step->submitted = absl::Now();
+  std::unique_lock lock(mu_);
+  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
+    if (metrics_ != nullptr) metrics_->Rejected("queue_full");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the model's step queue is full (", options_.max_queue, " steps waiting); retry later"));
+  }
+  queue_.push_back(step);
+  if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
+  work_cv_.notify_all();
+  // Poll for cancellation: the transport's flag is not something a condition variable sees.
+  constexpr absl::Duration kPoll = absl::Milliseconds(20);
+  while (!step->done) {
+    if (!step->taken) {
+      absl::Status withdrawn;
+      if (cancelled && cancelled()) {
+        withdrawn = absl::CancelledError("the request was cancelled while queued");
+      } else if (absl::Now() >= deadline) {
+        withdrawn = absl::DeadlineExceededError("the deadline passed while the request was queued");
+      } else if (stopping_) {
+        withdrawn = absl::UnavailableError("the server is shutting down");
+      }
+      if (!withdrawn.ok()) {
+        queue_.erase(std::find(queue_.begin(), queue_.end(), step));
+        if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
+        return withdrawn;
+      }
+    }
+    const absl::Time wake = std::min(deadline, absl::Now() + kPoll);
+    done_cv_.wait_until(lock, absl::ToChronoTime(wake));
+  }
+  if (!step->status.ok()) return step->status;
+  return std::move(step->output);
+}
+
+std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
+  std::vector<std::shared_ptr<Step>> batch;
+  int64_t prefill_tokens = 0;
+  // Decode steps first: one token each, latency-sensitive.
+  for (auto& s : queue_) {
+    if (static_cast<int>(batch.size()) >= options_.max_batch_sequences) break;
+    if (s->is_decode()) batch.push_back(s);
+  }
+  // Then prefill segments in arrival order while the token budget lasts (the first always fits,
+  // so an oversized segment still makes progress).
+  for (auto& s : queue_) {
+    if (static_cast<int>(batch.size()) >= options_.max_batch_sequences) break;
+    if (s->is_decode()) continue;
+    const auto t = static_cast<int64_t>(s->tokens.size());
+    if (prefill_tokens > 0 && prefill_tokens + t > options_.max_batch_tokens) break;
+    prefill_tokens += t;
+    batch.push_back(s);
+  }
+  for (auto& s : batch) {
+    s->taken = true;
+    queue_.erase(std::find(queue_.begin(), queue_.end(), s));
+  }
+  return batch;
+}
+
+void Scheduler::Loop() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (stopping_) break;
+    // Give the other active streams a moment to submit their next steps.
+    const absl::Time until = queue_.front()->submitted + options_.batch_wait;
+    work_cv_.wait_until(lock, absl::ToChronoTime(until), [&] {
+      return stopping_ || static_cast<int>(queue_.size()) >= active_streams_;
+    });
+    if (stopping_) break;
+    std::vector<std::shared_ptr<Step>> batch = TakeBatch();
+    if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
+    lock.unlock();
+    Execute(batch);
+    lock.lock();
+    for (auto& s : batch) s->done = true;
+    done_cv_.notify_all();
+  }
+  // Shutting down: whatever is still queued fails; callers see it at their next poll.
+  for (auto& s : queue_) {
+    s->taken = true;
+    s->done = true;
+    s->status = absl::UnavailableError("the server is shutting down");
+  }
+  queue_.clear();
+  done_cv_.notify_all();
+}
+
+void Scheduler::Execute(std::vector<std::shared_ptr<Step>>& steps) {
+  const absl::Time start = absl::Now();
+  std::vector<Step*> decode, by_mode[3];
+  for (auto& s : steps) {
+    s->output.queued = start - s->submitted;
+    if (s->is_decode()) {
+      decode.push_back(s.get());
+    } else {
+      by_mode[static_cast<int>(s->mode)].push_back(s.get());
+    }
+  }
+  if (metrics_ != nullptr) metrics_->ObserveBatch(static_cast<int64_t>(steps.size()));
+  // Decode steps alone form a uniform batch (on CUDA, a recorded graph).
+  if (!decode.empty()) Forward(decode, LogitsMode::kLast, "decode");
+  if (!by_mode[0].empty()) Forward(by_mode[0], LogitsMode::kNone, "ingest");
+  if (!by_mode[1].empty()) Forward(by_mode[1], LogitsMode::kLast, "prefill");
+  if (!by_mode[2].empty()) Forward(by_mode[2], LogitsMode::kAll, "score");
+}
+
+void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* phase) {
+  const absl::Time start = absl::Now();
+  std::vector<engine::SequenceInput> inputs;
+  inputs.reserve(steps.size());
+  for (Step* s : steps) {
+    inputs.push_back({s->tokens.data(), static_cast<int64_t>(s->tokens.size()), s->state});
+  }
+  engine::Tensor logits;
+  absl::Status status = model_.Forward(inputs, mode, &logits);
+  if (status.code() == absl::StatusCode::kInvalidArgument && steps.size() > 1) {
+    // No state was touched: run each alone so only the bad one fails.
+    for (Step* s : steps) {
+      std::vector<Step*> one{s};
+      Forward(one, mode, phase);
+    }
+    return;
+  }
+  if (metrics_ != nullptr) metrics_->ObserveStep(phase, absl::ToDoubleSeconds(absl::Now() - start));
+  if (!status.ok()) {
+    for (Step* s : steps) s->status = status;
+    return;
+  }
+  if (mode == LogitsMode::kNone) return;
+  const int64_t vocab = model_.config().vocab_size;
+  const float* data = logits.data<float>();
+  int64_t row = 0;
+  for (Step* s : steps) {
+    const int64_t rows = mode == LogitsMode::kLast ? 1 : static_cast<int64_t>(s->tokens.size());
+    s->output.logits.assign(data + row * vocab, data + (row + rows) * vocab);
+    row += rows;
+  }
+}
+
+}  // namespace mnemo::server

@@ -1,0 +1,103 @@
+// Scheduler: continuous batching for one model. Request handlers submit model steps (a segment
+// of prompt or document for one session, or one decode token) and wait; one engine loop forms
+// each forward pass from everything pending: all decode steps first (one token each, up to
+// max_batch_sequences), then prefill segments in arrival order under a token budget, so a long
+// ingest advances one segment per step and cannot starve interactive generation. A handler has at
+// most one step pending at a time, which makes the queue round-robin across sessions.
+//
+// Threading: Run may be called from any number of threads; the states they pass must each be
+// used by one caller at a time (the session manager's lease guarantees it).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include "engine/model/transfo_xl_model.h"
+
+namespace mnemo::server {
+
+class Metrics;
+
+struct SchedulerOptions {
+  int64_t max_batch_tokens = 2048;  // prefill tokens per forward pass (decode tokens always fit)
+  int max_batch_sequences = 256;    // sequences per forward pass
+  int64_t max_queue = 4096;         // steps waiting; more are refused with RESOURCE_EXHAUSTED
+  // How long the loop waits for the other active streams' next steps before it starts a pass
+  // without them (they submit within microseconds of their previous step's result).
+  absl::Duration batch_wait = absl::Microseconds(500);
+};
+
+// The result of one step: logits as the mode asked (kLast: [vocab]; kAll: [tokens, vocab]).
+struct StepOutput {
+  std::vector<float> logits;
+  absl::Duration queued;  // from submission to the start of its forward pass
+};
+
+class Scheduler {
+ public:
+  Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics);
+  ~Scheduler();  // finishes the steps already taken, fails the rest with UNAVAILABLE
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Runs `tokens` through `state` in the next forward pass that has room and waits for it.
+  // Until the pass starts, the step is withdrawn (state untouched) when `deadline` passes
+  // (DEADLINE_EXCEEDED) or `cancelled()` turns true (CANCELLED); a step that started always
+  // completes. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown.
+  absl::StatusOr<StepOutput> Run(engine::SessionState* state, std::span<const int32_t> tokens,
+                                 engine::LogitsMode mode, absl::Time deadline,
+                                 const std::function<bool()>& cancelled);
+
+  // A request that will submit steps back to back (a generation or ingest in progress): while
+  // one is registered, the loop waits up to batch_wait for its next step so decode steps of
+  // concurrent streams share a pass.
+  class ActiveStream {
+   public:
+    explicit ActiveStream(Scheduler& s);
+    ~ActiveStream();
+    ActiveStream(const ActiveStream&) = delete;
+    ActiveStream& operator=(const ActiveStream&) = delete;
+
+   private:
+    Scheduler& scheduler_;
+  };
+
+  // Stops taking steps; the loop exits after the current pass.
+  void Shutdown();
+
+  int64_t queued() const;
+
+ private:
+  struct Step;
+  void Loop();
+  // Takes the next pass's steps off the queue (lock held).
+  std::vector<std::shared_ptr<Step>> TakeBatch();
+  void Execute(std::vector<std::shared_ptr<Step>>& steps);
+  // One forward pass over steps of one mode; on INVALID_ARGUMENT retries them one by one so one
+  // bad step cannot fail the others.
+  void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase);
+
+  engine::TransfoXlModel& model_;
+  const SchedulerOptions options_;
+  Metrics* metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // the loop waits here
+  std::condition_variable done_cv_;  // callers wait here
+  std::deque<std::shared_ptr<Step>> queue_;
+  int active_streams_ = 0;
+  bool stopping_ = false;
+  std::thread loop_;
+};
+
+}  // namespace mnemo::server

@@ -1,0 +1,80 @@
+// What the gRPC services share: the loaded models, the sessions, the metrics, the request limits
+// and the draining flag; and RpcScope, which counts and times every RPC the same way.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+#include "grpcpp/server_context.h"
+#include "server/grpc_status.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/session_manager.h"
+#include "server/session_runner.h"
+
+namespace mnemo::server {
+
+struct RequestLimits {
+  int64_t max_generate_tokens = 4096;  // GenerateRequest.max_tokens
+  int64_t max_input_tokens = 1 << 20;  // prompt or scored text of one request
+  int max_stop_strings = 16;
+  int max_stop_bytes = 256;
+  int max_labels = 16;
+};
+
+struct ServiceContext {
+  ModelRegistry* models = nullptr;
+  SessionManager* sessions = nullptr;
+  Metrics* metrics = nullptr;
+  RequestLimits limits;
+  std::atomic<bool> draining{false};
+};
+
+// Counts an RPC as running while alive and records its code and duration when finished.
+class RpcScope {
+ public:
+  RpcScope(ServiceContext& ctx, const char* rpc) : ctx_(ctx), rpc_(rpc), start_(absl::Now()) {
+    ctx_.metrics->RequestStarted();
+  }
+  ~RpcScope() { ctx_.metrics->RequestEnded(); }
+  RpcScope(const RpcScope&) = delete;
+  RpcScope& operator=(const RpcScope&) = delete;
+
+  absl::Time start() const { return start_; }
+  // UNAVAILABLE while the server drains.
+  absl::Status Admit() const {
+    if (ctx_.draining.load()) {
+      ctx_.metrics->Rejected("shutting_down");
+      return absl::UnavailableError("the server is shutting down; retry on another replica");
+    }
+    return absl::OkStatus();
+  }
+  grpc::Status Finish(const absl::Status& status) {
+    grpc::Status s = ToGrpcStatus(status);
+    ctx_.metrics->Request(rpc_, GrpcCodeName(s.error_code()),
+                          absl::ToDoubleSeconds(absl::Now() - start_));
+    return s;
+  }
+
+ private:
+  ServiceContext& ctx_;
+  const char* rpc_;
+  absl::Time start_;
+};
+
+// The request's deadline and cancellation as the server core sees them.
+inline RequestControl ControlOf(grpc::ServerContext* context) {
+  RequestControl control;
+  const auto deadline = context->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    control.deadline = absl::FromChrono(deadline);
+  }
+  control.cancelled = [context] { return context->IsCancelled(); };
+  return control;
+}
+
+}  // namespace mnemo::server

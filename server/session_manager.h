@@ -1,0 +1,171 @@
+// SessionManager: sessions as durable resources. Each session holds one document's memory for
+// one model; a session runs one request at a time (Acquire hands out an exclusive lease, a second
+// caller gets ABORTED); idle sessions expire after their TTL; states live on the model's device
+// under a byte budget, and beyond it the least recently used idle states are demoted to host
+// memory and promoted back on their next request, transparently. Byte accounting is exact
+// (SessionState::bytes()).
+//
+// Threading: every method is safe from any thread. A lease's memory is touched only by its holder.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include "engine/memory/session_state.h"
+#include "engine/sampling/sampler.h"
+#include "server/model_registry.h"
+
+namespace mnemo::server {
+
+class Metrics;
+
+// What a session remembers: the model's state, and tokens received but not run yet (the tail of
+// the document, at most one segment, run with whatever comes next so segment boundaries do not
+// depend on how a client split its document).
+struct SessionMemory {
+  engine::SessionState state;
+  std::vector<int32_t> pending;
+};
+
+enum class Tier : uint8_t { kDevice, kHost };
+const char* TierName(Tier tier);
+
+struct SessionOptions {
+  absl::Duration ttl = absl::ZeroDuration();  // zero: the manager's default
+  std::map<std::string, std::string> labels;
+  std::optional<engine::SamplingParams> default_sampling;
+};
+
+// A copy of a session's descriptive fields.
+struct SessionInfo {
+  std::string id;
+  std::string model;
+  std::map<std::string, std::string> labels;
+  absl::Time create_time;
+  absl::Time last_use_time;
+  absl::Duration ttl;
+  int64_t tokens_seen = 0;
+  int64_t state_bytes = 0;
+  Tier tier = Tier::kDevice;
+  int64_t state_version = 0;
+  int64_t memory_tokens = 0;
+  int64_t pending_tokens = 0;
+  std::optional<engine::SamplingParams> default_sampling;
+  uint64_t sequence = 0;  // creation order (list paging)
+};
+
+struct SessionManagerOptions {
+  int64_t max_sessions = 10000;
+  int64_t device_budget_bytes = int64_t{4} << 30;  // session states on the compute device
+  absl::Duration default_ttl = absl::Hours(1);
+  absl::Duration max_ttl = absl::Hours(24 * 7);
+  absl::Duration reap_interval = absl::Seconds(1);
+};
+
+class SessionManager;
+
+// Exclusive use of one session for the length of a request. The memory may be changed freely;
+// Commit makes the change a new state version. Destroying the lease releases the session.
+class SessionLease {
+ public:
+  ~SessionLease();
+  SessionLease(const SessionLease&) = delete;
+  SessionLease& operator=(const SessionLease&) = delete;
+
+  const std::string& id() const;
+  LoadedModel& model() const;
+  SessionMemory& memory();
+  int64_t state_version() const { return version_; }
+  int64_t tokens_seen() const { return tokens_seen_; }
+  const std::optional<engine::SamplingParams>& default_sampling() const;
+  // Where the state was when the request arrived ("resident" or "promoted").
+  const char* state_source() const { return promoted_ ? "promoted" : "resident"; }
+  // Records the memory as the session's new version with `tokens_added` more document tokens.
+  void Commit(int64_t tokens_added);
+
+ private:
+  friend class SessionManager;
+  struct Entry;
+  SessionLease(SessionManager& manager, std::shared_ptr<Entry> entry, bool promoted);
+  SessionManager& manager_;
+  std::shared_ptr<Entry> entry_;
+  int64_t version_;
+  int64_t tokens_seen_;
+  bool promoted_;
+};
+
+class SessionManager {
+ public:
+  SessionManager(SessionManagerOptions options, Metrics* metrics);
+  ~SessionManager();  // stops the reaper; states are freed
+  SessionManager(const SessionManager&) = delete;
+  SessionManager& operator=(const SessionManager&) = delete;
+
+  // RESOURCE_EXHAUSTED when the session quota is reached or no device room can be made;
+  // INVALID_ARGUMENT for a TTL above the maximum.
+  absl::StatusOr<SessionInfo> Create(LoadedModel& model, const SessionOptions& options);
+  absl::StatusOr<SessionInfo> Get(const std::string& id) const;
+  // Sessions created after `after_sequence` carrying every label of `label_filter`, oldest
+  // first, at most `limit`; *more tells whether further ones exist.
+  std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
+                                const std::map<std::string, std::string>& label_filter,
+                                bool* more) const;
+  // ABORTED while a request runs on it or when `expected_version` (0 = any) differs.
+  absl::Status Delete(const std::string& id, int64_t expected_version);
+  // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
+  absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
+                                   const SessionOptions& options);
+  // Exclusive use of a session, its state on the device (promoted if it was demoted).
+  // NOT_FOUND, ABORTED (busy, or version ≠ expected_version when that is not 0),
+  // RESOURCE_EXHAUSTED (no device room).
+  absl::StatusOr<std::unique_ptr<SessionLease>> Acquire(const std::string& id,
+                                                        int64_t expected_version);
+  // Deletes idle sessions whose TTL ran out by `now`; returns how many.
+  int ReapExpired(absl::Time now);
+  int64_t device_bytes() const;
+  int64_t host_bytes() const;
+  int64_t size() const;
+
+ private:
+  friend class SessionLease;
+  using Entry = SessionLease::Entry;
+  void Release(SessionLease& lease);
+  // Demotes idle device states, least recently used first, until `bytes` more fit the budget.
+  absl::Status MakeRoomLocked(int64_t bytes, const Entry* keep);
+  absl::Status DemoteLocked(Entry& entry);
+  absl::Status PromoteLocked(Entry& entry);
+  SessionInfo InfoLocked(const Entry& entry) const;
+  absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const;
+  void EraseLocked(const std::string& id, const char* reason);
+  void PublishLocked() const;
+  absl::StatusOr<absl::Duration> TtlFor(absl::Duration requested) const;
+  void ReaperLoop();
+
+  const SessionManagerOptions options_;
+  Metrics* metrics_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Entry>> sessions_;
+  uint64_t next_sequence_ = 1;
+  int64_t device_bytes_ = 0;
+  int64_t host_bytes_ = 0;
+  int64_t device_count_ = 0;
+  bool stopping_ = false;
+  std::condition_variable reaper_cv_;
+  std::thread reaper_;
+};
+
+// 128 random bits from the kernel's CSPRNG as 32 lowercase hex digits.
+std::string NewSessionId();
+
+}  // namespace mnemo::server

@@ -1,0 +1,182 @@
+#include "server/session_runner.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "base/status_macros.h"
+#include "engine/tokenizer/incremental_decoder.h"
+
+namespace mnemo::server {
+namespace {
+
+using engine::LogitsMode;
+
+// One scheduler step over `ids`; the request's cancellation and deadline are checked first, so
+// a long ingest or generation stops at its next step.
+absl::StatusOr<StepOutput> RunStep(LoadedModel& model, SessionMemory& memory,
+                                   std::span<const int32_t> ids, LogitsMode mode,
+                                   const RequestControl& control) {
+  if (control.cancelled && control.cancelled()) {
+    return absl::CancelledError("the request was cancelled");
+  }
+  const absl::Time submitted = absl::Now();
+  if (submitted >= control.deadline) {
+    return absl::DeadlineExceededError("the request's deadline passed");
+  }
+  auto out = model.scheduler->Run(&memory.state, ids, mode, control.deadline, control.cancelled);
+  if (out.ok() && control.first_step_start != nullptr &&
+      *control.first_step_start == absl::InfinitePast()) {
+    *control.first_step_start = submitted + out->queued;
+  }
+  return out;
+}
+
+// Runs `count` tokens from the front of the pending tail in segments, then drops them.
+absl::Status RunPendingFront(LoadedModel& model, SessionMemory& memory, size_t count,
+                             const RequestControl& control, int64_t* segments) {
+  const auto segment = static_cast<size_t>(model.segment_tokens);
+  size_t done = 0;
+  absl::Status status;
+  while (done < count) {
+    const size_t t = std::min(segment, count - done);
+    auto out = RunStep(model, memory, std::span(memory.pending).subspan(done, t), LogitsMode::kNone,
+                       control);
+    if (!out.ok()) {
+      status = out.status();
+      break;
+    }
+    done += t;
+    if (segments != nullptr) ++*segments;
+  }
+  memory.pending.erase(memory.pending.begin(),
+                       memory.pending.begin() + static_cast<ptrdiff_t>(done));
+  return status;
+}
+
+}  // namespace
+
+absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
+  SessionMemory copy;
+  ASSIGN_OR_RETURN(copy.state, model.model->CloneState(memory.state));
+  copy.pending = memory.pending;
+  return copy;
+}
+
+absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
+                          std::span<const int32_t> tokens, const RequestControl& control,
+                          int64_t* segments) {
+  memory.pending.insert(memory.pending.end(), tokens.begin(), tokens.end());
+  const auto segment = static_cast<size_t>(model.segment_tokens);
+  if (memory.pending.size() <= segment) return absl::OkStatus();
+  // Whole segments, keeping 1 … segment tokens pending.
+  const size_t run = (memory.pending.size() - 1) / segment * segment;
+  return RunPendingFront(model, memory, run, control, segments);
+}
+
+absl::Status FlushPending(LoadedModel& model, SessionMemory& memory, const RequestControl& control,
+                          int64_t* segments) {
+  if (memory.pending.size() <= 1) return absl::OkStatus();
+  return RunPendingFront(model, memory, memory.pending.size() - 1, control, segments);
+}
+
+absl::StatusOr<GenerationResult> Generate(
+    LoadedModel& model, SessionMemory& memory, const GenerationParams& params,
+    std::vector<int32_t> history, const RequestControl& control,
+    const std::function<bool(const GeneratedToken&)>& on_token) {
+  if (memory.pending.empty()) {
+    return absl::InvalidArgumentError(
+        "nothing to continue: the session is empty and the prompt is empty");
+  }
+  RETURN_IF_ERROR(FlushPending(model, memory, control, nullptr));
+  const engine::Tokenizer* tokenizer = model.tokenizer.get();
+  const int32_t eos = params.ignore_eos || tokenizer == nullptr ? -1 : tokenizer->eos_id();
+  engine::StopCondition stop(params.stop, params.stop_ids, eos);
+  engine::Sampler sampler(params.sampling);
+  std::optional<engine::IncrementalDecoder> decoder;
+  if (tokenizer != nullptr) decoder.emplace(*tokenizer);
+  const int64_t vocab = model.model->config().vocab_size;
+
+  GenerationResult result;
+  std::string text;     // decoded so far
+  size_t released = 0;  // bytes of `text` handed to on_token
+  for (int64_t step = 0; step < params.max_tokens; ++step) {
+    const int32_t input = memory.pending.back();
+    ASSIGN_OR_RETURN(StepOutput out,
+                     RunStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
+    memory.pending.clear();
+    GeneratedToken token;
+    token.sample = sampler.Sample(out.logits.data(), vocab, history);
+    const int32_t id = token.sample.id;
+    memory.pending.push_back(id);
+    history.push_back(id);
+    ++result.generated;
+    if (step == 0) result.first_token_time = absl::Now();
+    std::optional<engine::FinishReason> finish;
+    if (decoder) {
+      ASSIGN_OR_RETURN(std::string piece, decoder->Push(id));
+      text += piece;
+      size_t keep = text.size();
+      finish = stop.Check(id, text, &keep, piece.size());
+      if (finish) text.resize(std::max(keep, released));
+      const size_t ready = finish ? text.size()
+                                  : engine::CompleteUtf8Prefix(std::string_view(text).substr(
+                                        0, text.size() - stop.PendingBytes(text)));
+      if (ready > released) {
+        token.text = text.substr(released, ready - released);
+        released = ready;
+      }
+    } else {
+      size_t keep = 0;
+      finish = stop.Check(id, "", &keep, 0);
+    }
+    if (!on_token(token)) return absl::CancelledError("the client went away");
+    if (finish) {
+      result.reason = *finish;
+      result.text = text.substr(0, released);
+      return result;
+    }
+  }
+  if (decoder) {  // the length limit: what the decoder still holds ends the text
+    ASSIGN_OR_RETURN(std::string rest, decoder->Flush());
+    text += rest;
+    size_t keep = text.size();
+    if (stop.Check(-1, text, &keep, rest.size()).has_value()) {
+      result.reason = engine::FinishReason::kStopString;
+      text.resize(std::max(keep, released));
+    }
+    result.tail = text.substr(released);
+  }
+  result.text = text;
+  return result;
+}
+
+absl::StatusOr<std::vector<ScoredToken>> Score(LoadedModel& model, SessionMemory& memory,
+                                               std::span<const int32_t> tokens,
+                                               const RequestControl& control) {
+  const size_t context = memory.pending.size();
+  memory.pending.insert(memory.pending.end(), tokens.begin(), tokens.end());
+  const std::vector<int32_t> seq = memory.pending;  // the whole run, logits wanted throughout
+  const int64_t vocab = model.model->config().vocab_size;
+  const auto segment = static_cast<size_t>(model.segment_tokens);
+  std::vector<ScoredToken> scored;
+  std::vector<float> logprobs(static_cast<size_t>(vocab));
+  const size_t inputs = seq.size() - 1;  // the last token predicts nothing here
+  size_t done = 0;
+  while (done < inputs) {
+    const size_t t = std::min(segment, inputs - done);
+    ASSIGN_OR_RETURN(StepOutput out, RunStep(model, memory, std::span(seq).subspan(done, t),
+                                             LogitsMode::kAll, control));
+    for (size_t j = 0; j < t; ++j) {
+      const size_t target = done + j + 1;
+      if (target < std::max<size_t>(context, 1)) continue;  // a memory token, not the text's
+      const float* row = out.logits.data() + j * static_cast<size_t>(vocab);
+      const float lse = engine::LogSumExp(row, vocab);
+      scored.push_back({seq[target], row[seq[target]] - lse});
+    }
+    done += t;
+  }
+  memory.pending.assign(seq.end() - 1, seq.end());
+  return scored;
+}
+
+}  // namespace mnemo::server
