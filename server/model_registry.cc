@@ -83,9 +83,9 @@ std::string AttentionSummary(const engine::ModelConfig& c) {
     }
   }
   std::vector<std::string> parts;
-  if (dense > 0) parts.push_back("dense");
-  if (linear > 0) parts.push_back("linear");
-  if (sparse > 0) parts.push_back("sparse");
+  if (dense > 0) parts.emplace_back("dense");
+  if (linear > 0) parts.emplace_back("linear");
+  if (sparse > 0) parts.emplace_back("sparse");
   return absl::StrJoin(parts, "+");
 }
 

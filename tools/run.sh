@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The quick start's "run" command: installs build dependencies, builds the release preset, makes
-# the small default checkpoint if it is not there yet, and generates from it.
-#   tools/run.sh [extra `mnemo generate` flags…]
+# the small default checkpoint if it is not there yet, and starts the gRPC server on it in the
+# foreground (Ctrl-C or SIGTERM drains and stops it).
+#   tools/run.sh [extra mnemo-server flags…]      e.g. --listen 0.0.0.0:50051 --device cuda
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tools/setup.sh build
 cmake --preset release -DMNEMO_BUILD_TESTS=OFF >/dev/null
-cmake --build --preset release --target mnemo
+targets=(mnemo mnemo-server mnemo_proto_python)
+[ -f clients/cpp/CMakeLists.txt ] && targets+=(mnemo-client)
+cmake --build --preset release --target "${targets[@]}"
 model=${MNEMO_MODEL:-build/models/tiny}
 if [ ! -f "$model/model.safetensors" ]; then
   /usr/bin/python3 tools/make_tiny_model.py "$model"
 fi
-if [ $# -eq 0 ]; then
-  set -- --prompt "This program is free software" --max-tokens 48 --seed 1
-fi
-exec build/release/mnemo generate --model "$model" "$@"
+exec build/release/mnemo-server --model "default=$model" --listen "${MNEMO_LISTEN:-127.0.0.1:50051}" \
+  --metrics-listen "${MNEMO_METRICS_LISTEN:-127.0.0.1:9464}" "$@"

@@ -10,11 +10,12 @@ mode=${1:-test}
 debs=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libabsl-dev libopenblas-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev
-  python3 python3-numpy
+  libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev prometheus-cpp-dev
+  python3 python3-numpy python3-grpcio python3-protobuf
 )
 if [ "$mode" = test ]; then
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
-         python3-venv python3-pip python3-torch)
+         python3-venv python3-pip python3-torch prometheus)
 elif [ "$mode" != build ]; then
   echo "usage: tools/setup.sh [build|test]" >&2
   exit 2

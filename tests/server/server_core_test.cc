@@ -1,0 +1,345 @@
+// server/ core without a transport: the scheduler batches concurrent streams without changing
+// their results, documents give the same memory however they are split, sessions are exclusive,
+// versioned, expire, and move between tiers exactly, and cancellation stops work. Threads call
+// the core directly so ThreadSanitizer sees every synchronisation.
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/session_manager.h"
+#include "server/session_runner.h"
+#include "server/text_chunker.h"
+#include "tests/test_checkpoint.h"
+
+namespace mnemo::server {
+namespace {
+
+std::vector<int32_t> Document(int n, uint32_t seed, int64_t vocab) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return ids;
+}
+
+class ServerCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Load(SchedulerOptions{}); }
+
+  void Load(SchedulerOptions scheduling) {
+    registry_.reset();
+    config_ = test::SmallConfig();
+    config_.memory_init = engine::MemoryInit::kZeros;
+    dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(config_, 11));
+    auto registry = ModelRegistry::Load({{"small", dir_->path()}}, "cpu", /*segment_tokens=*/5,
+                                        scheduling, &metrics_);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    registry_ = *std::move(registry);
+    model_ = *registry_->Find("");
+  }
+
+  SessionMemory Fresh() {
+    SessionMemory m;
+    m.state = *model_->model->NewState();
+    return m;
+  }
+
+  // Greedy continuation of `doc` appended to a fresh memory.
+  std::vector<int32_t> Continue(SessionMemory& memory, const std::vector<int32_t>& doc, int n) {
+    RequestControl control;
+    EXPECT_TRUE(AppendTokens(*model_, memory, doc, control, nullptr).ok());
+    GenerationParams params;
+    params.max_tokens = n;
+    params.sampling.temperature = 0.8f;
+    params.sampling.seed = 5;
+    params.ignore_eos = true;
+    std::vector<int32_t> out;
+    auto result = Generate(*model_, memory, params, doc, control, [&](const GeneratedToken& t) {
+      out.push_back(t.sample.id);
+      return true;
+    });
+    EXPECT_TRUE(result.ok()) << result.status();
+    return out;
+  }
+
+  std::vector<float> ScoreOf(SessionMemory memory, const std::vector<int32_t>& text) {
+    auto scored = Score(*model_, memory, text, RequestControl{});
+    EXPECT_TRUE(scored.ok()) << scored.status();
+    std::vector<float> out;
+    for (const ScoredToken& t : *scored) out.push_back(t.logprob);
+    return out;
+  }
+
+  double MaxBatchObserved() {
+    const std::string text = prometheus::TextSerializer().Serialize(metrics_.registry()->Collect());
+    double max_le = 0;
+    // The smallest bucket bound whose count equals the total count bounds the largest batch.
+    size_t pos = text.find("mnemo_batch_size_count ");
+    const double count = std::stod(text.substr(pos + 23));
+    for (double le : {1.0, 2.0, 4.0, 8.0, 16.0}) {
+      char key[64];
+      std::snprintf(key, sizeof(key), "mnemo_batch_size_bucket{le=\"%g\"} ", le);
+      pos = text.find(key);
+      if (pos != std::string::npos && std::stod(text.substr(pos + std::strlen(key))) < count) {
+        max_le = le;
+      }
+    }
+    return max_le;  // 1 means some batch had more than 1 sequence
+  }
+
+  engine::ModelConfig config_;
+  Metrics metrics_;
+  std::unique_ptr<test::ScopedTempDir> dir_;
+  std::unique_ptr<ModelRegistry> registry_;
+  LoadedModel* model_ = nullptr;
+};
+
+TEST_F(ServerCoreTest, ConcurrentStreamsShareForwardPassesWithoutChangingResults) {
+  SchedulerOptions scheduling;
+  scheduling.batch_wait = absl::Seconds(2);  // ample: all streams are registered before they run
+  Load(scheduling);
+  constexpr int kStreams = 4;
+  std::vector<std::vector<int32_t>> docs, alone(kStreams), together(kStreams);
+  for (int i = 0; i < kStreams; ++i)
+    docs.push_back(Document(23 + 3 * i, 100 + i, config_.vocab_size));
+  for (int i = 0; i < kStreams; ++i) {
+    SessionMemory m = Fresh();
+    alone[i] = Continue(m, docs[i], 12);
+  }
+  std::barrier sync(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      Scheduler::ActiveStream active(*model_->scheduler);
+      sync.arrive_and_wait();
+      SessionMemory m = Fresh();
+      together[i] = Continue(m, docs[i], 12);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) EXPECT_EQ(together[i], alone[i]) << "stream " << i;
+  EXPECT_GE(MaxBatchObserved(), 1.0) << "no forward pass held more than one sequence";
+}
+
+TEST_F(ServerCoreTest, TheMemoryDoesNotDependOnHowADocumentWasSplit) {
+  const std::vector<int32_t> doc = Document(61, 7, config_.vocab_size);
+  const std::vector<int32_t> probe = Document(9, 8, config_.vocab_size);
+  SessionMemory whole = Fresh();
+  ASSERT_TRUE(AppendTokens(*model_, whole, doc, {}, nullptr).ok());
+  for (int split : {1, 2, 3, 7, 13}) {
+    SessionMemory pieces = Fresh();
+    int64_t segments = 0;
+    for (size_t i = 0; i < doc.size(); i += static_cast<size_t>(split)) {
+      const size_t n = std::min(static_cast<size_t>(split), doc.size() - i);
+      ASSERT_TRUE(AppendTokens(*model_, pieces, std::span(doc).subspan(i, n), {}, &segments).ok());
+    }
+    EXPECT_EQ(segments, 12) << "61 tokens, segments of 5, the tail of 1 kept pending";
+    EXPECT_EQ(pieces.pending, whole.pending);
+    EXPECT_EQ(ScoreOf(std::move(pieces), probe), ScoreOf(*CopyMemory(*model_, whole), probe))
+        << "split " << split;
+  }
+}
+
+TEST_F(ServerCoreTest, ScoringWithoutContextSkipsTheFirstToken) {
+  const std::vector<int32_t> text = Document(8, 3, config_.vocab_size);
+  EXPECT_EQ(ScoreOf(Fresh(), text).size(), text.size() - 1);
+  SessionMemory with_context = Fresh();
+  ASSERT_TRUE(
+      AppendTokens(*model_, with_context, Document(4, 4, config_.vocab_size), {}, nullptr).ok());
+  EXPECT_EQ(ScoreOf(std::move(with_context), text).size(), text.size());
+}
+
+TEST_F(ServerCoreTest, CancellationAndDeadlinesStopAtTheNextStep) {
+  SessionMemory m = Fresh();
+  ASSERT_TRUE(AppendTokens(*model_, m, Document(7, 1, config_.vocab_size), {}, nullptr).ok());
+  GenerationParams params;
+  params.max_tokens = 1000;
+  params.sampling.temperature = 0;
+  params.ignore_eos = true;
+  std::atomic<int> tokens{0};
+  RequestControl cancel;
+  cancel.cancelled = [&] { return tokens.load() >= 3; };
+  auto result = Generate(*model_, m, params, {}, cancel, [&](const GeneratedToken&) {
+    ++tokens;
+    return true;
+  });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(tokens.load(), 3);
+  RequestControl late;
+  late.deadline = absl::Now() - absl::Seconds(1);
+  result = Generate(*model_, m, params, {}, late, [](const GeneratedToken&) { return true; });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  result = Generate(*model_, m, params, {}, {}, [](const GeneratedToken&) { return false; });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << "the client went away";
+}
+
+TEST_F(ServerCoreTest, SessionsAreExclusiveVersionedAndExpire) {
+  SessionManagerOptions options;
+  options.max_sessions = 2;
+  options.default_ttl = absl::Minutes(5);
+  SessionManager sessions(options, &metrics_);
+  auto a = sessions.Create(*model_, {});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->id.size(), 32u);
+  EXPECT_EQ(a->state_bytes, static_cast<int64_t>(model_->model->StateBytes()));
+  {
+    auto lease = sessions.Acquire(a->id, 0);
+    ASSERT_TRUE(lease.ok());
+    EXPECT_EQ(sessions.Acquire(a->id, 0).status().code(), absl::StatusCode::kAborted);
+    EXPECT_EQ(sessions.Delete(a->id, 0).code(), absl::StatusCode::kAborted);
+    (*lease)->Commit(10);
+  }
+  EXPECT_EQ(sessions.Get(a->id)->state_version, 1);
+  EXPECT_EQ(sessions.Get(a->id)->tokens_seen, 10);
+  EXPECT_EQ(sessions.Acquire(a->id, 7).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(sessions.Acquire(a->id, 1).ok());
+  EXPECT_EQ(sessions.Acquire("0123", 0).status().code(), absl::StatusCode::kNotFound);
+
+  SessionOptions labelled;
+  labelled.labels = {{"book", "dune"}};
+  labelled.ttl = absl::Seconds(30);
+  auto b = sessions.Create(*model_, labelled);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(sessions.Create(*model_, {}).status().code(), absl::StatusCode::kResourceExhausted);
+  bool more = true;
+  auto page = sessions.List(0, 1, {}, &more);
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_EQ(page[0].id, a->id);
+  EXPECT_TRUE(more);
+  page = sessions.List(page[0].sequence, 1, {}, &more);
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_EQ(page[0].id, b->id);
+  EXPECT_FALSE(more);
+  EXPECT_EQ(sessions.List(0, 10, {{"book", "dune"}}, &more).size(), 1u);
+
+  EXPECT_EQ(sessions.ReapExpired(absl::Now() + absl::Seconds(60)), 1) << "b's 30 s ran out";
+  EXPECT_EQ(sessions.Get(b->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(sessions.Delete(a->id, 1).ok());
+  EXPECT_EQ(sessions.size(), 0);
+  EXPECT_EQ(sessions.device_bytes(), 0);
+}
+
+TEST_F(ServerCoreTest, IdleStatesMoveToHostAndBackExactly) {
+  const int64_t bytes = static_cast<int64_t>(model_->model->StateBytes());
+  SessionManagerOptions options;
+  options.device_budget_bytes = 2 * bytes;
+  SessionManager sessions(options, &metrics_);
+  const std::vector<int32_t> doc = Document(17, 9, config_.vocab_size);
+  const std::vector<int32_t> probe = Document(6, 10, config_.vocab_size);
+  auto a = sessions.Create(*model_, {});
+  ASSERT_TRUE(a.ok());
+  std::vector<float> expected;
+  {
+    auto lease = *sessions.Acquire(a->id, 0);
+    ASSERT_TRUE(AppendTokens(*model_, lease->memory(), doc, {}, nullptr).ok());
+    lease->Commit(static_cast<int64_t>(doc.size()));
+    expected = ScoreOf(*CopyMemory(*model_, lease->memory()), probe);
+  }
+  auto b = sessions.Create(*model_, {});
+  auto c = sessions.Create(*model_, {});  // over budget: a, the least recently used, moves out
+  ASSERT_TRUE(b.ok() && c.ok());
+  EXPECT_EQ(sessions.Get(a->id)->tier, Tier::kHost);
+  EXPECT_EQ(sessions.device_bytes(), 2 * bytes);
+  EXPECT_EQ(sessions.host_bytes(), bytes);
+  {
+    auto lease = *sessions.Acquire(a->id, 0);  // promoted; b (older than c) moves out
+    EXPECT_STREQ(lease->state_source(), "promoted");
+    EXPECT_EQ(ScoreOf(*CopyMemory(*model_, lease->memory()), probe), expected);
+    EXPECT_EQ(sessions.Get(b->id)->tier, Tier::kHost);
+    // With a and c leased, b cannot come back.
+    auto lease_c = *sessions.Acquire(c->id, 0);
+    EXPECT_EQ(sessions.Acquire(b->id, 0).status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(sessions.device_bytes() + sessions.host_bytes(), 3 * bytes);
+}
+
+TEST_F(ServerCoreTest, ForkCopiesTheMemory) {
+  SessionManager sessions({}, &metrics_);
+  auto a = sessions.Create(*model_, {});
+  const std::vector<int32_t> doc = Document(12, 2, config_.vocab_size);
+  {
+    auto lease = *sessions.Acquire(a->id, 0);
+    ASSERT_TRUE(AppendTokens(*model_, lease->memory(), doc, {}, nullptr).ok());
+    lease->Commit(12);
+  }
+  auto fork = sessions.Fork(a->id, 1, {});
+  ASSERT_TRUE(fork.ok()) << fork.status();
+  EXPECT_EQ(fork->tokens_seen, 12);
+  EXPECT_EQ(fork->pending_tokens, sessions.Get(a->id)->pending_tokens);
+  const std::vector<int32_t> probe = Document(5, 3, config_.vocab_size);
+  std::vector<float> from_fork, from_source;
+  {
+    auto lease = *sessions.Acquire(fork->id, 0);
+    from_fork = ScoreOf(*CopyMemory(*model_, lease->memory()), probe);
+    // Changing the fork leaves the source alone.
+    ASSERT_TRUE(
+        AppendTokens(*model_, lease->memory(), Document(30, 4, config_.vocab_size), {}, nullptr)
+            .ok());
+  }
+  auto lease = *sessions.Acquire(a->id, 0);
+  from_source = ScoreOf(*CopyMemory(*model_, lease->memory()), probe);
+  EXPECT_EQ(from_fork, from_source);
+}
+
+TEST_F(ServerCoreTest, ManyThreadsOnSharedSessionsKeepTheAccountsExact) {
+  SessionManagerOptions options;
+  options.device_budget_bytes = 3 * static_cast<int64_t>(model_->model->StateBytes());
+  SessionManager sessions(options, &metrics_);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(sessions.Create(*model_, {})->id);
+  std::atomic<int> done{0}, aborted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<uint32_t>(t));
+      for (int i = 0; i < 30; ++i) {
+        auto lease = sessions.Acquire(ids[rng() % ids.size()], 0);
+        if (!lease.ok()) {
+          ++aborted;  // busy, or no device room while others hold theirs
+          continue;
+        }
+        Scheduler::ActiveStream active(*model_->scheduler);
+        const auto doc = Document(3 + static_cast<int>(rng() % 9), rng(), config_.vocab_size);
+        ASSERT_TRUE(AppendTokens(*model_, (*lease)->memory(), doc, {}, nullptr).ok());
+        (*lease)->Commit(static_cast<int64_t>(doc.size()));
+        ++done;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(done + aborted, 180);
+  EXPECT_GT(done.load(), 0);
+  int64_t version_sum = 0;
+  for (const auto& id : ids) version_sum += sessions.Get(id)->state_version;
+  EXPECT_EQ(version_sum, done.load());
+  EXPECT_EQ(sessions.device_bytes() + sessions.host_bytes(),
+            5 * static_cast<int64_t>(model_->model->StateBytes()));
+}
+
+TEST(TextChunkerTest, RunsEndBeforeASpaceAndConcatenateToTheInput) {
+  const std::string text = "It was the best of times,  it was the worst of times; é ü ok";
+  for (size_t piece : {1, 2, 5, 11}) {
+    TextChunker chunker;
+    std::string joined;
+    for (size_t i = 0; i < text.size(); i += piece) {
+      const std::string ready = chunker.Push(text.substr(i, piece));
+      if (!ready.empty()) {
+        EXPECT_NE(ready.front(), '\0');
+        EXPECT_TRUE(joined.empty() || ready.front() == ' ') << "a run starts at a space";
+      }
+      joined += ready;
+    }
+    joined += chunker.Finish();
+    EXPECT_EQ(joined, text);
+  }
+  TextChunker tight(4);
+  EXPECT_EQ(tight.Push("abcdé"), "abcdé") << "a long run without spaces is cut at a character";
+}
+
+}  // namespace
+}  // namespace mnemo::server
