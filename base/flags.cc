@@ -5,15 +5,40 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
+#include "base/status_macros.h"
+
 namespace mnemo {
 
 absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first,
                                    const std::map<std::string, bool>& known) {
+  ASSIGN_OR_RETURN(Flags f, ParseWithPositionals(std::vector<std::string>(argv, argv + argc),
+                                                 static_cast<size_t>(first), known));
+  if (!f.positional_.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", f.positional_.front(), "\""));
+  }
+  return f;
+}
+
+absl::StatusOr<Flags> Flags::ParseWithPositionals(const std::vector<std::string>& args,
+                                                  size_t first,
+                                                  const std::map<std::string, bool>& known,
+                                                  bool stop_at_positional, size_t* stopped_at) {
   Flags f;
-  for (int i = first; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
+  bool flags_done = false;
+  for (size_t i = first; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (flags_done || arg.rfind("--", 0) != 0) {
+      if (stop_at_positional) {
+        if (stopped_at != nullptr) *stopped_at = i;
+        return f;
+      }
+      f.positional_.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      flags_done = true;
+      continue;
     }
     arg = arg.substr(2);
     std::string value;
@@ -29,15 +54,22 @@ absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first,
     }
     const bool takes_value = it->second;
     if (takes_value && !has_value) {
-      if (i + 1 >= argc)
+      if (i + 1 >= args.size()) {
         return absl::InvalidArgumentError(absl::StrCat("--", arg, " needs a value"));
-      value = argv[++i];
+      }
+      value = args[++i];
     } else if (!takes_value && has_value) {
       return absl::InvalidArgumentError(absl::StrCat("--", arg, " takes no value"));
     }
     f.values_[arg].push_back(takes_value ? value : "true");
   }
+  if (stop_at_positional && stopped_at != nullptr) *stopped_at = args.size();
   return f;
+}
+
+void Flags::Merge(const Flags& other) {
+  for (const auto& [k, v] : other.values_) values_[k].insert(values_[k].end(), v.begin(), v.end());
+  positional_.insert(positional_.end(), other.positional_.begin(), other.positional_.end());
 }
 
 std::string Flags::Get(const std::string& name, const std::string& fallback) const {

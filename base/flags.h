@@ -1,6 +1,6 @@
 // Flags: the small command-line parser the binaries share ("--name value", "--name=value",
-// boolean "--name"; a flag may repeat). Unknown flags and missing values are errors that name
-// the flag, so a typo never passes silently.
+// boolean "--name"; a flag may repeat; "--" ends the flags). Unknown flags and missing values are
+// errors that name the flag, so a typo never passes silently.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +19,17 @@ class Flags {
   // argv[first].
   static absl::StatusOr<Flags> Parse(int argc, char** argv, int first,
                                      const std::map<std::string, bool>& known);
+  // The same over args[first…], keeping other arguments as positionals; with
+  // `stop_at_positional` it stops at the first one (a sub-command) and sets *stopped_at to its
+  // index (args.size() when there is none).
+  static absl::StatusOr<Flags> ParseWithPositionals(const std::vector<std::string>& args,
+                                                    size_t first,
+                                                    const std::map<std::string, bool>& known,
+                                                    bool stop_at_positional = false,
+                                                    size_t* stopped_at = nullptr);
+  // Adds `other`'s values (they win for Get) and positionals.
+  void Merge(const Flags& other);
+  const std::vector<std::string>& positional() const { return positional_; }
 
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
   // The last value given (flags given twice: the later one wins), or `fallback`.
@@ -36,6 +47,7 @@ class Flags {
 
  private:
   std::map<std::string, std::vector<std::string>> values_;
+  std::vector<std::string> positional_;
 };
 
 }  // namespace mnemo

@@ -1,9 +1,11 @@
 // MetricsHttpServer: serves a prometheus-cpp registry as Prometheus text on GET /metrics.
 //
-// Why not prometheus-cpp's own Exposer: its HTTP server (civetweb) fails to start in any process
-// that also links cuBLAS 13 ("null context when constructing CivetServer", measured on Debian
-// bookworm's prometheus-cpp 1.0.1 with CUDA 13.0), and the server links cuBLAS whenever CUDA is
-// built. Scrapes are rare and small, so one thread answering one connection at a time suffices.
+// Why not prometheus-cpp's own Exposer: its HTTP server (civetweb) cannot start its worker threads
+// in a process that links CUDA 13's libraries: they carry ~170 KB of thread-local storage, more
+// than civetweb's fixed thread stack, so pthread_create fails with EINVAL and the Exposer throws
+// "null context when constructing CivetServer" (Debian bookworm's prometheus-cpp 1.0.1). The
+// server links cuBLAS whenever CUDA is built. Scrapes are rare and small, so one thread answering
+// one connection at a time suffices; the text comes from prometheus-cpp's own serializer.
 #pragma once
 
 #include <atomic>
