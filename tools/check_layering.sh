@@ -2,6 +2,7 @@
 # Enforces DESIGN.md §1: arrows point down only.
 #   engine/, kernels/, base/ never include gRPC or protobuf;
 #   kernels/ and base/ never include engine/ or server/; engine/ never includes server/;
+#   clients/ include neither engine/, server/ nor kernels/ (only the contract and base/);
 #   sentencepiece is included only by engine/tokenizer/sentencepiece_module.cc;
 #   CUDA headers only under kernels/cuda/ (and engine/backend/cuda/).
 set -euo pipefail
@@ -21,6 +22,7 @@ check() {  # check DESCRIPTION PATTERN PATHS...
 check "gRPC/protobuf below server/" '#include\s*[<"](grpc|grpcpp|google/protobuf)' base engine kernels
 check "kernels/ or base/ including engine/ or server/" '#include\s*"(engine|server)/' base kernels
 check "engine/ including server/" '#include\s*"server/' engine
+check "clients/ including engine/, server/ or kernels/" '#include\s*"(engine|server|kernels)/' clients
 spm=$(grep -rlnE '#include\s*[<"]sentencepiece' base engine kernels tools 2>/dev/null | grep -v '^engine/tokenizer/sentencepiece_module.cc$' || true)
 if [ -n "$spm" ]; then echo "layering: sentencepiece included outside its wrapper: $spm"; fail=1; fi
 cuda=$(grep -rlnE '#include\s*[<"](cuda_runtime|cuda\.h|cublas|cusparse|cuda_fp16|cuda_bf16)' base engine kernels 2>/dev/null | grep -vE '^(kernels/cuda/|engine/backend/cuda/)' || true)
