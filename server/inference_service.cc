@@ -267,6 +267,9 @@ grpc::Status InferenceServiceImpl::Ingest(
     RETURN_IF_ERROR(scope.Admit());
     v1::IngestRequest message;
     if (!stream->Read(&message)) {
+      if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+        return InvalidField("messages[0]", e.error_message());
+      }
       return InvalidField("session_id", "the stream ended before its first message");
     }
     if (message.session_id().empty()) return InvalidField("session_id", "is required");
@@ -333,7 +336,12 @@ grpc::Status InferenceServiceImpl::Ingest(
       }
       ++index;
     } while (stream->Read(&message));
+    // The stream ends at the client's half-close, a cancellation, or a message that did not parse.
     if (context->IsCancelled()) return rollback(absl::CancelledError("the client cancelled"));
+    if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+      return rollback(
+          absl::InvalidArgumentError(absl::StrCat("messages[", index, "]: ", e.error_message())));
+    }
     if (absl::Status s = feed_text(chunker.Finish()); !s.ok()) return rollback(s);
     ctx_.metrics->IngestedTokens(tokens);
     if (!stream->Write(progress(true, lease->state_version() + 1))) {
@@ -345,9 +353,9 @@ grpc::Status InferenceServiceImpl::Ingest(
   return scope.Finish(run());
 }
 
-grpc::Status InferenceServiceImpl::Score(grpc::ServerContext* context,
-                                         const v1::ScoreRequest* request,
-                                         v1::ScoreResponse* response) {
+grpc::Status InferenceServiceImpl::HandleScore(grpc::ServerContext* context,
+                                               const v1::ScoreRequest* request,
+                                               v1::ScoreResponse* response) {
   RpcScope scope(ctx_, "Score");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
@@ -408,6 +416,13 @@ grpc::Status InferenceServiceImpl::Score(grpc::ServerContext* context,
     return absl::OkStatus();
   };
   return scope.Finish(run());
+}
+
+grpc::Status InferenceServiceImpl::StreamedScore(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::ScoreRequest, v1::ScoreResponse>* stream) {
+  return ServeUnary(ctx_, "Score", context, stream,
+                    [this](auto* c, auto* req, auto* resp) { return HandleScore(c, req, resp); });
 }
 
 }  // namespace mnemo::server

@@ -15,23 +15,25 @@ absl::StatusOr<const engine::Tokenizer*> TokenizerOf(const LoadedModel& m) {
 
 }  // namespace
 
-grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
-                                          v1::ListModelsResponse* response) {
+grpc::Status ModelServiceImpl::HandleListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                                v1::ListModelsResponse* response) {
   RpcScope scope(ctx_, "ListModels");
   for (const auto& m : ctx_.models->models()) ModelToProto(*m, response->add_models());
   return scope.Finish(absl::OkStatus());
 }
 
-grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
-                                        v1::Model* response) {
+grpc::Status ModelServiceImpl::HandleGetModel(grpc::ServerContext*,
+                                              const v1::GetModelRequest* request,
+                                              v1::Model* response) {
   RpcScope scope(ctx_, "GetModel");
   auto m = ctx_.models->Find(request->name());
   if (m.ok()) ModelToProto(**m, response);
   return scope.Finish(m.status());
 }
 
-grpc::Status ModelServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
-                                        v1::TokenizeResponse* response) {
+grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext*,
+                                              const v1::TokenizeRequest* request,
+                                              v1::TokenizeResponse* response) {
   RpcScope scope(ctx_, "Tokenize");
   auto run = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
@@ -44,9 +46,9 @@ grpc::Status ModelServiceImpl::Tokenize(grpc::ServerContext*, const v1::Tokenize
   return scope.Finish(run());
 }
 
-grpc::Status ModelServiceImpl::Detokenize(grpc::ServerContext*,
-                                          const v1::DetokenizeRequest* request,
-                                          v1::DetokenizeResponse* response) {
+grpc::Status ModelServiceImpl::HandleDetokenize(grpc::ServerContext*,
+                                                const v1::DetokenizeRequest* request,
+                                                v1::DetokenizeResponse* response) {
   RpcScope scope(ctx_, "Detokenize");
   auto run = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
@@ -60,6 +62,38 @@ grpc::Status ModelServiceImpl::Detokenize(grpc::ServerContext*,
     return absl::OkStatus();
   };
   return scope.Finish(run());
+}
+
+grpc::Status ModelServiceImpl::StreamedListModels(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::ListModelsRequest, v1::ListModelsResponse>* stream) {
+  return ServeUnary(ctx_, "ListModels", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleListModels(c, req, resp);
+  });
+}
+
+grpc::Status ModelServiceImpl::StreamedGetModel(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::GetModelRequest, v1::Model>* stream) {
+  return ServeUnary(ctx_, "GetModel", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleGetModel(c, req, resp);
+  });
+}
+
+grpc::Status ModelServiceImpl::StreamedTokenize(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::TokenizeRequest, v1::TokenizeResponse>* stream) {
+  return ServeUnary(ctx_, "Tokenize", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleTokenize(c, req, resp);
+  });
+}
+
+grpc::Status ModelServiceImpl::StreamedDetokenize(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::DetokenizeRequest, v1::DetokenizeResponse>* stream) {
+  return ServeUnary(ctx_, "Detokenize", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleDetokenize(c, req, resp);
+  });
 }
 
 }  // namespace mnemo::server

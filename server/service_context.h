@@ -10,6 +10,8 @@
 #include "absl/time/time.h"
 
 #include "grpcpp/server_context.h"
+#include "grpcpp/support/sync_stream.h"
+#include "mnemo/v1/request_parsing.h"
 #include "server/grpc_status.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -65,6 +67,26 @@ class RpcScope {
   const char* rpc_;
   absl::Time start_;
 };
+
+// Serves a unary method registered as streamed unary: reads the request (a request that does not
+// parse is answered with its INVALID_ARGUMENT and counted), runs `handle`, writes the response.
+template <typename Request, typename Response, typename Handle>
+grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context,
+                        grpc::ServerUnaryStreamer<Request, Response>* stream, Handle handle) {
+  Request request;
+  if (!stream->Read(&request)) {
+    grpc::Status error = v1::TakeRequestParseError();
+    if (error.ok()) error = grpc::Status(grpc::StatusCode::CANCELLED, "no request arrived");
+    ctx.metrics->Request(rpc, GrpcCodeName(error.error_code()), 0);
+    return error;
+  }
+  Response response;
+  grpc::Status status = handle(context, &request, &response);
+  if (status.ok() && !stream->Write(response)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+  }
+  return status;
+}
 
 // The request's deadline and cancellation as the server core sees them.
 inline RequestControl ControlOf(grpc::ServerContext* context) {

@@ -36,9 +36,9 @@ absl::Status RequireId(const std::string& id) {
 
 }  // namespace
 
-grpc::Status SessionServiceImpl::CreateSession(grpc::ServerContext*,
-                                               const v1::CreateSessionRequest* request,
-                                               v1::Session* response) {
+grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
+                                                     const v1::CreateSessionRequest* request,
+                                                     v1::Session* response) {
   RpcScope scope(ctx_, "CreateSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
@@ -62,9 +62,9 @@ grpc::Status SessionServiceImpl::CreateSession(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::GetSession(grpc::ServerContext*,
-                                            const v1::GetSessionRequest* request,
-                                            v1::Session* response) {
+grpc::Status SessionServiceImpl::HandleGetSession(grpc::ServerContext*,
+                                                  const v1::GetSessionRequest* request,
+                                                  v1::Session* response) {
   RpcScope scope(ctx_, "GetSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(RequireId(request->session_id()));
@@ -75,9 +75,9 @@ grpc::Status SessionServiceImpl::GetSession(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::ListSessions(grpc::ServerContext*,
-                                              const v1::ListSessionsRequest* request,
-                                              v1::ListSessionsResponse* response) {
+grpc::Status SessionServiceImpl::HandleListSessions(grpc::ServerContext*,
+                                                    const v1::ListSessionsRequest* request,
+                                                    v1::ListSessionsResponse* response) {
   RpcScope scope(ctx_, "ListSessions");
   auto run = [&]() -> absl::Status {
     FieldViolations violations;
@@ -99,9 +99,9 @@ grpc::Status SessionServiceImpl::ListSessions(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::DeleteSession(grpc::ServerContext*,
-                                               const v1::DeleteSessionRequest* request,
-                                               v1::DeleteSessionResponse*) {
+grpc::Status SessionServiceImpl::HandleDeleteSession(grpc::ServerContext*,
+                                                     const v1::DeleteSessionRequest* request,
+                                                     v1::DeleteSessionResponse*) {
   RpcScope scope(ctx_, "DeleteSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(RequireId(request->session_id()));
@@ -110,9 +110,9 @@ grpc::Status SessionServiceImpl::DeleteSession(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::ForkSession(grpc::ServerContext*,
-                                             const v1::ForkSessionRequest* request,
-                                             v1::Session* response) {
+grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
+                                                   const v1::ForkSessionRequest* request,
+                                                   v1::Session* response) {
   RpcScope scope(ctx_, "ForkSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
@@ -126,6 +126,46 @@ grpc::Status SessionServiceImpl::ForkSession(grpc::ServerContext*,
     return absl::OkStatus();
   };
   return scope.Finish(run());
+}
+
+grpc::Status SessionServiceImpl::StreamedCreateSession(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::CreateSessionRequest, v1::Session>* stream) {
+  return ServeUnary(ctx_, "CreateSession", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleCreateSession(c, req, resp);
+  });
+}
+
+grpc::Status SessionServiceImpl::StreamedGetSession(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::GetSessionRequest, v1::Session>* stream) {
+  return ServeUnary(ctx_, "GetSession", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleGetSession(c, req, resp);
+  });
+}
+
+grpc::Status SessionServiceImpl::StreamedListSessions(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::ListSessionsRequest, v1::ListSessionsResponse>* stream) {
+  return ServeUnary(ctx_, "ListSessions", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleListSessions(c, req, resp);
+  });
+}
+
+grpc::Status SessionServiceImpl::StreamedDeleteSession(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::DeleteSessionRequest, v1::DeleteSessionResponse>* stream) {
+  return ServeUnary(ctx_, "DeleteSession", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleDeleteSession(c, req, resp);
+  });
+}
+
+grpc::Status SessionServiceImpl::StreamedForkSession(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<v1::ForkSessionRequest, v1::Session>* stream) {
+  return ServeUnary(ctx_, "ForkSession", context, stream, [this](auto* c, auto* req, auto* resp) {
+    return HandleForkSession(c, req, resp);
+  });
 }
 
 }  // namespace mnemo::server

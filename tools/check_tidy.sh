@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 build=${1:-build/release}
 # The sentencepiece wrapper is excluded: its third-party header is what it exists to contain.
 mapfile -t files < <(git ls-files 'base/*.cc' 'engine/*.cc' 'kernels/cpu/*.cc' 'kernels/cuda/*.cc' 'tools/*.cc' \
-  'bench/*.cc' 'server/*.cc' 'clients/cpp/*.cc' | grep -v 'sentencepiece_module.cc')
+  'bench/*.cc' 'server/*.cc' 'clients/cpp/*.cc' 'proto/*.cc' | grep -v 'sentencepiece_module.cc')
 printf '%s\n' "${files[@]}" | xargs -P "$(nproc)" -n 4 clang-tidy -p "$build" --quiet
 echo "clang-tidy: ok (${#files[@]} files)"
