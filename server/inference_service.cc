@@ -358,7 +358,6 @@ grpc::Status InferenceServiceImpl::HandleScore(grpc::ServerContext* context,
                                                v1::ScoreResponse* response) {
   RpcScope scope(ctx_, "Score");
   auto run = [&]() -> absl::Status {
-    RETURN_IF_ERROR(scope.Admit());
     if (request->input_case() == v1::ScoreRequest::INPUT_NOT_SET) {
       return InvalidField("input", "set text or ids");
     }

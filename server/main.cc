@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -102,6 +103,7 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(session_options.device_budget_bytes,
                    flags.Int("device-state-budget", int64_t{4} << 30, 0, INT64_MAX));
   ServiceContext ctx;
+  ctx.limits.max_session_ttl = session_options.max_ttl;
   ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
                    flags.Int("max-generate-tokens", 4096, 1, 1 << 24));
   ASSIGN_OR_RETURN(ctx.limits.max_input_tokens, flags.Int("max-input-tokens", 1 << 20, 1, 1 << 28));
@@ -160,9 +162,14 @@ absl::Status Serve(int argc, char** argv) {
   sigwait(&signals, &signal);
   std::fprintf(stderr, "mnemo-server: signal %d, draining (grace %s)\n", signal,
                absl::FormatDuration(grace).c_str());
+  // Drain: health says NOT_SERVING and new work gets UNAVAILABLE while the listener stays open
+  // (so probes see the change), requests in flight get the grace to finish, then whatever is
+  // left is cancelled (and rolled back) by the transport's shutdown.
   ctx.draining = true;
-  server->GetHealthCheckService()->Shutdown();  // every service NOT_SERVING from now on
-  server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server->GetHealthCheckService()->SetServingStatus(false);
+  const absl::Time deadline = absl::Now() + grace;
+  while (ctx.in_flight.load() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
   models->Shutdown();
   server->Wait();
   std::fprintf(stderr, "mnemo-server: stopped\n");

@@ -26,6 +26,7 @@ struct RequestLimits {
   int max_stop_strings = 16;
   int max_stop_bytes = 256;
   int max_labels = 16;
+  absl::Duration max_session_ttl = absl::Hours(168);
 };
 
 struct ServiceContext {
@@ -34,6 +35,7 @@ struct ServiceContext {
   Metrics* metrics = nullptr;
   RequestLimits limits;
   std::atomic<bool> draining{false};
+  std::atomic<int64_t> in_flight{0};  // RPCs between RpcScope's construction and destruction
 };
 
 // Counts an RPC as running while alive and records its code and duration when finished.
@@ -41,8 +43,12 @@ class RpcScope {
  public:
   RpcScope(ServiceContext& ctx, const char* rpc) : ctx_(ctx), rpc_(rpc), start_(absl::Now()) {
     ctx_.metrics->RequestStarted();
+    ++ctx_.in_flight;
   }
-  ~RpcScope() { ctx_.metrics->RequestEnded(); }
+  ~RpcScope() {
+    ctx_.metrics->RequestEnded();
+    --ctx_.in_flight;
+  }
   RpcScope(const RpcScope&) = delete;
   RpcScope& operator=(const RpcScope&) = delete;
 
@@ -69,7 +75,8 @@ class RpcScope {
 };
 
 // Serves a unary method registered as streamed unary: reads the request (a request that does not
-// parse is answered with its INVALID_ARGUMENT and counted), runs `handle`, writes the response.
+// parse is answered with its INVALID_ARGUMENT and counted; while draining, every call gets
+// UNAVAILABLE), runs `handle`, writes the response.
 template <typename Request, typename Response, typename Handle>
 grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context,
                         grpc::ServerUnaryStreamer<Request, Response>* stream, Handle handle) {
@@ -79,6 +86,12 @@ grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContex
     if (error.ok()) error = grpc::Status(grpc::StatusCode::CANCELLED, "no request arrived");
     ctx.metrics->Request(rpc, GrpcCodeName(error.error_code()), 0);
     return error;
+  }
+  if (ctx.draining.load()) {  // every new call is refused while draining, reads included
+    ctx.metrics->Rejected("shutting_down");
+    ctx.metrics->Request(rpc, "UNAVAILABLE", 0);
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the server is shutting down; retry on another replica");
   }
   Response response;
   grpc::Status status = handle(context, &request, &response);

@@ -1,6 +1,7 @@
 #include <charconv>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 
 #include "base/status_macros.h"
 #include "server/proto_conversion.h"
@@ -20,7 +21,10 @@ absl::StatusOr<SessionOptions> OptionsFrom(
   options.labels.insert(labels.begin(), labels.end());
   if (has_ttl) {
     options.ttl = DurationFromProto(ttl);
-    if (options.ttl <= absl::ZeroDuration()) violations.Add("ttl", "must be positive");
+    if (options.ttl <= absl::ZeroDuration() || options.ttl > limits.max_session_ttl) {
+      violations.Add("ttl", absl::StrCat("must be in (0, ",
+                                         absl::FormatDuration(limits.max_session_ttl), "]"));
+    }
   }
   if (sampling != nullptr) {
     options.default_sampling = SamplingFromProto(*sampling, "default_sampling", violations);
@@ -41,7 +45,6 @@ grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
                                                      v1::Session* response) {
   RpcScope scope(ctx_, "CreateSession");
   auto run = [&]() -> absl::Status {
-    RETURN_IF_ERROR(scope.Admit());
     ASSIGN_OR_RETURN(LoadedModel * model, ctx_.models->Find(request->model()));
     const int64_t mem_len = model->model->config().mem_len;
     if (request->memory_tokens() != 0 && request->memory_tokens() != mem_len) {
@@ -115,7 +118,6 @@ grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
                                                    v1::Session* response) {
   RpcScope scope(ctx_, "ForkSession");
   auto run = [&]() -> absl::Status {
-    RETURN_IF_ERROR(scope.Admit());
     RETURN_IF_ERROR(RequireId(request->session_id()));
     ASSIGN_OR_RETURN(SessionOptions options, OptionsFrom(request->labels(), request->has_ttl(),
                                                          request->ttl(), nullptr, ctx_.limits));

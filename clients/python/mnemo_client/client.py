@@ -1,0 +1,527 @@
+"""MnemoClient: a small, friendly wrapper around the generated mnemo.v1 gRPC stubs.
+
+    from mnemo_client import MnemoClient
+
+    with MnemoClient("127.0.0.1:50051", timeout=60) as client:
+        session = client.create_session(labels={"doc": "gpl3"})
+        client.ingest_file(session.id, "/usr/share/common-licenses/GPL-3")
+        text, final = client.generate_text(session.id, "In short,", max_tokens=40,
+                                           temperature=0)
+
+Messages in and out are the generated protobuf classes (`mnemo.v1.mnemo_pb2`); the client only
+saves the boilerplate (request building, paging, streaming, UTF-8-safe chunking).
+
+Errors: every method raises `grpc.RpcError` when the call fails. The error is also a
+`grpc.Call`, so `e.code()` is the `grpc.StatusCode` (NOT_FOUND, ABORTED, …, see the proto's
+header comment), `e.details()` the server's message, and `bad_request_violations(e)` the
+(field, description) pairs of an INVALID_ARGUMENT. Client-side mistakes (both text and ids,
+a file that is not UTF-8) raise ValueError before anything is sent.
+
+Threading: one MnemoClient (one channel) may be shared by many threads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import grpc
+from google.protobuf import duration_pb2
+
+try:
+    from mnemo.v1 import mnemo_pb2, mnemo_pb2_grpc
+except ImportError as _e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mnemo_client needs the generated mnemo.v1 stubs (mnemo/v1/mnemo_pb2.py and "
+        "mnemo_pb2_grpc.py): the build writes them to <build dir>/python, so run with "
+        "PYTHONPATH=<build dir>/python:clients/python") from _e
+
+from mnemo_client import health
+from mnemo_client.utf8 import iter_utf8_chunks
+
+pb = mnemo_pb2
+
+Prompt = Union[str, Sequence[int], None]
+Chunk = Union[str, Sequence[int]]
+
+_UNSET: Any = object()  # "argument not given" (None is a meaningful timeout: no deadline)
+
+COMMIT_MODES = {
+    "keep_all": pb.COMMIT_MODE_KEEP_ALL,
+    "keep_prompt": pb.COMMIT_MODE_KEEP_PROMPT,
+    "scratch": pb.COMMIT_MODE_SCRATCH,
+}
+
+
+def commit_mode(value: Union[str, int, None]) -> int:
+    """A CommitMode from "keep_all" / "keep_prompt" / "scratch", an enum value, or None."""
+    if value is None:
+        return pb.COMMIT_MODE_UNSPECIFIED
+    if isinstance(value, int):
+        return value
+    key = value.lower().removeprefix("commit_mode_")
+    if key not in COMMIT_MODES:
+        raise ValueError(f"unknown commit mode {value!r}: one of {', '.join(COMMIT_MODES)}")
+    return COMMIT_MODES[key]
+
+
+def sampling_params(temperature: Optional[float] = None, top_k: Optional[int] = None,
+                    top_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
+                    seed: Optional[int] = None) -> Optional[pb.SamplingParams]:
+    """A SamplingParams from the given values, or None when none is given (server default)."""
+    values = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                  repetition_penalty=repetition_penalty, seed=seed)
+    given = {k: v for k, v in values.items() if v is not None}
+    return pb.SamplingParams(**given) if given else None
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A google.protobuf.Duration of `seconds` (fractions kept to the nanosecond)."""
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
+
+
+def _as_sampling(value: Union[pb.SamplingParams, Mapping[str, Any], None]):
+    if value is None or isinstance(value, pb.SamplingParams):
+        return value
+    return pb.SamplingParams(**value)
+
+
+def _is_ids(value: Any) -> bool:
+    return not isinstance(value, (str, bytes, bytearray)) and value is not None
+
+
+@dataclass
+class GenerateResult:
+    """Everything one Generate stream carried, gathered by `collect_generate`."""
+
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)       # TokenLogprob per id (if asked)
+    top_logprobs: list[Any] = field(default_factory=list)   # TopLogprobs per id (if asked)
+    started: Optional[Any] = None                           # mnemo.v1.Started
+    final: Optional[Any] = None                             # mnemo.v1.Final
+    deltas: int = 0                                         # Delta events received
+
+
+def collect_generate(events: Iterable[Any],
+                     on_delta: Optional[Callable[[Any], None]] = None) -> GenerateResult:
+    """Consumes a Generate event stream into a GenerateResult; `on_delta(delta)` sees each Delta.
+
+    Raises grpc.RpcError when the stream ends with an error status.
+    """
+    result = GenerateResult()
+    parts = []
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            result.started = event.started
+        elif kind == "delta":
+            delta = event.delta
+            result.deltas += 1
+            parts.append(delta.text)
+            result.ids.extend(delta.ids)
+            result.logprobs.extend(delta.logprobs)
+            result.top_logprobs.extend(delta.top_logprobs)
+            if on_delta is not None:
+                on_delta(delta)
+        elif kind == "final":
+            result.final = event.final
+    result.text = "".join(parts)
+    return result
+
+
+class _IngestRequests:
+    """The request side of an Ingest stream: header on the first message, one chunk each.
+
+    Runs on gRPC's request thread. An exception from the caller's chunk iterable is stored and
+    the call cancelled (so the server discards the partial document) instead of half-closing.
+    """
+
+    def __init__(self, session_id: str, chunks: Iterable[Chunk], expected_state_version: int):
+        self.session_id = session_id
+        self.chunks = chunks
+        self.expected_state_version = expected_state_version
+        self.error: Optional[BaseException] = None
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self._call = None
+        self._call_ready = threading.Event()
+
+    def attach(self, call) -> None:
+        self._call = call
+        self._call_ready.set()
+
+    def _message(self, chunk: Optional[Chunk]) -> pb.IngestRequest:
+        request = pb.IngestRequest()
+        if self.messages_sent == 0:
+            request.session_id = self.session_id
+            request.expected_state_version = self.expected_state_version
+        if chunk is None:
+            pass
+        elif isinstance(chunk, str):
+            request.text = chunk
+            self.bytes_sent += len(chunk.encode("utf-8"))
+        elif isinstance(chunk, (bytes, bytearray)):
+            text = bytes(chunk).decode("utf-8")  # must hold whole characters
+            request.text = text
+            self.bytes_sent += len(chunk)
+        else:
+            request.ids.SetInParent()
+            request.ids.ids.extend(int(i) for i in chunk)
+        return request
+
+    def __iter__(self) -> Iterator[pb.IngestRequest]:
+        try:
+            for chunk in self.chunks:
+                message = self._message(chunk)
+                self.messages_sent += 1
+                yield message
+            if self.messages_sent == 0:  # no chunk at all: still name the session
+                self.messages_sent += 1
+                yield self._message(None)
+        except GeneratorExit:  # gRPC closed the stream (the call ended): nothing to report
+            raise
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            self.error = e
+            self._call_ready.wait(timeout=10)
+            if self._call is not None:
+                self._call.cancel()
+
+
+class _ProgressBar:
+    """A plain-text progress bar on a terminal stream (a final line only when not a tty)."""
+
+    WIDTH = 30
+
+    def __init__(self, total_bytes: int, stream=None, label: str = "ingest"):
+        self.total = max(total_bytes, 0)
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+
+    def _line(self, sent: int, progress) -> str:
+        fraction = sent / self.total if self.total else 1.0
+        filled = int(fraction * self.WIDTH)
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        tokens = progress.tokens_ingested if progress is not None else 0
+        return (f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                f"{100 * fraction:5.1f}% {_human_bytes(sent)}/{_human_bytes(self.total)} "
+                f"{tokens} tokens {tokens / elapsed:,.0f} tok/s")
+
+    def update(self, sent: int, progress) -> None:
+        now = time.monotonic()
+        if self.tty and now - self.last_draw >= 0.1:
+            self.last_draw = now
+            self.stream.write("\r" + self._line(sent, progress))
+            self.stream.flush()
+
+    def finish(self, sent: int, progress) -> None:
+        self.stream.write(("\r" if self.tty else "") + self._line(sent, progress) + "\n")
+        self.stream.flush()
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class MnemoClient:
+    """A connection to one mnemo server.
+
+    `target` is "host:port"; `timeout` is the default deadline of every call in seconds (None:
+    no deadline); each method also takes `timeout=` to override it. `channel` may be given
+    instead (e.g. a TLS channel); `target` is then ignored. Use as a context manager or call
+    `close()`.
+    """
+
+    def __init__(self, target: str, timeout: Optional[float] = None, *,
+                 channel: Optional[grpc.Channel] = None,
+                 options: Optional[Sequence[tuple[str, Any]]] = None):
+        self.target = target
+        self.timeout = timeout
+        opts = list(options or []) + [("grpc.max_receive_message_length", 64 << 20)]
+        self.channel = channel if channel is not None else grpc.insecure_channel(target, opts)
+        self.model_stub = mnemo_pb2_grpc.ModelServiceStub(self.channel)
+        self.session_stub = mnemo_pb2_grpc.SessionServiceStub(self.channel)
+        self.inference_stub = mnemo_pb2_grpc.InferenceServiceStub(self.channel)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "MnemoClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _timeout(self, timeout: Any) -> Optional[float]:
+        return self.timeout if timeout is _UNSET else timeout
+
+    @staticmethod
+    def _metadata(session_id: str) -> Optional[list[tuple[str, str]]]:
+        # Session-affinity routers hash on this header (DESIGN.md §4).
+        return [("x-session-id", session_id)] if session_id else None
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel connects; raises grpc.FutureTimeoutError after `timeout`."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def health(self, service: str = "", timeout: Any = _UNSET) -> int:
+        """grpc.health.v1 status of the server (health.SERVING == 1, NOT_SERVING == 2)."""
+        return health.health_check(self.channel, service, timeout=self._timeout(timeout))
+
+    # -- models ----------------------------------------------------------------------------
+
+    def models(self, timeout: Any = _UNSET) -> list:
+        """The loaded models (mnemo.v1.Model), the default one first."""
+        return list(self.model_stub.ListModels(pb.ListModelsRequest(),
+                                               timeout=self._timeout(timeout)).models)
+
+    def model(self, name: str = "", timeout: Any = _UNSET):
+        """One model by name (NOT_FOUND if unknown); "" returns the default model."""
+        if not name:
+            models = self.models(timeout=timeout)
+            if not models:
+                raise ValueError("the server lists no models")
+            return models[0]
+        return self.model_stub.GetModel(pb.GetModelRequest(name=name),
+                                        timeout=self._timeout(timeout))
+
+    def tokenize(self, text: str, model: str = "", timeout: Any = _UNSET) -> list[int]:
+        """Token ids of `text` under the model's tokenizer."""
+        return list(self.model_stub.Tokenize(pb.TokenizeRequest(model=model, text=text),
+                                             timeout=self._timeout(timeout)).ids)
+
+    def detokenize(self, ids: Iterable[int], model: str = "", timeout: Any = _UNSET) -> str:
+        """The text of token ids."""
+        return self.model_stub.Detokenize(pb.DetokenizeRequest(model=model, ids=list(ids)),
+                                          timeout=self._timeout(timeout)).text
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def create_session(self, model: str = "", ttl_s: Optional[float] = None,
+                       labels: Optional[Mapping[str, str]] = None, memory_tokens: int = 0,
+                       default_sampling: Union[pb.SamplingParams, Mapping[str, Any], None] = None,
+                       timeout: Any = _UNSET):
+        """Opens a session; returns the mnemo.v1.Session (its `id` names it in later calls).
+
+        `ttl_s` None: the server's default TTL. `default_sampling` (SamplingParams or a dict of
+        its fields) applies to Generate calls on this session that set no sampling.
+        """
+        request = pb.CreateSessionRequest(model=model, labels=dict(labels or {}),
+                                          memory_tokens=memory_tokens)
+        if ttl_s is not None:
+            request.ttl.CopyFrom(duration(ttl_s))
+        sampling = _as_sampling(default_sampling)
+        if sampling is not None:
+            request.default_sampling.CopyFrom(sampling)
+        return self.session_stub.CreateSession(request, timeout=self._timeout(timeout))
+
+    def get_session(self, session_id: str, timeout: Any = _UNSET):
+        """The session's current description (mnemo.v1.Session); NOT_FOUND if gone."""
+        return self.session_stub.GetSession(pb.GetSessionRequest(session_id=session_id),
+                                            timeout=self._timeout(timeout),
+                                            metadata=self._metadata(session_id))
+
+    def iter_sessions(self, label_filter: Optional[Mapping[str, str]] = None,
+                      page_size: int = 0, timeout: Any = _UNSET) -> Iterator:
+        """Yields every session (oldest first), fetching page after page."""
+        token = ""
+        while True:
+            page = self.session_stub.ListSessions(
+                pb.ListSessionsRequest(page_size=page_size, page_token=token,
+                                       label_filter=dict(label_filter or {})),
+                timeout=self._timeout(timeout))
+            yield from page.sessions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_sessions(self, label_filter: Optional[Mapping[str, str]] = None,
+                      page_size: int = 0, timeout: Any = _UNSET) -> list:
+        """All sessions (every page), oldest first, optionally only those with these labels."""
+        return list(self.iter_sessions(label_filter, page_size, timeout))
+
+    def delete_session(self, session_id: str, expected_state_version: int = 0,
+                       timeout: Any = _UNSET) -> None:
+        """Frees the session (ABORTED while a request runs on it)."""
+        self.session_stub.DeleteSession(
+            pb.DeleteSessionRequest(session_id=session_id,
+                                    expected_state_version=expected_state_version),
+            timeout=self._timeout(timeout), metadata=self._metadata(session_id))
+
+    def fork_session(self, session_id: str, expected_state_version: int = 0,
+                     labels: Optional[Mapping[str, str]] = None, ttl_s: Optional[float] = None,
+                     timeout: Any = _UNSET):
+        """A new session with a copy of the source's state; returns the new mnemo.v1.Session."""
+        request = pb.ForkSessionRequest(session_id=session_id,
+                                        expected_state_version=expected_state_version,
+                                        labels=dict(labels or {}))
+        if ttl_s is not None:
+            request.ttl.CopyFrom(duration(ttl_s))
+        return self.session_stub.ForkSession(request, timeout=self._timeout(timeout),
+                                             metadata=self._metadata(session_id))
+
+    # -- inference -------------------------------------------------------------------------
+
+    def ingest(self, session_id: str, chunks: Iterable[Chunk], expected_state_version: int = 0,
+               on_progress: Optional[Callable[[Any], None]] = None, timeout: Any = _UNSET,
+               _requests: Optional[_IngestRequests] = None):
+        """Streams a document into the session; returns the final IngestProgress (done=True).
+
+        `chunks` yields str (whole characters) or sequences of token ids, one message each; it
+        is consumed lazily, so a generator over a huge file is fine. `on_progress` is called
+        with every IngestProgress the server sends (one per message, then the final one). If
+        the iterable or the callback raises, the call is cancelled (the session keeps its
+        previous version) and that exception propagates.
+        """
+        requests = _requests or _IngestRequests(session_id, chunks, expected_state_version)
+        call = self.inference_stub.Ingest(iter(requests), timeout=self._timeout(timeout),
+                                          metadata=self._metadata(session_id))
+        requests.attach(call)
+        last = None
+        try:
+            for progress in call:
+                last = progress
+                if on_progress is not None:
+                    on_progress(progress)
+        except grpc.RpcError:
+            if requests.error is not None:
+                raise requests.error
+            raise
+        except BaseException:
+            call.cancel()
+            raise
+        if requests.error is not None:
+            raise requests.error
+        return last
+
+    def ingest_text(self, session_id: str, text: str, chunk_bytes: int = 65536,
+                    **kwargs):
+        """Ingests a str, cut into chunks of at most `chunk_bytes` UTF-8 bytes."""
+        from mnemo_client.utf8 import split_utf8
+        return self.ingest(session_id, split_utf8(text.encode("utf-8"), chunk_bytes), **kwargs)
+
+    def ingest_file(self, session_id: str, path: Union[str, os.PathLike],
+                    chunk_bytes: int = 65536, progress: bool = True,
+                    expected_state_version: int = 0, timeout: Any = _UNSET, stream=None):
+        """Streams a UTF-8 file into the session; returns the final IngestProgress.
+
+        The file is read `chunk_bytes` at a time and cut only between characters (protobuf
+        `string` fields must be valid UTF-8 per message). With `progress`, a plain-text
+        progress bar goes to stderr (or `stream`). Raises mnemo_client.utf8.InvalidUtf8Error
+        (a ValueError, with the byte offset) for a file that is not UTF-8; the session is then
+        left unchanged.
+        """
+        total = os.path.getsize(path)
+        with open(path, "rb") as f:
+            requests = _IngestRequests(session_id, iter_utf8_chunks(f, chunk_bytes),
+                                       expected_state_version)
+            bar = _ProgressBar(total, stream) if progress else None
+            on_progress = None
+            if bar is not None:
+                def on_progress(p):
+                    bar.update(requests.bytes_sent, p)
+            final = self.ingest(session_id, (), on_progress=on_progress, timeout=timeout,
+                                _requests=requests)
+            if bar is not None:
+                bar.finish(requests.bytes_sent, final)
+            return final
+
+    def _generate_request(self, session_id: str, prompt: Prompt, *, model: str,
+                          max_tokens: int, sampling, temperature, top_k, top_p,
+                          repetition_penalty, seed, stop, stop_ids, ignore_eos, logprobs,
+                          top_logprobs, commit, expected_state_version) -> pb.GenerateRequest:
+        request = pb.GenerateRequest(
+            session_id=session_id, model=model, expected_state_version=expected_state_version,
+            max_tokens=max_tokens, stop=list(stop or ()), stop_ids=list(stop_ids or ()),
+            ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
+            commit=commit_mode(commit))
+        if isinstance(prompt, str):
+            request.text = prompt
+        elif _is_ids(prompt):
+            request.ids.SetInParent()
+            request.ids.ids.extend(int(i) for i in prompt)
+        params = _as_sampling(sampling)
+        overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty, seed=seed)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if params is not None or overrides:
+            request.sampling.SetInParent()  # present even when every field is 0 (greedy)
+            if params is not None:
+                request.sampling.CopyFrom(params)
+            for name, value in overrides.items():  # setattr: MergeFrom would skip zeros
+                setattr(request.sampling, name, value)
+        return request
+
+    def generate(self, session_id: str = "", prompt: Prompt = None, *, model: str = "",
+                 max_tokens: int = 64, sampling=None, temperature: Optional[float] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
+                 stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
+                 ignore_eos: bool = False, logprobs: bool = False, top_logprobs: int = 0,
+                 commit: Union[str, int, None] = None, expected_state_version: int = 0,
+                 timeout: Any = _UNSET):
+        """Starts a generation; returns the stream of mnemo.v1.GenerateEvent.
+
+        `prompt` is text, a list of token ids, or None (continue the session's document). With
+        no `session_id` it is a one-shot generation on `model`. Sampling: pass `sampling`
+        (SamplingParams or dict) and/or the individual fields; giving none of them uses the
+        session's default sampling (greedy one-shot). `commit` is "keep_all", "keep_prompt",
+        "scratch" or a CommitMode (None: the server's default).
+
+        The returned object is a gRPC call: iterate it for the events (Started, Delta…,
+        Final); `cancel()` stops the generation (iteration then raises grpc.RpcError with
+        CANCELLED); errors raise grpc.RpcError while iterating.
+        """
+        request = self._generate_request(
+            session_id, prompt, model=model, max_tokens=max_tokens, sampling=sampling,
+            temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, seed=seed, stop=stop, stop_ids=stop_ids,
+            ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
+            commit=commit, expected_state_version=expected_state_version)
+        return self.inference_stub.Generate(request, timeout=self._timeout(timeout),
+                                            metadata=self._metadata(session_id))
+
+    def generate_result(self, session_id: str = "", prompt: Prompt = None, *,
+                        on_delta: Optional[Callable[[Any], None]] = None,
+                        **kwargs) -> GenerateResult:
+        """Runs `generate` to the end; returns a GenerateResult (text, ids, logprobs, final)."""
+        return collect_generate(self.generate(session_id, prompt, **kwargs), on_delta)
+
+    def generate_text(self, session_id: str = "", prompt: Prompt = None, *,
+                      on_delta: Optional[Callable[[Any], None]] = None, **kwargs):
+        """Runs `generate` to the end; returns (text, final) with final a mnemo.v1.Final."""
+        result = self.generate_result(session_id, prompt, on_delta=on_delta, **kwargs)
+        return result.text, result.final
+
+    def score(self, session_id: str = "", text: Optional[str] = None,
+              ids: Optional[Sequence[int]] = None, *, model: str = "", commit: bool = False,
+              expected_state_version: int = 0, timeout: Any = _UNSET):
+        """Log-probabilities of `text` or `ids` given the session's memory (mnemo.v1.ScoreResponse).
+
+        With `commit`, the scored input stays in the session's memory.
+        """
+        if text is not None and ids is not None:
+            raise ValueError("score takes text or ids, not both")
+        request = pb.ScoreRequest(session_id=session_id, model=model, commit=commit,
+                                  expected_state_version=expected_state_version)
+        if text is not None:
+            request.text = text
+        elif ids is not None:
+            request.ids.SetInParent()
+            request.ids.ids.extend(int(i) for i in ids)
+        return self.inference_stub.Score(request, timeout=self._timeout(timeout),
+                                         metadata=self._metadata(session_id))
