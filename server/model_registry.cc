@@ -2,13 +2,12 @@
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
+#include "base/read_file.h"
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
@@ -16,6 +15,8 @@
 
 namespace mnemo::server {
 namespace {
+
+using mnemo::ReadFile;
 
 constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ULL;
 constexpr uint64_t kFnvPrime = 0x100000001b3ULL;
@@ -46,10 +47,7 @@ bool IsZero(const unsigned char* p, DType dtype) {
 
 // The fingerprint (config and every tensor's bytes) and the fraction of zero weights.
 absl::Status Describe(LoadedModel& m) {
-  std::ifstream config(m.dir + "/config.json", std::ios::binary);
-  std::stringstream text;
-  text << config.rdbuf();
-  const std::string config_text = text.str();
+  ASSIGN_OR_RETURN(const std::string config_text, ReadFile(m.dir + "/config.json"));
   uint64_t h = Fnv1a(kFnvOffset, reinterpret_cast<const unsigned char*>(config_text.data()),
                      config_text.size());
   ASSIGN_OR_RETURN(auto file, engine::SafetensorsFile::Open(m.dir + "/model.safetensors"));

@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 
 #include "base/flags.h"
+#include "base/read_file.h"
 #include "base/status_macros.h"
 #include "clients/cpp/mnemo_client.h"
 #include "google/protobuf/util/json_util.h"
@@ -35,6 +36,7 @@ namespace mnemo::client {
 namespace {
 
 using mnemo::Flags;
+using mnemo::ReadFile;
 
 constexpr char kUsage[] =
     R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--json] <command> [args] [flags]
@@ -130,14 +132,6 @@ absl::StatusOr<std::map<std::string, std::string>> Labels(const Flags& flags) {
     labels[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   return labels;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 // Protobuf string fields must hold valid UTF-8: check text from the user before sending it.

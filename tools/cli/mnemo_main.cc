@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/flags.h"
+#include "base/read_file.h"
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
@@ -82,14 +83,7 @@ logits:
 )";
 
 using mnemo::Flags;
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using mnemo::ReadFile;
 
 absl::StatusOr<std::vector<int32_t>> ReadIds(const std::string& path, int64_t vocab) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
