@@ -153,6 +153,7 @@ int Run(int argc, char** argv) {
   const auto end = gate + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
   Samples samples;
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(sessions));
   for (int i = 0; i < sessions; ++i) {
     threads.emplace_back(Worker, channel, i, doc_tokens, max_tokens, vocab, gate, end,
                          std::ref(samples));

@@ -38,13 +38,13 @@ const Module& LoadModule() {
   static const Module module = [] {
     Module m;
     std::vector<std::string> candidates;
-    if (const char* env = std::getenv("MNEMO_SENTENCEPIECE_MODULE")) candidates.push_back(env);
+    if (const char* env = std::getenv("MNEMO_SENTENCEPIECE_MODULE")) candidates.emplace_back(env);
     candidates.push_back(ExecutableDir() + kMnemoSentencePieceModule);
 #ifdef MNEMO_SENTENCEPIECE_MODULE_DIR
     candidates.push_back(std::string(MNEMO_SENTENCEPIECE_MODULE_DIR) + "/" +
                          kMnemoSentencePieceModule);
 #endif
-    candidates.push_back(kMnemoSentencePieceModule);
+    candidates.emplace_back(kMnemoSentencePieceModule);
     std::string errors;
     for (const std::string& path : candidates) {
       void* handle = dlopen(path.c_str(), kOpenFlags);
