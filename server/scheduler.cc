@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "base/status_macros.h"
 #include "server/metrics.h"
 
 namespace mnemo::server {
@@ -53,16 +54,14 @@ Scheduler::ActiveStream::~ActiveStream() {
   scheduler_.work_cv_.notify_all();  // the loop may be waiting for this stream's next step
 }
 
-absl::StatusOr<StepOutput> Scheduler::Run(engine::SessionState* state,
-                                          std::span<const int32_t> tokens, LogitsMode mode,
-                                          absl::Time deadline,
-                                          const std::function<bool()>& cancelled) {
+absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
+    engine::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode) {
   auto step = std::make_shared<Step>();
   step->state = state;
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
   step->submitted = absl::Now();
-  std::unique_lock lock(mu_);
+  std::lock_guard lock(mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     if (metrics_ != nullptr) metrics_->Rejected("queue_full");
@@ -72,27 +71,61 @@ absl::StatusOr<StepOutput> Scheduler::Run(engine::SessionState* state,
   queue_.push_back(step);
   if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
   work_cv_.notify_all();
+  return std::make_unique<Ticket>(*this, std::move(step));
+}
+
+absl::StatusOr<StepOutput> Scheduler::Run(engine::SessionState* state,
+                                          std::span<const int32_t> tokens, LogitsMode mode,
+                                          absl::Time deadline,
+                                          const std::function<bool()>& cancelled) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Ticket> ticket, Submit(state, tokens, mode));
+  return ticket->Wait(deadline, cancelled);
+}
+
+Scheduler::Ticket::Ticket(Scheduler& scheduler, std::shared_ptr<Step> step)
+    : scheduler_(scheduler), step_(std::move(step)) {}
+
+Scheduler::Ticket::~Ticket() {
+  if (step_ == nullptr) return;
+  std::unique_lock lock(scheduler_.mu_);
+  if (!step_->taken) {
+    auto& q = scheduler_.queue_;
+    q.erase(std::find(q.begin(), q.end(), step_));
+    if (scheduler_.metrics_ != nullptr) {
+      scheduler_.metrics_->SetWaiting(static_cast<int64_t>(q.size()));
+    }
+    return;
+  }
+  scheduler_.done_cv_.wait(lock, [&] { return step_->done; });
+}
+
+absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
+                                                   const std::function<bool()>& cancelled) {
+  Scheduler& s = scheduler_;
+  std::unique_lock lock(s.mu_);
   // Poll for cancellation: the transport's flag is not something a condition variable sees.
   constexpr absl::Duration kPoll = absl::Milliseconds(20);
-  while (!step->done) {
-    if (!step->taken) {
+  while (!step_->done) {
+    if (!step_->taken) {
       absl::Status withdrawn;
       if (cancelled && cancelled()) {
         withdrawn = absl::CancelledError("the request was cancelled while queued");
       } else if (absl::Now() >= deadline) {
         withdrawn = absl::DeadlineExceededError("the deadline passed while the request was queued");
-      } else if (stopping_) {
+      } else if (s.stopping_) {
         withdrawn = absl::UnavailableError("the server is shutting down");
       }
       if (!withdrawn.ok()) {
-        queue_.erase(std::find(queue_.begin(), queue_.end(), step));
-        if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
+        s.queue_.erase(std::find(s.queue_.begin(), s.queue_.end(), step_));
+        if (s.metrics_ != nullptr) s.metrics_->SetWaiting(static_cast<int64_t>(s.queue_.size()));
+        step_ = nullptr;
         return withdrawn;
       }
     }
     const absl::Time wake = std::min(deadline, absl::Now() + kPoll);
-    done_cv_.wait_until(lock, absl::ToChronoTime(wake));
+    s.done_cv_.wait_until(lock, absl::ToChronoTime(wake));
   }
+  std::shared_ptr<Step> step = std::move(step_);
   if (!step->status.ok()) return step->status;
   return std::move(step->output);
 }

@@ -50,10 +50,33 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // Runs `tokens` through `state` in the next forward pass that has room and waits for it.
-  // Until the pass starts, the step is withdrawn (state untouched) when `deadline` passes
-  // (DEADLINE_EXCEEDED) or `cancelled()` turns true (CANCELLED); a step that started always
-  // completes. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown.
+  struct Step;
+
+  // A submitted step. Destroying it withdraws the step if it is still queued, else waits until
+  // its pass is over, so the caller may touch the state again afterwards.
+  class Ticket {
+   public:
+    Ticket(Scheduler& scheduler, std::shared_ptr<Step> step);
+    ~Ticket();
+    Ticket(const Ticket&) = delete;
+    Ticket& operator=(const Ticket&) = delete;
+    // Waits for the step's result. Until its pass starts, the step is withdrawn (state untouched)
+    // when `deadline` passes (DEADLINE_EXCEEDED) or `cancelled()` turns true (CANCELLED); a step
+    // that started always completes.
+    absl::StatusOr<StepOutput> Wait(absl::Time deadline, const std::function<bool()>& cancelled);
+
+   private:
+    Scheduler& scheduler_;
+    std::shared_ptr<Step> step_;
+  };
+
+  // Queues `tokens` for `state` in the next forward pass that has room and returns at once (a
+  // generation submits its next token before it writes the last one to the client).
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown.
+  absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::SessionState* state,
+                                                 std::span<const int32_t> tokens,
+                                                 engine::LogitsMode mode);
+  // Submit, then Wait.
   absl::StatusOr<StepOutput> Run(engine::SessionState* state, std::span<const int32_t> tokens,
                                  engine::LogitsMode mode, absl::Time deadline,
                                  const std::function<bool()>& cancelled);
@@ -78,7 +101,6 @@ class Scheduler {
   int64_t queued() const;
 
  private:
-  struct Step;
   void Loop();
   // Takes the next pass's steps off the queue (lock held).
   std::vector<std::shared_ptr<Step>> TakeBatch();

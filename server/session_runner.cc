@@ -11,24 +11,40 @@ namespace {
 
 using engine::LogitsMode;
 
-// One scheduler step over `ids`; the request's cancellation and deadline are checked first, so
-// a long ingest or generation stops at its next step.
-absl::StatusOr<StepOutput> RunStep(LoadedModel& model, SessionMemory& memory,
-                                   std::span<const int32_t> ids, LogitsMode mode,
-                                   const RequestControl& control) {
+// Queues one scheduler step over `ids`; the request's cancellation and deadline are checked
+// first, so a long ingest or generation stops at its next step.
+absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> SubmitStep(LoadedModel& model,
+                                                              SessionMemory& memory,
+                                                              std::span<const int32_t> ids,
+                                                              LogitsMode mode,
+                                                              const RequestControl& control) {
   if (control.cancelled && control.cancelled()) {
     return absl::CancelledError("the request was cancelled");
   }
-  const absl::Time submitted = absl::Now();
-  if (submitted >= control.deadline) {
+  if (absl::Now() >= control.deadline) {
     return absl::DeadlineExceededError("the request's deadline passed");
   }
-  auto out = model.scheduler->Run(&memory.state, ids, mode, control.deadline, control.cancelled);
+  return model.scheduler->Submit(&memory.state, ids, mode);
+}
+
+// Waits for a step submitted at `submitted`; records when the request's first step started.
+absl::StatusOr<StepOutput> WaitStep(Scheduler::Ticket& ticket, absl::Time submitted,
+                                    const RequestControl& control) {
+  auto out = ticket.Wait(control.deadline, control.cancelled);
   if (out.ok() && control.first_step_start != nullptr &&
       *control.first_step_start == absl::InfinitePast()) {
     *control.first_step_start = submitted + out->queued;
   }
   return out;
+}
+
+absl::StatusOr<StepOutput> RunStep(LoadedModel& model, SessionMemory& memory,
+                                   std::span<const int32_t> ids, LogitsMode mode,
+                                   const RequestControl& control) {
+  const absl::Time submitted = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<Scheduler::Ticket> ticket,
+                   SubmitStep(model, memory, ids, mode, control));
+  return WaitStep(*ticket, submitted, control);
 }
 
 // Runs `count` tokens from the front of the pending tail in segments, then drops them.
@@ -99,15 +115,21 @@ absl::StatusOr<GenerationResult> Generate(
   GenerationResult result;
   std::string text;     // decoded so far
   size_t released = 0;  // bytes of `text` handed to on_token
+  // The next token's step is queued before the current one goes to the client, so the write
+  // overlaps the forward pass and the step joins the next batch early. A ticket in flight is
+  // withdrawn or waited for when it goes out of scope (also on every early return).
+  int32_t input = memory.pending.back();
+  absl::Time submitted = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<Scheduler::Ticket> ticket,
+                   SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
+  memory.pending.clear();
   for (int64_t step = 0; step < params.max_tokens; ++step) {
-    const int32_t input = memory.pending.back();
-    ASSIGN_OR_RETURN(StepOutput out,
-                     RunStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
-    memory.pending.clear();
+    ASSIGN_OR_RETURN(StepOutput out, WaitStep(*ticket, submitted, control));
+    ticket.reset();
     GeneratedToken token;
     token.sample = sampler.Sample(out.logits.data(), vocab, history);
     const int32_t id = token.sample.id;
-    memory.pending.push_back(id);
+    memory.pending.assign(1, id);  // sampled, not yet run
     history.push_back(id);
     ++result.generated;
     if (step == 0) result.first_token_time = absl::Now();
@@ -128,6 +150,13 @@ absl::StatusOr<GenerationResult> Generate(
     } else {
       size_t keep = 0;
       finish = stop.Check(id, "", &keep, 0);
+    }
+    if (!finish && step + 1 < params.max_tokens) {
+      input = id;
+      submitted = absl::Now();
+      ASSIGN_OR_RETURN(ticket,
+                       SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
+      memory.pending.clear();
     }
     if (!on_token(token)) return absl::CancelledError("the client went away");
     if (finish) {

@@ -155,8 +155,14 @@ TEST_F(ServerCoreTest, ScoringWithoutContextSkipsTheFirstToken) {
 }
 
 TEST_F(ServerCoreTest, CancellationAndDeadlinesStopAtTheNextStep) {
-  SessionMemory m = Fresh();
-  ASSERT_TRUE(AppendTokens(*model_, m, Document(7, 1, config_.vocab_size), {}, nullptr).ok());
+  // A failed request leaves its memory valid but unspecified (callers restore a snapshot), so
+  // each case starts from a fresh one.
+  auto memory = [&] {
+    SessionMemory m = Fresh();
+    EXPECT_TRUE(AppendTokens(*model_, m, Document(7, 1, config_.vocab_size), {}, nullptr).ok());
+    return m;
+  };
+  SessionMemory m = memory();
   GenerationParams params;
   params.max_tokens = 1000;
   params.sampling.temperature = 0;
@@ -172,8 +178,10 @@ TEST_F(ServerCoreTest, CancellationAndDeadlinesStopAtTheNextStep) {
   EXPECT_EQ(tokens.load(), 3);
   RequestControl late;
   late.deadline = absl::Now() - absl::Seconds(1);
+  m = memory();
   result = Generate(*model_, m, params, {}, late, [](const GeneratedToken&) { return true; });
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  m = memory();
   result = Generate(*model_, m, params, {}, {}, [](const GeneratedToken&) { return false; });
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << "the client went away";
 }
