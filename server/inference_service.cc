@@ -266,6 +266,7 @@ grpc::Status InferenceServiceImpl::Ingest(
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
     v1::IngestRequest message;
+    (void)v1::TakeRequestParseError();  // what an earlier call on this thread left behind
     if (!stream->Read(&message)) {
       if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
         return InvalidField("messages[0]", e.error_message());

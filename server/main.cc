@@ -29,12 +29,14 @@
 namespace mnemo::server {
 namespace {
 
-constexpr char kUsage[] = R"(usage: mnemo-server --model NAME=DIR [flags]
+constexpr char kUsage[] = R"(usage: mnemo-server (--model NAME=DIR | --model-repository DIR) [flags]
 
 Serves the mnemo.v1 gRPC API for the given checkpoints (config.json, model.safetensors and
 tokenizer.model in DIR). The first --model is the default one.
 
   --model NAME=DIR           a model to serve (repeatable; NAME: [A-Za-z0-9._-], ≤ 64)
+  --model-repository DIR     serve every subdirectory of DIR that holds a config.json, named
+                             after it (after the --model ones)
   --listen ADDR              gRPC address (default 0.0.0.0:50051)
   --metrics-listen ADDR      Prometheus /metrics over HTTP (default 0.0.0.0:9464; "off": none)
   --device D                 cpu (default), cuda or cuda:N
@@ -60,6 +62,7 @@ Durations are like 90s, 5m, 1h30m, 250ms.
 
 absl::Status Serve(int argc, char** argv) {
   const std::map<std::string, bool> known = {{"model", true},
+                                             {"model-repository", true},
                                              {"listen", true},
                                              {"metrics-listen", true},
                                              {"device", true},
@@ -86,6 +89,10 @@ absl::Status Serve(int argc, char** argv) {
   for (const std::string& m : flags.All("model")) {
     ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(m));
     specs.push_back(spec);
+  }
+  for (const std::string& dir : flags.All("model-repository")) {
+    ASSIGN_OR_RETURN(std::vector<ModelSpec> found, ModelRepository(dir));
+    specs.insert(specs.end(), found.begin(), found.end());
   }
   SchedulerOptions scheduling;
   ASSIGN_OR_RETURN(scheduling.max_batch_tokens, flags.Int("max-batch-tokens", 2048, 1, 1 << 24));

@@ -1,5 +1,6 @@
 #include "server/model_registry.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -105,10 +106,32 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   return spec;
 }
 
+absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir) {
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) {
+    return absl::NotFoundError(absl::StrCat("--model-repository ", dir, " is not a directory"));
+  }
+  std::vector<ModelSpec> specs;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
+    if (!entry.is_directory() || !std::filesystem::exists(entry.path() / "config.json")) continue;
+    ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(absl::StrCat(entry.path().filename().string(),
+                                                                 "=", entry.path().string())));
+    specs.push_back(std::move(spec));
+  }
+  if (error) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", error.message()));
+  std::sort(specs.begin(), specs.end(),
+            [](const ModelSpec& a, const ModelSpec& b) { return a.name < b.name; });
+  return specs;
+}
+
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
     const SchedulerOptions& scheduling, Metrics* metrics) {
-  if (specs.empty()) return absl::InvalidArgumentError("no model to serve: pass --model NAME=DIR");
+  if (specs.empty()) {
+    return absl::InvalidArgumentError(
+        "no model to serve: pass --model NAME=DIR or --model-repository DIR (tools/run.sh makes "
+        "and serves the small default checkpoint)");
+  }
   auto registry = std::make_unique<ModelRegistry>();
   for (const ModelSpec& spec : specs) {
     if (registry->Find(spec.name).ok()) {

@@ -57,4 +57,8 @@ class ModelRegistry {
 // Parses "NAME=DIR" (NAME: 1–64 of [A-Za-z0-9._-]).
 absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
 
+// The models of a repository directory: every subdirectory holding a config.json, named after
+// it, in name order. NOT_FOUND when `dir` is not a directory.
+absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir);
+
 }  // namespace mnemo::server

@@ -81,6 +81,7 @@ template <typename Request, typename Response, typename Handle>
 grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context,
                         grpc::ServerUnaryStreamer<Request, Response>* stream, Handle handle) {
   Request request;
+  (void)v1::TakeRequestParseError();  // what an earlier call on this thread left behind
   if (!stream->Read(&request)) {
     grpc::Status error = v1::TakeRequestParseError();
     if (error.ok()) error = grpc::Status(grpc::StatusCode::CANCELLED, "no request arrived");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -327,6 +328,24 @@ TEST_F(ServerCoreTest, ManyThreadsOnSharedSessionsKeepTheAccountsExact) {
   EXPECT_EQ(version_sum, done.load());
   EXPECT_EQ(sessions.device_bytes() + sessions.host_bytes(),
             5 * static_cast<int64_t>(model_->model->StateBytes()));
+}
+
+TEST(ModelRepositoryTest, ServesEverySubdirectoryWithAConfigByName) {
+  test::ScopedTempDir repo("repo");
+  const engine::ModelConfig config = test::SmallConfig();
+  test::ScopedTempDir b = test::WriteCheckpoint(config, 1);
+  test::ScopedTempDir a = test::WriteCheckpoint(config, 2);
+  std::filesystem::create_directory_symlink(b.path(), repo.File("beta"));
+  std::filesystem::create_directory_symlink(a.path(), repo.File("alpha"));
+  std::filesystem::create_directory(repo.File("notes"));  // no config.json: not a model
+  auto specs = ModelRepository(repo.path());
+  ASSERT_TRUE(specs.ok()) << specs.status();
+  ASSERT_EQ(specs->size(), 2u);
+  EXPECT_EQ((*specs)[0].name, "alpha");
+  EXPECT_EQ((*specs)[1].name, "beta");
+  EXPECT_EQ(ModelRepository(repo.File("absent")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ParseModelSpec("bad name=/x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseModelSpec("=dir").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TextChunkerTest, RunsEndBeforeASpaceAndConcatenateToTheInput) {

@@ -137,6 +137,22 @@ def test_ingest_with_invalid_utf8_fails_and_changes_nothing(shared_server, share
         shared_client.delete_session(s.id)
 
 
+def test_a_request_that_did_not_parse_does_not_fail_the_next_one(shared_server, shared_client):
+    """A parse failure is reported to its own call only: a valid request handled next (quite
+    likely on the same server thread) must not inherit it."""
+    s = shared_client.create_session()
+    try:
+        for round_ in range(12):
+            with pytest.raises(grpc.RpcError) as bad:
+                raw_unary_stream(shared_server.channel, "/mnemo.v1.InferenceService/Generate",
+                                 pb_bytes(4, b"\xff") + pb_varint(6, 2))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            final = shared_client.ingest(s.id, [[5, 6, 7]])
+            assert final.done and final.state_version == round_ + 1
+    finally:
+        shared_client.delete_session(s.id)
+
+
 # --- unknown names --------------------------------------------------------------------------
 
 def test_unknown_model_is_not_found(shared_client):

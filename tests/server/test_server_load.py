@@ -1,5 +1,5 @@
 """A bounded load test: N sessions (MNEMO_LOAD_SESSIONS, default 32) each ingesting, generating
-and scoring in a loop on its own thread for MNEMO_LOAD_SECONDS (default 20): no errors, every
+and scoring in a loop on its own thread for MNEMO_LOAD_SECONDS (default 60): no errors, every
 session's version and token count add up, and deleting them all frees every byte."""
 
 import os
@@ -13,7 +13,7 @@ from server_harness import document, odd_chunks
 
 def test_many_sessions_in_parallel_without_errors(start_server):
     sessions = int(os.environ.get("MNEMO_LOAD_SESSIONS", "32"))
-    seconds = float(os.environ.get("MNEMO_LOAD_SECONDS", "20"))
+    seconds = float(os.environ.get("MNEMO_LOAD_SECONDS", "60"))
     server = start_server("--max-sessions", str(sessions + 8), "--max-queue", "4096",
                           "--session-ttl", "600s")
     text = document("GPL-2", unicode_tail=True)

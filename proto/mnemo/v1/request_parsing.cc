@@ -41,6 +41,7 @@ grpc::Status ParseRequest(grpc::ByteBuffer* buffer, google::protobuf::Message* m
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the request carried no message");
   }
   last_protobuf_error.clear();
+  last_parse_error = grpc::Status::OK;  // only the latest parse on this thread counts
   bool parsed = false;
   {
     grpc::ProtoBufferReader reader(buffer);

@@ -23,8 +23,9 @@ namespace mnemo::v1 {
 // invalid UTF-8 when protobuf names one) when it does not parse.
 grpc::Status ParseRequest(grpc::ByteBuffer* buffer, google::protobuf::Message* message);
 
-// The error of this thread's last ParseRequest that failed since the previous call (OK if none),
-// and clears it.
+// The error of this thread's latest ParseRequest (OK if it parsed, or none ran since the last
+// call), and clears it. Handlers call it once before their first Read to drop what an earlier
+// request on the same thread left behind.
 grpc::Status TakeRequestParseError();
 
 }  // namespace mnemo::v1
