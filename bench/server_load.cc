@@ -1,13 +1,16 @@
 // server_load: a closed-loop load generator for mnemo-server. N sessions, one thread each:
-// create a session, ingest a document of random ids, then generate continuations (SCRATCH, so
-// every request sees the same memory) back to back until the time is up. Prints one JSON line:
-// generated tokens per second, time to first token and inter-token latency percentiles, errors.
+// create a session, ingest a document of random ids, then, once every session has its document,
+// generate continuations (SCRATCH, so every request sees the same memory) back to back until the
+// time is up. Prints one JSON line: generated tokens per second, time to first token and
+// inter-token latency percentiles, errors.
 //
 //   server_load --target HOST:PORT --sessions N [--seconds S] [--doc-tokens D] [--max-tokens M]
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <string>
@@ -38,12 +41,19 @@ double Percentile(std::vector<double> v, double q) {
   return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
 }
 
+// The measured window: from the moment the last session finished its ingest.
+struct Window {
+  std::barrier<std::function<void()>>* ready;
+  Clock::time_point start, end;
+};
+
 void Worker(const std::shared_ptr<grpc::Channel>& channel, int index, int64_t doc_tokens,
-            int max_tokens, int64_t vocab, Clock::time_point start_gate, Clock::time_point end,
-            Samples& out) {
+            int max_tokens, int64_t vocab, Window& window, Samples& out) {
   auto sessions = mnemo::v1::SessionService::NewStub(channel);
   auto inference = mnemo::v1::InferenceService::NewStub(channel);
+  bool arrived = false;
   auto fail = [&](const grpc::Status& s) {
+    if (!arrived) window.ready->arrive_and_drop();  // the others must not wait for this one
     std::lock_guard lock(out.mu);
     ++out.errors;
     if (out.first_error.empty()) out.first_error = s.error_message();
@@ -72,10 +82,11 @@ void Worker(const std::shared_ptr<grpc::Channel>& channel, int index, int64_t do
     const grpc::Status s = stream->Finish();
     if (!s.ok()) return fail(s);
   }
-  std::this_thread::sleep_until(start_gate);  // every session starts generating together
+  arrived = true;
+  window.ready->arrive_and_wait();  // every session starts generating together
   std::vector<double> ttft, itl;
   int64_t tokens = 0, requests = 0;
-  while (Clock::now() < end) {
+  while (Clock::now() < window.end) {
     mnemo::v1::GenerateRequest req;
     req.set_session_id(session.id());
     req.set_max_tokens(max_tokens);
@@ -148,18 +159,22 @@ int Run(int argc, char** argv) {
     }
   }
   const int64_t vocab = models.models(0).vocab_size();
-  // Ingest takes a while for many sessions: generation starts for all at once afterwards.
-  const auto gate = Clock::now() + std::chrono::milliseconds(500 + 20 * sessions);
-  const auto end = gate + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
   Samples samples;
+  Window window;
+  const auto length = std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
+  std::barrier<std::function<void()>> ready(sessions, std::function<void()>([&] {
+                                              window.start = Clock::now();
+                                              window.end = window.start + length;
+                                            }));
+  window.ready = &ready;
   std::vector<std::thread> threads;
   threads.reserve(static_cast<size_t>(sessions));
   for (int i = 0; i < sessions; ++i) {
-    threads.emplace_back(Worker, channel, i, doc_tokens, max_tokens, vocab, gate, end,
+    threads.emplace_back(Worker, channel, i, doc_tokens, max_tokens, vocab, std::ref(window),
                          std::ref(samples));
   }
   for (auto& t : threads) t.join();
-  const double elapsed = std::chrono::duration<double>(Clock::now() - gate).count();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - window.start).count();
   std::printf(
       "%s\n",
       absl::StrFormat(

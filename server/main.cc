@@ -47,7 +47,8 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-sessions N           open sessions at most (default 10000)
   --device-state-budget B    bytes of session state kept on the device; beyond it the least
                              recently used idle states move to host memory (default 4294967296)
-  --max-batch-tokens N       prefill tokens per forward pass (default 2048)
+  --max-batch-tokens N       prefill tokens per forward pass (default 512): bounds how long a
+                             pass of ingest or prompt segments holds up decoding
   --max-batch-sequences N    sequences per forward pass (default 256)
   --max-queue N              model steps waiting per model before RESOURCE_EXHAUSTED (default 4096)
   --batch-wait D             how long a forward pass waits for other streams' steps (default 500us)
@@ -95,7 +96,7 @@ absl::Status Serve(int argc, char** argv) {
     specs.insert(specs.end(), found.begin(), found.end());
   }
   SchedulerOptions scheduling;
-  ASSIGN_OR_RETURN(scheduling.max_batch_tokens, flags.Int("max-batch-tokens", 2048, 1, 1 << 24));
+  ASSIGN_OR_RETURN(scheduling.max_batch_tokens, flags.Int("max-batch-tokens", 512, 1, 1 << 24));
   ASSIGN_OR_RETURN(int64_t max_seqs, flags.Int("max-batch-sequences", 256, 1, 65536));
   scheduling.max_batch_sequences = static_cast<int>(max_seqs);
   ASSIGN_OR_RETURN(scheduling.max_queue, flags.Int("max-queue", 4096, 1, 1 << 24));

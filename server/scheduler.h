@@ -29,9 +29,9 @@ namespace mnemo::server {
 class Metrics;
 
 struct SchedulerOptions {
-  int64_t max_batch_tokens = 2048;  // prefill tokens per forward pass (decode tokens always fit)
-  int max_batch_sequences = 256;    // sequences per forward pass
-  int64_t max_queue = 4096;         // steps waiting; more are refused with RESOURCE_EXHAUSTED
+  int64_t max_batch_tokens = 512;  // prefill tokens per forward pass (decode tokens always fit)
+  int max_batch_sequences = 256;   // sequences per forward pass
+  int64_t max_queue = 4096;        // steps waiting; more are refused with RESOURCE_EXHAUSTED
   // How long the loop waits for the other active streams' next steps before it starts a pass
   // without them (they submit within microseconds of their previous step's result).
   absl::Duration batch_wait = absl::Microseconds(500);
