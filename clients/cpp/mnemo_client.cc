@@ -169,10 +169,12 @@ absl::StatusOr<Client> Client::Connect(const std::string& target) {
   return Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
 }
 
-void Client::Prepare(grpc::ClientContext* context) const {
+void Client::Prepare(grpc::ClientContext* context, const std::string& session_id) const {
   if (timeout_.has_value()) {
     context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(*timeout_));
   }
+  // Session-affinity routers send a session's requests to the replica that holds it.
+  if (!session_id.empty()) context->AddMetadata("x-session-id", session_id);
 }
 
 absl::Status Client::WaitUntilReady(absl::Duration timeout) {
@@ -236,7 +238,7 @@ absl::StatusOr<v1::Session> Client::CreateSession(const v1::CreateSessionRequest
 
 absl::StatusOr<v1::Session> Client::GetSession(const std::string& session_id) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, session_id);
   v1::GetSessionRequest request;
   request.set_session_id(session_id);
   v1::Session response;
@@ -268,7 +270,7 @@ absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(
 
 absl::Status Client::DeleteSession(const std::string& session_id, int64_t expected_state_version) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, session_id);
   v1::DeleteSessionRequest request;
   request.set_session_id(session_id);
   request.set_expected_state_version(expected_state_version);
@@ -278,7 +280,7 @@ absl::Status Client::DeleteSession(const std::string& session_id, int64_t expect
 
 absl::StatusOr<v1::Session> Client::ForkSession(const v1::ForkSessionRequest& request) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, request.session_id());
   v1::Session response;
   const grpc::Status status = sessions_->ForkSession(&context, request, &response);
   return Done(status, std::move(response));
@@ -295,7 +297,7 @@ absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
                                                   const IngestProgressCallback& on_progress,
                                                   int64_t expected_state_version) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, session_id);
   std::unique_ptr<grpc::ClientReaderWriter<v1::IngestRequest, v1::IngestProgress>> stream =
       inference_->Ingest(&context);
   // Writes run on their own thread while this one reads: the server answers every message, and
@@ -362,7 +364,7 @@ absl::StatusOr<v1::IngestProgress> Client::IngestFile(const std::string& session
 absl::StatusOr<v1::Final> Client::Generate(const v1::GenerateRequest& request,
                                            const GenerateEventCallback& on_event) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, request.session_id());
   std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> stream =
       inference_->Generate(&context, request);
   v1::GenerateEvent event;
@@ -381,7 +383,7 @@ absl::StatusOr<v1::Final> Client::Generate(const v1::GenerateRequest& request,
 
 absl::StatusOr<v1::ScoreResponse> Client::Score(const v1::ScoreRequest& request) {
   grpc::ClientContext context;
-  Prepare(&context);
+  Prepare(&context, request.session_id());
   v1::ScoreResponse response;
   const grpc::Status status = inference_->Score(&context, request, &response);
   return Done(status, std::move(response));

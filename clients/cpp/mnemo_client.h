@@ -114,7 +114,8 @@ class Client {
   absl::StatusOr<v1::ScoreResponse> Score(const v1::ScoreRequest& request);
 
  private:
-  void Prepare(grpc::ClientContext* context) const;
+  // Applies the timeout, and names the session in `x-session-id` metadata when there is one.
+  void Prepare(grpc::ClientContext* context, const std::string& session_id = "") const;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ModelService::Stub> models_;

@@ -42,7 +42,7 @@ constexpr char kUsage[] =
     R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--json] <command> [args] [flags]
 
 global flags (before or after the command):
-  --target HOST:PORT   server address (default: $MNEMO_TARGET, else localhost:50051)
+  --target HOST:PORT   server address (default: $MNEMO_TARGET, else 127.0.0.1:50051)
   --timeout D          deadline of every call, e.g. 30s, 5m, 1h (default: none)
   --json               print responses as JSON (protobuf field names) instead of text
   --help               this text
@@ -550,7 +550,7 @@ int Main(int argc, char** argv) {
 
   const char* env_target = std::getenv("MNEMO_TARGET");
   const std::string target =
-      flags->Get("target", env_target != nullptr && *env_target ? env_target : "localhost:50051");
+      flags->Get("target", env_target != nullptr && *env_target ? env_target : "127.0.0.1:50051");
   absl::StatusOr<std::optional<absl::Duration>> timeout = OptionalDuration(*flags, "timeout");
   if (!timeout.ok()) return UsageError(std::string(timeout.status().message()));
   absl::StatusOr<Client> client = Client::Connect(target);
