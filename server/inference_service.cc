@@ -180,7 +180,9 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     }
 
     const bool want_logprobs = request->logprobs() || request->top_logprobs() > 0;
-    const char* source = !target.lease ? "new" : target.lease->state_source();
+    // "new": no document memory yet (one-shot, or a session's first tokens); else where it was.
+    const char* source =
+        !target.lease || target.lease->tokens_seen() == 0 ? "new" : target.lease->state_source();
     bool started = false;
     absl::Time last_token;
     auto on_token = [&](const GeneratedToken& token) {

@@ -73,6 +73,10 @@ def test_exposition_has_the_documented_families_and_counts(start_server):
         assert metrics.sum("mnemo_ingested_tokens_total") == expected["ingested"]
         assert metrics.sum("mnemo_request_duration_seconds_count", rpc="Generate") == 5
         assert metrics.sum("mnemo_time_to_first_token_seconds_count") == 4
+        # The session had its document before it generated; the one-shot request had none.
+        assert metrics.sum("mnemo_time_to_first_token_seconds_count",
+                           state_source="resident") == 3
+        assert metrics.sum("mnemo_time_to_first_token_seconds_count", state_source="new") == 1
         # One inter-token gap per generated token after the first of each generation (a
         # server may also count the first token's gap: at most one more per generation).
         gaps = metrics.sum("mnemo_inter_token_latency_seconds_count")
