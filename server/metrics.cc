@@ -1,6 +1,8 @@
 #include "server/metrics.h"
 
+#include <array>
 #include <string>
+#include <string_view>
 
 #include "prometheus/histogram.h"
 
@@ -27,6 +29,19 @@ Histogram::BucketBoundaries StepBuckets() {
 }
 
 Histogram::BucketBoundaries BatchBuckets() { return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}; }
+
+constexpr std::array<const char*, 4> kPhases = {"decode", "prefill", "ingest", "score"};
+constexpr std::array<const char*, 3> kStateSources = {"resident", "promoted", "new"};
+
+// The index of `name` in `names` (the documented label values; an unknown one, a programming
+// error, lands in the last entry rather than creating an unbounded label).
+template <size_t N>
+size_t IndexOf(const std::array<const char*, N>& names, std::string_view name) {
+  for (size_t i = 0; i < N; ++i) {
+    if (name == names[i]) return i;
+  }
+  return N - 1;
+}
 
 }  // namespace
 
@@ -120,6 +135,12 @@ Metrics::Metrics()
       .Add({{"version", MNEMO_VERSION}})
       .Set(1);
   for (const char* tier : {"device", "host"}) SetSessions(tier, 0, 0);
+  for (size_t i = 0; i < kPhases.size(); ++i) {
+    step_by_phase_[i] = &step_.Add({{"phase", kPhases[i]}}, StepBuckets());
+  }
+  for (size_t i = 0; i < kStateSources.size(); ++i) {
+    ttft_by_source_[i] = &ttft_.Add({{"state_source", kStateSources[i]}}, LatencyBuckets());
+  }
 }
 
 void Metrics::Request(std::string_view rpc, std::string_view code, double seconds) {
@@ -132,11 +153,11 @@ void Metrics::Rejected(std::string_view reason) {
 }
 
 void Metrics::TimeToFirstToken(std::string_view state_source, double seconds) {
-  ttft_.Add({{"state_source", std::string(state_source)}}, LatencyBuckets()).Observe(seconds);
+  ttft_by_source_[IndexOf(kStateSources, state_source)]->Observe(seconds);
 }
 
 void Metrics::ObserveStep(std::string_view phase, double seconds) {
-  step_.Add({{"phase", std::string(phase)}}, StepBuckets()).Observe(seconds);
+  step_by_phase_[IndexOf(kPhases, phase)]->Observe(seconds);
 }
 
 void Metrics::SetSessions(std::string_view tier, int64_t count, int64_t bytes) {

@@ -5,6 +5,7 @@
 // Threading: every method is safe to call from any thread.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -67,6 +68,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& closed_;
   prometheus::Counter& compressions_;
   prometheus::Family<prometheus::Gauge>& model_info_;
+  // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
+  std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order
+  std::array<prometheus::Histogram*, 3> ttft_by_source_{};  // kStateSources order
 };
 
 }  // namespace mnemo::server

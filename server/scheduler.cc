@@ -19,6 +19,7 @@ struct Scheduler::Step {
   absl::Time submitted;
   bool taken = false;  // the loop owns it now: it will complete
   bool done = false;
+  std::vector<float>* logits = nullptr;  // the submitter's buffer
   absl::Status status;
   StepOutput output;
   bool is_decode() const { return tokens.size() == 1 && mode == LogitsMode::kLast; }
@@ -55,9 +56,11 @@ Scheduler::ActiveStream::~ActiveStream() {
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
-    engine::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode) {
+    engine::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode,
+    std::vector<float>* logits) {
   auto step = std::make_shared<Step>();
   step->state = state;
+  step->logits = logits;
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
   step->submitted = absl::Now();
@@ -72,14 +75,6 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
   work_cv_.notify_all();
   return std::make_unique<Ticket>(*this, std::move(step));
-}
-
-absl::StatusOr<StepOutput> Scheduler::Run(engine::SessionState* state,
-                                          std::span<const int32_t> tokens, LogitsMode mode,
-                                          absl::Time deadline,
-                                          const std::function<bool()>& cancelled) {
-  ASSIGN_OR_RETURN(std::unique_ptr<Ticket> ticket, Submit(state, tokens, mode));
-  return ticket->Wait(deadline, cancelled);
 }
 
 Scheduler::Ticket::Ticket(Scheduler& scheduler, std::shared_ptr<Step> step)
@@ -231,7 +226,7 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   int64_t row = 0;
   for (Step* s : steps) {
     const int64_t rows = mode == LogitsMode::kLast ? 1 : static_cast<int64_t>(s->tokens.size());
-    s->output.logits.assign(data + row * vocab, data + (row + rows) * vocab);
+    s->logits->assign(data + row * vocab, data + (row + rows) * vocab);
     row += rows;
   }
 }

@@ -37,9 +37,8 @@ struct SchedulerOptions {
   absl::Duration batch_wait = absl::Microseconds(500);
 };
 
-// The result of one step: logits as the mode asked (kLast: [vocab]; kAll: [tokens, vocab]).
+// What one step reports besides its logits.
 struct StepOutput {
-  std::vector<float> logits;
   absl::Duration queued;  // from submission to the start of its forward pass
 };
 
@@ -71,15 +70,15 @@ class Scheduler {
   };
 
   // Queues `tokens` for `state` in the next forward pass that has room and returns at once (a
-  // generation submits its next token before it writes the last one to the client).
-  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown.
+  // generation submits its next token before it writes the last one to the client). The pass
+  // writes the logits the mode asks for into *logits (kLast: [vocab]; kAll: [tokens, vocab];
+  // untouched for kNone), reusing its capacity, so a decode loop allocates nothing per token; it
+  // must outlive the ticket. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after
+  // Shutdown.
   absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::SessionState* state,
                                                  std::span<const int32_t> tokens,
-                                                 engine::LogitsMode mode);
-  // Submit, then Wait.
-  absl::StatusOr<StepOutput> Run(engine::SessionState* state, std::span<const int32_t> tokens,
-                                 engine::LogitsMode mode, absl::Time deadline,
-                                 const std::function<bool()>& cancelled);
+                                                 engine::LogitsMode mode,
+                                                 std::vector<float>* logits);
 
   // A request that will submit steps back to back (a generation or ingest in progress): while
   // one is registered, the loop waits up to batch_wait for its next step so decode steps of

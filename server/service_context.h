@@ -38,6 +38,13 @@ struct ServiceContext {
   std::atomic<int64_t> in_flight{0};  // RPCs between RpcScope's construction and destruction
 };
 
+// UNAVAILABLE while the server drains: every new call is refused, reads included.
+inline absl::Status AdmitNewWork(ServiceContext& ctx) {
+  if (!ctx.draining.load()) return absl::OkStatus();
+  ctx.metrics->Rejected("shutting_down");
+  return absl::UnavailableError("the server is shutting down; retry on another replica");
+}
+
 // Counts an RPC as running while alive and records its code and duration when finished.
 class RpcScope {
  public:
@@ -54,13 +61,7 @@ class RpcScope {
 
   absl::Time start() const { return start_; }
   // UNAVAILABLE while the server drains.
-  absl::Status Admit() const {
-    if (ctx_.draining.load()) {
-      ctx_.metrics->Rejected("shutting_down");
-      return absl::UnavailableError("the server is shutting down; retry on another replica");
-    }
-    return absl::OkStatus();
-  }
+  absl::Status Admit() const { return AdmitNewWork(ctx_); }
   grpc::Status Finish(const absl::Status& status) {
     grpc::Status s = ToGrpcStatus(status);
     ctx_.metrics->Request(rpc_, GrpcCodeName(s.error_code()),
@@ -88,11 +89,9 @@ grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContex
     ctx.metrics->Request(rpc, GrpcCodeName(error.error_code()), 0);
     return error;
   }
-  if (ctx.draining.load()) {  // every new call is refused while draining, reads included
-    ctx.metrics->Rejected("shutting_down");
+  if (absl::Status admitted = AdmitNewWork(ctx); !admitted.ok()) {
     ctx.metrics->Request(rpc, "UNAVAILABLE", 0);
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "the server is shutting down; retry on another replica");
+    return ToGrpcStatus(admitted);
   }
   Response response;
   grpc::Status status = handle(context, &request, &response);

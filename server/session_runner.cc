@@ -13,18 +13,16 @@ using engine::LogitsMode;
 
 // Queues one scheduler step over `ids`; the request's cancellation and deadline are checked
 // first, so a long ingest or generation stops at its next step.
-absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> SubmitStep(LoadedModel& model,
-                                                              SessionMemory& memory,
-                                                              std::span<const int32_t> ids,
-                                                              LogitsMode mode,
-                                                              const RequestControl& control) {
+absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> SubmitStep(
+    LoadedModel& model, SessionMemory& memory, std::span<const int32_t> ids, LogitsMode mode,
+    std::vector<float>* logits, const RequestControl& control) {
   if (control.cancelled && control.cancelled()) {
     return absl::CancelledError("the request was cancelled");
   }
   if (absl::Now() >= control.deadline) {
     return absl::DeadlineExceededError("the request's deadline passed");
   }
-  return model.scheduler->Submit(&memory.state, ids, mode);
+  return model.scheduler->Submit(&memory.state, ids, mode, logits);
 }
 
 // Waits for a step submitted at `submitted`; records when the request's first step started.
@@ -40,10 +38,10 @@ absl::StatusOr<StepOutput> WaitStep(Scheduler::Ticket& ticket, absl::Time submit
 
 absl::StatusOr<StepOutput> RunStep(LoadedModel& model, SessionMemory& memory,
                                    std::span<const int32_t> ids, LogitsMode mode,
-                                   const RequestControl& control) {
+                                   std::vector<float>* logits, const RequestControl& control) {
   const absl::Time submitted = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<Scheduler::Ticket> ticket,
-                   SubmitStep(model, memory, ids, mode, control));
+                   SubmitStep(model, memory, ids, mode, logits, control));
   return WaitStep(*ticket, submitted, control);
 }
 
@@ -56,7 +54,7 @@ absl::Status RunPendingFront(LoadedModel& model, SessionMemory& memory, size_t c
   while (done < count) {
     const size_t t = std::min(segment, count - done);
     auto out = RunStep(model, memory, std::span(memory.pending).subspan(done, t), LogitsMode::kNone,
-                       control);
+                       nullptr, control);
     if (!out.ok()) {
       status = out.status();
       break;
@@ -118,16 +116,18 @@ absl::StatusOr<GenerationResult> Generate(
   // The next token's step is queued before the current one goes to the client, so the write
   // overlaps the forward pass and the step joins the next batch early. A ticket in flight is
   // withdrawn or waited for when it goes out of scope (also on every early return).
+  std::vector<float> logits;  // before the ticket: it must outlive any step in flight
   int32_t input = memory.pending.back();
   absl::Time submitted = absl::Now();
-  ASSIGN_OR_RETURN(std::unique_ptr<Scheduler::Ticket> ticket,
-                   SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Scheduler::Ticket> ticket,
+      SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast, &logits, control));
   memory.pending.clear();
   for (int64_t step = 0; step < params.max_tokens; ++step) {
-    ASSIGN_OR_RETURN(StepOutput out, WaitStep(*ticket, submitted, control));
+    RETURN_IF_ERROR(WaitStep(*ticket, submitted, control).status());
     ticket.reset();
     GeneratedToken token;
-    token.sample = sampler.Sample(out.logits.data(), vocab, history);
+    token.sample = sampler.Sample(logits.data(), vocab, history);
     const int32_t id = token.sample.id;
     memory.pending.assign(1, id);  // sampled, not yet run
     history.push_back(id);
@@ -154,8 +154,8 @@ absl::StatusOr<GenerationResult> Generate(
     if (!finish && step + 1 < params.max_tokens) {
       input = id;
       submitted = absl::Now();
-      ASSIGN_OR_RETURN(ticket,
-                       SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast, control));
+      ASSIGN_OR_RETURN(ticket, SubmitStep(model, memory, std::span(&input, 1), LogitsMode::kLast,
+                                          &logits, control));
       memory.pending.clear();
     }
     if (!on_token(token)) return absl::CancelledError("the client went away");
@@ -188,17 +188,18 @@ absl::StatusOr<std::vector<ScoredToken>> Score(LoadedModel& model, SessionMemory
   const int64_t vocab = model.model->config().vocab_size;
   const auto segment = static_cast<size_t>(model.segment_tokens);
   std::vector<ScoredToken> scored;
-  std::vector<float> logprobs(static_cast<size_t>(vocab));
+  std::vector<float> logits;
   const size_t inputs = seq.size() - 1;  // the last token predicts nothing here
   size_t done = 0;
   while (done < inputs) {
     const size_t t = std::min(segment, inputs - done);
-    ASSIGN_OR_RETURN(StepOutput out, RunStep(model, memory, std::span(seq).subspan(done, t),
-                                             LogitsMode::kAll, control));
+    RETURN_IF_ERROR(
+        RunStep(model, memory, std::span(seq).subspan(done, t), LogitsMode::kAll, &logits, control)
+            .status());
     for (size_t j = 0; j < t; ++j) {
       const size_t target = done + j + 1;
       if (target < std::max<size_t>(context, 1)) continue;  // a memory token, not the text's
-      const float* row = out.logits.data() + j * static_cast<size_t>(vocab);
+      const float* row = logits.data() + j * static_cast<size_t>(vocab);
       const float lse = engine::LogSumExp(row, vocab);
       scored.push_back({seq[target], row[seq[target]] - lse});
     }
