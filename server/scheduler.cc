@@ -122,7 +122,7 @@ absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
   }
   std::shared_ptr<Step> step = std::move(step_);
   if (!step->status.ok()) return step->status;
-  return std::move(step->output);
+  return step->output;
 }
 
 std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
