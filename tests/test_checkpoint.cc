@@ -171,6 +171,15 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
       {"torch_dtype", absl::StrCat("\"", std::string(DTypeName(c.dtype)), "\"")},
   };
   if (c.eos_token_id.has_value()) f.emplace_back("eos_token_id", absl::StrCat(*c.eos_token_id));
+  // Layer entries as parsed (a config built in code has none: every layer dense).
+  std::vector<std::string> layers;
+  for (const engine::LayerConfig& l : c.layers) {
+    if (!l.source.empty()) layers.push_back(l.source);
+  }
+  if (!layers.empty())
+    f.emplace_back("layers", absl::StrCat("[", absl::StrJoin(layers, ", "), "]"));
+  if (c.layer_groups > 0) f.emplace_back("layer_groups", absl::StrCat(c.layer_groups));
+  if (c.d_embed > 0 && c.d_embed != c.d_model) f.emplace_back("d_embed", absl::StrCat(c.d_embed));
   return f;
 }
 
@@ -187,22 +196,45 @@ std::string ConfigJson(const engine::ModelConfig& config) {
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     const engine::ModelConfig& c) {
   const int64_t d = c.d_model, hd = c.attn_width();
-  std::vector<std::pair<std::string, std::vector<int64_t>>> t;
-  t.push_back({"word_emb.weight", {c.vocab_size, d}});
-  if (!c.untie_r) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t, extra;
+  t.push_back({"word_emb.weight", {c.vocab_size, c.embed_width()}});
+  if (c.embed_width() != d) {
+    t.push_back({"emb_proj.weight", {d, c.embed_width()}});
+    t.push_back({"emb_proj.bias", {d}});
+  }
+  if (!c.untie_r && c.has_dense_layer()) {
     t.push_back({"r_w_bias", {c.n_head, c.d_head}});
     t.push_back({"r_r_bias", {c.n_head, c.d_head}});
   }
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    const std::string p = absl::StrCat("layers.", l, ".");
-    t.push_back({p + "attn.qkv.weight", {3 * hd, d}});
-    t.push_back({p + "attn.r.weight", {hd, d}});
+  for (int64_t g = 0; g < c.groups(); ++g) {  // one parameter set per group
+    const std::string p = absl::StrCat("layers.", g, ".");
+    const engine::LayerConfig& lc = c.layer(g * c.n_layer / c.groups());
+    const bool dense = lc.attention == engine::AttentionKind::kDense;
+    const bool lsh = lc.attention == engine::AttentionKind::kLsh;
+    t.push_back({p + "attn.qkv.weight", {(lsh ? 2 : 3) * hd, d}});
+    if (dense) t.push_back({p + "attn.r.weight", {hd, d}});
     t.push_back({p + "attn.o.weight", {d, hd}});
     t.push_back({p + "attn.ln.weight", {d}});
     t.push_back({p + "attn.ln.bias", {d}});
-    if (c.untie_r) {
+    if (dense && c.untie_r) {
       t.push_back({p + "attn.r_w_bias", {c.n_head, c.d_head}});
       t.push_back({p + "attn.r_r_bias", {c.n_head, c.d_head}});
+    }
+    if (lc.attention == engine::AttentionKind::kLinear) {
+      if (lc.feature_map != engine::FeatureMap::kElu) {
+        t.push_back({p + "attn.features", {lc.num_features, c.d_head}});
+      }
+      if (lc.gated) {
+        t.push_back({p + "attn.gate.weight", {c.n_head, d}});
+        t.push_back({p + "attn.gate.bias", {c.n_head}});
+      }
+    }
+    if (lsh) {
+      t.push_back({p + "attn.rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}});
+    }
+    if (lc.compress_taps() > 0) {  // last, so the other tensors draw the same values
+      extra.push_back({p + "attn.compress.weight", {d, d, lc.compress_taps()}});
+      extra.push_back({p + "attn.compress.bias", {d}});
     }
     t.push_back({p + "ff.fc1.weight", {c.d_inner, d}});
     t.push_back({p + "ff.fc1.bias", {c.d_inner}});
@@ -213,6 +245,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
   }
   if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, d}});
   t.push_back({"lm_head.bias", {c.vocab_size}});
+  t.insert(t.end(), extra.begin(), extra.end());
   return t;
 }
 

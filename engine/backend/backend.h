@@ -9,11 +9,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 
+#include "engine/memory/layer_aux_state.h"
 #include "engine/memory/linear_state.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
@@ -34,6 +37,11 @@ struct RelativeAttentionArgs {
   int64_t clamp_len;  // 0 = no clamp
   bool same_length;
   Tensor* out;  // [T, H·d_h]
+  // Compressive layers: the compressed memory, whose keys come before `memory`'s (one relative
+  // position per slot); null otherwise.
+  const XlMemory* compressed = nullptr;
+  // most_used compression: usage[slot] += the attention mass each memory slot receives.
+  Tensor* usage = nullptr;
 };
 
 // One sequence's linear attention (MODEL-SPEC §5) of one layer, updating its state in place.
@@ -50,15 +58,47 @@ struct LinearAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
-// One sequence's sliding-window attention (MODEL-SPEC §3) of one layer against its rolling
-// K/V buffer; the new positions join the buffer afterwards (AppendToMemory), as for dense layers.
+// One sequence's sparse attention (MODEL-SPEC §3) of one layer against its rolling K/V buffer;
+// the new positions join the buffer afterwards (AppendToMemory), as for dense layers. New global
+// positions join the layer's global store here, after every query has attended.
 struct SparseAttentionArgs {
   const Tensor* qkv;         // [T, 3·H·d_h]
-  const XlMemory* memory;    // the last (W − 1)·max dilation positions before this segment
-  const LayerConfig* layer;  // window, per-head dilations
+  const XlMemory* memory;    // the last `span` positions before this segment
+  const LayerConfig* layer;  // pattern and its parameters
+  int num_heads;
+  int head_dim;
+  Tensor* out;            // [T, H·d_h]
+  const int32_t* tokens;  // [T] the segment's token ids (global tokens)
+  int64_t position;       // stream position of the segment's first token
+  LayerAuxState* aux;     // the global store
+};
+
+// One sequence's LSH attention (CHECKPOINT-FORMAT.md "lsh") of one layer. The new positions'
+// normalised keys, values and buckets are written into the ring's next slots
+// (XlMemory::SlotOfNewRow); the caller then calls memory->Advance(T).
+struct LshAttentionArgs {
+  const Tensor* qkv;         // [T, 2·H·d_h]: shared query/key | value
+  XlMemory* memory;          // normalised keys and values of the last history − 1 positions
+  LayerAuxState* aux;        // their buckets
+  const LayerConfig* layer;  // n_hashes, n_buckets, chunk_len, history
+  const Tensor* rotations;   // [H, d_h, n_hashes, n_buckets / 2]
   int num_heads;
   int head_dim;
   Tensor* out;  // [T, H·d_h]
+};
+
+// One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
+// attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
+// into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
+// compressed memory; the segment's hidden rows take the slots the append will write.
+struct CompressArgs {
+  const Tensor* hidden;      // [T, D] the segment's attention inputs
+  const XlMemory* memory;    // the layer's XL memory before the append
+  LayerAuxState* aux;        // hidden rows, buffer, compressed memory, usage
+  const LayerConfig* layer;  // compression, rate
+  const Tensor* kv_weight;   // [2·H·d_h, D]: W_k then W_v
+  const Tensor* compress;    // [D, D, taps] (conv1d, dilated_conv) or undefined
+  const Tensor* compress_bias;
 };
 
 // One sequence's new positions joining its layer memory: keys/values are the k and v blocks of
@@ -122,8 +162,18 @@ class Backend {
   virtual absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) = 0;
   // Runs every sequence's linear attention of one layer; each state advances by its T tokens.
   virtual absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) = 0;
-  // Runs every sequence's sliding-window attention of one layer.
+  // Runs every sequence's sparse attention of one layer.
   virtual absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) = 0;
+  // Runs every sequence's LSH attention of one layer and writes its new ring rows.
+  virtual absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no LSH attention kernel"));
+  }
+  // Updates every sequence's compressive memory of one layer.
+  virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no compressive memory kernels"));
+  }
   // Writes every sequence's new keys/values into its memory ring (slots from
   // XlMemory::SlotOfNewRow); the memories' bookkeeping is the caller's (XlMemory::Advance).
   virtual absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) = 0;

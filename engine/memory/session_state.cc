@@ -6,6 +6,7 @@ size_t SessionState::bytes() const {
   size_t total = 0;
   for (const XlMemory& m : layers_) total += m.bytes();
   for (const LinearState& l : linear_) total += l.bytes();
+  for (const LayerAuxState& a : aux_) total += a.bytes();
   return total;
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/memory/layer_aux_state.h"
 #include "engine/memory/linear_state.h"
 #include "engine/memory/xl_memory.h"
 
@@ -27,6 +28,9 @@ class SessionState {
   // … and the linear state (undefined for a dense layer).
   std::vector<LinearState>& linear() { return linear_; }
   const std::vector<LinearState>& linear() const { return linear_; }
+  // … and what sparse (globals), LSH and compressive layers keep beside their ring.
+  std::vector<LayerAuxState>& aux() { return aux_; }
+  const std::vector<LayerAuxState>& aux() const { return aux_; }
   // Tokens processed by this state since it was opened (the absolute stream position).
   int64_t position() const { return position_; }
   void Advance(int64_t tokens) { position_ += tokens; }
@@ -35,12 +39,13 @@ class SessionState {
   Device device() const;
 
   // Exact bytes of tensor storage: Σ dense layers 2·mem_len·H·d_h·4 + Σ linear layers
-  // 4·H·(m'·d_h + m').
+  // 4·H·(m'·d_h + m') + what each layer keeps beside (LayerAuxState::bytes).
   size_t bytes() const;
 
  private:
   std::vector<XlMemory> layers_;
   std::vector<LinearState> linear_;
+  std::vector<LayerAuxState> aux_;
   int64_t position_ = 0;
 };
 

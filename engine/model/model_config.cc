@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -49,117 +51,289 @@ absl::StatusOr<std::string> GetString(const Json& j, const char* field) {
   return j.at(field).get<std::string>();
 }
 
-// One "layers" entry (MODEL-SPEC §5; CHECKPOINT-FORMAT.md).
-absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, int64_t d_head,
-                                       int64_t n_head) {
-  const std::string where = absl::StrCat("layers[", index, "]");
-  auto error = [&](const std::string& what) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: ", where, " ", what));
-  };
-  if (!j.is_object()) return error("must be an object");
-  static const std::set<std::string> kKnown = {"attention", "feature_map", "num_features", "eps",
-                                               "gated",     "window",      "dilation"};
-  for (const auto& item : j.items()) {
-    if (!kKnown.count(item.key()))
-      return error(absl::StrCat("has unknown field \"", item.key(), "\""));
+// Reads one "layers" entry's fields, naming the entry in errors and remembering which fields
+// were read so that any other field is rejected.
+class EntryReader {
+ public:
+  EntryReader(const Json& j, std::string where) : j_(j), where_(std::move(where)) {}
+
+  absl::Status Error(const std::string& what) const {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", where_, " ", what));
   }
-  LayerConfig layer;
-  if (!j.contains("attention") || !j.at("attention").is_string()) {
-    return error("needs \"attention\": \"dense\", \"linear\" or \"sparse\"");
+  bool Has(const char* field) {
+    used_.insert(field);
+    return j_.contains(field);
   }
-  const std::string attention = j.at("attention").get<std::string>();
-  if (attention == "dense") {
-    if (j.size() != 1) return error("(dense) takes no other field");
-    return layer;
-  }
-  if (attention == "sparse") {
-    layer.attention = AttentionKind::kSparse;
-    for (const char* field : {"feature_map", "num_features", "eps", "gated"}) {
-      if (j.contains(field)) return error(absl::StrCat("(sparse) has no \"", field, "\""));
+  // An integer in [min, max]; `fallback` when absent, or an error when no fallback is given.
+  absl::StatusOr<int64_t> Int(const char* field, int64_t min, int64_t max,
+                              std::optional<int64_t> fallback = std::nullopt) {
+    if (!Has(field)) {
+      if (fallback) return *fallback;
+      return Error(absl::StrCat("needs \"", field, "\": an integer in [", min, ", ", max, "]"));
     }
-    auto positive = [](const Json& v) {
-      return v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= (1 << 20);
-    };
-    if (!j.contains("window") || !positive(j.at("window"))) {
-      return error("(sparse) needs \"window\": an integer in [1, 1048576] (keys incl. itself)");
+    const Json& v = j_.at(field);
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(max)) ||
+        v.get<int64_t>() < min || v.get<int64_t>() > max) {
+      return Error(absl::StrCat("\"", field, "\" must be an integer in [", min, ", ", max, "]"));
     }
-    layer.window = j.at("window").get<int64_t>();
+    return v.get<int64_t>();
+  }
+  // A list of integers in [min, max] (sorted and deduplicated when `ascending`).
+  absl::StatusOr<std::vector<int64_t>> IntList(const char* field, int64_t min, int64_t max) {
+    std::vector<int64_t> out;
+    if (!Has(field)) return out;
+    const Json& v = j_.at(field);
+    if (!v.is_array() || v.size() > 65536) {
+      return Error(absl::StrCat("\"", field, "\" must be a list of at most 65536 integers"));
+    }
+    for (const Json& x : v) {
+      if (!x.is_number_integer() || x.get<int64_t>() < min || x.get<int64_t>() > max) {
+        return Error(
+            absl::StrCat("\"", field, "\" entries must be integers in [", min, ", ", max, "]"));
+      }
+      out.push_back(x.get<int64_t>());
+    }
+    std::sort(out.begin(), out.end());
+    if (std::adjacent_find(out.begin(), out.end()) != out.end()) {
+      return Error(absl::StrCat("\"", field, "\" repeats an entry"));
+    }
+    return out;
+  }
+  absl::StatusOr<std::string> String(const char* field, std::optional<std::string> fallback,
+                                     const std::vector<std::string>& allowed) {
+    std::string value;
+    if (!Has(field)) {
+      if (!fallback) return Error(absl::StrCat("needs \"", field, "\""));
+      value = *fallback;
+    } else if (!j_.at(field).is_string()) {
+      return Error(absl::StrCat("\"", field, "\" must be a string"));
+    } else {
+      value = j_.at(field).get<std::string>();
+    }
+    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
+      std::string names;
+      for (const std::string& a : allowed) absl::StrAppend(&names, names.empty() ? "" : ", ", a);
+      return Error(absl::StrCat("\"", field, "\" must be one of ", names, "; got \"", value, "\""));
+    }
+    return value;
+  }
+  // Every field present must have been read.
+  absl::Status CheckAllRead() const {
+    for (const auto& item : j_.items()) {
+      if (!used_.count(item.key())) {
+        return Error(absl::StrCat("has unknown or misplaced field \"", item.key(), "\""));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const Json& j_;
+  std::string where_;
+  std::set<std::string> used_;
+};
+
+constexpr int64_t kMaxSpan = int64_t{1} << 20;
+
+absl::Status ParseSparse(EntryReader& r, const Json& j, const ModelConfig& c, LayerConfig& layer) {
+  layer.attention = AttentionKind::kSparse;
+  ASSIGN_OR_RETURN(std::string pattern,
+                   r.String("pattern", "window", {"window", "strided", "fixed", "bigbird"}));
+  const int64_t n_head = c.n_head;
+  if (pattern == "window") {
+    layer.pattern = SparsePattern::kWindow;
+    ASSIGN_OR_RETURN(layer.window, r.Int("window", 1, kMaxSpan));
     layer.dilations.assign(static_cast<size_t>(n_head), 1);
-    if (j.contains("dilation")) {
+    if (r.Has("dilation")) {
       const Json& d = j.at("dilation");
+      auto positive = [](const Json& v) {
+        return v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= kMaxSpan;
+      };
       if (positive(d)) {
         layer.dilations.assign(static_cast<size_t>(n_head), d.get<int64_t>());
       } else if (d.is_array() && static_cast<int64_t>(d.size()) == n_head &&
                  std::all_of(d.begin(), d.end(), positive)) {
         for (int64_t h = 0; h < n_head; ++h) layer.dilations[h] = d[h].get<int64_t>();
       } else {
-        return error(absl::StrCat(
+        return r.Error(absl::StrCat(
             "\"dilation\" must be an integer ≥ 1 or a list of n_head = ", n_head, " of them"));
       }
     }
-    if (layer.sparse_span() > (int64_t{1} << 20)) {
-      return error("window × dilation must be at most 1048576");
+    if (layer.sparse_span() > kMaxSpan) {
+      return r.Error("window × dilation must be at most 1048576");
     }
-    return layer;
+  } else {
+    ASSIGN_OR_RETURN(layer.span, r.Int("span", 1, kMaxSpan));
+    if (pattern == "strided" || pattern == "fixed") {
+      const bool strided = pattern == "strided";
+      layer.pattern = strided ? SparsePattern::kStrided : SparsePattern::kFixed;
+      if (strided) {
+        ASSIGN_OR_RETURN(layer.stride, r.Int("stride", 1, kMaxSpan));
+      } else {
+        ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
+        ASSIGN_OR_RETURN(layer.summary, r.Int("summary", 1, layer.block));
+      }
+      const std::vector<std::string> names = strided ? std::vector<std::string>{"local", "strided"}
+                                                     : std::vector<std::string>{"block", "summary"};
+      std::vector<uint8_t> parts = {1, 2};
+      if (r.Has("components")) {
+        const Json& v = j.at("components");
+        parts.clear();
+        if (!v.is_array() || v.empty() || v.size() > 2) {
+          return r.Error(absl::StrCat("\"components\" must list one or both of \"", names[0],
+                                      "\", \"", names[1], "\""));
+        }
+        for (const Json& x : v) {
+          const int idx = !x.is_string()                     ? -1
+                          : x.get<std::string>() == names[0] ? 0
+                          : x.get<std::string>() == names[1] ? 1
+                                                             : -1;
+          if (idx < 0 || std::count(parts.begin(), parts.end(), uint8_t(1u << idx)) > 0) {
+            return r.Error(absl::StrCat("\"components\" must list one or both of \"", names[0],
+                                        "\", \"", names[1], "\" (each once)"));
+          }
+          parts.push_back(static_cast<uint8_t>(1u << idx));
+        }
+      }
+      ASSIGN_OR_RETURN(std::string split, r.String("split", "heads", {"heads", "union"}));
+      layer.head_components.assign(static_cast<size_t>(n_head), 0);
+      for (int64_t h = 0; h < n_head; ++h) {
+        if (split == "heads") {
+          layer.head_components[h] = parts[static_cast<size_t>(h) % parts.size()];
+        } else {
+          for (uint8_t p : parts) layer.head_components[h] |= p;
+        }
+      }
+    } else {
+      layer.pattern = SparsePattern::kBigBird;
+      ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
+      ASSIGN_OR_RETURN(layer.window_blocks, r.Int("window_blocks", 1, kMaxSpan, 3));
+      ASSIGN_OR_RETURN(layer.random_blocks, r.Int("random_blocks", 0, 4096, 2));
+      ASSIGN_OR_RETURN(int64_t seed, r.Int("seed", 0, std::numeric_limits<int64_t>::max(), 0));
+      layer.seed = static_cast<uint64_t>(seed);
+    }
   }
-  for (const char* field : {"window", "dilation"}) {
-    if (j.contains(field)) return error(absl::StrCat("(", attention, ") has no \"", field, "\""));
+  ASSIGN_OR_RETURN(layer.global_positions,
+                   r.IntList("global_positions", 0, std::numeric_limits<int64_t>::max() / 4));
+  ASSIGN_OR_RETURN(std::vector<int64_t> tokens, r.IntList("global_tokens", 0, c.vocab_size - 1));
+  layer.global_tokens.assign(tokens.begin(), tokens.end());
+  const int64_t default_kept = static_cast<int64_t>(layer.global_positions.size());
+  ASSIGN_OR_RETURN(layer.max_global,
+                   r.Int("max_global", 0, 65536, std::min<int64_t>(default_kept, 65536)));
+  if (!layer.global_tokens.empty() && layer.max_global < 1) {
+    return r.Error("\"global_tokens\" needs \"max_global\" ≥ 1");
   }
-  if (attention != "linear") {
-    return error(absl::StrCat("\"attention\" must be \"dense\", \"linear\" or \"sparse\", got \"",
-                              attention, "\""));
-  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseLsh(EntryReader& r, LayerConfig& layer) {
+  layer.attention = AttentionKind::kLsh;
+  ASSIGN_OR_RETURN(layer.n_hashes, r.Int("n_hashes", 1, 64));
+  ASSIGN_OR_RETURN(layer.n_buckets, r.Int("n_buckets", 2, 65536));
+  if (layer.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
+  ASSIGN_OR_RETURN(layer.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
+  ASSIGN_OR_RETURN(layer.history, r.Int("history", 1, kMaxSpan, 4096));
+  return absl::OkStatus();
+}
+
+absl::Status ParseLinear(EntryReader& r, const ModelConfig& c, LayerConfig& layer) {
   layer.attention = AttentionKind::kLinear;
-  if (!j.contains("feature_map") || !j.at("feature_map").is_string()) {
-    return error("(linear) needs \"feature_map\": \"elu\", \"favor\" or \"rfa\"");
-  }
-  const std::string map = j.at("feature_map").get<std::string>();
-  if (map == "elu") {
-    layer.feature_map = FeatureMap::kElu;
-  } else if (map == "favor") {
-    layer.feature_map = FeatureMap::kFavor;
-  } else if (map == "rfa") {
-    layer.feature_map = FeatureMap::kRfa;
-  } else {
-    return error(absl::StrCat("\"feature_map\" must be elu, favor or rfa, got \"", map, "\""));
-  }
+  ASSIGN_OR_RETURN(std::string map, r.String("feature_map", std::nullopt, {"elu", "favor", "rfa"}));
+  layer.feature_map = map == "elu"     ? FeatureMap::kElu
+                      : map == "favor" ? FeatureMap::kFavor
+                                       : FeatureMap::kRfa;
   if (layer.feature_map == FeatureMap::kElu) {
-    if (j.contains("num_features")) return error("(elu) has d_head features: no \"num_features\"");
+    if (r.Has("num_features")) return r.Error("(elu) has d_head features: no \"num_features\"");
   } else {
-    if (!j.contains("num_features")) return error("needs \"num_features\"");
-    const Json& v = j.at("num_features");
-    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 65536) {
-      return error("\"num_features\" must be an integer in [1, 65536]");
-    }
-    layer.num_features = v.get<int64_t>();
+    ASSIGN_OR_RETURN(layer.num_features, r.Int("num_features", 1, 65536));
   }
-  if (layer.feature_map == FeatureMap::kFavor && d_head > 128) {
+  if (layer.feature_map == FeatureMap::kFavor && c.d_head > 128) {
     // Keys carry no stabiliser (so the state can be carried): exp(u − ‖k̂‖²/2) ≤ exp(d_h/2)
     // must stay far inside float32 range even summed over millions of tokens.
-    return error("(favor) needs d_head ≤ 128");
+    return r.Error("(favor) needs d_head ≤ 128");
   }
-  if (j.contains("eps")) {
+  return absl::OkStatus();
+}
+
+absl::Status ParseLinearOptions(EntryReader& r, const Json& j, LayerConfig& layer) {
+  if (r.Has("eps")) {
     if (!j.at("eps").is_number() || !(j.at("eps").get<double>() > 0.0)) {
-      return error("\"eps\" must be a number > 0");
+      return r.Error("\"eps\" must be a number > 0");
     }
     layer.eps = j.at("eps").get<double>();
   }
-  if (j.contains("gated")) {
-    if (!j.at("gated").is_boolean()) return error("\"gated\" must be true or false");
+  if (r.Has("gated")) {
+    if (!j.at("gated").is_boolean()) return r.Error("\"gated\" must be true or false");
     layer.gated = j.at("gated").get<bool>();
     if (layer.gated && layer.feature_map != FeatureMap::kRfa) {
-      return error("\"gated\" is only for rfa");
+      return r.Error("\"gated\" is only for rfa");
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status ParseMemory(EntryReader& r, const ModelConfig& c, LayerConfig& layer) {
+  ASSIGN_OR_RETURN(std::string memory, r.String("memory", "xl", {"xl", "compressive"}));
+  if (memory == "xl") return absl::OkStatus();
+  layer.memory = MemoryKind::kCompressive;
+  if (c.mem_len < 1) return r.Error("(compressive) needs mem_len ≥ 1");
+  if (c.same_length) return r.Error("(compressive) needs same_length false");
+  ASSIGN_OR_RETURN(std::string f,
+                   r.String("compression", std::nullopt,
+                            {"max_pool", "mean_pool", "conv1d", "dilated_conv", "most_used"}));
+  layer.compression = f == "max_pool"       ? Compression::kMaxPool
+                      : f == "mean_pool"    ? Compression::kMeanPool
+                      : f == "conv1d"       ? Compression::kConv1d
+                      : f == "dilated_conv" ? Compression::kDilatedConv
+                                            : Compression::kMostUsed;
+  ASSIGN_OR_RETURN(layer.compression_rate, r.Int("compression_rate", 1, c.mem_len));
+  ASSIGN_OR_RETURN(layer.cmem_len, r.Int("cmem_len", 1, kMaxSpan));
+  if (layer.compression == Compression::kDilatedConv) {
+    ASSIGN_OR_RETURN(layer.compression_kernel,
+                     r.Int("compression_kernel", 1, layer.compression_rate, 2));
+    if (layer.compression_rate % layer.compression_kernel != 0) {
+      return r.Error("\"compression_kernel\" must divide \"compression_rate\"");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One "layers" entry (MODEL-SPEC §2–5; CHECKPOINT-FORMAT.md).
+absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const ModelConfig& c) {
+  EntryReader r(j, absl::StrCat("layers[", index, "]"));
+  if (!j.is_object()) return r.Error("must be an object");
+  LayerConfig layer;
+  layer.source = j.dump();
+  ASSIGN_OR_RETURN(std::string attention,
+                   r.String("attention", std::nullopt, {"dense", "linear", "sparse", "lsh"}));
+  if (attention == "dense") {
+    RETURN_IF_ERROR(ParseMemory(r, c, layer));
+  } else if (attention == "sparse") {
+    RETURN_IF_ERROR(ParseSparse(r, j, c, layer));
+  } else if (attention == "lsh") {
+    RETURN_IF_ERROR(ParseLsh(r, layer));
+  } else {
+    RETURN_IF_ERROR(ParseLinear(r, c, layer));
+    RETURN_IF_ERROR(ParseLinearOptions(r, j, layer));
+  }
+  RETURN_IF_ERROR(r.CheckAllRead());
   return layer;
 }
 
 }  // namespace
 
 int64_t LayerConfig::sparse_span() const {
+  if (pattern != SparsePattern::kWindow) return span;
   int64_t dil = 1;
   for (int64_t d : dilations) dil = std::max(dil, d);
   return (window - 1) * dil;
+}
+
+int64_t LayerConfig::compress_taps() const {
+  if (!compressive()) return 0;
+  if (compression == Compression::kConv1d) return compression_rate;
+  if (compression == Compression::kDilatedConv) return compression_kernel;
+  return 0;
 }
 
 const LayerConfig& ModelConfig::layer(int64_t l) const {
@@ -201,7 +375,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "activation",   "layer_norm_epsilon",
                                                "memory_init",  "tie_word_embeddings",
                                                "torch_dtype",  "eos_token_id",
-                                               "layers"};
+                                               "layers",       "layer_groups",
+                                               "d_embed"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -275,6 +450,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     c.eos_token_id = eos;
   }
 
+  if (j.contains("layer_groups")) {
+    ASSIGN_OR_RETURN(c.layer_groups, GetInt(j, "layer_groups", 1, c.n_layer));
+    if (c.n_layer % c.layer_groups != 0) return FieldError("layer_groups", "must divide n_layer");
+  }
+  c.d_embed = c.d_model;
+  if (j.contains("d_embed")) {
+    ASSIGN_OR_RETURN(c.d_embed, GetInt(j, "d_embed", 1, 1 << 16));
+    if (c.d_embed != c.d_model && c.tie_word_embeddings) {
+      return FieldError("d_embed", "must equal d_model when tie_word_embeddings is true");
+    }
+  }
+
   c.layers.assign(static_cast<size_t>(c.n_layer), LayerConfig{});
   if (j.contains("layers")) {
     const Json& layers = j.at("layers");
@@ -284,7 +471,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     }
     for (int64_t l = 0; l < c.n_layer; ++l) {
       ASSIGN_OR_RETURN(c.layers[static_cast<size_t>(l)],
-                       ParseLayer(layers[static_cast<size_t>(l)], l, c.d_head, c.n_head));
+                       ParseLayer(layers[static_cast<size_t>(l)], l, c));
+    }
+  }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const int64_t first = c.param_layer(l) * c.n_layer / c.groups();  // the group's first layer
+    if (c.layers[l].source != c.layers[first].source) {
+      return FieldError("layers", absl::StrCat("[", l, "] shares the parameters of layer ", first,
+                                               " (layer_groups) but differs from it"));
     }
   }
   return c;

@@ -25,8 +25,23 @@ enum class MemoryInit : uint8_t {
 enum class AttentionKind : uint8_t {
   kDense,   // Transformer-XL relative attention over [memory | segment]
   kLinear,  // kernelised causal attention carried as a recurrent state (S, z) per head
-  kSparse,  // softmax attention over a (dilated) sliding window, kept as a rolling K/V buffer
+  kSparse,  // softmax attention under a sparse pattern, kept as a rolling K/V buffer (+ globals)
+  kLsh,     // Reformer LSH attention over a window of stored positions
 };
+
+// The pattern of a sparse layer (CHECKPOINT-FORMAT.md "Sparse patterns", MODEL-SPEC §3).
+enum class SparsePattern : uint8_t {
+  kWindow,   // (dilated) sliding window
+  kStrided,  // Sparse Transformer: local(l) and/or strided(l)
+  kFixed,    // Sparse Transformer: block(l) and/or summary(l, c)
+  kBigBird,  // causal block window + seeded random blocks
+};
+
+// What a dense layer remembers beyond its segment (MODEL-SPEC §1.2, §2).
+enum class MemoryKind : uint8_t { kXl, kCompressive };
+
+// How a compressive layer turns `compression_rate` evicted rows into one (MODEL-SPEC §2.2).
+enum class Compression : uint8_t { kMaxPool, kMeanPool, kConv1d, kDilatedConv, kMostUsed };
 
 // Feature map of a linear layer (MODEL-SPEC §5.2–5.4).
 enum class FeatureMap : uint8_t {
@@ -39,14 +54,47 @@ enum class FeatureMap : uint8_t {
 struct LayerConfig {
   AttentionKind attention = AttentionKind::kDense;
   FeatureMap feature_map = FeatureMap::kElu;
-  int64_t num_features = 0;        // favor, rfa: rows of the stored feature matrix
-  double eps = 1e-6;               // linear: the denominator is clamped to at least eps
-  bool gated = false;              // rfa: decay the state by a learned per-head gate
-  int64_t window = 0;              // sparse: keys a query sees, itself included
-  std::vector<int64_t> dilations;  // sparse: per head (n_head entries)
+  int64_t num_features = 0;  // favor, rfa: rows of the stored feature matrix
+  double eps = 1e-6;         // linear: the denominator is clamped to at least eps
+  bool gated = false;        // rfa: decay the state by a learned per-head gate
+  // sparse
+  SparsePattern pattern = SparsePattern::kWindow;
+  int64_t window = 0;              // window: keys a query sees, itself included
+  std::vector<int64_t> dilations;  // window: per head (n_head entries)
+  int64_t stride = 0;              // strided: l
+  int64_t block = 0;               // fixed: l; bigbird: b
+  int64_t summary = 0;             // fixed: c
+  int64_t span = 0;                // strided, fixed, bigbird: S
+  int64_t window_blocks = 3;       // bigbird: w
+  int64_t random_blocks = 2;       // bigbird: r
+  uint64_t seed = 0;               // bigbird
+  // strided / fixed: per head, bit 0 = the first component (local, block), bit 1 = the second
+  // (strided, summary).
+  std::vector<uint8_t> head_components;
+  std::vector<int64_t> global_positions;  // ascending
+  std::vector<int32_t> global_tokens;     // ascending
+  int64_t max_global = 0;                 // global positions kept beyond the span
+  // lsh
+  int64_t n_hashes = 0;
+  int64_t n_buckets = 0;
+  int64_t chunk_len = 0;
+  int64_t history = 0;
+  // dense: memory
+  MemoryKind memory = MemoryKind::kXl;
+  Compression compression = Compression::kMeanPool;
+  int64_t compression_rate = 0;
+  int64_t cmem_len = 0;
+  int64_t compression_kernel = 0;  // dilated_conv: K taps (the conv weight's last dimension)
+  // The entry as written (canonical JSON), to check that shared layers agree.
+  std::string source;
 
-  // sparse: positions before the current segment the layer must keep: (window − 1)·max dilation.
+  // sparse: positions before the current segment the layer keeps in its ring: (window − 1)·max
+  // dilation for a window, `span` for the other patterns.
   int64_t sparse_span() const;
+  bool has_globals() const { return max_global > 0; }
+  bool compressive() const { return memory == MemoryKind::kCompressive; }
+  // compressive: taps of the learned compression (conv1d: c, dilated_conv: K), else 0.
+  int64_t compress_taps() const;
 };
 
 struct ModelConfig {
@@ -71,8 +119,16 @@ struct ModelConfig {
   // Per layer; empty or shorter than n_layer means dense for the missing layers (a config built
   // in code without them; ParseModelConfig always fills n_layer entries).
   std::vector<LayerConfig> layers;
+  // ALBERT sharing: layer l runs the parameters of group ⌊l·G / n_layer⌋ (G = n_layer: none).
+  int64_t layer_groups = 0;
+  // Factorised embeddings: word_emb is [vocab, d_embed], projected to d_model (= d_model: none).
+  int64_t d_embed = 0;
 
   int64_t attn_width() const { return n_head * d_head; }  // H·d_h
+  int64_t groups() const { return layer_groups > 0 ? layer_groups : n_layer; }
+  // The parameter set (layers.g.*) layer l runs.
+  int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
+  int64_t embed_width() const { return d_embed > 0 ? d_embed : d_model; }
   const LayerConfig& layer(int64_t l) const;
   bool is_dense(int64_t l) const { return layer(l).attention == AttentionKind::kDense; }
   bool has_dense_layer() const;

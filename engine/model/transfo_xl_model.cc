@@ -48,12 +48,15 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   std::vector<Tensor> tables, zero_keys, zero_values;
   if (model->backend_->device() != Device::kCpu) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
-      if (!c.is_dense(l)) {
-        return absl::UnimplementedError(absl::StrCat(
-            "layer ", l, ": ",
-            c.layer(l).attention == AttentionKind::kLinear ? "linear" : "sliding-window",
-            " attention has no ", std::string(model->backend_->name()),
-            " kernel yet; run this model on the CPU"));
+      const LayerConfig& lc = c.layer(l);
+      if (!c.is_dense(l) || lc.compressive()) {
+        const char* kind = lc.compressive()                         ? "compressive memory"
+                           : lc.attention == AttentionKind::kLinear ? "linear attention"
+                           : lc.attention == AttentionKind::kLsh    ? "LSH attention"
+                                                                    : "sparse attention";
+        return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
+                                                     std::string(model->backend_->name()),
+                                                     " kernel yet; run this model on the CPU"));
       }
     }
   }
@@ -63,6 +66,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       tables.emplace_back();
       zero_keys.emplace_back();
       zero_values.emplace_back();
+      model->zero_hidden_.emplace_back();
       continue;
     }
     Tensor table = Tensor::Empty(DType::kF32, {rows, hd});
@@ -77,6 +81,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     RETURN_IF_ERROR(cpu->Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, v));
     zero_keys.push_back(std::move(k));
     zero_values.push_back(std::move(v));
+    model->zero_hidden_.push_back(std::move(zero_in));
   }
   Backend& be = *model->backend_;
   if (be.device() == Device::kCpu) {
@@ -140,13 +145,32 @@ absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
   Backend& be = *backend_;
   const ModelConfig& c = config_;
   const bool fill = c.memory_init == MemoryInit::kZeros;
+  auto ring = [&](int64_t rows) -> absl::StatusOr<XlMemory> {  // an empty K/V ring
+    const std::vector<int64_t> shape = {rows, c.attn_width()};
+    ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
+    ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
+    return XlMemory(std::move(keys), std::move(values));
+  };
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    if (c.layer(l).attention == AttentionKind::kSparse) {  // an empty rolling window
-      const std::vector<int64_t> shape = {c.layer(l).sparse_span(), c.attn_width()};
-      ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
-      ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
-      state.layers().emplace_back(std::move(keys), std::move(values));
+    const LayerConfig& lc = c.layer(l);
+    state.aux().emplace_back();
+    LayerAuxState& aux = state.aux().back();
+    if (lc.attention == AttentionKind::kSparse) {  // an empty rolling window (+ global store)
+      ASSIGN_OR_RETURN(XlMemory window, ring(lc.sparse_span()));
+      state.layers().push_back(std::move(window));
       state.linear().emplace_back();
+      if (lc.has_globals()) {
+        ASSIGN_OR_RETURN(aux.globals, ring(lc.max_global));
+        aux.global_positions.assign(static_cast<size_t>(lc.max_global), -1);
+      }
+      continue;
+    }
+    if (lc.attention == AttentionKind::kLsh) {  // normalised keys, values, buckets
+      ASSIGN_OR_RETURN(XlMemory history, ring(lc.history - 1));
+      state.layers().push_back(std::move(history));
+      state.linear().emplace_back();
+      ASSIGN_OR_RETURN(aux.buckets,
+                       be.Allocate(DType::kI32, {lc.history - 1, c.n_head * lc.n_hashes}));
       continue;
     }
     if (!c.is_dense(l)) {  // linear: zero sums, no memory
@@ -169,25 +193,56 @@ absl::StatusOr<SessionState> TransfoXlModel::NewState() const {
       RETURN_IF_ERROR(be.FillRows(zero_values_[l], memory.values()));
       memory.MarkFull();
     }
+    if (lc.compressive()) {
+      const int64_t rate = lc.compression_rate;
+      ASSIGN_OR_RETURN(aux.hidden, be.Allocate(DType::kF32, {c.mem_len, c.d_model}));
+      if (fill) RETURN_IF_ERROR(be.FillRows(zero_hidden_[l], aux.hidden));
+      ASSIGN_OR_RETURN(aux.pending, be.Allocate(DType::kF32, {rate, c.d_model}));
+      ASSIGN_OR_RETURN(aux.compressed, ring(lc.cmem_len));
+      if (lc.compression == Compression::kMostUsed) {
+        ASSIGN_OR_RETURN(aux.usage, be.Allocate(DType::kF32, {c.mem_len}));
+        ASSIGN_OR_RETURN(aux.pending_usage, be.Allocate(DType::kF32, {rate}));
+      }
+    }
     state.layers().push_back(std::move(memory));
     state.linear().emplace_back();
   }
   return state;
 }
 
-size_t TransfoXlModel::StateBytes() const {
+size_t TransfoXlModel::LayerStateBytes(int64_t l) const {
   const ModelConfig& c = config_;
-  size_t total = 0;
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    if (c.is_dense(l)) {
-      total += SessionStateBytes(1, c.mem_len, c.attn_width());
-    } else if (c.layer(l).attention == AttentionKind::kSparse) {
-      total += SessionStateBytes(1, c.layer(l).sparse_span(), c.attn_width());
-    } else {
+  const LayerConfig& lc = c.layer(l);
+  const int64_t hd = c.attn_width();
+  constexpr size_t kF = sizeof(float);
+  switch (lc.attention) {
+    case AttentionKind::kDense: {
+      size_t bytes = SessionStateBytes(1, c.mem_len, hd);
+      if (lc.compressive()) {
+        bytes += SessionStateBytes(1, lc.cmem_len, hd) +
+                 static_cast<size_t>((c.mem_len + lc.compression_rate) * c.d_model) * kF;
+        if (lc.compression == Compression::kMostUsed) {
+          bytes += static_cast<size_t>(c.mem_len + lc.compression_rate) * kF;
+        }
+      }
+      return bytes;
+    }
+    case AttentionKind::kSparse:
+      return SessionStateBytes(1, lc.sparse_span() + lc.max_global, hd);
+    case AttentionKind::kLsh:
+      return SessionStateBytes(1, lc.history - 1, hd) +
+             static_cast<size_t>((lc.history - 1) * c.n_head * lc.n_hashes) * sizeof(int32_t);
+    case AttentionKind::kLinear: {
       const int64_t m = c.linear_features(l);
-      total += static_cast<size_t>(c.n_head * (m * c.d_head + m)) * sizeof(float);
+      return static_cast<size_t>(c.n_head * (m * c.d_head + m)) * kF;
     }
   }
+  return 0;
+}
+
+size_t TransfoXlModel::StateBytes() const {
+  size_t total = 0;
+  for (int64_t l = 0; l < config_.n_layer; ++l) total += LayerStateBytes(l);
   return total;
 }
 
@@ -196,14 +251,21 @@ bool TransfoXlModel::StateFits(const SessionState& state) const {
   const auto& layers = state.layers();
   const auto& linear = state.linear();
   if (static_cast<int64_t>(layers.size()) != c.n_layer ||
-      static_cast<int64_t>(linear.size()) != c.n_layer) {
+      static_cast<int64_t>(linear.size()) != c.n_layer ||
+      static_cast<int64_t>(state.aux().size()) != c.n_layer) {
     return false;
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const XlMemory& m = layers[l];
     const LinearState& lin = linear[l];
-    if (c.layer(l).attention != AttentionKind::kLinear) {  // dense, sparse: a K/V ring
-      const int64_t capacity = c.is_dense(l) ? c.mem_len : c.layer(l).sparse_span();
+    // Everything beside the ring has a size fixed by the config: its bytes say whether it fits.
+    const size_t ring_bytes = m.bytes() + lin.bytes();
+    if (ring_bytes + state.aux()[l].bytes() != LayerStateBytes(l)) return false;
+    if (c.layer(l).attention != AttentionKind::kLinear) {  // dense, sparse, lsh: a K/V ring
+      const AttentionKind kind = c.layer(l).attention;
+      const int64_t capacity = kind == AttentionKind::kDense    ? c.mem_len
+                               : kind == AttentionKind::kSparse ? c.layer(l).sparse_span()
+                                                                : c.layer(l).history - 1;
       if (!m.keys().defined() || m.capacity() != capacity || m.width() != c.attn_width() ||
           lin.defined()) {
         return false;
@@ -230,6 +292,8 @@ absl::StatusOr<SessionState> TransfoXlModel::CopyState(const SessionState& state
   for (size_t l = 0; l < state.layers().size(); ++l) {
     const XlMemory& m = state.layers()[l];
     const LinearState& lin = state.linear()[l];
+    ASSIGN_OR_RETURN(LayerAuxState aux, state.aux()[l].Map(copy));
+    out.aux().push_back(std::move(aux));
     if (lin.defined()) {
       LinearState linear;
       ASSIGN_OR_RETURN(linear.s, copy(lin.s));
@@ -347,7 +411,14 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   ASSIGN_OR_RETURN(Tensor attn, scratch({n, hd}));          // [N, H·d_h]
   ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));           // [N, D]
   ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));  // [N, d_inner]
-  RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, std::sqrt(static_cast<float>(d)), x));
+  const float emb_scale = std::sqrt(static_cast<float>(d));
+  if (weights_.emb_proj.defined()) {  // factorised (ALBERT): [N, E] then up to the model width
+    ASSIGN_OR_RETURN(Tensor e, scratch({n, c.embed_width()}));
+    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
+    RETURN_IF_ERROR(be.Linear(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
+  } else {
+    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, x));
+  }
 
   const float eps = static_cast<float>(c.layer_norm_epsilon);
   std::vector<Tensor> qkv_rows, attn_rows;
@@ -364,12 +435,33 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       RETURN_IF_ERROR(be.LayerNorm(x, lw.attn_ln_gamma, lw.attn_ln_beta, eps, h));
       attn_in = &h;
     }
-    RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
-    if (c.layer(l).attention == AttentionKind::kSparse) {
+    const LayerConfig& lc = c.layer(l);
+    if (lc.attention != AttentionKind::kLsh) {
+      RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
+    }
+    if (lc.attention == AttentionKind::kLsh) {  // shared qk | v; the op writes the ring itself
+      ASSIGN_OR_RETURN(Tensor qk_v, scratch({n, 2 * hd}));
+      RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qk_v));
+      std::vector<Tensor> rows;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        rows.push_back(qk_v.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+      }
+      std::vector<LshAttentionArgs> args;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        args.push_back({&rows[b], &batch[b].state->layers()[l], &batch[b].state->aux()[l], &lc,
+                        &lw.rotations, static_cast<int>(c.n_head), static_cast<int>(c.d_head),
+                        &attn_rows[b]});
+      }
+      RETURN_IF_ERROR(be.LshAttention(args));
+      for (size_t b = 0; b < batch.size(); ++b) {
+        batch[b].state->layers()[l].Advance(batch[b].num_tokens);
+      }
+    } else if (lc.attention == AttentionKind::kSparse) {
       std::vector<SparseAttentionArgs> args;
       for (size_t b = 0; b < batch.size(); ++b) {
-        args.push_back({&qkv_rows[b], &batch[b].state->layers()[l], &c.layer(l),
-                        static_cast<int>(c.n_head), static_cast<int>(c.d_head), &attn_rows[b]});
+        args.push_back({&qkv_rows[b], &batch[b].state->layers()[l], &lc, static_cast<int>(c.n_head),
+                        static_cast<int>(c.d_head), &attn_rows[b], batch[b].tokens,
+                        batch[b].state->position(), &batch[b].state->aux()[l]});
       }
       RETURN_IF_ERROR(be.SparseAttention(args));
     } else if (!c.is_dense(l)) {  // linear attention: the state advances with the outputs
@@ -387,13 +479,14 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     } else {
       int64_t table_rows = 1;
       for (const SequenceInput& s : batch) {
-        kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head),
-                                              static_cast<int>(c.d_head),
-                                              s.num_tokens,
-                                              s.state->layers()[l].size(),
-                                              c.mem_len,
-                                              c.clamp_len,
-                                              c.same_length};
+        kernels::RelativeAttentionShape shape{
+            static_cast<int>(c.n_head),
+            static_cast<int>(c.d_head),
+            s.num_tokens,
+            s.state->layers()[l].size() + s.state->aux()[l].compressed.size(),
+            c.mem_len,
+            c.clamp_len,
+            c.same_length};
         table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
       }
       Tensor scratch;
@@ -405,10 +498,28 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                                              &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
                                              static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
                                              c.same_length, &attn_rows[b]});
+        if (lc.compressive()) {
+          LayerAuxState& aux = batch[b].state->aux()[l];
+          args.back().compressed = &aux.compressed;
+          if (lc.compression == Compression::kMostUsed) args.back().usage = &aux.usage;
+        }
       }
       RETURN_IF_ERROR(be.RelativeAttention(args));
+      if (lc.compressive()) {  // evictions are compressed before the append overwrites them
+        const Tensor kv_weight = lw.qkv.Rows(hd, 3 * hd);
+        std::vector<Tensor> hidden_rows;
+        for (size_t b = 0; b < batch.size(); ++b) {
+          hidden_rows.push_back(attn_in->Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+        }
+        std::vector<CompressArgs> args;
+        for (size_t b = 0; b < batch.size(); ++b) {
+          args.push_back({&hidden_rows[b], &batch[b].state->layers()[l], &batch[b].state->aux()[l],
+                          &lc, &kv_weight, &lw.compress, &lw.compress_bias});
+        }
+        RETURN_IF_ERROR(be.CompressMemory(args));
+      }
     }
-    if (c.layer(l).attention != AttentionKind::kLinear) {
+    if (lc.attention == AttentionKind::kDense || lc.attention == AttentionKind::kSparse) {
       // Dense and sparse layers keep a K/V ring: the new positions' keys/values join it only
       // after every query has attended.
       std::vector<MemoryAppendArgs> appends;

@@ -46,6 +46,8 @@ class TransfoXlModel {
                                                                 std::unique_ptr<Backend> backend);
 
   const ModelConfig& config() const { return config_; }
+  // The weights on the model's device (layers of one ALBERT group share their buffers).
+  const TransfoXlWeights& weights() const { return weights_; }
   Backend& backend() const { return *backend_; }
 
   // A fresh session state on the model's device: memory of mem_len projected zero rows
@@ -72,6 +74,8 @@ class TransfoXlModel {
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // Whether `state` has this model's shape (layers, memory capacity and width).
   bool StateFits(const SessionState& state) const;
+  // Exact bytes of layer l's state (ring, linear sums, what it keeps beside).
+  size_t LayerStateBytes(int64_t l) const;
   // Copies a state's tensors with `copy` (same bookkeeping, new storage).
   template <typename CopyFn>
   absl::StatusOr<SessionState> CopyState(const SessionState& state, CopyFn copy) const;
@@ -87,6 +91,7 @@ class TransfoXlModel {
   std::vector<Tensor> rel_tables_;   // per layer [P, H·d_h]
   std::vector<Tensor> zero_keys_;    // per layer [1, H·d_h]: key of a zero hidden row
   std::vector<Tensor> zero_values_;  // per layer [1, H·d_h]
+  std::vector<Tensor> zero_hidden_;  // per compressive layer [1, D]: the zero row's attention input
 };
 
 }  // namespace mnemo::engine

@@ -88,22 +88,40 @@ namespace {
 absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader reader) {
   const int64_t d = c.d_model, hd = c.attn_width();
   TransfoXlWeights w;
-  ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, d}));
+  const int64_t e = c.embed_width();
+  ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, e}));
+  if (c.d_embed != 0 && c.d_embed != c.d_model) {
+    ASSIGN_OR_RETURN(w.emb_proj, reader.Read("emb_proj.weight", {d, e}));
+    ASSIGN_OR_RETURN(w.emb_proj_bias, reader.Read("emb_proj.bias", {d}));
+  }
   Tensor shared_r_w, shared_r_r;
   if (!c.untie_r && c.has_dense_layer()) {
     ASSIGN_OR_RETURN(shared_r_w, reader.Read("r_w_bias", {c.n_head, c.d_head}));
     ASSIGN_OR_RETURN(shared_r_r, reader.Read("r_r_bias", {c.n_head, c.d_head}));
   }
+  // One parameter set per ALBERT group (per layer without sharing); every layer of a group
+  // holds the same buffers, so shared tensors are in memory once.
+  std::vector<TransfoXlLayerWeights> groups;
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    const std::string p = absl::StrCat("layers.", l, ".");
+    const int64_t g = c.param_layer(l);
+    if (g < static_cast<int64_t>(groups.size())) {
+      w.layers.push_back(groups[static_cast<size_t>(g)]);
+      continue;
+    }
+    const std::string p = absl::StrCat("layers.", g, ".");
     TransfoXlLayerWeights lw;
-    ASSIGN_OR_RETURN(lw.qkv, reader.Read(p + "attn.qkv.weight", {3 * hd, d}));
+    const LayerConfig& lc = c.layer(l);
+    const int64_t qkv_rows = lc.attention == AttentionKind::kLsh ? 2 * hd : 3 * hd;
+    ASSIGN_OR_RETURN(lw.qkv, reader.Read(p + "attn.qkv.weight", {qkv_rows, d}));
     ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
     ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.attn_ln_beta, reader.Read(p + "attn.ln.bias", {d}));
-    const LayerConfig& lc = c.layer(l);
     if (lc.attention == AttentionKind::kDense) {
       ASSIGN_OR_RETURN(lw.r, reader.Read(p + "attn.r.weight", {hd, d}));
+      if (const int64_t taps = lc.compress_taps(); taps > 0) {
+        ASSIGN_OR_RETURN(lw.compress, reader.Read(p + "attn.compress.weight", {d, d, taps}));
+        ASSIGN_OR_RETURN(lw.compress_bias, reader.Read(p + "attn.compress.bias", {d}));
+      }
       if (c.untie_r) {
         ASSIGN_OR_RETURN(lw.r_w_bias, reader.Read(p + "attn.r_w_bias", {c.n_head, c.d_head}));
         ASSIGN_OR_RETURN(lw.r_r_bias, reader.Read(p + "attn.r_r_bias", {c.n_head, c.d_head}));
@@ -111,6 +129,10 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
         lw.r_w_bias = shared_r_w;
         lw.r_r_bias = shared_r_r;
       }
+    } else if (lc.attention == AttentionKind::kLsh) {
+      ASSIGN_OR_RETURN(
+          lw.rotations,
+          reader.Read(p + "attn.rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}));
     } else if (lc.attention == AttentionKind::kLinear) {
       // Linear: no positions, no r biases; random features and gate as configured. (Sparse
       // layers have nothing beyond the projections.)
@@ -129,6 +151,7 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     ASSIGN_OR_RETURN(lw.fc2_bias, reader.Read(p + "ff.fc2.bias", {d}));
     ASSIGN_OR_RETURN(lw.ff_ln_gamma, reader.Read(p + "ff.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.ff_ln_beta, reader.Read(p + "ff.ln.bias", {d}));
+    groups.push_back(lw);
     w.layers.push_back(std::move(lw));
   }
   if (c.tie_word_embeddings) {
@@ -174,6 +197,8 @@ absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, 
   };
   TransfoXlWeights out;
   ASSIGN_OR_RETURN(out.word_emb, copy(weights.word_emb, true));
+  ASSIGN_OR_RETURN(out.emb_proj, copy(weights.emb_proj, true));
+  ASSIGN_OR_RETURN(out.emb_proj_bias, copy(weights.emb_proj_bias, false));
   for (const TransfoXlLayerWeights& lw : weights.layers) {
     TransfoXlLayerWeights d;
     for (auto [src, dst] : {std::pair{&lw.qkv, &d.qkv},
@@ -185,6 +210,9 @@ absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, 
     }
     for (auto [src, dst] : {std::pair{&lw.features, &d.features},
                             {&lw.gate_weight, &d.gate_weight},
+                            {&lw.rotations, &d.rotations},
+                            {&lw.compress, &d.compress},
+                            {&lw.compress_bias, &d.compress_bias},
                             {&lw.gate_bias, &d.gate_bias},
                             {&lw.attn_ln_gamma, &d.attn_ln_gamma},
                             {&lw.attn_ln_beta, &d.attn_ln_beta},

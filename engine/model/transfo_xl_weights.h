@@ -15,20 +15,24 @@
 namespace mnemo::engine {
 
 struct TransfoXlLayerWeights {
-  Tensor qkv;                          // [3·H·d_h, D]
+  Tensor qkv;                          // [3·H·d_h, D] ([2·H·d_h, D]: shared qk | v for lsh)
   Tensor r;                            // [H·d_h, D] (dense layers)
   Tensor o;                            // [D, H·d_h]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
   Tensor r_w_bias, r_r_bias;           // [H, d_h] (dense layers; shared tensors when !untie_r)
   Tensor features;                     // [num_features, d_h] (linear favor / rfa layers)
   Tensor gate_weight, gate_bias;       // [H, D], [H] (gated rfa layers)
+  Tensor rotations;                    // [H, d_h, n_hashes, n_buckets/2] (lsh layers)
+  Tensor compress, compress_bias;      // [D, D, taps], [D] (conv1d / dilated_conv compression)
   Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]
   Tensor fc2, fc2_bias;                // [D, d_inner], [D]
   Tensor ff_ln_gamma, ff_ln_beta;      // [D]
 };
 
 struct TransfoXlWeights {
-  Tensor word_emb;  // [V, D]
+  Tensor word_emb;                 // [V, E] (E = d_embed, usually D)
+  Tensor emb_proj, emb_proj_bias;  // [D, E], [D] when d_embed ≠ d_model (factorised)
+  // Per layer (n_layer entries); layers of one ALBERT group share their tensors' buffers.
   std::vector<TransfoXlLayerWeights> layers;
   Tensor lm_head;       // [V, D]; shares word_emb's buffer when tied
   Tensor lm_head_bias;  // [V]

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/vector_ops.h"
@@ -26,6 +27,15 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
   const int64_t k = s.memory_len + s.query_len;
   const int64_t shift = k > s.mem_len_max ? s.mem_len_max - s.memory_len : s.query_len;
   return std::max<int64_t>(0, i - shift + 1);
+}
+
+// Adds probabilities of keys [first, first + n) (row `p`) to the shape's key_mass.
+void AddKeyMass(const RelativeAttentionShape& s, const float* p, int64_t first, int64_t n) {
+  static std::mutex mu;  // tasks of several heads add to one accumulator
+  const int64_t lo = std::max(first, s.mass_begin), hi = std::min(first + n, s.mass_end);
+  if (s.key_mass == nullptr || lo >= hi) return;
+  std::lock_guard<std::mutex> lock(mu);
+  for (int64_t j = lo; j < hi; ++j) s.key_mass[j - s.mass_begin] += p[j - first];
 }
 
 void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
@@ -61,6 +71,7 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
     scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
   }
   SoftmaxRow(scores, n);
+  AddKeyMass(s, scores, first, n);
   ForEachKeyRange(
       keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
         GemvT(n, dh, span.v + row * span.ld + head * dh, span.ld, scores + (j - first), 1.0f, o);
@@ -113,6 +124,7 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       SoftmaxRow(row + (first - col0), last - first + 1);
       std::fill(row, row + (first - col0), 0.0f);
       std::fill(row + (last - col0) + 1, row + ncols, 0.0f);
+      AddKeyMass(s, row, col0, ncols);
     }
   }
   // out[b, dh] = P · V over the same spans, accumulating after the first product.

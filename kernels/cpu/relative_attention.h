@@ -20,6 +20,11 @@ struct RelativeAttentionShape {
   int64_t mem_len_max;  // configured mem_len (same_length rule)
   int64_t clamp_len;    // 0 = no clamp
   bool same_length;
+  // Optional (most_used compression): key_mass[j − mass_begin] += the attention probability key
+  // j in [mass_begin, mass_end) receives, summed over heads and queries.
+  float* key_mass = nullptr;
+  int64_t mass_begin = 0;
+  int64_t mass_end = 0;
 };
 
 // Rows of the distance table that a call reads: distances 0 … min(M + T − 1, clamp).

@@ -1,13 +1,17 @@
 // The CPU backend: OpenBLAS for products, vectorised loops on a thread pool for the rest.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/compression.h"
 #include "kernels/cpu/linear_attention.h"
+#include "kernels/cpu/lsh_attention.h"
 #include "kernels/cpu/relative_attention.h"
 #include "kernels/cpu/sparse_attention.h"
+#include "kernels/cpu/sparse_pattern.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vector_ops.h"
 
@@ -151,16 +155,37 @@ class CpuBackend final : public Backend {
 
   absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) override {
     std::vector<kernels::KvSpan> spans;
+    std::vector<float> mass;
     for (const RelativeAttentionArgs& a : batch) {
       const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
       const int64_t t = a.qkv->dim(0);
       const float* qkv = a.qkv->data<float>();
       KeySpans(*a.memory, qkv, width, t, spans);
-      kernels::RelativeAttentionShape shape{
-          a.num_heads, a.head_dim, t, a.memory->size(), a.mem_len_max, a.clamp_len, a.same_length};
+      int64_t before = 0;  // compressed memory rows, ahead of the XL memory
+      if (a.compressed != nullptr) {
+        std::vector<kernels::KvSpan> compressed;
+        a.compressed->AppendSpans(compressed);
+        spans.insert(spans.begin(), compressed.begin(), compressed.end());
+        before = a.compressed->size();
+      }
+      const int64_t m = a.memory->size();
+      kernels::RelativeAttentionShape shape{a.num_heads, a.head_dim,   t, before + m, a.mem_len_max,
+                                            a.clamp_len, a.same_length};
+      if (a.usage != nullptr) {
+        mass.assign(static_cast<size_t>(m), 0.0f);
+        shape.key_mass = mass.data();
+        shape.mass_begin = before;
+        shape.mass_end = before + m;
+      }
       kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
                                  a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                  a.out->data<float>(), width, pool_);
+      if (a.usage != nullptr) {  // key order → ring slots
+        float* usage = a.usage->data<float>();
+        for (int64_t j = 0; j < m; ++j) {
+          usage[(a.memory->start() + j) % a.memory->capacity()] += mass[j];
+        }
+      }
     }
     return absl::OkStatus();
   }
@@ -192,15 +217,132 @@ class CpuBackend final : public Backend {
   absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override {
     std::vector<kernels::KvSpan> spans;
     for (const SparseAttentionArgs& a : batch) {
+      const LayerConfig& l = *a.layer;
       const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
       const int64_t t = a.qkv->dim(0);
       const float* qkv = a.qkv->data<float>();
       KeySpans(*a.memory, qkv, width, t, spans);
-      kernels::SlidingWindowShape shape{
-          a.num_heads, a.head_dim, t, a.memory->size(), a.layer->window, a.layer->dilations.data()};
-      kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,
-                                      pool_);
+      if (l.pattern == SparsePattern::kWindow && !l.has_globals()) {  // blocked BLAS path
+        kernels::SlidingWindowShape shape{a.num_heads,      a.head_dim, t,
+                                          a.memory->size(), l.window,   l.dilations.data()};
+        kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,
+                                        pool_);
+        continue;
+      }
+      kernels::SparsePattern pattern;
+      pattern.kind = static_cast<kernels::PatternKind>(l.pattern);
+      pattern.span = l.sparse_span();
+      pattern.window = l.window;
+      pattern.dilations = l.dilations.data();
+      pattern.stride = l.stride;
+      pattern.block = l.block;
+      pattern.summary = l.summary;
+      pattern.window_blocks = l.window_blocks;
+      pattern.random_blocks = l.random_blocks;
+      pattern.seed = l.seed;
+      pattern.head_components = l.head_components.data();
+      // The kept global positions (oldest first) and which new positions are global.
+      kernels::GlobalKeys globals;
+      std::vector<uint8_t> is_global;
+      LayerAuxState& aux = *a.aux;
+      if (l.has_globals()) {
+        const XlMemory& store = aux.globals;
+        globals.k = store.keys().data<float>();
+        globals.v = store.values().data<float>();
+        globals.ld = width;
+        for (int64_t j = 0; j < store.size(); ++j) {
+          const int64_t slot = (store.start() + j) % store.capacity();
+          globals.positions.push_back(aux.global_positions[slot]);
+          globals.rows.push_back(slot);
+        }
+        is_global.assign(static_cast<size_t>(t), 0);
+        for (int64_t i = 0; i < t; ++i) {
+          is_global[i] =
+              std::binary_search(l.global_positions.begin(), l.global_positions.end(),
+                                 a.position + i) ||
+              std::binary_search(l.global_tokens.begin(), l.global_tokens.end(), a.tokens[i]);
+        }
+      }
+      kernels::SparsePatternShape shape{
+          a.num_heads, a.head_dim, t, a.memory->size(), a.position - a.memory->size(),
+          l.max_global};
+      kernels::SparsePatternAttention(pattern, shape, qkv, 3 * width, spans, globals, is_global,
+                                      a.out->data<float>(), width, pool_);
+      if (!l.has_globals()) continue;
+      // The segment's global positions join the store (the last max_global stay).
+      std::vector<int64_t> fresh;
+      for (int64_t i = 0; i < t; ++i) {
+        if (is_global[i]) fresh.push_back(i);
+      }
+      XlMemory& store = aux.globals;
+      const auto n = static_cast<int64_t>(fresh.size());
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t slot = store.SlotOfNewRow(r, n);
+        if (slot < 0) continue;
+        const float* row = qkv + fresh[r] * 3 * width;
+        std::memcpy(store.keys().data<float>() + slot * width, row + width, width * sizeof(float));
+        std::memcpy(store.values().data<float>() + slot * width, row + 2 * width,
+                    width * sizeof(float));
+        aux.global_positions[slot] = a.position + fresh[r];
+      }
+      store.Advance(n);
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override {
+    std::vector<kernels::KvSpan> spans;
+    std::vector<kernels::BucketSpan> bucket_spans;
+    for (const LshAttentionArgs& a : batch) {
+      const LayerConfig& l = *a.layer;
+      const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
+      const int64_t t = a.qkv->dim(0), ld = 2 * width, nb = a.num_heads * l.n_hashes;
+      const float* x = a.qkv->data<float>();
+      XlMemory& ring = *a.memory;
+      kernels::LshShape shape{a.num_heads,
+                              a.head_dim,
+                              static_cast<int>(l.n_hashes),
+                              static_cast<int>(l.n_buckets),
+                              l.chunk_len,
+                              l.history,
+                              t,
+                              ring.size()};
+      // The new positions' normalised keys, values and buckets.
+      std::vector<float> keys(static_cast<size_t>(t * width)), values(keys.size());
+      std::vector<int32_t> buckets(static_cast<size_t>(t * nb));
+      kernels::LshNormalizeKeys(a.num_heads, a.head_dim, t, x, ld, keys.data(), width);
+      for (int64_t r = 0; r < t; ++r) {
+        std::memcpy(values.data() + r * width, x + r * ld + width, width * sizeof(float));
+      }
+      kernels::LshHash(shape, t, x, ld, a.rotations->data<float>(), buckets.data(), nb);
+      spans.clear();
+      ring.AppendSpans(spans);
+      spans.push_back({keys.data(), values.data(), width, t});
+      bucket_spans.clear();
+      const int32_t* stored = a.aux->buckets.defined() ? a.aux->buckets.data<int32_t>() : nullptr;
+      if (ring.size() > 0) {
+        const int64_t first = std::min(ring.size(), ring.capacity() - ring.start());
+        bucket_spans.push_back({stored + ring.start() * nb, nb, first});
+        if (first < ring.size()) bucket_spans.push_back({stored, nb, ring.size() - first});
+      }
+      bucket_spans.push_back({buckets.data(), nb, t});
+      kernels::LshAttention(shape, x, ld, spans, bucket_spans, a.out->data<float>(), width, pool_);
+      for (int64_t r = 0; r < t; ++r) {
+        const int64_t slot = ring.SlotOfNewRow(r, t);
+        if (slot < 0) continue;
+        std::memcpy(ring.keys().data<float>() + slot * width, keys.data() + r * width,
+                    width * sizeof(float));
+        std::memcpy(ring.values().data<float>() + slot * width, values.data() + r * width,
+                    width * sizeof(float));
+        std::memcpy(a.aux->buckets.data<int32_t>() + slot * nb, buckets.data() + r * nb,
+                    nb * sizeof(int32_t));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override {
+    for (const CompressArgs& a : batch) RETURN_IF_ERROR(CompressOne(a));
     return absl::OkStatus();
   }
 
@@ -222,6 +364,82 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  absl::Status CompressOne(const CompressArgs& a) {
+    const LayerConfig& l = *a.layer;
+    LayerAuxState& aux = *a.aux;
+    const XlMemory& mem = *a.memory;
+    const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
+    const int64_t cap = mem.capacity(), size = mem.size();
+    const bool most_used = l.compression == Compression::kMostUsed;
+    float* hidden = aux.hidden.data<float>();
+    float* pending = aux.pending.data<float>();
+    float* usage = most_used ? aux.usage.data<float>() : nullptr;
+    float* pending_usage = most_used ? aux.pending_usage.data<float>() : nullptr;
+    const float* in = a.hidden->data<float>();
+    // Rows the append evicts, oldest first: stored ones, then new ones that pass straight through.
+    const int64_t evicted = size + t - std::min(cap, size + t);
+    std::vector<float> groups;  // compressed rows, [n, D]
+    for (int64_t e = 0; e < evicted; ++e) {
+      const float* row;
+      float mass = 0.0f;
+      if (e < size) {
+        const int64_t slot = (mem.start() + e) % cap;
+        row = hidden + slot * d;
+        if (most_used) mass = usage[slot];
+      } else {
+        row = in + (e - size) * d;
+      }
+      std::memcpy(pending + aux.pending_rows * d, row, d * sizeof(float));
+      if (most_used) pending_usage[aux.pending_rows] = mass;
+      if (++aux.pending_rows < c) continue;
+      groups.resize(groups.size() + static_cast<size_t>(d));
+      float* out = groups.data() + groups.size() - d;
+      switch (l.compression) {
+        case Compression::kMaxPool:
+        case Compression::kMeanPool:
+          kernels::PoolRows(l.compression == Compression::kMaxPool, pending, c, d, d, out);
+          break;
+        case Compression::kConv1d:
+        case Compression::kDilatedConv: {
+          const int64_t taps = l.compress_taps();
+          kernels::ConvRows(a.compress->data<float>(), a.compress_bias->data<float>(), taps,
+                            c / taps, pending, d, d, out);
+          break;
+        }
+        case Compression::kMostUsed:
+          std::memcpy(out, pending + kernels::MostUsedRow(pending_usage, c) * d, d * sizeof(float));
+          break;
+      }
+      aux.pending_rows = 0;
+    }
+    // The segment's hidden rows take the slots its keys/values will (fresh usage).
+    for (int64_t r = 0; r < t; ++r) {
+      const int64_t slot = mem.SlotOfNewRow(r, t);
+      if (slot < 0) continue;
+      std::memcpy(hidden + slot * d, in + r * d, d * sizeof(float));
+      if (most_used) usage[slot] = 0.0f;
+    }
+    const int64_t n = static_cast<int64_t>(groups.size()) / d;
+    if (n == 0) return absl::OkStatus();
+    // Project the compressed rows to keys/values; they join the compressed memory's ring.
+    Tensor rows = Tensor::Empty(DType::kF32, {n, d});
+    std::memcpy(rows.data<float>(), groups.data(), groups.size() * sizeof(float));
+    const int64_t width = a.kv_weight->dim(0) / 2;
+    Tensor kv = Tensor::Empty(DType::kF32, {n, 2 * width});
+    RETURN_IF_ERROR(Linear(rows, *a.kv_weight, nullptr, kv));
+    XlMemory& cm = aux.compressed;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t slot = cm.SlotOfNewRow(r, n);
+      if (slot < 0) continue;
+      std::memcpy(cm.keys().data<float>() + slot * width, kv.data<float>() + r * 2 * width,
+                  width * sizeof(float));
+      std::memcpy(cm.values().data<float>() + slot * width,
+                  kv.data<float>() + r * 2 * width + width, width * sizeof(float));
+    }
+    cm.Advance(n);
+    return absl::OkStatus();
+  }
+
   kernels::ThreadPool& pool_;
 };
 

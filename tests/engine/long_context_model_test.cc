@@ -1,0 +1,291 @@
+// The long-context layer kinds through the whole model (engine/CHECKPOINT-FORMAT.md): sparse
+// patterns with global positions and tokens, LSH, compressive memory, ALBERT sharing and
+// factorised embeddings. Properties that need no reference implementation: a document's logits
+// do not depend on how sparse and LSH layers receive it, a compressive memory at rate 1 is a
+// longer XL memory, the state's bytes are exact and constant, clones and host round trips are
+// exact, shared layers hold their tensors once. (The float64 PyTorch parity is in
+// tests/reference.)
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#include "engine/model/transfo_xl_model.h"
+#include "gtest/gtest.h"
+#include "tests/test_checkpoint.h"
+
+namespace mnemo::engine {
+namespace {
+
+constexpr double kTol = 1e-5;
+
+// SmallConfig (2 heads of 6, D 16) with `n_layer` layers given as JSON entries, and extra
+// top-level fields.
+ModelConfig ConfigWith(const std::vector<std::string>& layers,
+                       std::vector<std::pair<std::string, std::string>> extra = {},
+                       int64_t mem_len = 16) {
+  ModelConfig base = test::SmallConfig();
+  base.n_layer = static_cast<int64_t>(layers.size());
+  base.mem_len = mem_len;
+  auto fields = test::ConfigFields(base);
+  std::string list = "[";
+  for (size_t i = 0; i < layers.size(); ++i) list += (i ? ", " : "") + layers[i];
+  fields.emplace_back("layers", list + "]");
+  for (auto& f : extra) {
+    bool replaced = false;
+    for (auto& [k, v] : fields) {
+      if (k == f.first) v = f.second, replaced = true;
+    }
+    if (!replaced) fields.push_back(f);
+  }
+  auto parsed = ParseModelConfig(test::RenderJsonObject(fields));
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  return parsed.ok() ? *parsed : base;
+}
+
+std::unique_ptr<TransfoXlModel> LoadModel(const ModelConfig& config, uint32_t seed = 1) {
+  test::ScopedTempDir dir = test::WriteCheckpoint(config, seed);
+  auto model = TransfoXlModel::Load(dir.path());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> out(static_cast<size_t>(n));
+  for (int32_t& t : out) t = dist(rng);
+  return out;
+}
+
+// Feeds `tokens` in consecutive pieces of the given lengths, returning every position's logits.
+std::vector<float> FeedInPieces(TransfoXlModel& model, SessionState& state,
+                                const std::vector<int32_t>& tokens,
+                                const std::vector<int64_t>& lengths) {
+  std::vector<float> out;
+  size_t pos = 0;
+  for (int64_t len : lengths) {
+    Tensor logits;
+    const absl::Status status =
+        model.Forward({SequenceInput{tokens.data() + pos, len, &state}}, LogitsMode::kAll, &logits);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok()) return {};
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    pos += static_cast<size_t>(len);
+  }
+  EXPECT_EQ(pos, tokens.size());
+  return out;
+}
+
+std::vector<int64_t> RandomPieces(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int64_t> out;
+  for (int64_t left = n; left > 0;) {
+    const int64_t len = std::min<int64_t>(left, std::uniform_int_distribution<int64_t>(1, 23)(rng));
+    out.push_back(len);
+    left -= len;
+  }
+  return out;
+}
+
+// Layer kinds whose output at a position depends only on the positions before it, so the
+// document may arrive in any pieces.
+const std::vector<std::pair<std::string, std::vector<std::string>>>& SplitFreeModels() {
+  static const auto* models = new std::vector<std::pair<std::string, std::vector<std::string>>>{
+      {"strided",
+       {R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})",
+        R"({"attention": "sparse", "pattern": "strided", "stride": 4, "span": 9,
+                       "components": ["strided"]})"}},
+      {"fixed+globals",
+       {R"({"attention": "sparse", "pattern": "fixed", "block": 5, "summary": 2, "span": 12,
+            "split": "union", "global_positions": [0, 3, 40]})",
+        R"({"attention": "sparse", "pattern": "window", "window": 3, "global_tokens": [1, 2, 3],
+            "max_global": 4})"}},
+      {"bigbird",
+       {R"({"attention": "sparse", "pattern": "bigbird", "block": 4, "window_blocks": 2,
+            "random_blocks": 2, "span": 40, "seed": 9, "global_tokens": [5], "max_global": 2})",
+        R"({"attention": "sparse", "pattern": "bigbird", "block": 3, "span": 1000})"}},
+      {"lsh",
+       {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})",
+        R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 8, "chunk_len": 5, "history": 4096})"}},
+      {"mixed",
+       {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 2, "chunk_len": 8, "history": 17})",
+        R"({"attention": "linear", "feature_map": "elu"})",
+        R"({"attention": "sparse", "pattern": "strided", "stride": 5, "span": 25,
+            "global_positions": [1]})"}},
+  };
+  return *models;
+}
+
+TEST(LongContextModelTest, SparseAndLshLogitsDoNotDependOnHowTheDocumentArrives) {
+  for (const auto& [name, layers] : SplitFreeModels()) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = ConfigWith(layers);
+    auto model = LoadModel(c, 7);
+    ASSERT_NE(model, nullptr);
+    const std::vector<int32_t> doc = RandomTokens(90, c.vocab_size, 3);
+    SessionState whole = *model->NewState();
+    const std::vector<float> once = FeedInPieces(*model, whole, doc, {90});
+    SessionState pieces = *model->NewState();
+    EXPECT_TRUE(
+        test::NearRelative(FeedInPieces(*model, pieces, doc, RandomPieces(90, 4)), once, kTol));
+    SessionState tokens = *model->NewState();
+    EXPECT_TRUE(test::NearRelative(FeedInPieces(*model, tokens, doc, std::vector<int64_t>(90, 1)),
+                                   once, kTol));
+  }
+}
+
+TEST(LongContextModelTest, LaterTokensNeverChangeEarlierLogits) {
+  for (const auto& [name, layers] : SplitFreeModels()) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = ConfigWith(layers);
+    auto model = LoadModel(c, 2);
+    ASSERT_NE(model, nullptr);
+    std::vector<int32_t> doc = RandomTokens(60, c.vocab_size, 5);
+    SessionState a = *model->NewState();
+    const std::vector<float> first = FeedInPieces(*model, a, doc, {60});
+    for (size_t i = 35; i < doc.size(); ++i) doc[i] = (doc[i] + 11) % c.vocab_size;
+    SessionState b = *model->NewState();
+    const std::vector<float> second = FeedInPieces(*model, b, doc, {60});
+    const size_t keep = 35 * static_cast<size_t>(c.vocab_size);
+    EXPECT_EQ(std::vector<float>(first.begin(), first.begin() + keep),
+              std::vector<float>(second.begin(), second.begin() + keep));
+    EXPECT_NE(first, second);
+  }
+}
+
+// A compressive memory at rate 1 under mean or max pooling keeps every evicted row exactly:
+// [cmem | mem] is an XL memory of mem_len + cmem_len with the same relative positions.
+TEST(LongContextModelTest, CompressiveMemoryAtRateOneIsALongerXlMemory) {
+  for (const char* fn : {"mean_pool", "max_pool", "most_used"}) {
+    SCOPED_TRACE(fn);
+    const std::string entry =
+        absl::StrCat(R"({"attention": "dense", "memory": "compressive", "compression": ")", fn,
+                     R"(", "compression_rate": 1, "cmem_len": 7})");
+    // mem_len is global: compare one-layer models, XL memory 5 + 7 compressed vs XL 12.
+    const ModelConfig one_c = ConfigWith({entry}, {}, 5);
+    const ModelConfig one_xl = ConfigWith({R"({"attention": "dense"})"}, {}, 12);
+    auto mc = LoadModel(one_c, 4);
+    auto mx = LoadModel(one_xl, 4);
+    ASSERT_NE(mc, nullptr);
+    ASSERT_NE(mx, nullptr);
+    const std::vector<int32_t> doc = RandomTokens(70, one_c.vocab_size, 8);
+    for (const std::vector<int64_t>& pieces :
+         {std::vector<int64_t>{6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 4}, RandomPieces(70, 9)}) {
+      SessionState sc = *mc->NewState(), sx = *mx->NewState();
+      EXPECT_TRUE(test::NearRelative(FeedInPieces(*mc, sc, doc, pieces),
+                                     FeedInPieces(*mx, sx, doc, pieces), kTol));
+    }
+  }
+}
+
+const std::vector<std::string>& CompressiveEntries() {
+  static const auto* entries = new std::vector<std::string>{
+      R"({"attention": "dense", "memory": "compressive", "compression": "max_pool",
+          "compression_rate": 3, "cmem_len": 4})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "mean_pool",
+          "compression_rate": 2, "cmem_len": 5})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
+          "compression_rate": 3, "cmem_len": 3})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
+          "compression_rate": 4, "compression_kernel": 2, "cmem_len": 3})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
+          "compression_rate": 2, "cmem_len": 6})",
+  };
+  return *entries;
+}
+
+TEST(LongContextModelTest, StateBytesAreExactAndConstantForEveryKind) {
+  std::vector<std::vector<std::string>> models;
+  for (const auto& [name, layers] : SplitFreeModels()) models.push_back(layers);
+  for (const std::string& e : CompressiveEntries()) models.push_back({e, e});
+  for (const auto& layers : models) {
+    for (const char* init : {"\"empty\"", "\"zeros\""}) {
+      SCOPED_TRACE(layers[0] + init);
+      const ModelConfig c = ConfigWith(layers, {{"memory_init", init}}, 6);
+      auto model = LoadModel(c, 3);
+      ASSERT_NE(model, nullptr);
+      SessionState s = *model->NewState();
+      const size_t bytes = model->StateBytes();
+      EXPECT_EQ(s.bytes(), bytes);
+      const std::vector<int32_t> doc = RandomTokens(200, c.vocab_size, 1);
+      FeedInPieces(*model, s, doc, RandomPieces(200, 2));
+      EXPECT_EQ(s.bytes(), bytes);
+      // Clone and a host round trip continue exactly like the original.
+      SessionState clone = *model->CloneState(s);
+      SessionState restored = *model->StateFromHost(*model->StateToHost(s));
+      const std::vector<int32_t> more = RandomTokens(25, c.vocab_size, 6);
+      const std::vector<float> want = FeedInPieces(*model, s, more, {13, 12});
+      EXPECT_EQ(FeedInPieces(*model, clone, more, {13, 12}), want);
+      EXPECT_EQ(FeedInPieces(*model, restored, more, {13, 12}), want);
+    }
+  }
+}
+
+TEST(LongContextModelTest, CompressiveMemoryChangesWhatTheModelSeesOnlyAfterEviction) {
+  for (const std::string& e : CompressiveEntries()) {
+    SCOPED_TRACE(e);
+    const ModelConfig c = ConfigWith({e}, {}, 6);
+    const ModelConfig xl = ConfigWith({R"({"attention": "dense"})"}, {}, 6);
+    auto mc = LoadModel(c, 5);
+    auto mx = LoadModel(xl, 5);
+    ASSERT_NE(mc, nullptr);
+    ASSERT_NE(mx, nullptr);
+    const std::vector<int32_t> doc = RandomTokens(24, c.vocab_size, 2);
+    SessionState sc = *mc->NewState(), sx = *mx->NewState();
+    // Segments of 6 with an empty memory: nothing is evicted before the third segment starts,
+    // so the first two segments agree with plain XL; later ones see compressed rows.
+    const std::vector<float> a = FeedInPieces(*mc, sc, doc, {6, 6, 6, 6});
+    const std::vector<float> b = FeedInPieces(*mx, sx, doc, {6, 6, 6, 6});
+    const size_t two = 12 * static_cast<size_t>(c.vocab_size);
+    EXPECT_TRUE(test::NearRelative(std::vector<float>(a.begin(), a.begin() + two),
+                                   std::vector<float>(b.begin(), b.begin() + two), kTol));
+    EXPECT_FALSE(test::NearRelative(std::vector<float>(a.begin() + two, a.end()),
+                                    std::vector<float>(b.begin() + two, b.end()), kTol));
+  }
+}
+
+TEST(LongContextModelTest, SharedLayersHoldTheirTensorsOnceAndEqualCopiedLayers) {
+  const std::string dense = R"({"attention": "dense"})";
+  const ModelConfig shared =
+      ConfigWith({dense, dense, dense, dense}, {{"layer_groups", "2"}, {"d_embed", "8"}});
+  auto model = LoadModel(shared, 3);
+  ASSERT_NE(model, nullptr);
+  const TransfoXlWeights& w = model->weights();
+  EXPECT_EQ(w.layers[0].qkv.raw(), w.layers[1].qkv.raw());
+  EXPECT_EQ(w.layers[2].fc1.raw(), w.layers[3].fc1.raw());
+  EXPECT_NE(w.layers[1].qkv.raw(), w.layers[2].qkv.raw());
+  EXPECT_EQ(w.word_emb.shape(), (std::vector<int64_t>{shared.vocab_size, 8}));
+  SessionState s = *model->NewState();
+  EXPECT_EQ(s.bytes(), 4 * SessionStateBytes(1, shared.mem_len, shared.attn_width()));
+  const std::vector<int32_t> doc = RandomTokens(30, shared.vocab_size, 1);
+  const std::vector<float> logits = FeedInPieces(*model, s, doc, {10, 20});
+  EXPECT_EQ(logits.size(), 30 * static_cast<size_t>(shared.vocab_size));
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+}
+
+TEST(LongContextModelTest, SharedLayersMustAgreeAndDEmbedNeedsUntiedHead) {
+  const std::string dense = R"({"attention": "dense"})";
+  const std::string lsh = R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 2, "chunk_len": 4})";
+  ModelConfig base = test::SmallConfig();
+  base.n_layer = 2;
+  auto fields = test::ConfigFields(base);
+  fields.emplace_back("layers", absl::StrCat("[", dense, ", ", lsh, "]"));
+  fields.emplace_back("layer_groups", "1");
+  auto parsed = ParseModelConfig(test::RenderJsonObject(fields));
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.status().message().find("layer_groups"), std::string::npos);
+  fields = test::ConfigFields(base);
+  fields.emplace_back("d_embed", "8");
+  for (auto& [k, v] : fields) {
+    if (k == "tie_word_embeddings") v = "true";
+  }
+  parsed = ParseModelConfig(test::RenderJsonObject(fields));
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.status().message().find("d_embed"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mnemo::engine
