@@ -67,7 +67,7 @@ absl::Status Describe(LoadedModel& m) {
 }
 
 std::string AttentionSummary(const engine::ModelConfig& c) {
-  int dense = 0, linear = 0, sparse = 0;
+  int dense = 0, linear = 0, sparse = 0, lsh = 0;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     switch (c.layer(l).attention) {
       case engine::AttentionKind::kDense:
@@ -79,12 +79,16 @@ std::string AttentionSummary(const engine::ModelConfig& c) {
       case engine::AttentionKind::kSparse:
         ++sparse;
         break;
+      case engine::AttentionKind::kLsh:
+        ++lsh;
+        break;
     }
   }
   std::vector<std::string> parts;
   if (dense > 0) parts.emplace_back("dense");
   if (linear > 0) parts.emplace_back("linear");
   if (sparse > 0) parts.emplace_back("sparse");
+  if (lsh > 0) parts.emplace_back("lsh");
   return absl::StrJoin(parts, "+");
 }
 

@@ -1,5 +1,6 @@
 #include "server/proto_conversion.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -113,6 +114,7 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_n_head(c.n_head);
   out->set_d_head(c.d_head);
   out->set_d_inner(c.d_inner);
+  int64_t compression_rate = 0;  // the largest of the compressive layers
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const engine::LayerConfig& lc = c.layer(l);
     v1::Layer* layer = out->add_layers();
@@ -121,6 +123,21 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
       case engine::AttentionKind::kDense:
         layer->set_attention(v1::ATTENTION_KIND_DENSE);
         layer->set_memory_tokens(c.mem_len);
+        if (lc.compressive()) {
+          const char* names[] = {"max_pool", "mean_pool", "conv1d", "dilated_conv", "most_used"};
+          layer->set_compression(names[static_cast<int>(lc.compression)]);
+          layer->set_compression_rate(lc.compression_rate);
+          layer->set_cmem_len(lc.cmem_len);
+          compression_rate = std::max(compression_rate, lc.compression_rate);
+        }
+        break;
+      case engine::AttentionKind::kLsh:
+        layer->set_attention(v1::ATTENTION_KIND_LSH);
+        layer->set_memory_tokens(lc.history - 1);
+        layer->set_n_hashes(lc.n_hashes);
+        layer->set_n_buckets(lc.n_buckets);
+        layer->set_chunk_len(lc.chunk_len);
+        layer->set_history(lc.history);
         break;
       case engine::AttentionKind::kLinear: {
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
@@ -130,16 +147,21 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
         break;
       }
       case engine::AttentionKind::kSparse:
+        const char* patterns[] = {"window", "strided", "fixed", "bigbird"};
         layer->set_attention(v1::ATTENTION_KIND_SPARSE);
+        layer->set_pattern(patterns[static_cast<int>(lc.pattern)]);
         layer->set_window(lc.window);
         for (int64_t d : lc.dilations) layer->add_dilations(d);
         layer->set_memory_tokens(lc.sparse_span());
+        layer->set_span(lc.sparse_span());
+        layer->set_max_global(lc.max_global);
         break;
     }
+    layer->set_parameter_group(c.param_layer(l));
   }
   out->set_memory_tokens(c.mem_len);
   out->set_segment_tokens(m.segment_tokens);
-  out->set_compression_rate(0);
+  out->set_compression_rate(compression_rate);
   out->set_dtype(DTypeName(c.dtype));
   out->set_device(m.device);
   out->set_state_bytes_per_session(static_cast<int64_t>(m.model->StateBytes()));

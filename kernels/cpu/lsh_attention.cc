@@ -1,8 +1,10 @@
 // Reformer LSH attention on the CPU (lsh_attention.h). Work is split into (head, query block)
 // tasks. A task sorts its block's window W (the union of its queries' windows) by (bucket,
-// position) once per round, then walks its queries in position order keeping, per round, a
-// Fenwick tree over that sorted order that marks the positions of the current query's window:
-// the query's rank is a prefix count and each candidate rank is found by a descent.
+// position) once per round (counting sort), then walks its queries in position order keeping, per
+// round, a Fenwick tree over that sorted order that marks the positions of the current query's
+// window: the query's rank is a prefix count, and the candidate ranks around it are found by
+// walking the marked entries (or, where the walk would be long, by tree descents). A block of one
+// query (decode) needs neither: bucket counts over its window give every rank in O(|W| + nb).
 #include "kernels/cpu/lsh_attention.h"
 
 #include <algorithm>
@@ -19,7 +21,8 @@ namespace {
 // |W| up to history + block, so blocks stay large and their number bounded by the thread count
 // (never by T), which keeps the total sorting work O(N) per thread.
 constexpr int64_t kMinBlock = 256;
-// Tasks per thread to aim for when splitting the queries (load balance between heads/blocks).
+// Tasks per thread to aim for when splitting the queries: ParallelFor hands each thread a
+// contiguous run of tasks, so finer tasks even out head counts that do not divide evenly.
 constexpr int64_t kTasksPerThread = 4;
 // LshHash computes the projections of this many floats at most per block of rows.
 constexpr int64_t kHashBlockFloats = int64_t{1} << 20;
