@@ -383,6 +383,89 @@ TEST(ModelConfigLayersTest, SparseWindowsParse) {
   }
 }
 
+TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
+  auto c = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "sparse", "pattern": "fixed", "block": 8, "summary": 2, "span": 64,
+           "global_positions": [7, 0, 3], "global_tokens": [5], "max_global": 9},
+          {"attention": "lsh", "n_hashes": 2, "n_buckets": 6, "chunk_len": 4}])")));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const LayerConfig& fixed = c->layer(0);
+  EXPECT_EQ(fixed.pattern, SparsePattern::kFixed);
+  EXPECT_EQ(fixed.sparse_span(), 64);
+  EXPECT_EQ(fixed.head_components, (std::vector<uint8_t>{1, 2}));  // split over heads
+  EXPECT_EQ(fixed.global_positions, (std::vector<int64_t>{0, 3, 7}));
+  EXPECT_EQ(fixed.max_global, 9);
+  EXPECT_EQ(c->layer(1).attention, AttentionKind::kLsh);
+  EXPECT_EQ(c->layer(1).history, 4096);  // the default
+  auto union_split = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "sparse", "pattern": "strided", "stride": 4, "span": 16, "split": "union",
+           "global_positions": [1, 2]},
+          {"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
+           "compression_rate": 4, "cmem_len": 8}])")));
+  ASSERT_TRUE(union_split.ok()) << union_split.status();
+  EXPECT_EQ(union_split->layer(0).head_components, (std::vector<uint8_t>{3, 3}));
+  EXPECT_EQ(union_split->layer(0).max_global, 2);  // defaults to the positions listed
+  EXPECT_TRUE(union_split->layer(1).compressive());
+  EXPECT_EQ(union_split->layer(1).compress_taps(), 2);
+  for (const auto& [layers, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"attention": "sparse", "pattern": "strided", "stride": 4})", "span"},
+           {R"({"attention": "sparse", "pattern": "strided", "span": 4})", "stride"},
+           {R"({"attention": "sparse", "pattern": "fixed", "block": 4, "summary": 5, "span": 9})",
+            "summary"},
+           {R"({"attention": "sparse", "pattern": "fixed", "block": 4, "summary": 1, "span": 9,
+                "components": ["local"]})",
+            "components"},
+           {R"({"attention": "sparse", "pattern": "strided", "stride": 4, "span": 9,
+                "split": "layers"})",
+            "split"},
+           {R"({"attention": "sparse", "pattern": "bigbird", "block": 4, "span": 9,
+                "window": 3})",
+            "window"},
+           {R"({"attention": "sparse", "pattern": "diagonal", "span": 9})", "pattern"},
+           {R"({"attention": "sparse", "window": 4, "global_tokens": [1], "max_global": 0})",
+            "max_global"},
+           {R"({"attention": "sparse", "window": 4, "global_tokens": [37]})", "global_tokens"},
+           {R"({"attention": "sparse", "window": 4, "global_positions": [2, 2]})", "repeats"},
+           {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 5, "chunk_len": 4})", "n_buckets"},
+           {R"({"attention": "lsh", "n_hashes": 0, "n_buckets": 4, "chunk_len": 4})", "n_hashes"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 4,
+                "history": 0})",
+            "history"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 4,
+                "window": 3})",
+            "window"},
+           {R"({"attention": "dense", "memory": "compressive", "compression": "zip",
+                "compression_rate": 2, "cmem_len": 4})",
+            "compression"},
+           {R"({"attention": "dense", "memory": "compressive", "compression": "max_pool",
+                "compression_rate": 17, "cmem_len": 4})",
+            "compression_rate"},
+           {R"({"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
+                "compression_rate": 6, "compression_kernel": 4, "cmem_len": 4})",
+            "compression_kernel"},
+           {R"({"attention": "dense", "memory": "compressive", "compression": "max_pool",
+                "compression_rate": 2})",
+            "cmem_len"},
+           {R"({"attention": "dense", "compression": "max_pool"})", "compression"},
+           {R"({"attention": "linear", "feature_map": "elu", "memory": "compressive"})", "memory"},
+       }) {
+    auto bad = ParseModelConfig(
+        test::RenderJsonObject(WithLayers("[" + layers + R"(, {"attention": "dense"}])")));
+    ASSERT_FALSE(bad.ok()) << layers;
+    EXPECT_NE(bad.status().message().find(fragment), std::string::npos) << bad.status();
+  }
+  // A compressive memory needs a memory and cannot keep same_length's key count.
+  Fields f = test::ConfigFields(test::SmallConfig());
+  for (auto& [k, v] : f) {
+    if (k == "same_length") v = "true";
+  }
+  f.emplace_back("layers", R"([{"attention": "dense", "memory": "compressive",
+      "compression": "max_pool", "compression_rate": 2, "cmem_len": 4}, {"attention": "dense"}])");
+  auto same = ParseModelConfig(test::RenderJsonObject(f));
+  ASSERT_FALSE(same.ok());
+  EXPECT_NE(same.status().message().find("same_length"), std::string::npos) << same.status();
+}
+
 TEST(ModelConfigLayersTest, FavorNeedsSmallHeads) {
   Fields f = test::ConfigFields(test::SmallConfig());
   for (auto& [k, v] : f) {
