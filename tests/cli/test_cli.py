@@ -161,3 +161,62 @@ def test_bad_input_gives_clear_errors(model, tmp_path):
 
     proc = run("generate", "--model", model, "--bogus", check=False)
     assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+MIXED_LAYERS = [
+    {"attention": "sparse", "pattern": "window", "window": 24,
+     "global_positions": [0]},
+    {"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 8,
+     "history": 40},
+    {"attention": "linear", "feature_map": "elu"},
+    {"attention": "dense", "memory": "compressive", "compression": "conv1d",
+     "compression_rate": 4, "cmem_len": 8},
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_model(model, tmp_path_factory):
+    """The tiny model's tokenizer on a random mixed-kind checkpoint (one
+    layer of each long-context kind) written by the PyTorch reference."""
+    out = tmp_path_factory.mktemp("mixed")
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    config.update(n_layer=4, mem_len=16, tie_word_embeddings=False,
+                  layers=MIXED_LAYERS)
+    subprocess.run([sys.executable,
+                    os.path.join(ROOT, "tests", "reference", "txl_reference.py"),
+                    "make-checkpoint", "--config-json", json.dumps(config),
+                    "--out", str(out), "--seed", "5"],
+                   check=True, capture_output=True)
+    with open(os.path.join(model, "tokenizer.model"), "rb") as src, \
+            open(os.path.join(out, "tokenizer.model"), "wb") as dst:
+        dst.write(src.read())
+    return str(out)
+
+
+def test_mixed_kind_model_generates_and_scores_like_the_reference(
+        mixed_model, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+    import torch
+    import txl_reference
+    args = ["generate", "--model", mixed_model, "--prompt", "The licence",
+            "--max-tokens", "30", "--temperature", "0.8", "--seed", "4",
+            "--ignore-eos"]
+    first, second = run(*args), run(*args)
+    assert first.stdout == second.stdout and first.stdout
+    assert "generated 30]" in first.stderr
+    ids = [(11 * i + 5) % 1000 for i in range(70)]
+    ids_path = tmp_path / "ids.txt"
+    ids_path.write_text(" ".join(map(str, ids)))
+    scored = [json.loads(line) for line in
+              run("score", "--model", mixed_model, "--ids-file",
+                  str(ids_path), "--segment-len", "16",
+                  "--json").stdout.splitlines()]
+    oracle = txl_reference.load_checkpoint(mixed_model).double()
+    logits = txl_reference.stream_logits(oracle, ids, segment_len=16)
+    logp = torch.log_softmax(logits, dim=-1)
+    for row in scored[:-1]:
+        t = row["position"]
+        assert row["logprob"] == pytest.approx(
+            float(logp[t - 1, ids[t]]), abs=1e-4)
+    assert len(scored) == len(ids)

@@ -31,6 +31,28 @@ is a :class:`SparseState`: the projected keys and values (k, v
 [B, H, P, d_h]) of the last P = min(seen, (window-1) * max(dilation))
 stream positions, empty for a new session (``memory_init`` does not apply).
 
+Further kinds (CHECKPOINT-FORMAT.md, written from its definitions):
+
+* sparse ``pattern`` "strided" / "fixed" / "bigbird" and global positions
+  or tokens on any pattern (:class:`PatternSparseAttention`): an explicit
+  allowed set per query (the sets of the format's table taken literally; a
+  head that sees nothing outputs zeros), cut to ``p - j <= span``, plus
+  ``K(p)``, the last ``max_global`` global positions before p. The oracle
+  keeps the whole history (:class:`PatternState`), the cut is in the mask.
+  A plain window without global fields keeps the ring above.
+* ``"lsh"`` (:class:`LSHAttention`): Reformer attention by the per-query
+  definition (every query sorts its own window ``U(p)`` per round); state
+  :class:`LSHState`, the last ``history - 1`` positions.
+* dense layers with ``"memory": "compressive"``
+  (:class:`CompressiveAttention`): attention over [compressed | XL memory |
+  segment], distances continuing through the compressed rows; evicted
+  hidden rows compressed in groups (max_pool, mean_pool, conv1d,
+  dilated_conv, most_used); state :class:`CompressiveState`.
+* ``layer_groups`` (parameters of group ``l * G // n_layer`` stored once as
+  ``layers.g.*``; ``model.stack`` lists the module of every layer) and
+  ``d_embed`` (``emb_proj`` after the scaled embedding, when it differs
+  from d_model).
+
 Library use::
 
     model = random_checkpoint(config, "ckpt_dir", seed=1)
@@ -86,7 +108,8 @@ _REQUIRED_FIELDS = {
     "tie_word_embeddings": bool,
     "torch_dtype": str,
 }
-_OPTIONAL_FIELDS = {"eos_token_id": int, "layers": list}
+_OPTIONAL_FIELDS = {"eos_token_id": int, "layers": list,
+                    "layer_groups": int, "d_embed": int}
 
 DTYPES = {
     "float32": torch.float32,
@@ -142,7 +165,45 @@ def validate_config(config: dict) -> dict:
     if "layers" in cfg:
         _validate_layers(cfg["layers"], cfg)
         cfg["layers"] = [dict(entry) for entry in cfg["layers"]]
+    if "d_embed" in cfg:
+        check(cfg["d_embed"] >= 1, f"'d_embed' must be >= 1, got "
+                                   f"{cfg['d_embed']}")
+        check(not cfg["tie_word_embeddings"]
+              or cfg["d_embed"] == cfg["d_model"],
+              f"'d_embed' ({cfg['d_embed']}) must equal 'd_model' "
+              f"({cfg['d_model']}) when 'tie_word_embeddings' is true")
+    if "layer_groups" in cfg:
+        G, n_layer = cfg["layer_groups"], cfg["n_layer"]
+        check(1 <= G <= n_layer, f"'layer_groups' must be in [1, n_layer = "
+                                 f"{n_layer}], got {G}")
+        check(n_layer % G == 0, f"'layer_groups' ({G}) must divide "
+                                f"'n_layer' ({n_layer})")
+        specs = layer_specs(cfg)
+        for n in range(n_layer):
+            g = n * G // n_layer
+            first = group_layers(cfg, g)[0]
+            check(specs[n] == specs[first],
+                  f"'layer_groups': layers[{n}] and layers[{first}] share "
+                  f"group {g} but have different 'layers' entries")
     return cfg
+
+
+def group_of(cfg: dict, n: int) -> int:
+    """Parameter group of layer ``n`` (``layer_groups``, ALBERT)."""
+    G = cfg.get("layer_groups", cfg["n_layer"])
+    return n * G // cfg["n_layer"]
+
+
+def group_layers(cfg: dict, g: int) -> List[int]:
+    """The layers that use the parameters of group ``g``, ascending."""
+    return [n for n in range(cfg["n_layer"]) if group_of(cfg, n) == g]
+
+
+def has_emb_proj(cfg: dict) -> bool:
+    """Factorised embedding (``emb_proj``): when ``d_embed`` is given and
+    differs from d_model; ``d_embed == d_model`` is the default, a plain
+    embedding."""
+    return cfg.get("d_embed", cfg["d_model"]) != cfg["d_model"]
 
 
 #: feature maps of linear layers (MODEL-SPEC 5.2-5.4).
@@ -169,16 +230,17 @@ def _validate_layers(layers, cfg: dict) -> None:
             fail(n, "missing field 'attention'")
         kind = entry["attention"]
         if kind == "dense":
-            extra = sorted(set(entry) - {"attention"})
-            if extra:
-                fail(n, f"field {extra[0]!r} is not allowed for a dense layer")
+            _validate_dense(entry, cfg, lambda what, n=n: fail(n, what))
             continue
         if kind == "sparse":
-            _validate_sparse(entry, cfg, lambda what: fail(n, what))
+            _validate_sparse(entry, cfg, lambda what, n=n: fail(n, what))
+            continue
+        if kind == "lsh":
+            _validate_lsh(entry, cfg, lambda what, n=n: fail(n, what))
             continue
         if kind != "linear":
-            fail(n, f"field 'attention' must be \"dense\", \"linear\" or "
-                    f"\"sparse\", got {kind!r}")
+            fail(n, f"field 'attention' must be \"dense\", \"linear\", "
+                    f"\"sparse\" or \"lsh\", got {kind!r}")
         allowed = {"attention", "feature_map", "num_features", "eps", "gated"}
         extra = sorted(set(entry) - allowed)
         if extra:
@@ -217,19 +279,191 @@ def _validate_layers(layers, cfg: dict) -> None:
                     f"{FAVOR_MAX_D_HEAD}, d_head is {cfg['d_head']}")
 
 
-#: largest ``window * max(dilation)`` of a sparse layer.
+#: largest ``window * max(dilation)`` of a sparse layer, and largest span.
 SPARSE_MAX_SPAN = 1 << 20
+#: sparse ``pattern`` values (CHECKPOINT-FORMAT "Sparse patterns").
+SPARSE_PATTERNS = ("window", "strided", "fixed", "bigbird")
+#: the components of the factorised patterns, in their default order.
+PATTERN_COMPONENTS = {"strided": ("local", "strided"),
+                      "fixed": ("block", "summary")}
+#: fields every sparse pattern accepts (global attention).
+GLOBAL_FIELDS = ("global_positions", "global_tokens", "max_global")
+#: largest ``max_global``.
+MAX_GLOBAL = 65536
+#: fields of each pattern besides attention/pattern and the global fields.
+PATTERN_FIELDS = {
+    "window": ("window", "dilation"),
+    "strided": ("stride", "span", "components", "split"),
+    "fixed": ("block", "summary", "span", "components", "split"),
+    "bigbird": ("block", "span", "window_blocks", "random_blocks", "seed"),
+}
+#: bigbird defaults.
+BIGBIRD_WINDOW_BLOCKS = 2 + 1
+BIGBIRD_RANDOM_BLOCKS = 2
+#: LSH limits and defaults (CHECKPOINT-FORMAT "lsh").
+LSH_MAX_HASHES = 64
+LSH_MAX_BUCKETS = 65536
+LSH_MAX_HISTORY = 1 << 20
+LSH_HISTORY_DEFAULT = 4096
+#: compressive memory.
+COMPRESSIONS = ("max_pool", "mean_pool", "conv1d", "dilated_conv",
+                "most_used")
+COMPRESSION_KERNEL_DEFAULT = 2
+_U64 = (1 << 64) - 1
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _validate_sparse(entry: dict, cfg: dict, fail) -> None:
-    """One ``{"attention": "sparse", "window": W, "dilation": D}`` entry."""
-    extra = sorted(set(entry) - {"attention", "window", "dilation"})
+def _int_field(entry: dict, name: str, fail, lo: int, hi=None,
+               required: bool = True, default=None):
+    """An int field in [lo, hi] (hi None: unbounded)."""
+    if name not in entry:
+        if required:
+            fail(f"missing field {name!r}")
+        return default
+    value = entry[name]
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        fail(f"field {name!r} must be an int {bound}, got {value!r}")
+    return value
+
+
+def _validate_dense(entry: dict, cfg: dict, fail) -> None:
+    """A dense entry: XL memory, or compressive memory on top of it."""
+    memory = entry.get("memory", "xl")
+    comp_fields = ("compression", "compression_rate", "cmem_len",
+                   "compression_kernel")
+    allowed = {"attention", "memory"} | (
+        set(comp_fields) if memory == "compressive" else set())
+    extra = sorted(set(entry) - allowed)
+    if extra:
+        fail(f"field {extra[0]!r} is not allowed for a dense layer"
+             + ("" if memory == "compressive" or extra[0] not in comp_fields
+                else " with 'memory' \"xl\""))
+    if memory not in ("xl", "compressive"):
+        fail(f"field 'memory' must be \"xl\" or \"compressive\", got "
+             f"{memory!r}")
+    if memory == "xl":
+        return
+    if cfg["same_length"]:
+        fail("'memory' \"compressive\" needs 'same_length' false")
+    if cfg["mem_len"] < 1:
+        fail(f"'memory' \"compressive\" needs 'mem_len' >= 1, got "
+             f"{cfg['mem_len']}")
+    if "compression" not in entry:
+        fail("missing field 'compression' (required for 'memory' "
+             "\"compressive\")")
+    comp = entry["compression"]
+    if not isinstance(comp, str) or comp not in COMPRESSIONS:
+        fail(f"field 'compression' must be one of {COMPRESSIONS}, got "
+             f"{comp!r}")
+    rate = _int_field(entry, "compression_rate", fail, 1, cfg["mem_len"])
+    _int_field(entry, "cmem_len", fail, 1)
+    if "compression_kernel" in entry and comp != "dilated_conv":
+        fail(f"field 'compression_kernel' is only for compression "
+             f"dilated_conv, not {comp}")
+    if comp == "dilated_conv":
+        K = _int_field(entry, "compression_kernel", fail, 1, required=False,
+                       default=COMPRESSION_KERNEL_DEFAULT)
+        if rate % K:
+            fail(f"field 'compression_kernel' ({K}) must divide "
+                 f"'compression_rate' ({rate})")
+
+
+def _validate_lsh(entry: dict, cfg: dict, fail) -> None:
+    allowed = {"attention", "n_hashes", "n_buckets", "chunk_len", "history"}
+    extra = sorted(set(entry) - allowed)
     if extra:
         fail(f"unknown field {extra[0]!r}")
+    _int_field(entry, "n_hashes", fail, 1, LSH_MAX_HASHES)
+    nb = _int_field(entry, "n_buckets", fail, 2, LSH_MAX_BUCKETS)
+    if nb % 2:
+        fail(f"field 'n_buckets' must be even, got {nb}")
+    _int_field(entry, "chunk_len", fail, 1)
+    _int_field(entry, "history", fail, 1, LSH_MAX_HISTORY, required=False)
+
+
+def _validate_globals(entry: dict, cfg: dict, fail) -> None:
+    positions = entry.get("global_positions", [])
+    if not isinstance(positions, list):
+        fail(f"field 'global_positions' must be a list of ints >= 0, got "
+             f"{positions!r}")
+    for i, pos in enumerate(positions):
+        if not _is_int(pos) or pos < 0:
+            fail(f"field 'global_positions'[{i}] must be an int >= 0, got "
+                 f"{pos!r}")
+        if i and pos <= positions[i - 1]:
+            fail(f"field 'global_positions' must be ascending and distinct "
+                 f"({positions[i - 1]} then {pos})")
+    tokens = entry.get("global_tokens")
+    if tokens is not None:
+        if not isinstance(tokens, list):
+            fail(f"field 'global_tokens' must be a list of token ids, got "
+                 f"{tokens!r}")
+        for i, tok in enumerate(tokens):
+            if not _is_int(tok) or not 0 <= tok < cfg["vocab_size"]:
+                fail(f"field 'global_tokens'[{i}] must be a token id in "
+                     f"[0, vocab_size = {cfg['vocab_size']}), got {tok!r}")
+    max_global = _int_field(entry, "max_global", fail, 0, MAX_GLOBAL,
+                            required=False, default=len(positions))
+    if max_global > MAX_GLOBAL:
+        fail(f"field 'max_global' defaults to len('global_positions') = "
+             f"{max_global}, above {MAX_GLOBAL}; give 'max_global'")
+    if tokens is not None and max_global < 1:
+        fail("field 'max_global' must be >= 1 when 'global_tokens' is "
+             "given")
+
+
+def _validate_components(entry: dict, pattern: str, fail) -> None:
+    names = PATTERN_COMPONENTS[pattern]
+    comps = entry.get("components", list(names))
+    if not isinstance(comps, list) or not comps:
+        fail(f"field 'components' must be a non-empty list of {names}, got "
+             f"{comps!r}")
+    for c in comps:
+        if not isinstance(c, str) or c not in names:
+            fail(f"field 'components' of pattern {pattern!r}: {c!r} is not "
+                 f"one of {names}")
+    if len(set(comps)) != len(comps):
+        fail(f"field 'components' repeats a component: {comps!r}")
+    split = entry.get("split", "heads")
+    if split not in ("heads", "union"):
+        fail(f"field 'split' must be \"heads\" or \"union\", got {split!r}")
+
+
+def _validate_sparse(entry: dict, cfg: dict, fail) -> None:
+    """One ``{"attention": "sparse", ...}`` entry (any pattern)."""
+    pattern = entry.get("pattern", "window")
+    if not isinstance(pattern, str) or pattern not in SPARSE_PATTERNS:
+        fail(f"field 'pattern' must be one of {SPARSE_PATTERNS}, got "
+             f"{pattern!r}")
+    allowed = {"attention", "pattern", *GLOBAL_FIELDS,
+               *PATTERN_FIELDS[pattern]}
+    extra = sorted(set(entry) - allowed)
+    if extra:
+        others = [p for p, f in PATTERN_FIELDS.items() if extra[0] in f]
+        if others:
+            fail(f"field {extra[0]!r} is not allowed for pattern "
+                 f"{pattern!r} (it belongs to {others})")
+        fail(f"unknown field {extra[0]!r}")
+    _validate_globals(entry, cfg, fail)
+    if pattern == "strided":
+        _int_field(entry, "stride", fail, 1)
+    elif pattern == "fixed":
+        block = _int_field(entry, "block", fail, 1)
+        _int_field(entry, "summary", fail, 1, block)
+    elif pattern == "bigbird":
+        _int_field(entry, "block", fail, 1)
+        _int_field(entry, "window_blocks", fail, 1, required=False)
+        _int_field(entry, "random_blocks", fail, 0, required=False)
+        _int_field(entry, "seed", fail, 0, _U64, required=False)
+    if pattern in PATTERN_COMPONENTS:
+        _validate_components(entry, pattern, fail)
+    if pattern != "window":
+        _int_field(entry, "span", fail, 1, SPARSE_MAX_SPAN)
+        return
     if "window" not in entry:
         fail("missing field 'window' (required when 'attention' is "
              "\"sparse\")")
@@ -256,13 +490,66 @@ def _validate_sparse(entry: dict, cfg: dict, fail) -> None:
              f"{window * max_dil} exceeds {SPARSE_MAX_SPAN}")
 
 
+def _sparse_spec(entry: dict, cfg: dict) -> dict:
+    """Normalised spec of a sparse entry.
+
+    A plain window (no global fields) keeps the historical short form
+    ``{"attention", "window", "dilation"}``; every other sparse entry gets
+    ``pattern``, ``span``, the pattern's fields with defaults, the per-head
+    component lists ``head_components`` (strided/fixed) and
+    ``global_positions`` / ``global_tokens`` / ``max_global``.
+    """
+    pattern = entry.get("pattern", "window")
+    is_global = any(f in entry for f in GLOBAL_FIELDS)
+    n_head = cfg["n_head"]
+    if pattern == "window":
+        dilation = entry.get("dilation", 1)
+        if not isinstance(dilation, list):
+            dilation = [dilation] * n_head
+        spec = {"attention": "sparse", "window": entry["window"],
+                "dilation": list(dilation)}
+        if not is_global:
+            return spec
+        spec["span"] = (entry["window"] - 1) * max(dilation)
+    else:
+        spec = {"attention": "sparse", "span": entry["span"]}
+    spec["pattern"] = pattern
+    if pattern == "strided":
+        spec["stride"] = entry["stride"]
+    elif pattern == "fixed":
+        spec["block"], spec["summary"] = entry["block"], entry["summary"]
+    elif pattern == "bigbird":
+        spec["block"] = entry["block"]
+        spec["window_blocks"] = entry.get("window_blocks",
+                                          BIGBIRD_WINDOW_BLOCKS)
+        spec["random_blocks"] = entry.get("random_blocks",
+                                          BIGBIRD_RANDOM_BLOCKS)
+        spec["seed"] = entry.get("seed", 0)
+    if pattern in PATTERN_COMPONENTS:
+        comps = list(entry.get("components", PATTERN_COMPONENTS[pattern]))
+        split = entry.get("split", "heads")
+        spec["components"], spec["split"] = comps, split
+        spec["head_components"] = [
+            [comps[h % len(comps)]] if split == "heads" else list(comps)
+            for h in range(n_head)]
+    positions = list(entry.get("global_positions", []))
+    spec["global_positions"] = positions
+    spec["global_tokens"] = list(entry.get("global_tokens", []))
+    spec["max_global"] = entry.get("max_global", len(positions))
+    return spec
+
+
 def layer_specs(cfg: dict) -> List[dict]:
     """Per-layer attention specs of a validated config, defaults filled in.
 
-    Dense: ``{"attention": "dense"}``. Linear: ``attention``,
-    ``feature_map``, ``num_features`` (m, the size of the ``features``
-    tensor; None for elu), ``eps`` and ``gated``. Sparse: ``attention``,
-    ``window`` and ``dilation`` (always a list of ``n_head`` ints).
+    Dense: ``{"attention": "dense"}``, plus for compressive memory
+    ``memory``, ``compression``, ``compression_rate``, ``cmem_len`` and
+    ``compression_kernel`` (None unless dilated_conv). Linear:
+    ``attention``, ``feature_map``, ``num_features`` (m, the size of the
+    ``features`` tensor; None for elu), ``eps`` and ``gated``. Sparse: see
+    :func:`_sparse_spec` (a plain window: ``window`` and ``dilation``, a
+    list of ``n_head`` ints). LSH: ``n_hashes``, ``n_buckets``,
+    ``chunk_len``, ``history``.
     """
     layers = cfg.get("layers")
     if layers is None:
@@ -270,14 +557,30 @@ def layer_specs(cfg: dict) -> List[dict]:
     specs = []
     for entry in layers:
         if entry["attention"] == "dense":
-            specs.append({"attention": "dense"})
+            if entry.get("memory", "xl") == "xl":
+                specs.append({"attention": "dense"})
+                continue
+            comp = entry["compression"]
+            specs.append({
+                "attention": "dense", "memory": "compressive",
+                "compression": comp,
+                "compression_rate": entry["compression_rate"],
+                "cmem_len": entry["cmem_len"],
+                "compression_kernel": (
+                    entry.get("compression_kernel",
+                              COMPRESSION_KERNEL_DEFAULT)
+                    if comp == "dilated_conv" else None)})
             continue
         if entry["attention"] == "sparse":
-            dilation = entry.get("dilation", 1)
-            if not isinstance(dilation, list):
-                dilation = [dilation] * cfg["n_head"]
-            specs.append({"attention": "sparse", "window": entry["window"],
-                          "dilation": list(dilation)})
+            specs.append(_sparse_spec(entry, cfg))
+            continue
+        if entry["attention"] == "lsh":
+            specs.append({"attention": "lsh",
+                          "n_hashes": entry["n_hashes"],
+                          "n_buckets": entry["n_buckets"],
+                          "chunk_len": entry["chunk_len"],
+                          "history": entry.get("history",
+                                               LSH_HISTORY_DEFAULT)})
             continue
         specs.append({
             "attention": "linear",
@@ -626,6 +929,452 @@ class SparseAttention(nn.Module):
         return self.ln(x + out), new_state
 
 
+# --------------------------------------------------------------------------
+# Sparse patterns (strided, fixed, bigbird, global positions / tokens)
+# --------------------------------------------------------------------------
+
+
+def splitmix64_finalise(z: int) -> int:
+    """splitmix64's finaliser ``f`` of CHECKPOINT-FORMAT (mod 2^64)."""
+    z = (z + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def bigbird_mix(seed: int, h: int, q: int, t: int) -> int:
+    """``mix(s, h, q, t) = f(f(f(s ^ h) ^ q) ^ t)``."""
+    f = splitmix64_finalise
+    return f(f(f((seed ^ h) & _U64) ^ q) ^ t)
+
+
+def bigbird_random_blocks(seed: int, h: int, q: int, span: int, block: int,
+                          window_blocks: int, random_blocks: int
+                          ) -> List[int]:
+    """``R_h(q)``: the random key blocks of query block ``q``, head ``h``.
+
+    Candidates ``C = [max(0, q - span // block), q - window_blocks]``
+    ascending; all of them when ``|C| <= r``, else a partial Fisher-Yates
+    shuffle with ``i = t + mix(seed, h, q, t) mod (|C| - t)``.
+    """
+    cand = list(range(max(0, q - span // block), q - window_blocks + 1))
+    r = random_blocks
+    if len(cand) <= r:
+        return cand
+    for t in range(r):
+        i = t + bigbird_mix(seed, h, q, t) % (len(cand) - t)
+        cand[t], cand[i] = cand[i], cand[t]
+    return cand[:r]
+
+
+def pattern_allowed(spec: dict, h: int, p: int, n_keys: int) -> List[bool]:
+    """``Allowed_h(p)`` before the span cut, as a list over keys 0..n_keys-1
+    (only ``j <= p`` can be True). Written from the table of
+    CHECKPOINT-FORMAT, one position at a time."""
+    pattern = spec["pattern"]
+    out = [False] * n_keys
+    if pattern == "bigbird":
+        b, w = spec["block"], spec["window_blocks"]
+        qb = p // b
+        blocks = set(range(max(0, qb - w + 1), qb + 1))
+        blocks |= set(bigbird_random_blocks(
+            spec["seed"], h, qb, spec["span"], b, w, spec["random_blocks"]))
+    for j in range(min(p, n_keys - 1) + 1):
+        if pattern == "window":
+            d = spec["dilation"][h]
+            ok = (p - j) % d == 0 and (p - j) // d < spec["window"]
+        elif pattern == "strided":
+            l = spec["stride"]
+            ok = False
+            for comp in spec["head_components"][h]:
+                if comp == "local":
+                    ok = ok or p - l < j
+                else:
+                    ok = ok or (p - j) % l == 0
+        elif pattern == "fixed":
+            l, c = spec["block"], spec["summary"]
+            ok = False
+            for comp in spec["head_components"][h]:
+                if comp == "block":
+                    ok = ok or j // l == p // l
+                else:
+                    ok = ok or j % l >= l - c
+        else:  # bigbird: every j <= p in the window or random blocks
+            ok = j // spec["block"] in blocks
+        out[j] = ok
+    # The sets are taken literally: "(j <= p, itself included)" says j = p
+    # counts as earlier; a summary-only head of "fixed" may miss p itself
+    # and may even be empty (then the head's output is zero).
+    return out
+
+
+class PatternState(NamedTuple):
+    """State of a sparse layer with a general pattern or global positions.
+
+    The oracle keeps the whole history (the span cut and the kept globals
+    ``K(p)`` are applied in the mask, so the result is the spec's bounded
+    state): ``k``, ``v`` [B, H, P, d_h] of every position seen, oldest
+    first, and ``glob`` [B, P] bool, whether each position is global.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    glob: torch.Tensor
+
+
+class PatternSparseAttention(nn.Module):
+    """Sparse softmax attention with an explicit per-query allowed set.
+
+    Query p (head h) sees ``Allowed_h(p)`` (every ``j <= p`` for a global
+    query) cut to ``p - j <= span``, plus ``K(p)``: the last
+    ``max_global`` global positions before p. ``score = q.k / sqrt(d_h)``.
+    Same tensors (and draw order) as the sliding window.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.d_model, self.n_head, self.d_head = d_model, n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.spec = spec
+        self.span = spec["span"]
+        self.global_positions = set(spec["global_positions"])
+        self.global_tokens = set(spec["global_tokens"])
+        self.max_global = spec["max_global"]
+        self.qkv = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.o = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> PatternState:
+        shape = (batch, self.n_head, 0, self.d_head)
+        return PatternState(ref.new_zeros(shape), ref.new_zeros(shape),
+                            torch.zeros(batch, 0, dtype=torch.bool))
+
+    def is_global(self, p: int, token: int) -> bool:
+        return p in self.global_positions or token in self.global_tokens
+
+    def visible(self, glob: Sequence[bool], p: int) -> torch.Tensor:
+        """Boolean [H, p + 1]: the keys query ``p`` sees, per head.
+
+        ``glob[j]``: whether position j (0..p) is global.
+        """
+        n = p + 1
+        kept = [j for j in range(p) if glob[j]][-self.max_global:] \
+            if self.max_global > 0 else []
+        rows = []
+        for h in range(self.n_head):
+            if glob[p]:
+                base = [True] * n
+            else:
+                base = pattern_allowed(self.spec, h, p, n)
+            row = [base[j] and p - j <= self.span for j in range(n)]
+            for j in kept:
+                row[j] = True
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.bool)
+
+    def forward(self, x: torch.Tensor, state: PatternState,
+                ids: torch.Tensor) -> Tuple[torch.Tensor, PatternState]:
+        """``x``: [B, T, D], ``ids``: [B, T] token ids."""
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x
+        q, k, v = self.qkv(h).split(H * dh, dim=-1)
+        q, k, v = (t.reshape(B, T, H, dh).transpose(1, 2) for t in (q, k, v))
+        keys = torch.cat([state.k, k], dim=2)
+        values = torch.cat([state.v, v], dim=2)
+        P = state.k.shape[2]
+        new_glob = torch.tensor(
+            [[self.is_global(P + i, int(ids[b, i])) for i in range(T)]
+             for b in range(B)], dtype=torch.bool).reshape(B, T)
+        glob = torch.cat([state.glob, new_glob], dim=1)
+        out = x.new_zeros(B, H, T, dh)
+        for b in range(B):
+            flags = glob[b].tolist()
+            for i in range(T):
+                p = P + i
+                mask = self.visible(flags, p)                   # [H, p+1]
+                s = torch.einsum("hd,hkd->hk", q[b, :, i],
+                                 keys[b, :, :p + 1]) / math.sqrt(dh)
+                s = s.masked_fill(~mask, float("-inf"))
+                probs = torch.softmax(s, dim=-1)
+                # A head that sees no key (a summary-only head of "fixed"
+                # before the first summary position) outputs zeros, as a
+                # fully masked row does everywhere (MODEL-SPEC 0.2).
+                probs = probs.masked_fill(~mask.any(dim=-1, keepdim=True),
+                                          0.0)
+                out[b, :, i] = torch.einsum("hk,hkd->hd", probs,
+                                            values[b, :, :p + 1])
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        new_state = PatternState(keys, values, glob)
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
+# --------------------------------------------------------------------------
+# LSH (Reformer) attention
+# --------------------------------------------------------------------------
+
+
+class LSHState(NamedTuple):
+    """State of an LSH layer: the shared query/key vectors ``x`` and values
+    ``v`` [B, H, P, d_h] of the last ``P = min(seen, history - 1)``
+    positions, oldest first (buckets and normalised keys are functions of
+    ``x``, recomputed by the oracle)."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+
+
+class LSHAttention(nn.Module):
+    """Reformer attention, the per-query definition of CHECKPOINT-FORMAT.
+
+    ``qkv`` [2 H d_h, D] (shared query/key block, then values),
+    ``rotations`` [H, d_h, R, nb/2]. Query p looks at
+    ``U(p) = {p - history < j <= p}``; per round the window is sorted by
+    ``(bucket, j)`` and p's own chunk and the one before are candidates;
+    the output is the softmax over the union of candidates minus p of
+    ``x_p . k_j`` (keys normalised), or ``v_p`` when the union is {p}.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.d_model, self.n_head, self.d_head = d_model, n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.n_hashes = spec["n_hashes"]
+        self.n_buckets = spec["n_buckets"]
+        self.chunk_len = spec["chunk_len"]
+        self.history = spec["history"]
+        #: smallest gap between the largest and second-largest entry of
+        #: ``[y, -y]`` over every hash computed (a conditioning check: a
+        #: float32 engine may pick another bucket on a near-tie).
+        self.min_margin = math.inf
+        self.qkv = nn.Linear(d_model, 2 * n_head * d_head, bias=False)
+        self.rotations = nn.Parameter(torch.zeros(
+            n_head, d_head, self.n_hashes, self.n_buckets // 2))
+        self.o = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> LSHState:
+        shape = (batch, self.n_head, 0, self.d_head)
+        return LSHState(ref.new_zeros(shape), ref.new_zeros(shape))
+
+    def buckets(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, N, d_h] -> bucket ids [B, H, R, N] (first max on ties)."""
+        y = torch.einsum("bhnd,hdrk->bhrnk", x, self.rotations.to(x.dtype))
+        both = torch.cat([y, -y], dim=-1)
+        return both.argmax(dim=-1)
+
+    def margins(self, x: torch.Tensor) -> float:
+        y = torch.einsum("bhnd,hdrk->bhrnk", x, self.rotations.to(x.dtype))
+        both = torch.cat([y, -y], dim=-1)
+        if both.numel() == 0:
+            return math.inf
+        top = both.topk(2, dim=-1).values
+        return float((top[..., 0] - top[..., 1]).min())
+
+    def candidates(self, bucket: List[List[int]], p: int) -> List[int]:
+        """C(p) over local indices: ``bucket[r][j]`` for every round r and
+        index j <= p; the window is ``max(0, p - history + 1) .. p``."""
+        c = self.chunk_len
+        window = range(max(0, p - self.history + 1), p + 1)
+        found = set()
+        for r in range(self.n_hashes):
+            order = sorted(window, key=lambda j: (bucket[r][j], j))
+            s = order.index(p)
+            lo = max(0, (s // c - 1) * c)
+            hi = min(len(order), (s // c + 1) * c)
+            found.update(order[lo:hi])
+        return sorted(found)
+
+    def forward(self, x: torch.Tensor, state: LSHState
+                ) -> Tuple[torch.Tensor, LSHState]:
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x
+        xs, v = self.qkv(h).split(H * dh, dim=-1)
+        xs, v = (t.reshape(B, T, H, dh).transpose(1, 2) for t in (xs, v))
+        allx = torch.cat([state.x, xs], dim=2)                  # [B,H,N,dh]
+        allv = torch.cat([state.v, v], dim=2)
+        P = state.x.shape[2]
+        self.min_margin = min(self.min_margin, self.margins(xs))
+        bucket = self.buckets(allx).tolist()                    # [B][H][R][N]
+        keys = allx / torch.sqrt((allx * allx).mean(dim=-1, keepdim=True)
+                                 + 1e-6) / math.sqrt(dh)
+        out = x.new_zeros(B, H, T, dh)
+        for b in range(B):
+            for hh in range(H):
+                for i in range(T):
+                    p = P + i
+                    others = [j for j in self.candidates(bucket[b][hh], p)
+                              if j != p]
+                    if not others:
+                        out[b, hh, i] = allv[b, hh, p]
+                        continue
+                    logits = keys[b, hh, others] @ allx[b, hh, p]
+                    probs = torch.softmax(logits, dim=0)
+                    out[b, hh, i] = probs @ allv[b, hh, others]
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        keep = min(self.history - 1, P + T)
+        start = P + T - keep
+        new_state = LSHState(allx[:, :, start:], allv[:, :, start:])
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
+# --------------------------------------------------------------------------
+# Compressive memory (Compressive Transformer) on a dense layer
+# --------------------------------------------------------------------------
+
+
+class CompressiveState(NamedTuple):
+    """State of a dense layer with compressive memory.
+
+    ``mem`` [B, M, D]: the XL memory (layer inputs, as for a dense layer);
+    ``usage`` [B, M]: attention each memory row received while in the XL
+    memory (summed over heads and queries); ``buf`` [B, n_b, D] /
+    ``buf_usage`` [B, n_b]: evicted rows in hidden form (LayerNorm'd under
+    pre_lnorm), waiting for a full group; ``cmem`` [B, n, D]: compressed
+    rows (hidden form, projected by the key/value weights when used),
+    oldest first, at most ``cmem_len``.
+    """
+
+    mem: torch.Tensor
+    usage: torch.Tensor
+    buf: torch.Tensor
+    buf_usage: torch.Tensor
+    cmem: torch.Tensor
+
+
+def compress_rows(kind: str, group: torch.Tensor, usage: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None,
+                  bias: Optional[torch.Tensor] = None,
+                  kernel: int = 1) -> torch.Tensor:
+    """One compressed row per batch entry from ``group`` [B, c, D].
+
+    ``usage`` [B, c] is used by most_used (the first maximum = the oldest).
+    """
+    c = group.shape[1]
+    if kind == "max_pool":
+        return group.max(dim=1).values
+    if kind == "mean_pool":
+        return group.mean(dim=1)
+    if kind == "conv1d":
+        return bias + torch.einsum("oik,bki->bo", weight, group)
+    if kind == "dilated_conv":
+        taps = [k * (c // kernel) for k in range(kernel)]
+        return bias + torch.einsum("oik,bki->bo", weight, group[:, taps])
+    idx = usage.argmax(dim=1)                                      # oldest
+    return group[torch.arange(group.shape[0]), idx]
+
+
+class CompressiveAttention(RelMultiHeadAttention):
+    """Transformer-XL attention over ``[compressed | XL memory | segment]``
+    with one relative position per slot; rows leaving the XL memory are
+    compressed in groups of ``compression_rate`` (CHECKPOINT-FORMAT
+    "Compressive memory")."""
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__(cfg)
+        self.compression = spec["compression"]
+        self.rate = spec["compression_rate"]
+        self.cmem_len = spec["cmem_len"]
+        self.kernel = spec["compression_kernel"]
+        self.memory_init = cfg["memory_init"]
+        #: smallest usage gap between the chosen most_used row and the best
+        #: row of different content in its group (conditioning check).
+        self.min_usage_margin = math.inf
+        if self.compression in ("conv1d", "dilated_conv"):
+            taps = self.rate if self.compression == "conv1d" else self.kernel
+            self.compress = nn.Conv1d(cfg["d_model"], cfg["d_model"], taps)
+            # only the parameters are used (weight [D, D, taps], bias [D])
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> CompressiveState:
+        D = self.d_model
+        rows = self.mem_len if self.memory_init == "zeros" else 0
+        return CompressiveState(ref.new_zeros(batch, rows, D),
+                                ref.new_zeros(batch, rows),
+                                ref.new_zeros(batch, 0, D),
+                                ref.new_zeros(batch, 0),
+                                ref.new_zeros(batch, 0, D))
+
+    def compress_group(self, group: torch.Tensor, usage: torch.Tensor
+                       ) -> torch.Tensor:
+        if self.compression == "most_used":
+            for b in range(group.shape[0]):
+                best = int(usage[b].argmax())
+                differs = (group[b] != group[b, best]).any(dim=-1)
+                # Exact zeros (rows never seen as memory) tie exactly in
+                # any precision; only a positive winner can be fragile.
+                if differs.any() and usage[b, best] > 0:
+                    gap = float(usage[b, best] - usage[b][differs].max())
+                    self.min_usage_margin = min(self.min_usage_margin, gap)
+        weight = bias = None
+        if self.compression in ("conv1d", "dilated_conv"):
+            weight = self.compress.weight.to(group.dtype)
+            bias = self.compress.bias.to(group.dtype)
+        return compress_rows(self.compression, group, usage, weight, bias,
+                             self.kernel or 1)
+
+    def forward(self, x: torch.Tensor, state: CompressiveState,
+                r_w_bias: torch.Tensor, r_r_bias: torch.Tensor
+                ) -> Tuple[torch.Tensor, CompressiveState]:
+        B, T, _ = x.shape
+        mem, cmem = state.mem, state.cmem
+        M, C = mem.shape[1], cmem.shape[1]
+        K = C + M + T
+        H, dh = self.n_head, self.d_head
+
+        both = torch.cat([mem, x], dim=1)                     # raw rows
+        hid = self.ln(both) if self.pre_lnorm else both       # hidden form
+        q, k, v = self.qkv(hid).split(H * dh, dim=-1)
+        _, ck, cv = self.qkv(cmem).split(H * dh, dim=-1)
+        q = q[:, M:].reshape(B, T, H, dh)
+        k = torch.cat([ck, k], dim=1).reshape(B, K, H, dh)
+        v = torch.cat([cv, v], dim=1).reshape(B, K, H, dh)
+
+        i = torch.arange(T)[:, None]
+        j = torch.arange(K)[None, :]
+        delta = C + M + i - j
+        mask = delta < 0
+        delta = delta.clamp(min=0)
+        if self.clamp_len > 0:
+            delta = delta.clamp(max=self.clamp_len)
+        max_dist = int(delta.max())
+        table = sinusoid_table(torch.arange(max_dist + 1), self.d_model,
+                               x.dtype)
+        rk = self.r(table).reshape(max_dist + 1, H, dh)[delta]
+        content = torch.einsum("bthd,bkhd->bhtk", q + r_w_bias, k)
+        position = torch.einsum("bthd,tkhd->bhtk", q + r_r_bias, rk)
+        scores = (content + position) / math.sqrt(dh)
+        scores = scores.masked_fill(mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.einsum("bhtk,bkhd->bthd", probs, v).reshape(B, T, H * dh)
+        out = self.o(out)
+        out = x + out if self.pre_lnorm else self.ln(x + out)
+
+        # State update: usage of the memory rows, eviction, compression.
+        usage = torch.cat([state.usage + probs[..., C:C + M].sum(dim=(1, 2)),
+                           x.new_zeros(B, T)], dim=1)
+        keep = min(self.mem_len, M + T)
+        gone = M + T - keep
+        buf = torch.cat([state.buf, hid[:, :gone]], dim=1)
+        buf_usage = torch.cat([state.buf_usage, usage[:, :gone]], dim=1)
+        rows = [cmem]
+        while buf.shape[1] >= self.rate:
+            rows.append(self.compress_group(buf[:, :self.rate],
+                                            buf_usage[:, :self.rate])[:, None])
+            buf, buf_usage = buf[:, self.rate:], buf_usage[:, self.rate:]
+        cmem = torch.cat(rows, dim=1)
+        cmem = cmem[:, max(0, cmem.shape[1] - self.cmem_len):]
+        new_state = CompressiveState(both[:, gone:], usage[:, gone:], buf,
+                                     buf_usage, cmem)
+        return out, new_state
+
+
 class PositionwiseFF(nn.Module):
     """Position-wise feed-forward block with its residual and LayerNorm."""
 
@@ -645,26 +1394,44 @@ class PositionwiseFF(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Dense (Transformer-XL) layer by default; ``spec`` may make it linear
-    or sparse."""
+    """Dense (Transformer-XL) layer by default; ``spec`` may make it linear,
+    sparse (a plain window, or ``kind`` "pattern" for the other patterns and
+    global attention), lsh, or dense with compressive memory (``kind``
+    "compressive")."""
 
     def __init__(self, cfg: dict, spec: Optional[dict] = None):
         super().__init__()
         self.kind = "dense" if spec is None else spec["attention"]
+        if self.kind == "dense" and spec is not None \
+                and spec.get("memory", "xl") == "compressive":
+            self.kind = "compressive"
+        if self.kind == "sparse" and "pattern" in spec:
+            self.kind = "pattern"
         if self.kind == "dense":
             self.attn = RelMultiHeadAttention(cfg)
+        elif self.kind == "compressive":
+            self.attn = CompressiveAttention(cfg, spec)
         elif self.kind == "sparse":
             self.attn = SparseAttention(cfg, spec)
+        elif self.kind == "pattern":
+            self.attn = PatternSparseAttention(cfg, spec)
+        elif self.kind == "lsh":
+            self.attn = LSHAttention(cfg, spec)
         else:
             self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
 
-    def forward(self, x, mem, r_w_bias=None, r_r_bias=None):
-        """Dense: returns the output; linear / sparse: (output, new
-        LinearState / SparseState)."""
+    def forward(self, x, mem, r_w_bias=None, r_r_bias=None, ids=None):
+        """Dense: returns the output; every other kind: (output, new
+        state)."""
         if self.kind == "dense":
             return self.ff(self.attn(x, mem, r_w_bias, r_r_bias))
-        y, state = self.attn(x, mem)
+        if self.kind == "compressive":
+            y, state = self.attn(x, mem, r_w_bias, r_r_bias)
+        elif self.kind == "pattern":
+            y, state = self.attn(x, mem, ids)
+        else:
+            y, state = self.attn(x, mem)
         return self.ff(y), state
 
 
@@ -680,23 +1447,42 @@ class LMHead(nn.Module):
 
 
 class TransfoXLReference(nn.Module):
-    """Transformer-XL LM with plain embedding and plain softmax head."""
+    """Transformer-XL LM with plain (or factorised) embedding and plain
+    softmax head.
+
+    ``layers`` holds one module per parameter group (``layer_groups``;
+    one per layer when absent), stored as ``layers.g.*``; ``stack`` lists
+    the module of every layer in order. Session state is per layer.
+    """
 
     def __init__(self, config: dict):
         super().__init__()
         cfg = validate_config(config)
         self.config = cfg
         n_head, d_head = cfg["n_head"], cfg["d_head"]
-        self.word_emb = nn.Embedding(cfg["vocab_size"], cfg["d_model"])
+        d_embed = cfg.get("d_embed", cfg["d_model"])
+        self.word_emb = nn.Embedding(cfg["vocab_size"], d_embed)
+        if has_emb_proj(cfg):
+            self.emb_proj = nn.Linear(d_embed, cfg["d_model"])
         self.specs = layer_specs(cfg)
+        n_groups = cfg.get("layer_groups", cfg["n_layer"])
+        self.group_of = [group_of(cfg, n) for n in range(cfg["n_layer"])]
+        #: the spec of each parameter group (that of its first layer).
+        self.module_specs = [self.specs[group_layers(cfg, g)[0]]
+                             for g in range(n_groups)]
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, spec) for spec in self.specs)
+            DecoderLayer(cfg, spec) for spec in self.module_specs)
         # The shared r biases exist only when some layer is dense.
         any_dense = any(s["attention"] == "dense" for s in self.specs)
         if not cfg["untie_r"] and any_dense:
             self.r_w_bias = nn.Parameter(torch.zeros(n_head, d_head))
             self.r_r_bias = nn.Parameter(torch.zeros(n_head, d_head))
         self.lm_head = LMHead(cfg)
+
+    @property
+    def stack(self) -> List[DecoderLayer]:
+        """The module of every layer, in layer order (shared in a group)."""
+        return [self.layers[g] for g in self.group_of]
 
     @property
     def mem_len(self) -> int:
@@ -706,6 +1492,13 @@ class TransfoXLReference(nn.Module):
         if self.config["tie_word_embeddings"]:
             return self.word_emb.weight
         return self.lm_head.weight
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding x sqrt(d_model), then ``emb_proj`` when factorised."""
+        x = self.word_emb(ids) * math.sqrt(self.config["d_model"])
+        if has_emb_proj(self.config):
+            x = self.emb_proj(x)
+        return x
 
     def set_linear_mode(self, mode: str) -> None:
         """``"recurrent"`` (default) or ``"parallel"`` for linear layers."""
@@ -725,49 +1518,77 @@ class TransfoXLReference(nn.Module):
         return min((layer.attn.min_denominator for layer in self.layers
                     if layer.kind == "linear"), default=math.inf)
 
-    def init_mems(self, batch: int) -> List[Union[torch.Tensor, LinearState]]:
+    def reset_margin_stats(self) -> None:
+        for layer in self.layers:
+            if layer.kind == "lsh":
+                layer.attn.min_margin = math.inf
+            if layer.kind == "compressive":
+                layer.attn.min_usage_margin = math.inf
+
+    def min_lsh_margin(self) -> float:
+        """Smallest top-1 / top-2 gap of any LSH hash computed (inf if
+        none): a float32 engine may pick another bucket below ~1e-4."""
+        return min((layer.attn.min_margin for layer in self.layers
+                    if layer.kind == "lsh"), default=math.inf)
+
+    def min_usage_margin(self) -> float:
+        """Smallest most_used usage gap (inf if none)."""
+        return min((layer.attn.min_usage_margin for layer in self.layers
+                    if layer.kind == "compressive"), default=math.inf)
+
+    def init_mems(self, batch: int) -> list:
         """First-call state per layer.
 
         Dense layer: ``mem_len`` zero rows or empty (memory_init), [B, M, D].
         Linear layer: a zero :class:`LinearState` (S, z). Sparse layer: an
-        empty :class:`SparseState` (memory_init does not apply).
+        empty :class:`SparseState` (plain window) or :class:`PatternState`
+        (memory_init does not apply). LSH layer: an empty
+        :class:`LSHState`. Compressive layer: a :class:`CompressiveState`.
         """
         rows = self.mem_len if self.config["memory_init"] == "zeros" else 0
         ref = self.word_emb.weight
         return [ref.new_zeros(batch, rows, self.config["d_model"])
                 if layer.kind == "dense" else layer.attn.init_state(batch, ref)
-                for layer in self.layers]
+                for layer in self.stack]
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor,
-                mems: Optional[Sequence[torch.Tensor]] = None,
+                mems: Optional[Sequence] = None,
                 last_only: bool = False
-                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                ) -> Tuple[torch.Tensor, list]:
         """Run one call of ``T`` new tokens.
 
         ``ids``: LongTensor [B, T]; ``mems``: per-layer state or None
         (dense layer: memory [B, M, D]; linear layer: a LinearState; sparse
-        layer: a SparseState).
+        layer: a SparseState or PatternState; lsh: an LSHState; compressive:
+        a CompressiveState).
         Returns ``(logits [B, T, V], new_mems)`` where, for a dense layer,
         ``new_mems[l]`` is the last ``mem_len`` rows of
-        ``cat(mems[l], input of layer l)`` and, for a linear layer, the
-        (S, z) state after the call, for a sparse layer the (k, v) cache of
-        the last positions after the call; with ``last_only`` the logits are
-        those of the last position, [B, 1, V].
+        ``cat(mems[l], input of layer l)`` and, for the other kinds, the
+        state after the call; with ``last_only`` the logits are those of
+        the last position, [B, 1, V].
         """
         B, T = ids.shape
         if mems is None:
             mems = self.init_mems(B)
-        if len(mems) != len(self.layers):
+        if len(mems) != len(self.stack):
             raise ValueError("need one memory tensor per layer")
 
-        x = self.word_emb(ids) * math.sqrt(self.config["d_model"])
+        x = self.embed(ids)
         new_mems = []
-        for n, layer in enumerate(self.layers):
+        state_types = {"sparse": SparseState, "pattern": PatternState,
+                       "lsh": LSHState, "compressive": CompressiveState}
+        for n, layer in enumerate(self.stack):
+            if self.config["untie_r"]:
+                u = getattr(layer.attn, "r_w_bias", None)
+                v = getattr(layer.attn, "r_r_bias", None)
+            else:
+                u = getattr(self, "r_w_bias", None)
+                v = getattr(self, "r_r_bias", None)
             if layer.kind == "linear":
                 state = mems[n]
                 if (not isinstance(state, tuple) or len(state) != 2
-                        or isinstance(state, SparseState)):
+                        or isinstance(state, (SparseState, LSHState))):
                     raise ValueError(f"layer {n} is linear: its state must "
                                      f"be a LinearState (S, z)")
                 state = LinearState(state[0].to(x.dtype),
@@ -776,24 +1597,21 @@ class TransfoXLReference(nn.Module):
                 new_mems.append(LinearState(state.S.detach().clone(),
                                             state.z.detach().clone()))
                 continue
-            if layer.kind == "sparse":
+            if layer.kind in state_types:
                 state = mems[n]
-                if not isinstance(state, SparseState):
-                    raise ValueError(f"layer {n} is sparse: its state must "
-                                     f"be a SparseState (k, v)")
-                state = SparseState(state.k.to(x.dtype), state.v.to(x.dtype))
-                x, state = layer(x, state)
-                new_mems.append(SparseState(state.k.detach().clone(),
-                                            state.v.detach().clone()))
+                kind = state_types[layer.kind]
+                if not isinstance(state, kind):
+                    raise ValueError(f"layer {n} is {layer.kind}: its state "
+                                     f"must be a {kind.__name__}")
+                state = kind(*(t if t.dtype == torch.bool else t.to(x.dtype)
+                               for t in state))
+                x, state = layer(x, state, u, v, ids=ids)
+                new_mems.append(kind(*(t.detach().clone() for t in state)))
                 continue
             mem = mems[n].to(x.dtype)
             both = torch.cat([mem, x], dim=1)
             keep = min(self.mem_len, both.shape[1])
             new_mems.append(both[:, both.shape[1] - keep:].detach().clone())
-            if self.config["untie_r"]:
-                u, v = layer.attn.r_w_bias, layer.attn.r_r_bias
-            else:
-                u, v = self.r_w_bias, self.r_r_bias
             x = layer(x, mem, u, v)
 
         if last_only:
@@ -865,12 +1683,16 @@ def _init_weights(model: TransfoXLReference, gen: torch.Generator) -> None:
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if name.endswith("attn.features"):
-                n = int(name.split(".")[1])
-                fmap = model.specs[n]["feature_map"]
+                g = int(name.split(".")[1])
+                fmap = model.module_specs[g]["feature_map"]
                 if fmap == "favor":
                     p.copy_(favor_features(p.shape[0], p.shape[1], gen))
                 else:  # rfa: w_i ~ N(0, sigma^2 I), sigma = 1
                     normal(p, 0.0, 1.0)
+            elif name.endswith("attn.rotations"):  # LSH: standard normal
+                normal(p, 0.0, 1.0)
+            elif name.endswith("attn.compress.weight"):  # [D, D, taps]
+                normal(p, 0.0, 1.0 / math.sqrt(p.shape[1] * p.shape[2]))
             elif name.endswith("attn.gate.weight"):
                 normal(p, 0.0, 0.5 / math.sqrt(p.shape[1]))
             elif name.endswith("attn.gate.bias"):
