@@ -185,7 +185,7 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
         for (int d = 0; d < dh; ++d) dot += qh[d] * krows[r][d];
         scores[r] = dot * scale;
       }
-      SoftmaxRow(scores.data(), n);  // n ≥ 1: the query sees itself
+      if (n > 0) SoftmaxRow(scores.data(), n);  // no key at all (a summary-only head): zeros
       float* o = out + i * ldo + h * dh;
       for (int d = 0; d < dh; ++d) o[d] = 0.0f;
       for (int64_t r = 0; r < n; ++r) {
