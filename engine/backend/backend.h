@@ -42,6 +42,9 @@ struct RelativeAttentionArgs {
   const XlMemory* compressed = nullptr;
   // most_used compression: usage[slot] += the attention mass each memory slot receives.
   Tensor* usage = nullptr;
+  // RealFormer, [H, T, K] (K: compressed + memory + T keys): added before the softmax / the sums.
+  const Tensor* prev_scores = nullptr;
+  Tensor* scores = nullptr;
 };
 
 // One sequence's linear attention (MODEL-SPEC §5) of one layer, updating its state in place.
@@ -71,6 +74,9 @@ struct SparseAttentionArgs {
   const int32_t* tokens;  // [T] the segment's token ids (global tokens)
   int64_t position;       // stream position of the segment's first token
   LayerAuxState* aux;     // the global store
+  // RealFormer, [H, T, M + T]: added before the softmax / the sums passed on.
+  const Tensor* prev_scores = nullptr;
+  Tensor* scores = nullptr;
 };
 
 // One sequence's LSH attention (CHECKPOINT-FORMAT.md "lsh") of one layer. The new positions'

@@ -306,6 +306,14 @@ absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const Model
   layer.source = j.dump();
   ASSIGN_OR_RETURN(std::string attention,
                    r.String("attention", std::nullopt, {"dense", "linear", "sparse", "lsh"}));
+  if (attention == "dense" || attention == "sparse") {
+    if (r.Has("residual_attention")) {
+      if (!j.at("residual_attention").is_boolean()) {
+        return r.Error("\"residual_attention\" must be true or false");
+      }
+      layer.residual_attention = j.at("residual_attention").get<bool>();
+    }
+  }
   if (attention == "dense") {
     RETURN_IF_ERROR(ParseMemory(r, c, layer));
   } else if (attention == "sparse") {
@@ -472,6 +480,25 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
       ASSIGN_OR_RETURN(c.layers[static_cast<size_t>(l)],
                        ParseLayer(layers[static_cast<size_t>(l)], l, c));
+    }
+  }
+  // RealFormer: a residual layer adds scores over the same keys as the layer before it.
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (!c.layers[l].residual_attention) continue;
+    const std::string where = absl::StrCat("[", l, "] has residual_attention");
+    if (l == 0) return FieldError("layers", where + " but is the first layer");
+    auto without_flag = [&](int64_t i) {
+      Json entry = j.at("layers")[static_cast<size_t>(i)];
+      entry.erase("residual_attention");
+      return entry.dump();
+    };
+    if (without_flag(l) != without_flag(l - 1)) {
+      return FieldError("layers", where +
+                                      " but differs from the layer before it (their keys "
+                                      "must agree)");
+    }
+    if (c.layers[l].has_globals()) {
+      return FieldError("layers", where + " and global positions (not supported)");
     }
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {

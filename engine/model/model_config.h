@@ -85,6 +85,8 @@ struct LayerConfig {
   int64_t compression_rate = 0;
   int64_t cmem_len = 0;
   int64_t compression_kernel = 0;  // dilated_conv: K taps (the conv weight's last dimension)
+  // RealFormer: add the previous layer's pre-softmax scores to this layer's (dense, sparse).
+  bool residual_attention = false;
   // The entry as written (canonical JSON), to check that shared layers agree.
   std::string source;
 
@@ -129,6 +131,9 @@ struct ModelConfig {
   // The parameter set (layers.g.*) layer l runs.
   int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
   int64_t embed_width() const { return d_embed > 0 ? d_embed : d_model; }
+  // RealFormer: layer l adds layer l − 1's scores / passes its own to layer l + 1.
+  bool adds_scores(int64_t l) const { return layer(l).residual_attention; }
+  bool passes_scores(int64_t l) const { return l + 1 < n_layer && adds_scores(l + 1); }
   const LayerConfig& layer(int64_t l) const;
   bool is_dense(int64_t l) const { return layer(l).attention == AttentionKind::kDense; }
   bool has_dense_layer() const;

@@ -49,8 +49,9 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   if (model->backend_->device() != Device::kCpu) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
-      if (!c.is_dense(l) || lc.compressive()) {
-        const char* kind = lc.compressive()                         ? "compressive memory"
+      if (!c.is_dense(l) || lc.compressive() || lc.residual_attention) {
+        const char* kind = lc.residual_attention                    ? "residual attention"
+                           : lc.compressive()                       ? "compressive memory"
                            : lc.attention == AttentionKind::kLinear ? "linear attention"
                            : lc.attention == AttentionKind::kLsh    ? "LSH attention"
                                                                     : "sparse attention";
@@ -426,8 +427,29 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     qkv_rows.push_back(qkv.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
     attn_rows.push_back(attn.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
   }
+  // RealFormer: per sequence, the scores the previous layer passed on and this layer's.
+  std::vector<Tensor> prev_scores(batch.size()), scores(batch.size());
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = weights_.layers[l];
+    if (c.adds_scores(l)) {
+      prev_scores.swap(scores);
+    } else {
+      prev_scores.assign(batch.size(), Tensor());
+    }
+    scores.assign(batch.size(), Tensor());
+    if (c.passes_scores(l)) {
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const SessionState& st = *batch[b].state;
+        const int64_t keys =
+            st.layers()[l].size() + st.aux()[l].compressed.size() + batch[b].num_tokens;
+        ASSIGN_OR_RETURN(scores[b],
+                         be.Allocate(DType::kF32, {c.n_head, batch[b].num_tokens, keys}));
+      }
+    }
+    auto score_args = [&](size_t b, auto& args) {
+      if (prev_scores[b].defined()) args.prev_scores = &prev_scores[b];
+      if (scores[b].defined()) args.scores = &scores[b];
+    };
     // Attention. With pre-LN the keys are projected from LN(x) (memory rows included, which is
     // why the memory stores projected keys/values rather than raw hidden states).
     const Tensor* attn_in = &x;
@@ -462,6 +484,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
         args.push_back({&qkv_rows[b], &batch[b].state->layers()[l], &lc, static_cast<int>(c.n_head),
                         static_cast<int>(c.d_head), &attn_rows[b], batch[b].tokens,
                         batch[b].state->position(), &batch[b].state->aux()[l]});
+        score_args(b, args.back());
       }
       RETURN_IF_ERROR(be.SparseAttention(args));
     } else if (!c.is_dense(l)) {  // linear attention: the state advances with the outputs
@@ -498,6 +521,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                                              &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
                                              static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
                                              c.same_length, &attn_rows[b]});
+        score_args(b, args.back());
         if (lc.compressive()) {
           LayerAuxState& aux = batch[b].state->aux()[l];
           args.back().compressed = &aux.compressed;

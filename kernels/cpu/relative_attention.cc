@@ -38,6 +38,18 @@ void AddKeyMass(const RelativeAttentionShape& s, const float* p, int64_t first, 
   for (int64_t j = lo; j < hi; ++j) s.key_mass[j - s.mass_begin] += p[j - first];
 }
 
+// RealFormer: scores of query i for keys [first, first + n) += the previous layer's, and the sums
+// are passed on.
+void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t first, float* scores,
+                 int64_t n) {
+  const int64_t keys = s.memory_len + s.query_len;
+  const int64_t at = (head * s.query_len + i) * keys + first;
+  if (s.prev_scores != nullptr) {
+    for (int64_t j = 0; j < n; ++j) scores[j] += s.prev_scores[at + j];
+  }
+  if (s.out_scores != nullptr) std::copy(scores, scores + n, s.out_scores + at);
+}
+
 void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
                     const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                     const float* r_w_bias, const float* r_r_bias, float* out, int head,
@@ -70,6 +82,7 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   for (int64_t j = first; j <= last; ++j) {
     scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
   }
+  CarryScores(s, head, 0, first, scores, n);
   SoftmaxRow(scores, n);
   AddKeyMass(s, scores, first, n);
   ForEachKeyRange(
@@ -121,6 +134,7 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       for (int64_t j = first; j <= last; ++j) {
         row[j - col0] = (row[j - col0] + bd_row[std::min(last - j, clamp)]) * scale;
       }
+      CarryScores(s, head, i, first, row + (first - col0), last - first + 1);
       SoftmaxRow(row + (first - col0), last - first + 1);
       std::fill(row, row + (first - col0), 0.0f);
       std::fill(row + (last - col0) + 1, row + ncols, 0.0f);

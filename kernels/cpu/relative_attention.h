@@ -25,6 +25,10 @@ struct RelativeAttentionShape {
   float* key_mass = nullptr;
   int64_t mass_begin = 0;
   int64_t mass_end = 0;
+  // Optional (RealFormer), [H, T, M + T] each: prev_scores are added to the scaled scores before
+  // the softmax; out_scores receive the sums. Only the entries a query sees are read or written.
+  const float* prev_scores = nullptr;
+  float* out_scores = nullptr;
 };
 
 // Rows of the distance table that a call reads: distances 0 … min(M + T − 1, clamp).

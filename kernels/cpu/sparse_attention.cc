@@ -37,9 +37,18 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
     GemmNT(b, n, dh, scale, q + i0 * ldq + h * dh, ldq, span.k + row * span.ld + h * dh, span.ld,
            0.0f, scores + (j - col0), ncols);
   });
+  const int64_t keys_total = s.memory_len + s.query_len;
   for (int64_t r = 0; r < b; ++r) {
     const int64_t self = s.memory_len + i0 + r;
     float* row = scores + r * ncols;
+    if (s.prev_scores != nullptr || s.out_scores != nullptr) {  // RealFormer
+      const int64_t at = (h * s.query_len + i0 + r) * keys_total + col0;
+      for (int64_t c = 0; c < ncols; ++c) {
+        if (!Sees(self, col0 + c, s.window, dil)) continue;
+        if (s.prev_scores != nullptr) row[c] += s.prev_scores[at + c];
+        if (s.out_scores != nullptr) s.out_scores[at + c] = row[c];
+      }
+    }
     float max = -INFINITY;
     for (int64_t c = 0; c < ncols; ++c) {
       if (Sees(self, col0 + c, s.window, dil)) max = std::max(max, row[c]);
@@ -108,6 +117,9 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
           }
           j -= span.rows;
         }
+        const int64_t at = (h * t_len + i) * (shape.memory_len + t_len) + self - r * dil;
+        if (shape.prev_scores != nullptr) scores[n] += shape.prev_scores[at];
+        if (shape.out_scores != nullptr) shape.out_scores[at] = scores[n];
       }
       SoftmaxRow(scores.data(), n);
       float* o = out + i * ldo + h * dh;

@@ -20,6 +20,10 @@ struct SlidingWindowShape {
   int64_t memory_len;        // M: stored positions before them
   int64_t window;            // W keys per query, itself included
   const int64_t* dilations;  // [H]
+  // Optional (RealFormer), [H, T, M + T] each: prev_scores are added to the scaled scores before
+  // the softmax; out_scores receive the sums. Only the entries a query sees are read or written.
+  const float* prev_scores = nullptr;
+  float* out_scores = nullptr;
 };
 
 // q: [T, H·d_h] rows `ldq` apart; keys: spans covering exactly M + T positions, oldest first;

@@ -184,6 +184,11 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
         float dot = 0.0f;
         for (int d = 0; d < dh; ++d) dot += qh[d] * krows[r][d];
         scores[r] = dot * scale;
+        if (shape.prev_scores != nullptr || shape.out_scores != nullptr) {  // RealFormer
+          const int64_t at = (h * t_len + i) * (m + t_len) + (pos - shape.first_position);
+          if (shape.prev_scores != nullptr) scores[r] += shape.prev_scores[at];
+          if (shape.out_scores != nullptr) shape.out_scores[at] = scores[r];
+        }
       }
       if (n > 0) SoftmaxRow(scores.data(), n);  // no key at all (a summary-only head): zeros
       float* o = out + i * ldo + h * dh;

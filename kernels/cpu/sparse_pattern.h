@@ -51,6 +51,10 @@ struct SparsePatternShape {
   int64_t memory_len;      // M stored positions before them
   int64_t first_position;  // stream position of key index 0
   int64_t max_global;      // K(p) keeps at most this many global positions
+  // Optional (RealFormer; no globals), [H, T, M + T] each: prev_scores are added to the scaled
+  // scores before the softmax; out_scores receive the sums, for the keys a query sees.
+  const float* prev_scores = nullptr;
+  float* out_scores = nullptr;
 };
 
 // out[i] for the T new positions. keys: spans over the M + T positions, oldest first. globals:

@@ -110,6 +110,14 @@ const std::vector<std::pair<std::string, std::vector<std::string>>>& SplitFreeMo
       {"lsh",
        {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})",
         R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 8, "chunk_len": 5, "history": 4096})"}},
+      {"realformer window chain",
+       {R"({"attention": "sparse", "window": 5})",
+        R"({"attention": "sparse", "window": 5, "residual_attention": true})",
+        R"({"attention": "sparse", "window": 5, "residual_attention": true})"}},
+      {"realformer strided chain",
+       {R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})",
+        R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20,
+            "residual_attention": true})"}},
       {"mixed",
        {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 2, "chunk_len": 8, "history": 17})",
         R"({"attention": "linear", "feature_map": "elu"})",
@@ -244,6 +252,34 @@ TEST(LongContextModelTest, CompressiveMemoryChangesWhatTheModelSeesOnlyAfterEvic
                                    std::vector<float>(b.begin(), b.begin() + two), kTol));
     EXPECT_FALSE(test::NearRelative(std::vector<float>(a.begin() + two, a.end()),
                                     std::vector<float>(b.begin() + two, b.end()), kTol));
+  }
+}
+
+TEST(LongContextModelTest, ResidualAttentionChangesTheOutputAndKeepsTheState) {
+  const std::string dense = R"({"attention": "dense"})";
+  const std::string residual = R"({"attention": "dense", "residual_attention": true})";
+  for (const auto& [plain_layers, chain_layers] :
+       std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>{
+           {{dense, dense, dense}, {dense, residual, residual}},
+           {{R"({"attention": "sparse", "window": 4})", R"({"attention": "sparse", "window": 4})"},
+            {R"({"attention": "sparse", "window": 4})",
+             R"({"attention": "sparse", "window": 4, "residual_attention": true})"}}}) {
+    const ModelConfig plain = ConfigWith(plain_layers), chain = ConfigWith(chain_layers);
+    auto a = LoadModel(plain, 6), b = LoadModel(chain, 6);  // same weights
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(a->StateBytes(), b->StateBytes());
+    const std::vector<int32_t> doc = RandomTokens(40, plain.vocab_size, 2);
+    SessionState sa = *a->NewState(), sb = *b->NewState();
+    const std::vector<float> la = FeedInPieces(*a, sa, doc, {16, 16, 1, 1, 6});
+    const std::vector<float> lb = FeedInPieces(*b, sb, doc, {16, 16, 1, 1, 6});
+    ASSERT_EQ(la.size(), lb.size());
+    // (random ±0.1 weights give small scores, so the change is small but far above rounding)
+    EXPECT_FALSE(test::NearRelative(la, lb, 1e-6));
+    // The first position sees only itself in every layer: one key, softmax 1 either way.
+    const size_t v = static_cast<size_t>(plain.vocab_size);
+    EXPECT_TRUE(test::NearRelative(std::vector<float>(la.begin(), la.begin() + v),
+                                   std::vector<float>(lb.begin(), lb.begin() + v), kTol));
   }
 }
 

@@ -171,6 +171,8 @@ class CpuBackend final : public Backend {
       const int64_t m = a.memory->size();
       kernels::RelativeAttentionShape shape{a.num_heads, a.head_dim,   t, before + m, a.mem_len_max,
                                             a.clamp_len, a.same_length};
+      shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
+      shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
       if (a.usage != nullptr) {
         mass.assign(static_cast<size_t>(m), 0.0f);
         shape.key_mass = mass.data();
@@ -225,6 +227,8 @@ class CpuBackend final : public Backend {
       if (l.pattern == SparsePattern::kWindow && !l.has_globals()) {  // blocked BLAS path
         kernels::SlidingWindowShape shape{a.num_heads,      a.head_dim, t,
                                           a.memory->size(), l.window,   l.dilations.data()};
+        shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
+        shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
         kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,
                                         pool_);
         continue;
@@ -266,6 +270,8 @@ class CpuBackend final : public Backend {
       kernels::SparsePatternShape shape{
           a.num_heads, a.head_dim, t, a.memory->size(), a.position - a.memory->size(),
           l.max_global};
+      shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
+      shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
       kernels::SparsePatternAttention(pattern, shape, qkv, 3 * width, spans, globals, is_global,
                                       a.out->data<float>(), width, pool_);
       if (!l.has_globals()) continue;
