@@ -48,6 +48,12 @@ Further kinds (CHECKPOINT-FORMAT.md, written from its definitions):
   segment], distances continuing through the compressed rows; evicted
   hidden rows compressed in groups (max_pool, mean_pool, conv1d,
   dilated_conv, most_used); state :class:`CompressiveState`.
+* ``"residual_attention": true`` on a dense (XL or compressive) or sparse
+  layer (RealFormer): the layer adds the previous layer's unmasked
+  pre-softmax scores ``S^(l-1)`` [B, H, T, K] to its own before its mask
+  and softmax and passes the sum on; dense scores include the positional
+  term, sparse ones are ``q.k / sqrt(d_h)``. Masked entries keep their raw
+  (finite) score. The scores live within one call, never in the state.
 * ``layer_groups`` (parameters of group ``l * G // n_layer`` stored once as
   ``layers.g.*``; ``model.stack`` lists the module of every layer) and
   ``d_embed`` (``emb_proj`` after the scaled embedding, when it differs
@@ -229,6 +235,13 @@ def _validate_layers(layers, cfg: dict) -> None:
         if "attention" not in entry:
             fail(n, "missing field 'attention'")
         kind = entry["attention"]
+        if RESIDUAL_FIELD in entry and kind not in ("dense", "sparse"):
+            fail(n, f"field {RESIDUAL_FIELD!r} is only for \"dense\" and "
+                    f"\"sparse\" layers, not {kind!r}")
+        if RESIDUAL_FIELD in entry and not isinstance(entry[RESIDUAL_FIELD],
+                                                      bool):
+            fail(n, f"field {RESIDUAL_FIELD!r} must be a bool, got "
+                    f"{entry[RESIDUAL_FIELD]!r}")
         if kind == "dense":
             _validate_dense(entry, cfg, lambda what, n=n: fail(n, what))
             continue
@@ -277,6 +290,44 @@ def _validate_layers(layers, cfg: dict) -> None:
         if fmap == "favor" and cfg["d_head"] > FAVOR_MAX_D_HEAD:
             fail(n, f"field 'feature_map' favor needs d_head <= "
                     f"{FAVOR_MAX_D_HEAD}, d_head is {cfg['d_head']}")
+    _validate_residual(layers, cfg, fail)
+
+
+#: the RealFormer flag of dense and sparse entries.
+RESIDUAL_FIELD = "residual_attention"
+
+
+def _without_residual(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != RESIDUAL_FIELD}
+
+
+def _validate_residual(layers, cfg: dict, fail) -> None:
+    """Residual attention (RealFormer): layer 0 cannot be residual; a
+    residual layer's predecessor has the same entry apart from the flag
+    (compared after defaults); sparse residual layers and their predecessor
+    have no global positions / tokens / max_global."""
+    specs = None
+    for n, entry in enumerate(layers):
+        if not entry.get(RESIDUAL_FIELD, False):
+            continue
+        if n == 0:
+            fail(n, f"field {RESIDUAL_FIELD!r}: the first layer cannot be "
+                    f"residual (there are no previous scores)")
+        prev = layers[n - 1]
+        if entry["attention"] == "sparse":
+            for who, e in ((n, entry), (n - 1, prev)):
+                present = [f for f in GLOBAL_FIELDS if f in e]
+                if present:
+                    fail(n, f"field {RESIDUAL_FIELD!r}: sparse residual "
+                            f"attention allows no global positions, but "
+                            f"layers[{who}] has field {present[0]!r}")
+        if specs is None:
+            specs = layer_specs(dict(cfg, layers=layers))
+        if _without_residual(specs[n]) != _without_residual(specs[n - 1]):
+            fail(n, f"field {RESIDUAL_FIELD!r} needs layers[{n - 1}] to be "
+                    f"the same entry apart from this flag (it must see the "
+                    f"same keys): {_without_residual(specs[n - 1])} vs "
+                    f"{_without_residual(specs[n])}")
 
 
 #: largest ``window * max(dilation)`` of a sparse layer, and largest span.
@@ -335,7 +386,7 @@ def _validate_dense(entry: dict, cfg: dict, fail) -> None:
     memory = entry.get("memory", "xl")
     comp_fields = ("compression", "compression_rate", "cmem_len",
                    "compression_kernel")
-    allowed = {"attention", "memory"} | (
+    allowed = {"attention", "memory", RESIDUAL_FIELD} | (
         set(comp_fields) if memory == "compressive" else set())
     extra = sorted(set(entry) - allowed)
     if extra:
@@ -439,7 +490,7 @@ def _validate_sparse(entry: dict, cfg: dict, fail) -> None:
     if not isinstance(pattern, str) or pattern not in SPARSE_PATTERNS:
         fail(f"field 'pattern' must be one of {SPARSE_PATTERNS}, got "
              f"{pattern!r}")
-    allowed = {"attention", "pattern", *GLOBAL_FIELDS,
+    allowed = {"attention", "pattern", RESIDUAL_FIELD, *GLOBAL_FIELDS,
                *PATTERN_FIELDS[pattern]}
     extra = sorted(set(entry) - allowed)
     if extra:
@@ -549,47 +600,50 @@ def layer_specs(cfg: dict) -> List[dict]:
     ``features`` tensor; None for elu), ``eps`` and ``gated``. Sparse: see
     :func:`_sparse_spec` (a plain window: ``window`` and ``dilation``, a
     list of ``n_head`` ints). LSH: ``n_hashes``, ``n_buckets``,
-    ``chunk_len``, ``history``.
+    ``chunk_len``, ``history``. A residual (RealFormer) dense or sparse
+    layer adds ``"residual_attention": True`` (absent otherwise).
     """
     layers = cfg.get("layers")
     if layers is None:
         return [{"attention": "dense"} for _ in range(cfg["n_layer"])]
     specs = []
     for entry in layers:
-        if entry["attention"] == "dense":
-            if entry.get("memory", "xl") == "xl":
-                specs.append({"attention": "dense"})
-                continue
-            comp = entry["compression"]
-            specs.append({
-                "attention": "dense", "memory": "compressive",
-                "compression": comp,
-                "compression_rate": entry["compression_rate"],
-                "cmem_len": entry["cmem_len"],
-                "compression_kernel": (
-                    entry.get("compression_kernel",
-                              COMPRESSION_KERNEL_DEFAULT)
-                    if comp == "dilated_conv" else None)})
-            continue
-        if entry["attention"] == "sparse":
-            specs.append(_sparse_spec(entry, cfg))
-            continue
-        if entry["attention"] == "lsh":
-            specs.append({"attention": "lsh",
-                          "n_hashes": entry["n_hashes"],
-                          "n_buckets": entry["n_buckets"],
-                          "chunk_len": entry["chunk_len"],
-                          "history": entry.get("history",
-                                               LSH_HISTORY_DEFAULT)})
-            continue
-        specs.append({
-            "attention": "linear",
-            "feature_map": entry["feature_map"],
-            "num_features": entry.get("num_features"),
-            "eps": float(entry.get("eps", LINEAR_EPS_DEFAULT)),
-            "gated": bool(entry.get("gated", False)),
-        })
+        specs.append(_entry_spec(entry, cfg))
+        if entry.get(RESIDUAL_FIELD, False):
+            specs[-1][RESIDUAL_FIELD] = True
     return specs
+
+
+def _entry_spec(entry: dict, cfg: dict) -> dict:
+    """The spec of one entry, defaults filled in, without the residual
+    flag."""
+    if entry["attention"] == "dense":
+        if entry.get("memory", "xl") == "xl":
+            return {"attention": "dense"}
+        comp = entry["compression"]
+        return {
+            "attention": "dense", "memory": "compressive",
+            "compression": comp,
+            "compression_rate": entry["compression_rate"],
+            "cmem_len": entry["cmem_len"],
+            "compression_kernel": (
+                entry.get("compression_kernel", COMPRESSION_KERNEL_DEFAULT)
+                if comp == "dilated_conv" else None)}
+    if entry["attention"] == "sparse":
+        return _sparse_spec(entry, cfg)
+    if entry["attention"] == "lsh":
+        return {"attention": "lsh",
+                "n_hashes": entry["n_hashes"],
+                "n_buckets": entry["n_buckets"],
+                "chunk_len": entry["chunk_len"],
+                "history": entry.get("history", LSH_HISTORY_DEFAULT)}
+    return {
+        "attention": "linear",
+        "feature_map": entry["feature_map"],
+        "num_features": entry.get("num_features"),
+        "eps": float(entry.get("eps", LINEAR_EPS_DEFAULT)),
+        "gated": bool(entry.get("gated", False)),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -609,6 +663,25 @@ def sinusoid_table(distances: torch.Tensor, d_model: int,
     inv_freq = 1.0 / (10000.0 ** exponent)
     angles = distances.to(torch.float64)[:, None] * inv_freq[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
+
+
+def _residual_scores(module: nn.Module, scores: torch.Tensor,
+                     prev_scores: Optional[torch.Tensor],
+                     keep_scores: bool) -> torch.Tensor:
+    """Residual attention (RealFormer, CHECKPOINT-FORMAT "Residual
+    attention"): ``S^l = scores^l + S^(l-1)`` on the unmasked pre-softmax
+    scores [B, H, T, K] (every entry finite: masked keys hold their raw
+    score, each layer applies its own mask afterwards). With
+    ``keep_scores`` the sum is left in ``module.carried_scores`` for the
+    next (residual) layer, else that attribute is None."""
+    if prev_scores is not None:
+        if prev_scores.shape != scores.shape:
+            raise ValueError(f"residual attention: previous scores "
+                             f"{tuple(prev_scores.shape)}, this layer's "
+                             f"{tuple(scores.shape)}")
+        scores = scores + prev_scores.to(scores.dtype)
+    module.carried_scores = scores if keep_scores else None
+    return scores
 
 
 class RelMultiHeadAttention(nn.Module):
@@ -643,9 +716,15 @@ class RelMultiHeadAttention(nn.Module):
         return mask
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor,
-                r_w_bias: torch.Tensor, r_r_bias: torch.Tensor
-                ) -> torch.Tensor:
-        """``x``: [B, T, D] new rows; ``mem``: [B, M, D]; returns [B, T, D]."""
+                r_w_bias: torch.Tensor, r_r_bias: torch.Tensor,
+                prev_scores: Optional[torch.Tensor] = None,
+                keep_scores: bool = False) -> torch.Tensor:
+        """``x``: [B, T, D] new rows; ``mem``: [B, M, D]; returns [B, T, D].
+
+        Residual attention: ``prev_scores`` [B, H, T, K] is added to the
+        unmasked scores before the mask; with ``keep_scores`` the sum is
+        left in ``self.carried_scores`` (see :func:`_residual_scores`).
+        """
         B, T, _ = x.shape
         M = mem.shape[1]
         K = M + T
@@ -674,6 +753,7 @@ class RelMultiHeadAttention(nn.Module):
         content = torch.einsum("bthd,bkhd->bhtk", q + r_w_bias, k)
         position = torch.einsum("bthd,tkhd->bhtk", q + r_r_bias, rk)
         scores = (content + position) / math.sqrt(dh)
+        scores = _residual_scores(self, scores, prev_scores, keep_scores)
 
         mask = self.attention_mask(T, M, x.device)
         scores = scores.masked_fill(mask, float("-inf"))
@@ -904,9 +984,13 @@ class SparseAttention(nn.Module):
         return ((delta >= 0) & (delta % dil == 0)
                 & (delta // dil < self.window))
 
-    def forward(self, x: torch.Tensor, state: SparseState
+    def forward(self, x: torch.Tensor, state: SparseState,
+                prev_scores: Optional[torch.Tensor] = None,
+                keep_scores: bool = False
                 ) -> Tuple[torch.Tensor, SparseState]:
-        """``x``: [B, T, D]; returns ([B, T, D], state after the call)."""
+        """``x``: [B, T, D]; returns ([B, T, D], state after the call).
+
+        Residual attention: scores [B, H, T, P + T] over [cache | new]."""
         B, T, _ = x.shape
         H, dh = self.n_head, self.d_head
         h = self.ln(x) if self.pre_lnorm else x                 # layer input
@@ -916,6 +1000,7 @@ class SparseAttention(nn.Module):
         values = torch.cat([state.v, v], dim=2)
         P = state.k.shape[2]
         scores = torch.einsum("bhtd,bhkd->bhtk", q, keys) / math.sqrt(dh)
+        scores = _residual_scores(self, scores, prev_scores, keep_scores)
         mask = self.allowed(T, P, x.device)
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)   # never all masked (r = 0)
@@ -1074,8 +1159,15 @@ class PatternSparseAttention(nn.Module):
         return torch.tensor(rows, dtype=torch.bool)
 
     def forward(self, x: torch.Tensor, state: PatternState,
-                ids: torch.Tensor) -> Tuple[torch.Tensor, PatternState]:
-        """``x``: [B, T, D], ``ids``: [B, T] token ids."""
+                ids: torch.Tensor,
+                prev_scores: Optional[torch.Tensor] = None,
+                keep_scores: bool = False
+                ) -> Tuple[torch.Tensor, PatternState]:
+        """``x``: [B, T, D], ``ids``: [B, T] token ids.
+
+        Residual attention: scores [B, H, T, P + T] over every position
+        seen (P: the whole history the oracle keeps); query i uses the
+        first P + i + 1 columns."""
         B, T, _ = x.shape
         H, dh = self.n_head, self.d_head
         h = self.ln(x) if self.pre_lnorm else x
@@ -1089,13 +1181,14 @@ class PatternSparseAttention(nn.Module):
              for b in range(B)], dtype=torch.bool).reshape(B, T)
         glob = torch.cat([state.glob, new_glob], dim=1)
         out = x.new_zeros(B, H, T, dh)
+        scores = torch.einsum("bhtd,bhkd->bhtk", q, keys) / math.sqrt(dh)
+        scores = _residual_scores(self, scores, prev_scores, keep_scores)
         for b in range(B):
             flags = glob[b].tolist()
             for i in range(T):
                 p = P + i
                 mask = self.visible(flags, p)                   # [H, p+1]
-                s = torch.einsum("hd,hkd->hk", q[b, :, i],
-                                 keys[b, :, :p + 1]) / math.sqrt(dh)
+                s = scores[b, :, i, :p + 1]
                 s = s.masked_fill(~mask, float("-inf"))
                 probs = torch.softmax(s, dim=-1)
                 # A head that sees no key (a summary-only head of "fixed"
@@ -1320,7 +1413,9 @@ class CompressiveAttention(RelMultiHeadAttention):
                              self.kernel or 1)
 
     def forward(self, x: torch.Tensor, state: CompressiveState,
-                r_w_bias: torch.Tensor, r_r_bias: torch.Tensor
+                r_w_bias: torch.Tensor, r_r_bias: torch.Tensor,
+                prev_scores: Optional[torch.Tensor] = None,
+                keep_scores: bool = False
                 ) -> Tuple[torch.Tensor, CompressiveState]:
         B, T, _ = x.shape
         mem, cmem = state.mem, state.cmem
@@ -1350,6 +1445,7 @@ class CompressiveAttention(RelMultiHeadAttention):
         content = torch.einsum("bthd,bkhd->bhtk", q + r_w_bias, k)
         position = torch.einsum("bthd,tkhd->bhtk", q + r_r_bias, rk)
         scores = (content + position) / math.sqrt(dh)
+        scores = _residual_scores(self, scores, prev_scores, keep_scores)
         scores = scores.masked_fill(mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out = torch.einsum("bhtk,bkhd->bthd", probs, v).reshape(B, T, H * dh)
@@ -1421,17 +1517,26 @@ class DecoderLayer(nn.Module):
             self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
 
-    def forward(self, x, mem, r_w_bias=None, r_r_bias=None, ids=None):
+    def forward(self, x, mem, r_w_bias=None, r_r_bias=None, ids=None,
+                prev_scores=None, keep_scores=False):
         """Dense: returns the output; every other kind: (output, new
-        state)."""
+        state). ``prev_scores`` / ``keep_scores``: residual attention
+        (dense, compressive and sparse kinds only); the kept scores are in
+        ``self.attn.carried_scores``."""
+        res = {}
+        if prev_scores is not None or keep_scores:
+            if self.kind in ("linear", "lsh"):
+                raise ValueError(f"a {self.kind} layer has no residual "
+                                 f"attention")
+            res = {"prev_scores": prev_scores, "keep_scores": keep_scores}
         if self.kind == "dense":
-            return self.ff(self.attn(x, mem, r_w_bias, r_r_bias))
+            return self.ff(self.attn(x, mem, r_w_bias, r_r_bias, **res))
         if self.kind == "compressive":
-            y, state = self.attn(x, mem, r_w_bias, r_r_bias)
+            y, state = self.attn(x, mem, r_w_bias, r_r_bias, **res)
         elif self.kind == "pattern":
-            y, state = self.attn(x, mem, ids)
+            y, state = self.attn(x, mem, ids, **res)
         else:
-            y, state = self.attn(x, mem)
+            y, state = self.attn(x, mem, **res)
         return self.ff(y), state
 
 
@@ -1465,6 +1570,9 @@ class TransfoXLReference(nn.Module):
         if has_emb_proj(cfg):
             self.emb_proj = nn.Linear(d_embed, cfg["d_model"])
         self.specs = layer_specs(cfg)
+        #: per layer: residual attention (adds the previous layer's scores).
+        self.residual = [bool(s.get(RESIDUAL_FIELD, False))
+                         for s in self.specs]
         n_groups = cfg.get("layer_groups", cfg["n_layer"])
         self.group_of = [group_of(cfg, n) for n in range(cfg["n_layer"])]
         #: the spec of each parameter group (that of its first layer).
@@ -1578,7 +1686,14 @@ class TransfoXLReference(nn.Module):
         new_mems = []
         state_types = {"sparse": SparseState, "pattern": PatternState,
                        "lsh": LSHState, "compressive": CompressiveState}
+        # Residual attention: the scores S of the previous layer when this
+        # layer is residual; they live within this call only.
+        n_layer = len(self.stack)
+        carried = None
         for n, layer in enumerate(self.stack):
+            res = {"prev_scores": carried if self.residual[n] else None,
+                   "keep_scores": n + 1 < n_layer and self.residual[n + 1]}
+            carried = None
             if self.config["untie_r"]:
                 u = getattr(layer.attn, "r_w_bias", None)
                 v = getattr(layer.attn, "r_r_bias", None)
@@ -1605,14 +1720,20 @@ class TransfoXLReference(nn.Module):
                                      f"must be a {kind.__name__}")
                 state = kind(*(t if t.dtype == torch.bool else t.to(x.dtype)
                                for t in state))
-                x, state = layer(x, state, u, v, ids=ids)
+                x, state = layer(x, state, u, v, ids=ids, **res)
                 new_mems.append(kind(*(t.detach().clone() for t in state)))
+                if res["keep_scores"]:
+                    carried = layer.attn.carried_scores
+                    layer.attn.carried_scores = None
                 continue
             mem = mems[n].to(x.dtype)
             both = torch.cat([mem, x], dim=1)
             keep = min(self.mem_len, both.shape[1])
             new_mems.append(both[:, both.shape[1] - keep:].detach().clone())
-            x = layer(x, mem, u, v)
+            x = layer(x, mem, u, v, **res)
+            if res["keep_scores"]:
+                carried = layer.attn.carried_scores
+                layer.attn.carried_scores = None
 
         if last_only:
             x = x[:, -1:]
