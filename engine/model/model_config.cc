@@ -233,6 +233,8 @@ absl::Status ParseLsh(EntryReader& r, LayerConfig& layer) {
   if (layer.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
   ASSIGN_OR_RETURN(layer.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
   ASSIGN_OR_RETURN(layer.history, r.Int("history", 1, kMaxSpan, 4096));
+  ASSIGN_OR_RETURN(std::string sort, r.String("sort", "window", {"window", "call"}));
+  layer.lsh_call_sort = sort == "call";
   return absl::OkStatus();
 }
 
@@ -374,27 +376,40 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: top level must be an object");
 
-  static const std::set<std::string> kKnown = {"architecture", "vocab_size",
-                                               "d_model",      "n_layer",
-                                               "n_head",       "d_head",
-                                               "d_inner",      "mem_len",
-                                               "clamp_len",    "same_length",
-                                               "pre_lnorm",    "untie_r",
-                                               "activation",   "layer_norm_epsilon",
-                                               "memory_init",  "tie_word_embeddings",
-                                               "torch_dtype",  "eos_token_id",
-                                               "layers",       "layer_groups",
-                                               "d_embed"};
+  static const std::set<std::string> kKnown = {"architecture",
+                                               "vocab_size",
+                                               "d_model",
+                                               "n_layer",
+                                               "n_head",
+                                               "d_head",
+                                               "d_inner",
+                                               "mem_len",
+                                               "clamp_len",
+                                               "same_length",
+                                               "pre_lnorm",
+                                               "untie_r",
+                                               "activation",
+                                               "layer_norm_epsilon",
+                                               "memory_init",
+                                               "tie_word_embeddings",
+                                               "torch_dtype",
+                                               "eos_token_id",
+                                               "layers",
+                                               "layer_groups",
+                                               "d_embed",
+                                               "axial_pos_shape",
+                                               "axial_pos_embds_dim"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
 
   ModelConfig c;
   ASSIGN_OR_RETURN(c.architecture, GetString(j, "architecture"));
-  if (c.architecture != "transfo_xl") {
+  if (c.architecture != "transfo_xl" && c.architecture != "reformer") {
     return FieldError("architecture", absl::StrCat("names unknown architecture \"", c.architecture,
-                                                   "\" (supported: transfo_xl)"));
+                                                   "\" (supported: transfo_xl, reformer)"));
   }
+  c.reformer = c.architecture == "reformer";
   ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", 1, kMaxDimension));
   ASSIGN_OR_RETURN(c.d_model, GetInt(j, "d_model", 2, 1 << 16));
   if (c.d_model % 2 != 0) return FieldError("d_model", "must be even (sinusoid table)");
@@ -482,6 +497,46 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                        ParseLayer(layers[static_cast<size_t>(l)], l, c));
     }
   }
+  for (const char* field : {"axial_pos_shape", "axial_pos_embds_dim"}) {
+    if (j.contains(field) != c.reformer) {
+      return FieldError(field, c.reformer ? "is missing" : "is only for architecture reformer");
+    }
+  }
+  if (c.reformer) {
+    auto pair = [&](const char* field, int64_t max) -> absl::StatusOr<std::vector<int64_t>> {
+      const Json& v = j.at(field);
+      if (!v.is_array() || v.size() != 2 || !std::all_of(v.begin(), v.end(), [&](const Json& x) {
+            return x.is_number_integer() && x.get<int64_t>() >= 1 && x.get<int64_t>() <= max;
+          })) {
+        return FieldError(field, absl::StrCat("must be two integers in [1, ", max, "]"));
+      }
+      return std::vector<int64_t>{v[0].get<int64_t>(), v[1].get<int64_t>()};
+    };
+    ASSIGN_OR_RETURN(c.axial_pos_shape, pair("axial_pos_shape", 1 << 20));
+    ASSIGN_OR_RETURN(c.axial_pos_embds_dim, pair("axial_pos_embds_dim", c.d_model));
+    if (c.axial_pos_embds_dim[0] + c.axial_pos_embds_dim[1] != c.d_model) {
+      return FieldError("axial_pos_embds_dim", "must add up to d_model");
+    }
+    if (c.axial_pos_shape[0] * c.axial_pos_shape[1] > (int64_t{1} << 30)) {
+      return FieldError("axial_pos_shape", "allows at most 2^30 positions");
+    }
+    if (!c.pre_lnorm || c.tie_word_embeddings || c.mem_len != 0 || c.embed_width() != c.d_model ||
+        c.layer_groups > 0) {
+      return FieldError("architecture",
+                        "reformer needs pre_lnorm true, tie_word_embeddings "
+                        "false, mem_len 0 and no d_embed or layer_groups");
+    }
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const AttentionKind kind = c.layers[l].attention;
+      if ((kind != AttentionKind::kLsh && kind != AttentionKind::kSparse) ||
+          c.layers[l].residual_attention) {
+        return FieldError("layers", absl::StrCat("[", l,
+                                                 "]: a reformer's layers are lsh or "
+                                                 "sparse (without residual_attention)"));
+      }
+    }
+  }
+
   // RealFormer: a residual layer adds scores over the same keys as the layer before it.
   for (int64_t l = 0; l < c.n_layer; ++l) {
     if (!c.layers[l].residual_attention) continue;

@@ -79,6 +79,7 @@ struct LayerConfig {
   int64_t n_buckets = 0;
   int64_t chunk_len = 0;
   int64_t history = 0;
+  bool lsh_call_sort = false;  // "sort": "call": Hugging Face's whole-call algorithm
   // dense: memory
   MemoryKind memory = MemoryKind::kXl;
   Compression compression = Compression::kMeanPool;
@@ -125,12 +126,21 @@ struct ModelConfig {
   int64_t layer_groups = 0;
   // Factorised embeddings: word_emb is [vocab, d_embed], projected to d_model (= d_model: none).
   int64_t d_embed = 0;
+  // Architecture "reformer": reversible two-stream blocks, axial position embeddings
+  // [n0, n1] × [e0, e1], a head over [A | X].
+  bool reformer = false;
+  std::vector<int64_t> axial_pos_shape;
+  std::vector<int64_t> axial_pos_embds_dim;
 
   int64_t attn_width() const { return n_head * d_head; }  // H·d_h
   int64_t groups() const { return layer_groups > 0 ? layer_groups : n_layer; }
   // The parameter set (layers.g.*) layer l runs.
   int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
   int64_t embed_width() const { return d_embed > 0 ? d_embed : d_model; }
+  // Width the output head reads: [A | X] for a reformer.
+  int64_t head_width() const { return reformer ? 2 * d_model : d_model; }
+  // Positions a session may hold (axial position embeddings), or 0 for no limit.
+  int64_t max_positions() const { return reformer ? axial_pos_shape[0] * axial_pos_shape[1] : 0; }
   // RealFormer: layer l adds layer l − 1's scores / passes its own to layer l + 1.
   bool adds_scores(int64_t l) const { return layer(l).residual_attention; }
   bool passes_scores(int64_t l) const { return l + 1 < n_layer && adds_scores(l + 1); }

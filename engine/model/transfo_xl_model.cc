@@ -360,6 +360,12 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
                        ": session state is on another device (offloaded states must be "
                        "restored with StateFromHost first)"));
     }
+    if (config_.max_positions() > 0 &&
+        s.state->position() + s.num_tokens > config_.max_positions()) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence ", b, ": positions up to ", s.state->position() + s.num_tokens,
+          " exceed the model's position limit of ", config_.max_positions(), " (axial_pos_shape)"));
+    }
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= config_.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", b, " token ", t, ": id ",
@@ -418,7 +424,25 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
     RETURN_IF_ERROR(be.Linear(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
   } else {
-    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, x));
+    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, c.reformer ? 1.0f : emb_scale, x));
+  }
+  Tensor x2;  // a reformer's second stream
+  if (c.reformer) {
+    // Axial position embeddings: position p adds [P0[⌊p / n1⌋], P1[p mod n1]].
+    const int64_t n1 = c.axial_pos_shape[1], e0 = c.axial_pos_embds_dim[0];
+    const int64_t e1 = c.axial_pos_embds_dim[1];
+    Tensor pos = Tensor::Empty(DType::kF32, {n, d});
+    for (size_t b = 0; b < batch.size(); ++b) {
+      for (int64_t i = 0; i < batch[b].num_tokens; ++i) {
+        const int64_t p = batch[b].state->position() + i;
+        float* row = pos.data<float>() + (offsets[b] + i) * d;
+        std::memcpy(row, weights_.pos_emb0.data<float>() + (p / n1) * e0, e0 * sizeof(float));
+        std::memcpy(row + e0, weights_.pos_emb1.data<float>() + (p % n1) * e1, e1 * sizeof(float));
+      }
+    }
+    RETURN_IF_ERROR(be.Add(x, pos, x));
+    ASSIGN_OR_RETURN(x2, scratch({n, d}));
+    RETURN_IF_ERROR(be.Copy(x, x2));
   }
 
   const float eps = static_cast<float>(c.layer_norm_epsilon);
@@ -453,8 +477,8 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     // Attention. With pre-LN the keys are projected from LN(x) (memory rows included, which is
     // why the memory stores projected keys/values rather than raw hidden states).
     const Tensor* attn_in = &x;
-    if (c.pre_lnorm) {
-      RETURN_IF_ERROR(be.LayerNorm(x, lw.attn_ln_gamma, lw.attn_ln_beta, eps, h));
+    if (c.pre_lnorm) {  // (a reformer's attention reads its second stream)
+      RETURN_IF_ERROR(be.LayerNorm(c.reformer ? x2 : x, lw.attn_ln_gamma, lw.attn_ln_beta, eps, h));
       attn_in = &h;
     }
     const LayerConfig& lc = c.layer(l);
@@ -570,7 +594,8 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     RETURN_IF_ERROR(be.LinearBiasActivation(*ff_in, lw.fc1, lw.fc1_bias, c.activation, inner));
     RETURN_IF_ERROR(be.Linear(inner, lw.fc2, &lw.fc2_bias, proj));
     if (c.pre_lnorm) {
-      RETURN_IF_ERROR(be.Add(x, proj, x));
+      Tensor& target = c.reformer ? x2 : x;  // reversible: the FFN feeds the second stream
+      RETURN_IF_ERROR(be.Add(target, proj, target));
     } else {
       RETURN_IF_ERROR(be.AddLayerNorm(x, proj, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
     }
@@ -579,12 +604,21 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
 
   if (mode == LogitsMode::kNone) return be.Synchronize();
   Tensor last = x;
+  if (c.reformer) {  // the head reads LayerNorm([A | X]) (host rows: reformers run on the CPU)
+    ASSIGN_OR_RETURN(last, scratch({n, 2 * d}));
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(last.data<float>() + r * 2 * d, x.data<float>() + r * d, d * sizeof(float));
+      std::memcpy(last.data<float>() + r * 2 * d + d, x2.data<float>() + r * d, d * sizeof(float));
+    }
+    RETURN_IF_ERROR(be.LayerNorm(last, weights_.final_ln_gamma, weights_.final_ln_beta, eps, last));
+  }
   const int64_t bsz = static_cast<int64_t>(batch.size());
   if (mode == LogitsMode::kLast && n != bsz) {
     std::vector<int64_t> rows;
     for (int64_t b = 0; b < bsz; ++b) rows.push_back(offsets[b] + batch[b].num_tokens - 1);
-    ASSIGN_OR_RETURN(last, scratch({bsz, d}));
-    RETURN_IF_ERROR(be.GatherRows(x, rows, last));
+    Tensor all = last;
+    ASSIGN_OR_RETURN(last, scratch({bsz, c.head_width()}));
+    RETURN_IF_ERROR(be.GatherRows(all, rows, last));
   }
   ASSIGN_OR_RETURN(Tensor out, scratch({last.dim(0), c.vocab_size}));
   RETURN_IF_ERROR(be.Linear(last, weights_.lm_head, &weights_.lm_head_bias, out));

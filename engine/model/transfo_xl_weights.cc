@@ -154,10 +154,18 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     groups.push_back(lw);
     w.layers.push_back(std::move(lw));
   }
+  if (c.reformer) {
+    const std::vector<int64_t>& n = c.axial_pos_shape;
+    const std::vector<int64_t>& e = c.axial_pos_embds_dim;
+    ASSIGN_OR_RETURN(w.pos_emb0, reader.Read("pos_emb.weights.0", {n[0], 1, e[0]}));
+    ASSIGN_OR_RETURN(w.pos_emb1, reader.Read("pos_emb.weights.1", {1, n[1], e[1]}));
+    ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_ln.weight", {2 * d}));
+    ASSIGN_OR_RETURN(w.final_ln_beta, reader.Read("final_ln.bias", {2 * d}));
+  }
   if (c.tie_word_embeddings) {
     w.lm_head = w.word_emb;
   } else {
-    ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, d}));
+    ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, c.head_width()}));
   }
   ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
   RETURN_IF_ERROR(reader.CheckNoExtra());
@@ -226,6 +234,10 @@ absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, 
     }
     out.layers.push_back(std::move(d));
   }
+  ASSIGN_OR_RETURN(out.pos_emb0, copy(weights.pos_emb0, false));
+  ASSIGN_OR_RETURN(out.pos_emb1, copy(weights.pos_emb1, false));
+  ASSIGN_OR_RETURN(out.final_ln_gamma, copy(weights.final_ln_gamma, false));
+  ASSIGN_OR_RETURN(out.final_ln_beta, copy(weights.final_ln_beta, false));
   ASSIGN_OR_RETURN(out.lm_head, copy(weights.lm_head, true));
   ASSIGN_OR_RETURN(out.lm_head_bias, copy(weights.lm_head_bias, false));
   return out;

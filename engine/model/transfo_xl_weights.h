@@ -34,7 +34,10 @@ struct TransfoXlWeights {
   Tensor emb_proj, emb_proj_bias;  // [D, E], [D] when d_embed ≠ d_model (factorised)
   // Per layer (n_layer entries); layers of one ALBERT group share their tensors' buffers.
   std::vector<TransfoXlLayerWeights> layers;
-  Tensor lm_head;       // [V, D]; shares word_emb's buffer when tied
+  // reformer: axial position embeddings [n0, 1, e0], [1, n1, e1] and the LayerNorm over [A | X].
+  Tensor pos_emb0, pos_emb1;
+  Tensor final_ln_gamma, final_ln_beta;  // [2·D]
+  Tensor lm_head;       // [V, D] ([V, 2·D] for a reformer); shares word_emb's buffer when tied
   Tensor lm_head_bias;  // [V]
 };
 

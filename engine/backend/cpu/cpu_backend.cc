@@ -9,6 +9,7 @@
 #include "kernels/cpu/compression.h"
 #include "kernels/cpu/linear_attention.h"
 #include "kernels/cpu/lsh_attention.h"
+#include "kernels/cpu/lsh_call_attention.h"
 #include "kernels/cpu/relative_attention.h"
 #include "kernels/cpu/sparse_attention.h"
 #include "kernels/cpu/sparse_pattern.h"
@@ -332,7 +333,13 @@ class CpuBackend final : public Backend {
         if (first < ring.size()) bucket_spans.push_back({stored, nb, ring.size() - first});
       }
       bucket_spans.push_back({buckets.data(), nb, t});
-      kernels::LshAttention(shape, x, ld, spans, bucket_spans, a.out->data<float>(), width, pool_);
+      if (l.lsh_call_sort) {
+        kernels::LshCallAttention(shape, x, ld, spans, bucket_spans, a.out->data<float>(), width,
+                                  pool_);
+      } else {
+        kernels::LshAttention(shape, x, ld, spans, bucket_spans, a.out->data<float>(), width,
+                              pool_);
+      }
       for (int64_t r = 0; r < t; ++r) {
         const int64_t slot = ring.SlotOfNewRow(r, t);
         if (slot < 0) continue;

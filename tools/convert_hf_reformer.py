@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""Convert a Hugging Face ReformerModelWithLMHead to a mnemo checkpoint.
+
+The output is a directory in the layout of engine/CHECKPOINT-FORMAT.md
+("Architecture `reformer`"): `config.json` in our schema (architecture
+"reformer", the transfo_xl fields with mem_len 0, pre_lnorm true, memory_init
+"empty", tie_word_embeddings false, plus `axial_pos_shape`,
+`axial_pos_embds_dim` and a `layers` list) and `model.safetensors` (float32)
+with our tensor names:
+
+    HF                                                  mnemo
+    reformer.embeddings.word_embeddings.weight          word_emb.weight
+    reformer.embeddings.position_embeddings.weights.i   pos_emb.weights.i
+    reformer.encoder.layers.N.attention.layer_norm.*    layers.N.attn.ln.*
+      LSH:   cat(self_attention.query_key, .value)      layers.N.attn.qkv.weight [2 H dh, D]
+             rotations HF draws with hash_seed          layers.N.attn.rotations [H, dh, R, nb/2]
+      local: cat(self_attention.query, .key, .value)    layers.N.attn.qkv.weight [3 H dh, D]
+    ...attention.output.dense.weight                    layers.N.attn.o.weight
+    ...feed_forward.dense.dense.*                       layers.N.ff.fc1.*
+    ...feed_forward.output.dense.*                      layers.N.ff.fc2.*
+    ...feed_forward.layer_norm.*                        layers.N.ff.ln.*
+    reformer.encoder.layer_norm.*                       final_ln.*
+    lm_head.decoder.weight / .bias                      lm_head.weight / .bias
+
+Layers: an "lsh" layer becomes {"attention": "lsh", "sort": "call", n_hashes,
+n_buckets, chunk_len = lsh_attn_chunk_length, history = min(max(4096,
+n0*n1), 1048576)} (Hugging Face's per-call sort); a "local" layer with chunk c
+and n chunks before becomes {"attention": "sparse", "pattern": "bigbird",
+"block": c, "window_blocks": n + 1, "random_blocks": 0, "span": (n+1)*c - 1}.
+
+Rotations: Hugging Face draws the LSH rotations at every call; with
+`hash_seed` set it calls `torch.manual_seed(hash_seed)` right before
+`torch.randn((H, dh, num_hashes, num_buckets // 2), dtype=float32)`, so every
+layer and every call hashes with that same tensor. The converter stores it
+(drawn in float32, the dtype of a float32 model). Without `hash_seed` Hugging
+Face hashes with fresh random rotations each call and nothing can match it, so
+such models are refused.
+
+Parity: the converted model reproduces HF's `model(input_ids).logits` when
+the whole sequence is one `mnemo logits` call (the "sort": "call" LSH layers
+sort per call, as HF does) of N <= n0*n1 tokens with N <= every chunk length
+or N a multiple of lcm(chunk lengths) (HF pads other lengths, which moves
+its LSH chunks), and, with local layers, N <= local_attn_chunk_length or
+N > local_num_chunks_before * local_attn_chunk_length (with fewer chunks
+HF's cyclic look-back counts some keys twice). HF float32 also rounds the
+output of a position that sees only itself in every LSH round (n_hashes >= 2)
+by up to ~0.5%; the engine, like HF in float64, returns v_p there.
+See tests/reference/test_hf_reformer_parity.py.
+
+Refused (ConversionError naming the field): is_decoder false, num_buckets a
+list or None, lsh_num_chunks_before != 1, lsh_num_chunks_after != 0,
+local_num_chunks_after != 0, axial_pos_embds false, hash_seed None (with LSH
+layers), tie_word_embeddings true, hidden_act other than relu/gelu, attention
+layer types other than lsh/local, axial_pos_shape of other than two factors.
+
+Usage:
+    convert_hf_reformer.py HF_DIR OUT_DIR
+    convert_hf_reformer.py --random-config [JSON] [--seed S] [--save-hf HF_DIR]
+        OUT_DIR
+    convert_hf_reformer.py OUT_DIR --random-config     (default config)
+
+`--random-config` builds a small random ReformerModelWithLMHead instead of
+reading HF_DIR: JSON (optional) holds ReformerConfig overrides on top of
+RANDOM_DEFAULTS below (is_decoder, hash_seed, integer num_buckets, ...); the
+weights are re-initialised from a normal seeded with --seed (default 0), so
+the same seed always gives the same model. --save-hf also writes the HF model
+(`save_pretrained`), e.g. to compare with Hugging Face later.
+
+Library use (tests):
+    config = convert(model, out_dir)            # in-memory HF model
+    config, tensors = convert_tensors(model)    # without writing
+    config = convert_dir(hf_dir, out_dir)
+    model = random_hf_model(overrides, seed)
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+
+import torch
+
+HISTORY_MIN = 4096
+HISTORY_MAX = 1048576
+
+# A small model for --random-config (and tests): every field the converter
+# needs is set to something it accepts.
+RANDOM_DEFAULTS = dict(
+    is_decoder=True,
+    vocab_size=40,
+    hidden_size=32,
+    num_attention_heads=2,
+    attention_head_size=16,
+    feed_forward_size=64,
+    num_hidden_layers=4,
+    attn_layers=["local", "lsh", "local", "lsh"],
+    num_hashes=2,
+    num_buckets=4,
+    hash_seed=7,
+    lsh_attn_chunk_length=8,
+    local_attn_chunk_length=4,
+    lsh_num_chunks_before=1,
+    lsh_num_chunks_after=0,
+    local_num_chunks_before=1,
+    local_num_chunks_after=0,
+    axial_pos_embds=True,
+    axial_pos_shape=[8, 16],
+    axial_pos_embds_dim=[16, 16],
+    max_position_embeddings=128,
+    hidden_act="relu",
+    hidden_dropout_prob=0.0,
+    lsh_attention_probs_dropout_prob=0.0,
+    local_attention_probs_dropout_prob=0.0,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    eos_token_id=2,
+)
+
+
+class ConversionError(ValueError):
+    """The HF model cannot be expressed in the mnemo format."""
+
+
+# --------------------------------------------------------------------------
+# HF config handling
+
+
+def _as_hf_config(hf_config):
+    from transformers import ReformerConfig
+
+    if isinstance(hf_config, ReformerConfig):
+        return hf_config
+    if isinstance(hf_config, (str, os.PathLike)):
+        with open(hf_config, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    if isinstance(hf_config, dict):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ReformerConfig.from_dict(dict(hf_config))
+    raise TypeError(f"unsupported hf_config type {type(hf_config).__name__}")
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_supported(cfg):
+    """Raise ConversionError listing every HF config field we cannot hold."""
+    problems = []
+    layers = list(cfg.attn_layers)
+    unknown = sorted({t for t in layers if t not in ("lsh", "local")})
+    if unknown or not layers:
+        problems.append(
+            f"attn_layers={layers}: only 'lsh' and 'local' layers convert")
+    if len(layers) != cfg.num_hidden_layers:
+        problems.append(
+            f"attn_layers has {len(layers)} entries but num_hidden_layers="
+            f"{cfg.num_hidden_layers}")
+    has_lsh = "lsh" in layers
+    has_local = "local" in layers
+    if not cfg.is_decoder:
+        problems.append(
+            "is_decoder=False: only causal (is_decoder=True) models convert")
+    if not cfg.axial_pos_embds:
+        problems.append(
+            "axial_pos_embds=False: only axial position embeddings convert")
+    elif len(tuple(cfg.axial_pos_shape)) != 2 or \
+            len(tuple(cfg.axial_pos_embds_dim)) != 2:
+        problems.append(
+            f"axial_pos_shape={list(cfg.axial_pos_shape)}, axial_pos_embds_dim="
+            f"{list(cfg.axial_pos_embds_dim)}: exactly two axes are supported")
+    elif sum(cfg.axial_pos_embds_dim) != cfg.hidden_size:
+        problems.append(
+            f"axial_pos_embds_dim={list(cfg.axial_pos_embds_dim)} does not "
+            f"sum to hidden_size={cfg.hidden_size}")
+    if cfg.tie_word_embeddings:
+        problems.append(
+            "tie_word_embeddings=True: the Reformer head reads 2*hidden_size "
+            "features and cannot be tied; only tie_word_embeddings=False "
+            "converts")
+    if cfg.hidden_act not in ("relu", "gelu"):
+        problems.append(
+            f"hidden_act={cfg.hidden_act!r}: only 'relu' and 'gelu' convert")
+    if cfg.hidden_size % 2:
+        problems.append(f"hidden_size={cfg.hidden_size}: must be even")
+    if has_lsh:
+        nb = cfg.num_buckets
+        if nb is None:
+            problems.append(
+                "num_buckets=None: Hugging Face picks the bucket count from "
+                "the sequence length at run time; set an integer num_buckets")
+        elif not _is_int(nb):
+            problems.append(
+                f"num_buckets={list(nb) if isinstance(nb, (list, tuple)) else nb}"
+                ": factorised (list) bucket counts are not supported; set an "
+                "integer num_buckets")
+        elif nb < 2 or nb % 2 or nb > 65536:
+            problems.append(
+                f"num_buckets={nb}: must be even, 2 ... 65536")
+        if cfg.lsh_num_chunks_before != 1:
+            problems.append(
+                f"lsh_num_chunks_before={cfg.lsh_num_chunks_before}: only 1 "
+                "(a chunk and the one before it) is supported")
+        if cfg.lsh_num_chunks_after != 0:
+            problems.append(
+                f"lsh_num_chunks_after={cfg.lsh_num_chunks_after}: must be 0 "
+                "(causal)")
+        if not _is_int(cfg.lsh_attn_chunk_length) or \
+                cfg.lsh_attn_chunk_length < 1:
+            problems.append(
+                f"lsh_attn_chunk_length={cfg.lsh_attn_chunk_length}: must be "
+                "an int >= 1")
+        if not _is_int(cfg.num_hashes) or not 1 <= cfg.num_hashes <= 64:
+            problems.append(f"num_hashes={cfg.num_hashes}: must be 1 ... 64")
+        if cfg.hash_seed is None:
+            problems.append(
+                "hash_seed=None: Hugging Face then draws new random LSH "
+                "rotations at every call, which no checkpoint can reproduce; "
+                "set hash_seed")
+    if has_local:
+        if cfg.local_num_chunks_after != 0:
+            problems.append(
+                f"local_num_chunks_after={cfg.local_num_chunks_after}: must "
+                "be 0 (causal)")
+        if not _is_int(cfg.local_attn_chunk_length) or \
+                cfg.local_attn_chunk_length < 1:
+            problems.append(
+                f"local_attn_chunk_length={cfg.local_attn_chunk_length}: must "
+                "be an int >= 1")
+        if not _is_int(cfg.local_num_chunks_before) or \
+                cfg.local_num_chunks_before < 0:
+            problems.append(
+                f"local_num_chunks_before={cfg.local_num_chunks_before}: must "
+                "be an int >= 0")
+    if problems:
+        raise ConversionError(
+            "cannot convert this Reformer model to the mnemo format:\n  "
+            + "\n  ".join(problems))
+
+
+def _eos_token_id(cfg):
+    eos = getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        if len(eos) != 1:
+            raise ConversionError(
+                f"eos_token_id={eos}: only a single end-of-sequence id is "
+                "supported")
+        eos = eos[0]
+    return None if eos is None else int(eos)
+
+
+def lsh_history(cfg):
+    n0, n1 = (int(x) for x in cfg.axial_pos_shape)
+    return min(max(HISTORY_MIN, n0 * n1), HISTORY_MAX)
+
+
+def layer_entries(cfg):
+    """The `layers` list of our config.json."""
+    entries = []
+    for kind in cfg.attn_layers:
+        if kind == "lsh":
+            entries.append({
+                "attention": "lsh",
+                "sort": "call",
+                "n_hashes": int(cfg.num_hashes),
+                "n_buckets": int(cfg.num_buckets),
+                "chunk_len": int(cfg.lsh_attn_chunk_length),
+                "history": lsh_history(cfg),
+            })
+        else:
+            c = int(cfg.local_attn_chunk_length)
+            n = int(cfg.local_num_chunks_before)
+            entries.append({
+                "attention": "sparse",
+                "pattern": "bigbird",
+                "block": c,
+                "window_blocks": n + 1,
+                "random_blocks": 0,
+                "span": (n + 1) * c - 1,
+            })
+    return entries
+
+
+def our_config(cfg):
+    """Build our config.json dict from a (supported) ReformerConfig."""
+    config = {
+        "architecture": "reformer",
+        "vocab_size": int(cfg.vocab_size),
+        "d_model": int(cfg.hidden_size),
+        "n_layer": int(cfg.num_hidden_layers),
+        "n_head": int(cfg.num_attention_heads),
+        "d_head": int(cfg.attention_head_size),
+        "d_inner": int(cfg.feed_forward_size),
+        "mem_len": 0,
+        "clamp_len": 0,
+        "same_length": False,
+        "pre_lnorm": True,
+        "untie_r": True,
+        "activation": cfg.hidden_act,
+        "layer_norm_epsilon": float(cfg.layer_norm_eps),
+        "memory_init": "empty",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+    eos = _eos_token_id(cfg)
+    if eos is not None:
+        config["eos_token_id"] = eos
+    config["layers"] = layer_entries(cfg)
+    config["axial_pos_shape"] = [int(x) for x in cfg.axial_pos_shape]
+    config["axial_pos_embds_dim"] = [int(x) for x in cfg.axial_pos_embds_dim]
+    return config
+
+
+def hf_rotations(cfg):
+    """The rotations HF's LSHSelfAttention._hash_vectors draws (float32).
+
+    HF: torch.manual_seed(hash_seed); torch.randn((H, dh, num_hashes,
+    rotation_size // 2), dtype=vectors.dtype). A fresh CPU generator seeded
+    alike gives the same stream without touching the global RNG.
+    """
+    shape = (int(cfg.num_attention_heads), int(cfg.attention_head_size),
+             int(cfg.num_hashes), int(cfg.num_buckets) // 2)
+    gen = torch.Generator().manual_seed(int(cfg.hash_seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------
+# Conversion
+
+
+# HF buffers that carry nothing our format needs (the mask constants).
+_IGNORED_SUFFIXES = (
+    "self_mask_value_float16", "self_mask_value_float32",
+    "mask_value_float16", "mask_value_float32",
+)
+
+
+def convert_tensors(hf_model_or_state_dict, hf_config=None):
+    """Convert an HF ReformerModelWithLMHead (or its state dict).
+
+    Returns (config_dict, tensors_dict): float32, contiguous, unshared.
+    """
+    if hf_config is None:
+        if not isinstance(hf_model_or_state_dict, torch.nn.Module):
+            raise TypeError("hf_config is required with a state dict")
+        hf_config = hf_model_or_state_dict.config
+    cfg = _as_hf_config(hf_config)
+    check_supported(cfg)
+    if isinstance(hf_model_or_state_dict, torch.nn.Module):
+        sd = hf_model_or_state_dict.state_dict()
+    else:
+        sd = dict(hf_model_or_state_dict)
+
+    L, H, dh = cfg.num_hidden_layers, cfg.num_attention_heads, \
+        cfg.attention_head_size
+    D, V, F = cfg.hidden_size, cfg.vocab_size, cfg.feed_forward_size
+    n0, n1 = cfg.axial_pos_shape
+    e0, e1 = cfg.axial_pos_embds_dim
+    used = set()
+
+    def take(name, shape):
+        if name not in sd:
+            raise ConversionError(f"missing tensor {name}")
+        t = sd[name]
+        if tuple(t.shape) != tuple(shape):
+            raise ConversionError(
+                f"tensor {name} has shape {list(t.shape)}, expected "
+                f"{list(shape)} from the config")
+        used.add(name)
+        return t
+
+    out = {}
+    out["word_emb.weight"] = take(
+        "reformer.embeddings.word_embeddings.weight", (V, D))
+    out["pos_emb.weights.0"] = take(
+        "reformer.embeddings.position_embeddings.weights.0", (n0, 1, e0))
+    out["pos_emb.weights.1"] = take(
+        "reformer.embeddings.position_embeddings.weights.1", (1, n1, e1))
+
+    rotations = hf_rotations(cfg) if "lsh" in cfg.attn_layers else None
+    for n, kind in enumerate(cfg.attn_layers):
+        p = f"reformer.encoder.layers.{n}."
+        q = f"layers.{n}."
+        sa = p + "attention.self_attention."
+        if kind == "lsh":
+            out[q + "attn.qkv.weight"] = torch.cat([
+                take(sa + "query_key.weight", (H * dh, D)),
+                take(sa + "value.weight", (H * dh, D))])
+            out[q + "attn.rotations"] = rotations
+        else:
+            out[q + "attn.qkv.weight"] = torch.cat([
+                take(sa + "query.weight", (H * dh, D)),
+                take(sa + "key.weight", (H * dh, D)),
+                take(sa + "value.weight", (H * dh, D))])
+        for name in _IGNORED_SUFFIXES:
+            if sa + name in sd:
+                used.add(sa + name)
+        out[q + "attn.o.weight"] = take(
+            p + "attention.output.dense.weight", (D, H * dh))
+        out[q + "attn.ln.weight"] = take(p + "attention.layer_norm.weight",
+                                         (D,))
+        out[q + "attn.ln.bias"] = take(p + "attention.layer_norm.bias", (D,))
+        out[q + "ff.fc1.weight"] = take(
+            p + "feed_forward.dense.dense.weight", (F, D))
+        out[q + "ff.fc1.bias"] = take(p + "feed_forward.dense.dense.bias",
+                                      (F,))
+        out[q + "ff.fc2.weight"] = take(
+            p + "feed_forward.output.dense.weight", (D, F))
+        out[q + "ff.fc2.bias"] = take(p + "feed_forward.output.dense.bias",
+                                      (D,))
+        out[q + "ff.ln.weight"] = take(p + "feed_forward.layer_norm.weight",
+                                       (D,))
+        out[q + "ff.ln.bias"] = take(p + "feed_forward.layer_norm.bias",
+                                     (D,))
+    out["final_ln.weight"] = take("reformer.encoder.layer_norm.weight",
+                                  (2 * D,))
+    out["final_ln.bias"] = take("reformer.encoder.layer_norm.bias", (2 * D,))
+    out["lm_head.weight"] = take("lm_head.decoder.weight", (V, 2 * D))
+    # HF registers the head bias twice (lm_head.bias is lm_head.decoder.bias).
+    bias = sd.get("lm_head.decoder.bias", sd.get("lm_head.bias"))
+    if bias is None:
+        raise ConversionError("missing tensor lm_head.decoder.bias")
+    if tuple(bias.shape) != (V,):
+        raise ConversionError(
+            f"tensor lm_head.decoder.bias has shape {list(bias.shape)}, "
+            f"expected [{V}]")
+    for alias in ("lm_head.decoder.bias", "lm_head.bias"):
+        if alias in sd:
+            if not torch.equal(sd[alias], bias):
+                raise ConversionError(
+                    "lm_head.bias and lm_head.decoder.bias differ")
+            used.add(alias)
+    out["lm_head.bias"] = bias
+
+    extra = sorted(set(sd) - used)
+    if extra:
+        raise ConversionError(
+            "unexpected tensors the mnemo format cannot hold: "
+            + ", ".join(extra))
+
+    config = our_config(cfg)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
+               for k, v in out.items()}
+    return config, tensors
+
+
+def write_checkpoint(out_dir, config, tensors):
+    """Write config.json and model.safetensors into out_dir (created)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, "model.safetensors.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+    with open(os.path.join(out_dir, "config.json"), "w",
+              encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
+def convert(model, out_dir, hf_config=None):
+    """Convert an in-memory HF model (or state dict + hf_config) into
+    out_dir; returns our config dict. Nothing is written on refusal."""
+    config, tensors = convert_tensors(model, hf_config)
+    write_checkpoint(out_dir, config, tensors)
+    return config
+
+
+def convert_dir(hf_dir, out_dir):
+    """Convert a `save_pretrained` directory; returns our config dict."""
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    cfg_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ConversionError(f"{cfg_path} not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = ReformerConfig.from_pretrained(hf_dir)
+    # Refuse before loading: HF itself asserts on some of these.
+    check_supported(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ReformerModelWithLMHead.from_pretrained(
+            hf_dir, torch_dtype=torch.float32)
+    return convert(model.eval(), out_dir)
+
+
+# --------------------------------------------------------------------------
+# Random models (tests, demos)
+
+
+def reinit_parameters(model, seed, std=None):
+    """Re-initialise every parameter with a seeded normal.
+
+    HF's own init (std 0.02, axial embeddings ~1) gives nearly uniform
+    outputs; here weights are N(0, std^2) with std 1/sqrt(hidden_size),
+    LayerNorm weights N(1, 0.1^2), biases and position embeddings
+    N(0, 0.1^2) / N(0, std^2).
+    """
+    d = model.config.hidden_size
+    if std is None:
+        std = 1.0 / math.sqrt(d)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            if "layer_norm.weight" in name:
+                value = 1.0 + 0.1 * noise
+            elif name.endswith("bias"):
+                value = 0.1 * noise
+            else:
+                value = std * noise
+            p.copy_(value.to(p.dtype))
+    return model
+
+
+def random_hf_model(overrides=None, seed=0, std=None):
+    """A seeded random ReformerModelWithLMHead (eval mode, float32)."""
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    fields = dict(RANDOM_DEFAULTS)
+    fields.update(overrides or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = ReformerConfig(**fields)
+        torch.manual_seed(int(seed))
+        model = ReformerModelWithLMHead(cfg)
+    reinit_parameters(model, seed, std)
+    return model.float().eval()
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Convert a Hugging Face Reformer (ReformerModelWithLMHead)"
+                    " into a mnemo checkpoint.")
+    ap.add_argument("paths", nargs="+", metavar="DIR",
+                    help="HF_DIR OUT_DIR, or only OUT_DIR with "
+                         "--random-config")
+    ap.add_argument("--random-config", nargs="?", const="{}", default=None,
+                    metavar="JSON",
+                    help="create a small random HF model (ReformerConfig "
+                         "overrides as JSON, optional) instead of reading "
+                         "HF_DIR")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="weight seed for --random-config (default 0)")
+    ap.add_argument("--save-hf", metavar="HF_DIR",
+                    help="with --random-config: also save the HF model here")
+    args = ap.parse_args(argv)
+
+    try:
+        if args.random_config is not None:
+            if len(args.paths) != 1:
+                ap.error("--random-config takes exactly one path: OUT_DIR")
+            try:
+                fields = json.loads(args.random_config)
+            except json.JSONDecodeError as e:
+                ap.error(f"--random-config: invalid JSON: {e}")
+            if not isinstance(fields, dict):
+                ap.error("--random-config: expected a JSON object")
+            base = {**RANDOM_DEFAULTS, **fields}
+            check_supported(_as_hf_config(base))
+            model = random_hf_model(fields, args.seed)
+            out_dir = args.paths[0]
+            config = convert(model, out_dir)
+            if args.save_hf:
+                model.save_pretrained(args.save_hf)
+        else:
+            if args.save_hf:
+                ap.error("--save-hf needs --random-config")
+            if len(args.paths) != 2:
+                ap.error("expected HF_DIR OUT_DIR")
+            out_dir = args.paths[1]
+            config = convert_dir(args.paths[0], out_dir)
+    except ConversionError as e:
+        print(f"convert_hf_reformer: error: {e}", file=sys.stderr)
+        return 1
+    kinds = [e["attention"] for e in config["layers"]]
+    print(f"wrote {out_dir} ({config['n_layer']} layers {kinds}, d_model "
+          f"{config['d_model']}, vocab {config['vocab_size']}, float32)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
