@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/blas.h"
+
 namespace mnemo::kernels {
 
 void PoolRows(bool max, const float* rows, int64_t c, int64_t d, int64_t ld, float* out) {
@@ -16,16 +18,17 @@ void PoolRows(bool max, const float* rows, int64_t c, int64_t d, int64_t ld, flo
   }
 }
 
-void ConvRows(const float* w, const float* bias, int64_t taps, int64_t step, const float* rows,
-              int64_t d, int64_t ld, float* out) {
-  for (int64_t o = 0; o < d; ++o) {
-    const float* wo = w + o * d * taps;  // W[o, :, :]
-    float acc = bias[o];
-    for (int64_t i = 0; i < d; ++i) {
-      for (int64_t k = 0; k < taps; ++k) acc += wo[i * taps + k] * rows[k * step * ld + i];
-    }
-    out[o] = acc;
+void PackConvTaps(const float* rows, int64_t taps, int64_t step, int64_t d, int64_t ld, float* x) {
+  for (int64_t k = 0; k < taps; ++k) {
+    const float* row = rows + k * step * ld;
+    for (int64_t i = 0; i < d; ++i) x[i * taps + k] = row[i];
   }
+}
+
+void ConvGroups(const float* w, const float* bias, int64_t taps, int64_t n, const float* x,
+                int64_t d, float* out) {
+  for (int64_t g = 0; g < n; ++g) std::copy(bias, bias + d, out + g * d);
+  GemmNT(n, d, d * taps, 1.0f, x, d * taps, w, d * taps, 1.0f, out, d);
 }
 
 int64_t MostUsedRow(const float* usage, int64_t c) {

@@ -391,7 +391,9 @@ class CpuBackend final : public Backend {
     const float* in = a.hidden->data<float>();
     // Rows the append evicts, oldest first: stored ones, then new ones that pass straight through.
     const int64_t evicted = size + t - std::min(cap, size + t);
-    std::vector<float> groups;  // compressed rows, [n, D]
+    std::vector<float> groups;  // compressed rows, [n, D] (conv: packed taps, [n, D·taps])
+    const int64_t taps = l.compress_taps();
+    const int64_t group_width = taps > 0 ? d * taps : d;
     for (int64_t e = 0; e < evicted; ++e) {
       const float* row;
       float mass = 0.0f;
@@ -405,20 +407,17 @@ class CpuBackend final : public Backend {
       std::memcpy(pending + aux.pending_rows * d, row, d * sizeof(float));
       if (most_used) pending_usage[aux.pending_rows] = mass;
       if (++aux.pending_rows < c) continue;
-      groups.resize(groups.size() + static_cast<size_t>(d));
-      float* out = groups.data() + groups.size() - d;
+      groups.resize(groups.size() + static_cast<size_t>(group_width));
+      float* out = groups.data() + groups.size() - group_width;
       switch (l.compression) {
         case Compression::kMaxPool:
         case Compression::kMeanPool:
           kernels::PoolRows(l.compression == Compression::kMaxPool, pending, c, d, d, out);
           break;
         case Compression::kConv1d:
-        case Compression::kDilatedConv: {
-          const int64_t taps = l.compress_taps();
-          kernels::ConvRows(a.compress->data<float>(), a.compress_bias->data<float>(), taps,
-                            c / taps, pending, d, d, out);
+        case Compression::kDilatedConv:  // packed now, multiplied below in one product
+          kernels::PackConvTaps(pending, taps, c / taps, d, d, out);
           break;
-        }
         case Compression::kMostUsed:
           std::memcpy(out, pending + kernels::MostUsedRow(pending_usage, c) * d, d * sizeof(float));
           break;
@@ -432,11 +431,16 @@ class CpuBackend final : public Backend {
       std::memcpy(hidden + slot * d, in + r * d, d * sizeof(float));
       if (most_used) usage[slot] = 0.0f;
     }
-    const int64_t n = static_cast<int64_t>(groups.size()) / d;
+    const int64_t n = static_cast<int64_t>(groups.size()) / group_width;
     if (n == 0) return absl::OkStatus();
     // Project the compressed rows to keys/values; they join the compressed memory's ring.
     Tensor rows = Tensor::Empty(DType::kF32, {n, d});
-    std::memcpy(rows.data<float>(), groups.data(), groups.size() * sizeof(float));
+    if (taps > 0) {
+      kernels::ConvGroups(a.compress->data<float>(), a.compress_bias->data<float>(), taps, n,
+                          groups.data(), d, rows.data<float>());
+    } else {
+      std::memcpy(rows.data<float>(), groups.data(), groups.size() * sizeof(float));
+    }
     const int64_t width = a.kv_weight->dim(0) / 2;
     Tensor kv = Tensor::Empty(DType::kF32, {n, 2 * width});
     RETURN_IF_ERROR(Linear(rows, *a.kv_weight, nullptr, kv));
