@@ -290,6 +290,7 @@ grpc::Status InferenceServiceImpl::Ingest(
     RequestControl control = ControlOf(context);
     TextChunker chunker;
     int64_t tokens = 0, segments = 0;
+    const int64_t compressed_before = live.state.tokens_compressed();
     auto feed_text = [&](const std::string& text) -> absl::Status {
       if (text.empty()) return absl::OkStatus();
       auto ids = model.tokenizer->Encode(text);
@@ -301,6 +302,7 @@ grpc::Status InferenceServiceImpl::Ingest(
       v1::IngestProgress p;
       p.set_tokens_ingested(tokens);
       p.set_segments_processed(segments);
+      p.set_tokens_compressed(live.state.tokens_compressed() - compressed_before);
       p.set_state_version(version);
       p.set_done(done);
       p.set_pending_tokens(static_cast<int64_t>(live.pending.size()));

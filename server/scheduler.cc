@@ -205,9 +205,13 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   for (Step* s : steps) {
     inputs.push_back({s->tokens.data(), static_cast<int64_t>(s->tokens.size()), s->state});
   }
+  int64_t compressions = 0;  // compressive memories: rows compressed by this pass
+  for (Step* s : steps) compressions -= s->state->compressions();
   engine::Tensor logits;
   absl::Status status = model_.Forward(inputs, mode, &logits);
-  if (status.code() == absl::StatusCode::kInvalidArgument && steps.size() > 1) {
+  if ((status.code() == absl::StatusCode::kInvalidArgument ||
+       status.code() == absl::StatusCode::kOutOfRange) &&
+      steps.size() > 1) {
     // No state was touched: run each alone so only the bad one fails.
     for (Step* s : steps) {
       std::vector<Step*> one{s};
@@ -220,6 +224,8 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
     for (Step* s : steps) s->status = status;
     return;
   }
+  for (Step* s : steps) compressions += s->state->compressions();
+  if (metrics_ != nullptr && compressions > 0) metrics_->Compressions(compressions);
   if (mode == LogitsMode::kNone) return;
   const int64_t vocab = model_.config().vocab_size;
   const float* data = logits.data<float>();

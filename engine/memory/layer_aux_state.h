@@ -33,6 +33,9 @@ struct LayerAuxState {
   // most_used: attention mass each memory slot received, [mem_len], and the pending rows', [c].
   Tensor usage;
   Tensor pending_usage;
+  // compressive: compressed rows produced and the evicted rows they took, since the state opened.
+  int64_t compressions = 0;
+  int64_t tokens_compressed = 0;
 
   // Exact bytes of tensor storage.
   size_t bytes() const {
@@ -70,6 +73,8 @@ struct LayerAuxState {
     if (ck.defined()) out.compressed = compressed.WithStorage(std::move(ck), std::move(cv));
     out.global_positions = global_positions;
     out.pending_rows = pending_rows;
+    out.compressions = compressions;
+    out.tokens_compressed = tokens_compressed;
     return out;
   }
 };

@@ -1,5 +1,7 @@
 #include "engine/memory/session_state.h"
 
+#include <algorithm>
+
 namespace mnemo::engine {
 
 size_t SessionState::bytes() const {
@@ -8,6 +10,18 @@ size_t SessionState::bytes() const {
   for (const LinearState& l : linear_) total += l.bytes();
   for (const LayerAuxState& a : aux_) total += a.bytes();
   return total;
+}
+
+int64_t SessionState::compressions() const {
+  int64_t total = 0;
+  for (const LayerAuxState& a : aux_) total += a.compressions;
+  return total;
+}
+
+int64_t SessionState::tokens_compressed() const {
+  int64_t most = 0;
+  for (const LayerAuxState& a : aux_) most = std::max(most, a.tokens_compressed);
+  return most;
 }
 
 Device SessionState::device() const {

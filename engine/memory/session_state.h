@@ -35,6 +35,10 @@ class SessionState {
   int64_t position() const { return position_; }
   void Advance(int64_t tokens) { position_ += tokens; }
   void set_position(int64_t position) { position_ = position; }
+  // Compressive memory: compressed rows produced by all layers, and the most document tokens any
+  // one layer has folded into its compressed memory, since the state opened.
+  int64_t compressions() const;
+  int64_t tokens_compressed() const;
   // Where the tensors live (kCpu for an empty state).
   Device device() const;
 

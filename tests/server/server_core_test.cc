@@ -32,10 +32,19 @@ class ServerCoreTest : public ::testing::Test {
  protected:
   void SetUp() override { Load(SchedulerOptions{}); }
 
-  void Load(SchedulerOptions scheduling) {
+  // `layers`: config.json's "layers" list (raw JSON), or empty for dense layers.
+  void Load(SchedulerOptions scheduling, const std::string& layers = "") {
     registry_.reset();
     config_ = test::SmallConfig();
     config_.memory_init = engine::MemoryInit::kZeros;
+    if (!layers.empty()) {
+      config_.n_layer = static_cast<int64_t>(std::count(layers.begin(), layers.end(), '{'));
+      auto fields = test::ConfigFields(config_);
+      fields.emplace_back("layers", layers);
+      auto parsed = engine::ParseModelConfig(test::RenderJsonObject(fields));
+      ASSERT_TRUE(parsed.ok()) << parsed.status();
+      config_ = *parsed;
+    }
     dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(config_, 11));
     auto registry = ModelRegistry::Load({{"small", dir_->path()}}, "cpu", /*segment_tokens=*/5,
                                         scheduling, &metrics_);
@@ -144,6 +153,47 @@ TEST_F(ServerCoreTest, TheMemoryDoesNotDependOnHowADocumentWasSplit) {
     EXPECT_EQ(ScoreOf(std::move(pieces), probe), ScoreOf(*CopyMemory(*model_, whole), probe))
         << "split " << split;
   }
+}
+
+// Every long-context kind behind the runner: whole segments make the memory independent of how
+// the document arrived, compressed rows are counted (metric and state), and a host round trip
+// (demote + promote) is exact.
+TEST_F(ServerCoreTest, LongContextKindsServeSplitFreeAndCountCompressions) {
+  Load(SchedulerOptions{},
+       R"([{"attention": "sparse", "pattern": "bigbird", "block": 3, "span": 12,
+            "global_tokens": [1, 2], "max_global": 3},
+           {"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 3, "history": 20},
+           {"attention": "linear", "feature_map": "elu"},
+           {"attention": "dense", "memory": "compressive", "compression": "mean_pool",
+            "compression_rate": 2, "cmem_len": 4},
+           {"attention": "dense", "memory": "compressive", "compression": "mean_pool",
+            "compression_rate": 2, "cmem_len": 4, "residual_attention": true}])");
+  ASSERT_EQ(config_.n_layer, 5);
+  const std::vector<int32_t> doc = Document(61, 7, config_.vocab_size);
+  const std::vector<int32_t> probe = Document(9, 8, config_.vocab_size);
+  SessionMemory whole = Fresh();
+  ASSERT_TRUE(AppendTokens(*model_, whole, doc, {}, nullptr).ok());
+  // 60 tokens ran; the zero-filled memory of 16 made every one of them evict a row.
+  EXPECT_EQ(whole.state.tokens_compressed(), 60);
+  EXPECT_EQ(whole.state.compressions(), 2 * 30);
+  const std::string text = prometheus::TextSerializer().Serialize(metrics_.registry()->Collect());
+  const size_t at = text.find("\nmnemo_memory_compressions_total ");  // the sample, not # HELP
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_EQ(std::stod(text.substr(at + 33)), 60.0);
+  for (int split : {1, 4, 13}) {
+    SessionMemory pieces = Fresh();
+    for (size_t i = 0; i < doc.size(); i += static_cast<size_t>(split)) {
+      const size_t n = std::min(static_cast<size_t>(split), doc.size() - i);
+      ASSERT_TRUE(AppendTokens(*model_, pieces, std::span(doc).subspan(i, n), {}, nullptr).ok());
+    }
+    EXPECT_EQ(ScoreOf(std::move(pieces), probe), ScoreOf(*CopyMemory(*model_, whole), probe))
+        << "split " << split;
+  }
+  SessionMemory round_trip;
+  round_trip.state = *model_->model->StateFromHost(*model_->model->StateToHost(whole.state));
+  round_trip.pending = whole.pending;
+  EXPECT_EQ(ScoreOf(std::move(round_trip), probe), ScoreOf(*CopyMemory(*model_, whole), probe));
+  EXPECT_EQ(whole.state.bytes(), model_->model->StateBytes());
 }
 
 TEST_F(ServerCoreTest, ScoringWithoutContextSkipsTheFirstToken) {

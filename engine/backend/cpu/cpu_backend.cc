@@ -423,6 +423,8 @@ class CpuBackend final : public Backend {
           break;
       }
       aux.pending_rows = 0;
+      ++aux.compressions;
+      aux.tokens_compressed += c;
     }
     // The segment's hidden rows take the slots its keys/values will (fresh usage).
     for (int64_t r = 0; r < t; ++r) {
