@@ -40,6 +40,9 @@ tokenizer.model in DIR). The first --model is the default one.
   --listen ADDR              gRPC address (default 0.0.0.0:50051)
   --metrics-listen ADDR      Prometheus /metrics over HTTP (default 0.0.0.0:9464; "off": none)
   --device D                 cpu (default), cuda or cuda:N
+  --sparse-weights M         on (default) or off: on the CPU, pruned weight matrices run from a
+                             sparse form (CSR or 2:4) wherever it moves at most 80% of the
+                             dense bytes
   --segment-tokens N         tokens per model segment for ingest and prompts (default: each
                              model's memory length)
   --session-ttl D            idle time after which a session is deleted (default 1h)
@@ -67,6 +70,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"listen", true},
                                              {"metrics-listen", true},
                                              {"device", true},
+                                             {"sparse-weights", true},
                                              {"segment-tokens", true},
                                              {"session-ttl", true},
                                              {"max-session-ttl", true},
@@ -129,11 +133,17 @@ absl::Status Serve(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  engine::ModelOptions model_options;
+  const std::string sparse = flags.Get("sparse-weights", "on");
+  if (sparse != "on" && sparse != "off") {
+    return absl::InvalidArgumentError("--sparse-weights must be on or off");
+  }
+  model_options.sparse_weights = sparse == "on";
   Metrics metrics;
   ctx.metrics = &metrics;
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<ModelRegistry> models,
-      ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens, scheduling, &metrics));
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelRegistry> models,
+                   ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,
+                                       scheduling, &metrics, model_options));
   ctx.models = models.get();
   auto sessions = std::make_unique<SessionManager>(session_options, &metrics);
   ctx.sessions = sessions.get();

@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir) {
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
-    const SchedulerOptions& scheduling, Metrics* metrics) {
+    const SchedulerOptions& scheduling, Metrics* metrics, const engine::ModelOptions& options) {
   if (specs.empty()) {
     return absl::InvalidArgumentError(
         "no model to serve: pass --model NAME=DIR or --model-repository DIR (tools/run.sh makes "
@@ -150,7 +150,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     };
     auto backend = engine::MakeBackend(device);
     if (!backend.ok()) return with_name(backend.status());
-    auto model = engine::TransfoXlModel::Load(spec.dir, *std::move(backend));
+    auto model = engine::TransfoXlModel::Load(spec.dir, *std::move(backend), options);
     if (!model.ok()) return with_name(model.status());
     m->model = *std::move(model);
     const std::string spm = spec.dir + "/tokenizer.model";

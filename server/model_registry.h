@@ -38,11 +38,10 @@ class ModelRegistry {
  public:
   // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure).
   // `segment_tokens` 0 means each model's memory length.
-  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(const std::vector<ModelSpec>& specs,
-                                                             const std::string& device,
-                                                             int64_t segment_tokens,
-                                                             const SchedulerOptions& scheduling,
-                                                             Metrics* metrics);
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
+      const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
+      const SchedulerOptions& scheduling, Metrics* metrics,
+      const engine::ModelOptions& options = {});
 
   // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;

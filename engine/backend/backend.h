@@ -20,6 +20,7 @@
 #include "engine/memory/linear_state.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
+#include "engine/tensor/sparse_weight.h"
 #include "engine/tensor/tensor.h"
 
 namespace mnemo::engine {
@@ -146,6 +147,11 @@ class Backend {
 
   // y[N, out] = x[N, in] · w[out, in]ᵀ (+ bias[out]).
   virtual absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  // y[N, out] = x[N, in] · Wᵀ (+ bias) with W in a sparse form (pruned weights).
+  virtual absl::Status SparseLinear(const Tensor& x, const SparseWeight& w, const Tensor* bias,
+                                    Tensor& y) {
+    return absl::UnimplementedError(absl::StrCat(std::string(name()), " has no sparse products"));
+  }
   // y = act(x · wᵀ + bias): the FFN's first product, bias and activation (fused where the
   // backend can).
   virtual absl::Status LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,

@@ -25,19 +25,23 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(const std::
 }
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Load(
-    const std::string& dir, std::unique_ptr<Backend> backend) {
+    const std::string& dir, std::unique_ptr<Backend> backend, const ModelOptions& options) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsFile> file,
                    SafetensorsFile::Open(dir + "/model.safetensors"));
   ASSIGN_OR_RETURN(TransfoXlWeights weights, LoadTransfoXlWeights(config, std::move(file)));
-  return Create(std::move(config), std::move(weights), std::move(backend));
+  return Create(std::move(config), std::move(weights), std::move(backend), options);
 }
 
 absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
-    ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend) {
+    ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend,
+    const ModelOptions& options) {
   std::unique_ptr<TransfoXlModel> model(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
   const ModelConfig& c = model->config_;
+  if (options.sparse_weights && model->backend_->device() == Device::kCpu) {
+    model->PlanSparseWeights();
+  }
   const int64_t hd = c.attn_width();
   // The distance tables and the projection of a zero hidden row (the "zeros" memory) are
   // computed once, in float32 from the host weights, on the CPU backend, whatever the model's
@@ -110,6 +114,41 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
 TransfoXlModel::TransfoXlModel(ModelConfig config, TransfoXlWeights weights,
                                std::unique_ptr<Backend> backend)
     : config_(std::move(config)), weights_(std::move(weights)), backend_(std::move(backend)) {}
+
+void TransfoXlModel::PlanSparseWeights() {
+  std::vector<const Tensor*> matrices = {&weights_.emb_proj, &weights_.lm_head};
+  for (const TransfoXlLayerWeights& lw : weights_.layers) {
+    for (const Tensor* t : {&lw.qkv, &lw.o, &lw.fc1, &lw.fc2}) matrices.push_back(t);
+  }
+  for (const Tensor* t : matrices) {
+    if (!t->defined() || sparse_.count(t->raw())) continue;  // shared (ALBERT, tied) once
+    if (std::shared_ptr<const SparseWeight> plan = PlanSparseWeight(*t)) {
+      sparse_.emplace(t->raw(), std::move(plan));
+    }
+  }
+}
+
+const SparseWeight* TransfoXlModel::SparseFor(const Tensor& w, int64_t rows) const {
+  const auto it = sparse_.find(w.raw());
+  if (it == sparse_.end() || !SparsePaysFor(*it->second, rows, w.bytes())) return nullptr;
+  return it->second.get();
+}
+
+absl::Status TransfoXlModel::MatMul(const Tensor& x, const Tensor& w, const Tensor* bias,
+                                    Tensor& y) const {
+  if (const SparseWeight* sw = SparseFor(w, x.dim(0))) {
+    return backend_->SparseLinear(x, *sw, bias, y);
+  }
+  return backend_->Linear(x, w, bias, y);
+}
+
+std::vector<std::pair<int64_t, double>> TransfoXlModel::SparseWeightSummary() const {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const auto& [raw, w] : sparse_) {
+    out.emplace_back(static_cast<int64_t>(w->bytes()), w->density);
+  }
+  return out;
+}
 
 Tensor TransfoXlModel::Sinusoids(int64_t rows) const {
   // R[p] = [sin(p·f_0 … p·f_{D/2−1}), cos(…)], f_i = 10000^(−2i/D); computed in double and
@@ -422,7 +461,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   if (weights_.emb_proj.defined()) {  // factorised (ALBERT): [N, E] then up to the model width
     ASSIGN_OR_RETURN(Tensor e, scratch({n, c.embed_width()}));
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
-    RETURN_IF_ERROR(be.Linear(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
+    RETURN_IF_ERROR(MatMul(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
   } else {
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, c.reformer ? 1.0f : emb_scale, x));
   }
@@ -483,11 +522,11 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     }
     const LayerConfig& lc = c.layer(l);
     if (lc.attention != AttentionKind::kLsh) {
-      RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qkv));
+      RETURN_IF_ERROR(MatMul(*attn_in, lw.qkv, nullptr, qkv));
     }
     if (lc.attention == AttentionKind::kLsh) {  // shared qk | v; the op writes the ring itself
       ASSIGN_OR_RETURN(Tensor qk_v, scratch({n, 2 * hd}));
-      RETURN_IF_ERROR(be.Linear(*attn_in, lw.qkv, nullptr, qk_v));
+      RETURN_IF_ERROR(MatMul(*attn_in, lw.qkv, nullptr, qk_v));
       std::vector<Tensor> rows;
       for (size_t b = 0; b < batch.size(); ++b) {
         rows.push_back(qk_v.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
@@ -579,7 +618,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
         batch[b].state->layers()[l].Advance(batch[b].num_tokens);
       }
     }
-    RETURN_IF_ERROR(be.Linear(attn, lw.o, nullptr, proj));
+    RETURN_IF_ERROR(MatMul(attn, lw.o, nullptr, proj));
     // Residual, then the LayerNorm that follows it: post-LN normalises x itself; pre-LN keeps x
     // and normalises into the FFN's input.
     const Tensor* ff_in = &x;
@@ -591,8 +630,13 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     }
 
     // Position-wise FFN.
-    RETURN_IF_ERROR(be.LinearBiasActivation(*ff_in, lw.fc1, lw.fc1_bias, c.activation, inner));
-    RETURN_IF_ERROR(be.Linear(inner, lw.fc2, &lw.fc2_bias, proj));
+    if (const SparseWeight* sw = SparseFor(lw.fc1, ff_in->dim(0))) {
+      RETURN_IF_ERROR(be.SparseLinear(*ff_in, *sw, nullptr, inner));
+      RETURN_IF_ERROR(be.BiasActivation(lw.fc1_bias, c.activation, inner));
+    } else {
+      RETURN_IF_ERROR(be.LinearBiasActivation(*ff_in, lw.fc1, lw.fc1_bias, c.activation, inner));
+    }
+    RETURN_IF_ERROR(MatMul(inner, lw.fc2, &lw.fc2_bias, proj));
     if (c.pre_lnorm) {
       Tensor& target = c.reformer ? x2 : x;  // reversible: the FFN feeds the second stream
       RETURN_IF_ERROR(be.Add(target, proj, target));
@@ -621,7 +665,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     RETURN_IF_ERROR(be.GatherRows(all, rows, last));
   }
   ASSIGN_OR_RETURN(Tensor out, scratch({last.dim(0), c.vocab_size}));
-  RETURN_IF_ERROR(be.Linear(last, weights_.lm_head, &weights_.lm_head_bias, out));
+  RETURN_IF_ERROR(MatMul(last, weights_.lm_head, &weights_.lm_head_bias, out));
   if (be.device() == Device::kCpu) {
     *logits = std::move(out);
     return absl::OkStatus();

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -33,17 +35,28 @@ enum class LogitsMode : uint8_t {
   kAll,   // logits of every token, sequences concatenated in batch order: [Σ num_tokens, vocab]
 };
 
+// How a model is prepared at load.
+struct ModelOptions {
+  // CPU: pruned weight matrices (checkpoints store them densely with zeros) run from a sparse
+  // form (CSR or 2:4) wherever that moves at most 80% of the dense bytes (sparse_weight.h).
+  bool sparse_weights = true;
+};
+
 class TransfoXlModel {
  public:
   // Loads `<dir>/config.json` and `<dir>/model.safetensors` onto the CPU backend.
   static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Load(const std::string& dir);
   // Loads onto `backend` (weights are copied to its device; the host copy is released).
   static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Load(const std::string& dir,
-                                                              std::unique_ptr<Backend> backend);
+                                                              std::unique_ptr<Backend> backend,
+                                                              const ModelOptions& options = {});
   // Builds a model from already-loaded host weights (tests, converters).
   static absl::StatusOr<std::unique_ptr<TransfoXlModel>> Create(ModelConfig config,
                                                                 TransfoXlWeights weights,
-                                                                std::unique_ptr<Backend> backend);
+                                                                std::unique_ptr<Backend> backend,
+                                                                const ModelOptions& options = {});
+  // The weight matrices that run from a sparse form: (bytes of that form, density) each.
+  std::vector<std::pair<int64_t, double>> SparseWeightSummary() const;
 
   const ModelConfig& config() const { return config_; }
   // The weights on the model's device (layers of one ALBERT group share their buffers).
@@ -72,6 +85,12 @@ class TransfoXlModel {
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
   // Forward after validation (inside a recorded step for decode batches).
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
+  // Keeps a sparse form of every weight matrix for which one pays (CPU backend).
+  void PlanSparseWeights();
+  // The sparse form to use for `w` in a product of `rows` rows, or null for the dense product.
+  const SparseWeight* SparseFor(const Tensor& w, int64_t rows) const;
+  // y = x · wᵀ (+ bias), from w's sparse form when it pays.
+  absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) const;
   // Whether `state` has this model's shape (layers, memory capacity and width).
   bool StateFits(const SessionState& state) const;
   // Exact bytes of layer l's state (ring, linear sums, what it keeps beside).
@@ -92,6 +111,8 @@ class TransfoXlModel {
   std::vector<Tensor> zero_keys_;    // per layer [1, H·d_h]: key of a zero hidden row
   std::vector<Tensor> zero_values_;  // per layer [1, H·d_h]
   std::vector<Tensor> zero_hidden_;  // per compressive layer [1, D]: the zero row's attention input
+  // Sparse forms of pruned weight matrices, by the matrix's buffer.
+  std::map<const void*, std::shared_ptr<const SparseWeight>> sparse_;
 };
 
 }  // namespace mnemo::engine

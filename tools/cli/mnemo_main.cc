@@ -51,6 +51,8 @@ common flags:
                        mem_len, at least 1); memory is carried between segments
   --device D           where the model runs: cpu (default), cuda or cuda:N (weights and
                        session memory on that GPU; f32, same results as cpu within 1e-4)
+  --sparse-weights M   on (default) or off: on the CPU, pruned weight matrices run from a sparse
+                       form (CSR or 2:4) wherever it moves at most 80% of the dense bytes
   --help               this text
 
 generate:
@@ -112,7 +114,13 @@ absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
   Loaded loaded;
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> backend,
                    engine::MakeBackend(flags.Has("device") ? flags.Get("device") : "cpu"));
-  ASSIGN_OR_RETURN(loaded.model, TransfoXlModel::Load(dir, std::move(backend)));
+  engine::ModelOptions options;
+  const std::string sparse = flags.Get("sparse-weights", "on");
+  if (sparse != "on" && sparse != "off") {
+    return absl::InvalidArgumentError("--sparse-weights must be on or off");
+  }
+  options.sparse_weights = sparse == "on";
+  ASSIGN_OR_RETURN(loaded.model, TransfoXlModel::Load(dir, std::move(backend), options));
   const std::string spm_path = dir + "/tokenizer.model";
   if (need_tokenizer || std::ifstream(spm_path).good()) {
     ASSIGN_OR_RETURN(loaded.tokenizer, engine::LoadSentencePieceTokenizer(spm_path));
@@ -343,8 +351,11 @@ int Main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::map<std::string, bool> common = {
-      {"model", true}, {"segment-len", true}, {"device", true}, {"help", false}};
+  const std::map<std::string, bool> common = {{"model", true},
+                                              {"segment-len", true},
+                                              {"device", true},
+                                              {"sparse-weights", true},
+                                              {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate") {
     for (auto f : {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",

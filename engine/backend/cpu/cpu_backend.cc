@@ -154,6 +154,18 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status SparseLinear(const Tensor& x, const SparseWeight& w, const Tensor* bias,
+                            Tensor& y) override {
+    const float* b = bias != nullptr ? bias->data<float>() : nullptr;
+    const int64_t n = x.dim(0), ldx = x.dim(1), ldy = y.dim(1);
+    if (w.format == SparseFormat::kCsr) {
+      kernels::CsrMatmul(w.csr, x.data<float>(), n, ldx, b, y.data<float>(), ldy, pool_);
+    } else {
+      kernels::Sparse24Matmul(w.s24, x.data<float>(), n, ldx, b, y.data<float>(), ldy, pool_);
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) override {
     std::vector<kernels::KvSpan> spans;
     std::vector<float> mass;
