@@ -90,6 +90,7 @@ struct Options {
   std::string output;
   bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
   std::string device = "cpu";
+  bool sparse_weights = true;  // --sparse-weights on|off
   int batch = 1;
   int64_t tokens = 1 << 20;  // stream: document length
 };
@@ -141,6 +142,10 @@ Options ParseArgs(int argc, char** argv) {
       o.output = value();
     } else if (arg == "--device") {
       o.device = value();
+    } else if (arg == "--sparse-weights") {
+      const std::string v = value();
+      if (v != "on" && v != "off") Die("--sparse-weights must be on or off");
+      o.sparse_weights = v == "on";
     } else if (arg == "--batch") {
       o.batch = std::atoi(value().c_str());
     } else if (arg == "--tokens") {
@@ -286,8 +291,11 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows,
 
 std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
   const engine::ModelConfig& c = model.config();
+  int64_t sparse_bytes = 0;
+  for (const auto& [bytes, density] : model.SparseWeightSummary()) sparse_bytes += bytes;
   return absl::StrCat(
-      "\"rss_after_load_mib\":", Num(g_rss_after_load_mib),
+      "\"sparse_matrices\":", model.SparseWeightSummary().size(),
+      ",\"sparse_bytes\":", sparse_bytes, ",", "\"rss_after_load_mib\":", Num(g_rss_after_load_mib),
       ",\"rss_end_mib\":", Num(ProcStatusMib("VmRSS")), ",",
       "\"threads\":{\"pool\":", kernels::ThreadPool::Default().num_threads(),
       ",\"openblas\":", openblas_get_num_threads(), "},\"openblas_core\":\"",
@@ -625,7 +633,9 @@ int Main(int argc, char** argv) {
   const Options o = ParseArgs(argc, argv);
   auto backend = engine::MakeBackend(o.device);
   Check(backend.status(), "backend");
-  auto loaded = TransfoXlModel::Load(o.model, std::move(*backend));
+  engine::ModelOptions model_options;
+  model_options.sparse_weights = o.sparse_weights;
+  auto loaded = TransfoXlModel::Load(o.model, std::move(*backend), model_options);
   Check(loaded.status(), "load");
   TransfoXlModel& model = **loaded;
   g_rss_after_load_mib = ProcStatusMib("VmRSS");

@@ -220,3 +220,28 @@ def test_mixed_kind_model_generates_and_scores_like_the_reference(
         assert row["logprob"] == pytest.approx(
             float(logp[t - 1, ids[t]]), abs=1e-4)
     assert len(scored) == len(ids)
+
+
+@pytest.mark.parametrize("how", [["--sparsity", "0.9"], ["--two-four"]])
+def test_pruned_model_scores_alike_from_sparse_and_dense_weights(
+        model, tmp_path, how):
+    pruned = tmp_path / "pruned"
+    subprocess.run([sys.executable,
+                    os.path.join(ROOT, "tools", "prune_checkpoint.py"), model,
+                    str(pruned), *how], check=True, capture_output=True)
+    ids = [(13 * i + 1) % 1000 for i in range(60)]
+    ids_path = tmp_path / "ids.txt"
+    ids_path.write_text(" ".join(map(str, ids)))
+
+    def scores(mode):
+        lines = run("score", "--model", str(pruned), "--ids-file",
+                    str(ids_path), "--segment-len", "1", "--json",
+                    "--sparse-weights", mode).stdout.splitlines()
+        return [json.loads(line)["logprob"] for line in lines[:-1]]
+
+    sparse, dense = scores("on"), scores("off")
+    assert len(sparse) == len(ids) - 1
+    assert sparse == pytest.approx(dense, abs=1e-4)
+    bad = run("score", "--model", str(pruned), "--ids-file", str(ids_path),
+              "--sparse-weights", "maybe", check=False)
+    assert bad.returncode != 0 and "--sparse-weights" in bad.stderr
