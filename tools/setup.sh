@@ -15,7 +15,7 @@ debs=(
 )
 if [ "$mode" = test ]; then
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
-         python3-venv python3-pip python3-torch prometheus bible-kjv-text)
+         python3-venv python3-pip python3-torch prometheus bible-kjv bible-kjv-text)
 elif [ "$mode" != build ]; then
   echo "usage: tools/setup.sh [build|test]" >&2
   exit 2
