@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import torch
 
-from txl_reference import load_checkpoint, stream_logits
+from txl_reference import load_checkpoint, random_checkpoint, stream_logits
 
 
 def base_config(**overrides) -> dict:
@@ -116,3 +116,28 @@ def engine_logits(mnemo_bin, tmp_path, ckpt_dir, ids, segment_len=1,
     assert data.size == len(ids) * vocab, (
         f"output has {data.size} floats, expected {len(ids)} x {vocab}")
     return data.reshape(len(ids), vocab)
+
+
+#: How the kind-by-kind parity files feed a stream: segments of 3 and of 8 tokens, token by
+#: token (decode), and the whole stream in one call.
+MODES = ["seg3", "seg8", "decode", "one_call"]
+
+
+def mode_args(mode: str, n: int):
+    """(segment length, decode) for `mode` on a stream of `n` tokens."""
+    if mode == "decode":
+        return 1, True
+    if mode == "one_call":
+        return n, False
+    return int(mode[3:]), False
+
+
+def check_engine_parity(mnemo_bin, tmp_path, cfg: dict, seed: int, ids, mode: str,
+                        what: str) -> None:
+    """A random checkpoint of `cfg` (`seed`): `mnemo logits` against the float64 oracle."""
+    ckpt = tmp_path / "ckpt"
+    random_checkpoint(cfg, ckpt, seed=seed)
+    seg, decode = mode_args(mode, len(ids))
+    want = oracle_logits(ckpt, ids, seg, decode)
+    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
+    assert_logits_close(got, want, what=what)

@@ -27,12 +27,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
-    assert_logits_close,
     base_config as _config,
+    check_engine_parity,
     document,
-    engine_logits,
     max_rel as _max_rel,
-    oracle_logits,
+    MODES,
 )
 from test_linear_parity import _run_splits  # noqa: E402
 from txl_reference import (  # noqa: E402
@@ -66,15 +65,7 @@ CONFIGS = {
     "d_embed_eq_tied": _config(d_embed=32, tie_word_embeddings=True),
 }
 
-MODES = ["seg3", "seg8", "decode", "one_call"]
 
-
-def _mode_args(mode: str, n: int):
-    if mode == "decode":
-        return 1, True
-    if mode == "one_call":
-        return n, False
-    return int(mode[3:]), False
 
 
 def _seed(name: str) -> int:
@@ -230,10 +221,6 @@ def test_reference_only_albert_checkpoint_roundtrip(tmp_path, name):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_engine_albert(mnemo_bin, tmp_path, name, mode):
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(CONFIGS[name], ckpt, seed=_seed(name))
     ids = _document(CONFIGS[name])
-    seg, decode = _mode_args(mode, len(ids))
-    want = oracle_logits(ckpt, ids, seg, decode)
-    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
-    assert_logits_close(got, want, what=f"{name} {mode}")
+    check_engine_parity(mnemo_bin, tmp_path, CONFIGS[name], _seed(name), ids, mode,
+                        f"{name} {mode}")

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
-    assert_logits_close,
     base_config as _config,
+    check_engine_parity,
     document,
-    engine_logits,
     max_rel as _max_rel,
-    oracle_logits,
+    mode_args,
+    MODES,
 )
 from test_linear_parity import _run_splits  # noqa: E402
 from txl_reference import (  # noqa: E402
@@ -87,15 +87,7 @@ CONFIGS = {
         DENSE, _comp("mean_pool", 2, 5)]),
 }
 
-MODES = ["seg3", "seg8", "decode", "one_call"]
 
-
-def _mode_args(mode: str, n: int):
-    if mode == "decode":
-        return 1, True
-    if mode == "one_call":
-        return n, False
-    return int(mode[3:]), False
 
 
 def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 4) -> list:
@@ -121,7 +113,7 @@ def _seed(name: str) -> int:
         model = _model(CONFIGS[name], seed)
         model.reset_margin_stats()
         for mode in MODES:
-            stream_logits(model, ids, *_mode_args(mode, len(ids)))
+            stream_logits(model, ids, *mode_args(mode, len(ids)))
         if model.min_usage_margin() >= 1e-4:
             _SEEDS[name] = seed
             return seed
@@ -353,7 +345,7 @@ def test_reference_only_compressive_state_invariants():
     model = _model(CONFIGS["max_pool"])
     ids = _document(model.config, 60)
     t = torch.tensor([ids])
-    mems, evicted = None, [0, 0]
+    mems = None
     start = 0
     for T in (1, 4, 7, 2, 13, 1, 1, 9, 22):
         _, mems = model(t[:, start:start + T], mems)
@@ -451,10 +443,6 @@ def test_reference_only_compressive_checkpoint_roundtrip(tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_engine_compressive(mnemo_bin, tmp_path, name, mode):
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(CONFIGS[name], ckpt, seed=_seed(name))
     ids = _document(CONFIGS[name])
-    seg, decode = _mode_args(mode, len(ids))
-    want = oracle_logits(ckpt, ids, seg, decode)
-    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
-    assert_logits_close(got, want, what=f"{name} {mode}")
+    check_engine_parity(mnemo_bin, tmp_path, CONFIGS[name], _seed(name), ids, mode,
+                        f"{name} {mode}")

@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
-    assert_logits_close,
     base_config as _config,
+    check_engine_parity,
     document,
-    engine_logits,
     max_rel as _max_rel,
-    oracle_logits,
+    mode_args,
+    MODES,
 )
 from test_linear_parity import _run_splits  # noqa: E402
 from txl_reference import (  # noqa: E402
@@ -92,15 +92,7 @@ CONFIGS = {
          "compression": "conv1d", "compression_rate": 3, "cmem_len": 2}]),
 }
 
-MODES = ["seg3", "seg8", "decode", "one_call"]
 
-
-def _mode_args(mode: str, n: int):
-    if mode == "decode":
-        return 1, True
-    if mode == "one_call":
-        return n, False
-    return int(mode[3:]), False
 
 
 def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 99) -> list:
@@ -127,7 +119,7 @@ def _seed(name: str) -> int:
         model = _model(cfg, seed)
         model.reset_margin_stats()
         for mode in MODES:
-            stream_logits(model, ids, *_mode_args(mode, len(ids)))
+            stream_logits(model, ids, *mode_args(mode, len(ids)))
         if (model.min_lsh_margin() >= LSH_MARGIN
                 and model.min_usage_margin() >= 1e-4):
             _SEEDS[name] = seed
@@ -382,7 +374,7 @@ def test_reference_only_lsh_mixed_engine_streams():
         model = _model(CONFIGS[name])
         ids = _document(model.config)
         for mode in MODES:
-            got = stream_logits(model, ids, *_mode_args(mode, len(ids)))
+            got = stream_logits(model, ids, *mode_args(mode, len(ids)))
             assert torch.isfinite(got).all() and got.std() > 0.1
 
 
@@ -454,10 +446,6 @@ def test_reference_only_lsh_checkpoint_roundtrip(tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_engine_lsh(mnemo_bin, tmp_path, name, mode):
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(CONFIGS[name], ckpt, seed=_seed(name))
     ids = _document(CONFIGS[name])
-    seg, decode = _mode_args(mode, len(ids))
-    want = oracle_logits(ckpt, ids, seg, decode)
-    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
-    assert_logits_close(got, want, what=f"{name} {mode}")
+    check_engine_parity(mnemo_bin, tmp_path, CONFIGS[name], _seed(name), ids, mode,
+                        f"{name} {mode}")

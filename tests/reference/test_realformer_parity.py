@@ -36,9 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from parity_common import (  # noqa: E402
     assert_logits_close,
     base_config,
+    check_engine_parity,
     document,
     engine_logits,
     max_rel as _max_rel,
+    MODES,
     oracle_logits,
 )
 from txl_reference import (  # noqa: E402
@@ -426,7 +428,6 @@ ENGINE_CONFIGS = {
         DENSE, _res(DENSE), _ELU, _win(3), _res(_win(3))]),
 }
 
-MODES = ["seg3", "seg8", "decode", "one_call"]
 STREAM_LEN = 3 * 8 + 7   # > 3 segments of mem_len 8: the memory wraps
 
 
@@ -434,25 +435,14 @@ def _seed(name: str) -> int:
     return sorted(ENGINE_CONFIGS).index(name) + 701
 
 
-def _mode_args(mode: str, n: int):
-    if mode == "decode":
-        return 1, True
-    if mode == "one_call":
-        return n, False
-    return int(mode[3:]), False
-
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(ENGINE_CONFIGS))
 def test_engine_realformer(mnemo_bin, tmp_path, name, mode):
     cfg = ENGINE_CONFIGS[name]
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(cfg, ckpt, seed=_seed(name))
     ids = document(cfg, STREAM_LEN, seed=99)
-    seg, decode = _mode_args(mode, len(ids))
-    want = oracle_logits(ckpt, ids, seg, decode)
-    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
-    assert_logits_close(got, want, what=f"{name} {mode}")
+    check_engine_parity(mnemo_bin, tmp_path, cfg, _seed(name), ids, mode,
+                        f"{name} {mode}")
 
 
 def test_engine_realformer_flag_matters(mnemo_bin, tmp_path):

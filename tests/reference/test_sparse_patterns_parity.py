@@ -34,12 +34,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
-    assert_logits_close,
     base_config as _config,
-    document,
-    engine_logits,
+    check_engine_parity,
     max_rel as _max_rel,
-    oracle_logits,
+    MODES,
 )
 from test_linear_parity import _run_splits  # noqa: E402
 from txl_reference import (  # noqa: E402
@@ -545,24 +543,12 @@ def test_reference_only_pattern_validation_errors(entry, fragments):
 # Engine against the oracle
 # --------------------------------------------------------------------------
 
-MODES = ["seg3", "seg8", "decode", "one_call"]
 
-
-def _mode_args(mode: str, n: int):
-    if mode == "decode":
-        return 1, True
-    if mode == "one_call":
-        return n, False
-    return int(mode[3:]), False
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_engine_pattern(mnemo_bin, tmp_path, name, mode):
-    ckpt = tmp_path / "ckpt"
-    random_checkpoint(CONFIGS[name], ckpt, seed=_seed(name))
     ids = _document(CONFIGS[name])
-    seg, decode = _mode_args(mode, len(ids))
-    want = oracle_logits(ckpt, ids, seg, decode)
-    got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
-    assert_logits_close(got, want, what=f"{name} {mode}")
+    check_engine_parity(mnemo_bin, tmp_path, CONFIGS[name], _seed(name), ids, mode,
+                        f"{name} {mode}")
