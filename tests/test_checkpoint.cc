@@ -266,6 +266,22 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
   return out;
 }
 
+std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& config,
+                                                  uint32_t seed) {
+  ScopedTempDir dir = WriteCheckpoint(config, seed);
+  auto model = engine::TransfoXlModel::Load(dir.path());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> out(static_cast<size_t>(n));
+  for (int32_t& t : out) t = dist(rng);
+  return out;
+}
+
 ScopedTempDir::ScopedTempDir(const std::string& label) {
   std::string tmpl = ::testing::TempDir();
   if (!tmpl.empty() && tmpl.back() != '/') tmpl += '/';

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "base/dtype.h"
 #include "engine/model/model_config.h"
+#include "engine/model/transfo_xl_model.h"
 #include "gtest/gtest.h"
 
 namespace mnemo::test {
@@ -58,6 +60,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
 // the tensor shapes and the seed, so configs that differ only in mem_len, clamp_len,
 // same_length, memory_init… get identical weights.
 std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t seed);
+
+// A model loaded on the CPU from a fresh checkpoint of `config` with RandomWeights(config, seed);
+// the test fails (and null comes back) when loading fails.
+std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& config,
+                                                  uint32_t seed = 1);
+
+// `n` token ids uniform in [0, vocab) from std::mt19937(seed).
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed);
 
 // A fresh directory under testing::TempDir(), removed with its contents on destruction.
 class ScopedTempDir {

@@ -20,20 +20,8 @@ namespace {
 
 constexpr double kTol = 1e-5;
 
-std::unique_ptr<TransfoXlModel> LoadModel(const ModelConfig& config, uint32_t seed = 1) {
-  test::ScopedTempDir dir = test::WriteCheckpoint(config, seed);
-  auto model = TransfoXlModel::Load(dir.path());
-  EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::move(*model) : nullptr;
-}
-
-std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> out(static_cast<size_t>(n));
-  for (int32_t& t : out) t = dist(rng);
-  return out;
-}
+using test::LoadModel;
+using test::RandomTokens;
 
 std::vector<float> ToVector(const Tensor& t) {
   EXPECT_EQ(t.dtype(), DType::kF32);
