@@ -44,7 +44,7 @@ tokenizer.model in DIR). The first --model is the default one.
                              sparse form (CSR or 2:4) wherever it moves at most 80% of the
                              dense bytes
   --segment-tokens N         tokens per model segment for ingest and prompts (default: each
-                             model's memory length)
+                             model's memory length; 512 for a model without dense layers)
   --session-ttl D            idle time after which a session is deleted (default 1h)
   --max-session-ttl D        the largest TTL a client may ask for (default 168h)
   --max-sessions N           open sessions at most (default 10000)

@@ -171,7 +171,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
         m->layer_state_bytes.push_back(static_cast<int64_t>(bytes));
       }
     }
-    m->segment_tokens = segment_tokens > 0 ? segment_tokens : std::max<int64_t>(1, c.mem_len);
+    m->segment_tokens = segment_tokens > 0 ? segment_tokens : c.default_segment_tokens();
     m->scheduler = std::make_unique<Scheduler>(*m->model, scheduling, metrics);
     if (metrics != nullptr)
       metrics->ModelInfo(m->name, device, DTypeName(c.dtype), AttentionSummary(c));

@@ -1,6 +1,7 @@
 // ModelConfig: the validated contents of a checkpoint's config.json (engine/CHECKPOINT-FORMAT.md).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -137,6 +138,12 @@ struct ModelConfig {
   // The parameter set (layers.g.*) layer l runs.
   int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
   int64_t embed_width() const { return d_embed > 0 ? d_embed : d_model; }
+  // Tokens per forward call when feeding a document: the memory length for models with dense
+  // layers (segment-level recurrence is what they were trained with), 512 otherwise (every other
+  // kind gives the same outputs however a document is split, so only speed matters).
+  int64_t default_segment_tokens() const {
+    return has_dense_layer() ? std::max<int64_t>(1, mem_len) : 512;
+  }
   // Width the output head reads: [A | X] for a reformer.
   int64_t head_width() const { return reformer ? 2 * d_model : d_model; }
   // Positions a session may hold (axial position embeddings), or 0 for no limit.

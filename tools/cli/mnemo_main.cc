@@ -48,7 +48,8 @@ commands:
 common flags:
   --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model
   --segment-len N      tokens per forward segment when feeding input (default: the model's
-                       mem_len, at least 1); memory is carried between segments
+                       mem_len, at least 1; 512 for a model without dense layers); memory is
+                       carried between segments
   --device D           where the model runs: cpu (default), cuda or cuda:N (weights and
                        session memory on that GPU; f32, same results as cpu within 1e-4)
   --sparse-weights M   on (default) or off: on the CPU, pruned weight matrices run from a sparse
@@ -134,7 +135,7 @@ absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
 }
 
 absl::StatusOr<int64_t> SegmentLen(const Flags& flags, const TransfoXlModel& model) {
-  return flags.Int("segment-len", std::max<int64_t>(1, model.config().mem_len), 1, 1 << 20);
+  return flags.Int("segment-len", model.config().default_segment_tokens(), 1, 1 << 20);
 }
 
 // Feeds `ids` through `state` in segments; calls on_logits(first_position, logits[T, V]) for
