@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 
 import numpy as np
 import torch
@@ -141,3 +142,10 @@ def check_engine_parity(mnemo_bin, tmp_path, cfg: dict, seed: int, ids, mode: st
     want = oracle_logits(ckpt, ids, seg, decode)
     got = engine_logits(mnemo_bin, tmp_path, ckpt, ids, seg, decode)
     assert_logits_close(got, want, what=what)
+
+
+def oracle_model(cfg: dict, seed: int):
+    """The float64 oracle of a random checkpoint of `cfg` drawn from `seed`."""
+    with tempfile.TemporaryDirectory() as d:
+        model = random_checkpoint(cfg, d, seed=seed)
+    return model.double().eval()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
+    oracle_model,
     base_config as _config,
     check_engine_parity,
     document,
@@ -77,9 +77,7 @@ def _document(cfg: dict, length: int = STREAM_LEN) -> list:
 
 
 def _model(cfg: dict, seed: int = 5) -> TransfoXLReference:
-    with tempfile.TemporaryDirectory() as d:
-        model = random_checkpoint(cfg, d, seed=seed)
-    return model.double().eval()
+    return oracle_model(cfg, seed)
 
 
 def _unshared(model: TransfoXLReference) -> TransfoXLReference:

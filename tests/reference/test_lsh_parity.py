@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -35,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
+    oracle_model,
     base_config as _config,
     check_engine_parity,
     document,
@@ -100,9 +100,7 @@ def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 99) -> list:
 
 
 def _model(cfg: dict, seed: int = 5) -> TransfoXLReference:
-    with tempfile.TemporaryDirectory() as d:
-        model = random_checkpoint(cfg, d, seed=seed)
-    return model.double().eval()
+    return oracle_model(cfg, seed)
 
 
 _SEEDS: dict = {}

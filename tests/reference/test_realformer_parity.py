@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
+    oracle_model,
     assert_logits_close,
     base_config,
     check_engine_parity,
@@ -88,9 +88,7 @@ def _comp(**fields) -> dict:
 
 
 def _model(cfg: dict, seed: int = 3) -> TransfoXLReference:
-    with tempfile.TemporaryDirectory() as d:
-        model = random_checkpoint(cfg, d, seed=seed)
-    return model.double().eval()
+    return oracle_model(cfg, seed)
 
 
 def _same_weights(model: TransfoXLReference, cfg: dict) -> TransfoXLReference:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from parity_common import (  # noqa: E402
+    oracle_model,
     base_config as _config,
     check_engine_parity,
     max_rel as _max_rel,
@@ -46,7 +46,6 @@ from txl_reference import (  # noqa: E402
     bigbird_mix,
     bigbird_random_blocks,
     layer_specs,
-    random_checkpoint,
     splitmix64_finalise,
     stream_logits,
     validate_config,
@@ -114,9 +113,7 @@ def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 77) -> list:
 
 
 def _model(cfg: dict, seed: int = 3) -> TransfoXLReference:
-    with tempfile.TemporaryDirectory() as d:
-        model = random_checkpoint(cfg, d, seed=seed)
-    return model.double().eval()
+    return oracle_model(cfg, seed)
 
 
 # --------------------------------------------------------------------------
