@@ -124,6 +124,28 @@ engine::ModelConfig SmallConfig() {
   return c;
 }
 
+engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
+                               std::vector<std::pair<std::string, std::string>> extra,
+                               int64_t mem_len) {
+  engine::ModelConfig base = SmallConfig();
+  base.n_layer = static_cast<int64_t>(layers.size());
+  base.mem_len = mem_len;
+  auto fields = ConfigFields(base);
+  std::string list = "[";
+  for (size_t i = 0; i < layers.size(); ++i) list += (i ? ", " : "") + layers[i];
+  fields.emplace_back("layers", list + "]");
+  for (auto& f : extra) {
+    bool replaced = false;
+    for (auto& [k, v] : fields) {
+      if (k == f.first) v = f.second, replaced = true;
+    }
+    if (!replaced) fields.push_back(f);
+  }
+  auto parsed = engine::ParseModelConfig(RenderJsonObject(fields));
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  return parsed.ok() ? *parsed : base;
+}
+
 engine::ModelConfig RandomConfig(uint32_t seed) {
   std::mt19937 rng(seed);
   auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };

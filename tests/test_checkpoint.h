@@ -42,6 +42,12 @@ std::string SafetensorsFromHeader(const std::string& header_json, const std::str
 
 // A fixed small config (f32, post-LN, relu, untied r biases, "empty" memory, mem_len 16).
 engine::ModelConfig SmallConfig();
+// SmallConfig with one layer per JSON entry of `layers` (CHECKPOINT-FORMAT.md "layers"), extra
+// top-level fields (replacing existing ones) and the given mem_len; the test fails if it does not
+// parse.
+engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
+                               std::vector<std::pair<std::string, std::string>> extra = {},
+                               int64_t mem_len = 16);
 // A random small config: every size in a few units, every flag and enum drawn from `seed`.
 engine::ModelConfig RandomConfig(uint32_t seed);
 

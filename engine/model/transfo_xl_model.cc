@@ -399,6 +399,10 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
                        ": session state is on another device (offloaded states must be "
                        "restored with StateFromHost first)"));
     }
+    if (s.token_by_token && s.num_tokens > 1 && UsesResidualAttention()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", b, ": token_by_token is not supported for residual_attention models"));
+    }
     if (config_.max_positions() > 0 &&
         s.state->position() + s.num_tokens > config_.max_positions()) {
       return absl::OutOfRangeError(absl::StrCat(
@@ -413,6 +417,81 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
       }
     }
   }
+  return absl::OkStatus();
+}
+
+bool TransfoXlModel::UsesResidualAttention() const {
+  for (int64_t l = 0; l < config_.n_layer; ++l) {
+    if (config_.passes_scores(l) || config_.adds_scores(l)) return true;
+  }
+  return false;
+}
+
+absl::Status TransfoXlModel::DenseAttention(const std::vector<SequenceInput>& batch,
+                                            const std::vector<DenseRows>& rows, int64_t l,
+                                            const Tensor& attn_in, const Tensor& qkv, Tensor& attn,
+                                            const std::vector<int64_t>& offsets,
+                                            const std::vector<Tensor>& prev_scores,
+                                            std::vector<Tensor>& scores, bool append) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const int64_t hd = c.attn_width();
+  const TransfoXlLayerWeights& lw = weights_.layers[l];
+  const LayerConfig& lc = c.layer(l);
+  // Views first: the argument structs point into these vectors.
+  std::vector<Tensor> q_rows, out_rows, hidden_rows;
+  int64_t table_rows = 1;
+  for (const DenseRows& r : rows) {
+    const SessionState& st = *batch[r.seq].state;
+    const int64_t first = offsets[r.seq] + r.begin;
+    q_rows.push_back(qkv.Rows(first, first + r.count));
+    out_rows.push_back(attn.Rows(first, first + r.count));
+    hidden_rows.push_back(attn_in.Rows(first, first + r.count));
+    kernels::RelativeAttentionShape shape{static_cast<int>(c.n_head),
+                                          static_cast<int>(c.d_head),
+                                          r.count,
+                                          st.layers()[l].size() + st.aux()[l].compressed.size(),
+                                          c.mem_len,
+                                          c.clamp_len,
+                                          c.same_length};
+    table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
+  }
+  Tensor table_scratch;
+  ASSIGN_OR_RETURN(const Tensor* table,
+                   RelativeTable(static_cast<int>(l), table_rows, table_scratch));
+  std::vector<RelativeAttentionArgs> args;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const size_t b = rows[k].seq;
+    SessionState& st = *batch[b].state;
+    args.push_back(RelativeAttentionArgs{
+        &q_rows[k], &st.layers()[l], table, &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
+        static_cast<int>(c.d_head), c.mem_len, c.clamp_len, c.same_length, &out_rows[k]});
+    if (prev_scores[b].defined()) args.back().prev_scores = &prev_scores[b];
+    if (scores[b].defined()) args.back().scores = &scores[b];
+    if (lc.compressive()) {
+      LayerAuxState& aux = st.aux()[l];
+      args.back().compressed = &aux.compressed;
+      if (lc.compression == Compression::kMostUsed) args.back().usage = &aux.usage;
+    }
+  }
+  RETURN_IF_ERROR(be.RelativeAttention(args));
+  if (lc.compressive()) {  // evictions are compressed before the append overwrites them
+    const Tensor kv_weight = lw.qkv.Rows(hd, 3 * hd);
+    std::vector<CompressArgs> compress;
+    for (size_t k = 0; k < rows.size(); ++k) {
+      SessionState& st = *batch[rows[k].seq].state;
+      compress.push_back({&hidden_rows[k], &st.layers()[l], &st.aux()[l], &lc, &kv_weight,
+                          &lw.compress, &lw.compress_bias});
+    }
+    RETURN_IF_ERROR(be.CompressMemory(compress));
+  }
+  if (!append) return absl::OkStatus();
+  std::vector<MemoryAppendArgs> appends;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    appends.push_back({&q_rows[k], &batch[rows[k].seq].state->layers()[l]});
+  }
+  RETURN_IF_ERROR(be.AppendToMemory(appends));
+  for (const DenseRows& r : rows) batch[r.seq].state->layers()[l].Advance(r.count);
   return absl::OkStatus();
 }
 
@@ -563,60 +642,47 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       }
       RETURN_IF_ERROR(be.LinearAttention(args));
     } else {
-      int64_t table_rows = 1;
-      for (const SequenceInput& s : batch) {
-        kernels::RelativeAttentionShape shape{
-            static_cast<int>(c.n_head),
-            static_cast<int>(c.d_head),
-            s.num_tokens,
-            s.state->layers()[l].size() + s.state->aux()[l].compressed.size(),
-            c.mem_len,
-            c.clamp_len,
-            c.same_length};
-        table_rows = std::max(table_rows, kernels::RelativeTableRowsNeeded(shape));
-      }
-      Tensor scratch;
-      ASSIGN_OR_RETURN(const Tensor* table,
-                       RelativeTable(static_cast<int>(l), table_rows, scratch));
-      std::vector<RelativeAttentionArgs> args;
+      // Dense: whole sequences attend over [memory | segment] in one call; token_by_token ones
+      // attend, compress and append one row at a time (the decode path, row by row).
+      std::vector<size_t> whole, stepped;
+      int64_t max_steps = 0;
       for (size_t b = 0; b < batch.size(); ++b) {
-        args.push_back(RelativeAttentionArgs{&qkv_rows[b], &batch[b].state->layers()[l], table,
-                                             &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
-                                             static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
-                                             c.same_length, &attn_rows[b]});
-        score_args(b, args.back());
-        if (lc.compressive()) {
-          LayerAuxState& aux = batch[b].state->aux()[l];
-          args.back().compressed = &aux.compressed;
-          if (lc.compression == Compression::kMostUsed) args.back().usage = &aux.usage;
+        if (batch[b].token_by_token && batch[b].num_tokens > 1) {
+          stepped.push_back(b);
+          max_steps = std::max(max_steps, batch[b].num_tokens);
+        } else {
+          whole.push_back(b);
         }
       }
-      RETURN_IF_ERROR(be.RelativeAttention(args));
-      if (lc.compressive()) {  // evictions are compressed before the append overwrites them
-        const Tensor kv_weight = lw.qkv.Rows(hd, 3 * hd);
-        std::vector<Tensor> hidden_rows;
-        for (size_t b = 0; b < batch.size(); ++b) {
-          hidden_rows.push_back(attn_in->Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+      if (!whole.empty()) {
+        std::vector<DenseRows> rows;
+        for (size_t b : whole) {
+          rows.push_back({b, 0, batch[b].num_tokens});
         }
-        std::vector<CompressArgs> args;
-        for (size_t b = 0; b < batch.size(); ++b) {
-          args.push_back({&hidden_rows[b], &batch[b].state->layers()[l], &batch[b].state->aux()[l],
-                          &lc, &kv_weight, &lw.compress, &lw.compress_bias});
+        RETURN_IF_ERROR(DenseAttention(batch, rows, l, *attn_in, qkv, attn, offsets, prev_scores,
+                                       scores, /*append=*/false));
+      }
+      for (int64_t i = 0; i < max_steps; ++i) {
+        std::vector<DenseRows> rows;
+        for (size_t b : stepped) {
+          if (i < batch[b].num_tokens) rows.push_back({b, i, 1});
         }
-        RETURN_IF_ERROR(be.CompressMemory(args));
+        RETURN_IF_ERROR(DenseAttention(batch, rows, l, *attn_in, qkv, attn, offsets, prev_scores,
+                                       scores, /*append=*/true));
       }
     }
     if (lc.attention == AttentionKind::kDense || lc.attention == AttentionKind::kSparse) {
       // Dense and sparse layers keep a K/V ring: the new positions' keys/values join it only
       // after every query has attended.
       std::vector<MemoryAppendArgs> appends;
+      std::vector<size_t> appended;
       for (size_t b = 0; b < batch.size(); ++b) {
+        if (c.is_dense(l) && batch[b].token_by_token && batch[b].num_tokens > 1) continue;
         appends.push_back({&qkv_rows[b], &batch[b].state->layers()[l]});
+        appended.push_back(b);
       }
-      RETURN_IF_ERROR(be.AppendToMemory(appends));
-      for (size_t b = 0; b < batch.size(); ++b) {
-        batch[b].state->layers()[l].Advance(batch[b].num_tokens);
-      }
+      if (!appends.empty()) RETURN_IF_ERROR(be.AppendToMemory(appends));
+      for (size_t b : appended) batch[b].state->layers()[l].Advance(batch[b].num_tokens);
     }
     RETURN_IF_ERROR(MatMul(attn, lw.o, nullptr, proj));
     // Residual, then the LayerNorm that follows it: post-LN normalises x itself; pre-LN keeps x

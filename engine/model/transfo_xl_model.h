@@ -27,6 +27,12 @@ struct SequenceInput {
   const int32_t* tokens = nullptr;  // [num_tokens] token ids
   int64_t num_tokens = 0;
   SessionState* state = nullptr;
+  // Dense (and compressive) layers attend as if each token were decoded alone: token i sees
+  // the memory as it stood after token i − 1, not [memory | tokens before i], so the logits equal
+  // those of num_tokens single-token calls while the weight products still run once over all
+  // rows (speculative verification). Other kinds are already split-invariant. Not with
+  // residual_attention (RealFormer) models: INVALID_ARGUMENT.
+  bool token_by_token = false;
 };
 
 enum class LogitsMode : uint8_t {
@@ -83,6 +89,20 @@ class TransfoXlModel {
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
+  bool UsesResidualAttention() const;
+  // Rows [begin, begin + count) of one sequence of a batch.
+  struct DenseRows {
+    size_t seq;
+    int64_t begin;
+    int64_t count;
+  };
+  // Dense layer l's attention (and compression) for the given rows of the packed batch, each
+  // against its sequence's memory as it stands; `append` then adds the rows to the memory.
+  absl::Status DenseAttention(const std::vector<SequenceInput>& batch,
+                              const std::vector<DenseRows>& rows, int64_t l, const Tensor& attn_in,
+                              const Tensor& qkv, Tensor& attn, const std::vector<int64_t>& offsets,
+                              const std::vector<Tensor>& prev_scores, std::vector<Tensor>& scores,
+                              bool append);
   // Forward after validation (inside a recorded step for decode batches).
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // Keeps a sparse form of every weight matrix for which one pays (CPU backend).

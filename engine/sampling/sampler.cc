@@ -43,8 +43,7 @@ Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {}
 
 double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
-SampledToken Sampler::Sample(const float* logits, int64_t vocab,
-                             const std::vector<int32_t>& history) {
+SampledToken Sampler::Report(const float* logits, int64_t vocab, int32_t id) {
   SampledToken result;
   // Reported log-probabilities are the model's: logits[id] − log Z of the raw logits.
   const float log_z = LogSumExp(logits, vocab);
@@ -56,7 +55,13 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
                       [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
     for (int64_t i = 0; i < k; ++i) result.top.emplace_back(order_[i], logits[order_[i]] - log_z);
   }
+  result.id = id;
+  result.logprob = logits[id] - log_z;
+  return result;
+}
 
+int64_t Sampler::Candidates(const float* logits, int64_t vocab,
+                            const std::vector<int32_t>& history) {
   // Adjusted logits: repetition penalty, then temperature.
   work_.assign(logits, logits + vocab);
   if (params_.repetition_penalty != 1.0f) {
@@ -69,41 +74,51 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
       l = l > 0.0f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
     }
   }
-  int32_t chosen;
-  if (params_.temperature == 0.0f) {
-    chosen = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
-  } else {
-    for (float& l : work_) l /= params_.temperature;
-    // Candidates: every id in id order when nothing truncates the distribution (no sort on the
-    // per-token path); otherwise sorted by logit (descending), cut by top-k, then by top-p.
-    const bool truncate = params_.top_k > 0 || params_.top_p < 1.0f;
-    int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, vocab) : vocab;
-    order_.resize(static_cast<size_t>(vocab));
-    std::iota(order_.begin(), order_.end(), 0);
-    if (truncate) {
-      std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
-                        [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
-    }
-    const float max = truncate ? work_[order_[0]] : *std::max_element(work_.begin(), work_.end());
-    probs_.resize(static_cast<size_t>(keep));
-    double total = 0.0;
+  if (params_.temperature == 0.0f) {  // greedy: the argmax alone
+    order_.assign(
+        1, static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin()));
+    probs_.assign(1, 1.0);
+    return 1;
+  }
+  for (float& l : work_) l /= params_.temperature;
+  // Candidates: every id in id order when nothing truncates the distribution (no sort on the
+  // per-token path); otherwise sorted by logit (descending), cut by top-k, then by top-p.
+  const bool truncate = params_.top_k > 0 || params_.top_p < 1.0f;
+  int64_t keep = params_.top_k > 0 ? std::min<int64_t>(params_.top_k, vocab) : vocab;
+  order_.resize(static_cast<size_t>(vocab));
+  std::iota(order_.begin(), order_.end(), 0);
+  if (truncate) {
+    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
+                      [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
+  }
+  const float max = truncate ? work_[order_[0]] : *std::max_element(work_.begin(), work_.end());
+  probs_.resize(static_cast<size_t>(keep));
+  double total = 0.0;
+  for (int64_t i = 0; i < keep; ++i) {
+    probs_[i] = std::exp(static_cast<double>(work_[order_[i]] - max));
+    total += probs_[i];
+  }
+  if (params_.top_p < 1.0f) {
+    double cumulative = 0.0;
+    int64_t cut = keep;
     for (int64_t i = 0; i < keep; ++i) {
-      probs_[i] = std::exp(static_cast<double>(work_[order_[i]] - max));
-      total += probs_[i];
-    }
-    if (params_.top_p < 1.0f) {
-      double cumulative = 0.0;
-      int64_t cut = keep;
-      for (int64_t i = 0; i < keep; ++i) {
-        cumulative += probs_[i] / total;
-        if (cumulative >= params_.top_p) {
-          cut = i + 1;
-          break;
-        }
+      cumulative += probs_[i] / total;
+      if (cumulative >= params_.top_p) {
+        cut = i + 1;
+        break;
       }
-      keep = cut;
-      total = std::accumulate(probs_.begin(), probs_.begin() + keep, 0.0);
     }
+    keep = cut;
+  }
+  return keep;
+}
+
+SampledToken Sampler::Sample(const float* logits, int64_t vocab,
+                             const std::vector<int32_t>& history) {
+  const int64_t keep = Candidates(logits, vocab, history);
+  int32_t chosen = order_[0];
+  if (params_.temperature != 0.0f) {
+    const double total = std::accumulate(probs_.begin(), probs_.begin() + keep, 0.0);
     const double target = Uniform() * total;
     double running = 0.0;
     chosen = order_[keep - 1];
@@ -115,9 +130,29 @@ SampledToken Sampler::Sample(const float* logits, int64_t vocab,
       }
     }
   }
-  result.id = chosen;
-  result.logprob = logits[chosen] - log_z;
-  return result;
+  return Report(logits, vocab, chosen);
+}
+
+void Sampler::Distribution(const float* logits, int64_t vocab, const std::vector<int32_t>& history,
+                           std::vector<double>& probs) {
+  const int64_t keep = Candidates(logits, vocab, history);
+  const double total = std::accumulate(probs_.begin(), probs_.begin() + keep, 0.0);
+  probs.assign(static_cast<size_t>(vocab), 0.0);
+  for (int64_t i = 0; i < keep; ++i) probs[order_[i]] = probs_[i] / total;
+}
+
+int32_t Sampler::Draw(const std::vector<double>& weights) {
+  const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
+  const double target = Uniform() * total;
+  double running = 0.0;
+  int32_t last = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] <= 0.0) continue;
+    last = static_cast<int32_t>(i);
+    running += weights[i];
+    if (target < running) return last;
+  }
+  return last;  // rounding left the target at the very end: the last id with weight
 }
 
 }  // namespace mnemo::engine

@@ -39,8 +39,19 @@ class Sampler {
   // logits: [vocab]; history: ids seen so far (repetition penalty).
   SampledToken Sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history);
 
- private:
+  // The distribution Sample draws from, over every id (zeros outside the candidates; one-hot at
+  // the argmax when greedy): what speculative decoding accepts and rejects against.
+  void Distribution(const float* logits, int64_t vocab, const std::vector<int32_t>& history,
+                    std::vector<double>& probs);
+  // `id` as Sample would report it: the raw logits' log-probability and the top alternatives.
+  SampledToken Report(const float* logits, int64_t vocab, int32_t id);
+  // An id drawn with probability proportional to `weights` (≥ 0, some positive).
+  int32_t Draw(const std::vector<double>& weights);
   double Uniform();  // [0, 1) with 53 random bits, identical across platforms
+
+ private:
+  // Fills order_ / probs_ with the candidates (unnormalised) and returns how many there are.
+  int64_t Candidates(const float* logits, int64_t vocab, const std::vector<int32_t>& history);
 
   SamplingParams params_;
   std::mt19937_64 rng_;

@@ -245,3 +245,73 @@ def test_pruned_model_scores_alike_from_sparse_and_dense_weights(
     bad = run("score", "--model", str(pruned), "--ids-file", str(ids_path),
               "--sparse-weights", "maybe", check=False)
     assert bad.returncode != 0 and "--sparse-weights" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def drafted_model(model, tmp_path_factory):
+    """A copy of the tiny model whose draft.json names a 50%-pruned copy of it as the draft."""
+    base = tmp_path_factory.mktemp("drafted")
+    target, draft = base / "target", base / "draft"
+    subprocess.run(["cp", "-r", model, str(target)], check=True)
+    subprocess.run([sys.executable,
+                    os.path.join(ROOT, "tools", "prune_checkpoint.py"), model,
+                    str(draft), "--sparsity", "0.5"], check=True,
+                   capture_output=True)
+    (target / "draft.json").write_text(
+        json.dumps({"model": "../draft", "draft_tokens": 3}))
+    return str(target)
+
+
+def test_speculative_greedy_output_is_the_models_own(drafted_model):
+    args = ["generate", "--model", drafted_model, "--prompt", "The licence",
+            "--max-tokens", "40", "--temperature", "0", "--ignore-eos",
+            "--logprobs", "2"]
+    alone = run(*args, "--draft", "off")
+    assert "draft" not in alone.stderr
+    for extra in ([], ["--draft-tokens", "1"], ["--draft-tokens", "6"]):
+        spec = run(*args, *extra)
+        assert spec.stdout == alone.stdout
+        assert "accepted" in spec.stderr
+        got = [line.split("\t") for line in spec.stderr.splitlines()[1:]]
+        want = [line.split("\t") for line in alone.stderr.splitlines()[1:]]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert [float(g[1]) for g in got] == pytest.approx(
+            [float(w[1]) for w in want], abs=1e-3)
+
+
+def test_speculative_sampling_runs_and_is_reproducible(drafted_model):
+    args = ["generate", "--model", drafted_model, "--prompt", "The licence",
+            "--max-tokens", "30", "--temperature", "0.8", "--seed", "5",
+            "--ignore-eos"]
+    first, second = run(*args), run(*args)
+    assert first.stdout == second.stdout
+    assert "generated 30, draft" in first.stderr
+
+
+def test_bad_draft_set_ups_give_clear_errors(drafted_model, model, tmp_path):
+    base = ["generate", "--model", drafted_model, "--prompt", "x",
+            "--max-tokens", "2"]
+    missing = run(*base, "--draft", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    zero = run(*base, "--draft-tokens", "0", check=False)
+    assert zero.returncode != 0 and "--draft-tokens" in zero.stderr
+    # A draft with another tokenizer.
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools",
+                                                 "make_tiny_model.py"),
+                    str(other), "--seed", "3", "--vocab-size", "900"],
+                   check=True, capture_output=True)
+    wrong = run(*base, "--draft", str(other), check=False)
+    assert wrong.returncode != 0 and "tokenizer" in wrong.stderr
+    # Malformed draft.json files.
+    target = tmp_path / "target"
+    subprocess.run(["cp", "-r", model, str(target)], check=True)
+    for text, message in [("[1]", "not a JSON object"),
+                          ('{"model": "../x", "k": 1}', "unknown field"),
+                          ('{"draft_tokens": 2}', "\"model\""),
+                          ('{"model": ".", "draft_tokens": 65}',
+                           "draft_tokens")]:
+        (target / "draft.json").write_text(text)
+        bad = run("generate", "--model", str(target), "--prompt", "x",
+                  "--max-tokens", "2", check=False)
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr

@@ -21,30 +21,7 @@ namespace {
 
 constexpr double kTol = 1e-5;
 
-// SmallConfig (2 heads of 6, D 16) with `n_layer` layers given as JSON entries, and extra
-// top-level fields.
-ModelConfig ConfigWith(const std::vector<std::string>& layers,
-                       std::vector<std::pair<std::string, std::string>> extra = {},
-                       int64_t mem_len = 16) {
-  ModelConfig base = test::SmallConfig();
-  base.n_layer = static_cast<int64_t>(layers.size());
-  base.mem_len = mem_len;
-  auto fields = test::ConfigFields(base);
-  std::string list = "[";
-  for (size_t i = 0; i < layers.size(); ++i) list += (i ? ", " : "") + layers[i];
-  fields.emplace_back("layers", list + "]");
-  for (auto& f : extra) {
-    bool replaced = false;
-    for (auto& [k, v] : fields) {
-      if (k == f.first) v = f.second, replaced = true;
-    }
-    if (!replaced) fields.push_back(f);
-  }
-  auto parsed = ParseModelConfig(test::RenderJsonObject(fields));
-  EXPECT_TRUE(parsed.ok()) << parsed.status();
-  return parsed.ok() ? *parsed : base;
-}
-
+using test::ConfigWith;
 using test::LoadModel;
 using test::RandomTokens;
 
@@ -309,6 +286,115 @@ TEST(LongContextModelTest, SharedLayersMustAgreeAndDEmbedNeedsUntiedHead) {
   parsed = ParseModelConfig(test::RenderJsonObject(fields));
   ASSERT_FALSE(parsed.ok());
   EXPECT_NE(parsed.status().message().find("d_embed"), std::string::npos);
+}
+
+// Feeds `tokens` in one call with token_by_token set, returning every position's logits.
+std::vector<float> FeedTokenByToken(TransfoXlModel& model, SessionState& state,
+                                    const std::vector<int32_t>& tokens) {
+  SequenceInput in{tokens.data(), static_cast<int64_t>(tokens.size()), &state};
+  in.token_by_token = true;
+  Tensor logits;
+  const absl::Status status = model.Forward({in}, LogitsMode::kAll, &logits);
+  EXPECT_TRUE(status.ok()) << status;
+  if (!status.ok()) return {};
+  return std::vector<float>(logits.data<float>(), logits.data<float>() + logits.numel());
+}
+
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], kTol * (1.0 + std::fabs(want[i]))) << "at " << i;
+  }
+}
+
+// A token_by_token call of n tokens is n single-token calls: the same logits and the same state
+// afterwards, for every layer kind (dense and compressive layers are the ones where a segment
+// differs from single tokens), with either memory_init and same_length.
+TEST(LongContextModelTest, TokenByTokenCallEqualsSingleTokenCalls) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> models = {
+      {"dense", {R"({"attention": "dense"})", R"({"attention": "dense"})"}},
+      {"dense + window + linear",
+       {R"({"attention": "dense"})", R"({"attention": "sparse", "window": 4})",
+        R"({"attention": "linear", "feature_map": "elu"})"}},
+  };
+  for (const std::string& e : CompressiveEntries()) models.push_back({e, {e, e}});
+  for (const auto& [name, layers] : SplitFreeModels()) {
+    if (name.find("realformer") == std::string::npos) models.push_back({name, layers});
+  }
+  for (const auto& [name, layers] : models) {
+    for (const char* same_length : {"false", "true"}) {
+      if (layers[0].find("compressive") != std::string::npos && same_length[0] == 't') continue;
+      for (const char* init : {"\"empty\"", "\"zeros\""}) {
+        SCOPED_TRACE(name + " same_length " + same_length + " " + init);
+        const ModelConfig c =
+            ConfigWith(layers, {{"memory_init", init}, {"same_length", same_length}}, 6);
+        auto model = LoadModel(c, 5);
+        ASSERT_NE(model, nullptr);
+        SessionState single = *model->NewState();
+        SessionState stepped = *model->NewState();
+        const std::vector<int32_t> doc = RandomTokens(60, c.vocab_size, 8);
+        // A prefix in segments, then 3..9 tokens at a time: one by one vs one call each.
+        const std::vector<int32_t> prefix(doc.begin(), doc.begin() + 11);
+        FeedInPieces(*model, single, prefix, {7, 4});
+        FeedInPieces(*model, stepped, prefix, {7, 4});
+        size_t pos = prefix.size();
+        for (int64_t len : {3, 9, 1, 5, 8, 7, 5, 6, 5}) {
+          const std::vector<int32_t> piece(doc.begin() + pos, doc.begin() + pos + len);
+          const std::vector<float> want =
+              FeedInPieces(*model, single, piece, std::vector<int64_t>(len, 1));
+          ExpectClose(FeedTokenByToken(*model, stepped, piece), want);
+          pos += len;
+        }
+        ASSERT_EQ(pos, doc.size());
+        EXPECT_EQ(stepped.position(), single.position());
+        // The states agree: a following segment gives the same logits.
+        const std::vector<int32_t> more = RandomTokens(10, c.vocab_size, 9);
+        ExpectClose(FeedInPieces(*model, stepped, more, {10}),
+                    FeedInPieces(*model, single, more, {10}));
+      }
+    }
+  }
+}
+
+// In one batch, a token_by_token sequence and a segment sequence each get what they get alone.
+TEST(LongContextModelTest, TokenByTokenMixesWithSegmentsInOneBatch) {
+  const ModelConfig c = ConfigWith({CompressiveEntries()[2], R"({"attention": "dense"})"}, {}, 5);
+  auto model = LoadModel(c, 6);
+  ASSERT_NE(model, nullptr);
+  const std::vector<int32_t> a = RandomTokens(9, c.vocab_size, 1);
+  const std::vector<int32_t> b = RandomTokens(12, c.vocab_size, 2);
+  SessionState sa = *model->NewState(), sb = *model->NewState();
+  SessionState ra = *model->NewState(), rb = *model->NewState();
+  const std::vector<int32_t> head_a(a.begin(), a.begin() + 4), next_a(a.begin() + 4, a.end());
+  FeedInPieces(*model, sa, head_a, {4});
+  FeedInPieces(*model, ra, head_a, {4});
+  SequenceInput ia{next_a.data(), static_cast<int64_t>(next_a.size()), &sa};
+  ia.token_by_token = true;
+  SequenceInput ib{b.data(), static_cast<int64_t>(b.size()), &sb};
+  Tensor logits;
+  ASSERT_TRUE(model->Forward({ib, ia}, LogitsMode::kAll, &logits).ok());
+  const std::vector<float> want_b = FeedInPieces(*model, rb, b, {12});
+  const std::vector<float> want_a =
+      FeedInPieces(*model, ra, next_a, std::vector<int64_t>(next_a.size(), 1));
+  const float* got = logits.data<float>();
+  ExpectClose(std::vector<float>(got, got + want_b.size()), want_b);
+  ExpectClose(std::vector<float>(got + want_b.size(), got + logits.numel()), want_a);
+}
+
+TEST(LongContextModelTest, TokenByTokenIsRefusedForResidualAttention) {
+  const ModelConfig c = ConfigWith(
+      {R"({"attention": "dense"})", R"({"attention": "dense", "residual_attention": true})"});
+  auto model = LoadModel(c, 2);
+  ASSERT_NE(model, nullptr);
+  SessionState s = *model->NewState();
+  const std::vector<int32_t> t = RandomTokens(4, c.vocab_size, 3);
+  SequenceInput in{t.data(), 4, &s};
+  in.token_by_token = true;
+  Tensor logits;
+  const absl::Status status = model->Forward({in}, LogitsMode::kLast, &logits);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("residual_attention"), std::string::npos);
+  EXPECT_EQ(s.position(), 0);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // [+ tokenizer.model]) and feeds input in segments with memory carried across them.
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -23,8 +24,10 @@
 #include "base/read_file.h"
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/sampling/sampler.h"
+#include "engine/sampling/speculative_decoder.h"
 #include "engine/sampling/stop_condition.h"
 #include "engine/tokenizer/incremental_decoder.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -70,6 +73,12 @@ generate:
   --ignore-eos         do not stop at the end-of-sequence token
   --logprobs N         after the text, print each generated token with its log-probability
                        and the N most likely alternatives to stderr (0..20, default 0)
+  --draft DIR          speculative decoding with the draft model in DIR (same tokenizer): it
+                       proposes tokens, the model verifies them in one pass; greedy output is
+                       the model's own, sampled output follows the model's distribution.
+                       Default: the draft named by the model directory's draft.json; off: none
+  --draft-tokens K     tokens the draft proposes per verification (1..64; default draft.json's
+                       draft_tokens, else 4)
 
 score:
   --text-file FILE     UTF-8 text to score (tokenized with tokenizer.model)
@@ -109,9 +118,9 @@ struct Loaded {
   std::unique_ptr<engine::Tokenizer> tokenizer;  // null when the directory has none
 };
 
-absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
-  if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
-  const std::string dir = flags.Get("model");
+// Loads the checkpoint in `dir` with the device and sparse-weight flags.
+absl::StatusOr<Loaded> LoadModelFrom(const Flags& flags, const std::string& dir,
+                                     bool need_tokenizer) {
   Loaded loaded;
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> backend,
                    engine::MakeBackend(flags.Has("device") ? flags.Get("device") : "cpu"));
@@ -132,6 +141,31 @@ absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
     }
   }
   return loaded;
+}
+
+absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
+  if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
+  return LoadModelFrom(flags, flags.Get("model"), need_tokenizer);
+}
+
+// The draft model for speculative decoding: --draft DIR, else the model directory's draft.json;
+// none with --draft off or without either.
+absl::StatusOr<std::optional<engine::DraftSpec>> DraftFor(const Flags& flags) {
+  const std::string model_dir = flags.Get("model");
+  std::optional<engine::DraftSpec> spec;
+  if (flags.Has("draft")) {
+    if (flags.Get("draft") == "off") return spec;
+    RETURN_IF_ERROR(engine::CheckDraftTokenizer(model_dir, flags.Get("draft")));
+    spec = engine::DraftSpec{flags.Get("draft")};
+  } else {
+    ASSIGN_OR_RETURN(spec, engine::ReadDraftSpec(model_dir));
+  }
+  if (spec && flags.Has("draft-tokens")) {
+    ASSIGN_OR_RETURN(int64_t k,
+                     flags.Int("draft-tokens", spec->draft_tokens, 1, engine::kMaxDraftTokens));
+    spec->draft_tokens = static_cast<int>(k);
+  }
+  return spec;
 }
 
 absl::StatusOr<int64_t> SegmentLen(const Flags& flags, const TransfoXlModel& model) {
@@ -279,12 +313,28 @@ absl::Status RunGenerate(const Flags& flags) {
   const int32_t eos = flags.Has("ignore-eos") ? -1 : tokenizer.eos_id();
   engine::StopCondition stop(flags.All("stop"), stop_ids, eos);
   engine::Sampler sampler(params);
+  ASSIGN_OR_RETURN(std::optional<engine::DraftSpec> draft_spec, DraftFor(flags));
 
   // Prefill all but the last prompt token in segments, then decode from the last one.
   ASSIGN_OR_RETURN(SessionState state, model.NewState());
   std::vector<int32_t> head(ids.begin(), ids.end() - 1);
   RETURN_IF_ERROR(
       Feed(model, state, head, segment_len, LogitsMode::kNone, [](int64_t, const Tensor&) {}));
+  // Speculative decoding: the draft reads the same prompt and proposes; the model verifies.
+  Loaded draft;
+  SessionState draft_state;
+  std::optional<engine::SpeculativeDecoder> speculative;
+  if (draft_spec) {
+    ASSIGN_OR_RETURN(draft, LoadModelFrom(flags, draft_spec->dir, /*need_tokenizer=*/false));
+    ASSIGN_OR_RETURN(draft_state, draft.model->NewState());
+    ASSIGN_OR_RETURN(int64_t draft_segment, SegmentLen(flags, *draft.model));
+    RETURN_IF_ERROR(Feed(*draft.model, draft_state, head, draft_segment, LogitsMode::kNone,
+                         [](int64_t, const Tensor&) {}));
+    ASSIGN_OR_RETURN(speculative,
+                     engine::SpeculativeDecoder::Create(model, &state, *draft.model, &draft_state,
+                                                        params, draft_spec->draft_tokens, ids));
+  }
+  std::deque<engine::SampledToken> proposed;  // speculative tokens not yet emitted
   std::vector<int32_t> history = ids;
   std::vector<int32_t> generated;
   std::vector<engine::SampledToken> samples;
@@ -295,10 +345,19 @@ absl::Status RunGenerate(const Flags& flags) {
   bool stopped = false;
   int32_t next = ids.back();
   for (int64_t step = 0; step < max_tokens && !stopped; ++step) {
-    Tensor logits;
-    RETURN_IF_ERROR(model.Forward({SequenceInput{&next, 1, &state}}, LogitsMode::kLast, &logits));
-    engine::SampledToken sample =
-        sampler.Sample(logits.data<float>(), model.config().vocab_size, history);
+    engine::SampledToken sample;
+    if (speculative) {
+      if (proposed.empty()) {
+        ASSIGN_OR_RETURN(std::vector<engine::SampledToken> more, speculative->Next());
+        proposed.assign(more.begin(), more.end());
+      }
+      sample = std::move(proposed.front());
+      proposed.pop_front();
+    } else {
+      Tensor logits;
+      RETURN_IF_ERROR(model.Forward({SequenceInput{&next, 1, &state}}, LogitsMode::kLast, &logits));
+      sample = sampler.Sample(logits.data<float>(), model.config().vocab_size, history);
+    }
     next = sample.id;
     samples.push_back(sample);
     history.push_back(next);
@@ -333,8 +392,16 @@ absl::Status RunGenerate(const Flags& flags) {
   if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  std::fprintf(stderr, "[finish: %s, prompt tokens %zu, generated %zu]\n",
-               std::string(engine::FinishReasonName(reason)).c_str(), ids.size(), generated.size());
+  std::string draft_note;
+  if (speculative) {
+    const engine::SpeculativeStats& st = speculative->stats();
+    draft_note =
+        absl::StrCat(", draft ", draft_spec->dir, ": ", st.cycles, " passes of ",
+                     draft_spec->draft_tokens, ", accepted ", st.accepted, " of ", st.drafted);
+  }
+  std::fprintf(stderr, "[finish: %s, prompt tokens %zu, generated %zu%s]\n",
+               std::string(engine::FinishReasonName(reason)).c_str(), ids.size(), generated.size(),
+               draft_note.c_str());
   if (params.top_logprobs > 0) {
     for (const engine::SampledToken& s : samples) {
       std::fprintf(stderr, "%d\t%.4f", s.id, s.logprob);
@@ -359,8 +426,9 @@ int Main(int argc, char** argv) {
                                               {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate") {
-    for (auto f : {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",
-                   "repetition-penalty", "seed", "stop", "stop-id", "logprobs"}) {
+    for (auto f :
+         {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",
+          "repetition-penalty", "seed", "stop", "stop-id", "logprobs", "draft", "draft-tokens"}) {
       known[f] = true;
     }
     known["ignore-eos"] = false;
