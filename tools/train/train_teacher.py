@@ -246,12 +246,12 @@ def recon_loss(attn: ref.CompressiveAttention, state: ref.CompressiveState,
     return F.mse_loss(content_attn(new_cm), target)
 
 
-def train_forward(model: ref.TransfoXLReference, ids: torch.Tensor, mems: list,
-                  with_recon: bool = True) -> Tuple[torch.Tensor, list, torch.Tensor]:
+def train_forward_hidden(model: ref.TransfoXLReference, ids: torch.Tensor, mems: list,
+                         with_recon: bool = True) -> Tuple[torch.Tensor, list, torch.Tensor]:
     """``TransfoXLReference.forward`` with gradients (that method runs under no_grad), for
     models of dense and compressive layers: the reference's own layer modules, called as its
-    forward calls them. Returns (logits [B, T, V], detached new states, summed reconstruction
-    loss)."""
+    forward calls them. Returns (last hidden state [B, T, D], before the output head; detached
+    new states; summed reconstruction loss). The student distiller compares hidden states."""
     x = model.embed(ids)
     new_mems = []
     recon = x.new_zeros(())
@@ -275,8 +275,20 @@ def train_forward(model: ref.TransfoXLReference, ids: torch.Tensor, mems: list,
         else:
             raise ValueError(f"train_teacher trains dense and compressive layers, not "
                              f"{layer.kind}")
-    logits = x @ model.output_weight().t() + model.lm_head.bias
-    return logits, new_mems, recon
+    return x, new_mems, recon
+
+
+def output_logits(model: ref.TransfoXLReference, hidden: torch.Tensor) -> torch.Tensor:
+    """The output head: logits [B, T, V] of the last hidden state (as the reference's forward)."""
+    return hidden @ model.output_weight().t() + model.lm_head.bias
+
+
+def train_forward(model: ref.TransfoXLReference, ids: torch.Tensor, mems: list,
+                  with_recon: bool = True) -> Tuple[torch.Tensor, list, torch.Tensor]:
+    """:func:`train_forward_hidden` followed by the output head. Returns (logits [B, T, V],
+    detached new states, summed reconstruction loss)."""
+    hidden, new_mems, recon = train_forward_hidden(model, ids, mems, with_recon)
+    return output_logits(model, hidden), new_mems, recon
 
 
 @torch.no_grad()
