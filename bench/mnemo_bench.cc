@@ -9,6 +9,8 @@
 //   mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT
 //   mnemo_bench --model DIR --device cuda --figure batched-decode --batch B [--decode-steps K]
 //   mnemo_bench --model DIR --figure stream --tokens N [--segment S]
+//   mnemo_bench --model DIR --figure speculative --draft DRAFT --ids-file IDS [--draft-tokens K]
+//               [--segment P] [--decode-steps N] [--runs R]
 //   --device cpu|cuda[:N] (default cpu) picks the backend for prefill, decode, batched-decode
 //   and logits; breakdown is CPU only.
 //
@@ -32,6 +34,11 @@
 // stream: one session ingests an N-token synthetic document in segments of S (LogitsMode::kNone,
 //   the long-document path): tokens/s in each tenth of the stream, the ratio last tenth ÷ first
 //   tenth (flat = 1), and the session's state bytes after the first segment and at the end.
+// speculative: greedy generation of N tokens after a prompt of P real tokens (run r takes the
+//   prompt at offset r·P of the ids file), by the model alone (one Forward per token) and with
+//   the draft proposing K tokens per verification pass (engine/sampling/speculative_decoder.h);
+//   tokens/s of both, their ratio, the draft's acceptance rate, and whether the tokens agree
+//   (they must: greedy speculative output is the model's own).
 // decode also reports bytes_per_token: the bytes a step must read at least (every weight matrix
 //   and bias it uses, the distance-table rows and the K/V memory its attention reads, the output
 //   embedding), for the roofline ratio against the measured copy bandwidth.
@@ -64,8 +71,10 @@
 #include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/memory/xl_memory.h"
+#include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/model/transfo_xl_weights.h"
+#include "engine/sampling/speculative_decoder.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace mnemo::bench {
@@ -93,6 +102,8 @@ struct Options {
   bool sparse_weights = true;  // --sparse-weights on|off
   int batch = 1;
   int64_t tokens = 1 << 20;  // stream: document length
+  std::string draft;         // speculative: the draft checkpoint
+  int draft_tokens = 4;      // speculative: proposals per verification
 };
 
 [[noreturn]] void Die(const std::string& message) {
@@ -150,13 +161,19 @@ Options ParseArgs(int argc, char** argv) {
       o.batch = std::atoi(value().c_str());
     } else if (arg == "--tokens") {
       o.tokens = std::atoll(value().c_str());
+    } else if (arg == "--draft") {
+      o.draft = value();
+    } else if (arg == "--draft-tokens") {
+      o.draft_tokens = std::atoi(value().c_str());
     } else if (arg == "--help" || arg == "-h") {
       std::printf(
           "usage: mnemo_bench --model DIR --figure prefill|decode|breakdown [--segment S]\n"
           "       [--runs N] [--warmup W] [--segments-per-run K] [--decode-steps K]\n"
           "       [--logits last|all] [--device cpu|cuda[:N]]\n"
           "       mnemo_bench --model DIR --figure batched-decode --batch B [--device D]\n"
-          "       mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT\n");
+          "       mnemo_bench --model DIR --figure logits --ids-file IDS --output OUT\n"
+          "       mnemo_bench --model DIR --figure speculative --draft DIR --ids-file IDS\n"
+          "       [--draft-tokens K] [--segment P] [--decode-steps N] [--runs R]\n");
       std::exit(0);
     } else {
       Die(absl::StrCat("unknown flag ", arg));
@@ -164,8 +181,16 @@ Options ParseArgs(int argc, char** argv) {
   }
   if (o.model.empty()) Die("--model is required");
   if (o.figure != "prefill" && o.figure != "decode" && o.figure != "breakdown" &&
-      o.figure != "logits" && o.figure != "batched-decode" && o.figure != "stream") {
-    Die("--figure must be prefill, decode, batched-decode, stream, breakdown or logits");
+      o.figure != "logits" && o.figure != "batched-decode" && o.figure != "stream" &&
+      o.figure != "speculative") {
+    Die("--figure must be prefill, decode, batched-decode, stream, breakdown, logits or "
+        "speculative");
+  }
+  if (o.figure == "speculative" && (o.draft.empty() || o.ids_file.empty())) {
+    Die("--figure speculative needs --draft and --ids-file");
+  }
+  if (o.draft_tokens < 1 || o.draft_tokens > engine::kMaxDraftTokens) {
+    Die("--draft-tokens must be in [1, 64]");
   }
   if (o.tokens < 10) Die("--tokens must be at least 10");
   if (o.figure == "breakdown" && o.device != "cpu") Die("--figure breakdown is CPU only");
@@ -613,11 +638,98 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   return 0;
 }
 
-int RunLogits(const Options& o, TransfoXlModel& model) {
-  std::ifstream in(o.ids_file);
+std::vector<int32_t> ReadIds(const std::string& path) {
+  std::ifstream in(path);
   std::vector<int32_t> ids;
   for (long long id; in >> id;) ids.push_back(static_cast<int32_t>(id));
-  if (ids.empty()) Die(absl::StrCat("no ids in ", o.ids_file));
+  if (ids.empty()) Die(absl::StrCat("no ids in ", path));
+  return ids;
+}
+
+// A fresh state holding `prompt` except its last token, fed in the model's default segments.
+SessionState Prefilled(TransfoXlModel& model, const std::vector<int32_t>& prompt) {
+  SessionState state = NewState(model);
+  const int64_t seg = model.config().default_segment_tokens();
+  const int64_t n = static_cast<int64_t>(prompt.size()) - 1;
+  for (int64_t b = 0; b < n; b += seg) {
+    Check(model.Forward({SequenceInput{prompt.data() + b, std::min(seg, n - b), &state}},
+                        LogitsMode::kNone, nullptr),
+          "prefill");
+  }
+  return state;
+}
+
+int RunSpeculative(const Options& o, TransfoXlModel& model, TransfoXlModel& draft) {
+  const std::vector<int32_t> ids = ReadIds(o.ids_file);
+  const int64_t p = o.segment;
+  if (static_cast<int64_t>(ids.size()) < p * o.runs) {
+    Die(absl::StrCat("--ids-file has ", ids.size(), " ids; ", o.runs, " runs need ", p * o.runs));
+  }
+  engine::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  std::vector<double> alone_rates, spec_rates;
+  int64_t accepted = 0, drafted = 0, passes = 0, mismatches = 0;
+  SessionState last_state;
+  for (int r = 0; r < o.runs + o.warmup; ++r) {
+    const bool timed = r >= o.warmup;
+    const std::vector<int32_t> prompt(ids.begin() + (r % o.runs) * p,
+                                      ids.begin() + (r % o.runs + 1) * p);
+    // The model alone.
+    SessionState state = Prefilled(model, prompt);
+    std::vector<int32_t> alone;
+    int32_t next = prompt.back();
+    Tensor logits;
+    auto t0 = Clock::now();
+    for (int i = 0; i < o.decode_steps; ++i) {
+      Check(model.Forward({SequenceInput{&next, 1, &state}}, LogitsMode::kLast, &logits), "decode");
+      next = Argmax(logits);
+      alone.push_back(next);
+    }
+    const double alone_s = Seconds(t0, Clock::now());
+    // With the draft.
+    SessionState target_state = Prefilled(model, prompt);
+    SessionState draft_state = Prefilled(draft, prompt);
+    auto decoder = engine::SpeculativeDecoder::Create(model, &target_state, draft, &draft_state,
+                                                      greedy, o.draft_tokens, prompt);
+    Check(decoder.status(), "speculative decoder");
+    std::vector<int32_t> spec;
+    t0 = Clock::now();
+    while (static_cast<int>(spec.size()) < o.decode_steps) {
+      auto more = decoder->Next();
+      Check(more.status(), "speculative step");
+      for (const engine::SampledToken& t : *more) spec.push_back(t.id);
+    }
+    const double spec_s = Seconds(t0, Clock::now());
+    if (!timed) continue;
+    spec.resize(alone.size());
+    mismatches += spec != alone;
+    alone_rates.push_back(o.decode_steps / alone_s);
+    // Tokens beyond decode_steps were paid for; count them (they are the model's own tokens).
+    spec_rates.push_back(static_cast<double>(decoder->stats().emitted) / spec_s);
+    accepted += decoder->stats().accepted;
+    drafted += decoder->stats().drafted;
+    passes += decoder->stats().cycles;
+    last_state = std::move(target_state);
+  }
+  const Summary a = Summarise(alone_rates), s = Summarise(spec_rates);
+  std::printf(
+      "{\"impl\":\"mnemo\",\"figure\":\"speculative\",\"draft\":\"%s\","
+      "\"draft_tokens\":%d,\"prompt_tokens\":%" PRId64
+      ",\"tokens_per_run\":%d,\"runs\":%d,"
+      "\"alone_tokens_per_s\":%s,\"speculative_tokens_per_s\":%s,\"speedup\":%s,"
+      "\"acceptance\":%s,\"tokens_per_pass\":%s,\"greedy_identical\":%s,"
+      "\"draft_layers\":%" PRId64 ",%s}\n",
+      o.draft.c_str(), o.draft_tokens, p, o.decode_steps, o.runs, SummaryJson(a).c_str(),
+      SummaryJson(s).c_str(), Num(s.median / a.median).c_str(),
+      Num(static_cast<double>(accepted) / static_cast<double>(drafted)).c_str(),
+      Num(static_cast<double>(accepted + passes) / static_cast<double>(passes)).c_str(),
+      mismatches == 0 ? "true" : "false", draft.config().n_layer,
+      CommonJson(model, last_state).c_str());
+  return mismatches == 0 ? 0 : 1;
+}
+
+int RunLogits(const Options& o, TransfoXlModel& model) {
+  const std::vector<int32_t> ids = ReadIds(o.ids_file);
   SessionState state = NewState(model);
   Tensor logits;
   Check(model.Forward({SequenceInput{ids.data(), static_cast<int64_t>(ids.size()), &state}},
@@ -644,6 +756,13 @@ int Main(int argc, char** argv) {
   if (o.figure == "logits") return RunLogits(o, model);
   if (o.figure == "batched-decode") return RunBatchedDecode(o, model);
   if (o.figure == "stream") return RunStream(o, model);
+  if (o.figure == "speculative") {
+    auto draft_backend = engine::MakeBackend(o.device);
+    Check(draft_backend.status(), "backend");
+    auto draft = TransfoXlModel::Load(o.draft, std::move(*draft_backend), model_options);
+    Check(draft.status(), "load draft");
+    return RunSpeculative(o, model, **draft);
+  }
   return RunBreakdown(o, model);
 }
 
