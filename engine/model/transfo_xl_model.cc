@@ -39,9 +39,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   std::unique_ptr<TransfoXlModel> model(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
   const ModelConfig& c = model->config_;
-  if (options.sparse_weights && model->backend_->device() == Device::kCpu) {
-    model->PlanSparseWeights();
-  }
+  if (options.sparse_weights) model->PlanSparseWeights();
   const int64_t hd = c.attn_width();
   // The distance tables and the projection of a zero hidden row (the "zeros" memory) are
   // computed once, in float32 from the host weights, on the CPU backend, whatever the model's
@@ -97,7 +95,12 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   }
   // Device backends keep the checkpoint's own weight type (16-bit checkpoints: half the bytes
   // per decode step, tensor-core prefill); the CPU backend computes from float32.
+  std::vector<const void*> host_keys;
+  for (const Tensor* t : model->WeightMatrices()) {
+    host_keys.push_back(t->defined() ? t->raw() : nullptr);
+  }
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
+  RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     // (every layer is dense here: the check above)
     ASSIGN_OR_RETURN(Tensor table, be.CopyFromHost(tables[l]));
@@ -115,17 +118,39 @@ TransfoXlModel::TransfoXlModel(ModelConfig config, TransfoXlWeights weights,
                                std::unique_ptr<Backend> backend)
     : config_(std::move(config)), weights_(std::move(weights)), backend_(std::move(backend)) {}
 
-void TransfoXlModel::PlanSparseWeights() {
+std::vector<const Tensor*> TransfoXlModel::WeightMatrices() const {
   std::vector<const Tensor*> matrices = {&weights_.emb_proj, &weights_.lm_head};
   for (const TransfoXlLayerWeights& lw : weights_.layers) {
     for (const Tensor* t : {&lw.qkv, &lw.o, &lw.fc1, &lw.fc2}) matrices.push_back(t);
   }
-  for (const Tensor* t : matrices) {
+  return matrices;
+}
+
+void TransfoXlModel::PlanSparseWeights() {
+  for (const Tensor* t : WeightMatrices()) {
     if (!t->defined() || sparse_.count(t->raw())) continue;  // shared (ALBERT, tied) once
     if (std::shared_ptr<const SparseWeight> plan = PlanSparseWeight(*t)) {
       sparse_.emplace(t->raw(), std::move(plan));
     }
   }
+}
+
+absl::Status TransfoXlModel::UploadSparseWeights(const std::vector<const void*>& host_keys) {
+  if (sparse_.empty()) return absl::OkStatus();
+  const std::vector<const Tensor*> matrices = WeightMatrices();
+  std::map<const void*, std::shared_ptr<const SparseWeight>> uploaded;  // by host buffer
+  std::map<const void*, std::shared_ptr<const SparseWeight>> on_device;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    const auto plan = sparse_.find(host_keys[i]);
+    if (host_keys[i] == nullptr || plan == sparse_.end()) continue;
+    std::shared_ptr<const SparseWeight>& done = uploaded[host_keys[i]];
+    if (done == nullptr) {
+      ASSIGN_OR_RETURN(done, CopySparseWeightTo(*plan->second, *backend_));
+    }
+    on_device[matrices[i]->raw()] = done;
+  }
+  sparse_ = std::move(on_device);
+  return absl::OkStatus();
 }
 
 const SparseWeight* TransfoXlModel::SparseFor(const Tensor& w, int64_t rows) const {

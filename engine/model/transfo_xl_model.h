@@ -105,8 +105,14 @@ class TransfoXlModel {
                               bool append);
   // Forward after validation (inside a recorded step for decode batches).
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
-  // Keeps a sparse form of every weight matrix for which one pays (CPU backend).
+  // The multiplied weight matrices (projection, head, per layer qkv / o / fc1 / fc2), in a fixed
+  // order; undefined ones included.
+  std::vector<const Tensor*> WeightMatrices() const;
+  // Keeps a sparse form of every (host) weight matrix for which one pays.
   void PlanSparseWeights();
+  // After the weights moved to a device backend: the plans copied there, keyed by the device
+  // matrices (`host_keys`: the host matrices' buffers, in WeightMatrices() order).
+  absl::Status UploadSparseWeights(const std::vector<const void*>& host_keys);
   // The sparse form to use for `w` in a product of `rows` rows, or null for the dense product.
   const SparseWeight* SparseFor(const Tensor& w, int64_t rows) const;
   // y = x · wᵀ (+ bias), from w's sparse form when it pays.

@@ -1,6 +1,11 @@
 #include "engine/tensor/sparse_weight.h"
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "base/status_macros.h"
+#include "engine/backend/backend.h"
 
 namespace mnemo::engine {
 
@@ -36,6 +41,39 @@ bool SparsePaysFor(const SparseWeight& w, int64_t rows, size_t dense_bytes) {
   const int64_t tiles = (rows + 7) / 8;
   return static_cast<double>(tiles) * static_cast<double>(w.bytes()) <=
          kSparseMaxByteFraction * static_cast<double>(dense_bytes);
+}
+
+namespace {
+
+// `bytes` bytes of host data as a device tensor of 32-bit words.
+absl::StatusOr<Tensor> UploadWords(Backend& be, const void* data, size_t bytes) {
+  const int64_t words = std::max<int64_t>(1, static_cast<int64_t>((bytes + 3) / 4));
+  Tensor host = Tensor::Zeros(DType::kI32, {words});
+  if (bytes > 0) std::memcpy(host.raw(), data, bytes);
+  return be.CopyFromHost(host);
+}
+
+template <typename T>
+absl::StatusOr<Tensor> UploadVector(Backend& be, const std::vector<T>& v) {
+  return UploadWords(be, v.data(), v.size() * sizeof(T));
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const SparseWeight>> CopySparseWeightTo(const SparseWeight& host,
+                                                                       Backend& backend) {
+  auto copy = std::make_shared<SparseWeight>(host);
+  if (copy->format == SparseFormat::kCsr) {
+    ASSIGN_OR_RETURN(copy->device_row_start, UploadVector(backend, copy->csr.row_start));
+    ASSIGN_OR_RETURN(copy->device_cols, copy->csr.col16.empty()
+                                            ? UploadVector(backend, copy->csr.col32)
+                                            : UploadVector(backend, copy->csr.col16));
+    ASSIGN_OR_RETURN(copy->device_values, UploadVector(backend, copy->csr.values));
+  } else {
+    ASSIGN_OR_RETURN(copy->device_values, UploadVector(backend, copy->s24.values));
+    ASSIGN_OR_RETURN(copy->device_meta, UploadVector(backend, copy->s24.meta));
+  }
+  return std::shared_ptr<const SparseWeight>(std::move(copy));
 }
 
 }  // namespace mnemo::engine

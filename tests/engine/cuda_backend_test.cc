@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <set>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
+#include "engine/tensor/sparse_weight.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/convert.h"
@@ -201,6 +203,52 @@ TEST_F(CudaBackendTest, LinearMatchesCpu) {
           << rows << "x" << in << "→" << out << " bias " << with_bias;
     }
   }
+}
+
+// Pruned weights: the device CSR (16- and 32-bit columns) and 2:4 kernels against the CPU's, over
+// shapes, densities and row counts spanning several 8-row tiles, with and without a bias.
+TEST_F(CudaBackendTest, SparseLinearMatchesCpu) {
+  for (auto [out, in] : {std::pair{64, 96}, {257, 128}, {33, 70000}}) {
+    for (bool two_four : {false, true}) {
+      Tensor w = Random({out, in});
+      std::uniform_real_distribution<float> u(0.0f, 1.0f);
+      float* wp = w.data<float>();
+      for (int64_t o = 0; o < out; ++o) {
+        for (int64_t k = 0; k < in; ++k) {
+          const bool keep = two_four ? (k % 4 == (o % 3)) || (k % 4 == 3) : u(rng_) < 0.1f;
+          if (!keep) wp[o * in + k] = 0.0f;
+        }
+      }
+      const std::shared_ptr<const SparseWeight> plan = PlanSparseWeight(w);
+      ASSERT_NE(plan, nullptr);
+      EXPECT_EQ(plan->format, two_four ? SparseFormat::k24 : SparseFormat::kCsr);
+      auto dev = CopySparseWeightTo(*plan, *gpu_);
+      ASSERT_TRUE(dev.ok()) << dev.status();
+      for (int64_t rows : {1, 3, 8, 9, 20}) {
+        for (bool with_bias : {false, true}) {
+          const Tensor x = Random({rows, in}), b = Random({out});
+          Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, out});
+          ASSERT_TRUE(cpu_->SparseLinear(x, *plan, with_bias ? &b : nullptr, y_cpu).ok());
+          Tensor y = Poisoned({rows, out});
+          const Tensor b_dev = Up(b);
+          const absl::Status status =
+              gpu_->SparseLinear(Up(x), **dev, with_bias ? &b_dev : nullptr, y);
+          ASSERT_TRUE(status.ok()) << status;
+          EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol))
+              << out << "x" << in << " 2:4 " << two_four << " rows " << rows << " bias "
+              << with_bias;
+        }
+      }
+    }
+  }
+  // A weight without a device copy is refused, not read from host memory.
+  Tensor w = Random({8, 16});
+  std::fill(w.data<float>(), w.data<float>() + 100, 0.0f);
+  const auto plan = PlanSparseWeight(w);
+  ASSERT_NE(plan, nullptr);
+  Tensor y = Poisoned({1, 8});
+  EXPECT_EQ(gpu_->SparseLinear(Up(Random({1, 16})), *plan, nullptr, y).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 // 16-bit weights (bf16/f16 checkpoints keep their type on the GPU): a single row runs the
@@ -500,6 +548,46 @@ class CudaModelTest : public CudaBackendTest {
   std::unique_ptr<test::ScopedTempDir> dir_;
   std::unique_ptr<TransfoXlModel> cpu_model_, gpu_model_;
 };
+
+// A pruned float32 checkpoint (90% of every layer matrix zero): the GPU model keeps sparse forms
+// of its matrices and its decode steps and segments give the CPU's logits.
+TEST_F(CudaModelTest, PrunedWeightsRunFromSparseFormsAndMatchCpu) {
+  ModelConfig config = test::SmallConfig();
+  config.d_model = 64;
+  config.d_inner = 128;
+  std::vector<test::RawTensor> tensors = test::RandomWeights(config, 5);
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (test::RawTensor& t : tensors) {
+    const std::string& n = t.name;
+    const bool pruned = n.ends_with("attn.qkv.weight") || n.ends_with("attn.o.weight") ||
+                        n.ends_with("ff.fc1.weight") || n.ends_with("ff.fc2.weight");
+    if (!pruned) continue;
+    std::vector<float> v(t.bytes.size() / sizeof(float));
+    std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
+    for (float& x : v) {
+      if (u(rng) < 0.9f) x = 0.0f;
+    }
+    t.bytes = test::FloatBytes(v, DType::kF32);
+  }
+  dir_ = std::make_unique<test::ScopedTempDir>(
+      test::WriteCheckpointFiles(test::ConfigJson(config), tensors));
+  auto cpu = TransfoXlModel::Load(dir_->path());
+  auto gpu = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  cpu_model_ = std::move(*cpu);
+  gpu_model_ = std::move(*gpu);
+  EXPECT_EQ(gpu_model_->SparseWeightSummary().size(), cpu_model_->SparseWeightSummary().size());
+  EXPECT_GE(gpu_model_->SparseWeightSummary().size(), 4u * static_cast<size_t>(config.n_layer));
+  SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+  for (int64_t n : {7, 1, 1, 1, 3, 1, 1, 20, 1}) {
+    const std::vector<std::vector<int32_t>> tokens = {Tokens(n)};
+    const std::vector<float> want = Run(*cpu_model_, {&cs}, tokens, LogitsMode::kAll);
+    const std::vector<float> got = Run(*gpu_model_, {&gs}, tokens, LogitsMode::kAll);
+    ASSERT_TRUE(test::NearRelative(got, want, kModelTol)) << "segment of " << n;
+  }
+}
 
 TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
   for (uint32_t seed = 1; seed <= 12; ++seed) {

@@ -146,7 +146,9 @@ TEST(SpeculativeDecoderTest, GreedyEqualsTheTargetAlone) {
         const SpeculativeStats& st = decoder->stats();
         EXPECT_EQ(st.emitted, static_cast<int64_t>(got.size()));
         EXPECT_EQ(st.emitted, st.accepted + st.cycles);
-        if (draft_name == "itself") EXPECT_EQ(st.accepted, st.drafted);
+        if (draft_name == "itself") {
+          EXPECT_EQ(st.accepted, st.drafted);
+        }
         if (draft_name == "perturbed") {  // both paths taken
           EXPECT_GT(st.accepted, 0);
           EXPECT_LT(st.accepted, st.drafted);

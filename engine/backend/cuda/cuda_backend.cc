@@ -28,6 +28,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/relative_attention.h"
+#include "kernels/cuda/sparse_gemm.h"
 
 namespace mnemo::engine {
 namespace {
@@ -264,6 +265,42 @@ class CudaBackend final : public Backend {
       MNEMO_CUBLAS_RETURN_IF_ERROR(
           cublasGemmEx(ctx_.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, wp, type, k, np,
                        type, k, &beta, yp, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return absl::OkStatus();
+    });
+  }
+
+  // Pruned weights from their CSR / 2:4 device arrays (the model uploads them at load).
+  absl::Status SparseLinear(const Tensor& x, const SparseWeight& w, const Tensor* bias,
+                            Tensor& y) override {
+    if (!w.device_values.defined() || w.device_values.device() != Device::kCuda) {
+      return absl::FailedPreconditionError("the sparse weight has no copy on this device");
+    }
+    Lock lock(ctx_);
+    RETURN_IF_ERROR(lock.status());
+    const int64_t n = x.dim(0), ldx = x.dim(1), ldy = y.dim(1);
+    const float* xp = x.data<float>();
+    const float* bp = bias != nullptr ? bias->data<float>() : nullptr;
+    float* yp = y.data<float>();
+    const float* vp = static_cast<const float*>(w.device_values.raw());
+    if (w.format == SparseFormat::kCsr) {
+      const int64_t rows = w.csr.rows;
+      const auto* rs = static_cast<const int64_t*>(w.device_row_start.raw());
+      const bool narrow = !w.csr.col16.empty();
+      const auto* c16 = narrow ? static_cast<const uint16_t*>(w.device_cols.raw()) : nullptr;
+      const auto* c32 = narrow ? nullptr : static_cast<const int32_t*>(w.device_cols.raw());
+      Note({19, Addr(xp), Addr(vp), Addr(bp), Addr(yp), U(n), U(ldx), U(ldy), U(rows)});
+      return Launch([this, rs, c16, c32, vp, rows, xp, n, ldx, bp, yp, ldy] {
+        MNEMO_CUDA_RETURN_IF_ERROR(
+            kc::CsrMatmul(rs, c16, c32, vp, rows, xp, n, ldx, bp, yp, ldy, ctx_.stream()));
+        return absl::OkStatus();
+      });
+    }
+    const int64_t rows = w.s24.rows, cols = w.s24.cols;
+    const auto* mp = static_cast<const uint8_t*>(w.device_meta.raw());
+    Note({20, Addr(xp), Addr(vp), Addr(bp), Addr(yp), U(n), U(ldx), U(ldy), U(rows)});
+    return Launch([this, vp, mp, rows, cols, xp, n, ldx, bp, yp, ldy] {
+      MNEMO_CUDA_RETURN_IF_ERROR(
+          kc::Sparse24Matmul(vp, mp, rows, cols, xp, n, ldx, bp, yp, ldy, ctx_.stream()));
       return absl::OkStatus();
     });
   }
