@@ -1,6 +1,7 @@
 #include "engine/sampling/speculative_decoder.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -59,12 +60,12 @@ SpeculativeDecoder::SpeculativeDecoder(TransfoXlModel& target, SessionState* tar
       sampler_(params),
       draft_tokens_(draft_tokens),
       history_(std::move(history)),
+      target_unfed_{history_.back()},
       draft_unfed_{history_.back()} {}
 
 absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
   const int k = draft_tokens_;
   const int64_t vocab = target_->config().vocab_size;
-  const int32_t pending = history_.back();
 
   // 1. The draft proposes k tokens from its own distributions q_1 … q_k.
   std::vector<int32_t> drafts;
@@ -86,13 +87,16 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
     seen.push_back(drafts.back());
   }
 
-  // 2. The target scores the pending token and every proposal in one pass: row i is its
-  //    distribution for the token after drafts[0 … i−1].
+  // 2. The target scores the tokens it has not been fed (the pending one last) and every
+  //    proposal in one pass: row i of the last k + 1 is its distribution for the token after
+  //    drafts[0 … i−1].
   ASSIGN_OR_RETURN(SessionState target_kept, target_->CloneState(*target_state_));
-  std::vector<int32_t> verify = {pending};
+  std::vector<int32_t> verify = target_unfed_;
   verify.insert(verify.end(), drafts.begin(), drafts.end());
-  Tensor logits;
-  RETURN_IF_ERROR(FeedTokenByToken(*target_, target_state_, verify, LogitsMode::kAll, &logits));
+  Tensor all_logits;
+  RETURN_IF_ERROR(FeedTokenByToken(*target_, target_state_, verify, LogitsMode::kAll, &all_logits));
+  const float* rows =
+      all_logits.data<float>() + static_cast<int64_t>(target_unfed_.size() - 1) * vocab;
 
   // 3. Accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection draw from
   //    norm(max(0, p_i − q_i)); when all are kept, draw one more from p_{k+1}.
@@ -101,7 +105,7 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
   int accepted = 0;
   bool rejected = false;
   for (int i = 0; i <= k && !rejected; ++i) {
-    const float* row = logits.data<float>() + static_cast<int64_t>(i) * vocab;
+    const float* row = rows + static_cast<int64_t>(i) * vocab;
     sampler_.Distribution(row, vocab, history_, p);
     if (i == k) {
       out.push_back(sampler_.Report(row, vocab, sampler_.Draw(p)));
@@ -127,25 +131,40 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
   }
   history_.push_back(out.back().id);
 
-  // 4. Memories: both models must hold the kept document except its new last token.
+  // 4. Memories: each model holds the kept document but for its unfed tokens, which end with
+  //    the new last token. After a rejection the target goes back to its snapshot and keeps the
+  //    accepted tokens unfed: its next verification pass runs them along (one pass, not two),
+  //    unless they have piled up past a bound, when they run now.
   const std::vector<int32_t> kept(drafts.begin(), drafts.begin() + accepted);
   if (accepted == k) {
-    // The target was fed exactly pending + every proposal; the draft all but the last proposal.
+    // The target was fed everything; the draft all but the last proposal.
+    target_unfed_ = {out.back().id};
     draft_unfed_ = {drafts.back(), out.back().id};
   } else {
     *target_state_ = std::move(target_kept);
-    std::vector<int32_t> refeed = {pending};
-    refeed.insert(refeed.end(), kept.begin(), kept.end());
-    RETURN_IF_ERROR(FeedTokenByToken(*target_, target_state_, refeed, LogitsMode::kNone, nullptr));
+    target_unfed_.insert(target_unfed_.end(), kept.begin(), kept.end());
+    target_unfed_.push_back(out.back().id);
     *draft_state_ = std::move(draft_kept);
     draft_unfed_ = kept;
     draft_unfed_.push_back(out.back().id);
+    if (static_cast<int>(target_unfed_.size()) > 2 * (k + 1)) RETURN_IF_ERROR(Settle());
   }
   ++stats_.cycles;
   stats_.drafted += k;
   stats_.accepted += accepted;
   stats_.emitted += static_cast<int64_t>(out.size());
   return out;
+}
+
+absl::Status SpeculativeDecoder::Settle() {
+  for (auto [model, state, unfed] : {std::tuple{target_, target_state_, &target_unfed_},
+                                     std::tuple{draft_, draft_state_, &draft_unfed_}}) {
+    if (unfed->size() < 2) continue;
+    const std::vector<int32_t> head(unfed->begin(), unfed->end() - 1);
+    RETURN_IF_ERROR(FeedTokenByToken(*model, state, head, LogitsMode::kNone, nullptr));
+    unfed->erase(unfed->begin(), unfed->end() - 1);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mnemo::engine

@@ -7,8 +7,8 @@
 // Guarantees: with greedy sampling the tokens are exactly the target's own greedy decode; with
 // any other sampling they follow the target's sampling distribution (temperature, top-k, top-p
 // and repetition penalty included). Both models' memories stay those of exactly the emitted
-// document: rejected tokens are rolled back (target: restore a snapshot and re-feed the kept
-// tokens; draft: restore a snapshot and feed the kept tokens with the next proposal).
+// document: rejected tokens are rolled back by restoring a snapshot, and the kept tokens are fed
+// with the model's next call (the draft's next proposal, the target's next verification).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +45,11 @@ class SpeculativeDecoder {
   // (the target's log-probabilities). A caller that stops early simply drops the rest.
   absl::StatusOr<std::vector<SampledToken>> Next();
 
+  // Feeds each model the kept tokens it has not been fed but the last, so that both states hold
+  // exactly the document except history().back() (as Create found them), e.g. before the states
+  // are used on their own.
+  absl::Status Settle();
+
   const SpeculativeStats& stats() const { return stats_; }
   const std::vector<int32_t>& history() const { return history_; }
 
@@ -59,8 +64,10 @@ class SpeculativeDecoder {
   SessionState* draft_state_;
   Sampler sampler_;
   int draft_tokens_;
-  std::vector<int32_t> history_;      // the document so far; its last token is fed to no model
-  std::vector<int32_t> draft_unfed_;  // kept tokens the draft has not been fed (ends with it)
+  std::vector<int32_t> history_;  // the document so far; its last token is fed to no model
+  // Kept tokens a model has not been fed; both end with history_.back().
+  std::vector<int32_t> target_unfed_;
+  std::vector<int32_t> draft_unfed_;
   SpeculativeStats stats_;
 };
 

@@ -153,7 +153,8 @@ TEST(SpeculativeDecoderTest, GreedyEqualsTheTargetAlone) {
           EXPECT_GT(st.accepted, 0);
           EXPECT_LT(st.accepted, st.drafted);
         }
-        // Both targets hold the same document now: the same logits for what follows.
+        // Settled, both targets hold the same document: the same logits for what follows.
+        ASSERT_TRUE(decoder->Settle().ok());
         std::vector<int32_t> next = {decoder->history().back()};
         const std::vector<int32_t> extra = RandomTokens(5, tc.vocab_size, 5);
         next.insert(next.end(), extra.begin(), extra.end());
