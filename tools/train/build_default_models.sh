@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds every shipped default model in models/ from Debian's KJV text, step by step, with the
 # exact commands and seeds of the shipped checkpoints (each one's training.json records its own
-# command, seed, thread count and results). CPU only; about 1.5 hours on 2 cores.
+# command, seed, thread count and results). CPU only; about 1.5 hours on 2 cores (the teacher
+# about 30 minutes on two threads, then two one-thread lanes of about 40 minutes).
 #   tools/train/build_default_models.sh [DATA_DIR] [MODELS_DIR]   (defaults /tmp/kjvdata, models)
 # Steps that already have their output are skipped, so an interrupted run resumes.
 set -euo pipefail
@@ -12,10 +13,10 @@ out=${2:-models}
 py=.venv/bin/python
 cache="$data/cache"
 
-step() {  # step OUTPUT_DIR COMMAND…: runs the command unless OUTPUT_DIR/config.json exists
-  local dir=$1
+step() {  # step OUTPUT_DIR COMMAND…: runs the command unless OUTPUT_DIR/training.json (written
+  local dir=$1  # last) exists
   shift
-  if [ -f "$dir/config.json" ]; then
+  if [ -f "$dir/training.json" ]; then
     echo "== $dir exists, skipped"
   else
     echo "== $*"
@@ -32,18 +33,34 @@ step "$out/teacher" $py tools/train/train_teacher.py "$data" "$out/teacher" \
   --tokenizer "$data/tok/tokenizer.model" --cache-dir "$cache" --seed 1 --threads 2 \
   --n-layer 4 --d-model 128 --n-head 4 --d-head 32 --d-inner 512 --steps 3000
 
-# The student: teacher layers 0 and 2, distilled (DistilBERT losses).
-step "$out/student" $py tools/train/distill_student.py "$data" "$out/teacher" "$out/student" \
-  --cache-dir "$cache" --seed 1 --threads 1
+# Then two lanes, one thread each: the student (teacher layers 0 and 2, distilled with the
+# DistilBERT losses) and its pruned variants; the teacher's pruned variants. Each variant is
+# movement-pruned with a short fine-tune.
+prune() {  # prune MODEL LEVEL
+  local how=(--sparsity "0.$2")
+  [ "$2" = 2of4 ] && how=(--two-four)
+  step "$out/$1-movement-$2" $py tools/train/prune_finetune.py "$data" "$out/$1" \
+    "$out/$1-movement-$2" --method movement "${how[@]}" --steps 200 --cache-dir "$cache" \
+    --seed 1 --threads 1
+}
+(
+  step "$out/student" $py tools/train/distill_student.py "$data" "$out/teacher" "$out/student" \
+    --cache-dir "$cache" --seed 1 --threads 1
+  for level in 50 80 90 2of4; do prune student $level; done
+) > >(sed 's/^/[student] /') 2>&1 &
+student_lane=$!
+(
+  for level in 50 80 90 2of4; do prune teacher $level; done
+) > >(sed 's/^/[teacher] /') 2>&1 &
+teacher_lane=$!
+wait $student_lane
+wait $teacher_lane
 
-# Movement-pruned variants of both, with a short fine-tune.
-for model in teacher student; do
-  for level in 50 80 90 2of4; do
-    if [ "$level" = 2of4 ]; then how=(--two-four); else how=(--sparsity "0.$level"); fi
-    step "$out/$model-movement-$level" $py tools/train/prune_finetune.py "$data" "$out/$model" \
-      "$out/$model-movement-$level" --method movement "${how[@]}" --steps 200 \
-      --cache-dir "$cache" --seed 1 --threads 1
-  done
+# Every model tokenizes as the teacher: the variants link its tokenizer instead of copying it.
+for dir in "$out"/*/; do
+  [ "$(basename "$dir")" = teacher ] && continue
+  cmp -s "$out/teacher/tokenizer.model" "$dir/tokenizer.model" &&
+    ln -sf ../teacher/tokenizer.model "$dir/tokenizer.model"
 done
 
 # The teacher speculates with the student as its draft.
