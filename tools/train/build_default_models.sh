@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds every shipped default model in models/ from Debian's KJV text, step by step, with the
 # exact commands and seeds of the shipped checkpoints (each one's training.json records its own
-# command, seed, thread count and results). CPU only; about 1.5 hours on 2 cores (the teacher
-# about 30 minutes on two threads, then two one-thread lanes of about 40 minutes).
+# command, seed, thread count and results). CPU only; about 70 minutes on 2 cores (the teacher
+# 41 minutes on two threads, then two one-thread lanes of about 20 minutes).
 #   tools/train/build_default_models.sh [DATA_DIR] [MODELS_DIR]   (defaults /tmp/kjvdata, models)
 # Steps that already have their output are skipped, so an interrupted run resumes.
 set -euo pipefail
