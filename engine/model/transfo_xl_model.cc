@@ -681,6 +681,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       }
       if (!whole.empty()) {
         std::vector<DenseRows> rows;
+        rows.reserve(whole.size());
         for (size_t b : whole) {
           rows.push_back({b, 0, batch[b].num_tokens});
         }
