@@ -294,18 +294,8 @@ def main(argv=None) -> int:
 
     # Parameter groups and clipping as train_teacher.py: decay on LM matrices only, the
     # compressors (trained by the reconstruction loss alone) clipped separately.
-    comp_params = [p for n, p in student.named_parameters() if ".attn.compress." in n]
-    lm_named = [(n, p) for n, p in student.named_parameters() if ".attn.compress." not in n]
-    groups = [
-        {"params": [p for n, p in lm_named if p.dim() >= 2 and not n.endswith("_bias")],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in lm_named if p.dim() < 2 or n.endswith("_bias")],
-         "weight_decay": 0.0},
-    ]
-    if comp_params:
-        groups.append({"params": comp_params, "weight_decay": 0.0})
+    groups, lm_params, comp_params = tt.param_groups(student, args.weight_decay)
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    lm_params = [p for _, p in lm_named]
 
     streams = tt.Streams(train_ids, args.batch_size, args.segment_len)
     s_mems = t_mems = None

@@ -342,21 +342,11 @@ def main(argv=None) -> int:
           flush=True)
 
     # Parameter groups as train_teacher's; the scores get their own, without weight decay.
-    comp_params = [p for n, p in model.named_parameters() if ".attn.compress." in n]
-    lm_named = [(n, p) for n, p in model.named_parameters() if ".attn.compress." not in n]
-    groups = [
-        {"params": [p for n, p in lm_named if p.dim() >= 2 and not n.endswith("_bias")],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in lm_named if p.dim() < 2 or n.endswith("_bias")],
-         "weight_decay": 0.0},
-    ]
-    if comp_params:
-        groups.append({"params": comp_params, "weight_decay": 0.0})
+    groups, lm_params, comp_params = tt.param_groups(model, args.weight_decay)
     score_params = list(pruned.scores.values())
     if score_params:
         groups.append({"params": score_params, "weight_decay": 0.0, "is_scores": True})
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    lm_params = [p for _, p in lm_named]
     step_module = _TrainStep(model)
 
     streams = tt.Streams(train_ids, args.batch_size, args.segment_len)

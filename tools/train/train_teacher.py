@@ -326,6 +326,24 @@ def rounded_copy(model: ref.TransfoXLReference, dtype: torch.dtype) -> ref.Trans
 # --------------------------------------------------------------------------
 
 
+def param_groups(model: ref.TransfoXLReference, weight_decay: float
+                 ) -> Tuple[list, list, list]:
+    """AdamW groups (weight decay on the LM's matrices only; the compressors, trained by the
+    reconstruction loss alone, in a group of their own) and the two parameter lists clipped
+    separately: (groups, LM parameters, compressor parameters)."""
+    comp_params = [p for n, p in model.named_parameters() if ".attn.compress." in n]
+    lm_named = [(n, p) for n, p in model.named_parameters() if ".attn.compress." not in n]
+    groups = [
+        {"params": [p for n, p in lm_named if p.dim() >= 2 and not n.endswith("_bias")],
+         "weight_decay": weight_decay},
+        {"params": [p for n, p in lm_named if p.dim() < 2 or n.endswith("_bias")],
+         "weight_decay": 0.0},
+    ]
+    if comp_params:
+        groups.append({"params": comp_params, "weight_decay": 0.0})
+    return groups, [p for _, p in lm_named], comp_params
+
+
 def lr_at(step: int, args) -> float:
     """Linear warmup to ``lr`` over ``warmup`` steps, cosine decay to ``lr * min_lr_ratio`` at
     ``steps``."""
@@ -454,18 +472,8 @@ def main(argv=None) -> int:
           f"({valid_bytes} bytes), vocab {vocab}, {n_params} parameters, "
           f"{args.threads} threads", flush=True)
 
-    comp_params = [p for n, p in model.named_parameters() if ".attn.compress." in n]
-    lm_named = [(n, p) for n, p in model.named_parameters() if ".attn.compress." not in n]
-    groups = [
-        {"params": [p for n, p in lm_named if p.dim() >= 2 and not n.endswith("_bias")],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in lm_named if p.dim() < 2 or n.endswith("_bias")],
-         "weight_decay": 0.0},
-    ]
-    if comp_params:
-        groups.append({"params": comp_params, "weight_decay": 0.0})
+    groups, lm_params, comp_params = param_groups(model, args.weight_decay)
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    lm_params = [p for _, p in lm_named]
 
     streams = Streams(train_ids, args.batch_size, args.segment_len)
     mems = None
