@@ -35,7 +35,7 @@ absl::StatusOr<Target> Resolve(ServiceContext& ctx, const std::string& session_i
     return InvalidField("expected_state_version", "needs a session_id");
   }
   ASSIGN_OR_RETURN(t.model, ctx.models->Find(model_name));
-  ASSIGN_OR_RETURN(t.one_shot.state, t.model->model->NewState());
+  ASSIGN_OR_RETURN(t.one_shot, NewMemory(*t.model));
   return t;
 }
 
@@ -222,6 +222,9 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     if (!result.ok()) return rollback(result.status());
     ctx_.metrics->PromptTokens(static_cast<int64_t>(prompt.size()));
     ctx_.metrics->GeneratedTokens(result->generated);
+    if (result->draft_proposed > 0) {
+      ctx_.metrics->DraftTokens(result->draft_proposed, result->draft_accepted);
+    }
 
     if (!result->tail.empty()) {
       v1::GenerateEvent event;
@@ -250,6 +253,8 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     f->mutable_usage()->set_prompt_tokens(static_cast<int64_t>(prompt.size()));
     f->mutable_usage()->set_generated_tokens(result->generated);
     f->mutable_usage()->set_memory_tokens(memory_tokens);
+    f->mutable_usage()->set_draft_tokens_proposed(result->draft_proposed);
+    f->mutable_usage()->set_draft_tokens_accepted(result->draft_accepted);
     f->set_state_version_after(commits ? version_before + 1 : version_before);
     *f->mutable_time_to_first_token() = DurationToProto(result->first_token_time - scope.start());
     f->set_text(result->text);

@@ -40,6 +40,11 @@ tokenizer.model in DIR). The first --model is the default one.
   --listen ADDR              gRPC address (default 0.0.0.0:50051)
   --metrics-listen ADDR      Prometheus /metrics over HTTP (default 0.0.0.0:9464; "off": none)
   --device D                 cpu (default), cuda or cuda:N
+  --speculative M            off (default) or on: a model whose directory names a draft model
+                             (draft.json) also loads the draft, keeps a draft state in each of
+                             its sessions and generates speculatively (same greedy output, same
+                             sampling distribution; faster when a draft step is much cheaper
+                             than a model step)
   --sparse-weights M         on (default) or off: on the CPU, pruned weight matrices run from a
                              sparse form (CSR or 2:4) wherever it moves at most 80% of the
                              dense bytes
@@ -71,6 +76,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"metrics-listen", true},
                                              {"device", true},
                                              {"sparse-weights", true},
+                                             {"speculative", true},
                                              {"segment-tokens", true},
                                              {"session-ttl", true},
                                              {"max-session-ttl", true},
@@ -139,11 +145,15 @@ absl::Status Serve(int argc, char** argv) {
     return absl::InvalidArgumentError("--sparse-weights must be on or off");
   }
   model_options.sparse_weights = sparse == "on";
+  const std::string speculative = flags.Get("speculative", "off");
+  if (speculative != "on" && speculative != "off") {
+    return absl::InvalidArgumentError("--speculative must be on or off");
+  }
   Metrics metrics;
   ctx.metrics = &metrics;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRegistry> models,
                    ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,
-                                       scheduling, &metrics, model_options));
+                                       scheduling, &metrics, model_options, speculative == "on"));
   ctx.models = models.get();
   auto sessions = std::make_unique<SessionManager>(session_options, &metrics);
   ctx.sessions = sessions.get();
@@ -172,6 +182,10 @@ absl::Status Serve(int argc, char** argv) {
   for (const auto& m : models->models()) {
     std::fprintf(stderr, "mnemo-server: model %s (%s, %s) from %s\n", m->name.c_str(),
                  m->device.c_str(), m->fingerprint.c_str(), m->dir.c_str());
+    if (m->draft != nullptr) {
+      std::fprintf(stderr, "mnemo-server: model %s generates speculatively: draft %s, %d tokens\n",
+                   m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);
+    }
   }
   std::fprintf(stderr, "mnemo-server: listening on %s (port %d), metrics on %s\n", listen.c_str(),
                port, metrics_listen.c_str());

@@ -124,6 +124,16 @@ Metrics::Metrics()
                         .Help("Compressive-memory compression steps")
                         .Register(*registry_)
                         .Add({})),
+      draft_proposed_(BuildCounter()
+                          .Name("mnemo_draft_tokens_proposed_total")
+                          .Help("Speculative decoding: tokens the draft models proposed")
+                          .Register(*registry_)
+                          .Add({})),
+      draft_accepted_(BuildCounter()
+                          .Name("mnemo_draft_tokens_accepted_total")
+                          .Help("Speculative decoding: proposed tokens the models kept")
+                          .Register(*registry_)
+                          .Add({})),
       model_info_(BuildGauge()
                       .Name("mnemo_model_info")
                       .Help("Loaded models (value 1)")

@@ -45,6 +45,11 @@ class Metrics {
   // `reason`: "deleted", "expired" or "shutdown".
   void SessionClosed(std::string_view reason);
   void Compressions(int64_t n) { compressions_.Increment(static_cast<double>(n)); }
+  // Speculative decoding: draft tokens proposed and how many the model kept.
+  void DraftTokens(int64_t proposed, int64_t accepted) {
+    draft_proposed_.Increment(static_cast<double>(proposed));
+    draft_accepted_.Increment(static_cast<double>(accepted));
+  }
   void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
                  const std::string& attention);
 
@@ -67,6 +72,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& tier_moves_;
   prometheus::Family<prometheus::Counter>& closed_;
   prometheus::Counter& compressions_;
+  prometheus::Counter& draft_proposed_;
+  prometheus::Counter& draft_accepted_;
   prometheus::Family<prometheus::Gauge>& model_info_;
   // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
   std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order

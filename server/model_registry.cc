@@ -12,6 +12,7 @@
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
+#include "engine/model/draft_spec.h"
 #include "server/metrics.h"
 
 namespace mnemo::server {
@@ -92,7 +93,61 @@ std::string AttentionSummary(const engine::ModelConfig& c) {
   return absl::StrJoin(parts, "+");
 }
 
+// One model with its tokenizer, description and engine loop.
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadOne(
+    const ModelSpec& spec, const std::string& device, int64_t segment_tokens,
+    const SchedulerOptions& scheduling, Metrics* metrics, const engine::ModelOptions& options) {
+  auto m = std::make_unique<LoadedModel>();
+  m->name = spec.name;
+  m->dir = spec.dir;
+  m->device = device;
+  ASSIGN_OR_RETURN(auto backend, engine::MakeBackend(device));
+  ASSIGN_OR_RETURN(m->model, engine::TransfoXlModel::Load(spec.dir, std::move(backend), options));
+  const std::string spm = spec.dir + "/tokenizer.model";
+  if (std::filesystem::exists(spm)) {
+    ASSIGN_OR_RETURN(m->tokenizer, engine::LoadSentencePieceTokenizer(spm));
+  }
+  RETURN_IF_ERROR(Describe(*m));
+  const engine::ModelConfig& c = m->model->config();
+  {
+    ASSIGN_OR_RETURN(engine::SessionState probe, m->model->NewState());
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const auto i = static_cast<size_t>(l);
+      size_t bytes = probe.layers()[i].bytes();
+      if (i < probe.linear().size()) bytes += probe.linear()[i].bytes();
+      m->layer_state_bytes.push_back(static_cast<int64_t>(bytes));
+    }
+  }
+  m->segment_tokens = segment_tokens > 0 ? segment_tokens : c.default_segment_tokens();
+  m->scheduler = std::make_unique<Scheduler>(*m->model, scheduling, metrics);
+  if (metrics != nullptr) {
+    metrics->ModelInfo(m->name, device, DTypeName(c.dtype), AttentionSummary(c));
+  }
+  return m;
+}
+
+// Whether `draft` can draft for `target`: one vocabulary, and a target whose verification pass
+// (token_by_token) it supports.
+absl::Status CheckDraft(const LoadedModel& target, const LoadedModel& draft) {
+  if (target.model->config().vocab_size != draft.model->config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the draft model (", draft.dir, ") has vocabulary ", draft.model->config().vocab_size,
+        ", the model ", target.model->config().vocab_size));
+  }
+  if (target.model->UsesResidualAttention()) {
+    return absl::InvalidArgumentError(
+        "speculative decoding does not support residual_attention (RealFormer) models");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+int64_t LoadedModel::SessionBytes() const {
+  int64_t bytes = static_cast<int64_t>(model->StateBytes());
+  if (draft != nullptr) bytes += static_cast<int64_t>(draft->model->StateBytes());
+  return bytes;
+}
 
 absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   const size_t eq = text.find('=');
@@ -130,7 +185,8 @@ absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir) {
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
-    const SchedulerOptions& scheduling, Metrics* metrics, const engine::ModelOptions& options) {
+    const SchedulerOptions& scheduling, Metrics* metrics, const engine::ModelOptions& options,
+    bool speculative) {
   if (specs.empty()) {
     return absl::InvalidArgumentError(
         "no model to serve: pass --model NAME=DIR or --model-repository DIR (tools/run.sh makes "
@@ -141,41 +197,25 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     if (registry->Find(spec.name).ok()) {
       return absl::InvalidArgumentError(absl::StrCat("model \"", spec.name, "\" given twice"));
     }
-    auto m = std::make_unique<LoadedModel>();
-    m->name = spec.name;
-    m->dir = spec.dir;
-    m->device = device;
     auto with_name = [&](const absl::Status& s) {
       return absl::Status(s.code(), absl::StrCat("model \"", spec.name, "\": ", s.message()));
     };
-    auto backend = engine::MakeBackend(device);
-    if (!backend.ok()) return with_name(backend.status());
-    auto model = engine::TransfoXlModel::Load(spec.dir, *std::move(backend), options);
-    if (!model.ok()) return with_name(model.status());
-    m->model = *std::move(model);
-    const std::string spm = spec.dir + "/tokenizer.model";
-    if (std::filesystem::exists(spm)) {
-      auto tokenizer = engine::LoadSentencePieceTokenizer(spm);
-      if (!tokenizer.ok()) return with_name(tokenizer.status());
-      m->tokenizer = *std::move(tokenizer);
-    }
-    if (absl::Status s = Describe(*m); !s.ok()) return with_name(s);
-    const engine::ModelConfig& c = m->model->config();
-    {
-      auto probe = m->model->NewState();
-      if (!probe.ok()) return with_name(probe.status());
-      for (int64_t l = 0; l < c.n_layer; ++l) {
-        const auto i = static_cast<size_t>(l);
-        size_t bytes = probe->layers()[i].bytes();
-        if (i < probe->linear().size()) bytes += probe->linear()[i].bytes();
-        m->layer_state_bytes.push_back(static_cast<int64_t>(bytes));
+    auto m = LoadOne(spec, device, segment_tokens, scheduling, metrics, options);
+    if (!m.ok()) return with_name(m.status());
+    if (speculative) {
+      auto draft_spec = engine::ReadDraftSpec(spec.dir);
+      if (!draft_spec.ok()) return with_name(draft_spec.status());
+      if (*draft_spec) {
+        const ModelSpec draft{absl::StrCat(spec.name, "/draft"), (*draft_spec)->dir};
+        auto d = LoadOne(draft, device, segment_tokens, scheduling, metrics, options);
+        if (!d.ok()) return with_name(d.status());
+        if (absl::Status s = CheckDraft(**m, **d); !s.ok()) return with_name(s);
+        (*m)->draft = d->get();
+        (*m)->draft_tokens = (*draft_spec)->draft_tokens;
+        registry->drafts_.push_back(*std::move(d));
       }
     }
-    m->segment_tokens = segment_tokens > 0 ? segment_tokens : c.default_segment_tokens();
-    m->scheduler = std::make_unique<Scheduler>(*m->model, scheduling, metrics);
-    if (metrics != nullptr)
-      metrics->ModelInfo(m->name, device, DTypeName(c.dtype), AttentionSummary(c));
-    registry->models_.push_back(std::move(m));
+    registry->models_.push_back(*std::move(m));
   }
   return registry;
 }
@@ -193,6 +233,7 @@ absl::StatusOr<LoadedModel*> ModelRegistry::Find(const std::string& name) const 
 
 void ModelRegistry::Shutdown() {
   for (auto& m : models_) m->scheduler->Shutdown();
+  for (auto& d : drafts_) d->scheduler->Shutdown();
 }
 
 }  // namespace mnemo::server

@@ -27,6 +27,14 @@ struct LoadedModel {
   double weight_sparsity = 0;                    // fraction of weight entries that are zero
   std::vector<int64_t> layer_state_bytes;        // per layer, of one session's state
   std::unique_ptr<Scheduler> scheduler;
+  // Speculative decoding (server --speculative and the directory's draft.json): the draft model,
+  // owned by the registry, with its own engine loop; every session of this model also carries a
+  // draft state that holds the same document. Null: plain decoding.
+  LoadedModel* draft = nullptr;
+  int draft_tokens = 0;  // proposals per verification pass
+
+  // Bytes of one session's memory: the model's state and, with a draft, the draft's.
+  int64_t SessionBytes() const;
 };
 
 struct ModelSpec {
@@ -37,11 +45,12 @@ struct ModelSpec {
 class ModelRegistry {
  public:
   // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure).
-  // `segment_tokens` 0 means each model's memory length.
+  // `segment_tokens` 0 means each model's memory length. With `speculative`, a model whose
+  // directory names a draft (draft.json) also loads the draft and generates speculatively.
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
       const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
       const SchedulerOptions& scheduling, Metrics* metrics,
-      const engine::ModelOptions& options = {});
+      const engine::ModelOptions& options = {}, bool speculative = false);
 
   // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;
@@ -51,6 +60,7 @@ class ModelRegistry {
 
  private:
   std::vector<std::unique_ptr<LoadedModel>> models_;
+  std::vector<std::unique_ptr<LoadedModel>> drafts_;  // not served on their own
 };
 
 // Parses "NAME=DIR" (NAME: 1–64 of [A-Za-z0-9._-]).

@@ -164,11 +164,15 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_compression_rate(compression_rate);
   out->set_dtype(DTypeName(c.dtype));
   out->set_device(m.device);
-  out->set_state_bytes_per_session(static_cast<int64_t>(m.model->StateBytes()));
+  out->set_state_bytes_per_session(m.SessionBytes());
   out->set_weight_sparsity(m.weight_sparsity);
   out->set_eos_token_id(m.tokenizer != nullptr ? m.tokenizer->eos_id()
                                                : static_cast<int32_t>(c.eos_token_id.value_or(-1)));
   out->set_fingerprint(m.fingerprint);
+  if (m.draft != nullptr) {
+    out->set_draft_model(m.draft->dir);
+    out->set_draft_tokens(m.draft_tokens);
+  }
 }
 
 }  // namespace mnemo::server

@@ -16,6 +16,7 @@ struct Scheduler::Step {
   engine::SessionState* state = nullptr;
   std::vector<int32_t> tokens;
   LogitsMode mode = LogitsMode::kNone;
+  bool token_by_token = false;
   absl::Time submitted;
   bool taken = false;  // the loop owns it now: it will complete
   bool done = false;
@@ -57,8 +58,9 @@ Scheduler::ActiveStream::~ActiveStream() {
 
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
     engine::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode,
-    std::vector<float>* logits) {
+    std::vector<float>* logits, bool token_by_token) {
   auto step = std::make_shared<Step>();
+  step->token_by_token = token_by_token;
   step->state = state;
   step->logits = logits;
   step->tokens.assign(tokens.begin(), tokens.end());
@@ -204,6 +206,7 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   inputs.reserve(steps.size());
   for (Step* s : steps) {
     inputs.push_back({s->tokens.data(), static_cast<int64_t>(s->tokens.size()), s->state});
+    inputs.back().token_by_token = s->token_by_token;
   }
   int64_t compressions = 0;  // compressive memories: rows compressed by this pass
   for (Step* s : steps) compressions -= s->state->compressions();

@@ -73,12 +73,14 @@ class Scheduler {
   // generation submits its next token before it writes the last one to the client). The pass
   // writes the logits the mode asks for into *logits (kLast: [vocab]; kAll: [tokens, vocab];
   // untouched for kNone), reusing its capacity, so a decode loop allocates nothing per token; it
-  // must outlive the ticket. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after
-  // Shutdown.
+  // must outlive the ticket. `token_by_token` runs the tokens as that many decode steps would
+  // (SequenceInput::token_by_token; speculative verification). RESOURCE_EXHAUSTED when the queue
+  // is full, UNAVAILABLE after Shutdown.
   absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::SessionState* state,
                                                  std::span<const int32_t> tokens,
                                                  engine::LogitsMode mode,
-                                                 std::vector<float>* logits);
+                                                 std::vector<float>* logits,
+                                                 bool token_by_token = false);
 
   // A request that will submit steps back to back (a generation or ingest in progress): while
   // one is registered, the loop waits up to batch_wait for its next step so decode steps of

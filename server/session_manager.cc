@@ -13,6 +13,25 @@
 
 namespace mnemo::server {
 
+absl::StatusOr<SessionMemory> NewMemory(const LoadedModel& model) {
+  SessionMemory memory;
+  ASSIGN_OR_RETURN(memory.state, model.model->NewState());
+  if (model.draft != nullptr) {
+    ASSIGN_OR_RETURN(memory.draft_state, model.draft->model->NewState());
+  }
+  return memory;
+}
+
+absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
+  SessionMemory copy;
+  ASSIGN_OR_RETURN(copy.state, model.model->CloneState(memory.state));
+  if (model.draft != nullptr) {
+    ASSIGN_OR_RETURN(copy.draft_state, model.draft->model->CloneState(memory.draft_state));
+  }
+  copy.pending = memory.pending;
+  return copy;
+}
+
 struct SessionLease::Entry {
   std::string id;
   LoadedModel* model = nullptr;
@@ -116,7 +135,7 @@ absl::StatusOr<absl::Duration> SessionManager::TtlFor(absl::Duration requested) 
 absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
                                                    const SessionOptions& options) {
   ASSIGN_OR_RETURN(const absl::Duration ttl, TtlFor(options.ttl));
-  const auto bytes = static_cast<int64_t>(model.model->StateBytes());
+  const int64_t bytes = model.SessionBytes();
   std::lock_guard lock(mu_);
   if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
     if (metrics_ != nullptr) metrics_->Rejected("session_quota");
@@ -127,8 +146,8 @@ absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
     if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
     return room;
   }
-  auto state = model.model->NewState();
-  if (!state.ok()) return state.status();
+  auto memory = NewMemory(model);
+  if (!memory.ok()) return memory.status();
   auto entry = std::make_shared<Entry>();
   entry->id = NewSessionId();
   entry->model = &model;
@@ -138,7 +157,7 @@ absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
   entry->ttl = ttl;
   entry->default_sampling = options.default_sampling;
   entry->bytes = bytes;
-  entry->memory.state = *std::move(state);
+  entry->memory = *std::move(memory);
   device_bytes_ += bytes;
   ++device_count_;
   sessions_[entry->id] = entry;
@@ -230,13 +249,12 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
   // The new session is not visible to anyone else until its id is returned: fill it in place.
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(auto dst, FindLocked(info.id));
-  auto state = model.model->CloneState(src->memory.state);
-  if (!state.ok()) {
+  auto memory = CopyMemory(model, src->memory);
+  if (!memory.ok()) {
     EraseLocked(info.id, "deleted");
-    return state.status();
+    return memory.status();
   }
-  dst->memory.state = *std::move(state);
-  dst->memory.pending = src->memory.pending;
+  dst->memory = *std::move(memory);
   dst->tokens_seen = src->tokens_seen;
   return InfoLocked(*dst);
 }
@@ -294,7 +312,12 @@ absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 
 absl::Status SessionManager::DemoteLocked(Entry& e) {
   ASSIGN_OR_RETURN(engine::SessionState host, e.model->model->StateToHost(e.memory.state));
+  engine::SessionState draft_host;
+  if (e.model->draft != nullptr) {
+    ASSIGN_OR_RETURN(draft_host, e.model->draft->model->StateToHost(e.memory.draft_state));
+  }
   e.memory.state = std::move(host);
+  e.memory.draft_state = std::move(draft_host);
   e.tier = Tier::kHost;
   device_bytes_ -= e.bytes;
   host_bytes_ += e.bytes;
@@ -306,7 +329,12 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
 
 absl::Status SessionManager::PromoteLocked(Entry& e) {
   ASSIGN_OR_RETURN(engine::SessionState device, e.model->model->StateFromHost(e.memory.state));
+  engine::SessionState draft_device;
+  if (e.model->draft != nullptr) {
+    ASSIGN_OR_RETURN(draft_device, e.model->draft->model->StateFromHost(e.memory.draft_state));
+  }
   e.memory.state = std::move(device);
+  e.memory.draft_state = std::move(draft_device);
   e.tier = Tier::kDevice;
   device_bytes_ += e.bytes;
   host_bytes_ -= e.bytes;

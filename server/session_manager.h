@@ -36,7 +36,16 @@ class Metrics;
 struct SessionMemory {
   engine::SessionState state;
   std::vector<int32_t> pending;
+  // For a model with a draft (LoadedModel::draft): the draft's state, always holding the same
+  // document as `state`. Empty otherwise.
+  engine::SessionState draft_state;
 };
+
+// An empty memory for `model` (and its draft) on the model's device.
+absl::StatusOr<SessionMemory> NewMemory(const LoadedModel& model);
+// A deep copy of a session's memory on the model's device (snapshots for rollback, forks,
+// scratch work).
+absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory);
 
 enum class Tier : uint8_t { kDevice, kHost };
 const char* TierName(Tier tier);

@@ -30,9 +30,6 @@ struct RequestControl {
   absl::Time* first_step_start = nullptr;
 };
 
-// A deep copy of a session's memory on the model's device (snapshots for rollback, scratch work).
-absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory);
-
 // Appends tokens to the document: whole segments run as soon as more than one segment is pending
 // (so the tail, 1 … segment tokens, waits for what comes next). Adds the segments run to *segments.
 absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
@@ -64,12 +61,17 @@ struct GenerationResult {
   std::string text;             // everything released, stop string excluded
   std::string tail;             // released at the end (after the last token's delta)
   absl::Time first_token_time;  // when the first token was sampled
+  // Speculative decoding: tokens the draft proposed and how many of them the model kept.
+  int64_t draft_proposed = 0;
+  int64_t draft_accepted = 0;
 };
 
 // Generates from the memory: its pending tokens are flushed, the last one is fed, and each sampled
 // token becomes the next input; the last sampled token stays pending (not yet run), like the tail
 // of an ingest. `history` seeds the repetition penalty. `on_token` returning false stops the
-// generation with CANCELLED (the client went away).
+// generation with CANCELLED (the client went away). A model with a draft generates speculatively
+// (the same tokens under greedy sampling, the same distribution otherwise; both memories end
+// holding exactly the emitted tokens).
 absl::StatusOr<GenerationResult> Generate(
     LoadedModel& model, SessionMemory& memory, const GenerationParams& params,
     std::vector<int32_t> history, const RequestControl& control,

@@ -387,6 +387,37 @@ absl::StatusOr<SessionState> TransfoXlModel::CloneState(const SessionState& stat
   });
 }
 
+absl::Status TransfoXlModel::CopyStateInto(const SessionState& state, SessionState* dst) const {
+  if (state.device() != backend_->device()) {
+    return absl::InvalidArgumentError("session state is not on the model's device");
+  }
+  // dst's tensors in the order CopyState visits them; a state of the same model visits the same
+  // slots, so each source tensor lands in the buffer that held its counterpart.
+  std::vector<Tensor> spare;
+  if (StateFits(*dst) && dst->device() == backend_->device()) {
+    RETURN_IF_ERROR(CopyState(*dst, [&](const Tensor& t) -> absl::StatusOr<Tensor> {
+                      spare.push_back(t);
+                      return t;
+                    }).status());
+  }
+  size_t next = 0;
+  ASSIGN_OR_RETURN(SessionState copy,
+                   CopyState(state, [&](const Tensor& t) -> absl::StatusOr<Tensor> {
+                     Tensor out;
+                     if (next < spare.size() && spare[next].dtype() == t.dtype() &&
+                         spare[next].shape() == t.shape()) {
+                       out = spare[next];
+                     } else {
+                       ASSIGN_OR_RETURN(out, backend_->AllocateUninitialized(t.dtype(), t.shape()));
+                     }
+                     ++next;
+                     RETURN_IF_ERROR(backend_->Copy(t, out));
+                     return out;
+                   }));
+  *dst = std::move(copy);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SessionState> TransfoXlModel::StateToHost(const SessionState& state) const {
   if (state.device() != backend_->device()) {
     return absl::InvalidArgumentError("session state is not on the model's device");

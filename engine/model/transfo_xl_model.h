@@ -76,6 +76,9 @@ class TransfoXlModel {
   size_t StateBytes() const;
   // A deep copy of `state` on the model's device (fork / snapshot).
   absl::StatusOr<SessionState> CloneState(const SessionState& state) const;
+  // Makes *dst a deep copy of `state`, reusing dst's buffers where their shapes match (repeated
+  // snapshots, e.g. once per speculative pass, then allocate nothing).
+  absl::Status CopyStateInto(const SessionState& state, SessionState* dst) const;
   // A host copy of a state of this model (offload); StateFromHost brings it back to the model's
   // device. The round trip is exact.
   absl::StatusOr<SessionState> StateToHost(const SessionState& state) const;
@@ -86,10 +89,12 @@ class TransfoXlModel {
   // float32 host tensor shaped as LogitsMode says (untouched for kNone).
   absl::Status Forward(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
 
+  // Whether any layer passes or adds RealFormer residual scores (token_by_token refuses these).
+  bool UsesResidualAttention() const;
+
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
-  bool UsesResidualAttention() const;
   // Rows [begin, begin + count) of one sequence of a batch.
   struct DenseRows {
     size_t seq;

@@ -1,7 +1,6 @@
 #include "engine/sampling/speculative_decoder.h"
 
 #include <algorithm>
-#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,93 +9,115 @@
 #include "engine/model/draft_spec.h"
 
 namespace mnemo::engine {
-namespace {
-
-// Feeds `tokens` as single decode steps would see them, in one call.
-absl::Status FeedTokenByToken(TransfoXlModel& model, SessionState* state,
-                              const std::vector<int32_t>& tokens, LogitsMode mode, Tensor* logits) {
-  SequenceInput in{tokens.data(), static_cast<int64_t>(tokens.size()), state};
-  in.token_by_token = true;
-  return model.Forward({in}, mode, logits);
+TokenByTokenStep DirectStep(TransfoXlModel& model) {
+  return [&model](SessionState* state, std::span<const int32_t> tokens, LogitsMode mode,
+                  std::vector<float>* logits) -> absl::Status {
+    SequenceInput in{tokens.data(), static_cast<int64_t>(tokens.size()), state};
+    in.token_by_token = true;
+    Tensor out;
+    RETURN_IF_ERROR(model.Forward({in}, mode, &out));
+    if (mode != LogitsMode::kNone) {
+      logits->assign(out.data<float>(), out.data<float>() + out.numel());
+    }
+    return absl::OkStatus();
+  };
 }
-
-}  // namespace
 
 absl::StatusOr<SpeculativeDecoder> SpeculativeDecoder::Create(
     TransfoXlModel& target, SessionState* target_state, TransfoXlModel& draft,
     SessionState* draft_state, const SamplingParams& params, int draft_tokens,
     std::vector<int32_t> history) {
+  if (history.empty()) return absl::InvalidArgumentError("speculative decoding needs a token");
+  const int32_t last = history.back();
+  return Create({&target, target_state, {}}, {&draft, draft_state, {}}, params, draft_tokens,
+                std::move(history), last);
+}
+
+absl::StatusOr<SpeculativeDecoder> SpeculativeDecoder::Create(
+    SpeculativeModel target, SpeculativeModel draft, const SamplingParams& params, int draft_tokens,
+    std::vector<int32_t> history, int32_t last) {
   RETURN_IF_ERROR(ValidateSamplingParams(params));
+  if (target.model == nullptr || draft.model == nullptr) {
+    return absl::InvalidArgumentError("speculative decoding needs a target and a draft model");
+  }
   if (draft_tokens < 1 || draft_tokens > kMaxDraftTokens) {
     return absl::InvalidArgumentError(
         absl::StrCat("draft_tokens must be in [1, ", kMaxDraftTokens, "], got ", draft_tokens));
   }
-  if (target.config().vocab_size != draft.config().vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the draft model's vocabulary (", draft.config().vocab_size,
-                     ") differs from the target's (", target.config().vocab_size, ")"));
+  const int64_t vocab = target.model->config().vocab_size;
+  if (vocab != draft.model->config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the draft model's vocabulary (",
+                                                   draft.model->config().vocab_size,
+                                                   ") differs from the target's (", vocab, ")"));
   }
-  if (target_state == nullptr || draft_state == nullptr || target_state == draft_state) {
+  if (target.state == nullptr || draft.state == nullptr || target.state == draft.state) {
     return absl::InvalidArgumentError("speculative decoding needs two distinct session states");
   }
-  if (history.empty()) return absl::InvalidArgumentError("speculative decoding needs a token");
+  history.push_back(last);  // checked with the rest, then taken off again
   for (int32_t id : history) {
-    if (id < 0 || id >= target.config().vocab_size) {
+    if (id < 0 || id >= vocab) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary"));
     }
   }
-  return SpeculativeDecoder(target, target_state, draft, draft_state, params, draft_tokens,
-                            std::move(history));
+  history.pop_back();
+  if (!target.step) target.step = DirectStep(*target.model);
+  if (!draft.step) draft.step = DirectStep(*draft.model);
+  return SpeculativeDecoder(std::move(target), std::move(draft), params, draft_tokens,
+                            std::move(history), last);
 }
 
-SpeculativeDecoder::SpeculativeDecoder(TransfoXlModel& target, SessionState* target_state,
-                                       TransfoXlModel& draft, SessionState* draft_state,
+SpeculativeDecoder::SpeculativeDecoder(SpeculativeModel target, SpeculativeModel draft,
                                        const SamplingParams& params, int draft_tokens,
-                                       std::vector<int32_t> history)
-    : target_(&target),
-      target_state_(target_state),
-      draft_(&draft),
-      draft_state_(draft_state),
+                                       std::vector<int32_t> history, int32_t last)
+    : target_(std::move(target)),
+      draft_(std::move(draft)),
       sampler_(params),
       draft_tokens_(draft_tokens),
       history_(std::move(history)),
-      target_unfed_{history_.back()},
-      draft_unfed_{history_.back()} {}
+      last_(last),
+      target_unfed_{last},
+      draft_unfed_{last} {}
 
-absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
-  const int k = draft_tokens_;
-  const int64_t vocab = target_->config().vocab_size;
+absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next(int64_t max_tokens) {
+  if (max_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be ≥ 1, got ", max_tokens));
+  }
+  // Kept tokens the target has not been fed ride along with its next verification (one pass, not
+  // two); once they pile up past a bound they run on their own.
+  if (static_cast<int>(target_unfed_.size()) > 2 * (draft_tokens_ + 1)) RETURN_IF_ERROR(Settle());
+  const int k = static_cast<int>(std::clamp<int64_t>(max_tokens - 1, 1, draft_tokens_));
+  const int64_t vocab = target_.model->config().vocab_size;
+  pass_ = Pass{};
+  pass_.history_size = history_.size();
+  pass_.target_unfed = target_unfed_;
 
   // 1. The draft proposes k tokens from its own distributions q_1 … q_k.
   std::vector<int32_t> drafts;
   std::vector<std::vector<double>> q(static_cast<size_t>(k));
   std::vector<int32_t> seen = history_;  // history as each proposal sees it (repetition penalty)
-  SessionState draft_kept;               // the draft's state holding exactly the kept document
+  std::vector<float> logits;
   for (int j = 0; j < k; ++j) {
-    Tensor logits;
     if (j == 0) {
-      RETURN_IF_ERROR(
-          FeedTokenByToken(*draft_, draft_state_, draft_unfed_, LogitsMode::kLast, &logits));
-      ASSIGN_OR_RETURN(draft_kept, draft_->CloneState(*draft_state_));
+      RETURN_IF_ERROR(draft_.step(draft_.state, draft_unfed_, LogitsMode::kLast, &logits));
+      // The draft's state holding exactly the kept document.
+      RETURN_IF_ERROR(draft_.model->CopyStateInto(*draft_.state, &draft_snapshot_));
     } else {
       RETURN_IF_ERROR(
-          FeedTokenByToken(*draft_, draft_state_, {drafts.back()}, LogitsMode::kLast, &logits));
+          draft_.step(draft_.state, std::span(&drafts.back(), 1), LogitsMode::kLast, &logits));
     }
-    sampler_.Distribution(logits.data<float>(), vocab, seen, q[j]);
+    sampler_.Distribution(logits.data(), vocab, seen, q[j]);
     drafts.push_back(sampler_.Draw(q[j]));
     seen.push_back(drafts.back());
   }
 
-  // 2. The target scores the tokens it has not been fed (the pending one last) and every
-  //    proposal in one pass: row i of the last k + 1 is its distribution for the token after
+  // 2. The target scores the tokens it has not been fed (the last one last) and every proposal
+  //    in one pass: row i of the last k + 1 is its distribution for the token after
   //    drafts[0 … i−1].
-  ASSIGN_OR_RETURN(SessionState target_kept, target_->CloneState(*target_state_));
+  RETURN_IF_ERROR(target_.model->CopyStateInto(*target_.state, &target_snapshot_));
   std::vector<int32_t> verify = target_unfed_;
   verify.insert(verify.end(), drafts.begin(), drafts.end());
-  Tensor all_logits;
-  RETURN_IF_ERROR(FeedTokenByToken(*target_, target_state_, verify, LogitsMode::kAll, &all_logits));
-  const float* rows =
-      all_logits.data<float>() + static_cast<int64_t>(target_unfed_.size() - 1) * vocab;
+  RETURN_IF_ERROR(target_.step(target_.state, verify, LogitsMode::kAll, &logits));
+  const float* rows = logits.data() + static_cast<int64_t>(target_unfed_.size() - 1) * vocab;
 
   // 3. Accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection draw from
   //    norm(max(0, p_i − q_i)); when all are kept, draw one more from p_{k+1}.
@@ -129,26 +150,29 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
     out.push_back(sampler_.Report(row, vocab, sampler_.Draw(mass > 0.0 ? residual : p)));
     rejected = true;
   }
-  history_.push_back(out.back().id);
+  last_ = out.back().id;
+  history_.push_back(last_);
 
   // 4. Memories: each model holds the kept document but for its unfed tokens, which end with
-  //    the new last token. After a rejection the target goes back to its snapshot and keeps the
-  //    accepted tokens unfed: its next verification pass runs them along (one pass, not two),
-  //    unless they have piled up past a bound, when they run now.
+  //    the new last token. After a rejection both go back to their snapshots (swapped, so the
+  //    buffers serve the next pass) and keep the accepted tokens unfed.
   const std::vector<int32_t> kept(drafts.begin(), drafts.begin() + accepted);
   if (accepted == k) {
     // The target was fed everything; the draft all but the last proposal.
-    target_unfed_ = {out.back().id};
-    draft_unfed_ = {drafts.back(), out.back().id};
+    target_unfed_ = {last_};
+    draft_unfed_ = {drafts.back(), last_};
   } else {
-    *target_state_ = std::move(target_kept);
+    std::swap(*target_.state, target_snapshot_);
+    pass_.target_at_snapshot = true;
     target_unfed_.insert(target_unfed_.end(), kept.begin(), kept.end());
-    target_unfed_.push_back(out.back().id);
-    *draft_state_ = std::move(draft_kept);
+    target_unfed_.push_back(last_);
+    std::swap(*draft_.state, draft_snapshot_);
+    pass_.draft_at_snapshot = true;
     draft_unfed_ = kept;
-    draft_unfed_.push_back(out.back().id);
-    if (static_cast<int>(target_unfed_.size()) > 2 * (k + 1)) RETURN_IF_ERROR(Settle());
+    draft_unfed_.push_back(last_);
   }
+  for (const SampledToken& t : out) pass_.emitted.push_back(t.id);
+  pass_.valid = true;
   ++stats_.cycles;
   stats_.drafted += k;
   stats_.accepted += accepted;
@@ -156,12 +180,39 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next() {
   return out;
 }
 
+absl::Status SpeculativeDecoder::Rewind(int64_t keep) {
+  if (!pass_.valid) {
+    return absl::FailedPreconditionError("Rewind must directly follow Next");
+  }
+  const auto emitted = static_cast<int64_t>(pass_.emitted.size());
+  if (keep < 1 || keep > emitted) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keep must be in [1, ", emitted, "], got ", keep));
+  }
+  pass_.valid = false;
+  if (keep == emitted) return absl::OkStatus();
+  // Both snapshots hold the document as the pass found it: the target's without its unfed
+  // tokens, the draft's through the last token.
+  if (!pass_.target_at_snapshot) std::swap(*target_.state, target_snapshot_);
+  if (!pass_.draft_at_snapshot) std::swap(*draft_.state, draft_snapshot_);
+  const std::vector<int32_t> kept(pass_.emitted.begin(), pass_.emitted.begin() + keep);
+  history_.resize(pass_.history_size);
+  history_.insert(history_.end(), kept.begin(), kept.end());
+  last_ = kept.back();
+  target_unfed_ = pass_.target_unfed;
+  target_unfed_.insert(target_unfed_.end(), kept.begin(), kept.end());
+  draft_unfed_ = kept;
+  stats_.emitted -= emitted - keep;
+  return absl::OkStatus();
+}
+
 absl::Status SpeculativeDecoder::Settle() {
-  for (auto [model, state, unfed] : {std::tuple{target_, target_state_, &target_unfed_},
-                                     std::tuple{draft_, draft_state_, &draft_unfed_}}) {
+  pass_.valid = false;
+  for (auto [side, unfed] :
+       {std::pair{&target_, &target_unfed_}, std::pair{&draft_, &draft_unfed_}}) {
     if (unfed->size() < 2) continue;
-    const std::vector<int32_t> head(unfed->begin(), unfed->end() - 1);
-    RETURN_IF_ERROR(FeedTokenByToken(*model, state, head, LogitsMode::kNone, nullptr));
+    RETURN_IF_ERROR(side->step(side->state, std::span(*unfed).first(unfed->size() - 1),
+                               LogitsMode::kNone, nullptr));
     unfed->erase(unfed->begin(), unfed->end() - 1);
   }
   return absl::OkStatus();

@@ -167,6 +167,88 @@ TEST(SpeculativeDecoderTest, GreedyEqualsTheTargetAlone) {
   }
 }
 
+// Rewind keeps a prefix of a pass as if the rest had never been produced (a stop string or a
+// length limit inside a pass): the kept tokens are still the target's greedy decode, and after
+// Settle the target's memory holds exactly them. Next(max_tokens) caps the proposals.
+TEST(SpeculativeDecoderTest, RewindKeepsAPrefixAndTheMemoryFollows) {
+  for (const auto& [name, layers] : TargetModels()) {
+    SCOPED_TRACE(name);
+    const ModelConfig tc = ConfigWith(layers, {{"memory_init", "\"zeros\""}}, 6);
+    auto target = LoadModel(tc, 11);
+    ASSERT_NE(target, nullptr);
+    // A draft that always agrees (rewinds inside fully accepted passes) and one that sometimes
+    // does (rewinds after a rejection).
+    for (auto draft : {std::shared_ptr<TransfoXlModel>(target.get(), [](TransfoXlModel*) {}),
+                       std::shared_ptr<TransfoXlModel>(PerturbedModel(tc, 11, 12, 0.1f))}) {
+      ASSERT_NE(draft, nullptr);
+      SCOPED_TRACE(draft.get() == target.get() ? "draft: the target" : "draft: perturbed");
+      const std::vector<int32_t> prompt = RandomTokens(9, tc.vocab_size, 4);
+      SessionState ts = Prefilled(*target, prompt), ds = Prefilled(*draft, prompt);
+      // The general form: no penalty history, the last token given apart.
+      auto decoder = SpeculativeDecoder::Create({target.get(), &ts, {}}, {draft.get(), &ds, {}},
+                                                Greedy(), 4, {}, prompt.back());
+      ASSERT_TRUE(decoder.ok()) << decoder.status();
+      std::vector<int32_t> got;
+      int rewinds = 0;
+      for (int pass = 0; got.size() < 60; ++pass) {
+        const int64_t cap = 1 + pass % 4;
+        auto more = decoder->Next(cap);
+        ASSERT_TRUE(more.ok()) << more.status();
+        ASSERT_LE(static_cast<int64_t>(more->size()), std::max<int64_t>(cap, 2));
+        const int64_t keep = 1 + pass % static_cast<int64_t>(more->size());
+        ASSERT_TRUE(decoder->Rewind(keep).ok());
+        rewinds += keep < static_cast<int64_t>(more->size());
+        for (int64_t i = 0; i < keep; ++i) got.push_back((*more)[static_cast<size_t>(i)].id);
+        ASSERT_EQ(decoder->last(), got.back());
+        ASSERT_EQ(decoder->history(), got);
+      }
+      EXPECT_GT(rewinds, 2);
+      if (draft.get() != target.get()) {  // rejections, too
+        EXPECT_LT(decoder->stats().accepted, decoder->stats().drafted);
+      }
+      EXPECT_EQ(decoder->stats().emitted, static_cast<int64_t>(got.size()));
+      EXPECT_EQ(decoder->Rewind(1).code(), absl::StatusCode::kFailedPrecondition);
+      SessionState alone = Prefilled(*target, prompt);
+      const std::vector<SampledToken> want =
+          PlainDecode(*target, alone, prompt, Greedy(), static_cast<int64_t>(got.size()));
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i].id) << "token " << i;
+      ASSERT_TRUE(decoder->Settle().ok());
+      std::vector<int32_t> next = {decoder->last()};
+      const std::vector<int32_t> extra = RandomTokens(5, tc.vocab_size, 5);
+      next.insert(next.end(), extra.begin(), extra.end());
+      const std::vector<float> a = LogitsOf(*target, ts, next), b = LogitsOf(*target, alone, next);
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4 * (1 + std::fabs(b[i])));
+      // The draft's memory, too, holds the kept document: it predicts what a fresh draft does.
+      SessionState fresh = Prefilled(*draft, prompt);
+      std::vector<int32_t> doc = {prompt.back()};
+      doc.insert(doc.end(), got.begin(), got.end() - 1);
+      for (int32_t t : doc) LogitsOf(*draft, fresh, {t});  // as decode steps fed it
+      const std::vector<float> c = LogitsOf(*draft, ds, next), d = LogitsOf(*draft, fresh, next);
+      for (size_t i = 0; i < c.size(); ++i) ASSERT_NEAR(c[i], d[i], 1e-4 * (1 + std::fabs(d[i])));
+    }
+  }
+}
+
+// CopyStateInto reuses the destination's buffers and copies exactly.
+TEST(SpeculativeDecoderTest, CopyStateIntoReusesBuffers) {
+  const ModelConfig tc = ConfigWith(TargetModels()[2].second, {{"memory_init", "\"zeros\""}}, 6);
+  auto model = LoadModel(tc, 11);
+  ASSERT_NE(model, nullptr);
+  const std::vector<int32_t> prompt = RandomTokens(17, tc.vocab_size, 4);
+  SessionState a = Prefilled(*model, prompt);
+  SessionState copy;
+  ASSERT_TRUE(model->CopyStateInto(a, &copy).ok());
+  const void* keys = copy.layers()[3].keys().data<float>();
+  ASSERT_TRUE(model->CopyStateInto(a, &copy).ok());
+  EXPECT_EQ(copy.layers()[3].keys().data<float>(), keys);
+  EXPECT_EQ(copy.bytes(), a.bytes());
+  EXPECT_EQ(copy.position(), a.position());
+  const std::vector<int32_t> next = RandomTokens(4, tc.vocab_size, 6);
+  const std::vector<float> x = LogitsOf(*model, a, next), y = LogitsOf(*model, copy, next);
+  EXPECT_EQ(x, y);
+}
+
 // Chi-square statistic of `counts` against probabilities `p` (cells expected < 5 pooled), with
 // its degrees of freedom.
 std::pair<double, int> ChiSquare(const std::vector<int>& counts, const std::vector<double>& p,

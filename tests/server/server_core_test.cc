@@ -6,6 +6,7 @@
 #include <atomic>
 #include <barrier>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -378,6 +379,189 @@ TEST_F(ServerCoreTest, ManyThreadsOnSharedSessionsKeepTheAccountsExact) {
   EXPECT_EQ(version_sum, done.load());
   EXPECT_EQ(sessions.device_bytes() + sessions.host_bytes(),
             5 * static_cast<int64_t>(model_->model->StateBytes()));
+}
+
+// Speculative serving (--speculative; the model directory's draft.json names the draft).
+class SpeculativeServerTest : public ServerCoreTest {
+ protected:
+  void SetUp() override {
+    // A compressive layer too: its memory is the hardest to keep exactly in step.
+    Load(SchedulerOptions{},
+         R"([{"attention": "dense", "memory": "compressive", "compression": "conv1d",
+              "compression_rate": 2, "cmem_len": 3}, {"attention": "dense"}])");
+  }
+
+  // A draft with the model's own weights (seed 11) proposes exactly the model's greedy tokens as
+  // long as its memory holds the same document: any drift shows as a rejection. Another seed
+  // makes a draft that mostly disagrees.
+  void LoadSpeculative(uint32_t draft_seed, int draft_tokens) {
+    draft_dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(config_, draft_seed));
+    std::ofstream(dir_->File("draft.json")) << R"({"model": ")" << draft_dir_->path()
+                                            << R"(", "draft_tokens": )" << draft_tokens << "}";
+    auto registry = ModelRegistry::Load({{"small", dir_->path()}}, "cpu", /*segment_tokens=*/5,
+                                        SchedulerOptions{}, &metrics_, {}, /*speculative=*/true);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    spec_registry_ = *std::move(registry);
+    spec_ = *spec_registry_->Find("");
+    ASSERT_NE(spec_->draft, nullptr);
+    ASSERT_EQ(spec_->draft_tokens, draft_tokens);
+  }
+
+  struct Generated {
+    std::vector<int32_t> ids;
+    std::vector<float> logprobs;
+    int64_t proposed = 0, accepted = 0;
+  };
+
+  static Generated Gen(LoadedModel& model, SessionMemory& memory, std::vector<int32_t> history,
+                       int64_t max_tokens, std::vector<int32_t> stop_ids = {}) {
+    GenerationParams params;
+    params.max_tokens = max_tokens;
+    params.sampling.temperature = 0;
+    params.stop_ids = std::move(stop_ids);
+    params.ignore_eos = true;
+    Generated out;
+    auto result = Generate(model, memory, params, std::move(history), RequestControl{},
+                           [&](const GeneratedToken& t) {
+                             out.ids.push_back(t.sample.id);
+                             out.logprobs.push_back(t.sample.logprob);
+                             return true;
+                           });
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (result.ok()) {
+      EXPECT_EQ(result->generated, static_cast<int64_t>(out.ids.size()));
+      out.proposed = result->draft_proposed;
+      out.accepted = result->draft_accepted;
+    }
+    return out;
+  }
+
+  static void ExpectSame(const Generated& got, const Generated& want) {
+    ASSERT_EQ(got.ids, want.ids);
+    for (size_t i = 0; i < got.logprobs.size(); ++i) {
+      EXPECT_NEAR(got.logprobs[i], want.logprobs[i], 1e-4) << "token " << i;
+    }
+  }
+
+  std::unique_ptr<test::ScopedTempDir> draft_dir_;
+  std::unique_ptr<ModelRegistry> spec_registry_;
+  LoadedModel* spec_ = nullptr;
+};
+
+// A request script (ingest, generate stopped inside a pass, ingest, one-token and longer
+// generations, score) gives the same tokens and the same memory with and without the draft.
+TEST_F(SpeculativeServerTest, SessionsGenerateAndRememberWhatThePlainModelDoes) {
+  const std::vector<int32_t> doc = Document(23, 21, config_.vocab_size);
+  const std::vector<int32_t> more = Document(11, 22, config_.vocab_size);
+  const std::vector<int32_t> probe = Document(9, 23, config_.vocab_size);
+  // The plain model's run, which also picks a stop token met a few tokens in.
+  SessionMemory plain = Fresh();
+  ASSERT_TRUE(AppendTokens(*model_, plain, doc, {}, nullptr).ok());
+  SessionMemory look = *CopyMemory(*model_, plain);
+  const std::vector<int32_t> stop = {Gen(*model_, look, doc, 12).ids[4]};
+  std::vector<Generated> want;
+  want.push_back(Gen(*model_, plain, doc, 12, stop));
+  ASSERT_TRUE(AppendTokens(*model_, plain, more, {}, nullptr).ok());
+  want.push_back(Gen(*model_, plain, {}, 1));
+  want.push_back(Gen(*model_, plain, {}, 13));
+  const std::vector<float> want_scores = ScoreOf(*CopyMemory(*model_, plain), probe);
+
+  for (uint32_t draft_seed : {11u, 12u}) {
+    for (int k : {1, 3}) {
+      SCOPED_TRACE("draft seed " + std::to_string(draft_seed) + ", k " + std::to_string(k));
+      LoadSpeculative(draft_seed, k);
+      auto memory = NewMemory(*spec_);
+      ASSERT_TRUE(memory.ok()) << memory.status();
+      ASSERT_TRUE(AppendTokens(*spec_, *memory, doc, {}, nullptr).ok());
+      std::vector<Generated> got;
+      got.push_back(Gen(*spec_, *memory, doc, 12, stop));
+      ASSERT_TRUE(AppendTokens(*spec_, *memory, more, {}, nullptr).ok());
+      got.push_back(Gen(*spec_, *memory, {}, 1));
+      got.push_back(Gen(*spec_, *memory, {}, 13));
+      int64_t proposed = 0, accepted = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        SCOPED_TRACE("generation " + std::to_string(i));
+        ExpectSame(got[i], want[i]);
+        proposed += got[i].proposed;
+        accepted += got[i].accepted;
+      }
+      EXPECT_GT(proposed, 0);
+      if (draft_seed == 11) {
+        EXPECT_EQ(accepted, proposed) << "the draft's memory drifted from the model's";
+      } else {
+        EXPECT_LT(accepted, proposed);
+      }
+      const std::vector<float> scores = ScoreOf(*CopyMemory(*spec_, *memory), probe);
+      ASSERT_EQ(scores.size(), want_scores.size());
+      for (size_t i = 0; i < scores.size(); ++i) EXPECT_NEAR(scores[i], want_scores[i], 1e-4);
+    }
+  }
+}
+
+// The draft state is part of the session: counted in its bytes, moved to the host and back,
+// forked, and still in step with the model's afterwards.
+TEST_F(SpeculativeServerTest, DraftStatesAreCountedMovedAndForked) {
+  LoadSpeculative(11, 3);
+  const int64_t bytes = spec_->SessionBytes();
+  EXPECT_EQ(bytes,
+            static_cast<int64_t>(spec_->model->StateBytes() + spec_->draft->model->StateBytes()));
+  SessionManagerOptions options;
+  options.device_budget_bytes = 2 * bytes;
+  SessionManager sessions(options, &metrics_);
+  const std::vector<int32_t> doc = Document(19, 31, config_.vocab_size);
+  SessionMemory plain = Fresh();
+  ASSERT_TRUE(AppendTokens(*model_, plain, doc, {}, nullptr).ok());
+  const Generated want = Gen(*model_, plain, doc, 10);
+
+  auto a = sessions.Create(*spec_, {});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->state_bytes, bytes);
+  {
+    auto lease = *sessions.Acquire(a->id, 0);
+    ASSERT_TRUE(AppendTokens(*spec_, lease->memory(), doc, {}, nullptr).ok());
+    lease->Commit(static_cast<int64_t>(doc.size()));
+  }
+  auto fork = sessions.Fork(a->id, 0, {});
+  ASSERT_TRUE(fork.ok()) << fork.status();
+  auto c = sessions.Create(*spec_, {});  // over budget: a or its fork moves to the host
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(
+      (sessions.Get(a->id)->tier == Tier::kHost) + (sessions.Get(fork->id)->tier == Tier::kHost),
+      1);
+  EXPECT_EQ(sessions.device_bytes() + sessions.host_bytes(), 3 * bytes);
+  for (const std::string& id : {a->id, fork->id}) {
+    SCOPED_TRACE(id == a->id ? "source" : "fork");
+    auto lease = sessions.Acquire(id, 0);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    const Generated got = Gen(*spec_, (*lease)->memory(), doc, 10);
+    ExpectSame(got, want);
+    EXPECT_GT(got.proposed, 0);
+    EXPECT_EQ(got.accepted, got.proposed);
+  }
+}
+
+// Drafts that cannot serve are refused at load, naming the model; without --speculative the
+// draft.json is not read.
+TEST_F(SpeculativeServerTest, UnfitDraftsAreRefusedAtLoad) {
+  auto load = [&](bool speculative) {
+    return ModelRegistry::Load({{"small", dir_->path()}}, "cpu", 5, SchedulerOptions{}, &metrics_,
+                               {}, speculative);
+  };
+  engine::ModelConfig wide = config_;
+  wide.vocab_size += 3;
+  test::ScopedTempDir other = test::WriteCheckpoint(wide, 12);
+  std::ofstream(dir_->File("draft.json")) << R"({"model": ")" << other.path() << R"("})";
+  auto refused = load(true);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("model \"small\""), std::string::npos);
+  EXPECT_NE(refused.status().message().find("vocabulary"), std::string::npos);
+  auto plain = load(false);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*plain)->models()[0]->draft, nullptr);
+  std::ofstream(dir_->File("draft.json")) << R"({"model": ")" << other.path() << R"(", "x": 1})";
+  EXPECT_EQ(load(true).status().code(), absl::StatusCode::kInvalidArgument);
+  std::ofstream(dir_->File("draft.json")) << R"({"model": "/nonexistent/draft"})";
+  EXPECT_EQ(load(true).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ModelRepositoryTest, ServesEverySubdirectoryWithAConfigByName) {
