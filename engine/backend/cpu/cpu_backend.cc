@@ -5,6 +5,7 @@
 
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/memory/compression_plan.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/compression.h"
 #include "kernels/cpu/linear_attention.h"
@@ -394,58 +395,72 @@ class CpuBackend final : public Backend {
     LayerAuxState& aux = *a.aux;
     const XlMemory& mem = *a.memory;
     const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
-    const int64_t cap = mem.capacity(), size = mem.size();
     const bool most_used = l.compression == Compression::kMostUsed;
     float* hidden = aux.hidden.data<float>();
     float* pending = aux.pending.data<float>();
     float* usage = most_used ? aux.usage.data<float>() : nullptr;
     float* pending_usage = most_used ? aux.pending_usage.data<float>() : nullptr;
     const float* in = a.hidden->data<float>();
-    // Rows the append evicts, oldest first: stored ones, then new ones that pass straight through.
-    const int64_t evicted = size + t - std::min(cap, size + t);
-    std::vector<float> groups;  // compressed rows, [n, D] (conv: packed taps, [n, D·taps])
+    const CompressionPlan plan = PlanCompression(mem, aux.pending_rows, t, c);
+    auto row_of = [&](const CompressionRow& r) { return RowAddress(r, pending, hidden, in, d); };
+    auto mass_of = [&](const CompressionRow& r) {  // most_used: attention mass so far
+      switch (r.source) {
+        case CompressionRow::Source::kPending:
+          return pending_usage[r.index];
+        case CompressionRow::Source::kRing:
+          return usage[r.index];
+        case CompressionRow::Source::kSegment:
+          break;
+      }
+      return 0.0f;
+    };
     const int64_t taps = l.compress_taps();
     const int64_t group_width = taps > 0 ? d * taps : d;
-    for (int64_t e = 0; e < evicted; ++e) {
-      const float* row;
-      float mass = 0.0f;
-      if (e < size) {
-        const int64_t slot = (mem.start() + e) % cap;
-        row = hidden + slot * d;
-        if (most_used) mass = usage[slot];
-      } else {
-        row = in + (e - size) * d;
+    const int64_t num_groups = plan.num_groups();
+    std::vector<float> groups(static_cast<size_t>(num_groups * group_width));
+    std::vector<float> group_in(static_cast<size_t>(c * d)), masses(static_cast<size_t>(c));
+    for (int64_t g = 0; g < num_groups; ++g) {
+      for (int64_t k = 0; k < c; ++k) {  // the group's rows, contiguous, oldest first
+        const CompressionRow& r = plan.groups[static_cast<size_t>(g * c + k)];
+        std::memcpy(group_in.data() + k * d, row_of(r), d * sizeof(float));
+        if (most_used) masses[static_cast<size_t>(k)] = mass_of(r);
       }
-      std::memcpy(pending + aux.pending_rows * d, row, d * sizeof(float));
-      if (most_used) pending_usage[aux.pending_rows] = mass;
-      if (++aux.pending_rows < c) continue;
-      groups.resize(groups.size() + static_cast<size_t>(group_width));
-      float* out = groups.data() + groups.size() - group_width;
+      float* out = groups.data() + g * group_width;
       switch (l.compression) {
         case Compression::kMaxPool:
         case Compression::kMeanPool:
-          kernels::PoolRows(l.compression == Compression::kMaxPool, pending, c, d, d, out);
+          kernels::PoolRows(l.compression == Compression::kMaxPool, group_in.data(), c, d, d, out);
           break;
         case Compression::kConv1d:
         case Compression::kDilatedConv:  // packed now, multiplied below in one product
-          kernels::PackConvTaps(pending, taps, c / taps, d, d, out);
+          kernels::PackConvTaps(group_in.data(), taps, c / taps, d, d, out);
           break;
         case Compression::kMostUsed:
-          std::memcpy(out, pending + kernels::MostUsedRow(pending_usage, c) * d, d * sizeof(float));
+          std::memcpy(out, group_in.data() + kernels::MostUsedRow(masses.data(), c) * d,
+                      d * sizeof(float));
           break;
       }
-      aux.pending_rows = 0;
-      ++aux.compressions;
-      aux.tokens_compressed += c;
     }
-    // The segment's hidden rows take the slots its keys/values will (fresh usage).
+    aux.compressions += num_groups;
+    aux.tokens_compressed += num_groups * c;
+    // The incomplete group waits in the pending buffer (after the groups read it) …
+    for (size_t r = 0; r < plan.pending.size(); ++r) {
+      const CompressionRow& row = plan.pending[r];
+      const auto slot = static_cast<int64_t>(r);
+      if (row.source == CompressionRow::Source::kPending && row.index == slot) continue;
+      const float mass = most_used ? mass_of(row) : 0.0f;
+      std::memmove(pending + slot * d, row_of(row), d * sizeof(float));
+      if (most_used) pending_usage[slot] = mass;
+    }
+    aux.pending_rows = static_cast<int64_t>(plan.pending.size());
+    // … and the segment's hidden rows take the slots its keys/values will (fresh usage).
     for (int64_t r = 0; r < t; ++r) {
       const int64_t slot = mem.SlotOfNewRow(r, t);
       if (slot < 0) continue;
       std::memcpy(hidden + slot * d, in + r * d, d * sizeof(float));
       if (most_used) usage[slot] = 0.0f;
     }
-    const int64_t n = static_cast<int64_t>(groups.size()) / group_width;
+    const int64_t n = num_groups;
     if (n == 0) return absl::OkStatus();
     // Project the compressed rows to keys/values; they join the compressed memory's ring.
     Tensor rows = Tensor::Empty(DType::kF32, {n, d});
