@@ -171,6 +171,7 @@ TEST(SpeculativeDecoderTest, GreedyEqualsTheTargetAlone) {
 // length limit inside a pass): the kept tokens are still the target's greedy decode, and after
 // Settle the target's memory holds exactly them. Next(max_tokens) caps the proposals.
 TEST(SpeculativeDecoderTest, RewindKeepsAPrefixAndTheMemoryFollows) {
+  int64_t rejected_then_rewound = 0;  // passes with a rejection and a rewind, over all cases
   for (const auto& [name, layers] : TargetModels()) {
     SCOPED_TRACE(name);
     const ModelConfig tc = ConfigWith(layers, {{"memory_init", "\"zeros\""}}, 6);
@@ -198,14 +199,14 @@ TEST(SpeculativeDecoderTest, RewindKeepsAPrefixAndTheMemoryFollows) {
         const int64_t keep = 1 + pass % static_cast<int64_t>(more->size());
         ASSERT_TRUE(decoder->Rewind(keep).ok());
         rewinds += keep < static_cast<int64_t>(more->size());
+        const int64_t proposed = std::clamp<int64_t>(cap - 1, 1, 4);
+        rejected_then_rewound += static_cast<int64_t>(more->size()) < proposed + 1 &&
+                                 keep < static_cast<int64_t>(more->size());
         for (int64_t i = 0; i < keep; ++i) got.push_back((*more)[static_cast<size_t>(i)].id);
         ASSERT_EQ(decoder->last(), got.back());
         ASSERT_EQ(decoder->history(), got);
       }
-      EXPECT_GT(rewinds, 2);
-      if (draft.get() != target.get()) {  // rejections, too
-        EXPECT_LT(decoder->stats().accepted, decoder->stats().drafted);
-      }
+      if (draft.get() == target.get()) EXPECT_GT(rewinds, 2);
       EXPECT_EQ(decoder->stats().emitted, static_cast<int64_t>(got.size()));
       EXPECT_EQ(decoder->Rewind(1).code(), absl::StatusCode::kFailedPrecondition);
       SessionState alone = Prefilled(*target, prompt);
@@ -228,6 +229,7 @@ TEST(SpeculativeDecoderTest, RewindKeepsAPrefixAndTheMemoryFollows) {
       for (size_t i = 0; i < c.size(); ++i) ASSERT_NEAR(c[i], d[i], 1e-4 * (1 + std::fabs(d[i])));
     }
   }
+  EXPECT_GT(rejected_then_rewound, 0) << "no pass both rejected a proposal and was rewound";
 }
 
 // CopyStateInto reuses the destination's buffers and copies exactly.
