@@ -40,6 +40,9 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
   const ModelConfig& c = model->config_;
   if (options.sparse_weights) model->PlanSparseWeights();
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    model->has_compressive_layer_ = model->has_compressive_layer_ || c.layer(l).compressive();
+  }
   const int64_t hd = c.attn_width();
   // The distance tables and the projection of a zero hidden row (the "zeros" memory) are
   // computed once, in float32 from the host weights, on the CPU backend, whatever the model's
@@ -51,9 +54,10 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   if (model->backend_->device() != Device::kCpu) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
-      if (!c.is_dense(l) || lc.compressive() || lc.residual_attention) {
+      const bool most_used = lc.compressive() && lc.compression == Compression::kMostUsed;
+      if (!c.is_dense(l) || most_used || lc.residual_attention) {
         const char* kind = lc.residual_attention                    ? "residual attention"
-                           : lc.compressive()                       ? "compressive memory"
+                           : most_used                              ? "most_used compression"
                            : lc.attention == AttentionKind::kLinear ? "linear attention"
                            : lc.attention == AttentionKind::kLsh    ? "LSH attention"
                                                                     : "sparse attention";
@@ -102,13 +106,16 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
   RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    // (every layer is dense here: the check above)
+    // (every layer is dense here: the check above; compressive ones pool or convolve)
     ASSIGN_OR_RETURN(Tensor table, be.CopyFromHost(tables[l]));
     ASSIGN_OR_RETURN(Tensor k, be.CopyFromHost(zero_keys[l]));
     ASSIGN_OR_RETURN(Tensor v, be.CopyFromHost(zero_values[l]));
     model->rel_tables_.push_back(std::move(table));
     model->zero_keys_.push_back(std::move(k));
     model->zero_values_.push_back(std::move(v));
+    if (c.layer(l).compressive()) {  // the "zeros" memory's hidden rows, for compression
+      ASSIGN_OR_RETURN(model->zero_hidden_[l], be.CopyFromHost(model->zero_hidden_[l]));
+    }
   }
   RETURN_IF_ERROR(be.Synchronize());
   return model;
@@ -555,10 +562,12 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
                                      Tensor* logits) {
   RETURN_IF_ERROR(Validate(batch));
   // A decode batch (one token per sequence) issues the same ops on the same shapes every step
-  // for a given batch size: the backend may record it once and replay it (CUDA graphs).
+  // for a given batch size: the backend may record it once and replay it (CUDA graphs). Not with
+  // compressive memory, whose compressions come every compression_rate steps, each step of a
+  // different shape.
   const bool decode = std::all_of(batch.begin(), batch.end(),
                                   [](const SequenceInput& s) { return s.num_tokens == 1; });
-  if (!decode) return Run(batch, mode, logits);
+  if (!decode || has_compressive_layer_) return Run(batch, mode, logits);
   const uint64_t key = (static_cast<uint64_t>(batch.size()) << 8) | static_cast<uint64_t>(mode);
   RETURN_IF_ERROR(backend_->BeginStep(key));
   absl::Status status = Run(batch, mode, logits);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace mnemo::engine {
@@ -40,6 +41,15 @@ Tensor Tensor::Rows(int64_t begin, int64_t end) const {
   const size_t row_bytes = bytes() / static_cast<size_t>(std::max<int64_t>(shape_[0], 1));
   auto* base = static_cast<char*>(buffer_.get()) + static_cast<size_t>(begin) * row_bytes;
   return Tensor(std::shared_ptr<void>(buffer_, base), dtype_, device_, std::move(shape));
+}
+
+absl::StatusOr<Tensor> Tensor::Reshaped(std::vector<int64_t> shape) const {
+  Tensor out(buffer_, dtype_, device_, std::move(shape));
+  if (out.numel() != numel()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot view ", ShapeToString(shape_), " as ", ShapeToString(out.shape_)));
+  }
+  return out;
 }
 
 std::string ShapeToString(const std::vector<int64_t>& shape) {

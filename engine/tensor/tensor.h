@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 #include "base/dtype.h"
 
 namespace mnemo::engine {
@@ -42,6 +44,10 @@ class Tensor {
 
   // Rows [begin, end) along the first dimension, sharing this tensor's buffer.
   Tensor Rows(int64_t begin, int64_t end) const;
+  // The same elements under another shape of equal element count, sharing the buffer (e.g. a
+  // [D, D, taps] convolution weight as the [D, D·taps] matrix of one product).
+  // INVALID_ARGUMENT when the counts differ.
+  absl::StatusOr<Tensor> Reshaped(std::vector<int64_t> shape) const;
 
  private:
   std::shared_ptr<void> buffer_;

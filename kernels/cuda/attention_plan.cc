@@ -6,7 +6,7 @@ namespace mnemo::kernels::cuda {
 
 AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs, int num_heads,
                                     int64_t mem_len_max, bool same_length, int min_blocks,
-                                    int64_t min_split_keys) {
+                                    int64_t min_split_keys, int64_t cmem_len_max) {
   AttentionPlan plan;
   const bool decode = std::all_of(seqs.begin(), seqs.end(),
                                   [](const AttentionShapeInput& s) { return s.query_len == 1; });
@@ -33,12 +33,12 @@ AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs
   const int64_t want_splits =
       std::min<int64_t>(kMaxSplits, blocks >= min_blocks ? 1 : (min_blocks + blocks - 1) / blocks);
   // Decode: every sequence gets the same chunks, sized for the longest key range the model
-  // allows (mem_len_max + 1) whatever its memory holds now; chunks past a short memory are
-  // empty. The grid then depends only on the batch size, so a recorded decode step (CUDA graph)
-  // replays unchanged while memories fill. Chunks are 64 keys (one tile per warp) or longer:
+  // allows (cmem_len_max + mem_len_max + 1) whatever its memory holds now; chunks past a short
+  // memory are empty. The grid then depends only on the batch size, so a recorded decode step (CUDA
+  // graph) replays unchanged while memories fill. Chunks are 64 keys (one tile per warp) or longer:
   // the longest that still yields min_blocks blocks, so a lone decode step spreads over the
   // GPU and large batches are not split at all.
-  const int64_t max_keys = mem_len_max + 1;
+  const int64_t max_keys = cmem_len_max + mem_len_max + 1;
   int64_t decode_chunk = max_keys;
   if (want_splits > 1) {
     decode_chunk = std::max<int64_t>(kDecodeChunkUnit,

@@ -38,16 +38,23 @@ MNEMO_HOST_DEVICE inline int64_t FirstVisibleKey(int64_t i, int64_t memory_len, 
   return first > 0 ? first : 0;
 }
 
-// One sequence of a batch, as the kernel reads it.
+// One sequence of a batch, as the kernel reads it. Keys are numbered over
+// [compressed memory | XL memory | segment]: a compressive layer's compressed slots come first,
+// one relative position each, as on the CPU.
 struct AttentionSequence {
   const float* qkv;    // [T, 3·W]: q | k | v, W = H·d_h
   const float* mem_k;  // memory ring [capacity, W]
   const float* mem_v;
   float* out;  // [T, W]
   int64_t query_len;
-  int64_t memory_len;  // stored positions (≤ capacity), oldest at ring_start
-  int64_t capacity;
+  int64_t memory_len;  // keys before the segment: cmem_len + the XL ring's stored positions
+  int64_t capacity;    // the XL ring's (oldest stored position at ring_start)
   int64_t ring_start;
+  const float* cmem_k = nullptr;  // compressed-memory ring [cmem_capacity, W] (none: len 0)
+  const float* cmem_v = nullptr;
+  int64_t cmem_len = 0;  // stored compressed slots, oldest at cmem_start
+  int64_t cmem_capacity = 1;
+  int64_t cmem_start = 0;
 };
 
 // One block row of the grid (all heads run as grid.y): queries [q_begin, q_begin + q_count) of
@@ -89,10 +96,11 @@ struct AttentionPlan {
 // Plans one layer's attention for a ragged batch. Query tiles whose key range is long are split
 // into chunks (flash-decoding) until the grid has at least `min_blocks` blocks (items × heads),
 // with no chunk shorter than `min_split_keys` keys. A decode batch (every T = 1) gets a grid that
-// depends only on the batch size and mem_len_max (some chunks may be empty), so that its
-// launches can be recorded once and replayed.
+// depends only on the batch size and mem_len_max + cmem_len_max (some chunks may be empty), so
+// that its launches can be recorded once and replayed. `memory_len` counts compressed slots too;
+// `cmem_len_max` is the most compressed slots a memory of the batch can hold.
 AttentionPlan PlanRelativeAttention(const std::vector<AttentionShapeInput>& seqs, int num_heads,
                                     int64_t mem_len_max, bool same_length, int min_blocks,
-                                    int64_t min_split_keys = 128);
+                                    int64_t min_split_keys = 128, int64_t cmem_len_max = 0);
 
 }  // namespace mnemo::kernels::cuda

@@ -26,16 +26,22 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
-// Offset (in floats) of key j's key row, and of its value row relative to the key row: the
-// memory ring for j < M, the segment after. j < M ≤ capacity and ring_start < capacity, so the
-// slot needs one conditional subtraction, not a 64-bit modulo (which costs ~100 instructions).
+// Key j's key and value rows: the compressed ring for j < cmem_len, the XL ring for
+// j < memory_len, the segment after. Ring offsets stay below the capacity and the starts are
+// below it too, so a slot needs one conditional subtraction, not a 64-bit modulo (which costs
+// ~100 instructions).
 struct KvRow {
   const float* k;
   const float* v;
 };
 __device__ __forceinline__ KvRow RowOf(const AttentionSequence& s, int64_t j, int64_t w) {
+  if (j < s.cmem_len) {
+    int64_t slot = s.cmem_start + j;
+    if (slot >= s.cmem_capacity) slot -= s.cmem_capacity;
+    return {s.cmem_k + slot * w, s.cmem_v + slot * w};
+  }
   if (j < s.memory_len) {
-    int64_t slot = s.ring_start + j;
+    int64_t slot = s.ring_start + (j - s.cmem_len);
     if (slot >= s.capacity) slot -= s.capacity;
     return {s.mem_k + slot * w, s.mem_v + slot * w};
   }

@@ -1,4 +1,5 @@
-// Transformer-XL relative attention over [memory ring | segment] on the GPU (MODEL-SPEC §1.1),
+// Transformer-XL relative attention over [compressed ring | memory ring | segment] on the GPU
+// (MODEL-SPEC §1.1, §2.2; M counts the compressed slots),
 // the same function as kernels/cpu/relative_attention.h:
 //   score[i,j] = ((q_i + u)·k_j + (q_i + v)·Rk[min(δ, clamp)]) / sqrt(d_h),  δ = (M + i) − j.
 // FlashAttention style: keys stream through shared memory in tiles of 32 with an online softmax,

@@ -7,6 +7,7 @@
 // Tolerance (float32 on both sides, no TF32): ops and attention ‖gpu − cpu‖∞ ≤ 1e-5 · ‖cpu‖∞
 // (summation order differs; float32 rounding is ~1e-7 per add); whole-model logits ≤ 1e-4.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -35,9 +36,10 @@ constexpr double kModelTol = 1e-4;
 
 // Every (sequence, query, key) the attention must visit is covered by exactly one work item.
 void ExpectPlanCovers(const std::vector<kc::AttentionShapeInput>& seqs, int heads,
-                      int64_t mem_len_max, bool same_length, int min_blocks) {
-  const kc::AttentionPlan plan =
-      kc::PlanRelativeAttention(seqs, heads, mem_len_max, same_length, min_blocks);
+                      int64_t mem_len_max, bool same_length, int min_blocks,
+                      int64_t cmem_len_max = 0) {
+  const kc::AttentionPlan plan = kc::PlanRelativeAttention(seqs, heads, mem_len_max, same_length,
+                                                           min_blocks, 128, cmem_len_max);
   std::set<std::tuple<int, int64_t, int64_t>> seen;  // (seq, query, key)
   std::set<int64_t> partial_rows;
   for (const kc::AttentionWorkItem& item : plan.items) {
@@ -111,6 +113,26 @@ TEST(CudaAttentionPlanTest, DecodeGridDependsOnlyOnTheBatch) {
       EXPECT_EQ(plan.partial_rows, full.partial_rows);
       ExpectPlanCovers({{1, fill}, {1, 600}}, 8, 600, same_length, 264);
     }
+  }
+}
+
+// Compressive layers: memory_len counts the compressed slots ahead of the XL memory, beyond
+// mem_len_max. Every key is still covered, and a decode grid stays the same while both fill.
+TEST(CudaAttentionPlanTest, CompressedMemoryKeysAreCoveredAndDecodeGridsStayFixed) {
+  for (bool same_length : {false, true}) {
+    ExpectPlanCovers({{1, 40 + 16}}, 4, 40, same_length, 264, 16);
+    ExpectPlanCovers({{1, 3}, {1, 40 + 16}}, 4, 40, same_length, 8, 16);
+    ExpectPlanCovers({{9, 40 + 7}, {30, 12}}, 2, 40, same_length, 64, 16);
+    ExpectPlanCovers({{1, 600 + 300}}, 8, 600, same_length, 264, 300);
+  }
+  const kc::AttentionPlan full =
+      kc::PlanRelativeAttention({{1, 600 + 300}, {1, 600 + 300}}, 8, 600, false, 264, 128, 300);
+  for (int64_t fill : {0, 1, 599, 600, 700, 899}) {
+    const kc::AttentionPlan plan =
+        kc::PlanRelativeAttention({{1, fill}, {1, 600 + 300}}, 8, 600, false, 264, 128, 300);
+    EXPECT_EQ(plan.items.size(), full.items.size()) << fill;
+    EXPECT_EQ(plan.combines.size(), full.combines.size()) << fill;
+    EXPECT_EQ(plan.partial_rows, full.partial_rows) << fill;
   }
 }
 
@@ -511,6 +533,61 @@ TEST_F(CudaAttentionTest, RelativeAttentionMatchesCpu) {
   }
 }
 
+// Compressive layers: keys over [compressed ring | XL ring | segment], with wrapped rings.
+TEST_F(CudaAttentionTest, RelativeAttentionOverCompressedMemoryMatchesCpu) {
+  struct Case {
+    int heads, head_dim;
+    int64_t mem_len_max, cmem_len, clamp;
+    bool same_length;
+    std::vector<std::array<int64_t, 3>> seqs;  // (T, memory fill, compressed fill)
+  };
+  const std::vector<Case> cases = {
+      {2, 32, 16, 8, 0, false, {{1, 16, 3}}},                            // decode, partial cmem
+      {2, 32, 16, 8, 0, false, {{1, 16, 21}}},                           // wrapped cmem
+      {4, 64, 24, 12, 0, true, {{7, 24, 12}, {1, 5, 0}, {30, 24, 30}}},  // ragged, same_length
+      {3, 40, 20, 10, 9, false, {{13, 20, 14}}},                         // clamp_len
+      {8, 64, 512, 256, 0, false, {{1, 512, 300}}},                      // long: split decode
+  };
+  for (const Case& c : cases) {
+    const int64_t w = static_cast<int64_t>(c.heads) * c.head_dim;
+    int64_t rows = 1;
+    for (const auto& sq : c.seqs) {
+      rows = std::max(rows, std::min(sq[1], c.mem_len_max) + std::min(sq[2], c.cmem_len) + sq[0]);
+    }
+    if (c.clamp > 0) rows = std::min(rows, c.clamp + 1);
+    const Tensor rel = Random({rows, w}), u = Random({c.heads, c.head_dim}),
+                 v = Random({c.heads, c.head_dim});
+    const Tensor rel_dev = Up(rel), u_dev = Up(u), v_dev = Up(v);
+    std::vector<MemoryPair> memories, compressed;
+    std::vector<Tensor> qkv, qkv_dev, out_cpu, out_gpu;
+    for (const auto& sq : c.seqs) {
+      memories.push_back(MakeMemory(c.mem_len_max, w, sq[1]));
+      compressed.push_back(MakeMemory(c.cmem_len, w, sq[2]));
+      qkv.push_back(Random({sq[0], 3 * w}));
+      qkv_dev.push_back(Up(qkv.back()));
+      out_cpu.push_back(Tensor::Zeros(DType::kF32, {sq[0], w}));
+      out_gpu.push_back(Poisoned({sq[0], w}));
+    }
+    std::vector<RelativeAttentionArgs> cpu_args, gpu_args;
+    for (size_t b = 0; b < c.seqs.size(); ++b) {
+      cpu_args.push_back({&qkv[b], &memories[b].cpu, &rel, &u, &v, c.heads, c.head_dim,
+                          c.mem_len_max, c.clamp, c.same_length, &out_cpu[b]});
+      cpu_args.back().compressed = &compressed[b].cpu;
+      gpu_args.push_back({&qkv_dev[b], &memories[b].gpu, &rel_dev, &u_dev, &v_dev, c.heads,
+                          c.head_dim, c.mem_len_max, c.clamp, c.same_length, &out_gpu[b]});
+      gpu_args.back().compressed = &compressed[b].gpu;
+    }
+    ASSERT_TRUE(cpu_->RelativeAttention(cpu_args).ok());
+    const absl::Status status = gpu_->RelativeAttention(gpu_args);
+    ASSERT_TRUE(status.ok()) << status;
+    for (size_t b = 0; b < c.seqs.size(); ++b) {
+      EXPECT_TRUE(test::NearRelative(Down(out_gpu[b]), Values(out_cpu[b]), kOpTol))
+          << "heads " << c.heads << " seq " << b << " T " << c.seqs[b][0] << " fill "
+          << c.seqs[b][1] << " compressed " << c.seqs[b][2];
+    }
+  }
+}
+
 // ---- Whole model ---------------------------------------------------------------------------
 
 class CudaModelTest : public CudaBackendTest {
@@ -689,6 +766,77 @@ TEST_F(CudaModelTest, GreedyGenerationOf200TokensEqualsCpu) {
     gpu_logits = Run(*gpu_model_, {&gs}, {{gpu_text.back()}}, LogitsMode::kLast);
   }
   EXPECT_EQ(gpu_text, cpu_text);
+}
+
+// Compressive memory on the GPU: each fixed compression (pooling, convolutions) gives the CPU's
+// logits over ragged segments and decode steps that compress mid-stream, the same compressed
+// rings and pending rows, and 200 identical greedy tokens. most_used is refused by name.
+TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
+  const std::vector<std::string> layers = {
+      R"({"attention": "dense", "memory": "compressive", "compression": "max_pool",
+          "compression_rate": 3, "cmem_len": 4})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "mean_pool",
+          "compression_rate": 2, "cmem_len": 5})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
+          "compression_rate": 3, "cmem_len": 6})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
+          "compression_rate": 4, "compression_kernel": 2, "cmem_len": 3})",
+  };
+  for (const std::string& memory_init : {"\"zeros\"", "\"empty\""}) {
+    SCOPED_TRACE(memory_init);
+    gpu_ = *MakeCudaBackend(0);
+    const ModelConfig config = test::ConfigWith(layers, {{"memory_init", memory_init}}, 8);
+    LoadBoth(config, 21);
+    ASSERT_NE(gpu_model_, nullptr);
+    SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+    for (int64_t n : {5, 1, 1, 1, 13, 1, 1, 1, 1, 2, 30, 1, 1, 1, 1, 1, 1, 1}) {
+      const std::vector<std::vector<int32_t>> tokens = {Tokens(n)};
+      const std::vector<float> want = Run(*cpu_model_, {&cs}, tokens, LogitsMode::kAll);
+      const std::vector<float> got = Run(*gpu_model_, {&gs}, tokens, LogitsMode::kAll);
+      ASSERT_TRUE(test::NearRelative(got, want, kModelTol)) << "segment of " << n;
+    }
+    auto host = gpu_model_->StateToHost(gs);
+    ASSERT_TRUE(host.ok()) << host.status();
+    EXPECT_EQ(host->compressions(), cs.compressions());
+    EXPECT_GT(cs.compressions(), 0);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const LayerAuxState &g = host->aux()[l], &c = cs.aux()[l];
+      EXPECT_EQ(g.pending_rows, c.pending_rows) << "layer " << l;
+      EXPECT_EQ(g.compressed.size(), c.compressed.size()) << "layer " << l;
+      EXPECT_EQ(g.compressed.start(), c.compressed.start()) << "layer " << l;
+      EXPECT_TRUE(
+          test::NearRelative(Values(g.compressed.keys()), Values(c.compressed.keys()), kModelTol))
+          << "layer " << l;
+    }
+  }
+  // Greedy decode, 200 tokens, compressing all along.
+  gpu_ = *MakeCudaBackend(0);
+  LoadBoth(test::ConfigWith(layers, {{"memory_init", "\"zeros\""}}, 8), 22);
+  ASSERT_NE(gpu_model_, nullptr);
+  SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+  const std::vector<int32_t> prompt = Tokens(20);
+  std::vector<float> cpu_logits = Run(*cpu_model_, {&cs}, {prompt}, LogitsMode::kLast);
+  std::vector<float> gpu_logits = Run(*gpu_model_, {&gs}, {prompt}, LogitsMode::kLast);
+  const auto argmax = [](const std::vector<float>& l) {
+    return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  };
+  for (int step = 0; step < 200; ++step) {
+    const int32_t next = argmax(cpu_logits);
+    ASSERT_EQ(argmax(gpu_logits), next) << "diverged at token " << step;
+    cpu_logits = Run(*cpu_model_, {&cs}, {{next}}, LogitsMode::kLast);
+    gpu_logits = Run(*gpu_model_, {&gs}, {{next}}, LogitsMode::kLast);
+  }
+  // most_used needs per-slot attention mass: not on the GPU yet, and said so.
+  gpu_ = *MakeCudaBackend(0);
+  dir_ = std::make_unique<test::ScopedTempDir>(
+      test::WriteCheckpoint(test::ConfigWith({R"({"attention": "dense", "memory": "compressive",
+                             "compression": "most_used", "compression_rate": 2,
+                             "cmem_len": 3})"},
+                                             {}, 8),
+                            3));
+  auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(refused.status().message().find("most_used"), std::string::npos);
 }
 
 TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {

@@ -24,7 +24,9 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/device_context.h"
+#include "engine/memory/compression_plan.h"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/compression.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/relative_attention.h"
@@ -421,15 +423,41 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     std::vector<kc::AttentionSequence> seqs;
     std::vector<kc::AttentionShapeInput> shapes;
+    int64_t cmem_len_max = 0;
     for (const RelativeAttentionArgs& a : batch) {
+      if (a.usage != nullptr) {
+        return absl::UnimplementedError(
+            "most_used compression (attention mass per memory slot) has no CUDA kernel yet: run "
+            "this model with --device cpu");
+      }
+      if (a.prev_scores != nullptr || a.scores != nullptr) {
+        return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
+      }
       const XlMemory& m = *a.memory;
-      seqs.push_back({a.qkv->data<float>(), m.keys().data<float>(), m.values().data<float>(),
-                      a.out->data<float>(), a.qkv->dim(0), m.size(),
-                      std::max<int64_t>(m.capacity(), 1), m.start()});
-      shapes.push_back({a.qkv->dim(0), m.size()});
+      kc::AttentionSequence seq{a.qkv->data<float>(),
+                                m.keys().data<float>(),
+                                m.values().data<float>(),
+                                a.out->data<float>(),
+                                a.qkv->dim(0),
+                                m.size(),
+                                std::max<int64_t>(m.capacity(), 1),
+                                m.start()};
+      if (a.compressed != nullptr && a.compressed->capacity() > 0) {
+        const XlMemory& cm = *a.compressed;
+        seq.cmem_k = cm.keys().data<float>();
+        seq.cmem_v = cm.values().data<float>();
+        seq.cmem_len = cm.size();
+        seq.cmem_capacity = cm.capacity();
+        seq.cmem_start = cm.start();
+        seq.memory_len += cm.size();
+        cmem_len_max = std::max(cmem_len_max, cm.capacity());
+      }
+      seqs.push_back(seq);
+      shapes.push_back({a.qkv->dim(0), seq.memory_len});
     }
-    const kc::AttentionPlan plan = kc::PlanRelativeAttention(
-        shapes, first.num_heads, first.mem_len_max, first.same_length, 2 * ctx_.multiprocessors());
+    const kc::AttentionPlan plan =
+        kc::PlanRelativeAttention(shapes, first.num_heads, first.mem_len_max, first.same_length,
+                                  2 * ctx_.multiprocessors(), /*min_split_keys=*/128, cmem_len_max);
     // One upload: sequences | work items | combine items.
     const size_t seq_bytes = Align16(seqs.size() * sizeof(kc::AttentionSequence));
     const size_t item_bytes = Align16(plan.items.size() * sizeof(kc::AttentionWorkItem));
@@ -503,20 +531,20 @@ class CudaBackend final : public Backend {
         dst.push_back(m.values().data<float>() + slot * width);
       }
     }
-    if (src.empty()) return absl::OkStatus();
-    const size_t n = src.size();
-    std::vector<const void*> pointers(2 * n);
-    std::copy(src.begin(), src.end(), pointers.begin());
-    std::copy(dst.begin(), dst.end(), pointers.begin() + static_cast<std::ptrdiff_t>(n));
-    ASSIGN_OR_RETURN(Tensor staged, Stage(pointers.data(), pointers.size() * sizeof(void*)));
-    auto* table = static_cast<void**>(staged.raw());
-    Note({12, Addr(table), n, U(width)});
-    return Launch([this, table, n, width] {
-      MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(
-          reinterpret_cast<const float* const*>(table), reinterpret_cast<float* const*>(table + n),
-          static_cast<int64_t>(n), width, ctx_.stream()));
-      return absl::OkStatus();
-    });
+    return CopyRowPairs(src, dst, width);
+  }
+
+  // Compressive memory (MODEL-SPEC §2.2), as the CPU backend does it: the host does the
+  // bookkeeping (which rows are evicted, which groups complete) and the device moves and
+  // combines rows through pointer tables. Per sequence, in stream order: complete groups are
+  // pooled or packed (GroupRows), the rows of an incomplete group go to the pending buffer, the
+  // segment's hidden rows take their ring slots, and the new compressed rows are convolved
+  // (one product), projected to keys/values (one product) and written into the compressed ring.
+  absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override {
+    Lock lock(ctx_);
+    RETURN_IF_ERROR(lock.status());
+    for (const CompressArgs& a : batch) RETURN_IF_ERROR(CompressOne(a));
+    return absl::OkStatus();
   }
 
   // ---- Recorded steps ----------------------------------------------------------------------
@@ -646,6 +674,114 @@ class CudaBackend final : public Backend {
   };
 
   // Holds the context's lock with the device current on this thread.
+  // For i < n: copy `width` floats from src[i] to dst[i] (device pointers), one launch.
+  absl::Status CopyRowPairs(const std::vector<const float*>& src, const std::vector<float*>& dst,
+                            int64_t width) {
+    if (src.empty()) return absl::OkStatus();
+    const size_t n = src.size();
+    std::vector<const void*> pointers(2 * n);
+    std::copy(src.begin(), src.end(), pointers.begin());
+    std::copy(dst.begin(), dst.end(), pointers.begin() + static_cast<std::ptrdiff_t>(n));
+    ASSIGN_OR_RETURN(Tensor staged, Stage(pointers.data(), pointers.size() * sizeof(void*)));
+    auto* table = static_cast<void**>(staged.raw());
+    Note({12, Addr(table), n, U(width)});
+    return Launch([this, table, n, width] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::CopyRowsIndirect(
+          reinterpret_cast<const float* const*>(table), reinterpret_cast<float* const*>(table + n),
+          static_cast<int64_t>(n), width, ctx_.stream()));
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status CompressOne(const CompressArgs& a) {
+    const LayerConfig& l = *a.layer;
+    if (l.compression == Compression::kMostUsed) {
+      return absl::UnimplementedError(
+          "most_used compression has no CUDA kernel yet: run this model with --device cpu");
+    }
+    LayerAuxState& aux = *a.aux;
+    const XlMemory& mem = *a.memory;
+    const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
+    float* hidden = aux.hidden.data<float>();
+    float* pending = aux.pending.data<float>();
+    const float* in = a.hidden->data<float>();
+    const CompressionPlan plan = PlanCompression(mem, aux.pending_rows, t, c);
+    auto row_of = [&](const CompressionRow& r) { return RowAddress(r, pending, hidden, in, d); };
+    std::vector<const float*> group_rows;  // every complete group's rows (device pointers)
+    for (const CompressionRow& r : plan.groups) group_rows.push_back(row_of(r));
+    aux.compressions += plan.num_groups();
+    aux.tokens_compressed += plan.num_groups() * c;
+    const int64_t n = plan.num_groups();
+    const int64_t taps = l.compress_taps();
+    Tensor grouped;  // [n, D] (pooling) or packed taps [n, D·taps] (convolutions)
+    if (n > 0) {
+      const kc::GroupOp op = taps > 0                                 ? kc::GroupOp::kPackTaps
+                             : l.compression == Compression::kMaxPool ? kc::GroupOp::kMax
+                                                                      : kc::GroupOp::kMean;
+      ASSIGN_OR_RETURN(grouped, NewTensor(DType::kF32, {n, taps > 0 ? d * taps : d}));
+      ASSIGN_OR_RETURN(Tensor staged,
+                       Stage(group_rows.data(), group_rows.size() * sizeof(const float*)));
+      const auto* table = static_cast<const float* const*>(staged.raw());
+      float* out = grouped.data<float>();
+      const int ci = static_cast<int>(c), ti = static_cast<int>(taps);
+      const int step = taps > 0 ? static_cast<int>(c / taps) : 1;
+      Note(
+          {13, Addr(table), U(n), U(ci), U(d), U(static_cast<int>(op)), U(ti), U(step), Addr(out)});
+      RETURN_IF_ERROR(Launch([this, table, n, ci, d, op, ti, step, out] {
+        MNEMO_CUDA_RETURN_IF_ERROR(
+            kc::GroupRows(table, n, ci, d, op, ti, step, out, ctx_.stream()));
+        return absl::OkStatus();
+      }));
+    }
+    // The incomplete group waits in the pending buffer (rows already there stay put), then the
+    // segment's hidden rows take the ring slots its keys/values will: both after the groups
+    // read their rows (stream order), the ring writes in a launch of their own.
+    std::vector<const float*> src;
+    std::vector<float*> dst;
+    for (size_t r = 0; r < plan.pending.size(); ++r) {
+      float* slot = pending + static_cast<int64_t>(r) * d;
+      const float* row = row_of(plan.pending[r]);
+      if (row == slot) continue;
+      src.push_back(row);
+      dst.push_back(slot);
+    }
+    RETURN_IF_ERROR(CopyRowPairs(src, dst, d));
+    aux.pending_rows = static_cast<int64_t>(plan.pending.size());
+    src.clear();
+    dst.clear();
+    for (int64_t r = 0; r < t; ++r) {
+      const int64_t slot = mem.SlotOfNewRow(r, t);
+      if (slot < 0) continue;
+      src.push_back(in + r * d);
+      dst.push_back(hidden + slot * d);
+    }
+    RETURN_IF_ERROR(CopyRowPairs(src, dst, d));
+    if (n == 0) return absl::OkStatus();
+    Tensor rows = grouped;
+    if (taps > 0) {
+      ASSIGN_OR_RETURN(rows, NewTensor(DType::kF32, {n, d}));
+      ASSIGN_OR_RETURN(const Tensor weight, a.compress->Reshaped({d, d * taps}));
+      RETURN_IF_ERROR(Linear(grouped, weight, a.compress_bias, rows));
+    }
+    const int64_t width = a.kv_weight->dim(0) / 2;
+    ASSIGN_OR_RETURN(Tensor kv, NewTensor(DType::kF32, {n, 2 * width}));
+    RETURN_IF_ERROR(Linear(rows, *a.kv_weight, nullptr, kv));
+    XlMemory& cm = aux.compressed;
+    src.clear();
+    dst.clear();
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t slot = cm.SlotOfNewRow(r, n);
+      if (slot < 0) continue;
+      src.push_back(kv.data<float>() + r * 2 * width);
+      dst.push_back(cm.keys().data<float>() + slot * width);
+      src.push_back(kv.data<float>() + r * 2 * width + width);
+      dst.push_back(cm.values().data<float>() + slot * width);
+    }
+    RETURN_IF_ERROR(CopyRowPairs(src, dst, width));
+    cm.Advance(n);
+    return absl::OkStatus();
+  }
+
   class Lock {
    public:
     explicit Lock(DeviceContext& ctx) : lock_(ctx.mutex()) {

@@ -1,0 +1,42 @@
+#include "kernels/cuda/compression.h"
+
+namespace mnemo::kernels::cuda {
+namespace {
+
+// Grid (ceil(d / 256), groups): thread i of a block handles column i of one group.
+__global__ void GroupRowsKernel(const float* const* rows, int c, int64_t d, GroupOp op, int taps,
+                                int step, float* out) {
+  const int64_t g = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= d) return;
+  const float* const* group = rows + g * c;
+  if (op == GroupOp::kPackTaps) {
+    float* o = out + g * d * taps + i * taps;
+    for (int k = 0; k < taps; ++k) o[k] = group[k * step][i];
+    return;
+  }
+  float acc = group[0][i];
+  for (int k = 1; k < c; ++k) {
+    const float x = group[k][i];
+    acc = op == GroupOp::kMax ? fmaxf(acc, x) : acc + x;
+  }
+  out[g * d + i] = op == GroupOp::kMean ? acc / static_cast<float>(c) : acc;
+}
+
+}  // namespace
+
+cudaError_t GroupRows(const float* const* rows, int64_t groups, int c, int64_t d, GroupOp op,
+                      int taps, int step, float* out, cudaStream_t stream) {
+  if (groups <= 0 || d <= 0) return cudaSuccess;
+  if (c <= 0 || groups > 65535 ||
+      (op == GroupOp::kPackTaps && (taps <= 0 || step <= 0 || (taps - 1) * step >= c))) {
+    return cudaErrorInvalidValue;
+  }
+  constexpr int kThreads = 256;
+  const dim3 grid(static_cast<unsigned>((d + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(groups));
+  GroupRowsKernel<<<grid, kThreads, 0, stream>>>(rows, c, d, op, taps, step, out);
+  return cudaGetLastError();
+}
+
+}  // namespace mnemo::kernels::cuda
