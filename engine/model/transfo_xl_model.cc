@@ -55,7 +55,8 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
       const bool most_used = lc.compressive() && lc.compression == Compression::kMostUsed;
-      if (!c.is_dense(l) || most_used || lc.residual_attention) {
+      const bool linear = lc.attention == AttentionKind::kLinear;
+      if ((!c.is_dense(l) && !linear) || most_used || lc.residual_attention) {
         const char* kind = lc.residual_attention                    ? "residual attention"
                            : most_used                              ? "most_used compression"
                            : lc.attention == AttentionKind::kLinear ? "linear attention"
@@ -106,7 +107,13 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
   RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    // (every layer is dense here: the check above; compressive ones pool or convolve)
+    // (dense or linear here: the check above; compressive ones pool or convolve)
+    if (!c.is_dense(l)) {  // linear: no distance table, no memory rows
+      model->rel_tables_.emplace_back();
+      model->zero_keys_.emplace_back();
+      model->zero_values_.emplace_back();
+      continue;
+    }
     ASSIGN_OR_RETURN(Tensor table, be.CopyFromHost(tables[l]));
     ASSIGN_OR_RETURN(Tensor k, be.CopyFromHost(zero_keys[l]));
     ASSIGN_OR_RETURN(Tensor v, be.CopyFromHost(zero_values[l]));

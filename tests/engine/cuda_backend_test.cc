@@ -839,6 +839,68 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
   EXPECT_NE(refused.status().message().find("most_used"), std::string::npos);
 }
 
+// Linear attention on the GPU: every feature map (rfa gated too), mixed with dense and
+// compressive layers, gives the CPU's logits over long prefill segments and decode steps in
+// ragged batches, the same carried state, and 200 identical greedy tokens.
+TEST_F(CudaModelTest, LinearAttentionMatchesCpu) {
+  const std::vector<std::vector<std::string>> models = {
+      {R"({"attention": "linear", "feature_map": "elu"})",
+       R"({"attention": "linear", "feature_map": "rfa", "num_features": 8, "gated": true})"},
+      {R"({"attention": "linear", "feature_map": "favor", "num_features": 24})",
+       R"({"attention": "dense"})",
+       R"({"attention": "linear", "feature_map": "rfa", "num_features": 12, "gated": true})"},
+      {R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
+           "compression_rate": 2, "cmem_len": 4})",
+       R"({"attention": "linear", "feature_map": "favor", "num_features": 16})"},
+  };
+  for (size_t k = 0; k < models.size(); ++k) {
+    SCOPED_TRACE("model " + std::to_string(k));
+    gpu_ = *MakeCudaBackend(0);
+    LoadBoth(test::ConfigWith(models[k], {{"memory_init", "\"zeros\""}}, 8),
+             static_cast<uint32_t>(30 + k));
+    ASSERT_NE(gpu_model_, nullptr);
+    std::vector<SessionState> cs, gs;
+    for (int b = 0; b < 2; ++b) {
+      cs.push_back(*cpu_model_->NewState());
+      gs.push_back(*gpu_model_->NewState());
+    }
+    for (const auto& lengths : std::vector<std::vector<int64_t>>{
+             {150, 3}, {1, 1}, {1, 1}, {70, 1}, {1, 1}, {1, 9}, {1, 1}}) {
+      std::vector<std::vector<int32_t>> tokens;
+      for (int64_t n : lengths) tokens.push_back(Tokens(n));
+      const std::vector<float> want = Run(*cpu_model_, {&cs[0], &cs[1]}, tokens, LogitsMode::kAll);
+      const std::vector<float> got = Run(*gpu_model_, {&gs[0], &gs[1]}, tokens, LogitsMode::kAll);
+      ASSERT_TRUE(test::NearRelative(got, want, kModelTol))
+          << "segments of " << lengths[0] << " and " << lengths[1];
+    }
+    auto host = gpu_model_->StateToHost(gs[0]);
+    ASSERT_TRUE(host.ok()) << host.status();
+    for (size_t l = 0; l < host->linear().size(); ++l) {
+      if (!cs[0].linear()[l].defined()) continue;
+      EXPECT_TRUE(
+          test::NearRelative(Values(host->linear()[l].s), Values(cs[0].linear()[l].s), kModelTol))
+          << "layer " << l;
+      EXPECT_TRUE(
+          test::NearRelative(Values(host->linear()[l].z), Values(cs[0].linear()[l].z), kModelTol))
+          << "layer " << l;
+    }
+    // Greedy decode, 200 tokens.
+    SessionState c1 = *cpu_model_->NewState(), g1 = *gpu_model_->NewState();
+    const std::vector<int32_t> prompt = Tokens(20);
+    std::vector<float> cpu_logits = Run(*cpu_model_, {&c1}, {prompt}, LogitsMode::kLast);
+    std::vector<float> gpu_logits = Run(*gpu_model_, {&g1}, {prompt}, LogitsMode::kLast);
+    const auto argmax = [](const std::vector<float>& l) {
+      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    };
+    for (int step = 0; step < 200; ++step) {
+      const int32_t next = argmax(cpu_logits);
+      ASSERT_EQ(argmax(gpu_logits), next) << "diverged at token " << step;
+      cpu_logits = Run(*cpu_model_, {&c1}, {{next}}, LogitsMode::kLast);
+      gpu_logits = Run(*gpu_model_, {&g1}, {{next}}, LogitsMode::kLast);
+    }
+  }
+}
+
 TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {
   ModelConfig config = test::SmallConfig();
   config.memory_init = MemoryInit::kZeros;
