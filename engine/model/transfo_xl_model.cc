@@ -56,12 +56,15 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       const LayerConfig& lc = c.layer(l);
       const bool most_used = lc.compressive() && lc.compression == Compression::kMostUsed;
       const bool linear = lc.attention == AttentionKind::kLinear;
-      if ((!c.is_dense(l) && !linear) || most_used || lc.residual_attention) {
-        const char* kind = lc.residual_attention                    ? "residual attention"
-                           : most_used                              ? "most_used compression"
-                           : lc.attention == AttentionKind::kLinear ? "linear attention"
-                           : lc.attention == AttentionKind::kLsh    ? "LSH attention"
-                                                                    : "sparse attention";
+      const bool window = lc.attention == AttentionKind::kSparse &&
+                          lc.pattern == SparsePattern::kWindow && !lc.has_globals();
+      if ((!c.is_dense(l) && !linear && !window) || most_used || lc.residual_attention) {
+        const char* kind = lc.residual_attention                 ? "residual attention"
+                           : most_used                           ? "most_used compression"
+                           : lc.attention == AttentionKind::kLsh ? "LSH attention"
+                           : lc.pattern == SparsePattern::kWindow
+                               ? "sliding-window attention with global tokens"
+                               : "strided, fixed or block-sparse attention";
         return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
                                                      std::string(model->backend_->name()),
                                                      " kernel yet; run this model on the CPU"));
@@ -107,8 +110,8 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
   RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    // (dense or linear here: the check above; compressive ones pool or convolve)
-    if (!c.is_dense(l)) {  // linear: no distance table, no memory rows
+    // (dense, linear or sliding window here: the check above)
+    if (!c.is_dense(l)) {  // no distance table, no zero-memory rows
       model->rel_tables_.emplace_back();
       model->zero_keys_.emplace_back();
       model->zero_values_.emplace_back();

@@ -31,6 +31,7 @@
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/linear_attention.h"
 #include "kernels/cuda/relative_attention.h"
+#include "kernels/cuda/sparse_attention.h"
 #include "kernels/cuda/sparse_gemm.h"
 
 namespace mnemo::engine {
@@ -568,8 +569,46 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override {
-    return absl::UnimplementedError(
-        "sliding-window attention has no CUDA kernel yet: run this model with --device cpu");
+    Lock lock(ctx_);
+    RETURN_IF_ERROR(lock.status());
+    for (const SparseAttentionArgs& a : batch) {
+      const LayerConfig& l = *a.layer;
+      if (l.pattern != SparsePattern::kWindow || l.has_globals()) {
+        return absl::UnimplementedError(
+            "only sliding (and dilated) windows without global tokens have a CUDA kernel yet: "
+            "run this model with --device cpu");
+      }
+      if (a.prev_scores != nullptr || a.scores != nullptr) {
+        return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
+      }
+      if (a.head_dim > 128) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the CUDA sliding-window kernel supports d_head ≤ 128, not ", a.head_dim));
+      }
+      const XlMemory& m = *a.memory;
+      ASSIGN_OR_RETURN(Tensor dilations,
+                       Stage(l.dilations.data(), l.dilations.size() * sizeof(int64_t)));
+      const kc::SlidingWindowLaunch launch{a.qkv->data<float>(),
+                                           m.keys().data<float>(),
+                                           m.values().data<float>(),
+                                           a.out->data<float>(),
+                                           dilations.data<int64_t>(),
+                                           a.qkv->dim(0),
+                                           m.size(),
+                                           std::max<int64_t>(m.capacity(), 1),
+                                           m.start(),
+                                           l.window,
+                                           a.num_heads,
+                                           a.head_dim};
+      Note({21, Addr(launch.qkv), Addr(launch.mem_k), Addr(launch.mem_v), Addr(launch.out),
+            Addr(launch.dilations), U(launch.query_len), U(launch.capacity), U(launch.window),
+            U(launch.num_heads), U(launch.head_dim)});
+      RETURN_IF_ERROR(Launch([this, launch] {
+        MNEMO_CUDA_RETURN_IF_ERROR(kc::SlidingWindowAttention(launch, ctx_.stream()));
+        return absl::OkStatus();
+      }));
+    }
+    return absl::OkStatus();
   }
 
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override {

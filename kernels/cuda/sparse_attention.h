@@ -1,0 +1,32 @@
+// Causal softmax attention over a dilated sliding window on the GPU (MODEL-SPEC §3.1, §3.4), the
+// same function as kernels/cpu/sparse_attention.h: the query at key index M + i sees the keys
+// {M + i − r·dil_h : r = 0 … W−1, ≥ 0} of its head h, itself included; score = q·k / sqrt(d_h),
+// no position encoding. Keys are numbered over [rolling K/V ring (M) | segment (T)]. One warp per
+// (query, head) walks its W keys in tiles of 32 with an online softmax: work is proportional to
+// the window, not to the document or the segment.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mnemo::kernels::cuda {
+
+struct SlidingWindowLaunch {
+  const float* qkv;    // [T, 3·W_h], W_h = H·d_h
+  const float* mem_k;  // ring [capacity, W_h]
+  const float* mem_v;
+  float* out;                // [T, W_h]
+  const int64_t* dilations;  // device [H]
+  int64_t query_len;
+  int64_t memory_len;  // stored positions, oldest at ring_start
+  int64_t capacity;
+  int64_t ring_start;
+  int64_t window;  // W keys per query
+  int num_heads;
+  int head_dim;  // ≤ 128
+};
+
+cudaError_t SlidingWindowAttention(const SlidingWindowLaunch& launch, cudaStream_t stream);
+
+}  // namespace mnemo::kernels::cuda
