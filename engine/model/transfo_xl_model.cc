@@ -56,15 +56,11 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       const LayerConfig& lc = c.layer(l);
       const bool most_used = lc.compressive() && lc.compression == Compression::kMostUsed;
       const bool linear = lc.attention == AttentionKind::kLinear;
-      const bool window = lc.attention == AttentionKind::kSparse &&
-                          lc.pattern == SparsePattern::kWindow && !lc.has_globals();
-      if ((!c.is_dense(l) && !linear && !window) || most_used || lc.residual_attention) {
-        const char* kind = lc.residual_attention                 ? "residual attention"
-                           : most_used                           ? "most_used compression"
-                           : lc.attention == AttentionKind::kLsh ? "LSH attention"
-                           : lc.pattern == SparsePattern::kWindow
-                               ? "sliding-window attention with global tokens"
-                               : "strided, fixed or block-sparse attention";
+      const bool sparse = lc.attention == AttentionKind::kSparse;
+      if ((!c.is_dense(l) && !linear && !sparse) || most_used || lc.residual_attention) {
+        const char* kind = lc.residual_attention ? "residual attention"
+                           : most_used           ? "most_used compression"
+                                                 : "LSH attention";
         return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
                                                      std::string(model->backend_->name()),
                                                      " kernel yet; run this model on the CPU"));

@@ -121,22 +121,53 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
   }
 }
 
+SparseQueryKeys::SparseQueryKeys(const SparsePattern& pattern, const SparsePatternShape& shape,
+                                 const std::vector<int64_t>& stored_globals,
+                                 const std::vector<uint8_t>& segment_global)
+    : pattern_(pattern),
+      shape_(shape),
+      stored_(stored_globals),
+      segment_global_(segment_global),
+      segment_start_(shape.first_position + shape.memory_len),
+      globals_before_(static_cast<size_t>(shape.query_len), 0) {
+  for (int64_t i = 0; i < shape.query_len; ++i) {
+    globals_before_[i] = static_cast<int64_t>(seg_globals_.size());
+    if (!segment_global.empty() && segment_global[i]) seg_globals_.push_back(segment_start_ + i);
+  }
+}
+
+void SparseQueryKeys::Positions(int h, int64_t i, std::vector<int64_t>* out) const {
+  std::vector<int64_t>& positions = *out;
+  positions.clear();
+  const int64_t p = segment_start_ + i;
+  if (!segment_global_.empty() && segment_global_[i]) {
+    AppendRange(p - pattern_.span, p, std::max<int64_t>(0, p - pattern_.span), p, positions);
+  } else {
+    AppendAllowedPositions(pattern_, h, p, positions);
+  }
+  // K(p): the last max_global global positions before p (stored, then the segment's).
+  const auto stored = static_cast<int64_t>(stored_.size());
+  const int64_t before = globals_before_[i];
+  const int64_t kept = std::min(shape_.max_global, stored + before);
+  const size_t own = positions.size();
+  for (int64_t g = stored + before - kept; g < stored + before; ++g) {
+    positions.push_back(g < stored ? stored_[g] : seg_globals_[g - stored]);
+  }
+  if (positions.size() > own) {
+    std::inplace_merge(positions.begin(), positions.begin() + static_cast<std::ptrdiff_t>(own),
+                       positions.end());
+    positions.erase(std::unique(positions.begin(), positions.end()), positions.end());
+  }
+}
+
 void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternShape& shape,
                             const float* q, int64_t ldq, const std::vector<KvSpan>& keys,
                             const GlobalKeys& globals, const std::vector<uint8_t>& segment_global,
                             float* out, int64_t ldo, ThreadPool& pool) {
   const int dh = shape.head_dim;
   const int64_t t_len = shape.query_len, m = shape.memory_len;
-  const int64_t segment_start = shape.first_position + m;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  // Global positions of the segment, ascending, and how many precede each query.
-  std::vector<int64_t> seg_globals;
-  std::vector<int64_t> globals_before(static_cast<size_t>(t_len), 0);
-  for (int64_t i = 0; i < t_len; ++i) {
-    globals_before[i] = static_cast<int64_t>(seg_globals.size());
-    if (!segment_global.empty() && segment_global[i]) seg_globals.push_back(segment_start + i);
-  }
-  const int64_t stored = static_cast<int64_t>(globals.positions.size());
+  const SparseQueryKeys query_keys(pattern, shape, globals.positions, segment_global);
   pool.ParallelFor(shape.num_heads * t_len, 4, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<int64_t> positions;
     thread_local std::vector<float> scores;
@@ -144,25 +175,7 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
     for (int64_t task = i0; task < i1; ++task) {
       const int h = static_cast<int>(task / t_len);
       const int64_t i = task % t_len;
-      const int64_t p = segment_start + i;
-      positions.clear();
-      if (!segment_global.empty() && segment_global[i]) {
-        AppendRange(p - pattern.span, p, std::max<int64_t>(0, p - pattern.span), p, positions);
-      } else {
-        AppendAllowedPositions(pattern, h, p, positions);
-      }
-      // K(p): the last max_global global positions before p (stored, then the segment's).
-      const int64_t before = globals_before[i];
-      const int64_t kept = std::min(shape.max_global, stored + before);
-      const size_t own = positions.size();
-      for (int64_t g = stored + before - kept; g < stored + before; ++g) {
-        positions.push_back(g < stored ? globals.positions[g] : seg_globals[g - stored]);
-      }
-      if (positions.size() > own) {
-        std::inplace_merge(positions.begin(), positions.begin() + static_cast<std::ptrdiff_t>(own),
-                           positions.end());
-        positions.erase(std::unique(positions.begin(), positions.end()), positions.end());
-      }
+      query_keys.Positions(h, i, &positions);
       const int64_t n = static_cast<int64_t>(positions.size());
       scores.resize(static_cast<size_t>(n));
       krows.resize(static_cast<size_t>(n));

@@ -57,6 +57,31 @@ struct SparsePatternShape {
   float* out_scores = nullptr;
 };
 
+// The positions each new query of a segment sees: its pattern's own (the whole span for a
+// global query) merged with K(p), the last max_global global positions before it (the stored
+// ones, then the segment's). Shared by the CPU attention below and the CUDA backend, which turns
+// positions into device rows.
+class SparseQueryKeys {
+ public:
+  // `stored_globals`: the kept global positions before the call, ascending; `segment_global`:
+  // per new position, whether it is global (empty: none is). Both must outlive this object.
+  SparseQueryKeys(const SparsePattern& pattern, const SparsePatternShape& shape,
+                  const std::vector<int64_t>& stored_globals,
+                  const std::vector<uint8_t>& segment_global);
+  // Positions head h's query i (0-based in the segment) sees, ascending, each once, into *out
+  // (cleared first).
+  void Positions(int h, int64_t i, std::vector<int64_t>* out) const;
+
+ private:
+  const SparsePattern& pattern_;
+  const SparsePatternShape& shape_;
+  const std::vector<int64_t>& stored_;
+  const std::vector<uint8_t>& segment_global_;
+  int64_t segment_start_;
+  std::vector<int64_t> seg_globals_;     // the segment's global positions, ascending
+  std::vector<int64_t> globals_before_;  // per new position: segment globals before it
+};
+
 // out[i] for the T new positions. keys: spans over the M + T positions, oldest first. globals:
 // the kept global positions before the call; segment_global: per new position, whether it is
 // global (empty: none is).

@@ -79,7 +79,73 @@ __global__ void SlidingWindowKernel(SlidingWindowLaunch p) {
   }
 }
 
+// Grid (T, H), one warp per task h·T + i, as the window kernel but over listed rows.
+__global__ void GatheredKernel(GatheredAttentionLaunch p) {
+  const int64_t i = blockIdx.x;
+  const int h = blockIdx.y;
+  const int lane = threadIdx.x;
+  const int dh = p.head_dim;
+  const int64_t task = static_cast<int64_t>(h) * p.query_len + i;
+  const int64_t begin = p.offsets[task], count = p.offsets[task + 1] - begin;
+  const float scale = rsqrtf(static_cast<float>(dh));
+  __shared__ float q[32 * kMaxDk];
+  const float* qrow = p.q + i * p.ldq + static_cast<int64_t>(h) * dh;
+  for (int d = lane; d < dh; d += 32) q[d] = qrow[d] * scale;
+  __syncwarp();
+  float m_run = -INFINITY, l_run = 0.0f, acc[kMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t r0 = 0; r0 < count; r0 += 32) {
+    const int64_t r = r0 + lane;
+    const bool valid = r < count;
+    float score = -INFINITY;
+    if (valid) {
+      const float* krow = p.keys[begin + r] + static_cast<int64_t>(h) * dh;
+      score = 0.0f;
+      for (int d = 0; d < dh; ++d) score += krow[d] * q[d];
+    }
+    float tile_max = score;
+    for (int o = 16; o > 0; o >>= 1) {
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, o));
+    }
+    const float m_new = fmaxf(m_run, tile_max);
+    const float pr = valid ? expf(score - m_new) : 0.0f;
+    float tile_sum = pr;
+    for (int o = 16; o > 0; o >>= 1) tile_sum += __shfl_xor_sync(kFullMask, tile_sum, o);
+    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
+    l_run = l_run * alpha + tile_sum;
+#pragma unroll
+    for (int k = 0; k < kMaxDk; ++k) acc[k] *= alpha;
+    m_run = m_new;
+    const int rows = static_cast<int>(count - r0 < 32 ? count - r0 : 32);
+    for (int jj = 0; jj < rows; ++jj) {
+      const float pj = __shfl_sync(kFullMask, pr, jj);
+      const float* vrow = p.values[begin + r0 + jj] + static_cast<int64_t>(h) * dh;
+#pragma unroll
+      for (int k = 0; k < kMaxDk; ++k) {
+        const int d = lane + 32 * k;
+        if (d < dh) acc[k] += pj * vrow[d];
+      }
+    }
+  }
+  float* o = p.out + i * p.ldo + static_cast<int64_t>(h) * dh;
+#pragma unroll
+  for (int k = 0; k < kMaxDk; ++k) {
+    const int d = lane + 32 * k;
+    if (d < dh) o[d] = l_run > 0.0f ? acc[k] / l_run : 0.0f;  // no key at all: zeros
+  }
+}
+
 }  // namespace
+
+cudaError_t GatheredAttention(const GatheredAttentionLaunch& p, cudaStream_t stream) {
+  if (p.query_len <= 0) return cudaSuccess;
+  if (p.head_dim <= 0 || p.head_dim > 32 * kMaxDk || p.num_heads > 65535 ||
+      p.query_len > 2147483647) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>(p.query_len), static_cast<unsigned>(p.num_heads));
+  GatheredKernel<<<grid, 32, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 cudaError_t SlidingWindowAttention(const SlidingWindowLaunch& p, cudaStream_t stream) {
   if (p.query_len <= 0) return cudaSuccess;

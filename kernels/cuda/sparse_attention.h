@@ -29,4 +29,22 @@ struct SlidingWindowLaunch {
 
 cudaError_t SlidingWindowAttention(const SlidingWindowLaunch& launch, cudaStream_t stream);
 
+// Attention over keys listed per query (every other sparse pattern, global tokens included): the
+// host names each (head, query)'s keys as row addresses, in CSR form, and one warp per (query,
+// head) runs an online softmax over them. Work is proportional to the pattern's nonzeros.
+struct GatheredAttentionLaunch {
+  const float* q;  // query rows, `ldq` floats apart; head h at h·d_h
+  int64_t ldq;
+  const int64_t* offsets;      // device [H·T + 1]: task h·T + i owns entries offsets[t] … [t+1]
+  const float* const* keys;    // device, per entry: the key row (all heads; head h at h·d_h)
+  const float* const* values;  // device, per entry: the value row
+  float* out;                  // rows `ldo` floats apart
+  int64_t ldo;
+  int64_t query_len;
+  int num_heads;
+  int head_dim;  // ≤ 128
+};
+
+cudaError_t GatheredAttention(const GatheredAttentionLaunch& launch, cudaStream_t stream);
+
 }  // namespace mnemo::kernels::cuda

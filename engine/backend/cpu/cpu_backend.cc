@@ -5,6 +5,7 @@
 
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/sparse_layer.h"
 #include "engine/memory/compression_plan.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/compression.h"
@@ -247,18 +248,7 @@ class CpuBackend final : public Backend {
                                         pool_);
         continue;
       }
-      kernels::SparsePattern pattern;
-      pattern.kind = static_cast<kernels::PatternKind>(l.pattern);
-      pattern.span = l.sparse_span();
-      pattern.window = l.window;
-      pattern.dilations = l.dilations.data();
-      pattern.stride = l.stride;
-      pattern.block = l.block;
-      pattern.summary = l.summary;
-      pattern.window_blocks = l.window_blocks;
-      pattern.random_blocks = l.random_blocks;
-      pattern.seed = l.seed;
-      pattern.head_components = l.head_components.data();
+      const kernels::SparsePattern pattern = PatternOf(l);
       // The kept global positions (oldest first) and which new positions are global.
       kernels::GlobalKeys globals;
       std::vector<uint8_t> is_global;
@@ -268,18 +258,8 @@ class CpuBackend final : public Backend {
         globals.k = store.keys().data<float>();
         globals.v = store.values().data<float>();
         globals.ld = width;
-        for (int64_t j = 0; j < store.size(); ++j) {
-          const int64_t slot = (store.start() + j) % store.capacity();
-          globals.positions.push_back(aux.global_positions[slot]);
-          globals.rows.push_back(slot);
-        }
-        is_global.assign(static_cast<size_t>(t), 0);
-        for (int64_t i = 0; i < t; ++i) {
-          is_global[i] =
-              std::binary_search(l.global_positions.begin(), l.global_positions.end(),
-                                 a.position + i) ||
-              std::binary_search(l.global_tokens.begin(), l.global_tokens.end(), a.tokens[i]);
-        }
+        StoredGlobals(aux, &globals.positions, &globals.rows);
+        is_global = SegmentGlobals(l, a.position, a.tokens, t);
       }
       kernels::SparsePatternShape shape{
           a.num_heads, a.head_dim, t, a.memory->size(), a.position - a.memory->size(),
@@ -290,22 +270,13 @@ class CpuBackend final : public Backend {
                                       a.out->data<float>(), width, pool_);
       if (!l.has_globals()) continue;
       // The segment's global positions join the store (the last max_global stay).
-      std::vector<int64_t> fresh;
-      for (int64_t i = 0; i < t; ++i) {
-        if (is_global[i]) fresh.push_back(i);
-      }
       XlMemory& store = aux.globals;
-      const auto n = static_cast<int64_t>(fresh.size());
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t slot = store.SlotOfNewRow(r, n);
-        if (slot < 0) continue;
-        const float* row = qkv + fresh[r] * 3 * width;
+      for (auto [i, slot] : JoinGlobalStore(is_global, a.position, aux)) {
+        const float* row = qkv + i * 3 * width;
         std::memcpy(store.keys().data<float>() + slot * width, row + width, width * sizeof(float));
         std::memcpy(store.values().data<float>() + slot * width, row + 2 * width,
                     width * sizeof(float));
-        aux.global_positions[slot] = a.position + fresh[r];
       }
-      store.Advance(n);
     }
     return absl::OkStatus();
   }

@@ -24,6 +24,7 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/device_context.h"
+#include "engine/backend/sparse_layer.h"
 #include "engine/memory/compression_plan.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/compression.h"
@@ -573,17 +574,16 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     for (const SparseAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
-      if (l.pattern != SparsePattern::kWindow || l.has_globals()) {
-        return absl::UnimplementedError(
-            "only sliding (and dilated) windows without global tokens have a CUDA kernel yet: "
-            "run this model with --device cpu");
-      }
       if (a.prev_scores != nullptr || a.scores != nullptr) {
         return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
       }
       if (a.head_dim > 128) {
         return absl::InvalidArgumentError(
             absl::StrCat("the CUDA sliding-window kernel supports d_head ≤ 128, not ", a.head_dim));
+      }
+      if (l.pattern != SparsePattern::kWindow || l.has_globals()) {
+        RETURN_IF_ERROR(GatheredSparseAttention(a));
+        continue;
       }
       const XlMemory& m = *a.memory;
       ASSIGN_OR_RETURN(Tensor dilations,
@@ -792,6 +792,95 @@ class CudaBackend final : public Backend {
           static_cast<int64_t>(n), width, ctx_.stream()));
       return absl::OkStatus();
     });
+  }
+
+  // Any sparse pattern, global tokens included: the host lists each (head, query)'s keys (the
+  // plan the CPU uses, kernels::SparseQueryKeys) as device row addresses, one warp per task
+  // attends over them, and the segment's global rows then join the layer's global store.
+  absl::Status GatheredSparseAttention(const SparseAttentionArgs& a) {
+    const LayerConfig& l = *a.layer;
+    LayerAuxState& aux = *a.aux;
+    const XlMemory& m = *a.memory;
+    const int64_t w = static_cast<int64_t>(a.num_heads) * a.head_dim, t = a.qkv->dim(0);
+    const float* qkv = a.qkv->data<float>();
+    const kernels::SparsePattern pattern = PatternOf(l);
+    std::vector<int64_t> stored, slots;
+    std::vector<uint8_t> is_global;
+    if (l.has_globals()) {
+      StoredGlobals(aux, &stored, &slots);
+      is_global = SegmentGlobals(l, a.position, a.tokens, t);
+    }
+    const kernels::SparsePatternShape shape{a.num_heads,           a.head_dim,  t, m.size(),
+                                            a.position - m.size(), l.max_global};
+    const kernels::SparseQueryKeys query_keys(pattern, shape, stored, is_global);
+    std::vector<int64_t> offsets = {0};
+    std::vector<const float*> keys, values;
+    std::vector<int64_t> positions;
+    for (int h = 0; h < a.num_heads; ++h) {
+      for (int64_t i = 0; i < t; ++i) {
+        query_keys.Positions(h, i, &positions);
+        for (int64_t pos : positions) {
+          if (pos >= shape.first_position) {
+            const int64_t j = pos - shape.first_position;
+            if (j < m.size()) {
+              const int64_t slot = (m.start() + j) % m.capacity();
+              keys.push_back(m.keys().data<float>() + slot * w);
+              values.push_back(m.values().data<float>() + slot * w);
+            } else {
+              const float* row = qkv + (j - m.size()) * 3 * w;
+              keys.push_back(row + w);
+              values.push_back(row + 2 * w);
+            }
+          } else {  // a kept global position older than the ring
+            const auto it = std::lower_bound(stored.begin(), stored.end(), pos);
+            const int64_t row = slots[static_cast<size_t>(it - stored.begin())];
+            keys.push_back(aux.globals.keys().data<float>() + row * w);
+            values.push_back(aux.globals.values().data<float>() + row * w);
+          }
+        }
+        offsets.push_back(static_cast<int64_t>(keys.size()));
+      }
+    }
+    // One upload: offsets | key rows | value rows.
+    const size_t offset_bytes = offsets.size() * sizeof(int64_t);
+    const size_t list_bytes = keys.size() * sizeof(const float*);
+    std::vector<char> host(offset_bytes + 2 * list_bytes);
+    std::memcpy(host.data(), offsets.data(), offset_bytes);
+    if (list_bytes > 0) {
+      std::memcpy(host.data() + offset_bytes, keys.data(), list_bytes);
+      std::memcpy(host.data() + offset_bytes + list_bytes, values.data(), list_bytes);
+    }
+    ASSIGN_OR_RETURN(Tensor staged, Stage(host.data(), host.size()));
+    auto* base = static_cast<char*>(staged.raw());
+    const kc::GatheredAttentionLaunch launch{
+        qkv,
+        3 * w,
+        reinterpret_cast<const int64_t*>(base),
+        reinterpret_cast<const float* const*>(base + offset_bytes),
+        reinterpret_cast<const float* const*>(base + offset_bytes + list_bytes),
+        a.out->data<float>(),
+        w,
+        t,
+        a.num_heads,
+        a.head_dim};
+    Note({22, Addr(base), host.size(), Addr(launch.q), Addr(launch.out), U(t), U(launch.num_heads),
+          U(launch.head_dim)});
+    RETURN_IF_ERROR(Launch([this, launch] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::GatheredAttention(launch, ctx_.stream()));
+      return absl::OkStatus();
+    }));
+    if (!l.has_globals()) return absl::OkStatus();
+    // The segment's global rows join the store (after the attention read it: stream order).
+    std::vector<const float*> src;
+    std::vector<float*> dst;
+    for (auto [i, slot] : JoinGlobalStore(is_global, a.position, aux)) {
+      const float* row = qkv + i * 3 * w;
+      src.push_back(row + w);
+      dst.push_back(aux.globals.keys().data<float>() + slot * w);
+      src.push_back(row + 2 * w);
+      dst.push_back(aux.globals.values().data<float>() + slot * w);
+    }
+    return CopyRowPairs(src, dst, w);
   }
 
   absl::Status CompressOne(const CompressArgs& a) {
