@@ -54,13 +54,10 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   if (model->backend_->device() != Device::kCpu) {
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
-      const bool most_used = lc.compressive() && lc.compression == Compression::kMostUsed;
       const bool linear = lc.attention == AttentionKind::kLinear;
       const bool sparse = lc.attention == AttentionKind::kSparse;
-      if ((!c.is_dense(l) && !linear && !sparse) || most_used || lc.residual_attention) {
-        const char* kind = lc.residual_attention ? "residual attention"
-                           : most_used           ? "most_used compression"
-                                                 : "LSH attention";
+      if ((!c.is_dense(l) && !linear && !sparse) || lc.residual_attention) {
+        const char* kind = lc.residual_attention ? "residual attention" : "LSH attention";
         return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
                                                      std::string(model->backend_->name()),
                                                      " kernel yet; run this model on the CPU"));

@@ -55,6 +55,9 @@ struct AttentionSequence {
   int64_t cmem_len = 0;  // stored compressed slots, oldest at cmem_start
   int64_t cmem_capacity = 1;
   int64_t cmem_start = 0;
+  // most_used compression: usage[ring slot] += the attention probability each XL-memory key
+  // receives, summed over heads and queries (AttentionMass); null otherwise.
+  float* usage = nullptr;
 };
 
 // One block row of the grid (all heads run as grid.y): queries [q_begin, q_begin + q_count) of

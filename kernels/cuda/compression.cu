@@ -4,12 +4,25 @@ namespace mnemo::kernels::cuda {
 namespace {
 
 // Grid (ceil(d / 256), groups): thread i of a block handles column i of one group.
-__global__ void GroupRowsKernel(const float* const* rows, int c, int64_t d, GroupOp op, int taps,
-                                int step, float* out) {
+__global__ void GroupRowsKernel(const float* const* rows, const float* const* masses, int c,
+                                int64_t d, GroupOp op, int taps, int step, float* out) {
   const int64_t g = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= d) return;
   const float* const* group = rows + g * c;
+  if (op == GroupOp::kMostUsed) {
+    int best = 0;
+    float most = *masses[g * c];
+    for (int k = 1; k < c; ++k) {
+      const float m = *masses[g * c + k];
+      if (m > most) {
+        most = m;
+        best = k;
+      }
+    }
+    out[g * d + i] = group[best][i];
+    return;
+  }
   if (op == GroupOp::kPackTaps) {
     float* o = out + g * d * taps + i * taps;
     for (int k = 0; k < taps; ++k) o[k] = group[k * step][i];
@@ -25,17 +38,17 @@ __global__ void GroupRowsKernel(const float* const* rows, int c, int64_t d, Grou
 
 }  // namespace
 
-cudaError_t GroupRows(const float* const* rows, int64_t groups, int c, int64_t d, GroupOp op,
-                      int taps, int step, float* out, cudaStream_t stream) {
+cudaError_t GroupRows(const float* const* rows, const float* const* masses, int64_t groups, int c,
+                      int64_t d, GroupOp op, int taps, int step, float* out, cudaStream_t stream) {
   if (groups <= 0 || d <= 0) return cudaSuccess;
-  if (c <= 0 || groups > 65535 ||
+  if (c <= 0 || groups > 65535 || (op == GroupOp::kMostUsed && masses == nullptr) ||
       (op == GroupOp::kPackTaps && (taps <= 0 || step <= 0 || (taps - 1) * step >= c))) {
     return cudaErrorInvalidValue;
   }
   constexpr int kThreads = 256;
   const dim3 grid(static_cast<unsigned>((d + kThreads - 1) / kThreads),
                   static_cast<unsigned>(groups));
-  GroupRowsKernel<<<grid, kThreads, 0, stream>>>(rows, c, d, op, taps, step, out);
+  GroupRowsKernel<<<grid, kThreads, 0, stream>>>(rows, masses, c, d, op, taps, step, out);
   return cudaGetLastError();
 }
 

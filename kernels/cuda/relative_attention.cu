@@ -275,6 +275,57 @@ __global__ void CombineKernel(RelativeAttentionLaunch p) {
   }
 }
 
+// Grid (max T, H, sequences), one warp: the scores of query i against its visible keys, twice
+// (the softmax's max and sum, then each XL-memory key's probability into usage).
+__global__ void AttentionMassKernel(RelativeAttentionLaunch p) {
+  const AttentionSequence s = p.seqs[blockIdx.z];
+  const int64_t i = blockIdx.x;
+  if (s.usage == nullptr || i >= s.query_len) return;
+  const int h = blockIdx.y, lane = threadIdx.x;
+  const int d_h = p.head_dim;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * d_h;
+  const float scale = rsqrtf(static_cast<float>(d_h));
+  __shared__ float qu[kMaxHeadDim], qv[kMaxHeadDim];
+  for (int d = lane; d < d_h; d += 32) {
+    const float x = s.qkv[i * 3 * w + h * d_h + d];
+    qu[d] = (x + p.r_w_bias[h * d_h + d]) * scale;
+    qv[d] = (x + p.r_r_bias[h * d_h + d]) * scale;
+  }
+  __syncwarp();
+  const int64_t m_len = s.memory_len;
+  const int64_t clamp = p.clamp_len > 0 ? p.clamp_len : (int64_t{1} << 62);
+  const int64_t first = FirstVisibleKey(i, m_len, s.query_len, p.mem_len_max, p.same_length);
+  const int64_t last = m_len + i;  // inclusive
+  auto score_of = [&](int64_t j) {
+    const KvRow row = RowOf(s, j, w);
+    int64_t dist = m_len + i - j;
+    dist = dist > clamp ? clamp : dist;
+    const float* k = row.k + h * d_h;
+    const float* r = p.rel + dist * w + h * d_h;
+    float acc = 0.0f;
+    for (int d = 0; d < d_h; ++d) acc += qu[d] * k[d] + qv[d] * r[d];
+    return acc;
+  };
+  float m_run = -INFINITY, l_run = 0.0f;
+  for (int64_t j0 = first; j0 <= last; j0 += 32) {
+    const int64_t j = j0 + lane;
+    const float sc = j <= last ? score_of(j) : -INFINITY;
+    const float m_new = fmaxf(m_run, WarpMax(sc));
+    const float e = j <= last ? expf(sc - m_new) : 0.0f;
+    l_run = l_run * (m_run == -INFINITY ? 0.0f : expf(m_run - m_new)) + WarpSum(e);
+    m_run = m_new;
+  }
+  if (!(l_run > 0.0f)) return;
+  const int64_t mem_end = m_len < last + 1 ? m_len : last + 1;
+  for (int64_t j0 = (first > s.cmem_len ? first : s.cmem_len); j0 < mem_end; j0 += 32) {
+    const int64_t j = j0 + lane;
+    if (j >= mem_end) continue;
+    int64_t slot = s.ring_start + (j - s.cmem_len);
+    if (slot >= s.capacity) slot -= s.capacity;
+    atomicAdd(s.usage + slot, expf(score_of(j) - m_run) / l_run);
+  }
+}
+
 template <int BQ, int DK>
 cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {
   const size_t shared = RelativeAttentionSharedBytes(BQ, p.head_dim);
@@ -318,6 +369,18 @@ cudaError_t RelativeAttention(const RelativeAttentionLaunch& p, cudaStream_t str
   if (err != cudaSuccess || p.num_combines == 0) return err;
   const dim3 grid(static_cast<unsigned>(p.num_combines), static_cast<unsigned>(p.num_heads));
   CombineKernel<<<grid, 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t AttentionMass(const RelativeAttentionLaunch& p, int num_seqs, int64_t max_query_len,
+                          cudaStream_t stream) {
+  if (num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
+  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || num_seqs > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>(max_query_len), static_cast<unsigned>(p.num_heads),
+                  static_cast<unsigned>(num_seqs));
+  AttentionMassKernel<<<grid, 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -41,4 +41,12 @@ size_t RelativeAttentionSharedBytes(int query_tile, int head_dim);
 
 cudaError_t RelativeAttention(const RelativeAttentionLaunch& launch, cudaStream_t stream);
 
+// most_used compression: for the launch's sequences that carry a `usage` array, adds the
+// attention probability every XL-memory key receives (summed over heads and queries) to its
+// ring slot. A second pass over the scores, one warp per (query, head), reading the sequences
+// and distance table of `launch` (its work items are not used); `max_query_len` bounds the
+// sequences' T.
+cudaError_t AttentionMass(const RelativeAttentionLaunch& launch, int num_seqs,
+                          int64_t max_query_len, cudaStream_t stream);
+
 }  // namespace mnemo::kernels::cuda

@@ -533,7 +533,8 @@ TEST_F(CudaAttentionTest, RelativeAttentionMatchesCpu) {
   }
 }
 
-// Compressive layers: keys over [compressed ring | XL ring | segment], with wrapped rings.
+// Compressive layers: keys over [compressed ring | XL ring | segment], with wrapped rings, and
+// most_used's attention mass per XL slot.
 TEST_F(CudaAttentionTest, RelativeAttentionOverCompressedMemoryMatchesCpu) {
   struct Case {
     int heads, head_dim;
@@ -559,7 +560,7 @@ TEST_F(CudaAttentionTest, RelativeAttentionOverCompressedMemoryMatchesCpu) {
                  v = Random({c.heads, c.head_dim});
     const Tensor rel_dev = Up(rel), u_dev = Up(u), v_dev = Up(v);
     std::vector<MemoryPair> memories, compressed;
-    std::vector<Tensor> qkv, qkv_dev, out_cpu, out_gpu;
+    std::vector<Tensor> qkv, qkv_dev, out_cpu, out_gpu, usage_cpu, usage_gpu;
     for (const auto& sq : c.seqs) {
       memories.push_back(MakeMemory(c.mem_len_max, w, sq[1]));
       compressed.push_back(MakeMemory(c.cmem_len, w, sq[2]));
@@ -567,15 +568,20 @@ TEST_F(CudaAttentionTest, RelativeAttentionOverCompressedMemoryMatchesCpu) {
       qkv_dev.push_back(Up(qkv.back()));
       out_cpu.push_back(Tensor::Zeros(DType::kF32, {sq[0], w}));
       out_gpu.push_back(Poisoned({sq[0], w}));
+      // most_used: attention mass per XL slot, added to what is there.
+      usage_cpu.push_back(Random({c.mem_len_max}, 0.0f, 2.0f));
+      usage_gpu.push_back(Up(usage_cpu.back()));
     }
     std::vector<RelativeAttentionArgs> cpu_args, gpu_args;
     for (size_t b = 0; b < c.seqs.size(); ++b) {
       cpu_args.push_back({&qkv[b], &memories[b].cpu, &rel, &u, &v, c.heads, c.head_dim,
                           c.mem_len_max, c.clamp, c.same_length, &out_cpu[b]});
       cpu_args.back().compressed = &compressed[b].cpu;
+      cpu_args.back().usage = &usage_cpu[b];
       gpu_args.push_back({&qkv_dev[b], &memories[b].gpu, &rel_dev, &u_dev, &v_dev, c.heads,
                           c.head_dim, c.mem_len_max, c.clamp, c.same_length, &out_gpu[b]});
       gpu_args.back().compressed = &compressed[b].gpu;
+      gpu_args.back().usage = &usage_gpu[b];
     }
     ASSERT_TRUE(cpu_->RelativeAttention(cpu_args).ok());
     const absl::Status status = gpu_->RelativeAttention(gpu_args);
@@ -584,6 +590,8 @@ TEST_F(CudaAttentionTest, RelativeAttentionOverCompressedMemoryMatchesCpu) {
       EXPECT_TRUE(test::NearRelative(Down(out_gpu[b]), Values(out_cpu[b]), kOpTol))
           << "heads " << c.heads << " seq " << b << " T " << c.seqs[b][0] << " fill "
           << c.seqs[b][1] << " compressed " << c.seqs[b][2];
+      EXPECT_TRUE(test::NearRelative(Down(usage_gpu[b]), Values(usage_cpu[b]), kOpTol))
+          << "usage, seq " << b;
     }
   }
 }
@@ -768,9 +776,10 @@ TEST_F(CudaModelTest, GreedyGenerationOf200TokensEqualsCpu) {
   EXPECT_EQ(gpu_text, cpu_text);
 }
 
-// Compressive memory on the GPU: each fixed compression (pooling, convolutions) gives the CPU's
-// logits over ragged segments and decode steps that compress mid-stream, the same compressed
-// rings and pending rows, and 200 identical greedy tokens. most_used is refused by name.
+// Compressive memory on the GPU: every compression (pooling, convolutions, most_used with its
+// attention mass) gives the CPU's logits over ragged segments and decode steps that compress
+// mid-stream, the same compressed rings, pending rows and usage, and 200 identical greedy
+// tokens.
 TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
   const std::vector<std::string> layers = {
       R"({"attention": "dense", "memory": "compressive", "compression": "max_pool",
@@ -781,6 +790,8 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
           "compression_rate": 3, "cmem_len": 6})",
       R"({"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
           "compression_rate": 4, "compression_kernel": 2, "cmem_len": 3})",
+      R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
+          "compression_rate": 2, "cmem_len": 3})",
   };
   for (const std::string& memory_init : {"\"zeros\"", "\"empty\""}) {
     SCOPED_TRACE(memory_init);
@@ -807,6 +818,10 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
       EXPECT_TRUE(
           test::NearRelative(Values(g.compressed.keys()), Values(c.compressed.keys()), kModelTol))
           << "layer " << l;
+      if (c.usage.defined()) {
+        EXPECT_TRUE(test::NearRelative(Values(g.usage), Values(c.usage), kModelTol))
+            << "layer " << l;
+      }
     }
   }
   // Greedy decode, 200 tokens, compressing all along.
@@ -826,17 +841,6 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
     cpu_logits = Run(*cpu_model_, {&cs}, {{next}}, LogitsMode::kLast);
     gpu_logits = Run(*gpu_model_, {&gs}, {{next}}, LogitsMode::kLast);
   }
-  // most_used needs per-slot attention mass: not on the GPU yet, and said so.
-  gpu_ = *MakeCudaBackend(0);
-  dir_ = std::make_unique<test::ScopedTempDir>(
-      test::WriteCheckpoint(test::ConfigWith({R"({"attention": "dense", "memory": "compressive",
-                             "compression": "most_used", "compression_rate": 2,
-                             "cmem_len": 3})"},
-                                             {}, 8),
-                            3));
-  auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
-  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(refused.status().message().find("most_used"), std::string::npos);
 }
 
 // Linear attention on the GPU: every feature map (rfa gated too), mixed with dense and

@@ -426,13 +426,9 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     std::vector<kc::AttentionSequence> seqs;
     std::vector<kc::AttentionShapeInput> shapes;
-    int64_t cmem_len_max = 0;
+    int64_t cmem_len_max = 0, max_query_len = 0;
+    bool with_usage = false;
     for (const RelativeAttentionArgs& a : batch) {
-      if (a.usage != nullptr) {
-        return absl::UnimplementedError(
-            "most_used compression (attention mass per memory slot) has no CUDA kernel yet: run "
-            "this model with --device cpu");
-      }
       if (a.prev_scores != nullptr || a.scores != nullptr) {
         return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
       }
@@ -455,6 +451,11 @@ class CudaBackend final : public Backend {
         seq.memory_len += cm.size();
         cmem_len_max = std::max(cmem_len_max, cm.capacity());
       }
+      if (a.usage != nullptr) {
+        seq.usage = a.usage->data<float>();
+        with_usage = true;
+      }
+      max_query_len = std::max(max_query_len, a.qkv->dim(0));
       seqs.push_back(seq);
       shapes.push_back({a.qkv->dim(0), seq.memory_len});
     }
@@ -497,8 +498,15 @@ class CudaBackend final : public Backend {
           U(launch.query_tile), Addr(launch.partials), Addr(launch.rel), Addr(launch.r_w_bias),
           Addr(launch.r_r_bias), U(launch.num_heads), U(launch.head_dim), U(launch.mem_len_max),
           U(launch.clamp_len), U(launch.same_length)});
-    return Launch([this, launch] {
+    RETURN_IF_ERROR(Launch([this, launch] {
       MNEMO_CUDA_RETURN_IF_ERROR(kc::RelativeAttention(launch, ctx_.stream()));
+      return absl::OkStatus();
+    }));
+    if (!with_usage) return absl::OkStatus();
+    const int num_seqs = static_cast<int>(seqs.size());
+    Note({23, Addr(base), U(num_seqs), U(max_query_len)});
+    return Launch([this, launch, num_seqs, max_query_len] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::AttentionMass(launch, num_seqs, max_query_len, ctx_.stream()));
       return absl::OkStatus();
     });
   }
@@ -885,10 +893,7 @@ class CudaBackend final : public Backend {
 
   absl::Status CompressOne(const CompressArgs& a) {
     const LayerConfig& l = *a.layer;
-    if (l.compression == Compression::kMostUsed) {
-      return absl::UnimplementedError(
-          "most_used compression has no CUDA kernel yet: run this model with --device cpu");
-    }
+    const bool most_used = l.compression == Compression::kMostUsed;
     LayerAuxState& aux = *a.aux;
     const XlMemory& mem = *a.memory;
     const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
@@ -897,8 +902,24 @@ class CudaBackend final : public Backend {
     const float* in = a.hidden->data<float>();
     const CompressionPlan plan = PlanCompression(mem, aux.pending_rows, t, c);
     auto row_of = [&](const CompressionRow& r) { return RowAddress(r, pending, hidden, in, d); };
-    std::vector<const float*> group_rows;  // every complete group's rows (device pointers)
+    // most_used: each row's attention mass so far (a segment row has none: a device zero).
+    float* usage = most_used ? aux.usage.data<float>() : nullptr;
+    float* pending_usage = most_used ? aux.pending_usage.data<float>() : nullptr;
+    const float* zero = nullptr;
+    if (most_used) {
+      const float host_zero = 0.0f;
+      ASSIGN_OR_RETURN(Tensor staged_zero, Stage(&host_zero, sizeof(float)));
+      zero = staged_zero.data<float>();
+    }
+    auto mass_of = [&](const CompressionRow& r) -> const float* {
+      if (r.source == CompressionRow::Source::kSegment) return zero;
+      return (r.source == CompressionRow::Source::kPending ? pending_usage : usage) + r.index;
+    };
+    std::vector<const float*> group_rows;  // every complete group's rows, then their masses
     for (const CompressionRow& r : plan.groups) group_rows.push_back(row_of(r));
+    if (most_used) {
+      for (const CompressionRow& r : plan.groups) group_rows.push_back(mass_of(r));
+    }
     aux.compressions += plan.num_groups();
     aux.tokens_compressed += plan.num_groups() * c;
     const int64_t n = plan.num_groups();
@@ -906,20 +927,22 @@ class CudaBackend final : public Backend {
     Tensor grouped;  // [n, D] (pooling) or packed taps [n, D·taps] (convolutions)
     if (n > 0) {
       const kc::GroupOp op = taps > 0                                 ? kc::GroupOp::kPackTaps
+                             : most_used                              ? kc::GroupOp::kMostUsed
                              : l.compression == Compression::kMaxPool ? kc::GroupOp::kMax
                                                                       : kc::GroupOp::kMean;
       ASSIGN_OR_RETURN(grouped, NewTensor(DType::kF32, {n, taps > 0 ? d * taps : d}));
       ASSIGN_OR_RETURN(Tensor staged,
                        Stage(group_rows.data(), group_rows.size() * sizeof(const float*)));
       const auto* table = static_cast<const float* const*>(staged.raw());
+      const float* const* masses = most_used ? table + plan.groups.size() : nullptr;
       float* out = grouped.data<float>();
       const int ci = static_cast<int>(c), ti = static_cast<int>(taps);
       const int step = taps > 0 ? static_cast<int>(c / taps) : 1;
       Note(
           {13, Addr(table), U(n), U(ci), U(d), U(static_cast<int>(op)), U(ti), U(step), Addr(out)});
-      RETURN_IF_ERROR(Launch([this, table, n, ci, d, op, ti, step, out] {
+      RETURN_IF_ERROR(Launch([this, table, masses, n, ci, d, op, ti, step, out] {
         MNEMO_CUDA_RETURN_IF_ERROR(
-            kc::GroupRows(table, n, ci, d, op, ti, step, out, ctx_.stream()));
+            kc::GroupRows(table, masses, n, ci, d, op, ti, step, out, ctx_.stream()));
         return absl::OkStatus();
       }));
     }
@@ -936,16 +959,35 @@ class CudaBackend final : public Backend {
       dst.push_back(slot);
     }
     RETURN_IF_ERROR(CopyRowPairs(src, dst, d));
+    if (most_used) {  // … with their masses
+      src.clear();
+      dst.clear();
+      for (size_t r = 0; r < plan.pending.size(); ++r) {
+        const CompressionRow& row = plan.pending[r];
+        const auto at = static_cast<int64_t>(r);
+        if (row.source == CompressionRow::Source::kPending && row.index == at) continue;
+        src.push_back(mass_of(row));
+        dst.push_back(pending_usage + at);
+      }
+      RETURN_IF_ERROR(CopyRowPairs(src, dst, 1));
+    }
     aux.pending_rows = static_cast<int64_t>(plan.pending.size());
     src.clear();
     dst.clear();
+    std::vector<const float*> zeros;
+    std::vector<float*> fresh_usage;
     for (int64_t r = 0; r < t; ++r) {
       const int64_t slot = mem.SlotOfNewRow(r, t);
       if (slot < 0) continue;
       src.push_back(in + r * d);
       dst.push_back(hidden + slot * d);
+      if (most_used) {  // fresh usage for the new rows
+        zeros.push_back(zero);
+        fresh_usage.push_back(usage + slot);
+      }
     }
     RETURN_IF_ERROR(CopyRowPairs(src, dst, d));
+    RETURN_IF_ERROR(CopyRowPairs(zeros, fresh_usage, 1));
     if (n == 0) return absl::OkStatus();
     Tensor rows = grouped;
     if (taps > 0) {
