@@ -206,7 +206,9 @@ TEST(SpeculativeDecoderTest, RewindKeepsAPrefixAndTheMemoryFollows) {
         ASSERT_EQ(decoder->last(), got.back());
         ASSERT_EQ(decoder->history(), got);
       }
-      if (draft.get() == target.get()) EXPECT_GT(rewinds, 2);
+      if (draft.get() == target.get()) {
+        EXPECT_GT(rewinds, 2);
+      }
       EXPECT_EQ(decoder->stats().emitted, static_cast<int64_t>(got.size()));
       EXPECT_EQ(decoder->Rewind(1).code(), absl::StatusCode::kFailedPrecondition);
       SessionState alone = Prefilled(*target, prompt);
