@@ -19,7 +19,8 @@
 //   update plus the logits of the segment's last token, as a prompt ingest before generation
 //   needs). One run = K segments; tokens/s = K·S / wall time. --logits all: LogitsMode::kAll
 //   (every position's logits, the scoring use case) instead.
-// decode: a session primed with mem_len tokens (memory full) generates one token per Forward
+// decode: a session primed until its memory is full (mem_len tokens, plus compression_rate ·
+//   cmem_len more for compressive layers) generates one token per Forward
 //   (T = 1, LogitsMode::kLast, next token = argmax of the logits, as greedy generation does).
 //   One run = K steps; tokens/s = K / wall time. The memory length is the checkpoint's mem_len.
 // breakdown: times the ops one Forward is made of (the same Backend::Linear /
@@ -40,7 +41,8 @@
 //   tokens/s of both, their ratio, the draft's acceptance rate, and whether the tokens agree
 //   (they must: greedy speculative output is the model's own).
 // decode also reports bytes_per_token: the bytes a step must read at least (every weight matrix
-//   and bias it uses, the distance-table rows and the K/V memory its attention reads, the output
+//   and bias it uses, the distance-table rows and the K/V memory its attention reads, compressed
+//   memory included, a compressor's weights once per compression_rate steps, the output
 //   embedding), for the roofline ratio against the measured copy bandwidth.
 // logits: writes the float32 logits [n, vocab] of whitespace-separated ids (one segment,
 //   LogitsMode::kAll, fresh session) so that the orchestrator can check that mnemo and the
@@ -276,6 +278,18 @@ void Prime(TransfoXlModel& model, SessionState& state, Tokens& gen, int64_t toke
   }
 }
 
+// Tokens that fill a fresh state's memory: mem_len, plus for compressive layers enough evictions
+// to fill the compressed memory (compression_rate · cmem_len; "zeros" memories evict their
+// mem_len zero rows first, which compress too, so this is an upper bound).
+int64_t FullMemoryTokens(const engine::ModelConfig& c) {
+  int64_t extra = 0;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const engine::LayerConfig& lc = c.layer(l);
+    if (lc.compressive()) extra = std::max(extra, lc.compression_rate * lc.cmem_len);
+  }
+  return c.mem_len + extra;
+}
+
 int32_t Argmax(const Tensor& logits) {
   const float* p = logits.data<float>();
   const int64_t n = logits.dim(logits.rank() - 1);
@@ -294,10 +308,12 @@ std::string DeviceMemoryJson(const TransfoXlModel& model) {
       ",\"device_total_mib\":", Num(static_cast<double>(info.total_bytes) / (1 << 20)));
 }
 
-// Bytes one decode step (T = 1, memory of `memory_rows` positions) must read at least. Weight
-// matrices and embeddings count at `matrix_bytes` per value (2 when a device backend keeps a
-// 16-bit checkpoint's type), everything else at 4.
-std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows,
+// Bytes one decode step (T = 1, on `state`'s memory) must read at least. Weight matrices and
+// embeddings count at `matrix_bytes` per value (2 when a device backend keeps a 16-bit
+// checkpoint's type), everything else at 4. Compressive layers add their compressed rows' keys
+// and values, the distance rows reaching them, and the compressor's weights, read once per
+// compression_rate steps.
+std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& state,
                             int64_t matrix_bytes) {
   const int64_t d = c.d_model, w = c.attn_width(), f = c.d_inner;
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
@@ -306,9 +322,21 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, int64_t memory_rows,
   const int64_t vectors = c.n_layer * (f + d + 4 * d + 2 * w)  // biases, LayerNorms, u, v
                           + c.vocab_size + d;                  // output bias, embedding row
   const int64_t weights = matrices * matrix_bytes + vectors * 4;
-  const int64_t memory = 4 * c.n_layer *
-                         (2 * memory_rows * w                         // keys, values
-                          + (std::min(memory_rows, clamp) + 1) * w);  // distance-table rows
+  int64_t memory = 0;
+  double compressor = 0;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const auto i = static_cast<size_t>(l);
+    const int64_t rows = i < state.layers().size() ? state.layers()[i].size() : 0;
+    const int64_t compressed = i < state.aux().size() ? state.aux()[i].compressed.size() : 0;
+    memory += 4 * (2 * (rows + compressed) * w                         // keys, values
+                   + (std::min(rows + compressed, clamp) + 1) * w);  // distance-table rows
+    const engine::LayerConfig& lc = c.layer(l);
+    if (lc.compressive()) {
+      compressor += 4.0 * static_cast<double>(d * d * lc.compress_taps() + d) /
+                    static_cast<double>(lc.compression_rate);
+    }
+  }
+  memory += static_cast<int64_t>(compressor);
   return absl::StrCat("\"bytes_per_token\":", weights + memory,
                       ",\"weight_bytes_per_token\":", weights,
                       ",\"memory_bytes_per_token\":", memory);
@@ -371,7 +399,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
   const engine::ModelConfig& c = model.config();
   Tokens gen(c.vocab_size);
   SessionState state = NewState(model);
-  Prime(model, state, gen, c.mem_len, std::min<int64_t>(c.mem_len, 512));
+  Prime(model, state, gen, FullMemoryTokens(c), std::min<int64_t>(c.mem_len, 512));
   Tensor logits;
   int32_t token = gen.Next(1)[0];
   auto step = [&]() {
@@ -394,7 +422,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
       c.mem_len, SummaryJson(Summarise(rates)).c_str(), Num(1e3 / Summarise(rates).median).c_str(),
       o.runs, o.decode_steps, o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(),
       DecodeBytesJson(
-          c, state.layers().empty() ? 0 : state.layers()[0].size(),
+          c, state,
           model.backend().device() != engine::Device::kCpu && c.dtype != DType::kF32 ? 2 : 4)
           .c_str(),
       CommonJson(model, state).c_str());

@@ -13,8 +13,9 @@ would hold.
 The schedule mirrors ``mnemo_bench`` so that both sides see the same memory
 sizes at every timed step:
 
-* decode: prime with ``mem_len`` real tokens in one call (mnemo_bench primes
-  ``mem_len`` tokens too), then ``--warmup-steps`` untimed steps, then
+* decode: prime until the memory is full, ``mem_len`` real tokens plus
+  ``compression_rate * cmem_len`` for compressive layers, in segments of
+  ``mem_len`` (mnemo_bench primes the same), then ``--warmup-steps`` untimed steps, then
   ``--runs`` x ``--decode-steps`` timed T = 1 calls, next token = argmax of
   the logits. The XL memory is full from the first step; evicted rows fill
   the compression buffer and the compressed memory as decoding goes on,
@@ -82,6 +83,16 @@ def state_rows(mems):
     return {}
 
 
+def full_memory_tokens(cfg):
+    """Tokens that fill a fresh memory: mem_len, plus compression_rate *
+    cmem_len for compressive layers (as mnemo_bench's FullMemoryTokens)."""
+    extra = 0
+    for layer in cfg.get("layers") or []:
+        if layer.get("memory") == "compressive":
+            extra = max(extra, layer["compression_rate"] * layer["cmem_len"])
+    return cfg["mem_len"] + extra
+
+
 @torch.no_grad()
 def primed(model, stream, tokens, segment):
     """A fresh state that has seen `tokens` ids, fed in segments."""
@@ -98,7 +109,7 @@ def measure_decode(model, ids, runs, steps, warmup):
     """tokens/s of each run and the final state."""
     stream = IdStream(ids)
     mem_len = model.config["mem_len"]
-    mems = primed(model, stream, mem_len, max(1, mem_len))
+    mems = primed(model, stream, full_memory_tokens(model.config), max(1, mem_len))
     token = stream.take(1)
     for _ in range(warmup):
         logits, mems = model(token, mems, last_only=True)

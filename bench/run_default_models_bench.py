@@ -16,10 +16,10 @@ token ids, in one run on one machine:
      (the engine found sparse forms) also --sparse-weights off, to show what
      the sparse forms buy. Median tokens/s; decode's bytes_per_token gives
      the roofline tokens/s = read bandwidth / bytes_per_token and the
-     fraction reached. The bytes also count what bytes_per_token leaves out
-     for compressive layers (compressed rows' K/V, their distance rows, the
-     compressor); with sparse forms in use, the bytes of those forms
-     replace the dense matrices'.
+     fraction reached. bytes_per_token counts compressive layers too
+     (compressed rows' K/V, their distance rows, the compressor); with
+     sparse forms in use, the bytes of those forms replace the dense
+     matrices'.
   3. the PyTorch peer on the same checkpoint (bench/peer_reference_decode.py:
      TransfoXLReference from tests/reference, float32 weights, XL and
      compressive memory carried through its own forward, primed with real
@@ -152,38 +152,6 @@ def planned_sparse_matrices(model_dir):
             count += 1
             dense_bytes += f32_bytes
     return count, dense_bytes
-
-
-def compressed_memory_bytes(cfg, warmup_steps, timed_steps):
-    """Mean bytes per timed decode step that mnemo_bench's bytes_per_token
-    leaves out for compressive layers: the keys and values of the compressed
-    rows, the distance-table rows reaching past the XL memory to them, and
-    the compressor's weights (read once per compression_rate steps).
-
-    mnemo_bench primes mem_len tokens (evicting them all again when
-    memory_init is "zeros"), then every step evicts one row and every
-    compression_rate evictions add a compressed row, up to cmem_len: the
-    count is averaged over the timed steps."""
-    hd = cfg["n_head"] * cfg["d_head"]
-    d = cfg["d_model"]
-    first_evictions = cfg["mem_len"] if cfg["memory_init"] == "zeros" else 0
-    total = 0.0
-    for layer in cfg.get("layers") or []:
-        if layer.get("memory") != "compressive":
-            continue
-        rate, cmem = layer["compression_rate"], layer["cmem_len"]
-        rows = [min(cmem, (first_evictions + step) // rate)
-                for step in range(warmup_steps, warmup_steps + timed_steps)]
-        mean_rows = sum(rows) / max(1, len(rows))
-        clamp = cfg["clamp_len"]
-        extra_distances = (mean_rows if clamp <= 0 else
-                           max(0.0, min(cfg["mem_len"] + mean_rows, clamp)
-                               - min(cfg["mem_len"], clamp)))
-        taps = {"conv1d": rate, "dilated_conv": layer.get(
-            "compression_kernel", 1)}.get(layer.get("compression"), 0)
-        compressor = (d * d * taps + d) / rate
-        total += 4 * (2 * mean_rows * hd + extra_distances * hd + compressor)
-    return int(round(total))
 
 
 # --------------------------------------------------------------------------
@@ -325,14 +293,14 @@ def markdown(info, limits, rows, spec_rows, failures, dirty, out_path,
             f"| {fmt(r['fraction_of_roofline'], '.2f')} "
             f"| {fmt(r['fraction_of_working_set_roofline'], '.3f')} |")
     out.append("")
-    out.append("Medians. Decode: T = 1 on a memory primed with mem_len "
-               "tokens, argmax. Roofline = best large-array read bandwidth "
-               "÷ the bytes a step reads (mnemo_bench's bytes_per_token: "
-               "float32 weights as the CPU backend computes, K/V memory, "
-               "distance rows; plus the compressed memory's K/V and distance "
-               "rows and the compressor, averaged over the timed steps; with "
-               "sparse forms in use, their bytes instead of the dense "
-               "matrices'). Peer: tests/reference TransfoXLReference, "
+    out.append("Medians. Decode: T = 1 on a full memory (primed with "
+               "mem_len tokens plus compression_rate · cmem_len), argmax. "
+               "Roofline = best large-array read bandwidth ÷ the bytes a step "
+               "reads (mnemo_bench's bytes_per_token: float32 weights as the "
+               "CPU backend computes, K/V memory and compressed memory, "
+               "distance rows, the compressor once per compression_rate "
+               "steps; with sparse forms in use, their bytes instead of the "
+               "dense matrices'). Peer: tests/reference TransfoXLReference, "
                "float32, same schedule.")
     if spec_rows:
         out.append("")
@@ -572,9 +540,7 @@ def main(argv=None):
         pre_off = results.get((name, "mnemo", "prefill", "off"))
         peer_dec = results.get((name, "pytorch_reference", "decode", None))
         peer_pre = results.get((name, "pytorch_reference", "prefill", None))
-        compressed_bytes = compressed_memory_bytes(
-            configs[name], warmup * 8, runs * decode_steps)
-        dense_bytes = dec["bytes_per_token"] + compressed_bytes
+        dense_bytes = dec["bytes_per_token"]  # compressed memory included
         read_bytes = dense_bytes
         sparse_note = None
         if dec.get("sparse_matrices", 0) > 0:
@@ -605,8 +571,6 @@ def main(argv=None):
                 peer_dec and peer_dec["tokens_per_s"]),
             "peer_prefill_tokens_per_s": median(
                 peer_pre and peer_pre["tokens_per_s"]),
-            "bytes_per_token_mnemo_bench": dec["bytes_per_token"],
-            "compressed_memory_bytes_per_token": compressed_bytes,
             "bytes_per_token": dense_bytes,
             "bytes_per_token_read": read_bytes,
             "bandwidth_gbps": bw, "working_set_bandwidth_gbps": ws_bw,
