@@ -41,17 +41,6 @@ STUDENT = ["--segment-len", str(SEG), "--batch-size", "4", "--steps", "20", "--w
            "--eval-every", "10", "--eval-tokens", "200"]
 
 
-@pytest.fixture(scope="module")
-def mnemo_bin():
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo); ctest sets it", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file", pytrace=False)
-    return path
-
-
 def run(script, *args, check=True):
     return subprocess.run([sys.executable, os.path.join(TRAIN, script), *args],
                           check=check, capture_output=True, text=True)

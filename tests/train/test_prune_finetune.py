@@ -52,17 +52,6 @@ RUNS = {
 UNSTRUCTURED = {"mag50": 0.5, "mov50": 0.5, "mov80": 0.8}
 
 
-@pytest.fixture(scope="module")
-def mnemo_bin():
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo); ctest sets it", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file", pytrace=False)
-    return path
-
-
 def run(script, *args, ok=True):
     proc = subprocess.run([sys.executable, os.path.join(TRAIN, script), *args],
                           capture_output=True, text=True)

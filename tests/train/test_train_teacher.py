@@ -34,17 +34,6 @@ TINY = ["--n-layer", "2", "--d-model", "32", "--n-head", "2", "--d-head", "16",
         "--log-every", "5", "--eval-every", "15", "--eval-tokens", "200"]
 
 
-@pytest.fixture(scope="module")
-def mnemo_bin():
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo); ctest sets it", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file", pytrace=False)
-    return path
-
-
 def run(script, *args):
     return subprocess.run([sys.executable, os.path.join(TRAIN, script), *args],
                           check=True, capture_output=True, text=True)

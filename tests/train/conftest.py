@@ -1,0 +1,17 @@
+"""Fixtures shared by the training-tool tests."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mnemo_bin():
+    """The engine's command line (MNEMO_BIN, set by ctest)."""
+    path = os.environ.get("MNEMO_BIN")
+    if not path:
+        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
+                    "(e.g. MNEMO_BIN=build/release/mnemo); ctest sets it", pytrace=False)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file", pytrace=False)
+    return path
