@@ -328,7 +328,7 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
     const auto i = static_cast<size_t>(l);
     const int64_t rows = i < state.layers().size() ? state.layers()[i].size() : 0;
     const int64_t compressed = i < state.aux().size() ? state.aux()[i].compressed.size() : 0;
-    memory += 4 * (2 * (rows + compressed) * w                         // keys, values
+    memory += 4 * (2 * (rows + compressed) * w                       // keys, values
                    + (std::min(rows + compressed, clamp) + 1) * w);  // distance-table rows
     const engine::LayerConfig& lc = c.layer(l);
     if (lc.compressive()) {
