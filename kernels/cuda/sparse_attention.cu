@@ -8,6 +8,67 @@ namespace {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxDk = 4;  // d_h ≤ 128: up to 4 dimensions per lane
 
+// A key's key and value rows, at the head's offset.
+struct KeyValueRows {
+  const float* k;
+  const float* v;
+};
+
+// One warp's softmax attention of the scaled query `q` (d_h floats in shared memory) over
+// `count` keys, key r's rows being rows_of(r): tiles of 32 keys, lane r scoring key r of each
+// tile, an online softmax, and the output's dimensions d = lane + 32·k accumulated by every lane.
+// Writes out[0 … d_h): zeros when there is no key.
+template <typename RowsOf>
+__device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of, float* out) {
+  const int lane = threadIdx.x % 32;
+  float m_run = -INFINITY, l_run = 0.0f, acc[kMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t r0 = 0; r0 < count; r0 += 32) {
+    const int64_t r = r0 + lane;
+    const bool valid = r < count;
+    float score = -INFINITY;
+    if (valid) {
+      const float* krow = rows_of(r).k;
+      score = 0.0f;
+      for (int d = 0; d < dh; ++d) score += krow[d] * q[d];
+    }
+    float tile_max = score;
+    for (int o = 16; o > 0; o >>= 1) {
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, o));
+    }
+    const float m_new = fmaxf(m_run, tile_max);
+    const float pr = valid ? expf(score - m_new) : 0.0f;
+    float tile_sum = pr;
+    for (int o = 16; o > 0; o >>= 1) tile_sum += __shfl_xor_sync(kFullMask, tile_sum, o);
+    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
+    l_run = l_run * alpha + tile_sum;
+#pragma unroll
+    for (int k = 0; k < kMaxDk; ++k) acc[k] *= alpha;
+    m_run = m_new;
+    const int rows = static_cast<int>(count - r0 < 32 ? count - r0 : 32);
+    for (int jj = 0; jj < rows; ++jj) {
+      const float pj = __shfl_sync(kFullMask, pr, jj);
+      const float* vrow = rows_of(r0 + jj).v;
+#pragma unroll
+      for (int k = 0; k < kMaxDk; ++k) {
+        const int d = lane + 32 * k;
+        if (d < dh) acc[k] += pj * vrow[d];
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxDk; ++k) {
+    const int d = lane + 32 * k;
+    if (d < dh) out[d] = l_run > 0.0f ? acc[k] / l_run : 0.0f;
+  }
+}
+
+// The query row `qrow`, scaled by 1/sqrt(d_h), into shared memory `q`.
+__device__ void LoadScaledQuery(const float* qrow, int dh, float* q) {
+  const float scale = rsqrtf(static_cast<float>(dh));
+  for (int d = threadIdx.x; d < dh; d += 32) q[d] = qrow[d] * scale;
+  __syncwarp();
+}
+
 __device__ __forceinline__ const float* KeyRow(const SlidingWindowLaunch& p, int64_t j, int64_t w,
                                                bool value) {
   if (j < p.memory_len) {
@@ -18,120 +79,44 @@ __device__ __forceinline__ const float* KeyRow(const SlidingWindowLaunch& p, int
   return p.qkv + (j - p.memory_len) * 3 * w + (value ? 2 * w : w);
 }
 
-// Grid (T, H), one warp: lane r scores key r of each tile of 32; the output's dimensions
-// d = lane + 32·k are accumulated by every lane.
+// Grid (T, H), one warp per (query, head): keys self, self − dil, … (at most W, none before
+// the first stored position).
 __global__ void SlidingWindowKernel(SlidingWindowLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y;
-  const int lane = threadIdx.x;
   const int dh = p.head_dim;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
   const int64_t self = p.memory_len + i;
   const int64_t dil = p.dilations[h];
-  const float scale = rsqrtf(static_cast<float>(dh));
-  // The query, scaled, in shared memory: every lane reads all of it.
   __shared__ float q[32 * kMaxDk];
-  const float* qrow = p.qkv + i * 3 * w + static_cast<int64_t>(h) * dh;
-  for (int d = lane; d < dh; d += 32) q[d] = qrow[d] * scale;
-  __syncwarp();
-  // Keys r = 0 … count − 1 (newest first): self − r·dil ≥ 0.
+  LoadScaledQuery(p.qkv + i * 3 * w + head, dh, q);
   const int64_t reach = self / dil + 1;
   const int64_t count = p.window < reach ? p.window : reach;
-  float m_run = -INFINITY, l_run = 0.0f, acc[kMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t r0 = 0; r0 < count; r0 += 32) {
-    const int64_t r = r0 + lane;
-    const bool valid = r < count;
-    float score = -INFINITY;
-    if (valid) {
-      const float* krow = KeyRow(p, self - r * dil, w, false) + static_cast<int64_t>(h) * dh;
-      score = 0.0f;
-      for (int d = 0; d < dh; ++d) score += krow[d] * q[d];
-    }
-    float tile_max = score;
-    for (int o = 16; o > 0; o >>= 1) {
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, o));
-    }
-    const float m_new = fmaxf(m_run, tile_max);
-    const float pr = valid ? expf(score - m_new) : 0.0f;
-    float tile_sum = pr;
-    for (int o = 16; o > 0; o >>= 1) tile_sum += __shfl_xor_sync(kFullMask, tile_sum, o);
-    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
-    l_run = l_run * alpha + tile_sum;
-#pragma unroll
-    for (int k = 0; k < kMaxDk; ++k) acc[k] *= alpha;
-    m_run = m_new;
-    const int rows = static_cast<int>(count - r0 < 32 ? count - r0 : 32);
-    for (int jj = 0; jj < rows; ++jj) {
-      const float pj = __shfl_sync(kFullMask, pr, jj);
-      const float* vrow = KeyRow(p, self - (r0 + jj) * dil, w, true) + static_cast<int64_t>(h) * dh;
-#pragma unroll
-      for (int k = 0; k < kMaxDk; ++k) {
-        const int d = lane + 32 * k;
-        if (d < dh) acc[k] += pj * vrow[d];
-      }
-    }
-  }
-  float* o = p.out + i * w + static_cast<int64_t>(h) * dh;
-#pragma unroll
-  for (int k = 0; k < kMaxDk; ++k) {
-    const int d = lane + 32 * k;
-    if (d < dh) o[d] = l_run > 0.0f ? acc[k] / l_run : 0.0f;
-  }
+  WarpAttend(
+      q, dh, count,
+      [&](int64_t r) {
+        const int64_t j = self - r * dil;
+        return KeyValueRows{KeyRow(p, j, w, false) + head, KeyRow(p, j, w, true) + head};
+      },
+      p.out + i * w + head);
 }
 
-// Grid (T, H), one warp per task h·T + i, as the window kernel but over listed rows.
+// Grid (T, H), one warp per task h·T + i, over the rows listed for it.
 __global__ void GatheredKernel(GatheredAttentionLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y;
-  const int lane = threadIdx.x;
   const int dh = p.head_dim;
+  const int64_t head = static_cast<int64_t>(h) * dh;
   const int64_t task = static_cast<int64_t>(h) * p.query_len + i;
   const int64_t begin = p.offsets[task], count = p.offsets[task + 1] - begin;
-  const float scale = rsqrtf(static_cast<float>(dh));
   __shared__ float q[32 * kMaxDk];
-  const float* qrow = p.q + i * p.ldq + static_cast<int64_t>(h) * dh;
-  for (int d = lane; d < dh; d += 32) q[d] = qrow[d] * scale;
-  __syncwarp();
-  float m_run = -INFINITY, l_run = 0.0f, acc[kMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t r0 = 0; r0 < count; r0 += 32) {
-    const int64_t r = r0 + lane;
-    const bool valid = r < count;
-    float score = -INFINITY;
-    if (valid) {
-      const float* krow = p.keys[begin + r] + static_cast<int64_t>(h) * dh;
-      score = 0.0f;
-      for (int d = 0; d < dh; ++d) score += krow[d] * q[d];
-    }
-    float tile_max = score;
-    for (int o = 16; o > 0; o >>= 1) {
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, o));
-    }
-    const float m_new = fmaxf(m_run, tile_max);
-    const float pr = valid ? expf(score - m_new) : 0.0f;
-    float tile_sum = pr;
-    for (int o = 16; o > 0; o >>= 1) tile_sum += __shfl_xor_sync(kFullMask, tile_sum, o);
-    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
-    l_run = l_run * alpha + tile_sum;
-#pragma unroll
-    for (int k = 0; k < kMaxDk; ++k) acc[k] *= alpha;
-    m_run = m_new;
-    const int rows = static_cast<int>(count - r0 < 32 ? count - r0 : 32);
-    for (int jj = 0; jj < rows; ++jj) {
-      const float pj = __shfl_sync(kFullMask, pr, jj);
-      const float* vrow = p.values[begin + r0 + jj] + static_cast<int64_t>(h) * dh;
-#pragma unroll
-      for (int k = 0; k < kMaxDk; ++k) {
-        const int d = lane + 32 * k;
-        if (d < dh) acc[k] += pj * vrow[d];
-      }
-    }
-  }
-  float* o = p.out + i * p.ldo + static_cast<int64_t>(h) * dh;
-#pragma unroll
-  for (int k = 0; k < kMaxDk; ++k) {
-    const int d = lane + 32 * k;
-    if (d < dh) o[d] = l_run > 0.0f ? acc[k] / l_run : 0.0f;  // no key at all: zeros
-  }
+  LoadScaledQuery(p.q + i * p.ldq + head, dh, q);
+  WarpAttend(
+      q, dh, count,
+      [&](int64_t r) {
+        return KeyValueRows{p.keys[begin + r] + head, p.values[begin + r] + head};
+      },
+      p.out + i * p.ldo + head);
 }
 
 }  // namespace

@@ -630,6 +630,45 @@ class CudaModelTest : public CudaBackendTest {
     return Values(logits);
   }
 
+  // Two fresh sessions per model advance together, one batch per entry of `steps` (the two
+  // sessions' segment lengths): every position's logits agree. The states are left in *cs / *gs.
+  void ExpectSameLogitsOverTwoSessions(const std::vector<std::vector<int64_t>>& steps,
+                                       std::vector<SessionState>* cs,
+                                       std::vector<SessionState>* gs) {
+    for (int b = 0; b < 2; ++b) {
+      cs->push_back(*cpu_model_->NewState());
+      gs->push_back(*gpu_model_->NewState());
+    }
+    for (const auto& lengths : steps) {
+      std::vector<std::vector<int32_t>> tokens;
+      for (int64_t n : lengths) tokens.push_back(Tokens(n));
+      const std::vector<float> want =
+          Run(*cpu_model_, {&(*cs)[0], &(*cs)[1]}, tokens, LogitsMode::kAll);
+      const std::vector<float> got =
+          Run(*gpu_model_, {&(*gs)[0], &(*gs)[1]}, tokens, LogitsMode::kAll);
+      ASSERT_TRUE(test::NearRelative(got, want, kModelTol))
+          << "segments of " << lengths[0] << " and " << lengths[1];
+    }
+  }
+
+  // Fresh sessions on both models read the same 20-token prompt, then each decodes `steps`
+  // tokens greedily, feeding its own choice back: the tokens must be the same all along.
+  void ExpectSameGreedyTokens(int steps) {
+    SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
+    const std::vector<int32_t> prompt = Tokens(20);
+    std::vector<float> cpu_logits = Run(*cpu_model_, {&cs}, {prompt}, LogitsMode::kLast);
+    std::vector<float> gpu_logits = Run(*gpu_model_, {&gs}, {prompt}, LogitsMode::kLast);
+    const auto argmax = [](const std::vector<float>& l) {
+      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    };
+    for (int step = 0; step < steps; ++step) {
+      const int32_t cpu_next = argmax(cpu_logits), gpu_next = argmax(gpu_logits);
+      ASSERT_EQ(gpu_next, cpu_next) << "diverged at token " << step;
+      cpu_logits = Run(*cpu_model_, {&cs}, {{cpu_next}}, LogitsMode::kLast);
+      gpu_logits = Run(*gpu_model_, {&gs}, {{gpu_next}}, LogitsMode::kLast);
+    }
+  }
+
   std::unique_ptr<test::ScopedTempDir> dir_;
   std::unique_ptr<TransfoXlModel> cpu_model_, gpu_model_;
 };
@@ -758,22 +797,7 @@ TEST_F(CudaModelTest, GreedyGenerationOf200TokensEqualsCpu) {
   config.mem_len = 32;
   LoadBoth(config, 7);
   ASSERT_NE(gpu_model_, nullptr);
-  SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
-  std::vector<int32_t> prompt = Tokens(20);
-  std::vector<float> cpu_logits = Run(*cpu_model_, {&cs}, {prompt}, LogitsMode::kLast);
-  std::vector<float> gpu_logits = Run(*gpu_model_, {&gs}, {prompt}, LogitsMode::kLast);
-  std::vector<int32_t> cpu_text, gpu_text;
-  for (int step = 0; step < 200; ++step) {
-    const auto argmax = [](const std::vector<float>& l) {
-      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-    };
-    cpu_text.push_back(argmax(cpu_logits));
-    gpu_text.push_back(argmax(gpu_logits));
-    ASSERT_EQ(gpu_text.back(), cpu_text.back()) << "diverged at token " << step;
-    cpu_logits = Run(*cpu_model_, {&cs}, {{cpu_text.back()}}, LogitsMode::kLast);
-    gpu_logits = Run(*gpu_model_, {&gs}, {{gpu_text.back()}}, LogitsMode::kLast);
-  }
-  EXPECT_EQ(gpu_text, cpu_text);
+  ExpectSameGreedyTokens(200);
 }
 
 // Compressive memory on the GPU: every compression (pooling, convolutions, most_used with its
@@ -793,7 +817,7 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
       R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
           "compression_rate": 2, "cmem_len": 3})",
   };
-  for (const std::string& memory_init : {"\"zeros\"", "\"empty\""}) {
+  for (const char* memory_init : {"\"zeros\"", "\"empty\""}) {
     SCOPED_TRACE(memory_init);
     gpu_ = *MakeCudaBackend(0);
     const ModelConfig config = test::ConfigWith(layers, {{"memory_init", memory_init}}, 8);
@@ -828,19 +852,7 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
   gpu_ = *MakeCudaBackend(0);
   LoadBoth(test::ConfigWith(layers, {{"memory_init", "\"zeros\""}}, 8), 22);
   ASSERT_NE(gpu_model_, nullptr);
-  SessionState cs = *cpu_model_->NewState(), gs = *gpu_model_->NewState();
-  const std::vector<int32_t> prompt = Tokens(20);
-  std::vector<float> cpu_logits = Run(*cpu_model_, {&cs}, {prompt}, LogitsMode::kLast);
-  std::vector<float> gpu_logits = Run(*gpu_model_, {&gs}, {prompt}, LogitsMode::kLast);
-  const auto argmax = [](const std::vector<float>& l) {
-    return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-  };
-  for (int step = 0; step < 200; ++step) {
-    const int32_t next = argmax(cpu_logits);
-    ASSERT_EQ(argmax(gpu_logits), next) << "diverged at token " << step;
-    cpu_logits = Run(*cpu_model_, {&cs}, {{next}}, LogitsMode::kLast);
-    gpu_logits = Run(*gpu_model_, {&gs}, {{next}}, LogitsMode::kLast);
-  }
+  ExpectSameGreedyTokens(200);
 }
 
 // Linear attention on the GPU: every feature map (rfa gated too), mixed with dense and
@@ -864,19 +876,8 @@ TEST_F(CudaModelTest, LinearAttentionMatchesCpu) {
              static_cast<uint32_t>(30 + k));
     ASSERT_NE(gpu_model_, nullptr);
     std::vector<SessionState> cs, gs;
-    for (int b = 0; b < 2; ++b) {
-      cs.push_back(*cpu_model_->NewState());
-      gs.push_back(*gpu_model_->NewState());
-    }
-    for (const auto& lengths : std::vector<std::vector<int64_t>>{
-             {150, 3}, {1, 1}, {1, 1}, {70, 1}, {1, 1}, {1, 9}, {1, 1}}) {
-      std::vector<std::vector<int32_t>> tokens;
-      for (int64_t n : lengths) tokens.push_back(Tokens(n));
-      const std::vector<float> want = Run(*cpu_model_, {&cs[0], &cs[1]}, tokens, LogitsMode::kAll);
-      const std::vector<float> got = Run(*gpu_model_, {&gs[0], &gs[1]}, tokens, LogitsMode::kAll);
-      ASSERT_TRUE(test::NearRelative(got, want, kModelTol))
-          << "segments of " << lengths[0] << " and " << lengths[1];
-    }
+    ExpectSameLogitsOverTwoSessions({{150, 3}, {1, 1}, {1, 1}, {70, 1}, {1, 1}, {1, 9}, {1, 1}},
+                                    &cs, &gs);
     auto host = gpu_model_->StateToHost(gs[0]);
     ASSERT_TRUE(host.ok()) << host.status();
     for (size_t l = 0; l < host->linear().size(); ++l) {
@@ -888,20 +889,7 @@ TEST_F(CudaModelTest, LinearAttentionMatchesCpu) {
           test::NearRelative(Values(host->linear()[l].z), Values(cs[0].linear()[l].z), kModelTol))
           << "layer " << l;
     }
-    // Greedy decode, 200 tokens.
-    SessionState c1 = *cpu_model_->NewState(), g1 = *gpu_model_->NewState();
-    const std::vector<int32_t> prompt = Tokens(20);
-    std::vector<float> cpu_logits = Run(*cpu_model_, {&c1}, {prompt}, LogitsMode::kLast);
-    std::vector<float> gpu_logits = Run(*gpu_model_, {&g1}, {prompt}, LogitsMode::kLast);
-    const auto argmax = [](const std::vector<float>& l) {
-      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-    };
-    for (int step = 0; step < 200; ++step) {
-      const int32_t next = argmax(cpu_logits);
-      ASSERT_EQ(argmax(gpu_logits), next) << "diverged at token " << step;
-      cpu_logits = Run(*cpu_model_, {&c1}, {{next}}, LogitsMode::kLast);
-      gpu_logits = Run(*gpu_model_, {&g1}, {{next}}, LogitsMode::kLast);
-    }
+    ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
   }
 }
 
@@ -929,32 +917,9 @@ TEST_F(CudaModelTest, SparsePatternsMatchCpu) {
              static_cast<uint32_t>(40 + k));
     ASSERT_NE(gpu_model_, nullptr);
     std::vector<SessionState> cs, gs;
-    for (int b = 0; b < 2; ++b) {
-      cs.push_back(*cpu_model_->NewState());
-      gs.push_back(*gpu_model_->NewState());
-    }
-    for (const auto& lengths : std::vector<std::vector<int64_t>>{
-             {130, 2}, {1, 1}, {1, 1}, {37, 1}, {1, 1}, {1, 90}, {1, 1}}) {
-      std::vector<std::vector<int32_t>> tokens;
-      for (int64_t n : lengths) tokens.push_back(Tokens(n));
-      const std::vector<float> want = Run(*cpu_model_, {&cs[0], &cs[1]}, tokens, LogitsMode::kAll);
-      const std::vector<float> got = Run(*gpu_model_, {&gs[0], &gs[1]}, tokens, LogitsMode::kAll);
-      ASSERT_TRUE(test::NearRelative(got, want, kModelTol))
-          << "segments of " << lengths[0] << " and " << lengths[1];
-    }
-    SessionState c1 = *cpu_model_->NewState(), g1 = *gpu_model_->NewState();
-    const std::vector<int32_t> prompt = Tokens(20);
-    std::vector<float> cpu_logits = Run(*cpu_model_, {&c1}, {prompt}, LogitsMode::kLast);
-    std::vector<float> gpu_logits = Run(*gpu_model_, {&g1}, {prompt}, LogitsMode::kLast);
-    const auto argmax = [](const std::vector<float>& l) {
-      return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-    };
-    for (int step = 0; step < 200; ++step) {
-      const int32_t next = argmax(cpu_logits);
-      ASSERT_EQ(argmax(gpu_logits), next) << "diverged at token " << step;
-      cpu_logits = Run(*cpu_model_, {&c1}, {{next}}, LogitsMode::kLast);
-      gpu_logits = Run(*gpu_model_, {&g1}, {{next}}, LogitsMode::kLast);
-    }
+    ExpectSameLogitsOverTwoSessions({{130, 2}, {1, 1}, {1, 1}, {37, 1}, {1, 1}, {1, 90}, {1, 1}},
+                                    &cs, &gs);
+    ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
   }
   // LSH has no GPU kernel yet: refused at load by name.
   gpu_ = *MakeCudaBackend(0);

@@ -61,13 +61,8 @@ EXPECTED_ROWS = [
 
 
 @pytest.fixture(scope="module")
-def binaries():
-    path = os.environ.get("MNEMO_BIN")
-    if not path:
-        pytest.fail("MNEMO_BIN is not set; point it at the mnemo binary "
-                    "(e.g. MNEMO_BIN=build/release/mnemo); ctest sets it", pytrace=False)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"MNEMO_BIN={path!r} is not an executable file", pytrace=False)
+def binaries(mnemo_bin):
+    path = mnemo_bin
     bench = os.path.join(os.path.dirname(os.path.abspath(path)), "mnemo_bench")
     if not (os.path.isfile(bench) and os.access(bench, os.X_OK)):
         pytest.fail(f"mnemo_bench is missing next to MNEMO_BIN ({bench!r}); build it with "
