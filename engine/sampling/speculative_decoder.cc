@@ -91,11 +91,11 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next(int64_t max_t
   pass_.history_size = history_.size();
   pass_.target_unfed = target_unfed_;
 
-  // 1. The draft proposes k tokens from its own distributions q_1 … q_k.
+  // 1. The draft proposes k tokens from its own distributions q_1 … q_k. Each proposal sees the
+  //    ones before it in the history (repetition penalty); they come off again below.
   std::vector<int32_t> drafts;
-  std::vector<std::vector<double>> q(static_cast<size_t>(k));
-  std::vector<int32_t> seen = history_;  // history as each proposal sees it (repetition penalty)
-  std::vector<float> logits;
+  if (q_.size() < static_cast<size_t>(k)) q_.resize(static_cast<size_t>(k));
+  std::vector<float>& logits = logits_;
   for (int j = 0; j < k; ++j) {
     if (j == 0) {
       RETURN_IF_ERROR(draft_.step(draft_.state, draft_unfed_, LogitsMode::kLast, &logits));
@@ -105,10 +105,11 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next(int64_t max_t
       RETURN_IF_ERROR(
           draft_.step(draft_.state, std::span(&drafts.back(), 1), LogitsMode::kLast, &logits));
     }
-    sampler_.Distribution(logits.data(), vocab, seen, q[j]);
-    drafts.push_back(sampler_.Draw(q[j]));
-    seen.push_back(drafts.back());
+    sampler_.Distribution(logits.data(), vocab, history_, q_[j]);
+    drafts.push_back(sampler_.Draw(q_[j]));
+    history_.push_back(drafts.back());
   }
+  history_.resize(pass_.history_size);
 
   // 2. The target scores the tokens it has not been fed (the last one last) and every proposal
   //    in one pass: row i of the last k + 1 is its distribution for the token after
@@ -122,7 +123,7 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next(int64_t max_t
   // 3. Accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection draw from
   //    norm(max(0, p_i − q_i)); when all are kept, draw one more from p_{k+1}.
   std::vector<SampledToken> out;
-  std::vector<double> p;
+  std::vector<double>& p = p_;
   int accepted = 0;
   bool rejected = false;
   for (int i = 0; i <= k && !rejected; ++i) {
@@ -133,17 +134,19 @@ absl::StatusOr<std::vector<SampledToken>> SpeculativeDecoder::Next(int64_t max_t
       break;
     }
     const int32_t d = drafts[i];
-    const double ratio = q[i][d] > 0.0 ? p[d] / q[i][d] : 0.0;
+    const std::vector<double>& q = q_[static_cast<size_t>(i)];
+    const double ratio = q[d] > 0.0 ? p[d] / q[d] : 0.0;
     if (sampler_.Uniform() < ratio) {
       out.push_back(sampler_.Report(row, vocab, d));
       history_.push_back(d);
       ++accepted;
       continue;
     }
-    std::vector<double> residual(p.size());
+    std::vector<double>& residual = residual_;
+    residual.resize(p.size());
     double mass = 0.0;
     for (size_t t = 0; t < p.size(); ++t) {
-      residual[t] = std::max(0.0, p[t] - q[i][t]);
+      residual[t] = std::max(0.0, p[t] - q[t]);
       mass += residual[t];
     }
     // p ≤ q everywhere only when p = q (then d was accepted): rounding alone gets here.

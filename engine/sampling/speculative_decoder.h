@@ -116,6 +116,12 @@ class SpeculativeDecoder {
   SessionState draft_snapshot_;
   Pass pass_;
   SpeculativeStats stats_;
+  // Per-pass scratch, kept so that a pass allocates nothing once warm: the draft's
+  // distributions, the target's, the rejection residual and the logits of either model.
+  std::vector<std::vector<double>> q_;
+  std::vector<double> p_;
+  std::vector<double> residual_;
+  std::vector<float> logits_;
 };
 
 }  // namespace mnemo::engine
