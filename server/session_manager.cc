@@ -22,14 +22,29 @@ absl::StatusOr<SessionMemory> NewMemory(const LoadedModel& model) {
   return memory;
 }
 
-absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
-  SessionMemory copy;
-  ASSIGN_OR_RETURN(copy.state, model.model->CloneState(memory.state));
+namespace {
+
+// `memory` with each state (the model's and, with a draft, the draft's) replaced by
+// copy(its model, the state): a clone, or a move to host memory and back.
+template <typename CopyFn>
+absl::StatusOr<SessionMemory> MapMemory(const LoadedModel& model, const SessionMemory& memory,
+                                        CopyFn copy) {
+  SessionMemory out;
+  ASSIGN_OR_RETURN(out.state, copy(*model.model, memory.state));
   if (model.draft != nullptr) {
-    ASSIGN_OR_RETURN(copy.draft_state, model.draft->model->CloneState(memory.draft_state));
+    ASSIGN_OR_RETURN(out.draft_state, copy(*model.draft->model, memory.draft_state));
   }
-  copy.pending = memory.pending;
-  return copy;
+  out.pending = memory.pending;
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
+  return MapMemory(model, memory,
+                   [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                     return m.CloneState(s);
+                   });
 }
 
 struct SessionLease::Entry {
@@ -311,13 +326,11 @@ absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 }
 
 absl::Status SessionManager::DemoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(engine::SessionState host, e.model->model->StateToHost(e.memory.state));
-  engine::SessionState draft_host;
-  if (e.model->draft != nullptr) {
-    ASSIGN_OR_RETURN(draft_host, e.model->draft->model->StateToHost(e.memory.draft_state));
-  }
-  e.memory.state = std::move(host);
-  e.memory.draft_state = std::move(draft_host);
+  ASSIGN_OR_RETURN(e.memory,
+                   MapMemory(*e.model, e.memory,
+                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                               return m.StateToHost(s);
+                             }));
   e.tier = Tier::kHost;
   device_bytes_ -= e.bytes;
   host_bytes_ += e.bytes;
@@ -328,13 +341,11 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
 }
 
 absl::Status SessionManager::PromoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(engine::SessionState device, e.model->model->StateFromHost(e.memory.state));
-  engine::SessionState draft_device;
-  if (e.model->draft != nullptr) {
-    ASSIGN_OR_RETURN(draft_device, e.model->draft->model->StateFromHost(e.memory.draft_state));
-  }
-  e.memory.state = std::move(device);
-  e.memory.draft_state = std::move(draft_device);
+  ASSIGN_OR_RETURN(e.memory,
+                   MapMemory(*e.model, e.memory,
+                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                               return m.StateFromHost(s);
+                             }));
   e.tier = Tier::kDevice;
   device_bytes_ += e.bytes;
   host_bytes_ -= e.bytes;
