@@ -34,6 +34,11 @@ struct KvRow {
   const float* k;
   const float* v;
 };
+// The XL ring slot of key j (cmem_len ≤ j < memory_len).
+__device__ __forceinline__ int64_t XlSlot(const AttentionSequence& s, int64_t j) {
+  const int64_t slot = s.ring_start + (j - s.cmem_len);
+  return slot >= s.capacity ? slot - s.capacity : slot;
+}
 __device__ __forceinline__ KvRow RowOf(const AttentionSequence& s, int64_t j, int64_t w) {
   if (j < s.cmem_len) {
     int64_t slot = s.cmem_start + j;
@@ -41,8 +46,7 @@ __device__ __forceinline__ KvRow RowOf(const AttentionSequence& s, int64_t j, in
     return {s.cmem_k + slot * w, s.cmem_v + slot * w};
   }
   if (j < s.memory_len) {
-    int64_t slot = s.ring_start + (j - s.cmem_len);
-    if (slot >= s.capacity) slot -= s.capacity;
+    const int64_t slot = XlSlot(s, j);
     return {s.mem_k + slot * w, s.mem_v + slot * w};
   }
   const float* row = s.qkv + (j - s.memory_len) * 3 * w;
@@ -320,9 +324,7 @@ __global__ void AttentionMassKernel(RelativeAttentionLaunch p) {
   for (int64_t j0 = (first > s.cmem_len ? first : s.cmem_len); j0 < mem_end; j0 += 32) {
     const int64_t j = j0 + lane;
     if (j >= mem_end) continue;
-    int64_t slot = s.ring_start + (j - s.cmem_len);
-    if (slot >= s.capacity) slot -= s.capacity;
-    atomicAdd(s.usage + slot, expf(score_of(j) - m_run) / l_run);
+    atomicAdd(s.usage + XlSlot(s, j), expf(score_of(j) - m_run) / l_run);
   }
 }
 

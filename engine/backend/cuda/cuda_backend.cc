@@ -586,8 +586,8 @@ class CudaBackend final : public Backend {
         return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
       }
       if (a.head_dim > 128) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the CUDA sliding-window kernel supports d_head ≤ 128, not ", a.head_dim));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the CUDA sparse attention kernels support d_head ≤ 128, not ", a.head_dim));
       }
       if (l.pattern != SparsePattern::kWindow || l.has_globals()) {
         RETURN_IF_ERROR(GatheredSparseAttention(a));
@@ -782,7 +782,6 @@ class CudaBackend final : public Backend {
     kReplay,   // later runs: host parts only; EndStep launches the graph
   };
 
-  // Holds the context's lock with the device current on this thread.
   // For i < n: copy `width` floats from src[i] to dst[i] (device pointers), one launch.
   absl::Status CopyRowPairs(const std::vector<const float*>& src, const std::vector<float*>& dst,
                             int64_t width) {
@@ -949,28 +948,21 @@ class CudaBackend final : public Backend {
     // The incomplete group waits in the pending buffer (rows already there stay put), then the
     // segment's hidden rows take the ring slots its keys/values will: both after the groups
     // read their rows (stream order), the ring writes in a launch of their own.
-    std::vector<const float*> src;
-    std::vector<float*> dst;
+    std::vector<const float*> src, mass_src;
+    std::vector<float*> dst, mass_dst;
     for (size_t r = 0; r < plan.pending.size(); ++r) {
-      float* slot = pending + static_cast<int64_t>(r) * d;
-      const float* row = row_of(plan.pending[r]);
-      if (row == slot) continue;
-      src.push_back(row);
-      dst.push_back(slot);
+      const CompressionRow& row = plan.pending[r];
+      const auto at = static_cast<int64_t>(r);
+      if (row.source == CompressionRow::Source::kPending && row.index == at) continue;
+      src.push_back(row_of(row));
+      dst.push_back(pending + at * d);
+      if (most_used) {  // … with its mass
+        mass_src.push_back(mass_of(row));
+        mass_dst.push_back(pending_usage + at);
+      }
     }
     RETURN_IF_ERROR(CopyRowPairs(src, dst, d));
-    if (most_used) {  // … with their masses
-      src.clear();
-      dst.clear();
-      for (size_t r = 0; r < plan.pending.size(); ++r) {
-        const CompressionRow& row = plan.pending[r];
-        const auto at = static_cast<int64_t>(r);
-        if (row.source == CompressionRow::Source::kPending && row.index == at) continue;
-        src.push_back(mass_of(row));
-        dst.push_back(pending_usage + at);
-      }
-      RETURN_IF_ERROR(CopyRowPairs(src, dst, 1));
-    }
+    RETURN_IF_ERROR(CopyRowPairs(mass_src, mass_dst, 1));
     aux.pending_rows = static_cast<int64_t>(plan.pending.size());
     src.clear();
     dst.clear();
@@ -1014,6 +1006,7 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // Holds the context's lock with the device current on this thread.
   class Lock {
    public:
     explicit Lock(DeviceContext& ctx) : lock_(ctx.mutex()) {
