@@ -71,6 +71,16 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def runtime_fields(threads, probes):
+    """What a peer's result line says about its runtime: torch threads (and
+    the probe rates that chose them), OpenBLAS and OpenMP settings, torch."""
+    return {"threads": {"torch": threads,
+                        "openblas_env": os.environ.get("OPENBLAS_NUM_THREADS", ""),
+                        "probe_tokens_per_s": probes},
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "torch": torch.__version__}
+
+
 def summary(values):
     return {"min": min(values), "median": statistics.median(values),
             "max": max(values)}
@@ -233,11 +243,7 @@ def run_figure(args):
         "tokens_per_run": segment if args.figure == "prefill"
         else args.decode_steps,
         "peak_rss_mib": peak_rss_mib(),
-        "threads": {"torch": best,
-                    "openblas_env": os.environ.get("OPENBLAS_NUM_THREADS", ""),
-                    "probe_tokens_per_s": probes},
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "torch": torch.__version__,
+        **runtime_fields(best, probes),
     }
     if peer.name == "hf_transfo_xl":
         import transformers

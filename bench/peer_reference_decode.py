@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 
 import txl_reference  # noqa: E402
-from peer_pytorch import peak_rss_mib, summary  # noqa: E402
+from peer_pytorch import peak_rss_mib, runtime_fields, summary  # noqa: E402
 
 
 class IdStream:
@@ -200,11 +200,7 @@ def main(argv=None):
         "state_rows_end": state_rows(mems),
         "weights_dtype": "float32", "stored_dtype": cfg["torch_dtype"],
         "peak_rss_mib": peak_rss_mib(),
-        "threads": {"torch": best,
-                    "openblas_env": os.environ.get("OPENBLAS_NUM_THREADS", ""),
-                    "probe_tokens_per_s": probes},
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "torch": torch.__version__,
+        **runtime_fields(best, probes),
         "model_dir": args.ckpt_dir,
     }
     print(json.dumps(line), flush=True)

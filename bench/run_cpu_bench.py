@@ -208,6 +208,17 @@ def ensure_checkpoints(models_dir, python):
 # Running
 
 
+def require_built(build_dir, names):
+    """The paths of the programs `names` in build_dir; exits naming the build
+    command when one is missing."""
+    paths = [os.path.join(build_dir, name) for name in names]
+    for exe in paths:
+        if not os.access(exe, os.X_OK):
+            raise SystemExit(f"{exe} not built: cmake --build {build_dir} "
+                             f"--target {' '.join(names)}")
+    return paths
+
+
 def cpu_jiffies():
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:
@@ -390,13 +401,8 @@ def main(argv=None):
     _QUIET_BUDGET[0] = args.quiet_budget
     env = bench_env(args)
     python = args.python if os.path.exists(args.python) else sys.executable
-    mnemo_bench = os.path.join(args.build_dir, "mnemo_bench")
-    physical = os.path.join(args.build_dir, "physical_limits")
-    for exe in (mnemo_bench, physical):
-        if not os.access(exe, os.X_OK):
-            raise SystemExit(f"{exe} not built: cmake --build "
-                             f"{args.build_dir} --target mnemo_bench "
-                             "physical_limits")
+    mnemo_bench, physical = require_built(args.build_dir,
+                                          ("mnemo_bench", "physical_limits"))
     hf_dir, ckpt = ensure_checkpoints(args.models_dir, python)
     out_path = args.out or os.path.join(
         ROOT, "bench", "results",

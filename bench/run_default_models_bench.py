@@ -375,13 +375,8 @@ def main(argv=None):
     os.environ["GIT_OPTIONAL_LOCKS"] = "0"
     env = cpu.bench_env(args)
     python = args.python if os.path.exists(args.python) else sys.executable
-    mnemo_bench = os.path.join(args.build_dir, "mnemo_bench")
-    physical = os.path.join(args.build_dir, "physical_limits")
-    for exe in (mnemo_bench, physical):
-        if not os.access(exe, os.X_OK):
-            raise SystemExit(f"{exe} not built: cmake --build "
-                             f"{args.build_dir} --target mnemo_bench "
-                             "physical_limits")
+    mnemo_bench, physical = cpu.require_built(
+        args.build_dir, ("mnemo_bench", "physical_limits"))
     models_dir = os.path.abspath(args.models)
     names = find_models(models_dir)
     if not names:
