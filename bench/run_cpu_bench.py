@@ -227,12 +227,16 @@ def cpu_jiffies():
     return sum(v) - idle, sum(v)
 
 
-def run_json(cmd, env, timeout):
+def run_json(cmd, env, timeout, keep_failed=False):
     """Runs cmd; returns its JSON stdout lines (stderr passes through).
 
     Each line gets wall_s and foreign_cpu_frac: the share of the machine's
     CPU time used by processes other than this measurement while it ran
     (other people's builds on a shared machine), a contamination flag.
+    A non-zero exit ends the run, unless `keep_failed`: then the lines come
+    back with their exit_code (a program that reports a failed check as a
+    JSON line, e.g. mnemo_bench --figure speculative when greedy outputs
+    differ), and only a failure without any line ends the run.
     """
     hz = os.sysconf("SC_CLK_TCK")
     ncpu = os.cpu_count() or 1
@@ -244,7 +248,7 @@ def run_json(cmd, env, timeout):
     wall = time.time() - t0
     b1, _ = cpu_jiffies()
     r1 = os.times()
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not keep_failed:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
     ours = ((r1.children_user - r0.children_user)
             + (r1.children_system - r0.children_system)
@@ -252,26 +256,32 @@ def run_json(cmd, env, timeout):
     foreign = max(0.0, (b1 - b0) / hz - ours) / (wall * ncpu)
     lines = [json.loads(l) for l in proc.stdout.splitlines()
              if l.startswith("{")]
+    if keep_failed and not lines:
+        raise SystemExit(f"no JSON line (exit code {proc.returncode}): "
+                         f"{' '.join(cmd)}")
     for line in lines:
         line.setdefault("wall_s", round(wall, 2))
         line["foreign_cpu_frac"] = round(foreign, 3)
+        if keep_failed:
+            line["exit_code"] = proc.returncode
     return lines
 
 
-def run_clean(cmd, env, timeout, quiet_wait, retries):
+def run_clean(cmd, env, timeout, quiet_wait, retries, keep_failed=False):
     """run_json after waiting for idle CPUs; re-runs (up to `retries` times)
-    while other processes took over 10% of the CPUs, keeping the cleanest."""
+    while other processes took over 10% of the CPUs, keeping the cleanest
+    (a failed run, with `keep_failed`, is kept as it is)."""
     best = None
     for attempt in range(retries + 1):
         busy = wait_quiet(quiet_wait)
-        lines = run_json(cmd, env, timeout)
+        lines = run_json(cmd, env, timeout, keep_failed)
         for line in lines:
             line["cpu_busy_before"] = round(busy, 3)
             line["attempt"] = attempt
         foreign = lines[0]["foreign_cpu_frac"] if lines else 0.0
         if best is None or foreign < best[0]:
             best = (foreign, lines)
-        if foreign <= 0.10:
+        if foreign <= 0.10 or (lines and lines[0].get("exit_code", 0) != 0):
             break
         log(f"  {foreign:.0%} of the CPUs were busy with other processes; "
             + ("re-running" if attempt < retries else "keeping the cleanest"))

@@ -51,7 +51,6 @@ import json
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import time
 
@@ -163,51 +162,6 @@ def tag(lines, **fields):
         line.update(fields)
         line["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     return lines
-
-
-def run_json_rc(cmd, env, timeout):
-    """Like run_cpu_bench.run_json, but a non-zero exit is returned with the
-    lines instead of ending the run: mnemo_bench --figure speculative exits 1
-    when the greedy outputs differ, and that line must be kept and shown."""
-    hz = os.sysconf("SC_CLK_TCK")
-    ncpu = os.cpu_count() or 1
-    r0, (b0, _), t0 = os.times(), cpu.cpu_jiffies(), time.time()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          text=True, timeout=timeout)
-    wall = time.time() - t0
-    r1, (b1, _) = os.times(), cpu.cpu_jiffies()
-    ours = sum(getattr(r1, k) - getattr(r0, k) for k in
-               ("children_user", "children_system", "user", "system"))
-    foreign = max(0.0, (b1 - b0) / hz - ours) / (wall * ncpu)
-    lines = [json.loads(l) for l in proc.stdout.splitlines()
-             if l.startswith("{")]
-    for line in lines:
-        line.setdefault("wall_s", round(wall, 2))
-        line["foreign_cpu_frac"] = round(foreign, 3)
-        line["exit_code"] = proc.returncode
-    if not lines:
-        raise SystemExit(f"no JSON line (exit code {proc.returncode}): "
-                         f"{' '.join(cmd)}")
-    return lines
-
-
-def run_clean_rc(cmd, env, timeout, quiet_wait, retries):
-    """run_cpu_bench.run_clean on top of run_json_rc."""
-    best = None
-    for attempt in range(retries + 1):
-        busy = cpu.wait_quiet(quiet_wait)
-        lines = run_json_rc(cmd, env, timeout)
-        for line in lines:
-            line["cpu_busy_before"] = round(busy, 3)
-            line["attempt"] = attempt
-        foreign = lines[0]["foreign_cpu_frac"]
-        if best is None or foreign < best[0]:
-            best = (foreign, lines)
-        if foreign <= 0.10 or lines[0]["exit_code"] != 0:
-            break
-        log(f"  {foreign:.0%} of the CPUs were busy with other processes; "
-            + ("re-running" if attempt < retries else "keeping the cleanest"))
-    return best[1]
 
 
 # --------------------------------------------------------------------------
@@ -507,8 +461,8 @@ def main(argv=None):
             if args.quick:
                 cmd += ["--warmup", "0"]
             log(f"teacher speculative, draft {draft_name}, K = {k}")
-            line = record(tag(run_clean_rc(cmd, env, 600, args.quiet_wait,
-                                           args.retries),
+            line = record(tag(cpu.run_clean(cmd, env, 600, args.quiet_wait,
+                                            args.retries, keep_failed=True),
                               model="teacher", draft_name=draft_name))[0]
             spec_rows.append(line)
             if not line.get("greedy_identical") or line["exit_code"] != 0:
