@@ -103,7 +103,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
   RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    // (dense, linear or sliding window here: the check above)
+    // (dense, linear or sparse here: the check above)
     if (!c.is_dense(l)) {  // no distance table, no zero-memory rows
       model->rel_tables_.emplace_back();
       model->zero_keys_.emplace_back();
