@@ -14,13 +14,16 @@
 //   fixed    fixed, block 128, summary 16, span L, block/summary split by heads
 //   bigbird  BigBird, block 64, window_blocks 3, random_blocks 2, span L
 //   linear   linear attention, elu feature map, state starting at zero (Backend::LinearAttention)
+//   lsh      Reformer LSH, 4 rounds, 64 buckets, chunk 64, history L (every window is the whole
+//            prefix), ring starting empty (Backend::LshAttention)
 //
 // One timed call is a prefill of L new positions on an empty memory, batch 1, float32 inputs
 // (random normal), then Backend::Synchronize. Warm-up W, then N runs; min / median / max in
 // milliseconds. Memory: on the CPU, peak_rss_bytes (getrusage); on CUDA, device_peak_bytes, the
 // high-water mark of the device memory pool's bytes in use during the timed runs (inputs
 // included), read with cudaMemPoolAttrUsedMemHigh. nonzeros: the (query, key) pairs attended,
-// summed over heads (kernels::AppendAllowedPositions; L·(L+1)/2·H for dense; null for linear).
+// summed over heads (kernels::AppendAllowedPositions; L·(L+1)/2·H for dense; null for linear and
+// lsh).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -126,7 +129,11 @@ std::string LayerJson(const Options& o) {
            span + "}";
   }
   if (o.kind == "linear") return R"({"attention": "linear", "feature_map": "elu"})";
-  Die("unknown --kind " + o.kind + " (dense|window|strided|fixed|bigbird|linear)");
+  if (o.kind == "lsh") {  // every position's window spans the whole sequence
+    return R"({"attention": "lsh", "n_hashes": 4, "n_buckets": 64, "chunk_len": 64, "history": )" +
+           span + "}";
+  }
+  Die("unknown --kind " + o.kind + " (dense|window|strided|fixed|bigbird|linear|lsh)");
 }
 
 engine::ModelConfig Config(const Options& o) {
@@ -162,7 +169,7 @@ Tensor RandomOn(Backend& be, std::vector<int64_t> shape, std::mt19937& rng) {
 
 // (query, key) pairs the layer attends, summed over heads; -1 for linear attention.
 int64_t Nonzeros(const Options& o, const engine::LayerConfig& l) {
-  if (o.kind == "linear") return -1;
+  if (o.kind == "linear" || o.kind == "lsh") return -1;
   if (o.kind == "dense") return o.len * (o.len + 1) / 2 * o.heads;
   const kernels::SparsePattern pattern = engine::PatternOf(l);
   std::vector<int64_t> positions;
@@ -195,7 +202,7 @@ int Run(const Options& o) {
   const Tensor qkv = RandomOn(*be, {t, 3 * w}, rng);
   Tensor out = Check(be->Allocate(DType::kF32, {t, w}), "output");
   // Per kind: its inputs and the call.
-  Tensor rel, u, v, keys, values, state_s, state_z, input;
+  Tensor rel, u, v, keys, values, state_s, state_z, input, qk_v, rotations;
   engine::XlMemory memory;
   engine::LayerAuxState aux;
   engine::LinearState linear;
@@ -218,6 +225,19 @@ int Run(const Options& o) {
     call = [&] {
       return be->LinearAttention(
           {{&qkv, &input, &layer, nullptr, nullptr, nullptr, &linear, o.heads, o.head_dim, &out}});
+    };
+  } else if (o.kind == "lsh") {
+    // The shared query/key | value rows; the ring (history − 1 rows) takes the new positions'
+    // keys, values and buckets but is never advanced, so every call starts from an empty one.
+    qk_v = RandomOn(*be, {t, 2 * w}, rng);
+    rotations = RandomOn(*be, {o.heads, o.head_dim, layer.n_hashes, layer.n_buckets / 2}, rng);
+    const int64_t ring_rows = std::max<int64_t>(layer.history - 1, 1);
+    memory = engine::XlMemory(Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"),
+                              Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"));
+    aux.buckets = Check(be->Allocate(DType::kI32, {ring_rows, o.heads * layer.n_hashes}), "ring");
+    call = [&] {
+      return be->LshAttention(
+          {{&qk_v, &memory, &aux, &layer, &rotations, o.heads, o.head_dim, &out}});
     };
   } else {
     const int64_t span = std::max<int64_t>(layer.sparse_span(), 1);

@@ -3,7 +3,7 @@
 scaled_dot_product_attention (FlashAttention backend), in one run.
 
 For every length of --lengths (default 4096 16384 65536 262144) and every kind
-of --kinds (dense window strided fixed bigbird linear), one process of
+of --kinds (dense window strided fixed bigbird linear lsh), one process of
 build/<build>/backend_attention_bench --device cuda runs one prefill of L new
 positions (batch 1, --heads 16, --head-dim 64, float32) through the CUDA backend
 and prints its time and the device memory pool's peak. The peer, in the same
@@ -90,7 +90,7 @@ def main():
     p.add_argument("--build", default=os.path.join(ROOT, "build", "engine-gpu"))
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
     p.add_argument("--kinds", nargs="+",
-                   default=["dense", "window", "strided", "fixed", "bigbird", "linear"])
+                   default=["dense", "window", "strided", "fixed", "bigbird", "linear", "lsh"])
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--runs", type=int, default=5)

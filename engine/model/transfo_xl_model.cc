@@ -52,12 +52,17 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   const Tensor sinusoids = model->Sinusoids(rows);
   std::vector<Tensor> tables, zero_keys, zero_values;
   if (model->backend_->device() != Device::kCpu) {
+    if (c.reformer) {  // axial positions and the two-stream head are computed on the host
+      return absl::UnimplementedError(absl::StrCat(
+          "a reformer (reversible) model has no ", std::string(model->backend_->name()),
+          " path yet; run it on the CPU (LSH layers in other models run there)"));
+    }
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
-      const bool linear = lc.attention == AttentionKind::kLinear;
-      const bool sparse = lc.attention == AttentionKind::kSparse;
-      if ((!c.is_dense(l) && !linear && !sparse) || lc.residual_attention) {
-        const char* kind = lc.residual_attention ? "residual attention" : "LSH attention";
+      const bool call_sorted_lsh = lc.attention == AttentionKind::kLsh && lc.lsh_call_sort;
+      if (call_sorted_lsh || lc.residual_attention) {
+        const char* kind =
+            lc.residual_attention ? "residual attention" : "LSH attention with \"sort\": \"call\"";
         return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
                                                      std::string(model->backend_->name()),
                                                      " kernel yet; run this model on the CPU"));

@@ -11,7 +11,6 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/blas.h"
 #include "kernels/cpu/vector_ops.h"
 
 namespace mnemo::kernels {
@@ -24,8 +23,6 @@ constexpr int64_t kMinBlock = 256;
 // Tasks per thread to aim for when splitting the queries: ParallelFor hands each thread a
 // contiguous run of tasks, so finer tasks even out head counts that do not divide evenly.
 constexpr int64_t kTasksPerThread = 4;
-// LshHash computes the projections of this many floats at most per block of rows.
-constexpr int64_t kHashBlockFloats = int64_t{1} << 20;
 
 // Calls fn(span, first row inside the span, first position, count) for every bucket span's share
 // of the positions [begin, end), in order (as ForEachKeyRange does for keys).
@@ -306,36 +303,38 @@ void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb) {
   const int dh = shape.head_dim, rounds = shape.n_hashes;
   const int64_t half = shape.n_buckets / 2, cols = rounds * half;  // y per head: [R, nb/2]
-  const int64_t block = std::max<int64_t>(1, std::min(rows, kHashBlockFloats / cols));
-  std::vector<float> y(static_cast<size_t>(block * cols));
-  for (int h = 0; h < shape.num_heads; ++h) {
-    const float* rot = rotations + static_cast<int64_t>(h) * dh * cols;  // [d_h, R·nb/2]
-    for (int64_t r0 = 0; r0 < rows; r0 += block) {
-      const int64_t b = std::min(block, rows - r0);
-      const float* xh = x + r0 * ldx + static_cast<int64_t>(h) * dh;
-      if (b == 1) {
-        GemvT(dh, cols, rot, cols, xh, 0.0f, y.data());
-      } else {
-        GemmNN(b, cols, dh, 1.0f, xh, ldx, rot, cols, 0.0f, y.data(), cols);
+  std::vector<float> y(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int h = 0; h < shape.num_heads; ++h) {
+      const float* rot = rotations + static_cast<int64_t>(h) * dh * cols;  // [d_h, R·nb/2]
+      const float* xh = x + i * ldx + static_cast<int64_t>(h) * dh;
+      // y = x_hᵀ·rot summed in d order, each product rounded before it is added (this file is
+      // built without floating-point contraction): the CUDA kernel sums alike, so every backend
+      // picks the same buckets even where two projections nearly tie.
+      std::fill(y.begin(), y.end(), 0.0f);
+      for (int d = 0; d < dh; ++d) {
+        const float xd = xh[d];
+        const float* row = rot + static_cast<int64_t>(d) * cols;
+        float* yy = y.data();
+#pragma omp simd
+        for (int64_t k = 0; k < cols; ++k) yy[k] += xd * row[k];
       }
-      for (int64_t t = 0; t < b; ++t) {
-        int32_t* out = buckets + (r0 + t) * ldb + static_cast<int64_t>(h) * rounds;
-        for (int r = 0; r < rounds; ++r) {
-          const float* yr = y.data() + t * cols + r * half;
-          // argmax over [y, −y]; strict comparisons keep the first maximum.
-          int64_t best = 0;
-          float max = yr[0];
-          for (int64_t k = 1; k < half; ++k) {
-            if (yr[k] > max) max = yr[best = k];
-          }
-          for (int64_t k = 0; k < half; ++k) {
-            if (-yr[k] > max) {
-              max = -yr[k];
-              best = half + k;
-            }
-          }
-          out[r] = static_cast<int32_t>(best);
+      int32_t* out = buckets + i * ldb + static_cast<int64_t>(h) * rounds;
+      for (int r = 0; r < rounds; ++r) {
+        const float* yr = y.data() + r * half;
+        // argmax over [y, −y]; strict comparisons keep the first maximum.
+        int64_t best = 0;
+        float max = yr[0];
+        for (int64_t k = 1; k < half; ++k) {
+          if (yr[k] > max) max = yr[best = k];
         }
+        for (int64_t k = 0; k < half; ++k) {
+          if (-yr[k] > max) {
+            max = -yr[k];
+            best = half + k;
+          }
+        }
+        out[r] = static_cast<int32_t>(best);
       }
     }
   }

@@ -36,7 +36,8 @@ struct BucketSpan {
 
 // buckets[i·ldb + h·R + r] = bucket of row i of x ([rows, H·d_h], `ldx` floats apart) in round
 // r of head h, under rotations [H, d_h, R, nb/2] (row-major): argmax of [y, −y] with
-// y = x_hᵀ·rotations[h, :, r, :], the first maximum on ties.
+// y = x_hᵀ·rotations[h, :, r, :], the first maximum on ties. The products are summed in d order,
+// each rounded before it is added, exactly as kernels/cuda/lsh_attention.cu does.
 void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb);
 

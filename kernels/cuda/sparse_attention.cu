@@ -1,12 +1,12 @@
 #include <cmath>
 
 #include "kernels/cuda/sparse_attention.h"
+#include "kernels/cuda/warp_softmax.cuh"
 
 namespace mnemo::kernels::cuda {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
-constexpr int kMaxDk = 4;  // d_h ≤ 128: up to 4 dimensions per lane
+constexpr int kMaxDk = kWarpSoftmaxMaxDk;
 
 // A key's key and value rows, at the head's offset.
 struct KeyValueRows {
@@ -16,50 +16,24 @@ struct KeyValueRows {
 
 // One warp's softmax attention of the scaled query `q` (d_h floats in shared memory) over
 // `count` keys, key r's rows being rows_of(r): tiles of 32 keys, lane r scoring key r of each
-// tile, an online softmax, and the output's dimensions d = lane + 32·k accumulated by every lane.
-// Writes out[0 … d_h): zeros when there is no key.
+// tile. Writes out[0 … d_h): zeros when there is no key.
 template <typename RowsOf>
 __device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of, float* out) {
-  const int lane = threadIdx.x % 32;
-  float m_run = -INFINITY, l_run = 0.0f, acc[kMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  WarpSoftmax softmax;
   for (int64_t r0 = 0; r0 < count; r0 += 32) {
     const int64_t r = r0 + lane;
     const bool valid = r < count;
-    float score = -INFINITY;
+    float score = 0.0f;
+    const float* vrow = nullptr;
     if (valid) {
-      const float* krow = rows_of(r).k;
-      score = 0.0f;
-      for (int d = 0; d < dh; ++d) score += krow[d] * q[d];
+      const KeyValueRows rows = rows_of(r);
+      for (int d = 0; d < dh; ++d) score += rows.k[d] * q[d];
+      vrow = rows.v;
     }
-    float tile_max = score;
-    for (int o = 16; o > 0; o >>= 1) {
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, o));
-    }
-    const float m_new = fmaxf(m_run, tile_max);
-    const float pr = valid ? expf(score - m_new) : 0.0f;
-    float tile_sum = pr;
-    for (int o = 16; o > 0; o >>= 1) tile_sum += __shfl_xor_sync(kFullMask, tile_sum, o);
-    const float alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
-    l_run = l_run * alpha + tile_sum;
-#pragma unroll
-    for (int k = 0; k < kMaxDk; ++k) acc[k] *= alpha;
-    m_run = m_new;
-    const int rows = static_cast<int>(count - r0 < 32 ? count - r0 : 32);
-    for (int jj = 0; jj < rows; ++jj) {
-      const float pj = __shfl_sync(kFullMask, pr, jj);
-      const float* vrow = rows_of(r0 + jj).v;
-#pragma unroll
-      for (int k = 0; k < kMaxDk; ++k) {
-        const int d = lane + 32 * k;
-        if (d < dh) acc[k] += pj * vrow[d];
-      }
-    }
+    softmax.AddTile(valid, score, vrow, dh);
   }
-#pragma unroll
-  for (int k = 0; k < kMaxDk; ++k) {
-    const int d = lane + 32 * k;
-    if (d < dh) out[d] = l_run > 0.0f ? acc[k] / l_run : 0.0f;
-  }
+  softmax.Write(out, dh);
 }
 
 // The query row `qrow`, scaled by 1/sqrt(d_h), into shared memory `q`.

@@ -14,6 +14,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/backend/backend.h"
@@ -921,16 +922,59 @@ TEST_F(CudaModelTest, SparsePatternsMatchCpu) {
                                     &cs, &gs);
     ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
   }
-  // LSH has no GPU kernel yet: refused at load by name.
-  gpu_ = *MakeCudaBackend(0);
-  dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(
-      test::ConfigWith({R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
-                             "history": 12})"},
-                       {}, 8),
-      3));
-  auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
-  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(refused.status().message().find("LSH"), std::string::npos);
+}
+
+// LSH attention on the GPU ("sort": "window"): one or several rounds, bucket counts that are
+// powers of two and not, histories shorter and longer than the segments, mixed with dense,
+// sparse and linear layers: the CPU's logits over long segments, decode batches and ragged
+// batches (the buckets are the CPU's, bit for bit, so the candidates are too), the same ring of
+// buckets, and 200 identical greedy tokens. Hugging Face's per-call sort and reformer models are
+// refused at load, by name.
+TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
+  const std::vector<std::vector<std::string>> models = {
+      {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12})",
+       R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 6, "chunk_len": 3, "history": 200})"},
+      {R"({"attention": "lsh", "n_hashes": 4, "n_buckets": 16, "chunk_len": 8, "history": 64})",
+       R"({"attention": "dense"})",
+       R"({"attention": "sparse", "window": 6})"},
+      {R"({"attention": "linear", "feature_map": "elu"})",
+       R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 70, "chunk_len": 5, "history": 1})",
+       R"({"attention": "lsh", "n_hashes": 8, "n_buckets": 2, "chunk_len": 16, "history": 40})"},
+  };
+  for (size_t k = 0; k < models.size(); ++k) {
+    SCOPED_TRACE("model " + std::to_string(k));
+    gpu_ = *MakeCudaBackend(0);
+    LoadBoth(test::ConfigWith(models[k], {{"memory_init", "\"zeros\""}}, 8),
+             static_cast<uint32_t>(50 + k));
+    ASSERT_NE(gpu_model_, nullptr);
+    std::vector<SessionState> cs, gs;
+    ExpectSameLogitsOverTwoSessions({{150, 3}, {1, 1}, {1, 1}, {70, 1}, {1, 1}, {1, 90}, {1, 1}},
+                                    &cs, &gs);
+    auto host = gpu_model_->StateToHost(gs[1]);
+    ASSERT_TRUE(host.ok()) << host.status();
+    for (size_t l = 0; l < host->aux().size(); ++l) {
+      if (!cs[1].aux()[l].buckets.defined()) continue;
+      const Tensor& want = cs[1].aux()[l].buckets;
+      const Tensor& got = host->aux()[l].buckets;
+      ASSERT_EQ(got.numel(), want.numel()) << "layer " << l;
+      EXPECT_EQ(std::memcmp(got.data<int32_t>(), want.data<int32_t>(), want.bytes()), 0)
+          << "layer " << l << ": the rings' buckets differ";
+    }
+    ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
+  }
+  const std::vector<std::pair<std::string, std::string>> refused_models = {
+      {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12,
+           "sort": "call"})",
+       "sort"},
+  };
+  for (const auto& [layer, named] : refused_models) {
+    gpu_ = *MakeCudaBackend(0);
+    dir_ = std::make_unique<test::ScopedTempDir>(
+        test::WriteCheckpoint(test::ConfigWith({layer}, {}, 8), 3));
+    auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
+    ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
+    EXPECT_NE(refused.status().message().find(named), std::string::npos) << refused.status();
+  }
 }
 
 TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {

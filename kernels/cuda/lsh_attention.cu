@@ -1,0 +1,324 @@
+#include <cmath>
+
+#include "kernels/cuda/lsh_attention.h"
+#include "kernels/cuda/lsh_window_index.h"
+#include "kernels/cuda/warp_softmax.cuh"
+
+namespace mnemo::kernels::cuda {
+namespace {
+
+constexpr int kMaxRounds = 64;
+constexpr int kHashThreads = 128;
+constexpr int kIndexThreads = 1024;
+constexpr int kAttendWarps = 4;
+
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Where each piece of the scratch lies, for n keys and S = H·R (head, round) rows.
+struct ScratchLayout {
+  size_t buckets, seq, bits, ones, zeros, sorted, bytes;
+
+  ScratchLayout(int64_t n, int64_t segments, int levels) {
+    const auto rows = static_cast<size_t>(segments * n);
+    const auto words = static_cast<size_t>(segments * levels * LshIndexWords(n));
+    buckets = 0;
+    seq = buckets + Align256(rows * sizeof(int32_t));
+    bits = seq + Align256(2 * rows * sizeof(int32_t));
+    ones = bits + Align256(words * sizeof(uint32_t));
+    zeros = ones + Align256(words * sizeof(int32_t));
+    sorted = zeros + Align256(static_cast<size_t>(segments * levels) * sizeof(int32_t));
+    bytes = sorted + Align256(rows * sizeof(int32_t));
+  }
+};
+
+// The index pieces of one launch, per (head, round) row s.
+struct IndexArrays {
+  int32_t* buckets;  // [S, n]
+  int32_t* seq;      // [2, S, n]: the levels' sequences, ping-pong
+  uint32_t* bits;    // [S, L, words]
+  int32_t* ones;     // [S, L, words]
+  int32_t* zeros;    // [S, L]
+  int32_t* sorted;   // [S, n]
+  int64_t n;
+  int64_t words;
+  int levels;
+  int segments;
+
+  __device__ LshWindowIndex View(int s) const {
+    const int64_t level_words = static_cast<int64_t>(levels) * words;
+    return {bits + s * level_words, ones + s * level_words, zeros + static_cast<int64_t>(s) * levels,
+            sorted + s * n,         buckets + s * n,        n,
+            words,                  levels};
+  }
+};
+
+IndexArrays Arrays(void* scratch, int64_t n, int segments, int n_buckets) {
+  const int levels = LshIndexLevels(n_buckets);
+  const ScratchLayout at(n, segments, levels);
+  auto* base = static_cast<char*>(scratch);
+  return {reinterpret_cast<int32_t*>(base + at.buckets),
+          reinterpret_cast<int32_t*>(base + at.seq),
+          reinterpret_cast<uint32_t*>(base + at.bits),
+          reinterpret_cast<int32_t*>(base + at.ones),
+          reinterpret_cast<int32_t*>(base + at.zeros),
+          reinterpret_cast<int32_t*>(base + at.sorted),
+          n,
+          LshIndexWords(n),
+          levels,
+          segments};
+}
+
+// Grid (T, H, R), kHashThreads threads: the bucket of new row i, head h, round r (argmax of
+// [y, −y], the first maximum on ties), and for r = 0 the row's normalised key.
+__global__ void HashKernel(LshAttentionLaunch p) {
+  const int64_t i = blockIdx.x;
+  const int h = static_cast<int>(blockIdx.y), r = static_cast<int>(blockIdx.z);
+  const int dh = p.head_dim, rounds = p.n_hashes, half = p.n_buckets / 2;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  __shared__ float x[128];
+  __shared__ float best_value[kHashThreads / 32];
+  __shared__ int best_index[kHashThreads / 32];
+  __shared__ float square_sums[kHashThreads / 32];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  for (int d = tid; d < dh; d += blockDim.x) x[d] = p.x[i * p.ldx + head + d];
+  __syncthreads();
+  if (r == 0) {  // k = x / sqrt(mean(x²) + 1e-6) / sqrt(d_h)
+    float sq = 0.0f;
+    for (int d = tid; d < dh; d += blockDim.x) sq += x[d] * x[d];
+    for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(kFullWarpMask, sq, o);
+    if (lane == 0) square_sums[warp] = sq;
+    __syncthreads();
+    float sum = 0.0f;
+    for (int k = 0; k < static_cast<int>(blockDim.x / 32); ++k) sum += square_sums[k];
+    const float scale = (1.0f / sqrtf(static_cast<float>(dh))) /
+                        sqrtf(sum / static_cast<float>(dh) + 1e-6f);
+    for (int d = tid; d < dh; d += blockDim.x) p.new_k[i * w + head + d] = x[d] * scale;
+  }
+  // y_k = Σ_d x_d · rot[h, d, r, k], summed in d order, products and sums rounded apart.
+  const float* rot = p.rotations + (static_cast<int64_t>(h) * dh * rounds + r) * half;
+  const int64_t ld = static_cast<int64_t>(rounds) * half;
+  float value = -INFINITY;
+  int index = 2 * half;
+  for (int k = tid; k < half; k += blockDim.x) {
+    float y = 0.0f;
+    for (int d = 0; d < dh; ++d) y = __fadd_rn(y, __fmul_rn(x[d], rot[d * ld + k]));
+    if (y > value || (y == value && k < index)) {
+      value = y;
+      index = k;
+    }
+    if (-y > value || (-y == value && half + k < index)) {
+      value = -y;
+      index = half + k;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(kFullWarpMask, value, o);
+    const int k = __shfl_xor_sync(kFullWarpMask, index, o);
+    if (v > value || (v == value && k < index)) {
+      value = v;
+      index = k;
+    }
+  }
+  if (lane == 0) {
+    best_value[warp] = value;
+    best_index[warp] = index;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    for (int k = 1; k < static_cast<int>(blockDim.x / 32); ++k) {
+      if (best_value[k] > value || (best_value[k] == value && best_index[k] < index)) {
+        value = best_value[k];
+        index = best_index[k];
+      }
+    }
+    // (Only NaN products leave no maximum: bucket 0 then, as on the CPU.)
+    p.new_bucket[i * p.num_heads * rounds + static_cast<int64_t>(h) * rounds + r] =
+        index < 2 * half ? index : 0;
+  }
+}
+
+// One thread per (key j, row s): row s of the index's buckets, from the ring or the call.
+__global__ void GatherKernel(LshAttentionLaunch p, IndexArrays a) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= a.n * a.segments) return;
+  const int64_t j = e % a.n, s = e / a.n;
+  int32_t b;
+  if (j < p.memory_len) {
+    int64_t slot = p.ring_start + j;
+    if (slot >= p.capacity) slot -= p.capacity;
+    b = p.mem_bucket[slot * a.segments + s];
+  } else {
+    b = p.new_bucket[(j - p.memory_len) * a.segments + s];
+  }
+  a.buckets[s * a.n + j] = b;
+}
+
+// Grid S, kIndexThreads threads: the wavelet matrix of row s. Level l: the bits of its
+// sequence (a ballot per word), the ones before each word (a block scan), and the next level's
+// sequence (zeros first, stably).
+__global__ void BuildIndexKernel(IndexArrays a) {
+  const int s = static_cast<int>(blockIdx.x);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const int threads = static_cast<int>(blockDim.x), warps = threads / 32;
+  const int64_t n = a.n, words = a.words;
+  __shared__ int32_t partial[kIndexThreads];
+  __shared__ int32_t zeros;
+  const int64_t per = (words + threads - 1) / threads;
+  for (int l = 0; l < a.levels; ++l) {
+    const int shift = a.levels - 1 - l;
+    const int32_t* src = l == 0 ? a.buckets + s * n : a.seq + ((l - 1) % 2) * a.segments * n + s * n;
+    int32_t* dst = a.seq + (l % 2) * a.segments * n + s * n;
+    uint32_t* bits = a.bits + (static_cast<int64_t>(s) * a.levels + l) * words;
+    int32_t* ones = a.ones + (static_cast<int64_t>(s) * a.levels + l) * words;
+    for (int64_t wd = warp; wd < words; wd += warps) {
+      const int64_t i = wd * 32 + lane;
+      const bool bit = i < n && ((src[i] >> shift) & 1) != 0;
+      const uint32_t word = __ballot_sync(kFullWarpMask, bit);
+      if (lane == 0) {
+        bits[wd] = word;
+        ones[wd] = __popc(word);
+      }
+    }
+    __syncthreads();
+    // Exclusive scan of the word counts: each thread owns `per` consecutive words.
+    const int64_t w0 = tid * per, w1 = w0 + per < words ? w0 + per : words;
+    int32_t own = 0;
+    for (int64_t wd = w0; wd < w1; ++wd) own += ones[wd];
+    partial[tid] = own;
+    __syncthreads();
+    if (tid == 0) {
+      int32_t total = 0;
+      for (int k = 0; k < threads; ++k) {
+        const int32_t c = partial[k];
+        partial[k] = total;
+        total += c;
+      }
+      zeros = static_cast<int32_t>(n) - total;
+      a.zeros[static_cast<int64_t>(s) * a.levels + l] = zeros;
+    }
+    __syncthreads();
+    int32_t before = partial[tid];
+    for (int64_t wd = w0; wd < w1; ++wd) {
+      const int32_t c = ones[wd];
+      ones[wd] = before;
+      before += c;
+    }
+    __syncthreads();
+    if (l + 1 < a.levels) {
+      for (int64_t i = tid; i < n; i += threads) {
+        const int32_t v = src[i];
+        const uint32_t below = (uint32_t{1} << (i % 32)) - 1u;
+        const int64_t r1 = ones[i / 32] + __popc(bits[i / 32] & below);
+        dst[((v >> shift) & 1) ? zeros + r1 : i - r1] = v;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// One thread per (key j, row s): j's place in the (bucket, index) order.
+__global__ void SortKernel(IndexArrays a) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= a.n * a.segments) return;
+  const int64_t j = e % a.n;
+  const int s = static_cast<int>(e / a.n);
+  const LshWindowIndex view = a.View(s);
+  a.sorted[s * a.n + view.SortedSlotOf(j)] = static_cast<int32_t>(j);
+}
+
+__device__ __forceinline__ const float* KeyRow(const LshAttentionLaunch& p, int64_t j, int64_t w,
+                                               bool value) {
+  if (j < p.memory_len) {
+    int64_t slot = p.ring_start + j;
+    if (slot >= p.capacity) slot -= p.capacity;
+    return (value ? p.mem_v : p.mem_k) + slot * w;
+  }
+  const int64_t i = j - p.memory_len;
+  return value ? p.new_v + i * p.ldx : p.new_k + i * w;
+}
+
+// Grid (⌈T / kAttendWarps⌉, H), one warp per (query, head).
+__global__ void AttendKernel(LshAttentionLaunch p, IndexArrays a) {
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttendWarps + warp;
+  if (i >= p.query_len) return;  // the whole warp: no block-wide synchronisation below
+  const int h = static_cast<int>(blockIdx.y), dh = p.head_dim, rounds = p.n_hashes;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int64_t self = p.memory_len + i;
+  __shared__ float queries[kAttendWarps][128];
+  __shared__ LshRoundWindow windows[kAttendWarps][kMaxRounds];
+  float* q = queries[warp];
+  LshRoundWindow* window = windows[warp];
+  for (int d = lane; d < dh; d += 32) q[d] = p.x[i * p.ldx + head + d];
+  for (int r = lane; r < rounds; r += 32) {
+    window[r] = LshQueryWindow(a.View(h * rounds + r), self, p.history, p.chunk_len);
+  }
+  __syncwarp();
+  WarpSoftmax softmax;
+  for (int r = 0; r < rounds; ++r) {
+    const LshWindowIndex index = a.View(h * rounds + r);
+    const LshRoundWindow wr = window[r];
+    for (int64_t k0 = wr.lo; k0 < wr.hi; k0 += 32) {
+      const int64_t k = k0 + lane;
+      bool valid = k < wr.hi && k != wr.rank;
+      float score = 0.0f;
+      const float* vrow = nullptr;
+      if (valid) {
+        const int64_t j = index.Select(wr.a, self + 1, k);
+        for (int e = 0; e < r && valid; ++e) {  // an earlier round's key counts there
+          valid = !LshIsCandidate(a.View(h * rounds + e), window[e], self, j);
+        }
+        if (valid) {
+          const float* krow = KeyRow(p, j, w, false) + head;
+          for (int d = 0; d < dh; ++d) score += q[d] * krow[d];
+          vrow = KeyRow(p, j, w, true) + head;
+        }
+      }
+      softmax.AddTile(valid, score, vrow, dh);
+    }
+  }
+  float* out = p.out + i * w + head;
+  if (!softmax.empty()) {
+    softmax.Write(out, dh);
+    return;
+  }
+  const float* own = p.new_v + i * p.ldx + head;  // nothing else in any round: its own value
+  for (int d = lane; d < dh; d += 32) out[d] = own[d];
+}
+
+unsigned Blocks(int64_t items, int threads) {
+  return static_cast<unsigned>((items + threads - 1) / threads);
+}
+
+}  // namespace
+
+size_t LshAttentionScratchBytes(int64_t max_keys, int num_heads, int n_hashes, int n_buckets) {
+  const ScratchLayout at(max_keys, static_cast<int64_t>(num_heads) * n_hashes,
+                         LshIndexLevels(n_buckets));
+  return at.bytes;
+}
+
+cudaError_t LshAttention(const LshAttentionLaunch& p, cudaStream_t stream) {
+  const int64_t t = p.query_len, n = p.memory_len + t;
+  if (t <= 0) return cudaSuccess;
+  const int64_t segments = static_cast<int64_t>(p.num_heads) * p.n_hashes;
+  if (p.head_dim <= 0 || p.head_dim > 128 || p.n_hashes <= 0 || p.n_hashes > kMaxRounds ||
+      p.n_buckets < 2 || p.n_buckets % 2 != 0 || p.num_heads > 65535 || p.chunk_len <= 0 ||
+      p.history <= 0 || t > 2147483647 || n > 2147483647 || segments > 2147483647 / n) {
+    return cudaErrorInvalidValue;
+  }
+  const IndexArrays a = Arrays(p.scratch, n, static_cast<int>(segments), p.n_buckets);
+  const int half = p.n_buckets / 2;
+  const int hash_threads = half >= kHashThreads ? kHashThreads : (half + 31) / 32 * 32;
+  HashKernel<<<dim3(static_cast<unsigned>(t), static_cast<unsigned>(p.num_heads),
+                    static_cast<unsigned>(p.n_hashes)),
+               hash_threads, 0, stream>>>(p);
+  GatherKernel<<<Blocks(n * segments, 256), 256, 0, stream>>>(p, a);
+  BuildIndexKernel<<<static_cast<unsigned>(segments), kIndexThreads, 0, stream>>>(a);
+  SortKernel<<<Blocks(n * segments, 256), 256, 0, stream>>>(a);
+  const dim3 grid(Blocks(t, kAttendWarps), static_cast<unsigned>(p.num_heads));
+  AttendKernel<<<grid, 32 * kAttendWarps, 0, stream>>>(p, a);
+  return cudaGetLastError();
+}
+
+}  // namespace mnemo::kernels::cuda
