@@ -60,9 +60,10 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
       const bool call_sorted_lsh = lc.attention == AttentionKind::kLsh && lc.lsh_call_sort;
-      if (call_sorted_lsh || lc.residual_attention) {
-        const char* kind =
-            lc.residual_attention ? "residual attention" : "LSH attention with \"sort\": \"call\"";
+      const bool residual_sparse = lc.residual_attention && lc.attention == AttentionKind::kSparse;
+      if (call_sorted_lsh || residual_sparse) {
+        const char* kind = residual_sparse ? "residual attention over a sparse layer"
+                                           : "LSH attention with \"sort\": \"call\"";
         return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
                                                      std::string(model->backend_->name()),
                                                      " kernel yet; run this model on the CPU"));

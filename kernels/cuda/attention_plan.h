@@ -58,6 +58,11 @@ struct AttentionSequence {
   // most_used compression: usage[ring slot] += the attention probability each XL-memory key
   // receives, summed over heads and queries (AttentionMass); null otherwise.
   float* usage = nullptr;
+  // RealFormer, [H, T, memory_len + T] each (null when unused): prev_scores are added to the
+  // scaled scores before the softmax and `scores` receive the sums; only visible entries are
+  // read or written, as on the CPU.
+  const float* prev_scores = nullptr;
+  float* scores = nullptr;
 };
 
 // One block row of the grid (all heads run as grid.y): queries [q_begin, q_begin + q_count) of

@@ -46,9 +46,14 @@ struct IndexArrays {
 
   __device__ LshWindowIndex View(int s) const {
     const int64_t level_words = static_cast<int64_t>(levels) * words;
-    return {bits + s * level_words, ones + s * level_words, zeros + static_cast<int64_t>(s) * levels,
-            sorted + s * n,         buckets + s * n,        n,
-            words,                  levels};
+    return {bits + s * level_words,
+            ones + s * level_words,
+            zeros + static_cast<int64_t>(s) * levels,
+            sorted + s * n,
+            buckets + s * n,
+            n,
+            words,
+            levels};
   }
 };
 
@@ -90,8 +95,8 @@ __global__ void HashKernel(LshAttentionLaunch p) {
     __syncthreads();
     float sum = 0.0f;
     for (int k = 0; k < static_cast<int>(blockDim.x / 32); ++k) sum += square_sums[k];
-    const float scale = (1.0f / sqrtf(static_cast<float>(dh))) /
-                        sqrtf(sum / static_cast<float>(dh) + 1e-6f);
+    const float scale =
+        (1.0f / sqrtf(static_cast<float>(dh))) / sqrtf(sum / static_cast<float>(dh) + 1e-6f);
     for (int d = tid; d < dh; d += blockDim.x) p.new_k[i * w + head + d] = x[d] * scale;
   }
   // y_k = Σ_d x_d · rot[h, d, r, k], summed in d order, products and sums rounded apart.
@@ -166,7 +171,8 @@ __global__ void BuildIndexKernel(IndexArrays a) {
   const int64_t per = (words + threads - 1) / threads;
   for (int l = 0; l < a.levels; ++l) {
     const int shift = a.levels - 1 - l;
-    const int32_t* src = l == 0 ? a.buckets + s * n : a.seq + ((l - 1) % 2) * a.segments * n + s * n;
+    const int32_t* src =
+        l == 0 ? a.buckets + s * n : a.seq + ((l - 1) % 2) * a.segments * n + s * n;
     int32_t* dst = a.seq + (l % 2) * a.segments * n + s * n;
     uint32_t* bits = a.bits + (static_cast<int64_t>(s) * a.levels + l) * words;
     int32_t* ones = a.ones + (static_cast<int64_t>(s) * a.levels + l) * words;

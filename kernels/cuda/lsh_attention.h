@@ -27,19 +27,19 @@ namespace mnemo::kernels::cuda {
 struct LshAttentionLaunch {
   const float* x;  // [T, ldx]: the new positions' shared query/key rows (head h at h·d_h) …
   int64_t ldx;
-  const float* new_v;        // … and their value rows, ldx apart
-  const float* rotations;    // [H, d_h, R, nb/2]
-  const float* mem_k;        // ring [capacity, W]: normalised keys, W = H·d_h
-  const float* mem_v;        // ring [capacity, W]: values
+  const float* new_v;         // … and their value rows, ldx apart
+  const float* rotations;     // [H, d_h, R, nb/2]
+  const float* mem_k;         // ring [capacity, W]: normalised keys, W = H·d_h
+  const float* mem_v;         // ring [capacity, W]: values
   const int32_t* mem_bucket;  // ring [capacity, H·R]: buckets
-  int64_t memory_len;        // M, oldest at ring_start
+  int64_t memory_len;         // M, oldest at ring_start
   int64_t capacity;
   int64_t ring_start;
-  float* new_k;          // [T, W] written: the new positions' normalised keys
-  int32_t* new_bucket;   // [T, H·R] written: their buckets
-  void* scratch;         // LshAttentionScratchBytes(capacity + T, …) bytes, 256-aligned
-  float* out;            // [T, W]
-  int64_t query_len;     // T
+  float* new_k;         // [T, W] written: the new positions' normalised keys
+  int32_t* new_bucket;  // [T, H·R] written: their buckets
+  void* scratch;        // LshAttentionScratchBytes(capacity + T, …) bytes, 256-aligned
+  float* out;           // [T, W]
+  int64_t query_len;    // T
   int num_heads;
   int head_dim;  // ≤ 128
   int n_hashes;  // R ≤ 64

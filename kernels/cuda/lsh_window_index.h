@@ -6,7 +6,8 @@
 // sorted by (bucket, index). Everything it needs is a count or a selection over an index range:
 //   rank of p in U(p)    = #{j ∈ [a, p) : b_j ≤ b_p}
 //   the k-th of U(p)     = (the k-th smallest bucket value b in [a, p], its occurrence o among
-//                           that range's b's), whose index is sorted[start(b) + #{j < a: b_j = b} + o]
+//                           that range's b's), whose index is sorted[start(b) + #{j < a: b_j = b} +
+//                           o]
 // where `sorted` lists the indices by (bucket, index) and start(b) = #{j : b_j < b}. A wavelet
 // matrix over the buckets answers each count and selection in O(log nb) rank operations on L =
 // ⌈log2 nb⌉ bit vectors, so the round's candidates of a query cost O(c · log nb) and the rank

@@ -60,6 +60,22 @@ __host__ __device__ constexpr int WarpFloats(int bq, int head_dim) {
   return (kKeyTile + bq + kKeyTile - 1) * (head_dim + 1) + kKeyTile * head_dim;
 }
 
+// RealFormer's entry (head h, query i, key j) of a sequence's [H, T, memory_len + T] scores.
+__device__ __forceinline__ int64_t ScoreIndex(const AttentionSequence& s, int h, int64_t i,
+                                              int64_t j) {
+  return (h * s.query_len + i) * (s.memory_len + s.query_len) + j;
+}
+
+// A visible score plus the previous layer's (RealFormer), kept for the next layer.
+__device__ __forceinline__ float ResidualScore(const AttentionSequence& s, int h, int64_t i,
+                                               int64_t j, float score) {
+  if (s.prev_scores == nullptr && s.scores == nullptr) return score;
+  const int64_t at = ScoreIndex(s, h, i, j);
+  if (s.prev_scores != nullptr) score += s.prev_scores[at];
+  if (s.scores != nullptr) s.scores[at] = score;
+  return score;
+}
+
 // BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane.
 template <int BQ, int DK>
 __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
@@ -159,7 +175,8 @@ __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
       const bool visible =
           q < item.q_count && lane < rows && j <= m_len + i &&
           j >= FirstVisibleKey(i, m_len, s.query_len, p.mem_len_max, p.same_length);
-      const float score = visible ? sc[q] : -INFINITY;
+      float score = visible ? sc[q] : -INFINITY;
+      if (visible) score = ResidualScore(s, h, i, j, score);
       const float m_new = fmaxf(m_run[q], WarpMax(score));
       if (m_new == -INFINITY) {  // nothing visible yet for this query
         pr[q] = 0.0f;
@@ -308,6 +325,7 @@ __global__ void AttentionMassKernel(RelativeAttentionLaunch p) {
     const float* r = p.rel + dist * w + h * d_h;
     float acc = 0.0f;
     for (int d = 0; d < d_h; ++d) acc += qu[d] * k[d] + qv[d] * r[d];
+    if (s.prev_scores != nullptr) acc += s.prev_scores[ScoreIndex(s, h, i, j)];
     return acc;
   };
   float m_run = -INFINITY, l_run = 0.0f;

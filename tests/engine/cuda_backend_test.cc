@@ -935,8 +935,7 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
       {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12})",
        R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 6, "chunk_len": 3, "history": 200})"},
       {R"({"attention": "lsh", "n_hashes": 4, "n_buckets": 16, "chunk_len": 8, "history": 64})",
-       R"({"attention": "dense"})",
-       R"({"attention": "sparse", "window": 6})"},
+       R"({"attention": "dense"})", R"({"attention": "sparse", "window": 6})"},
       {R"({"attention": "linear", "feature_map": "elu"})",
        R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 70, "chunk_len": 5, "history": 1})",
        R"({"attention": "lsh", "n_hashes": 8, "n_buckets": 2, "chunk_len": 16, "history": 40})"},
@@ -975,6 +974,45 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
     ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
     EXPECT_NE(refused.status().message().find(named), std::string::npos) << refused.status();
   }
+}
+
+// RealFormer on the GPU: dense layers that add the previous layer's scores, with a plain XL
+// memory and with a most_used compressive memory (whose attention mass then counts the added
+// scores), mixed with LSH and linear layers: the CPU's logits over segments, decode steps and
+// ragged batches, and 200 identical greedy tokens. Residual sparse layers are refused at load.
+TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
+  const std::vector<std::vector<std::string>> models = {
+      {R"({"attention": "dense"})", R"({"attention": "dense", "residual_attention": true})",
+       R"({"attention": "dense", "residual_attention": true})"},
+      {R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
+           "compression_rate": 2, "cmem_len": 6})",
+       R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
+           "compression_rate": 2, "cmem_len": 6, "residual_attention": true})",
+       R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 4, "history": 30})",
+       R"({"attention": "linear", "feature_map": "elu"})"},
+  };
+  for (size_t k = 0; k < models.size(); ++k) {
+    SCOPED_TRACE("model " + std::to_string(k));
+    gpu_ = *MakeCudaBackend(0);
+    LoadBoth(test::ConfigWith(models[k], {{"memory_init", "\"zeros\""}}, 8),
+             static_cast<uint32_t>(60 + k));
+    ASSERT_NE(gpu_model_, nullptr);
+    std::vector<SessionState> cs, gs;
+    ExpectSameLogitsOverTwoSessions({{40, 3}, {1, 1}, {1, 1}, {17, 1}, {1, 1}, {1, 25}, {1, 1}},
+                                    &cs, &gs);
+    ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
+  }
+  gpu_ = *MakeCudaBackend(0);
+  dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(
+      test::ConfigWith({R"({"attention": "sparse", "window": 5})",
+                        R"({"attention": "sparse", "window": 5, "residual_attention": true})"},
+                       {}, 8),
+      3));
+  auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(refused.status().message().find("residual attention over a sparse layer"),
+            std::string::npos)
+      << refused.status();
 }
 
 TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {

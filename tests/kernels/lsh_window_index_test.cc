@@ -49,8 +49,8 @@ struct HostIndex {
       std::swap(seq, next);
     }
     sorted.assign(buckets.size(), -1);
-    view = {bits.data(), ones.data(), zeros.data(), sorted.data(), buckets.data(), n, words,
-            levels};
+    view = {bits.data(),    ones.data(), zeros.data(), sorted.data(),
+            buckets.data(), n,           words,        levels};
     for (int64_t j = 0; j < n; ++j) sorted[view.SortedSlotOf(j)] = static_cast<int32_t>(j);
   }
 };
@@ -102,8 +102,8 @@ TEST(LshWindowIndexTest, CountsAndSelectionsMatchDirectCounting) {
 
 // The definition, for the query at p: U(p) sorted, p's rank, the ranks of its chunk and the one
 // before, and the indices there.
-std::vector<int64_t> DefinitionCandidates(const std::vector<int32_t>& b, int64_t p,
-                                          int64_t history, int64_t c, int64_t* rank) {
+std::vector<int64_t> DefinitionCandidates(const std::vector<int32_t>& b, int64_t p, int64_t history,
+                                          int64_t c, int64_t* rank) {
   const int64_t a = std::max<int64_t>(0, p - history + 1);
   std::vector<std::pair<int32_t, int64_t>> u;
   for (int64_t j = a; j <= p; ++j) u.emplace_back(b[j], j);
@@ -120,15 +120,15 @@ std::vector<int64_t> DefinitionCandidates(const std::vector<int32_t>& b, int64_t
 TEST(LshWindowIndexTest, QueryWindowsAndCandidatesMatchTheDefinition) {
   std::mt19937 rng(11);
   // (keys n, buckets, history, chunk length)
-  for (auto [n, nb, history, c] : std::vector<std::tuple<int64_t, int, int64_t, int64_t>>{
-           {1, 2, 1, 1},
-           {40, 4, 1000, 4},
-           {40, 4, 7, 2},
-           {150, 6, 64, 8},
-           {150, 64, 150, 16},
-           {200, 1024, 33, 5},
-           {300, 2, 300, 64},
-           {129, 8, 1, 3}}) {
+  for (auto [n, nb, history, c] :
+       std::vector<std::tuple<int64_t, int, int64_t, int64_t>>{{1, 2, 1, 1},
+                                                               {40, 4, 1000, 4},
+                                                               {40, 4, 7, 2},
+                                                               {150, 6, 64, 8},
+                                                               {150, 64, 150, 16},
+                                                               {200, 1024, 33, 5},
+                                                               {300, 2, 300, 64},
+                                                               {129, 8, 1, 3}}) {
     SCOPED_TRACE(testing::Message()
                  << "n " << n << " nb " << nb << " history " << history << " c " << c);
     HostIndex idx(RandomBuckets(n, nb, rng), nb);

@@ -430,9 +430,6 @@ class CudaBackend final : public Backend {
     int64_t cmem_len_max = 0, max_query_len = 0;
     bool with_usage = false;
     for (const RelativeAttentionArgs& a : batch) {
-      if (a.prev_scores != nullptr || a.scores != nullptr) {
-        return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
-      }
       const XlMemory& m = *a.memory;
       kc::AttentionSequence seq{a.qkv->data<float>(),
                                 m.keys().data<float>(),
@@ -456,6 +453,8 @@ class CudaBackend final : public Backend {
         seq.usage = a.usage->data<float>();
         with_usage = true;
       }
+      if (a.prev_scores != nullptr) seq.prev_scores = a.prev_scores->data<float>();
+      if (a.scores != nullptr) seq.scores = a.scores->data<float>();
       max_query_len = std::max(max_query_len, a.qkv->dim(0));
       seqs.push_back(seq);
       shapes.push_back({a.qkv->dim(0), seq.memory_len});
@@ -584,7 +583,8 @@ class CudaBackend final : public Backend {
     for (const SparseAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
       if (a.prev_scores != nullptr || a.scores != nullptr) {
-        return absl::UnimplementedError("residual attention scores have no CUDA kernel yet");
+        return absl::UnimplementedError(
+            "residual attention scores over sparse layers have no CUDA kernel yet");
       }
       if (a.head_dim > 128) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -632,8 +632,8 @@ class CudaBackend final : public Backend {
             "LSH attention with \"sort\": \"call\" has no CUDA kernel yet");
       }
       if (a.head_dim > 128) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the CUDA LSH attention kernel supports d_head ≤ 128, not ", a.head_dim));
+        return absl::InvalidArgumentError(
+            absl::StrCat("the CUDA LSH attention kernel supports d_head ≤ 128, not ", a.head_dim));
       }
       XlMemory& ring = *a.memory;
       const int64_t t = a.qkv->dim(0), w = static_cast<int64_t>(a.num_heads) * a.head_dim;
@@ -669,11 +669,26 @@ class CudaBackend final : public Backend {
                                           static_cast<int>(l.n_buckets),
                                           l.chunk_len,
                                           l.history};
-      Note({24, Addr(launch.x), Addr(launch.rotations), Addr(launch.mem_k), Addr(launch.mem_v),
-            Addr(launch.mem_bucket), Addr(launch.new_k), Addr(launch.new_bucket),
-            Addr(launch.scratch), Addr(launch.out), U(t), U(launch.memory_len),
-            U(launch.capacity), U(launch.ring_start), U(launch.num_heads), U(launch.head_dim),
-            U(launch.n_hashes), U(launch.n_buckets), U(launch.chunk_len), U(launch.history)});
+      Note({24,
+            Addr(launch.x),
+            Addr(launch.rotations),
+            Addr(launch.mem_k),
+            Addr(launch.mem_v),
+            Addr(launch.mem_bucket),
+            Addr(launch.new_k),
+            Addr(launch.new_bucket),
+            Addr(launch.scratch),
+            Addr(launch.out),
+            U(t),
+            U(launch.memory_len),
+            U(launch.capacity),
+            U(launch.ring_start),
+            U(launch.num_heads),
+            U(launch.head_dim),
+            U(launch.n_hashes),
+            U(launch.n_buckets),
+            U(launch.chunk_len),
+            U(launch.history)});
       RETURN_IF_ERROR(Launch([this, launch] {
         MNEMO_CUDA_RETURN_IF_ERROR(kc::LshAttention(launch, ctx_.stream()));
         return absl::OkStatus();
