@@ -53,20 +53,16 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   std::vector<Tensor> tables, zero_keys, zero_values;
   if (model->backend_->device() != Device::kCpu) {
     if (c.reformer) {  // axial positions and the two-stream head are computed on the host
-      return absl::UnimplementedError(absl::StrCat(
-          "a reformer (reversible) model has no ", std::string(model->backend_->name()),
-          " path yet; run it on the CPU (LSH layers in other models run there)"));
+      return absl::UnimplementedError(absl::StrCat("a reformer (reversible) model has no ",
+                                                   std::string(model->backend_->name()),
+                                                   " path yet; run it on the CPU"));
     }
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const LayerConfig& lc = c.layer(l);
-      const bool call_sorted_lsh = lc.attention == AttentionKind::kLsh && lc.lsh_call_sort;
-      const bool residual_sparse = lc.residual_attention && lc.attention == AttentionKind::kSparse;
-      if (call_sorted_lsh || residual_sparse) {
-        const char* kind = residual_sparse ? "residual attention over a sparse layer"
-                                           : "LSH attention with \"sort\": \"call\"";
-        return absl::UnimplementedError(absl::StrCat("layer ", l, ": ", kind, " has no ",
-                                                     std::string(model->backend_->name()),
-                                                     " kernel yet; run this model on the CPU"));
+      if (lc.attention == AttentionKind::kLsh && lc.lsh_call_sort) {
+        return absl::UnimplementedError(absl::StrCat(
+            "layer ", l, ": LSH attention with \"sort\": \"call\" has no ",
+            std::string(model->backend_->name()), " kernel yet; run this model on the CPU"));
       }
     }
   }

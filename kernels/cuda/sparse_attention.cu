@@ -8,17 +8,38 @@ namespace {
 
 constexpr int kMaxDk = kWarpSoftmaxMaxDk;
 
-// A key's key and value rows, at the head's offset.
+// A key's key and value rows, at the head's offset, and its index over [ring | segment].
 struct KeyValueRows {
   const float* k;
   const float* v;
+  int64_t key;
 };
+
+// RealFormer for one (query, head): the row of its [H, T, M + T] scores, `prev` added to each
+// scaled score and the sums written to `out` (either may be null).
+struct ResidualRow {
+  const float* prev;
+  float* out;
+  int64_t at;  // (h·T + i)·(M + T)
+
+  __device__ float Apply(int64_t key, float score) const {
+    if (prev != nullptr) score += prev[at + key];
+    if (out != nullptr) out[at + key] = score;
+    return score;
+  }
+};
+
+__device__ ResidualRow ResidualRowOf(const float* prev, float* out, int h, int64_t i,
+                                     int64_t query_len, int64_t keys) {
+  return {prev, out, (h * query_len + i) * keys};
+}
 
 // One warp's softmax attention of the scaled query `q` (d_h floats in shared memory) over
 // `count` keys, key r's rows being rows_of(r): tiles of 32 keys, lane r scoring key r of each
 // tile. Writes out[0 … d_h): zeros when there is no key.
 template <typename RowsOf>
-__device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of, float* out) {
+__device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of,
+                           const ResidualRow& residual, float* out) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   WarpSoftmax softmax;
   for (int64_t r0 = 0; r0 < count; r0 += 32) {
@@ -29,6 +50,7 @@ __device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of
     if (valid) {
       const KeyValueRows rows = rows_of(r);
       for (int d = 0; d < dh; ++d) score += rows.k[d] * q[d];
+      score = residual.Apply(rows.key, score);
       vrow = rows.v;
     }
     softmax.AddTile(valid, score, vrow, dh);
@@ -70,8 +92,9 @@ __global__ void SlidingWindowKernel(SlidingWindowLaunch p) {
       q, dh, count,
       [&](int64_t r) {
         const int64_t j = self - r * dil;
-        return KeyValueRows{KeyRow(p, j, w, false) + head, KeyRow(p, j, w, true) + head};
+        return KeyValueRows{KeyRow(p, j, w, false) + head, KeyRow(p, j, w, true) + head, j};
       },
+      ResidualRowOf(p.prev_scores, p.scores, h, i, p.query_len, p.memory_len + p.query_len),
       p.out + i * w + head);
 }
 
@@ -88,8 +111,10 @@ __global__ void GatheredKernel(GatheredAttentionLaunch p) {
   WarpAttend(
       q, dh, count,
       [&](int64_t r) {
-        return KeyValueRows{p.keys[begin + r] + head, p.values[begin + r] + head};
+        const int64_t key = p.key_index != nullptr ? p.key_index[begin + r] : 0;
+        return KeyValueRows{p.keys[begin + r] + head, p.values[begin + r] + head, key};
       },
+      ResidualRowOf(p.prev_scores, p.scores, h, i, p.query_len, p.key_count),
       p.out + i * p.ldo + head);
 }
 

@@ -25,6 +25,9 @@ struct SlidingWindowLaunch {
   int64_t window;  // W keys per query
   int num_heads;
   int head_dim;  // ≤ 128
+  // RealFormer, [H, T, M + T] (null when unused): added to the scaled scores / the sums.
+  const float* prev_scores = nullptr;
+  float* scores = nullptr;
 };
 
 cudaError_t SlidingWindowAttention(const SlidingWindowLaunch& launch, cudaStream_t stream);
@@ -43,6 +46,12 @@ struct GatheredAttentionLaunch {
   int64_t query_len;
   int num_heads;
   int head_dim;  // ≤ 128
+  // RealFormer (null when unused): per entry its key's index over [ring | segment], and the
+  // [H, T, key_count] scores added to the scaled scores / receiving the sums.
+  const int64_t* key_index = nullptr;
+  int64_t key_count = 0;
+  const float* prev_scores = nullptr;
+  float* scores = nullptr;
 };
 
 cudaError_t GatheredAttention(const GatheredAttentionLaunch& launch, cudaStream_t stream);

@@ -978,9 +978,16 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
 
 // RealFormer on the GPU: dense layers that add the previous layer's scores, with a plain XL
 // memory and with a most_used compressive memory (whose attention mass then counts the added
-// scores), mixed with LSH and linear layers: the CPU's logits over segments, decode steps and
-// ragged batches, and 200 identical greedy tokens. Residual sparse layers are refused at load.
+// scores), and sparse ones (a window, and strided keys listed per query), mixed with LSH and
+// linear layers: the CPU's logits over segments, decode steps and ragged batches, and 200
+// identical greedy tokens.
 TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
+  const std::string window = R"({"attention": "sparse", "window": 5, "dilation": [1, 2]})";
+  const std::string strided =
+      R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})";
+  auto residual = [](std::string layer) {
+    return layer.insert(layer.size() - 1, R"(, "residual_attention": true)");
+  };
   const std::vector<std::vector<std::string>> models = {
       {R"({"attention": "dense"})", R"({"attention": "dense", "residual_attention": true})",
        R"({"attention": "dense", "residual_attention": true})"},
@@ -990,6 +997,7 @@ TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
            "compression_rate": 2, "cmem_len": 6, "residual_attention": true})",
        R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 4, "history": 30})",
        R"({"attention": "linear", "feature_map": "elu"})"},
+      {window, residual(window), strided, residual(strided), residual(strided)},
   };
   for (size_t k = 0; k < models.size(); ++k) {
     SCOPED_TRACE("model " + std::to_string(k));
@@ -1002,17 +1010,6 @@ TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
                                     &cs, &gs);
     ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
   }
-  gpu_ = *MakeCudaBackend(0);
-  dir_ = std::make_unique<test::ScopedTempDir>(test::WriteCheckpoint(
-      test::ConfigWith({R"({"attention": "sparse", "window": 5})",
-                        R"({"attention": "sparse", "window": 5, "residual_attention": true})"},
-                       {}, 8),
-      3));
-  auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
-  ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(refused.status().message().find("residual attention over a sparse layer"),
-            std::string::npos)
-      << refused.status();
 }
 
 TEST_F(CudaModelTest, OffloadRoundTripAndCloneAreExact) {

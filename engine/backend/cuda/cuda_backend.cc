@@ -582,10 +582,6 @@ class CudaBackend final : public Backend {
     RETURN_IF_ERROR(lock.status());
     for (const SparseAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
-      if (a.prev_scores != nullptr || a.scores != nullptr) {
-        return absl::UnimplementedError(
-            "residual attention scores over sparse layers have no CUDA kernel yet");
-      }
       if (a.head_dim > 128) {
         return absl::InvalidArgumentError(absl::StrCat(
             "the CUDA sparse attention kernels support d_head ≤ 128, not ", a.head_dim));
@@ -597,21 +593,24 @@ class CudaBackend final : public Backend {
       const XlMemory& m = *a.memory;
       ASSIGN_OR_RETURN(Tensor dilations,
                        Stage(l.dilations.data(), l.dilations.size() * sizeof(int64_t)));
-      const kc::SlidingWindowLaunch launch{a.qkv->data<float>(),
-                                           m.keys().data<float>(),
-                                           m.values().data<float>(),
-                                           a.out->data<float>(),
-                                           dilations.data<int64_t>(),
-                                           a.qkv->dim(0),
-                                           m.size(),
-                                           std::max<int64_t>(m.capacity(), 1),
-                                           m.start(),
-                                           l.window,
-                                           a.num_heads,
-                                           a.head_dim};
+      kc::SlidingWindowLaunch launch{a.qkv->data<float>(),
+                                     m.keys().data<float>(),
+                                     m.values().data<float>(),
+                                     a.out->data<float>(),
+                                     dilations.data<int64_t>(),
+                                     a.qkv->dim(0),
+                                     m.size(),
+                                     std::max<int64_t>(m.capacity(), 1),
+                                     m.start(),
+                                     l.window,
+                                     a.num_heads,
+                                     a.head_dim};
+      launch.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
+      launch.scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
       Note({21, Addr(launch.qkv), Addr(launch.mem_k), Addr(launch.mem_v), Addr(launch.out),
             Addr(launch.dilations), U(launch.query_len), U(launch.capacity), U(launch.window),
-            U(launch.num_heads), U(launch.head_dim)});
+            U(launch.num_heads), U(launch.head_dim), Addr(launch.prev_scores),
+            Addr(launch.scores)});
       RETURN_IF_ERROR(Launch([this, launch] {
         MNEMO_CUDA_RETURN_IF_ERROR(kc::SlidingWindowAttention(launch, ctx_.stream()));
         return absl::OkStatus();
@@ -918,11 +917,13 @@ class CudaBackend final : public Backend {
     const kernels::SparseQueryKeys query_keys(pattern, shape, stored, is_global);
     std::vector<int64_t> offsets = {0};
     std::vector<const float*> keys, values;
-    std::vector<int64_t> positions;
+    std::vector<int64_t> positions, key_index;  // key_index: RealFormer's score columns
+    const bool residual = a.prev_scores != nullptr || a.scores != nullptr;
     for (int h = 0; h < a.num_heads; ++h) {
       for (int64_t i = 0; i < t; ++i) {
         query_keys.Positions(h, i, &positions);
         for (int64_t pos : positions) {
+          if (residual) key_index.push_back(pos - shape.first_position);  // (no globals here)
           if (pos >= shape.first_position) {
             const int64_t j = pos - shape.first_position;
             if (j < m.size()) {
@@ -944,18 +945,22 @@ class CudaBackend final : public Backend {
         offsets.push_back(static_cast<int64_t>(keys.size()));
       }
     }
-    // One upload: offsets | key rows | value rows.
+    // One upload: offsets | key rows | value rows | key indices (RealFormer).
     const size_t offset_bytes = offsets.size() * sizeof(int64_t);
     const size_t list_bytes = keys.size() * sizeof(const float*);
-    std::vector<char> host(offset_bytes + 2 * list_bytes);
+    const size_t index_bytes = key_index.size() * sizeof(int64_t);
+    std::vector<char> host(offset_bytes + 2 * list_bytes + index_bytes);
     std::memcpy(host.data(), offsets.data(), offset_bytes);
     if (list_bytes > 0) {
       std::memcpy(host.data() + offset_bytes, keys.data(), list_bytes);
       std::memcpy(host.data() + offset_bytes + list_bytes, values.data(), list_bytes);
     }
+    if (index_bytes > 0) {
+      std::memcpy(host.data() + offset_bytes + 2 * list_bytes, key_index.data(), index_bytes);
+    }
     ASSIGN_OR_RETURN(Tensor staged, Stage(host.data(), host.size()));
     auto* base = static_cast<char*>(staged.raw());
-    const kc::GatheredAttentionLaunch launch{
+    kc::GatheredAttentionLaunch launch{
         qkv,
         3 * w,
         reinterpret_cast<const int64_t*>(base),
@@ -966,8 +971,14 @@ class CudaBackend final : public Backend {
         t,
         a.num_heads,
         a.head_dim};
+    if (residual) {
+      launch.key_index = reinterpret_cast<const int64_t*>(base + offset_bytes + 2 * list_bytes);
+      launch.key_count = m.size() + t;
+      launch.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
+      launch.scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
+    }
     Note({22, Addr(base), host.size(), Addr(launch.q), Addr(launch.out), U(t), U(launch.num_heads),
-          U(launch.head_dim)});
+          U(launch.head_dim), Addr(launch.prev_scores), Addr(launch.scores)});
     RETURN_IF_ERROR(Launch([this, launch] {
       MNEMO_CUDA_RETURN_IF_ERROR(kc::GatheredAttention(launch, ctx_.stream()));
       return absl::OkStatus();
