@@ -202,6 +202,12 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
     f.emplace_back("layers", absl::StrCat("[", absl::StrJoin(layers, ", "), "]"));
   if (c.layer_groups > 0) f.emplace_back("layer_groups", absl::StrCat(c.layer_groups));
   if (c.d_embed > 0 && c.d_embed != c.d_model) f.emplace_back("d_embed", absl::StrCat(c.d_embed));
+  if (c.reformer) {
+    f.emplace_back("axial_pos_shape",
+                   absl::StrCat("[", absl::StrJoin(c.axial_pos_shape, ", "), "]"));
+    f.emplace_back("axial_pos_embds_dim",
+                   absl::StrCat("[", absl::StrJoin(c.axial_pos_embds_dim, ", "), "]"));
+  }
   return f;
 }
 
@@ -265,7 +271,13 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     t.push_back({p + "ff.ln.weight", {d}});
     t.push_back({p + "ff.ln.bias", {d}});
   }
-  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, d}});
+  if (c.reformer) {
+    t.push_back({"pos_emb.weights.0", {c.axial_pos_shape[0], 1, c.axial_pos_embds_dim[0]}});
+    t.push_back({"pos_emb.weights.1", {1, c.axial_pos_shape[1], c.axial_pos_embds_dim[1]}});
+    t.push_back({"final_ln.weight", {2 * d}});
+    t.push_back({"final_ln.bias", {2 * d}});
+  }
+  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, c.head_width()}});
   t.push_back({"lm_head.bias", {c.vocab_size}});
   t.insert(t.end(), extra.begin(), extra.end());
   return t;

@@ -141,6 +141,8 @@ class Backend {
   virtual absl::Status FillRows(const Tensor& row, Tensor& dst) = 0;
   // y[i, :] = x[rows[i], :]; rows are host indices already checked against x.
   virtual absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& y) = 0;
+  // y[R, A + B] = [a[R, A] | b[R, B]] row by row (a reformer's axial positions and its head).
+  virtual absl::Status ConcatColumns(const Tensor& a, const Tensor& b, Tensor& y) = 0;
   // Waits until every op issued so far has finished; reports a deferred device error.
   virtual absl::Status Synchronize() = 0;
   virtual DeviceMemoryInfo MemoryInfo() const = 0;

@@ -52,19 +52,6 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   const Tensor sinusoids = model->Sinusoids(rows);
   std::vector<Tensor> tables, zero_keys, zero_values;
   if (model->backend_->device() != Device::kCpu) {
-    if (c.reformer) {  // axial positions and the two-stream head are computed on the host
-      return absl::UnimplementedError(absl::StrCat("a reformer (reversible) model has no ",
-                                                   std::string(model->backend_->name()),
-                                                   " path yet; run it on the CPU"));
-    }
-    for (int64_t l = 0; l < c.n_layer; ++l) {
-      const LayerConfig& lc = c.layer(l);
-      if (lc.attention == AttentionKind::kLsh && lc.lsh_call_sort) {
-        return absl::UnimplementedError(absl::StrCat(
-            "layer ", l, ": LSH attention with \"sort\": \"call\" has no ",
-            std::string(model->backend_->name()), " kernel yet; run this model on the CPU"));
-      }
-    }
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
@@ -619,15 +606,22 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     // Axial position embeddings: position p adds [P0[⌊p / n1⌋], P1[p mod n1]].
     const int64_t n1 = c.axial_pos_shape[1], e0 = c.axial_pos_embds_dim[0];
     const int64_t e1 = c.axial_pos_embds_dim[1];
-    Tensor pos = Tensor::Empty(DType::kF32, {n, d});
-    for (size_t b = 0; b < batch.size(); ++b) {
-      for (int64_t i = 0; i < batch[b].num_tokens; ++i) {
-        const int64_t p = batch[b].state->position() + i;
-        float* row = pos.data<float>() + (offsets[b] + i) * d;
-        std::memcpy(row, weights_.pos_emb0.data<float>() + (p / n1) * e0, e0 * sizeof(float));
-        std::memcpy(row + e0, weights_.pos_emb1.data<float>() + (p % n1) * e1, e1 * sizeof(float));
+    std::vector<int32_t> rows0, rows1;  // (positions are below n0·n1: Validate)
+    for (const SequenceInput& s : batch) {
+      for (int64_t i = 0; i < s.num_tokens; ++i) {
+        const int64_t p = s.state->position() + i;
+        rows0.push_back(static_cast<int32_t>(p / n1));
+        rows1.push_back(static_cast<int32_t>(p % n1));
       }
     }
+    ASSIGN_OR_RETURN(const Tensor table0, weights_.pos_emb0.Reshaped({c.axial_pos_shape[0], e0}));
+    ASSIGN_OR_RETURN(const Tensor table1, weights_.pos_emb1.Reshaped({n1, e1}));
+    ASSIGN_OR_RETURN(Tensor pos0, scratch({n, e0}));
+    ASSIGN_OR_RETURN(Tensor pos1, scratch({n, e1}));
+    ASSIGN_OR_RETURN(Tensor pos, scratch({n, d}));
+    RETURN_IF_ERROR(be.Embedding(table0, rows0, 1.0f, pos0));
+    RETURN_IF_ERROR(be.Embedding(table1, rows1, 1.0f, pos1));
+    RETURN_IF_ERROR(be.ConcatColumns(pos0, pos1, pos));
     RETURN_IF_ERROR(be.Add(x, pos, x));
     ASSIGN_OR_RETURN(x2, scratch({n, d}));
     RETURN_IF_ERROR(be.Copy(x, x2));
@@ -785,12 +779,9 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
 
   if (mode == LogitsMode::kNone) return be.Synchronize();
   Tensor last = x;
-  if (c.reformer) {  // the head reads LayerNorm([A | X]) (host rows: reformers run on the CPU)
+  if (c.reformer) {  // the head reads LayerNorm([A | X])
     ASSIGN_OR_RETURN(last, scratch({n, 2 * d}));
-    for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(last.data<float>() + r * 2 * d, x.data<float>() + r * d, d * sizeof(float));
-      std::memcpy(last.data<float>() + r * 2 * d + d, x2.data<float>() + r * d, d * sizeof(float));
-    }
+    RETURN_IF_ERROR(be.ConcatColumns(x, x2, last));
     RETURN_IF_ERROR(be.LayerNorm(last, weights_.final_ln_gamma, weights_.final_ln_beta, eps, last));
   }
   const int64_t bsz = static_cast<int64_t>(batch.size());

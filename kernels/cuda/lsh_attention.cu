@@ -292,6 +292,63 @@ __global__ void AttendKernel(LshAttentionLaunch p, IndexArrays a) {
   for (int d = lane; d < dh; d += 32) out[d] = own[d];
 }
 
+// Hugging Face's per-call sort ("sort": "call", lsh_call_attention.h): grid (⌈T / kAttendWarps⌉,
+// H), one warp per (query, head). The rounds' (bucket, index) orders laid end to end are the
+// R·n slots; the query's slot in round r is chunk ⌊slot / c⌋, and it attends to that chunk and
+// the one before (cyclically), causally, its own key at logit −1e5. Weighting each round's
+// softmax by the softmax of the rounds' log-sum-exps is one softmax over all the rounds' slots
+// (a key counted once per slot), so one online softmax runs over them all.
+__global__ void CallAttendKernel(LshAttentionLaunch p, IndexArrays a) {
+  constexpr float kSelfLogit = -1e5f;  // Hugging Face's self_mask_value (float32)
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttendWarps + warp;
+  if (i >= p.query_len) return;
+  const int h = static_cast<int>(blockIdx.y), dh = p.head_dim, rounds = p.n_hashes;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int64_t self = p.memory_len + i, n = a.n, c = p.chunk_len;
+  const int64_t slots = rounds * n, chunks = (slots + c - 1) / c;
+  __shared__ float queries[kAttendWarps][128];
+  float* q = queries[warp];
+  for (int d = lane; d < dh; d += 32) q[d] = p.x[i * p.ldx + head + d];
+  __syncwarp();
+  WarpSoftmax softmax;
+  // Scores key j (at or before the query) against the query.
+  auto add_tile = [&](bool valid, int64_t j) {
+    float score = 0.0f;
+    const float* vrow = nullptr;
+    if (valid) {
+      if (j == self) {
+        score = kSelfLogit;
+      } else {
+        const float* krow = KeyRow(p, j, w, false) + head;
+        for (int d = 0; d < dh; ++d) score += q[d] * krow[d];
+      }
+      vrow = KeyRow(p, j, w, true) + head;
+    }
+    softmax.AddTile(valid, score, vrow, dh);
+  };
+  if (n <= c) {  // Hugging Face's standard path: causal attention over every key
+    for (int64_t j0 = 0; j0 <= self; j0 += 32) add_tile(j0 + lane <= self, j0 + lane);
+  } else {
+    for (int r = 0; r < rounds; ++r) {
+      const int64_t chunk = (r * n + a.View(h * rounds + r).SortedSlotOf(self)) / c;
+      for (const int64_t k : {(chunk - 1 + chunks) % chunks, chunk}) {
+        const int64_t end = (k + 1) * c < slots ? (k + 1) * c : slots;
+        for (int64_t s0 = k * c; s0 < end; s0 += 32) {
+          const int64_t slot = s0 + lane;
+          int64_t j = 0;
+          if (slot < end) {
+            const int64_t round = slot / n;
+            j = a.sorted[(h * rounds + round) * n + slot % n];
+          }
+          add_tile(slot < end && j <= self, j);
+        }
+      }
+    }
+  }
+  softmax.Write(p.out + i * w + head, dh);
+}
+
 unsigned Blocks(int64_t items, int threads) {
   return static_cast<unsigned>((items + threads - 1) / threads);
 }
@@ -323,7 +380,11 @@ cudaError_t LshAttention(const LshAttentionLaunch& p, cudaStream_t stream) {
   BuildIndexKernel<<<static_cast<unsigned>(segments), kIndexThreads, 0, stream>>>(a);
   SortKernel<<<Blocks(n * segments, 256), 256, 0, stream>>>(a);
   const dim3 grid(Blocks(t, kAttendWarps), static_cast<unsigned>(p.num_heads));
-  AttendKernel<<<grid, 32 * kAttendWarps, 0, stream>>>(p, a);
+  if (p.call_sort) {
+    CallAttendKernel<<<grid, 32 * kAttendWarps, 0, stream>>>(p, a);
+  } else {
+    AttendKernel<<<grid, 32 * kAttendWarps, 0, stream>>>(p, a);
+  }
   return cudaGetLastError();
 }
 

@@ -1,6 +1,9 @@
-// Reformer LSH attention on the GPU (CHECKPOINT-FORMAT.md "lsh", "sort": "window"), the same
-// function as kernels/cpu/lsh_attention.h. Keys are numbered over [ring (M stored positions) |
-// call (T new ones)], n = M + T. One launch sequence per call:
+// Reformer LSH attention on the GPU (CHECKPOINT-FORMAT.md "lsh"), the same functions as
+// kernels/cpu/lsh_attention.h ("sort": "window") and kernels/cpu/lsh_call_attention.h ("sort":
+// "call", Hugging Face's per-call sort; step 4 then walks the query's chunk and the one before
+// in the rounds' orders laid end to end, with one online softmax over every round's slots). Keys
+// are numbered over [ring (M stored positions) | call (T new ones)], n = M + T. One launch sequence
+// per call:
 //   1. hash + normalise: per (new row, head, round) a block takes the argmax of [y, −y] over the
 //      stored rotations (the products summed in d order without fused multiply-add, as the CPU
 //      does, so both backends pick the same buckets), and round 0's block writes the normalised
@@ -46,6 +49,7 @@ struct LshAttentionLaunch {
   int n_buckets;
   int64_t chunk_len;
   int64_t history;
+  bool call_sort;  // Hugging Face's per-call sort ("sort": "call") instead of per-query windows
 };
 
 // Scratch for an index over at most `max_keys` keys.

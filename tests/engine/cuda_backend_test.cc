@@ -924,27 +924,56 @@ TEST_F(CudaModelTest, SparsePatternsMatchCpu) {
   }
 }
 
-// LSH attention on the GPU ("sort": "window"): one or several rounds, bucket counts that are
-// powers of two and not, histories shorter and longer than the segments, mixed with dense,
-// sparse and linear layers: the CPU's logits over long segments, decode batches and ragged
-// batches (the buckets are the CPU's, bit for bit, so the candidates are too), the same ring of
-// buckets, and 200 identical greedy tokens. Hugging Face's per-call sort and reformer models are
-// refused at load, by name.
+// LSH attention on the GPU, both sorts: one or several rounds, bucket counts that are powers of
+// two and not, histories shorter and longer than the segments, mixed with dense, sparse and
+// linear layers, and a reformer (reversible streams, axial positions, Hugging Face's per-call
+// sort, a local layer): the CPU's logits over long segments, decode batches and ragged batches
+// (the buckets are the CPU's, bit for bit, so the candidates are too), the same ring of buckets,
+// and 200 identical greedy tokens.
 TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
-  const std::vector<std::vector<std::string>> models = {
-      {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12})",
-       R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 6, "chunk_len": 3, "history": 200})"},
-      {R"({"attention": "lsh", "n_hashes": 4, "n_buckets": 16, "chunk_len": 8, "history": 64})",
-       R"({"attention": "dense"})", R"({"attention": "sparse", "window": 6})"},
-      {R"({"attention": "linear", "feature_map": "elu"})",
-       R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 70, "chunk_len": 5, "history": 1})",
-       R"({"attention": "lsh", "n_hashes": 8, "n_buckets": 2, "chunk_len": 16, "history": 40})"},
+  using Fields = std::vector<std::pair<std::string, std::string>>;
+  const Fields xl = {{"memory_init", "\"zeros\""}};
+  const Fields reformer = {{"architecture", "\"reformer\""}, {"pre_lnorm", "true"},
+                           {"memory_init", "\"empty\""},     {"tie_word_embeddings", "false"},
+                           {"axial_pos_shape", "[16, 32]"},  {"axial_pos_embds_dim", "[6, 10]"}};
+  struct Case {
+    std::vector<std::string> layers;
+    Fields fields;
+    int64_t mem_len;
+  };
+  const std::vector<Case> models = {
+      {{R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12})",
+        R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 6, "chunk_len": 3, "history": 200})"},
+       xl,
+       8},
+      {{R"({"attention": "lsh", "n_hashes": 4, "n_buckets": 16, "chunk_len": 8, "history": 64})",
+        R"({"attention": "dense"})", R"({"attention": "sparse", "window": 6})"},
+       xl,
+       8},
+      {{R"({"attention": "linear", "feature_map": "elu"})",
+        R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 70, "chunk_len": 5, "history": 1})",
+        R"({"attention": "lsh", "n_hashes": 8, "n_buckets": 2, "chunk_len": 16, "history": 40})"},
+       xl,
+       8},
+      {{R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 8, "history": 160,
+            "sort": "call"})",
+        R"({"attention": "lsh", "n_hashes": 3, "n_buckets": 6, "chunk_len": 5, "history": 24,
+            "sort": "call"})"},
+       xl,
+       8},
+      {{R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 4, "history": 100,
+            "sort": "call"})",
+        R"({"attention": "sparse", "pattern": "bigbird", "block": 4, "window_blocks": 2,
+            "random_blocks": 0, "span": 7})"},
+       reformer,
+       0},
   };
   for (size_t k = 0; k < models.size(); ++k) {
     SCOPED_TRACE("model " + std::to_string(k));
     gpu_ = *MakeCudaBackend(0);
-    LoadBoth(test::ConfigWith(models[k], {{"memory_init", "\"zeros\""}}, 8),
-             static_cast<uint32_t>(50 + k));
+    const ModelConfig config =
+        test::ConfigWith(models[k].layers, models[k].fields, models[k].mem_len);
+    LoadBoth(config, static_cast<uint32_t>(50 + k));
     ASSERT_NE(gpu_model_, nullptr);
     std::vector<SessionState> cs, gs;
     ExpectSameLogitsOverTwoSessions({{150, 3}, {1, 1}, {1, 1}, {70, 1}, {1, 1}, {1, 90}, {1, 1}},
@@ -960,19 +989,6 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
           << "layer " << l << ": the rings' buckets differ";
     }
     ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
-  }
-  const std::vector<std::pair<std::string, std::string>> refused_models = {
-      {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 12,
-           "sort": "call"})",
-       "sort"},
-  };
-  for (const auto& [layer, named] : refused_models) {
-    gpu_ = *MakeCudaBackend(0);
-    dir_ = std::make_unique<test::ScopedTempDir>(
-        test::WriteCheckpoint(test::ConfigWith({layer}, {}, 8), 3));
-    auto refused = TransfoXlModel::Load(dir_->path(), std::move(gpu_));
-    ASSERT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
-    EXPECT_NE(refused.status().message().find(named), std::string::npos) << refused.status();
   }
 }
 

@@ -74,6 +74,16 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status ConcatColumns(const Tensor& a, const Tensor& b, Tensor& y) override {
+    const int64_t wa = a.dim(1), wb = b.dim(1);
+    for (int64_t r = 0; r < y.dim(0); ++r) {
+      float* row = y.data<float>() + r * (wa + wb);
+      std::memcpy(row, a.data<float>() + r * wa, wa * sizeof(float));
+      std::memcpy(row + wa, b.data<float>() + r * wb, wb * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
   DeviceMemoryInfo MemoryInfo() const override { return {}; }

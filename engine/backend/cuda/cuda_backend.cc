@@ -203,6 +203,23 @@ class CudaBackend final : public Backend {
     });
   }
 
+  absl::Status ConcatColumns(const Tensor& a, const Tensor& b, Tensor& y) override {
+    Lock lock(ctx_);
+    RETURN_IF_ERROR(lock.status());
+    const int64_t wa = a.dim(1), wb = b.dim(1);
+    std::vector<const float*> src_a, src_b;
+    std::vector<float*> dst_a, dst_b;
+    for (int64_t r = 0; r < y.dim(0); ++r) {
+      float* row = y.data<float>() + r * (wa + wb);
+      src_a.push_back(a.data<float>() + r * wa);
+      dst_a.push_back(row);
+      src_b.push_back(b.data<float>() + r * wb);
+      dst_b.push_back(row + wa);
+    }
+    RETURN_IF_ERROR(CopyRowPairs(src_a, dst_a, wa));
+    return CopyRowPairs(src_b, dst_b, wb);
+  }
+
   absl::Status Synchronize() override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
@@ -619,17 +636,13 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  // Reformer LSH attention (kernels/cuda/lsh_attention.h), then the new positions' normalised
-  // keys, values and buckets into the ring's next slots, as the CPU backend does.
+  // Reformer LSH attention, either sort (kernels/cuda/lsh_attention.h), then the new positions'
+  // normalised keys, values and buckets into the ring's next slots, as the CPU backend does.
   absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     for (const LshAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
-      if (l.lsh_call_sort) {
-        return absl::UnimplementedError(
-            "LSH attention with \"sort\": \"call\" has no CUDA kernel yet");
-      }
       if (a.head_dim > 128) {
         return absl::InvalidArgumentError(
             absl::StrCat("the CUDA LSH attention kernel supports d_head ≤ 128, not ", a.head_dim));
@@ -667,7 +680,8 @@ class CudaBackend final : public Backend {
                                           static_cast<int>(l.n_hashes),
                                           static_cast<int>(l.n_buckets),
                                           l.chunk_len,
-                                          l.history};
+                                          l.history,
+                                          l.lsh_call_sort};
       Note({24,
             Addr(launch.x),
             Addr(launch.rotations),
@@ -687,7 +701,8 @@ class CudaBackend final : public Backend {
             U(launch.n_hashes),
             U(launch.n_buckets),
             U(launch.chunk_len),
-            U(launch.history)});
+            U(launch.history),
+            U(launch.call_sort)});
       RETURN_IF_ERROR(Launch([this, launch] {
         MNEMO_CUDA_RETURN_IF_ERROR(kc::LshAttention(launch, ctx_.stream()));
         return absl::OkStatus();
