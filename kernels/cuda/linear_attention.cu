@@ -6,6 +6,7 @@ namespace mnemo::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kChunk = 64;  // tokens per chunk of the chunked prefill
 
 // Block-wide sum / max of one value per thread (kThreads threads); every thread gets the result.
 __device__ float BlockReduce(float v, bool max, float* scratch) {
@@ -136,6 +137,158 @@ __global__ void ScanKernel(LinearAttentionLaunch p) {
   for (int64_t i = d; i < mf; i += blockDim.x) zg[i] = z[i];
 }
 
+// ---- Chunked prefill (segments longer than kChunk) ----------------------------------------
+// Chunks of kChunk tokens. With decay(t, s) = a_{s+1}···a_t (1 when ungated):
+//   S_t = A_t·S_c + Σ_{s ≤ t in chunk} decay(t, s)·b_s·φk_s v_sᵀ,  A_t = a_{t0}···a_t,
+// so out_t = (A_t·φq_t S_c + Σ_s P[t, s] v_s) / max(A_t·φq_t·z_c + Σ_s P[t, s], eps), with
+// P[t, s] = decay(t, s)·b_s·(φq_t·φk_s). Three launches: each chunk's state increment (parallel
+// over chunks), the chunk-start states (sequential over chunks, parallel over the state's
+// elements), and each chunk's outputs (parallel over chunks).
+
+// Where the chunk scratch lies: [chunks, H, m', d_h] increments and start states, [chunks, H, m']
+// z increments and start sums, [chunks, H] chunk decays.
+struct ChunkScratch {
+  float* ds;
+  float* dz;
+  float* decay;
+  float* s_start;
+  float* z_start;
+
+  __host__ __device__ ChunkScratch(float* base, int64_t chunks, int64_t heads, int64_t mf,
+                                   int64_t dh) {
+    ds = base;
+    s_start = ds + chunks * heads * mf * dh;
+    dz = s_start + chunks * heads * mf * dh;
+    z_start = dz + chunks * heads * mf;
+    decay = z_start + chunks * heads * mf;
+  }
+  static int64_t Floats(int64_t chunks, int64_t heads, int64_t mf, int64_t dh) {
+    return chunks * heads * (2 * mf * dh + 2 * mf + 1);
+  }
+};
+
+__device__ __forceinline__ float GateA(const LinearAttentionLaunch& p, int64_t t, int h) {
+  return p.gated ? p.gate[t * p.num_heads + h] : 1.0f;
+}
+__device__ __forceinline__ float GateB(const LinearAttentionLaunch& p, int64_t t, int h) {
+  return p.gated ? 1.0f - p.gate[t * p.num_heads + h] : 1.0f;
+}
+
+// Grid (chunks, H), d_h threads: the chunk's ΔS = Σ_s decay(t1 − 1, s)·b_s·φk_s v_sᵀ, Δz alike,
+// and the chunk's decay a_{t0}···a_{t1−1}.
+__global__ void ChunkSumsKernel(LinearAttentionLaunch p) {
+  __shared__ float weight[kChunk];
+  const int64_t chunk = blockIdx.x, t0 = chunk * kChunk;
+  const int64_t t1 = t0 + kChunk < p.query_len ? t0 + kChunk : p.query_len;
+  const int h = blockIdx.y, d = threadIdx.x, dh = p.head_dim;
+  const int64_t mf = p.state_features, heads = p.num_heads, w = heads * dh;
+  const int64_t chunks = (p.query_len + kChunk - 1) / kChunk;
+  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
+  if (threadIdx.x == 0) {
+    float decay = 1.0f;
+    for (int64_t s = t1 - 1; s >= t0; --s) {
+      weight[s - t0] = decay * GateB(p, s, h);
+      decay *= GateA(p, s, h);
+    }
+    c.decay[chunk * heads + h] = decay;
+  }
+  __syncthreads();
+  const int64_t head_state = (chunk * heads + h) * mf;
+  for (int64_t i = 0; i < mf; ++i) {
+    float acc = 0.0f;
+    for (int64_t s = t0; s < t1; ++s) {
+      const float v = p.qkv[s * 3 * w + 2 * w + static_cast<int64_t>(h) * dh + d];
+      acc += weight[s - t0] * p.fk[(s * heads + h) * mf + i] * v;
+    }
+    c.ds[(head_state + i) * dh + d] = acc;
+  }
+  for (int64_t i = d; i < mf; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t s = t0; s < t1; ++s) acc += weight[s - t0] * p.fk[(s * heads + h) * mf + i];
+    c.dz[head_state + i] = acc;
+  }
+}
+
+// Grid (H, ⌈(m'·d_h + m') / kThreads⌉): element e of head h's state (S, then z) walks the chunks
+// in order, leaving each chunk's start value and, at the end, the carried state.
+__global__ void ChunkCarryKernel(LinearAttentionLaunch p) {
+  const int h = blockIdx.x;
+  const int64_t e = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t mf = p.state_features, dh = p.head_dim, heads = p.num_heads;
+  const int64_t chunks = (p.query_len + kChunk - 1) / kChunk, sd = mf * dh;
+  if (e >= sd + mf) return;
+  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
+  const bool in_s = e < sd;
+  float* state = in_s ? p.s + h * sd + e : p.z + h * mf + (e - sd);
+  float value = *state;
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t at = (k * heads + h);
+    if (in_s) {
+      c.s_start[at * sd + e] = value;
+      value = c.decay[at] * value + c.ds[at * sd + e];
+    } else {
+      c.z_start[at * mf + (e - sd)] = value;
+      value = c.decay[at] * value + c.dz[at * mf + (e - sd)];
+    }
+  }
+  *state = value;
+}
+
+// Grid (chunks, H), d_h threads: the chunk's outputs from its start state and P (shared).
+__global__ void ChunkOutputKernel(LinearAttentionLaunch p) {
+  __shared__ float pm[kChunk][kChunk];
+  __shared__ float decay_q[kChunk];  // A_t
+  __shared__ float den0[kChunk];     // A_t·φq_t·z_c
+  const int64_t chunk = blockIdx.x, t0 = chunk * kChunk;
+  const int64_t t1 = t0 + kChunk < p.query_len ? t0 + kChunk : p.query_len;
+  const int n = static_cast<int>(t1 - t0);
+  const int h = blockIdx.y, d = threadIdx.x, dh = p.head_dim;
+  const int64_t mf = p.state_features, heads = p.num_heads, w = heads * dh;
+  const int64_t chunks = (p.query_len + kChunk - 1) / kChunk;
+  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
+  const int64_t at = chunk * heads + h;
+  auto fq = [&](int t) { return p.fq + ((t0 + t) * heads + h) * mf; };
+  auto fk = [&](int s) { return p.fk + ((t0 + s) * heads + h) * mf; };
+  for (int pair = threadIdx.x; pair < n * n; pair += blockDim.x) {
+    const int t = pair / n, s = pair % n;
+    float value = 0.0f;
+    if (s <= t) {
+      const float* q = fq(t);
+      const float* k = fk(s);
+      float dot = 0.0f;
+      for (int64_t i = 0; i < mf; ++i) dot += q[i] * k[i];
+      float decay = 1.0f;
+      for (int u = s + 1; u <= t; ++u) decay *= GateA(p, t0 + u, h);
+      value = decay * GateB(p, t0 + s, h) * dot;
+    }
+    pm[t][s] = value;
+  }
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    float decay = 1.0f;
+    for (int u = 0; u <= t; ++u) decay *= GateA(p, t0 + u, h);
+    const float* q = fq(t);
+    const float* z = c.z_start + at * mf;
+    float dot = 0.0f;
+    for (int64_t i = 0; i < mf; ++i) dot += q[i] * z[i];
+    decay_q[t] = decay;
+    den0[t] = decay * dot;
+  }
+  __syncthreads();
+  const float* s_col = c.s_start + at * mf * dh + d;
+  for (int t = 0; t < n; ++t) {
+    const float* q = fq(t);
+    float carried = 0.0f;
+    for (int64_t i = 0; i < mf; ++i) carried += q[i] * s_col[i * dh];
+    float num = decay_q[t] * carried, den = den0[t];
+    for (int s = 0; s <= t; ++s) {
+      const float v = p.qkv[(t0 + s) * 3 * w + 2 * w + static_cast<int64_t>(h) * dh + d];
+      num += pm[t][s] * v;
+      den += pm[t][s];
+    }
+    p.out[(t0 + t) * w + static_cast<int64_t>(h) * dh + d] = num / fmaxf(den, p.eps);
+  }
+}
+
 }  // namespace
 
 cudaError_t LinearAttention(const LinearAttentionLaunch& p, cudaStream_t stream) {
@@ -158,9 +311,28 @@ cudaError_t LinearAttention(const LinearAttentionLaunch& p, cudaStream_t stream)
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
+  if (p.query_len > kChunk) {  // chunked: parallel over the segment
+    const int64_t chunks = (p.query_len + kChunk - 1) / kChunk;
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(p.num_heads));
+    const auto threads = static_cast<unsigned>(p.head_dim);
+    ChunkSumsKernel<<<grid, threads, 0, stream>>>(p);
+    const int64_t elements = p.state_features * (p.head_dim + 1);
+    const dim3 carry(static_cast<unsigned>(p.num_heads),
+                     static_cast<unsigned>((elements + kThreads - 1) / kThreads));
+    ChunkCarryKernel<<<carry, kThreads, 0, stream>>>(p);
+    ChunkOutputKernel<<<grid, threads, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
   ScanKernel<<<static_cast<unsigned>(p.num_heads), static_cast<unsigned>(p.head_dim), scan_shared,
                stream>>>(p);
   return cudaGetLastError();
+}
+
+int64_t LinearAttentionChunkScratchFloats(int64_t query_len, int num_heads, int64_t state_features,
+                                          int head_dim) {
+  if (query_len <= kChunk) return 0;
+  return ChunkScratch::Floats((query_len + kChunk - 1) / kChunk, num_heads, state_features,
+                              head_dim);
 }
 
 }  // namespace mnemo::kernels::cuda

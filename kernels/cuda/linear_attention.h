@@ -7,8 +7,10 @@
 // Three launches per sequence: the feature maps of every query and key (one block per token,
 // head and side), the gates (one block per token and head), and a scan that carries each head's
 // state through the tokens in order (one block per head, a thread per value dimension) and
-// writes the outputs. The scan is the recurrent form for prefill too; the chunked parallel form
-// the CPU uses for long segments is the next step for prefill speed.
+// writes the outputs (decode and segments of up to 64 tokens). Longer segments take the chunked
+// form instead: each 64-token chunk's state increment in parallel, the chunk-start states in one
+// pass over the chunks (parallel over the state's elements), then each chunk's outputs from its
+// start state and its causal intra-chunk products, in parallel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,6 +34,7 @@ struct LinearAttentionLaunch {
   float* fq;              // scratch [T, H, m']
   float* fk;              // scratch [T, H, m']
   float* gate;            // scratch [T, H] (gated)
+  float* chunk_scratch;   // LinearAttentionChunkScratchFloats(…) floats (none for short calls)
   int64_t query_len;
   int num_heads;
   int head_dim;  // ≤ 1024
@@ -44,5 +47,9 @@ struct LinearAttentionLaunch {
 };
 
 cudaError_t LinearAttention(const LinearAttentionLaunch& launch, cudaStream_t stream);
+
+// Scratch the chunked prefill of a T-token call needs (0 when the scan runs).
+int64_t LinearAttentionChunkScratchFloats(int64_t query_len, int num_heads, int64_t state_features,
+                                          int head_dim);
 
 }  // namespace mnemo::kernels::cuda

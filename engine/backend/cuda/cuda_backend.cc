@@ -566,6 +566,13 @@ class CudaBackend final : public Backend {
       launch.fq = fq.data<float>();
       launch.fk = fk.data<float>();
       launch.gate = gate.defined() ? gate.data<float>() : nullptr;
+      const int64_t chunk_floats =
+          kc::LinearAttentionChunkScratchFloats(t, a.num_heads, mf, a.head_dim);
+      Tensor chunk_scratch;
+      if (chunk_floats > 0) {
+        ASSIGN_OR_RETURN(chunk_scratch, NewTensor(DType::kF32, {chunk_floats}));
+      }
+      launch.chunk_scratch = chunk_scratch.defined() ? chunk_scratch.data<float>() : nullptr;
       Note({20,
             Addr(launch.qkv),
             Addr(launch.input),
@@ -578,6 +585,7 @@ class CudaBackend final : public Backend {
             Addr(launch.fq),
             Addr(launch.fk),
             Addr(launch.gate),
+            Addr(launch.chunk_scratch),
             U(t),
             U(h),
             U(a.head_dim),
