@@ -18,6 +18,12 @@ peer; ns per attended (query, key) pair, and that figure relative to dense's
 (the "sparsity turned into speed" ratio: ≤ 2 means a nonzero costs at most
 twice what it costs in the dense kernel).
 
+Then one session streams a --stream-tokens document (default 1,048,576 tokens) through
+--stream-model (default models/teacher) on the GPU in segments of --stream-segment
+(mnemo_bench --figure stream --device cuda): tokens/s per tenth of the stream, last tenth over
+first (the target is >= 0.95) and the session's state bytes after the first segment and at the
+end (constant per session). --stream-tokens 0 skips it.
+
 Output: JSON lines to <out-dir>/gpu-attention-<UTC date-time>.jsonl (default
 bench/results/), a table on stderr.
 
@@ -97,6 +103,10 @@ def main():
     p.add_argument("--timeout", type=int, default=300, help="seconds per point")
     p.add_argument("--python", default=sys.executable, help="the peer's interpreter (torch+CUDA)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--stream-model", default=os.path.join(ROOT, "models", "teacher"))
+    p.add_argument("--stream-tokens", type=int, default=1 << 20)
+    p.add_argument("--stream-segment", type=int, default=512)
+    p.add_argument("--stream-timeout", type=int, default=900)
     args = p.parse_args()
     binary = os.path.join(args.build, "backend_attention_bench")
     if not os.access(binary, os.X_OK):
@@ -143,6 +153,20 @@ def main():
                     d["ns_per_nonzero_vs_dense"] = pt["ns_per_nonzero"] / dense["ns_per_nonzero"]
                 derived["kinds"][kind] = d
             out.write(json.dumps(derived) + "\n")
+        if args.stream_tokens > 0:
+            line = run_point([os.path.join(args.build, "mnemo_bench"), "--model",
+                              args.stream_model, "--device", "cuda", "--figure", "stream",
+                              "--tokens", str(args.stream_tokens), "--segment",
+                              str(args.stream_segment)], args.stream_timeout)
+            line.setdefault("impl", "mnemo")
+            line.setdefault("figure", "stream")
+            line["model"] = os.path.relpath(args.stream_model, ROOT)
+            if "last_over_first" in line:
+                line["flat"] = line["last_over_first"] >= 0.95
+                line["state_constant"] = (line["state_bytes_end"] ==
+                                          line["state_bytes_after_first_segment"])
+            out.write(json.dumps(line) + "\n")
+            log(json.dumps(line)[:300])
     log(f"wrote {path}")
     print(f"{'len':>8} {'kind':>18} {'ms':>10} {'peak MiB':>9}", file=sys.stderr)
     for (impl, kind, L), pt in sorted(points.items(), key=lambda kv: (kv[0][2], kv[0][0])):
