@@ -2,6 +2,7 @@
 
 #include "kernels/cuda/lsh_attention.h"
 #include "kernels/cuda/lsh_window_index.h"
+#include "kernels/cuda/ring_slot.cuh"
 #include "kernels/cuda/warp_softmax.cuh"
 
 namespace mnemo::kernels::cuda {
@@ -149,9 +150,7 @@ __global__ void GatherKernel(LshAttentionLaunch p, IndexArrays a) {
   const int64_t j = e % a.n, s = e / a.n;
   int32_t b;
   if (j < p.memory_len) {
-    int64_t slot = p.ring_start + j;
-    if (slot >= p.capacity) slot -= p.capacity;
-    b = p.mem_bucket[slot * a.segments + s];
+    b = p.mem_bucket[RingSlot(p.ring_start, j, p.capacity) * a.segments + s];
   } else {
     b = p.new_bucket[(j - p.memory_len) * a.segments + s];
   }
@@ -235,9 +234,7 @@ __global__ void SortKernel(IndexArrays a) {
 __device__ __forceinline__ const float* KeyRow(const LshAttentionLaunch& p, int64_t j, int64_t w,
                                                bool value) {
   if (j < p.memory_len) {
-    int64_t slot = p.ring_start + j;
-    if (slot >= p.capacity) slot -= p.capacity;
-    return (value ? p.mem_v : p.mem_k) + slot * w;
+    return (value ? p.mem_v : p.mem_k) + RingSlot(p.ring_start, j, p.capacity) * w;
   }
   const int64_t i = j - p.memory_len;
   return value ? p.new_v + i * p.ldx : p.new_k + i * w;

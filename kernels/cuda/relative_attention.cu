@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/cuda/relative_attention.h"
+#include "kernels/cuda/ring_slot.cuh"
 
 namespace mnemo::kernels::cuda {
 namespace {
@@ -27,22 +28,18 @@ __device__ __forceinline__ float WarpSum(float v) {
 }
 
 // Key j's key and value rows: the compressed ring for j < cmem_len, the XL ring for
-// j < memory_len, the segment after. Ring offsets stay below the capacity and the starts are
-// below it too, so a slot needs one conditional subtraction, not a 64-bit modulo (which costs
-// ~100 instructions).
+// j < memory_len, the segment after.
 struct KvRow {
   const float* k;
   const float* v;
 };
 // The XL ring slot of key j (cmem_len ≤ j < memory_len).
 __device__ __forceinline__ int64_t XlSlot(const AttentionSequence& s, int64_t j) {
-  const int64_t slot = s.ring_start + (j - s.cmem_len);
-  return slot >= s.capacity ? slot - s.capacity : slot;
+  return RingSlot(s.ring_start, j - s.cmem_len, s.capacity);
 }
 __device__ __forceinline__ KvRow RowOf(const AttentionSequence& s, int64_t j, int64_t w) {
   if (j < s.cmem_len) {
-    int64_t slot = s.cmem_start + j;
-    if (slot >= s.cmem_capacity) slot -= s.cmem_capacity;
+    const int64_t slot = RingSlot(s.cmem_start, j, s.cmem_capacity);
     return {s.cmem_k + slot * w, s.cmem_v + slot * w};
   }
   if (j < s.memory_len) {

@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "kernels/cuda/ring_slot.cuh"
 #include "kernels/cuda/sparse_attention.h"
 #include "kernels/cuda/warp_softmax.cuh"
 
@@ -68,9 +69,7 @@ __device__ void LoadScaledQuery(const float* qrow, int dh, float* q) {
 __device__ __forceinline__ const float* KeyRow(const SlidingWindowLaunch& p, int64_t j, int64_t w,
                                                bool value) {
   if (j < p.memory_len) {
-    int64_t slot = p.ring_start + j;
-    if (slot >= p.capacity) slot -= p.capacity;
-    return (value ? p.mem_v : p.mem_k) + slot * w;
+    return (value ? p.mem_v : p.mem_k) + RingSlot(p.ring_start, j, p.capacity) * w;
   }
   return p.qkv + (j - p.memory_len) * 3 * w + (value ? 2 * w : w);
 }
