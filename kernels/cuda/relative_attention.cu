@@ -73,8 +73,9 @@ __device__ __forceinline__ float ResidualScore(const AttentionSequence& s, int h
   return score;
 }
 
-// BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane.
-template <int BQ, int DK>
+// BQ queries per block, DK = ceil(d_h / 32) head dimensions per lane. kPositional = false (a
+// launch without a distance table): plain q·k / sqrt(d_h), no biases (a sliding window's band).
+template <int BQ, int DK, bool kPositional>
 __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
     RelativeAttentionKernel(RelativeAttentionLaunch p) {
   constexpr int kWarps = Warps(BQ, DK);
@@ -99,8 +100,8 @@ __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
     float u = 0.0f, v = 0.0f;
     if (q < item.q_count) {
       const float x = s.qkv[(item.q_begin + q) * 3 * w + h * d_h + d];
-      u = (x + p.r_w_bias[h * d_h + d]) * scale;
-      v = (x + p.r_r_bias[h * d_h + d]) * scale;
+      u = (x + (kPositional ? p.r_w_bias[h * d_h + d] : 0.0f)) * scale;
+      v = kPositional ? (x + p.r_r_bias[h * d_h + d]) * scale : 0.0f;
     }
     qu[idx] = u;
     qv[idx] = v;
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
     }
     // Distances in this tile run from dmin (last key, first query) to dmin + BQ + 30.
     const int64_t dmin = m_len + item.q_begin - j0 - (kKeyTile - 1);
-    for (int r = 0; r < BQ + kKeyTile - 1; ++r) {
+    for (int r = 0; r < (kPositional ? BQ + kKeyTile - 1 : 0); ++r) {
       int64_t dist = dmin + r;
       dist = dist < 0 ? 0 : (dist > clamp ? clamp : dist);  // negative: masked anyway
       const float* rrow = p.rel + dist * w + h * d_h;
@@ -157,11 +158,19 @@ __global__ void __launch_bounds__(Warps(BQ, DK) * 32)
 #pragma unroll
     for (int q = 0; q < BQ; ++q) sc[q] = 0.0f;
     const float* krow = ks + lane * dp;  // rows ≥ `rows` hold stale data: masked below
-    for (int d = 0; d < d_h; ++d) {
-      const float kd = krow[d];
+    if constexpr (kPositional) {
+      for (int d = 0; d < d_h; ++d) {
+        const float kd = krow[d];
 #pragma unroll
-      for (int q = 0; q < BQ; ++q) {
-        sc[q] += qu[q * d_h + d] * kd + qv[q * d_h + d] * rs[(q - lane + kKeyTile - 1) * dp + d];
+        for (int q = 0; q < BQ; ++q) {
+          sc[q] += qu[q * d_h + d] * kd + qv[q * d_h + d] * rs[(q - lane + kKeyTile - 1) * dp + d];
+        }
+      }
+    } else {
+      for (int d = 0; d < d_h; ++d) {
+        const float kd = krow[d];
+#pragma unroll
+        for (int q = 0; q < BQ; ++q) sc[q] += qu[q * d_h + d] * kd;
       }
     }
     const int64_t j = j0 + lane;
@@ -343,17 +352,23 @@ __global__ void AttentionMassKernel(RelativeAttentionLaunch p) {
   }
 }
 
-template <int BQ, int DK>
-cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {
+template <int BQ, int DK, bool kPositional>
+cudaError_t LaunchKernel(const RelativeAttentionLaunch& p, cudaStream_t stream) {
   const size_t shared = RelativeAttentionSharedBytes(BQ, p.head_dim);
   // Opt in to more than 48 KB once per instantiation (the attribute is per function).
   static const cudaError_t attr = cudaFuncSetAttribute(
-      RelativeAttentionKernel<BQ, DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      RelativeAttentionKernel<BQ, DK, kPositional>, cudaFuncAttributeMaxDynamicSharedMemorySize,
       static_cast<int>(RelativeAttentionSharedBytes(BQ, DK * 32)));
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>(p.num_items), static_cast<unsigned>(p.num_heads));
-  RelativeAttentionKernel<BQ, DK><<<grid, Warps(BQ, DK) * 32, shared, stream>>>(p);
+  RelativeAttentionKernel<BQ, DK, kPositional><<<grid, Warps(BQ, DK) * 32, shared, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <int BQ, int DK>
+cudaError_t LaunchAttention(const RelativeAttentionLaunch& p, cudaStream_t stream) {
+  return p.rel != nullptr ? LaunchKernel<BQ, DK, true>(p, stream)
+                          : LaunchKernel<BQ, DK, false>(p, stream);
 }
 
 template <int BQ>
@@ -392,7 +407,7 @@ cudaError_t RelativeAttention(const RelativeAttentionLaunch& p, cudaStream_t str
 cudaError_t AttentionMass(const RelativeAttentionLaunch& p, int num_seqs, int64_t max_query_len,
                           cudaStream_t stream) {
   if (num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
-  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || num_seqs > 65535) {
+  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || num_seqs > 65535 || p.rel == nullptr) {
     return cudaErrorInvalidValue;
   }
   const dim3 grid(static_cast<unsigned>(max_query_len), static_cast<unsigned>(p.num_heads),

@@ -22,9 +22,12 @@ struct RelativeAttentionLaunch {
   const AttentionCombineItem* combines;  // device
   int num_items;
   int num_combines;
-  int query_tile;    // the plan's
-  float* partials;   // device [partial_rows, H, d_h + 2] (unused when num_combines = 0)
-  const float* rel;  // [P, W]: row p = W_r · sinusoid(p); rows ≥ min(M + T − 1, clamp) + 1
+  int query_tile;   // the plan's
+  float* partials;  // device [partial_rows, H, d_h + 2] (unused when num_combines = 0)
+  // [P, W]: row p = W_r · sinusoid(p); rows ≥ min(M + T − 1, clamp) + 1. Null: no positional
+  // term and no biases, score = q·k / sqrt(d_h); with same_length and mem_len_max = W that is a
+  // sliding window of W keys (sparse_attention.h), run here as a tiled band.
+  const float* rel;
   const float* r_w_bias;  // [H, d_h]
   const float* r_r_bias;  // [H, d_h]
   int num_heads;

@@ -3,7 +3,9 @@
 // {M + i − r·dil_h : r = 0 … W−1, ≥ 0} of its head h, itself included; score = q·k / sqrt(d_h),
 // no position encoding. Keys are numbered over [rolling K/V ring (M) | segment (T)]. One warp per
 // (query, head) walks its W keys in tiles of 32 with an online softmax: work is proportional to
-// the window, not to the document or the segment.
+// the window, not to the document or the segment. The CUDA backend uses it for dilated windows;
+// a window of dilation 1 is a band, which the tiled relative-attention kernel runs without its
+// positional term (relative_attention.h, rel = null).
 #pragma once
 
 #include <cuda_runtime.h>

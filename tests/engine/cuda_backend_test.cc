@@ -88,6 +88,29 @@ TEST(CudaAttentionPlanTest, CoversEveryVisibleKeyOnce) {
   }
 }
 
+// A sliding window of W keys (dilation 1) runs as the relative-attention kernel without its
+// positional term, with same_length and mem_len_max = W: every query sees exactly the keys
+// M + i − W + 1 … M + i (those that exist), and the work items stay within a query tile of the
+// band, so a long segment's work grows with T·W, not T².
+TEST(CudaAttentionPlanTest, SlidingWindowsRunAsBands) {
+  for (const int64_t window : {1, 5, 64, 512}) {
+    SCOPED_TRACE(testing::Message() << "window " << window);
+    for (const kc::AttentionShapeInput s : std::vector<kc::AttentionShapeInput>{
+             {1, 0}, {1, window - 1}, {3, 0}, {700, 0}, {700, window - 1}, {2000, window - 1}}) {
+      for (int64_t i = 0; i < s.query_len; ++i) {
+        const int64_t want = std::max<int64_t>(0, s.memory_len + i - window + 1);
+        ASSERT_EQ(kc::FirstVisibleKey(i, s.memory_len, s.query_len, window, true), want)
+            << "query " << i << " of " << s.query_len << ", memory " << s.memory_len;
+      }
+      ExpectPlanCovers({s}, 4, window, true, 64);
+      const kc::AttentionPlan plan = kc::PlanRelativeAttention({s}, 4, window, true, 64);
+      int64_t keys = 0;
+      for (const kc::AttentionWorkItem& item : plan.items) keys += item.k_end - item.k_begin;
+      EXPECT_LE(keys, (s.query_len + plan.query_tile) * (window + plan.query_tile));
+    }
+  }
+}
+
 TEST(CudaAttentionPlanTest, DecodeUsesOneQueryTilesAndSplitsLongMemories) {
   const kc::AttentionPlan plan = kc::PlanRelativeAttention({{1, 1600}}, 16, 1600, false, 264);
   EXPECT_EQ(plan.query_tile, kc::kDecodeQueryTile);
@@ -994,11 +1017,12 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
 
 // RealFormer on the GPU: dense layers that add the previous layer's scores, with a plain XL
 // memory and with a most_used compressive memory (whose attention mass then counts the added
-// scores), and sparse ones (a window, and strided keys listed per query), mixed with LSH and
-// linear layers: the CPU's logits over segments, decode steps and ragged batches, and 200
+// scores), and sparse ones (dilated and plain windows, strided keys listed per query), mixed with
+// LSH and linear layers: the CPU's logits over segments, decode steps and ragged batches, and 200
 // identical greedy tokens.
 TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
   const std::string window = R"({"attention": "sparse", "window": 5, "dilation": [1, 2]})";
+  const std::string band = R"({"attention": "sparse", "window": 7})";  // the tiled kernel
   const std::string strided =
       R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})";
   auto residual = [](std::string layer) {
@@ -1014,6 +1038,7 @@ TEST_F(CudaModelTest, ResidualAttentionMatchesCpu) {
        R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 4, "history": 30})",
        R"({"attention": "linear", "feature_map": "elu"})"},
       {window, residual(window), strided, residual(strided), residual(strided)},
+      {band, residual(band), residual(band)},
   };
   for (size_t k = 0; k < models.size(); ++k) {
     SCOPED_TRACE("model " + std::to_string(k));

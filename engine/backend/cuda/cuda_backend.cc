@@ -476,56 +476,15 @@ class CudaBackend final : public Backend {
       seqs.push_back(seq);
       shapes.push_back({a.qkv->dim(0), seq.memory_len});
     }
-    const kc::AttentionPlan plan =
-        kc::PlanRelativeAttention(shapes, first.num_heads, first.mem_len_max, first.same_length,
-                                  2 * ctx_.multiprocessors(), /*min_split_keys=*/128, cmem_len_max);
-    // One upload: sequences | work items | combine items.
-    const size_t seq_bytes = Align16(seqs.size() * sizeof(kc::AttentionSequence));
-    const size_t item_bytes = Align16(plan.items.size() * sizeof(kc::AttentionWorkItem));
-    const size_t combine_bytes = plan.combines.size() * sizeof(kc::AttentionCombineItem);
-    std::vector<char> host(seq_bytes + item_bytes + combine_bytes);
-    std::memcpy(host.data(), seqs.data(), seqs.size() * sizeof(kc::AttentionSequence));
-    std::memcpy(host.data() + seq_bytes, plan.items.data(),
-                plan.items.size() * sizeof(kc::AttentionWorkItem));
-    std::memcpy(host.data() + seq_bytes + item_bytes, plan.combines.data(), combine_bytes);
-    ASSIGN_OR_RETURN(Tensor staged, Stage(host.data(), host.size()));
-    Tensor partials;
-    if (plan.partial_rows > 0) {
-      ASSIGN_OR_RETURN(partials, NewTensor(DType::kF32, {plan.partial_rows, first.num_heads,
-                                                         first.head_dim + 2}));
-    }
-    auto* base = static_cast<char*>(staged.raw());
-    const kc::RelativeAttentionLaunch launch{
-        reinterpret_cast<const kc::AttentionSequence*>(base),
-        reinterpret_cast<const kc::AttentionWorkItem*>(base + seq_bytes),
-        reinterpret_cast<const kc::AttentionCombineItem*>(base + seq_bytes + item_bytes),
-        static_cast<int>(plan.items.size()),
-        static_cast<int>(plan.combines.size()),
-        plan.query_tile,
-        partials.defined() ? partials.data<float>() : nullptr,
-        first.rel_table->data<float>(),
-        first.r_w_bias->data<float>(),
-        first.r_r_bias->data<float>(),
-        first.num_heads,
-        first.head_dim,
-        first.mem_len_max,
-        first.clamp_len,
-        first.same_length};
-    Note({11, Addr(base), host.size(), U(launch.num_items), U(launch.num_combines),
-          U(launch.query_tile), Addr(launch.partials), Addr(launch.rel), Addr(launch.r_w_bias),
-          Addr(launch.r_r_bias), U(launch.num_heads), U(launch.head_dim), U(launch.mem_len_max),
-          U(launch.clamp_len), U(launch.same_length)});
-    RETURN_IF_ERROR(Launch([this, launch] {
-      MNEMO_CUDA_RETURN_IF_ERROR(kc::RelativeAttention(launch, ctx_.stream()));
-      return absl::OkStatus();
-    }));
-    if (!with_usage) return absl::OkStatus();
-    const int num_seqs = static_cast<int>(seqs.size());
-    Note({23, Addr(base), U(num_seqs), U(max_query_len)});
-    return Launch([this, launch, num_seqs, max_query_len] {
-      MNEMO_CUDA_RETURN_IF_ERROR(kc::AttentionMass(launch, num_seqs, max_query_len, ctx_.stream()));
-      return absl::OkStatus();
-    });
+    const RelativeKernelParams params{first.rel_table->data<float>(),
+                                      first.r_w_bias->data<float>(),
+                                      first.r_r_bias->data<float>(),
+                                      first.num_heads,
+                                      first.head_dim,
+                                      first.mem_len_max,
+                                      first.clamp_len,
+                                      first.same_length};
+    return LaunchRelativeKernel(seqs, shapes, params, cmem_len_max, with_usage, max_query_len);
   }
 
   absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override {
@@ -602,9 +561,18 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // Sparse attention. A window of dilation 1 (no global tokens) is a band of the causal mask:
+  // the relative-attention kernel without its positional term runs it, tiled (key tiles shared
+  // by a block's queries through shared memory, tiles outside the band never visited, long
+  // memories split across blocks for decode), with every such sequence of the batch in one
+  // launch. Dilated windows take the warp-per-query window kernel; the other patterns and
+  // global tokens the listed-keys kernel.
   absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
+    std::vector<kc::AttentionSequence> band_seqs;
+    std::vector<kc::AttentionShapeInput> band_shapes;
+    int64_t window = 0;
     for (const SparseAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
       if (a.head_dim > 128) {
@@ -616,6 +584,24 @@ class CudaBackend final : public Backend {
         continue;
       }
       const XlMemory& m = *a.memory;
+      const bool band =
+          std::all_of(l.dilations.begin(), l.dilations.end(), [](int64_t dil) { return dil == 1; });
+      if (band) {  // a contiguous window: the tiled kernel, below
+        kc::AttentionSequence seq{a.qkv->data<float>(),
+                                  m.keys().data<float>(),
+                                  m.values().data<float>(),
+                                  a.out->data<float>(),
+                                  a.qkv->dim(0),
+                                  m.size(),
+                                  std::max<int64_t>(m.capacity(), 1),
+                                  m.start()};
+        if (a.prev_scores != nullptr) seq.prev_scores = a.prev_scores->data<float>();
+        if (a.scores != nullptr) seq.scores = a.scores->data<float>();
+        band_seqs.push_back(seq);
+        band_shapes.push_back({a.qkv->dim(0), m.size()});
+        window = l.window;
+        continue;
+      }
       ASSIGN_OR_RETURN(Tensor dilations,
                        Stage(l.dilations.data(), l.dilations.size() * sizeof(int64_t)));
       kc::SlidingWindowLaunch launch{a.qkv->data<float>(),
@@ -641,7 +627,17 @@ class CudaBackend final : public Backend {
         return absl::OkStatus();
       }));
     }
-    return absl::OkStatus();
+    if (band_seqs.empty()) return absl::OkStatus();
+    // same_length with mem_len_max = W: query i sees keys M + i − W + 1 … M + i.
+    const SparseAttentionArgs& first = batch.front();
+    const RelativeKernelParams params{nullptr,        nullptr, nullptr, first.num_heads,
+                                      first.head_dim, window,  0,       true};
+    int64_t max_query_len = 0;
+    for (const kc::AttentionShapeInput& shape : band_shapes) {
+      max_query_len = std::max(max_query_len, shape.query_len);
+    }
+    return LaunchRelativeKernel(band_seqs, band_shapes, params, /*cmem_len_max=*/0,
+                                /*with_usage=*/false, max_query_len);
   }
 
   // Reformer LSH attention, either sort (kernels/cuda/lsh_attention.h), then the new positions'
@@ -899,6 +895,76 @@ class CudaBackend final : public Backend {
     kCapture,  // second run: ops run from the arena while the stream is captured
     kReplay,   // later runs: host parts only; EndStep launches the graph
   };
+
+  // The relative-attention kernel's launch parameters other than the sequences.
+  struct RelativeKernelParams {
+    const float* rel;  // null: no positional term (a sliding window as a band)
+    const float* r_w_bias;
+    const float* r_r_bias;
+    int num_heads;
+    int head_dim;
+    int64_t mem_len_max;
+    int64_t clamp_len;
+    bool same_length;
+  };
+
+  // Plans the sequences' work items, stages them with the sequences in one upload and launches
+  // the relative-attention kernel (and the attention-mass pass when a sequence has usage).
+  absl::Status LaunchRelativeKernel(const std::vector<kc::AttentionSequence>& seqs,
+                                    const std::vector<kc::AttentionShapeInput>& shapes,
+                                    const RelativeKernelParams& k, int64_t cmem_len_max,
+                                    bool with_usage, int64_t max_query_len) {
+    const kc::AttentionPlan plan =
+        kc::PlanRelativeAttention(shapes, k.num_heads, k.mem_len_max, k.same_length,
+                                  2 * ctx_.multiprocessors(), /*min_split_keys=*/128, cmem_len_max);
+    // One upload: sequences | work items | combine items.
+    const size_t seq_bytes = Align16(seqs.size() * sizeof(kc::AttentionSequence));
+    const size_t item_bytes = Align16(plan.items.size() * sizeof(kc::AttentionWorkItem));
+    const size_t combine_bytes = plan.combines.size() * sizeof(kc::AttentionCombineItem);
+    std::vector<char> host(seq_bytes + item_bytes + combine_bytes);
+    std::memcpy(host.data(), seqs.data(), seqs.size() * sizeof(kc::AttentionSequence));
+    std::memcpy(host.data() + seq_bytes, plan.items.data(),
+                plan.items.size() * sizeof(kc::AttentionWorkItem));
+    std::memcpy(host.data() + seq_bytes + item_bytes, plan.combines.data(), combine_bytes);
+    ASSIGN_OR_RETURN(Tensor staged, Stage(host.data(), host.size()));
+    Tensor partials;
+    if (plan.partial_rows > 0) {
+      ASSIGN_OR_RETURN(partials,
+                       NewTensor(DType::kF32, {plan.partial_rows, k.num_heads, k.head_dim + 2}));
+    }
+    auto* base = static_cast<char*>(staged.raw());
+    const kc::RelativeAttentionLaunch launch{
+        reinterpret_cast<const kc::AttentionSequence*>(base),
+        reinterpret_cast<const kc::AttentionWorkItem*>(base + seq_bytes),
+        reinterpret_cast<const kc::AttentionCombineItem*>(base + seq_bytes + item_bytes),
+        static_cast<int>(plan.items.size()),
+        static_cast<int>(plan.combines.size()),
+        plan.query_tile,
+        partials.defined() ? partials.data<float>() : nullptr,
+        k.rel,
+        k.r_w_bias,
+        k.r_r_bias,
+        k.num_heads,
+        k.head_dim,
+        k.mem_len_max,
+        k.clamp_len,
+        k.same_length};
+    Note({11, Addr(base), host.size(), U(launch.num_items), U(launch.num_combines),
+          U(launch.query_tile), Addr(launch.partials), Addr(launch.rel), Addr(launch.r_w_bias),
+          Addr(launch.r_r_bias), U(launch.num_heads), U(launch.head_dim), U(launch.mem_len_max),
+          U(launch.clamp_len), U(launch.same_length)});
+    RETURN_IF_ERROR(Launch([this, launch] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::RelativeAttention(launch, ctx_.stream()));
+      return absl::OkStatus();
+    }));
+    if (!with_usage) return absl::OkStatus();
+    const int num_seqs = static_cast<int>(seqs.size());
+    Note({23, Addr(base), U(num_seqs), U(max_query_len)});
+    return Launch([this, launch, num_seqs, max_query_len] {
+      MNEMO_CUDA_RETURN_IF_ERROR(kc::AttentionMass(launch, num_seqs, max_query_len, ctx_.stream()));
+      return absl::OkStatus();
+    });
+  }
 
   // For i < n: copy `width` floats from src[i] to dst[i] (device pointers), one launch.
   absl::Status CopyRowPairs(const std::vector<const float*>& src, const std::vector<float*>& dst,
