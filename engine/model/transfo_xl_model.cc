@@ -41,7 +41,13 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   const ModelConfig& c = model->config_;
   if (options.sparse_weights) model->PlanSparseWeights();
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    model->has_compressive_layer_ = model->has_compressive_layer_ || c.layer(l).compressive();
+    // Compressive layers change a step's ops every compression_rate steps; listed sparse keys
+    // (patterns other than a plain window, global tokens) change the bytes a step uploads as the
+    // memory fills or globals arrive. Neither repeats step after step.
+    const LayerConfig& lc = c.layer(l);
+    const bool listed_keys = lc.attention == AttentionKind::kSparse &&
+                             (lc.pattern != SparsePattern::kWindow || lc.has_globals());
+    model->record_decode_ = model->record_decode_ && !lc.compressive() && !listed_keys;
   }
   const int64_t hd = c.attn_width();
   // The distance tables and the projection of a zero hidden row (the "zeros" memory) are
@@ -554,12 +560,11 @@ absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, Lo
                                      Tensor* logits) {
   RETURN_IF_ERROR(Validate(batch));
   // A decode batch (one token per sequence) issues the same ops on the same shapes every step
-  // for a given batch size: the backend may record it once and replay it (CUDA graphs). Not with
-  // compressive memory, whose compressions come every compression_rate steps, each step of a
-  // different shape.
+  // for a given batch size: the backend may record it once and replay it (CUDA graphs). Not
+  // for the layer kinds whose steps differ (record_decode_).
   const bool decode = std::all_of(batch.begin(), batch.end(),
                                   [](const SequenceInput& s) { return s.num_tokens == 1; });
-  if (!decode || has_compressive_layer_) return Run(batch, mode, logits);
+  if (!decode || !record_decode_) return Run(batch, mode, logits);
   const uint64_t key = (static_cast<uint64_t>(batch.size()) << 8) | static_cast<uint64_t>(mode);
   RETURN_IF_ERROR(backend_->BeginStep(key));
   absl::Status status = Run(batch, mode, logits);
@@ -646,10 +651,14 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     if (c.passes_scores(l)) {
       for (size_t b = 0; b < batch.size(); ++b) {
         const SessionState& st = *batch[b].state;
-        const int64_t keys =
-            st.layers()[l].size() + st.aux()[l].compressed.size() + batch[b].num_tokens;
+        const int64_t t = batch[b].num_tokens;
+        const int64_t keys = st.layers()[l].size() + st.aux()[l].compressed.size() + t;
+        // Sized for full memories: every decode step of a session then asks the backend for the
+        // same bytes (a recorded step's arena is measured once), while the memories fill.
+        const int64_t max_keys = st.layers()[l].capacity() + st.aux()[l].compressed.capacity() + t;
+        ASSIGN_OR_RETURN(Tensor buffer, be.Allocate(DType::kF32, {c.n_head * t * max_keys}));
         ASSIGN_OR_RETURN(scores[b],
-                         be.Allocate(DType::kF32, {c.n_head, batch[b].num_tokens, keys}));
+                         buffer.Rows(0, c.n_head * t * keys).Reshaped({c.n_head, t, keys}));
       }
     }
     auto score_args = [&](size_t b, auto& args) {

@@ -137,7 +137,7 @@ class TransfoXlModel {
 
   ModelConfig config_;
   TransfoXlWeights weights_;
-  bool has_compressive_layer_ = false;  // decode steps are then not recorded
+  bool record_decode_ = true;  // whether decode steps may be recorded (Backend::BeginStep)
   std::unique_ptr<Backend> backend_;
   std::vector<Tensor> rel_tables_;   // per layer [P, H·d_h]
   std::vector<Tensor> zero_keys_;    // per layer [1, H·d_h]: key of a zero hidden row
