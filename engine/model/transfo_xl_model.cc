@@ -57,8 +57,6 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
   const Tensor sinusoids = model->Sinusoids(rows);
   std::vector<Tensor> tables, zero_keys, zero_values;
-  if (model->backend_->device() != Device::kCpu) {
-  }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const TransfoXlLayerWeights& lw = model->weights_.layers[l];
     if (!c.is_dense(l)) {  // no positions, no zero-memory rows
