@@ -443,19 +443,10 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     std::vector<kc::AttentionSequence> seqs;
-    std::vector<kc::AttentionShapeInput> shapes;
-    int64_t cmem_len_max = 0, max_query_len = 0;
+    int64_t cmem_len_max = 0;
     bool with_usage = false;
     for (const RelativeAttentionArgs& a : batch) {
-      const XlMemory& m = *a.memory;
-      kc::AttentionSequence seq{a.qkv->data<float>(),
-                                m.keys().data<float>(),
-                                m.values().data<float>(),
-                                a.out->data<float>(),
-                                a.qkv->dim(0),
-                                m.size(),
-                                std::max<int64_t>(m.capacity(), 1),
-                                m.start()};
+      kc::AttentionSequence seq = RingSequence(*a.qkv, *a.memory, *a.out, a.prev_scores, a.scores);
       if (a.compressed != nullptr && a.compressed->capacity() > 0) {
         const XlMemory& cm = *a.compressed;
         seq.cmem_k = cm.keys().data<float>();
@@ -470,11 +461,7 @@ class CudaBackend final : public Backend {
         seq.usage = a.usage->data<float>();
         with_usage = true;
       }
-      if (a.prev_scores != nullptr) seq.prev_scores = a.prev_scores->data<float>();
-      if (a.scores != nullptr) seq.scores = a.scores->data<float>();
-      max_query_len = std::max(max_query_len, a.qkv->dim(0));
       seqs.push_back(seq);
-      shapes.push_back({a.qkv->dim(0), seq.memory_len});
     }
     const RelativeKernelParams params{first.rel_table->data<float>(),
                                       first.r_w_bias->data<float>(),
@@ -484,7 +471,7 @@ class CudaBackend final : public Backend {
                                       first.mem_len_max,
                                       first.clamp_len,
                                       first.same_length};
-    return LaunchRelativeKernel(seqs, shapes, params, cmem_len_max, with_usage, max_query_len);
+    return LaunchRelativeKernel(seqs, params, cmem_len_max, with_usage);
   }
 
   absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override {
@@ -571,7 +558,6 @@ class CudaBackend final : public Backend {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
     std::vector<kc::AttentionSequence> band_seqs;
-    std::vector<kc::AttentionShapeInput> band_shapes;
     int64_t window = 0;
     for (const SparseAttentionArgs& a : batch) {
       const LayerConfig& l = *a.layer;
@@ -587,18 +573,7 @@ class CudaBackend final : public Backend {
       const bool band =
           std::all_of(l.dilations.begin(), l.dilations.end(), [](int64_t dil) { return dil == 1; });
       if (band) {  // a contiguous window: the tiled kernel, below
-        kc::AttentionSequence seq{a.qkv->data<float>(),
-                                  m.keys().data<float>(),
-                                  m.values().data<float>(),
-                                  a.out->data<float>(),
-                                  a.qkv->dim(0),
-                                  m.size(),
-                                  std::max<int64_t>(m.capacity(), 1),
-                                  m.start()};
-        if (a.prev_scores != nullptr) seq.prev_scores = a.prev_scores->data<float>();
-        if (a.scores != nullptr) seq.scores = a.scores->data<float>();
-        band_seqs.push_back(seq);
-        band_shapes.push_back({a.qkv->dim(0), m.size()});
+        band_seqs.push_back(RingSequence(*a.qkv, m, *a.out, a.prev_scores, a.scores));
         window = l.window;
         continue;
       }
@@ -632,12 +607,7 @@ class CudaBackend final : public Backend {
     const SparseAttentionArgs& first = batch.front();
     const RelativeKernelParams params{nullptr,        nullptr, nullptr, first.num_heads,
                                       first.head_dim, window,  0,       true};
-    int64_t max_query_len = 0;
-    for (const kc::AttentionShapeInput& shape : band_shapes) {
-      max_query_len = std::max(max_query_len, shape.query_len);
-    }
-    return LaunchRelativeKernel(band_seqs, band_shapes, params, /*cmem_len_max=*/0,
-                                /*with_usage=*/false, max_query_len);
+    return LaunchRelativeKernel(band_seqs, params, /*cmem_len_max=*/0, /*with_usage=*/false);
   }
 
   // Reformer LSH attention, either sort (kernels/cuda/lsh_attention.h), then the new positions'
@@ -896,6 +866,23 @@ class CudaBackend final : public Backend {
     kReplay,   // later runs: host parts only; EndStep launches the graph
   };
 
+  // A sequence of the relative-attention kernel over `m`'s ring and the new rows `qkv`, with
+  // RealFormer's scores when given.
+  static kc::AttentionSequence RingSequence(const Tensor& qkv, const XlMemory& m, Tensor& out,
+                                            const Tensor* prev_scores, Tensor* scores) {
+    kc::AttentionSequence seq{qkv.data<float>(),
+                              m.keys().data<float>(),
+                              m.values().data<float>(),
+                              out.data<float>(),
+                              qkv.dim(0),
+                              m.size(),
+                              std::max<int64_t>(m.capacity(), 1),
+                              m.start()};
+    if (prev_scores != nullptr) seq.prev_scores = prev_scores->data<float>();
+    if (scores != nullptr) seq.scores = scores->data<float>();
+    return seq;
+  }
+
   // The relative-attention kernel's launch parameters other than the sequences.
   struct RelativeKernelParams {
     const float* rel;  // null: no positional term (a sliding window as a band)
@@ -911,9 +898,14 @@ class CudaBackend final : public Backend {
   // Plans the sequences' work items, stages them with the sequences in one upload and launches
   // the relative-attention kernel (and the attention-mass pass when a sequence has usage).
   absl::Status LaunchRelativeKernel(const std::vector<kc::AttentionSequence>& seqs,
-                                    const std::vector<kc::AttentionShapeInput>& shapes,
                                     const RelativeKernelParams& k, int64_t cmem_len_max,
-                                    bool with_usage, int64_t max_query_len) {
+                                    bool with_usage) {
+    std::vector<kc::AttentionShapeInput> shapes;
+    int64_t max_query_len = 0;
+    for (const kc::AttentionSequence& seq : seqs) {
+      shapes.push_back({seq.query_len, seq.memory_len});
+      max_query_len = std::max(max_query_len, seq.query_len);
+    }
     const kc::AttentionPlan plan =
         kc::PlanRelativeAttention(shapes, k.num_heads, k.mem_len_max, k.same_length,
                                   2 * ctx_.multiprocessors(), /*min_split_keys=*/128, cmem_len_max);
