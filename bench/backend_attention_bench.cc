@@ -110,7 +110,7 @@ Options Parse(int argc, char** argv) {
   return o;
 }
 
-// The layer as config.json describes it (CHECKPOINT-FORMAT.md "layers").
+// The layer as config.json describes it (docs/checkpoint-format.md "layers").
 std::string LayerJson(const Options& o) {
   const std::string span = std::to_string(o.len);
   if (o.kind == "dense") return R"({"attention": "dense"})";

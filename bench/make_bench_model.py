@@ -47,7 +47,7 @@ STAMP_FILE = "bench-model.json"
 
 
 def bench_config(args):
-    """config.json contents (engine/CHECKPOINT-FORMAT.md) for the options."""
+    """config.json contents (docs/checkpoint-format.md) for the options."""
     return {
         "architecture": "transfo_xl",
         "vocab_size": args.vocab,
@@ -168,7 +168,7 @@ def main(argv=None):
     ap.add_argument("--init-std", type=float, default=0.02)
     ap.add_argument("--layers", default="",
                     help="config.json's \"layers\" list as JSON (per-layer attention "
-                         "kinds; engine/CHECKPOINT-FORMAT.md); default: every layer dense")
+                         "kinds; docs/checkpoint-format.md); default: every layer dense")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                     help="storage type of every tensor (mnemo's CUDA backend keeps "
                          "16-bit weights as they are)")

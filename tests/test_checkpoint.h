@@ -42,7 +42,7 @@ std::string SafetensorsFromHeader(const std::string& header_json, const std::str
 
 // A fixed small config (f32, post-LN, relu, untied r biases, "empty" memory, mem_len 16).
 engine::ModelConfig SmallConfig();
-// SmallConfig with one layer per JSON entry of `layers` (CHECKPOINT-FORMAT.md "layers"), extra
+// SmallConfig with one layer per JSON entry of `layers` (docs/checkpoint-format.md "layers"), extra
 // top-level fields (replacing existing ones) and the given mem_len; the test fails if it does not
 // parse.
 engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
@@ -51,8 +51,8 @@ engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
 // A random small config: every size in a few units, every flag and enum drawn from `seed`.
 engine::ModelConfig RandomConfig(uint32_t seed);
 
-// config.json as (field, raw JSON value) pairs in CHECKPOINT-FORMAT.md order; eos_token_id only
-// when set. Tests edit the list to build invalid configs.
+// config.json as (field, raw JSON value) pairs in docs/checkpoint-format.md order; eos_token_id
+// only when set. Tests edit the list to build invalid configs.
 std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& config);
 // {"k": v, ...} from raw JSON values.
 std::string RenderJsonObject(const std::vector<std::pair<std::string, std::string>>& fields);

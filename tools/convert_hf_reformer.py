@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert a Hugging Face ReformerModelWithLMHead to a mnemo checkpoint.
 
-The output is a directory in the layout of engine/CHECKPOINT-FORMAT.md
+The output is a directory in the layout of docs/checkpoint-format.md
 ("Architecture `reformer`"): `config.json` in our schema (architecture
 "reformer", the transfo_xl fields with mem_len 0, pre_lnorm true, memory_init
 "empty", tie_word_embeddings false, plus `axial_pos_shape`,

@@ -3,7 +3,7 @@
 
 The input is a directory as `save_pretrained` writes it (HF `config.json` plus
 `pytorch_model.bin` or `model.safetensors`, possibly sharded); the output is a
-directory in the layout of engine/CHECKPOINT-FORMAT.md (`config.json` in our
+directory in the layout of docs/checkpoint-format.md (`config.json` in our
 schema plus `model.safetensors` with our tensor names).
 
 Only the subset of Transformer-XL our format can express is accepted: a plain

@@ -80,7 +80,7 @@ struct SparseAttentionArgs {
   Tensor* scores = nullptr;
 };
 
-// One sequence's LSH attention (CHECKPOINT-FORMAT.md "lsh") of one layer. The new positions'
+// One sequence's LSH attention (docs/checkpoint-format.md "lsh") of one layer. The new positions'
 // normalised keys, values and buckets are written into the ring's next slots
 // (XlMemory::SlotOfNewRow); the caller then calls memory->Advance(T).
 struct LshAttentionArgs {

@@ -1,4 +1,4 @@
-// What some layer kinds keep beside their K/V ring (engine/CHECKPOINT-FORMAT.md): a sparse
+// What some layer kinds keep beside their K/V ring (docs/checkpoint-format.md): a sparse
 // layer's kept global positions, an LSH layer's buckets, a compressive layer's hidden rows,
 // eviction buffer and compressed memory. Every part has a fixed size chosen from the config, so
 // a session's bytes never grow with the document.

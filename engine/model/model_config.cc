@@ -300,7 +300,7 @@ absl::Status ParseMemory(EntryReader& r, const ModelConfig& c, LayerConfig& laye
   return absl::OkStatus();
 }
 
-// One "layers" entry (MODEL-SPEC §2–5; CHECKPOINT-FORMAT.md).
+// One "layers" entry (MODEL-SPEC §2–5; docs/checkpoint-format.md).
 absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const ModelConfig& c) {
   EntryReader r(j, absl::StrCat("layers[", index, "]"));
   if (!j.is_object()) return r.Error("must be an object");

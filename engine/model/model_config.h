@@ -1,4 +1,4 @@
-// ModelConfig: the validated contents of a checkpoint's config.json (engine/CHECKPOINT-FORMAT.md).
+// ModelConfig: the validated contents of a checkpoint's config.json (docs/checkpoint-format.md).
 #pragma once
 
 #include <algorithm>
@@ -30,7 +30,7 @@ enum class AttentionKind : uint8_t {
   kLsh,     // Reformer LSH attention over a window of stored positions
 };
 
-// The pattern of a sparse layer (CHECKPOINT-FORMAT.md "Sparse patterns", MODEL-SPEC §3).
+// The pattern of a sparse layer (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3).
 enum class SparsePattern : uint8_t {
   kWindow,   // (dilated) sliding window
   kStrided,  // Sparse Transformer: local(l) and/or strided(l)

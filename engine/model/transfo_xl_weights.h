@@ -1,5 +1,5 @@
 // The weights of a Transformer-XL checkpoint, loaded from safetensors into float32 host tensors
-// (CHECKPOINT-FORMAT.md names and shapes), with every tensor checked by name, shape and dtype.
+// (docs/checkpoint-format.md names and shapes), with every tensor checked by name, shape and dtype.
 #pragma once
 
 #include <memory>

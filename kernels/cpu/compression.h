@@ -1,4 +1,4 @@
-// The Compressive Transformer's compression functions (MODEL-SPEC §2.2, CHECKPOINT-FORMAT.md
+// The Compressive Transformer's compression functions (MODEL-SPEC §2.2, docs/checkpoint-format.md
 // "Compressive memory"): one group of c evicted rows [c, D], oldest first, becomes one row [D].
 #pragma once
 

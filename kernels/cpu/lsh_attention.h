@@ -1,4 +1,4 @@
-// Reformer LSH attention on the CPU, as engine/CHECKPOINT-FORMAT.md ("lsh") defines it: shared
+// Reformer LSH attention on the CPU, as docs/checkpoint-format.md ("lsh") defines it: shared
 // query/key vectors hashed by stored random rotations into `n_buckets` buckets per round; the
 // query at stream position p sorts its window U(p) = the last `history` positions (itself
 // included) by (bucket, position) in every round and looks at its own and the previous chunk of

@@ -1,4 +1,4 @@
-// Hugging Face's LSH attention (LSHSelfAttention, MODEL-SPEC §4.3; CHECKPOINT-FORMAT.md
+// Hugging Face's LSH attention (LSHSelfAttention, MODEL-SPEC §4.3; docs/checkpoint-format.md
 // `"sort": "call"`), for checkpoints converted from it: every round's buckets are offset and the
 // rounds flattened into one sorted sequence of R·N slots, cut into chunks that attend to
 // themselves and the chunk before (cyclically), causally, with the query's own key at logit

@@ -9,7 +9,7 @@
 namespace mnemo::kernels {
 namespace {
 
-// splitmix64's finaliser (CHECKPOINT-FORMAT.md: BigBird's random blocks).
+// splitmix64's finaliser (docs/checkpoint-format.md: BigBird's random blocks).
 uint64_t SplitMix(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -1,4 +1,4 @@
-// Sparse attention patterns (engine/CHECKPOINT-FORMAT.md "Sparse patterns", MODEL-SPEC §3) and
+// Sparse attention patterns (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3) and
 // the CPU attention that evaluates them key by key: work is proportional to the keys a pattern
 // names, so a decode step costs O(nonzeros) whatever the document's length.
 #pragma once
@@ -32,7 +32,7 @@ struct SparsePattern {
 void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
                             std::vector<int64_t>& out);
 
-// BigBird's random blocks of query block q in head h (CHECKPOINT-FORMAT.md), in pick order.
+// BigBird's random blocks of query block q in head h (docs/checkpoint-format.md), in pick order.
 std::vector<int64_t> BigBirdRandomBlocks(const SparsePattern& pattern, int h, int64_t q);
 
 // The global positions kept before a call: keys/values `ld` floats apart, ascending positions.

@@ -1,4 +1,4 @@
-// Reformer LSH attention on the GPU (CHECKPOINT-FORMAT.md "lsh"), the same functions as
+// Reformer LSH attention on the GPU (docs/checkpoint-format.md "lsh"), the same functions as
 // kernels/cpu/lsh_attention.h ("sort": "window") and kernels/cpu/lsh_call_attention.h ("sort":
 // "call", Hugging Face's per-call sort; step 4 then walks the query's chunk and the one before
 // in the rounds' orders laid end to end, with one online softmax over every round's slots). Keys

@@ -1,5 +1,5 @@
-// The per-query window search of LSH attention (CHECKPOINT-FORMAT.md "lsh", "sort": "window") in
-// a form every query can run on its own, in parallel: no per-query sort and no sweep.
+// The per-query window search of LSH attention (docs/checkpoint-format.md "lsh", "sort":
+// "window") in a form every query can run on its own, in parallel: no per-query sort and no sweep.
 //
 // For one (head, round), let b_0 … b_{n−1} be the buckets of the call's n keys (stored positions,
 // then new ones). The query at key index p looks at U(p) = [a, p] with a = max(0, p − Hh + 1),

@@ -1,4 +1,4 @@
-// The long-context layer kinds through the whole model (engine/CHECKPOINT-FORMAT.md): sparse
+// The long-context layer kinds through the whole model (docs/checkpoint-format.md): sparse
 // patterns with global positions and tokens, LSH, compressive memory, ALBERT sharing and
 // factorised embeddings. Properties that need no reference implementation: a document's logits
 // do not depend on how sparse and LSH layers receive it, a compressive memory at rate 1 is a

@@ -277,7 +277,7 @@ TEST(ModelConfigTest, LoadModelConfigReadsTheDirectory) {
 namespace mnemo::engine {
 namespace {
 
-// config.json "layers": per-layer attention kinds (CHECKPOINT-FORMAT.md).
+// config.json "layers": per-layer attention kinds (docs/checkpoint-format.md).
 Fields WithLayers(const std::string& raw_layers) {
   Fields f = test::ConfigFields(test::SmallConfig());
   f.emplace_back("layers", raw_layers);

@@ -1,5 +1,5 @@
 // kernels/cpu/sparse_pattern: every pattern's allowed set against a predicate written from the
-// definitions (CHECKPOINT-FORMAT.md "Sparse patterns"), and the attention against a naive
+// definitions (docs/checkpoint-format.md "Sparse patterns"), and the attention against a naive
 // double-precision softmax over an explicit mask, with global positions and tokens, keys split
 // as a wrapped ring, and a document fed in one call or in pieces.
 #include "kernels/cpu/sparse_pattern.h"

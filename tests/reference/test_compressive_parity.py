@@ -3,7 +3,7 @@ and engine parity.
 
 ``{"attention": "dense", "memory": "compressive", "compression": f,
 "compression_rate": c, "cmem_len": n, ["compression_kernel": K]}``
-(CHECKPOINT-FORMAT.md): rows leaving the XL memory (hidden form: the
+(docs/checkpoint-format.md): rows leaving the XL memory (hidden form: the
 LayerNorm'd input under pre_lnorm), oldest first, collect in a buffer; each
 full group of c becomes one row (max_pool, mean_pool, conv1d, dilated_conv
 or most_used), projected by the key/value weights into a FIFO of n rows.

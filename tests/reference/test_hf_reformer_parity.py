@@ -30,7 +30,7 @@ the same buckets as HF whatever the summation order.
 
 Without the engine:
 * test_doc_reference_matches_hf: a float64 re-implementation of
-  engine/CHECKPOINT-FORMAT.md (architecture `reformer`, "sort": "call" LSH,
+  docs/checkpoint-format.md (architecture `reformer`, "sort": "call" LSH,
   the bigbird pattern for local layers), reading the *converted* checkpoint,
   matches HF float64 to 1e-9: the doc and the converter describe what HF
   computes, at the lengths tested.
@@ -181,7 +181,7 @@ def hf64_logits(model64, ids):
 
 
 # --------------------------------------------------------------------------
-# The doc's formulas (CHECKPOINT-FORMAT.md), float64, on OUR checkpoint
+# The doc's formulas (docs/checkpoint-format.md), float64, on OUR checkpoint
 
 
 def _layer_norm(x, w, b, eps):
@@ -191,7 +191,7 @@ def _layer_norm(x, w, b, eps):
 
 
 class DocReference:
-    """CHECKPOINT-FORMAT.md's `reformer` architecture for one call of N
+    """docs/checkpoint-format.md's `reformer` architecture for one call of N
     tokens (a fresh session), written from the doc's text only."""
 
     def __init__(self, config, tensors, hf_float32_self=False):

@@ -1,7 +1,7 @@
 """LSH (Reformer) attention layers: oracle checks and engine parity.
 
 ``{"attention": "lsh", "n_hashes": R, "n_buckets": nb, "chunk_len": c,
-"history": Hh}`` (CHECKPOINT-FORMAT.md): shared query/key vectors
+"history": Hh}`` (docs/checkpoint-format.md): shared query/key vectors
 ``x_p`` (``attn.qkv.weight`` [2 H d_h, D]), buckets
 ``argmax([x.rot, -x.rot])`` per round (``attn.rotations`` [H, d_h, R,
 nb/2]), normalised keys, and per query p the window

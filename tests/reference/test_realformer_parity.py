@@ -1,7 +1,7 @@
 """Residual attention (RealFormer): oracle checks and engine parity.
 
 ``"residual_attention": true`` on a ``dense`` (XL or compressive memory) or
-``sparse`` entry (CHECKPOINT-FORMAT.md "Residual attention (RealFormer)"):
+``sparse`` entry (docs/checkpoint-format.md "Residual attention (RealFormer)"):
 the layer adds the previous layer's pre-softmax scores to its own before
 its mask and softmax, ``S^l = score^l + S^(l-1)``, and passes the sum on.
 Scores are the full unmasked logits of the kind (dense:

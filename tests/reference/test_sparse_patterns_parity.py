@@ -1,7 +1,7 @@
 """Sparse patterns (strided, fixed, bigbird, global attention): oracle checks
 and engine parity.
 
-``{"attention": "sparse", "pattern": ...}`` (CHECKPOINT-FORMAT.md "Sparse
+``{"attention": "sparse", "pattern": ...}`` (docs/checkpoint-format.md "Sparse
 patterns"): the query at stream position p of head h sees a set
 ``Allowed_h(p)`` of keys j <= p (itself included), cut to ``p - j <= span``,
 plus ``K(p)``, the last ``max_global`` global positions before p; a global

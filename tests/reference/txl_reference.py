@@ -2,7 +2,7 @@
 
 Written from Dai et al. 2019 and MODEL-SPEC.md section 1; it shares no code
 with the C++ engine and does not use Hugging Face. Parameter names equal the
-tensor names of engine/CHECKPOINT-FORMAT.md, so ``state_dict()`` can be saved
+tensor names of docs/checkpoint-format.md, so ``state_dict()`` can be saved
 as, or loaded from, ``model.safetensors`` directly.
 
 Deliberate choices (they make this an oracle, not a fast implementation):
@@ -31,7 +31,7 @@ is a :class:`SparseState`: the projected keys and values (k, v
 [B, H, P, d_h]) of the last P = min(seen, (window-1) * max(dilation))
 stream positions, empty for a new session (``memory_init`` does not apply).
 
-Further kinds (CHECKPOINT-FORMAT.md, written from its definitions):
+Further kinds (docs/checkpoint-format.md, written from its definitions):
 
 * sparse ``pattern`` "strided" / "fixed" / "bigbird" and global positions
   or tokens on any pattern (:class:`PatternSparseAttention`): an explicit
@@ -94,7 +94,7 @@ from torch import nn
 # Configuration
 # --------------------------------------------------------------------------
 
-#: field name -> accepted Python type(s), as in CHECKPOINT-FORMAT.md.
+#: field name -> accepted Python type(s), as in docs/checkpoint-format.md.
 _REQUIRED_FIELDS = {
     "architecture": str,
     "vocab_size": int,
@@ -332,7 +332,7 @@ def _validate_residual(layers, cfg: dict, fail) -> None:
 
 #: largest ``window * max(dilation)`` of a sparse layer, and largest span.
 SPARSE_MAX_SPAN = 1 << 20
-#: sparse ``pattern`` values (CHECKPOINT-FORMAT "Sparse patterns").
+#: sparse ``pattern`` values (docs/checkpoint-format.md "Sparse patterns").
 SPARSE_PATTERNS = ("window", "strided", "fixed", "bigbird")
 #: the components of the factorised patterns, in their default order.
 PATTERN_COMPONENTS = {"strided": ("local", "strided"),
@@ -351,7 +351,7 @@ PATTERN_FIELDS = {
 #: bigbird defaults.
 BIGBIRD_WINDOW_BLOCKS = 2 + 1
 BIGBIRD_RANDOM_BLOCKS = 2
-#: LSH limits and defaults (CHECKPOINT-FORMAT "lsh").
+#: LSH limits and defaults (docs/checkpoint-format.md "lsh").
 LSH_MAX_HASHES = 64
 LSH_MAX_BUCKETS = 65536
 LSH_MAX_HISTORY = 1 << 20
@@ -668,7 +668,7 @@ def sinusoid_table(distances: torch.Tensor, d_model: int,
 def _residual_scores(module: nn.Module, scores: torch.Tensor,
                      prev_scores: Optional[torch.Tensor],
                      keep_scores: bool) -> torch.Tensor:
-    """Residual attention (RealFormer, CHECKPOINT-FORMAT "Residual
+    """Residual attention (RealFormer, docs/checkpoint-format.md "Residual
     attention"): ``S^l = scores^l + S^(l-1)`` on the unmasked pre-softmax
     scores [B, H, T, K] (every entry finite: masked keys hold their raw
     score, each layer applies its own mask afterwards). With
@@ -1020,7 +1020,7 @@ class SparseAttention(nn.Module):
 
 
 def splitmix64_finalise(z: int) -> int:
-    """splitmix64's finaliser ``f`` of CHECKPOINT-FORMAT (mod 2^64)."""
+    """splitmix64's finaliser ``f`` of docs/checkpoint-format.md (mod 2^64)."""
     z = (z + 0x9E3779B97F4A7C15) & _U64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
@@ -1055,7 +1055,7 @@ def bigbird_random_blocks(seed: int, h: int, q: int, span: int, block: int,
 def pattern_allowed(spec: dict, h: int, p: int, n_keys: int) -> List[bool]:
     """``Allowed_h(p)`` before the span cut, as a list over keys 0..n_keys-1
     (only ``j <= p`` can be True). Written from the table of
-    CHECKPOINT-FORMAT, one position at a time."""
+    docs/checkpoint-format.md, one position at a time."""
     pattern = spec["pattern"]
     out = [False] * n_keys
     if pattern == "bigbird":
@@ -1221,7 +1221,7 @@ class LSHState(NamedTuple):
 
 
 class LSHAttention(nn.Module):
-    """Reformer attention, the per-query definition of CHECKPOINT-FORMAT.
+    """Reformer attention, the per-query definition of docs/checkpoint-format.md.
 
     ``qkv`` [2 H d_h, D] (shared query/key block, then values),
     ``rotations`` [H, d_h, R, nb/2]. Query p looks at
@@ -1367,7 +1367,7 @@ def compress_rows(kind: str, group: torch.Tensor, usage: torch.Tensor,
 class CompressiveAttention(RelMultiHeadAttention):
     """Transformer-XL attention over ``[compressed | XL memory | segment]``
     with one relative position per slot; rows leaving the XL memory are
-    compressed in groups of ``compression_rate`` (CHECKPOINT-FORMAT
+    compressed in groups of ``compression_rate`` (docs/checkpoint-format.md
     "Compressive memory")."""
 
     def __init__(self, cfg: dict, spec: dict):

@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import prune_checkpoint  # noqa: E402  (after the path insert)
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.model")
-# Fields a compressive layer entry adds to a plain dense one (CHECKPOINT-FORMAT.md).
+# Fields a compressive layer entry adds to a plain dense one (docs/checkpoint-format.md).
 COMPRESSIVE_FIELDS = ("memory", "compression", "compression_rate", "cmem_len",
                       "compression_kernel")
 COMPRESSOR_TENSOR = ".attn.compress."

@@ -2,7 +2,7 @@
 
 The model is the independent PyTorch reference (``tests/reference/txl_reference.py``,
 ``TransfoXLReference``), so the written checkpoint is exactly what the engine loads
-(``engine/CHECKPOINT-FORMAT.md``, including "Compressive memory"). Training:
+(``docs/checkpoint-format.md``, including "Compressive memory"). Training:
 
 * the tokenized training split as ``B`` parallel streams (the token sequence cut into ``B``
   contiguous parts), read in segments of ``S`` tokens; every stream carries its memory (XL
