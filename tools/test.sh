@@ -12,6 +12,7 @@ jobs=$(nproc)
 echo "== format and layering checks"
 tools/check_format.sh
 tools/check_layering.sh
+tools/check_doc_links.sh
 
 for preset in release asan tsan; do
   echo "== $preset: configure and build from scratch"
