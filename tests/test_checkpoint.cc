@@ -13,6 +13,21 @@
 #include "absl/strings/str_join.h"
 
 namespace mnemo::test {
+
+const engine::XlMemory& Ring(const engine::SessionState& state, int64_t l) {
+  const engine::XlMemory* ring = state.layer(l).ring();
+  EXPECT_NE(ring, nullptr) << "layer " << l << " keeps no K/V ring";
+  static const engine::XlMemory kNone;
+  return ring != nullptr ? *ring : kNone;
+}
+
+std::vector<engine::XlMemory> Rings(const engine::SessionState& state) {
+  std::vector<engine::XlMemory> rings;
+  for (const auto& layer : state.layers()) {
+    if (layer->ring() != nullptr) rings.push_back(*layer->ring());
+  }
+  return rings;
+}
 namespace {
 
 std::string ShapeJson(const std::vector<int64_t>& shape) {

@@ -10,11 +10,18 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "engine/memory/session_state.h"
+#include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/model/transfo_xl_model.h"
 #include "gtest/gtest.h"
 
 namespace mnemo::test {
+
+// Layer l's K/V ring (the layer's kind must keep one: dense, sparse, LSH).
+const engine::XlMemory& Ring(const engine::SessionState& state, int64_t l);
+// The K/V rings of every layer that keeps one, in layer order (views of the same storage).
+std::vector<engine::XlMemory> Rings(const engine::SessionState& state);
 
 // One tensor of a safetensors file as written: `dtype` is the safetensors spelling ("F32",
 // "F16", "BF16", "I32"; anything else for hostile files) and `bytes` the raw little-endian data.

@@ -152,7 +152,7 @@ TEST_P(EquivalenceTest, DocumentExactlyFillingMemory) {
   const std::vector<float> whole = Feed(*model_, a, doc);
   SessionState b = *model_->NewState();
   EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, b, doc, {mem_len - 1, 1}), whole, kTol));
-  for (const XlMemory& m : b.layers()) EXPECT_EQ(m.size(), mem_len);
+  for (const XlMemory& m : test::Rings(b)) EXPECT_EQ(m.size(), mem_len);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, EquivalenceTest, ::testing::ValuesIn(EquivalenceVariants()),
@@ -206,7 +206,7 @@ TEST_P(SlidingWindowTest, DecodeWithWrappedRingEqualsFreshWindow) {
         test::NearRelative(step, Feed(*window_model, fresh, window, LogitsMode::kLast), kTol))
         << "token " << t;
   }
-  for (const XlMemory& mem : state.layers()) EXPECT_EQ(mem.size(), m);
+  for (const XlMemory& mem : test::Rings(state)) EXPECT_EQ(mem.size(), m);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SlidingWindowTest,
@@ -237,7 +237,7 @@ TEST(TransfoXlModelTest, OnePastFullMemoryForgetsOldestToken) {
   EXPECT_TRUE(test::NearRelative(steps[c.mem_len], Row(all, c.mem_len, c.vocab_size), kTol));
   EXPECT_FALSE(
       test::NearRelative(steps[c.mem_len + 1], Row(all, c.mem_len + 1, c.vocab_size), 1e-4));
-  for (const XlMemory& m : state.layers()) EXPECT_EQ(m.size(), c.mem_len);
+  for (const XlMemory& m : test::Rings(state)) EXPECT_EQ(m.size(), c.mem_len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
     // The states advanced exactly as when run alone: the next token agrees too.
     for (size_t b = 0; b < inputs.size(); ++b) {
       EXPECT_EQ(batch_states[b].position(), history[b] + lengths[b]);
-      EXPECT_EQ(batch_states[b].layers()[0].size(), alone_states[b].layers()[0].size());
+      EXPECT_EQ(test::Ring(batch_states[b], 0).size(), test::Ring(alone_states[b], 0).size());
       const std::vector<int32_t> next = {static_cast<int32_t>(b)};
       EXPECT_TRUE(test::NearRelative(Feed(*model, batch_states[b], next),
                                      Feed(*model, alone_states[b], next), kTol))
@@ -438,14 +438,14 @@ TEST(TransfoXlModelTest, ZerosInitStartsWithFullMemory) {
   SessionState s = *model->NewState();
   EXPECT_EQ(s.position(), 0);
   ASSERT_EQ(static_cast<int64_t>(s.layers().size()), c.n_layer);
-  for (const XlMemory& m : s.layers()) {
+  for (const XlMemory& m : test::Rings(s)) {
     EXPECT_EQ(m.size(), c.mem_len);
     EXPECT_EQ(m.capacity(), c.mem_len);
     EXPECT_EQ(m.width(), c.attn_width());
   }
   Feed(*model, s, RandomTokens(4, c.vocab_size, 1));
   EXPECT_EQ(s.position(), 4);
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), c.mem_len);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), c.mem_len);
 }
 
 TEST(TransfoXlModelTest, EmptyInitMemoryGrowsToMemLen) {
@@ -455,13 +455,13 @@ TEST(TransfoXlModelTest, EmptyInitMemoryGrowsToMemLen) {
   auto model = LoadModel(c);
   ASSERT_NE(model, nullptr);
   SessionState s = *model->NewState();
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 0);
   Feed(*model, s, RandomTokens(4, c.vocab_size, 1));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 4);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 4);
   Feed(*model, s, RandomTokens(6, c.vocab_size, 2));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 10);  // exactly full
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 10);  // exactly full
   Feed(*model, s, RandomTokens(1, c.vocab_size, 3));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 10);  // one past: still full
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 10);  // one past: still full
   EXPECT_EQ(s.position(), 11);
 }
 
@@ -494,8 +494,8 @@ TEST(TransfoXlModelTest, ZerosInitMemoryHoldsProjectionOfZeroHiddenState) {
       const std::vector<float> qkv = tensor(p + "attn.qkv.weight");
       const std::vector<float> beta = tensor(p + "attn.ln.bias");
       for (int64_t j = 0; j < c.mem_len; ++j) {
-        const float* k = s.layers()[l].KeyRow(j);
-        const float* v = s.layers()[l].ValueRow(j);
+        const float* k = test::Ring(s, l).KeyRow(j);
+        const float* v = test::Ring(s, l).ValueRow(j);
         for (int64_t o = 0; o < hd; ++o) {
           double want_k = 0.0, want_v = 0.0;
           if (pre_lnorm) {
@@ -528,7 +528,7 @@ TEST(TransfoXlModelTest, MemLenZeroKeepsNoState) {
     SessionState s = *model->NewState();
     EXPECT_EQ(s.bytes(), 0u);
     Feed(*model, s, first);
-    for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
+    for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 0);
     // Nothing carries over: the second segment equals a fresh pass over it alone.
     const std::vector<float> continued = Feed(*model, s, second);
     SessionState fresh = *model->NewState();
@@ -614,7 +614,7 @@ class ValidationTest : public ::testing::Test {
   // state_ is exactly as reference_: same position, same logits for the same next tokens.
   void ExpectStateUnchanged() {
     EXPECT_EQ(state_.position(), reference_.position());
-    EXPECT_EQ(state_.layers()[0].size(), reference_.layers()[0].size());
+    EXPECT_EQ(test::Ring(state_, 0).size(), test::Ring(reference_, 0).size());
     const std::vector<int32_t> next = RandomTokens(3, config_.vocab_size, 2);
     EXPECT_EQ(Feed(*model_, state_, next), Feed(*model_, reference_, next));
   }
