@@ -323,6 +323,24 @@ std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& con
   return model.ok() ? std::move(*model) : nullptr;
 }
 
+std::vector<std::string> TestBackends() { return {"cpu", "cuda"}; }
+
+std::unique_ptr<engine::TransfoXlModel> LoadModelOn(const std::string& device,
+                                                    const engine::ModelConfig& config,
+                                                    uint32_t seed, std::string* unavailable) {
+  auto backend = engine::MakeBackend(device);
+  if (!backend.ok()) {
+    *unavailable = absl::StrCat("no ", device, " backend here: ", backend.status().message());
+    return nullptr;
+  }
+  ScopedTempDir dir = WriteCheckpoint(config, seed);
+  auto model = engine::TransfoXlModel::Load(dir.path(), std::move(*backend));
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+double ExactnessTolerance(const std::string& device) { return device == "cpu" ? 1e-5 : 1e-4; }
+
 std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
