@@ -40,8 +40,9 @@
 
 #include "engine/backend/backend.h"
 #include "engine/backend/sparse_layer.h"
-#include "engine/memory/layer_aux_state.h"
+#include "engine/memory/global_store.h"
 #include "engine/memory/linear_state.h"
+#include "engine/memory/lsh_buckets.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "kernels/cpu/sparse_pattern.h"
@@ -204,7 +205,8 @@ int Run(const Options& o) {
   // Per kind: its inputs and the call.
   Tensor rel, u, v, keys, values, state_s, state_z, input, qk_v, rotations;
   engine::XlMemory memory;
-  engine::LayerAuxState aux;
+  engine::LshBuckets buckets;
+  engine::GlobalStore globals;
   engine::LinearState linear;
   std::vector<int32_t> tokens(static_cast<size_t>(t), 0);
   std::function<absl::Status()> call;
@@ -234,10 +236,11 @@ int Run(const Options& o) {
     const int64_t ring_rows = std::max<int64_t>(layer.history - 1, 1);
     memory = engine::XlMemory(Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"),
                               Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"));
-    aux.buckets = Check(be->Allocate(DType::kI32, {ring_rows, o.heads * layer.n_hashes}), "ring");
+    buckets.buckets =
+        Check(be->Allocate(DType::kI32, {ring_rows, o.heads * layer.n_hashes}), "ring");
     call = [&] {
       return be->LshAttention(
-          {{&qk_v, &memory, &aux, &layer, &rotations, o.heads, o.head_dim, &out}});
+          {{&qk_v, &memory, &buckets, &layer, &rotations, o.heads, o.head_dim, &out}});
     };
   } else {
     const int64_t span = std::max<int64_t>(layer.sparse_span(), 1);
@@ -245,7 +248,7 @@ int Run(const Options& o) {
                               Check(be->Allocate(DType::kF32, {span, w}), "ring"));
     call = [&] {
       return be->SparseAttention(
-          {{&qkv, &memory, &layer, o.heads, o.head_dim, &out, tokens.data(), 0, &aux}});
+          {{&qkv, &memory, &layer, o.heads, o.head_dim, &out, tokens.data(), 0, &globals}});
     };
   }
   Check(be->Synchronize(), "set-up");

@@ -70,6 +70,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
+#include "engine/attention/dense_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/memory/xl_memory.h"
@@ -325,9 +326,10 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
   int64_t memory = 0;
   double compressor = 0;
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    const auto i = static_cast<size_t>(l);
-    const int64_t rows = i < state.layers().size() ? state.layers()[i].size() : 0;
-    const int64_t compressed = i < state.aux().size() ? state.aux()[i].compressed.size() : 0;
+    const engine::LayerState* ls = l < state.num_layers() ? &state.layer(l) : nullptr;
+    const int64_t rows = ls != nullptr && ls->ring() != nullptr ? ls->ring()->size() : 0;
+    const auto* dense = dynamic_cast<const engine::DenseLayerState*>(ls);
+    const int64_t compressed = dense != nullptr ? dense->compressive.compressed.size() : 0;
     memory += 4 * (2 * (rows + compressed) * w                       // keys, values
                    + (std::min(rows + compressed, clamp) + 1) * w);  // distance-table rows
     const engine::LayerConfig& lc = c.layer(l);
@@ -358,8 +360,10 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       ",\"d_inner\":", c.d_inner, ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len,
       ",\"clamp_len\":", c.clamp_len, ",\"same_length\":", c.same_length ? "true" : "false",
       ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
-      ",\"memory_rows\":", state.layers().empty() ? 0 : state.layers()[0].size(), ",\"device\":\"",
-      std::string(model.backend().name()), "\"", DeviceMemoryJson(model));
+      ",\"memory_rows\":",
+      state.num_layers() == 0 || state.layer(0).ring() == nullptr ? 0
+                                                                  : state.layer(0).ring()->size(),
+      ",\"device\":\"", std::string(model.backend().name()), "\"", DeviceMemoryJson(model));
 }
 
 int RunPrefill(const Options& o, TransfoXlModel& model) {

@@ -109,14 +109,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadOne(
   }
   RETURN_IF_ERROR(Describe(*m));
   const engine::ModelConfig& c = m->model->config();
-  {
-    ASSIGN_OR_RETURN(engine::SessionState probe, m->model->NewState());
-    for (int64_t l = 0; l < c.n_layer; ++l) {
-      const auto i = static_cast<size_t>(l);
-      size_t bytes = probe.layers()[i].bytes();
-      if (i < probe.linear().size()) bytes += probe.linear()[i].bytes();
-      m->layer_state_bytes.push_back(static_cast<int64_t>(bytes));
-    }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    m->layer_state_bytes.push_back(static_cast<int64_t>(m->model->LayerStateBytes(l)));
   }
   m->segment_tokens = segment_tokens > 0 ? segment_tokens : c.default_segment_tokens();
   m->scheduler = std::make_unique<Scheduler>(*m->model, scheduling, metrics);

@@ -13,6 +13,21 @@
 #include "absl/strings/str_join.h"
 
 namespace mnemo::test {
+
+const engine::XlMemory& Ring(const engine::SessionState& state, int64_t l) {
+  const engine::XlMemory* ring = state.layer(l).ring();
+  EXPECT_NE(ring, nullptr) << "layer " << l << " keeps no K/V ring";
+  static const engine::XlMemory kNone;
+  return ring != nullptr ? *ring : kNone;
+}
+
+std::vector<engine::XlMemory> Rings(const engine::SessionState& state) {
+  std::vector<engine::XlMemory> rings;
+  for (const auto& layer : state.layers()) {
+    if (layer->ring() != nullptr) rings.push_back(*layer->ring());
+  }
+  return rings;
+}
 namespace {
 
 std::string ShapeJson(const std::vector<int64_t>& shape) {
@@ -307,6 +322,24 @@ std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& con
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::move(*model) : nullptr;
 }
+
+std::vector<std::string> TestBackends() { return {"cpu", "cuda"}; }
+
+std::unique_ptr<engine::TransfoXlModel> LoadModelOn(const std::string& device,
+                                                    const engine::ModelConfig& config,
+                                                    uint32_t seed, std::string* unavailable) {
+  auto backend = engine::MakeBackend(device);
+  if (!backend.ok()) {
+    *unavailable = absl::StrCat("no ", device, " backend here: ", backend.status().message());
+    return nullptr;
+  }
+  ScopedTempDir dir = WriteCheckpoint(config, seed);
+  auto model = engine::TransfoXlModel::Load(dir.path(), std::move(*backend));
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+double ExactnessTolerance(const std::string& device) { return device == "cpu" ? 1e-5 : 1e-4; }
 
 std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
   std::mt19937 rng(seed);

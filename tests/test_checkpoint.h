@@ -10,11 +10,18 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "engine/memory/session_state.h"
+#include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/model/transfo_xl_model.h"
 #include "gtest/gtest.h"
 
 namespace mnemo::test {
+
+// Layer l's K/V ring (the layer's kind must keep one: dense, sparse, LSH).
+const engine::XlMemory& Ring(const engine::SessionState& state, int64_t l);
+// The K/V rings of every layer that keeps one, in layer order (views of the same storage).
+std::vector<engine::XlMemory> Rings(const engine::SessionState& state);
 
 // One tensor of a safetensors file as written: `dtype` is the safetensors spelling ("F32",
 // "F16", "BF16", "I32"; anything else for hostile files) and `bytes` the raw little-endian data.
@@ -71,6 +78,20 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
 // the test fails (and null comes back) when loading fails.
 std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& config,
                                                   uint32_t seed = 1);
+
+// The backends every exactness suite runs on, by device name: "cpu" (the oracle), then "cuda".
+// One test body, instantiated per backend: a backend this build or machine lacks skips with a
+// message (LoadModelOn).
+std::vector<std::string> TestBackends();
+// LoadModel on `device`'s backend. When that backend is not available here, null comes back with
+// the reason in *unavailable (the caller skips); a load failure fails the test.
+std::unique_ptr<engine::TransfoXlModel> LoadModelOn(const std::string& device,
+                                                    const engine::ModelConfig& config,
+                                                    uint32_t seed, std::string* unavailable);
+// Relative tolerance of the exactness properties on `device`: 1e-5 on the CPU (float32), the
+// CUDA backend's stated bound (1e-4 against the CPU) on a GPU, where one pass and its segments
+// may take different kernels (split-key decode, tiles).
+double ExactnessTolerance(const std::string& device);
 
 // `n` token ids uniform in [0, vocab) from std::mt19937(seed).
 std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed);

@@ -16,8 +16,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
-#include "engine/memory/layer_aux_state.h"
+#include "engine/memory/compressive_memory.h"
+#include "engine/memory/global_store.h"
 #include "engine/memory/linear_state.h"
+#include "engine/memory/lsh_buckets.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/tensor/sparse_weight.h"
@@ -74,7 +76,7 @@ struct SparseAttentionArgs {
   Tensor* out;            // [T, H·d_h]
   const int32_t* tokens;  // [T] the segment's token ids (global tokens)
   int64_t position;       // stream position of the segment's first token
-  LayerAuxState* aux;     // the global store
+  GlobalStore* aux;       // the global store (undefined ring: no globals)
   // RealFormer, [H, T, M + T]: added before the softmax / the sums passed on.
   const Tensor* prev_scores = nullptr;
   Tensor* scores = nullptr;
@@ -86,7 +88,7 @@ struct SparseAttentionArgs {
 struct LshAttentionArgs {
   const Tensor* qkv;         // [T, 2·H·d_h]: shared query/key | value
   XlMemory* memory;          // normalised keys and values of the last history − 1 positions
-  LayerAuxState* aux;        // their buckets
+  LshBuckets* aux;           // their buckets
   const LayerConfig* layer;  // n_hashes, n_buckets, chunk_len, history
   const Tensor* rotations;   // [H, d_h, n_hashes, n_buckets / 2]
   int num_heads;
@@ -101,7 +103,7 @@ struct LshAttentionArgs {
 struct CompressArgs {
   const Tensor* hidden;      // [T, D] the segment's attention inputs
   const XlMemory* memory;    // the layer's XL memory before the append
-  LayerAuxState* aux;        // hidden rows, buffer, compressed memory, usage
+  CompressiveMemory* aux;    // hidden rows, buffer, compressed memory, usage
   const LayerConfig* layer;  // compression, rate
   const Tensor* kv_weight;   // [2·H·d_h, D]: W_k then W_v
   const Tensor* compress;    // [D, D, taps] (conv1d, dilated_conv) or undefined

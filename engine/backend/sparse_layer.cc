@@ -20,7 +20,7 @@ kernels::SparsePattern PatternOf(const LayerConfig& l) {
   return pattern;
 }
 
-void StoredGlobals(const LayerAuxState& aux, std::vector<int64_t>* positions,
+void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,
                    std::vector<int64_t>* slots) {
   positions->clear();
   slots->clear();
@@ -44,7 +44,7 @@ std::vector<uint8_t> SegmentGlobals(const LayerConfig& l, int64_t position, cons
 }
 
 std::vector<std::pair<int64_t, int64_t>> JoinGlobalStore(const std::vector<uint8_t>& is_global,
-                                                         int64_t position, LayerAuxState& aux) {
+                                                         int64_t position, GlobalStore& aux) {
   std::vector<int64_t> fresh;
   for (size_t i = 0; i < is_global.size(); ++i) {
     if (is_global[i]) fresh.push_back(static_cast<int64_t>(i));

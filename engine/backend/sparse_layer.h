@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/memory/layer_aux_state.h"
+#include "engine/memory/global_store.h"
 #include "engine/model/model_config.h"
 #include "kernels/cpu/sparse_pattern.h"
 
@@ -18,7 +18,7 @@ namespace mnemo::engine {
 kernels::SparsePattern PatternOf(const LayerConfig& l);
 
 // The kept global positions, oldest first, and the store slot of each.
-void StoredGlobals(const LayerAuxState& aux, std::vector<int64_t>* positions,
+void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,
                    std::vector<int64_t>* slots);
 
 // Per new position (stream positions position … position + t − 1, token ids `tokens`): whether it
@@ -30,6 +30,6 @@ std::vector<uint8_t> SegmentGlobals(const LayerConfig& l, int64_t position, cons
 // slot) pairs for the caller to copy keys and values into. The store's bookkeeping (positions,
 // ring) is updated here.
 std::vector<std::pair<int64_t, int64_t>> JoinGlobalStore(const std::vector<uint8_t>& is_global,
-                                                         int64_t position, LayerAuxState& aux);
+                                                         int64_t position, GlobalStore& aux);
 
 }  // namespace mnemo::engine

@@ -6,30 +6,25 @@ namespace mnemo::engine {
 
 size_t SessionState::bytes() const {
   size_t total = 0;
-  for (const XlMemory& m : layers_) total += m.bytes();
-  for (const LinearState& l : linear_) total += l.bytes();
-  for (const LayerAuxState& a : aux_) total += a.bytes();
+  for (const auto& l : layers_) total += l->bytes();
   return total;
 }
 
 int64_t SessionState::compressions() const {
   int64_t total = 0;
-  for (const LayerAuxState& a : aux_) total += a.compressions;
+  for (const auto& l : layers_) total += l->compression().compressions;
   return total;
 }
 
 int64_t SessionState::tokens_compressed() const {
   int64_t most = 0;
-  for (const LayerAuxState& a : aux_) most = std::max(most, a.tokens_compressed);
+  for (const auto& l : layers_) most = std::max(most, l->compression().tokens_compressed);
   return most;
 }
 
 Device SessionState::device() const {
-  for (const XlMemory& m : layers_) {
-    if (m.keys().defined()) return m.device();
-  }
-  for (const LinearState& l : linear_) {
-    if (l.defined()) return l.s.device();
+  for (const auto& l : layers_) {
+    if (l->bytes() > 0) return l->device();
   }
   return Device::kCpu;
 }

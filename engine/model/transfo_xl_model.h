@@ -15,25 +15,14 @@
 
 #include "absl/status/statusor.h"
 
+#include "engine/attention/attention_layer.h"
 #include "engine/backend/backend.h"
 #include "engine/memory/session_state.h"
 #include "engine/model/model_config.h"
+#include "engine/model/sequence_input.h"
 #include "engine/model/transfo_xl_weights.h"
 
 namespace mnemo::engine {
-
-// One session's part of a batch.
-struct SequenceInput {
-  const int32_t* tokens = nullptr;  // [num_tokens] token ids
-  int64_t num_tokens = 0;
-  SessionState* state = nullptr;
-  // Dense (and compressive) layers attend as if each token were decoded alone: token i sees
-  // the memory as it stood after token i − 1, not [memory | tokens before i], so the logits equal
-  // those of num_tokens single-token calls while the weight products still run once over all
-  // rows (speculative verification). Other kinds are already split-invariant. Not with
-  // residual_attention (RealFormer) models: INVALID_ARGUMENT.
-  bool token_by_token = false;
-};
 
 enum class LogitsMode : uint8_t {
   kNone,  // only update the states (ingest)
@@ -72,8 +61,9 @@ class TransfoXlModel {
   // A fresh session state on the model's device: memory of mem_len projected zero rows
   // ("zeros") or empty ("empty"). RESOURCE_EXHAUSTED when the device is out of memory.
   absl::StatusOr<SessionState> NewState() const;
-  // Bytes of one session's state (exact; equals NewState()->bytes()).
+  // Bytes of one session's state (exact; equals NewState()->bytes()), and of its layer l's part.
   size_t StateBytes() const;
+  size_t LayerStateBytes(int64_t l) const;
   // A deep copy of `state` on the model's device (fork / snapshot).
   absl::StatusOr<SessionState> CloneState(const SessionState& state) const;
   // Makes *dst a deep copy of `state`, reusing dst's buffers where their shapes match (repeated
@@ -95,19 +85,6 @@ class TransfoXlModel {
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
-  // Rows [begin, begin + count) of one sequence of a batch.
-  struct DenseRows {
-    size_t seq;
-    int64_t begin;
-    int64_t count;
-  };
-  // Dense layer l's attention (and compression) for the given rows of the packed batch, each
-  // against its sequence's memory as it stands; `append` then adds the rows to the memory.
-  absl::Status DenseAttention(const std::vector<SequenceInput>& batch,
-                              const std::vector<DenseRows>& rows, int64_t l, const Tensor& attn_in,
-                              const Tensor& qkv, Tensor& attn, const std::vector<int64_t>& offsets,
-                              const std::vector<Tensor>& prev_scores, std::vector<Tensor>& scores,
-                              bool append);
   // Forward after validation (inside a recorded step for decode batches).
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // The multiplied weight matrices (projection, head, per layer qkv / o / fc1 / fc2), in a fixed
@@ -124,25 +101,15 @@ class TransfoXlModel {
   absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) const;
   // Whether `state` has this model's shape (layers, memory capacity and width).
   bool StateFits(const SessionState& state) const;
-  // Exact bytes of layer l's state (ring, linear sums, what it keeps beside).
-  size_t LayerStateBytes(int64_t l) const;
   // Copies a state's tensors with `copy` (same bookkeeping, new storage).
-  template <typename CopyFn>
-  absl::StatusOr<SessionState> CopyState(const SessionState& state, CopyFn copy) const;
-  // The layer's distance table with at least `rows` rows: the precomputed one when it is long
-  // enough, else one computed for this call into `scratch`.
-  absl::StatusOr<const Tensor*> RelativeTable(int layer, int64_t rows, Tensor& scratch) const;
-  // [rows, D] sinusoid embeddings of distances 0 … rows − 1, clamped to clamp_len.
-  Tensor Sinusoids(int64_t rows) const;
+  absl::StatusOr<SessionState> CopyState(const SessionState& state, TensorCopy copy) const;
 
   ModelConfig config_;
   TransfoXlWeights weights_;
   bool record_decode_ = true;  // whether decode steps may be recorded (Backend::BeginStep)
   std::unique_ptr<Backend> backend_;
-  std::vector<Tensor> rel_tables_;   // per layer [P, H·d_h]
-  std::vector<Tensor> zero_keys_;    // per layer [1, H·d_h]: key of a zero hidden row
-  std::vector<Tensor> zero_values_;  // per layer [1, H·d_h]
-  std::vector<Tensor> zero_hidden_;  // per compressive layer [1, D]: the zero row's attention input
+  // Per layer, its attention kind bound to the weights on the model's device (registry.h).
+  std::vector<std::unique_ptr<AttentionLayer>> attention_;
   // Sparse forms of pruned weight matrices, by the matrix's buffer.
   std::map<const void*, std::shared_ptr<const SparseWeight>> sparse_;
 };

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 
 #include "base/status_macros.h"
+#include "engine/attention/registry.h"
 
 namespace mnemo::engine {
 namespace {
@@ -94,10 +95,10 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     ASSIGN_OR_RETURN(w.emb_proj, reader.Read("emb_proj.weight", {d, e}));
     ASSIGN_OR_RETURN(w.emb_proj_bias, reader.Read("emb_proj.bias", {d}));
   }
-  Tensor shared_r_w, shared_r_r;
+  SharedAttentionWeights shared;
   if (!c.untie_r && c.has_dense_layer()) {
-    ASSIGN_OR_RETURN(shared_r_w, reader.Read("r_w_bias", {c.n_head, c.d_head}));
-    ASSIGN_OR_RETURN(shared_r_r, reader.Read("r_r_bias", {c.n_head, c.d_head}));
+    ASSIGN_OR_RETURN(shared.r_w_bias, reader.Read("r_w_bias", {c.n_head, c.d_head}));
+    ASSIGN_OR_RETURN(shared.r_r_bias, reader.Read("r_r_bias", {c.n_head, c.d_head}));
   }
   // One parameter set per ALBERT group (per layer without sharing); every layer of a group
   // holds the same buffers, so shared tensors are in memory once.
@@ -110,41 +111,15 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     }
     const std::string p = absl::StrCat("layers.", g, ".");
     TransfoXlLayerWeights lw;
-    const LayerConfig& lc = c.layer(l);
-    const int64_t qkv_rows = lc.attention == AttentionKind::kLsh ? 2 * hd : 3 * hd;
-    ASSIGN_OR_RETURN(lw.qkv, reader.Read(p + "attn.qkv.weight", {qkv_rows, d}));
+    RETURN_IF_ERROR(ReadAttentionWeights(
+        c, l, p + "attn.",
+        [&](const std::string& name, std::vector<int64_t> shape) {
+          return reader.Read(name, std::move(shape));
+        },
+        shared, lw));
     ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
     ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.attn_ln_beta, reader.Read(p + "attn.ln.bias", {d}));
-    if (lc.attention == AttentionKind::kDense) {
-      ASSIGN_OR_RETURN(lw.r, reader.Read(p + "attn.r.weight", {hd, d}));
-      if (const int64_t taps = lc.compress_taps(); taps > 0) {
-        ASSIGN_OR_RETURN(lw.compress, reader.Read(p + "attn.compress.weight", {d, d, taps}));
-        ASSIGN_OR_RETURN(lw.compress_bias, reader.Read(p + "attn.compress.bias", {d}));
-      }
-      if (c.untie_r) {
-        ASSIGN_OR_RETURN(lw.r_w_bias, reader.Read(p + "attn.r_w_bias", {c.n_head, c.d_head}));
-        ASSIGN_OR_RETURN(lw.r_r_bias, reader.Read(p + "attn.r_r_bias", {c.n_head, c.d_head}));
-      } else {
-        lw.r_w_bias = shared_r_w;
-        lw.r_r_bias = shared_r_r;
-      }
-    } else if (lc.attention == AttentionKind::kLsh) {
-      ASSIGN_OR_RETURN(
-          lw.rotations,
-          reader.Read(p + "attn.rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}));
-    } else if (lc.attention == AttentionKind::kLinear) {
-      // Linear: no positions, no r biases; random features and gate as configured. (Sparse
-      // layers have nothing beyond the projections.)
-      if (lc.feature_map != FeatureMap::kElu) {
-        ASSIGN_OR_RETURN(lw.features,
-                         reader.Read(p + "attn.features", {lc.num_features, c.d_head}));
-      }
-      if (lc.gated) {
-        ASSIGN_OR_RETURN(lw.gate_weight, reader.Read(p + "attn.gate.weight", {c.n_head, d}));
-        ASSIGN_OR_RETURN(lw.gate_bias, reader.Read(p + "attn.gate.bias", {c.n_head}));
-      }
-    }
     ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {c.d_inner, d}));
     ASSIGN_OR_RETURN(lw.fc1_bias, reader.Read(p + "ff.fc1.bias", {c.d_inner}));
     ASSIGN_OR_RETURN(lw.fc2, reader.Read(p + "ff.fc2.weight", {d, c.d_inner}));

@@ -17,6 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include "engine/attention/dense_attention.h"
+#include "engine/attention/linear_attention.h"
+#include "engine/attention/lsh_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/tensor/sparse_weight.h"
@@ -773,9 +776,9 @@ TEST_F(CudaModelTest, LogitsMatchCpuOverSegmentsDecodeAndMixedBatches) {
     auto host = gpu_model_->StateToHost(gpu_states[1]);
     ASSERT_TRUE(host.ok()) << host.status();
     for (size_t l = 0; l < host->layers().size(); ++l) {
-      EXPECT_EQ(host->layers()[l].start(), cpu_states[1].layers()[l].start());
-      EXPECT_TRUE(test::NearRelative(Values(host->layers()[l].keys()),
-                                     Values(cpu_states[1].layers()[l].keys()), kModelTol));
+      EXPECT_EQ(test::Ring(*host, l).start(), test::Ring(cpu_states[1], l).start());
+      EXPECT_TRUE(test::NearRelative(Values(test::Ring(*host, l).keys()),
+                                     Values(test::Ring(cpu_states[1], l).keys()), kModelTol));
     }
   }
 }
@@ -859,7 +862,8 @@ TEST_F(CudaModelTest, CompressiveMemoryMatchesCpu) {
     EXPECT_EQ(host->compressions(), cs.compressions());
     EXPECT_GT(cs.compressions(), 0);
     for (size_t l = 0; l < layers.size(); ++l) {
-      const LayerAuxState &g = host->aux()[l], &c = cs.aux()[l];
+      const CompressiveMemory& g = dynamic_cast<const DenseLayerState&>(host->layer(l)).compressive;
+      const CompressiveMemory& c = dynamic_cast<const DenseLayerState&>(cs.layer(l)).compressive;
       EXPECT_EQ(g.pending_rows, c.pending_rows) << "layer " << l;
       EXPECT_EQ(g.compressed.size(), c.compressed.size()) << "layer " << l;
       EXPECT_EQ(g.compressed.start(), c.compressed.start()) << "layer " << l;
@@ -904,13 +908,13 @@ TEST_F(CudaModelTest, LinearAttentionMatchesCpu) {
                                     &cs, &gs);
     auto host = gpu_model_->StateToHost(gs[0]);
     ASSERT_TRUE(host.ok()) << host.status();
-    for (size_t l = 0; l < host->linear().size(); ++l) {
-      if (!cs[0].linear()[l].defined()) continue;
-      EXPECT_TRUE(
-          test::NearRelative(Values(host->linear()[l].s), Values(cs[0].linear()[l].s), kModelTol))
+    for (int64_t l = 0; l < host->num_layers(); ++l) {
+      const auto* want = dynamic_cast<const LinearLayerState*>(&cs[0].layer(l));
+      if (want == nullptr) continue;
+      const LinearState& got_sums = dynamic_cast<const LinearLayerState&>(host->layer(l)).sums;
+      EXPECT_TRUE(test::NearRelative(Values(got_sums.s), Values(want->sums.s), kModelTol))
           << "layer " << l;
-      EXPECT_TRUE(
-          test::NearRelative(Values(host->linear()[l].z), Values(cs[0].linear()[l].z), kModelTol))
+      EXPECT_TRUE(test::NearRelative(Values(got_sums.z), Values(want->sums.z), kModelTol))
           << "layer " << l;
     }
     ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
@@ -1003,10 +1007,11 @@ TEST_F(CudaModelTest, LshAttentionMatchesCpu) {
                                     &cs, &gs);
     auto host = gpu_model_->StateToHost(gs[1]);
     ASSERT_TRUE(host.ok()) << host.status();
-    for (size_t l = 0; l < host->aux().size(); ++l) {
-      if (!cs[1].aux()[l].buckets.defined()) continue;
-      const Tensor& want = cs[1].aux()[l].buckets;
-      const Tensor& got = host->aux()[l].buckets;
+    for (int64_t l = 0; l < host->num_layers(); ++l) {
+      const auto* lsh = dynamic_cast<const LshLayerState*>(&cs[1].layer(l));
+      if (lsh == nullptr) continue;
+      const Tensor& want = lsh->buckets.buckets;
+      const Tensor& got = dynamic_cast<const LshLayerState&>(host->layer(l)).buckets.buckets;
       ASSERT_EQ(got.numel(), want.numel()) << "layer " << l;
       EXPECT_EQ(std::memcmp(got.data<int32_t>(), want.data<int32_t>(), want.bytes()), 0)
           << "layer " << l << ": the rings' buckets differ";

@@ -92,23 +92,33 @@ const std::vector<std::pair<std::string, std::vector<std::string>>>& SplitFreeMo
   return *models;
 }
 
-TEST(LongContextModelTest, SparseAndLshLogitsDoNotDependOnHowTheDocumentArrives) {
+// One test body per backend (test::TestBackends): the CUDA backend runs the CPU's assertions.
+class LongContextBackendTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LongContextBackendTest, SparseAndLshLogitsDoNotDependOnHowTheDocumentArrives) {
+  const double tol = test::ExactnessTolerance(GetParam());
   for (const auto& [name, layers] : SplitFreeModels()) {
     SCOPED_TRACE(name);
     const ModelConfig c = ConfigWith(layers);
-    auto model = LoadModel(c, 7);
+    std::string unavailable;
+    auto model = test::LoadModelOn(GetParam(), c, 7, &unavailable);
+    if (!unavailable.empty()) GTEST_SKIP() << unavailable;
     ASSERT_NE(model, nullptr);
     const std::vector<int32_t> doc = RandomTokens(90, c.vocab_size, 3);
     SessionState whole = *model->NewState();
     const std::vector<float> once = FeedInPieces(*model, whole, doc, {90});
     SessionState pieces = *model->NewState();
     EXPECT_TRUE(
-        test::NearRelative(FeedInPieces(*model, pieces, doc, RandomPieces(90, 4)), once, kTol));
+        test::NearRelative(FeedInPieces(*model, pieces, doc, RandomPieces(90, 4)), once, tol));
     SessionState tokens = *model->NewState();
     EXPECT_TRUE(test::NearRelative(FeedInPieces(*model, tokens, doc, std::vector<int64_t>(90, 1)),
-                                   once, kTol));
+                                   once, tol));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, LongContextBackendTest,
+                         ::testing::ValuesIn(test::TestBackends()),
+                         [](const auto& info) { return info.param; });
 
 TEST(LongContextModelTest, LaterTokensNeverChangeEarlierLogits) {
   for (const auto& [name, layers] : SplitFreeModels()) {

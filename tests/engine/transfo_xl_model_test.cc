@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -106,13 +107,24 @@ std::vector<Variant> EquivalenceVariants() {
   return v;
 }
 
-class EquivalenceTest : public ::testing::TestWithParam<Variant> {
+// Every backend runs the same test bodies (test::TestBackends); parameters are (device, case).
+template <typename Case>
+std::string BackendCaseName(const ::testing::TestParamInfo<std::tuple<std::string, Case>>& info) {
+  return std::get<0>(info.param) + "_" + std::get<1>(info.param).name;
+}
+
+class EquivalenceTest : public ::testing::TestWithParam<std::tuple<std::string, Variant>> {
  protected:
   void SetUp() override {
-    model_ = LoadModel(GetParam().config, 7);
+    std::string unavailable;
+    model_ = test::LoadModelOn(device(), std::get<1>(GetParam()).config, 7, &unavailable);
+    if (!unavailable.empty()) GTEST_SKIP() << unavailable;
     ASSERT_NE(model_, nullptr);
+    tol_ = test::ExactnessTolerance(device());
   }
+  const std::string& device() const { return std::get<0>(GetParam()); }
   std::unique_ptr<TransfoXlModel> model_;
+  double tol_ = kTol;
 };
 
 TEST_P(EquivalenceTest, SegmentedPrefillEqualsOnePass) {
@@ -124,7 +136,7 @@ TEST_P(EquivalenceTest, SegmentedPrefillEqualsOnePass) {
   for (const std::vector<int64_t>& cut :
        std::vector<std::vector<int64_t>>{{1, 39}, {20, 20}, {7, 1, 13, 19}, {39, 1}}) {
     SessionState state = *model_->NewState();
-    EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, state, doc, cut), whole, kTol))
+    EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, state, doc, cut), whole, tol_))
         << "segments starting with " << cut[0];
     EXPECT_EQ(state.position(), 40);
   }
@@ -138,7 +150,7 @@ TEST_P(EquivalenceTest, DecodeEqualsPrefill) {
   SessionState state = *model_->NewState();
   for (size_t t = 0; t < doc.size(); ++t) {
     const std::vector<float> step = Feed(*model_, state, {doc[t]}, LogitsMode::kLast);
-    ASSERT_TRUE(test::NearRelative(step, Row(prefill, static_cast<int64_t>(t), vocab), kTol))
+    ASSERT_TRUE(test::NearRelative(step, Row(prefill, static_cast<int64_t>(t), vocab), tol_))
         << "token " << t;
   }
   EXPECT_EQ(state.position(), 40);
@@ -151,12 +163,14 @@ TEST_P(EquivalenceTest, DocumentExactlyFillingMemory) {
   SessionState a = *model_->NewState();
   const std::vector<float> whole = Feed(*model_, a, doc);
   SessionState b = *model_->NewState();
-  EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, b, doc, {mem_len - 1, 1}), whole, kTol));
-  for (const XlMemory& m : b.layers()) EXPECT_EQ(m.size(), mem_len);
+  EXPECT_TRUE(test::NearRelative(FeedInSegments(*model_, b, doc, {mem_len - 1, 1}), whole, tol_));
+  for (const XlMemory& m : test::Rings(b)) EXPECT_EQ(m.size(), mem_len);
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, EquivalenceTest, ::testing::ValuesIn(EquivalenceVariants()),
-                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Variants, EquivalenceTest,
+                         ::testing::Combine(::testing::ValuesIn(test::TestBackends()),
+                                            ::testing::ValuesIn(EquivalenceVariants())),
+                         BackendCaseName<Variant>);
 
 // ---------------------------------------------------------------------------------------------
 // One layer: memory K/V are projections of embeddings, independent of context, so a decode step
@@ -206,7 +220,7 @@ TEST_P(SlidingWindowTest, DecodeWithWrappedRingEqualsFreshWindow) {
         test::NearRelative(step, Feed(*window_model, fresh, window, LogitsMode::kLast), kTol))
         << "token " << t;
   }
-  for (const XlMemory& mem : state.layers()) EXPECT_EQ(mem.size(), m);
+  for (const XlMemory& mem : test::Rings(state)) EXPECT_EQ(mem.size(), m);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SlidingWindowTest,
@@ -237,7 +251,7 @@ TEST(TransfoXlModelTest, OnePastFullMemoryForgetsOldestToken) {
   EXPECT_TRUE(test::NearRelative(steps[c.mem_len], Row(all, c.mem_len, c.vocab_size), kTol));
   EXPECT_FALSE(
       test::NearRelative(steps[c.mem_len + 1], Row(all, c.mem_len + 1, c.vocab_size), 1e-4));
-  for (const XlMemory& m : state.layers()) EXPECT_EQ(m.size(), c.mem_len);
+  for (const XlMemory& m : test::Rings(state)) EXPECT_EQ(m.size(), c.mem_len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,17 +266,24 @@ struct BatchCase {
 
 void PrintTo(const BatchCase& c, std::ostream* os) { *os << c.name; }
 
-class BatchTest : public ::testing::TestWithParam<BatchCase> {};
+class BatchTest : public ::testing::TestWithParam<std::tuple<std::string, BatchCase>> {
+ protected:
+  const std::string& device() const { return std::get<0>(GetParam()); }
+  const BatchCase& batch_case() const { return std::get<1>(GetParam()); }
+};
 
 TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
   ModelConfig c = test::SmallConfig();
   c.mem_len = 8;
-  c.memory_init = GetParam().init;
-  c.same_length = GetParam().same_length;
-  c.clamp_len = GetParam().clamp_len;
-  c.pre_lnorm = GetParam().init == MemoryInit::kZeros;
-  auto model = LoadModel(c, 5);
+  c.memory_init = batch_case().init;
+  c.same_length = batch_case().same_length;
+  c.clamp_len = batch_case().clamp_len;
+  c.pre_lnorm = batch_case().init == MemoryInit::kZeros;
+  std::string unavailable;
+  auto model = test::LoadModelOn(device(), c, 5, &unavailable);
+  if (!unavailable.empty()) GTEST_SKIP() << unavailable;
   ASSERT_NE(model, nullptr);
+  const double tol = test::ExactnessTolerance(device());
   const int64_t vocab = c.vocab_size;
   // Memory fill levels: none, partial, wrapped more than once.
   const std::vector<int64_t> history = {0, 5, 20};
@@ -299,15 +320,15 @@ TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
     }
     const int64_t rows = mode == LogitsMode::kAll ? 18 : 3;
     EXPECT_EQ(logits.shape(), (std::vector<int64_t>{rows, vocab}));
-    EXPECT_TRUE(test::NearRelative(got, want, kTol))
+    EXPECT_TRUE(test::NearRelative(got, want, tol))
         << (mode == LogitsMode::kAll ? "kAll" : "kLast");
     // The states advanced exactly as when run alone: the next token agrees too.
     for (size_t b = 0; b < inputs.size(); ++b) {
       EXPECT_EQ(batch_states[b].position(), history[b] + lengths[b]);
-      EXPECT_EQ(batch_states[b].layers()[0].size(), alone_states[b].layers()[0].size());
+      EXPECT_EQ(test::Ring(batch_states[b], 0).size(), test::Ring(alone_states[b], 0).size());
       const std::vector<int32_t> next = {static_cast<int32_t>(b)};
       EXPECT_TRUE(test::NearRelative(Feed(*model, batch_states[b], next),
-                                     Feed(*model, alone_states[b], next), kTol))
+                                     Feed(*model, alone_states[b], next), tol))
           << "sequence " << b;
     }
   }
@@ -315,10 +336,13 @@ TEST_P(BatchTest, RaggedBatchEqualsEachSequenceAlone) {
 
 TEST_P(BatchTest, LastModeEqualsLastRowOfAllMode) {
   ModelConfig c = test::SmallConfig();
-  c.memory_init = GetParam().init;
-  c.same_length = GetParam().same_length;
-  auto model = LoadModel(c, 6);
+  c.memory_init = batch_case().init;
+  c.same_length = batch_case().same_length;
+  std::string unavailable;
+  auto model = test::LoadModelOn(device(), c, 6, &unavailable);
+  if (!unavailable.empty()) GTEST_SKIP() << unavailable;
   ASSERT_NE(model, nullptr);
+  const double tol = test::ExactnessTolerance(device());
   const std::vector<int32_t> a = RandomTokens(5, c.vocab_size, 1);
   const std::vector<int32_t> b = RandomTokens(3, c.vocab_size, 2);
   SessionState sa = *model->NewState(), sb = *model->NewState();
@@ -331,18 +355,20 @@ TEST_P(BatchTest, LastModeEqualsLastRowOfAllMode) {
   const std::vector<float> all_v = ToVector(all), last_v = ToVector(last);
   // The output products have 2 rows here and 8 there: OpenBLAS may pick different kernels for
   // the two shapes (seen on a 16-core machine), so equality is up to float32 rounding. A wrong
-  // row would differ by far more than kTol.
-  EXPECT_TRUE(test::NearRelative(Row(last_v, 0, c.vocab_size), Row(all_v, 4, c.vocab_size), kTol));
-  EXPECT_TRUE(test::NearRelative(Row(last_v, 1, c.vocab_size), Row(all_v, 7, c.vocab_size), kTol));
-  EXPECT_FALSE(test::NearRelative(Row(last_v, 0, c.vocab_size), Row(all_v, 3, c.vocab_size), kTol));
+  // row would differ by far more than the tolerance.
+  EXPECT_TRUE(test::NearRelative(Row(last_v, 0, c.vocab_size), Row(all_v, 4, c.vocab_size), tol));
+  EXPECT_TRUE(test::NearRelative(Row(last_v, 1, c.vocab_size), Row(all_v, 7, c.vocab_size), tol));
+  EXPECT_FALSE(test::NearRelative(Row(last_v, 0, c.vocab_size), Row(all_v, 3, c.vocab_size), tol));
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, BatchTest,
-    ::testing::Values(BatchCase{"EmptyAllKeys", MemoryInit::kEmpty, false, 0},
-                      BatchCase{"ZerosSameLengthClamp", MemoryInit::kZeros, true, 5},
-                      BatchCase{"EmptySameLength", MemoryInit::kEmpty, true, 0}),
-    [](const auto& info) { return info.param.name; });
+    ::testing::Combine(
+        ::testing::ValuesIn(test::TestBackends()),
+        ::testing::Values(BatchCase{"EmptyAllKeys", MemoryInit::kEmpty, false, 0},
+                          BatchCase{"ZerosSameLengthClamp", MemoryInit::kZeros, true, 5},
+                          BatchCase{"EmptySameLength", MemoryInit::kEmpty, true, 0})),
+    BackendCaseName<BatchCase>);
 
 TEST(TransfoXlModelTest, ConcurrentForwardOnDistinctStatesMatchesSequential) {
   ModelConfig c = test::SmallConfig();
@@ -393,26 +419,54 @@ TEST(TransfoXlModelTest, StateBytesAreExact) {
   }
 }
 
-TEST(TransfoXlModelTest, CloneIsIndependentAndIdentical) {
-  ModelConfig c = test::SmallConfig();
-  c.mem_len = 6;
-  c.memory_init = MemoryInit::kZeros;
-  auto model = LoadModel(c, 3);
-  ASSERT_NE(model, nullptr);
-  SessionState original = *model->NewState();
-  Feed(*model, original, RandomTokens(9, c.vocab_size, 1), LogitsMode::kNone);  // wrapped ring
-  SessionState clone = *model->CloneState(original);
+class StateCopyTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ModelConfig c = test::SmallConfig();
+    c.mem_len = 6;
+    c.memory_init = MemoryInit::kZeros;
+    std::string unavailable;
+    model_ = test::LoadModelOn(GetParam(), c, 3, &unavailable);
+    if (!unavailable.empty()) GTEST_SKIP() << unavailable;
+    ASSERT_NE(model_, nullptr);
+  }
+  std::unique_ptr<TransfoXlModel> model_;
+};
+
+TEST_P(StateCopyTest, CloneIsIndependentAndIdentical) {
+  const ModelConfig& c = model_->config();
+  SessionState original = *model_->NewState();
+  Feed(*model_, original, RandomTokens(9, c.vocab_size, 1), LogitsMode::kNone);  // wrapped ring
+  SessionState clone = *model_->CloneState(original);
   EXPECT_EQ(clone.position(), original.position());
   const std::vector<int32_t> next = RandomTokens(4, c.vocab_size, 2);
-  const std::vector<float> from_clone = Feed(*model, clone, next);
+  const std::vector<float> from_clone = Feed(*model_, clone, next);
   EXPECT_EQ(original.position(), 9);  // untouched by feeding the clone
   EXPECT_EQ(clone.position(), 13);
-  const std::vector<float> from_original = Feed(*model, original, next);
+  const std::vector<float> from_original = Feed(*model_, original, next);
   EXPECT_EQ(from_clone, from_original);
   // And the clone's further evolution does not leak back either.
   const std::vector<int32_t> more = RandomTokens(3, c.vocab_size, 3);
-  EXPECT_EQ(Feed(*model, clone, more), Feed(*model, original, more));
+  EXPECT_EQ(Feed(*model_, clone, more), Feed(*model_, original, more));
 }
+
+TEST_P(StateCopyTest, OffloadRoundTripIsExact) {
+  const ModelConfig& c = model_->config();
+  SessionState original = *model_->NewState();
+  Feed(*model_, original, RandomTokens(9, c.vocab_size, 4), LogitsMode::kNone);
+  auto host = model_->StateToHost(original);
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ(host->device(), Device::kCpu);
+  EXPECT_EQ(host->bytes(), original.bytes());
+  auto restored = model_->StateFromHost(*host);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->position(), original.position());
+  const std::vector<int32_t> next = RandomTokens(4, c.vocab_size, 5);
+  EXPECT_EQ(Feed(*model_, *restored, next), Feed(*model_, original, next));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StateCopyTest, ::testing::ValuesIn(test::TestBackends()),
+                         [](const auto& info) { return info.param; });
 
 TEST(TransfoXlModelTest, NoLogitsModeUpdatesStateLikeOtherModes) {
   ModelConfig c = test::SmallConfig();
@@ -438,14 +492,14 @@ TEST(TransfoXlModelTest, ZerosInitStartsWithFullMemory) {
   SessionState s = *model->NewState();
   EXPECT_EQ(s.position(), 0);
   ASSERT_EQ(static_cast<int64_t>(s.layers().size()), c.n_layer);
-  for (const XlMemory& m : s.layers()) {
+  for (const XlMemory& m : test::Rings(s)) {
     EXPECT_EQ(m.size(), c.mem_len);
     EXPECT_EQ(m.capacity(), c.mem_len);
     EXPECT_EQ(m.width(), c.attn_width());
   }
   Feed(*model, s, RandomTokens(4, c.vocab_size, 1));
   EXPECT_EQ(s.position(), 4);
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), c.mem_len);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), c.mem_len);
 }
 
 TEST(TransfoXlModelTest, EmptyInitMemoryGrowsToMemLen) {
@@ -455,13 +509,13 @@ TEST(TransfoXlModelTest, EmptyInitMemoryGrowsToMemLen) {
   auto model = LoadModel(c);
   ASSERT_NE(model, nullptr);
   SessionState s = *model->NewState();
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 0);
   Feed(*model, s, RandomTokens(4, c.vocab_size, 1));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 4);
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 4);
   Feed(*model, s, RandomTokens(6, c.vocab_size, 2));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 10);  // exactly full
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 10);  // exactly full
   Feed(*model, s, RandomTokens(1, c.vocab_size, 3));
-  for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 10);  // one past: still full
+  for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 10);  // one past: still full
   EXPECT_EQ(s.position(), 11);
 }
 
@@ -494,8 +548,8 @@ TEST(TransfoXlModelTest, ZerosInitMemoryHoldsProjectionOfZeroHiddenState) {
       const std::vector<float> qkv = tensor(p + "attn.qkv.weight");
       const std::vector<float> beta = tensor(p + "attn.ln.bias");
       for (int64_t j = 0; j < c.mem_len; ++j) {
-        const float* k = s.layers()[l].KeyRow(j);
-        const float* v = s.layers()[l].ValueRow(j);
+        const float* k = test::Ring(s, l).KeyRow(j);
+        const float* v = test::Ring(s, l).ValueRow(j);
         for (int64_t o = 0; o < hd; ++o) {
           double want_k = 0.0, want_v = 0.0;
           if (pre_lnorm) {
@@ -528,7 +582,7 @@ TEST(TransfoXlModelTest, MemLenZeroKeepsNoState) {
     SessionState s = *model->NewState();
     EXPECT_EQ(s.bytes(), 0u);
     Feed(*model, s, first);
-    for (const XlMemory& m : s.layers()) EXPECT_EQ(m.size(), 0);
+    for (const XlMemory& m : test::Rings(s)) EXPECT_EQ(m.size(), 0);
     // Nothing carries over: the second segment equals a fresh pass over it alone.
     const std::vector<float> continued = Feed(*model, s, second);
     SessionState fresh = *model->NewState();
@@ -614,7 +668,7 @@ class ValidationTest : public ::testing::Test {
   // state_ is exactly as reference_: same position, same logits for the same next tokens.
   void ExpectStateUnchanged() {
     EXPECT_EQ(state_.position(), reference_.position());
-    EXPECT_EQ(state_.layers()[0].size(), reference_.layers()[0].size());
+    EXPECT_EQ(test::Ring(state_, 0).size(), test::Ring(reference_, 0).size());
     const std::vector<int32_t> next = RandomTokens(3, config_.vocab_size, 2);
     EXPECT_EQ(Feed(*model_, state_, next), Feed(*model_, reference_, next));
   }

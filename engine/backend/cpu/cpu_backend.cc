@@ -262,7 +262,7 @@ class CpuBackend final : public Backend {
       // The kept global positions (oldest first) and which new positions are global.
       kernels::GlobalKeys globals;
       std::vector<uint8_t> is_global;
-      LayerAuxState& aux = *a.aux;
+      auto& aux = *a.aux;
       if (l.has_globals()) {
         const XlMemory& store = aux.globals;
         globals.k = store.keys().data<float>();
@@ -373,7 +373,7 @@ class CpuBackend final : public Backend {
  private:
   absl::Status CompressOne(const CompressArgs& a) {
     const LayerConfig& l = *a.layer;
-    LayerAuxState& aux = *a.aux;
+    auto& aux = *a.aux;
     const XlMemory& mem = *a.memory;
     const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
     const bool most_used = l.compression == Compression::kMostUsed;

@@ -982,7 +982,7 @@ class CudaBackend final : public Backend {
   // attends over them, and the segment's global rows then join the layer's global store.
   absl::Status GatheredSparseAttention(const SparseAttentionArgs& a) {
     const LayerConfig& l = *a.layer;
-    LayerAuxState& aux = *a.aux;
+    auto& aux = *a.aux;
     const XlMemory& m = *a.memory;
     const int64_t w = static_cast<int64_t>(a.num_heads) * a.head_dim, t = a.qkv->dim(0);
     const float* qkv = a.qkv->data<float>();
@@ -1081,7 +1081,7 @@ class CudaBackend final : public Backend {
   absl::Status CompressOne(const CompressArgs& a) {
     const LayerConfig& l = *a.layer;
     const bool most_used = l.compression == Compression::kMostUsed;
-    LayerAuxState& aux = *a.aux;
+    auto& aux = *a.aux;
     const XlMemory& mem = *a.memory;
     const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;
     float* hidden = aux.hidden.data<float>();

@@ -1,0 +1,113 @@
+// AttentionLayer: one layer's attention kind bound to its configuration and weights. A kind
+// (dense Transformer-XL with XL or compressive memory, linear, sparse, LSH) lives in one file
+// pair of this folder and owns everything kind-specific: its per-session state (create, exact
+// bytes, shape check), the constants it precomputes at load, and its forward on a Backend for a
+// ragged batch. The model is a stack of these and never branches on the kind; registry.h is the
+// one list of kinds.
+//
+// Threading: a bound layer is immutable; Forward may run concurrently on disjoint states.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+
+#include "engine/backend/backend.h"
+#include "engine/memory/layer_state.h"
+#include "engine/model/model_config.h"
+#include "engine/model/sequence_input.h"
+#include "engine/model/transfo_xl_weights.h"
+
+namespace mnemo::engine {
+
+// Reads checkpoint tensor `name`, which must have `shape` (errors name the tensor).
+using ReadTensorFn =
+    absl::FunctionRef<absl::StatusOr<Tensor>(const std::string& name, std::vector<int64_t> shape)>;
+
+// What a layer's attention weights may share across layers: the r biases of a model with
+// untie_r false (undefined otherwise).
+struct SharedAttentionWeights {
+  Tensor r_w_bias, r_r_bias;  // [H, d_h]
+};
+
+// y[N, out] = x[N, in] · wᵀ (+ bias): the model's product, from w's sparse form when it pays.
+using MatMulFn = absl::FunctionRef<absl::Status(const Tensor& x, const Tensor& w,
+                                                const Tensor* bias, Tensor& y)>;
+
+// One layer's attention over a packed batch: what the model hands the kind.
+struct AttentionCall {
+  Backend& backend;
+  MatMulFn matmul;
+  const std::vector<SequenceInput>& batch;
+  const std::vector<int64_t>& offsets;  // first row of each sequence in the packed batch
+  const Tensor& input;                  // [num_tokens, d_model] the attention input
+  Tensor& qkv;  // [num_tokens, 3·H·d_h] scratch for the projections (written before read)
+  Tensor& out;  // [num_tokens, H·d_h] the attention output, before W_o
+  // RealFormer, per sequence: the scores the previous layer passed on and the buffer for the
+  // ones this layer passes on ([H, T, keys], undefined: none).
+  const std::vector<Tensor>& prev_scores;
+  std::vector<Tensor>& scores;
+
+  // The sequence's state of layer `layer`, as the kind's own type (the model checked the kinds
+  // with Fits before the call).
+  template <typename State>
+  State& StateOf(size_t b, int64_t layer) const {
+    return static_cast<State&>(batch[b].state->layer(layer));
+  }
+  // Rows of sequence b in a packed [num_tokens, …] tensor.
+  Tensor RowsOf(const Tensor& packed, size_t b) const {
+    return packed.Rows(offsets[b], offsets[b] + batch[b].num_tokens);
+  }
+};
+
+class AttentionLayer {
+ public:
+  AttentionLayer(const ModelConfig& config, int64_t layer)
+      : config_(config), layer_(layer), lc_(config.layer(layer)) {}
+  virtual ~AttentionLayer() = default;
+  AttentionLayer(const AttentionLayer&) = delete;
+  AttentionLayer& operator=(const AttentionLayer&) = delete;
+
+  int64_t index() const { return layer_; }
+  const LayerConfig& layer_config() const { return lc_; }
+
+  // Binds the layer to its weights on the model's device (`weights` outlives the layer) and
+  // moves what it precomputed at creation there.
+  virtual absl::Status Bind(const TransfoXlLayerWeights& weights, Backend& backend) {
+    weights_ = &weights;
+    return absl::OkStatus();
+  }
+
+  // Exact bytes of one session's state of this layer.
+  virtual size_t StateBytes() const = 0;
+  // A fresh state on `backend`'s device. RESOURCE_EXHAUSTED when the device is out of memory.
+  virtual absl::StatusOr<std::unique_ptr<LayerState>> NewState(Backend& backend) const = 0;
+  // Whether `state` is this kind's and has this layer's shape.
+  virtual bool Fits(const LayerState& state) const = 0;
+  // Whether a decode step issues the same ops on the same shapes every time (so a backend may
+  // record it once and replay it).
+  virtual bool RepeatsSteps() const { return true; }
+  // RealFormer: the keys before the segment that this layer's scores cover in `state`, now and
+  // at most (scores are [H, T, keys + T]).
+  virtual std::pair<int64_t, int64_t> ScoredMemoryKeys(const LayerState& state) const {
+    return {0, 0};
+  }
+
+  // Projects `call.input` and runs every sequence's attention, writing `call.out` and advancing
+  // each state of this layer by its tokens.
+  virtual absl::Status Forward(const AttentionCall& call) const = 0;
+
+ protected:
+  const ModelConfig& config_;
+  const int64_t layer_;
+  const LayerConfig& lc_;
+  const TransfoXlLayerWeights* weights_ = nullptr;  // set by Bind
+};
+
+}  // namespace mnemo::engine

@@ -1,0 +1,74 @@
+#include "engine/attention/linear_attention.h"
+
+#include <utility>
+#include <vector>
+
+#include "base/status_macros.h"
+
+namespace mnemo::engine {
+
+absl::StatusOr<std::unique_ptr<LayerState>> LinearLayerState::Map(TensorCopy copy) const {
+  auto out = std::make_unique<LinearLayerState>();
+  ASSIGN_OR_RETURN(out->sums.s, copy(sums.s));
+  ASSIGN_OR_RETURN(out->sums.z, copy(sums.z));
+  return out;
+}
+
+absl::Status LinearAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
+                                               const std::string& p, ReadTensorFn read,
+                                               TransfoXlLayerWeights& lw) {
+  const LayerConfig& lc = c.layer(layer);
+  ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * c.attn_width(), c.d_model}));
+  // No positions, no r biases; random features and gate as configured.
+  if (lc.feature_map != FeatureMap::kElu) {
+    ASSIGN_OR_RETURN(lw.features, read(p + "features", {lc.num_features, c.d_head}));
+  }
+  if (lc.gated) {
+    ASSIGN_OR_RETURN(lw.gate_weight, read(p + "gate.weight", {c.n_head, c.d_model}));
+    ASSIGN_OR_RETURN(lw.gate_bias, read(p + "gate.bias", {c.n_head}));
+  }
+  return absl::OkStatus();
+}
+
+size_t LinearAttentionLayer::StateBytes() const {
+  const int64_t m = config_.linear_features(layer_);
+  return static_cast<size_t>(config_.n_head * (m * config_.d_head + m)) * sizeof(float);
+}
+
+absl::StatusOr<std::unique_ptr<LayerState>> LinearAttentionLayer::NewState(Backend& be) const {
+  const int64_t m = config_.linear_features(layer_);
+  auto state = std::make_unique<LinearLayerState>();  // zero sums
+  ASSIGN_OR_RETURN(state->sums.s, be.Allocate(DType::kF32, {config_.n_head, m, config_.d_head}));
+  ASSIGN_OR_RETURN(state->sums.z, be.Allocate(DType::kF32, {config_.n_head, m}));
+  return state;
+}
+
+bool LinearAttentionLayer::Fits(const LayerState& state) const {
+  const auto* s = dynamic_cast<const LinearLayerState*>(&state);
+  const int64_t m = config_.linear_features(layer_);
+  return s != nullptr && s->sums.defined() &&
+         s->sums.s.shape() == std::vector<int64_t>{config_.n_head, m, config_.d_head} &&
+         s->sums.z.shape() == std::vector<int64_t>{config_.n_head, m};
+}
+
+absl::Status LinearAttentionLayer::Forward(const AttentionCall& call) const {
+  RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, call.qkv));
+  // The state advances with the outputs; the gate reads the layer input.
+  std::vector<Tensor> qkv_rows, input_rows, out_rows;
+  for (size_t b = 0; b < call.batch.size(); ++b) {
+    qkv_rows.push_back(call.RowsOf(call.qkv, b));
+    input_rows.push_back(call.RowsOf(call.input, b));
+    out_rows.push_back(call.RowsOf(call.out, b));
+  }
+  const TransfoXlLayerWeights& lw = *weights_;
+  std::vector<LinearAttentionArgs> args;
+  for (size_t b = 0; b < call.batch.size(); ++b) {
+    args.push_back({&qkv_rows[b], &input_rows[b], &lc_, &lw.features, &lw.gate_weight,
+                    &lw.gate_bias, &call.StateOf<LinearLayerState>(b, layer_).sums,
+                    static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
+                    &out_rows[b]});
+  }
+  return call.backend.LinearAttention(args);
+}
+
+}  // namespace mnemo::engine

@@ -1,0 +1,79 @@
+#include "engine/attention/lsh_attention.h"
+
+#include <utility>
+#include <vector>
+
+#include "base/status_macros.h"
+
+namespace mnemo::engine {
+
+size_t LshLayerState::bytes() const {
+  return history.bytes() + (buckets.buckets.defined() ? buckets.buckets.bytes() : 0);
+}
+
+absl::StatusOr<std::unique_ptr<LayerState>> LshLayerState::Map(TensorCopy copy) const {
+  auto out = std::make_unique<LshLayerState>();
+  RETURN_IF_ERROR(CopyDefined(buckets.buckets, copy, out->buckets.buckets));
+  ASSIGN_OR_RETURN(out->history, CopyRing(history, copy));
+  return out;
+}
+
+absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
+                                            const std::string& p, ReadTensorFn read,
+                                            TransfoXlLayerWeights& lw) {
+  const LayerConfig& lc = c.layer(layer);
+  ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {2 * c.attn_width(), c.d_model}));
+  ASSIGN_OR_RETURN(lw.rotations,
+                   read(p + "rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}));
+  return absl::OkStatus();
+}
+
+size_t LshAttentionLayer::StateBytes() const {
+  return SessionStateBytes(1, lc_.history - 1, config_.attn_width()) +
+         static_cast<size_t>((lc_.history - 1) * config_.n_head * lc_.n_hashes) * sizeof(int32_t);
+}
+
+absl::StatusOr<std::unique_ptr<LayerState>> LshAttentionLayer::NewState(Backend& be) const {
+  auto state = std::make_unique<LshLayerState>();  // normalised keys, values, buckets
+  const std::vector<int64_t> shape = {lc_.history - 1, config_.attn_width()};
+  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
+  ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
+  state->history = XlMemory(std::move(keys), std::move(values));
+  ASSIGN_OR_RETURN(state->buckets.buckets,
+                   be.Allocate(DType::kI32, {lc_.history - 1, config_.n_head * lc_.n_hashes}));
+  return state;
+}
+
+bool LshAttentionLayer::Fits(const LayerState& state) const {
+  const auto* s = dynamic_cast<const LshLayerState*>(&state);
+  return s != nullptr && s->bytes() == StateBytes() && s->history.keys().defined() &&
+         s->history.capacity() == lc_.history - 1 && s->history.width() == config_.attn_width();
+}
+
+absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {
+  // Shared qk | v; the op writes the ring itself.
+  const std::vector<SequenceInput>& batch = call.batch;
+  const int64_t n = call.input.dim(0);
+  ASSIGN_OR_RETURN(Tensor qk_v,
+                   call.backend.AllocateUninitialized(DType::kF32, {n, 2 * config_.attn_width()}));
+  RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, qk_v));
+  std::vector<Tensor> rows, out_rows;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    rows.push_back(call.RowsOf(qk_v, b));
+    out_rows.push_back(call.RowsOf(call.out, b));
+  }
+  std::vector<LshAttentionArgs> args;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    LshLayerState& st = call.StateOf<LshLayerState>(b, layer_);
+    args.push_back({&rows[b], &st.history, &st.buckets, &lc_, &weights_->rotations,
+                    static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
+                    &out_rows[b]});
+  }
+  RETURN_IF_ERROR(call.backend.LshAttention(args));
+  for (size_t b = 0; b < batch.size(); ++b) {
+    call.StateOf<LshLayerState>(b, layer_).history.Advance(batch[b].num_tokens);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mnemo::engine

@@ -1,0 +1,42 @@
+#include "engine/attention/registry.h"
+
+#include "engine/attention/dense_attention.h"
+#include "engine/attention/linear_attention.h"
+#include "engine/attention/lsh_attention.h"
+#include "engine/attention/sparse_attention.h"
+
+namespace mnemo::engine {
+
+absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
+    const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights) {
+  switch (config.layer(layer).attention) {
+    case AttentionKind::kDense:
+      return DenseAttentionLayer::Create(config, layer, host_weights);
+    case AttentionKind::kLinear:
+      return std::make_unique<LinearAttentionLayer>(config, layer);
+    case AttentionKind::kSparse:
+      return std::make_unique<SparseAttentionLayer>(config, layer);
+    case AttentionKind::kLsh:
+      return std::make_unique<LshAttentionLayer>(config, layer);
+  }
+  return absl::InternalError("unknown attention kind");
+}
+
+absl::Status ReadAttentionWeights(const ModelConfig& config, int64_t layer,
+                                  const std::string& prefix, ReadTensorFn read,
+                                  const SharedAttentionWeights& shared,
+                                  TransfoXlLayerWeights& weights) {
+  switch (config.layer(layer).attention) {
+    case AttentionKind::kDense:
+      return DenseAttentionLayer::ReadWeights(config, layer, prefix, read, shared, weights);
+    case AttentionKind::kLinear:
+      return LinearAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
+    case AttentionKind::kSparse:
+      return SparseAttentionLayer::ReadWeights(config, prefix, read, weights);
+    case AttentionKind::kLsh:
+      return LshAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
+  }
+  return absl::InternalError("unknown attention kind");
+}
+
+}  // namespace mnemo::engine

@@ -1,0 +1,13 @@
+// What an LSH layer keeps beside its ring of normalised keys and values: each ring slot's
+// buckets, one per (head, hash round), so stored positions are never hashed again.
+#pragma once
+
+#include "engine/tensor/tensor.h"
+
+namespace mnemo::engine {
+
+struct LshBuckets {
+  Tensor buckets;  // [history − 1, H·n_hashes] int32, same slots as the K/V ring
+};
+
+}  // namespace mnemo::engine
