@@ -197,8 +197,10 @@ absl::Status DenseAttentionLayer::Forward(const AttentionCall& call) const {
   // The whole sequences' keys/values join the memory only after every query has attended.
   if (whole.empty()) return absl::OkStatus();
   std::vector<Tensor> qkv_rows;
+  qkv_rows.reserve(whole.size());
   for (size_t b : whole) qkv_rows.push_back(call.RowsOf(call.qkv, b));
   std::vector<MemoryAppendArgs> appends;
+  appends.reserve(whole.size());
   for (size_t k = 0; k < whole.size(); ++k) {
     appends.push_back({&qkv_rows[k], &call.StateOf<DenseLayerState>(whole[k], layer_).memory});
   }
