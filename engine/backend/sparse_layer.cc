@@ -6,7 +6,7 @@ namespace mnemo::engine {
 
 kernels::SparsePattern PatternOf(const LayerConfig& l) {
   kernels::SparsePattern pattern;
-  pattern.kind = static_cast<kernels::PatternKind>(l.pattern);
+  pattern.kind = l.pattern;
   pattern.span = l.sparse_span();
   pattern.window = l.window;
   pattern.dilations = l.dilations.data();

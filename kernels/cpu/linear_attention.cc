@@ -17,10 +17,10 @@ void Features(const LinearAttentionShape& s, const float* x, const float* featur
               float* phi, std::vector<float>& work) {
   const int dh = s.head_dim;
   switch (s.map) {
-    case LinearFeatureMap::kElu:
+    case FeatureMap::kElu:
       for (int i = 0; i < dh; ++i) phi[i] = x[i] > 0.0f ? x[i] + 1.0f : std::exp(x[i]);
       return;
-    case LinearFeatureMap::kFavor: {
+    case FeatureMap::kFavor: {
       const int64_t m = s.num_features;
       work.resize(static_cast<size_t>(dh + m));
       float* xh = work.data();
@@ -42,7 +42,7 @@ void Features(const LinearAttentionShape& s, const float* x, const float* featur
         phi[i] = norm_m * (std::exp(u[i] - 0.5f * norm - stab) + 1e-4f);
       return;
     }
-    case LinearFeatureMap::kRfa: {
+    case FeatureMap::kRfa: {
       const int64_t m = s.num_features;
       work.resize(static_cast<size_t>(dh + m));
       float* xn = work.data();
@@ -158,11 +158,11 @@ void AttendHead(const LinearAttentionShape& s, int h, const float* qkv, const fl
 
 int64_t LinearStateFeatures(const LinearAttentionShape& shape) {
   switch (shape.map) {
-    case LinearFeatureMap::kElu:
+    case FeatureMap::kElu:
       return shape.head_dim;
-    case LinearFeatureMap::kFavor:
+    case FeatureMap::kFavor:
       return shape.num_features;
-    case LinearFeatureMap::kRfa:
+    case FeatureMap::kRfa:
       return 2 * shape.num_features;
   }
   return shape.head_dim;

@@ -81,14 +81,14 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
   const size_t from = out.size();
   const int64_t lo = std::max<int64_t>(0, p - pattern.span);
   switch (pattern.kind) {
-    case PatternKind::kWindow: {
+    case SparsePatternKind::kWindow: {
       const int64_t dil = pattern.dilations[h];
       for (int64_t r = pattern.window - 1; r >= 0; --r) {
         if (p - r * dil >= lo) out.push_back(p - r * dil);
       }
       return;  // ascending already
     }
-    case PatternKind::kStrided: {
+    case SparsePatternKind::kStrided: {
       const int64_t l = pattern.stride;
       const uint8_t parts = pattern.head_components[h];
       if (parts & 2u) {
@@ -98,7 +98,7 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
       if (parts == 3u) SortUnique(out, from);
       return;
     }
-    case PatternKind::kFixed: {
+    case SparsePatternKind::kFixed: {
       const int64_t l = pattern.block, c = pattern.summary;
       const uint8_t parts = pattern.head_components[h];
       if (parts & 2u) {
@@ -110,7 +110,7 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
       if (parts == 3u) SortUnique(out, from);
       return;
     }
-    case PatternKind::kBigBird: {
+    case SparsePatternKind::kBigBird: {
       const int64_t b = pattern.block, q = p / b;
       for (int64_t k : BigBirdRandomBlocks(pattern, h, q))
         AppendRange(k * b, k * b + b - 1, lo, p, out);

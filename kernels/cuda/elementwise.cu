@@ -89,11 +89,12 @@ __global__ void AddLayerNormKernel(float* x, const float* delta, const float* ga
 }
 
 __global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,
-                                     int act) {
+                                     Activation act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = y[i] + bias[i % cols];
-    y[i] = act == 0 ? fmaxf(v, 0.0f) : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    y[i] = act == Activation::kRelu ? fmaxf(v, 0.0f)
+                                    : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
   }
 }
 
@@ -169,7 +170,7 @@ cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const
   return cudaGetLastError();
 }
 
-cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
+cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, Activation act,
                            cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n == 0) return cudaSuccess;

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/kinds.h"
+
 namespace mnemo::kernels::cuda {
 
 // y[n, :] = scale · table[ids[n], :] for n < count; ids on the device, already range-checked.
@@ -23,8 +25,8 @@ cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, flo
 // x += delta, then y = LayerNorm(x), row-wise (y may be x).
 cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const float* beta,
                          float eps, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
-// y = act(y + bias) row-wise; act 0 = ReLU, 1 = GELU (erf form).
-cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
+// y = act(y + bias) row-wise (GELU in its erf form).
+cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, Activation act,
                            cudaStream_t stream);
 // y = a + b over n elements (y may alias a or b).
 cudaError_t Add(const float* a, const float* b, float* y, int64_t n, cudaStream_t stream);

@@ -111,9 +111,12 @@ bool GemvSupported(GemvWeights type, const void* w, const float* x, int64_t in) 
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias, int act,
-                 float* y, int64_t out, int64_t in, cudaStream_t stream) {
+cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias,
+                 std::optional<Activation> activation, float* y, int64_t out, int64_t in,
+                 cudaStream_t stream) {
   if (out == 0) return cudaSuccess;
+  // The kernel's code: −1 none, 0 ReLU, 1 GELU.
+  const int act = !activation ? -1 : (*activation == Activation::kRelu ? 0 : 1);
   if (!GemvSupported(type, w, x, in)) return cudaErrorInvalidValue;
   switch (type) {
     case GemvWeights::kF32:

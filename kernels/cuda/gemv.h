@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
+
+#include "kernels/kinds.h"
 
 namespace mnemo::kernels::cuda {
 
@@ -18,8 +21,9 @@ enum class GemvWeights { kF32, kBF16, kF16 };
 // multiple of 4, of 8 for 16-bit W); otherwise use a BLAS.
 bool GemvSupported(GemvWeights type, const void* w, const float* x, int64_t in);
 
-// act: −1 none, 0 ReLU, 1 GELU (erf form), applied after the bias.
-cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias, int act,
-                 float* y, int64_t out, int64_t in, cudaStream_t stream);
+// act (none: std::nullopt) is applied after the bias.
+cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias,
+                 std::optional<Activation> act, float* y, int64_t out, int64_t in,
+                 cudaStream_t stream);
 
 }  // namespace mnemo::kernels::cuda

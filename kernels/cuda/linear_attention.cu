@@ -34,7 +34,7 @@ __global__ void FeaturesKernel(LinearAttentionLaunch p) {
   const int64_t w = static_cast<int64_t>(p.num_heads) * dh;
   const float* x = p.qkv + t * 3 * w + (query ? 0 : w) + static_cast<int64_t>(h) * dh;
   float* phi = (query ? p.fq : p.fk) + (t * p.num_heads + h) * p.state_features;
-  if (p.map == LinearMap::kElu) {
+  if (p.map == FeatureMap::kElu) {
     for (int i = threadIdx.x; i < dh; i += kThreads) {
       phi[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
     }
@@ -48,7 +48,7 @@ __global__ void FeaturesKernel(LinearAttentionLaunch p) {
   for (int i = threadIdx.x; i < dh; i += kThreads) local += x[i] * x[i];
   const float sq = BlockReduce(local, false, scratch);  // ‖x‖²
   float norm = 0.0f;                                    // favor: ‖x̂‖²
-  if (p.map == LinearMap::kFavor) {
+  if (p.map == FeatureMap::kFavor) {
     const float scale = 1.0f / sqrtf(sqrtf(static_cast<float>(dh)));
     for (int i = threadIdx.x; i < dh; i += kThreads) xh[i] = x[i] * scale;
     norm = sq * scale * scale;
@@ -66,7 +66,7 @@ __global__ void FeaturesKernel(LinearAttentionLaunch p) {
     umax = fmaxf(umax, acc);
   }
   const float norm_m = 1.0f / sqrtf(static_cast<float>(m));
-  if (p.map == LinearMap::kFavor) {
+  if (p.map == FeatureMap::kFavor) {
     // Queries: the per-token stabiliser cancels between numerator and denominator (up to the
     // 1e-4 term); keys: none, so the carried state never needs rescaling.
     const float stab = query ? BlockReduce(umax, true, scratch) : 0.0f;

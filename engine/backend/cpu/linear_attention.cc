@@ -11,17 +11,14 @@ namespace mnemo::engine::cpu {
 absl::Status CpuBackend::LinearAttention(const std::vector<LinearAttentionArgs>& batch) {
   for (const LinearAttentionArgs& a : batch) {
     const LayerConfig& l = *a.layer;
-    kernels::LinearAttentionShape shape{
-        a.num_heads,
-        a.head_dim,
-        a.qkv->dim(0),
-        l.feature_map == FeatureMap::kElu     ? kernels::LinearFeatureMap::kElu
-        : l.feature_map == FeatureMap::kFavor ? kernels::LinearFeatureMap::kFavor
-                                              : kernels::LinearFeatureMap::kRfa,
-        l.num_features,
-        l.gated,
-        static_cast<float>(l.eps),
-        a.input->dim(1)};
+    kernels::LinearAttentionShape shape{a.num_heads,
+                                        a.head_dim,
+                                        a.qkv->dim(0),
+                                        l.feature_map,
+                                        l.num_features,
+                                        l.gated,
+                                        static_cast<float>(l.eps),
+                                        a.input->dim(1)};
     auto ptr = [](const Tensor* t) {
       return t != nullptr && t->defined() ? t->data<float>() : nullptr;
     };

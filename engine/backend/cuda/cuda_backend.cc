@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "base/status_macros.h"
@@ -163,7 +164,7 @@ absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor*
     Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(wt)});
     return Launch([this, xp, wp, bp, yp, in, out, wt] {
       MNEMO_CUDA_RETURN_IF_ERROR(
-          kc::Gemv(GemvType(wt), wp, xp, bp, -1, yp, out, in, ctx_.stream()));
+          kc::Gemv(GemvType(wt), wp, xp, bp, std::nullopt, yp, out, in, ctx_.stream()));
       return absl::OkStatus();
     });
   }
@@ -244,7 +245,6 @@ absl::Status CudaBackend::SparseLinear(const Tensor& x, const SparseWeight& w, c
 
 absl::Status CudaBackend::LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,
                                                Activation act, Tensor& y) {
-  const int kind = act == Activation::kRelu ? 0 : 1;
   {
     Lock lock(ctx_);
     RETURN_IF_ERROR(lock.status());
@@ -255,10 +255,10 @@ absl::Status CudaBackend::LinearBiasActivation(const Tensor& x, const Tensor& w,
       const float* bp = bias.data<float>();
       float* yp = y.data<float>();
       const int64_t in = x.dim(1), out = w.dim(0);
-      Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(kind), U(wt)});
-      return Launch([this, xp, wp, bp, yp, in, out, kind, wt] {
+      Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(act), U(wt)});
+      return Launch([this, xp, wp, bp, yp, in, out, act, wt] {
         MNEMO_CUDA_RETURN_IF_ERROR(
-            kc::Gemv(GemvType(wt), wp, xp, bp, kind, yp, out, in, ctx_.stream()));
+            kc::Gemv(GemvType(wt), wp, xp, bp, act, yp, out, in, ctx_.stream()));
         return absl::OkStatus();
       });
     }
@@ -307,10 +307,9 @@ absl::Status CudaBackend::BiasActivation(const Tensor& bias, Activation act, Ten
   const float* bp = bias.data<float>();
   float* yp = y.data<float>();
   const int64_t rows = y.dim(0), cols = y.dim(1);
-  const int kind = act == Activation::kRelu ? 0 : 1;
-  Note({8, Addr(bp), Addr(yp), U(rows), U(cols), U(kind)});
-  return Launch([this, bp, yp, rows, cols, kind] {
-    MNEMO_CUDA_RETURN_IF_ERROR(kc::BiasActivation(yp, bp, rows, cols, kind, ctx_.stream()));
+  Note({8, Addr(bp), Addr(yp), U(rows), U(cols), U(act)});
+  return Launch([this, bp, yp, rows, cols, act] {
+    MNEMO_CUDA_RETURN_IF_ERROR(kc::BiasActivation(yp, bp, rows, cols, act, ctx_.stream()));
     return absl::OkStatus();
   });
 }

@@ -22,9 +22,7 @@ absl::Status CudaBackend::LinearAttention(const std::vector<LinearAttentionArgs>
     launch.query_len = a.qkv->dim(0);
     launch.num_heads = a.num_heads;
     launch.head_dim = a.head_dim;
-    launch.map = l.feature_map == FeatureMap::kElu     ? kc::LinearMap::kElu
-                 : l.feature_map == FeatureMap::kFavor ? kc::LinearMap::kFavor
-                                                       : kc::LinearMap::kRfa;
+    launch.map = l.feature_map;
     launch.num_features = l.num_features;
     launch.state_features = a.state->z.dim(1);
     launch.gated = l.gated;
