@@ -1,7 +1,7 @@
 // The enums the CPU kernels, the CUDA kernels and the engine share: one definition per concept,
-// here at the lowest layer that needs it (engine/model/model_config.h aliases them under the
-// names config.json uses). Plain C++, includable from .cu files; values are stable (launch
-// parameters and step fingerprints carry them).
+// here at the lowest layer that needs it (engine/model/model_config.h aliases those of the
+// configuration under its own names). Plain C++, includable from .cu files; values are stable
+// (launch parameters and step fingerprints carry them).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,10 @@ enum class Activation : uint8_t {
   kRelu,  // max(x, 0)
   kGelu,  // x·Φ(x), erf form
 };
+
+// How a weight table is stored: float32, or 16-bit (bfloat16 / float16) widened to float32 as
+// it is read (half the bytes, the same arithmetic as float32 weights of those values).
+enum class WeightType : uint8_t { kF32, kBF16, kF16 };
 
 // Feature map φ of a linear (kernelised) attention layer (MODEL-SPEC §5.2–5.4); m' is the
 // number of features per head the recurrent state keeps (state_features).

@@ -1,3 +1,5 @@
+// What every backend derives the same way from a sparse layer's configuration and state
+// (sparse_layer.h): pattern parameters, kept and new global positions, store slots.
 #include "engine/backend/sparse_layer.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// Row-wise and element-wise kernels of the CUDA backend (elementwise.h); twin of
+// kernels/cpu/elementwise.
 #include <cmath>
 
 #include <cuda_bf16.h>
@@ -126,20 +128,21 @@ __global__ void CopyRowsIndirectKernel(const float* const* src, float* const* ds
 
 }  // namespace
 
-cudaError_t EmbeddingGather(const void* table, int table_type, const int32_t* ids, int64_t count,
-                            int64_t dim, float scale, float* y, cudaStream_t stream) {
+cudaError_t EmbeddingGather(const void* table, WeightType table_type, const int32_t* ids,
+                            int64_t count, int64_t dim, float scale, float* y,
+                            cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(count);
   switch (table_type) {
-    case 0:
+    case WeightType::kF32:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(table), ids, dim,
                                                        scale, y);
       break;
-    case 1:
+    case WeightType::kBF16:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(table),
                                                        ids, dim, scale, y);
       break;
-    default:
+    case WeightType::kF16:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(table), ids, dim,
                                                        scale, y);
       break;

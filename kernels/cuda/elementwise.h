@@ -11,9 +11,9 @@
 namespace mnemo::kernels::cuda {
 
 // y[n, :] = scale · table[ids[n], :] for n < count; ids on the device, already range-checked.
-// table_type: 0 float32, 1 bfloat16, 2 float16 (widened to float32).
-cudaError_t EmbeddingGather(const void* table, int table_type, const int32_t* ids, int64_t count,
-                            int64_t dim, float scale, float* y, cudaStream_t stream);
+// 16-bit tables are widened to float32.
+cudaError_t EmbeddingGather(const void* table, WeightType table_type, const int32_t* ids,
+                            int64_t count, int64_t dim, float scale, float* y, cudaStream_t stream);
 // dst[i] = src[i] rounded to bfloat16 (to_bf16) or float16, nearest-even: the inputs of a
 // tensor-core product.
 cudaError_t NarrowFloat(const float* src, uint16_t* dst, int64_t n, bool to_bf16,

@@ -8,8 +8,8 @@
 
 #include "base/status_macros.h"
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/sparse_matmul.h"
-#include "kernels/cpu/vector_ops.h"
 
 namespace mnemo::engine::cpu {
 

@@ -15,20 +15,20 @@
 #include "engine/backend/cuda/cuda_status.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
-#include "kernels/cuda/sparse_gemm.h"
+#include "kernels/cuda/sparse_matmul.h"
 
 namespace mnemo::engine::cuda {
 namespace {
 
-// The matrix-vector kernel's name for a weight dtype (float32, bfloat16, float16).
-kc::GemvWeights GemvType(DType dtype) {
+// The kernels' name for a weight dtype (float32, bfloat16, float16).
+kernels::WeightType WeightTypeOf(DType dtype) {
   switch (dtype) {
     case DType::kBF16:
-      return kc::GemvWeights::kBF16;
+      return kernels::WeightType::kBF16;
     case DType::kF16:
-      return kc::GemvWeights::kF16;
+      return kernels::WeightType::kF16;
     default:
-      return kc::GemvWeights::kF32;
+      return kernels::WeightType::kF32;
   }
 }
 
@@ -160,11 +160,11 @@ absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor*
   const float* bp = bias != nullptr ? bias->data<float>() : nullptr;
   float* yp = y.data<float>();
   const DType wt = w.dtype();
-  if (rows == 1 && kc::GemvSupported(GemvType(wt), wp, xp, in)) {  // decode: bandwidth-bound
+  if (rows == 1 && kc::GemvSupported(WeightTypeOf(wt), wp, xp, in)) {  // decode: bandwidth-bound
     Note({6, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(wt)});
     return Launch([this, xp, wp, bp, yp, in, out, wt] {
       MNEMO_CUDA_RETURN_IF_ERROR(
-          kc::Gemv(GemvType(wt), wp, xp, bp, std::nullopt, yp, out, in, ctx_.stream()));
+          kc::Gemv(WeightTypeOf(wt), wp, xp, bp, std::nullopt, yp, out, in, ctx_.stream()));
       return absl::OkStatus();
     });
   }
@@ -251,14 +251,14 @@ absl::Status CudaBackend::LinearBiasActivation(const Tensor& x, const Tensor& w,
     const float* xp = x.data<float>();
     const void* wp = w.raw();
     const DType wt = w.dtype();
-    if (x.dim(0) == 1 && kc::GemvSupported(GemvType(wt), wp, xp, x.dim(1))) {  // one kernel
+    if (x.dim(0) == 1 && kc::GemvSupported(WeightTypeOf(wt), wp, xp, x.dim(1))) {  // one kernel
       const float* bp = bias.data<float>();
       float* yp = y.data<float>();
       const int64_t in = x.dim(1), out = w.dim(0);
       Note({15, Addr(xp), Addr(wp), Addr(bp), Addr(yp), U(in), U(out), U(act), U(wt)});
       return Launch([this, xp, wp, bp, yp, in, out, act, wt] {
         MNEMO_CUDA_RETURN_IF_ERROR(
-            kc::Gemv(GemvType(wt), wp, xp, bp, act, yp, out, in, ctx_.stream()));
+            kc::Gemv(WeightTypeOf(wt), wp, xp, bp, act, yp, out, in, ctx_.stream()));
         return absl::OkStatus();
       });
     }
@@ -334,7 +334,7 @@ absl::Status CudaBackend::Embedding(const Tensor& table, const std::vector<int32
   RETURN_IF_ERROR(lock.status());
   ASSIGN_OR_RETURN(Tensor staged, Stage(ids.data(), ids.size() * sizeof(int32_t)));
   const void* tp = table.raw();
-  const int type = table.dtype() == DType::kBF16 ? 1 : (table.dtype() == DType::kF16 ? 2 : 0);
+  const kernels::WeightType type = WeightTypeOf(table.dtype());
   const int32_t* ip = staged.data<int32_t>();
   float* yp = y.data<float>();
   const int64_t count = static_cast<int64_t>(ids.size()), dim = table.dim(1);

@@ -1,12 +1,7 @@
-// StepRecorder: the CUDA backend's recorded steps (Backend::BeginStep). The first time a key is
-// seen the step runs eagerly and measures the device memory and pinned staging it needs; the
-// second time it runs against a per-key arena of that size while the stream is captured into a
-// CUDA graph; from then on the ops only do their host part (allocate from the arena in the same
-// order, so every address repeats, and write the step's host inputs into the pinned staging the
-// graph copies from) and End launches the graph. Every op adds its launch parameters to a
-// fingerprint; a replay whose fingerprint differs from the recording's runs its ops eagerly
-// instead (and the key is no longer replayed), so a broken promise costs speed, never
-// correctness. Callers hold the device context's lock (Begin holds it until End or Abort).
+// StepRecorder: the CUDA backend's recorded steps (Backend::BeginStep): per key, a measuring
+// first run, a second run captured into a CUDA graph over an arena and pinned staging of that
+// size, and graph replays afterwards. Callers hold the device context's lock (Begin holds it
+// until End or Abort).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -35,6 +30,14 @@ uint64_t U(T v) {
   return static_cast<uint64_t>(v);
 }
 
+// The first time a key is seen the step runs eagerly and measures the device memory and pinned
+// staging it needs; the second time it runs against a per-key arena of that size while the
+// stream is captured into a CUDA graph; from then on the ops only do their host part (allocate
+// from the arena in the same order, so every address repeats, and write the step's host inputs
+// into the pinned staging the graph copies from) and End launches the graph. Every op adds its
+// launch parameters to a fingerprint; a replay whose fingerprint differs from the recording's runs
+// its ops eagerly instead (and the key is no longer replayed), so a broken promise costs speed,
+// never correctness.
 class StepRecorder {
  public:
   explicit StepRecorder(DeviceContext* context);
