@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
   } else if (o.kind == "window") {
     constexpr int64_t kWindow = 512;
     mnemo::kernels::SlidingWindowShape shape{H, dh, L, 0, kWindow, dilations.data()};
-    pattern.kind = mnemo::kernels::PatternKind::kWindow;
+    pattern.kind = mnemo::kernels::SparsePatternKind::kWindow;
     pattern.window = kWindow;
     pattern.dilations = dilations.data();
     pattern.span = kWindow - 1;
@@ -213,18 +213,18 @@ int main(int argc, char** argv) {
     pattern.span = L;
     pattern.head_components = components.data();
     if (o.kind == "strided") {
-      pattern.kind = mnemo::kernels::PatternKind::kStrided;
+      pattern.kind = mnemo::kernels::SparsePatternKind::kStrided;
       pattern.stride = 128;
       params = "{\"stride\":128,\"span\":" + std::to_string(L) +
                ",\"components\":[\"local\",\"strided\"],\"split\":\"heads\"}";
     } else if (o.kind == "fixed") {
-      pattern.kind = mnemo::kernels::PatternKind::kFixed;
+      pattern.kind = mnemo::kernels::SparsePatternKind::kFixed;
       pattern.block = 128;
       pattern.summary = 16;
       params = "{\"block\":128,\"summary\":16,\"span\":" + std::to_string(L) +
                ",\"components\":[\"block\",\"summary\"],\"split\":\"heads\"}";
     } else {
-      pattern.kind = mnemo::kernels::PatternKind::kBigBird;
+      pattern.kind = mnemo::kernels::SparsePatternKind::kBigBird;
       pattern.block = 64;
       pattern.window_blocks = 3;
       pattern.random_blocks = 2;
@@ -269,8 +269,8 @@ int main(int argc, char** argv) {
       mnemo::kernels::LshAttention(shape, q, ld, spans, bucket_spans, out.data(), width, pool);
     };
   } else if (o.kind == "linear") {
-    mnemo::kernels::LinearAttentionShape shape{
-        H, dh, L, mnemo::kernels::LinearFeatureMap::kElu, dh, false, 1e-6f, 0};
+    mnemo::kernels::LinearAttentionShape shape{H,  dh,    L,     mnemo::kernels::FeatureMap::kElu,
+                                               dh, false, 1e-6f, 0};
     const int64_t m = mnemo::kernels::LinearStateFeatures(shape);
     state_s.resize(static_cast<size_t>(H * m * dh));
     state_z.resize(static_cast<size_t>(H * m));

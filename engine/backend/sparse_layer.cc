@@ -1,3 +1,5 @@
+// What every backend derives the same way from a sparse layer's configuration and state
+// (sparse_layer.h): pattern parameters, kept and new global positions, store slots.
 #include "engine/backend/sparse_layer.h"
 
 #include <algorithm>
@@ -6,7 +8,7 @@ namespace mnemo::engine {
 
 kernels::SparsePattern PatternOf(const LayerConfig& l) {
   kernels::SparsePattern pattern;
-  pattern.kind = static_cast<kernels::PatternKind>(l.pattern);
+  pattern.kind = l.pattern;
   pattern.span = l.sparse_span();
   pattern.window = l.window;
   pattern.dilations = l.dilations.data();

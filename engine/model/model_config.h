@@ -11,10 +11,11 @@
 #include "absl/status/statusor.h"
 
 #include "base/dtype.h"
+#include "kernels/kinds.h"
 
 namespace mnemo::engine {
 
-enum class Activation : uint8_t { kRelu, kGelu };
+using Activation = kernels::Activation;
 
 // First-segment convention of XL memory (MODEL-SPEC §1.3).
 enum class MemoryInit : uint8_t {
@@ -31,12 +32,7 @@ enum class AttentionKind : uint8_t {
 };
 
 // The pattern of a sparse layer (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3).
-enum class SparsePattern : uint8_t {
-  kWindow,   // (dilated) sliding window
-  kStrided,  // Sparse Transformer: local(l) and/or strided(l)
-  kFixed,    // Sparse Transformer: block(l) and/or summary(l, c)
-  kBigBird,  // causal block window + seeded random blocks
-};
+using SparsePattern = kernels::SparsePatternKind;
 
 // What a dense layer remembers beyond its segment (MODEL-SPEC §1.2, §2).
 enum class MemoryKind : uint8_t { kXl, kCompressive };
@@ -45,11 +41,7 @@ enum class MemoryKind : uint8_t { kXl, kCompressive };
 enum class Compression : uint8_t { kMaxPool, kMeanPool, kConv1d, kDilatedConv, kMostUsed };
 
 // Feature map of a linear layer (MODEL-SPEC §5.2–5.4).
-enum class FeatureMap : uint8_t {
-  kElu,    // φ(x) = elu(x) + 1, d_h features
-  kFavor,  // Performer FAVOR+ positive random features, num_features of them
-  kRfa,    // random Fourier features (sin | cos), 2·num_features of them, optionally gated
-};
+using FeatureMap = kernels::FeatureMap;
 
 // One entry of config.json's "layers".
 struct LayerConfig {

@@ -1,3 +1,5 @@
+// The CPU products (blas.h) on single-threaded OpenBLAS, split over the thread pool by blocks of
+// output columns.
 #include "kernels/cpu/blas.h"
 
 #include <cblas.h>

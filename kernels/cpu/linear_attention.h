@@ -10,21 +10,15 @@
 #include <cstdint>
 
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/kinds.h"
 
 namespace mnemo::kernels {
-
-enum class LinearFeatureMap : uint8_t {
-  kElu,  // φ(x) = elu(x) + 1                                        m' = d_h
-  kFavor,  // x̂ = x·d_h^(−1/4), u = Ωx̂: queries m^(−1/2)(exp(u − ‖x̂‖²/2 − max u) + 1e-4),
-           // keys m^(−1/2)(exp(u − ‖x̂‖²/2) + 1e-4)                   m' = m
-  kRfa,  // x̂ = x/‖x‖, u = Wx̂: m^(−1/2)[sin u, cos u]                 m' = 2m
-};
 
 struct LinearAttentionShape {
   int num_heads;  // H
   int head_dim;   // d_h
   int64_t query_len;
-  LinearFeatureMap map;
+  FeatureMap map;        // kernels/kinds.h
   int64_t num_features;  // m (favor, rfa: rows of `features`)
   bool gated;
   float eps;

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/vector_ops.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -167,7 +167,7 @@ inline const float* ValueRow(const std::vector<KvSpan>& keys, int64_t j) {
 void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
                  const std::vector<KvSpan>& keys, const std::vector<BucketSpan>& buckets,
                  float* out, int64_t ldo, int h, int64_t i0, int64_t i1, Scratch& s) {
-  const int dh = shape.head_dim, rounds = shape.n_hashes;
+  const int head_dim = shape.head_dim, rounds = shape.n_hashes;
   const int64_t hist = shape.history, c = shape.chunk_len;
   const int64_t p0 = shape.memory_len + i0, p1 = shape.memory_len + i1;
   const int64_t w0 = std::max<int64_t>(0, p0 - hist + 1), n = p1 - w0;  // W = [w0, p1)
@@ -258,10 +258,10 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
       for (; k >= lo; --k) add(sorted[tree.Select(k)]);
     }
     const int64_t i = p - shape.memory_len;
-    float* o = out + i * ldo + static_cast<int64_t>(h) * dh;
+    float* o = out + i * ldo + static_cast<int64_t>(h) * head_dim;
     if (s.cand.empty()) {
-      const float* v = ValueRow(keys, p) + static_cast<int64_t>(h) * dh;
-      std::copy(v, v + dh, o);
+      const float* v = ValueRow(keys, p) + static_cast<int64_t>(h) * head_dim;
+      std::copy(v, v + head_dim, o);
       continue;
     }
     // Position order: the same summation order however the positions were split into calls.
@@ -269,30 +269,30 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
     const int64_t m = static_cast<int64_t>(s.cand.size());
     s.scores.resize(static_cast<size_t>(m));
     s.vals.resize(static_cast<size_t>(m));
-    const float* q = x + i * ldx + static_cast<int64_t>(h) * dh;
+    const float* q = x + i * ldx + static_cast<int64_t>(h) * head_dim;
     // Candidates are increasing, so each span is visited once, in order.
     int64_t next = 0;
     ForEachKeyRange(keys, s.cand.front(), s.cand.back() + 1,
                     [&](const KvSpan& span, int64_t row, int64_t j, int64_t count) {
                       for (; next < m && s.cand[next] < j + count; ++next) {
                         const int64_t at =
-                            (row + s.cand[next] - j) * span.ld + static_cast<int64_t>(h) * dh;
+                            (row + s.cand[next] - j) * span.ld + static_cast<int64_t>(h) * head_dim;
                         const float* k = span.k + at;
                         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                        for (int d = 0; d < dh; ++d) dot += q[d] * k[d];
+                        for (int d = 0; d < head_dim; ++d) dot += q[d] * k[d];
                         s.scores[next] = dot;
                         s.vals[next] = span.v + at;
                       }
                     });
     // Max-subtracted softmax in float32; the weighted sum of values accumulates in float32.
     SoftmaxRow(s.scores.data(), m);
-    std::fill(o, o + dh, 0.0f);
+    std::fill(o, o + head_dim, 0.0f);
     for (int64_t t = 0; t < m; ++t) {
       const float wgt = s.scores[t];
       const float* v = s.vals[t];
 #pragma omp simd
-      for (int d = 0; d < dh; ++d) o[d] += wgt * v[d];
+      for (int d = 0; d < head_dim; ++d) o[d] += wgt * v[d];
     }
   }
 }
@@ -301,18 +301,18 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
 
 void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb) {
-  const int dh = shape.head_dim, rounds = shape.n_hashes;
+  const int head_dim = shape.head_dim, rounds = shape.n_hashes;
   const int64_t half = shape.n_buckets / 2, cols = rounds * half;  // y per head: [R, nb/2]
   std::vector<float> y(static_cast<size_t>(cols));
   for (int64_t i = 0; i < rows; ++i) {
     for (int h = 0; h < shape.num_heads; ++h) {
-      const float* rot = rotations + static_cast<int64_t>(h) * dh * cols;  // [d_h, R·nb/2]
-      const float* xh = x + i * ldx + static_cast<int64_t>(h) * dh;
+      const float* rot = rotations + static_cast<int64_t>(h) * head_dim * cols;  // [d_h, R·nb/2]
+      const float* xh = x + i * ldx + static_cast<int64_t>(h) * head_dim;
       // y = x_hᵀ·rot summed in d order, each product rounded before it is added (this file is
       // built without floating-point contraction): the CUDA kernel sums alike, so every backend
       // picks the same buckets even where two projections nearly tie.
       std::fill(y.begin(), y.end(), 0.0f);
-      for (int d = 0; d < dh; ++d) {
+      for (int d = 0; d < head_dim; ++d) {
         const float xd = xh[d];
         const float* row = rot + static_cast<int64_t>(d) * cols;
         float* yy = y.data();
@@ -360,13 +360,13 @@ void LshNormalizeKeys(int num_heads, int head_dim, int64_t rows, const float* x,
 void LshAttention(const LshShape& shape, const float* x, int64_t ldx,
                   const std::vector<KvSpan>& keys, const std::vector<BucketSpan>& buckets,
                   float* out, int64_t ldo, ThreadPool& pool) {
-  const int64_t t_len = shape.query_len, heads = shape.num_heads;
+  const int64_t t_len = shape.query_len, num_heads = shape.num_heads;
   if (t_len <= 0) return;
-  const int64_t wanted = (kTasksPerThread * pool.num_threads() + heads - 1) / heads;
+  const int64_t wanted = (kTasksPerThread * pool.num_threads() + num_heads - 1) / num_heads;
   const int64_t blocks =
       std::max<int64_t>(1, std::min(wanted, (t_len + kMinBlock - 1) / kMinBlock));
   const int64_t per_block = (t_len + blocks - 1) / blocks;
-  pool.ParallelFor(heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+  pool.ParallelFor(num_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
     thread_local Scratch scratch;
     for (int64_t t = t0; t < t1; ++t) {
       const int h = static_cast<int>(t / blocks);

@@ -1,3 +1,5 @@
+// Reformer LSH attention with the "call" sort on the CPU (lsh_call_attention.h); the oracle of
+// that sort in kernels/cuda/lsh_attention.cu.
 #include "kernels/cpu/lsh_call_attention.h"
 
 #include <algorithm>
@@ -11,19 +13,19 @@ constexpr float kSelfLogit = -1e5f;  // Hugging Face's self_mask_value (float32)
 
 // Softmax over `logits` (n ≥ 1) applied to `values`: out[d] = Σ p_j v_j[d]; returns the
 // log-sum-exp of the logits.
-float Attend(const std::vector<float>& logits, const std::vector<const float*>& values, int dh,
-             float* out) {
+float Attend(const std::vector<float>& logits, const std::vector<const float*>& values,
+             int head_dim, float* out) {
   float max = -INFINITY;
   for (float l : logits) max = std::max(max, l);
   double sum = 0.0;
-  std::fill(out, out + dh, 0.0f);
+  std::fill(out, out + head_dim, 0.0f);
   for (size_t j = 0; j < logits.size(); ++j) {
     const float w = std::exp(logits[j] - max);
     sum += w;
-    for (int d = 0; d < dh; ++d) out[d] += w * values[j][d];
+    for (int d = 0; d < head_dim; ++d) out[d] += w * values[j][d];
   }
   const float inv = static_cast<float>(1.0 / sum);
-  for (int d = 0; d < dh; ++d) out[d] *= inv;
+  for (int d = 0; d < head_dim; ++d) out[d] *= inv;
   return max + static_cast<float>(std::log(sum));
 }
 
@@ -32,7 +34,7 @@ float Attend(const std::vector<float>& logits, const std::vector<const float*>& 
 void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
                       const std::vector<KvSpan>& keys, const std::vector<BucketSpan>& buckets,
                       float* out, int64_t ldo, ThreadPool& pool) {
-  const int dh = s.head_dim, rounds = s.n_hashes;
+  const int head_dim = s.head_dim, rounds = s.n_hashes;
   const int64_t m = s.memory_len, t_len = s.query_len, n = m + t_len;
   const int64_t c = s.chunk_len, slots = rounds * n;
   const int64_t chunks = (slots + c - 1) / c;
@@ -54,16 +56,16 @@ void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
   }
   auto dot = [&](const float* a, const float* b) {
     float acc = 0.0f;
-    for (int d = 0; d < dh; ++d) acc += a[d] * b[d];
+    for (int d = 0; d < head_dim; ++d) acc += a[d] * b[d];
     return acc;
   };
   pool.ParallelFor(s.num_heads, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> logits, lse(static_cast<size_t>(rounds));
     std::vector<const float*> values;
-    std::vector<float> partial(static_cast<size_t>(rounds) * dh);
+    std::vector<float> partial(static_cast<size_t>(rounds) * head_dim);
     std::vector<int64_t> order, slot_of;
     for (int64_t h = h0; h < h1; ++h) {
-      const int64_t col = h * dh;
+      const int64_t col = h * head_dim;
       if (n <= c) {  // Hugging Face's standard path: causal attention over every key
         for (int64_t i = 0; i < t_len; ++i) {
           const int64_t p = m + i;
@@ -74,7 +76,7 @@ void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
             logits.push_back(j == p ? kSelfLogit : dot(q, krows[j] + col));
             values.push_back(vrows[j] + col);
           }
-          Attend(logits, values, dh, out + i * ldo + col);
+          Attend(logits, values, head_dim, out + i * ldo + col);
         }
         continue;
       }
@@ -106,17 +108,17 @@ void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
               values.push_back(vrows[j] + col);
             }
           }
-          lse[r] = Attend(logits, values, dh, partial.data() + r * dh);
+          lse[r] = Attend(logits, values, head_dim, partial.data() + r * head_dim);
         }
         // Rounds weighted by the softmax of their log-sum-exps.
         const float max = *std::max_element(lse.begin(), lse.end());
         double total = 0.0;
         for (int r = 0; r < rounds; ++r) total += std::exp(lse[r] - max);
         float* o = out + i * ldo + col;
-        std::fill(o, o + dh, 0.0f);
+        std::fill(o, o + head_dim, 0.0f);
         for (int r = 0; r < rounds; ++r) {
           const float w = static_cast<float>(std::exp(lse[r] - max) / total);
-          for (int d = 0; d < dh; ++d) o[d] += w * partial[r * dh + d];
+          for (int d = 0; d < head_dim; ++d) o[d] += w * partial[r * head_dim + d];
         }
       }
     }

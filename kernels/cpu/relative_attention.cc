@@ -1,3 +1,5 @@
+// Transformer-XL relative attention on the CPU (relative_attention.h), one task per head and query
+// block on the thread pool; the oracle of kernels/cuda/relative_attention.cu.
 #include "kernels/cpu/relative_attention.h"
 
 #include <algorithm>
@@ -6,7 +8,7 @@
 #include <mutex>
 
 #include "kernels/cpu/blas.h"
-#include "kernels/cpu/vector_ops.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -54,72 +56,75 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
                     const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                     const float* r_w_bias, const float* r_r_bias, float* out, int head,
                     std::vector<float>& work) {
-  const int dh = s.head_dim;
+  const int head_dim = s.head_dim;
   const int64_t last = s.memory_len;  // the query's own position (i = 0)
   const int64_t first = FirstVisibleKey(s, 0);
   const int64_t clamp = EffectiveClamp(s);
-  float* o = out + head * dh;
-  std::fill(o, o + dh, 0.0f);
+  float* o = out + head * head_dim;
+  std::fill(o, o + head_dim, 0.0f);
   if (first > last) return;  // every key masked: zeros
   const int64_t n = last - first + 1;
   const int64_t table_rows = std::min(last - first, clamp) + 1;
-  work.resize(2 * dh + n + table_rows);
+  work.resize(2 * head_dim + n + table_rows);
   float* qu = work.data();
-  float* qv = qu + dh;
-  float* scores = qv + dh;
+  float* qv = qu + head_dim;
+  float* scores = qv + head_dim;
   float* bd = scores + n;
-  const float* qh = q + head * dh;
-  AddVectors(qh, r_w_bias + head * dh, qu, dh);
-  AddVectors(qh, r_r_bias + head * dh, qv, dh);
+  const float* qh = q + head * head_dim;
+  AddVectors(qh, r_w_bias + head * head_dim, qu, head_dim);
+  AddVectors(qh, r_r_bias + head * head_dim, qv, head_dim);
   // Positional term once per distance (distances > clamp share the last row).
-  Gemv(table_rows, dh, rk + head * dh, ldr, qv, 0.0f, bd);
+  Gemv(table_rows, head_dim, rk + head * head_dim, ldr, qv, 0.0f, bd);
   // Content term span by span over the visible keys [first, last].
-  ForEachKeyRange(
-      keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-        Gemv(n, dh, span.k + row * span.ld + head * dh, span.ld, qu, 0.0f, scores + (j - first));
-      });
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  ForEachKeyRange(keys, first, last + 1,
+                  [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+                    Gemv(n, head_dim, span.k + row * span.ld + head * head_dim, span.ld, qu, 0.0f,
+                         scores + (j - first));
+                  });
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
     scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
   }
   CarryScores(s, head, 0, first, scores, n);
   SoftmaxRow(scores, n);
   AddKeyMass(s, scores, first, n);
-  ForEachKeyRange(
-      keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-        GemvT(n, dh, span.v + row * span.ld + head * dh, span.ld, scores + (j - first), 1.0f, o);
-      });
+  ForEachKeyRange(keys, first, last + 1,
+                  [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+                    GemvT(n, head_dim, span.v + row * span.ld + head * head_dim, span.ld,
+                          scores + (j - first), 1.0f, o);
+                  });
 }
 
 void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
                  const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                  const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo, int head,
                  int64_t i0, int64_t i1, std::vector<float>& work) {
-  const int dh = s.head_dim;
+  const int head_dim = s.head_dim;
   const int64_t b = i1 - i0;
   const int64_t col0 = FirstVisibleKey(s, i0);  // first key any row of the block sees
   const int64_t col1 = s.memory_len + i1;       // one past the last key it sees
   const int64_t ncols = col1 - col0;
   const int64_t clamp = EffectiveClamp(s);
   const int64_t table_rows = std::min(col1 - 1 - col0, clamp) + 1;  // max distance in the block + 1
-  work.resize(2 * b * dh + b * ncols + b * table_rows);
-  float* qu = work.data();         // [b, dh]
-  float* qv = qu + b * dh;         // [b, dh]
-  float* scores = qv + b * dh;     // [b, ncols]
-  float* bd = scores + b * ncols;  // [b, table_rows]
+  work.resize(2 * b * head_dim + b * ncols + b * table_rows);
+  float* qu = work.data();            // [b, head_dim]
+  float* qv = qu + b * head_dim;      // [b, head_dim]
+  float* scores = qv + b * head_dim;  // [b, ncols]
+  float* bd = scores + b * ncols;     // [b, table_rows]
   for (int64_t r = 0; r < b; ++r) {
-    const float* qh = q + (i0 + r) * ldq + head * dh;
-    AddVectors(qh, r_w_bias + head * dh, qu + r * dh, dh);
-    AddVectors(qh, r_r_bias + head * dh, qv + r * dh, dh);
+    const float* qh = q + (i0 + r) * ldq + head * head_dim;
+    AddVectors(qh, r_w_bias + head * head_dim, qu + r * head_dim, head_dim);
+    AddVectors(qh, r_r_bias + head * head_dim, qv + r * head_dim, head_dim);
   }
   // Content term against every key span overlapping [col0, col1).
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, dh, 1.0f, qu, dh, span.k + row * span.ld + head * dh, span.ld, 0.0f,
-           scores + (j - col0), ncols);
+    GemmNT(b, n, head_dim, 1.0f, qu, head_dim, span.k + row * span.ld + head * head_dim, span.ld,
+           0.0f, scores + (j - col0), ncols);
   });
   // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
-  GemmNT(b, table_rows, dh, 1.0f, qv, dh, rk + head * dh, ldr, 0.0f, bd, table_rows);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  GemmNT(b, table_rows, head_dim, 1.0f, qv, head_dim, rk + head * head_dim, ldr, 0.0f, bd,
+         table_rows);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   {
     for (int64_t r = 0; r < b; ++r) {
       const int64_t i = i0 + r;
@@ -141,15 +146,16 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
       AddKeyMass(s, row, col0, ncols);
     }
   }
-  // out[b, dh] = P · V over the same spans, accumulating after the first product.
+  // out[b, head_dim] = P · V over the same spans, accumulating after the first product.
   float beta = 0.0f;
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNN(b, dh, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + head * dh, span.ld,
-           beta, out + i0 * ldo + head * dh, ldo);
+    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols,
+           span.v + row * span.ld + head * head_dim, span.ld, beta,
+           out + i0 * ldo + head * head_dim, ldo);
     beta = 1.0f;
   });
   if (beta == 0.0f) {  // no key visible to any row of the block
-    for (int64_t r = i0; r < i1; ++r) std::fill_n(out + r * ldo + head * dh, dh, 0.0f);
+    for (int64_t r = i0; r < i1; ++r) std::fill_n(out + r * ldo + head * head_dim, head_dim, 0.0f);
   }
 }
 

@@ -1,10 +1,12 @@
+// Dilated sliding-window attention on the CPU (sparse_attention.h); the oracle of the window
+// kernels in kernels/cuda/sparse_attention.cu.
 #include "kernels/cpu/sparse_attention.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/blas.h"
-#include "kernels/cpu/vector_ops.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace mnemo::kernels {
 
@@ -25,17 +27,17 @@ inline bool Sees(int64_t self, int64_t j, int64_t w, int64_t dil) {
 void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
                  const std::vector<KvSpan>& keys, float* out, int64_t ldo, int h, int64_t i0,
                  int64_t i1, std::vector<float>& work) {
-  const int dh = s.head_dim;
+  const int head_dim = s.head_dim;
   const int64_t dil = s.dilations[h], b = i1 - i0;
   const int64_t col1 = s.memory_len + i1;  // one past the last key the block sees
   const int64_t col0 = std::max<int64_t>(0, s.memory_len + i0 - (s.window - 1) * dil);
   const int64_t ncols = col1 - col0;
   work.resize(static_cast<size_t>(b * ncols));
   float* scores = work.data();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, dh, scale, q + i0 * ldq + h * dh, ldq, span.k + row * span.ld + h * dh, span.ld,
-           0.0f, scores + (j - col0), ncols);
+    GemmNT(b, n, head_dim, scale, q + i0 * ldq + h * head_dim, ldq,
+           span.k + row * span.ld + h * head_dim, span.ld, 0.0f, scores + (j - col0), ncols);
   });
   const int64_t keys_total = s.memory_len + s.query_len;
   for (int64_t r = 0; r < b; ++r) {
@@ -63,8 +65,8 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   }
   float beta = 0.0f;
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNN(b, dh, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + h * dh, span.ld,
-           beta, out + i0 * ldo + h * dh, ldo);
+    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + h * head_dim,
+           span.ld, beta, out + i0 * ldo + h * head_dim, ldo);
     beta = 1.0f;
   });
 }
@@ -88,9 +90,9 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
     return;
   }
   // A decode step: the window's keys one by one (W dot products per head).
-  const int dh = shape.head_dim;
+  const int head_dim = shape.head_dim;
   const int64_t t_len = shape.query_len, w = shape.window;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   pool.ParallelFor(shape.num_heads * t_len, 4, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<float> scores;
     thread_local std::vector<const float*> values;
@@ -101,18 +103,18 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
       const int64_t i = task % t_len;
       const int64_t dil = shape.dilations[h];
       const int64_t self = shape.memory_len + i;  // the query's key index
-      const float* qh = q + i * ldq + h * dh;
+      const float* qh = q + i * ldq + h * head_dim;
       // Keys self, self − dil, … (at most W of them, none before the stored window).
       int64_t n = 0;
       for (int64_t r = 0; r < w && self - r * dil >= 0; ++r, ++n) {
         int64_t j = self - r * dil;
         for (const KvSpan& span : keys) {
           if (j < span.rows) {
-            const float* k = span.k + j * span.ld + h * dh;
+            const float* k = span.k + j * span.ld + h * head_dim;
             float dot = 0.0f;
-            for (int d = 0; d < dh; ++d) dot += qh[d] * k[d];
+            for (int d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
             scores[n] = dot * scale;
-            values[n] = span.v + j * span.ld + h * dh;
+            values[n] = span.v + j * span.ld + h * head_dim;
             break;
           }
           j -= span.rows;
@@ -122,10 +124,10 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
         if (shape.out_scores != nullptr) shape.out_scores[at] = scores[n];
       }
       SoftmaxRow(scores.data(), n);
-      float* o = out + i * ldo + h * dh;
-      for (int d = 0; d < dh; ++d) o[d] = 0.0f;
+      float* o = out + i * ldo + h * head_dim;
+      for (int d = 0; d < head_dim; ++d) o[d] = 0.0f;
       for (int64_t r = 0; r < n; ++r) {
-        for (int d = 0; d < dh; ++d) o[d] += scores[r] * values[r][d];
+        for (int d = 0; d < head_dim; ++d) o[d] += scores[r] * values[r][d];
       }
     }
   });

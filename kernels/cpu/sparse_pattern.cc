@@ -1,10 +1,12 @@
+// Sparse patterns' allowed positions, the per-query key plan (SparseQueryKeys) and the key-by-key
+// CPU attention over them (sparse_pattern.h).
 #include "kernels/cpu/sparse_pattern.h"
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
-#include "kernels/cpu/vector_ops.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -81,14 +83,14 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
   const size_t from = out.size();
   const int64_t lo = std::max<int64_t>(0, p - pattern.span);
   switch (pattern.kind) {
-    case PatternKind::kWindow: {
+    case SparsePatternKind::kWindow: {
       const int64_t dil = pattern.dilations[h];
       for (int64_t r = pattern.window - 1; r >= 0; --r) {
         if (p - r * dil >= lo) out.push_back(p - r * dil);
       }
       return;  // ascending already
     }
-    case PatternKind::kStrided: {
+    case SparsePatternKind::kStrided: {
       const int64_t l = pattern.stride;
       const uint8_t parts = pattern.head_components[h];
       if (parts & 2u) {
@@ -98,7 +100,7 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
       if (parts == 3u) SortUnique(out, from);
       return;
     }
-    case PatternKind::kFixed: {
+    case SparsePatternKind::kFixed: {
       const int64_t l = pattern.block, c = pattern.summary;
       const uint8_t parts = pattern.head_components[h];
       if (parts & 2u) {
@@ -110,7 +112,7 @@ void AppendAllowedPositions(const SparsePattern& pattern, int h, int64_t p,
       if (parts == 3u) SortUnique(out, from);
       return;
     }
-    case PatternKind::kBigBird: {
+    case SparsePatternKind::kBigBird: {
       const int64_t b = pattern.block, q = p / b;
       for (int64_t k : BigBirdRandomBlocks(pattern, h, q))
         AppendRange(k * b, k * b + b - 1, lo, p, out);
@@ -164,9 +166,9 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
                             const float* q, int64_t ldq, const std::vector<KvSpan>& keys,
                             const GlobalKeys& globals, const std::vector<uint8_t>& segment_global,
                             float* out, int64_t ldo, ThreadPool& pool) {
-  const int dh = shape.head_dim;
+  const int head_dim = shape.head_dim;
   const int64_t t_len = shape.query_len, m = shape.memory_len;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const SparseQueryKeys query_keys(pattern, shape, globals.positions, segment_global);
   pool.ParallelFor(shape.num_heads * t_len, 4, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<int64_t> positions;
@@ -180,7 +182,7 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
       scores.resize(static_cast<size_t>(n));
       krows.resize(static_cast<size_t>(n));
       vrows.resize(static_cast<size_t>(n));
-      const float* qh = q + i * ldq + h * dh;
+      const float* qh = q + i * ldq + h * head_dim;
       for (int64_t r = 0; r < n; ++r) {
         const int64_t pos = positions[r];
         const float *k, *v;
@@ -192,10 +194,10 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
           k = globals.k + row * globals.ld;
           v = globals.v + row * globals.ld;
         }
-        krows[r] = k + h * dh;
-        vrows[r] = v + h * dh;
+        krows[r] = k + h * head_dim;
+        vrows[r] = v + h * head_dim;
         float dot = 0.0f;
-        for (int d = 0; d < dh; ++d) dot += qh[d] * krows[r][d];
+        for (int d = 0; d < head_dim; ++d) dot += qh[d] * krows[r][d];
         scores[r] = dot * scale;
         if (shape.prev_scores != nullptr || shape.out_scores != nullptr) {  // RealFormer
           const int64_t at = (h * t_len + i) * (m + t_len) + (pos - shape.first_position);
@@ -204,12 +206,12 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
         }
       }
       if (n > 0) SoftmaxRow(scores.data(), n);  // no key at all (a summary-only head): zeros
-      float* o = out + i * ldo + h * dh;
-      for (int d = 0; d < dh; ++d) o[d] = 0.0f;
+      float* o = out + i * ldo + h * head_dim;
+      for (int d = 0; d < head_dim; ++d) o[d] = 0.0f;
       for (int64_t r = 0; r < n; ++r) {
         const float w = scores[r];
         const float* vr = vrows[r];
-        for (int d = 0; d < dh; ++d) o[d] += w * vr[d];
+        for (int d = 0; d < head_dim; ++d) o[d] += w * vr[d];
       }
     }
   });

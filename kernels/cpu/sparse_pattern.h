@@ -8,13 +8,12 @@
 
 #include "kernels/cpu/kv_span.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/kinds.h"
 
 namespace mnemo::kernels {
 
-enum class PatternKind : uint8_t { kWindow, kStrided, kFixed, kBigBird };
-
 struct SparsePattern {
-  PatternKind kind = PatternKind::kWindow;
+  SparsePatternKind kind = SparsePatternKind::kWindow;
   int64_t span = 0;                          // S: no key more than S positions back (but globals)
   int64_t window = 0;                        // window: W
   const int64_t* dilations = nullptr;        // window: [H]

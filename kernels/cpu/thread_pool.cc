@@ -1,3 +1,5 @@
+// The fixed worker pool that runs the CPU kernels' parallel work (thread_pool.h): workers spin
+// briefly between jobs, then sleep on a condition variable.
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// The host-side plan of the CUDA relative-attention kernel (attention_plan.h): which block runs
+// which queries and keys, split-key decode and its combine items. Plain C++, tested without a GPU.
 #include "kernels/cuda/attention_plan.h"
 
 #include <algorithm>

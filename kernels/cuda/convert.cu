@@ -1,3 +1,5 @@
+// Dtype conversion on the GPU (convert.h): f16 / bf16 weights widened to float32 on the device.
+// No CPU twin.
 #include <cuda_runtime.h>
 
 #include <string>

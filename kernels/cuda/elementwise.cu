@@ -1,3 +1,5 @@
+// Row-wise and element-wise kernels of the CUDA backend (elementwise.h); twin of
+// kernels/cpu/elementwise.
 #include <cmath>
 
 #include <cuda_bf16.h>
@@ -89,11 +91,12 @@ __global__ void AddLayerNormKernel(float* x, const float* delta, const float* ga
 }
 
 __global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,
-                                     int act) {
+                                     Activation act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = y[i] + bias[i % cols];
-    y[i] = act == 0 ? fmaxf(v, 0.0f) : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    y[i] = act == Activation::kRelu ? fmaxf(v, 0.0f)
+                                    : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
   }
 }
 
@@ -125,20 +128,21 @@ __global__ void CopyRowsIndirectKernel(const float* const* src, float* const* ds
 
 }  // namespace
 
-cudaError_t EmbeddingGather(const void* table, int table_type, const int32_t* ids, int64_t count,
-                            int64_t dim, float scale, float* y, cudaStream_t stream) {
+cudaError_t EmbeddingGather(const void* table, WeightType table_type, const int32_t* ids,
+                            int64_t count, int64_t dim, float scale, float* y,
+                            cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(count);
   switch (table_type) {
-    case 0:
+    case WeightType::kF32:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(table), ids, dim,
                                                        scale, y);
       break;
-    case 1:
+    case WeightType::kBF16:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(table),
                                                        ids, dim, scale, y);
       break;
-    default:
+    case WeightType::kF16:
       EmbeddingKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(table), ids, dim,
                                                        scale, y);
       break;
@@ -169,7 +173,7 @@ cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const
   return cudaGetLastError();
 }
 
-cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
+cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, Activation act,
                            cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n == 0) return cudaSuccess;

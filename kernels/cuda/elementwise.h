@@ -6,12 +6,14 @@
 
 #include <cstdint>
 
+#include "kernels/kinds.h"
+
 namespace mnemo::kernels::cuda {
 
 // y[n, :] = scale · table[ids[n], :] for n < count; ids on the device, already range-checked.
-// table_type: 0 float32, 1 bfloat16, 2 float16 (widened to float32).
-cudaError_t EmbeddingGather(const void* table, int table_type, const int32_t* ids, int64_t count,
-                            int64_t dim, float scale, float* y, cudaStream_t stream);
+// 16-bit tables are widened to float32.
+cudaError_t EmbeddingGather(const void* table, WeightType table_type, const int32_t* ids,
+                            int64_t count, int64_t dim, float scale, float* y, cudaStream_t stream);
 // dst[i] = src[i] rounded to bfloat16 (to_bf16) or float16, nearest-even: the inputs of a
 // tensor-core product.
 cudaError_t NarrowFloat(const float* src, uint16_t* dst, int64_t n, bool to_bf16,
@@ -23,8 +25,8 @@ cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, flo
 // x += delta, then y = LayerNorm(x), row-wise (y may be x).
 cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const float* beta,
                          float eps, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
-// y = act(y + bias) row-wise; act 0 = ReLU, 1 = GELU (erf form).
-cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, int act,
+// y = act(y + bias) row-wise (GELU in its erf form).
+cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, Activation act,
                            cudaStream_t stream);
 // y = a + b over n elements (y may alias a or b).
 cudaError_t Add(const float* a, const float* b, float* y, int64_t n, cudaStream_t stream);

@@ -1,3 +1,5 @@
+// The decode matrix-vector product (gemv.h): float32 or 16-bit weights read once with 16-byte
+// loads, bias and activation fused.
 #include <cstdint>
 
 #include <cuda_bf16.h>
@@ -105,22 +107,25 @@ cudaError_t Launch(const void* w, const float* x, const float* bias, int act, fl
 
 }  // namespace
 
-bool GemvSupported(GemvWeights type, const void* w, const float* x, int64_t in) {
-  const int64_t values = type == GemvWeights::kF32 ? 4 : 8;
+bool GemvSupported(WeightType type, const void* w, const float* x, int64_t in) {
+  const int64_t values = type == WeightType::kF32 ? 4 : 8;
   return in % values == 0 && in > 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias, int act,
-                 float* y, int64_t out, int64_t in, cudaStream_t stream) {
+cudaError_t Gemv(WeightType type, const void* w, const float* x, const float* bias,
+                 std::optional<Activation> activation, float* y, int64_t out, int64_t in,
+                 cudaStream_t stream) {
   if (out == 0) return cudaSuccess;
+  // The kernel's code: −1 none, 0 ReLU, 1 GELU.
+  const int act = !activation ? -1 : (*activation == Activation::kRelu ? 0 : 1);
   if (!GemvSupported(type, w, x, in)) return cudaErrorInvalidValue;
   switch (type) {
-    case GemvWeights::kF32:
+    case WeightType::kF32:
       return Launch<float>(w, x, bias, act, y, out, in, stream);
-    case GemvWeights::kBF16:
+    case WeightType::kBF16:
       return Launch<__nv_bfloat16>(w, x, bias, act, y, out, in, stream);
-    case GemvWeights::kF16:
+    case WeightType::kF16:
       return Launch<__half>(w, x, bias, act, y, out, in, stream);
   }
   return cudaErrorInvalidValue;

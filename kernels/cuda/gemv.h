@@ -7,19 +7,19 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
+
+#include "kernels/kinds.h"
 
 namespace mnemo::kernels::cuda {
 
-// How W is stored: float32, or 16-bit (bfloat16 / float16) widened to float32 as it is read —
-// half the bytes of a decode step, the same arithmetic as float32 weights of those values.
-enum class GemvWeights { kF32, kBF16, kF16 };
-
 // Whether Gemv handles this shape and these addresses (16-byte aligned W rows and x, `in` a
 // multiple of 4, of 8 for 16-bit W); otherwise use a BLAS.
-bool GemvSupported(GemvWeights type, const void* w, const float* x, int64_t in);
+bool GemvSupported(WeightType type, const void* w, const float* x, int64_t in);
 
-// act: −1 none, 0 ReLU, 1 GELU (erf form), applied after the bias.
-cudaError_t Gemv(GemvWeights type, const void* w, const float* x, const float* bias, int act,
-                 float* y, int64_t out, int64_t in, cudaStream_t stream);
+// act (none: std::nullopt) is applied after the bias.
+cudaError_t Gemv(WeightType type, const void* w, const float* x, const float* bias,
+                 std::optional<Activation> act, float* y, int64_t out, int64_t in,
+                 cudaStream_t stream);
 
 }  // namespace mnemo::kernels::cuda

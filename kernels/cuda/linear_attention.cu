@@ -1,3 +1,5 @@
+// Causal linear attention on the GPU (linear_attention.h): feature maps, gates, the state scan and
+// the chunked prefill form; twin of kernels/cpu/linear_attention.
 #include <cmath>
 
 #include "kernels/cuda/linear_attention.h"
@@ -30,43 +32,43 @@ __global__ void FeaturesKernel(LinearAttentionLaunch p) {
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y;
   const bool query = blockIdx.z == 0;
-  const int dh = p.head_dim;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh;
-  const float* x = p.qkv + t * 3 * w + (query ? 0 : w) + static_cast<int64_t>(h) * dh;
+  const int head_dim = p.head_dim;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim;
+  const float* x = p.qkv + t * 3 * w + (query ? 0 : w) + static_cast<int64_t>(h) * head_dim;
   float* phi = (query ? p.fq : p.fk) + (t * p.num_heads + h) * p.state_features;
-  if (p.map == LinearMap::kElu) {
-    for (int i = threadIdx.x; i < dh; i += kThreads) {
+  if (p.map == FeatureMap::kElu) {
+    for (int i = threadIdx.x; i < head_dim; i += kThreads) {
       phi[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
     }
     return;
   }
   const int64_t m = p.num_features;
   float* xh = sh;
-  float* u = sh + dh;
+  float* u = sh + head_dim;
   float* scratch = u + m;
   float local = 0.0f;
-  for (int i = threadIdx.x; i < dh; i += kThreads) local += x[i] * x[i];
+  for (int i = threadIdx.x; i < head_dim; i += kThreads) local += x[i] * x[i];
   const float sq = BlockReduce(local, false, scratch);  // ‖x‖²
   float norm = 0.0f;                                    // favor: ‖x̂‖²
-  if (p.map == LinearMap::kFavor) {
-    const float scale = 1.0f / sqrtf(sqrtf(static_cast<float>(dh)));
-    for (int i = threadIdx.x; i < dh; i += kThreads) xh[i] = x[i] * scale;
+  if (p.map == FeatureMap::kFavor) {
+    const float scale = 1.0f / sqrtf(sqrtf(static_cast<float>(head_dim)));
+    for (int i = threadIdx.x; i < head_dim; i += kThreads) xh[i] = x[i] * scale;
     norm = sq * scale * scale;
   } else {
     const float inv = 1.0f / fmaxf(sqrtf(sq), 1e-12f);
-    for (int i = threadIdx.x; i < dh; i += kThreads) xh[i] = x[i] * inv;
+    for (int i = threadIdx.x; i < head_dim; i += kThreads) xh[i] = x[i] * inv;
   }
   __syncthreads();
   float umax = -INFINITY;
   for (int64_t i = threadIdx.x; i < m; i += kThreads) {
-    const float* row = p.features + i * dh;
+    const float* row = p.features + i * head_dim;
     float acc = 0.0f;
-    for (int d = 0; d < dh; ++d) acc += row[d] * xh[d];
+    for (int d = 0; d < head_dim; ++d) acc += row[d] * xh[d];
     u[i] = acc;
     umax = fmaxf(umax, acc);
   }
   const float norm_m = 1.0f / sqrtf(static_cast<float>(m));
-  if (p.map == LinearMap::kFavor) {
+  if (p.map == FeatureMap::kFavor) {
     // Queries: the per-token stabiliser cancels between numerator and denominator (up to the
     // 1e-4 term); keys: none, so the carried state never needs rescaling.
     const float stab = query ? BlockReduce(umax, true, scratch) : 0.0f;
@@ -100,41 +102,41 @@ __global__ void ScanKernel(LinearAttentionLaunch p) {
   extern __shared__ float sh[];
   const int h = blockIdx.x;
   const int d = threadIdx.x;
-  const int dh = p.head_dim;
-  const int64_t mf = p.state_features;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh;
+  const int head_dim = p.head_dim;
+  const int64_t state_features = p.state_features;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim;
   float* z = sh;
-  float* q = z + mf;
-  float* k = q + mf;
-  float* S = p.s + static_cast<int64_t>(h) * mf * dh;
-  float* zg = p.z + static_cast<int64_t>(h) * mf;
-  for (int64_t i = d; i < mf; i += blockDim.x) z[i] = zg[i];
+  float* q = z + state_features;
+  float* k = q + state_features;
+  float* S = p.s + static_cast<int64_t>(h) * state_features * head_dim;
+  float* zg = p.z + static_cast<int64_t>(h) * state_features;
+  for (int64_t i = d; i < state_features; i += blockDim.x) z[i] = zg[i];
   for (int64_t t = 0; t < p.query_len; ++t) {
     const float g = p.gated ? p.gate[t * p.num_heads + h] : 1.0f;
     const float a = g, b = p.gated ? 1.0f - g : 1.0f;
-    const float* fq = p.fq + (t * p.num_heads + h) * mf;
-    const float* fk = p.fk + (t * p.num_heads + h) * mf;
+    const float* fq = p.fq + (t * p.num_heads + h) * state_features;
+    const float* fk = p.fk + (t * p.num_heads + h) * state_features;
     __syncthreads();  // the previous token's reads of z, q, k are done
-    for (int64_t i = d; i < mf; i += blockDim.x) {
+    for (int64_t i = d; i < state_features; i += blockDim.x) {
       q[i] = fq[i];
       k[i] = fk[i];
       z[i] = a * z[i] + b * fk[i];
     }
     __syncthreads();
     float den = 0.0f;
-    for (int64_t i = 0; i < mf; ++i) den += q[i] * z[i];
-    const float v = p.qkv[t * 3 * w + 2 * w + static_cast<int64_t>(h) * dh + d];
+    for (int64_t i = 0; i < state_features; ++i) den += q[i] * z[i];
+    const float v = p.qkv[t * 3 * w + 2 * w + static_cast<int64_t>(h) * head_dim + d];
     float num = 0.0f;
-    for (int64_t i = 0; i < mf; ++i) {
-      float* s = S + i * dh + d;
+    for (int64_t i = 0; i < state_features; ++i) {
+      float* s = S + i * head_dim + d;
       const float updated = a * *s + b * k[i] * v;
       *s = updated;
       num += q[i] * updated;
     }
-    p.out[t * w + static_cast<int64_t>(h) * dh + d] = num / fmaxf(den, p.eps);
+    p.out[t * w + static_cast<int64_t>(h) * head_dim + d] = num / fmaxf(den, p.eps);
   }
   __syncthreads();
-  for (int64_t i = d; i < mf; i += blockDim.x) zg[i] = z[i];
+  for (int64_t i = d; i < state_features; i += blockDim.x) zg[i] = z[i];
 }
 
 // ---- Chunked prefill (segments longer than kChunk) ----------------------------------------
@@ -154,16 +156,17 @@ struct ChunkScratch {
   float* s_start;
   float* z_start;
 
-  __host__ __device__ ChunkScratch(float* base, int64_t chunks, int64_t heads, int64_t mf,
-                                   int64_t dh) {
+  __host__ __device__ ChunkScratch(float* base, int64_t chunks, int64_t num_heads,
+                                   int64_t state_features, int64_t head_dim) {
     ds = base;
-    s_start = ds + chunks * heads * mf * dh;
-    dz = s_start + chunks * heads * mf * dh;
-    z_start = dz + chunks * heads * mf;
-    decay = z_start + chunks * heads * mf;
+    s_start = ds + chunks * num_heads * state_features * head_dim;
+    dz = s_start + chunks * num_heads * state_features * head_dim;
+    z_start = dz + chunks * num_heads * state_features;
+    decay = z_start + chunks * num_heads * state_features;
   }
-  static int64_t Floats(int64_t chunks, int64_t heads, int64_t mf, int64_t dh) {
-    return chunks * heads * (2 * mf * dh + 2 * mf + 1);
+  static int64_t Floats(int64_t chunks, int64_t num_heads, int64_t state_features,
+                        int64_t head_dim) {
+    return chunks * num_heads * (2 * state_features * head_dim + 2 * state_features + 1);
   }
 };
 
@@ -180,31 +183,33 @@ __global__ void ChunkSumsKernel(LinearAttentionLaunch p) {
   __shared__ float weight[kChunk];
   const int64_t chunk = blockIdx.x, t0 = chunk * kChunk;
   const int64_t t1 = t0 + kChunk < p.query_len ? t0 + kChunk : p.query_len;
-  const int h = blockIdx.y, d = threadIdx.x, dh = p.head_dim;
-  const int64_t mf = p.state_features, heads = p.num_heads, w = heads * dh;
+  const int h = blockIdx.y, d = threadIdx.x, head_dim = p.head_dim;
+  const int64_t state_features = p.state_features, num_heads = p.num_heads,
+                w = num_heads * head_dim;
   const int64_t chunks = (p.query_len + kChunk - 1) / kChunk;
-  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
+  const ChunkScratch c(p.chunk_scratch, chunks, num_heads, state_features, head_dim);
   if (threadIdx.x == 0) {
     float decay = 1.0f;
     for (int64_t s = t1 - 1; s >= t0; --s) {
       weight[s - t0] = decay * GateB(p, s, h);
       decay *= GateA(p, s, h);
     }
-    c.decay[chunk * heads + h] = decay;
+    c.decay[chunk * num_heads + h] = decay;
   }
   __syncthreads();
-  const int64_t head_state = (chunk * heads + h) * mf;
-  for (int64_t i = 0; i < mf; ++i) {
+  const int64_t head_state = (chunk * num_heads + h) * state_features;
+  for (int64_t i = 0; i < state_features; ++i) {
     float acc = 0.0f;
     for (int64_t s = t0; s < t1; ++s) {
-      const float v = p.qkv[s * 3 * w + 2 * w + static_cast<int64_t>(h) * dh + d];
-      acc += weight[s - t0] * p.fk[(s * heads + h) * mf + i] * v;
+      const float v = p.qkv[s * 3 * w + 2 * w + static_cast<int64_t>(h) * head_dim + d];
+      acc += weight[s - t0] * p.fk[(s * num_heads + h) * state_features + i] * v;
     }
-    c.ds[(head_state + i) * dh + d] = acc;
+    c.ds[(head_state + i) * head_dim + d] = acc;
   }
-  for (int64_t i = d; i < mf; i += blockDim.x) {
+  for (int64_t i = d; i < state_features; i += blockDim.x) {
     float acc = 0.0f;
-    for (int64_t s = t0; s < t1; ++s) acc += weight[s - t0] * p.fk[(s * heads + h) * mf + i];
+    for (int64_t s = t0; s < t1; ++s)
+      acc += weight[s - t0] * p.fk[(s * num_heads + h) * state_features + i];
     c.dz[head_state + i] = acc;
   }
 }
@@ -214,21 +219,21 @@ __global__ void ChunkSumsKernel(LinearAttentionLaunch p) {
 __global__ void ChunkCarryKernel(LinearAttentionLaunch p) {
   const int h = blockIdx.x;
   const int64_t e = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t mf = p.state_features, dh = p.head_dim, heads = p.num_heads;
-  const int64_t chunks = (p.query_len + kChunk - 1) / kChunk, sd = mf * dh;
-  if (e >= sd + mf) return;
-  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
+  const int64_t state_features = p.state_features, head_dim = p.head_dim, num_heads = p.num_heads;
+  const int64_t chunks = (p.query_len + kChunk - 1) / kChunk, sd = state_features * head_dim;
+  if (e >= sd + state_features) return;
+  const ChunkScratch c(p.chunk_scratch, chunks, num_heads, state_features, head_dim);
   const bool in_s = e < sd;
-  float* state = in_s ? p.s + h * sd + e : p.z + h * mf + (e - sd);
+  float* state = in_s ? p.s + h * sd + e : p.z + h * state_features + (e - sd);
   float value = *state;
   for (int64_t k = 0; k < chunks; ++k) {
-    const int64_t at = (k * heads + h);
+    const int64_t at = (k * num_heads + h);
     if (in_s) {
       c.s_start[at * sd + e] = value;
       value = c.decay[at] * value + c.ds[at * sd + e];
     } else {
-      c.z_start[at * mf + (e - sd)] = value;
-      value = c.decay[at] * value + c.dz[at * mf + (e - sd)];
+      c.z_start[at * state_features + (e - sd)] = value;
+      value = c.decay[at] * value + c.dz[at * state_features + (e - sd)];
     }
   }
   *state = value;
@@ -242,13 +247,14 @@ __global__ void ChunkOutputKernel(LinearAttentionLaunch p) {
   const int64_t chunk = blockIdx.x, t0 = chunk * kChunk;
   const int64_t t1 = t0 + kChunk < p.query_len ? t0 + kChunk : p.query_len;
   const int n = static_cast<int>(t1 - t0);
-  const int h = blockIdx.y, d = threadIdx.x, dh = p.head_dim;
-  const int64_t mf = p.state_features, heads = p.num_heads, w = heads * dh;
+  const int h = blockIdx.y, d = threadIdx.x, head_dim = p.head_dim;
+  const int64_t state_features = p.state_features, num_heads = p.num_heads,
+                w = num_heads * head_dim;
   const int64_t chunks = (p.query_len + kChunk - 1) / kChunk;
-  const ChunkScratch c(p.chunk_scratch, chunks, heads, mf, dh);
-  const int64_t at = chunk * heads + h;
-  auto fq = [&](int t) { return p.fq + ((t0 + t) * heads + h) * mf; };
-  auto fk = [&](int s) { return p.fk + ((t0 + s) * heads + h) * mf; };
+  const ChunkScratch c(p.chunk_scratch, chunks, num_heads, state_features, head_dim);
+  const int64_t at = chunk * num_heads + h;
+  auto fq = [&](int t) { return p.fq + ((t0 + t) * num_heads + h) * state_features; };
+  auto fk = [&](int s) { return p.fk + ((t0 + s) * num_heads + h) * state_features; };
   for (int pair = threadIdx.x; pair < n * n; pair += blockDim.x) {
     const int t = pair / n, s = pair % n;
     float value = 0.0f;
@@ -256,7 +262,7 @@ __global__ void ChunkOutputKernel(LinearAttentionLaunch p) {
       const float* q = fq(t);
       const float* k = fk(s);
       float dot = 0.0f;
-      for (int64_t i = 0; i < mf; ++i) dot += q[i] * k[i];
+      for (int64_t i = 0; i < state_features; ++i) dot += q[i] * k[i];
       float decay = 1.0f;
       for (int u = s + 1; u <= t; ++u) decay *= GateA(p, t0 + u, h);
       value = decay * GateB(p, t0 + s, h) * dot;
@@ -267,25 +273,25 @@ __global__ void ChunkOutputKernel(LinearAttentionLaunch p) {
     float decay = 1.0f;
     for (int u = 0; u <= t; ++u) decay *= GateA(p, t0 + u, h);
     const float* q = fq(t);
-    const float* z = c.z_start + at * mf;
+    const float* z = c.z_start + at * state_features;
     float dot = 0.0f;
-    for (int64_t i = 0; i < mf; ++i) dot += q[i] * z[i];
+    for (int64_t i = 0; i < state_features; ++i) dot += q[i] * z[i];
     decay_q[t] = decay;
     den0[t] = decay * dot;
   }
   __syncthreads();
-  const float* s_col = c.s_start + at * mf * dh + d;
+  const float* s_col = c.s_start + at * state_features * head_dim + d;
   for (int t = 0; t < n; ++t) {
     const float* q = fq(t);
     float carried = 0.0f;
-    for (int64_t i = 0; i < mf; ++i) carried += q[i] * s_col[i * dh];
+    for (int64_t i = 0; i < state_features; ++i) carried += q[i] * s_col[i * head_dim];
     float num = decay_q[t] * carried, den = den0[t];
     for (int s = 0; s <= t; ++s) {
-      const float v = p.qkv[(t0 + s) * 3 * w + 2 * w + static_cast<int64_t>(h) * dh + d];
+      const float v = p.qkv[(t0 + s) * 3 * w + 2 * w + static_cast<int64_t>(h) * head_dim + d];
       num += pm[t][s] * v;
       den += pm[t][s];
     }
-    p.out[(t0 + t) * w + static_cast<int64_t>(h) * dh + d] = num / fmaxf(den, p.eps);
+    p.out[(t0 + t) * w + static_cast<int64_t>(h) * head_dim + d] = num / fmaxf(den, p.eps);
   }
 }
 

@@ -17,10 +17,9 @@
 
 #include <cstdint>
 
-namespace mnemo::kernels::cuda {
+#include "kernels/kinds.h"
 
-// Feature maps as in kernels/cpu/linear_attention.h (LinearFeatureMap).
-enum class LinearMap : int { kElu = 0, kFavor = 1, kRfa = 2 };
+namespace mnemo::kernels::cuda {
 
 struct LinearAttentionLaunch {
   const float* qkv;       // [T, 3·W], W = H·d_h
@@ -38,7 +37,7 @@ struct LinearAttentionLaunch {
   int64_t query_len;
   int num_heads;
   int head_dim;  // ≤ 1024
-  LinearMap map;
+  FeatureMap map;
   int64_t num_features;    // m (favor, rfa)
   int64_t state_features;  // m': d_h (elu), m (favor), 2m (rfa)
   bool gated;

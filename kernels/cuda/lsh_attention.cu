@@ -1,3 +1,5 @@
+// Reformer LSH attention on the GPU (lsh_attention.h): hashing, both sorts, the wavelet-matrix
+// window index and the per-query window search; twin of kernels/cpu/lsh_{,call_}attention.
 #include <cmath>
 
 #include "kernels/cuda/lsh_attention.h"
@@ -79,35 +81,36 @@ IndexArrays Arrays(void* scratch, int64_t n, int segments, int n_buckets) {
 __global__ void HashKernel(LshAttentionLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y), r = static_cast<int>(blockIdx.z);
-  const int dh = p.head_dim, rounds = p.n_hashes, half = p.n_buckets / 2;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int head_dim = p.head_dim, rounds = p.n_hashes, half = p.n_buckets / 2;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
+                head = static_cast<int64_t>(h) * head_dim;
   __shared__ float x[128];
   __shared__ float best_value[kHashThreads / 32];
   __shared__ int best_index[kHashThreads / 32];
   __shared__ float square_sums[kHashThreads / 32];
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
-  for (int d = tid; d < dh; d += blockDim.x) x[d] = p.x[i * p.ldx + head + d];
+  for (int d = tid; d < head_dim; d += blockDim.x) x[d] = p.x[i * p.ldx + head + d];
   __syncthreads();
   if (r == 0) {  // k = x / sqrt(mean(x²) + 1e-6) / sqrt(d_h)
     float sq = 0.0f;
-    for (int d = tid; d < dh; d += blockDim.x) sq += x[d] * x[d];
+    for (int d = tid; d < head_dim; d += blockDim.x) sq += x[d] * x[d];
     for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(kFullWarpMask, sq, o);
     if (lane == 0) square_sums[warp] = sq;
     __syncthreads();
     float sum = 0.0f;
     for (int k = 0; k < static_cast<int>(blockDim.x / 32); ++k) sum += square_sums[k];
-    const float scale =
-        (1.0f / sqrtf(static_cast<float>(dh))) / sqrtf(sum / static_cast<float>(dh) + 1e-6f);
-    for (int d = tid; d < dh; d += blockDim.x) p.new_k[i * w + head + d] = x[d] * scale;
+    const float scale = (1.0f / sqrtf(static_cast<float>(head_dim))) /
+                        sqrtf(sum / static_cast<float>(head_dim) + 1e-6f);
+    for (int d = tid; d < head_dim; d += blockDim.x) p.new_k[i * w + head + d] = x[d] * scale;
   }
   // y_k = Σ_d x_d · rot[h, d, r, k], summed in d order, products and sums rounded apart.
-  const float* rot = p.rotations + (static_cast<int64_t>(h) * dh * rounds + r) * half;
+  const float* rot = p.rotations + (static_cast<int64_t>(h) * head_dim * rounds + r) * half;
   const int64_t ld = static_cast<int64_t>(rounds) * half;
   float value = -INFINITY;
   int index = 2 * half;
   for (int k = tid; k < half; k += blockDim.x) {
     float y = 0.0f;
-    for (int d = 0; d < dh; ++d) y = __fadd_rn(y, __fmul_rn(x[d], rot[d * ld + k]));
+    for (int d = 0; d < head_dim; ++d) y = __fadd_rn(y, __fmul_rn(x[d], rot[d * ld + k]));
     if (y > value || (y == value && k < index)) {
       value = y;
       index = k;
@@ -245,14 +248,15 @@ __global__ void AttendKernel(LshAttentionLaunch p, IndexArrays a) {
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttendWarps + warp;
   if (i >= p.query_len) return;  // the whole warp: no block-wide synchronisation below
-  const int h = static_cast<int>(blockIdx.y), dh = p.head_dim, rounds = p.n_hashes;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int h = static_cast<int>(blockIdx.y), head_dim = p.head_dim, rounds = p.n_hashes;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
+                head = static_cast<int64_t>(h) * head_dim;
   const int64_t self = p.memory_len + i;
   __shared__ float queries[kAttendWarps][128];
   __shared__ LshRoundWindow windows[kAttendWarps][kMaxRounds];
   float* q = queries[warp];
   LshRoundWindow* window = windows[warp];
-  for (int d = lane; d < dh; d += 32) q[d] = p.x[i * p.ldx + head + d];
+  for (int d = lane; d < head_dim; d += 32) q[d] = p.x[i * p.ldx + head + d];
   for (int r = lane; r < rounds; r += 32) {
     window[r] = LshQueryWindow(a.View(h * rounds + r), self, p.history, p.chunk_len);
   }
@@ -273,20 +277,20 @@ __global__ void AttendKernel(LshAttentionLaunch p, IndexArrays a) {
         }
         if (valid) {
           const float* krow = KeyRow(p, j, w, false) + head;
-          for (int d = 0; d < dh; ++d) score += q[d] * krow[d];
+          for (int d = 0; d < head_dim; ++d) score += q[d] * krow[d];
           vrow = KeyRow(p, j, w, true) + head;
         }
       }
-      softmax.AddTile(valid, score, vrow, dh);
+      softmax.AddTile(valid, score, vrow, head_dim);
     }
   }
   float* out = p.out + i * w + head;
   if (!softmax.empty()) {
-    softmax.Write(out, dh);
+    softmax.Write(out, head_dim);
     return;
   }
   const float* own = p.new_v + i * p.ldx + head;  // nothing else in any round: its own value
-  for (int d = lane; d < dh; d += 32) out[d] = own[d];
+  for (int d = lane; d < head_dim; d += 32) out[d] = own[d];
 }
 
 // Hugging Face's per-call sort ("sort": "call", lsh_call_attention.h): grid (⌈T / kAttendWarps⌉,
@@ -300,13 +304,14 @@ __global__ void CallAttendKernel(LshAttentionLaunch p, IndexArrays a) {
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttendWarps + warp;
   if (i >= p.query_len) return;
-  const int h = static_cast<int>(blockIdx.y), dh = p.head_dim, rounds = p.n_hashes;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int h = static_cast<int>(blockIdx.y), head_dim = p.head_dim, rounds = p.n_hashes;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
+                head = static_cast<int64_t>(h) * head_dim;
   const int64_t self = p.memory_len + i, n = a.n, c = p.chunk_len;
   const int64_t slots = rounds * n, chunks = (slots + c - 1) / c;
   __shared__ float queries[kAttendWarps][128];
   float* q = queries[warp];
-  for (int d = lane; d < dh; d += 32) q[d] = p.x[i * p.ldx + head + d];
+  for (int d = lane; d < head_dim; d += 32) q[d] = p.x[i * p.ldx + head + d];
   __syncwarp();
   WarpSoftmax softmax;
   // Scores key j (at or before the query) against the query.
@@ -318,11 +323,11 @@ __global__ void CallAttendKernel(LshAttentionLaunch p, IndexArrays a) {
         score = kSelfLogit;
       } else {
         const float* krow = KeyRow(p, j, w, false) + head;
-        for (int d = 0; d < dh; ++d) score += q[d] * krow[d];
+        for (int d = 0; d < head_dim; ++d) score += q[d] * krow[d];
       }
       vrow = KeyRow(p, j, w, true) + head;
     }
-    softmax.AddTile(valid, score, vrow, dh);
+    softmax.AddTile(valid, score, vrow, head_dim);
   };
   if (n <= c) {  // Hugging Face's standard path: causal attention over every key
     for (int64_t j0 = 0; j0 <= self; j0 += 32) add_tile(j0 + lane <= self, j0 + lane);
@@ -343,7 +348,7 @@ __global__ void CallAttendKernel(LshAttentionLaunch p, IndexArrays a) {
       }
     }
   }
-  softmax.Write(p.out + i * w + head, dh);
+  softmax.Write(p.out + i * w + head, head_dim);
 }
 
 unsigned Blocks(int64_t items, int threads) {

@@ -1,3 +1,5 @@
+// Transformer-XL relative attention on the GPU (relative_attention.h), FlashAttention-style with
+// split-key decode and its combine; twin of kernels/cpu/relative_attention.
 #include <cuda_pipeline.h>
 
 #include <cmath>

@@ -1,3 +1,5 @@
+// Sparse attention on the GPU (sparse_attention.h): the warp-per-query window kernel and the
+// listed-keys kernel; twin of kernels/cpu/sparse_attention and sparse_pattern.
 #include <cmath>
 
 #include "kernels/cuda/ring_slot.cuh"
@@ -39,7 +41,7 @@ __device__ ResidualRow ResidualRowOf(const float* prev, float* out, int h, int64
 // `count` keys, key r's rows being rows_of(r): tiles of 32 keys, lane r scoring key r of each
 // tile. Writes out[0 … d_h): zeros when there is no key.
 template <typename RowsOf>
-__device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of,
+__device__ void WarpAttend(const float* q, int head_dim, int64_t count, RowsOf rows_of,
                            const ResidualRow& residual, float* out) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   WarpSoftmax softmax;
@@ -50,19 +52,19 @@ __device__ void WarpAttend(const float* q, int dh, int64_t count, RowsOf rows_of
     const float* vrow = nullptr;
     if (valid) {
       const KeyValueRows rows = rows_of(r);
-      for (int d = 0; d < dh; ++d) score += rows.k[d] * q[d];
+      for (int d = 0; d < head_dim; ++d) score += rows.k[d] * q[d];
       score = residual.Apply(rows.key, score);
       vrow = rows.v;
     }
-    softmax.AddTile(valid, score, vrow, dh);
+    softmax.AddTile(valid, score, vrow, head_dim);
   }
-  softmax.Write(out, dh);
+  softmax.Write(out, head_dim);
 }
 
 // The query row `qrow`, scaled by 1/sqrt(d_h), into shared memory `q`.
-__device__ void LoadScaledQuery(const float* qrow, int dh, float* q) {
-  const float scale = rsqrtf(static_cast<float>(dh));
-  for (int d = threadIdx.x; d < dh; d += 32) q[d] = qrow[d] * scale;
+__device__ void LoadScaledQuery(const float* qrow, int head_dim, float* q) {
+  const float scale = rsqrtf(static_cast<float>(head_dim));
+  for (int d = threadIdx.x; d < head_dim; d += 32) q[d] = qrow[d] * scale;
   __syncwarp();
 }
 
@@ -79,16 +81,17 @@ __device__ __forceinline__ const float* KeyRow(const SlidingWindowLaunch& p, int
 __global__ void SlidingWindowKernel(SlidingWindowLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y;
-  const int dh = p.head_dim;
-  const int64_t w = static_cast<int64_t>(p.num_heads) * dh, head = static_cast<int64_t>(h) * dh;
+  const int head_dim = p.head_dim;
+  const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
+                head = static_cast<int64_t>(h) * head_dim;
   const int64_t self = p.memory_len + i;
   const int64_t dil = p.dilations[h];
   __shared__ float q[32 * kMaxDk];
-  LoadScaledQuery(p.qkv + i * 3 * w + head, dh, q);
+  LoadScaledQuery(p.qkv + i * 3 * w + head, head_dim, q);
   const int64_t reach = self / dil + 1;
   const int64_t count = p.window < reach ? p.window : reach;
   WarpAttend(
-      q, dh, count,
+      q, head_dim, count,
       [&](int64_t r) {
         const int64_t j = self - r * dil;
         return KeyValueRows{KeyRow(p, j, w, false) + head, KeyRow(p, j, w, true) + head, j};
@@ -101,14 +104,14 @@ __global__ void SlidingWindowKernel(SlidingWindowLaunch p) {
 __global__ void GatheredKernel(GatheredAttentionLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y;
-  const int dh = p.head_dim;
-  const int64_t head = static_cast<int64_t>(h) * dh;
+  const int head_dim = p.head_dim;
+  const int64_t head = static_cast<int64_t>(h) * head_dim;
   const int64_t task = static_cast<int64_t>(h) * p.query_len + i;
   const int64_t begin = p.offsets[task], count = p.offsets[task + 1] - begin;
   __shared__ float q[32 * kMaxDk];
-  LoadScaledQuery(p.q + i * p.ldq + head, dh, q);
+  LoadScaledQuery(p.q + i * p.ldq + head, head_dim, q);
   WarpAttend(
-      q, dh, count,
+      q, head_dim, count,
       [&](int64_t r) {
         const int64_t key = p.key_index != nullptr ? p.key_index[begin + r] : 0;
         return KeyValueRows{p.keys[begin + r] + head, p.values[begin + r] + head, key};

@@ -17,7 +17,7 @@ struct WarpSoftmax {
   float acc[kWarpSoftmaxMaxDk] = {0.0f, 0.0f, 0.0f, 0.0f};
 
   // Adds this lane's key (when `valid`): its logit and its value row (d_h floats).
-  __device__ void AddTile(bool valid, float score, const float* vrow, int dh) {
+  __device__ void AddTile(bool valid, float score, const float* vrow, int head_dim) {
     const int lane = static_cast<int>(threadIdx.x % 32);
     if (!valid) score = -INFINITY;
     float tile_max = score;
@@ -44,7 +44,7 @@ struct WarpSoftmax {
 #pragma unroll
       for (int k = 0; k < kWarpSoftmaxMaxDk; ++k) {
         const int d = lane + 32 * k;
-        if (d < dh) acc[k] += pj * v[d];
+        if (d < head_dim) acc[k] += pj * v[d];
       }
     }
   }
@@ -53,12 +53,12 @@ struct WarpSoftmax {
   __device__ bool empty() const { return sum == 0.0f; }
 
   // out[0 … d_h): the attention output (zeros when no key was added).
-  __device__ void Write(float* out, int dh) const {
+  __device__ void Write(float* out, int head_dim) const {
     const int lane = static_cast<int>(threadIdx.x % 32);
 #pragma unroll
     for (int k = 0; k < kWarpSoftmaxMaxDk; ++k) {
       const int d = lane + 32 * k;
-      if (d < dh) out[d] = sum > 0.0f ? acc[k] / sum : 0.0f;
+      if (d < head_dim) out[d] = sum > 0.0f ? acc[k] / sum : 0.0f;
     }
   }
 };

@@ -16,7 +16,7 @@ namespace {
 
 struct Case {
   const char* name;
-  LinearFeatureMap map;
+  FeatureMap map;
   bool gated;
 };
 
@@ -63,7 +63,7 @@ class LinearAttentionTest : public ::testing::TestWithParam<Case> {
       std::vector<double> S(static_cast<size_t>(mf_ * kHeadDim)), z(static_cast<size_t>(mf_));
       auto phi = [&](const float* x, bool query) {
         std::vector<double> f(static_cast<size_t>(mf_));
-        if (c.map == LinearFeatureMap::kElu) {
+        if (c.map == FeatureMap::kElu) {
           for (int i = 0; i < kHeadDim; ++i) f[i] = x[i] > 0 ? x[i] + 1.0 : std::exp(x[i]);
           return f;
         }
@@ -71,13 +71,13 @@ class LinearAttentionTest : public ::testing::TestWithParam<Case> {
         double norm = 0;
         for (int i = 0; i < kHeadDim; ++i) norm += double(x[i]) * x[i];
         for (int i = 0; i < kHeadDim; ++i) {
-          xs[i] = c.map == LinearFeatureMap::kFavor ? x[i] * std::pow(kHeadDim, -0.25)
-                                                    : x[i] / std::max(std::sqrt(norm), 1e-12);
+          xs[i] = c.map == FeatureMap::kFavor ? x[i] * std::pow(kHeadDim, -0.25)
+                                              : x[i] / std::max(std::sqrt(norm), 1e-12);
         }
         for (int64_t r = 0; r < m; ++r) {
           for (int i = 0; i < kHeadDim; ++i) u[r] += features_[r * kHeadDim + i] * xs[i];
         }
-        if (c.map == LinearFeatureMap::kFavor) {
+        if (c.map == FeatureMap::kFavor) {
           double n2 = 0;
           for (double v : xs) n2 += v * v;
           const double stab = query ? *std::max_element(u.begin(), u.end()) : 0.0;
@@ -155,10 +155,10 @@ TEST_P(LinearAttentionTest, ParallelRecurrentAndSplitCallsAgreeWithTheFormulas) 
 }
 
 INSTANTIATE_TEST_SUITE_P(Maps, LinearAttentionTest,
-                         ::testing::Values(Case{"Elu", LinearFeatureMap::kElu, false},
-                                           Case{"Favor", LinearFeatureMap::kFavor, false},
-                                           Case{"Rfa", LinearFeatureMap::kRfa, false},
-                                           Case{"RfaGated", LinearFeatureMap::kRfa, true}),
+                         ::testing::Values(Case{"Elu", FeatureMap::kElu, false},
+                                           Case{"Favor", FeatureMap::kFavor, false},
+                                           Case{"Rfa", FeatureMap::kRfa, false},
+                                           Case{"RfaGated", FeatureMap::kRfa, true}),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            return std::string(info.param.name);
                          });

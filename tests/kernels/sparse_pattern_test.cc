@@ -19,18 +19,18 @@ namespace {
 bool Allows(const SparsePattern& p, int h, int64_t q, int64_t j) {
   if (j > q || j < 0 || q - j > p.span) return false;
   switch (p.kind) {
-    case PatternKind::kWindow:
+    case SparsePatternKind::kWindow:
       return (q - j) % p.dilations[h] == 0 && (q - j) / p.dilations[h] < p.window;
-    case PatternKind::kStrided: {
+    case SparsePatternKind::kStrided: {
       const uint8_t parts = p.head_components[h];
       return ((parts & 1u) && q - j < p.stride) || ((parts & 2u) && (q - j) % p.stride == 0);
     }
-    case PatternKind::kFixed: {
+    case SparsePatternKind::kFixed: {
       const uint8_t parts = p.head_components[h];
       return ((parts & 1u) && j / p.block == q / p.block) ||
              ((parts & 2u) && j % p.block >= p.block - p.summary);
     }
-    case PatternKind::kBigBird: {
+    case SparsePatternKind::kBigBird: {
       const int64_t qb = q / p.block, jb = j / p.block;
       if (jb > qb - p.window_blocks) return true;
       const std::vector<int64_t> random = BigBirdRandomBlocks(p, h, qb);
@@ -50,27 +50,27 @@ std::vector<PatternCase> Patterns() {
   static const uint8_t split[] = {1, 2, 3};  // head 0 first, head 1 second, head 2 both
   std::vector<PatternCase> out;
   SparsePattern w;
-  w.kind = PatternKind::kWindow;
+  w.kind = SparsePatternKind::kWindow;
   w.window = 4;
   w.dilations = dil;
   w.span = 3 * 3;
   out.push_back({"window", w});
   for (int64_t span : {5, 12, 1000}) {
     SparsePattern s;
-    s.kind = PatternKind::kStrided;
+    s.kind = SparsePatternKind::kStrided;
     s.stride = 3;
     s.span = span;
     s.head_components = split;
     out.push_back({"strided", s});
     SparsePattern f;
-    f.kind = PatternKind::kFixed;
+    f.kind = SparsePatternKind::kFixed;
     f.block = 4;
     f.summary = 2;
     f.span = span;
     f.head_components = split;
     out.push_back({"fixed", f});
     SparsePattern b;
-    b.kind = PatternKind::kBigBird;
+    b.kind = SparsePatternKind::kBigBird;
     b.block = 3;
     b.window_blocks = 2;
     b.random_blocks = 2;
@@ -99,7 +99,7 @@ TEST(SparsePatternTest, AllowedPositionsMatchThePredicate) {
 
 TEST(SparsePatternTest, BigBirdRandomBlocksAreDistinctEarlierAndSeeded) {
   SparsePattern b;
-  b.kind = PatternKind::kBigBird;
+  b.kind = SparsePatternKind::kBigBird;
   b.block = 4;
   b.window_blocks = 3;
   b.random_blocks = 3;
@@ -266,7 +266,7 @@ TEST(SparsePatternTest, GlobalPositionsAreSeenBeyondTheSpanAndSeeEverything) {
 TEST(SparsePatternTest, CoveringSpanAndStrideOneIsCausalAttention) {
   static const uint8_t both[] = {3, 3, 3};
   SparsePattern p;
-  p.kind = PatternKind::kStrided;
+  p.kind = SparsePatternKind::kStrided;
   p.stride = 1;
   p.span = 1000;
   p.head_components = both;
@@ -275,7 +275,7 @@ TEST(SparsePatternTest, CoveringSpanAndStrideOneIsCausalAttention) {
   // Causal attention: every j ≤ q.
   SparsePattern window;
   static const int64_t ones[] = {1, 1, 1};
-  window.kind = PatternKind::kWindow;
+  window.kind = SparsePatternKind::kWindow;
   window.window = 1000;
   window.dilations = ones;
   window.span = 999;

@@ -1,3 +1,5 @@
+// CUDA and cuBLAS error codes as absl::Status values carrying the failing call and its
+// file:line (cuda_status.h).
 #include "engine/backend/cuda/cuda_status.h"
 
 #include <string>

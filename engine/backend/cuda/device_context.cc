@@ -1,3 +1,5 @@
+// The per-device context every CUDA backend shares (device_context.h): stream, cuBLAS handle,
+// stream-ordered memory pool and pinned staging slots, created on first use.
 #include "engine/backend/cuda/device_context.h"
 
 #include <cstring>

@@ -1,6 +1,8 @@
+// Pruned-weight products on the GPU (sparse_matmul.h): CSR and 2:4 forms, one warp per output
+// row; twin of kernels/cpu/sparse_matmul.
 #include <cstdint>
 
-#include "kernels/cuda/sparse_gemm.h"
+#include "kernels/cuda/sparse_matmul.h"
 
 namespace mnemo::kernels::cuda {
 namespace {

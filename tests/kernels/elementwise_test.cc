@@ -1,7 +1,7 @@
-// kernels/cpu/vector_ops and ThreadPool: every vector loop against a plain double-precision loop
+// kernels/cpu/elementwise and ThreadPool: every vector loop against a plain double-precision loop
 // over sizes around the SIMD widths (1, 7, 63, 64, 65, 1000), on unaligned pointers too; the
 // thread pool's ParallelFor covers each index exactly once.
-#include "kernels/cpu/vector_ops.h"
+#include "kernels/cpu/elementwise.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,4 +1,5 @@
-// Vectorised float32 loops of the CPU backend: norms, activations, softmax, element-wise ops.
+// Vectorised float32 loops of the CPU backend: norms, activations, softmax, element-wise ops (the
+// CPU twin of kernels/cuda/elementwise.h).
 // Each function is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load time
 // (GCC target_clones), so shipped binaries need no -march=native.
 #pragma once

@@ -1,4 +1,6 @@
-#include "kernels/cpu/vector_ops.h"
+// The CPU's vectorised row-wise and element-wise loops (elementwise.h), each cloned for AVX-512,
+// AVX2+FMA and baseline x86-64; the oracle of kernels/cuda/elementwise.cu.
+#include "kernels/cpu/elementwise.h"
 
 #include <algorithm>
 #include <cmath>

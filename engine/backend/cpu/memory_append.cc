@@ -1,0 +1,27 @@
+// The CPU backend's memory append: every sequence's new keys/values (the k and v blocks of its
+// qkv rows) into its XL memory ring.
+#include <cstring>
+#include <vector>
+
+#include "engine/backend/cpu/cpu_backend.h"
+
+namespace mnemo::engine::cpu {
+
+absl::Status CpuBackend::AppendToMemory(const std::vector<MemoryAppendArgs>& batch) {
+  for (const MemoryAppendArgs& a : batch) {
+    XlMemory& m = *a.memory;
+    const int64_t width = m.width(), rows = a.qkv->dim(0);
+    const float* qkv = a.qkv->data<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t slot = m.SlotOfNewRow(r, rows);
+      if (slot < 0) continue;
+      std::memcpy(m.keys().data<float>() + slot * width, qkv + r * 3 * width + width,
+                  width * sizeof(float));
+      std::memcpy(m.values().data<float>() + slot * width, qkv + r * 3 * width + 2 * width,
+                  width * sizeof(float));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mnemo::engine::cpu
