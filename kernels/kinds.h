@@ -29,7 +29,8 @@ enum class FeatureMap : uint8_t {
          // gated                                                            m' = 2·num_features
 };
 
-// The pattern of a sparse attention layer (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3).
+// The pattern of a sparse attention layer (docs/checkpoint-format.md "Sparse patterns",
+// MODEL-SPEC §3).
 enum class SparsePatternKind : uint8_t {
   kWindow,   // (dilated) sliding window
   kStrided,  // Sparse Transformer: local(l) and/or strided(l)
