@@ -37,23 +37,23 @@ Scheduler::~Scheduler() {
 }
 
 void Scheduler::Shutdown() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   stopping_ = true;
   work_cv_.SignalAll();
 }
 
 int64_t Scheduler::queued() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return static_cast<int64_t>(queue_.size());
 }
 
 Scheduler::ActiveStream::ActiveStream(Scheduler& s) : scheduler_(s) {
-  absl::MutexLock lock(&s.mu_);
+  MutexLock lock(&s.mu_);
   ++s.active_streams_;
 }
 
 Scheduler::ActiveStream::~ActiveStream() {
-  absl::MutexLock lock(&scheduler_.mu_);
+  MutexLock lock(&scheduler_.mu_);
   --scheduler_.active_streams_;
   scheduler_.work_cv_.SignalAll();  // the loop may be waiting for this stream's next step
 }
@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
   step->submitted = absl::Now();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     if (metrics_ != nullptr) metrics_->Rejected("queue_full");
@@ -86,7 +86,7 @@ Scheduler::Ticket::Ticket(Scheduler& scheduler, std::shared_ptr<Step> step)
 
 Scheduler::Ticket::~Ticket() {
   if (step_ == nullptr) return;
-  absl::MutexLock lock(&scheduler_.mu_);
+  MutexLock lock(&scheduler_.mu_);
   if (!step_->taken) {
     auto& q = scheduler_.queue_;
     q.erase(std::find(q.begin(), q.end(), step_));
@@ -101,7 +101,7 @@ Scheduler::Ticket::~Ticket() {
 absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
                                                    const std::function<bool()>& cancelled) {
   Scheduler& s = scheduler_;
-  absl::MutexLock lock(&s.mu_);
+  MutexLock lock(&s.mu_);
   // Poll for cancellation: the transport's flag is not something a condition variable sees.
   constexpr absl::Duration kPoll = absl::Milliseconds(20);
   while (!step_->done) {
@@ -122,7 +122,7 @@ absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
       }
     }
     const absl::Time wake = std::min(deadline, absl::Now() + kPoll);
-    s.done_cv_.WaitWithDeadline(&s.mu_, wake);
+    s.done_cv_.WaitUntil(&s.mu_, absl::ToChronoTime(wake));
   }
   std::shared_ptr<Step> step = std::move(step_);
   if (!step->status.ok()) return step->status;
@@ -162,7 +162,7 @@ void Scheduler::Loop() {
     // Give the other active streams a moment to submit their next steps.
     const absl::Time until = queue_.front()->submitted + options_.batch_wait;
     while (!stopping_ && static_cast<int>(queue_.size()) < active_streams_) {
-      if (work_cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
+      if (work_cv_.WaitUntil(&mu_, absl::ToChronoTime(until))) break;  // timed out
     }
     if (stopping_) break;
     std::vector<std::shared_ptr<Step>> batch = TakeBatch();

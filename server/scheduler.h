@@ -22,9 +22,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
+#include "base/mutex.h"
 #include "engine/model/transfo_xl_model.h"
 
 namespace mnemo::server {
@@ -118,9 +118,9 @@ class Scheduler {
   const SchedulerOptions options_;
   Metrics* metrics_;
 
-  mutable absl::Mutex mu_;
-  absl::CondVar work_cv_;  // the loop waits here
-  absl::CondVar done_cv_;  // callers wait here
+  mutable Mutex mu_;
+  CondVar work_cv_;  // the loop waits here
+  CondVar done_cv_;  // callers wait here
   std::deque<std::shared_ptr<Step>> queue_ ABSL_GUARDED_BY(mu_);
   int active_streams_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

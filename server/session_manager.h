@@ -23,9 +23,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
+#include "base/mutex.h"
 #include "engine/memory/session_state.h"
 #include "engine/sampling/sampler.h"
 #include "server/model_registry.h"
@@ -170,15 +170,15 @@ class SessionManager {
 
   const SessionManagerOptions options_;
   Metrics* metrics_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t device_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t device_count_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  absl::CondVar reaper_cv_;  // wakes the reaper early at shutdown
-  std::thread reaper_;       // last: starts once everything above exists
+  CondVar reaper_cv_;   // wakes the reaper early at shutdown
+  std::thread reaper_;  // last: starts once everything above exists
 };
 
 // 128 random bits from the kernel's CSPRNG as 32 lowercase hex digits.

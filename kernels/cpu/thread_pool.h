@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/cpu/mutex.h"
+#include "base/mutex.h"
 
 namespace mnemo::kernels {
 
