@@ -18,8 +18,10 @@ struct Scheduler::Step {
   LogitsMode mode = LogitsMode::kNone;
   bool token_by_token = false;
   absl::Time submitted;
+  // Guarded by the scheduler's mu_ (not annotatable here: the mutex belongs to another object).
   bool taken = false;  // the loop owns it now: it will complete
   bool done = false;
+  // Written by the loop during the pass, read by the submitter after it saw `done`.
   std::vector<float>* logits = nullptr;  // the submitter's buffer
   absl::Status status;
   StepOutput output;
@@ -35,25 +37,25 @@ Scheduler::~Scheduler() {
 }
 
 void Scheduler::Shutdown() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   stopping_ = true;
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
 }
 
 int64_t Scheduler::queued() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int64_t>(queue_.size());
 }
 
 Scheduler::ActiveStream::ActiveStream(Scheduler& s) : scheduler_(s) {
-  std::lock_guard lock(s.mu_);
+  MutexLock lock(&s.mu_);
   ++s.active_streams_;
 }
 
 Scheduler::ActiveStream::~ActiveStream() {
-  std::lock_guard lock(scheduler_.mu_);
+  MutexLock lock(&scheduler_.mu_);
   --scheduler_.active_streams_;
-  scheduler_.work_cv_.notify_all();  // the loop may be waiting for this stream's next step
+  scheduler_.work_cv_.SignalAll();  // the loop may be waiting for this stream's next step
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
@@ -66,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
   step->submitted = absl::Now();
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
     if (metrics_ != nullptr) metrics_->Rejected("queue_full");
@@ -75,7 +77,7 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   }
   queue_.push_back(step);
   if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
   return std::make_unique<Ticket>(*this, std::move(step));
 }
 
@@ -84,7 +86,7 @@ Scheduler::Ticket::Ticket(Scheduler& scheduler, std::shared_ptr<Step> step)
 
 Scheduler::Ticket::~Ticket() {
   if (step_ == nullptr) return;
-  std::unique_lock lock(scheduler_.mu_);
+  MutexLock lock(&scheduler_.mu_);
   if (!step_->taken) {
     auto& q = scheduler_.queue_;
     q.erase(std::find(q.begin(), q.end(), step_));
@@ -93,13 +95,13 @@ Scheduler::Ticket::~Ticket() {
     }
     return;
   }
-  scheduler_.done_cv_.wait(lock, [&] { return step_->done; });
+  while (!step_->done) scheduler_.done_cv_.Wait(&scheduler_.mu_);
 }
 
 absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
                                                    const std::function<bool()>& cancelled) {
   Scheduler& s = scheduler_;
-  std::unique_lock lock(s.mu_);
+  MutexLock lock(&s.mu_);
   // Poll for cancellation: the transport's flag is not something a condition variable sees.
   constexpr absl::Duration kPoll = absl::Milliseconds(20);
   while (!step_->done) {
@@ -120,7 +122,7 @@ absl::StatusOr<StepOutput> Scheduler::Ticket::Wait(absl::Time deadline,
       }
     }
     const absl::Time wake = std::min(deadline, absl::Now() + kPoll);
-    s.done_cv_.wait_until(lock, absl::ToChronoTime(wake));
+    s.done_cv_.WaitUntil(&s.mu_, absl::ToChronoTime(wake));
   }
   std::shared_ptr<Step> step = std::move(step_);
   if (!step->status.ok()) return step->status;
@@ -153,23 +155,23 @@ std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
 }
 
 void Scheduler::Loop() {
-  std::unique_lock lock(mu_);
+  mu_.Lock();  // released around each pass's Execute
   while (true) {
-    work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    while (!stopping_ && queue_.empty()) work_cv_.Wait(&mu_);
     if (stopping_) break;
     // Give the other active streams a moment to submit their next steps.
     const absl::Time until = queue_.front()->submitted + options_.batch_wait;
-    work_cv_.wait_until(lock, absl::ToChronoTime(until), [&] {
-      return stopping_ || static_cast<int>(queue_.size()) >= active_streams_;
-    });
+    while (!stopping_ && static_cast<int>(queue_.size()) < active_streams_) {
+      if (work_cv_.WaitUntil(&mu_, absl::ToChronoTime(until))) break;  // timed out
+    }
     if (stopping_) break;
     std::vector<std::shared_ptr<Step>> batch = TakeBatch();
     if (metrics_ != nullptr) metrics_->SetWaiting(static_cast<int64_t>(queue_.size()));
-    lock.unlock();
+    mu_.Unlock();
     Execute(batch);
-    lock.lock();
+    mu_.Lock();
     for (auto& s : batch) s->done = true;
-    done_cv_.notify_all();
+    done_cv_.SignalAll();
   }
   // Shutting down: whatever is still queued fails; callers see it at their next poll.
   for (auto& s : queue_) {
@@ -178,7 +180,8 @@ void Scheduler::Loop() {
     s->status = absl::UnavailableError("the server is shutting down");
   }
   queue_.clear();
-  done_cv_.notify_all();
+  done_cv_.SignalAll();
+  mu_.Unlock();
 }
 
 void Scheduler::Execute(std::vector<std::shared_ptr<Step>>& steps) {

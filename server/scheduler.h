@@ -5,23 +5,26 @@
 // ingest advances one segment per step and cannot starve interactive generation. A handler has at
 // most one step pending at a time, which makes the queue round-robin across sessions.
 //
-// Threading: Run may be called from any number of threads; the states they pass must each be
-// used by one caller at a time (the session manager's lease guarantees it).
+// Threading: Submit, Ticket, ActiveStream, Shutdown and queued may be called from any number of
+// threads; the states they pass must each be used by one caller at a time (the session manager's
+// lease guarantees it). `mu_` guards the queue, the stream count and the stopping flag, and each
+// queued step's `taken`/`done` flags (Step lives in the .cc, so those two are documented there,
+// not annotated); the loop thread runs a pass without it, touching only the steps it has taken.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+#include "base/mutex.h"
 #include "engine/model/transfo_xl_model.h"
 
 namespace mnemo::server {
@@ -62,7 +65,8 @@ class Scheduler {
     // Waits for the step's result. Until its pass starts, the step is withdrawn (state untouched)
     // when `deadline` passes (DEADLINE_EXCEEDED) or `cancelled()` turns true (CANCELLED); a step
     // that started always completes.
-    absl::StatusOr<StepOutput> Wait(absl::Time deadline, const std::function<bool()>& cancelled);
+    absl::StatusOr<StepOutput> Wait(absl::Time deadline, const std::function<bool()>& cancelled)
+        ABSL_LOCKS_EXCLUDED(scheduler_.mu_);
 
    private:
     Scheduler& scheduler_;
@@ -76,11 +80,9 @@ class Scheduler {
   // must outlive the ticket. `token_by_token` runs the tokens as that many decode steps would
   // (SequenceInput::token_by_token; speculative verification). RESOURCE_EXHAUSTED when the queue
   // is full, UNAVAILABLE after Shutdown.
-  absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::SessionState* state,
-                                                 std::span<const int32_t> tokens,
-                                                 engine::LogitsMode mode,
-                                                 std::vector<float>* logits,
-                                                 bool token_by_token = false);
+  absl::StatusOr<std::unique_ptr<Ticket>> Submit(
+      engine::SessionState* state, std::span<const int32_t> tokens, engine::LogitsMode mode,
+      std::vector<float>* logits, bool token_by_token = false) ABSL_LOCKS_EXCLUDED(mu_);
 
   // A request that will submit steps back to back (a generation or ingest in progress): while
   // one is registered, the loop waits up to batch_wait for its next step so decode steps of
@@ -97,30 +99,32 @@ class Scheduler {
   };
 
   // Stops taking steps; the loop exits after the current pass.
-  void Shutdown();
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
-  int64_t queued() const;
+  int64_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Loop();
-  // Takes the next pass's steps off the queue (lock held).
-  std::vector<std::shared_ptr<Step>> TakeBatch();
-  void Execute(std::vector<std::shared_ptr<Step>>& steps);
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes the next pass's steps off the queue.
+  std::vector<std::shared_ptr<Step>> TakeBatch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs a pass over steps the loop has taken, without the lock.
+  void Execute(std::vector<std::shared_ptr<Step>>& steps) ABSL_LOCKS_EXCLUDED(mu_);
   // One forward pass over steps of one mode; on INVALID_ARGUMENT retries them one by one so one
   // bad step cannot fail the others.
-  void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase);
+  void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   engine::TransfoXlModel& model_;
   const SchedulerOptions options_;
   Metrics* metrics_;
 
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_;  // the loop waits here
-  std::condition_variable done_cv_;  // callers wait here
-  std::deque<std::shared_ptr<Step>> queue_;
-  int active_streams_ = 0;
-  bool stopping_ = false;
-  std::thread loop_;
+  mutable Mutex mu_;
+  CondVar work_cv_;  // the loop waits here
+  CondVar done_cv_;  // callers wait here
+  std::deque<std::shared_ptr<Step>> queue_ ABSL_GUARDED_BY(mu_);
+  int active_streams_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread loop_;  // last: starts once everything above exists
 };
 
 }  // namespace mnemo::server

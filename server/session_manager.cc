@@ -52,7 +52,7 @@ struct SessionLease::Entry {
   LoadedModel* model = nullptr;
   uint64_t sequence = 0;
   absl::Time created;
-  // Guarded by the manager's mutex.
+  // Guarded by the manager's mu_ (not annotatable here: the mutex belongs to another object).
   std::map<std::string, std::string> labels;
   absl::Duration ttl;
   absl::Time last_use;
@@ -120,22 +120,23 @@ SessionManager::SessionManager(SessionManagerOptions options, Metrics* metrics)
 
 SessionManager::~SessionManager() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
-    reaper_cv_.notify_all();
+    reaper_cv_.SignalAll();
   }
   reaper_.join();
 }
 
 void SessionManager::ReaperLoop() {
-  std::unique_lock lock(mu_);
+  mu_.Lock();  // released around each reaping pass, which takes it itself
   while (!stopping_) {
-    reaper_cv_.wait_for(lock, absl::ToChronoSeconds(options_.reap_interval));
+    reaper_cv_.WaitFor(&mu_, absl::ToChronoMilliseconds(options_.reap_interval));
     if (stopping_) break;
-    lock.unlock();
+    mu_.Unlock();
     ReapExpired(absl::Now());
-    lock.lock();
+    mu_.Lock();
   }
+  mu_.Unlock();
 }
 
 absl::StatusOr<absl::Duration> SessionManager::TtlFor(absl::Duration requested) const {
@@ -151,7 +152,7 @@ absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
                                                    const SessionOptions& options) {
   ASSIGN_OR_RETURN(const absl::Duration ttl, TtlFor(options.ttl));
   const int64_t bytes = model.SessionBytes();
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
     if (metrics_ != nullptr) metrics_->Rejected("session_quota");
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -191,7 +192,7 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::FindLocked(
 }
 
 absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto entry, FindLocked(id));
   return InfoLocked(*entry);
 }
@@ -199,7 +200,7 @@ absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) const {
 std::vector<SessionInfo> SessionManager::List(
     uint64_t after_sequence, int limit, const std::map<std::string, std::string>& label_filter,
     bool* more) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<const Entry*> matching;
   for (const auto& [id, e] : sessions_) {
     if (e->sequence <= after_sequence) continue;
@@ -221,7 +222,7 @@ std::vector<SessionInfo> SessionManager::List(
 }
 
 absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto entry, FindLocked(id));
   if (entry->busy) {
     return absl::AbortedError("a request is running on this session; delete it afterwards");
@@ -255,14 +256,14 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
   std::shared_ptr<Entry> src = source->entry_;
   SessionOptions copy = options;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (copy.labels.empty()) copy.labels = src->labels;
     if (copy.ttl == absl::ZeroDuration()) copy.ttl = src->ttl;
     if (!copy.default_sampling) copy.default_sampling = src->default_sampling;
   }
   ASSIGN_OR_RETURN(SessionInfo info, Create(model, copy));
   // The new session is not visible to anyone else until its id is returned: fill it in place.
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto dst, FindLocked(info.id));
   auto memory = CopyMemory(model, src->memory);
   if (!memory.ok()) {
@@ -276,7 +277,7 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
 
 absl::StatusOr<std::unique_ptr<SessionLease>> SessionManager::Acquire(const std::string& id,
                                                                       int64_t expected_version) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto entry, FindLocked(id));
   if (entry->busy) {
     return absl::AbortedError(
@@ -300,7 +301,7 @@ absl::StatusOr<std::unique_ptr<SessionLease>> SessionManager::Acquire(const std:
 }
 
 void SessionManager::Release(SessionLease& lease) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   Entry& e = *lease.entry_;
   e.version = lease.version_;
   e.tokens_seen = lease.tokens_seen_;
@@ -356,7 +357,7 @@ absl::Status SessionManager::PromoteLocked(Entry& e) {
 }
 
 int SessionManager::ReapExpired(absl::Time now) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> expired;
   for (const auto& [id, e] : sessions_) {
     if (!e->busy && e->last_use + e->ttl <= now) expired.push_back(id);
@@ -393,17 +394,17 @@ void SessionManager::PublishLocked() const {
 }
 
 int64_t SessionManager::device_bytes() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return device_bytes_;
 }
 
 int64_t SessionManager::host_bytes() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return host_bytes_;
 }
 
 int64_t SessionManager::size() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int64_t>(sessions_.size());
 }
 

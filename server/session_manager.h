@@ -5,23 +5,27 @@
 // memory and promoted back on their next request, transparently. Byte accounting is exact
 // (SessionState::bytes()).
 //
-// Threading: every method is safe from any thread. A lease's memory is touched only by its holder.
+// Threading: every method is safe from any thread. `mu_` guards the session table, the byte and
+// count totals, the stopping flag, and every entry's mutable fields (labels, TTL, last use, busy,
+// tier, version, tokens seen); an entry's memory belongs to its lease holder while busy and to the
+// manager, under `mu_`, while idle. Methods ending in Locked expect `mu_` held; the others take it
+// (the reaper thread too) and never call the engine's forward pass under it.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+#include "base/mutex.h"
 #include "engine/memory/session_state.h"
 #include "engine/sampling/sampler.h"
 #include "server/model_registry.h"
@@ -123,55 +127,58 @@ class SessionManager {
 
   // RESOURCE_EXHAUSTED when the session quota is reached or no device room can be made;
   // INVALID_ARGUMENT for a TTL above the maximum.
-  absl::StatusOr<SessionInfo> Create(LoadedModel& model, const SessionOptions& options);
-  absl::StatusOr<SessionInfo> Get(const std::string& id) const;
+  absl::StatusOr<SessionInfo> Create(LoadedModel& model, const SessionOptions& options)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<SessionInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   // Sessions created after `after_sequence` carrying every label of `label_filter`, oldest
   // first, at most `limit`; *more tells whether further ones exist.
   std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
                                 const std::map<std::string, std::string>& label_filter,
-                                bool* more) const;
+                                bool* more) const ABSL_LOCKS_EXCLUDED(mu_);
   // ABORTED while a request runs on it or when `expected_version` (0 = any) differs.
-  absl::Status Delete(const std::string& id, int64_t expected_version);
+  absl::Status Delete(const std::string& id, int64_t expected_version) ABSL_LOCKS_EXCLUDED(mu_);
   // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
   absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
-                                   const SessionOptions& options);
+                                   const SessionOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
   // Exclusive use of a session, its state on the device (promoted if it was demoted).
   // NOT_FOUND, ABORTED (busy, or version ≠ expected_version when that is not 0),
   // RESOURCE_EXHAUSTED (no device room).
   absl::StatusOr<std::unique_ptr<SessionLease>> Acquire(const std::string& id,
-                                                        int64_t expected_version);
+                                                        int64_t expected_version)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes idle sessions whose TTL ran out by `now`; returns how many.
-  int ReapExpired(absl::Time now);
-  int64_t device_bytes() const;
-  int64_t host_bytes() const;
-  int64_t size() const;
+  int ReapExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t device_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t host_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t size() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class SessionLease;
   using Entry = SessionLease::Entry;
-  void Release(SessionLease& lease);
+  void Release(SessionLease& lease) ABSL_LOCKS_EXCLUDED(mu_);
   // Demotes idle device states, least recently used first, until `bytes` more fit the budget.
-  absl::Status MakeRoomLocked(int64_t bytes, const Entry* keep);
-  absl::Status DemoteLocked(Entry& entry);
-  absl::Status PromoteLocked(Entry& entry);
-  SessionInfo InfoLocked(const Entry& entry) const;
-  absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const;
-  void EraseLocked(const std::string& id, const char* reason);
-  void PublishLocked() const;
+  absl::Status MakeRoomLocked(int64_t bytes, const Entry* keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DemoteLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PromoteLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  SessionInfo InfoLocked(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLocked(const std::string& id, const char* reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<absl::Duration> TtlFor(absl::Duration requested) const;
-  void ReaperLoop();
+  void ReaperLoop() ABSL_LOCKS_EXCLUDED(mu_);
 
   const SessionManagerOptions options_;
   Metrics* metrics_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Entry>> sessions_;
-  uint64_t next_sequence_ = 1;
-  int64_t device_bytes_ = 0;
-  int64_t host_bytes_ = 0;
-  int64_t device_count_ = 0;
-  bool stopping_ = false;
-  std::condition_variable reaper_cv_;
-  std::thread reaper_;
+  mutable Mutex mu_;
+  std::map<std::string, std::shared_ptr<Entry>> sessions_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t device_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t device_count_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  CondVar reaper_cv_;   // wakes the reaper early at shutdown
+  std::thread reaper_;  // last: starts once everything above exists
 };
 
 // 128 random bits from the kernel's CSPRNG as 32 lowercase hex digits.

@@ -14,7 +14,7 @@ debs=(
   python3 python3-numpy python3-grpcio python3-protobuf
 )
 if [ "$mode" = test ]; then
-  debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy
+  debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
          python3-venv python3-pip python3-torch prometheus bible-kjv bible-kjv-text)
 elif [ "$mode" != build ]; then
   echo "usage: tools/setup.sh [build|test]" >&2

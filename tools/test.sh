@@ -2,7 +2,8 @@
 # The quick start's "test" command: installs what the tests need, builds from scratch and runs
 # every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
 # parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan and under
-# TSan, and the format, layering and clang-tidy checks.
+# TSan, the format, layering and clang-tidy checks, and clang's thread-safety analysis of the lock
+# annotations.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,4 +27,11 @@ for preset in release asan tsan; do
     tools/check_tidy.sh "build/$preset"
   fi
 done
+
+# The server binary (server core, engine, kernels: every class with annotated locks) built by
+# clang with -Wthread-safety as errors. Build only: the annotations change no code.
+echo "== thread-safety: clang's lock analysis"
+rm -rf build/thread-safety
+cmake --preset thread-safety >/dev/null
+cmake --build --preset thread-safety -j "$jobs"
 echo "== all tests passed"

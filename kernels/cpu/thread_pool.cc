@@ -33,10 +33,10 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lock(sleep_mu_);
+    MutexLock lock(&sleep_mu_);
     stop_.store(true, std::memory_order_release);
   }
-  wake_cv_.notify_all();
+  wake_cv_.SignalAll();
   for (auto& t : workers_) t.join();
 }
 
@@ -64,7 +64,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     fn(0, n);
     return;
   }
-  std::lock_guard<std::mutex> call_lock(call_mu_);
+  MutexLock call_lock(&call_mu_);
   job_ = &fn;
   job_n_ = n;
   parts_ = parts;
@@ -72,9 +72,9 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
   {
     // Bumping the generation under sleep_mu_ means a worker about to sleep either sees it or is
     // already waiting and gets the notification.
-    std::lock_guard<std::mutex> lock(sleep_mu_);
+    MutexLock lock(&sleep_mu_);
     generation_.fetch_add(1, std::memory_order_release);
-    if (sleepers_ > 0) wake_cv_.notify_all();
+    if (sleepers_ > 0) wake_cv_.SignalAll();
   }
   RunPart(0);
   for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
@@ -82,9 +82,9 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
       CpuRelax();
       continue;
     }
-    std::unique_lock<std::mutex> lock(sleep_mu_);
+    MutexLock lock(&sleep_mu_);
     caller_waiting_ = true;
-    done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    while (pending_.load(std::memory_order_acquire) != 0) done_cv_.Wait(&sleep_mu_);
     caller_waiting_ = false;
     break;
   }
@@ -102,12 +102,12 @@ void ThreadPool::WorkerLoop(int index) {
       current = generation_.load(std::memory_order_acquire);
     }
     if (current == seen) {
-      std::unique_lock<std::mutex> lock(sleep_mu_);
+      MutexLock lock(&sleep_mu_);
       ++sleepers_;
-      wake_cv_.wait(lock, [&] {
-        return stop_.load(std::memory_order_acquire) ||
-               generation_.load(std::memory_order_acquire) != seen;
-      });
+      while (!stop_.load(std::memory_order_acquire) &&
+             generation_.load(std::memory_order_acquire) == seen) {
+        wake_cv_.Wait(&sleep_mu_);
+      }
       --sleepers_;
       if (stop_.load(std::memory_order_acquire)) return;
       current = generation_.load(std::memory_order_acquire);
@@ -115,8 +115,8 @@ void ThreadPool::WorkerLoop(int index) {
     seen = current;
     RunPart(index);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(sleep_mu_);
-      if (caller_waiting_) done_cv_.notify_one();
+      MutexLock lock(&sleep_mu_);
+      if (caller_waiting_) done_cv_.Signal();
     }
   }
 }

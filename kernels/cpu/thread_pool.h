@@ -4,15 +4,18 @@
 // Between jobs a worker spins for a short while before sleeping on a condition variable: decode
 // issues dozens of small jobs per token, and waking a sleeping thread costs tens of microseconds
 // on virtual machines, more than many of the jobs themselves.
+// Threading: call_mu_ serialises ParallelFor callers; the job fields it sets are published to the
+// workers by the generation_ counter (release/acquire), not by a lock. sleep_mu_ guards the
+// sleeping hand-off (sleepers_, caller_waiting_) and orders generation bumps against sleepers.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "base/mutex.h"
 
 namespace mnemo::kernels {
 
@@ -29,17 +32,18 @@ class ThreadPool {
   // Runs fn(begin, end) over [0, n) split into at most num_threads() contiguous chunks of at least
   // `min_chunk` items (sizes differ by at most one), and returns when all are done. Calls from
   // several threads are serialised; fn must not call ParallelFor on the same pool.
-  void ParallelFor(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn);
+  void ParallelFor(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn)
+      MNEMO_EXCLUDES(call_mu_, sleep_mu_);
 
   // The process-wide pool sized to the machine's hardware threads.
   static ThreadPool& Default();
 
  private:
-  void WorkerLoop(int index);
+  void WorkerLoop(int index) MNEMO_EXCLUDES(sleep_mu_);
   void RunPart(int index);
 
   std::vector<std::thread> workers_;
-  std::mutex call_mu_;  // serialises ParallelFor callers
+  Mutex call_mu_;  // serialises ParallelFor callers
   // The current job; written by the caller before generation_ is bumped (release), read by
   // workers after they observe the new generation (acquire).
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
@@ -48,11 +52,11 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};  // workers still running the current job
   std::atomic<bool> stop_{false};
-  std::mutex sleep_mu_;  // guards the sleeping hand-off below
-  std::condition_variable wake_cv_;
-  std::condition_variable done_cv_;
-  int sleepers_ = 0;             // workers blocked on wake_cv_ (guarded by sleep_mu_)
-  bool caller_waiting_ = false;  // the caller is blocked on done_cv_ (guarded by sleep_mu_)
+  Mutex sleep_mu_;  // guards the sleeping hand-off below
+  CondVar wake_cv_;
+  CondVar done_cv_;
+  int sleepers_ MNEMO_GUARDED_BY(sleep_mu_) = 0;             // workers blocked on wake_cv_
+  bool caller_waiting_ MNEMO_GUARDED_BY(sleep_mu_) = false;  // the caller is blocked on done_cv_
 };
 
 }  // namespace mnemo::kernels

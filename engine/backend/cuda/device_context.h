@@ -8,6 +8,12 @@
 // serialised by `mutex()` (recursive: a recorded step holds it from BeginStep to EndStep, so no
 // other thread's work lands in a graph being captured); the GPU runs one stream, so concurrency
 // comes from batching.
+//
+// Threading: Get is safe from any thread (the registry has its own lock). Allocate and Upload
+// expect the caller to hold mutex(), which guards the staging slots (staging_, next_slot_) and
+// the order of work on stream_ and the cuBLAS handle; the other members are set once by Init.
+// mutex_ carries no thread-safety annotation: it is re-entered and held across calls (BeginStep
+// to EndStep, through a std::unique_lock member), which clang's analysis cannot express.
 #pragma once
 
 #include <cuda_runtime.h>
