@@ -82,6 +82,8 @@ import warnings
 
 import torch
 
+from mnemo_checkpoint import read_json, write_checkpoint
+
 HISTORY_MIN = 4096
 HISTORY_MAX = 1048576
 
@@ -133,8 +135,7 @@ def _as_hf_config(hf_config):
     if isinstance(hf_config, ReformerConfig):
         return hf_config
     if isinstance(hf_config, (str, os.PathLike)):
-        with open(hf_config, encoding="utf-8") as f:
-            hf_config = json.load(f)
+        hf_config = read_json(hf_config)
     if isinstance(hf_config, dict):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -445,19 +446,6 @@ def convert_tensors(hf_model_or_state_dict, hf_config=None):
                for k, v in out.items()}
     return config, tensors
 
-
-def write_checkpoint(out_dir, config, tensors):
-    """Write config.json and model.safetensors into out_dir (created)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "model.safetensors.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w",
-              encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
 
 
 def convert(model, out_dir, hf_config=None):

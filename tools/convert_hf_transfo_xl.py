@@ -30,6 +30,8 @@ import warnings
 
 import torch
 
+from mnemo_checkpoint import read_json, write_checkpoint
+
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -73,8 +75,7 @@ def _as_hf_config(hf_config):
     if isinstance(hf_config, TransfoXLConfig):
         return hf_config
     if isinstance(hf_config, (str, os.PathLike)):
-        with open(hf_config, encoding="utf-8") as f:
-            hf_config = json.load(f)
+        hf_config = read_json(hf_config)
     if isinstance(hf_config, dict):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -292,22 +293,6 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     return config, tensors
 
 
-def write_checkpoint(out_dir, config, tensors):
-    """Write config.json and model.safetensors into out_dir (created)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(out_dir, exist_ok=True)
-    tensors = {k: (torch.from_numpy(v) if not isinstance(v, torch.Tensor)
-                   else v).contiguous()
-               for k, v in tensors.items()}
-    tmp = os.path.join(out_dir, "model.safetensors.tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w",
-              encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-
 
 # --------------------------------------------------------------------------
 # HF checkpoint directories
@@ -318,8 +303,7 @@ def load_hf_checkpoint(hf_dir):
     cfg_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise ConversionError(f"{cfg_path} not found")
-    with open(cfg_path, encoding="utf-8") as f:
-        hf_config = json.load(f)
+    hf_config = read_json(cfg_path)
 
     def load_one(path):
         if path.endswith(".safetensors"):
@@ -335,8 +319,7 @@ def load_hf_checkpoint(hf_dir):
             return load_one(os.path.join(hf_dir, single)), hf_config
         index_path = os.path.join(hf_dir, index)
         if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = sorted(set(read_json(index_path)["weight_map"].values()))
             sd = {}
             for shard in shards:
                 sd.update(load_one(os.path.join(hf_dir, shard)))

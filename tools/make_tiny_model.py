@@ -12,15 +12,15 @@ given seed.
 
 import argparse
 import glob
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+import mnemo_checkpoint
 
 ARCH = {
     "architecture": "transfo_xl",
@@ -40,24 +40,6 @@ ARCH = {
     "tie_word_embeddings": True,
     "torch_dtype": "float32",
 }
-
-
-def write_safetensors(path, tensors):
-    """Writes float32 numpy arrays in the safetensors layout."""
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # keep the data buffer 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def train_tokenizer(out_dir, vocab_size, seed):
@@ -120,11 +102,9 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     train_tokenizer(args.out_dir, args.vocab_size, args.seed)
     cfg = dict(ARCH, vocab_size=args.vocab_size, eos_token_id=2)
-    with open(os.path.join(args.out_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
-    write_safetensors(os.path.join(args.out_dir, "model.safetensors"),
-                      random_weights(cfg, args.seed))
+    mnemo_checkpoint.write_config(args.out_dir, cfg)
+    mnemo_checkpoint.save_numpy_safetensors(
+        os.path.join(args.out_dir, mnemo_checkpoint.WEIGHTS_FILE), random_weights(cfg, args.seed))
     print(f"make_tiny_model: wrote {args.out_dir}")
 
 

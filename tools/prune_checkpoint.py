@@ -19,12 +19,11 @@ moves fewer bytes (``--sparse-weights``). Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
+
+import mnemo_checkpoint
 
 PRUNED_SUFFIXES = ("attn.qkv.weight", "attn.o.weight", "ff.fc1.weight", "ff.fc2.weight",
                    "lm_head.weight", "emb_proj.weight")
@@ -52,7 +51,7 @@ def prune_two_four(w: torch.Tensor) -> torch.Tensor:
 
 
 def prune(src: str, dst: str, sparsity: float | None, two_four: bool) -> dict:
-    tensors = load_file(os.path.join(src, "model.safetensors"))
+    tensors = mnemo_checkpoint.load_tensors(src)
     out, report = {}, {}
     for name, t in tensors.items():
         if t.dim() == 2 and name.endswith(PRUNED_SUFFIXES):
@@ -61,11 +60,8 @@ def prune(src: str, dst: str, sparsity: float | None, two_four: bool) -> dict:
             out[name] = p.contiguous()
         else:
             out[name] = t
-    os.makedirs(dst, exist_ok=True)
-    for extra in os.listdir(src):
-        if extra != "model.safetensors" and os.path.isfile(os.path.join(src, extra)):
-            shutil.copy(os.path.join(src, extra), os.path.join(dst, extra))
-    save_file(out, os.path.join(dst, "model.safetensors"))
+    mnemo_checkpoint.copy_extra_files(src, dst)
+    mnemo_checkpoint.save_tensors(dst, out)
     return report
 
 

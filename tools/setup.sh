@@ -2,7 +2,8 @@
 # Installs what mnemo needs on Debian bookworm, idempotently (only what is missing).
 #   tools/setup.sh build   Debian packages for building and running (C++ toolchain, libraries)
 #   tools/setup.sh test    the above, the test tooling, and a venv in .venv that sees Debian's
-#                          python3-torch and adds pinned PyPI packages (tools/requirements.txt)
+#                          python3-torch, adds pinned PyPI packages (tools/requirements.txt) and
+#                          finds the project's Python packages (mnemo.pth; python/README.md)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-test}
@@ -47,4 +48,14 @@ fi
 if ! cmp -s "$req" "$stamp" 2>/dev/null; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
+fi
+
+# The project's import roots (python/README.md), listed in a .pth file of the venv: python/
+# (mnemo_reference, mnemo_checkpoint), the repository root (tools.*, bench.*), clients/python
+# (mnemo_client) and the release build's generated gRPC stubs. Rewritten only when it changes.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+pth=$site/mnemo.pth
+roots=$(printf '%s\n' "$root/python" "$root" "$root/clients/python" "$root/build/release/python")
+if [ "$(cat "$pth" 2>/dev/null)" != "$roots" ]; then
+  printf '%s\n' "$roots" >"$pth"
 fi

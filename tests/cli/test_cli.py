@@ -183,9 +183,7 @@ def mixed_model(model, tmp_path_factory):
         config = json.load(f)
     config.update(n_layer=4, mem_len=16, tie_word_embeddings=False,
                   layers=MIXED_LAYERS)
-    subprocess.run([sys.executable,
-                    os.path.join(ROOT, "tests", "reference", "txl_reference.py"),
-                    "make-checkpoint", "--config-json", json.dumps(config),
+    subprocess.run([sys.executable, "-m", "mnemo_reference", "make-checkpoint", "--config-json", json.dumps(config),
                     "--out", str(out), "--seed", "5"],
                    check=True, capture_output=True)
     with open(os.path.join(model, "tokenizer.model"), "rb") as src, \
@@ -196,9 +194,9 @@ def mixed_model(model, tmp_path_factory):
 
 def test_mixed_kind_model_generates_and_scores_like_the_reference(
         mixed_model, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
     import torch
-    import txl_reference
+
+    import mnemo_reference
     args = ["generate", "--model", mixed_model, "--prompt", "The licence",
             "--max-tokens", "30", "--temperature", "0.8", "--seed", "4",
             "--ignore-eos"]
@@ -212,8 +210,8 @@ def test_mixed_kind_model_generates_and_scores_like_the_reference(
               run("score", "--model", mixed_model, "--ids-file",
                   str(ids_path), "--segment-len", "16",
                   "--json").stdout.splitlines()]
-    oracle = txl_reference.load_checkpoint(mixed_model).double()
-    logits = txl_reference.stream_logits(oracle, ids, segment_len=16)
+    oracle = mnemo_reference.load_checkpoint(mixed_model).double()
+    logits = mnemo_reference.stream_logits(oracle, ids, segment_len=16)
     logp = torch.log_softmax(logits, dim=-1)
     for row in scored[:-1]:
         t = row["position"]

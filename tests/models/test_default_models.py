@@ -24,15 +24,15 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+import mnemo_checkpoint
+
+from tools.prune_checkpoint import PRUNED_SUFFIXES
+from tools.train import quality_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "models")
-sys.path.insert(0, os.path.join(ROOT, "tools", "train"))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import quality_table  # noqa: E402
-from prune_checkpoint import PRUNED_SUFFIXES  # noqa: E402
 
 SEGMENT = 64
 # Bits per byte measured on this repository's checkpoints (tools/train/quality_table.py, the
@@ -112,7 +112,7 @@ def test_student_and_pruned_variants_score_below_their_thresholds(mnemo_bin, tex
 @pytest.mark.parametrize("name", sorted(n for n in PART_BPB if "movement" in n))
 def test_pruned_variants_have_their_sparsity(name):
     level = name.rsplit("-", 1)[1]
-    tensors = load_file(os.path.join(model_dir(name), "model.safetensors"))
+    tensors = mnemo_checkpoint.load_tensors(model_dir(name))
     pruned = {k: t for k, t in tensors.items() if t.dim() == 2 and k.endswith(PRUNED_SUFFIXES)}
     assert pruned
     for key, t in pruned.items():

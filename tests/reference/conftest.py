@@ -1,11 +1,8 @@
 """Fixtures shared by the parity tests."""
 
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import torch
 
-from txl_reference import load_checkpoint, random_checkpoint, stream_logits
+from mnemo_reference import load_checkpoint, random_checkpoint, stream_logits
 
 
 def base_config(**overrides) -> dict:

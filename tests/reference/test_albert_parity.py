@@ -17,15 +17,19 @@ plain embedding, no ``emb_proj``).
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnemo_reference import (
+    TransfoXLReference,
+    load_checkpoint,
+    random_checkpoint,
+    stream_logits,
+    validate_config,
+)
 
-from parity_common import (  # noqa: E402
+from parity_common import (
     oracle_model,
     base_config as _config,
     check_engine_parity,
@@ -33,14 +37,7 @@ from parity_common import (  # noqa: E402
     max_rel as _max_rel,
     MODES,
 )
-from test_linear_parity import _run_splits  # noqa: E402
-from txl_reference import (  # noqa: E402
-    TransfoXLReference,
-    load_checkpoint,
-    random_checkpoint,
-    stream_logits,
-    validate_config,
-)
+from test_linear_parity import _run_splits
 
 DENSE = {"attention": "dense"}
 ELU = {"attention": "linear", "feature_map": "elu"}

@@ -25,26 +25,12 @@ call started.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from parity_common import (  # noqa: E402
-    oracle_model,
-    base_config as _config,
-    check_engine_parity,
-    document,
-    max_rel as _max_rel,
-    mode_args,
-    MODES,
-)
-from test_linear_parity import _run_splits  # noqa: E402
-from txl_reference import (  # noqa: E402
+from mnemo_reference import (
     CompressiveAttention,
     CompressiveState,
     TransfoXLReference,
@@ -55,6 +41,17 @@ from txl_reference import (  # noqa: E402
     stream_logits,
     validate_config,
 )
+
+from parity_common import (
+    oracle_model,
+    base_config as _config,
+    check_engine_parity,
+    document,
+    max_rel as _max_rel,
+    mode_args,
+    MODES,
+)
+from test_linear_parity import _run_splits
 
 
 def _comp(f: str, c: int, n: int, **fields) -> dict:

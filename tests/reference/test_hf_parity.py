@@ -25,7 +25,6 @@ Run: MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytest \
 
 import contextlib
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -37,18 +36,17 @@ import numpy as np
 import pytest
 import torch
 
+import mnemo_checkpoint
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from transformers import TransfoXLConfig, TransfoXLLMHeadModel  # noqa: E402
+from transformers import TransfoXLConfig, TransfoXLLMHeadModel
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERTER = ROOT / "tools" / "convert_hf_transfo_xl.py"
 
-_spec = importlib.util.spec_from_file_location("convert_hf_transfo_xl",
-                                               CONVERTER)
-cv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cv)
+from tools import convert_hf_transfo_xl as cv  # noqa: E402  (after the warning filters)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -392,11 +390,7 @@ def test_convert_names_shapes_and_round_trip(name):
 
 
 def _read_checkpoint(path):
-    from safetensors.torch import load_file
-
-    with open(path / "config.json", encoding="utf-8") as f:
-        config = json.load(f)
-    return config, load_file(str(path / "model.safetensors"))
+    return mnemo_checkpoint.read_config(path), mnemo_checkpoint.load_tensors(path)
 
 
 def _assert_same(a, b):

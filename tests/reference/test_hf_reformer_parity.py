@@ -46,7 +46,6 @@ Run: MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytest \
 """
 
 import copy
-import importlib.util
 import json
 import math
 import re
@@ -60,16 +59,15 @@ import numpy as np
 import pytest
 import torch
 
+import mnemo_checkpoint
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERTER = ROOT / "tools" / "convert_hf_reformer.py"
 
-_spec = importlib.util.spec_from_file_location("convert_hf_reformer",
-                                               CONVERTER)
-cv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cv)
+from tools import convert_hf_reformer as cv  # noqa: E402  (after the warning filters)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -725,10 +723,7 @@ def test_refuses_broken_state_dicts():
 
 
 def _read(path):
-    from safetensors.torch import load_file
-
-    with open(path / "config.json", encoding="utf-8") as f:
-        return json.load(f), load_file(str(path / "model.safetensors"))
+    return mnemo_checkpoint.read_config(path), mnemo_checkpoint.load_tensors(path)
 
 
 def _same(a, b):

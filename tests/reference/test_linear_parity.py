@@ -1,6 +1,6 @@
 """Linear-attention layers (config ``layers``): oracle checks and parity.
 
-Per-layer attention kinds are described in txl_reference.py (``layers``
+Per-layer attention kinds are described in mnemo_reference (``layers``
 config field, MODEL-SPEC section 5): ``dense`` is the Transformer-XL
 attention, ``linear`` is causal linear attention with feature map ``elu``,
 ``favor`` or ``rfa`` (optionally gated) and a carried (S, z) state.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -35,20 +34,8 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from parity_common import (  # noqa: E402
-    assert_logits_close,
-    base_config as _config,
-    decode_document as _decode_document,
-    document as _document,
-    engine_logits,
-    max_rel as _max_rel,
-    segment_document as _segment_document,
-    segment_len as _segment_len,
-    write_ids,
-)
-from txl_reference import (  # noqa: E402
+import mnemo_checkpoint
+from mnemo_reference import (
     DTYPES,
     LinearAttention,
     LinearState,
@@ -58,6 +45,18 @@ from txl_reference import (  # noqa: E402
     random_checkpoint,
     stream_logits,
     validate_config,
+)
+
+from parity_common import (
+    assert_logits_close,
+    base_config as _config,
+    decode_document as _decode_document,
+    document as _document,
+    engine_logits,
+    max_rel as _max_rel,
+    segment_document as _segment_document,
+    segment_len as _segment_len,
+    write_ids,
 )
 
 # --------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def _linear_module(feature_map: str, gated: bool, pre_lnorm: bool,
                                        {"num_features": m}),
                       **({"gated": True} if gated else {}))] * 2
     model = TransfoXLReference(dict(cfg, layers=layers))
-    from txl_reference import _init_weights
+    from mnemo_reference.model import _init_weights
 
     _init_weights(model, torch.Generator().manual_seed(seed))
     attn = model.layers[0].attn.double()
@@ -384,7 +383,6 @@ def test_reference_only_linear_all_dense_layers_field():
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("name", ["mixed_pre", "rfa_gated_post"])
 def test_reference_only_linear_checkpoint_roundtrip(tmp_path, name, dtype):
-    from safetensors.torch import load_file
 
     cfg = CONFIGS[name]
     made = random_checkpoint(cfg, tmp_path, seed=_seed(name),
@@ -392,7 +390,7 @@ def test_reference_only_linear_checkpoint_roundtrip(tmp_path, name, dtype):
     with open(tmp_path / "config.json") as f:
         written = json.load(f)
     assert written["layers"] == cfg["layers"]  # written as given
-    stored = load_file(str(tmp_path / "model.safetensors"))
+    stored = mnemo_checkpoint.load_tensors(tmp_path)
     assert set(stored) == set(made.state_dict())
     assert all(t.dtype == DTYPES[dtype] for t in stored.values())
     loaded = load_checkpoint(tmp_path)
@@ -411,7 +409,7 @@ def test_reference_only_linear_checkpoint_roundtrip(tmp_path, name, dtype):
 def test_reference_only_linear_feature_init():
     cfg = _config(n_layer=3, d_head=8, layers=[
         FAVOR, RFA_GATED, _linear("favor", num_features=5)])
-    from txl_reference import _init_weights
+    from mnemo_reference.model import _init_weights
 
     model = TransfoXLReference(cfg)
     _init_weights(model, torch.Generator().manual_seed(4))
@@ -438,18 +436,17 @@ def test_reference_only_linear_feature_init():
 
 
 def test_reference_only_linear_cli(tmp_path):
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "txl_reference.py")
+    script = ["-m", "mnemo_reference"]
     cfg = CONFIGS["mixed_post"]
     ckpt = tmp_path / "ckpt"
-    subprocess.run([sys.executable, script, "make-checkpoint",
+    subprocess.run([sys.executable, *script, "make-checkpoint",
                     "--config-json", json.dumps(cfg), "--out", str(ckpt),
                     "--seed", "5"], check=True)
     ids = _decode_document(cfg)
     write_ids(tmp_path / "ids.txt", ids)
     for extra in ([], ["--decode"]):
         out = tmp_path / "out.f32"
-        subprocess.run([sys.executable, script, "logits", "--model",
+        subprocess.run([sys.executable, *script, "logits", "--model",
                         str(ckpt), "--ids", str(tmp_path / "ids.txt"),
                         "--segment-len", "7", "--output", str(out)] + extra,
                        check=True)

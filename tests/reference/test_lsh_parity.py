@@ -24,26 +24,12 @@ the union of candidates minus p, or ``v_p`` when p is alone.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from parity_common import (  # noqa: E402
-    oracle_model,
-    base_config as _config,
-    check_engine_parity,
-    document,
-    max_rel as _max_rel,
-    mode_args,
-    MODES,
-)
-from test_linear_parity import _run_splits  # noqa: E402
-from txl_reference import (  # noqa: E402
+from mnemo_reference import (
     LSHAttention,
     LSHState,
     TransfoXLReference,
@@ -53,6 +39,17 @@ from txl_reference import (  # noqa: E402
     stream_logits,
     validate_config,
 )
+
+from parity_common import (
+    oracle_model,
+    base_config as _config,
+    check_engine_parity,
+    document,
+    max_rel as _max_rel,
+    mode_args,
+    MODES,
+)
+from test_linear_parity import _run_splits
 
 
 def _lsh(R: int, nb: int, c: int, history=None) -> dict:

@@ -22,17 +22,21 @@ flag (sparse: no global fields). The scores live within one call.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnemo_reference import (
+    TransfoXLReference,
+    layer_specs,
+    random_checkpoint,
+    stream_logits,
+    validate_config,
+)
 
-from parity_common import (  # noqa: E402
+from parity_common import (
     oracle_model,
     assert_logits_close,
     base_config,
@@ -42,13 +46,6 @@ from parity_common import (  # noqa: E402
     max_rel as _max_rel,
     MODES,
     oracle_logits,
-)
-from txl_reference import (  # noqa: E402
-    TransfoXLReference,
-    layer_specs,
-    random_checkpoint,
-    stream_logits,
-    validate_config,
 )
 
 RES = "residual_attention"

@@ -2,7 +2,7 @@
 
 Two groups of tests:
 
-* ``test_reference_only_*`` check the oracle itself (txl_reference.py) and
+* ``test_reference_only_*`` check the oracle itself (mnemo_reference) and
   need no engine: segment/token/whole-document consistency, checkpoint I/O,
   the CLI, and agreement with Hugging Face's TransfoXLLMHeadModel.
 * ``test_engine_*`` run ``$MNEMO_BIN logits ...`` (see README.md) on random
@@ -19,7 +19,6 @@ Run::
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -27,9 +26,16 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mnemo_checkpoint
+from mnemo_reference import (
+    DTYPES,
+    TransfoXLReference,
+    load_checkpoint,
+    random_checkpoint,
+    stream_logits,
+)
 
-from parity_common import (  # noqa: E402
+from parity_common import (
     assert_logits_close,
     base_config as _config,
     decode_document as _decode_document,
@@ -39,13 +45,6 @@ from parity_common import (  # noqa: E402
     segment_document as _segment_document,
     segment_len as _segment_len,
     write_ids,
-)
-from txl_reference import (  # noqa: E402
-    DTYPES,
-    TransfoXLReference,
-    load_checkpoint,
-    random_checkpoint,
-    stream_logits,
 )
 
 # --------------------------------------------------------------------------
@@ -181,13 +180,12 @@ def test_reference_only_tensor_names(tie, untie_r):
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_reference_only_checkpoint_roundtrip(tmp_path, dtype):
-    from safetensors.torch import load_file
 
     cfg = CONFIGS["pre_gelu_empty_samelen"]
     made = random_checkpoint(cfg, tmp_path, seed=3, dtype=DTYPES[dtype])
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["torch_dtype"] == dtype
-    stored = load_file(str(tmp_path / "model.safetensors"))
+    stored = mnemo_checkpoint.load_tensors(tmp_path)
     assert set(stored) == set(made.state_dict())
     assert all(t.dtype == DTYPES[dtype] for t in stored.values())
     loaded = load_checkpoint(tmp_path)
@@ -200,18 +198,17 @@ def test_reference_only_checkpoint_roundtrip(tmp_path, dtype):
 
 
 def test_reference_only_cli(tmp_path):
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "txl_reference.py")
+    script = ["-m", "mnemo_reference"]
     cfg = CONFIGS["post_gelu_zeros_samelen"]
     ckpt = tmp_path / "ckpt"
-    subprocess.run([sys.executable, script, "make-checkpoint",
+    subprocess.run([sys.executable, *script, "make-checkpoint",
                     "--config-json", json.dumps(cfg), "--out", str(ckpt),
                     "--seed", "5"], check=True)
     ids = _decode_document(cfg)
     write_ids(tmp_path / "ids.txt", ids)
     for extra in ([], ["--decode"]):
         out = tmp_path / "out.f32"
-        subprocess.run([sys.executable, script, "logits", "--model",
+        subprocess.run([sys.executable, *script, "logits", "--model",
                         str(ckpt), "--ids", str(tmp_path / "ids.txt"),
                         "--segment-len", "7", "--output", str(out)] + extra,
                        check=True)

@@ -1,7 +1,7 @@
 """Sparse (sliding-window, dilated) layers: oracle checks and engine parity.
 
 A ``layers`` entry ``{"attention": "sparse", "window": W, "dilation": D}``
-(txl_reference.py) makes a layer causal softmax attention in which the query
+(mnemo_reference) makes a layer causal softmax attention in which the query
 at stream position p of head h sees the keys at ``p - r * d_h`` for
 ``r = 0 .. W-1`` (>= 0; itself included), ``score = q.k / sqrt(d_head)``,
 no position encodings. ``dilation`` is one int for every head or a list of
@@ -32,25 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import tempfile
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from parity_common import (  # noqa: E402
-    assert_logits_close,
-    base_config as _config,
-    document,
-    engine_logits,
-    max_rel as _max_rel,
-    oracle_logits,
-)
-from test_linear_parity import _linear, _run_splits  # noqa: E402
-from txl_reference import (  # noqa: E402
+import mnemo_checkpoint
+from mnemo_reference import (
     DTYPES,
     SPARSE_MAX_SPAN,
     LinearState,
@@ -63,6 +51,16 @@ from txl_reference import (  # noqa: E402
     stream_logits,
     validate_config,
 )
+
+from parity_common import (
+    assert_logits_close,
+    base_config as _config,
+    document,
+    engine_logits,
+    max_rel as _max_rel,
+    oracle_logits,
+)
+from test_linear_parity import _linear, _run_splits
 
 # --------------------------------------------------------------------------
 # Configurations
@@ -437,7 +435,6 @@ def test_reference_only_sparse_draw_order_is_that_of_elu():
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("name", ["mixed_pre", "perhead_post"])
 def test_reference_only_sparse_checkpoint_roundtrip(tmp_path, name, dtype):
-    from safetensors.torch import load_file
 
     cfg = CONFIGS[name]
     made = random_checkpoint(cfg, tmp_path, seed=_seed(name),
@@ -445,7 +442,7 @@ def test_reference_only_sparse_checkpoint_roundtrip(tmp_path, name, dtype):
     with open(tmp_path / "config.json") as f:
         written = json.load(f)
     assert written["layers"] == cfg["layers"]  # written as given
-    stored = load_file(str(tmp_path / "model.safetensors"))
+    stored = mnemo_checkpoint.load_tensors(tmp_path)
     assert set(stored) == set(made.state_dict())
     assert all(t.dtype == DTYPES[dtype] for t in stored.values())
     loaded = load_checkpoint(tmp_path)

@@ -23,24 +23,12 @@ sliding-window layer.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from parity_common import (  # noqa: E402
-    oracle_model,
-    base_config as _config,
-    check_engine_parity,
-    max_rel as _max_rel,
-    MODES,
-)
-from test_linear_parity import _run_splits  # noqa: E402
-from txl_reference import (  # noqa: E402
+from mnemo_reference import (
     PatternState,
     TransfoXLReference,
     bigbird_mix,
@@ -50,6 +38,15 @@ from txl_reference import (  # noqa: E402
     stream_logits,
     validate_config,
 )
+
+from parity_common import (
+    oracle_model,
+    base_config as _config,
+    check_engine_parity,
+    max_rel as _max_rel,
+    MODES,
+)
+from test_linear_parity import _run_splits
 
 
 def _pat(pattern: str, **fields) -> dict:

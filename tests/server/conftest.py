@@ -4,7 +4,8 @@ Python client package (clients/python/mnemo_client).
 Environment (ctest sets it; every variable is required, the tests fail without it):
   MNEMO_SERVER_BIN    the server binary
   MNEMO_BIN           the engine's command line `mnemo` (offline reference results)
-  MNEMO_PYTHON_STUBS  the directory holding the generated mnemo/v1/mnemo_pb2*.py
+  PYTHONPATH          the import roots (python/README.md) and the build's python/ directory
+                      (the generated gRPC stubs)
 Optional: MNEMO_LOAD_SECONDS (load test duration, default 20), MNEMO_LOAD_SESSIONS (32),
 MNEMO_PROMETHEUS (the Prometheus binary, default /usr/bin/prometheus).
 """
@@ -18,13 +19,12 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
-_stubs = os.environ.get("MNEMO_PYTHON_STUBS")
-if not _stubs or not os.path.isfile(os.path.join(_stubs, "mnemo", "v1", "mnemo_pb2.py")):
-    pytest.fail("MNEMO_PYTHON_STUBS must name the directory with the generated "
-                "mnemo/v1/mnemo_pb2.py (ctest sets it)", pytrace=False)
-sys.path.insert(0, _stubs)
-sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
-sys.path.insert(0, HERE)
+try:
+    from mnemo.v1 import mnemo_pb2  # noqa: F401  (the generated stubs, a build output)
+except ImportError:
+    pytest.fail("the generated gRPC stubs (mnemo/v1/mnemo_pb2.py) are not importable: put the "
+                "build's python/ directory on PYTHONPATH, e.g. PYTHONPATH=build/release/python "
+                "(ctest sets it; python/README.md)", pytrace=False)
 
 import server_harness  # noqa: E402
 from server_harness import BASE_FLAGS, ServerProcess  # noqa: E402

@@ -21,14 +21,14 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+import mnemo_checkpoint
+
+from tools.train import prune_finetune as pf
+from tools.train import train_teacher as tt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tools", "train")
-sys.path.insert(0, TRAIN)
-
-import prune_finetune as pf  # noqa: E402
-import train_teacher as tt  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -92,7 +92,7 @@ def runs(teacher):
                    *args, *PRUNE)
         with open(path / "training.json") as f:
             out[name] = {"dir": path, "stdout": proc.stdout, "record": json.load(f),
-                         "tensors": load_file(str(path / "model.safetensors"))}
+                         "tensors": mnemo_checkpoint.load_tensors(path)}
     return out
 
 
@@ -149,7 +149,7 @@ def test_two_four_pattern_in_every_group(runs, name):
 
 
 def test_dense_tensors_are_not_pruned(runs, teacher):
-    src = load_file(str(teacher["src"] / "model.safetensors"))
+    src = mnemo_checkpoint.load_tensors(teacher["src"])
     for name in ("mov80", "mag24"):
         tensors = runs[name]["tensors"]
         dense = [n for n in tensors if n == "word_emb.weight" or n.endswith("attn.r.weight")]

@@ -22,12 +22,11 @@ import sys
 import pytest
 import torch
 
+from tools.train import quality_table as qt
+from tools.train import train_teacher as tt
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tools", "train")
-sys.path.insert(0, TRAIN)
-
-import quality_table as qt  # noqa: E402
-import train_teacher as tt  # noqa: E402
 
 torch.set_num_threads(1)
 

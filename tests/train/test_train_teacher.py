@@ -18,11 +18,10 @@ import sys
 import pytest
 import torch
 
+from tools.train import train_teacher as tt
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "tools", "train")
-sys.path.insert(0, TRAIN)
-
-import train_teacher as tt  # noqa: E402
 
 torch.set_num_threads(1)
 

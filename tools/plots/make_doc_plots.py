@@ -4,7 +4,7 @@
 Reads only machine-readable results under bench/results/ and plots nothing else:
   bits-per-byte-vs-memory.png       default_models_quality.json, group "memory"
   stream-tokens-per-s.png           cpu-stream-20261123.jsonl, cpu-stream-long-context-20261123.jsonl
-  server-latency-vs-concurrency.png server_bench-20261123T040138Z.jsonl, figure "server_load"
+  server-latency-vs-concurrency.png server_bench-20261123T035736Z-65255d5.jsonl, figure "server_load"
 
 Usage: /usr/bin/python3 tools/plots/make_doc_plots.py [--results DIR] [--out DIR]
 Needs matplotlib (Debian: python3-matplotlib); draws with the Agg backend (no display).
@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 QUALITY = "default_models_quality.json"
 STREAM = "cpu-stream-20261123.jsonl"
 STREAM_LONG = "cpu-stream-long-context-20261123.jsonl"
-SERVER = "server_bench-20261123T040138Z.jsonl"
+SERVER = "server_bench-20261123T035736Z-65255d5.jsonl"
 DPI = 110
 
 

@@ -44,9 +44,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import train_teacher as tt  # noqa: E402  (after the path insert)
+from tools.train import train_teacher as tt
 
 ref = tt.ref
 ROOT = tt.ROOT

@@ -61,12 +61,8 @@ try:
 except ImportError:  # torch < 2.0
     from torch.nn.utils.stateless import functional_call
 
-TRAIN_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TRAIN_DIR)
-sys.path.insert(0, os.path.dirname(TRAIN_DIR))
-
-import train_teacher as tt  # noqa: E402  (after the path insert)
-from prune_checkpoint import PRUNED_SUFFIXES, prune_two_four, prune_unstructured  # noqa: E402
+from tools.prune_checkpoint import PRUNED_SUFFIXES, prune_two_four, prune_unstructured
+from tools.train import train_teacher as tt
 
 ref = tt.ref
 ROOT = tt.ROOT

@@ -45,13 +45,11 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+import mnemo_checkpoint
+from tools import prune_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import prune_checkpoint  # noqa: E402  (after the path insert)
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.model")
 # Fields a compressive layer entry adds to a plain dense one (docs/checkpoint-format.md).
@@ -83,9 +81,7 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def read_config(directory: str) -> dict:
-    with open(os.path.join(directory, "config.json")) as f:
-        return json.load(f)
+read_config = mnemo_checkpoint.read_config
 
 
 def discover_models(models_dir: str) -> List[str]:
@@ -117,13 +113,6 @@ def memory_of(cfg: dict) -> dict:
             "compression_rate": max((e["compression_rate"] for e in comp), default=0)}
 
 
-def link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.symlink(os.path.abspath(src), dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def derive_checkpoint(src: str, dst: str, mem_len: int, keep_compressive: bool) -> None:
     """A copy of checkpoint ``src`` with another ``mem_len``; without ``keep_compressive`` its
     compressive layers become plain XL layers and the compressor tensors are dropped. Layers of
@@ -140,18 +129,16 @@ def derive_checkpoint(src: str, dst: str, mem_len: int, keep_compressive: bool) 
             layers.append(entry)
         cfg["layers"] = layers
     os.makedirs(dst)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
-    link_or_copy(os.path.join(src, "tokenizer.model"), os.path.join(dst, "tokenizer.model"))
-    weights = os.path.join(src, "model.safetensors")
     if not drop:
-        link_or_copy(weights, os.path.join(dst, "model.safetensors"))
+        mnemo_checkpoint.derive_checkpoint(src, dst, cfg, symbolic=True,
+                                           files=(mnemo_checkpoint.TOKENIZER_FILE,
+                                                  mnemo_checkpoint.WEIGHTS_FILE))
         return
-    with safe_open(weights, framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if COMPRESSOR_TENSOR not in k}
-    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata=metadata)
+    mnemo_checkpoint.derive_checkpoint(src, dst, cfg, symbolic=True,
+                                       files=(mnemo_checkpoint.TOKENIZER_FILE,))
+    tensors, metadata = mnemo_checkpoint.load_tensors_with_metadata(
+        src, keep=lambda name: COMPRESSOR_TENSOR not in name)
+    mnemo_checkpoint.save_tensors(dst, tensors, metadata=metadata)
 
 
 _WEIGHT_STATS: Dict[str, dict] = {}
@@ -162,13 +149,11 @@ def weight_stats(directory: str) -> dict:
     path = os.path.realpath(os.path.join(directory, "model.safetensors"))
     if path not in _WEIGHT_STATS:
         params = pruned = zeros = 0
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                params += t.numel()
-                if t.dim() == 2 and name.endswith(prune_checkpoint.PRUNED_SUFFIXES):
-                    pruned += t.numel()
-                    zeros += int((t == 0).sum())
+        for name, t in mnemo_checkpoint.load_tensors(directory).items():
+            params += t.numel()
+            if t.dim() == 2 and name.endswith(prune_checkpoint.PRUNED_SUFFIXES):
+                pruned += t.numel()
+                zeros += int((t == 0).sum())
         _WEIGHT_STATS[path] = {"parameters": params, "pruned_entries": pruned,
                                "zero_fraction": zeros / pruned if pruned else None,
                                "checkpoint_bytes": os.path.getsize(path)}

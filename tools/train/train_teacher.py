@@ -1,6 +1,6 @@
 """Trains the default teacher: a Transformer-XL with XL and compressive memory on the KJV.
 
-The model is the independent PyTorch reference (``tests/reference/txl_reference.py``,
+The model is the independent PyTorch reference (``python/mnemo_reference``,
 ``TransfoXLReference``), so the written checkpoint is exactly what the engine loads
 (``docs/checkpoint-format.md``, including "Compressive memory"). Training:
 
@@ -50,11 +50,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import mnemo_checkpoint
+from mnemo_reference import model as ref
 
-import txl_reference as ref  # noqa: E402  (after the path insert)
-from safetensors.torch import save_file  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LN2 = math.log(2.0)
 
@@ -388,13 +387,8 @@ class Streams:
 
 def save_checkpoint(model: ref.TransfoXLReference, out_dir: str, tokenizer: str,
                     dtype: torch.dtype) -> None:
-    os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(model.config, f, indent=2)
-        f.write("\n")
-    shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.model"))
+    mnemo_checkpoint.write_checkpoint(out_dir, model.config, tensors, tokenizer=tokenizer)
 
 
 def parse_args(argv=None):

@@ -1,56 +1,29 @@
 """Unit tests of mnemo_client's pure parts: UTF-8 chunking, error-detail and health decoding,
 request building. No server needed.
 
-The generated stubs come from $MNEMO_PYTHON_STUBS (the build's python/ dir) when set; otherwise
-they are generated with protoc into a temporary directory. Run:
+The tests of request building need the generated stubs: the build's python/ directory on
+PYTHONPATH, as ctest sets it. Run:
 
-    python -m pytest clients/python/tests
+    PYTHONPATH=build/release/python:clients/python python -m pytest clients/python/tests
 """
 
 import io
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENT_ROOT = os.path.dirname(HERE)
-REPO_ROOT = os.path.dirname(os.path.dirname(CLIENT_ROOT))
-sys.path.insert(0, CLIENT_ROOT)
-
-from mnemo_client import health  # noqa: E402  (pure: no stubs needed)
-from mnemo_client.utf8 import (InvalidUtf8Error, iter_utf8_chunks, split_utf8,  # noqa: E402
-                                utf8_boundary)
-
-
-def _stubs_dir():
-    given = os.environ.get("MNEMO_PYTHON_STUBS")
-    if given:
-        return given
-    protoc = shutil.which("protoc")
-    if protoc is None:
-        pytest.fail("set MNEMO_PYTHON_STUBS or install protoc to generate the mnemo.v1 stubs")
-    out = tempfile.mkdtemp(prefix="mnemo_stubs_")
-    cmd = [protoc, "-I", os.path.join(REPO_ROOT, "proto"), f"--python_out={out}"]
-    plugin = shutil.which("grpc_python_plugin")
-    if plugin:
-        cmd += [f"--grpc_python_out={out}", f"--plugin=protoc-gen-grpc_python={plugin}"]
-    cmd.append(os.path.join(REPO_ROOT, "proto", "mnemo", "v1", "mnemo.proto"))
-    subprocess.run(cmd, check=True)
-    for pkg in ("mnemo", os.path.join("mnemo", "v1")):
-        open(os.path.join(out, pkg, "__init__.py"), "a").close()
-    return out
+from mnemo_client import health  # (pure: no stubs needed)
+from mnemo_client.utf8 import InvalidUtf8Error, iter_utf8_chunks, split_utf8, utf8_boundary
 
 
 @pytest.fixture(scope="module")
 def stubs():
-    path = _stubs_dir()
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    from mnemo.v1 import mnemo_pb2
+    """The generated mnemo.v1 stubs: a build output, on PYTHONPATH (the build's python/ dir)."""
+    try:
+        from mnemo.v1 import mnemo_pb2
+    except ImportError:
+        pytest.fail("the generated mnemo.v1 stubs are not importable: put the build's python/ "
+                    "directory on PYTHONPATH, e.g. PYTHONPATH=build/release/python:clients/python "
+                    "(ctest sets it)", pytrace=False)
     return mnemo_pb2
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peers of bench/mnemo_bench: one figure per process, one JSON line.
+"""PyTorch peers of mnemo_bench (bench/programs/): one figure per process, one JSON line.
 
 Implementations (same weights: the HF model saved by the converter's
 --save-hf and the mnemo checkpoint converted from it):
@@ -11,7 +11,7 @@ Implementations (same weights: the HF model saved by the converter's
     segment's last position only. This is the peer at its best and does the
     same work as mnemo's LogitsMode::kLast; the LM head model's own forward
     would also compute [S, vocab] log-softmax for every position.
-* ``pytorch_reference``: tests/reference/txl_reference.py (the independent
+* ``pytorch_reference``: mnemo_reference (python/mnemo_reference, the independent
   oracle; not written for speed).
   - decode: ``model(ids[1, 1], mems)`` (its API; logits of the one token).
   - prefill: the reference's own layer loop, output layer on the last position
@@ -33,11 +33,11 @@ and OpenBLAS pools fight on 2 cores otherwise). Each ``--threads`` setting
 reported, with the probe results. OpenBLAS threads come from the environment
 (``OPENBLAS_NUM_THREADS``), identical to mnemo's run.
 
-Usage:
-    peer_pytorch.py --impl hf_transfo_xl|pytorch_reference --figure prefill|decode
+Usage (from the repository root, with the import roots of python/README.md):
+    python -m bench.peers.peer_pytorch --impl hf_transfo_xl|pytorch_reference --figure prefill|decode
         --hf-dir DIR --ckpt-dir DIR [--segment S] [--mem M] [--runs N]
         [--warmup W] [--decode-steps K] [--threads 1,2]
-    peer_pytorch.py --check-parity --hf-dir DIR --ckpt-dir DIR [--ids-file F]
+    python -m bench.peers.peer_pytorch --check-parity --hf-dir DIR --ckpt-dir DIR [--ids-file F]
         [--mnemo-logits F]
 """
 
@@ -56,8 +56,6 @@ import warnings  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 
 
 def peak_rss_mib():
@@ -146,8 +144,8 @@ class ReferencePeer:
     name = "pytorch_reference"
 
     def __init__(self, ckpt_dir, mem):
-        import txl_reference
-        self.model = txl_reference.load_checkpoint(ckpt_dir)
+        import mnemo_reference
+        self.model = mnemo_reference.load_checkpoint(ckpt_dir)
         cfg = self.model.config
         if cfg["mem_len"] != mem:
             raise SystemExit(f"{ckpt_dir}: mem_len {cfg['mem_len']} != --mem {mem}")

@@ -1,7 +1,7 @@
 // attention_bench: the CPU attention kernels alone (no projections, no model), one kind at one
 // sequence length per process, printed as one JSON line. Run one point per process so that the
-// peak RSS it reports belongs to that point alone (bench/run_attention_bench.py runs every kind ×
-// length and the PyTorch SDPA peer in the same run).
+// peak RSS it reports belongs to that point alone (bench/runners/run_attention_bench.py runs
+// every kind × length and the PyTorch SDPA peer in the same run).
 //
 //   attention_bench --kind K --len L [--heads H] [--head-dim D] [--runs N] [--warmup W]
 //                   [--seed S] [--n-buckets NB]

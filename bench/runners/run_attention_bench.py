@@ -4,7 +4,7 @@ scaled-dot-product attention (causal) at the same shapes, in one run on one mach
 
 Each point is its own subprocess (peak RSS belongs to that point alone):
   * mnemo: build/release/attention_bench --kind K --len L (one prefill call of L new positions
-    on an empty memory, batch 1; see bench/attention_bench.cc for each kind's parameters);
+    on an empty memory, batch 1; see bench/programs/attention_bench.cc for each kind's parameters);
   * torch: Debian's torch on /usr/bin/python3, CPU, scaled_dot_product_attention(q, k, v,
     is_causal=True) on [1, H, L, d_h] (torch ≥ 2.0's public function, else 1.13's
     torch._C._nn._scaled_dot_product_attention, which materialises the [H, L, L] scores);
@@ -12,23 +12,24 @@ Each point is its own subprocess (peak RSS belongs to that point alone):
 
 A point is recorded as {"skipped": reason} when it timed out, would need more than --max-gib of
 memory (estimated beforehand), or is predicted from the previous length to take longer than the
-timeout. Lines go to bench/results/attention-<UTC date>.jsonl; a markdown summary is printed.
+timeout. Lines go to bench/results/attention-<UTC time>-<commit>.jsonl; a markdown summary is
+printed.
 
   cmake --build build/release --target attention_bench physical_limits
-  python3 bench/run_attention_bench.py [--quick] [--lengths 1024,4096] [--kinds dense,lsh]
+  python3 -m bench.runners.run_attention_bench [--quick] [--lengths 1024,4096] [--kinds dense,lsh]
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.benchlib import ROOT
+from bench.benchlib.machine import Log, QuietWait, bench_env, cpu_jiffies, machine_info
+from bench.benchlib.results import ResultWriter, result_path
+
 KINDS = ["dense", "window", "strided", "fixed", "bigbird", "lsh", "linear"]
 LENGTHS = [1024, 4096, 16384, 65536]
 GIB = 1 << 30
@@ -70,48 +71,8 @@ print(json.dumps({
 """
 
 
-def log(msg):
-    print(f"[run_attention_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def bench_env():
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_CORETYPE", "Haswell")  # as bench/run_cpu_bench.py
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env.pop("OMP_NUM_THREADS", None)
-    return env
-
-
-def cpu_jiffies():
-    """Busy jiffies of all CPUs (/proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4]
-
-
-def cpu_busy_fraction(seconds=0.5):
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-    t0, i0 = read()
-    time.sleep(seconds)
-    t1, i1 = read()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-_QUIET_BUDGET = [60.0]  # seconds of waiting for idle CPUs left for the whole run
-
-
-def wait_quiet(max_wait=10.0):
-    t0 = time.time()
-    deadline = t0 + min(max_wait, _QUIET_BUDGET[0])
-    busy = cpu_busy_fraction()
-    while busy > 0.10 and time.time() < deadline:
-        time.sleep(1)
-        busy = cpu_busy_fraction()
-    _QUIET_BUDGET[0] = max(0.0, _QUIET_BUDGET[0] - (time.time() - t0))
-    return busy
+log = Log("run_attention_bench")
+quiet = QuietWait(budget_s=60.0, poll_s=1.0)
 
 
 def run_point(cmd, env, timeout):
@@ -119,15 +80,15 @@ def run_point(cmd, env, timeout):
     foreign_cpu_frac (the share of the machine's CPU time other processes used meanwhile)."""
     hz = os.sysconf("SC_CLK_TCK")
     ncpu = os.cpu_count() or 1
-    busy = wait_quiet()
-    r0, b0, t0 = os.times(), cpu_jiffies(), time.time()
+    busy = quiet(10.0)
+    r0, (b0, _), t0 = os.times(), cpu_jiffies(), time.time()
     try:
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s"
     wall = time.time() - t0
-    b1, r1 = cpu_jiffies(), os.times()
+    (b1, _), r1 = cpu_jiffies(), os.times()
     if proc.returncode != 0:
         return None, f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
     ours = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
@@ -230,31 +191,12 @@ def main(argv=None):
     env = bench_env()
     threads = os.cpu_count() or 1
     H, D = args.heads, args.head_dim
-    date = datetime.datetime.now(datetime.timezone.utc)
-    out_path = args.output or os.path.join(
-        ROOT, "bench", "results", f"attention-{date.strftime('%Y%m%d-%H%M%S')}.jsonl")
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-
-    lines = []
-
-    def record(line):
-        lines.append(line)
-        with open(out_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-
-    model_name = ""
-    with open("/proc/cpuinfo") as f:
-        for l in f:
-            if l.startswith("model name"):
-                model_name = l.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_total = f.readline().split(":", 1)[1].strip()
-    record({"bench": "attention", "impl": "machine", "figure": "run_info",
-            "date": date.strftime("%Y-%m-%dT%H:%M:%SZ"), "cpu_model": model_name,
-            "cpus": os.cpu_count(), "mem_total": mem_total, "kernel": platform.release(),
-            "loadavg": os.getloadavg(), "OPENBLAS_CORETYPE": env.get("OPENBLAS_CORETYPE"),
-            "heads": H, "head_dim": D, "lengths": lengths, "kinds": kinds})
+    out = ResultWriter(args.output or result_path("attention"))
+    out_path = out.path
+    record = out.record
+    info = record(machine_info(env, bench="attention", heads=H, head_dim=D, lengths=lengths,
+                               kinds=kinds))
+    model_name = info["cpu_model"]
 
     limits = os.path.join(args.build_dir, "physical_limits")
     if os.path.exists(limits):
@@ -337,6 +279,7 @@ def main(argv=None):
         points[(impl, kind, L)] = line
         record(line)
 
+    out.close()
     table = summary(points, lengths, kinds)
     print(f"\nAttention only, CPU, batch 1, H = {H}, d_h = {D}, {threads} threads "
           f"({model_name}); one prefill call of L positions on an empty memory.\n")

@@ -20,8 +20,8 @@ token ids, in one run on one machine:
      (compressed rows' K/V, their distance rows, the compressor); with
      sparse forms in use, the bytes of those forms replace the dense
      matrices'.
-  3. the PyTorch peer on the same checkpoint (bench/peer_reference_decode.py:
-     TransfoXLReference from tests/reference, float32 weights, XL and
+  3. the PyTorch peer on the same checkpoint (bench/peers/peer_reference_decode.py:
+     TransfoXLReference of mnemo_reference, float32 weights, XL and
      compressive memory carried through its own forward, primed with real
      ids; torch threads probed): decode (T = 1, argmax) and prefill
      (segments of 64, last position's logits), on mnemo_bench's schedule.
@@ -37,29 +37,27 @@ token ids, in one run on one machine:
      logic, reused); the load is recorded with each line.
 
 Output: JSON lines (a run_info header, one line per figure, one derived line
-per model, a summary) in bench/results/default_models-<UTC date-time>.jsonl,
+per model, a summary) in bench/results/default_models-<UTC time>-<commit>.jsonl,
 progress on stderr and a Markdown summary on stdout.
 
-    .venv/bin/python bench/run_default_models_bench.py --models models \\
+    .venv/bin/python -m bench.runners.run_default_models_bench --models models \\
         --ids-file IDS [--build-dir build/release] [--out FILE] [--runs 5] \\
         [--draft-tokens 1,2,3,4] [--quick]
 """
 
 import argparse
-import datetime
-import json
 import os
 import statistics
-import struct
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run_cpu_bench as cpu  # noqa: E402  (env, quiet wait, runs, limits)
-
-ROOT = cpu.ROOT
+from bench.benchlib import ROOT
+from bench.benchlib.machine import Log, QuietWait, bench_env, machine_info
+from bench.benchlib.process import python_env, require_built, run_clean
+from bench.benchlib.results import ResultWriter, result_path
+from mnemo_checkpoint import read_json, safetensors_header
 
 PREFILL_SEGMENT = 64
 PROMPT_TOKENS = 128
@@ -74,8 +72,12 @@ SPARSE_CANDIDATES = ("attn.qkv.weight", "attn.o.weight", "ff.fc1.weight",
 SPARSE_MAX_BYTE_FRACTION = 0.8  # engine/tensor/sparse_weight.h
 
 
-def log(msg):
-    print(f"[run_default_models_bench] {msg}", file=sys.stderr, flush=True)
+log = Log("run_default_models_bench")
+
+
+def read_ids(path):
+    with open(path) as f:
+        return [int(t) for t in f.read().split()]
 
 
 # --------------------------------------------------------------------------
@@ -101,22 +103,6 @@ def find_models(models_dir):
              and os.path.isfile(os.path.join(models_dir, n,
                                              "model.safetensors"))]
     return sorted(names, key=model_order)
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_ids(path):
-    with open(path) as f:
-        return [int(t) for t in f.read().split()]
-
-
-def safetensors_header(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)), 8 + n
 
 
 def planned_sparse_matrices(model_dir):
@@ -300,7 +286,7 @@ def main(argv=None):
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin",
                                                      "python"))
     ap.add_argument("--out", help="JSON lines file (default bench/results/"
-                    "default_models-<UTC date-time>.jsonl)")
+                    "default_models-<UTC time>-<commit>.jsonl)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--draft-tokens", default="1,2,3,4",
                     help="speculative: K values (comma-separated)")
@@ -324,12 +310,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t_start = time.time()
-    cpu._QUIET_BUDGET[0] = args.quiet_budget
+    quiet = QuietWait(args.quiet_budget)
     # A status query must never take the index lock of a working checkout.
     os.environ["GIT_OPTIONAL_LOCKS"] = "0"
-    env = cpu.bench_env(args)
+    env = python_env(bench_env(args.openblas_coretype))
     python = args.python if os.path.exists(args.python) else sys.executable
-    mnemo_bench, physical = cpu.require_built(
+    mnemo_bench, physical = require_built(
         args.build_dir, ("mnemo_bench", "physical_limits"))
     models_dir = os.path.abspath(args.models)
     names = find_models(models_dir)
@@ -356,12 +342,10 @@ def main(argv=None):
     limits_cmd = [physical, "--ws-mib", str(args.ws_mib)] + (
         ["--quick", "--large-mib", "256"] if args.quick else [])
 
-    out_path = args.out or os.path.join(
-        ROOT, "bench", "results", "default_models-"
-        + datetime.datetime.utcnow().strftime("%Y%m%d-%H%M%S") + ".jsonl")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    out = ResultWriter(args.out or result_path("default_models"))
+    out_path = out.path
 
-    info = cpu.machine_info(env)
+    info = machine_info(env)
     info.update({"script": "run_default_models_bench", "models_dir":
                  models_dir, "models": names, "ids_file": ids_file,
                  "ids": len(ids), "quick": args.quick, "runs": runs,
@@ -370,22 +354,13 @@ def main(argv=None):
     teacher_draft_json = os.path.join(models_dir, "teacher", "draft.json")
     if os.path.isfile(teacher_draft_json):
         info["teacher_draft_json"] = read_json(teacher_draft_json)
-    lines = []
-    out_file = open(out_path, "w")
-
-    def record(new):
-        """Keeps the lines and writes them out at once (a run cut short
-        still leaves what it measured)."""
-        for line in new:
-            out_file.write(json.dumps(line) + "\n")
-        out_file.flush()
-        lines.extend(new)
-        return new
+    lines = out.lines
+    record = out.extend
 
     record([info])
 
     def clean(cmd, timeout=300):
-        return cpu.run_clean(cmd, env, timeout, args.quiet_wait, args.retries)
+        return run_clean(cmd, env, timeout, quiet, args.quiet_wait, args.retries, log=log)
 
     log("physical limits (1/2)")
     machine = record(tag(clean(limits_cmd, 600), model=None))
@@ -413,8 +388,7 @@ def main(argv=None):
         if args.no_peer:
             continue
         for fig in ("decode", "prefill"):
-            cmd = [python, os.path.join(ROOT, "bench",
-                                        "peer_reference_decode.py"),
+            cmd = [python, "-m", "bench.peers.peer_reference_decode",
                    "--ckpt-dir", d, "--ids-file", ids_file, "--figure", fig,
                    "--runs", str(runs), "--decode-steps", str(decode_steps),
                    "--warmup-steps", str(warmup * 8), "--segment",
@@ -461,8 +435,8 @@ def main(argv=None):
             if args.quick:
                 cmd += ["--warmup", "0"]
             log(f"teacher speculative, draft {draft_name}, K = {k}")
-            line = record(tag(cpu.run_clean(cmd, env, 600, args.quiet_wait,
-                                            args.retries, keep_failed=True),
+            line = record(tag(run_clean(cmd, env, 600, quiet, args.quiet_wait,
+                                        args.retries, keep_failed=True, log=log),
                               model="teacher", draft_name=draft_name))[0]
             spec_rows.append(line)
             if not line.get("greedy_identical") or line["exit_code"] != 0:
@@ -570,7 +544,7 @@ def main(argv=None):
             for n in {s["draft_name"] for s in spec_rows}},
         "contaminated": dirty, "failures": failures,
         "loadavg": os.getloadavg(), "total_wall_s": round(total_s, 1)}])
-    out_file.close()
+    out.close()
 
     print(markdown(info, limits, rows, spec_rows, failures, dirty, out_path,
                    total_s), flush=True)

@@ -25,21 +25,22 @@ first (the target is >= 0.95; last over second too, the first tenth holding the 
 the session's state bytes after the first segment and at the
 end (constant per session). --stream-tokens 0 skips it.
 
-Output: JSON lines to <out-dir>/gpu-attention-<UTC date-time>.jsonl (default
-bench/results/), a table on stderr.
+Output: JSON lines (a run_info line first) to <out-dir>/gpu_attention-<UTC time>-<commit>.jsonl
+(default bench/results/), a table on stderr.
 
-  python3 bench/run_gpu_attention_bench.py [--build build/engine-gpu]
+  python3 -m bench.runners.run_gpu_attention_bench [--build build/engine-gpu]
       [--lengths 4096 16384] [--kinds dense window] [--runs 5] [--timeout 300]
 """
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.benchlib import ROOT
+from bench.benchlib.machine import Log, machine_info
+from bench.benchlib.results import ResultWriter, result_path
 
 PEER = r"""
 import json, sys, time, torch
@@ -76,8 +77,7 @@ print(json.dumps({"impl": "torch_sdpa", "figure": "attention", "kind": "sdpa_fla
 """
 
 
-def log(msg):
-    print(f"[run_gpu_attention_bench] {msg}", file=sys.stderr, flush=True)
+log = Log("run_gpu_attention_bench")
 
 
 def run_point(cmd, timeout):
@@ -103,7 +103,7 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--timeout", type=int, default=300, help="seconds per point")
     p.add_argument("--python", default=sys.executable, help="the peer's interpreter (torch+CUDA)")
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--out-dir", default=None, help="result directory (default bench/results)")
     p.add_argument("--stream-model", default=os.path.join(ROOT, "models", "teacher"))
     p.add_argument("--stream-tokens", type=int, default=1 << 20)
     p.add_argument("--stream-segment", type=int, default=512)
@@ -112,18 +112,18 @@ def main():
     binary = os.path.join(args.build, "backend_attention_bench")
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} is missing: build the engine with CUDA first")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"gpu-attention-{stamp}.jsonl")
+    path = result_path("gpu_attention", args.out_dir)
     points = {}
-    with open(path, "w") as out:
+    with ResultWriter(path) as out:
+        out.record(machine_info(gpu=True, heads=args.heads, head_dim=args.head_dim,
+                                lengths=args.lengths, kinds=args.kinds))
+
         def record(key, line):
             line.setdefault("len", key[2])
             line.setdefault("kind", key[1])
             line.setdefault("impl", key[0])
             points[key] = line
-            out.write(json.dumps(line) + "\n")
-            out.flush()
+            out.record(line)
             log(json.dumps(line)[:240])
 
         for L in args.lengths:
@@ -153,7 +153,7 @@ def main():
                 if pt.get("ns_per_nonzero") and dense.get("ns_per_nonzero"):
                     d["ns_per_nonzero_vs_dense"] = pt["ns_per_nonzero"] / dense["ns_per_nonzero"]
                 derived["kinds"][kind] = d
-            out.write(json.dumps(derived) + "\n")
+            out.record(derived)
         if args.stream_tokens > 0:
             line = run_point([os.path.join(args.build, "mnemo_bench"), "--model",
                               args.stream_model, "--device", "cuda", "--figure", "stream",
@@ -170,7 +170,7 @@ def main():
                 line["last_over_second"] = tenths[-1] / tenths[1]
                 line["state_constant"] = (line["state_bytes_end"] ==
                                           line["state_bytes_after_first_segment"])
-            out.write(json.dumps(line) + "\n")
+            out.record(line)
             log(json.dumps(line)[:300])
     log(f"wrote {path}")
     print(f"{'len':>8} {'kind':>18} {'ms':>10} {'peak MiB':>9}", file=sys.stderr)

@@ -65,11 +65,11 @@ Library use::
     model = load_checkpoint("ckpt_dir").double()
     logits = stream_logits(model, ids, segment_len=16)          # [N, V]
 
-Command line::
+Command line (``python -m mnemo_reference``, see ``__main__.py``)::
 
-    python txl_reference.py make-checkpoint --config-json '{...}' \
+    python -m mnemo_reference make-checkpoint --config-json '{...}' \
         --out DIR --seed S
-    python txl_reference.py logits --model DIR --ids FILE --segment-len N \
+    python -m mnemo_reference logits --model DIR --ids FILE --segment-len N \
         [--decode] --output OUT
 
 ``logits`` mirrors ``mnemo logits``: float64 internally, raw little-endian
@@ -81,14 +81,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+import mnemo_checkpoint
+
+__all__ = [
+    "DTYPES", "dtype_name", "validate_config", "group_of", "group_layers",
+    "has_emb_proj", "FEATURE_MAPS", "LINEAR_EPS_DEFAULT", "FAVOR_MAX_D_HEAD",
+    "RESIDUAL_FIELD", "SPARSE_MAX_SPAN", "SPARSE_PATTERNS",
+    "PATTERN_COMPONENTS", "GLOBAL_FIELDS", "MAX_GLOBAL", "PATTERN_FIELDS",
+    "BIGBIRD_WINDOW_BLOCKS", "BIGBIRD_RANDOM_BLOCKS", "LSH_MAX_HASHES",
+    "LSH_MAX_BUCKETS", "LSH_MAX_HISTORY", "LSH_HISTORY_DEFAULT",
+    "COMPRESSIONS", "COMPRESSION_KERNEL_DEFAULT", "layer_specs",
+    "sinusoid_table", "RelMultiHeadAttention", "LinearState",
+    "LinearAttention", "SparseState", "SparseAttention", "splitmix64_finalise",
+    "bigbird_mix", "bigbird_random_blocks", "pattern_allowed", "PatternState",
+    "PatternSparseAttention", "LSHState", "LSHAttention", "CompressiveState",
+    "compress_rows", "CompressiveAttention", "PositionwiseFF", "DecoderLayer",
+    "LMHead", "TransfoXLReference", "stream_logits", "favor_features",
+    "random_checkpoint", "load_checkpoint", "read_ids", "main",
+]
+
 
 # --------------------------------------------------------------------------
 # Configuration
@@ -1856,11 +1873,7 @@ def random_checkpoint(config: dict, directory, seed: int,
         for name, p in model.named_parameters():
             p.copy_(tensors[name].to(p.dtype))
 
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
-    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    mnemo_checkpoint.write_checkpoint(directory, cfg, tensors)
     return model
 
 
@@ -1870,10 +1883,9 @@ def load_checkpoint(directory, dtype: torch.dtype = torch.float32
 
     Stored tensors must match the format exactly (names, shapes, dtype).
     """
-    with open(os.path.join(directory, "config.json")) as f:
-        cfg = validate_config(json.load(f))
+    cfg = validate_config(mnemo_checkpoint.read_config(directory))
     model = TransfoXLReference(cfg)
-    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    tensors = mnemo_checkpoint.load_tensors(directory)
     expected = model.state_dict()
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))
@@ -1903,8 +1915,10 @@ def read_ids(path) -> List[int]:
 # --------------------------------------------------------------------------
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line (``python -m mnemo_reference``)."""
+    parser = argparse.ArgumentParser(prog="python -m mnemo_reference",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     make = sub.add_parser("make-checkpoint", help="write a random checkpoint")
@@ -1931,6 +1945,3 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     result.numpy().astype("<f4").tofile(args.output)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -11,85 +11,36 @@ run and on the same weights:
 
 * the engine alone (``mnemo_bench``): decode of one session, and batched decode of B sessions
   per Forward, the most a server could deliver with that batch;
-* the PyTorch peer (Hugging Face TransfoXL, ``peer_pytorch.py``) decoding one session, for the
+* the PyTorch peer (Hugging Face TransfoXL, ``bench/peers/peer_pytorch.py``) decoding one session, for the
   benchmark model (the default model has no Hugging Face twin);
 * the cost of moving a session's state to host memory and back (``--device-state-budget`` of one
   state, two sessions scored in turn) against the same requests with room for both, per MB.
 
-Output: JSON lines in --out-dir (server_bench-<date>.jsonl) and a summary on stdout.
+Output: JSON lines in --out-dir (server_bench-<UTC time>-<commit>.jsonl) and a summary on stdout.
 
-    .venv/bin/python bench/run_server_bench.py [--seconds 10] [--sessions 1,8,32,128]
+    .venv/bin/python -m bench.runners.run_server_bench [--seconds 10] [--sessions 1,8,32,128]
 """
 
 import argparse
-import datetime
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run_cpu_bench as cpu  # noqa: E402  (shared helpers: env, checkpoints, machine info)
+from bench.benchlib import ROOT
+from bench.benchlib.checkpoints import ensure_checkpoints
+from bench.benchlib.machine import Log, QuietWait, bench_env, machine_info
+from bench.benchlib.process import python_env, run_json
+from bench.benchlib.results import ResultWriter, result_path
+from bench.benchlib.server import Server
+from mnemo_checkpoint import read_config
 
-ROOT = cpu.ROOT
-
-
-def log(msg):
-    print(f"[run_server_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A mnemo-server process on loopback ports."""
-
-    def __init__(self, build, model_dir, env, extra=()):
-        self.port, self.metrics_port = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        cmd = [os.path.join(build, "mnemo-server"), "--model", f"m={model_dir}",
-               "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-               "--max-sessions", "100000", "--max-generate-tokens", "100000", *extra]
-        self.log = open(os.path.join(build, f"server-bench-{self.port}.log"), "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                self.metrics()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"mnemo-server exited {self.proc.returncode}; see "
-                                     f"{self.log.name}")
-                time.sleep(0.2)
-        raise SystemExit("mnemo-server did not start")
-
-    def metrics(self):
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self.log.close()
+log = Log("run_server_bench")
+quiet = QuietWait()
 
 
 def model_facts(model_dir):
-    with open(os.path.join(model_dir, "config.json")) as f:
-        c = json.load(f)
+    c = read_config(model_dir)
     return {k: c[k] for k in ("n_layer", "d_model", "n_head", "d_head", "d_inner", "vocab_size",
                               "mem_len")}
 
@@ -99,17 +50,17 @@ def load_points(args, build, model_dir, env, name):
     server = Server(build, model_dir, env)
     try:
         for n in args.sessions:
-            cpu.wait_quiet(30)
+            quiet(30)
             before = server.metrics()
             # A document of one segment and a token: the segment is run at ingest and one token
             # stays pending, so every request measures decoding against a full memory rather
             # than re-running a pending tail (SCRATCH keeps nothing).
             doc_tokens = args.doc_tokens or model_facts(model_dir)["mem_len"] + 1
-            out = cpu.run_json([os.path.join(build, "server_load"), "--target", server.target,
+            out = run_json([os.path.join(build, "server_load"), "--target", server.target,
                                 "--sessions", str(n), "--seconds", str(args.seconds),
                                 "--doc-tokens", str(doc_tokens),
-                                "--max-tokens", str(args.max_tokens)], env,
-                               timeout=args.seconds * 4 + 600)
+                            "--max-tokens", str(args.max_tokens)], env,
+                           timeout=args.seconds * 4 + 600)
             after = server.metrics()
             count = after["mnemo_batch_size_count"] - before["mnemo_batch_size_count"]
             total = after["mnemo_batch_size_sum"] - before["mnemo_batch_size_sum"]
@@ -126,13 +77,13 @@ def load_points(args, build, model_dir, env, name):
 
 def engine_points(args, build, model_dir, env, name):
     bench = os.path.join(build, "mnemo_bench")
-    lines = cpu.run_json([bench, "--model", model_dir, "--figure", "decode", "--runs", "3",
-                          "--decode-steps", "32"], env, timeout=1800)
+    lines = run_json([bench, "--model", model_dir, "--figure", "decode", "--runs", "3",
+                      "--decode-steps", "32"], env, timeout=1800)
     for b in args.sessions:
         if b > 1:
-            lines += cpu.run_json([bench, "--model", model_dir, "--figure", "batched-decode",
-                                   "--batch", str(b), "--runs", "3", "--warmup", "1",
-                                   "--decode-steps", "16"], env, timeout=3600)
+            lines += run_json([bench, "--model", model_dir, "--figure", "batched-decode",
+                               "--batch", str(b), "--runs", "3", "--warmup", "1",
+                               "--decode-steps", "16"], env, timeout=3600)
     for line in lines:
         line["model"] = name
     return lines
@@ -143,20 +94,20 @@ def tier_cost(args, build, model_dir, env, name, python):
     against the same requests with both sessions resident; the difference is the round trip."""
     script = r"""
 import sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from mnemo_client import MnemoClient
-with MnemoClient(sys.argv[3], timeout=600) as c:
+with MnemoClient(sys.argv[1], timeout=600) as c:
     ids = [c.create_session().id for _ in range(2)]
     for s in ids:
-        c.ingest(s, [[(7 * i) % 97 + 3 for i in range(int(sys.argv[4]))]])
+        c.ingest(s, [[(7 * i) % 97 + 3 for i in range(int(sys.argv[2]))]])
     for s in ids:
         c.score(s, ids=[5, 6, 7])
     t0 = time.perf_counter()
-    n = int(sys.argv[5])
+    n = int(sys.argv[3])
     for i in range(n):
         c.score(ids[i % 2], ids=[5, 6, 7])
     print((time.perf_counter() - t0) / n)
 """
+    client_env = python_env(env, build)
     state = None
     results = {}
     for label in ("resident", "moving"):
@@ -167,17 +118,15 @@ with MnemoClient(sys.argv[3], timeout=600) as c:
         try:
             if state is None:
                 state = int(json.loads(subprocess.run(
-                    [python, "-c", "import sys; sys.path[:0]=[sys.argv[1], sys.argv[2]]\n"
+                    [python, "-c", "import json, sys\n"
                      "from mnemo_client import MnemoClient\n"
-                     "import json\n"
-                     "with MnemoClient(sys.argv[3]) as c: "
+                     "with MnemoClient(sys.argv[1]) as c: "
                      "print(json.dumps(c.model().state_bytes_per_session))",
-                     os.path.join(build, "python"), os.path.join(ROOT, "clients", "python"),
-                     server.target], capture_output=True, text=True, check=True).stdout))
-            out = subprocess.run([python, "-c", script, os.path.join(build, "python"),
-                                  os.path.join(ROOT, "clients", "python"), server.target,
-                                  "64", str(args.tier_requests)],
-                                 capture_output=True, text=True, check=True, env=env)
+                     server.target], capture_output=True, text=True, check=True,
+                    env=client_env).stdout))
+            out = subprocess.run([python, "-c", script, server.target, "64",
+                                  str(args.tier_requests)],
+                                 capture_output=True, text=True, check=True, env=client_env)
             results[label] = float(out.stdout.strip())
             moves = server.metrics()
         finally:
@@ -194,10 +143,10 @@ with MnemoClient(sys.argv[3], timeout=600) as c:
 
 
 def peer_points(args, hf_dir, ckpt, env, python):
-    out = cpu.run_json([python, os.path.join(ROOT, "bench", "peer_pytorch.py"), "--impl",
-                        "hf_transfo_xl", "--figure", "decode", "--hf-dir", hf_dir, "--ckpt-dir",
-                        ckpt, "--mem", "512", "--runs", "2", "--decode-steps", "8"], env,
-                       timeout=3600)
+    out = run_json([python, "-m", "bench.peers.peer_pytorch", "--impl",
+                    "hf_transfo_xl", "--figure", "decode", "--hf-dir", hf_dir, "--ckpt-dir",
+                    ckpt, "--mem", "512", "--runs", "2", "--decode-steps", "8"], env,
+                   timeout=3600)
     for line in out:
         line["model"] = "bench"
     return out
@@ -219,25 +168,25 @@ def main(argv=None):
     ap.add_argument("--openblas-coretype", default="")
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "results"))
     args = ap.parse_args(argv)
-    env = cpu.bench_env(args)
+    env = python_env(bench_env(args.openblas_coretype))
     python = sys.executable
-    os.makedirs(args.out_dir, exist_ok=True)
+    path = result_path("server_bench", args.out_dir)
     for tool in ("mnemo-server", "server_load", "mnemo_bench"):
         if not os.access(os.path.join(args.build, tool), os.X_OK):
             raise SystemExit(f"{tool} is missing in {args.build}: cmake --build --preset release")
 
-    lines = [cpu.machine_info(env)]
+    lines = [machine_info(env)]
     models = {}
     if "default" in args.models:
         tiny = os.path.join(ROOT, "build", "models", "tiny")
         if not os.path.isfile(os.path.join(tiny, "model.safetensors")):
             subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "make_tiny_model.py"),
-                            tiny], check=True)
+                            tiny], check=True, env=env)
         models["default"] = tiny
     hf_dir = None
     if "bench" in args.models:
-        hf_dir, ckpts = cpu.ensure_checkpoints(os.path.join(ROOT, "build", "bench-models"),
-                                               python)
+        hf_dir, ckpts = ensure_checkpoints(os.path.join(ROOT, "build", "bench-models"),
+                                           python, log)
         models["bench"] = ckpts[512]
     for name, model_dir in models.items():
         facts = model_facts(model_dir)
@@ -249,11 +198,8 @@ def main(argv=None):
     if hf_dir and not args.no_peer:
         lines += peer_points(args, hf_dir, models["bench"], env, python)
 
-    stamp = datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(args.out_dir, f"server_bench-{stamp}.jsonl")
-    with open(path, "w") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
+    with ResultWriter(path) as out:
+        out.extend(lines)
 
     print(f"results: {path}")
     for name in models:

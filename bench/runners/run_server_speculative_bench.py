@@ -9,24 +9,28 @@ greedily; the client times the Generate stream. Both servers must return the sam
 every prompt (the run fails otherwise). The speculative server's Final.usage gives the draft's
 proposed and accepted tokens.
 
-Output: JSON lines on stdout (one per server, then a summary with the speedup).
+Output: JSON lines (a run_info line, one per server, then a summary with the speedup) on stdout
+and in --out-dir (server_speculative-<UTC time>-<commit>.jsonl).
 
-  python3 bench/run_server_speculative_bench.py --ids-file IDS [--build build/release]
-      [--model models/teacher] [--prompts 5] [--prompt-tokens 128] [--generate 128]
+The client runs in this process: the build's generated stubs must be importable (the venv's
+mnemo.pth lists build/release/python; for another build, PYTHONPATH=<build>/python).
+
+  .venv/bin/python -m bench.runners.run_server_speculative_bench --ids-file IDS
+      [--build build/release] [--model models/teacher] [--prompts 5] [--prompt-tokens 128]
+      [--generate 128]
 """
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import run_server_bench  # noqa: E402  (the Server process helper)
+from bench.benchlib import ROOT
+from bench.benchlib.machine import machine_info
+from bench.benchlib.results import ResultWriter, result_path
+from bench.benchlib.server import Server
+from mnemo_checkpoint import read_json
 
 
 def run(server, args, prompts):
@@ -59,8 +63,14 @@ def main():
     p.add_argument("--prompts", type=int, default=5)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--generate", type=int, default=128)
+    p.add_argument("--out-dir", default=None, help="result directory (default bench/results)")
     args = p.parse_args()
-    sys.path[:0] = [os.path.join(args.build, "python"), os.path.join(ROOT, "clients", "python")]
+    try:
+        import mnemo_client  # noqa: F401
+        from mnemo.v1 import mnemo_pb2  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"{e}: put {os.path.join(args.build, 'python')} and clients/python on "
+                         "PYTHONPATH (python/README.md)")
     with open(args.ids_file) as f:
         ids = [int(t) for t in f.read().split()]
     stride = max(len(ids) // args.prompts, args.prompt_tokens)
@@ -76,30 +86,32 @@ def main():
                            os.path.join(plain_dir, name))
         for mode, model_dir, extra in (("plain", plain_dir, ()),
                                        ("speculative", args.model, ("--speculative", "on"))):
-            server = run_server_bench.Server(args.build, model_dir, env, extra)
+            server = Server(args.build, model_dir, env, extra)
             try:
                 results[mode] = run(server, args, prompts)
             finally:
                 server.stop()
     if results["plain"]["ids"] != results["speculative"]["ids"]:
         raise SystemExit("the speculative server's greedy tokens differ from the plain server's")
-    with open(os.path.join(args.model, "draft.json")) as f:
-        draft = json.load(f)
+    draft = read_json(os.path.join(args.model, "draft.json"))
+    out = ResultWriter(result_path("server_speculative", args.out_dir), echo=True)
+    out.record(machine_info(env))
     for mode, r in results.items():
-        print(json.dumps({"impl": "mnemo-server", "figure": "server_speculative", "mode": mode,
-                          "model": os.path.relpath(args.model, ROOT), "draft": draft,
-                          "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
-                          "generated_tokens": args.generate,
-                          "tokens_per_s": {"min": min(r["rates"]),
-                                           "median": statistics.median(r["rates"]),
-                                           "max": max(r["rates"])},
-                          "draft_proposed": r["proposed"], "draft_accepted": r["accepted"]}))
+        out.record({"impl": "mnemo-server", "figure": "server_speculative", "mode": mode,
+                    "model": os.path.relpath(args.model, ROOT), "draft": draft,
+                    "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+                    "generated_tokens": args.generate,
+                    "tokens_per_s": {"min": min(r["rates"]),
+                                     "median": statistics.median(r["rates"]),
+                                     "max": max(r["rates"])},
+                    "draft_proposed": r["proposed"], "draft_accepted": r["accepted"]})
     spec = results["speculative"]
-    print(json.dumps({
+    out.record({
         "figure": "server_speculative_summary", "greedy_identical": True,
         "acceptance": spec["accepted"] / spec["proposed"] if spec["proposed"] else None,
         "speedup": statistics.median(spec["rates"]) / statistics.median(results["plain"]["rates"]),
-    }))
+    })
+    out.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-#include "bench/cuda_limits.h"
+#include "bench/programs/cuda_limits.h"
 
 #include <cuda_runtime.h>
 

@@ -13,14 +13,14 @@ Steps (each measuring step is its own subprocess, so peak RSS is per figure):
      mem_len 1600 and the same weights file (hard link).
   2. parity: log-probabilities of mnemo, HF and the reference on the same ids.
   3. physical_limits: memory bandwidth and OpenBLAS sgemm peak.
-  4. figures, for mnemo (bench/mnemo_bench), HF and the reference
-     (bench/peer_pytorch.py): prefill segment 128 and 512 on a full memory of
+  4. figures, for mnemo (mnemo_bench), HF and the reference
+     (bench/peers/peer_pytorch.py): prefill segment 128 and 512 on a full memory of
      512 (logits of the last position: LogitsMode::kLast); decode with memory
      512 and 1600. Extra, informational: prefill 512 with every position's
      logits (mnemo LogitsMode::kAll vs HF's LM head forward), the scoring
      use case. physical_limits runs again at the end; the best pass counts.
   5. ratios (mnemo / peer) and fractions of the physical limits; summary;
-     every JSON line goes to bench/results/cpu-<date>.jsonl.
+     every JSON line goes to bench/results/cpu-<UTC time>-<commit>.jsonl.
 
 BLAS settings are identical for every subprocess: OPENBLAS_CORETYPE as
 inherited (the project's machines set Haswell; when it is unset this script
@@ -50,242 +50,24 @@ Physical limits (explicit definitions):
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.benchlib import ROOT
+from bench.benchlib.checkpoints import (DECODE_MEMS, MODEL, PREFILL_MEM,
+                                        ensure_checkpoints)
+from bench.benchlib.machine import Log, QuietWait, bench_env, machine_info
+from bench.benchlib.process import python_env, require_built, run_clean, run_json
+from bench.benchlib.results import ResultWriter, result_path
 
-MODEL = {
-    "n_layer": 12, "d_model": 512, "d_embed": 512, "n_head": 8, "d_head": 64,
-    "d_inner": 2048, "vocab_size": 32000, "mem_len": 512, "clamp_len": 1000,
-    "same_length": True, "cutoffs": [], "div_val": 1,
-    "tie_word_embeddings": True,
-}
-SEED = 0
 PREFILL_SEGMENTS = (128, 512)
-PREFILL_MEM = 512
-DECODE_MEMS = (512, 1600)
 
 TARGETS = {"decode": {"vs_hf": 10.0, "fraction": 0.5},
            "prefill": {"vs_hf": 3.0, "fraction": 0.5}}
 
-
-def log(msg):
-    print(f"[run_cpu_bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------
-# Environment and machine
-
-
-def bench_env(args):
-    env = dict(os.environ)
-    if args.openblas_coretype == "auto":
-        env.pop("OPENBLAS_CORETYPE", None)
-    elif args.openblas_coretype:
-        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
-    elif not env.get("OPENBLAS_CORETYPE"):
-        env["OPENBLAS_CORETYPE"] = "Haswell"
-    env.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env.pop("OMP_NUM_THREADS", None)  # the peer sets torch threads itself
-    return env
-
-
-def cpu_busy_fraction(seconds=1.0):
-    """Fraction of all CPUs busy over `seconds` (from /proc/stat)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + v[4]
-        return sum(v), idle
-    t0, i0 = read()
-    time.sleep(seconds)
-    t1, i1 = read()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-_QUIET_BUDGET = [120.0]  # seconds of waiting left for the whole run
-
-
-def wait_quiet(max_wait):
-    """Waits (up to max_wait s, and within the run's total waiting budget)
-    until other processes leave the CPUs idle; returns the busy fraction."""
-    t0 = time.time()
-    deadline = t0 + min(max_wait, _QUIET_BUDGET[0])
-    busy = cpu_busy_fraction(0.5)
-    while busy > 0.10 and time.time() < deadline:
-        time.sleep(2)
-        busy = cpu_busy_fraction(0.5)
-    _QUIET_BUDGET[0] = max(0.0, _QUIET_BUDGET[0] - (time.time() - t0))
-    return busy
-
-
-def machine_info(env):
-    def sh(cmd):
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True,
-                                  text=True, cwd=ROOT).stdout.strip()
-        except OSError:
-            return ""
-    model_name = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    flags = sh("grep -m1 '^flags' /proc/cpuinfo")
-    return {
-        "impl": "machine", "figure": "run_info",
-        "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
-        "commit": sh("git rev-parse --short HEAD"),
-        "dirty": bool(sh("git status --porcelain --untracked-files=no")),
-        "cpu_model": model_name, "cpus": os.cpu_count(),
-        "avx512f": " avx512f" in flags, "amx_tile": " amx_tile" in flags,
-        "l3": sh("lscpu | grep -i 'L3 cache' | sed 's/.*: *//'"),
-        "mem_total": sh("grep MemTotal /proc/meminfo | sed 's/.*: *//'"),
-        "kernel": platform.release(),
-        "loadavg": os.getloadavg(),
-        "OPENBLAS_CORETYPE": env.get("OPENBLAS_CORETYPE", "(unset: auto)"),
-        "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS"),
-        "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY"),
-    }
-
-
-# --------------------------------------------------------------------------
-# Checkpoints
-
-
-def ensure_checkpoints(models_dir, python):
-    tag = (f"txl-l{MODEL['n_layer']}-d{MODEL['d_model']}-h{MODEL['n_head']}"
-           f"x{MODEL['d_head']}-f{MODEL['d_inner']}-v{MODEL['vocab_size']}"
-           f"-seed{SEED}")
-    base = os.path.join(models_dir, tag)
-    hf_dir = os.path.join(base, "hf")
-    ckpt = {m: os.path.join(base, f"mnemo-mem{m}") for m in DECODE_MEMS}
-    stamp = os.path.join(base, "fields.json")
-    want = json.dumps({"model": MODEL, "seed": SEED}, sort_keys=True)
-    if os.path.isfile(stamp) and open(stamp).read() == want and all(
-            os.path.isfile(os.path.join(d, "model.safetensors"))
-            for d in ckpt.values()):
-        return hf_dir, ckpt
-    log(f"creating checkpoints in {base}")
-    shutil.rmtree(base, ignore_errors=True)
-    os.makedirs(base)
-    first = ckpt[PREFILL_MEM]
-    subprocess.run([python, os.path.join(ROOT, "tools",
-                                         "convert_hf_transfo_xl.py"),
-                    "--random-init", json.dumps(MODEL), "--seed", str(SEED),
-                    "--save-hf", hf_dir, first], check=True, cwd=ROOT)
-    for mem, d in ckpt.items():
-        if d == first:
-            continue
-        os.makedirs(d)
-        with open(os.path.join(first, "config.json")) as f:
-            cfg = json.load(f)
-        cfg["mem_len"] = mem
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-            f.write("\n")
-        src = os.path.join(first, "model.safetensors")
-        dst = os.path.join(d, "model.safetensors")
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-    with open(stamp, "w") as f:
-        f.write(want)
-    return hf_dir, ckpt
-
-
-# --------------------------------------------------------------------------
-# Running
-
-
-def require_built(build_dir, names):
-    """The paths of the programs `names` in build_dir; exits naming the build
-    command when one is missing."""
-    paths = [os.path.join(build_dir, name) for name in names]
-    for exe in paths:
-        if not os.access(exe, os.X_OK):
-            raise SystemExit(f"{exe} not built: cmake --build {build_dir} "
-                             f"--target {' '.join(names)}")
-    return paths
-
-
-def cpu_jiffies():
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v) - idle, sum(v)
-
-
-def run_json(cmd, env, timeout, keep_failed=False):
-    """Runs cmd; returns its JSON stdout lines (stderr passes through).
-
-    Each line gets wall_s and foreign_cpu_frac: the share of the machine's
-    CPU time used by processes other than this measurement while it ran
-    (other people's builds on a shared machine), a contamination flag.
-    A non-zero exit ends the run, unless `keep_failed`: then the lines come
-    back with their exit_code (a program that reports a failed check as a
-    JSON line, e.g. mnemo_bench --figure speculative when greedy outputs
-    differ), and only a failure without any line ends the run.
-    """
-    hz = os.sysconf("SC_CLK_TCK")
-    ncpu = os.cpu_count() or 1
-    r0 = os.times()
-    b0, _ = cpu_jiffies()
-    t0 = time.time()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          text=True, timeout=timeout)
-    wall = time.time() - t0
-    b1, _ = cpu_jiffies()
-    r1 = os.times()
-    if proc.returncode != 0 and not keep_failed:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    ours = ((r1.children_user - r0.children_user)
-            + (r1.children_system - r0.children_system)
-            + (r1.user - r0.user) + (r1.system - r0.system))
-    foreign = max(0.0, (b1 - b0) / hz - ours) / (wall * ncpu)
-    lines = [json.loads(l) for l in proc.stdout.splitlines()
-             if l.startswith("{")]
-    if keep_failed and not lines:
-        raise SystemExit(f"no JSON line (exit code {proc.returncode}): "
-                         f"{' '.join(cmd)}")
-    for line in lines:
-        line.setdefault("wall_s", round(wall, 2))
-        line["foreign_cpu_frac"] = round(foreign, 3)
-        if keep_failed:
-            line["exit_code"] = proc.returncode
-    return lines
-
-
-def run_clean(cmd, env, timeout, quiet_wait, retries, keep_failed=False):
-    """run_json after waiting for idle CPUs; re-runs (up to `retries` times)
-    while other processes took over 10% of the CPUs, keeping the cleanest
-    (a failed run, with `keep_failed`, is kept as it is)."""
-    best = None
-    for attempt in range(retries + 1):
-        busy = wait_quiet(quiet_wait)
-        lines = run_json(cmd, env, timeout, keep_failed)
-        for line in lines:
-            line["cpu_busy_before"] = round(busy, 3)
-            line["attempt"] = attempt
-        foreign = lines[0]["foreign_cpu_frac"] if lines else 0.0
-        if best is None or foreign < best[0]:
-            best = (foreign, lines)
-        if foreign <= 0.10 or (lines and lines[0].get("exit_code", 0) != 0):
-            break
-        log(f"  {foreign:.0%} of the CPUs were busy with other processes; "
-            + ("re-running" if attempt < retries else "keeping the cleanest"))
-    return best[1]
+log = Log("run_cpu_bench")
 
 
 def figure_key(line):
@@ -382,8 +164,8 @@ def main(argv=None):
                                                          "bench-models"))
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin",
                                                      "python"))
-    ap.add_argument("--out", help="JSON lines file (default "
-                    "bench/results/cpu-<UTC date-time>.jsonl)")
+    ap.add_argument("--out", help="JSON lines file (default bench/results/"
+                    "cpu-<UTC time>-<commit>.jsonl)")
     ap.add_argument("--openblas-coretype",
                     help="set OPENBLAS_CORETYPE for every subprocess "
                          "('auto': unset it)")
@@ -408,26 +190,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t_start = time.time()
-    _QUIET_BUDGET[0] = args.quiet_budget
-    env = bench_env(args)
+    quiet = QuietWait(args.quiet_budget)
+    env = python_env(bench_env(args.openblas_coretype))
     python = args.python if os.path.exists(args.python) else sys.executable
     mnemo_bench, physical = require_built(args.build_dir,
                                           ("mnemo_bench", "physical_limits"))
-    hf_dir, ckpt = ensure_checkpoints(args.models_dir, python)
-    out_path = args.out or os.path.join(
-        ROOT, "bench", "results",
-        "cpu-" + datetime.datetime.utcnow().strftime("%Y%m%d-%H%M%S")
-        + ".jsonl")
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    hf_dir, ckpt = ensure_checkpoints(args.models_dir, python, log)
+    out = ResultWriter(args.out or result_path("cpu"), echo=True)
+    lines = out.lines
+    out.record(machine_info(env))
+    emit = out.extend
 
-    lines = [machine_info(env)]
-    print(json.dumps(lines[0]), flush=True)
-
-    def emit(new):
-        for line in new:
-            print(json.dumps(line), flush=True)
-            lines.append(line)
-        return new
+    def clean(cmd, timeout, retries):
+        return run_clean(cmd, env, timeout, quiet, args.quiet_wait, retries, log=log)
 
     # Parity: same weights in all three.
     ids_file = os.path.join(args.models_dir, "parity-ids.txt")
@@ -438,14 +213,13 @@ def main(argv=None):
     subprocess.run([mnemo_bench, "--model", ckpt[PREFILL_MEM], "--figure",
                     "logits", "--ids-file", ids_file, "--output",
                     logits_file], env=env, cwd=ROOT, check=True)
-    parity = emit(run_json([python, "bench/peer_pytorch.py", "--check-parity",
+    parity = emit(run_json([python, "-m", "bench.peers.peer_pytorch", "--check-parity",
                    "--hf-dir", hf_dir, "--ckpt-dir", ckpt[PREFILL_MEM],
                    "--ids-file", ids_file, "--mnemo-logits", logits_file],
                   env, 300))
 
     log("physical limits (1/2)")
-    machine = emit(run_clean([physical], env, 300, args.quiet_wait,
-                             args.retries))
+    machine = emit(clean([physical], 300, args.retries))
 
     figures = [("prefill", s, PREFILL_MEM, "last")
                for s in PREFILL_SEGMENTS] + [
@@ -463,8 +237,7 @@ def main(argv=None):
             cmd += ["--segment", str(seg), "--logits", logits]
         else:
             cmd += ["--decode-steps", "64"]
-        for line in emit(run_clean(cmd, env, 300, args.quiet_wait,
-                                   args.retries)):
+        for line in emit(clean(cmd, 300, args.retries)):
             results[("mnemo",) + figure_key(line)] = line
 
     peers = ["hf_transfo_xl"] + ([] if args.skip_reference
@@ -473,7 +246,7 @@ def main(argv=None):
         for fig, seg, mem, logits in figures + (
                 extra if impl == "hf_transfo_xl" else []):
             log(f"{impl} {fig} segment {seg} mem {mem} logits {logits}")
-            cmd = [python, "bench/peer_pytorch.py", "--impl", impl,
+            cmd = [python, "-m", "bench.peers.peer_pytorch", "--impl", impl,
                    "--figure", fig, "--hf-dir", hf_dir, "--ckpt-dir",
                    ckpt[mem], "--mem", str(mem), "--runs",
                    str(args.peer_runs), "--decode-steps",
@@ -487,23 +260,20 @@ def main(argv=None):
                 cmd += ["--threads", "2", "--warmup", "0"]
             # Re-run only the cheap peer figures when contaminated.
             cheap = not (impl == "pytorch_reference" and fig == "prefill")
-            for line in emit(run_clean(cmd, env, 600, args.quiet_wait,
-                                       args.retries if cheap else 0)):
+            for line in emit(clean(cmd, 600, args.retries if cheap else 0)):
                 results[(impl,) + figure_key(line)] = line
 
     if args.breakdown:
         # Diagnostic: time per kernel inside mnemo's Forward (not a figure).
         for seg, mem in ((1, 512), (1, 1600), (128, 512), (512, 512)):
             log(f"mnemo breakdown segment {seg} mem {mem}")
-            emit(run_clean([mnemo_bench, "--model", ckpt[mem], "--figure",
-                            "breakdown", "--segment", str(seg)], env, 300,
-                           args.quiet_wait, args.retries))
+            emit(clean([mnemo_bench, "--model", ckpt[mem], "--figure",
+                        "breakdown", "--segment", str(seg)], 300, args.retries))
 
     # Limits again at the end: a limit is a best case, so the best of the two
     # passes is used (a pass slowed by other load would flatter mnemo).
     log("physical limits (2/2)")
-    machine += emit(run_clean([physical], env, 300, args.quiet_wait,
-                              args.retries))
+    machine += emit(clean([physical], 300, args.retries))
 
     # Derived figures.
     limits = limits_from(machine)
@@ -564,9 +334,8 @@ def main(argv=None):
             "loadavg": os.getloadavg(),
             "total_wall_s": round(time.time() - t_start, 1)}
     emit([done])
-    with open(out_path, "w") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
+    out.close()
+    out_path = out.path
 
     # Human summary.
     info = lines[0]

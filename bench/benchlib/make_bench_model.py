@@ -7,7 +7,7 @@ ReLU, per-layer r_w/r_r biases, tied input/output embedding), except that
 wt103's adaptive softmax is replaced by a dense vocabulary of 32000: about
 278M float32 parameters (1.1 GB).
 
-The model is built by tests/reference/txl_reference.py (its state_dict names
+The model is built by mnemo_reference (python/mnemo_reference; its state_dict names
 are the checkpoint's tensor names and its config validation is the format's),
 then every parameter is drawn from one seeded CPU generator, in place:
 LayerNorm weights 1 and biases 0, every other tensor normal(0, --init-std).
@@ -23,8 +23,8 @@ come last, so an interrupted run is never mistaken for a finished one.
 
 Prints one JSON line: {"impl": "model", "figure": "checkpoint", ...}.
 
-Usage:
-    make_bench_model.py --out DIR [--n-layer 18 --d-model 1024 --n-head 16
+Usage (from the repository root, with the import roots of python/README.md):
+    python -m bench.benchlib.make_bench_model --out DIR [--n-layer 18 --d-model 1024 --n-head 16
         --d-head 64 --d-inner 4096 --vocab 32000 --mem-len 1600
         --clamp-len 1000 --same-length|--no-same-length --seed 0
         --init-std 0.02]
@@ -38,11 +38,8 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+from mnemo_checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_tensors, write_json
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 STAMP_FILE = "bench-model.json"
 
 
@@ -71,17 +68,12 @@ def bench_config(args):
 
 
 def read_json(path):
+    """The JSON of `path`, None when it is missing or unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
 
 
 def up_to_date(out, config, stamp):
@@ -93,8 +85,8 @@ def up_to_date(out, config, stamp):
 @torch.no_grad()
 def random_state_dict(config, seed, std):
     """Seeded random tensors for every checkpoint tensor of `config`."""
-    import txl_reference  # needs safetensors: imported only when writing
-    model = txl_reference.TransfoXLReference(config)  # validates config
+    import mnemo_reference
+    model = mnemo_reference.TransfoXLReference(config)  # validates config
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("ln.weight"):
@@ -112,7 +104,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
 
 def make(out, config, seed, std):
     """Writes the checkpoint unless it is there already; returns its line."""
-    from safetensors.torch import save_file
     stamp = {"seed": seed, "init_std": std,
              "init": "LayerNorm weight 1, bias 0; other tensors normal(0, "
                      "init_std); torch.Generator seeded with seed"}
@@ -130,9 +121,7 @@ def make(out, config, seed, std):
         dtype = DTYPES[config["torch_dtype"]]
         tensors = {name: t.to(dtype).contiguous()
                    for name, t in random_state_dict(config, seed, std).items()}
-        tmp = os.path.join(out, WEIGHTS_FILE + ".tmp")
-        save_file(tensors, tmp)
-        os.replace(tmp, os.path.join(out, WEIGHTS_FILE))
+        save_tensors(out, tensors)
         write_json(os.path.join(out, CONFIG_FILE), config)
         write_json(os.path.join(out, STAMP_FILE), stamp)
         line["created"] = True

@@ -29,7 +29,7 @@
 #include <vector>
 
 #ifdef MNEMO_WITH_CUDA
-#include "bench/cuda_limits.h"
+#include "bench/programs/cuda_limits.h"
 #endif
 
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU peer of mnemo_bench: the PyTorch reference, f32, eager or compiled.
 
-Runs tests/reference/txl_reference.py (the independent oracle, loaded from a
+Runs mnemo_reference (python/mnemo_reference, the independent oracle, loaded from a
 mnemo checkpoint, so the weights are mnemo's) on CUDA in float32 with TF32
 off in cuBLAS and cuDNN (mnemo's GPU engine computes in f32). One figure per
 process, one JSON line on stdout.
@@ -41,23 +41,20 @@ run), tokens_per_run, warmup, peak_mem_mib (torch.cuda.max_memory_allocated
 from the end of the memory fill to the end of timing; null on CPU), torch,
 tf32, compile_s and dynamo_graph_breaks (compile only), load_s, model.
 
-Usage:
-    peer_pytorch_gpu.py --ckpt-dir DIR --figure prefill|decode [--segment 512]
+Usage (from the repository root, with the import roots of python/README.md):
+    python -m bench.peers.peer_pytorch_gpu --ckpt-dir DIR --figure prefill|decode [--segment 512]
         [--mem M] [--mode eager|compile] [--runs N] [--warmup N]
         [--decode-steps K] [--device cuda|cpu]
 """
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 
 
 def disable_tf32():
@@ -152,10 +149,10 @@ def graph_breaks():
 def run(args):
     device = torch.device(args.device)
     disable_tf32()
-    import txl_reference  # needs safetensors: imported only when running
+    import mnemo_reference  # needs safetensors: imported only when running
 
     t0 = time.perf_counter()
-    eager = txl_reference.load_checkpoint(args.ckpt_dir).to(device)
+    eager = mnemo_reference.load_checkpoint(args.ckpt_dir).to(device)
     load_s = time.perf_counter() - t0
     cfg = eager.config
     mem = cfg["mem_len"] if args.mem is None else args.mem

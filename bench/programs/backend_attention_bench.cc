@@ -1,13 +1,13 @@
 // backend_attention_bench: one attention kind at one sequence length through an engine backend
 // (the CPU backend or the CUDA backend), exactly the call a model layer makes, printed as one JSON
 // line. One point per process, so that the memory it reports belongs to that point alone
-// (bench/run_gpu_attention_bench.py runs every kind × length and PyTorch's
+// (bench/runners/run_gpu_attention_bench.py runs every kind × length and PyTorch's
 // scaled_dot_product_attention in the same run).
 //
 //   backend_attention_bench --device cpu|cuda[:N] --kind K --len L [--heads 16] [--head-dim 64]
 //                           [--runs 5] [--warmup 1] [--seed 1]
 //
-// K (the parameters of bench/attention_bench.cc, as layer configurations):
+// K (the parameters of bench/programs/attention_bench.cc, as layer configurations):
 //   dense    Transformer-XL relative attention, causal, empty memory (Backend::RelativeAttention)
 //   window   sliding window W = 512, dilation 1 (Backend::SparseAttention)
 //   strided  strided, stride 128, span L, local/strided split by heads

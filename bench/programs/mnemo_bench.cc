@@ -1,6 +1,6 @@
 // mnemo_bench: one benchmark figure of mnemo's CPU backend on one checkpoint, printed as one JSON
 // line. Run one figure per process so that the peak RSS it reports belongs to that figure alone
-// (bench/run_cpu_bench.py does this and runs the PyTorch peers on the same weights).
+// (bench/runners/run_cpu_bench.py does this and runs the PyTorch peers on the same weights).
 //
 //   mnemo_bench --model DIR --figure prefill --segment S [--runs N] [--warmup W]
 //               [--segments-per-run K] [--logits last|all]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch peer for the shipped default models: decode or prefill of the
-reference model (tests/reference/txl_reference.py) on a mnemo checkpoint,
+reference model (mnemo_reference) on a mnemo checkpoint,
 one figure per process, one JSON line.
 
 Why a separate peer from peer_pytorch.py: the default models use compressive
@@ -30,8 +30,8 @@ computes. Threads: ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported; each
 ``--threads`` value (``torch.set_num_threads``) is probed briefly and the best
 is measured (reported with the probe results).
 
-Usage:
-    peer_reference_decode.py --ckpt-dir DIR --ids-file IDS --figure decode|prefill
+Usage (from the repository root, with the import roots of python/README.md):
+    python -m bench.peers.peer_reference_decode --ckpt-dir DIR --ids-file IDS --figure decode|prefill
         [--segment 64] [--runs 5] [--decode-steps 64] [--warmup-steps 16]
         [--segments-per-run 16] [--warmup-segments 2] [--threads 1,2]
 """
@@ -47,12 +47,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-
-import txl_reference  # noqa: E402
-from peer_pytorch import peak_rss_mib, runtime_fields, summary  # noqa: E402
+import mnemo_reference  # noqa: E402
+from bench.peers.peer_pytorch import peak_rss_mib, runtime_fields, summary  # noqa: E402
 
 
 class IdStream:
@@ -75,7 +71,7 @@ def state_rows(mems):
     """Rows held by the first layer's state: XL memory and, for compressive
     memory, the compression buffer and the compressed rows."""
     first = mems[0]
-    if isinstance(first, txl_reference.CompressiveState):
+    if isinstance(first, mnemo_reference.CompressiveState):
         return {"mem": first.mem.shape[1], "buffer": first.buf.shape[1],
                 "compressed": first.cmem.shape[1]}
     if torch.is_tensor(first):
@@ -158,7 +154,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    model = txl_reference.load_checkpoint(args.ckpt_dir, torch.float32)
+    model = mnemo_reference.load_checkpoint(args.ckpt_dir, torch.float32)
     cfg = model.config
     with open(args.ids_file) as f:
         ids = [int(t) for t in f.read().split()]

@@ -5,7 +5,7 @@ Run on the GPU machine from the repository root, after building mnemo into
 build/engine-gpu/ (mnemo_bench and physical_limits). Steps, each its own
 subprocess whose JSON stdout lines are recorded:
 
-  1. model: bench/make_bench_model.py writes (once; cached) a random-weight
+  1. model: bench/benchlib/make_bench_model.py writes (once; cached) a random-weight
      f32 checkpoint sized like transfo-xl-wt103 (18 layers, d_model 1024,
      16 heads x 64, d_inner 4096, dense vocabulary 32000, mem_len 1600) under
      build/bench-models/gpu-wt103size/. Every implementation uses it.
@@ -13,13 +13,13 @@ subprocess whose JSON stdout lines are recorded:
   3. mnemo_bench --device cuda: decode (64 steps per run), prefill S=512 and
      S=128 on a full memory (logits of the last position), batched-decode
      B=1, 8, 64, 256.
-  4. bench/peer_pytorch_gpu.py (tests/reference/txl_reference.py on CUDA,
+  4. bench/peers/peer_pytorch_gpu.py (mnemo_reference on CUDA,
      f32, TF32 off): prefill S=512 and S=128 and decode, eager; then prefill
      S=512 under torch.compile (last: it is the slowest and least
      predictable step; skipped with --quick).
   5. a derived line (ratios), then a summary table on stderr.
 
-Every line goes, as soon as it arrives, to <out-dir>/gpu-<UTC date-time>.jsonl
+Every line goes, as soon as it arrives, to <out-dir>/gpu-<UTC time>-<commit>.jsonl
 (default out dir bench/results/). A step that fails, times out or is skipped
 for lack of time is recorded as one line with its impl/figure fields and an
 "error" field; the run goes on, and the summary prints n/a for what is
@@ -41,44 +41,22 @@ Summary figures:
 """
 
 import argparse
-import datetime
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.benchlib import ROOT
+from bench.benchlib.machine import Log, machine_info
+from bench.benchlib.process import json_lines, python_env
+from bench.benchlib.results import ResultWriter, result_path
+
 BATCHES = (1, 8, 64, 256)
 MIN_STEP_S = 15  # skip a step rather than give it less than this
 
 
-def log(msg):
-    print(f"[run_gpu_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(cmd):
-    """stdout of a shell command, '' when it cannot run."""
-    try:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True,
-                              cwd=ROOT, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def machine_info():
-    return {
-        "impl": "machine", "figure": "run_info",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"),
-        "commit": sh("git rev-parse --short HEAD"),
-        "dirty": bool(sh("git status --porcelain --untracked-files=no")),
-        "gpu": sh("nvidia-smi --query-gpu=name,driver_version,memory.total,"
-                  "clocks.max.sm,clocks.max.mem --format=csv,noheader"),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
+log = Log("run_gpu_bench")
 
 
 class Runner:
@@ -86,14 +64,12 @@ class Runner:
 
     def __init__(self, out_path, budget_s):
         self.deadline = time.monotonic() + budget_s
-        self.lines = []
-        self.out = open(out_path, "w")
+        self.out = ResultWriter(out_path, echo=True)
+        self.lines = self.out.lines
+        self.env = python_env()
 
     def record(self, line):
-        self.lines.append(line)
-        self.out.write(json.dumps(line) + "\n")
-        self.out.flush()
-        print(json.dumps(line), flush=True)
+        self.out.record(line)
 
     def step(self, name, tag, cmd, timeout):
         """Runs cmd; returns its JSON stdout lines (each with "step" and
@@ -110,7 +86,7 @@ class Runner:
         try:
             # Own process group: a timeout also ends the step's children
             # (inductor's compile workers).
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
         except OSError as e:
@@ -125,13 +101,7 @@ class Runner:
                 out, err = proc.communicate()
                 error = f"timeout after {timeout:.0f} s"
         wall = round(time.monotonic() - t0, 2)
-        lines = []
-        for text in out.splitlines():
-            if text.startswith("{"):
-                try:
-                    lines.append(json.loads(text))
-                except ValueError:
-                    pass
+        lines = json_lines(out)
         if error is None and not lines:
             error = "no JSON line on stdout"
         if error is not None:
@@ -279,8 +249,8 @@ def print_summary(info, res, d, runner, out_path, t_start):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "bench",
-                                                      "results"))
+    ap.add_argument("--out-dir", default=None,
+                    help="result directory (default bench/results)")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build",
                                                         "engine-gpu"))
     ap.add_argument("--model-dir", default=os.path.join(
@@ -292,11 +262,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     t_start = time.monotonic()
-    os.makedirs(args.out_dir, exist_ok=True)
-    out_path = os.path.join(args.out_dir, "gpu-" + datetime.datetime.now(
-        datetime.timezone.utc).strftime("%Y%m%d-%H%M%S") + ".jsonl")
+    out_path = result_path("gpu", args.out_dir)
     runner = Runner(out_path, args.budget_s)
-    info = machine_info()
+    info = machine_info(gpu=True)
     runner.record(info)
 
     py = sys.executable
@@ -307,7 +275,7 @@ def main(argv=None):
     peer_steps = ["--decode-steps", "16" if args.quick else "32"]
 
     runner.step("model", {"impl": "model", "figure": "checkpoint"},
-                [py, "bench/make_bench_model.py", "--out", args.model_dir],
+                [py, "-m", "bench.benchlib.make_bench_model", "--out", args.model_dir],
                 240)
     limits = runner.step("physical_limits --cuda",
                          {"impl": "machine", "figure": "limits"},
@@ -336,7 +304,8 @@ def main(argv=None):
     # half the bytes; prefill runs on the tensor cores with activations rounded to bf16).
     bf16_dir = args.model_dir.rstrip("/") + "-bf16"
     runner.step("model bf16", {"impl": "model", "figure": "checkpoint", "dtype": "bfloat16"},
-                [py, "bench/make_bench_model.py", "--out", bf16_dir, "--dtype", "bfloat16"],
+                [py, "-m", "bench.benchlib.make_bench_model", "--out", bf16_dir,
+                 "--dtype", "bfloat16"],
                 240)
     mnemo16 = [mnemo_bench, "--model", bf16_dir, "--device", "cuda"]
     res["mnemo_bf16_decode"] = runner.step(
@@ -347,7 +316,7 @@ def main(argv=None):
         {"impl": "mnemo", "figure": "prefill", "segment": 512, "dtype": "bfloat16"},
         mnemo16 + ["--figure", "prefill", "--segment", "512"] + mnemo_runs, 120)
 
-    peer = [py, "bench/peer_pytorch_gpu.py", "--ckpt-dir", args.model_dir]
+    peer = [py, "-m", "bench.peers.peer_pytorch_gpu", "--ckpt-dir", args.model_dir]
     peer_tag = {"impl": "pytorch_reference"}
     for seg in (512, 128):
         res[f"peer_prefill{seg}"] = runner.step(

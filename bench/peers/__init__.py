@@ -1,0 +1,1 @@
+"""The PyTorch peers the runners measure against, one figure per process."""

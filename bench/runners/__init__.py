@@ -1,0 +1,1 @@
+"""The benchmark orchestrators: ``python -m bench.runners.<name> --help`` (bench/README.md)."""

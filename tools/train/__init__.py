@@ -1,0 +1,1 @@
+"""The default models' training tools (README.md), importable as ``tools.train.*``."""
