@@ -74,6 +74,8 @@ class TransfoXlModel {
   absl::StatusOr<SessionState> NewState() const;
   // Bytes of one session's state (exact; equals NewState()->bytes()).
   size_t StateBytes() const;
+  // Exact bytes of layer l's state (ring, linear sums, what it keeps beside).
+  size_t LayerStateBytes(int64_t l) const;
   // A deep copy of `state` on the model's device (fork / snapshot).
   absl::StatusOr<SessionState> CloneState(const SessionState& state) const;
   // Makes *dst a deep copy of `state`, reusing dst's buffers where their shapes match (repeated
@@ -124,8 +126,6 @@ class TransfoXlModel {
   absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) const;
   // Whether `state` has this model's shape (layers, memory capacity and width).
   bool StateFits(const SessionState& state) const;
-  // Exact bytes of layer l's state (ring, linear sums, what it keeps beside).
-  size_t LayerStateBytes(int64_t l) const;
   // Copies a state's tensors with `copy` (same bookkeeping, new storage).
   template <typename CopyFn>
   absl::StatusOr<SessionState> CopyState(const SessionState& state, CopyFn copy) const;
