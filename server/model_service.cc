@@ -10,7 +10,7 @@ absl::StatusOr<const engine::Tokenizer*> TokenizerOf(const LoadedModel& m) {
     return absl::FailedPreconditionError("model \"" + m.name +
                                          "\" has no tokenizer (tokenizer.model): use token ids");
   }
-  return m.tokenizer.get();
+  return m.tokenizer;
 }
 
 }  // namespace

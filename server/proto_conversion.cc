@@ -118,14 +118,13 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const engine::LayerConfig& lc = c.layer(l);
     v1::Layer* layer = out->add_layers();
-    layer->set_state_bytes(m.layer_state_bytes[static_cast<size_t>(l)]);
+    layer->set_state_bytes(m.description.layers[static_cast<size_t>(l)].state_bytes);
     switch (lc.attention) {
       case engine::AttentionKind::kDense:
         layer->set_attention(v1::ATTENTION_KIND_DENSE);
         layer->set_memory_tokens(c.mem_len);
         if (lc.compressive()) {
-          const char* names[] = {"max_pool", "mean_pool", "conv1d", "dilated_conv", "most_used"};
-          layer->set_compression(names[static_cast<int>(lc.compression)]);
+          layer->set_compression(std::string(engine::api::EnumName(lc.compression)));
           layer->set_compression_rate(lc.compression_rate);
           layer->set_cmem_len(lc.cmem_len);
           compression_rate = std::max(compression_rate, lc.compression_rate);
@@ -139,17 +138,14 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
         layer->set_chunk_len(lc.chunk_len);
         layer->set_history(lc.history);
         break;
-      case engine::AttentionKind::kLinear: {
+      case engine::AttentionKind::kLinear:
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
-        const char* names[] = {"elu", "favor", "rfa"};
-        layer->set_feature_map(names[static_cast<int>(lc.feature_map)]);
+        layer->set_feature_map(std::string(engine::api::EnumName(lc.feature_map)));
         layer->set_num_features(lc.num_features);
         break;
-      }
       case engine::AttentionKind::kSparse:
-        const char* patterns[] = {"window", "strided", "fixed", "bigbird"};
         layer->set_attention(v1::ATTENTION_KIND_SPARSE);
-        layer->set_pattern(patterns[static_cast<int>(lc.pattern)]);
+        layer->set_pattern(std::string(engine::api::EnumName(lc.pattern)));
         layer->set_window(lc.window);
         for (int64_t d : lc.dilations) layer->add_dilations(d);
         layer->set_memory_tokens(lc.sparse_span());
@@ -165,10 +161,10 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_dtype(DTypeName(c.dtype));
   out->set_device(m.device);
   out->set_state_bytes_per_session(m.SessionBytes());
-  out->set_weight_sparsity(m.weight_sparsity);
+  out->set_weight_sparsity(m.description.weight_sparsity);
   out->set_eos_token_id(m.tokenizer != nullptr ? m.tokenizer->eos_id()
                                                : static_cast<int32_t>(c.eos_token_id.value_or(-1)));
-  out->set_fingerprint(m.fingerprint);
+  out->set_fingerprint(m.description.fingerprint);
   if (m.draft != nullptr) {
     out->set_draft_model(m.draft->dir);
     out->set_draft_tokens(m.draft_tokens);

@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 
-#include "engine/sampling/sampler.h"
+#include "engine/api/types.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "mnemo/v1/mnemo.pb.h"

@@ -26,7 +26,7 @@ struct Scheduler::Step {
   bool is_decode() const { return tokens.size() == 1 && mode == LogitsMode::kLast; }
 };
 
-Scheduler::Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics)
+Scheduler::Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics)
     : model_(model), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() {

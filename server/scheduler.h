@@ -22,7 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-#include "engine/model/transfo_xl_model.h"
+#include "engine/api/model.h"
 
 namespace mnemo::server {
 
@@ -44,7 +44,7 @@ struct StepOutput {
 
 class Scheduler {
  public:
-  Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics);
+  Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics);
   ~Scheduler();  // finishes the steps already taken, fails the rest with UNAVAILABLE
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -110,7 +110,7 @@ class Scheduler {
   // bad step cannot fail the others.
   void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase);
 
-  engine::TransfoXlModel& model_;
+  const engine::api::Model& model_;
   const SchedulerOptions options_;
   Metrics* metrics_;
 

@@ -41,10 +41,9 @@ absl::StatusOr<SessionMemory> MapMemory(const LoadedModel& model, const SessionM
 }  // namespace
 
 absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
-  return MapMemory(model, memory,
-                   [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
-                     return m.CloneState(s);
-                   });
+  return MapMemory(model, memory, [](const engine::api::Model& m, const engine::SessionState& s) {
+    return m.CloneState(s);
+  });
 }
 
 struct SessionLease::Entry {
@@ -326,11 +325,11 @@ absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 }
 
 absl::Status SessionManager::DemoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(e.memory,
-                   MapMemory(*e.model, e.memory,
-                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
-                               return m.StateToHost(s);
-                             }));
+  ASSIGN_OR_RETURN(
+      e.memory,
+      MapMemory(*e.model, e.memory, [](const engine::api::Model& m, const engine::SessionState& s) {
+        return m.StateToHost(s);
+      }));
   e.tier = Tier::kHost;
   device_bytes_ -= e.bytes;
   host_bytes_ += e.bytes;
@@ -341,11 +340,11 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
 }
 
 absl::Status SessionManager::PromoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(e.memory,
-                   MapMemory(*e.model, e.memory,
-                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
-                               return m.StateFromHost(s);
-                             }));
+  ASSIGN_OR_RETURN(
+      e.memory,
+      MapMemory(*e.model, e.memory, [](const engine::api::Model& m, const engine::SessionState& s) {
+        return m.StateFromHost(s);
+      }));
   e.tier = Tier::kDevice;
   device_bytes_ += e.bytes;
   host_bytes_ -= e.bytes;

@@ -22,8 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-#include "engine/memory/session_state.h"
-#include "engine/sampling/sampler.h"
+#include "engine/api/types.h"
 #include "server/model_registry.h"
 
 namespace mnemo::server {

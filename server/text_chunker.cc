@@ -1,6 +1,6 @@
 #include "server/text_chunker.h"
 
-#include "engine/tokenizer/tokenizer.h"
+#include "engine/api/types.h"
 
 namespace mnemo::server {
 
