@@ -139,7 +139,7 @@ absl::Status Serve(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  engine::ModelOptions model_options;
+  engine::api::ModelOptions model_options;
   const std::string sparse = flags.Get("sparse-weights", "on");
   if (sparse != "on" && sparse != "off") {
     return absl::InvalidArgumentError("--sparse-weights must be on or off");

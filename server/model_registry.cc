@@ -78,7 +78,7 @@ absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir) {
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
-    const SchedulerOptions& scheduling, Metrics* metrics, const engine::ModelOptions& options,
+    const SchedulerOptions& scheduling, Metrics* metrics, const engine::api::ModelOptions& options,
     bool speculative) {
   if (specs.empty()) {
     return absl::InvalidArgumentError(

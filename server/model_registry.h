@@ -48,7 +48,7 @@ class ModelRegistry {
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
       const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
       const SchedulerOptions& scheduling, Metrics* metrics,
-      const engine::ModelOptions& options = {}, bool speculative = false);
+      const engine::api::ModelOptions& options = {}, bool speculative = false);
 
   // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;

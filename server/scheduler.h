@@ -76,9 +76,9 @@ class Scheduler {
   // must outlive the ticket. `token_by_token` runs the tokens as that many decode steps would
   // (SequenceInput::token_by_token; speculative verification). RESOURCE_EXHAUSTED when the queue
   // is full, UNAVAILABLE after Shutdown.
-  absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::SessionState* state,
+  absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::api::SessionState* state,
                                                  std::span<const int32_t> tokens,
-                                                 engine::LogitsMode mode,
+                                                 engine::api::LogitsMode mode,
                                                  std::vector<float>* logits,
                                                  bool token_by_token = false);
 
@@ -108,7 +108,7 @@ class Scheduler {
   void Execute(std::vector<std::shared_ptr<Step>>& steps);
   // One forward pass over steps of one mode; on INVALID_ARGUMENT retries them one by one so one
   // bad step cannot fail the others.
-  void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase);
+  void Forward(std::vector<Step*>& steps, engine::api::LogitsMode mode, const char* phase);
 
   const engine::api::Model& model_;
   const SchedulerOptions options_;

@@ -41,9 +41,10 @@ absl::StatusOr<SessionMemory> MapMemory(const LoadedModel& model, const SessionM
 }  // namespace
 
 absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
-  return MapMemory(model, memory, [](const engine::api::Model& m, const engine::SessionState& s) {
-    return m.CloneState(s);
-  });
+  return MapMemory(model, memory,
+                   [](const engine::api::Model& m, const engine::api::SessionState& s) {
+                     return m.CloneState(s);
+                   });
 }
 
 struct SessionLease::Entry {
@@ -59,7 +60,7 @@ struct SessionLease::Entry {
   Tier tier = Tier::kDevice;
   int64_t version = 0;
   int64_t tokens_seen = 0;
-  std::optional<engine::SamplingParams> default_sampling;
+  std::optional<engine::api::SamplingParams> default_sampling;
   int64_t bytes = 0;
   // Guarded by `busy`: only the lease holder (or the manager, under its mutex, while idle).
   SessionMemory memory;
@@ -103,7 +104,7 @@ SessionLease::~SessionLease() { manager_.Release(*this); }
 const std::string& SessionLease::id() const { return entry_->id; }
 LoadedModel& SessionLease::model() const { return *entry_->model; }
 SessionMemory& SessionLease::memory() { return entry_->memory; }
-const std::optional<engine::SamplingParams>& SessionLease::default_sampling() const {
+const std::optional<engine::api::SamplingParams>& SessionLease::default_sampling() const {
   return entry_->default_sampling;
 }
 
@@ -325,11 +326,11 @@ absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 }
 
 absl::Status SessionManager::DemoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(
-      e.memory,
-      MapMemory(*e.model, e.memory, [](const engine::api::Model& m, const engine::SessionState& s) {
-        return m.StateToHost(s);
-      }));
+  ASSIGN_OR_RETURN(e.memory,
+                   MapMemory(*e.model, e.memory,
+                             [](const engine::api::Model& m, const engine::api::SessionState& s) {
+                               return m.StateToHost(s);
+                             }));
   e.tier = Tier::kHost;
   device_bytes_ -= e.bytes;
   host_bytes_ += e.bytes;
@@ -340,11 +341,11 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
 }
 
 absl::Status SessionManager::PromoteLocked(Entry& e) {
-  ASSIGN_OR_RETURN(
-      e.memory,
-      MapMemory(*e.model, e.memory, [](const engine::api::Model& m, const engine::SessionState& s) {
-        return m.StateFromHost(s);
-      }));
+  ASSIGN_OR_RETURN(e.memory,
+                   MapMemory(*e.model, e.memory,
+                             [](const engine::api::Model& m, const engine::api::SessionState& s) {
+                               return m.StateFromHost(s);
+                             }));
   e.tier = Tier::kDevice;
   device_bytes_ += e.bytes;
   host_bytes_ -= e.bytes;

@@ -26,7 +26,7 @@ absl::Status CheckControl(const RequestControl& control) {
 // Queues one scheduler step over `ids`; the request's cancellation and deadline are checked
 // first, so a long ingest or generation stops at its next step.
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> SubmitTo(
-    Scheduler& scheduler, engine::SessionState* state, std::span<const int32_t> ids,
+    Scheduler& scheduler, engine::api::SessionState* state, std::span<const int32_t> ids,
     LogitsMode mode, std::vector<float>* logits, const RequestControl& control,
     bool token_by_token = false) {
   RETURN_IF_ERROR(CheckControl(control));
@@ -72,7 +72,7 @@ absl::StatusOr<StepOutput> RunStep(LoadedModel& model, SessionMemory& memory,
 
 // A speculative decoder's step for `model`: token_by_token calls through its engine loop.
 engine::api::TokenByTokenStep SchedulerStep(LoadedModel& model, const RequestControl& control) {
-  return [&model, &control](engine::SessionState* state, std::span<const int32_t> tokens,
+  return [&model, &control](engine::api::SessionState* state, std::span<const int32_t> tokens,
                             LogitsMode mode, std::vector<float>* logits) -> absl::Status {
     const absl::Time submitted = absl::Now();
     ASSIGN_OR_RETURN(std::unique_ptr<Scheduler::Ticket> ticket,
@@ -188,7 +188,7 @@ absl::StatusOr<std::vector<ScoredToken>> Score(LoadedModel& model, SessionMemory
       const size_t target = done + j + 1;
       if (target < std::max<size_t>(context, 1)) continue;  // a memory token, not the text's
       const float* row = logits.data() + j * static_cast<size_t>(vocab);
-      const float lse = engine::LogSumExp(row, vocab);
+      const float lse = engine::api::LogSumExp(row, vocab);
       scored.push_back({seq[target], row[seq[target]] - lse});
     }
     done += t;
