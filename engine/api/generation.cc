@@ -6,6 +6,11 @@
 
 namespace mnemo::engine::api {
 
+// The engine model behind an api::Model, for the loop's speculative decoder and direct steps.
+struct ModelAccess {
+  static TransfoXlModel& Impl(const Model& model) { return *model.impl_; }
+};
+
 absl::StatusOr<GenerationResult> Generate(
     const Model& model, int64_t segment_tokens, const GenerationMemory& memory,
     const GenerationParams& params, std::vector<int32_t> history, const GenerationSteps& steps,
@@ -19,16 +24,17 @@ absl::StatusOr<GenerationResult> Generate(
   g.tokenizer = model.tokenizer();
   g.segment_tokens = segment_tokens;
   if (model.draft() != nullptr) {
-    g.speculative =
-        GenerationModel::Speculative{&model.impl(), memory.state, &model.draft()->impl(),
-                                     memory.draft_state, model.draft_tokens()};
+    g.speculative = GenerationModel::Speculative{&ModelAccess::Impl(model), memory.state,
+                                                 &ModelAccess::Impl(*model.draft()),
+                                                 memory.draft_state, model.draft_tokens()};
   }
   return RunGeneration(g, *memory.pending, params, std::move(history), steps, on_token);
 }
 
 GenerationSteps DirectSteps(const Model& model, const GenerationMemory& memory) {
   const bool draft = model.draft() != nullptr;
-  return DirectGenerationSteps(model.impl(), memory.state, draft ? &model.draft()->impl() : nullptr,
+  return DirectGenerationSteps(ModelAccess::Impl(model), memory.state,
+                               draft ? &ModelAccess::Impl(*model.draft()) : nullptr,
                                draft ? memory.draft_state : nullptr);
 }
 

@@ -102,10 +102,8 @@ class Model {
   // Whether any layer uses RealFormer residual scores (no speculative verification then).
   bool UsesResidualAttention() const;
 
-  // The engine's model (engine-internal callers: the generation loop).
-  TransfoXlModel& impl() const { return *impl_; }
-
  private:
+  friend struct ModelAccess;  // the engine's own callers (generation.cc) reach the model
   Model() = default;
 
   std::string dir_;
