@@ -237,16 +237,16 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     v1::GenerateEvent event;
     v1::Final* f = event.mutable_final();
     switch (result->reason) {
-      case engine::FinishReason::kLength:
+      case engine::api::FinishReason::kLength:
         f->set_finish_reason(v1::FINISH_REASON_LENGTH);
         break;
-      case engine::FinishReason::kStopString:
+      case engine::api::FinishReason::kStopString:
         f->set_finish_reason(v1::FINISH_REASON_STOP_STRING);
         break;
-      case engine::FinishReason::kStopToken:
+      case engine::api::FinishReason::kStopToken:
         f->set_finish_reason(v1::FINISH_REASON_STOP_TOKEN);
         break;
-      case engine::FinishReason::kEos:
+      case engine::api::FinishReason::kEos:
         f->set_finish_reason(v1::FINISH_REASON_EOS);
         break;
     }

@@ -139,7 +139,7 @@ absl::Status Serve(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  engine::ModelOptions model_options;
+  engine::api::ModelOptions model_options;
   const std::string sparse = flags.Get("sparse-weights", "on");
   if (sparse != "on" && sparse != "off") {
     return absl::InvalidArgumentError("--sparse-weights must be on or off");
@@ -181,7 +181,7 @@ absl::Status Serve(int argc, char** argv) {
   }
   for (const auto& m : models->models()) {
     std::fprintf(stderr, "mnemo-server: model %s (%s, %s) from %s\n", m->name.c_str(),
-                 m->device.c_str(), m->fingerprint.c_str(), m->dir.c_str());
+                 m->device.c_str(), m->description.fingerprint.c_str(), m->dir.c_str());
     if (m->draft != nullptr) {
       std::fprintf(stderr, "mnemo-server: model %s generates speculatively: draft %s, %d tokens\n",
                    m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);

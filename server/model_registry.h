@@ -10,8 +10,7 @@
 
 #include "absl/status/statusor.h"
 
-#include "engine/model/transfo_xl_model.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "engine/api/model.h"
 #include "server/scheduler.h"
 
 namespace mnemo::server {
@@ -20,16 +19,15 @@ struct LoadedModel {
   std::string name;
   std::string dir;
   std::string device;  // "cpu", "cuda:0", …
-  std::unique_ptr<engine::TransfoXlModel> model;
-  std::unique_ptr<engine::Tokenizer> tokenizer;  // null when the checkpoint has none
-  int64_t segment_tokens = 0;                    // tokens per prefill step
-  std::string fingerprint;                       // FNV-1a 64 of config.json and the weights
-  double weight_sparsity = 0;                    // fraction of weight entries that are zero
-  std::vector<int64_t> layer_state_bytes;        // per layer, of one session's state
+  // Shared with the target's engine::api::Model for a draft.
+  std::shared_ptr<const engine::api::Model> model;
+  const engine::api::Tokenizer* tokenizer = nullptr;  // the model's; null when it has none
+  int64_t segment_tokens = 0;                         // tokens per prefill step
+  engine::api::ModelDescription description;          // fingerprint, per-layer state bytes, …
   std::unique_ptr<Scheduler> scheduler;
-  // Speculative decoding (server --speculative and the directory's draft.json): the draft model,
-  // owned by the registry, with its own engine loop; every session of this model also carries a
-  // draft state that holds the same document. Null: plain decoding.
+  // Speculative decoding (server --speculative and the directory's draft.json): the model's
+  // draft, with its own engine loop; every session of this model also carries a draft state that
+  // holds the same document. Null: plain decoding.
   LoadedModel* draft = nullptr;
   int draft_tokens = 0;  // proposals per verification pass
 
@@ -50,7 +48,7 @@ class ModelRegistry {
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
       const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
       const SchedulerOptions& scheduling, Metrics* metrics,
-      const engine::ModelOptions& options = {}, bool speculative = false);
+      const engine::api::ModelOptions& options = {}, bool speculative = false);
 
   // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;

@@ -5,12 +5,12 @@
 namespace mnemo::server {
 namespace {
 
-absl::StatusOr<const engine::Tokenizer*> TokenizerOf(const LoadedModel& m) {
+absl::StatusOr<const engine::api::Tokenizer*> TokenizerOf(const LoadedModel& m) {
   if (m.tokenizer == nullptr) {
     return absl::FailedPreconditionError("model \"" + m.name +
                                          "\" has no tokenizer (tokenizer.model): use token ids");
   }
-  return m.tokenizer.get();
+  return m.tokenizer;
 }
 
 }  // namespace
@@ -37,7 +37,7 @@ grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext*,
   RpcScope scope(ctx_, "Tokenize");
   auto run = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
-    ASSIGN_OR_RETURN(const engine::Tokenizer* tokenizer, TokenizerOf(*m));
+    ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
     auto ids = tokenizer->Encode(request->text());
     if (!ids.ok()) return InvalidField("text", std::string(ids.status().message()));
     response->mutable_ids()->Add(ids->begin(), ids->end());
@@ -52,7 +52,7 @@ grpc::Status ModelServiceImpl::HandleDetokenize(grpc::ServerContext*,
   RpcScope scope(ctx_, "Detokenize");
   auto run = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
-    ASSIGN_OR_RETURN(const engine::Tokenizer* tokenizer, TokenizerOf(*m));
+    ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
     FieldViolations violations;
     CheckTokenIds(request->ids(), m->model->config().vocab_size, "ids", violations);
     RETURN_IF_ERROR(violations.ToStatus());

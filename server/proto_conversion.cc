@@ -9,9 +9,9 @@
 
 namespace mnemo::server {
 
-engine::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std::string& field,
-                                         FieldViolations& violations) {
-  engine::SamplingParams s;
+engine::api::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std::string& field,
+                                              FieldViolations& violations) {
+  engine::api::SamplingParams s;
   s.temperature = p.temperature();
   s.top_k = p.top_k();
   s.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();
@@ -31,7 +31,7 @@ engine::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std:
   return s;
 }
 
-v1::SamplingParams SamplingToProto(const engine::SamplingParams& p) {
+v1::SamplingParams SamplingToProto(const engine::api::SamplingParams& p) {
   v1::SamplingParams out;
   out.set_temperature(p.temperature);
   out.set_top_k(p.top_k);
@@ -106,7 +106,7 @@ void SessionToProto(const SessionInfo& info, v1::Session* out) {
 }
 
 void ModelToProto(const LoadedModel& m, v1::Model* out) {
-  const engine::ModelConfig& c = m.model->config();
+  const engine::api::ModelConfig& c = m.model->config();
   out->set_name(m.name);
   out->set_architecture(c.architecture);
   out->set_vocab_size(c.vocab_size);
@@ -116,22 +116,21 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_d_inner(c.d_inner);
   int64_t compression_rate = 0;  // the largest of the compressive layers
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    const engine::LayerConfig& lc = c.layer(l);
+    const engine::api::LayerConfig& lc = c.layer(l);
     v1::Layer* layer = out->add_layers();
-    layer->set_state_bytes(m.layer_state_bytes[static_cast<size_t>(l)]);
+    layer->set_state_bytes(m.description.layers[static_cast<size_t>(l)].state_bytes);
     switch (lc.attention) {
-      case engine::AttentionKind::kDense:
+      case engine::api::AttentionKind::kDense:
         layer->set_attention(v1::ATTENTION_KIND_DENSE);
         layer->set_memory_tokens(c.mem_len);
         if (lc.compressive()) {
-          const char* names[] = {"max_pool", "mean_pool", "conv1d", "dilated_conv", "most_used"};
-          layer->set_compression(names[static_cast<int>(lc.compression)]);
+          layer->set_compression(std::string(engine::api::EnumName(lc.compression)));
           layer->set_compression_rate(lc.compression_rate);
           layer->set_cmem_len(lc.cmem_len);
           compression_rate = std::max(compression_rate, lc.compression_rate);
         }
         break;
-      case engine::AttentionKind::kLsh:
+      case engine::api::AttentionKind::kLsh:
         layer->set_attention(v1::ATTENTION_KIND_LSH);
         layer->set_memory_tokens(lc.history - 1);
         layer->set_n_hashes(lc.n_hashes);
@@ -139,17 +138,14 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
         layer->set_chunk_len(lc.chunk_len);
         layer->set_history(lc.history);
         break;
-      case engine::AttentionKind::kLinear: {
+      case engine::api::AttentionKind::kLinear:
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
-        const char* names[] = {"elu", "favor", "rfa"};
-        layer->set_feature_map(names[static_cast<int>(lc.feature_map)]);
+        layer->set_feature_map(std::string(engine::api::EnumName(lc.feature_map)));
         layer->set_num_features(lc.num_features);
         break;
-      }
-      case engine::AttentionKind::kSparse:
-        const char* patterns[] = {"window", "strided", "fixed", "bigbird"};
+      case engine::api::AttentionKind::kSparse:
         layer->set_attention(v1::ATTENTION_KIND_SPARSE);
-        layer->set_pattern(patterns[static_cast<int>(lc.pattern)]);
+        layer->set_pattern(std::string(engine::api::EnumName(lc.pattern)));
         layer->set_window(lc.window);
         for (int64_t d : lc.dilations) layer->add_dilations(d);
         layer->set_memory_tokens(lc.sparse_span());
@@ -165,10 +161,10 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_dtype(DTypeName(c.dtype));
   out->set_device(m.device);
   out->set_state_bytes_per_session(m.SessionBytes());
-  out->set_weight_sparsity(m.weight_sparsity);
+  out->set_weight_sparsity(m.description.weight_sparsity);
   out->set_eos_token_id(m.tokenizer != nullptr ? m.tokenizer->eos_id()
                                                : static_cast<int32_t>(c.eos_token_id.value_or(-1)));
-  out->set_fingerprint(m.fingerprint);
+  out->set_fingerprint(m.description.fingerprint);
   if (m.draft != nullptr) {
     out->set_draft_model(m.draft->dir);
     out->set_draft_tokens(m.draft_tokens);

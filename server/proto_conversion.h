@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 
-#include "engine/sampling/sampler.h"
+#include "engine/api/types.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "mnemo/v1/mnemo.pb.h"
@@ -18,9 +18,9 @@
 namespace mnemo::server {
 
 // Proto sampling (zeros meaning defaults) to the engine's; violations are named under `field`.
-engine::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std::string& field,
-                                         FieldViolations& violations);
-v1::SamplingParams SamplingToProto(const engine::SamplingParams& p);
+engine::api::SamplingParams SamplingFromProto(const v1::SamplingParams& p, const std::string& field,
+                                              FieldViolations& violations);
+v1::SamplingParams SamplingToProto(const engine::api::SamplingParams& p);
 
 // Checks ids against the vocabulary ("field[i]: …").
 void CheckTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab,

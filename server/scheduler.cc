@@ -10,10 +10,10 @@
 
 namespace mnemo::server {
 
-using engine::LogitsMode;
+using engine::api::LogitsMode;
 
 struct Scheduler::Step {
-  engine::SessionState* state = nullptr;
+  engine::api::SessionState* state = nullptr;
   std::vector<int32_t> tokens;
   LogitsMode mode = LogitsMode::kNone;
   bool token_by_token = false;
@@ -28,7 +28,7 @@ struct Scheduler::Step {
   bool is_decode() const { return tokens.size() == 1 && mode == LogitsMode::kLast; }
 };
 
-Scheduler::Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics)
+Scheduler::Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics)
     : model_(model), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() {
@@ -59,7 +59,7 @@ Scheduler::ActiveStream::~ActiveStream() {
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
-    engine::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode,
+    engine::api::SessionState* state, std::span<const int32_t> tokens, LogitsMode mode,
     std::vector<float>* logits, bool token_by_token) {
   auto step = std::make_shared<Step>();
   step->token_by_token = token_by_token;
@@ -205,7 +205,7 @@ void Scheduler::Execute(std::vector<std::shared_ptr<Step>>& steps) {
 
 void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* phase) {
   const absl::Time start = absl::Now();
-  std::vector<engine::SequenceInput> inputs;
+  std::vector<engine::api::SequenceInput> inputs;
   inputs.reserve(steps.size());
   for (Step* s : steps) {
     inputs.push_back({s->tokens.data(), static_cast<int64_t>(s->tokens.size()), s->state});
@@ -213,7 +213,7 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   }
   int64_t compressions = 0;  // compressive memories: rows compressed by this pass
   for (Step* s : steps) compressions -= s->state->compressions();
-  engine::Tensor logits;
+  engine::api::Tensor logits;
   absl::Status status = model_.Forward(inputs, mode, &logits);
   if ((status.code() == absl::StatusCode::kInvalidArgument ||
        status.code() == absl::StatusCode::kOutOfRange) &&

@@ -25,7 +25,7 @@
 #include "absl/time/time.h"
 
 #include "base/mutex.h"
-#include "engine/model/transfo_xl_model.h"
+#include "engine/api/model.h"
 
 namespace mnemo::server {
 
@@ -47,7 +47,7 @@ struct StepOutput {
 
 class Scheduler {
  public:
-  Scheduler(engine::TransfoXlModel& model, SchedulerOptions options, Metrics* metrics);
+  Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics);
   ~Scheduler();  // finishes the steps already taken, fails the rest with UNAVAILABLE
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -80,9 +80,12 @@ class Scheduler {
   // must outlive the ticket. `token_by_token` runs the tokens as that many decode steps would
   // (SequenceInput::token_by_token; speculative verification). RESOURCE_EXHAUSTED when the queue
   // is full, UNAVAILABLE after Shutdown.
-  absl::StatusOr<std::unique_ptr<Ticket>> Submit(
-      engine::SessionState* state, std::span<const int32_t> tokens, engine::LogitsMode mode,
-      std::vector<float>* logits, bool token_by_token = false) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::unique_ptr<Ticket>> Submit(engine::api::SessionState* state,
+                                                 std::span<const int32_t> tokens,
+                                                 engine::api::LogitsMode mode,
+                                                 std::vector<float>* logits,
+                                                 bool token_by_token = false)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // A request that will submit steps back to back (a generation or ingest in progress): while
   // one is registered, the loop waits up to batch_wait for its next step so decode steps of
@@ -111,10 +114,10 @@ class Scheduler {
   void Execute(std::vector<std::shared_ptr<Step>>& steps) ABSL_LOCKS_EXCLUDED(mu_);
   // One forward pass over steps of one mode; on INVALID_ARGUMENT retries them one by one so one
   // bad step cannot fail the others.
-  void Forward(std::vector<Step*>& steps, engine::LogitsMode mode, const char* phase)
+  void Forward(std::vector<Step*>& steps, engine::api::LogitsMode mode, const char* phase)
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  engine::TransfoXlModel& model_;
+  const engine::api::Model& model_;
   const SchedulerOptions options_;
   Metrics* metrics_;
 

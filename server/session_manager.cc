@@ -42,7 +42,7 @@ absl::StatusOr<SessionMemory> MapMemory(const LoadedModel& model, const SessionM
 
 absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory) {
   return MapMemory(model, memory,
-                   [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                   [](const engine::api::Model& m, const engine::api::SessionState& s) {
                      return m.CloneState(s);
                    });
 }
@@ -60,7 +60,7 @@ struct SessionLease::Entry {
   Tier tier = Tier::kDevice;
   int64_t version = 0;
   int64_t tokens_seen = 0;
-  std::optional<engine::SamplingParams> default_sampling;
+  std::optional<engine::api::SamplingParams> default_sampling;
   int64_t bytes = 0;
   // Guarded by `busy`: only the lease holder (or the manager, under its mutex, while idle).
   SessionMemory memory;
@@ -104,7 +104,7 @@ SessionLease::~SessionLease() { manager_.Release(*this); }
 const std::string& SessionLease::id() const { return entry_->id; }
 LoadedModel& SessionLease::model() const { return *entry_->model; }
 SessionMemory& SessionLease::memory() { return entry_->memory; }
-const std::optional<engine::SamplingParams>& SessionLease::default_sampling() const {
+const std::optional<engine::api::SamplingParams>& SessionLease::default_sampling() const {
   return entry_->default_sampling;
 }
 
@@ -329,7 +329,7 @@ absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 absl::Status SessionManager::DemoteLocked(Entry& e) {
   ASSIGN_OR_RETURN(e.memory,
                    MapMemory(*e.model, e.memory,
-                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                             [](const engine::api::Model& m, const engine::api::SessionState& s) {
                                return m.StateToHost(s);
                              }));
   e.tier = Tier::kHost;
@@ -344,7 +344,7 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
 absl::Status SessionManager::PromoteLocked(Entry& e) {
   ASSIGN_OR_RETURN(e.memory,
                    MapMemory(*e.model, e.memory,
-                             [](const engine::TransfoXlModel& m, const engine::SessionState& s) {
+                             [](const engine::api::Model& m, const engine::api::SessionState& s) {
                                return m.StateFromHost(s);
                              }));
   e.tier = Tier::kDevice;

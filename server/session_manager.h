@@ -26,8 +26,7 @@
 #include "absl/time/time.h"
 
 #include "base/mutex.h"
-#include "engine/memory/session_state.h"
-#include "engine/sampling/sampler.h"
+#include "engine/api/types.h"
 #include "server/model_registry.h"
 
 namespace mnemo::server {
@@ -38,11 +37,11 @@ class Metrics;
 // the document, at most one segment, run with whatever comes next so segment boundaries do not
 // depend on how a client split its document).
 struct SessionMemory {
-  engine::SessionState state;
+  engine::api::SessionState state;
   std::vector<int32_t> pending;
   // For a model with a draft (LoadedModel::draft): the draft's state, always holding the same
   // document as `state`. Empty otherwise.
-  engine::SessionState draft_state;
+  engine::api::SessionState draft_state;
 };
 
 // An empty memory for `model` (and its draft) on the model's device.
@@ -57,7 +56,7 @@ const char* TierName(Tier tier);
 struct SessionOptions {
   absl::Duration ttl = absl::ZeroDuration();  // zero: the manager's default
   std::map<std::string, std::string> labels;
-  std::optional<engine::SamplingParams> default_sampling;
+  std::optional<engine::api::SamplingParams> default_sampling;
 };
 
 // A copy of a session's descriptive fields.
@@ -74,7 +73,7 @@ struct SessionInfo {
   int64_t state_version = 0;
   int64_t memory_tokens = 0;
   int64_t pending_tokens = 0;
-  std::optional<engine::SamplingParams> default_sampling;
+  std::optional<engine::api::SamplingParams> default_sampling;
   uint64_t sequence = 0;  // creation order (list paging)
 };
 
@@ -101,7 +100,7 @@ class SessionLease {
   SessionMemory& memory();
   int64_t state_version() const { return version_; }
   int64_t tokens_seen() const { return tokens_seen_; }
-  const std::optional<engine::SamplingParams>& default_sampling() const;
+  const std::optional<engine::api::SamplingParams>& default_sampling() const;
   // Where the state was when the request arrived ("resident" or "promoted").
   const char* state_source() const { return promoted_ ? "promoted" : "resident"; }
   // Records the memory as the session's new version with `tokens_added` more document tokens.

@@ -15,8 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-#include "engine/sampling/sampler.h"
-#include "engine/sampling/stop_condition.h"
+#include "engine/api/generation.h"
 #include "server/model_registry.h"
 #include "server/session_manager.h"
 
@@ -40,38 +39,17 @@ absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
 absl::Status FlushPending(LoadedModel& model, SessionMemory& memory, const RequestControl& control,
                           int64_t* segments);
 
-struct GenerationParams {
-  engine::SamplingParams sampling;
-  int64_t max_tokens = 16;
-  std::vector<std::string> stop;
-  std::vector<int32_t> stop_ids;
-  bool ignore_eos = false;
-};
+using GenerationParams = engine::api::GenerationParams;
+using GeneratedToken = engine::api::GeneratedToken;
+using GenerationResult = engine::api::GenerationResult;
 
-// One generated token and the text it released (valid UTF-8; text that may still begin a stop
-// string is held back until decided).
-struct GeneratedToken {
-  engine::SampledToken sample;
-  std::string text;
-};
-
-struct GenerationResult {
-  engine::FinishReason reason = engine::FinishReason::kLength;
-  int64_t generated = 0;
-  std::string text;             // everything released, stop string excluded
-  std::string tail;             // released at the end (after the last token's delta)
-  absl::Time first_token_time;  // when the first token was sampled
-  // Speculative decoding: tokens the draft proposed and how many of them the model kept.
-  int64_t draft_proposed = 0;
-  int64_t draft_accepted = 0;
-};
-
-// Generates from the memory: its pending tokens are flushed, the last one is fed, and each sampled
-// token becomes the next input; the last sampled token stays pending (not yet run), like the tail
-// of an ingest. `history` seeds the repetition penalty. `on_token` returning false stops the
-// generation with CANCELLED (the client went away). A model with a draft generates speculatively
-// (the same tokens under greedy sampling, the same distribution otherwise; both memories end
-// holding exactly the emitted tokens).
+// Generates from the memory with the engine's generation loop (engine/api/generation.h), every
+// model step going through the model's scheduler: its pending tokens are flushed, the last one is
+// fed, and each sampled token becomes the next input; the last sampled token stays pending (not
+// yet run), like the tail of an ingest. `history` seeds the repetition penalty. `on_token`
+// returning false stops the generation with CANCELLED (the client went away). A model with a draft
+// generates speculatively (the same tokens under greedy sampling, the same distribution otherwise;
+// both memories end holding exactly the emitted tokens).
 absl::StatusOr<GenerationResult> Generate(
     LoadedModel& model, SessionMemory& memory, const GenerationParams& params,
     std::vector<int32_t> history, const RequestControl& control,

@@ -1,6 +1,6 @@
 #include "server/text_chunker.h"
 
-#include "engine/tokenizer/tokenizer.h"
+#include "engine/api/types.h"
 
 namespace mnemo::server {
 
@@ -9,7 +9,7 @@ std::string TextChunker::Push(std::string_view piece) {
   size_t cut = carry_.rfind(' ');
   if (cut == std::string::npos || cut == 0) {
     if (carry_.size() <= max_carry_) return {};
-    cut = engine::CompleteUtf8Prefix(carry_);
+    cut = engine::api::CompleteUtf8Prefix(carry_);
   }
   std::string ready = carry_.substr(0, cut);
   carry_.erase(0, cut);

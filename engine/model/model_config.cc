@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/status_macros.h"
+#include "engine/model/enum_names.h"
 
 namespace mnemo::engine {
 namespace {
@@ -137,11 +138,10 @@ constexpr int64_t kMaxSpan = int64_t{1} << 20;
 
 absl::Status ParseSparse(EntryReader& r, const Json& j, const ModelConfig& c, LayerConfig& layer) {
   layer.attention = AttentionKind::kSparse;
-  ASSIGN_OR_RETURN(std::string pattern,
-                   r.String("pattern", "window", {"window", "strided", "fixed", "bigbird"}));
+  ASSIGN_OR_RETURN(std::string pattern, r.String("pattern", "window", EnumNames<SparsePattern>()));
   const int64_t n_head = c.n_head;
+  layer.pattern = *ParseEnum<SparsePattern>(pattern);
   if (pattern == "window") {
-    layer.pattern = SparsePattern::kWindow;
     ASSIGN_OR_RETURN(layer.window, r.Int("window", 1, kMaxSpan));
     layer.dilations.assign(static_cast<size_t>(n_head), 1);
     if (r.Has("dilation")) {
@@ -240,10 +240,8 @@ absl::Status ParseLsh(EntryReader& r, LayerConfig& layer) {
 
 absl::Status ParseLinear(EntryReader& r, const ModelConfig& c, LayerConfig& layer) {
   layer.attention = AttentionKind::kLinear;
-  ASSIGN_OR_RETURN(std::string map, r.String("feature_map", std::nullopt, {"elu", "favor", "rfa"}));
-  layer.feature_map = map == "elu"     ? FeatureMap::kElu
-                      : map == "favor" ? FeatureMap::kFavor
-                                       : FeatureMap::kRfa;
+  ASSIGN_OR_RETURN(std::string map, r.String("feature_map", std::nullopt, EnumNames<FeatureMap>()));
+  layer.feature_map = *ParseEnum<FeatureMap>(map);
   if (layer.feature_map == FeatureMap::kElu) {
     if (r.Has("num_features")) return r.Error("(elu) has d_head features: no \"num_features\"");
   } else {
@@ -275,19 +273,13 @@ absl::Status ParseLinearOptions(EntryReader& r, const Json& j, LayerConfig& laye
 }
 
 absl::Status ParseMemory(EntryReader& r, const ModelConfig& c, LayerConfig& layer) {
-  ASSIGN_OR_RETURN(std::string memory, r.String("memory", "xl", {"xl", "compressive"}));
-  if (memory == "xl") return absl::OkStatus();
-  layer.memory = MemoryKind::kCompressive;
+  ASSIGN_OR_RETURN(std::string memory, r.String("memory", "xl", EnumNames<MemoryKind>()));
+  layer.memory = *ParseEnum<MemoryKind>(memory);
+  if (layer.memory == MemoryKind::kXl) return absl::OkStatus();
   if (c.mem_len < 1) return r.Error("(compressive) needs mem_len ≥ 1");
   if (c.same_length) return r.Error("(compressive) needs same_length false");
-  ASSIGN_OR_RETURN(std::string f,
-                   r.String("compression", std::nullopt,
-                            {"max_pool", "mean_pool", "conv1d", "dilated_conv", "most_used"}));
-  layer.compression = f == "max_pool"       ? Compression::kMaxPool
-                      : f == "mean_pool"    ? Compression::kMeanPool
-                      : f == "conv1d"       ? Compression::kConv1d
-                      : f == "dilated_conv" ? Compression::kDilatedConv
-                                            : Compression::kMostUsed;
+  ASSIGN_OR_RETURN(std::string f, r.String("compression", std::nullopt, EnumNames<Compression>()));
+  layer.compression = *ParseEnum<Compression>(f);
   ASSIGN_OR_RETURN(layer.compression_rate, r.Int("compression_rate", 1, c.mem_len));
   ASSIGN_OR_RETURN(layer.cmem_len, r.Int("cmem_len", 1, kMaxSpan));
   if (layer.compression == Compression::kDilatedConv) {
@@ -307,7 +299,7 @@ absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const Model
   LayerConfig layer;
   layer.source = j.dump();
   ASSIGN_OR_RETURN(std::string attention,
-                   r.String("attention", std::nullopt, {"dense", "linear", "sparse", "lsh"}));
+                   r.String("attention", std::nullopt, EnumNames<AttentionKind>()));
   if (attention == "dense" || attention == "sparse") {
     if (r.Has("residual_attention")) {
       if (!j.at("residual_attention").is_boolean()) {
@@ -432,20 +424,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings"));
 
   ASSIGN_OR_RETURN(std::string activation, GetString(j, "activation"));
-  if (activation == "relu") {
-    c.activation = Activation::kRelu;
-  } else if (activation == "gelu") {
-    c.activation = Activation::kGelu;
+  if (auto parsed = ParseEnum<Activation>(activation)) {
+    c.activation = *parsed;
   } else {
     return FieldError("activation",
                       absl::StrCat("must be \"relu\" or \"gelu\", got \"", activation, "\""));
   }
 
   ASSIGN_OR_RETURN(std::string memory_init, GetString(j, "memory_init"));
-  if (memory_init == "zeros") {
-    c.memory_init = MemoryInit::kZeros;
-  } else if (memory_init == "empty") {
-    c.memory_init = MemoryInit::kEmpty;
+  if (auto parsed = ParseEnum<MemoryInit>(memory_init)) {
+    c.memory_init = *parsed;
   } else {
     return FieldError("memory_init",
                       absl::StrCat("must be \"zeros\" or \"empty\", got \"", memory_init, "\""));

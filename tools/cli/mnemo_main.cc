@@ -6,12 +6,10 @@
 // [+ tokenizer.model]) and feeds input in segments with memory carried across them.
 #include <cmath>
 #include <cstdio>
-#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,23 +21,18 @@
 #include "base/flags.h"
 #include "base/read_file.h"
 #include "base/status_macros.h"
-#include "engine/backend/backend.h"
-#include "engine/model/draft_spec.h"
-#include "engine/model/transfo_xl_model.h"
-#include "engine/sampling/sampler.h"
-#include "engine/sampling/speculative_decoder.h"
-#include "engine/sampling/stop_condition.h"
-#include "engine/tokenizer/incremental_decoder.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "engine/api/generation.h"
+#include "engine/api/model.h"
 
 namespace mnemo::cli {
 namespace {
 
-using engine::LogitsMode;
-using engine::SequenceInput;
-using engine::SessionState;
-using engine::Tensor;
-using engine::TransfoXlModel;
+namespace api = engine::api;
+using api::LogitsMode;
+using api::Model;
+using api::SequenceInput;
+using api::SessionState;
+using api::Tensor;
 
 constexpr char kUsage[] = R"(usage: mnemo <command> [flags]
 
@@ -113,69 +106,42 @@ absl::StatusOr<std::vector<int32_t>> ReadIds(const std::string& path, int64_t vo
   return ids;
 }
 
-struct Loaded {
-  std::unique_ptr<TransfoXlModel> model;
-  std::unique_ptr<engine::Tokenizer> tokenizer;  // null when the directory has none
-};
-
-// Loads the checkpoint in `dir` with the device and sparse-weight flags.
-absl::StatusOr<Loaded> LoadModelFrom(const Flags& flags, const std::string& dir,
-                                     bool need_tokenizer) {
-  Loaded loaded;
-  ASSIGN_OR_RETURN(std::unique_ptr<engine::Backend> backend,
-                   engine::MakeBackend(flags.Has("device") ? flags.Get("device") : "cpu"));
-  engine::ModelOptions options;
+// Loads the --model checkpoint with the device and sparse-weight flags; with `draft`, also the
+// draft for speculative decoding: --draft DIR, else the model directory's draft.json (none with
+// --draft off or without either), proposing --draft-tokens per pass when given.
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const Flags& flags, bool need_tokenizer,
+                                                 bool draft = false) {
+  if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
+  api::LoadOptions options;
+  options.device = flags.Has("device") ? flags.Get("device") : "cpu";
   const std::string sparse = flags.Get("sparse-weights", "on");
   if (sparse != "on" && sparse != "off") {
     return absl::InvalidArgumentError("--sparse-weights must be on or off");
   }
-  options.sparse_weights = sparse == "on";
-  ASSIGN_OR_RETURN(loaded.model, TransfoXlModel::Load(dir, std::move(backend), options));
-  const std::string spm_path = dir + "/tokenizer.model";
-  if (need_tokenizer || std::ifstream(spm_path).good()) {
-    ASSIGN_OR_RETURN(loaded.tokenizer, engine::LoadSentencePieceTokenizer(spm_path));
-    if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(spm_path, " has ", loaded.tokenizer->vocab_size(),
-                       " pieces but the model only ", loaded.model->config().vocab_size, " ids"));
+  options.model.sparse_weights = sparse == "on";
+  options.require_tokenizer = need_tokenizer;
+  if (draft) {
+    if (flags.Has("draft")) {
+      if (flags.Get("draft") != "off") options.draft_dir = flags.Get("draft");
+    } else {
+      options.draft_from_json = true;
+    }
+    if (flags.Has("draft-tokens")) {
+      ASSIGN_OR_RETURN(int64_t k, flags.Int("draft-tokens", 4, 1, api::kMaxDraftTokens));
+      options.draft_tokens = static_cast<int>(k);
     }
   }
-  return loaded;
+  return Model::Load(flags.Get("model"), options);
 }
 
-absl::StatusOr<Loaded> LoadModel(const Flags& flags, bool need_tokenizer) {
-  if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
-  return LoadModelFrom(flags, flags.Get("model"), need_tokenizer);
-}
-
-// The draft model for speculative decoding: --draft DIR, else the model directory's draft.json;
-// none with --draft off or without either.
-absl::StatusOr<std::optional<engine::DraftSpec>> DraftFor(const Flags& flags) {
-  const std::string model_dir = flags.Get("model");
-  std::optional<engine::DraftSpec> spec;
-  if (flags.Has("draft")) {
-    if (flags.Get("draft") == "off") return spec;
-    RETURN_IF_ERROR(engine::CheckDraftTokenizer(model_dir, flags.Get("draft")));
-    spec = engine::DraftSpec{flags.Get("draft")};
-  } else {
-    ASSIGN_OR_RETURN(spec, engine::ReadDraftSpec(model_dir));
-  }
-  if (spec && flags.Has("draft-tokens")) {
-    ASSIGN_OR_RETURN(int64_t k,
-                     flags.Int("draft-tokens", spec->draft_tokens, 1, engine::kMaxDraftTokens));
-    spec->draft_tokens = static_cast<int>(k);
-  }
-  return spec;
-}
-
-absl::StatusOr<int64_t> SegmentLen(const Flags& flags, const TransfoXlModel& model) {
+absl::StatusOr<int64_t> SegmentLen(const Flags& flags, const Model& model) {
   return flags.Int("segment-len", model.config().default_segment_tokens(), 1, 1 << 20);
 }
 
 // Feeds `ids` through `state` in segments; calls on_logits(first_position, logits[T, V]) for
 // each segment when logits are wanted.
 template <typename OnLogits>
-absl::Status Feed(TransfoXlModel& model, SessionState& state, const std::vector<int32_t>& ids,
+absl::Status Feed(const Model& model, SessionState& state, const std::vector<int32_t>& ids,
                   int64_t segment_len, LogitsMode mode, OnLogits on_logits) {
   for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(segment_len)) {
     const int64_t t = std::min<int64_t>(segment_len, static_cast<int64_t>(ids.size() - begin));
@@ -187,8 +153,8 @@ absl::Status Feed(TransfoXlModel& model, SessionState& state, const std::vector<
 }
 
 absl::Status RunLogits(const Flags& flags) {
-  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(flags, /*need_tokenizer=*/false));
-  TransfoXlModel& model = *loaded.model;
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded, LoadModel(flags, /*need_tokenizer=*/false));
+  const Model& model = *loaded;
   if (!flags.Has("ids") || !flags.Has("output")) {
     return absl::InvalidArgumentError("logits needs --ids FILE and --output FILE");
   }
@@ -212,13 +178,13 @@ absl::Status RunScore(const Flags& flags) {
   if (from_text == flags.Has("ids-file")) {
     return absl::InvalidArgumentError("score needs exactly one of --text-file or --ids-file");
   }
-  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(flags, /*need_tokenizer=*/from_text));
-  TransfoXlModel& model = *loaded.model;
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded, LoadModel(flags, /*need_tokenizer=*/from_text));
+  const Model& model = *loaded;
   const int64_t vocab = model.config().vocab_size;
   std::vector<int32_t> ids;
   if (from_text) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(flags.Get("text-file")));
-    ASSIGN_OR_RETURN(ids, loaded.tokenizer->Encode(text));
+    ASSIGN_OR_RETURN(ids, model.tokenizer()->Encode(text));
   } else {
     ASSIGN_OR_RETURN(ids, ReadIds(flags.Get("ids-file"), vocab));
   }
@@ -234,7 +200,7 @@ absl::Status RunScore(const Flags& flags) {
                          for (int64_t r = 0; r < logits.dim(0); ++r) {
                            const size_t next = static_cast<size_t>(first + r + 1);
                            if (next >= ids.size()) break;
-                           engine::LogSoftmax(logits.data<float>() + r * vocab, vocab, row.data());
+                           api::LogSoftmax(logits.data<float>() + r * vocab, vocab, row.data());
                            logprobs[next] = row[ids[next]];
                          }
                        }));
@@ -248,9 +214,9 @@ absl::Status RunScore(const Flags& flags) {
   const double total_bits = total_nats / std::log(2.0);
   const size_t scored = ids.size() - 1;
   int64_t bytes = -1;
-  if (loaded.tokenizer) {
+  if (model.tokenizer() != nullptr) {
     ASSIGN_OR_RETURN(std::string scored_text,
-                     loaded.tokenizer->Decode(std::vector<int32_t>(ids.begin() + 1, ids.end())));
+                     model.tokenizer()->Decode(std::vector<int32_t>(ids.begin() + 1, ids.end())));
     bytes = static_cast<int64_t>(scored_text.size());
   }
   const double bpb = bytes > 0 ? total_bits / static_cast<double>(bytes) : NAN;
@@ -271,9 +237,10 @@ absl::Status RunScore(const Flags& flags) {
 }
 
 absl::Status RunGenerate(const Flags& flags) {
-  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(flags, /*need_tokenizer=*/true));
-  TransfoXlModel& model = *loaded.model;
-  const engine::Tokenizer& tokenizer = *loaded.tokenizer;
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded,
+                   LoadModel(flags, /*need_tokenizer=*/true, /*draft=*/true));
+  const Model& model = *loaded;
+  const api::Tokenizer& tokenizer = *model.tokenizer();
   std::string prompt;
   if (flags.Has("prompt") == flags.Has("prompt-file")) {
     return absl::InvalidArgumentError("generate needs exactly one of --prompt or --prompt-file");
@@ -286,124 +253,69 @@ absl::Status RunGenerate(const Flags& flags) {
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
 
-  engine::SamplingParams params;
-  ASSIGN_OR_RETURN(params.temperature, flags.Float("temperature", 1.0f));
+  api::GenerationParams params;
+  api::SamplingParams& sampling = params.sampling;
+  ASSIGN_OR_RETURN(sampling.temperature, flags.Float("temperature", 1.0f));
   ASSIGN_OR_RETURN(int64_t top_k, flags.Int("top-k", 0, 0, 1 << 30));
-  params.top_k = static_cast<int32_t>(top_k);
-  ASSIGN_OR_RETURN(params.top_p, flags.Float("top-p", 1.0f));
-  ASSIGN_OR_RETURN(params.repetition_penalty, flags.Float("repetition-penalty", 1.0f));
+  sampling.top_k = static_cast<int32_t>(top_k);
+  ASSIGN_OR_RETURN(sampling.top_p, flags.Float("top-p", 1.0f));
+  ASSIGN_OR_RETURN(sampling.repetition_penalty, flags.Float("repetition-penalty", 1.0f));
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0, 0, INT64_MAX));
-  params.seed = static_cast<uint64_t>(seed);
+  sampling.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(int64_t top_logprobs, flags.Int("logprobs", 0, 0, 20));
-  params.top_logprobs = static_cast<int32_t>(top_logprobs);
-  RETURN_IF_ERROR(engine::ValidateSamplingParams(params));
-  ASSIGN_OR_RETURN(int64_t max_tokens, flags.Int("max-tokens", 64, 0, 1000000));
+  sampling.top_logprobs = static_cast<int32_t>(top_logprobs);
+  RETURN_IF_ERROR(api::ValidateSamplingParams(sampling));
+  ASSIGN_OR_RETURN(params.max_tokens, flags.Int("max-tokens", 64, 0, 1000000));
   ASSIGN_OR_RETURN(int64_t segment_len, SegmentLen(flags, model));
-  std::vector<int32_t> stop_ids;
   for (const std::string& s : flags.All("stop-id")) {
     int64_t id;
     if (!absl::SimpleAtoi(s, &id) || id < 0 || id >= model.config().vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("--stop-id \"", s, "\" is not a token id"));
     }
-    stop_ids.push_back(static_cast<int32_t>(id));
+    params.stop_ids.push_back(static_cast<int32_t>(id));
   }
   for (const std::string& s : flags.All("stop")) {
-    if (!engine::IsValidUtf8(s)) return absl::InvalidArgumentError("--stop is not valid UTF-8");
+    if (!api::IsValidUtf8(s)) return absl::InvalidArgumentError("--stop is not valid UTF-8");
   }
-  const int32_t eos = flags.Has("ignore-eos") ? -1 : tokenizer.eos_id();
-  engine::StopCondition stop(flags.All("stop"), stop_ids, eos);
-  engine::Sampler sampler(params);
-  ASSIGN_OR_RETURN(std::optional<engine::DraftSpec> draft_spec, DraftFor(flags));
+  params.stop = flags.All("stop");
+  params.ignore_eos = flags.Has("ignore-eos");
 
-  // Prefill all but the last prompt token in segments, then decode from the last one.
+  // The prompt is the pending document: all of it but the last token is fed in segments (to the
+  // draft as well), then generation decodes from the last one.
   ASSIGN_OR_RETURN(SessionState state, model.NewState());
-  std::vector<int32_t> head(ids.begin(), ids.end() - 1);
-  RETURN_IF_ERROR(
-      Feed(model, state, head, segment_len, LogitsMode::kNone, [](int64_t, const Tensor&) {}));
-  // Speculative decoding: the draft reads the same prompt and proposes; the model verifies.
-  Loaded draft;
   SessionState draft_state;
-  std::optional<engine::SpeculativeDecoder> speculative;
-  if (draft_spec) {
-    ASSIGN_OR_RETURN(draft, LoadModelFrom(flags, draft_spec->dir, /*need_tokenizer=*/false));
-    ASSIGN_OR_RETURN(draft_state, draft.model->NewState());
-    ASSIGN_OR_RETURN(int64_t draft_segment, SegmentLen(flags, *draft.model));
-    RETURN_IF_ERROR(Feed(*draft.model, draft_state, head, draft_segment, LogitsMode::kNone,
-                         [](int64_t, const Tensor&) {}));
-    ASSIGN_OR_RETURN(speculative,
-                     engine::SpeculativeDecoder::Create(model, &state, *draft.model, &draft_state,
-                                                        params, draft_spec->draft_tokens, ids));
+  if (model.draft() != nullptr) {
+    ASSIGN_OR_RETURN(draft_state, model.draft()->NewState());
   }
-  std::deque<engine::SampledToken> proposed;  // speculative tokens not yet emitted
-  std::vector<int32_t> history = ids;
-  std::vector<int32_t> generated;
-  std::vector<engine::SampledToken> samples;
-  engine::IncrementalDecoder decoder(tokenizer);
-  std::string text;    // decoded generated text
-  size_t printed = 0;  // bytes of `text` already on stdout
-  engine::FinishReason reason = engine::FinishReason::kLength;
-  bool stopped = false;
-  int32_t next = ids.back();
-  for (int64_t step = 0; step < max_tokens && !stopped; ++step) {
-    engine::SampledToken sample;
-    if (speculative) {
-      if (proposed.empty()) {
-        ASSIGN_OR_RETURN(std::vector<engine::SampledToken> more, speculative->Next());
-        proposed.assign(more.begin(), more.end());
-      }
-      sample = std::move(proposed.front());
-      proposed.pop_front();
-    } else {
-      Tensor logits;
-      RETURN_IF_ERROR(model.Forward({SequenceInput{&next, 1, &state}}, LogitsMode::kLast, &logits));
-      sample = sampler.Sample(logits.data<float>(), model.config().vocab_size, history);
-    }
-    next = sample.id;
-    samples.push_back(sample);
-    history.push_back(next);
-    generated.push_back(next);
-    ASSIGN_OR_RETURN(std::string delta, decoder.Push(next));
-    text += delta;
-    size_t keep = text.size();
-    if (auto r = stop.Check(next, text, &keep, delta.size())) {
-      reason = *r;
-      text.resize(keep);
-      stopped = true;
-      break;
-    }
-    // Emit what can no longer change: whole UTF-8 characters not possibly starting a stop string.
-    const size_t ready = engine::CompleteUtf8Prefix(
-        std::string_view(text).substr(0, text.size() - stop.PendingBytes(text)));
-    if (ready > printed) {
-      std::fwrite(text.data() + printed, 1, ready - printed, stdout);
-      std::fflush(stdout);
-      printed = ready;
-    }
-  }
-  if (!stopped) {  // the length limit: what the decoder still holds ends the text
-    ASSIGN_OR_RETURN(std::string rest, decoder.Flush());
-    text += rest;
-    size_t keep = text.size();
-    if (stop.Check(-1, text, &keep, rest.size()).has_value()) {
-      reason = engine::FinishReason::kStopString;
-      text.resize(keep);
-    }
-  }
-  if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
+  std::vector<int32_t> pending = ids;
+  const api::GenerationMemory memory{&state, &draft_state, &pending};
+  std::vector<api::SampledToken> samples;
+  ASSIGN_OR_RETURN(
+      api::GenerationResult result,
+      api::Generate(model, segment_len, memory, params, ids, api::DirectSteps(model, memory),
+                    [&](const api::GeneratedToken& token) {
+                      samples.push_back(token.sample);
+                      if (!token.text.empty()) {
+                        // Whole UTF-8 characters not possibly starting a stop string.
+                        std::fwrite(token.text.data(), 1, token.text.size(), stdout);
+                        std::fflush(stdout);
+                      }
+                      return true;
+                    }));
+  if (!result.tail.empty()) std::fwrite(result.tail.data(), 1, result.tail.size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
   std::string draft_note;
-  if (speculative) {
-    const engine::SpeculativeStats& st = speculative->stats();
-    draft_note =
-        absl::StrCat(", draft ", draft_spec->dir, ": ", st.cycles, " passes of ",
-                     draft_spec->draft_tokens, ", accepted ", st.accepted, " of ", st.drafted);
+  if (model.draft() != nullptr) {
+    draft_note = absl::StrCat(", draft ", model.draft()->dir(), ": ", result.draft_passes,
+                              " passes of ", model.draft_tokens(), ", accepted ",
+                              result.draft_accepted, " of ", result.draft_proposed);
   }
-  std::fprintf(stderr, "[finish: %s, prompt tokens %zu, generated %zu%s]\n",
-               std::string(engine::FinishReasonName(reason)).c_str(), ids.size(), generated.size(),
-               draft_note.c_str());
-  if (params.top_logprobs > 0) {
-    for (const engine::SampledToken& s : samples) {
+  std::fprintf(stderr, "[finish: %s, prompt tokens %zu, generated %lld%s]\n",
+               std::string(api::FinishReasonName(result.reason)).c_str(), ids.size(),
+               static_cast<long long>(result.generated), draft_note.c_str());
+  if (sampling.top_logprobs > 0) {
+    for (const api::SampledToken& s : samples) {
       std::fprintf(stderr, "%d\t%.4f", s.id, s.logprob);
       for (const auto& [id, lp] : s.top) std::fprintf(stderr, "\t%d:%.4f", id, lp);
       std::fputc('\n', stderr);
