@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "base/status_macros.h"
+#include "engine/model/enum_names.h"
+#include "engine/model/layer_entry_reader.h"
 #include "kernels/cpu/relative_attention.h"
 
 namespace mnemo::engine {
@@ -41,6 +43,28 @@ absl::StatusOr<std::unique_ptr<LayerState>> DenseLayerState::Map(TensorCopy copy
   ASSIGN_OR_RETURN(out->compressive, compressive.Map(copy));
   ASSIGN_OR_RETURN(out->memory, CopyRing(memory, copy));
   return out;
+}
+
+absl::Status DenseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
+                                              LayerConfig& layer) {
+  ASSIGN_OR_RETURN(layer.residual_attention, r.Bool("residual_attention", false));
+  ASSIGN_OR_RETURN(std::string memory, r.String("memory", "xl", EnumNames<MemoryKind>()));
+  layer.memory = *ParseEnum<MemoryKind>(memory);
+  if (layer.memory == MemoryKind::kXl) return absl::OkStatus();
+  if (c.mem_len < 1) return r.Error("(compressive) needs mem_len ≥ 1");
+  if (c.same_length) return r.Error("(compressive) needs same_length false");
+  ASSIGN_OR_RETURN(std::string f, r.String("compression", std::nullopt, EnumNames<Compression>()));
+  layer.compression = *ParseEnum<Compression>(f);
+  ASSIGN_OR_RETURN(layer.compression_rate, r.Int("compression_rate", 1, c.mem_len));
+  ASSIGN_OR_RETURN(layer.cmem_len, r.Int("cmem_len", 1, kMaxSpan));
+  if (layer.compression == Compression::kDilatedConv) {
+    ASSIGN_OR_RETURN(layer.compression_kernel,
+                     r.Int("compression_kernel", 1, layer.compression_rate, 2));
+    if (layer.compression_rate % layer.compression_kernel != 0) {
+      return r.Error("\"compression_kernel\" must divide \"compression_rate\"");
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DenseAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,

@@ -14,6 +14,8 @@
 
 namespace mnemo::engine {
 
+class LayerEntryReader;
+
 struct DenseLayerState final : LayerState {
   XlMemory memory;                // [mem_len, H·d_h] keys and values
   CompressiveMemory compressive;  // compressive layers only (undefined tensors otherwise)
@@ -31,6 +33,10 @@ class DenseAttentionLayer final : public AttentionLayer {
  public:
   // Precomputes the distance table and the "zeros" memory's rows from the host weights, in
   // float32 on the CPU backend, so every backend starts from the same constants bit for bit.
+  // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
+  // field; docs/checkpoint-format.md "layers").
+  static absl::Status ParseConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer);
   // qkv [3·H·d_h, D], r [H·d_h, D], r_w_bias / r_r_bias [H, d_h] (shared ones when untie_r is
   // false), and the learned compression [D, D, taps] + [D] of conv1d / dilated_conv layers.
   static absl::Status ReadWeights(const ModelConfig& config, int64_t layer,

@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "base/status_macros.h"
+#include "engine/model/enum_names.h"
+#include "engine/model/layer_entry_reader.h"
 
 namespace mnemo::engine {
 
@@ -12,6 +14,37 @@ absl::StatusOr<std::unique_ptr<LayerState>> LinearLayerState::Map(TensorCopy cop
   ASSIGN_OR_RETURN(out->sums.s, copy(sums.s));
   ASSIGN_OR_RETURN(out->sums.z, copy(sums.z));
   return out;
+}
+
+absl::Status LinearAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
+                                               LayerConfig& layer) {
+  const nlohmann::json& j = r.json();
+  ASSIGN_OR_RETURN(std::string map, r.String("feature_map", std::nullopt, EnumNames<FeatureMap>()));
+  layer.feature_map = *ParseEnum<FeatureMap>(map);
+  if (layer.feature_map == FeatureMap::kElu) {
+    if (r.Has("num_features")) return r.Error("(elu) has d_head features: no \"num_features\"");
+  } else {
+    ASSIGN_OR_RETURN(layer.num_features, r.Int("num_features", 1, 65536));
+  }
+  if (layer.feature_map == FeatureMap::kFavor && c.d_head > 128) {
+    // Keys carry no stabiliser (so the state can be carried): exp(u − ‖k̂‖²/2) ≤ exp(d_h/2)
+    // must stay far inside float32 range even summed over millions of tokens.
+    return r.Error("(favor) needs d_head ≤ 128");
+  }
+  if (r.Has("eps")) {
+    if (!j.at("eps").is_number() || !(j.at("eps").get<double>() > 0.0)) {
+      return r.Error("\"eps\" must be a number > 0");
+    }
+    layer.eps = j.at("eps").get<double>();
+  }
+  if (r.Has("gated")) {
+    if (!j.at("gated").is_boolean()) return r.Error("\"gated\" must be true or false");
+    layer.gated = j.at("gated").get<bool>();
+    if (layer.gated && layer.feature_map != FeatureMap::kRfa) {
+      return r.Error("\"gated\" is only for rfa");
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LinearAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,

@@ -11,6 +11,8 @@
 
 namespace mnemo::engine {
 
+class LayerEntryReader;
+
 struct LinearLayerState final : LayerState {
   LinearState sums;  // S [H, m', d_h], z [H, m']
 
@@ -23,6 +25,10 @@ class LinearAttentionLayer final : public AttentionLayer {
  public:
   LinearAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
 
+  // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
+  // field; docs/checkpoint-format.md "layers").
+  static absl::Status ParseConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer);
   // qkv [3·H·d_h, D]; features [num_features, d_h] (favor, rfa); gate [H, D] + [H] (gated).
   static absl::Status ReadWeights(const ModelConfig& config, int64_t layer,
                                   const std::string& prefix, ReadTensorFn read,

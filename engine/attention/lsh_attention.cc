@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "base/status_macros.h"
+#include "engine/model/enum_names.h"
+#include "engine/model/layer_entry_reader.h"
 
 namespace mnemo::engine {
 
@@ -16,6 +18,18 @@ absl::StatusOr<std::unique_ptr<LayerState>> LshLayerState::Map(TensorCopy copy) 
   RETURN_IF_ERROR(CopyDefined(buckets.buckets, copy, out->buckets.buckets));
   ASSIGN_OR_RETURN(out->history, CopyRing(history, copy));
   return out;
+}
+
+absl::Status LshAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& /*config*/,
+                                            LayerConfig& layer) {
+  ASSIGN_OR_RETURN(layer.n_hashes, r.Int("n_hashes", 1, 64));
+  ASSIGN_OR_RETURN(layer.n_buckets, r.Int("n_buckets", 2, 65536));
+  if (layer.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
+  ASSIGN_OR_RETURN(layer.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
+  ASSIGN_OR_RETURN(layer.history, r.Int("history", 1, kMaxSpan, 4096));
+  ASSIGN_OR_RETURN(std::string sort, r.String("sort", "window", {"window", "call"}));
+  layer.lsh_call_sort = sort == "call";
+  return absl::OkStatus();
 }
 
 absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,

@@ -13,6 +13,8 @@
 
 namespace mnemo::engine {
 
+class LayerEntryReader;
+
 struct LshLayerState final : LayerState {
   XlMemory history;    // [history − 1, H·d_h] normalised keys and values
   LshBuckets buckets;  // [history − 1, H·n_hashes]
@@ -27,6 +29,10 @@ class LshAttentionLayer final : public AttentionLayer {
  public:
   LshAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
 
+  // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
+  // field; docs/checkpoint-format.md "layers").
+  static absl::Status ParseConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer);
   // qkv [2·H·d_h, D] (shared query/key | value), rotations [H, d_h, n_hashes, n_buckets / 2].
   static absl::Status ReadWeights(const ModelConfig& config, int64_t layer,
                                   const std::string& prefix, ReadTensorFn read,

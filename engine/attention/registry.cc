@@ -22,6 +22,21 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
   return absl::InternalError("unknown attention kind");
 }
 
+absl::Status ParseAttentionConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer) {
+  switch (layer.attention) {
+    case AttentionKind::kDense:
+      return DenseAttentionLayer::ParseConfig(reader, config, layer);
+    case AttentionKind::kLinear:
+      return LinearAttentionLayer::ParseConfig(reader, config, layer);
+    case AttentionKind::kSparse:
+      return SparseAttentionLayer::ParseConfig(reader, config, layer);
+    case AttentionKind::kLsh:
+      return LshAttentionLayer::ParseConfig(reader, config, layer);
+  }
+  return absl::InternalError("unknown attention kind");
+}
+
 absl::Status ReadAttentionWeights(const ModelConfig& config, int64_t layer,
                                   const std::string& prefix, ReadTensorFn read,
                                   const SharedAttentionWeights& shared,

@@ -1,6 +1,6 @@
 // The attention kinds: the one list that turns a layer's configured kind into its AttentionLayer.
-// Adding a kind is a new file pair in this folder and one case here (the switch has no default,
-// so a kind that is not listed fails to compile).
+// Adding a kind is a new file pair in this folder and one case in each switch here (they have no
+// default, so a kind that is not listed fails to compile).
 #pragma once
 
 #include <cstdint>
@@ -13,10 +13,16 @@
 
 namespace mnemo::engine {
 
+class LayerEntryReader;
+
 // Layer `layer`'s attention, with what it precomputes from the host weights (before the weights
 // move to the model's device; AttentionLayer::Bind follows).
 absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
     const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights);
+
+// Reads and validates the fields of `layer.attention`'s kind from its "layers" entry.
+absl::Status ParseAttentionConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer);
 
 // Reads layer `layer`'s attention weights under `prefix` ("layers.g.attn."): the projections
 // (qkv) and what the kind adds (distance projection and biases, compression, features and

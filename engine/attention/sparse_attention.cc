@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "base/status_macros.h"
+#include "engine/model/enum_names.h"
+#include "engine/model/layer_entry_reader.h"
 
 namespace mnemo::engine {
 namespace {
@@ -21,6 +23,98 @@ absl::StatusOr<std::unique_ptr<LayerState>> SparseLayerState::Map(TensorCopy cop
   ASSIGN_OR_RETURN(out->globals, globals.Map(copy));
   ASSIGN_OR_RETURN(out->window, CopyRing(window, copy));
   return out;
+}
+
+absl::Status SparseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
+                                               LayerConfig& layer) {
+  ASSIGN_OR_RETURN(layer.residual_attention, r.Bool("residual_attention", false));
+  const nlohmann::json& j = r.json();
+  ASSIGN_OR_RETURN(std::string pattern, r.String("pattern", "window", EnumNames<SparsePattern>()));
+  const int64_t n_head = c.n_head;
+  layer.pattern = *ParseEnum<SparsePattern>(pattern);
+  if (pattern == "window") {
+    ASSIGN_OR_RETURN(layer.window, r.Int("window", 1, kMaxSpan));
+    layer.dilations.assign(static_cast<size_t>(n_head), 1);
+    if (r.Has("dilation")) {
+      const nlohmann::json& d = j.at("dilation");
+      auto positive = [](const nlohmann::json& v) {
+        return v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= kMaxSpan;
+      };
+      if (positive(d)) {
+        layer.dilations.assign(static_cast<size_t>(n_head), d.get<int64_t>());
+      } else if (d.is_array() && static_cast<int64_t>(d.size()) == n_head &&
+                 std::all_of(d.begin(), d.end(), positive)) {
+        for (int64_t h = 0; h < n_head; ++h) layer.dilations[h] = d[h].get<int64_t>();
+      } else {
+        return r.Error(absl::StrCat(
+            "\"dilation\" must be an integer ≥ 1 or a list of n_head = ", n_head, " of them"));
+      }
+    }
+    if (layer.sparse_span() > kMaxSpan) {
+      return r.Error("window × dilation must be at most 1048576");
+    }
+  } else {
+    ASSIGN_OR_RETURN(layer.span, r.Int("span", 1, kMaxSpan));
+    if (pattern == "strided" || pattern == "fixed") {
+      const bool strided = pattern == "strided";
+      layer.pattern = strided ? SparsePattern::kStrided : SparsePattern::kFixed;
+      if (strided) {
+        ASSIGN_OR_RETURN(layer.stride, r.Int("stride", 1, kMaxSpan));
+      } else {
+        ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
+        ASSIGN_OR_RETURN(layer.summary, r.Int("summary", 1, layer.block));
+      }
+      const std::vector<std::string> names = strided ? std::vector<std::string>{"local", "strided"}
+                                                     : std::vector<std::string>{"block", "summary"};
+      std::vector<uint8_t> parts = {1, 2};
+      if (r.Has("components")) {
+        const nlohmann::json& v = j.at("components");
+        parts.clear();
+        if (!v.is_array() || v.empty() || v.size() > 2) {
+          return r.Error(absl::StrCat("\"components\" must list one or both of \"", names[0],
+                                      "\", \"", names[1], "\""));
+        }
+        for (const nlohmann::json& x : v) {
+          const int idx = !x.is_string()                     ? -1
+                          : x.get<std::string>() == names[0] ? 0
+                          : x.get<std::string>() == names[1] ? 1
+                                                             : -1;
+          if (idx < 0 || std::count(parts.begin(), parts.end(), uint8_t(1u << idx)) > 0) {
+            return r.Error(absl::StrCat("\"components\" must list one or both of \"", names[0],
+                                        "\", \"", names[1], "\" (each once)"));
+          }
+          parts.push_back(static_cast<uint8_t>(1u << idx));
+        }
+      }
+      ASSIGN_OR_RETURN(std::string split, r.String("split", "heads", {"heads", "union"}));
+      layer.head_components.assign(static_cast<size_t>(n_head), 0);
+      for (int64_t h = 0; h < n_head; ++h) {
+        if (split == "heads") {
+          layer.head_components[h] = parts[static_cast<size_t>(h) % parts.size()];
+        } else {
+          for (uint8_t p : parts) layer.head_components[h] |= p;
+        }
+      }
+    } else {
+      layer.pattern = SparsePattern::kBigBird;
+      ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
+      ASSIGN_OR_RETURN(layer.window_blocks, r.Int("window_blocks", 1, kMaxSpan, 3));
+      ASSIGN_OR_RETURN(layer.random_blocks, r.Int("random_blocks", 0, 4096, 2));
+      ASSIGN_OR_RETURN(int64_t seed, r.Int("seed", 0, std::numeric_limits<int64_t>::max(), 0));
+      layer.seed = static_cast<uint64_t>(seed);
+    }
+  }
+  ASSIGN_OR_RETURN(layer.global_positions,
+                   r.IntList("global_positions", 0, std::numeric_limits<int64_t>::max() / 4));
+  ASSIGN_OR_RETURN(std::vector<int64_t> tokens, r.IntList("global_tokens", 0, c.vocab_size - 1));
+  layer.global_tokens.assign(tokens.begin(), tokens.end());
+  const int64_t default_kept = static_cast<int64_t>(layer.global_positions.size());
+  ASSIGN_OR_RETURN(layer.max_global,
+                   r.Int("max_global", 0, 65536, std::min<int64_t>(default_kept, 65536)));
+  if (!layer.global_tokens.empty() && layer.max_global < 1) {
+    return r.Error("\"global_tokens\" needs \"max_global\" ≥ 1");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SparseAttentionLayer::ReadWeights(const ModelConfig& c, const std::string& p,

@@ -13,6 +13,8 @@
 
 namespace mnemo::engine {
 
+class LayerEntryReader;
+
 struct SparseLayerState final : LayerState {
   XlMemory window;      // [sparse_span, H·d_h] keys and values
   GlobalStore globals;  // layers with globals only
@@ -27,6 +29,10 @@ class SparseAttentionLayer final : public AttentionLayer {
  public:
   SparseAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
 
+  // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
+  // field; docs/checkpoint-format.md "layers").
+  static absl::Status ParseConfig(LayerEntryReader& reader, const ModelConfig& config,
+                                  LayerConfig& layer);
   // qkv [3·H·d_h, D]: nothing beyond the projections.
   static absl::Status ReadWeights(const ModelConfig& config, const std::string& prefix,
                                   ReadTensorFn read, TransfoXlLayerWeights& weights);
