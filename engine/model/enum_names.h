@@ -4,7 +4,7 @@
 // (nullopt for an unknown one) and EnumNames<E>() every name, for error messages.
 //
 // Adding an enumerator means adding its row here; the static_asserts below and
-// tests/engine/enum_names_test.cc fail until the table covers it in order.
+// tests/engine/model/enum_names_test.cc fail until the table covers it in order.
 #pragma once
 
 #include <array>
