@@ -1,5 +1,7 @@
 // GPU dtype widening against the CPU conversion (the oracle). Skips with a message when the
 // machine has no CUDA device; runs on the GPU machine.
+#include "kernels/cuda/convert.h"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -7,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include "base/dtype.h"
-#include "kernels/cuda/convert.h"
 
 namespace mnemo::kernels::cuda {
 namespace {
