@@ -1,4 +1,5 @@
-// One session's part of a batch: the tokens a Forward call runs for it and its state.
+// A Forward call's batch: each session's part (its tokens and its state), and which logits the
+// call returns.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,12 @@ struct SequenceInput {
   // rows (speculative verification). Other kinds are already split-invariant. Not with
   // residual_attention (RealFormer) models: INVALID_ARGUMENT.
   bool token_by_token = false;
+};
+
+enum class LogitsMode : uint8_t {
+  kNone,  // only update the states (ingest)
+  kLast,  // logits of each sequence's last token: [batch, vocab]
+  kAll,   // logits of every token, sequences concatenated in batch order: [Σ num_tokens, vocab]
 };
 
 }  // namespace mnemo::engine

@@ -19,23 +19,11 @@
 #include "engine/backend/backend.h"
 #include "engine/memory/session_state.h"
 #include "engine/model/model_config.h"
+#include "engine/model/model_options.h"
 #include "engine/model/sequence_input.h"
 #include "engine/model/transfo_xl_weights.h"
 
 namespace mnemo::engine {
-
-enum class LogitsMode : uint8_t {
-  kNone,  // only update the states (ingest)
-  kLast,  // logits of each sequence's last token: [batch, vocab]
-  kAll,   // logits of every token, sequences concatenated in batch order: [Σ num_tokens, vocab]
-};
-
-// How a model is prepared at load.
-struct ModelOptions {
-  // CPU: pruned weight matrices (checkpoints store them densely with zeros) run from a sparse
-  // form (CSR or 2:4) wherever that moves at most 80% of the dense bytes (sparse_weight.h).
-  bool sparse_weights = true;
-};
 
 class TransfoXlModel {
  public:
