@@ -123,34 +123,34 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
       case engine::api::AttentionKind::kDense:
         layer->set_attention(v1::ATTENTION_KIND_DENSE);
         layer->set_memory_tokens(c.mem_len);
-        if (lc.compressive()) {
-          layer->set_compression(std::string(engine::api::EnumName(lc.compression)));
-          layer->set_compression_rate(lc.compression_rate);
-          layer->set_cmem_len(lc.cmem_len);
-          compression_rate = std::max(compression_rate, lc.compression_rate);
+        if (lc.dense.compressive()) {
+          layer->set_compression(std::string(engine::api::EnumName(lc.dense.compression)));
+          layer->set_compression_rate(lc.dense.compression_rate);
+          layer->set_cmem_len(lc.dense.cmem_len);
+          compression_rate = std::max(compression_rate, lc.dense.compression_rate);
         }
         break;
       case engine::api::AttentionKind::kLsh:
         layer->set_attention(v1::ATTENTION_KIND_LSH);
-        layer->set_memory_tokens(lc.history - 1);
-        layer->set_n_hashes(lc.n_hashes);
-        layer->set_n_buckets(lc.n_buckets);
-        layer->set_chunk_len(lc.chunk_len);
-        layer->set_history(lc.history);
+        layer->set_memory_tokens(lc.lsh.history - 1);
+        layer->set_n_hashes(lc.lsh.n_hashes);
+        layer->set_n_buckets(lc.lsh.n_buckets);
+        layer->set_chunk_len(lc.lsh.chunk_len);
+        layer->set_history(lc.lsh.history);
         break;
       case engine::api::AttentionKind::kLinear:
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
-        layer->set_feature_map(std::string(engine::api::EnumName(lc.feature_map)));
-        layer->set_num_features(lc.num_features);
+        layer->set_feature_map(std::string(engine::api::EnumName(lc.linear.feature_map)));
+        layer->set_num_features(lc.linear.num_features);
         break;
       case engine::api::AttentionKind::kSparse:
         layer->set_attention(v1::ATTENTION_KIND_SPARSE);
-        layer->set_pattern(std::string(engine::api::EnumName(lc.pattern)));
-        layer->set_window(lc.window);
-        for (int64_t d : lc.dilations) layer->add_dilations(d);
-        layer->set_memory_tokens(lc.sparse_span());
-        layer->set_span(lc.sparse_span());
-        layer->set_max_global(lc.max_global);
+        layer->set_pattern(std::string(engine::api::EnumName(lc.sparse.pattern)));
+        layer->set_window(lc.sparse.window);
+        for (int64_t d : lc.sparse.dilations) layer->add_dilations(d);
+        layer->set_memory_tokens(lc.sparse.sparse_span());
+        layer->set_span(lc.sparse.sparse_span());
+        layer->set_max_global(lc.sparse.max_global);
         break;
     }
     layer->set_parameter_group(c.param_layer(l));

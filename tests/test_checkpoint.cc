@@ -264,19 +264,20 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       t.push_back({p + "attn.r_r_bias", {c.n_head, c.d_head}});
     }
     if (lc.attention == engine::AttentionKind::kLinear) {
-      if (lc.feature_map != engine::FeatureMap::kElu) {
-        t.push_back({p + "attn.features", {lc.num_features, c.d_head}});
+      if (lc.linear.feature_map != engine::FeatureMap::kElu) {
+        t.push_back({p + "attn.features", {lc.linear.num_features, c.d_head}});
       }
-      if (lc.gated) {
+      if (lc.linear.gated) {
         t.push_back({p + "attn.gate.weight", {c.n_head, d}});
         t.push_back({p + "attn.gate.bias", {c.n_head}});
       }
     }
     if (lsh) {
-      t.push_back({p + "attn.rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}});
+      t.push_back(
+          {p + "attn.rotations", {c.n_head, c.d_head, lc.lsh.n_hashes, lc.lsh.n_buckets / 2}});
     }
-    if (lc.compress_taps() > 0) {  // last, so the other tensors draw the same values
-      extra.push_back({p + "attn.compress.weight", {d, d, lc.compress_taps()}});
+    if (lc.dense.compress_taps() > 0) {  // last, so the other tensors draw the same values
+      extra.push_back({p + "attn.compress.weight", {d, d, lc.dense.compress_taps()}});
       extra.push_back({p + "attn.compress.bias", {d}});
     }
     t.push_back({p + "ff.fc1.weight", {c.d_inner, d}});

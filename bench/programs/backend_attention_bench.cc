@@ -172,7 +172,7 @@ Tensor RandomOn(Backend& be, std::vector<int64_t> shape, std::mt19937& rng) {
 int64_t Nonzeros(const Options& o, const engine::LayerConfig& l) {
   if (o.kind == "linear" || o.kind == "lsh") return -1;
   if (o.kind == "dense") return o.len * (o.len + 1) / 2 * o.heads;
-  const kernels::SparsePattern pattern = engine::PatternOf(l);
+  const kernels::SparsePattern pattern = engine::PatternOf(l.sparse);
   std::vector<int64_t> positions;
   int64_t total = 0;
   for (int h = 0; h < o.heads; ++h) {
@@ -225,30 +225,31 @@ int Run(const Options& o) {
     linear.z = Check(be->Allocate(DType::kF32, {o.heads, o.head_dim}), "state");
     input = Check(be->Allocate(DType::kF32, {t, 1}), "input");
     call = [&] {
-      return be->LinearAttention(
-          {{&qkv, &input, &layer, nullptr, nullptr, nullptr, &linear, o.heads, o.head_dim, &out}});
+      return be->LinearAttention({{&qkv, &input, &layer.linear, nullptr, nullptr, nullptr, &linear,
+                                   o.heads, o.head_dim, &out}});
     };
   } else if (o.kind == "lsh") {
     // The shared query/key | value rows; the ring (history − 1 rows) takes the new positions'
     // keys, values and buckets but is never advanced, so every call starts from an empty one.
     qk_v = RandomOn(*be, {t, 2 * w}, rng);
-    rotations = RandomOn(*be, {o.heads, o.head_dim, layer.n_hashes, layer.n_buckets / 2}, rng);
-    const int64_t ring_rows = std::max<int64_t>(layer.history - 1, 1);
+    rotations =
+        RandomOn(*be, {o.heads, o.head_dim, layer.lsh.n_hashes, layer.lsh.n_buckets / 2}, rng);
+    const int64_t ring_rows = std::max<int64_t>(layer.lsh.history - 1, 1);
     memory = engine::XlMemory(Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"),
                               Check(be->Allocate(DType::kF32, {ring_rows, w}), "ring"));
     buckets.buckets =
-        Check(be->Allocate(DType::kI32, {ring_rows, o.heads * layer.n_hashes}), "ring");
+        Check(be->Allocate(DType::kI32, {ring_rows, o.heads * layer.lsh.n_hashes}), "ring");
     call = [&] {
       return be->LshAttention(
-          {{&qk_v, &memory, &buckets, &layer, &rotations, o.heads, o.head_dim, &out}});
+          {{&qk_v, &memory, &buckets, &layer.lsh, &rotations, o.heads, o.head_dim, &out}});
     };
   } else {
-    const int64_t span = std::max<int64_t>(layer.sparse_span(), 1);
+    const int64_t span = std::max<int64_t>(layer.sparse.sparse_span(), 1);
     memory = engine::XlMemory(Check(be->Allocate(DType::kF32, {span, w}), "ring"),
                               Check(be->Allocate(DType::kF32, {span, w}), "ring"));
     call = [&] {
       return be->SparseAttention(
-          {{&qkv, &memory, &layer, o.heads, o.head_dim, &out, tokens.data(), 0, &globals}});
+          {{&qkv, &memory, &layer.sparse, o.heads, o.head_dim, &out, tokens.data(), 0, &globals}});
     };
   }
   Check(be->Synchronize(), "set-up");

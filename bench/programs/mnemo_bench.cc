@@ -286,7 +286,8 @@ int64_t FullMemoryTokens(const engine::ModelConfig& c) {
   int64_t extra = 0;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const engine::LayerConfig& lc = c.layer(l);
-    if (lc.compressive()) extra = std::max(extra, lc.compression_rate * lc.cmem_len);
+    if (lc.dense.compressive())
+      extra = std::max(extra, lc.dense.compression_rate * lc.dense.cmem_len);
   }
   return c.mem_len + extra;
 }
@@ -333,9 +334,9 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
     memory += 4 * (2 * (rows + compressed) * w                       // keys, values
                    + (std::min(rows + compressed, clamp) + 1) * w);  // distance-table rows
     const engine::LayerConfig& lc = c.layer(l);
-    if (lc.compressive()) {
-      compressor += 4.0 * static_cast<double>(d * d * lc.compress_taps() + d) /
-                    static_cast<double>(lc.compression_rate);
+    if (lc.dense.compressive()) {
+      compressor += 4.0 * static_cast<double>(d * d * lc.dense.compress_taps() + d) /
+                    static_cast<double>(lc.dense.compression_rate);
     }
   }
   memory += static_cast<int64_t>(compressor);

@@ -49,18 +49,18 @@ absl::Status DenseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelCo
                                               LayerConfig& layer) {
   ASSIGN_OR_RETURN(layer.residual_attention, r.Bool("residual_attention", false));
   ASSIGN_OR_RETURN(std::string memory, r.String("memory", "xl", EnumNames<MemoryKind>()));
-  layer.memory = *ParseEnum<MemoryKind>(memory);
-  if (layer.memory == MemoryKind::kXl) return absl::OkStatus();
+  layer.dense.memory = *ParseEnum<MemoryKind>(memory);
+  if (layer.dense.memory == MemoryKind::kXl) return absl::OkStatus();
   if (c.mem_len < 1) return r.Error("(compressive) needs mem_len ≥ 1");
   if (c.same_length) return r.Error("(compressive) needs same_length false");
   ASSIGN_OR_RETURN(std::string f, r.String("compression", std::nullopt, EnumNames<Compression>()));
-  layer.compression = *ParseEnum<Compression>(f);
-  ASSIGN_OR_RETURN(layer.compression_rate, r.Int("compression_rate", 1, c.mem_len));
-  ASSIGN_OR_RETURN(layer.cmem_len, r.Int("cmem_len", 1, kMaxSpan));
-  if (layer.compression == Compression::kDilatedConv) {
-    ASSIGN_OR_RETURN(layer.compression_kernel,
-                     r.Int("compression_kernel", 1, layer.compression_rate, 2));
-    if (layer.compression_rate % layer.compression_kernel != 0) {
+  layer.dense.compression = *ParseEnum<Compression>(f);
+  ASSIGN_OR_RETURN(layer.dense.compression_rate, r.Int("compression_rate", 1, c.mem_len));
+  ASSIGN_OR_RETURN(layer.dense.cmem_len, r.Int("cmem_len", 1, kMaxSpan));
+  if (layer.dense.compression == Compression::kDilatedConv) {
+    ASSIGN_OR_RETURN(layer.dense.compression_kernel,
+                     r.Int("compression_kernel", 1, layer.dense.compression_rate, 2));
+    if (layer.dense.compression_rate % layer.dense.compression_kernel != 0) {
       return r.Error("\"compression_kernel\" must divide \"compression_rate\"");
     }
   }
@@ -75,7 +75,7 @@ absl::Status DenseAttentionLayer::ReadWeights(const ModelConfig& c, int64_t laye
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * hd, d}));
   ASSIGN_OR_RETURN(lw.r, read(p + "r.weight", {hd, d}));
-  if (const int64_t taps = lc.compress_taps(); taps > 0) {
+  if (const int64_t taps = lc.dense.compress_taps(); taps > 0) {
     ASSIGN_OR_RETURN(lw.compress, read(p + "compress.weight", {d, d, taps}));
     ASSIGN_OR_RETURN(lw.compress_bias, read(p + "compress.bias", {d}));
   }
@@ -115,7 +115,7 @@ absl::Status DenseAttentionLayer::Bind(const TransfoXlLayerWeights& weights, Bac
   ASSIGN_OR_RETURN(rel_table_, backend.CopyFromHost(rel_table_));
   ASSIGN_OR_RETURN(zero_keys_, backend.CopyFromHost(zero_keys_));
   ASSIGN_OR_RETURN(zero_values_, backend.CopyFromHost(zero_values_));
-  if (lc_.compressive()) {  // the "zeros" memory's hidden rows, for compression
+  if (lc_.dense.compressive()) {  // the "zeros" memory's hidden rows, for compression
     ASSIGN_OR_RETURN(zero_hidden_, backend.CopyFromHost(zero_hidden_));
   }
   return absl::OkStatus();
@@ -125,11 +125,11 @@ size_t DenseAttentionLayer::StateBytes() const {
   const ModelConfig& c = config_;
   constexpr size_t kF = sizeof(float);
   size_t bytes = SessionStateBytes(1, c.mem_len, c.attn_width());
-  if (lc_.compressive()) {
-    bytes += SessionStateBytes(1, lc_.cmem_len, c.attn_width()) +
-             static_cast<size_t>((c.mem_len + lc_.compression_rate) * c.d_model) * kF;
-    if (lc_.compression == Compression::kMostUsed) {
-      bytes += static_cast<size_t>(c.mem_len + lc_.compression_rate) * kF;
+  if (lc_.dense.compressive()) {
+    bytes += SessionStateBytes(1, lc_.dense.cmem_len, c.attn_width()) +
+             static_cast<size_t>((c.mem_len + lc_.dense.compression_rate) * c.d_model) * kF;
+    if (lc_.dense.compression == Compression::kMostUsed) {
+      bytes += static_cast<size_t>(c.mem_len + lc_.dense.compression_rate) * kF;
     }
   }
   return bytes;
@@ -150,17 +150,17 @@ absl::StatusOr<std::unique_ptr<LayerState>> DenseAttentionLayer::NewState(Backen
     RETURN_IF_ERROR(be.FillRows(zero_values_, state->memory.values()));
     state->memory.MarkFull();
   }
-  if (lc_.compressive()) {
+  if (lc_.dense.compressive()) {
     CompressiveMemory& cm = state->compressive;
-    const int64_t rate = lc_.compression_rate;
+    const int64_t rate = lc_.dense.compression_rate;
     ASSIGN_OR_RETURN(cm.hidden, be.Allocate(DType::kF32, {c.mem_len, c.d_model}));
     if (fill) RETURN_IF_ERROR(be.FillRows(zero_hidden_, cm.hidden));
     ASSIGN_OR_RETURN(cm.pending, be.Allocate(DType::kF32, {rate, c.d_model}));
-    const std::vector<int64_t> cshape = {lc_.cmem_len, c.attn_width()};
+    const std::vector<int64_t> cshape = {lc_.dense.cmem_len, c.attn_width()};
     ASSIGN_OR_RETURN(Tensor ckeys, be.Allocate(DType::kF32, cshape));
     ASSIGN_OR_RETURN(Tensor cvalues, be.Allocate(DType::kF32, cshape));
     cm.compressed = XlMemory(std::move(ckeys), std::move(cvalues));
-    if (lc_.compression == Compression::kMostUsed) {
+    if (lc_.dense.compression == Compression::kMostUsed) {
       ASSIGN_OR_RETURN(cm.usage, be.Allocate(DType::kF32, {c.mem_len}));
       ASSIGN_OR_RETURN(cm.pending_usage, be.Allocate(DType::kF32, {rate}));
     }
@@ -270,18 +270,19 @@ absl::Status DenseAttentionLayer::Attend(const AttentionCall& call, const std::v
                                          c.mem_len, c.clamp_len, c.same_length, &out_rows[k]});
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];
     if (call.scores[b].defined()) args.back().scores = &call.scores[b];
-    if (lc_.compressive()) {
+    if (lc_.dense.compressive()) {
       args.back().compressed = &st.compressive.compressed;
-      if (lc_.compression == Compression::kMostUsed) args.back().usage = &st.compressive.usage;
+      if (lc_.dense.compression == Compression::kMostUsed)
+        args.back().usage = &st.compressive.usage;
     }
   }
   RETURN_IF_ERROR(be.RelativeAttention(args));
-  if (lc_.compressive()) {  // evictions are compressed before the append overwrites them
+  if (lc_.dense.compressive()) {  // evictions are compressed before the append overwrites them
     const Tensor kv_weight = lw.qkv.Rows(hd, 3 * hd);
     std::vector<CompressArgs> compress;
     for (size_t k = 0; k < rows.size(); ++k) {
       DenseLayerState& st = call.StateOf<DenseLayerState>(rows[k].seq, layer_);
-      compress.push_back({&hidden_rows[k], &st.memory, &st.compressive, &lc_, &kv_weight,
+      compress.push_back({&hidden_rows[k], &st.memory, &st.compressive, &lc_.dense, &kv_weight,
                           &lw.compress, &lw.compress_bias});
     }
     RETURN_IF_ERROR(be.CompressMemory(compress));

@@ -51,7 +51,7 @@ class DenseAttentionLayer final : public AttentionLayer {
   absl::StatusOr<std::unique_ptr<LayerState>> NewState(Backend& backend) const override;
   bool Fits(const LayerState& state) const override;
   // Compressive layers change a step's ops every compression_rate steps.
-  bool RepeatsSteps() const override { return !lc_.compressive(); }
+  bool RepeatsSteps() const override { return !lc_.dense.compressive(); }
   std::pair<int64_t, int64_t> ScoredMemoryKeys(const LayerState& state) const override;
   absl::Status Forward(const AttentionCall& call) const override;
 

@@ -20,13 +20,13 @@ absl::Status LinearAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelC
                                                LayerConfig& layer) {
   const nlohmann::json& j = r.json();
   ASSIGN_OR_RETURN(std::string map, r.String("feature_map", std::nullopt, EnumNames<FeatureMap>()));
-  layer.feature_map = *ParseEnum<FeatureMap>(map);
-  if (layer.feature_map == FeatureMap::kElu) {
+  layer.linear.feature_map = *ParseEnum<FeatureMap>(map);
+  if (layer.linear.feature_map == FeatureMap::kElu) {
     if (r.Has("num_features")) return r.Error("(elu) has d_head features: no \"num_features\"");
   } else {
-    ASSIGN_OR_RETURN(layer.num_features, r.Int("num_features", 1, 65536));
+    ASSIGN_OR_RETURN(layer.linear.num_features, r.Int("num_features", 1, 65536));
   }
-  if (layer.feature_map == FeatureMap::kFavor && c.d_head > 128) {
+  if (layer.linear.feature_map == FeatureMap::kFavor && c.d_head > 128) {
     // Keys carry no stabiliser (so the state can be carried): exp(u − ‖k̂‖²/2) ≤ exp(d_h/2)
     // must stay far inside float32 range even summed over millions of tokens.
     return r.Error("(favor) needs d_head ≤ 128");
@@ -35,12 +35,12 @@ absl::Status LinearAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelC
     if (!j.at("eps").is_number() || !(j.at("eps").get<double>() > 0.0)) {
       return r.Error("\"eps\" must be a number > 0");
     }
-    layer.eps = j.at("eps").get<double>();
+    layer.linear.eps = j.at("eps").get<double>();
   }
   if (r.Has("gated")) {
     if (!j.at("gated").is_boolean()) return r.Error("\"gated\" must be true or false");
-    layer.gated = j.at("gated").get<bool>();
-    if (layer.gated && layer.feature_map != FeatureMap::kRfa) {
+    layer.linear.gated = j.at("gated").get<bool>();
+    if (layer.linear.gated && layer.linear.feature_map != FeatureMap::kRfa) {
       return r.Error("\"gated\" is only for rfa");
     }
   }
@@ -53,10 +53,10 @@ absl::Status LinearAttentionLayer::ReadWeights(const ModelConfig& c, int64_t lay
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * c.attn_width(), c.d_model}));
   // No positions, no r biases; random features and gate as configured.
-  if (lc.feature_map != FeatureMap::kElu) {
-    ASSIGN_OR_RETURN(lw.features, read(p + "features", {lc.num_features, c.d_head}));
+  if (lc.linear.feature_map != FeatureMap::kElu) {
+    ASSIGN_OR_RETURN(lw.features, read(p + "features", {lc.linear.num_features, c.d_head}));
   }
-  if (lc.gated) {
+  if (lc.linear.gated) {
     ASSIGN_OR_RETURN(lw.gate_weight, read(p + "gate.weight", {c.n_head, c.d_model}));
     ASSIGN_OR_RETURN(lw.gate_bias, read(p + "gate.bias", {c.n_head}));
   }
@@ -96,7 +96,7 @@ absl::Status LinearAttentionLayer::Forward(const AttentionCall& call) const {
   const TransfoXlLayerWeights& lw = *weights_;
   std::vector<LinearAttentionArgs> args;
   for (size_t b = 0; b < call.batch.size(); ++b) {
-    args.push_back({&qkv_rows[b], &input_rows[b], &lc_, &lw.features, &lw.gate_weight,
+    args.push_back({&qkv_rows[b], &input_rows[b], &lc_.linear, &lw.features, &lw.gate_weight,
                     &lw.gate_bias, &call.StateOf<LinearLayerState>(b, layer_).sums,
                     static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
                     &out_rows[b]});

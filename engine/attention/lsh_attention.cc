@@ -22,13 +22,13 @@ absl::StatusOr<std::unique_ptr<LayerState>> LshLayerState::Map(TensorCopy copy) 
 
 absl::Status LshAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& /*config*/,
                                             LayerConfig& layer) {
-  ASSIGN_OR_RETURN(layer.n_hashes, r.Int("n_hashes", 1, 64));
-  ASSIGN_OR_RETURN(layer.n_buckets, r.Int("n_buckets", 2, 65536));
-  if (layer.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
-  ASSIGN_OR_RETURN(layer.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
-  ASSIGN_OR_RETURN(layer.history, r.Int("history", 1, kMaxSpan, 4096));
+  ASSIGN_OR_RETURN(layer.lsh.n_hashes, r.Int("n_hashes", 1, 64));
+  ASSIGN_OR_RETURN(layer.lsh.n_buckets, r.Int("n_buckets", 2, 65536));
+  if (layer.lsh.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
+  ASSIGN_OR_RETURN(layer.lsh.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
+  ASSIGN_OR_RETURN(layer.lsh.history, r.Int("history", 1, kMaxSpan, 4096));
   ASSIGN_OR_RETURN(std::string sort, r.String("sort", "window", {"window", "call"}));
-  layer.lsh_call_sort = sort == "call";
+  layer.lsh.lsh_call_sort = sort == "call";
   return absl::OkStatus();
 }
 
@@ -37,31 +37,33 @@ absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
                                             TransfoXlLayerWeights& lw) {
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {2 * c.attn_width(), c.d_model}));
-  ASSIGN_OR_RETURN(lw.rotations,
-                   read(p + "rotations", {c.n_head, c.d_head, lc.n_hashes, lc.n_buckets / 2}));
+  ASSIGN_OR_RETURN(lw.rotations, read(p + "rotations",
+                                      {c.n_head, c.d_head, lc.lsh.n_hashes, lc.lsh.n_buckets / 2}));
   return absl::OkStatus();
 }
 
 size_t LshAttentionLayer::StateBytes() const {
-  return SessionStateBytes(1, lc_.history - 1, config_.attn_width()) +
-         static_cast<size_t>((lc_.history - 1) * config_.n_head * lc_.n_hashes) * sizeof(int32_t);
+  return SessionStateBytes(1, lc_.lsh.history - 1, config_.attn_width()) +
+         static_cast<size_t>((lc_.lsh.history - 1) * config_.n_head * lc_.lsh.n_hashes) *
+             sizeof(int32_t);
 }
 
 absl::StatusOr<std::unique_ptr<LayerState>> LshAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<LshLayerState>();  // normalised keys, values, buckets
-  const std::vector<int64_t> shape = {lc_.history - 1, config_.attn_width()};
+  const std::vector<int64_t> shape = {lc_.lsh.history - 1, config_.attn_width()};
   ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
   ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
   state->history = XlMemory(std::move(keys), std::move(values));
-  ASSIGN_OR_RETURN(state->buckets.buckets,
-                   be.Allocate(DType::kI32, {lc_.history - 1, config_.n_head * lc_.n_hashes}));
+  ASSIGN_OR_RETURN(
+      state->buckets.buckets,
+      be.Allocate(DType::kI32, {lc_.lsh.history - 1, config_.n_head * lc_.lsh.n_hashes}));
   return state;
 }
 
 bool LshAttentionLayer::Fits(const LayerState& state) const {
   const auto* s = dynamic_cast<const LshLayerState*>(&state);
   return s != nullptr && s->bytes() == StateBytes() && s->history.keys().defined() &&
-         s->history.capacity() == lc_.history - 1 && s->history.width() == config_.attn_width();
+         s->history.capacity() == lc_.lsh.history - 1 && s->history.width() == config_.attn_width();
 }
 
 absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {
@@ -79,7 +81,7 @@ absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {
   std::vector<LshAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
     LshLayerState& st = call.StateOf<LshLayerState>(b, layer_);
-    args.push_back({&rows[b], &st.history, &st.buckets, &lc_, &weights_->rotations,
+    args.push_back({&rows[b], &st.history, &st.buckets, &lc_.lsh, &weights_->rotations,
                     static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
                     &out_rows[b]});
   }

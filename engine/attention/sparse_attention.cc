@@ -31,38 +31,38 @@ absl::Status SparseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelC
   const nlohmann::json& j = r.json();
   ASSIGN_OR_RETURN(std::string pattern, r.String("pattern", "window", EnumNames<SparsePattern>()));
   const int64_t n_head = c.n_head;
-  layer.pattern = *ParseEnum<SparsePattern>(pattern);
+  layer.sparse.pattern = *ParseEnum<SparsePattern>(pattern);
   if (pattern == "window") {
-    ASSIGN_OR_RETURN(layer.window, r.Int("window", 1, kMaxSpan));
-    layer.dilations.assign(static_cast<size_t>(n_head), 1);
+    ASSIGN_OR_RETURN(layer.sparse.window, r.Int("window", 1, kMaxSpan));
+    layer.sparse.dilations.assign(static_cast<size_t>(n_head), 1);
     if (r.Has("dilation")) {
       const nlohmann::json& d = j.at("dilation");
       auto positive = [](const nlohmann::json& v) {
         return v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= kMaxSpan;
       };
       if (positive(d)) {
-        layer.dilations.assign(static_cast<size_t>(n_head), d.get<int64_t>());
+        layer.sparse.dilations.assign(static_cast<size_t>(n_head), d.get<int64_t>());
       } else if (d.is_array() && static_cast<int64_t>(d.size()) == n_head &&
                  std::all_of(d.begin(), d.end(), positive)) {
-        for (int64_t h = 0; h < n_head; ++h) layer.dilations[h] = d[h].get<int64_t>();
+        for (int64_t h = 0; h < n_head; ++h) layer.sparse.dilations[h] = d[h].get<int64_t>();
       } else {
         return r.Error(absl::StrCat(
             "\"dilation\" must be an integer ≥ 1 or a list of n_head = ", n_head, " of them"));
       }
     }
-    if (layer.sparse_span() > kMaxSpan) {
+    if (layer.sparse.sparse_span() > kMaxSpan) {
       return r.Error("window × dilation must be at most 1048576");
     }
   } else {
-    ASSIGN_OR_RETURN(layer.span, r.Int("span", 1, kMaxSpan));
+    ASSIGN_OR_RETURN(layer.sparse.span, r.Int("span", 1, kMaxSpan));
     if (pattern == "strided" || pattern == "fixed") {
       const bool strided = pattern == "strided";
-      layer.pattern = strided ? SparsePattern::kStrided : SparsePattern::kFixed;
+      layer.sparse.pattern = strided ? SparsePattern::kStrided : SparsePattern::kFixed;
       if (strided) {
-        ASSIGN_OR_RETURN(layer.stride, r.Int("stride", 1, kMaxSpan));
+        ASSIGN_OR_RETURN(layer.sparse.stride, r.Int("stride", 1, kMaxSpan));
       } else {
-        ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
-        ASSIGN_OR_RETURN(layer.summary, r.Int("summary", 1, layer.block));
+        ASSIGN_OR_RETURN(layer.sparse.block, r.Int("block", 1, kMaxSpan));
+        ASSIGN_OR_RETURN(layer.sparse.summary, r.Int("summary", 1, layer.sparse.block));
       }
       const std::vector<std::string> names = strided ? std::vector<std::string>{"local", "strided"}
                                                      : std::vector<std::string>{"block", "summary"};
@@ -87,31 +87,31 @@ absl::Status SparseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelC
         }
       }
       ASSIGN_OR_RETURN(std::string split, r.String("split", "heads", {"heads", "union"}));
-      layer.head_components.assign(static_cast<size_t>(n_head), 0);
+      layer.sparse.head_components.assign(static_cast<size_t>(n_head), 0);
       for (int64_t h = 0; h < n_head; ++h) {
         if (split == "heads") {
-          layer.head_components[h] = parts[static_cast<size_t>(h) % parts.size()];
+          layer.sparse.head_components[h] = parts[static_cast<size_t>(h) % parts.size()];
         } else {
-          for (uint8_t p : parts) layer.head_components[h] |= p;
+          for (uint8_t p : parts) layer.sparse.head_components[h] |= p;
         }
       }
     } else {
-      layer.pattern = SparsePattern::kBigBird;
-      ASSIGN_OR_RETURN(layer.block, r.Int("block", 1, kMaxSpan));
-      ASSIGN_OR_RETURN(layer.window_blocks, r.Int("window_blocks", 1, kMaxSpan, 3));
-      ASSIGN_OR_RETURN(layer.random_blocks, r.Int("random_blocks", 0, 4096, 2));
+      layer.sparse.pattern = SparsePattern::kBigBird;
+      ASSIGN_OR_RETURN(layer.sparse.block, r.Int("block", 1, kMaxSpan));
+      ASSIGN_OR_RETURN(layer.sparse.window_blocks, r.Int("window_blocks", 1, kMaxSpan, 3));
+      ASSIGN_OR_RETURN(layer.sparse.random_blocks, r.Int("random_blocks", 0, 4096, 2));
       ASSIGN_OR_RETURN(int64_t seed, r.Int("seed", 0, std::numeric_limits<int64_t>::max(), 0));
-      layer.seed = static_cast<uint64_t>(seed);
+      layer.sparse.seed = static_cast<uint64_t>(seed);
     }
   }
-  ASSIGN_OR_RETURN(layer.global_positions,
+  ASSIGN_OR_RETURN(layer.sparse.global_positions,
                    r.IntList("global_positions", 0, std::numeric_limits<int64_t>::max() / 4));
   ASSIGN_OR_RETURN(std::vector<int64_t> tokens, r.IntList("global_tokens", 0, c.vocab_size - 1));
-  layer.global_tokens.assign(tokens.begin(), tokens.end());
-  const int64_t default_kept = static_cast<int64_t>(layer.global_positions.size());
-  ASSIGN_OR_RETURN(layer.max_global,
+  layer.sparse.global_tokens.assign(tokens.begin(), tokens.end());
+  const int64_t default_kept = static_cast<int64_t>(layer.sparse.global_positions.size());
+  ASSIGN_OR_RETURN(layer.sparse.max_global,
                    r.Int("max_global", 0, 65536, std::min<int64_t>(default_kept, 65536)));
-  if (!layer.global_tokens.empty() && layer.max_global < 1) {
+  if (!layer.sparse.global_tokens.empty() && layer.sparse.max_global < 1) {
     return r.Error("\"global_tokens\" needs \"max_global\" ≥ 1");
   }
   return absl::OkStatus();
@@ -124,15 +124,17 @@ absl::Status SparseAttentionLayer::ReadWeights(const ModelConfig& c, const std::
 }
 
 size_t SparseAttentionLayer::StateBytes() const {
-  return SessionStateBytes(1, lc_.sparse_span() + lc_.max_global, config_.attn_width());
+  return SessionStateBytes(1, lc_.sparse.sparse_span() + lc_.sparse.max_global,
+                           config_.attn_width());
 }
 
 absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<SparseLayerState>();  // an empty rolling window (+ global store)
-  ASSIGN_OR_RETURN(state->window, EmptyRing(be, lc_.sparse_span(), config_.attn_width()));
-  if (lc_.has_globals()) {
-    ASSIGN_OR_RETURN(state->globals.globals, EmptyRing(be, lc_.max_global, config_.attn_width()));
-    state->globals.global_positions.assign(static_cast<size_t>(lc_.max_global), -1);
+  ASSIGN_OR_RETURN(state->window, EmptyRing(be, lc_.sparse.sparse_span(), config_.attn_width()));
+  if (lc_.sparse.has_globals()) {
+    ASSIGN_OR_RETURN(state->globals.globals,
+                     EmptyRing(be, lc_.sparse.max_global, config_.attn_width()));
+    state->globals.global_positions.assign(static_cast<size_t>(lc_.sparse.max_global), -1);
   }
   return state;
 }
@@ -140,11 +142,12 @@ absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backe
 bool SparseAttentionLayer::Fits(const LayerState& state) const {
   const auto* s = dynamic_cast<const SparseLayerState*>(&state);
   return s != nullptr && s->bytes() == StateBytes() && s->window.keys().defined() &&
-         s->window.capacity() == lc_.sparse_span() && s->window.width() == config_.attn_width();
+         s->window.capacity() == lc_.sparse.sparse_span() &&
+         s->window.width() == config_.attn_width();
 }
 
 bool SparseAttentionLayer::RepeatsSteps() const {
-  return lc_.pattern == SparsePattern::kWindow && !lc_.has_globals();
+  return lc_.sparse.pattern == SparsePattern::kWindow && !lc_.sparse.has_globals();
 }
 
 std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerState& state) const {
@@ -163,7 +166,7 @@ absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
   std::vector<SparseAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
     SparseLayerState& st = call.StateOf<SparseLayerState>(b, layer_);
-    args.push_back({&qkv_rows[b], &st.window, &lc_, static_cast<int>(config_.n_head),
+    args.push_back({&qkv_rows[b], &st.window, &lc_.sparse, static_cast<int>(config_.n_head),
                     static_cast<int>(config_.d_head), &out_rows[b], batch[b].tokens,
                     batch[b].state->position(), &st.globals});
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];

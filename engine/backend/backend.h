@@ -54,7 +54,7 @@ struct RelativeAttentionArgs {
 struct LinearAttentionArgs {
   const Tensor* qkv;          // [T, 3·H·d_h]
   const Tensor* input;        // [T, D] the layer input (the gate reads it)
-  const LayerConfig* layer;   // feature map, num_features, eps, gated
+  const LinearConfig* layer;  // feature map, num_features, eps, gated
   const Tensor* features;     // [num_features, d_h] (favor, rfa)
   const Tensor* gate_weight;  // [H, D] (gated)
   const Tensor* gate_bias;    // [H] (gated)
@@ -68,9 +68,9 @@ struct LinearAttentionArgs {
 // the new positions join the buffer afterwards (AppendToMemory), as for dense layers. New global
 // positions join the layer's global store here, after every query has attended.
 struct SparseAttentionArgs {
-  const Tensor* qkv;         // [T, 3·H·d_h]
-  const XlMemory* memory;    // the last `span` positions before this segment
-  const LayerConfig* layer;  // pattern and its parameters
+  const Tensor* qkv;          // [T, 3·H·d_h]
+  const XlMemory* memory;     // the last `span` positions before this segment
+  const SparseConfig* layer;  // pattern and its parameters
   int num_heads;
   int head_dim;
   Tensor* out;            // [T, H·d_h]
@@ -86,11 +86,11 @@ struct SparseAttentionArgs {
 // normalised keys, values and buckets are written into the ring's next slots
 // (XlMemory::SlotOfNewRow); the caller then calls memory->Advance(T).
 struct LshAttentionArgs {
-  const Tensor* qkv;         // [T, 2·H·d_h]: shared query/key | value
-  XlMemory* memory;          // normalised keys and values of the last history − 1 positions
-  LshBuckets* aux;           // their buckets
-  const LayerConfig* layer;  // n_hashes, n_buckets, chunk_len, history
-  const Tensor* rotations;   // [H, d_h, n_hashes, n_buckets / 2]
+  const Tensor* qkv;        // [T, 2·H·d_h]: shared query/key | value
+  XlMemory* memory;         // normalised keys and values of the last history − 1 positions
+  LshBuckets* aux;          // their buckets
+  const LshConfig* layer;   // n_hashes, n_buckets, chunk_len, history
+  const Tensor* rotations;  // [H, d_h, n_hashes, n_buckets / 2]
   int num_heads;
   int head_dim;
   Tensor* out;  // [T, H·d_h]
@@ -104,7 +104,7 @@ struct CompressArgs {
   const Tensor* hidden;      // [T, D] the segment's attention inputs
   const XlMemory* memory;    // the layer's XL memory before the append
   CompressiveMemory* aux;    // hidden rows, buffer, compressed memory, usage
-  const LayerConfig* layer;  // compression, rate
+  const DenseConfig* layer;  // compression, rate
   const Tensor* kv_weight;   // [2·H·d_h, D]: W_k then W_v
   const Tensor* compress;    // [D, D, taps] (conv1d, dilated_conv) or undefined
   const Tensor* compress_bias;

@@ -6,7 +6,7 @@
 
 namespace mnemo::engine {
 
-kernels::SparsePattern PatternOf(const LayerConfig& l) {
+kernels::SparsePattern PatternOf(const SparseConfig& l) {
   kernels::SparsePattern pattern;
   pattern.kind = l.pattern;
   pattern.span = l.sparse_span();
@@ -34,7 +34,7 @@ void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,
   }
 }
 
-std::vector<uint8_t> SegmentGlobals(const LayerConfig& l, int64_t position, const int32_t* tokens,
+std::vector<uint8_t> SegmentGlobals(const SparseConfig& l, int64_t position, const int32_t* tokens,
                                     int64_t t) {
   std::vector<uint8_t> is_global(static_cast<size_t>(t), 0);
   for (int64_t i = 0; i < t; ++i) {

@@ -15,7 +15,7 @@
 namespace mnemo::engine {
 
 // The layer's pattern (pointers into `l`, which must outlive it).
-kernels::SparsePattern PatternOf(const LayerConfig& l);
+kernels::SparsePattern PatternOf(const SparseConfig& l);
 
 // The kept global positions, oldest first, and the store slot of each.
 void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,
@@ -23,7 +23,7 @@ void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,
 
 // Per new position (stream positions position … position + t − 1, token ids `tokens`): whether it
 // is global (a configured global position or token).
-std::vector<uint8_t> SegmentGlobals(const LayerConfig& l, int64_t position, const int32_t* tokens,
+std::vector<uint8_t> SegmentGlobals(const SparseConfig& l, int64_t position, const int32_t* tokens,
                                     int64_t t);
 
 // The segment's global rows joining the store (the last max_global stay): (segment row, store

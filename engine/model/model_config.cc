@@ -71,14 +71,14 @@ absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const Model
 
 }  // namespace
 
-int64_t LayerConfig::sparse_span() const {
+int64_t SparseConfig::sparse_span() const {
   if (pattern != SparsePattern::kWindow) return span;
   int64_t dil = 1;
   for (int64_t d : dilations) dil = std::max(dil, d);
   return (window - 1) * dil;
 }
 
-int64_t LayerConfig::compress_taps() const {
+int64_t DenseConfig::compress_taps() const {
   if (!compressive()) return 0;
   if (compression == Compression::kConv1d) return compression_rate;
   if (compression == Compression::kDilatedConv) return compression_kernel;
@@ -99,13 +99,13 @@ bool ModelConfig::has_dense_layer() const {
 
 int64_t ModelConfig::linear_features(int64_t index) const {
   const LayerConfig& l = layer(index);
-  switch (l.feature_map) {
+  switch (l.linear.feature_map) {
     case FeatureMap::kElu:
       return d_head;
     case FeatureMap::kFavor:
-      return l.num_features;
+      return l.linear.num_features;
     case FeatureMap::kRfa:
-      return 2 * l.num_features;
+      return 2 * l.linear.num_features;
   }
   return d_head;
 }
@@ -287,7 +287,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                       " but differs from the layer before it (their keys "
                                       "must agree)");
     }
-    if (c.layers[l].has_globals()) {
+    if (c.layers[l].sparse.has_globals()) {
       return FieldError("layers", where + " and global positions (not supported)");
     }
   }

@@ -43,14 +43,35 @@ enum class Compression : uint8_t { kMaxPool, kMeanPool, kConv1d, kDilatedConv, k
 // Feature map of a linear layer (MODEL-SPEC §5.2–5.4).
 using FeatureMap = kernels::FeatureMap;
 
-// One entry of config.json's "layers".
-struct LayerConfig {
-  AttentionKind attention = AttentionKind::kDense;
+// Each attention kind's slice of a "layers" entry: the fields only that kind reads, parsed and
+// validated by the kind itself (engine/attention/*::ParseConfig) and handed to the backends'
+// ops of that kind. A LayerConfig holds the slice of its `attention` kind; the others keep
+// their defaults.
+
+// dense (engine/attention/dense_attention): what the layer remembers beyond its segment
+// (MODEL-SPEC §1.2, §2).
+struct DenseConfig {
+  MemoryKind memory = MemoryKind::kXl;
+  Compression compression = Compression::kMeanPool;
+  int64_t compression_rate = 0;
+  int64_t cmem_len = 0;
+  int64_t compression_kernel = 0;  // dilated_conv: K taps (the conv weight's last dimension)
+
+  bool compressive() const { return memory == MemoryKind::kCompressive; }
+  // compressive: taps of the learned compression (conv1d: c, dilated_conv: K), else 0.
+  int64_t compress_taps() const;
+};
+
+// linear (engine/attention/linear_attention, MODEL-SPEC §5).
+struct LinearConfig {
   FeatureMap feature_map = FeatureMap::kElu;
   int64_t num_features = 0;  // favor, rfa: rows of the stored feature matrix
-  double eps = 1e-6;         // linear: the denominator is clamped to at least eps
+  double eps = 1e-6;         // the denominator is clamped to at least eps
   bool gated = false;        // rfa: decay the state by a learned per-head gate
-  // sparse
+};
+
+// sparse (engine/attention/sparse_attention, MODEL-SPEC §3).
+struct SparseConfig {
   SparsePattern pattern = SparsePattern::kWindow;
   int64_t window = 0;              // window: keys a query sees, itself included
   std::vector<int64_t> dilations;  // window: per head (n_head entries)
@@ -67,30 +88,33 @@ struct LayerConfig {
   std::vector<int64_t> global_positions;  // ascending
   std::vector<int32_t> global_tokens;     // ascending
   int64_t max_global = 0;                 // global positions kept beyond the span
-  // lsh
+
+  // Positions before the current segment the layer keeps in its ring: (window − 1)·max
+  // dilation for a window, `span` for the other patterns.
+  int64_t sparse_span() const;
+  bool has_globals() const { return max_global > 0; }
+};
+
+// lsh (engine/attention/lsh_attention, docs/checkpoint-format.md "lsh").
+struct LshConfig {
   int64_t n_hashes = 0;
   int64_t n_buckets = 0;
   int64_t chunk_len = 0;
   int64_t history = 0;
   bool lsh_call_sort = false;  // "sort": "call": Hugging Face's whole-call algorithm
-  // dense: memory
-  MemoryKind memory = MemoryKind::kXl;
-  Compression compression = Compression::kMeanPool;
-  int64_t compression_rate = 0;
-  int64_t cmem_len = 0;
-  int64_t compression_kernel = 0;  // dilated_conv: K taps (the conv weight's last dimension)
+};
+
+// One entry of config.json's "layers".
+struct LayerConfig {
+  AttentionKind attention = AttentionKind::kDense;
+  DenseConfig dense;
+  LinearConfig linear;
+  SparseConfig sparse;
+  LshConfig lsh;
   // RealFormer: add the previous layer's pre-softmax scores to this layer's (dense, sparse).
   bool residual_attention = false;
   // The entry as written (canonical JSON), to check that shared layers agree.
   std::string source;
-
-  // sparse: positions before the current segment the layer keeps in its ring: (window − 1)·max
-  // dilation for a window, `span` for the other patterns.
-  int64_t sparse_span() const;
-  bool has_globals() const { return max_global > 0; }
-  bool compressive() const { return memory == MemoryKind::kCompressive; }
-  // compressive: taps of the learned compression (conv1d: c, dilated_conv: K), else 0.
-  int64_t compress_taps() const;
 };
 
 struct ModelConfig {

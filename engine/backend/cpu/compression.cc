@@ -18,7 +18,7 @@ absl::Status CpuBackend::CompressMemory(const std::vector<CompressArgs>& batch) 
 }
 
 absl::Status CpuBackend::CompressOne(const CompressArgs& a) {
-  const LayerConfig& l = *a.layer;
+  const auto& l = *a.layer;
   auto& aux = *a.aux;
   const XlMemory& mem = *a.memory;
   const int64_t t = a.hidden->dim(0), d = a.hidden->dim(1), c = l.compression_rate;

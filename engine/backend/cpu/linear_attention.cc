@@ -10,7 +10,7 @@ namespace mnemo::engine::cpu {
 
 absl::Status CpuBackend::LinearAttention(const std::vector<LinearAttentionArgs>& batch) {
   for (const LinearAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     kernels::LinearAttentionShape shape{a.num_heads,
                                         a.head_dim,
                                         a.qkv->dim(0),

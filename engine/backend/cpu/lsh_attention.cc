@@ -16,7 +16,7 @@ absl::Status CpuBackend::LshAttention(const std::vector<LshAttentionArgs>& batch
   std::vector<kernels::KvSpan> spans;
   std::vector<kernels::BucketSpan> bucket_spans;
   for (const LshAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
     const int64_t t = a.qkv->dim(0), ld = 2 * width, nb = a.num_heads * l.n_hashes;
     const float* x = a.qkv->data<float>();

@@ -15,7 +15,7 @@ namespace mnemo::engine::cpu {
 absl::Status CpuBackend::SparseAttention(const std::vector<SparseAttentionArgs>& batch) {
   std::vector<kernels::KvSpan> spans;
   for (const SparseAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
     const int64_t t = a.qkv->dim(0);
     const float* qkv = a.qkv->data<float>();

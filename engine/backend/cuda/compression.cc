@@ -25,7 +25,7 @@ absl::Status CudaBackend::CompressMemory(const std::vector<CompressArgs>& batch)
 }
 
 absl::Status CudaBackend::CompressOne(const CompressArgs& a) {
-  const LayerConfig& l = *a.layer;
+  const auto& l = *a.layer;
   const bool most_used = l.compression == Compression::kMostUsed;
   auto& aux = *a.aux;
   const XlMemory& mem = *a.memory;

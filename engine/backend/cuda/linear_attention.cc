@@ -17,7 +17,7 @@ absl::Status CudaBackend::LinearAttention(const std::vector<LinearAttentionArgs>
     return t != nullptr && t->defined() ? t->data<float>() : nullptr;
   };
   for (const LinearAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     kc::LinearAttentionLaunch launch{};
     launch.query_len = a.qkv->dim(0);
     launch.num_heads = a.num_heads;

@@ -19,7 +19,7 @@ absl::Status CudaBackend::LshAttention(const std::vector<LshAttentionArgs>& batc
   Lock lock(ctx_);
   RETURN_IF_ERROR(lock.status());
   for (const LshAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     if (a.head_dim > 128) {
       return absl::InvalidArgumentError(
           absl::StrCat("the CUDA LSH attention kernel supports d_head ≤ 128, not ", a.head_dim));

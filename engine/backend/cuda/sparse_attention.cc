@@ -29,7 +29,7 @@ absl::Status CudaBackend::SparseAttention(const std::vector<SparseAttentionArgs>
   std::vector<kc::AttentionSequence> band_seqs;
   int64_t window = 0;
   for (const SparseAttentionArgs& a : batch) {
-    const LayerConfig& l = *a.layer;
+    const auto& l = *a.layer;
     if (a.head_dim > 128) {
       return absl::InvalidArgumentError(
           absl::StrCat("the CUDA sparse attention kernels support d_head ≤ 128, not ", a.head_dim));
@@ -82,7 +82,7 @@ absl::Status CudaBackend::SparseAttention(const std::vector<SparseAttentionArgs>
 // plan the CPU uses, kernels::SparseQueryKeys) as device row addresses, one warp per task
 // attends over them, and the segment's global rows then join the layer's global store.
 absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) {
-  const LayerConfig& l = *a.layer;
+  const auto& l = *a.layer;
   auto& aux = *a.aux;
   const XlMemory& m = *a.memory;
   const int64_t w = static_cast<int64_t>(a.num_heads) * a.head_dim, t = a.qkv->dim(0);

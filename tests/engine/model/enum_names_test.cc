@@ -60,7 +60,7 @@ TEST(EnumNamesTest, ConfigParsingUsesTheTables) {
         std::string(R"({"attention": "dense", "memory": "compressive", "compression": ")") +
         std::string(e.name) + R"(", "compression_rate": 2, "cmem_len": 2})";
     const ModelConfig c = test::ConfigWith({layer}, {{"memory_init", "\"zeros\""}}, 4);
-    EXPECT_EQ(c.layer(0).compression, e.value) << e.name;
+    EXPECT_EQ(c.layer(0).dense.compression, e.value) << e.name;
   }
   for (const EnumEntry<Activation>& e : EnumTable<Activation>::kEntries) {
     const ModelConfig c = test::ConfigWith({R"({"attention": "dense"})"},
@@ -71,7 +71,7 @@ TEST(EnumNamesTest, ConfigParsingUsesTheTables) {
     std::string layer = R"({"attention": "linear", "feature_map": ")" + std::string(e.name) + "\"";
     if (e.value != FeatureMap::kElu) layer += R"(, "num_features": 8)";
     layer += "}";
-    EXPECT_EQ(test::ConfigWith({layer}).layer(0).feature_map, e.value) << e.name;
+    EXPECT_EQ(test::ConfigWith({layer}).layer(0).linear.feature_map, e.value) << e.name;
   }
 }
 

@@ -300,10 +300,10 @@ TEST(ModelConfigLayersTest, EveryKindParses) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_FALSE(c->is_dense(0));
   EXPECT_TRUE(c->is_dense(1));
-  EXPECT_EQ(c->layer(0).feature_map, FeatureMap::kRfa);
-  EXPECT_EQ(c->layer(0).num_features, 5);
-  EXPECT_TRUE(c->layer(0).gated);
-  EXPECT_DOUBLE_EQ(c->layer(0).eps, 0.001);
+  EXPECT_EQ(c->layer(0).linear.feature_map, FeatureMap::kRfa);
+  EXPECT_EQ(c->layer(0).linear.num_features, 5);
+  EXPECT_TRUE(c->layer(0).linear.gated);
+  EXPECT_DOUBLE_EQ(c->layer(0).linear.eps, 0.001);
   EXPECT_EQ(c->linear_features(0), 10);  // sin | cos
   auto elu = ParseModelConfig(test::RenderJsonObject(WithLayers(
       R"([{"attention": "linear", "feature_map": "elu"},
@@ -311,7 +311,7 @@ TEST(ModelConfigLayersTest, EveryKindParses) {
   ASSERT_TRUE(elu.ok()) << elu.status();
   EXPECT_EQ(elu->linear_features(0), elu->d_head);
   EXPECT_EQ(elu->linear_features(1), 7);
-  EXPECT_DOUBLE_EQ(elu->layer(0).eps, 1e-6);
+  EXPECT_DOUBLE_EQ(elu->layer(0).linear.eps, 1e-6);
   EXPECT_FALSE(elu->has_dense_layer());
 }
 
@@ -358,10 +358,10 @@ TEST(ModelConfigLayersTest, SparseWindowsParse) {
                     {"attention": "sparse", "window": 3, "dilation": [1, 5]}])")));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->layer(0).attention, AttentionKind::kSparse);
-  EXPECT_EQ(c->layer(0).dilations, (std::vector<int64_t>{1, 1}));
-  EXPECT_EQ(c->layer(0).sparse_span(), 3);
-  EXPECT_EQ(c->layer(1).dilations, (std::vector<int64_t>{1, 5}));
-  EXPECT_EQ(c->layer(1).sparse_span(), 10);  // (3 − 1) · 5
+  EXPECT_EQ(c->layer(0).sparse.dilations, (std::vector<int64_t>{1, 1}));
+  EXPECT_EQ(c->layer(0).sparse.sparse_span(), 3);
+  EXPECT_EQ(c->layer(1).sparse.dilations, (std::vector<int64_t>{1, 5}));
+  EXPECT_EQ(c->layer(1).sparse.sparse_span(), 10);  // (3 − 1) · 5
   for (const auto& [layers, fragment] : std::vector<std::pair<std::string, std::string>>{
            {R"([{"attention": "sparse"}, {"attention": "dense"}])", "window"},
            {R"([{"attention": "sparse", "window": 0}, {"attention": "dense"}])", "window"},
@@ -390,23 +390,23 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
           {"attention": "lsh", "n_hashes": 2, "n_buckets": 6, "chunk_len": 4}])")));
   ASSERT_TRUE(c.ok()) << c.status();
   const LayerConfig& fixed = c->layer(0);
-  EXPECT_EQ(fixed.pattern, SparsePattern::kFixed);
-  EXPECT_EQ(fixed.sparse_span(), 64);
-  EXPECT_EQ(fixed.head_components, (std::vector<uint8_t>{1, 2}));  // split over heads
-  EXPECT_EQ(fixed.global_positions, (std::vector<int64_t>{0, 3, 7}));
-  EXPECT_EQ(fixed.max_global, 9);
+  EXPECT_EQ(fixed.sparse.pattern, SparsePattern::kFixed);
+  EXPECT_EQ(fixed.sparse.sparse_span(), 64);
+  EXPECT_EQ(fixed.sparse.head_components, (std::vector<uint8_t>{1, 2}));  // split over heads
+  EXPECT_EQ(fixed.sparse.global_positions, (std::vector<int64_t>{0, 3, 7}));
+  EXPECT_EQ(fixed.sparse.max_global, 9);
   EXPECT_EQ(c->layer(1).attention, AttentionKind::kLsh);
-  EXPECT_EQ(c->layer(1).history, 4096);  // the default
+  EXPECT_EQ(c->layer(1).lsh.history, 4096);  // the default
   auto union_split = ParseModelConfig(test::RenderJsonObject(WithLayers(
       R"([{"attention": "sparse", "pattern": "strided", "stride": 4, "span": 16, "split": "union",
            "global_positions": [1, 2]},
           {"attention": "dense", "memory": "compressive", "compression": "dilated_conv",
            "compression_rate": 4, "cmem_len": 8}])")));
   ASSERT_TRUE(union_split.ok()) << union_split.status();
-  EXPECT_EQ(union_split->layer(0).head_components, (std::vector<uint8_t>{3, 3}));
-  EXPECT_EQ(union_split->layer(0).max_global, 2);  // defaults to the positions listed
-  EXPECT_TRUE(union_split->layer(1).compressive());
-  EXPECT_EQ(union_split->layer(1).compress_taps(), 2);
+  EXPECT_EQ(union_split->layer(0).sparse.head_components, (std::vector<uint8_t>{3, 3}));
+  EXPECT_EQ(union_split->layer(0).sparse.max_global, 2);  // defaults to the positions listed
+  EXPECT_TRUE(union_split->layer(1).dense.compressive());
+  EXPECT_EQ(union_split->layer(1).dense.compress_taps(), 2);
   for (const auto& [layers, fragment] : std::vector<std::pair<std::string, std::string>>{
            {R"({"attention": "sparse", "pattern": "strided", "stride": 4})", "span"},
            {R"({"attention": "sparse", "pattern": "strided", "span": 4})", "stride"},
