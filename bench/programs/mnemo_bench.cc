@@ -574,12 +574,13 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   ms["fc2"] = TimeMs(reps, all_layers([&](const auto& lw, int64_t) {
                        ok(be.Linear(inner, lw.fc2, &lw.fc2_bias, y));
                      }));
-  ms["attention"] = TimeMs(
-      reps, all_layers([&](const auto& lw, int64_t l) {
-        ok(be.RelativeAttention({engine::RelativeAttentionArgs{
-            &qkv, &memories[l], &tables[l], &lw.r_w_bias, &lw.r_r_bias, static_cast<int>(c.n_head),
-            static_cast<int>(c.d_head), c.mem_len, c.clamp_len, c.same_length, &attn}}));
-      }));
+  ms["attention"] =
+      TimeMs(reps, all_layers([&](const auto& lw, int64_t l) {
+               ok(be.RelativeAttention({engine::RelativeAttentionArgs{
+                   &qkv, &memories[l], &tables[l], &lw.dense.r_w_bias, &lw.dense.r_r_bias,
+                   static_cast<int>(c.n_head), static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
+                   c.same_length, &attn}}));
+             }));
   ms["lm_head_last"] =
       TimeMs(reps, [&] { ok(be.Linear(last, w.lm_head, &w.lm_head_bias, logits)); });
   double kernels_total = 0;

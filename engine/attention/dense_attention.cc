@@ -74,17 +74,17 @@ absl::Status DenseAttentionLayer::ReadWeights(const ModelConfig& c, int64_t laye
   const int64_t d = c.d_model, hd = c.attn_width();
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * hd, d}));
-  ASSIGN_OR_RETURN(lw.r, read(p + "r.weight", {hd, d}));
+  ASSIGN_OR_RETURN(lw.dense.r, read(p + "r.weight", {hd, d}));
   if (const int64_t taps = lc.dense.compress_taps(); taps > 0) {
-    ASSIGN_OR_RETURN(lw.compress, read(p + "compress.weight", {d, d, taps}));
-    ASSIGN_OR_RETURN(lw.compress_bias, read(p + "compress.bias", {d}));
+    ASSIGN_OR_RETURN(lw.dense.compress, read(p + "compress.weight", {d, d, taps}));
+    ASSIGN_OR_RETURN(lw.dense.compress_bias, read(p + "compress.bias", {d}));
   }
   if (c.untie_r) {
-    ASSIGN_OR_RETURN(lw.r_w_bias, read(p + "r_w_bias", {c.n_head, c.d_head}));
-    ASSIGN_OR_RETURN(lw.r_r_bias, read(p + "r_r_bias", {c.n_head, c.d_head}));
+    ASSIGN_OR_RETURN(lw.dense.r_w_bias, read(p + "r_w_bias", {c.n_head, c.d_head}));
+    ASSIGN_OR_RETURN(lw.dense.r_r_bias, read(p + "r_r_bias", {c.n_head, c.d_head}));
   } else {
-    lw.r_w_bias = shared.r_w_bias;
-    lw.r_r_bias = shared.r_r_bias;
+    lw.dense.r_w_bias = shared.r_w_bias;
+    lw.dense.r_r_bias = shared.r_r_bias;
   }
   return absl::OkStatus();
 }
@@ -96,7 +96,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> DenseAttentionLayer::Create(
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
   out->rel_table_ = Tensor::Empty(DType::kF32, {rows, hd});
-  RETURN_IF_ERROR(cpu->Linear(RelativeSinusoids(c, rows), lw.r, nullptr, out->rel_table_));
+  RETURN_IF_ERROR(cpu->Linear(RelativeSinusoids(c, rows), lw.dense.r, nullptr, out->rel_table_));
   // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN).
   Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
   if (c.pre_lnorm) std::memcpy(zero_in.raw(), lw.attn_ln_beta.raw(), lw.attn_ln_beta.bytes());
@@ -186,7 +186,7 @@ absl::StatusOr<const Tensor*> DenseAttentionLayer::RelativeTable(Backend& be, in
   if (rel_table_.dim(0) >= rows) return &rel_table_;
   ASSIGN_OR_RETURN(scratch, be.AllocateUninitialized(DType::kF32, {rows, config_.attn_width()}));
   ASSIGN_OR_RETURN(const Tensor sinusoids, be.CopyFromHost(RelativeSinusoids(config_, rows)));
-  RETURN_IF_ERROR(be.Linear(sinusoids, weights_->r, nullptr, scratch));
+  RETURN_IF_ERROR(be.Linear(sinusoids, weights_->dense.r, nullptr, scratch));
   return &scratch;
 }
 
@@ -265,9 +265,10 @@ absl::Status DenseAttentionLayer::Attend(const AttentionCall& call, const std::v
   for (size_t k = 0; k < rows.size(); ++k) {
     const size_t b = rows[k].seq;
     DenseLayerState& st = call.StateOf<DenseLayerState>(b, layer_);
-    args.push_back(RelativeAttentionArgs{&q_rows[k], &st.memory, table, &lw.r_w_bias, &lw.r_r_bias,
-                                         static_cast<int>(c.n_head), static_cast<int>(c.d_head),
-                                         c.mem_len, c.clamp_len, c.same_length, &out_rows[k]});
+    args.push_back(RelativeAttentionArgs{&q_rows[k], &st.memory, table, &lw.dense.r_w_bias,
+                                         &lw.dense.r_r_bias, static_cast<int>(c.n_head),
+                                         static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
+                                         c.same_length, &out_rows[k]});
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];
     if (call.scores[b].defined()) args.back().scores = &call.scores[b];
     if (lc_.dense.compressive()) {
@@ -283,7 +284,7 @@ absl::Status DenseAttentionLayer::Attend(const AttentionCall& call, const std::v
     for (size_t k = 0; k < rows.size(); ++k) {
       DenseLayerState& st = call.StateOf<DenseLayerState>(rows[k].seq, layer_);
       compress.push_back({&hidden_rows[k], &st.memory, &st.compressive, &lc_.dense, &kv_weight,
-                          &lw.compress, &lw.compress_bias});
+                          &lw.dense.compress, &lw.dense.compress_bias});
     }
     RETURN_IF_ERROR(be.CompressMemory(compress));
   }

@@ -54,11 +54,11 @@ absl::Status LinearAttentionLayer::ReadWeights(const ModelConfig& c, int64_t lay
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * c.attn_width(), c.d_model}));
   // No positions, no r biases; random features and gate as configured.
   if (lc.linear.feature_map != FeatureMap::kElu) {
-    ASSIGN_OR_RETURN(lw.features, read(p + "features", {lc.linear.num_features, c.d_head}));
+    ASSIGN_OR_RETURN(lw.linear.features, read(p + "features", {lc.linear.num_features, c.d_head}));
   }
   if (lc.linear.gated) {
-    ASSIGN_OR_RETURN(lw.gate_weight, read(p + "gate.weight", {c.n_head, c.d_model}));
-    ASSIGN_OR_RETURN(lw.gate_bias, read(p + "gate.bias", {c.n_head}));
+    ASSIGN_OR_RETURN(lw.linear.gate_weight, read(p + "gate.weight", {c.n_head, c.d_model}));
+    ASSIGN_OR_RETURN(lw.linear.gate_bias, read(p + "gate.bias", {c.n_head}));
   }
   return absl::OkStatus();
 }
@@ -96,10 +96,10 @@ absl::Status LinearAttentionLayer::Forward(const AttentionCall& call) const {
   const TransfoXlLayerWeights& lw = *weights_;
   std::vector<LinearAttentionArgs> args;
   for (size_t b = 0; b < call.batch.size(); ++b) {
-    args.push_back({&qkv_rows[b], &input_rows[b], &lc_.linear, &lw.features, &lw.gate_weight,
-                    &lw.gate_bias, &call.StateOf<LinearLayerState>(b, layer_).sums,
-                    static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
-                    &out_rows[b]});
+    args.push_back(
+        {&qkv_rows[b], &input_rows[b], &lc_.linear, &lw.linear.features, &lw.linear.gate_weight,
+         &lw.linear.gate_bias, &call.StateOf<LinearLayerState>(b, layer_).sums,
+         static_cast<int>(config_.n_head), static_cast<int>(config_.d_head), &out_rows[b]});
   }
   return call.backend.LinearAttention(args);
 }

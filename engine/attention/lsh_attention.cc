@@ -37,8 +37,8 @@ absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
                                             TransfoXlLayerWeights& lw) {
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {2 * c.attn_width(), c.d_model}));
-  ASSIGN_OR_RETURN(lw.rotations, read(p + "rotations",
-                                      {c.n_head, c.d_head, lc.lsh.n_hashes, lc.lsh.n_buckets / 2}));
+  ASSIGN_OR_RETURN(lw.lsh.rotations, read(p + "rotations", {c.n_head, c.d_head, lc.lsh.n_hashes,
+                                                            lc.lsh.n_buckets / 2}));
   return absl::OkStatus();
 }
 
@@ -81,7 +81,7 @@ absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {
   std::vector<LshAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
     LshLayerState& st = call.StateOf<LshLayerState>(b, layer_);
-    args.push_back({&rows[b], &st.history, &st.buckets, &lc_.lsh, &weights_->rotations,
+    args.push_back({&rows[b], &st.history, &st.buckets, &lc_.lsh, &weights_->lsh.rotations,
                     static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
                     &out_rows[b]});
   }

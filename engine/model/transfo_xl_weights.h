@@ -14,19 +14,31 @@
 
 namespace mnemo::engine {
 
+// Each attention kind's own tensors (read by the kind: engine/attention/*::ReadWeights); a layer
+// holds its kind's, the others stay undefined.
+struct DenseWeights {
+  Tensor r;                        // [H·d_h, D]: projects the relative position sinusoids
+  Tensor r_w_bias, r_r_bias;       // [H, d_h] (shared tensors when !untie_r)
+  Tensor compress, compress_bias;  // [D, D, taps], [D] (conv1d / dilated_conv compression)
+};
+struct LinearWeights {
+  Tensor features;                // [num_features, d_h] (favor / rfa)
+  Tensor gate_weight, gate_bias;  // [H, D], [H] (gated rfa)
+};
+struct LshWeights {
+  Tensor rotations;  // [H, d_h, n_hashes, n_buckets/2]
+};
+
 struct TransfoXlLayerWeights {
   Tensor qkv;                          // [3·H·d_h, D] ([2·H·d_h, D]: shared qk | v for lsh)
-  Tensor r;                            // [H·d_h, D] (dense layers)
   Tensor o;                            // [D, H·d_h]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
-  Tensor r_w_bias, r_r_bias;           // [H, d_h] (dense layers; shared tensors when !untie_r)
-  Tensor features;                     // [num_features, d_h] (linear favor / rfa layers)
-  Tensor gate_weight, gate_bias;       // [H, D], [H] (gated rfa layers)
-  Tensor rotations;                    // [H, d_h, n_hashes, n_buckets/2] (lsh layers)
-  Tensor compress, compress_bias;      // [D, D, taps], [D] (conv1d / dilated_conv compression)
-  Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]
-  Tensor fc2, fc2_bias;                // [D, d_inner], [D]
-  Tensor ff_ln_gamma, ff_ln_beta;      // [D]
+  DenseWeights dense;
+  LinearWeights linear;
+  LshWeights lsh;
+  Tensor fc1, fc1_bias;            // [d_inner, D], [d_inner]
+  Tensor fc2, fc2_bias;            // [D, d_inner], [D]
+  Tensor ff_ln_gamma, ff_ln_beta;  // [D]
 };
 
 struct TransfoXlWeights {

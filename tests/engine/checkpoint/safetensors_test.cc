@@ -393,7 +393,7 @@ TEST_F(WeightsTest, ValidWeightsLoadWithValues) {
         EXPECT_EQ(w->word_emb.shape(), (std::vector<int64_t>{c.vocab_size, c.d_model}));
         EXPECT_EQ(w->word_emb.dtype(), DType::kF32);
         EXPECT_EQ(w->layers[1].qkv.shape(), (std::vector<int64_t>{3 * c.attn_width(), c.d_model}));
-        EXPECT_EQ(w->layers[0].r_w_bias.shape(), (std::vector<int64_t>{c.n_head, c.d_head}));
+        EXPECT_EQ(w->layers[0].dense.r_w_bias.shape(), (std::vector<int64_t>{c.n_head, c.d_head}));
         EXPECT_EQ(w->lm_head.shape(), (std::vector<int64_t>{c.vocab_size, c.d_model}));
         if (tie) {
           EXPECT_EQ(w->lm_head.raw(), w->word_emb.raw());
