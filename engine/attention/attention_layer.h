@@ -49,6 +49,9 @@ struct AttentionCall {
   const Tensor& input;                  // [num_tokens, d_model] the attention input
   Tensor& qkv;  // [num_tokens, 3·H·d_h] scratch for the projections (written before read)
   Tensor& out;  // [num_tokens, H·d_h] the attention output, before W_o
+  // Per sequence, its rows of `qkv` and of `out` (views made once per forward, not per layer).
+  const std::vector<Tensor>& qkv_rows;
+  std::vector<Tensor>& out_rows;
   // RealFormer, per sequence: the scores the previous layer passed on and the buffer for the
   // ones this layer passes on ([H, T, keys], undefined: none).
   const std::vector<Tensor>& prev_scores;
@@ -64,6 +67,14 @@ struct AttentionCall {
   Tensor RowsOf(const Tensor& packed, size_t b) const {
     return packed.Rows(offsets[b], offsets[b] + batch[b].num_tokens);
   }
+};
+
+// What the layers of one model share while they are created: the CPU backend their constants are
+// computed on, and tables several layers derive theirs from, computed by the first that needs
+// them instead of once per layer.
+struct AttentionLoadContext {
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  Tensor sinusoids;  // dense: [rows, d_model] relative-position sinusoids (RelativeSinusoids)
 };
 
 class AttentionLayer {

@@ -90,21 +90,24 @@ absl::Status DenseAttentionLayer::ReadWeights(const ModelConfig& c, int64_t laye
 }
 
 absl::StatusOr<std::unique_ptr<AttentionLayer>> DenseAttentionLayer::Create(
-    const ModelConfig& c, int64_t layer, const TransfoXlLayerWeights& lw) {
+    const ModelConfig& c, int64_t layer, const TransfoXlLayerWeights& lw,
+    AttentionLoadContext& context) {
   std::unique_ptr<DenseAttentionLayer> out(new DenseAttentionLayer(c, layer));
   const int64_t hd = c.attn_width();
-  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  Backend& cpu = *context.cpu;
   const int64_t rows = c.clamp_len > 0 ? c.clamp_len + 1 : c.mem_len + kTableHeadroom;
+  // Every dense layer of the model projects the same sinusoids.
+  if (!context.sinusoids.defined()) context.sinusoids = RelativeSinusoids(c, rows);
   out->rel_table_ = Tensor::Empty(DType::kF32, {rows, hd});
-  RETURN_IF_ERROR(cpu->Linear(RelativeSinusoids(c, rows), lw.dense.r, nullptr, out->rel_table_));
+  RETURN_IF_ERROR(cpu.Linear(context.sinusoids, lw.dense.r, nullptr, out->rel_table_));
   // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN).
   Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
   if (c.pre_lnorm) std::memcpy(zero_in.raw(), lw.attn_ln_beta.raw(), lw.attn_ln_beta.bytes());
   out->zero_keys_ = Tensor::Empty(DType::kF32, {1, hd});
   out->zero_values_ = Tensor::Empty(DType::kF32, {1, hd});
   // Rows hd … 3·hd − 1 of the fused projection are W_k and W_v.
-  RETURN_IF_ERROR(cpu->Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, out->zero_keys_));
-  RETURN_IF_ERROR(cpu->Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, out->zero_values_));
+  RETURN_IF_ERROR(cpu.Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, out->zero_keys_));
+  RETURN_IF_ERROR(cpu.Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, out->zero_values_));
   out->zero_hidden_ = std::move(zero_in);
   return out;
 }
@@ -220,13 +223,10 @@ absl::Status DenseAttentionLayer::Forward(const AttentionCall& call) const {
   }
   // The whole sequences' keys/values join the memory only after every query has attended.
   if (whole.empty()) return absl::OkStatus();
-  std::vector<Tensor> qkv_rows;
-  qkv_rows.reserve(whole.size());
-  for (size_t b : whole) qkv_rows.push_back(call.RowsOf(call.qkv, b));
   std::vector<MemoryAppendArgs> appends;
   appends.reserve(whole.size());
-  for (size_t k = 0; k < whole.size(); ++k) {
-    appends.push_back({&qkv_rows[k], &call.StateOf<DenseLayerState>(whole[k], layer_).memory});
+  for (size_t b : whole) {
+    appends.push_back({&call.qkv_rows[b], &call.StateOf<DenseLayerState>(b, layer_).memory});
   }
   RETURN_IF_ERROR(call.backend.AppendToMemory(appends));
   for (size_t b : whole) {

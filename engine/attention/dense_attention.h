@@ -44,7 +44,8 @@ class DenseAttentionLayer final : public AttentionLayer {
                                   const SharedAttentionWeights& shared,
                                   TransfoXlLayerWeights& weights);
   static absl::StatusOr<std::unique_ptr<AttentionLayer>> Create(
-      const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights);
+      const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights,
+      AttentionLoadContext& context);
 
   absl::Status Bind(const TransfoXlLayerWeights& weights, Backend& backend) override;
   size_t StateBytes() const override;

@@ -87,19 +87,16 @@ bool LinearAttentionLayer::Fits(const LayerState& state) const {
 absl::Status LinearAttentionLayer::Forward(const AttentionCall& call) const {
   RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, call.qkv));
   // The state advances with the outputs; the gate reads the layer input.
-  std::vector<Tensor> qkv_rows, input_rows, out_rows;
-  for (size_t b = 0; b < call.batch.size(); ++b) {
-    qkv_rows.push_back(call.RowsOf(call.qkv, b));
-    input_rows.push_back(call.RowsOf(call.input, b));
-    out_rows.push_back(call.RowsOf(call.out, b));
-  }
+  std::vector<Tensor> input_rows;
+  for (size_t b = 0; b < call.batch.size(); ++b) input_rows.push_back(call.RowsOf(call.input, b));
   const TransfoXlLayerWeights& lw = *weights_;
   std::vector<LinearAttentionArgs> args;
   for (size_t b = 0; b < call.batch.size(); ++b) {
-    args.push_back(
-        {&qkv_rows[b], &input_rows[b], &lc_.linear, &lw.linear.features, &lw.linear.gate_weight,
-         &lw.linear.gate_bias, &call.StateOf<LinearLayerState>(b, layer_).sums,
-         static_cast<int>(config_.n_head), static_cast<int>(config_.d_head), &out_rows[b]});
+    args.push_back({&call.qkv_rows[b], &input_rows[b], &lc_.linear, &lw.linear.features,
+                    &lw.linear.gate_weight, &lw.linear.gate_bias,
+                    &call.StateOf<LinearLayerState>(b, layer_).sums,
+                    static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
+                    &call.out_rows[b]});
   }
   return call.backend.LinearAttention(args);
 }

@@ -73,17 +73,14 @@ absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {
   ASSIGN_OR_RETURN(Tensor qk_v,
                    call.backend.AllocateUninitialized(DType::kF32, {n, 2 * config_.attn_width()}));
   RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, qk_v));
-  std::vector<Tensor> rows, out_rows;
-  for (size_t b = 0; b < batch.size(); ++b) {
-    rows.push_back(call.RowsOf(qk_v, b));
-    out_rows.push_back(call.RowsOf(call.out, b));
-  }
+  std::vector<Tensor> rows;
+  for (size_t b = 0; b < batch.size(); ++b) rows.push_back(call.RowsOf(qk_v, b));
   std::vector<LshAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
     LshLayerState& st = call.StateOf<LshLayerState>(b, layer_);
     args.push_back({&rows[b], &st.history, &st.buckets, &lc_.lsh, &weights_->lsh.rotations,
                     static_cast<int>(config_.n_head), static_cast<int>(config_.d_head),
-                    &out_rows[b]});
+                    &call.out_rows[b]});
   }
   RETURN_IF_ERROR(call.backend.LshAttention(args));
   for (size_t b = 0; b < batch.size(); ++b) {

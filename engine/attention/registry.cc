@@ -8,10 +8,11 @@
 namespace mnemo::engine {
 
 absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
-    const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights) {
+    const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights,
+    AttentionLoadContext& context) {
   switch (config.layer(layer).attention) {
     case AttentionKind::kDense:
-      return DenseAttentionLayer::Create(config, layer, host_weights);
+      return DenseAttentionLayer::Create(config, layer, host_weights, context);
     case AttentionKind::kLinear:
       return std::make_unique<LinearAttentionLayer>(config, layer);
     case AttentionKind::kSparse:

@@ -16,9 +16,11 @@ namespace mnemo::engine {
 class LayerEntryReader;
 
 // Layer `layer`'s attention, with what it precomputes from the host weights (before the weights
-// move to the model's device; AttentionLayer::Bind follows).
+// move to the model's device; AttentionLayer::Bind follows). `context` is shared by the layers of
+// one model.
 absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
-    const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights);
+    const ModelConfig& config, int64_t layer, const TransfoXlLayerWeights& host_weights,
+    AttentionLoadContext& context);
 
 // Reads and validates the fields of `layer.attention`'s kind from its "layers" entry.
 absl::Status ParseAttentionConfig(LayerEntryReader& reader, const ModelConfig& config,

@@ -158,16 +158,11 @@ std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerSt
 absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
   RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, call.qkv));
   const std::vector<SequenceInput>& batch = call.batch;
-  std::vector<Tensor> qkv_rows, out_rows;
-  for (size_t b = 0; b < batch.size(); ++b) {
-    qkv_rows.push_back(call.RowsOf(call.qkv, b));
-    out_rows.push_back(call.RowsOf(call.out, b));
-  }
   std::vector<SparseAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
     SparseLayerState& st = call.StateOf<SparseLayerState>(b, layer_);
-    args.push_back({&qkv_rows[b], &st.window, &lc_.sparse, static_cast<int>(config_.n_head),
-                    static_cast<int>(config_.d_head), &out_rows[b], batch[b].tokens,
+    args.push_back({&call.qkv_rows[b], &st.window, &lc_.sparse, static_cast<int>(config_.n_head),
+                    static_cast<int>(config_.d_head), &call.out_rows[b], batch[b].tokens,
                     batch[b].state->position(), &st.globals});
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];
     if (call.scores[b].defined()) args.back().scores = &call.scores[b];
@@ -176,7 +171,7 @@ absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
   // The new positions' keys/values join the window only after every query has attended.
   std::vector<MemoryAppendArgs> appends;
   for (size_t b = 0; b < batch.size(); ++b) {
-    appends.push_back({&qkv_rows[b], &call.StateOf<SparseLayerState>(b, layer_).window});
+    appends.push_back({&call.qkv_rows[b], &call.StateOf<SparseLayerState>(b, layer_).window});
   }
   RETURN_IF_ERROR(call.backend.AppendToMemory(appends));
   for (size_t b = 0; b < batch.size(); ++b) {

@@ -35,9 +35,10 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   // Each layer's kind precomputes its constants from the host weights (the distance tables
   // and the "zeros" memory's rows: float32 on the CPU backend whatever the model's device, so
   // every backend starts from the same constants bit for bit).
+  AttentionLoadContext context;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     ASSIGN_OR_RETURN(std::unique_ptr<AttentionLayer> layer,
-                     MakeAttentionLayer(c, l, model->weights_.layers[l]));
+                     MakeAttentionLayer(c, l, model->weights_.layers[l], context));
     // Steps of some kinds do not repeat exactly (AttentionLayer::RepeatsSteps).
     model->record_decode_ = model->record_decode_ && layer->RepeatsSteps();
     model->attention_.push_back(std::move(layer));
@@ -344,6 +345,11 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   }
 
   const float eps = static_cast<float>(c.layer_norm_epsilon);
+  std::vector<Tensor> qkv_rows, attn_rows;  // per sequence, views shared by every layer
+  for (size_t b = 0; b < batch.size(); ++b) {
+    qkv_rows.push_back(qkv.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+    attn_rows.push_back(attn.Rows(offsets[b], offsets[b] + batch[b].num_tokens));
+  }
   const auto matmul = [this](const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
     return MatMul(x, w, bias, y);
   };
@@ -378,8 +384,9 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       RETURN_IF_ERROR(be.LayerNorm(c.reformer ? x2 : x, lw.attn_ln_gamma, lw.attn_ln_beta, eps, h));
       attn_in = &h;
     }
-    RETURN_IF_ERROR(attention_[l]->Forward(
-        AttentionCall{be, matmul, batch, offsets, *attn_in, qkv, attn, prev_scores, scores}));
+    RETURN_IF_ERROR(
+        attention_[l]->Forward(AttentionCall{be, matmul, batch, offsets, *attn_in, qkv, attn,
+                                             qkv_rows, attn_rows, prev_scores, scores}));
     RETURN_IF_ERROR(MatMul(attn, lw.o, nullptr, proj));
     // Residual, then the LayerNorm that follows it: post-LN normalises x itself; pre-LN keeps x
     // and normalises into the FFN's input.
