@@ -85,9 +85,6 @@ class AttentionLayer {
   AttentionLayer(const AttentionLayer&) = delete;
   AttentionLayer& operator=(const AttentionLayer&) = delete;
 
-  int64_t index() const { return layer_; }
-  const LayerConfig& layer_config() const { return lc_; }
-
   // Binds the layer to its weights on the model's device (`weights` outlives the layer) and
   // moves what it precomputed at creation there.
   virtual absl::Status Bind(const TransfoXlLayerWeights& weights, Backend& backend) {
