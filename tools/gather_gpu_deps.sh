@@ -12,7 +12,7 @@ pkgs=(
   libabsl-dev libabsl20220623
   libopenblas-dev libopenblas-pthread-dev libopenblas0 libopenblas0-pthread libgfortran5
   libsentencepiece-dev libsentencepiece0 libprotobuf-lite32
-  nlohmann-json3-dev
+  nlohmann-json3-dev libxxhash-dev libxxhash0
   libgtest-dev
   pkgconf pkgconf-bin libpkgconf3
 )

@@ -10,7 +10,7 @@ mode=${1:-test}
 
 debs=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
-  libabsl-dev libopenblas-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev
+  libabsl-dev libopenblas-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev prometheus-cpp-dev
   python3 python3-numpy python3-grpcio python3-protobuf
 )

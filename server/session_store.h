@@ -1,0 +1,94 @@
+// SessionStore: the third tier of session states (device → host → store) and what makes a
+// session durable: snapshots (engine/api/snapshot.h) kept per session and version. A server
+// started on a store that holds sessions serves them again.
+//
+// FileSessionStore keeps them in a directory (a local disk, or a shared volume several replicas
+// mount):
+//   DIR/sessions/<id>/<version, 20 digits>.snap   published snapshots
+//   DIR/sessions/<id>/.tmp-*                      writes in progress (removed at open)
+//   DIR/quarantine/<id>-<version>.snap (+ .why)   snapshots that failed to restore
+// A version is published atomically: written to a temporary file, fsync'd, renamed into place,
+// and the directory fsync'd; older versions of the session are removed only after that.
+//
+// All file access goes through StoreEnv (leveldb's Env is the model), so FaultInjectingStoreEnv
+// can fail, fill up or tear any write in tests.
+//
+// Errors: UNAVAILABLE for I/O failures (errno text in the message), RESOURCE_EXHAUSTED when the
+// disk is full, NOT_FOUND for a session without a published version.
+// Threading: every method is safe from any thread; operations on different sessions run
+// concurrently, operations on one session are the caller's to order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mnemo::server {
+
+// One file being written.
+class StoreWritableFile {
+ public:
+  virtual ~StoreWritableFile() = default;
+  virtual absl::Status Append(std::string_view data) = 0;
+  virtual absl::Status Sync() = 0;  // fsync: the data is on stable storage
+  virtual absl::Status Close() = 0;
+};
+
+// The file operations a FileSessionStore makes.
+class StoreEnv {
+ public:
+  virtual ~StoreEnv() = default;
+  virtual absl::StatusOr<std::unique_ptr<StoreWritableFile>> NewWritableFile(
+      const std::string& path) = 0;
+  // At most `max_bytes` from the start of the file.
+  virtual absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) = 0;
+  virtual absl::Status RenameFile(const std::string& from, const std::string& to) = 0;
+  virtual absl::Status RemoveFile(const std::string& path) = 0;
+  virtual absl::Status CreateDir(const std::string& path) = 0;  // ok when it exists
+  virtual absl::Status RemoveDir(const std::string& path) = 0;  // an empty directory
+  virtual absl::Status SyncDir(const std::string& path) = 0;
+  // Names in a directory (no "." or ".."); NOT_FOUND when it does not exist.
+  virtual absl::StatusOr<std::vector<std::string>> GetChildren(const std::string& dir) = 0;
+};
+
+// The real file system (POSIX calls).
+StoreEnv* PosixStoreEnv();
+
+// A published version of a session.
+struct StoredVersion {
+  std::string id;
+  int64_t version = 0;
+  int64_t bytes = 0;
+};
+
+class SessionStore {
+ public:
+  virtual ~SessionStore() = default;
+  // Publishes `snapshot` as `version` of session `id` (32 lowercase hex digits); durable when it
+  // returns OK. Older versions are removed afterwards.
+  virtual absl::Status Put(const std::string& id, int64_t version, std::string_view snapshot) = 0;
+  // The newest published version of `id`, whole or (max_bytes) its first bytes.
+  virtual absl::StatusOr<std::string> Read(const StoredVersion& version,
+                                           size_t max_bytes = SIZE_MAX) = 0;
+  virtual absl::StatusOr<StoredVersion> Newest(const std::string& id) = 0;
+  // The newest version of every session in the store.
+  virtual absl::StatusOr<std::vector<StoredVersion>> List() = 0;
+  // Removes every version of `id` (OK when there is none).
+  virtual absl::Status Delete(const std::string& id) = 0;
+  // Moves `version` aside with the reason it failed, keeping it for inspection; the session no
+  // longer appears in List.
+  virtual absl::Status Quarantine(const StoredVersion& version, std::string_view why) = 0;
+  // Where the store lives, for logs.
+  virtual std::string Describe() const = 0;
+};
+
+// A store in `dir` (created if missing) through `env` (not owned; PosixStoreEnv() for the real
+// file system). Leftover temporary files from a crash are removed.
+absl::StatusOr<std::unique_ptr<SessionStore>> OpenFileSessionStore(const std::string& dir,
+                                                                   StoreEnv* env);
+
+}  // namespace mnemo::server
