@@ -18,13 +18,14 @@ __all__ = [
     "GenerateResult",
     "collect_generate",
     "commit_mode",
+    "durability_value",
     "sampling_params",
     "bad_request_violations",
     "rpc_status",
 ]
 
 _CLIENT_NAMES = {"MnemoClient", "GenerateResult", "collect_generate", "commit_mode",
-                 "sampling_params"}
+                 "durability_value", "sampling_params"}
 
 
 def __getattr__(name):

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-s", type=_ttl_arg, default=None, help="idle time-to-live, seconds")
     p.add_argument("--memory-tokens", type=int, default=0,
                    help="tokens of memory to keep (default: the model's)")
+    p.add_argument("--durability", choices=["none", "async", "sync"], default=None,
+                   help="how changes reach the server's session store (default: the server's)")
 
     p = sub.add_parser("get", help="describe a session")
     p.add_argument("session_id", metavar="ID")
@@ -87,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], type=_label_arg,
                    metavar="KEY=VALUE")
     p.add_argument("--expected-version", type=int, default=0)
+
+    p = sub.add_parser("export", help="write a session's snapshot to a file")
+    p.add_argument("session_id", metavar="ID")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--expected-version", type=int, default=0)
+
+    p = sub.add_parser("import", help="a session from a snapshot file; prints its id")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    p.add_argument("--session", default="", metavar="ID",
+                   help="replace this session's state instead of creating a session")
+    p.add_argument("--expected-version", type=int, default=0)
+    p.add_argument("--label", action="append", default=[], type=_label_arg,
+                   metavar="KEY=VALUE", help="a label (repeatable; default: the snapshot's)")
+    p.add_argument("--durability", choices=["none", "async", "sync"], default=None)
 
     p = sub.add_parser("ingest", help="stream a UTF-8 file into a session")
     p.add_argument("session_id", metavar="ID")
@@ -237,7 +254,8 @@ def run(args) -> int:
         elif cmd == "create":
             session = client.create_session(model=args.model, ttl_s=args.ttl_s,
                                             labels=_labels(args.label),
-                                            memory_tokens=args.memory_tokens)
+                                            memory_tokens=args.memory_tokens,
+                                            durability=args.durability)
             _print_message(session) if args.json else print(session.id)
         elif cmd == "get":
             _print_message(client.get_session(args.session_id))
@@ -250,6 +268,22 @@ def run(args) -> int:
             session = client.fork_session(args.session_id,
                                           expected_state_version=args.expected_version,
                                           labels=_labels(args.label) or None)
+            _print_message(session) if args.json else print(session.id)
+        elif cmd == "export":
+            data = client.export_session(args.session_id,
+                                         expected_state_version=args.expected_version)
+            with open(args.file, "wb") as f:
+                f.write(data)
+            print(f"wrote {len(data)} bytes to {args.file}", file=sys.stderr)
+        elif cmd == "import":
+            def pieces():
+                with open(args.file, "rb") as f:
+                    while piece := f.read(1 << 20):
+                        yield piece
+            session = client.import_session(pieces(), model=args.model, session_id=args.session,
+                                            expected_state_version=args.expected_version,
+                                            labels=_labels(args.label) or None,
+                                            durability=args.durability)
             _print_message(session) if args.json else print(session.id)
         elif cmd == "ingest":
             final = client.ingest_file(args.session_id, args.file, chunk_bytes=args.chunk_bytes,

@@ -57,6 +57,29 @@ COMMIT_MODES = {
 }
 
 
+DURABILITIES = {
+    "none": pb.DURABILITY_NONE,
+    "async": pb.DURABILITY_ASYNC,
+    "sync": pb.DURABILITY_SYNC,
+}
+
+# Bytes per ImportSession message: well under the server's --max-message-bytes (16 MiB).
+IMPORT_CHUNK_BYTES = 1 << 20
+
+
+def durability_value(value: Union[str, int, None]) -> int:
+    """A Durability from "none" / "async" / "sync", an enum value, or None (the server's
+    default, --durability)."""
+    if value is None:
+        return pb.DURABILITY_UNSPECIFIED
+    if isinstance(value, int):
+        return value
+    key = value.lower().removeprefix("durability_")
+    if key not in DURABILITIES:
+        raise ValueError(f"unknown durability {value!r}: one of {', '.join(DURABILITIES)}")
+    return DURABILITIES[key]
+
+
 def commit_mode(value: Union[str, int, None]) -> int:
     """A CommitMode from "keep_all" / "keep_prompt" / "scratch", an enum value, or None."""
     if value is None:
@@ -89,6 +112,32 @@ def _as_sampling(value: Union[pb.SamplingParams, Mapping[str, Any], None]):
     if value is None or isinstance(value, pb.SamplingParams):
         return value
     return pb.SamplingParams(**value)
+
+
+def import_requests(first: pb.ImportSessionRequest,
+                    data: Union[bytes, bytearray, memoryview, Iterable[bytes]],
+                    chunk_bytes: int = IMPORT_CHUNK_BYTES) -> Iterator[pb.ImportSessionRequest]:
+    """The messages of an ImportSession stream: `first` (the header fields) carrying the first
+    piece of `data`, then one message per piece. Bytes are cut every `chunk_bytes`; an
+    iterable's items are sent as they come (lazily). Empty data still sends the header."""
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        pieces: Iterable[bytes] = (bytes(view[i:i + chunk_bytes])
+                                   for i in range(0, len(view), chunk_bytes))
+    else:
+        pieces = data
+    sent_first = False
+    for piece in pieces:
+        if not sent_first:
+            first.data = bytes(piece)
+            sent_first = True
+            yield first
+        else:
+            yield pb.ImportSessionRequest(data=bytes(piece))
+    if not sent_first:
+        yield first
 
 
 def _is_ids(value: Any) -> bool:
@@ -314,14 +363,17 @@ class MnemoClient:
     def create_session(self, model: str = "", ttl_s: Optional[float] = None,
                        labels: Optional[Mapping[str, str]] = None, memory_tokens: int = 0,
                        default_sampling: Union[pb.SamplingParams, Mapping[str, Any], None] = None,
-                       timeout: Any = _UNSET):
+                       durability: Union[str, int, None] = None, timeout: Any = _UNSET):
         """Opens a session; returns the mnemo.v1.Session (its `id` names it in later calls).
 
         `ttl_s` None: the server's default TTL. `default_sampling` (SamplingParams or a dict of
         its fields) applies to Generate calls on this session that set no sampling.
+        `durability` is "none", "async", "sync" or a Durability (None: the server's
+        --durability); "async" and "sync" need a server with a session store.
         """
         request = pb.CreateSessionRequest(model=model, labels=dict(labels or {}),
-                                          memory_tokens=memory_tokens)
+                                          memory_tokens=memory_tokens,
+                                          durability=durability_value(durability))
         if ttl_s is not None:
             request.ttl.CopyFrom(duration(ttl_s))
         sampling = _as_sampling(default_sampling)
@@ -373,6 +425,61 @@ class MnemoClient:
             request.ttl.CopyFrom(duration(ttl_s))
         return self.session_stub.ForkSession(request, timeout=self._timeout(timeout),
                                              metadata=self._metadata(session_id))
+
+    def export_session_stream(self, session_id: str, expected_state_version: int = 0,
+                              timeout: Any = _UNSET):
+        """Starts an ExportSession; returns the stream of mnemo.v1.SessionSnapshotChunk.
+
+        The first chunk also carries the snapshot's `total_bytes`, `state_version` and
+        `model_fingerprint`. The session is busy (ABORTED for other requests) while it is
+        copied; `cancel()` on the returned call stops the copy.
+        """
+        request = pb.ExportSessionRequest(session_id=session_id,
+                                          expected_state_version=expected_state_version)
+        return self.session_stub.ExportSession(request, timeout=self._timeout(timeout),
+                                               metadata=self._metadata(session_id))
+
+    def export_session(self, session_id: str, expected_state_version: int = 0,
+                       timeout: Any = _UNSET) -> bytes:
+        """The session's whole state as snapshot bytes (docs/session-snapshots.md), which
+        `import_session` turns back into a session on this or another server with the same
+        model. `expected_state_version` 0 takes any version (ABORTED on a mismatch).
+
+        Raises ValueError when the stream's length differs from the total_bytes it announced.
+        """
+        parts, total = [], None
+        for chunk in self.export_session_stream(session_id, expected_state_version, timeout):
+            if total is None:
+                total = chunk.total_bytes
+            parts.append(chunk.data)
+        data = b"".join(parts)
+        if total is not None and len(data) != total:
+            raise ValueError(f"ExportSession sent {len(data)} bytes, announced {total}")
+        return data
+
+    def import_session(self, data: Union[bytes, bytearray, memoryview, Iterable[bytes]], *,
+                       model: str = "", session_id: str = "", expected_state_version: int = 0,
+                       labels: Optional[Mapping[str, str]] = None, ttl_s: Optional[float] = None,
+                       durability: Union[str, int, None] = None,
+                       chunk_bytes: int = IMPORT_CHUNK_BYTES, timeout: Any = _UNSET):
+        """A session from snapshot bytes (from `export_session`); returns its mnemo.v1.Session.
+
+        Without `session_id` a new session is created (labels, TTL and durability not given
+        are the snapshot's). With `session_id` that session's state is replaced; it must be at
+        `expected_state_version` (ABORTED otherwise), and its version advances by one.
+        `data` is bytes, sent `chunk_bytes` at a time, or an iterable of byte strings sent one
+        per message (e.g. chunks read from a file). Errors: INVALID_ARGUMENT for a malformed
+        snapshot, FAILED_PRECONDITION for another model's, DATA_LOSS for a checksum mismatch.
+        """
+        first = pb.ImportSessionRequest(model=model, session_id=session_id,
+                                        expected_state_version=expected_state_version,
+                                        labels=dict(labels or {}),
+                                        durability=durability_value(durability))
+        if ttl_s is not None:
+            first.ttl.CopyFrom(duration(ttl_s))
+        requests = import_requests(first, data, chunk_bytes)
+        return self.session_stub.ImportSession(requests, timeout=self._timeout(timeout),
+                                               metadata=self._metadata(session_id))
 
     # -- inference -------------------------------------------------------------------------
 

@@ -233,6 +233,34 @@ def test_generate_request_sampling_and_prompt(stubs):
         client.close()
 
 
+def test_import_requests_carry_the_header_once_and_every_byte(stubs):
+    from mnemo_client.client import durability_value, import_requests
+
+    def header():
+        return stubs.ImportSessionRequest(model="m", session_id="s", expected_state_version=4,
+                                          durability=durability_value("sync"))
+
+    data = bytes(range(256)) * 10  # 2560 bytes
+    messages = list(import_requests(header(), data, chunk_bytes=1000))
+    assert [len(m.data) for m in messages] == [1000, 1000, 560]
+    assert b"".join(m.data for m in messages) == data
+    assert (messages[0].model, messages[0].session_id, messages[0].expected_state_version) == \
+        ("m", "s", 4)
+    assert messages[0].durability == stubs.DURABILITY_SYNC
+    assert all(not m.model and not m.session_id for m in messages[1:])
+    pieces = [b"ab", b"", b"cde"]  # an iterable is sent piece by piece, as given
+    assert [m.data for m in import_requests(header(), iter(pieces))] == pieces
+    empty = list(import_requests(header(), b""))
+    assert len(empty) == 1 and empty[0].session_id == "s" and empty[0].data == b""
+    with pytest.raises(ValueError):
+        list(import_requests(header(), data, chunk_bytes=0))
+    assert durability_value(None) == stubs.DURABILITY_UNSPECIFIED
+    assert durability_value("ASYNC") == stubs.DURABILITY_ASYNC
+    assert durability_value("durability_none") == stubs.DURABILITY_NONE
+    with pytest.raises(ValueError):
+        durability_value("eventually")
+
+
 def test_cli_parses_labels_and_rejects_malformed_ones(capsys):
     from mnemo_client import cli
     args = cli.build_parser().parse_args(
