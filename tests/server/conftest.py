@@ -122,6 +122,31 @@ def decode_rate(shared_client):
     return 256 / max(elapsed, 1e-3)
 
 
+@pytest.fixture(scope="session")
+def kind_models(tiny_model, tmp_path_factory):
+    """{kind: checkpoint dir}: one small model per layer kind and the shipped teacher (with its
+    student as draft), for the durability tests (durability_harness.make_kind_models)."""
+    from durability_harness import make_kind_models
+    return make_kind_models(tiny_model, str(tmp_path_factory.mktemp("kind_models")))
+
+
+@pytest.fixture
+def store_server(server_bin, tiny_model, server_workdir):
+    """Factory: store_server(store_dir, *extra_flags, models=None) -> a SERVING
+    durability_harness.StoreServer on that session store (restartable, crashable). Every process
+    it started and that is still alive is SIGTERMed at the end of the test, which then fails
+    unless it exited 0."""
+    from durability_harness import StoreServer, stop_all
+    started = []
+
+    def start(store_dir, *extra, models=None):
+        return StoreServer(server_bin, server_workdir, str(store_dir),
+                           models or [f"tiny={tiny_model}"], list(extra), started)
+
+    yield start
+    stop_all(started)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attaches the log of every live server to a failing test's report."""

@@ -105,6 +105,17 @@ class ServerProcess:
             self.sigterm_sent = True
             self.proc.send_signal(signal.SIGTERM)
 
+    def kill(self) -> int:
+        """SIGKILL (a crash: nothing drained, nothing flushed), then reaps the process."""
+        if self in RUNNING_SERVERS:
+            RUNNING_SERVERS.remove(self)
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.returncode = self.proc.wait()
+        self._log.close()
+        return self.returncode
+
     def wait_exit(self, timeout: float) -> Optional[int]:
         """The exit status, or None when still running after `timeout` seconds."""
         try:
