@@ -77,9 +77,20 @@ class ServerProcess:
         """Polls grpc.health.v1 until SERVING; fails with the server's log if it dies first."""
         end = time.monotonic() + timeout
         last = None
+        # A channel whose first connection attempts failed (nothing listened yet) waits out
+        # gRPC's reconnect backoff, seconds per start: once the log says the server listens, a
+        # fresh channel connects at once.
+        fresh = False
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 self.fail(f"mnemo-server exited with {self.proc.returncode} during start-up")
+            if not fresh:
+                if "listening on" not in self.stderr_text():
+                    time.sleep(0.02)
+                    continue
+                self.channel.close()
+                self.channel = grpc.insecure_channel(self.target)
+                fresh = True
             try:
                 status = health.health_check(self.channel, timeout=1.0)
                 if status == health.SERVING:
