@@ -340,3 +340,33 @@ def with_format_version(data: bytes, version: int) -> bytes:
 
 def flip(data: bytes, offset: int) -> bytes:
     return data[:offset] + bytes([data[offset] ^ 0x5A]) + data[offset + 1:]
+
+
+def xxh3_64(data: bytes) -> int:
+    """XXH3-64 (seed 0) of `data`, from the system's libxxhash (the server's checksum)."""
+    import ctypes
+    lib = ctypes.CDLL("libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return lib.XXH3_64bits(data, len(data))
+
+
+def retarget(data: bytes, session_id: str, state_version: int) -> bytes:
+    """`data` naming session `session_id` at `state_version` instead of its own (a snapshot that
+    is otherwise intact, e.g. another model's put in a session's place): the manifest's id and
+    version rewritten in place and its checksum recomputed."""
+    layout = snapshot_layout(data)
+    session = layout.manifest["session"]
+    old_id, old_version = session["id"], session["state_version"]
+    assert len(old_id) == len(session_id) and len(str(old_version)) == len(str(state_version))
+    manifest = data[HEADER_BYTES:layout.manifest_end]
+    assert manifest.count(old_id.encode()) == 1, "the session id must occur once"
+    manifest = manifest.replace(old_id.encode(), session_id.encode())
+    old_field = f'"state_version":{old_version}'.encode()
+    if old_field not in manifest:
+        old_field = f'"state_version": {old_version}'.encode()
+    assert manifest.count(old_field) == 1, manifest
+    manifest = manifest.replace(old_field, old_field.replace(str(old_version).encode(),
+                                                             str(state_version).encode()))
+    return (data[:24] + xxh3_64(manifest).to_bytes(8, "little") + manifest +
+            data[layout.manifest_end:])
