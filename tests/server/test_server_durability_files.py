@@ -375,3 +375,30 @@ def test_only_successful_imports_count_as_restores(start_server):
         c.import_session(snapshot)
         c.import_session(snapshot, session_id=target.id, expected_state_version=0)
         assert server.metrics().sum("mnemo_session_restores_total", source="import") == 2
+
+
+def test_a_deleted_sync_session_stays_deleted_after_a_crash(store_server, tmp_path):
+    """DeleteSession's answer is the deletion's acknowledgement: a SYNC session the server said
+    it deleted must not come back after a restart, even when the store could not remove its
+    files (then the delete must fail instead)."""
+    store = StoreDir(str(tmp_path / "store"))
+    faults = FaultFile(str(tmp_path / "faults"))
+    node = store_server(store.path, *faults.flag())
+    with node.client() as c:
+        gone = c.create_session(durability="sync")
+        c.ingest(gone.id, ["A document to forget."])
+        kept = c.create_session(durability="sync")
+        c.ingest(kept.id, ["A document to keep."])
+        faults.set("remove:fail")
+        code, _ = code_of(lambda: c.delete_session(gone.id))
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE), code
+    node.crash()
+    faults.clear()
+    node.start()
+    with node.client() as c:
+        listed = {s.id for s in c.list_sessions()}
+        assert kept.id in listed
+        if code == grpc.StatusCode.OK:
+            assert gone.id not in listed, "a session deleted with OK came back after a restart"
+        else:
+            assert gone.id in listed
