@@ -167,7 +167,8 @@ absl::Status Serve(int argc, char** argv) {
   if (!store_dir.empty()) {
     StoreEnv* env = PosixStoreEnv();
     if (!store_faults.empty()) {
-      ASSIGN_OR_RETURN(fault_env, FaultInjectingStoreEnv::Create(env, store_faults));
+      fault_env = std::make_unique<FaultInjectingStoreEnv>(env);
+      RETURN_IF_ERROR(fault_env->SetSpec(store_faults));
       env = fault_env.get();
     }
     ASSIGN_OR_RETURN(store, OpenFileSessionStore(store_dir, env));
