@@ -399,14 +399,25 @@ absl::StatusOr<StateEntry> ParseState(const Json& j, const std::string& path, si
   return s;
 }
 
-absl::StatusOr<ParsedManifest> ParseManifest(std::string_view prefix) {
-  if (prefix.size() < kSnapshotHeaderBytes) {
+// The manifest length from a header: at least 32 bytes, the magic, a length in [1, 1 MiB].
+absl::StatusOr<uint64_t> ManifestBytes(std::string_view header) {
+  if (header.size() < kSnapshotHeaderBytes) {
     return Invalid(
-        absl::StrCat("truncated header: ", prefix.size(), " of ", kSnapshotHeaderBytes, " bytes"));
+        absl::StrCat("truncated header: ", header.size(), " of ", kSnapshotHeaderBytes, " bytes"));
   }
-  if (prefix.substr(kMagicOffset, kSnapshotMagic.size()) != kSnapshotMagic) {
+  if (header.substr(kMagicOffset, kSnapshotMagic.size()) != kSnapshotMagic) {
     return Invalid("not a session snapshot (bad magic)");
   }
+  const uint64_t manifest_bytes = GetLe(header, kManifestLenOffset, 8);
+  if (manifest_bytes == 0 || manifest_bytes > static_cast<uint64_t>(kMaxSnapshotManifestBytes)) {
+    return Invalid(absl::StrCat("manifest length ", manifest_bytes, " outside [1, ",
+                                kMaxSnapshotManifestBytes, "]"));
+  }
+  return manifest_bytes;
+}
+
+absl::StatusOr<ParsedManifest> ParseManifest(std::string_view prefix) {
+  ASSIGN_OR_RETURN(const uint64_t manifest_bytes, ManifestBytes(prefix));
   const auto version = static_cast<uint32_t>(GetLe(prefix, kVersionOffset, 4));
   if (version != kSnapshotFormatVersion) {
     return absl::FailedPreconditionError(absl::StrCat("snapshot: format version ", version,
@@ -415,11 +426,6 @@ absl::StatusOr<ParsedManifest> ParseManifest(std::string_view prefix) {
   }
   const auto flags = static_cast<uint32_t>(GetLe(prefix, kFlagsOffset, 4));
   if (flags != 0) return Invalid(absl::StrCat("unknown header flags 0x", absl::Hex(flags)));
-  const uint64_t manifest_bytes = GetLe(prefix, kManifestLenOffset, 8);
-  if (manifest_bytes == 0 || manifest_bytes > static_cast<uint64_t>(kMaxSnapshotManifestBytes)) {
-    return Invalid(absl::StrCat("manifest length ", manifest_bytes, " outside [1, ",
-                                kMaxSnapshotManifestBytes, "]"));
-  }
   if (prefix.size() - kSnapshotHeaderBytes < manifest_bytes) {
     return Invalid(absl::StrCat("truncated manifest: ", prefix.size() - kSnapshotHeaderBytes,
                                 " of ", manifest_bytes, " bytes"));
@@ -685,18 +691,7 @@ absl::StatusOr<std::string> WriteSnapshot(const Model& model, const SnapshotIden
 }
 
 absl::StatusOr<int64_t> SnapshotManifestPrefixBytes(std::string_view header) {
-  if (header.size() < kSnapshotHeaderBytes) {
-    return Invalid(
-        absl::StrCat("truncated header: ", header.size(), " of ", kSnapshotHeaderBytes, " bytes"));
-  }
-  if (header.substr(kMagicOffset, kSnapshotMagic.size()) != kSnapshotMagic) {
-    return Invalid("not a session snapshot (bad magic)");
-  }
-  const uint64_t manifest_bytes = GetLe(header, kManifestLenOffset, 8);
-  if (manifest_bytes == 0 || manifest_bytes > static_cast<uint64_t>(kMaxSnapshotManifestBytes)) {
-    return Invalid(absl::StrCat("manifest length ", manifest_bytes, " outside [1, ",
-                                kMaxSnapshotManifestBytes, "]"));
-  }
+  ASSIGN_OR_RETURN(const uint64_t manifest_bytes, ManifestBytes(header));
   return static_cast<int64_t>(kSnapshotHeaderBytes + manifest_bytes);
 }
 

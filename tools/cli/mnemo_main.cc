@@ -326,8 +326,9 @@ absl::Status RunScore(const Flags& flags) {
   for (size_t t = first_scored; t < ids.size(); ++t) {
     total_nats -= logprobs[t];
     if (json) {
-      std::printf("{\"position\":%lld,\"token\":%d,\"logprob\":%.9g}\n",
-                  static_cast<long long>(base + static_cast<int64_t>(t)), ids[t], logprobs[t]);
+      const long long position = base + static_cast<int64_t>(t);
+      std::printf("{\"position\":%lld,\"token\":%d,\"logprob\":%.9g}\n", position, ids[t],
+                  logprobs[t]);
     }
   }
   const double total_bits = total_nats / std::log(2.0);
