@@ -258,8 +258,18 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     f->set_state_version_after(commits ? version_before + 1 : version_before);
     *f->mutable_time_to_first_token() = DurationToProto(result->first_token_time - scope.start());
     f->set_text(result->text);
-    // The session changes only once the client has the result.
-    if (!writer->Write(event)) return rollback(absl::CancelledError("the client went away"));
+    // The session changes only once the client has the result (and, for a SYNC session, once
+    // the result is durable; a durable result stays even if the client went away meanwhile).
+    if (commits) {
+      if (absl::Status s = target.lease->Persist(kept); !s.ok()) return rollback(s);
+    }
+    if (!writer->Write(event)) {
+      if (!commits || !target.lease->persisted()) {
+        return rollback(absl::CancelledError("the client went away"));
+      }
+      target.lease->Commit(kept);
+      return absl::CancelledError("the client went away (the result was kept: it is durable)");
+    }
     if (commits) target.lease->Commit(kept);
     return absl::OkStatus();
   };
@@ -354,8 +364,11 @@ grpc::Status InferenceServiceImpl::Ingest(
     }
     if (absl::Status s = feed_text(chunker.Finish()); !s.ok()) return rollback(s);
     ctx_.metrics->IngestedTokens(tokens);
+    if (absl::Status s = lease->Persist(tokens); !s.ok()) return rollback(s);
     if (!stream->Write(progress(true, lease->state_version() + 1))) {
-      return rollback(absl::CancelledError("the client went away"));
+      if (!lease->persisted()) return rollback(absl::CancelledError("the client went away"));
+      lease->Commit(tokens);
+      return absl::CancelledError("the client went away (the ingest was kept: it is durable)");
     }
     lease->Commit(tokens);
     return absl::OkStatus();
@@ -418,6 +431,10 @@ grpc::Status InferenceServiceImpl::HandleScore(grpc::ServerContext* context,
     ctx_.metrics->PromptTokens(static_cast<int64_t>(tokens.size()));
     int64_t version = target.lease ? target.lease->state_version() : 0;
     if (target.lease && request->commit()) {
+      if (absl::Status s = target.lease->Persist(static_cast<int64_t>(tokens.size())); !s.ok()) {
+        live = std::move(*snapshot);
+        return s;
+      }
       target.lease->Commit(static_cast<int64_t>(tokens.size()));
       version = target.lease->state_version();
     }

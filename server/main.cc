@@ -24,7 +24,9 @@
 #include "server/metrics_http_server.h"
 #include "server/model_registry.h"
 #include "server/services.h"
+#include "server/fault_injecting_store_env.h"
 #include "server/session_manager.h"
+#include "server/session_store.h"
 
 namespace mnemo::server {
 namespace {
@@ -55,6 +57,16 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-sessions N           open sessions at most (default 10000)
   --device-state-budget B    bytes of session state kept on the device; beyond it the least
                              recently used idle states move to host memory (default 4294967296)
+  --host-state-budget B      bytes of session state kept in host memory (default 0: no limit);
+                             beyond it the least recently used idle states are written to the
+                             session store and freed (needs --session-store)
+  --session-store DIR        keep sessions in DIR (a local disk or a shared volume): the third
+                             tier, durable sessions, and the sessions a restart serves again
+  --durability L             none (default), async or sync: how the changes of sessions that
+                             do not choose reach the store (needs --session-store for async
+                             and sync; docs/server-api.md "Durable sessions")
+  --session-store-faults S   test facility: inject store failures (rules op:mode[@N][%P], or
+                             @FILE to read them from FILE whenever it changes; docs/testing.md)
   --max-batch-tokens N       prefill tokens per forward pass (default 512): bounds how long a
                              pass of ingest or prompt segments holds up decoding
   --max-batch-sequences N    sequences per forward pass (default 256)
@@ -82,6 +94,10 @@ absl::Status Serve(int argc, char** argv) {
                                              {"max-session-ttl", true},
                                              {"max-sessions", true},
                                              {"device-state-budget", true},
+                                             {"host-state-budget", true},
+                                             {"session-store", true},
+                                             {"durability", true},
+                                             {"session-store-faults", true},
                                              {"max-batch-tokens", true},
                                              {"max-batch-sequences", true},
                                              {"max-queue", true},
@@ -120,6 +136,44 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(session_options.max_sessions, flags.Int("max-sessions", 10000, 1, 1 << 24));
   ASSIGN_OR_RETURN(session_options.device_budget_bytes,
                    flags.Int("device-state-budget", int64_t{4} << 30, 0, INT64_MAX));
+  ASSIGN_OR_RETURN(session_options.host_budget_bytes,
+                   flags.Int("host-state-budget", 0, 0, INT64_MAX));
+  const std::string durability = flags.Get("durability", "none");
+  if (durability == "none") {
+    session_options.default_durability = Durability::kNone;
+  } else if (durability == "async") {
+    session_options.default_durability = Durability::kAsync;
+  } else if (durability == "sync") {
+    session_options.default_durability = Durability::kSync;
+  } else {
+    return absl::InvalidArgumentError("--durability must be none, async or sync");
+  }
+  const std::string store_dir = flags.Get("session-store", "");
+  const std::string store_faults = flags.Get("session-store-faults", "");
+  if (store_dir.empty()) {
+    if (session_options.default_durability != Durability::kNone) {
+      return absl::InvalidArgumentError("--durability async or sync needs --session-store DIR");
+    }
+    if (session_options.host_budget_bytes > 0) {
+      return absl::InvalidArgumentError(
+          "--host-state-budget needs --session-store DIR (where the states beyond it go)");
+    }
+    if (!store_faults.empty()) {
+      return absl::InvalidArgumentError("--session-store-faults needs --session-store DIR");
+    }
+  }
+  std::unique_ptr<FaultInjectingStoreEnv> fault_env;
+  std::unique_ptr<SessionStore> store;
+  if (!store_dir.empty()) {
+    StoreEnv* env = PosixStoreEnv();
+    if (!store_faults.empty()) {
+      fault_env = std::make_unique<FaultInjectingStoreEnv>(env);
+      RETURN_IF_ERROR(fault_env->SetSpec(store_faults));
+      env = fault_env.get();
+    }
+    ASSIGN_OR_RETURN(store, OpenFileSessionStore(store_dir, env));
+    session_options.store = store.get();
+  }
   ServiceContext ctx;
   ctx.limits.max_session_ttl = session_options.max_ttl;
   ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
@@ -157,6 +211,11 @@ absl::Status Serve(int argc, char** argv) {
   ctx.models = models.get();
   auto sessions = std::make_unique<SessionManager>(session_options, &metrics);
   ctx.sessions = sessions.get();
+  if (store != nullptr) {
+    ASSIGN_OR_RETURN(int recovered, sessions->Recover(*models));
+    std::fprintf(stderr, "mnemo-server: session store %s: %d sessions (restored on first use)\n",
+                 store->Describe().c_str(), recovered);
+  }
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (metrics_listen != "off") {
@@ -204,6 +263,7 @@ absl::Status Serve(int argc, char** argv) {
   server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
   models->Shutdown();
   server->Wait();
+  sessions->FlushStore();  // ASYNC snapshots already queued reach the store
   std::fprintf(stderr, "mnemo-server: stopped\n");
   return absl::OkStatus();
 }

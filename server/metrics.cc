@@ -28,10 +28,17 @@ Histogram::BucketBoundaries StepBuckets() {
   return b;
 }
 
+// Snapshot sizes: 4 KiB … 64 GiB.
+Histogram::BucketBoundaries ByteBuckets() {
+  Histogram::BucketBoundaries b;
+  for (double v = 4096; v < 7e10; v *= 4) b.push_back(v);
+  return b;
+}
+
 Histogram::BucketBoundaries BatchBuckets() { return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}; }
 
 constexpr std::array<const char*, 4> kPhases = {"decode", "prefill", "ingest", "score"};
-constexpr std::array<const char*, 3> kStateSources = {"resident", "promoted", "new"};
+constexpr std::array<const char*, 4> kStateSources = {"resident", "promoted", "store", "new"};
 
 // The index of `name` in `names` (the documented label values; an unknown one, a programming
 // error, lands in the last entry rather than creating an unbounded label).
@@ -137,14 +144,38 @@ Metrics::Metrics()
       model_info_(BuildGauge()
                       .Name("mnemo_model_info")
                       .Help("Loaded models (value 1)")
-                      .Register(*registry_)) {
+                      .Register(*registry_)),
+      snapshots_(BuildCounter()
+                     .Name("mnemo_session_snapshots_total")
+                     .Help("Session snapshots written to the session store, by reason")
+                     .Register(*registry_)),
+      restores_(BuildCounter()
+                    .Name("mnemo_session_restores_total")
+                    .Help("Sessions restored from snapshots, by source (store, import)")
+                    .Register(*registry_)),
+      snapshot_bytes_(BuildHistogram()
+                          .Name("mnemo_session_snapshot_bytes")
+                          .Help("Size of session snapshots written or read")
+                          .Register(*registry_)),
+      snapshot_seconds_(BuildHistogram()
+                            .Name("mnemo_session_snapshot_seconds")
+                            .Help("Time to write a snapshot to the store or read and restore one")
+                            .Register(*registry_)),
+      store_errors_(BuildCounter()
+                        .Name("mnemo_session_store_errors_total")
+                        .Help("Session store and snapshot failures, by kind")
+                        .Register(*registry_)) {
   BuildGauge()
       .Name("mnemo_build_info")
       .Help("Build of this server (value 1)")
       .Register(*registry_)
       .Add({{"version", MNEMO_VERSION}})
       .Set(1);
-  for (const char* tier : {"device", "host"}) SetSessions(tier, 0, 0);
+  for (const char* tier : {"device", "host", "store"}) SetSessions(tier, 0, 0);
+  for (const char* op : {"write", "read"}) {
+    snapshot_bytes_.Add({{"op", op}}, ByteBuckets());
+    snapshot_seconds_.Add({{"op", op}}, LatencyBuckets());
+  }
   for (size_t i = 0; i < kPhases.size(); ++i) {
     step_by_phase_[i] = &step_.Add({{"phase", kPhases[i]}}, StepBuckets());
   }
@@ -181,6 +212,22 @@ void Metrics::TierMove(std::string_view from, std::string_view to) {
 
 void Metrics::SessionClosed(std::string_view reason) {
   closed_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::SnapshotWritten(std::string_view reason, int64_t bytes, double seconds) {
+  snapshots_.Add({{"reason", std::string(reason)}}).Increment();
+  snapshot_bytes_.Add({{"op", "write"}}, ByteBuckets()).Observe(static_cast<double>(bytes));
+  snapshot_seconds_.Add({{"op", "write"}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::SnapshotRestored(std::string_view source, int64_t bytes, double seconds) {
+  restores_.Add({{"source", std::string(source)}}).Increment();
+  snapshot_bytes_.Add({{"op", "read"}}, ByteBuckets()).Observe(static_cast<double>(bytes));
+  snapshot_seconds_.Add({{"op", "read"}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::StoreError(std::string_view kind) {
+  store_errors_.Add({{"kind", std::string(kind)}}).Increment();
 }
 
 void Metrics::ModelInfo(const std::string& name, const std::string& device,

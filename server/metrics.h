@@ -29,7 +29,7 @@ class Metrics {
   void RequestStarted() { running_.Increment(); }
   void RequestEnded() { running_.Decrement(); }
   void Rejected(std::string_view reason);
-  // `state_source`: "resident", "promoted" or "new".
+  // `state_source`: "resident", "promoted" (from host), "store" (restored) or "new".
   void TimeToFirstToken(std::string_view state_source, double seconds);
   void InterTokenLatency(double seconds) { inter_token_.Observe(seconds); }
   void PromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
@@ -39,7 +39,7 @@ class Metrics {
   void ObserveBatch(int64_t sequences) { batch_size_.Observe(static_cast<double>(sequences)); }
   // `phase`: "decode", "prefill", "ingest" or "score".
   void ObserveStep(std::string_view phase, double seconds);
-  // `tier`: "device" or "host".
+  // `tier`: "device", "host" or "store".
   void SetSessions(std::string_view tier, int64_t count, int64_t bytes);
   void TierMove(std::string_view from, std::string_view to);
   // `reason`: "deleted", "expired" or "shutdown".
@@ -50,6 +50,11 @@ class Metrics {
     draft_proposed_.Increment(static_cast<double>(proposed));
     draft_accepted_.Increment(static_cast<double>(accepted));
   }
+  // Session store: a snapshot written (`reason`: "async", "sync", "evict"), a session restored
+  // (`source`: "store", "import"), a store or snapshot error by kind (StoreErrorKind).
+  void SnapshotWritten(std::string_view reason, int64_t bytes, double seconds);
+  void SnapshotRestored(std::string_view source, int64_t bytes, double seconds);
+  void StoreError(std::string_view kind);
   void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
                  const std::string& attention);
 
@@ -75,9 +80,14 @@ class Metrics {
   prometheus::Counter& draft_proposed_;
   prometheus::Counter& draft_accepted_;
   prometheus::Family<prometheus::Gauge>& model_info_;
+  prometheus::Family<prometheus::Counter>& snapshots_;
+  prometheus::Family<prometheus::Counter>& restores_;
+  prometheus::Family<prometheus::Histogram>& snapshot_bytes_;
+  prometheus::Family<prometheus::Histogram>& snapshot_seconds_;
+  prometheus::Family<prometheus::Counter>& store_errors_;
   // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
   std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order
-  std::array<prometheus::Histogram*, 3> ttft_by_source_{};  // kStateSources order
+  std::array<prometheus::Histogram*, 4> ttft_by_source_{};  // kStateSources order
 };
 
 }  // namespace mnemo::server

@@ -97,12 +97,49 @@ void SessionToProto(const SessionInfo& info, v1::Session* out) {
   *out->mutable_ttl() = DurationToProto(info.ttl);
   out->set_tokens_seen(info.tokens_seen);
   out->set_state_bytes(info.state_bytes);
-  out->set_tier(info.tier == Tier::kDevice ? v1::STATE_TIER_DEVICE : v1::STATE_TIER_HOST);
+  switch (info.tier) {
+    case Tier::kDevice:
+      out->set_tier(v1::STATE_TIER_DEVICE);
+      break;
+    case Tier::kHost:
+      out->set_tier(v1::STATE_TIER_HOST);
+      break;
+    case Tier::kStore:
+      out->set_tier(v1::STATE_TIER_STORE);
+      break;
+  }
   out->set_state_version(info.state_version);
   out->set_memory_tokens(info.memory_tokens);
   if (info.default_sampling)
     *out->mutable_default_sampling() = SamplingToProto(*info.default_sampling);
   out->set_pending_tokens(info.pending_tokens);
+  out->set_durability(DurabilityToProto(info.durability));
+  out->set_durable_version(info.durable_version);
+}
+
+v1::Durability DurabilityToProto(Durability durability) {
+  switch (durability) {
+    case Durability::kNone:
+      return v1::DURABILITY_NONE;
+    case Durability::kAsync:
+      return v1::DURABILITY_ASYNC;
+    case Durability::kSync:
+      return v1::DURABILITY_SYNC;
+  }
+  return v1::DURABILITY_NONE;
+}
+
+std::optional<Durability> DurabilityFromProto(v1::Durability durability) {
+  switch (durability) {
+    case v1::DURABILITY_NONE:
+      return Durability::kNone;
+    case v1::DURABILITY_ASYNC:
+      return Durability::kAsync;
+    case v1::DURABILITY_SYNC:
+      return Durability::kSync;
+    default:
+      return std::nullopt;  // unspecified (or a value this server does not know): the default
+  }
 }
 
 void ModelToProto(const LoadedModel& m, v1::Model* out) {

@@ -31,6 +31,9 @@ void CheckLabels(const google::protobuf::Map<std::string, std::string>& labels, 
                  const std::string& field, FieldViolations& violations);
 
 void SessionToProto(const SessionInfo& info, v1::Session* out);
+v1::Durability DurabilityToProto(Durability durability);
+// Unset for DURABILITY_UNSPECIFIED (the server's default).
+std::optional<Durability> DurabilityFromProto(v1::Durability durability);
 void ModelToProto(const LoadedModel& model, v1::Model* out);
 
 google::protobuf::Timestamp TimeToProto(absl::Time t);

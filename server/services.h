@@ -59,6 +59,11 @@ class SessionServiceImpl final : public v1::SessionService::StreamedUnaryService
   grpc::Status StreamedForkSession(
       grpc::ServerContext* context,
       grpc::ServerUnaryStreamer<v1::ForkSessionRequest, v1::Session>* stream) override;
+  grpc::Status ExportSession(grpc::ServerContext* context, const v1::ExportSessionRequest* request,
+                             grpc::ServerWriter<v1::SessionSnapshotChunk>* writer) override;
+  grpc::Status ImportSession(grpc::ServerContext* context,
+                             grpc::ServerReader<v1::ImportSessionRequest>* reader,
+                             v1::Session* response) override;
 
  private:
   grpc::Status HandleCreateSession(grpc::ServerContext* context,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <utility>
 
 #include <sys/random.h>
 
@@ -10,6 +11,8 @@
 
 #include "base/status_macros.h"
 #include "server/metrics.h"
+#include "server/session_snapshot.h"
+#include "server/store_writer.h"
 
 namespace mnemo::server {
 
@@ -57,16 +60,44 @@ struct SessionLease::Entry {
   absl::Duration ttl;
   absl::Time last_use;
   bool busy = false;
+  bool moving = false;
   Tier tier = Tier::kDevice;
   int64_t version = 0;
   int64_t tokens_seen = 0;
   std::optional<engine::api::SamplingParams> default_sampling;
   int64_t bytes = 0;
-  // Guarded by `busy`: only the lease holder (or the manager, under its mutex, while idle).
+  Durability durability = Durability::kNone;
+  int64_t durable_version = -1;
+  int64_t stored_pending = 0;  // store tier: pending tokens of the stored snapshot
+  absl::Status quarantine;     // not OK: the stored snapshot failed to restore
+  // Guarded by `busy` / `moving`: only the lease holder or mover (or the manager, under its
+  // mutex, while neither).
   SessionMemory memory;
 };
 
-const char* TierName(Tier tier) { return tier == Tier::kDevice ? "device" : "host"; }
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kDevice:
+      return "device";
+    case Tier::kHost:
+      return "host";
+    case Tier::kStore:
+      return "store";
+  }
+  return "device";
+}
+
+const char* DurabilityName(Durability durability) {
+  switch (durability) {
+    case Durability::kNone:
+      return "none";
+    case Durability::kAsync:
+      return "async";
+    case Durability::kSync:
+      return "sync";
+  }
+  return "none";
+}
 
 std::string NewSessionId() {
   unsigned char bytes[16];
@@ -90,14 +121,34 @@ std::string NewSessionId() {
   return id;
 }
 
+namespace {
+
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+// A store failure as the request that needed it sees it.
+absl::Status StoreUnavailable(const absl::Status& status, int64_t version) {
+  return absl::UnavailableError(absl::StrCat(
+      "the session store could not make this request durable (", status.message(),
+      "); the session stays at state version ", version));
+}
+
+void LogStore(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "mnemo-server: session store: %s: %s\n", what.c_str(),
+               status.ToString().c_str());
+}
+
+}  // namespace
+
 // --- SessionLease -------------------------------------------------------------------------------
 
-SessionLease::SessionLease(SessionManager& manager, std::shared_ptr<Entry> entry, bool promoted)
+SessionLease::SessionLease(SessionManager& manager, std::shared_ptr<Entry> entry,
+                           const char* source)
     : manager_(manager),
       entry_(std::move(entry)),
+      acquired_version_(entry_->version),
       version_(entry_->version),
       tokens_seen_(entry_->tokens_seen),
-      promoted_(promoted) {}
+      source_(source) {}
 
 SessionLease::~SessionLease() { manager_.Release(*this); }
 
@@ -113,10 +164,40 @@ void SessionLease::Commit(int64_t tokens_added) {
   tokens_seen_ += tokens_added;
 }
 
+absl::Status SessionLease::Persist(int64_t tokens_added) {
+  if (manager_.writer_ == nullptr || entry_->durability != Durability::kSync) {
+    return absl::OkStatus();
+  }
+  const int64_t version = version_ + 1;
+  engine::api::SnapshotSession fields;
+  {
+    MutexLock lock(&manager_.mu_);
+    fields = manager_.FieldsLocked(*entry_, version, tokens_seen_ + tokens_added);
+  }
+  auto snapshot = EncodeSession(*entry_->model, entry_->memory, std::move(fields));
+  absl::Status status = snapshot.status();
+  if (status.ok()) status = manager_.writer_->PutNow(entry_->id, version, *snapshot, "sync");
+  if (!status.ok()) {
+    LogStore(absl::StrCat("SYNC session ", entry_->id, " version ", version), status);
+    return StoreUnavailable(status, version_);
+  }
+  persisted_version_ = version;
+  return absl::OkStatus();
+}
+
 // --- SessionManager -----------------------------------------------------------------------------
 
 SessionManager::SessionManager(SessionManagerOptions options, Metrics* metrics)
-    : options_(options), metrics_(metrics), reaper_([this] { ReaperLoop(); }) {}
+    : options_(options),
+      metrics_(metrics),
+      writer_(options.store == nullptr
+                  ? nullptr
+                  : std::make_unique<StoreWriter>(
+                        options.store, metrics,
+                        [this](const std::string& id, int64_t version, const absl::Status& s) {
+                          OnStoreWrite(id, version, s);
+                        })),
+      reaper_([this] { ReaperLoop(); }) {}
 
 SessionManager::~SessionManager() {
   {
@@ -125,15 +206,21 @@ SessionManager::~SessionManager() {
     reaper_cv_.SignalAll();
   }
   reaper_.join();
+  writer_.reset();  // finishes the queued writes (its callback takes mu_)
+}
+
+void SessionManager::FlushStore() {
+  if (writer_ != nullptr) writer_->Flush();
 }
 
 void SessionManager::ReaperLoop() {
-  mu_.Lock();  // released around each reaping pass, which takes it itself
+  mu_.Lock();  // released around each pass, which takes it itself
   while (!stopping_) {
     reaper_cv_.WaitFor(&mu_, absl::ToChronoMilliseconds(options_.reap_interval));
     if (stopping_) break;
     mu_.Unlock();
     ReapExpired(absl::Now());
+    EvictToStore();
     mu_.Lock();
   }
   mu_.Unlock();
@@ -148,37 +235,195 @@ absl::StatusOr<absl::Duration> SessionManager::TtlFor(absl::Duration requested) 
   return requested;
 }
 
+engine::api::SnapshotSession SessionManager::FieldsLocked(const Entry& e, int64_t version,
+                                                          int64_t tokens_seen) const {
+  engine::api::SnapshotSession f;
+  f.id = e.id;
+  f.model_name = e.model->name;
+  f.state_version = version;
+  f.tokens_seen = tokens_seen;
+  f.labels = e.labels;
+  f.ttl_ms = absl::ToInt64Milliseconds(e.ttl);
+  f.create_time_unix_ms = UnixMillis(e.created);
+  f.last_use_unix_ms = UnixMillis(e.last_use);
+  f.default_sampling = e.default_sampling;
+  f.durability = e.durability;
+  return f;
+}
+
+engine::api::SnapshotSession SessionManager::SnapshotFields(const SessionLease& lease) const {
+  MutexLock lock(&mu_);
+  return FieldsLocked(*lease.entry_, lease.version_, lease.tokens_seen_);
+}
+
 absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
                                                    const SessionOptions& options) {
+  return Insert(model, options, std::nullopt, 0);
+}
+
+absl::StatusOr<SessionInfo> SessionManager::CreateFrom(LoadedModel& model,
+                                                       const SessionOptions& options,
+                                                       SessionMemory memory,
+                                                       int64_t tokens_seen) {
+  return Insert(model, options, std::move(memory), tokens_seen);
+}
+
+absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
+                                                   const SessionOptions& options,
+                                                   std::optional<SessionMemory> memory,
+                                                   int64_t tokens_seen) {
   ASSIGN_OR_RETURN(const absl::Duration ttl, TtlFor(options.ttl));
+  const Durability durability = options.durability.value_or(options_.default_durability);
+  if (durability != Durability::kNone && writer_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("durability ", DurabilityName(durability),
+                     " needs a session store: start the server with --session-store DIR"));
+  }
   const int64_t bytes = model.SessionBytes();
-  MutexLock lock(&mu_);
-  if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
-    if (metrics_ != nullptr) metrics_->Rejected("session_quota");
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "session quota reached: ", options_.max_sessions, " sessions are open; delete some"));
-  }
-  if (absl::Status room = MakeRoomLocked(bytes, nullptr); !room.ok()) {
-    if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
-    return room;
-  }
-  auto memory = NewMemory(model);
-  if (!memory.ok()) return memory.status();
   auto entry = std::make_shared<Entry>();
-  entry->id = NewSessionId();
-  entry->model = &model;
+  {
+    MutexLock lock(&mu_);
+    if (static_cast<int64_t>(sessions_.size()) + creating_ >= options_.max_sessions) {
+      if (metrics_ != nullptr) metrics_->Rejected("session_quota");
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "session quota reached: ", options_.max_sessions, " sessions are open; delete some"));
+    }
+    if (absl::Status room = MakeRoomLocked(bytes, nullptr); !room.ok()) {
+      if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
+      return room;
+    }
+    if (!memory) {
+      auto fresh = NewMemory(model);
+      if (!fresh.ok()) return fresh.status();
+      memory = *std::move(fresh);
+    }
+    entry->id = NewSessionId();
+    entry->model = &model;
+    entry->created = entry->last_use = absl::Now();
+    entry->labels = options.labels;
+    entry->ttl = ttl;
+    entry->default_sampling = options.default_sampling;
+    entry->durability = durability;
+    entry->bytes = bytes;
+    entry->tokens_seen = tokens_seen;
+    entry->memory = *std::move(memory);
+    device_bytes_ += bytes;
+    ++device_count_;
+    ++creating_;
+  }
+  // The entry is nobody else's until it is in the table: persist its first version unlocked.
+  absl::Status persisted;
+  if (durability != Durability::kNone) {
+    engine::api::SnapshotSession fields;
+    {
+      MutexLock lock(&mu_);
+      fields = FieldsLocked(*entry, 0, tokens_seen);
+    }
+    auto snapshot = EncodeSession(model, entry->memory, std::move(fields));
+    if (!snapshot.ok()) {
+      persisted = snapshot.status();
+    } else if (durability == Durability::kSync) {
+      persisted = writer_->PutNow(entry->id, 0, *snapshot, "sync");
+      if (!persisted.ok()) persisted = StoreUnavailable(persisted, 0);
+    } else {
+      writer_->Put(entry->id, 0, *std::move(snapshot), "async");
+    }
+  }
+  MutexLock lock(&mu_);
+  --creating_;
+  if (!persisted.ok()) {
+    device_bytes_ -= bytes;
+    --device_count_;
+    PublishLocked();
+    return persisted;
+  }
+  if (durability == Durability::kSync) entry->durable_version = 0;
   entry->sequence = next_sequence_++;
-  entry->created = entry->last_use = absl::Now();
-  entry->labels = options.labels;
-  entry->ttl = ttl;
-  entry->default_sampling = options.default_sampling;
-  entry->bytes = bytes;
-  entry->memory = *std::move(memory);
-  device_bytes_ += bytes;
-  ++device_count_;
   sessions_[entry->id] = entry;
   PublishLocked();
   return InfoLocked(*entry);
+}
+
+absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
+  if (options_.store == nullptr) return 0;
+  SessionStore& store = *options_.store;
+  ASSIGN_OR_RETURN(std::vector<StoredVersion> stored, store.List());
+  struct Found {
+    std::shared_ptr<Entry> entry;
+    int64_t created_ms;
+  };
+  std::vector<Found> found;
+  const absl::Time now = absl::Now();
+  for (const StoredVersion& v : stored) {
+    // The header gives the manifest's size; the manifest gives the session's fields.
+    absl::StatusOr<engine::api::SnapshotManifest> manifest = [&]()
+        -> absl::StatusOr<engine::api::SnapshotManifest> {
+      ASSIGN_OR_RETURN(std::string header, store.Read(v, engine::api::kSnapshotHeaderBytes));
+      ASSIGN_OR_RETURN(int64_t prefix, engine::api::SnapshotManifestPrefixBytes(header));
+      ASSIGN_OR_RETURN(std::string bytes, store.Read(v, static_cast<size_t>(prefix)));
+      return engine::api::ReadSnapshotManifest(bytes);
+    }();
+    auto entry = std::make_shared<Entry>();
+    entry->id = v.id;
+    entry->created = entry->last_use = now;
+    entry->ttl = options_.default_ttl;
+    entry->tier = Tier::kStore;
+    entry->version = v.version;
+    entry->durable_version = v.version;
+    if (!manifest.ok()) {
+      if (manifest.status().code() == absl::StatusCode::kUnavailable) {
+        LogStore(absl::StrCat("reading session ", v.id), manifest.status());
+        continue;  // an I/O failure: the file may be fine; leave it for the next start
+      }
+      // Unreadable: served as quarantined under the default model so clients see why.
+      ASSIGN_OR_RETURN(entry->model, models.Find(""));
+      entry->quarantine = manifest.status();
+      if (absl::Status q = store.Quarantine(v, manifest.status().ToString()); !q.ok()) {
+        LogStore(absl::StrCat("quarantining session ", v.id), q);
+      }
+      if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(manifest.status()));
+    } else {
+      const engine::api::SnapshotSession& f = manifest->session;
+      auto model = models.Find(f.model_name);
+      if (!model.ok()) {
+        LogStore(absl::StrCat("session ", v.id, " belongs to model \"", f.model_name,
+                              "\", which this server has not loaded; left in the store"),
+                 model.status());
+        continue;
+      }
+      entry->model = *model;
+      if (f.id != v.id || f.state_version != v.version) {
+        entry->quarantine = absl::InvalidArgumentError(absl::StrCat(
+            "the stored snapshot names session ", f.id, " version ", f.state_version,
+            ", not the file's session ", v.id, " version ", v.version));
+        (void)store.Quarantine(v, entry->quarantine.ToString());
+      }
+      entry->labels = f.labels;
+      if (f.ttl_ms > 0) {
+        entry->ttl = std::min(absl::Milliseconds(f.ttl_ms), options_.max_ttl);
+      }
+      entry->tokens_seen = f.tokens_seen;
+      entry->default_sampling = f.default_sampling;
+      entry->durability = f.durability;
+      entry->stored_pending = static_cast<int64_t>(f.pending.size());
+      entry->created = absl::FromUnixMillis(f.create_time_unix_ms);
+    }
+    entry->bytes = entry->model->SessionBytes();
+    found.push_back({entry, absl::ToUnixMillis(entry->created)});
+  }
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.created_ms < b.created_ms; });
+  MutexLock lock(&mu_);
+  int added = 0;
+  for (Found& f : found) {
+    if (sessions_.count(f.entry->id) != 0) continue;
+    f.entry->sequence = next_sequence_++;
+    sessions_[f.entry->id] = f.entry;
+    ++store_count_;
+    ++added;
+  }
+  PublishLocked();
+  return added;
 }
 
 absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::FindLocked(
@@ -189,6 +434,10 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::FindLocked(
         absl::StrCat("no session \"", id, "\" (unknown, deleted or expired)"));
   }
   return it->second;
+}
+
+void SessionManager::WaitNotMovingLocked(const Entry& entry) {
+  while (entry.moving) moved_cv_.Wait(&mu_);
 }
 
 absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) const {
@@ -224,6 +473,8 @@ std::vector<SessionInfo> SessionManager::List(
 absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
   MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto entry, FindLocked(id));
+  WaitNotMovingLocked(*entry);
+  if (sessions_.count(id) == 0) return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
   if (entry->busy) {
     return absl::AbortedError("a request is running on this session; delete it afterwards");
   }
@@ -238,12 +489,19 @@ absl::Status SessionManager::Delete(const std::string& id, int64_t expected_vers
 void SessionManager::EraseLocked(const std::string& id, const char* reason) {
   auto it = sessions_.find(id);
   Entry& e = *it->second;
-  if (e.tier == Tier::kDevice) {
-    device_bytes_ -= e.bytes;
-    --device_count_;
-  } else {
-    host_bytes_ -= e.bytes;
+  switch (e.tier) {
+    case Tier::kDevice:
+      device_bytes_ -= e.bytes;
+      --device_count_;
+      break;
+    case Tier::kHost:
+      host_bytes_ -= e.bytes;
+      break;
+    case Tier::kStore:
+      --store_count_;
+      break;
   }
+  if (writer_ != nullptr) writer_->Delete(id);
   sessions_.erase(it);
   if (metrics_ != nullptr) metrics_->SessionClosed(reason);
   PublishLocked();
@@ -260,60 +518,237 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
     if (copy.labels.empty()) copy.labels = src->labels;
     if (copy.ttl == absl::ZeroDuration()) copy.ttl = src->ttl;
     if (!copy.default_sampling) copy.default_sampling = src->default_sampling;
+    if (!copy.durability) copy.durability = src->durability;
   }
-  ASSIGN_OR_RETURN(SessionInfo info, Create(model, copy));
-  // The new session is not visible to anyone else until its id is returned: fill it in place.
-  MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto dst, FindLocked(info.id));
-  auto memory = CopyMemory(model, src->memory);
-  if (!memory.ok()) {
-    EraseLocked(info.id, "deleted");
-    return memory.status();
-  }
-  dst->memory = *std::move(memory);
-  dst->tokens_seen = src->tokens_seen;
-  return InfoLocked(*dst);
+  ASSIGN_OR_RETURN(SessionMemory memory, CopyMemory(model, src->memory));
+  return Insert(model, copy, std::move(memory), source->tokens_seen());
 }
 
 absl::StatusOr<std::unique_ptr<SessionLease>> SessionManager::Acquire(const std::string& id,
                                                                       int64_t expected_version) {
-  MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto entry, FindLocked(id));
-  if (entry->busy) {
-    return absl::AbortedError(
-        "another request is running on this session (one at a time); retry when it finishes");
-  }
-  if (expected_version != 0 && expected_version != entry->version) {
-    return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
-                                           ", not the expected ", expected_version));
-  }
-  const bool promote = entry->tier == Tier::kHost;
-  if (promote) {
-    if (absl::Status room = MakeRoomLocked(entry->bytes, entry.get()); !room.ok()) {
-      if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
-      return room;
+  std::shared_ptr<Entry> entry;
+  {
+    MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(entry, FindLocked(id));
+    WaitNotMovingLocked(*entry);
+    if (sessions_.count(id) == 0) {
+      return absl::NotFoundError(absl::StrCat("no session \"", id, "\" (deleted or expired)"));
     }
-    RETURN_IF_ERROR(PromoteLocked(*entry));
+    if (!entry->quarantine.ok()) {
+      return absl::Status(entry->quarantine.code(),
+                          absl::StrCat("session ", id, " is quarantined: its stored snapshot ",
+                                       "could not be restored: ", entry->quarantine.message()));
+    }
+    if (entry->busy) {
+      return absl::AbortedError(
+          "another request is running on this session (one at a time); retry when it finishes");
+    }
+    if (expected_version != 0 && expected_version != entry->version) {
+      return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
+                                             ", not the expected ", expected_version));
+    }
+    const char* source = "resident";
+    if (entry->tier == Tier::kHost) {
+      if (absl::Status room = MakeRoomLocked(entry->bytes, entry.get()); !room.ok()) {
+        if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
+        return room;
+      }
+      RETURN_IF_ERROR(PromoteLocked(*entry));
+      source = "promoted";
+    }
+    if (entry->tier != Tier::kStore) {
+      entry->busy = true;
+      entry->last_use = absl::Now();
+      return std::unique_ptr<SessionLease>(new SessionLease(*this, entry, source));
+    }
+    entry->moving = true;  // others wait for the restore rather than see the session busy
   }
+  absl::Status restored = RestoreFromStore(entry);
+  MutexLock lock(&mu_);
+  entry->moving = false;
+  moved_cv_.SignalAll();
+  RETURN_IF_ERROR(restored);
   entry->busy = true;
   entry->last_use = absl::Now();
-  return std::unique_ptr<SessionLease>(new SessionLease(*this, entry, promote));
+  return std::unique_ptr<SessionLease>(new SessionLease(*this, entry, "store"));
+}
+
+absl::Status SessionManager::RestoreFromStore(const std::shared_ptr<Entry>& entry) {
+  SessionStore& store = *options_.store;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<StoredVersion> stored = store.Newest(entry->id);
+  absl::StatusOr<std::string> bytes =
+      stored.ok() ? store.Read(*stored) : absl::StatusOr<std::string>(stored.status());
+  if (!bytes.ok()) {
+    if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(bytes.status()));
+    if (bytes.status().code() == absl::StatusCode::kNotFound) {
+      // The store lost the file: nothing to restore from.
+      absl::Status lost = absl::DataLossError(absl::StrCat(
+          "the session store no longer holds session ", entry->id, ": ", bytes.status().message()));
+      MutexLock lock(&mu_);
+      entry->quarantine = lost;
+      return lost;
+    }
+    return absl::UnavailableError(absl::StrCat("the session store could not be read (",
+                                               bytes.status().message(), "); retry"));
+  }
+  auto decoded = DecodeSession(*entry->model, *bytes);
+  if (decoded.ok()) {
+    const engine::api::SnapshotSession& f = decoded->manifest.session;
+    MutexLock lock(&mu_);
+    if (f.id != entry->id || f.state_version != entry->version) {
+      decoded = absl::InvalidArgumentError(absl::StrCat(
+          "the stored snapshot holds session ", f.id, " version ", f.state_version,
+          ", not session ", entry->id, " version ", entry->version));
+    }
+  }
+  if (!decoded.ok()) {
+    const absl::Status& why = decoded.status();
+    if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(why));
+    if (why.code() == absl::StatusCode::kResourceExhausted ||
+        why.code() == absl::StatusCode::kUnavailable) {
+      return why;  // the device, not the snapshot: try again later
+    }
+    LogStore(absl::StrCat("quarantining session ", entry->id, " version ", stored->version), why);
+    if (absl::Status q = store.Quarantine(*stored, why.ToString()); !q.ok()) {
+      LogStore(absl::StrCat("quarantining session ", entry->id), q);
+    }
+    MutexLock lock(&mu_);
+    entry->quarantine = why;
+    return absl::Status(why.code(), absl::StrCat("session ", entry->id,
+                                                 " is quarantined: its stored snapshot could not "
+                                                 "be restored: ",
+                                                 why.message()));
+  }
+  MutexLock lock(&mu_);
+  if (absl::Status room = MakeRoomLocked(entry->bytes, entry.get()); !room.ok()) {
+    if (metrics_ != nullptr) metrics_->Rejected("state_pool_full");
+    return room;
+  }
+  entry->memory = std::move(decoded->memory);
+  entry->tier = Tier::kDevice;
+  --store_count_;
+  device_bytes_ += entry->bytes;
+  ++device_count_;
+  if (entry->durability == Durability::kNone) {
+    // The store held it only as the lowest tier: a NONE session is memory-only again.
+    entry->durable_version = -1;
+    writer_->Delete(entry->id);
+  }
+  if (metrics_ != nullptr) {
+    metrics_->TierMove("store", "device");
+    metrics_->SnapshotRestored("store", static_cast<int64_t>(bytes->size()),
+                               absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  PublishLocked();
+  return absl::OkStatus();
 }
 
 void SessionManager::Release(SessionLease& lease) {
+  std::shared_ptr<Entry> entry = lease.entry_;
+  Entry& e = *entry;
+  const bool committed = lease.version_ != lease.acquired_version_;
+  engine::api::SnapshotSession fields;
+  {
+    MutexLock lock(&mu_);
+    if (lease.persisted_version_ > lease.version_) {
+      // Persist ran but the request did not commit: the store is ahead of the memory. Rewrite it
+      // below so a restart does not bring back a version nobody was given.
+      std::fprintf(stderr, "mnemo-server: session %s: persisted version %lld was not committed\n",
+                   e.id.c_str(), static_cast<long long>(lease.persisted_version_));
+      e.durable_version = -1;
+    }
+    e.version = lease.version_;
+    e.tokens_seen = lease.tokens_seen_;
+    e.last_use = absl::Now();
+    if (committed && lease.persisted_version_ == lease.version_) {
+      e.durable_version = lease.version_;
+    }
+    e.busy = false;
+    const bool write_async = writer_ != nullptr && e.durability != Durability::kNone &&
+                             e.tier == Tier::kDevice && e.durable_version != e.version &&
+                             (committed || lease.persisted_version_ > lease.version_);
+    if (!write_async) return;
+    // Encode while others wait (moving), then queue the write: the request already answered.
+    e.moving = true;
+    fields = FieldsLocked(e, e.version, e.tokens_seen);
+  }
+  const int64_t version = fields.state_version;
+  auto snapshot = EncodeSession(*e.model, e.memory, std::move(fields));
   MutexLock lock(&mu_);
-  Entry& e = *lease.entry_;
-  e.version = lease.version_;
-  e.tokens_seen = lease.tokens_seen_;
-  e.last_use = absl::Now();
-  e.busy = false;
+  e.moving = false;
+  moved_cv_.SignalAll();
+  if (!snapshot.ok()) {
+    LogStore(absl::StrCat("encoding session ", e.id), snapshot.status());
+    if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(snapshot.status()));
+    return;
+  }
+  writer_->Put(e.id, version, *std::move(snapshot), "async");
+}
+
+void SessionManager::OnStoreWrite(const std::string& id, int64_t version,
+                                  const absl::Status& status) {
+  if (!status.ok()) return;  // counted and logged by the writer
+  MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  Entry& e = *it->second;
+  if (version <= e.version && version > e.durable_version) e.durable_version = version;
+}
+
+int SessionManager::EvictToStore() {
+  int moved = 0;
+  while (true) {
+    std::shared_ptr<Entry> victim;
+    engine::api::SnapshotSession fields;
+    bool write = false;
+    {
+      MutexLock lock(&mu_);
+      if (writer_ == nullptr || options_.host_budget_bytes <= 0 || stopping_ ||
+          host_bytes_ <= options_.host_budget_bytes) {
+        break;
+      }
+      for (auto& [id, e] : sessions_) {
+        if (e->busy || e->moving || e->tier != Tier::kHost) continue;
+        if (victim == nullptr || e->last_use < victim->last_use) victim = e;
+      }
+      if (victim == nullptr) break;
+      victim->moving = true;
+      write = victim->durable_version != victim->version;
+      fields = FieldsLocked(*victim, victim->version, victim->tokens_seen);
+    }
+    absl::Status status;
+    if (write) {
+      auto snapshot = EncodeSession(*victim->model, victim->memory, std::move(fields));
+      status = snapshot.status();
+      if (status.ok()) status = writer_->PutNow(victim->id, victim->version, *snapshot, "evict");
+    }
+    MutexLock lock(&mu_);
+    victim->moving = false;
+    moved_cv_.SignalAll();
+    if (!status.ok()) {
+      LogStore(absl::StrCat("evicting session ", victim->id), status);
+      break;  // the host tier stays over budget until the store recovers
+    }
+    if (sessions_.count(victim->id) == 0) continue;
+    victim->stored_pending = static_cast<int64_t>(victim->memory.pending.size());
+    victim->memory = SessionMemory();
+    victim->tier = Tier::kStore;
+    victim->durable_version = victim->version;
+    host_bytes_ -= victim->bytes;
+    ++store_count_;
+    if (metrics_ != nullptr) metrics_->TierMove("host", "store");
+    PublishLocked();
+    ++moved;
+  }
+  return moved;
 }
 
 absl::Status SessionManager::MakeRoomLocked(int64_t bytes, const Entry* keep) {
   while (device_bytes_ + bytes > options_.device_budget_bytes) {
     Entry* victim = nullptr;
     for (auto& [id, e] : sessions_) {
-      if (e.get() == keep || e->busy || e->tier != Tier::kDevice) continue;
+      if (e.get() == keep || e->busy || e->moving || e->tier != Tier::kDevice) continue;
       if (victim == nullptr || e->last_use < victim->last_use) victim = e.get();
     }
     if (victim == nullptr) {
@@ -337,6 +772,9 @@ absl::Status SessionManager::DemoteLocked(Entry& e) {
   host_bytes_ += e.bytes;
   --device_count_;
   if (metrics_ != nullptr) metrics_->TierMove("device", "host");
+  if (options_.host_budget_bytes > 0 && host_bytes_ > options_.host_budget_bytes) {
+    reaper_cv_.SignalAll();  // the reaper evicts to the store
+  }
   PublishLocked();
   return absl::OkStatus();
 }
@@ -360,7 +798,7 @@ int SessionManager::ReapExpired(absl::Time now) {
   MutexLock lock(&mu_);
   std::vector<std::string> expired;
   for (const auto& [id, e] : sessions_) {
-    if (!e->busy && e->last_use + e->ttl <= now) expired.push_back(id);
+    if (!e->busy && !e->moving && e->last_use + e->ttl <= now) expired.push_back(id);
   }
   for (const std::string& id : expired) EraseLocked(id, "expired");
   return static_cast<int>(expired.size());
@@ -380,9 +818,16 @@ SessionInfo SessionManager::InfoLocked(const Entry& e) const {
   info.state_version = e.version;
   info.memory_tokens = e.model->model->config().mem_len;
   // The pending tail belongs to the lease holder while busy; report it only when idle.
-  info.pending_tokens = e.busy ? 0 : static_cast<int64_t>(e.memory.pending.size());
+  if (e.tier == Tier::kStore) {
+    info.pending_tokens = e.stored_pending;
+  } else {
+    info.pending_tokens =
+        e.busy || e.moving ? 0 : static_cast<int64_t>(e.memory.pending.size());
+  }
   info.default_sampling = e.default_sampling;
   info.sequence = e.sequence;
+  info.durability = e.durability;
+  info.durable_version = e.durable_version;
   return info;
 }
 
@@ -390,7 +835,8 @@ void SessionManager::PublishLocked() const {
   if (metrics_ == nullptr) return;
   const auto total = static_cast<int64_t>(sessions_.size());
   metrics_->SetSessions("device", device_count_, device_bytes_);
-  metrics_->SetSessions("host", total - device_count_, host_bytes_);
+  metrics_->SetSessions("host", total - device_count_ - store_count_, host_bytes_);
+  metrics_->SetSessions("store", store_count_, 0);
 }
 
 int64_t SessionManager::device_bytes() const {
@@ -401,6 +847,11 @@ int64_t SessionManager::device_bytes() const {
 int64_t SessionManager::host_bytes() const {
   MutexLock lock(&mu_);
   return host_bytes_;
+}
+
+int64_t SessionManager::store_count() const {
+  MutexLock lock(&mu_);
+  return store_count_;
 }
 
 int64_t SessionManager::size() const {

@@ -1,15 +1,25 @@
 // SessionManager: sessions as durable resources. Each session holds one document's memory for
 // one model; a session runs one request at a time (Acquire hands out an exclusive lease, a second
-// caller gets ABORTED); idle sessions expire after their TTL; states live on the model's device
-// under a byte budget, and beyond it the least recently used idle states are demoted to host
-// memory and promoted back on their next request, transparently. Byte accounting is exact
+// caller gets ABORTED); idle sessions expire after their TTL. States live in three tiers: on the
+// model's device under a byte budget; beyond it the least recently used idle states are demoted
+// to host memory; with a session store, idle host states beyond the host budget are written to
+// the store and freed. Each comes back on its next request, exactly. Byte accounting is exact
 // (SessionState::bytes()).
+//
+// Durability (with a store): NONE sessions live in memory (the store holds them only while they
+// are evicted there); ASYNC sessions are written by the StoreWriter after each committed change;
+// SYNC sessions are written before a request's result is sent (SessionLease::Persist). Recover
+// lists what a store holds after a restart; those sessions are restored on first use. A stored
+// snapshot that fails to restore (corrupt, torn, another model's) is quarantined: the store
+// moves it aside and the session answers every request with the error until it is deleted.
 //
 // Threading: every method is safe from any thread. `mu_` guards the session table, the byte and
 // count totals, the stopping flag, and every entry's mutable fields (labels, TTL, last use, busy,
-// tier, version, tokens seen); an entry's memory belongs to its lease holder while busy and to the
-// manager, under `mu_`, while idle. Methods ending in Locked expect `mu_` held; the others take it
-// (the reaper thread too) and never call the engine's forward pass under it.
+// moving, tier, versions, tokens seen); an entry's memory belongs to its lease holder while busy,
+// to the thread moving it while `moving` (eviction to or restore from the store, an asynchronous
+// snapshot's encoding: others wait on `moved_cv_`), and to the manager, under `mu_`, otherwise.
+// Methods ending in Locked expect `mu_` held; the others take it (the reaper thread too) and never
+// run the model or touch the store under it.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +36,16 @@
 #include "absl/time/time.h"
 
 #include "base/mutex.h"
+#include "engine/api/snapshot.h"
 #include "engine/api/types.h"
 #include "server/model_registry.h"
+#include "server/session_store.h"
 
 namespace mnemo::server {
 
 class Metrics;
+class StoreWriter;
+using engine::api::Durability;
 
 // What a session remembers: the model's state, and tokens received but not run yet (the tail of
 // the document, at most one segment, run with whatever comes next so segment boundaries do not
@@ -50,14 +64,18 @@ absl::StatusOr<SessionMemory> NewMemory(const LoadedModel& model);
 // scratch work).
 absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const SessionMemory& memory);
 
-enum class Tier : uint8_t { kDevice, kHost };
+enum class Tier : uint8_t { kDevice, kHost, kStore };
 const char* TierName(Tier tier);
 
 struct SessionOptions {
   absl::Duration ttl = absl::ZeroDuration();  // zero: the manager's default
   std::map<std::string, std::string> labels;
   std::optional<engine::api::SamplingParams> default_sampling;
+  std::optional<Durability> durability;  // unset: the manager's default
 };
+
+// "none", "async" or "sync".
+const char* DurabilityName(Durability durability);
 
 // A copy of a session's descriptive fields.
 struct SessionInfo {
@@ -75,6 +93,8 @@ struct SessionInfo {
   int64_t pending_tokens = 0;
   std::optional<engine::api::SamplingParams> default_sampling;
   uint64_t sequence = 0;  // creation order (list paging)
+  Durability durability = Durability::kNone;
+  int64_t durable_version = -1;  // the newest version the store holds; -1: none
 };
 
 struct SessionManagerOptions {
@@ -83,6 +103,10 @@ struct SessionManagerOptions {
   absl::Duration default_ttl = absl::Hours(1);
   absl::Duration max_ttl = absl::Hours(24 * 7);
   absl::Duration reap_interval = absl::Seconds(1);
+  // Idle host-tier states beyond this many bytes go to the store (0: no limit; needs a store).
+  int64_t host_budget_bytes = 0;
+  SessionStore* store = nullptr;  // not owned; null: no store (every session NONE)
+  Durability default_durability = Durability::kNone;
 };
 
 class SessionManager;
@@ -101,20 +125,29 @@ class SessionLease {
   int64_t state_version() const { return version_; }
   int64_t tokens_seen() const { return tokens_seen_; }
   const std::optional<engine::api::SamplingParams>& default_sampling() const;
-  // Where the state was when the request arrived ("resident" or "promoted").
-  const char* state_source() const { return promoted_ ? "promoted" : "resident"; }
+  // Where the state was when the request arrived: "resident", "promoted" (from host) or "store".
+  const char* state_source() const { return source_; }
+  // SYNC sessions: makes the memory durable as the version Commit(tokens_added) will record,
+  // before the request's result is sent. UNAVAILABLE when the store fails (the request must then
+  // fail and the session keep its version). OK and nothing written for the other levels.
+  absl::Status Persist(int64_t tokens_added);
+  // Whether Persist wrote the version the next Commit records (that result survives a crash, so
+  // the request commits even when its client went away before reading it).
+  bool persisted() const { return persisted_version_ == version_ + 1; }
   // Records the memory as the session's new version with `tokens_added` more document tokens.
   void Commit(int64_t tokens_added);
 
  private:
   friend class SessionManager;
   struct Entry;
-  SessionLease(SessionManager& manager, std::shared_ptr<Entry> entry, bool promoted);
+  SessionLease(SessionManager& manager, std::shared_ptr<Entry> entry, const char* source);
   SessionManager& manager_;
   std::shared_ptr<Entry> entry_;
+  int64_t acquired_version_;
   int64_t version_;
   int64_t tokens_seen_;
-  bool promoted_;
+  int64_t persisted_version_ = -1;
+  const char* source_;
 };
 
 class SessionManager {
@@ -125,9 +158,24 @@ class SessionManager {
   SessionManager& operator=(const SessionManager&) = delete;
 
   // RESOURCE_EXHAUSTED when the session quota is reached or no device room can be made;
-  // INVALID_ARGUMENT for a TTL above the maximum.
+  // INVALID_ARGUMENT for a TTL above the maximum; FAILED_PRECONDITION for ASYNC or SYNC without
+  // a store; UNAVAILABLE when a SYNC session's first version cannot be made durable.
   absl::StatusOr<SessionInfo> Create(LoadedModel& model, const SessionOptions& options)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A new session holding `memory` (on the model's device) with `tokens_seen` document tokens
+  // (ImportSession); errors as Create.
+  absl::StatusOr<SessionInfo> CreateFrom(LoadedModel& model, const SessionOptions& options,
+                                         SessionMemory memory, int64_t tokens_seen)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Lists the sessions the store holds (after a restart) as store-tier sessions, restored on
+  // first use; sessions of models not loaded stay in the store untouched. Returns how many.
+  absl::StatusOr<int> Recover(const ModelRegistry& models) ABSL_LOCKS_EXCLUDED(mu_);
+  // The descriptive fields a snapshot of the leased session records (ExportSession).
+  engine::api::SnapshotSession SnapshotFields(const SessionLease& lease) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits until the store writes queued so far are done (shutdown, tests).
+  void FlushStore();
+  bool has_store() const { return options_.store != nullptr; }
   absl::StatusOr<SessionInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   // Sessions created after `after_sequence` carrying every label of `label_filter`, oldest
   // first, at most `limit`; *more tells whether further ones exist.
@@ -139,22 +187,40 @@ class SessionManager {
   // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
   absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
                                    const SessionOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
-  // Exclusive use of a session, its state on the device (promoted if it was demoted).
-  // NOT_FOUND, ABORTED (busy, or version ≠ expected_version when that is not 0),
-  // RESOURCE_EXHAUSTED (no device room).
+  // Exclusive use of a session, its state on the device (promoted from host or restored from the
+  // store if it was there). NOT_FOUND, ABORTED (busy, or version ≠ expected_version when that is
+  // not 0), RESOURCE_EXHAUSTED (no device room), UNAVAILABLE (the store could not be read),
+  // DATA_LOSS / FAILED_PRECONDITION / INVALID_ARGUMENT (its stored snapshot is unusable: the
+  // session is quarantined).
   absl::StatusOr<std::unique_ptr<SessionLease>> Acquire(const std::string& id,
                                                         int64_t expected_version)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes idle sessions whose TTL ran out by `now`; returns how many.
   int ReapExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes idle host states, least recently used first, to the store until the host tier fits
+  // its budget (the reaper runs it; tests may call it). Returns how many moved.
+  int EvictToStore() ABSL_LOCKS_EXCLUDED(mu_);
   int64_t device_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t host_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t store_count() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t size() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class SessionLease;
   using Entry = SessionLease::Entry;
   void Release(SessionLease& lease) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<SessionInfo> Insert(LoadedModel& model, const SessionOptions& options,
+                                     std::optional<SessionMemory> memory, int64_t tokens_seen)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Restores a store-tier entry (marked moving by the caller) onto the device.
+  absl::Status RestoreFromStore(const std::shared_ptr<Entry>& entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits while `entry` is being moved by another thread.
+  void WaitNotMovingLocked(const Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  engine::api::SnapshotSession FieldsLocked(const Entry& entry, int64_t version,
+                                            int64_t tokens_seen) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnStoreWrite(const std::string& id, int64_t version, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Demotes idle device states, least recently used first, until `bytes` more fit the budget.
   absl::Status MakeRoomLocked(int64_t bytes, const Entry* keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status DemoteLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -175,9 +241,13 @@ class SessionManager {
   int64_t device_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t device_count_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t store_count_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;  // sessions being created (quota)
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  CondVar reaper_cv_;   // wakes the reaper early at shutdown
-  std::thread reaper_;  // last: starts once everything above exists
+  CondVar reaper_cv_;  // wakes the reaper early (shutdown, host tier over budget)
+  CondVar moved_cv_;   // an entry stopped moving
+  std::unique_ptr<StoreWriter> writer_;  // with a store
+  std::thread reaper_;                   // last: starts once everything above exists
 };
 
 // 128 random bits from the kernel's CSPRNG as 32 lowercase hex digits.

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <charconv>
 
 #include "absl/strings/numbers.h"
@@ -6,6 +7,7 @@
 #include "base/status_macros.h"
 #include "server/proto_conversion.h"
 #include "server/services.h"
+#include "server/session_snapshot.h"
 
 namespace mnemo::server {
 namespace {
@@ -33,6 +35,9 @@ absl::StatusOr<SessionOptions> OptionsFrom(
   return options;
 }
 
+// ExportSession's message size: well under gRPC's default 4 MiB receive limit.
+constexpr size_t kSnapshotChunkBytes = size_t{1} << 20;
+
 absl::Status RequireId(const std::string& id) {
   if (id.empty()) return InvalidField("session_id", "is required");
   return absl::OkStatus();
@@ -58,6 +63,7 @@ grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
         OptionsFrom(request->labels(), request->has_ttl(), request->ttl(),
                     request->has_default_sampling() ? &request->default_sampling() : nullptr,
                     ctx_.limits));
+    options.durability = DurabilityFromProto(request->durability());
     ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Create(*model, options));
     SessionToProto(info, response);
     return absl::OkStatus();
@@ -124,6 +130,143 @@ grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
     ASSIGN_OR_RETURN(
         SessionInfo info,
         ctx_.sessions->Fork(request->session_id(), request->expected_state_version(), options));
+    SessionToProto(info, response);
+    return absl::OkStatus();
+  };
+  return scope.Finish(run());
+}
+
+grpc::Status SessionServiceImpl::ExportSession(grpc::ServerContext* context,
+                                               const v1::ExportSessionRequest* request,
+                                               grpc::ServerWriter<v1::SessionSnapshotChunk>* writer) {
+  RpcScope scope(ctx_, "ExportSession");
+  auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(RequireId(request->session_id()));
+    std::string snapshot;
+    int64_t version = 0;
+    std::string fingerprint;
+    {
+      ASSIGN_OR_RETURN(
+          std::unique_ptr<SessionLease> lease,
+          ctx_.sessions->Acquire(request->session_id(), request->expected_state_version()));
+      version = lease->state_version();
+      fingerprint = lease->model().description.fingerprint;
+      ASSIGN_OR_RETURN(snapshot, EncodeSession(lease->model(), lease->memory(),
+                                               ctx_.sessions->SnapshotFields(*lease)));
+    }  // the session is free again while the bytes travel
+    const size_t chunk = kSnapshotChunkBytes;
+    size_t offset = 0;
+    do {
+      if (context->IsCancelled()) return absl::CancelledError("the client cancelled");
+      v1::SessionSnapshotChunk message;
+      const size_t n = std::min(chunk, snapshot.size() - offset);
+      message.set_data(snapshot.data() + offset, n);
+      if (offset == 0) {
+        message.set_total_bytes(static_cast<int64_t>(snapshot.size()));
+        message.set_state_version(version);
+        message.set_model_fingerprint(fingerprint);
+      }
+      if (!writer->Write(message)) return absl::CancelledError("the client went away");
+      offset += n;
+    } while (offset < snapshot.size());
+    return absl::OkStatus();
+  };
+  return scope.Finish(run());
+}
+
+grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
+                                               grpc::ServerReader<v1::ImportSessionRequest>* reader,
+                                               v1::Session* response) {
+  RpcScope scope(ctx_, "ImportSession");
+  auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
+    v1::ImportSessionRequest first;
+    (void)v1::TakeRequestParseError();
+    if (!reader->Read(&first)) {
+      if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+        return InvalidField("messages[0]", e.error_message());
+      }
+      return InvalidField("data", "the stream ended before its first message");
+    }
+    std::string model_name = first.model();
+    if (model_name.empty() && !first.session_id().empty()) {
+      ASSIGN_OR_RETURN(SessionInfo target, ctx_.sessions->Get(first.session_id()));
+      model_name = target.model;
+    }
+    ASSIGN_OR_RETURN(LoadedModel * model, ctx_.models->Find(model_name));
+    // A snapshot of this model is its states plus a manifest: anything longer is refused as it
+    // arrives, before it is held.
+    const int64_t limit = model->SessionBytes() + engine::api::kMaxSnapshotManifestBytes +
+                          int64_t{64} * (model->model->config().n_layer + 2) * 64 + 4096;
+    std::string snapshot = std::move(*first.mutable_data());
+    v1::ImportSessionRequest message;
+    int64_t index = 1;
+    while (static_cast<int64_t>(snapshot.size()) <= limit && reader->Read(&message)) {
+      snapshot += message.data();
+      ++index;
+    }
+    if (static_cast<int64_t>(snapshot.size()) > limit) {
+      return InvalidField("data", absl::StrCat("more than the ", limit,
+                                               " bytes a snapshot of model \"", model->name,
+                                               "\" can hold"));
+    }
+    if (context->IsCancelled()) return absl::CancelledError("the client cancelled");
+    if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+      return InvalidField(absl::StrCat("messages[", index, "]"), e.error_message());
+    }
+    const absl::Time start = absl::Now();
+    ASSIGN_OR_RETURN(DecodedSession decoded, DecodeSession(*model, snapshot));
+    ctx_.metrics->SnapshotRestored("import", static_cast<int64_t>(snapshot.size()),
+                                   absl::ToDoubleSeconds(absl::Now() - start));
+    const engine::api::SnapshotSession& fields = decoded.manifest.session;
+    if (!first.session_id().empty()) {
+      // Replace an existing session's state: one more version of it.
+      ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
+                       ctx_.sessions->Acquire(first.session_id(), first.expected_state_version()));
+      if (&lease->model() != model) {
+        return InvalidField("model", absl::StrCat("session ", first.session_id(),
+                                                  " belongs to model \"", lease->model().name,
+                                                  "\""));
+      }
+      const int64_t added = fields.tokens_seen - lease->tokens_seen();
+      SessionMemory previous = std::move(lease->memory());
+      lease->memory() = std::move(decoded.memory);
+      if (absl::Status s = lease->Persist(added); !s.ok()) {
+        lease->memory() = std::move(previous);
+        return s;
+      }
+      lease->Commit(added);
+      const std::string id = lease->id();
+      lease.reset();
+      ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(id));
+      SessionToProto(info, response);
+      return absl::OkStatus();
+    }
+    FieldViolations violations;
+    SessionOptions options;
+    CheckLabels(first.labels(), ctx_.limits.max_labels, "labels", violations);
+    if (first.labels().empty()) {
+      options.labels = fields.labels;
+    } else {
+      options.labels.insert(first.labels().begin(), first.labels().end());
+    }
+    if (first.has_ttl()) {
+      options.ttl = DurationFromProto(first.ttl());
+      if (options.ttl <= absl::ZeroDuration() || options.ttl > ctx_.limits.max_session_ttl) {
+        violations.Add("ttl", absl::StrCat("must be in (0, ",
+                                           absl::FormatDuration(ctx_.limits.max_session_ttl), "]"));
+      }
+    } else if (fields.ttl_ms > 0) {
+      options.ttl = std::min(absl::Milliseconds(fields.ttl_ms), ctx_.limits.max_session_ttl);
+    }
+    RETURN_IF_ERROR(violations.ToStatus());
+    options.default_sampling = fields.default_sampling;
+    options.durability = DurabilityFromProto(first.durability());
+    if (!options.durability && ctx_.sessions->has_store()) options.durability = fields.durability;
+    ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->CreateFrom(*model, options,
+                                                                 std::move(decoded.memory),
+                                                                 fields.tokens_seen));
     SessionToProto(info, response);
     return absl::OkStatus();
   };

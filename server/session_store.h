@@ -14,7 +14,9 @@
 // can fail, fill up or tear any write in tests.
 //
 // Errors: UNAVAILABLE for I/O failures (errno text in the message), RESOURCE_EXHAUSTED when the
-// disk is full, NOT_FOUND for a session without a published version.
+// disk is full, NOT_FOUND for a session without a published version, INVALID_ARGUMENT for an id
+// or version out of form, FAILED_PRECONDITION where the directory holds something of the wrong
+// kind (a file or a link where a session's directory or a version belongs).
 // Threading: every method is safe from any thread; operations on different sessions run
 // concurrently, operations on one session are the caller's to order.
 #pragma once
@@ -51,6 +53,8 @@ class StoreEnv {
   virtual absl::Status CreateDir(const std::string& path) = 0;  // ok when it exists
   virtual absl::Status RemoveDir(const std::string& path) = 0;  // an empty directory
   virtual absl::Status SyncDir(const std::string& path) = 0;
+  // The size of a regular file; FAILED_PRECONDITION for anything else (a directory, a link).
+  virtual absl::StatusOr<uint64_t> GetFileSize(const std::string& path) = 0;
   // Names in a directory (no "." or ".."); NOT_FOUND when it does not exist.
   virtual absl::StatusOr<std::vector<std::string>> GetChildren(const std::string& dir) = 0;
 };
@@ -69,9 +73,10 @@ class SessionStore {
  public:
   virtual ~SessionStore() = default;
   // Publishes `snapshot` as `version` of session `id` (32 lowercase hex digits); durable when it
-  // returns OK. Older versions are removed afterwards.
+  // returns OK. Older versions are removed afterwards; a failed Put leaves them as they were.
   virtual absl::Status Put(const std::string& id, int64_t version, std::string_view snapshot) = 0;
-  // The newest published version of `id`, whole or (max_bytes) its first bytes.
+  // The snapshot of `version` (as Newest or List gave it), whole or (max_bytes) its first bytes;
+  // NOT_FOUND once a newer version replaced it.
   virtual absl::StatusOr<std::string> Read(const StoredVersion& version,
                                            size_t max_bytes = SIZE_MAX) = 0;
   virtual absl::StatusOr<StoredVersion> Newest(const std::string& id) = 0;
@@ -79,8 +84,8 @@ class SessionStore {
   virtual absl::StatusOr<std::vector<StoredVersion>> List() = 0;
   // Removes every version of `id` (OK when there is none).
   virtual absl::Status Delete(const std::string& id) = 0;
-  // Moves `version` aside with the reason it failed, keeping it for inspection; the session no
-  // longer appears in List.
+  // Moves `version` aside with the reason it failed, keeping it for inspection, and removes the
+  // session's older versions: the session no longer appears in List.
   virtual absl::Status Quarantine(const StoredVersion& version, std::string_view why) = 0;
   // Where the store lives, for logs.
   virtual std::string Describe() const = 0;

@@ -3,7 +3,8 @@
 #   engine/, kernels/, base/ never include gRPC or protobuf;
 #   kernels/ and base/ never include engine/ or server/; engine/ never includes server/;
 #   clients/ include neither engine/, server/ nor kernels/ (only the contract and base/);
-#   server/ and tools/cli/ see the engine only through engine/api/ (never its internals or kernels/);
+#   server/ and tools/cli/ see the engine only through engine/api/ (never its internals, kernels/
+#   or engine/api/model_access.h);
 #   sentencepiece is included only by engine/tokenizer/sentencepiece_module.cc;
 #   CUDA headers only under kernels/cuda/ (and engine/backend/cuda/).
 set -euo pipefail
@@ -26,6 +27,8 @@ check "engine/ including server/" '#include\s*"server/' engine
 check "clients/ including engine/, server/ or kernels/" '#include\s*"(engine|server|kernels)/' clients
 seam=$(grep -rnE '#include\s*"(engine|kernels)/' server tools/cli --include='*.h' --include='*.cc' 2>/dev/null | grep -vE '#include\s*"engine/api/' || true)
 if [ -n "$seam" ]; then echo "layering: server/ or tools/cli/ including engine internals or kernels/ (only engine/api/):"; echo "$seam"; fail=1; fi
+access=$(grep -rnE '#include\s*"engine/api/model_access.h"' server tools/cli --include='*.h' --include='*.cc' 2>/dev/null || true)
+if [ -n "$access" ]; then echo "layering: engine/api/model_access.h is the engine's own:"; echo "$access"; fail=1; fi
 spm=$(grep -rlnE '#include\s*[<"]sentencepiece' base engine kernels tools 2>/dev/null | grep -v '^engine/tokenizer/sentencepiece_module.cc$' || true)
 if [ -n "$spm" ]; then echo "layering: sentencepiece included outside its wrapper: $spm"; fail=1; fi
 cuda=$(grep -rlnE '#include\s*[<"](cuda_runtime|cuda\.h|cublas|cusparse|cuda_fp16|cuda_bf16)' base engine kernels 2>/dev/null | grep -vE '^(kernels/cuda/|engine/backend/cuda/)' || true)

@@ -2,14 +2,9 @@
 
 #include <utility>
 
-#include "engine/model/transfo_xl_model.h"
+#include "engine/api/model_access.h"
 
 namespace mnemo::engine::api {
-
-// The engine model behind an api::Model, for the loop's speculative decoder and direct steps.
-struct ModelAccess {
-  static TransfoXlModel& Impl(const Model& model) { return *model.impl_; }
-};
 
 absl::StatusOr<GenerationResult> Generate(
     const Model& model, int64_t segment_tokens, const GenerationMemory& memory,

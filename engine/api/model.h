@@ -103,7 +103,7 @@ class Model {
   bool UsesResidualAttention() const;
 
  private:
-  friend struct ModelAccess;  // the engine's own callers (generation.cc) reach the model
+  friend struct ModelAccess;  // engine/api's own files reach the model (model_access.h)
   Model() = default;
 
   std::string dir_;

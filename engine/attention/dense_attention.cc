@@ -45,6 +45,21 @@ absl::StatusOr<std::unique_ptr<LayerState>> DenseLayerState::Map(TensorCopy copy
   return out;
 }
 
+std::vector<int64_t> DenseLayerState::Bookkeeping() const {
+  std::vector<int64_t> out = {memory.start(), memory.size()};
+  if (compressive.pending.defined()) compressive.AppendBookkeeping(out);
+  return out;
+}
+
+absl::Status DenseLayerState::SetBookkeeping(std::span<const int64_t> values,
+                                             int64_t /*position*/) {
+  const bool compresses = compressive.pending.defined();
+  RETURN_IF_ERROR(CheckBookkeepingCount(
+      values, 2 + (compresses ? CompressiveMemory::kBookkeepingValues : 0), "dense"));
+  RETURN_IF_ERROR(memory.SetBookkeeping(values[0], values[1], "XL memory"));
+  return compresses ? compressive.SetBookkeeping(values.subspan(2)) : absl::OkStatus();
+}
+
 absl::Status DenseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
                                               LayerConfig& layer) {
   ASSIGN_OR_RETURN(layer.residual_attention, r.Bool("residual_attention", false));

@@ -27,6 +27,10 @@ struct DenseLayerState final : LayerState {
     return {compressive.compressions, compressive.tokens_compressed};
   }
   absl::StatusOr<std::unique_ptr<LayerState>> Map(TensorCopy copy) const override;
+  // The XL ring's start and size, then (compressive) CompressiveMemory's values. The ring is not
+  // checked against the position: a "zeros" memory is full from the first token.
+  std::vector<int64_t> Bookkeeping() const override;
+  absl::Status SetBookkeeping(std::span<const int64_t> values, int64_t position) override;
 };
 
 class DenseAttentionLayer final : public AttentionLayer {

@@ -16,6 +16,13 @@ absl::StatusOr<std::unique_ptr<LayerState>> LinearLayerState::Map(TensorCopy cop
   return out;
 }
 
+std::vector<int64_t> LinearLayerState::Bookkeeping() const { return {}; }
+
+absl::Status LinearLayerState::SetBookkeeping(std::span<const int64_t> values,
+                                              int64_t /*position*/) {
+  return CheckBookkeepingCount(values, 0, "linear");
+}
+
 absl::Status LinearAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
                                                LayerConfig& layer) {
   const nlohmann::json& j = r.json();

@@ -19,6 +19,9 @@ struct LinearLayerState final : LayerState {
   size_t bytes() const override { return sums.bytes(); }
   Device device() const override { return sums.s.device(); }
   absl::StatusOr<std::unique_ptr<LayerState>> Map(TensorCopy copy) const override;
+  // None: the sums are all there is.
+  std::vector<int64_t> Bookkeeping() const override;
+  absl::Status SetBookkeeping(std::span<const int64_t> values, int64_t position) override;
 };
 
 class LinearAttentionLayer final : public AttentionLayer {

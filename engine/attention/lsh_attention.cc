@@ -3,6 +3,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 #include "engine/model/enum_names.h"
 #include "engine/model/layer_entry_reader.h"
@@ -16,8 +18,39 @@ size_t LshLayerState::bytes() const {
 absl::StatusOr<std::unique_ptr<LayerState>> LshLayerState::Map(TensorCopy copy) const {
   auto out = std::make_unique<LshLayerState>();
   RETURN_IF_ERROR(CopyDefined(buckets.buckets, copy, out->buckets.buckets));
+  out->buckets.n_buckets = buckets.n_buckets;
   ASSIGN_OR_RETURN(out->history, CopyRing(history, copy));
   return out;
+}
+
+std::vector<int64_t> LshLayerState::Bookkeeping() const {
+  return {history.start(), history.size()};
+}
+
+absl::Status LshLayerState::SetBookkeeping(std::span<const int64_t> values, int64_t position) {
+  RETURN_IF_ERROR(CheckBookkeepingCount(values, 2, "lsh"));
+  RETURN_IF_ERROR(history.SetBookkeeping(values[0], values[1], "lsh history"));
+  if (history.size() > position) {
+    return absl::InvalidArgumentError(absl::StrCat("lsh history: ring size ", history.size(),
+                                                   " > the session's position ", position));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LshLayerState::CheckContents() const {
+  const Tensor& b = buckets.buckets;
+  if (!b.defined()) return absl::OkStatus();
+  if (b.device() != Device::kCpu || b.dtype() != DType::kI32) {
+    return absl::InvalidArgumentError("lsh buckets: not an int32 host tensor");
+  }
+  const int32_t* ids = b.data<int32_t>();
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    if (ids[i] < 0 || ids[i] >= buckets.n_buckets) {
+      return absl::InvalidArgumentError(absl::StrCat("lsh buckets: entry ", i, " is ", ids[i],
+                                                     ", outside [0, ", buckets.n_buckets, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LshAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& /*config*/,
@@ -57,6 +90,7 @@ absl::StatusOr<std::unique_ptr<LayerState>> LshAttentionLayer::NewState(Backend&
   ASSIGN_OR_RETURN(
       state->buckets.buckets,
       be.Allocate(DType::kI32, {lc_.lsh.history - 1, config_.n_head * lc_.lsh.n_hashes}));
+  state->buckets.n_buckets = lc_.lsh.n_buckets;
   return state;
 }
 

@@ -23,6 +23,11 @@ struct LshLayerState final : LayerState {
   Device device() const override { return history.device(); }
   const XlMemory* ring() const override { return &history; }
   absl::StatusOr<std::unique_ptr<LayerState>> Map(TensorCopy copy) const override;
+  // The history ring's start and size (size ≤ position: every position joins it).
+  std::vector<int64_t> Bookkeeping() const override;
+  absl::Status SetBookkeeping(std::span<const int64_t> values, int64_t position) override;
+  // Every bucket id in [0, n_buckets).
+  absl::Status CheckContents() const override;
 };
 
 class LshAttentionLayer final : public AttentionLayer {

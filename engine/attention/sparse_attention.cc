@@ -3,6 +3,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 #include "engine/model/enum_names.h"
 #include "engine/model/layer_entry_reader.h"
@@ -23,6 +25,24 @@ absl::StatusOr<std::unique_ptr<LayerState>> SparseLayerState::Map(TensorCopy cop
   ASSIGN_OR_RETURN(out->globals, globals.Map(copy));
   ASSIGN_OR_RETURN(out->window, CopyRing(window, copy));
   return out;
+}
+
+std::vector<int64_t> SparseLayerState::Bookkeeping() const {
+  std::vector<int64_t> out = {window.start(), window.size()};
+  if (globals.globals.keys().defined()) globals.AppendBookkeeping(out);
+  return out;
+}
+
+absl::Status SparseLayerState::SetBookkeeping(std::span<const int64_t> values, int64_t position) {
+  const bool has_globals = globals.globals.keys().defined();
+  RETURN_IF_ERROR(CheckBookkeepingCount(
+      values, 2 + (has_globals ? globals.bookkeeping_values() : 0), "sparse"));
+  RETURN_IF_ERROR(window.SetBookkeeping(values[0], values[1], "sparse window"));
+  if (window.size() > position) {
+    return absl::InvalidArgumentError(absl::StrCat("sparse window: ring size ", window.size(),
+                                                   " > the session's position ", position));
+  }
+  return has_globals ? globals.SetBookkeeping(values.subspan(2), position) : absl::OkStatus();
 }
 
 absl::Status SparseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,

@@ -23,6 +23,10 @@ struct SparseLayerState final : LayerState {
   Device device() const override { return window.device(); }
   const XlMemory* ring() const override { return &window; }
   absl::StatusOr<std::unique_ptr<LayerState>> Map(TensorCopy copy) const override;
+  // The window's start and size (size ≤ position: every position joins it), then (globals) the
+  // global store's values.
+  std::vector<int64_t> Bookkeeping() const override;
+  absl::Status SetBookkeeping(std::span<const int64_t> values, int64_t position) override;
 };
 
 class SparseAttentionLayer final : public AttentionLayer {

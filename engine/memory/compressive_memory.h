@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -33,6 +35,15 @@ struct CompressiveMemory {
   // A copy whose tensors are copy(t), in the order compressed keys, values, hidden, pending,
   // usage, pending_usage; bookkeeping is kept.
   absl::StatusOr<CompressiveMemory> Map(TensorCopy copy) const;
+
+  // Snapshot bookkeeping (LayerState::Bookkeeping): the compressed ring's start and size,
+  // pending_rows, compressions, tokens_compressed.
+  static constexpr size_t kBookkeepingValues = 5;
+  void AppendBookkeeping(std::vector<int64_t>& out) const;
+  // Sets those values after checking them against the shapes: pending_rows in [0, rate), the
+  // counters ≥ 0 with tokens_compressed = compressions · rate, a ring that holds no more rows
+  // than were compressed. INVALID_ARGUMENT naming the bad value.
+  absl::Status SetBookkeeping(std::span<const int64_t> values);
 };
 
 }  // namespace mnemo::engine

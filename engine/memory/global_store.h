@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,15 @@ struct GlobalStore {
   size_t bytes() const { return globals.bytes(); }
   // A copy whose ring storage is copy(t) (keys, then values); positions are kept.
   absl::StatusOr<GlobalStore> Map(TensorCopy copy) const;
+
+  // Snapshot bookkeeping (LayerState::Bookkeeping): the ring's start and size, then
+  // global_positions by slot (max_global values).
+  void AppendBookkeeping(std::vector<int64_t>& out) const;
+  size_t bookkeeping_values() const { return 2 + global_positions.size(); }
+  // Sets those values after checking them: the ring's against its capacity, the stored slots'
+  // positions ascending from the oldest, each in [0, position) (`position`: the session's stream
+  // position), −1 in the other slots. INVALID_ARGUMENT naming the bad value.
+  absl::Status SetBookkeeping(std::span<const int64_t> values, int64_t position);
 };
 
 }  // namespace mnemo::engine

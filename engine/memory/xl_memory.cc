@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+
 namespace mnemo::engine {
 
 XlMemory::XlMemory(Tensor keys, Tensor values)
@@ -42,6 +44,21 @@ XlMemory XlMemory::WithStorage(Tensor keys, Tensor values) const {
   copy.start_ = start_;
   copy.size_ = size_;
   return copy;
+}
+
+absl::Status XlMemory::SetBookkeeping(int64_t start, int64_t size, absl::string_view what) {
+  const bool start_ok = capacity_ == 0 ? start == 0 : start >= 0 && start < capacity_;
+  if (!start_ok) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ring start ", start, " outside [0, ",
+                                                   std::max<int64_t>(capacity_, 1), ")"));
+  }
+  if (size < 0 || size > capacity_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ring size ", size, " outside [0, ", capacity_, "]"));
+  }
+  start_ = start;
+  size_ = size;
+  return absl::OkStatus();
 }
 
 void XlMemory::AppendSpans(std::vector<kernels::KvSpan>& spans) const {

@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
 #include "engine/tensor/tensor.h"
 #include "kernels/cpu/relative_attention.h"
 
@@ -44,6 +47,10 @@ class XlMemory {
   void MarkFull();
   // The same bookkeeping over other storage of the same shape (clone, offload to host, restore).
   XlMemory WithStorage(Tensor keys, Tensor values) const;
+  // Sets the bookkeeping read from a snapshot after checking it against the capacity (start in
+  // [0, capacity), size in [0, capacity]; both 0 for a ring without storage). INVALID_ARGUMENT
+  // naming `what` and the bad value, the ring unchanged.
+  absl::Status SetBookkeeping(int64_t start, int64_t size, absl::string_view what);
 
   // Host storage only (CPU backend, tests): the stored positions, oldest first, as at most two
   // spans, and the key/value row of the j-th oldest stored position.

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <mutex>
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/elementwise.h"
@@ -31,12 +30,11 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
   return std::max<int64_t>(0, i - shift + 1);
 }
 
-// Adds probabilities of keys [first, first + n) (row `p`) to the shape's key_mass.
+// Adds probabilities of keys [first, first + n) (row `p`) to the shape's key_mass (the task's
+// own row: RelativeAttention).
 void AddKeyMass(const RelativeAttentionShape& s, const float* p, int64_t first, int64_t n) {
-  static std::mutex mu;  // tasks of several heads add to one accumulator
   const int64_t lo = std::max(first, s.mass_begin), hi = std::min(first + n, s.mass_end);
   if (s.key_mass == nullptr || lo >= hi) return;
-  std::lock_guard<std::mutex> lock(mu);
   for (int64_t j = lo; j < hi; ++j) s.key_mass[j - s.mass_begin] += p[j - first];
 }
 
@@ -170,26 +168,38 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
                        const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,
                        ThreadPool& pool) {
   if (shape.query_len <= 0) return;
-  if (shape.query_len == 1) {
-    pool.ParallelFor(shape.num_heads, 1, [&](int64_t h0, int64_t h1) {
-      thread_local std::vector<float> work;
-      for (int64_t h = h0; h < h1; ++h) {
-        AttendOneQuery(shape, q, keys, rk, ldr, r_w_bias, r_r_bias, out, static_cast<int>(h), work);
-      }
-    });
-    return;
-  }
-  // One task per (head, query block), each on one thread with single-threaded BLAS.
-  const int64_t blocks = (shape.query_len + kQueryBlock - 1) / kQueryBlock;
-  pool.ParallelFor(shape.num_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+  // One task per head (a single query) or per (head, query block), each on one thread with
+  // single-threaded BLAS.
+  const int64_t blocks =
+      shape.query_len == 1 ? 1 : (shape.query_len + kQueryBlock - 1) / kQueryBlock;
+  const int64_t tasks = shape.num_heads * blocks;
+  // most_used: each task adds its keys' attention mass into a row of its own, summed in task
+  // order afterwards, so the totals do not depend on how the pool schedules the tasks (a
+  // session's state is reproducible bit for bit).
+  const int64_t mass_width = shape.key_mass != nullptr ? shape.mass_end - shape.mass_begin : 0;
+  std::vector<float> task_mass(static_cast<size_t>(tasks * mass_width), 0.0f);
+  auto task_shape = [&](int64_t t) {
+    RelativeAttentionShape s = shape;
+    if (s.key_mass != nullptr) s.key_mass = task_mass.data() + t * mass_width;
+    return s;
+  };
+  pool.ParallelFor(tasks, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> work;
     for (int64_t t = t0; t < t1; ++t) {
+      const RelativeAttentionShape s = task_shape(t);
       const int h = static_cast<int>(t / blocks);
+      if (shape.query_len == 1) {
+        AttendOneQuery(s, q, keys, rk, ldr, r_w_bias, r_r_bias, out, h, work);
+        continue;
+      }
       const int64_t i0 = (t % blocks) * kQueryBlock;
       const int64_t i1 = std::min(shape.query_len, i0 + kQueryBlock);
-      AttendBlock(shape, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work);
+      AttendBlock(s, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work);
     }
   });
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t j = 0; j < mass_width; ++j) shape.key_mass[j] += task_mass[t * mass_width + j];
+  }
 }
 
 }  // namespace mnemo::kernels

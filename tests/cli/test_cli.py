@@ -313,3 +313,100 @@ def test_bad_draft_set_ups_give_clear_errors(drafted_model, model, tmp_path):
         bad = run("generate", "--model", str(target), "--prompt", "x",
                   "--max-tokens", "2", check=False)
         assert bad.returncode != 0 and message in bad.stderr, bad.stderr
+
+
+def greedy_ids(*args):
+    """The token ids a greedy generate prints with --logprobs (stderr)."""
+    proc = run("generate", "--temperature", "0", "--ignore-eos", "--logprobs",
+               "1", *args)
+    return [int(line.split("\t")[0]) for line in proc.stderr.splitlines()
+            if line and line[0].isdigit()]
+
+
+def test_score_continues_from_a_saved_state(model, tmp_path):
+    ids = [(11 * i + 5) % 1000 for i in range(83)]
+    paths = {}
+    for name, part in (("a", ids[:50]), ("b", ids[50:]), ("ab", ids)):
+        paths[name] = tmp_path / f"{name}.txt"
+        paths[name].write_text(" ".join(map(str, part)))
+    state = tmp_path / "a.state"
+
+    def score(name, *extra):
+        out = run("score", "--model", model, "--ids-file", str(paths[name]),
+                  "--segment-len", "16", "--json", *extra).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    whole = score("ab")
+    first = score("a", "--save-state", str(state))
+    second = score("b", "--load-state", str(state))
+    assert state.exists() and not list(tmp_path.glob("a.state.tmp*"))
+    # The continuation scores every token of B, exactly as one pass over A + B does (the same
+    # segments: A's tail stayed pending in the state); A's own scores agree as well.
+    assert second[:-1] == whole[49:-1]
+    assert [r["position"] for r in first[:-1]] == list(range(1, 50))
+    for got, want in zip(first[:-1], whole[:49]):
+        assert got["token"] == want["token"]
+        assert got["logprob"] == pytest.approx(want["logprob"], abs=1e-5)
+    assert second[-1]["summary"]["scored_tokens"] == 33
+    # A state can be loaded, extended and saved again.
+    again = tmp_path / "ab.state"
+    run("score", "--model", model, "--ids-file", str(paths["b"]),
+        "--segment-len", "16", "--load-state", str(state), "--save-state",
+        str(again))
+    assert again.stat().st_size > 0
+
+
+@pytest.mark.parametrize("fixture", ["model", "drafted_model"])
+def test_generate_continues_from_a_saved_state(fixture, request, tmp_path):
+    checkpoint = request.getfixturevalue(fixture)
+    state = tmp_path / "gen.state"
+    whole = greedy_ids("--model", checkpoint, "--prompt", "The licence",
+                       "--max-tokens", "16")
+    head = greedy_ids("--model", checkpoint, "--prompt", "The licence",
+                      "--max-tokens", "8", "--save-state", str(state))
+    tail = greedy_ids("--model", checkpoint, "--load-state", str(state),
+                      "--max-tokens", "8")
+    assert head + tail == whole
+    # A scored document continues into generation.
+    text = tmp_path / "doc.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    doc = tmp_path / "doc.state"
+    run("score", "--model", checkpoint, "--text-file", str(text),
+        "--save-state", str(doc))
+    assert greedy_ids("--model", checkpoint, "--load-state", str(doc),
+                      "--max-tokens", "4") == greedy_ids(
+        "--model", checkpoint, "--prompt-file", str(text), "--max-tokens", "4")
+
+
+def test_bad_state_files_give_clear_errors(model, mixed_model, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(str(i) for i in range(1, 40)))
+    state = tmp_path / "s.state"
+    run("score", "--model", model, "--ids-file", str(ids), "--save-state",
+        str(state))
+    data = state.read_bytes()
+
+    def load(path, checkpoint=model):
+        return run("score", "--model", checkpoint, "--ids-file", str(ids),
+                   "--load-state", str(path), check=False)
+
+    garbage = tmp_path / "garbage.state"
+    garbage.write_bytes(b"not a snapshot at all, really not" * 3)
+    flipped = tmp_path / "flipped.state"
+    flipped.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    truncated = tmp_path / "truncated.state"
+    truncated.write_bytes(data[:len(data) // 2])
+    for path, want in ((garbage, "INVALID_ARGUMENT"), (flipped, "DATA_LOSS"),
+                       (truncated, "INVALID_ARGUMENT"),
+                       (tmp_path / "missing.state", "NOT_FOUND")):
+        proc = load(path)
+        assert proc.returncode == 1, path
+        assert want in proc.stderr and str(path) in proc.stderr, proc.stderr
+    other = load(state, mixed_model)
+    assert other.returncode == 1
+    assert "FAILED_PRECONDITION" in other.stderr
+    assert "written by model" in other.stderr, other.stderr
+    proc = run("score", "--model", model, "--ids-file", str(ids),
+               "--save-state", str(tmp_path / "no" / "such" / "dir"),
+               check=False)
+    assert proc.returncode == 1 and "cannot write" in proc.stderr

@@ -3,9 +3,13 @@
 //   score     per-token log-probabilities and bits per byte of a text or id file
 //   logits    dump raw logits of every position (parity tests and tools)
 // Every sub-command works on any checkpoint directory (config.json + model.safetensors
-// [+ tokenizer.model]) and feeds input in segments with memory carried across them.
+// [+ tokenizer.model]) and feeds input in segments with memory carried across them; generate and
+// score can save the session (memory and pending tail) to a snapshot file and start from one.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -23,6 +27,7 @@
 #include "base/status_macros.h"
 #include "engine/api/generation.h"
 #include "engine/api/model.h"
+#include "engine/api/snapshot.h"
 
 namespace mnemo::cli {
 namespace {
@@ -50,10 +55,17 @@ common flags:
                        session memory on that GPU; f32, same results as cpu within 1e-4)
   --sparse-weights M   on (default) or off: on the CPU, pruned weight matrices run from a sparse
                        form (CSR or 2:4) wherever it moves at most 80% of the dense bytes
+  --load-state FILE    (generate, score) start from the session snapshot in FILE, written by
+                       --save-state with the same model (and draft): its memory and its pending
+                       tail, which the new input continues
+  --save-state FILE    (generate, score) after the command, write the session (memory and the
+                       document's pending tail) to FILE (docs/session-snapshots.md); the file
+                       is replaced atomically
   --help               this text
 
 generate:
-  --prompt TEXT        prompt text (or --prompt-file FILE; one of the two is required)
+  --prompt TEXT        prompt text (or --prompt-file FILE; one of the two is required, except
+                       with --load-state, where the prompt continues the saved document)
   --prompt-file FILE   read the prompt from FILE (UTF-8)
   --max-tokens N       tokens to generate (default 64, at most 1000000)
   --temperature T      0 = greedy (default 1.0)
@@ -79,7 +91,9 @@ score:
   --json               one JSON object per token {"position","token","logprob"} and a final
                        {"summary":…} line, instead of the human-readable summary
   Token 0 has no context and is not scored; bits per byte divides the total bits by the
-  UTF-8 byte length of the scored tokens' text (text input, or ids with a tokenizer).
+  UTF-8 byte length of the scored tokens' text (text input, or ids with a tokenizer). With
+  --load-state every token of the input is scored, after the saved document; positions count
+  from the start of that document.
 
 logits:
   --ids FILE           whitespace-separated token ids
@@ -138,6 +152,74 @@ absl::StatusOr<int64_t> SegmentLen(const Flags& flags, const Model& model) {
   return flags.Int("segment-len", model.config().default_segment_tokens(), 1, 1 << 20);
 }
 
+// A session read from --load-state, or a fresh one (no pending tokens) without it. A model with a
+// draft gets the draft's state too.
+struct CliSession {
+  SessionState state;
+  SessionState draft_state;
+  std::vector<int32_t> pending;  // the document's tail, not run yet
+};
+
+absl::StatusOr<CliSession> OpenSession(const Flags& flags, const Model& model,
+                                       const api::SnapshotIdentity& identity) {
+  CliSession out;
+  if (!flags.Has("load-state")) {
+    ASSIGN_OR_RETURN(out.state, model.NewState());
+    if (model.draft() != nullptr) {
+      ASSIGN_OR_RETURN(out.draft_state, model.draft()->NewState());
+    }
+    return out;
+  }
+  const std::string path = flags.Get("load-state");
+  ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  absl::StatusOr<api::RestoredSession> restored = api::ReadSnapshot(model, identity, bytes);
+  if (!restored.ok()) {
+    return absl::Status(restored.status().code(),
+                        absl::StrCat(path, ": ", restored.status().message()));
+  }
+  out.state = std::move(restored->state);
+  out.draft_state = std::move(restored->draft_state);
+  out.pending = std::move(restored->manifest.session.pending);
+  return out;
+}
+
+// Writes the session to `path` through a temporary file in the same directory and a rename, so
+// the file is either the old one or the whole new one.
+absl::Status SaveSession(const std::string& path, const Model& model,
+                         const api::SnapshotIdentity& identity, const CliSession& session) {
+  api::SnapshotSession fields;
+  fields.model_name = std::filesystem::path(model.dir()).filename().string();
+  fields.pending = session.pending;
+  fields.tokens_seen = session.state.position() + static_cast<int64_t>(session.pending.size());
+  ASSIGN_OR_RETURN(
+      const std::string bytes,
+      api::WriteSnapshot(model, identity, session.state,
+                         model.draft() != nullptr ? &session.draft_state : nullptr, fields));
+  const std::string temp = absl::StrCat(path, ".tmp.", ::getpid());
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out.flush()) {
+      std::error_code ignored;
+      std::filesystem::remove(temp, ignored);
+      return absl::PermissionDeniedError(absl::StrCat("cannot write ", temp));
+    }
+  }
+  std::error_code error;
+  std::filesystem::rename(temp, path, error);
+  if (error) {
+    std::filesystem::remove(temp, error);
+    return absl::PermissionDeniedError(absl::StrCat("cannot replace ", path));
+  }
+  return absl::OkStatus();
+}
+
+// The model's snapshot identity when a state is loaded or saved (Describe reads the checkpoint).
+absl::StatusOr<api::SnapshotIdentity> IdentityFor(const Flags& flags, const Model& model) {
+  if (!flags.Has("load-state") && !flags.Has("save-state")) return api::SnapshotIdentity{};
+  return api::IdentityOf(model);
+}
+
 // Feeds `ids` through `state` in segments; calls on_logits(first_position, logits[T, V]) for
 // each segment when logits are wanted.
 template <typename OnLogits>
@@ -178,45 +260,84 @@ absl::Status RunScore(const Flags& flags) {
   if (from_text == flags.Has("ids-file")) {
     return absl::InvalidArgumentError("score needs exactly one of --text-file or --ids-file");
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded, LoadModel(flags, /*need_tokenizer=*/from_text));
+  const bool keep = flags.Has("load-state") || flags.Has("save-state");
+  // A saved session carries the draft's state when the model has one, as generate uses it.
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded,
+                   LoadModel(flags, /*need_tokenizer=*/from_text, /*draft=*/keep));
   const Model& model = *loaded;
   const int64_t vocab = model.config().vocab_size;
-  std::vector<int32_t> ids;
+  std::vector<int32_t> input;
   if (from_text) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(flags.Get("text-file")));
-    ASSIGN_OR_RETURN(ids, model.tokenizer()->Encode(text));
+    ASSIGN_OR_RETURN(input, model.tokenizer()->Encode(text));
   } else {
-    ASSIGN_OR_RETURN(ids, ReadIds(flags.Get("ids-file"), vocab));
+    ASSIGN_OR_RETURN(input, ReadIds(flags.Get("ids-file"), vocab));
   }
-  if (ids.size() < 2) return absl::InvalidArgumentError("need at least two tokens to score");
+  ASSIGN_OR_RETURN(const api::SnapshotIdentity identity, IdentityFor(flags, model));
+  ASSIGN_OR_RETURN(CliSession session, OpenSession(flags, model, identity));
+  // The document not run yet: the loaded session's pending tail, then the input. Its tokens from
+  // `first_scored` on are scored (the first token of a fresh document has no context).
+  std::vector<int32_t> ids = std::move(session.pending);
+  const size_t first_scored = std::max<size_t>(1, ids.size());
+  const int64_t base = session.state.position();  // stream position of ids[0]
+  ids.insert(ids.end(), input.begin(), input.end());
+  if (ids.size() <= first_scored) {
+    return absl::InvalidArgumentError(
+        flags.Has("load-state") ? "no tokens to score" : "need at least two tokens to score");
+  }
   ASSIGN_OR_RETURN(int64_t segment_len, SegmentLen(flags, model));
   const bool json = flags.Has("json");
 
   std::vector<float> logprobs(ids.size(), 0.0f);  // logprobs[t] = log p(ids[t] | ids[<t])
   std::vector<float> row(static_cast<size_t>(vocab));
-  ASSIGN_OR_RETURN(SessionState state, model.NewState());
-  RETURN_IF_ERROR(Feed(model, state, ids, segment_len, LogitsMode::kAll,
+  const auto on_logits = [&](int64_t first, const Tensor& logits) {
+    for (int64_t r = 0; r < logits.dim(0); ++r) {
+      const size_t next = static_cast<size_t>(first + r + 1);
+      if (next >= ids.size()) break;
+      api::LogSoftmax(logits.data<float>() + r * vocab, vocab, row.data());
+      logprobs[next] = row[ids[next]];
+    }
+  };
+  // Whole segments first; the tail (1 … segment_len tokens) stays pending in a saved session, so
+  // a later --load-state run continues with the segments one run over the whole document would
+  // have made. Its scores come from a copy of the state.
+  const size_t tail = (ids.size() - 1) % static_cast<size_t>(segment_len) + 1;
+  const std::vector<int32_t> body(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(tail));
+  RETURN_IF_ERROR(Feed(model, session.state, body, segment_len, LogitsMode::kAll, on_logits));
+  if (model.draft() != nullptr) {
+    RETURN_IF_ERROR(Feed(*model.draft(), session.draft_state, body, segment_len, LogitsMode::kNone,
+                         [](int64_t, const Tensor&) {}));
+  }
+  SessionState copy;
+  if (flags.Has("save-state")) {
+    ASSIGN_OR_RETURN(copy, model.CloneState(session.state));
+  }
+  SessionState& tail_state = flags.Has("save-state") ? copy : session.state;
+  const std::vector<int32_t> tail_ids(ids.end() - static_cast<std::ptrdiff_t>(tail), ids.end());
+  RETURN_IF_ERROR(Feed(model, tail_state, tail_ids, segment_len, LogitsMode::kAll,
                        [&](int64_t first, const Tensor& logits) {
-                         for (int64_t r = 0; r < logits.dim(0); ++r) {
-                           const size_t next = static_cast<size_t>(first + r + 1);
-                           if (next >= ids.size()) break;
-                           api::LogSoftmax(logits.data<float>() + r * vocab, vocab, row.data());
-                           logprobs[next] = row[ids[next]];
-                         }
+                         on_logits(static_cast<int64_t>(body.size()) + first, logits);
                        }));
+  if (flags.Has("save-state")) {
+    session.pending = tail_ids;
+    RETURN_IF_ERROR(SaveSession(flags.Get("save-state"), model, identity, session));
+  }
   double total_nats = 0.0;
-  for (size_t t = 1; t < ids.size(); ++t) {
+  for (size_t t = first_scored; t < ids.size(); ++t) {
     total_nats -= logprobs[t];
     if (json) {
-      std::printf("{\"position\":%zu,\"token\":%d,\"logprob\":%.9g}\n", t, ids[t], logprobs[t]);
+      const long long position = base + static_cast<int64_t>(t);
+      std::printf("{\"position\":%lld,\"token\":%d,\"logprob\":%.9g}\n", position, ids[t],
+                  logprobs[t]);
     }
   }
   const double total_bits = total_nats / std::log(2.0);
-  const size_t scored = ids.size() - 1;
+  const size_t scored = ids.size() - first_scored;
   int64_t bytes = -1;
   if (model.tokenizer() != nullptr) {
     ASSIGN_OR_RETURN(std::string scored_text,
-                     model.tokenizer()->Decode(std::vector<int32_t>(ids.begin() + 1, ids.end())));
+                     model.tokenizer()->Decode(std::vector<int32_t>(
+                         ids.begin() + static_cast<std::ptrdiff_t>(first_scored), ids.end())));
     bytes = static_cast<int64_t>(scored_text.size());
   }
   const double bpb = bytes > 0 ? total_bits / static_cast<double>(bytes) : NAN;
@@ -242,15 +363,26 @@ absl::Status RunGenerate(const Flags& flags) {
   const Model& model = *loaded;
   const api::Tokenizer& tokenizer = *model.tokenizer();
   std::string prompt;
-  if (flags.Has("prompt") == flags.Has("prompt-file")) {
-    return absl::InvalidArgumentError("generate needs exactly one of --prompt or --prompt-file");
+  if (flags.Has("prompt") && flags.Has("prompt-file")) {
+    return absl::InvalidArgumentError("generate takes one of --prompt or --prompt-file");
+  }
+  if (!flags.Has("prompt") && !flags.Has("prompt-file") && !flags.Has("load-state")) {
+    return absl::InvalidArgumentError("generate needs --prompt or --prompt-file");
   }
   if (flags.Has("prompt")) {
     prompt = flags.Get("prompt");
-  } else {
+  } else if (flags.Has("prompt-file")) {
     ASSIGN_OR_RETURN(prompt, ReadFile(flags.Get("prompt-file")));
   }
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt));
+  std::vector<int32_t> prompt_ids;
+  if (!prompt.empty()) {
+    ASSIGN_OR_RETURN(prompt_ids, tokenizer.Encode(prompt));
+  }
+  ASSIGN_OR_RETURN(const api::SnapshotIdentity identity, IdentityFor(flags, model));
+  ASSIGN_OR_RETURN(CliSession session, OpenSession(flags, model, identity));
+  // The pending document: a loaded session's tail, then the prompt.
+  std::vector<int32_t> ids = session.pending;
+  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
 
   api::GenerationParams params;
@@ -280,15 +412,10 @@ absl::Status RunGenerate(const Flags& flags) {
   params.stop = flags.All("stop");
   params.ignore_eos = flags.Has("ignore-eos");
 
-  // The prompt is the pending document: all of it but the last token is fed in segments (to the
-  // draft as well), then generation decodes from the last one.
-  ASSIGN_OR_RETURN(SessionState state, model.NewState());
-  SessionState draft_state;
-  if (model.draft() != nullptr) {
-    ASSIGN_OR_RETURN(draft_state, model.draft()->NewState());
-  }
-  std::vector<int32_t> pending = ids;
-  const api::GenerationMemory memory{&state, &draft_state, &pending};
+  // All of the pending document but the last token is fed in segments (to the draft as well),
+  // then generation decodes from the last one, which leaves the last sampled token pending.
+  session.pending = ids;
+  const api::GenerationMemory memory{&session.state, &session.draft_state, &session.pending};
   std::vector<api::SampledToken> samples;
   ASSIGN_OR_RETURN(
       api::GenerationResult result,
@@ -305,6 +432,9 @@ absl::Status RunGenerate(const Flags& flags) {
   if (!result.tail.empty()) std::fwrite(result.tail.data(), 1, result.tail.size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
+  if (flags.Has("save-state")) {
+    RETURN_IF_ERROR(SaveSession(flags.Get("save-state"), model, identity, session));
+  }
   std::string draft_note;
   if (model.draft() != nullptr) {
     draft_note = absl::StrCat(", draft ", model.draft()->dir(), ": ", result.draft_passes,
@@ -337,6 +467,10 @@ int Main(int argc, char** argv) {
                                               {"sparse-weights", true},
                                               {"help", false}};
   std::map<std::string, bool> known = common;
+  if (command == "generate" || command == "score") {
+    known["load-state"] = true;
+    known["save-state"] = true;
+  }
   if (command == "generate") {
     for (auto f :
          {"prompt", "prompt-file", "max-tokens", "temperature", "top-k", "top-p",
