@@ -397,6 +397,7 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
             "the stored snapshot names session ", f.id, " version ", f.state_version,
             ", not the file's session ", v.id, " version ", v.version));
         (void)store.Quarantine(v, entry->quarantine.ToString());
+        if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(entry->quarantine));
       }
       entry->labels = f.labels;
       if (f.ttl_ms > 0) {

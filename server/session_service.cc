@@ -217,8 +217,12 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     }
     const absl::Time start = absl::Now();
     ASSIGN_OR_RETURN(DecodedSession decoded, DecodeSession(*model, snapshot));
-    ctx_.metrics->SnapshotRestored("import", static_cast<int64_t>(snapshot.size()),
-                                   absl::ToDoubleSeconds(absl::Now() - start));
+    const double decode_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    // Counted once a session holds the state: a refused import restored nothing.
+    const auto count_restore = [&] {
+      ctx_.metrics->SnapshotRestored("import", static_cast<int64_t>(snapshot.size()),
+                                     decode_seconds);
+    };
     const engine::api::SnapshotSession& fields = decoded.manifest.session;
     if (!first.session_id().empty()) {
       // Replace an existing session's state: one more version of it.
@@ -237,6 +241,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
         return s;
       }
       lease->Commit(added);
+      count_restore();
       const std::string id = lease->id();
       lease.reset();
       ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(id));
@@ -267,6 +272,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->CreateFrom(*model, options,
                                                                  std::move(decoded.memory),
                                                                  fields.tokens_seen));
+    count_restore();
     SessionToProto(info, response);
     return absl::OkStatus();
   };
