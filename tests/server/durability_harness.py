@@ -165,10 +165,11 @@ class StoreDir:
 
     def versions(self, session_id: str) -> list[int]:
         """Published versions of a session (its <20 digits>.snap files), ascending."""
-        d = self.session_dir(session_id)
-        if not os.path.isdir(d):
+        try:  # (the server may remove the directory meanwhile)
+            names = os.listdir(self.session_dir(session_id))
+        except FileNotFoundError:
             return []
-        return sorted(int(n[:-5]) for n in os.listdir(d)
+        return sorted(int(n[:-5]) for n in names
                       if n.endswith(".snap") and n[:-5].isdigit() and len(n) == 25)
 
     def newest(self, session_id: str) -> str:
@@ -179,8 +180,11 @@ class StoreDir:
     def temporaries(self) -> list[str]:
         out = []
         for sid in self.session_ids():
-            out += [os.path.join(sid, n) for n in os.listdir(self.session_dir(sid))
-                    if n.startswith(".tmp")]
+            try:
+                names = os.listdir(self.session_dir(sid))
+            except FileNotFoundError:
+                continue
+            out += [os.path.join(sid, n) for n in names if n.startswith(".tmp")]
         return out
 
     def quarantined(self) -> list[str]:
