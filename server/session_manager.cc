@@ -127,9 +127,9 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 // A store failure as the request that needed it sees it.
 absl::Status StoreUnavailable(const absl::Status& status, int64_t version) {
-  return absl::UnavailableError(absl::StrCat(
-      "the session store could not make this request durable (", status.message(),
-      "); the session stays at state version ", version));
+  return absl::UnavailableError(
+      absl::StrCat("the session store could not make this request durable (", status.message(),
+                   "); the session stays at state version ", version));
 }
 
 void LogStore(const std::string& what, const absl::Status& status) {
@@ -263,8 +263,7 @@ absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
 
 absl::StatusOr<SessionInfo> SessionManager::CreateFrom(LoadedModel& model,
                                                        const SessionOptions& options,
-                                                       SessionMemory memory,
-                                                       int64_t tokens_seen) {
+                                                       SessionMemory memory, int64_t tokens_seen) {
   return Insert(model, options, std::move(memory), tokens_seen);
 }
 
@@ -356,8 +355,8 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
   const absl::Time now = absl::Now();
   for (const StoredVersion& v : stored) {
     // The header gives the manifest's size; the manifest gives the session's fields.
-    absl::StatusOr<engine::api::SnapshotManifest> manifest = [&]()
-        -> absl::StatusOr<engine::api::SnapshotManifest> {
+    absl::StatusOr<engine::api::SnapshotManifest> manifest =
+        [&]() -> absl::StatusOr<engine::api::SnapshotManifest> {
       ASSIGN_OR_RETURN(std::string header, store.Read(v, engine::api::kSnapshotHeaderBytes));
       ASSIGN_OR_RETURN(int64_t prefix, engine::api::SnapshotManifestPrefixBytes(header));
       ASSIGN_OR_RETURN(std::string bytes, store.Read(v, static_cast<size_t>(prefix)));
@@ -393,9 +392,9 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
       }
       entry->model = *model;
       if (f.id != v.id || f.state_version != v.version) {
-        entry->quarantine = absl::InvalidArgumentError(absl::StrCat(
-            "the stored snapshot names session ", f.id, " version ", f.state_version,
-            ", not the file's session ", v.id, " version ", v.version));
+        entry->quarantine = absl::InvalidArgumentError(
+            absl::StrCat("the stored snapshot names session ", f.id, " version ", f.state_version,
+                         ", not the file's session ", v.id, " version ", v.version));
         (void)store.Quarantine(v, entry->quarantine.ToString());
       }
       entry->labels = f.labels;
@@ -597,9 +596,9 @@ absl::Status SessionManager::RestoreFromStore(const std::shared_ptr<Entry>& entr
     const engine::api::SnapshotSession& f = decoded->manifest.session;
     MutexLock lock(&mu_);
     if (f.id != entry->id || f.state_version != entry->version) {
-      decoded = absl::InvalidArgumentError(absl::StrCat(
-          "the stored snapshot holds session ", f.id, " version ", f.state_version,
-          ", not session ", entry->id, " version ", entry->version));
+      decoded = absl::InvalidArgumentError(
+          absl::StrCat("the stored snapshot holds session ", f.id, " version ", f.state_version,
+                       ", not session ", entry->id, " version ", entry->version));
     }
   }
   if (!decoded.ok()) {
@@ -704,16 +703,20 @@ int SessionManager::EvictToStore() {
     bool write = false;
     {
       MutexLock lock(&mu_);
-      if (writer_ == nullptr || options_.host_budget_bytes <= 0 || stopping_ ||
-          host_bytes_ <= options_.host_budget_bytes) {
-        break;
+      if (writer_ == nullptr || options_.host_budget_bytes <= 0 || stopping_) break;
+      // States another thread is evicting count as gone: wait for them rather than evict more.
+      while (host_bytes_ > options_.host_budget_bytes &&
+             host_bytes_ - evicting_bytes_ <= options_.host_budget_bytes) {
+        moved_cv_.Wait(&mu_);
       }
+      if (host_bytes_ <= options_.host_budget_bytes) break;
       for (auto& [id, e] : sessions_) {
         if (e->busy || e->moving || e->tier != Tier::kHost) continue;
         if (victim == nullptr || e->last_use < victim->last_use) victim = e;
       }
       if (victim == nullptr) break;
       victim->moving = true;
+      evicting_bytes_ += victim->bytes;
       write = victim->durable_version != victim->version;
       fields = FieldsLocked(*victim, victim->version, victim->tokens_seen);
     }
@@ -725,6 +728,7 @@ int SessionManager::EvictToStore() {
     }
     MutexLock lock(&mu_);
     victim->moving = false;
+    evicting_bytes_ -= victim->bytes;
     moved_cv_.SignalAll();
     if (!status.ok()) {
       LogStore(absl::StrCat("evicting session ", victim->id), status);
@@ -821,8 +825,7 @@ SessionInfo SessionManager::InfoLocked(const Entry& e) const {
   if (e.tier == Tier::kStore) {
     info.pending_tokens = e.stored_pending;
   } else {
-    info.pending_tokens =
-        e.busy || e.moving ? 0 : static_cast<int64_t>(e.memory.pending.size());
+    info.pending_tokens = e.busy || e.moving ? 0 : static_cast<int64_t>(e.memory.pending.size());
   }
   info.default_sampling = e.default_sampling;
   info.sequence = e.sequence;

@@ -198,7 +198,8 @@ class SessionManager {
   // Deletes idle sessions whose TTL ran out by `now`; returns how many.
   int ReapExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes idle host states, least recently used first, to the store until the host tier fits
-  // its budget (the reaper runs it; tests may call it). Returns how many moved.
+  // its budget (waiting for evictions other threads have started), or no idle host state is
+  // left, or the store fails. The reaper runs it; tests may call it. Returns how many it moved.
   int EvictToStore() ABSL_LOCKS_EXCLUDED(mu_);
   int64_t device_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t host_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -242,10 +243,11 @@ class SessionManager {
   int64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t device_count_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t store_count_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;  // sessions being created (quota)
+  int64_t evicting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // host states being written to the store
+  int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;        // sessions being created (quota)
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  CondVar reaper_cv_;  // wakes the reaper early (shutdown, host tier over budget)
-  CondVar moved_cv_;   // an entry stopped moving
+  CondVar reaper_cv_;                    // wakes the reaper early (shutdown, host tier over budget)
+  CondVar moved_cv_;                     // an entry stopped moving
   std::unique_ptr<StoreWriter> writer_;  // with a store
   std::thread reaper_;                   // last: starts once everything above exists
 };

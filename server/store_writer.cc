@@ -25,10 +25,7 @@ const char* StoreErrorKind(const absl::Status& status) {
 }
 
 StoreWriter::StoreWriter(SessionStore* store, Metrics* metrics, PutDone on_done)
-    : store_(store),
-      metrics_(metrics),
-      on_done_(std::move(on_done)),
-      thread_([this] { Loop(); }) {}
+    : store_(store), metrics_(metrics), on_done_(std::move(on_done)), thread_([this] { Loop(); }) {}
 
 StoreWriter::~StoreWriter() {
   Flush();
