@@ -69,6 +69,8 @@ struct SessionLease::Entry {
   Durability durability = Durability::kNone;
   int64_t durable_version = -1;
   int64_t stored_pending = 0;  // store tier: pending tokens of the stored snapshot
+  bool write_queued = false;   // an ASYNC snapshot waits in the StoreWriter
+  absl::Time retry_after;      // after a failed ASYNC write: when the reaper tries again
   absl::Status quarantine;     // not OK: the stored snapshot failed to restore
   // Guarded by `busy` / `moving`: only the lease holder or mover (or the manager, under its
   // mutex, while neither).
@@ -220,6 +222,7 @@ void SessionManager::ReaperLoop() {
     if (stopping_) break;
     mu_.Unlock();
     ReapExpired(absl::Now());
+    RetryAsyncWrites(absl::Now());
     EvictToStore();
     mu_.Lock();
   }
@@ -312,6 +315,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   }
   // The entry is nobody else's until it is in the table: persist its first version unlocked.
   absl::Status persisted;
+  std::optional<std::string> async_snapshot;
   if (durability != Durability::kNone) {
     engine::api::SnapshotSession fields;
     {
@@ -325,7 +329,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
       persisted = writer_->PutNow(entry->id, 0, *snapshot, "sync");
       if (!persisted.ok()) persisted = StoreUnavailable(persisted, 0);
     } else {
-      writer_->Put(entry->id, 0, *std::move(snapshot), "async");
+      async_snapshot = *std::move(snapshot);
     }
   }
   MutexLock lock(&mu_);
@@ -339,6 +343,10 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   if (durability == Durability::kSync) entry->durable_version = 0;
   entry->sequence = next_sequence_++;
   sessions_[entry->id] = entry;
+  if (async_snapshot) {  // queued once the entry is in the table, where the writer reports
+    writer_->Put(entry->id, 0, *std::move(async_snapshot), "async");
+    entry->write_queued = true;
+  }
   PublishLocked();
   return InfoLocked(*entry);
 }
@@ -683,15 +691,54 @@ void SessionManager::Release(SessionLease& lease) {
     return;
   }
   writer_->Put(e.id, version, *std::move(snapshot), "async");
+  e.write_queued = true;
+}
+
+void SessionManager::RetryAsyncWrites(absl::Time now) {
+  std::vector<std::shared_ptr<Entry>> due;
+  {
+    MutexLock lock(&mu_);
+    if (writer_ == nullptr) return;
+    for (auto& [id, e] : sessions_) {
+      if (e->durability == Durability::kAsync && e->tier != Tier::kStore && !e->busy &&
+          !e->moving && !e->write_queued && e->quarantine.ok() &&
+          e->durable_version != e->version && now >= e->retry_after) {
+        e->moving = true;
+        due.push_back(e);
+      }
+    }
+  }
+  for (const std::shared_ptr<Entry>& e : due) {
+    engine::api::SnapshotSession fields;
+    {
+      MutexLock lock(&mu_);
+      fields = FieldsLocked(*e, e->version, e->tokens_seen);
+    }
+    const int64_t version = fields.state_version;
+    auto snapshot = EncodeSession(*e->model, e->memory, std::move(fields));
+    MutexLock lock(&mu_);
+    e->moving = false;
+    moved_cv_.SignalAll();
+    if (!snapshot.ok()) {
+      e->retry_after = now + options_.async_retry_interval;
+      continue;
+    }
+    writer_->Put(e->id, version, *std::move(snapshot), "async");
+    e->write_queued = true;
+  }
 }
 
 void SessionManager::OnStoreWrite(const std::string& id, int64_t version,
                                   const absl::Status& status) {
-  if (!status.ok()) return;  // counted and logged by the writer
   MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   Entry& e = *it->second;
+  e.write_queued = false;
+  if (!status.ok()) {  // counted and logged by the writer; the reaper tries again
+    e.retry_after = absl::Now() + options_.async_retry_interval;
+    return;
+  }
   if (version <= e.version && version > e.durable_version) e.durable_version = version;
 }
 

@@ -107,6 +107,9 @@ struct SessionManagerOptions {
   int64_t host_budget_bytes = 0;
   SessionStore* store = nullptr;  // not owned; null: no store (every session NONE)
   Durability default_durability = Durability::kNone;
+  // How long an ASYNC session whose snapshot failed to reach the store waits before the reaper
+  // tries again.
+  absl::Duration async_retry_interval = absl::Seconds(5);
 };
 
 class SessionManager;
@@ -220,6 +223,9 @@ class SessionManager {
   engine::api::SnapshotSession FieldsLocked(const Entry& entry, int64_t version,
                                             int64_t tokens_seen) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a snapshot of idle ASYNC sessions whose last write failed (once async_retry_interval
+  // has passed) or that changed without one.
+  void RetryAsyncWrites(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   void OnStoreWrite(const std::string& id, int64_t version, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Demotes idle device states, least recently used first, until `bytes` more fit the budget.

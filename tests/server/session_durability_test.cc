@@ -156,6 +156,28 @@ TEST_F(SessionDurabilityTest, AsyncVersionsBecomeDurableInTheBackground) {
       << "a deleted session leaves nothing in the store";
 }
 
+TEST_F(SessionDurabilityTest, AsyncWritesThatFailAreRetriedUntilTheStoreRecovers) {
+  SessionManagerOptions options = Options(Durability::kAsync);
+  options.async_retry_interval = absl::Milliseconds(30);
+  SessionManager sessions(options, &metrics_);
+  auto info = sessions.Create(*model_, {});
+  ASSERT_TRUE(info.ok());
+  sessions.FlushStore();
+  ASSERT_TRUE(faults_->SetSpec("append:full").ok());
+  Append(sessions, info->id, Document(7, 6, config_.vocab_size));
+  sessions.FlushStore();
+  EXPECT_EQ(sessions.Get(info->id)->state_version, 1);
+  EXPECT_EQ(sessions.Get(info->id)->durable_version, 0) << "the write failed";
+  EXPECT_GT(faults_->injected(StoreOp::kAppend), 0);
+  ASSERT_TRUE(faults_->SetSpec("").ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (sessions.Get(info->id)->durable_version != 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(sessions.Get(info->id)->durable_version, 1) << "the reaper wrote it again";
+  EXPECT_EQ(store_->Newest(info->id)->version, 1);
+}
+
 TEST_F(SessionDurabilityTest, AFailingStoreFailsSyncChangesAndKeepsTheVersion) {
   SessionManager sessions(Options(Durability::kSync), &metrics_);
   auto info = sessions.Create(*model_, {});
