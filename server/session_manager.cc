@@ -478,22 +478,42 @@ std::vector<SessionInfo> SessionManager::List(
 }
 
 absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
+  std::shared_ptr<Entry> entry;
+  {
+    MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(entry, FindLocked(id));
+    WaitNotMovingLocked(*entry);
+    if (sessions_.count(id) == 0) {
+      return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
+    }
+    if (entry->busy) {
+      return absl::AbortedError("a request is running on this session; delete it afterwards");
+    }
+    if (expected_version != 0 && expected_version != entry->version) {
+      return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
+                                             ", not the expected ", expected_version));
+    }
+    if (entry->durability != Durability::kSync || writer_ == nullptr) {
+      EraseLocked(id, "deleted");
+      return absl::OkStatus();
+    }
+    entry->moving = true;  // others wait until the store has forgotten it
+  }
+  // An acknowledged deletion of a SYNC session must not come back after a crash either.
+  absl::Status removed = writer_->DeleteNow(id);
   MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto entry, FindLocked(id));
-  WaitNotMovingLocked(*entry);
-  if (sessions_.count(id) == 0) return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
-  if (entry->busy) {
-    return absl::AbortedError("a request is running on this session; delete it afterwards");
+  entry->moving = false;
+  moved_cv_.SignalAll();
+  if (!removed.ok()) {
+    LogStore(absl::StrCat("deleting SYNC session ", id), removed);
+    return absl::UnavailableError(absl::StrCat("the session store could not delete the session (",
+                                               removed.message(), "); it still exists"));
   }
-  if (expected_version != 0 && expected_version != entry->version) {
-    return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
-                                           ", not the expected ", expected_version));
-  }
-  EraseLocked(id, "deleted");
+  EraseLocked(id, "deleted", /*store_done=*/true);
   return absl::OkStatus();
 }
 
-void SessionManager::EraseLocked(const std::string& id, const char* reason) {
+void SessionManager::EraseLocked(const std::string& id, const char* reason, bool store_done) {
   auto it = sessions_.find(id);
   Entry& e = *it->second;
   switch (e.tier) {
@@ -508,7 +528,7 @@ void SessionManager::EraseLocked(const std::string& id, const char* reason) {
       --store_count_;
       break;
   }
-  if (writer_ != nullptr) writer_->Delete(id);
+  if (writer_ != nullptr && !store_done) writer_->Delete(id);
   sessions_.erase(it);
   if (metrics_ != nullptr) metrics_->SessionClosed(reason);
   PublishLocked();

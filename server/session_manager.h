@@ -185,7 +185,8 @@ class SessionManager {
   std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
                                 const std::map<std::string, std::string>& label_filter,
                                 bool* more) const ABSL_LOCKS_EXCLUDED(mu_);
-  // ABORTED while a request runs on it or when `expected_version` (0 = any) differs.
+  // ABORTED while a request runs on it or when `expected_version` (0 = any) differs. A SYNC
+  // session's stored versions are gone when it returns (UNAVAILABLE if the store fails).
   absl::Status Delete(const std::string& id, int64_t expected_version) ABSL_LOCKS_EXCLUDED(mu_);
   // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
   absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
@@ -235,7 +236,9 @@ class SessionManager {
   SessionInfo InfoLocked(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EraseLocked(const std::string& id, const char* reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the session; its stored versions are removed in the background unless `store_done`.
+  void EraseLocked(const std::string& id, const char* reason, bool store_done = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<absl::Duration> TtlFor(absl::Duration requested) const;
   void ReaperLoop() ABSL_LOCKS_EXCLUDED(mu_);

@@ -82,6 +82,24 @@ absl::Status StoreWriter::PutNow(const std::string& id, int64_t version, std::st
   return status;
 }
 
+absl::Status StoreWriter::DeleteNow(const std::string& id) {
+  {
+    MutexLock lock(&mu_);
+    if (auto it = queued_.find(id); it != queued_.end()) {  // superseded by the removal
+      queued_.erase(it);
+      ++finished_;
+      cv_.SignalAll();
+    }
+    while (running_.count(id) != 0) cv_.Wait(&mu_);
+    running_[id] = true;
+  }
+  absl::Status status = Run(id, Job{true, 0, {}, ""});
+  MutexLock lock(&mu_);
+  running_.erase(id);
+  cv_.SignalAll();
+  return status;
+}
+
 void StoreWriter::Flush() {
   MutexLock lock(&mu_);
   const uint64_t target = enqueued_;
