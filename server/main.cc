@@ -20,11 +20,11 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "server/fault_injecting_store_env.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/model_registry.h"
 #include "server/services.h"
-#include "server/fault_injecting_store_env.h"
 #include "server/session_manager.h"
 #include "server/session_store.h"
 
@@ -213,7 +213,7 @@ absl::Status Serve(int argc, char** argv) {
   ctx.sessions = sessions.get();
   if (store != nullptr) {
     ASSIGN_OR_RETURN(int recovered, sessions->Recover(*models));
-    std::fprintf(stderr, "mnemo-server: session store %s: %d sessions (restored on first use)\n",
+    std::fprintf(stderr, "mnemo-server: %s: %d sessions (restored on first use)\n",
                  store->Describe().c_str(), recovered);
   }
 

@@ -69,6 +69,8 @@ struct SessionLease::Entry {
   Durability durability = Durability::kNone;
   int64_t durable_version = -1;
   int64_t stored_pending = 0;  // store tier: pending tokens of the stored snapshot
+  bool write_queued = false;   // an ASYNC snapshot waits in the StoreWriter
+  absl::Time retry_after;      // after a failed ASYNC write: when the reaper tries again
   absl::Status quarantine;     // not OK: the stored snapshot failed to restore
   // Guarded by `busy` / `moving`: only the lease holder or mover (or the manager, under its
   // mutex, while neither).
@@ -127,9 +129,9 @@ int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
 // A store failure as the request that needed it sees it.
 absl::Status StoreUnavailable(const absl::Status& status, int64_t version) {
-  return absl::UnavailableError(absl::StrCat(
-      "the session store could not make this request durable (", status.message(),
-      "); the session stays at state version ", version));
+  return absl::UnavailableError(
+      absl::StrCat("the session store could not make this request durable (", status.message(),
+                   "); the session stays at state version ", version));
 }
 
 void LogStore(const std::string& what, const absl::Status& status) {
@@ -220,6 +222,7 @@ void SessionManager::ReaperLoop() {
     if (stopping_) break;
     mu_.Unlock();
     ReapExpired(absl::Now());
+    RetryAsyncWrites(absl::Now());
     EvictToStore();
     mu_.Lock();
   }
@@ -263,8 +266,7 @@ absl::StatusOr<SessionInfo> SessionManager::Create(LoadedModel& model,
 
 absl::StatusOr<SessionInfo> SessionManager::CreateFrom(LoadedModel& model,
                                                        const SessionOptions& options,
-                                                       SessionMemory memory,
-                                                       int64_t tokens_seen) {
+                                                       SessionMemory memory, int64_t tokens_seen) {
   return Insert(model, options, std::move(memory), tokens_seen);
 }
 
@@ -313,6 +315,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   }
   // The entry is nobody else's until it is in the table: persist its first version unlocked.
   absl::Status persisted;
+  std::optional<std::string> async_snapshot;
   if (durability != Durability::kNone) {
     engine::api::SnapshotSession fields;
     {
@@ -326,7 +329,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
       persisted = writer_->PutNow(entry->id, 0, *snapshot, "sync");
       if (!persisted.ok()) persisted = StoreUnavailable(persisted, 0);
     } else {
-      writer_->Put(entry->id, 0, *std::move(snapshot), "async");
+      async_snapshot = *std::move(snapshot);
     }
   }
   MutexLock lock(&mu_);
@@ -340,6 +343,10 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   if (durability == Durability::kSync) entry->durable_version = 0;
   entry->sequence = next_sequence_++;
   sessions_[entry->id] = entry;
+  if (async_snapshot) {  // queued once the entry is in the table, where the writer reports
+    writer_->Put(entry->id, 0, *std::move(async_snapshot), "async");
+    entry->write_queued = true;
+  }
   PublishLocked();
   return InfoLocked(*entry);
 }
@@ -356,8 +363,8 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
   const absl::Time now = absl::Now();
   for (const StoredVersion& v : stored) {
     // The header gives the manifest's size; the manifest gives the session's fields.
-    absl::StatusOr<engine::api::SnapshotManifest> manifest = [&]()
-        -> absl::StatusOr<engine::api::SnapshotManifest> {
+    absl::StatusOr<engine::api::SnapshotManifest> manifest =
+        [&]() -> absl::StatusOr<engine::api::SnapshotManifest> {
       ASSIGN_OR_RETURN(std::string header, store.Read(v, engine::api::kSnapshotHeaderBytes));
       ASSIGN_OR_RETURN(int64_t prefix, engine::api::SnapshotManifestPrefixBytes(header));
       ASSIGN_OR_RETURN(std::string bytes, store.Read(v, static_cast<size_t>(prefix)));
@@ -393,9 +400,9 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
       }
       entry->model = *model;
       if (f.id != v.id || f.state_version != v.version) {
-        entry->quarantine = absl::InvalidArgumentError(absl::StrCat(
-            "the stored snapshot names session ", f.id, " version ", f.state_version,
-            ", not the file's session ", v.id, " version ", v.version));
+        entry->quarantine = absl::InvalidArgumentError(
+            absl::StrCat("the stored snapshot names session ", f.id, " version ", f.state_version,
+                         ", not the file's session ", v.id, " version ", v.version));
         (void)store.Quarantine(v, entry->quarantine.ToString());
         if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(entry->quarantine));
       }
@@ -472,22 +479,42 @@ std::vector<SessionInfo> SessionManager::List(
 }
 
 absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
+  std::shared_ptr<Entry> entry;
+  {
+    MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(entry, FindLocked(id));
+    WaitNotMovingLocked(*entry);
+    if (sessions_.count(id) == 0) {
+      return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
+    }
+    if (entry->busy) {
+      return absl::AbortedError("a request is running on this session; delete it afterwards");
+    }
+    if (expected_version != 0 && expected_version != entry->version) {
+      return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
+                                             ", not the expected ", expected_version));
+    }
+    if (entry->durability != Durability::kSync || writer_ == nullptr) {
+      EraseLocked(id, "deleted");
+      return absl::OkStatus();
+    }
+    entry->moving = true;  // others wait until the store has forgotten it
+  }
+  // An acknowledged deletion of a SYNC session must not come back after a crash either.
+  absl::Status removed = writer_->DeleteNow(id);
   MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto entry, FindLocked(id));
-  WaitNotMovingLocked(*entry);
-  if (sessions_.count(id) == 0) return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
-  if (entry->busy) {
-    return absl::AbortedError("a request is running on this session; delete it afterwards");
+  entry->moving = false;
+  moved_cv_.SignalAll();
+  if (!removed.ok()) {
+    LogStore(absl::StrCat("deleting SYNC session ", id), removed);
+    return absl::UnavailableError(absl::StrCat("the session store could not delete the session (",
+                                               removed.message(), "); it still exists"));
   }
-  if (expected_version != 0 && expected_version != entry->version) {
-    return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
-                                           ", not the expected ", expected_version));
-  }
-  EraseLocked(id, "deleted");
+  EraseLocked(id, "deleted", /*store_done=*/true);
   return absl::OkStatus();
 }
 
-void SessionManager::EraseLocked(const std::string& id, const char* reason) {
+void SessionManager::EraseLocked(const std::string& id, const char* reason, bool store_done) {
   auto it = sessions_.find(id);
   Entry& e = *it->second;
   switch (e.tier) {
@@ -502,7 +529,7 @@ void SessionManager::EraseLocked(const std::string& id, const char* reason) {
       --store_count_;
       break;
   }
-  if (writer_ != nullptr) writer_->Delete(id);
+  if (writer_ != nullptr && !store_done) writer_->Delete(id);
   sessions_.erase(it);
   if (metrics_ != nullptr) metrics_->SessionClosed(reason);
   PublishLocked();
@@ -598,9 +625,9 @@ absl::Status SessionManager::RestoreFromStore(const std::shared_ptr<Entry>& entr
     const engine::api::SnapshotSession& f = decoded->manifest.session;
     MutexLock lock(&mu_);
     if (f.id != entry->id || f.state_version != entry->version) {
-      decoded = absl::InvalidArgumentError(absl::StrCat(
-          "the stored snapshot holds session ", f.id, " version ", f.state_version,
-          ", not session ", entry->id, " version ", entry->version));
+      decoded = absl::InvalidArgumentError(
+          absl::StrCat("the stored snapshot holds session ", f.id, " version ", f.state_version,
+                       ", not session ", entry->id, " version ", entry->version));
     }
   }
   if (!decoded.ok()) {
@@ -685,15 +712,54 @@ void SessionManager::Release(SessionLease& lease) {
     return;
   }
   writer_->Put(e.id, version, *std::move(snapshot), "async");
+  e.write_queued = true;
+}
+
+void SessionManager::RetryAsyncWrites(absl::Time now) {
+  std::vector<std::shared_ptr<Entry>> due;
+  {
+    MutexLock lock(&mu_);
+    if (writer_ == nullptr) return;
+    for (auto& [id, e] : sessions_) {
+      if (e->durability == Durability::kAsync && e->tier != Tier::kStore && !e->busy &&
+          !e->moving && !e->write_queued && e->quarantine.ok() &&
+          e->durable_version != e->version && now >= e->retry_after) {
+        e->moving = true;
+        due.push_back(e);
+      }
+    }
+  }
+  for (const std::shared_ptr<Entry>& e : due) {
+    engine::api::SnapshotSession fields;
+    {
+      MutexLock lock(&mu_);
+      fields = FieldsLocked(*e, e->version, e->tokens_seen);
+    }
+    const int64_t version = fields.state_version;
+    auto snapshot = EncodeSession(*e->model, e->memory, std::move(fields));
+    MutexLock lock(&mu_);
+    e->moving = false;
+    moved_cv_.SignalAll();
+    if (!snapshot.ok()) {
+      e->retry_after = now + options_.async_retry_interval;
+      continue;
+    }
+    writer_->Put(e->id, version, *std::move(snapshot), "async");
+    e->write_queued = true;
+  }
 }
 
 void SessionManager::OnStoreWrite(const std::string& id, int64_t version,
                                   const absl::Status& status) {
-  if (!status.ok()) return;  // counted and logged by the writer
   MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   Entry& e = *it->second;
+  e.write_queued = false;
+  if (!status.ok()) {  // counted and logged by the writer; the reaper tries again
+    e.retry_after = absl::Now() + options_.async_retry_interval;
+    return;
+  }
   if (version <= e.version && version > e.durable_version) e.durable_version = version;
 }
 
@@ -705,16 +771,20 @@ int SessionManager::EvictToStore() {
     bool write = false;
     {
       MutexLock lock(&mu_);
-      if (writer_ == nullptr || options_.host_budget_bytes <= 0 || stopping_ ||
-          host_bytes_ <= options_.host_budget_bytes) {
-        break;
+      if (writer_ == nullptr || options_.host_budget_bytes <= 0 || stopping_) break;
+      // States another thread is evicting count as gone: wait for them rather than evict more.
+      while (host_bytes_ > options_.host_budget_bytes &&
+             host_bytes_ - evicting_bytes_ <= options_.host_budget_bytes) {
+        moved_cv_.Wait(&mu_);
       }
+      if (host_bytes_ <= options_.host_budget_bytes) break;
       for (auto& [id, e] : sessions_) {
         if (e->busy || e->moving || e->tier != Tier::kHost) continue;
         if (victim == nullptr || e->last_use < victim->last_use) victim = e;
       }
       if (victim == nullptr) break;
       victim->moving = true;
+      evicting_bytes_ += victim->bytes;
       write = victim->durable_version != victim->version;
       fields = FieldsLocked(*victim, victim->version, victim->tokens_seen);
     }
@@ -726,6 +796,7 @@ int SessionManager::EvictToStore() {
     }
     MutexLock lock(&mu_);
     victim->moving = false;
+    evicting_bytes_ -= victim->bytes;
     moved_cv_.SignalAll();
     if (!status.ok()) {
       LogStore(absl::StrCat("evicting session ", victim->id), status);
@@ -822,8 +893,7 @@ SessionInfo SessionManager::InfoLocked(const Entry& e) const {
   if (e.tier == Tier::kStore) {
     info.pending_tokens = e.stored_pending;
   } else {
-    info.pending_tokens =
-        e.busy || e.moving ? 0 : static_cast<int64_t>(e.memory.pending.size());
+    info.pending_tokens = e.busy || e.moving ? 0 : static_cast<int64_t>(e.memory.pending.size());
   }
   info.default_sampling = e.default_sampling;
   info.sequence = e.sequence;

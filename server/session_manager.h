@@ -107,6 +107,9 @@ struct SessionManagerOptions {
   int64_t host_budget_bytes = 0;
   SessionStore* store = nullptr;  // not owned; null: no store (every session NONE)
   Durability default_durability = Durability::kNone;
+  // How long an ASYNC session whose snapshot failed to reach the store waits before the reaper
+  // tries again.
+  absl::Duration async_retry_interval = absl::Seconds(5);
 };
 
 class SessionManager;
@@ -182,7 +185,8 @@ class SessionManager {
   std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
                                 const std::map<std::string, std::string>& label_filter,
                                 bool* more) const ABSL_LOCKS_EXCLUDED(mu_);
-  // ABORTED while a request runs on it or when `expected_version` (0 = any) differs.
+  // ABORTED while a request runs on it or when `expected_version` (0 = any) differs. A SYNC
+  // session's stored versions are gone when it returns (UNAVAILABLE if the store fails).
   absl::Status Delete(const std::string& id, int64_t expected_version) ABSL_LOCKS_EXCLUDED(mu_);
   // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
   absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
@@ -198,7 +202,8 @@ class SessionManager {
   // Deletes idle sessions whose TTL ran out by `now`; returns how many.
   int ReapExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes idle host states, least recently used first, to the store until the host tier fits
-  // its budget (the reaper runs it; tests may call it). Returns how many moved.
+  // its budget (waiting for evictions other threads have started), or no idle host state is
+  // left, or the store fails. The reaper runs it; tests may call it. Returns how many it moved.
   int EvictToStore() ABSL_LOCKS_EXCLUDED(mu_);
   int64_t device_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t host_bytes() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -219,6 +224,9 @@ class SessionManager {
   engine::api::SnapshotSession FieldsLocked(const Entry& entry, int64_t version,
                                             int64_t tokens_seen) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a snapshot of idle ASYNC sessions whose last write failed (once async_retry_interval
+  // has passed) or that changed without one.
+  void RetryAsyncWrites(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   void OnStoreWrite(const std::string& id, int64_t version, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Demotes idle device states, least recently used first, until `bytes` more fit the budget.
@@ -228,7 +236,9 @@ class SessionManager {
   SessionInfo InfoLocked(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EraseLocked(const std::string& id, const char* reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the session; its stored versions are removed in the background unless `store_done`.
+  void EraseLocked(const std::string& id, const char* reason, bool store_done = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<absl::Duration> TtlFor(absl::Duration requested) const;
   void ReaperLoop() ABSL_LOCKS_EXCLUDED(mu_);
@@ -242,10 +252,11 @@ class SessionManager {
   int64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t device_count_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t store_count_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;  // sessions being created (quota)
+  int64_t evicting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // host states being written to the store
+  int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;        // sessions being created (quota)
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  CondVar reaper_cv_;  // wakes the reaper early (shutdown, host tier over budget)
-  CondVar moved_cv_;   // an entry stopped moving
+  CondVar reaper_cv_;                    // wakes the reaper early (shutdown, host tier over budget)
+  CondVar moved_cv_;                     // an entry stopped moving
   std::unique_ptr<StoreWriter> writer_;  // with a store
   std::thread reaper_;                   // last: starts once everything above exists
 };

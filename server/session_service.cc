@@ -136,9 +136,9 @@ grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::ExportSession(grpc::ServerContext* context,
-                                               const v1::ExportSessionRequest* request,
-                                               grpc::ServerWriter<v1::SessionSnapshotChunk>* writer) {
+grpc::Status SessionServiceImpl::ExportSession(
+    grpc::ServerContext* context, const v1::ExportSessionRequest* request,
+    grpc::ServerWriter<v1::SessionSnapshotChunk>* writer) {
   RpcScope scope(ctx_, "ExportSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
@@ -207,9 +207,9 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
       ++index;
     }
     if (static_cast<int64_t>(snapshot.size()) > limit) {
-      return InvalidField("data", absl::StrCat("more than the ", limit,
-                                               " bytes a snapshot of model \"", model->name,
-                                               "\" can hold"));
+      return InvalidField("data",
+                          absl::StrCat("more than the ", limit, " bytes a snapshot of model \"",
+                                       model->name, "\" can hold"));
     }
     if (context->IsCancelled()) return absl::CancelledError("the client cancelled");
     if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
@@ -229,9 +229,9 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
       ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
                        ctx_.sessions->Acquire(first.session_id(), first.expected_state_version()));
       if (&lease->model() != model) {
-        return InvalidField("model", absl::StrCat("session ", first.session_id(),
-                                                  " belongs to model \"", lease->model().name,
-                                                  "\""));
+        return InvalidField("model",
+                            absl::StrCat("session ", first.session_id(), " belongs to model \"",
+                                         lease->model().name, "\""));
       }
       const int64_t added = fields.tokens_seen - lease->tokens_seen();
       SessionMemory previous = std::move(lease->memory());
@@ -269,9 +269,9 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     options.default_sampling = fields.default_sampling;
     options.durability = DurabilityFromProto(first.durability());
     if (!options.durability && ctx_.sessions->has_store()) options.durability = fields.durability;
-    ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->CreateFrom(*model, options,
-                                                                 std::move(decoded.memory),
-                                                                 fields.tokens_seen));
+    ASSIGN_OR_RETURN(
+        SessionInfo info,
+        ctx_.sessions->CreateFrom(*model, options, std::move(decoded.memory), fields.tokens_seen));
     count_restore();
     SessionToProto(info, response);
     return absl::OkStatus();

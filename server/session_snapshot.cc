@@ -18,8 +18,7 @@ absl::StatusOr<std::string> EncodeSession(const LoadedModel& model, const Sessio
   fields.model_name = model.name;
   fields.pending = memory.pending;
   return engine::api::WriteSnapshot(*model.model, IdentityOf(model), memory.state,
-                                    model.draft != nullptr ? &memory.draft_state : nullptr,
-                                    fields);
+                                    model.draft != nullptr ? &memory.draft_state : nullptr, fields);
 }
 
 absl::StatusOr<DecodedSession> DecodeSession(const LoadedModel& model, std::string_view bytes) {

@@ -25,10 +25,7 @@ const char* StoreErrorKind(const absl::Status& status) {
 }
 
 StoreWriter::StoreWriter(SessionStore* store, Metrics* metrics, PutDone on_done)
-    : store_(store),
-      metrics_(metrics),
-      on_done_(std::move(on_done)),
-      thread_([this] { Loop(); }) {}
+    : store_(store), metrics_(metrics), on_done_(std::move(on_done)), thread_([this] { Loop(); }) {}
 
 StoreWriter::~StoreWriter() {
   Flush();
@@ -82,6 +79,24 @@ absl::Status StoreWriter::PutNow(const std::string& id, int64_t version, std::st
     running_.erase(id);
     cv_.SignalAll();
   }
+  return status;
+}
+
+absl::Status StoreWriter::DeleteNow(const std::string& id) {
+  {
+    MutexLock lock(&mu_);
+    if (auto it = queued_.find(id); it != queued_.end()) {  // superseded by the removal
+      queued_.erase(it);
+      ++finished_;
+      cv_.SignalAll();
+    }
+    while (running_.count(id) != 0) cv_.Wait(&mu_);
+    running_[id] = true;
+  }
+  absl::Status status = Run(id, Job{true, 0, {}, ""});
+  MutexLock lock(&mu_);
+  running_.erase(id);
+  cv_.SignalAll();
   return status;
 }
 

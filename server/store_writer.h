@@ -42,6 +42,9 @@ class StoreWriter {
                       const char* reason) ABSL_LOCKS_EXCLUDED(mu_);
   // Queues the removal of every stored version of `id`.
   void Delete(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes them now, after whatever is queued for `id` (a queued snapshot is dropped), and
+  // returns the store's answer.
+  absl::Status DeleteNow(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Waits until every job queued before the call has run.
   void Flush() ABSL_LOCKS_EXCLUDED(mu_);
 

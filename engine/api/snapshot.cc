@@ -234,7 +234,12 @@ struct HostLayer {
 
 absl::StatusOr<std::vector<HostLayer>> HostLayers(const TransfoXlModel& impl,
                                                   const SessionState& state) {
-  ASSIGN_OR_RETURN(SessionState host, impl.StateToHost(state));
+  // A host state (the CPU backend's, or one demoted to host memory) is read in place.
+  SessionState copied;
+  if (state.device() != Device::kCpu) {
+    ASSIGN_OR_RETURN(copied, impl.StateToHost(state));
+  }
+  const SessionState& host = state.device() == Device::kCpu ? state : copied;
   std::vector<HostLayer> out;
   for (const auto& layer : host.layers()) {
     HostLayer h;

@@ -74,7 +74,7 @@ struct SnapshotIdentity {
 absl::StatusOr<SnapshotIdentity> IdentityOf(const Model& model);
 
 // Writes a snapshot of `state` (and `draft_state`, which must be set exactly when the model has a
-// draft) on the model's device; the states are read, never changed.
+// draft) on the model's device or in host memory; the states are read, never changed.
 absl::StatusOr<std::string> WriteSnapshot(const Model& model, const SnapshotIdentity& identity,
                                           const SessionState& state,
                                           const SessionState* draft_state,

@@ -39,8 +39,7 @@ class SessionDurabilityTest : public ::testing::Test {
     ASSERT_TRUE(registry.ok()) << registry.status();
     registry_ = *std::move(registry);
     model_ = *registry_->Find("");
-    store_dir_ = std::filesystem::temp_directory_path() /
-                 ("mnemo-durability-" + NewSessionId());
+    store_dir_ = std::filesystem::temp_directory_path() / ("mnemo-durability-" + NewSessionId());
     faults_ = std::make_unique<FaultInjectingStoreEnv>(PosixStoreEnv());
     OpenStore();
   }
@@ -157,6 +156,28 @@ TEST_F(SessionDurabilityTest, AsyncVersionsBecomeDurableInTheBackground) {
       << "a deleted session leaves nothing in the store";
 }
 
+TEST_F(SessionDurabilityTest, AsyncWritesThatFailAreRetriedUntilTheStoreRecovers) {
+  SessionManagerOptions options = Options(Durability::kAsync);
+  options.async_retry_interval = absl::Milliseconds(30);
+  SessionManager sessions(options, &metrics_);
+  auto info = sessions.Create(*model_, {});
+  ASSERT_TRUE(info.ok());
+  sessions.FlushStore();
+  ASSERT_TRUE(faults_->SetSpec("append:full").ok());
+  Append(sessions, info->id, Document(7, 6, config_.vocab_size));
+  sessions.FlushStore();
+  EXPECT_EQ(sessions.Get(info->id)->state_version, 1);
+  EXPECT_EQ(sessions.Get(info->id)->durable_version, 0) << "the write failed";
+  EXPECT_GT(faults_->injected(StoreOp::kAppend), 0);
+  ASSERT_TRUE(faults_->SetSpec("").ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (sessions.Get(info->id)->durable_version != 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(sessions.Get(info->id)->durable_version, 1) << "the reaper wrote it again";
+  EXPECT_EQ(store_->Newest(info->id)->version, 1);
+}
+
 TEST_F(SessionDurabilityTest, AFailingStoreFailsSyncChangesAndKeepsTheVersion) {
   SessionManager sessions(Options(Durability::kSync), &metrics_);
   auto info = sessions.Create(*model_, {});
@@ -208,14 +229,16 @@ TEST_F(SessionDurabilityTest, HostBudgetEvictsToTheStoreAndBackExactly) {
   const char* source = nullptr;
   EXPECT_EQ(ScoreOf(sessions, ids[0], probe, &source), expected[0]);
   EXPECT_STREQ(source, "store");
-  sessions.EvictToStore();
-  for (size_t i = 0; i < ids.size(); ++i) {
-    EXPECT_EQ(ScoreOf(sessions, ids[i], probe), expected[i]) << i;
-    sessions.EvictToStore();
-  }
   sessions.FlushStore();
   // A NONE session is memory-only again once back from the store.
   EXPECT_EQ(sessions.Get(ids[0])->durable_version, -1);
+  EXPECT_EQ(store_->Newest(ids[0]).status().code(), absl::StatusCode::kNotFound);
+  for (int round = 0; round < 2; ++round) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      EXPECT_EQ(ScoreOf(sessions, ids[i], probe), expected[i]) << i;
+      sessions.EvictToStore();
+    }
+  }
 }
 
 TEST_F(SessionDurabilityTest, ACorruptSnapshotIsQuarantinedAndOthersAreServed) {
