@@ -203,3 +203,33 @@ def test_idle_sessions_beyond_the_host_budget_wait_in_the_store_and_come_back_ex
             wait_until(lambda: not store.versions(i), timeout=10,
                        message=f"the deleted session's files to go:\n{store.listing()}")
         assert node.metrics().sum("mnemo_sessions", tier="store") == 0
+
+
+def test_the_command_line_exports_and_imports_a_session(control, tmp_path):
+    """`mnemo-client export ID FILE` and `import FILE` (clients/python) move a session exactly."""
+    import os
+    import subprocess
+    import sys
+    source = control.create_session(model="linear")
+    control.ingest(source.id, doc_chunks(seed=21, chars=700))
+    want = observe(control, source.id)
+    path = tmp_path / "session.snap"
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "mnemo_client", "--target", control.target,
+                               *args], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ))
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    cli("export", source.id, str(path))
+    assert path.read_bytes()[:8] == b"MNEMOSS\0"
+    copy = cli("import", str(path), "--model", "linear", "--label", "via=cli")
+    assert copy != source.id
+    assert dict(control.get_session(copy).labels) == {"via": "cli"}
+    assert_same(observe(control, copy), want, "exported and imported by the command line")
+    target = control.create_session(model="linear")
+    assert cli("import", str(path), "--session", target.id, "--expected-version", "0") == target.id
+    assert_same(observe(control, target.id), want, "replaced by the command line")
+    for s in (source.id, copy, target.id):
+        control.delete_session(s)
