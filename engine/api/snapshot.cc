@@ -234,6 +234,9 @@ struct HostLayer {
 
 absl::StatusOr<std::vector<HostLayer>> HostLayers(const TransfoXlModel& impl,
                                                   const SessionState& state) {
+  if (!impl.StateFits(state)) {
+    return absl::InvalidArgumentError("snapshot: the session state was not made by this model");
+  }
   // A host state (the CPU backend's, or one demoted to host memory) is read in place.
   SessionState copied;
   if (state.device() != Device::kCpu) {
@@ -656,27 +659,32 @@ absl::StatusOr<std::string> WriteSnapshot(const Model& model, const SnapshotIden
                       {"position", roles[r].state->position()},
                       {"layers", std::move(layers)}});
   }
-  std::string data(static_cast<size_t>(data_bytes), '\0');
+  // Checksums straight from the tensors (padding between them hashed as the zeros it will be),
+  // then one buffer of the final size: the state bytes are copied once.
+  static constexpr char kZeros[kAlignment] = {};
   size_t s = 0;
   for (const std::vector<HostLayer>& layers : host) {
     for (const HostLayer& h : layers) {
-      Json& section = sections[s++];
-      const auto begin = section["offset"].get<int64_t>();
+      XXH3_state_t* hash = XXH3_createState();
+      if (hash == nullptr) return absl::ResourceExhaustedError("snapshot: out of memory");
+      XXH3_64bits_reset(hash);
       int64_t offset = 0;
       for (const Tensor& t : h.tensors) {
-        offset = AlignUp(offset);
-        if (t.bytes() > 0) std::memcpy(data.data() + begin + offset, t.raw(), t.bytes());
-        offset += static_cast<int64_t>(t.bytes());
+        const int64_t aligned = AlignUp(offset);
+        if (aligned > offset)
+          XXH3_64bits_update(hash, kZeros, static_cast<size_t>(aligned - offset));
+        if (t.bytes() > 0) XXH3_64bits_update(hash, t.raw(), t.bytes());
+        offset = aligned + static_cast<int64_t>(t.bytes());
       }
-      section["xxh3"] = Hex(Xxh3(std::string_view(data).substr(
-          static_cast<size_t>(begin), static_cast<size_t>(section["bytes"].get<int64_t>()))));
+      sections[s++]["xxh3"] = Hex(XXH3_64bits_digest(hash));
+      XXH3_freeState(hash);
     }
   }
   const Json manifest = {{"format_version", kSnapshotFormatVersion},
                          {"state_layout", kStateLayoutVersion},
                          {"session", SessionJson(session)},
                          {"states", std::move(states)},
-                         {"sections", std::move(sections)}};
+                         {"sections", sections}};
   const std::string text = manifest.dump();
   if (static_cast<int64_t>(text.size()) > kMaxSnapshotManifestBytes) {
     return absl::InvalidArgumentError(absl::StrCat("snapshot: the manifest would take ",
@@ -684,14 +692,25 @@ absl::StatusOr<std::string> WriteSnapshot(const Model& model, const SnapshotIden
                                                    kMaxSnapshotManifestBytes));
   }
   const int64_t data_offset = AlignUp(static_cast<int64_t>(kSnapshotHeaderBytes + text.size()));
-  std::string out(static_cast<size_t>(data_offset), '\0');
+  std::string out(static_cast<size_t>(data_offset + data_bytes), '\0');
   out.replace(kMagicOffset, kSnapshotMagic.size(), kSnapshotMagic);
   PutLe(out, kVersionOffset, kSnapshotFormatVersion, 4);
   PutLe(out, kFlagsOffset, 0, 4);
   PutLe(out, kManifestLenOffset, text.size(), 8);
   PutLe(out, kManifestHashOffset, Xxh3(text), 8);
   out.replace(kSnapshotHeaderBytes, text.size(), text);
-  out += data;
+  s = 0;
+  for (const std::vector<HostLayer>& layers : host) {
+    for (const HostLayer& h : layers) {
+      char* section = out.data() + data_offset + sections[s++]["offset"].get<int64_t>();
+      int64_t offset = 0;
+      for (const Tensor& t : h.tensors) {
+        offset = AlignUp(offset);
+        if (t.bytes() > 0) std::memcpy(section + offset, t.raw(), t.bytes());
+        offset += static_cast<int64_t>(t.bytes());
+      }
+    }
+  }
   return out;
 }
 
@@ -766,6 +785,11 @@ absl::StatusOr<RestoredSession> ReadSnapshot(const Model& model, const SnapshotI
     ASSIGN_OR_RETURN(
         SessionState host,
         BuildHostState(impl, parsed.states[r], r == 0 ? "model" : "draft", data, parsed.sections));
+    // The host state is the state on the CPU backend; another device gets a copy.
+    if (models[r]->device() == "cpu") {
+      (r == 0 ? out.state : out.draft_state) = std::move(host);
+      continue;
+    }
     ASSIGN_OR_RETURN(SessionState state, impl.StateFromHost(host));
     (r == 0 ? out.state : out.draft_state) = std::move(state);
   }

@@ -70,6 +70,9 @@ class TransfoXlModel {
   // Whether any layer passes or adds RealFormer residual scores (token_by_token refuses these).
   bool UsesResidualAttention() const;
 
+  // Whether `state` has this model's shape (layers, memory capacity and width).
+  bool StateFits(const SessionState& state) const;
+
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
@@ -87,8 +90,6 @@ class TransfoXlModel {
   const SparseWeight* SparseFor(const Tensor& w, int64_t rows) const;
   // y = x · wᵀ (+ bias), from w's sparse form when it pays.
   absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) const;
-  // Whether `state` has this model's shape (layers, memory capacity and width).
-  bool StateFits(const SessionState& state) const;
   // Copies a state's tensors with `copy` (same bookkeeping, new storage).
   absl::StatusOr<SessionState> CopyState(const SessionState& state, TensorCopy copy) const;
 
