@@ -563,7 +563,9 @@ absl::StatusOr<SessionState> BuildHostState(const TransfoXlModel& impl, const St
                                         section.bytes, "-byte section"));
           }
           sum += size;
-          Tensor out = Tensor::Empty(t.dtype(), t.shape());
+          // A fresh host tensor (the CPU backend's) is filled in place: the restored state takes
+          // over its storage, so the state's bytes are allocated and written once.
+          Tensor out = t.device() == Device::kCpu ? t : Tensor::Empty(t.dtype(), t.shape());
           if (size > 0) std::memcpy(out.raw(), bytes.data() + te.offset, static_cast<size_t>(size));
           return out;
         });
