@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -138,16 +139,10 @@ absl::Status Serve(int argc, char** argv) {
                    flags.Int("device-state-budget", int64_t{4} << 30, 0, INT64_MAX));
   ASSIGN_OR_RETURN(session_options.host_budget_bytes,
                    flags.Int("host-state-budget", 0, 0, INT64_MAX));
-  const std::string durability = flags.Get("durability", "none");
-  if (durability == "none") {
-    session_options.default_durability = Durability::kNone;
-  } else if (durability == "async") {
-    session_options.default_durability = Durability::kAsync;
-  } else if (durability == "sync") {
-    session_options.default_durability = Durability::kSync;
-  } else {
-    return absl::InvalidArgumentError("--durability must be none, async or sync");
-  }
+  const std::optional<Durability> durability =
+      engine::api::ParseEnum<Durability>(flags.Get("durability", "none"));
+  if (!durability) return absl::InvalidArgumentError("--durability must be none, async or sync");
+  session_options.default_durability = *durability;
   const std::string store_dir = flags.Get("session-store", "");
   const std::string store_faults = flags.Get("session-store-faults", "");
   if (store_dir.empty()) {

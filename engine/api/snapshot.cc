@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -62,18 +63,6 @@ uint64_t GetLe(std::string_view in, size_t offset, int bytes) {
 
 uint64_t Xxh3(std::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 std::string Hex(uint64_t v) { return absl::StrFormat("%016x", v); }
-
-std::string_view DurabilityName(Durability d) {
-  switch (d) {
-    case Durability::kNone:
-      return "none";
-    case Durability::kAsync:
-      return "async";
-    case Durability::kSync:
-      return "sync";
-  }
-  return "none";
-}
 
 // Deepest nesting of objects and arrays in `text` (strings skipped), stopping past `limit`.
 int JsonDepth(std::string_view text, int limit) {
@@ -222,7 +211,7 @@ Json SessionJson(const SnapshotSession& s) {
   } else {
     j["default_sampling"] = nullptr;
   }
-  j["durability"] = DurabilityName(s.durability);
+  j["durability"] = EnumName(s.durability);
   return j;
 }
 
@@ -316,15 +305,9 @@ absl::StatusOr<SnapshotSession> ParseSession(const Json& j) {
     s.default_sampling = params;
   }
   ASSIGN_OR_RETURN(const std::string durability, f.String("durability"));
-  if (durability == "none") {
-    s.durability = Durability::kNone;
-  } else if (durability == "async") {
-    s.durability = Durability::kAsync;
-  } else if (durability == "sync") {
-    s.durability = Durability::kSync;
-  } else {
-    return f.Error("durability", "must be \"none\", \"async\" or \"sync\"");
-  }
+  const std::optional<Durability> level = ParseEnum<Durability>(durability);
+  if (!level) return f.Error("durability", "must be \"none\", \"async\" or \"sync\"");
+  s.durability = *level;
   return s;
 }
 

@@ -34,9 +34,6 @@ inline constexpr std::string_view kSnapshotMagic = {"MNEMOSS\0", 8};
 // Upper bound of a manifest's encoded size; larger ones are refused before they are parsed.
 inline constexpr int64_t kMaxSnapshotManifestBytes = int64_t{1} << 20;
 
-// How a session's changes reach its store (the server's durability levels).
-enum class Durability : uint8_t { kNone, kAsync, kSync };
-
 // What a snapshot records about the session beside its states. The engine carries these fields
 // verbatim; the server gives them their meaning.
 struct SnapshotSession {

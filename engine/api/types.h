@@ -6,6 +6,7 @@
 // engine/api/ (tools/check_layering.sh).
 #pragma once
 
+#include "engine/memory/durability.h"
 #include "engine/memory/session_state.h"
 #include "engine/model/draft_spec.h"
 #include "engine/model/enum_names.h"
@@ -22,6 +23,7 @@ namespace mnemo::engine::api {
 using engine::Activation;
 using engine::AttentionKind;
 using engine::Compression;
+using engine::Durability;
 using engine::FeatureMap;
 using engine::LayerConfig;
 using engine::MemoryInit;

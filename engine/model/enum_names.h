@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/memory/durability.h"
 #include "engine/model/model_config.h"
 
 namespace mnemo::engine {
@@ -92,6 +93,15 @@ struct EnumTable<FeatureMap> {
   }};
 };
 
+template <>
+struct EnumTable<Durability> {
+  static constexpr std::array<EnumEntry<Durability>, 3> kEntries{{
+      {Durability::kNone, "none"},
+      {Durability::kAsync, "async"},
+      {Durability::kSync, "sync"},
+  }};
+};
+
 // Whether row i of E's table holds the enumerator whose value is i (declaration order, no gaps).
 template <typename E>
 constexpr bool TableInDeclarationOrder() {
@@ -117,6 +127,8 @@ static_assert(TableInDeclarationOrder<Compression>() &&
               EnumTable<Compression>::kEntries.size() == size_t(Compression::kMostUsed) + 1);
 static_assert(TableInDeclarationOrder<FeatureMap>() &&
               EnumTable<FeatureMap>::kEntries.size() == size_t(FeatureMap::kRfa) + 1);
+static_assert(TableInDeclarationOrder<Durability>() &&
+              EnumTable<Durability>::kEntries.size() == size_t(Durability::kSync) + 1);
 
 // The canonical name of `value` ("" only for a value outside the enum, i.e. a corrupted one).
 template <typename E>
