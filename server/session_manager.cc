@@ -89,18 +89,6 @@ const char* TierName(Tier tier) {
   return "device";
 }
 
-const char* DurabilityName(Durability durability) {
-  switch (durability) {
-    case Durability::kNone:
-      return "none";
-    case Durability::kAsync:
-      return "async";
-    case Durability::kSync:
-      return "sync";
-  }
-  return "none";
-}
-
 std::string NewSessionId() {
   unsigned char bytes[16];
   size_t got = 0;
@@ -178,11 +166,12 @@ absl::Status SessionLease::Persist(int64_t tokens_added) {
   }
   auto snapshot = EncodeSession(*entry_->model, entry_->memory, std::move(fields));
   absl::Status status = snapshot.status();
-  if (status.ok()) status = manager_.writer_->PutNow(entry_->id, version, *snapshot, "sync");
-  if (!status.ok()) {
-    LogStore(absl::StrCat("SYNC session ", entry_->id, " version ", version), status);
-    return StoreUnavailable(status, version_);
+  if (status.ok()) {
+    status = manager_.writer_->PutNow(entry_->id, version, *snapshot, "sync");  // logs failures
+  } else {
+    LogStore(absl::StrCat("encoding SYNC session ", entry_->id), status);
   }
+  if (!status.ok()) return StoreUnavailable(status, version_);
   persisted_version_ = version;
   return absl::OkStatus();
 }
@@ -278,7 +267,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   const Durability durability = options.durability.value_or(options_.default_durability);
   if (durability != Durability::kNone && writer_ == nullptr) {
     return absl::FailedPreconditionError(
-        absl::StrCat("durability ", DurabilityName(durability),
+        absl::StrCat("durability ", std::string(engine::api::EnumName(durability)),
                      " needs a session store: start the server with --session-store DIR"));
   }
   const int64_t bytes = model.SessionBytes();

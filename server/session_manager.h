@@ -74,9 +74,6 @@ struct SessionOptions {
   std::optional<Durability> durability;  // unset: the manager's default
 };
 
-// "none", "async" or "sync".
-const char* DurabilityName(Durability durability);
-
 // A copy of a session's descriptive fields.
 struct SessionInfo {
   std::string id;

@@ -63,17 +63,7 @@ absl::Status StoreWriter::PutNow(const std::string& id, int64_t version, std::st
     while (queued_.count(id) != 0 || running_.count(id) != 0) cv_.Wait(&mu_);
     running_[id] = true;
   }
-  Job job{false, version, std::string(), reason};
-  const absl::Time start = absl::Now();
-  absl::Status status = store_->Put(id, version, snapshot);
-  if (metrics_ != nullptr) {
-    if (status.ok()) {
-      metrics_->SnapshotWritten(reason, static_cast<int64_t>(snapshot.size()),
-                                absl::ToDoubleSeconds(absl::Now() - start));
-    } else {
-      metrics_->StoreError(StoreErrorKind(status));
-    }
-  }
+  absl::Status status = Write(id, version, snapshot, reason);
   {
     MutexLock lock(&mu_);
     running_.erase(id);
@@ -116,19 +106,25 @@ absl::Status StoreWriter::Run(const std::string& id, const Job& job) {
     }
     return status;
   }
+  absl::Status status = Write(id, job.version, job.snapshot, job.reason);
+  if (on_done_) on_done_(id, job.version, status);
+  return status;
+}
+
+absl::Status StoreWriter::Write(const std::string& id, int64_t version, std::string_view snapshot,
+                                const char* reason) {
   const absl::Time start = absl::Now();
-  absl::Status status = store_->Put(id, job.version, job.snapshot);
+  absl::Status status = store_->Put(id, version, snapshot);
   if (status.ok()) {
     if (metrics_ != nullptr) {
-      metrics_->SnapshotWritten(job.reason, static_cast<int64_t>(job.snapshot.size()),
+      metrics_->SnapshotWritten(reason, static_cast<int64_t>(snapshot.size()),
                                 absl::ToDoubleSeconds(absl::Now() - start));
     }
   } else {
     std::fprintf(stderr, "mnemo-server: session store: writing version %lld of session %s: %s\n",
-                 static_cast<long long>(job.version), id.c_str(), status.ToString().c_str());
+                 static_cast<long long>(version), id.c_str(), status.ToString().c_str());
     if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(status));
   }
-  if (on_done_) on_done_(id, job.version, status);
   return status;
 }
 

@@ -57,6 +57,9 @@ class StoreWriter {
   };
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Run(const std::string& id, const Job& job);
+  // Puts one snapshot, counting it (or its error) in the metrics and logging a failure.
+  absl::Status Write(const std::string& id, int64_t version, std::string_view snapshot,
+                     const char* reason);
 
   SessionStore* const store_;
   Metrics* const metrics_;
