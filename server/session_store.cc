@@ -1,6 +1,6 @@
 // PosixStoreEnv (the file operations on the real file system) and FileSessionStore: one directory
-// per session, versions published by write, fsync, rename and directory fsync, older versions
-// removed only once a newer one is durable. session_store.h has the layout and the contract.
+// per session, versions published by write, fsync, rename and directory fsync, the others
+// removed only once the new one is durable. session_store.h has the layout and the contract.
 #include "server/session_store.h"
 
 #include <dirent.h>
@@ -381,13 +381,17 @@ class FileSessionStore final : public SessionStore {
         env_->RemoveFile(path).IgnoreError();
       return Annotate(status, context);
     }
-    // Published. A version left behind here is harmless (Newest ignores it, the next Put or
-    // Delete removes it), so failing to remove one does not fail the Put.
-    for (const int64_t old : existing) {
-      if (old >= version) continue;
-      const absl::Status removed = env_->RemoveFile(VersionPath(id, old));
-      if (!removed.ok() && !absl::IsNotFound(removed))
-        Log(absl::StrCat(context, ": keeping version ", old, ": ", removed.message()));
+    // Published: every other version goes. An older one left behind is harmless (Newest ignores
+    // it, the next Put or Delete removes it), so failing to remove one does not fail the Put; a
+    // newer one (a Put that takes a session back to an earlier version) would stay the newest.
+    for (const int64_t other : existing) {
+      if (other == version) continue;
+      const absl::Status removed = env_->RemoveFile(VersionPath(id, other));
+      if (removed.ok() || absl::IsNotFound(removed)) continue;
+      if (other > version) {
+        return Annotate(removed, absl::StrCat(context, ": removing the newer version ", other));
+      }
+      Log(absl::StrCat(context, ": keeping version ", other, ": ", removed.message()));
     }
     return absl::OkStatus();
   }

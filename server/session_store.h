@@ -8,7 +8,7 @@
 //   DIR/sessions/<id>/.tmp-*                      writes in progress (removed at open)
 //   DIR/quarantine/<id>-<version>.snap (+ .why)   snapshots that failed to restore
 // A version is published atomically: written to a temporary file, fsync'd, renamed into place,
-// and the directory fsync'd; older versions of the session are removed only after that.
+// and the directory fsync'd; the session's other versions are removed only after that.
 //
 // All file access goes through StoreEnv (leveldb's Env is the model), so FaultInjectingStoreEnv
 // can fail, fill up or tear any write in tests.
@@ -72,8 +72,9 @@ struct StoredVersion {
 class SessionStore {
  public:
   virtual ~SessionStore() = default;
-  // Publishes `snapshot` as `version` of session `id` (32 lowercase hex digits); durable when it
-  // returns OK. Older versions are removed afterwards; a failed Put leaves them as they were.
+  // Publishes `snapshot` as `version` of session `id` (32 lowercase hex digits), the session's
+  // newest from then on; durable when it returns OK. Every other version is removed afterwards
+  // (a lower `version` takes the session back); a failed Put leaves them as they were.
   virtual absl::Status Put(const std::string& id, int64_t version, std::string_view snapshot) = 0;
   // The snapshot of `version` (as Newest or List gave it), whole or (max_bytes) its first bytes;
   // NOT_FOUND once a newer version replaced it.

@@ -189,6 +189,22 @@ TEST_F(SessionStoreTest, ANewerVersionReplacesTheOlderOnce) {
   EXPECT_EQ(Names(SessionDir(kId)), std::vector<std::string>{VersionName(2)});
 }
 
+TEST_F(SessionStoreTest, ALowerVersionTakesTheSessionBack) {
+  FaultInjectingStoreEnv env(PosixStoreEnv());
+  auto store = Open(&env);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Put(kId, 5, "five").ok());
+  ASSERT_TRUE(store->Put(kId, 4, "four").ok());
+  EXPECT_EQ(Names(SessionDir(kId)), std::vector<std::string>{VersionName(4)});
+  EXPECT_EQ(store->Newest(kId)->version, 4);
+  EXPECT_EQ(*store->Read(*store->Newest(kId)), "four");
+  // A newer version that cannot be removed would stay the newest: that Put fails.
+  ASSERT_TRUE(store->Put(kId, 7, "seven").ok());
+  ASSERT_TRUE(env.SetSpec("remove:fail").ok());
+  EXPECT_EQ(store->Put(kId, 6, "six").code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(env.SetSpec("").ok());
+}
+
 TEST_F(SessionStoreTest, AnOlderVersionFailingToGoAwayLeavesThePutDurableAndTheNewestListed) {
   FaultInjectingStoreEnv env(PosixStoreEnv());
   auto store = Open(&env);
