@@ -7,7 +7,6 @@
 // test_server_durability.py.
 #include <filesystem>
 #include <fstream>
-#include <random>
 
 #include "gtest/gtest.h"
 #include "server/fault_injecting_store_env.h"
@@ -21,13 +20,6 @@
 
 namespace mnemo::server {
 namespace {
-
-std::vector<int32_t> Document(int n, uint32_t seed, int64_t vocab) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
-  return ids;
-}
 
 class SessionDurabilityTest : public ::testing::Test {
  protected:
@@ -105,8 +97,9 @@ class SessionDurabilityTest : public ::testing::Test {
 };
 
 TEST_F(SessionDurabilityTest, SyncSessionsSurviveARestartExactly) {
-  const std::vector<int32_t> doc = Document(13, 1, config_.vocab_size);  // ends mid-segment
-  const std::vector<int32_t> probe = Document(7, 2, config_.vocab_size);
+  const std::vector<int32_t> doc =
+      test::RandomTokens(13, config_.vocab_size, 1);  // ends mid-segment
+  const std::vector<int32_t> probe = test::RandomTokens(7, config_.vocab_size, 2);
   std::string id;
   std::vector<float> expected;
   {
@@ -143,8 +136,8 @@ TEST_F(SessionDurabilityTest, AsyncVersionsBecomeDurableInTheBackground) {
   SessionManager sessions(Options(Durability::kAsync), &metrics_);
   auto info = sessions.Create(*model_, {});
   ASSERT_TRUE(info.ok());
-  Append(sessions, info->id, Document(9, 3, config_.vocab_size));
-  Append(sessions, info->id, Document(4, 4, config_.vocab_size));
+  Append(sessions, info->id, test::RandomTokens(9, config_.vocab_size, 3));
+  Append(sessions, info->id, test::RandomTokens(4, config_.vocab_size, 4));
   sessions.FlushStore();
   EXPECT_EQ(sessions.Get(info->id)->durable_version, 2);
   auto newest = store_->Newest(info->id);
@@ -164,7 +157,7 @@ TEST_F(SessionDurabilityTest, AsyncWritesThatFailAreRetriedUntilTheStoreRecovers
   ASSERT_TRUE(info.ok());
   sessions.FlushStore();
   ASSERT_TRUE(faults_->SetSpec("append:full").ok());
-  Append(sessions, info->id, Document(7, 6, config_.vocab_size));
+  Append(sessions, info->id, test::RandomTokens(7, config_.vocab_size, 6));
   sessions.FlushStore();
   EXPECT_EQ(sessions.Get(info->id)->state_version, 1);
   EXPECT_EQ(sessions.Get(info->id)->durable_version, 0) << "the write failed";
@@ -182,7 +175,7 @@ TEST_F(SessionDurabilityTest, AFailingStoreFailsSyncChangesAndKeepsTheVersion) {
   SessionManager sessions(Options(Durability::kSync), &metrics_);
   auto info = sessions.Create(*model_, {});
   ASSERT_TRUE(info.ok());
-  Append(sessions, info->id, Document(6, 5, config_.vocab_size));
+  Append(sessions, info->id, test::RandomTokens(6, config_.vocab_size, 5));
   for (const char* spec : {"append:full", "sync:fail", "rename:fail", "append:tear"}) {
     SCOPED_TRACE(spec);
     ASSERT_TRUE(faults_->SetSpec(spec).ok());
@@ -211,14 +204,15 @@ TEST_F(SessionDurabilityTest, HostBudgetEvictsToTheStoreAndBackExactly) {
   options.device_budget_bytes = bytes;
   options.host_budget_bytes = bytes;
   SessionManager sessions(options, &metrics_);
-  const std::vector<int32_t> probe = Document(5, 9, config_.vocab_size);
+  const std::vector<int32_t> probe = test::RandomTokens(5, config_.vocab_size, 9);
   std::vector<std::string> ids;
   std::vector<std::vector<float>> expected;
   for (uint32_t i = 0; i < 3; ++i) {
     auto info = sessions.Create(*model_, {});
     ASSERT_TRUE(info.ok()) << info.status();
     ids.push_back(info->id);
-    Append(sessions, info->id, Document(8 + static_cast<int>(i), 20 + i, config_.vocab_size));
+    Append(sessions, info->id,
+           test::RandomTokens(8 + static_cast<int>(i), config_.vocab_size, 20 + i));
     expected.push_back(ScoreOf(sessions, info->id, probe));
   }
   sessions.EvictToStore();
@@ -242,15 +236,15 @@ TEST_F(SessionDurabilityTest, HostBudgetEvictsToTheStoreAndBackExactly) {
 }
 
 TEST_F(SessionDurabilityTest, ACorruptSnapshotIsQuarantinedAndOthersAreServed) {
-  const std::vector<int32_t> probe = Document(5, 31, config_.vocab_size);
+  const std::vector<int32_t> probe = test::RandomTokens(5, config_.vocab_size, 31);
   std::string good, bad;
   std::vector<float> expected;
   {
     SessionManager sessions(Options(Durability::kSync), &metrics_);
     good = sessions.Create(*model_, {})->id;
     bad = sessions.Create(*model_, {})->id;
-    Append(sessions, good, Document(11, 32, config_.vocab_size));
-    Append(sessions, bad, Document(11, 33, config_.vocab_size));
+    Append(sessions, good, test::RandomTokens(11, config_.vocab_size, 32));
+    Append(sessions, bad, test::RandomTokens(11, config_.vocab_size, 33));
     expected = ScoreOf(sessions, good, probe);
   }
   const std::filesystem::path file = SnapshotFile(bad);
@@ -278,9 +272,9 @@ TEST_F(SessionDurabilityTest, ACorruptSnapshotIsQuarantinedAndOthersAreServed) {
 
 TEST_F(SessionDurabilityTest, ImportedMemoryContinuesExactly) {
   SessionManager sessions(Options(Durability::kNone), &metrics_);
-  const std::vector<int32_t> probe = Document(6, 41, config_.vocab_size);
+  const std::vector<int32_t> probe = test::RandomTokens(6, config_.vocab_size, 41);
   auto info = sessions.Create(*model_, {});
-  Append(sessions, info->id, Document(12, 42, config_.vocab_size));
+  Append(sessions, info->id, test::RandomTokens(12, config_.vocab_size, 42));
   const std::vector<float> expected = ScoreOf(sessions, info->id, probe);
   std::string snapshot;
   {
