@@ -647,19 +647,20 @@ absl::Status SessionManager::Delete(const std::string& id, int64_t expected_vers
       return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
                                              ", not the expected ", expected_version));
     }
-    if (entry->durability != Durability::kSync || writer_ == nullptr) {
+    if ((entry->durability != Durability::kSync && !replica_mode()) || writer_ == nullptr) {
       EraseLocked(id, "deleted");
       return absl::OkStatus();
     }
     entry->moving = true;  // others wait until the store has forgotten it
   }
-  // An acknowledged deletion of a SYNC session must not come back after a crash either.
+  // An acknowledged deletion of a SYNC session must not come back after a crash either, nor
+  // any deleted session through another replica taking it over from the store.
   absl::Status removed = writer_->DeleteNow(id);
   MutexLock lock(&mu_);
   entry->moving = false;
   moved_cv_.SignalAll();
   if (!removed.ok()) {
-    LogStore(absl::StrCat("deleting SYNC session ", id), removed);
+    LogStore(absl::StrCat("deleting session ", id), removed);
     return absl::UnavailableError(absl::StrCat("the session store could not delete the session (",
                                                removed.message(), "); it still exists"));
   }
