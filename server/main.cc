@@ -302,7 +302,10 @@ absl::Status Serve(int argc, char** argv) {
   std::fprintf(stderr, "mnemo-server: listening on %s (port %d), metrics on %s\n", listen.c_str(),
                port, metrics_listen.c_str());
 
-  // Readiness: NOT_SERVING while draining or when a new session would be refused.
+  // Health: the service "" is readiness, NOT_SERVING while draining or when a new session would
+  // be refused; "liveness" stays SERVING while the process answers at all (a liveness probe must
+  // not restart a replica for being busy or draining).
+  server->GetHealthCheckService()->SetServingStatus("liveness", true);
   std::mutex ready_mu;
   std::condition_variable ready_cv;
   bool stop_ready = false;
@@ -313,7 +316,7 @@ absl::Status Serve(int argc, char** argv) {
       const bool now = !ctx.draining.load() && !sessions->full();
       if (now != serving) {
         serving = now;
-        server->GetHealthCheckService()->SetServingStatus(serving);
+        server->GetHealthCheckService()->SetServingStatus("", serving);
         metrics.SetServing(serving);
       }
       ready_cv.wait_for(lock, std::chrono::milliseconds(250));
@@ -328,7 +331,7 @@ absl::Status Serve(int argc, char** argv) {
   // (so probes see the change), requests in flight get the grace to finish, then whatever is
   // left is cancelled (and rolled back) by the transport's shutdown.
   ctx.draining = true;
-  server->GetHealthCheckService()->SetServingStatus(false);
+  server->GetHealthCheckService()->SetServingStatus("", false);
   metrics.SetServing(false);
   {
     std::lock_guard<std::mutex> lock(ready_mu);
