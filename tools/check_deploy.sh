@@ -110,8 +110,9 @@ sys.exit(1 if bad else 0)
 PY
 if ! promtool check rules "$out/expressions.yml" >"$out/promtool.log" 2>&1; then
   cat "$out/promtool.log" >&2
-  echo "check_deploy: an expression does not parse; rule names map to sources:" >&2
-  cat "$out/expressions.yml.where" >&2
+  echo "check_deploy: expressions that do not parse:" >&2
+  grep -o 'mnemo_check:expression_[0-9]*' "$out/promtool.log" | sort -u |
+    while read -r name; do grep "^$name: " "$out/expressions.yml.where"; done >&2
   exit 1
 fi
 echo "promtool: every expression parses"

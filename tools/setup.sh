@@ -16,16 +16,19 @@ debs=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev prometheus-cpp-dev
   python3 python3-numpy python3-grpcio python3-protobuf
 )
-deploy_debs=(python3 python3-venv python3-pip prometheus kubernetes-client)
+deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
          python3-torch bible-kjv bible-kjv-text "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then
-  debs=("${deploy_debs[@]}")
+  debs=(python3 "${deploy_debs[@]}")
 elif [ "$mode" != build ]; then
   echo "usage: tools/setup.sh [build|test|deploy]" >&2
   exit 2
 fi
+
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
 # kubernetes-client cannot be installed where another package (Google Cloud's `kubectl`) owns
 # /usr/bin/kubectl. The Debian package's kubectl is then unpacked into .cache/kubernetes-client
@@ -39,8 +42,10 @@ if [[ " ${debs[*]} " == *" kubernetes-client "* ]] &&
   if [ ! -x "$kubectl_dir/usr/bin/kubectl" ]; then
     echo "setup: /usr/bin/kubectl belongs to ${owner%%:*}; unpacking kubernetes-client into .cache"
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download -q kubernetes-client >/dev/null 2>&1 ||
-       { apt-get update -q >/dev/null && apt-get download -q kubernetes-client; })
+    if ! (cd "$tmp" && apt-get download -q kubernetes-client >/dev/null 2>&1); then
+      "${sudo_cmd[@]}" apt-get update -q >/dev/null
+      (cd "$tmp" && apt-get download -q kubernetes-client)
+    fi
     rm -rf "$kubectl_dir" && mkdir -p "$kubectl_dir"
     dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$kubectl_dir"
     rm -rf "$tmp"
@@ -54,8 +59,6 @@ for p in "${debs[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
     "${missing[@]}"
