@@ -129,7 +129,7 @@ def pod_rules(doc: dict, config_maps: dict) -> list:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe not in c:
                 problems.append(f"{name}: no {probe}")
-        for probe in ("startupProbe", "readinessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if "grpc" not in c.get(probe, {}):
                 problems.append(f"{name}: {probe} should use grpc.health.v1 (grpc:)")
         res = c.get("resources", {})
