@@ -344,7 +344,9 @@ absl::Status Serve(int argc, char** argv) {
   // Replicas: sessions go to the store and are let go while the listener still answers
   // hand-offs, so a replica taking one over meanwhile gets it from here.
   int released = sessions->ReleaseAll();
-  server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
+  // The grace is over (or nothing runs): whatever still runs is cancelled now, and idle client
+  // connections are not waited for.
+  server->Shutdown(absl::ToChronoTime(absl::Now()));
   models->Shutdown();
   server->Wait();
   released += sessions->ReleaseAll();  // those whose requests ran past the grace
