@@ -36,8 +36,8 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> chunks = {"The quick brown fox ", "jumps over the lazy dog. "};
   size_t next = 0;
-  absl::StatusOr<mnemo::v1::IngestProgress> ingested = client->Ingest(
-      session->id(), [&]() -> absl::StatusOr<std::optional<std::string>> {
+  absl::StatusOr<mnemo::v1::IngestProgress> ingested =
+      client->Ingest(session->id(), [&]() -> absl::StatusOr<std::optional<std::string>> {
         if (next == chunks.size()) return std::nullopt;
         return chunks[next++];
       });
