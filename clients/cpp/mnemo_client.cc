@@ -179,7 +179,7 @@ class Client::Retrier {
   }
 
  private:
-  const RetryPolicy& policy_;
+  const RetryPolicy policy_;  // a copy: the call keeps the policy it started with
   const Safety safety_;
   const char* const method_;
   const bool not_found_is_unknown_;

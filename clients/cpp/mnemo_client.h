@@ -108,6 +108,8 @@ class Client {
   // Deadline of each call from its start (default: none). Calls that run past it fail with
   // DEADLINE_EXCEEDED; a streaming call's deadline covers the whole stream.
   void set_timeout(std::optional<absl::Duration> timeout) { timeout_ = timeout; }
+  // Replaces the RetryPolicy given at construction. Like set_timeout, not to be called while
+  // other threads use the client.
   void set_retry_policy(const RetryPolicy& retry) { retry_ = retry; }
   const RetryPolicy& retry_policy() const { return retry_; }
 
