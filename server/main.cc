@@ -4,13 +4,16 @@
 // UNAVAILABLE at once, requests in flight get --shutdown-grace to finish, then (replicas) every
 // session is written to the store and let go, and the process exits. Every flag may also come
 // from the environment (MNEMO_SESSION_STORE for --session-store; the command line wins).
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -98,6 +101,51 @@ Durations are like 90s, 5m, 1h30m, 250ms. Every flag can also be set in the envi
 MNEMO_ and its name in capitals with '_' for '-' (MNEMO_SESSION_STORE=/data); --model and
 --model-repository take comma-separated lists there. The command line wins.
 )";
+
+// The write end of the pipe the stop signals go to.
+int stop_pipe_write = -1;
+
+extern "C" void OnStopSignal(int signal) {
+  const int saved = errno;
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  (void)!::write(stop_pipe_write, &byte, 1);  // a full pipe already holds a signal: fine
+  errno = saved;
+}
+
+int stop_pipe_read = -1;
+
+absl::Status InstallStopSignals() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    return absl::InternalError(absl::StrCat("pipe2: ", std::strerror(errno)));
+  }
+  stop_pipe_read = fds[0];
+  stop_pipe_write = fds[1];
+  // The read end blocks; only the handler's writes must never block.
+  ::fcntl(stop_pipe_read, F_SETFL, ::fcntl(stop_pipe_read, F_GETFL) & ~O_NONBLOCK);
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  for (const int signal : {SIGTERM, SIGINT}) {
+    if (::sigaction(signal, &action, nullptr) != 0) {
+      return absl::InternalError(absl::StrCat("sigaction: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Blocks until SIGTERM or SIGINT; returns which. Later ones are written to the pipe and ignored.
+int WaitForStopSignal() {
+  unsigned char byte = 0;
+  while (true) {
+    const ssize_t n = ::read(stop_pipe_read, &byte, 1);
+    if (n == 1) return byte;
+    if (n < 0 && errno == EINTR) continue;
+    std::perror("mnemo-server: reading the stop-signal pipe");
+    return SIGTERM;
+  }
+}
 
 absl::Status Serve(int argc, char** argv) {
   const std::map<std::string, bool> known = {{"model", true},
@@ -225,12 +273,11 @@ absl::Status Serve(int argc, char** argv) {
     };
   }
 
-  // Signals go to one waiting thread: block them before any other thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGTERM and SIGINT write their number to a pipe the main thread reads. A handler, not a
+  // blocked mask with sigwait: libraries start threads of their own before main (OpenBLAS), and
+  // a signal delivered to one of those would otherwise kill the process — a second Ctrl-C in
+  // the middle of a drain, say — before its sessions reach the store.
+  RETURN_IF_ERROR(InstallStopSignals());
 
   engine::api::ModelOptions model_options;
   const std::string sparse = flags.Get("sparse-weights", "on");
@@ -323,8 +370,7 @@ absl::Status Serve(int argc, char** argv) {
     }
   });
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = WaitForStopSignal();
   std::fprintf(stderr, "mnemo-server: signal %d, draining (grace %s)\n", signal,
                absl::FormatDuration(grace).c_str());
   // Drain: health says NOT_SERVING and new work gets UNAVAILABLE while the listener stays open

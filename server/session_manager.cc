@@ -174,7 +174,11 @@ absl::Status SessionLease::Persist(int64_t tokens_added) {
     // The result is sent only while this replica still owns the session (a SYNC write is fenced
     // by the store itself).
     absl::Status owned = manager_.options_.store->CheckClaim(entry_->id);
-    if (absl::IsAborted(owned)) return Moved(entry_->id, owned.message());
+    if (absl::IsAborted(owned)) {
+      MutexLock lock(&manager_.mu_);
+      entry_->fenced = true;  // dropped when the lease ends
+      return Moved(entry_->id, owned.message());
+    }
     if (!owned.ok()) return StoreUnavailable(owned, version_);
     return absl::OkStatus();
   }
@@ -194,7 +198,11 @@ absl::Status SessionLease::Persist(int64_t tokens_added) {
   } else {
     LogStore(absl::StrCat("encoding SYNC session ", entry_->id), status);
   }
-  if (absl::IsAborted(status)) return Moved(entry_->id, status.message());
+  if (absl::IsAborted(status)) {
+    MutexLock lock(&manager_.mu_);
+    entry_->fenced = true;
+    return Moved(entry_->id, status.message());
+  }
   if (!status.ok()) return StoreUnavailable(status, version_);
   persisted_version_ = version;
   return absl::OkStatus();
@@ -587,6 +595,16 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       if (absl::IsFailedPrecondition(entry.status())) return entry.status();  // model not here
       return unavailable(entry.status());
     }
+    // Claimed by another replica while this one was reading the store (or stopped)? Then the
+    // session is that replica's.
+    if (absl::Status still = store.CheckClaim(id); !still.ok()) {
+      store.Forget(id);
+      if (absl::IsAborted(still)) {
+        if (metrics_ != nullptr) metrics_->Ownership("fenced");
+        return Moved(id, still.message());
+      }
+      return unavailable(still);
+    }
     MutexLock lock(&mu_);
     if (auto it = sessions_.find(id); it != sessions_.end()) EraseLocked(id, "moved", true);
     (*entry)->sequence = next_sequence_++;
@@ -849,6 +867,11 @@ void SessionManager::Release(SessionLease& lease) {
     }
     e.busy = false;
     moved_cv_.SignalAll();  // a hand-off may wait for the request to end
+    if (e.fenced) {         // another replica owns it now: this copy goes
+      auto it = sessions_.find(e.id);
+      if (it != sessions_.end() && it->second == entry) DropFencedLocked(e.id);
+      return;
+    }
     const bool write_async = writer_ != nullptr && e.durability != Durability::kNone &&
                              e.tier == Tier::kDevice && e.durable_version != e.version &&
                              (committed || lease.persisted_version_ > lease.version_);
@@ -1033,6 +1056,14 @@ absl::StatusOr<int64_t> SessionManager::HandOff(const std::string& id, absl::Tim
   bool write = false;
   {
     MutexLock lock(&mu_);
+    // A take-over of the session running here ends first: answering NOT_FOUND meanwhile would
+    // let the caller claim it while this replica goes on to serve it.
+    while (taking_over_.count(id) != 0 && absl::Now() < deadline) {
+      moved_cv_.WaitFor(&mu_, absl::ToChronoNanoseconds(deadline - absl::Now()));
+    }
+    if (taking_over_.count(id) != 0) {
+      return absl::DeadlineExceededError(absl::StrCat("session ", id, " is being taken over"));
+    }
     auto it = sessions_.find(id);
     if (it == sessions_.end() || it->second->fenced) {
       return absl::NotFoundError(absl::StrCat("this replica does not hold session ", id));

@@ -18,7 +18,7 @@ import time
 import grpc
 import pytest
 from mnemo.v1 import mnemo_pb2 as pb
-from mnemo_client import health
+from mnemo_client import MnemoClient, health
 
 from durability_harness import assert_same, doc_chunks, observe, wait_durable
 from server_harness import (BASE_FLAGS, RUNNING_SERVERS, ServerProcess, free_port, wait_until)
@@ -414,11 +414,14 @@ def test_a_draining_replica_refuses_new_calls_and_finishes_running_ones(replicas
         wait_until(lambda: a.health() == health.NOT_SERVING, timeout=5, interval=0.01,
                    message="readiness NOT_SERVING")
         assert a.alive() and thread.is_alive(), "the generation must still be running"
-        for call in (lambda: ca.get_session(idle),
-                     lambda: ca.create_session(model="tiny"),
-                     lambda: ca.score(idle, text="draining"),
-                     lambda: ca.generate(idle, "x", max_tokens=1)):
-            expect_reason(call, grpc.StatusCode.UNAVAILABLE, "DRAINING")
+        # What the server answers, seen by a client that does not retry (one that does retries
+        # DRAINING until its backoff gives up or the replica is gone).
+        with MnemoClient(a.target, timeout=60, retry=None) as raw:
+            for call in (lambda: raw.get_session(idle),
+                         lambda: raw.create_session(model="tiny"),
+                         lambda: raw.score(idle, text="draining"),
+                         lambda: raw.generate(idle, "x", max_tokens=1)):
+                expect_reason(call, grpc.StatusCode.UNAVAILABLE, "DRAINING")
         thread.join(30)
         assert "error" not in outcome, outcome.get("error")
         assert len(outcome["result"].ids) == tokens
