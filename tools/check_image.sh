@@ -37,6 +37,7 @@ if [ "${1:-}" = --in-namespace ]; then
     umount -R "$mnt" 2>/dev/null || true
   }
   trap cleanup EXIT
+  trap 'exit 143' TERM INT
   ip link set lo up
   # The image's root read-only, with what a container runtime mounts: /proc, /dev, a read-only
   # /sys, and the store volume (writable).
@@ -148,7 +149,9 @@ for f in mnemo-server mnemo-client libmnemo_sentencepiece.so python/mnemo; do
 done
 if [ -z "$dockerfile" ]; then
   dockerfile=$src/Dockerfile
-  ldd "$build/mnemo-server" | grep -q libcudart && dockerfile=$src/deploy/docker/Dockerfile.cuda
+  if grep -q libcudart <<<"$(ldd "$build/mnemo-server")"; then
+    dockerfile=$src/deploy/docker/Dockerfile.cuda
+  fi
 fi
 start=$(date +%s)
 elapsed() { echo "$(($(date +%s) - start)) s"; }
@@ -252,9 +255,8 @@ work=$src/build/image-check
 mkdir -p "$cache"
 
 # Leftovers of an earlier run: mounts (only a run of an older script could leave one) and files.
-if findmnt -rn -o TARGET | grep -q "^$work/"; then
-  findmnt -rn -o TARGET | grep "^$work/" | sort -r | xargs -r -n 1 umount -l
-fi
+leftover=$(findmnt -rn -o TARGET | grep "^$work/" | sort -r || true)
+for m in $leftover; do umount -l "$m"; done
 rm -rf "$work"
 mkdir -p "$work"
 
@@ -310,9 +312,13 @@ chmod 0750 "$work/store"
 printf '%s\n' "${run_env[@]}" >"$work/env"
 echo "== image: $(realpath --relative-to="$src" "$dockerfile") with $(realpath --relative-to="$src" "$build") ($(elapsed) so far)"
 
-# 4. Run it.
+# 4. Run it. Interrupted, the run is stopped (its trap kills the server and unmounts).
 unshare --mount --net --propagation private "$0" --in-namespace "$work" "$build" "$user" \
-  "$volume" "$grpc_port" "$metrics_port" "$work/env" "${entrypoint[@]}"
+  "$volume" "$grpc_port" "$metrics_port" "$work/env" "${entrypoint[@]}" &
+runner=$!
+trap 'kill -TERM "$runner" 2>/dev/null || true' EXIT
+wait "$runner"
+trap - EXIT
 
 # 5. The store volume holds the durable session, written as the image's user.
 if [ -z "$(find "$work/store" -type f -print -quit)" ]; then
