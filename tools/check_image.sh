@@ -153,6 +153,14 @@ if [ -z "$dockerfile" ]; then
     dockerfile=$src/deploy/docker/Dockerfile.cuda
   fi
 fi
+# The host's tools beyond Debian's essential set: debootstrap, and ip for the namespace's
+# loopback.
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v ip >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
 start=$(date +%s)
 elapsed() { echo "$(($(date +%s) - start)) s"; }
 docker_dir=$src/deploy/docker
@@ -263,9 +271,6 @@ mkdir -p "$work"
 # 1. A minimal Debian bookworm, once per cache.
 base=$cache/bookworm-minbase.tar
 if [ ! -f "$base" ]; then
-  if ! command -v debootstrap >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
-  fi
   echo "== image: debootstrap --variant=minbase bookworm from $mirror"
   debootstrap --variant=minbase bookworm "$work/base" "$mirror" >"$work/debootstrap.log" 2>&1 ||
     { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
