@@ -3,7 +3,8 @@
 # every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
 # parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan and under
 # TSan, the format, layering, documentation-link, deployment (tools/check_deploy.sh) and clang-tidy
-# checks, and clang's thread-safety analysis of the lock annotations.
+# checks, clang's thread-safety analysis of the lock annotations, and (as root) the container
+# image recipe in a fresh Debian root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,6 +27,12 @@ for preset in release asan tsan; do
   if [ "$preset" = release ]; then
     echo "== clang-tidy"
     tools/check_tidy.sh "build/$preset"
+    # The container image recipe, run in a fresh Debian root (mounts and chroot: root only).
+    if [ "$(id -u)" -eq 0 ]; then
+      tools/check_image.sh "build/$preset"
+    else
+      echo "== image: skipped (tools/check_image.sh needs root)"
+    fi
   fi
 done
 
