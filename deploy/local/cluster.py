@@ -9,6 +9,9 @@ kill -9) binds the same ports, so the router's upstream list stays valid; a repl
 leaves re-renders the router's configuration and reloads nginx (SIGHUP), and rewrites
 Prometheus's file-discovered targets.
 
+Every process runs in its own session (process group): a Ctrl-C in the terminal reaches only
+the Python process, which stops them in order (router first, then the replicas drain).
+
 Depends on the standard library and the Python client's health check (mnemo_client.health,
 which needs no generated stubs); never on tests/ or bench/.
 """
@@ -139,7 +142,8 @@ class Replica:
             log.write(f"\n=== start {self.starts + 1}: {' '.join(self.args())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
         self.starts += 1
 
     def alive(self) -> bool:
@@ -300,7 +304,7 @@ class Router:
         with open(os.path.join(self.prefix, "stdout.log"), "ab") as out:
             self.proc = subprocess.Popen(nginx_render.nginx_command(self.nginx, self.prefix),
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         host, port = self.listen.rsplit(":", 1)
         end = time.monotonic() + timeout
         while not port_open(host.strip("[]"), int(port)):
@@ -404,7 +408,8 @@ class Prometheus:
                 [self.binary, f"--config.file={self.config_path}",
                  f"--storage.tsdb.path={os.path.join(self.workdir, 'tsdb')}",
                  f"--web.listen-address={self.host}:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
         end = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
