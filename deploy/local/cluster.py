@@ -346,6 +346,19 @@ class Router:
             return []
         return [e for e in map(parse_access_line, lines) if e is not None]
 
+    def entries_after(self, start: int, count: int, timeout: float = 5.0) -> list[AccessEntry]:
+        """The `count` calls logged after the first `start` entries. nginx writes a call's line
+        just after its last frame, so a client may see the answer a moment before: waits up to
+        `timeout` s for them; raises ClusterError when they do not come."""
+        end = time.monotonic() + timeout
+        while True:
+            entries = self.access_entries()[start:]
+            if len(entries) >= count:
+                return entries[:count]
+            if time.monotonic() > end:
+                raise self._fail(f"{len(entries)} of {count} calls logged after {timeout:.0f} s")
+            time.sleep(0.01)
+
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         """Graceful stop (SIGQUIT: calls in flight finish), SIGKILL after `timeout`."""
         if self.proc is None or self.proc.poll() is not None:
