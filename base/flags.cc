@@ -1,9 +1,13 @@
 #include "base/flags.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 #include "base/status_macros.h"
 
@@ -70,6 +74,30 @@ absl::StatusOr<Flags> Flags::ParseWithPositionals(const std::vector<std::string>
 void Flags::Merge(const Flags& other) {
   for (const auto& [k, v] : other.values_) values_[k].insert(values_[k].end(), v.begin(), v.end());
   positional_.insert(positional_.end(), other.positional_.begin(), other.positional_.end());
+}
+
+std::string Flags::EnvironmentName(const std::string& prefix, const std::string& name) {
+  std::string env = prefix;
+  for (const char c : name) {
+    env.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+  }
+  return env;
+}
+
+void Flags::AddFromEnvironment(const std::string& prefix, const std::map<std::string, bool>& known,
+                               const std::vector<std::string>& repeatable) {
+  for (const auto& [name, takes_value] : known) {
+    if (!takes_value || Has(name)) continue;
+    const char* value = std::getenv(EnvironmentName(prefix, name).c_str());
+    if (value == nullptr || *value == '\0') continue;
+    if (std::find(repeatable.begin(), repeatable.end(), name) == repeatable.end()) {
+      values_[name].push_back(value);
+      continue;
+    }
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      values_[name].emplace_back(part);
+    }
+  }
 }
 
 std::string Flags::Get(const std::string& name, const std::string& fallback) const {

@@ -29,6 +29,15 @@ class Flags {
                                                     size_t* stopped_at = nullptr);
   // Adds `other`'s values (they win for Get) and positionals.
   void Merge(const Flags& other);
+  // For each flag in `known` that takes a value and was not given, its value from the
+  // environment variable `prefix` + the name upper-cased with '-' as '_' (MNEMO_SESSION_STORE
+  // for --session-store), when that is set and not empty. A flag named in `repeatable` takes a
+  // comma-separated list there. Containers and Kubernetes configure servers this way; the command
+  // line wins.
+  void AddFromEnvironment(const std::string& prefix, const std::map<std::string, bool>& known,
+                          const std::vector<std::string>& repeatable = {});
+  // The environment variable AddFromEnvironment reads for `name`.
+  static std::string EnvironmentName(const std::string& prefix, const std::string& name);
   const std::vector<std::string>& positional() const { return positional_; }
 
   bool Has(const std::string& name) const { return values_.count(name) > 0; }

@@ -23,9 +23,9 @@ namespace {
 absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
 
 constexpr std::array<StoreOp, kNumStoreOps> kAllOps = {
-    StoreOp::kCreate, StoreOp::kAppend, StoreOp::kSync,   StoreOp::kClose,
-    StoreOp::kRename, StoreOp::kRemove, StoreOp::kRead,   StoreOp::kStat,
-    StoreOp::kList,   StoreOp::kMkdir,  StoreOp::kSyncDir};
+    StoreOp::kCreate, StoreOp::kAppend, StoreOp::kSync,    StoreOp::kClose,
+    StoreOp::kRename, StoreOp::kRemove, StoreOp::kRead,    StoreOp::kStat,
+    StoreOp::kList,   StoreOp::kMkdir,  StoreOp::kSyncDir, StoreOp::kLink};
 
 absl::string_view ModeName(StoreFaultMode mode) {
   switch (mode) {
@@ -58,7 +58,7 @@ absl::StatusOr<StoreFaultRule> ParseRule(absl::string_view text) {
     if (!rule.op.has_value()) {
       return BadRule(text,
                      "op must be create, append, sync, close, rename, remove, read, stat, list, "
-                     "mkdir, syncdir or any");
+                     "mkdir, syncdir, link or any");
     }
   }
   const size_t mode_end = rest.find_first_of("@%");
@@ -133,6 +133,8 @@ std::string_view StoreOpName(StoreOp op) {
       return "mkdir";
     case StoreOp::kSyncDir:
       return "syncdir";
+    case StoreOp::kLink:
+      return "link";
   }
   return "?";
 }
@@ -368,6 +370,17 @@ absl::Status FaultInjectingStoreEnv::RenameFile(const std::string& from, const s
   }
   undurable_names_.erase(from);
   undurable_names_.insert(to);  // the new name is durable once its directory is synced
+  return absl::OkStatus();
+}
+
+absl::Status FaultInjectingStoreEnv::LinkFile(const std::string& from, const std::string& to) {
+  absl::Status injected;
+  if (Decide(StoreOp::kLink, absl::StrCat(from, " as ", to), &injected) != Fault::kNone)
+    return injected;
+  RETURN_IF_ERROR(base_->LinkFile(from, to));
+  MutexLock lock(&mu_);
+  if (auto it = files_.find(from); it != files_.end()) files_[to] = it->second;
+  undurable_names_.insert(to);  // durable once its directory is synced
   return absl::OkStatus();
 }
 

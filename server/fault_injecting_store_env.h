@@ -6,7 +6,7 @@
 // A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]`; "" means no faults:
 //   op    create (NewWritableFile), append, sync, close, rename, remove (RemoveFile, RemoveDir),
 //         read (ReadFile), stat (GetFileSize), list (GetChildren), mkdir (CreateDir), syncdir,
-//         or any (every op);
+//         link (LinkFile), or any (every op);
 //   mode  fail: UNAVAILABLE, as EIO; full: RESOURCE_EXHAUSTED, as ENOSPC; tear: an append writes
 //         the first half of its data to the file and then fails UNAVAILABLE (other ops fail as
 //         with fail);
@@ -57,8 +57,9 @@ enum class StoreOp {
   kList,
   kMkdir,
   kSyncDir,
+  kLink,
 };
-inline constexpr int kNumStoreOps = 11;
+inline constexpr int kNumStoreOps = 12;
 
 // The op's name in a spec ("append").
 std::string_view StoreOpName(StoreOp op);
@@ -102,6 +103,7 @@ class FaultInjectingStoreEnv final : public StoreEnv {
       const std::string& path) override;
   absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) override;
   absl::Status RenameFile(const std::string& from, const std::string& to) override;
+  absl::Status LinkFile(const std::string& from, const std::string& to) override;
   absl::Status RemoveFile(const std::string& path) override;
   absl::Status CreateDir(const std::string& path) override;
   absl::Status RemoveDir(const std::string& path) override;

@@ -11,6 +11,7 @@ namespace {
 
 // absl::Status payload key for a serialized mnemo.v1.BadRequest, and the type URL clients expect.
 constexpr char kBadRequestPayload[] = "type.googleapis.com/google.rpc.BadRequest";
+constexpr char kErrorInfoType[] = "type.googleapis.com/google.rpc.ErrorInfo";
 
 }  // namespace
 
@@ -43,14 +44,25 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const auto code = static_cast<grpc::StatusCode>(status.code());
   const std::string message(status.message());
-  auto payload = status.GetPayload(kBadRequestPayload);
-  if (!payload.has_value()) return grpc::Status(code, message);
+  auto bad_request = status.GetPayload(kBadRequestPayload);
+  const std::string reason = ReasonOf(status);
+  if (!bad_request.has_value() && reason.empty()) return grpc::Status(code, message);
   v1::RpcStatus details;
   details.set_code(static_cast<int32_t>(code));
   details.set_message(message);
-  google::protobuf::Any* any = details.add_details();
-  any->set_type_url(kBadRequestPayload);
-  any->set_value(std::string(*payload));
+  if (bad_request.has_value()) {
+    google::protobuf::Any* any = details.add_details();
+    any->set_type_url(kBadRequestPayload);
+    any->set_value(std::string(*bad_request));
+  }
+  if (!reason.empty()) {
+    v1::ErrorInfo info;
+    info.set_reason(reason);
+    info.set_domain("mnemo.v1");
+    google::protobuf::Any* any = details.add_details();
+    any->set_type_url(kErrorInfoType);
+    any->set_value(info.SerializeAsString());
+  }
   return grpc::Status(code, message, details.SerializeAsString());
 }
 

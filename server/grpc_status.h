@@ -1,6 +1,7 @@
 // Errors across the transport: absl::Status (the engine's and the server core's vocabulary) to
 // grpc::Status, with field violations carried as a BadRequest detail (wire-identical to
-// google.rpc.BadRequest) in the status details trailer.
+// google.rpc.BadRequest) and a reason for programs as an ErrorInfo detail (google.rpc.ErrorInfo,
+// domain "mnemo.v1") in the status details trailer.
 #pragma once
 
 #include <string>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 
 #include "grpcpp/support/status.h"
+#include "server/error_reason.h"
 
 namespace mnemo::server {
 

@@ -1,15 +1,21 @@
 // mnemo-server: serves the mnemo.v1 gRPC API (models, sessions, ingest, generate, score) for the
 // models given with --model, with the standard health service, server reflection, and Prometheus
 // metrics over HTTP. SIGTERM/SIGINT drain: health turns NOT_SERVING and new requests get
-// UNAVAILABLE at once, requests in flight get --shutdown-grace to finish, then the process exits.
+// UNAVAILABLE at once, requests in flight get --shutdown-grace to finish, then (replicas) every
+// session is written to the store and let go, and the process exits. Every flag may also come
+// from the environment (MNEMO_SESSION_STORE for --session-store; the command line wins).
 #include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +31,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/model_registry.h"
+#include "server/replica_service.h"
 #include "server/services.h"
 #include "server/session_manager.h"
 #include "server/session_store.h"
@@ -77,9 +84,19 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-input-tokens N       tokens of one prompt or scored text at most (default 1048576)
   --max-message-bytes N      largest request message (default 16777216)
   --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
+  --replica-id NAME          replica mode, for servers sharing one --session-store: this
+                             replica's name in session owner records (unique per replica; the
+                             pod name in Kubernetes). A request for a session another replica
+                             holds takes it over (hand-off, then a fenced claim); SIGTERM writes
+                             every session to the store and lets go of it (docs/deploy.md)
+  --advertise ADDR           where the other replicas reach this one for hand-offs (default:
+                             --listen when it names a host; in Kubernetes $(POD_IP):50051)
+  --handoff-timeout D        how long a take-over waits for the owner's hand-off (default 10s)
   --help                     this text
 
-Durations are like 90s, 5m, 1h30m, 250ms.
+Durations are like 90s, 5m, 1h30m, 250ms. Every flag can also be set in the environment as
+MNEMO_ and its name in capitals with '_' for '-' (MNEMO_SESSION_STORE=/data); --model and
+--model-repository take comma-separated lists there. The command line wins.
 )";
 
 absl::Status Serve(int argc, char** argv) {
@@ -107,8 +124,12 @@ absl::Status Serve(int argc, char** argv) {
                                              {"max-input-tokens", true},
                                              {"max-message-bytes", true},
                                              {"shutdown-grace", true},
+                                             {"replica-id", true},
+                                             {"advertise", true},
+                                             {"handoff-timeout", true},
                                              {"help", false}};
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(argc, argv, 1, known));
+  flags.AddFromEnvironment("MNEMO_", known, {"model", "model-repository"});
   if (flags.Has("help")) {
     std::fputs(kUsage, stdout);
     return absl::OkStatus();
@@ -180,6 +201,29 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t segment_tokens, flags.Int("segment-tokens", 0, 0, 1 << 20));
   const std::string listen = flags.Get("listen", "0.0.0.0:50051");
   const std::string metrics_listen = flags.Get("metrics-listen", "0.0.0.0:9464");
+  session_options.replica_id = flags.Get("replica-id", "");
+  ASSIGN_OR_RETURN(absl::Duration handoff_timeout,
+                   flags.Duration("handoff-timeout", absl::Seconds(10), absl::Milliseconds(100)));
+  if (!session_options.replica_id.empty()) {
+    if (store_dir.empty()) {
+      return absl::InvalidArgumentError("--replica-id needs --session-store DIR (shared)");
+    }
+    const bool wildcard = listen.rfind("0.0.0.0:", 0) == 0 || listen.rfind("[::]:", 0) == 0 ||
+                          listen.rfind(":", 0) == 0;
+    session_options.advertise = flags.Get("advertise", wildcard ? "" : listen);
+    if (session_options.advertise.empty()) {
+      std::fprintf(stderr,
+                   "mnemo-server: no --advertise address: other replicas take sessions over "
+                   "from this one without a hand-off (their newest stored version moves)\n");
+    }
+  }
+  std::unique_ptr<ReplicaClient> replicas;
+  if (!session_options.replica_id.empty()) {
+    replicas = std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout);
+    session_options.hand_off = [&replicas](const std::string& address, const std::string& id) {
+      return replicas->HandOff(address, id);
+    };
+  }
 
   // Signals go to one waiting thread: block them before any other thread starts.
   sigset_t signals;
@@ -204,9 +248,18 @@ absl::Status Serve(int argc, char** argv) {
                    ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,
                                        scheduling, &metrics, model_options, speculative == "on"));
   ctx.models = models.get();
+  session_options.models = models.get();
   auto sessions = std::make_unique<SessionManager>(session_options, &metrics);
   ctx.sessions = sessions.get();
-  if (store != nullptr) {
+  metrics.SetStateBudget("device", session_options.device_budget_bytes);
+  metrics.SetStateBudget("host", session_options.host_budget_bytes);
+  if (sessions->replica_mode()) {
+    metrics.SetReplica(session_options.replica_id);
+    std::fprintf(stderr, "mnemo-server: replica %s (hand-offs at %s) on %s\n",
+                 session_options.replica_id.c_str(),
+                 session_options.advertise.empty() ? "-" : session_options.advertise.c_str(),
+                 store->Describe().c_str());
+  } else if (store != nullptr) {
     ASSIGN_OR_RETURN(int recovered, sessions->Recover(*models));
     std::fprintf(stderr, "mnemo-server: %s: %d sessions (restored on first use)\n",
                  store->Describe().c_str(), recovered);
@@ -220,6 +273,8 @@ absl::Status Serve(int argc, char** argv) {
   ModelServiceImpl model_service(ctx);
   SessionServiceImpl session_service(ctx);
   InferenceServiceImpl inference_service(ctx);
+  // A hand-off waits at most half the caller's timeout for a running request.
+  ReplicaServiceImpl replica_service(ctx, handoff_timeout / 2);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -229,6 +284,9 @@ absl::Status Serve(int argc, char** argv) {
   builder.RegisterService(&model_service);
   builder.RegisterService(&session_service);
   builder.RegisterService(&inference_service);
+  if (sessions->replica_mode()) builder.RegisterService(&replica_service);
+  // This server owns its port: a second one on it must fail, not share the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
@@ -244,6 +302,27 @@ absl::Status Serve(int argc, char** argv) {
   std::fprintf(stderr, "mnemo-server: listening on %s (port %d), metrics on %s\n", listen.c_str(),
                port, metrics_listen.c_str());
 
+  // Health: the service "" is readiness, NOT_SERVING while draining or when a new session would
+  // be refused; "liveness" stays SERVING while the process answers at all (a liveness probe must
+  // not restart a replica for being busy or draining).
+  server->GetHealthCheckService()->SetServingStatus("liveness", true);
+  std::mutex ready_mu;
+  std::condition_variable ready_cv;
+  bool stop_ready = false;
+  std::thread readiness([&] {
+    bool serving = true;
+    std::unique_lock<std::mutex> lock(ready_mu);
+    while (!stop_ready) {
+      const bool now = !ctx.draining.load() && !sessions->full();
+      if (now != serving) {
+        serving = now;
+        server->GetHealthCheckService()->SetServingStatus("", serving);
+        metrics.SetServing(serving);
+      }
+      ready_cv.wait_for(lock, std::chrono::milliseconds(250));
+    }
+  });
+
   int signal = 0;
   sigwait(&signals, &signal);
   std::fprintf(stderr, "mnemo-server: signal %d, draining (grace %s)\n", signal,
@@ -252,13 +331,29 @@ absl::Status Serve(int argc, char** argv) {
   // (so probes see the change), requests in flight get the grace to finish, then whatever is
   // left is cancelled (and rolled back) by the transport's shutdown.
   ctx.draining = true;
-  server->GetHealthCheckService()->SetServingStatus(false);
+  server->GetHealthCheckService()->SetServingStatus("", false);
+  metrics.SetServing(false);
+  {
+    std::lock_guard<std::mutex> lock(ready_mu);
+    stop_ready = true;
+  }
+  ready_cv.notify_all();
+  readiness.join();
   const absl::Time deadline = absl::Now() + grace;
   while (ctx.in_flight.load() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
-  server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
+  // Replicas: sessions go to the store and are let go while the listener still answers
+  // hand-offs, so a replica taking one over meanwhile gets it from here.
+  int released = sessions->ReleaseAll();
+  // The grace is over (or nothing runs): whatever still runs is cancelled now, and idle client
+  // connections are not waited for.
+  server->Shutdown(absl::ToChronoTime(absl::Now()));
   models->Shutdown();
   server->Wait();
-  sessions->FlushStore();  // ASYNC snapshots already queued reach the store
+  released += sessions->ReleaseAll();  // those whose requests ran past the grace
+  sessions->FlushStore();              // ASYNC snapshots already queued reach the store
+  if (sessions->replica_mode()) {
+    std::fprintf(stderr, "mnemo-server: %d sessions written to the store and released\n", released);
+  }
   std::fprintf(stderr, "mnemo-server: stopped\n");
   return absl::OkStatus();
 }

@@ -164,6 +164,30 @@ Metrics::Metrics()
       store_errors_(BuildCounter()
                         .Name("mnemo_session_store_errors_total")
                         .Help("Session store and snapshot failures, by kind")
+                        .Register(*registry_)),
+      handoffs_(BuildCounter()
+                    .Name("mnemo_session_handoffs_total")
+                    .Help("Sessions handed between replicas: asked of another (in) or done for "
+                          "another (out), by result")
+                    .Register(*registry_)),
+      ownership_(BuildCounter()
+                     .Name("mnemo_session_ownership_total")
+                     .Help("Session ownership events of this replica (claimed, fenced, released, "
+                           "lost_race)")
+                     .Register(*registry_)),
+      serving_(BuildGauge()
+                   .Name("mnemo_serving")
+                   .Help("1 while the server takes new work (its readiness), 0 while draining "
+                         "or full")
+                   .Register(*registry_)
+                   .Add({})),
+      replica_info_(BuildGauge()
+                        .Name("mnemo_replica_info")
+                        .Help("This replica's name in session ownership records (value 1)")
+                        .Register(*registry_)),
+      state_budget_(BuildGauge()
+                        .Name("mnemo_session_state_budget_bytes")
+                        .Help("Bytes of session state a tier may hold (0: no limit)")
                         .Register(*registry_)) {
   BuildGauge()
       .Name("mnemo_build_info")
@@ -172,6 +196,15 @@ Metrics::Metrics()
       .Add({{"version", MNEMO_VERSION}})
       .Set(1);
   for (const char* tier : {"device", "host", "store"}) SetSessions(tier, 0, 0);
+  for (const char* direction : {"in", "out"}) {
+    for (const char* result : {"ok", "unreachable", "error"}) {
+      handoffs_.Add({{"direction", direction}, {"result", result}});
+    }
+  }
+  for (const char* event : {"claimed", "fenced", "released", "lost_race"}) {
+    ownership_.Add({{"event", event}});
+  }
+  serving_.Set(1);
   for (const char* op : {"write", "read"}) {
     snapshot_bytes_.Add({{"op", op}}, ByteBuckets());
     snapshot_seconds_.Add({{"op", op}}, LatencyBuckets());
@@ -234,6 +267,23 @@ void Metrics::ModelInfo(const std::string& name, const std::string& device,
                         const std::string& dtype, const std::string& attention) {
   model_info_.Add({{"model", name}, {"device", device}, {"dtype", dtype}, {"attention", attention}})
       .Set(1);
+}
+
+void Metrics::HandOff(std::string_view direction, std::string_view result) {
+  handoffs_.Add({{"direction", std::string(direction)}, {"result", std::string(result)}})
+      .Increment();
+}
+
+void Metrics::Ownership(std::string_view event) {
+  ownership_.Add({{"event", std::string(event)}}).Increment();
+}
+
+void Metrics::SetReplica(const std::string& replica) {
+  replica_info_.Add({{"replica", replica}}).Set(1);
+}
+
+void Metrics::SetStateBudget(std::string_view tier, int64_t bytes) {
+  state_budget_.Add({{"tier", std::string(tier)}}).Set(static_cast<double>(bytes));
 }
 
 }  // namespace mnemo::server

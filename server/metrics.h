@@ -55,6 +55,14 @@ class Metrics {
   void SnapshotWritten(std::string_view reason, int64_t bytes, double seconds);
   void SnapshotRestored(std::string_view source, int64_t bytes, double seconds);
   void StoreError(std::string_view kind);
+  // Replicas sharing a store: hand-offs asked of others ("in") or done for them ("out"), by
+  // result; ownership events (claimed, fenced, released, lost_race).
+  void HandOff(std::string_view direction, std::string_view result);
+  void Ownership(std::string_view event);
+  void SetServing(bool serving) { serving_.Set(serving ? 1 : 0); }
+  void SetReplica(const std::string& replica);
+  // The state budget of a tier in bytes (0: no limit).
+  void SetStateBudget(std::string_view tier, int64_t bytes);
   void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
                  const std::string& attention);
 
@@ -85,6 +93,11 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& snapshot_bytes_;
   prometheus::Family<prometheus::Histogram>& snapshot_seconds_;
   prometheus::Family<prometheus::Counter>& store_errors_;
+  prometheus::Family<prometheus::Counter>& handoffs_;
+  prometheus::Family<prometheus::Counter>& ownership_;
+  prometheus::Gauge& serving_;
+  prometheus::Family<prometheus::Gauge>& replica_info_;
+  prometheus::Family<prometheus::Gauge>& state_budget_;
   // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
   std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order
   std::array<prometheus::Histogram*, 4> ttft_by_source_{};  // kStateSources order

@@ -42,7 +42,8 @@ struct ServiceContext {
 inline absl::Status AdmitNewWork(ServiceContext& ctx) {
   if (!ctx.draining.load()) return absl::OkStatus();
   ctx.metrics->Rejected("shutting_down");
-  return absl::UnavailableError("the server is shutting down; retry on another replica");
+  return WithReason(absl::UnavailableError("the server is shutting down; retry on another replica"),
+                    kReasonDraining);
 }
 
 // Counts an RPC as running while alive and records its code and duration when finished.

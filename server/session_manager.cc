@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/status_macros.h"
+#include "server/error_reason.h"
 #include "server/metrics.h"
 #include "server/session_snapshot.h"
 #include "server/store_writer.h"
@@ -72,6 +73,7 @@ struct SessionLease::Entry {
   bool write_queued = false;   // an ASYNC snapshot waits in the StoreWriter
   absl::Time retry_after;      // after a failed ASYNC write: when the reaper tries again
   absl::Status quarantine;     // not OK: the stored snapshot failed to restore
+  bool fenced = false;         // replica mode: another replica claimed it (dropped when idle)
   // Guarded by `busy` / `moving`: only the lease holder or mover (or the manager, under its
   // mutex, while neither).
   SessionMemory memory;
@@ -127,6 +129,19 @@ void LogStore(const std::string& what, const absl::Status& status) {
                status.ToString().c_str());
 }
 
+// The answer for a session another replica owns now: nothing was done, retry.
+absl::Status Moved(const std::string& id, absl::string_view why) {
+  return WithReason(absl::AbortedError(absl::StrCat("session ", id, " moved to another replica (",
+                                                    why, "); nothing was committed: retry")),
+                    kReasonSessionMoved);
+}
+
+bool IsSessionIdText(const std::string& id) {
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 }  // namespace
 
 // --- SessionLease -------------------------------------------------------------------------------
@@ -155,6 +170,14 @@ void SessionLease::Commit(int64_t tokens_added) {
 }
 
 absl::Status SessionLease::Persist(int64_t tokens_added) {
+  if (manager_.replica_mode() && entry_->durability != Durability::kSync) {
+    // The result is sent only while this replica still owns the session (a SYNC write is fenced
+    // by the store itself).
+    absl::Status owned = manager_.options_.store->CheckClaim(entry_->id);
+    if (absl::IsAborted(owned)) return Moved(entry_->id, owned.message());
+    if (!owned.ok()) return StoreUnavailable(owned, version_);
+    return absl::OkStatus();
+  }
   if (manager_.writer_ == nullptr || entry_->durability != Durability::kSync) {
     return absl::OkStatus();
   }
@@ -171,6 +194,7 @@ absl::Status SessionLease::Persist(int64_t tokens_added) {
   } else {
     LogStore(absl::StrCat("encoding SYNC session ", entry_->id), status);
   }
+  if (absl::IsAborted(status)) return Moved(entry_->id, status.message());
   if (!status.ok()) return StoreUnavailable(status, version_);
   persisted_version_ = version;
   return absl::OkStatus();
@@ -304,8 +328,19 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   }
   // The entry is nobody else's until it is in the table: persist its first version unlocked.
   absl::Status persisted;
+  if (replica_mode()) {
+    // Its owner record, so that another replica asked for it finds it (and asks for it).
+    absl::StatusOr<int64_t> claimed = options_.store->Claim(
+        entry->id, 0, SessionOwner{0, options_.replica_id, options_.advertise});
+    if (!claimed.ok()) {
+      persisted = absl::UnavailableError(absl::StrCat(
+          "the session store could not record the new session: ", claimed.status().message()));
+    } else if (metrics_ != nullptr) {
+      metrics_->Ownership("claimed");
+    }
+  }
   std::optional<std::string> async_snapshot;
-  if (durability != Durability::kNone) {
+  if (persisted.ok() && durability != Durability::kNone) {
     engine::api::SnapshotSession fields;
     {
       MutexLock lock(&mu_);
@@ -327,6 +362,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
     device_bytes_ -= bytes;
     --device_count_;
     PublishLocked();
+    if (replica_mode()) options_.store->Delete(entry->id).IgnoreError();  // its owner record
     return persisted;
   }
   if (durability == Durability::kSync) entry->durable_version = 0;
@@ -340,82 +376,92 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   return InfoLocked(*entry);
 }
 
-absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
-  if (options_.store == nullptr) return 0;
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::EntryFromStore(
+    const StoredVersion& v, const ModelRegistry& models) {
   SessionStore& store = *options_.store;
-  ASSIGN_OR_RETURN(std::vector<StoredVersion> stored, store.List());
-  struct Found {
-    std::shared_ptr<Entry> entry;
-    int64_t created_ms;
-  };
-  std::vector<Found> found;
-  const absl::Time now = absl::Now();
-  for (const StoredVersion& v : stored) {
-    // The header gives the manifest's size; the manifest gives the session's fields.
-    absl::StatusOr<engine::api::SnapshotManifest> manifest =
-        [&]() -> absl::StatusOr<engine::api::SnapshotManifest> {
-      ASSIGN_OR_RETURN(std::string header, store.Read(v, engine::api::kSnapshotHeaderBytes));
-      ASSIGN_OR_RETURN(int64_t prefix, engine::api::SnapshotManifestPrefixBytes(header));
-      ASSIGN_OR_RETURN(std::string bytes, store.Read(v, static_cast<size_t>(prefix)));
-      return engine::api::ReadSnapshotManifest(bytes);
-    }();
-    auto entry = std::make_shared<Entry>();
-    entry->id = v.id;
-    entry->created = entry->last_use = now;
-    entry->ttl = options_.default_ttl;
-    entry->tier = Tier::kStore;
-    entry->version = v.version;
-    entry->durable_version = v.version;
-    if (!manifest.ok()) {
-      if (manifest.status().code() == absl::StatusCode::kUnavailable) {
-        LogStore(absl::StrCat("reading session ", v.id), manifest.status());
-        continue;  // an I/O failure: the file may be fine; leave it for the next start
-      }
-      // Unreadable: served as quarantined under the default model so clients see why.
-      ASSIGN_OR_RETURN(entry->model, models.Find(""));
-      entry->quarantine = manifest.status();
-      if (absl::Status q = store.Quarantine(v, manifest.status().ToString()); !q.ok()) {
-        LogStore(absl::StrCat("quarantining session ", v.id), q);
-      }
-      if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(manifest.status()));
-    } else {
-      const engine::api::SnapshotSession& f = manifest->session;
-      auto model = models.Find(f.model_name);
-      if (!model.ok()) {
-        LogStore(absl::StrCat("session ", v.id, " belongs to model \"", f.model_name,
-                              "\", which this server has not loaded; left in the store"),
-                 model.status());
-        continue;
-      }
-      entry->model = *model;
-      if (f.id != v.id || f.state_version != v.version) {
-        entry->quarantine = absl::InvalidArgumentError(
-            absl::StrCat("the stored snapshot names session ", f.id, " version ", f.state_version,
-                         ", not the file's session ", v.id, " version ", v.version));
-        (void)store.Quarantine(v, entry->quarantine.ToString());
-        if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(entry->quarantine));
-      }
-      entry->labels = f.labels;
-      if (f.ttl_ms > 0) {
-        entry->ttl = std::min(absl::Milliseconds(f.ttl_ms), options_.max_ttl);
-      }
-      entry->tokens_seen = f.tokens_seen;
-      entry->default_sampling = f.default_sampling;
-      entry->durability = f.durability;
-      entry->stored_pending = static_cast<int64_t>(f.pending.size());
-      entry->created = absl::FromUnixMillis(f.create_time_unix_ms);
+  // The header gives the manifest's size; the manifest gives the session's fields.
+  absl::StatusOr<engine::api::SnapshotManifest> manifest =
+      [&]() -> absl::StatusOr<engine::api::SnapshotManifest> {
+    ASSIGN_OR_RETURN(std::string header, store.Read(v, engine::api::kSnapshotHeaderBytes));
+    ASSIGN_OR_RETURN(int64_t prefix, engine::api::SnapshotManifestPrefixBytes(header));
+    ASSIGN_OR_RETURN(std::string bytes, store.Read(v, static_cast<size_t>(prefix)));
+    return engine::api::ReadSnapshotManifest(bytes);
+  }();
+  auto entry = std::make_shared<Entry>();
+  entry->id = v.id;
+  entry->created = entry->last_use = absl::Now();
+  entry->ttl = options_.default_ttl;
+  entry->tier = Tier::kStore;
+  entry->version = v.version;
+  entry->durable_version = v.version;
+  if (!manifest.ok()) {
+    if (manifest.status().code() == absl::StatusCode::kUnavailable ||
+        manifest.status().code() == absl::StatusCode::kNotFound) {
+      // An I/O failure, or replaced meanwhile: the file may be fine; leave it for later.
+      return absl::UnavailableError(
+          absl::StrCat("reading session ", v.id, ": ", manifest.status().message()));
     }
-    entry->bytes = entry->model->SessionBytes();
-    found.push_back({entry, absl::ToUnixMillis(entry->created)});
+    // Unreadable: served as quarantined under the default model so clients see why.
+    ASSIGN_OR_RETURN(entry->model, models.Find(""));
+    entry->quarantine = manifest.status();
+    if (absl::Status q = store.Quarantine(v, manifest.status().ToString()); !q.ok()) {
+      LogStore(absl::StrCat("quarantining session ", v.id), q);
+    }
+    if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(manifest.status()));
+  } else {
+    const engine::api::SnapshotSession& f = manifest->session;
+    auto model = models.Find(f.model_name);
+    if (!model.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("session ", v.id, " belongs to model \"",
+                                                        f.model_name,
+                                                        "\", which this server has not loaded"));
+    }
+    entry->model = *model;
+    if (f.id != v.id || f.state_version != v.version) {
+      entry->quarantine = absl::InvalidArgumentError(
+          absl::StrCat("the stored snapshot names session ", f.id, " version ", f.state_version,
+                       ", not the file's session ", v.id, " version ", v.version));
+      (void)store.Quarantine(v, entry->quarantine.ToString());
+      if (metrics_ != nullptr) metrics_->StoreError(StoreErrorKind(entry->quarantine));
+    }
+    entry->labels = f.labels;
+    if (f.ttl_ms > 0) {
+      entry->ttl = std::min(absl::Milliseconds(f.ttl_ms), options_.max_ttl);
+    }
+    entry->tokens_seen = f.tokens_seen;
+    entry->default_sampling = f.default_sampling;
+    entry->durability = f.durability;
+    entry->stored_pending = static_cast<int64_t>(f.pending.size());
+    entry->created = absl::FromUnixMillis(f.create_time_unix_ms);
+  }
+  entry->bytes = entry->model->SessionBytes();
+  return entry;
+}
+
+absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
+  // Replicas take sessions over one by one, on the first request for each.
+  if (options_.store == nullptr || replica_mode()) return 0;
+  ASSIGN_OR_RETURN(std::vector<StoredVersion> stored, options_.store->List());
+  std::vector<std::shared_ptr<Entry>> found;
+  for (const StoredVersion& v : stored) {
+    absl::StatusOr<std::shared_ptr<Entry>> entry = EntryFromStore(v, models);
+    if (!entry.ok()) {
+      // An I/O failure, or another model's session: left in the store for a later start.
+      LogStore(absl::StrCat("session ", v.id, " left in the store"), entry.status());
+      continue;
+    }
+    found.push_back(*std::move(entry));
   }
   std::sort(found.begin(), found.end(),
-            [](const Found& a, const Found& b) { return a.created_ms < b.created_ms; });
+            [](const std::shared_ptr<Entry>& a, const std::shared_ptr<Entry>& b) {
+              return absl::ToUnixMillis(a->created) < absl::ToUnixMillis(b->created);
+            });
   MutexLock lock(&mu_);
   int added = 0;
-  for (Found& f : found) {
-    if (sessions_.count(f.entry->id) != 0) continue;
-    f.entry->sequence = next_sequence_++;
-    sessions_[f.entry->id] = f.entry;
+  for (std::shared_ptr<Entry>& e : found) {
+    if (sessions_.count(e->id) != 0) continue;
+    e->sequence = next_sequence_++;
+    sessions_[e->id] = e;
     ++store_count_;
     ++added;
   }
@@ -437,9 +483,128 @@ void SessionManager::WaitNotMovingLocked(const Entry& entry) {
   while (entry.moving) moved_cv_.Wait(&mu_);
 }
 
-absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) const {
+void SessionManager::DropFencedLocked(const std::string& id) {
+  options_.store->Forget(id);
+  if (metrics_ != nullptr) metrics_->Ownership("fenced");
+  std::fprintf(stderr, "mnemo-server: session %s: claimed by another replica; dropped here\n",
+               id.c_str());
+  EraseLocked(id, "moved", /*store_done=*/true);
+}
+
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::Locate(const std::string& id) {
+  std::shared_ptr<Entry> held;
+  {
+    MutexLock lock(&mu_);
+    if (!replica_mode()) return FindLocked(id);
+    while (taking_over_.count(id) != 0) moved_cv_.Wait(&mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end()) held = it->second;
+  }
+  if (held != nullptr) {
+    // Still ours? (A replica that was unreachable for a while may have been fenced.)
+    absl::Status owned = held->fenced ? Moved(id, "fenced") : options_.store->CheckClaim(id);
+    if (!absl::IsAborted(owned)) {
+      if (!owned.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("the session store could not confirm this replica owns session ", id, ": ",
+                         owned.message(), "; retry"));
+      }
+      return held;
+    }
+    MutexLock lock(&mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end() && it->second == held) {
+      held->fenced = true;
+      if (held->busy || held->moving) return Moved(id, "another replica claimed it");
+      DropFencedLocked(id);
+    }
+  }
+  return TakeOver(id);
+}
+
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
+    const std::string& id) {
+  absl::Status not_found =
+      absl::NotFoundError(absl::StrCat("no session \"", id, "\" (unknown, deleted or expired)"));
+  if (!IsSessionIdText(id)) return not_found;
+  {
+    MutexLock lock(&mu_);
+    while (taking_over_.count(id) != 0) moved_cv_.Wait(&mu_);
+    if (auto it = sessions_.find(id); it != sessions_.end() && !it->second->fenced) {
+      return it->second;  // another request of this replica took it over meanwhile
+    }
+    taking_over_.insert(id);
+  }
+  auto run = [&]() -> absl::StatusOr<std::shared_ptr<Entry>> {
+    SessionStore& store = *options_.store;
+    auto unavailable = [&](const absl::Status& s) {
+      return absl::UnavailableError(
+          absl::StrCat("session ", id, " could not be taken over: ", s.message(), "; retry"));
+    };
+    absl::StatusOr<SessionOwner> owner = store.Owner(id);
+    if (!owner.ok()) return unavailable(owner.status());
+    if (owner->epoch == 0) return not_found;
+    if (!owner->replica.empty() && owner->replica != options_.replica_id &&
+        !owner->address.empty() && options_.hand_off) {
+      // The owner writes its newest version and lets go; an owner that cannot be reached is
+      // fenced by the claim below (its newest durable version is what moves).
+      const absl::Status handed = options_.hand_off(owner->address, id);
+      const bool unreachable = absl::IsUnavailable(handed) || absl::IsDeadlineExceeded(handed);
+      if (metrics_ != nullptr) {
+        metrics_->HandOff("in", handed.ok() || absl::IsNotFound(handed) ? "ok"
+                                : unreachable                           ? "unreachable"
+                                                                        : "error");
+      }
+      if (!handed.ok() && !absl::IsNotFound(handed) && !unreachable) {
+        return unavailable(absl::Status(
+            handed.code(), absl::StrCat("replica ", owner->replica, " did not hand it off (",
+                                        handed.message(), ")")));
+      }
+      owner = store.Owner(id);
+      if (!owner.ok()) return unavailable(owner.status());
+    }
+    absl::StatusOr<int64_t> claimed =
+        store.Claim(id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise});
+    if (absl::IsAborted(claimed.status())) {
+      if (metrics_ != nullptr) metrics_->Ownership("lost_race");
+      return Moved(id, "another replica claimed it at the same time");
+    }
+    if (!claimed.ok()) return unavailable(claimed.status());
+    if (metrics_ != nullptr) metrics_->Ownership("claimed");
+    absl::StatusOr<StoredVersion> newest = store.Newest(id);
+    if (absl::IsNotFound(newest.status())) {
+      // A memory-only session whose replica stopped without writing it: gone.
+      store.Delete(id).IgnoreError();
+      return absl::NotFoundError(
+          absl::StrCat("session ", id,
+                       " was lost: the replica that held it stopped without writing it to "
+                       "the session store (durability NONE)"));
+    }
+    absl::StatusOr<std::shared_ptr<Entry>> entry =
+        newest.ok() ? EntryFromStore(*newest, *options_.models) : newest.status();
+    if (!entry.ok()) {
+      store.Release(id).IgnoreError();
+      if (absl::IsFailedPrecondition(entry.status())) return entry.status();  // model not here
+      return unavailable(entry.status());
+    }
+    MutexLock lock(&mu_);
+    if (auto it = sessions_.find(id); it != sessions_.end()) EraseLocked(id, "moved", true);
+    (*entry)->sequence = next_sequence_++;
+    sessions_[id] = *entry;
+    ++store_count_;
+    PublishLocked();
+    return entry;
+  };
+  absl::StatusOr<std::shared_ptr<Entry>> result = run();
   MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto entry, FindLocked(id));
+  taking_over_.erase(id);
+  moved_cv_.SignalAll();
+  return result;
+}
+
+absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) {
+  ASSIGN_OR_RETURN(auto entry, Locate(id));
+  MutexLock lock(&mu_);
   return InfoLocked(*entry);
 }
 
@@ -468,12 +633,11 @@ std::vector<SessionInfo> SessionManager::List(
 }
 
 absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
-  std::shared_ptr<Entry> entry;
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id));
   {
     MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(entry, FindLocked(id));
     WaitNotMovingLocked(*entry);
-    if (sessions_.count(id) == 0) {
+    if (sessions_.count(id) == 0 || sessions_[id] != entry) {
       return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
     }
     if (entry->busy) {
@@ -483,19 +647,20 @@ absl::Status SessionManager::Delete(const std::string& id, int64_t expected_vers
       return absl::AbortedError(absl::StrCat("the session is at state version ", entry->version,
                                              ", not the expected ", expected_version));
     }
-    if (entry->durability != Durability::kSync || writer_ == nullptr) {
+    if ((entry->durability != Durability::kSync && !replica_mode()) || writer_ == nullptr) {
       EraseLocked(id, "deleted");
       return absl::OkStatus();
     }
     entry->moving = true;  // others wait until the store has forgotten it
   }
-  // An acknowledged deletion of a SYNC session must not come back after a crash either.
+  // An acknowledged deletion of a SYNC session must not come back after a crash either, nor
+  // any deleted session through another replica taking it over from the store.
   absl::Status removed = writer_->DeleteNow(id);
   MutexLock lock(&mu_);
   entry->moving = false;
   moved_cv_.SignalAll();
   if (!removed.ok()) {
-    LogStore(absl::StrCat("deleting SYNC session ", id), removed);
+    LogStore(absl::StrCat("deleting session ", id), removed);
     return absl::UnavailableError(absl::StrCat("the session store could not delete the session (",
                                                removed.message(), "); it still exists"));
   }
@@ -543,12 +708,12 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
 
 absl::StatusOr<std::unique_ptr<SessionLease>> SessionManager::Acquire(const std::string& id,
                                                                       int64_t expected_version) {
-  std::shared_ptr<Entry> entry;
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id));
   {
     MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(entry, FindLocked(id));
     WaitNotMovingLocked(*entry);
-    if (sessions_.count(id) == 0) {
+    if (sessions_.count(id) == 0 || sessions_[id] != entry) {
+      if (entry->fenced) return Moved(id, "another replica claimed it");
       return absl::NotFoundError(absl::StrCat("no session \"", id, "\" (deleted or expired)"));
     }
     if (!entry->quarantine.ok()) {
@@ -647,8 +812,9 @@ absl::Status SessionManager::RestoreFromStore(const std::shared_ptr<Entry>& entr
   --store_count_;
   device_bytes_ += entry->bytes;
   ++device_count_;
-  if (entry->durability == Durability::kNone) {
-    // The store held it only as the lowest tier: a NONE session is memory-only again.
+  if (entry->durability == Durability::kNone && !replica_mode()) {
+    // The store held it only as the lowest tier: a NONE session is memory-only again. (Replicas
+    // keep it: its owner record lives there, and the snapshot goes with its next hand-off.)
     entry->durable_version = -1;
     writer_->Delete(entry->id);
   }
@@ -682,6 +848,7 @@ void SessionManager::Release(SessionLease& lease) {
       e.durable_version = lease.version_;
     }
     e.busy = false;
+    moved_cv_.SignalAll();  // a hand-off may wait for the request to end
     const bool write_async = writer_ != nullptr && e.durability != Durability::kNone &&
                              e.tier == Tier::kDevice && e.durable_version != e.version &&
                              (committed || lease.persisted_version_ > lease.version_);
@@ -711,7 +878,7 @@ void SessionManager::RetryAsyncWrites(absl::Time now) {
     if (writer_ == nullptr) return;
     for (auto& [id, e] : sessions_) {
       if (e->durability == Durability::kAsync && e->tier != Tier::kStore && !e->busy &&
-          !e->moving && !e->write_queued && e->quarantine.ok() &&
+          !e->moving && !e->write_queued && e->quarantine.ok() && !e->fenced &&
           e->durable_version != e->version && now >= e->retry_after) {
         e->moving = true;
         due.push_back(e);
@@ -745,6 +912,10 @@ void SessionManager::OnStoreWrite(const std::string& id, int64_t version,
   if (it == sessions_.end()) return;
   Entry& e = *it->second;
   e.write_queued = false;
+  if (absl::IsAborted(status) && replica_mode()) {
+    e.fenced = true;  // another replica claimed it: dropped on its next request here
+    return;
+  }
   if (!status.ok()) {  // counted and logged by the writer; the reaper tries again
     e.retry_after = absl::Now() + options_.async_retry_interval;
     return;
@@ -853,6 +1024,86 @@ absl::Status SessionManager::PromoteLocked(Entry& e) {
   if (metrics_ != nullptr) metrics_->TierMove("host", "device");
   PublishLocked();
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> SessionManager::HandOff(const std::string& id, absl::Time deadline) {
+  if (!replica_mode()) return absl::FailedPreconditionError("this server is not a replica");
+  std::shared_ptr<Entry> entry;
+  engine::api::SnapshotSession fields;
+  bool write = false;
+  {
+    MutexLock lock(&mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->fenced) {
+      return absl::NotFoundError(absl::StrCat("this replica does not hold session ", id));
+    }
+    entry = it->second;
+    while ((entry->busy || entry->moving) && absl::Now() < deadline) {
+      moved_cv_.WaitFor(&mu_, absl::ToChronoNanoseconds(deadline - absl::Now()));
+    }
+    it = sessions_.find(id);
+    if (it == sessions_.end() || it->second != entry) {
+      return absl::NotFoundError(absl::StrCat("this replica does not hold session ", id));
+    }
+    if (entry->busy || entry->moving) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("a request is still running on session ", id));
+    }
+    entry->moving = true;
+    write = entry->tier != Tier::kStore && entry->quarantine.ok() &&
+            entry->durable_version != entry->version;
+    fields = FieldsLocked(*entry, entry->version, entry->tokens_seen);
+  }
+  const int64_t version = fields.state_version;
+  absl::Status status;
+  if (write) {
+    auto snapshot = EncodeSession(*entry->model, entry->memory, std::move(fields));
+    status = snapshot.status();
+    if (status.ok()) status = writer_->PutNow(id, version, *snapshot, "handoff");
+  }
+  if (status.ok()) status = options_.store->Release(id);
+  MutexLock lock(&mu_);
+  entry->moving = false;
+  moved_cv_.SignalAll();
+  if (absl::IsAborted(status)) {  // fenced meanwhile: the session is another replica's already
+    entry->fenced = true;
+    DropFencedLocked(id);
+    return absl::NotFoundError(absl::StrCat("session ", id, " had moved already"));
+  }
+  if (!status.ok()) {
+    LogStore(absl::StrCat("handing off session ", id), status);
+    return absl::UnavailableError(absl::StrCat("session ", id,
+                                               " could not be written to the "
+                                               "store: ",
+                                               status.message()));
+  }
+  if (metrics_ != nullptr) metrics_->Ownership("released");
+  EraseLocked(id, "moved", /*store_done=*/true);
+  return version;
+}
+
+int SessionManager::ReleaseAll() {
+  if (!replica_mode()) return 0;
+  std::vector<std::string> ids;
+  {
+    MutexLock lock(&mu_);
+    for (const auto& [id, e] : sessions_) ids.push_back(id);
+  }
+  int released = 0;
+  for (const std::string& id : ids) {
+    absl::StatusOr<int64_t> v = HandOff(id, absl::Now());
+    if (v.ok()) {
+      ++released;
+    } else if (!absl::IsNotFound(v.status())) {
+      LogStore(absl::StrCat("releasing session ", id), v.status());
+    }
+  }
+  return released;
+}
+
+bool SessionManager::full() const {
+  MutexLock lock(&mu_);
+  return static_cast<int64_t>(sessions_.size()) + creating_ >= options_.max_sessions;
 }
 
 int SessionManager::ReapExpired(absl::Time now) {

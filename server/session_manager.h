@@ -13,6 +13,14 @@
 // snapshot that fails to restore (corrupt, torn, another model's) is quarantined: the store
 // moves it aside and the session answers every request with the error until it is deleted.
 //
+// Replica mode (replica_id set; replicas share the store; docs/deploy.md): every session has an
+// owner record in the store. A request for a session this replica does not hold takes it over:
+// its current owner is asked to hand it off (it finishes the running request, writes the session
+// and lets go), then this replica claims it (the next epoch, which fences the previous owner) and
+// restores the newest stored version. A replica that finds its claim superseded drops its copy
+// and answers ABORTED with reason SESSION_MOVED (or takes the session back when asked for it).
+// ReleaseAll (drain) writes every session to the store and lets go of it.
+//
 // Threading: every method is safe from any thread. `mu_` guards the session table, the byte and
 // count totals, the stopping flag, and every entry's mutable fields (labels, TTL, last use, busy,
 // moving, tier, versions, tokens seen); an entry's memory belongs to its lease holder while busy,
@@ -23,10 +31,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,6 +117,16 @@ struct SessionManagerOptions {
   // How long an ASYNC session whose snapshot failed to reach the store waits before the reaper
   // tries again.
   absl::Duration async_retry_interval = absl::Seconds(5);
+  // Replica mode (needs a store): this replica's name in owner records; empty: the server owns
+  // its store alone.
+  std::string replica_id;
+  // Where other replicas reach this one for hand-offs (empty: they fence it without asking).
+  std::string advertise;
+  // Asks the replica at `address` to hand session `id` off (ReplicaService.HandOffSession): OK or
+  // NOT_FOUND when it may be taken now, UNAVAILABLE when that replica cannot be reached.
+  std::function<absl::Status(const std::string& address, const std::string& id)> hand_off;
+  // Replica mode: the models sessions taken over from the store may belong to.
+  const ModelRegistry* models = nullptr;
 };
 
 class SessionManager;
@@ -176,7 +196,9 @@ class SessionManager {
   // Waits until the store writes queued so far are done (shutdown, tests).
   void FlushStore();
   bool has_store() const { return options_.store != nullptr; }
-  absl::StatusOr<SessionInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
+  // In replica mode a session another replica holds is taken over (so is one for Delete, Fork
+  // and Acquire).
+  absl::StatusOr<SessionInfo> Get(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Sessions created after `after_sequence` carrying every label of `label_filter`, oldest
   // first, at most `limit`; *more tells whether further ones exist.
   std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
@@ -196,6 +218,16 @@ class SessionManager {
   absl::StatusOr<std::unique_ptr<SessionLease>> Acquire(const std::string& id,
                                                         int64_t expected_version)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Replica mode: writes session `id` to the store (whatever its durability) once no request
+  // runs on it (waiting until `deadline`) and lets go of it; returns the version written.
+  // NOT_FOUND when this replica does not hold it, DEADLINE_EXCEEDED when a request still runs.
+  absl::StatusOr<int64_t> HandOff(const std::string& id, absl::Time deadline)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Replica mode: hands off every idle session (a drain); returns how many went.
+  int ReleaseAll() ABSL_LOCKS_EXCLUDED(mu_);
+  bool replica_mode() const { return options_.store != nullptr && !options_.replica_id.empty(); }
+  // Whether a new session would be refused for the session quota (readiness).
+  bool full() const ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes idle sessions whose TTL ran out by `now`; returns how many.
   int ReapExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes idle host states, least recently used first, to the store until the host tier fits
@@ -233,6 +265,17 @@ class SessionManager {
   SessionInfo InfoLocked(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The entry of `id`: in the table (checking, in replica mode, that this replica still owns
+  // it), or taken over from the store (replica mode).
+  absl::StatusOr<std::shared_ptr<Entry>> Locate(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::shared_ptr<Entry>> TakeOver(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // An entry for the stored session `v` (store tier; quarantined when its manifest is unusable).
+  // UNAVAILABLE for an I/O failure; FAILED_PRECONDITION for a model this server has not loaded.
+  absl::StatusOr<std::shared_ptr<Entry>> EntryFromStore(const StoredVersion& v,
+                                                        const ModelRegistry& models)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Forgets a session another replica claimed (its store state is that replica's now).
+  void DropFencedLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets the session; its stored versions are removed in the background unless `store_done`.
   void EraseLocked(const std::string& id, const char* reason, bool store_done = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -251,6 +294,7 @@ class SessionManager {
   int64_t store_count_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t evicting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // host states being written to the store
   int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;        // sessions being created (quota)
+  std::set<std::string> taking_over_ ABSL_GUARDED_BY(mu_);  // TakeOver running (one per id)
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   CondVar reaper_cv_;                    // wakes the reaper early (shutdown, host tier over budget)
   CondVar moved_cv_;                     // an entry stopped moving

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <optional>
 #include <random>
 #include <utility>
@@ -23,7 +24,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
+#include "base/mutex.h"
 #include "base/status_macros.h"
 
 namespace mnemo::server {
@@ -177,6 +180,12 @@ class PosixEnv final : public StoreEnv {
     return static_cast<uint64_t>(st.st_size);
   }
 
+  absl::Status LinkFile(const std::string& from, const std::string& to) override {
+    if (::link(from.c_str(), to.c_str()) == 0) return absl::OkStatus();
+    if (errno == EEXIST) return absl::AlreadyExistsError(absl::StrCat(to, " exists"));
+    return ErrnoStatus("linking", absl::StrCat(from, " as ", to), errno);
+  }
+
   absl::StatusOr<std::vector<std::string>> GetChildren(const std::string& dir) override {
     const int fd = OpenRetrying(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return ErrnoStatus("opening directory", dir, errno);
@@ -233,6 +242,9 @@ constexpr size_t kAppendChunkBytes = size_t{1} << 20;
 constexpr absl::string_view kTempPrefix = ".tmp-";
 constexpr absl::string_view kSnapSuffix = ".snap";
 constexpr size_t kVersionDigits = 20;
+constexpr absl::string_view kOwnerPrefix = "owner-";
+// Owner records are a few short lines; anything longer is not one.
+constexpr size_t kMaxOwnerRecordBytes = 4096;
 
 bool IsSessionId(absl::string_view s) {
   return s.size() == 32 && std::all_of(s.begin(), s.end(), [](char c) {
@@ -259,22 +271,91 @@ absl::Status CheckVersion(int64_t version) {
   return absl::InvalidArgumentError(absl::StrCat("session version ", version, " is negative"));
 }
 
-std::string VersionFileName(int64_t version) {
-  return absl::StrCat(absl::StrFormat("%020d", version), kSnapSuffix);
+// A published snapshot: its version and the owner epoch it was written under. Newer means a
+// later epoch, then a higher version.
+struct FileVersion {
+  int64_t version = 0;
+  int64_t epoch = 0;
+  bool operator==(const FileVersion& o) const { return version == o.version && epoch == o.epoch; }
+  bool operator<(const FileVersion& o) const {
+    return epoch != o.epoch ? epoch < o.epoch : version < o.version;
+  }
+};
+
+std::string VersionFileName(FileVersion v) {
+  if (v.epoch == 0) return absl::StrCat(absl::StrFormat("%020d", v.version), kSnapSuffix);
+  return absl::StrCat(absl::StrFormat("%020d-%020d", v.version, v.epoch), kSnapSuffix);
 }
 
-// The version a published snapshot's file name holds: 20 digits then ".snap".
-std::optional<int64_t> ParseVersionFileName(absl::string_view name) {
-  if (name.size() != kVersionDigits + kSnapSuffix.size() || !absl::EndsWith(name, kSnapSuffix))
-    return std::nullopt;
+// 20 decimal digits as a non-negative int64.
+std::optional<int64_t> ParseDigits(absl::string_view digits) {
+  if (digits.size() != kVersionDigits) return std::nullopt;
   int64_t value = 0;
-  for (const char c : name.substr(0, kVersionDigits)) {
+  for (const char c : digits) {
     if (c < '0' || c > '9') return std::nullopt;
     const int digit = c - '0';
     if (value > (std::numeric_limits<int64_t>::max() - digit) / 10) return std::nullopt;
     value = value * 10 + digit;
   }
   return value;
+}
+
+// What a published snapshot's file name holds: 20 digits (the version), optionally "-" and 20
+// more (the epoch), then ".snap".
+std::optional<FileVersion> ParseVersionFileName(absl::string_view name) {
+  if (!absl::EndsWith(name, kSnapSuffix)) return std::nullopt;
+  name.remove_suffix(kSnapSuffix.size());
+  FileVersion v;
+  if (name.size() == 2 * kVersionDigits + 1 && name[kVersionDigits] == '-') {
+    const std::optional<int64_t> epoch = ParseDigits(name.substr(kVersionDigits + 1));
+    if (!epoch.has_value() || *epoch == 0) return std::nullopt;
+    v.epoch = *epoch;
+    name = name.substr(0, kVersionDigits);
+  }
+  const std::optional<int64_t> version = ParseDigits(name);
+  if (!version.has_value()) return std::nullopt;
+  v.version = *version;
+  return v;
+}
+
+std::string OwnerFileName(int64_t epoch) {
+  return absl::StrCat(kOwnerPrefix, absl::StrFormat("%020d", epoch));
+}
+
+// The epoch of an owner record's file name.
+std::optional<int64_t> ParseOwnerFileName(absl::string_view name) {
+  if (!absl::StartsWith(name, kOwnerPrefix)) return std::nullopt;
+  const std::optional<int64_t> epoch = ParseDigits(name.substr(kOwnerPrefix.size()));
+  if (!epoch.has_value() || *epoch == 0) return std::nullopt;
+  return epoch;
+}
+
+// An owner record's text: the replica, then its address, one per line.
+std::string OwnerRecordText(const SessionOwner& owner) {
+  return absl::StrCat(owner.replica, "\n", owner.address, "\n");
+}
+
+bool PrintableLine(absl::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+absl::StatusOr<SessionOwner> ParseOwnerRecord(absl::string_view text, int64_t epoch) {
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
+  if (lines.size() != 3 || !lines[2].empty() || !PrintableLine(lines[0]) ||
+      !PrintableLine(lines[1])) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("owner record ", epoch, " is not two printable lines"));
+  }
+  SessionOwner owner;
+  owner.epoch = epoch;
+  owner.replica = std::string(lines[0]);
+  owner.address = std::string(lines[1]);
+  return owner;
+}
+
+absl::Status Fenced(const std::string& id, int64_t mine, int64_t newest) {
+  return absl::AbortedError(absl::StrCat("session ", id, " was claimed by another replica (epoch ",
+                                         newest, " after this replica's ", mine, ")"));
 }
 
 // `status` with `context` in front of its message, same code.
@@ -333,7 +414,7 @@ class FileSessionStore final : public SessionStore {
           continue;
         }
         ++kept;
-        if (!ParseVersionFileName(child).has_value())
+        if (!ParseVersionFileName(child).has_value() && !ParseOwnerFileName(child).has_value())
           Log(absl::StrCat("ignoring sessions/", name, "/", Printable(child), ": not a version"));
       }
       if (kept == 0) {
@@ -349,8 +430,9 @@ class FileSessionStore final : public SessionStore {
     RETURN_IF_ERROR(CheckVersion(version));
     const std::string context = absl::StrCat("storing session ", id, " version ", version);
     const std::string session_dir = SessionDir(id);
-    std::vector<int64_t> existing;
-    absl::StatusOr<std::vector<int64_t>> versions = Versions(id);
+    const FileVersion mine{version, ClaimOf(id)};
+    std::vector<FileVersion> existing;
+    absl::StatusOr<std::vector<FileVersion>> versions = Versions(id);
     if (versions.ok()) {
       existing = *std::move(versions);
     } else if (absl::IsNotFound(versions.status())) {
@@ -363,11 +445,13 @@ class FileSessionStore final : public SessionStore {
 
     const std::string temp = absl::StrCat(session_dir, "/", TempFileName(version));
     absl::Status status = WriteDurably(temp, snapshot);
+    // Fenced: a replica that lost the session publishes nothing.
+    if (status.ok()) status = CheckEpoch(id, mine.epoch);
     if (!status.ok()) {
       env_->RemoveFile(temp).IgnoreError();  // else removed at the next open
       return Annotate(status, context);
     }
-    const std::string path = VersionPath(id, version);
+    const std::string path = VersionPath(id, mine);
     status = env_->RenameFile(temp, path);
     if (!status.ok()) {
       env_->RemoveFile(temp).IgnoreError();
@@ -377,21 +461,29 @@ class FileSessionStore final : public SessionStore {
     if (!status.ok()) {
       // Not known to be durable, so not published: take it back so that the previous version
       // stays the newest. (A put of a version already present replaced it: nothing to go back to.)
-      if (std::find(existing.begin(), existing.end(), version) == existing.end())
+      if (std::find(existing.begin(), existing.end(), mine) == existing.end())
         env_->RemoveFile(path).IgnoreError();
       return Annotate(status, context);
+    }
+    if (absl::Status still = CheckEpoch(id, mine.epoch); !still.ok()) {
+      // Claimed by another replica while this version was being published: that replica may or
+      // may not have seen it, so this write's outcome is unknown to the caller.
+      return absl::UnavailableError(absl::StrCat(
+          context, ": another replica claimed the session while this version was published (",
+          still.message(), "); whether it took this version is unknown"));
     }
     // Published: every other version goes. An older one left behind is harmless (Newest ignores
     // it, the next Put or Delete removes it), so failing to remove one does not fail the Put; a
     // newer one (a Put that takes a session back to an earlier version) would stay the newest.
-    for (const int64_t other : existing) {
-      if (other == version) continue;
+    for (const FileVersion& other : existing) {
+      if (other == mine) continue;
       const absl::Status removed = env_->RemoveFile(VersionPath(id, other));
       if (removed.ok() || absl::IsNotFound(removed)) continue;
-      if (other > version) {
-        return Annotate(removed, absl::StrCat(context, ": removing the newer version ", other));
+      if (mine < other) {
+        return Annotate(removed,
+                        absl::StrCat(context, ": removing the newer version ", other.version));
       }
-      Log(absl::StrCat(context, ": keeping version ", other, ": ", removed.message()));
+      Log(absl::StrCat(context, ": keeping version ", other.version, ": ", removed.message()));
     }
     return absl::OkStatus();
   }
@@ -400,7 +492,7 @@ class FileSessionStore final : public SessionStore {
     RETURN_IF_ERROR(CheckId(version.id));
     RETURN_IF_ERROR(CheckVersion(version.version));
     absl::StatusOr<std::string> data =
-        env_->ReadFile(VersionPath(version.id, version.version), max_bytes);
+        env_->ReadFile(VersionPath(version.id, {version.version, version.epoch}), max_bytes);
     if (absl::IsNotFound(data.status())) {
       return absl::NotFoundError(
           absl::StrCat("session ", version.id, " has no version ", version.version));
@@ -414,7 +506,7 @@ class FileSessionStore final : public SessionStore {
 
   absl::StatusOr<StoredVersion> Newest(const std::string& id) override {
     RETURN_IF_ERROR(CheckId(id));
-    absl::StatusOr<std::vector<int64_t>> versions = Versions(id);
+    absl::StatusOr<std::vector<FileVersion>> versions = Versions(id);
     if (absl::IsNotFound(versions.status()) || absl::IsFailedPrecondition(versions.status()))
       return absl::NotFoundError(absl::StrCat("session ", id, " has no published version"));
     if (!versions.ok()) return versions.status();
@@ -427,7 +519,7 @@ class FileSessionStore final : public SessionStore {
     std::vector<StoredVersion> out;
     for (const std::string& name : names) {
       if (!IsSessionId(name)) continue;
-      absl::StatusOr<std::vector<int64_t>> versions = Versions(name);
+      absl::StatusOr<std::vector<FileVersion>> versions = Versions(name);
       // Gone meanwhile (a Delete), or not a directory: not a session.
       if (absl::IsNotFound(versions.status()) || absl::IsFailedPrecondition(versions.status()))
         continue;
@@ -444,12 +536,15 @@ class FileSessionStore final : public SessionStore {
     RETURN_IF_ERROR(CheckId(id));
     const std::string context = absl::StrCat("deleting session ", id);
     const std::string session_dir = SessionDir(id);
+    RETURN_IF_ERROR(Annotate(CheckEpoch(id, ClaimOf(id)), context));
+    Forget(id);
     absl::StatusOr<std::vector<std::string>> children = env_->GetChildren(session_dir);
     if (absl::IsNotFound(children.status())) return absl::OkStatus();
     RETURN_IF_ERROR(Annotate(children.status(), context));
     bool foreign = false;
     for (const std::string& child : *children) {
-      if (!ParseVersionFileName(child).has_value() && !absl::StartsWith(child, kTempPrefix)) {
+      if (!ParseVersionFileName(child).has_value() && !ParseOwnerFileName(child).has_value() &&
+          !absl::StartsWith(child, kTempPrefix)) {
         foreign = true;
         continue;
       }
@@ -477,10 +572,12 @@ class FileSessionStore final : public SessionStore {
     const std::string context =
         absl::StrCat("quarantining session ", id, " version ", version.version);
     const std::string session_dir = SessionDir(id);
-    const std::string base =
+    const FileVersion quarantined{version.version, version.epoch};
+    std::string base =
         absl::StrCat(quarantine_, "/", id, "-", absl::StrFormat("%020d", version.version));
+    if (version.epoch != 0) absl::StrAppend(&base, absl::StrFormat("-%020d", version.epoch));
     const absl::Status moved =
-        env_->RenameFile(VersionPath(id, version.version), absl::StrCat(base, kSnapSuffix));
+        env_->RenameFile(VersionPath(id, quarantined), absl::StrCat(base, kSnapSuffix));
     if (absl::IsNotFound(moved)) {
       return absl::NotFoundError(
           absl::StrCat(context, ": session ", id, " has no version ", version.version));
@@ -497,8 +594,8 @@ class FileSessionStore final : public SessionStore {
     RETURN_IF_ERROR(Annotate(children.status(), context));
     size_t left = 0;
     for (const std::string& child : *children) {
-      const std::optional<int64_t> v = ParseVersionFileName(child);
-      if (!v.has_value() || *v > version.version) {
+      const std::optional<FileVersion> v = ParseVersionFileName(child);
+      if (!v.has_value() || quarantined < *v) {
         ++left;
         continue;
       }
@@ -521,10 +618,136 @@ class FileSessionStore final : public SessionStore {
 
   std::string Describe() const override { return absl::StrCat("file session store at ", dir_); }
 
+  absl::StatusOr<SessionOwner> Owner(const std::string& id) override {
+    RETURN_IF_ERROR(CheckId(id));
+    // A newer claim removes older records: a record that vanished while read means look again.
+    for (int attempt = 0; attempt < 16; ++attempt) {
+      ASSIGN_OR_RETURN(const int64_t epoch, NewestEpoch(id));
+      if (epoch == 0) return SessionOwner{};
+      absl::StatusOr<std::string> text = env_->ReadFile(OwnerPath(id, epoch), kMaxOwnerRecordBytes);
+      if (absl::IsNotFound(text.status())) continue;
+      RETURN_IF_ERROR(Annotate(text.status(), absl::StrCat("reading the owner of session ", id)));
+      return ParseOwnerRecord(*text, epoch);
+    }
+    return absl::UnavailableError(
+        absl::StrCat("the owner of session ", id, " changed faster than it could be read"));
+  }
+
+  absl::StatusOr<int64_t> Claim(const std::string& id, int64_t seen_epoch,
+                                const SessionOwner& owner) override {
+    RETURN_IF_ERROR(CheckId(id));
+    if (seen_epoch < 0 || seen_epoch == std::numeric_limits<int64_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat("owner epoch ", seen_epoch, " out of range"));
+    }
+    if (!PrintableLine(owner.replica) || !PrintableLine(owner.address)) {
+      return absl::InvalidArgumentError("a replica name or address with unprintable characters");
+    }
+    const int64_t epoch = seen_epoch + 1;
+    const std::string context = absl::StrCat("claiming session ", id, " (epoch ", epoch, ")");
+    RETURN_IF_ERROR(Annotate(WriteOwnerRecord(id, epoch, owner), context));
+    // The record of an epoch a later claim has already passed (and cleaned up) can be created
+    // too: the claim holds only if it is the newest.
+    ASSIGN_OR_RETURN(const int64_t newest, NewestEpoch(id));
+    if (newest != epoch) {
+      env_->RemoveFile(OwnerPath(id, epoch)).IgnoreError();
+      return absl::AbortedError(
+          absl::StrCat("session ", id, " was claimed by another replica (epoch ", newest, ")"));
+    }
+    {
+      MutexLock lock(&claims_mu_);
+      claims_[id] = epoch;
+    }
+    RemoveOwnerRecordsBefore(id, epoch);
+    return epoch;
+  }
+
+  absl::Status CheckClaim(const std::string& id) override {
+    RETURN_IF_ERROR(CheckId(id));
+    return CheckEpoch(id, ClaimOf(id));
+  }
+
+  absl::Status Release(const std::string& id) override {
+    RETURN_IF_ERROR(CheckId(id));
+    const int64_t mine = ClaimOf(id);
+    Forget(id);
+    if (mine == 0 || !CheckEpoch(id, mine).ok()) return absl::OkStatus();
+    const std::string context = absl::StrCat("releasing session ", id);
+    absl::Status written = WriteOwnerRecord(id, mine + 1, SessionOwner{});
+    if (absl::IsAborted(written)) return absl::OkStatus();  // claimed meanwhile: not ours anyway
+    RETURN_IF_ERROR(Annotate(written, context));
+    RemoveOwnerRecordsBefore(id, mine + 1);
+    return absl::OkStatus();
+  }
+
+  void Forget(const std::string& id) override {
+    MutexLock lock(&claims_mu_);
+    claims_.erase(id);
+  }
+
  private:
   std::string SessionDir(const std::string& id) const { return absl::StrCat(sessions_, "/", id); }
-  std::string VersionPath(const std::string& id, int64_t version) const {
+  std::string VersionPath(const std::string& id, FileVersion version) const {
     return absl::StrCat(sessions_, "/", id, "/", VersionFileName(version));
+  }
+
+  std::string OwnerPath(const std::string& id, int64_t epoch) const {
+    return absl::StrCat(sessions_, "/", id, "/", OwnerFileName(epoch));
+  }
+
+  // The epoch of this store's claim on `id` (0: none).
+  int64_t ClaimOf(const std::string& id) const {
+    MutexLock lock(&claims_mu_);
+    auto it = claims_.find(id);
+    return it == claims_.end() ? 0 : it->second;
+  }
+
+  // The newest owner epoch recorded for `id` (0: none, or no directory).
+  absl::StatusOr<int64_t> NewestEpoch(const std::string& id) {
+    absl::StatusOr<std::vector<std::string>> children = env_->GetChildren(SessionDir(id));
+    if (absl::IsNotFound(children.status())) return 0;
+    RETURN_IF_ERROR(Annotate(children.status(), absl::StrCat("listing session ", id)));
+    int64_t newest = 0;
+    for (const std::string& child : *children) {
+      if (const std::optional<int64_t> e = ParseOwnerFileName(child)) newest = std::max(newest, *e);
+    }
+    return newest;
+  }
+
+  // OK when `mine` is 0 (no claim) or still the newest epoch of `id`; ABORTED otherwise.
+  absl::Status CheckEpoch(const std::string& id, int64_t mine) {
+    if (mine == 0) return absl::OkStatus();
+    ASSIGN_OR_RETURN(const int64_t newest, NewestEpoch(id));
+    if (newest == mine) return absl::OkStatus();
+    return Fenced(id, mine, newest);
+  }
+
+  // Creates the owner record `epoch` of `id` (and the session's directory): written to a
+  // temporary file, synced, then linked under its name, which fails when that record exists
+  // (ABORTED: another claim took the epoch).
+  absl::Status WriteOwnerRecord(const std::string& id, int64_t epoch, const SessionOwner& owner) {
+    const std::string session_dir = SessionDir(id);
+    RETURN_IF_ERROR(env_->CreateDir(session_dir));
+    RETURN_IF_ERROR(env_->SyncDir(sessions_));
+    const std::string temp = absl::StrCat(session_dir, "/", TempFileName(epoch));
+    absl::Status status = WriteDurably(temp, OwnerRecordText(owner));
+    if (status.ok()) status = env_->LinkFile(temp, OwnerPath(id, epoch));
+    env_->RemoveFile(temp).IgnoreError();
+    if (absl::IsAlreadyExists(status)) {
+      return absl::AbortedError(
+          absl::StrCat("session ", id, " was claimed by another replica (epoch ", epoch, ")"));
+    }
+    RETURN_IF_ERROR(status);
+    return env_->SyncDir(session_dir);
+  }
+
+  // Best effort: owner records older than `epoch` are history.
+  void RemoveOwnerRecordsBefore(const std::string& id, int64_t epoch) {
+    absl::StatusOr<std::vector<std::string>> children = env_->GetChildren(SessionDir(id));
+    if (!children.ok()) return;
+    for (const std::string& child : *children) {
+      const std::optional<int64_t> e = ParseOwnerFileName(child);
+      if (e.has_value() && *e < epoch) env_->RemoveFile(OwnerPath(id, *e)).IgnoreError();
+    }
   }
 
   // Unique within this store (the counter) and, on a volume several replicas share, across
@@ -535,12 +758,12 @@ class FileSessionStore final : public SessionStore {
                            temp_salt_ ^ (n * uint64_t{0x9e3779b97f4a7c15}));
   }
 
-  // The published versions of `id`, ascending; NOT_FOUND when it has no directory.
-  absl::StatusOr<std::vector<int64_t>> Versions(const std::string& id) {
+  // The published versions of `id`, oldest first; NOT_FOUND when it has no directory.
+  absl::StatusOr<std::vector<FileVersion>> Versions(const std::string& id) {
     ASSIGN_OR_RETURN(const std::vector<std::string> children, env_->GetChildren(SessionDir(id)));
-    std::vector<int64_t> versions;
+    std::vector<FileVersion> versions;
     for (const std::string& child : children) {
-      if (const std::optional<int64_t> v = ParseVersionFileName(child)) versions.push_back(*v);
+      if (const std::optional<FileVersion> v = ParseVersionFileName(child)) versions.push_back(*v);
     }
     std::sort(versions.begin(), versions.end());
     return versions;
@@ -549,12 +772,12 @@ class FileSessionStore final : public SessionStore {
   // The newest of `versions` that is a regular file (a link or a directory by a version's name is
   // skipped); NOT_FOUND when there is none.
   absl::StatusOr<StoredVersion> NewestOf(const std::string& id,
-                                         const std::vector<int64_t>& versions) {
+                                         const std::vector<FileVersion>& versions) {
     for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
       absl::StatusOr<uint64_t> size = env_->GetFileSize(VersionPath(id, *it));
       if (absl::IsNotFound(size.status()) || absl::IsFailedPrecondition(size.status())) continue;
       if (!size.ok()) return size.status();
-      return StoredVersion{id, *it, static_cast<int64_t>(*size)};
+      return StoredVersion{id, it->version, static_cast<int64_t>(*size), it->epoch};
     }
     return absl::NotFoundError(absl::StrCat("session ", id, " has no published version"));
   }
@@ -578,6 +801,9 @@ class FileSessionStore final : public SessionStore {
   StoreEnv* const env_;
   const uint64_t temp_salt_;
   std::atomic<uint64_t> next_temp_{0};
+  mutable Mutex claims_mu_;
+  // The sessions this store claimed and the epoch of each claim.
+  std::map<std::string, int64_t> claims_ ABSL_GUARDED_BY(claims_mu_);
 };
 
 }  // namespace

@@ -6,9 +6,21 @@
 // mount):
 //   DIR/sessions/<id>/<version, 20 digits>.snap   published snapshots
 //   DIR/sessions/<id>/.tmp-*                      writes in progress (removed at open)
+//   DIR/sessions/<id>/<version>-<epoch>.snap     published by the owner of that epoch (replica
+//                                                 mode; <epoch>: 20 digits)
+//   DIR/sessions/<id>/owner-<epoch, 20 digits>    owner records (replica mode): the newest names
+//                                                 the replica that owns the session
 //   DIR/quarantine/<id>-<version>.snap (+ .why)   snapshots that failed to restore
 // A version is published atomically: written to a temporary file, fsync'd, renamed into place,
 // and the directory fsync'd; the session's other versions are removed only after that.
+//
+// Ownership (replica mode: several servers share the directory; docs/deploy.md): a replica
+// claims a session by creating the owner record of the next epoch with link(2), which fails when
+// the file exists, so exactly one of two racing claims wins, on a local disk and on NFS alike.
+// The claim fences the previous owner: this store checks, before and after it publishes a
+// version of a session it claimed, that its epoch is still the newest, and refuses the write
+// otherwise; versions sort by (epoch, version), so nothing a fenced owner leaves behind outranks
+// what the new owner writes.
 //
 // All file access goes through StoreEnv (leveldb's Env is the model), so FaultInjectingStoreEnv
 // can fail, fill up or tear any write in tests.
@@ -57,6 +69,8 @@ class StoreEnv {
   virtual absl::StatusOr<uint64_t> GetFileSize(const std::string& path) = 0;
   // Names in a directory (no "." or ".."); NOT_FOUND when it does not exist.
   virtual absl::StatusOr<std::vector<std::string>> GetChildren(const std::string& dir) = 0;
+  // A second name `to` for the file `from` (link(2)); ALREADY_EXISTS when `to` exists.
+  virtual absl::Status LinkFile(const std::string& from, const std::string& to) = 0;
 };
 
 // The real file system (POSIX calls).
@@ -67,6 +81,14 @@ struct StoredVersion {
   std::string id;
   int64_t version = 0;
   int64_t bytes = 0;
+  int64_t epoch = 0;  // the owner epoch it was written under (0: no ownership)
+};
+
+// Who owns a session (replica mode).
+struct SessionOwner {
+  int64_t epoch = 0;    // 0: nobody ever claimed it
+  std::string replica;  // empty: released (the last owner let go)
+  std::string address;  // where that replica takes hand-off calls (may be empty)
 };
 
 class SessionStore {
@@ -90,6 +112,22 @@ class SessionStore {
   virtual absl::Status Quarantine(const StoredVersion& version, std::string_view why) = 0;
   // Where the store lives, for logs.
   virtual std::string Describe() const = 0;
+
+  // Ownership (replica mode). The newest owner record of `id` (epoch 0 when there is none).
+  virtual absl::StatusOr<SessionOwner> Owner(const std::string& id) = 0;
+  // Records `owner` as the owner of `id` with epoch `seen_epoch` + 1, unless another claim took
+  // that epoch first (ABORTED). From then on this store's Puts and Deletes of `id` are fenced:
+  // once a later claim is recorded they fail with ABORTED and change nothing. Returns the epoch.
+  virtual absl::StatusOr<int64_t> Claim(const std::string& id, int64_t seen_epoch,
+                                        const SessionOwner& owner) = 0;
+  // OK while this store's claim on `id` is the newest (or it holds none); ABORTED once another
+  // claim has been recorded.
+  virtual absl::Status CheckClaim(const std::string& id) = 0;
+  // Lets go of this store's claim on `id`: records a released owner (the next epoch, no replica)
+  // if the claim is still the newest, and forgets it either way.
+  virtual absl::Status Release(const std::string& id) = 0;
+  // Forgets this store's claim on `id` without writing anything (it was fenced).
+  virtual void Forget(const std::string& id) = 0;
 };
 
 // A store in `dir` (created if missing) through `env` (not owned; PosixStoreEnv() for the real

@@ -4,6 +4,8 @@
 #   tools/setup.sh test    the above, the test tooling, and a venv in .venv that sees Debian's
 #                          python3-torch, adds pinned PyPI packages (tools/requirements.txt) and
 #                          finds the project's Python packages (mnemo.pth; python/README.md)
+#   tools/setup.sh deploy  only what tools/check_deploy.sh needs: kubectl 1.20 (Debian's
+#                          kubernetes-client), promtool (prometheus) and the venv
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-test}
@@ -14,28 +16,55 @@ debs=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev prometheus-cpp-dev
   python3 python3-numpy python3-grpcio python3-protobuf
 )
+deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
-         python3-venv python3-pip python3-torch prometheus bible-kjv bible-kjv-text)
+         python3-torch bible-kjv bible-kjv-text "${deploy_debs[@]}")
+elif [ "$mode" = deploy ]; then
+  debs=(python3 "${deploy_debs[@]}")
 elif [ "$mode" != build ]; then
-  echo "usage: tools/setup.sh [build|test]" >&2
+  echo "usage: tools/setup.sh [build|test|deploy]" >&2
   exit 2
+fi
+
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
+# kubernetes-client cannot be installed where another package (Google Cloud's `kubectl`) owns
+# /usr/bin/kubectl. The Debian package's kubectl is then unpacked into .cache/kubernetes-client
+# instead, where tools/check_deploy.sh looks first: the manifests are checked with kubectl 1.20's
+# kustomize either way.
+kubectl_dir=$root/.cache/kubernetes-client
+if [[ " ${debs[*]} " == *" kubernetes-client "* ]] &&
+   ! dpkg-query -W -f='${Status}' kubernetes-client 2>/dev/null | grep -q 'install ok installed' &&
+   owner=$(dpkg-query -S /usr/bin/kubectl 2>/dev/null); then
+  debs=("${debs[@]/kubernetes-client}")
+  if [ ! -x "$kubectl_dir/usr/bin/kubectl" ]; then
+    echo "setup: /usr/bin/kubectl belongs to ${owner%%:*}; unpacking kubernetes-client into .cache"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download -q kubernetes-client >/dev/null 2>&1); then
+      "${sudo_cmd[@]}" apt-get update -q >/dev/null
+      (cd "$tmp" && apt-get download -q kubernetes-client)
+    fi
+    rm -rf "$kubectl_dir" && mkdir -p "$kubectl_dir"
+    dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$kubectl_dir"
+    rm -rf "$tmp"
+  fi
 fi
 
 missing=()
 for p in "${debs[@]}"; do
+  [ -n "$p" ] || continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
     "${missing[@]}"
 fi
 
-[ "$mode" = test ] || exit 0
+[ "$mode" != build ] || exit 0
 
 # Python test tooling: Debian's torch (system site packages), PyPI for the rest, pinned
 # (transformers 4.27 still ships TransfoXL and works with torch 1.13).

@@ -2,8 +2,8 @@
 # The quick start's "test" command: installs what the tests need, builds from scratch and runs
 # every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
 # parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan and under
-# TSan, the format, layering and clang-tidy checks, and clang's thread-safety analysis of the lock
-# annotations.
+# TSan, the format, layering, documentation-link, deployment (tools/check_deploy.sh) and clang-tidy
+# checks, and clang's thread-safety analysis of the lock annotations.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,6 +14,7 @@ echo "== format and layering checks"
 tools/check_format.sh
 tools/check_layering.sh
 tools/check_doc_links.sh
+tools/check_deploy.sh
 
 for preset in release asan tsan; do
   echo "== $preset: configure and build from scratch"

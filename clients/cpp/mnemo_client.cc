@@ -1,8 +1,10 @@
-// The mnemo.v1 client: status conversion, paging and streaming loops, UTF-8-safe file chunking.
+// The mnemo.v1 client: status conversion, retries, paging and streaming loops, UTF-8-safe file
+// chunking.
 #include "clients/cpp/mnemo_client.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <thread>
 #include <utility>
@@ -14,9 +16,12 @@
 #include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/status.h>
 
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 #include "base/status_macros.h"
 
@@ -75,13 +80,113 @@ Utf8Scan ScanUtf8(std::string_view s) {
   return scan;
 }
 
-template <typename T>
-absl::StatusOr<T> Done(const grpc::Status& status, T value) {
-  if (!status.ok()) return FromGrpcStatus(status);
-  return value;
+// Substrings of gRPC's UNAVAILABLE message when the channel could not connect at all (the call
+// was never sent): grpc-core's pick_first / round_robin messages and resolver failures.
+constexpr const char* kNotConnected[] = {"failed to connect to all addresses",
+                                         "connections to all backends failing",
+                                         "connection refused", "dns resolution failed"};
+
+// Why a failed call might be retryable.
+enum class Failure {
+  kFinal,         // not retryable, whatever the call
+  kMoved,         // ABORTED SESSION_MOVED: nothing committed
+  kDraining,      // UNAVAILABLE DRAINING: nothing done
+  kNotConnected,  // UNAVAILABLE before reaching a server
+  kTransport,     // UNAVAILABLE without a reason: the server may have got the request
+};
+
+Failure FailureOf(const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kAborted) {
+    return ErrorReason(status) == kSessionMoved ? Failure::kMoved : Failure::kFinal;
+  }
+  if (status.code() != absl::StatusCode::kUnavailable) return Failure::kFinal;
+  const std::string reason = ErrorReason(status);
+  if (reason == kDraining) return Failure::kDraining;
+  if (!reason.empty()) return Failure::kFinal;  // a reason we do not know: not ours to retry
+  const std::string message = absl::AsciiStrToLower(status.message());
+  for (const char* s : kNotConnected) {
+    if (absl::StrContains(message, s)) return Failure::kNotConnected;
+  }
+  return Failure::kTransport;
+}
+
+absl::Status OutcomeUnknown(const char* method, const absl::Status& original,
+                            const absl::Status& refusal) {
+  absl::Status out(
+      original.code(),
+      absl::StrCat(method, ": outcome unknown: the first attempt failed (",
+                   absl::StatusCodeToString(original.code()), ": ", original.message(),
+                   ") and its retry was refused (", absl::StatusCodeToString(refusal.code()), ": ",
+                   refusal.message(), "); the first attempt may have taken effect"));
+  v1::RpcStatus refused;
+  refused.set_code(static_cast<int32_t>(refusal.code()));
+  refused.set_message(std::string(refusal.message()));
+  out.SetPayload(kOutcomeUnknownPayload, absl::Cord(refused.SerializeAsString()));
+  if (const auto details = original.GetPayload(kStatusDetailsPayload); details.has_value()) {
+    out.SetPayload(kStatusDetailsPayload, *details);
+  }
+  return out;
 }
 
 }  // namespace
+
+// One call's attempts: the deadline they share, the backoff between them, and the rule that a
+// refused retry of a possibly-applied change is "outcome unknown". Used by one thread.
+class Client::Retrier {
+ public:
+  Retrier(const RetryPolicy& policy, const std::optional<absl::Duration>& timeout, Safety safety,
+          const char* method, bool not_found_is_unknown = false)
+      : policy_(policy),
+        safety_(safety),
+        method_(method),
+        not_found_is_unknown_(not_found_is_unknown) {
+    if (timeout.has_value()) deadline_ = absl::Now() + *timeout;
+  }
+
+  std::optional<std::chrono::system_clock::time_point> deadline() const {
+    if (!deadline_.has_value()) return std::nullopt;
+    return absl::ToChronoTime(*deadline_);
+  }
+
+  // True (after the backoff) when the call should be attempted again; false when `*status`, the
+  // failure of this attempt, is the call's result (it may be replaced by an outcome-unknown
+  // status). `received`: a response message already reached the caller (server streams are not
+  // retried then). `replayable`: the request messages can be sent again.
+  bool Retry(absl::Status* status, bool received = false, bool replayable = true) {
+    const Failure failure = FailureOf(*status);
+    if (uncertain_.has_value() && failure != Failure::kMoved &&
+        (status->code() == absl::StatusCode::kAborted ||
+         (not_found_is_unknown_ && status->code() == absl::StatusCode::kNotFound))) {
+      *status = OutcomeUnknown(method_, *uncertain_, *status);
+      return false;
+    }
+    ++attempts_;
+    if (failure == Failure::kFinal || received || !replayable ||
+        attempts_ >= policy_.max_attempts) {
+      return false;
+    }
+    if (failure == Failure::kTransport) {
+      if (safety_ == Safety::kUnsafe) return false;
+      if (safety_ == Safety::kPinned && !uncertain_.has_value()) uncertain_ = *status;
+    }
+    absl::Duration base = policy_.initial_backoff * std::pow(policy_.multiplier, attempts_ - 1);
+    base = std::min(base, policy_.max_backoff);
+    thread_local absl::BitGen random;
+    const absl::Duration delay = base * absl::Uniform(random, 0.5, 1.0);
+    if (deadline_.has_value() && absl::Now() + delay >= *deadline_) return false;
+    absl::SleepFor(delay);
+    return true;
+  }
+
+ private:
+  const RetryPolicy policy_;  // a copy: the call keeps the policy it started with
+  const Safety safety_;
+  const char* const method_;
+  const bool not_found_is_unknown_;
+  std::optional<absl::Time> deadline_;
+  int attempts_ = 0;
+  std::optional<absl::Status> uncertain_;  // the transport failure of a pinned change
+};
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -90,6 +195,31 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
     out.SetPayload(kStatusDetailsPayload, absl::Cord(status.error_details()));
   }
   return out;
+}
+
+std::optional<v1::ErrorInfo> GetErrorInfo(const absl::Status& status) {
+  const auto payload = status.GetPayload(kStatusDetailsPayload);  // absl::optional here
+  if (!payload.has_value()) return std::nullopt;
+  v1::RpcStatus details;
+  if (!details.ParseFromString(std::string(*payload))) return std::nullopt;
+  for (const google::protobuf::Any& any : details.details()) {
+    if (!absl::EndsWith(any.type_url(), "/google.rpc.ErrorInfo") &&
+        !absl::EndsWith(any.type_url(), "/mnemo.v1.ErrorInfo")) {
+      continue;
+    }
+    v1::ErrorInfo info;
+    if (info.ParseFromString(any.value())) return info;
+  }
+  return std::nullopt;
+}
+
+std::string ErrorReason(const absl::Status& status) {
+  std::optional<v1::ErrorInfo> info = GetErrorInfo(status);
+  return info.has_value() ? info->reason() : std::string();
+}
+
+bool IsOutcomeUnknown(const absl::Status& status) {
+  return status.GetPayload(kOutcomeUnknownPayload).has_value();
 }
 
 std::vector<v1::BadRequest::FieldViolation> FieldViolations(const absl::Status& status) {
@@ -156,25 +286,37 @@ ChunkReader MakeUtf8ChunkReader(std::istream* in, size_t chunk_bytes) {
   };
 }
 
-Client::Client(std::shared_ptr<grpc::Channel> channel)
+Client::Client(std::shared_ptr<grpc::Channel> channel, RetryPolicy retry)
     : channel_(std::move(channel)),
       models_(v1::ModelService::NewStub(channel_)),
       sessions_(v1::SessionService::NewStub(channel_)),
-      inference_(v1::InferenceService::NewStub(channel_)) {}
+      inference_(v1::InferenceService::NewStub(channel_)),
+      retry_(retry) {}
 
-absl::StatusOr<Client> Client::Connect(const std::string& target) {
+absl::StatusOr<Client> Client::Connect(const std::string& target, RetryPolicy retry) {
   if (target.empty()) return absl::InvalidArgumentError("empty server address");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
-  return Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  return Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args), retry);
 }
 
-void Client::Prepare(grpc::ClientContext* context, const std::string& session_id) const {
-  if (timeout_.has_value()) {
-    context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(*timeout_));
-  }
+void Client::Prepare(grpc::ClientContext* context, const std::string& session_id,
+                     std::optional<std::chrono::system_clock::time_point> deadline) {
+  if (deadline.has_value()) context->set_deadline(*deadline);
   // Session-affinity routers send a session's requests to the replica that holds it.
   if (!session_id.empty()) context->AddMetadata("x-session-id", session_id);
+}
+
+absl::Status Client::Unary(const char* method, Safety safety, const std::string& session_id,
+                           const std::function<grpc::Status(grpc::ClientContext*)>& attempt,
+                           bool not_found_is_unknown) const {
+  Retrier retrier(retry_, timeout_, safety, method, not_found_is_unknown);
+  for (;;) {
+    grpc::ClientContext context;
+    Prepare(&context, session_id, retrier.deadline());
+    absl::Status status = FromGrpcStatus(attempt(&context));
+    if (status.ok() || !retrier.Retry(&status)) return status;
+  }
 }
 
 absl::Status Client::WaitUntilReady(absl::Duration timeout) {
@@ -187,63 +329,65 @@ absl::Status Client::WaitUntilReady(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::vector<v1::Model>> Client::ListModels() {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::ListModelsResponse response;
-  const grpc::Status status = models_->ListModels(&context, v1::ListModelsRequest(), &response);
-  return Done(status, std::vector<v1::Model>(response.models().begin(), response.models().end()));
+  RETURN_IF_ERROR(Unary("ListModels", Safety::kReadOnly, "", [&](grpc::ClientContext* context) {
+    return models_->ListModels(context, v1::ListModelsRequest(), &response);
+  }));
+  return std::vector<v1::Model>(response.models().begin(), response.models().end());
 }
 
 absl::StatusOr<v1::Model> Client::GetModel(const std::string& name) {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::GetModelRequest request;
   request.set_name(name);
   v1::Model response;
-  const grpc::Status status = models_->GetModel(&context, request, &response);
-  return Done(status, std::move(response));
+  RETURN_IF_ERROR(Unary("GetModel", Safety::kReadOnly, "", [&](grpc::ClientContext* context) {
+    return models_->GetModel(context, request, &response);
+  }));
+  return response;
 }
 
 absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
                                                       const std::string& model) {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::TokenizeRequest request;
   request.set_model(model);
   request.set_text(text);
   v1::TokenizeResponse response;
-  const grpc::Status status = models_->Tokenize(&context, request, &response);
-  return Done(status, std::vector<int32_t>(response.ids().begin(), response.ids().end()));
+  RETURN_IF_ERROR(Unary("Tokenize", Safety::kReadOnly, "", [&](grpc::ClientContext* context) {
+    return models_->Tokenize(context, request, &response);
+  }));
+  return std::vector<int32_t>(response.ids().begin(), response.ids().end());
 }
 
 absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& ids,
                                                const std::string& model) {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::DetokenizeRequest request;
   request.set_model(model);
   request.mutable_ids()->Add(ids.begin(), ids.end());
   v1::DetokenizeResponse response;
-  const grpc::Status status = models_->Detokenize(&context, request, &response);
-  return Done(status, std::move(*response.mutable_text()));
+  RETURN_IF_ERROR(Unary("Detokenize", Safety::kReadOnly, "", [&](grpc::ClientContext* context) {
+    return models_->Detokenize(context, request, &response);
+  }));
+  return std::move(*response.mutable_text());
 }
 
 absl::StatusOr<v1::Session> Client::CreateSession(const v1::CreateSessionRequest& options) {
-  grpc::ClientContext context;
-  Prepare(&context);
   v1::Session response;
-  const grpc::Status status = sessions_->CreateSession(&context, options, &response);
-  return Done(status, std::move(response));
+  // Not repeated after a transport failure: a duplicate would open a second session.
+  RETURN_IF_ERROR(Unary("CreateSession", Safety::kUnsafe, "", [&](grpc::ClientContext* context) {
+    return sessions_->CreateSession(context, options, &response);
+  }));
+  return response;
 }
 
 absl::StatusOr<v1::Session> Client::GetSession(const std::string& session_id) {
-  grpc::ClientContext context;
-  Prepare(&context, session_id);
   v1::GetSessionRequest request;
   request.set_session_id(session_id);
   v1::Session response;
-  const grpc::Status status = sessions_->GetSession(&context, request, &response);
-  return Done(status, std::move(response));
+  RETURN_IF_ERROR(
+      Unary("GetSession", Safety::kReadOnly, session_id, [&](grpc::ClientContext* context) {
+        return sessions_->GetSession(context, request, &response);
+      }));
+  return response;
 }
 
 absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(
@@ -253,11 +397,10 @@ absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(
   request.set_page_size(page_size);
   request.mutable_label_filter()->insert(label_filter.begin(), label_filter.end());
   for (;;) {
-    grpc::ClientContext context;
-    Prepare(&context);
     v1::ListSessionsResponse response;
-    const grpc::Status status = sessions_->ListSessions(&context, request, &response);
-    if (!status.ok()) return FromGrpcStatus(status);
+    RETURN_IF_ERROR(Unary("ListSessions", Safety::kReadOnly, "", [&](grpc::ClientContext* context) {
+      return sessions_->ListSessions(context, request, &response);
+    }));
     for (v1::Session& s : *response.mutable_sessions()) out.push_back(std::move(s));
     if (response.next_page_token().empty()) return out;
     // A server handing back the token it was given would loop forever.
@@ -269,21 +412,29 @@ absl::StatusOr<std::vector<v1::Session>> Client::ListSessions(
 }
 
 absl::Status Client::DeleteSession(const std::string& session_id, int64_t expected_state_version) {
-  grpc::ClientContext context;
-  Prepare(&context, session_id);
   v1::DeleteSessionRequest request;
   request.set_session_id(session_id);
   request.set_expected_state_version(expected_state_version);
   v1::DeleteSessionResponse response;
-  return FromGrpcStatus(sessions_->DeleteSession(&context, request, &response));
+  // A pinned delete repeated after a transport failure finds the session gone (NOT_FOUND) or busy
+  // (ABORTED) if the first attempt got through: both mean "outcome unknown".
+  return Unary(
+      "DeleteSession", Pinned(expected_state_version), session_id,
+      [&](grpc::ClientContext* context) {
+        return sessions_->DeleteSession(context, request, &response);
+      },
+      /*not_found_is_unknown=*/true);
 }
 
 absl::StatusOr<v1::Session> Client::ForkSession(const v1::ForkSessionRequest& request) {
-  grpc::ClientContext context;
-  Prepare(&context, request.session_id());
   v1::Session response;
-  const grpc::Status status = sessions_->ForkSession(&context, request, &response);
-  return Done(status, std::move(response));
+  // Never repeated after a transport failure: a fork leaves the source's version as it was, so
+  // pinning it does not stop a duplicate (a second child). Routed by the source's id.
+  RETURN_IF_ERROR(Unary("ForkSession", Safety::kUnsafe, request.session_id(),
+                        [&](grpc::ClientContext* context) {
+                          return sessions_->ForkSession(context, request, &response);
+                        }));
+  return response;
 }
 
 absl::StatusOr<v1::Session> Client::ForkSession(const std::string& session_id) {
@@ -296,49 +447,85 @@ absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
                                                   ChunkReader next_chunk,
                                                   const IngestProgressCallback& on_progress,
                                                   int64_t expected_state_version) {
-  grpc::ClientContext context;
-  Prepare(&context, session_id);
-  std::unique_ptr<grpc::ClientReaderWriter<v1::IngestRequest, v1::IngestProgress>> stream =
-      inference_->Ingest(&context);
-  // Writes run on their own thread while this one reads: the server answers every message, and
-  // a client that only wrote would stall once the unread answers filled the flow-control window.
-  absl::Status reader_status;  // an error of next_chunk; written by the writer thread only
-  std::thread writer([&] {
-    v1::IngestRequest request;
-    request.set_session_id(session_id);
-    request.set_expected_state_version(expected_state_version);
-    bool sent_any = false;
-    for (;;) {
-      absl::StatusOr<std::optional<std::string>> chunk = next_chunk();
-      if (!chunk.ok()) {
-        reader_status = chunk.status();
-        context.TryCancel();
-        return;
+  Retrier retrier(retry_, timeout_, Pinned(expected_state_version), "Ingest");
+  // The chunks read so far, sent again by a retry; dropped (no more retries) once they pass the
+  // policy's replay_buffer_bytes.
+  std::vector<std::string> sent;
+  size_t sent_bytes = 0;
+  bool replayable = true;
+  bool source_done = false;
+  for (;;) {
+    grpc::ClientContext context;
+    Prepare(&context, session_id, retrier.deadline());
+    std::unique_ptr<grpc::ClientReaderWriter<v1::IngestRequest, v1::IngestProgress>> stream =
+        inference_->Ingest(&context);
+    // Writes run on their own thread while this one reads: the server answers every message,
+    // and a client that only wrote would stall once the unread answers filled the flow-control
+    // window.
+    absl::Status reader_status;  // an error of next_chunk; written by the writer thread only
+    std::thread writer([&] {
+      v1::IngestRequest request;
+      request.set_session_id(session_id);
+      request.set_expected_state_version(expected_state_version);
+      bool sent_any = false;
+      auto write = [&](std::string text) {
+        request.set_text(std::move(text));
+        if (!stream->Write(request)) return false;  // the call failed: Finish() says why
+        sent_any = true;
+        request.Clear();
+        return true;
+      };
+      if (replayable) {
+        for (const std::string& chunk : sent) {
+          if (!write(chunk)) return;
+        }
       }
-      if (!chunk->has_value()) break;
-      request.set_text(std::move(**chunk));
-      if (!stream->Write(request)) return;  // the call failed: Finish() says why
-      sent_any = true;
-      request.Clear();
+      while (!source_done) {
+        absl::StatusOr<std::optional<std::string>> chunk = next_chunk();
+        if (!chunk.ok()) {
+          reader_status = chunk.status();
+          context.TryCancel();
+          return;
+        }
+        if (!chunk->has_value()) {
+          source_done = true;
+          break;
+        }
+        if (replayable) {
+          sent_bytes += (*chunk)->size();
+          if (sent_bytes > retry_.replay_buffer_bytes) {
+            replayable = false;
+            std::vector<std::string>().swap(sent);
+          } else {
+            sent.push_back(**chunk);
+          }
+        }
+        if (!write(std::move(**chunk))) return;
+      }
+      // An empty document still names the session, so the server can answer with its version.
+      if (!sent_any && !stream->Write(request)) return;
+      stream->WritesDone();
+    });
+    v1::IngestProgress progress;
+    std::optional<v1::IngestProgress> last;
+    while (stream->Read(&progress)) {
+      if (on_progress) on_progress(progress);
+      last = progress;
     }
-    // An empty document still names the session, so the server can answer with its version.
-    if (!sent_any && !stream->Write(request)) return;
-    stream->WritesDone();
-  });
-  v1::IngestProgress progress;
-  std::optional<v1::IngestProgress> last;
-  while (stream->Read(&progress)) {
-    if (on_progress) on_progress(progress);
-    last = progress;
+    writer.join();
+    absl::Status status = FromGrpcStatus(stream->Finish());
+    if (!reader_status.ok()) return reader_status;
+    if (status.ok()) {
+      if (!last.has_value() || !last->done()) {
+        return absl::InternalError(
+            "the Ingest stream ended without a final (done) progress message");
+      }
+      return *std::move(last);
+    }
+    // Progress messages do not commit anything: only the final one does, so they do not stop a
+    // retry.
+    if (!retrier.Retry(&status, /*received=*/false, replayable)) return status;
   }
-  writer.join();
-  const grpc::Status status = stream->Finish();
-  if (!reader_status.ok()) return reader_status;
-  if (!status.ok()) return FromGrpcStatus(status);
-  if (!last.has_value() || !last->done()) {
-    return absl::InternalError("the Ingest stream ended without a final (done) progress message");
-  }
-  return *std::move(last);
 }
 
 absl::StatusOr<v1::IngestProgress> Client::IngestFile(const std::string& session_id,
@@ -363,30 +550,45 @@ absl::StatusOr<v1::IngestProgress> Client::IngestFile(const std::string& session
 
 absl::StatusOr<v1::Final> Client::Generate(const v1::GenerateRequest& request,
                                            const GenerateEventCallback& on_event) {
-  grpc::ClientContext context;
-  Prepare(&context, request.session_id());
-  std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> stream =
-      inference_->Generate(&context, request);
-  v1::GenerateEvent event;
-  std::optional<v1::Final> final_event;
-  while (stream->Read(&event)) {
-    if (on_event) on_event(event);
-    if (event.has_final()) final_event = event.final();
+  // One-shot and scratch generations change no session: read-only.
+  const bool read_only =
+      request.session_id().empty() || request.commit() == v1::COMMIT_MODE_SCRATCH;
+  Retrier retrier(retry_, timeout_,
+                  read_only ? Safety::kReadOnly : Pinned(request.expected_state_version()),
+                  "Generate");
+  for (;;) {
+    grpc::ClientContext context;
+    Prepare(&context, request.session_id(), retrier.deadline());
+    std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> stream =
+        inference_->Generate(&context, request);
+    v1::GenerateEvent event;
+    std::optional<v1::Final> final_event;
+    bool received = false;
+    while (stream->Read(&event)) {
+      received = true;
+      if (on_event) on_event(event);
+      if (event.has_final()) final_event = event.final();
+    }
+    absl::Status status = FromGrpcStatus(stream->Finish());
+    if (status.ok()) {
+      if (!final_event.has_value()) {
+        return absl::InternalError("the Generate stream ended without a Final event");
+      }
+      return *std::move(final_event);
+    }
+    if (!retrier.Retry(&status, received)) return status;
   }
-  const grpc::Status status = stream->Finish();
-  if (!status.ok()) return FromGrpcStatus(status);
-  if (!final_event.has_value()) {
-    return absl::InternalError("the Generate stream ended without a Final event");
-  }
-  return *std::move(final_event);
 }
 
 absl::StatusOr<v1::ScoreResponse> Client::Score(const v1::ScoreRequest& request) {
-  grpc::ClientContext context;
-  Prepare(&context, request.session_id());
+  const bool read_only = !request.commit() || request.session_id().empty();
   v1::ScoreResponse response;
-  const grpc::Status status = inference_->Score(&context, request, &response);
-  return Done(status, std::move(response));
+  RETURN_IF_ERROR(Unary("Score",
+                        read_only ? Safety::kReadOnly : Pinned(request.expected_state_version()),
+                        request.session_id(), [&](grpc::ClientContext* context) {
+                          return inference_->Score(context, request, &response);
+                        }));
+  return response;
 }
 
 }  // namespace mnemo::client

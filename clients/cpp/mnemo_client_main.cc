@@ -39,11 +39,14 @@ using mnemo::Flags;
 using mnemo::ReadFile;
 
 constexpr char kUsage[] =
-    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--json] <command> [args] [flags]
+    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json]
+                    <command> [args] [flags]
 
 global flags (before or after the command):
   --target HOST:PORT   server address (default: $MNEMO_TARGET, else 127.0.0.1:50051)
   --timeout D          deadline of every call, e.g. 30s, 5m, 1h (default: none)
+  --no-retry           do not retry calls refused without effect (SESSION_MOVED, DRAINING) or
+                       broken by the network (default: retry with backoff; clients/cpp/README.md)
   --json               print responses as JSON (protobuf field names) instead of text
   --help               this text
 
@@ -514,7 +517,7 @@ int UsageError(const std::string& message) {
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
   const std::map<std::string, bool> global = {
-      {"target", true}, {"timeout", true}, {"json", false}, {"help", false}};
+      {"target", true}, {"timeout", true}, {"no-retry", false}, {"json", false}, {"help", false}};
   size_t command_at = 0;
   absl::StatusOr<Flags> flags = Flags::ParseWithPositionals(args, 1, global, true, &command_at);
   if (!flags.ok()) return UsageError(std::string(flags.status().message()));
@@ -553,7 +556,8 @@ int Main(int argc, char** argv) {
       flags->Get("target", env_target != nullptr && *env_target ? env_target : "127.0.0.1:50051");
   absl::StatusOr<std::optional<absl::Duration>> timeout = OptionalDuration(*flags, "timeout");
   if (!timeout.ok()) return UsageError(std::string(timeout.status().message()));
-  absl::StatusOr<Client> client = Client::Connect(target);
+  absl::StatusOr<Client> client =
+      Client::Connect(target, flags->Has("no-retry") ? RetryPolicy::Off() : RetryPolicy());
   absl::Status status = client.status();
   if (status.ok()) {
     client->set_timeout(*timeout);

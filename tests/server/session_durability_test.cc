@@ -5,10 +5,13 @@
 // corrupt stored snapshot is quarantined while other sessions are served. The real-process
 // versions of these (kill -9, a second server, gRPC export/import) are in
 // test_server_durability.py.
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "gtest/gtest.h"
+#include "server/error_reason.h"
 #include "server/fault_injecting_store_env.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -292,6 +295,144 @@ TEST_F(SessionDurabilityTest, ImportedMemoryContinuesExactly) {
   EXPECT_EQ(ScoreOf(sessions, copy->id, probe), expected);
   snapshot[snapshot.size() / 2] ^= 1;
   EXPECT_EQ(DecodeSession(*model_, snapshot).status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace mnemo::server
+
+// --- replica mode: two managers on one store directory play two replicas -------------------
+
+namespace mnemo::server {
+namespace {
+
+class ReplicaSessionsTest : public SessionDurabilityTest {
+ protected:
+  void SetUp() override {
+    SessionDurabilityTest::SetUp();
+    auto second = OpenFileSessionStore(store_dir_.string(), PosixStoreEnv());
+    ASSERT_TRUE(second.ok()) << second.status();
+    store_b_ = *std::move(second);
+  }
+
+  // Replica `name` on `store`; its hand-offs go straight to the other manager (the gRPC hop the
+  // server adds is tested end to end in test_server_replica_ownership.py).
+  std::unique_ptr<SessionManager> Replica(const std::string& name, SessionStore* store,
+                                          std::unique_ptr<SessionManager>* peer) {
+    SessionManagerOptions o = Options(Durability::kNone);
+    o.store = store;
+    o.replica_id = name;
+    o.advertise = name;
+    o.models = registry_.get();
+    o.hand_off = [peer](const std::string&, const std::string& id) -> absl::Status {
+      if (*peer == nullptr) return absl::UnavailableError("gone");
+      return (*peer)->HandOff(id, absl::Now() + absl::Seconds(5)).status();
+    };
+    return std::make_unique<SessionManager>(o, &metrics_);
+  }
+
+  std::unique_ptr<SessionStore> store_b_;
+};
+
+TEST_F(ReplicaSessionsTest, SessionsMoveBetweenReplicasWithTheirNewestVersion) {
+  std::unique_ptr<SessionManager> a, b;
+  a = Replica("a", store_.get(), &b);
+  b = Replica("b", store_b_.get(), &a);
+  SessionManager reference(SessionManagerOptions{}, &metrics_);
+  const std::vector<int32_t> probe = test::RandomTokens(6, config_.vocab_size, 40);
+  for (Durability d : {Durability::kNone, Durability::kAsync, Durability::kSync}) {
+    SessionOptions options;
+    options.durability = d;
+    auto info = a->Create(*model_, options);
+    ASSERT_TRUE(info.ok()) << info.status();
+    auto ref = reference.Create(*model_, {});
+    ASSERT_TRUE(ref.ok());
+    for (int step = 0; step < 6; ++step) {
+      SessionManager& at = step % 2 == 0 ? *b : *a;  // every step moves it
+      const std::vector<int32_t> doc = test::RandomTokens(7, config_.vocab_size, 50 + step);
+      Append(at, info->id, doc);
+      Append(reference, ref->id, doc);
+      auto got = at.Get(info->id);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->state_version, step + 1);
+      EXPECT_EQ(got->tokens_seen, 7 * (step + 1));
+      // The other replica let go of it.
+      EXPECT_EQ((step % 2 == 0 ? *a : *b).size(), 0);
+    }
+    EXPECT_EQ(ScoreOf(*a, info->id, probe), ScoreOf(reference, ref->id, probe))
+        << "durability " << static_cast<int>(d) << ": bitwise the same after six moves";
+    ASSERT_TRUE(a->Delete(info->id, 0).ok());
+    EXPECT_TRUE(absl::IsNotFound(b->Get(info->id).status()));
+  }
+}
+
+TEST_F(ReplicaSessionsTest, AFencedReplicaAnswersSessionMovedAndCommitsNothing) {
+  std::unique_ptr<SessionManager> a, b;
+  std::unique_ptr<SessionManager> none;
+  a = Replica("a", store_.get(), &b);
+  // B cannot reach A (a partition): it takes sessions over by claim alone.
+  b = Replica("b", store_b_.get(), &none);
+  SessionOptions options;
+  options.durability = Durability::kSync;
+  auto info = a->Create(*model_, options);
+  ASSERT_TRUE(info.ok());
+  Append(*a, info->id, test::RandomTokens(5, config_.vocab_size, 60));
+  auto lease = a->Acquire(info->id, 0);  // a request runs on A …
+  ASSERT_TRUE(lease.ok());
+  auto taken = b->Get(info->id);  // … when B takes the session over
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->state_version, 1);
+  ASSERT_TRUE(
+      AppendTokens(*model_, (*lease)->memory(), std::vector<int32_t>{1, 2, 3}, {}, nullptr).ok());
+  absl::Status persisted = (*lease)->Persist(3);
+  EXPECT_TRUE(absl::IsAborted(persisted)) << persisted;
+  EXPECT_EQ(ReasonOf(persisted), kReasonSessionMoved);
+  lease->reset();
+  // Nothing A did reached the store: B's version stands, and B can go on.
+  Append(*b, info->id, test::RandomTokens(4, config_.vocab_size, 61));
+  EXPECT_EQ(b->Get(info->id)->state_version, 2);
+  // A dropped its copy; asked again, it takes the session back (B is not reachable from A's
+  // side either way here: A's hand-off hook reaches B).
+  auto back = a->Get(info->id);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->state_version, 2);
+}
+
+TEST_F(ReplicaSessionsTest, ConcurrentRequestsOnBothReplicasKeepEveryVersion) {
+  std::unique_ptr<SessionManager> a, b;
+  a = Replica("a", store_.get(), &b);
+  b = Replica("b", store_b_.get(), &a);
+  SessionOptions options;
+  options.durability = Durability::kAsync;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(a->Create(*model_, options)->id);
+  std::atomic<int> committed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      SessionManager& at = t % 2 == 0 ? *a : *b;
+      for (int i = 0; i < 6; ++i) {
+        const std::string& id = ids[(t + i) % ids.size()];
+        auto lease = at.Acquire(id, 0);
+        if (!lease.ok())
+          continue;  // busy (ABORTED), moving (UNAVAILABLE) or moved: retried by clients
+        if (!AppendTokens(*model_, (*lease)->memory(), std::vector<int32_t>{5, 6}, {}, nullptr)
+                 .ok())
+          continue;
+        if (!(*lease)->Persist(2).ok()) continue;
+        (*lease)->Commit(2);
+        ++committed;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int64_t versions = 0;
+  for (const std::string& id : ids) {
+    auto info = a->Get(id);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->tokens_seen, 2 * info->state_version) << "no change lost or doubled";
+    versions += info->state_version;
+  }
+  EXPECT_EQ(versions, committed.load());
 }
 
 }  // namespace

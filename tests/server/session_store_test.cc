@@ -734,3 +734,127 @@ TEST_F(SessionStoreTest, ConcurrentPutsToDifferentSessions) {
 
 }  // namespace
 }  // namespace mnemo::server
+
+// --- ownership (replica mode): two stores on one directory play two replicas -------------------
+
+namespace mnemo::server {
+namespace {
+
+SessionOwner Replica(const std::string& name) { return SessionOwner{0, name, name + ":50051"}; }
+
+TEST_F(SessionStoreTest, ClaimsAreExclusiveAndFenceThePreviousOwner) {
+  auto a = Open();
+  auto b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  absl::StatusOr<SessionOwner> owner = a->Owner(kId);
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  EXPECT_EQ(owner->epoch, 0);
+
+  absl::StatusOr<int64_t> epoch = a->Claim(kId, 0, Replica("a"));
+  ASSERT_TRUE(epoch.ok()) << epoch.status();
+  EXPECT_EQ(*epoch, 1);
+  // A second claim of the same epoch loses, whoever makes it.
+  EXPECT_TRUE(absl::IsAborted(b->Claim(kId, 0, Replica("b")).status()));
+  ASSERT_TRUE(a->Put(kId, 1, "a1").ok());
+  ASSERT_TRUE(a->CheckClaim(kId).ok());
+
+  owner = b->Owner(kId);
+  ASSERT_TRUE(owner.ok());
+  EXPECT_EQ(owner->epoch, 1);
+  EXPECT_EQ(owner->replica, "a");
+  EXPECT_EQ(owner->address, "a:50051");
+  epoch = b->Claim(kId, owner->epoch, Replica("b"));
+  ASSERT_TRUE(epoch.ok()) << epoch.status();
+  EXPECT_EQ(*epoch, 2);
+
+  // A is fenced: it can neither publish nor delete, and the store is as B found it.
+  EXPECT_TRUE(absl::IsAborted(a->CheckClaim(kId)));
+  EXPECT_TRUE(absl::IsAborted(a->Put(kId, 2, "a2")));
+  EXPECT_TRUE(absl::IsAborted(a->Delete(kId)));
+  absl::StatusOr<StoredVersion> newest = b->Newest(kId);
+  ASSERT_TRUE(newest.ok());
+  EXPECT_EQ(newest->version, 1);
+  EXPECT_EQ(*b->Read(*newest), "a1");
+
+  // B's versions outrank A's, even lower-numbered ones; its Put removes A's.
+  ASSERT_TRUE(b->Put(kId, 1, "b1").ok());
+  newest = a->Newest(kId);
+  ASSERT_TRUE(newest.ok());
+  EXPECT_EQ(newest->epoch, 2);
+  EXPECT_EQ(*a->Read(*newest), "b1");
+  EXPECT_EQ(Names(SessionDir(kId)),
+            (std::vector<std::string>{"00000000000000000001-00000000000000000002.snap",
+                                      "owner-00000000000000000002"}));
+  // The older owner record is gone; a stale claim on an epoch already passed loses too.
+  EXPECT_TRUE(absl::IsAborted(a->Claim(kId, 0, Replica("a")).status()));
+  EXPECT_EQ(b->Owner(kId)->replica, "b");
+}
+
+TEST_F(SessionStoreTest, ReleaseRecordsNoOwnerAndTheNextClaimFollowsIt) {
+  auto a = Open();
+  auto b = Open();
+  ASSERT_TRUE(a->Claim(kId, 0, Replica("a")).ok());
+  ASSERT_TRUE(a->Put(kId, 3, "a3").ok());
+  ASSERT_TRUE(a->Release(kId).ok());
+  absl::StatusOr<SessionOwner> owner = b->Owner(kId);
+  ASSERT_TRUE(owner.ok());
+  EXPECT_EQ(owner->epoch, 2);
+  EXPECT_TRUE(owner->replica.empty());
+  // A let go: its claim is forgotten, so it no longer fences anything of its own.
+  EXPECT_TRUE(a->CheckClaim(kId).ok());
+  ASSERT_TRUE(b->Claim(kId, owner->epoch, Replica("b")).ok());
+  EXPECT_EQ(*b->Read(*b->Newest(kId)), "a3");
+  // A session deleted by its owner takes its owner records with it.
+  ASSERT_TRUE(b->Delete(kId).ok());
+  EXPECT_FALSE(fs::exists(SessionDir(kId)));
+  EXPECT_EQ(b->Owner(kId)->epoch, 0);
+}
+
+TEST_F(SessionStoreTest, OwnerRecordsAndVersionNamesOfTheWrongFormAreRefusedOrIgnored) {
+  auto store = Open();
+  ASSERT_TRUE(store->Claim(kId, 0, Replica("a")).ok());
+  // Names or addresses with line breaks would forge a record.
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(store->Claim(kOtherId, 0, SessionOwner{0, "a\nb", ""}).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(store->Claim("../x", 0, Replica("a")).status()));
+  // A planted newest record that is not two printable lines is an error, not an owner.
+  WriteFile(SessionDir(kId) + "/owner-00000000000000000009", std::string("x\x01y\n\n", 5));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store->Owner(kId).status()));
+  // Version names with an epoch of zero or of the wrong width are not versions.
+  WriteFile(SessionDir(kId) + "/00000000000000000005-00000000000000000000.snap", "zero epoch");
+  WriteFile(SessionDir(kId) + "/00000000000000000005-0000000000000000001.snap", "short epoch");
+  EXPECT_TRUE(absl::IsNotFound(store->Newest(kId).status()));
+}
+
+TEST_F(SessionStoreTest, ConcurrentClaimsElectExactlyOneOwnerPerEpoch) {
+  constexpr int kReplicas = 6;
+  std::vector<std::unique_ptr<SessionStore>> stores;
+  for (int i = 0; i < kReplicas; ++i) stores.push_back(Open());
+  std::vector<bool> ever_won(kReplicas, false);
+  for (int round = 0; round < 20; ++round) {
+    const int64_t seen = stores[0]->Owner(kId)->epoch;
+    std::vector<int> won(kReplicas, 0);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kReplicas; ++i) {
+      threads.emplace_back([&, i] {
+        won[i] = stores[i]->Claim(kId, seen, Replica(absl::StrCat("r", i))).ok() ? 1 : 0;
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    const int winner = static_cast<int>(std::find(won.begin(), won.end(), 1) - won.begin());
+    ASSERT_EQ(std::count(won.begin(), won.end(), 1), 1) << "round " << round;
+    ever_won[winner] = true;
+    EXPECT_EQ(stores[0]->Owner(kId)->epoch, seen + 1);
+    EXPECT_EQ(stores[0]->Owner(kId)->replica, absl::StrCat("r", winner));
+    // Only the winner may publish; every earlier owner is fenced.
+    for (int i = 0; i < kReplicas; ++i) {
+      if (!ever_won[i]) continue;
+      EXPECT_EQ(stores[i]->Put(kId, round, "x").ok(), i == winner)
+          << "round " << round << " r" << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mnemo::server

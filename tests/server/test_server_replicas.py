@@ -168,14 +168,10 @@ def promql_expressions() -> list[dict]:
         pytest.fail("deploy/tools/promql_expressions.py is missing: it lists every PromQL "
                     "expression of the dashboards and rules, which this test evaluates against "
                     "a real Prometheus scraping the replicas", pytrace=False)
-    names = ("expressions", "promql_expressions", "all_expressions")
-    function = next((getattr(module, n) for n in names if callable(getattr(module, n, None))),
-                    None)
-    if function is None:
-        public = [n for n in dir(module) if not n.startswith("_") and
-                  callable(getattr(module, n))]
-        pytest.fail(f"deploy/tools/promql_expressions.py has none of the functions {names} "
-                    f"(it has {public})", pytrace=False)
+    function = getattr(module, "expressions", None)
+    if not callable(function):
+        pytest.fail("deploy/tools/promql_expressions.py has no expressions() function",
+                    pytrace=False)
     found = list(function())
     assert found, "deploy/tools/promql_expressions.py lists no expression"
     for item in found:

@@ -1,17 +1,21 @@
 """Python client for the mnemo inference server (gRPC API mnemo.v1).
 
-The generated stubs (`mnemo.v1.mnemo_pb2`, `mnemo.v1.mnemo_pb2_grpc`) are not part of this
-package: the build writes them to `<build dir>/python`, so run with
+The generated stubs (`mnemo.v1.mnemo_pb2`, `mnemo.v1.mnemo_pb2_grpc`) come with the installed
+package (`pip install clients/python` generates them from proto/); in the repository the build
+writes them to `<build dir>/python`, so run from a checkout with
 
     PYTHONPATH=<build dir>/python:clients/python python -m mnemo_client --target HOST:PORT models
 
-`MnemoClient` is the entry point (see `mnemo_client.client`); errors are `grpc.RpcError` and
-`bad_request_violations(e)` lists the fields an INVALID_ARGUMENT names. The pure helpers
-(`mnemo_client.utf8`, `mnemo_client.health`) import without the stubs; the names below are
-loaded on first use.
+`MnemoClient` is the entry point (see `mnemo_client.client`); errors are `grpc.RpcError`,
+`bad_request_violations(e)` lists the fields an INVALID_ARGUMENT names and `error_reason(e)` the
+ErrorInfo reason. Retries: `mnemo_client.retry` (`RetryPolicy`, `OutcomeUnknownError`). The pure
+helpers (`mnemo_client.utf8`, `mnemo_client.health`) import without the stubs; the names below
+are loaded on first use.
 """
 
-from mnemo_client.errors import bad_request_violations, rpc_status
+from mnemo_client.errors import (OutcomeUnknownError, bad_request_violations, error_info,
+                                 error_reason, rpc_status)
+from mnemo_client.retry import RetryPolicy
 
 __all__ = [
     "MnemoClient",
@@ -21,7 +25,11 @@ __all__ = [
     "durability_value",
     "sampling_params",
     "bad_request_violations",
+    "error_info",
+    "error_reason",
     "rpc_status",
+    "OutcomeUnknownError",
+    "RetryPolicy",
 ]
 
 _CLIENT_NAMES = {"MnemoClient", "GenerateResult", "collect_generate", "commit_mode",

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_TARGET})")
     parser.add_argument("--timeout", type=float, default=None,
                         help="deadline of each call in seconds (default: none)")
+    parser.add_argument("--no-retry", action="store_true",
+                        help="do not retry calls the server refused without effect "
+                             "(SESSION_MOVED, DRAINING) or that broke on the network")
     parser.add_argument("--json", action="store_true",
                         help="print responses as JSON (one object per line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -236,8 +239,10 @@ def run(args) -> int:
     """Executes one parsed command; returns the exit status (RpcError propagates)."""
     from mnemo_client import health as health_mod
     from mnemo_client.client import MnemoClient
+    from mnemo_client.retry import RetryPolicy
 
-    with MnemoClient(args.target, timeout=args.timeout) as client:
+    retry = None if args.no_retry else RetryPolicy()
+    with MnemoClient(args.target, timeout=args.timeout, retry=retry) as client:
         cmd = args.command
         if cmd == "models":
             for m in client.models():

@@ -17,6 +17,12 @@ header comment), `e.details()` the server's message, and `bad_request_violations
 (field, description) pairs of an INVALID_ARGUMENT. Client-side mistakes (both text and ids,
 a file that is not UTF-8) raise ValueError before anything is sent.
 
+Retries: calls refused without effect (SESSION_MOVED, DRAINING, no connection) and read-only
+calls broken by the transport are retried with backoff, transparently (`mnemo_client.retry`;
+`retry=None` turns it off). A state-changing call broken by the transport is retried only when
+`expected_state_version` is pinned; if that retry is refused, `OutcomeUnknownError` (a
+grpc.RpcError) says the first attempt may have taken effect.
+
 Threading: one MnemoClient (one channel) may be shared by many threads.
 """
 
@@ -41,6 +47,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
         "PYTHONPATH=<build dir>/python:clients/python") from _e
 
 from mnemo_client import health
+from mnemo_client.retry import NO_RETRY, ReplayBuffer, Retrier, RetryingStream, RetryPolicy, Safety
 from mnemo_client.utf8 import iter_utf8_chunks
 
 pb = mnemo_pb2
@@ -138,6 +145,11 @@ def import_requests(first: pb.ImportSessionRequest,
             yield pb.ImportSessionRequest(data=bytes(piece))
     if not sent_first:
         yield first
+
+
+def _pinned(expected_state_version: int) -> Safety:
+    """A state-changing call's Safety: PINNED when a duplicate would be refused for its version."""
+    return Safety.PINNED if expected_state_version else Safety.UNSAFE
 
 
 def _is_ids(value: Any) -> bool:
@@ -288,16 +300,19 @@ class MnemoClient:
     """A connection to one mnemo server.
 
     `target` is "host:port"; `timeout` is the default deadline of every call in seconds (None:
-    no deadline); each method also takes `timeout=` to override it. `channel` may be given
-    instead (e.g. a TLS channel); `target` is then ignored. Use as a context manager or call
-    `close()`.
+    no deadline), retries included; each method also takes `timeout=` to override it. `channel`
+    may be given instead (e.g. a TLS channel); `target` is then ignored. `retry` is the
+    RetryPolicy (default: RetryPolicy(), 5 attempts, backoff 50 ms doubling to 2 s); None turns
+    retries off. Use as a context manager or call `close()`.
     """
 
     def __init__(self, target: str, timeout: Optional[float] = None, *,
                  channel: Optional[grpc.Channel] = None,
-                 options: Optional[Sequence[tuple[str, Any]]] = None):
+                 options: Optional[Sequence[tuple[str, Any]]] = None,
+                 retry: Optional[RetryPolicy] = _UNSET):
         self.target = target
         self.timeout = timeout
+        self.retry_policy = RetryPolicy() if retry is _UNSET else (retry or NO_RETRY)
         opts = list(options or []) + [("grpc.max_receive_message_length", 64 << 20)]
         self.channel = channel if channel is not None else grpc.insecure_channel(target, opts)
         self.model_stub = mnemo_pb2_grpc.ModelServiceStub(self.channel)
@@ -323,6 +338,16 @@ class MnemoClient:
         # Session-affinity routers hash on this header (DESIGN.md §4).
         return [("x-session-id", session_id)] if session_id else None
 
+    def _retrier(self, method: str, timeout: Any, safety: Safety, **kwargs) -> Retrier:
+        return Retrier(self.retry_policy, method, self._timeout(timeout), safety, **kwargs)
+
+    def _unary(self, method: str, rpc, request, timeout: Any, safety: Safety,
+               session_id: str = "", **kwargs):
+        """One unary call, retried as `mnemo_client.retry` describes."""
+        metadata = self._metadata(session_id)
+        return self._retrier(method, timeout, safety, **kwargs).run(
+            lambda t: rpc(request, timeout=t, metadata=metadata))
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Blocks until the channel connects; raises grpc.FutureTimeoutError after `timeout`."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
@@ -335,8 +360,8 @@ class MnemoClient:
 
     def models(self, timeout: Any = _UNSET) -> list:
         """The loaded models (mnemo.v1.Model), the default one first."""
-        return list(self.model_stub.ListModels(pb.ListModelsRequest(),
-                                               timeout=self._timeout(timeout)).models)
+        return list(self._unary("ListModels", self.model_stub.ListModels,
+                                pb.ListModelsRequest(), timeout, Safety.READ_ONLY).models)
 
     def model(self, name: str = "", timeout: Any = _UNSET):
         """One model by name (NOT_FOUND if unknown); "" returns the default model."""
@@ -345,18 +370,20 @@ class MnemoClient:
             if not models:
                 raise ValueError("the server lists no models")
             return models[0]
-        return self.model_stub.GetModel(pb.GetModelRequest(name=name),
-                                        timeout=self._timeout(timeout))
+        return self._unary("GetModel", self.model_stub.GetModel, pb.GetModelRequest(name=name),
+                           timeout, Safety.READ_ONLY)
 
     def tokenize(self, text: str, model: str = "", timeout: Any = _UNSET) -> list[int]:
         """Token ids of `text` under the model's tokenizer."""
-        return list(self.model_stub.Tokenize(pb.TokenizeRequest(model=model, text=text),
-                                             timeout=self._timeout(timeout)).ids)
+        return list(self._unary("Tokenize", self.model_stub.Tokenize,
+                                pb.TokenizeRequest(model=model, text=text), timeout,
+                                Safety.READ_ONLY).ids)
 
     def detokenize(self, ids: Iterable[int], model: str = "", timeout: Any = _UNSET) -> str:
         """The text of token ids."""
-        return self.model_stub.Detokenize(pb.DetokenizeRequest(model=model, ids=list(ids)),
-                                          timeout=self._timeout(timeout)).text
+        return self._unary("Detokenize", self.model_stub.Detokenize,
+                           pb.DetokenizeRequest(model=model, ids=list(ids)), timeout,
+                           Safety.READ_ONLY).text
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -379,23 +406,26 @@ class MnemoClient:
         sampling = _as_sampling(default_sampling)
         if sampling is not None:
             request.default_sampling.CopyFrom(sampling)
-        return self.session_stub.CreateSession(request, timeout=self._timeout(timeout))
+        # Not repeated after a transport failure: a duplicate would open a second session.
+        return self._unary("CreateSession", self.session_stub.CreateSession, request, timeout,
+                           Safety.UNSAFE)
 
     def get_session(self, session_id: str, timeout: Any = _UNSET):
         """The session's current description (mnemo.v1.Session); NOT_FOUND if gone."""
-        return self.session_stub.GetSession(pb.GetSessionRequest(session_id=session_id),
-                                            timeout=self._timeout(timeout),
-                                            metadata=self._metadata(session_id))
+        return self._unary("GetSession", self.session_stub.GetSession,
+                           pb.GetSessionRequest(session_id=session_id), timeout,
+                           Safety.READ_ONLY, session_id)
 
     def iter_sessions(self, label_filter: Optional[Mapping[str, str]] = None,
                       page_size: int = 0, timeout: Any = _UNSET) -> Iterator:
         """Yields every session (oldest first), fetching page after page."""
         token = ""
         while True:
-            page = self.session_stub.ListSessions(
+            page = self._unary(
+                "ListSessions", self.session_stub.ListSessions,
                 pb.ListSessionsRequest(page_size=page_size, page_token=token,
                                        label_filter=dict(label_filter or {})),
-                timeout=self._timeout(timeout))
+                timeout, Safety.READ_ONLY)
             yield from page.sessions
             token = page.next_page_token
             if not token:
@@ -409,10 +439,13 @@ class MnemoClient:
     def delete_session(self, session_id: str, expected_state_version: int = 0,
                        timeout: Any = _UNSET) -> None:
         """Frees the session (ABORTED while a request runs on it)."""
-        self.session_stub.DeleteSession(
-            pb.DeleteSessionRequest(session_id=session_id,
-                                    expected_state_version=expected_state_version),
-            timeout=self._timeout(timeout), metadata=self._metadata(session_id))
+        # A pinned delete repeated after a transport failure finds the session gone (NOT_FOUND)
+        # or busy (ABORTED) if the first attempt got through: both mean "outcome unknown".
+        self._unary("DeleteSession", self.session_stub.DeleteSession,
+                    pb.DeleteSessionRequest(session_id=session_id,
+                                            expected_state_version=expected_state_version),
+                    timeout, _pinned(expected_state_version), session_id,
+                    unknown_codes=(grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND))
 
     def fork_session(self, session_id: str, expected_state_version: int = 0,
                      labels: Optional[Mapping[str, str]] = None, ttl_s: Optional[float] = None,
@@ -423,8 +456,10 @@ class MnemoClient:
                                         labels=dict(labels or {}))
         if ttl_s is not None:
             request.ttl.CopyFrom(duration(ttl_s))
-        return self.session_stub.ForkSession(request, timeout=self._timeout(timeout),
-                                             metadata=self._metadata(session_id))
+        # Never repeated after a transport failure: a fork leaves the source's version as it
+        # was, so pinning it does not stop a duplicate (a second child).
+        return self._unary("ForkSession", self.session_stub.ForkSession, request, timeout,
+                           Safety.UNSAFE, session_id)
 
     def export_session_stream(self, session_id: str, expected_state_version: int = 0,
                               timeout: Any = _UNSET):
@@ -436,8 +471,10 @@ class MnemoClient:
         """
         request = pb.ExportSessionRequest(session_id=session_id,
                                           expected_state_version=expected_state_version)
-        return self.session_stub.ExportSession(request, timeout=self._timeout(timeout),
-                                               metadata=self._metadata(session_id))
+        metadata = self._metadata(session_id)
+        retrier = self._retrier("ExportSession", timeout, Safety.READ_ONLY)
+        return RetryingStream(retrier, lambda t: self.session_stub.ExportSession(
+            request, timeout=t, metadata=metadata))
 
     def export_session(self, session_id: str, expected_state_version: int = 0,
                        timeout: Any = _UNSET) -> bytes:
@@ -477,9 +514,23 @@ class MnemoClient:
                                         durability=durability_value(durability))
         if ttl_s is not None:
             first.ttl.CopyFrom(duration(ttl_s))
-        requests = import_requests(first, data, chunk_bytes)
-        return self.session_stub.ImportSession(requests, timeout=self._timeout(timeout),
-                                               metadata=self._metadata(session_id))
+        if isinstance(data, (bytes, bytearray, memoryview)):  # cut again for every attempt
+            def requests() -> Iterator[pb.ImportSessionRequest]:
+                header = pb.ImportSessionRequest()
+                header.CopyFrom(first)
+                return import_requests(header, data, chunk_bytes)
+            replayable = lambda: True  # noqa: E731
+        else:  # an iterable is read once: keep what was sent (up to the replay buffer's limit)
+            buffer = ReplayBuffer(import_requests(first, data, chunk_bytes),
+                                  self.retry_policy.replay_buffer_bytes)
+            requests = buffer.attempt
+            replayable = lambda: buffer.replayable  # noqa: E731
+        # Replacing a pinned session is refused when repeated; a new session would be a second.
+        safety = _pinned(expected_state_version if session_id else 0)
+        metadata = self._metadata(session_id)
+        return self._retrier("ImportSession", timeout, safety).run(
+            lambda t: self.session_stub.ImportSession(requests(), timeout=t, metadata=metadata),
+            replayable)
 
     # -- inference -------------------------------------------------------------------------
 
@@ -493,27 +544,38 @@ class MnemoClient:
         with every IngestProgress the server sends (one per message, then the final one). If
         the iterable or the callback raises, the call is cancelled (the session keeps its
         previous version) and that exception propagates.
+
+        A retried attempt (see the module docstring) sends the chunks again from the start, so
+        `on_progress` then starts over; chunks beyond the policy's replay_buffer_bytes are not
+        kept and the call is then not retried.
         """
         requests = _requests or _IngestRequests(session_id, chunks, expected_state_version)
-        call = self.inference_stub.Ingest(iter(requests), timeout=self._timeout(timeout),
-                                          metadata=self._metadata(session_id))
-        requests.attach(call)
-        last = None
-        try:
-            for progress in call:
-                last = progress
-                if on_progress is not None:
-                    on_progress(progress)
-        except grpc.RpcError:
+        buffer = ReplayBuffer(iter(requests), self.retry_policy.replay_buffer_bytes)
+        metadata = self._metadata(session_id)
+
+        def attempt(attempt_timeout):
+            call = self.inference_stub.Ingest(buffer.attempt(), timeout=attempt_timeout,
+                                              metadata=metadata)
+            requests.attach(call)
+            last = None
+            try:
+                for progress in call:
+                    last = progress
+                    if on_progress is not None:
+                        on_progress(progress)
+            except grpc.RpcError:
+                if requests.error is not None:
+                    raise requests.error
+                raise
+            except BaseException:
+                call.cancel()
+                raise
             if requests.error is not None:
                 raise requests.error
-            raise
-        except BaseException:
-            call.cancel()
-            raise
-        if requests.error is not None:
-            raise requests.error
-        return last
+            return last
+
+        retrier = self._retrier("Ingest", timeout, _pinned(expected_state_version))
+        return retrier.run(attempt, lambda: buffer.replayable)
 
     def ingest_text(self, session_id: str, text: str, chunk_bytes: int = 65536,
                     **kwargs):
@@ -589,9 +651,10 @@ class MnemoClient:
         session's default sampling (greedy one-shot). `commit` is "keep_all", "keep_prompt",
         "scratch" or a CommitMode (None: the server's default).
 
-        The returned object is a gRPC call: iterate it for the events (Started, Delta…,
+        The returned object acts as the gRPC call: iterate it for the events (Started, Delta…,
         Final); `cancel()` stops the generation (iteration then raises grpc.RpcError with
-        CANCELLED); errors raise grpc.RpcError while iterating.
+        CANCELLED); errors raise grpc.RpcError while iterating. A retryable failure before the
+        first event starts the call again transparently; after an event it is raised.
         """
         request = self._generate_request(
             session_id, prompt, model=model, max_tokens=max_tokens, sampling=sampling,
@@ -599,8 +662,13 @@ class MnemoClient:
             repetition_penalty=repetition_penalty, seed=seed, stop=stop, stop_ids=stop_ids,
             ignore_eos=ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
             commit=commit, expected_state_version=expected_state_version)
-        return self.inference_stub.Generate(request, timeout=self._timeout(timeout),
-                                            metadata=self._metadata(session_id))
+        # One-shot and scratch generations change no session: read-only.
+        read_only = not session_id or request.commit == pb.COMMIT_MODE_SCRATCH
+        safety = Safety.READ_ONLY if read_only else _pinned(expected_state_version)
+        metadata = self._metadata(session_id)
+        return RetryingStream(self._retrier("Generate", timeout, safety),
+                              lambda t: self.inference_stub.Generate(request, timeout=t,
+                                                                     metadata=metadata))
 
     def generate_result(self, session_id: str = "", prompt: Prompt = None, *,
                         on_delta: Optional[Callable[[Any], None]] = None,
@@ -630,5 +698,6 @@ class MnemoClient:
         elif ids is not None:
             request.ids.SetInParent()
             request.ids.ids.extend(int(i) for i in ids)
-        return self.inference_stub.Score(request, timeout=self._timeout(timeout),
-                                         metadata=self._metadata(session_id))
+        safety = _pinned(expected_state_version) if commit and session_id else Safety.READ_ONLY
+        return self._unary("Score", self.inference_stub.Score, request, timeout, safety,
+                           session_id)

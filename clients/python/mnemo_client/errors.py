@@ -1,10 +1,13 @@
-"""Decoding the error details a mnemo server attaches to a failed call.
+"""Decoding the error details a mnemo server attaches to a failed call, and the client's own
+error class for a retried call whose outcome is unknown.
 
 Every client method raises `grpc.RpcError` on failure (the error is also a `grpc.Call`: it has
 `code()`, `details()` and `trailing_metadata()`). An INVALID_ARGUMENT status carries a
 `google.rpc.Status` in the `grpc-status-details-bin` trailer whose details hold a
-`google.rpc.BadRequest` naming each wrong field; mnemo.v1 defines wire-identical copies
-(`RpcStatus`, `BadRequest`) so no googleapis protos are needed to read them.
+`google.rpc.BadRequest` naming each wrong field; retryable refusals (ABORTED "SESSION_MOVED",
+UNAVAILABLE "DRAINING") carry a `google.rpc.ErrorInfo` with the reason. mnemo.v1 defines
+wire-identical copies (`RpcStatus`, `BadRequest`, `ErrorInfo`) so no googleapis protos are needed
+to read them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import grpc
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 BAD_REQUEST_TYPE_URL = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO_TYPE_URL = "type.googleapis.com/google.rpc.ErrorInfo"
+
+# ErrorInfo reasons (domain "mnemo.v1") the clients retry.
+SESSION_MOVED = "SESSION_MOVED"  # ABORTED: another replica owns the session; nothing committed
+DRAINING = "DRAINING"            # UNAVAILABLE: the server is shutting down; nothing was done
 
 
 def status_details_bytes(rpc_error: grpc.RpcError) -> Optional[bytes]:
@@ -66,3 +74,70 @@ def bad_request_violations(rpc_error: grpc.RpcError) -> list[tuple[str, str]]:
     """
     status = rpc_status(rpc_error)
     return [] if status is None else violations_from_status(status)
+
+
+def error_info_from_status(status):
+    """The first ErrorInfo detail of `status` (a mnemo.v1.RpcStatus), or None."""
+    from mnemo.v1 import mnemo_pb2
+
+    for detail in status.details:
+        if detail.type_url == ERROR_INFO_TYPE_URL or detail.type_url.endswith("/mnemo.v1.ErrorInfo"):
+            info = mnemo_pb2.ErrorInfo()
+            info.ParseFromString(detail.value)
+            return info
+    return None
+
+
+def error_info(rpc_error: grpc.RpcError):
+    """The `mnemo.v1.ErrorInfo` (≙ google.rpc.ErrorInfo) of a failed call, or None without one."""
+    try:
+        status = rpc_status(rpc_error)
+    except Exception:  # noqa: BLE001 - undecodable details are no details
+        return None
+    return None if status is None else error_info_from_status(status)
+
+
+def error_reason(rpc_error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call ("SESSION_MOVED", "DRAINING", …), or ""."""
+    info = error_info(rpc_error)
+    return info.reason if info is not None else ""
+
+
+class OutcomeUnknownError(grpc.RpcError):
+    """A state-changing call broke on the transport (UNAVAILABLE, possibly after reaching the
+    server); the client retried it because the caller pinned `expected_state_version`, and the
+    retry was refused (ABORTED: version mismatch or the session busy with the first attempt;
+    NOT_FOUND for a delete). The first attempt may or may not have taken effect: read the
+    session (`get_session`) to find out.
+
+    Still a `grpc.RpcError` whose `code()`, `details()` and `trailing_metadata()` are those of
+    the original transport error; `original` is that error, `retry_error` the refusal.
+    """
+
+    def __init__(self, original: grpc.RpcError, retry_error: grpc.RpcError, method: str = ""):
+        self.original = original
+        self.retry_error = retry_error
+        self.method = method
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        def describe(e):
+            code = e.code() if callable(getattr(e, "code", None)) else None
+            details = e.details() if callable(getattr(e, "details", None)) else str(e)
+            return f"{getattr(code, 'name', code)}: {details}"
+        return (f"{self.method or 'call'}: outcome unknown: the first attempt failed "
+                f"({describe(self.original)}) and its retry was refused "
+                f"({describe(self.retry_error)}); the first attempt may have taken effect")
+
+    def code(self):
+        return self.original.code()
+
+    def details(self):
+        return self._message()
+
+    def trailing_metadata(self):
+        trailing = getattr(self.original, "trailing_metadata", None)
+        return trailing() if callable(trailing) else None
+
+    def __str__(self) -> str:
+        return self._message()
