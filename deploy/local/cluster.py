@@ -314,28 +314,40 @@ class Router:
                 raise self._fail(f"not listening after {timeout:.0f} s")
             time.sleep(0.05)
 
-    def _worker_starts(self) -> int:
+    def _error_log(self) -> str:
         try:
             with open(self.error_log, encoding="utf-8", errors="replace") as f:
-                return f.read().count("start worker process")
+                return f.read()
         except OSError:
-            return 0
+            return ""
+
+    def _workers(self) -> tuple[set[str], set[str]]:
+        """(pids of every worker started, pids of workers told to shut down), from the log."""
+        text = self._error_log()
+        started = set(re.findall(r"start worker process (\d+)", text))
+        leaving = set(re.findall(r"(\d+)#\d+: gracefully shutting down", text))
+        return started, leaving
 
     def set_upstreams(self, upstreams: Sequence[str], timeout: float = 30.0) -> None:
-        """Re-renders the configuration for `upstreams` and reloads nginx (SIGHUP): new calls
-        use the new list as soon as this returns; calls in flight finish on the old workers."""
+        """Re-renders the configuration for `upstreams` and reloads nginx (SIGHUP). Returns once
+        the new workers run and the old ones have stopped accepting connections: a connection
+        opened from then on uses the new list. Calls in flight, and further calls on a
+        connection opened before, stay with an old worker until that connection is idle."""
         self.upstreams = list(upstreams)
         self._render()
-        before = self._worker_starts()
+        old, _ = self._workers()
         self.proc.send_signal(signal.SIGHUP)
         workers = int(self.render_options.get("worker_processes", 1))
         end = time.monotonic() + timeout
-        while self._worker_starts() < before + workers:
+        while True:
+            started, leaving = self._workers()
+            if len(started - old) >= workers and old <= leaving:
+                return
             if self.proc.poll() is not None:
                 raise self._fail(f"exited with {self.proc.returncode} on reload")
             if time.monotonic() > end:
-                raise self._fail(f"no new worker {timeout:.0f} s after the reload")
-            time.sleep(0.05)
+                raise self._fail(f"the reload did not replace the workers in {timeout:.0f} s")
+            time.sleep(0.02)
 
     def access_entries(self) -> list[AccessEntry]:
         """Every call logged so far (nginx writes a line when a call ends)."""

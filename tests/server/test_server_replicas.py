@@ -96,15 +96,19 @@ def router_cluster(server_bin, tiny_model, tmp_path_factory):
     close_cluster(cluster)
 
 
-def routes(cluster: Cluster, client: MnemoClient, ids: list[str]) -> dict[str, str]:
+def routes(cluster: Cluster, ids: list[str]) -> dict[str, str]:
     """{session id: replica id} of a GetSession per id through the router (the sessions do not
-    exist: every replica answers NOT_FOUND, and the access log says which one did)."""
+    exist: every replica answers NOT_FOUND, and the access log says which one did).
+
+    A new connection each time: after a reload, a connection opened before it stays with an old
+    nginx worker (and the old upstream list) until it is idle and closed."""
     before = len(cluster.router.access_entries())
-    for sid in ids:
-        try:
-            client.get_session(sid)
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.NOT_FOUND, f"{e.code().name}: {e.details()}"
+    with MnemoClient(cluster.router_target, timeout=30) as client:
+        for sid in ids:
+            try:
+                client.get_session(sid)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND, f"{e.code().name}: {e.details()}"
     entries = cluster.router.entries_after(before, len(ids))
     assert [e.session for e in entries] == ids, "the access log lacks calls"
     return {e.session: replica_of(cluster, e.upstream) for e in entries}
@@ -116,8 +120,8 @@ def test_the_router_keeps_a_session_on_one_replica_and_spreads_the_rest(router_c
     ids = [f"{rng.getrandbits(128):032x}" for _ in range(60)]
     names = sorted(r.replica_id for r in cluster.replicas)
     with MnemoClient(cluster.router_target, timeout=30) as client:
-        first = routes(cluster, client, ids)
-        assert routes(cluster, client, ids) == first, "a session id moved between replicas"
+        first = routes(cluster, ids)
+        assert routes(cluster, ids) == first, "a session id moved between replicas"
         assert sorted(set(first.values())) == names, f"the ids did not spread: {first}"
 
         # No session id: round-robin over every replica, not all to one.
@@ -132,7 +136,7 @@ def test_the_router_keeps_a_session_on_one_replica_and_spreads_the_rest(router_c
         # no error); every other session stays where it was.
         down = cluster.replicas[1]
         down.kill()
-        during = routes(cluster, client, ids)
+        during = routes(cluster, ids)
         for sid, where in first.items():
             if where == down.replica_id:
                 assert during[sid] != down.replica_id
@@ -141,18 +145,18 @@ def test_the_router_keeps_a_session_on_one_replica_and_spreads_the_rest(router_c
         # Back on its ports: its sessions return once nginx retries it (fail_timeout).
         down.start()
         down.wait_serving()
-        wait_until(lambda: routes(cluster, client, ids) == first, timeout=20, interval=0.5,
+        wait_until(lambda: routes(cluster, ids) == first, timeout=20, interval=0.5,
                    message="the restarted replica's sessions to return to it")
 
         # A fourth replica: only sessions that now hash to it move; it leaves, they return.
         joined = cluster.add_replica()
-        with_four = routes(cluster, client, ids)
+        with_four = routes(cluster, ids)
         moved = {sid for sid in ids if with_four[sid] != first[sid]}
         assert moved and all(with_four[sid] == joined.replica_id for sid in moved), (
             f"a joining replica moved sessions between the others: {with_four}")
         assert len(moved) < len(ids) / 2, f"{len(moved)} of {len(ids)} sessions moved"
         assert cluster.remove_replica(joined) == 0, "the leaving replica did not exit 0"
-        assert routes(cluster, client, ids) == first
+        assert routes(cluster, ids) == first
 
 
 # --- Prometheus -------------------------------------------------------------------------------
