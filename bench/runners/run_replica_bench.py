@@ -20,8 +20,8 @@ router is deploy/nginx/mnemo.conf.template).
   full memory are made on replica A; each is then called directly on replica B, which has A
   hand it off (A writes a snapshot to the shared store and lets go) and restores it. The first
   request's latency on B less a resident request's is the move; the replicas' own
-  ``mnemo_session_handoffs_total`` and ``mnemo_session_restores_total{source}`` confirm what
-  happened. Limit, in the same run: the state's bytes written with fsync and read back at the
+  ``mnemo_session_handoffs_total`` and ``mnemo_session_restores_total`` confirm what happened
+  (``server_counted``: [hand-offs, restores] per replica). Limit, in the same run: the state's bytes written with fsync and read back at the
   disk's measured bandwidth (dd, run_durability_bench's).
 
 Output: JSON lines in --out-dir (replica-<UTC time>-<commit>.jsonl) and a summary on stdout.
@@ -266,8 +266,7 @@ def handoff_points(args, model_dir, name):
                 ids.append(sid)
             quiet(30)
             before = {r.replica_id: (metric_sum(r, "mnemo_session_handoffs_total"),
-                                     metric_sum(r, "mnemo_session_restores_total",
-                                                source="handoff"))
+                                     metric_sum(r, "mnemo_session_restores_total"))
                       for r in (a, b)}
             moves, resident = [], []
             for sid in ids:
@@ -279,8 +278,7 @@ def handoff_points(args, model_dir, name):
                 resident.append(time.perf_counter() - t)
             state = cb.get_session(ids[0]).state_bytes
             after = {r.replica_id: (metric_sum(r, "mnemo_session_handoffs_total"),
-                                    metric_sum(r, "mnemo_session_restores_total",
-                                               source="handoff"))
+                                    metric_sum(r, "mnemo_session_restores_total"))
                      for r in (a, b)}
     finally:
         cluster.close()
@@ -294,7 +292,7 @@ def handoff_points(args, model_dir, name):
                                for rid in after}}
     log(f"{name}: hand-off of {state / MIB:.2f} MiB: first request {line['first_request_ms_p50']:.1f}"
         f" ms vs resident {line['resident_request_ms_p50']:.1f} ms (server counted "
-        f"[handoffs, restores from hand-off] {line['server_counted']})")
+        f"[handoffs, restores] {line['server_counted']})")
     return [line]
 
 
