@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mnemo needs on Debian bookworm, idempotently (only what is missing).
 #   tools/setup.sh build   Debian packages for building and running (C++ toolchain, libraries)
-#   tools/setup.sh test    the above, the test tooling, and a venv in .venv that sees Debian's
+#   tools/setup.sh test    the above, the test tooling (with nginx), and a venv in .venv that sees Debian's
 #                          python3-torch, adds pinned PyPI packages (tools/requirements.txt) and
 #                          finds the project's Python packages (mnemo.pth; python/README.md)
 #   tools/setup.sh deploy  only what tools/check_deploy.sh needs: kubectl 1.20 (Debian's
@@ -18,8 +18,9 @@ debs=(
 )
 deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
+  # nginx: the router of the replica tests (tests/server/test_server_replicas.py).
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
-         python3-torch bible-kjv bible-kjv-text "${deploy_debs[@]}")
+         python3-torch bible-kjv bible-kjv-text nginx "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then
   debs=(python3 "${deploy_debs[@]}")
 elif [ "$mode" != build ]; then
