@@ -549,13 +549,22 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       return absl::UnavailableError(
           absl::StrCat("session ", id, " could not be taken over: ", s.message(), "; retry"));
     };
-    absl::StatusOr<SessionOwner> owner = store.Owner(id);
-    if (!owner.ok()) return unavailable(owner.status());
-    if (owner->epoch == 0) return not_found;
-    if (!owner->replica.empty() && owner->replica != options_.replica_id &&
-        !owner->address.empty() && options_.hand_off) {
-      // The owner writes its newest version and lets go; an owner that cannot be reached is
-      // fenced by the claim below (its newest durable version is what moves).
+    // The claim follows the owner record it saw: a live owner is asked to let go first (and the
+    // record read again: it may have released it, or another replica may own it by then, which
+    // is asked in turn); an owner that cannot be reached, or says it does not hold the session,
+    // is claimed over as it stands (the claim fences it; its newest durable version moves).
+    absl::StatusOr<SessionOwner> owner;
+    int64_t asked_epoch = -1;
+    for (int round = 0;; ++round) {
+      owner = store.Owner(id);
+      if (!owner.ok()) return unavailable(owner.status());
+      if (owner->epoch == 0) return not_found;
+      const bool live = !owner->replica.empty() && owner->replica != options_.replica_id &&
+                        !owner->address.empty() && options_.hand_off;
+      if (!live || owner->epoch == asked_epoch) break;
+      if (round == 4) {
+        return unavailable(absl::UnavailableError("its owner changed while it was being asked"));
+      }
       const absl::Status handed = options_.hand_off(owner->address, id);
       const bool unreachable = absl::IsUnavailable(handed) || absl::IsDeadlineExceeded(handed);
       if (metrics_ != nullptr) {
@@ -563,13 +572,13 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
                                 : unreachable                           ? "unreachable"
                                                                         : "error");
       }
-      if (!handed.ok() && !absl::IsNotFound(handed) && !unreachable) {
+      if (unreachable) break;  // claimed over the record as read
+      if (!handed.ok() && !absl::IsNotFound(handed)) {
         return unavailable(absl::Status(
             handed.code(), absl::StrCat("replica ", owner->replica, " did not hand it off (",
                                         handed.message(), ")")));
       }
-      owner = store.Owner(id);
-      if (!owner.ok()) return unavailable(owner.status());
+      asked_epoch = owner->epoch;
     }
     absl::StatusOr<int64_t> claimed =
         store.Claim(id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise});
