@@ -257,7 +257,7 @@ absl::Status Serve(int argc, char** argv) {
       return absl::InvalidArgumentError("--replica-id needs --session-store DIR (shared)");
     }
     const bool wildcard = listen.rfind("0.0.0.0:", 0) == 0 || listen.rfind("[::]:", 0) == 0 ||
-                          listen.rfind(":", 0) == 0;
+                          listen.rfind(':', 0) == 0;
     session_options.advertise = flags.Get("advertise", wildcard ? "" : listen);
     if (session_options.advertise.empty()) {
       std::fprintf(stderr,

@@ -211,12 +211,12 @@ absl::Status SessionLease::Persist(int64_t tokens_added) {
 // --- SessionManager -----------------------------------------------------------------------------
 
 SessionManager::SessionManager(SessionManagerOptions options, Metrics* metrics)
-    : options_(options),
+    : options_(std::move(options)),
       metrics_(metrics),
-      writer_(options.store == nullptr
+      writer_(options_.store == nullptr
                   ? nullptr
                   : std::make_unique<StoreWriter>(
-                        options.store, metrics,
+                        options_.store, metrics,
                         [this](const std::string& id, int64_t version, const absl::Status& s) {
                           OnStoreWrite(id, version, s);
                         })),
