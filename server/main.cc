@@ -390,9 +390,10 @@ absl::Status Serve(int argc, char** argv) {
   // Replicas: sessions go to the store and are let go while the listener still answers
   // hand-offs, so a replica taking one over meanwhile gets it from here.
   int released = sessions->ReleaseAll();
-  // The grace is over (or nothing runs): whatever still runs is cancelled now, and idle client
-  // connections are not waited for.
-  server->Shutdown(absl::ToChronoTime(absl::Now()));
+  // The grace is over (or nothing runs). Calls that arrived meanwhile get two more seconds to
+  // send their DRAINING answer (cancelling them would tell a client "CANCELLED", which it may
+  // not retry); then whatever still runs is cancelled, and idle connections are not waited for.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   models->Shutdown();
   server->Wait();
   released += sessions->ReleaseAll();  // those whose requests ran past the grace
