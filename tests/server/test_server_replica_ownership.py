@@ -18,10 +18,11 @@ import time
 import grpc
 import pytest
 from mnemo.v1 import mnemo_pb2 as pb
-from mnemo_client import MnemoClient, health
+from mnemo_client import MnemoClient, errors, health
 
 from durability_harness import assert_same, doc_chunks, observe, wait_durable
-from server_harness import (BASE_FLAGS, RUNNING_SERVERS, ServerProcess, free_port, wait_until)
+from server_harness import (BASE_FLAGS, RUNNING_SERVERS, ServerProcess, expect_error, free_port,
+                            wait_until)
 
 HANDOFF_TIMEOUT_S = 1.0
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -65,66 +66,16 @@ def reference(shared_client):
 
 
 def error_info(error: grpc.RpcError):
-    """(reason, domain) of the mnemo.v1.ErrorInfo detail in the call's grpc-status-details-bin
-    trailer, or None when it carries none."""
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = pb.RpcStatus()
-        status.ParseFromString(value)
-        assert status.code == error.code().value[0], (status.code, error.code())
-        for detail in status.details:
-            if detail.type_url == ERROR_INFO_TYPE:
-                return parse_error_info(detail.value)
-    return None
-
-
-def parse_error_info(data: bytes) -> tuple[str, str]:
-    """(reason, domain) of a serialized mnemo.v1.ErrorInfo. Generated stubs older than the
-    message lack pb.ErrorInfo: then its two string fields are read off the wire directly."""
-    if hasattr(pb, "ErrorInfo"):
-        info = pb.ErrorInfo()
-        info.ParseFromString(data)
-        return info.reason, info.domain
-    fields, pos = {}, 0
-
-    def varint():
-        nonlocal pos
-        value, shift = 0, 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while pos < len(data):
-        key = varint()
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            varint()
-        elif wire_type == 2:
-            size = varint()
-            fields.setdefault(number, data[pos:pos + size])
-            pos += size
-        else:
-            raise AssertionError(f"unexpected wire type {wire_type} in ErrorInfo {data!r}")
-    return fields.get(1, b"").decode(), fields.get(2, b"").decode()
+    """(reason, domain) of the call's ErrorInfo detail (mnemo_client.errors), or None."""
+    info = errors.error_info(error)
+    return None if info is None else (info.reason, info.domain)
 
 
 def expect_reason(fn, code: grpc.StatusCode, reason: str) -> grpc.RpcError:
     """fn() (a stream drained) fails with `code` and an ErrorInfo{reason, domain "mnemo.v1"}."""
-    try:
-        result = fn()
-        if hasattr(result, "__iter__") and not isinstance(result, (str, bytes, list, dict)):
-            for _ in result:
-                pass
-    except grpc.RpcError as e:
-        assert e.code() == code, f"expected {code.name}, got {e.code().name}: {e.details()}"
-        assert error_info(e) == (reason, "mnemo.v1"), (e.details(), error_info(e))
-        return e
-    pytest.fail(f"expected {code.name} {reason}, the call succeeded", pytrace=False)
+    e = expect_error(fn, code)
+    assert error_info(e) == (reason, "mnemo.v1"), (e.details(), error_info(e))
+    return e
 
 
 def owner_records(store: str, session_id: str) -> list[tuple[int, str, str]]:

@@ -39,7 +39,7 @@ import pytest
 
 from deploy.local.cluster import Cluster, ClusterConfig, ClusterError
 from durability_harness import PROBE
-from mnemo_client import MnemoClient, rpc_status
+from mnemo_client import MnemoClient, errors
 from server_harness import BASE_FLAGS, document, wait_until
 
 SEED = int(os.environ.get("MNEMO_REPLICA_SEED", "1"))
@@ -229,48 +229,8 @@ def test_prometheus_scrapes_every_replica_and_evaluates_the_shipped_expressions(
 # --- sessions across replicas ----------------------------------------------------------------
 
 def error_reason(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call ("" without one)."""
-    status = rpc_status(error)
-    for detail in status.details if status is not None else ():
-        if detail.type_url == ERROR_INFO_TYPE:
-            return _first_string_field(detail.value, field=1)
-    return ""
-
-
-def _first_string_field(data: bytes, field: int) -> str:
-    """A string field of a serialized message (google.rpc.ErrorInfo.reason is field 1), read
-    from the wire format (no googleapis protos needed)."""
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while pos < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            varint()
-        elif wire == 2:
-            n = varint()
-            value = data[pos:pos + n]
-            pos += n
-            if number == field:
-                return value.decode("utf-8", errors="replace")
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            return ""
-    return ""
+    """The reason of the call's ErrorInfo detail (mnemo_client.errors), or ""."""
+    return errors.error_reason(error)
 
 
 class Outcome:
