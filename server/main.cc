@@ -1,6 +1,7 @@
 // mnemo-server: serves the mnemo.v1 gRPC API (models, sessions, ingest, generate, score) for the
 // models given with --model, with the standard health service, server reflection, and Prometheus
-// metrics over HTTP. SIGTERM/SIGINT drain: health turns NOT_SERVING and new requests get
+// metrics over HTTP; TLS or mTLS from files re-read on change, and a plaintext health-only listener
+// for probes. SIGTERM/SIGINT drain: health turns NOT_SERVING and new requests get
 // UNAVAILABLE at once, requests in flight get --shutdown-grace to finish, then (replicas) every
 // session is written to the store and let go, and the process exits. Every flag may also come
 // from the environment (MNEMO_SESSION_STORE for --session-store; the command line wins).
@@ -31,6 +32,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/fault_injecting_store_env.h"
+#include "server/health_listener.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/model_registry.h"
@@ -38,6 +40,7 @@
 #include "server/services.h"
 #include "server/session_manager.h"
 #include "server/session_store.h"
+#include "server/transport_security.h"
 
 namespace mnemo::server {
 namespace {
@@ -51,6 +54,18 @@ tokenizer.model in DIR). The first --model is the default one.
   --model-repository DIR     serve every subdirectory of DIR that holds a config.json, named
                              after it (after the --model ones)
   --listen ADDR              gRPC address (default 0.0.0.0:50051)
+  --tls-cert FILE            serve TLS with this certificate chain (PEM, leaf first); needs
+                             --tls-key. Without it the listener is plaintext
+  --tls-key FILE             the certificate's private key (PEM, unencrypted)
+  --tls-client-ca FILE       mTLS: clients must present a certificate that chains to a CA in
+                             FILE (PEM bundle); others are refused in the handshake
+  --tls-reload-interval D    how often the three files are checked for change (default 10s):
+                             new connections get the new certificate, open ones keep theirs;
+                             a file that does not parse leaves the last good one in use
+  --health-listen ADDR       a plaintext listener serving only grpc.health.v1 (same statuses:
+                             "" readiness, "liveness"), for probes that cannot speak TLS
+                             (default: none)
+  --reflection M             on (default) or off: gRPC server reflection on the main listener
   --metrics-listen ADDR      Prometheus /metrics over HTTP (default 0.0.0.0:9464; "off": none)
   --device D                 cpu (default), cuda or cuda:N
   --speculative M            off (default) or on: a model whose directory names a draft model
@@ -151,6 +166,12 @@ absl::Status Serve(int argc, char** argv) {
   const std::map<std::string, bool> known = {{"model", true},
                                              {"model-repository", true},
                                              {"listen", true},
+                                             {"tls-cert", true},
+                                             {"tls-key", true},
+                                             {"tls-client-ca", true},
+                                             {"tls-reload-interval", true},
+                                             {"health-listen", true},
+                                             {"reflection", true},
                                              {"metrics-listen", true},
                                              {"device", true},
                                              {"sparse-weights", true},
@@ -248,6 +269,18 @@ absl::Status Serve(int argc, char** argv) {
                    flags.Duration("shutdown-grace", absl::Seconds(30), absl::ZeroDuration()));
   ASSIGN_OR_RETURN(int64_t segment_tokens, flags.Int("segment-tokens", 0, 0, 1 << 20));
   const std::string listen = flags.Get("listen", "0.0.0.0:50051");
+  TlsFiles tls;
+  tls.cert = flags.Get("tls-cert", "");
+  tls.key = flags.Get("tls-key", "");
+  tls.client_ca = flags.Get("tls-client-ca", "");
+  ASSIGN_OR_RETURN(tls.reload_interval,
+                   flags.Duration("tls-reload-interval", absl::Seconds(10), absl::Seconds(1)));
+  RETURN_IF_ERROR(CheckTlsFiles(tls));
+  const std::string health_listen = flags.Get("health-listen", "");
+  const std::string reflection = flags.Get("reflection", "on");
+  if (reflection != "on" && reflection != "off") {
+    return absl::InvalidArgumentError("--reflection must be on or off");
+  }
   const std::string metrics_listen = flags.Get("metrics-listen", "0.0.0.0:9464");
   session_options.replica_id = flags.Get("replica-id", "");
   ASSIGN_OR_RETURN(absl::Duration handoff_timeout,
@@ -267,7 +300,8 @@ absl::Status Serve(int argc, char** argv) {
   }
   std::unique_ptr<ReplicaClient> replicas;
   if (!session_options.replica_id.empty()) {
-    replicas = std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout);
+    replicas = std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout,
+                                               MakeReplicaChannelCredentials(tls));
     session_options.hand_off = [&replicas](const std::string& address, const std::string& id) {
       return replicas->HandOff(address, id);
     };
@@ -326,7 +360,11 @@ absl::Status Serve(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, MakeServerCredentials(tls), &port);
+  if (reflection == "off") {
+    builder.SetOption(
+        std::make_unique<WithoutPlugins>(std::vector<std::string>{kReflectionPlugin}));
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
   builder.RegisterService(&model_service);
   builder.RegisterService(&session_service);
@@ -338,6 +376,13 @@ absl::Status Serve(int argc, char** argv) {
   if (server == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
   }
+  std::unique_ptr<HealthListener> health_listener;
+  if (!health_listen.empty()) {
+    ASSIGN_OR_RETURN(health_listener, HealthListener::Start(health_listen));
+    std::fprintf(stderr, "mnemo-server: health (plaintext) on %s (port %d)\n",
+                 health_listen.c_str(), health_listener->port());
+  }
+  Health health(server.get(), health_listener.get());
   for (const auto& m : models->models()) {
     std::fprintf(stderr, "mnemo-server: model %s (%s, %s) from %s\n", m->name.c_str(),
                  m->device.c_str(), m->description.fingerprint.c_str(), m->dir.c_str());
@@ -346,13 +391,15 @@ absl::Status Serve(int argc, char** argv) {
                    m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);
     }
   }
-  std::fprintf(stderr, "mnemo-server: listening on %s (port %d), metrics on %s\n", listen.c_str(),
-               port, metrics_listen.c_str());
+  std::fprintf(stderr,
+               "mnemo-server: listening on %s (port %d, %s, reflection %s), metrics on %s\n",
+               listen.c_str(), port, DescribeTransport(tls).c_str(), reflection.c_str(),
+               metrics_listen.c_str());
 
   // Health: the service "" is readiness, NOT_SERVING while draining or when a new session would
   // be refused; "liveness" stays SERVING while the process answers at all (a liveness probe must
   // not restart a replica for being busy or draining).
-  server->GetHealthCheckService()->SetServingStatus("liveness", true);
+  health.Set("liveness", true);
   std::mutex ready_mu;
   std::condition_variable ready_cv;
   bool stop_ready = false;
@@ -363,7 +410,7 @@ absl::Status Serve(int argc, char** argv) {
       const bool now = !ctx.draining.load() && !sessions->full();
       if (now != serving) {
         serving = now;
-        server->GetHealthCheckService()->SetServingStatus("", serving);
+        health.Set("", serving);
         metrics.SetServing(serving);
       }
       ready_cv.wait_for(lock, std::chrono::milliseconds(250));
@@ -377,7 +424,7 @@ absl::Status Serve(int argc, char** argv) {
   // (so probes see the change), requests in flight get the grace to finish, then whatever is
   // left is cancelled (and rolled back) by the transport's shutdown.
   ctx.draining = true;
-  server->GetHealthCheckService()->SetServingStatus("", false);
+  health.Set("", false);
   metrics.SetServing(false);
   {
     std::lock_guard<std::mutex> lock(ready_mu);
@@ -396,6 +443,8 @@ absl::Status Serve(int argc, char** argv) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   models->Shutdown();
   server->Wait();
+  // Probes see NOT_SERVING readiness until the main listener is gone.
+  if (health_listener != nullptr) health_listener->Shutdown();
   released += sessions->ReleaseAll();  // those whose requests ran past the grace
   sessions->FlushStore();              // ASYNC snapshots already queued reach the store
   if (sessions->replica_mode()) {

@@ -44,7 +44,7 @@ std::shared_ptr<grpc::Channel> ReplicaClient::ChannelTo(const std::string& addre
     // A replica that is gone must not hold a take-over up for long.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    channel = grpc::CreateCustomChannel(address, credentials_, args);
   }
   return channel;
 }

@@ -13,6 +13,7 @@
 
 #include "base/mutex.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
 #include "mnemo/v1/mnemo.grpc.pb.h"
 #include "server/service_context.h"
 
@@ -37,9 +38,11 @@ class ReplicaServiceImpl final : public v1::ReplicaService::Service {
 // Calls other replicas' ReplicaService, keeping one channel per address.
 class ReplicaClient {
  public:
-  // `self` names this replica in requests; `timeout` bounds each call.
-  ReplicaClient(std::string self, absl::Duration timeout)
-      : self_(std::move(self)), timeout_(timeout) {}
+  // `self` names this replica in requests; `timeout` bounds each call; `credentials` are those
+  // of the replicas' listeners (insecure when they are plaintext).
+  ReplicaClient(std::string self, absl::Duration timeout,
+                std::shared_ptr<grpc::ChannelCredentials> credentials)
+      : self_(std::move(self)), timeout_(timeout), credentials_(std::move(credentials)) {}
 
   // OK once the replica at `address` handed session `id` off; NOT_FOUND when it does not hold it;
   // ABORTED while a request still runs there; UNAVAILABLE when it cannot be reached (gone, or
@@ -51,6 +54,7 @@ class ReplicaClient {
 
   const std::string self_;
   const absl::Duration timeout_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };
