@@ -19,6 +19,7 @@ import pytest
 
 from mnemo_client import MnemoClient
 from mnemo_client import health
+from mnemo_client.tls import TlsConfig
 
 # Tokens per model segment of the test servers; the offline reference uses the same.
 SEGMENT_TOKENS = 16
@@ -40,7 +41,10 @@ class ServerProcess:
     """One mnemo-server process: started on construction, stopped by `stop()`."""
 
     def __init__(self, binary: str, model_dir: str, workdir: str, extra_flags: Iterable[str] = (),
-                 models: Optional[list[str]] = None, grace_s: float = 5.0):
+                 models: Optional[list[str]] = None, grace_s: float = 5.0,
+                 tls: Optional[TlsConfig] = None):
+        # `tls`: how the harness and client() connect when the server's listener is TLS.
+        self.tls = tls
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -55,7 +59,7 @@ class ServerProcess:
         self._log = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
-        self.channel = grpc.insecure_channel(self.target)
+        self.channel = self.new_channel()
         self.returncode: Optional[int] = None
         self.sigterm_sent = False
         RUNNING_SERVERS.append(self)
@@ -89,7 +93,7 @@ class ServerProcess:
                     time.sleep(0.02)
                     continue
                 self.channel.close()
-                self.channel = grpc.insecure_channel(self.target)
+                self.channel = self.new_channel()
                 fresh = True
             try:
                 status = health.health_check(self.channel, timeout=1.0)
@@ -101,8 +105,13 @@ class ServerProcess:
             time.sleep(0.1)
         self.fail(f"mnemo-server not SERVING after {timeout:.0f} s (last: {last})")
 
+    def new_channel(self) -> grpc.Channel:
+        if self.tls is not None:
+            return self.tls.channel(self.target)
+        return grpc.insecure_channel(self.target)
+
     def client(self, timeout: Optional[float] = 120.0) -> MnemoClient:
-        return MnemoClient(self.target, timeout=timeout)
+        return MnemoClient(self.target, timeout=timeout, tls=self.tls)
 
     def health(self, timeout: float = 2.0) -> int:
         return health.health_check(self.channel, timeout=timeout)

@@ -8,7 +8,7 @@ writes them to `<build dir>/python`, so run from a checkout with
 
 `MnemoClient` is the entry point (see `mnemo_client.client`); errors are `grpc.RpcError`,
 `bad_request_violations(e)` lists the fields an INVALID_ARGUMENT names and `error_reason(e)` the
-ErrorInfo reason. Retries: `mnemo_client.retry` (`RetryPolicy`, `OutcomeUnknownError`). The pure
+ErrorInfo reason. TLS and mTLS: `mnemo_client.tls.TlsConfig`. Retries: `mnemo_client.retry` (`RetryPolicy`, `OutcomeUnknownError`). The pure
 helpers (`mnemo_client.utf8`, `mnemo_client.health`) import without the stubs; the names below
 are loaded on first use.
 """
@@ -16,6 +16,7 @@ are loaded on first use.
 from mnemo_client.errors import (OutcomeUnknownError, bad_request_violations, error_info,
                                  error_reason, rpc_status)
 from mnemo_client.retry import RetryPolicy
+from mnemo_client.tls import TlsConfig
 
 __all__ = [
     "MnemoClient",
@@ -30,6 +31,7 @@ __all__ = [
     "rpc_status",
     "OutcomeUnknownError",
     "RetryPolicy",
+    "TlsConfig",
 ]
 
 _CLIENT_NAMES = {"MnemoClient", "GenerateResult", "collect_generate", "commit_mode",

@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "(SESSION_MOVED, DRAINING) or that broke on the network")
     parser.add_argument("--json", action="store_true",
                         help="print responses as JSON (one object per line)")
+    tls = parser.add_argument_group(
+        "TLS", "any of these makes the connection TLS (plaintext without them)")
+    tls.add_argument("--tls-ca", metavar="FILE", default=None,
+                     help="CA certificates (PEM) to verify the server with (default: the "
+                          "system's roots)")
+    tls.add_argument("--tls-cert", metavar="FILE", default=None,
+                     help="client certificate chain (PEM) for mTLS; needs --tls-key")
+    tls.add_argument("--tls-key", metavar="FILE", default=None,
+                     help="the client certificate's private key (PEM)")
+    tls.add_argument("--tls-server-name", metavar="NAME", default=None,
+                     help="name the server's certificate must carry (default: the target's "
+                          "host)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("models", help="list the loaded models")
@@ -235,6 +247,16 @@ def _score(client, args) -> int:
     return 0
 
 
+def tls_config(args):
+    """The TlsConfig the --tls-* flags ask for, or None (plaintext) when none is given."""
+    from mnemo_client.tls import TlsConfig
+
+    if not any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)):
+        return None
+    return TlsConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
+                     server_name=args.tls_server_name)
+
+
 def run(args) -> int:
     """Executes one parsed command; returns the exit status (RpcError propagates)."""
     from mnemo_client import health as health_mod
@@ -242,7 +264,8 @@ def run(args) -> int:
     from mnemo_client.retry import RetryPolicy
 
     retry = None if args.no_retry else RetryPolicy()
-    with MnemoClient(args.target, timeout=args.timeout, retry=retry) as client:
+    with MnemoClient(args.target, timeout=args.timeout, retry=retry,
+                     tls=tls_config(args)) as client:
         cmd = args.command
         if cmd == "models":
             for m in client.models():
@@ -317,6 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "generate" and args.prompt is None and args.prompt_file is None \
             and not args.session:
         build_parser().error("generate without --session needs --prompt or --prompt-file")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        build_parser().error("--tls-cert and --tls-key go together")
     try:
         return run(args)
     except grpc.RpcError as e:

@@ -48,6 +48,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
 
 from mnemo_client import health
 from mnemo_client.retry import NO_RETRY, ReplayBuffer, Retrier, RetryingStream, RetryPolicy, Safety
+from mnemo_client.tls import TlsConfig
 from mnemo_client.utf8 import iter_utf8_chunks
 
 pb = mnemo_pb2
@@ -300,8 +301,10 @@ class MnemoClient:
     """A connection to one mnemo server.
 
     `target` is "host:port"; `timeout` is the default deadline of every call in seconds (None:
-    no deadline), retries included; each method also takes `timeout=` to override it. `channel`
-    may be given instead (e.g. a TLS channel); `target` is then ignored. `retry` is the
+    no deadline), retries included; each method also takes `timeout=` to override it. `tls` (a
+    `mnemo_client.tls.TlsConfig`) makes the channel a TLS one: the CA to trust and, for mTLS, the
+    client certificate and key; without it the channel is plaintext. `channel` may be given
+    instead of both (`target` and `tls` are then ignored). `retry` is the
     RetryPolicy (default: RetryPolicy(), 5 attempts, backoff 50 ms doubling to 2 s); None turns
     retries off. Use as a context manager or call `close()`.
     """
@@ -309,12 +312,18 @@ class MnemoClient:
     def __init__(self, target: str, timeout: Optional[float] = None, *,
                  channel: Optional[grpc.Channel] = None,
                  options: Optional[Sequence[tuple[str, Any]]] = None,
-                 retry: Optional[RetryPolicy] = _UNSET):
+                 retry: Optional[RetryPolicy] = _UNSET,
+                 tls: Optional[TlsConfig] = None):
         self.target = target
         self.timeout = timeout
         self.retry_policy = RetryPolicy() if retry is _UNSET else (retry or NO_RETRY)
         opts = list(options or []) + [("grpc.max_receive_message_length", 64 << 20)]
-        self.channel = channel if channel is not None else grpc.insecure_channel(target, opts)
+        if channel is not None:
+            self.channel = channel
+        elif tls is not None:
+            self.channel = tls.channel(target, opts)
+        else:
+            self.channel = grpc.insecure_channel(target, opts)
         self.model_stub = mnemo_pb2_grpc.ModelServiceStub(self.channel)
         self.session_stub = mnemo_pb2_grpc.SessionServiceStub(self.channel)
         self.inference_stub = mnemo_pb2_grpc.InferenceServiceStub(self.channel)
