@@ -300,6 +300,23 @@ absl::StatusOr<Client> Client::Connect(const std::string& target, RetryPolicy re
   return Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args), retry);
 }
 
+absl::StatusOr<Client> Client::Connect(const std::string& target, RetryPolicy retry,
+                                       const TlsOptions& tls) {
+  if (target.empty()) return absl::InvalidArgumentError("empty server address");
+  if (tls.cert_pem.empty() != tls.key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS: the client certificate and its key go together (both or neither)");
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls.ca_pem;
+  ssl.pem_cert_chain = tls.cert_pem;
+  ssl.pem_private_key = tls.key_pem;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
+  return Client(grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args), retry);
+}
+
 void Client::Prepare(grpc::ClientContext* context, const std::string& session_id,
                      std::optional<std::chrono::system_clock::time_point> deadline) {
   if (deadline.has_value()) context->set_deadline(*deadline);

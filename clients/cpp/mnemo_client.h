@@ -78,6 +78,14 @@ struct RetryPolicy {
   }
 };
 
+// TLS settings of a channel: PEM contents (not paths). Empty ca_pem trusts the system's roots;
+// cert_pem and key_pem (both or neither) are the client certificate chain and its private key,
+// for servers that require one (mTLS); a non-empty server_name is the name the server's
+// certificate must carry instead of the target's host.
+struct TlsOptions {
+  std::string ca_pem, cert_pem, key_pem, server_name;
+};
+
 // The next chunk of a document, std::nullopt at its end, or an error (which cancels the ingest
 // and is returned by Ingest).
 using ChunkReader = std::function<absl::StatusOr<std::optional<std::string>>()>;
@@ -101,6 +109,11 @@ class Client {
   // An insecure channel to `target` ("host:port", "unix:/path", …). Does not wait for the server:
   // the first call does (or WaitUntilReady).
   static absl::StatusOr<Client> Connect(const std::string& target, RetryPolicy retry = {});
+  // A TLS channel to `target`. INVALID_ARGUMENT when only one of cert_pem and key_pem is given;
+  // a refused handshake (unknown CA, expired certificate, no client certificate under mTLS)
+  // makes calls fail with UNAVAILABLE.
+  static absl::StatusOr<Client> Connect(const std::string& target, RetryPolicy retry,
+                                        const TlsOptions& tls);
 
   Client(Client&&) = default;
   Client& operator=(Client&&) = default;

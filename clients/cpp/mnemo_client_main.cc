@@ -39,7 +39,7 @@ using mnemo::Flags;
 using mnemo::ReadFile;
 
 constexpr char kUsage[] =
-    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json]
+    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json] [--tls-*]
                     <command> [args] [flags]
 
 global flags (before or after the command):
@@ -48,6 +48,13 @@ global flags (before or after the command):
   --no-retry           do not retry calls refused without effect (SESSION_MOVED, DRAINING) or
                        broken by the network (default: retry with backoff; clients/cpp/README.md)
   --json               print responses as JSON (protobuf field names) instead of text
+  --tls-ca FILE        connect with TLS, verifying the server with the CA certificates in FILE
+                       (PEM); any --tls-* flag turns TLS on (default: plaintext)
+  --tls-cert FILE      client certificate chain (PEM) for servers that require one (mTLS);
+                       needs --tls-key
+  --tls-key FILE       the client certificate's private key (PEM)
+  --tls-server-name N  the name the server's certificate must carry (default: the target's
+                       host)
   --help               this text
 
 commands:
@@ -509,6 +516,24 @@ absl::Status Run(Client& client, const std::string& command, const Flags& flags)
   return Usage(absl::StrCat("unknown command \"", command, "\""));
 }
 
+// The PEM files the --tls-* flags name, read now.
+absl::StatusOr<TlsOptions> ReadTlsOptions(const Flags& flags) {
+  TlsOptions tls;
+  const std::pair<const char*, std::string*> files[] = {
+      {"tls-ca", &tls.ca_pem}, {"tls-cert", &tls.cert_pem}, {"tls-key", &tls.key_pem}};
+  for (const auto& [flag, pem] : files) {
+    if (!flags.Has(flag)) continue;
+    absl::StatusOr<std::string> text = ReadFile(flags.Get(flag));
+    if (!text.ok()) {
+      return absl::Status(text.status().code(),
+                          absl::StrCat("--", flag, ": ", text.status().message()));
+    }
+    *pem = *std::move(text);
+  }
+  tls.server_name = flags.Get("tls-server-name", "");
+  return tls;
+}
+
 int UsageError(const std::string& message) {
   std::fprintf(stderr, "mnemo-client: %s (see mnemo-client --help)\n", message.c_str());
   return 2;
@@ -517,7 +542,9 @@ int UsageError(const std::string& message) {
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
   const std::map<std::string, bool> global = {
-      {"target", true}, {"timeout", true}, {"no-retry", false}, {"json", false}, {"help", false}};
+      {"target", true},   {"timeout", true}, {"no-retry", false},
+      {"json", false},    {"help", false},   {"tls-ca", true},
+      {"tls-cert", true}, {"tls-key", true}, {"tls-server-name", true}};
   size_t command_at = 0;
   absl::StatusOr<Flags> flags = Flags::ParseWithPositionals(args, 1, global, true, &command_at);
   if (!flags.ok()) return UsageError(std::string(flags.status().message()));
@@ -556,8 +583,17 @@ int Main(int argc, char** argv) {
       flags->Get("target", env_target != nullptr && *env_target ? env_target : "127.0.0.1:50051");
   absl::StatusOr<std::optional<absl::Duration>> timeout = OptionalDuration(*flags, "timeout");
   if (!timeout.ok()) return UsageError(std::string(timeout.status().message()));
-  absl::StatusOr<Client> client =
-      Client::Connect(target, flags->Has("no-retry") ? RetryPolicy::Off() : RetryPolicy());
+  if (flags->Has("tls-cert") != flags->Has("tls-key")) {
+    return UsageError("--tls-cert and --tls-key go together");
+  }
+  const RetryPolicy retry = flags->Has("no-retry") ? RetryPolicy::Off() : RetryPolicy();
+  absl::StatusOr<Client> client = absl::UnknownError("unreached");
+  if (flags->Has("tls-ca") || flags->Has("tls-cert") || flags->Has("tls-server-name")) {
+    absl::StatusOr<TlsOptions> tls = ReadTlsOptions(*flags);
+    client = tls.ok() ? Client::Connect(target, retry, *tls) : tls.status();
+  } else {
+    client = Client::Connect(target, retry);
+  }
   absl::Status status = client.status();
   if (status.ok()) {
     client->set_timeout(*timeout);
