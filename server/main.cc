@@ -31,6 +31,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "server/certificate_mirror.h"
 #include "server/fault_injecting_store_env.h"
 #include "server/health_listener.h"
 #include "server/metrics.h"
@@ -60,8 +61,10 @@ tokenizer.model in DIR). The first --model is the default one.
   --tls-client-ca FILE       mTLS: clients must present a certificate that chains to a CA in
                              FILE (PEM bundle); others are refused in the handshake
   --tls-reload-interval D    how often the three files are checked for change (default 10s):
-                             new connections get the new certificate, open ones keep theirs;
-                             a file that does not parse leaves the last good one in use
+                             new connections get the new certificate within this and a second,
+                             open ones keep theirs; a set that does not check out (a file that
+                             does not parse, a key that does not match) is logged and the last
+                             good one stays in use
   --health-listen ADDR       a plaintext listener serving only grpc.health.v1 (same statuses:
                              "" readiness, "liveness"), for probes that cannot speak TLS
                              (default: none)
@@ -275,7 +278,15 @@ absl::Status Serve(int argc, char** argv) {
   tls.client_ca = flags.Get("tls-client-ca", "");
   ASSIGN_OR_RETURN(tls.reload_interval,
                    flags.Duration("tls-reload-interval", absl::Seconds(10), absl::Seconds(1)));
-  RETURN_IF_ERROR(CheckTlsFiles(tls));
+  // gRPC reads checked copies of the files, so that a broken rotation keeps the last good set.
+  std::unique_ptr<CertificateMirror> tls_mirror;
+  TlsFiles tls_served;
+  if (tls.enabled()) {
+    ASSIGN_OR_RETURN(tls_mirror, CertificateMirror::Start(tls));
+    tls_served = tls_mirror->copies();
+  } else {
+    RETURN_IF_ERROR(CheckTlsFlags(tls));
+  }
   const std::string health_listen = flags.Get("health-listen", "");
   const std::string reflection = flags.Get("reflection", "on");
   if (reflection != "on" && reflection != "off") {
@@ -301,7 +312,7 @@ absl::Status Serve(int argc, char** argv) {
   std::unique_ptr<ReplicaClient> replicas;
   if (!session_options.replica_id.empty()) {
     replicas = std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout,
-                                               MakeReplicaChannelCredentials(tls));
+                                               MakeReplicaChannelCredentials(tls_served));
     session_options.hand_off = [&replicas](const std::string& address, const std::string& id) {
       return replicas->HandOff(address, id);
     };
@@ -360,7 +371,7 @@ absl::Status Serve(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, MakeServerCredentials(tls), &port);
+  builder.AddListeningPort(listen, MakeServerCredentials(tls_served), &port);
   if (reflection == "off") {
     builder.SetOption(
         std::make_unique<WithoutPlugins>(std::vector<std::string>{kReflectionPlugin}));

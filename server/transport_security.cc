@@ -97,7 +97,7 @@ unsigned int IntervalSeconds(absl::Duration interval) {
 
 }  // namespace
 
-absl::Status CheckTlsFiles(const TlsFiles& files) {
+absl::Status CheckTlsFlags(const TlsFiles& files) {
   if (files.cert.empty() != files.key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
   }
@@ -110,14 +110,25 @@ absl::Status CheckTlsFiles(const TlsFiles& files) {
   if (files.reload_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--tls-reload-interval must be positive");
   }
-  ASSIGN_OR_RETURN(const std::string cert_pem, ReadFile(files.cert, "--tls-cert"));
-  ASSIGN_OR_RETURN(std::vector<X509Ptr> chain,
-                   ReadCertificates(cert_pem, files.cert, "--tls-cert"));
-  WarnIfExpired(chain.front().get(), files.cert, "--tls-cert");
+  return absl::OkStatus();
+}
 
-  ASSIGN_OR_RETURN(const std::string key_pem, ReadFile(files.key, "--tls-key"));
+absl::StatusOr<TlsPem> ReadTlsPem(const TlsFiles& files) {
+  TlsPem pem;
+  ASSIGN_OR_RETURN(pem.cert, ReadFile(files.cert, "--tls-cert"));
+  ASSIGN_OR_RETURN(pem.key, ReadFile(files.key, "--tls-key"));
+  if (files.mutual()) {
+    ASSIGN_OR_RETURN(pem.client_ca, ReadFile(files.client_ca, "--tls-client-ca"));
+  }
+  return pem;
+}
+
+absl::Status ValidateTlsPem(const TlsPem& pem, const TlsFiles& files) {
+  ASSIGN_OR_RETURN(std::vector<X509Ptr> chain,
+                   ReadCertificates(pem.cert, files.cert, "--tls-cert"));
+  WarnIfExpired(chain.front().get(), files.cert, "--tls-cert");
   std::unique_ptr<BIO, BioFree> bio(
-      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())));
+      BIO_new_mem_buf(pem.key.data(), static_cast<int>(pem.key.size())));
   ERR_clear_error();
   std::unique_ptr<EVP_PKEY, KeyFree> key(
       PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
@@ -131,8 +142,7 @@ absl::Status CheckTlsFiles(const TlsFiles& files) {
         "--tls-key ", files.key, " does not match the certificate in --tls-cert ", files.cert));
   }
   if (files.mutual()) {
-    ASSIGN_OR_RETURN(const std::string ca_pem, ReadFile(files.client_ca, "--tls-client-ca"));
-    RETURN_IF_ERROR(ReadCertificates(ca_pem, files.client_ca, "--tls-client-ca").status());
+    RETURN_IF_ERROR(ReadCertificates(pem.client_ca, files.client_ca, "--tls-client-ca").status());
   }
   return absl::OkStatus();
 }

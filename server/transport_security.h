@@ -29,17 +29,29 @@ struct TlsFiles {
   bool mutual() const { return !client_ca.empty(); }
 };
 
-// INVALID_ARGUMENT unless the flags make sense together (cert and key both or neither; a client
-// CA only with them) and the files hold what they should now: a certificate chain, a private key
-// that matches its first certificate, a CA bundle with at least one certificate. The message
-// names the file. Checked once at start-up, so that a mistake stops the server instead of
-// failing every handshake; a later broken rotation keeps the last good files served (the file
-// watcher logs it).
-absl::Status CheckTlsFiles(const TlsFiles& files);
+// INVALID_ARGUMENT unless the flags make sense together: cert and key both or neither, a client
+// CA only with them, a positive reload interval.
+absl::Status CheckTlsFlags(const TlsFiles& files);
+
+// The contents of the files (client_ca empty when not mutual).
+struct TlsPem {
+  std::string cert, key, client_ca;
+  bool operator==(const TlsPem& other) const {
+    return cert == other.cert && key == other.key && client_ca == other.client_ca;
+  }
+};
+// Reads the files; INVALID_ARGUMENT naming the one that cannot be read.
+absl::StatusOr<TlsPem> ReadTlsPem(const TlsFiles& files);
+// INVALID_ARGUMENT naming the file unless `pem` holds a certificate chain, an unencrypted private
+// key that matches its first certificate and (mutual) a CA bundle with at least one certificate.
+// Logs a warning when the certificate has expired or is not valid yet (a server may start with
+// one that is about to be replaced).
+absl::Status ValidateTlsPem(const TlsPem& pem, const TlsFiles& files);
 
 // Plaintext credentials when TLS is off; otherwise TLS (and client certificates required and
-// verified when mutual) from a provider that re-reads the files every reload_interval (rounded
-// up to whole seconds, at least 1 s).
+// verified when mutual) from gRPC's provider that re-reads the files every reload_interval
+// (rounded up to whole seconds, at least 1 s). It serves whatever it reads, broken files
+// included: give it files that only ever hold a checked set (CertificateMirror).
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsFiles& files);
 
 // Credentials for this server's own calls to other replicas (hand-offs) when their listeners

@@ -6,6 +6,7 @@ Environment (ctest sets it; every variable is required, the tests fail without i
   MNEMO_BIN           the engine's command line `mnemo` (offline reference results)
   PYTHONPATH          the import roots (python/README.md) and the build's python/ directory
                       (the generated gRPC stubs)
+  MNEMO_CLIENT_BIN    the C++ command line `mnemo-client` (test_server_tls.py)
 Optional: MNEMO_LOAD_SECONDS (load test duration, default 20), MNEMO_LOAD_SESSIONS (32),
 MNEMO_PROMETHEUS (the Prometheus binary, default /usr/bin/prometheus).
 """
