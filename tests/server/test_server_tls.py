@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -48,14 +49,15 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def start_tls(server_bin, tiny_model, server_workdir):
-    """start_tls(*flags, tls=TlsConfig or None) -> a ServerProcess whose health listener says
+    """start_tls(*flags, tls=TlsConfig or None, grace_s=5.0) -> a ServerProcess whose health listener says
     SERVING; `server.health_target` is that listener. Stopped (and checked) at the end."""
     started = []
 
-    def start(*flags, tls=None):
+    def start(*flags, tls=None, grace_s=5.0):
         health_target = f"127.0.0.1:{free_port()}"
         server = ServerProcess(server_bin, tiny_model, server_workdir,
-                               BASE_FLAGS + ["--health-listen", health_target, *flags], tls=tls)
+                               BASE_FLAGS + ["--health-listen", health_target, *flags], tls=tls,
+                               grace_s=grace_s)
         server.health_target = health_target
         started.append(server)
         wait_health(server)
@@ -300,6 +302,46 @@ def test_health_listener_is_plaintext_and_health_only(start_tls, pki):
                        message="SERVING again on the health listener")
     # The main listener still refuses plaintext.
     refused(server, None)
+
+
+def test_health_listener_reports_the_drain(start_tls, pki):
+    """SIGTERM: readiness turns NOT_SERVING on the health listener too (liveness stays SERVING)
+    while a request runs; the listener closes once the server has stopped."""
+    server = start_tls(*server_flags(pki), tls=tls(pki), grace_s=20.0)
+    client = server.client(timeout=60)
+    session = client.create_session()
+    started, release, outcome = threading.Event(), threading.Event(), {}
+
+    def chunks():  # an Ingest held open by the test: in flight at SIGTERM
+        yield "A document that is being continued"
+        release.wait(timeout=20)
+        yield " while the server stops."
+
+    def ingest():
+        try:
+            outcome["final"] = client.ingest(session.id, chunks(),
+                                             on_progress=lambda p: started.set())
+        except grpc.RpcError as e:
+            outcome["error"] = (e.code(), e.details())
+        finally:
+            started.set()
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    assert started.wait(timeout=30) and "error" not in outcome, outcome
+    server.terminate()
+    with grpc.insecure_channel(server.health_target) as plain:
+        wait_until(lambda: health.health_check(plain, "", timeout=5) == health.NOT_SERVING, 10,
+                   message="NOT_SERVING on the health listener while draining")
+        assert health.health_check(plain, "liveness", timeout=5) == health.SERVING
+        assert writer.is_alive()
+        release.set()
+        writer.join(timeout=30)
+        assert outcome.get("final") is not None and outcome["final"].done, outcome
+        assert server.wait_exit(timeout=30) == 0
+        assert rpc_code(lambda: health.health_check(plain, "", timeout=5)) == \
+            grpc.StatusCode.UNAVAILABLE
+    client.close()
 
 
 def test_reflection_on_by_default_and_off_on_request(start_tls):
