@@ -54,6 +54,11 @@ absl::StatusOr<std::unique_ptr<CertificateMirror>> CertificateMirror::Start(cons
   mirror->copies_.key = mirror->key_.Path();
   if (files.mutual()) mirror->copies_.client_ca = mirror->client_ca_.Path();
   mirror->copies_.reload_interval = absl::Seconds(1);
+  if (::access(mirror->copies_.cert.c_str(), R_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("TLS needs /proc mounted (gRPC reads the checked copies of the files through ",
+                     mirror->copies_.cert, "): ", std::strerror(errno)));
+  }
   mirror->thread_ = std::thread([m = mirror.get()] { m->Loop(); });
   return mirror;
 }

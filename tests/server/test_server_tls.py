@@ -358,7 +358,7 @@ def test_reflection_on_by_default_and_off_on_request(start_tls):
 
 
 @pytest.mark.parametrize("case", ["cert_only", "key_only", "ca_only", "missing_file",
-                                  "key_mismatch", "not_pem", "bad_reflection"])
+                                  "key_mismatch", "not_pem", "bad_reflection", "env_cert_only"])
 def test_bad_tls_flags_stop_the_server(server_bin, tiny_model, pki, tmp_path, case):
     server, other = pki["server"], pki["client"]
     junk = tmp_path / "junk.pem"
@@ -374,10 +374,14 @@ def test_bad_tls_flags_stop_the_server(server_bin, tiny_model, pki, tmp_path, ca
         "not_pem": (["--tls-cert", str(junk), "--tls-key", server.key],
                     "junk.pem: not a PEM certificate"),
         "bad_reflection": (["--reflection", "maybe"], "--reflection must be on or off"),
+        "env_cert_only": ([], "--tls-key go together"),  # MNEMO_TLS_CERT below
     }[case]
+    env = dict(os.environ)
+    if case == "env_cert_only":
+        env["MNEMO_TLS_CERT"] = server.cert
     proc = subprocess.run([server_bin, "--model", f"tiny={tiny_model}", "--listen",
                            f"127.0.0.1:{free_port()}", "--metrics-listen", "off", *flags],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert expect in proc.stderr, proc.stderr
 
