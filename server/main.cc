@@ -59,7 +59,8 @@ tokenizer.model in DIR). The first --model is the default one.
                              --tls-key. Without it the listener is plaintext
   --tls-key FILE             the certificate's private key (PEM, unencrypted)
   --tls-client-ca FILE       mTLS: clients must present a certificate that chains to a CA in
-                             FILE (PEM bundle); others are refused in the handshake
+                             FILE (PEM bundle); others are refused in the handshake. Replicas
+                             present --tls-cert to each other and verify it against FILE
   --tls-reload-interval D    how often the three files are checked for change (default 10s):
                              new connections get the new certificate within this and a second,
                              open ones keep theirs; a set that does not check out (a file that
