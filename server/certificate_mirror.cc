@@ -47,9 +47,10 @@ std::string CertificateMirror::MemFile::Path() const { return absl::StrCat("/pro
 absl::StatusOr<std::unique_ptr<CertificateMirror>> CertificateMirror::Start(const TlsFiles& files) {
   RETURN_IF_ERROR(CheckTlsFlags(files));
   ASSIGN_OR_RETURN(TlsPem pem, ReadTlsPem(files));
-  RETURN_IF_ERROR(ValidateTlsPem(pem, files));
+  ASSIGN_OR_RETURN(const absl::Time expiry, ValidateTlsPem(pem, files));
   std::unique_ptr<CertificateMirror> mirror(new CertificateMirror(files));
   RETURN_IF_ERROR(mirror->Copy(pem));
+  mirror->expiry_ = expiry;
   mirror->copies_.cert = mirror->cert_.Path();
   mirror->copies_.key = mirror->key_.Path();
   if (files.mutual()) mirror->copies_.client_ca = mirror->client_ca_.Path();
@@ -95,11 +96,17 @@ absl::Status CertificateMirror::Poll() {
       return absl::OkStatus();
     }
     if (*pem == refused_ && !refused_status_.ok()) return refused_status_;
-    status = ValidateTlsPem(*pem, files_);
+    absl::StatusOr<absl::Time> expiry = ValidateTlsPem(*pem, files_);
+    status = expiry.status();
     if (status.ok()) status = Copy(*pem);
     if (status.ok()) {
       refused_ = TlsPem();
       refused_status_ = absl::OkStatus();
+      expiry_ = *expiry;
+      if (expiry_gauge_ != nullptr) {
+        expiry_gauge_->Set(absl::ToDoubleSeconds(expiry_ - absl::UnixEpoch()));
+        reloaded_->Increment();
+      }
       std::fprintf(
           stderr, "mnemo-server: TLS files changed: new connections get the new certificate (%s)\n",
           DescribeTransport(files_).c_str());
@@ -110,11 +117,28 @@ absl::Status CertificateMirror::Poll() {
     return status;  // still unreadable: already logged
   }
   refused_status_ = status;
+  if (refused_count_ != nullptr) refused_count_->Increment();
   std::fprintf(stderr,
                "mnemo-server: TLS files not reloaded: %s; new connections keep getting the "
                "certificate served so far\n",
                std::string(status.message()).c_str());
   return status;
+}
+
+void CertificateMirror::ExportMetrics(prometheus::Registry& registry) {
+  std::lock_guard<std::mutex> lock(mu_);
+  expiry_gauge_ = &prometheus::BuildGauge()
+                       .Name("mnemo_tls_certificate_expiry_timestamp_seconds")
+                       .Help("When the TLS certificate served expires (Unix time)")
+                       .Register(registry)
+                       .Add({});
+  expiry_gauge_->Set(absl::ToDoubleSeconds(expiry_ - absl::UnixEpoch()));
+  auto& reloads = prometheus::BuildCounter()
+                      .Name("mnemo_tls_reloads_total")
+                      .Help("Changed TLS files taken (ok) or refused, keeping the last good set")
+                      .Register(registry);
+  reloaded_ = &reloads.Add({{"result", "ok"}});
+  refused_count_ = &reloads.Add({{"result", "refused"}});
 }
 
 void CertificateMirror::Loop() {

@@ -15,6 +15,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
 #include "server/transport_security.h"
 
 namespace mnemo::server {
@@ -38,6 +41,10 @@ class CertificateMirror {
   // Called by the thread; thread-safe.
   absl::Status Poll();
 
+  // From now on, keeps in `registry` mnemo_tls_certificate_expiry_timestamp_seconds (when the
+  // certificate served expires, Unix time) and mnemo_tls_reloads_total{result="ok"|"refused"}.
+  void ExportMetrics(prometheus::Registry& registry);
+
  private:
   // One copy: a memfd whose descriptor number stays the same while its file is swapped
   // atomically (dup3), so a reader opening the path gets the old or the new contents, never a mix.
@@ -58,6 +65,10 @@ class CertificateMirror {
   TlsPem served_;                // what the copies hold
   TlsPem refused_;               // the last set refused (logged once)
   absl::Status refused_status_;  // and why
+  absl::Time expiry_;            // of the certificate served
+  prometheus::Gauge* expiry_gauge_ = nullptr;
+  prometheus::Counter* reloaded_ = nullptr;
+  prometheus::Counter* refused_count_ = nullptr;
   bool stop_ = false;
   std::condition_variable stop_cv_;
   std::thread thread_;

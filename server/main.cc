@@ -336,6 +336,7 @@ absl::Status Serve(int argc, char** argv) {
     return absl::InvalidArgumentError("--speculative must be on or off");
   }
   Metrics metrics;
+  if (tls_mirror != nullptr) tls_mirror->ExportMetrics(*metrics.registry());
   ctx.metrics = &metrics;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRegistry> models,
                    ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -123,7 +124,7 @@ absl::StatusOr<TlsPem> ReadTlsPem(const TlsFiles& files) {
   return pem;
 }
 
-absl::Status ValidateTlsPem(const TlsPem& pem, const TlsFiles& files) {
+absl::StatusOr<absl::Time> ValidateTlsPem(const TlsPem& pem, const TlsFiles& files) {
   ASSIGN_OR_RETURN(std::vector<X509Ptr> chain,
                    ReadCertificates(pem.cert, files.cert, "--tls-cert"));
   WarnIfExpired(chain.front().get(), files.cert, "--tls-cert");
@@ -144,7 +145,12 @@ absl::Status ValidateTlsPem(const TlsPem& pem, const TlsFiles& files) {
   if (files.mutual()) {
     RETURN_IF_ERROR(ReadCertificates(pem.client_ca, files.client_ca, "--tls-client-ca").status());
   }
-  return absl::OkStatus();
+  std::tm not_after{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(chain.front().get()), &not_after) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert ", files.cert, ": unreadable expiry time"));
+  }
+  return absl::FromTimeT(timegm(&not_after));
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsFiles& files) {

@@ -44,9 +44,9 @@ struct TlsPem {
 absl::StatusOr<TlsPem> ReadTlsPem(const TlsFiles& files);
 // INVALID_ARGUMENT naming the file unless `pem` holds a certificate chain, an unencrypted private
 // key that matches its first certificate and (mutual) a CA bundle with at least one certificate.
-// Logs a warning when the certificate has expired or is not valid yet (a server may start with
-// one that is about to be replaced).
-absl::Status ValidateTlsPem(const TlsPem& pem, const TlsFiles& files);
+// Returns when the (first) certificate expires. Logs a warning when it has expired or is not
+// valid yet (a server may start with one that is about to be replaced).
+absl::StatusOr<absl::Time> ValidateTlsPem(const TlsPem& pem, const TlsFiles& files);
 
 // Plaintext credentials when TLS is off; otherwise TLS (and client certificates required and
 // verified when mutual) from gRPC's provider that re-reads the files every reload_interval

@@ -23,7 +23,7 @@ import pytest
 from mnemo_client import MnemoClient, health
 from mnemo_client.tls import TlsConfig
 from server_harness import BASE_FLAGS, ServerProcess, free_port, pb_bytes, rpc_code, wait_until
-from tls_certs import Ca
+from tls_certs import Ca, not_after
 
 REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 LIST_MODELS = "/mnemo.v1.ModelService/ListModels"
@@ -207,6 +207,8 @@ def test_rotation_while_connected(start_tls, pki, tmp_path):
     shutil.copy(pki["server"].key, key)
     server = start_tls("--tls-cert", cert, "--tls-key", key, "--tls-reload-interval", "1s",
                        tls=tls(pki))
+    assert server.metrics().sum("mnemo_tls_certificate_expiry_timestamp_seconds") == \
+        not_after(pki["server"].cert)
     old = server.client(timeout=30)
     session = old.create_session()
     old.ingest(session.id, ["Before the rotation."])
@@ -236,6 +238,11 @@ def test_rotation_while_connected(start_tls, pki, tmp_path):
     assert final.state_version_after > progress.state_version
     old.close()
     assert "TLS files changed" in server.stderr_text()
+    metrics = server.metrics()
+    assert metrics.sum("mnemo_tls_reloads_total", result="ok") == 1
+    assert metrics.sum("mnemo_tls_reloads_total", result="refused") == 1  # the lone key
+    assert metrics.sum("mnemo_tls_certificate_expiry_timestamp_seconds") == \
+        not_after(pki["server_other"].cert)
     # A broken file is not served either: the last good certificate stays.
     logged = server.stderr_text().count("TLS files not reloaded")
     with open(cert, "w") as f:
@@ -245,6 +252,7 @@ def test_rotation_while_connected(start_tls, pki, tmp_path):
     assert "not a PEM certificate" in server.stderr_text()
     time.sleep(2.5)  # past the next refresh of gRPC's watcher
     assert [m.name for m in list_models(server, tls(pki, ca="other"))] == ["tiny"]
+    assert server.metrics().sum("mnemo_tls_reloads_total", result="refused") == 2
 
 
 # -- replicas ----------------------------------------------------------------------------------

@@ -106,9 +106,8 @@ class Ca:
         return leaf
 
 
-def serial_of_pem(pem: bytes) -> int:
-    return x509.load_pem_x509_certificate(pem).serial_number
-
-
-def certificate_serial(der: bytes) -> int:
-    return x509.load_der_x509_certificate(der).serial_number
+def not_after(cert_file: str) -> float:
+    """When the certificate in `cert_file` expires, Unix time."""
+    with open(cert_file, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp()
