@@ -14,13 +14,14 @@ debs=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libabsl-dev libopenblas-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev prometheus-cpp-dev
-  python3 python3-numpy python3-grpcio python3-protobuf
+  libssl-dev python3 python3-numpy python3-grpcio python3-protobuf
 )
 deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
-  # nginx: the router of the replica tests (tests/server/test_server_replicas.py).
+  # nginx: the router of the replica tests (tests/server/test_server_replicas.py);
+  # python3-cryptography: the certificates of the TLS tests (tests/server/tls_certs.py).
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
-         python3-torch bible-kjv bible-kjv-text nginx "${deploy_debs[@]}")
+         python3-torch python3-cryptography bible-kjv bible-kjv-text nginx "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then
   debs=(python3 "${deploy_debs[@]}")
 elif [ "$mode" != build ]; then
