@@ -104,11 +104,26 @@ def list_models(server, config, timeout=5.0):
         return client.models()
 
 
-def refused(server, config) -> grpc.StatusCode:
-    """The code of a ListModels that must fail in the handshake."""
-    code = rpc_code(lambda: list_models(server, config))
-    assert code == grpc.StatusCode.UNAVAILABLE, code
-    return code
+# Why a handshake failed, as the client's error and the server's log (gRPC's) say it.
+CLIENT_DISTRUSTS = "certificate verify failed"  # the server's certificate, on the client
+OTHER_NAME = "is not in peer certificate"
+SERVER_HUNG_UP = "Socket closed"
+NO_CLIENT_CERT = "peer did not return a certificate"
+CLIENT_CERT_DISTRUSTED = "certificate verify failed"  # the client's certificate, on the server
+NOT_TLS = "wrong version number"
+
+
+def refused(server, config, client_says: str, server_says: str = "") -> None:
+    """A ListModels on a fresh connection with `config` fails in the handshake: UNAVAILABLE,
+    with `client_says` in its message and `server_says` in the server's log."""
+    log_before = len(server.stderr_text(tail_bytes=10**9))
+    with pytest.raises(grpc.RpcError) as info:
+        list_models(server, config)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    assert client_says in info.value.details(), info.value.details()
+    if server_says:
+        wait_until(lambda: server_says in server.stderr_text(tail_bytes=10**9)[log_before:], 5,
+                   message=f"{server_says!r} in the server's log")
 
 
 # -- TLS --------------------------------------------------------------------------------------
@@ -125,17 +140,17 @@ def test_tls_session_round_trip_and_refusals(start_tls, pki):
         assert client.get_session(session.id).state_version == final.state_version_after
         assert client.health() == health.SERVING
     # The expected server name is checked: a certificate for localhost is not one for another.
-    refused(server, tls(pki, server_name="elsewhere.example"))
+    refused(server, tls(pki, server_name="elsewhere.example"), OTHER_NAME)
     assert [m.name for m in list_models(server, tls(pki, server_name="localhost"))] == ["tiny"]
     # A client that trusts another CA, and a plaintext client, are refused.
-    refused(server, tls(pki, ca="other"))
-    refused(server, None)
+    refused(server, tls(pki, ca="other"), CLIENT_DISTRUSTS)
+    refused(server, None, SERVER_HUNG_UP, NOT_TLS)
 
 
 def test_expired_server_certificate_is_refused(start_tls, pki):
     server = start_tls(*server_flags(pki, server="server_expired"), tls=tls(pki))
     assert "has expired" in server.stderr_text()
-    refused(server, tls(pki))
+    refused(server, tls(pki), CLIENT_DISTRUSTS)
 
 
 # -- mTLS -------------------------------------------------------------------------------------
@@ -145,9 +160,9 @@ def test_mtls_requires_a_client_certificate_from_the_ca(start_tls, pki):
     server = start_tls(*server_flags(pki, client_ca="ca"), tls=tls(pki, client="client"))
     assert "mTLS (" in server.stderr_text()
     assert [m.name for m in list_models(server, tls(pki, client="client"))] == ["tiny"]
-    refused(server, tls(pki))                          # no client certificate
-    refused(server, tls(pki, client="client_other"))   # one from another CA
-    refused(server, None)
+    refused(server, tls(pki), SERVER_HUNG_UP, NO_CLIENT_CERT)
+    refused(server, tls(pki, client="client_other"), SERVER_HUNG_UP, CLIENT_CERT_DISTRUSTED)
+    refused(server, None, SERVER_HUNG_UP, NOT_TLS)
 
 
 def test_python_cli_over_mtls(start_tls, pki):
@@ -212,7 +227,7 @@ def test_rotation_while_connected(start_tls, pki, tmp_path):
     old = server.client(timeout=30)
     session = old.create_session()
     old.ingest(session.id, ["Before the rotation."])
-    refused(server, tls(pki, ca="other"))
+    refused(server, tls(pki, ca="other"), CLIENT_DISTRUSTS)
 
     # The key first, as a careless rotation would: a key that does not match the certificate is
     # not taken, and new connections keep getting the old certificate meanwhile.
@@ -230,7 +245,7 @@ def test_rotation_while_connected(start_tls, pki, tmp_path):
         except grpc.RpcError:
             return False
     wait_until(new_certificate_served, timeout=30, message="the new certificate served")
-    refused(server, tls(pki))
+    refused(server, tls(pki), CLIENT_DISTRUSTS)
     # The connection made before the rotation still works, for unary and streaming calls.
     progress = old.ingest(session.id, [" After the rotation."])
     text, final = old.generate_text(session.id, " So", max_tokens=3, temperature=0)
@@ -309,7 +324,7 @@ def test_health_listener_is_plaintext_and_health_only(start_tls, pki):
             wait_until(lambda: health.health_check(plain, "", timeout=5) == health.SERVING, 10,
                        message="SERVING again on the health listener")
     # The main listener still refuses plaintext.
-    refused(server, None)
+    refused(server, None, SERVER_HUNG_UP, NOT_TLS)
 
 
 def test_health_listener_reports_the_drain(start_tls, pki):
