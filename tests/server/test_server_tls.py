@@ -292,6 +292,31 @@ def test_replica_handoff_over_mtls(start_tls, pki, tmp_path):
         assert "handed off to rb" in a.stderr_text()
 
 
+def test_replica_refuses_a_peer_certificate_from_another_ca(start_tls, pki, tmp_path):
+    """The host name of a peer replica is not checked, but its chain is: A serves a certificate
+    from another CA, so B cannot hand a session off from it (the take-over finds it lost)."""
+    store = str(tmp_path / "store")
+    other_replica = pki["other"].issue("replica-other", "mnemo-replica", client=True)
+    pki_a = dict(pki, replica_other=other_replica)
+    a = start_tls(*server_flags(pki_a, server="replica_other", client_ca="ca"),
+                  "--session-store", store, "--replica-id", "ra", "--handoff-timeout", "2s",
+                  tls=tls(pki, ca="other", client="client"))
+    b = start_tls(*server_flags(pki, server="replica", client_ca="ca"), "--session-store", store,
+                  "--replica-id", "rb", "--handoff-timeout", "2s",
+                  tls=tls(pki, client="client"))
+    with a.client() as ca, b.client() as cb:
+        sid = ca.create_session().id
+        ca.ingest(sid, ["Held by A."])
+        with pytest.raises(grpc.RpcError) as info:
+            cb.get_session(sid)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value
+        assert b.metrics().sum("mnemo_session_handoffs_total", direction="in",
+                               result="ok") == 0
+        assert "handed off" not in a.stderr_text()
+        assert CLIENT_DISTRUSTS in b.stderr_text()  # B's call to A, refused by B
+        assert CLIENT_CERT_DISTRUSTED not in a.stderr_text()  # A took B's certificate
+
+
 # -- health listener, reflection ----------------------------------------------------------------
 
 
