@@ -19,9 +19,11 @@ debs=(
 deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
   # nginx: the router of the replica tests (tests/server/test_server_replicas.py);
-  # python3-cryptography: the certificates of the TLS tests (tests/server/tls_certs.py).
+  # python3-cryptography, openssl: the certificates of the TLS tests (tests/server/tls_certs.py,
+  # tests/server/client_cpp_e2e_test.cc).
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
-         python3-torch python3-cryptography bible-kjv bible-kjv-text nginx "${deploy_debs[@]}")
+         python3-torch python3-cryptography openssl bible-kjv bible-kjv-text nginx
+         "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then
   debs=(python3 "${deploy_debs[@]}")
 elif [ "$mode" != build ]; then

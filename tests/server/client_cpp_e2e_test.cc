@@ -2,6 +2,7 @@
 // The suite makes a tiny checkpoint (tools/make_tiny_model.py), starts $MNEMO_SERVER_BIN once on
 // free loopback ports, drives it through mnemo::client::Client (and, when $MNEMO_CLIENT_BIN is
 // set, the mnemo-client command line), then stops it with SIGTERM and expects exit status 0.
+// TlsConnect starts a second server with mTLS (certificates from /usr/bin/openssl).
 // Environment: MNEMO_SERVER_BIN (required), MNEMO_SOURCE_DIR, MNEMO_PYTHON (default
 // /usr/bin/python3), MNEMO_CLIENT_BIN (optional).
 #include <fcntl.h>
@@ -602,6 +603,86 @@ TEST_F(ClientE2eTest, CommandLine) {
       RunProcess({bin, "--target", target, "frobnicate"}, Path("cli-usage"));
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_TRUE(WIFEXITED(usage->wait_status) && WEXITSTATUS(usage->wait_status) == 2);
+}
+
+// Connect with TlsOptions against a second server that requires client certificates (mTLS):
+// certificates made with the openssl command line, a CA for localhost/127.0.0.1.
+TEST_F(ClientE2eTest, TlsConnect) {
+  const auto openssl = [&](const std::string& step, std::vector<std::string> args) {
+    args.insert(args.begin(), "/usr/bin/openssl");
+    absl::StatusOr<ProcessResult> r = RunProcess(args, Path("openssl-" + step));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->wait_status, 0) << step << ": " << r->err;
+  };
+  const std::string ec[] = {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"};
+  const auto with_key = [&](std::vector<std::string> args) {
+    args.insert(args.begin() + 1, std::begin(ec), std::end(ec));
+    return args;
+  };
+  openssl("ca", with_key({"req", "-x509", "-days", "2", "-subj", "/CN=mnemo e2e CA", "-keyout",
+                          Path("ca-key.pem"), "-out", Path("ca.pem")}));
+  std::ofstream(Path("server.ext")) << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  std::ofstream(Path("client.ext")) << "extendedKeyUsage=clientAuth\n";
+  for (const std::string leaf : {"server", "client"}) {
+    openssl(leaf + "-csr", with_key({"req", "-subj", "/CN=" + leaf, "-keyout",
+                                     Path(leaf + "-key.pem"), "-out", Path(leaf + ".csr")}));
+    openssl(leaf, {"x509", "-req", "-in", Path(leaf + ".csr"), "-CA", Path("ca.pem"), "-CAkey",
+                   Path("ca-key.pem"), "-set_serial", leaf == "server" ? "2" : "3", "-days", "2",
+                   "-extfile", Path(leaf + ".ext"), "-out", Path(leaf + ".pem")});
+  }
+  if (HasFatalFailure()) return;
+  absl::StatusOr<std::pair<int, int>> ports = FreePorts();
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  const std::string target = absl::StrCat("127.0.0.1:", ports->first);
+  absl::StatusOr<pid_t> pid =
+      Spawn({Env("MNEMO_SERVER_BIN"), "--listen", target, "--metrics-listen", "off", "--model",
+             absl::StrCat(kModel, "=", Path("tiny")), "--tls-cert", Path("server.pem"), "--tls-key",
+             Path("server-key.pem"), "--tls-client-ca", Path("ca.pem"), "--shutdown-grace", "2s"},
+            Path("tls-server.out"), Path("tls-server.log"));
+  ASSERT_TRUE(pid.ok()) << pid.status();
+
+  TlsOptions tls{ReadFileOrEmpty(Path("ca.pem")), ReadFileOrEmpty(Path("client.pem")),
+                 ReadFileOrEmpty(Path("client-key.pem")), ""};
+  // Ready when ListModels answers over mTLS (at most 30 s).
+  absl::StatusOr<std::vector<v1::Model>> models;
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;) {
+    absl::StatusOr<Client> mtls = Client::Connect(target, RetryPolicy::Off(), tls);
+    ASSERT_TRUE(mtls.ok()) << mtls.status();
+    mtls->set_timeout(absl::Seconds(2));
+    models = mtls->ListModels();
+    if (models.ok()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(models.ok()) << models.status() << "\n" << ReadFileOrEmpty(Path("tls-server.log"));
+
+  const auto list_models = [&](const TlsOptions& options) -> absl::Status {
+    absl::StatusOr<Client> c = Client::Connect(target, RetryPolicy::Off(), options);
+    if (!c.ok()) return c.status();
+    c->set_timeout(absl::Seconds(10));
+    return c->ListModels().status();
+  };
+  TlsOptions named = tls;
+  named.server_name = "localhost";
+  EXPECT_TRUE(list_models(named).ok());
+  named.server_name = "elsewhere.example";
+  EXPECT_EQ(list_models(named).code(), absl::StatusCode::kUnavailable);
+  TlsOptions anonymous{tls.ca_pem, "", "", ""};  // no client certificate
+  EXPECT_EQ(list_models(anonymous).code(), absl::StatusCode::kUnavailable);
+  TlsOptions half = tls;
+  half.key_pem.clear();
+  EXPECT_EQ(list_models(half).code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<Client> plain = Client::Connect(target, RetryPolicy::Off());
+  ASSERT_TRUE(plain.ok());
+  plain->set_timeout(absl::Seconds(10));
+  EXPECT_EQ(plain->ListModels().status().code(), absl::StatusCode::kUnavailable);
+
+  kill(*pid, SIGTERM);
+  std::optional<int> status = WaitFor(*pid, absl::Seconds(30));
+  if (!status.has_value()) {
+    kill(*pid, SIGKILL);
+    waitpid(*pid, nullptr, 0);
+  }
+  EXPECT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
 }
 
 // The chunker alone (no server): every chunk is whole characters, together they are the input.
