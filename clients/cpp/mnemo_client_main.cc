@@ -39,7 +39,7 @@ using mnemo::Flags;
 using mnemo::ReadFile;
 
 constexpr char kUsage[] =
-    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json]
+    R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json] [--token-file F]
                     <command> [args] [flags]
 
 global flags (before or after the command):
@@ -48,6 +48,8 @@ global flags (before or after the command):
   --no-retry           do not retry calls refused without effect (SESSION_MOVED, DRAINING) or
                        broken by the network (default: retry with backoff; clients/cpp/README.md)
   --json               print responses as JSON (protobuf field names) instead of text
+  --token-file FILE    bearer token for a server with an auth file: the first line of FILE
+                       (default: $MNEMO_TOKEN; a token is never given on the command line)
   --help               this text
 
 commands:
@@ -516,8 +518,9 @@ int UsageError(const std::string& message) {
 
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
-  const std::map<std::string, bool> global = {
-      {"target", true}, {"timeout", true}, {"no-retry", false}, {"json", false}, {"help", false}};
+  const std::map<std::string, bool> global = {{"target", true},    {"timeout", true},
+                                              {"no-retry", false}, {"json", false},
+                                              {"help", false},     {"token-file", true}};
   size_t command_at = 0;
   absl::StatusOr<Flags> flags = Flags::ParseWithPositionals(args, 1, global, true, &command_at);
   if (!flags.ok()) return UsageError(std::string(flags.status().message()));
@@ -558,8 +561,18 @@ int Main(int argc, char** argv) {
   if (!timeout.ok()) return UsageError(std::string(timeout.status().message()));
   absl::StatusOr<Client> client =
       Client::Connect(target, flags->Has("no-retry") ? RetryPolicy::Off() : RetryPolicy());
+  std::string token;
+  if (flags->Has("token-file")) {
+    absl::StatusOr<std::string> text = ReadFile(flags->Get("token-file"));
+    if (!text.ok()) return UsageError(absl::StrCat("--token-file: ", text.status().message()));
+    token = text->substr(0, text->find_first_of("\r\n"));
+    if (token.empty()) return UsageError("--token-file: no token on its first line");
+  } else if (const char* env_token = std::getenv("MNEMO_TOKEN"); env_token != nullptr) {
+    token = env_token;
+  }
   absl::Status status = client.status();
   if (status.ok()) {
+    client->set_token(token);
     client->set_timeout(*timeout);
     status = Run(*client, command, *flags);
   }

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(SESSION_MOVED, DRAINING) or that broke on the network")
     parser.add_argument("--json", action="store_true",
                         help="print responses as JSON (one object per line)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="read the bearer token for a server with an auth file from FILE "
+                             "(default: $MNEMO_TOKEN; never give a token itself on the "
+                             "command line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("models", help="list the loaded models")
@@ -235,6 +239,17 @@ def _score(client, args) -> int:
     return 0
 
 
+def _token(args) -> Optional[str]:
+    """The bearer token: the first line of --token-file, else $MNEMO_TOKEN, else None."""
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.readline().strip()
+        if not token:
+            raise SystemExit(f"mnemo-client: {args.token_file}: no token on its first line")
+        return token
+    return os.environ.get("MNEMO_TOKEN") or None
+
+
 def run(args) -> int:
     """Executes one parsed command; returns the exit status (RpcError propagates)."""
     from mnemo_client import health as health_mod
@@ -242,7 +257,8 @@ def run(args) -> int:
     from mnemo_client.retry import RetryPolicy
 
     retry = None if args.no_retry else RetryPolicy()
-    with MnemoClient(args.target, timeout=args.timeout, retry=retry) as client:
+    with MnemoClient(args.target, timeout=args.timeout, retry=retry,
+                     token=_token(args)) as client:
         cmd = args.command
         if cmd == "models":
             for m in client.models():
