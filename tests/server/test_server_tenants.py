@@ -303,3 +303,10 @@ def test_cli_reads_the_token_from_a_file_or_the_environment(auth_server, tmp_pat
     assert cli("get", sid, token_env=TOKENS["alice"]).returncode == 0
     other = cli("get", sid, token_env=TOKENS["bob"])
     assert other.returncode != 0 and "NOT_FOUND" in other.stderr + other.stdout
+
+
+def test_without_an_auth_file_the_start_up_log_says_so(start_server):
+    server = start_server()
+    assert "no --auth-file: every caller is one implicit tenant" in server.stderr_text()
+    with server.client() as c:
+        c.list_sessions()  # no credentials needed
