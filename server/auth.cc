@@ -177,6 +177,7 @@ Authenticator::~Authenticator() {
 }
 
 void Authenticator::WatchLoop(absl::Duration interval) {
+  std::string last_error;  // logged once, not every interval
   while (true) {
     {
       MutexLock lock(&mu_);
@@ -186,9 +187,16 @@ void Authenticator::WatchLoop(absl::Duration interval) {
     }
     absl::StatusOr<bool> reloaded = Reload();
     if (!reloaded.ok()) {
-      std::fprintf(stderr, "mnemo-server: %s: %s; the previous contents stay in force\n",
-                   path_.c_str(), std::string(reloaded.status().message()).c_str());
-    } else if (*reloaded) {
+      const std::string error(reloaded.status().message());
+      if (error != last_error) {
+        std::fprintf(stderr, "mnemo-server: %s: %s; the previous contents stay in force\n",
+                     path_.c_str(), error.c_str());
+      }
+      last_error = error;
+      continue;
+    }
+    last_error.clear();
+    if (*reloaded) {
       std::fprintf(stderr, "mnemo-server: %s changed: tenants reloaded\n", path_.c_str());
     }
   }

@@ -125,8 +125,9 @@ def test_admin_lists_and_deletes_across_tenants_but_runs_nothing_on_them(auth_se
     alice, bob, root = client("alice"), client("bob"), client("root")
     a = alice.create_session()
     b = bob.create_session()
-    assert {s.id for s in root.list_sessions()} >= {a.id, b.id}
-    assert root.get_session(a.id).id == a.id
+    owners = {s.id: s.tenant for s in root.list_sessions()}
+    assert owners[a.id] == "alice" and owners[b.id] == "bob"
+    assert root.get_session(a.id).tenant == "alice"
     for name, call in SESSION_RPCS:
         if name in ("GetSession", "DeleteSession"):
             continue
