@@ -364,7 +364,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   if (replica_mode()) {
     // Its owner record, so that another replica asked for it finds it (and asks for it).
     absl::StatusOr<int64_t> claimed = options_.store->Claim(
-        entry->id, 0, SessionOwner{0, options_.replica_id, options_.advertise});
+        entry->id, 0, SessionOwner{0, options_.replica_id, options_.advertise, entry->tenant});
     if (!claimed.ok()) {
       persisted = absl::UnavailableError(absl::StrCat(
           "the session store could not record the new session: ", claimed.status().message()));
@@ -527,7 +527,7 @@ void SessionManager::DropFencedLocked(const std::string& id) {
 absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::Locate(const std::string& id,
                                                                             const Caller& caller,
                                                                             bool admin_may) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, LocateAny(id));
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, LocateAny(id, caller, admin_may));
   if (entry->tenant != caller.tenant && !(admin_may && caller.admin)) return NoSession(id);
   return entry;
 }
@@ -540,7 +540,7 @@ void SessionManager::AddUsageLocked(const std::string& tenant, int64_t sessions,
 }
 
 absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::LocateAny(
-    const std::string& id) {
+    const std::string& id, const Caller& caller, bool admin_may) {
   std::shared_ptr<Entry> held;
   {
     MutexLock lock(&mu_);
@@ -568,11 +568,12 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::LocateAny(
       DropFencedLocked(id);
     }
   }
-  return TakeOver(id);
+  return TakeOver(id, caller, admin_may);
 }
 
-absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
-    const std::string& id) {
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(const std::string& id,
+                                                                              const Caller& caller,
+                                                                              bool admin_may) {
   const absl::Status not_found = NoSession(id);
   if (!IsSessionIdText(id)) return not_found;
   {
@@ -599,6 +600,12 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       owner = store.Owner(id);
       if (!owner.ok()) return unavailable(owner.status());
       if (owner->epoch == 0) return not_found;
+      // Another tenant's session stays where it is (a record without a tenant is checked once
+      // the session's snapshot is read, in Locate).
+      if (!owner->tenant.empty() && owner->tenant != caller.tenant &&
+          !(admin_may && caller.admin)) {
+        return not_found;
+      }
       const bool live = !owner->replica.empty() && owner->replica != options_.replica_id &&
                         !owner->address.empty() && options_.hand_off;
       if (!live || owner->epoch == asked_epoch) break;
@@ -620,8 +627,8 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       }
       asked_epoch = owner->epoch;
     }
-    absl::StatusOr<int64_t> claimed =
-        store.Claim(id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise});
+    absl::StatusOr<int64_t> claimed = store.Claim(
+        id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise, owner->tenant});
     if (absl::IsAborted(claimed.status())) {
       if (metrics_ != nullptr) metrics_->Ownership("lost_race");
       return Moved(id, "another replica claimed it at the same time");

@@ -291,11 +291,15 @@ class SessionManager {
                                                 bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
   // The entry of `id`: in the table (checking, in replica mode, that this replica still owns
   // it), or taken over from the store (replica mode).
-  absl::StatusOr<std::shared_ptr<Entry>> LocateAny(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::shared_ptr<Entry>> LocateAny(const std::string& id, const Caller& caller,
+                                                   bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
   // Counts a session (or its removal) in its tenant's usage.
   void AddUsageLocked(const std::string& tenant, int64_t sessions, int64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::shared_ptr<Entry>> TakeOver(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // (NOT_FOUND without taking anything over when the owner record names another tenant than
+  // the caller's.)
+  absl::StatusOr<std::shared_ptr<Entry>> TakeOver(const std::string& id, const Caller& caller,
+                                                  bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
   // An entry for the stored session `v` (store tier; quarantined when its manifest is unusable).
   // UNAVAILABLE for an I/O failure; FAILED_PRECONDITION for a model this server has not loaded.
   absl::StatusOr<std::shared_ptr<Entry>> EntryFromStore(const StoredVersion& v,

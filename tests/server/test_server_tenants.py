@@ -311,3 +311,32 @@ def test_without_an_auth_file_the_start_up_log_says_so(start_server):
     assert "no --auth-file: every caller is one implicit tenant" in server.stderr_text()
     with server.client() as c:
         c.list_sessions()  # no credentials needed
+
+
+def test_replicas_leave_another_tenants_session_where_it_is(start_server, tmp_path):
+    path = str(tmp_path / "auth.json")
+    write_auth(path, BASE_TENANTS)
+    store = str(tmp_path / "store")
+    a, b = (start_server("--auth-file", path, "--session-store", store, "--replica-id", name)
+            for name in ("a", "b"))
+
+    def claimed(server):
+        return server.metrics().sum("mnemo_session_ownership_total", event="claimed")
+
+    with MnemoClient(a.target, timeout=60, token=TOKENS["alice"]) as alice_a, \
+            MnemoClient(b.target, timeout=60, token=TOKENS["alice"]) as alice_b, \
+            MnemoClient(a.target, timeout=60, token=TOKENS["bob"]) as bob_a, \
+            MnemoClient(b.target, timeout=60, token=TOKENS["bob"]) as bob_b:
+        sid = alice_a.create_session().id
+        alice_a.ingest(sid, ["alice's document"])
+        before = claimed(b)
+        expect_error(lambda: bob_b.get_session(sid), grpc.StatusCode.NOT_FOUND)
+        expect_error(lambda: bob_b.score(sid, text="x"), grpc.StatusCode.NOT_FOUND)
+        assert claimed(b) == before, "another tenant's lookup took the session over"
+        assert alice_a.get_session(sid).tier != pb.STATE_TIER_STORE
+        # Its owner moves it; the tenant moves with it (and with the release A writes).
+        assert alice_b.score(sid, text="moved").state_version >= 1
+        after = claimed(a)
+        expect_error(lambda: bob_a.get_session(sid), grpc.StatusCode.NOT_FOUND)
+        assert claimed(a) == after
+        assert alice_a.get_session(sid).id == sid
