@@ -84,11 +84,11 @@ inline absl::StatusOr<Caller> CallerOf(const ServiceContext& ctx, grpc::ServerCo
 
 // Counts an RPC as running while alive and records its code and duration when finished. Given
 // the call's context it also authenticates the caller and takes one of its tenant's concurrent
-// requests (what went wrong is what Admit returns); without one (calls between replicas) the
-// caller is the implicit tenant.
+// requests (what went wrong is what Admit returns); given nullptr (only calls between replicas,
+// which carry no tenant's credentials) the caller is the implicit tenant.
 class RpcScope {
  public:
-  RpcScope(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context = nullptr)
+  RpcScope(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context)
       : ctx_(ctx), rpc_(rpc), start_(absl::Now()) {
     ctx_.metrics->RequestStarted();
     ++ctx_.in_flight;
