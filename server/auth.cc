@@ -23,7 +23,7 @@ struct Authenticator::Index {
 namespace {
 
 absl::Status Invalid(const std::string& where, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("auth file: ", where, ": ", what));
+  return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
 }
 
 bool IsTenantName(const std::string& name) {
@@ -162,7 +162,10 @@ Authenticator::Authenticator(std::string path) : path_(std::move(path)) {}
 absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Open(std::string path,
                                                                    absl::Duration interval) {
   std::unique_ptr<Authenticator> auth(new Authenticator(std::move(path)));
-  RETURN_IF_ERROR(auth->Reload().status());
+  if (absl::Status read = auth->Reload().status(); !read.ok()) {
+    return absl::Status(read.code(),
+                        absl::StrCat("--auth-file ", auth->path_, ": ", read.message()));
+  }
   auth->watcher_ = std::thread([a = auth.get(), interval] { a->WatchLoop(interval); });
   return auth;
 }
