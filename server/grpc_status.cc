@@ -12,6 +12,7 @@ namespace {
 // absl::Status payload key for a serialized mnemo.v1.BadRequest, and the type URL clients expect.
 constexpr char kBadRequestPayload[] = "type.googleapis.com/google.rpc.BadRequest";
 constexpr char kErrorInfoType[] = "type.googleapis.com/google.rpc.ErrorInfo";
+constexpr char kQuotaFailureType[] = "type.googleapis.com/google.rpc.QuotaFailure";
 
 }  // namespace
 
@@ -46,7 +47,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   const std::string message(status.message());
   auto bad_request = status.GetPayload(kBadRequestPayload);
   const std::string reason = ReasonOf(status);
-  if (!bad_request.has_value() && reason.empty()) return grpc::Status(code, message);
+  const std::string quota = QuotaOf(status);
+  if (!bad_request.has_value() && reason.empty() && quota.empty()) {
+    return grpc::Status(code, message);
+  }
   v1::RpcStatus details;
   details.set_code(static_cast<int32_t>(code));
   details.set_message(message);
@@ -62,6 +66,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
     google::protobuf::Any* any = details.add_details();
     any->set_type_url(kErrorInfoType);
     any->set_value(info.SerializeAsString());
+  }
+  if (!quota.empty()) {
+    v1::QuotaFailure failure;
+    v1::QuotaFailure::Violation* v = failure.add_violations();
+    v->set_subject(quota);
+    v->set_description(message);
+    google::protobuf::Any* any = details.add_details();
+    any->set_type_url(kQuotaFailureType);
+    any->set_value(failure.SerializeAsString());
   }
   return grpc::Status(code, message, details.SerializeAsString());
 }

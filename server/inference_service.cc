@@ -19,11 +19,12 @@ struct Target {
   SessionMemory& live() { return lease ? lease->memory() : one_shot; }
 };
 
-absl::StatusOr<Target> Resolve(ServiceContext& ctx, const std::string& session_id,
-                               const std::string& model_name, int64_t expected_version) {
+absl::StatusOr<Target> Resolve(ServiceContext& ctx, const Caller& caller,
+                               const std::string& session_id, const std::string& model_name,
+                               int64_t expected_version) {
   Target t;
   if (!session_id.empty()) {
-    ASSIGN_OR_RETURN(t.lease, ctx.sessions->Acquire(session_id, expected_version));
+    ASSIGN_OR_RETURN(t.lease, ctx.sessions->Acquire(session_id, expected_version, caller));
     t.model = &t.lease->model();
     if (!model_name.empty() && model_name != t.model->name) {
       return InvalidField("model", absl::StrCat("the session belongs to model \"", t.model->name,
@@ -80,9 +81,10 @@ v1::TokenLogprob TokenLogprobOf(int32_t id, float logprob) {
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                                             const v1::GenerateRequest* request,
                                             grpc::ServerWriter<v1::GenerateEvent>* writer) {
-  RpcScope scope(ctx_, "Generate");
+  RpcScope scope(ctx_, "Generate", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(scope.CheckTokens());
     FieldViolations violations;
     if (request->max_tokens() < 1 || request->max_tokens() > ctx_.limits.max_generate_tokens) {
       violations.Add("max_tokens",
@@ -107,8 +109,8 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     }
     RETURN_IF_ERROR(violations.ToStatus());
 
-    ASSIGN_OR_RETURN(Target target, Resolve(ctx_, request->session_id(), request->model(),
-                                            request->expected_state_version()));
+    ASSIGN_OR_RETURN(Target target, Resolve(ctx_, scope.caller(), request->session_id(),
+                                            request->model(), request->expected_state_version()));
     LoadedModel& model = *target.model;
     const int64_t vocab = model.model->config().vocab_size;
     GenerationParams params;
@@ -169,6 +171,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     control.first_step_start = &first_step;
     const int64_t memory_tokens = target.lease ? target.lease->tokens_seen() : 0;
     const int64_t version_before = target.lease ? target.lease->state_version() : 0;
+    scope.ChargeTokens(static_cast<int64_t>(prompt.size()));
     if (absl::Status s = AppendTokens(model, *work, prompt, control, nullptr); !s.ok()) {
       return rollback(s);
     }
@@ -220,6 +223,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
     auto result =
         mnemo::server::Generate(model, *work, params, std::move(history), control, on_token);
     if (!result.ok()) return rollback(result.status());
+    scope.ChargeTokens(result->generated);
     ctx_.metrics->PromptTokens(static_cast<int64_t>(prompt.size()));
     ctx_.metrics->GeneratedTokens(result->generated);
     if (result->draft_proposed > 0) {
@@ -279,9 +283,10 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
 grpc::Status InferenceServiceImpl::Ingest(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::IngestProgress, v1::IngestRequest>* stream) {
-  RpcScope scope(ctx_, "Ingest");
+  RpcScope scope(ctx_, "Ingest", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(scope.CheckTokens());
     v1::IngestRequest message;
     (void)v1::TakeRequestParseError();  // what an earlier call on this thread left behind
     if (!stream->Read(&message)) {
@@ -291,9 +296,9 @@ grpc::Status InferenceServiceImpl::Ingest(
       return InvalidField("session_id", "the stream ended before its first message");
     }
     if (message.session_id().empty()) return InvalidField("session_id", "is required");
-    ASSIGN_OR_RETURN(
-        std::unique_ptr<SessionLease> lease,
-        ctx_.sessions->Acquire(message.session_id(), message.expected_state_version()));
+    ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
+                     ctx_.sessions->Acquire(message.session_id(), message.expected_state_version(),
+                                            scope.caller()));
     LoadedModel& model = lease->model();
     SessionMemory& live = lease->memory();
     ASSIGN_OR_RETURN(SessionMemory snapshot, CopyMemory(model, live));
@@ -311,6 +316,7 @@ grpc::Status InferenceServiceImpl::Ingest(
       auto ids = model.tokenizer->Encode(text);
       if (!ids.ok()) return InvalidField("text", std::string(ids.status().message()));
       tokens += static_cast<int64_t>(ids->size());
+      scope.ChargeTokens(static_cast<int64_t>(ids->size()));
       return AppendTokens(model, live, *ids, control, &segments);
     };
     auto progress = [&](bool done, int64_t version) {
@@ -325,7 +331,10 @@ grpc::Status InferenceServiceImpl::Ingest(
     };
     int64_t index = 0;
     do {
-      absl::Status s;
+      // The tokens per minute are checked before each message: a stream longer than the
+      // tenant's quota fails (and is rolled back) once the bucket is empty.
+      absl::Status s = index == 0 ? absl::OkStatus() : scope.CheckTokens();
+      if (!s.ok()) return rollback(s);
       switch (message.chunk_case()) {
         case v1::IngestRequest::kText:
           if (model.tokenizer == nullptr) {
@@ -342,6 +351,7 @@ grpc::Status InferenceServiceImpl::Ingest(
           if (s.ok()) {
             const auto& ids = message.ids().ids();
             tokens += ids.size();
+            scope.ChargeTokens(ids.size());
             s = AppendTokens(model, live, std::span(ids.data(), static_cast<size_t>(ids.size())),
                              control, &segments);
           }
@@ -379,16 +389,18 @@ grpc::Status InferenceServiceImpl::Ingest(
 grpc::Status InferenceServiceImpl::HandleScore(grpc::ServerContext* context,
                                                const v1::ScoreRequest* request,
                                                v1::ScoreResponse* response) {
-  RpcScope scope(ctx_, "Score");
+  RpcScope scope(ctx_, "Score", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(scope.CheckTokens());
     if (request->input_case() == v1::ScoreRequest::INPUT_NOT_SET) {
       return InvalidField("input", "set text or ids");
     }
     if (request->session_id().empty() && request->commit()) {
       return InvalidField("commit", "needs a session_id");
     }
-    ASSIGN_OR_RETURN(Target target, Resolve(ctx_, request->session_id(), request->model(),
-                                            request->expected_state_version()));
+    ASSIGN_OR_RETURN(Target target, Resolve(ctx_, scope.caller(), request->session_id(),
+                                            request->model(), request->expected_state_version()));
     LoadedModel& model = *target.model;
     ASSIGN_OR_RETURN(
         std::vector<int32_t> tokens,
@@ -409,6 +421,7 @@ grpc::Status InferenceServiceImpl::HandleScore(grpc::ServerContext* context,
       work = &copy;
     }
     RequestControl control = ControlOf(context);
+    scope.ChargeTokens(static_cast<int64_t>(tokens.size()));
     auto scored = mnemo::server::Score(model, *work, tokens, control);
     if (!scored.ok()) {
       if (snapshot) live = std::move(*snapshot);

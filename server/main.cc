@@ -106,6 +106,13 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-input-tokens N       tokens of one prompt or scored text at most (default 1048576)
   --max-message-bytes N      largest request message (default 16777216)
   --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
+  --auth-file FILE           tenants (JSON: names, admin flags, SHA-256 hashes of bearer tokens,
+                             client-certificate subjects, quotas; docs/server-api.md
+                             "Tenants"), checked for changes every second and applied without
+                             a restart. Every call then needs "authorization: Bearer <token>"
+                             metadata (or a mapped client certificate) or gets UNAUTHENTICATED;
+                             each session belongs to its creator's tenant. Without it every
+                             caller is one implicit tenant
   --replica-id NAME          replica mode, for servers sharing one --session-store: this
                              replica's name in session owner records (unique per replica; the
                              pod name in Kubernetes). A request for a session another replica
@@ -200,6 +207,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"replica-id", true},
                                              {"advertise", true},
                                              {"handoff-timeout", true},
+                                             {"auth-file", true},
                                              {"help", false}};
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(argc, argv, 1, known));
   flags.AddFromEnvironment("MNEMO_", known, {"model", "model-repository"});
@@ -338,6 +346,20 @@ absl::Status Serve(int argc, char** argv) {
   Metrics metrics;
   if (tls_mirror != nullptr) tls_mirror->ExportMetrics(*metrics.registry());
   ctx.metrics = &metrics;
+  std::unique_ptr<Authenticator> auth;
+  if (const std::string auth_file = flags.Get("auth-file", ""); !auth_file.empty()) {
+    ASSIGN_OR_RETURN(auth, Authenticator::Open(auth_file, absl::Seconds(1)));
+    std::fprintf(stderr, "mnemo-server: tenants from %s (re-read when it changes)\n",
+                 auth_file.c_str());
+  } else {
+    auth = std::make_unique<Authenticator>();
+    std::fprintf(stderr,
+                 "mnemo-server: no --auth-file: every caller is one implicit tenant with full "
+                 "access to every session (no authentication)\n");
+  }
+  ctx.auth = auth.get();
+  TenantLimiter limiter(&metrics);
+  ctx.limiter = &limiter;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRegistry> models,
                    ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,
                                        scheduling, &metrics, model_options, speculative == "on"));

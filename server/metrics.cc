@@ -188,7 +188,33 @@ Metrics::Metrics()
       state_budget_(BuildGauge()
                         .Name("mnemo_session_state_budget_bytes")
                         .Help("Bytes of session state a tier may hold (0: no limit)")
-                        .Register(*registry_)) {
+                        .Register(*registry_)),
+      tenant_requests_(BuildCounter()
+                           .Name("mnemo_tenant_requests_total")
+                           .Help("Finished RPCs by tenant and gRPC status code")
+                           .Register(*registry_)),
+      tenant_tokens_(BuildCounter()
+                         .Name("mnemo_tenant_tokens_total")
+                         .Help("Tokens run through a model (ingested, prompt, scored, generated) "
+                               "by tenant")
+                         .Register(*registry_)),
+      tenant_quota_rejected_(BuildCounter()
+                                 .Name("mnemo_tenant_quota_rejections_total")
+                                 .Help("Requests refused for a tenant quota, by tenant and quota")
+                                 .Register(*registry_)),
+      tenant_sessions_(BuildGauge()
+                           .Name("mnemo_tenant_sessions")
+                           .Help("Open sessions by tenant")
+                           .Register(*registry_)),
+      tenant_state_bytes_(BuildGauge()
+                              .Name("mnemo_tenant_session_state_bytes")
+                              .Help("Bytes of session state by tenant (every tier)")
+                              .Register(*registry_)),
+      auth_failures_(BuildCounter()
+                         .Name("mnemo_auth_failures_total")
+                         .Help("RPCs refused UNAUTHENTICATED")
+                         .Register(*registry_)
+                         .Add({})) {
   BuildGauge()
       .Name("mnemo_build_info")
       .Help("Build of this server (value 1)")
@@ -220,6 +246,23 @@ Metrics::Metrics()
 void Metrics::Request(std::string_view rpc, std::string_view code, double seconds) {
   requests_.Add({{"rpc", std::string(rpc)}, {"code", std::string(code)}}).Increment();
   request_duration_.Add({{"rpc", std::string(rpc)}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::TenantRequest(const std::string& tenant, std::string_view code) {
+  tenant_requests_.Add({{"tenant", tenant}, {"code", std::string(code)}}).Increment();
+}
+
+void Metrics::TenantTokens(const std::string& tenant, int64_t n) {
+  tenant_tokens_.Add({{"tenant", tenant}}).Increment(static_cast<double>(n));
+}
+
+void Metrics::TenantQuotaRejected(const std::string& tenant, std::string_view quota) {
+  tenant_quota_rejected_.Add({{"tenant", tenant}, {"quota", std::string(quota)}}).Increment();
+}
+
+void Metrics::SetTenantSessions(const std::string& tenant, int64_t count, int64_t bytes) {
+  tenant_sessions_.Add({{"tenant", tenant}}).Set(static_cast<double>(count));
+  tenant_state_bytes_.Add({{"tenant", tenant}}).Set(static_cast<double>(bytes));
 }
 
 void Metrics::Rejected(std::string_view reason) {

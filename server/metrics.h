@@ -63,6 +63,13 @@ class Metrics {
   void SetReplica(const std::string& replica);
   // The state budget of a tier in bytes (0: no limit).
   void SetStateBudget(std::string_view tier, int64_t bytes);
+  // Tenants (label `tenant`: the auth file's tenant name, "" without one; never a token).
+  void TenantRequest(const std::string& tenant, std::string_view code);
+  void TenantTokens(const std::string& tenant, int64_t n);
+  // `quota`: "sessions", "state_bytes", "concurrent_requests" or "tokens_per_minute".
+  void TenantQuotaRejected(const std::string& tenant, std::string_view quota);
+  void SetTenantSessions(const std::string& tenant, int64_t count, int64_t bytes);
+  void AuthFailure() { auth_failures_.Increment(); }
   void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
                  const std::string& attention);
 
@@ -98,6 +105,12 @@ class Metrics {
   prometheus::Gauge& serving_;
   prometheus::Family<prometheus::Gauge>& replica_info_;
   prometheus::Family<prometheus::Gauge>& state_budget_;
+  prometheus::Family<prometheus::Counter>& tenant_requests_;
+  prometheus::Family<prometheus::Counter>& tenant_tokens_;
+  prometheus::Family<prometheus::Counter>& tenant_quota_rejected_;
+  prometheus::Family<prometheus::Gauge>& tenant_sessions_;
+  prometheus::Family<prometheus::Gauge>& tenant_state_bytes_;
+  prometheus::Counter& auth_failures_;
   // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
   std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order
   std::array<prometheus::Histogram*, 4> ttft_by_source_{};  // kStateSources order

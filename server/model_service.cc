@@ -15,27 +15,31 @@ absl::StatusOr<const engine::api::Tokenizer*> TokenizerOf(const LoadedModel& m) 
 
 }  // namespace
 
-grpc::Status ModelServiceImpl::HandleListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status ModelServiceImpl::HandleListModels(grpc::ServerContext* context,
+                                                const v1::ListModelsRequest*,
                                                 v1::ListModelsResponse* response) {
-  RpcScope scope(ctx_, "ListModels");
+  RpcScope scope(ctx_, "ListModels", context);
+  if (absl::Status s = scope.Admit(); !s.ok()) return scope.Finish(s);
   for (const auto& m : ctx_.models->models()) ModelToProto(*m, response->add_models());
   return scope.Finish(absl::OkStatus());
 }
 
-grpc::Status ModelServiceImpl::HandleGetModel(grpc::ServerContext*,
+grpc::Status ModelServiceImpl::HandleGetModel(grpc::ServerContext* context,
                                               const v1::GetModelRequest* request,
                                               v1::Model* response) {
-  RpcScope scope(ctx_, "GetModel");
+  RpcScope scope(ctx_, "GetModel", context);
+  if (absl::Status s = scope.Admit(); !s.ok()) return scope.Finish(s);
   auto m = ctx_.models->Find(request->name());
   if (m.ok()) ModelToProto(**m, response);
   return scope.Finish(m.status());
 }
 
-grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext*,
+grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext* context,
                                               const v1::TokenizeRequest* request,
                                               v1::TokenizeResponse* response) {
-  RpcScope scope(ctx_, "Tokenize");
+  RpcScope scope(ctx_, "Tokenize", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
     ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
     auto ids = tokenizer->Encode(request->text());
@@ -46,11 +50,12 @@ grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status ModelServiceImpl::HandleDetokenize(grpc::ServerContext*,
+grpc::Status ModelServiceImpl::HandleDetokenize(grpc::ServerContext* context,
                                                 const v1::DetokenizeRequest* request,
                                                 v1::DetokenizeResponse* response) {
-  RpcScope scope(ctx_, "Detokenize");
+  RpcScope scope(ctx_, "Detokenize", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
     ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
     FieldViolations violations;

@@ -113,6 +113,7 @@ void SessionToProto(const SessionInfo& info, v1::Session* out) {
   if (info.default_sampling)
     *out->mutable_default_sampling() = SamplingToProto(*info.default_sampling);
   out->set_pending_tokens(info.pending_tokens);
+  out->set_tenant(info.tenant);
   out->set_durability(DurabilityToProto(info.durability));
   out->set_durable_version(info.durable_version);
 }

@@ -13,7 +13,8 @@ namespace mnemo::server {
 grpc::Status ReplicaServiceImpl::HandOffSession(grpc::ServerContext* context,
                                                 const v1::HandOffSessionRequest* request,
                                                 v1::HandOffSessionResponse* response) {
-  RpcScope scope(ctx_, "HandOffSession");
+  // Between replicas: no tenant's credentials (docs/server-api.md "Tenants").
+  RpcScope scope(ctx_, "HandOffSession", /*context=*/nullptr);
   absl::Time deadline = absl::Now() + wait_;
   const auto call_deadline = context->deadline();
   if (call_deadline != std::chrono::system_clock::time_point::max()) {

@@ -53,6 +53,7 @@ absl::StatusOr<SessionMemory> CopyMemory(const LoadedModel& model, const Session
 
 struct SessionLease::Entry {
   std::string id;
+  std::string tenant;  // the owner; set before the entry is shared, never changed
   LoadedModel* model = nullptr;
   uint64_t sequence = 0;
   absl::Time created;
@@ -134,6 +135,11 @@ absl::Status Moved(const std::string& id, absl::string_view why) {
   return WithReason(absl::AbortedError(absl::StrCat("session ", id, " moved to another replica (",
                                                     why, "); nothing was committed: retry")),
                     kReasonSessionMoved);
+}
+
+// The answer for a session that does not exist, or that the caller may not see: the same text.
+absl::Status NoSession(const std::string& id) {
+  return absl::NotFoundError(absl::StrCat("no session \"", id, "\" (unknown, deleted or expired)"));
 }
 
 bool IsSessionIdText(const std::string& id) {
@@ -272,6 +278,7 @@ engine::api::SnapshotSession SessionManager::FieldsLocked(const Entry& e, int64_
   f.last_use_unix_ms = UnixMillis(e.last_use);
   f.default_sampling = e.default_sampling;
   f.durability = e.durability;
+  f.tenant = e.tenant;
   return f;
 }
 
@@ -306,6 +313,22 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   auto entry = std::make_shared<Entry>();
   {
     MutexLock lock(&mu_);
+    const TenantUsage& used = usage_[options.tenant];
+    const TenantQuotas& quota = options.quotas;
+    if (quota.sessions > 0 && used.sessions >= quota.sessions) {
+      if (metrics_ != nullptr) metrics_->TenantQuotaRejected(options.tenant, "sessions");
+      return QuotaExceeded("sessions",
+                           absl::StrCat("tenant ", options.tenant, " has ", used.sessions,
+                                        " sessions, its sessions "
+                                        "quota; delete some"));
+    }
+    if (quota.state_bytes > 0 && used.bytes + bytes > quota.state_bytes) {
+      if (metrics_ != nullptr) metrics_->TenantQuotaRejected(options.tenant, "state_bytes");
+      return QuotaExceeded("state_bytes",
+                           absl::StrCat("tenant ", options.tenant, "'s sessions hold ", used.bytes,
+                                        " bytes of state; another ", bytes, " would pass its ",
+                                        "state_bytes quota of ", quota.state_bytes));
+    }
     if (static_cast<int64_t>(sessions_.size()) + creating_ >= options_.max_sessions) {
       if (metrics_ != nullptr) metrics_->Rejected("session_quota");
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -321,6 +344,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
       memory = *std::move(fresh);
     }
     entry->id = NewSessionId();
+    entry->tenant = options.tenant;
     entry->model = &model;
     entry->created = entry->last_use = absl::Now();
     entry->labels = options.labels;
@@ -333,13 +357,14 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
     device_bytes_ += bytes;
     ++device_count_;
     ++creating_;
+    AddUsageLocked(options.tenant, 1, bytes);  // reserved: concurrent creations see it
   }
   // The entry is nobody else's until it is in the table: persist its first version unlocked.
   absl::Status persisted;
   if (replica_mode()) {
     // Its owner record, so that another replica asked for it finds it (and asks for it).
     absl::StatusOr<int64_t> claimed = options_.store->Claim(
-        entry->id, 0, SessionOwner{0, options_.replica_id, options_.advertise});
+        entry->id, 0, SessionOwner{0, options_.replica_id, options_.advertise, entry->tenant});
     if (!claimed.ok()) {
       persisted = absl::UnavailableError(absl::StrCat(
           "the session store could not record the new session: ", claimed.status().message()));
@@ -369,6 +394,7 @@ absl::StatusOr<SessionInfo> SessionManager::Insert(LoadedModel& model,
   if (!persisted.ok()) {
     device_bytes_ -= bytes;
     --device_count_;
+    AddUsageLocked(options.tenant, -1, -bytes);
     PublishLocked();
     if (replica_mode()) options_.store->Delete(entry->id).IgnoreError();  // its owner record
     return persisted;
@@ -439,6 +465,7 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::EntryFromSt
     entry->tokens_seen = f.tokens_seen;
     entry->default_sampling = f.default_sampling;
     entry->durability = f.durability;
+    entry->tenant = f.tenant;
     entry->stored_pending = static_cast<int64_t>(f.pending.size());
     entry->created = absl::FromUnixMillis(f.create_time_unix_ms);
   }
@@ -471,6 +498,7 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
     e->sequence = next_sequence_++;
     sessions_[e->id] = e;
     ++store_count_;
+    AddUsageLocked(e->tenant, 1, e->bytes);
     ++added;
   }
   PublishLocked();
@@ -480,10 +508,7 @@ absl::StatusOr<int> SessionManager::Recover(const ModelRegistry& models) {
 absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::FindLocked(
     const std::string& id) const {
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("no session \"", id, "\" (unknown, deleted or expired)"));
-  }
+  if (it == sessions_.end()) return NoSession(id);
   return it->second;
 }
 
@@ -499,7 +524,23 @@ void SessionManager::DropFencedLocked(const std::string& id) {
   EraseLocked(id, "moved", /*store_done=*/true);
 }
 
-absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::Locate(const std::string& id) {
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::Locate(const std::string& id,
+                                                                            const Caller& caller,
+                                                                            bool admin_may) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, LocateAny(id, caller, admin_may));
+  if (entry->tenant != caller.tenant && !(admin_may && caller.admin)) return NoSession(id);
+  return entry;
+}
+
+void SessionManager::AddUsageLocked(const std::string& tenant, int64_t sessions, int64_t bytes) {
+  TenantUsage& u = usage_[tenant];
+  u.sessions += sessions;
+  u.bytes += bytes;
+  if (metrics_ != nullptr) metrics_->SetTenantSessions(tenant, u.sessions, u.bytes);
+}
+
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::LocateAny(
+    const std::string& id, const Caller& caller, bool admin_may) {
   std::shared_ptr<Entry> held;
   {
     MutexLock lock(&mu_);
@@ -527,13 +568,13 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::Locate(cons
       DropFencedLocked(id);
     }
   }
-  return TakeOver(id);
+  return TakeOver(id, caller, admin_may);
 }
 
-absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
-    const std::string& id) {
-  absl::Status not_found =
-      absl::NotFoundError(absl::StrCat("no session \"", id, "\" (unknown, deleted or expired)"));
+absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(const std::string& id,
+                                                                              const Caller& caller,
+                                                                              bool admin_may) {
+  const absl::Status not_found = NoSession(id);
   if (!IsSessionIdText(id)) return not_found;
   {
     MutexLock lock(&mu_);
@@ -559,6 +600,12 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       owner = store.Owner(id);
       if (!owner.ok()) return unavailable(owner.status());
       if (owner->epoch == 0) return not_found;
+      // Another tenant's session stays where it is (a record without a tenant is checked once
+      // the session's snapshot is read, in Locate).
+      if (!owner->tenant.empty() && owner->tenant != caller.tenant &&
+          !(admin_may && caller.admin)) {
+        return not_found;
+      }
       const bool live = !owner->replica.empty() && owner->replica != options_.replica_id &&
                         !owner->address.empty() && options_.hand_off;
       if (!live || owner->epoch == asked_epoch) break;
@@ -580,8 +627,8 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
       }
       asked_epoch = owner->epoch;
     }
-    absl::StatusOr<int64_t> claimed =
-        store.Claim(id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise});
+    absl::StatusOr<int64_t> claimed = store.Claim(
+        id, owner->epoch, SessionOwner{0, options_.replica_id, options_.advertise, owner->tenant});
     if (absl::IsAborted(claimed.status())) {
       if (metrics_ != nullptr) metrics_->Ownership("lost_race");
       return Moved(id, "another replica claimed it at the same time");
@@ -619,6 +666,7 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
     (*entry)->sequence = next_sequence_++;
     sessions_[id] = *entry;
     ++store_count_;
+    AddUsageLocked((*entry)->tenant, 1, (*entry)->bytes);
     PublishLocked();
     return entry;
   };
@@ -629,19 +677,20 @@ absl::StatusOr<std::shared_ptr<SessionLease::Entry>> SessionManager::TakeOver(
   return result;
 }
 
-absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id) {
-  ASSIGN_OR_RETURN(auto entry, Locate(id));
+absl::StatusOr<SessionInfo> SessionManager::Get(const std::string& id, const Caller& caller) {
+  ASSIGN_OR_RETURN(auto entry, Locate(id, caller, /*admin_may=*/true));
   MutexLock lock(&mu_);
   return InfoLocked(*entry);
 }
 
 std::vector<SessionInfo> SessionManager::List(
     uint64_t after_sequence, int limit, const std::map<std::string, std::string>& label_filter,
-    bool* more) const {
+    bool* more, const Caller& caller) const {
   MutexLock lock(&mu_);
   std::vector<const Entry*> matching;
   for (const auto& [id, e] : sessions_) {
     if (e->sequence <= after_sequence) continue;
+    if (e->tenant != caller.tenant && !caller.admin) continue;
     bool ok = true;
     for (const auto& [k, v] : label_filter) {
       auto it = e->labels.find(k);
@@ -659,8 +708,9 @@ std::vector<SessionInfo> SessionManager::List(
   return out;
 }
 
-absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id));
+absl::Status SessionManager::Delete(const std::string& id, int64_t expected_version,
+                                    const Caller& caller) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id, caller, /*admin_may=*/true));
   {
     MutexLock lock(&mu_);
     WaitNotMovingLocked(*entry);
@@ -710,6 +760,7 @@ void SessionManager::EraseLocked(const std::string& id, const char* reason, bool
       --store_count_;
       break;
   }
+  AddUsageLocked(e.tenant, -1, -e.bytes);
   if (writer_ != nullptr && !store_done) writer_->Delete(id);
   sessions_.erase(it);
   if (metrics_ != nullptr) metrics_->SessionClosed(reason);
@@ -717,8 +768,9 @@ void SessionManager::EraseLocked(const std::string& id, const char* reason, bool
 }
 
 absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t expected_version,
-                                                 const SessionOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> source, Acquire(id, expected_version));
+                                                 const SessionOptions& options,
+                                                 const Caller& caller) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> source, Acquire(id, expected_version, caller));
   LoadedModel& model = source->model();
   std::shared_ptr<Entry> src = source->entry_;
   SessionOptions copy = options;
@@ -734,8 +786,9 @@ absl::StatusOr<SessionInfo> SessionManager::Fork(const std::string& id, int64_t 
 }
 
 absl::StatusOr<std::unique_ptr<SessionLease>> SessionManager::Acquire(const std::string& id,
-                                                                      int64_t expected_version) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id));
+                                                                      int64_t expected_version,
+                                                                      const Caller& caller) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> entry, Locate(id, caller, /*admin_may=*/false));
   {
     MutexLock lock(&mu_);
     WaitNotMovingLocked(*entry);
@@ -1179,6 +1232,7 @@ SessionInfo SessionManager::InfoLocked(const Entry& e) const {
   info.sequence = e.sequence;
   info.durability = e.durability;
   info.durable_version = e.durable_version;
+  info.tenant = e.tenant;
   return info;
 }
 

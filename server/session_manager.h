@@ -21,6 +21,13 @@
 // and answers ABORTED with reason SESSION_MOVED (or takes the session back when asked for it).
 // ReleaseAll (drain) writes every session to the store and lets go of it.
 //
+// Tenants (server/auth.h): every session belongs to the tenant that created it (kept in its
+// snapshots, so it survives restarts, eviction to the store and moves between replicas). The
+// lookup every session method goes through (Locate) answers another tenant's session with the
+// same NOT_FOUND as a session that does not exist; an admin caller may see (Get, List) and
+// delete every tenant's sessions, never run requests on them. The tenant's session and
+// state-byte quotas are checked where sessions are made (Insert).
+//
 // Threading: every method is safe from any thread. `mu_` guards the session table, the byte and
 // count totals, the stopping flag, and every entry's mutable fields (labels, TTL, last use, busy,
 // moving, tier, versions, tokens seen); an entry's memory belongs to its lease holder while busy,
@@ -48,6 +55,7 @@
 #include "base/mutex.h"
 #include "engine/api/snapshot.h"
 #include "engine/api/types.h"
+#include "server/auth.h"
 #include "server/model_registry.h"
 #include "server/session_store.h"
 
@@ -82,6 +90,10 @@ struct SessionOptions {
   std::map<std::string, std::string> labels;
   std::optional<engine::api::SamplingParams> default_sampling;
   std::optional<Durability> durability;  // unset: the manager's default
+  // The owner of a new session and its quotas (sessions, state_bytes); "" and no limits
+  // without an auth file.
+  std::string tenant;
+  TenantQuotas quotas;
 };
 
 // A copy of a session's descriptive fields.
@@ -102,6 +114,7 @@ struct SessionInfo {
   uint64_t sequence = 0;  // creation order (list paging)
   Durability durability = Durability::kNone;
   int64_t durable_version = -1;  // the newest version the store holds; -1: none
+  std::string tenant;
 };
 
 struct SessionManagerOptions {
@@ -198,25 +211,32 @@ class SessionManager {
   bool has_store() const { return options_.store != nullptr; }
   // In replica mode a session another replica holds is taken over (so is one for Delete, Fork
   // and Acquire).
-  absl::StatusOr<SessionInfo> Get(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // `caller` (here and below): NOT_FOUND for a session of another tenant (an admin may Get,
+  // List and Delete them).
+  absl::StatusOr<SessionInfo> Get(const std::string& id, const Caller& caller = Caller())
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Sessions created after `after_sequence` carrying every label of `label_filter`, oldest
   // first, at most `limit`; *more tells whether further ones exist.
   std::vector<SessionInfo> List(uint64_t after_sequence, int limit,
-                                const std::map<std::string, std::string>& label_filter,
-                                bool* more) const ABSL_LOCKS_EXCLUDED(mu_);
+                                const std::map<std::string, std::string>& label_filter, bool* more,
+                                const Caller& caller = Caller()) const ABSL_LOCKS_EXCLUDED(mu_);
   // ABORTED while a request runs on it or when `expected_version` (0 = any) differs. A SYNC
   // session's stored versions are gone when it returns (UNAVAILABLE if the store fails).
-  absl::Status Delete(const std::string& id, int64_t expected_version) ABSL_LOCKS_EXCLUDED(mu_);
-  // A new session holding a copy of `id`'s memory; `options` fields left empty come from it.
+  absl::Status Delete(const std::string& id, int64_t expected_version,
+                      const Caller& caller = Caller()) ABSL_LOCKS_EXCLUDED(mu_);
+  // A new session holding a copy of `id`'s memory; `options` fields left empty come from it
+  // (but the owner: options.tenant).
   absl::StatusOr<SessionInfo> Fork(const std::string& id, int64_t expected_version,
-                                   const SessionOptions& options) ABSL_LOCKS_EXCLUDED(mu_);
+                                   const SessionOptions& options, const Caller& caller = Caller())
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Exclusive use of a session, its state on the device (promoted from host or restored from the
   // store if it was there). NOT_FOUND, ABORTED (busy, or version ≠ expected_version when that is
   // not 0), RESOURCE_EXHAUSTED (no device room), UNAVAILABLE (the store could not be read),
   // DATA_LOSS / FAILED_PRECONDITION / INVALID_ARGUMENT (its stored snapshot is unusable: the
   // session is quarantined).
   absl::StatusOr<std::unique_ptr<SessionLease>> Acquire(const std::string& id,
-                                                        int64_t expected_version)
+                                                        int64_t expected_version,
+                                                        const Caller& caller = Caller())
       ABSL_LOCKS_EXCLUDED(mu_);
   // Replica mode: writes session `id` to the store (whatever its durability) once no request
   // runs on it (waiting until `deadline`) and lets go of it; returns the version written.
@@ -265,10 +285,21 @@ class SessionManager {
   SessionInfo InfoLocked(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Entry>> FindLocked(const std::string& id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The entry of `id` as `caller` may see it (the one place tenants are checked: NOT_FOUND, as
+  // for no such session, when it is another tenant's, unless `admin_may` and caller.admin).
+  absl::StatusOr<std::shared_ptr<Entry>> Locate(const std::string& id, const Caller& caller,
+                                                bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
   // The entry of `id`: in the table (checking, in replica mode, that this replica still owns
   // it), or taken over from the store (replica mode).
-  absl::StatusOr<std::shared_ptr<Entry>> Locate(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<std::shared_ptr<Entry>> TakeOver(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::shared_ptr<Entry>> LocateAny(const std::string& id, const Caller& caller,
+                                                   bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
+  // Counts a session (or its removal) in its tenant's usage.
+  void AddUsageLocked(const std::string& tenant, int64_t sessions, int64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // (NOT_FOUND without taking anything over when the owner record names another tenant than
+  // the caller's.)
+  absl::StatusOr<std::shared_ptr<Entry>> TakeOver(const std::string& id, const Caller& caller,
+                                                  bool admin_may) ABSL_LOCKS_EXCLUDED(mu_);
   // An entry for the stored session `v` (store tier; quarantined when its manifest is unusable).
   // UNAVAILABLE for an I/O failure; FAILED_PRECONDITION for a model this server has not loaded.
   absl::StatusOr<std::shared_ptr<Entry>> EntryFromStore(const StoredVersion& v,
@@ -295,6 +326,11 @@ class SessionManager {
   int64_t evicting_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // host states being written to the store
   int64_t creating_ ABSL_GUARDED_BY(mu_) = 0;        // sessions being created (quota)
   std::set<std::string> taking_over_ ABSL_GUARDED_BY(mu_);  // TakeOver running (one per id)
+  struct TenantUsage {
+    int64_t sessions = 0;
+    int64_t bytes = 0;
+  };
+  std::map<std::string, TenantUsage> usage_ ABSL_GUARDED_BY(mu_);  // sessions being made too
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   CondVar reaper_cv_;                    // wakes the reaper early (shutdown, host tier over budget)
   CondVar moved_cv_;                     // an entry stopped moving

@@ -45,11 +45,12 @@ absl::Status RequireId(const std::string& id) {
 
 }  // namespace
 
-grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
+grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext* context,
                                                      const v1::CreateSessionRequest* request,
                                                      v1::Session* response) {
-  RpcScope scope(ctx_, "CreateSession");
+  RpcScope scope(ctx_, "CreateSession", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     ASSIGN_OR_RETURN(LoadedModel * model, ctx_.models->Find(request->model()));
     const int64_t mem_len = model->model->config().mem_len;
     if (request->memory_tokens() != 0 && request->memory_tokens() != mem_len) {
@@ -64,6 +65,8 @@ grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
                     request->has_default_sampling() ? &request->default_sampling() : nullptr,
                     ctx_.limits));
     options.durability = DurabilityFromProto(request->durability());
+    options.tenant = scope.caller().tenant;
+    options.quotas = scope.caller().quotas;
     ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Create(*model, options));
     SessionToProto(info, response);
     return absl::OkStatus();
@@ -71,24 +74,26 @@ grpc::Status SessionServiceImpl::HandleCreateSession(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::HandleGetSession(grpc::ServerContext*,
+grpc::Status SessionServiceImpl::HandleGetSession(grpc::ServerContext* context,
                                                   const v1::GetSessionRequest* request,
                                                   v1::Session* response) {
-  RpcScope scope(ctx_, "GetSession");
+  RpcScope scope(ctx_, "GetSession", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     RETURN_IF_ERROR(RequireId(request->session_id()));
-    ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(request->session_id()));
+    ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(request->session_id(), scope.caller()));
     SessionToProto(info, response);
     return absl::OkStatus();
   };
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::HandleListSessions(grpc::ServerContext*,
+grpc::Status SessionServiceImpl::HandleListSessions(grpc::ServerContext* context,
                                                     const v1::ListSessionsRequest* request,
                                                     v1::ListSessionsResponse* response) {
-  RpcScope scope(ctx_, "ListSessions");
+  RpcScope scope(ctx_, "ListSessions", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     FieldViolations violations;
     int limit = request->page_size() == 0 ? 100 : request->page_size();
     if (limit < 1 || limit > 1000) violations.Add("page_size", "must be in [1, 1000] (0: 100)");
@@ -100,7 +105,8 @@ grpc::Status SessionServiceImpl::HandleListSessions(grpc::ServerContext*,
     std::map<std::string, std::string> filter(request->label_filter().begin(),
                                               request->label_filter().end());
     bool more = false;
-    std::vector<SessionInfo> page = ctx_.sessions->List(after, limit, filter, &more);
+    std::vector<SessionInfo> page =
+        ctx_.sessions->List(after, limit, filter, &more, scope.caller());
     for (const SessionInfo& info : page) SessionToProto(info, response->add_sessions());
     if (more) response->set_next_page_token(std::to_string(page.back().sequence));
     return absl::OkStatus();
@@ -108,28 +114,33 @@ grpc::Status SessionServiceImpl::HandleListSessions(grpc::ServerContext*,
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::HandleDeleteSession(grpc::ServerContext*,
+grpc::Status SessionServiceImpl::HandleDeleteSession(grpc::ServerContext* context,
                                                      const v1::DeleteSessionRequest* request,
                                                      v1::DeleteSessionResponse*) {
-  RpcScope scope(ctx_, "DeleteSession");
+  RpcScope scope(ctx_, "DeleteSession", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     RETURN_IF_ERROR(RequireId(request->session_id()));
-    return ctx_.sessions->Delete(request->session_id(), request->expected_state_version());
+    return ctx_.sessions->Delete(request->session_id(), request->expected_state_version(),
+                                 scope.caller());
   };
   return scope.Finish(run());
 }
 
-grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
+grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext* context,
                                                    const v1::ForkSessionRequest* request,
                                                    v1::Session* response) {
-  RpcScope scope(ctx_, "ForkSession");
+  RpcScope scope(ctx_, "ForkSession", context);
   auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
     RETURN_IF_ERROR(RequireId(request->session_id()));
     ASSIGN_OR_RETURN(SessionOptions options, OptionsFrom(request->labels(), request->has_ttl(),
                                                          request->ttl(), nullptr, ctx_.limits));
-    ASSIGN_OR_RETURN(
-        SessionInfo info,
-        ctx_.sessions->Fork(request->session_id(), request->expected_state_version(), options));
+    options.tenant = scope.caller().tenant;
+    options.quotas = scope.caller().quotas;
+    ASSIGN_OR_RETURN(SessionInfo info,
+                     ctx_.sessions->Fork(request->session_id(), request->expected_state_version(),
+                                         options, scope.caller()));
     SessionToProto(info, response);
     return absl::OkStatus();
   };
@@ -139,7 +150,7 @@ grpc::Status SessionServiceImpl::HandleForkSession(grpc::ServerContext*,
 grpc::Status SessionServiceImpl::ExportSession(
     grpc::ServerContext* context, const v1::ExportSessionRequest* request,
     grpc::ServerWriter<v1::SessionSnapshotChunk>* writer) {
-  RpcScope scope(ctx_, "ExportSession");
+  RpcScope scope(ctx_, "ExportSession", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
     RETURN_IF_ERROR(RequireId(request->session_id()));
@@ -147,9 +158,9 @@ grpc::Status SessionServiceImpl::ExportSession(
     int64_t version = 0;
     std::string fingerprint;
     {
-      ASSIGN_OR_RETURN(
-          std::unique_ptr<SessionLease> lease,
-          ctx_.sessions->Acquire(request->session_id(), request->expected_state_version()));
+      ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
+                       ctx_.sessions->Acquire(request->session_id(),
+                                              request->expected_state_version(), scope.caller()));
       version = lease->state_version();
       fingerprint = lease->model().description.fingerprint;
       ASSIGN_OR_RETURN(snapshot, EncodeSession(lease->model(), lease->memory(),
@@ -178,7 +189,7 @@ grpc::Status SessionServiceImpl::ExportSession(
 grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
                                                grpc::ServerReader<v1::ImportSessionRequest>* reader,
                                                v1::Session* response) {
-  RpcScope scope(ctx_, "ImportSession");
+  RpcScope scope(ctx_, "ImportSession", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
     v1::ImportSessionRequest first;
@@ -191,7 +202,10 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     }
     std::string model_name = first.model();
     if (model_name.empty() && !first.session_id().empty()) {
-      ASSIGN_OR_RETURN(SessionInfo target, ctx_.sessions->Get(first.session_id()));
+      // Only the owner may replace a session's state (an admin too answers NOT_FOUND here).
+      Caller owner = scope.caller();
+      owner.admin = false;
+      ASSIGN_OR_RETURN(SessionInfo target, ctx_.sessions->Get(first.session_id(), owner));
       model_name = target.model;
     }
     ASSIGN_OR_RETURN(LoadedModel * model, ctx_.models->Find(model_name));
@@ -227,7 +241,8 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     if (!first.session_id().empty()) {
       // Replace an existing session's state: one more version of it.
       ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
-                       ctx_.sessions->Acquire(first.session_id(), first.expected_state_version()));
+                       ctx_.sessions->Acquire(first.session_id(), first.expected_state_version(),
+                                              scope.caller()));
       if (&lease->model() != model) {
         return InvalidField("model",
                             absl::StrCat("session ", first.session_id(), " belongs to model \"",
@@ -244,7 +259,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
       count_restore();
       const std::string id = lease->id();
       lease.reset();
-      ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(id));
+      ASSIGN_OR_RETURN(SessionInfo info, ctx_.sessions->Get(id, scope.caller()));
       SessionToProto(info, response);
       return absl::OkStatus();
     }
@@ -269,6 +284,9 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     options.default_sampling = fields.default_sampling;
     options.durability = DurabilityFromProto(first.durability());
     if (!options.durability && ctx_.sessions->has_store()) options.durability = fields.durability;
+    // The importing caller owns the copy, whoever owned the session it was exported from.
+    options.tenant = scope.caller().tenant;
+    options.quotas = scope.caller().quotas;
     ASSIGN_OR_RETURN(
         SessionInfo info,
         ctx_.sessions->CreateFrom(*model, options, std::move(decoded.memory), fields.tokens_seen));

@@ -330,9 +330,11 @@ std::optional<int64_t> ParseOwnerFileName(absl::string_view name) {
   return epoch;
 }
 
-// An owner record's text: the replica, then its address, one per line.
+// An owner record's text: the replica, then its address, then (when there is one) the session's
+// tenant, one per line.
 std::string OwnerRecordText(const SessionOwner& owner) {
-  return absl::StrCat(owner.replica, "\n", owner.address, "\n");
+  if (owner.tenant.empty()) return absl::StrCat(owner.replica, "\n", owner.address, "\n");
+  return absl::StrCat(owner.replica, "\n", owner.address, "\n", owner.tenant, "\n");
 }
 
 bool PrintableLine(absl::string_view s) {
@@ -341,15 +343,16 @@ bool PrintableLine(absl::string_view s) {
 
 absl::StatusOr<SessionOwner> ParseOwnerRecord(absl::string_view text, int64_t epoch) {
   std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
-  if (lines.size() != 3 || !lines[2].empty() || !PrintableLine(lines[0]) ||
-      !PrintableLine(lines[1])) {
+  if (lines.size() < 3 || lines.size() > 4 || !lines.back().empty() ||
+      !std::all_of(lines.begin(), lines.end(), PrintableLine)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("owner record ", epoch, " is not two printable lines"));
+        absl::StrCat("owner record ", epoch, " is not two or three printable lines"));
   }
   SessionOwner owner;
   owner.epoch = epoch;
   owner.replica = std::string(lines[0]);
   owner.address = std::string(lines[1]);
+  if (lines.size() == 4) owner.tenant = std::string(lines[2]);
   return owner;
 }
 
@@ -639,8 +642,10 @@ class FileSessionStore final : public SessionStore {
     if (seen_epoch < 0 || seen_epoch == std::numeric_limits<int64_t>::max()) {
       return absl::InvalidArgumentError(absl::StrCat("owner epoch ", seen_epoch, " out of range"));
     }
-    if (!PrintableLine(owner.replica) || !PrintableLine(owner.address)) {
-      return absl::InvalidArgumentError("a replica name or address with unprintable characters");
+    if (!PrintableLine(owner.replica) || !PrintableLine(owner.address) ||
+        !PrintableLine(owner.tenant)) {
+      return absl::InvalidArgumentError(
+          "a replica name, address or tenant with unprintable characters");
     }
     const int64_t epoch = seen_epoch + 1;
     const std::string context = absl::StrCat("claiming session ", id, " (epoch ", epoch, ")");
@@ -672,7 +677,15 @@ class FileSessionStore final : public SessionStore {
     Forget(id);
     if (mine == 0 || !CheckEpoch(id, mine).ok()) return absl::OkStatus();
     const std::string context = absl::StrCat("releasing session ", id);
-    absl::Status written = WriteOwnerRecord(id, mine + 1, SessionOwner{});
+    // The released record keeps the session's tenant (the one this replica's claim recorded).
+    SessionOwner released;
+    absl::StatusOr<std::string> text = env_->ReadFile(OwnerPath(id, mine), kMaxOwnerRecordBytes);
+    if (text.ok()) {
+      if (absl::StatusOr<SessionOwner> current = ParseOwnerRecord(*text, mine); current.ok()) {
+        released.tenant = current->tenant;
+      }
+    }
+    absl::Status written = WriteOwnerRecord(id, mine + 1, released);
     if (absl::IsAborted(written)) return absl::OkStatus();  // claimed meanwhile: not ours anyway
     RETURN_IF_ERROR(Annotate(written, context));
     RemoveOwnerRecordsBefore(id, mine + 1);

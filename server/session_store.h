@@ -89,6 +89,9 @@ struct SessionOwner {
   int64_t epoch = 0;    // 0: nobody ever claimed it
   std::string replica;  // empty: released (the last owner let go)
   std::string address;  // where that replica takes hand-off calls (may be empty)
+  // The session's tenant (kept across claims and releases), so that a replica can refuse another
+  // tenant's session before taking it over; empty: none, or a record written before tenants.
+  std::string tenant;
 };
 
 class SessionStore {

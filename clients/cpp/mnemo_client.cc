@@ -318,8 +318,9 @@ absl::StatusOr<Client> Client::Connect(const std::string& target, RetryPolicy re
 }
 
 void Client::Prepare(grpc::ClientContext* context, const std::string& session_id,
-                     std::optional<std::chrono::system_clock::time_point> deadline) {
+                     std::optional<std::chrono::system_clock::time_point> deadline) const {
   if (deadline.has_value()) context->set_deadline(*deadline);
+  if (!token_.empty()) context->AddMetadata("authorization", "Bearer " + token_);
   // Session-affinity routers send a session's requests to the replica that holds it.
   if (!session_id.empty()) context->AddMetadata("x-session-id", session_id);
 }

@@ -174,6 +174,10 @@ class Client {
 
   absl::StatusOr<v1::ScoreResponse> Score(const v1::ScoreRequest& request);
 
+  // A bearer token for a server with an auth file, sent as "authorization: Bearer <token>"
+  // metadata on every later call ("" : none).
+  void set_token(std::string token) { token_ = std::move(token); }
+
  private:
   // How a call may be retried after a transport failure that may have reached the server.
   enum class Safety {
@@ -185,9 +189,10 @@ class Client {
     return expected_state_version != 0 ? Safety::kPinned : Safety::kUnsafe;
   }
 
-  // Sets the deadline, and names the session in `x-session-id` metadata when there is one.
-  static void Prepare(grpc::ClientContext* context, const std::string& session_id,
-                      std::optional<std::chrono::system_clock::time_point> deadline);
+  // Sets the deadline, the bearer token (set_token), and names the session in `x-session-id`
+  // metadata when there is one.
+  void Prepare(grpc::ClientContext* context, const std::string& session_id,
+               std::optional<std::chrono::system_clock::time_point> deadline) const;
   // The retry bookkeeping of one call (attempts, deadline, backoff); defined in the .cc file.
   class Retrier;
 
@@ -202,6 +207,7 @@ class Client {
   std::unique_ptr<v1::InferenceService::Stub> inference_;
   std::optional<absl::Duration> timeout_;
   RetryPolicy retry_;
+  std::string token_;
 };
 
 }  // namespace mnemo::client

@@ -40,6 +40,7 @@ using mnemo::ReadFile;
 
 constexpr char kUsage[] =
     R"(usage: mnemo-client [--target HOST:PORT] [--timeout D] [--no-retry] [--json] [--tls-*]
+                    [--token-file F]
                     <command> [args] [flags]
 
 global flags (before or after the command):
@@ -55,6 +56,8 @@ global flags (before or after the command):
   --tls-key FILE       the client certificate's private key (PEM)
   --tls-server-name N  the name the server's certificate must carry (default: the target's
                        host)
+  --token-file FILE    bearer token for a server with an auth file: the first line of FILE
+                       (default: $MNEMO_TOKEN; a token is never given on the command line)
   --help               this text
 
 commands:
@@ -542,9 +545,9 @@ int UsageError(const std::string& message) {
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
   const std::map<std::string, bool> global = {
-      {"target", true},   {"timeout", true}, {"no-retry", false},
-      {"json", false},    {"help", false},   {"tls-ca", true},
-      {"tls-cert", true}, {"tls-key", true}, {"tls-server-name", true}};
+      {"target", true},   {"timeout", true}, {"no-retry", false},       {"json", false},
+      {"help", false},    {"tls-ca", true},  {"tls-cert", true},        {"tls-key", true},
+      {"tls-server-name", true}, {"token-file", true}};
   size_t command_at = 0;
   absl::StatusOr<Flags> flags = Flags::ParseWithPositionals(args, 1, global, true, &command_at);
   if (!flags.ok()) return UsageError(std::string(flags.status().message()));
@@ -594,8 +597,18 @@ int Main(int argc, char** argv) {
   } else {
     client = Client::Connect(target, retry);
   }
+  std::string token;
+  if (flags->Has("token-file")) {
+    absl::StatusOr<std::string> text = ReadFile(flags->Get("token-file"));
+    if (!text.ok()) return UsageError(absl::StrCat("--token-file: ", text.status().message()));
+    token = text->substr(0, text->find_first_of("\r\n"));
+    if (token.empty()) return UsageError("--token-file: no token on its first line");
+  } else if (const char* env_token = std::getenv("MNEMO_TOKEN"); env_token != nullptr) {
+    token = env_token;
+  }
   absl::Status status = client.status();
   if (status.ok()) {
+    client->set_token(token);
     client->set_timeout(*timeout);
     status = Run(*client, command, *flags);
   }

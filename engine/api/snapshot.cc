@@ -212,6 +212,7 @@ Json SessionJson(const SnapshotSession& s) {
     j["default_sampling"] = nullptr;
   }
   j["durability"] = EnumName(s.durability);
+  if (!s.tenant.empty()) j["tenant"] = s.tenant;
   return j;
 }
 
@@ -308,6 +309,9 @@ absl::StatusOr<SnapshotSession> ParseSession(const Json& j) {
   const std::optional<Durability> level = ParseEnum<Durability>(durability);
   if (!level) return f.Error("durability", "must be \"none\", \"async\" or \"sync\"");
   s.durability = *level;
+  if (j.contains("tenant")) {
+    ASSIGN_OR_RETURN(s.tenant, f.String("tenant"));
+  }
   return s;
 }
 

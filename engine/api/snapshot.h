@@ -49,6 +49,9 @@ struct SnapshotSession {
   int64_t last_use_unix_ms = 0;
   std::optional<SamplingParams> default_sampling;
   Durability durability = Durability::kNone;
+  // The owner (the server's tenant name); "" for none, and then absent from the manifest, so
+  // snapshots written before tenants existed read as before.
+  std::string tenant;
 };
 
 // The header and manifest of a snapshot: enough to list a stored session without reading its

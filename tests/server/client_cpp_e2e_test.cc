@@ -43,6 +43,15 @@ namespace {
 
 constexpr char kModel[] = "tiny";
 constexpr int64_t kSegmentTokens = 16;
+// The server runs with an auth file: the suite's client is tenant "e2e"; "other" is another
+// tenant. The file holds their SHA-256 (printf %s TOKEN | sha256sum).
+constexpr char kToken[] = "e2e-tenant-token-1";
+constexpr char kOtherToken[] = "e2e-other-tenant-token-2";
+constexpr char kAuthFile[] =
+    R"({"tenants": [
+  {"name": "e2e", "token_sha256": ["364cf95c5d84abfa05a2911eef3e54e8fc4ee9bbc4d6393b7aab0d533915a8dd"]},
+  {"name": "other", "token_sha256": ["ab847296f74350bb440f164b6d1592fb8e81e98561c11e8d3683ae1ff6dd5381"]}
+]})";
 
 std::string Env(const char* name, const std::string& fallback = "") {
   const char* v = std::getenv(name);
@@ -233,16 +242,18 @@ class ClientE2eTest : public ::testing::Test {
                           "): ", made->err);
     }
 
+    std::ofstream(s.dir + "/auth.json") << kAuthFile;
+    std::ofstream(s.dir + "/token") << kToken << "\n";
     absl::StatusOr<std::pair<int, int>> ports = FreePorts();
     if (!ports.ok()) return std::string(ports.status().message());
     s.target = absl::StrCat("127.0.0.1:", ports->first);
     s.server_log = s.dir + "/server.log";
-    absl::StatusOr<pid_t> pid =
-        Spawn({server_bin, "--listen", s.target, "--metrics-listen",
-               absl::StrCat("127.0.0.1:", ports->second), "--model",
-               absl::StrCat(kModel, "=", model_dir), "--segment-tokens",
-               absl::StrCat(kSegmentTokens), "--session-ttl", "600s", "--shutdown-grace", "10s"},
-              s.dir + "/server.out", s.server_log);
+    absl::StatusOr<pid_t> pid = Spawn(
+        {server_bin, "--listen", s.target, "--metrics-listen",
+         absl::StrCat("127.0.0.1:", ports->second), "--model", absl::StrCat(kModel, "=", model_dir),
+         "--segment-tokens", absl::StrCat(kSegmentTokens), "--session-ttl", "600s",
+         "--shutdown-grace", "10s", "--auth-file", s.dir + "/auth.json"},
+        s.dir + "/server.out", s.server_log);
     if (!pid.ok()) return std::string(pid.status().message());
     s.server_pid = *pid;
 
@@ -260,6 +271,7 @@ class ClientE2eTest : public ::testing::Test {
       absl::StatusOr<Client> client = Client::Connect(s.target);
       if (!client.ok()) return std::string(client.status().message());
       s.client = std::make_unique<Client>(*std::move(client));
+      s.client->set_token(kToken);
       s.client->set_timeout(absl::Seconds(2));
       models = s.client->ListModels();
       if (models.ok() || absl::Now() > deadline) break;
@@ -534,6 +546,24 @@ TEST_F(ClientE2eTest, UnknownSessionIsNotFound) {
   EXPECT_EQ(client().Score(score).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(ClientE2eTest, TheTokenNamesTheTenant) {
+  const v1::Session mine = NewSession();
+  absl::StatusOr<Client> anonymous = Client::Connect(suite_->target);
+  ASSERT_TRUE(anonymous.ok());
+  anonymous->set_timeout(absl::Seconds(60));
+  EXPECT_EQ(anonymous->ListModels().status().code(), absl::StatusCode::kUnauthenticated);
+  absl::StatusOr<Client> other = Client::Connect(suite_->target);
+  ASSERT_TRUE(other.ok());
+  other->set_timeout(absl::Seconds(60));
+  other->set_token(kOtherToken);
+  EXPECT_TRUE(other->ListModels().ok());
+  EXPECT_EQ(other->GetSession(mine.id()).status().code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<std::vector<v1::Session>> listed = other->ListSessions();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty());
+  EXPECT_TRUE(client().GetSession(mine.id()).ok());
+}
+
 TEST_F(ClientE2eTest, TokenIdOutsideTheVocabularyIsInvalidArgument) {
   const int32_t vocab = static_cast<int32_t>(model().vocab_size());
   v1::GenerateRequest request;
@@ -578,21 +608,27 @@ TEST_F(ClientE2eTest, CommandLine) {
   const std::string bin = Env("MNEMO_CLIENT_BIN");
   if (bin.empty()) GTEST_SKIP() << "MNEMO_CLIENT_BIN is not set";
   const std::string target = suite_->target;
-  absl::StatusOr<ProcessResult> models =
-      RunProcess({bin, "--target", target, "models"}, Path("cli-models"));
+  const std::string token_file = Path("token");
+  absl::StatusOr<ProcessResult> refused =
+      RunProcess({bin, "--target", target, "models"}, Path("cli-no-token"));
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_TRUE(absl::StartsWith(refused->err, "error: UNAUTHENTICATED: ")) << refused->err;
+  absl::StatusOr<ProcessResult> models = RunProcess(
+      {bin, "--target", target, "--token-file", token_file, "models"}, Path("cli-models"));
   ASSERT_TRUE(models.ok()) << models.status();
   EXPECT_EQ(models->wait_status, 0) << models->err;
   EXPECT_TRUE(absl::StrContains(models->out, "tiny")) << models->out;
 
   absl::StatusOr<ProcessResult> missing =
-      RunProcess({bin, "get", std::string(32, '0'), "--target", target}, Path("cli-get"));
+      RunProcess({bin, "get", std::string(32, '0'), "--target", target, "--token-file", token_file},
+                 Path("cli-get"));
   ASSERT_TRUE(missing.ok()) << missing.status();
   EXPECT_TRUE(WIFEXITED(missing->wait_status) && WEXITSTATUS(missing->wait_status) == 1);
   EXPECT_TRUE(absl::StartsWith(missing->err, "error: NOT_FOUND: ")) << missing->err;
 
   absl::StatusOr<ProcessResult> generated =
-      RunProcess({bin, "--target", target, "generate", "--prompt", "The licence", "--max-tokens",
-                  "4", "--temperature", "0", "--ignore-eos"},
+      RunProcess({bin, "--target", target, "--token-file", token_file, "generate", "--prompt",
+                  "The licence", "--max-tokens", "4", "--temperature", "0", "--ignore-eos"},
                  Path("cli-generate"));
   ASSERT_TRUE(generated.ok()) << generated.status();
   EXPECT_EQ(generated->wait_status, 0) << generated->err;

@@ -858,3 +858,29 @@ TEST_F(SessionStoreTest, ConcurrentClaimsElectExactlyOneOwnerPerEpoch) {
 
 }  // namespace
 }  // namespace mnemo::server
+
+namespace mnemo::server {
+namespace {
+
+TEST_F(SessionStoreTest, OwnerRecordsKeepTheTenantAcrossClaimsAndReleases) {
+  auto a = Open();
+  auto b = Open();
+  SessionOwner owned = Replica("a");
+  owned.tenant = "alice";
+  ASSERT_TRUE(a->Claim(kId, 0, owned).ok());
+  EXPECT_EQ(b->Owner(kId)->tenant, "alice");
+  ASSERT_TRUE(a->Release(kId).ok());
+  absl::StatusOr<SessionOwner> released = b->Owner(kId);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(released->replica, "");
+  EXPECT_EQ(released->tenant, "alice") << "a release keeps the tenant";
+  // A record without a tenant (written before tenants existed) still reads.
+  ASSERT_TRUE(b->Claim(kId, released->epoch, Replica("b")).ok());
+  EXPECT_EQ(a->Owner(kId)->tenant, "");
+  SessionOwner bad = Replica("c");
+  bad.tenant = "a\nb";
+  EXPECT_EQ(a->Claim(kId, 3, bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mnemo::server

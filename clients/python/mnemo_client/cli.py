@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-server-name", metavar="NAME", default=None,
                      help="name the server's certificate must carry (default: the target's "
                           "host)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="read the bearer token for a server with an auth file from FILE "
+                             "(default: $MNEMO_TOKEN; never give a token itself on the "
+                             "command line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("models", help="list the loaded models")
@@ -255,6 +259,15 @@ def tls_config(args):
         return None
     return TlsConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
                      server_name=args.tls_server_name)
+def _token(args) -> Optional[str]:
+    """The bearer token: the first line of --token-file, else $MNEMO_TOKEN, else None."""
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.readline().strip()
+        if not token:
+            raise SystemExit(f"mnemo-client: {args.token_file}: no token on its first line")
+        return token
+    return os.environ.get("MNEMO_TOKEN") or None
 
 
 def run(args) -> int:
@@ -265,7 +278,7 @@ def run(args) -> int:
 
     retry = None if args.no_retry else RetryPolicy()
     with MnemoClient(args.target, timeout=args.timeout, retry=retry,
-                     tls=tls_config(args)) as client:
+                     tls=tls_config(args), token=_token(args)) as client:
         cmd = args.command
         if cmd == "models":
             for m in client.models():

@@ -306,15 +306,20 @@ class MnemoClient:
     client certificate and key; without it the channel is plaintext. `channel` may be given
     instead of both (`target` and `tls` are then ignored). `retry` is the
     RetryPolicy (default: RetryPolicy(), 5 attempts, backoff 50 ms doubling to 2 s); None turns
-    retries off. Use as a context manager or call `close()`.
+    retries off. `token` is a bearer token for a server with an auth file: sent as
+    "authorization: Bearer <token>" metadata on every call. Use as a context manager or call
+    `close()`.
     """
 
     def __init__(self, target: str, timeout: Optional[float] = None, *,
                  channel: Optional[grpc.Channel] = None,
                  options: Optional[Sequence[tuple[str, Any]]] = None,
                  retry: Optional[RetryPolicy] = _UNSET,
-                 tls: Optional[TlsConfig] = None):
+                 tls: Optional[TlsConfig] = None, token: Optional[str] = None):
         self.target = target
+        if token is not None and (not token or any(c in token for c in "\r\n")):
+            raise ValueError("token must be a non-empty string without line breaks")
+        self._token = token
         self.timeout = timeout
         self.retry_policy = RetryPolicy() if retry is _UNSET else (retry or NO_RETRY)
         opts = list(options or []) + [("grpc.max_receive_message_length", 64 << 20)]
@@ -342,10 +347,14 @@ class MnemoClient:
     def _timeout(self, timeout: Any) -> Optional[float]:
         return self.timeout if timeout is _UNSET else timeout
 
-    @staticmethod
-    def _metadata(session_id: str) -> Optional[list[tuple[str, str]]]:
-        # Session-affinity routers hash on this header (DESIGN.md §4).
-        return [("x-session-id", session_id)] if session_id else None
+    def _metadata(self, session_id: str) -> Optional[list[tuple[str, str]]]:
+        metadata = []
+        if self._token is not None:
+            metadata.append(("authorization", f"Bearer {self._token}"))
+        if session_id:
+            # Session-affinity routers hash on this header (DESIGN.md §4).
+            metadata.append(("x-session-id", session_id))
+        return metadata or None
 
     def _retrier(self, method: str, timeout: Any, safety: Safety, **kwargs) -> Retrier:
         return Retrier(self.retry_policy, method, self._timeout(timeout), safety, **kwargs)

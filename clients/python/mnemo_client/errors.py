@@ -97,6 +97,28 @@ def error_info(rpc_error: grpc.RpcError):
     return None if status is None else error_info_from_status(status)
 
 
+QUOTA_FAILURE_TYPE_URL = "type.googleapis.com/google.rpc.QuotaFailure"
+
+
+def quota_violations(rpc_error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(subject, description) of each violation in a failed call's QuotaFailure detail
+    (≙ google.rpc.QuotaFailure; RESOURCE_EXHAUSTED for a tenant quota, the subject naming it:
+    "sessions", "state_bytes", "concurrent_requests", "tokens_per_minute"), or []."""
+    from mnemo.v1 import mnemo_pb2
+
+    try:
+        status = rpc_status(rpc_error)
+    except Exception:  # noqa: BLE001 - undecodable details are no details
+        return []
+    out = []
+    for detail in [] if status is None else status.details:
+        if detail.type_url == QUOTA_FAILURE_TYPE_URL:
+            failure = mnemo_pb2.QuotaFailure()
+            failure.ParseFromString(detail.value)
+            out += [(v.subject, v.description) for v in failure.violations]
+    return out
+
+
 def error_reason(rpc_error: grpc.RpcError) -> str:
     """The ErrorInfo reason of a failed call ("SESSION_MOVED", "DRAINING", …), or ""."""
     info = error_info(rpc_error)

@@ -404,3 +404,30 @@ def test_every_call_naming_a_session_sends_x_session_id(replica, client):
     client.create_session()
     client.models()
     assert "x-session-id" not in replica.metadata["CreateSession"][-1]
+
+
+# --- bearer token -----------------------------------------------------------------------------
+
+def test_a_token_is_sent_on_every_call_and_retry(replica):
+    replica.script("GetSession", "moved")
+    with MnemoClient(replica.target, timeout=10, retry=FAST, token="t0k") as c:
+        c.models()
+        c.create_session()
+        c.get_session("s1")
+        c.delete_session("s1")
+        c.fork_session("s1")
+        c.score("s1", text="x")
+        c.ingest("s1", ["a"])
+        c.generate_text("s1", "hi")
+        c.export_session("s1")
+        c.import_session(b"x", session_id="s1", expected_state_version=3)
+    for method, calls in replica.metadata.items():
+        for metadata in calls:
+            assert metadata.get("authorization") == "Bearer t0k", method
+    assert len(replica.metadata["GetSession"]) == 2, "the retry carries it too"
+    with MnemoClient(replica.target, timeout=10) as c:
+        c.models()
+    assert "authorization" not in replica.metadata["ListModels"][-1]
+    for bad in ("", "a\nb"):
+        with pytest.raises(ValueError):
+            MnemoClient(replica.target, token=bad)
