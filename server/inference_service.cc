@@ -83,6 +83,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   RpcScope scope(ctx_, "Generate");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(CheckRequest(*request, ctx_.limits));
     FieldViolations violations;
     if (request->max_tokens() < 1 || request->max_tokens() > ctx_.limits.max_generate_tokens) {
       violations.Add("max_tokens",
@@ -290,6 +291,7 @@ grpc::Status InferenceServiceImpl::Ingest(
       }
       return InvalidField("session_id", "the stream ended before its first message");
     }
+    RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, 0));
     if (message.session_id().empty()) return InvalidField("session_id", "is required");
     ASSIGN_OR_RETURN(
         std::unique_ptr<SessionLease> lease,
@@ -325,7 +327,8 @@ grpc::Status InferenceServiceImpl::Ingest(
     };
     int64_t index = 0;
     do {
-      absl::Status s;
+      absl::Status s = index == 0 ? absl::OkStatus() : CheckRequest(message, ctx_.limits, index);
+      if (!s.ok()) return rollback(s);
       switch (message.chunk_case()) {
         case v1::IngestRequest::kText:
           if (model.tokenizer == nullptr) {

@@ -84,7 +84,12 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-queue N              model steps waiting per model before RESOURCE_EXHAUSTED (default 4096)
   --batch-wait D             how long a forward pass waits for other streams' steps (default 500us)
   --max-generate-tokens N    GenerateRequest.max_tokens at most (default 4096)
-  --max-input-tokens N       tokens of one prompt or scored text at most (default 1048576)
+  --max-input-tokens N       tokens of one prompt or scored text, ids of one Detokenize or one
+                             Ingest message, at most (default 1048576)
+  --max-text-bytes N         bytes of one text field (Tokenize, a prompt, a scored text, one
+                             Ingest message) at most (default 8388608)
+  --max-stop-ids N           GenerateRequest.stop_ids at most (default 64); every other string
+                             and repeated field has a fixed limit (docs/server-api.md)
   --max-message-bytes N      largest request message (default 16777216)
   --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
   --replica-id NAME          replica mode, for servers sharing one --session-store: this
@@ -170,6 +175,8 @@ absl::Status Serve(int argc, char** argv) {
                                              {"batch-wait", true},
                                              {"max-generate-tokens", true},
                                              {"max-input-tokens", true},
+                                             {"max-text-bytes", true},
+                                             {"max-stop-ids", true},
                                              {"max-message-bytes", true},
                                              {"shutdown-grace", true},
                                              {"replica-id", true},
@@ -243,6 +250,10 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
                    flags.Int("max-generate-tokens", 4096, 1, 1 << 24));
   ASSIGN_OR_RETURN(ctx.limits.max_input_tokens, flags.Int("max-input-tokens", 1 << 20, 1, 1 << 28));
+  ASSIGN_OR_RETURN(ctx.limits.max_text_bytes,
+                   flags.Int("max-text-bytes", int64_t{8} << 20, 1, int64_t{1} << 30));
+  ASSIGN_OR_RETURN(int64_t max_stop_ids, flags.Int("max-stop-ids", 64, 0, 1 << 20));
+  ctx.limits.max_stop_ids = static_cast<int>(max_stop_ids);
   ASSIGN_OR_RETURN(int64_t max_message, flags.Int("max-message-bytes", 16 << 20, 1024, 1 << 30));
   ASSIGN_OR_RETURN(absl::Duration grace,
                    flags.Duration("shutdown-grace", absl::Seconds(30), absl::ZeroDuration()));

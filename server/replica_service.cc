@@ -14,6 +14,9 @@ grpc::Status ReplicaServiceImpl::HandOffSession(grpc::ServerContext* context,
                                                 const v1::HandOffSessionRequest* request,
                                                 v1::HandOffSessionResponse* response) {
   RpcScope scope(ctx_, "HandOffSession");
+  if (absl::Status bounded = CheckRequest(*request, ctx_.limits); !bounded.ok()) {
+    return scope.Finish(bounded);
+  }
   absl::Time deadline = absl::Now() + wait_;
   const auto call_deadline = context->deadline();
   if (call_deadline != std::chrono::system_clock::time_point::max()) {

@@ -142,6 +142,7 @@ grpc::Status SessionServiceImpl::ExportSession(
   RpcScope scope(ctx_, "ExportSession");
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(CheckRequest(*request, ctx_.limits));
     RETURN_IF_ERROR(RequireId(request->session_id()));
     std::string snapshot;
     int64_t version = 0;
@@ -189,6 +190,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
       }
       return InvalidField("data", "the stream ended before its first message");
     }
+    RETURN_IF_ERROR(CheckRequest(first, ctx_.limits, 0));
     std::string model_name = first.model();
     if (model_name.empty() && !first.session_id().empty()) {
       ASSIGN_OR_RETURN(SessionInfo target, ctx_.sessions->Get(first.session_id()));
@@ -203,6 +205,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     v1::ImportSessionRequest message;
     int64_t index = 1;
     while (static_cast<int64_t>(snapshot.size()) <= limit && reader->Read(&message)) {
+      RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, index));
       snapshot += message.data();
       ++index;
     }
