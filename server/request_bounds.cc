@@ -50,6 +50,15 @@ class Bounds {
       }
     }
   }
+  // proto3 enums are open: a value this server does not know parses and must be refused here
+  // rather than read as the default.
+  template <typename Enum>
+  void Known(const char* field, Enum value, bool (*is_valid)(int)) {
+    if (!is_valid(static_cast<int>(value))) {
+      violations_.Add(absl::StrCat(prefix_, field),
+                      absl::StrCat(static_cast<int>(value), " is not a value of this enum"));
+    }
+  }
   absl::Status ToStatus() const { return violations_.ToStatus(); }
 
  private:
@@ -91,6 +100,7 @@ absl::Status CheckRequest(const v1::CreateSessionRequest& request, const Request
   Bounds b;
   b.Bytes("model", request.model(), kMaxNameBytes);
   b.Labels("labels", request.labels(), limits.max_labels);
+  b.Known("durability", request.durability(), v1::Durability_IsValid);
   return b.ToStatus();
 }
 
@@ -135,6 +145,7 @@ absl::Status CheckRequest(const v1::GenerateRequest& request, const RequestLimit
   b.Count("stop", request.stop_size(), limits.max_stop_strings, "strings");
   // Each stop string's length is checked by the service (1 … max_stop_bytes) once the count is.
   b.Count("stop_ids", request.stop_ids_size(), limits.max_stop_ids, "ids");
+  b.Known("commit", request.commit(), v1::CommitMode_IsValid);
   return b.ToStatus();
 }
 
@@ -169,6 +180,7 @@ absl::Status CheckRequest(const v1::ImportSessionRequest& request, const Request
   b.Bytes("model", request.model(), kMaxNameBytes);
   b.Bytes("session_id", request.session_id(), kMaxSessionIdBytes);
   b.Labels("labels", request.labels(), limits.max_labels);
+  b.Known("durability", request.durability(), v1::Durability_IsValid);
   return b.ToStatus();
 }
 

@@ -25,9 +25,10 @@ inline constexpr int64_t kMaxLabelValueBytes = 256;   // label values
 inline constexpr int64_t kMaxReplicaNameBytes = 256;  // HandOffSessionRequest.to_replica
 
 // OK, or INVALID_ARGUMENT with a BadRequest detail naming every field past its limit or holding
-// an enum value this server does not know. Streams: `first` tells whether the message is the
-// stream's first (the fields only it may carry are checked there), and `index` is its position
-// in the stream (named in field paths as "messages[i]." for the messages after the first).
+// an enum value this server does not know (proto3 parses unknown values; read as the default,
+// `commit` = 99 would run as KEEP_ALL and change the session). Streams: each message is checked
+// as it arrives; `index` is its position (0: the first), named in field paths as "messages[i]."
+// for the messages after the first.
 absl::Status CheckRequest(const v1::ListModelsRequest& request, const RequestLimits& limits);
 absl::Status CheckRequest(const v1::GetModelRequest& request, const RequestLimits& limits);
 absl::Status CheckRequest(const v1::TokenizeRequest& request, const RequestLimits& limits);

@@ -257,3 +257,43 @@ def test_two_million_stop_ids_are_refused_at_once(shared_server):
     assert [f for f, _ in violations] == ["stop_ids"], violations
     print(f"2M stop_ids refused in {elapsed * 1000:.1f} ms round trip")
     assert shared_server.alive()
+
+
+# --- unknown enum values ------------------------------------------------------------------
+
+def _with_varint(message, number, value):
+    """`message` serialized, plus field `number` set to `value` (which Python protobuf would
+    not let a message hold, e.g. an enum value the contract does not define)."""
+    from server_harness import pb_varint
+    return message.SerializeToString() + pb_varint(number, value)
+
+
+@pytest.mark.parametrize("value", [99, -1])
+def test_unknown_commit_mode_is_refused_and_changes_nothing(bounded, session_id, value):
+    from server_harness import raw_unary_stream
+    client = bounded.client()
+    before = client.get_session(session_id)
+    request = _with_varint(pb.GenerateRequest(session_id=session_id, text="x", max_tokens=2), 13,
+                           value)
+    code, violations = violations_of(lambda: raw_unary_stream(
+        bounded.channel, "/mnemo.v1.InferenceService/Generate", request))
+    assert code == INVALID, code
+    assert [f for f, _ in violations] == ["commit"], violations
+    after = client.get_session(session_id)
+    assert (after.state_version, after.tokens_seen) == (before.state_version, before.tokens_seen)
+    client.close()
+
+
+@pytest.mark.parametrize("value", [7, -1])
+def test_unknown_durability_is_refused(bounded, stubs, session_id, value):
+    from server_harness import raw_unary
+    request = _with_varint(pb.CreateSessionRequest(), 6, value)
+    code, violations = violations_of(lambda: raw_unary(
+        bounded.channel, "/mnemo.v1.SessionService/CreateSession", request))
+    assert code == INVALID, code
+    assert [f for f, _ in violations] == ["durability"], violations
+    first = _with_varint(pb.ImportSessionRequest(data=snapshot_of(stubs, session_id)), 6, value)
+    code, violations = violations_of(lambda: bounded.channel.stream_unary(
+        "/mnemo.v1.SessionService/ImportSession")(iter([first]), timeout=30))
+    assert code == INVALID, code
+    assert [f for f, _ in violations] == ["durability"], violations
