@@ -342,6 +342,9 @@ grpc::Status InferenceServiceImpl::Ingest(
           CheckTokenIds(message.ids().ids(), model.model->config().vocab_size,
                         absl::StrCat("messages[", index, "].ids.ids"), violations);
           s = violations.ToStatus();
+          // Text held back for the next space goes in first: the document keeps its order
+          // ("word", [42], "s" is word 42 s, never 42 word s).
+          if (s.ok()) s = feed_text(chunker.Finish());
           if (s.ok()) {
             const auto& ids = message.ids().ids();
             tokens += ids.size();
