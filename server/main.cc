@@ -91,7 +91,9 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-stop-ids N           GenerateRequest.stop_ids at most (default 64); every other string
                              and repeated field has a fixed limit (docs/server-api.md)
   --max-message-bytes N      largest request message (default 16777216)
-  --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
+  --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s);
+                             then they are cancelled, and a request still running 7s later (a
+                             store that stopped answering) is abandoned: the process exits 1
   --replica-id NAME          replica mode, for servers sharing one --session-store: this
                              replica's name in session owner records (unique per replica; the
                              pod name in Kubernetes). A request for a session another replica
@@ -106,6 +108,9 @@ Durations are like 90s, 5m, 1h30m, 250ms. Every flag can also be set in the envi
 MNEMO_ and its name in capitals with '_' for '-' (MNEMO_SESSION_STORE=/data); --model and
 --model-repository take comma-separated lists there. The command line wins.
 )";
+
+// How long the drain waits for requests to return once the transport has cancelled them.
+constexpr absl::Duration kAbandonRequestsAfter = absl::Seconds(5);
 
 // The write end of the pipe the stop signals go to.
 int stop_pipe_write = -1;
@@ -404,9 +409,36 @@ absl::Status Serve(int argc, char** argv) {
   // The grace is over (or nothing runs). Calls that arrived meanwhile get two more seconds to
   // send their DRAINING answer (cancelling them would tell a client "CANCELLED", which it may
   // not retry); then whatever still runs is cancelled, and idle connections are not waited for.
+  // A request that does not return once cancelled (stuck in a store that stopped answering, or
+  // in work that does not look at cancellation) must not keep the process: past
+  // kAbandonRequestsAfter the process exits 1 without it (its session stays at its last
+  // committed version; nothing half-done was committed).
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  bool requests_done = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(stop_mu);
+    if (stop_cv.wait_for(lock, absl::ToChronoSeconds(absl::Seconds(2) + kAbandonRequestsAfter),
+                         [&] { return requests_done; })) {
+      return;
+    }
+    std::fprintf(stderr,
+                 "mnemo-server: %lld requests still running %s after they were cancelled; "
+                 "exiting without them\n",
+                 static_cast<long long>(ctx.in_flight.load()),
+                 absl::FormatDuration(kAbandonRequestsAfter).c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  });
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   models->Shutdown();
   server->Wait();
+  {
+    std::lock_guard<std::mutex> lock(stop_mu);
+    requests_done = true;
+  }
+  stop_cv.notify_all();
+  watchdog.join();
   released += sessions->ReleaseAll();  // those whose requests ran past the grace
   sessions->FlushStore();              // ASYNC snapshots already queued reach the store
   if (sessions->replica_mode()) {
