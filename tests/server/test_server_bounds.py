@@ -297,3 +297,32 @@ def test_unknown_durability_is_refused(bounded, stubs, session_id, value):
         "/mnemo.v1.SessionService/ImportSession")(iter([first]), timeout=30))
     assert code == INVALID, code
     assert [f for f, _ in violations] == ["durability"], violations
+
+
+# --- echoed input -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [10_000, 100_000])
+def test_long_names_get_their_status_not_a_transport_error(stubs, size):
+    """A NOT_FOUND once repeated the name in full; above ~8 KiB the client got a metadata-size
+    error instead of a status. Now: INVALID_ARGUMENT naming the field, and a short message."""
+    for call, field in [
+        (lambda: stubs.model.GetModel(pb.GetModelRequest(name="m" * size)), "name"),
+        (lambda: stubs.session.GetSession(pb.GetSessionRequest(session_id="a" * size)),
+         "session_id"),
+        (lambda: stubs.model.Tokenize(pb.TokenizeRequest(model="m" * size, text="x")), "model"),
+    ]:
+        try:
+            call()
+            pytest.fail("accepted")
+        except grpc.RpcError as e:
+            assert e.code() == INVALID, (e.code(), e.details()[:200])
+            assert [f for f, _ in bad_request_violations(e)] == [field]
+            assert len(e.details()) < 1024, len(e.details())
+
+
+def test_not_found_quotes_the_name_it_did_not_find(stubs):
+    name = "no-such-model-" + "x" * (MAX_NAME - 14)
+    with pytest.raises(grpc.RpcError) as raised:
+        stubs.model.GetModel(pb.GetModelRequest(name=name))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert name in raised.value.details()
