@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 
 #include "base/read_file.h"
 #include "base/status_macros.h"
@@ -35,6 +36,8 @@ absl::string_view ModeName(StoreFaultMode mode) {
       return "full";
     case StoreFaultMode::kTear:
       return "tear";
+    case StoreFaultMode::kHang:
+      return "hang";
   }
   return "?";
 }
@@ -69,8 +72,10 @@ absl::StatusOr<StoreFaultRule> ParseRule(absl::string_view text) {
     rule.mode = StoreFaultMode::kFull;
   } else if (mode == "tear") {
     rule.mode = StoreFaultMode::kTear;
+  } else if (mode == "hang") {
+    rule.mode = StoreFaultMode::kHang;
   } else {
-    return BadRule(text, "mode must be fail, full or tear");
+    return BadRule(text, "mode must be fail, full, tear or hang");
   }
   rest.remove_prefix(mode_end == absl::string_view::npos ? rest.size() : mode_end);
   if (!rest.empty() && rest.front() == '@') {
@@ -258,6 +263,18 @@ void FaultInjectingStoreEnv::ReloadSpecFileLocked() {
 
 FaultInjectingStoreEnv::Fault FaultInjectingStoreEnv::Decide(StoreOp op, const std::string& path,
                                                              absl::Status* status) {
+  bool hang = false;
+  const Fault fault = DecideOnce(op, path, status, &hang);
+  if (hang) {
+    std::fprintf(stderr, "mnemo-server: %s\n", std::string(status->message()).c_str());
+    while (true) absl::SleepFor(absl::Hours(1));
+  }
+  return fault;
+}
+
+FaultInjectingStoreEnv::Fault FaultInjectingStoreEnv::DecideOnce(StoreOp op,
+                                                                 const std::string& path,
+                                                                 absl::Status* status, bool* hang) {
   MutexLock lock(&mu_);
   if (!spec_path_.empty()) ReloadSpecFileLocked();
   const StoreFaultRule* fired = nullptr;
@@ -285,6 +302,10 @@ FaultInjectingStoreEnv::Fault FaultInjectingStoreEnv::Decide(StoreOp op, const s
     case StoreFaultMode::kTear:
       *status = absl::UnavailableError(absl::StrCat(where, ": Input/output error"));
       return op == StoreOp::kAppend ? Fault::kTear : Fault::kFail;
+    case StoreFaultMode::kHang:
+      *status = absl::UnavailableError(absl::StrCat(where, ": the op never returns"));
+      *hang = true;
+      return Fault::kFail;
   }
   return Fault::kFail;
 }

@@ -9,7 +9,8 @@
 //         link (LinkFile), or any (every op);
 //   mode  fail: UNAVAILABLE, as EIO; full: RESOURCE_EXHAUSTED, as ENOSPC; tear: an append writes
 //         the first half of its data to the file and then fails UNAVAILABLE (other ops fail as
-//         with fail);
+//         with fail); hang: the op never returns (a volume that stopped answering; the
+//         thread is lost until the process exits);
 //   @N    only the N-th op the rule matches, counted from when the spec took effect (1-based);
 //         @N+ that one and every later one (a crash there); without @, every op;
 //   %P    each op the rule picks fails with probability P in [0, 1], drawn from a generator
@@ -64,7 +65,7 @@ inline constexpr int kNumStoreOps = 12;
 // The op's name in a spec ("append").
 std::string_view StoreOpName(StoreOp op);
 
-enum class StoreFaultMode { kFail, kFull, kTear };
+enum class StoreFaultMode { kFail, kFull, kTear, kHang };
 
 struct StoreFaultRule {
   std::optional<StoreOp> op;  // nullopt: any op
@@ -129,8 +130,11 @@ class FaultInjectingStoreEnv final : public StoreEnv {
   };
   enum class Fault { kNone, kFail, kTear };
 
-  // Whether `op` on `path` fails, and how; an injected failure's status in `*status`.
+  // Whether `op` on `path` fails, and how; an injected failure's status in `*status`. Never
+  // returns when the fault is a hang.
   Fault Decide(StoreOp op, const std::string& path, absl::Status* status) ABSL_LOCKS_EXCLUDED(mu_);
+  Fault DecideOnce(StoreOp op, const std::string& path, absl::Status* status, bool* hang)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void ReloadSpecFileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetRulesLocked(std::vector<StoreFaultRule> rules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Appended(const std::string& path, uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);

@@ -5,6 +5,7 @@
 
 #include "google/protobuf/any.pb.h"
 #include "mnemo/v1/mnemo.pb.h"
+#include "server/echo.h"
 
 namespace mnemo::server {
 namespace {
@@ -17,6 +18,12 @@ constexpr char kQuotaFailureType[] = "type.googleapis.com/google.rpc.QuotaFailur
 }  // namespace
 
 void FieldViolations::Add(std::string field, std::string description) {
+  if (violations_.size() >= kMaxViolations) {
+    ++more_;
+    return;
+  }
+  if (field.size() > 128) field = Echo(field, 128);
+  if (description.size() > 256) description = Echo(description, 256);
   violations_.emplace_back(std::move(field), std::move(description));
 }
 
@@ -30,6 +37,7 @@ absl::Status FieldViolations::ToStatus() const {
     v->set_description(description);
     absl::StrAppend(&message, message.empty() ? "" : "; ", field, ": ", description);
   }
+  if (more_ > 0) absl::StrAppend(&message, "; and ", more_, " more");
   absl::Status status = absl::InvalidArgumentError(message);
   status.SetPayload(kBadRequestPayload, absl::Cord(detail.SerializeAsString()));
   return status;
@@ -44,7 +52,7 @@ absl::Status InvalidField(std::string field, std::string description) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const auto code = static_cast<grpc::StatusCode>(status.code());
-  const std::string message(status.message());
+  const std::string message = Echo(status.message(), kMaxStatusMessageBytes);
   auto bad_request = status.GetPayload(kBadRequestPayload);
   const std::string reason = ReasonOf(status);
   const std::string quota = QuotaOf(status);

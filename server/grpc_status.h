@@ -16,21 +16,27 @@
 
 namespace mnemo::server {
 
-// Collects what is wrong with a request's fields.
+// Collects what is wrong with a request's fields: the first kMaxViolations, each field path and
+// description cut short (server/echo.h), so the status always fits in gRPC's metadata.
 class FieldViolations {
  public:
+  static constexpr size_t kMaxViolations = 16;
   void Add(std::string field, std::string description);
   bool empty() const { return violations_.empty(); }
-  // INVALID_ARGUMENT listing every violation, with the BadRequest detail attached.
+  // INVALID_ARGUMENT listing every violation kept (and how many more there were), with the
+  // BadRequest detail attached.
   absl::Status ToStatus() const;
 
  private:
   std::vector<std::pair<std::string, std::string>> violations_;
+  size_t more_ = 0;  // violations beyond kMaxViolations
 };
 
 // INVALID_ARGUMENT for one field.
 absl::Status InvalidField(std::string field, std::string description);
 
+// The message is cut to kMaxStatusMessageBytes: it may quote client input.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // "OK", "INVALID_ARGUMENT", … (the metrics' `code` label).

@@ -84,6 +84,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
   RpcScope scope(ctx_, "Generate", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(CheckRequest(*request, ctx_.limits));
     RETURN_IF_ERROR(scope.CheckTokens());
     FieldViolations violations;
     if (request->max_tokens() < 1 || request->max_tokens() > ctx_.limits.max_generate_tokens) {
@@ -295,6 +296,7 @@ grpc::Status InferenceServiceImpl::Ingest(
       }
       return InvalidField("session_id", "the stream ended before its first message");
     }
+    RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, 0));
     if (message.session_id().empty()) return InvalidField("session_id", "is required");
     ASSIGN_OR_RETURN(std::unique_ptr<SessionLease> lease,
                      ctx_.sessions->Acquire(message.session_id(), message.expected_state_version(),
@@ -331,9 +333,11 @@ grpc::Status InferenceServiceImpl::Ingest(
     };
     int64_t index = 0;
     do {
-      // The tokens per minute are checked before each message: a stream longer than the
-      // tenant's quota fails (and is rolled back) once the bucket is empty.
-      absl::Status s = index == 0 ? absl::OkStatus() : scope.CheckTokens();
+      // Each message is bounded as it arrives; the tokens per minute are checked before each
+      // message: a stream longer than the tenant's quota fails (and is rolled back) once the
+      // bucket is empty.
+      absl::Status s = index == 0 ? absl::OkStatus() : CheckRequest(message, ctx_.limits, index);
+      if (s.ok() && index != 0) s = scope.CheckTokens();
       if (!s.ok()) return rollback(s);
       switch (message.chunk_case()) {
         case v1::IngestRequest::kText:
@@ -348,6 +352,9 @@ grpc::Status InferenceServiceImpl::Ingest(
           CheckTokenIds(message.ids().ids(), model.model->config().vocab_size,
                         absl::StrCat("messages[", index, "].ids.ids"), violations);
           s = violations.ToStatus();
+          // Text held back for the next space goes in first: the document keeps its order
+          // ("word", [42], "s" is word 42 s, never 42 word s).
+          if (s.ok()) s = feed_text(chunker.Finish());
           if (s.ok()) {
             const auto& ids = message.ids().ids();
             tokens += ids.size();

@@ -103,9 +103,16 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-queue N              model steps waiting per model before RESOURCE_EXHAUSTED (default 4096)
   --batch-wait D             how long a forward pass waits for other streams' steps (default 500us)
   --max-generate-tokens N    GenerateRequest.max_tokens at most (default 4096)
-  --max-input-tokens N       tokens of one prompt or scored text at most (default 1048576)
+  --max-input-tokens N       tokens of one prompt or scored text, ids of one Detokenize or one
+                             Ingest message, at most (default 1048576)
+  --max-text-bytes N         bytes of one text field (Tokenize, a prompt, a scored text, one
+                             Ingest message) at most (default 8388608)
+  --max-stop-ids N           GenerateRequest.stop_ids at most (default 64); every other string
+                             and repeated field has a fixed limit (docs/server-api.md)
   --max-message-bytes N      largest request message (default 16777216)
-  --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s)
+  --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s);
+                             then they are cancelled, and a request still running 7s later (a
+                             store that stopped answering) is abandoned: the process exits 1
   --auth-file FILE           tenants (JSON: names, admin flags, SHA-256 hashes of bearer tokens,
                              client-certificate subjects, quotas; docs/server-api.md
                              "Tenants"), checked for changes every second and applied without
@@ -127,6 +134,9 @@ Durations are like 90s, 5m, 1h30m, 250ms. Every flag can also be set in the envi
 MNEMO_ and its name in capitals with '_' for '-' (MNEMO_SESSION_STORE=/data); --model and
 --model-repository take comma-separated lists there. The command line wins.
 )";
+
+// How long the drain waits for requests to return once the transport has cancelled them.
+constexpr absl::Duration kAbandonRequestsAfter = absl::Seconds(5);
 
 // The write end of the pipe the stop signals go to.
 int stop_pipe_write = -1;
@@ -202,6 +212,8 @@ absl::Status Serve(int argc, char** argv) {
                                              {"batch-wait", true},
                                              {"max-generate-tokens", true},
                                              {"max-input-tokens", true},
+                                             {"max-text-bytes", true},
+                                             {"max-stop-ids", true},
                                              {"max-message-bytes", true},
                                              {"shutdown-grace", true},
                                              {"replica-id", true},
@@ -276,6 +288,10 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
                    flags.Int("max-generate-tokens", 4096, 1, 1 << 24));
   ASSIGN_OR_RETURN(ctx.limits.max_input_tokens, flags.Int("max-input-tokens", 1 << 20, 1, 1 << 28));
+  ASSIGN_OR_RETURN(ctx.limits.max_text_bytes,
+                   flags.Int("max-text-bytes", int64_t{8} << 20, 1, int64_t{1} << 30));
+  ASSIGN_OR_RETURN(int64_t max_stop_ids, flags.Int("max-stop-ids", 64, 0, 1 << 20));
+  ctx.limits.max_stop_ids = static_cast<int>(max_stop_ids);
   ASSIGN_OR_RETURN(int64_t max_message, flags.Int("max-message-bytes", 16 << 20, 1024, 1 << 30));
   ASSIGN_OR_RETURN(absl::Duration grace,
                    flags.Duration("shutdown-grace", absl::Seconds(30), absl::ZeroDuration()));
@@ -475,9 +491,36 @@ absl::Status Serve(int argc, char** argv) {
   // The grace is over (or nothing runs). Calls that arrived meanwhile get two more seconds to
   // send their DRAINING answer (cancelling them would tell a client "CANCELLED", which it may
   // not retry); then whatever still runs is cancelled, and idle connections are not waited for.
+  // A request that does not return once cancelled (stuck in a store that stopped answering, or
+  // in work that does not look at cancellation) must not keep the process: past
+  // kAbandonRequestsAfter the process exits 1 without it (its session stays at its last
+  // committed version; nothing half-done was committed).
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  bool requests_done = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(stop_mu);
+    if (stop_cv.wait_for(lock, absl::ToChronoSeconds(absl::Seconds(2) + kAbandonRequestsAfter),
+                         [&] { return requests_done; })) {
+      return;
+    }
+    std::fprintf(stderr,
+                 "mnemo-server: %lld requests still running %s after they were cancelled; "
+                 "exiting without them\n",
+                 static_cast<long long>(ctx.in_flight.load()),
+                 absl::FormatDuration(kAbandonRequestsAfter).c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  });
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   models->Shutdown();
   server->Wait();
+  {
+    std::lock_guard<std::mutex> lock(stop_mu);
+    requests_done = true;
+  }
+  stop_cv.notify_all();
+  watchdog.join();
   // Probes see NOT_SERVING readiness until the main listener is gone.
   if (health_listener != nullptr) health_listener->Shutdown();
   released += sessions->ReleaseAll();  // those whose requests ran past the grace

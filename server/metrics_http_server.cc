@@ -5,10 +5,12 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include <sys/socket.h>
-#include <sys/time.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -16,14 +18,6 @@
 
 namespace mnemo::server {
 namespace {
-
-void WriteAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n <= 0) return;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-}
 
 std::string Response(const char* status, const char* type, const std::string& body) {
   return absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,
@@ -84,6 +78,8 @@ MetricsHttpServer::MetricsHttpServer(int listen_fd, int port,
                                      std::shared_ptr<prometheus::Registry> registry)
     : listen_fd_(listen_fd), port_(port), registry_(std::move(registry)) {
   if (pipe2(wake_, O_CLOEXEC) != 0) wake_[0] = wake_[1] = -1;
+  // Loop() accepts until EAGAIN.
+  fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -99,48 +95,90 @@ MetricsHttpServer::~MetricsHttpServer() {
 }
 
 void MetricsHttpServer::Loop() {
+  struct Connection {
+    int fd;
+    absl::Time deadline;
+    std::string in;   // the request so far
+    std::string out;  // the answer still to send (empty while reading)
+  };
+  std::vector<Connection> connections;  // oldest first
+  auto close_at = [&connections](size_t i) {
+    ::close(connections[i].fd);
+    connections.erase(connections.begin() + static_cast<std::ptrdiff_t>(i));
+  };
+  std::vector<pollfd> fds;
   while (true) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-    if (poll(fds, wake_[0] >= 0 ? 2 : 1, -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
+    fds.clear();
+    fds.push_back({listen_fd_, POLLIN, 0});
+    fds.push_back({wake_[0], POLLIN, 0});
+    absl::Time next = absl::InfiniteFuture();
+    for (const Connection& c : connections) {
+      fds.push_back({c.fd, static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
+      next = std::min(next, c.deadline);
     }
-    if (fds[1].revents != 0) return;
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    Answer(fd);
-    close(fd);
+    int timeout_ms = -1;
+    if (next != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(absl::Ceil(next - absl::Now(), absl::Milliseconds(1))), 0,
+          absl::ToInt64Milliseconds(kRequestDeadline)));
+    }
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (wake_[0] >= 0 && fds[1].revents != 0) break;
+    // Connections first (their indices match fds[2 …]); from the back, so closing is safe.
+    const absl::Time now = absl::Now();
+    for (size_t i = connections.size(); i-- > 0;) {
+      Connection& c = connections[i];
+      const short revents = fds[i + 2].revents;
+      bool done = false;
+      if (c.out.empty() && (revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        char buffer[2048];
+        const ssize_t n = recv(c.fd, buffer, sizeof(buffer), 0);
+        if (n <= 0) {
+          done = n == 0 || (errno != EAGAIN && errno != EINTR);
+        } else {
+          c.in.append(buffer, static_cast<size_t>(n));
+          if (c.in.find("\r\n\r\n") != std::string::npos || c.in.size() >= 16384) {
+            c.out = Answer(c.in);
+          }
+        }
+      }
+      if (!done && !c.out.empty() && (revents & (POLLOUT | POLLHUP | POLLERR)) != 0) {
+        const ssize_t n = send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+        if (n > 0) c.out.erase(0, static_cast<size_t>(n));
+        done = (n > 0 && c.out.empty()) || (n < 0 && errno != EAGAIN && errno != EINTR);
+      }
+      if (done || now >= c.deadline) close_at(i);
+    }
+    if ((fds[0].revents & POLLIN) != 0) {
+      while (true) {
+        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) break;
+        if (connections.size() >= kMaxConnections) close_at(0);
+        connections.push_back({fd, absl::Now() + kRequestDeadline, {}, {}});
+      }
+    }
   }
+  for (const Connection& c : connections) ::close(c.fd);
 }
 
-void MetricsHttpServer::Answer(int fd) const {
-  // A slow or silent client must not hold the scrape endpoint.
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  std::string request;
-  char buffer[2048];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
-    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n <= 0) return;
-    request.append(buffer, static_cast<size_t>(n));
-  }
+std::string MetricsHttpServer::Answer(const std::string& request) const {
   const std::string line = request.substr(0, request.find("\r\n"));
   const bool head = line.rfind("HEAD ", 0) == 0;
   if (line.rfind("GET ", 0) != 0 && !head) {
-    WriteAll(fd, Response("405 Method Not Allowed", "text/plain", "use GET /metrics\n"));
-    return;
+    return Response("405 Method Not Allowed", "text/plain", "use GET /metrics\n");
   }
   const size_t path_start = line.find(' ') + 1;
   const std::string path = line.substr(path_start, line.find(' ', path_start) - path_start);
   if (path != "/metrics" && path.rfind("/metrics?", 0) != 0) {
-    WriteAll(fd, Response("404 Not Found", "text/plain", "metrics are at /metrics\n"));
-    return;
+    return Response("404 Not Found", "text/plain", "metrics are at /metrics\n");
   }
   const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
   std::string response = Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", body);
   if (head) response.resize(response.size() - body.size());
-  WriteAll(fd, response);
+  return response;
 }
 
 }  // namespace mnemo::server

@@ -4,8 +4,11 @@
 // in a process that links CUDA 13's libraries: they carry ~170 KB of thread-local storage, more
 // than civetweb's fixed thread stack, so pthread_create fails with EINVAL and the Exposer throws
 // "null context when constructing CivetServer" (Debian bookworm's prometheus-cpp 1.0.1). The
-// server links cuBLAS whenever CUDA is built. Scrapes are rare and small, so one thread answering
-// one connection at a time suffices; the text comes from prometheus-cpp's own serializer.
+// server links cuBLAS whenever CUDA is built. One thread serves every connection at once with
+// non-blocking sockets and poll(): each connection has kRequestDeadline from its accept to the
+// end of its answer and is closed when that passes, and beyond kMaxConnections the oldest is
+// closed to make room, so slow or idle clients can never hold scrapes up. The text comes from
+// prometheus-cpp's own serializer.
 #pragma once
 
 #include <atomic>
@@ -14,6 +17,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 #include "prometheus/registry.h"
 
@@ -30,10 +34,16 @@ class MetricsHttpServer {
 
   int port() const { return port_; }
 
+  // From a connection's accept to the last byte of its answer.
+  static constexpr absl::Duration kRequestDeadline = absl::Seconds(5);
+  // Connections open at once; one more closes the oldest.
+  static constexpr size_t kMaxConnections = 64;
+
  private:
   MetricsHttpServer(int listen_fd, int port, std::shared_ptr<prometheus::Registry> registry);
   void Loop();
-  void Answer(int fd) const;
+  // The HTTP response to `request` (the bytes up to the blank line).
+  std::string Answer(const std::string& request) const;
 
   int listen_fd_;
   int port_;

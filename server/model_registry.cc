@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 
 #include "base/status_macros.h"
+#include "server/echo.h"
 #include "server/metrics.h"
 
 namespace mnemo::server {
@@ -122,8 +123,8 @@ absl::StatusOr<LoadedModel*> ModelRegistry::Find(const std::string& name) const 
     if (m->name == name) return m.get();
     names.push_back(m->name);
   }
-  return absl::NotFoundError(
-      absl::StrCat("no model named \"", name, "\" (loaded: ", absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(absl::StrCat("no model named \"", Echo(name),
+                                          "\" (loaded: ", absl::StrJoin(names, ", "), ")"));
 }
 
 void ModelRegistry::Shutdown() {

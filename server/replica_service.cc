@@ -15,6 +15,9 @@ grpc::Status ReplicaServiceImpl::HandOffSession(grpc::ServerContext* context,
                                                 v1::HandOffSessionResponse* response) {
   // Between replicas: no tenant's credentials (docs/server-api.md "Tenants").
   RpcScope scope(ctx_, "HandOffSession", /*context=*/nullptr);
+  if (absl::Status bounded = CheckRequest(*request, ctx_.limits); !bounded.ok()) {
+    return scope.Finish(bounded);
+  }
   absl::Time deadline = absl::Now() + wait_;
   const auto call_deadline = context->deadline();
   if (call_deadline != std::chrono::system_clock::time_point::max()) {

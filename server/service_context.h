@@ -19,18 +19,25 @@
 #include "server/grpc_status.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/request_bounds.h"
 #include "server/session_manager.h"
 #include "server/session_runner.h"
 #include "server/tenant_limiter.h"
 
 namespace mnemo::server {
 
+// What one request may carry (server/request_bounds.h checks it; docs/server-api.md "Request
+// limits"). The flags of the same names set them.
 struct RequestLimits {
   int64_t max_generate_tokens = 4096;  // GenerateRequest.max_tokens
-  int64_t max_input_tokens = 1 << 20;  // prompt or scored text of one request
+  // Tokens of one prompt or scored text, ids of one Detokenize and of one Ingest message.
+  int64_t max_input_tokens = 1 << 20;
+  // Bytes of one text field: Tokenize, a prompt, a scored text, one Ingest message's chunk.
+  int64_t max_text_bytes = int64_t{8} << 20;
   int max_stop_strings = 16;
   int max_stop_bytes = 256;
-  int max_labels = 16;
+  int max_stop_ids = 64;  // GenerateRequest.stop_ids
+  int max_labels = 16;    // labels, label_filter
   absl::Duration max_session_ttl = absl::Hours(168);
 };
 
@@ -151,8 +158,9 @@ class RpcScope {
 
 // Serves a unary method registered as streamed unary: authenticates the caller before reading the
 // request (UNAUTHENTICATED), reads it (a request that does not parse is answered with its
-// INVALID_ARGUMENT and counted; while draining, every call gets UNAVAILABLE), runs `handle`
-// (whose RpcScope resolves the caller again), writes the response.
+// INVALID_ARGUMENT and counted; while draining, every call gets UNAVAILABLE; one past a size
+// limit gets INVALID_ARGUMENT before any work), runs `handle` (whose RpcScope resolves the
+// caller again), writes the response.
 template <typename Request, typename Response, typename Handle>
 grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContext* context,
                         grpc::ServerUnaryStreamer<Request, Response>* stream, Handle handle) {
@@ -172,6 +180,10 @@ grpc::Status ServeUnary(ServiceContext& ctx, const char* rpc, grpc::ServerContex
   if (absl::Status admitted = AdmitNewWork(ctx); !admitted.ok()) {
     ctx.metrics->Request(rpc, "UNAVAILABLE", 0);
     return ToGrpcStatus(admitted);
+  }
+  if (absl::Status bounded = CheckRequest(request, ctx.limits); !bounded.ok()) {
+    ctx.metrics->Request(rpc, "INVALID_ARGUMENT", 0);
+    return ToGrpcStatus(bounded);
   }
   Response response;
   grpc::Status status = handle(context, &request, &response);

@@ -153,6 +153,7 @@ grpc::Status SessionServiceImpl::ExportSession(
   RpcScope scope(ctx_, "ExportSession", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(CheckRequest(*request, ctx_.limits));
     RETURN_IF_ERROR(RequireId(request->session_id()));
     std::string snapshot;
     int64_t version = 0;
@@ -200,6 +201,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
       }
       return InvalidField("data", "the stream ended before its first message");
     }
+    RETURN_IF_ERROR(CheckRequest(first, ctx_.limits, 0));
     std::string model_name = first.model();
     if (model_name.empty() && !first.session_id().empty()) {
       // Only the owner may replace a session's state (an admin too answers NOT_FOUND here).
@@ -217,6 +219,7 @@ grpc::Status SessionServiceImpl::ImportSession(grpc::ServerContext* context,
     v1::ImportSessionRequest message;
     int64_t index = 1;
     while (static_cast<int64_t>(snapshot.size()) <= limit && reader->Read(&message)) {
+      RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, index));
       snapshot += message.data();
       ++index;
     }

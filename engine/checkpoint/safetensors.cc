@@ -186,6 +186,23 @@ absl::Status SafetensorsFile::Parse(const unsigned char* bytes, size_t size) {
                                 tensors_[ranges[i].tensor].name, "\" overlap"));
     }
   }
+  // The tensors must tile the data buffer exactly. A header length off by a few bytes moves
+  // the buffer's start and every tensor with it while each still fits (and the JSON may still
+  // parse, its padding being spaces): that leaves bytes before the first tensor, between two or
+  // after the last, which are refused here rather than loaded as shifted, garbage weights.
+  size_t covered = 0;
+  for (const Range& r : ranges) {
+    if (r.begin != covered) {
+      return error(absl::StrCat(r.begin - covered, " bytes of the data buffer before tensor \"",
+                                tensors_[r.tensor].name, "\" (offset ", covered,
+                                ") belong to no tensor: a wrong header length?"));
+    }
+    covered = r.end;
+  }
+  if (covered != data_size) {
+    return error(absl::StrCat("the data buffer holds ", data_size, " bytes but the tensors cover ",
+                              covered, ": a wrong header length, or trailing bytes?"));
+  }
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   return absl::OkStatus();
 }

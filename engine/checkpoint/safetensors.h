@@ -1,8 +1,10 @@
 // Read-only, memory-mapped safetensors file with a fully validated header.
 // Layout: u64 little-endian header length N, N bytes of JSON header, then the data buffer.
 // Every header entry is checked (dtype known, shape sane, offsets inside the data buffer, byte
-// size equal to numel·dtype size, no two tensors overlapping, no duplicate names) before any
-// tensor is exposed, so a truncated or hostile file gives an error, never an out-of-bounds read.
+// size equal to numel·dtype size, no two tensors overlapping, no duplicate names) and the
+// tensors must cover the data buffer exactly (no gap, nothing after the last) before any tensor
+// is exposed, so a truncated, shifted or hostile file gives an error, never an out-of-bounds read
+// or weights read from the wrong bytes.
 #pragma once
 
 #include <cstddef>

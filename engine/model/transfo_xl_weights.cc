@@ -1,5 +1,6 @@
 #include "engine/model/transfo_xl_weights.h"
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,12 +43,29 @@ class TensorReader {
     if (keep_alive_ != nullptr && t->dtype == DType::kF32 &&
         reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
       void* data = const_cast<unsigned char*>(t->data);  // read-only by contract (see header)
-      return Tensor(std::shared_ptr<void>(keep_alive_, data), DType::kF32, Device::kCpu,
-                    std::move(shape));
+      Tensor out(std::shared_ptr<void>(keep_alive_, data), DType::kF32, Device::kCpu,
+                 std::move(shape));
+      RETURN_IF_ERROR(CheckFinite(name, out));
+      return out;
     }
     Tensor out = Tensor::Zeros(DType::kF32, std::move(shape));
     ConvertToFloat(t->dtype, t->data, out.data<float>(), static_cast<size_t>(out.numel()));
+    RETURN_IF_ERROR(CheckFinite(name, out));
     return out;
+  }
+
+  // A NaN or infinite weight makes every output NaN (served with status OK): refused at load.
+  absl::Status CheckFinite(const std::string& name, const Tensor& t) const {
+    const float* p = t.data<float>();
+    const auto n = static_cast<size_t>(t.numel());
+    for (size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(p[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(file_.path(), ": tensor \"", name, "\" holds a non-finite value (", p[i],
+                         ") at element ", i, ": a corrupt checkpoint?"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   // Every tensor of the file must have been read.

@@ -163,6 +163,43 @@ def test_bad_input_gives_clear_errors(model, tmp_path):
     assert proc.returncode == 2 and "--bogus" in proc.stderr
 
 
+def _copy_model(model, dest, weights):
+    dest.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (dest / name).write_bytes(open(os.path.join(model, name), "rb").read())
+    (dest / "model.safetensors").write_bytes(weights)
+    return str(dest)
+
+
+def test_corrupt_weights_are_refused_not_served_as_nan(model, text_file, tmp_path):
+    """A checkpoint whose tensors do not tile the data area, or that holds a non-finite weight,
+    fails to load naming what is wrong; it once loaded and scored `nan` bits with exit 0."""
+    import struct
+    data = open(os.path.join(model, "model.safetensors"), "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header, weights = data[8:8 + n], data[8 + n:]
+    # The header padded with spaces (as safetensors writers pad it), its length one byte short:
+    # the JSON still parses and every tensor moves one byte.
+    padded = header + b" " * 8
+    shifted = struct.pack("<Q", len(padded) - 1) + padded + weights
+    proc = run("score", "--model", _copy_model(model, tmp_path / "shifted", shifted),
+               "--text-file", text_file, check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert "the tensors cover" in proc.stderr, proc.stderr
+
+    entries = json.loads(header)
+    name = next(k for k in sorted(entries) if k != "__metadata__" and k.endswith(".weight"))
+    begin = entries[name]["data_offsets"][0]
+    nan = {"F32": struct.pack("<f", math.nan), "F16": b"\x00\x7e",
+           "BF16": b"\xc0\x7f"}[entries[name]["dtype"]]
+    poisoned = bytearray(data)
+    poisoned[8 + n + begin:8 + n + begin + len(nan)] = nan
+    proc = run("score", "--model", _copy_model(model, tmp_path / "nan", bytes(poisoned)),
+               "--text-file", text_file, check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert f'"{name}" holds a non-finite value' in proc.stderr, proc.stderr
+
+
 MIXED_LAYERS = [
     {"attention": "sparse", "pattern": "window", "window": 24,
      "global_positions": [0]},

@@ -5,6 +5,7 @@
 #include "engine/checkpoint/safetensors.h"
 
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -260,6 +261,38 @@ TEST(SafetensorsTest, OverlappingTensorsAreRejected) {
   EXPECT_TRUE(ok.ok()) << ok.status();
 }
 
+// The tensors must tile the data buffer: no gap before, between or after them.
+TEST(SafetensorsTest, TensorsMustCoverTheDataBufferExactly) {
+  const std::string data(40, '\0');
+  ExpectError(
+      test::SafetensorsFromHeader(R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+                                  R"("y":{"dtype":"F32","shape":[4],"data_offsets":[20,36]}})",
+                                  data.substr(0, 36)),
+      "4 bytes of the data buffer before tensor \"y\" (offset 16) belong to no tensor");
+  ExpectError(OneTensor(R"({"dtype":"F32","shape":[4],"data_offsets":[4,20]})", data.substr(0, 20)),
+              "4 bytes of the data buffer before tensor \"t\" (offset 0)");
+  ExpectError(OneTensor(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16]})", data.substr(0, 17)),
+              "holds 17 bytes but the tensors cover 16");
+  ExpectError(test::SafetensorsFromHeader("{}", "x"), "holds 1 bytes but the tensors cover 0");
+}
+
+// A header length one byte short (or long) of a file whose header ends in padding spaces, as
+// real writers pad it: the JSON still parses and every tensor still fits, one byte off.
+TEST(SafetensorsTest, HeaderLengthOffByOneIsRejected) {
+  const std::string valid = test::SafetensorsBytes(SampleTensors());
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(valid[i]);
+  const std::string padded =
+      LengthPrefix(n + 8) + valid.substr(8, n) + std::string(8, ' ') + valid.substr(8 + n);
+  ASSERT_TRUE(Parse(padded).ok()) << Parse(padded).status();
+  std::string shorter = padded;
+  shorter.replace(0, 8, LengthPrefix(n + 7));
+  ExpectError(shorter, "but the tensors cover");
+  std::string longer = padded;
+  longer.replace(0, 8, LengthPrefix(n + 9));
+  EXPECT_FALSE(Parse(longer).ok());
+}
+
 TEST(SafetensorsTest, DuplicateTensorNamesAreRejected) {
   ExpectError(
       test::SafetensorsFromHeader(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
@@ -455,6 +488,27 @@ TEST_F(WeightsTest, WrongShapeIsNamed) {
     }
   }
   ExpectLoadError(c, tensors, {"\"layers.1.attn.o.weight\"", "has shape [12, 16]", "[16, 12]"});
+}
+
+// A NaN or infinite weight is refused at load, naming the tensor, in every storage dtype.
+TEST_F(WeightsTest, NonFiniteWeightIsNamed) {
+  const float bad[] = {std::numeric_limits<float>::quiet_NaN(),
+                       std::numeric_limits<float>::infinity(),
+                       -std::numeric_limits<float>::infinity()};
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (float value : bad) {
+      ModelConfig c = Config();
+      c.dtype = dtype;
+      std::vector<RawTensor> tensors = test::RandomWeights(c, 3);
+      for (RawTensor& t : tensors) {
+        if (t.name != "layers.1.ff.fc1.weight") continue;
+        const std::string one = test::FloatBytes({value}, dtype);
+        t.bytes.replace(3 * one.size(), one.size(), one);  // element 3
+      }
+      ExpectLoadError(c, tensors,
+                      {"\"layers.1.ff.fc1.weight\"", "non-finite value", "at element 3"});
+    }
+  }
 }
 
 TEST_F(WeightsTest, DtypeMismatchIsNamed) {
