@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/flags.h"
+#include "base/read_file.h"
 #include "base/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -128,6 +129,10 @@ tokenizer.model in DIR). The first --model is the default one.
   --advertise ADDR           where the other replicas reach this one for hand-offs (default:
                              --listen when it names a host; in Kubernetes $(POD_IP):50051)
   --handoff-timeout D        how long a take-over waits for the owner's hand-off (default 10s)
+  --replica-token-file FILE  with --auth-file: the bearer token (first line of FILE) this
+                             replica sends when it asks another for a hand-off; the auth file
+                             must give it an admin tenant (or the replicas use mTLS with an
+                             admin certificate subject). Hand-offs from anyone else are refused
   --help                     this text
 
 Durations are like 90s, 5m, 1h30m, 250ms. Every flag can also be set in the environment as
@@ -219,6 +224,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"replica-id", true},
                                              {"advertise", true},
                                              {"handoff-timeout", true},
+                                             {"replica-token-file", true},
                                              {"auth-file", true},
                                              {"help", false}};
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(argc, argv, 1, known));
@@ -334,10 +340,28 @@ absl::Status Serve(int argc, char** argv) {
                    "from this one without a hand-off (their newest stored version moves)\n");
     }
   }
+  std::string replica_token;
+  if (flags.Has("replica-token-file")) {
+    if (session_options.replica_id.empty()) {
+      return absl::InvalidArgumentError("--replica-token-file needs --replica-id");
+    }
+    const std::string path = flags.Get("replica-token-file", "");
+    absl::StatusOr<std::string> text = ReadFile(path);
+    if (!text.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--replica-token-file ", path, ": ", text.status().message()));
+    }
+    replica_token = text->substr(0, text->find_first_of("\r\n"));
+    if (replica_token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--replica-token-file ", path, ": no token on its first line"));
+    }
+  }
   std::unique_ptr<ReplicaClient> replicas;
   if (!session_options.replica_id.empty()) {
-    replicas = std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout,
-                                               MakeReplicaChannelCredentials(tls_served));
+    replicas =
+        std::make_unique<ReplicaClient>(session_options.replica_id, handoff_timeout,
+                                        MakeReplicaChannelCredentials(tls_served), replica_token);
     session_options.hand_off = [&replicas](const std::string& address, const std::string& id) {
       return replicas->HandOff(address, id);
     };

@@ -13,8 +13,16 @@ namespace mnemo::server {
 grpc::Status ReplicaServiceImpl::HandOffSession(grpc::ServerContext* context,
                                                 const v1::HandOffSessionRequest* request,
                                                 v1::HandOffSessionResponse* response) {
-  // Between replicas: no tenant's credentials (docs/server-api.md "Tenants").
-  RpcScope scope(ctx_, "HandOffSession", /*context=*/nullptr);
+  // Between replicas. Served while draining, so only the credentials are checked (not
+  // scope.Admit()); with an auth file only an admin tenant may make a replica let a session go
+  // (the replicas' own certificate subject or --replica-token-file token): anyone else could
+  // push every session out to the store.
+  RpcScope scope(ctx_, "HandOffSession", context);
+  if (const absl::Status& s = scope.Authenticated(); !s.ok()) return scope.Finish(s);
+  if (!scope.caller().admin) {
+    return scope.Finish(absl::PermissionDeniedError(
+        "HandOffSession is for replicas: it needs an admin tenant's credentials"));
+  }
   if (absl::Status bounded = CheckRequest(*request, ctx_.limits); !bounded.ok()) {
     return scope.Finish(bounded);
   }
@@ -60,6 +68,7 @@ absl::Status ReplicaClient::HandOff(const std::string& address, const std::strin
   v1::HandOffSessionRequest request;
   request.set_session_id(id);
   request.set_to_replica(self_);
+  if (!token_.empty()) context.AddMetadata("authorization", "Bearer " + token_);
   v1::HandOffSessionResponse response;
   const grpc::Status status = stub->HandOffSession(&context, request, &response);
   if (status.ok()) return absl::OkStatus();

@@ -39,10 +39,14 @@ class ReplicaServiceImpl final : public v1::ReplicaService::Service {
 class ReplicaClient {
  public:
   // `self` names this replica in requests; `timeout` bounds each call; `credentials` are those
-  // of the replicas' listeners (insecure when they are plaintext).
+  // of the replicas' listeners (insecure when they are plaintext); `token`, when not empty, is
+  // sent as the bearer token (replicas whose auth file gives it an admin tenant).
   ReplicaClient(std::string self, absl::Duration timeout,
-                std::shared_ptr<grpc::ChannelCredentials> credentials)
-      : self_(std::move(self)), timeout_(timeout), credentials_(std::move(credentials)) {}
+                std::shared_ptr<grpc::ChannelCredentials> credentials, std::string token = "")
+      : self_(std::move(self)),
+        timeout_(timeout),
+        credentials_(std::move(credentials)),
+        token_(std::move(token)) {}
 
   // OK once the replica at `address` handed session `id` off; NOT_FOUND when it does not hold it;
   // ABORTED while a request still runs there; UNAVAILABLE when it cannot be reached (gone, or
@@ -55,6 +59,7 @@ class ReplicaClient {
   const std::string self_;
   const absl::Duration timeout_;
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const std::string token_;
   Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };

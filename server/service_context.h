@@ -128,6 +128,9 @@ class RpcScope {
     if (absl::Status s = AdmitNewWork(ctx_); !s.ok()) return s;
     return admitted_;
   }
+  // Whether the caller's credentials were valid (and its tenant had a concurrent-request slot),
+  // without the drain check: for calls served while draining (hand-offs between replicas).
+  const absl::Status& Authenticated() const { return admitted_; }
   // Who calls (valid once Admit returned OK).
   const Caller& caller() const { return caller_; }
   // RESOURCE_EXHAUSTED while the caller's tenant has used its tokens_per_minute.

@@ -317,7 +317,10 @@ def test_replicas_leave_another_tenants_session_where_it_is(start_server, tmp_pa
     path = str(tmp_path / "auth.json")
     write_auth(path, BASE_TENANTS)
     store = str(tmp_path / "store")
-    a, b = (start_server("--auth-file", path, "--session-store", store, "--replica-id", name)
+    token_file = tmp_path / "replica-token"
+    token_file.write_text(TOKENS["root"] + "\n")  # the replicas ask each other as an admin
+    a, b = (start_server("--auth-file", path, "--session-store", store, "--replica-id", name,
+                         "--replica-token-file", str(token_file))
             for name in ("a", "b"))
 
     def claimed(server):
@@ -340,3 +343,31 @@ def test_replicas_leave_another_tenants_session_where_it_is(start_server, tmp_pa
         expect_error(lambda: bob_a.get_session(sid), grpc.StatusCode.NOT_FOUND)
         assert claimed(a) == after
         assert alice_a.get_session(sid).id == sid
+
+
+def test_only_an_admin_may_ask_a_replica_for_a_hand_off(start_server, tmp_path):
+    """HandOffSession makes a replica write a session out and let it go: with an auth file only
+    an admin tenant's credentials (the replicas' own) may call it."""
+    from mnemo.v1 import mnemo_pb2_grpc as pb_grpc
+
+    path = str(tmp_path / "auth.json")
+    write_auth(path, BASE_TENANTS)
+    store = str(tmp_path / "store")
+    a = start_server("--auth-file", path, "--session-store", store, "--replica-id", "a")
+    with MnemoClient(a.target, timeout=60, token=TOKENS["alice"]) as alice:
+        sid = alice.create_session().id
+        alice.ingest(sid, ["alice's document"])
+        stub = pb_grpc.ReplicaServiceStub(alice.channel)
+        request = pb.HandOffSessionRequest(session_id=sid, to_replica="intruder")
+        for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                               ((("authorization", "Bearer " + TOKENS["alice"]),),
+                                grpc.StatusCode.PERMISSION_DENIED)):
+            expect_error(lambda: stub.HandOffSession(request, timeout=10, metadata=metadata),
+                         code)
+            # Still held here, at its version, not written out and released.
+            info = alice.get_session(sid)
+            assert info.state_version == 1 and info.tier != pb.STATE_TIER_STORE
+        stub.HandOffSession(request, timeout=10,
+                            metadata=(("authorization", "Bearer " + TOKENS["root"]),))
+        handed = a.metrics().sum("mnemo_session_handoffs_total", direction="out", result="ok")
+        assert handed == 1
