@@ -437,3 +437,39 @@ def test_bad_tls_flags_stop_the_server(server_bin, tiny_model, pki, tmp_path, ca
 def test_tls_config_needs_cert_and_key_together(pki):
     with pytest.raises(ValueError, match="go together"):
         TlsConfig(ca_file=pki["ca"].pem, cert_file=pki["client"].cert)
+
+
+def test_a_verified_client_certificate_names_its_tenant(start_tls, pki, tmp_path):
+    """With mTLS and an auth file, a call without a token is the tenant whose
+    certificate_subjects holds its verified certificate's subject; a subject the file does not
+    map is UNAUTHENTICATED; a token decides alone (here another tenant, who cannot see the
+    certificate tenant's session)."""
+    import hashlib
+    import json
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"tenants": [
+        {"name": "by-certificate", "certificate_subjects": [pki["client"].subject]},
+        {"name": "by-token", "token_sha256": [hashlib.sha256(token.encode()).hexdigest()]},
+    ]}))
+    server = start_tls(*server_flags(pki, client_ca="ca"), "--auth-file", str(auth),
+                       tls=tls(pki, client="client"))
+    with MnemoClient(server.target, timeout=30, retry=None,
+                     tls=tls(pki, client="client")) as by_cert, \
+            MnemoClient(server.target, timeout=30, retry=None,
+                        tls=tls(pki, client="replica")) as unmapped, \
+            MnemoClient(server.target, timeout=30, retry=None, tls=tls(pki, client="replica"),
+                        token=token) as by_token:
+        sid = by_cert.create_session().id
+        by_cert.ingest(sid, ["a document of the certificate's tenant"])
+        assert by_cert.get_session(sid).state_version == 1
+        assert [s.id for s in by_cert.list_sessions()] == [sid]
+        with pytest.raises(grpc.RpcError) as info:
+            unmapped.models()
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value
+        with pytest.raises(grpc.RpcError) as info:
+            by_token.get_session(sid)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value
+        assert list(by_token.list_sessions()) == []
