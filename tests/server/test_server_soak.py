@@ -13,17 +13,22 @@ What it asserts:
     (a result the server finished just as the client gave up);
   * successful requests advance the version by exactly one when they commit and leave the
     session as it was when they do not; a fork's child holds its parent's state;
-  * afterwards (faults off) every session still works, the server lists exactly the sessions the
-    client believes exist, and once they are deleted the sessions and state-bytes gauges are 0
-    and the server's RSS is within 10% of what it was before the soak.
+  * after each round (faults off) every session still works, the server lists exactly the
+    sessions the client believes exist, and once they are deleted the sessions and state-bytes
+    gauges are 0; at the end the server's RSS is within 10% of what it was after a 30 s warm-up
+    round of the same mix (the RSS after every round is reported: it shows whether memory levels
+    off or keeps growing).
 
-Environment: MNEMO_SOAK_SECONDS (default 75), MNEMO_SOAK_SESSIONS (64), MNEMO_SOAK_SEED (1),
+Environment: MNEMO_SOAK_SECONDS (default 45, in rounds of at most a minute),
+MNEMO_SOAK_WARMUP_SECONDS (30), MNEMO_SOAK_SESSIONS (64), MNEMO_SOAK_SEED (1), MNEMO_SOAK_FAULTS
+(the spec), MNEMO_SOAK_MIX (JSON weights of the requests, e.g. {"cancel": 0}),
 MNEMO_SOAK_REPORT (a file the figures are written to as JSON).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -37,15 +42,25 @@ import pytest
 
 from mnemo_client import MnemoClient
 
-SOAK_SECONDS = float(os.environ.get("MNEMO_SOAK_SECONDS", "75"))
+SOAK_SECONDS = float(os.environ.get("MNEMO_SOAK_SECONDS", "45"))
+# Long enough for the server's memory to reach its working size under this mix (measured: a
+# 10 s warm-up left the first minute's RSS 6–11% above it, a further minute without
+# cancellations added nothing).
+WARMUP_SECONDS = float(os.environ.get("MNEMO_SOAK_WARMUP_SECONDS", "30"))
 SESSIONS = int(os.environ.get("MNEMO_SOAK_SESSIONS", "64"))
 SEED = int(os.environ.get("MNEMO_SOAK_SEED", "1"))
 WORKERS = 8
 VOCAB = 1000  # tools/make_tiny_model.py's default
 # Per backend op. A forward pass of the tiny model issues ~40 ops, so about one request in ten
 # meets a fault, of every kind: allocations, kernels, memory appends, copies, tier moves.
-FAULTS = ("alloc:oom%0.002, compute:fail%0.0008, attention:late%0.003, append:late%0.004, "
-          "copy:fail%0.004, download:fail%0.01, upload:oom%0.01, sync:fail%0.003")
+FAULTS = os.environ.get(
+    "MNEMO_SOAK_FAULTS",
+    "alloc:oom%0.002, compute:fail%0.0008, attention:late%0.003, append:late%0.004, "
+    "copy:fail%0.004, download:fail%0.01, upload:oom%0.01, sync:fail%0.003")
+# Relative weights of the requests (MNEMO_SOAK_MIX, JSON, overrides some of them).
+MIX = {"ingest": 24, "generate": 22, "score": 16, "fork": 6, "delete": 4, "oneshot": 6,
+       "cancel": 8, "deadline": 8, "export": 6}
+MIX.update(json.loads(os.environ.get("MNEMO_SOAK_MIX", "{}")))
 FAULT_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
 # The server's sanitizers: a report fails the run (exit status), leaks are checked at exit. ASan
 # keeps freed memory in a quarantine (256 MiB by default) to catch uses after free; 16 MiB still
@@ -67,12 +82,18 @@ def ids_only_model(tiny_model, tmp_path_factory):
     return str(out)
 
 
-def rss_bytes(pid: int) -> int:
+def proc_status(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (kB values in bytes)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+            if line.startswith(key + ":"):
+                fields = line.split()
+                return int(fields[1]) * (1024 if fields[-1] == "kB" else 1)
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def rss_bytes(pid: int) -> int:
+    return proc_status(pid, "VmRSS")
 
 
 def set_faults(path: str, spec: str) -> None:
@@ -173,10 +194,7 @@ class Worker:
 
     def step(self) -> None:
         sid = self.rng.choice(list(self.sessions))
-        op = self.rng.choices(
-            ["ingest", "generate", "score", "fork", "delete", "oneshot", "cancel", "deadline",
-             "export"],
-            weights=[24, 22, 16, 6, 4, 6, 8, 8, 6])[0]
+        op = self.rng.choices(list(MIX), weights=list(MIX.values()))[0]
         if op == "oneshot":
             self.oneshot()
             return
@@ -340,6 +358,70 @@ class _Cancelled(grpc.RpcError):
         return "cancelled by the client"
 
 
+def soak_round(server, fault_file: str, stats: Stats, seconds: float, first_worker: int) -> None:
+    """SESSIONS new sessions, WORKERS threads of random requests on them for `seconds` with the
+    faults on; then, faults off, every session must be where the client believes and still
+    work, and the server must hold nothing once they are deleted. Each round is a new client
+    connection, closed at its end."""
+    with MnemoClient(server.target, timeout=120, retry=None) as client:
+        soak_round_on(client, server, fault_file, stats, seconds, first_worker)
+
+
+def soak_round_on(client: MnemoClient, server, fault_file: str, stats: Stats, seconds: float,
+                  first_worker: int) -> None:
+    per_worker = SESSIONS // WORKERS
+    sessions = [client.create_session(labels={"soak": "1"}).id for _ in range(SESSIONS)]
+    set_faults(fault_file, FAULTS)
+    end = time.monotonic() + seconds
+    workers = [Worker(first_worker + i, client, stats,
+                      sessions[i * per_worker:(i + 1) * per_worker], end)
+               for i in range(WORKERS)]
+    errors = []
+
+    def run(w):
+        try:
+            w.loop()
+        except Exception as e:  # noqa: BLE001 (reported below with its worker)
+            errors.append(f"worker {w.index}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 600)
+    assert not any(t.is_alive() for t in threads), "soak workers still running"
+    set_faults(fault_file, "")
+    assert server.alive(), "the server died during the soak"
+    assert errors == [], errors
+
+    owned = {sid: v for w in workers for sid, v in w.sessions.items()}
+    listed = {s.id: s for s in client.list_sessions()}
+    assert set(listed) == set(owned), (
+        f"sessions leaked: {sorted(set(listed) - set(owned))[:5]}, "
+        f"lost: {sorted(set(owned) - set(listed))[:5]}")
+    for sid, version in owned.items():
+        assert listed[sid].state_version == version, (sid, listed[sid], version)
+        result = client.generate_result(sid, [11, 12], max_tokens=2, ignore_eos=True)
+        assert result.final.state_version_after == version + 1
+        client.delete_session(sid)
+    assert client.list_sessions() == []
+    metrics = server.metrics()
+    assert metrics.sum("mnemo_sessions") == 0
+    assert metrics.sum("mnemo_session_state_bytes") == 0
+
+
+def settled_rss(pid: int, below: float = 0, wait_s: float = 1.0) -> int:
+    """The RSS once the allocator has had time to hand freed memory back (ASan's release
+    interval), waiting up to `wait_s` for it to fall to `below`."""
+    time.sleep(1.0)
+    rss = rss_bytes(pid)
+    end = time.monotonic() + wait_s
+    while rss > below and time.monotonic() < end:
+        time.sleep(0.5)
+        rss = rss_bytes(pid)
+    return rss
+
+
 def test_fault_injection_soak(server_bin, ids_only_model, server_workdir, tmp_path, monkeypatch):
     from server_harness import BASE_FLAGS, ServerProcess
     monkeypatch.setenv("ASAN_OPTIONS", ASAN_OPTIONS)
@@ -355,85 +437,41 @@ def test_fault_injection_soak(server_bin, ids_only_model, server_workdir, tmp_pa
                                          "--device-state-budget", str(state_bytes * SESSIONS // 3)],
                            grace_s=10.0)
     server.wait_serving(timeout=120)
-    client = MnemoClient(server.target, timeout=120, retry=None)
+    pid = server.proc.pid
     stats = Stats()
     try:
-        # Warm-up without faults: the same kinds of requests on as many sessions, then deleted,
-        # so that the RSS measured next includes the server's pools, arenas and threads.
-        warm = [client.create_session().id for _ in range(SESSIONS)]
-        rng = random.Random(SEED)
-        for sid in warm:
-            client.ingest(sid, [[rng.randrange(3, VOCAB) for _ in range(70)]])
-            client.generate_result(sid, [5, 6, 7], max_tokens=4, ignore_eos=True)
-            client.score(sid, ids=[8, 9, 10], commit=True)
-            client.fork_session(sid)
-        for s in client.list_sessions():
-            client.delete_session(s.id)
-        time.sleep(1.0)
-        rss_before = rss_bytes(server.proc.pid)
-
-        per_worker = SESSIONS // WORKERS
-        sessions = [client.create_session(labels={"soak": "1"}).id for _ in range(SESSIONS)]
-        set_faults(fault_file, FAULTS)
-        end = time.monotonic() + SOAK_SECONDS
-        workers = [Worker(i, client, stats, sessions[i * per_worker:(i + 1) * per_worker], end)
-                   for i in range(WORKERS)]
-        errors = []
-
-        def run(w):
-            try:
-                w.loop()
-            except Exception as e:  # noqa: BLE001 (reported below with its worker)
-                errors.append(f"worker {w.index}: {type(e).__name__}: {e}")
-
-        threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
+        # Warm-up: a short round of the same mix, so that the RSS measured next includes what
+        # the server's pools, arenas and threads grow to under this load. Then the soak proper
+        # in rounds of at most a minute, each ending with every session deleted: the RSS after
+        # each shows whether memory keeps growing or levels off.
+        soak_round(server, fault_file, stats, WARMUP_SECONDS, 0)
+        rss_before = settled_rss(pid)
+        threads_before = proc_status(pid, "Threads")
+        rounds = max(1, math.ceil(SOAK_SECONDS / 60))
+        rss_rounds = []
         start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=SOAK_SECONDS + 600)
+        for r in range(rounds):
+            soak_round(server, fault_file, stats, SOAK_SECONDS / rounds,
+                       (r + 1) * WORKERS)
+            rss_rounds.append(settled_rss(pid))
         elapsed = time.monotonic() - start
-        assert not any(t.is_alive() for t in threads), "soak workers still running"
-        set_faults(fault_file, "")
-        assert server.alive(), "the server died during the soak"
-        assert errors == [], errors
-
-        # Faults off: every session is where the client believes, and still works.
-        owned = {sid: v for w in workers for sid, v in w.sessions.items()}
-        listed = {s.id: s for s in client.list_sessions()}
-        assert set(listed) == set(owned), (
-            f"sessions leaked: {sorted(set(listed) - set(owned))[:5]}, "
-            f"lost: {sorted(set(owned) - set(listed))[:5]}")
-        for sid, version in owned.items():
-            assert listed[sid].state_version == version, (sid, listed[sid], version)
-            result = client.generate_result(sid, [11, 12], max_tokens=2, ignore_eos=True)
-            assert result.final.state_version_after == version + 1
-            client.delete_session(sid)
-        assert client.list_sessions() == []
-        metrics = server.metrics()
-        assert metrics.sum("mnemo_sessions") == 0
-        assert metrics.sum("mnemo_session_state_bytes") == 0
-
-        # Memory back: the allocator may hold freed memory for a moment (ASan's quarantine and
-        # release interval): wait up to 15 s for it.
         limit = rss_before * 1.10
-        rss_after = rss_bytes(server.proc.pid)
-        wait_end = time.monotonic() + 15
-        while rss_after > limit and time.monotonic() < wait_end:
-            time.sleep(0.5)
-            rss_after = rss_bytes(server.proc.pid)
+        rss_after = settled_rss(pid, below=limit, wait_s=15)
 
         total_ok = sum(stats.ok.values())
         total_injected = sum(stats.injected.values())
         report = {
-            "seconds": round(elapsed, 1), "sessions": SESSIONS, "workers": WORKERS,
-            "faults": FAULTS, "requests": total_ok + total_injected + stats.deadline
-            + stats.cancelled, "ok": stats.ok, "failed_by_fault": stats.injected,
+            "seconds": round(elapsed, 1), "warmup_seconds": WARMUP_SECONDS, "rounds": rounds,
+            "sessions": SESSIONS, "workers": WORKERS, "faults": FAULTS,
+            "requests": total_ok + total_injected + stats.deadline + stats.cancelled,
+            "ok": stats.ok, "failed_by_fault": stats.injected,
             "deadline_exceeded": stats.deadline, "cancelled": stats.cancelled,
             "committed_as_the_client_gave_up": stats.committed_at_deadline,
             "rollbacks_checked": stats.rolled_back_checked,
             "rss_before_mib": round(rss_before / 2**20, 1),
+            "rss_after_each_round_mib": [round(x / 2**20, 1) for x in rss_rounds],
             "rss_after_mib": round(rss_after / 2**20, 1),
+            "threads_before": threads_before, "threads_after": proc_status(pid, "Threads"),
             "unexpected": stats.unexpected[:20],
         }
         print("\nsoak: " + json.dumps(report, indent=1))
@@ -447,7 +485,6 @@ def test_fault_injection_soak(server_bin, ids_only_model, server_workdir, tmp_pa
         assert rss_after <= limit, (
             f"RSS {rss_after / 2**20:.1f} MiB after the soak, {rss_before / 2**20:.1f} MiB before")
     finally:
-        client.close()
         server.stop(check=True)
     log = server.stderr_text(tail_bytes=200000)
     for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
