@@ -98,6 +98,11 @@ tokenizer.model in DIR). The first --model is the default one.
                              and sync; docs/server-api.md "Durable sessions")
   --session-store-faults S   test facility: inject store failures (rules op:mode[@N][%P], or
                              @FILE to read them from FILE whenever it changes; docs/testing.md)
+  --backend-faults S         test facility: every model's backend fails the operations the
+                             rules name (op:mode[@N[+]][%P]: ops alloc, upload, download, copy,
+                             compute, attention, append, sync or any; modes oom, fail or late),
+                             or @FILE to read them from FILE whenever it changes; faults start
+                             once the models are loaded (docs/testing.md)
   --max-batch-tokens N       prefill tokens per forward pass (default 512): bounds how long a
                              pass of ingest or prompt segments holds up decoding
   --max-batch-sequences N    sequences per forward pass (default 256)
@@ -211,6 +216,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"session-store", true},
                                              {"durability", true},
                                              {"session-store-faults", true},
+                                             {"backend-faults", true},
                                              {"max-batch-tokens", true},
                                              {"max-batch-sequences", true},
                                              {"max-queue", true},
@@ -383,6 +389,11 @@ absl::Status Serve(int argc, char** argv) {
   if (speculative != "on" && speculative != "off") {
     return absl::InvalidArgumentError("--speculative must be on or off");
   }
+  const std::string backend_faults = flags.Get("backend-faults", "");
+  if (!backend_faults.empty()) {
+    std::fprintf(stderr, "mnemo-server: test facility: backend faults \"%s\"\n",
+                 backend_faults.c_str());
+  }
   Metrics metrics;
   if (tls_mirror != nullptr) tls_mirror->ExportMetrics(*metrics.registry());
   ctx.metrics = &metrics;
@@ -400,9 +411,10 @@ absl::Status Serve(int argc, char** argv) {
   ctx.auth = auth.get();
   TenantLimiter limiter(&metrics);
   ctx.limiter = &limiter;
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelRegistry> models,
-                   ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens,
-                                       scheduling, &metrics, model_options, speculative == "on"));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<ModelRegistry> models,
+      ModelRegistry::Load(specs, flags.Get("device", "cpu"), segment_tokens, scheduling, &metrics,
+                          model_options, speculative == "on", backend_faults));
   ctx.models = models.get();
   session_options.models = models.get();
   auto sessions = std::make_unique<SessionManager>(session_options, &metrics);

@@ -80,7 +80,7 @@ absl::StatusOr<std::vector<ModelSpec>> ModelRepository(const std::string& dir) {
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
     const SchedulerOptions& scheduling, Metrics* metrics, const engine::api::ModelOptions& options,
-    bool speculative) {
+    bool speculative, const std::string& backend_faults) {
   if (specs.empty()) {
     return absl::InvalidArgumentError(
         "no model to serve: pass --model NAME=DIR or --model-repository DIR (tools/run.sh makes "
@@ -98,6 +98,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
     load.device = device;
     load.model = options;
     load.draft_from_json = speculative;
+    load.backend_faults = backend_faults;
     auto model = engine::api::Model::Load(spec.dir, load);
     if (!model.ok()) return with_name(model.status());
     std::shared_ptr<const engine::api::Model> shared = *std::move(model);

@@ -45,10 +45,13 @@ class ModelRegistry {
   // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure).
   // `segment_tokens` 0 means each model's memory length. With `speculative`, a model whose
   // directory names a draft (draft.json) also loads the draft and generates speculatively.
+  // `backend_faults` (test facility, --backend-faults): every model's backend fails the ops this
+  // fault spec names once loaded (engine/backend/fault_injecting_backend.h).
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
       const std::vector<ModelSpec>& specs, const std::string& device, int64_t segment_tokens,
       const SchedulerOptions& scheduling, Metrics* metrics,
-      const engine::api::ModelOptions& options = {}, bool speculative = false);
+      const engine::api::ModelOptions& options = {}, bool speculative = false,
+      const std::string& backend_faults = "");
 
   // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;

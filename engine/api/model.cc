@@ -12,6 +12,7 @@
 #include "base/read_file.h"
 #include "base/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/fault_injecting_backend.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
@@ -72,6 +73,17 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
   m->dir_ = dir;
   m->device_ = options.device;
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(options.device));
+  // Faults start after the load: the weights' upload is not what a fault spec is about.
+  FaultInjectingBackend* faults = nullptr;
+  if (!options.backend_faults.empty()) {
+    if (options.backend_faults.front() != '@') {
+      RETURN_IF_ERROR(ParseBackendFaultSpec(options.backend_faults).status());
+    }
+    auto wrapped =
+        std::make_unique<FaultInjectingBackend>(std::move(backend), options.backend_fault_seed);
+    faults = wrapped.get();
+    backend = std::move(wrapped);
+  }
   ASSIGN_OR_RETURN(m->impl_, TransfoXlModel::Load(dir, std::move(backend), options.model));
   const std::string spm = dir + "/tokenizer.model";
   std::error_code error;
@@ -100,11 +112,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
     LoadOptions draft_options;
     draft_options.device = options.device;
     draft_options.model = options.model;
+    draft_options.backend_faults = options.backend_faults;
+    draft_options.backend_fault_seed = options.backend_fault_seed + 1;
     ASSIGN_OR_RETURN(std::unique_ptr<Model> draft, Load(spec->dir, draft_options));
     RETURN_IF_ERROR(CheckDraft(*m, *draft));
     m->draft_ = std::move(draft);
     m->draft_tokens_ = spec->draft_tokens;
   }
+  if (faults != nullptr) RETURN_IF_ERROR(faults->SetSpec(options.backend_faults));
   return m;
 }
 

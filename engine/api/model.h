@@ -37,6 +37,11 @@ struct LoadOptions {
   std::string draft_dir;
   bool draft_from_json = false;
   int draft_tokens = 0;  // proposals per pass; 0: draft.json's value (4 without one)
+  // Test facility (mnemo-server --backend-faults): a fault spec
+  // (engine/backend/fault_injecting_backend.h; "" none). The model's backend, and its draft's,
+  // then fails the ops the spec names, from the end of the load on.
+  std::string backend_faults;
+  uint64_t backend_fault_seed = 1;  // the draft's backend draws from seed + 1
 };
 
 struct LayerDescription {

@@ -1,0 +1,152 @@
+// FaultInjectingBackend: a Backend that forwards to another one and fails the operations a fault
+// spec names, so tests (and a server a test drives, --backend-faults) meet every error a device
+// backend can return: an allocation that finds no memory, a kernel that fails, an error reported
+// after the op ran. leveldb's fault-injecting Env is the model; the spec syntax is the session
+// store's (server/fault_injecting_store_env.h).
+//
+// A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]`; "" means no faults:
+//   op    alloc (Allocate, AllocateUninitialized), upload (CopyFromHost), download (CopyToHost),
+//         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
+//         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
+//         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
+//         CompressMemory), append (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
+//   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
+//         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
+//         error: its outputs and any state it updates are written);
+//   @N    only the N-th op the rule matches, counted from when the spec took effect (1-based);
+//         @N+ that one and every later one;
+//   %P    each op the rule picks fails with probability P in [0, 1], drawn from a generator
+//         seeded at construction.
+// The first rule that picks an op decides its fault; every rule counts every op it matches.
+//
+// A spec `@PATH` takes the rules from the file PATH, re-read whenever its size, modification time
+// or inode changes, looked at every 10 ms at most (a missing or empty file: no faults; a bad one:
+// no faults and a line on stderr), so a test switches faults on and off in a running server by
+// renaming a new file over the old one.
+//
+// Threading: every method is safe from any thread (the base backend's own rules still apply).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+
+#include "base/mutex.h"
+#include "engine/backend/backend.h"
+
+namespace mnemo::engine {
+
+enum class BackendOp { kAlloc, kUpload, kDownload, kCopy, kCompute, kAttention, kAppend, kSync };
+inline constexpr int kNumBackendOps = 8;
+
+// The op's name in a spec ("alloc").
+std::string_view BackendOpName(BackendOp op);
+
+enum class BackendFaultMode { kOom, kFail, kLate };
+
+struct BackendFaultRule {
+  std::optional<BackendOp> op;  // nullopt: any op
+  BackendFaultMode mode = BackendFaultMode::kFail;
+  int64_t nth = 0;         // 0: every op
+  bool and_later = false;  // with nth: the nth op and every later one
+  double probability = 1;
+};
+
+// The rules of `spec` (not an @PATH spec); INVALID_ARGUMENT naming the bad rule.
+absl::StatusOr<std::vector<BackendFaultRule>> ParseBackendFaultSpec(std::string_view spec);
+
+class FaultInjectingBackend final : public Backend {
+ public:
+  // Starts with no faults (SetSpec arms it).
+  explicit FaultInjectingBackend(std::unique_ptr<Backend> base, uint64_t seed = 1);
+  ~FaultInjectingBackend() override;
+  FaultInjectingBackend(const FaultInjectingBackend&) = delete;
+  FaultInjectingBackend& operator=(const FaultInjectingBackend&) = delete;
+
+  // Replaces the rules and restarts their counts: a spec, or `@PATH`. INVALID_ARGUMENT naming the
+  // bad rule (the rules stay as they were).
+  absl::Status SetSpec(std::string_view spec);
+
+  // Faults injected so far, per op and in all.
+  int64_t injected(BackendOp op) const;
+  int64_t injected_total() const;
+
+  std::string_view name() const override { return base_->name(); }
+  Device device() const override { return base_->device(); }
+  absl::StatusOr<Tensor> Allocate(DType dtype, std::vector<int64_t> shape) override;
+  absl::StatusOr<Tensor> AllocateUninitialized(DType dtype, std::vector<int64_t> shape) override;
+  absl::StatusOr<Tensor> CopyFromHost(const Tensor& host) override;
+  absl::StatusOr<Tensor> CopyToHost(const Tensor& t) override;
+  absl::Status Copy(const Tensor& src, Tensor& dst) override;
+  absl::Status FillRows(const Tensor& row, Tensor& dst) override;
+  absl::Status GatherRows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& y) override;
+  absl::Status ConcatColumns(const Tensor& a, const Tensor& b, Tensor& y) override;
+  absl::Status Synchronize() override;
+  DeviceMemoryInfo MemoryInfo() const override { return base_->MemoryInfo(); }
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override;
+  absl::Status SparseLinear(const Tensor& x, const SparseWeight& w, const Tensor* bias,
+                            Tensor& y) override;
+  absl::Status LinearBiasActivation(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                    Activation act, Tensor& y) override;
+  absl::Status LayerNorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                         Tensor& y) override;
+  absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma, const Tensor& beta,
+                            float eps, Tensor& normed) override;
+  absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override;
+  absl::Status Add(const Tensor& a, const Tensor& b, Tensor& y) override;
+  absl::Status Embedding(const Tensor& table, const std::vector<int32_t>& ids, float scale,
+                         Tensor& y) override;
+  absl::Status RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) override;
+  absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override;
+  absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override;
+  absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override;
+  absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
+  absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
+  absl::Status BeginStep(uint64_t key) override;
+  absl::Status EndStep() override;
+  void AbortStep() override { base_->AbortStep(); }
+
+ private:
+  // What happens to one op: run it or not, and the error to return (ok: none).
+  struct Decision {
+    bool run = true;
+    absl::Status status;
+  };
+  Decision Decide(BackendOp op, std::string_view what) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs `op` (a callable returning absl::Status) unless the decision says otherwise.
+  template <typename F>
+  absl::Status Run(BackendOp op, std::string_view what, F&& f);
+  void ReloadSpecFileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetRulesLocked(std::vector<BackendFaultRule> rules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // What identifies a version of the spec file.
+  struct SpecFileStamp {
+    bool exists = false;
+    int64_t size = 0;
+    int64_t mtime_ns = 0;
+    uint64_t inode = 0;
+    bool operator==(const SpecFileStamp&) const = default;
+  };
+
+  const std::unique_ptr<Backend> base_;
+  mutable Mutex mu_;
+  std::vector<BackendFaultRule> rules_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> matched_ ABSL_GUARDED_BY(mu_);  // per rule: ops it matched
+  std::string spec_path_ ABSL_GUARDED_BY(mu_);         // an @PATH spec's file, or empty
+  SpecFileStamp spec_stamp_ ABSL_GUARDED_BY(mu_);
+  // The spec file is looked at every few milliseconds at most, not on every op.
+  std::chrono::steady_clock::time_point next_check_ ABSL_GUARDED_BY(mu_);
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  std::array<int64_t, kNumBackendOps> injected_ ABSL_GUARDED_BY(mu_){};
+};
+
+}  // namespace mnemo::engine
