@@ -19,7 +19,10 @@ debs=(
 deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
   # nginx: the router of the replica tests (tests/server/test_server_replicas.py).
+  # libclang-rt-14-dev and libfuzzer-14-dev: the sanitizer and libFuzzer runtimes of the fuzz
+  # targets (tools/fuzz.sh); clang-14 only recommends the former.
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
+         libclang-rt-14-dev libfuzzer-14-dev
          python3-torch bible-kjv bible-kjv-text nginx "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then
   debs=(python3 "${deploy_debs[@]}")
