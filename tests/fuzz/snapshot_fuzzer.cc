@@ -112,8 +112,8 @@ void WriteSeeds(const char* dir) {
     std::ofstream(std::string(dir) + "/" + name + "_raw", std::ios::binary) << '\x00' << *bytes;
   };
   write("fresh");
-  std::vector<int32_t> tokens;
-  for (int i = 0; i < 29; ++i) tokens.push_back((i * 7 + 3) % 37);
+  std::vector<int32_t> tokens(29);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7 + 3) % 37);
   size_t pos = 0;
   for (const int64_t n : {5, 1, 9, 1, 13}) {
     const absl::Status s =
