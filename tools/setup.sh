@@ -21,7 +21,10 @@ if [ "$mode" = test ]; then
   # nginx: the router of the replica tests (tests/server/test_server_replicas.py);
   # python3-cryptography, openssl: the certificates of the TLS tests (tests/server/tls_certs.py,
   # tests/server/client_cpp_e2e_test.cc).
+  # libclang-rt-14-dev and libfuzzer-14-dev: the sanitizer and libFuzzer runtimes of the fuzz
+  # targets (tools/fuzz.sh); clang-14 only recommends the former.
   debs+=(libgtest-dev libgmock-dev libbenchmark-dev clang-format clang-tidy clang-14
+         libclang-rt-14-dev libfuzzer-14-dev
          python3-torch python3-cryptography openssl bible-kjv bible-kjv-text nginx
          "${deploy_debs[@]}")
 elif [ "$mode" = deploy ]; then

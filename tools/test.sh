@@ -3,8 +3,9 @@
 # every test: the release build (engine, CLI, CUDA sources compiled when nvcc exists, the Python
 # parity tests against PyTorch and Hugging Face), the engine tests under ASan + UBSan and under
 # TSan, the format, layering, documentation-link, deployment (tools/check_deploy.sh) and clang-tidy
-# checks, clang's thread-safety analysis of the lock annotations, and (as root) the container
-# image recipe in a fresh Debian root.
+# checks, clang's thread-safety analysis of the lock annotations, a bounded run of every libFuzzer
+# target on its seed corpus (tools/fuzz.sh), and (as root) the container image recipe in a fresh
+# Debian root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -42,4 +43,8 @@ echo "== thread-safety: clang's lock analysis"
 rm -rf build/thread-safety
 cmake --preset thread-safety >/dev/null
 cmake --build --preset thread-safety -j "$jobs"
+# The parsers' libFuzzer targets under ASan + UBSan, 25 s each on their seed corpora.
+echo "== fuzz: every target, bounded"
+rm -rf build/fuzz
+MNEMO_FUZZ_SECONDS=25 tools/fuzz.sh
 echo "== all tests passed"

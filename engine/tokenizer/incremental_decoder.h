@@ -29,9 +29,15 @@ class IncrementalDecoder {
   absl::StatusOr<std::string> Flush();
 
  private:
+  // The text of window_[0, count) as it reads at its place in the document.
+  absl::StatusOr<std::string> DecodeWindow(size_t count);
+
   const Tokenizer& tokenizer_;
   std::vector<int32_t> window_;  // tokens from the prefix offset on
   size_t read_ = 0;              // window_[0, read_) has been emitted
+  bool emitted_ = false;         // text was emitted: the window is no longer at the text's start
+  bool anchor_checked_ = false;
+  std::vector<int32_t> anchor_;  // the ids of "a" (empty: this tokenizer has no such anchor)
 };
 
 }  // namespace mnemo::engine

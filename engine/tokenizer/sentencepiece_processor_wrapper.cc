@@ -13,7 +13,15 @@ namespace mnemo::engine::spm {
 namespace {
 
 // Sanitizer runtimes refuse RTLD_DEEPBIND; sanitized builds never link protobuf next to it.
+// GCC defines __SANITIZE_*__; clang 14 only answers __has_feature.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MNEMO_SANITIZED_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define MNEMO_SANITIZED_BUILD 1
+#endif
+#endif
+#ifdef MNEMO_SANITIZED_BUILD
 constexpr int kOpenFlags = RTLD_NOW | RTLD_LOCAL;
 #else
 constexpr int kOpenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;

@@ -24,7 +24,9 @@ inline float ExpScalar(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
-  const float clamped = std::min(std::max(x, -87.0f), 88.0f);
+  // Clamped with the constant first, so a NaN x clamps to a number: converting a NaN n to an
+  // integer below is undefined. The NaN itself comes back (a state or weights that overflowed).
+  const float clamped = std::min(88.0f, std::max(-87.0f, x));
   const float n = std::nearbyint(clamped * kLog2e);
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.0f / 720.0f;
@@ -37,7 +39,7 @@ inline float ExpScalar(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  return x < -87.0f ? 0.0f : (x == x ? p * scale : x);
 }
 
 }  // namespace

@@ -242,6 +242,29 @@ TEST_F(TrainedTokenizerTest, IncrementalDecoderDeltasConcatenateToTheFullDecode)
   EXPECT_FALSE(decoder.Push(300).ok());
 }
 
+// Found by tests/fuzz/utf8_fuzzer: a lone "▁" piece after emitted text, then a word with its own
+// "▁". Decoded alone the window ["▁", "▁sword"] is "sword" (sentencepiece drops whitespace at the
+// start of a text), but in the document it is "  sword": the stream lost a space.
+TEST(IncrementalDecoderTest, KeepsWhitespaceThatFollowsEmittedText) {
+  auto tokenizer =
+      LoadSentencePieceTokenizer(std::string(MNEMO_SOURCE_DIR) + "/models/student/tokenizer.model");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::vector<int32_t> ids = {509, 285, 512};  // "▁speak", "▁", "▁sword"
+  auto full = (*tokenizer)->Decode(ids);
+  ASSERT_TRUE(full.ok()) << full.status();
+  ASSERT_EQ(*full, "speak  sword");
+  IncrementalDecoder decoder(**tokenizer);
+  std::string streamed;
+  for (int32_t id : ids) {
+    auto delta = decoder.Push(id);
+    ASSERT_TRUE(delta.ok()) << delta.status();
+    streamed += *delta;
+  }
+  auto rest = decoder.Flush();
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(streamed + *rest, *full);
+}
+
 TEST_F(TrainedTokenizerTest, RejectsInvalidUtf8AndOutOfRangeIds) {
   auto bad_text = tokenizer_->Encode("abc\xed\xa0\x80");
   ASSERT_FALSE(bad_text.ok());

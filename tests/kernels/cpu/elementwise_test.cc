@@ -177,6 +177,19 @@ TEST(SoftmaxRowTest, LargeMagnitudeInputsStayFinite) {
   EXPECT_EQ(huge[2], 0.0f);
 }
 
+// Found by tests/fuzz/snapshot_fuzzer (a state holding NaN): the exponential converted a NaN to an
+// integer, which is undefined (UBSan stops the asan build here). A NaN score now makes the row
+// NaN, visibly, and nothing undefined happens on the way.
+TEST(SoftmaxRowTest, NanScoresGiveNanWithoutUndefinedBehaviour) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x = {1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f};
+  SoftmaxRow(x.data(), 3);
+  for (float v : x) EXPECT_TRUE(std::isnan(v));
+  std::vector<float> overflowed = {inf, inf, 0.0f};  // max − max = inf − inf = NaN
+  SoftmaxRow(overflowed.data(), 3);
+  EXPECT_TRUE(std::isnan(overflowed[0]));
+}
+
 TEST(SoftmaxRowTest, NegativeInfinityGetsZeroMass) {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> x = {-inf, 1.0f, -inf, 1.0f};

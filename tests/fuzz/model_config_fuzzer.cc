@@ -1,0 +1,34 @@
+// config.json parsing and validation (engine/model/model_config) on arbitrary text: every input
+// gets a status; an accepted config satisfies the invariants the loader and the backends rely on
+// (the accessors below run on it as the model does).
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "engine/model/model_config.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  auto parsed = mnemo::engine::ParseModelConfig(text);
+  if (!parsed.ok()) {
+    if (parsed.status().code() != absl::StatusCode::kInvalidArgument) std::abort();
+    return 0;
+  }
+  const mnemo::engine::ModelConfig& c = *parsed;
+  if (c.vocab_size < 1 || c.d_model < 2 || c.n_layer < 1 || c.n_head < 1 || c.d_head < 1) {
+    std::abort();
+  }
+  if (static_cast<int64_t>(c.layers.size()) != c.n_layer) std::abort();
+  if (c.eos_token_id && (*c.eos_token_id < 0 || *c.eos_token_id >= c.vocab_size)) std::abort();
+  volatile int64_t sink = c.attn_width() + c.embed_width() + c.head_width() +
+                          c.default_segment_tokens() + c.max_positions() + c.has_dense_layer();
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const int64_t p = c.param_layer(l);
+    if (p < 0 || p >= c.groups()) std::abort();
+    sink = sink + c.linear_features(l) + c.layer(l).sparse.sparse_span() +
+           c.layer(l).dense.compress_taps() + c.adds_scores(l) + c.passes_scores(l);
+  }
+  (void)sink;
+  return 0;
+}
