@@ -545,8 +545,8 @@ int UsageError(const std::string& message) {
 int Main(int argc, char** argv) {
   const std::vector<std::string> args(argv, argv + argc);
   const std::map<std::string, bool> global = {
-      {"target", true},   {"timeout", true}, {"no-retry", false},       {"json", false},
-      {"help", false},    {"tls-ca", true},  {"tls-cert", true},        {"tls-key", true},
+      {"target", true},          {"timeout", true},   {"no-retry", false}, {"json", false},
+      {"help", false},           {"tls-ca", true},    {"tls-cert", true},  {"tls-key", true},
       {"tls-server-name", true}, {"token-file", true}};
   size_t command_at = 0;
   absl::StatusOr<Flags> flags = Flags::ParseWithPositionals(args, 1, global, true, &command_at);
