@@ -511,6 +511,7 @@ class EnvServerProcess(ServerProcess):
         self.port, self.metrics_port = port, metrics_port
         self.target = f"127.0.0.1:{port}"
         self.grace_s = 5.0
+        self.tls = None
         self.stderr_path = os.path.join(workdir, f"mnemo-server-env-{port}.log")
         self.args = [binary, *flags]
         self._log = open(self.stderr_path, "wb")
