@@ -43,8 +43,9 @@ echo "== thread-safety: clang's lock analysis"
 rm -rf build/thread-safety
 cmake --preset thread-safety >/dev/null
 cmake --build --preset thread-safety -j "$jobs"
-# The parsers' libFuzzer targets under ASan + UBSan, 25 s each on their seed corpora.
+# The parsers' libFuzzer targets under ASan + UBSan, 15 s each on their seed corpora (long runs:
+# tools/fuzz.sh TARGET -runs=N, docs/testing.md).
 echo "== fuzz: every target, bounded"
 rm -rf build/fuzz
-MNEMO_FUZZ_SECONDS=25 tools/fuzz.sh
+MNEMO_FUZZ_SECONDS=15 tools/fuzz.sh
 echo "== all tests passed"
