@@ -5,8 +5,11 @@
 #include <cstddef>
 
 // The sanitizer runtimes' allocator interface (sanitizer/allocator_interface.h); weak, so they
-// are null in a build without a sanitizer and the glibc figures are used instead.
+// are null in a build without a sanitizer and the glibc figures are used instead. The names are
+// the runtime's, reserved identifiers or not.
+// NOLINTNEXTLINE(bugprone-reserved-identifier)
 extern "C" size_t __sanitizer_get_current_allocated_bytes() __attribute__((weak));
+// NOLINTNEXTLINE(bugprone-reserved-identifier)
 extern "C" size_t __sanitizer_get_heap_size() __attribute__((weak));
 
 namespace mnemo::server {
