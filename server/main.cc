@@ -435,7 +435,9 @@ absl::Status Serve(int argc, char** argv) {
 
   std::unique_ptr<MetricsHttpServer> metrics_http;
   if (metrics_listen != "off") {
-    ASSIGN_OR_RETURN(metrics_http, MetricsHttpServer::Start(metrics_listen, metrics.registry()));
+    ASSIGN_OR_RETURN(metrics_http,
+                     MetricsHttpServer::Start(metrics_listen, metrics.registry(),
+                                              [&metrics] { metrics.RefreshAllocatorStats(); }));
   }
 
   ModelServiceImpl model_service(ctx);

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "prometheus/histogram.h"
+#include "server/allocator_stats.h"
 
 namespace mnemo::server {
 namespace {
@@ -181,6 +182,19 @@ Metrics::Metrics()
                          "or full")
                    .Register(*registry_)
                    .Add({})),
+      heap_allocated_(BuildGauge()
+                          .Name("mnemo_heap_allocated_bytes")
+                          .Help("Heap bytes the server holds (allocated, not yet freed), as its "
+                                "allocator counts them; unlike the RSS, without the freed memory "
+                                "the allocator keeps for reuse")
+                          .Register(*registry_)
+                          .Add({})),
+      heap_bytes_(BuildGauge()
+                      .Name("mnemo_heap_bytes")
+                      .Help("Bytes the allocator has obtained from the system for the heap "
+                            "(held by the server or kept free for reuse)")
+                      .Register(*registry_)
+                      .Add({})),
       replica_info_(BuildGauge()
                         .Name("mnemo_replica_info")
                         .Help("This replica's name in session ownership records (value 1)")
@@ -323,6 +337,12 @@ void Metrics::Ownership(std::string_view event) {
 
 void Metrics::SetReplica(const std::string& replica) {
   replica_info_.Add({{"replica", replica}}).Set(1);
+}
+
+void Metrics::RefreshAllocatorStats() {
+  const AllocatorStats stats = ReadAllocatorStats();
+  heap_allocated_.Set(static_cast<double>(stats.allocated_bytes));
+  heap_bytes_.Set(static_cast<double>(stats.heap_bytes));
 }
 
 void Metrics::SetStateBudget(std::string_view tier, int64_t bytes) {

@@ -72,6 +72,9 @@ class Metrics {
   void AuthFailure() { auth_failures_.Increment(); }
   void ModelInfo(const std::string& name, const std::string& device, const std::string& dtype,
                  const std::string& attention);
+  // Reads the allocator's figures into mnemo_heap_allocated_bytes and mnemo_heap_bytes (the
+  // metrics endpoint calls it before each scrape).
+  void RefreshAllocatorStats();
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -103,6 +106,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& handoffs_;
   prometheus::Family<prometheus::Counter>& ownership_;
   prometheus::Gauge& serving_;
+  prometheus::Gauge& heap_allocated_;
+  prometheus::Gauge& heap_bytes_;
   prometheus::Family<prometheus::Gauge>& replica_info_;
   prometheus::Family<prometheus::Gauge>& state_budget_;
   prometheus::Family<prometheus::Counter>& tenant_requests_;

@@ -27,7 +27,8 @@ std::string Response(const char* status, const char* type, const std::string& bo
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& address, std::shared_ptr<prometheus::Registry> registry) {
+    const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+    std::function<void()> before_scrape) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) {
     return absl::InvalidArgumentError(
@@ -71,12 +72,16 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                                         : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   return std::unique_ptr<MetricsHttpServer>(
-      new MetricsHttpServer(fd, bound_port, std::move(registry)));
+      new MetricsHttpServer(fd, bound_port, std::move(registry), std::move(before_scrape)));
 }
 
 MetricsHttpServer::MetricsHttpServer(int listen_fd, int port,
-                                     std::shared_ptr<prometheus::Registry> registry)
-    : listen_fd_(listen_fd), port_(port), registry_(std::move(registry)) {
+                                     std::shared_ptr<prometheus::Registry> registry,
+                                     std::function<void()> before_scrape)
+    : listen_fd_(listen_fd),
+      port_(port),
+      registry_(std::move(registry)),
+      before_scrape_(std::move(before_scrape)) {
   if (pipe2(wake_, O_CLOEXEC) != 0) wake_[0] = wake_[1] = -1;
   // Loop() accepts until EAGAIN.
   fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
@@ -175,6 +180,7 @@ std::string MetricsHttpServer::Answer(const std::string& request) const {
   if (path != "/metrics" && path.rfind("/metrics?", 0) != 0) {
     return Response("404 Not Found", "text/plain", "metrics are at /metrics\n");
   }
+  if (before_scrape_) before_scrape_();
   const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
   std::string response = Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", body);
   if (head) response.resize(response.size() - body.size());

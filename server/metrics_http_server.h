@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,9 +26,12 @@ namespace mnemo::server {
 
 class MetricsHttpServer {
  public:
-  // Listens on "HOST:PORT" (port 0 picks one). UNAVAILABLE when it cannot bind.
+  // Listens on "HOST:PORT" (port 0 picks one). UNAVAILABLE when it cannot bind. `before_scrape`
+  // (may be empty) runs on the server's thread before each collection, to refresh gauges that
+  // are read rather than kept (the allocator's figures).
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& address, std::shared_ptr<prometheus::Registry> registry);
+      const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+      std::function<void()> before_scrape = {});
   ~MetricsHttpServer();
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
@@ -40,7 +44,8 @@ class MetricsHttpServer {
   static constexpr size_t kMaxConnections = 64;
 
  private:
-  MetricsHttpServer(int listen_fd, int port, std::shared_ptr<prometheus::Registry> registry);
+  MetricsHttpServer(int listen_fd, int port, std::shared_ptr<prometheus::Registry> registry,
+                    std::function<void()> before_scrape);
   void Loop();
   // The HTTP response to `request` (the bytes up to the blank line).
   std::string Answer(const std::string& request) const;
@@ -49,6 +54,7 @@ class MetricsHttpServer {
   int port_;
   int wake_[2] = {-1, -1};  // a pipe that interrupts poll() at shutdown
   std::shared_ptr<prometheus::Registry> registry_;
+  std::function<void()> before_scrape_;
   std::thread thread_;
 };
 

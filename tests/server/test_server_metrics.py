@@ -30,6 +30,8 @@ FAMILIES = {
     "mnemo_session_state_bytes": "gauge",
     "mnemo_model_info": "gauge",
     "mnemo_build_info": "gauge",
+    "mnemo_heap_allocated_bytes": "gauge",
+    "mnemo_heap_bytes": "gauge",
 }
 
 
@@ -90,6 +92,9 @@ def test_exposition_has_the_documented_families_and_counts(start_server):
         assert info and info[0][0].get("name", info[0][0].get("model")) == "tiny", info
         assert metrics.select("mnemo_build_info")
         assert metrics.sum("mnemo_engine_step_seconds_count") > 0
+        # Read from the allocator at each scrape: the server holds something (the model, its
+        # threads' buffers), within what the allocator took from the system.
+        assert 0 < metrics.sum("mnemo_heap_allocated_bytes") <= metrics.sum("mnemo_heap_bytes")
         assert metrics.sum("mnemo_batch_size_count") > 0
         client.score(expected["session"].id, text=" and so on")
         metrics = server.metrics()
