@@ -1,5 +1,6 @@
 #include "engine/attention/sparse_attention.h"
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -38,9 +39,13 @@ absl::Status SparseLayerState::SetBookkeeping(std::span<const int64_t> values, i
   RETURN_IF_ERROR(CheckBookkeepingCount(
       values, 2 + (has_globals ? globals.bookkeeping_values() : 0), "sparse"));
   RETURN_IF_ERROR(window.SetBookkeeping(values[0], values[1], "sparse window"));
-  if (window.size() > position) {
+  // The ring holds the last min(position, capacity) positions: the pattern reaches back that far
+  // and looks anything older up in the global store.
+  const int64_t held = std::min(position, window.capacity());
+  if (window.size() != held) {
     return absl::InvalidArgumentError(absl::StrCat("sparse window: ring size ", window.size(),
-                                                   " > the session's position ", position));
+                                                   ", expected ", held,
+                                                   " at the session's position ", position));
   }
   return has_globals ? globals.SetBookkeeping(values.subspan(2), position) : absl::OkStatus();
 }

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+
 namespace mnemo::engine {
 
 kernels::SparsePattern PatternOf(const SparseConfig& l) {
@@ -20,6 +22,16 @@ kernels::SparsePattern PatternOf(const SparseConfig& l) {
   pattern.seed = l.seed;
   pattern.head_components = l.head_components.data();
   return pattern;
+}
+
+absl::Status CheckWindowHoldsRecentPositions(const XlMemory& window, int64_t position) {
+  const int64_t expected = std::min(position, window.capacity());
+  if (window.size() != expected) {
+    return absl::InternalError(absl::StrCat("sparse window holds ", window.size(),
+                                            " positions, expected ", expected, " at position ",
+                                            position));
+  }
+  return absl::OkStatus();
 }
 
 void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,

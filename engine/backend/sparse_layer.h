@@ -8,7 +8,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+
 #include "engine/memory/global_store.h"
+#include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
 #include "kernels/cpu/sparse_pattern.h"
 
@@ -16,6 +19,12 @@ namespace mnemo::engine {
 
 // The layer's pattern (pointers into `l`, which must outlive it).
 kernels::SparsePattern PatternOf(const SparseConfig& l);
+
+// The pattern reaches back sparse_span positions and finds a key older than the window's ring only
+// in the global store, so the ring must hold every earlier position it can: min(position,
+// capacity). Restore checks this (SparseLayerState::SetBookkeeping); backends check it again before
+// they index rows by position, so a broken state is an error, never a read outside the store.
+absl::Status CheckWindowHoldsRecentPositions(const XlMemory& window, int64_t position);
 
 // The kept global positions, oldest first, and the store slot of each.
 void StoredGlobals(const GlobalStore& aux, std::vector<int64_t>* positions,

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "base/status_macros.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/sparse_layer.h"
 #include "kernels/cpu/sparse_pattern.h"
@@ -29,6 +30,7 @@ absl::Status CpuBackend::SparseAttention(const std::vector<SparseAttentionArgs>&
                                       pool_);
       continue;
     }
+    RETURN_IF_ERROR(CheckWindowHoldsRecentPositions(*a.memory, a.position));
     const kernels::SparsePattern pattern = PatternOf(l);
     // The kept global positions (oldest first) and which new positions are global.
     kernels::GlobalKeys globals;

@@ -87,6 +87,7 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
   const XlMemory& m = *a.memory;
   const int64_t w = static_cast<int64_t>(a.num_heads) * a.head_dim, t = a.qkv->dim(0);
   const float* qkv = a.qkv->data<float>();
+  RETURN_IF_ERROR(CheckWindowHoldsRecentPositions(m, a.position));
   const kernels::SparsePattern pattern = PatternOf(l);
   std::vector<int64_t> stored, slots;
   std::vector<uint8_t> is_global;

@@ -447,6 +447,10 @@ TEST_F(SnapshotHostileTest, HostileManifestsAreRefused) {
          b[5] = -1;
        }},
       {"sparse window", [](Json& m, std::string&) { m["states"][0]["position"] = 2; }},
+      // A window holding fewer positions than the session has seen: the pattern would look the
+      // missing ones up in the global store, which does not hold them (read past its rows).
+      {"sparse window",
+       [](Json& m, std::string&) { m["states"][0]["layers"][2]["bookkeeping"][1] = 1; }},
       {"pending token",
        [](Json& m, std::string&) {
          m["session"]["pending"] = {1, 2, 37};
