@@ -1,20 +1,14 @@
-// FaultInjectingStoreEnv: the fault spec's parser, the per-op decision, the spec file's reload and
-// the record of written and synced bytes a simulated crash cuts back to.
+// FaultInjectingStoreEnv: the op and mode names of its fault spec, the per-op decision and the
+// record of written and synced bytes a simulated crash cuts back to.
 #include "server/fault_injecting_store_env.h"
 
 #include <cstdio>
 #include <iterator>
 #include <utility>
 
-#include <sys/stat.h>
-
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
-#include "base/read_file.h"
 #include "base/status_macros.h"
 
 namespace mnemo::server {
@@ -23,82 +17,11 @@ namespace {
 // Abseil here is built with its own string_view (Debian's ABI), distinct from std::string_view.
 absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
 
-constexpr std::array<StoreOp, kNumStoreOps> kAllOps = {
-    StoreOp::kCreate, StoreOp::kAppend, StoreOp::kSync,    StoreOp::kClose,
-    StoreOp::kRename, StoreOp::kRemove, StoreOp::kRead,    StoreOp::kStat,
-    StoreOp::kList,   StoreOp::kMkdir,  StoreOp::kSyncDir, StoreOp::kLink};
-
-absl::string_view ModeName(StoreFaultMode mode) {
-  switch (mode) {
-    case StoreFaultMode::kFail:
-      return "fail";
-    case StoreFaultMode::kFull:
-      return "full";
-    case StoreFaultMode::kTear:
-      return "tear";
-    case StoreFaultMode::kHang:
-      return "hang";
-  }
-  return "?";
-}
-
-absl::Status BadRule(absl::string_view rule, absl::string_view why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("store fault spec: bad rule \"", rule, "\": ", why));
-}
-
-absl::StatusOr<StoreFaultRule> ParseRule(absl::string_view text) {
-  StoreFaultRule rule;
-  absl::string_view rest = text;
-  const size_t colon = rest.find(':');
-  if (colon == absl::string_view::npos) return BadRule(text, "expected op:mode");
-  const absl::string_view op = rest.substr(0, colon);
-  rest.remove_prefix(colon + 1);
-  if (op != "any") {
-    for (const StoreOp o : kAllOps) {
-      if (AbslView(StoreOpName(o)) == op) rule.op = o;
-    }
-    if (!rule.op.has_value()) {
-      return BadRule(text,
-                     "op must be create, append, sync, close, rename, remove, read, stat, list, "
-                     "mkdir, syncdir, link or any");
-    }
-  }
-  const size_t mode_end = rest.find_first_of("@%");
-  const absl::string_view mode = rest.substr(0, mode_end);
-  if (mode == "fail") {
-    rule.mode = StoreFaultMode::kFail;
-  } else if (mode == "full") {
-    rule.mode = StoreFaultMode::kFull;
-  } else if (mode == "tear") {
-    rule.mode = StoreFaultMode::kTear;
-  } else if (mode == "hang") {
-    rule.mode = StoreFaultMode::kHang;
-  } else {
-    return BadRule(text, "mode must be fail, full, tear or hang");
-  }
-  rest.remove_prefix(mode_end == absl::string_view::npos ? rest.size() : mode_end);
-  if (!rest.empty() && rest.front() == '@') {
-    rest.remove_prefix(1);
-    absl::string_view n = rest.substr(0, rest.find('%'));
-    rest.remove_prefix(n.size());
-    if (!n.empty() && n.back() == '+') {
-      rule.and_later = true;
-      n.remove_suffix(1);
-    }
-    if (!absl::SimpleAtoi(n, &rule.nth) || rule.nth < 1)
-      return BadRule(text, "@N needs a whole number N >= 1");
-  }
-  if (!rest.empty() && rest.front() == '%') {
-    rest.remove_prefix(1);
-    if (!absl::SimpleAtod(rest, &rule.probability) || !(rule.probability >= 0) ||
-        rule.probability > 1)
-      return BadRule(text, "%P needs a probability P in [0, 1]");
-    rest = {};
-  }
-  if (!rest.empty()) return BadRule(text, "expected op:mode[@N[+]][%P]");
-  return rule;
-}
+// Names by enum value (StoreOp, StoreFaultMode).
+constexpr std::array<std::string_view, kNumStoreOps> kOpNames = {
+    "create", "append", "sync", "close", "rename",  "remove",
+    "read",   "stat",   "list", "mkdir", "syncdir", "link"};
+constexpr std::array<std::string_view, 4> kModeNames = {"fail", "full", "tear", "hang"};
 
 std::string Dirname(const std::string& path) {
   const size_t slash = path.rfind('/');
@@ -114,45 +37,11 @@ std::string NormalDir(std::string dir) {
 
 }  // namespace
 
-std::string_view StoreOpName(StoreOp op) {
-  switch (op) {
-    case StoreOp::kCreate:
-      return "create";
-    case StoreOp::kAppend:
-      return "append";
-    case StoreOp::kSync:
-      return "sync";
-    case StoreOp::kClose:
-      return "close";
-    case StoreOp::kRename:
-      return "rename";
-    case StoreOp::kRemove:
-      return "remove";
-    case StoreOp::kRead:
-      return "read";
-    case StoreOp::kStat:
-      return "stat";
-    case StoreOp::kList:
-      return "list";
-    case StoreOp::kMkdir:
-      return "mkdir";
-    case StoreOp::kSyncDir:
-      return "syncdir";
-    case StoreOp::kLink:
-      return "link";
-  }
-  return "?";
-}
+std::string_view StoreOpName(StoreOp op) { return kOpNames[static_cast<size_t>(op)]; }
 
 absl::StatusOr<std::vector<StoreFaultRule>> ParseStoreFaultSpec(std::string_view spec) {
-  std::vector<StoreFaultRule> rules;
-  for (const absl::string_view piece : absl::StrSplit(AbslView(spec), absl::ByAnyChar(",\n"))) {
-    const absl::string_view text = absl::StripAsciiWhitespace(piece);
-    if (text.empty()) continue;
-    ASSIGN_OR_RETURN(StoreFaultRule rule, ParseRule(text));
-    rules.push_back(rule);
-  }
-  return rules;
+  return ParseTypedFaultRules<StoreOp, StoreFaultMode>("store fault spec", spec, kOpNames,
+                                                       kModeNames);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,61 +93,15 @@ class FaultInjectingWritableFile final : public StoreWritableFile {
   const std::unique_ptr<StoreWritableFile> base_;
 };
 
+// The spec file is looked at on every op: store ops are few and slow.
 FaultInjectingStoreEnv::FaultInjectingStoreEnv(StoreEnv* base, uint64_t seed)
-    : base_(base), rng_(seed) {}
+    : base_(base), rules_("store fault spec", &ParseStoreFaultSpec, seed, {}) {}
 
 FaultInjectingStoreEnv::~FaultInjectingStoreEnv() = default;
 
 absl::Status FaultInjectingStoreEnv::SetSpec(std::string_view spec) {
-  const absl::string_view text = absl::StripAsciiWhitespace(AbslView(spec));
-  if (!text.empty() && text.front() == '@') {
-    const std::string path(absl::StripAsciiWhitespace(text.substr(1)));
-    if (path.empty()) return absl::InvalidArgumentError("store fault spec: @ needs a file path");
-    MutexLock lock(&mu_);
-    spec_path_ = path;
-    spec_stamp_ = SpecFileStamp{};
-    SetRulesLocked({});
-    ReloadSpecFileLocked();
-    return absl::OkStatus();
-  }
-  ASSIGN_OR_RETURN(std::vector<StoreFaultRule> rules,
-                   ParseStoreFaultSpec(std::string_view(text.data(), text.size())));
   MutexLock lock(&mu_);
-  spec_path_.clear();
-  SetRulesLocked(std::move(rules));
-  return absl::OkStatus();
-}
-
-void FaultInjectingStoreEnv::SetRulesLocked(std::vector<StoreFaultRule> rules) {
-  rules_ = std::move(rules);
-  matched_.assign(rules_.size(), 0);
-}
-
-void FaultInjectingStoreEnv::ReloadSpecFileLocked() {
-  SpecFileStamp stamp;
-  struct stat st {};
-  if (::stat(spec_path_.c_str(), &st) == 0) {
-    stamp.exists = true;
-    stamp.size = st.st_size;
-    stamp.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-    stamp.inode = st.st_ino;
-  }
-  if (stamp == spec_stamp_) return;
-  spec_stamp_ = stamp;
-  if (!stamp.exists) {
-    SetRulesLocked({});
-    return;
-  }
-  absl::StatusOr<std::string> text = mnemo::ReadFile(spec_path_);
-  absl::StatusOr<std::vector<StoreFaultRule>> rules =
-      text.ok() ? ParseStoreFaultSpec(*text) : text.status();
-  if (!rules.ok()) {
-    std::fprintf(stderr, "mnemo-server: store fault spec %s: %s (no faults)\n", spec_path_.c_str(),
-                 std::string(rules.status().message()).c_str());
-    SetRulesLocked({});
-    return;
-  }
-  SetRulesLocked(*std::move(rules));
+  return rules_.Set(spec);
 }
 
 FaultInjectingStoreEnv::Fault FaultInjectingStoreEnv::Decide(StoreOp op, const std::string& path,
@@ -276,22 +119,12 @@ FaultInjectingStoreEnv::Fault FaultInjectingStoreEnv::DecideOnce(StoreOp op,
                                                                  const std::string& path,
                                                                  absl::Status* status, bool* hang) {
   MutexLock lock(&mu_);
-  if (!spec_path_.empty()) ReloadSpecFileLocked();
-  const StoreFaultRule* fired = nullptr;
-  for (size_t i = 0; i < rules_.size(); ++i) {
-    const StoreFaultRule& rule = rules_[i];
-    if (rule.op.has_value() && *rule.op != op) continue;
-    const int64_t n = ++matched_[i];
-    bool pick = rule.nth == 0 || n == rule.nth || (rule.and_later && n > rule.nth);
-    if (pick && rule.probability < 1) {
-      pick = std::uniform_real_distribution<double>(0, 1)(rng_) < rule.probability;
-    }
-    if (pick && fired == nullptr) fired = &rule;
-  }
+  const StoreFaultRule* fired = rules_.Pick(op);
   if (fired == nullptr) return Fault::kNone;
   ++injected_[static_cast<size_t>(op)];
-  const std::string where = absl::StrCat("injected fault (", AbslView(StoreOpName(op)), ":",
-                                         ModeName(fired->mode), ") on ", path);
+  const std::string where =
+      absl::StrCat("injected fault (", AbslView(StoreOpName(op)), ":",
+                   AbslView(kModeNames[static_cast<size_t>(fired->mode)]), ") on ", path);
   switch (fired->mode) {
     case StoreFaultMode::kFail:
       *status = absl::UnavailableError(absl::StrCat(where, ": Input/output error"));

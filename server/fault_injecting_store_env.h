@@ -3,7 +3,8 @@
 // the session store can; it can also simulate a crash (DropUnsyncedData). leveldb's
 // FaultInjectionTestEnv is the model.
 //
-// A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]`; "" means no faults:
+// A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]` (base/fault_spec.h); ""
+// means no faults:
 //   op    create (NewWritableFile), append, sync, close, rename, remove (RemoveFile, RemoveDir),
 //         read (ReadFile), stat (GetFileSize), list (GetChildren), mkdir (CreateDir), syncdir,
 //         link (LinkFile), or any (every op);
@@ -11,18 +12,11 @@
 //         the first half of its data to the file and then fails UNAVAILABLE (other ops fail as
 //         with fail); hang: the op never returns (a volume that stopped answering; the
 //         thread is lost until the process exits);
-//   @N    only the N-th op the rule matches, counted from when the spec took effect (1-based);
-//         @N+ that one and every later one (a crash there); without @, every op;
-//   %P    each op the rule picks fails with probability P in [0, 1], drawn from a generator
-//         seeded at construction, so a run repeats.
-// The first rule that picks an op decides its fault; every rule counts every op it matches.
+//   @N, %P  the N-th matching op (@N+: and every later one: a crash there), with probability P.
 // A failed op does nothing, except a torn append (its prefix is written) and close (the file is
 // closed anyway, as close(2) does).
 //
-// A spec `@PATH` takes the rules from the file PATH, re-read whenever its size or modification
-// time changes (a missing or empty file: no faults; a bad one: no faults and a line on stderr),
-// so a test switches faults on and off in a running server by rewriting the file (best by
-// writing a new file and renaming it over the old: a new inode, whatever the clock's grain).
+// A spec `@PATH` takes the rules from the file PATH as it changes, looked at on every op.
 //
 // Threading: every method is safe from any thread.
 #pragma once
@@ -31,8 +25,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <string_view>
@@ -41,6 +33,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 
+#include "base/fault_spec.h"
 #include "base/mutex.h"
 #include "server/session_store.h"
 
@@ -67,13 +60,7 @@ std::string_view StoreOpName(StoreOp op);
 
 enum class StoreFaultMode { kFail, kFull, kTear, kHang };
 
-struct StoreFaultRule {
-  std::optional<StoreOp> op;  // nullopt: any op
-  StoreFaultMode mode = StoreFaultMode::kFail;
-  int64_t nth = 0;         // 0: every op
-  bool and_later = false;  // with nth: the nth op and every later one
-  double probability = 1;
-};
+using StoreFaultRule = FaultRule<StoreOp, StoreFaultMode>;
 
 // The rules of `spec` (not an @PATH spec); INVALID_ARGUMENT naming the bad rule.
 absl::StatusOr<std::vector<StoreFaultRule>> ParseStoreFaultSpec(std::string_view spec);
@@ -120,14 +107,6 @@ class FaultInjectingStoreEnv final : public StoreEnv {
     uint64_t size = 0;
     uint64_t synced = 0;
   };
-  // What identifies a version of the spec file.
-  struct SpecFileStamp {
-    bool exists = false;
-    int64_t size = 0;
-    int64_t mtime_ns = 0;
-    uint64_t inode = 0;
-    bool operator==(const SpecFileStamp&) const = default;
-  };
   enum class Fault { kNone, kFail, kTear };
 
   // Whether `op` on `path` fails, and how; an injected failure's status in `*status`. Never
@@ -135,18 +114,12 @@ class FaultInjectingStoreEnv final : public StoreEnv {
   Fault Decide(StoreOp op, const std::string& path, absl::Status* status) ABSL_LOCKS_EXCLUDED(mu_);
   Fault DecideOnce(StoreOp op, const std::string& path, absl::Status* status, bool* hang)
       ABSL_LOCKS_EXCLUDED(mu_);
-  void ReloadSpecFileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetRulesLocked(std::vector<StoreFaultRule> rules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Appended(const std::string& path, uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
   void Synced(const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
 
   StoreEnv* const base_;
   mutable Mutex mu_;
-  std::vector<StoreFaultRule> rules_ ABSL_GUARDED_BY(mu_);
-  std::vector<int64_t> matched_ ABSL_GUARDED_BY(mu_);  // per rule: ops it matched
-  std::string spec_path_ ABSL_GUARDED_BY(mu_);         // an @PATH spec's file, or empty
-  SpecFileStamp spec_stamp_ ABSL_GUARDED_BY(mu_);
-  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  FaultRuleSet<StoreOp, StoreFaultMode> rules_ ABSL_GUARDED_BY(mu_);
   std::array<int64_t, kNumStoreOps> injected_ ABSL_GUARDED_BY(mu_){};
   std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> undurable_names_ ABSL_GUARDED_BY(mu_);  // not dir-synced yet

@@ -1,10 +1,10 @@
 // FaultInjectingBackend: a Backend that forwards to another one and fails the operations a fault
 // spec names, so tests (and a server a test drives, --backend-faults) meet every error a device
 // backend can return: an allocation that finds no memory, a kernel that fails, an error reported
-// after the op ran. leveldb's fault-injecting Env is the model; the spec syntax is the session
-// store's (server/fault_injecting_store_env.h).
+// after the op ran. leveldb's fault-injecting Env is the model.
 //
-// A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]`; "" means no faults:
+// A spec is comma- (or newline-) separated rules `op:mode[@N[+]][%P]` (base/fault_spec.h); ""
+// means no faults:
 //   op    alloc (Allocate, AllocateUninitialized), upload (CopyFromHost), download (CopyToHost),
 //         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
@@ -13,33 +13,22 @@
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
 //         error: its outputs and any state it updates are written);
-//   @N    only the N-th op the rule matches, counted from when the spec took effect (1-based);
-//         @N+ that one and every later one;
-//   %P    each op the rule picks fails with probability P in [0, 1], drawn from a generator
-//         seeded at construction.
-// The first rule that picks an op decides its fault; every rule counts every op it matches.
-//
-// A spec `@PATH` takes the rules from the file PATH, re-read whenever its size, modification time
-// or inode changes, looked at every 10 ms at most (a missing or empty file: no faults; a bad one:
-// no faults and a line on stderr), so a test switches faults on and off in a running server by
-// renaming a new file over the old one.
+//   @N, %P  the N-th matching op (@N+: and every later one), with probability P.
+// A spec `@PATH` takes the rules from the file PATH as it changes, looked at every 10 ms at most.
 //
 // Threading: every method is safe from any thread (the base backend's own rules still apply).
 #pragma once
 
 #include <array>
-#include <chrono>
 #include <cstdint>
 #include <memory>
-#include <optional>
-#include <random>
-#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 
+#include "base/fault_spec.h"
 #include "base/mutex.h"
 #include "engine/backend/backend.h"
 
@@ -53,13 +42,7 @@ std::string_view BackendOpName(BackendOp op);
 
 enum class BackendFaultMode { kOom, kFail, kLate };
 
-struct BackendFaultRule {
-  std::optional<BackendOp> op;  // nullopt: any op
-  BackendFaultMode mode = BackendFaultMode::kFail;
-  int64_t nth = 0;         // 0: every op
-  bool and_later = false;  // with nth: the nth op and every later one
-  double probability = 1;
-};
+using BackendFaultRule = FaultRule<BackendOp, BackendFaultMode>;
 
 // The rules of `spec` (not an @PATH spec); INVALID_ARGUMENT naming the bad rule.
 absl::StatusOr<std::vector<BackendFaultRule>> ParseBackendFaultSpec(std::string_view spec);
@@ -125,27 +108,10 @@ class FaultInjectingBackend final : public Backend {
   // Runs `op` (a callable returning absl::Status) unless the decision says otherwise.
   template <typename F>
   absl::Status Run(BackendOp op, std::string_view what, F&& f);
-  void ReloadSpecFileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetRulesLocked(std::vector<BackendFaultRule> rules) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  // What identifies a version of the spec file.
-  struct SpecFileStamp {
-    bool exists = false;
-    int64_t size = 0;
-    int64_t mtime_ns = 0;
-    uint64_t inode = 0;
-    bool operator==(const SpecFileStamp&) const = default;
-  };
 
   const std::unique_ptr<Backend> base_;
   mutable Mutex mu_;
-  std::vector<BackendFaultRule> rules_ ABSL_GUARDED_BY(mu_);
-  std::vector<int64_t> matched_ ABSL_GUARDED_BY(mu_);  // per rule: ops it matched
-  std::string spec_path_ ABSL_GUARDED_BY(mu_);         // an @PATH spec's file, or empty
-  SpecFileStamp spec_stamp_ ABSL_GUARDED_BY(mu_);
-  // The spec file is looked at every few milliseconds at most, not on every op.
-  std::chrono::steady_clock::time_point next_check_ ABSL_GUARDED_BY(mu_);
-  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  FaultRuleSet<BackendOp, BackendFaultMode> rules_ ABSL_GUARDED_BY(mu_);
   std::array<int64_t, kNumBackendOps> injected_ ABSL_GUARDED_BY(mu_){};
 };
 
