@@ -10,7 +10,10 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-targets=(safetensors_fuzzer model_config_fuzzer utf8_fuzzer snapshot_fuzzer request_fuzzer)
+targets=(safetensors_fuzzer model_config_fuzzer utf8_fuzzer snapshot_fuzzer request_fuzzer
+  request_bounds_fuzzer)
+# Targets that read another target's inputs take its seed corpus.
+seeds_of() { case "$1" in request_bounds_fuzzer) echo request_fuzzer ;; *) echo "$1" ;; esac; }
 seconds=${MNEMO_FUZZ_SECONDS:-25}
 extra=()
 if [ $# -gt 0 ]; then
@@ -35,6 +38,6 @@ for t in "${targets[@]}"; do
   if [ ${#extra[@]} -eq 0 ]; then
     args+=(-max_total_time="$seconds")
   fi
-  "build/fuzz/$t" "${args[@]}" "${extra[@]}" "$scratch/$t" "tests/fuzz/corpus/$t"
+  "build/fuzz/$t" "${args[@]}" "${extra[@]}" "$scratch/$t" "tests/fuzz/corpus/$(seeds_of "$t")"
 done
 echo "== fuzz: ok (${targets[*]})"
