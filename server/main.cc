@@ -35,6 +35,7 @@
 #include "server/certificate_mirror.h"
 #include "server/fault_injecting_store_env.h"
 #include "server/health_listener.h"
+#include "server/memory_releaser.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/model_registry.h"
@@ -116,6 +117,10 @@ tokenizer.model in DIR). The first --model is the default one.
   --max-stop-ids N           GenerateRequest.stop_ids at most (default 64); every other string
                              and repeated field has a fixed limit (docs/server-api.md)
   --max-message-bytes N      largest request message (default 16777216)
+  --memory-release-interval D
+                             how often freed heap memory the allocator keeps (when 8 MiB or
+                             more) is handed back to the system, so the RSS follows what the
+                             server holds (default 10s; 0: never)
   --shutdown-grace D         time requests in flight get to finish on SIGTERM (default 30s);
                              then they are cancelled, and a request still running 7s later (a
                              store that stopped answering) is abandoned: the process exits 1
@@ -227,6 +232,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"max-stop-ids", true},
                                              {"max-message-bytes", true},
                                              {"shutdown-grace", true},
+                                             {"memory-release-interval", true},
                                              {"replica-id", true},
                                              {"advertise", true},
                                              {"handoff-timeout", true},
@@ -308,6 +314,9 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(absl::Duration grace,
                    flags.Duration("shutdown-grace", absl::Seconds(30), absl::ZeroDuration()));
   ASSIGN_OR_RETURN(int64_t segment_tokens, flags.Int("segment-tokens", 0, 0, 1 << 20));
+  ASSIGN_OR_RETURN(
+      absl::Duration memory_release_interval,
+      flags.Duration("memory-release-interval", absl::Seconds(10), absl::ZeroDuration()));
   const std::string listen = flags.Get("listen", "0.0.0.0:50051");
   TlsFiles tls;
   tls.cert = flags.Get("tls-cert", "");
@@ -438,6 +447,12 @@ absl::Status Serve(int argc, char** argv) {
     ASSIGN_OR_RETURN(metrics_http,
                      MetricsHttpServer::Start(metrics_listen, metrics.registry(),
                                               [&metrics] { metrics.RefreshAllocatorStats(); }));
+  }
+  // Freed memory goes back to the system once 8 MiB of it are kept (server/memory_releaser.h).
+  std::unique_ptr<MemoryReleaser> memory_releaser;
+  if (memory_release_interval > absl::ZeroDuration()) {
+    memory_releaser =
+        std::make_unique<MemoryReleaser>(memory_release_interval, int64_t{8} << 20, &metrics);
   }
 
   ModelServiceImpl model_service(ctx);

@@ -195,6 +195,18 @@ Metrics::Metrics()
                             "(held by the server or kept free for reuse)")
                       .Register(*registry_)
                       .Add({})),
+      heap_releases_(BuildCounter()
+                         .Name("mnemo_heap_releases_total")
+                         .Help("Times the allocator's free memory was handed back to the system "
+                               "(--memory-release-interval)")
+                         .Register(*registry_)
+                         .Add({})),
+      heap_released_bytes_(BuildCounter()
+                               .Name("mnemo_heap_released_bytes_total")
+                               .Help("Bytes the resident set fell by when the allocator's free "
+                                     "memory was handed back to the system")
+                               .Register(*registry_)
+                               .Add({})),
       replica_info_(BuildGauge()
                         .Name("mnemo_replica_info")
                         .Help("This replica's name in session ownership records (value 1)")
@@ -343,6 +355,11 @@ void Metrics::RefreshAllocatorStats() {
   const AllocatorStats stats = ReadAllocatorStats();
   heap_allocated_.Set(static_cast<double>(stats.allocated_bytes));
   heap_bytes_.Set(static_cast<double>(stats.heap_bytes));
+}
+
+void Metrics::HeapReleased(int64_t bytes) {
+  heap_releases_.Increment();
+  heap_released_bytes_.Increment(static_cast<double>(bytes));
 }
 
 void Metrics::SetStateBudget(std::string_view tier, int64_t bytes) {

@@ -75,6 +75,9 @@ class Metrics {
   // Reads the allocator's figures into mnemo_heap_allocated_bytes and mnemo_heap_bytes (the
   // metrics endpoint calls it before each scrape).
   void RefreshAllocatorStats();
+  // A release of the allocator's free memory (server/memory_releaser.h) and the bytes the RSS
+  // fell by.
+  void HeapReleased(int64_t bytes);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -108,6 +111,8 @@ class Metrics {
   prometheus::Gauge& serving_;
   prometheus::Gauge& heap_allocated_;
   prometheus::Gauge& heap_bytes_;
+  prometheus::Counter& heap_releases_;
+  prometheus::Counter& heap_released_bytes_;
   prometheus::Family<prometheus::Gauge>& replica_info_;
   prometheus::Family<prometheus::Gauge>& state_budget_;
   prometheus::Family<prometheus::Counter>& tenant_requests_;
