@@ -5,8 +5,8 @@
 #     (Debian's kubernetes-client), and again with a newer kubectl when one is on PATH;
 #   - every rendered document validated: built-in kinds by kubernetes-validate --strict against
 #     Kubernetes 1.28, the custom resources (PodMonitor, PrometheusRule, ScaledObject) by schemas
-#     of their own, plus the pods' security, probe, resource and drain-time rules
-#     (deploy/tools/validate_manifests.py);
+#     of their own, plus the pods' security, probe, resource, drain-time and TLS rules
+#     (deploy/tools/validate_manifests.py), whose tests (tests/deploy) run first;
 #   - promtool check rules on deploy/prometheus/mnemo-rules.yml, and the PrometheusRule generated
 #     from it up to date (deploy/tools/sync_prometheus_rule.py --check);
 #   - the Grafana dashboard is valid JSON and every panel has a PromQL expression;
@@ -56,11 +56,16 @@ for k in "${renderers[@]}"; do
       echo "check_deploy: kubectl $version kustomize $dir failed" >&2
       exit 1
     fi
-    # Newer kustomize warns about fields kubectl 1.20's needs (bases, patchesStrategicMerge).
-    grep -v "^# Warning: '\(bases\|patchesStrategicMerge\)' is deprecated" "$file.err" >&2 || true
+    # Newer kustomize warns about fields kubectl 1.20's needs (bases, patchesStrategicMerge,
+    # patchesJson6902).
+    grep -v "^# Warning: '\(bases\|patchesStrategicMerge\|patchesJson6902\)' is deprecated" \
+      "$file.err" >&2 || true
     rendered+=("$file")
   done
 done
+
+echo "== validator rules (tests/deploy)"
+KUBECTL=$kubectl "$py" -m pytest -q -p no:cacheprovider tests/deploy
 
 echo "== validate rendered manifests"
 "$py" deploy/tools/validate_manifests.py --kubernetes-version 1.28.0 "${rendered[@]}" |

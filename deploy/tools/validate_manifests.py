@@ -9,8 +9,11 @@ Every document is checked against a schema, none is skipped:
     below: required fields, field names and types of what mnemo uses;
   - a kind in neither is an error.
 Then mnemo's own rules for its pods: the securityContext docs/deploy.md promises, probes,
-resources, and a termination grace period longer than the preStop sleep plus
-MNEMO_SHUTDOWN_GRACE (the drain arithmetic).
+resources, a termination grace period longer than the preStop sleep plus MNEMO_SHUTDOWN_GRACE
+(the drain arithmetic), and the TLS and tenant settings (security_rules: probes on the health
+listener once the main one speaks TLS, Secrets read-only, the files the server re-reads on
+volumes the kubelet updates); and for an Ingress in front of TLS replicas, GRPCS with a client
+certificate (ingress_rules). Tests: tests/deploy/test_validate_manifests.py.
   deploy/tools/validate_manifests.py [--kubernetes-version V] RENDERED.yaml ...
 """
 import argparse
@@ -107,6 +110,88 @@ def _seconds(duration: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def container_env(container: dict, config_maps: dict) -> dict:
+    """The container's environment: its ConfigMaps' data, then its env entries over them. An
+    entry set by valueFrom is there with the value None (known to be set, not to what)."""
+    env = {}
+    for ref in container.get("envFrom", []):
+        env.update(config_maps.get(ref.get("configMapRef", {}).get("name"), {}))
+    env.update({e["name"]: e.get("value") for e in container.get("env", [])})
+    return env
+
+
+def _port(address: str):
+    """The port of HOST:PORT, or None."""
+    port = address.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+# Files the server re-reads while it runs (--tls-reload-interval; the auth file every second),
+# and the replica token, read once at start-up.
+RELOADED_FILES = ("MNEMO_TLS_CERT", "MNEMO_TLS_KEY", "MNEMO_TLS_CLIENT_CA", "MNEMO_AUTH_FILE")
+FILES = RELOADED_FILES + ("MNEMO_REPLICA_TOKEN_FILE",)
+
+
+def security_rules(spec: dict, container: dict, env: dict) -> list:
+    """The TLS and tenant rules for one container of a pod spec; a list of problems."""
+    problems = []
+    name = f"container {container['name']}"
+    has = env.__contains__
+    if has("MNEMO_TLS_CERT") != has("MNEMO_TLS_KEY"):
+        problems.append(f"{name}: MNEMO_TLS_CERT and MNEMO_TLS_KEY go together")
+    if has("MNEMO_TLS_CLIENT_CA") and not has("MNEMO_TLS_CERT"):
+        problems.append(f"{name}: MNEMO_TLS_CLIENT_CA needs MNEMO_TLS_CERT (the server exits)")
+    if has("MNEMO_REPLICA_TOKEN_FILE") and not has("MNEMO_REPLICA_ID"):
+        problems.append(f"{name}: MNEMO_REPLICA_TOKEN_FILE needs MNEMO_REPLICA_ID (the server "
+                        "exits)")
+    # HandOffSession needs an admin tenant's credentials: a token, or (mTLS) a certificate whose
+    # subject the auth file maps to one.
+    if (has("MNEMO_AUTH_FILE") and has("MNEMO_REPLICA_ID") and
+            not has("MNEMO_REPLICA_TOKEN_FILE") and not has("MNEMO_TLS_CLIENT_CA")):
+        problems.append(f"{name}: replicas with MNEMO_AUTH_FILE need MNEMO_REPLICA_TOKEN_FILE "
+                        "(an admin tenant's token), or every hand-off is refused UNAUTHENTICATED")
+    # The kubelet's gRPC probes speak plaintext only: on a TLS port they fail, forever.
+    if has("MNEMO_TLS_CERT"):
+        health = _port(env.get("MNEMO_HEALTH_LISTEN") or "")
+        if health is None:
+            problems.append(f"{name}: MNEMO_TLS_CERT without MNEMO_HEALTH_LISTEN HOST:PORT: the "
+                            "kubelet's gRPC probes cannot speak TLS")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = container.get(probe, {}).get("grpc", {}).get("port")
+            if health is not None and port is not None and port != health:
+                problems.append(f"{name}: {probe} on port {port}, which speaks TLS "
+                                f"(MNEMO_TLS_CERT): probe the health listener, port {health} "
+                                "(MNEMO_HEALTH_LISTEN)")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+
+    def secret(volume):
+        return "secret" in volume or any(
+            "secret" in s for s in volume.get("projected", {}).get("sources", []))
+
+    mounts = container.get("volumeMounts", [])
+    for m in mounts:
+        if secret(volumes.get(m["name"], {})) and m.get("readOnly") is not True:
+            problems.append(f"{name}: Secret volume {m['name']} mounted at {m['mountPath']} "
+                            "without readOnly: true")
+    for setting in FILES:
+        path = env.get(setting)
+        if not path:
+            continue
+        # The mount that holds the file: the longest mountPath above it (a subPath mount is
+        # the file itself).
+        holders = [m for m in mounts
+                   if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not holders:
+            problems.append(f"{name}: {setting}={path} is on no volume of the container")
+            continue
+        m = max(holders, key=lambda m: len(m["mountPath"]))
+        if setting in RELOADED_FILES and ("subPath" in m or "subPathExpr" in m):
+            problems.append(f"{name}: {setting}={path} is mounted with subPath ({m['name']}): "
+                            "the kubelet never updates a subPath mount, so a renewed or edited "
+                            "file never reaches the server; mount the volume as a directory")
+    return problems
+
+
 def pod_rules(doc: dict, config_maps: dict) -> list:
     """mnemo's rules for a workload's pod template; a list of problems."""
     problems = []
@@ -148,6 +233,49 @@ def pod_rules(doc: dict, config_maps: dict) -> list:
             problems.append(f"{name}: terminationGracePeriodSeconds {period} leaves less than 30 s "
                             f"to write sessions after preStop {sleep:g} s + shutdown grace "
                             f"{grace:g} s")
+        problems += security_rules(spec, c, container_env(c, config_maps))
+    return problems
+
+
+_INGRESS = "nginx.ingress.kubernetes.io/"
+
+
+def ingress_rules(doc: dict, docs: list) -> list:
+    """An ingress-nginx Ingress routing to pods whose main listener speaks TLS (MNEMO_TLS_CERT)
+    must speak TLS to them, verify them and, when they require client certificates
+    (MNEMO_TLS_CLIENT_CA), present one; a list of problems. Services and pods come from docs."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs
+                   if d.get("kind") == "ConfigMap"}
+    services = {d["metadata"]["name"]: d.get("spec", {}).get("selector") or {} for d in docs
+                if d.get("kind") == "Service"}
+    pods = [(d["spec"]["template"].get("metadata", {}).get("labels", {}),
+             container_env(c, config_maps))
+            for d in docs if d.get("kind") in POD_KINDS
+            for c in d["spec"]["template"]["spec"]["containers"]]
+    spec = doc.get("spec", {})
+    backends = [p["backend"]["service"]["name"]
+                for r in spec.get("rules", []) for p in r.get("http", {}).get("paths", [])
+                if "service" in p.get("backend", {})]
+    if "service" in spec.get("defaultBackend", {}):
+        backends.append(spec["defaultBackend"]["service"]["name"])
+    envs = [env for service in backends if services.get(service)
+            for labels, env in pods if services[service].items() <= labels.items()]
+    if not any("MNEMO_TLS_CERT" in env for env in envs):
+        return []
+    notes = doc["metadata"].get("annotations", {})
+    problems = []
+    if notes.get(_INGRESS + "backend-protocol") != "GRPCS":
+        problems.append("routes to replicas that speak TLS (MNEMO_TLS_CERT): "
+                        f"{_INGRESS}backend-protocol GRPCS expected, not "
+                        f"{notes.get(_INGRESS + 'backend-protocol')}")
+    if notes.get(_INGRESS + "proxy-ssl-verify") != "on":
+        problems.append(f"{_INGRESS}proxy-ssl-verify \"on\" expected: without it the router takes "
+                        "any certificate for a replica's")
+    if (any("MNEMO_TLS_CLIENT_CA" in env for env in envs) and
+            "/" not in notes.get(_INGRESS + "proxy-ssl-secret", "")):
+        problems.append("routes to replicas that require client certificates "
+                        f"(MNEMO_TLS_CLIENT_CA): {_INGRESS}proxy-ssl-secret NAMESPACE/NAME "
+                        "expected (tls.crt, tls.key, ca.crt)")
     return problems
 
 
@@ -184,6 +312,8 @@ def main() -> int:
                 problems.append(f"{where}: {e.message}")
             if doc.get("kind") in POD_KINDS:
                 problems += pod_rules(doc, config_maps)
+            if doc.get("kind") == "Ingress":
+                problems += ingress_rules(doc, docs)
             for p in problems:
                 print(f"validate: {what}: {p}")
             failures += bool(problems)
