@@ -19,7 +19,7 @@ debs=(
 deploy_debs=(python3-venv python3-pip prometheus kubernetes-client)
 if [ "$mode" = test ]; then
   # nginx: the router of the replica tests (tests/server/test_server_replicas.py);
-  # python3-cryptography, openssl: the certificates of the TLS tests (tests/server/tls_certs.py,
+  # python3-cryptography, openssl: the certificates of the TLS tests (deploy/local/certs.py,
   # tests/server/client_cpp_e2e_test.cc).
   # libclang-rt-14-dev and libfuzzer-14-dev: the sanitizer and libFuzzer runtimes of the fuzz
   # targets (tools/fuzz.sh); clang-14 only recommends the former.

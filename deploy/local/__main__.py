@@ -5,6 +5,10 @@ everything, the replicas draining their sessions to the store.
     deploy/local/run.sh [--replicas 3] [--router 127.0.0.1:50050] [--store DIR] …
     (run.sh builds first; this module expects build/release and its python/ stubs)
 
+--tls: a private CA (WORKDIR/tls/ca.pem) and certificates: clients reach nginx over TLS, nginx
+and the replicas reach the replicas over mTLS. --auth-file FILE: tenants (docs/server-api.md
+"Tenants"); the replicas serve a copy with an admin tenant "replicas" added for hand-offs.
+
 docs/deploy.md "Local three-replica setup" describes it.
 """
 
@@ -17,7 +21,8 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from deploy.local.cluster import DEFAULT_MODEL, ROOT, Cluster, ClusterConfig, ClusterError
+from deploy.local.cluster import (DEFAULT_MODEL, REPLICA_TENANT, ROOT, Cluster, ClusterConfig,
+                                  ClusterError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -42,6 +47,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="the shared session store (default: WORKDIR/store; it is kept)")
     ap.add_argument("--durability", default="sync", choices=("none", "async", "sync"))
     ap.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS to the router, mTLS behind it (a private CA in WORKDIR/tls)")
+    ap.add_argument("--first-health-port", type=int, default=0,
+                    help="replica i serves plaintext grpc.health.v1 on FIRST_HEALTH_PORT + i "
+                    "(default: with --tls, free ports; without, none)")
+    ap.add_argument("--auth-file", default="", metavar="FILE",
+                    help="tenants (JSON, docs/server-api.md); edits apply while running. The "
+                    f"name {REPLICA_TENANT!r} is taken: the harness adds that admin tenant")
     ap.add_argument("server_flags", nargs="*", metavar="-- FLAG",
                     help="more mnemo-server flags for every replica (after --)")
     args = ap.parse_args(argv)
@@ -53,24 +66,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         replicas=args.replicas, host=host, router_port=int(router_port),
         base_port=args.first_port, metrics_base_port=args.first_metrics_port,
         durability=args.durability, shutdown_grace_s=args.shutdown_grace,
+        tls=args.tls, health_base_port=args.first_health_port, auth_file=args.auth_file,
         extra_flags=list(args.server_flags),
         prometheus_bin=None if args.no_prometheus else "/usr/bin/prometheus",
         prometheus_port=args.prometheus_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cluster = Cluster(config)
+    try:
+        cluster = Cluster(config)
+    except ClusterError as e:
+        print(f"deploy.local: {e}", file=sys.stderr)
+        return 1
     try:
         cluster.start()
     except ClusterError as e:
         cluster.close()
         print(f"deploy.local: {e}", file=sys.stderr)
         return 1
+    except BaseException:  # e.g. grpc not importable: stop what did start
+        cluster.close()
+        raise
     print(cluster.describe())
-    print(f"\ntry: python3 -m mnemo_client --target {cluster.router_target} create")
+    token = " --token-file TOKEN_FILE" if args.auth_file else ""
+    print(f"\ntry: python3 -m mnemo_client {' '.join(cluster.client_flags())}{token} create")
+    if args.auth_file:
+        print("  (TOKEN_FILE: a file holding the token of one of your tenants, or set "
+              "$MNEMO_TOKEN and leave --token-file out)")
     print("Ctrl-C stops everything (the replicas drain their sessions to the store).",
           flush=True)
     while not stop.wait(1.0):
+        try:
+            if cluster.sync_auth():
+                print(f"deploy.local: {args.auth_file} changed: copied for the replicas, "
+                      "which apply it within a second (a refusal is in their logs)", flush=True)
+        except ClusterError as e:  # the replicas keep the previous tenants
+            print(f"deploy.local: {e} (not applied)", file=sys.stderr, flush=True)
         dead = [r for r in cluster.replicas if not r.alive()]
         if dead:
             for r in dead:

@@ -12,16 +12,27 @@ Prometheus's file-discovered targets.
 Every process runs in its own session (process group): a Ctrl-C in the terminal reaches only
 the Python process, which stops them in order (router first, then the replicas drain).
 
+Secure (``ClusterConfig.tls``, ``auth_file``): a private CA under <workdir>/tls signs the
+router's certificate and one per replica; clients reach nginx over TLS, nginx reaches the
+replicas over mTLS (verifying them, presenting its own client certificate), and the replicas
+require client certificates from that CA and hand sessions to each other over the same mTLS.
+The harness checks health on each replica's plaintext health listener. With an auth file, the
+replicas serve a copy of it with an admin tenant "replicas" added, whose token (generated,
+<workdir>/replica-token) they send with HandOffSession.
+
 Depends on the standard library and the Python client's health check (mnemo_client.health,
-which needs no generated stubs); never on tests/ or bench/.
+which needs no generated stubs), and with TLS on `cryptography` (deploy/local/certs.py); never
+on tests/ or bench/.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -40,6 +51,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RULES_FILE = os.path.join(ROOT, "deploy", "prometheus", "mnemo-rules.yml")
 #: The embedded default model (README quick start; tools/run.sh).
 DEFAULT_MODEL = os.path.join(ROOT, "models", "teacher")
+#: The name every replica's certificate carries and the router checks (the replicas are reached
+#: by address, so the name cannot be the host's).
+REPLICA_TLS_NAME = "mnemo-replica"
+#: The admin tenant the harness adds to a copy of the auth file for hand-offs between replicas.
+REPLICA_TENANT = "replicas"
 
 
 class ClusterError(RuntimeError):
@@ -79,7 +95,26 @@ def server_flags(binary: str) -> set[str]:
     return {w.rstrip(",") for w in words if w.startswith("--") and len(w) > 2}
 
 
+def _write_private(path: str, data: bytes) -> None:
+    """Writes `path` atomically (a rename: a server re-reading it never sees half a file),
+    readable by its owner only."""
+    tmp = path + ".new"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 # --- replicas ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ReplicaTls:
+    """PEM files of a replica's mTLS: its certificate and key (served to clients and presented
+    to the other replicas) and the CA every client certificate must chain to."""
+
+    cert: str
+    key: str
+    client_ca: str
+
 
 @dataclasses.dataclass
 class ReplicaConfig:
@@ -95,25 +130,36 @@ class ReplicaConfig:
     # --replica-id and --advertise (DESIGN.md §3: ownership across replicas). Off only for a
     # server built before replicas had identities (it refuses unknown flags).
     identity: bool = True
+    auth_file: str = ""  # --auth-file ("": none)
+    replica_token_file: str = ""  # --replica-token-file ("": none)
     extra_flags: list[str] = dataclasses.field(default_factory=list)
     env: Optional[dict[str, str]] = None  # default: os.environ + OPENBLAS_NUM_THREADS=1
 
 
 class Replica:
-    """One mnemo-server replica with a fixed id and fixed gRPC and metrics ports.
+    """One mnemo-server replica with a fixed id and fixed gRPC, metrics and (optional) health
+    ports; with `tls`, its gRPC listener requires mTLS and needs a health port (the harness's
+    health checks go there, in plaintext).
 
     Not started on construction: ``start()`` then ``wait_serving()``. Every start appends to
     the same log file (<workdir>/<replica id>.log). Methods are called from one thread at a time
     (the cluster's), except ``alive`` and ``log_tail``.
     """
 
-    def __init__(self, config: ReplicaConfig, replica_id: str, port: int, metrics_port: int):
+    def __init__(self, config: ReplicaConfig, replica_id: str, port: int, metrics_port: int,
+                 health_port: int = 0, tls: Optional[ReplicaTls] = None):
+        if tls is not None and not health_port:
+            raise ValueError(f"replica {replica_id}: TLS needs a health port")
         self.config = config
         self.replica_id = replica_id
         self.port = port
         self.metrics_port = metrics_port
+        self.health_port = health_port
+        self.tls = tls
         self.target = f"{config.host}:{port}"
         self.metrics_target = f"{config.host}:{metrics_port}"
+        # Where the harness asks grpc.health.v1, in plaintext.
+        self.health_target = f"{config.host}:{health_port}" if health_port else self.target
         self.log_path = os.path.join(config.workdir, f"{replica_id}.log")
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
@@ -128,6 +174,15 @@ class Replica:
                   "--shutdown-grace", f"{c.shutdown_grace_s:g}s"]
         if c.identity:
             flags += ["--replica-id", self.replica_id, "--advertise", self.target]
+        if self.health_port:
+            flags += ["--health-listen", self.health_target]
+        if self.tls is not None:
+            flags += ["--tls-cert", self.tls.cert, "--tls-key", self.tls.key,
+                      "--tls-client-ca", self.tls.client_ca]
+        if c.auth_file:
+            flags += ["--auth-file", c.auth_file]
+        if c.replica_token_file:
+            flags += ["--replica-token-file", c.replica_token_file]
         return flags + list(c.extra_flags)
 
     def start(self) -> None:
@@ -161,7 +216,7 @@ class Replica:
         grpc.RpcError when the replica does not answer."""
         import grpc
         from mnemo_client import health
-        with grpc.insecure_channel(self.target) as channel:
+        with grpc.insecure_channel(self.health_target) as channel:
             return health.health_check(channel, timeout=timeout)
 
     def wait_serving(self, timeout: float = 60.0) -> None:
@@ -175,7 +230,7 @@ class Replica:
             if not self.alive():
                 code = None if self.proc is None else self.proc.returncode
                 raise self._fail(f"exited with {code} during start-up")
-            if port_open(self.config.host, self.port):
+            if port_open(self.config.host, self.health_port or self.port):
                 try:
                     status = self.health()
                     if status == health.SERVING:
@@ -503,6 +558,14 @@ class ClusterConfig:
     durability: str = "sync"
     shutdown_grace_s: float = 5.0
     identity: bool = True
+    # TLS everywhere (ClusterTls): clients to nginx, nginx and replicas to replicas (mTLS).
+    tls: bool = False
+    # Replica i's plaintext health listener on health_base_port + i (0: free ports); replicas
+    # have one only with TLS or a base port.
+    health_base_port: int = 0
+    # An auth file (docs/server-api.md "Tenants"): the replicas serve a copy with an admin tenant
+    # REPLICA_TENANT added (its token generated; sync_auth() applies later edits of this file).
+    auth_file: str = ""
     extra_flags: list[str] = dataclasses.field(default_factory=list)
     env: Optional[dict[str, str]] = None
     nginx_bin: str = ""  # default: nginx on PATH, else /usr/sbin/nginx
@@ -511,6 +574,93 @@ class ClusterConfig:
     prometheus_port: int = 0
     scrape_interval: str = "1s"
     rules_file: Optional[str] = None  # default: deploy/prometheus/mnemo-rules.yml if present
+
+
+class ClusterTls:
+    """The cluster's private CA (<directory>/ca.pem, what clients trust) and what it signs: the
+    router's server certificate (localhost and `host`), the router's client certificate toward
+    the replicas, and a certificate per replica (server and client use: replicas call each
+    other; named REPLICA_TLS_NAME, which the router checks, and `host`). Made anew each time;
+    the CA's key never leaves memory."""
+
+    def __init__(self, directory: str, host: str):
+        try:
+            from deploy.local.certs import Ca
+        except ImportError as e:
+            raise ClusterError(f"TLS needs the Python package cryptography (Debian: apt-get "
+                               f"install -y python3-cryptography): {e}") from None
+        self.directory = os.path.abspath(directory)
+        self.host = host
+        self.ca = Ca(self.directory, name="mnemo local CA", organization="mnemo local", days=30)
+        self.ca_file = self.ca.pem
+        self.server_name = "localhost"
+        hosts = ["localhost"] + ([host] if host != "localhost" else [])
+        self.router = self.ca.issue("router", "mnemo-router", hosts=hosts)
+        self.router_client = self.ca.issue("router-client", "mnemo-router", server=False)
+
+    def replica(self, replica_id: str) -> ReplicaTls:
+        leaf = self.ca.issue(f"replica-{replica_id}", f"mnemo-replica-{replica_id}", client=True,
+                             hosts=[REPLICA_TLS_NAME, self.host])
+        return ReplicaTls(cert=leaf.cert, key=leaf.key, client_ca=self.ca_file)
+
+    def nginx_options(self) -> dict[str, str]:
+        """deploy/nginx/render.py keywords: TLS toward clients, mTLS toward the replicas."""
+        return {"tls_cert": self.router.cert, "tls_key": self.router.key,
+                "upstream_tls_ca": self.ca_file, "upstream_tls_name": REPLICA_TLS_NAME,
+                "upstream_tls_cert": self.router_client.cert,
+                "upstream_tls_key": self.router_client.key}
+
+
+class ClusterAuth:
+    """The replicas' auth file: a copy of the operator's (`source`) with an admin tenant
+    REPLICA_TENANT added, whose token (generated) the replicas send when they ask each other for
+    a hand-off. The copy is <workdir>/auth.json, the token <workdir>/replica-token (both readable
+    by the owner only)."""
+
+    def __init__(self, source: str, workdir: str):
+        self.source = os.path.abspath(source)
+        self.path = os.path.join(workdir, "auth.json")
+        self.token_file = os.path.join(workdir, "replica-token")
+        token = secrets.token_urlsafe(32)
+        _write_private(self.token_file, (token + "\n").encode())
+        self._hash = hashlib.sha256(token.encode()).hexdigest()
+        self._seen: Optional[bytes] = None  # the contents the copy was made from
+        self._refused: Optional[bytes] = None  # reported once, not every call
+        self.sync()
+
+    def sync(self) -> bool:
+        """Writes the copy again when `source` changed since the last call (the replicas re-read
+        it within a second); True when it did. Raises ClusterError when `source` cannot be read,
+        is not a JSON object with a "tenants" list, or already names REPLICA_TENANT (once per such
+        contents); the copy is then left as it was. Whatever else the server refuses, it logs
+        and ignores."""
+        try:
+            with open(self.source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ClusterError(f"auth file {self.source}: {e}") from None
+        if data in (self._seen, self._refused):
+            return False
+        try:
+            doc = json.loads(data)
+            problem = ""
+        except ValueError as e:
+            doc, problem = None, f"not JSON: {e}"
+        tenants = doc.get("tenants") if isinstance(doc, dict) else None
+        if not problem and not isinstance(tenants, list):
+            problem = "no \"tenants\" list"
+        elif not problem and any(isinstance(t, dict) and t.get("name") == REPLICA_TENANT
+                                 for t in tenants):
+            problem = (f"the tenant name {REPLICA_TENANT!r} is the harness's (the replicas' "
+                       "admin tenant): rename yours")
+        if problem:
+            self._refused = data
+            raise ClusterError(f"auth file {self.source}: {problem}")
+        doc = dict(doc, tenants=tenants + [
+            {"name": REPLICA_TENANT, "admin": True, "token_sha256": [self._hash]}])
+        _write_private(self.path, (json.dumps(doc, indent=2) + "\n").encode())
+        self._seen = data
+        return True
 
 
 def find_nginx(explicit: str = "") -> str:
@@ -537,10 +687,15 @@ class Cluster:
         os.makedirs(self.workdir, exist_ok=True)
         store = config.store_dir or os.path.join(self.workdir, "store")
         os.makedirs(store, exist_ok=True)
+        self.tls = ClusterTls(os.path.join(self.workdir, "tls"), config.host) if config.tls \
+            else None
+        self.auth = ClusterAuth(config.auth_file, self.workdir) if config.auth_file else None
         self.replica_config = ReplicaConfig(
             binary=config.server_bin, models=list(config.models), store_dir=store,
             workdir=self.workdir, host=config.host, durability=config.durability,
             shutdown_grace_s=config.shutdown_grace_s, identity=config.identity,
+            auth_file=self.auth.path if self.auth else "",
+            replica_token_file=self.auth.token_file if self.auth else "",
             extra_flags=list(config.extra_flags), env=config.env)
         self.replicas: list[Replica] = []  # members, in joining order
         self.departed: list[Replica] = []  # replicas that left (stopped)
@@ -565,7 +720,14 @@ class Cluster:
         c = self.config
         port = c.base_port + i if c.base_port else free_port(c.host)
         metrics_port = c.metrics_base_port + i if c.metrics_base_port else free_port(c.host)
-        return Replica(self.replica_config, f"r{i + 1}", port, metrics_port)
+        health_port = 0
+        if c.health_base_port:
+            health_port = c.health_base_port + i
+        elif c.tls:
+            health_port = free_port(c.host)
+        replica_id = f"r{i + 1}"
+        return Replica(self.replica_config, replica_id, port, metrics_port, health_port,
+                       self.tls.replica(replica_id) if self.tls else None)
 
     # -- life cycle --
 
@@ -576,12 +738,17 @@ class Cluster:
         if not os.access(binary, os.X_OK):
             raise ClusterError(f"no mnemo-server at {binary} (cmake --build --preset release "
                                "--target mnemo-server)")
-        if self.config.identity:
-            missing = {"--replica-id", "--advertise"} - server_flags(binary)
-            if missing:
-                raise ClusterError(
-                    f"{binary} has no {' or '.join(sorted(missing))} flag: it predates "
-                    "replicas sharing a store (ownership, hand-off; DESIGN.md §3)")
+        needed = {"--replica-id", "--advertise"} if self.config.identity else set()
+        if self.config.tls:
+            needed |= {"--tls-cert", "--tls-client-ca", "--health-listen"}
+        if self.config.auth_file:
+            needed |= {"--auth-file", "--replica-token-file"}
+        missing = needed - server_flags(binary) if needed else set()
+        if missing:
+            raise ClusterError(
+                f"{binary} has no {' or '.join(sorted(missing))} flag: it predates what this "
+                "cluster asks for (replicas sharing a store: DESIGN.md §3; TLS, tenants: "
+                "docs/server-api.md)")
 
     def start(self, timeout: float = 120.0) -> "Cluster":
         self.check_server()
@@ -593,9 +760,10 @@ class Cluster:
             r.wait_serving(timeout)
         c = self.config
         router_port = c.router_port or free_port(c.host)
+        options = dict(self.tls.nginx_options() if self.tls else {}, **c.nginx_options)
         self.router = Router(find_nginx(c.nginx_bin), os.path.join(self.workdir, "nginx"),
                              f"{c.host}:{router_port}", [r.target for r in self.replicas],
-                             **c.nginx_options)
+                             **options)
         self.router.start()
         if c.prometheus_bin:
             if not os.access(c.prometheus_bin, os.X_OK):
@@ -625,13 +793,15 @@ class Cluster:
         self._membership_changed()
         return r
 
-    def remove_replica(self, replica: Replica) -> int:
+    def remove_replica(self, replica: Replica, stop: bool = True) -> Optional[int]:
         """Takes `replica` out of the router first (new calls go elsewhere), then stops it with
-        SIGTERM (it drains its sessions to the store); returns its exit code."""
+        SIGTERM (it drains its sessions to the store); returns its exit code. With `stop`
+        False it keeps running, out of the ring, holding its sessions until the replicas they
+        now hash to take them over (hand-offs); ``close()`` stops it; returns None."""
         self.replicas.remove(replica)
         self.departed.append(replica)
         self._membership_changed()
-        return replica.stop()
+        return replica.stop() if stop else None
 
     def restart(self, replica: Replica, how: str = "term", timeout: float = 60.0,
                 down_s: float = 0.0) -> int:
@@ -653,11 +823,12 @@ class Cluster:
 
     def close(self) -> dict[str, int]:
         """Stops the router, every replica (SIGTERM, in parallel: each drains to the store) and
-        Prometheus; returns {replica id: exit code} of the replicas that were running."""
+        Prometheus; returns {replica id: exit code} of the replicas that were running (members,
+        and those removed without stopping)."""
         codes: dict[str, int] = {}
         if self.router is not None:
             self.router.stop()
-        running = [r for r in self.replicas if r.alive()]
+        running = [r for r in self.replicas + self.departed if r.alive()]
         for r in running:
             r.terminate()
         for r in running:
@@ -672,12 +843,33 @@ class Cluster:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def sync_auth(self) -> bool:
+        """Applies an edit of the configured auth file to the replicas' copy (ClusterAuth.sync);
+        False without an auth file or when nothing changed."""
+        return self.auth.sync() if self.auth is not None else False
+
+    def client_flags(self) -> list[str]:
+        """The mnemo_client command-line flags that reach the router (target, TLS), without the
+        token (--token-file, one of the auth file's tenants')."""
+        flags = ["--target", self.router_target]
+        if self.tls is not None:
+            flags += ["--tls-ca", self.tls.ca_file]
+        return flags
+
     def describe(self) -> str:
-        lines = [f"router (gRPC, nginx): {self.router_target}"]
+        lines = [f"router (gRPC, nginx): {self.router_target}"
+                 + (" (TLS; replicas behind it: mTLS)" if self.tls else "")]
+        if self.tls is not None:
+            lines.append(f"  trust {self.tls.ca_file}; the router's certificate names "
+                         f"{self.tls.server_name} and {self.config.host}")
+        if self.auth is not None:
+            lines.append(f"tenants: {self.auth.source} (replicas serve {self.auth.path}, with "
+                         f"admin tenant {REPLICA_TENANT!r}: token in {self.auth.token_file})")
         if self.prometheus is not None:
             lines.append(f"Prometheus: {self.prometheus.url}")
         for r in self.replicas:
-            lines.append(f"replica {r.replica_id}: gRPC {r.target}, metrics "
+            health = f", health {r.health_target}" if r.health_port else ""
+            lines.append(f"replica {r.replica_id}: gRPC {r.target}{health}, metrics "
                          f"http://{r.metrics_target}/metrics, log {r.log_path}")
         lines.append(f"session store: {self.store_dir}")
         return "\n".join(lines)

@@ -4,7 +4,8 @@
 # replicas of mnemo-server on the embedded default model sharing one session store, nginx
 # routing by session id in front and Prometheus scraping them, in the foreground; Ctrl-C stops
 # everything (the replicas drain their sessions to the store).
-#   deploy/local/run.sh [--replicas N] [--router HOST:PORT] [--store DIR] [-- server flags…]
+#   deploy/local/run.sh [--replicas N] [--router HOST:PORT] [--store DIR] [--tls]
+#                       [--auth-file FILE] [-- server flags…]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -12,6 +13,8 @@ tools/setup.sh build
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+# --tls makes its certificates with cryptography (deploy/local/certs.py).
+python3 -c 'import cryptography' 2>/dev/null || missing+=(python3-cryptography)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
   $sudo apt-get install -y "${missing[@]}"

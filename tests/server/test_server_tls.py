@@ -3,9 +3,9 @@ handshakes that must succeed and those that must be refused (wrong CA, expired s
 certificate, no client certificate or one from another CA under mTLS), certificate rotation while
 connected, the plaintext health-only listener, and --reflection off.
 
-Certificates are made per test module with `cryptography` (tls_certs.py). Every server here also
-gets --health-listen, and the harness waits for it there: the main listener may be one that the
-test's clients are meant to be refused by.
+Certificates are made per test module with `cryptography` (deploy/local/certs.py). Every server
+here also gets --health-listen, and the harness waits for it there: the main listener may be one
+that the test's clients are meant to be refused by.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 import grpc
 import pytest
 
+from deploy.local.certs import Ca, not_after
 from mnemo_client import MnemoClient, health
 from mnemo_client.tls import TlsConfig
 from server_harness import BASE_FLAGS, ServerProcess, free_port, pb_bytes, rpc_code, wait_until
-from tls_certs import Ca, not_after
 
 REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 LIST_MODELS = "/mnemo.v1.ModelService/ListModels"

@@ -1,5 +1,7 @@
-"""Certificates for the TLS tests, made with `cryptography` (Debian's python3-cryptography):
-a CA, leaf certificates it signs (server or client, valid or expired), all written as PEM."""
+"""A private CA and the certificates it signs (server, client or both; valid or expired), written
+as PEM, made with `cryptography` (Debian's python3-cryptography): the local cluster's TLS
+(``python3 -m deploy.local --tls``) and the TLS tests (tests/server). Keys are ECDSA P-256,
+unencrypted, readable by their owner only; certificates last `days` (a CA 3x as long)."""
 
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ def _key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mnemo tests"),
+def _name(common_name: str, organization: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _write_key(key, path: str) -> None:
-    with open(path, "wb") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
@@ -46,19 +48,24 @@ class Leaf:
 
 
 class Ca:
-    """A self-signed CA in `directory` (ca.pem); `issue` writes leaf certificates it signs."""
+    """A self-signed CA in `directory` (ca.pem; its key stays in memory, so once this object is
+    gone nothing more can be signed); `issue` writes leaf certificates it signs, whose subjects
+    are "O=<organization>,CN=<common name>"."""
 
-    def __init__(self, directory: str, name: str = "mnemo test CA"):
+    def __init__(self, directory: str, name: str = "mnemo test CA",
+                 organization: str = "mnemo tests", days: int = 10):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        self.organization = organization
+        self.days = days
         self.key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.name = _name(name)
+        self.name = _name(name, organization)
         self.cert = (x509.CertificateBuilder()
                      .subject_name(self.name).issuer_name(self.name)
                      .public_key(self.key.public_key())
                      .serial_number(x509.random_serial_number())
-                     .not_valid_before(now - _DAY).not_valid_after(now + 30 * _DAY)
+                     .not_valid_before(now - _DAY).not_valid_after(now + 3 * days * _DAY)
                      .add_extension(x509.BasicConstraints(ca=True, path_length=None),
                                     critical=True)
                      .add_extension(x509.KeyUsage(
@@ -77,9 +84,10 @@ class Ca:
         (or `hosts`); expired ones ended yesterday."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
-        start, end = (now - 10 * _DAY, now - _DAY) if expired else (now - _DAY, now + 10 * _DAY)
+        start, end = ((now - 10 * _DAY, now - _DAY) if expired
+                      else (now - _DAY, now + self.days * _DAY))
         builder = (x509.CertificateBuilder()
-                   .subject_name(_name(common_name)).issuer_name(self.name)
+                   .subject_name(_name(common_name, self.organization)).issuer_name(self.name)
                    .public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(end)
