@@ -116,18 +116,18 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     if (sleepers_ > 0) wake_cv_.SignalAll();
   }
   RunChunks(/*worker=*/false);
-  // Every chunk is claimed; wait for those still running on workers.
-  for (int spin = 0; done_.load(std::memory_order_acquire) != chunks; ++spin) {
-    if (spin < kSpinIterations) {
-      CpuRelax();
-      continue;
-    }
-    MutexLock lock(&sleep_mu_);
-    caller_waiting_ = true;
-    while (done_.load(std::memory_order_acquire) != chunks) done_cv_.Wait(&sleep_mu_);
-    caller_waiting_ = false;
-    break;
-  }
+  // Every chunk is claimed; wait for those still running on workers: spin, yield, then sleep
+  // (a caller that sleeps waits for its core to be free again when it is woken).
+  auto finished = [&] { return done_.load(std::memory_order_acquire) == chunks; };
+  for (int spin = 0; !finished() && spin < kSpinIterations; ++spin) CpuRelax();
+  if (finished()) return;
+  const auto until = std::chrono::steady_clock::now() + kYieldTime;
+  while (!finished() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  if (finished()) return;
+  MutexLock lock(&sleep_mu_);
+  caller_waiting_ = true;
+  while (!finished()) done_cv_.Wait(&sleep_mu_);
+  caller_waiting_ = false;
 }
 
 void ThreadPool::WorkerLoop() {

@@ -8,7 +8,8 @@
 // Between jobs a worker spins for a short while (~0.5 ms), then yields its core in a loop (up to
 // 10 ms), then sleeps on a condition variable: decode issues dozens of small jobs per token, and
 // waking a sleeping thread costs tens of microseconds on virtual machines, more than many of the
-// jobs themselves, and lets the scheduler move it onto a busy core. An idle pool sleeps.
+// jobs themselves, and lets the scheduler move it onto a busy core. The caller waits for the
+// chunks still running on workers the same way. An idle pool sleeps.
 // Threading: call_mu_ serialises ParallelFor callers. A job's fields are published by the release
 // store of state_ and read only by a thread that has claimed one of its chunks (a successful
 // compare-exchange of state_), so a worker that wakes after the job is over never reads them.
