@@ -45,12 +45,15 @@ void Linear(const float* x, int64_t ldx, const float* w, const float* bias, floa
             int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
   if (rows <= 0 || out <= 0) return;
   UseSingleThreadedBlas();
-  const int64_t threads = pool.num_threads();
-  if (threads == 1 || rows * in * out < kMinParallelWork) {
+  if (pool.num_threads() == 1 || rows * in * out < kMinParallelWork) {
     LinearBlock(x, ldx, w, bias, y, ldy, rows, in, out);
     return;
   }
-  int64_t block = (out + threads - 1) / threads;
+  // As many column blocks as the pool has chunks: a thread the OS deschedules then holds up one
+  // small block while the others take the rest. The blocks depend only on the shape and the
+  // pool's size, so each column is computed the same way on every run.
+  const int64_t wanted = pool.max_chunks();
+  int64_t block = (out + wanted - 1) / wanted;
   block = (block + kColumnAlign - 1) / kColumnAlign * kColumnAlign;
   const int64_t blocks = (out + block - 1) / block;
   pool.ParallelFor(blocks, 1, [&](int64_t b0, int64_t b1) {

@@ -20,8 +20,8 @@ namespace {
 // |W| up to history + block, so blocks stay large and their number bounded by the thread count
 // (never by T), which keeps the total sorting work O(N) per thread.
 constexpr int64_t kMinBlock = 256;
-// Tasks per thread to aim for when splitting the queries: ParallelFor hands each thread a
-// contiguous run of tasks, so finer tasks even out head counts that do not divide evenly.
+// Tasks per thread to aim for when splitting the queries: finer tasks even out head counts that
+// do not divide evenly, and ParallelFor hands them out in chunks to whichever thread is free.
 constexpr int64_t kTasksPerThread = 4;
 
 // Calls fn(span, first row inside the span, first position, count) for every bucket span's share

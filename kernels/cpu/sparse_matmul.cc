@@ -435,7 +435,7 @@ void CsrMatmul(const CsrMatrix& w, const float* x, int64_t n, int64_t ldx, const
   // Split rows into blocks of about equal cost, cost(r) = nonzeros before r + kRowCost·r.
   const int64_t* row_start = w.row_start.data();
   const int64_t total = w.nnz() + kRowCost * w.rows;
-  const int64_t parts = std::clamp<int64_t>(total * n / kMinParallelWork, 1, pool.num_threads());
+  const int64_t parts = std::clamp<int64_t>(total * n / kMinParallelWork, 1, pool.max_chunks());
   std::vector<int64_t> bounds(static_cast<size_t>(parts + 1), w.rows);
   bounds[0] = 0;
   for (int64_t p = 1; p < parts; ++p) {

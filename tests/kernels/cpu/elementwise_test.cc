@@ -1,23 +1,18 @@
-// kernels/cpu/elementwise and ThreadPool: every vector loop against a plain double-precision loop
-// over sizes around the SIMD widths (1, 7, 63, 64, 65, 1000), on unaligned pointers too; the
-// thread pool's ParallelFor covers each index exactly once.
+// kernels/cpu/elementwise: every vector loop against a plain double-precision loop over sizes
+// around the SIMD widths (1, 7, 63, 64, 65, 1000), on unaligned pointers too.
 #include "kernels/cpu/elementwise.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <mutex>
 #include <random>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/thread_pool.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -223,141 +218,6 @@ TEST(LayerNormRowTest, ConstantRowGivesBeta) {
   for (int i = 0; i < 65; ++i) beta[i] = 0.01f * i;
   LayerNormRow(x.data(), gamma.data(), beta.data(), 1e-5f, y.data(), 65);
   for (int i = 0; i < 65; ++i) EXPECT_NEAR(y[i], beta[i], 1e-6) << i;
-}
-
-// ---------------------------------------------------------------------------------------------
-// ThreadPool
-
-struct ParallelForCase {
-  int threads;
-  int64_t n;
-  int64_t min_chunk;
-};
-
-void CheckCoverage(ThreadPool& pool, int64_t n, int64_t min_chunk) {
-  std::vector<std::atomic<int>> hits(static_cast<size_t>(std::max<int64_t>(n, 1)));
-  std::mutex mu;
-  std::vector<std::pair<int64_t, int64_t>> chunks;
-  pool.ParallelFor(n, min_chunk, [&](int64_t begin, int64_t end) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      chunks.emplace_back(begin, end);
-    }
-    for (int64_t i = begin; i < end; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
-  });
-  for (int64_t i = 0; i < n; ++i) {
-    ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1)
-        << "index " << i << " of n=" << n << " min_chunk=" << min_chunk
-        << " threads=" << pool.num_threads();
-  }
-  if (n <= 0) {
-    EXPECT_TRUE(chunks.empty()) << "fn called for n=" << n;
-    return;
-  }
-  EXPECT_LE(static_cast<int>(chunks.size()), pool.num_threads());
-  for (const auto& [begin, end] : chunks) {
-    EXPECT_LE(0, begin);
-    EXPECT_LT(begin, end) << "empty chunk passed to fn";
-    EXPECT_LE(end, n);
-  }
-}
-
-TEST(ThreadPoolTest, ParallelForCoversEveryIndexExactlyOnce) {
-  for (int threads : {1, 2, 3, 4, 8}) {
-    ThreadPool pool(threads);
-    EXPECT_EQ(pool.num_threads(), threads);
-    for (int64_t n : {0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 100, 1001}) {
-      for (int64_t min_chunk : {0, 1, 2, 3, 4, 8, 1000}) {
-        CheckCoverage(pool, n, min_chunk);
-      }
-    }
-  }
-}
-
-TEST(ThreadPoolTest, FewerItemsThanThreads) {
-  ThreadPool pool(8);
-  for (int64_t n = 1; n < 8; ++n) CheckCoverage(pool, n, 1);
-}
-
-TEST(ThreadPoolTest, NonPositiveThreadCountRunsInline) {
-  ThreadPool pool(0);
-  EXPECT_EQ(pool.num_threads(), 1);
-  const std::thread::id caller = std::this_thread::get_id();
-  pool.ParallelFor(100, 1, [&](int64_t begin, int64_t end) {
-    EXPECT_EQ(std::this_thread::get_id(), caller);
-    EXPECT_EQ(begin, 0);
-    EXPECT_EQ(end, 100);
-  });
-}
-
-TEST(ThreadPoolTest, SplitsWorkAcrossThreads) {
-  ThreadPool pool(4);
-  std::mutex mu;
-  std::vector<std::pair<int64_t, int64_t>> chunks;
-  pool.ParallelFor(400, 1, [&](int64_t begin, int64_t end) {
-    std::lock_guard<std::mutex> lock(mu);
-    chunks.emplace_back(begin, end);
-  });
-  EXPECT_GT(chunks.size(), 1u);  // 400 items on 4 threads are not run as one chunk
-}
-
-// The header promises chunks "of at least min_chunk items".
-TEST(ThreadPoolTest, ChunksAreAtLeastMinChunk) {
-  for (int threads : {2, 3, 4, 8}) {
-    ThreadPool pool(threads);
-    for (int64_t n : {5, 9, 13, 17, 100, 1001}) {
-      for (int64_t min_chunk : {2, 3, 4, 8}) {
-        if (n < min_chunk) continue;
-        std::mutex mu;
-        std::vector<int64_t> sizes;
-        pool.ParallelFor(n, min_chunk, [&](int64_t begin, int64_t end) {
-          std::lock_guard<std::mutex> lock(mu);
-          sizes.push_back(end - begin);
-        });
-        for (int64_t s : sizes) {
-          EXPECT_GE(s, min_chunk) << "threads " << threads << " n " << n << " min_chunk "
-                                  << min_chunk;
-        }
-      }
-    }
-  }
-}
-
-TEST(ThreadPoolTest, ManyConsecutiveJobsAndConcurrentCallers) {
-  ThreadPool pool(3);
-  for (int rep = 0; rep < 200; ++rep) CheckCoverage(pool, 1 + rep % 17, 1);
-  // Calls from several threads are serialised, each still complete and correct.
-  std::vector<std::thread> callers;
-  std::atomic<int64_t> total{0};
-  for (int t = 0; t < 4; ++t) {
-    callers.emplace_back([&pool, &total, t] {
-      for (int rep = 0; rep < 50; ++rep) {
-        const int64_t n = 10 + t + rep;
-        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-        pool.ParallelFor(n, 2, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
-        });
-        for (auto& h : hits) {
-          EXPECT_EQ(h.load(), 1);
-          total += h.load();
-        }
-      }
-    });
-  }
-  for (auto& c : callers) c.join();
-  int64_t want = 0;
-  for (int t = 0; t < 4; ++t) {
-    for (int rep = 0; rep < 50; ++rep) want += 10 + t + rep;
-  }
-  EXPECT_EQ(total.load(), want);
-}
-
-TEST(ThreadPoolTest, DefaultPoolMatchesHardware) {
-  ThreadPool& pool = ThreadPool::Default();
-  EXPECT_EQ(pool.num_threads(),
-            static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  EXPECT_EQ(&pool, &ThreadPool::Default());
-  CheckCoverage(pool, 77, 1);
 }
 
 }  // namespace
