@@ -28,6 +28,7 @@
 #include "mnemo/v1/mnemo.grpc.pb.h"
 #include "server/request_bounds.h"
 #include "server/service_context.h"
+#include "tests/fuzz/request_input.h"
 
 namespace {
 
@@ -145,20 +146,6 @@ const Type kTypes[] = {
 };
 constexpr size_t kNumTypes = sizeof(kTypes) / sizeof(kTypes[0]);
 
-std::vector<std::string> Messages(bool streamed, const std::string& rest) {
-  if (!streamed) return {rest};
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos + 2 <= rest.size() && out.size() < 64) {
-    const size_t len = static_cast<unsigned char>(rest[pos]) |
-                       static_cast<size_t>(static_cast<unsigned char>(rest[pos + 1])) << 8;
-    pos += 2;
-    out.push_back(rest.substr(pos, len));
-    pos += std::min(len, rest.size() - pos);
-  }
-  return out;
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -170,6 +157,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const Type& type = kTypes[data[0] % kNumTypes];
   const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
-  type.run(Messages(type.streamed, rest));
+  type.run(mnemo::fuzz::RequestMessages(type.streamed, rest));
   return 0;
 }

@@ -34,6 +34,7 @@
 #include "server/services.h"
 #include "server/session_manager.h"
 #include "tests/fuzz/fuzz_model.h"
+#include "tests/fuzz/request_input.h"
 
 namespace {
 
@@ -148,17 +149,8 @@ grpc::ByteBuffer Buffer(const std::string& bytes) {
 
 // The messages of one input (see the file comment).
 std::vector<std::string> Messages(const Method& m, const std::string& rest) {
-  if (m.type == RpcMethod::NORMAL_RPC || m.type == RpcMethod::SERVER_STREAMING) return {rest};
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos + 2 <= rest.size() && out.size() < 64) {
-    const size_t len = static_cast<unsigned char>(rest[pos]) |
-                       static_cast<size_t>(static_cast<unsigned char>(rest[pos + 1])) << 8;
-    pos += 2;
-    out.push_back(rest.substr(pos, len));
-    pos += std::min(len, rest.size() - pos);
-  }
-  return out;
+  return mnemo::fuzz::RequestMessages(
+      m.type == RpcMethod::CLIENT_STREAMING || m.type == RpcMethod::BIDI_STREAMING, rest);
 }
 
 grpc::Status Call(Server& s, const Method& m, const std::vector<std::string>& messages) {
