@@ -82,6 +82,9 @@ tokenizer.model in DIR). The first --model is the default one.
   --sparse-weights M         on (default) or off: on the CPU, pruned weight matrices run from a
                              sparse form (CSR or 2:4) wherever it moves at most 80% of the
                              dense bytes
+  --cpu-weights W            stored (default) or float32: on the CPU, a bf16 or f16 checkpoint's
+                             weight matrices stay 16-bit (half the bytes per decode step) or are
+                             widened to float32 at load (the oracle the 16-bit products match)
   --segment-tokens N         tokens per model segment for ingest and prompts (default: each
                              model's memory length; 512 for a model without dense layers)
   --session-ttl D            idle time after which a session is deleted (default 1h)
@@ -211,6 +214,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"metrics-listen", true},
                                              {"device", true},
                                              {"sparse-weights", true},
+                                             {"cpu-weights", true},
                                              {"speculative", true},
                                              {"segment-tokens", true},
                                              {"session-ttl", true},
@@ -394,6 +398,8 @@ absl::Status Serve(int argc, char** argv) {
     return absl::InvalidArgumentError("--sparse-weights must be on or off");
   }
   model_options.sparse_weights = sparse == "on";
+  ASSIGN_OR_RETURN(model_options.cpu_weights,
+                   engine::api::ParseCpuWeights(flags.Get("cpu-weights", "stored")));
   const std::string speculative = flags.Get("speculative", "off");
   if (speculative != "on" && speculative != "off") {
     return absl::InvalidArgumentError("--speculative must be on or off");
@@ -488,8 +494,9 @@ absl::Status Serve(int argc, char** argv) {
   }
   Health health(server.get(), health_listener.get());
   for (const auto& m : models->models()) {
-    std::fprintf(stderr, "mnemo-server: model %s (%s, %s) from %s\n", m->name.c_str(),
-                 m->device.c_str(), m->description.fingerprint.c_str(), m->dir.c_str());
+    std::fprintf(stderr, "mnemo-server: model %s (%s, %s weights, %s) from %s\n", m->name.c_str(),
+                 m->device.c_str(), DTypeName(m->model->weight_dtype()),
+                 m->description.fingerprint.c_str(), m->dir.c_str());
     if (m->draft != nullptr) {
       std::fprintf(stderr, "mnemo-server: model %s generates speculatively: draft %s, %d tokens\n",
                    m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);

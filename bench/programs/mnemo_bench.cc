@@ -102,7 +102,8 @@ struct Options {
   std::string output;
   bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
   std::string device = "cpu";
-  bool sparse_weights = true;  // --sparse-weights on|off
+  bool sparse_weights = true;                                      // --sparse-weights on|off
+  engine::CpuWeights cpu_weights = engine::CpuWeights::kAsStored;  // --cpu-weights stored|float32
   int batch = 1;
   int64_t tokens = 1 << 20;  // stream: document length
   std::string draft;         // speculative: the draft checkpoint
@@ -160,6 +161,10 @@ Options ParseArgs(int argc, char** argv) {
       const std::string v = value();
       if (v != "on" && v != "off") Die("--sparse-weights must be on or off");
       o.sparse_weights = v == "on";
+    } else if (arg == "--cpu-weights") {
+      auto parsed = engine::ParseCpuWeights(value());
+      if (!parsed.ok()) Die(std::string(parsed.status().message()));
+      o.cpu_weights = *parsed;
     } else if (arg == "--batch") {
       o.batch = std::atoi(value().c_str());
     } else if (arg == "--tokens") {
@@ -311,7 +316,7 @@ std::string DeviceMemoryJson(const TransfoXlModel& model) {
 }
 
 // Bytes one decode step (T = 1, on `state`'s memory) must read at least. Weight matrices and
-// embeddings count at `matrix_bytes` per value (2 when a device backend keeps a 16-bit
+// embeddings count at `matrix_bytes` per value (2 when the backend keeps a 16-bit
 // checkpoint's type), everything else at 4. Compressive layers add their compressed rows' keys
 // and values, the distance rows reaching them, and the compressor's weights, read once per
 // compression_rate steps.
@@ -358,8 +363,10 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       std::string(openblas_get_corename()), "\",\"openblas_config\":\"",
       std::string(openblas_get_config()), "\",\"model\":{\"n_layer\":", c.n_layer,
       ",\"d_model\":", c.d_model, ",\"n_head\":", c.n_head, ",\"d_head\":", c.d_head,
-      ",\"d_inner\":", c.d_inner, ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len,
-      ",\"clamp_len\":", c.clamp_len, ",\"same_length\":", c.same_length ? "true" : "false",
+      ",\"d_inner\":", c.d_inner, ",\"checkpoint_dtype\":\"", DTypeName(c.dtype),
+      "\",\"weight_dtype\":\"", DTypeName(model.weights().lm_head.dtype()), "\"",
+      ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len, ",\"clamp_len\":", c.clamp_len,
+      ",\"same_length\":", c.same_length ? "true" : "false",
       ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
       ",\"memory_rows\":",
       state.num_layers() == 0 || state.layer(0).ring() == nullptr ? 0
@@ -426,9 +433,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
       "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
       c.mem_len, SummaryJson(Summarise(rates)).c_str(), Num(1e3 / Summarise(rates).median).c_str(),
       o.runs, o.decode_steps, o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(),
-      DecodeBytesJson(
-          c, state,
-          model.backend().device() != engine::Device::kCpu && c.dtype != DType::kF32 ? 2 : 4)
+      DecodeBytesJson(c, state, static_cast<int64_t>(DTypeSize(model.weights().lm_head.dtype())))
           .c_str(),
       CommonJson(model, state).c_str());
   return 0;
@@ -781,6 +786,7 @@ int Main(int argc, char** argv) {
   Check(backend.status(), "backend");
   engine::ModelOptions model_options;
   model_options.sparse_weights = o.sparse_weights;
+  model_options.cpu_weights = o.cpu_weights;
   auto loaded = TransfoXlModel::Load(o.model, std::move(*backend), model_options);
   Check(loaded.status(), "load");
   TransfoXlModel& model = **loaded;

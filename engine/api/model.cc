@@ -125,6 +125,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
 
 const ModelConfig& Model::config() const { return impl_->config(); }
 
+DType Model::weight_dtype() const { return impl_->weights().lm_head.dtype(); }
+
 absl::StatusOr<ModelDescription> Model::Describe() const {
   const ModelConfig& c = config();
   ModelDescription d;

@@ -79,6 +79,9 @@ class Model {
   const std::string& dir() const { return dir_; }
   const std::string& device() const { return device_; }
   const ModelConfig& config() const;
+  // The type the weight matrices are held in on the model's device: the checkpoint's, or
+  // float32 when the CPU widened a 16-bit checkpoint at load (ModelOptions::cpu_weights).
+  DType weight_dtype() const;
   // Null when the checkpoint has no tokenizer.model.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   // The speculative-decoding draft (shares this model's vocabulary), null without one.

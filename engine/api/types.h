@@ -35,8 +35,10 @@ using engine::EnumName;
 using engine::EnumNames;
 using engine::ParseEnum;
 
+using engine::CpuWeights;
 using engine::LogitsMode;
 using engine::ModelOptions;
+using engine::ParseCpuWeights;
 using engine::SequenceInput;
 using engine::SessionState;
 using engine::Tensor;

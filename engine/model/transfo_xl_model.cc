@@ -44,9 +44,12 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     model->attention_.push_back(std::move(layer));
   }
   Backend& be = *model->backend_;
-  if (be.device() != Device::kCpu) {
-    // Device backends keep the checkpoint's own weight type (16-bit checkpoints: half the bytes
-    // per decode step, tensor-core prefill); the CPU backend computes from float32.
+  // Device backends keep the checkpoint's own weight type (16-bit checkpoints: half the bytes
+  // per decode step, tensor-core prefill); so does the CPU backend unless told to widen them
+  // (the float32 host weights loaded above are its oracle form, used in place when they are).
+  const bool keep_16bit_on_cpu = be.device() == Device::kCpu && c.dtype != DType::kF32 &&
+                                 options.cpu_weights == CpuWeights::kAsStored;
+  if (be.device() != Device::kCpu || keep_16bit_on_cpu) {
     std::vector<const void*> host_keys;
     for (const Tensor* t : model->WeightMatrices()) {
       host_keys.push_back(t->defined() ? t->raw() : nullptr);

@@ -41,27 +41,28 @@ void UseSingleThreadedBlas() {
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
-void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-            int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
-  if (rows <= 0 || out <= 0) return;
-  UseSingleThreadedBlas();
+void ForColumnBlocks(int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
+                     const std::function<void(int64_t o0, int64_t n)>& fn) {
   if (pool.num_threads() == 1 || rows * in * out < kMinParallelWork) {
-    LinearBlock(x, ldx, w, bias, y, ldy, rows, in, out);
+    fn(0, out);
     return;
   }
-  // As many column blocks as the pool has chunks: a thread the OS deschedules then holds up one
-  // small block while the others take the rest. The blocks depend only on the shape and the
-  // pool's size, so each column is computed the same way on every run.
   const int64_t wanted = pool.max_chunks();
   int64_t block = (out + wanted - 1) / wanted;
   block = (block + kColumnAlign - 1) / kColumnAlign * kColumnAlign;
   const int64_t blocks = (out + block - 1) / block;
   pool.ParallelFor(blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o0 = b * block, n = std::min(block, out - o0);
-      LinearBlock(x, ldx, w + o0 * in, bias != nullptr ? bias + o0 : nullptr, y + o0, ldy, rows, in,
-                  n);
-    }
+    for (int64_t b = b0; b < b1; ++b) fn(b * block, std::min(block, out - b * block));
+  });
+}
+
+void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
+            int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
+  if (rows <= 0 || out <= 0) return;
+  UseSingleThreadedBlas();
+  ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
+    LinearBlock(x, ldx, w + o0 * in, bias != nullptr ? bias + o0 : nullptr, y + o0, ldy, rows, in,
+                n);
   });
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "kernels/cpu/thread_pool.h"
 
@@ -19,6 +20,14 @@ void UseSingleThreadedBlas();
 // sgemv is several times faster than sgemm with M = 1, and decode is made of such rows.
 void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
             int64_t rows, int64_t in, int64_t out, ThreadPool& pool);
+
+// Runs fn(o0, n) over blocks [o0, o0 + n) of `out` output columns of a product of `rows` ×
+// `in` × `out` multiply-adds: on the calling thread when it is small, else on `pool` in as many
+// blocks (multiples of 16 columns) as it has chunks, so a thread the OS deschedules holds up one
+// small block while the others take the rest. The blocks depend only on the shape and the pool's
+// size, so each column is computed the same way on every run.
+void ForColumnBlocks(int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
+                     const std::function<void(int64_t o0, int64_t n)>& fn);
 
 // Single-threaded products for callers that parallelise themselves.
 // y[rows] = a[rows, cols] · x[cols] + beta·y  (a row-major with row stride lda).

@@ -447,3 +447,35 @@ def test_bad_state_files_give_clear_errors(model, mixed_model, tmp_path):
                "--save-state", str(tmp_path / "no" / "such" / "dir"),
                check=False)
     assert proc.returncode == 1 and "cannot write" in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16bit_weights_score_like_float32_weights(model, tmp_path, dtype):
+    """A 16-bit checkpoint scores the same with its weights kept 16-bit (`--cpu-weights stored`,
+    the default) as widened to float32 at load (`float32`, the oracle form), in prefill segments
+    and decode steps; a bad value is refused naming the flag."""
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    config.update(torch_dtype=dtype)
+    out = tmp_path / dtype
+    subprocess.run([sys.executable, "-m", "mnemo_reference", "make-checkpoint", "--config-json",
+                    json.dumps(config), "--out", str(out), "--seed", "8"],
+                   check=True, capture_output=True)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["torch_dtype"] == dtype
+    ids = [(17 * i + 3) % config["vocab_size"] for i in range(50)]
+    ids_path = tmp_path / "ids.txt"
+    ids_path.write_text(" ".join(map(str, ids)))
+
+    def scores(segment_len, mode):
+        lines = run("score", "--model", str(out), "--ids-file", str(ids_path), "--segment-len",
+                    segment_len, "--json", "--cpu-weights", mode).stdout.splitlines()
+        return [json.loads(line)["logprob"] for line in lines[:-1]]
+
+    for segment_len in ("16", "1"):
+        stored, widened = scores(segment_len, "stored"), scores(segment_len, "float32")
+        assert len(stored) == len(ids) - 1
+        assert stored == pytest.approx(widened, abs=1e-4)
+    bad = run("score", "--model", str(out), "--ids-file", str(ids_path), "--cpu-weights", "f16",
+              check=False)
+    assert bad.returncode != 0 and "--cpu-weights must be stored or float32" in bad.stderr

@@ -55,6 +55,9 @@ common flags:
                        session memory on that GPU; f32, same results as cpu within 1e-4)
   --sparse-weights M   on (default) or off: on the CPU, pruned weight matrices run from a sparse
                        form (CSR or 2:4) wherever it moves at most 80% of the dense bytes
+  --cpu-weights W      stored (default) or float32: on the CPU, a bf16 or f16 checkpoint's weight
+                       matrices stay 16-bit (half the bytes per decode step) or are widened to
+                       float32 at load (the oracle the 16-bit products match)
   --load-state FILE    (generate, score) start from the session snapshot in FILE, written by
                        --save-state with the same model (and draft): its memory and its pending
                        tail, which the new input continues
@@ -133,6 +136,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const Flags& flags, bool need_t
     return absl::InvalidArgumentError("--sparse-weights must be on or off");
   }
   options.model.sparse_weights = sparse == "on";
+  ASSIGN_OR_RETURN(options.model.cpu_weights,
+                   api::ParseCpuWeights(flags.Get("cpu-weights", "stored")));
   options.require_tokenizer = need_tokenizer;
   if (draft) {
     if (flags.Has("draft")) {
@@ -461,11 +466,9 @@ int Main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::map<std::string, bool> common = {{"model", true},
-                                              {"segment-len", true},
-                                              {"device", true},
-                                              {"sparse-weights", true},
-                                              {"help", false}};
+  const std::map<std::string, bool> common = {{"model", true},       {"segment-len", true},
+                                              {"device", true},      {"sparse-weights", true},
+                                              {"cpu-weights", true}, {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate" || command == "score") {
     known["load-state"] = true;

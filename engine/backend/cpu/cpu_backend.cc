@@ -1,4 +1,5 @@
-// The CPU backend's plain ops: allocation and copies, OpenBLAS products (dense and pruned), and
+// The CPU backend's plain ops: allocation and copies, products (float32 weights on OpenBLAS,
+// 16-bit weights on kernels/cpu/half_linear, pruned weights on the sparse kernels), and
 // LayerNorm, activations and embeddings as vectorised loops on the thread pool.
 #include "engine/backend/cpu/cpu_backend.h"
 
@@ -7,12 +8,13 @@
 #include <utility>
 
 #include "base/status_macros.h"
+#include "engine/backend/weight_type.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/half_linear.h"
 #include "kernels/cpu/sparse_matmul.h"
 
 namespace mnemo::engine::cpu {
-
 void KeySpans(const XlMemory& memory, const float* qkv, int64_t width, int64_t t,
               std::vector<kernels::KvSpan>& spans) {
   spans.clear();
@@ -67,9 +69,14 @@ absl::Status CpuBackend::ConcatColumns(const Tensor& a, const Tensor& b, Tensor&
 
 absl::Status CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   const int64_t rows = x.dim(0), in = x.dim(1), out = w.dim(0);
-  kernels::Linear(x.data<float>(), in, w.data<float>(),
-                  bias != nullptr ? bias->data<float>() : nullptr, y.data<float>(), out, rows, in,
-                  out, pool_);
+  const float* b = bias != nullptr ? bias->data<float>() : nullptr;
+  if (w.dtype() == DType::kF32) {
+    kernels::Linear(x.data<float>(), in, w.data<float>(), b, y.data<float>(), out, rows, in, out,
+                    pool_);
+  } else {
+    kernels::HalfLinear(x.data<float>(), in, w.data<uint16_t>(), WeightTypeOf(w.dtype()), b,
+                        y.data<float>(), out, rows, in, out, pool_);
+  }
   return absl::OkStatus();
 }
 
@@ -135,6 +142,14 @@ absl::Status CpuBackend::Add(const Tensor& a, const Tensor& b, Tensor& y) {
 absl::Status CpuBackend::Embedding(const Tensor& table, const std::vector<int32_t>& ids,
                                    float scale, Tensor& y) {
   const int64_t d = table.dim(1);
+  if (table.dtype() != DType::kF32) {
+    for (size_t n = 0; n < ids.size(); ++n) {
+      kernels::WidenRow(table.data<uint16_t>() + static_cast<int64_t>(ids[n]) * d,
+                        WeightTypeOf(table.dtype()), scale,
+                        y.data<float>() + static_cast<int64_t>(n) * d, d);
+    }
+    return absl::OkStatus();
+  }
   for (size_t n = 0; n < ids.size(); ++n) {
     const float* src = table.data<float>() + static_cast<int64_t>(ids[n]) * d;
     float* dst = y.data<float>() + static_cast<int64_t>(n) * d;

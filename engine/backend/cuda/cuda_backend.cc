@@ -13,26 +13,12 @@
 
 #include "base/status_macros.h"
 #include "engine/backend/cuda/cuda_status.h"
+#include "engine/backend/weight_type.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/sparse_matmul.h"
 
 namespace mnemo::engine::cuda {
-namespace {
-
-// The kernels' name for a weight dtype (float32, bfloat16, float16).
-kernels::WeightType WeightTypeOf(DType dtype) {
-  switch (dtype) {
-    case DType::kBF16:
-      return kernels::WeightType::kBF16;
-    case DType::kF16:
-      return kernels::WeightType::kF16;
-    default:
-      return kernels::WeightType::kF32;
-  }
-}
-
-}  // namespace
 
 absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
   Lock lock(ctx_);

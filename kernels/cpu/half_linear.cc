@@ -1,0 +1,325 @@
+// 16-bit weight products (half_linear.h): a decode kernel per instruction set, widened tiles +
+// sgemm for prefill.
+#include "kernels/cpu/half_linear.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/blas.h"
+
+namespace mnemo::kernels {
+
+namespace {
+
+// Weight columns widened at a time for sgemm: 128 rows of `in` floats stay within a core's L2
+// (1 MiB at in = 2048) while sgemm still gets a wide enough product.
+constexpr int64_t kTileCols = 128;
+// Rows the decode kernel carries at once (four accumulator pairs per row group).
+constexpr int kRowGroup = 4;
+
+// One weight, widened exactly (kernels/ depends on no project library, so not base/dtype.h's).
+float Widen(uint16_t h, WeightType type) {
+  if (type == WeightType::kBF16) {
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+  const int exponent = (h >> 10) & 0x1f;
+  const int mantissa = h & 0x3ff;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // zero and subnormals
+  } else if (exponent == 0x1f) {
+    magnitude = mantissa == 0 ? INFINITY : NAN;
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa + 0x400), exponent - 25);
+  }
+  return (h & 0x8000) != 0 ? -magnitude : magnitude;
+}
+
+// ---- plain C++ ----
+
+void GemvScalar(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
+                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  for (int64_t o = 0; o < out; ++o) {
+    const uint16_t* wr = w + o * in;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * ldx;
+      float sum = 0.0f;
+      for (int64_t i = 0; i < in; ++i) sum += Widen(wr[i], type) * xr[i];
+      y[r * ldy + o] = sum + (bias != nullptr ? bias[o] : 0.0f);
+    }
+  }
+}
+
+void WidenScalar(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = Widen(src[i], type) * scale;
+}
+
+// ---- AVX2 + FMA + F16C: 8 lanes ----
+
+template <WeightType T>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Widen8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (T == WeightType::kBF16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float Sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// R rows of x against every weight row: each weight vector is widened once for all R rows.
+template <WeightType T, int R>
+__attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int64_t ldx,
+                                                       const uint16_t* w, const float* bias,
+                                                       float* y, int64_t ldy, int64_t in,
+                                                       int64_t out) {
+  const int64_t pairs = in / 16 * 16, singles = in / 8 * 8;
+  for (int64_t o = 0; o < out; ++o) {
+    const uint16_t* wr = w + o * in;
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i < pairs; i += 16) {  // two independent chains per row hide the FMA latency
+      const __m256 w0 = Widen8<T>(wr + i), w1 = Widen8<T>(wr + i + 8);
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * ldx + i), a0[r]);
+        a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + r * ldx + i + 8), a1[r]);
+      }
+    }
+    for (; i < singles; i += 8) {
+      const __m256 w0 = Widen8<T>(wr + i);
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * ldx + i), a0[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float sum = Sum8(_mm256_add_ps(a0[r], a1[r]));
+      for (int64_t j = i; j < in; ++j) sum += Widen(wr[j], T) * x[r * ldx + j];
+      y[r * ldy + o] = sum + (bias != nullptr ? bias[o] : 0.0f);
+    }
+  }
+}
+
+template <WeightType T>
+__attribute__((target("avx2,fma,f16c"))) void WidenAvx2(const uint16_t* src, float scale,
+                                                        float* dst, int64_t n) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(Widen8<T>(src + i), s));
+  for (; i < n; ++i) dst[i] = Widen(src[i], T) * scale;
+}
+
+// ---- AVX-512 (F, BW, VL): 16 lanes, masked tails ----
+
+// GCC 12's AVX-512 intrinsics self-initialise an "undefined" operand, which -Wmaybe-uninitialized
+// reports wherever they are inlined (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define MNEMO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+
+template <WeightType T>
+MNEMO_AVX512 inline __m512 Widen16(__m256i h) {
+  if constexpr (T == WeightType::kBF16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_cvtph_ps(h);
+  }
+}
+
+template <WeightType T>
+MNEMO_AVX512 inline __m512 Load16(const uint16_t* p) {
+  return Widen16<T>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <WeightType T>
+MNEMO_AVX512 inline __m512 LoadMasked16(const uint16_t* p, __mmask16 m) {
+  return Widen16<T>(_mm256_maskz_loadu_epi16(m, p));
+}
+
+template <WeightType T, int R>
+MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, const float* bias,
+                             float* y, int64_t ldy, int64_t in, int64_t out) {
+  const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
+  const auto tail = static_cast<__mmask16>((1u << (in - singles)) - 1u);
+  for (int64_t o = 0; o < out; ++o) {
+    const uint16_t* wr = w + o * in;
+    __m512 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i < pairs; i += 32) {  // two independent chains per row hide the FMA latency
+      const __m512 w0 = Load16<T>(wr + i), w1 = Load16<T>(wr + i + 16);
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ldx + i), a0[r]);
+        a1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + r * ldx + i + 16), a1[r]);
+      }
+    }
+    for (; i < singles; i += 16) {
+      const __m512 w0 = Load16<T>(wr + i);
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ldx + i), a0[r]);
+      }
+    }
+    if (tail != 0) {
+      const __m512 w0 = LoadMasked16<T>(wr + i, tail);
+      for (int r = 0; r < R; ++r) {
+        a1[r] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(tail, x + r * ldx + i), a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      y[r * ldy + o] =
+          _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r])) + (bias != nullptr ? bias[o] : 0.0f);
+    }
+  }
+}
+
+template <WeightType T>
+MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int64_t n) {
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_mul_ps(Load16<T>(src + i), s));
+  if (i < n) {
+    const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(LoadMasked16<T>(src + i, m), s));
+  }
+}
+
+#pragma GCC diagnostic pop
+#undef MNEMO_AVX512
+
+// ---- dispatch ----
+
+using GemvFn = void (*)(const float*, int64_t, const uint16_t*, const float*, float*, int64_t,
+                        int64_t, int64_t);
+
+template <WeightType T, int R>
+GemvFn GemvFor(HalfIsa isa) {
+  return isa == HalfIsa::kAvx512 ? &GemvAvx512<T, R> : &GemvAvx2<T, R>;
+}
+
+template <WeightType T>
+GemvFn GemvForRows(HalfIsa isa, int rows) {
+  switch (rows) {
+    case 1:
+      return GemvFor<T, 1>(isa);
+    case 2:
+      return GemvFor<T, 2>(isa);
+    case 3:
+      return GemvFor<T, 3>(isa);
+    default:
+      return GemvFor<T, kRowGroup>(isa);
+  }
+}
+
+// More rows: widen kTileCols weight rows at a time into this thread's buffer, then sgemm.
+void WidenedGemm(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
+                 float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  thread_local std::vector<float> tile;  // grows to the largest tile once, then is reused
+  const auto need = static_cast<size_t>(std::min(kTileCols, out) * in);
+  if (tile.size() < need) tile.resize(need);
+  for (int64_t c0 = 0; c0 < out; c0 += kTileCols) {
+    const int64_t n = std::min(kTileCols, out - c0);
+    for (int64_t c = 0; c < n; ++c) {
+      WidenRow(w + (c0 + c) * in, type, 1.0f, tile.data() + c * in, in);
+    }
+    float beta = 0.0f;
+    if (bias != nullptr) {  // y starts as the bias and sgemm accumulates into it
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(y + r * ldy + c0, bias + c0, n * sizeof(float));
+      }
+      beta = 1.0f;
+    }
+    GemmNT(rows, n, in, 1.0f, x, ldx, tile.data(), in, beta, y + c0, ldy);
+  }
+}
+
+}  // namespace
+
+const char* HalfIsaName(HalfIsa isa) {
+  switch (isa) {
+    case HalfIsa::kAvx512:
+      return "avx512";
+    case HalfIsa::kAvx2:
+      return "avx2+f16c";
+    case HalfIsa::kScalar:
+      return "scalar";
+  }
+  return "?";
+}
+
+const std::vector<HalfIsa>& SupportedHalfIsas() {
+  static const std::vector<HalfIsa> isas = [] {
+    std::vector<HalfIsa> out;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c")) {
+      out.push_back(HalfIsa::kAvx512);
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+      out.push_back(HalfIsa::kAvx2);
+    }
+    out.push_back(HalfIsa::kScalar);
+    return out;
+  }();
+  return isas;
+}
+
+void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, WeightType type,
+                  const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  if (isa == HalfIsa::kScalar) {
+    GemvScalar(x, ldx, w, type, bias, y, ldy, rows, in, out);
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+    const int group = static_cast<int>(std::min<int64_t>(kRowGroup, rows - r0));
+    const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, group)
+                                                : GemvForRows<WeightType::kF16>(isa, group);
+    fn(x + r0 * ldx, ldx, w, bias, y + r0 * ldy, ldy, in, out);
+  }
+}
+
+void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n) {
+  const bool bf16 = type == WeightType::kBF16;
+  switch (SupportedHalfIsas().front()) {
+    case HalfIsa::kAvx512:
+      bf16 ? WidenAvx512<WeightType::kBF16>(src, scale, dst, n)
+           : WidenAvx512<WeightType::kF16>(src, scale, dst, n);
+      return;
+    case HalfIsa::kAvx2:
+      bf16 ? WidenAvx2<WeightType::kBF16>(src, scale, dst, n)
+           : WidenAvx2<WeightType::kF16>(src, scale, dst, n);
+      return;
+    case HalfIsa::kScalar:
+      WidenScalar(src, type, scale, dst, n);
+      return;
+  }
+}
+
+void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
+                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
+  if (rows <= 0 || out <= 0) return;
+  const HalfIsa isa = SupportedHalfIsas().front();
+  ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
+    const float* b = bias != nullptr ? bias + o0 : nullptr;
+    if (rows <= kHalfDecodeMaxRows) {
+      HalfGemvRows(isa, x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);
+    } else {
+      WidenedGemm(x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);
+    }
+  });
+}
+
+}  // namespace mnemo::kernels

@@ -1,0 +1,46 @@
+// Products with 16-bit (bf16 or f16) weight matrices on the CPU: the weights stay 16-bit in
+// memory, so a decode step reads half the bytes of float32 weights. Activations and sums stay
+// float32; each weight is widened exactly (bf16 and f16 are subsets of float32), so the only
+// difference from the float32 product of the same widened weights is the order of the sums.
+//
+// Decode rows (few rows per call) stream each weight row once for all of them and widen in
+// registers: AVX-512 where the CPU has it, AVX2 + F16C otherwise, plain C++ elsewhere, chosen at
+// run time. More rows (prefill) widen tiles of the weights into a per-thread float32 buffer and
+// run OpenBLAS's sgemm on them: Debian's OpenBLAS is built without its bf16 kernels
+// (`cblas_sbgemm`), and sgemm on widened tiles keeps the float32 activations exact.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/kinds.h"
+
+namespace mnemo::kernels {
+
+// The instruction sets the decode kernel has, best first.
+enum class HalfIsa : uint8_t { kAvx512, kAvx2, kScalar };
+
+const char* HalfIsaName(HalfIsa isa);
+// The ones this CPU runs (kScalar always), best first; the kernels use the first unless told.
+const std::vector<HalfIsa>& SupportedHalfIsas();
+
+// Calls with at most this many rows take the decode kernel (each weight row read once for all
+// rows); more take widened tiles and sgemm.
+inline constexpr int64_t kHalfDecodeMaxRows = 8;
+
+// y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), w stored as `type`
+// (kBF16 or kF16),
+// split over `pool` by blocks of output columns. Strides are in elements.
+void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
+                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool);
+
+// The decode kernel on one block, single-threaded, with a chosen instruction set (tests compare
+// each with the others): y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows (any count).
+void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, WeightType type,
+                  const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out);
+
+// dst[n] = widened src[n] · scale (an embedding row).
+void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n);
+
+}  // namespace mnemo::kernels

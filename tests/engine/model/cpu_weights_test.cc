@@ -1,0 +1,133 @@
+// ModelOptions::cpu_weights on the CPU backend: a bf16 or f16 checkpoint's weight matrices and
+// embeddings stay 16-bit (kAsStored, the default) or are widened to float32 (kFloat32, the
+// oracle); both give the same logits within the float32 tolerance (each weight widens exactly,
+// only the order of the sums differs), decode steps and prefill segments alike, on dense,
+// compressive, sparse, linear and LSH layers; a float32 checkpoint is used as it is.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/model/model_options.h"
+#include "engine/model/transfo_xl_model.h"
+#include "gtest/gtest.h"
+#include "tests/test_checkpoint.h"
+
+namespace mnemo::engine {
+namespace {
+
+constexpr double kTol = 1e-5;
+
+std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights) {
+  ModelOptions options;
+  options.cpu_weights = weights;
+  auto model = TransfoXlModel::Load(dir, MakeCpuBackend(), options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+// The logits of every position of `doc` fed in segments of the given lengths (1: decode steps).
+std::vector<float> Logits(TransfoXlModel& model, const std::vector<int32_t>& doc,
+                          const std::vector<int64_t>& lengths) {
+  SessionState state = *model.NewState();
+  std::vector<float> out;
+  size_t pos = 0;
+  for (int64_t len : lengths) {
+    Tensor logits;
+    const absl::Status status =
+        model.Forward({SequenceInput{doc.data() + pos, len, &state}}, LogitsMode::kAll, &logits);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok()) return {};
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    pos += static_cast<size_t>(len);
+  }
+  return out;
+}
+
+struct Case {
+  std::string name;
+  ModelConfig config;
+};
+
+std::vector<Case> Cases() {
+  std::vector<Case> v;
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    const std::string type = dtype == DType::kBF16 ? "BFloat16" : "Float16";
+    ModelConfig dense = test::SmallConfig();
+    dense.dtype = dtype;
+    dense.mem_len = 24;
+    v.push_back({type + "Dense", dense});
+    ModelConfig tied = dense;
+    tied.pre_lnorm = true;
+    tied.tie_word_embeddings = true;
+    v.push_back({type + "PreLnTied", tied});
+    ModelConfig mixed = test::ConfigWith(
+        {R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
+             "compression_rate": 2, "cmem_len": 6})",
+         R"({"attention": "sparse", "window": 5})",
+         R"({"attention": "linear", "feature_map": "elu"})",
+         R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})"},
+        {}, 8);
+    mixed.dtype = dtype;
+    v.push_back({type + "MixedKinds", mixed});
+  }
+  return v;
+}
+
+class CpuWeightsTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CpuWeightsTest, StoredMatchesFloat32) {
+  const ModelConfig& config = GetParam().config;
+  test::ScopedTempDir dir = test::WriteCheckpoint(config, 11);
+  auto stored = Load(dir.path(), CpuWeights::kAsStored);
+  auto widened = Load(dir.path(), CpuWeights::kFloat32);
+  ASSERT_NE(stored, nullptr);
+  ASSERT_NE(widened, nullptr);
+
+  // Matrices and embeddings stay 16-bit; biases and LayerNorms are float32 either way.
+  const TransfoXlLayerWeights& l0 = stored->weights().layers[0];
+  EXPECT_EQ(l0.qkv.dtype(), config.dtype);
+  EXPECT_EQ(l0.fc1.dtype(), config.dtype);
+  EXPECT_EQ(stored->weights().word_emb.dtype(), config.dtype);
+  EXPECT_EQ(stored->weights().lm_head.dtype(), config.dtype);
+  EXPECT_EQ(l0.fc1_bias.dtype(), DType::kF32);
+  EXPECT_EQ(widened->weights().layers[0].qkv.dtype(), DType::kF32);
+  EXPECT_EQ(l0.qkv.bytes() * 2, widened->weights().layers[0].qkv.bytes());
+  if (config.tie_word_embeddings) {  // one buffer serves the embedding and the output layer
+    EXPECT_EQ(stored->weights().word_emb.raw(), stored->weights().lm_head.raw());
+  }
+
+  const std::vector<int32_t> doc = test::RandomTokens(40, config.vocab_size, 5);
+  for (const std::vector<int64_t>& cut :
+       std::vector<std::vector<int64_t>>{{40}, {1, 1, 1, 1, 9, 1, 26}, {3, 8, 12, 17}}) {
+    const std::vector<float> a = Logits(*stored, doc, cut);
+    const std::vector<float> b = Logits(*widened, doc, cut);
+    EXPECT_TRUE(test::NearRelative(a, b, kTol)) << "segments starting with " << cut[0];
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, CpuWeightsTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
+
+TEST(CpuWeightsFloat32CheckpointTest, UsedAsItIs) {
+  ModelConfig config = test::SmallConfig();
+  test::ScopedTempDir dir = test::WriteCheckpoint(config, 3);
+  auto model = Load(dir.path(), CpuWeights::kAsStored);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->weights().layers[0].qkv.dtype(), DType::kF32);
+}
+
+TEST(ParseCpuWeightsTest, NamesAndErrors) {
+  EXPECT_EQ(*ParseCpuWeights("stored"), CpuWeights::kAsStored);
+  EXPECT_EQ(*ParseCpuWeights("float32"), CpuWeights::kFloat32);
+  const auto bad = ParseCpuWeights("bf16");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("stored or float32"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mnemo::engine

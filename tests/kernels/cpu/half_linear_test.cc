@@ -1,0 +1,185 @@
+// kernels/cpu/half_linear: every 16-bit value widens exactly on every instruction set this CPU
+// has; the decode kernel of each instruction set and HalfLinear (decode rows and widened tiles +
+// sgemm, inline and on a multi-threaded pool) against a double-precision product of the widened
+// weights, over lengths around the vector widths and unrolls, rows around the row group, padded
+// x / y rows (x padding poisoned with NaN so a read shows up, y padding checked untouched).
+#include "kernels/cpu/half_linear.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#include "base/dtype.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace mnemo::kernels {
+namespace {
+
+constexpr float kPoison = -12345.5f;
+
+float Reference(uint16_t h, WeightType type) {
+  return type == WeightType::kBF16 ? BFloat16ToFloat(h) : HalfToFloat(h);
+}
+
+uint16_t Narrow(float f, WeightType type) {
+  return type == WeightType::kBF16 ? FloatToBFloat16(f) : FloatToHalf(f);
+}
+
+std::string Name(WeightType type) { return type == WeightType::kBF16 ? "bf16" : "f16"; }
+
+// Every bit pattern through the decode kernel as a 1×1 product with x = 1: the widened weight
+// itself (infinities and NaN included), on each instruction set; and through WidenRow.
+TEST(HalfLinearTest, EveryValueWidensExactly) {
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    std::vector<uint16_t> all(65536);
+    for (uint32_t i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
+    std::vector<float> widened(all.size());
+    WidenRow(all.data(), type, 1.0f, widened.data(), static_cast<int64_t>(all.size()));
+    for (HalfIsa isa : SupportedHalfIsas()) {
+      int wrong = 0;
+      for (uint32_t i = 0; i < 65536; ++i) {
+        const float one = 1.0f;
+        float y = 0.0f;
+        HalfGemvRows(isa, &one, 1, &all[i], type, nullptr, &y, 1, 1, 1, 1);
+        const float want = Reference(all[i], type);
+        const bool same = std::isnan(want) ? std::isnan(y) : y == want;
+        const bool same_row = std::isnan(want) ? std::isnan(widened[i]) : widened[i] == want;
+        if (!same || !same_row) {
+          if (++wrong < 5) {
+            ADD_FAILURE() << Name(type) << " " << HalfIsaName(isa) << " 0x" << std::hex << i
+                          << std::dec << ": gemv " << y << ", row " << widened[i] << ", want "
+                          << want;
+          }
+        }
+      }
+      EXPECT_EQ(wrong, 0) << Name(type) << " " << HalfIsaName(isa);
+    }
+  }
+}
+
+TEST(HalfLinearTest, WidenRowScales) {
+  const std::vector<uint16_t> row = {Narrow(1.5f, WeightType::kF16),
+                                     Narrow(-2.0f, WeightType::kF16),
+                                     Narrow(0.25f, WeightType::kF16)};
+  std::vector<float> out(3);
+  WidenRow(row.data(), WeightType::kF16, 4.0f, out.data(), 3);
+  EXPECT_EQ(out, (std::vector<float>{6.0f, -8.0f, 1.0f}));
+}
+
+struct Problem {
+  int64_t rows, in, out, ldx, ldy;
+  std::vector<float> x, bias;
+  std::vector<uint16_t> w;
+};
+
+Problem MakeProblem(int64_t rows, int64_t in, int64_t out, WeightType type, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  Problem p{rows, in, out, in + 3, out + 5, {}, {}, {}};
+  p.x.assign(static_cast<size_t>(rows * p.ldx), std::numeric_limits<float>::quiet_NaN());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < in; ++i) p.x[r * p.ldx + i] = dist(rng);
+  }
+  p.w.resize(static_cast<size_t>(out * in));
+  for (uint16_t& v : p.w) v = Narrow(dist(rng), type);
+  p.bias.resize(static_cast<size_t>(out));
+  for (float& b : p.bias) b = dist(rng);
+  return p;
+}
+
+// y against Σ_i x·widen(w) + bias in double, within the float32 summation bound in any order
+// ((in + 1)·2⁻²⁴ of Σ|x·w| + |bias|: a wrong or shifted weight is off by far more), and y's
+// padding untouched.
+void ExpectMatches(const Problem& p, WeightType type, bool with_bias, const std::vector<float>& y,
+                   const std::string& what) {
+  int wrong = 0;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    for (int64_t o = 0; o < p.out; ++o) {
+      double sum = with_bias ? p.bias[o] : 0.0, magnitude = with_bias ? std::fabs(p.bias[o]) : 0.0;
+      for (int64_t i = 0; i < p.in; ++i) {
+        const double term =
+            static_cast<double>(p.x[r * p.ldx + i]) * Reference(p.w[o * p.in + i], type);
+        sum += term;
+        magnitude += std::fabs(term);
+      }
+      const float got = y[r * p.ldy + o];
+      const double bound = static_cast<double>(p.in + 1) * 0x1p-24 * magnitude;
+      if (!(std::fabs(got - sum) <= bound) && ++wrong < 4) {
+        ADD_FAILURE() << what << " y[" << r << "," << o << "] = " << got << ", want " << sum;
+      }
+    }
+    for (int64_t o = p.out; o < p.ldy; ++o) {
+      if (y[r * p.ldy + o] != kPoison && ++wrong < 4) {
+        ADD_FAILURE() << what << " wrote padding y[" << r << "," << o << "]";
+      }
+    }
+  }
+  EXPECT_EQ(wrong, 0) << what;
+}
+
+TEST(HalfLinearTest, DecodeKernelOfEveryIsaMatchesDouble) {
+  std::mt19937 rng(5);
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (HalfIsa isa : SupportedHalfIsas()) {
+      for (int64_t rows : {1, 2, 3, 4, 5, 7, 8}) {
+        for (int64_t in : {1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 513}) {
+          for (bool with_bias : {false, true}) {
+            const Problem p = MakeProblem(rows, in, 19, type, rng);
+            std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
+            HalfGemvRows(isa, p.x.data(), p.ldx, p.w.data(), type,
+                         with_bias ? p.bias.data() : nullptr, y.data(), p.ldy, rows, in, p.out);
+            ExpectMatches(p, type, with_bias, y,
+                          absl::StrCat(Name(type), " ", HalfIsaName(isa), " rows ", rows, " in ",
+                                       in, with_bias ? " bias" : ""));
+          }
+        }
+      }
+    }
+  }
+}
+
+// HalfLinear takes the decode kernel up to kHalfDecodeMaxRows rows and widened tiles beyond, on
+// one thread or split by column blocks (out spans several 128-column tiles and ragged blocks).
+TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
+  std::mt19937 rng(9);
+  ThreadPool inline_pool(1), threaded(3);
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (ThreadPool* pool : {&inline_pool, &threaded}) {
+      for (int64_t rows : {int64_t{1}, kHalfDecodeMaxRows, kHalfDecodeMaxRows + 1, int64_t{37}}) {
+        for (int64_t out : {1, 33, 300}) {
+          for (bool with_bias : {false, true}) {
+            const Problem p = MakeProblem(rows, 72, out, type, rng);
+            std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
+            HalfLinear(p.x.data(), p.ldx, p.w.data(), type, with_bias ? p.bias.data() : nullptr,
+                       y.data(), p.ldy, rows, p.in, out, *pool);
+            ExpectMatches(p, type, with_bias, y,
+                          absl::StrCat(Name(type), " threads ", pool->num_threads(), " rows ", rows,
+                                       " out ", out, with_bias ? " bias" : ""));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(HalfLinearTest, EmptyProductsWriteNothing) {
+  ThreadPool pool(2);
+  std::vector<float> y(4, kPoison);
+  const std::vector<uint16_t> w(4, 0x3c00);
+  const std::vector<float> x(4, 1.0f);
+  HalfLinear(x.data(), 4, w.data(), WeightType::kF16, nullptr, y.data(), 4, 0, 4, 1, pool);
+  HalfLinear(x.data(), 4, w.data(), WeightType::kF16, nullptr, y.data(), 4, 1, 4, 0, pool);
+  EXPECT_EQ(y, std::vector<float>(4, kPoison));
+}
+
+TEST(HalfLinearTest, ScalarIsAlwaysSupportedAndLast) {
+  ASSERT_FALSE(SupportedHalfIsas().empty());
+  EXPECT_EQ(SupportedHalfIsas().back(), HalfIsa::kScalar);
+}
+
+}  // namespace
+}  // namespace mnemo::kernels
