@@ -2,6 +2,7 @@
 // sgemm for prefill.
 #include "kernels/cpu/half_linear.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -125,8 +126,10 @@ __attribute__((target("avx2,fma,f16c"))) void WidenAvx2(const uint16_t* src, flo
 
 // GCC 12's AVX-512 intrinsics self-initialise an "undefined" operand, which -Wmaybe-uninitialized
 // reports wherever they are inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #define MNEMO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
 
@@ -196,7 +199,9 @@ MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int6
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #undef MNEMO_AVX512
 
 // ---- dispatch ----
@@ -263,12 +268,14 @@ const std::vector<HalfIsa>& SupportedHalfIsas() {
   static const std::vector<HalfIsa> isas = [] {
     std::vector<HalfIsa> out;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c")) {
+    // F16C from CPUID directly: not every compiler's __builtin_cpu_supports knows its name.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    if (f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
       out.push_back(HalfIsa::kAvx512);
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
+    if (f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       out.push_back(HalfIsa::kAvx2);
     }
     out.push_back(HalfIsa::kScalar);
