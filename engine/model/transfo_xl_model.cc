@@ -31,6 +31,15 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   std::unique_ptr<TransfoXlModel> model(
       new TransfoXlModel(std::move(config), std::move(weights), std::move(backend)));
   const ModelConfig& c = model->config_;
+  Backend& be = *model->backend_;
+  // Host weight matrices in the type the model computes from: the checkpoint's own (16-bit
+  // checkpoints: half the bytes per decode step) on every backend, unless the CPU is told to
+  // widen them (CpuWeights::kFloat32, the oracle form). Already in that type (the mapped
+  // loader's), they are used as they are.
+  const bool widen_on_cpu = be.device() == Device::kCpu &&
+                            (c.dtype == DType::kF32 || options.cpu_weights == CpuWeights::kFloat32);
+  model->weights_ =
+      WeightsAs(model->weights_, WeightSet::kMatrices, widen_on_cpu ? DType::kF32 : c.dtype);
   if (options.sparse_weights) model->PlanSparseWeights();
   // Each layer's kind precomputes its constants from the host weights (the distance tables
   // and the "zeros" memory's rows: float32 on the CPU backend whatever the model's device, so
@@ -43,13 +52,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     model->record_decode_ = model->record_decode_ && layer->RepeatsSteps();
     model->attention_.push_back(std::move(layer));
   }
-  Backend& be = *model->backend_;
-  // Device backends keep the checkpoint's own weight type (16-bit checkpoints: half the bytes
-  // per decode step, tensor-core prefill); so does the CPU backend unless told to widen them
-  // (the float32 host weights loaded above are its oracle form, used in place when they are).
-  const bool keep_16bit_on_cpu = be.device() == Device::kCpu && c.dtype != DType::kF32 &&
-                                 options.cpu_weights == CpuWeights::kAsStored;
-  if (be.device() != Device::kCpu || keep_16bit_on_cpu) {
+  if (be.device() != Device::kCpu) {
     std::vector<const void*> host_keys;
     for (const Tensor* t : model->WeightMatrices()) {
       host_keys.push_back(t->defined() ? t->raw() : nullptr);

@@ -16,6 +16,60 @@
 namespace mnemo::engine {
 namespace {
 
+// Element i of a float32, float16 or bfloat16 host tensor.
+float ElementAsFloat(const Tensor& t, size_t i) {
+  switch (t.dtype()) {
+    case DType::kF16:
+      return HalfToFloat(t.data<uint16_t>()[i]);
+    case DType::kBF16:
+      return BFloat16ToFloat(t.data<uint16_t>()[i]);
+    default:
+      return t.data<float>()[i];
+  }
+}
+
+// A host copy of a float32, float16 or bfloat16 tensor as `dtype`: widening is exact; narrowing
+// rounds to nearest even (exact for values that came from that type, as a 16-bit checkpoint's).
+Tensor Converted(const Tensor& host, DType dtype) {
+  Tensor out = Tensor::Empty(dtype, host.shape());
+  const auto n = static_cast<size_t>(host.numel());
+  if (dtype == DType::kF32) {
+    ConvertToFloat(host.dtype(), host.raw(), out.data<float>(), n);
+    return out;
+  }
+  auto* dst = out.data<uint16_t>();
+  for (size_t i = 0; i < n; ++i) {
+    const float v = ElementAsFloat(host, i);
+    dst[i] = dtype == DType::kBF16 ? FloatToBFloat16(v) : FloatToHalf(v);
+  }
+  return out;
+}
+
+// Calls fn(tensor, is_matrix) on every tensor field of `w`, in one fixed order. Matrices are the
+// weight matrices and embeddings (what a 16-bit checkpoint keeps 16-bit); the rest are biases,
+// LayerNorms, r biases and the kinds' small constants (always float32).
+template <typename Weights, typename Fn>
+void ForEachWeight(Weights& w, Fn fn) {
+  fn(w.word_emb, true);
+  fn(w.emb_proj, true);
+  fn(w.emb_proj_bias, false);
+  for (auto& lw : w.layers) {
+    for (auto* t : {&lw.qkv, &lw.dense.r, &lw.o, &lw.fc1, &lw.fc2}) fn(*t, true);
+    for (auto* t : {&lw.linear.features, &lw.linear.gate_weight, &lw.lsh.rotations,
+                    &lw.dense.compress, &lw.dense.compress_bias, &lw.linear.gate_bias,
+                    &lw.attn_ln_gamma, &lw.attn_ln_beta, &lw.dense.r_w_bias, &lw.dense.r_r_bias,
+                    &lw.fc1_bias, &lw.fc2_bias, &lw.ff_ln_gamma, &lw.ff_ln_beta}) {
+      fn(*t, false);
+    }
+  }
+  fn(w.pos_emb0, false);
+  fn(w.pos_emb1, false);
+  fn(w.final_ln_gamma, false);
+  fn(w.final_ln_beta, false);
+  fn(w.lm_head, true);
+  fn(w.lm_head_bias, false);
+}
+
 class TensorReader {
  public:
   // `keep_alive`, when set, owns `file` and lets aligned f32 tensors alias the mapping.
@@ -40,10 +94,9 @@ class TensorReader {
           absl::StrCat(file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
                        " but config.json torch_dtype is ", DTypeName(config_.dtype)));
     }
-    if (keep_alive_ != nullptr && t->dtype == DType::kF32 &&
-        reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
+    if (keep_alive_ != nullptr && reinterpret_cast<uintptr_t>(t->data) % DTypeSize(t->dtype) == 0) {
       void* data = const_cast<unsigned char*>(t->data);  // read-only by contract (see header)
-      Tensor out(std::shared_ptr<void>(keep_alive_, data), DType::kF32, Device::kCpu,
+      Tensor out(std::shared_ptr<void>(keep_alive_, data), t->dtype, Device::kCpu,
                  std::move(shape));
       RETURN_IF_ERROR(CheckFinite(name, out));
       return out;
@@ -56,12 +109,12 @@ class TensorReader {
 
   // A NaN or infinite weight makes every output NaN (served with status OK): refused at load.
   absl::Status CheckFinite(const std::string& name, const Tensor& t) const {
-    const float* p = t.data<float>();
     const auto n = static_cast<size_t>(t.numel());
     for (size_t i = 0; i < n; ++i) {
-      if (!std::isfinite(p[i])) {
+      const float v = ElementAsFloat(t, i);
+      if (!std::isfinite(v)) {
         return absl::InvalidArgumentError(
-            absl::StrCat(file_.path(), ": tensor \"", name, "\" holds a non-finite value (", p[i],
+            absl::StrCat(file_.path(), ": tensor \"", name, "\" holds a non-finite value (", v,
                          ") at element ", i, ": a corrupt checkpoint?"));
       }
     }
@@ -99,7 +152,26 @@ absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       std::shared_ptr<const SafetensorsFile> file) {
   const SafetensorsFile& ref = *file;
-  return LoadWeights(config, TensorReader(config, ref, std::move(file)));
+  ASSIGN_OR_RETURN(TransfoXlWeights w,
+                   LoadWeights(config, TensorReader(config, ref, std::move(file))));
+  return WeightsAs(w, WeightSet::kVectors, DType::kF32);
+}
+
+TransfoXlWeights WeightsAs(const TransfoXlWeights& weights, WeightSet set, DType dtype) {
+  std::map<const void*, Tensor> converted;  // by source buffer: shared tensors stay shared
+  TransfoXlWeights out = weights;
+  ForEachWeight(out, [&](Tensor& t, bool matrix) {
+    if (!t.defined() || t.dtype() == dtype || t.dtype() == DType::kI32 ||
+        matrix != (set == WeightSet::kMatrices)) {
+      return;
+    }
+    auto it = converted.find(t.raw());
+    if (it == converted.end() || it->second.shape() != t.shape()) {
+      it = converted.insert_or_assign(t.raw(), Converted(t, dtype)).first;
+    }
+    t = it->second;
+  });
+  return out;
 }
 
 namespace {
@@ -167,72 +239,29 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
 
 }  // namespace
 
-namespace {
-
-// A host copy of a float32 tensor narrowed to bf16/f16 (round to nearest even; exact when the
-// values came from that type, as a 16-bit checkpoint's do).
-Tensor Narrowed(const Tensor& host, DType dtype) {
-  Tensor out = Tensor::Empty(dtype, host.shape());
-  const float* src = host.data<float>();
-  auto* dst = out.data<uint16_t>();
-  for (int64_t i = 0; i < host.numel(); ++i) {
-    dst[i] = dtype == DType::kBF16 ? FloatToBFloat16(src[i]) : FloatToHalf(src[i]);
-  }
-  return out;
-}
-
-}  // namespace
-
 absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
                                                DType matrix_dtype) {
   std::map<std::pair<const void*, bool>, Tensor> copied;  // (host buffer, matrix) → device copy
-  auto copy = [&](const Tensor& host, bool matrix) -> absl::StatusOr<Tensor> {
-    if (!host.defined()) return Tensor();  // a tensor this layer kind does not have
-    auto it = copied.find({host.raw(), matrix});
-    if (it != copied.end() && it->second.shape() == host.shape()) return it->second;
-    const bool narrow = matrix && (matrix_dtype == DType::kBF16 || matrix_dtype == DType::kF16);
-    ASSIGN_OR_RETURN(Tensor device,
-                     backend.CopyFromHost(narrow ? Narrowed(host, matrix_dtype) : host));
-    copied[{host.raw(), matrix}] = device;
-    return device;
-  };
-  TransfoXlWeights out;
-  ASSIGN_OR_RETURN(out.word_emb, copy(weights.word_emb, true));
-  ASSIGN_OR_RETURN(out.emb_proj, copy(weights.emb_proj, true));
-  ASSIGN_OR_RETURN(out.emb_proj_bias, copy(weights.emb_proj_bias, false));
-  for (const TransfoXlLayerWeights& lw : weights.layers) {
-    TransfoXlLayerWeights d;
-    for (auto [src, dst] : {std::pair{&lw.qkv, &d.qkv},
-                            {&lw.dense.r, &d.dense.r},
-                            {&lw.o, &d.o},
-                            {&lw.fc1, &d.fc1},
-                            {&lw.fc2, &d.fc2}}) {
-      ASSIGN_OR_RETURN(*dst, copy(*src, true));
+  TransfoXlWeights out = weights;
+  absl::Status status;
+  ForEachWeight(out, [&](Tensor& t, bool matrix) {
+    if (!status.ok() || !t.defined()) return;  // a tensor this layer kind does not have
+    auto it = copied.find({t.raw(), matrix});
+    if (it != copied.end() && it->second.shape() == t.shape()) {
+      t = it->second;
+      return;
     }
-    for (auto [src, dst] : {std::pair{&lw.linear.features, &d.linear.features},
-                            {&lw.linear.gate_weight, &d.linear.gate_weight},
-                            {&lw.lsh.rotations, &d.lsh.rotations},
-                            {&lw.dense.compress, &d.dense.compress},
-                            {&lw.dense.compress_bias, &d.dense.compress_bias},
-                            {&lw.linear.gate_bias, &d.linear.gate_bias},
-                            {&lw.attn_ln_gamma, &d.attn_ln_gamma},
-                            {&lw.attn_ln_beta, &d.attn_ln_beta},
-                            {&lw.dense.r_w_bias, &d.dense.r_w_bias},
-                            {&lw.dense.r_r_bias, &d.dense.r_r_bias},
-                            {&lw.fc1_bias, &d.fc1_bias},
-                            {&lw.fc2_bias, &d.fc2_bias},
-                            {&lw.ff_ln_gamma, &d.ff_ln_gamma},
-                            {&lw.ff_ln_beta, &d.ff_ln_beta}}) {
-      ASSIGN_OR_RETURN(*dst, copy(*src, false));
+    const bool narrow = matrix && t.dtype() == DType::kF32 &&
+                        (matrix_dtype == DType::kBF16 || matrix_dtype == DType::kF16);
+    absl::StatusOr<Tensor> device = backend.CopyFromHost(narrow ? Converted(t, matrix_dtype) : t);
+    if (!device.ok()) {
+      status = device.status();
+      return;
     }
-    out.layers.push_back(std::move(d));
-  }
-  ASSIGN_OR_RETURN(out.pos_emb0, copy(weights.pos_emb0, false));
-  ASSIGN_OR_RETURN(out.pos_emb1, copy(weights.pos_emb1, false));
-  ASSIGN_OR_RETURN(out.final_ln_gamma, copy(weights.final_ln_gamma, false));
-  ASSIGN_OR_RETURN(out.final_ln_beta, copy(weights.final_ln_beta, false));
-  ASSIGN_OR_RETURN(out.lm_head, copy(weights.lm_head, true));
-  ASSIGN_OR_RETURN(out.lm_head_bias, copy(weights.lm_head_bias, false));
+    copied[{t.raw(), matrix}] = *device;
+    t = *std::move(device);
+  });
+  RETURN_IF_ERROR(status);
   return out;
 }
 

@@ -1,7 +1,8 @@
-// The weights of a Transformer-XL checkpoint, loaded from safetensors into float32 host tensors
+// The weights of a Transformer-XL checkpoint, loaded from safetensors into host tensors
 // (docs/checkpoint-format.md names and shapes), with every tensor checked by name, shape and dtype.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -54,20 +55,32 @@ struct TransfoXlWeights {
 };
 
 // Loads and checks every tensor. Errors (INVALID_ARGUMENT) name the tensor: missing, unexpected,
-// wrong shape, or a dtype other than config.dtype. Every tensor is copied (and widened to f32).
+// wrong shape, a dtype other than config.dtype, or a non-finite value. Every tensor is copied
+// (and widened to f32).
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       const SafetensorsFile& file);
-// As above, but float32 tensors that are 4-byte aligned in the file are used in place from the
-// read-only mapping (the weights keep `file` alive): no copy, so loading is fast, resident memory
-// is the weights once, and processes serving the same file share its page cache. The weights are
+// As above, but the weight matrices and embeddings that are aligned in the file are used in
+// place from the read-only mapping in their stored type (the weights keep `file` alive): no copy
+// and no widening, so loading is fast, resident memory is the weights once (half as much for a
+// 16-bit checkpoint as widened), and processes serving the same file share its page cache. The
+// other tensors (biases, LayerNorms, the kinds' constants) are widened to float32. The weights are
 // immutable; writing through such a tensor faults.
 absl::StatusOr<TransfoXlWeights> LoadTransfoXlWeights(const ModelConfig& config,
                                                       std::shared_ptr<const SafetensorsFile> file);
 
-// A copy of host weights on `backend`'s device. The weight matrices and embeddings are stored as
-// `matrix_dtype` (float32, or bf16/f16: the checkpoint's own type, so narrowing is exact);
-// biases, LayerNorms and the r biases stay float32. Tensors that share a buffer (a tied output
-// embedding, r biases shared across layers) still share one device buffer.
+// The tensors WeightsAs converts: the weight matrices and embeddings, or everything else.
+enum class WeightSet : uint8_t { kMatrices, kVectors };
+// A copy of host `weights` whose `set` tensors are stored as `dtype` (float32, bfloat16 or
+// float16): widening is exact, narrowing rounds to nearest even (exact for a 16-bit checkpoint's
+// values); tensors already of that type, and the other set, are shared, not copied. Tensors that
+// share a buffer still share one after.
+TransfoXlWeights WeightsAs(const TransfoXlWeights& weights, WeightSet set, DType dtype);
+
+// A copy of host weights on `backend`'s device. Float32 weight matrices and embeddings are stored
+// as `matrix_dtype` (float32, or bf16/f16: the checkpoint's own type, so narrowing is exact);
+// 16-bit ones are copied as they are; biases, LayerNorms and the r biases stay float32. Tensors
+// that share a buffer (a tied output embedding, r biases shared across layers) still share one
+// device buffer.
 absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
                                                DType matrix_dtype);
 

@@ -10,11 +10,18 @@
 namespace mnemo::engine {
 
 std::shared_ptr<const SparseWeight> PlanSparseWeight(const Tensor& w) {
-  if (w.dtype() != DType::kF32 || w.device() != Device::kCpu || w.shape().size() != 2) {
+  if (w.device() != Device::kCpu || w.shape().size() != 2 ||
+      (w.dtype() != DType::kF32 && w.dtype() != DType::kBF16 && w.dtype() != DType::kF16)) {
     return nullptr;
   }
   const int64_t rows = w.dim(0), cols = w.dim(1);
-  const float* data = w.data<float>();
+  // The sparse forms hold float32 values: a 16-bit matrix is widened (exactly) to build them.
+  std::vector<float> widened;
+  if (w.dtype() != DType::kF32) {
+    widened.resize(static_cast<size_t>(rows * cols));
+    ConvertToFloat(w.dtype(), w.raw(), widened.data(), widened.size());
+  }
+  const float* data = w.dtype() == DType::kF32 ? w.data<float>() : widened.data();
   int64_t nonzeros = 0;
   for (int64_t i = 0; i < rows * cols; ++i) nonzeros += data[i] != 0.0f;
   const auto dense_bytes = static_cast<double>(w.bytes());

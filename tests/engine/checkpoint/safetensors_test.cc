@@ -542,10 +542,11 @@ TEST_F(WeightsTest, RandomConfigsLoad) {
 namespace mnemo::engine {
 namespace {
 
-// Loading from a file the weights keep alive: aligned float32 tensors alias the read-only
-// mapping (no copy) and hold the same values as the copying loader's; other dtypes are widened.
-TEST(WeightsInPlaceTest, AlignedFloat32TensorsAliasTheMapping) {
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
+// Loading from a file the weights keep alive: aligned weight matrices and embeddings alias the
+// read-only mapping in their stored type (no copy, a 16-bit checkpoint's stay 16-bit) and hold the
+// copying loader's values; biases and LayerNorms are float32 either way.
+TEST(WeightsInPlaceTest, AlignedMatricesAliasTheMappingInTheirType) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
     ModelConfig c = test::SmallConfig();
     c.dtype = dtype;
     const std::string bytes = test::SafetensorsBytes(test::RandomWeights(c, 5));
@@ -560,18 +561,53 @@ TEST(WeightsInPlaceTest, AlignedFloat32TensorsAliasTheMapping) {
     ASSERT_NE(raw, nullptr);
     auto in_place = LoadTransfoXlWeights(c, file);
     ASSERT_TRUE(in_place.ok()) << in_place.status();
-    const bool aliased = in_place->word_emb.raw() == static_cast<const void*>(raw->data);
-    EXPECT_EQ(aliased, dtype == DType::kF32) << DTypeName(dtype);
-    EXPECT_EQ(
-        std::memcmp(in_place->word_emb.raw(), copied->word_emb.raw(), copied->word_emb.bytes()), 0);
-    EXPECT_EQ(std::memcmp(in_place->layers[0].fc2.raw(), copied->layers[0].fc2.raw(),
-                          copied->layers[0].fc2.bytes()),
-              0);
+    EXPECT_EQ(in_place->word_emb.raw(), static_cast<const void*>(raw->data)) << DTypeName(dtype);
+    EXPECT_EQ(in_place->word_emb.dtype(), dtype);
+    EXPECT_EQ(in_place->layers[0].fc2.dtype(), dtype);
+    EXPECT_EQ(in_place->layers[0].fc2_bias.dtype(), DType::kF32);
+    EXPECT_EQ(copied->word_emb.dtype(), DType::kF32);
+    // The same values: the in-place tensors widened equal the copying loader's.
+    const TransfoXlWeights widened = WeightsAs(*in_place, WeightSet::kMatrices, DType::kF32);
+    for (const auto& [a, b] : {std::pair{&widened.word_emb, &copied->word_emb},
+                               {&widened.layers[0].fc2, &copied->layers[0].fc2},
+                               {&in_place->layers[0].fc2_bias, &copied->layers[0].fc2_bias}}) {
+      ASSERT_EQ(a->dtype(), DType::kF32);
+      EXPECT_EQ(std::memcmp(a->raw(), b->raw(), b->bytes()), 0) << DTypeName(dtype);
+    }
     // The tensors keep the mapping alive after every other owner is gone.
-    const float first = copied->word_emb.data<float>()[0];
+    const float first = widened.word_emb.data<float>()[0];
     file.reset();
-    EXPECT_EQ(in_place->word_emb.data<float>()[0], first);
+    EXPECT_EQ(WeightsAs(*in_place, WeightSet::kMatrices, DType::kF32).word_emb.data<float>()[0],
+              first);
   }
+}
+
+// WeightsAs converts one set and shares the rest; tensors sharing a buffer (a tied output
+// layer, ALBERT groups) still share one after; narrowing a 16-bit checkpoint's values is exact.
+TEST(WeightsAsTest, ConvertsOneSetAndKeepsSharing) {
+  ModelConfig c = test::SmallConfig();
+  c.dtype = DType::kBF16;
+  c.tie_word_embeddings = true;
+  const std::string bytes = test::SafetensorsBytes(test::RandomWeights(c, 6));
+  test::ScopedTempDir dir("weights-as");
+  test::WriteFile(dir.File("w.safetensors"), bytes);
+  auto file = SafetensorsFile::Open(dir.File("w.safetensors"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto loaded = LoadTransfoXlWeights(c, **file);  // widened copies
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const TransfoXlWeights narrow = WeightsAs(*loaded, WeightSet::kMatrices, DType::kBF16);
+  EXPECT_EQ(narrow.word_emb.dtype(), DType::kBF16);
+  EXPECT_EQ(narrow.word_emb.raw(), narrow.lm_head.raw());
+  EXPECT_EQ(narrow.layers[0].qkv.dtype(), DType::kBF16);
+  EXPECT_EQ(narrow.layers[0].fc1_bias.raw(), loaded->layers[0].fc1_bias.raw());  // shared
+  const TransfoXlWeights back = WeightsAs(narrow, WeightSet::kMatrices, DType::kF32);
+  EXPECT_EQ(std::memcmp(back.layers[0].qkv.raw(), loaded->layers[0].qkv.raw(),
+                        loaded->layers[0].qkv.bytes()),
+            0);
+  EXPECT_EQ(back.word_emb.raw(), back.lm_head.raw());
+  // Already of that type: nothing is copied.
+  EXPECT_EQ(WeightsAs(narrow, WeightSet::kMatrices, DType::kBF16).layers[0].qkv.raw(),
+            narrow.layers[0].qkv.raw());
 }
 
 }  // namespace
