@@ -597,7 +597,8 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   // single-threaded OpenBLAS sgemv (one set of threads, no OpenBLAS worker spinning while the
   // pool runs attention).
   std::map<std::string, double> stream_ms;
-  if (s == 1) {
+  // (b) reads the matrices as float32: with 16-bit weights only (a) is timed.
+  if (s == 1 && w.lm_head.dtype() == DType::kF32) {
     auto gemv_pool = [&](const Tensor& in_vec, const Tensor& wt, const Tensor* bias,
                          Tensor& out_vec) {
       const int64_t rows_out = wt.dim(0), in = wt.dim(1);
