@@ -18,8 +18,11 @@ namespace {
 // Weight columns widened at a time for sgemm: 128 rows of `in` floats stay within a core's L2
 // (1 MiB at in = 2048) while sgemm still gets a wide enough product.
 constexpr int64_t kTileCols = 128;
-// Rows the decode kernel carries at once (four accumulator pairs per row group).
-constexpr int kRowGroup = 4;
+// Rows the decode kernel carries at once, each with a pair of accumulators: eight on AVX-512
+// (16 of its 32 vector registers), four on AVX2 (8 of 16). Up to that many rows read each
+// weight row once.
+constexpr int kRowGroupAvx512 = 8;
+constexpr int kRowGroupAvx2 = 4;
 
 // One weight, widened exactly (kernels/ depends on no project library, so not base/dtype.h's).
 float Widen(uint16_t h, WeightType type) {
@@ -211,9 +214,13 @@ using GemvFn = void (*)(const float*, int64_t, const uint16_t*, const float*, fl
 
 template <WeightType T, int R>
 GemvFn GemvFor(HalfIsa isa) {
-  return isa == HalfIsa::kAvx512 ? &GemvAvx512<T, R> : &GemvAvx2<T, R>;
+  if constexpr (R <= kRowGroupAvx2) {
+    if (isa == HalfIsa::kAvx2) return &GemvAvx2<T, R>;
+  }
+  return &GemvAvx512<T, R>;
 }
 
+// The kernel for a group of `rows` (at most the ISA's row group).
 template <WeightType T>
 GemvFn GemvForRows(HalfIsa isa, int rows) {
   switch (rows) {
@@ -223,8 +230,16 @@ GemvFn GemvForRows(HalfIsa isa, int rows) {
       return GemvFor<T, 2>(isa);
     case 3:
       return GemvFor<T, 3>(isa);
+    case 4:
+      return GemvFor<T, 4>(isa);
+    case 5:
+      return GemvFor<T, 5>(isa);
+    case 6:
+      return GemvFor<T, 6>(isa);
+    case 7:
+      return GemvFor<T, 7>(isa);
     default:
-      return GemvFor<T, kRowGroup>(isa);
+      return GemvFor<T, 8>(isa);
   }
 }
 
@@ -290,8 +305,9 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
     GemvScalar(x, ldx, w, type, bias, y, ldy, rows, in, out);
     return;
   }
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowGroup) {
-    const int group = static_cast<int>(std::min<int64_t>(kRowGroup, rows - r0));
+  const int64_t row_group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
+  for (int64_t r0 = 0; r0 < rows; r0 += row_group) {
+    const int group = static_cast<int>(std::min<int64_t>(row_group, rows - r0));
     const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, group)
                                                 : GemvForRows<WeightType::kF16>(isa, group);
     fn(x + r0 * ldx, ldx, w, bias, y + r0 * ldy, ldy, in, out);

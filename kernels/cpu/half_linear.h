@@ -26,7 +26,7 @@ const char* HalfIsaName(HalfIsa isa);
 const std::vector<HalfIsa>& SupportedHalfIsas();
 
 // Calls with at most this many rows take the decode kernel (each weight row read once for all
-// rows); more take widened tiles and sgemm.
+// of them with AVX-512, once per four rows with AVX2); more take widened tiles and sgemm.
 inline constexpr int64_t kHalfDecodeMaxRows = 8;
 
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), w stored as `type`
