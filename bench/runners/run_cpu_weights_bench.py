@@ -19,6 +19,9 @@ measure with mnemo_bench:
   prefill   512 tokens on a full 512-token memory (logits of the last position), median
             tokens/s, and the fraction of the sgemm limit: FLOPs per token (run_cpu_bench's
             definition) x tokens/s / the best OpenBLAS sgemm rate measured in this run;
+  batched   decode of --batches sessions at once (mnemo_bench --figure batched-decode: one
+            Forward per step for the whole batch, memory 512 each), total tokens/s and the
+            ratio to the same form's single-session decode (target >= 4x at B = 32);
   weights   resident bytes after load (rss_after_load_mib) of each form.
 physical_limits runs before and after the figures; the best of the two passes counts (a pass
 slowed by other load would flatter mnemo). Ratios are against f32 in the same run (targets,
@@ -76,12 +79,15 @@ def main(argv=None):
     ap.add_argument("--out", help="JSON lines file (default bench/results/cpu_weights-...)")
     ap.add_argument("--openblas-coretype", help="as run_cpu_bench.py")
     ap.add_argument("--runs", type=int, default=7, help="mnemo_bench runs per figure")
+    ap.add_argument("--batches", default="8,32",
+                    help="batched-decode sizes (comma-separated; empty: none)")
     ap.add_argument("--retries", type=int, default=1,
                     help="re-runs of a figure while other processes took over 10%% of the CPUs")
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--quiet-budget", type=float, default=120.0)
     args = ap.parse_args(argv)
 
+    batches = [int(b) for b in args.batches.split(",") if b]
     quiet = QuietWait(args.quiet_budget)
     env = python_env(bench_env(args.openblas_coretype))
     python = args.python if os.path.exists(args.python) else sys.executable
@@ -112,6 +118,16 @@ def main(argv=None):
                 line["weights"] = label
             out.extend(lines)
             results[(label, fig)] = next(l for l in lines if l.get("figure") == fig)
+        for b in batches:
+            log(f"mnemo batched-decode B={b} {label}")
+            lines = clean([mnemo_bench, "--model", dirs[dtype], "--cpu-weights", cpu_weights,
+                           "--figure", "batched-decode", "--batch", str(b), "--runs",
+                           str(args.runs)])
+            for line in lines:
+                line["weights"] = label
+            out.extend(lines)
+            results[(label, f"batched{b}")] = next(
+                l for l in lines if l.get("figure") == "batched-decode")
     log("physical limits (2/2)")
     machine += out.extend(clean([physical]))
 
@@ -142,17 +158,32 @@ def main(argv=None):
                           "target": TARGETS["prefill"]})
             out.record(d)
             rows.append(d)
+        for b in batches:
+            m = results[(label, f"batched{b}")]
+            med = m["tokens_per_s"]["median"]
+            single = results[(label, "decode")]["tokens_per_s"]["median"]
+            d = {"impl": "derived", "figure": f"batched-decode-{b}", "weights": label,
+                 "checkpoint_dtype": dtype, "cpu_weights": cpu_weights, "batch": b,
+                 "tokens_per_s": med, "over_f32": med / results[("f32", f"batched{b}")][
+                     "tokens_per_s"]["median"],
+                 "over_single_session": med / single, "target_over_single": 4.0 if b == 32 else None,
+                 "rss_after_load_mib": m.get("rss_after_load_mib"), "fraction_of_limit": None}
+            out.record(d)
+            rows.append(d)
     out.close()
 
     print(f"\nlimits: read bandwidth {limits['bandwidth_gbps']:.1f} GB/s, "
           f"sgemm peak {limits['sgemm_peak_gflops']:.1f} GFLOP/s")
-    print(f"{'weights':<14}{'figure':<9}{'tok/s':>9}{'x f32':>8}{'MB/token':>10}"
-          f"{'of limit':>10}{'RSS MiB':>9}")
+    print(f"{'weights':<14}{'figure':<19}{'tok/s':>9}{'x f32':>8}{'MB/token':>10}"
+          f"{'of limit':>10}{'x single':>10}{'RSS MiB':>9}")
     for d in rows:
         mb = f"{d['bytes_per_token'] / 1e6:.1f}" if "bytes_per_token" in d else "-"
+        frac = d["fraction_of_limit"]
+        single = d.get("over_single_session")
         rss = d["rss_after_load_mib"]
-        print(f"{d['weights']:<14}{d['figure']:<9}{d['tokens_per_s']:>9.1f}{d['over_f32']:>8.2f}"
-              f"{mb:>10}{d['fraction_of_limit']:>10.2f}"
+        print(f"{d['weights']:<14}{d['figure']:<19}{d['tokens_per_s']:>9.1f}{d['over_f32']:>8.2f}"
+              f"{mb:>10}{(f'{frac:.2f}' if frac is not None else '-'):>10}"
+              f"{(f'{single:.2f}' if single is not None else '-'):>10}"
               f"{(f'{rss:.0f}' if rss is not None else '-'):>9}")
     print(f"results: {out.path}")
     return 0
