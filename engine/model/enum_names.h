@@ -16,6 +16,7 @@
 
 #include "engine/memory/durability.h"
 #include "engine/model/model_config.h"
+#include "engine/model/model_options.h"
 
 namespace mnemo::engine {
 
@@ -102,6 +103,14 @@ struct EnumTable<Durability> {
   }};
 };
 
+template <>
+struct EnumTable<CpuWeights> {
+  static constexpr std::array<EnumEntry<CpuWeights>, 2> kEntries{{
+      {CpuWeights::kAsStored, "stored"},
+      {CpuWeights::kFloat32, "float32"},
+  }};
+};
+
 // Whether row i of E's table holds the enumerator whose value is i (declaration order, no gaps).
 template <typename E>
 constexpr bool TableInDeclarationOrder() {
@@ -129,6 +138,8 @@ static_assert(TableInDeclarationOrder<FeatureMap>() &&
               EnumTable<FeatureMap>::kEntries.size() == size_t(FeatureMap::kRfa) + 1);
 static_assert(TableInDeclarationOrder<Durability>() &&
               EnumTable<Durability>::kEntries.size() == size_t(Durability::kSync) + 1);
+static_assert(TableInDeclarationOrder<CpuWeights>() &&
+              EnumTable<CpuWeights>::kEntries.size() == size_t(CpuWeights::kFloat32) + 1);
 
 // The canonical name of `value` ("" only for a value outside the enum, i.e. a corrupted one).
 template <typename E>

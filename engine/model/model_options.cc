@@ -4,14 +4,17 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+#include "engine/model/enum_names.h"
 
 namespace mnemo::engine {
 
 absl::StatusOr<CpuWeights> ParseCpuWeights(std::string_view name) {
-  if (name == "stored") return CpuWeights::kAsStored;
-  if (name == "float32") return CpuWeights::kFloat32;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--cpu-weights must be stored or float32, got \"", std::string(name), "\""));
+  if (const std::optional<CpuWeights> parsed = ParseEnum<CpuWeights>(name)) return *parsed;
+  return absl::InvalidArgumentError(absl::StrCat("--cpu-weights must be ",
+                                                 absl::StrJoin(EnumNames<CpuWeights>(), " or "),
+                                                 ", got \"", std::string(name), "\""));
 }
 
 }  // namespace mnemo::engine

@@ -14,7 +14,8 @@ enum class CpuWeights : uint8_t {
   kFloat32,   // widened to float32 at load: the oracle the 16-bit products are checked against
 };
 
-// The `--cpu-weights` flag's values: "stored" or "float32".
+// The `--cpu-weights` flag's values (EnumTable<CpuWeights>: "stored", "float32"); an error naming
+// the flag and the names otherwise.
 absl::StatusOr<CpuWeights> ParseCpuWeights(std::string_view name);
 
 // How a model is prepared at load.

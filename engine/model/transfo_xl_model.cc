@@ -57,7 +57,7 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     for (const Tensor* t : model->WeightMatrices()) {
       host_keys.push_back(t->defined() ? t->raw() : nullptr);
     }
-    ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be, c.dtype));
+    ASSIGN_OR_RETURN(model->weights_, CopyWeightsTo(model->weights_, be));
     RETURN_IF_ERROR(model->UploadSparseWeights(host_keys));
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {

@@ -266,26 +266,23 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
 
 }  // namespace
 
-absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
-                                               DType matrix_dtype) {
-  std::map<std::pair<const void*, bool>, Tensor> copied;  // (host buffer, matrix) → device copy
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend) {
+  std::map<const void*, Tensor> copied;  // host buffer → device copy
   TransfoXlWeights out = weights;
   absl::Status status;
-  ForEachWeight(out, [&](Tensor& t, bool matrix) {
+  ForEachWeight(out, [&](Tensor& t, bool /*matrix*/) {
     if (!status.ok() || !t.defined()) return;  // a tensor this layer kind does not have
-    auto it = copied.find({t.raw(), matrix});
+    auto it = copied.find(t.raw());
     if (it != copied.end() && it->second.shape() == t.shape()) {
       t = it->second;
       return;
     }
-    const bool narrow = matrix && t.dtype() == DType::kF32 &&
-                        (matrix_dtype == DType::kBF16 || matrix_dtype == DType::kF16);
-    absl::StatusOr<Tensor> device = backend.CopyFromHost(narrow ? Converted(t, matrix_dtype) : t);
+    absl::StatusOr<Tensor> device = backend.CopyFromHost(t);
     if (!device.ok()) {
       status = device.status();
       return;
     }
-    copied[{t.raw(), matrix}] = *device;
+    copied[t.raw()] = *device;
     t = *std::move(device);
   });
   RETURN_IF_ERROR(status);

@@ -76,12 +76,9 @@ enum class WeightSet : uint8_t { kMatrices, kVectors };
 // share a buffer still share one after.
 TransfoXlWeights WeightsAs(const TransfoXlWeights& weights, WeightSet set, DType dtype);
 
-// A copy of host weights on `backend`'s device. Float32 weight matrices and embeddings are stored
-// as `matrix_dtype` (float32, or bf16/f16: the checkpoint's own type, so narrowing is exact);
-// 16-bit ones are copied as they are; biases, LayerNorms and the r biases stay float32. Tensors
-// that share a buffer (a tied output embedding, r biases shared across layers) still share one
-// device buffer.
-absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend,
-                                               DType matrix_dtype);
+// A copy of host weights on `backend`'s device, every tensor in its host type (WeightsAs chooses
+// the matrices' type first). Tensors that share a buffer (a tied output embedding, r biases
+// shared across layers) still share one device buffer.
+absl::StatusOr<TransfoXlWeights> CopyWeightsTo(const TransfoXlWeights& weights, Backend& backend);
 
 }  // namespace mnemo::engine

@@ -41,19 +41,11 @@ void UseSingleThreadedBlas() {
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
-void ForColumnBlocks(int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
-                     const std::function<void(int64_t o0, int64_t n)>& fn) {
-  if (pool.num_threads() == 1 || rows * in * out < kMinParallelWork) {
-    fn(0, out);
-    return;
-  }
+int64_t ColumnBlockWidth(int64_t rows, int64_t in, int64_t out, const ThreadPool& pool) {
+  if (pool.num_threads() == 1 || rows * in * out < kMinParallelWork) return 0;
   const int64_t wanted = pool.max_chunks();
-  int64_t block = (out + wanted - 1) / wanted;
-  block = (block + kColumnAlign - 1) / kColumnAlign * kColumnAlign;
-  const int64_t blocks = (out + block - 1) / block;
-  pool.ParallelFor(blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) fn(b * block, std::min(block, out - b * block));
-  });
+  const int64_t block = (out + wanted - 1) / wanted;
+  return (block + kColumnAlign - 1) / kColumnAlign * kColumnAlign;
 }
 
 void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,

@@ -4,6 +4,7 @@
 // the same cores and pool workers can call BLAS concurrently.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -21,13 +22,28 @@ void UseSingleThreadedBlas();
 void Linear(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
             int64_t rows, int64_t in, int64_t out, ThreadPool& pool);
 
-// Runs fn(o0, n) over blocks [o0, o0 + n) of `out` output columns of a product of `rows` ×
-// `in` × `out` multiply-adds: on the calling thread when it is small, else on `pool` in as many
-// blocks (multiples of 16 columns) as it has chunks, so a thread the OS deschedules holds up one
-// small block while the others take the rest. The blocks depend only on the shape and the pool's
-// size, so each column is computed the same way on every run.
-void ForColumnBlocks(int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
-                     const std::function<void(int64_t o0, int64_t n)>& fn);
+// The width of the column blocks ForColumnBlocks splits a product of `rows` × `in` × `out`
+// multiply-adds into: 0 when it is small enough for the calling thread, else a multiple of 16
+// columns giving as many blocks as `pool` has chunks.
+int64_t ColumnBlockWidth(int64_t rows, int64_t in, int64_t out, const ThreadPool& pool);
+
+// Runs fn(o0, n) over blocks [o0, o0 + n) of `out` output columns (ColumnBlockWidth): on the
+// calling thread when the product is small, else on `pool`, so a thread the OS deschedules holds
+// up one small block while the others take the rest. The blocks depend only on the shape and the
+// pool's size, so each column is computed the same way on every run. A template, so that a small
+// product (every decode step has many) wraps nothing in a std::function.
+template <typename Fn>
+void ForColumnBlocks(int64_t rows, int64_t in, int64_t out, ThreadPool& pool, const Fn& fn) {
+  const int64_t block = ColumnBlockWidth(rows, in, out, pool);
+  if (block == 0) {
+    fn(int64_t{0}, out);
+    return;
+  }
+  const auto run = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fn(b * block, std::min(block, out - b * block));
+  };
+  pool.ParallelFor((out + block - 1) / block, 1, std::cref(run));  // a reference: no allocation
+}
 
 // Single-threaded products for callers that parallelise themselves.
 // y[rows] = a[rows, cols] · x[cols] + beta·y  (a row-major with row stride lda).
