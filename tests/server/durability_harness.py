@@ -192,11 +192,16 @@ class StoreDir:
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
     def listing(self) -> str:
+        """Every file with its size, as far as the server's writer has not removed it meanwhile."""
         lines = []
         for base, _, files in os.walk(self.path):
             for name in files:
                 full = os.path.join(base, name)
-                lines.append(f"{os.path.relpath(full, self.path)} {os.path.getsize(full)}")
+                try:
+                    size = str(os.path.getsize(full))
+                except FileNotFoundError:  # removed between the walk and the stat
+                    size = "(removed)"
+                lines.append(f"{os.path.relpath(full, self.path)} {size}")
         return "\n".join(sorted(lines)) or "(empty)"
 
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import grpc
 import pytest
@@ -279,11 +279,14 @@ def retry_while_aborted(fn: Callable, timeout: float = 10.0):
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1,
-               message: str = "condition") -> None:
+               message: Union[str, Callable[[], str]] = "condition") -> None:
+    """Polls predicate until it holds. A callable message is built only on a timeout, so it may
+    describe a state (a directory listing) that changes while the wait goes on."""
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}", pytrace=False)
+            what = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
         time.sleep(interval)
 
 

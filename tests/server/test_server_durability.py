@@ -146,7 +146,8 @@ def test_a_session_restores_exactly_after_export_import_restart_and_crash(
             c.delete_session(s.id)
         # (The store's writer removes a deleted session's files in the background.)
         wait_until(lambda: not store.versions(sync.id) and not store.versions(asyn.id),
-                   timeout=10, message=f"the deleted sessions' files to go:\n{store.listing()}")
+                   timeout=10,
+                   message=lambda: f"the deleted sessions' files to go:\n{store.listing()}")
     for s in (reference.id, whole.id):
         control.delete_session(s)
 
@@ -179,7 +180,7 @@ def test_idle_sessions_beyond_the_host_budget_wait_in_the_store_and_come_back_ex
 
         wait_until(lambda: tiers() == [pb.STATE_TIER_STORE, pb.STATE_TIER_HOST,
                                        pb.STATE_TIER_DEVICE], timeout=10,
-                   message=f"tiers store, host, device (now {tiers()})")
+                   message=lambda: f"tiers store, host, device (now {tiers()})")
         assert store.versions(ids[0]), store.listing()
         metrics = node.metrics()
         for tier in ("store", "host", "device"):
@@ -201,7 +202,7 @@ def test_idle_sessions_beyond_the_host_budget_wait_in_the_store_and_come_back_ex
         for i in in_store:
             c.delete_session(i)
             wait_until(lambda: not store.versions(i), timeout=10,
-                       message=f"the deleted session's files to go:\n{store.listing()}")
+                       message=lambda: f"the deleted session's files to go:\n{store.listing()}")
         assert node.metrics().sum("mnemo_sessions", tier="store") == 0
 
 
