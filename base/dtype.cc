@@ -1,5 +1,8 @@
 #include "base/dtype.h"
 
+#include <cstring>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 
 namespace mnemo {
@@ -97,6 +100,7 @@ inline uint16_t LoadU16(const unsigned char* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+inline void StoreU16(unsigned char* p, uint16_t v) { std::memcpy(p, &v, sizeof(v)); }
 }  // namespace
 
 void ConvertToFloat(DType src_dtype, const void* src, float* dst, size_t count) {
@@ -116,6 +120,31 @@ void ConvertToFloat(DType src_dtype, const void* src, float* dst, size_t count) 
         int32_t v;
         std::memcpy(&v, bytes + 4 * i, sizeof(v));
         dst[i] = static_cast<float>(v);
+      }
+      return;
+  }
+}
+
+void ConvertFromFloat(const float* src, DType dst_dtype, void* dst, size_t count) {
+  auto* out = static_cast<unsigned char*>(dst);
+  switch (dst_dtype) {
+    case DType::kF32:
+      std::memcpy(dst, src, count * sizeof(float));
+      return;
+    case DType::kF16:
+      for (size_t i = 0; i < count; ++i) StoreU16(out + 2 * i, FloatToHalf(src[i]));
+      return;
+    case DType::kBF16:
+      for (size_t i = 0; i < count; ++i) StoreU16(out + 2 * i, FloatToBFloat16(src[i]));
+      return;
+    case DType::kI32:  // truncated toward zero, saturated, NaN as 0 (never UB)
+      for (size_t i = 0; i < count; ++i) {
+        const float f = src[i];
+        const int32_t v = !(f == f)             ? 0
+                          : f >= 2147483648.0f  ? std::numeric_limits<int32_t>::max()
+                          : f <= -2147483648.0f ? std::numeric_limits<int32_t>::min()
+                                                : static_cast<int32_t>(f);
+        std::memcpy(out + 4 * i, &v, sizeof(v));
       }
       return;
   }

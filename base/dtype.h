@@ -42,5 +42,8 @@ inline uint16_t FloatToBFloat16(float f) {
 
 // Converts `count` elements stored as `src_dtype` (f32, f16 or bf16) to float32.
 void ConvertToFloat(DType src_dtype, const void* src, float* dst, size_t count);
+// Stores `count` float32 values as `dst_dtype` (f32 copied; f16 and bf16 rounded to nearest
+// even, exact for values that came from that type).
+void ConvertFromFloat(const float* src, DType dst_dtype, void* dst, size_t count);
 
 }  // namespace mnemo

@@ -85,6 +85,9 @@ tokenizer.model in DIR). The first --model is the default one.
   --cpu-weights W            stored (default) or float32: on the CPU, a bf16 or f16 checkpoint's
                              weight matrices stay 16-bit (half the bytes per decode step) or are
                              widened to float32 at load (the oracle the 16-bit products match)
+  --session-memory T         float32 (default), bfloat16 or float16: on the CPU, the dtype of
+                             every session's Transformer-XL key/value memory (dense and
+                             compressive layers): 16-bit halves those state bytes
   --segment-tokens N         tokens per model segment for ingest and prompts (default: each
                              model's memory length; 512 for a model without dense layers)
   --session-ttl D            idle time after which a session is deleted (default 1h)
@@ -215,6 +218,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"device", true},
                                              {"sparse-weights", true},
                                              {"cpu-weights", true},
+                                             {"session-memory", true},
                                              {"speculative", true},
                                              {"segment-tokens", true},
                                              {"session-ttl", true},
@@ -400,6 +404,8 @@ absl::Status Serve(int argc, char** argv) {
   model_options.sparse_weights = sparse == "on";
   ASSIGN_OR_RETURN(model_options.cpu_weights,
                    engine::api::ParseCpuWeights(flags.Get("cpu-weights", "stored")));
+  ASSIGN_OR_RETURN(model_options.session_memory,
+                   engine::api::ParseSessionMemory(flags.Get("session-memory", "float32")));
   const std::string speculative = flags.Get("speculative", "off");
   if (speculative != "on" && speculative != "off") {
     return absl::InvalidArgumentError("--speculative must be on or off");
@@ -494,9 +500,10 @@ absl::Status Serve(int argc, char** argv) {
   }
   Health health(server.get(), health_listener.get());
   for (const auto& m : models->models()) {
-    std::fprintf(stderr, "mnemo-server: model %s (%s, %s weights, %s) from %s\n", m->name.c_str(),
-                 m->device.c_str(), DTypeName(m->model->weight_dtype()),
-                 m->description.fingerprint.c_str(), m->dir.c_str());
+    std::fprintf(stderr, "mnemo-server: model %s (%s, %s weights, %s session memory, %s) from %s\n",
+                 m->name.c_str(), m->device.c_str(), DTypeName(m->model->weight_dtype()),
+                 DTypeName(m->model->session_memory()), m->description.fingerprint.c_str(),
+                 m->dir.c_str());
     if (m->draft != nullptr) {
       std::fprintf(stderr, "mnemo-server: model %s generates speculatively: draft %s, %d tokens\n",
                    m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);

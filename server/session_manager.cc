@@ -871,6 +871,12 @@ absl::Status SessionManager::RestoreFromStore(const std::shared_ptr<Entry>& entr
         why.code() == absl::StatusCode::kUnavailable) {
       return why;  // the device, not the snapshot: try again later
     }
+    if (WrittenWithOtherSessionMemory(*entry->model, *bytes)) {
+      // This model's sound snapshot under another --session-memory: a setting of this server,
+      // not damage. It stays in the store for a server with that setting.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session ", entry->id, " cannot be restored by this server: ", why.message()));
+    }
     LogStore(absl::StrCat("quarantining session ", entry->id, " version ", stored->version), why);
     if (absl::Status q = store.Quarantine(*stored, why.ToString()); !q.ok()) {
       LogStore(absl::StrCat("quarantining session ", entry->id), q);

@@ -32,4 +32,11 @@ absl::StatusOr<DecodedSession> DecodeSession(const LoadedModel& model, std::stri
   return out;
 }
 
+bool WrittenWithOtherSessionMemory(const LoadedModel& model, std::string_view bytes) {
+  const absl::StatusOr<engine::api::SnapshotManifest> manifest =
+      engine::api::ReadSnapshotManifest(bytes);
+  return manifest.ok() && manifest->model_fingerprint == model.description.fingerprint &&
+         manifest->session_memory != DTypeName(model.model->session_memory());
+}
+
 }  // namespace mnemo::server

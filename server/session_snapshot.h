@@ -30,4 +30,8 @@ struct DecodedSession {
 // INVALID_ARGUMENT, FAILED_PRECONDITION, DATA_LOSS).
 absl::StatusOr<DecodedSession> DecodeSession(const LoadedModel& model, std::string_view bytes);
 
+// Whether `bytes` is this model's snapshot (its fingerprint) written under another
+// --session-memory: a snapshot a server with that setting restores, not a damaged one.
+bool WrittenWithOtherSessionMemory(const LoadedModel& model, std::string_view bytes);
+
 }  // namespace mnemo::server

@@ -96,6 +96,29 @@ double ExactnessTolerance(const std::string& device);
 // `n` token ids uniform in [0, vocab) from std::mt19937(seed).
 std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed);
 
+// Feeds `tokens` into `state` in consecutive pieces of the given lengths (1: decode steps) and
+// returns every position's logits (LogitsMode::kAll). `model` is an engine::TransfoXlModel or an
+// engine::api::Model; a failed Forward fails the test and ends the feed.
+template <typename Model>
+std::vector<float> FeedInPieces(Model& model, engine::SessionState& state,
+                                const std::vector<int32_t>& tokens,
+                                const std::vector<int64_t>& lengths) {
+  std::vector<float> out;
+  size_t pos = 0;
+  for (int64_t len : lengths) {
+    engine::Tensor logits;
+    const absl::Status status =
+        model.Forward({engine::SequenceInput{tokens.data() + pos, len, &state}},
+                      engine::LogitsMode::kAll, &logits);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok()) return {};
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    pos += static_cast<size_t>(len);
+  }
+  EXPECT_EQ(pos, tokens.size());
+  return out;
+}
+
 // A fresh directory under testing::TempDir(), removed with its contents on destruction.
 class ScopedTempDir {
  public:

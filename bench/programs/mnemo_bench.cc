@@ -104,6 +104,7 @@ struct Options {
   std::string device = "cpu";
   bool sparse_weights = true;                                      // --sparse-weights on|off
   engine::CpuWeights cpu_weights = engine::CpuWeights::kAsStored;  // --cpu-weights stored|float32
+  DType session_memory = DType::kF32;  // --session-memory float32|bfloat16|float16
   int batch = 1;
   int64_t tokens = 1 << 20;  // stream: document length
   std::string draft;         // speculative: the draft checkpoint
@@ -165,6 +166,10 @@ Options ParseArgs(int argc, char** argv) {
       auto parsed = engine::ParseCpuWeights(value());
       if (!parsed.ok()) Die(std::string(parsed.status().message()));
       o.cpu_weights = *parsed;
+    } else if (arg == "--session-memory") {
+      auto parsed = engine::ParseSessionMemory(value());
+      if (!parsed.ok()) Die(std::string(parsed.status().message()));
+      o.session_memory = *parsed;
     } else if (arg == "--batch") {
       o.batch = std::atoi(value().c_str());
     } else if (arg == "--tokens") {
@@ -317,7 +322,8 @@ std::string DeviceMemoryJson(const TransfoXlModel& model) {
 
 // Bytes one decode step (T = 1, on `state`'s memory) must read at least. Weight matrices and
 // embeddings count at `matrix_bytes` per value (2 when the backend keeps a 16-bit
-// checkpoint's type), everything else at 4. Compressive layers add their compressed rows' keys
+// checkpoint's type), key/value rings at their dtype's size (2 with 16-bit session memory),
+// everything else at 4. Compressive layers add their compressed rows' keys
 // and values, the distance rows reaching them, and the compressor's weights, read once per
 // compression_rate steps.
 std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& state,
@@ -336,8 +342,10 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
     const int64_t rows = ls != nullptr && ls->ring() != nullptr ? ls->ring()->size() : 0;
     const auto* dense = dynamic_cast<const engine::DenseLayerState*>(ls);
     const int64_t compressed = dense != nullptr ? dense->compressive.compressed.size() : 0;
-    memory += 4 * (2 * (rows + compressed) * w                       // keys, values
-                   + (std::min(rows + compressed, clamp) + 1) * w);  // distance-table rows
+    const int64_t ring_bytes =  // keys and values in the ring's dtype (--session-memory)
+        ls != nullptr && ls->ring() != nullptr ? DTypeSize(ls->ring()->dtype()) : 4;
+    memory += ring_bytes * 2 * (rows + compressed) * w             // keys, values
+              + 4 * (std::min(rows + compressed, clamp) + 1) * w;  // distance-table rows
     const engine::LayerConfig& lc = c.layer(l);
     if (lc.dense.compressive()) {
       compressor += 4.0 * static_cast<double>(d * d * lc.dense.compress_taps() + d) /
@@ -364,7 +372,8 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       std::string(openblas_get_config()), "\",\"model\":{\"n_layer\":", c.n_layer,
       ",\"d_model\":", c.d_model, ",\"n_head\":", c.n_head, ",\"d_head\":", c.d_head,
       ",\"d_inner\":", c.d_inner, ",\"checkpoint_dtype\":\"", DTypeName(c.dtype),
-      "\",\"weight_dtype\":\"", DTypeName(model.weights().lm_head.dtype()), "\"",
+      "\",\"weight_dtype\":\"", DTypeName(model.weights().lm_head.dtype()),
+      "\",\"session_memory\":\"", DTypeName(model.session_memory()), "\"",
       ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len, ",\"clamp_len\":", c.clamp_len,
       ",\"same_length\":", c.same_length ? "true" : "false",
       ",\"tied\":", c.tie_word_embeddings ? "true" : "false", "},\"state_bytes\":", state.bytes(),
@@ -788,6 +797,7 @@ int Main(int argc, char** argv) {
   engine::ModelOptions model_options;
   model_options.sparse_weights = o.sparse_weights;
   model_options.cpu_weights = o.cpu_weights;
+  model_options.session_memory = o.session_memory;
   auto loaded = TransfoXlModel::Load(o.model, std::move(*backend), model_options);
   Check(loaded.status(), "load");
   TransfoXlModel& model = **loaded;

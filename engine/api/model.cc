@@ -127,6 +127,8 @@ const ModelConfig& Model::config() const { return impl_->config(); }
 
 DType Model::weight_dtype() const { return impl_->weights().lm_head.dtype(); }
 
+DType Model::session_memory() const { return impl_->session_memory(); }
+
 absl::StatusOr<ModelDescription> Model::Describe() const {
   const ModelConfig& c = config();
   ModelDescription d;

@@ -82,6 +82,8 @@ class Model {
   // The type the weight matrices are held in on the model's device: the checkpoint's, or
   // float32 when the CPU widened a 16-bit checkpoint at load (ModelOptions::cpu_weights).
   DType weight_dtype() const;
+  // The dtype of the sessions' key/value rings (ModelOptions::session_memory).
+  DType session_memory() const;
   // Null when the checkpoint has no tokenizer.model.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   // The speculative-decoding draft (shares this model's vocabulary), null without one.

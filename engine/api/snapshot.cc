@@ -173,6 +173,7 @@ struct LayerEntry {
 struct StateEntry {
   std::string fingerprint;
   std::string dtype;
+  std::string session_memory = "float32";  // absent in snapshots from before 16-bit memory
   int64_t n_layer = 0;
   int64_t position = 0;
   std::vector<LayerEntry> layers;
@@ -349,6 +350,9 @@ absl::StatusOr<StateEntry> ParseState(const Json& j, const std::string& path, si
   StateEntry s;
   ASSIGN_OR_RETURN(s.fingerprint, f.String("fingerprint"));
   ASSIGN_OR_RETURN(s.dtype, f.String("dtype"));
+  if (j.contains("session_memory")) {
+    ASSIGN_OR_RETURN(s.session_memory, f.String("session_memory"));
+  }
   ASSIGN_OR_RETURN(s.n_layer, f.Int("n_layer", 1, static_cast<int64_t>(n_sections)));
   ASSIGN_OR_RETURN(s.position, f.Int("position", 0, kMaxPosition));
   ASSIGN_OR_RETURN(const Json* layers, f.Array("layers"));
@@ -480,6 +484,7 @@ absl::StatusOr<ParsedManifest> ParseManifest(std::string_view prefix) {
   ASSIGN_OR_RETURN(session, f.Object("session"));
   ASSIGN_OR_RETURN(out.manifest.session, ParseSession(*session));
   out.manifest.model_fingerprint = out.states[0].fingerprint;
+  out.manifest.session_memory = out.states[0].session_memory;
   if (out.states.size() > 1) out.manifest.draft_fingerprint = out.states[1].fingerprint;
   out.manifest.state_bytes = state_bytes;
   out.data_offset = AlignUp(static_cast<int64_t>(kSnapshotHeaderBytes + manifest_bytes));
@@ -500,6 +505,12 @@ absl::StatusOr<SessionState> BuildHostState(const TransfoXlModel& impl, const St
   if (entry.dtype != DTypeName(c.dtype)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot: the ", role, "'s dtype is ", entry.dtype, ", the model's ", DTypeName(c.dtype)));
+  }
+  const std::string memory = DTypeName(impl.session_memory());
+  if (entry.session_memory != memory) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "snapshot: the ", role, "'s session memory is ", entry.session_memory, ", the model's ",
+        memory, " (serve it with --session-memory ", entry.session_memory, ")"));
   }
   if (entry.n_layer != c.n_layer) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -644,6 +655,7 @@ absl::StatusOr<std::string> WriteSnapshot(const Model& model, const SnapshotIden
     }
     states.push_back({{"fingerprint", *roles[r].fingerprint},
                       {"dtype", DTypeName(c.dtype)},
+                      {"session_memory", DTypeName(impl.session_memory())},
                       {"n_layer", c.n_layer},
                       {"position", roles[r].state->position()},
                       {"layers", std::move(layers)}});

@@ -60,6 +60,7 @@ struct SnapshotManifest {
   uint32_t format_version = 0;
   std::string model_fingerprint;  // ModelDescription::fingerprint of the model that wrote it
   std::string draft_fingerprint;  // empty without a draft
+  std::string session_memory;     // the model state's key/value ring dtype (--session-memory)
   SnapshotSession session;
   int64_t state_bytes = 0;  // tensor bytes of all states (model and draft)
   int64_t total_bytes = 0;  // the whole snapshot's size

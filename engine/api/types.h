@@ -39,6 +39,7 @@ using engine::CpuWeights;
 using engine::LogitsMode;
 using engine::ModelOptions;
 using engine::ParseCpuWeights;
+using engine::ParseSessionMemory;
 using engine::SequenceInput;
 using engine::SessionState;
 using engine::Tensor;

@@ -75,6 +75,8 @@ struct AttentionCall {
 struct AttentionLoadContext {
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   Tensor sinusoids;  // dense: [rows, d_model] relative-position sinusoids (RelativeSinusoids)
+  // dense: the dtype of the sessions' key/value rings (ModelOptions::session_memory).
+  DType session_memory = DType::kF32;
 };
 
 class AttentionLayer {

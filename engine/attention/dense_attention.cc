@@ -124,6 +124,14 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> DenseAttentionLayer::Create(
   RETURN_IF_ERROR(cpu.Linear(zero_in, lw.qkv.Rows(hd, 2 * hd), nullptr, out->zero_keys_));
   RETURN_IF_ERROR(cpu.Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, out->zero_values_));
   out->zero_hidden_ = std::move(zero_in);
+  // The "zeros" memory's rows are stored as every other row of the ring: in its dtype.
+  out->memory_dtype_ = context.session_memory;
+  for (Tensor* row : {&out->zero_keys_, &out->zero_values_}) {
+    Tensor stored = Tensor::Empty(out->memory_dtype_, row->shape());
+    ConvertFromFloat(row->data<float>(), out->memory_dtype_, stored.raw(),
+                     static_cast<size_t>(row->numel()));
+    *row = std::move(stored);
+  }
   return out;
 }
 
@@ -142,9 +150,9 @@ absl::Status DenseAttentionLayer::Bind(const TransfoXlLayerWeights& weights, Bac
 size_t DenseAttentionLayer::StateBytes() const {
   const ModelConfig& c = config_;
   constexpr size_t kF = sizeof(float);
-  size_t bytes = SessionStateBytes(1, c.mem_len, c.attn_width());
+  size_t bytes = SessionStateBytes(1, c.mem_len, c.attn_width(), memory_dtype_);
   if (lc_.dense.compressive()) {
-    bytes += SessionStateBytes(1, lc_.dense.cmem_len, c.attn_width()) +
+    bytes += SessionStateBytes(1, lc_.dense.cmem_len, c.attn_width(), memory_dtype_) +
              static_cast<size_t>((c.mem_len + lc_.dense.compression_rate) * c.d_model) * kF;
     if (lc_.dense.compression == Compression::kMostUsed) {
       bytes += static_cast<size_t>(c.mem_len + lc_.dense.compression_rate) * kF;
@@ -158,10 +166,11 @@ absl::StatusOr<std::unique_ptr<LayerState>> DenseAttentionLayer::NewState(Backen
   const bool fill = c.memory_init == MemoryInit::kZeros;
   auto state = std::make_unique<DenseLayerState>();
   const std::vector<int64_t> shape = {c.mem_len, c.attn_width()};
-  ASSIGN_OR_RETURN(Tensor keys, fill ? be.AllocateUninitialized(DType::kF32, shape)
-                                     : be.Allocate(DType::kF32, shape));
-  ASSIGN_OR_RETURN(Tensor values, fill ? be.AllocateUninitialized(DType::kF32, shape)
-                                       : be.Allocate(DType::kF32, shape));
+  const DType ring = memory_dtype_;
+  ASSIGN_OR_RETURN(Tensor keys,
+                   fill ? be.AllocateUninitialized(ring, shape) : be.Allocate(ring, shape));
+  ASSIGN_OR_RETURN(Tensor values,
+                   fill ? be.AllocateUninitialized(ring, shape) : be.Allocate(ring, shape));
   state->memory = XlMemory(std::move(keys), std::move(values));
   if (fill) {
     RETURN_IF_ERROR(be.FillRows(zero_keys_, state->memory.keys()));
@@ -175,8 +184,8 @@ absl::StatusOr<std::unique_ptr<LayerState>> DenseAttentionLayer::NewState(Backen
     if (fill) RETURN_IF_ERROR(be.FillRows(zero_hidden_, cm.hidden));
     ASSIGN_OR_RETURN(cm.pending, be.Allocate(DType::kF32, {rate, c.d_model}));
     const std::vector<int64_t> cshape = {lc_.dense.cmem_len, c.attn_width()};
-    ASSIGN_OR_RETURN(Tensor ckeys, be.Allocate(DType::kF32, cshape));
-    ASSIGN_OR_RETURN(Tensor cvalues, be.Allocate(DType::kF32, cshape));
+    ASSIGN_OR_RETURN(Tensor ckeys, be.Allocate(ring, cshape));
+    ASSIGN_OR_RETURN(Tensor cvalues, be.Allocate(ring, cshape));
     cm.compressed = XlMemory(std::move(ckeys), std::move(cvalues));
     if (lc_.dense.compression == Compression::kMostUsed) {
       ASSIGN_OR_RETURN(cm.usage, be.Allocate(DType::kF32, {c.mem_len}));

@@ -76,9 +76,10 @@ class DenseAttentionLayer final : public AttentionLayer {
   absl::StatusOr<const Tensor*> RelativeTable(Backend& backend, int64_t rows,
                                               Tensor& scratch) const;
 
-  Tensor rel_table_;    // [P, H·d_h]: row p = W_r·sinusoid(p)
-  Tensor zero_keys_;    // [1, H·d_h]: key of a zero hidden row
-  Tensor zero_values_;  // [1, H·d_h]
+  DType memory_dtype_ = DType::kF32;  // of the key/value rings (XL and compressed memory)
+  Tensor rel_table_;                  // [P, H·d_h]: row p = W_r·sinusoid(p)
+  Tensor zero_keys_;                  // [1, H·d_h]: key of a zero hidden row (memory_dtype_)
+  Tensor zero_values_;                // [1, H·d_h]
   Tensor zero_hidden_;  // [1, d_model]: the zero row's attention input (compressive layers)
 };
 

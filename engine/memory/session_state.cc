@@ -29,9 +29,9 @@ Device SessionState::device() const {
   return Device::kCpu;
 }
 
-size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width) {
+size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width, DType dtype) {
   return static_cast<size_t>(n_layer) * 2 * static_cast<size_t>(mem_len) *
-         static_cast<size_t>(attn_width) * sizeof(float);
+         static_cast<size_t>(attn_width) * DTypeSize(dtype);
 }
 
 }  // namespace mnemo::engine

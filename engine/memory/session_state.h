@@ -46,7 +46,8 @@ class SessionState {
   int64_t position_ = 0;
 };
 
-// Bytes of `n_layer` K/V rings of `mem_len` rows of width `attn_width` = H·d_h (float32).
-size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width);
+// Bytes of `n_layer` K/V rings of `mem_len` rows of width `attn_width` = H·d_h, stored as `dtype`.
+size_t SessionStateBytes(int64_t n_layer, int64_t mem_len, int64_t attn_width,
+                         DType dtype = DType::kF32);
 
 }  // namespace mnemo::engine

@@ -4,6 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "base/dtype.h"
+#include "engine/backend/weight_type.h"
+
 namespace mnemo::engine {
 
 XlMemory::XlMemory(Tensor keys, Tensor values)
@@ -64,10 +67,26 @@ absl::Status XlMemory::SetBookkeeping(int64_t start, int64_t size, absl::string_
 void XlMemory::AppendSpans(std::vector<kernels::KvSpan>& spans) const {
   if (size_ == 0) return;
   const int64_t first = std::min(size_, capacity_ - start_);
-  const float* k = keys_.data<float>();
-  const float* v = values_.data<float>();
-  spans.push_back({k + start_ * width_, v + start_ * width_, width_, first});
-  if (first < size_) spans.push_back({k, v, width_, size_ - first});
+  if (dtype() == DType::kF32) {
+    const float* k = keys_.data<float>();
+    const float* v = values_.data<float>();
+    spans.push_back({k + start_ * width_, v + start_ * width_, width_, first});
+    if (first < size_) spans.push_back({k, v, width_, size_ - first});
+    return;
+  }
+  const uint16_t* k = keys_.data<uint16_t>();
+  const uint16_t* v = values_.data<uint16_t>();
+  const kernels::WeightType type = WeightTypeOf(dtype());
+  spans.push_back(
+      {nullptr, nullptr, width_, first, k + start_ * width_, v + start_ * width_, type});
+  if (first < size_) spans.push_back({nullptr, nullptr, width_, size_ - first, k, v, type});
+}
+
+void XlMemory::WriteRow(int64_t slot, const float* key, const float* value) {
+  const size_t at = static_cast<size_t>(slot * width_) * DTypeSize(dtype());
+  ConvertFromFloat(key, dtype(), static_cast<char*>(keys_.raw()) + at, static_cast<size_t>(width_));
+  ConvertFromFloat(value, dtype(), static_cast<char*>(values_.raw()) + at,
+                   static_cast<size_t>(width_));
 }
 
 const float* XlMemory::KeyRow(int64_t j) const {

@@ -22,7 +22,8 @@ namespace mnemo::engine {
 class XlMemory {
  public:
   XlMemory() = default;
-  // An empty ring over `keys` and `values` ([capacity, width] float32 each, same device).
+  // An empty ring over `keys` and `values` ([capacity, width] each, same device, same dtype:
+  // float32, or bfloat16 / float16 for 16-bit session memory (ModelOptions::session_memory)).
   XlMemory(Tensor keys, Tensor values);
 
   int64_t capacity() const { return capacity_; }
@@ -30,11 +31,12 @@ class XlMemory {
   int64_t size() const { return size_; }
   int64_t start() const { return start_; }  // slot of the oldest stored position
   Device device() const { return keys_.device(); }
+  DType dtype() const { return keys_.dtype(); }
   const Tensor& keys() const { return keys_; }
   const Tensor& values() const { return values_; }
   Tensor& keys() { return keys_; }
   Tensor& values() { return values_; }
-  // Exact bytes held: 2 · capacity · width · 4 (keys and values, float32).
+  // Exact bytes held: 2 · capacity · width · element size (keys and values).
   size_t bytes() const;
 
   // The slot the r-th of `rows` rows appended next goes to, or −1 when that row is dropped
@@ -53,10 +55,14 @@ class XlMemory {
   absl::Status SetBookkeeping(int64_t start, int64_t size, absl::string_view what);
 
   // Host storage only (CPU backend, tests): the stored positions, oldest first, as at most two
-  // spans, and the key/value row of the j-th oldest stored position.
+  // spans (16-bit spans for a 16-bit ring), and the key/value row of the j-th oldest stored
+  // position (float32 rings only).
   void AppendSpans(std::vector<kernels::KvSpan>& spans) const;
   const float* KeyRow(int64_t j) const;
   const float* ValueRow(int64_t j) const;
+  // Host storage only: stores a float32 key and value row at `slot` in the ring's dtype (16-bit
+  // rings round to nearest even).
+  void WriteRow(int64_t slot, const float* key, const float* value);
 
  private:
   int64_t capacity_ = 0;

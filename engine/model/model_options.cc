@@ -17,4 +17,12 @@ absl::StatusOr<CpuWeights> ParseCpuWeights(std::string_view name) {
                                                  ", got \"", std::string(name), "\""));
 }
 
+absl::StatusOr<DType> ParseSessionMemory(std::string_view name) {
+  for (const DType d : {DType::kF32, DType::kBF16, DType::kF16}) {
+    if (name == DTypeName(d)) return d;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--session-memory must be float32, bfloat16 or float16, got \"", std::string(name), "\""));
+}
+
 }  // namespace mnemo::engine

@@ -45,6 +45,16 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
   // and the "zeros" memory's rows: float32 on the CPU backend whatever the model's device, so
   // every backend starts from the same constants bit for bit).
   AttentionLoadContext context;
+  if (options.session_memory != DType::kF32 && be.device() != Device::kCpu) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--session-memory ", DTypeName(options.session_memory),
+                     " runs on the CPU backend only; this model runs on ", std::string(be.name())));
+  }
+  if (options.session_memory == DType::kI32) {
+    return absl::InvalidArgumentError("session memory must be float32, bfloat16 or float16");
+  }
+  context.session_memory = options.session_memory;
+  model->session_memory_ = options.session_memory;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     ASSIGN_OR_RETURN(std::unique_ptr<AttentionLayer> layer,
                      MakeAttentionLayer(c, l, model->weights_.layers[l], context));

@@ -45,6 +45,8 @@ class TransfoXlModel {
   // The weights on the model's device (layers of one ALBERT group share their buffers).
   const TransfoXlWeights& weights() const { return weights_; }
   Backend& backend() const { return *backend_; }
+  // The dtype of the sessions' key/value rings (ModelOptions::session_memory).
+  DType session_memory() const { return session_memory_; }
 
   // A fresh session state on the model's device: memory of mem_len projected zero rows
   // ("zeros") or empty ("empty"). RESOURCE_EXHAUSTED when the device is out of memory.
@@ -96,6 +98,7 @@ class TransfoXlModel {
   ModelConfig config_;
   TransfoXlWeights weights_;
   bool record_decode_ = true;  // whether decode steps may be recorded (Backend::BeginStep)
+  DType session_memory_ = DType::kF32;
   std::unique_ptr<Backend> backend_;
   // Per layer, its attention kind bound to the weights on the model's device (registry.h).
   std::vector<std::unique_ptr<AttentionLayer>> attention_;

@@ -251,9 +251,7 @@ void WidenedGemm(const float* x, int64_t ldx, const uint16_t* w, WeightType type
   if (tile.size() < need) tile.resize(need);
   for (int64_t c0 = 0; c0 < out; c0 += kTileCols) {
     const int64_t n = std::min(kTileCols, out - c0);
-    for (int64_t c = 0; c < n; ++c) {
-      WidenRow(w + (c0 + c) * in, type, 1.0f, tile.data() + c * in, in);
-    }
+    WidenRows(w + c0 * in, in, type, n, in, tile.data(), in);
     float beta = 0.0f;
     if (bias != nullptr) {  // y starts as the bias and sgemm accumulates into it
       for (int64_t r = 0; r < rows; ++r) {
@@ -327,6 +325,29 @@ void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int
       return;
     case HalfIsa::kScalar:
       WidenScalar(src, type, scale, dst, n);
+      return;
+  }
+}
+
+void WidenRows(const uint16_t* src, int64_t lds, WeightType type, int64_t rows, int64_t cols,
+               float* dst, int64_t ldd) {
+  const bool bf16 = type == WeightType::kBF16;
+  switch (SupportedHalfIsas().front()) {  // chosen once for every row
+    case HalfIsa::kAvx512:
+      for (int64_t r = 0; r < rows; ++r) {
+        bf16 ? WidenAvx512<WeightType::kBF16>(src + r * lds, 1.0f, dst + r * ldd, cols)
+             : WidenAvx512<WeightType::kF16>(src + r * lds, 1.0f, dst + r * ldd, cols);
+      }
+      return;
+    case HalfIsa::kAvx2:
+      for (int64_t r = 0; r < rows; ++r) {
+        bf16 ? WidenAvx2<WeightType::kBF16>(src + r * lds, 1.0f, dst + r * ldd, cols)
+             : WidenAvx2<WeightType::kF16>(src + r * lds, 1.0f, dst + r * ldd, cols);
+      }
+      return;
+    case HalfIsa::kScalar:
+      for (int64_t r = 0; r < rows; ++r)
+        WidenScalar(src + r * lds, type, 1.0f, dst + r * ldd, cols);
       return;
   }
 }

@@ -43,4 +43,9 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
 // dst[n] = widened src[n] · scale (an embedding row).
 void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n);
 
+// dst[r, c] = widened src[r, c] for r < rows, c < cols; rows lds (source) and ldd (destination)
+// elements apart: tiles of 16-bit weights or key/value rings before a float32 BLAS call.
+void WidenRows(const uint16_t* src, int64_t lds, WeightType type, int64_t rows, int64_t cols,
+               float* dst, int64_t ldd);
+
 }  // namespace mnemo::kernels

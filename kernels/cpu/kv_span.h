@@ -6,15 +6,22 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/kinds.h"
+
 namespace mnemo::kernels {
 
-// A run of consecutive key positions (oldest first); k/v rows are `ld` floats apart and hold all
+// A run of consecutive key positions (oldest first); k/v rows are `ld` elements apart and hold all
 // heads of a position ([rows, H·d_h] with head h at columns h·d_h … h·d_h + d_h − 1).
+// A 16-bit ring (type kBF16 or kF16, relative attention only: relative_attention.h) has its rows
+// at k16/v16 and null k/v.
 struct KvSpan {
   const float* k;
   const float* v;
   int64_t ld;
   int64_t rows;
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
+  WeightType type = WeightType::kF32;
 };
 
 // Calls fn(span, first row inside the span, first key index, count) for every span's share of

@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/half_linear.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -31,6 +32,25 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
   const int64_t k = s.memory_len + s.query_len;
   const int64_t shift = k > s.mem_len_max ? s.mem_len_max - s.memory_len : s.query_len;
   return std::max<int64_t>(0, i - shift + 1);
+}
+
+// Rows [row, row + n) of head `head`'s keys (or values) in `span` as float32 rows `ld` apart: the
+// span's own rows, or for a 16-bit ring its rows widened into this thread's buffer (exact: the
+// kernel then computes on the stored values as it would on float32 rows holding them).
+struct HeadRows {
+  const float* data;
+  int64_t ld;
+};
+HeadRows HeadSlice(const KvSpan& span, bool values, int64_t row, int64_t n, int head,
+                   int head_dim) {
+  const int64_t at = row * span.ld + static_cast<int64_t>(head) * head_dim;
+  if (span.type == WeightType::kF32) return {(values ? span.v : span.k) + at, span.ld};
+  thread_local std::vector<float> widened;  // [n, head_dim]; grows once to the largest span
+  const auto need = static_cast<size_t>(n * head_dim);
+  if (widened.size() < need) widened.resize(need);
+  WidenRows((values ? span.v16 : span.k16) + at, span.ld, span.type, n, head_dim, widened.data(),
+            head_dim);
+  return {widened.data(), head_dim};
 }
 
 // Adds probabilities of keys [first, first + n) (row `p`) to the shape's key_mass (the task's
@@ -79,8 +99,8 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   // Content term span by span over the visible keys [first, last].
   ForEachKeyRange(keys, first, last + 1,
                   [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-                    Gemv(n, head_dim, span.k + row * span.ld + head * head_dim, span.ld, qu, 0.0f,
-                         scores + (j - first));
+                    const HeadRows k = HeadSlice(span, /*values=*/false, row, n, head, head_dim);
+                    Gemv(n, head_dim, k.data, k.ld, qu, 0.0f, scores + (j - first));
                   });
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
@@ -91,8 +111,8 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   AddKeyMass(s, scores, first, n);
   ForEachKeyRange(keys, first, last + 1,
                   [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-                    GemvT(n, head_dim, span.v + row * span.ld + head * head_dim, span.ld,
-                          scores + (j - first), 1.0f, o);
+                    const HeadRows v = HeadSlice(span, /*values=*/true, row, n, head, head_dim);
+                    GemvT(n, head_dim, v.data, v.ld, scores + (j - first), 1.0f, o);
                   });
 }
 
@@ -119,8 +139,8 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
   }
   // Content term against every key span overlapping [col0, col1).
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, head_dim, 1.0f, qu, head_dim, span.k + row * span.ld + head * head_dim, span.ld,
-           0.0f, scores + (j - col0), ncols);
+    const HeadRows k = HeadSlice(span, /*values=*/false, row, n, head, head_dim);
+    GemmNT(b, n, head_dim, 1.0f, qu, head_dim, k.data, k.ld, 0.0f, scores + (j - col0), ncols);
   });
   // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
   GemmNT(b, table_rows, head_dim, 1.0f, qv, head_dim, rk + head * head_dim, ldr, 0.0f, bd,
@@ -150,8 +170,8 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
   // out[b, head_dim] = P · V over the same spans, accumulating after the first product.
   float beta = 0.0f;
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols,
-           span.v + row * span.ld + head * head_dim, span.ld, beta,
+    const HeadRows v = HeadSlice(span, /*values=*/true, row, n, head, head_dim);
+    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, v.data, v.ld, beta,
            out + i0 * ldo + head * head_dim, ldo);
     beta = 1.0f;
   });

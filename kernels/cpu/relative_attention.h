@@ -35,7 +35,8 @@ struct RelativeAttentionShape {
 int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
 
 // q:   [T, H·d_h], row stride ldq.
-// keys: spans covering exactly M + T key positions, oldest first.
+// keys: spans covering exactly M + T key positions, oldest first; memory spans may be 16-bit rings
+//       (KvSpan::type), widened head by head as they are read.
 // rk:  [rows ≥ RelativeTableRowsNeeded, H·d_h], row p = W_r · sinusoid(p), row stride ldr.
 // r_w_bias, r_r_bias: [H, d_h] (u and v of the paper).
 // out: [T, H·d_h], row stride ldo.

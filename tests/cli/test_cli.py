@@ -479,3 +479,37 @@ def test_16bit_weights_score_like_float32_weights(model, tmp_path, dtype):
     bad = run("score", "--model", str(out), "--ids-file", str(ids_path), "--cpu-weights", "f16",
               check=False)
     assert bad.returncode != 0 and "--cpu-weights must be stored or float32" in bad.stderr
+
+
+def test_16bit_session_memory_scores_close_to_float32_memory(model, tmp_path):
+    """`--session-memory bfloat16|float16` keeps the key/value memory 16-bit: scores in prefill
+    segments and decode steps stay close to float32 memory's (and differ: the memory is read),
+    a state saved with one session memory loads only with the same, and a bad value is refused
+    naming the flag."""
+    with open(os.path.join(model, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    ids_path = tmp_path / "ids.txt"
+    ids_path.write_text(" ".join(str((17 * i + 3) % vocab) for i in range(50)))
+
+    def scores(segment_len, memory, *extra):
+        lines = run("score", "--model", model, "--ids-file", str(ids_path), "--segment-len",
+                    segment_len, "--json", "--session-memory", memory, *extra).stdout.splitlines()
+        return [json.loads(line)["logprob"] for line in lines[:-1]]
+
+    for segment_len in ("16", "1"):
+        oracle = scores(segment_len, "float32")
+        for memory in ("bfloat16", "float16"):
+            got = scores(segment_len, memory)
+            assert len(got) == len(oracle) == 49
+            assert got == pytest.approx(oracle, abs=1e-2) and got != oracle, memory
+    state = tmp_path / "state.snap"
+    scores("16", "bfloat16", "--save-state", str(state))
+    other = run("score", "--model", model, "--ids-file", str(ids_path), "--load-state",
+                str(state), check=False)
+    assert other.returncode == 1 and "FAILED_PRECONDITION" in other.stderr, other.stderr
+    assert "--session-memory bfloat16" in other.stderr, other.stderr
+    scores("16", "bfloat16", "--load-state", str(state))
+    bad = run("score", "--model", model, "--ids-file", str(ids_path), "--session-memory", "bf16",
+              check=False)
+    assert bad.returncode != 0
+    assert '--session-memory must be float32, bfloat16 or float16, got "bf16"' in bad.stderr

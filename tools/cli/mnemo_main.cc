@@ -58,6 +58,8 @@ common flags:
   --cpu-weights W      stored (default) or float32: on the CPU, a bf16 or f16 checkpoint's weight
                        matrices stay 16-bit (half the bytes per decode step) or are widened to
                        float32 at load (the oracle the 16-bit products match)
+  --session-memory T   float32 (default), bfloat16 or float16: on the CPU, the dtype of the
+                       Transformer-XL key/value memory of dense and compressive layers
   --load-state FILE    (generate, score) start from the session snapshot in FILE, written by
                        --save-state with the same model (and draft): its memory and its pending
                        tail, which the new input continues
@@ -138,6 +140,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const Flags& flags, bool need_t
   options.model.sparse_weights = sparse == "on";
   ASSIGN_OR_RETURN(options.model.cpu_weights,
                    api::ParseCpuWeights(flags.Get("cpu-weights", "stored")));
+  ASSIGN_OR_RETURN(options.model.session_memory,
+                   api::ParseSessionMemory(flags.Get("session-memory", "float32")));
   options.require_tokenizer = need_tokenizer;
   if (draft) {
     if (flags.Has("draft")) {
@@ -466,9 +470,9 @@ int Main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  const std::map<std::string, bool> common = {{"model", true},       {"segment-len", true},
-                                              {"device", true},      {"sparse-weights", true},
-                                              {"cpu-weights", true}, {"help", false}};
+  const std::map<std::string, bool> common = {
+      {"model", true},       {"segment-len", true},    {"device", true}, {"sparse-weights", true},
+      {"cpu-weights", true}, {"session-memory", true}, {"help", false}};
   std::map<std::string, bool> known = common;
   if (command == "generate" || command == "score") {
     known["load-state"] = true;

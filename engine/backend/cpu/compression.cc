@@ -104,10 +104,7 @@ absl::Status CpuBackend::CompressOne(const CompressArgs& a) {
   for (int64_t r = 0; r < n; ++r) {
     const int64_t slot = cm.SlotOfNewRow(r, n);
     if (slot < 0) continue;
-    std::memcpy(cm.keys().data<float>() + slot * width, kv.data<float>() + r * 2 * width,
-                width * sizeof(float));
-    std::memcpy(cm.values().data<float>() + slot * width, kv.data<float>() + r * 2 * width + width,
-                width * sizeof(float));
+    cm.WriteRow(slot, kv.data<float>() + r * 2 * width, kv.data<float>() + r * 2 * width + width);
   }
   cm.Advance(n);
   return absl::OkStatus();

@@ -1,6 +1,5 @@
 // The CPU backend's memory append: every sequence's new keys/values (the k and v blocks of its
-// qkv rows) into its XL memory ring.
-#include <cstring>
+// qkv rows) into its XL memory ring, in the ring's dtype.
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.h"
@@ -15,10 +14,7 @@ absl::Status CpuBackend::AppendToMemory(const std::vector<MemoryAppendArgs>& bat
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t slot = m.SlotOfNewRow(r, rows);
       if (slot < 0) continue;
-      std::memcpy(m.keys().data<float>() + slot * width, qkv + r * 3 * width + width,
-                  width * sizeof(float));
-      std::memcpy(m.values().data<float>() + slot * width, qkv + r * 3 * width + 2 * width,
-                  width * sizeof(float));
+      m.WriteRow(slot, qkv + r * 3 * width + width, qkv + r * 3 * width + 2 * width);
     }
   }
   return absl::OkStatus();

@@ -122,22 +122,9 @@ Loaded LoadCase(const Case& c, const std::string& device, uint32_t seed = 7) {
   return out;
 }
 
-// Feeds `tokens` in pieces of the given lengths (1: token_by_token decode steps), returning all
-// logits.
 std::vector<float> Feed(const Model& model, SessionState& state, const std::vector<int32_t>& tokens,
                         const std::vector<int64_t>& lengths) {
-  std::vector<float> out;
-  size_t pos = 0;
-  for (int64_t len : lengths) {
-    Tensor logits;
-    const absl::Status status =
-        model.Forward({SequenceInput{tokens.data() + pos, len, &state}}, LogitsMode::kAll, &logits);
-    EXPECT_TRUE(status.ok()) << status;
-    if (!status.ok()) return out;
-    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
-    pos += static_cast<size_t>(len);
-  }
-  return out;
+  return test::FeedInPieces(model, state, tokens, lengths);
 }
 
 SnapshotSession SampleSession() {

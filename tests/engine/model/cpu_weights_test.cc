@@ -31,18 +31,7 @@ std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights)
 std::vector<float> Logits(TransfoXlModel& model, const std::vector<int32_t>& doc,
                           const std::vector<int64_t>& lengths) {
   SessionState state = *model.NewState();
-  std::vector<float> out;
-  size_t pos = 0;
-  for (int64_t len : lengths) {
-    Tensor logits;
-    const absl::Status status =
-        model.Forward({SequenceInput{doc.data() + pos, len, &state}}, LogitsMode::kAll, &logits);
-    EXPECT_TRUE(status.ok()) << status;
-    if (!status.ok()) return {};
-    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
-    pos += static_cast<size_t>(len);
-  }
-  return out;
+  return test::FeedInPieces(model, state, doc, lengths);
 }
 
 struct Case {

@@ -22,27 +22,9 @@ namespace {
 constexpr double kTol = 1e-5;
 
 using test::ConfigWith;
+using test::FeedInPieces;
 using test::LoadModel;
 using test::RandomTokens;
-
-// Feeds `tokens` in consecutive pieces of the given lengths, returning every position's logits.
-std::vector<float> FeedInPieces(TransfoXlModel& model, SessionState& state,
-                                const std::vector<int32_t>& tokens,
-                                const std::vector<int64_t>& lengths) {
-  std::vector<float> out;
-  size_t pos = 0;
-  for (int64_t len : lengths) {
-    Tensor logits;
-    const absl::Status status =
-        model.Forward({SequenceInput{tokens.data() + pos, len, &state}}, LogitsMode::kAll, &logits);
-    EXPECT_TRUE(status.ok()) << status;
-    if (!status.ok()) return {};
-    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
-    pos += static_cast<size_t>(len);
-  }
-  EXPECT_EQ(pos, tokens.size());
-  return out;
-}
 
 std::vector<int64_t> RandomPieces(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "base/dtype.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -52,13 +53,14 @@ struct Inputs {
   std::vector<float> rk;                          // [table rows, ldr]
   std::vector<float> r_w_bias, r_r_bias;          // [H, d_h]
 
+  // From the float32 storage (which holds a 16-bit span's values widened).
   const float* Key(int64_t j) const {
-    const KvSpan& s = spans[static_cast<size_t>(span_of_key[j])];
-    return s.k + row_in_span[j] * s.ld;
+    const auto s = static_cast<size_t>(span_of_key[j]);
+    return k_storage[s].data() + row_in_span[j] * spans[s].ld;
   }
   const float* Value(int64_t j) const {
-    const KvSpan& s = spans[static_cast<size_t>(span_of_key[j])];
-    return s.v + row_in_span[j] * s.ld;
+    const auto s = static_cast<size_t>(span_of_key[j]);
+    return v_storage[s].data() + row_in_span[j] * spans[s].ld;
   }
 };
 
@@ -263,6 +265,41 @@ TEST(RelativeAttentionTest, ResultDoesNotDependOnThreadCount) {
     ASSERT_TRUE(Compare(in, a, NaiveAttention(in), 1e-5));
     for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-6f * (std::fabs(a[i]) + 1));
   }
+}
+
+// 16-bit rings (KvSpan::type, --session-memory): every span but the last (the segment's own rows,
+// float32 in the engine) stored as bf16 or f16. The kernel computes on the stored values exactly
+// as on float32 rows holding them: checked against the naive reference on the widened values,
+// over decode and multi-row cases of the sweep, partial and wrapped rings included.
+TEST(RelativeAttentionTest, SixteenBitMemorySpansComputeOnTheirStoredValues) {
+  ThreadPool pool(3);
+  int checked = 0;
+  for (const WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (const Case& c : SweepCases()) {
+      if (c.seed % 5 != 0 || c.num_spans < 2) continue;  // a fifth of the multi-span cases
+      SCOPED_TRACE(c.Name() + (type == WeightType::kBF16 ? " bf16" : " f16"));
+      Inputs in = MakeInputs(c);
+      std::vector<std::vector<uint16_t>> k16(in.spans.size()), v16(in.spans.size());
+      for (size_t s = 0; s + 1 < in.spans.size(); ++s) {
+        for (auto [wide, narrow] :
+             {std::pair{&in.k_storage[s], &k16[s]}, std::pair{&in.v_storage[s], &v16[s]}}) {
+          narrow->resize(wide->size());
+          for (size_t i = 0; i < wide->size(); ++i) {
+            const float x = (*wide)[i];
+            (*narrow)[i] = type == WeightType::kBF16 ? FloatToBFloat16(x) : FloatToHalf(x);
+            (*wide)[i] = type == WeightType::kBF16 ? BFloat16ToFloat((*narrow)[i])
+                                                   : HalfToFloat((*narrow)[i]);
+          }
+        }
+        const KvSpan f32 = in.spans[s];
+        in.spans[s] =
+            KvSpan{nullptr, nullptr, f32.ld, f32.rows, k16[s].data(), v16[s].data(), type};
+      }
+      ASSERT_TRUE(Compare(in, RunKernel(in, pool), NaiveAttention(in), 1e-5));
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 150);
 }
 
 // With same_length, once K > mem_len_max every query sees exactly mem_len_max keys: the oldest
