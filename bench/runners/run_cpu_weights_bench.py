@@ -11,6 +11,8 @@ bfloat16 and float16 (cached under build/bench-models/). For each weight form:
                  widened to float32 at load, same bytes as f32);
   bf16, f16      the 16-bit checkpoints with `--cpu-weights stored` (the default): weights stay
                  16-bit, decode widens in registers, prefill widens tiles for sgemm;
+  <w>+<m>mem     the same weights with `--session-memory bfloat16|float16`: the K/V memory
+                 16-bit too (half the memory bytes a step reads);
 measure with mnemo_bench:
   decode    memory 512, 64 steps per run, median tokens/s; the bytes a step reads (mnemo_bench's
             bytes_per_token: weights at their stored width + K/V memory + distance-table rows)
@@ -26,7 +28,7 @@ measure with mnemo_bench:
 physical_limits runs before and after the figures; the best of the two passes counts (a pass
 slowed by other load would flatter mnemo). Ratios are against f32 in the same run (targets,
 never assertions: decode >= 0.85 of the bandwidth limit with 16-bit weights, prefill >= 0.70 of
-the sgemm peak). There is no llama.cpp on these machines (not in Debian bookworm): its figures
+the sgemm peak, f32 weights with 16-bit memory >= 0.90). There is no llama.cpp on these machines (not in Debian bookworm): its figures
 on the same shapes are in ../shared/PLATFORM-NOTES.md and bench/RESULTS.md.
 
 JSON lines (bench/results/cpu_weights-<UTC time>-<commit>.jsonl): run_info, the machine lines,
@@ -49,11 +51,15 @@ from bench.benchlib.process import python_env, require_built, run_clean
 from bench.benchlib.results import ResultWriter, result_path
 from bench.runners.run_cpu_bench import flops_per_prefill_token, limits_from
 
-# (label, checkpoint dtype, --cpu-weights)
-FORMS = (("f32", "float32", "stored"), ("bf16-widened", "bfloat16", "float32"),
-         ("bf16", "bfloat16", "stored"), ("f16", "float16", "stored"))
+# (label, checkpoint dtype, --cpu-weights, --session-memory)
+FORMS = (("f32", "float32", "stored", "float32"),
+         ("bf16-widened", "bfloat16", "float32", "float32"),
+         ("bf16", "bfloat16", "stored", "float32"), ("f16", "float16", "stored", "float32"),
+         ("f32+bf16mem", "float32", "stored", "bfloat16"),
+         ("bf16+bf16mem", "bfloat16", "stored", "bfloat16"),
+         ("f16+f16mem", "float16", "stored", "float16"))
 PREFILL_SEGMENT = 512
-TARGETS = {"decode": 0.85, "prefill": 0.70}
+TARGETS = {"decode": 0.85, "decode-f32-weights": 0.90, "prefill": 0.70}
 
 log = Log("run_cpu_weights_bench")
 
@@ -83,11 +89,18 @@ def main(argv=None):
                     help="batched-decode sizes (comma-separated; empty: none)")
     ap.add_argument("--retries", type=int, default=1,
                     help="re-runs of a figure while other processes took over 10%% of the CPUs")
+    ap.add_argument("--forms", default=",".join(f[0] for f in FORMS),
+                    help="weight/memory forms to run (comma-separated labels; f32 always runs)")
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--quiet-budget", type=float, default=120.0)
     args = ap.parse_args(argv)
 
     batches = [int(b) for b in args.batches.split(",") if b]
+    wanted = set(args.forms.split(",")) | {"f32"}
+    unknown = wanted - {f[0] for f in FORMS}
+    if unknown:
+        ap.error(f"unknown forms {sorted(unknown)}")
+    forms = [f for f in FORMS if f[0] in wanted]
     quiet = QuietWait(args.quiet_budget)
     env = python_env(bench_env(args.openblas_coretype))
     python = args.python if os.path.exists(args.python) else sys.executable
@@ -106,11 +119,12 @@ def main(argv=None):
     log("physical limits (1/2)")
     machine = out.extend(clean([physical]))
     results = {}
-    for label, dtype, cpu_weights in FORMS:
+    for label, dtype, cpu_weights, memory in forms:
+        form = ["--cpu-weights", cpu_weights, "--session-memory", memory]
         for fig in ("decode", "prefill"):
             log(f"mnemo {fig} {label}")
-            cmd = [mnemo_bench, "--model", dirs[dtype], "--cpu-weights", cpu_weights,
-                   "--figure", fig, "--runs", str(args.runs)]
+            cmd = [mnemo_bench, "--model", dirs[dtype], *form, "--figure", fig, "--runs",
+                   str(args.runs)]
             cmd += (["--segment", str(PREFILL_SEGMENT), "--logits", "last"] if fig == "prefill"
                     else ["--decode-steps", "64"])
             lines = clean(cmd)
@@ -120,9 +134,8 @@ def main(argv=None):
             results[(label, fig)] = next(l for l in lines if l.get("figure") == fig)
         for b in batches:
             log(f"mnemo batched-decode B={b} {label}")
-            lines = clean([mnemo_bench, "--model", dirs[dtype], "--cpu-weights", cpu_weights,
-                           "--figure", "batched-decode", "--batch", str(b), "--runs",
-                           str(args.runs)])
+            lines = clean([mnemo_bench, "--model", dirs[dtype], *form, "--figure",
+                           "batched-decode", "--batch", str(b), "--runs", str(args.runs)])
             for line in lines:
                 line["weights"] = label
             out.extend(lines)
@@ -136,12 +149,12 @@ def main(argv=None):
     flops = flops_per_prefill_token(cfg, PREFILL_SEGMENT, PREFILL_MEM)["total"]
     base = {fig: results[("f32", fig)]["tokens_per_s"]["median"] for fig in ("decode", "prefill")}
     rows = []
-    for label, dtype, cpu_weights in FORMS:
+    for label, dtype, cpu_weights, memory in forms:
         for fig in ("decode", "prefill"):
             m = results[(label, fig)]
             med = m["tokens_per_s"]["median"]
             d = {"impl": "derived", "figure": fig, "weights": label, "checkpoint_dtype": dtype,
-                 "cpu_weights": cpu_weights, "tokens_per_s": med,
+                 "cpu_weights": cpu_weights, "session_memory": memory, "tokens_per_s": med,
                  "over_f32": med / base[fig], "rss_after_load_mib": m.get("rss_after_load_mib")}
             if fig == "decode":
                 per_token = m["bytes_per_token"]
@@ -150,7 +163,10 @@ def main(argv=None):
                           "bandwidth_gbps": limits["bandwidth_gbps"],
                           "limit_tokens_per_s": limits["bandwidth_gbps"] * 1e9 / per_token,
                           "fraction_of_limit": med * per_token / (limits["bandwidth_gbps"] * 1e9),
-                          "target": TARGETS["decode"] if dtype != "float32" else None})
+                          "memory_bytes_per_token": m["memory_bytes_per_token"],
+                          "target": (TARGETS["decode"] if dtype != "float32" else
+                                     TARGETS["decode-f32-weights"] if memory != "float32"
+                                     else None)})
             else:
                 d.update({"flops_per_token": flops,
                           "sgemm_peak_gflops": limits["sgemm_peak_gflops"],
@@ -163,7 +179,8 @@ def main(argv=None):
             med = m["tokens_per_s"]["median"]
             single = results[(label, "decode")]["tokens_per_s"]["median"]
             d = {"impl": "derived", "figure": f"batched-decode-{b}", "weights": label,
-                 "checkpoint_dtype": dtype, "cpu_weights": cpu_weights, "batch": b,
+                 "checkpoint_dtype": dtype, "cpu_weights": cpu_weights,
+                 "session_memory": memory, "batch": b,
                  "tokens_per_s": med, "over_f32": med / results[("f32", f"batched{b}")][
                      "tokens_per_s"]["median"],
                  "over_single_session": med / single, "target_over_single": 4.0 if b == 32 else None,
@@ -174,14 +191,14 @@ def main(argv=None):
 
     print(f"\nlimits: read bandwidth {limits['bandwidth_gbps']:.1f} GB/s, "
           f"sgemm peak {limits['sgemm_peak_gflops']:.1f} GFLOP/s")
-    print(f"{'weights':<14}{'figure':<19}{'tok/s':>9}{'x f32':>8}{'MB/token':>10}"
+    print(f"{'weights':<15}{'figure':<19}{'tok/s':>9}{'x f32':>8}{'MB/token':>10}"
           f"{'of limit':>10}{'x single':>10}{'RSS MiB':>9}")
     for d in rows:
         mb = f"{d['bytes_per_token'] / 1e6:.1f}" if "bytes_per_token" in d else "-"
         frac = d["fraction_of_limit"]
         single = d.get("over_single_session")
         rss = d["rss_after_load_mib"]
-        print(f"{d['weights']:<14}{d['figure']:<19}{d['tokens_per_s']:>9.1f}{d['over_f32']:>8.2f}"
+        print(f"{d['weights']:<15}{d['figure']:<19}{d['tokens_per_s']:>9.1f}{d['over_f32']:>8.2f}"
               f"{mb:>10}{(f'{frac:.2f}' if frac is not None else '-'):>10}"
               f"{(f'{single:.2f}' if single is not None else '-'):>10}"
               f"{(f'{rss:.0f}' if rss is not None else '-'):>9}")
