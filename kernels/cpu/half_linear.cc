@@ -47,10 +47,10 @@ float Widen(uint16_t h, WeightType type) {
 
 // ---- plain C++ ----
 
-void GemvScalar(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
-                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+void GemvScalar(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, WeightType type,
+                const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
   for (int64_t o = 0; o < out; ++o) {
-    const uint16_t* wr = w + o * in;
+    const uint16_t* wr = w + o * ldw;
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * ldx;
       float sum = 0.0f;
@@ -62,6 +62,13 @@ void GemvScalar(const float* x, int64_t ldx, const uint16_t* w, WeightType type,
 
 void WidenScalar(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = Widen(src[i], type) * scale;
+}
+
+void RowSumScalar(const float* p, const uint16_t* w, int64_t ldw, WeightType type, int64_t n,
+                  int64_t cols, float* y) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < cols; ++c) y[c] += p[r] * Widen(w[r * ldw + c], type);
+  }
 }
 
 // ---- AVX2 + FMA + F16C: 8 lanes ----
@@ -86,12 +93,12 @@ __attribute__((target("avx2,fma,f16c"))) inline float Sum8(__m256 v) {
 // R rows of x against every weight row: each weight vector is widened once for all R rows.
 template <WeightType T, int R>
 __attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int64_t ldx,
-                                                       const uint16_t* w, const float* bias,
-                                                       float* y, int64_t ldy, int64_t in,
-                                                       int64_t out) {
+                                                       const uint16_t* w, int64_t ldw,
+                                                       const float* bias, float* y, int64_t ldy,
+                                                       int64_t in, int64_t out) {
   const int64_t pairs = in / 16 * 16, singles = in / 8 * 8;
   for (int64_t o = 0; o < out; ++o) {
-    const uint16_t* wr = w + o * in;
+    const uint16_t* wr = w + o * ldw;
     __m256 a0[R], a1[R];
     for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     int64_t i = 0;
@@ -114,6 +121,33 @@ __attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int64_t l
       y[r * ldy + o] = sum + (bias != nullptr ? bias[o] : 0.0f);
     }
   }
+}
+
+// y[c] += Σ_r p[r]·w[r, c]: 32 columns at a time in four accumulators, each 16-bit row read once.
+template <WeightType T>
+__attribute__((target("avx2,fma,f16c"))) void RowSumAvx2(const float* p, const uint16_t* w,
+                                                         int64_t ldw, int64_t n, int64_t cols,
+                                                         float* y) {
+  int64_t c0 = 0;
+  for (; c0 + 32 <= cols; c0 += 32) {
+    __m256 a[4];
+    for (int k = 0; k < 4; ++k) a[k] = _mm256_loadu_ps(y + c0 + 8 * k);
+    for (int64_t r = 0; r < n; ++r) {
+      const __m256 pr = _mm256_set1_ps(p[r]);
+      for (int k = 0; k < 4; ++k) {
+        a[k] = _mm256_fmadd_ps(pr, Widen8<T>(w + r * ldw + c0 + 8 * k), a[k]);
+      }
+    }
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + c0 + 8 * k, a[k]);
+  }
+  for (; c0 + 8 <= cols; c0 += 8) {
+    __m256 a = _mm256_loadu_ps(y + c0);
+    for (int64_t r = 0; r < n; ++r) {
+      a = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), Widen8<T>(w + r * ldw + c0), a);
+    }
+    _mm256_storeu_ps(y + c0, a);
+  }
+  if (c0 < cols) RowSumScalar(p, w + c0, ldw, T, n, cols - c0, y + c0);
 }
 
 template <WeightType T>
@@ -156,12 +190,12 @@ MNEMO_AVX512 inline __m512 LoadMasked16(const uint16_t* p, __mmask16 m) {
 }
 
 template <WeightType T, int R>
-MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, const float* bias,
-                             float* y, int64_t ldy, int64_t in, int64_t out) {
+MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                             const float* bias, float* y, int64_t ldy, int64_t in, int64_t out) {
   const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
   const auto tail = static_cast<__mmask16>((1u << (in - singles)) - 1u);
   for (int64_t o = 0; o < out; ++o) {
-    const uint16_t* wr = w + o * in;
+    const uint16_t* wr = w + o * ldw;
     __m512 a0[R], a1[R];
     for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     int64_t i = 0;
@@ -191,6 +225,31 @@ MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, con
   }
 }
 
+// y[c] += Σ_r p[r]·w[r, c]: 64 columns at a time in four accumulators (masked at the end), each
+// 16-bit row read once.
+template <WeightType T>
+MNEMO_AVX512 void RowSumAvx512(const float* p, const uint16_t* w, int64_t ldw, int64_t n,
+                               int64_t cols, float* y) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+    __mmask16 m[4];
+    __m512 a[4];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t left = std::clamp<int64_t>(cols - c0 - 16 * k, 0, 16);
+      m[k] = static_cast<__mmask16>((1u << left) - 1u);
+      a[k] = _mm512_maskz_loadu_ps(m[k], y + c0 + 16 * k);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r]);
+      for (int k = 0; k < 4; ++k) {
+        if (m[k] != 0) {
+          a[k] = _mm512_fmadd_ps(pr, LoadMasked16<T>(w + r * ldw + c0 + 16 * k, m[k]), a[k]);
+        }
+      }
+    }
+    for (int k = 0; k < 4; ++k) _mm512_mask_storeu_ps(y + c0 + 16 * k, m[k], a[k]);
+  }
+}
+
 template <WeightType T>
 MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int64_t n) {
   const __m512 s = _mm512_set1_ps(scale);
@@ -209,8 +268,8 @@ MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int6
 
 // ---- dispatch ----
 
-using GemvFn = void (*)(const float*, int64_t, const uint16_t*, const float*, float*, int64_t,
-                        int64_t, int64_t);
+using GemvFn = void (*)(const float*, int64_t, const uint16_t*, int64_t, const float*, float*,
+                        int64_t, int64_t, int64_t);
 
 template <WeightType T, int R>
 GemvFn GemvFor(HalfIsa isa) {
@@ -300,7 +359,7 @@ const std::vector<HalfIsa>& SupportedHalfIsas() {
 void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, WeightType type,
                   const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
   if (isa == HalfIsa::kScalar) {
-    GemvScalar(x, ldx, w, type, bias, y, ldy, rows, in, out);
+    GemvScalar(x, ldx, w, in, type, bias, y, ldy, rows, in, out);
     return;
   }
   const int64_t row_group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
@@ -308,7 +367,37 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
     const int group = static_cast<int>(std::min<int64_t>(row_group, rows - r0));
     const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, group)
                                                 : GemvForRows<WeightType::kF16>(isa, group);
-    fn(x + r0 * ldx, ldx, w, bias, y + r0 * ldy, ldy, in, out);
+    fn(x + r0 * ldx, ldx, w, in, bias, y + r0 * ldy, ldy, in, out);
+  }
+}
+
+void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, WeightType type,
+                 int64_t n, int64_t cols, float* y) {
+  if (n <= 0) return;
+  if (isa == HalfIsa::kScalar) {
+    GemvScalar(x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
+    return;
+  }
+  const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, 1)
+                                              : GemvForRows<WeightType::kF16>(isa, 1);
+  fn(x, 0, w, ldw, nullptr, y, 1, cols, n);
+}
+
+void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, WeightType type,
+                int64_t n, int64_t cols, float* y) {
+  const bool bf16 = type == WeightType::kBF16;
+  switch (isa) {
+    case HalfIsa::kAvx512:
+      bf16 ? RowSumAvx512<WeightType::kBF16>(p, w, ldw, n, cols, y)
+           : RowSumAvx512<WeightType::kF16>(p, w, ldw, n, cols, y);
+      return;
+    case HalfIsa::kAvx2:
+      bf16 ? RowSumAvx2<WeightType::kBF16>(p, w, ldw, n, cols, y)
+           : RowSumAvx2<WeightType::kF16>(p, w, ldw, n, cols, y);
+      return;
+    case HalfIsa::kScalar:
+      RowSumScalar(p, w, ldw, type, n, cols, y);
+      return;
   }
 }
 

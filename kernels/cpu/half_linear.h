@@ -40,6 +40,16 @@ void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type,
 void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, WeightType type,
                   const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out);
 
+// Attention over 16-bit key/value rows (relative_attention.cc, 16-bit session memory), single-
+// threaded, with a chosen instruction set, rows `ldw` elements apart:
+//   HalfDotRows: y[j] = Σ_c x[c] · w[j, c] for j < n (a query against n keys);
+//   HalfRowSum:  y[c] += Σ_j p[j] · w[j, c] for c < cols (probabilities times n values).
+// Each row is widened in registers and read once; no widened copy is written.
+void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, WeightType type,
+                 int64_t n, int64_t cols, float* y);
+void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, WeightType type,
+                int64_t n, int64_t cols, float* y);
+
 // dst[n] = widened src[n] · scale (an embedding row).
 void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n);
 

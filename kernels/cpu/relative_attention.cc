@@ -36,7 +36,9 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
 
 // Rows [row, row + n) of head `head`'s keys (or values) in `span` as float32 rows `ld` apart: the
 // span's own rows, or for a 16-bit ring its rows widened into this thread's buffer (exact: the
-// kernel then computes on the stored values as it would on float32 rows holding them).
+// kernel then computes on the stored values as it would on float32 rows holding them). Blocks of
+// queries use it (their BLAS products reuse each widened row for 64 queries); a single query
+// reads 16-bit rows directly (HalfDotRows, HalfRowSum).
 struct HeadRows {
   const float* data;
   int64_t ld;
@@ -97,11 +99,16 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   // Positional term once per distance (distances > clamp share the last row).
   Gemv(table_rows, head_dim, rk + head * head_dim, ldr, qv, 0.0f, bd);
   // Content term span by span over the visible keys [first, last].
-  ForEachKeyRange(keys, first, last + 1,
-                  [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-                    const HeadRows k = HeadSlice(span, /*values=*/false, row, n, head, head_dim);
-                    Gemv(n, head_dim, k.data, k.ld, qu, 0.0f, scores + (j - first));
-                  });
+  ForEachKeyRange(
+      keys, first, last + 1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
+        if (span.type != WeightType::kF32) {  // widened in registers, read once
+          HalfDotRows(SupportedHalfIsas().front(), qu, span.k16 + row * span.ld + head * head_dim,
+                      span.ld, span.type, n, head_dim, scores + (j - first));
+          return;
+        }
+        Gemv(n, head_dim, span.k + row * span.ld + head * head_dim, span.ld, qu, 0.0f,
+             scores + (j - first));
+      });
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t j = first; j <= last; ++j) {
     scores[j - first] = (scores[j - first] + bd[std::min(last - j, clamp)]) * scale;
@@ -111,8 +118,14 @@ void AttendOneQuery(const RelativeAttentionShape& s, const float* q,
   AddKeyMass(s, scores, first, n);
   ForEachKeyRange(keys, first, last + 1,
                   [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-                    const HeadRows v = HeadSlice(span, /*values=*/true, row, n, head, head_dim);
-                    GemvT(n, head_dim, v.data, v.ld, scores + (j - first), 1.0f, o);
+                    if (span.type != WeightType::kF32) {
+                      HalfRowSum(SupportedHalfIsas().front(), scores + (j - first),
+                                 span.v16 + row * span.ld + head * head_dim, span.ld, span.type, n,
+                                 head_dim, o);
+                      return;
+                    }
+                    GemvT(n, head_dim, span.v + row * span.ld + head * head_dim, span.ld,
+                          scores + (j - first), 1.0f, o);
                   });
 }
 

@@ -1,14 +1,16 @@
 // kernels/cpu/half_linear: every 16-bit value widens exactly on every instruction set this CPU
-// has; the decode kernel of each instruction set and HalfLinear (decode rows and widened tiles +
-// sgemm, inline and on a multi-threaded pool) against a double-precision product of the widened
-// weights, over lengths around the vector widths and unrolls, rows around the row group, padded
-// x / y rows (x padding poisoned with NaN so a read shows up, y padding checked untouched).
+// has; the decode kernel and the attention kernels of each instruction set and HalfLinear (decode
+// rows and widened tiles + sgemm, inline and on a multi-threaded pool) against a double-precision
+// product of the widened weights, over lengths around the vector widths and unrolls, rows around
+// the row group, padded x / y rows (x padding poisoned with NaN so a read shows up, y padding
+// checked untouched).
 #include "kernels/cpu/half_linear.h"
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -136,6 +138,65 @@ TEST(HalfLinearTest, DecodeKernelOfEveryIsaMatchesDouble) {
                           absl::StrCat(Name(type), " ", HalfIsaName(isa), " rows ", rows, " in ",
                                        in, with_bias ? " bias" : ""));
           }
+        }
+      }
+    }
+  }
+}
+
+// The attention kernels over 16-bit rows `ldw` apart (16-bit session memory), on each
+// instruction set: a query against n key rows (HalfDotRows) and probabilities times n value rows
+// added to y (HalfRowSum), against double, over column counts around the vector widths and the
+// 64-column blocks; the elements between rows are poisoned (a read would show), y's padding and
+// the keys' unused outputs are checked untouched.
+TEST(HalfLinearTest, AttentionKernelsOfEveryIsaMatchDouble) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    const uint16_t poison = Narrow(std::numeric_limits<float>::quiet_NaN(), type);
+    for (HalfIsa isa : SupportedHalfIsas()) {
+      for (int64_t cols : {1, 7, 8, 9, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 128, 130}) {
+        for (int64_t n : {1, 3, 40}) {
+          const std::string what =
+              absl::StrCat(Name(type), " ", HalfIsaName(isa), " cols ", cols, " rows ", n);
+          const int64_t ldw = cols + 5;
+          std::vector<uint16_t> w(static_cast<size_t>(n * ldw), poison);
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t c = 0; c < cols; ++c) w[j * ldw + c] = Narrow(dist(rng), type);
+          }
+          std::vector<float> x(static_cast<size_t>(cols)), p(static_cast<size_t>(n));
+          for (float& v : x) v = dist(rng);
+          for (float& v : p) v = dist(rng);
+
+          std::vector<float> dots(static_cast<size_t>(n + 2), kPoison);
+          HalfDotRows(isa, x.data(), w.data(), ldw, type, n, cols, dots.data());
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0, magnitude = 0;
+            for (int64_t c = 0; c < cols; ++c) {
+              const double term = static_cast<double>(x[c]) * Reference(w[j * ldw + c], type);
+              want += term;
+              magnitude += std::fabs(term);
+            }
+            EXPECT_LE(std::fabs(dots[j] - want), (cols + 1) * 0x1p-24 * magnitude)
+                << what << " key " << j;
+          }
+          EXPECT_EQ(dots[n], kPoison) << what;
+
+          std::vector<float> y(static_cast<size_t>(cols + 3), kPoison);
+          std::vector<double> start(static_cast<size_t>(cols));
+          for (int64_t c = 0; c < cols; ++c) y[c] = start[c] = dist(rng);
+          HalfRowSum(isa, p.data(), w.data(), ldw, type, n, cols, y.data());
+          for (int64_t c = 0; c < cols; ++c) {
+            double want = start[c], magnitude = std::fabs(start[c]);
+            for (int64_t j = 0; j < n; ++j) {
+              const double term = static_cast<double>(p[j]) * Reference(w[j * ldw + c], type);
+              want += term;
+              magnitude += std::fabs(term);
+            }
+            EXPECT_LE(std::fabs(y[c] - want), (n + 1) * 0x1p-24 * magnitude)
+                << what << " column " << c;
+          }
+          for (int64_t c = cols; c < cols + 3; ++c) EXPECT_EQ(y[c], kPoison) << what;
         }
       }
     }
