@@ -210,7 +210,8 @@ TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
   ThreadPool inline_pool(1), threaded(3);
   for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
     for (ThreadPool* pool : {&inline_pool, &threaded}) {
-      for (int64_t rows : {int64_t{1}, kHalfDecodeMaxRows, kHalfDecodeMaxRows + 1, int64_t{37}}) {
+      for (int64_t rows :
+           {int64_t{1}, int64_t{13}, kHalfDecodeMaxRows, kHalfDecodeMaxRows + 1, int64_t{37}}) {
         for (int64_t out : {1, 33, 300}) {
           for (bool with_bias : {false, true}) {
             const Problem p = MakeProblem(rows, 72, out, type, rng);
