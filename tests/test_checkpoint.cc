@@ -161,6 +161,16 @@ engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
   return parsed.ok() ? *parsed : base;
 }
 
+engine::ModelConfig MixedKindsConfig() {
+  return ConfigWith(
+      {R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
+           "compression_rate": 2, "cmem_len": 6})",
+       R"({"attention": "sparse", "window": 5})",
+       R"({"attention": "linear", "feature_map": "elu"})",
+       R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})"},
+      {}, 8);
+}
+
 engine::ModelConfig RandomConfig(uint32_t seed) {
   std::mt19937 rng(seed);
   auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };

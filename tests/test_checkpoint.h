@@ -58,6 +58,11 @@ engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
 // A random small config: every size in a few units, every flag and enum drawn from `seed`.
 engine::ModelConfig RandomConfig(uint32_t seed);
 
+// One layer of each kind with session state beside dense: compressive (conv1d, rate 2,
+// cmem_len 6), a sliding window of 5, linear (elu) and LSH (2 hashes, 4 buckets, history 30);
+// mem_len 8.
+engine::ModelConfig MixedKindsConfig();
+
 // config.json as (field, raw JSON value) pairs in docs/checkpoint-format.md order; eos_token_id
 // only when set. Tests edit the list to build invalid configs.
 std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& config);

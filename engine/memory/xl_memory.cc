@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "base/dtype.h"
-#include "engine/backend/weight_type.h"
+#include "engine/tensor/weight_type.h"
 
 namespace mnemo::engine {
 

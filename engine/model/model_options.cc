@@ -18,9 +18,8 @@ absl::StatusOr<CpuWeights> ParseCpuWeights(std::string_view name) {
 }
 
 absl::StatusOr<DType> ParseSessionMemory(std::string_view name) {
-  for (const DType d : {DType::kF32, DType::kBF16, DType::kF16}) {
-    if (name == DTypeName(d)) return d;
-  }
+  const absl::StatusOr<DType> dtype = ParseDTypeName(name);
+  if (dtype.ok() && *dtype != DType::kI32) return *dtype;
   return absl::InvalidArgumentError(absl::StrCat(
       "--session-memory must be float32, bfloat16 or float16, got \"", std::string(name), "\""));
 }

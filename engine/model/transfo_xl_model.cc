@@ -42,8 +42,9 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
       WeightsAs(model->weights_, WeightSet::kMatrices, widen_on_cpu ? DType::kF32 : c.dtype);
   if (options.sparse_weights) model->PlanSparseWeights();
   // Each layer's kind precomputes its constants from the host weights (the distance tables
-  // and the "zeros" memory's rows: float32 on the CPU backend whatever the model's device, so
-  // every backend starts from the same constants bit for bit).
+  // and the "zeros" memory's rows: computed in float32 on the CPU backend whatever the model's
+  // device, so every backend starts from the same constants bit for bit; the rows are then
+  // stored in the session memory's dtype).
   AttentionLoadContext context;
   if (options.session_memory != DType::kF32 && be.device() != Device::kCpu) {
     return absl::InvalidArgumentError(

@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -67,12 +68,12 @@ Tensor Converted(const Tensor& host, DType dtype) {
   const auto n = static_cast<size_t>(host.numel());
   if (dtype == DType::kF32) {
     ConvertToFloat(host.dtype(), host.raw(), out.data<float>(), n);
-    return out;
-  }
-  auto* dst = out.data<uint16_t>();
-  for (size_t i = 0; i < n; ++i) {
-    const float v = ElementAsFloat(host, i);
-    dst[i] = dtype == DType::kBF16 ? FloatToBFloat16(v) : FloatToHalf(v);
+  } else if (host.dtype() == DType::kF32) {
+    ConvertFromFloat(host.data<float>(), dtype, out.raw(), n);
+  } else {  // one 16-bit type to the other, through float32
+    std::vector<float> wide(n);
+    ConvertToFloat(host.dtype(), host.raw(), wide.data(), n);
+    ConvertFromFloat(wide.data(), dtype, out.raw(), n);
   }
   return out;
 }

@@ -414,41 +414,29 @@ void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, Wei
 }
 
 void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n) {
-  const bool bf16 = type == WeightType::kBF16;
-  switch (SupportedHalfIsas().front()) {
-    case HalfIsa::kAvx512:
-      bf16 ? WidenAvx512<WeightType::kBF16>(src, scale, dst, n)
-           : WidenAvx512<WeightType::kF16>(src, scale, dst, n);
-      return;
-    case HalfIsa::kAvx2:
-      bf16 ? WidenAvx2<WeightType::kBF16>(src, scale, dst, n)
-           : WidenAvx2<WeightType::kF16>(src, scale, dst, n);
-      return;
-    case HalfIsa::kScalar:
-      WidenScalar(src, type, scale, dst, n);
-      return;
-  }
+  WidenRows(src, n, type, 1, n, dst, n, scale);
 }
 
 void WidenRows(const uint16_t* src, int64_t lds, WeightType type, int64_t rows, int64_t cols,
-               float* dst, int64_t ldd) {
+               float* dst, int64_t ldd, float scale) {
   const bool bf16 = type == WeightType::kBF16;
   switch (SupportedHalfIsas().front()) {  // chosen once for every row
     case HalfIsa::kAvx512:
       for (int64_t r = 0; r < rows; ++r) {
-        bf16 ? WidenAvx512<WeightType::kBF16>(src + r * lds, 1.0f, dst + r * ldd, cols)
-             : WidenAvx512<WeightType::kF16>(src + r * lds, 1.0f, dst + r * ldd, cols);
+        bf16 ? WidenAvx512<WeightType::kBF16>(src + r * lds, scale, dst + r * ldd, cols)
+             : WidenAvx512<WeightType::kF16>(src + r * lds, scale, dst + r * ldd, cols);
       }
       return;
     case HalfIsa::kAvx2:
       for (int64_t r = 0; r < rows; ++r) {
-        bf16 ? WidenAvx2<WeightType::kBF16>(src + r * lds, 1.0f, dst + r * ldd, cols)
-             : WidenAvx2<WeightType::kF16>(src + r * lds, 1.0f, dst + r * ldd, cols);
+        bf16 ? WidenAvx2<WeightType::kBF16>(src + r * lds, scale, dst + r * ldd, cols)
+             : WidenAvx2<WeightType::kF16>(src + r * lds, scale, dst + r * ldd, cols);
       }
       return;
     case HalfIsa::kScalar:
-      for (int64_t r = 0; r < rows; ++r)
-        WidenScalar(src + r * lds, type, 1.0f, dst + r * ldd, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        WidenScalar(src + r * lds, type, scale, dst + r * ldd, cols);
+      }
       return;
   }
 }

@@ -7,8 +7,8 @@
 // weight row and widen it in registers: AVX-512 where the CPU has it, AVX2 + F16C otherwise,
 // plain C++ elsewhere, chosen at run time. More rows (prefill) widen tiles of the weights into a
 // per-thread float32 buffer and run OpenBLAS's sgemm on them: Debian's OpenBLAS is built without
-// its bf16 kernels
-// (`cblas_sbgemm`), and sgemm on widened tiles keeps the float32 activations exact.
+// its bf16 kernels (`cblas_sbgemm`), and sgemm on widened tiles keeps the float32 activations
+// exact.
 #pragma once
 
 #include <cstdint>
@@ -56,9 +56,10 @@ void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, Wei
 // dst[n] = widened src[n] · scale (an embedding row).
 void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n);
 
-// dst[r, c] = widened src[r, c] for r < rows, c < cols; rows lds (source) and ldd (destination)
-// elements apart: tiles of 16-bit weights or key/value rings before a float32 BLAS call.
+// dst[r, c] = widened src[r, c] · scale for r < rows, c < cols; rows lds (source) and ldd
+// (destination) elements apart: tiles of 16-bit weights or key/value rings before a float32 BLAS
+// call.
 void WidenRows(const uint16_t* src, int64_t lds, WeightType type, int64_t rows, int64_t cols,
-               float* dst, int64_t ldd);
+               float* dst, int64_t ldd, float scale = 1.0f);
 
 }  // namespace mnemo::kernels

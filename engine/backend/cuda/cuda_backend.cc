@@ -13,7 +13,7 @@
 
 #include "base/status_macros.h"
 #include "engine/backend/cuda/cuda_status.h"
-#include "engine/backend/weight_type.h"
+#include "engine/tensor/weight_type.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/sparse_matmul.h"

@@ -51,13 +51,7 @@ std::vector<Case> Cases() {
     tied.pre_lnorm = true;
     tied.tie_word_embeddings = true;
     v.push_back({type + "PreLnTied", tied});
-    ModelConfig mixed = test::ConfigWith(
-        {R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
-             "compression_rate": 2, "cmem_len": 6})",
-         R"({"attention": "sparse", "window": 5})",
-         R"({"attention": "linear", "feature_map": "elu"})",
-         R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})"},
-        {}, 8);
+    ModelConfig mixed = test::MixedKindsConfig();
     mixed.dtype = dtype;
     v.push_back({type + "MixedKinds", mixed});
   }

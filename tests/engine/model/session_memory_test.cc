@@ -102,15 +102,10 @@ std::vector<Case> Cases() {
        R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
            "compression_rate": 3, "cmem_len": 4})"},
       {}, 8);
-  ModelConfig mixed = test::ConfigWith(
-      {R"({"attention": "dense", "memory": "compressive", "compression": "conv1d",
-           "compression_rate": 2, "cmem_len": 6})",
-       R"({"attention": "sparse", "window": 5})",
-       R"({"attention": "linear", "feature_map": "elu"})",
-       R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4, "history": 30})"},
-      {}, 8);
-  return {
-      {"Dense", dense}, {"DenseZeros", zeros}, {"Compressive", compressive}, {"MixedKinds", mixed}};
+  return {{"Dense", dense},
+          {"DenseZeros", zeros},
+          {"Compressive", compressive},
+          {"MixedKinds", test::MixedKindsConfig()}};
 }
 
 // 16-bit memory computes exactly what float32 memory computes on keys and values rounded as it

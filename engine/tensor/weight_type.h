@@ -1,4 +1,5 @@
-// The kernels' name for a weight tensor's dtype: how the CPU and CUDA products read a matrix.
+// The kernels' name for a tensor's dtype: how the CPU and CUDA kernels read a weight matrix or a
+// 16-bit key/value ring.
 #pragma once
 
 #include "base/dtype.h"
