@@ -6,10 +6,14 @@ The input is a directory as `save_pretrained` writes it (HF `config.json` plus
 directory in the layout of docs/checkpoint-format.md (`config.json` in our
 schema plus `model.safetensors` with our tensor names).
 
-Only the subset of Transformer-XL our format can express is accepted: a plain
-embedding and a plain softmax head (no adaptive input/softmax: `cutoffs` empty,
-`div_val` 1, `d_embed` == `d_model`), `attn_type` 0 and no sampled softmax.
-Anything else is rejected with an error naming the offending config field.
+Every `TransfoXLLMHeadModel` with `attn_type` 0 and no sampled softmax
+converts, the published wt103 layout included: a plain embedding and softmax
+(`cutoffs` empty, `div_val` 1, `d_embed` == `d_model`) becomes `word_emb` /
+`lm_head`; anything else (cutoffs, div_val > 1, d_embed != d_model) becomes
+our adaptive embedding and projected adaptive log-softmax (`adaptive.*`,
+with `cutoffs` / `div_val` / `d_embed` in config.json), tied weights and
+projections resolved as HF ties them on load. Anything else is rejected with
+an error naming the offending config field.
 
 Usage:
     convert_hf_transfo_xl.py HF_DIR OUT_DIR [--dtype float32|float16|bfloat16]
@@ -86,19 +90,18 @@ def _as_hf_config(hf_config):
 def check_supported(cfg):
     """Raise ConversionError listing every HF config field we cannot hold."""
     problems = []
-    if list(cfg.cutoffs):
+    cutoffs = list(cfg.cutoffs)
+    if cutoffs != sorted(set(cutoffs)) or any(
+            not 0 < c < cfg.vocab_size for c in cutoffs):
         problems.append(
-            f"cutoffs={list(cfg.cutoffs)}: adaptive embedding/softmax "
-            "(more than one vocabulary band) is not supported; "
-            "only cutoffs=[] converts")
-    if cfg.div_val != 1:
+            f"cutoffs={cutoffs}: must ascend strictly within (0, "
+            f"vocab_size={cfg.vocab_size})")
+    if cfg.div_val < 1 or any(
+            cfg.d_embed // cfg.div_val ** i < 1
+            for i in range(len(cutoffs) + 1)):
         problems.append(
-            f"div_val={cfg.div_val}: adaptive embedding/softmax projections "
-            "are not supported; only div_val=1 converts")
-    if cfg.d_embed != cfg.d_model:
-        problems.append(
-            f"d_embed={cfg.d_embed} != d_model={cfg.d_model}: embedding "
-            "projections are not supported; d_embed must equal d_model")
+            f"div_val={cfg.div_val}: leaves a vocabulary band of "
+            f"d_embed={cfg.d_embed} no columns")
     if cfg.attn_type != 0:
         problems.append(
             f"attn_type={cfg.attn_type}: only attn_type=0 (relative "
@@ -115,6 +118,14 @@ def check_supported(cfg):
         raise ConversionError(
             "cannot convert this Transformer-XL checkpoint to the mnemo "
             "format:\n  " + "\n  ".join(problems))
+
+
+def is_adaptive(cfg):
+    """Whether the checkpoint needs our adaptive embedding and softmax: any
+    cutoffs, div_val > 1 or d_embed != d_model (HF then projects the
+    embedding and the head)."""
+    return (bool(list(cfg.cutoffs)) or cfg.div_val != 1
+            or cfg.d_embed != cfg.d_model)
 
 
 def _eos_token_id(cfg):
@@ -221,8 +232,12 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
         return t
 
     out = {}
-    emb = take("transformer.word_emb.emb_layers.0.weight", (V, D))
-    out["word_emb.weight"] = emb
+    if is_adaptive(cfg):
+        adaptive = _adaptive_tensors(cfg, sd, take, used)
+        out.update(adaptive)
+    else:
+        emb = take("transformer.word_emb.emb_layers.0.weight", (V, D))
+        out["word_emb.weight"] = emb
     layer_shapes = {
         "dec_attn.qkv_net.weight": (3 * H * dh, D),
         "dec_attn.r_net.weight": (H * dh, D),
@@ -262,6 +277,33 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
                     used.add(a)
             out[bias] = value
 
+    if is_adaptive(cfg):
+        tied = bool(cfg.tie_word_embeddings)
+    else:
+        tied = _plain_head(cfg, sd, take, emb, out)
+
+    used.update(k for k in _IGNORED if k in sd)
+    extra = sorted(set(sd) - used)
+    if extra:
+        raise ConversionError(
+            "unexpected tensors the mnemo format cannot hold: "
+            + ", ".join(extra))
+
+    dtype = _pick_dtype(list(out.values()), dtype)
+    config = our_config(cfg, dtype)
+    config["tie_word_embeddings"] = tied
+    if is_adaptive(cfg):
+        config["d_embed"] = int(cfg.d_embed)
+        config["cutoffs"] = [int(c) for c in cfg.cutoffs]
+        config["div_val"] = int(cfg.div_val)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone()
+               for k, v in out.items()}
+    return config, tensors
+
+
+def _plain_head(cfg, sd, take, emb, out):
+    """The plain softmax head: lm_head (unless tied) and its bias."""
+    V, D = cfg.vocab_size, cfg.d_model
     out_w = sd.get("crit.out_layers.0.weight")
     if cfg.tie_word_embeddings:
         # HF ties on load, whatever the file holds.
@@ -277,20 +319,64 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     if not tied:
         out["lm_head.weight"] = out_w
     out["lm_head.bias"] = take("crit.out_layers.0.bias", (V,))
+    return tied
 
-    used.update(k for k in _IGNORED if k in sd)
-    extra = sorted(set(sd) - used)
-    if extra:
-        raise ConversionError(
-            "unexpected tensors the mnemo format cannot hold: "
-            + ", ".join(extra))
 
-    dtype = _pick_dtype(list(out.values()), dtype)
-    config = our_config(cfg, dtype)
-    config["tie_word_embeddings"] = tied
-    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone()
-               for k, v in out.items()}
-    return config, tensors
+def _adaptive_tensors(cfg, sd, take, used):
+    """Our adaptive.* tensors (docs/checkpoint-format.md "Adaptive embedding
+    and softmax") from HF's AdaptiveEmbedding and ProjectedAdaptiveLogSoftmax.
+
+    HF ties on load whatever the file holds: the head's weights are the
+    embedding tables when tie_word_embeddings, and head projection i is
+    embedding projection i (0 with div_val 1) when tie_projs[i]. Our head
+    projections are stored transposed, [E_i, D], so that the engine's
+    x @ W^T product gives hidden @ proj as HF computes it.
+    """
+    V, D, E, div = cfg.vocab_size, cfg.d_model, cfg.d_embed, cfg.div_val
+    cutoffs = [int(c) for c in cfg.cutoffs]
+    ends = [0] + cutoffs + [V]
+    widths = [E // div ** i for i in range(len(ends) - 1)]
+    projected = div > 1 or E != D
+    tie_projs = list(getattr(cfg, "tie_projs", []) or [])
+    out = {}
+
+    def tied_or_taken(name, replacement):
+        # A tied tensor's own copy in the file (if any) is what HF replaces
+        # on load: consumed, not used.
+        if name in sd:
+            used.add(name)
+        return replacement
+
+    tables = range(len(widths)) if div > 1 else [0]
+    for i in tables:
+        rows = ends[i + 1] - ends[i] if div > 1 else V
+        w = widths[i]
+        emb = take(f"transformer.word_emb.emb_layers.{i}.weight", (rows, w))
+        out[f"adaptive.emb.{i}.weight"] = emb
+        if projected:
+            out[f"adaptive.emb.{i}.proj"] = take(
+                f"transformer.word_emb.emb_projs.{i}", (D, w))
+        if cfg.tie_word_embeddings:
+            tied_or_taken(f"crit.out_layers.{i}.weight", emb)
+        else:
+            out[f"adaptive.head.{i}.weight"] = take(
+                f"crit.out_layers.{i}.weight", (rows, w))
+        out[f"adaptive.head.{i}.bias"] = take(
+            f"crit.out_layers.{i}.bias", (rows,))
+    if projected:
+        for i, w in enumerate(widths):
+            name = f"crit.out_projs.{i}"
+            if i < len(tie_projs) and tie_projs[i]:
+                source = out[f"adaptive.emb.{0 if div == 1 else i}.proj"]
+                proj = tied_or_taken(name, source)
+            else:
+                proj = take(name, (D, w))
+            out[f"adaptive.head.{i}.proj"] = proj.t()
+    if cutoffs:
+        K = len(cutoffs)
+        out["adaptive.head.cluster.weight"] = take("crit.cluster_weight", (K, E))
+        out["adaptive.head.cluster.bias"] = take("crit.cluster_bias", (K,))
+    return out
 
 
 

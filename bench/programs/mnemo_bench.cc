@@ -372,7 +372,7 @@ std::string CommonJson(const TransfoXlModel& model, const SessionState& state) {
       std::string(openblas_get_config()), "\",\"model\":{\"n_layer\":", c.n_layer,
       ",\"d_model\":", c.d_model, ",\"n_head\":", c.n_head, ",\"d_head\":", c.d_head,
       ",\"d_inner\":", c.d_inner, ",\"checkpoint_dtype\":\"", DTypeName(c.dtype),
-      "\",\"weight_dtype\":\"", DTypeName(model.weights().lm_head.dtype()),
+      "\",\"weight_dtype\":\"", DTypeName(model.weights().layers[0].fc1.dtype()),
       "\",\"session_memory\":\"", DTypeName(model.session_memory()), "\"",
       ",\"vocab_size\":", c.vocab_size, ",\"mem_len\":", c.mem_len, ",\"clamp_len\":", c.clamp_len,
       ",\"same_length\":", c.same_length ? "true" : "false",
@@ -442,7 +442,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
       "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
       c.mem_len, SummaryJson(Summarise(rates)).c_str(), Num(1e3 / Summarise(rates).median).c_str(),
       o.runs, o.decode_steps, o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(),
-      DecodeBytesJson(c, state, static_cast<int64_t>(DTypeSize(model.weights().lm_head.dtype())))
+      DecodeBytesJson(c, state, static_cast<int64_t>(DTypeSize(model.weights().layers[0].fc1.dtype())))
           .c_str(),
       CommonJson(model, state).c_str());
   return 0;

@@ -125,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
 
 const ModelConfig& Model::config() const { return impl_->config(); }
 
-DType Model::weight_dtype() const { return impl_->weights().lm_head.dtype(); }
+DType Model::weight_dtype() const { return impl_->weights().layers[0].fc1.dtype(); }
 
 DType Model::session_memory() const { return impl_->session_memory(); }
 

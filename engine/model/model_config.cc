@@ -69,6 +69,38 @@ absl::StatusOr<LayerConfig> ParseLayer(const Json& j, int64_t index, const Model
   return layer;
 }
 
+// "cutoffs" and "div_val": the bands of an adaptive embedding and softmax.
+absl::Status ParseAdaptive(const Json& j, ModelConfig& c) {
+  const Json& v = j.at("cutoffs");
+  if (!v.is_array() || v.size() > 64) {
+    return FieldError("cutoffs", "must be a list of at most 64 integers");
+  }
+  c.adaptive = true;
+  int64_t previous = 0;
+  for (const Json& x : v) {
+    if (!x.is_number_integer() || x.get<int64_t>() <= previous ||
+        x.get<int64_t>() >= c.vocab_size) {
+      return FieldError("cutoffs", absl::StrCat("must ascend strictly within (0, vocab_size = ",
+                                                c.vocab_size, ")"));
+    }
+    previous = x.get<int64_t>();
+    c.cutoffs.push_back(previous);
+  }
+  if (j.contains("div_val")) {
+    ASSIGN_OR_RETURN(c.div_val, GetInt(j, "div_val", 1, 1 << 16));
+  }
+  for (const VocabularyBand& band : c.bands()) {
+    if (band.width < 1) {
+      return FieldError("div_val", absl::StrCat("leaves band [", band.begin, ", ", band.end,
+                                                ") no columns (d_embed / div_val^i < 1)"));
+    }
+  }
+  if (c.reformer || c.layer_groups > 0) {
+    return FieldError("cutoffs", "is for architecture transfo_xl without layer_groups");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t SparseConfig::sparse_span() const {
@@ -88,6 +120,19 @@ int64_t DenseConfig::compress_taps() const {
 const LayerConfig& ModelConfig::layer(int64_t l) const {
   static const LayerConfig kDense;
   return l < static_cast<int64_t>(layers.size()) ? layers[static_cast<size_t>(l)] : kDense;
+}
+
+std::vector<VocabularyBand> ModelConfig::bands() const {
+  std::vector<VocabularyBand> out;
+  if (!adaptive) return out;
+  int64_t begin = 0, width = embed_width();
+  for (size_t i = 0; i <= cutoffs.size(); ++i) {
+    const int64_t end = i < cutoffs.size() ? cutoffs[i] : vocab_size;
+    out.push_back({begin, end, width});
+    begin = end;
+    width /= div_val;
+  }
+  return out;
 }
 
 bool ModelConfig::has_dense_layer() const {
@@ -137,7 +182,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "layer_groups",
                                                "d_embed",
                                                "axial_pos_shape",
-                                               "axial_pos_embds_dim"};
+                                               "axial_pos_embds_dim",
+                                               "cutoffs",
+                                               "div_val"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -215,9 +262,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   c.d_embed = c.d_model;
   if (j.contains("d_embed")) {
     ASSIGN_OR_RETURN(c.d_embed, GetInt(j, "d_embed", 1, 1 << 16));
-    if (c.d_embed != c.d_model && c.tie_word_embeddings) {
-      return FieldError("d_embed", "must equal d_model when tie_word_embeddings is true");
-    }
+  }
+  if (j.contains("cutoffs")) {
+    RETURN_IF_ERROR(ParseAdaptive(j, c));
+  } else if (j.contains("div_val")) {
+    return FieldError("div_val", "needs \"cutoffs\" (an adaptive embedding and softmax)");
+  }
+  if (!c.adaptive && c.d_embed != c.d_model && c.tie_word_embeddings) {
+    return FieldError("d_embed", "must equal d_model when tie_word_embeddings is true");
   }
 
   c.layers.assign(static_cast<size_t>(c.n_layer), LayerConfig{});

@@ -117,6 +117,14 @@ struct LayerConfig {
   std::string source;
 };
 
+// One band of an adaptive vocabulary (docs/checkpoint-format.md "Adaptive embedding and
+// softmax"): ids [begin, end) embedded at `width` columns and projected to d_model.
+struct VocabularyBand {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t width = 0;
+};
+
 struct ModelConfig {
   std::string architecture;  // "transfo_xl"
   int64_t vocab_size = 0;
@@ -148,12 +156,20 @@ struct ModelConfig {
   bool reformer = false;
   std::vector<int64_t> axial_pos_shape;
   std::vector<int64_t> axial_pos_embds_dim;
+  // Adaptive embedding and projected adaptive log-softmax (Transformer-XL as published): set by
+  // a "cutoffs" field. Band i holds ids [cutoffs[i-1], cutoffs[i]) (0 and vocab_size at the
+  // ends) at width d_embed / div_val^i; the head gives log-probabilities, not logits.
+  bool adaptive = false;
+  std::vector<int64_t> cutoffs;  // ascending, in (0, vocab_size)
+  int64_t div_val = 1;
 
   int64_t attn_width() const { return n_head * d_head; }  // H·d_h
   int64_t groups() const { return layer_groups > 0 ? layer_groups : n_layer; }
   // The parameter set (layers.g.*) layer l runs.
   int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
   int64_t embed_width() const { return d_embed > 0 ? d_embed : d_model; }
+  // The adaptive vocabulary's bands (cutoffs.size() + 1 of them; empty when !adaptive).
+  std::vector<VocabularyBand> bands() const;
   // Tokens per forward call when feeding a document: the memory length for models with dense
   // layers (segment-level recurrence is what they were trained with), 512 otherwise (every other
   // kind gives the same outputs however a document is split, so only speed matters).

@@ -9,6 +9,7 @@
 
 #include "base/status_macros.h"
 #include "engine/attention/registry.h"
+#include "engine/model/adaptive_vocabulary.h"
 #include "engine/checkpoint/safetensors.h"
 
 namespace mnemo::engine {
@@ -55,6 +56,8 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     return absl::InvalidArgumentError("session memory must be float32, bfloat16 or float16");
   }
   context.session_memory = options.session_memory;
+  // An adaptive embedding's ops depend on which bands a step's ids fall in: not repeatable.
+  model->record_decode_ = !c.adaptive;
   model->session_memory_ = options.session_memory;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     ASSIGN_OR_RETURN(std::unique_ptr<AttentionLayer> layer,
@@ -328,7 +331,9 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));           // [N, D]
   ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));  // [N, d_inner]
   const float emb_scale = std::sqrt(static_cast<float>(d));
-  if (weights_.emb_proj.defined()) {  // factorised (ALBERT): [N, E] then up to the model width
+  if (c.adaptive) {
+    RETURN_IF_ERROR(AdaptiveEmbed(be, c, weights_.adaptive, ids, emb_scale, x));
+  } else if (weights_.emb_proj.defined()) {  // factorised (ALBERT): [N, E] then up to the model width
     ASSIGN_OR_RETURN(Tensor e, scratch({n, c.embed_width()}));
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
     RETURN_IF_ERROR(MatMul(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
@@ -446,6 +451,10 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     Tensor all = last;
     ASSIGN_OR_RETURN(last, scratch({bsz, c.head_width()}));
     RETURN_IF_ERROR(be.GatherRows(all, rows, last));
+  }
+  if (c.adaptive) {  // log-probabilities (a log-softmax of them changes nothing)
+    ASSIGN_OR_RETURN(*logits, AdaptiveLogProbs(be, c, weights_.adaptive, last));
+    return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(Tensor out, scratch({last.dim(0), c.vocab_size}));
   RETURN_IF_ERROR(MatMul(last, weights_.lm_head, &weights_.lm_head_bias, out));

@@ -101,6 +101,13 @@ void ForEachWeight(Weights& w, Fn fn) {
   fn(w.final_ln_beta, false);
   fn(w.lm_head, true);
   fn(w.lm_head_bias, false);
+  for (auto* list : {&w.adaptive.emb, &w.adaptive.emb_proj, &w.adaptive.head,
+                     &w.adaptive.head_proj}) {
+    for (auto& t : *list) fn(t, true);
+  }
+  for (auto& t : w.adaptive.head_bias) fn(t, false);
+  fn(w.adaptive.cluster_weight, true);
+  fn(w.adaptive.cluster_bias, false);
 }
 
 class TensorReader {
@@ -204,12 +211,53 @@ TransfoXlWeights WeightsAs(const TransfoXlWeights& weights, WeightSet set, DType
 
 namespace {
 
+// The adaptive embedding and head (docs/checkpoint-format.md "Adaptive embedding and softmax").
+absl::StatusOr<AdaptiveWeights> LoadAdaptiveWeights(const ModelConfig& c, TensorReader& reader) {
+  AdaptiveWeights w;
+  const std::vector<VocabularyBand> bands = c.bands();
+  const int64_t d = c.d_model, e = c.embed_width();
+  // div_val 1: one table over the whole vocabulary; otherwise one per band.
+  std::vector<VocabularyBand> tables = bands;
+  if (c.div_val == 1) tables = {{0, c.vocab_size, e}};
+  const bool projected = c.div_val > 1 || e != d;
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const std::string p = absl::StrCat("adaptive.emb.", i, ".");
+    const std::string h = absl::StrCat("adaptive.head.", i, ".");
+    const int64_t rows = tables[i].end - tables[i].begin, width = tables[i].width;
+    ASSIGN_OR_RETURN(w.emb.emplace_back(), reader.Read(p + "weight", {rows, width}));
+    if (projected) {
+      ASSIGN_OR_RETURN(w.emb_proj.emplace_back(), reader.Read(p + "proj", {d, width}));
+    }
+    if (c.tie_word_embeddings) {
+      w.head.push_back(w.emb.back());
+    } else {
+      ASSIGN_OR_RETURN(w.head.emplace_back(), reader.Read(h + "weight", {rows, width}));
+    }
+    ASSIGN_OR_RETURN(w.head_bias.emplace_back(), reader.Read(h + "bias", {rows}));
+  }
+  if (projected) {
+    for (size_t i = 0; i < bands.size(); ++i) {
+      ASSIGN_OR_RETURN(w.head_proj.emplace_back(),
+                       reader.Read(absl::StrCat("adaptive.head.", i, ".proj"), {bands[i].width, d}));
+    }
+  }
+  if (const auto k = static_cast<int64_t>(c.cutoffs.size()); k > 0) {
+    ASSIGN_OR_RETURN(w.cluster_weight, reader.Read("adaptive.head.cluster.weight", {k, e}));
+    ASSIGN_OR_RETURN(w.cluster_bias, reader.Read("adaptive.head.cluster.bias", {k}));
+  }
+  return w;
+}
+
 absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader reader) {
   const int64_t d = c.d_model, hd = c.attn_width();
   TransfoXlWeights w;
   const int64_t e = c.embed_width();
-  ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, e}));
-  if (c.d_embed != 0 && c.d_embed != c.d_model) {
+  if (c.adaptive) {
+    ASSIGN_OR_RETURN(w.adaptive, LoadAdaptiveWeights(c, reader));
+  } else {
+    ASSIGN_OR_RETURN(w.word_emb, reader.Read("word_emb.weight", {c.vocab_size, e}));
+  }
+  if (!c.adaptive && c.d_embed != 0 && c.d_embed != c.d_model) {
     ASSIGN_OR_RETURN(w.emb_proj, reader.Read("emb_proj.weight", {d, e}));
     ASSIGN_OR_RETURN(w.emb_proj_bias, reader.Read("emb_proj.bias", {d}));
   }
@@ -255,12 +303,14 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_ln.weight", {2 * d}));
     ASSIGN_OR_RETURN(w.final_ln_beta, reader.Read("final_ln.bias", {2 * d}));
   }
-  if (c.tie_word_embeddings) {
-    w.lm_head = w.word_emb;
-  } else {
-    ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, c.head_width()}));
+  if (!c.adaptive) {  // (an adaptive head is read with the embedding)
+    if (c.tie_word_embeddings) {
+      w.lm_head = w.word_emb;
+    } else {
+      ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, c.head_width()}));
+    }
+    ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
   }
-  ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
   RETURN_IF_ERROR(reader.CheckNoExtra());
   return w;
 }

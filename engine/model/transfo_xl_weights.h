@@ -42,6 +42,18 @@ struct TransfoXlLayerWeights {
   Tensor ff_ln_gamma, ff_ln_beta;  // [D]
 };
 
+// An adaptive embedding and projected adaptive log-softmax (ModelConfig::adaptive), per band i
+// of ModelConfig::bands(). With div_val 1 every list but head_proj holds one tensor over the
+// whole vocabulary, whose row ranges are the bands.
+struct AdaptiveWeights {
+  std::vector<Tensor> emb;        // [V_i, E_i]
+  std::vector<Tensor> emb_proj;   // [D, E_i]; none when div_val is 1 and E = D
+  std::vector<Tensor> head;       // [V_i, E_i]; emb's tensors when tie_word_embeddings
+  std::vector<Tensor> head_bias;  // [V_i]
+  std::vector<Tensor> head_proj;  // per band [E_i, D] (hidden → band width); none as emb_proj
+  Tensor cluster_weight, cluster_bias;  // [K, E], [K]: the head's K = bands − 1 cluster logits
+};
+
 struct TransfoXlWeights {
   Tensor word_emb;                 // [V, E] (E = d_embed, usually D)
   Tensor emb_proj, emb_proj_bias;  // [D, E], [D] when d_embed ≠ d_model (factorised)
@@ -52,6 +64,7 @@ struct TransfoXlWeights {
   Tensor final_ln_gamma, final_ln_beta;  // [2·D]
   Tensor lm_head;       // [V, D] ([V, 2·D] for a reformer); shares word_emb's buffer when tied
   Tensor lm_head_bias;  // [V]
+  AdaptiveWeights adaptive;  // instead of word_emb, emb_proj and lm_head (ModelConfig::adaptive)
 };
 
 // Loads and checks every tensor. Errors (INVALID_ARGUMENT) name the tensor: missing, unexpected,

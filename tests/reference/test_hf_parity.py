@@ -1,6 +1,8 @@
 """Parity of the mnemo engine with Hugging Face Transformer-XL; converter too.
 
-Small random HF `TransfoXLLMHeadModel`s (no adaptive softmax) are converted
+Small random HF `TransfoXLLMHeadModel`s, plain and with the adaptive embedding
+and softmax of the published wt103 layout (cutoffs, div_val, d_embed, tied
+weights and projections; one with wt103's whole vocabulary), are converted
 with tools/convert_hf_transfo_xl.py and run through `$MNEMO_BIN logits` (see
 README.md); the engine's log_softmax(logits) must match HF's
 `prediction_scores` (log-probabilities) within
@@ -88,13 +90,55 @@ CASES = {
         untie_r=False, tie_word_embeddings=True),
 }
 
+# Adaptive embedding and projected adaptive log-softmax (HF's
+# AdaptiveEmbedding / ProjectedAdaptiveLogSoftmax). Together: div_val 1 with
+# and without an embedding projection, div_val 2, 3 and 4, no cutoffs (one
+# projected band), tied and untied weights, tied and untied projections
+# (proj_share_all_but_first), pre- and post-LN, d_embed above and below
+# d_model, and wt103's own vocabulary, cutoffs, div_val and tie_projs.
+ADAPTIVE_CASES = {
+    "adaptive-div1-tied": dict(
+        vocab_size=200, d_model=32, d_embed=32, cutoffs=[50, 120], div_val=1,
+        n_head=2, d_inner=64, n_layer=2, mem_len=12, clamp_len=5,
+        tie_word_embeddings=True),
+    "adaptive-div1-embed16-untied": dict(
+        vocab_size=160, d_model=32, d_embed=16, cutoffs=[40], div_val=1,
+        n_head=2, d_inner=64, n_layer=2, mem_len=12, clamp_len=0,
+        same_length=True, tie_word_embeddings=False,
+        proj_share_all_but_first=False),
+    "adaptive-div2-tiedprojs": dict(
+        vocab_size=300, d_model=32, d_embed=32, cutoffs=[60, 120, 200],
+        div_val=2, n_head=2, d_inner=64, n_layer=2, mem_len=12, clamp_len=5,
+        tie_word_embeddings=True, proj_share_all_but_first=True),
+    "adaptive-div4-embed64-pre-untied": dict(
+        vocab_size=256, d_model=48, d_embed=64, cutoffs=[64, 128], div_val=4,
+        n_head=3, d_inner=96, n_layer=2, mem_len=10, clamp_len=0,
+        pre_lnorm=True, untie_r=False, tie_word_embeddings=False,
+        proj_share_all_but_first=False),
+    "adaptive-div3-nocutoffs": dict(
+        vocab_size=128, d_model=32, d_embed=24, cutoffs=[], div_val=3,
+        n_head=2, d_inner=64, n_layer=2, mem_len=8, clamp_len=0,
+        tie_word_embeddings=True, init_std=0.25),
+    # wt103's vocabulary, cutoffs, div_val and projection sharing; fewer and
+    # narrower layers.
+    "wt103-shaped": dict(
+        vocab_size=267735, d_model=64, d_embed=64,
+        cutoffs=[20000, 40000, 200000], div_val=4, n_head=2, d_inner=128,
+        n_layer=2, mem_len=8, clamp_len=0, tie_word_embeddings=True,
+        proj_share_all_but_first=True),
+}
+ALL_CASES = {**CASES, **ADAPTIVE_CASES}
+
 
 # --------------------------------------------------------------------------
 # HF side
 
 
 def make_hf_model(fields, seed):
-    model = cv.random_hf_model({**_BASE, **fields}, seed=seed, std=INIT_STD)
+    fields = dict(fields)
+    # A case's own std where INIT_STD's outputs would be near uniform.
+    std = fields.pop("init_std", INIT_STD)
+    model = cv.random_hf_model({**_BASE, **fields}, seed=seed, std=std)
     assert not model.training
     return model
 
@@ -154,8 +198,8 @@ def case_factory(tmp_path_factory):
 
     def get(name):
         if name not in cases:
-            seed = 1000 + list(CASES).index(name)
-            cases[name] = Case(name, CASES[name], seed,
+            seed = 1000 + list(ALL_CASES).index(name)
+            cases[name] = Case(name, ALL_CASES[name], seed,
                                tmp_path_factory.mktemp(name.replace("-", "_")))
         return cases[name]
 
@@ -239,7 +283,7 @@ def _segment_lengths(mem_len):
     return (5, mem_len, mem_len + 7)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ALL_CASES))
 @pytest.mark.parametrize("seg_choice", [0, 1, 2],
                          ids=["seg5", "seg=mem_len", "seg>mem_len"])
 def test_segments_match_hf(name, seg_choice, case_factory, mnemo_bin,
@@ -258,7 +302,7 @@ def test_segments_match_hf(name, seg_choice, case_factory, mnemo_bin,
                       f"{name} segment_len={seg_len} n={n}")
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ALL_CASES))
 def test_decode_matches_hf(name, case_factory, mnemo_bin, tmp_path):
     case = case_factory(name)
     n = max(60, 3 * case.config.mem_len + 5)
@@ -272,7 +316,7 @@ def test_decode_matches_hf(name, case_factory, mnemo_bin, tmp_path):
 # Oracle sanity (no engine needed)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ALL_CASES))
 def test_hf_oracle_is_stable(name, case_factory):
     case = case_factory(name)
     ids = token_ids(case.config.vocab_size, 40, seed=3)
@@ -481,57 +525,146 @@ def test_random_init_cli(tmp_path):
                            ours[1]["word_emb.weight"])
 
 
-# Rejected configurations: (HF config overrides, field names the error must
-# mention). Built on a small valid model.
+# Rejected configurations: (config.json overrides, field names the error must
+# mention), on a small valid model's state dict (HF cannot build some of them).
 _SMALL = dict(vocab_size=120, d_model=32, d_embed=32, n_head=2, d_head=16,
               d_inner=64, n_layer=2, mem_len=8, clamp_len=4, cutoffs=[],
               div_val=1)
 REJECTED = {
-    "adaptive-softmax-div1": (dict(cutoffs=[40, 80]), ["cutoffs"]),
-    "adaptive-wt103-style": (dict(cutoffs=[40, 80], div_val=2),
-                             ["cutoffs", "div_val"]),
     "cutoff-at-vocab": (dict(cutoffs=[120]), ["cutoffs"]),
-    "div-val-without-cutoffs": (dict(div_val=2), ["div_val"]),
-    "embedding-projection": (dict(d_embed=16), ["d_embed"]),
+    "cutoffs-descending": (dict(cutoffs=[80, 40]), ["cutoffs"]),
+    "cutoffs-repeated": (dict(cutoffs=[40, 40]), ["cutoffs"]),
+    "band-without-columns": (dict(cutoffs=[40, 80], div_val=8),
+                             ["div_val"]),
+    "attn-type": (dict(attn_type=1), ["attn_type"]),
+    "sampled-softmax": (dict(sample_softmax=16), ["sample_softmax"]),
 }
 
 
 @pytest.mark.parametrize("name", list(REJECTED))
 def test_rejects_inexpressible_models(name):
     overrides, fields = REJECTED[name]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = TransfoXLLMHeadModel(TransfoXLConfig(**{**_SMALL,
-                                                        **overrides}))
+    model = cv.random_hf_model(_SMALL, seed=0)
+    config = {**model.config.to_dict(), **overrides}
     with pytest.raises(cv.ConversionError) as err:
-        cv.convert(model, model.config)
+        cv.convert(model.state_dict(), config)
     for field in fields:
         assert field in str(err.value)
 
 
-@pytest.mark.parametrize("field,value", [("attn_type", 1),
-                                         ("sample_softmax", 16)])
-def test_rejects_config_fields_hf_cannot_build(field, value):
-    # HF itself refuses to build these, so only the config can carry them.
-    model = cv.random_hf_model(_SMALL, seed=0)
-    config = {**model.config.to_dict(), field: value}
-    with pytest.raises(cv.ConversionError, match=field):
-        cv.convert(model.state_dict(), config)
+def expected_adaptive_names(cfg):
+    """Our adaptive.* names for an HF config, written from
+    docs/checkpoint-format.md independently of the converter."""
+    bands = len(cfg.cutoffs) + 1
+    tables = bands if cfg.div_val > 1 else 1
+    projected = cfg.div_val > 1 or cfg.d_embed != cfg.d_model
+    names = set()
+    for i in range(tables):
+        names |= {f"adaptive.emb.{i}.weight", f"adaptive.head.{i}.bias"}
+        if projected:
+            names.add(f"adaptive.emb.{i}.proj")
+        if not cfg.tie_word_embeddings:
+            names.add(f"adaptive.head.{i}.weight")
+    if projected:
+        names |= {f"adaptive.head.{i}.proj" for i in range(bands)}
+    if cfg.cutoffs:
+        names |= {"adaptive.head.cluster.weight", "adaptive.head.cluster.bias"}
+    return names
 
 
-def test_cli_rejects_adaptive_checkpoint(tmp_path):
+def adaptive_to_hf(model, tensors):
+    """HF's adaptive tensors from ours (the inverse mapping), tied ones
+    through what they are tied to."""
+    out = {}
+    for key in model.state_dict():
+        parts = key.split(".")
+        if key.startswith("transformer.word_emb.emb_layers."):
+            out[key] = tensors[f"adaptive.emb.{parts[3]}.weight"]
+        elif key.startswith("transformer.word_emb.emb_projs."):
+            out[key] = tensors[f"adaptive.emb.{parts[3]}.proj"]
+        elif key.startswith("crit.out_layers.") and parts[3] == "weight":
+            name = f"adaptive.head.{parts[2]}.weight"
+            out[key] = tensors.get(name,
+                                   tensors[f"adaptive.emb.{parts[2]}.weight"])
+        elif key.startswith("crit.out_layers."):
+            out[key] = tensors[f"adaptive.head.{parts[2]}.bias"]
+        elif key.startswith("crit.out_projs."):
+            out[key] = tensors[f"adaptive.head.{parts[2]}.proj"].t()
+        elif key in ("crit.cluster_weight", "crit.cluster_bias"):
+            out[key] = tensors["adaptive.head.cluster." + key[13:]]
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in ADAPTIVE_CASES
+                                  if n != "wt103-shaped"])
+def test_convert_adaptive_names_and_round_trip(name):
+    model = make_hf_model(ADAPTIVE_CASES[name], seed=5)
+    cfg = model.config
+    config, tensors = cv.convert(model, cfg)
+    plain = expected_names(cfg, True) - {"word_emb.weight", "lm_head.bias"}
+    assert set(tensors) == plain | expected_adaptive_names(cfg)
+    assert config["cutoffs"] == list(cfg.cutoffs)
+    assert config["div_val"] == cfg.div_val
+    assert config["d_embed"] == cfg.d_embed
+    assert config["tie_word_embeddings"] == cfg.tie_word_embeddings
+    widths = [cfg.d_embed // cfg.div_val ** i
+              for i in range(len(cfg.cutoffs) + 1)]
+    if "adaptive.head.0.proj" in tensors:
+        for i, w in enumerate(widths):
+            assert tensors[f"adaptive.head.{i}.proj"].shape == (w, cfg.d_model)
+
+    # Mapping ours back onto a fresh HF model reproduces the outputs bit for
+    # bit: nothing lost, permuted or transposed the wrong way.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = TransfoXLLMHeadModel(TransfoXLConfig(
-            **{**_SMALL, "cutoffs": [40, 80], "div_val": 2}))
+        fresh = TransfoXLLMHeadModel(TransfoXLConfig.from_dict(cfg.to_dict()))
+    sd = dict(fresh.state_dict())
+    sd.update(adaptive_to_hf(fresh, tensors))
+    layer_keys = [k for k in sd if k.startswith("transformer.layers")
+                  or k in ("transformer.r_w_bias", "transformer.r_r_bias")]
+    own = model.state_dict()
+    for k in layer_keys:  # (the layers' mapping is tested above)
+        sd[k] = own[k].clone()
+    fresh.load_state_dict(sd, strict=True)
+    fresh.eval()
+    ids = token_ids(cfg.vocab_size, 30, seed=1)
+    assert np.array_equal(hf_logprobs(fresh, ids, 8),
+                          hf_logprobs(model, ids, 8))
+
+
+def test_tied_projections_follow_tie_projs():
+    # wt103's sharing: head projection 0 is its own, 1.. are the embedding's.
+    model = make_hf_model(ADAPTIVE_CASES["adaptive-div2-tiedprojs"], seed=6)
+    assert list(model.config.tie_projs) == [False, True, True, True]
+    _, tensors = cv.convert(model, model.config)
+    emb = model.transformer.word_emb.emb_projs
+    assert not torch.equal(tensors["adaptive.head.0.proj"], emb[0].t())
+    for i in (1, 2, 3):
+        assert torch.equal(tensors[f"adaptive.head.{i}.proj"], emb[i].t())
+    # A file whose tied copies disagree converts as HF loads it: tied.
+    sd = dict(model.state_dict())
+    sd["crit.out_projs.2"] = torch.zeros_like(sd["crit.out_projs.2"])
+    sd["crit.out_layers.1.weight"] = torch.zeros_like(
+        sd["crit.out_layers.1.weight"])
+    _, again = cv.convert(sd, model.config)
+    assert set(again) == set(tensors)
+    for k in tensors:
+        assert torch.equal(again[k], tensors[k]), k
+
+
+def test_cli_converts_a_saved_adaptive_checkpoint(tmp_path):
+    model = make_hf_model(ADAPTIVE_CASES["adaptive-div4-embed64-pre-untied"],
+                          seed=8)
     model.save_pretrained(tmp_path / "hf")
     proc = subprocess.run(
         [sys.executable, str(CONVERTER), str(tmp_path / "hf"),
-         str(tmp_path / "ours")],
+         str(tmp_path / "ours"), "--dtype", "bfloat16"],
         capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "cutoffs" in proc.stderr and "div_val" in proc.stderr
-    assert not (tmp_path / "ours").exists()
+    assert proc.returncode == 0, proc.stderr
+    config, tensors = _read_checkpoint(tmp_path / "ours")
+    want = cv.convert(model, model.config, dtype="bfloat16")
+    _assert_same((config, tensors), want)
+    assert config["torch_dtype"] == "bfloat16"
 
 
 def test_rejects_broken_state_dicts():

@@ -215,7 +215,6 @@ TEST(ModelConfigTest, UnknownArchitectureNamesTheField) {
 
 TEST(ModelConfigTest, UnknownExtraFieldIsRejected) {
   ExpectFieldError(With(ValidFields(), "mem_lenn", "16"), "mem_lenn", "typo field");
-  ExpectFieldError(With(ValidFields(), "cutoffs", "[10, 20]"), "cutoffs", "adaptive field");
 }
 
 TEST(ModelConfigTest, BadEnumValuesAreNamed) {
@@ -237,6 +236,51 @@ TEST(ModelConfigTest, EosTokenIdMustBeInsideVocabulary) {
       With(ValidFields(), "eos_token_id", std::to_string(c.vocab_size - 1))));
   ASSERT_TRUE(last.ok()) << last.status();
   EXPECT_EQ(*last->eos_token_id, c.vocab_size - 1);
+}
+
+TEST(ModelConfigTest, AdaptiveBandsParse) {
+  const int64_t vocab = test::SmallConfig().vocab_size;  // d_model (= d_embed) 16
+  auto parsed = ParseModelConfig(test::RenderJsonObject(
+      With(With(ValidFields(), "cutoffs", "[10, 20]"), "div_val", "2")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->adaptive);
+  const std::vector<VocabularyBand> bands = parsed->bands();
+  ASSERT_EQ(bands.size(), 3u);
+  EXPECT_EQ(bands[0].begin, 0);
+  EXPECT_EQ(bands[0].end, 10);
+  EXPECT_EQ(bands[0].width, 16);
+  EXPECT_EQ(bands[1].end, 20);
+  EXPECT_EQ(bands[1].width, 8);
+  EXPECT_EQ(bands[2].begin, 20);
+  EXPECT_EQ(bands[2].end, vocab);
+  EXPECT_EQ(bands[2].width, 4);
+  // An empty list is one band (an adaptive head with a projection, no clusters).
+  auto single = ParseModelConfig(test::RenderJsonObject(With(ValidFields(), "cutoffs", "[]")));
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->bands().size(), 1u);
+  // Without the field nothing is adaptive.
+  EXPECT_TRUE(ParseModelConfig(test::RenderJsonObject(ValidFields()))->bands().empty());
+  // The adaptive head projects, so an embedding narrower than d_model may be tied.
+  EXPECT_TRUE(ParseModelConfig(test::RenderJsonObject(With(
+                                   With(With(ValidFields(), "cutoffs", "[10]"), "d_embed", "8"),
+                                   "tie_word_embeddings", "true")))
+                  .ok());
+}
+
+TEST(ModelConfigTest, BadAdaptiveBandsAreNamed) {
+  const std::string vocab = std::to_string(test::SmallConfig().vocab_size);
+  for (const char* bad : {"[20, 10]", "[10, 10]", "[0]", "[-3]", "[1.5]", "\"10\"", "{}"}) {
+    ExpectFieldError(With(ValidFields(), "cutoffs", bad), "cutoffs", bad);
+  }
+  ExpectFieldError(With(ValidFields(), "cutoffs", "[" + vocab + "]"), "cutoffs", "cutoff == vocab");
+  ExpectFieldError(With(ValidFields(), "div_val", "2"), "div_val", "div_val without cutoffs");
+  ExpectFieldError(With(With(ValidFields(), "cutoffs", "[10]"), "div_val", "0"), "div_val",
+                   "div_val 0");
+  // d_embed 16 / 32 leaves the second band no columns.
+  ExpectFieldError(With(With(ValidFields(), "cutoffs", "[10]"), "div_val", "32"), "div_val",
+                   "band of width 0");
+  ExpectFieldError(With(With(ValidFields(), "cutoffs", "[10]"), "layer_groups", "1"), "cutoffs",
+                   "adaptive with layer sharing");
 }
 
 TEST(ModelConfigTest, InvalidJsonIsRejected) {
