@@ -436,15 +436,16 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
     const auto t1 = Clock::now();
     rates.push_back(static_cast<double>(o.decode_steps) / Seconds(t0, t1));
   }
-  std::printf(
-      "{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
-      ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
-      "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
-      c.mem_len, SummaryJson(Summarise(rates)).c_str(), Num(1e3 / Summarise(rates).median).c_str(),
-      o.runs, o.decode_steps, o.warmup * 8, Num(ProcStatusMib("VmHWM")).c_str(),
-      DecodeBytesJson(c, state, static_cast<int64_t>(DTypeSize(model.weights().layers[0].fc1.dtype())))
-          .c_str(),
-      CommonJson(model, state).c_str());
+  std::printf("{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
+              ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
+              "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
+              c.mem_len, SummaryJson(Summarise(rates)).c_str(),
+              Num(1e3 / Summarise(rates).median).c_str(), o.runs, o.decode_steps, o.warmup * 8,
+              Num(ProcStatusMib("VmHWM")).c_str(),
+              DecodeBytesJson(
+                  c, state, static_cast<int64_t>(DTypeSize(model.weights().layers[0].fc1.dtype())))
+                  .c_str(),
+              CommonJson(model, state).c_str());
   return 0;
 }
 

@@ -69,8 +69,8 @@ absl::Status AdaptiveEmbed(Backend& be, const ModelConfig& c, const AdaptiveWeig
   return be.GatherRows(grouped, order, x);
 }
 
-absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c,
-                                        const AdaptiveWeights& w, const Tensor& hidden) {
+absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c, const AdaptiveWeights& w,
+                                        const Tensor& hidden) {
   const std::vector<VocabularyBand> bands = c.bands();
   const int64_t m = hidden.dim(0), k = static_cast<int64_t>(bands.size()) - 1;
   // Every band's logits (and the clusters' with band 0), on the host.
@@ -78,8 +78,8 @@ absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c,
   Tensor clusters;
   for (size_t i = 0; i < bands.size(); ++i) {
     ASSIGN_OR_RETURN(const Tensor in, BandInput(be, w, i, hidden));
-    ASSIGN_OR_RETURN(Tensor out, be.AllocateUninitialized(
-                                     DType::kF32, {m, bands[i].end - bands[i].begin}));
+    ASSIGN_OR_RETURN(Tensor out,
+                     be.AllocateUninitialized(DType::kF32, {m, bands[i].end - bands[i].begin}));
     const Tensor bias = BandRows(w.head_bias, bands[i], i);
     RETURN_IF_ERROR(be.Linear(in, BandRows(w.head, bands[i], i), &bias, out));
     ASSIGN_OR_RETURN(logits.emplace_back(), OnHost(be, std::move(out)));

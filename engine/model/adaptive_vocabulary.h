@@ -25,7 +25,7 @@ absl::Status AdaptiveEmbed(Backend& be, const ModelConfig& c, const AdaptiveWeig
 // log softmax(head)[cutoffs[0] + i − 1] + log softmax(band i's logits)[id − begin_i]
 // (the cluster order of Hugging Face's forward). Each band's logits are computed once, from
 // its own narrow projection; only the [M, V] result is vocabulary-sized.
-absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c,
-                                        const AdaptiveWeights& w, const Tensor& hidden);
+absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c, const AdaptiveWeights& w,
+                                        const Tensor& hidden);
 
 }  // namespace mnemo::engine

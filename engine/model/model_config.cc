@@ -80,8 +80,9 @@ absl::Status ParseAdaptive(const Json& j, ModelConfig& c) {
   for (const Json& x : v) {
     if (!x.is_number_integer() || x.get<int64_t>() <= previous ||
         x.get<int64_t>() >= c.vocab_size) {
-      return FieldError("cutoffs", absl::StrCat("must ascend strictly within (0, vocab_size = ",
-                                                c.vocab_size, ")"));
+      return FieldError(
+          "cutoffs",
+          absl::StrCat("must ascend strictly within (0, vocab_size = ", c.vocab_size, ")"));
     }
     previous = x.get<int64_t>();
     c.cutoffs.push_back(previous);

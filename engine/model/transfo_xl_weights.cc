@@ -101,8 +101,8 @@ void ForEachWeight(Weights& w, Fn fn) {
   fn(w.final_ln_beta, false);
   fn(w.lm_head, true);
   fn(w.lm_head_bias, false);
-  for (auto* list : {&w.adaptive.emb, &w.adaptive.emb_proj, &w.adaptive.head,
-                     &w.adaptive.head_proj}) {
+  for (auto* list :
+       {&w.adaptive.emb, &w.adaptive.emb_proj, &w.adaptive.head, &w.adaptive.head_proj}) {
     for (auto& t : *list) fn(t, true);
   }
   for (auto& t : w.adaptive.head_bias) fn(t, false);
@@ -237,8 +237,9 @@ absl::StatusOr<AdaptiveWeights> LoadAdaptiveWeights(const ModelConfig& c, Tensor
   }
   if (projected) {
     for (size_t i = 0; i < bands.size(); ++i) {
-      ASSIGN_OR_RETURN(w.head_proj.emplace_back(),
-                       reader.Read(absl::StrCat("adaptive.head.", i, ".proj"), {bands[i].width, d}));
+      ASSIGN_OR_RETURN(
+          w.head_proj.emplace_back(),
+          reader.Read(absl::StrCat("adaptive.head.", i, ".proj"), {bands[i].width, d}));
     }
   }
   if (const auto k = static_cast<int64_t>(c.cutoffs.size()); k > 0) {

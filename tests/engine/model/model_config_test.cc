@@ -240,8 +240,8 @@ TEST(ModelConfigTest, EosTokenIdMustBeInsideVocabulary) {
 
 TEST(ModelConfigTest, AdaptiveBandsParse) {
   const int64_t vocab = test::SmallConfig().vocab_size;  // d_model (= d_embed) 16
-  auto parsed = ParseModelConfig(test::RenderJsonObject(
-      With(With(ValidFields(), "cutoffs", "[10, 20]"), "div_val", "2")));
+  auto parsed = ParseModelConfig(
+      test::RenderJsonObject(With(With(ValidFields(), "cutoffs", "[10, 20]"), "div_val", "2")));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_TRUE(parsed->adaptive);
   const std::vector<VocabularyBand> bands = parsed->bands();
