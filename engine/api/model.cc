@@ -16,6 +16,7 @@
 #include "engine/checkpoint/safetensors.h"
 #include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
+#include "engine/tokenizer/word_tokenizer.h"
 
 namespace mnemo::engine::api {
 namespace {
@@ -85,13 +86,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
     backend = std::move(wrapped);
   }
   ASSIGN_OR_RETURN(m->impl_, TransfoXlModel::Load(dir, std::move(backend), options.model));
+  // A word vocabulary (Transformer-XL as published) or a sentencepiece model.
+  const std::string words = dir + "/" + kWordVocabularyFile;
   const std::string spm = dir + "/tokenizer.model";
   std::error_code error;
-  if (options.require_tokenizer || std::filesystem::exists(spm, error)) {
-    ASSIGN_OR_RETURN(m->tokenizer_, LoadSentencePieceTokenizer(spm));
+  const bool has_words = std::filesystem::exists(words, error);
+  if (has_words || options.require_tokenizer || std::filesystem::exists(spm, error)) {
+    const std::string& path = has_words ? words : spm;
+    ASSIGN_OR_RETURN(m->tokenizer_,
+                     has_words ? LoadWordTokenizer(words) : LoadSentencePieceTokenizer(spm));
     if (m->tokenizer_->vocab_size() > m->config().vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(spm, " has ", m->tokenizer_->vocab_size(),
-                                                     " pieces but the model only ",
+      return absl::InvalidArgumentError(absl::StrCat(path, " has ", m->tokenizer_->vocab_size(),
+                                                     " symbols but the model only ",
                                                      m->config().vocab_size, " ids"));
     }
   }

@@ -30,7 +30,7 @@ struct LoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   ModelOptions model;
   // Load tokenizer.model even when absent (then fail with the loader's error); otherwise it is
-  // loaded when the directory has one.
+  // loaded when the directory has one. A vocab.words (a word vocabulary) is loaded instead of it.
   bool require_tokenizer = false;
   // The draft for speculative decoding: `draft_dir` when set, else the directory's draft.json when
   // `draft_from_json`, else none. A draft must share the tokenizer and the vocabulary.
@@ -68,8 +68,8 @@ struct ModelDescription {
 
 class Model {
  public:
-  // Loads `<dir>/config.json`, `<dir>/model.safetensors` (and tokenizer.model, the draft) onto
-  // options.device.
+  // Loads `<dir>/config.json`, `<dir>/model.safetensors` (and vocab.words or tokenizer.model, the
+  // draft) onto options.device.
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
                                                      const LoadOptions& options = {});
   ~Model();
@@ -84,7 +84,7 @@ class Model {
   DType weight_dtype() const;
   // The dtype of the sessions' key/value rings (ModelOptions::session_memory).
   DType session_memory() const;
-  // Null when the checkpoint has no tokenizer.model.
+  // Null when the checkpoint has neither vocab.words nor tokenizer.model.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   // The speculative-decoding draft (shares this model's vocabulary), null without one.
   const std::shared_ptr<Model>& draft() const { return draft_; }

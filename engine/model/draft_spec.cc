@@ -18,18 +18,19 @@ absl::Status CheckDraftTokenizer(const std::string& model_dir, const std::string
     return absl::InvalidArgumentError(
         absl::StrCat("draft model directory ", draft_dir, " does not exist"));
   }
-  const std::string mine = model_dir + "/tokenizer.model";
-  if (!std::filesystem::exists(mine, ec)) return absl::OkStatus();
-  const std::string theirs = draft_dir + "/tokenizer.model";
-  if (!std::filesystem::exists(theirs, ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("draft model ", draft_dir, " has no tokenizer.model"));
-  }
-  ASSIGN_OR_RETURN(std::string a, ReadFile(mine));
-  ASSIGN_OR_RETURN(std::string b, ReadFile(theirs));
-  if (a != b) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("draft model ", draft_dir, " has another tokenizer.model than ", model_dir));
+  for (const char* file : {"tokenizer.model", "vocab.words"}) {  // (word_tokenizer.h)
+    const std::string mine = absl::StrCat(model_dir, "/", file);
+    if (!std::filesystem::exists(mine, ec)) continue;
+    const std::string theirs = absl::StrCat(draft_dir, "/", file);
+    if (!std::filesystem::exists(theirs, ec)) {
+      return absl::InvalidArgumentError(absl::StrCat("draft model ", draft_dir, " has no ", file));
+    }
+    ASSIGN_OR_RETURN(std::string a, ReadFile(mine));
+    ASSIGN_OR_RETURN(std::string b, ReadFile(theirs));
+    if (a != b) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("draft model ", draft_dir, " has another ", file, " than ", model_dir));
+    }
   }
   return absl::OkStatus();
 }

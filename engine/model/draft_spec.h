@@ -4,8 +4,8 @@
 //
 // `model` is a checkpoint directory, relative to the naming directory unless absolute;
 // `draft_tokens` (1 … 64, default 4) is how many tokens the draft proposes per verification.
-// The draft must tokenize as its target does: when the target directory has a tokenizer.model,
-// the draft's must be byte-identical.
+// The draft must tokenize as its target does: when the target directory has a tokenizer.model
+// or a vocab.words, the draft's must be byte-identical.
 #pragma once
 
 #include <optional>
