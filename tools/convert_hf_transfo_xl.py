@@ -26,9 +26,11 @@ Library use (tests, benchmarks):
 """
 
 import argparse
+import collections
 import json
 import math
 import os
+import pickle
 import sys
 import warnings
 
@@ -414,11 +416,118 @@ def load_hf_checkpoint(hf_dir):
         f"{hf_dir}: no model.safetensors or pytorch_model.bin found")
 
 
+# --------------------------------------------------------------------------
+# Word vocabularies (TransfoXLTokenizer's vocab.pkl -> our vocab.words)
+
+VOCAB_FILE = "vocab.words"
+
+
+class _Inert:
+    """Stands in for every class a vocab.pkl names but the vocabulary does
+    not need (Moses tokenizers, compiled patterns, tries): built without
+    running any of their code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _VocabUnpickler(pickle.Unpickler):
+    """Reads HF's vocab.pkl (a pickled TransfoXLTokenizer.__dict__) without
+    executing anything from the file: only collections' containers are
+    real, every other global is _Inert."""
+
+    _REAL = {("collections", "OrderedDict"): collections.OrderedDict,
+             ("collections", "Counter"): collections.Counter}
+
+    def find_class(self, module, name):
+        return self._REAL.get((module, name), _Inert)
+
+
+def read_hf_vocabulary(hf_dir):
+    """The symbols of a TransfoXLTokenizer directory's vocab.pkl, by id, or
+    None when the directory has none. ConversionError when the tokenizer is
+    one our word tokenizer cannot reproduce (lower_case, a delimiter other
+    than whitespace) or the vocabulary cannot be a vocab.words."""
+    path = os.path.join(hf_dir, "vocab.pkl")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            state = _VocabUnpickler(f).load()
+    except Exception as e:  # a malformed pickle raises many kinds
+        raise ConversionError(f"{path}: not a TransfoXLTokenizer vocab.pkl: {e}")
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path}: not a TransfoXLTokenizer vocab.pkl")
+    if state.get("lower_case"):
+        raise ConversionError(
+            f"{path}: lower_case is true; mnemo's word tokenizer does not "
+            "lower-case text")
+    if state.get("delimiter") not in (None, " "):
+        raise ConversionError(
+            f"{path}: delimiter {state.get('delimiter')!r}; mnemo's word "
+            "tokenizer splits at whitespace")
+    symbols = state.get("idx2sym")
+    if symbols is None and isinstance(state.get("sym2idx"), dict):
+        by_id = sorted(state["sym2idx"].items(), key=lambda kv: kv[1])
+        symbols = [sym for sym, _ in by_id]
+    if not isinstance(symbols, list):
+        raise ConversionError(f"{path}: holds no idx2sym list")
+    check_vocabulary(symbols, path)
+    return symbols
+
+
+def check_vocabulary(symbols, where):
+    """ConversionError unless `symbols` can be a vocab.words: non-empty
+    strings without whitespace, each once."""
+    seen = set()
+    for i, sym in enumerate(symbols):
+        if not isinstance(sym, str) or not sym or any(
+                c in sym for c in " \t\n\r\v\f"):
+            raise ConversionError(
+                f"{where}: symbol {i} ({sym!r}) is not a non-empty word "
+                "without whitespace")
+        if sym in seen:
+            raise ConversionError(f"{where}: symbol {i} ({sym!r}) repeats")
+        seen.add(sym)
+
+
+def write_vocabulary(out_dir, symbols):
+    """Writes vocab.words: one symbol per line, its line its id (the text
+    vocabulary format of the original Transformer-XL code)."""
+    check_vocabulary(symbols, VOCAB_FILE)
+    with open(os.path.join(out_dir, VOCAB_FILE), "w", encoding="utf-8",
+              newline="\n") as f:
+        f.write("".join(sym + "\n" for sym in symbols))
+
+
 def convert_dir(hf_dir, out_dir, dtype=None):
-    """Convert an HF checkpoint directory; returns our config dict."""
+    """Convert an HF checkpoint directory (and its TransfoXLTokenizer
+    vocab.pkl, when it has one); returns our config dict."""
     sd, hf_config = load_hf_checkpoint(hf_dir)
     config, tensors = convert(sd, hf_config, dtype=dtype)
+    symbols = read_hf_vocabulary(hf_dir)
+    if symbols is not None and len(symbols) > config["vocab_size"]:
+        raise ConversionError(
+            f"{hf_dir}/vocab.pkl has {len(symbols)} symbols but the model "
+            f"only {config['vocab_size']} ids")
     write_checkpoint(out_dir, config, tensors)
+    if symbols is not None:
+        write_vocabulary(out_dir, symbols)
     return config
 
 

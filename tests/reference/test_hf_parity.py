@@ -25,9 +25,12 @@ Run: MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytest \
          tests/reference/test_hf_parity.py
 """
 
+import collections
 import contextlib
 import copy
 import json
+import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -665,6 +668,63 @@ def test_cli_converts_a_saved_adaptive_checkpoint(tmp_path):
     want = cv.convert(model, model.config, dtype="bfloat16")
     _assert_same((config, tensors), want)
     assert config["torch_dtype"] == "bfloat16"
+
+
+def _vocab_pkl(tmp_path, state):
+    hf = tmp_path / "hf"
+    hf.mkdir(exist_ok=True)
+    with open(hf / "vocab.pkl", "wb") as f:
+        pickle.dump(state, f)
+    return hf
+
+
+class _Hostile:
+    """Unpickling this runs a shell command, unless the unpickler refuses
+    to call what the file names."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_vocabulary_reading_runs_nothing_from_the_pickle(tmp_path):
+    marker = tmp_path / "ran"
+    symbols = ["<eos>", "<unk>", "the", "'s"]
+    hf = _vocab_pkl(tmp_path, {"idx2sym": symbols, "lower_case": False,
+                               "delimiter": None, "hook": _Hostile(marker),
+                               "sym2idx": collections.OrderedDict(
+                                   (s, i) for i, s in enumerate(symbols))})
+    assert cv.read_hf_vocabulary(hf) == symbols
+    assert not marker.exists()
+    # Without idx2sym the order comes from sym2idx.
+    hf = _vocab_pkl(tmp_path, {"sym2idx": {"b": 1, "a": 0}, "x": _Hostile(marker)})
+    assert cv.read_hf_vocabulary(hf) == ["a", "b"]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("state,message", [
+    ({"idx2sym": ["a"], "lower_case": True}, "lower_case"),
+    ({"idx2sym": ["a"], "delimiter": ""}, "delimiter"),
+    ({"idx2sym": ["a", "b c"]}, "whitespace"),
+    ({"idx2sym": ["a", "a"]}, "repeats"),
+    ({"idx2sym": ["a", ""]}, "whitespace"),
+    ({"counter": {}}, "idx2sym"),
+    ([1, 2], "vocab.pkl"),
+])
+def test_vocabulary_our_tokenizer_cannot_reproduce_is_refused(tmp_path, state,
+                                                              message):
+    with pytest.raises(cv.ConversionError, match=message):
+        cv.read_hf_vocabulary(_vocab_pkl(tmp_path, state))
+
+
+def test_a_truncated_vocab_pkl_is_refused(tmp_path):
+    hf = _vocab_pkl(tmp_path, {"idx2sym": ["a", "b"]})
+    data = (hf / "vocab.pkl").read_bytes()
+    (hf / "vocab.pkl").write_bytes(data[:len(data) // 2])
+    with pytest.raises(cv.ConversionError, match="not a TransfoXLTokenizer"):
+        cv.read_hf_vocabulary(hf)
 
 
 def test_rejects_broken_state_dicts():
