@@ -48,8 +48,9 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(const LoadedModel& model, bool 
   std::vector<int32_t> tokens;
   if (is_text) {
     if (model.tokenizer == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "model \"", model.name, "\" has no tokenizer (tokenizer.model): send token ids"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("model \"", model.name,
+                       "\" has no tokenizer (tokenizer.model or vocab.words): send token ids"));
     }
     auto encoded = model.tokenizer->Encode(text);
     if (!encoded.ok()) return InvalidField("text", std::string(encoded.status().message()));

@@ -7,8 +7,9 @@ namespace {
 
 absl::StatusOr<const engine::api::Tokenizer*> TokenizerOf(const LoadedModel& m) {
   if (m.tokenizer == nullptr) {
-    return absl::FailedPreconditionError("model \"" + m.name +
-                                         "\" has no tokenizer (tokenizer.model): use token ids");
+    return absl::FailedPreconditionError(
+        "model \"" + m.name +
+        "\" has no tokenizer (tokenizer.model or vocab.words): use token ids");
   }
   return m.tokenizer;
 }

@@ -3,8 +3,9 @@
 //   score     per-token log-probabilities and bits per byte of a text or id file
 //   logits    dump raw logits of every position (parity tests and tools)
 // Every sub-command works on any checkpoint directory (config.json + model.safetensors
-// [+ tokenizer.model]) and feeds input in segments with memory carried across them; generate and
-// score can save the session (memory and pending tail) to a snapshot file and start from one.
+// [+ tokenizer.model or vocab.words]) and feeds input in segments with memory carried across them;
+// generate and score can save the session (memory and pending tail) to a snapshot file and start
+// from one.
 #include <unistd.h>
 
 #include <cmath>
@@ -47,7 +48,8 @@ commands:
   logits     write raw float32 logits of every position of a token-id file
 
 common flags:
-  --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model
+  --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model or
+                       vocab.words
   --segment-len N      tokens per forward segment when feeding input (default: the model's
                        mem_len, at least 1; 512 for a model without dense layers); memory is
                        carried between segments
@@ -91,7 +93,7 @@ generate:
                        draft_tokens, else 4)
 
 score:
-  --text-file FILE     UTF-8 text to score (tokenized with tokenizer.model)
+  --text-file FILE     UTF-8 text to score (tokenized with tokenizer.model or vocab.words)
   --ids-file FILE      whitespace-separated token ids to score (instead of --text-file)
   --json               one JSON object per token {"position","token","logprob"} and a final
                        {"summary":…} line, instead of the human-readable summary
