@@ -227,6 +227,10 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
     f.emplace_back("layers", absl::StrCat("[", absl::StrJoin(layers, ", "), "]"));
   if (c.layer_groups > 0) f.emplace_back("layer_groups", absl::StrCat(c.layer_groups));
   if (c.d_embed > 0 && c.d_embed != c.d_model) f.emplace_back("d_embed", absl::StrCat(c.d_embed));
+  if (c.adaptive) {
+    f.emplace_back("cutoffs", absl::StrCat("[", absl::StrJoin(c.cutoffs, ", "), "]"));
+    f.emplace_back("div_val", absl::StrCat(c.div_val));
+  }
   if (c.reformer) {
     f.emplace_back("axial_pos_shape",
                    absl::StrCat("[", absl::StrJoin(c.axial_pos_shape, ", "), "]"));
@@ -250,8 +254,31 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     const engine::ModelConfig& c) {
   const int64_t d = c.d_model, hd = c.attn_width();
   std::vector<std::pair<std::string, std::vector<int64_t>>> t, extra;
-  t.push_back({"word_emb.weight", {c.vocab_size, c.embed_width()}});
-  if (c.embed_width() != d) {
+  if (c.adaptive) {  // docs/checkpoint-format.md "Adaptive embedding and softmax"
+    const std::vector<engine::VocabularyBand> bands = c.bands();
+    const bool projected = c.div_val > 1 || c.embed_width() != d;
+    const size_t tables = c.div_val > 1 ? bands.size() : 1;
+    for (size_t i = 0; i < tables; ++i) {
+      const int64_t rows = c.div_val > 1 ? bands[i].end - bands[i].begin : c.vocab_size;
+      const std::string e = absl::StrCat("adaptive.emb.", i, "."),
+                        h = absl::StrCat("adaptive.head.", i, ".");
+      t.push_back({e + "weight", {rows, bands[i].width}});
+      if (projected) t.push_back({e + "proj", {d, bands[i].width}});
+      if (!c.tie_word_embeddings) t.push_back({h + "weight", {rows, bands[i].width}});
+      t.push_back({h + "bias", {rows}});
+    }
+    for (size_t i = 0; projected && i < bands.size(); ++i) {
+      t.push_back({absl::StrCat("adaptive.head.", i, ".proj"), {bands[i].width, d}});
+    }
+    if (!c.cutoffs.empty()) {
+      const auto k = static_cast<int64_t>(c.cutoffs.size());
+      t.push_back({"adaptive.head.cluster.weight", {k, c.embed_width()}});
+      t.push_back({"adaptive.head.cluster.bias", {k}});
+    }
+  } else {
+    t.push_back({"word_emb.weight", {c.vocab_size, c.embed_width()}});
+  }
+  if (!c.adaptive && c.embed_width() != d) {
     t.push_back({"emb_proj.weight", {d, c.embed_width()}});
     t.push_back({"emb_proj.bias", {d}});
   }
@@ -303,8 +330,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     t.push_back({"final_ln.weight", {2 * d}});
     t.push_back({"final_ln.bias", {2 * d}});
   }
-  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, c.head_width()}});
-  t.push_back({"lm_head.bias", {c.vocab_size}});
+  if (!c.adaptive) {
+    if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, c.head_width()}});
+    t.push_back({"lm_head.bias", {c.vocab_size}});
+  }
   t.insert(t.end(), extra.begin(), extra.end());
   return t;
 }

@@ -827,6 +827,28 @@ TEST_F(CudaModelTest, GreedyGenerationOf200TokensEqualsCpu) {
   ExpectSameGreedyTokens(200);
 }
 
+// An adaptive embedding and softmax (Transformer-XL as published): the bands' embeddings,
+// projections and log-probabilities on the GPU give the CPU's over ragged two-session batches of
+// segments and decode steps, with div_val 1 (one table, projected) and 2 (a table per band), and
+// the same greedy tokens.
+TEST_F(CudaModelTest, AdaptiveEmbeddingAndSoftmaxMatchCpu) {
+  for (int64_t div_val : {1, 2}) {
+    gpu_ = *MakeCudaBackend(0);
+    ModelConfig config = test::SmallConfig();
+    config.mem_len = 16;
+    config.adaptive = true;
+    config.cutoffs = {10, 20};
+    config.div_val = div_val;
+    config.d_embed = div_val == 1 ? 8 : 16;
+    config.tie_word_embeddings = div_val == 2;
+    LoadBoth(config, 13);
+    ASSERT_NE(gpu_model_, nullptr);
+    std::vector<SessionState> cs, gs;
+    ExpectSameLogitsOverTwoSessions({{9, 4}, {1, 1}, {1, 1}, {17, 1}, {1, 6}}, &cs, &gs);
+    ExpectSameGreedyTokens(40);
+  }
+}
+
 // Compressive memory on the GPU: every compression (pooling, convolutions, most_used with its
 // attention mass) gives the CPU's logits over ragged segments and decode steps that compress
 // mid-stream, the same compressed rings, pending rows and usage, and 200 identical greedy
