@@ -363,6 +363,13 @@ std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& con
   return model.ok() ? std::move(*model) : nullptr;
 }
 
+std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
+                                                     const engine::ModelOptions& options) {
+  auto model = engine::TransfoXlModel::Load(dir, engine::MakeCpuBackend(), options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
 std::vector<std::string> TestBackends() { return {"cpu", "cuda"}; }
 
 std::unique_ptr<engine::TransfoXlModel> LoadModelOn(const std::string& device,

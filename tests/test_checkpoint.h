@@ -13,6 +13,7 @@
 #include "engine/memory/session_state.h"
 #include "engine/memory/xl_memory.h"
 #include "engine/model/model_config.h"
+#include "engine/model/model_options.h"
 #include "engine/model/transfo_xl_model.h"
 #include "gtest/gtest.h"
 
@@ -83,6 +84,10 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
 // the test fails (and null comes back) when loading fails.
 std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& config,
                                                   uint32_t seed = 1);
+// The checkpoint in `dir` loaded on the CPU with `options`; the test fails (and null comes back)
+// when loading fails.
+std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
+                                                     const engine::ModelOptions& options);
 
 // The backends every exactness suite runs on, by device name: "cpu" (the oracle), then "cuda".
 // One test body, instantiated per backend: a backend this build or machine lacks skips with a

@@ -33,9 +33,7 @@ ModelConfig AdaptiveConfig(int64_t div_val, int64_t d_embed, bool tied) {
 std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights) {
   ModelOptions options;
   options.cpu_weights = weights;
-  auto model = TransfoXlModel::Load(dir, MakeCpuBackend(), options);
-  EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::move(*model) : nullptr;
+  return test::LoadCpuModel(dir, options);
 }
 
 std::vector<float> Outputs(TransfoXlModel& model, const std::vector<int32_t>& doc,

@@ -22,9 +22,7 @@ constexpr double kTol = 1e-5;
 std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights) {
   ModelOptions options;
   options.cpu_weights = weights;
-  auto model = TransfoXlModel::Load(dir, MakeCpuBackend(), options);
-  EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::move(*model) : nullptr;
+  return test::LoadCpuModel(dir, options);
 }
 
 // The logits of every position of `doc` fed in segments of the given lengths (1: decode steps).

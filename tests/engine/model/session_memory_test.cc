@@ -31,9 +31,7 @@ namespace {
 std::unique_ptr<TransfoXlModel> Load(const std::string& dir, DType memory) {
   ModelOptions options;
   options.session_memory = memory;
-  auto model = TransfoXlModel::Load(dir, MakeCpuBackend(), options);
-  EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::move(*model) : nullptr;
+  return test::LoadCpuModel(dir, options);
 }
 
 // Rounds every float32 key/value ring of a state (XL and compressed memory of dense layers) to
