@@ -234,9 +234,9 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
         return t
 
     out = {}
-    if is_adaptive(cfg):
-        adaptive = _adaptive_tensors(cfg, sd, take, used)
-        out.update(adaptive)
+    adaptive = is_adaptive(cfg)
+    if adaptive:
+        out.update(_adaptive_tensors(cfg, sd, take, used))
     else:
         emb = take("transformer.word_emb.emb_layers.0.weight", (V, D))
         out["word_emb.weight"] = emb
@@ -279,7 +279,7 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
                     used.add(a)
             out[bias] = value
 
-    if is_adaptive(cfg):
+    if adaptive:
         tied = bool(cfg.tie_word_embeddings)
     else:
         tied = _plain_head(cfg, sd, take, emb, out)
@@ -294,7 +294,7 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     dtype = _pick_dtype(list(out.values()), dtype)
     config = our_config(cfg, dtype)
     config["tie_word_embeddings"] = tied
-    if is_adaptive(cfg):
+    if adaptive:
         config["d_embed"] = int(cfg.d_embed)
         config["cutoffs"] = [int(c) for c in cfg.cutoffs]
         config["div_val"] = int(cfg.div_val)
@@ -342,12 +342,11 @@ def _adaptive_tensors(cfg, sd, take, used):
     tie_projs = list(getattr(cfg, "tie_projs", []) or [])
     out = {}
 
-    def tied_or_taken(name, replacement):
+    def replaced_on_load(name):
         # A tied tensor's own copy in the file (if any) is what HF replaces
         # on load: consumed, not used.
         if name in sd:
             used.add(name)
-        return replacement
 
     tables = range(len(widths)) if div > 1 else [0]
     for i in tables:
@@ -359,7 +358,7 @@ def _adaptive_tensors(cfg, sd, take, used):
             out[f"adaptive.emb.{i}.proj"] = take(
                 f"transformer.word_emb.emb_projs.{i}", (D, w))
         if cfg.tie_word_embeddings:
-            tied_or_taken(f"crit.out_layers.{i}.weight", emb)
+            replaced_on_load(f"crit.out_layers.{i}.weight")
         else:
             out[f"adaptive.head.{i}.weight"] = take(
                 f"crit.out_layers.{i}.weight", (rows, w))
@@ -369,8 +368,8 @@ def _adaptive_tensors(cfg, sd, take, used):
         for i, w in enumerate(widths):
             name = f"crit.out_projs.{i}"
             if i < len(tie_projs) and tie_projs[i]:
-                source = out[f"adaptive.emb.{0 if div == 1 else i}.proj"]
-                proj = tied_or_taken(name, source)
+                replaced_on_load(name)
+                proj = out[f"adaptive.emb.{0 if div == 1 else i}.proj"]
             else:
                 proj = take(name, (D, w))
             out[f"adaptive.head.{i}.proj"] = proj.t()
@@ -565,7 +564,7 @@ def random_hf_model(overrides, seed=0, std=None):
     """Create a seeded random HF TransfoXLLMHeadModel in eval mode.
 
     overrides: TransfoXLConfig fields. Unlike HF's (wt103) defaults, the
-    defaults here give a model our format can express: cutoffs=[],
+    defaults here give a plain embedding and softmax: cutoffs=[],
     div_val=1, d_embed=d_model.
     """
     from transformers import TransfoXLConfig, TransfoXLLMHeadModel

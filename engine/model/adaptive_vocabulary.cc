@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <utility>
 
 #include "base/status_macros.h"
@@ -91,21 +90,23 @@ absl::StatusOr<Tensor> AdaptiveLogProbs(Backend& be, const ModelConfig& c, const
   }
   Tensor out = Tensor::Empty(DType::kF32, {m, c.vocab_size});
   const int64_t shortlist = bands[0].end;
-  std::vector<float> head(static_cast<size_t>(shortlist + k));
   for (int64_t r = 0; r < m; ++r) {
     float* row = out.data<float>() + r * c.vocab_size;
+    const float* head = logits[0].data<float>() + r * shortlist;
+    const float* cluster = k > 0 ? clusters.data<float>() + r * k : nullptr;
     // The head's softmax runs over the shortlist and the K cluster logits together.
-    std::memcpy(head.data(), logits[0].data<float>() + r * shortlist, sizeof(float) * shortlist);
+    float head_lse = LogSumExp(head, shortlist);
     if (k > 0) {
-      std::memcpy(head.data() + shortlist, clusters.data<float>() + r * k, sizeof(float) * k);
+      const float cluster_lse = LogSumExp(cluster, k);
+      const float hi = std::max(head_lse, cluster_lse), lo = std::min(head_lse, cluster_lse);
+      head_lse = hi + std::log1p(std::exp(lo - hi));
     }
-    const float head_lse = LogSumExp(head.data(), shortlist + k);
     for (int64_t j = 0; j < shortlist; ++j) row[j] = head[j] - head_lse;
     for (int64_t i = 1; i <= k; ++i) {
       const VocabularyBand& band = bands[static_cast<size_t>(i)];
       const int64_t size = band.end - band.begin;
       const float* tail = logits[static_cast<size_t>(i)].data<float>() + r * size;
-      const float base = (head[shortlist + i - 1] - head_lse) - LogSumExp(tail, size);
+      const float base = (cluster[i - 1] - head_lse) - LogSumExp(tail, size);
       for (int64_t j = 0; j < size; ++j) row[band.begin + j] = base + tail[j];
     }
   }

@@ -9,6 +9,7 @@
 
 #include "base/read_file.h"
 #include "base/status_macros.h"
+#include "engine/tokenizer/word_tokenizer.h"
 
 namespace mnemo::engine {
 
@@ -18,7 +19,7 @@ absl::Status CheckDraftTokenizer(const std::string& model_dir, const std::string
     return absl::InvalidArgumentError(
         absl::StrCat("draft model directory ", draft_dir, " does not exist"));
   }
-  for (const char* file : {"tokenizer.model", "vocab.words"}) {  // (word_tokenizer.h)
+  for (const char* file : {"tokenizer.model", kWordVocabularyFile}) {
     const std::string mine = absl::StrCat(model_dir, "/", file);
     if (!std::filesystem::exists(mine, ec)) continue;
     const std::string theirs = absl::StrCat(draft_dir, "/", file);

@@ -333,8 +333,8 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   const float emb_scale = std::sqrt(static_cast<float>(d));
   if (c.adaptive) {
     RETURN_IF_ERROR(AdaptiveEmbed(be, c, weights_.adaptive, ids, emb_scale, x));
-  } else if (weights_.emb_proj
-                 .defined()) {  // factorised (ALBERT): [N, E] then up to the model width
+  } else if (weights_.emb_proj.defined()) {
+    // Factorised (ALBERT): [N, E], then up to the model width.
     ASSIGN_OR_RETURN(Tensor e, scratch({n, c.embed_width()}));
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
     RETURN_IF_ERROR(MatMul(e, weights_.emb_proj, &weights_.emb_proj_bias, x));

@@ -1,20 +1,24 @@
 #include "engine/tokenizer/word_tokenizer.h"
 
 #include <cstdint>
-#include <fstream>
+#include <filesystem>
 #include <functional>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+
+#include "base/read_file.h"
+#include "base/status_macros.h"
 
 namespace mnemo::engine {
 namespace {
 
 constexpr int64_t kMaxSymbols = int64_t{1} << 24;
-constexpr std::streamsize kMaxFileBytes = std::streamsize{256} << 20;
+constexpr uintmax_t kMaxFileBytes = uintmax_t{256} << 20;
 
 // Heterogeneous lookup: words are looked up as views into the text.
 struct StringHash {
@@ -24,14 +28,13 @@ struct StringHash {
 template <typename Value>
 using StringMap = std::unordered_map<std::string, Value, StringHash, std::equal_to<>>;
 
-bool IsSpace(char c) {
-  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' || c == '\n';
-}
+bool IsSpace(char c) { return absl::ascii_isspace(static_cast<unsigned char>(c)); }
 
 class WordTokenizer final : public Tokenizer {
  public:
-  explicit WordTokenizer(std::vector<std::string> symbols) : symbols_(std::move(symbols)) {
-    for (size_t i = 0; i < symbols_.size(); ++i) ids_.emplace(symbols_[i], static_cast<int32_t>(i));
+  // `ids` maps each of `symbols` to its index.
+  WordTokenizer(std::vector<std::string> symbols, StringMap<int32_t> ids)
+      : symbols_(std::move(symbols)), ids_(std::move(ids)) {
     unk_ = Find("<unk>");
     eos_ = Find("<eos>");
   }
@@ -110,28 +113,26 @@ class WordTokenizer final : public Tokenizer {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadWordTokenizer(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  const std::streamsize size = in.tellg();
+  std::error_code error;
+  const uintmax_t size = std::filesystem::file_size(path, error);
+  if (error) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   if (size > kMaxFileBytes) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": over ", kMaxFileBytes, " bytes"));
   }
-  std::string data(static_cast<size_t>(size), '\0');
-  in.seekg(0);
-  if (!in.read(data.data(), size)) return absl::InvalidArgumentError(path + ": read failed");
+  ASSIGN_OR_RETURN(const std::string data, ReadFile(path));
   if (!IsValidUtf8(data)) return absl::InvalidArgumentError(path + ": not valid UTF-8");
   std::vector<std::string> symbols;
-  std::unordered_map<std::string_view, int64_t> seen;
+  StringMap<int32_t> ids;
   std::string_view rest = data;
   while (!rest.empty()) {
+    const int64_t line = static_cast<int64_t>(symbols.size()) + 1;
     const size_t eol = rest.find('\n');
     if (eol == std::string_view::npos) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": line ", symbols.size() + 1, " does not end with a line break"));
+          absl::StrCat(path, ": line ", line, " does not end with a line break"));
     }
     const std::string_view symbol = rest.substr(0, eol);
     rest.remove_prefix(eol + 1);
-    const int64_t line = static_cast<int64_t>(symbols.size()) + 1;
     if (symbol.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": line ", line, " is empty"));
     }
@@ -144,14 +145,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadWordTokenizer(const std::string& 
     if (line > kMaxSymbols) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": over ", kMaxSymbols, " symbols"));
     }
-    if (auto [it, fresh] = seen.emplace(symbol, line); !fresh) {
+    if (auto [it, fresh] = ids.emplace(symbol, static_cast<int32_t>(line - 1)); !fresh) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": line ", line, " repeats line ", it->second, "'s symbol"));
+          absl::StrCat(path, ": line ", line, " repeats line ", it->second + 1, "'s symbol"));
     }
     symbols.emplace_back(symbol);
   }
   if (symbols.empty()) return absl::InvalidArgumentError(path + ": no symbols");
-  return std::make_unique<WordTokenizer>(std::move(symbols));
+  return std::make_unique<WordTokenizer>(std::move(symbols), std::move(ids));
 }
 
 }  // namespace mnemo::engine

@@ -594,7 +594,8 @@ def adaptive_to_hf(model, tensors):
         elif key.startswith("crit.out_projs."):
             out[key] = tensors[f"adaptive.head.{parts[2]}.proj"].t()
         elif key in ("crit.cluster_weight", "crit.cluster_bias"):
-            out[key] = tensors["adaptive.head.cluster." + key[13:]]
+            part = key.rsplit("_", 1)[1]  # weight / bias
+            out[key] = tensors[f"adaptive.head.cluster.{part}"]
     return out
 
 
