@@ -218,6 +218,7 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
       {"torch_dtype", absl::StrCat("\"", std::string(DTypeName(c.dtype)), "\"")},
   };
   if (c.eos_token_id.has_value()) f.emplace_back("eos_token_id", absl::StrCat(*c.eos_token_id));
+  if (c.byte_tokenizer) f.emplace_back("tokenizer", "\"bytes\"");
   // Layer entries as parsed (a config built in code has none: every layer dense).
   std::vector<std::string> layers;
   for (const engine::LayerConfig& l : c.layers) {
@@ -310,8 +311,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       }
     }
     if (lsh) {
-      t.push_back(
-          {p + "attn.rotations", {c.n_head, c.d_head, lc.lsh.n_hashes, lc.lsh.n_buckets / 2}});
+      t.push_back({p + "attn.rotations",
+                   {c.n_head, c.d_head, lc.lsh.n_hashes,
+                    kernels::LshRotationColumns(lc.lsh.bucket_factors,
+                                                static_cast<int>(lc.lsh.n_buckets))}});
     }
     if (lc.dense.compress_taps() > 0) {  // last, so the other tensors draw the same values
       extra.push_back({p + "attn.compress.weight", {d, d, lc.dense.compress_taps()}});

@@ -16,6 +16,7 @@
 #include "engine/checkpoint/safetensors.h"
 #include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
+#include "engine/tokenizer/byte_tokenizer.h"
 #include "engine/tokenizer/word_tokenizer.h"
 
 namespace mnemo::engine::api {
@@ -57,6 +58,10 @@ absl::Status CheckDraft(const Model& target, const Model& draft) {
                                                    ") has vocabulary ", draft.config().vocab_size,
                                                    ", the model ", target.config().vocab_size));
   }
+  if (target.config().byte_tokenizer != draft.config().byte_tokenizer) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the draft model (", draft.dir(), ") and the model disagree on the byte tokenizer"));
+  }
   if (target.UsesResidualAttention()) {
     return absl::InvalidArgumentError(
         "speculative decoding does not support residual_attention (RealFormer) models");
@@ -91,7 +96,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
   const std::string spm = dir + "/tokenizer.model";
   std::error_code error;
   const bool has_words = std::filesystem::exists(words, error);
-  if (has_words || options.require_tokenizer || std::filesystem::exists(spm, error)) {
+  if (m->config().byte_tokenizer) {
+    for (const std::string& file : {words, spm}) {
+      if (std::filesystem::exists(file, error)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            dir, "/config.json names the byte tokenizer but the directory also holds ", file));
+      }
+    }
+    ASSIGN_OR_RETURN(
+        m->tokenizer_,
+        MakeByteTokenizer(m->config().vocab_size,
+                          static_cast<int32_t>(m->config().eos_token_id.value_or(-1))));
+  } else if (has_words || options.require_tokenizer || std::filesystem::exists(spm, error)) {
     const std::string& path = has_words ? words : spm;
     ASSIGN_OR_RETURN(m->tokenizer_,
                      has_words ? LoadWordTokenizer(words) : LoadSentencePieceTokenizer(spm));

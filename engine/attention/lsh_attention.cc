@@ -53,11 +53,47 @@ absl::Status LshLayerState::CheckContents() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+constexpr int64_t kMaxBuckets = 65536;
+
+// "n_buckets": an even integer, or a list of even factors (Hugging Face's factorised hashing)
+// whose product is the bucket count.
+absl::Status ParseBuckets(LayerEntryReader& r, LshConfig& lsh) {
+  if (r.Has("n_buckets") && r.json().at("n_buckets").is_array()) {
+    const nlohmann::json& list = r.json().at("n_buckets");
+    const int max_factors = kernels::LshBucketFactors::kMaxFactors;
+    if (list.empty() || list.size() > static_cast<size_t>(max_factors)) {
+      return r.Error(
+          absl::StrCat("\"n_buckets\" as a list must hold 1 … ", max_factors, " factors"));
+    }
+    lsh.n_buckets = 1;
+    lsh.bucket_factors.count = static_cast<int>(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
+      const nlohmann::json& f = list[i];
+      if (!f.is_number_integer() || f.get<int64_t>() < 2 || f.get<int64_t>() > kMaxBuckets ||
+          f.get<int64_t>() % 2 != 0) {
+        return r.Error("\"n_buckets\" factors must be even integers in [2, 65536]");
+      }
+      lsh.n_buckets *= f.get<int64_t>();
+      if (lsh.n_buckets > kMaxBuckets) {
+        return r.Error("\"n_buckets\" factors multiply to more than 65536 buckets");
+      }
+      lsh.bucket_factors.sizes[i] = static_cast<int>(f.get<int64_t>());
+    }
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(lsh.n_buckets, r.Int("n_buckets", 2, kMaxBuckets));
+  if (lsh.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status LshAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& /*config*/,
                                             LayerConfig& layer) {
   ASSIGN_OR_RETURN(layer.lsh.n_hashes, r.Int("n_hashes", 1, 64));
-  ASSIGN_OR_RETURN(layer.lsh.n_buckets, r.Int("n_buckets", 2, 65536));
-  if (layer.lsh.n_buckets % 2 != 0) return r.Error("\"n_buckets\" must be even");
+  RETURN_IF_ERROR(ParseBuckets(r, layer.lsh));
   ASSIGN_OR_RETURN(layer.lsh.chunk_len, r.Int("chunk_len", 1, kMaxSpan));
   ASSIGN_OR_RETURN(layer.lsh.history, r.Int("history", 1, kMaxSpan, 4096));
   ASSIGN_OR_RETURN(std::string sort, r.String("sort", "window", {"window", "call"}));
@@ -70,8 +106,11 @@ absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
                                             TransfoXlLayerWeights& lw) {
   const LayerConfig& lc = c.layer(layer);
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {2 * c.attn_width(), c.d_model}));
-  ASSIGN_OR_RETURN(lw.lsh.rotations, read(p + "rotations", {c.n_head, c.d_head, lc.lsh.n_hashes,
-                                                            lc.lsh.n_buckets / 2}));
+  ASSIGN_OR_RETURN(
+      lw.lsh.rotations,
+      read(p + "rotations", {c.n_head, c.d_head, lc.lsh.n_hashes,
+                             kernels::LshRotationColumns(lc.lsh.bucket_factors,
+                                                         static_cast<int>(lc.lsh.n_buckets))}));
   return absl::OkStatus();
 }
 

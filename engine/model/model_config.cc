@@ -185,7 +185,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "axial_pos_shape",
                                                "axial_pos_embds_dim",
                                                "cutoffs",
-                                               "div_val"};
+                                               "div_val",
+                                               "tokenizer"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -251,6 +252,19 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   }
   c.dtype = *parsed;
 
+  if (j.contains("tokenizer")) {
+    ASSIGN_OR_RETURN(std::string tokenizer, GetString(j, "tokenizer"));
+    if (tokenizer != "bytes") {
+      return FieldError("tokenizer", absl::StrCat("names unknown tokenizer \"", tokenizer,
+                                                  "\" (supported: bytes)"));
+    }
+    if (c.vocab_size < 258) {
+      return FieldError("tokenizer", absl::StrCat("\"bytes\" needs vocab_size ≥ 258 (byte b is id "
+                                                  "b + 2), not ",
+                                                  c.vocab_size));
+    }
+    c.byte_tokenizer = true;
+  }
   if (j.contains("eos_token_id") && !j.at("eos_token_id").is_null()) {
     ASSIGN_OR_RETURN(int64_t eos, GetInt(j, "eos_token_id", 0, c.vocab_size - 1));
     c.eos_token_id = eos;

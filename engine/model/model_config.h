@@ -12,6 +12,7 @@
 
 #include "base/dtype.h"
 #include "kernels/kinds.h"
+#include "kernels/lsh_bucket_factors.h"
 
 namespace mnemo::engine {
 
@@ -99,6 +100,9 @@ struct SparseConfig {
 struct LshConfig {
   int64_t n_hashes = 0;
   int64_t n_buckets = 0;
+  // n_buckets as factors when config.json lists them (Hugging Face's factorised hashing);
+  // count 0 for an integer n_buckets.
+  kernels::LshBucketFactors bucket_factors;
   int64_t chunk_len = 0;
   int64_t history = 0;
   bool lsh_call_sort = false;  // "sort": "call": Hugging Face's whole-call algorithm
@@ -144,6 +148,9 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   DType dtype = DType::kF32;  // storage dtype of the weights
   std::optional<int64_t> eos_token_id;
+  // "tokenizer": "bytes": the model's ids are UTF-8 bytes + 2 (engine/tokenizer/byte_tokenizer.h),
+  // with no tokenizer file.
+  bool byte_tokenizer = false;
   // Per layer; empty or shorter than n_layer means dense for the missing layers (a config built
   // in code without them; ParseModelConfig always fills n_layer entries).
   std::vector<LayerConfig> layers;

@@ -82,6 +82,33 @@ bool IsValidUtf8(std::string_view text) {
   return true;
 }
 
+std::string ReplaceInvalidUtf8(std::string_view bytes) {
+  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  std::string out;
+  out.reserve(n);
+  size_t i = 0;
+  while (i < n) {
+    const int len = SequenceLength(s[i]);
+    size_t k = 1;  // bytes of a well-formed prefix so far
+    for (; len > 1 && k < static_cast<size_t>(len) && i + k < n; ++k) {
+      unsigned char lo = 0x80, hi = 0xbf;  // the second byte's range narrows for four leads
+      if (k == 1 && s[i] == 0xe0) lo = 0xa0;
+      if (k == 1 && s[i] == 0xed) hi = 0x9f;
+      if (k == 1 && s[i] == 0xf0) lo = 0x90;
+      if (k == 1 && s[i] == 0xf4) hi = 0x8f;
+      if (s[i + k] < lo || s[i + k] > hi) break;
+    }
+    if (len != 0 && k == static_cast<size_t>(len)) {
+      out.append(bytes.substr(i, k));
+    } else {
+      out.append("\xEF\xBF\xBD");
+    }
+    i += k;
+  }
+  return out;
+}
+
 size_t CompleteUtf8Prefix(std::string_view text) {
   const size_t n = text.size();
   // A sequence is at most 4 bytes: look back at most 3 bytes for an unfinished lead byte.

@@ -31,6 +31,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std:
 
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool IsValidUtf8(std::string_view text);
+// `bytes` with every maximal ill-formed subsequence replaced by U+FFFD (Unicode's "substitution
+// of maximal subparts"): an unfinished sequence at the end becomes one U+FFFD.
+std::string ReplaceInvalidUtf8(std::string_view bytes);
 // Length of the longest prefix of `text` that does not end inside a UTF-8 sequence: what can be
 // emitted now when more bytes may still complete the tail.
 size_t CompleteUtf8Prefix(std::string_view text);

@@ -302,11 +302,14 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
 void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb) {
   const int head_dim = shape.head_dim, rounds = shape.n_hashes;
-  const int64_t half = shape.n_buckets / 2, cols = rounds * half;  // y per head: [R, nb/2]
+  LshBucketFactors factors = shape.factors;
+  if (factors.count == 0) factors = {1, {shape.n_buckets}};
+  const int64_t columns = LshRotationColumns(factors, shape.n_buckets);
+  const int64_t cols = rounds * columns;  // y per head: [R, C]
   std::vector<float> y(static_cast<size_t>(cols));
   for (int64_t i = 0; i < rows; ++i) {
     for (int h = 0; h < shape.num_heads; ++h) {
-      const float* rot = rotations + static_cast<int64_t>(h) * head_dim * cols;  // [d_h, R·nb/2]
+      const float* rot = rotations + static_cast<int64_t>(h) * head_dim * cols;  // [d_h, R·C]
       const float* xh = x + i * ldx + static_cast<int64_t>(h) * head_dim;
       // y = x_hᵀ·rot summed in d order, each product rounded before it is added (this file is
       // built without floating-point contraction): the CUDA kernel sums alike, so every backend
@@ -321,20 +324,27 @@ void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
       }
       int32_t* out = buckets + i * ldb + static_cast<int64_t>(h) * rounds;
       for (int r = 0; r < rounds; ++r) {
-        const float* yr = y.data() + r * half;
-        // argmax over [y, −y]; strict comparisons keep the first maximum.
-        int64_t best = 0;
-        float max = yr[0];
-        for (int64_t k = 1; k < half; ++k) {
-          if (yr[k] > max) max = yr[best = k];
-        }
-        for (int64_t k = 0; k < half; ++k) {
-          if (-yr[k] > max) {
-            max = -yr[k];
-            best = half + k;
+        const float* yr = y.data() + r * columns;
+        int64_t bucket = 0, place = 1;
+        for (int f = 0; f < factors.count; ++f) {
+          const int64_t half = factors.sizes[f] / 2;
+          // argmax over [y, −y] of this factor's columns; strict comparisons keep the first.
+          int64_t best = 0;
+          float max = yr[0];
+          for (int64_t k = 1; k < half; ++k) {
+            if (yr[k] > max) max = yr[best = k];
           }
+          for (int64_t k = 0; k < half; ++k) {
+            if (-yr[k] > max) {
+              max = -yr[k];
+              best = half + k;
+            }
+          }
+          bucket += place * best;
+          place *= factors.sizes[f];
+          yr += half;
         }
-        out[r] = static_cast<int32_t>(best);
+        out[r] = static_cast<int32_t>(bucket);
       }
     }
   }

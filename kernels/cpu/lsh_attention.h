@@ -12,18 +12,20 @@
 
 #include "kernels/cpu/kv_span.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/lsh_bucket_factors.h"
 
 namespace mnemo::kernels {
 
 struct LshShape {
-  int num_heads;       // H
-  int head_dim;        // d_h
-  int n_hashes;        // R rounds
-  int n_buckets;       // nb (even)
-  int64_t chunk_len;   // c
-  int64_t history;     // Hh: positions a query's window spans, itself included
-  int64_t query_len;   // T: the new positions, the last T of the M + T keys
-  int64_t memory_len;  // M: stored positions immediately before them (M ≤ Hh − 1)
+  int num_heads;                  // H
+  int head_dim;                   // d_h
+  int n_hashes;                   // R rounds
+  int n_buckets;                  // nb (even)
+  int64_t chunk_len;              // c
+  int64_t history;                // Hh: positions a query's window spans, itself included
+  int64_t query_len;              // T: the new positions, the last T of the M + T keys
+  int64_t memory_len;             // M: stored positions immediately before them (M ≤ Hh − 1)
+  LshBucketFactors factors = {};  // nb as factors (none: one factor, nb)
 };
 
 // A run of consecutive positions' buckets, oldest first: `rows` rows of H·R int32 each, `ld`
@@ -35,9 +37,11 @@ struct BucketSpan {
 };
 
 // buckets[i·ldb + h·R + r] = bucket of row i of x ([rows, H·d_h], `ldx` floats apart) in round
-// r of head h, under rotations [H, d_h, R, nb/2] (row-major): argmax of [y, −y] with
-// y = x_hᵀ·rotations[h, :, r, :], the first maximum on ties. The products are summed in d order,
-// each rounded before it is added, exactly as kernels/cuda/lsh_attention.cu does.
+// r of head h, under rotations [H, d_h, R, C] (row-major, C = LshRotationColumns): with
+// y = x_hᵀ·rotations[h, :, r, :], argmax of [y, −y] (the first maximum on ties), or with several
+// factors that argmax per factor's run of columns, combined as digits (lsh_bucket_factors.h).
+// The products are summed in d order, each rounded before it is added, exactly as
+// kernels/cuda/lsh_attention.cu does.
 void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb);
 

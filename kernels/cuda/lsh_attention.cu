@@ -1,5 +1,6 @@
 // Reformer LSH attention on the GPU (lsh_attention.h): hashing, both sorts, the wavelet-matrix
 // window index and the per-query window search; twin of kernels/cpu/lsh_{,call_}attention.
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cuda/lsh_attention.h"
@@ -76,12 +77,14 @@ IndexArrays Arrays(void* scratch, int64_t n, int segments, int n_buckets) {
           segments};
 }
 
-// Grid (T, H, R), kHashThreads threads: the bucket of new row i, head h, round r (argmax of
-// [y, −y], the first maximum on ties), and for r = 0 the row's normalised key.
+// Grid (T, H, R), kHashThreads threads: the bucket of new row i, head h, round r (per factor the
+// argmax of [y, −y] over its run of columns, the first maximum on ties, combined as digits), and
+// for r = 0 the row's normalised key.
 __global__ void HashKernel(LshAttentionLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y), r = static_cast<int>(blockIdx.z);
-  const int head_dim = p.head_dim, rounds = p.n_hashes, half = p.n_buckets / 2;
+  const int head_dim = p.head_dim, rounds = p.n_hashes;
+  const int columns = LshRotationColumns(p.factors, p.n_buckets);
   const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
                 head = static_cast<int64_t>(h) * head_dim;
   __shared__ float x[128];
@@ -104,45 +107,57 @@ __global__ void HashKernel(LshAttentionLaunch p) {
     for (int d = tid; d < head_dim; d += blockDim.x) p.new_k[i * w + head + d] = x[d] * scale;
   }
   // y_k = Σ_d x_d · rot[h, d, r, k], summed in d order, products and sums rounded apart.
-  const float* rot = p.rotations + (static_cast<int64_t>(h) * head_dim * rounds + r) * half;
-  const int64_t ld = static_cast<int64_t>(rounds) * half;
-  float value = -INFINITY;
-  int index = 2 * half;
-  for (int k = tid; k < half; k += blockDim.x) {
-    float y = 0.0f;
-    for (int d = 0; d < head_dim; ++d) y = __fadd_rn(y, __fmul_rn(x[d], rot[d * ld + k]));
-    if (y > value || (y == value && k < index)) {
-      value = y;
-      index = k;
-    }
-    if (-y > value || (-y == value && half + k < index)) {
-      value = -y;
-      index = half + k;
-    }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(kFullWarpMask, value, o);
-    const int k = __shfl_xor_sync(kFullWarpMask, index, o);
-    if (v > value || (v == value && k < index)) {
-      value = v;
-      index = k;
-    }
-  }
-  if (lane == 0) {
-    best_value[warp] = value;
-    best_index[warp] = index;
-  }
-  __syncthreads();
-  if (tid == 0) {
-    for (int k = 1; k < static_cast<int>(blockDim.x / 32); ++k) {
-      if (best_value[k] > value || (best_value[k] == value && best_index[k] < index)) {
-        value = best_value[k];
-        index = best_index[k];
+  const float* rot = p.rotations + (static_cast<int64_t>(h) * head_dim * rounds + r) * columns;
+  const int64_t ld = static_cast<int64_t>(rounds) * columns;
+  const int n_factors = p.factors.count == 0 ? 1 : p.factors.count;
+  int bucket = 0, place = 1, offset = 0;
+  for (int f = 0; f < n_factors; ++f) {
+    const int half = p.factors.count == 0 ? p.n_buckets / 2 : p.factors.sizes[f] / 2;
+    float value = -INFINITY;
+    int index = 2 * half;
+    for (int k = tid; k < half; k += blockDim.x) {
+      float y = 0.0f;
+      for (int d = 0; d < head_dim; ++d) {
+        y = __fadd_rn(y, __fmul_rn(x[d], rot[d * ld + offset + k]));
+      }
+      if (y > value || (y == value && k < index)) {
+        value = y;
+        index = k;
+      }
+      if (-y > value || (-y == value && half + k < index)) {
+        value = -y;
+        index = half + k;
       }
     }
-    // (Only NaN products leave no maximum: bucket 0 then, as on the CPU.)
-    p.new_bucket[i * p.num_heads * rounds + static_cast<int64_t>(h) * rounds + r] =
-        index < 2 * half ? index : 0;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v = __shfl_xor_sync(kFullWarpMask, value, o);
+      const int k = __shfl_xor_sync(kFullWarpMask, index, o);
+      if (v > value || (v == value && k < index)) {
+        value = v;
+        index = k;
+      }
+    }
+    if (lane == 0) {
+      best_value[warp] = value;
+      best_index[warp] = index;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      for (int k = 1; k < static_cast<int>(blockDim.x / 32); ++k) {
+        if (best_value[k] > value || (best_value[k] == value && best_index[k] < index)) {
+          value = best_value[k];
+          index = best_index[k];
+        }
+      }
+      // (Only NaN products leave no maximum: digit 0 then, as on the CPU.)
+      bucket += place * (index < 2 * half ? index : 0);
+      place *= 2 * half;
+    }
+    offset += half;
+    __syncthreads();  // best_value / best_index are reused by the next factor
+  }
+  if (tid == 0) {
+    p.new_bucket[i * p.num_heads * rounds + static_cast<int64_t>(h) * rounds + r] = bucket;
   }
 }
 
@@ -368,12 +383,17 @@ cudaError_t LshAttention(const LshAttentionLaunch& p, cudaStream_t stream) {
   if (t <= 0) return cudaSuccess;
   const int64_t segments = static_cast<int64_t>(p.num_heads) * p.n_hashes;
   if (p.head_dim <= 0 || p.head_dim > 128 || p.n_hashes <= 0 || p.n_hashes > kMaxRounds ||
-      p.n_buckets < 2 || p.n_buckets % 2 != 0 || p.num_heads > 65535 || p.chunk_len <= 0 ||
+      p.n_buckets < 2 || p.n_buckets % 2 != 0 || p.factors.count < 0 ||
+      p.factors.count > LshBucketFactors::kMaxFactors || p.num_heads > 65535 || p.chunk_len <= 0 ||
       p.history <= 0 || t > 2147483647 || n > 2147483647 || segments > 2147483647 / n) {
     return cudaErrorInvalidValue;
   }
   const IndexArrays a = Arrays(p.scratch, n, static_cast<int>(segments), p.n_buckets);
-  const int half = p.n_buckets / 2;
+  int half = p.n_buckets / 2;  // the widest run of columns one argmax spans
+  if (p.factors.count != 0) {
+    half = 0;
+    for (int f = 0; f < p.factors.count; ++f) half = std::max(half, p.factors.sizes[f] / 2);
+  }
   const int hash_threads = half >= kHashThreads ? kHashThreads : (half + 31) / 32 * 32;
   HashKernel<<<dim3(static_cast<unsigned>(t), static_cast<unsigned>(p.num_heads),
                     static_cast<unsigned>(p.n_hashes)),

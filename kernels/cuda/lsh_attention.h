@@ -25,13 +25,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/lsh_bucket_factors.h"
+
 namespace mnemo::kernels::cuda {
 
 struct LshAttentionLaunch {
   const float* x;  // [T, ldx]: the new positions' shared query/key rows (head h at h·d_h) …
   int64_t ldx;
   const float* new_v;         // … and their value rows, ldx apart
-  const float* rotations;     // [H, d_h, R, nb/2]
+  const float* rotations;     // [H, d_h, R, C], C = LshRotationColumns(factors, n_buckets)
   const float* mem_k;         // ring [capacity, W]: normalised keys, W = H·d_h
   const float* mem_v;         // ring [capacity, W]: values
   const int32_t* mem_bucket;  // ring [capacity, H·R]: buckets
@@ -47,6 +49,7 @@ struct LshAttentionLaunch {
   int head_dim;  // ≤ 128
   int n_hashes;  // R ≤ 64
   int n_buckets;
+  LshBucketFactors factors;  // n_buckets as factors (none: one factor, n_buckets)
   int64_t chunk_len;
   int64_t history;
   bool call_sort;  // Hugging Face's per-call sort ("sort": "call") instead of per-query windows

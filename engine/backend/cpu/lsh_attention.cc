@@ -28,7 +28,8 @@ absl::Status CpuBackend::LshAttention(const std::vector<LshAttentionArgs>& batch
                             l.chunk_len,
                             l.history,
                             t,
-                            ring.size()};
+                            ring.size(),
+                            l.bucket_factors};
     // The new positions' normalised keys, values and buckets.
     std::vector<float> keys(static_cast<size_t>(t * width)), values(keys.size());
     std::vector<int32_t> buckets(static_cast<size_t>(t * nb));

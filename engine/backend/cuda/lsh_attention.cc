@@ -56,6 +56,7 @@ absl::Status CudaBackend::LshAttention(const std::vector<LshAttentionArgs>& batc
                                         a.head_dim,
                                         static_cast<int>(l.n_hashes),
                                         static_cast<int>(l.n_buckets),
+                                        l.bucket_factors,
                                         l.chunk_len,
                                         l.history,
                                         l.lsh_call_sort};

@@ -441,6 +441,17 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
   EXPECT_EQ(fixed.sparse.max_global, 9);
   EXPECT_EQ(c->layer(1).attention, AttentionKind::kLsh);
   EXPECT_EQ(c->layer(1).lsh.history, 4096);  // the default
+  EXPECT_EQ(c->layer(1).lsh.bucket_factors.count, 0);
+  auto factorised = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "dense"},
+          {"attention": "lsh", "n_hashes": 1, "n_buckets": [64, 128], "chunk_len": 64}])")));
+  ASSERT_TRUE(factorised.ok()) << factorised.status();
+  const LshConfig& lsh = factorised->layer(1).lsh;
+  EXPECT_EQ(lsh.n_buckets, 8192);
+  ASSERT_EQ(lsh.bucket_factors.count, 2);
+  EXPECT_EQ(lsh.bucket_factors.sizes[0], 64);
+  EXPECT_EQ(lsh.bucket_factors.sizes[1], 128);
+  EXPECT_EQ(kernels::LshRotationColumns(lsh.bucket_factors, 8192), 96);
   auto union_split = ParseModelConfig(test::RenderJsonObject(WithLayers(
       R"([{"attention": "sparse", "pattern": "strided", "stride": 4, "span": 16, "split": "union",
            "global_positions": [1, 2]},
@@ -472,6 +483,15 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
            {R"({"attention": "sparse", "window": 4, "global_positions": [2, 2]})", "repeats"},
            {R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 5, "chunk_len": 4})", "n_buckets"},
            {R"({"attention": "lsh", "n_hashes": 0, "n_buckets": 4, "chunk_len": 4})", "n_hashes"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": [4, 3], "chunk_len": 4})", "even"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": [], "chunk_len": 4})", "factors"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": [256, 512], "chunk_len": 4})",
+            "65536"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": [2, 2, 2, 2, 2, 2, 2, 2, 2],
+                "chunk_len": 4})",
+            "factors"},
+           {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": ["4"], "chunk_len": 4})",
+            "n_buckets"},
            {R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 4,
                 "history": 0})",
             "history"},

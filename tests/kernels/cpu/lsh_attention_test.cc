@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <set>
 #include <tuple>
 #include <vector>
 
@@ -249,6 +250,83 @@ TEST(LshHashTest, MatchesTheNaiveArgmax) {
         EXPECT_EQ(b[i * ldb + heads * rounds], -7);  // padding untouched
       }
     }
+  }
+}
+
+// Hugging Face's factorised hash (num_buckets a list), written from its definition in double:
+// each factor f takes the next f/2 rotation columns of the round, argmax of [y, −y] there is a
+// digit in [0, f), and the digits combine little-endian.
+int32_t NaiveFactorisedBucket(const std::vector<int>& factors, int head_dim, int rounds,
+                              const float* xh, const float* rot, int h, int r, double* min_gap) {
+  int columns = 0;
+  for (int f : factors) columns += f / 2;
+  int32_t bucket = 0, place = 1, offset = 0;
+  *min_gap = 1e30;
+  for (int f : factors) {
+    std::vector<double> all;
+    for (int k = 0; k < f / 2; ++k) {
+      double y = 0;
+      for (int d = 0; d < head_dim; ++d) {
+        y += double(xh[d]) * rot[((int64_t(h) * head_dim + d) * rounds + r) * columns + offset + k];
+      }
+      all.push_back(y);
+    }
+    for (int k = 0; k < f / 2; ++k) all.push_back(-all[k]);
+    const auto best = std::max_element(all.begin(), all.end()) - all.begin();
+    std::vector<double> sorted = all;
+    std::sort(sorted.rbegin(), sorted.rend());
+    *min_gap = std::min(*min_gap, sorted[0] - sorted[1]);
+    bucket += place * static_cast<int32_t>(best);
+    place *= f;
+    offset += f / 2;
+  }
+  return bucket;
+}
+
+TEST(LshHashTest, FactorisedBucketsCombineEachFactorsArgmax) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  for (const std::vector<int>& factors :
+       std::vector<std::vector<int>>{{64, 128}, {2, 4, 6}, {8}, {4, 2, 2, 2}}) {
+    const int heads = 2, dh = 16, rounds = 3;
+    LshShape sh{heads, dh, rounds, 1, 4, 16, 0, 0};
+    sh.factors.count = static_cast<int>(factors.size());
+    int columns = 0;
+    for (size_t i = 0; i < factors.size(); ++i) {
+      sh.factors.sizes[i] = factors[i];
+      sh.n_buckets *= factors[i];
+      columns += factors[i] / 2;
+    }
+    ASSERT_EQ(LshRotationColumns(sh.factors, sh.n_buckets), columns);
+    const int64_t rows = 41, ldx = int64_t(heads) * dh, ldb = int64_t(heads) * rounds;
+    std::vector<float> x(static_cast<size_t>(rows * ldx));
+    for (float& e : x) e = dist(rng);
+    std::vector<float> rot(static_cast<size_t>(heads) * dh * rounds * columns);
+    for (float& e : rot) e = dist(rng);
+    std::vector<int32_t> b(static_cast<size_t>(rows * ldb), -7);
+    LshHash(sh, rows, x.data(), ldx, rot.data(), b.data(), ldb);
+    int checked = 0;
+    std::set<int32_t> seen;
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int h = 0; h < heads; ++h) {
+        for (int r = 0; r < rounds; ++r) {
+          double gap = 0;
+          const int32_t want = NaiveFactorisedBucket(
+              factors, dh, rounds, x.data() + i * ldx + h * dh, rot.data(), h, r, &gap);
+          const int32_t got = b[i * ldb + h * rounds + r];
+          ASSERT_GE(got, 0);
+          ASSERT_LT(got, sh.n_buckets);
+          seen.insert(got);
+          if (gap > 1e-4) {
+            ++checked;
+            EXPECT_EQ(got, want) << "row " << i << " head " << h << " round " << r;
+          }
+        }
+      }
+    }
+    EXPECT_GT(checked, rows * ldb * 9 / 10);
+    // Every factor's digit varies: the buckets are not confined to the first factor's range.
+    if (factors.size() > 1) EXPECT_GT(*seen.rbegin(), factors[0]);
   }
 }
 
