@@ -23,18 +23,28 @@ with our tensor names:
     lm_head.decoder.weight / .bias                      lm_head.weight / .bias
 
 Layers: an "lsh" layer becomes {"attention": "lsh", "sort": "call", n_hashes,
-n_buckets, chunk_len = lsh_attn_chunk_length, history = min(max(4096,
-n0*n1), 1048576)} (Hugging Face's per-call sort); a "local" layer with chunk c
+n_buckets (an integer, or HF's list of factors), chunk_len =
+lsh_attn_chunk_length, history = min(max(4096, n0*n1), 1048576)} (Hugging
+Face's per-call sort); a "local" layer with chunk c
 and n chunks before becomes {"attention": "sparse", "pattern": "bigbird",
 "block": c, "window_blocks": n + 1, "random_blocks": 0, "span": (n+1)*c - 1}.
 
 Rotations: Hugging Face draws the LSH rotations at every call; with
 `hash_seed` set it calls `torch.manual_seed(hash_seed)` right before
-`torch.randn((H, dh, num_hashes, num_buckets // 2), dtype=float32)`, so every
-layer and every call hashes with that same tensor. The converter stores it
-(drawn in float32, the dtype of a float32 model). Without `hash_seed` Hugging
-Face hashes with fresh random rotations each call and nothing can match it, so
-such models are refused.
+`torch.randn((H, dh, num_hashes, rotation_size // 2), dtype=float32)`
+(rotation_size: num_buckets, or the sum of its factors), so every layer and
+every call hashes with that same tensor. The converter stores it (drawn in
+float32, the dtype of a float32 model). Without `hash_seed` (both published
+models, google/reformer-crime-and-punishment and google/reformer-enwik8)
+Hugging Face hashes with fresh random rotations at every call, which nothing
+can reproduce; the converter then draws them with --hash-seed S (default 0),
+and Hugging Face given hash_seed=S computes what the checkpoint does.
+
+Tokenizer (--tokenizer, default auto): HF_DIR/spiece.model (ReformerTokenizer,
+crime-and-punishment) is copied to tokenizer.model; a model of 258 ids with
+no spiece.model (enwik8: byte b is id b + 2, and HF ships no tokenizer) gets
+"tokenizer": "bytes" in config.json, the engine's byte tokenizer; otherwise
+the checkpoint takes ids only.
 
 Parity: the converted model reproduces HF's `model(input_ids).logits` when
 the whole sequence is one `mnemo logits` call (the "sort": "call" LSH layers
@@ -47,14 +57,17 @@ output of a position that sees only itself in every LSH round (n_hashes >= 2)
 by up to ~0.5%; the engine, like HF in float64, returns v_p there.
 See tests/reference/test_hf_reformer_parity.py.
 
-Refused (ConversionError naming the field): is_decoder false, num_buckets a
-list or None, lsh_num_chunks_before != 1, lsh_num_chunks_after != 0,
-local_num_chunks_after != 0, axial_pos_embds false, hash_seed None (with LSH
-layers), tie_word_embeddings true, hidden_act other than relu/gelu, attention
-layer types other than lsh/local, axial_pos_shape of other than two factors.
+Refused (ConversionError naming the field): is_decoder false, num_buckets None
+(HF picks it from its first call's length), odd or more than 65536 buckets
+(or 8 factors), lsh_num_chunks_before != 1, lsh_num_chunks_after != 0,
+local_num_chunks_after != 0, axial_pos_embds false, tie_word_embeddings
+true, hidden_act other than relu/gelu, attention layer types other than
+lsh/local, axial_pos_shape of other than two factors, a --hash-seed other
+than the config's hash_seed.
 
 Usage:
-    convert_hf_reformer.py HF_DIR OUT_DIR
+    convert_hf_reformer.py HF_DIR OUT_DIR [--hash-seed S]
+        [--tokenizer auto|sentencepiece|bytes|none]
     convert_hf_reformer.py --random-config [JSON] [--seed S] [--save-hf HF_DIR]
         OUT_DIR
     convert_hf_reformer.py OUT_DIR --random-config     (default config)
@@ -77,6 +90,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import warnings
 
@@ -86,6 +100,14 @@ from mnemo_checkpoint import read_json, write_checkpoint
 
 HISTORY_MIN = 4096
 HISTORY_MAX = 1048576
+MAX_BUCKETS = 65536
+MAX_BUCKET_FACTORS = 8
+# The rotations of a model whose config has no hash_seed (both published
+# Reformers): Hugging Face then draws new ones at every call; the converter
+# fixes them with this seed unless --hash-seed names another.
+DEFAULT_HASH_SEED = 0
+# The byte vocabulary of the enwik8 layout: byte b is id b + 2.
+BYTE_VOCAB_SIZE = 258
 
 # A small model for --random-config (and tests): every field the converter
 # needs is set to something it accepts.
@@ -191,15 +213,26 @@ def check_supported(cfg):
         if nb is None:
             problems.append(
                 "num_buckets=None: Hugging Face picks the bucket count from "
-                "the sequence length at run time; set an integer num_buckets")
-        elif not _is_int(nb):
+                "the sequence length of its first call; set num_buckets (an "
+                "integer or a list of factors)")
+        elif _is_int(nb):
+            if nb < 2 or nb % 2 or nb > MAX_BUCKETS:
+                problems.append(
+                    f"num_buckets={nb}: must be even, 2 ... {MAX_BUCKETS}")
+        elif isinstance(nb, (list, tuple)):
+            factors = list(nb)
+            if not factors or len(factors) > MAX_BUCKET_FACTORS or not all(
+                    _is_int(f) and f >= 2 and f % 2 == 0 for f in factors):
+                problems.append(
+                    f"num_buckets={factors}: a list must hold 1 ... "
+                    f"{MAX_BUCKET_FACTORS} even integers >= 2")
+            elif math.prod(factors) > MAX_BUCKETS:
+                problems.append(
+                    f"num_buckets={factors}: the factors multiply to "
+                    f"{math.prod(factors)} buckets, more than {MAX_BUCKETS}")
+        else:
             problems.append(
-                f"num_buckets={list(nb) if isinstance(nb, (list, tuple)) else nb}"
-                ": factorised (list) bucket counts are not supported; set an "
-                "integer num_buckets")
-        elif nb < 2 or nb % 2 or nb > 65536:
-            problems.append(
-                f"num_buckets={nb}: must be even, 2 ... 65536")
+                f"num_buckets={nb!r}: must be an integer or a list of integers")
         if cfg.lsh_num_chunks_before != 1:
             problems.append(
                 f"lsh_num_chunks_before={cfg.lsh_num_chunks_before}: only 1 "
@@ -215,11 +248,10 @@ def check_supported(cfg):
                 "an int >= 1")
         if not _is_int(cfg.num_hashes) or not 1 <= cfg.num_hashes <= 64:
             problems.append(f"num_hashes={cfg.num_hashes}: must be 1 ... 64")
-        if cfg.hash_seed is None:
+        if cfg.hash_seed is not None and (not _is_int(cfg.hash_seed)
+                                          or cfg.hash_seed < 0):
             problems.append(
-                "hash_seed=None: Hugging Face then draws new random LSH "
-                "rotations at every call, which no checkpoint can reproduce; "
-                "set hash_seed")
+                f"hash_seed={cfg.hash_seed!r}: must be a non-negative integer")
     if has_local:
         if cfg.local_num_chunks_after != 0:
             problems.append(
@@ -257,6 +289,17 @@ def lsh_history(cfg):
     return min(max(HISTORY_MIN, n0 * n1), HISTORY_MAX)
 
 
+def _buckets_entry(nb):
+    """config.json's n_buckets: an integer, or the list of factors."""
+    return int(nb) if _is_int(nb) else [int(f) for f in nb]
+
+
+def rotation_columns(nb):
+    """Rotation columns per round: nb / 2, or the sum of the factors' halves
+    (Hugging Face's rotation_size // 2)."""
+    return int(nb) // 2 if _is_int(nb) else sum(int(f) for f in nb) // 2
+
+
 def layer_entries(cfg):
     """The `layers` list of our config.json."""
     entries = []
@@ -266,7 +309,7 @@ def layer_entries(cfg):
                 "attention": "lsh",
                 "sort": "call",
                 "n_hashes": int(cfg.num_hashes),
-                "n_buckets": int(cfg.num_buckets),
+                "n_buckets": _buckets_entry(cfg.num_buckets),
                 "chunk_len": int(cfg.lsh_attn_chunk_length),
                 "history": lsh_history(cfg),
             })
@@ -314,16 +357,34 @@ def our_config(cfg):
     return config
 
 
-def hf_rotations(cfg):
-    """The rotations HF's LSHSelfAttention._hash_vectors draws (float32).
+def resolve_hash_seed(cfg, hash_seed=None):
+    """The seed the rotations are drawn with: the config's hash_seed, else
+    `hash_seed`, else DEFAULT_HASH_SEED. A different `hash_seed` than the
+    config's is refused: the config fixes what Hugging Face computes."""
+    if cfg.hash_seed is not None:
+        if hash_seed is not None and int(hash_seed) != int(cfg.hash_seed):
+            raise ConversionError(
+                f"--hash-seed {hash_seed}: the config fixes hash_seed="
+                f"{cfg.hash_seed}")
+        return int(cfg.hash_seed)
+    seed = DEFAULT_HASH_SEED if hash_seed is None else hash_seed
+    if not _is_int(seed) or seed < 0:
+        raise ConversionError(f"hash seed {seed!r}: must be an integer >= 0")
+    return int(seed)
+
+
+def hf_rotations(cfg, hash_seed=None):
+    """The rotations HF's LSHSelfAttention._hash_vectors draws (float32)
+    with hash_seed = resolve_hash_seed(cfg, hash_seed).
 
     HF: torch.manual_seed(hash_seed); torch.randn((H, dh, num_hashes,
-    rotation_size // 2), dtype=vectors.dtype). A fresh CPU generator seeded
-    alike gives the same stream without touching the global RNG.
+    rotation_size // 2), dtype=vectors.dtype), rotation_size the bucket
+    count or the sum of its factors. A fresh CPU generator seeded alike gives
+    the same stream without touching the global RNG.
     """
     shape = (int(cfg.num_attention_heads), int(cfg.attention_head_size),
-             int(cfg.num_hashes), int(cfg.num_buckets) // 2)
-    gen = torch.Generator().manual_seed(int(cfg.hash_seed))
+             int(cfg.num_hashes), rotation_columns(cfg.num_buckets))
+    gen = torch.Generator().manual_seed(resolve_hash_seed(cfg, hash_seed))
     return torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
@@ -338,10 +399,14 @@ _IGNORED_SUFFIXES = (
 )
 
 
-def convert_tensors(hf_model_or_state_dict, hf_config=None):
+def convert_tensors(hf_model_or_state_dict, hf_config=None, hash_seed=None,
+                    byte_tokenizer=False):
     """Convert an HF ReformerModelWithLMHead (or its state dict).
 
-    Returns (config_dict, tensors_dict): float32, contiguous, unshared.
+    hash_seed: the rotations' seed when the config has none (default
+    DEFAULT_HASH_SEED). byte_tokenizer: mark the checkpoint as byte-level
+    ("tokenizer": "bytes", the enwik8 layout). Returns (config_dict,
+    tensors_dict): float32, contiguous, unshared.
     """
     if hf_config is None:
         if not isinstance(hf_model_or_state_dict, torch.nn.Module):
@@ -380,7 +445,8 @@ def convert_tensors(hf_model_or_state_dict, hf_config=None):
     out["pos_emb.weights.1"] = take(
         "reformer.embeddings.position_embeddings.weights.1", (1, n1, e1))
 
-    rotations = hf_rotations(cfg) if "lsh" in cfg.attn_layers else None
+    rotations = hf_rotations(cfg, hash_seed) \
+        if "lsh" in cfg.attn_layers else None
     for n, kind in enumerate(cfg.attn_layers):
         p = f"reformer.encoder.layers.{n}."
         q = f"layers.{n}."
@@ -442,22 +508,54 @@ def convert_tensors(hf_model_or_state_dict, hf_config=None):
             + ", ".join(extra))
 
     config = our_config(cfg)
+    if byte_tokenizer:
+        if V < BYTE_VOCAB_SIZE:
+            raise ConversionError(
+                f"vocab_size={V}: a byte vocabulary needs {BYTE_VOCAB_SIZE} "
+                "ids (byte b is id b + 2)")
+        config["tokenizer"] = "bytes"
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
                for k, v in out.items()}
     return config, tensors
 
 
 
-def convert(model, out_dir, hf_config=None):
+def convert(model, out_dir, hf_config=None, hash_seed=None,
+            byte_tokenizer=False):
     """Convert an in-memory HF model (or state dict + hf_config) into
     out_dir; returns our config dict. Nothing is written on refusal."""
-    config, tensors = convert_tensors(model, hf_config)
+    config, tensors = convert_tensors(model, hf_config, hash_seed,
+                                      byte_tokenizer)
     write_checkpoint(out_dir, config, tensors)
     return config
 
 
-def convert_dir(hf_dir, out_dir):
-    """Convert a `save_pretrained` directory; returns our config dict."""
+SPIECE_FILE = "spiece.model"  # ReformerTokenizer's sentencepiece model
+TOKENIZERS = ("auto", "sentencepiece", "bytes", "none")
+
+
+def choose_tokenizer(hf_dir, cfg, tokenizer="auto"):
+    """Which tokenizer the converted checkpoint gets: "sentencepiece"
+    (HF_DIR/spiece.model, copied to tokenizer.model), "bytes" (no file,
+    "tokenizer": "bytes" in config.json) or "none" (ids only). "auto" takes
+    spiece.model when the directory has one, else bytes for the enwik8
+    layout's 258-id vocabulary, else none."""
+    if tokenizer not in TOKENIZERS:
+        raise ConversionError(
+            f"tokenizer {tokenizer!r}: one of {', '.join(TOKENIZERS)}")
+    spiece = os.path.join(hf_dir, SPIECE_FILE)
+    if tokenizer == "auto":
+        if os.path.isfile(spiece):
+            return "sentencepiece"
+        return "bytes" if cfg.vocab_size == BYTE_VOCAB_SIZE else "none"
+    if tokenizer == "sentencepiece" and not os.path.isfile(spiece):
+        raise ConversionError(f"{spiece} not found")
+    return tokenizer
+
+
+def convert_dir(hf_dir, out_dir, hash_seed=None, tokenizer="auto"):
+    """Convert a `save_pretrained` directory (with its ReformerTokenizer's
+    spiece.model, when it has one); returns our config dict."""
     from transformers import ReformerConfig, ReformerModelWithLMHead
 
     cfg_path = os.path.join(hf_dir, "config.json")
@@ -468,11 +566,18 @@ def convert_dir(hf_dir, out_dir):
         cfg = ReformerConfig.from_pretrained(hf_dir)
     # Refuse before loading: HF itself asserts on some of these.
     check_supported(cfg)
+    resolve_hash_seed(cfg, hash_seed)
+    kind = choose_tokenizer(hf_dir, cfg, tokenizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ReformerModelWithLMHead.from_pretrained(
             hf_dir, torch_dtype=torch.float32)
-    return convert(model.eval(), out_dir)
+    config = convert(model.eval(), out_dir, hash_seed=hash_seed,
+                     byte_tokenizer=kind == "bytes")
+    if kind == "sentencepiece":
+        shutil.copyfile(os.path.join(hf_dir, SPIECE_FILE),
+                        os.path.join(out_dir, "tokenizer.model"))
+    return config
 
 
 # --------------------------------------------------------------------------
@@ -539,6 +644,15 @@ def main(argv=None):
                     help="weight seed for --random-config (default 0)")
     ap.add_argument("--save-hf", metavar="HF_DIR",
                     help="with --random-config: also save the HF model here")
+    ap.add_argument("--hash-seed", type=int, default=None, metavar="S",
+                    help="seed of the LSH rotations when the config has no "
+                         "hash_seed (the published models; default "
+                         f"{DEFAULT_HASH_SEED}): Hugging Face with "
+                         "hash_seed=S computes what the converted model does")
+    ap.add_argument("--tokenizer", choices=TOKENIZERS, default="auto",
+                    help="auto (default): HF_DIR/spiece.model when present, "
+                         "else the byte vocabulary for a 258-id model, else "
+                         "none")
     args = ap.parse_args(argv)
 
     try:
@@ -554,8 +668,15 @@ def main(argv=None):
             base = {**RANDOM_DEFAULTS, **fields}
             check_supported(_as_hf_config(base))
             model = random_hf_model(fields, args.seed)
+            hf_cfg = model.config
             out_dir = args.paths[0]
-            config = convert(model, out_dir)
+            if args.tokenizer == "sentencepiece":
+                ap.error("--tokenizer sentencepiece needs HF_DIR")
+            config = convert(
+                model, out_dir, hash_seed=args.hash_seed,
+                byte_tokenizer=args.tokenizer == "bytes" or (
+                    args.tokenizer == "auto"
+                    and model.config.vocab_size == BYTE_VOCAB_SIZE))
             if args.save_hf:
                 model.save_pretrained(args.save_hf)
         else:
@@ -564,13 +685,28 @@ def main(argv=None):
             if len(args.paths) != 2:
                 ap.error("expected HF_DIR OUT_DIR")
             out_dir = args.paths[1]
-            config = convert_dir(args.paths[0], out_dir)
+            config = convert_dir(args.paths[0], out_dir,
+                                 hash_seed=args.hash_seed,
+                                 tokenizer=args.tokenizer)
+            hf_cfg = _as_hf_config(
+                os.path.join(args.paths[0], "config.json"))
     except ConversionError as e:
         print(f"convert_hf_reformer: error: {e}", file=sys.stderr)
         return 1
     kinds = [e["attention"] for e in config["layers"]]
     print(f"wrote {out_dir} ({config['n_layer']} layers {kinds}, d_model "
           f"{config['d_model']}, vocab {config['vocab_size']}, float32)")
+    if os.path.isfile(os.path.join(out_dir, "tokenizer.model")):
+        print("tokenizer: tokenizer.model (the HF spiece.model)")
+    elif config.get("tokenizer") == "bytes":
+        print("tokenizer: bytes (byte b is id b + 2)")
+    if "lsh" in kinds:
+        seed = resolve_hash_seed(hf_cfg, args.hash_seed)
+        if hf_cfg.hash_seed is None:
+            print(f"LSH rotations drawn with seed {seed}: the config has no "
+                  "hash_seed, so Hugging Face hashes with new random "
+                  f"rotations at every call; with hash_seed={seed} it "
+                  "computes what this checkpoint does")
     return 0
 
 
