@@ -24,8 +24,8 @@ with our tensor names:
 
 Layers: an "lsh" layer becomes {"attention": "lsh", "sort": "call", n_hashes,
 n_buckets (an integer, or HF's list of factors), chunk_len =
-lsh_attn_chunk_length, history = min(max(4096, n0*n1), 1048576)} (Hugging
-Face's per-call sort); a "local" layer with chunk c
+lsh_attn_chunk_length, history = min(max(4096, n0*n1), 1048576) or
+--lsh-history} (Hugging Face's per-call sort); a "local" layer with chunk c
 and n chunks before becomes {"attention": "sparse", "pattern": "bigbird",
 "block": c, "window_blocks": n + 1, "random_blocks": 0, "span": (n+1)*c - 1}.
 
@@ -67,7 +67,7 @@ than the config's hash_seed.
 
 Usage:
     convert_hf_reformer.py HF_DIR OUT_DIR [--hash-seed S]
-        [--tokenizer auto|sentencepiece|bytes|none]
+        [--tokenizer auto|sentencepiece|bytes|none] [--lsh-history N]
     convert_hf_reformer.py --random-config [JSON] [--seed S] [--save-hf HF_DIR]
         OUT_DIR
     convert_hf_reformer.py OUT_DIR --random-config     (default config)
@@ -284,7 +284,17 @@ def _eos_token_id(cfg):
     return None if eos is None else int(eos)
 
 
-def lsh_history(cfg):
+def lsh_history_of(cfg, history=None):
+    """The LSH layers' `history`: positions kept for the keys of later
+    calls. By default every position the axial embeddings allow (so one
+    call over a whole document is Hugging Face's computation), at least
+    HISTORY_MIN and at most HISTORY_MAX; `history` (--lsh-history) bounds
+    a session's state instead."""
+    if history is not None:
+        if not _is_int(history) or not 2 <= history <= HISTORY_MAX:
+            raise ConversionError(
+                f"--lsh-history {history}: must be 2 ... {HISTORY_MAX}")
+        return int(history)
     n0, n1 = (int(x) for x in cfg.axial_pos_shape)
     return min(max(HISTORY_MIN, n0 * n1), HISTORY_MAX)
 
@@ -300,7 +310,7 @@ def rotation_columns(nb):
     return int(nb) // 2 if _is_int(nb) else sum(int(f) for f in nb) // 2
 
 
-def layer_entries(cfg):
+def layer_entries(cfg, history=None):
     """The `layers` list of our config.json."""
     entries = []
     for kind in cfg.attn_layers:
@@ -311,7 +321,7 @@ def layer_entries(cfg):
                 "n_hashes": int(cfg.num_hashes),
                 "n_buckets": _buckets_entry(cfg.num_buckets),
                 "chunk_len": int(cfg.lsh_attn_chunk_length),
-                "history": lsh_history(cfg),
+                "history": lsh_history_of(cfg, history),
             })
         else:
             c = int(cfg.local_attn_chunk_length)
@@ -327,7 +337,7 @@ def layer_entries(cfg):
     return entries
 
 
-def our_config(cfg):
+def our_config(cfg, history=None):
     """Build our config.json dict from a (supported) ReformerConfig."""
     config = {
         "architecture": "reformer",
@@ -351,7 +361,7 @@ def our_config(cfg):
     eos = _eos_token_id(cfg)
     if eos is not None:
         config["eos_token_id"] = eos
-    config["layers"] = layer_entries(cfg)
+    config["layers"] = layer_entries(cfg, history)
     config["axial_pos_shape"] = [int(x) for x in cfg.axial_pos_shape]
     config["axial_pos_embds_dim"] = [int(x) for x in cfg.axial_pos_embds_dim]
     return config
@@ -400,12 +410,13 @@ _IGNORED_SUFFIXES = (
 
 
 def convert_tensors(hf_model_or_state_dict, hf_config=None, hash_seed=None,
-                    byte_tokenizer=False):
+                    byte_tokenizer=False, lsh_history=None):
     """Convert an HF ReformerModelWithLMHead (or its state dict).
 
     hash_seed: the rotations' seed when the config has none (default
     DEFAULT_HASH_SEED). byte_tokenizer: mark the checkpoint as byte-level
-    ("tokenizer": "bytes", the enwik8 layout). Returns (config_dict,
+    ("tokenizer": "bytes", the enwik8 layout). lsh_history: the LSH layers'
+    history (default lsh_history_of(cfg)). Returns (config_dict,
     tensors_dict): float32, contiguous, unshared.
     """
     if hf_config is None:
@@ -507,7 +518,7 @@ def convert_tensors(hf_model_or_state_dict, hf_config=None, hash_seed=None,
             "unexpected tensors the mnemo format cannot hold: "
             + ", ".join(extra))
 
-    config = our_config(cfg)
+    config = our_config(cfg, lsh_history)
     if byte_tokenizer:
         if V < BYTE_VOCAB_SIZE:
             raise ConversionError(
@@ -521,11 +532,11 @@ def convert_tensors(hf_model_or_state_dict, hf_config=None, hash_seed=None,
 
 
 def convert(model, out_dir, hf_config=None, hash_seed=None,
-            byte_tokenizer=False):
+            byte_tokenizer=False, lsh_history=None):
     """Convert an in-memory HF model (or state dict + hf_config) into
     out_dir; returns our config dict. Nothing is written on refusal."""
     config, tensors = convert_tensors(model, hf_config, hash_seed,
-                                      byte_tokenizer)
+                                      byte_tokenizer, lsh_history)
     write_checkpoint(out_dir, config, tensors)
     return config
 
@@ -553,7 +564,8 @@ def choose_tokenizer(hf_dir, cfg, tokenizer="auto"):
     return tokenizer
 
 
-def convert_dir(hf_dir, out_dir, hash_seed=None, tokenizer="auto"):
+def convert_dir(hf_dir, out_dir, hash_seed=None, tokenizer="auto",
+                lsh_history=None):
     """Convert a `save_pretrained` directory (with its ReformerTokenizer's
     spiece.model, when it has one); returns our config dict."""
     from transformers import ReformerConfig, ReformerModelWithLMHead
@@ -567,13 +579,14 @@ def convert_dir(hf_dir, out_dir, hash_seed=None, tokenizer="auto"):
     # Refuse before loading: HF itself asserts on some of these.
     check_supported(cfg)
     resolve_hash_seed(cfg, hash_seed)
+    lsh_history_of(cfg, lsh_history)
     kind = choose_tokenizer(hf_dir, cfg, tokenizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ReformerModelWithLMHead.from_pretrained(
             hf_dir, torch_dtype=torch.float32)
     config = convert(model.eval(), out_dir, hash_seed=hash_seed,
-                     byte_tokenizer=kind == "bytes")
+                     byte_tokenizer=kind == "bytes", lsh_history=lsh_history)
     if kind == "sentencepiece":
         shutil.copyfile(os.path.join(hf_dir, SPIECE_FILE),
                         os.path.join(out_dir, "tokenizer.model"))
@@ -649,6 +662,13 @@ def main(argv=None):
                          "hash_seed (the published models; default "
                          f"{DEFAULT_HASH_SEED}): Hugging Face with "
                          "hash_seed=S computes what the converted model does")
+    ap.add_argument("--lsh-history", type=int, default=None, metavar="N",
+                    help="positions the LSH layers keep for later calls "
+                         "(default: every position the axial embeddings "
+                         "allow, at most 2^20): bounds a session's state, "
+                         "(N - 1) * (2*H*d_h + H*R) * 4 bytes per LSH layer; "
+                         "Hugging Face parity then holds for documents of "
+                         "at most N tokens")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default="auto",
                     help="auto (default): HF_DIR/spiece.model when present, "
                          "else the byte vocabulary for a 258-id model, else "
@@ -674,6 +694,7 @@ def main(argv=None):
                 ap.error("--tokenizer sentencepiece needs HF_DIR")
             config = convert(
                 model, out_dir, hash_seed=args.hash_seed,
+                lsh_history=args.lsh_history,
                 byte_tokenizer=args.tokenizer == "bytes" or (
                     args.tokenizer == "auto"
                     and model.config.vocab_size == BYTE_VOCAB_SIZE))
@@ -687,7 +708,8 @@ def main(argv=None):
             out_dir = args.paths[1]
             config = convert_dir(args.paths[0], out_dir,
                                  hash_seed=args.hash_seed,
-                                 tokenizer=args.tokenizer)
+                                 tokenizer=args.tokenizer,
+                                 lsh_history=args.lsh_history)
             hf_cfg = _as_hf_config(
                 os.path.join(args.paths[0], "config.json"))
     except ConversionError as e:

@@ -745,7 +745,36 @@ def test_history_covers_axial_positions():
             if e["attention"] == "lsh"} == {8192}
     cfg = model.config.to_dict()
     cfg["axial_pos_shape"] = [2048, 1024]
-    assert cv.lsh_history(cv._as_hf_config(cfg)) == 1048576
+    assert cv.lsh_history_of(cv._as_hf_config(cfg)) == 1048576
+    # --lsh-history bounds it (and a session's state with it).
+    config, _ = cv.convert_tensors(model, lsh_history=300)
+    assert {e["history"] for e in config["layers"]
+            if e["attention"] == "lsh"} == {300}
+    for bad in (1, 1048577):
+        with pytest.raises(cv.ConversionError, match="--lsh-history"):
+            cv.convert_tensors(model, lsh_history=bad)
+
+
+def test_bounded_history_matches_hf_within_it(case_factory, mnemo_bin,
+                                              tmp_path):
+    """With --lsh-history N a call of N tokens is still Hugging Face's, and
+    a session's state shrinks with N."""
+    case = case_factory("lsh-lsh4-R4-nb8")
+    n = N_MAX
+    proc = subprocess.run(
+        [sys.executable, str(CONVERTER), "--random-config",
+         json.dumps(CASES["lsh-lsh4-R4-nb8"] | _COMMON), "--seed",
+         str(case.seed), "--lsh-history", str(n), str(tmp_path / "ours")],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config, tensors = _read(tmp_path / "ours")
+    assert [e["history"] for e in config["layers"]] == [n, n]
+    assert config["layers"] != case.config["layers"]
+    for k, v in case.tensors.items():
+        assert torch.equal(tensors[k], v), k
+    logits = engine_logits(mnemo_bin, tmp_path / "ours", case.ids(n),
+                           tmp_path / "run")
+    _compare(logits, case.hf[n], RTOL, f"history {n}, n={n}")
 
 
 # Refused configurations: (overrides of a valid config, text the error must
