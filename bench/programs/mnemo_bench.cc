@@ -330,10 +330,20 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
                             int64_t matrix_bytes) {
   const int64_t d = c.d_model, w = c.attn_width(), f = c.d_inner;
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
-  const int64_t matrices = c.n_layer * (3 * w * d + d * w + f * d + d * f)  // qkv, o, fc1, fc2
-                           + c.vocab_size * d;                              // output layer
-  const int64_t vectors = c.n_layer * (f + d + 4 * d + 2 * w)  // biases, LayerNorms, u, v
-                          + c.vocab_size + d;                  // output bias, embedding row
+  int64_t matrices = c.n_layer * (3 * w * d + d * w + f * d + d * f);  // qkv, o, fc1, fc2
+  int64_t vectors = c.n_layer * (f + d + 4 * d + 2 * w)                // biases, LayerNorms, u, v
+                    + c.vocab_size;                                    // output bias
+  if (c.adaptive) {
+    // Every band's table and projection (the head computes every log-probability), the
+    // cluster rows, and the embedding's projection of band 0 (where a frequent token lies).
+    const std::vector<engine::VocabularyBand> bands = c.bands();
+    for (const engine::VocabularyBand& b : bands) matrices += (b.end - b.begin + d) * b.width;
+    matrices += static_cast<int64_t>(bands.size() - 1) * d + bands[0].width * d;
+    vectors += bands[0].width;  // the embedding row
+  } else {
+    matrices += c.vocab_size * d;  // output layer
+    vectors += d;                  // embedding row
+  }
   const int64_t weights = matrices * matrix_bytes + vectors * 4;
   int64_t memory = 0;
   double compressor = 0;
