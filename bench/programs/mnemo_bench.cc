@@ -74,6 +74,7 @@
 #include "engine/backend/backend.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/memory/xl_memory.h"
+#include "engine/model/adaptive_vocabulary.h"
 #include "engine/model/draft_spec.h"
 #include "engine/model/transfo_xl_model.h"
 #include "engine/model/transfo_xl_weights.h"
@@ -569,7 +570,7 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   };
   Tensor x = filled({s, d}, 0.01f), qkv = filled({s, 3 * hd}, 0.01f), attn = filled({s, hd}, 0.0f),
          y = filled({s, d}, 0.0f), inner = filled({s, f}, 0.0f), last = filled({1, d}, 0.01f),
-         logits = filled({1, c.vocab_size}, 0.0f);
+         logits = filled({1, c.adaptive ? 1 : c.vocab_size}, 0.0f);
   // Per-layer full memories and positional tables, so every op streams all layers' data as a
   // real Forward does (timing one layer repeatedly would measure a cache-resident working set).
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
@@ -606,8 +607,14 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
                    static_cast<int>(c.n_head), static_cast<int>(c.d_head), c.mem_len, c.clamp_len,
                    c.same_length, &attn}}));
              }));
-  ms["lm_head_last"] =
-      TimeMs(reps, [&] { ok(be.Linear(last, w.lm_head, &w.lm_head_bias, logits)); });
+  if (c.adaptive) {  // every band's logits and the host's log-probabilities over them
+    ms["adaptive_head_last"] = TimeMs(reps, [&] {
+      Check(engine::AdaptiveLogProbs(be, c, w.adaptive, last).status(), "adaptive head");
+    });
+  } else {
+    ms["lm_head_last"] =
+        TimeMs(reps, [&] { ok(be.Linear(last, w.lm_head, &w.lm_head_bias, logits)); });
+  }
   double kernels_total = 0;
   for (const auto& [name, v] : ms) kernels_total += v;
 
@@ -618,7 +625,8 @@ int RunBreakdown(const Options& o, TransfoXlModel& model) {
   // pool runs attention).
   std::map<std::string, double> stream_ms;
   // (b) reads the matrices as float32: with 16-bit weights only (a) is timed.
-  if (s == 1 && w.lm_head.dtype() == DType::kF32) {
+  // (The adaptive head is not one product: timed above only.)
+  if (s == 1 && !c.adaptive && w.lm_head.dtype() == DType::kF32) {
     auto gemv_pool = [&](const Tensor& in_vec, const Tensor& wt, const Tensor* bias,
                          Tensor& out_vec) {
       const int64_t rows_out = wt.dim(0), in = wt.dim(1);

@@ -41,7 +41,8 @@ int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
 // r_w_bias, r_r_bias: [H, d_h] (u and v of the paper).
 // out: [T, H·d_h], row stride ldo.
 // Work is split over `pool`: multi-row calls by (head, block of 64 queries), each with
-// single-threaded BLAS products; T = 1 (decode) by head, with single-threaded sgemv per key span.
+// single-threaded BLAS products; T = 1 (decode) by blocks of 64 key rows (every head's slice of a
+// block at once, so the memory streams whole rows), with the softmax per head in between.
 void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
                        const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
                        const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,

@@ -326,7 +326,9 @@ TEST(LshHashTest, FactorisedBucketsCombineEachFactorsArgmax) {
     }
     EXPECT_GT(checked, rows * ldb * 9 / 10);
     // Every factor's digit varies: the buckets are not confined to the first factor's range.
-    if (factors.size() > 1) EXPECT_GT(*seen.rbegin(), factors[0]);
+    if (factors.size() > 1) {
+      EXPECT_GT(*seen.rbegin(), factors[0]);
+    }
   }
 }
 
