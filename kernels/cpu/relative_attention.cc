@@ -78,99 +78,156 @@ void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t f
   if (s.out_scores != nullptr) std::copy(scores, scores + n, s.out_scores + at);
 }
 
-// A decode step (T = 1), key block by key block: every head's slice of a block of rows is read
-// while the block is in cache, so the memory streams as whole rows. (Head by head, each head read
-// d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's shape, about half the
+// Decode steps (T = 1 each), key block by key block: every head's slice of a block of rows is
+// read while the block is in cache, so the memory streams as whole rows. (Head by head, each head
+// read d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's shape, about half the
 // read bandwidth, which made attention over a 1600-row memory twice its bytes' time.) Blocks of
-// the keys and of the distance table are split over the pool; the scores' softmax then runs per
-// head on the calling thread; the values' sums are kept per block and added in block order, so
-// the output never depends on how the pool scheduled the blocks.
-void AttendDecodeStep(const RelativeAttentionShape& s, const float* q,
-                      const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
-                      const float* r_w_bias, const float* r_r_bias, float* out, ThreadPool& pool) {
-  const int heads = s.num_heads, head_dim = s.head_dim;
-  const int64_t width = static_cast<int64_t>(heads) * head_dim;
-  const int64_t last = s.memory_len;  // the query's own position (i = 0)
-  const int64_t first = FirstVisibleKey(s, 0);
-  const int64_t clamp = EffectiveClamp(s);
-  std::fill(out, out + width, 0.0f);
-  if (first > last) return;  // every key masked: zeros
-  const int64_t n = last - first + 1;
-  const int64_t table_rows = std::min(last - first, clamp) + 1;
-  const int64_t key_blocks = (n + kKeyBlock - 1) / kKeyBlock;
-  const int64_t table_blocks = (table_rows + kKeyBlock - 1) / kKeyBlock;
+// every query's keys and of the distance table are split over the pool; a table block is read
+// once for all the queries that share the table (a batch's sessions, one layer), not once per
+// query. Then each query's heads' softmaxes; then the values' blocks. The values' sums are kept
+// per block and added in block order, and a query's key mass is summed in head order, so nothing
+// depends on how the pool scheduled the work.
+void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, ThreadPool& pool) {
+  struct Job {  // one query's extent and its parts of the scratch
+    int64_t first, last, n, table_rows, key_blocks, block0;
+    float *qu, *qv, *scores, *bd, *partial;
+  };
+  const int64_t count = static_cast<int64_t>(queries.size());
+  std::vector<Job> jobs(queries.size());
+  int64_t floats = 0, total_key_blocks = 0, table_rows = 0, width_max = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const RelativeAttentionShape& s = queries[i].shape;
+    const int64_t width = static_cast<int64_t>(s.num_heads) * s.head_dim;
+    Job& job = jobs[i];
+    job.last = s.memory_len;  // the query's own position
+    job.first = FirstVisibleKey(s, 0);
+    job.n = std::max<int64_t>(0, job.last - job.first + 1);
+    job.table_rows = job.n > 0 ? std::min(job.last - job.first, EffectiveClamp(s)) + 1 : 0;
+    job.key_blocks = (job.n + kKeyBlock - 1) / kKeyBlock;
+    job.block0 = total_key_blocks;
+    total_key_blocks += job.key_blocks;
+    table_rows = std::max(table_rows, job.table_rows);
+    width_max = std::max(width_max, width);
+    floats += 2 * width + s.num_heads * (job.n + job.table_rows) + job.key_blocks * width;
+    // Every table must be the first query's (one layer's): it is read once for all of them.
+    if (queries[i].rk != queries[0].rk || queries[i].ldr != queries[0].ldr) {
+      for (auto& q : queries) AttendDecodeSteps({q}, pool);  // (never for one layer's batch)
+      return;
+    }
+  }
   // The calling thread's scratch: grows to the largest step, then stays.
   thread_local std::vector<float> work;
-  work.resize(static_cast<size_t>(2 * width + heads * (n + table_rows) + key_blocks * width));
-  float* qu = work.data();
-  float* qv = qu + width;
-  float* scores = qv + width;                // [H, n]
-  float* bd = scores + heads * n;            // [H, table_rows]
-  float* partial = bd + heads * table_rows;  // [key_blocks, H·d_h]
-  AddVectors(q, r_w_bias, qu, width);
-  AddVectors(q, r_r_bias, qv, width);
-  // A block holds kKeyBlock rows of every head: ~3·kKeyBlock·H·d_h multiply-adds in all.
+  work.resize(static_cast<size_t>(floats));
+  float* at = work.data();
+  for (int64_t i = 0; i < count; ++i) {
+    const RelativeDecodeQuery& q = queries[i];
+    const RelativeAttentionShape& s = q.shape;
+    const int64_t width = static_cast<int64_t>(s.num_heads) * s.head_dim;
+    Job& job = jobs[i];
+    job.qu = at;
+    job.qv = job.qu + width;
+    job.scores = job.qv + width;                          // [H, n]
+    job.bd = job.scores + s.num_heads * job.n;            // [H, table_rows]
+    job.partial = job.bd + s.num_heads * job.table_rows;  // [key_blocks, H·d_h]
+    at = job.partial + job.key_blocks * width;
+    AddVectors(q.q, q.r_w_bias, job.qu, width);
+    AddVectors(q.q, q.r_r_bias, job.qv, width);
+    std::fill(q.out, q.out + width, 0.0f);  // (every key masked: zeros)
+  }
+  const int64_t table_blocks = (table_rows + kKeyBlock - 1) / kKeyBlock;
+  // A block holds kKeyBlock rows of every head: ~kKeyBlock·H·d_h multiply-adds per query.
   const int64_t grain =
-      std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(kKeyBlock * width, 1));
-  pool.ParallelFor(key_blocks + table_blocks, grain, [&](int64_t b0, int64_t b1) {
+      std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(kKeyBlock * width_max, 1));
+  auto job_of_block = [&](int64_t b) {  // the query whose key blocks hold global block b
+    return std::upper_bound(jobs.begin(), jobs.end(), b,
+                            [](int64_t v, const Job& j) { return v < j.block0; }) -
+           jobs.begin() - 1;
+  };
+  pool.ParallelFor(total_key_blocks + table_blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      if (b >= key_blocks) {  // positional term once per distance (beyond clamp: the last row)
-        const int64_t r0 = (b - key_blocks) * kKeyBlock;
-        const int64_t r1 = std::min(table_rows, r0 + kKeyBlock);
-        for (int h = 0; h < heads; ++h) {
-          Gemv(r1 - r0, head_dim, rk + r0 * ldr + h * head_dim, ldr, qv + h * head_dim, 0.0f,
-               bd + h * table_rows + r0);
+      if (b >= total_key_blocks) {  // positional term once per distance (beyond clamp: last row)
+        const int64_t r0 = (b - total_key_blocks) * kKeyBlock;
+        for (int64_t i = 0; i < count; ++i) {
+          const Job& job = jobs[i];
+          const RelativeDecodeQuery& q = queries[i];
+          const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
+          const int head_dim = q.shape.head_dim;
+          for (int h = 0; r0 < r1 && h < q.shape.num_heads; ++h) {
+            Gemv(r1 - r0, head_dim, q.rk + r0 * q.ldr + h * head_dim, q.ldr, job.qv + h * head_dim,
+                 0.0f, job.bd + h * job.table_rows + r0);
+          }
         }
         continue;
       }
-      const int64_t j0 = first + b * kKeyBlock, j1 = std::min(last + 1, j0 + kKeyBlock);
-      ForEachKeyRange(keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
+      const int64_t i = job_of_block(b);
+      const Job& job = jobs[i];
+      const RelativeDecodeQuery& q = queries[i];
+      const int heads = q.shape.num_heads, head_dim = q.shape.head_dim;
+      const int64_t j0 = job.first + (b - job.block0) * kKeyBlock;
+      const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
+      ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
         for (int h = 0; h < heads; ++h) {
-          const int64_t at = row * span.ld + static_cast<int64_t>(h) * head_dim;
-          float* y = scores + h * n + (j - first);
-          if (span.type != WeightType::kF32) {  // widened in registers, read once
-            HalfDotRows(SupportedHalfIsas().front(), qu + h * head_dim, span.k16 + at, span.ld,
+          const int64_t off = row * span.ld + static_cast<int64_t>(h) * head_dim;
+          float* y = job.scores + h * job.n + (j - job.first);
+          if (span.type != WeightType::kF32) {  // widened in registers
+            HalfDotRows(SupportedHalfIsas().front(), job.qu + h * head_dim, span.k16 + off, span.ld,
                         span.type, m, head_dim, y);
           } else {
-            Gemv(m, head_dim, span.k + at, span.ld, qu + h * head_dim, 0.0f, y);
+            Gemv(m, head_dim, span.k + off, span.ld, job.qu + h * head_dim, 0.0f, y);
           }
         }
       });
     }
   });
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (int h = 0; h < heads; ++h) {
-    float* row = scores + h * n;
-    const float* pos = bd + h * table_rows;
-    for (int64_t j = first; j <= last; ++j) {
-      row[j - first] = (row[j - first] + pos[std::min(last - j, clamp)]) * scale;
+  for (int64_t i = 0; i < count; ++i) {
+    const Job& job = jobs[i];
+    const RelativeAttentionShape& s = queries[i].shape;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    const int64_t clamp = EffectiveClamp(s);
+    for (int h = 0; h < s.num_heads && job.n > 0; ++h) {
+      float* row = job.scores + h * job.n;
+      const float* pos = job.bd + h * job.table_rows;
+      for (int64_t j = job.first; j <= job.last; ++j) {
+        row[j - job.first] = (row[j - job.first] + pos[std::min(job.last - j, clamp)]) * scale;
+      }
+      CarryScores(s, h, 0, job.first, row, job.n);
+      SoftmaxRow(row, job.n);
+      AddKeyMass(s, row, job.first, job.n);
     }
-    CarryScores(s, h, 0, first, row, n);
-    SoftmaxRow(row, n);
-    AddKeyMass(s, row, first, n);
   }
-  pool.ParallelFor(key_blocks, grain, [&](int64_t b0, int64_t b1) {
+  pool.ParallelFor(total_key_blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      float* sum = partial + b * width;
+      const int64_t i = job_of_block(b);
+      const Job& job = jobs[i];
+      const RelativeDecodeQuery& q = queries[i];
+      const int heads = q.shape.num_heads, head_dim = q.shape.head_dim;
+      const int64_t width = static_cast<int64_t>(heads) * head_dim;
+      float* sum = job.partial + (b - job.block0) * width;
       std::fill(sum, sum + width, 0.0f);
-      const int64_t j0 = first + b * kKeyBlock, j1 = std::min(last + 1, j0 + kKeyBlock);
-      ForEachKeyRange(keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
+      const int64_t j0 = job.first + (b - job.block0) * kKeyBlock;
+      const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
+      ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
         for (int h = 0; h < heads; ++h) {
-          const int64_t at = row * span.ld + static_cast<int64_t>(h) * head_dim;
-          const float* p = scores + h * n + (j - first);
+          const int64_t off = row * span.ld + static_cast<int64_t>(h) * head_dim;
+          const float* p = job.scores + h * job.n + (j - job.first);
           if (span.type != WeightType::kF32) {
-            HalfRowSum(SupportedHalfIsas().front(), p, span.v16 + at, span.ld, span.type, m,
+            HalfRowSum(SupportedHalfIsas().front(), p, span.v16 + off, span.ld, span.type, m,
                        head_dim, sum + h * head_dim);
           } else {
-            GemvT(m, head_dim, span.v + at, span.ld, p, 1.0f, sum + h * head_dim);
+            GemvT(m, head_dim, span.v + off, span.ld, p, 1.0f, sum + h * head_dim);
           }
         }
       });
     }
   });
-  for (int64_t b = 0; b < key_blocks; ++b) {
-    const float* sum = partial + b * width;
-    for (int64_t c = 0; c < width; ++c) out[c] += sum[c];
+  for (int64_t i = 0; i < count; ++i) {
+    const Job& job = jobs[i];
+    const RelativeDecodeQuery& q = queries[i];
+    const int64_t width = static_cast<int64_t>(q.shape.num_heads) * q.shape.head_dim;
+    for (int64_t b = 0; b < job.key_blocks; ++b) {
+      const float* sum = job.partial + b * width;
+      for (int64_t c = 0; c < width; ++c) q.out[c] += sum[c];
+    }
   }
 }
 
@@ -250,7 +307,8 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
                        ThreadPool& pool) {
   if (shape.query_len <= 0) return;
   if (shape.query_len == 1) {
-    AttendDecodeStep(shape, q, keys, rk, ldr, r_w_bias, r_r_bias, out, pool);
+    AttendDecodeSteps({RelativeDecodeQuery{shape, q, &keys, rk, ldr, r_w_bias, r_r_bias, out}},
+                      pool);
     return;
   }
   // One task per (head, query block), each on one thread with single-threaded BLAS.
@@ -279,6 +337,10 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
   for (int64_t t = 0; t < tasks; ++t) {
     for (int64_t j = 0; j < mass_width; ++j) shape.key_mass[j] += task_mass[t * mass_width + j];
   }
+}
+
+void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, ThreadPool& pool) {
+  if (!queries.empty()) AttendDecodeSteps(queries, pool);
 }
 
 }  // namespace mnemo::kernels

@@ -10,18 +10,24 @@
 namespace mnemo::engine::cpu {
 
 absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) {
-  std::vector<kernels::KvSpan> spans;
-  std::vector<float> mass;
-  for (const RelativeAttentionArgs& a : batch) {
+  // Decode steps (one new position) run together, so that the layer's distance table is read
+  // once for the whole batch; longer segments run one by one.
+  const size_t n = batch.size();
+  std::vector<std::vector<kernels::KvSpan>> spans(n);
+  std::vector<std::vector<float>> mass(n);
+  std::vector<kernels::RelativeDecodeQuery> steps;
+  std::vector<size_t> step_args;
+  for (size_t i = 0; i < n; ++i) {
+    const RelativeAttentionArgs& a = batch[i];
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
     const int64_t t = a.qkv->dim(0);
     const float* qkv = a.qkv->data<float>();
-    KeySpans(*a.memory, qkv, width, t, spans);
+    KeySpans(*a.memory, qkv, width, t, spans[i]);
     int64_t before = 0;  // compressed memory rows, ahead of the XL memory
     if (a.compressed != nullptr) {
       std::vector<kernels::KvSpan> compressed;
       a.compressed->AppendSpans(compressed);
-      spans.insert(spans.begin(), compressed.begin(), compressed.end());
+      spans[i].insert(spans[i].begin(), compressed.begin(), compressed.end());
       before = a.compressed->size();
     }
     const int64_t m = a.memory->size();
@@ -30,19 +36,28 @@ absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionAr
     shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
     shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
     if (a.usage != nullptr) {
-      mass.assign(static_cast<size_t>(m), 0.0f);
-      shape.key_mass = mass.data();
+      mass[i].assign(static_cast<size_t>(m), 0.0f);
+      shape.key_mass = mass[i].data();
       shape.mass_begin = before;
       shape.mass_end = before + m;
     }
-    kernels::RelativeAttention(shape, qkv, 3 * width, spans, a.rel_table->data<float>(), width,
+    if (t == 1) {
+      steps.push_back({shape, qkv, &spans[i], a.rel_table->data<float>(), width,
+                       a.r_w_bias->data<float>(), a.r_r_bias->data<float>(), a.out->data<float>()});
+      step_args.push_back(i);
+      continue;
+    }
+    kernels::RelativeAttention(shape, qkv, 3 * width, spans[i], a.rel_table->data<float>(), width,
                                a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                a.out->data<float>(), width, pool_);
-    if (a.usage != nullptr) {  // key order → ring slots
-      float* usage = a.usage->data<float>();
-      for (int64_t j = 0; j < m; ++j) {
-        usage[(a.memory->start() + j) % a.memory->capacity()] += mass[j];
-      }
+  }
+  kernels::RelativeAttentionDecode(steps, pool_);
+  for (size_t i = 0; i < n; ++i) {
+    const RelativeAttentionArgs& a = batch[i];
+    if (a.usage == nullptr) continue;
+    float* usage = a.usage->data<float>();  // key order → ring slots
+    for (int64_t j = 0; j < a.memory->size(); ++j) {
+      usage[(a.memory->start() + j) % a.memory->capacity()] += mass[i][j];
     }
   }
   return absl::OkStatus();
