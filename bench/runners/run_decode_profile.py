@@ -32,6 +32,7 @@ decode line, one `decode_profile` line (`main_thread` and `all_threads`: shares 
 import argparse
 import json
 import os
+import signal
 import re
 import subprocess
 import sys
@@ -141,8 +142,16 @@ def main(argv=None):
                "--figure", "decode", "--decode-steps", str(args.decode_steps), "--runs",
                str(args.runs)]
         log(" ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
-                              timeout=600)
+        # Its own process group: on a timeout perf and the mnemo_bench it runs both go.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=ROOT, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            sys.exit("perf record ran over 600 s (a large model wants fewer --decode-steps)")
+        proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         if proc.returncode != 0:
             sys.exit(f"perf record failed ({proc.returncode}): {proc.stderr[-2000:]}")
         decode = [l for l in json_lines(proc.stdout) if l.get("figure") == "decode"]
