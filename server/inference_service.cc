@@ -50,7 +50,8 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(const LoadedModel& model, bool 
     if (model.tokenizer == nullptr) {
       return absl::FailedPreconditionError(
           absl::StrCat("model \"", model.name,
-                       "\" has no tokenizer (tokenizer.model or vocab.words): send token ids"));
+                       "\" has no tokenizer (tokenizer.model, vocab.words or a byte vocabulary): "
+                       "send token ids"));
     }
     auto encoded = model.tokenizer->Encode(text);
     if (!encoded.ok()) return InvalidField("text", std::string(encoded.status().message()));

@@ -51,7 +51,8 @@ namespace {
 constexpr char kUsage[] = R"(usage: mnemo-server (--model NAME=DIR | --model-repository DIR) [flags]
 
 Serves the mnemo.v1 gRPC API for the given checkpoints (config.json, model.safetensors and
-tokenizer.model or vocab.words in DIR). The first --model is the default one.
+tokenizer.model or vocab.words in DIR, or a byte vocabulary named by config.json). The first
+--model is the default one.
 
   --model NAME=DIR           a model to serve (repeatable; NAME: [A-Za-z0-9._-], ≤ 64)
   --model-repository DIR     serve every subdirectory of DIR that holds a config.json, named

@@ -9,7 +9,7 @@ absl::StatusOr<const engine::api::Tokenizer*> TokenizerOf(const LoadedModel& m) 
   if (m.tokenizer == nullptr) {
     return absl::FailedPreconditionError(
         "model \"" + m.name +
-        "\" has no tokenizer (tokenizer.model or vocab.words): use token ids");
+        "\" has no tokenizer (tokenizer.model, vocab.words or a byte vocabulary): use token ids");
   }
   return m.tokenizer;
 }

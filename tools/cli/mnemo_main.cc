@@ -3,9 +3,9 @@
 //   score     per-token log-probabilities and bits per byte of a text or id file
 //   logits    dump raw logits of every position (parity tests and tools)
 // Every sub-command works on any checkpoint directory (config.json + model.safetensors
-// [+ tokenizer.model or vocab.words]) and feeds input in segments with memory carried across them;
-// generate and score can save the session (memory and pending tail) to a snapshot file and start
-// from one.
+// [+ tokenizer.model or vocab.words, or a byte vocabulary]) and feeds input in segments with memory
+// carried across them; generate and score can save the session (memory and pending tail) to a
+// snapshot file and start from one.
 #include <unistd.h>
 
 #include <cmath>
@@ -49,7 +49,7 @@ commands:
 
 common flags:
   --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model or
-                       vocab.words
+                       vocab.words (none for a byte vocabulary: "tokenizer": "bytes")
   --segment-len N      tokens per forward segment when feeding input (default: the model's
                        mem_len, at least 1; 512 for a model without dense layers); memory is
                        carried between segments
@@ -93,7 +93,7 @@ generate:
                        draft_tokens, else 4)
 
 score:
-  --text-file FILE     UTF-8 text to score (tokenized with tokenizer.model or vocab.words)
+  --text-file FILE     UTF-8 text to score (tokenized with the checkpoint's tokenizer)
   --ids-file FILE      whitespace-separated token ids to score (instead of --text-file)
   --json               one JSON object per token {"position","token","logprob"} and a final
                        {"summary":…} line, instead of the human-readable summary
