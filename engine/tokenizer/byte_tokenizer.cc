@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "base/status_macros.h"
+
 namespace mnemo::engine {
 namespace {
 
@@ -23,13 +25,10 @@ class ByteTokenizer final : public Tokenizer {
   }
 
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const override {
+    RETURN_IF_ERROR(CheckTokenIds(ids, vocab_size_));
     std::string bytes;
     bytes.reserve(ids.size());
     for (int32_t id : ids) {
-      if (id < 0 || id >= vocab_size_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", id, " outside vocabulary [0, ", vocab_size_, ")"));
-      }
       if (id >= kByteTokenOffset && id < kByteTokenOffset + 256) {
         bytes.push_back(static_cast<char>(id - kByteTokenOffset));
       }

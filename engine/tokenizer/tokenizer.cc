@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "base/status_macros.h"
 #include "engine/tokenizer/sentencepiece_processor_wrapper.h"
 
 namespace mnemo::engine {
@@ -22,12 +23,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const override {
-    for (int32_t id : ids) {
-      if (id < 0 || id >= vocab_size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", id, " outside vocabulary [0, ", vocab_size(), ")"));
-      }
-    }
+    RETURN_IF_ERROR(CheckTokenIds(ids, vocab_size()));
     std::string text;
     const std::string error = processor_.Decode(std::vector<int>(ids.begin(), ids.end()), &text);
     if (!error.empty()) return absl::InvalidArgumentError(absl::StrCat("tokenizer: ", error));
@@ -48,6 +44,28 @@ int SequenceLength(unsigned char lead) {
   return 0;
 }
 
+// The UTF-8 sequence starting at s[i] (i < n): its well-formed prefix, at least one byte, and
+// whether that is a whole character. Well-formed follows Unicode's Table 3-7: continuation bytes
+// 80–BF, except the second byte after E0 (A0–BF: no overlongs), ED (80–9F: no surrogates), F0
+// (90–BF: no overlongs) and F4 (80–8F: nothing past U+10FFFF).
+struct Utf8Sequence {
+  size_t bytes;
+  bool whole;
+};
+Utf8Sequence SequenceAt(const unsigned char* s, size_t n, size_t i) {
+  const int len = SequenceLength(s[i]);
+  size_t k = 1;
+  for (; len > 1 && k < static_cast<size_t>(len) && i + k < n; ++k) {
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (k == 1 && s[i] == 0xe0) lo = 0xa0;
+    if (k == 1 && s[i] == 0xed) hi = 0x9f;
+    if (k == 1 && s[i] == 0xf0) lo = 0x90;
+    if (k == 1 && s[i] == 0xf4) hi = 0x8f;
+    if (s[i + k] < lo || s[i + k] > hi) break;
+  }
+  return {k, len != 0 && k == static_cast<size_t>(len)};
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path) {
@@ -62,51 +80,34 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std:
 
 bool IsValidUtf8(std::string_view text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    const int len = SequenceLength(s[i]);
-    if (len == 0 || i + static_cast<size_t>(len) > n) return false;
-    for (int k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xc0) != 0x80) return false;
-    }
-    if (len == 3) {
-      if (s[i] == 0xe0 && s[i + 1] < 0xa0) return false;   // overlong
-      if (s[i] == 0xed && s[i + 1] >= 0xa0) return false;  // surrogate
-    } else if (len == 4) {
-      if (s[i] == 0xf0 && s[i + 1] < 0x90) return false;   // overlong
-      if (s[i] == 0xf4 && s[i + 1] >= 0x90) return false;  // > U+10FFFF
-    }
-    i += static_cast<size_t>(len);
+  for (size_t i = 0; i < text.size();) {
+    const Utf8Sequence seq = SequenceAt(s, text.size(), i);
+    if (!seq.whole) return false;
+    i += seq.bytes;
   }
   return true;
 }
 
 std::string ReplaceInvalidUtf8(std::string_view bytes) {
   const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
   std::string out;
-  out.reserve(n);
-  size_t i = 0;
-  while (i < n) {
-    const int len = SequenceLength(s[i]);
-    size_t k = 1;  // bytes of a well-formed prefix so far
-    for (; len > 1 && k < static_cast<size_t>(len) && i + k < n; ++k) {
-      unsigned char lo = 0x80, hi = 0xbf;  // the second byte's range narrows for four leads
-      if (k == 1 && s[i] == 0xe0) lo = 0xa0;
-      if (k == 1 && s[i] == 0xed) hi = 0x9f;
-      if (k == 1 && s[i] == 0xf0) lo = 0x90;
-      if (k == 1 && s[i] == 0xf4) hi = 0x8f;
-      if (s[i + k] < lo || s[i + k] > hi) break;
-    }
-    if (len != 0 && k == static_cast<size_t>(len)) {
-      out.append(bytes.substr(i, k));
-    } else {
-      out.append("\xEF\xBF\xBD");
-    }
-    i += k;
+  out.reserve(bytes.size());
+  for (size_t i = 0; i < bytes.size();) {
+    const Utf8Sequence seq = SequenceAt(s, bytes.size(), i);
+    out.append(seq.whole ? bytes.substr(i, seq.bytes) : std::string_view("\xEF\xBF\xBD"));
+    i += seq.bytes;
   }
   return out;
+}
+
+absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " outside vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 size_t CompleteUtf8Prefix(std::string_view text) {

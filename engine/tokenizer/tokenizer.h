@@ -31,6 +31,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std:
 
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool IsValidUtf8(std::string_view text);
+// INVALID_ARGUMENT naming the first id outside [0, vocab_size): every Decode's check.
+absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size);
 // `bytes` with every maximal ill-formed subsequence replaced by U+FFFD (Unicode's "substitution
 // of maximal subparts"): an unfinished sequence at the end becomes one U+FFFD.
 std::string ReplaceInvalidUtf8(std::string_view bytes);

@@ -77,13 +77,10 @@ class WordTokenizer final : public Tokenizer {
 
   // Words joined by single spaces; <eos> is a line break (no space around it).
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const override {
+    RETURN_IF_ERROR(CheckTokenIds(ids, vocab_size()));
     std::string text;
     bool line_start = true;
     for (int32_t id : ids) {
-      if (id < 0 || id >= vocab_size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", id, " outside vocabulary [0, ", vocab_size(), ")"));
-      }
       if (id == eos_) {
         text.push_back('\n');
         line_start = true;
