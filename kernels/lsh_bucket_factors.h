@@ -21,11 +21,21 @@ struct LshBucketFactors {
   int sizes[kMaxFactors] = {};  // each even, ≥ 2; their product is n_buckets
 };
 
+// `f` with count 0 read as its one factor, n_buckets: what every kernel iterates over.
+inline MNEMO_LSH_HOST_DEVICE LshBucketFactors LshResolvedFactors(LshBucketFactors f,
+                                                                 int n_buckets) {
+  if (f.count == 0) {
+    f.count = 1;
+    f.sizes[0] = n_buckets;
+  }
+  return f;
+}
+
 // Rotation columns per round: Σ f_i / 2 (n_buckets / 2 for one factor).
 inline MNEMO_LSH_HOST_DEVICE int LshRotationColumns(const LshBucketFactors& f, int n_buckets) {
-  if (f.count == 0) return n_buckets / 2;
+  const LshBucketFactors resolved = LshResolvedFactors(f, n_buckets);
   int columns = 0;
-  for (int i = 0; i < f.count; ++i) columns += f.sizes[i] / 2;
+  for (int i = 0; i < resolved.count; ++i) columns += resolved.sizes[i] / 2;
   return columns;
 }
 

@@ -302,8 +302,7 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
 void LshHash(const LshShape& shape, int64_t rows, const float* x, int64_t ldx,
              const float* rotations, int32_t* buckets, int64_t ldb) {
   const int head_dim = shape.head_dim, rounds = shape.n_hashes;
-  LshBucketFactors factors = shape.factors;
-  if (factors.count == 0) factors = {1, {shape.n_buckets}};
+  const LshBucketFactors factors = LshResolvedFactors(shape.factors, shape.n_buckets);
   const int64_t columns = LshRotationColumns(factors, shape.n_buckets);
   const int64_t cols = rounds * columns;  // y per head: [R, C]
   std::vector<float> y(static_cast<size_t>(cols));

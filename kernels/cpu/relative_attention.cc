@@ -83,11 +83,12 @@ void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t f
 // read d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's shape, about half the
 // read bandwidth, which made attention over a 1600-row memory twice its bytes' time.) Blocks of
 // every query's keys and of the distance table are split over the pool; a table block is read
-// once for all the queries that share the table (a batch's sessions, one layer), not once per
-// query. Then each query's heads' softmaxes; then the values' blocks. The values' sums are kept
-// per block and added in block order, and a query's key mass is summed in head order, so nothing
-// depends on how the pool scheduled the work.
-void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, ThreadPool& pool) {
+// once for all the queries (a batch's sessions share their layer's table), not once per query. Then
+// each query's heads' softmaxes; then the values' blocks. The values' sums are kept per block and
+// added in block order, and a query's key mass is summed in head order, so nothing depends on how
+// the pool scheduled the work.
+void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
+                       int64_t ldr, ThreadPool& pool) {
   struct Job {  // one query's extent and its parts of the scratch
     int64_t first, last, n, table_rows, key_blocks, block0;
     float *qu, *qv, *scores, *bd, *partial;
@@ -109,11 +110,6 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, ThreadPo
     table_rows = std::max(table_rows, job.table_rows);
     width_max = std::max(width_max, width);
     floats += 2 * width + s.num_heads * (job.n + job.table_rows) + job.key_blocks * width;
-    // Every table must be the first query's (one layer's): it is read once for all of them.
-    if (queries[i].rk != queries[0].rk || queries[i].ldr != queries[0].ldr) {
-      for (auto& q : queries) AttendDecodeSteps({q}, pool);  // (never for one layer's batch)
-      return;
-    }
   }
   // The calling thread's scratch: grows to the largest step, then stays.
   thread_local std::vector<float> work;
@@ -153,8 +149,8 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, ThreadPo
           const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
           const int head_dim = q.shape.head_dim;
           for (int h = 0; r0 < r1 && h < q.shape.num_heads; ++h) {
-            Gemv(r1 - r0, head_dim, q.rk + r0 * q.ldr + h * head_dim, q.ldr, job.qv + h * head_dim,
-                 0.0f, job.bd + h * job.table_rows + r0);
+            Gemv(r1 - r0, head_dim, rk + r0 * ldr + h * head_dim, ldr, job.qv + h * head_dim, 0.0f,
+                 job.bd + h * job.table_rows + r0);
           }
         }
         continue;
@@ -307,7 +303,7 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
                        ThreadPool& pool) {
   if (shape.query_len <= 0) return;
   if (shape.query_len == 1) {
-    AttendDecodeSteps({RelativeDecodeQuery{shape, q, &keys, rk, ldr, r_w_bias, r_r_bias, out}},
+    AttendDecodeSteps({RelativeDecodeQuery{shape, q, &keys, r_w_bias, r_r_bias, out}}, rk, ldr,
                       pool);
     return;
   }
@@ -339,8 +335,9 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
   }
 }
 
-void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, ThreadPool& pool) {
-  if (!queries.empty()) AttendDecodeSteps(queries, pool);
+void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
+                             int64_t ldr, ThreadPool& pool) {
+  if (!queries.empty()) AttendDecodeSteps(queries, rk, ldr, pool);
 }
 
 }  // namespace mnemo::kernels

@@ -49,18 +49,17 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
                        ThreadPool& pool);
 
 // One decode step (T = 1) of several sequences of one layer, as RelativeAttention computes each,
-// in one pass: the blocks of every sequence's keys share the pool, and the distance table (the
-// layer's, the same `rk` for all) is read once for all of them instead of once per sequence.
+// in one pass: the blocks of every sequence's keys share the pool, and the layer's distance table
+// `rk` (row stride ldr), the same for all of them, is read once instead of once per sequence.
 struct RelativeDecodeQuery {
   RelativeAttentionShape shape;  // query_len must be 1
   const float* q;                // [H·d_h]
   const std::vector<KvSpan>* keys;
-  const float* rk;
-  int64_t ldr;
   const float* r_w_bias;
   const float* r_r_bias;
   float* out;  // [H·d_h]
 };
-void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, ThreadPool& pool);
+void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
+                             int64_t ldr, ThreadPool& pool);
 
 }  // namespace mnemo::kernels

@@ -84,7 +84,8 @@ __global__ void HashKernel(LshAttentionLaunch p) {
   const int64_t i = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y), r = static_cast<int>(blockIdx.z);
   const int head_dim = p.head_dim, rounds = p.n_hashes;
-  const int columns = LshRotationColumns(p.factors, p.n_buckets);
+  const LshBucketFactors factors = LshResolvedFactors(p.factors, p.n_buckets);
+  const int columns = LshRotationColumns(factors, p.n_buckets);
   const int64_t w = static_cast<int64_t>(p.num_heads) * head_dim,
                 head = static_cast<int64_t>(h) * head_dim;
   __shared__ float x[128];
@@ -109,10 +110,9 @@ __global__ void HashKernel(LshAttentionLaunch p) {
   // y_k = Σ_d x_d · rot[h, d, r, k], summed in d order, products and sums rounded apart.
   const float* rot = p.rotations + (static_cast<int64_t>(h) * head_dim * rounds + r) * columns;
   const int64_t ld = static_cast<int64_t>(rounds) * columns;
-  const int n_factors = p.factors.count == 0 ? 1 : p.factors.count;
   int bucket = 0, place = 1, offset = 0;
-  for (int f = 0; f < n_factors; ++f) {
-    const int half = p.factors.count == 0 ? p.n_buckets / 2 : p.factors.sizes[f] / 2;
+  for (int f = 0; f < factors.count; ++f) {
+    const int half = factors.sizes[f] / 2;
     float value = -INFINITY;
     int index = 2 * half;
     for (int k = tid; k < half; k += blockDim.x) {
@@ -389,11 +389,9 @@ cudaError_t LshAttention(const LshAttentionLaunch& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   const IndexArrays a = Arrays(p.scratch, n, static_cast<int>(segments), p.n_buckets);
-  int half = p.n_buckets / 2;  // the widest run of columns one argmax spans
-  if (p.factors.count != 0) {
-    half = 0;
-    for (int f = 0; f < p.factors.count; ++f) half = std::max(half, p.factors.sizes[f] / 2);
-  }
+  const LshBucketFactors factors = LshResolvedFactors(p.factors, p.n_buckets);
+  int half = 0;  // the widest run of columns one argmax spans
+  for (int f = 0; f < factors.count; ++f) half = std::max(half, factors.sizes[f] / 2);
   const int hash_threads = half >= kHashThreads ? kHashThreads : (half + 31) / 32 * 32;
   HashKernel<<<dim3(static_cast<unsigned>(t), static_cast<unsigned>(p.num_heads),
                     static_cast<unsigned>(p.n_hashes)),

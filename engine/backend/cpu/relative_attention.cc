@@ -16,7 +16,7 @@ absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionAr
   std::vector<std::vector<kernels::KvSpan>> spans(n);
   std::vector<std::vector<float>> mass(n);
   std::vector<kernels::RelativeDecodeQuery> steps;
-  std::vector<size_t> step_args;
+  std::vector<const Tensor*> step_tables;  // each step's distance table
   for (size_t i = 0; i < n; ++i) {
     const RelativeAttentionArgs& a = batch[i];
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
@@ -42,16 +42,28 @@ absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionAr
       shape.mass_end = before + m;
     }
     if (t == 1) {
-      steps.push_back({shape, qkv, &spans[i], a.rel_table->data<float>(), width,
-                       a.r_w_bias->data<float>(), a.r_r_bias->data<float>(), a.out->data<float>()});
-      step_args.push_back(i);
+      steps.push_back({shape, qkv, &spans[i], a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
+                       a.out->data<float>()});
+      step_tables.push_back(a.rel_table);
       continue;
     }
     kernels::RelativeAttention(shape, qkv, 3 * width, spans[i], a.rel_table->data<float>(), width,
                                a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                a.out->data<float>(), width, pool_);
   }
-  kernels::RelativeAttentionDecode(steps, pool_);
+  // One pass per distance table: a batch is one layer's, so all its steps share one.
+  std::vector<bool> done(steps.size(), false);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (done[i]) continue;
+    std::vector<kernels::RelativeDecodeQuery> group;
+    for (size_t j = i; j < steps.size(); ++j) {
+      if (done[j] || step_tables[j] != step_tables[i]) continue;
+      group.push_back(steps[j]);
+      done[j] = true;
+    }
+    const Tensor& table = *step_tables[i];
+    kernels::RelativeAttentionDecode(group, table.data<float>(), table.dim(1), pool_);
+  }
   for (size_t i = 0; i < n; ++i) {
     const RelativeAttentionArgs& a = batch[i];
     if (a.usage == nullptr) continue;
