@@ -373,6 +373,13 @@ std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
   return model.ok() ? std::move(*model) : nullptr;
 }
 
+std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
+                                                     engine::CpuWeights weights) {
+  engine::ModelOptions options;
+  options.cpu_weights = weights;
+  return LoadCpuModel(dir, options);
+}
+
 std::vector<std::string> TestBackends() { return {"cpu", "cuda"}; }
 
 std::unique_ptr<engine::TransfoXlModel> LoadModelOn(const std::string& device,

@@ -88,6 +88,9 @@ std::unique_ptr<engine::TransfoXlModel> LoadModel(const engine::ModelConfig& con
 // when loading fails.
 std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
                                                      const engine::ModelOptions& options);
+// The same with default options but for the form its weights are kept in (--cpu-weights).
+std::unique_ptr<engine::TransfoXlModel> LoadCpuModel(const std::string& dir,
+                                                     engine::CpuWeights weights);
 
 // The backends every exactness suite runs on, by device name: "cpu" (the oracle), then "cuda".
 // One test body, instantiated per backend: a backend this build or machine lacks skips with a
@@ -127,6 +130,16 @@ std::vector<float> FeedInPieces(Model& model, engine::SessionState& state,
   }
   EXPECT_EQ(pos, tokens.size());
   return out;
+}
+
+// FeedInPieces into a new session of `model`.
+template <typename Model>
+std::vector<float> FeedNewSession(Model& model, const std::vector<int32_t>& tokens,
+                                  const std::vector<int64_t>& lengths) {
+  auto state = model.NewState();
+  EXPECT_TRUE(state.ok()) << state.status();
+  if (!state.ok()) return {};
+  return FeedInPieces(model, *state, tokens, lengths);
 }
 
 // A fresh directory under testing::TempDir(), removed with its contents on destruction.

@@ -30,23 +30,11 @@ ModelConfig AdaptiveConfig(int64_t div_val, int64_t d_embed, bool tied) {
   return c;
 }
 
-std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights) {
-  ModelOptions options;
-  options.cpu_weights = weights;
-  return test::LoadCpuModel(dir, options);
-}
-
-std::vector<float> Outputs(TransfoXlModel& model, const std::vector<int32_t>& doc,
-                           const std::vector<int64_t>& lengths) {
-  SessionState state = *model.NewState();
-  return test::FeedInPieces(model, state, doc, lengths);
-}
-
 TEST(AdaptiveVocabularyTest, RowsAreLogProbabilitiesOverEveryBand) {
   for (const ModelConfig& config :
        {AdaptiveConfig(2, 16, true), AdaptiveConfig(1, 8, false), AdaptiveConfig(4, 32, false)}) {
     test::ScopedTempDir dir = test::WriteCheckpoint(config, 7);
-    auto model = Load(dir.path(), CpuWeights::kAsStored);
+    auto model = test::LoadCpuModel(dir.path(), CpuWeights::kAsStored);
     ASSERT_NE(model, nullptr);
     // Ids from every band, both ends of each.
     std::vector<int32_t> doc = {0, 9, 10, 19, 20, 36};
@@ -54,7 +42,7 @@ TEST(AdaptiveVocabularyTest, RowsAreLogProbabilitiesOverEveryBand) {
     doc.insert(doc.end(), more.begin(), more.end());
     for (const std::vector<int64_t>& cut :
          std::vector<std::vector<int64_t>>{{40}, {5, 1, 1, 1, 12, 1, 19}}) {
-      const std::vector<float> out = Outputs(*model, doc, cut);
+      const std::vector<float> out = test::FeedNewSession(*model, doc, cut);
       ASSERT_EQ(out.size(), doc.size() * static_cast<size_t>(config.vocab_size));
       for (size_t r = 0; r < doc.size(); ++r) {
         const float* row = out.data() + r * static_cast<size_t>(config.vocab_size);
@@ -78,8 +66,8 @@ TEST(AdaptiveVocabularyTest, SixteenBitStoredMatchesWidened) {
     for (ModelConfig config : {AdaptiveConfig(2, 16, true), AdaptiveConfig(1, 8, false)}) {
       config.dtype = dtype;
       test::ScopedTempDir dir = test::WriteCheckpoint(config, 9);
-      auto stored = Load(dir.path(), CpuWeights::kAsStored);
-      auto widened = Load(dir.path(), CpuWeights::kFloat32);
+      auto stored = test::LoadCpuModel(dir.path(), CpuWeights::kAsStored);
+      auto widened = test::LoadCpuModel(dir.path(), CpuWeights::kFloat32);
       ASSERT_NE(stored, nullptr);
       ASSERT_NE(widened, nullptr);
       EXPECT_EQ(stored->weights().adaptive.emb[0].dtype(), dtype);
@@ -92,8 +80,8 @@ TEST(AdaptiveVocabularyTest, SixteenBitStoredMatchesWidened) {
       const std::vector<int32_t> doc = test::RandomTokens(30, config.vocab_size, 5);
       for (const std::vector<int64_t>& cut :
            std::vector<std::vector<int64_t>>{{30}, {1, 1, 1, 7, 1, 19}}) {
-        EXPECT_TRUE(
-            test::NearRelative(Outputs(*stored, doc, cut), Outputs(*widened, doc, cut), 1e-5))
+        EXPECT_TRUE(test::NearRelative(test::FeedNewSession(*stored, doc, cut),
+                                       test::FeedNewSession(*widened, doc, cut), 1e-5))
             << DTypeName(dtype) << " div_val " << config.div_val;
       }
     }

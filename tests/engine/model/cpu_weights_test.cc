@@ -19,19 +19,6 @@ namespace {
 
 constexpr double kTol = 1e-5;
 
-std::unique_ptr<TransfoXlModel> Load(const std::string& dir, CpuWeights weights) {
-  ModelOptions options;
-  options.cpu_weights = weights;
-  return test::LoadCpuModel(dir, options);
-}
-
-// The logits of every position of `doc` fed in segments of the given lengths (1: decode steps).
-std::vector<float> Logits(TransfoXlModel& model, const std::vector<int32_t>& doc,
-                          const std::vector<int64_t>& lengths) {
-  SessionState state = *model.NewState();
-  return test::FeedInPieces(model, state, doc, lengths);
-}
-
 struct Case {
   std::string name;
   ModelConfig config;
@@ -61,8 +48,8 @@ class CpuWeightsTest : public ::testing::TestWithParam<Case> {};
 TEST_P(CpuWeightsTest, StoredMatchesFloat32) {
   const ModelConfig& config = GetParam().config;
   test::ScopedTempDir dir = test::WriteCheckpoint(config, 11);
-  auto stored = Load(dir.path(), CpuWeights::kAsStored);
-  auto widened = Load(dir.path(), CpuWeights::kFloat32);
+  auto stored = test::LoadCpuModel(dir.path(), CpuWeights::kAsStored);
+  auto widened = test::LoadCpuModel(dir.path(), CpuWeights::kFloat32);
   ASSERT_NE(stored, nullptr);
   ASSERT_NE(widened, nullptr);
 
@@ -82,8 +69,8 @@ TEST_P(CpuWeightsTest, StoredMatchesFloat32) {
   const std::vector<int32_t> doc = test::RandomTokens(40, config.vocab_size, 5);
   for (const std::vector<int64_t>& cut :
        std::vector<std::vector<int64_t>>{{40}, {1, 1, 1, 1, 9, 1, 26}, {3, 8, 12, 17}}) {
-    const std::vector<float> a = Logits(*stored, doc, cut);
-    const std::vector<float> b = Logits(*widened, doc, cut);
+    const std::vector<float> a = test::FeedNewSession(*stored, doc, cut);
+    const std::vector<float> b = test::FeedNewSession(*widened, doc, cut);
     EXPECT_TRUE(test::NearRelative(a, b, kTol)) << "segments starting with " << cut[0];
   }
 }
@@ -96,7 +83,7 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, CpuWeightsTest, ::testing::ValuesIn(Cases(
 TEST(CpuWeightsFloat32CheckpointTest, UsedAsItIs) {
   ModelConfig config = test::SmallConfig();
   test::ScopedTempDir dir = test::WriteCheckpoint(config, 3);
-  auto model = Load(dir.path(), CpuWeights::kAsStored);
+  auto model = test::LoadCpuModel(dir.path(), CpuWeights::kAsStored);
   ASSERT_NE(model, nullptr);
   EXPECT_EQ(model->weights().layers[0].qkv.dtype(), DType::kF32);
 }
