@@ -12,6 +12,7 @@ namespace mnemo::kernels {
 enum class Activation : uint8_t {
   kRelu,  // max(x, 0)
   kGelu,  // x·Φ(x), erf form
+  kSilu,  // x·sigmoid(x): the gate of a gated MLP (architecture "mistral")
 };
 
 // How a weight table is stored: float32, or 16-bit (bfloat16 / float16) widened to float32 as

@@ -152,6 +152,8 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_n_head(c.n_head);
   out->set_d_head(c.d_head);
   out->set_d_inner(c.d_inner);
+  out->set_n_kv_head(c.kv_heads());
+  out->set_max_positions(c.max_positions());
   int64_t compression_rate = 0;  // the largest of the compressive layers
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const engine::api::LayerConfig& lc = c.layer(l);

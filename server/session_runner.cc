@@ -5,6 +5,8 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 #include "base/status_macros.h"
 
 namespace mnemo::server {
@@ -109,6 +111,17 @@ absl::Status RunPendingFront(LoadedModel& model, SessionMemory& memory, size_t c
 absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
                           std::span<const int32_t> tokens, const RequestControl& control,
                           int64_t* segments) {
+  // A model with a position limit refuses a document that would pass it when the tokens arrive,
+  // not later when a segment of them runs (the pending tail would otherwise hold them).
+  const engine::api::ModelConfig& c = model.model->config();
+  const auto after = memory.state.position() + static_cast<int64_t>(memory.pending.size()) +
+                     static_cast<int64_t>(tokens.size());
+  if (c.max_positions() > 0 && after > c.max_positions()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("the document would reach ", after,
+                     " positions, past the model's position limit of ", c.max_positions(),
+                     c.reformer ? " (axial_pos_shape)" : " (max_positions: its maximum context)"));
+  }
   memory.pending.insert(memory.pending.end(), tokens.begin(), tokens.end());
   const auto segment = static_cast<size_t>(model.segment_tokens);
   if (memory.pending.size() <= segment) return absl::OkStatus();

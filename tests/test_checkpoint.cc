@@ -197,6 +197,19 @@ engine::ModelConfig RandomConfig(uint32_t seed) {
   return c;
 }
 
+engine::ModelConfig MistralConfig(int64_t n_kv_head, int64_t window, int64_t max_positions) {
+  std::vector<std::pair<std::string, std::string>> extra = {{"architecture", "\"mistral\""},
+                                                            {"n_head", "4"},
+                                                            {"d_head", "8"},
+                                                            {"pre_lnorm", "true"},
+                                                            {"mem_len", "0"},
+                                                            {"activation", "\"silu\""},
+                                                            {"n_kv_head", absl::StrCat(n_kv_head)}};
+  if (max_positions > 0) extra.emplace_back("max_positions", absl::StrCat(max_positions));
+  const std::string layer = absl::StrCat(R"({"attention": "sparse", "window": )", window, "}");
+  return ConfigWith({layer, layer}, extra, /*mem_len=*/0);
+}
+
 std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& c) {
   std::vector<std::pair<std::string, std::string>> f = {
       {"architecture", absl::StrCat("\"", c.architecture, "\"")},
@@ -211,7 +224,9 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
       {"same_length", Bool(c.same_length)},
       {"pre_lnorm", Bool(c.pre_lnorm)},
       {"untie_r", Bool(c.untie_r)},
-      {"activation", c.activation == engine::Activation::kGelu ? "\"gelu\"" : "\"relu\""},
+      {"activation", c.activation == engine::Activation::kGelu   ? "\"gelu\""
+                     : c.activation == engine::Activation::kSilu ? "\"silu\""
+                                                                 : "\"relu\""},
       {"layer_norm_epsilon", absl::StrCat(c.layer_norm_epsilon)},
       {"memory_init", c.memory_init == engine::MemoryInit::kZeros ? "\"zeros\"" : "\"empty\""},
       {"tie_word_embeddings", Bool(c.tie_word_embeddings)},
@@ -232,6 +247,10 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
     f.emplace_back("cutoffs", absl::StrCat("[", absl::StrJoin(c.cutoffs, ", "), "]"));
     f.emplace_back("div_val", absl::StrCat(c.div_val));
   }
+  if (c.n_kv_head > 0 && c.n_kv_head != c.n_head) {
+    f.emplace_back("n_kv_head", absl::StrCat(c.n_kv_head));
+  }
+  if (c.position_limit > 0) f.emplace_back("max_positions", absl::StrCat(c.position_limit));
   if (c.reformer) {
     f.emplace_back("axial_pos_shape",
                    absl::StrCat("[", absl::StrJoin(c.axial_pos_shape, ", "), "]"));
@@ -286,6 +305,21 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
   if (!c.untie_r && c.has_dense_layer()) {
     t.push_back({"r_w_bias", {c.n_head, c.d_head}});
     t.push_back({"r_r_bias", {c.n_head, c.d_head}});
+  }
+  if (c.mistral) {  // docs/checkpoint-format.md "Sliding-window decoders"
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const std::string p = absl::StrCat("layers.", l, ".");
+      t.push_back({p + "attn.qkv.weight", {c.qkv_width(), d}});
+      t.push_back({p + "attn.o.weight", {d, hd}});
+      t.push_back({p + "attn.norm.weight", {d}});
+      t.push_back({p + "ff.fc1.weight", {2 * c.d_inner, d}});
+      t.push_back({p + "ff.fc2.weight", {d, c.d_inner}});
+      t.push_back({p + "ff.norm.weight", {d}});
+    }
+    t.push_back({"final_norm.weight", {d}});
+    t.push_back({"rotary.inv_freq", {c.d_head / 2}});
+    if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, d}});
+    return t;
   }
   for (int64_t g = 0; g < c.groups(); ++g) {  // one parameter set per group
     const std::string p = absl::StrCat("layers.", g, ".");
@@ -345,7 +379,16 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
   std::mt19937 rng(seed);
   std::vector<RawTensor> out;
   for (const auto& [name, shape] : ExpectedTensors(config)) {
-    const bool is_ln_gamma = name.ends_with("ln.weight");
+    if (name == "rotary.inv_freq") {  // float32 whatever the dtype: the standard frequencies
+      std::vector<float> f(static_cast<size_t>(shape[0]));
+      for (size_t i = 0; i < f.size(); ++i) {
+        f[i] = static_cast<float>(
+            std::pow(10000.0, -2.0 * static_cast<double>(i) / static_cast<double>(config.d_head)));
+      }
+      out.push_back(RawTensor{name, "F32", shape, FloatBytes(f, DType::kF32)});
+      continue;
+    }
+    const bool is_ln_gamma = name.ends_with("ln.weight") || name.ends_with("norm.weight");
     const bool is_bias = name.ends_with(".bias") || name.ends_with("_bias");
     const float center = is_ln_gamma ? 1.0f : 0.0f;
     const float scale = is_ln_gamma ? 0.1f : is_bias ? 0.05f : 0.1f;

@@ -56,6 +56,9 @@ engine::ModelConfig SmallConfig();
 engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
                                std::vector<std::pair<std::string, std::string>> extra = {},
                                int64_t mem_len = 16);
+// A two-layer architecture "mistral" config (4 heads of 8, n_kv_head key/value heads, sliding
+// windows of `window`; max_positions when > 0).
+engine::ModelConfig MistralConfig(int64_t n_kv_head, int64_t window, int64_t max_positions = 0);
 // A random small config: every size in a few units, every flag and enum drawn from `seed`.
 engine::ModelConfig RandomConfig(uint32_t seed);
 

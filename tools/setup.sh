@@ -86,12 +86,34 @@ if ! cmp -s "$req" "$stamp" 2>/dev/null; then
   cp "$req" "$stamp"
 fi
 
-# The project's import roots (python/README.md), listed in a .pth file of the venv: python/
+# A second venv, .venv-modern, for the sliding-window decoders' parity tests (tests/modern):
+# Mistral needs transformers ≥ 4.34, whose TransfoXL (moved to `deprecated`) no longer runs
+# (4.44.2 calls type_as(dtype=…)), while 4.44.2 is the last release whose Mistral runs on Debian's
+# torch 1.13 (later ones need torch._dynamo). No single release serves both.
+# (test mode only)
+modern=$root/.venv-modern
+modern_stamp=$modern/.mnemo-requirements
+modern_req=$root/tools/requirements-modern.txt
+envs=("$venv")
+if [ "$mode" = test ]; then
+  if [ ! -x "$modern/bin/python" ]; then
+    /usr/bin/python3 -m venv --system-site-packages "$modern"
+  fi
+  if ! cmp -s "$modern_req" "$modern_stamp" 2>/dev/null; then
+    "$modern/bin/python" -m pip install -q --disable-pip-version-check -r "$modern_req"
+    cp "$modern_req" "$modern_stamp"
+  fi
+  envs+=("$modern")
+fi
+
+# The project's import roots (python/README.md), listed in a .pth file of each venv: python/
 # (mnemo_reference, mnemo_checkpoint), the repository root (tools.*, bench.*), clients/python
 # (mnemo_client) and the release build's generated gRPC stubs. Rewritten only when it changes.
-site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-pth=$site/mnemo.pth
 roots=$(printf '%s\n' "$root/python" "$root" "$root/clients/python" "$root/build/release/python")
-if [ "$(cat "$pth" 2>/dev/null)" != "$roots" ]; then
-  printf '%s\n' "$roots" >"$pth"
-fi
+for env in "${envs[@]}"; do
+  site=$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  pth=$site/mnemo.pth
+  if [ "$(cat "$pth" 2>/dev/null)" != "$roots" ]; then
+    printf '%s\n' "$roots" >"$pth"
+  fi
+done

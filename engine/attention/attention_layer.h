@@ -47,7 +47,7 @@ struct AttentionCall {
   const std::vector<SequenceInput>& batch;
   const std::vector<int64_t>& offsets;  // first row of each sequence in the packed batch
   const Tensor& input;                  // [num_tokens, d_model] the attention input
-  Tensor& qkv;  // [num_tokens, 3·H·d_h] scratch for the projections (written before read)
+  Tensor& qkv;  // [num_tokens, (H + 2·H_kv)·d_h] scratch for the projections (written before read)
   Tensor& out;  // [num_tokens, H·d_h] the attention output, before W_o
   // Per sequence, its rows of `qkv` and of `out` (views made once per forward, not per layer).
   const std::vector<Tensor>& qkv_rows;
@@ -56,6 +56,11 @@ struct AttentionCall {
   // ones this layer passes on ([H, T, keys], undefined: none).
   const std::vector<Tensor>& prev_scores;
   std::vector<Tensor>& scores;
+  // Rotary positions (architecture "mistral"): the frequencies [d_h / 2] and each packed row's
+  // stream position, applied to the queries and keys before they are attended or stored; null
+  // for a model without them.
+  const Tensor* rotary_inv_freq = nullptr;
+  const std::vector<int64_t>* positions = nullptr;
 
   // The sequence's state of layer `layer`, as the kind's own type (the model checked the kinds
   // with Fits before the call).

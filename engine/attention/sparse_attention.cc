@@ -144,21 +144,20 @@ absl::Status SparseAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelC
 
 absl::Status SparseAttentionLayer::ReadWeights(const ModelConfig& c, const std::string& p,
                                                ReadTensorFn read, TransfoXlLayerWeights& lw) {
-  ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * c.attn_width(), c.d_model}));
+  ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {c.qkv_width(), c.d_model}));
   return absl::OkStatus();
 }
 
 size_t SparseAttentionLayer::StateBytes() const {
-  return SessionStateBytes(1, lc_.sparse.sparse_span() + lc_.sparse.max_global,
-                           config_.attn_width());
+  return SessionStateBytes(1, lc_.sparse.sparse_span() + lc_.sparse.max_global, config_.kv_width());
 }
 
 absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<SparseLayerState>();  // an empty rolling window (+ global store)
-  ASSIGN_OR_RETURN(state->window, EmptyRing(be, lc_.sparse.sparse_span(), config_.attn_width()));
+  ASSIGN_OR_RETURN(state->window, EmptyRing(be, lc_.sparse.sparse_span(), config_.kv_width()));
   if (lc_.sparse.has_globals()) {
     ASSIGN_OR_RETURN(state->globals.globals,
-                     EmptyRing(be, lc_.sparse.max_global, config_.attn_width()));
+                     EmptyRing(be, lc_.sparse.max_global, config_.kv_width()));
     state->globals.global_positions.assign(static_cast<size_t>(lc_.sparse.max_global), -1);
   }
   return state;
@@ -168,11 +167,13 @@ bool SparseAttentionLayer::Fits(const LayerState& state) const {
   const auto* s = dynamic_cast<const SparseLayerState*>(&state);
   return s != nullptr && s->bytes() == StateBytes() && s->window.keys().defined() &&
          s->window.capacity() == lc_.sparse.sparse_span() &&
-         s->window.width() == config_.attn_width();
+         s->window.width() == config_.kv_width();
 }
 
 bool SparseAttentionLayer::RepeatsSteps() const {
-  return lc_.sparse.pattern == SparsePattern::kWindow && !lc_.sparse.has_globals();
+  // (grouped-query windows list their keys per step on the CUDA backend, as other patterns do)
+  return lc_.sparse.pattern == SparsePattern::kWindow && !lc_.sparse.has_globals() &&
+         config_.kv_heads() == config_.n_head;
 }
 
 std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerState& state) const {
@@ -182,6 +183,11 @@ std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerSt
 
 absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
   RETURN_IF_ERROR(call.matmul(call.input, weights_->qkv, nullptr, call.qkv));
+  if (call.rotary_inv_freq != nullptr) {  // queries and keys turn before they are attended/stored
+    RETURN_IF_ERROR(call.backend.Rotary(call.qkv, *call.positions,
+                                        static_cast<int>(config_.n_head + config_.kv_heads()),
+                                        static_cast<int>(config_.d_head), *call.rotary_inv_freq));
+  }
   const std::vector<SequenceInput>& batch = call.batch;
   std::vector<SparseAttentionArgs> args;
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -191,12 +197,14 @@ absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
                     batch[b].state->position(), &st.globals});
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];
     if (call.scores[b].defined()) args.back().scores = &call.scores[b];
+    args.back().num_kv_heads = static_cast<int>(config_.kv_heads());
   }
   RETURN_IF_ERROR(call.backend.SparseAttention(args));
   // The new positions' keys/values join the window only after every query has attended.
   std::vector<MemoryAppendArgs> appends;
   for (size_t b = 0; b < batch.size(); ++b) {
-    appends.push_back({&call.qkv_rows[b], &call.StateOf<SparseLayerState>(b, layer_).window});
+    appends.push_back({&call.qkv_rows[b], &call.StateOf<SparseLayerState>(b, layer_).window,
+                       config_.attn_width()});
   }
   RETURN_IF_ERROR(call.backend.AppendToMemory(appends));
   for (size_t b = 0; b < batch.size(); ++b) {

@@ -68,8 +68,8 @@ struct LinearAttentionArgs {
 // the new positions join the buffer afterwards (AppendToMemory), as for dense layers. New global
 // positions join the layer's global store here, after every query has attended.
 struct SparseAttentionArgs {
-  const Tensor* qkv;          // [T, 3·H·d_h]
-  const XlMemory* memory;     // the last `span` positions before this segment
+  const Tensor* qkv;          // [T, (H + 2·H_kv)·d_h]: q | k | v
+  const XlMemory* memory;     // the last `span` positions before this segment ([·, H_kv·d_h])
   const SparseConfig* layer;  // pattern and its parameters
   int num_heads;
   int head_dim;
@@ -80,6 +80,11 @@ struct SparseAttentionArgs {
   // RealFormer, [H, T, M + T]: added before the softmax / the sums passed on.
   const Tensor* prev_scores = nullptr;
   Tensor* scores = nullptr;
+  // Grouped-query attention: key/value heads (0: num_heads); query head h reads key head
+  // h / (num_heads / num_kv_heads). Only sliding windows without globals group heads.
+  int num_kv_heads = 0;
+
+  int kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
 };
 
 // One sequence's LSH attention (docs/checkpoint-format.md "lsh") of one layer. The new positions'
@@ -113,8 +118,9 @@ struct CompressArgs {
 // One sequence's new positions joining its layer memory: keys/values are the k and v blocks of
 // `qkv` ([T, 3·H·d_h]). The backend writes the rows; the caller then calls memory->Advance(T).
 struct MemoryAppendArgs {
-  const Tensor* qkv;
+  const Tensor* qkv;  // [T, q_width + 2·width]: q | k | v, k and v as wide as the ring's rows
   XlMemory* memory;
+  int64_t q_width = 0;  // the queries' columns (0: the ring's width)
 };
 
 // Device memory as a server budgets it.
@@ -167,6 +173,15 @@ class Backend {
   // in a post-LN model). One pass instead of two.
   virtual absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma,
                                     const Tensor& beta, float eps, Tensor& normed) = 0;
+  // Row-wise RMSNorm over the last dimension: y = x / sqrt(mean(x²) + eps) · gamma; y may be x.
+  virtual absl::Status RmsNorm(const Tensor& x, const Tensor& gamma, float eps, Tensor& y) = 0;
+  // Gated MLP: y[N, F] = act(x[:, :F]) · x[:, F:] for x[N, 2F] = [gate | up].
+  virtual absl::Status GatedActivation(const Tensor& x, Activation act, Tensor& y) = 0;
+  // Rotary positions (kernels/cpu/rotary.h), in place: the `num_heads` head vectors at the start
+  // of each row of x[N, ≥ num_heads·head_dim] turn by that row's position (host, N entries) times
+  // inv_freq[head_dim / 2].
+  virtual absl::Status Rotary(Tensor& x, const std::vector<int64_t>& positions, int num_heads,
+                              int head_dim, const Tensor& inv_freq) = 0;
   // y = act(y + bias[last dim]).
   virtual absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) = 0;
   // y = a + b (same shapes; y may alias either).

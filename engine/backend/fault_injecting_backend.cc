@@ -171,6 +171,22 @@ absl::Status FaultInjectingBackend::AddLayerNorm(Tensor& x, const Tensor& delta,
              [&] { return base_->AddLayerNorm(x, delta, gamma, beta, eps, normed); });
 }
 
+absl::Status FaultInjectingBackend::RmsNorm(const Tensor& x, const Tensor& gamma, float eps,
+                                            Tensor& y) {
+  return Run(BackendOp::kCompute, "RmsNorm", [&] { return base_->RmsNorm(x, gamma, eps, y); });
+}
+
+absl::Status FaultInjectingBackend::GatedActivation(const Tensor& x, Activation act, Tensor& y) {
+  return Run(BackendOp::kCompute, "GatedActivation",
+             [&] { return base_->GatedActivation(x, act, y); });
+}
+
+absl::Status FaultInjectingBackend::Rotary(Tensor& x, const std::vector<int64_t>& positions,
+                                           int num_heads, int head_dim, const Tensor& inv_freq) {
+  return Run(BackendOp::kCompute, "Rotary",
+             [&] { return base_->Rotary(x, positions, num_heads, head_dim, inv_freq); });
+}
+
 absl::Status FaultInjectingBackend::BiasActivation(const Tensor& bias, Activation act, Tensor& y) {
   return Run(BackendOp::kCompute, "BiasActivation",
              [&] { return base_->BiasActivation(bias, act, y); });

@@ -84,6 +84,10 @@ class FaultInjectingBackend final : public Backend {
                          Tensor& y) override;
   absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma, const Tensor& beta,
                             float eps, Tensor& normed) override;
+  absl::Status RmsNorm(const Tensor& x, const Tensor& gamma, float eps, Tensor& y) override;
+  absl::Status GatedActivation(const Tensor& x, Activation act, Tensor& y) override;
+  absl::Status Rotary(Tensor& x, const std::vector<int64_t>& positions, int num_heads, int head_dim,
+                      const Tensor& inv_freq) override;
   absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override;
   absl::Status Add(const Tensor& a, const Tensor& b, Tensor& y) override;
   absl::Status Embedding(const Tensor& table, const std::vector<int32_t>& ids, float scale,

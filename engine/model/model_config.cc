@@ -156,6 +156,33 @@ int64_t ModelConfig::linear_features(int64_t index) const {
   return d_head;
 }
 
+// What architecture "mistral" is built from (docs/checkpoint-format.md "Sliding-window
+// decoders"): pre-norm blocks of contiguous sliding windows, nothing of Transformer-XL's.
+absl::Status CheckMistral(const ModelConfig& c) {
+  if (!c.pre_lnorm || c.mem_len != 0 || c.embed_width() != c.d_model || c.layer_groups > 0 ||
+      c.adaptive) {
+    return FieldError("architecture",
+                      "mistral needs pre_lnorm true, mem_len 0 and no d_embed, layer_groups or "
+                      "cutoffs");
+  }
+  if (c.d_head % 2 != 0) return FieldError("d_head", "must be even (rotary positions)");
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const LayerConfig& lc = c.layers[l];
+    const bool window = lc.attention == AttentionKind::kSparse &&
+                        lc.sparse.pattern == SparsePattern::kWindow && !lc.sparse.has_globals() &&
+                        !lc.residual_attention &&
+                        std::all_of(lc.sparse.dilations.begin(), lc.sparse.dilations.end(),
+                                    [](int64_t d) { return d == 1; });
+    if (!window) {
+      return FieldError("layers", absl::StrCat("[", l,
+                                               "]: a mistral's layers are sparse windows of "
+                                               "dilation 1 without globals or "
+                                               "residual_attention"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
@@ -186,18 +213,23 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "axial_pos_embds_dim",
                                                "cutoffs",
                                                "div_val",
-                                               "tokenizer"};
+                                               "tokenizer",
+                                               "n_kv_head",
+                                               "max_positions"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
 
   ModelConfig c;
   ASSIGN_OR_RETURN(c.architecture, GetString(j, "architecture"));
-  if (c.architecture != "transfo_xl" && c.architecture != "reformer") {
-    return FieldError("architecture", absl::StrCat("names unknown architecture \"", c.architecture,
-                                                   "\" (supported: transfo_xl, reformer)"));
+  if (c.architecture != "transfo_xl" && c.architecture != "reformer" &&
+      c.architecture != "mistral") {
+    return FieldError("architecture",
+                      absl::StrCat("names unknown architecture \"", c.architecture,
+                                   "\" (supported: transfo_xl, reformer, mistral)"));
   }
   c.reformer = c.architecture == "reformer";
+  c.mistral = c.architecture == "mistral";
   ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", 1, kMaxDimension));
   ASSIGN_OR_RETURN(c.d_model, GetInt(j, "d_model", 2, 1 << 16));
   if (c.d_model % 2 != 0) return FieldError("d_model", "must be even (sinusoid table)");
@@ -206,6 +238,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(c.d_head, GetInt(j, "d_head", 1, 4096));
   if (c.n_head * c.d_head > (1 << 16)) {
     return FieldError("n_head", "times d_head must be at most 65536");
+  }
+  c.n_kv_head = c.n_head;
+  if (j.contains("n_kv_head")) {
+    ASSIGN_OR_RETURN(c.n_kv_head, GetInt(j, "n_kv_head", 1, c.n_head));
+    if (c.n_head % c.n_kv_head != 0) return FieldError("n_kv_head", "must divide n_head");
   }
   ASSIGN_OR_RETURN(c.d_inner, GetInt(j, "d_inner", 1, 1 << 18));
   ASSIGN_OR_RETURN(c.mem_len, GetInt(j, "mem_len", 0, 1 << 20));
@@ -223,8 +260,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (auto parsed = ParseEnum<Activation>(activation)) {
     c.activation = *parsed;
   } else {
-    return FieldError("activation",
-                      absl::StrCat("must be \"relu\" or \"gelu\", got \"", activation, "\""));
+    return FieldError("activation", absl::StrCat("must be \"relu\", \"gelu\" or \"silu\", got \"",
+                                                 activation, "\""));
+  }
+  if (c.activation == Activation::kSilu && !c.mistral) {
+    return FieldError("activation", "\"silu\" is for architecture mistral (a gated MLP)");
   }
 
   ASSIGN_OR_RETURN(std::string memory_init, GetString(j, "memory_init"));
@@ -338,6 +378,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
       }
     }
   }
+
+  if (j.contains("max_positions")) {
+    ASSIGN_OR_RETURN(c.position_limit, GetInt(j, "max_positions", 1, int64_t{1} << 30));
+    if (c.reformer) return FieldError("max_positions", "is axial_pos_shape's for a reformer");
+  }
+  if (c.n_kv_head != c.n_head && !c.mistral) {
+    return FieldError("n_kv_head", "differs from n_head, which only architecture mistral allows");
+  }
+  if (c.mistral) RETURN_IF_ERROR(CheckMistral(c));
 
   // RealFormer: a residual layer adds scores over the same keys as the layer before it.
   for (int64_t l = 0; l < c.n_layer; ++l) {

@@ -130,11 +130,14 @@ struct VocabularyBand {
 };
 
 struct ModelConfig {
-  std::string architecture;  // "transfo_xl"
+  std::string architecture;  // "transfo_xl", "reformer" or "mistral"
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
   int64_t n_head = 0;
+  // Key/value heads (grouped-query attention; "n_kv_head", default n_head): query head h reads
+  // key/value head h / (n_head / n_kv_head).
+  int64_t n_kv_head = 0;
   int64_t d_head = 0;
   int64_t d_inner = 0;
   int64_t mem_len = 0;
@@ -163,6 +166,13 @@ struct ModelConfig {
   bool reformer = false;
   std::vector<int64_t> axial_pos_shape;
   std::vector<int64_t> axial_pos_embds_dim;
+  // Architecture "mistral" (docs/checkpoint-format.md "Sliding-window decoders"): pre-RMSNorm
+  // blocks, rotary positions on every layer's queries and keys, a gated MLP (activation(gate) ·
+  // up), sliding-window layers with grouped-query attention, a final RMSNorm, no biases.
+  bool mistral = false;
+  // "max_positions": positions a session may hold (a model whose full-attention layers run as
+  // windows of its maximum context); 0 for no limit.
+  int64_t position_limit = 0;
   // Adaptive embedding and projected adaptive log-softmax (Transformer-XL as published): set by
   // a "cutoffs" field. Band i holds ids [cutoffs[i-1], cutoffs[i]) (0 and vocab_size at the
   // ends) at width d_embed / div_val^i; the head gives log-probabilities, not logits.
@@ -171,6 +181,10 @@ struct ModelConfig {
   int64_t div_val = 1;
 
   int64_t attn_width() const { return n_head * d_head; }  // H·d_h
+  int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int64_t kv_width() const { return kv_heads() * d_head; }  // H_kv·d_h
+  // Columns of a layer's projected q | k | v rows.
+  int64_t qkv_width() const { return attn_width() + 2 * kv_width(); }
   int64_t groups() const { return layer_groups > 0 ? layer_groups : n_layer; }
   // The parameter set (layers.g.*) layer l runs.
   int64_t param_layer(int64_t l) const { return l * groups() / n_layer; }
@@ -186,7 +200,9 @@ struct ModelConfig {
   // Width the output head reads: [A | X] for a reformer.
   int64_t head_width() const { return reformer ? 2 * d_model : d_model; }
   // Positions a session may hold (axial position embeddings), or 0 for no limit.
-  int64_t max_positions() const { return reformer ? axial_pos_shape[0] * axial_pos_shape[1] : 0; }
+  int64_t max_positions() const {
+    return reformer ? axial_pos_shape[0] * axial_pos_shape[1] : position_limit;
+  }
   // RealFormer: layer l adds layer l − 1's scores / passes its own to layer l + 1.
   bool adds_scores(int64_t l) const { return layer(l).residual_attention; }
   bool passes_scores(int64_t l) const { return l + 1 < n_layer && adds_scores(l + 1); }

@@ -268,7 +268,8 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
         s.state->position() + s.num_tokens > config_.max_positions()) {
       return absl::OutOfRangeError(absl::StrCat(
           "sequence ", b, ": positions up to ", s.state->position() + s.num_tokens,
-          " exceed the model's position limit of ", config_.max_positions(), " (axial_pos_shape)"));
+          " exceed the model's position limit of ", config_.max_positions(),
+          config_.reformer ? " (axial_pos_shape)" : " (max_positions: its maximum context)"));
     }
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= config_.vocab_size) {
@@ -324,12 +325,16 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   auto scratch = [&](std::vector<int64_t> shape) {
     return be.AllocateUninitialized(DType::kF32, std::move(shape));
   };
-  ASSIGN_OR_RETURN(Tensor x, scratch({n, d}));              // [N, D] residual stream
-  ASSIGN_OR_RETURN(Tensor h, scratch({n, d}));              // [N, D] normed input
-  ASSIGN_OR_RETURN(Tensor qkv, scratch({n, 3 * hd}));       // [N, 3·H·d_h]
-  ASSIGN_OR_RETURN(Tensor attn, scratch({n, hd}));          // [N, H·d_h]
-  ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));           // [N, D]
-  ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));  // [N, d_inner]
+  ASSIGN_OR_RETURN(Tensor x, scratch({n, d}));                // [N, D] residual stream
+  ASSIGN_OR_RETURN(Tensor h, scratch({n, d}));                // [N, D] normed input
+  ASSIGN_OR_RETURN(Tensor qkv, scratch({n, c.qkv_width()}));  // [N, (H + 2·H_kv)·d_h]
+  ASSIGN_OR_RETURN(Tensor attn, scratch({n, hd}));            // [N, H·d_h]
+  ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));             // [N, D]
+  ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));    // [N, d_inner]
+  Tensor gate_up;  // mistral: [N, 2·d_inner], the gated MLP's gate | up
+  if (c.mistral) {
+    ASSIGN_OR_RETURN(gate_up, scratch({n, 2 * c.d_inner}));
+  }
   const float emb_scale = std::sqrt(static_cast<float>(d));
   if (c.adaptive) {
     RETURN_IF_ERROR(AdaptiveEmbed(be, c, weights_.adaptive, ids, emb_scale, x));
@@ -339,7 +344,15 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
     RETURN_IF_ERROR(MatMul(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
   } else {
-    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, c.reformer ? 1.0f : emb_scale, x));
+    const bool scaled = !c.reformer && !c.mistral;  // (Transformer-XL scales by sqrt(d_model))
+    RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, scaled ? emb_scale : 1.0f, x));
+  }
+  std::vector<int64_t> positions;  // rotary: each packed row's stream position
+  if (c.mistral) {
+    positions.reserve(static_cast<size_t>(n));
+    for (const SequenceInput& s : batch) {
+      for (int64_t i = 0; i < s.num_tokens; ++i) positions.push_back(s.state->position() + i);
+    }
   }
   Tensor x2;  // a reformer's second stream
   if (c.reformer) {
@@ -400,6 +413,22 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                          buffer.Rows(0, c.n_head * t * keys).Reshaped({c.n_head, t, keys}));
       }
     }
+    if (c.mistral) {  // x += attn(RMSNorm(x)); x += fc2(act(gate) · up) of RMSNorm(x)
+      RETURN_IF_ERROR(be.RmsNorm(x, lw.attn_ln_gamma, eps, h));
+      AttentionCall call{be,   matmul,   batch,     offsets,     h,     qkv,
+                         attn, qkv_rows, attn_rows, prev_scores, scores};
+      call.rotary_inv_freq = &weights_.rotary_inv_freq;
+      call.positions = &positions;
+      RETURN_IF_ERROR(attention_[l]->Forward(call));
+      RETURN_IF_ERROR(MatMul(attn, lw.o, nullptr, proj));
+      RETURN_IF_ERROR(be.Add(x, proj, x));
+      RETURN_IF_ERROR(be.RmsNorm(x, lw.ff_ln_gamma, eps, h));
+      RETURN_IF_ERROR(MatMul(h, lw.fc1, nullptr, gate_up));
+      RETURN_IF_ERROR(be.GatedActivation(gate_up, c.activation, inner));
+      RETURN_IF_ERROR(MatMul(inner, lw.fc2, nullptr, proj));
+      RETURN_IF_ERROR(be.Add(x, proj, x));
+      continue;
+    }
     // Attention. With pre-LN the keys are projected from LN(x) (memory rows included, which is
     // why the memory stores projected keys/values rather than raw hidden states).
     const Tensor* attn_in = &x;
@@ -444,6 +473,9 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     ASSIGN_OR_RETURN(last, scratch({n, 2 * d}));
     RETURN_IF_ERROR(be.ConcatColumns(x, x2, last));
     RETURN_IF_ERROR(be.LayerNorm(last, weights_.final_ln_gamma, weights_.final_ln_beta, eps, last));
+  } else if (c.mistral) {  // the final RMSNorm (h is free: the layers are done)
+    RETURN_IF_ERROR(be.RmsNorm(x, weights_.final_ln_gamma, eps, h));
+    last = h;
   }
   const int64_t bsz = static_cast<int64_t>(batch.size());
   if (mode == LogitsMode::kLast && n != bsz) {
@@ -458,7 +490,8 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(Tensor out, scratch({last.dim(0), c.vocab_size}));
-  RETURN_IF_ERROR(MatMul(last, weights_.lm_head, &weights_.lm_head_bias, out));
+  const Tensor* head_bias = weights_.lm_head_bias.defined() ? &weights_.lm_head_bias : nullptr;
+  RETURN_IF_ERROR(MatMul(last, weights_.lm_head, head_bias, out));
   if (be.device() == Device::kCpu) {
     *logits = std::move(out);
     return absl::OkStatus();

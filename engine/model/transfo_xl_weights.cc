@@ -99,6 +99,7 @@ void ForEachWeight(Weights& w, Fn fn) {
   fn(w.pos_emb1, false);
   fn(w.final_ln_gamma, false);
   fn(w.final_ln_beta, false);
+  fn(w.rotary_inv_freq, false);
   fn(w.lm_head, true);
   fn(w.lm_head_bias, false);
   for (auto* list :
@@ -118,6 +119,18 @@ class TensorReader {
       : config_(config), file_(file), keep_alive_(std::move(keep_alive)) {}
 
   absl::StatusOr<Tensor> Read(const std::string& name, std::vector<int64_t> shape) {
+    return ReadAs(name, std::move(shape), config_.dtype, /*fixed=*/false);
+  }
+
+  // A tensor stored as float32 whatever the checkpoint's torch_dtype (the rotary frequencies, as
+  // Hugging Face keeps them).
+  absl::StatusOr<Tensor> ReadFloat32(const std::string& name, std::vector<int64_t> shape) {
+    return ReadAs(name, std::move(shape), DType::kF32, /*fixed=*/true);
+  }
+
+ private:
+  absl::StatusOr<Tensor> ReadAs(const std::string& name, std::vector<int64_t> shape, DType dtype,
+                                bool fixed) {
     used_.insert(name);
     const SafetensorsTensor* t = file_.Find(name);
     if (t == nullptr) {
@@ -129,10 +142,10 @@ class TensorReader {
           absl::StrCat(file_.path(), ": tensor \"", name, "\" has shape ", ShapeToString(t->shape),
                        ", config.json implies ", ShapeToString(shape)));
     }
-    if (t->dtype != config_.dtype) {
+    if (t->dtype != dtype) {
       return absl::InvalidArgumentError(
-          absl::StrCat(file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype),
-                       " but config.json torch_dtype is ", DTypeName(config_.dtype)));
+          absl::StrCat(file_.path(), ": tensor \"", name, "\" is ", DTypeName(t->dtype), " but ",
+                       fixed ? "it must be " : "config.json torch_dtype is ", DTypeName(dtype)));
     }
     if (keep_alive_ != nullptr && reinterpret_cast<uintptr_t>(t->data) % DTypeSize(t->dtype) == 0) {
       void* data = const_cast<unsigned char*>(t->data);  // read-only by contract (see header)
@@ -155,6 +168,9 @@ class TensorReader {
         absl::StrCat(file_.path(), ": tensor \"", name, "\" holds a non-finite value (",
                      ElementAsFloat(t, i), ") at element ", i, ": a corrupt checkpoint?"));
   }
+
+ public:
+  const std::string& path() const { return file_.path(); }
 
   // Every tensor of the file must have been read.
   absl::Status CheckNoExtra() const {
@@ -285,6 +301,15 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
         },
         shared, lw));
     ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
+    if (c.mistral) {  // RMSNorms, a gated MLP [gate | up], no biases
+      ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.norm.weight", {d}));
+      ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {2 * c.d_inner, d}));
+      ASSIGN_OR_RETURN(lw.fc2, reader.Read(p + "ff.fc2.weight", {d, c.d_inner}));
+      ASSIGN_OR_RETURN(lw.ff_ln_gamma, reader.Read(p + "ff.norm.weight", {d}));
+      groups.push_back(lw);
+      w.layers.push_back(std::move(lw));
+      continue;
+    }
     ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.attn_ln_beta, reader.Read(p + "attn.ln.bias", {d}));
     ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {c.d_inner, d}));
@@ -304,13 +329,24 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_ln.weight", {2 * d}));
     ASSIGN_OR_RETURN(w.final_ln_beta, reader.Read("final_ln.bias", {2 * d}));
   }
+  if (c.mistral) {
+    ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_norm.weight", {d}));
+    ASSIGN_OR_RETURN(w.rotary_inv_freq, reader.ReadFloat32("rotary.inv_freq", {c.d_head / 2}));
+    const float* f = w.rotary_inv_freq.data<float>();
+    if (!std::all_of(f, f + c.d_head / 2, [](float x) { return x > 0.0f; })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(reader.path(), ": tensor \"rotary.inv_freq\" must be positive"));
+    }
+  }
   if (!c.adaptive) {  // (an adaptive head is read with the embedding)
     if (c.tie_word_embeddings) {
       w.lm_head = w.word_emb;
     } else {
       ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, c.head_width()}));
     }
-    ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
+    if (!c.mistral) {
+      ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
+    }
   }
   RETURN_IF_ERROR(reader.CheckNoExtra());
   return w;

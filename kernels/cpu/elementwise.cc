@@ -81,6 +81,43 @@ void BiasGelu(float* y, const float* bias, int64_t n) {
   }
 }
 
+void BiasSilu(float* y, const float* bias, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = y[i] + bias[i];
+    y[i] = v / (1.0f + std::exp(-v));
+  }
+}
+
+MNEMO_MULTIVERSION void RmsNormRow(const float* x, const float* gamma, float eps, float* y,
+                                   int64_t n) {
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < n; ++i) sq += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(sq / static_cast<float>(n) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv * gamma[i];
+}
+
+void GatedActivationRow(const float* gate, const float* up, Activation act, float* y, int64_t n) {
+  constexpr float kInvSqrt2 = 0.70710678118654752f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    float a = 0.0f;
+    switch (act) {
+      case Activation::kRelu:
+        a = std::max(g, 0.0f);
+        break;
+      case Activation::kGelu:
+        a = 0.5f * g * (1.0f + std::erf(g * kInvSqrt2));
+        break;
+      case Activation::kSilu:
+        a = g / (1.0f + std::exp(-g));
+        break;
+    }
+    y[i] = a * up[i];
+  }
+}
+
 MNEMO_MULTIVERSION void AddBias(float* y, const float* bias, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] += bias[i];

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/kinds.h"
+
 namespace mnemo::kernels {
 
 // y[i] = a[i] + b[i] (y may alias a or b).
@@ -18,9 +20,17 @@ void ExpInPlace(float* x, int64_t n);
 void LayerNormRow(const float* x, const float* gamma, const float* beta, float eps, float* y,
                   int64_t n);
 
+// RMSNorm of one row (Mistral, T5): y = x / sqrt(mean(x²) + eps) · gamma, statistics in float32.
+// y may alias x.
+void RmsNormRow(const float* x, const float* gamma, float eps, float* y, int64_t n);
+
+// Gated MLP: y[i] = act(gate[i]) · up[i] (act: relu, gelu or silu).
+void GatedActivationRow(const float* gate, const float* up, Activation act, float* y, int64_t n);
+
 // In-place y = relu(y + bias) and y = gelu(y + bias) (exact erf form, as torch's default).
 void BiasRelu(float* y, const float* bias, int64_t n);
 void BiasGelu(float* y, const float* bias, int64_t n);
+void BiasSilu(float* y, const float* bias, int64_t n);
 // y += bias.
 void AddBias(float* y, const float* bias, int64_t n);
 

@@ -29,6 +29,7 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
                  int64_t i1, std::vector<float>& work) {
   const int head_dim = s.head_dim;
   const int64_t dil = s.dilations[h], b = i1 - i0;
+  const int64_t kv = static_cast<int64_t>(h / s.kv_group) * head_dim;  // the key head's columns
   const int64_t col1 = s.memory_len + i1;  // one past the last key the block sees
   const int64_t col0 = std::max<int64_t>(0, s.memory_len + i0 - (s.window - 1) * dil);
   const int64_t ncols = col1 - col0;
@@ -36,8 +37,8 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   float* scores = work.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, head_dim, scale, q + i0 * ldq + h * head_dim, ldq,
-           span.k + row * span.ld + h * head_dim, span.ld, 0.0f, scores + (j - col0), ncols);
+    GemmNT(b, n, head_dim, scale, q + i0 * ldq + h * head_dim, ldq, span.k + row * span.ld + kv,
+           span.ld, 0.0f, scores + (j - col0), ncols);
   });
   const int64_t keys_total = s.memory_len + s.query_len;
   for (int64_t r = 0; r < b; ++r) {
@@ -65,8 +66,8 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   }
   float beta = 0.0f;
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + h * head_dim,
-           span.ld, beta, out + i0 * ldo + h * head_dim, ldo);
+    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + kv, span.ld,
+           beta, out + i0 * ldo + h * head_dim, ldo);
     beta = 1.0f;
   });
 }
@@ -102,6 +103,7 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
       const int h = static_cast<int>(task / t_len);
       const int64_t i = task % t_len;
       const int64_t dil = shape.dilations[h];
+      const int64_t kv = static_cast<int64_t>(h / shape.kv_group) * head_dim;
       const int64_t self = shape.memory_len + i;  // the query's key index
       const float* qh = q + i * ldq + h * head_dim;
       // Keys self, self − dil, … (at most W of them, none before the stored window).
@@ -110,11 +112,11 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
         int64_t j = self - r * dil;
         for (const KvSpan& span : keys) {
           if (j < span.rows) {
-            const float* k = span.k + j * span.ld + h * head_dim;
+            const float* k = span.k + j * span.ld + kv;
             float dot = 0.0f;
             for (int d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
             scores[n] = dot * scale;
-            values[n] = span.v + j * span.ld + h * head_dim;
+            values[n] = span.v + j * span.ld + kv;
             break;
           }
           j -= span.rows;

@@ -20,6 +20,9 @@ struct SlidingWindowShape {
   int64_t memory_len;        // M: stored positions before them
   int64_t window;            // W keys per query, itself included
   const int64_t* dilations;  // [H]
+  // Grouped-query attention: query head h reads key/value head h / kv_group, whose columns are
+  // at (h / kv_group)·d_h of the key rows.
+  int kv_group = 1;
   // Optional (RealFormer), [H, T, M + T] each: prev_scores are added to the scaled scores before
   // the softmax; out_scores receive the sums. Only the entries a query sees are read or written.
   const float* prev_scores = nullptr;

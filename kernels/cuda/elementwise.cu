@@ -90,13 +90,43 @@ __global__ void AddLayerNormKernel(float* x, const float* delta, const float* ga
   NormalizeRow(row, sum, gamma, beta, eps, y + blockIdx.x * cols, cols, shared);
 }
 
+__device__ float Activate(float v, Activation act) {
+  switch (act) {
+    case Activation::kRelu:
+      return fmaxf(v, 0.0f);
+    case Activation::kGelu:
+      return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    default:  // silu
+      return v / (1.0f + expf(-v));
+  }
+}
+
+__global__ void RmsNormKernel(const float* x, const float* gamma, float eps, float* y,
+                              int64_t cols) {
+  __shared__ float shared[32];
+  const float* row = x + blockIdx.x * cols;
+  float sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) sq += row[i] * row[i];
+  const float inv = rsqrtf(BlockSum(sq, shared) / static_cast<float>(cols) + eps);
+  float* out = y + blockIdx.x * cols;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) out[i] = row[i] * inv * gamma[i];
+}
+
+__global__ void GatedActivationKernel(const float* x, Activation act, float* y, int64_t n,
+                                      int64_t cols) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i % cols;
+    const float* row = x + r * 2 * cols;
+    y[i] = Activate(row[c], act) * row[cols + c];
+  }
+}
+
 __global__ void BiasActivationKernel(float* y, const float* bias, int64_t n, int64_t cols,
                                      Activation act) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float v = y[i] + bias[i % cols];
-    y[i] = act == Activation::kRelu ? fmaxf(v, 0.0f)
-                                    : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    y[i] = Activate(y[i] + bias[i % cols], act);
   }
 }
 
@@ -170,6 +200,21 @@ cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const
   if (rows == 0) return cudaSuccess;
   AddLayerNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, delta, gamma, beta,
                                                                            eps, y, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t RmsNorm(const float* x, const float* gamma, float eps, float* y, int64_t rows,
+                    int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, gamma, eps, y, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t GatedActivation(const float* x, Activation act, float* y, int64_t rows, int64_t cols,
+                            cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  if (n == 0) return cudaSuccess;
+  GatedActivationKernel<<<Blocks(n), kThreads, 0, stream>>>(x, act, y, n, cols);
   return cudaGetLastError();
 }
 

@@ -25,6 +25,12 @@ cudaError_t LayerNorm(const float* x, const float* gamma, const float* beta, flo
 // x += delta, then y = LayerNorm(x), row-wise (y may be x).
 cudaError_t AddLayerNorm(float* x, const float* delta, const float* gamma, const float* beta,
                          float eps, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
+// Row-wise RMSNorm over `cols`: y = x / sqrt(mean(x²) + eps) · gamma (y may be x).
+cudaError_t RmsNorm(const float* x, const float* gamma, float eps, float* y, int64_t rows,
+                    int64_t cols, cudaStream_t stream);
+// Gated MLP: y[r, i] = act(x[r, i]) · x[r, cols + i] for x[rows, 2·cols].
+cudaError_t GatedActivation(const float* x, Activation act, float* y, int64_t rows, int64_t cols,
+                            cudaStream_t stream);
 // y = act(y + bias) row-wise (GELU in its erf form).
 cudaError_t BiasActivation(float* y, const float* bias, int64_t rows, int64_t cols, Activation act,
                            cudaStream_t stream);

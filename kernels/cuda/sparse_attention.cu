@@ -106,6 +106,7 @@ __global__ void GatheredKernel(GatheredAttentionLaunch p) {
   const int h = blockIdx.y;
   const int head_dim = p.head_dim;
   const int64_t head = static_cast<int64_t>(h) * head_dim;
+  const int64_t kv_head = static_cast<int64_t>(h / p.kv_group) * head_dim;
   const int64_t task = static_cast<int64_t>(h) * p.query_len + i;
   const int64_t begin = p.offsets[task], count = p.offsets[task + 1] - begin;
   __shared__ float q[32 * kMaxDk];
@@ -114,7 +115,7 @@ __global__ void GatheredKernel(GatheredAttentionLaunch p) {
       q, head_dim, count,
       [&](int64_t r) {
         const int64_t key = p.key_index != nullptr ? p.key_index[begin + r] : 0;
-        return KeyValueRows{p.keys[begin + r] + head, p.values[begin + r] + head, key};
+        return KeyValueRows{p.keys[begin + r] + kv_head, p.values[begin + r] + kv_head, key};
       },
       ResidualRowOf(p.prev_scores, p.scores, h, i, p.query_len, p.key_count),
       p.out + i * p.ldo + head);

@@ -40,14 +40,17 @@ cudaError_t SlidingWindowAttention(const SlidingWindowLaunch& launch, cudaStream
 struct GatheredAttentionLaunch {
   const float* q;  // query rows, `ldq` floats apart; head h at h·d_h
   int64_t ldq;
-  const int64_t* offsets;      // device [H·T + 1]: task h·T + i owns entries offsets[t] … [t+1]
-  const float* const* keys;    // device, per entry: the key row (all heads; head h at h·d_h)
+  const int64_t* offsets;  // device [H·T + 1]: task h·T + i owns entries offsets[t] … [t+1]
+  // device, per entry: the key row (all key heads; query head h reads key head h / kv_group, at
+  // (h / kv_group)·d_h)
+  const float* const* keys;
   const float* const* values;  // device, per entry: the value row
   float* out;                  // rows `ldo` floats apart
   int64_t ldo;
   int64_t query_len;
   int num_heads;
-  int head_dim;  // ≤ 128
+  int head_dim;      // ≤ 128
+  int kv_group = 1;  // query heads per key/value head (grouped-query attention)
   // RealFormer (null when unused): per entry its key's index over [ring | segment], and the
   // [H, T, key_count] scores added to the scaled scores / receiving the sums.
   const int64_t* key_index = nullptr;

@@ -12,14 +12,16 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/half_linear.h"
+#include "kernels/cpu/rotary.h"
 #include "kernels/cpu/sparse_matmul.h"
 
 namespace mnemo::engine::cpu {
 void KeySpans(const XlMemory& memory, const float* qkv, int64_t width, int64_t t,
-              std::vector<kernels::KvSpan>& spans) {
+              std::vector<kernels::KvSpan>& spans, int64_t q_width) {
+  if (q_width == 0) q_width = width;
   spans.clear();
   memory.AppendSpans(spans);
-  spans.push_back({qkv + width, qkv + 2 * width, 3 * width, t});
+  spans.push_back({qkv + q_width, qkv + q_width + width, q_width + 2 * width, t});
 }
 
 absl::StatusOr<Tensor> CpuBackend::Allocate(DType dtype, std::vector<int64_t> shape) {
@@ -116,6 +118,37 @@ absl::Status CpuBackend::AddLayerNorm(Tensor& x, const Tensor& delta, const Tens
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::RmsNorm(const Tensor& x, const Tensor& gamma, float eps, Tensor& y) {
+  const int64_t rows = x.dim(0), n = x.dim(1);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  pool_.ParallelFor(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      kernels::RmsNormRow(xp + r * n, gamma.data<float>(), eps, yp + r * n, n);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::GatedActivation(const Tensor& x, Activation act, Tensor& y) {
+  const int64_t rows = y.dim(0), f = y.dim(1);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  pool_.ParallelFor(rows, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      kernels::GatedActivationRow(xp + r * 2 * f, xp + r * 2 * f + f, act, yp + r * f, f);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Rotary(Tensor& x, const std::vector<int64_t>& positions, int num_heads,
+                                int head_dim, const Tensor& inv_freq) {
+  const kernels::RotaryShape shape{x.dim(0), num_heads, head_dim, inv_freq.data<float>()};
+  kernels::ApplyRotary(shape, positions.data(), x.data<float>(), x.dim(1), pool_);
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::BiasActivation(const Tensor& bias, Activation act, Tensor& y) {
   const int64_t rows = y.dim(0), n = y.dim(1);
   float* yp = y.data<float>();
@@ -127,6 +160,9 @@ absl::Status CpuBackend::BiasActivation(const Tensor& bias, Activation act, Tens
           break;
         case Activation::kGelu:
           kernels::BiasGelu(yp + r * n, bias.data<float>(), n);
+          break;
+        case Activation::kSilu:
+          kernels::BiasSilu(yp + r * n, bias.data<float>(), n);
           break;
       }
     }

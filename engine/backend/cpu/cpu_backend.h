@@ -19,9 +19,10 @@
 namespace mnemo::engine::cpu {
 
 // The keys/values an attention call sees, oldest first: the layer's stored positions (the ring,
-// as at most two spans), then the segment's own k and v blocks of qkv [t, 3·width].
+// as at most two spans), then the segment's own k and v blocks of qkv [t, q_width + 2·width]
+// (q_width 0: width; grouped-query attention has fewer key/value columns than query columns).
 void KeySpans(const XlMemory& memory, const float* qkv, int64_t width, int64_t t,
-              std::vector<kernels::KvSpan>& spans);
+              std::vector<kernels::KvSpan>& spans, int64_t q_width = 0);
 
 class CpuBackend final : public Backend {
  public:
@@ -48,6 +49,10 @@ class CpuBackend final : public Backend {
                          Tensor& y) override;
   absl::Status AddLayerNorm(Tensor& x, const Tensor& delta, const Tensor& gamma, const Tensor& beta,
                             float eps, Tensor& normed) override;
+  absl::Status RmsNorm(const Tensor& x, const Tensor& gamma, float eps, Tensor& y) override;
+  absl::Status GatedActivation(const Tensor& x, Activation act, Tensor& y) override;
+  absl::Status Rotary(Tensor& x, const std::vector<int64_t>& positions, int num_heads, int head_dim,
+                      const Tensor& inv_freq) override;
   absl::Status BiasActivation(const Tensor& bias, Activation act, Tensor& y) override;
   absl::Status Add(const Tensor& a, const Tensor& b, Tensor& y) override;
   absl::Status Embedding(const Tensor& table, const std::vector<int32_t>& ids, float scale,

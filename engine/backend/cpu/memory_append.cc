@@ -10,11 +10,12 @@ absl::Status CpuBackend::AppendToMemory(const std::vector<MemoryAppendArgs>& bat
   for (const MemoryAppendArgs& a : batch) {
     XlMemory& m = *a.memory;
     const int64_t width = m.width(), rows = a.qkv->dim(0);
+    const int64_t q_width = a.q_width > 0 ? a.q_width : width, ld = q_width + 2 * width;
     const float* qkv = a.qkv->data<float>();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t slot = m.SlotOfNewRow(r, rows);
       if (slot < 0) continue;
-      m.WriteRow(slot, qkv + r * 3 * width + width, qkv + r * 3 * width + 2 * width);
+      m.WriteRow(slot, qkv + r * ld + q_width, qkv + r * ld + q_width + width);
     }
   }
   return absl::OkStatus();

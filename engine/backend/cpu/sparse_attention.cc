@@ -18,17 +18,22 @@ absl::Status CpuBackend::SparseAttention(const std::vector<SparseAttentionArgs>&
   for (const SparseAttentionArgs& a : batch) {
     const auto& l = *a.layer;
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
+    const int64_t kv_width = static_cast<int64_t>(a.kv_heads()) * a.head_dim;
     const int64_t t = a.qkv->dim(0);
     const float* qkv = a.qkv->data<float>();
-    KeySpans(*a.memory, qkv, width, t, spans);
+    KeySpans(*a.memory, qkv, kv_width, t, spans, width);
     if (l.pattern == SparsePattern::kWindow && !l.has_globals()) {  // blocked BLAS path
       kernels::SlidingWindowShape shape{a.num_heads,      a.head_dim, t,
                                         a.memory->size(), l.window,   l.dilations.data()};
+      shape.kv_group = a.num_heads / a.kv_heads();
       shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
       shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
-      kernels::SlidingWindowAttention(shape, qkv, 3 * width, spans, a.out->data<float>(), width,
-                                      pool_);
+      kernels::SlidingWindowAttention(shape, qkv, width + 2 * kv_width, spans, a.out->data<float>(),
+                                      width, pool_);
       continue;
+    }
+    if (kv_width != width) {
+      return absl::InvalidArgumentError("grouped-query attention runs on sliding windows only");
     }
     RETURN_IF_ERROR(CheckWindowHoldsRecentPositions(*a.memory, a.position));
     const kernels::SparsePattern pattern = PatternOf(l);

@@ -16,6 +16,7 @@
 #include "engine/tensor/weight_type.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemv.h"
+#include "kernels/cuda/rotary.h"
 #include "kernels/cuda/sparse_matmul.h"
 
 namespace mnemo::engine::cuda {
@@ -283,6 +284,50 @@ absl::Status CudaBackend::AddLayerNorm(Tensor& x, const Tensor& delta, const Ten
   return Launch([this, xp, dp, gp, bp, yp, rows, cols, eps] {
     MNEMO_CUDA_RETURN_IF_ERROR(
         kc::AddLayerNorm(xp, dp, gp, bp, eps, yp, rows, cols, ctx_.stream()));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& gamma, float eps, Tensor& y) {
+  Lock lock(ctx_);
+  RETURN_IF_ERROR(lock.status());
+  const float* xp = x.data<float>();
+  const float* gp = gamma.data<float>();
+  float* yp = y.data<float>();
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  Note({25, Addr(xp), Addr(gp), Addr(yp), U(rows), U(cols)});
+  return Launch([this, xp, gp, yp, rows, cols, eps] {
+    MNEMO_CUDA_RETURN_IF_ERROR(kc::RmsNorm(xp, gp, eps, yp, rows, cols, ctx_.stream()));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status CudaBackend::GatedActivation(const Tensor& x, Activation act, Tensor& y) {
+  Lock lock(ctx_);
+  RETURN_IF_ERROR(lock.status());
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const int64_t rows = y.dim(0), cols = y.dim(1);
+  Note({26, Addr(xp), Addr(yp), U(rows), U(cols), U(act)});
+  return Launch([this, xp, yp, rows, cols, act] {
+    MNEMO_CUDA_RETURN_IF_ERROR(kc::GatedActivation(xp, act, yp, rows, cols, ctx_.stream()));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status CudaBackend::Rotary(Tensor& x, const std::vector<int64_t>& positions, int num_heads,
+                                 int head_dim, const Tensor& inv_freq) {
+  Lock lock(ctx_);
+  RETURN_IF_ERROR(lock.status());
+  ASSIGN_OR_RETURN(Tensor staged, Stage(positions.data(), positions.size() * sizeof(int64_t)));
+  float* xp = x.data<float>();
+  const int64_t* pp = staged.data<int64_t>();
+  const float* fp = inv_freq.data<float>();
+  const int64_t rows = x.dim(0), ld = x.dim(1);
+  Note({27, Addr(xp), Addr(pp), Addr(fp), U(rows), U(ld), U(num_heads), U(head_dim)});
+  return Launch([this, xp, pp, fp, rows, ld, num_heads, head_dim] {
+    MNEMO_CUDA_RETURN_IF_ERROR(
+        kc::ApplyRotary(xp, ld, rows, pp, num_heads, head_dim, fp, ctx_.stream()));
     return absl::OkStatus();
   });
 }

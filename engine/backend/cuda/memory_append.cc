@@ -18,13 +18,14 @@ absl::Status CudaBackend::AppendToMemory(const std::vector<MemoryAppendArgs>& ba
     XlMemory& m = *a.memory;
     width = m.width();
     const int64_t rows = a.qkv->dim(0);
+    const int64_t q_width = a.q_width > 0 ? a.q_width : width, ld = q_width + 2 * width;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t slot = m.SlotOfNewRow(r, rows);
       if (slot < 0) continue;
-      const float* row = a.qkv->data<float>() + r * 3 * width;
-      src.push_back(row + width);
+      const float* row = a.qkv->data<float>() + r * ld;
+      src.push_back(row + q_width);
       dst.push_back(m.keys().data<float>() + slot * width);
-      src.push_back(row + 2 * width);
+      src.push_back(row + q_width + width);
       dst.push_back(m.values().data<float>() + slot * width);
     }
   }

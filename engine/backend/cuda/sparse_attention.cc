@@ -34,7 +34,8 @@ absl::Status CudaBackend::SparseAttention(const std::vector<SparseAttentionArgs>
       return absl::InvalidArgumentError(
           absl::StrCat("the CUDA sparse attention kernels support d_head ≤ 128, not ", a.head_dim));
     }
-    if (l.pattern != SparsePattern::kWindow || l.has_globals()) {
+    // (grouped-query attention: the listed-keys kernel, which reads each query head's key head)
+    if (l.pattern != SparsePattern::kWindow || l.has_globals() || a.kv_heads() != a.num_heads) {
       RETURN_IF_ERROR(GatheredSparseAttention(a));
       continue;
     }
@@ -85,7 +86,10 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
   const auto& l = *a.layer;
   auto& aux = *a.aux;
   const XlMemory& m = *a.memory;
+  // Queries are w wide, keys and values kv_w (grouped-query attention: fewer heads); qkv rows
+  // hold q | k | v.
   const int64_t w = static_cast<int64_t>(a.num_heads) * a.head_dim, t = a.qkv->dim(0);
+  const int64_t kv_w = static_cast<int64_t>(a.kv_heads()) * a.head_dim, ld = w + 2 * kv_w;
   const float* qkv = a.qkv->data<float>();
   RETURN_IF_ERROR(CheckWindowHoldsRecentPositions(m, a.position));
   const kernels::SparsePattern pattern = PatternOf(l);
@@ -111,12 +115,12 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
           const int64_t j = pos - shape.first_position;
           if (j < m.size()) {
             const int64_t slot = (m.start() + j) % m.capacity();
-            keys.push_back(m.keys().data<float>() + slot * w);
-            values.push_back(m.values().data<float>() + slot * w);
+            keys.push_back(m.keys().data<float>() + slot * kv_w);
+            values.push_back(m.values().data<float>() + slot * kv_w);
           } else {
-            const float* row = qkv + (j - m.size()) * 3 * w;
+            const float* row = qkv + (j - m.size()) * ld;
             keys.push_back(row + w);
-            values.push_back(row + 2 * w);
+            values.push_back(row + w + kv_w);
           }
         } else {  // a kept global position older than the ring
           const auto it = std::lower_bound(stored.begin(), stored.end(), pos);
@@ -145,7 +149,7 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
   auto* base = static_cast<char*>(staged.raw());
   kc::GatheredAttentionLaunch launch{
       qkv,
-      3 * w,
+      ld,
       reinterpret_cast<const int64_t*>(base),
       reinterpret_cast<const float* const*>(base + offset_bytes),
       reinterpret_cast<const float* const*>(base + offset_bytes + list_bytes),
@@ -154,6 +158,7 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
       t,
       a.num_heads,
       a.head_dim};
+  launch.kv_group = a.num_heads / a.kv_heads();
   if (residual) {
     launch.key_index = reinterpret_cast<const int64_t*>(base + offset_bytes + 2 * list_bytes);
     launch.key_count = m.size() + t;
@@ -161,7 +166,7 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
     launch.scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
   }
   Note({22, Addr(base), host.size(), Addr(launch.q), Addr(launch.out), U(t), U(launch.num_heads),
-        U(launch.head_dim), Addr(launch.prev_scores), Addr(launch.scores)});
+        U(launch.head_dim), U(launch.kv_group), Addr(launch.prev_scores), Addr(launch.scores)});
   RETURN_IF_ERROR(Launch([this, launch] {
     MNEMO_CUDA_RETURN_IF_ERROR(kc::GatheredAttention(launch, ctx_.stream()));
     return absl::OkStatus();

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 #include "engine/attention/dense_attention.h"
 #include "engine/attention/linear_attention.h"
 #include "engine/attention/lsh_attention.h"
@@ -414,6 +416,49 @@ TEST_F(CudaBackendTest, RowOpsMatchCpu) {
     for (int64_t r = 0; r < rows; ++r) {
       ASSERT_TRUE(std::equal(g.data<float>(), g.data<float>() + cols, f.begin() + r * cols));
     }
+  }
+}
+
+// The sliding-window decoders' row ops: RMSNorm (in place too), the gated MLP's activation for
+// each gate function, and rotary positions over query and key heads of a qkv row.
+TEST_F(CudaBackendTest, DecoderRowOpsMatchCpu) {
+  for (const int64_t cols : {1, 37, 256, 1030}) {
+    const int64_t rows = 5;
+    const Tensor x = Random({rows, cols}), g = Random({cols}, 0.5f, 1.5f);
+    Tensor rms_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+    ASSERT_TRUE(cpu_->RmsNorm(x, g, 1e-6f, rms_cpu).ok());
+    Tensor rms = Poisoned({rows, cols});
+    ASSERT_TRUE(gpu_->RmsNorm(Up(x), Up(g), 1e-6f, rms).ok());
+    EXPECT_TRUE(test::NearRelative(Down(rms), Values(rms_cpu), kOpTol)) << "RmsNorm " << cols;
+    Tensor inplace = Up(x);
+    ASSERT_TRUE(gpu_->RmsNorm(inplace, Up(g), 1e-6f, inplace).ok());
+    EXPECT_TRUE(test::NearRelative(Down(inplace), Values(rms_cpu), kOpTol));
+
+    const Tensor gate_up = Random({rows, 2 * cols}, -6.0f, 6.0f);
+    for (Activation act : {Activation::kSilu, Activation::kGelu, Activation::kRelu}) {
+      Tensor y_cpu = Tensor::Zeros(DType::kF32, {rows, cols});
+      ASSERT_TRUE(cpu_->GatedActivation(gate_up, act, y_cpu).ok());
+      Tensor y = Poisoned({rows, cols});
+      ASSERT_TRUE(gpu_->GatedActivation(Up(gate_up), act, y).ok());
+      EXPECT_TRUE(test::NearRelative(Down(y), Values(y_cpu), kOpTol)) << "gated " << int(act);
+    }
+  }
+  for (const int head_dim : {2, 8, 64, 128}) {
+    const int heads = 6;  // e.g. 4 query heads and 2 key heads, then 2 value heads untouched
+    const int64_t rows = 7, ld = (heads + 2) * head_dim;
+    std::vector<int64_t> positions = {0, 1, 2, 15, 4096, 70000, 1 << 20};
+    Tensor inv_freq = Tensor::Zeros(DType::kF32, {head_dim / 2});
+    for (int i = 0; i < head_dim / 2; ++i) {
+      inv_freq.data<float>()[i] = static_cast<float>(std::pow(1e4, -2.0 * i / head_dim));
+    }
+    const Tensor x = Random({rows, ld});
+    Tensor x_cpu = Tensor::Zeros(DType::kF32, {rows, ld});
+    ASSERT_TRUE(cpu_->Copy(x, x_cpu).ok());
+    ASSERT_TRUE(cpu_->Rotary(x_cpu, positions, heads, head_dim, inv_freq).ok());
+    Tensor y = Up(x);
+    ASSERT_TRUE(gpu_->Rotary(y, positions, heads, head_dim, Up(inv_freq)).ok());
+    // The same float32 angles and double cosines: equal up to the last bit of the products.
+    EXPECT_TRUE(test::NearRelative(Down(y), Values(x_cpu), 1e-6)) << "rotary d_h " << head_dim;
   }
 }
 
@@ -970,6 +1015,23 @@ TEST_F(CudaModelTest, SparsePatternsMatchCpu) {
     ExpectSameLogitsOverTwoSessions({{130, 2}, {1, 1}, {1, 1}, {37, 1}, {1, 1}, {1, 90}, {1, 1}},
                                     &cs, &gs);
     ExpectSameGreedyTokens(200);  // 200 greedy tokens, from fresh sessions
+  }
+}
+
+// Architecture "mistral": rotary positions, RMSNorm, the gated MLP and sliding windows, with
+// grouped-query attention (the listed-keys kernel reading each query head's key head), one
+// key/value head, and every head its own (the band kernel): the CPU's logits over segments,
+// decode and ragged batches, and 200 identical greedy tokens.
+TEST_F(CudaModelTest, SlidingWindowDecodersMatchCpu) {
+  for (const int64_t kv_heads : {2, 1, 4}) {
+    SCOPED_TRACE(absl::StrCat(kv_heads, " key/value heads"));
+    gpu_ = *MakeCudaBackend(0);
+    LoadBoth(test::MistralConfig(kv_heads, /*window=*/9), static_cast<uint32_t>(60 + kv_heads));
+    ASSERT_NE(gpu_model_, nullptr);
+    std::vector<SessionState> cs, gs;
+    ExpectSameLogitsOverTwoSessions({{130, 2}, {1, 1}, {1, 1}, {37, 1}, {1, 1}, {1, 90}, {1, 1}},
+                                    &cs, &gs);
+    ExpectSameGreedyTokens(200);
   }
 }
 

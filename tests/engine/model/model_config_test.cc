@@ -542,5 +542,43 @@ TEST(ModelConfigLayersTest, FavorNeedsSmallHeads) {
   EXPECT_NE(c.status().message().find("d_head"), std::string::npos) << c.status();
 }
 
+TEST(ModelConfigMistralTest, ParsesGroupedHeadsAndThePositionLimit) {
+  const ModelConfig c = test::MistralConfig(/*n_kv_head=*/2, /*window=*/7, /*max_positions=*/64);
+  EXPECT_TRUE(c.mistral);
+  EXPECT_EQ(c.kv_heads(), 2);
+  EXPECT_EQ(c.kv_width(), 16);
+  EXPECT_EQ(c.qkv_width(), 32 + 2 * 16);
+  EXPECT_EQ(c.max_positions(), 64);
+  EXPECT_EQ(c.activation, Activation::kSilu);
+  // Absent n_kv_head: every head has its own keys and values.
+  EXPECT_EQ(test::SmallConfig().kv_heads(), test::SmallConfig().n_head);
+}
+
+TEST(ModelConfigMistralTest, RefusalsNameTheField) {
+  Fields mistral = test::ConfigFields(test::MistralConfig(2, 7));
+  const std::string window = R"({"attention": "sparse", "window": 7})";
+  for (const auto& [fields, field] : std::vector<std::pair<Fields, std::string>>{
+           {With(mistral, "n_kv_head", "3"), "n_kv_head"},  // does not divide 4
+           {With(mistral, "n_kv_head", "0"), "n_kv_head"},
+           {With(mistral, "n_kv_head", "8"), "n_kv_head"},
+           {With(mistral, "max_positions", "0"), "max_positions"},
+           {With(mistral, "d_head", "7"), "d_head"},  // rotary pairs
+           {With(mistral, "pre_lnorm", "false"), "architecture"},
+           {With(mistral, "mem_len", "4"), "architecture"},
+           {With(mistral, "layers", "[" + window + R"(, {"attention": "dense"}])"), "layers"},
+           {With(mistral, "layers",
+                 "[" + window + R"(, {"attention": "sparse", "window": 3, "dilation": 2}])"),
+            "layers"},
+           {With(mistral, "layers",
+                 "[" + window + R"(, {"attention": "sparse", "window": 3, "global_tokens": [1],
+                                  "max_global": 2}])"),
+            "layers"},
+           {With(ValidFields(), "activation", "\"silu\""), "activation"},
+           {With(ValidFields(), "n_kv_head", "1"), "n_kv_head"},
+       }) {
+    ExpectFieldError(fields, field, test::RenderJsonObject(fields));
+  }
+}
+
 }  // namespace
 }  // namespace mnemo::engine

@@ -124,6 +124,45 @@ TEST_P(VectorOpsTest, BiasGeluAndBiasReluMatchDouble) {
   }
 }
 
+TEST_P(VectorOpsTest, RmsNormRowMatchesDouble) {
+  Buffer x(n(), offset(), rng_), gamma(n(), 0, rng_, 0.5f, 1.5f);
+  std::vector<float> y(static_cast<size_t>(n()));
+  const float eps = 1e-6f;
+  RmsNormRow(x.data(), gamma.data(), eps, y.data(), n());
+  double sq = 0.0;
+  for (int64_t i = 0; i < n(); ++i) sq += double(x.data()[i]) * x.data()[i];
+  const double inv = 1.0 / std::sqrt(sq / static_cast<double>(n()) + eps);
+  for (int64_t i = 0; i < n(); ++i) {
+    const double want = x.data()[i] * inv * gamma.data()[i];
+    ASSERT_NEAR(y[i], want, 1e-5 * (std::fabs(want) + 1)) << i;
+  }
+  RmsNormRow(x.data(), gamma.data(), eps, x.data(), n());  // in place: the same numbers
+  for (int64_t i = 0; i < n(); ++i) ASSERT_EQ(x.data()[i], y[i]) << i;
+}
+
+TEST_P(VectorOpsTest, GatedActivationRowMatchesDouble) {
+  Buffer gate(n(), offset(), rng_, -8.0f, 8.0f), up(n(), 0, rng_);
+  std::vector<float> y(static_cast<size_t>(n()));
+  for (const Activation act : {Activation::kSilu, Activation::kGelu, Activation::kRelu}) {
+    GatedActivationRow(gate.data(), up.data(), act, y.data(), n());
+    for (int64_t i = 0; i < n(); ++i) {
+      const double g = gate.data()[i];
+      const double a = act == Activation::kSilu   ? g / (1.0 + std::exp(-g))
+                       : act == Activation::kGelu ? 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)))
+                                                  : std::max(g, 0.0);
+      const double want = a * up.data()[i];
+      ASSERT_NEAR(y[i], want, 1e-6 * (std::fabs(want) + 1)) << int(act) << " at " << g;
+    }
+  }
+  Buffer s(n(), offset(), rng_, -8.0f, 8.0f), bias(n(), 0, rng_, -1.0f, 1.0f);
+  const std::vector<float> s0 = s.values();
+  BiasSilu(s.data(), bias.data(), n());
+  for (int64_t i = 0; i < n(); ++i) {
+    const double v = static_cast<double>(s0[i] + bias.data()[i]);
+    ASSERT_NEAR(s.data()[i], v / (1.0 + std::exp(-v)), 1e-6 * (std::fabs(v) + 1)) << i;
+  }
+}
+
 std::vector<std::pair<int64_t, int>> SizesAndOffsets() {
   std::vector<std::pair<int64_t, int>> out;
   for (int64_t n : kSizes) {

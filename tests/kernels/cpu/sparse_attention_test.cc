@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -90,6 +91,46 @@ TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
     SlidingWindowAttention(shape, q.data(), w, spans, out.data(), w, ThreadPool::Default());
     EXPECT_TRUE(test::NearRelative(out, Naive(c, dh, q, k, v), 1e-5))
         << "window " << c.window << " memory " << c.memory_len;
+  }
+}
+
+// Grouped-query attention: H query heads over H / g key/value heads equal plain attention over
+// keys and values whose every head is repeated g times (Hugging Face's repeat_kv).
+TEST(SlidingWindowAttentionTest, GroupedQueriesReadTheirKeyHead) {
+  const int dh = 8;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  for (const int group : {2, 3, 6}) {
+    for (const auto& [memory_len, query_len] :
+         std::vector<std::pair<int64_t, int64_t>>{{9, 70}, {6, 1}, {0, 5}}) {
+      const int heads = 6, kv_heads = heads / group;
+      const std::vector<int64_t> dilations(heads, 1);
+      const Case c{4, dilations, memory_len, query_len};
+      const int64_t w = heads * dh, kw = kv_heads * dh, keys = memory_len + query_len;
+      std::vector<float> q(static_cast<size_t>(query_len * w)), k(static_cast<size_t>(keys * kw)),
+          v(static_cast<size_t>(keys * kw));
+      for (float& x : q) x = dist(rng);
+      for (float& x : k) x = dist(rng);
+      for (float& x : v) x = dist(rng);
+      std::vector<float> k_rep(static_cast<size_t>(keys * w)), v_rep(k_rep.size());
+      for (int64_t j = 0; j < keys; ++j) {
+        for (int h = 0; h < heads; ++h) {
+          for (int d = 0; d < dh; ++d) {
+            k_rep[j * w + h * dh + d] = k[j * kw + (h / group) * dh + d];
+            v_rep[j * w + h * dh + d] = v[j * kw + (h / group) * dh + d];
+          }
+        }
+      }
+      std::vector<KvSpan> spans;
+      if (memory_len > 0) spans.push_back({k.data(), v.data(), kw, memory_len});
+      spans.push_back({k.data() + memory_len * kw, v.data() + memory_len * kw, kw, query_len});
+      std::vector<float> out(q.size(), std::nanf(""));
+      SlidingWindowShape shape{heads, dh, query_len, memory_len, c.window, dilations.data()};
+      shape.kv_group = group;
+      SlidingWindowAttention(shape, q.data(), w, spans, out.data(), w, ThreadPool::Default());
+      EXPECT_TRUE(test::NearRelative(out, Naive(c, dh, q, k_rep, v_rep), 1e-5))
+          << "group " << group << " memory " << memory_len << " queries " << query_len;
+    }
   }
 }
 

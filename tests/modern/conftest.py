@@ -1,0 +1,30 @@
+"""Fixtures of the sliding-window decoders' tests (run by .venv-modern's Python: its
+transformers has Mistral; tests/modern/README.md)."""
+
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+# The parity helpers and the server harness, shared with the other suites.
+sys.path[:0] = [os.path.join(ROOT, "tests", "reference"), os.path.join(ROOT, "tests", "server")]
+
+
+def _executable(var):
+    path = os.environ.get(var)
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"{var} must name an executable (ctest sets it); got {path!r}",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnemo_bin():
+    return _executable("MNEMO_BIN")
+
+
+@pytest.fixture(scope="session")
+def server_bin():
+    return _executable("MNEMO_SERVER_BIN")

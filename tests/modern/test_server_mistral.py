@@ -1,0 +1,88 @@
+"""A Mistral-layout model through the real server: a random MistralForCausalLM (grouped-query
+attention, a sliding window of 16) converted by tools/convert_hf_mistral.py streams a
+4000-token document into a session whose state stays the same size, then scores the next
+tokens as Hugging Face does over the whole document; a full-attention layout (sliding_window
+null) serves up to its maximum context and refuses beyond it with OUT_OF_RANGE, its session
+intact."""
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from mnemo_checkpoint import write_checkpoint
+from server_harness import BASE_FLAGS, ServerProcess, expect_error
+from tools.convert_hf_mistral import convert, random_hf_model
+
+FIELDS = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+              max_position_embeddings=4096, rope_theta=10000.0)
+FULL = dict(FIELDS, sliding_window=None, max_position_embeddings=48)
+
+
+def hf_logprobs(model, ids):
+    with torch.no_grad():
+        logits = model.double()(torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, server_bin):
+    tmp = tmp_path_factory.mktemp("mistral")
+    models = {}
+    for name, fields in (("window", FIELDS), ("full", FULL)):
+        model = random_hf_model(fields, seed=21)
+        config, tensors = convert(model)
+        write_checkpoint(str(tmp / name), config, tensors)
+        models[name] = model
+    server = ServerProcess(server_bin, str(tmp / "window"), str(tmp), list(BASE_FLAGS),
+                           models=[f"window={tmp / 'window'}", f"full={tmp / 'full'}"],
+                           grace_s=10.0)
+    server.wait_serving()
+    client = server.client()
+    yield client, models
+    client.close()
+    server.stop(check=True)
+
+
+def chunks(ids, size):
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def test_long_document_streams_at_constant_state(served):
+    client, models = served
+    described = client.model("window")
+    assert (described.architecture, described.n_head, described.n_kv_head) == ("mistral", 4, 2)
+    assert described.max_positions == 0
+    # Per layer a ring of W − 1 = 15 positions of k and v, 2 key/value heads of 8 floats.
+    assert described.state_bytes_per_session == 2 * 2 * 15 * 2 * 8 * 4
+    ids = np.random.default_rng(5).integers(0, FIELDS["vocab_size"], size=4024).tolist()
+    session = client.create_session(model="window")
+    client.ingest(session.id, chunks(ids[:200], 37))
+    early = client.get_session(session.id)
+    client.ingest(session.id, chunks(ids[200:4000], 113))
+    late = client.get_session(session.id)
+    assert (early.tokens_seen, late.tokens_seen) == (200, 4000)
+    assert early.state_bytes == late.state_bytes == described.state_bytes_per_session
+    scored = client.score(session.id, ids=ids[4000:])
+    want = hf_logprobs(models["window"], ids)
+    got = [t.logprob for t in scored.tokens]
+    expected = [want[4000 + i - 1, ids[4000 + i]] for i in range(len(got))]
+    assert len(got) == 24
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_full_attention_layout_refuses_past_its_context(served):
+    client, models = served
+    assert client.model("full").max_positions == 48
+    ids = np.random.default_rng(6).integers(0, FULL["vocab_size"], size=48).tolist()
+    session = client.create_session(model="full")
+    client.ingest(session.id, chunks(ids[:40], 9))
+    error = expect_error(lambda: client.ingest(session.id, [ids[40:48] + [1]]),
+                         grpc.StatusCode.OUT_OF_RANGE)
+    assert "48" in error.details() and "max_positions" in error.details()
+    assert client.get_session(session.id).tokens_seen == 40  # nothing of the refused call
+    scored = client.score(session.id, ids=ids[40:48])
+    want = hf_logprobs(models["full"], ids)
+    np.testing.assert_allclose([t.logprob for t in scored.tokens],
+                               [want[39 + i, ids[40 + i]] for i in range(8)], atol=1e-4)
