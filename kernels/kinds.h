@@ -10,9 +10,10 @@ namespace mnemo::kernels {
 
 // A feed-forward activation (applied after the bias).
 enum class Activation : uint8_t {
-  kRelu,  // max(x, 0)
-  kGelu,  // x·Φ(x), erf form
-  kSilu,  // x·sigmoid(x): the gate of a gated MLP (architecture "mistral")
+  kRelu,      // max(x, 0)
+  kGelu,      // x·Φ(x), erf form
+  kSilu,      // x·sigmoid(x): the gate of a gated MLP (architecture "mistral")
+  kGeluTanh,  // GELU's tanh approximation (gelu_pytorch_tanh: architecture "gemma2")
 };
 
 // How a weight table is stored: float32, or 16-bit (bfloat16 / float16) widened to float32 as

@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
+#include "engine/model/enum_names.h"
+
 namespace mnemo::test {
 
 const engine::XlMemory& Ring(const engine::SessionState& state, int64_t l) {
@@ -210,6 +212,25 @@ engine::ModelConfig MistralConfig(int64_t n_kv_head, int64_t window, int64_t max
   return ConfigWith({layer, layer}, extra, /*mem_len=*/0);
 }
 
+engine::ModelConfig Gemma2Config(int64_t n_kv_head, int64_t window, int64_t context) {
+  const std::vector<std::pair<std::string, std::string>> extra = {
+      {"architecture", "\"gemma2\""},
+      {"n_head", "4"},
+      {"d_head", "8"},
+      {"pre_lnorm", "true"},
+      {"mem_len", "0"},
+      {"activation", "\"gelu_tanh\""},
+      {"n_kv_head", absl::StrCat(n_kv_head)},
+      {"max_positions", absl::StrCat(context)},
+      {"query_pre_attn_scalar", "24"},
+      {"attn_logit_softcapping", "5"},
+      {"final_logit_softcapping", "3"}};
+  auto window_of = [](int64_t w) {
+    return absl::StrCat(R"({"attention": "sparse", "window": )", w, "}");
+  };
+  return ConfigWith({window_of(window), window_of(context)}, extra, /*mem_len=*/0);
+}
+
 std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::ModelConfig& c) {
   std::vector<std::pair<std::string, std::string>> f = {
       {"architecture", absl::StrCat("\"", c.architecture, "\"")},
@@ -224,9 +245,7 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
       {"same_length", Bool(c.same_length)},
       {"pre_lnorm", Bool(c.pre_lnorm)},
       {"untie_r", Bool(c.untie_r)},
-      {"activation", c.activation == engine::Activation::kGelu   ? "\"gelu\""
-                     : c.activation == engine::Activation::kSilu ? "\"silu\""
-                                                                 : "\"relu\""},
+      {"activation", absl::StrCat("\"", std::string(engine::EnumName(c.activation)), "\"")},
       {"layer_norm_epsilon", absl::StrCat(c.layer_norm_epsilon)},
       {"memory_init", c.memory_init == engine::MemoryInit::kZeros ? "\"zeros\"" : "\"empty\""},
       {"tie_word_embeddings", Bool(c.tie_word_embeddings)},
@@ -251,6 +270,13 @@ std::vector<std::pair<std::string, std::string>> ConfigFields(const engine::Mode
     f.emplace_back("n_kv_head", absl::StrCat(c.n_kv_head));
   }
   if (c.position_limit > 0) f.emplace_back("max_positions", absl::StrCat(c.position_limit));
+  if (c.gemma2) {
+    f.emplace_back("query_pre_attn_scalar", absl::StrCat(1.0 / (c.attn_scale * c.attn_scale)));
+    if (c.attn_softcap > 0) f.emplace_back("attn_logit_softcapping", absl::StrCat(c.attn_softcap));
+    if (c.final_softcap > 0) {
+      f.emplace_back("final_logit_softcapping", absl::StrCat(c.final_softcap));
+    }
+  }
   if (c.reformer) {
     f.emplace_back("axial_pos_shape",
                    absl::StrCat("[", absl::StrJoin(c.axial_pos_shape, ", "), "]"));
@@ -306,7 +332,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
     t.push_back({"r_w_bias", {c.n_head, c.d_head}});
     t.push_back({"r_r_bias", {c.n_head, c.d_head}});
   }
-  if (c.mistral) {  // docs/checkpoint-format.md "Sliding-window decoders"
+  if (c.rotary_decoder) {  // docs/checkpoint-format.md "Sliding-window decoders"
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const std::string p = absl::StrCat("layers.", l, ".");
       t.push_back({p + "attn.qkv.weight", {c.qkv_width(), d}});
@@ -315,6 +341,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       t.push_back({p + "ff.fc1.weight", {2 * c.d_inner, d}});
       t.push_back({p + "ff.fc2.weight", {d, c.d_inner}});
       t.push_back({p + "ff.norm.weight", {d}});
+      if (c.gemma2) {
+        t.push_back({p + "attn.post_norm.weight", {d}});
+        t.push_back({p + "ff.post_norm.weight", {d}});
+      }
     }
     t.push_back({"final_norm.weight", {d}});
     t.push_back({"rotary.inv_freq", {c.d_head / 2}});
@@ -389,14 +419,15 @@ std::vector<RawTensor> RandomWeights(const engine::ModelConfig& config, uint32_t
       continue;
     }
     const bool is_ln_gamma = name.ends_with("ln.weight") || name.ends_with("norm.weight");
+    // (a sliding-window decoder's RMSNorm weights are float32 whatever the dtype)
+    const DType dtype = name.ends_with("norm.weight") ? DType::kF32 : config.dtype;
     const bool is_bias = name.ends_with(".bias") || name.ends_with("_bias");
     const float center = is_ln_gamma ? 1.0f : 0.0f;
     const float scale = is_ln_gamma ? 0.1f : is_bias ? 0.05f : 0.1f;
     std::uniform_real_distribution<float> dist(center - scale, center + scale);
     std::vector<float> values(static_cast<size_t>(NumElements(shape)));
     for (float& v : values) v = dist(rng);
-    out.push_back(RawTensor{name, SafetensorsDTypeName(config.dtype), shape,
-                            FloatBytes(values, config.dtype)});
+    out.push_back(RawTensor{name, SafetensorsDTypeName(dtype), shape, FloatBytes(values, dtype)});
   }
   return out;
 }

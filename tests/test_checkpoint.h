@@ -59,6 +59,10 @@ engine::ModelConfig ConfigWith(const std::vector<std::string>& layers,
 // A two-layer architecture "mistral" config (4 heads of 8, n_kv_head key/value heads, sliding
 // windows of `window`; max_positions when > 0).
 engine::ModelConfig MistralConfig(int64_t n_kv_head, int64_t window, int64_t max_positions = 0);
+// A two-layer architecture "gemma2" config: a sliding window of `window`, then a global layer
+// (a window of the whole `context`, max_positions = context); 4 heads of 8, gelu_tanh, scores
+// scaled by 1/sqrt(24), soft caps 5 (scores) and 3 (logits), small enough to matter.
+engine::ModelConfig Gemma2Config(int64_t n_kv_head, int64_t window, int64_t context);
 // A random small config: every size in a few units, every flag and enum drawn from `seed`.
 engine::ModelConfig RandomConfig(uint32_t seed);
 

@@ -22,6 +22,8 @@ tensor names:
     lm_head.weight (unless tied)                    lm_head.weight
     the rotary frequencies (float32)                rotary.inv_freq [dh / 2]
 
+The RMSNorm weights and the frequencies are stored as float32 whatever --dtype.
+
 Attention: every layer becomes {"attention": "sparse", "pattern": "window",
 "window": W}, the W keys up to and including the query (Hugging Face masks
 key j for query i when j <= i - sliding_window). With `sliding_window` null
@@ -77,13 +79,9 @@ def head_dim_of(cfg):
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
-def check_supported(cfg):
-    if cfg.get("model_type", "mistral") != "mistral":
-        raise ConversionError(
-            f"model_type {cfg.get('model_type')!r}: only \"mistral\" is supported")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConversionError(
-            f"hidden_act {cfg.get('hidden_act')!r}: only \"silu\" is supported")
+def check_layout(cfg):
+    """What every decoder of this family must have: heads that group, an even head width, no
+    rope_scaling."""
     if cfg.get("rope_scaling") is not None:
         raise ConversionError("rope_scaling is not supported")
     heads = cfg["num_attention_heads"]
@@ -94,6 +92,16 @@ def check_supported(cfg):
             f"num_key_value_heads {kv_heads}")
     if head_dim_of(cfg) % 2 != 0:
         raise ConversionError(f"head_dim {head_dim_of(cfg)} must be even")
+
+
+def check_supported(cfg):
+    if cfg.get("model_type", "mistral") != "mistral":
+        raise ConversionError(
+            f"model_type {cfg.get('model_type')!r}: only \"mistral\" is supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConversionError(
+            f"hidden_act {cfg.get('hidden_act')!r}: only \"silu\" is supported")
+    check_layout(cfg)
     window = cfg.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ConversionError(f"sliding_window {window!r} must be a positive integer")
@@ -106,14 +114,11 @@ def inv_freq(cfg):
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 
 
-def our_config(cfg, dtype):
-    window = cfg.get("sliding_window")
-    max_pos = cfg.get("max_position_embeddings", 4096 * 32)
-    layers = [{"attention": "sparse", "pattern": "window",
-               "window": window if window is not None else max_pos}
-              ] * cfg["num_hidden_layers"]
+def decoder_config(cfg, dtype, architecture, activation, windows, tied_default):
+    """config.json of a decoder of this family: the fields every architecture shares, one
+    sliding-window layer per entry of `windows`."""
     config = {
-        "architecture": "mistral",
+        "architecture": architecture,
         "vocab_size": cfg["vocab_size"],
         "d_model": cfg["hidden_size"],
         "n_layer": cfg["num_hidden_layers"],
@@ -126,15 +131,13 @@ def our_config(cfg, dtype):
         "same_length": False,
         "pre_lnorm": True,
         "untie_r": True,
-        "activation": "silu",
+        "activation": activation,
         "layer_norm_epsilon": cfg.get("rms_norm_eps", 1e-6),
         "memory_init": "empty",
-        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", tied_default)),
         "torch_dtype": DTYPE_NAMES[dtype],
-        "layers": layers,
+        "layers": [{"attention": "sparse", "pattern": "window", "window": w} for w in windows],
     }
-    if window is None:
-        config["max_positions"] = max_pos
     eos = cfg.get("eos_token_id")
     if isinstance(eos, list):
         eos = eos[0] if eos else None
@@ -143,9 +146,27 @@ def our_config(cfg, dtype):
     return config
 
 
-def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
-    """Return (our config dict, {name: tensor}) for a MistralForCausalLM
-    (module or state dict with its config)."""
+def our_config(cfg, dtype):
+    window = cfg.get("sliding_window")
+    max_pos = cfg.get("max_position_embeddings", 4096 * 32)
+    windows = [window if window is not None else max_pos] * cfg["num_hidden_layers"]
+    config = decoder_config(cfg, dtype, "mistral", "silu", windows, tied_default=False)
+    if window is None:
+        config["max_positions"] = max_pos
+    return config
+
+
+# Mistral's norms: (our name, Hugging Face's) per layer.
+MISTRAL_NORMS = (("attn.norm.weight", "input_layernorm.weight"),
+                 ("ff.norm.weight", "post_attention_layernorm.weight"))
+
+
+def convert_decoder(hf_model_or_state_dict, hf_config, dtype, check, config_of, norms,
+                    norm_value):
+    """Return (our config dict, {name: tensor}) for a decoder of this family (module, or state
+    dict with its config): `check(cfg)` refuses what the format cannot express,
+    `config_of(cfg, dtype)` writes config.json, `norms` pairs each layer's norm names (ours,
+    Hugging Face's), and `norm_value(w)` is the float32 factor a norm weight stands for."""
     if isinstance(hf_model_or_state_dict, torch.nn.Module):
         sd = hf_model_or_state_dict.state_dict()
         hf_config = hf_config or hf_model_or_state_dict.config
@@ -154,38 +175,44 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     if hf_config is None:
         raise ConversionError("a state dict needs its HF config")
     cfg = _as_hf_config(hf_config)
-    check_supported(cfg)
+    check(cfg)
     if dtype is None:
         dtype = sd["model.embed_tokens.weight"].dtype
     elif isinstance(dtype, str):
         dtype = DTYPES[dtype]
     if dtype not in DTYPE_NAMES:
         raise ConversionError(f"weights are {dtype}; pass --dtype float32|float16|bfloat16")
-    config = our_config(cfg, dtype)
+    config = config_of(cfg, dtype)
     used = set()
 
     def take(name):
         if name not in sd:
             raise ConversionError(f"missing tensor {name}")
         used.add(name)
-        return sd[name].to(dtype).contiguous()
+        return sd[name]
 
-    out = {"word_emb.weight": take("model.embed_tokens.weight")}
+    def weight(name):
+        return take(name).to(dtype).contiguous()
+
+    def norm(name):  # RMSNorm weights are float32 in every checkpoint of this family
+        return norm_value(take(name).float()).contiguous()
+
+    out = {"word_emb.weight": weight("model.embed_tokens.weight")}
     for n in range(cfg["num_hidden_layers"]):
         p, q = f"model.layers.{n}.", f"layers.{n}."
-        out[q + "attn.norm.weight"] = take(p + "input_layernorm.weight")
+        for ours, theirs in norms:
+            out[q + ours] = norm(p + theirs)
         out[q + "attn.qkv.weight"] = torch.cat(
-            [take(p + f"self_attn.{x}_proj.weight") for x in "qkv"]).contiguous()
-        out[q + "attn.o.weight"] = take(p + "self_attn.o_proj.weight")
-        out[q + "ff.norm.weight"] = take(p + "post_attention_layernorm.weight")
+            [weight(p + f"self_attn.{x}_proj.weight") for x in "qkv"]).contiguous()
+        out[q + "attn.o.weight"] = weight(p + "self_attn.o_proj.weight")
         out[q + "ff.fc1.weight"] = torch.cat(
-            [take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]).contiguous()
-        out[q + "ff.fc2.weight"] = take(p + "mlp.down_proj.weight")
-    out["final_norm.weight"] = take("model.norm.weight")
+            [weight(p + "mlp.gate_proj.weight"), weight(p + "mlp.up_proj.weight")]).contiguous()
+        out[q + "ff.fc2.weight"] = weight(p + "mlp.down_proj.weight")
+    out["final_norm.weight"] = norm("model.norm.weight")
     if config["tie_word_embeddings"]:
         used.add("lm_head.weight")  # (a tied model's state dict may list it)
     else:
-        out["lm_head.weight"] = take("lm_head.weight")
+        out["lm_head.weight"] = weight("lm_head.weight")
     out["rotary.inv_freq"] = inv_freq(cfg).contiguous()
     extra = sorted(k for k in sd if k not in used and not k.endswith("rotary_emb.inv_freq"))
     if extra:
@@ -193,29 +220,39 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     return config, out
 
 
-def convert_dir(hf_dir, out_dir, dtype=None):
-    """Convert an HF checkpoint directory (and its tokenizer.model, when it
-    has one); returns our config dict."""
+def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
+    """Return (our config dict, {name: tensor}) for a MistralForCausalLM
+    (module or state dict with its config)."""
+    return convert_decoder(hf_model_or_state_dict, hf_config, dtype, check_supported,
+                           our_config, MISTRAL_NORMS, lambda w: w)
+
+
+def convert_dir_with(convert_fn, hf_dir, out_dir, dtype=None):
+    """Convert an HF checkpoint directory with `convert_fn` (and copy its tokenizer.model, when
+    it has one); returns our config dict."""
     sd, hf_config = load_hf_checkpoint(hf_dir)
-    config, tensors = convert(sd, hf_config, dtype=dtype)
+    config, tensors = convert_fn(sd, hf_config, dtype=dtype)
     tokenizer = os.path.join(hf_dir, "tokenizer.model")
     write_checkpoint(out_dir, config, tensors,
                      tokenizer=tokenizer if os.path.isfile(tokenizer) else None)
     return config
 
 
-def random_hf_model(overrides, seed=0, std=None):
-    """A seeded random MistralForCausalLM in eval mode (eager attention).
+def convert_dir(hf_dir, out_dir, dtype=None):
+    """Convert an HF MistralForCausalLM directory; returns our config dict."""
+    return convert_dir_with(convert, hf_dir, out_dir, dtype)
+
+
+def random_model(config_cls, model_cls, overrides, seed=0, std=None):
+    """A seeded random Hugging Face decoder in eval mode (eager attention).
     Weights N(0, std^2) (default 0.5/sqrt(hidden_size)), norm weights
     N(1, std^2), so the logits depend on every tensor."""
-    from transformers import MistralConfig, MistralForCausalLM
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = MistralConfig(**overrides)
+        cfg = config_cls(**overrides)
         cfg._attn_implementation = "eager"
         torch.manual_seed(int(seed))
-        model = MistralForCausalLM(cfg)
+        model = model_cls(cfg)
     if std is None:
         std = 0.5 / math.sqrt(cfg.hidden_size)
     gen = torch.Generator().manual_seed(int(seed))
@@ -226,17 +263,27 @@ def random_hf_model(overrides, seed=0, std=None):
     return model.eval()
 
 
-def main(argv=None):
+def random_hf_model(overrides, seed=0, std=None):
+    """A seeded random MistralForCausalLM (random_model)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return random_model(MistralConfig, MistralForCausalLM, overrides, seed, std)
+
+
+def main(argv=None, name="convert_hf_mistral", what="Mistral checkpoint (MistralForCausalLM)",
+         converter=None):
+    """The command line of a decoder converter; `converter` is its module (this one by
+    default): convert, convert_dir, random_hf_model and ConversionError."""
+    converter = converter or sys.modules[__name__]
     ap = argparse.ArgumentParser(
-        description="Convert a Hugging Face Mistral checkpoint "
-                    "(MistralForCausalLM) into a mnemo checkpoint.")
+        description=f"Convert a Hugging Face {what} into a mnemo checkpoint.")
     ap.add_argument("paths", nargs="+", metavar="DIR",
                     help="HF_DIR OUT_DIR, or only OUT_DIR with --random-init")
     ap.add_argument("--dtype", choices=sorted(DTYPES),
                     help="cast the weights (default: keep their dtype)")
     ap.add_argument("--random-init", metavar="JSON",
-                    help="create a random HF model from these MistralConfig "
-                         "fields instead of reading HF_DIR")
+                    help="create a random HF model from these config fields "
+                         "instead of reading HF_DIR")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed for --random-init (default 0)")
     ap.add_argument("--save-hf", metavar="HF_DIR",
@@ -252,8 +299,8 @@ def main(argv=None):
                 ap.error(f"--random-init: invalid JSON: {e}")
             if not isinstance(fields, dict):
                 ap.error("--random-init: expected a JSON object")
-            model = random_hf_model(fields, args.seed)
-            config, tensors = convert(model, dtype=args.dtype)
+            model = converter.random_hf_model(fields, args.seed)
+            config, tensors = converter.convert(model, dtype=args.dtype)
             if args.save_hf:
                 model.save_pretrained(args.save_hf)
             out_dir = args.paths[0]
@@ -264,13 +311,14 @@ def main(argv=None):
             if len(args.paths) != 2:
                 ap.error("expected HF_DIR OUT_DIR")
             out_dir = args.paths[1]
-            config = convert_dir(args.paths[0], out_dir, dtype=args.dtype)
-    except ConversionError as e:
-        print(f"convert_hf_mistral: error: {e}", file=sys.stderr)
+            config = converter.convert_dir(args.paths[0], out_dir, dtype=args.dtype)
+    except converter.ConversionError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+    windows = sorted({layer["window"] for layer in config["layers"]})
     print(f"wrote {out_dir} ({config['n_layer']} layers, d_model "
           f"{config['d_model']}, {config['n_head']}/{config['n_kv_head']} heads, "
-          f"window {config['layers'][0]['window']}, {config['torch_dtype']})")
+          f"window {'/'.join(map(str, windows))}, {config['torch_dtype']})")
     return 0
 
 

@@ -63,11 +63,20 @@ class ClusterError(RuntimeError):
     and ends with the tail of its log."""
 
 
+_HANDED_OUT: set = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port on `host` that nothing listens on right now and that this process has not
+    handed out before (the kernel may offer a port again until its first user binds it, so a
+    replica's gRPC and metrics ports could otherwise be the same)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -173,7 +173,7 @@ bool SparseAttentionLayer::Fits(const LayerState& state) const {
 bool SparseAttentionLayer::RepeatsSteps() const {
   // (grouped-query windows list their keys per step on the CUDA backend, as other patterns do)
   return lc_.sparse.pattern == SparsePattern::kWindow && !lc_.sparse.has_globals() &&
-         config_.kv_heads() == config_.n_head;
+         config_.kv_heads() == config_.n_head && !config_.gemma2;
 }
 
 std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerState& state) const {
@@ -198,6 +198,8 @@ absl::Status SparseAttentionLayer::Forward(const AttentionCall& call) const {
     if (call.prev_scores[b].defined()) args.back().prev_scores = &call.prev_scores[b];
     if (call.scores[b].defined()) args.back().scores = &call.scores[b];
     args.back().num_kv_heads = static_cast<int>(config_.kv_heads());
+    args.back().scale = static_cast<float>(config_.attn_scale);
+    args.back().softcap = static_cast<float>(config_.attn_softcap);
   }
   RETURN_IF_ERROR(call.backend.SparseAttention(args));
   // The new positions' keys/values join the window only after every query has attended.

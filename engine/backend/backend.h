@@ -83,6 +83,10 @@ struct SparseAttentionArgs {
   // Grouped-query attention: key/value heads (0: num_heads); query head h reads key head
   // h / (num_heads / num_kv_heads). Only sliding windows without globals group heads.
   int num_kv_heads = 0;
+  // Gemma-2 (sliding windows only): the scores' scale (0: 1/sqrt(d_h)) and their soft cap
+  // (cap·tanh(score / cap) after scaling; 0: none).
+  float scale = 0.0f;
+  float softcap = 0.0f;
 
   int kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
 };

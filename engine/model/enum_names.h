@@ -32,10 +32,11 @@ struct EnumTable;
 
 template <>
 struct EnumTable<Activation> {
-  static constexpr std::array<EnumEntry<Activation>, 3> kEntries{{
+  static constexpr std::array<EnumEntry<Activation>, 4> kEntries{{
       {Activation::kRelu, "relu"},
       {Activation::kGelu, "gelu"},
       {Activation::kSilu, "silu"},
+      {Activation::kGeluTanh, "gelu_tanh"},
   }};
 };
 
@@ -124,7 +125,7 @@ constexpr bool TableInDeclarationOrder() {
 
 // The last enumerator of each enum: a new one after it makes the table's size check fail.
 static_assert(TableInDeclarationOrder<Activation>() &&
-              EnumTable<Activation>::kEntries.size() == size_t(Activation::kSilu) + 1);
+              EnumTable<Activation>::kEntries.size() == size_t(Activation::kGeluTanh) + 1);
 static_assert(TableInDeclarationOrder<MemoryInit>() &&
               EnumTable<MemoryInit>::kEntries.size() == size_t(MemoryInit::kEmpty) + 1);
 static_assert(TableInDeclarationOrder<AttentionKind>() &&

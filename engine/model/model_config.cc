@@ -1,6 +1,7 @@
 #include "engine/model/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <optional>
@@ -156,14 +157,16 @@ int64_t ModelConfig::linear_features(int64_t index) const {
   return d_head;
 }
 
-// What architecture "mistral" is built from (docs/checkpoint-format.md "Sliding-window
-// decoders"): pre-norm blocks of contiguous sliding windows, nothing of Transformer-XL's.
-absl::Status CheckMistral(const ModelConfig& c) {
+// What architectures "mistral" and "gemma2" are built from (docs/checkpoint-format.md
+// "Sliding-window decoders"): pre-norm blocks of contiguous sliding windows, nothing of
+// Transformer-XL's.
+absl::Status CheckRotaryDecoder(const ModelConfig& c) {
   if (!c.pre_lnorm || c.mem_len != 0 || c.embed_width() != c.d_model || c.layer_groups > 0 ||
       c.adaptive) {
     return FieldError("architecture",
-                      "mistral needs pre_lnorm true, mem_len 0 and no d_embed, layer_groups or "
-                      "cutoffs");
+                      absl::StrCat(c.architecture,
+                                   " needs pre_lnorm true, mem_len 0 and no d_embed, layer_groups "
+                                   "or cutoffs"));
   }
   if (c.d_head % 2 != 0) return FieldError("d_head", "must be even (rotary positions)");
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -174,10 +177,9 @@ absl::Status CheckMistral(const ModelConfig& c) {
                         std::all_of(lc.sparse.dilations.begin(), lc.sparse.dilations.end(),
                                     [](int64_t d) { return d == 1; });
     if (!window) {
-      return FieldError("layers", absl::StrCat("[", l,
-                                               "]: a mistral's layers are sparse windows of "
-                                               "dilation 1 without globals or "
-                                               "residual_attention"));
+      return FieldError("layers", absl::StrCat("[", l, "]: a ", c.architecture,
+                                               "'s layers are sparse windows of dilation 1 "
+                                               "without globals or residual_attention"));
     }
   }
   return absl::OkStatus();
@@ -215,7 +217,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
                                                "div_val",
                                                "tokenizer",
                                                "n_kv_head",
-                                               "max_positions"};
+                                               "max_positions",
+                                               "query_pre_attn_scalar",
+                                               "attn_logit_softcapping",
+                                               "final_logit_softcapping"};
   for (const auto& item : j.items()) {
     if (!kKnown.count(item.key())) return FieldError(item.key(), "is not a known field");
   }
@@ -223,13 +228,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   ModelConfig c;
   ASSIGN_OR_RETURN(c.architecture, GetString(j, "architecture"));
   if (c.architecture != "transfo_xl" && c.architecture != "reformer" &&
-      c.architecture != "mistral") {
+      c.architecture != "mistral" && c.architecture != "gemma2") {
     return FieldError("architecture",
                       absl::StrCat("names unknown architecture \"", c.architecture,
-                                   "\" (supported: transfo_xl, reformer, mistral)"));
+                                   "\" (supported: transfo_xl, reformer, mistral, gemma2)"));
   }
   c.reformer = c.architecture == "reformer";
-  c.mistral = c.architecture == "mistral";
+  c.gemma2 = c.architecture == "gemma2";
+  c.rotary_decoder = c.architecture == "mistral" || c.gemma2;
   ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", 1, kMaxDimension));
   ASSIGN_OR_RETURN(c.d_model, GetInt(j, "d_model", 2, 1 << 16));
   if (c.d_model % 2 != 0) return FieldError("d_model", "must be even (sinusoid table)");
@@ -260,11 +266,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (auto parsed = ParseEnum<Activation>(activation)) {
     c.activation = *parsed;
   } else {
-    return FieldError("activation", absl::StrCat("must be \"relu\", \"gelu\" or \"silu\", got \"",
-                                                 activation, "\""));
+    return FieldError("activation",
+                      absl::StrCat("must be \"relu\", \"gelu\", \"silu\" or \"gelu_tanh\", got \"",
+                                   activation, "\""));
   }
-  if (c.activation == Activation::kSilu && !c.mistral) {
-    return FieldError("activation", "\"silu\" is for architecture mistral (a gated MLP)");
+  if ((c.activation == Activation::kSilu || c.activation == Activation::kGeluTanh) &&
+      !c.rotary_decoder) {
+    return FieldError("activation", absl::StrCat("\"", activation,
+                                                 "\" is for architectures mistral and gemma2 (a "
+                                                 "gated MLP)"));
   }
 
   ASSIGN_OR_RETURN(std::string memory_init, GetString(j, "memory_init"));
@@ -383,10 +393,31 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     ASSIGN_OR_RETURN(c.position_limit, GetInt(j, "max_positions", 1, int64_t{1} << 30));
     if (c.reformer) return FieldError("max_positions", "is axial_pos_shape's for a reformer");
   }
-  if (c.n_kv_head != c.n_head && !c.mistral) {
-    return FieldError("n_kv_head", "differs from n_head, which only architecture mistral allows");
+  if (c.n_kv_head != c.n_head && !c.rotary_decoder) {
+    return FieldError("n_kv_head",
+                      "differs from n_head, which only architectures mistral and gemma2 allow");
   }
-  if (c.mistral) RETURN_IF_ERROR(CheckMistral(c));
+  if (c.rotary_decoder) RETURN_IF_ERROR(CheckRotaryDecoder(c));
+  for (const char* field :
+       {"query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"}) {
+    if (j.contains(field) && !c.gemma2) return FieldError(field, "is only for architecture gemma2");
+  }
+  if (c.gemma2) {
+    auto positive = [&](const char* field, bool required) -> absl::StatusOr<double> {
+      if (!j.contains(field) || j.at(field).is_null()) {
+        if (required) return FieldError(field, "is missing");
+        return 0.0;
+      }
+      if (!j.at(field).is_number()) return FieldError(field, "must be a number");
+      const double v = j.at(field).get<double>();
+      if (!(v > 0.0 && v < 1e9)) return FieldError(field, "must be in (0, 1e9)");
+      return v;
+    };
+    ASSIGN_OR_RETURN(const double scalar, positive("query_pre_attn_scalar", true));
+    c.attn_scale = 1.0 / std::sqrt(scalar);
+    ASSIGN_OR_RETURN(c.attn_softcap, positive("attn_logit_softcapping", false));
+    ASSIGN_OR_RETURN(c.final_softcap, positive("final_logit_softcapping", false));
+  }
 
   // RealFormer: a residual layer adds scores over the same keys as the layer before it.
   for (int64_t l = 0; l < c.n_layer; ++l) {

@@ -166,10 +166,18 @@ struct ModelConfig {
   bool reformer = false;
   std::vector<int64_t> axial_pos_shape;
   std::vector<int64_t> axial_pos_embds_dim;
-  // Architecture "mistral" (docs/checkpoint-format.md "Sliding-window decoders"): pre-RMSNorm
-  // blocks, rotary positions on every layer's queries and keys, a gated MLP (activation(gate) ·
-  // up), sliding-window layers with grouped-query attention, a final RMSNorm, no biases.
-  bool mistral = false;
+  // Architectures "mistral" and "gemma2" (docs/checkpoint-format.md "Sliding-window decoders"):
+  // pre-RMSNorm blocks, rotary positions on every layer's queries and keys, a gated MLP
+  // (activation(gate) · up), sliding-window layers with grouped-query attention, a final RMSNorm,
+  // no biases.
+  bool rotary_decoder = false;
+  // Architecture "gemma2" besides: the embedding scaled by sqrt(d_model), a second RMSNorm after
+  // the attention and after the MLP, attention scores scaled by 1/sqrt(query_pre_attn_scalar)
+  // and soft-capped, the logits soft-capped (cap · tanh(x / cap); 0: none).
+  bool gemma2 = false;
+  double attn_scale = 0.0;  // 0: 1/sqrt(d_head)
+  double attn_softcap = 0.0;
+  double final_softcap = 0.0;
   // "max_positions": positions a session may hold (a model whose full-attention layers run as
   // windows of its maximum context); 0 for no limit.
   int64_t position_limit = 0;

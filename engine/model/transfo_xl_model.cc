@@ -292,6 +292,17 @@ bool TransfoXlModel::UsesResidualAttention() const {
 absl::Status TransfoXlModel::Forward(const std::vector<SequenceInput>& batch, LogitsMode mode,
                                      Tensor* logits) {
   RETURN_IF_ERROR(Validate(batch));
+  RETURN_IF_ERROR(RunStep(batch, mode, logits));
+  if (config_.final_softcap > 0.0 && mode != LogitsMode::kNone) {  // Gemma-2, on the host logits
+    const auto cap = static_cast<float>(config_.final_softcap);
+    float* v = logits->data<float>();
+    for (int64_t i = 0; i < logits->numel(); ++i) v[i] = cap * std::tanh(v[i] / cap);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TransfoXlModel::RunStep(const std::vector<SequenceInput>& batch, LogitsMode mode,
+                                     Tensor* logits) {
   // A decode batch (one token per sequence) issues the same ops on the same shapes every step
   // for a given batch size: the backend may record it once and replay it (CUDA graphs). Not
   // for the layer kinds whose steps differ (record_decode_).
@@ -332,7 +343,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));             // [N, D]
   ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));    // [N, d_inner]
   Tensor gate_up;  // mistral: [N, 2·d_inner], the gated MLP's gate | up
-  if (c.mistral) {
+  if (c.rotary_decoder) {
     ASSIGN_OR_RETURN(gate_up, scratch({n, 2 * c.d_inner}));
   }
   const float emb_scale = std::sqrt(static_cast<float>(d));
@@ -344,11 +355,12 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, emb_scale, e));
     RETURN_IF_ERROR(MatMul(e, weights_.emb_proj, &weights_.emb_proj_bias, x));
   } else {
-    const bool scaled = !c.reformer && !c.mistral;  // (Transformer-XL scales by sqrt(d_model))
+    // Transformer-XL and Gemma-2 scale the embedding by sqrt(d_model).
+    const bool scaled = (!c.reformer && !c.rotary_decoder) || c.gemma2;
     RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, scaled ? emb_scale : 1.0f, x));
   }
   std::vector<int64_t> positions;  // rotary: each packed row's stream position
-  if (c.mistral) {
+  if (c.rotary_decoder) {
     positions.reserve(static_cast<size_t>(n));
     for (const SequenceInput& s : batch) {
       for (int64_t i = 0; i < s.num_tokens; ++i) positions.push_back(s.state->position() + i);
@@ -413,7 +425,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
                          buffer.Rows(0, c.n_head * t * keys).Reshaped({c.n_head, t, keys}));
       }
     }
-    if (c.mistral) {  // x += attn(RMSNorm(x)); x += fc2(act(gate) · up) of RMSNorm(x)
+    if (c.rotary_decoder) {  // x += attn(RMSNorm(x)); x += fc2(act(gate) · up) of RMSNorm(x)
       RETURN_IF_ERROR(be.RmsNorm(x, lw.attn_ln_gamma, eps, h));
       AttentionCall call{be,   matmul,   batch,     offsets,     h,     qkv,
                          attn, qkv_rows, attn_rows, prev_scores, scores};
@@ -421,11 +433,14 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
       call.positions = &positions;
       RETURN_IF_ERROR(attention_[l]->Forward(call));
       RETURN_IF_ERROR(MatMul(attn, lw.o, nullptr, proj));
+      // (gemma2 normalises each branch's output before the residual add)
+      if (c.gemma2) RETURN_IF_ERROR(be.RmsNorm(proj, lw.attn_post_norm, eps, proj));
       RETURN_IF_ERROR(be.Add(x, proj, x));
       RETURN_IF_ERROR(be.RmsNorm(x, lw.ff_ln_gamma, eps, h));
       RETURN_IF_ERROR(MatMul(h, lw.fc1, nullptr, gate_up));
       RETURN_IF_ERROR(be.GatedActivation(gate_up, c.activation, inner));
       RETURN_IF_ERROR(MatMul(inner, lw.fc2, nullptr, proj));
+      if (c.gemma2) RETURN_IF_ERROR(be.RmsNorm(proj, lw.ff_post_norm, eps, proj));
       RETURN_IF_ERROR(be.Add(x, proj, x));
       continue;
     }
@@ -473,7 +488,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
     ASSIGN_OR_RETURN(last, scratch({n, 2 * d}));
     RETURN_IF_ERROR(be.ConcatColumns(x, x2, last));
     RETURN_IF_ERROR(be.LayerNorm(last, weights_.final_ln_gamma, weights_.final_ln_beta, eps, last));
-  } else if (c.mistral) {  // the final RMSNorm (h is free: the layers are done)
+  } else if (c.rotary_decoder) {  // the final RMSNorm (h is free: the layers are done)
     RETURN_IF_ERROR(be.RmsNorm(x, weights_.final_ln_gamma, eps, h));
     last = h;
   }

@@ -78,6 +78,8 @@ class TransfoXlModel {
  private:
   TransfoXlModel(ModelConfig config, TransfoXlWeights weights, std::unique_ptr<Backend> backend);
   absl::Status Validate(const std::vector<SequenceInput>& batch) const;
+  // Forward after validation: Run, as one recorded step for decode batches.
+  absl::Status RunStep(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // Forward after validation (inside a recorded step for decode batches).
   absl::Status Run(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
   // The multiplied weight matrices (projection, head, per layer qkv / o / fc1 / fc2), in a fixed

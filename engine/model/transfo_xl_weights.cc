@@ -88,10 +88,11 @@ void ForEachWeight(Weights& w, Fn fn) {
   fn(w.emb_proj_bias, false);
   for (auto& lw : w.layers) {
     for (auto* t : {&lw.qkv, &lw.dense.r, &lw.o, &lw.fc1, &lw.fc2}) fn(*t, true);
-    for (auto* t : {&lw.linear.features, &lw.linear.gate_weight, &lw.lsh.rotations,
-                    &lw.dense.compress, &lw.dense.compress_bias, &lw.linear.gate_bias,
-                    &lw.attn_ln_gamma, &lw.attn_ln_beta, &lw.dense.r_w_bias, &lw.dense.r_r_bias,
-                    &lw.fc1_bias, &lw.fc2_bias, &lw.ff_ln_gamma, &lw.ff_ln_beta}) {
+    for (auto* t :
+         {&lw.linear.features, &lw.linear.gate_weight, &lw.lsh.rotations, &lw.dense.compress,
+          &lw.dense.compress_bias, &lw.linear.gate_bias, &lw.attn_ln_gamma, &lw.attn_ln_beta,
+          &lw.dense.r_w_bias, &lw.dense.r_r_bias, &lw.fc1_bias, &lw.fc2_bias, &lw.ff_ln_gamma,
+          &lw.ff_ln_beta, &lw.attn_post_norm, &lw.ff_post_norm}) {
       fn(*t, false);
     }
   }
@@ -123,7 +124,8 @@ class TensorReader {
   }
 
   // A tensor stored as float32 whatever the checkpoint's torch_dtype (the rotary frequencies, as
-  // Hugging Face keeps them).
+  // Hugging Face keeps them; the sliding-window decoders' RMSNorm weights, which Gemma-2 applies
+  // as 1 + w in float32).
   absl::StatusOr<Tensor> ReadFloat32(const std::string& name, std::vector<int64_t> shape) {
     return ReadAs(name, std::move(shape), DType::kF32, /*fixed=*/true);
   }
@@ -301,11 +303,15 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
         },
         shared, lw));
     ASSIGN_OR_RETURN(lw.o, reader.Read(p + "attn.o.weight", {d, hd}));
-    if (c.mistral) {  // RMSNorms, a gated MLP [gate | up], no biases
-      ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.Read(p + "attn.norm.weight", {d}));
+    if (c.rotary_decoder) {  // float32 RMSNorms, a gated MLP [gate | up], no biases
+      ASSIGN_OR_RETURN(lw.attn_ln_gamma, reader.ReadFloat32(p + "attn.norm.weight", {d}));
       ASSIGN_OR_RETURN(lw.fc1, reader.Read(p + "ff.fc1.weight", {2 * c.d_inner, d}));
       ASSIGN_OR_RETURN(lw.fc2, reader.Read(p + "ff.fc2.weight", {d, c.d_inner}));
-      ASSIGN_OR_RETURN(lw.ff_ln_gamma, reader.Read(p + "ff.norm.weight", {d}));
+      ASSIGN_OR_RETURN(lw.ff_ln_gamma, reader.ReadFloat32(p + "ff.norm.weight", {d}));
+      if (c.gemma2) {  // the norms after the attention and after the MLP
+        ASSIGN_OR_RETURN(lw.attn_post_norm, reader.ReadFloat32(p + "attn.post_norm.weight", {d}));
+        ASSIGN_OR_RETURN(lw.ff_post_norm, reader.ReadFloat32(p + "ff.post_norm.weight", {d}));
+      }
       groups.push_back(lw);
       w.layers.push_back(std::move(lw));
       continue;
@@ -329,8 +335,8 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_ln.weight", {2 * d}));
     ASSIGN_OR_RETURN(w.final_ln_beta, reader.Read("final_ln.bias", {2 * d}));
   }
-  if (c.mistral) {
-    ASSIGN_OR_RETURN(w.final_ln_gamma, reader.Read("final_norm.weight", {d}));
+  if (c.rotary_decoder) {
+    ASSIGN_OR_RETURN(w.final_ln_gamma, reader.ReadFloat32("final_norm.weight", {d}));
     ASSIGN_OR_RETURN(w.rotary_inv_freq, reader.ReadFloat32("rotary.inv_freq", {c.d_head / 2}));
     const float* f = w.rotary_inv_freq.data<float>();
     if (!std::all_of(f, f + c.d_head / 2, [](float x) { return x > 0.0f; })) {
@@ -344,7 +350,7 @@ absl::StatusOr<TransfoXlWeights> LoadWeights(const ModelConfig& c, TensorReader 
     } else {
       ASSIGN_OR_RETURN(w.lm_head, reader.Read("lm_head.weight", {c.vocab_size, c.head_width()}));
     }
-    if (!c.mistral) {
+    if (!c.rotary_decoder) {
       ASSIGN_OR_RETURN(w.lm_head_bias, reader.Read("lm_head.bias", {c.vocab_size}));
     }
   }

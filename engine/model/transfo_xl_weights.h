@@ -40,6 +40,8 @@ struct TransfoXlLayerWeights {
   Tensor fc1, fc1_bias;            // [d_inner, D], [d_inner]
   Tensor fc2, fc2_bias;            // [D, d_inner], [D]
   Tensor ff_ln_gamma, ff_ln_beta;  // [D]
+  // gemma2: the RMSNorms of the attention's and of the MLP's output, before the residual add.
+  Tensor attn_post_norm, ff_post_norm;  // [D]
 };
 
 // An adaptive embedding and projected adaptive log-softmax (ModelConfig::adaptive), per band i

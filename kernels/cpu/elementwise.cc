@@ -81,6 +81,17 @@ void BiasGelu(float* y, const float* bias, int64_t n) {
   }
 }
 
+namespace {
+float GeluTanh(float x) {
+  constexpr float kSqrt2OverPi = 0.79788456080286536f;
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+}  // namespace
+
+void BiasGeluTanh(float* y, const float* bias, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = GeluTanh(y[i] + bias[i]);
+}
+
 void BiasSilu(float* y, const float* bias, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = y[i] + bias[i];
@@ -112,6 +123,9 @@ void GatedActivationRow(const float* gate, const float* up, Activation act, floa
         break;
       case Activation::kSilu:
         a = g / (1.0f + std::exp(-g));
+        break;
+      case Activation::kGeluTanh:
+        a = GeluTanh(g);
         break;
     }
     y[i] = a * up[i];

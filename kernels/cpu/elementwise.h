@@ -24,13 +24,15 @@ void LayerNormRow(const float* x, const float* gamma, const float* beta, float e
 // y may alias x.
 void RmsNormRow(const float* x, const float* gamma, float eps, float* y, int64_t n);
 
-// Gated MLP: y[i] = act(gate[i]) · up[i] (act: relu, gelu or silu).
+// Gated MLP: y[i] = act(gate[i]) · up[i] (relu, gelu, silu or gelu_tanh).
+// GELU's tanh form: 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), torch's approximate="tanh".
 void GatedActivationRow(const float* gate, const float* up, Activation act, float* y, int64_t n);
 
 // In-place y = relu(y + bias) and y = gelu(y + bias) (exact erf form, as torch's default).
 void BiasRelu(float* y, const float* bias, int64_t n);
 void BiasGelu(float* y, const float* bias, int64_t n);
 void BiasSilu(float* y, const float* bias, int64_t n);
+void BiasGeluTanh(float* y, const float* bias, int64_t n);
 // y += bias.
 void AddBias(float* y, const float* bias, int64_t n);
 

@@ -15,6 +15,16 @@ namespace {
 // Query rows per block of the segment path (as in relative_attention.cc).
 constexpr int64_t kQueryBlock = 64;
 
+float ScoreScale(const SlidingWindowShape& s) {
+  return s.scale > 0.0f ? s.scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+}
+
+// cap·tanh(x / cap) over n scores (Gemma-2's soft cap), in place; nothing for cap 0.
+void SoftCap(float* x, int64_t n, float cap) {
+  if (cap <= 0.0f) return;
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
 // Whether the query with key index `self` sees key `j` under window `w` and dilation `dil`.
 inline bool Sees(int64_t self, int64_t j, int64_t w, int64_t dil) {
   const int64_t back = self - j;
@@ -35,11 +45,11 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   const int64_t ncols = col1 - col0;
   work.resize(static_cast<size_t>(b * ncols));
   float* scores = work.data();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, head_dim, scale, q + i0 * ldq + h * head_dim, ldq, span.k + row * span.ld + kv,
-           span.ld, 0.0f, scores + (j - col0), ncols);
+    GemmNT(b, n, head_dim, ScoreScale(s), q + i0 * ldq + h * head_dim, ldq,
+           span.k + row * span.ld + kv, span.ld, 0.0f, scores + (j - col0), ncols);
   });
+  SoftCap(scores, b * ncols, s.softcap);
   const int64_t keys_total = s.memory_len + s.query_len;
   for (int64_t r = 0; r < b; ++r) {
     const int64_t self = s.memory_len + i0 + r;
@@ -93,7 +103,7 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
   // A decode step: the window's keys one by one (W dot products per head).
   const int head_dim = shape.head_dim;
   const int64_t t_len = shape.query_len, w = shape.window;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale = ScoreScale(shape);
   pool.ParallelFor(shape.num_heads * t_len, 4, [&](int64_t i0, int64_t i1) {
     thread_local std::vector<float> scores;
     thread_local std::vector<const float*> values;
@@ -125,6 +135,7 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
         if (shape.prev_scores != nullptr) scores[n] += shape.prev_scores[at];
         if (shape.out_scores != nullptr) shape.out_scores[at] = scores[n];
       }
+      SoftCap(scores.data(), n, shape.softcap);
       SoftmaxRow(scores.data(), n);
       float* o = out + i * ldo + h * head_dim;
       for (int d = 0; d < head_dim; ++d) o[d] = 0.0f;

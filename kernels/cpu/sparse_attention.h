@@ -23,6 +23,10 @@ struct SlidingWindowShape {
   // Grouped-query attention: query head h reads key/value head h / kv_group, whose columns are
   // at (h / kv_group)·d_h of the key rows.
   int kv_group = 1;
+  // Gemma-2: the scores' scale (0: 1/sqrt(d_h)) and soft cap (score → cap·tanh(score / cap)
+  // after scaling; 0: none).
+  float scale = 0.0f;
+  float softcap = 0.0f;
   // Optional (RealFormer), [H, T, M + T] each: prev_scores are added to the scaled scores before
   // the softmax; out_scores receive the sums. Only the entries a query sees are read or written.
   const float* prev_scores = nullptr;

@@ -96,8 +96,10 @@ __device__ float Activate(float v, Activation act) {
       return fmaxf(v, 0.0f);
     case Activation::kGelu:
       return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    default:  // silu
+    case Activation::kSilu:
       return v / (1.0f + expf(-v));
+    default:  // gelu_tanh
+      return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
   }
 }
 

@@ -42,7 +42,7 @@ __device__ ResidualRow ResidualRowOf(const float* prev, float* out, int h, int64
 // tile. Writes out[0 … d_h): zeros when there is no key.
 template <typename RowsOf>
 __device__ void WarpAttend(const float* q, int head_dim, int64_t count, RowsOf rows_of,
-                           const ResidualRow& residual, float* out) {
+                           const ResidualRow& residual, float* out, float softcap = 0.0f) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   WarpSoftmax softmax;
   for (int64_t r0 = 0; r0 < count; r0 += 32) {
@@ -53,6 +53,7 @@ __device__ void WarpAttend(const float* q, int head_dim, int64_t count, RowsOf r
     if (valid) {
       const KeyValueRows rows = rows_of(r);
       for (int d = 0; d < head_dim; ++d) score += rows.k[d] * q[d];
+      if (softcap > 0.0f) score = softcap * tanhf(score / softcap);  // Gemma-2
       score = residual.Apply(rows.key, score);
       vrow = rows.v;
     }
@@ -61,9 +62,9 @@ __device__ void WarpAttend(const float* q, int head_dim, int64_t count, RowsOf r
   softmax.Write(out, head_dim);
 }
 
-// The query row `qrow`, scaled by 1/sqrt(d_h), into shared memory `q`.
-__device__ void LoadScaledQuery(const float* qrow, int head_dim, float* q) {
-  const float scale = rsqrtf(static_cast<float>(head_dim));
+// The query row `qrow`, scaled by `scale` (0: 1/sqrt(d_h)), into shared memory `q`.
+__device__ void LoadScaledQuery(const float* qrow, int head_dim, float* q, float scale = 0.0f) {
+  if (scale <= 0.0f) scale = rsqrtf(static_cast<float>(head_dim));
   for (int d = threadIdx.x; d < head_dim; d += 32) q[d] = qrow[d] * scale;
   __syncwarp();
 }
@@ -110,7 +111,7 @@ __global__ void GatheredKernel(GatheredAttentionLaunch p) {
   const int64_t task = static_cast<int64_t>(h) * p.query_len + i;
   const int64_t begin = p.offsets[task], count = p.offsets[task + 1] - begin;
   __shared__ float q[32 * kMaxDk];
-  LoadScaledQuery(p.q + i * p.ldq + head, head_dim, q);
+  LoadScaledQuery(p.q + i * p.ldq + head, head_dim, q, p.scale);
   WarpAttend(
       q, head_dim, count,
       [&](int64_t r) {
@@ -118,7 +119,7 @@ __global__ void GatheredKernel(GatheredAttentionLaunch p) {
         return KeyValueRows{p.keys[begin + r] + kv_head, p.values[begin + r] + kv_head, key};
       },
       ResidualRowOf(p.prev_scores, p.scores, h, i, p.query_len, p.key_count),
-      p.out + i * p.ldo + head);
+      p.out + i * p.ldo + head, p.softcap);
 }
 
 }  // namespace

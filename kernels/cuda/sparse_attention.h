@@ -49,8 +49,10 @@ struct GatheredAttentionLaunch {
   int64_t ldo;
   int64_t query_len;
   int num_heads;
-  int head_dim;      // ≤ 128
-  int kv_group = 1;  // query heads per key/value head (grouped-query attention)
+  int head_dim;          // ≤ 128
+  int kv_group = 1;      // query heads per key/value head (grouped-query attention)
+  float scale = 0.0f;    // the scores' scale (0: 1/sqrt(d_h))
+  float softcap = 0.0f;  // Gemma-2: score → cap·tanh(score / cap) after scaling (0: none)
   // RealFormer (null when unused): per entry its key's index over [ring | segment], and the
   // [H, T, key_count] scores added to the scaled scores / receiving the sums.
   const int64_t* key_index = nullptr;

@@ -12,19 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [os.path.join(ROOT, "tests", "reference"), os.path.join(ROOT, "tests", "server")]
 
 
-def _executable(var):
-    path = os.environ.get(var)
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"{var} must name an executable (ctest sets it); got {path!r}",
-                    pytrace=False)
-    return path
+from server_harness import executable  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def mnemo_bin():
-    return _executable("MNEMO_BIN")
+    return executable("MNEMO_BIN")
 
 
 @pytest.fixture(scope="session")
 def server_bin():
-    return _executable("MNEMO_SERVER_BIN")
+    return executable("MNEMO_SERVER_BIN")

@@ -15,6 +15,7 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from parity_common import assert_logits_close, engine_logits
+from tools import convert_hf_mistral
 from tools.convert_hf_mistral import ConversionError, convert, inv_freq, random_hf_model
 
 BASE = dict(vocab_size=61, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
@@ -37,15 +38,26 @@ LAYOUTS = {
 def hf_logits(model, ids):
     """Hugging Face's logits over the whole stream, in float64."""
     with torch.no_grad():
-        return model.double()(torch.tensor([ids])).logits[0].numpy()
+        return model.double()(torch.tensor([ids]), use_cache=False).logits[0].numpy()
 
 
-def converted(tmp_path, fields, seed=3, dtype=None):
-    model = random_hf_model(fields, seed=seed)
-    config, tensors = convert(model, dtype=dtype)
+def converted(tmp_path, fields, seed=3, dtype=None, converter=convert_hf_mistral):
+    """(the random Hugging Face model, our config, our checkpoint's directory)."""
+    model = converter.random_hf_model(fields, seed=seed)
+    config, tensors = converter.convert(model, dtype=dtype)
     out = tmp_path / "ours"
     write_checkpoint(str(out), config, tensors)
     return model, config, out
+
+
+def round_parameters(model, dtype):
+    """The model's parameters rounded to `dtype` (kept in their own type): a 16-bit checkpoint's
+    values. Not model.to(dtype), which would round the rotary frequencies too, which Hugging
+    Face keeps float32 in a model loaded as 16-bit."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(dtype).to(p.dtype))
+    return model
 
 
 def stream(vocab, n, seed=11):
@@ -84,17 +96,17 @@ def test_long_stream_turns_by_far_positions(tmp_path, mnemo_bin):
 def test_16bit_checkpoints_match_hf_on_their_weights(tmp_path, mnemo_bin, dtype):
     """A 16-bit checkpoint keeps its weights 16-bit and computes in float32: it matches Hugging
     Face run in float64 on the same rounded weights; the rotary frequencies stay float32."""
-    model = random_hf_model(BASE, seed=7)
+    model = round_parameters(random_hf_model(BASE, seed=7), getattr(torch, dtype))
     config, tensors = convert(model, dtype=dtype)
     assert config["torch_dtype"] == dtype
     assert tensors["rotary.inv_freq"].dtype == torch.float32
+    assert tensors["layers.0.attn.norm.weight"].dtype == torch.float32
     assert tensors["word_emb.weight"].dtype == getattr(torch, dtype)
     out = tmp_path / "ours"
     write_checkpoint(str(out), config, tensors)
-    rounded = model.to(getattr(torch, dtype))
     ids = stream(BASE["vocab_size"], 30)
     got = engine_logits(mnemo_bin, tmp_path, out, ids, segment_len=9)
-    assert_logits_close(got, hf_logits(rounded, ids), what=dtype)
+    assert_logits_close(got, hf_logits(model, ids), what=dtype)
 
 
 @pytest.mark.parametrize("theta,dim", [(10000.0, 8), (10000.0, 128), (1e6, 64), (5e5, 256)])

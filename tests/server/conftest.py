@@ -31,22 +31,14 @@ import server_harness  # noqa: E402
 from server_harness import BASE_FLAGS, ServerProcess  # noqa: E402
 
 
-def _executable(var):
-    path = os.environ.get(var)
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(f"{var} must name an executable (ctest sets it); got {path!r}",
-                    pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="session")
 def server_bin():
-    return _executable("MNEMO_SERVER_BIN")
+    return server_harness.executable("MNEMO_SERVER_BIN")
 
 
 @pytest.fixture(scope="session")
 def mnemo_bin():
-    return _executable("MNEMO_BIN")
+    return server_harness.executable("MNEMO_BIN")
 
 
 @pytest.fixture(scope="session")

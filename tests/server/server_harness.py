@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from typing import Callable, Iterable, Optional, Union
 import grpc
 import pytest
 
+from deploy.local.cluster import free_port  # noqa: F401  (the tests' one port picker)
 from mnemo_client import MnemoClient
 from mnemo_client import health
 from mnemo_client.tls import TlsConfig
@@ -30,11 +30,14 @@ BASE_FLAGS = ["--segment-tokens", str(SEGMENT_TOKENS), "--max-generate-tokens", 
 RUNNING_SERVERS: list["ServerProcess"] = []
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def executable(var: str) -> str:
+    """The executable environment variable `var` names (ctest sets it); the test fails, never
+    skips, without it."""
+    path = os.environ.get(var)
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"{var} must name an executable (ctest sets it); got {path!r}",
+                    pytrace=False)
+    return path
 
 
 class ServerProcess:

@@ -164,6 +164,9 @@ absl::Status CpuBackend::BiasActivation(const Tensor& bias, Activation act, Tens
         case Activation::kSilu:
           kernels::BiasSilu(yp + r * n, bias.data<float>(), n);
           break;
+        case Activation::kGeluTanh:
+          kernels::BiasGeluTanh(yp + r * n, bias.data<float>(), n);
+          break;
       }
     }
   });

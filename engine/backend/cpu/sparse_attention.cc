@@ -26,14 +26,17 @@ absl::Status CpuBackend::SparseAttention(const std::vector<SparseAttentionArgs>&
       kernels::SlidingWindowShape shape{a.num_heads,      a.head_dim, t,
                                         a.memory->size(), l.window,   l.dilations.data()};
       shape.kv_group = a.num_heads / a.kv_heads();
+      shape.scale = a.scale;
+      shape.softcap = a.softcap;
       shape.prev_scores = a.prev_scores != nullptr ? a.prev_scores->data<float>() : nullptr;
       shape.out_scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
       kernels::SlidingWindowAttention(shape, qkv, width + 2 * kv_width, spans, a.out->data<float>(),
                                       width, pool_);
       continue;
     }
-    if (kv_width != width) {
-      return absl::InvalidArgumentError("grouped-query attention runs on sliding windows only");
+    if (kv_width != width || a.scale != 0.0f || a.softcap != 0.0f) {
+      return absl::InvalidArgumentError(
+          "grouped-query attention, a score scale and soft-capping run on sliding windows only");
     }
     RETURN_IF_ERROR(CheckWindowHoldsRecentPositions(*a.memory, a.position));
     const kernels::SparsePattern pattern = PatternOf(l);

@@ -238,7 +238,10 @@ absl::Status CudaBackend::LinearBiasActivation(const Tensor& x, const Tensor& w,
     const float* xp = x.data<float>();
     const void* wp = w.raw();
     const DType wt = w.dtype();
-    if (x.dim(0) == 1 && kc::GemvSupported(WeightTypeOf(wt), wp, xp, x.dim(1))) {  // one kernel
+    // (the fused kernel knows relu and gelu; the gated MLPs' activations go through
+    // BiasActivation)
+    const bool fused_act = act == Activation::kRelu || act == Activation::kGelu;
+    if (x.dim(0) == 1 && fused_act && kc::GemvSupported(WeightTypeOf(wt), wp, xp, x.dim(1))) {
       const float* bp = bias.data<float>();
       float* yp = y.data<float>();
       const int64_t in = x.dim(1), out = w.dim(0);

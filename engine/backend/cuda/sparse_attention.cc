@@ -5,6 +5,7 @@
 #include "kernels/cuda/sparse_attention.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -35,7 +36,8 @@ absl::Status CudaBackend::SparseAttention(const std::vector<SparseAttentionArgs>
           absl::StrCat("the CUDA sparse attention kernels support d_head ≤ 128, not ", a.head_dim));
     }
     // (grouped-query attention: the listed-keys kernel, which reads each query head's key head)
-    if (l.pattern != SparsePattern::kWindow || l.has_globals() || a.kv_heads() != a.num_heads) {
+    if (l.pattern != SparsePattern::kWindow || l.has_globals() || a.kv_heads() != a.num_heads ||
+        a.scale != 0.0f || a.softcap != 0.0f) {
       RETURN_IF_ERROR(GatheredSparseAttention(a));
       continue;
     }
@@ -159,6 +161,8 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
       a.num_heads,
       a.head_dim};
   launch.kv_group = a.num_heads / a.kv_heads();
+  launch.scale = a.scale;
+  launch.softcap = a.softcap;
   if (residual) {
     launch.key_index = reinterpret_cast<const int64_t*>(base + offset_bytes + 2 * list_bytes);
     launch.key_count = m.size() + t;
@@ -166,7 +170,8 @@ absl::Status CudaBackend::GatheredSparseAttention(const SparseAttentionArgs& a) 
     launch.scores = a.scores != nullptr ? a.scores->data<float>() : nullptr;
   }
   Note({22, Addr(base), host.size(), Addr(launch.q), Addr(launch.out), U(t), U(launch.num_heads),
-        U(launch.head_dim), U(launch.kv_group), Addr(launch.prev_scores), Addr(launch.scores)});
+        U(launch.head_dim), U(launch.kv_group), U(std::bit_cast<uint32_t>(launch.scale)),
+        U(std::bit_cast<uint32_t>(launch.softcap)), Addr(launch.prev_scores), Addr(launch.scores)});
   RETURN_IF_ERROR(Launch([this, launch] {
     MNEMO_CUDA_RETURN_IF_ERROR(kc::GatheredAttention(launch, ctx_.stream()));
     return absl::OkStatus();

@@ -1033,6 +1033,13 @@ TEST_F(CudaModelTest, SlidingWindowDecodersMatchCpu) {
                                     &cs, &gs);
     ExpectSameGreedyTokens(200);
   }
+  // Gemma-2: soft-capped scores with their own scale (the listed-keys kernel), a global layer.
+  gpu_ = *MakeCudaBackend(0);
+  LoadBoth(test::Gemma2Config(2, /*window=*/7, /*context=*/512), 70);
+  ASSERT_NE(gpu_model_, nullptr);
+  std::vector<SessionState> cs, gs;
+  ExpectSameLogitsOverTwoSessions({{130, 2}, {1, 1}, {37, 1}, {1, 90}, {1, 1}}, &cs, &gs);
+  ExpectSameGreedyTokens(200);
 }
 
 // LSH attention on the GPU, both sorts: one or several rounds, bucket counts that are powers of

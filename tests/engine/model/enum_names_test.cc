@@ -34,7 +34,7 @@ void ExpectRoundTrips(size_t count) {
 }
 
 TEST(EnumNamesTest, EveryValueRoundTripsThroughItsName) {
-  ExpectRoundTrips<Activation>(3);
+  ExpectRoundTrips<Activation>(4);
   ExpectRoundTrips<MemoryInit>(2);
   ExpectRoundTrips<AttentionKind>(4);
   ExpectRoundTrips<SparsePattern>(4);
@@ -63,8 +63,12 @@ TEST(EnumNamesTest, ConfigParsingUsesTheTables) {
     EXPECT_EQ(c.layer(0).dense.compression, e.value) << e.name;
   }
   for (const EnumEntry<Activation>& e : EnumTable<Activation>::kEntries) {
-    if (e.value == Activation::kSilu) {  // a gated MLP's: architecture mistral only
+    if (e.value == Activation::kSilu) {  // the gated MLPs': the sliding-window decoders only
       EXPECT_EQ(test::MistralConfig(2, 4).activation, e.value);
+      continue;
+    }
+    if (e.value == Activation::kGeluTanh) {
+      EXPECT_EQ(test::Gemma2Config(2, 4, 16).activation, e.value);
       continue;
     }
     const ModelConfig c = test::ConfigWith({R"({"attention": "dense"})"},

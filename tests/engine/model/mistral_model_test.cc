@@ -4,6 +4,7 @@
 // heads are repeated, a session's state holds only the key/value heads of the window and stays
 // that size, and the position limit refuses without touching the state. On every backend (the
 // CUDA backend runs the CPU's assertions); Hugging Face parity is in tests/modern.
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -45,6 +46,27 @@ TEST_P(MistralBackendTest, LogitsDoNotDependOnHowTheDocumentArrives) {
                                    once, tol));
     EXPECT_EQ(whole.position(), 70);
   }
+}
+
+// Gemma-2: a sliding layer and a global one, soft-capped scores and logits, sandwich norms.
+TEST_P(MistralBackendTest, Gemma2LogitsDoNotDependOnHowTheDocumentArrivesAndStayCapped) {
+  const double tol = test::ExactnessTolerance(GetParam());
+  const ModelConfig c = test::Gemma2Config(/*n_kv_head=*/2, /*window=*/5, /*context=*/80);
+  std::string unavailable;
+  auto model = test::LoadModelOn(GetParam(), c, 9, &unavailable);
+  if (!unavailable.empty()) GTEST_SKIP() << unavailable;
+  ASSERT_NE(model, nullptr);
+  const std::vector<int32_t> doc = RandomTokens(70, c.vocab_size, 8);
+  SessionState whole = *model->NewState();
+  const std::vector<float> once = FeedInPieces(*model, whole, doc, {70});
+  SessionState tokens = *model->NewState();
+  EXPECT_TRUE(test::NearRelative(FeedInPieces(*model, tokens, doc, std::vector<int64_t>(70, 1)),
+                                 once, tol));
+  SessionState pieces = *model->NewState();
+  EXPECT_TRUE(test::NearRelative(FeedInPieces(*model, pieces, doc, {4, 5, 6, 40, 15}), once, tol));
+  for (const float v : once) ASSERT_LT(std::fabs(v), 3.0f);  // cap · tanh(x / cap)
+  // The state: the sliding layer's 4 positions and the global layer's 79, 2 heads of 8 floats.
+  EXPECT_EQ(model->StateBytes(), size_t{2 * (4 + 79) * 2 * 8 * 4});
 }
 
 TEST_P(MistralBackendTest, StateHoldsTheWindowsKeyValueHeadsOnly) {

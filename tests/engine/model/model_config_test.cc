@@ -544,7 +544,7 @@ TEST(ModelConfigLayersTest, FavorNeedsSmallHeads) {
 
 TEST(ModelConfigMistralTest, ParsesGroupedHeadsAndThePositionLimit) {
   const ModelConfig c = test::MistralConfig(/*n_kv_head=*/2, /*window=*/7, /*max_positions=*/64);
-  EXPECT_TRUE(c.mistral);
+  EXPECT_TRUE(c.rotary_decoder);
   EXPECT_EQ(c.kv_heads(), 2);
   EXPECT_EQ(c.kv_width(), 16);
   EXPECT_EQ(c.qkv_width(), 32 + 2 * 16);
@@ -552,6 +552,33 @@ TEST(ModelConfigMistralTest, ParsesGroupedHeadsAndThePositionLimit) {
   EXPECT_EQ(c.activation, Activation::kSilu);
   // Absent n_kv_head: every head has its own keys and values.
   EXPECT_EQ(test::SmallConfig().kv_heads(), test::SmallConfig().n_head);
+}
+
+TEST(ModelConfigMistralTest, Gemma2ParsesItsScaleAndCaps) {
+  const ModelConfig c = test::Gemma2Config(2, 5, 64);
+  EXPECT_TRUE(c.gemma2 && c.rotary_decoder);
+  EXPECT_DOUBLE_EQ(c.attn_scale, 1.0 / std::sqrt(24.0));
+  EXPECT_EQ(c.attn_softcap, 5.0);
+  EXPECT_EQ(c.final_softcap, 3.0);
+  EXPECT_EQ(c.activation, Activation::kGeluTanh);
+  EXPECT_EQ(c.max_positions(), 64);
+  Fields gemma = test::ConfigFields(c);
+  for (const auto& [fields, field] : std::vector<std::pair<Fields, std::string>>{
+           {Without(gemma, "query_pre_attn_scalar"), "query_pre_attn_scalar"},
+           {With(gemma, "query_pre_attn_scalar", "0"), "query_pre_attn_scalar"},
+           {With(gemma, "attn_logit_softcapping", "-1"), "attn_logit_softcapping"},
+           {With(gemma, "final_logit_softcapping", "\"30\""), "final_logit_softcapping"},
+           {With(test::ConfigFields(test::MistralConfig(2, 7)), "query_pre_attn_scalar", "16"),
+            "query_pre_attn_scalar"},
+           {With(ValidFields(), "activation", "\"gelu_tanh\""), "activation"},
+       }) {
+    ExpectFieldError(fields, field, test::RenderJsonObject(fields));
+  }
+  // A null cap is no cap.
+  auto uncapped =
+      ParseModelConfig(test::RenderJsonObject(With(gemma, "attn_logit_softcapping", "null")));
+  ASSERT_TRUE(uncapped.ok()) << uncapped.status();
+  EXPECT_EQ(uncapped->attn_softcap, 0.0);
 }
 
 TEST(ModelConfigMistralTest, RefusalsNameTheField) {

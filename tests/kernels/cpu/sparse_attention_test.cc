@@ -4,6 +4,7 @@
 // several spans (a wrapped ring) change nothing.
 #include "kernels/cpu/sparse_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -91,6 +92,58 @@ TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
     SlidingWindowAttention(shape, q.data(), w, spans, out.data(), w, ThreadPool::Default());
     EXPECT_TRUE(test::NearRelative(out, Naive(c, dh, q, k, v), 1e-5))
         << "window " << c.window << " memory " << c.memory_len;
+  }
+}
+
+// Gemma-2's scores: a given scale and a soft cap (cap·tanh(s / cap)) before the softmax, on the
+// segment (BLAS) path and the decode path, against a double-precision loop.
+TEST(SlidingWindowAttentionTest, ScaledAndSoftCappedScores) {
+  const int dh = 8, heads = 2;
+  const int64_t w = heads * dh, window = 5;
+  const double scale = 0.7, cap = 2.0;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist(0.0f, 2.0f);  // large scores: the cap bites
+  for (const auto& [memory_len, query_len] :
+       std::vector<std::pair<int64_t, int64_t>>{{7, 70}, {9, 1}}) {
+    const int64_t keys = memory_len + query_len;
+    std::vector<float> q(static_cast<size_t>(query_len * w)), k(static_cast<size_t>(keys * w)),
+        v(static_cast<size_t>(keys * w));
+    for (float& x : q) x = dist(rng);
+    for (float& x : k) x = dist(rng);
+    for (float& x : v) x = dist(rng);
+    std::vector<float> want(q.size());
+    for (int h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < query_len; ++i) {
+        const int64_t self = memory_len + i;
+        std::vector<double> p;
+        double max = -INFINITY;
+        for (int64_t j = std::max<int64_t>(0, self - window + 1); j <= self; ++j) {
+          double dot = 0;
+          for (int d = 0; d < dh; ++d) dot += double(q[i * w + h * dh + d]) * k[j * w + h * dh + d];
+          p.push_back(cap * std::tanh(dot * scale / cap));
+          max = std::max(max, p.back());
+        }
+        double sum = 0;
+        for (double& x : p) sum += (x = std::exp(x - max));
+        for (int d = 0; d < dh; ++d) {
+          double o = 0;
+          for (size_t r = 0; r < p.size(); ++r) {
+            o += p[r] / sum * v[(std::max<int64_t>(0, self - window + 1) + r) * w + h * dh + d];
+          }
+          want[i * w + h * dh + d] = static_cast<float>(o);
+        }
+      }
+    }
+    const std::vector<int64_t> dilations(heads, 1);
+    std::vector<KvSpan> spans = {
+        {k.data(), v.data(), w, memory_len},
+        {k.data() + memory_len * w, v.data() + memory_len * w, w, query_len}};
+    SlidingWindowShape shape{heads, dh, query_len, memory_len, window, dilations.data()};
+    shape.scale = static_cast<float>(scale);
+    shape.softcap = static_cast<float>(cap);
+    std::vector<float> out(q.size(), std::nanf(""));
+    SlidingWindowAttention(shape, q.data(), w, spans, out.data(), w, ThreadPool::Default());
+    EXPECT_TRUE(test::NearRelative(out, want, 1e-5)) << "queries " << query_len;
   }
 }
 

@@ -1,8 +1,9 @@
-"""A Mistral-layout model through the real server: a random MistralForCausalLM (grouped-query
-attention, a sliding window of 16) converted by tools/convert_hf_mistral.py streams a
-4000-token document into a session whose state stays the same size, then scores the next
-tokens as Hugging Face does over the whole document; a full-attention layout (sliding_window
-null) serves up to its maximum context and refuses beyond it with OUT_OF_RANGE, its session
+"""The sliding-window decoders through the real server: a random MistralForCausalLM
+(grouped-query attention, a sliding window of 16) converted by tools/convert_hf_mistral.py
+streams a 4000-token document into a session whose state stays the same size, then scores the
+next tokens as Hugging Face does over the whole document; a full-attention layout
+(sliding_window null) and a Gemma2ForCausalLM (sliding and global layers, soft caps) serve up to
+their maximum context as Hugging Face does and refuse beyond it with OUT_OF_RANGE, the session
 intact."""
 
 import grpc
@@ -12,17 +13,21 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from server_harness import BASE_FLAGS, ServerProcess, expect_error
-from tools.convert_hf_mistral import convert, random_hf_model
+from tools import convert_hf_gemma2, convert_hf_mistral
 
 FIELDS = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
               max_position_embeddings=4096, rope_theta=10000.0)
 FULL = dict(FIELDS, sliding_window=None, max_position_embeddings=48)
+GEMMA = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+             max_position_embeddings=48, query_pre_attn_scalar=8, attn_logit_softcapping=20.0,
+             final_logit_softcapping=10.0)
 
 
 def hf_logprobs(model, ids):
     with torch.no_grad():
-        logits = model.double()(torch.tensor([ids])).logits[0]
+        logits = model.double()(torch.tensor([ids]), use_cache=False).logits[0]
     return torch.log_softmax(logits, dim=-1).numpy()
 
 
@@ -30,13 +35,15 @@ def hf_logprobs(model, ids):
 def served(tmp_path_factory, server_bin):
     tmp = tmp_path_factory.mktemp("mistral")
     models = {}
-    for name, fields in (("window", FIELDS), ("full", FULL)):
-        model = random_hf_model(fields, seed=21)
-        config, tensors = convert(model)
+    for name, fields, converter in (("window", FIELDS, convert_hf_mistral),
+                                    ("full", FULL, convert_hf_mistral),
+                                    ("gemma", GEMMA, convert_hf_gemma2)):
+        model = converter.random_hf_model(fields, seed=21)
+        config, tensors = converter.convert(model)
         write_checkpoint(str(tmp / name), config, tensors)
         models[name] = model
     server = ServerProcess(server_bin, str(tmp / "window"), str(tmp), list(BASE_FLAGS),
-                           models=[f"window={tmp / 'window'}", f"full={tmp / 'full'}"],
+                           models=[f"{name}={tmp / name}" for name in models],
                            grace_s=10.0)
     server.wait_serving()
     client = server.client()
@@ -72,17 +79,18 @@ def test_long_document_streams_at_constant_state(served):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_full_attention_layout_refuses_past_its_context(served):
+@pytest.mark.parametrize("name", ["full", "gemma"])
+def test_full_attention_layers_refuse_past_the_context(served, name):
     client, models = served
-    assert client.model("full").max_positions == 48
+    assert client.model(name).max_positions == 48
     ids = np.random.default_rng(6).integers(0, FULL["vocab_size"], size=48).tolist()
-    session = client.create_session(model="full")
+    session = client.create_session(model=name)
     client.ingest(session.id, chunks(ids[:40], 9))
     error = expect_error(lambda: client.ingest(session.id, [ids[40:48] + [1]]),
                          grpc.StatusCode.OUT_OF_RANGE)
     assert "48" in error.details() and "max_positions" in error.details()
     assert client.get_session(session.id).tokens_seen == 40  # nothing of the refused call
     scored = client.score(session.id, ids=ids[40:48])
-    want = hf_logprobs(models["full"], ids)
+    want = hf_logprobs(models[name], ids)
     np.testing.assert_allclose([t.logprob for t in scored.tokens],
                                [want[39 + i, ids[40 + i]] for i in range(8)], atol=1e-4)
