@@ -11,6 +11,10 @@ Implementations (same weights: the HF model saved by the converter's
     segment's last position only. This is the peer at its best and does the
     same work as mnemo's LogitsMode::kLast; the LM head model's own forward
     would also compute [S, vocab] log-softmax for every position.
+* ``hf_decoder``: a Hugging Face sliding-window decoder (``MistralForCausalLM``,
+  ``Gemma2ForCausalLM``; transformers 4.44.2 of ``.venv-modern``, eager attention, float32):
+  ``mem`` random tokens primed through the model into its key/value cache, then T = 1 calls
+  passing ``past_key_values``, next = argmax (what ``generate()`` runs per token).
 * ``pytorch_reference``: mnemo_reference (python/mnemo_reference, the independent
   oracle; not written for speed).
   - decode: ``model(ids[1, 1], mems)`` (its API; logits of the one token).
@@ -34,7 +38,7 @@ reported, with the probe results. OpenBLAS threads come from the environment
 (``OPENBLAS_NUM_THREADS``), identical to mnemo's run.
 
 Usage (from the repository root, with the import roots of python/README.md):
-    python -m bench.peers.peer_pytorch --impl hf_transfo_xl|pytorch_reference --figure prefill|decode
+    python -m bench.peers.peer_pytorch --impl hf_transfo_xl|hf_decoder|pytorch_reference --figure prefill|decode
         --hf-dir DIR --ckpt-dir DIR [--segment S] [--mem M] [--runs N]
         [--warmup W] [--decode-steps K] [--threads 1,2]
     python -m bench.peers.peer_pytorch --check-parity --hf-dir DIR --ckpt-dir DIR [--ids-file F]
@@ -180,6 +184,32 @@ class ReferencePeer:
 # Timing
 
 
+class HfDecoderPeer:
+    """A Hugging Face sliding-window decoder (MistralForCausalLM, Gemma2ForCausalLM; eager
+    attention, float32) with its key/value cache: `mem` tokens primed, then one token per call.
+    Needs .venv-modern's transformers."""
+    name = "hf_decoder"
+
+    def __init__(self, hf_dir, mem):
+        from transformers import AutoModelForCausalLM
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = AutoModelForCausalLM.from_pretrained(
+                hf_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        self.name = f"hf_{self.model.config.model_type}"
+        self.vocab = self.model.config.vocab_size
+        self.mem = mem
+
+    def full_mems(self, gen):
+        from transformers import DynamicCache  # (what generate() passes)
+        ids = torch.randint(0, self.vocab, (1, self.mem), generator=gen)
+        return self.model(ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
+
+    def decode_step(self, token, mems):
+        out = self.model(token, past_key_values=mems, use_cache=True)
+        return out.logits[0, -1], out.past_key_values
+
+
 def measure(peer, figure, segment, runs, warmup, steps, seed=1,
             all_logits=False):
     """Returns a list of tokens/s, one per run."""
@@ -216,6 +246,8 @@ def run_figure(args):
     torch.manual_seed(0)
     if args.impl == "hf_transfo_xl":
         peer = HfPeer(args.hf_dir, args.mem)
+    elif args.impl == "hf_decoder":
+        peer = HfDecoderPeer(args.hf_dir, args.mem)
     else:
         peer = ReferencePeer(args.ckpt_dir, args.mem)
     segment = args.segment if args.figure == "prefill" else 1
@@ -243,7 +275,7 @@ def run_figure(args):
         "peak_rss_mib": peak_rss_mib(),
         **runtime_fields(best, probes),
     }
-    if peer.name == "hf_transfo_xl":
+    if peer.name.startswith("hf_"):
         import transformers
         line["transformers"] = transformers.__version__
     print(json.dumps(line), flush=True)
@@ -285,7 +317,7 @@ def check_parity(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--impl", choices=("hf_transfo_xl", "pytorch_reference"))
+    ap.add_argument("--impl", choices=("hf_transfo_xl", "hf_decoder", "pytorch_reference"))
     ap.add_argument("--figure", choices=("prefill", "decode"))
     ap.add_argument("--hf-dir", required=True)
     ap.add_argument("--ckpt-dir", required=True)

@@ -294,13 +294,16 @@ void Prime(TransfoXlModel& model, SessionState& state, Tokens& gen, int64_t toke
 // to fill the compressed memory (compression_rate · cmem_len; "zeros" memories evict their
 // mem_len zero rows first, which compress too, so this is an upper bound).
 int64_t FullMemoryTokens(const engine::ModelConfig& c) {
-  int64_t extra = 0;
+  int64_t extra = 0, span = 0;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const engine::LayerConfig& lc = c.layer(l);
     if (lc.dense.compressive())
       extra = std::max(extra, lc.dense.compression_rate * lc.dense.cmem_len);
+    if (lc.attention == engine::AttentionKind::kSparse) {
+      span = std::max(span, lc.sparse.sparse_span());  // a full window ring
+    }
   }
-  return c.mem_len + extra;
+  return std::max(c.mem_len + extra, span);
 }
 
 int32_t Argmax(const Tensor& logits) {
@@ -331,9 +334,13 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
                             int64_t matrix_bytes) {
   const int64_t d = c.d_model, w = c.attn_width(), f = c.d_inner;
   const int64_t clamp = c.clamp_len > 0 ? c.clamp_len : (int64_t{1} << 40);
-  int64_t matrices = c.n_layer * (3 * w * d + d * w + f * d + d * f);  // qkv, o, fc1, fc2
-  int64_t vectors = c.n_layer * (f + d + 4 * d + 2 * w)                // biases, LayerNorms, u, v
-                    + c.vocab_size;                                    // output bias
+  // qkv (H_kv key/value heads), o, fc1 (gate | up for the sliding-window decoders), fc2
+  const int64_t fc1_rows = c.rotary_decoder ? 2 * f : f;
+  int64_t matrices = c.n_layer * (c.qkv_width() * d + d * w + fc1_rows * d + d * f);
+  int64_t vectors = c.rotary_decoder
+                        ? c.n_layer * (c.gemma2 ? 4 : 2) * d + d + c.d_head / 2  // norms, freqs
+                        : c.n_layer * (f + d + 4 * d + 2 * w)  // biases, LayerNorms, u, v
+                              + c.vocab_size;                  // output bias
   if (c.adaptive) {
     // Every band's table and projection (the head computes every log-probability), the
     // cluster rows, and the embedding's projection of band 0 (where a frequent token lies).
@@ -355,8 +362,9 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
     const int64_t compressed = dense != nullptr ? dense->compressive.compressed.size() : 0;
     const int64_t ring_bytes =  // keys and values in the ring's dtype (--session-memory)
         ls != nullptr && ls->ring() != nullptr ? DTypeSize(ls->ring()->dtype()) : 4;
-    memory += ring_bytes * 2 * (rows + compressed) * w             // keys, values
-              + 4 * (std::min(rows + compressed, clamp) + 1) * w;  // distance-table rows
+    const int64_t ring_width = ls != nullptr && ls->ring() != nullptr ? ls->ring()->width() : w;
+    memory += ring_bytes * 2 * (rows + compressed) * ring_width;                    // keys, values
+    if (c.is_dense(l)) memory += 4 * (std::min(rows + compressed, clamp) + 1) * w;  // distances
     const engine::LayerConfig& lc = c.layer(l);
     if (lc.dense.compressive()) {
       compressor += 4.0 * static_cast<double>(d * d * lc.dense.compress_taps() + d) /
@@ -431,7 +439,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
   const engine::ModelConfig& c = model.config();
   Tokens gen(c.vocab_size);
   SessionState state = NewState(model);
-  Prime(model, state, gen, FullMemoryTokens(c), std::min<int64_t>(c.mem_len, 512));
+  Prime(model, state, gen, FullMemoryTokens(c), std::min<int64_t>(c.default_segment_tokens(), 512));
   Tensor logits;
   int32_t token = gen.Next(1)[0];
   auto step = [&]() {
@@ -450,7 +458,7 @@ int RunDecode(const Options& o, TransfoXlModel& model) {
   std::printf("{\"impl\":\"mnemo\",\"figure\":\"decode\",\"segment\":1,\"mem\":%" PRId64
               ",\"logits\":\"last\",\"tokens_per_s\":%s,\"ms_per_token\":%s,\"runs\":%d,"
               "\"tokens_per_run\":%d,\"warmup_steps\":%d,\"peak_rss_mib\":%s,%s,%s}\n",
-              c.mem_len, SummaryJson(Summarise(rates)).c_str(),
+              FullMemoryTokens(c), SummaryJson(Summarise(rates)).c_str(),
               Num(1e3 / Summarise(rates).median).c_str(), o.runs, o.decode_steps, o.warmup * 8,
               Num(ProcStatusMib("VmHWM")).c_str(),
               DecodeBytesJson(

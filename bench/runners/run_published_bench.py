@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Published layouts at their real size: Transformer-XL wt103 decode, mnemo and Hugging Face.
+"""Published layouts at their real size: wt103 and Mistral-7B decode, mnemo and Hugging Face.
 
 wt103 is the one public Transformer-XL checkpoint: 18 layers of d_model 1024 (16 heads of 64,
 d_inner 4096), memory 1600, clamp_len 1000, same_length, and the adaptive embedding and softmax
@@ -18,15 +18,23 @@ conversion); decode time depends on the shapes, not the values. One run on one m
                     full log-probabilities);
   derived           mnemo / Hugging Face, and each as a fraction of the bandwidth limit.
 
+--layout mistral: Mistral 7B v0.1's exact layer (d_model 4096, 32 query heads and 8 key/value
+heads of 128, SwiGLU of 14336, a sliding window of 4096, rotary positions, vocabulary 32000),
+with --mistral-layers of its 32 layers (default 2: the machine's memory holds a float32 copy on
+each side, and a decode step's time is per layer), window primed full (4095 tokens) on both
+sides; Hugging Face's MistralForCausalLM runs from .venv-modern (transformers 4.44.2).
+
 JSON lines go to bench/results/published-<UTC time>-<commit>.jsonl; RESULTS.md records runs.
 
   cmake --build build/release --target mnemo_bench physical_limits
   PYTHONPATH=python:. .venv/bin/python -m bench.runners.run_published_bench [--runs 5]
+      [--layout wt103|mistral]
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 from bench.benchlib import ROOT
@@ -41,6 +49,12 @@ WT103 = dict(vocab_size=267735, cutoffs=[20000, 40000, 200000], div_val=4, d_mod
              d_embed=1024, n_head=16, d_head=64, d_inner=4096, n_layer=18, mem_len=1600,
              clamp_len=1000, same_length=True, untie_r=True, pre_lnorm=False, attn_type=0,
              tie_word_embeddings=True, proj_share_all_but_first=True, eos_token_id=0, dropout=0.0, dropatt=0.0)
+
+# Mistral 7B v0.1's config.json, the fields that shape the computation (num_hidden_layers: 32).
+MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                  sliding_window=4096, max_position_embeddings=32768, rope_theta=10000.0,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False)
 
 log = Log("run_published_bench")
 
@@ -65,11 +79,34 @@ def ensure_wt103(models_dir):
     return hf_dir, ours
 
 
+def ensure_mistral(models_dir, layers, modern_python, env):
+    """(HF directory, mnemo checkpoint) of a random model with Mistral 7B's layers (`layers` of
+    them), made and converted by .venv-modern's Python (its transformers has Mistral)."""
+    fields = dict(MISTRAL_7B, num_hidden_layers=layers)
+    base = os.path.join(models_dir, f"mistral7b-{layers}l")
+    hf_dir, ours = os.path.join(base, "hf"), os.path.join(base, "ours")
+    stamp = os.path.join(base, "config.stamp.json")
+    want = json.dumps(fields, sort_keys=True)
+    if os.path.isfile(stamp) and open(stamp, encoding="utf-8").read() == want and \
+            os.path.isfile(os.path.join(ours, "model.safetensors")):
+        return hf_dir, ours
+    log(f"building a random Mistral-7B-layer model ({layers} layers) and converting it")
+    subprocess.run([modern_python, "-m", "tools.convert_hf_mistral", "--random-init", want,
+                    "--save-hf", hf_dir, ours], env=env, cwd=ROOT, check=True, timeout=3600)
+    with open(stamp, "w", encoding="utf-8") as f:
+        f.write(want)
+    return hf_dir, ours
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--models-dir", default=os.path.join(ROOT, "build", "bench-models"))
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    ap.add_argument("--modern-python",
+                    default=os.path.join(ROOT, ".venv-modern", "bin", "python"))
+    ap.add_argument("--layout", choices=("wt103", "mistral"), default="wt103")
+    ap.add_argument("--mistral-layers", type=int, default=2)
     ap.add_argument("--out", help="JSON lines file (default bench/results/published-...)")
     ap.add_argument("--openblas-coretype", help="as run_cpu_bench.py")
     ap.add_argument("--runs", type=int, default=5, help="mnemo_bench runs")
@@ -85,7 +122,15 @@ def main(argv=None):
     env = python_env(bench_env(args.openblas_coretype))
     python = args.python if os.path.exists(args.python) else sys.executable
     mnemo_bench, physical = require_built(args.build_dir, ("mnemo_bench", "physical_limits"))
-    hf_dir, ours = ensure_wt103(args.models_dir)
+    layout = args.layout
+    if layout == "wt103":
+        hf_dir, ours = ensure_wt103(args.models_dir)
+        peer_python, impl, mem = python, "hf_transfo_xl", WT103["mem_len"]
+    else:
+        peer_python, impl = args.modern_python, "hf_decoder"
+        hf_dir, ours = ensure_mistral(args.models_dir, args.mistral_layers, peer_python, env)
+        layout = f"mistral7b-{args.mistral_layers}l"
+        mem = MISTRAL_7B["sliding_window"] - 1  # a full window, as mnemo_bench primes it
 
     out = ResultWriter(args.out or result_path("published"), echo=True)
     out.record(machine_info(env, label="published layouts at real size"))
@@ -95,20 +140,20 @@ def main(argv=None):
 
     log("physical limits (1/2)")
     machine = out.extend(clean([physical]))
-    log("mnemo decode, wt103")
+    log(f"mnemo decode, {layout}")
     lines = clean([mnemo_bench, "--model", ours, "--figure", "decode", "--runs",
-                   str(args.runs), "--decode-steps", str(args.decode_steps)])
+                   str(args.runs), "--decode-steps", str(args.decode_steps)], timeout=1800)
     for line in lines:
-        line["layout"] = "wt103"
+        line["layout"] = layout
     out.extend(lines)
     mnemo = next(l for l in lines if l.get("figure") == "decode")
-    log("Hugging Face decode, wt103")
-    peer_lines = run_json([python, "-m", "bench.peers.peer_pytorch", "--impl", "hf_transfo_xl",
+    log(f"Hugging Face decode, {layout}")
+    peer_lines = run_json([peer_python, "-m", "bench.peers.peer_pytorch", "--impl", impl,
                            "--figure", "decode", "--hf-dir", hf_dir, "--ckpt-dir", ours,
-                           "--mem", str(WT103["mem_len"]), "--runs", str(args.peer_runs),
+                           "--mem", str(mem), "--runs", str(args.peer_runs),
                            "--decode-steps", str(args.peer_decode_steps)], env, 3600)
     for line in peer_lines:
-        line["layout"] = "wt103"
+        line["layout"] = layout
     out.extend(peer_lines)
     peer = next(l for l in peer_lines if l.get("figure") == "decode")
     log("physical limits (2/2)")
@@ -119,7 +164,7 @@ def main(argv=None):
     ours_tps = mnemo["tokens_per_s"]["median"]
     hf_tps = peer["tokens_per_s"]["median"]
     per_token = mnemo["bytes_per_token"]
-    derived = {"impl": "derived", "figure": "decode", "layout": "wt103",
+    derived = {"impl": "derived", "figure": "decode", "layout": layout,
                "mnemo_tokens_per_s": ours_tps, "hf_tokens_per_s": hf_tps,
                "mnemo_over_hf": ours_tps / hf_tps, "bytes_per_token": per_token,
                "weight_bytes_per_token": mnemo["weight_bytes_per_token"],
@@ -131,7 +176,7 @@ def main(argv=None):
                "hf_peak_rss_mib": peer.get("peak_rss_mib")}
     out.record(derived)
     out.close()
-    print(f"\nwt103 decode: mnemo {ours_tps:.2f} tok/s, Hugging Face {hf_tps:.2f} tok/s "
+    print(f"\n{layout} decode: mnemo {ours_tps:.2f} tok/s, Hugging Face {hf_tps:.2f} tok/s "
           f"({ours_tps / hf_tps:.2f}x); {per_token / 1e6:.0f} MB per step; bandwidth limit "
           f"{bw / per_token:.1f} tok/s ({limits['bandwidth_gbps']:.1f} GB/s): mnemo at "
           f"{derived['mnemo_fraction_of_limit']:.2f}, Hugging Face at "
