@@ -560,6 +560,10 @@ double TimeMs(int reps, const std::function<void()>& fn) {
 // same kernel entry points and shapes as TransfoXlModel::Forward and this checkpoint's weights.
 int RunBreakdown(const Options& o, TransfoXlModel& model) {
   const engine::ModelConfig& c = model.config();
+  if (c.rotary_decoder) {  // (its ops below are the Transformer-XL block's)
+    Die(absl::StrCat("--figure breakdown times Transformer-XL blocks; architecture ",
+                     c.architecture, " has none (use --figure decode or prefill)"));
+  }
   auto file = engine::SafetensorsFile::Open(o.model + "/model.safetensors");
   Check(file.status(), "open safetensors");
   auto weights = engine::LoadTransfoXlWeights(c, **file);
