@@ -117,10 +117,9 @@ absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
   const auto after = memory.state.position() + static_cast<int64_t>(memory.pending.size()) +
                      static_cast<int64_t>(tokens.size());
   if (c.max_positions() > 0 && after > c.max_positions()) {
-    return absl::OutOfRangeError(
-        absl::StrCat("the document would reach ", after,
-                     " positions, past the model's position limit of ", c.max_positions(),
-                     c.reformer ? " (axial_pos_shape)" : " (max_positions: its maximum context)"));
+    return absl::OutOfRangeError(absl::StrCat(
+        "the document would reach ", after, " positions, past the model's position limit of ",
+        c.max_positions(), " (", c.max_positions_source(), ")"));
   }
   memory.pending.insert(memory.pending.end(), tokens.begin(), tokens.end());
   const auto segment = static_cast<size_t>(model.segment_tokens);

@@ -49,7 +49,6 @@ num_attention_heads not a multiple of num_key_value_heads.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -59,6 +58,7 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from tools.convert_hf_transfo_xl import load_hf_checkpoint
+from tools.converter_cli import random_fields
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -291,14 +291,7 @@ def main(argv=None, name="convert_hf_mistral", what="Mistral checkpoint (Mistral
     args = ap.parse_args(argv)
     try:
         if args.random_init is not None:
-            if len(args.paths) != 1:
-                ap.error("--random-init takes exactly one path: OUT_DIR")
-            try:
-                fields = json.loads(args.random_init)
-            except json.JSONDecodeError as e:
-                ap.error(f"--random-init: invalid JSON: {e}")
-            if not isinstance(fields, dict):
-                ap.error("--random-init: expected a JSON object")
+            fields = random_fields(ap, "--random-init", args.random_init, args.paths)
             model = converter.random_hf_model(fields, args.seed)
             config, tensors = converter.convert(model, dtype=args.dtype)
             if args.save_hf:

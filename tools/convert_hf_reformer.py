@@ -87,7 +87,6 @@ Library use (tests):
 """
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -97,6 +96,7 @@ import warnings
 import torch
 
 from mnemo_checkpoint import read_json, write_checkpoint
+from tools.converter_cli import random_fields
 
 HISTORY_MIN = 4096
 HISTORY_MAX = 1048576
@@ -677,14 +677,7 @@ def main(argv=None):
 
     try:
         if args.random_config is not None:
-            if len(args.paths) != 1:
-                ap.error("--random-config takes exactly one path: OUT_DIR")
-            try:
-                fields = json.loads(args.random_config)
-            except json.JSONDecodeError as e:
-                ap.error(f"--random-config: invalid JSON: {e}")
-            if not isinstance(fields, dict):
-                ap.error("--random-config: expected a JSON object")
+            fields = random_fields(ap, "--random-config", args.random_config, args.paths)
             base = {**RANDOM_DEFAULTS, **fields}
             check_supported(_as_hf_config(base))
             model = random_hf_model(fields, args.seed)

@@ -27,7 +27,6 @@ Library use (tests, benchmarks):
 
 import argparse
 import collections
-import json
 import math
 import os
 import pickle
@@ -37,6 +36,7 @@ import warnings
 import torch
 
 from mnemo_checkpoint import read_json, write_checkpoint
+from tools.converter_cli import random_fields
 
 DTYPES = {
     "float32": torch.float32,
@@ -609,14 +609,7 @@ def main(argv=None):
 
     try:
         if args.random_init is not None:
-            if len(args.paths) != 1:
-                ap.error("--random-init takes exactly one path: OUT_DIR")
-            try:
-                fields = json.loads(args.random_init)
-            except json.JSONDecodeError as e:
-                ap.error(f"--random-init: invalid JSON: {e}")
-            if not isinstance(fields, dict):
-                ap.error("--random-init: expected a JSON object")
+            fields = random_fields(ap, "--random-init", args.random_init, args.paths)
             model = random_hf_model(fields, args.seed, args.init_std)
             config, tensors = convert(model, model.config, dtype=args.dtype)
             if args.save_hf:

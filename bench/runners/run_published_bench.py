@@ -59,43 +59,44 @@ MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
 log = Log("run_published_bench")
 
 
-def ensure_wt103(models_dir):
-    """(HF directory, mnemo checkpoint) of a random model in wt103's config."""
-    base = os.path.join(models_dir, "wt103")
-    hf_dir, ours = os.path.join(base, "hf"), os.path.join(base, "ours")
-    stamp = os.path.join(base, "config.stamp.json")
-    want = json.dumps(WT103, sort_keys=True)
-    if os.path.isfile(stamp) and open(stamp, encoding="utf-8").read() == want and \
-            os.path.isfile(os.path.join(ours, "model.safetensors")):
-        return hf_dir, ours
-    from tools import convert_hf_transfo_xl as cv
-    log("building a random wt103-config model (about 1.1 GB) and converting it")
-    model = cv.random_hf_model(dict(WT103), seed=0)
-    model.save_pretrained(hf_dir)
-    del model
-    cv.convert_dir(hf_dir, ours)
-    with open(stamp, "w", encoding="utf-8") as f:
-        f.write(want)
-    return hf_dir, ours
-
-
-def ensure_mistral(models_dir, layers, modern_python, env):
-    """(HF directory, mnemo checkpoint) of a random model with Mistral 7B's layers (`layers` of
-    them), made and converted by .venv-modern's Python (its transformers has Mistral)."""
-    fields = dict(MISTRAL_7B, num_hidden_layers=layers)
-    base = os.path.join(models_dir, f"mistral7b-{layers}l")
+def cached_model(models_dir, name, fields, build):
+    """(HF directory, mnemo checkpoint) under models_dir/name: made by build(fields, hf_dir,
+    ours) unless the directory already holds them for these fields."""
+    base = os.path.join(models_dir, name)
     hf_dir, ours = os.path.join(base, "hf"), os.path.join(base, "ours")
     stamp = os.path.join(base, "config.stamp.json")
     want = json.dumps(fields, sort_keys=True)
     if os.path.isfile(stamp) and open(stamp, encoding="utf-8").read() == want and \
             os.path.isfile(os.path.join(ours, "model.safetensors")):
         return hf_dir, ours
-    log(f"building a random Mistral-7B-layer model ({layers} layers) and converting it")
-    subprocess.run([modern_python, "-m", "tools.convert_hf_mistral", "--random-init", want,
-                    "--save-hf", hf_dir, ours], env=env, cwd=ROOT, check=True, timeout=3600)
+    build(fields, hf_dir, ours)
     with open(stamp, "w", encoding="utf-8") as f:
         f.write(want)
     return hf_dir, ours
+
+
+def ensure_wt103(models_dir):
+    """(HF directory, mnemo checkpoint) of a random model in wt103's config."""
+    def build(fields, hf_dir, ours):
+        from tools import convert_hf_transfo_xl as cv
+        log("building a random wt103-config model (about 1.1 GB) and converting it")
+        model = cv.random_hf_model(dict(fields), seed=0)
+        model.save_pretrained(hf_dir)
+        del model
+        cv.convert_dir(hf_dir, ours)
+    return cached_model(models_dir, "wt103", WT103, build)
+
+
+def ensure_mistral(models_dir, layers, modern_python, env):
+    """(HF directory, mnemo checkpoint) of a random model with Mistral 7B's layers (`layers` of
+    them), made and converted by .venv-modern's Python (its transformers has Mistral)."""
+    def build(fields, hf_dir, ours):
+        log(f"building a random Mistral-7B-layer model ({layers} layers) and converting it")
+        subprocess.run([modern_python, "-m", "tools.convert_hf_mistral", "--random-init",
+                        json.dumps(fields, sort_keys=True), "--save-hf", hf_dir, ours],
+                       env=env, cwd=ROOT, check=True, timeout=3600)
+    return cached_model(models_dir, f"mistral7b-{layers}l",
+                        dict(MISTRAL_7B, num_hidden_layers=layers), build)
 
 
 def main(argv=None):

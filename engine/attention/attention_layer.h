@@ -56,8 +56,8 @@ struct AttentionCall {
   // ones this layer passes on ([H, T, keys], undefined: none).
   const std::vector<Tensor>& prev_scores;
   std::vector<Tensor>& scores;
-  // Rotary positions (architecture "mistral"): the frequencies [d_h / 2] and each packed row's
-  // stream position, applied to the queries and keys before they are attended or stored; null
+  // Rotary positions (architectures "mistral", "gemma2"): the frequencies [d_h / 2] and each packed
+  // row's stream position, applied to the queries and keys before they are attended or stored; null
   // for a model without them.
   const Tensor* rotary_inv_freq = nullptr;
   const std::vector<int64_t>* positions = nullptr;

@@ -171,9 +171,11 @@ bool SparseAttentionLayer::Fits(const LayerState& state) const {
 }
 
 bool SparseAttentionLayer::RepeatsSteps() const {
-  // (grouped-query windows list their keys per step on the CUDA backend, as other patterns do)
+  // (grouped-query windows and scaled or capped scores list their keys per step on the CUDA
+  // backend, as other patterns do)
   return lc_.sparse.pattern == SparsePattern::kWindow && !lc_.sparse.has_globals() &&
-         config_.kv_heads() == config_.n_head && !config_.gemma2;
+         config_.kv_heads() == config_.n_head && config_.attn_scale == 0.0 &&
+         config_.attn_softcap == 0.0;
 }
 
 std::pair<int64_t, int64_t> SparseAttentionLayer::ScoredMemoryKeys(const LayerState& state) const {

@@ -130,7 +130,7 @@ struct VocabularyBand {
 };
 
 struct ModelConfig {
-  std::string architecture;  // "transfo_xl", "reformer" or "mistral"
+  std::string architecture;  // "transfo_xl", "reformer", "mistral" or "gemma2"
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
@@ -210,6 +210,10 @@ struct ModelConfig {
   // Positions a session may hold (axial position embeddings), or 0 for no limit.
   int64_t max_positions() const {
     return reformer ? axial_pos_shape[0] * axial_pos_shape[1] : position_limit;
+  }
+  // Where max_positions comes from, for the errors that name it.
+  const char* max_positions_source() const {
+    return reformer ? "axial_pos_shape" : "max_positions: its maximum context";
   }
   // RealFormer: layer l adds layer l − 1's scores / passes its own to layer l + 1.
   bool adds_scores(int64_t l) const { return layer(l).residual_attention; }

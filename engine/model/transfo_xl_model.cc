@@ -266,10 +266,10 @@ absl::Status TransfoXlModel::Validate(const std::vector<SequenceInput>& batch) c
     }
     if (config_.max_positions() > 0 &&
         s.state->position() + s.num_tokens > config_.max_positions()) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "sequence ", b, ": positions up to ", s.state->position() + s.num_tokens,
-          " exceed the model's position limit of ", config_.max_positions(),
-          config_.reformer ? " (axial_pos_shape)" : " (max_positions: its maximum context)"));
+      return absl::OutOfRangeError(
+          absl::StrCat("sequence ", b, ": positions up to ", s.state->position() + s.num_tokens,
+                       " exceed the model's position limit of ", config_.max_positions(), " (",
+                       config_.max_positions_source(), ")"));
     }
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= config_.vocab_size) {
@@ -342,7 +342,7 @@ absl::Status TransfoXlModel::Run(const std::vector<SequenceInput>& batch, Logits
   ASSIGN_OR_RETURN(Tensor attn, scratch({n, hd}));            // [N, H·d_h]
   ASSIGN_OR_RETURN(Tensor proj, scratch({n, d}));             // [N, D]
   ASSIGN_OR_RETURN(Tensor inner, scratch({n, c.d_inner}));    // [N, d_inner]
-  Tensor gate_up;  // mistral: [N, 2·d_inner], the gated MLP's gate | up
+  Tensor gate_up;  // mistral, gemma2: [N, 2·d_inner], the gated MLP's gate | up
   if (c.rotary_decoder) {
     ASSIGN_OR_RETURN(gate_up, scratch({n, 2 * c.d_inner}));
   }

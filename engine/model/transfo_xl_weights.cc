@@ -130,6 +130,20 @@ class TensorReader {
     return ReadAs(name, std::move(shape), DType::kF32, /*fixed=*/true);
   }
 
+  const std::string& path() const { return file_.path(); }
+
+  // Every tensor of the file must have been read.
+  absl::Status CheckNoExtra() const {
+    std::vector<std::string> extra;
+    for (const SafetensorsTensor& t : file_.tensors()) {
+      if (!used_.count(t.name)) extra.push_back(t.name);
+    }
+    if (extra.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        file_.path(),
+        ": unexpected tensor(s) not used by this config: ", absl::StrJoin(extra, ", ")));
+  }
+
  private:
   absl::StatusOr<Tensor> ReadAs(const std::string& name, std::vector<int64_t> shape, DType dtype,
                                 bool fixed) {
@@ -171,22 +185,6 @@ class TensorReader {
                      ElementAsFloat(t, i), ") at element ", i, ": a corrupt checkpoint?"));
   }
 
- public:
-  const std::string& path() const { return file_.path(); }
-
-  // Every tensor of the file must have been read.
-  absl::Status CheckNoExtra() const {
-    std::vector<std::string> extra;
-    for (const SafetensorsTensor& t : file_.tensors()) {
-      if (!used_.count(t.name)) extra.push_back(t.name);
-    }
-    if (extra.empty()) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(
-        file_.path(),
-        ": unexpected tensor(s) not used by this config: ", absl::StrJoin(extra, ", ")));
-  }
-
- private:
   const ModelConfig& config_;
   const SafetensorsFile& file_;
   std::shared_ptr<const SafetensorsFile> keep_alive_;

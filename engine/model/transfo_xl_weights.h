@@ -63,10 +63,11 @@ struct TransfoXlWeights {
   std::vector<TransfoXlLayerWeights> layers;
   // reformer: axial position embeddings [n0, 1, e0], [1, n1, e1] and the LayerNorm over [A | X].
   Tensor pos_emb0, pos_emb1;
-  Tensor final_ln_gamma, final_ln_beta;  // [2·D] (mistral: the final RMSNorm's gamma, [D])
-  Tensor rotary_inv_freq;                // mistral: [d_h / 2] float32, the rotary frequencies
-  Tensor lm_head;       // [V, D] ([V, 2·D] for a reformer); shares word_emb's buffer when tied
-  Tensor lm_head_bias;  // [V] (none for mistral)
+  // [2·D] (mistral, gemma2: the final RMSNorm's gamma, [D], no beta)
+  Tensor final_ln_gamma, final_ln_beta;
+  Tensor rotary_inv_freq;  // mistral, gemma2: [d_h / 2] float32, the rotary frequencies
+  Tensor lm_head;          // [V, D] ([V, 2·D] for a reformer); shares word_emb's buffer when tied
+  Tensor lm_head_bias;     // [V] (none for mistral, gemma2)
   AdaptiveWeights adaptive;  // instead of word_emb, emb_proj and lm_head (ModelConfig::adaptive)
 };
 

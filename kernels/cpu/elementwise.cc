@@ -73,30 +73,29 @@ MNEMO_MULTIVERSION void BiasRelu(float* y, const float* bias, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i] + bias[i], 0.0f);
 }
 
-void BiasGelu(float* y, const float* bias, int64_t n) {
-  constexpr float kInvSqrt2 = 0.70710678118654752f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = y[i] + bias[i];
-    y[i] = 0.5f * v * (1.0f + std::erf(v * kInvSqrt2));
-  }
-}
-
 namespace {
-float GeluTanh(float x) {
-  constexpr float kSqrt2OverPi = 0.79788456080286536f;
-  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+// One activation of one value: the definition every row function below applies.
+float Activate(float v, Activation act) {
+  switch (act) {
+    case Activation::kRelu:
+      return std::max(v, 0.0f);
+    case Activation::kGelu:
+      return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+    case Activation::kSilu:
+      return v / (1.0f + std::exp(-v));
+    case Activation::kGeluTanh:
+      return 0.5f * v * (1.0f + std::tanh(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+  }
+  return v;
 }
 }  // namespace
 
-void BiasGeluTanh(float* y, const float* bias, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = GeluTanh(y[i] + bias[i]);
+void BiasGelu(float* y, const float* bias, int64_t n) {
+  BiasActivate(y, bias, Activation::kGelu, n);
 }
 
-void BiasSilu(float* y, const float* bias, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = y[i] + bias[i];
-    y[i] = v / (1.0f + std::exp(-v));
-  }
+void BiasActivate(float* y, const float* bias, Activation act, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Activate(y[i] + bias[i], act);
 }
 
 MNEMO_MULTIVERSION void RmsNormRow(const float* x, const float* gamma, float eps, float* y,
@@ -110,26 +109,7 @@ MNEMO_MULTIVERSION void RmsNormRow(const float* x, const float* gamma, float eps
 }
 
 void GatedActivationRow(const float* gate, const float* up, Activation act, float* y, int64_t n) {
-  constexpr float kInvSqrt2 = 0.70710678118654752f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    float a = 0.0f;
-    switch (act) {
-      case Activation::kRelu:
-        a = std::max(g, 0.0f);
-        break;
-      case Activation::kGelu:
-        a = 0.5f * g * (1.0f + std::erf(g * kInvSqrt2));
-        break;
-      case Activation::kSilu:
-        a = g / (1.0f + std::exp(-g));
-        break;
-      case Activation::kGeluTanh:
-        a = GeluTanh(g);
-        break;
-    }
-    y[i] = a * up[i];
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = Activate(gate[i], act) * up[i];
 }
 
 MNEMO_MULTIVERSION void AddBias(float* y, const float* bias, int64_t n) {

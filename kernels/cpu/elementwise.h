@@ -31,8 +31,8 @@ void GatedActivationRow(const float* gate, const float* up, Activation act, floa
 // In-place y = relu(y + bias) and y = gelu(y + bias) (exact erf form, as torch's default).
 void BiasRelu(float* y, const float* bias, int64_t n);
 void BiasGelu(float* y, const float* bias, int64_t n);
-void BiasSilu(float* y, const float* bias, int64_t n);
-void BiasGeluTanh(float* y, const float* bias, int64_t n);
+// In-place y = act(y + bias) for any activation (the gated MLPs' silu and gelu_tanh included).
+void BiasActivate(float* y, const float* bias, Activation act, int64_t n);
 // y += bias.
 void AddBias(float* y, const float* bias, int64_t n);
 

@@ -13,6 +13,7 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from server_harness import BASE_FLAGS, ServerProcess, expect_error
+from test_hf_mistral_parity import hf_logits
 from tools import convert_hf_gemma2, convert_hf_mistral
 
 FIELDS = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -26,9 +27,8 @@ GEMMA = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_lay
 
 
 def hf_logprobs(model, ids):
-    with torch.no_grad():
-        logits = model.double()(torch.tensor([ids]), use_cache=False).logits[0]
-    return torch.log_softmax(logits, dim=-1).numpy()
+    """Hugging Face's log-probabilities over the whole stream, in float64."""
+    return torch.log_softmax(torch.from_numpy(hf_logits(model, ids)), dim=-1).numpy()
 
 
 @pytest.fixture(scope="module")

@@ -162,10 +162,8 @@ absl::Status CpuBackend::BiasActivation(const Tensor& bias, Activation act, Tens
           kernels::BiasGelu(yp + r * n, bias.data<float>(), n);
           break;
         case Activation::kSilu:
-          kernels::BiasSilu(yp + r * n, bias.data<float>(), n);
-          break;
         case Activation::kGeluTanh:
-          kernels::BiasGeluTanh(yp + r * n, bias.data<float>(), n);
+          kernels::BiasActivate(yp + r * n, bias.data<float>(), act, n);
           break;
       }
     }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numbers>
 #include <random>
 #include <utility>
 #include <vector>
@@ -143,20 +144,25 @@ TEST_P(VectorOpsTest, RmsNormRowMatchesDouble) {
 TEST_P(VectorOpsTest, GatedActivationRowMatchesDouble) {
   Buffer gate(n(), offset(), rng_, -8.0f, 8.0f), up(n(), 0, rng_);
   std::vector<float> y(static_cast<size_t>(n()));
-  for (const Activation act : {Activation::kSilu, Activation::kGelu, Activation::kRelu}) {
+  for (const Activation act :
+       {Activation::kSilu, Activation::kGelu, Activation::kRelu, Activation::kGeluTanh}) {
     GatedActivationRow(gate.data(), up.data(), act, y.data(), n());
     for (int64_t i = 0; i < n(); ++i) {
       const double g = gate.data()[i];
       const double a = act == Activation::kSilu   ? g / (1.0 + std::exp(-g))
                        : act == Activation::kGelu ? 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)))
-                                                  : std::max(g, 0.0);
+                       : act == Activation::kGeluTanh
+                           ? 0.5 * g *
+                                 (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) *
+                                                  (g + 0.044715 * g * g * g)))
+                           : std::max(g, 0.0);
       const double want = a * up.data()[i];
       ASSERT_NEAR(y[i], want, 1e-6 * (std::fabs(want) + 1)) << int(act) << " at " << g;
     }
   }
   Buffer s(n(), offset(), rng_, -8.0f, 8.0f), bias(n(), 0, rng_, -1.0f, 1.0f);
   const std::vector<float> s0 = s.values();
-  BiasSilu(s.data(), bias.data(), n());
+  BiasActivate(s.data(), bias.data(), Activation::kSilu, n());
   for (int64_t i = 0; i < n(); ++i) {
     const double v = static_cast<double>(s0[i] + bias.data()[i]);
     ASSERT_NEAR(s.data()[i], v / (1.0 + std::exp(-v)), 1e-6 * (std::fabs(v) + 1)) << i;
