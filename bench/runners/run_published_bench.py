@@ -23,6 +23,9 @@ heads of 128, SwiGLU of 14336, a sliding window of 4096, rotary positions, vocab
 with --mistral-layers of its 32 layers (default 2: the machine's memory holds a float32 copy on
 each side, and a decode step's time is per layer), window primed full (4095 tokens) on both
 sides; Hugging Face's MistralForCausalLM runs from .venv-modern (transformers 4.44.2).
+--mistral-dtypes adds mnemo figures of the same model converted with 16-bit weights (default
+bfloat16; cached beside the float32 conversion as ours-<dtype>), each with its own bytes per step
+and fraction of the limit; Hugging Face runs the float32 weights only.
 
 JSON lines go to bench/results/published-<UTC time>-<commit>.jsonl; RESULTS.md records runs.
 
@@ -99,6 +102,22 @@ def ensure_mistral(models_dir, layers, modern_python, env):
                         dict(MISTRAL_7B, num_hidden_layers=layers), build)
 
 
+def ensure_converted(hf_dir, ours, dtype, modern_python, env):
+    """The Hugging Face directory converted with `dtype` weights beside `ours` (ours-<dtype>),
+    made unless already there for the same float32 conversion."""
+    target = f"{ours}-{dtype}"
+    stamp = os.path.join(target, "source.stamp")
+    source = str(os.path.getmtime(os.path.join(ours, "model.safetensors")))
+    if os.path.isfile(stamp) and open(stamp, encoding="utf-8").read() == source:
+        return target
+    log(f"converting {hf_dir} with {dtype} weights")
+    subprocess.run([modern_python, "-m", "tools.convert_hf_mistral", "--dtype", dtype, hf_dir,
+                    target], env=env, cwd=ROOT, check=True, timeout=3600)
+    with open(stamp, "w", encoding="utf-8") as f:
+        f.write(source)
+    return target
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
@@ -108,6 +127,9 @@ def main(argv=None):
                     default=os.path.join(ROOT, ".venv-modern", "bin", "python"))
     ap.add_argument("--layout", choices=("wt103", "mistral"), default="wt103")
     ap.add_argument("--mistral-layers", type=int, default=2)
+    ap.add_argument("--mistral-dtypes", default="bfloat16",
+                    help="comma-separated 16-bit weight types also converted and decoded by "
+                         "mnemo (--layout mistral; empty: none)")
     ap.add_argument("--out", help="JSON lines file (default bench/results/published-...)")
     ap.add_argument("--openblas-coretype", help="as run_cpu_bench.py")
     ap.add_argument("--runs", type=int, default=5, help="mnemo_bench runs")
@@ -132,6 +154,9 @@ def main(argv=None):
         hf_dir, ours = ensure_mistral(args.models_dir, args.mistral_layers, peer_python, env)
         layout = f"mistral7b-{args.mistral_layers}l"
         mem = MISTRAL_7B["sliding_window"] - 1  # a full window, as mnemo_bench primes it
+    dtypes = [d for d in args.mistral_dtypes.split(",") if d] if args.layout == "mistral" else []
+    conversions = [("float32", ours)] + [
+        (d, ensure_converted(hf_dir, ours, d, args.modern_python, env)) for d in dtypes]
 
     out = ResultWriter(args.out or result_path("published"), echo=True)
     out.record(machine_info(env, label="published layouts at real size"))
@@ -141,13 +166,16 @@ def main(argv=None):
 
     log("physical limits (1/2)")
     machine = out.extend(clean([physical]))
-    log(f"mnemo decode, {layout}")
-    lines = clean([mnemo_bench, "--model", ours, "--figure", "decode", "--runs",
-                   str(args.runs), "--decode-steps", str(args.decode_steps)], timeout=1800)
-    for line in lines:
-        line["layout"] = layout
-    out.extend(lines)
-    mnemo = next(l for l in lines if l.get("figure") == "decode")
+    figures = {}  # weight type → mnemo's decode line
+    for dtype, model in conversions:
+        log(f"mnemo decode, {layout}, {dtype} weights")
+        lines = clean([mnemo_bench, "--model", model, "--figure", "decode", "--runs",
+                       str(args.runs), "--decode-steps", str(args.decode_steps)], timeout=1800)
+        for line in lines:
+            line["layout"] = layout
+        out.extend(lines)
+        figures[dtype] = next(l for l in lines if l.get("figure") == "decode")
+    mnemo = figures["float32"]
     log(f"Hugging Face decode, {layout}")
     peer_lines = run_json([peer_python, "-m", "bench.peers.peer_pytorch", "--impl", impl,
                            "--figure", "decode", "--hf-dir", hf_dir, "--ckpt-dir", ours,
@@ -176,6 +204,17 @@ def main(argv=None):
                "rss_after_load_mib": mnemo.get("rss_after_load_mib"),
                "hf_peak_rss_mib": peer.get("peak_rss_mib")}
     out.record(derived)
+    for dtype in dtypes:
+        line = figures[dtype]
+        tps, step = line["tokens_per_s"]["median"], line["bytes_per_token"]
+        out.record({"impl": "derived", "figure": "decode", "layout": layout, "weights": dtype,
+                    "mnemo_tokens_per_s": tps, "over_float32": tps / ours_tps,
+                    "bytes_per_token": step,
+                    "weight_bytes_per_token": line["weight_bytes_per_token"],
+                    "bandwidth_gbps": limits["bandwidth_gbps"], "limit_tokens_per_s": bw / step,
+                    "mnemo_fraction_of_limit": tps * step / bw})
+        print(f"{layout} decode with {dtype} weights: mnemo {tps:.2f} tok/s, "
+              f"{step / 1e6:.0f} MB per step, {tps * step / bw:.2f} of the bandwidth limit")
     out.close()
     print(f"\n{layout} decode: mnemo {ours_tps:.2f} tok/s, Hugging Face {hf_tps:.2f} tok/s "
           f"({ours_tps / hf_tps:.2f}x); {per_token / 1e6:.0f} MB per step; bandwidth limit "

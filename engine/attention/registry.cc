@@ -16,7 +16,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
     case AttentionKind::kLinear:
       return std::make_unique<LinearAttentionLayer>(config, layer);
     case AttentionKind::kSparse:
-      return std::make_unique<SparseAttentionLayer>(config, layer);
+      return std::make_unique<SparseAttentionLayer>(config, layer, context.session_memory);
     case AttentionKind::kLsh:
       return std::make_unique<LshAttentionLayer>(config, layer);
   }

@@ -13,9 +13,9 @@
 namespace mnemo::engine {
 namespace {
 
-absl::StatusOr<XlMemory> EmptyRing(Backend& be, int64_t rows, int64_t width) {
-  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, {rows, width}));
-  ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, {rows, width}));
+absl::StatusOr<XlMemory> EmptyRing(Backend& be, int64_t rows, int64_t width, DType dtype) {
+  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(dtype, {rows, width}));
+  ASSIGN_OR_RETURN(Tensor values, be.Allocate(dtype, {rows, width}));
   return XlMemory(std::move(keys), std::move(values));
 }
 
@@ -149,15 +149,17 @@ absl::Status SparseAttentionLayer::ReadWeights(const ModelConfig& c, const std::
 }
 
 size_t SparseAttentionLayer::StateBytes() const {
-  return SessionStateBytes(1, lc_.sparse.sparse_span() + lc_.sparse.max_global, config_.kv_width());
+  return SessionStateBytes(1, lc_.sparse.sparse_span(), config_.kv_width(), window_memory_) +
+         SessionStateBytes(1, lc_.sparse.max_global, config_.kv_width());
 }
 
 absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<SparseLayerState>();  // an empty rolling window (+ global store)
-  ASSIGN_OR_RETURN(state->window, EmptyRing(be, lc_.sparse.sparse_span(), config_.kv_width()));
+  ASSIGN_OR_RETURN(state->window,
+                   EmptyRing(be, lc_.sparse.sparse_span(), config_.kv_width(), window_memory_));
   if (lc_.sparse.has_globals()) {
     ASSIGN_OR_RETURN(state->globals.globals,
-                     EmptyRing(be, lc_.sparse.max_global, config_.kv_width()));
+                     EmptyRing(be, lc_.sparse.max_global, config_.kv_width(), DType::kF32));
     state->globals.global_positions.assign(static_cast<size_t>(lc_.sparse.max_global), -1);
   }
   return state;
@@ -166,7 +168,7 @@ absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backe
 bool SparseAttentionLayer::Fits(const LayerState& state) const {
   const auto* s = dynamic_cast<const SparseLayerState*>(&state);
   return s != nullptr && s->bytes() == StateBytes() && s->window.keys().defined() &&
-         s->window.capacity() == lc_.sparse.sparse_span() &&
+         s->window.dtype() == window_memory_ && s->window.capacity() == lc_.sparse.sparse_span() &&
          s->window.width() == config_.kv_width();
 }
 

@@ -31,7 +31,10 @@ struct SparseLayerState final : LayerState {
 
 class SparseAttentionLayer final : public AttentionLayer {
  public:
-  SparseAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
+  // `window_memory`: the dtype of the window ring (ModelOptions::session_memory); the global
+  // store stays float32.
+  SparseAttentionLayer(const ModelConfig& config, int64_t layer, DType window_memory)
+      : AttentionLayer(config, layer), window_memory_(window_memory) {}
 
   // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
   // field; docs/checkpoint-format.md "layers").
@@ -49,6 +52,9 @@ class SparseAttentionLayer final : public AttentionLayer {
   bool RepeatsSteps() const override;
   std::pair<int64_t, int64_t> ScoredMemoryKeys(const LayerState& state) const override;
   absl::Status Forward(const AttentionCall& call) const override;
+
+ private:
+  DType window_memory_;
 };
 
 }  // namespace mnemo::engine

@@ -18,16 +18,32 @@ namespace {
 // Weight columns widened at a time for sgemm: 128 rows of `in` floats stay within a core's L2
 // (1 MiB at in = 2048) while sgemm still gets a wide enough product.
 constexpr int64_t kTileCols = 128;
-// Rows the decode kernel carries at once, each with a pair of accumulators: eight on AVX-512
-// (16 of its 32 vector registers), four on AVX2 (8 of 16). Up to that many rows read each
+// Activation rows the decode kernel carries at once: eight on AVX-512, four on AVX2 (each with a
+// pair of accumulators there: 8 of its 16 vector registers). Up to that many rows read each
 // weight row once.
 constexpr int kRowGroupAvx512 = 8;
 constexpr int kRowGroupAvx2 = 4;
 
+// Weight rows the AVX-512 kernel reads side by side for a group of R activation rows. One row at a
+// time leaves too few reads in flight for a core to reach the memory's bandwidth: on Mistral 7B's
+// layer products (bf16, 2 threads of the 2-vCPU Xeon, 30 GB/s) one row read 19 GB/s, four 25,
+// eight 25–29 with the prefetch below. Registers bound it: R·NR accumulators, NR weight vectors
+// and R activation vectors within 32.
+constexpr int WeightRowsAvx512(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 4 : 2; }
+
+// Contiguous weight rows are also prefetched this many elements (bytes × 2) ahead of the reads:
+// on the products above 25 → 27–29 GB/s with four or eight rows (256–768 bytes measured alike).
+constexpr int64_t kPrefetchAhead = 256;
+
+// The decode kernel runs over panels of this many weight rows (a multiple of every
+// WeightRowsAvx512), each against every group of activation rows in turn: the panel stays in the
+// core's cache for the groups after the first (16 rows of 14336 bf16 weights: 448 KiB).
+constexpr int64_t kPanelRows = 16;
+
 // Rows apart (not contiguous: the keys of one attention head) the hardware prefetchers follow
-// poorly, so the decode kernel asks for the row this many ahead: +28% tokens/s for 32 sessions'
-// bf16 memory in one step (16 measured better than 8 here).
-constexpr int64_t kPrefetchRows = 16;
+// poorly, so the decode kernel asks for the next panel's rows before each panel: +28% tokens/s for
+// 32 sessions' bf16 memory in one step (16 rows ahead measured better than 8 here).
+constexpr int64_t kPrefetchRows = kPanelRows;
 
 inline void PrefetchRow(const uint16_t* row, int64_t n) {
   const auto* bytes = reinterpret_cast<const char*>(row);
@@ -109,7 +125,6 @@ __attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int64_t l
   const int64_t pairs = in / 16 * 16, singles = in / 8 * 8;
   for (int64_t o = 0; o < out; ++o) {
     const uint16_t* wr = w + o * ldw;
-    if (ldw != in && o + kPrefetchRows < out) PrefetchRow(wr + kPrefetchRows * ldw, in);
     __m256 a0[R], a1[R];
     for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     int64_t i = 0;
@@ -173,10 +188,11 @@ __attribute__((target("avx2,fma,f16c"))) void WidenAvx2(const uint16_t* src, flo
 // ---- AVX-512 (F, BW, VL): 16 lanes, masked tails ----
 
 // GCC 12's AVX-512 intrinsics self-initialise an "undefined" operand, which -Wmaybe-uninitialized
-// reports wherever they are inlined (GCC bug 105593).
+// and -Wuninitialized report wherever they are inlined (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #define MNEMO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
@@ -200,40 +216,70 @@ MNEMO_AVX512 inline __m512 LoadMasked16(const uint16_t* p, __mmask16 m) {
   return Widen16<T>(_mm256_maskz_loadu_epi16(m, p));
 }
 
+// One step of 16 columns (the masked tail when `m` is not all ones) for R activation rows
+// against NR weight rows `ldw` apart: one accumulator per pair, so the order of each sum depends
+// on neither R nor NR and a batch computes what single rows do, bit for bit.
+template <WeightType T, int R, int NR, bool kMasked>
+MNEMO_AVX512 inline __attribute__((always_inline)) void TileStepAvx512(const float* x, int64_t ldx,
+                                                                       const uint16_t* w,
+                                                                       int64_t ldw, int64_t i,
+                                                                       __mmask16 m,
+                                                                       __m512 (&acc)[R][NR]) {
+  __m512 wv[NR];
+  for (int j = 0; j < NR; ++j) {
+    wv[j] = kMasked ? LoadMasked16<T>(w + j * ldw + i, m) : Load16<T>(w + j * ldw + i);
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512 xv =
+        kMasked ? _mm512_maskz_loadu_ps(m, x + r * ldx + i) : _mm512_loadu_ps(x + r * ldx + i);
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
+  }
+}
+
+// y[r, j] = Σ_i x[r, i] · w[j, i] (+ bias[j]) for r < R, j < NR.
+template <WeightType T, int R, int NR>
+MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                             const float* bias, float* y, int64_t ldy, int64_t in) {
+  __m512 acc[R][NR];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
+  int64_t i = 0;
+  if (ldw == in) {  // rows one after another: prefetch ahead of each (one line per 32 columns)
+    for (; i < pairs; i += 32) {
+      for (int j = 0; j < NR; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead), _MM_HINT_T0);
+      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
+      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i + 16, 0xffff, acc);
+    }
+  }
+  for (; i < singles; i += 16) TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
+  if (i < in) {
+    const auto tail = static_cast<__mmask16>((1u << (in - i)) - 1u);
+    TileStepAvx512<T, R, NR, true>(x, ldx, w, ldw, i, tail, acc);
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < NR; ++j) {
+      y[r * ldy + j] = _mm512_reduce_add_ps(acc[r][j]) + (bias != nullptr ? bias[j] : 0.0f);
+    }
+  }
+}
+
+// R activation rows against `out` weight rows: WeightRowsAvx512(R) of them at a time, the rest
+// one by one.
 template <WeightType T, int R>
 MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
                              const float* bias, float* y, int64_t ldy, int64_t in, int64_t out) {
-  const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
-  const auto tail = static_cast<__mmask16>((1u << (in - singles)) - 1u);
-  for (int64_t o = 0; o < out; ++o) {
-    const uint16_t* wr = w + o * ldw;
-    if (ldw != in && o + kPrefetchRows < out) PrefetchRow(wr + kPrefetchRows * ldw, in);
-    __m512 a0[R], a1[R];
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i < pairs; i += 32) {  // two independent chains per row hide the FMA latency
-      const __m512 w0 = Load16<T>(wr + i), w1 = Load16<T>(wr + i + 16);
-      for (int r = 0; r < R; ++r) {
-        a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ldx + i), a0[r]);
-        a1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + r * ldx + i + 16), a1[r]);
-      }
-    }
-    for (; i < singles; i += 16) {
-      const __m512 w0 = Load16<T>(wr + i);
-      for (int r = 0; r < R; ++r) {
-        a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ldx + i), a0[r]);
-      }
-    }
-    if (tail != 0) {
-      const __m512 w0 = LoadMasked16<T>(wr + i, tail);
-      for (int r = 0; r < R; ++r) {
-        a1[r] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(tail, x + r * ldx + i), a1[r]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      y[r * ldy + o] =
-          _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r])) + (bias != nullptr ? bias[o] : 0.0f);
-    }
+  constexpr int kRows = WeightRowsAvx512(R);
+  int64_t o = 0;
+  for (; o + kRows <= out; o += kRows) {
+    TileAvx512<T, R, kRows>(x, ldx, w + o * ldw, ldw, bias != nullptr ? bias + o : nullptr, y + o,
+                            ldy, in);
+  }
+  for (; o < out; ++o) {
+    TileAvx512<T, R, 1>(x, ldx, w + o * ldw, ldw, bias != nullptr ? bias + o : nullptr, y + o, ldy,
+                        in);
   }
 }
 
@@ -314,6 +360,33 @@ GemvFn GemvForRows(HalfIsa isa, int rows) {
   }
 }
 
+// The decode kernel (isa kAvx512 or kAvx2) over panels of kPanelRows weight rows `ldw` apart,
+// each against every group of activation rows.
+void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                WeightType type, const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in,
+                int64_t out) {
+  const int64_t group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
+  const auto kernel = [&](int64_t n) {
+    const int g = static_cast<int>(n);
+    return type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, g)
+                                     : GemvForRows<WeightType::kF16>(isa, g);
+  };
+  const GemvFn full = kernel(std::min(group, rows)), last = kernel((rows - 1) % group + 1);
+  for (int64_t p0 = 0; p0 < out; p0 += kPanelRows) {
+    const int64_t n = std::min(kPanelRows, out - p0);
+    if (ldw != in) {
+      for (int64_t o = p0 + kPrefetchRows; o < std::min(out, p0 + kPrefetchRows + n); ++o) {
+        PrefetchRow(w + o * ldw, in);
+      }
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += group) {
+      const GemvFn fn = r0 + group < rows ? full : last;
+      fn(x + r0 * ldx, ldx, w + p0 * ldw, ldw, bias != nullptr ? bias + p0 : nullptr,
+         y + r0 * ldy + p0, ldy, in, n);
+    }
+  }
+}
+
 // More rows: widen kTileCols weight rows at a time into this thread's buffer, then sgemm.
 void WidenedGemm(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
                  float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
@@ -374,13 +447,7 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
     GemvScalar(x, ldx, w, in, type, bias, y, ldy, rows, in, out);
     return;
   }
-  const int64_t row_group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
-  for (int64_t r0 = 0; r0 < rows; r0 += row_group) {
-    const int group = static_cast<int>(std::min<int64_t>(row_group, rows - r0));
-    const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, group)
-                                                : GemvForRows<WeightType::kF16>(isa, group);
-    fn(x + r0 * ldx, ldx, w, in, bias, y + r0 * ldy, ldy, in, out);
-  }
+  GemvPanels(isa, x, ldx, w, in, type, bias, y, ldy, rows, in, out);
 }
 
 void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, WeightType type,
@@ -390,9 +457,7 @@ void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, We
     GemvScalar(x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
     return;
   }
-  const GemvFn fn = type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, 1)
-                                              : GemvForRows<WeightType::kF16>(isa, 1);
-  fn(x, 0, w, ldw, nullptr, y, 1, cols, n);
+  GemvPanels(isa, x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
 }
 
 void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, WeightType type,

@@ -12,8 +12,8 @@ namespace mnemo::kernels {
 
 // A run of consecutive key positions (oldest first); k/v rows are `ld` elements apart and hold all
 // heads of a position ([rows, H·d_h] with head h at columns h·d_h … h·d_h + d_h − 1).
-// A 16-bit ring (type kBF16 or kF16, relative attention only: relative_attention.h) has its rows
-// at k16/v16 and null k/v.
+// A 16-bit ring (type kBF16 or kF16: 16-bit session memory) has its rows at k16/v16 and null
+// k/v.
 struct KvSpan {
   const float* k;
   const float* v;
@@ -23,6 +23,17 @@ struct KvSpan {
   const uint16_t* v16 = nullptr;
   WeightType type = WeightType::kF32;
 };
+
+// Rows [row, row + n) of head `head`'s keys (or values) in `span` as float32 rows `ld` apart: the
+// span's own rows, or for a 16-bit ring its rows widened into this thread's buffer (exact: a
+// kernel then computes on the stored values as it would on float32 rows holding them), valid until
+// the thread's next call. Blocks of queries use it (their BLAS products reuse each widened row
+// for many queries); a single query reads 16-bit rows directly (HalfDotRows, HalfRowSum).
+struct HeadRows {
+  const float* data;
+  int64_t ld;
+};
+HeadRows HeadSlice(const KvSpan& span, bool values, int64_t row, int64_t n, int head, int head_dim);
 
 // Calls fn(span, first row inside the span, first key index, count) for every span's share of
 // the keys [begin, end), in key order.

@@ -37,27 +37,6 @@ int64_t FirstVisibleKey(const RelativeAttentionShape& s, int64_t i) {
   return std::max<int64_t>(0, i - shift + 1);
 }
 
-// Rows [row, row + n) of head `head`'s keys (or values) in `span` as float32 rows `ld` apart: the
-// span's own rows, or for a 16-bit ring its rows widened into this thread's buffer (exact: the
-// kernel then computes on the stored values as it would on float32 rows holding them). Blocks of
-// queries use it (their BLAS products reuse each widened row for 64 queries); a single query
-// reads 16-bit rows directly (HalfDotRows, HalfRowSum).
-struct HeadRows {
-  const float* data;
-  int64_t ld;
-};
-HeadRows HeadSlice(const KvSpan& span, bool values, int64_t row, int64_t n, int head,
-                   int head_dim) {
-  const int64_t at = row * span.ld + static_cast<int64_t>(head) * head_dim;
-  if (span.type == WeightType::kF32) return {(values ? span.v : span.k) + at, span.ld};
-  thread_local std::vector<float> widened;  // [n, head_dim]; grows once to the largest span
-  const auto need = static_cast<size_t>(n * head_dim);
-  if (widened.size() < need) widened.resize(need);
-  WidenRows((values ? span.v16 : span.k16) + at, span.ld, span.type, n, head_dim, widened.data(),
-            head_dim);
-  return {widened.data(), head_dim};
-}
-
 // Adds probabilities of keys [first, first + n) (row `p`) to the shape's key_mass (the task's
 // own row: RelativeAttention).
 void AddKeyMass(const RelativeAttentionShape& s, const float* p, int64_t first, int64_t n) {

@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/half_linear.h"
 
 namespace mnemo::kernels {
 
@@ -39,15 +40,16 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
                  int64_t i1, std::vector<float>& work) {
   const int head_dim = s.head_dim;
   const int64_t dil = s.dilations[h], b = i1 - i0;
-  const int64_t kv = static_cast<int64_t>(h / s.kv_group) * head_dim;  // the key head's columns
+  const int kv_head = h / s.kv_group;
   const int64_t col1 = s.memory_len + i1;  // one past the last key the block sees
   const int64_t col0 = std::max<int64_t>(0, s.memory_len + i0 - (s.window - 1) * dil);
   const int64_t ncols = col1 - col0;
   work.resize(static_cast<size_t>(b * ncols));
   float* scores = work.data();
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNT(b, n, head_dim, ScoreScale(s), q + i0 * ldq + h * head_dim, ldq,
-           span.k + row * span.ld + kv, span.ld, 0.0f, scores + (j - col0), ncols);
+    const HeadRows k = HeadSlice(span, /*values=*/false, row, n, kv_head, head_dim);
+    GemmNT(b, n, head_dim, ScoreScale(s), q + i0 * ldq + h * head_dim, ldq, k.data, k.ld, 0.0f,
+           scores + (j - col0), ncols);
   });
   SoftCap(scores, b * ncols, s.softcap);
   const int64_t keys_total = s.memory_len + s.query_len;
@@ -76,9 +78,86 @@ void AttendBlock(const SlidingWindowShape& s, const float* q, int64_t ldq,
   }
   float beta = 0.0f;
   ForEachKeyRange(keys, col0, col1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t n) {
-    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, span.v + row * span.ld + kv, span.ld,
-           beta, out + i0 * ldo + h * head_dim, ldo);
+    const HeadRows v = HeadSlice(span, /*values=*/true, row, n, kv_head, head_dim);
+    GemmNN(b, head_dim, n, 1.0f, scores + (j - col0), ncols, v.data, v.ld, beta,
+           out + i0 * ldo + h * head_dim, ldo);
     beta = 1.0f;
+  });
+}
+
+// A decode step (one query position) for query heads [h0, h0 + g), which read one key/value
+// head and share a dilation: the window's keys, `dil` rows apart within each span, are one
+// strided matrix per span, so the g heads' scores and outputs are BLAS products that read each
+// key and value row once. 16-bit rows (16-bit session memory) are read by each head in turn,
+// widened in registers (from the cache after the first head).
+void AttendDecode(const SlidingWindowShape& s, const float* q, const std::vector<KvSpan>& keys,
+                  float* out, int h0, int g, std::vector<float>& work) {
+  const int head_dim = s.head_dim;
+  const int64_t dil = s.dilations[h0], self = s.memory_len;
+  const int64_t n = std::min(s.window, self / dil + 1);  // keys self, self − dil, …
+  const int64_t first = self - (n - 1) * dil;            // the oldest; column c is first + c·dil
+  const int64_t kv = static_cast<int64_t>(h0 / s.kv_group) * head_dim;
+  work.resize(static_cast<size_t>(g * n));
+  float* scores = work.data();
+  // fn(span, its first row, that row's column, count) for the window's keys in each span.
+  const auto for_each_span = [&](const auto& fn) {
+    int64_t base = 0;
+    for (const KvSpan& span : keys) {
+      const int64_t lo = std::max(base, first), hi = std::min(base + span.rows, self + 1);
+      if (lo < hi) {
+        const int64_t c0 = (lo - first + dil - 1) / dil;  // the first column at or after lo
+        const int64_t count = (hi - 1 - first) / dil - c0 + 1;
+        if (count > 0) fn(span, first + c0 * dil - base, c0, count);
+      }
+      base += span.rows;
+    }
+  };
+  const float* qh = q + static_cast<int64_t>(h0) * head_dim;  // the g heads: rows d_h apart
+  const HalfIsa isa = SupportedHalfIsas().front();
+  for_each_span([&](const KvSpan& span, int64_t row, int64_t c0, int64_t count) {
+    const int64_t ld = span.ld * dil;
+    if (span.type != WeightType::kF32) {  // 16-bit rows, widened in registers, per head
+      for (int r = 0; r < g; ++r) {
+        HalfDotRows(isa, qh + r * head_dim, span.k16 + row * span.ld + kv, ld, span.type, count,
+                    head_dim, scores + r * n + c0);
+      }
+    } else if (g == 1) {
+      Gemv(count, head_dim, span.k + row * span.ld + kv, ld, qh, 0.0f, scores + c0);
+    } else {
+      GemmNT(g, count, head_dim, 1.0f, qh, head_dim, span.k + row * span.ld + kv, ld, 0.0f,
+             scores + c0, n);
+    }
+  });
+  const float scale = ScoreScale(s);
+  for (int64_t c = 0; c < g * n; ++c) scores[c] *= scale;
+  const int64_t keys_total = s.memory_len + s.query_len;
+  for (int r = 0; r < g; ++r) {
+    float* row = scores + r * n;
+    if (s.prev_scores != nullptr || s.out_scores != nullptr) {  // RealFormer
+      const int64_t at = static_cast<int64_t>(h0 + r) * keys_total + first;
+      for (int64_t c = 0; c < n; ++c) {
+        if (s.prev_scores != nullptr) row[c] += s.prev_scores[at + c * dil];
+        if (s.out_scores != nullptr) s.out_scores[at + c * dil] = row[c];
+      }
+    }
+    SoftCap(row, n, s.softcap);
+    SoftmaxRow(row, n);
+  }
+  float* o = out + static_cast<int64_t>(h0) * head_dim;  // the g heads' outputs: rows d_h apart
+  std::fill(o, o + static_cast<int64_t>(g) * head_dim, 0.0f);
+  for_each_span([&](const KvSpan& span, int64_t row, int64_t c0, int64_t count) {
+    const int64_t ld = span.ld * dil;
+    if (span.type != WeightType::kF32) {
+      for (int r = 0; r < g; ++r) {
+        HalfRowSum(isa, scores + r * n + c0, span.v16 + row * span.ld + kv, ld, span.type, count,
+                   head_dim, o + r * head_dim);
+      }
+    } else if (g == 1) {
+      GemvT(count, head_dim, span.v + row * span.ld + kv, ld, scores + c0, 1.0f, o);
+    } else {
+      GemmNN(g, head_dim, count, 1.0f, scores + c0, n, span.v + row * span.ld + kv, ld, 1.0f, o,
+             head_dim);
+    }
   });
 }
 
@@ -100,48 +179,17 @@ void SlidingWindowAttention(const SlidingWindowShape& shape, const float* q, int
     });
     return;
   }
-  // A decode step: the window's keys one by one (W dot products per head).
-  const int head_dim = shape.head_dim;
-  const int64_t t_len = shape.query_len, w = shape.window;
-  const float scale = ScoreScale(shape);
-  pool.ParallelFor(shape.num_heads * t_len, 4, [&](int64_t i0, int64_t i1) {
-    thread_local std::vector<float> scores;
-    thread_local std::vector<const float*> values;
-    scores.resize(static_cast<size_t>(w));
-    values.resize(static_cast<size_t>(w));
-    for (int64_t task = i0; task < i1; ++task) {
-      const int h = static_cast<int>(task / t_len);
-      const int64_t i = task % t_len;
-      const int64_t dil = shape.dilations[h];
-      const int64_t kv = static_cast<int64_t>(h / shape.kv_group) * head_dim;
-      const int64_t self = shape.memory_len + i;  // the query's key index
-      const float* qh = q + i * ldq + h * head_dim;
-      // Keys self, self − dil, … (at most W of them, none before the stored window).
-      int64_t n = 0;
-      for (int64_t r = 0; r < w && self - r * dil >= 0; ++r, ++n) {
-        int64_t j = self - r * dil;
-        for (const KvSpan& span : keys) {
-          if (j < span.rows) {
-            const float* k = span.k + j * span.ld + kv;
-            float dot = 0.0f;
-            for (int d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
-            scores[n] = dot * scale;
-            values[n] = span.v + j * span.ld + kv;
-            break;
-          }
-          j -= span.rows;
-        }
-        const int64_t at = (h * t_len + i) * (shape.memory_len + t_len) + self - r * dil;
-        if (shape.prev_scores != nullptr) scores[n] += shape.prev_scores[at];
-        if (shape.out_scores != nullptr) shape.out_scores[at] = scores[n];
-      }
-      SoftCap(scores.data(), n, shape.softcap);
-      SoftmaxRow(scores.data(), n);
-      float* o = out + i * ldo + h * head_dim;
-      for (int d = 0; d < head_dim; ++d) o[d] = 0.0f;
-      for (int64_t r = 0; r < n; ++r) {
-        for (int d = 0; d < head_dim; ++d) o[d] += scores[r] * values[r][d];
-      }
+  if (shape.query_len <= 0) return;
+  // A decode step: one task per key/value head and its group of query heads (one head when the
+  // group's dilations differ), so each key row is read once for the whole group.
+  const int group = std::all_of(shape.dilations, shape.dilations + shape.num_heads,
+                                [&](int64_t d) { return d == shape.dilations[0]; })
+                        ? shape.kv_group
+                        : 1;
+  pool.ParallelFor(shape.num_heads / group, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> work;
+    for (int64_t t = t0; t < t1; ++t) {
+      AttendDecode(shape, q, keys, out, static_cast<int>(t) * group, group, work);
     }
   });
 }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/half_linear.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -31,17 +32,13 @@ void SortUnique(std::vector<int64_t>& v, size_t from) {
   v.erase(std::unique(v.begin() + static_cast<std::ptrdiff_t>(from), v.end()), v.end());
 }
 
-// Key index `j` → its span's key and value rows.
-inline void Locate(const std::vector<KvSpan>& spans, int64_t j, const float*& k, const float*& v) {
+// Key index `j` → the span holding it, `j` becoming its row there.
+inline const KvSpan* Locate(const std::vector<KvSpan>& spans, int64_t& j) {
   for (const KvSpan& span : spans) {
-    if (j < span.rows) {
-      k = span.k + j * span.ld;
-      v = span.v + j * span.ld;
-      return;
-    }
+    if (j < span.rows) return &span;
     j -= span.rows;
   }
-  k = v = nullptr;  // unreachable for valid shapes
+  return nullptr;  // unreachable for valid shapes
 }
 
 }  // namespace
@@ -174,6 +171,7 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
     thread_local std::vector<int64_t> positions;
     thread_local std::vector<float> scores;
     thread_local std::vector<const float*> krows, vrows;
+    thread_local std::vector<float> widened;  // [2·n, d_h]: 16-bit rows' head slices, widened
     for (int64_t task = i0; task < i1; ++task) {
       const int h = static_cast<int>(task / t_len);
       const int64_t i = task % t_len;
@@ -182,20 +180,30 @@ void SparsePatternAttention(const SparsePattern& pattern, const SparsePatternSha
       scores.resize(static_cast<size_t>(n));
       krows.resize(static_cast<size_t>(n));
       vrows.resize(static_cast<size_t>(n));
+      widened.resize(static_cast<size_t>(2 * n * head_dim));
       const float* qh = q + i * ldq + h * head_dim;
       for (int64_t r = 0; r < n; ++r) {
         const int64_t pos = positions[r];
-        const float *k, *v;
         if (pos >= shape.first_position) {
-          Locate(keys, pos - shape.first_position, k, v);
+          int64_t j = pos - shape.first_position;
+          const KvSpan& span = *Locate(keys, j);
+          const int64_t at = j * span.ld + h * head_dim;
+          if (span.type == WeightType::kF32) {
+            krows[r] = span.k + at;
+            vrows[r] = span.v + at;
+          } else {  // a 16-bit ring (16-bit session memory)
+            float* k = widened.data() + 2 * r * head_dim;
+            WidenRow(span.k16 + at, span.type, 1.0f, k, head_dim);
+            WidenRow(span.v16 + at, span.type, 1.0f, k + head_dim, head_dim);
+            krows[r] = k;
+            vrows[r] = k + head_dim;
+          }
         } else {  // a kept global position older than the ring
           const auto it = std::lower_bound(globals.positions.begin(), globals.positions.end(), pos);
           const int64_t row = globals.rows[static_cast<size_t>(it - globals.positions.begin())];
-          k = globals.k + row * globals.ld;
-          v = globals.v + row * globals.ld;
+          krows[r] = globals.k + row * globals.ld + h * head_dim;
+          vrows[r] = globals.v + row * globals.ld + h * head_dim;
         }
-        krows[r] = k + h * head_dim;
-        vrows[r] = v + h * head_dim;
         float dot = 0.0f;
         for (int d = 0; d < head_dim; ++d) dot += qh[d] * krows[r][d];
         scores[r] = dot * scale;

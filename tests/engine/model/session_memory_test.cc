@@ -19,6 +19,7 @@
 #include "engine/api/model.h"
 #include "engine/api/snapshot.h"
 #include "engine/attention/dense_attention.h"
+#include "engine/attention/sparse_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model_options.h"
 #include "engine/model/transfo_xl_model.h"
@@ -34,13 +35,21 @@ std::unique_ptr<TransfoXlModel> Load(const std::string& dir, DType memory) {
   return test::LoadCpuModel(dir, options);
 }
 
-// Rounds every float32 key/value ring of a state (XL and compressed memory of dense layers) to
-// `dtype` and back, in place: what storing them as `dtype` keeps.
+// The key/value rings 16-bit session memory stores as 16-bit: the XL and compressed memory of
+// dense layers and the window of sparse layers (not their global store).
+std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
+  if (auto* dense = dynamic_cast<DenseLayerState*>(&layer)) {
+    return {&dense->memory, &dense->compressive.compressed};
+  }
+  if (auto* sparse = dynamic_cast<SparseLayerState*>(&layer)) return {&sparse->window};
+  return {};
+}
+
+// Rounds every such float32 ring of a state to `dtype` and back, in place: what storing them as
+// `dtype` keeps.
 void RoundRings(SessionState& state, DType dtype) {
   for (int64_t l = 0; l < state.num_layers(); ++l) {
-    auto* dense = dynamic_cast<DenseLayerState*>(&state.layer(l));
-    if (dense == nullptr) continue;
-    for (XlMemory* ring : {&dense->memory, &dense->compressive.compressed}) {
+    for (XlMemory* ring : SixteenBitRings(state.layer(l))) {
       for (Tensor* t : {&ring->keys(), &ring->values()}) {
         if (!t->defined()) continue;
         float* x = t->data<float>();
@@ -103,7 +112,21 @@ std::vector<Case> Cases() {
   return {{"Dense", dense},
           {"DenseZeros", zeros},
           {"Compressive", compressive},
-          {"MixedKinds", test::MixedKindsConfig()}};
+          {"MixedKinds", test::MixedKindsConfig()},
+          // Sparse windows: a dilated window (decode steps read strided rows) beside patterns
+          // read key by key with a float32 global store; and grouped-query windows.
+          {"SparsePatterns",
+           test::ConfigWith(
+               {R"({"attention": "sparse", "window": 4, "dilation": [1, 2]})",
+                R"({"attention": "sparse", "pattern": "fixed", "block": 5, "summary": 2,
+                    "span": 12, "split": "union", "global_positions": [0, 3]})",
+                R"({"attention": "sparse", "pattern": "window", "window": 3,
+                    "global_tokens": [1, 2, 3], "max_global": 4})",
+                R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})",
+                R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20,
+                    "residual_attention": true})"},
+               {}, 8)},
+          {"Mistral", test::MistralConfig(1, 6)}};
 }
 
 // 16-bit memory computes exactly what float32 memory computes on keys and values rounded as it
@@ -129,20 +152,22 @@ TEST_P(SessionMemoryTest, RingsAre16BitAndComputeOnTheRoundedValues) {
     EXPECT_EQ(state.bytes(), model->StateBytes());
     size_t saved = 0;  // half of every 16-bit ring's float32 bytes
     for (int64_t l = 0; l < config.n_layer; ++l) {
-      const auto* dense = dynamic_cast<const DenseLayerState*>(&state.layer(l));
-      if (dense == nullptr) {  // other kinds keep float32 state
+      const std::vector<XlMemory*> rings = SixteenBitRings(state.layer(l));
+      if (rings.empty()) {  // other kinds keep float32 state
         EXPECT_EQ(state.layer(l).bytes(), wide.layer(l).bytes()) << "layer " << l;
         if (state.layer(l).ring() != nullptr && state.layer(l).ring()->keys().defined()) {
           EXPECT_EQ(state.layer(l).ring()->dtype(), DType::kF32) << "layer " << l;
         }
         continue;
       }
-      EXPECT_EQ(dense->memory.dtype(), memory) << "layer " << l;
-      saved += dense->memory.bytes();
-      if (config.layer(l).dense.compressive()) {
-        EXPECT_EQ(dense->compressive.compressed.dtype(), memory) << "layer " << l;
+      for (XlMemory* ring : rings) {
+        if (!ring->keys().defined()) continue;  // (no compressed memory)
+        EXPECT_EQ(ring->dtype(), memory) << "layer " << l;
+        saved += ring->bytes();
+      }
+      if (const auto* dense = dynamic_cast<const DenseLayerState*>(&state.layer(l));
+          dense != nullptr && config.layer(l).dense.compressive()) {
         EXPECT_EQ(dense->compressive.hidden.dtype(), DType::kF32) << "layer " << l;
-        saved += dense->compressive.compressed.bytes();
       }
       EXPECT_EQ(model->LayerStateBytes(l), state.layer(l).bytes()) << "layer " << l;
     }

@@ -127,16 +127,45 @@ TEST(HalfLinearTest, DecodeKernelOfEveryIsaMatchesDouble) {
   std::mt19937 rng(5);
   for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
     for (HalfIsa isa : SupportedHalfIsas()) {
-      for (int64_t rows : {1, 2, 3, 4, 5, 7, 8}) {
+      for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 11, 32}) {
         for (int64_t in : {1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 513}) {
           for (bool with_bias : {false, true}) {
-            const Problem p = MakeProblem(rows, in, 19, type, rng);
+            // 37 outputs: two full panels of weight rows and a short one, whole tiles and single
+            // rows in each.
+            const Problem p = MakeProblem(rows, in, 37, type, rng);
             std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
             HalfGemvRows(isa, p.x.data(), p.ldx, p.w.data(), type,
                          with_bias ? p.bias.data() : nullptr, y.data(), p.ldy, rows, in, p.out);
             ExpectMatches(p, type, with_bias, y,
                           absl::StrCat(Name(type), " ", HalfIsaName(isa), " rows ", rows, " in ",
                                        in, with_bias ? " bias" : ""));
+          }
+        }
+      }
+    }
+  }
+}
+
+// A batch of rows computes what each row does alone, bit for bit, on every instruction set: the
+// kernels' grouping of rows and weight rows never changes the order of a sum (batched decode
+// returns what single-session decode does).
+TEST(HalfLinearTest, BatchRowsMatchSingleRowsExactly) {
+  std::mt19937 rng(9);
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (HalfIsa isa : SupportedHalfIsas()) {
+      for (int64_t in : {5, 64, 300}) {
+        const Problem p = MakeProblem(13, in, 41, type, rng);
+        std::vector<float> batch(static_cast<size_t>(p.rows * p.ldy), kPoison);
+        HalfGemvRows(isa, p.x.data(), p.ldx, p.w.data(), type, p.bias.data(), batch.data(), p.ldy,
+                     p.rows, in, p.out);
+        for (int64_t r = 0; r < p.rows; ++r) {
+          std::vector<float> single(static_cast<size_t>(p.out), kPoison);
+          HalfGemvRows(isa, p.x.data() + r * p.ldx, p.ldx, p.w.data(), type, p.bias.data(),
+                       single.data(), p.out, 1, in, p.out);
+          for (int64_t o = 0; o < p.out; ++o) {
+            ASSERT_EQ(batch[r * p.ldy + o], single[o])
+                << Name(type) << " " << HalfIsaName(isa) << " in " << in << " row " << r << " out "
+                << o;
           }
         }
       }

@@ -65,8 +65,11 @@ TEST(SlidingWindowAttentionTest, MatchesTheExplicitMask) {
       {100, {1, 1}, 6, 9},   // covers everything: plain causal attention
       {5, {2, 1}, 0, 12},    // no memory yet
       {8, {1, 2}, 20, 150},  // several 64-query blocks
-      {3, {1, 2}, 7, 1},     // decode steps (one query: the key-by-key path)
-      {1, {1, 1}, 0, 1},
+      {3, {1, 2}, 7, 1},     // decode steps (one query: per-head products)
+      {1, {1, 1}, 0, 1},     // a first decode step
+      {4, {3, 3}, 20, 1},    // a dilated decode step across the ring's spans
+      {100, {1, 2}, 13, 1},  // a decode step seeing every (dilated) stored key
+      {6, {2, 2}, 1, 1},     // a dilated window that has seen one position
   };
   std::mt19937 rng(3);
   std::normal_distribution<float> dist;
