@@ -115,7 +115,7 @@ absl::Status LshAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
 }
 
 size_t LshAttentionLayer::StateBytes() const {
-  return SessionStateBytes(1, lc_.lsh.history - 1, config_.attn_width()) +
+  return SessionStateBytes(1, lc_.lsh.history - 1, config_.attn_width(), history_memory_) +
          static_cast<size_t>((lc_.lsh.history - 1) * config_.n_head * lc_.lsh.n_hashes) *
              sizeof(int32_t);
 }
@@ -123,8 +123,8 @@ size_t LshAttentionLayer::StateBytes() const {
 absl::StatusOr<std::unique_ptr<LayerState>> LshAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<LshLayerState>();  // normalised keys, values, buckets
   const std::vector<int64_t> shape = {lc_.lsh.history - 1, config_.attn_width()};
-  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(DType::kF32, shape));
-  ASSIGN_OR_RETURN(Tensor values, be.Allocate(DType::kF32, shape));
+  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(history_memory_, shape));
+  ASSIGN_OR_RETURN(Tensor values, be.Allocate(history_memory_, shape));
   state->history = XlMemory(std::move(keys), std::move(values));
   ASSIGN_OR_RETURN(
       state->buckets.buckets,
@@ -136,7 +136,8 @@ absl::StatusOr<std::unique_ptr<LayerState>> LshAttentionLayer::NewState(Backend&
 bool LshAttentionLayer::Fits(const LayerState& state) const {
   const auto* s = dynamic_cast<const LshLayerState*>(&state);
   return s != nullptr && s->bytes() == StateBytes() && s->history.keys().defined() &&
-         s->history.capacity() == lc_.lsh.history - 1 && s->history.width() == config_.attn_width();
+         s->history.dtype() == history_memory_ && s->history.capacity() == lc_.lsh.history - 1 &&
+         s->history.width() == config_.attn_width();
 }
 
 absl::Status LshAttentionLayer::Forward(const AttentionCall& call) const {

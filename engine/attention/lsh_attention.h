@@ -32,7 +32,10 @@ struct LshLayerState final : LayerState {
 
 class LshAttentionLayer final : public AttentionLayer {
  public:
-  LshAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
+  // `history_memory`: the dtype of the history's key/value rows (ModelOptions::session_memory);
+  // the buckets stay int32.
+  LshAttentionLayer(const ModelConfig& config, int64_t layer, DType history_memory)
+      : AttentionLayer(config, layer), history_memory_(history_memory) {}
 
   // Reads and validates the kind's fields of a "layers" entry into `layer` (errors name the
   // field; docs/checkpoint-format.md "layers").
@@ -47,6 +50,9 @@ class LshAttentionLayer final : public AttentionLayer {
   absl::StatusOr<std::unique_ptr<LayerState>> NewState(Backend& backend) const override;
   bool Fits(const LayerState& state) const override;
   absl::Status Forward(const AttentionCall& call) const override;
+
+ private:
+  DType history_memory_;
 };
 
 }  // namespace mnemo::engine

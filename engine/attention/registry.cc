@@ -18,7 +18,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
     case AttentionKind::kSparse:
       return std::make_unique<SparseAttentionLayer>(config, layer, context.session_memory);
     case AttentionKind::kLsh:
-      return std::make_unique<LshAttentionLayer>(config, layer);
+      return std::make_unique<LshAttentionLayer>(config, layer, context.session_memory);
   }
   return absl::InternalError("unknown attention kind");
 }

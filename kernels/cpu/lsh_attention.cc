@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/half_linear.h"
 
 namespace mnemo::kernels {
 namespace {
@@ -96,6 +97,7 @@ struct Scratch {
   std::vector<int64_t> cand;       // candidate positions of one query
   std::vector<float> scores;       // their logits, then weights
   std::vector<const float*> vals;  // their value rows
+  std::vector<float> widened;      // [candidates, 2·d_h]: 16-bit history rows' keys and values
   std::vector<Fenwick> trees;      // [R] over `tree`
 };
 
@@ -154,13 +156,16 @@ void SingleQueryRound(const int32_t* bucket, int64_t n, int n_buckets, int64_t c
   }
 }
 
-// The value row of position j in the key spans.
-inline const float* ValueRow(const std::vector<KvSpan>& keys, int64_t j) {
-  const float* row = nullptr;
+// out[d_h] = head h's value of position j in the key spans (widened from a 16-bit history).
+inline void CopyValue(const std::vector<KvSpan>& keys, int64_t j, int h, int head_dim, float* out) {
   ForEachKeyRange(keys, j, j + 1, [&](const KvSpan& span, int64_t r, int64_t, int64_t) {
-    row = span.v + r * span.ld;
+    const int64_t at = r * span.ld + static_cast<int64_t>(h) * head_dim;
+    if (span.type == WeightType::kF32) {
+      std::copy(span.v + at, span.v + at + head_dim, out);
+    } else {
+      WidenRow(span.v16 + at, span.type, 1.0f, out, head_dim);
+    }
   });
-  return row;
 }
 
 // Queries [i0, i1) of head h.
@@ -260,8 +265,7 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
     const int64_t i = p - shape.memory_len;
     float* o = out + i * ldo + static_cast<int64_t>(h) * head_dim;
     if (s.cand.empty()) {
-      const float* v = ValueRow(keys, p) + static_cast<int64_t>(h) * head_dim;
-      std::copy(v, v + head_dim, o);
+      CopyValue(keys, p, h, head_dim, o);
       continue;
     }
     // Position order: the same summation order however the positions were split into calls.
@@ -269,6 +273,7 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
     const int64_t m = static_cast<int64_t>(s.cand.size());
     s.scores.resize(static_cast<size_t>(m));
     s.vals.resize(static_cast<size_t>(m));
+    s.widened.resize(static_cast<size_t>(2 * m * head_dim));
     const float* q = x + i * ldx + static_cast<int64_t>(h) * head_dim;
     // Candidates are increasing, so each span is visited once, in order.
     int64_t next = 0;
@@ -277,12 +282,22 @@ void AttendBlock(const LshShape& shape, const float* x, int64_t ldx,
                       for (; next < m && s.cand[next] < j + count; ++next) {
                         const int64_t at =
                             (row + s.cand[next] - j) * span.ld + static_cast<int64_t>(h) * head_dim;
-                        const float* k = span.k + at;
+                        const float *k, *v;
+                        if (span.type == WeightType::kF32) {
+                          k = span.k + at;
+                          v = span.v + at;
+                        } else {  // a 16-bit history
+                          float* kw = s.widened.data() + 2 * next * head_dim;
+                          WidenRow(span.k16 + at, span.type, 1.0f, kw, head_dim);
+                          WidenRow(span.v16 + at, span.type, 1.0f, kw + head_dim, head_dim);
+                          k = kw;
+                          v = kw + head_dim;
+                        }
                         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
                         for (int d = 0; d < head_dim; ++d) dot += q[d] * k[d];
                         s.scores[next] = dot;
-                        s.vals[next] = span.v + at;
+                        s.vals[next] = v;
                       }
                     });
     // Max-subtracted softmax in float32; the weighted sum of values accumulates in float32.

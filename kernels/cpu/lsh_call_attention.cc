@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/cpu/half_linear.h"
+
 namespace mnemo::kernels {
 namespace {
 
@@ -38,13 +40,31 @@ void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
   const int64_t m = s.memory_len, t_len = s.query_len, n = m + t_len;
   const int64_t c = s.chunk_len, slots = rounds * n;
   const int64_t chunks = (slots + c - 1) / c;
-  // Every key's row (all heads) and bucket row, in key order.
+  // Every key's row (all heads) and bucket row, in key order. A 16-bit history is widened once
+  // for the call: this sort reads every key's row.
   std::vector<const float*> krows(static_cast<size_t>(n)), vrows(krows.size());
   std::vector<const int32_t*> brows(krows.size());
+  std::vector<float> widened;  // [2, rows, ld] of the 16-bit spans
+  ForEachKeyRange(keys, 0, n, [&](const KvSpan& span, int64_t, int64_t, int64_t) {
+    if (span.type != WeightType::kF32) widened.resize(widened.size() + 2 * span.rows * span.ld);
+  });
+  float* next_widened = widened.data();
   ForEachKeyRange(keys, 0, n, [&](const KvSpan& span, int64_t row, int64_t j, int64_t count) {
+    const float *k = span.k, *v = span.v;
+    int64_t first = row;
+    if (span.type != WeightType::kF32) {
+      float* kw = next_widened;
+      next_widened += 2 * span.rows * span.ld;
+      WidenRows(span.k16 + row * span.ld, span.ld, span.type, count, span.ld, kw, span.ld);
+      WidenRows(span.v16 + row * span.ld, span.ld, span.type, count, span.ld,
+                kw + span.rows * span.ld, span.ld);
+      k = kw;
+      v = kw + span.rows * span.ld;
+      first = 0;
+    }
     for (int64_t r = 0; r < count; ++r) {
-      krows[j + r] = span.k + (row + r) * span.ld;
-      vrows[j + r] = span.v + (row + r) * span.ld;
+      krows[j + r] = k + (first + r) * span.ld;
+      vrows[j + r] = v + (first + r) * span.ld;
     }
   });
   int64_t base = 0;

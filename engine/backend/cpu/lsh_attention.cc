@@ -58,10 +58,7 @@ absl::Status CpuBackend::LshAttention(const std::vector<LshAttentionArgs>& batch
     for (int64_t r = 0; r < t; ++r) {
       const int64_t slot = ring.SlotOfNewRow(r, t);
       if (slot < 0) continue;
-      std::memcpy(ring.keys().data<float>() + slot * width, keys.data() + r * width,
-                  width * sizeof(float));
-      std::memcpy(ring.values().data<float>() + slot * width, values.data() + r * width,
-                  width * sizeof(float));
+      ring.WriteRow(slot, keys.data() + r * width, values.data() + r * width);  // in its dtype
       std::memcpy(a.aux->buckets.data<int32_t>() + slot * nb, buckets.data() + r * nb,
                   nb * sizeof(int32_t));
     }

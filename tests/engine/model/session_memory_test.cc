@@ -19,6 +19,7 @@
 #include "engine/api/model.h"
 #include "engine/api/snapshot.h"
 #include "engine/attention/dense_attention.h"
+#include "engine/attention/lsh_attention.h"
 #include "engine/attention/sparse_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model_options.h"
@@ -36,12 +37,14 @@ std::unique_ptr<TransfoXlModel> Load(const std::string& dir, DType memory) {
 }
 
 // The key/value rings 16-bit session memory stores as 16-bit: the XL and compressed memory of
-// dense layers and the window of sparse layers (not their global store).
+// dense layers, the window of sparse layers (not their global store) and LSH layers' history
+// (not its buckets).
 std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
   if (auto* dense = dynamic_cast<DenseLayerState*>(&layer)) {
     return {&dense->memory, &dense->compressive.compressed};
   }
   if (auto* sparse = dynamic_cast<SparseLayerState*>(&layer)) return {&sparse->window};
+  if (auto* lsh = dynamic_cast<LshLayerState*>(&layer)) return {&lsh->history};
   return {};
 }
 
@@ -126,7 +129,14 @@ std::vector<Case> Cases() {
                 R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20,
                     "residual_attention": true})"},
                {}, 8)},
-          {"Mistral", test::MistralConfig(1, 6)}};
+          {"Mistral", test::MistralConfig(1, 6)},
+          // LSH histories under both sorts (the call sort reads every key).
+          {"Lsh",
+           test::ConfigWith({R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
+                    "history": 30})",
+                             R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
+                    "history": 12, "sort": "call"})"},
+                            {}, 8)}};
 }
 
 // 16-bit memory computes exactly what float32 memory computes on keys and values rounded as it
