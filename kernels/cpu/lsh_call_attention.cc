@@ -44,27 +44,30 @@ void LshCallAttention(const LshShape& s, const float* x, int64_t ldx,
   // for the call: this sort reads every key's row.
   std::vector<const float*> krows(static_cast<size_t>(n)), vrows(krows.size());
   std::vector<const int32_t*> brows(krows.size());
-  std::vector<float> widened;  // [2, rows, ld] of the 16-bit spans
-  ForEachKeyRange(keys, 0, n, [&](const KvSpan& span, int64_t, int64_t, int64_t) {
-    if (span.type != WeightType::kF32) widened.resize(widened.size() + 2 * span.rows * span.ld);
-  });
+  thread_local std::vector<float> widened;  // the 16-bit spans' keys, then values, widened
+  size_t need = 0;
+  for (const KvSpan& span : keys) {
+    if (span.type != WeightType::kF32) need += static_cast<size_t>(2 * span.rows * span.ld);
+  }
+  if (widened.size() < need) widened.resize(need);
   float* next_widened = widened.data();
   ForEachKeyRange(keys, 0, n, [&](const KvSpan& span, int64_t row, int64_t j, int64_t count) {
-    const float *k = span.k, *v = span.v;
-    int64_t first = row;
-    if (span.type != WeightType::kF32) {
+    const float *k, *v;
+    if (span.type == WeightType::kF32) {
+      k = span.k + row * span.ld;
+      v = span.v + row * span.ld;
+    } else {
       float* kw = next_widened;
-      next_widened += 2 * span.rows * span.ld;
+      next_widened += 2 * count * span.ld;
       WidenRows(span.k16 + row * span.ld, span.ld, span.type, count, span.ld, kw, span.ld);
-      WidenRows(span.v16 + row * span.ld, span.ld, span.type, count, span.ld,
-                kw + span.rows * span.ld, span.ld);
+      WidenRows(span.v16 + row * span.ld, span.ld, span.type, count, span.ld, kw + count * span.ld,
+                span.ld);
       k = kw;
-      v = kw + span.rows * span.ld;
-      first = 0;
+      v = kw + count * span.ld;
     }
     for (int64_t r = 0; r < count; ++r) {
-      krows[j + r] = k + (first + r) * span.ld;
-      vrows[j + r] = v + (first + r) * span.ld;
+      krows[j + r] = k + r * span.ld;
+      vrows[j + r] = v + r * span.ld;
     }
   });
   int64_t base = 0;
