@@ -80,7 +80,7 @@ struct AttentionCall {
 struct AttentionLoadContext {
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   Tensor sinusoids;  // dense: [rows, d_model] relative-position sinusoids (RelativeSinusoids)
-  // dense: the dtype of the sessions' key/value rings (ModelOptions::session_memory).
+  // dense, sparse, LSH: the dtype of the sessions' key/value rings (ModelOptions::session_memory).
   DType session_memory = DType::kF32;
 };
 
