@@ -178,6 +178,14 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
         layer->set_chunk_len(lc.lsh.chunk_len);
         layer->set_history(lc.lsh.history);
         break;
+      case engine::api::AttentionKind::kMemoryCompressed:
+        layer->set_attention(v1::ATTENTION_KIND_MEMORY_COMPRESSED);
+        layer->set_compression_rate(lc.memory_compressed.compression_rate);
+        layer->set_cmem_len(lc.memory_compressed.cmem_len);
+        layer->set_memory_tokens(lc.memory_compressed.cmem_len *
+                                     lc.memory_compressed.compression_rate +
+                                 lc.memory_compressed.compression_rate - 1);
+        break;
       case engine::api::AttentionKind::kLinear:
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
         layer->set_feature_map(std::string(engine::api::EnumName(lc.linear.feature_map)));

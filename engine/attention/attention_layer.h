@@ -80,7 +80,8 @@ struct AttentionCall {
 struct AttentionLoadContext {
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   Tensor sinusoids;  // dense: [rows, d_model] relative-position sinusoids (RelativeSinusoids)
-  // dense, sparse, LSH: the dtype of the sessions' key/value rings (ModelOptions::session_memory).
+  // dense, sparse, LSH, memory_compressed: the dtype of the sessions' key/value rings
+  // (ModelOptions::session_memory).
   DType session_memory = DType::kF32;
 };
 

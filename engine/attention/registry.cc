@@ -3,6 +3,7 @@
 #include "engine/attention/dense_attention.h"
 #include "engine/attention/linear_attention.h"
 #include "engine/attention/lsh_attention.h"
+#include "engine/attention/memory_compressed_attention.h"
 #include "engine/attention/sparse_attention.h"
 
 namespace mnemo::engine {
@@ -19,6 +20,9 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
       return std::make_unique<SparseAttentionLayer>(config, layer, context.session_memory);
     case AttentionKind::kLsh:
       return std::make_unique<LshAttentionLayer>(config, layer, context.session_memory);
+    case AttentionKind::kMemoryCompressed:
+      return MemoryCompressedAttentionLayer::Create(config, layer, host_weights,
+                                                    context.session_memory);
   }
   return absl::InternalError("unknown attention kind");
 }
@@ -34,6 +38,8 @@ absl::Status ParseAttentionConfig(LayerEntryReader& reader, const ModelConfig& c
       return SparseAttentionLayer::ParseConfig(reader, config, layer);
     case AttentionKind::kLsh:
       return LshAttentionLayer::ParseConfig(reader, config, layer);
+    case AttentionKind::kMemoryCompressed:
+      return MemoryCompressedAttentionLayer::ParseConfig(reader, config, layer);
   }
   return absl::InternalError("unknown attention kind");
 }
@@ -51,6 +57,8 @@ absl::Status ReadAttentionWeights(const ModelConfig& config, int64_t layer,
       return SparseAttentionLayer::ReadWeights(config, prefix, read, weights);
     case AttentionKind::kLsh:
       return LshAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
+    case AttentionKind::kMemoryCompressed:
+      return MemoryCompressedAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
   }
   return absl::InternalError("unknown attention kind");
 }

@@ -105,6 +105,28 @@ struct LshAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
+// One sequence's memory-compressed attention (docs/checkpoint-format.md "memory_compressed") of
+// one layer: the blocks its new positions complete are compressed, every new query attends, and
+// the new rows are written into the rings' next slots (XlMemory::SlotOfNewRow): the segment's
+// keys/values into `block`, the new compressed rows into `compressed`. The caller then advances
+// `block` by T and `compressed` by the blocks completed (kernels::BlocksCompleted).
+struct MemoryCompressedAttentionArgs {
+  const Tensor* qkv;       // [T, 3·H·d_h]: q | k | v
+  XlMemory* block;         // keys/values of the last min(position, c − 1) positions
+  XlMemory* compressed;    // the last min(⌊position / c⌋, S) compressed blocks
+  const MemoryCompressedConfig* layer;  // c, S
+  // The convolutions as products over a block's c rows side by side: [H·d_h, c·H·d_h], column
+  // t·H·d_h + i = the convolution's weight [·, i, t]; biases [H·d_h].
+  const Tensor* compress_k;
+  const Tensor* compress_k_bias;
+  const Tensor* compress_v;
+  const Tensor* compress_v_bias;
+  int64_t position;  // stream position of the segment's first token
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [T, H·d_h]
+};
+
 // One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
 // attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
 // into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
@@ -203,6 +225,12 @@ class Backend {
   virtual absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no LSH attention kernel"));
+  }
+  // Runs every sequence's memory-compressed attention of one layer and writes its new ring rows.
+  virtual absl::Status MemoryCompressedAttention(
+      const std::vector<MemoryCompressedAttentionArgs>& batch) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no memory-compressed attention kernel"));
   }
   // Updates every sequence's compressive memory of one layer.
   virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {

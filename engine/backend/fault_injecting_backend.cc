@@ -222,6 +222,12 @@ absl::Status FaultInjectingBackend::LshAttention(const std::vector<LshAttentionA
   return Run(BackendOp::kAttention, "LshAttention", [&] { return base_->LshAttention(batch); });
 }
 
+absl::Status FaultInjectingBackend::MemoryCompressedAttention(
+    const std::vector<MemoryCompressedAttentionArgs>& batch) {
+  return Run(BackendOp::kAttention, "MemoryCompressedAttention",
+             [&] { return base_->MemoryCompressedAttention(batch); });
+}
+
 absl::Status FaultInjectingBackend::CompressMemory(const std::vector<CompressArgs>& batch) {
   return Run(BackendOp::kAttention, "CompressMemory", [&] { return base_->CompressMemory(batch); });
 }

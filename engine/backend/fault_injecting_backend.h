@@ -9,7 +9,7 @@
 //         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
 //         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
-//         CompressMemory), append (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
+//         MemoryCompressedAttention, CompressMemory), append (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
 //         error: its outputs and any state it updates are written);
@@ -96,6 +96,8 @@ class FaultInjectingBackend final : public Backend {
   absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override;
   absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override;
   absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override;
+  absl::Status MemoryCompressedAttention(
+      const std::vector<MemoryCompressedAttentionArgs>& batch) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
   absl::Status BeginStep(uint64_t key) override;

@@ -30,6 +30,9 @@ enum class AttentionKind : uint8_t {
   kLinear,  // kernelised causal attention carried as a recurrent state (S, z) per head
   kSparse,  // softmax attention under a sparse pattern, kept as a rolling K/V buffer (+ globals)
   kLsh,     // Reformer LSH attention over a window of stored positions
+  // Liu et al.'s memory-compressed attention: keys and values of past blocks compressed by a
+  // strided convolution, the query's own block attended uncompressed
+  kMemoryCompressed,
 };
 
 // The pattern of a sparse layer (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3).
@@ -108,6 +111,15 @@ struct LshConfig {
   bool lsh_call_sort = false;  // "sort": "call": Hugging Face's whole-call algorithm
 };
 
+// memory_compressed (engine/attention/memory_compressed_attention, docs/checkpoint-format.md
+// "memory_compressed"): blocks of `compression_rate` positions, each compressed into one key and
+// one value row by a strided convolution; a query sees the last `cmem_len` compressed blocks
+// before its own block and its own block's positions up to itself.
+struct MemoryCompressedConfig {
+  int64_t compression_rate = 0;  // c: positions per block (the convolution's kernel and stride)
+  int64_t cmem_len = 0;          // S: compressed blocks a query sees
+};
+
 // One entry of config.json's "layers".
 struct LayerConfig {
   AttentionKind attention = AttentionKind::kDense;
@@ -115,6 +127,7 @@ struct LayerConfig {
   LinearConfig linear;
   SparseConfig sparse;
   LshConfig lsh;
+  MemoryCompressedConfig memory_compressed;
   // RealFormer: add the previous layer's pre-softmax scores to this layer's (dense, sparse).
   bool residual_attention = false;
   // The entry as written (canonical JSON), to check that shared layers agree.

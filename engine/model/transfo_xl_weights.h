@@ -29,6 +29,12 @@ struct LinearWeights {
 struct LshWeights {
   Tensor rotations;  // [H, d_h, n_hashes, n_buckets/2]
 };
+struct MemoryCompressedWeights {
+  // The strided convolutions over keys and over values, as PyTorch's Conv1d stores them:
+  // [H·d_h (out), H·d_h (in), c], [H·d_h].
+  Tensor compress_k, compress_k_bias;
+  Tensor compress_v, compress_v_bias;
+};
 
 struct TransfoXlLayerWeights {
   Tensor qkv;                          // [3·H·d_h, D] ([2·H·d_h, D]: shared qk | v for lsh)
@@ -37,6 +43,7 @@ struct TransfoXlLayerWeights {
   DenseWeights dense;
   LinearWeights linear;
   LshWeights lsh;
+  MemoryCompressedWeights memory_compressed;
   Tensor fc1, fc1_bias;            // [d_inner, D], [d_inner]
   Tensor fc2, fc2_bias;            // [D, d_inner], [D]
   Tensor ff_ln_gamma, ff_ln_beta;  // [D]

@@ -43,6 +43,13 @@ Further kinds (docs/checkpoint-format.md, written from its definitions):
 * ``"lsh"`` (:class:`LSHAttention`): Reformer attention by the per-query
   definition (every query sorts its own window ``U(p)`` per round); state
   :class:`LSHState`, the last ``history - 1`` positions.
+* ``"memory_compressed"`` (:class:`MemoryCompressedAttention`): Liu et
+  al.'s memory-compressed attention in causal form: blocks of
+  ``compression_rate`` positions compressed by a strided Conv1d over the
+  keys and one over the values; a query sees the last ``cmem_len``
+  compressed blocks before its own block and its own block up to itself.
+  The oracle keeps every key and value seen (:class:`MemoryCompressedState`)
+  and recomputes the convolutions over the whole history each call.
 * dense layers with ``"memory": "compressive"``
   (:class:`CompressiveAttention`): attention over [compressed | XL memory |
   segment], distances continuing through the compressed rows; evicted
@@ -100,7 +107,9 @@ __all__ = [
     "sinusoid_table", "RelMultiHeadAttention", "LinearState",
     "LinearAttention", "SparseState", "SparseAttention", "splitmix64_finalise",
     "bigbird_mix", "bigbird_random_blocks", "pattern_allowed", "PatternState",
-    "PatternSparseAttention", "LSHState", "LSHAttention", "CompressiveState",
+    "PatternSparseAttention", "LSHState", "LSHAttention",
+    "MemoryCompressedState", "MemoryCompressedAttention",
+    "MEMORY_COMPRESSED_MAX_RATE", "CompressiveState",
     "compress_rows", "CompressiveAttention", "PositionwiseFF", "DecoderLayer",
     "LMHead", "TransfoXLReference", "stream_logits", "favor_features",
     "random_checkpoint", "load_checkpoint", "read_ids", "main",
@@ -268,9 +277,13 @@ def _validate_layers(layers, cfg: dict) -> None:
         if kind == "lsh":
             _validate_lsh(entry, cfg, lambda what, n=n: fail(n, what))
             continue
+        if kind == "memory_compressed":
+            _validate_memory_compressed(entry, lambda what, n=n: fail(n, what))
+            continue
         if kind != "linear":
             fail(n, f"field 'attention' must be \"dense\", \"linear\", "
-                    f"\"sparse\" or \"lsh\", got {kind!r}")
+                    f"\"sparse\", \"lsh\" or \"memory_compressed\", "
+                    f"got {kind!r}")
         allowed = {"attention", "feature_map", "num_features", "eps", "gated"}
         extra = sorted(set(entry) - allowed)
         if extra:
@@ -451,6 +464,19 @@ def _validate_lsh(entry: dict, cfg: dict, fail) -> None:
         fail(f"field 'n_buckets' must be even, got {nb}")
     _int_field(entry, "chunk_len", fail, 1)
     _int_field(entry, "history", fail, 1, LSH_MAX_HISTORY, required=False)
+
+
+#: memory_compressed limits (docs/checkpoint-format.md "memory_compressed").
+MEMORY_COMPRESSED_MAX_RATE = 4096
+
+
+def _validate_memory_compressed(entry: dict, fail) -> None:
+    allowed = {"attention", "compression_rate", "cmem_len"}
+    extra = sorted(set(entry) - allowed)
+    if extra:
+        fail(f"unknown field {extra[0]!r}")
+    _int_field(entry, "compression_rate", fail, 2, MEMORY_COMPRESSED_MAX_RATE)
+    _int_field(entry, "cmem_len", fail, 1, SPARSE_MAX_SPAN)
 
 
 def _validate_globals(entry: dict, cfg: dict, fail) -> None:
@@ -648,6 +674,10 @@ def _entry_spec(entry: dict, cfg: dict) -> dict:
                 if comp == "dilated_conv" else None)}
     if entry["attention"] == "sparse":
         return _sparse_spec(entry, cfg)
+    if entry["attention"] == "memory_compressed":
+        return {"attention": "memory_compressed",
+                "compression_rate": entry["compression_rate"],
+                "cmem_len": entry["cmem_len"]}
     if entry["attention"] == "lsh":
         return {"attention": "lsh",
                 "n_hashes": entry["n_hashes"],
@@ -1340,6 +1370,99 @@ class LSHAttention(nn.Module):
 # --------------------------------------------------------------------------
 
 
+class MemoryCompressedState(NamedTuple):
+    """Carried state of one memory-compressed layer in the oracle.
+
+    ``k``, ``v``: [B, P, H * d_h], the projected keys and values of every
+    stream position seen so far (P = the session's position), oldest
+    first. The engine keeps only what a query can still reach; the oracle
+    keeps the whole history and recomputes the compression from it, so the
+    two share nothing but the definition.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class MemoryCompressedAttention(nn.Module):
+    """Memory-compressed attention (Liu et al. 2018), causal.
+
+    Positions fall into blocks of c = ``compression_rate``; block j covers
+    positions [j c, j c + c). ``compress_k`` and ``compress_v`` are
+    ``Conv1d(H d_h, H d_h, kernel_size=c, stride=c)`` over the sequence of
+    keys (values): output j is block j compressed. The query at position i
+    (block b = i // c) sees the compressed blocks max(0, b - S) .. b - 1
+    (S = ``cmem_len``) and the keys of positions b c .. i; ``score =
+    q.k / sqrt(d_h)`` per head (compressed rows split into heads like the
+    keys), one softmax over both sets. No position encodings.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.n_head, self.d_head = n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.rate = spec["compression_rate"]
+        self.cmem_len = spec["cmem_len"]
+        width = n_head * d_head
+        # Registration order = random_checkpoint draw order.
+        self.qkv = nn.Linear(d_model, 3 * width, bias=False)
+        self.o = nn.Linear(width, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+        self.compress_k = nn.Conv1d(width, width, self.rate, stride=self.rate)
+        self.compress_v = nn.Conv1d(width, width, self.rate, stride=self.rate)
+
+    def init_state(self, batch: int, ref: torch.Tensor
+                   ) -> MemoryCompressedState:
+        shape = (batch, 0, self.n_head * self.d_head)
+        return MemoryCompressedState(ref.new_zeros(shape), ref.new_zeros(shape))
+
+    def allowed(self, T: int, P: int, n_blocks: int, device=None
+                ) -> torch.Tensor:
+        """Boolean [T, n_blocks + P + T]: [compressed blocks | positions]."""
+        c, S = self.rate, self.cmem_len
+        i = torch.arange(P, P + T, device=device)[:, None]      # query positions
+        block = i // c
+        j = torch.arange(n_blocks, device=device)[None, :]
+        compressed = (j < block) & (j >= block - S)
+        m = torch.arange(P + T, device=device)[None, :]
+        own = (m >= block * c) & (m <= i)
+        return torch.cat([compressed, own], dim=1)
+
+    def forward(self, x: torch.Tensor, state: MemoryCompressedState
+                ) -> Tuple[torch.Tensor, MemoryCompressedState]:
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x
+        q, k, v = self.qkv(h).split(H * dh, dim=-1)
+        keys = torch.cat([state.k, k], dim=1)                 # [B, P+T, HD]
+        values = torch.cat([state.v, v], dim=1)
+        P = state.k.shape[1]
+        if P + T >= self.rate:   # complete blocks: one output each
+            ck = self.compress_k(keys.transpose(1, 2)).transpose(1, 2)
+            cv = self.compress_v(values.transpose(1, 2)).transpose(1, 2)
+        else:
+            ck, cv = keys[:, :0], values[:, :0]               # [B, 0, HD]
+        n_blocks = ck.shape[1]
+        all_k = torch.cat([ck, keys], dim=1)
+        all_v = torch.cat([cv, values], dim=1)
+
+        def heads(t):
+            return t.reshape(B, t.shape[1], H, dh).transpose(1, 2)
+
+        scores = torch.einsum("bhtd,bhkd->bhtk", heads(q),
+                              heads(all_k)) / math.sqrt(dh)
+        mask = self.allowed(T, P, n_blocks, x.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)   # never empty: i sees itself
+        out = torch.einsum("bhtk,bhkd->bhtd", probs, heads(all_v))
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        new_state = MemoryCompressedState(keys, values)
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
 class CompressiveState(NamedTuple):
     """State of a dense layer with compressive memory.
 
@@ -1509,8 +1632,8 @@ class PositionwiseFF(nn.Module):
 class DecoderLayer(nn.Module):
     """Dense (Transformer-XL) layer by default; ``spec`` may make it linear,
     sparse (a plain window, or ``kind`` "pattern" for the other patterns and
-    global attention), lsh, or dense with compressive memory (``kind``
-    "compressive")."""
+    global attention), lsh, memory_compressed, or dense with compressive
+    memory (``kind`` "compressive")."""
 
     def __init__(self, cfg: dict, spec: Optional[dict] = None):
         super().__init__()
@@ -1530,6 +1653,8 @@ class DecoderLayer(nn.Module):
             self.attn = PatternSparseAttention(cfg, spec)
         elif self.kind == "lsh":
             self.attn = LSHAttention(cfg, spec)
+        elif self.kind == "memory_compressed":
+            self.attn = MemoryCompressedAttention(cfg, spec)
         else:
             self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
@@ -1542,7 +1667,7 @@ class DecoderLayer(nn.Module):
         ``self.attn.carried_scores``."""
         res = {}
         if prev_scores is not None or keep_scores:
-            if self.kind in ("linear", "lsh"):
+            if self.kind in ("linear", "lsh", "memory_compressed"):
                 raise ValueError(f"a {self.kind} layer has no residual "
                                  f"attention")
             res = {"prev_scores": prev_scores, "keep_scores": keep_scores}
@@ -1702,7 +1827,8 @@ class TransfoXLReference(nn.Module):
         x = self.embed(ids)
         new_mems = []
         state_types = {"sparse": SparseState, "pattern": PatternState,
-                       "lsh": LSHState, "compressive": CompressiveState}
+                       "lsh": LSHState, "compressive": CompressiveState,
+                       "memory_compressed": MemoryCompressedState}
         # Residual attention: the scores S of the previous layer when this
         # layer is residual; they live within this call only.
         n_layer = len(self.stack)
@@ -1720,7 +1846,8 @@ class TransfoXLReference(nn.Module):
             if layer.kind == "linear":
                 state = mems[n]
                 if (not isinstance(state, tuple) or len(state) != 2
-                        or isinstance(state, (SparseState, LSHState))):
+                        or isinstance(state, (SparseState, LSHState,
+                                              MemoryCompressedState))):
                     raise ValueError(f"layer {n} is linear: its state must "
                                      f"be a LinearState (S, z)")
                 state = LinearState(state[0].to(x.dtype),
@@ -1829,7 +1956,9 @@ def _init_weights(model: TransfoXLReference, gen: torch.Generator) -> None:
                     normal(p, 0.0, 1.0)
             elif name.endswith("attn.rotations"):  # LSH: standard normal
                 normal(p, 0.0, 1.0)
-            elif name.endswith("attn.compress.weight"):  # [D, D, taps]
+            elif name.endswith(("attn.compress.weight",  # [D, D, taps]
+                                "attn.compress_k.weight",  # [HD, HD, c]
+                                "attn.compress_v.weight")):
                 normal(p, 0.0, 1.0 / math.sqrt(p.shape[1] * p.shape[2]))
             elif name.endswith("attn.gate.weight"):
                 normal(p, 0.0, 0.5 / math.sqrt(p.shape[1]))

@@ -66,6 +66,8 @@ class CpuBackend final : public Backend {
   absl::Status LinearAttention(const std::vector<LinearAttentionArgs>& batch) override;
   absl::Status SparseAttention(const std::vector<SparseAttentionArgs>& batch) override;
   absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override;
+  absl::Status MemoryCompressedAttention(
+      const std::vector<MemoryCompressedAttentionArgs>& batch) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
 

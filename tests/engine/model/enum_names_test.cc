@@ -45,6 +45,7 @@ TEST(EnumNamesTest, EveryValueRoundTripsThroughItsName) {
 
 TEST(EnumNamesTest, NamesAreTheConfigSpellings) {
   EXPECT_EQ(EnumName(AttentionKind::kLsh), "lsh");
+  EXPECT_EQ(EnumName(AttentionKind::kMemoryCompressed), "memory_compressed");
   EXPECT_EQ(EnumName(Compression::kDilatedConv), "dilated_conv");
   EXPECT_EQ(EnumName(SparsePattern::kBigBird), "bigbird");
   EXPECT_EQ(EnumName(FeatureMap::kFavor), "favor");
