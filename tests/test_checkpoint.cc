@@ -384,6 +384,13 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       extra.push_back({p + "attn.compress.weight", {d, d, lc.dense.compress_taps()}});
       extra.push_back({p + "attn.compress.bias", {d}});
     }
+    if (lc.attention == engine::AttentionKind::kMemoryCompressed) {  // last, as above
+      const int64_t rate = lc.memory_compressed.compression_rate;
+      for (const char* which : {"k", "v"}) {
+        extra.push_back({absl::StrCat(p, "attn.compress_", which, ".weight"), {hd, hd, rate}});
+        extra.push_back({absl::StrCat(p, "attn.compress_", which, ".bias"), {hd}});
+      }
+    }
     t.push_back({p + "ff.fc1.weight", {c.d_inner, d}});
     t.push_back({p + "ff.fc1.bias", {c.d_inner}});
     t.push_back({p + "ff.fc2.weight", {d, c.d_inner}});

@@ -39,8 +39,7 @@ Tensor BlockProduct(const Tensor& conv) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<LayerState>> MemoryCompressedLayerState::Map(
-    TensorCopy copy) const {
+absl::StatusOr<std::unique_ptr<LayerState>> MemoryCompressedLayerState::Map(TensorCopy copy) const {
   auto out = std::make_unique<MemoryCompressedLayerState>();
   ASSIGN_OR_RETURN(out->block, CopyRing(block, copy));
   ASSIGN_OR_RETURN(out->compressed, CopyRing(compressed, copy));
@@ -62,10 +61,10 @@ absl::Status MemoryCompressedLayerState::SetBookkeeping(std::span<const int64_t>
   const int64_t held = std::min(position, block.capacity());
   const int64_t blocks = std::min(position / rate, compressed.capacity());
   if (block.size() != held || compressed.size() != blocks) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "memory_compressed: rings of ", block.size(), " positions and ", compressed.size(),
-        " compressed blocks, expected ", held, " and ", blocks, " at the session's position ",
-        position));
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory_compressed: rings of ", block.size(), " positions and ",
+                     compressed.size(), " compressed blocks, expected ", held, " and ", blocks,
+                     " at the session's position ", position));
   }
   return absl::OkStatus();
 }
@@ -79,8 +78,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MemoryCompressedAttentionLayer::
   return out;
 }
 
-absl::Status MemoryCompressedAttentionLayer::ParseConfig(LayerEntryReader& r,
-                                                         const ModelConfig& c,
+absl::Status MemoryCompressedAttentionLayer::ParseConfig(LayerEntryReader& r, const ModelConfig& c,
                                                          LayerConfig& layer) {
   ASSIGN_OR_RETURN(layer.memory_compressed.compression_rate,
                    r.Int("compression_rate", 2, kMaxCompressionRate));
@@ -89,8 +87,7 @@ absl::Status MemoryCompressedAttentionLayer::ParseConfig(LayerEntryReader& r,
 }
 
 absl::Status MemoryCompressedAttentionLayer::ReadWeights(const ModelConfig& c, int64_t layer,
-                                                         const std::string& p,
-                                                         ReadTensorFn read,
+                                                         const std::string& p, ReadTensorFn read,
                                                          TransfoXlLayerWeights& lw) {
   const int64_t hd = c.attn_width(), rate = c.layer(layer).memory_compressed.compression_rate;
   ASSIGN_OR_RETURN(lw.qkv, read(p + "qkv.weight", {3 * hd, c.d_model}));

@@ -111,9 +111,9 @@ struct LshAttentionArgs {
 // keys/values into `block`, the new compressed rows into `compressed`. The caller then advances
 // `block` by T and `compressed` by the blocks completed (kernels::BlocksCompleted).
 struct MemoryCompressedAttentionArgs {
-  const Tensor* qkv;       // [T, 3·H·d_h]: q | k | v
-  XlMemory* block;         // keys/values of the last min(position, c − 1) positions
-  XlMemory* compressed;    // the last min(⌊position / c⌋, S) compressed blocks
+  const Tensor* qkv;                    // [T, 3·H·d_h]: q | k | v
+  XlMemory* block;                      // keys/values of the last min(position, c − 1) positions
+  XlMemory* compressed;                 // the last min(⌊position / c⌋, S) compressed blocks
   const MemoryCompressedConfig* layer;  // c, S
   // The convolutions as products over a block's c rows side by side: [H·d_h, c·H·d_h], column
   // t·H·d_h + i = the convolution's weight [·, i, t]; biases [H·d_h].

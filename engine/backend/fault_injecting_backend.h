@@ -9,7 +9,8 @@
 //         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
 //         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
-//         MemoryCompressedAttention, CompressMemory), append (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
+//         MemoryCompressedAttention, CompressMemory), append (AppendToMemory), sync (Synchronize,
+//         BeginStep, EndStep), or any;
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
 //         error: its outputs and any state it updates are written);

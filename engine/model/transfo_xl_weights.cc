@@ -88,13 +88,26 @@ void ForEachWeight(Weights& w, Fn fn) {
   fn(w.emb_proj_bias, false);
   for (auto& lw : w.layers) {
     for (auto* t : {&lw.qkv, &lw.dense.r, &lw.o, &lw.fc1, &lw.fc2}) fn(*t, true);
-    for (auto* t :
-         {&lw.linear.features, &lw.linear.gate_weight, &lw.lsh.rotations, &lw.dense.compress,
-          &lw.dense.compress_bias, &lw.linear.gate_bias, &lw.attn_ln_gamma, &lw.attn_ln_beta,
-          &lw.dense.r_w_bias, &lw.dense.r_r_bias, &lw.fc1_bias, &lw.fc2_bias, &lw.ff_ln_gamma,
-          &lw.ff_ln_beta, &lw.attn_post_norm, &lw.ff_post_norm, &lw.memory_compressed.compress_k,
-          &lw.memory_compressed.compress_k_bias, &lw.memory_compressed.compress_v,
-          &lw.memory_compressed.compress_v_bias}) {
+    for (auto* t : {&lw.linear.features,
+                    &lw.linear.gate_weight,
+                    &lw.lsh.rotations,
+                    &lw.dense.compress,
+                    &lw.dense.compress_bias,
+                    &lw.linear.gate_bias,
+                    &lw.attn_ln_gamma,
+                    &lw.attn_ln_beta,
+                    &lw.dense.r_w_bias,
+                    &lw.dense.r_r_bias,
+                    &lw.fc1_bias,
+                    &lw.fc2_bias,
+                    &lw.ff_ln_gamma,
+                    &lw.ff_ln_beta,
+                    &lw.attn_post_norm,
+                    &lw.ff_post_norm,
+                    &lw.memory_compressed.compress_k,
+                    &lw.memory_compressed.compress_k_bias,
+                    &lw.memory_compressed.compress_v,
+                    &lw.memory_compressed.compress_v_bias}) {
       fn(*t, false);
     }
   }

@@ -52,6 +52,10 @@ KIND_LAYERS = {
         {"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 8, "history": 40},
         {"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 8, "history": 24},
     ],
+    "memory_compressed": [
+        {"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 8},
+        {"attention": "memory_compressed", "compression_rate": 4, "cmem_len": 6},
+    ],
     "mixed": [
         {"attention": "sparse", "pattern": "window", "window": 24, "global_positions": [0]},
         {"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 8, "history": 40},

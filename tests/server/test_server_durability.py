@@ -10,8 +10,9 @@ ingest.
 import pytest
 from mnemo.v1 import mnemo_pb2 as pb
 
-from durability_harness import (KINDS, StoreDir, assert_same, doc_chunks, model_flags, observe,
-                                sessions_by_id, snapshot_layout, wait_durable)
+from durability_harness import (KIND_LAYERS, KINDS, StoreDir, assert_same, doc_chunks,
+                                model_flags, observe, sessions_by_id, snapshot_layout,
+                                wait_durable)
 from server_harness import BASE_FLAGS, ServerProcess, document, odd_chunks, wait_until
 
 
@@ -60,6 +61,13 @@ def test_a_session_restores_exactly_after_export_import_restart_and_crash(
     store = StoreDir(str(tmp_path / "store"))
     node = store_server(store.path, "--speculative", "on", models=model_flags(kind_models))
     with node.client() as c:
+        if kind in KIND_LAYERS:  # GetModel reports each layer's kind as config.json names it
+            layers = c.model(kind).layers
+            assert [pb.AttentionKind.Name(l.attention) for l in layers] == [
+                "ATTENTION_KIND_" + e["attention"].upper() for e in KIND_LAYERS[kind]]
+            if kind == "memory_compressed":
+                assert [(l.compression_rate, l.cmem_len, l.memory_tokens) for l in layers] == [
+                    (3, 8, 3 * 8 + 2), (4, 6, 4 * 6 + 3)]
         sync = c.create_session(model=kind, durability="sync", labels={"kind": kind, "d": "s"},
                                 ttl_s=3000)
         asyn = c.create_session(model=kind, durability="async", labels={"d": "a"}, ttl_s=2000)

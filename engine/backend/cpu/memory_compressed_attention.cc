@@ -19,8 +19,7 @@ namespace {
 void CopyRows(const std::vector<kernels::KvSpan>& spans, bool values, int64_t begin, int64_t end,
               int64_t width, float* dst) {
   kernels::ForEachKeyRange(
-      spans, begin, end,
-      [&](const kernels::KvSpan& span, int64_t row, int64_t key, int64_t count) {
+      spans, begin, end, [&](const kernels::KvSpan& span, int64_t row, int64_t key, int64_t count) {
         float* out = dst + (key - begin) * width;
         if (span.type == kernels::WeightType::kF32) {
           const float* src = (values ? span.v : span.k) + row * span.ld;
@@ -44,7 +43,7 @@ absl::Status CpuBackend::MemoryCompressedAttention(
     const int64_t t = a.qkv->dim(0), ld = 3 * width;
     const int64_t c = a.layer->compression_rate;
     const kernels::MemoryCompressedShape shape{a.num_heads, a.head_dim, t,
-                                               a.position,  c,           a.layer->cmem_len};
+                                               a.position,  c,          a.layer->cmem_len};
     const int64_t open = kernels::OpenBlockRows(shape), blocks = kernels::BlocksCompleted(shape);
     // The open block's stored positions (the last `open` of the ring), then the segment's.
     // (buffers kept per thread: a decode step allocates nothing)
@@ -88,7 +87,8 @@ absl::Status CpuBackend::MemoryCompressedAttention(
     }
     for (int64_t r = 0; r < blocks; ++r) {
       const int64_t slot = a.compressed->SlotOfNewRow(r, blocks);
-      if (slot >= 0) a.compressed->WriteRow(slot, ckeys.data() + r * width, cvalues.data() + r * width);
+      if (slot >= 0)
+        a.compressed->WriteRow(slot, ckeys.data() + r * width, cvalues.data() + r * width);
     }
   }
   return absl::OkStatus();

@@ -46,6 +46,9 @@ std::string Compressive(const std::string& f, int rate, const std::string& extra
 
 // Every kind, and the models that combine them. The first run of 13 tokens stops mid-segment and
 // (rates 3 and 4, mem_len 8) mid compression group.
+const std::string kMemoryCompressed =
+    R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 4})";
+
 const std::vector<Case>& Cases() {
   static const auto* cases = new std::vector<Case>{
       {"dense_empty", {R"({"attention": "dense"})", R"({"attention": "dense"})"}, {}, 8},
@@ -85,7 +88,13 @@ const std::vector<Case>& Cases() {
       {"mixed",
        {Compressive("most_used", 3), R"({"attention": "linear", "feature_map": "elu"})",
         R"({"attention": "sparse", "window": 4, "global_tokens": [3, 7], "max_global": 2})",
-        R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 3, "history": 9})"},
+        R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 3, "history": 9})",
+        kMemoryCompressed},
+       {},
+       8},
+      {"memory_compressed",
+       {kMemoryCompressed,
+        R"({"attention": "memory_compressed", "compression_rate": 5, "cmem_len": 2})"},
        {},
        8},
       {"draft", {R"({"attention": "dense"})", Compressive("max_pool", 3)}, {}, 8, true},
@@ -282,7 +291,8 @@ std::string Edited(const std::string& snap, const std::function<void(Json&, std:
 class SnapshotHostileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    loaded_ = LoadCase(Cases()[11], "cpu");  // mixed: compressive, linear, sparse, lsh
+    // mixed: compressive, linear, sparse, lsh, memory_compressed
+    loaded_ = LoadCase(Cases()[11], "cpu");
     ASSERT_NE(loaded_.model, nullptr);
     auto state = loaded_.model->NewState();
     ASSERT_TRUE(state.ok());
@@ -438,6 +448,12 @@ TEST_F(SnapshotHostileTest, HostileManifestsAreRefused) {
       // missing ones up in the global store, which does not hold them (read past its rows).
       {"sparse window",
        [](Json& m, std::string&) { m["states"][0]["layers"][2]["bookkeeping"][1] = 1; }},
+      // Memory-compressed rings holding other than the position implies (20 tokens, c = 3,
+      // S = 4: 2 open-block rows and 4 compressed blocks): the kernel reads them by position.
+      {"memory_compressed",
+       [](Json& m, std::string&) { m["states"][0]["layers"][4]["bookkeeping"][1] = 1; }},
+      {"memory_compressed",
+       [](Json& m, std::string&) { m["states"][0]["layers"][4]["bookkeeping"][3] = 3; }},
       {"pending token",
        [](Json& m, std::string&) {
          m["session"]["pending"] = {1, 2, 37};

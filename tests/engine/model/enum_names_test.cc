@@ -36,7 +36,7 @@ void ExpectRoundTrips(size_t count) {
 TEST(EnumNamesTest, EveryValueRoundTripsThroughItsName) {
   ExpectRoundTrips<Activation>(4);
   ExpectRoundTrips<MemoryInit>(2);
-  ExpectRoundTrips<AttentionKind>(4);
+  ExpectRoundTrips<AttentionKind>(5);
   ExpectRoundTrips<SparsePattern>(4);
   ExpectRoundTrips<MemoryKind>(2);
   ExpectRoundTrips<Compression>(5);

@@ -442,6 +442,13 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
   EXPECT_EQ(c->layer(1).attention, AttentionKind::kLsh);
   EXPECT_EQ(c->layer(1).lsh.history, 4096);  // the default
   EXPECT_EQ(c->layer(1).lsh.bucket_factors.count, 0);
+  auto mc = ParseModelConfig(test::RenderJsonObject(WithLayers(
+      R"([{"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 64},
+          {"attention": "dense"}])")));
+  ASSERT_TRUE(mc.ok()) << mc.status();
+  EXPECT_EQ(mc->layer(0).attention, AttentionKind::kMemoryCompressed);
+  EXPECT_EQ(mc->layer(0).memory_compressed.compression_rate, 3);
+  EXPECT_EQ(mc->layer(0).memory_compressed.cmem_len, 64);
   auto factorised = ParseModelConfig(test::RenderJsonObject(WithLayers(
       R"([{"attention": "dense"},
           {"attention": "lsh", "n_hashes": 1, "n_buckets": [64, 128], "chunk_len": 64}])")));
@@ -512,6 +519,20 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
             "cmem_len"},
            {R"({"attention": "dense", "compression": "max_pool"})", "compression"},
            {R"({"attention": "linear", "feature_map": "elu", "memory": "compressive"})", "memory"},
+           {R"({"attention": "memory_compressed", "cmem_len": 4})", "compression_rate"},
+           {R"({"attention": "memory_compressed", "compression_rate": 1, "cmem_len": 4})",
+            "compression_rate"},
+           {R"({"attention": "memory_compressed", "compression_rate": 4097, "cmem_len": 4})",
+            "compression_rate"},
+           {R"({"attention": "memory_compressed", "compression_rate": 3})", "cmem_len"},
+           {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 0})",
+            "cmem_len"},
+           {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 2,
+                "compression": "conv1d"})",
+            "compression"},
+           {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 2,
+                "residual_attention": true})",
+            "residual_attention"},
        }) {
     auto bad = ParseModelConfig(
         test::RenderJsonObject(WithLayers("[" + layers + R"(, {"attention": "dense"}])")));

@@ -20,6 +20,7 @@
 #include "engine/api/snapshot.h"
 #include "engine/attention/dense_attention.h"
 #include "engine/attention/lsh_attention.h"
+#include "engine/attention/memory_compressed_attention.h"
 #include "engine/attention/sparse_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model_options.h"
@@ -37,14 +38,17 @@ std::unique_ptr<TransfoXlModel> Load(const std::string& dir, DType memory) {
 }
 
 // The key/value rings 16-bit session memory stores as 16-bit: the XL and compressed memory of
-// dense layers, the window of sparse layers (not their global store) and LSH layers' history
-// (not its buckets).
+// dense layers, the window of sparse layers (not their global store), LSH layers' history (not
+// its buckets), and memory-compressed layers' open block and compressed blocks.
 std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
   if (auto* dense = dynamic_cast<DenseLayerState*>(&layer)) {
     return {&dense->memory, &dense->compressive.compressed};
   }
   if (auto* sparse = dynamic_cast<SparseLayerState*>(&layer)) return {&sparse->window};
   if (auto* lsh = dynamic_cast<LshLayerState*>(&layer)) return {&lsh->history};
+  if (auto* mc = dynamic_cast<MemoryCompressedLayerState*>(&layer)) {
+    return {&mc->block, &mc->compressed};
+  }
   return {};
 }
 
@@ -136,7 +140,13 @@ std::vector<Case> Cases() {
                     "history": 30})",
                              R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
                     "history": 12, "sort": "call"})"},
-                            {}, 8)}};
+                            {}, 8)},
+          // Memory-compressed layers: blocks compressed within a call and read from the ring.
+          {"MemoryCompressed",
+           test::ConfigWith(
+               {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 4})",
+                R"({"attention": "memory_compressed", "compression_rate": 2, "cmem_len": 30})"},
+               {}, 8)}};
 }
 
 // 16-bit memory computes exactly what float32 memory computes on keys and values rounded as it
