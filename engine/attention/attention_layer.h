@@ -85,6 +85,17 @@ struct AttentionLoadContext {
   DType session_memory = DType::kF32;
 };
 
+// An empty key/value ring of `rows` positions `width` wide on `backend`'s device (zeroed), for
+// the kinds' NewState.
+inline absl::StatusOr<XlMemory> AllocateRing(Backend& backend, int64_t rows, int64_t width,
+                                             DType dtype) {
+  absl::StatusOr<Tensor> keys = backend.Allocate(dtype, {rows, width});
+  if (!keys.ok()) return keys.status();
+  absl::StatusOr<Tensor> values = backend.Allocate(dtype, {rows, width});
+  if (!values.ok()) return values.status();
+  return XlMemory(*std::move(keys), *std::move(values));
+}
+
 class AttentionLayer {
  public:
   AttentionLayer(const ModelConfig& config, int64_t layer)

@@ -17,12 +17,6 @@ namespace {
 // compression product.
 constexpr int64_t kMaxCompressionRate = 4096;
 
-absl::StatusOr<XlMemory> EmptyRing(Backend& be, int64_t rows, int64_t width, DType dtype) {
-  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(dtype, {rows, width}));
-  ASSIGN_OR_RETURN(Tensor values, be.Allocate(dtype, {rows, width}));
-  return XlMemory(std::move(keys), std::move(values));
-}
-
 // conv [out, in, c] (PyTorch's Conv1d) → [out, c·in] with column t·in + i = conv[o, i, t].
 Tensor BlockProduct(const Tensor& conv) {
   const int64_t out = conv.dim(0), in = conv.dim(1), c = conv.dim(2);
@@ -121,9 +115,9 @@ absl::StatusOr<std::unique_ptr<LayerState>> MemoryCompressedAttentionLayer::NewS
   const MemoryCompressedConfig& m = lc_.memory_compressed;
   auto state = std::make_unique<MemoryCompressedLayerState>();
   ASSIGN_OR_RETURN(state->block,
-                   EmptyRing(be, m.compression_rate - 1, config_.attn_width(), memory_dtype_));
+                   AllocateRing(be, m.compression_rate - 1, config_.attn_width(), memory_dtype_));
   ASSIGN_OR_RETURN(state->compressed,
-                   EmptyRing(be, m.cmem_len, config_.attn_width(), memory_dtype_));
+                   AllocateRing(be, m.cmem_len, config_.attn_width(), memory_dtype_));
   return state;
 }
 

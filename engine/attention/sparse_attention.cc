@@ -11,15 +11,6 @@
 #include "engine/model/layer_entry_reader.h"
 
 namespace mnemo::engine {
-namespace {
-
-absl::StatusOr<XlMemory> EmptyRing(Backend& be, int64_t rows, int64_t width, DType dtype) {
-  ASSIGN_OR_RETURN(Tensor keys, be.Allocate(dtype, {rows, width}));
-  ASSIGN_OR_RETURN(Tensor values, be.Allocate(dtype, {rows, width}));
-  return XlMemory(std::move(keys), std::move(values));
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<LayerState>> SparseLayerState::Map(TensorCopy copy) const {
   auto out = std::make_unique<SparseLayerState>();
@@ -156,10 +147,10 @@ size_t SparseAttentionLayer::StateBytes() const {
 absl::StatusOr<std::unique_ptr<LayerState>> SparseAttentionLayer::NewState(Backend& be) const {
   auto state = std::make_unique<SparseLayerState>();  // an empty rolling window (+ global store)
   ASSIGN_OR_RETURN(state->window,
-                   EmptyRing(be, lc_.sparse.sparse_span(), config_.kv_width(), window_memory_));
+                   AllocateRing(be, lc_.sparse.sparse_span(), config_.kv_width(), window_memory_));
   if (lc_.sparse.has_globals()) {
     ASSIGN_OR_RETURN(state->globals.globals,
-                     EmptyRing(be, lc_.sparse.max_global, config_.kv_width(), DType::kF32));
+                     AllocateRing(be, lc_.sparse.max_global, config_.kv_width(), DType::kF32));
     state->globals.global_positions.assign(static_cast<size_t>(lc_.sparse.max_global), -1);
   }
   return state;
