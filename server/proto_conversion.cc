@@ -186,6 +186,12 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
                                      lc.memory_compressed.compression_rate +
                                  lc.memory_compressed.compression_rate - 1);
         break;
+      case engine::api::AttentionKind::kRouting:
+        layer->set_attention(v1::ATTENTION_KIND_ROUTING);
+        layer->set_memory_tokens(lc.routing.history - 1);
+        layer->set_history(lc.routing.history);
+        layer->set_n_clusters(lc.routing.n_clusters);
+        break;
       case engine::api::AttentionKind::kLinear:
         layer->set_attention(v1::ATTENTION_KIND_LINEAR);
         layer->set_feature_map(std::string(engine::api::EnumName(lc.linear.feature_map)));

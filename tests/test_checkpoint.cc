@@ -384,6 +384,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors(
       extra.push_back({p + "attn.compress.weight", {d, d, lc.dense.compress_taps()}});
       extra.push_back({p + "attn.compress.bias", {d}});
     }
+    if (lc.attention == engine::AttentionKind::kRouting) {  // last, as above
+      extra.push_back({p + "attn.centroids", {c.n_head, lc.routing.n_clusters, c.d_head}});
+    }
     if (lc.attention == engine::AttentionKind::kMemoryCompressed) {  // last, as above
       const int64_t rate = lc.memory_compressed.compression_rate;
       for (const char* which : {"k", "v"}) {

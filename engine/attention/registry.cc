@@ -4,6 +4,7 @@
 #include "engine/attention/linear_attention.h"
 #include "engine/attention/lsh_attention.h"
 #include "engine/attention/memory_compressed_attention.h"
+#include "engine/attention/routing_attention.h"
 #include "engine/attention/sparse_attention.h"
 
 namespace mnemo::engine {
@@ -23,6 +24,8 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> MakeAttentionLayer(
     case AttentionKind::kMemoryCompressed:
       return MemoryCompressedAttentionLayer::Create(config, layer, host_weights,
                                                     context.session_memory);
+    case AttentionKind::kRouting:
+      return RoutingAttentionLayer::Create(config, layer, host_weights, context.session_memory);
   }
   return absl::InternalError("unknown attention kind");
 }
@@ -40,6 +43,8 @@ absl::Status ParseAttentionConfig(LayerEntryReader& reader, const ModelConfig& c
       return LshAttentionLayer::ParseConfig(reader, config, layer);
     case AttentionKind::kMemoryCompressed:
       return MemoryCompressedAttentionLayer::ParseConfig(reader, config, layer);
+    case AttentionKind::kRouting:
+      return RoutingAttentionLayer::ParseConfig(reader, config, layer);
   }
   return absl::InternalError("unknown attention kind");
 }
@@ -59,6 +64,8 @@ absl::Status ReadAttentionWeights(const ModelConfig& config, int64_t layer,
       return LshAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
     case AttentionKind::kMemoryCompressed:
       return MemoryCompressedAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
+    case AttentionKind::kRouting:
+      return RoutingAttentionLayer::ReadWeights(config, layer, prefix, read, weights);
   }
   return absl::InternalError("unknown attention kind");
 }

@@ -127,6 +127,20 @@ struct MemoryCompressedAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
+// One sequence's routing attention (docs/checkpoint-format.md "routing") of one layer. The new
+// positions' keys, values and key clusters are written into the ring's next slots
+// (XlMemory::SlotOfNewRow); the caller then calls memory->Advance(T).
+struct RoutingAttentionArgs {
+  const Tensor* qkv;             // [T, 3·H·d_h]: q | k | v
+  XlMemory* memory;              // keys/values of the last min(position, history − 1) positions
+  Tensor* clusters;              // [history − 1, H] int32: their keys' clusters, same slots
+  const RoutingConfig* layer;    // n_clusters, history
+  const Tensor* unit_centroids;  // [H, n_clusters, d_h], each row of norm 1
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [T, H·d_h]
+};
+
 // One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
 // attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
 // into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
@@ -231,6 +245,11 @@ class Backend {
       const std::vector<MemoryCompressedAttentionArgs>& batch) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no memory-compressed attention kernel"));
+  }
+  // Runs every sequence's routing attention of one layer and writes its new ring rows.
+  virtual absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no routing attention kernel"));
   }
   // Updates every sequence's compressive memory of one layer.
   virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {

@@ -228,6 +228,12 @@ absl::Status FaultInjectingBackend::MemoryCompressedAttention(
              [&] { return base_->MemoryCompressedAttention(batch); });
 }
 
+absl::Status FaultInjectingBackend::RoutingAttention(
+    const std::vector<RoutingAttentionArgs>& batch) {
+  return Run(BackendOp::kAttention, "RoutingAttention",
+             [&] { return base_->RoutingAttention(batch); });
+}
+
 absl::Status FaultInjectingBackend::CompressMemory(const std::vector<CompressArgs>& batch) {
   return Run(BackendOp::kAttention, "CompressMemory", [&] { return base_->CompressMemory(batch); });
 }

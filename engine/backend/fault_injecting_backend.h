@@ -9,8 +9,8 @@
 //         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
 //         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
-//         MemoryCompressedAttention, CompressMemory), append (AppendToMemory), sync (Synchronize,
-//         BeginStep, EndStep), or any;
+//         MemoryCompressedAttention, RoutingAttention, CompressMemory), append
+//         (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
 //         error: its outputs and any state it updates are written);
@@ -99,6 +99,7 @@ class FaultInjectingBackend final : public Backend {
   absl::Status LshAttention(const std::vector<LshAttentionArgs>& batch) override;
   absl::Status MemoryCompressedAttention(
       const std::vector<MemoryCompressedAttentionArgs>& batch) override;
+  absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
   absl::Status BeginStep(uint64_t key) override;

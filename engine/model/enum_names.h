@@ -50,12 +50,13 @@ struct EnumTable<MemoryInit> {
 
 template <>
 struct EnumTable<AttentionKind> {
-  static constexpr std::array<EnumEntry<AttentionKind>, 5> kEntries{{
+  static constexpr std::array<EnumEntry<AttentionKind>, 6> kEntries{{
       {AttentionKind::kDense, "dense"},
       {AttentionKind::kLinear, "linear"},
       {AttentionKind::kSparse, "sparse"},
       {AttentionKind::kLsh, "lsh"},
       {AttentionKind::kMemoryCompressed, "memory_compressed"},
+      {AttentionKind::kRouting, "routing"},
   }};
 };
 
@@ -130,8 +131,7 @@ static_assert(TableInDeclarationOrder<Activation>() &&
 static_assert(TableInDeclarationOrder<MemoryInit>() &&
               EnumTable<MemoryInit>::kEntries.size() == size_t(MemoryInit::kEmpty) + 1);
 static_assert(TableInDeclarationOrder<AttentionKind>() &&
-              EnumTable<AttentionKind>::kEntries.size() ==
-                  size_t(AttentionKind::kMemoryCompressed) + 1);
+              EnumTable<AttentionKind>::kEntries.size() == size_t(AttentionKind::kRouting) + 1);
 static_assert(TableInDeclarationOrder<SparsePattern>() &&
               EnumTable<SparsePattern>::kEntries.size() == size_t(SparsePattern::kBigBird) + 1);
 static_assert(TableInDeclarationOrder<MemoryKind>() &&

@@ -33,6 +33,9 @@ enum class AttentionKind : uint8_t {
   // Liu et al.'s memory-compressed attention: keys and values of past blocks compressed by a
   // strided convolution, the query's own block attended uncompressed
   kMemoryCompressed,
+  // Routing attention (Roy et al.'s Routing Transformer, causal): queries and keys routed to their
+  // nearest centroid, a query attending to the keys of its cluster within a window
+  kRouting,
 };
 
 // The pattern of a sparse layer (docs/checkpoint-format.md "Sparse patterns", MODEL-SPEC §3).
@@ -120,6 +123,14 @@ struct MemoryCompressedConfig {
   int64_t cmem_len = 0;          // S: compressed blocks a query sees
 };
 
+// routing (engine/attention/routing_attention, docs/checkpoint-format.md "routing"): each head's
+// queries and keys go to the nearest of `n_clusters` centroids (stored in the checkpoint); a
+// query sees the keys of its own cluster among the last `history` positions, itself always.
+struct RoutingConfig {
+  int64_t n_clusters = 0;
+  int64_t history = 0;  // positions a query's window spans, itself included
+};
+
 // One entry of config.json's "layers".
 struct LayerConfig {
   AttentionKind attention = AttentionKind::kDense;
@@ -128,6 +139,7 @@ struct LayerConfig {
   SparseConfig sparse;
   LshConfig lsh;
   MemoryCompressedConfig memory_compressed;
+  RoutingConfig routing;
   // RealFormer: add the previous layer's pre-softmax scores to this layer's (dense, sparse).
   bool residual_attention = false;
   // The entry as written (canonical JSON), to check that shared layers agree.

@@ -107,7 +107,8 @@ void ForEachWeight(Weights& w, Fn fn) {
                     &lw.memory_compressed.compress_k,
                     &lw.memory_compressed.compress_k_bias,
                     &lw.memory_compressed.compress_v,
-                    &lw.memory_compressed.compress_v_bias}) {
+                    &lw.memory_compressed.compress_v_bias,
+                    &lw.routing.centroids}) {
       fn(*t, false);
     }
   }

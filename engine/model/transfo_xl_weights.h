@@ -36,6 +36,10 @@ struct MemoryCompressedWeights {
   Tensor compress_v, compress_v_bias;
 };
 
+struct RoutingWeights {
+  Tensor centroids;  // [H, n_clusters, d_h]
+};
+
 struct TransfoXlLayerWeights {
   Tensor qkv;                          // [3·H·d_h, D] ([2·H·d_h, D]: shared qk | v for lsh)
   Tensor o;                            // [D, H·d_h]
@@ -44,6 +48,7 @@ struct TransfoXlLayerWeights {
   LinearWeights linear;
   LshWeights lsh;
   MemoryCompressedWeights memory_compressed;
+  RoutingWeights routing;
   Tensor fc1, fc1_bias;            // [d_inner, D], [d_inner]
   Tensor fc2, fc2_bias;            // [D, d_inner], [D]
   Tensor ff_ln_gamma, ff_ln_beta;  // [D]

@@ -50,6 +50,12 @@ Further kinds (docs/checkpoint-format.md, written from its definitions):
   compressed blocks before its own block and its own block up to itself.
   The oracle keeps every key and value seen (:class:`MemoryCompressedState`)
   and recomputes the convolutions over the whole history each call.
+* ``"routing"`` (:class:`RoutingAttention`): Routing Transformer attention
+  in causal form: each head's queries and keys go to the nearest centroid
+  on the unit sphere (``attn.centroids`` [H, K, d_h], normalised); a query
+  sees the keys of its cluster among the last ``history`` positions, itself
+  always. The oracle keeps every key and value seen
+  (:class:`RoutingState`) and routes them again each call.
 * dense layers with ``"memory": "compressive"``
   (:class:`CompressiveAttention`): attention over [compressed | XL memory |
   segment], distances continuing through the compressed rows; evicted
@@ -109,7 +115,8 @@ __all__ = [
     "bigbird_mix", "bigbird_random_blocks", "pattern_allowed", "PatternState",
     "PatternSparseAttention", "LSHState", "LSHAttention",
     "MemoryCompressedState", "MemoryCompressedAttention",
-    "MEMORY_COMPRESSED_MAX_RATE", "CompressiveState",
+    "MEMORY_COMPRESSED_MAX_RATE", "RoutingState", "RoutingAttention",
+    "ROUTING_MAX_CLUSTERS", "ROUTING_HISTORY_DEFAULT", "CompressiveState",
     "compress_rows", "CompressiveAttention", "PositionwiseFF", "DecoderLayer",
     "LMHead", "TransfoXLReference", "stream_logits", "favor_features",
     "random_checkpoint", "load_checkpoint", "read_ids", "main",
@@ -280,10 +287,13 @@ def _validate_layers(layers, cfg: dict) -> None:
         if kind == "memory_compressed":
             _validate_memory_compressed(entry, lambda what, n=n: fail(n, what))
             continue
+        if kind == "routing":
+            _validate_routing(entry, lambda what, n=n: fail(n, what))
+            continue
         if kind != "linear":
             fail(n, f"field 'attention' must be \"dense\", \"linear\", "
-                    f"\"sparse\", \"lsh\" or \"memory_compressed\", "
-                    f"got {kind!r}")
+                    f"\"sparse\", \"lsh\", \"memory_compressed\" or "
+                    f"\"routing\", got {kind!r}")
         allowed = {"attention", "feature_map", "num_features", "eps", "gated"}
         extra = sorted(set(entry) - allowed)
         if extra:
@@ -477,6 +487,20 @@ def _validate_memory_compressed(entry: dict, fail) -> None:
         fail(f"unknown field {extra[0]!r}")
     _int_field(entry, "compression_rate", fail, 2, MEMORY_COMPRESSED_MAX_RATE)
     _int_field(entry, "cmem_len", fail, 1, SPARSE_MAX_SPAN)
+
+
+#: routing limits and defaults (docs/checkpoint-format.md "routing").
+ROUTING_MAX_CLUSTERS = 4096
+ROUTING_HISTORY_DEFAULT = 4096
+
+
+def _validate_routing(entry: dict, fail) -> None:
+    allowed = {"attention", "n_clusters", "history"}
+    extra = sorted(set(entry) - allowed)
+    if extra:
+        fail(f"unknown field {extra[0]!r}")
+    _int_field(entry, "n_clusters", fail, 2, ROUTING_MAX_CLUSTERS)
+    _int_field(entry, "history", fail, 1, SPARSE_MAX_SPAN, required=False)
 
 
 def _validate_globals(entry: dict, cfg: dict, fail) -> None:
@@ -674,6 +698,9 @@ def _entry_spec(entry: dict, cfg: dict) -> dict:
                 if comp == "dilated_conv" else None)}
     if entry["attention"] == "sparse":
         return _sparse_spec(entry, cfg)
+    if entry["attention"] == "routing":
+        return {"attention": "routing", "n_clusters": entry["n_clusters"],
+                "history": entry.get("history", ROUTING_HISTORY_DEFAULT)}
     if entry["attention"] == "memory_compressed":
         return {"attention": "memory_compressed",
                 "compression_rate": entry["compression_rate"],
@@ -1463,6 +1490,88 @@ class MemoryCompressedAttention(nn.Module):
         return self.ln(x + out), new_state
 
 
+class RoutingState(NamedTuple):
+    """Carried state of one routing layer in the oracle.
+
+    ``k``, ``v``: [B, H, P, d_h], the keys and values of every position
+    seen so far (P = the session's position), oldest first. The engine
+    keeps the last history - 1 with their clusters; the oracle keeps all and
+    routes them again each call, so the window is applied in the mask.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class RoutingAttention(nn.Module):
+    """Routing attention (Roy et al. 2020), causal, with fixed centroids.
+
+    Per head h, ``route(x) = argmax_c (mu_c / |mu_c|) . x`` over the
+    checkpoint's centroids ``mu`` = ``attn.centroids[h]`` [K, d_h] (the
+    nearest centroid on the unit sphere; the first maximum on ties). The
+    query at position p sees the keys j with ``p - history < j <= p`` and
+    ``route(k_j) == route(q_p)``, and itself always; ``score = q.k /
+    sqrt(d_h)``, softmax over those keys. No position encodings.
+    ``min_margin`` records the smallest gap between the best and the
+    second-best centroid of any vector routed (relative to the vector's
+    norm), so tests can tell a float32 tie from a bug.
+    """
+
+    def __init__(self, cfg: dict, spec: dict):
+        super().__init__()
+        d_model, n_head, d_head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
+        self.n_head, self.d_head = n_head, d_head
+        self.pre_lnorm = cfg["pre_lnorm"]
+        self.history = spec["history"]
+        width = n_head * d_head
+        # Registration order = random_checkpoint draw order.
+        self.qkv = nn.Linear(d_model, 3 * width, bias=False)
+        self.o = nn.Linear(width, d_model, bias=False)
+        self.ln = nn.LayerNorm(d_model, eps=cfg["layer_norm_epsilon"])
+        self.centroids = nn.Parameter(
+            torch.zeros(n_head, spec["n_clusters"], d_head))
+        self.min_margin = math.inf
+
+    def init_state(self, batch: int, ref: torch.Tensor) -> RoutingState:
+        shape = (batch, self.n_head, 0, self.d_head)
+        return RoutingState(ref.new_zeros(shape), ref.new_zeros(shape))
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, N, d_h] -> cluster ids [B, H, N]."""
+        unit = self.centroids / self.centroids.norm(dim=-1, keepdim=True)
+        sims = torch.einsum("bhnd,hkd->bhnk", x, unit)
+        if sims.shape[-1] > 1 and sims.numel():
+            top = sims.topk(2, dim=-1).values
+            gap = (top[..., 0] - top[..., 1]) / x.norm(dim=-1).clamp_min(1e-30)
+            self.min_margin = min(self.min_margin, gap.min().item())
+        return sims.argmax(dim=-1)
+
+    def forward(self, x: torch.Tensor, state: RoutingState
+                ) -> Tuple[torch.Tensor, RoutingState]:
+        B, T, _ = x.shape
+        H, dh = self.n_head, self.d_head
+        h = self.ln(x) if self.pre_lnorm else x
+        q, k, v = self.qkv(h).split(H * dh, dim=-1)
+        q, k, v = (t.reshape(B, T, H, dh).transpose(1, 2) for t in (q, k, v))
+        keys = torch.cat([state.k, k], dim=2)                   # [B,H,P+T,dh]
+        values = torch.cat([state.v, v], dim=2)
+        P = state.k.shape[2]
+        same = self.route(q)[..., :, None] == self.route(keys)[..., None, :]
+        i = torch.arange(P, P + T)[:, None]
+        j = torch.arange(P + T)[None, :]
+        window = (j <= i) & (j > i - self.history)
+        allowed = (same & window) | (j == i)
+        scores = torch.einsum("bhtd,bhkd->bhtk", q, keys) / math.sqrt(dh)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out = torch.einsum("bhtk,bhkd->bhtd", torch.softmax(scores, -1),
+                           values)
+        out = self.o(out.transpose(1, 2).reshape(B, T, H * dh))
+        new_state = RoutingState(keys, values)
+        if self.pre_lnorm:
+            return x + out, new_state
+        return self.ln(x + out), new_state
+
+
 class CompressiveState(NamedTuple):
     """State of a dense layer with compressive memory.
 
@@ -1632,7 +1741,7 @@ class PositionwiseFF(nn.Module):
 class DecoderLayer(nn.Module):
     """Dense (Transformer-XL) layer by default; ``spec`` may make it linear,
     sparse (a plain window, or ``kind`` "pattern" for the other patterns and
-    global attention), lsh, memory_compressed, or dense with compressive
+    global attention), lsh, memory_compressed, routing, or dense with compressive
     memory (``kind`` "compressive")."""
 
     def __init__(self, cfg: dict, spec: Optional[dict] = None):
@@ -1655,6 +1764,8 @@ class DecoderLayer(nn.Module):
             self.attn = LSHAttention(cfg, spec)
         elif self.kind == "memory_compressed":
             self.attn = MemoryCompressedAttention(cfg, spec)
+        elif self.kind == "routing":
+            self.attn = RoutingAttention(cfg, spec)
         else:
             self.attn = LinearAttention(cfg, spec)
         self.ff = PositionwiseFF(cfg)
@@ -1667,7 +1778,7 @@ class DecoderLayer(nn.Module):
         ``self.attn.carried_scores``."""
         res = {}
         if prev_scores is not None or keep_scores:
-            if self.kind in ("linear", "lsh", "memory_compressed"):
+            if self.kind in ("linear", "lsh", "memory_compressed", "routing"):
                 raise ValueError(f"a {self.kind} layer has no residual "
                                  f"attention")
             res = {"prev_scores": prev_scores, "keep_scores": keep_scores}
@@ -1770,7 +1881,7 @@ class TransfoXLReference(nn.Module):
 
     def reset_margin_stats(self) -> None:
         for layer in self.layers:
-            if layer.kind == "lsh":
+            if layer.kind in ("lsh", "routing"):
                 layer.attn.min_margin = math.inf
             if layer.kind == "compressive":
                 layer.attn.min_usage_margin = math.inf
@@ -1780,6 +1891,13 @@ class TransfoXLReference(nn.Module):
         none): a float32 engine may pick another bucket below ~1e-4."""
         return min((layer.attn.min_margin for layer in self.layers
                     if layer.kind == "lsh"), default=math.inf)
+
+    def min_routing_margin(self) -> float:
+        """Smallest best / second-best centroid gap of any vector routed
+        (inf if none), relative to the vector's norm: a float32 engine may
+        pick another cluster below ~1e-5."""
+        return min((layer.attn.min_margin for layer in self.layers
+                    if layer.kind == "routing"), default=math.inf)
 
     def min_usage_margin(self) -> float:
         """Smallest most_used usage gap (inf if none)."""
@@ -1828,7 +1946,8 @@ class TransfoXLReference(nn.Module):
         new_mems = []
         state_types = {"sparse": SparseState, "pattern": PatternState,
                        "lsh": LSHState, "compressive": CompressiveState,
-                       "memory_compressed": MemoryCompressedState}
+                       "memory_compressed": MemoryCompressedState,
+                       "routing": RoutingState}
         # Residual attention: the scores S of the previous layer when this
         # layer is residual; they live within this call only.
         n_layer = len(self.stack)
@@ -1847,7 +1966,8 @@ class TransfoXLReference(nn.Module):
                 state = mems[n]
                 if (not isinstance(state, tuple) or len(state) != 2
                         or isinstance(state, (SparseState, LSHState,
-                                              MemoryCompressedState))):
+                                              MemoryCompressedState,
+                                              RoutingState))):
                     raise ValueError(f"layer {n} is linear: its state must "
                                      f"be a LinearState (S, z)")
                 state = LinearState(state[0].to(x.dtype),
@@ -1954,7 +2074,8 @@ def _init_weights(model: TransfoXLReference, gen: torch.Generator) -> None:
                     p.copy_(favor_features(p.shape[0], p.shape[1], gen))
                 else:  # rfa: w_i ~ N(0, sigma^2 I), sigma = 1
                     normal(p, 0.0, 1.0)
-            elif name.endswith("attn.rotations"):  # LSH: standard normal
+            elif name.endswith(("attn.rotations",  # LSH: standard normal
+                                "attn.centroids")):  # routing: directions
                 normal(p, 0.0, 1.0)
             elif name.endswith(("attn.compress.weight",  # [D, D, taps]
                                 "attn.compress_k.weight",  # [HD, HD, c]

@@ -56,6 +56,10 @@ KIND_LAYERS = {
         {"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 8},
         {"attention": "memory_compressed", "compression_rate": 4, "cmem_len": 6},
     ],
+    "routing": [
+        {"attention": "routing", "n_clusters": 4, "history": 40},
+        {"attention": "routing", "n_clusters": 2, "history": 24},
+    ],
     "mixed": [
         {"attention": "sparse", "pattern": "window", "window": 24, "global_positions": [0]},
         {"attention": "lsh", "n_hashes": 2, "n_buckets": 8, "chunk_len": 8, "history": 40},

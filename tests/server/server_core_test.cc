@@ -169,8 +169,9 @@ TEST_F(ServerCoreTest, LongContextKindsServeSplitFreeAndCountCompressions) {
             "compression_rate": 2, "cmem_len": 4},
            {"attention": "dense", "memory": "compressive", "compression": "mean_pool",
             "compression_rate": 2, "cmem_len": 4, "residual_attention": true},
-           {"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 5}])");
-  ASSERT_EQ(config_.n_layer, 6);
+           {"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 5},
+           {"attention": "routing", "n_clusters": 3, "history": 11}])");
+  ASSERT_EQ(config_.n_layer, 7);
   const std::vector<int32_t> doc = Document(61, 7, config_.vocab_size);
   const std::vector<int32_t> probe = Document(9, 8, config_.vocab_size);
   SessionMemory whole = Fresh();

@@ -65,6 +65,9 @@ def test_a_session_restores_exactly_after_export_import_restart_and_crash(
             layers = c.model(kind).layers
             assert [pb.AttentionKind.Name(l.attention) for l in layers] == [
                 "ATTENTION_KIND_" + e["attention"].upper() for e in KIND_LAYERS[kind]]
+            if kind == "routing":
+                assert [(l.n_clusters, l.history, l.memory_tokens) for l in layers] == [
+                    (4, 40, 39), (2, 24, 23)]
             if kind == "memory_compressed":
                 assert [(l.compression_rate, l.cmem_len, l.memory_tokens) for l in layers] == [
                     (3, 8, 3 * 8 + 2), (4, 6, 4 * 6 + 3)]

@@ -49,6 +49,8 @@ std::string Compressive(const std::string& f, int rate, const std::string& extra
 const std::string kMemoryCompressed =
     R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 4})";
 
+const std::string kRouting = R"({"attention": "routing", "n_clusters": 3, "history": 7})";
+
 const std::vector<Case>& Cases() {
   static const auto* cases = new std::vector<Case>{
       {"dense_empty", {R"({"attention": "dense"})", R"({"attention": "dense"})"}, {}, 8},
@@ -89,7 +91,7 @@ const std::vector<Case>& Cases() {
        {Compressive("most_used", 3), R"({"attention": "linear", "feature_map": "elu"})",
         R"({"attention": "sparse", "window": 4, "global_tokens": [3, 7], "max_global": 2})",
         R"({"attention": "lsh", "n_hashes": 1, "n_buckets": 4, "chunk_len": 3, "history": 9})",
-        kMemoryCompressed},
+        kMemoryCompressed, kRouting},
        {},
        8},
       {"memory_compressed",
@@ -97,6 +99,7 @@ const std::vector<Case>& Cases() {
         R"({"attention": "memory_compressed", "compression_rate": 5, "cmem_len": 2})"},
        {},
        8},
+      {"routing", {kRouting, R"({"attention": "routing", "n_clusters": 2, "history": 30})"}, {}, 8},
       {"draft", {R"({"attention": "dense"})", Compressive("max_pool", 3)}, {}, 8, true},
   };
   return *cases;
@@ -291,7 +294,7 @@ std::string Edited(const std::string& snap, const std::function<void(Json&, std:
 class SnapshotHostileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    // mixed: compressive, linear, sparse, lsh, memory_compressed
+    // mixed: compressive, linear, sparse, lsh, memory_compressed, routing
     loaded_ = LoadCase(Cases()[11], "cpu");
     ASSERT_NE(loaded_.model, nullptr);
     auto state = loaded_.model->NewState();
@@ -454,6 +457,9 @@ TEST_F(SnapshotHostileTest, HostileManifestsAreRefused) {
        [](Json& m, std::string&) { m["states"][0]["layers"][4]["bookkeeping"][1] = 1; }},
       {"memory_compressed",
        [](Json& m, std::string&) { m["states"][0]["layers"][4]["bookkeeping"][3] = 3; }},
+      // A routing history holding other than min(position, history − 1) positions.
+      {"routing history",
+       [](Json& m, std::string&) { m["states"][0]["layers"][5]["bookkeeping"][1] = 2; }},
       {"pending token",
        [](Json& m, std::string&) {
          m["session"]["pending"] = {1, 2, 37};
@@ -515,6 +521,22 @@ TEST_F(SnapshotHostileTest, LshBucketsOutOfRangeAreRefusedEvenWithValidChecksums
         },
         /*rehash_sections=*/true);
     ExpectRefused(s, absl::StatusCode::kInvalidArgument, "lsh buckets");
+  }
+}
+
+TEST_F(SnapshotHostileTest, RoutingClustersOutOfRangeAreRefusedEvenWithValidChecksums) {
+  for (const int32_t bad : {3, -1, std::numeric_limits<int32_t>::max()}) {
+    const std::string s = Edited(
+        snap_,
+        [&](Json& m, std::string& data) {
+          const Json& routing = m["states"][0]["layers"][5];
+          const auto section =
+              m["sections"][routing["section"].get<size_t>()]["offset"].get<size_t>();
+          const auto off = routing["tensors"][0]["offset"].get<size_t>();  // clusters come first
+          std::memcpy(data.data() + section + off + 4 * 2, &bad, 4);
+        },
+        /*rehash_sections=*/true);
+    ExpectRefused(s, absl::StatusCode::kInvalidArgument, "routing clusters");
   }
 }
 

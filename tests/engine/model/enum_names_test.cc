@@ -36,7 +36,7 @@ void ExpectRoundTrips(size_t count) {
 TEST(EnumNamesTest, EveryValueRoundTripsThroughItsName) {
   ExpectRoundTrips<Activation>(4);
   ExpectRoundTrips<MemoryInit>(2);
-  ExpectRoundTrips<AttentionKind>(5);
+  ExpectRoundTrips<AttentionKind>(6);
   ExpectRoundTrips<SparsePattern>(4);
   ExpectRoundTrips<MemoryKind>(2);
   ExpectRoundTrips<Compression>(5);
@@ -46,6 +46,7 @@ TEST(EnumNamesTest, EveryValueRoundTripsThroughItsName) {
 TEST(EnumNamesTest, NamesAreTheConfigSpellings) {
   EXPECT_EQ(EnumName(AttentionKind::kLsh), "lsh");
   EXPECT_EQ(EnumName(AttentionKind::kMemoryCompressed), "memory_compressed");
+  EXPECT_EQ(EnumName(AttentionKind::kRouting), "routing");
   EXPECT_EQ(EnumName(Compression::kDilatedConv), "dilated_conv");
   EXPECT_EQ(EnumName(SparsePattern::kBigBird), "bigbird");
   EXPECT_EQ(EnumName(FeatureMap::kFavor), "favor");

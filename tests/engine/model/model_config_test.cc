@@ -449,6 +449,12 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
   EXPECT_EQ(mc->layer(0).attention, AttentionKind::kMemoryCompressed);
   EXPECT_EQ(mc->layer(0).memory_compressed.compression_rate, 3);
   EXPECT_EQ(mc->layer(0).memory_compressed.cmem_len, 64);
+  auto routing = ParseModelConfig(test::RenderJsonObject(
+      WithLayers(R"([{"attention": "routing", "n_clusters": 8}, {"attention": "dense"}])")));
+  ASSERT_TRUE(routing.ok()) << routing.status();
+  EXPECT_EQ(routing->layer(0).attention, AttentionKind::kRouting);
+  EXPECT_EQ(routing->layer(0).routing.n_clusters, 8);
+  EXPECT_EQ(routing->layer(0).routing.history, 4096);  // the default
   auto factorised = ParseModelConfig(test::RenderJsonObject(WithLayers(
       R"([{"attention": "dense"},
           {"attention": "lsh", "n_hashes": 1, "n_buckets": [64, 128], "chunk_len": 64}])")));
@@ -519,6 +525,11 @@ TEST(ModelConfigLayersTest, PatternsLshAndCompressiveParse) {
             "cmem_len"},
            {R"({"attention": "dense", "compression": "max_pool"})", "compression"},
            {R"({"attention": "linear", "feature_map": "elu", "memory": "compressive"})", "memory"},
+           {R"({"attention": "routing", "history": 4})", "n_clusters"},
+           {R"({"attention": "routing", "n_clusters": 1})", "n_clusters"},
+           {R"({"attention": "routing", "n_clusters": 4097})", "n_clusters"},
+           {R"({"attention": "routing", "n_clusters": 4, "history": 0})", "history"},
+           {R"({"attention": "routing", "n_clusters": 4, "chunk_len": 4})", "chunk_len"},
            {R"({"attention": "memory_compressed", "cmem_len": 4})", "compression_rate"},
            {R"({"attention": "memory_compressed", "compression_rate": 1, "cmem_len": 4})",
             "compression_rate"},

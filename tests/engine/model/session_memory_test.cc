@@ -21,6 +21,7 @@
 #include "engine/attention/dense_attention.h"
 #include "engine/attention/lsh_attention.h"
 #include "engine/attention/memory_compressed_attention.h"
+#include "engine/attention/routing_attention.h"
 #include "engine/attention/sparse_attention.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model_options.h"
@@ -39,7 +40,8 @@ std::unique_ptr<TransfoXlModel> Load(const std::string& dir, DType memory) {
 
 // The key/value rings 16-bit session memory stores as 16-bit: the XL and compressed memory of
 // dense layers, the window of sparse layers (not their global store), LSH layers' history (not
-// its buckets), and memory-compressed layers' open block and compressed blocks.
+// its buckets), memory-compressed layers' open block and compressed blocks, and routing layers'
+// history (not its clusters).
 std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
   if (auto* dense = dynamic_cast<DenseLayerState*>(&layer)) {
     return {&dense->memory, &dense->compressive.compressed};
@@ -49,6 +51,7 @@ std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
   if (auto* mc = dynamic_cast<MemoryCompressedLayerState*>(&layer)) {
     return {&mc->block, &mc->compressed};
   }
+  if (auto* routing = dynamic_cast<RoutingLayerState*>(&layer)) return {&routing->history};
   return {};
 }
 
@@ -116,37 +119,41 @@ std::vector<Case> Cases() {
        R"({"attention": "dense", "memory": "compressive", "compression": "most_used",
            "compression_rate": 3, "cmem_len": 4})"},
       {}, 8);
-  return {{"Dense", dense},
-          {"DenseZeros", zeros},
-          {"Compressive", compressive},
-          {"MixedKinds", test::MixedKindsConfig()},
-          // Sparse windows: a dilated window (decode steps read strided rows) beside patterns
-          // read key by key with a float32 global store; and grouped-query windows.
-          {"SparsePatterns",
-           test::ConfigWith(
-               {R"({"attention": "sparse", "window": 4, "dilation": [1, 2]})",
-                R"({"attention": "sparse", "pattern": "fixed", "block": 5, "summary": 2,
+  return {
+      {"Dense", dense},
+      {"DenseZeros", zeros},
+      {"Compressive", compressive},
+      {"MixedKinds", test::MixedKindsConfig()},
+      // Sparse windows: a dilated window (decode steps read strided rows) beside patterns
+      // read key by key with a float32 global store; and grouped-query windows.
+      {"SparsePatterns",
+       test::ConfigWith(
+           {R"({"attention": "sparse", "window": 4, "dilation": [1, 2]})",
+            R"({"attention": "sparse", "pattern": "fixed", "block": 5, "summary": 2,
                     "span": 12, "split": "union", "global_positions": [0, 3]})",
-                R"({"attention": "sparse", "pattern": "window", "window": 3,
+            R"({"attention": "sparse", "pattern": "window", "window": 3,
                     "global_tokens": [1, 2, 3], "max_global": 4})",
-                R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})",
-                R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20,
+            R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20})",
+            R"({"attention": "sparse", "pattern": "strided", "stride": 3, "span": 20,
                     "residual_attention": true})"},
-               {}, 8)},
-          {"Mistral", test::MistralConfig(1, 6)},
-          // LSH histories under both sorts (the call sort reads every key).
-          {"Lsh",
-           test::ConfigWith({R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
+           {}, 8)},
+      {"Mistral", test::MistralConfig(1, 6)},
+      // LSH histories under both sorts (the call sort reads every key).
+      {"Lsh",
+       test::ConfigWith({R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
                     "history": 30})",
-                             R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
+                         R"({"attention": "lsh", "n_hashes": 2, "n_buckets": 4, "chunk_len": 4,
                     "history": 12, "sort": "call"})"},
-                            {}, 8)},
-          // Memory-compressed layers: blocks compressed within a call and read from the ring.
-          {"MemoryCompressed",
-           test::ConfigWith(
-               {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 4})",
-                R"({"attention": "memory_compressed", "compression_rate": 2, "cmem_len": 30})"},
-               {}, 8)}};
+                        {}, 8)},
+      // Memory-compressed layers: blocks compressed within a call and read from the ring.
+      {"MemoryCompressed",
+       test::ConfigWith(
+           {R"({"attention": "memory_compressed", "compression_rate": 3, "cmem_len": 4})",
+            R"({"attention": "memory_compressed", "compression_rate": 2, "cmem_len": 30})"},
+           {}, 8)},
+      {"Routing", test::ConfigWith({R"({"attention": "routing", "n_clusters": 2, "history": 9})",
+                                    R"({"attention": "routing", "n_clusters": 3, "history": 64})"},
+                                   {}, 8)}};
 }
 
 // 16-bit memory computes exactly what float32 memory computes on keys and values rounded as it
