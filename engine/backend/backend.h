@@ -141,6 +141,18 @@ struct RoutingAttentionArgs {
   Tensor* out;  // [T, H·d_h]
 };
 
+// One encoder pass's Longformer attention (kernels/cpu/longformer_attention.h) over a whole
+// window of N positions: no state.
+struct LongformerAttentionArgs {
+  const Tensor* qkv;                    // [N, 3·H·d_h]: q | k | v
+  const Tensor* global_qkv;             // [N, 3·H·d_h]: the global projections (globals only)
+  const std::vector<int64_t>* globals;  // ascending positions < N
+  int64_t one_sided;                    // keys on each side of a local query
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [N, H·d_h]
+};
+
 // One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
 // attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
 // into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
@@ -250,6 +262,11 @@ class Backend {
   virtual absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no routing attention kernel"));
+  }
+  // Runs one encoder layer's Longformer attention.
+  virtual absl::Status LongformerAttention(const LongformerAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no Longformer attention kernel"));
   }
   // Updates every sequence's compressive memory of one layer.
   virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {

@@ -234,6 +234,11 @@ absl::Status FaultInjectingBackend::RoutingAttention(
              [&] { return base_->RoutingAttention(batch); });
 }
 
+absl::Status FaultInjectingBackend::LongformerAttention(const LongformerAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "LongformerAttention",
+             [&] { return base_->LongformerAttention(args); });
+}
+
 absl::Status FaultInjectingBackend::CompressMemory(const std::vector<CompressArgs>& batch) {
   return Run(BackendOp::kAttention, "CompressMemory", [&] { return base_->CompressMemory(batch); });
 }

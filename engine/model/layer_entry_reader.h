@@ -50,8 +50,10 @@ class LayerEntryReader {
     }
     return v.get<int64_t>();
   }
-  // A list of integers in [min, max] (sorted and deduplicated when `ascending`).
-  absl::StatusOr<std::vector<int64_t>> IntList(const char* field, int64_t min, int64_t max) {
+  // A list of integers in [min, max]: sorted, a repeated entry refused, unless `as_written`
+  // (then in the order written, repeats allowed).
+  absl::StatusOr<std::vector<int64_t>> IntList(const char* field, int64_t min, int64_t max,
+                                               bool as_written = false) {
     std::vector<int64_t> out;
     if (!Has(field)) return out;
     const nlohmann::json& v = j_.at(field);
@@ -65,6 +67,7 @@ class LayerEntryReader {
       }
       out.push_back(x.get<int64_t>());
     }
+    if (as_written) return out;
     std::sort(out.begin(), out.end());
     if (std::adjacent_find(out.begin(), out.end()) != out.end()) {
       return Error(absl::StrCat("\"", field, "\" repeats an entry"));

@@ -14,6 +14,7 @@
 
 #include "base/status_macros.h"
 #include "engine/attention/registry.h"
+#include "engine/encoder/encoder_config.h"
 #include "engine/model/enum_names.h"
 #include "engine/model/layer_entry_reader.h"
 
@@ -189,6 +190,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: top level must be an object");
+  if (IsEncoderConfig(json_text)) {
+    return FieldError("architecture",
+                      "names an encoder (docs/checkpoint-format.md \"Encoders\"): it has no "
+                      "sessions; encode documents with `mnemo encode`");
+  }
 
   static const std::set<std::string> kKnown = {"architecture",
                                                "vocab_size",

@@ -2,7 +2,9 @@
 //   generate  stream a continuation of a prompt
 //   score     per-token log-probabilities and bits per byte of a text or id file
 //   logits    dump raw logits of every position (parity tests and tools)
-// Every sub-command works on any checkpoint directory (config.json + model.safetensors
+//   encode    an encoder's vector of every token, or one pooled vector, of a document
+// Every sub-command but encode works on any decoder checkpoint directory (config.json +
+// model.safetensors
 // [+ tokenizer.model or vocab.words, or a byte vocabulary]) and feeds input in segments with memory
 // carried across them; generate and score can save the session (memory and pending tail) to a
 // snapshot file and start from one.
@@ -22,10 +24,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 #include "base/flags.h"
 #include "base/read_file.h"
 #include "base/status_macros.h"
+#include "engine/api/encoder.h"
 #include "engine/api/generation.h"
 #include "engine/api/model.h"
 #include "engine/api/snapshot.h"
@@ -46,6 +50,8 @@ commands:
   generate   stream a continuation of a prompt to stdout
   score      per-token log-probabilities and bits per byte of a text or token-id file
   logits     write raw float32 logits of every position of a token-id file
+  encode     write an encoder's float32 vector of every token (or one pooled vector) of a
+             document (encoder checkpoints: docs/checkpoint-format.md "Encoders")
 
 common flags:
   --model DIR          checkpoint directory: config.json, model.safetensors, tokenizer.model or
@@ -106,6 +112,17 @@ logits:
   --ids FILE           whitespace-separated token ids
   --output FILE        raw little-endian float32 [num_tokens, vocab_size]
   --decode             feed one token per step (decode path) instead of segments
+
+encode (--model DIR names an encoder checkpoint; only --model of the common flags applies):
+  --ids FILE           whitespace-separated token ids (or --text-file FILE with a
+                       tokenizer.model in the checkpoint)
+  --output FILE        raw little-endian float32 [num_tokens, d_model], or [1, d_model] pooled
+  --pool P             none (default: every token), mean, or first (the first token's vector)
+  --global-positions L comma-separated ascending token positions that attend globally
+  --window N           tokens per pass (default and most: the model's position table); a
+                       longer document runs in windows every N/2 tokens, each token taking its
+                       vector from the window where it is farthest from an edge
+  Prints the output's shape to stdout.
 )";
 
 using mnemo::Flags;
@@ -263,6 +280,56 @@ absl::Status RunLogits(const Flags& flags) {
                   static_cast<std::streamsize>(logits.bytes()));
       }));
   if (!out.flush()) return absl::InternalError("writing logits failed");
+  return absl::OkStatus();
+}
+
+absl::Status RunEncode(const Flags& flags) {
+  if (!flags.Has("model")) return absl::InvalidArgumentError("--model DIR is required");
+  if (!flags.Has("output") || flags.Has("ids") == flags.Has("text-file")) {
+    return absl::InvalidArgumentError(
+        "encode needs --output FILE and one of --ids FILE or --text-file FILE");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<api::Encoder> encoder, api::Encoder::Load(flags.Get("model")));
+  std::vector<int32_t> ids;
+  if (flags.Has("ids")) {
+    ASSIGN_OR_RETURN(ids, ReadIds(flags.Get("ids"), encoder->config().vocab_size));
+  } else {
+    if (encoder->tokenizer() == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          flags.Get("model"), " has no tokenizer.model: give token ids with --ids FILE"));
+    }
+    ASSIGN_OR_RETURN(const std::string text, ReadFile(flags.Get("text-file")));
+    ASSIGN_OR_RETURN(ids, encoder->tokenizer()->Encode(text));
+  }
+  api::EncodeOptions options;
+  const std::string pool = flags.Get("pool", "none");
+  if (pool == "none") {
+    options.pooling = api::Pooling::kNone;
+  } else if (pool == "mean") {
+    options.pooling = api::Pooling::kMean;
+  } else if (pool == "first") {
+    options.pooling = api::Pooling::kFirst;
+  } else {
+    return absl::InvalidArgumentError("--pool must be none, mean or first");
+  }
+  if (flags.Has("global-positions")) {
+    for (absl::string_view part : absl::StrSplit(flags.Get("global-positions"), ',')) {
+      int64_t p = 0;
+      if (!absl::SimpleAtoi(part, &p)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--global-positions: \"", part, "\" is not a position"));
+      }
+      options.global_positions.push_back(p);
+    }
+  }
+  ASSIGN_OR_RETURN(options.window_tokens, flags.Int("window", 0, 0, int64_t{1} << 24));
+  ASSIGN_OR_RETURN(const Tensor out, encoder->Encode(ids, options));
+  std::ofstream file(flags.Get("output"), std::ios::binary);
+  if (!file) return absl::NotFoundError(absl::StrCat("cannot write ", flags.Get("output")));
+  file.write(static_cast<const char*>(out.raw()), static_cast<std::streamsize>(out.bytes()));
+  if (!file.flush()) return absl::InternalError("writing the vectors failed");
+  std::printf("%lld %lld\n", static_cast<long long>(out.dim(0)),
+              static_cast<long long>(out.dim(1)));
   return absl::OkStatus();
 }
 
@@ -495,6 +562,9 @@ int Main(int argc, char** argv) {
     known["ids"] = true;
     known["output"] = true;
     known["decode"] = false;
+  } else if (command == "encode") {
+    known = {{"model", true}, {"ids", true},    {"text-file", true},        {"output", true},
+             {"pool", true},  {"window", true}, {"global-positions", true}, {"help", false}};
   } else {
     std::fprintf(stderr, "mnemo: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return 2;
@@ -514,6 +584,8 @@ int Main(int argc, char** argv) {
     status = RunGenerate(*flags);
   } else if (command == "score") {
     status = RunScore(*flags);
+  } else if (command == "encode") {
+    status = RunEncode(*flags);
   } else {
     status = RunLogits(*flags);
   }

@@ -1,0 +1,82 @@
+// engine::api::Encoder: a loaded encoder checkpoint (docs/checkpoint-format.md "Encoders") as the
+// command line (`mnemo encode`) uses it: a document's token ids in, one vector per token or one
+// pooled vector out. A document longer than one pass runs in overlapping windows (the rule is
+// PlanEncodeWindows below, and docs/command-line.md).
+//
+// Threading: a loaded Encoder is immutable; Encode may run concurrently from several threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "engine/encoder/encoder_config.h"
+#include "engine/tensor/tensor.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace mnemo::engine {
+class EncoderModel;
+}  // namespace mnemo::engine
+
+namespace mnemo::engine::api {
+
+using EncoderConfig = engine::EncoderConfig;
+
+enum class Pooling : uint8_t {
+  kNone,   // every token's vector: [N, D]
+  kMean,   // the mean of every token's vector: [1, D]
+  kFirst,  // the first token's vector: [1, D]
+};
+
+struct EncodeOptions {
+  Pooling pooling = Pooling::kNone;
+  // Document positions that attend globally (ascending); a window holds those inside it.
+  std::vector<int64_t> global_positions;
+  // Tokens per pass; 0: the model's maximum (EncoderConfig::max_tokens).
+  int64_t window_tokens = 0;
+};
+
+// One pass of a long document: tokens [begin, begin + length) run together; the tokens
+// [keep_begin, keep_end) take their vectors from this pass.
+struct EncodeWindow {
+  int64_t begin = 0;
+  int64_t length = 0;
+  int64_t keep_begin = 0;
+  int64_t keep_end = 0;
+};
+
+// The passes over a document of n tokens in windows of `window` tokens: one pass when it fits;
+// otherwise windows start every ⌊window/2⌋ tokens, the last one ending at the document's end, and
+// each token takes its vector from the window where it lies farthest from an edge (the earlier
+// window on a tie), so every token but those near the document's ends sees at least ⌊window/4⌋
+// tokens of context on each side. The kept ranges tile [0, n) in order.
+std::vector<EncodeWindow> PlanEncodeWindows(int64_t n, int64_t window);
+
+class Encoder {
+ public:
+  // Loads `<dir>/config.json`, `<dir>/model.safetensors` and, when present, a sentencepiece
+  // `<dir>/tokenizer.model`.
+  static absl::StatusOr<std::unique_ptr<Encoder>> Load(const std::string& dir);
+  ~Encoder();
+  Encoder(const Encoder&) = delete;
+  Encoder& operator=(const Encoder&) = delete;
+
+  const EncoderConfig& config() const;
+  // Null when the checkpoint has no tokenizer.model.
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+
+  // The document's vectors as `options.pooling` says (float32, host). INVALID_ARGUMENT for no
+  // ids, an id outside the vocabulary, a bad global position or window size.
+  absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids, const EncodeOptions& options) const;
+
+ private:
+  Encoder() = default;
+  std::unique_ptr<EncoderModel> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+}  // namespace mnemo::engine::api

@@ -1,0 +1,80 @@
+#include "engine/encoder/encoder_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+#include "base/status_macros.h"
+#include "engine/model/enum_names.h"
+#include "engine/model/layer_entry_reader.h"
+
+namespace mnemo::engine {
+
+bool IsEncoderConfig(std::string_view json_text) {
+  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("architecture") && j.at("architecture").is_string() &&
+         j.at("architecture").get<std::string>() == "longformer";
+}
+
+absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
+  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError("config.json: not a JSON object");
+  }
+  // The reader names the object in errors and refuses fields nobody read.
+  LayerEntryReader r(j, "(encoder)");
+  EncoderConfig c;
+  ASSIGN_OR_RETURN(c.architecture, r.String("architecture", std::nullopt, {"longformer"}));
+  ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
+  ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
+  ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
+  ASSIGN_OR_RETURN(c.n_head, r.Int("n_head", 1, 1024));
+  ASSIGN_OR_RETURN(c.d_head, r.Int("d_head", 1, 4096));
+  if (c.n_head * c.d_head != c.d_model) return r.Error("needs n_head × d_head = d_model");
+  ASSIGN_OR_RETURN(c.d_inner, r.Int("d_inner", 1, int64_t{1} << 20));
+  ASSIGN_OR_RETURN(std::string act, r.String("activation", "gelu", EnumNames<Activation>()));
+  c.activation = *ParseEnum<Activation>(act);
+  if (r.Has("layer_norm_epsilon")) {
+    const nlohmann::json& eps = j.at("layer_norm_epsilon");
+    if (!eps.is_number() || !(eps.get<double>() > 0.0) || eps.get<double>() > 1.0) {
+      return r.Error("\"layer_norm_epsilon\" must be a number in (0, 1]");
+    }
+    c.layer_norm_epsilon = eps.get<double>();
+  }
+  ASSIGN_OR_RETURN(c.pad_token_id, r.Int("pad_token_id", 0, c.vocab_size - 1));
+  ASSIGN_OR_RETURN(c.position_rows, r.Int("position_rows", c.pad_token_id + 2, int64_t{1} << 24));
+  ASSIGN_OR_RETURN(c.type_vocab_size, r.Int("type_vocab_size", 1, 1024, 1));
+  ASSIGN_OR_RETURN(std::vector<int64_t> windows,
+                   r.IntList("attention_window", 2, 2 * kMaxSpan, /*as_written=*/true));
+  if (static_cast<int64_t>(windows.size()) != c.n_layer) {
+    return r.Error(absl::StrCat("needs \"attention_window\": n_layer = ", c.n_layer,
+                                " even integers, one per layer"));
+  }
+  for (int64_t w : windows) {
+    if (w % 2 != 0) return r.Error("\"attention_window\" entries must be even");
+    c.one_sided_window.push_back(w / 2);
+  }
+  ASSIGN_OR_RETURN(std::string dtype,
+                   r.String("torch_dtype", std::nullopt, {"float32", "float16", "bfloat16"}));
+  c.dtype = *ParseDTypeName(dtype);
+  RETURN_IF_ERROR(r.CheckAllRead());
+  return c;
+}
+
+absl::StatusOr<EncoderConfig> LoadEncoderConfig(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = ParseEncoderConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
+  }
+  return config;
+}
+
+}  // namespace mnemo::engine

@@ -1,0 +1,51 @@
+// EncoderConfig: the validated config.json of an encoder checkpoint (docs/checkpoint-format.md
+// "Encoders"): a bidirectional stack that reads a whole document (or a window of it) at once and
+// returns one vector per token. Architecture "longformer": BERT-style post-LayerNorm blocks whose
+// attention is Longformer's sliding window with global positions, learned absolute positions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "base/dtype.h"
+#include "kernels/kinds.h"
+
+namespace mnemo::engine {
+
+struct EncoderConfig {
+  std::string architecture;  // "longformer"
+  int64_t vocab_size = 0;
+  int64_t d_model = 0;
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t d_head = 0;  // n_head · d_head = d_model
+  int64_t d_inner = 0;
+  kernels::Activation activation = kernels::Activation::kGelu;
+  double layer_norm_epsilon = 1e-5;
+  int64_t position_rows = 0;  // rows of the position table (Hugging Face max_position_embeddings)
+  int64_t pad_token_id = 0;   // positions count from pad_token_id + 1 (RoBERTa's rule)
+  int64_t type_vocab_size = 1;
+  // Per layer: keys a local query sees on each side (Hugging Face attention_window / 2).
+  std::vector<int64_t> one_sided_window;
+  DType dtype = DType::kF32;
+
+  int64_t attn_width() const { return n_head * d_head; }
+  // Tokens one pass may hold: the position table's rows past the padding offset.
+  int64_t max_tokens() const { return position_rows - pad_token_id - 1; }
+};
+
+// Whether config.json text names an encoder architecture (its "architecture" field; false for
+// anything unparsable, which the decoder's parser then reports).
+bool IsEncoderConfig(std::string_view json_text);
+
+// Parses and validates config.json text. Errors are INVALID_ARGUMENT and name the field.
+absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text);
+
+// Reads and parses `<dir>/config.json`.
+absl::StatusOr<EncoderConfig> LoadEncoderConfig(const std::string& dir);
+
+}  // namespace mnemo::engine

@@ -1,0 +1,65 @@
+// EncoderModel: a loaded encoder checkpoint (engine/encoder/encoder_config.h) on the CPU backend:
+// one pass over a whole window of a document returns every token's final hidden state.
+//
+// Threading: a loaded EncoderModel is immutable; Encode may run concurrently from several threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "engine/backend/backend.h"
+#include "engine/encoder/encoder_config.h"
+#include "engine/tensor/tensor.h"
+
+namespace mnemo::engine {
+
+// One block's weights (docs/checkpoint-format.md "Encoders": names and shapes).
+struct EncoderLayerWeights {
+  Tensor qkv, qkv_bias;                // [3·D, D], [3·D]: query | key | value
+  Tensor global_qkv, global_qkv_bias;  // the global positions' own projections, same shapes
+  Tensor o, o_bias;                    // [D, D], [D]
+  Tensor attn_ln_gamma, attn_ln_beta;  // [D]
+  Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]
+  Tensor fc2, fc2_bias;                // [D, d_inner], [D]
+  Tensor ff_ln_gamma, ff_ln_beta;      // [D]
+};
+
+struct EncoderWeights {
+  Tensor word_emb;                   // [V, D]
+  Tensor position_emb;               // [position_rows, D]
+  Tensor token_type_emb;             // [type_vocab_size, D]
+  Tensor emb_ln_gamma, emb_ln_beta;  // [D]
+  std::vector<EncoderLayerWeights> layers;
+};
+
+class EncoderModel {
+ public:
+  // Loads `<dir>/config.json` and `<dir>/model.safetensors` (every tensor checked by name, shape,
+  // dtype and finiteness; 16-bit checkpoints are widened to float32). NOT_FOUND / INVALID_ARGUMENT
+  // naming the file and field.
+  static absl::StatusOr<std::unique_ptr<EncoderModel>> Load(const std::string& dir);
+
+  const EncoderConfig& config() const { return config_; }
+
+  // The final hidden states [ids.size(), D] (float32, host) of one pass over `ids` with the
+  // positions in `global_positions` (ascending, each < ids.size()) attending globally.
+  // INVALID_ARGUMENT for no ids, more than config().max_tokens(), an id outside the vocabulary
+  // or a bad global position.
+  absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids,
+                                const std::vector<int64_t>& global_positions) const;
+
+ private:
+  EncoderModel(EncoderConfig config, EncoderWeights weights)
+      : config_(std::move(config)), weights_(std::move(weights)), backend_(MakeCpuBackend()) {}
+
+  EncoderConfig config_;
+  EncoderWeights weights_;
+  std::unique_ptr<Backend> backend_;
+};
+
+}  // namespace mnemo::engine

@@ -1,0 +1,202 @@
+"""Parity of the mnemo encoder with Hugging Face Longformer; converter too.
+
+Small random HF `LongformerModel`s (tools/convert_hf_longformer.random_hf_model: LayerNorm
+weights near 1, every other weight N(0, 0.25/hidden_size)) are run in float64 and converted with
+tools/convert_hf_longformer.py; `$MNEMO_BIN encode` must return HF's `last_hidden_state` (every
+token, mean-pooled, first token) within max|ours - hf| <= 1e-4 * max|hf| (plus an elementwise
+allclose): sliding windows of different widths per layer, global positions (none, the first,
+several including the last), lengths that are not multiples of the window (HF pads), a token
+equal to pad_token_id inside the document (HF's position rule counts around it), gelu_new, a
+second token type table, and a bfloat16 checkpoint. A document longer than one pass runs in
+windows; the test rebuilds the documented window rule from HF passes and compares.
+
+Refusals: the converter names what it cannot run; `mnemo encode` answers bad input (ids outside
+the vocabulary, global positions out of order or range, a window larger than the position
+table, no input) with a clear error and exit status 1; the decoder commands refuse an encoder.
+
+Tests that need the engine fail (never skip) when MNEMO_BIN is unset.
+Run: MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytest \
+         tests/reference/test_hf_longformer_parity.py
+"""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from mnemo_checkpoint import write_checkpoint
+from parity_common import assert_logits_close, write_ids
+from tools.convert_hf_longformer import ConversionError, convert, convert_dir, random_hf_model
+
+BASE = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, attention_window=[4, 8], max_position_embeddings=80,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+
+CASES = {
+    "windows_4_8": dict(),
+    # (HF's chunked band needs a window of at least 4)
+    "three_layers_gelu_new": dict(num_hidden_layers=3, attention_window=[4, 4, 8],
+                                  hidden_act="gelu_new", num_attention_heads=2),
+    "wide_window": dict(attention_window=[16, 16], type_vocab_size=2, layer_norm_eps=1e-6),
+}
+
+
+def hf_hidden(model, ids, globals_=()):
+    mask = torch.zeros(1, len(ids), dtype=torch.long)
+    for g in globals_:
+        mask[0, g] = 1
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), global_attention_mask=mask)
+    return out.last_hidden_state[0].numpy()
+
+
+def encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
+    ids_file = tmp_path / "ids.txt"
+    write_ids(ids_file, ids)
+    out = tmp_path / "out.f32"
+    cmd = [mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(ids_file), "--output",
+           str(out), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if not expect_ok:
+        return proc
+    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
+    rows, cols = map(int, proc.stdout.split())
+    data = np.fromfile(out, dtype="<f4")
+    assert data.size == rows * cols
+    return data.reshape(rows, cols)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    fields = dict(BASE, **CASES[request.param])
+    model = random_hf_model(fields, seed=7).double()
+    ckpt = tmp_path_factory.mktemp(request.param) / "ckpt"
+    config, tensors = convert(model, dtype="float32")
+    write_checkpoint(ckpt, config, tensors)
+    return model, ckpt, fields
+
+
+def document(n, seed, vocab=60):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, size=n).tolist()
+    ids[n // 3] = 1  # pad_token_id inside the document: positions count around it
+    return ids
+
+
+@pytest.mark.parametrize("globals_", [(), (0,), (0, 5, 36)])
+def test_engine_matches_hf_every_token(mnemo_bin, tmp_path, case, globals_):
+    model, ckpt, _ = case
+    ids = document(37, 1)
+    want = hf_hidden(model, ids, globals_)
+    flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
+    got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
+    assert_logits_close(got, want, what=f"globals {globals_}")
+
+
+def test_engine_pools_as_documented(mnemo_bin, tmp_path, case):
+    model, ckpt, _ = case
+    ids = document(29, 2)
+    want = hf_hidden(model, ids, (0,))
+    mean = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean", "--global-positions", "0")
+    first = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "first", "--global-positions", "0")
+    assert mean.shape == first.shape == (1, want.shape[1])
+    assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
+    assert_logits_close(first, want[:1], what="first")
+
+
+def plan_windows(n, window):
+    """docs/command-line.md's rule, written from its words: windows every window // 2 tokens,
+    the last ending at the document's end; each token from the window where it is farthest from
+    an edge, the earlier on a tie."""
+    if n <= window:
+        return [(0, range(n))]
+    starts = list(range(0, n - window, window // 2)) + [n - window]
+    keep = {b: [] for b in starts}
+    for t in range(n):
+        rooms = [(min(t - b, b + window - 1 - t), -b) for b in starts if b <= t < b + window]
+        keep[-max(rooms)[1]].append(t)
+    return [(b, keep[b]) for b in starts if keep[b]]
+
+
+def test_engine_long_document_runs_in_windows(mnemo_bin, tmp_path, case):
+    model, ckpt, _ = case
+    ids = document(90, 3)
+    want = np.zeros((90, model.config.hidden_size))
+    globals_ = (0, 40)
+    for begin, kept in plan_windows(90, 16):
+        inside = [g - begin for g in globals_ if begin <= g < begin + 16]
+        hidden = hf_hidden(model, ids[begin:begin + 16], inside)
+        for t in kept:
+            want[t] = hidden[t - begin]
+    got = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", "16", "--global-positions", "0,40")
+    assert_logits_close(got, want, what="windows of 16")
+    # Two windows overlapping most of their length split the document at the overlap's middle.
+    assert plan_windows(90, 77) == [(0, list(range(0, 45))), (13, list(range(45, 90)))]
+
+
+def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
+    model = random_hf_model(BASE, seed=11)
+    config, tensors = convert(model, dtype="bfloat16")
+    ckpt = tmp_path / "bf16"
+    write_checkpoint(ckpt, config, tensors)
+    assert json.loads((ckpt / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    with torch.no_grad():  # HF on the stored values, in float64
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    ids = document(33, 4)
+    want = hf_hidden(model.double(), ids, (3,))
+    got = encode(mnemo_bin, tmp_path, ckpt, ids, "--global-positions", "3")
+    assert_logits_close(got, want, what="bfloat16 checkpoint")
+
+
+def test_converter_reads_a_saved_hf_directory(tmp_path):
+    model = random_hf_model(BASE, seed=5)
+    model.save_pretrained(tmp_path / "hf")
+    config = convert_dir(tmp_path / "hf", tmp_path / "ours")
+    assert config["attention_window"] == [4, 8] and config["position_rows"] == 80
+    assert config["d_head"] == 8 and config["activation"] == "gelu"
+    names = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert names["architecture"] == "longformer"
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    (dict(attention_window=[4, 5]), "attention_window"),
+    (dict(hidden_act="tanh"), "hidden_act"),
+    (dict(position_embedding_type="relative_key"), "position_embedding_type"),
+])
+def test_converter_refuses_what_the_engine_cannot_run(fields, fragment):
+    model = random_hf_model(dict(BASE, attention_window=[4, 8]), seed=1)
+    cfg = dict(model.config.to_dict(), **fields)
+    with pytest.raises(ConversionError, match=fragment):
+        convert(model.state_dict(), cfg)
+
+
+def test_encode_refuses_bad_input(mnemo_bin, tmp_path, case):
+    _, ckpt, _ = case
+    ids = document(20, 5)
+    for flags, fragment in [
+        (["--global-positions", "5,3"], "ascend"),
+        (["--global-positions", "20"], "global positions"),
+        (["--global-positions", "x"], "not a position"),
+        (["--window", "1"], "window"),
+        (["--window", "100000"], "window"),
+        (["--pool", "max"], "--pool"),
+    ]:
+        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
+    bad_ids = tmp_path / "bad.txt"
+    bad_ids.write_text("3 4 60\n")
+    proc = subprocess.run([mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(bad_ids),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "not a token id" in proc.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    proc = subprocess.run([mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(empty),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no token ids" in proc.stderr
+    # A decoder command on an encoder checkpoint says what it is.
+    proc = subprocess.run([mnemo_bin, "logits", "--model", str(ckpt), "--ids", str(empty),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "encoder" in proc.stderr, proc.stderr
