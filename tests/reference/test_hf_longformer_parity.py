@@ -95,6 +95,22 @@ def test_engine_matches_hf_every_token(mnemo_bin, tmp_path, case, globals_):
     assert_logits_close(got, want, what=f"globals {globals_}")
 
 
+def test_engine_matches_hf_over_several_query_blocks(mnemo_bin, tmp_path):
+    """200 tokens in one pass: the engine's blocks of 64 queries, windows crossing them, global
+    positions inside blocks and at the end."""
+    model = random_hf_model(dict(BASE, attention_window=[16, 32], max_position_embeddings=260),
+                            seed=13).double()
+    config, tensors = convert(model, dtype="float32")
+    ckpt = tmp_path / "ckpt"
+    write_checkpoint(ckpt, config, tensors)
+    ids = document(200, 6)
+    for globals_ in ((), (0, 63, 64, 130, 199)):
+        want = hf_hidden(model, ids, globals_)
+        flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
+        got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
+        assert_logits_close(got, want, what=f"200 tokens, globals {globals_}")
+
+
 def test_engine_pools_as_documented(mnemo_bin, tmp_path, case):
     model, ckpt, _ = case
     ids = document(29, 2)

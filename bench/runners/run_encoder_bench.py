@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Encoder benchmark: a Longformer encoder through mnemo and through Hugging Face's
+LongformerModel at the same shape and document lengths, in one run on one machine.
+
+The model: a random LongformerModel (tools/convert_hf_longformer.random_hf_model, seeded) of the
+shape --d-model / --layers / --heads / --window, with a position table for the longest length,
+converted once with tools/convert_hf_longformer.py. Each point is its own subprocess (peak RSS
+belongs to that point alone):
+  * mnemo: build/release/encoder_bench --model DIR --len L --global-first (api::Encoder::Encode,
+    every token's vector, one pass);
+  * hf: LongformerModel(input_ids, global_attention_mask with the first token global) in float32,
+    torch.no_grad, on .venv's python (its transformers has Longformer), threads = the machine's
+    CPUs; last_hidden_state;
+  * the machine's physical limits (build/release/physical_limits --quick): the sgemm peak the
+    encoder's products are bound by.
+Every point reports ms (min / median / max over --runs after --warmup; one run past 16k tokens),
+tokens/s, peak RSS, and the sgemm-bound time (the pass's multiply-adds at the measured peak) as a
+fraction. Lines go to bench/results/encoder-<UTC time>-<commit>.jsonl; a markdown summary is
+printed.
+
+  cmake --build build/release --target encoder_bench physical_limits
+  .venv/bin/python -m bench.runners.run_encoder_bench [--lengths 4096,16384,65536]
+
+(.venv: the model is drawn and converted with its transformers.)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from bench.benchlib import ROOT
+from bench.benchlib.machine import Log, bench_env, machine_info
+from bench.benchlib.process import run_json
+from bench.benchlib.results import ResultWriter, result_path
+
+HF_PEER = r"""
+import json, resource, statistics, sys, time, warnings
+import torch
+warnings.simplefilter("ignore")
+from transformers import LongformerModel
+hf_dir, L, runs, warmup, threads = sys.argv[1], *(int(x) for x in sys.argv[2:6])
+torch.set_num_threads(threads)
+model = LongformerModel.from_pretrained(hf_dir, add_pooling_layer=False).eval()
+gen = torch.Generator().manual_seed(1)
+ids = torch.randint(3, model.config.vocab_size, (1, L), generator=gen)
+mask = torch.zeros(1, L, dtype=torch.long)
+mask[0, 0] = 1
+ms = []
+with torch.no_grad():
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        out = model(ids, global_attention_mask=mask).last_hidden_state
+        t1 = time.perf_counter()
+        if i >= warmup:
+            ms.append((t1 - t0) * 1e3)
+        del out
+med = statistics.median(ms)
+print(json.dumps({"bench": "encoder", "impl": "hf", "len": L, "runs": runs, "warmup": warmup,
+                  "ms_min": min(ms), "ms_median": med, "ms_max": max(ms),
+                  "tokens_per_s": L / (med / 1e3), "threads": torch.get_num_threads(),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "torch": torch.__version__}))
+"""
+
+log = Log("run_encoder_bench")
+
+
+def pass_flops(cfg, length):
+    """Multiply-adds × 2 of one pass: the projections (local and global q, k, v; output; FFN),
+    the band's scores and sums, the global row's scores and sums."""
+    d, f, n_layer = cfg["d_model"], cfg["d_inner"], cfg["n_layer"]
+    w = cfg["attention_window"][0] // 2
+    per_token = 6 * d * d + d * d + 2 * d * f + 2 * d * min(2 * w + 2, length)
+    return 2.0 * n_layer * (length * per_token + 2 * length * d)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--window", type=int, default=256, help="attention_window (both sides)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs up to 16384 tokens")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--no-hf", action="store_true", help="leave out Hugging Face")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per point")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
+    ap.add_argument("--hf-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    ap.add_argument("--output", default=None, help="JSONL path (default bench/results/...)")
+    args = ap.parse_args(argv)
+    lengths = [int(x) for x in args.lengths.split(",") if x]
+    binary = os.path.join(args.build_dir, "encoder_bench")
+    if not os.path.exists(binary):
+        raise SystemExit(f"{binary} missing: cmake --build build/release --target encoder_bench")
+    env = bench_env()
+    threads = os.cpu_count() or 1
+    sys.path.insert(0, ROOT)
+    from tools.convert_hf_longformer import convert, random_hf_model
+    from mnemo_checkpoint import write_checkpoint
+
+    work = tempfile.mkdtemp(prefix="encoder-bench-")
+    try:
+        fields = dict(vocab_size=1000, hidden_size=args.d_model, num_hidden_layers=args.layers,
+                      num_attention_heads=args.heads, intermediate_size=4 * args.d_model,
+                      attention_window=args.window, pad_token_id=1,
+                      max_position_embeddings=max(lengths) + 2)
+        log(f"random LongformerModel {fields}")
+        model = random_hf_model(fields, seed=1)
+        model.save_pretrained(os.path.join(work, "hf"))
+        config, tensors = convert(model, dtype="float32")
+        ours = os.path.join(work, "mnemo")
+        write_checkpoint(ours, config, tensors)
+        del model, tensors
+
+        out = ResultWriter(args.output or result_path("encoder"))
+        record = out.record
+        record(machine_info(env, bench="encoder", lengths=lengths, model=config))
+        peak = None
+        limits = os.path.join(args.build_dir, "physical_limits")
+        if os.path.exists(limits):
+            log("physical limits (physical_limits --quick)")
+            for line in run_json([limits, "--quick"], env, 300):
+                line["bench"] = "encoder"
+                record(line)
+                if line.get("figure") == "sgemm" and line.get("shape") == "square":
+                    peak = max(peak or 0.0, line["best_gflops"])  # best over thread counts
+        points = {}
+        for length in lengths:
+            runs, warmup = (args.runs, args.warmup) if length <= 16384 else (1, 0)
+            jobs = [("mnemo", [binary, "--model", ours, "--len", str(length), "--runs",
+                               str(runs), "--warmup", str(warmup), "--global-first"])]
+            if not args.no_hf:
+                jobs.append(("hf", [args.hf_python, "-c", HF_PEER, os.path.join(work, "hf"),
+                                    str(length), str(runs), str(warmup), str(threads)]))
+            for impl, cmd in jobs:
+                log(f"{impl} L={length}")
+                try:
+                    lines = run_json(cmd, env, args.timeout)
+                except (SystemExit, subprocess.TimeoutExpired) as e:
+                    record({"bench": "encoder", "impl": impl, "len": length,
+                            "skipped": str(e)[:300]})
+                    continue
+                line = lines[-1]
+                line["gflop"] = round(pass_flops(config, length) / 1e9, 2)
+                if peak:
+                    bound_ms = pass_flops(config, length) / (peak * 1e9) * 1e3
+                    line["sgemm_bound_fraction"] = round(bound_ms / line["ms_median"], 3)
+                points[(impl, length)] = record(line)
+        out.close()
+        print(f"\nresults: {out.path}\n")
+        print("| tokens | mnemo tok/s | mnemo peak RSS | HF tok/s | HF peak RSS | mnemo / HF |"
+              " mnemo fraction of sgemm peak |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for length in lengths:
+            m, h = points.get(("mnemo", length)), points.get(("hf", length))
+            def tok(p):
+                return f"{p['tokens_per_s']:.0f}" if p else "—"
+            def rss(p):
+                return f"{p['peak_rss_bytes'] / 2**20:.0f} MiB" if p else "—"
+            ratio = f"{m['tokens_per_s'] / h['tokens_per_s']:.2f}×" if m and h else "—"
+            frac = f"{m['sgemm_bound_fraction']:.2f}" if m and "sgemm_bound_fraction" in m else "—"
+            print(f"| {length} | {tok(m)} | {rss(m)} | {tok(h)} | {rss(h)} | {ratio} | {frac} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
