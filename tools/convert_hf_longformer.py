@@ -30,7 +30,6 @@ of num_attention_heads, a hidden_act the engine lacks (it has gelu, gelu_new /
 gelu_pytorch_tanh, relu, silu).
 """
 
-import argparse
 import math
 import sys
 import warnings
@@ -39,7 +38,7 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from tools.convert_hf_transfo_xl import load_hf_checkpoint
-from tools.converter_cli import random_fields
+from tools.convert_hf_mistral import main as converter_main
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "main"]
 
@@ -161,42 +160,11 @@ def random_hf_model(overrides, seed=0, std=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description="Convert a Hugging Face Longformer encoder into a mnemo checkpoint.")
-    ap.add_argument("paths", nargs="+", metavar="DIR",
-                    help="HF_DIR OUT_DIR, or only OUT_DIR with --random-init")
-    ap.add_argument("--dtype", choices=sorted(DTYPES),
-                    help="cast the weights (default: keep their dtype)")
-    ap.add_argument("--random-init", metavar="JSON",
-                    help="create a random HF LongformerModel from these config fields instead "
-                         "of reading HF_DIR")
-    ap.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    ap.add_argument("--save-hf", metavar="HF_DIR",
-                    help="with --random-init: also save the HF model here")
-    args = ap.parse_args(argv)
-    try:
-        if args.random_init is not None:
-            fields = random_fields(ap, "--random-init", args.random_init, args.paths)
-            model = random_hf_model(fields, args.seed)
-            config, tensors = convert(model, dtype=args.dtype)
-            if args.save_hf:
-                model.save_pretrained(args.save_hf)
-            out_dir = args.paths[0]
-            write_checkpoint(out_dir, config, tensors)
-        else:
-            if args.save_hf:
-                ap.error("--save-hf needs --random-init")
-            if len(args.paths) != 2:
-                ap.error("expected HF_DIR OUT_DIR")
-            out_dir = args.paths[1]
-            config = convert_dir(args.paths[0], out_dir, dtype=args.dtype)
-    except ConversionError as e:
-        print(f"convert_hf_longformer: error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out_dir} ({config['n_layer']} layers, d_model {config['d_model']}, "
-          f"{config['n_head']} heads, windows {config['attention_window']}, "
-          f"{config['torch_dtype']})")
-    return 0
+    return converter_main(
+        argv, "convert_hf_longformer", "Longformer encoder (LongformerModel)",
+        sys.modules[__name__],
+        summary=lambda c: (f"{c['n_layer']} layers, d_model {c['d_model']}, {c['n_head']} heads, "
+                           f"windows {c['attention_window']}, {c['torch_dtype']}"))
 
 
 if __name__ == "__main__":

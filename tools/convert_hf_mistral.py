@@ -270,10 +270,19 @@ def random_hf_model(overrides, seed=0, std=None):
     return random_model(MistralConfig, MistralForCausalLM, overrides, seed, std)
 
 
+def decoder_summary(config):
+    """What the command line prints about a converted decoder."""
+    windows = sorted({layer["window"] for layer in config["layers"]})
+    return (f"{config['n_layer']} layers, d_model {config['d_model']}, "
+            f"{config['n_head']}/{config['n_kv_head']} heads, "
+            f"window {'/'.join(map(str, windows))}, {config['torch_dtype']}")
+
+
 def main(argv=None, name="convert_hf_mistral", what="Mistral checkpoint (MistralForCausalLM)",
-         converter=None):
-    """The command line of a decoder converter; `converter` is its module (this one by
-    default): convert, convert_dir, random_hf_model and ConversionError."""
+         converter=None, summary=decoder_summary):
+    """The command line of a Hugging Face converter; `converter` is its module (this one by
+    default): convert, convert_dir, random_hf_model and ConversionError; `summary` says what
+    was written."""
     converter = converter or sys.modules[__name__]
     ap = argparse.ArgumentParser(
         description=f"Convert a Hugging Face {what} into a mnemo checkpoint.")
@@ -308,10 +317,7 @@ def main(argv=None, name="convert_hf_mistral", what="Mistral checkpoint (Mistral
     except converter.ConversionError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 1
-    windows = sorted({layer["window"] for layer in config["layers"]})
-    print(f"wrote {out_dir} ({config['n_layer']} layers, d_model "
-          f"{config['d_model']}, {config['n_head']}/{config['n_kv_head']} heads, "
-          f"window {'/'.join(map(str, windows))}, {config['torch_dtype']})")
+    print(f"wrote {out_dir} ({summary(config)})")
     return 0
 
 

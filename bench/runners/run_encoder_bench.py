@@ -19,9 +19,10 @@ fraction. Lines go to bench/results/encoder-<UTC time>-<commit>.jsonl; a markdow
 printed.
 
   cmake --build build/release --target encoder_bench physical_limits
-  .venv/bin/python -m bench.runners.run_encoder_bench [--lengths 4096,16384,65536]
+  python3 -m bench.runners.run_encoder_bench [--lengths 4096,16384,65536]
 
-(.venv: the model is drawn and converted with its transformers.)
+(the model is drawn, converted and run by Hugging Face in --hf-python, .venv's by default: its
+transformers has Longformer.)
 """
 
 import argparse
@@ -34,7 +35,7 @@ import tempfile
 
 from bench.benchlib import ROOT
 from bench.benchlib.machine import Log, bench_env, machine_info
-from bench.benchlib.process import run_json
+from bench.benchlib.process import python_env, run_json
 from bench.benchlib.results import ResultWriter, result_path
 
 HF_PEER = r"""
@@ -64,6 +65,17 @@ print(json.dumps({"bench": "encoder", "impl": "hf", "len": L, "runs": runs, "war
                   "tokens_per_s": L / (med / 1e3), "threads": torch.get_num_threads(),
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "torch": torch.__version__}))
+"""
+
+MAKE_MODEL = r"""
+import json, sys
+from mnemo_checkpoint import write_checkpoint
+from tools.convert_hf_longformer import convert, random_hf_model
+fields, hf_dir, ours = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+model = random_hf_model(fields, seed=1)
+model.save_pretrained(hf_dir)
+config, tensors = convert(model, dtype="float32")
+write_checkpoint(ours, config, tensors)
 """
 
 log = Log("run_encoder_bench")
@@ -99,9 +111,6 @@ def main(argv=None):
         raise SystemExit(f"{binary} missing: cmake --build build/release --target encoder_bench")
     env = bench_env()
     threads = os.cpu_count() or 1
-    sys.path.insert(0, ROOT)
-    from tools.convert_hf_longformer import convert, random_hf_model
-    from mnemo_checkpoint import write_checkpoint
 
     work = tempfile.mkdtemp(prefix="encoder-bench-")
     try:
@@ -110,12 +119,14 @@ def main(argv=None):
                       attention_window=args.window, pad_token_id=1,
                       max_position_embeddings=max(lengths) + 2)
         log(f"random LongformerModel {fields}")
-        model = random_hf_model(fields, seed=1)
-        model.save_pretrained(os.path.join(work, "hf"))
-        config, tensors = convert(model, dtype="float32")
+        # In a child process: a point's peak RSS (getrusage, kept across exec) then starts from
+        # this light process, not from one that held torch and the model.
         ours = os.path.join(work, "mnemo")
-        write_checkpoint(ours, config, tensors)
-        del model, tensors
+        subprocess.run([args.hf_python, "-c", MAKE_MODEL, json.dumps(fields),
+                        os.path.join(work, "hf"), ours], env=python_env(env), cwd=ROOT,
+                       check=True, timeout=600)
+        with open(os.path.join(ours, "config.json")) as f:
+            config = json.load(f)
 
         out = ResultWriter(args.output or result_path("encoder"))
         record = out.record

@@ -1,15 +1,28 @@
-// config.json parsing and validation (engine/model/model_config) on arbitrary text: every input
-// gets a status; an accepted config satisfies the invariants the loader and the backends rely on
-// (the accessors below run on it as the model does).
+// config.json parsing and validation (engine/model/model_config, engine/encoder/encoder_config)
+// on arbitrary text: every input gets a status from both parsers; an accepted config satisfies
+// the invariants the loader and the backends rely on (the accessors below run on it as the model
+// does).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "engine/encoder/encoder_config.h"
 #include "engine/model/model_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
+  auto encoder = mnemo::engine::ParseEncoderConfig(text);
+  if (encoder.ok()) {
+    const mnemo::engine::EncoderConfig& e = *encoder;
+    if (e.n_head * e.d_head != e.d_model || e.max_tokens() < 1 ||
+        static_cast<int64_t>(e.one_sided_window.size()) != e.n_layer ||
+        e.pad_token_id >= e.vocab_size) {
+      std::abort();
+    }
+  } else if (encoder.status().code() != absl::StatusCode::kInvalidArgument) {
+    std::abort();
+  }
   auto parsed = mnemo::engine::ParseModelConfig(text);
   if (!parsed.ok()) {
     if (parsed.status().code() != absl::StatusCode::kInvalidArgument) std::abort();
@@ -27,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const int64_t p = c.param_layer(l);
     if (p < 0 || p >= c.groups()) std::abort();
     sink = sink + c.linear_features(l) + c.layer(l).sparse.sparse_span() +
-           c.layer(l).dense.compress_taps() + c.adds_scores(l) + c.passes_scores(l);
+           c.layer(l).dense.compress_taps() + c.adds_scores(l) + c.passes_scores(l) +
+           c.layer(l).memory_compressed.compression_rate + c.layer(l).routing.history;
   }
   (void)sink;
   return 0;

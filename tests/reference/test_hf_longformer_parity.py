@@ -21,6 +21,8 @@ Run: MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytest \
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ import torch
 from mnemo_checkpoint import write_checkpoint
 from parity_common import assert_logits_close, write_ids
 from tools.convert_hf_longformer import ConversionError, convert, convert_dir, random_hf_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, attention_window=[4, 8], max_position_embeddings=80,
@@ -175,6 +179,17 @@ def test_converter_reads_a_saved_hf_directory(tmp_path):
     assert config["d_head"] == 8 and config["activation"] == "gelu"
     names = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert names["architecture"] == "longformer"
+
+
+def test_converter_command_line_random_init(tmp_path):
+    fields = json.dumps(dict(BASE, num_hidden_layers=1, attention_window=[6]))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_hf_longformer.py"),
+                           "--random-init", fields, str(tmp_path / "out"), "--dtype", "bfloat16"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "windows [6]" in proc.stdout and "bfloat16" in proc.stdout
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["attention_window"] == [6] and config["torch_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("fields, fragment", [

@@ -38,6 +38,7 @@ from mnemo_reference import (
 
 from parity_common import (
     MODES,
+    assert_split_independent,
     base_config as _config,
     check_engine_parity,
     document,
@@ -47,7 +48,7 @@ from parity_common import (
     oracle_model,
     assert_logits_close,
 )
-from test_linear_parity import _linear, _run_splits
+from test_linear_parity import _linear
 
 
 def _mc(rate: int, cmem_len: int) -> dict:
@@ -140,12 +141,9 @@ def test_reference_only_memory_compressed_one_block_is_causal_attention():
 # (not "mixed": its dense layer's segment recurrence depends on the split)
 @pytest.mark.parametrize("name", ["rate3_pre", "rate2_post", "wide_span"])
 def test_reference_only_memory_compressed_split_independent(name):
-    model = oracle_model(CONFIGS[name], seed=8)
-    ids = document(CONFIGS[name], 29, seed=2)
-    whole, _ = _run_splits(model, ids, [29])
-    for splits in ([1] * 29, [3, 5, 7, 1, 13], [10, 19]):
-        part, _ = _run_splits(model, ids, splits)
-        assert _max_rel(part, whole) <= 1e-10, splits
+    assert_split_independent(oracle_model(CONFIGS[name], seed=8),
+                             document(CONFIGS[name], 29, seed=2),
+                             ([1] * 29, [3, 5, 7, 1, 13], [10, 19]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -40,6 +40,7 @@ from mnemo_reference import (
 
 from parity_common import (
     MODES,
+    assert_split_independent,
     assert_logits_close,
     base_config as _config,
     document,
@@ -49,7 +50,7 @@ from parity_common import (
     oracle_logits,
     oracle_model,
 )
-from test_linear_parity import _linear, _run_splits
+from test_linear_parity import _linear
 
 
 def _routing(n_clusters: int, history=None) -> dict:
@@ -153,12 +154,9 @@ def test_reference_only_routing_one_cluster_centroid_is_a_window():
 # (not "mixed": its dense layer's segment recurrence depends on the split)
 @pytest.mark.parametrize("name", ["k3_pre", "k2_post", "wide"])
 def test_reference_only_routing_split_independent(name):
-    model = oracle_model(CONFIGS[name], seed=8)
-    ids = document(CONFIGS[name], 29, seed=2)
-    whole, _ = _run_splits(model, ids, [29])
-    for splits in ([1] * 29, [3, 5, 7, 1, 13], [10, 19]):
-        part, _ = _run_splits(model, ids, splits)
-        assert _max_rel(part, whole) <= 1e-10, splits
+    assert_split_independent(oracle_model(CONFIGS[name], seed=8),
+                             document(CONFIGS[name], 29, seed=2),
+                             ([1] * 29, [3, 5, 7, 1, 13], [10, 19]))
 
 
 def test_reference_only_routing_checkpoint_roundtrip(tmp_path):
