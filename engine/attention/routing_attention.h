@@ -51,7 +51,8 @@ class RoutingAttentionLayer final : public AttentionLayer {
                                   const std::string& prefix, ReadTensorFn read,
                                   TransfoXlLayerWeights& weights);
 
-  // The CPU backend only: UNIMPLEMENTED on a device backend (no kernel there yet).
+  // Refuses a device backend (UNIMPLEMENTED, naming the layer): the kind has a CPU kernel only
+  // (docs/cuda-backend.md "What has no GPU kernel").
   absl::Status Bind(const TransfoXlLayerWeights& weights, Backend& backend) override;
   size_t StateBytes() const override;
   absl::StatusOr<std::unique_ptr<LayerState>> NewState(Backend& backend) const override;

@@ -13,11 +13,7 @@
 
 namespace mnemo::engine {
 
-bool IsEncoderConfig(std::string_view json_text) {
-  const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  return j.is_object() && j.contains("architecture") && j.at("architecture").is_string() &&
-         j.at("architecture").get<std::string>() == "longformer";
-}
+bool IsEncoderArchitecture(std::string_view architecture) { return architecture == "longformer"; }
 
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);

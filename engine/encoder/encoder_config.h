@@ -38,9 +38,8 @@ struct EncoderConfig {
   int64_t max_tokens() const { return position_rows - pad_token_id - 1; }
 };
 
-// Whether config.json text names an encoder architecture (its "architecture" field; false for
-// anything unparsable, which the decoder's parser then reports).
-bool IsEncoderConfig(std::string_view json_text);
+// Whether an "architecture" value names an encoder ("longformer").
+bool IsEncoderArchitecture(std::string_view architecture);
 
 // Parses and validates config.json text. Errors are INVALID_ARGUMENT and name the field.
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text);

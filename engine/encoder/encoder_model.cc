@@ -98,8 +98,7 @@ absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
       be.Embedding(weights_.word_emb, std::vector<int32_t>(ids.begin(), ids.end()), 1.0f, x));
   RETURN_IF_ERROR(be.Embedding(weights_.position_emb, positions, 1.0f, add));
   RETURN_IF_ERROR(be.Add(x, add, x));
-  RETURN_IF_ERROR(be.Embedding(weights_.token_type_emb,
-                               std::vector<int32_t>(static_cast<size_t>(n), 0), 1.0f, add));
+  RETURN_IF_ERROR(be.FillRows(weights_.token_type_emb.Rows(0, 1), add));  // every token's type 0
   RETURN_IF_ERROR(be.Add(x, add, x));
   RETURN_IF_ERROR(be.LayerNorm(x, weights_.emb_ln_gamma, weights_.emb_ln_beta, eps, x));
 

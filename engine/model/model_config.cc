@@ -190,7 +190,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: top level must be an object");
-  if (IsEncoderConfig(json_text)) {
+  if (j.contains("architecture") && j.at("architecture").is_string() &&
+      IsEncoderArchitecture(j.at("architecture").get<std::string>())) {
     return FieldError("architecture",
                       "names an encoder (docs/checkpoint-format.md \"Encoders\"): it has no "
                       "sessions; encode documents with `mnemo encode`");

@@ -15,7 +15,8 @@ void RoutingClusters(const RoutingShape& s, int64_t rows, const float* x, int64_
                      const float* unit_centroids, int32_t* clusters, int64_t ldc) {
   UseSingleThreadedBlas();
   const int64_t d = s.head_dim, k = s.n_clusters;
-  std::vector<float> dots(static_cast<size_t>(k));
+  thread_local std::vector<float> dots;  // (kept per thread: a decode step allocates nothing)
+  dots.resize(static_cast<size_t>(k));
   for (int64_t i = 0; i < rows; ++i) {
     for (int h = 0; h < s.num_heads; ++h) {
       Gemv(k, d, unit_centroids + h * k * d, d, x + i * ldx + h * d, 0.0f, dots.data());

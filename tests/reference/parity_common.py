@@ -144,23 +144,24 @@ def check_engine_parity(mnemo_bin, tmp_path, cfg: dict, seed: int, ids, mode: st
     assert_logits_close(got, want, what=what)
 
 
+def run_splits(model, ids, splits):
+    """Feed ``ids`` to the oracle in calls of the given sizes; (logits [N, V], mems)."""
+    t = torch.tensor([ids])
+    mems, out, start = None, [], 0
+    for size in splits:
+        logits, mems = model(t[:, start:start + size], mems)
+        out.append(logits[0])
+        start += size
+    assert start == len(ids)
+    return torch.cat(out), mems
+
+
 def assert_split_independent(model, ids, splits_list, rel: float = 1e-10) -> None:
     """The oracle's logits of `ids` fed in one call equal those fed in each list of call
     sizes of `splits_list` (a stream of kinds whose output does not depend on the split)."""
-    t = torch.tensor([ids])
-
-    def run(splits):
-        mems, out, start = None, [], 0
-        for size in splits:
-            logits, mems = model(t[:, start:start + size], mems)
-            out.append(logits[0])
-            start += size
-        assert start == len(ids)
-        return torch.cat(out)
-
-    whole = run([len(ids)])
+    whole, _ = run_splits(model, ids, [len(ids)])
     for splits in splits_list:
-        assert max_rel(run(splits), whole) <= rel, splits
+        assert max_rel(run_splits(model, ids, splits)[0], whole) <= rel, splits
 
 
 def oracle_model(cfg: dict, seed: int):

@@ -30,6 +30,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     oracle_model,
     base_config as _config,
     check_engine_parity,
@@ -37,7 +38,6 @@ from parity_common import (
     max_rel as _max_rel,
     MODES,
 )
-from test_linear_parity import _run_splits
 
 DENSE = {"attention": "dense"}
 ELU = {"attention": "linear", "feature_map": "elu"}
@@ -61,8 +61,6 @@ CONFIGS = {
                                     tie_word_embeddings=False),
     "d_embed_eq_tied": _config(d_embed=32, tie_word_embeddings=True),
 }
-
-
 
 
 def _seed(name: str) -> int:
@@ -113,7 +111,7 @@ def test_reference_only_albert_shared_equals_copied_layers(name):
     assert torch.equal(stream_logits(model, ids, decode=True),
                        stream_logits(plain, ids, decode=True))
     # Session state stays per layer.
-    _, mems = _run_splits(model, ids[:18], [9, 9])
+    _, mems = run_splits(model, ids[:18], [9, 9])
     assert len(mems) == model.config["n_layer"]
     # Sharing matters: a model with independent layers differs.
     other = _model(dict(model.config, layer_groups=model.config["n_layer"]),

@@ -43,6 +43,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     oracle_model,
     base_config as _config,
     check_engine_parity,
@@ -51,7 +52,6 @@ from parity_common import (
     mode_args,
     MODES,
 )
-from test_linear_parity import _run_splits
 
 
 def _comp(f: str, c: int, n: int, **fields) -> dict:
@@ -83,8 +83,6 @@ CONFIGS = {
                               memory_init="empty", layers=[
         DENSE, _comp("mean_pool", 2, 5)]),
 }
-
-
 
 
 def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 4) -> list:
@@ -360,7 +358,7 @@ def test_reference_only_compressive_depends_on_call_boundaries_like_xl():
     model = _model(CONFIGS["most_used"])
     ids = _document(model.config)
     a = stream_logits(model, ids, 8)
-    b, _ = _run_splits(model, ids, [8] * 5 + [1])
+    b, _ = run_splits(model, ids, [8] * 5 + [1])
     assert torch.equal(a, b)
     assert _max_rel(stream_logits(model, ids, 3), a) > 1e-4
 

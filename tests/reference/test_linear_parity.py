@@ -48,6 +48,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     assert_logits_close,
     base_config as _config,
     decode_document as _decode_document,
@@ -168,18 +169,6 @@ def _long_memory() -> dict:
     return {"mem_len": 64, "memory_init": "empty", "same_length": False}
 
 
-def _run_splits(model, ids, splits):
-    """Feed ``ids`` in calls of the given sizes; (logits [N, V], mems)."""
-    t = torch.tensor([ids])
-    mems, out, start = None, [], 0
-    for size in splits:
-        logits, mems = model(t[:, start:start + size], mems)
-        out.append(logits[0])
-        start += size
-    assert start == len(ids)
-    return torch.cat(out), mems
-
-
 def _assert_states_close(a, b, rel: float, what: str) -> None:
     assert len(a) == len(b)
     for n, (x, y) in enumerate(zip(a, b)):
@@ -268,9 +257,9 @@ def test_reference_only_linear_split_independent(name, mode):
     model = _model(name, **_long_memory())
     model.set_linear_mode(mode)
     ids = _document(model.config, 37)
-    whole, whole_mems = _run_splits(model, ids, [37])
+    whole, whole_mems = run_splits(model, ids, [37])
     for splits in ([1] * 37, [5, 11, 1, 20], [36, 1], [9, 9, 9, 9, 1]):
-        logits, mems = _run_splits(model, ids, splits)
+        logits, mems = run_splits(model, ids, splits)
         assert _max_rel(logits, whole) <= 1e-10, (splits,)
         _assert_states_close(mems, whole_mems, 1e-10, f"{splits}")
     # Dense layers keep the [B, M, D] memory; linear layers (S, z).

@@ -41,6 +41,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     oracle_model,
     base_config as _config,
     check_engine_parity,
@@ -49,7 +50,6 @@ from parity_common import (
     mode_args,
     MODES,
 )
-from test_linear_parity import _run_splits
 
 
 def _lsh(R: int, nb: int, c: int, history=None) -> dict:
@@ -88,8 +88,6 @@ CONFIGS = {
         {"attention": "dense", "memory": "compressive",
          "compression": "conv1d", "compression_rate": 3, "cmem_len": 2}]),
 }
-
-
 
 
 def _document(cfg: dict, length: int = STREAM_LEN, seed: int = 99) -> list:
@@ -352,9 +350,9 @@ def test_reference_only_lsh_split_independent(name):
     model = _model(CONFIGS[name])
     ids = _document(model.config)
     N = len(ids)
-    whole, whole_mems = _run_splits(model, ids, [N])
+    whole, whole_mems = run_splits(model, ids, [N])
     for splits in ([1] * N, [5, 11, 1, N - 17], [N - 1, 1], [8] * 5 + [1]):
-        logits, mems = _run_splits(model, ids, splits)
+        logits, mems = run_splits(model, ids, splits)
         assert _max_rel(logits, whole) <= 1e-10, splits
         for a, b in zip(mems, whole_mems):
             assert isinstance(a, LSHState)

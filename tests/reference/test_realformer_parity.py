@@ -37,6 +37,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     oracle_model,
     assert_logits_close,
     base_config,
@@ -92,17 +93,6 @@ def _same_weights(model: TransfoXLReference, cfg: dict) -> TransfoXLReference:
     other = TransfoXLReference(cfg).double().eval()
     other.load_state_dict(model.state_dict())
     return other
-
-
-def _run_splits(model, ids, splits):
-    t = torch.tensor([ids])
-    mems, out, start = None, [], 0
-    for size in splits:
-        logits, mems = model(t[:, start:start + size], mems)
-        out.append(logits[0])
-        start += size
-    assert start == len(ids)
-    return torch.cat(out), mems
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +281,7 @@ def test_reference_only_sparse_chain_split_independent(layers):
     ids = document(cfg, 29, seed=8)
     want = stream_logits(model, ids, decode=True)
     for splits in ([29], [5] * 5 + [4], [1, 7, 2, 11, 8], [13, 1, 15]):
-        got, _ = _run_splits(model, ids, splits)
+        got, _ = run_splits(model, ids, splits)
         assert _max_rel(got, want) <= 1e-10, splits
 
 
@@ -304,8 +294,8 @@ def test_reference_only_state_holds_no_scores():
     model = _model(cfg)
     plain = _same_weights(model, _plain(cfg))
     ids = document(cfg, 17)
-    _, a = _run_splits(model, ids, [10, 7])
-    _, b = _run_splits(plain, ids, [10, 7])
+    _, a = run_splits(model, ids, [10, 7])
+    _, b = run_splits(plain, ids, [10, 7])
     assert len(a) == len(b) == 5
     for x, y in zip(a, b):
         assert type(x) is type(y)

@@ -53,6 +53,7 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     assert_logits_close,
     base_config as _config,
     document,
@@ -60,7 +61,7 @@ from parity_common import (
     max_rel as _max_rel,
     oracle_logits,
 )
-from test_linear_parity import _linear, _run_splits
+from test_linear_parity import _linear
 
 # --------------------------------------------------------------------------
 # Configurations
@@ -310,10 +311,10 @@ def test_reference_only_sparse_split_independent(name):
     model = _model(name, mem_len=64, memory_init="empty", same_length=False)
     ids = _document(model.config)
     N = len(ids)
-    whole, whole_mems = _run_splits(model, ids, [N])
+    whole, whole_mems = run_splits(model, ids, [N])
     for splits in ([1] * N, [5, 11, 1, N - 17], [N - 1, 1], [3] * 13 + [2],
                    [8] * 5 + [1]):
-        logits, mems = _run_splits(model, ids, splits)
+        logits, mems = run_splits(model, ids, splits)
         assert _max_rel(logits, whole) <= 1e-10, (splits,)
         for n, (a, b) in enumerate(zip(mems, whole_mems)):
             pairs = (zip(a, b) if isinstance(b, tuple) else [(a, b)])
@@ -354,7 +355,7 @@ def test_reference_only_sparse_state_holds_last_positions():
     inputs = []
     hook = model.layers[1].attn.register_forward_pre_hook(
         lambda mod, args: inputs.append(args[0]))
-    _, mems = _run_splits(model, ids, [6, 14])
+    _, mems = run_splits(model, ids, [6, 14])
     hook.remove()
     attn = model.layers[1].attn
     x = torch.cat(inputs, dim=1)

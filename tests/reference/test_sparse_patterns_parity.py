@@ -40,13 +40,13 @@ from mnemo_reference import (
 )
 
 from parity_common import (
+    run_splits,
     oracle_model,
     base_config as _config,
     check_engine_parity,
     max_rel as _max_rel,
     MODES,
 )
-from test_linear_parity import _run_splits
 
 
 def _pat(pattern: str, **fields) -> dict:
@@ -326,7 +326,7 @@ def test_reference_only_pattern_equals_enumerated_mask(name):
     want = _naive_logits(model, ids)
     N = len(ids)
     for splits in ([N], [1] * N, [5, 11, 1, N - 17], [8] * 5 + [1]):
-        got, mems = _run_splits(model, ids, splits)
+        got, mems = run_splits(model, ids, splits)
         assert _max_rel(got, want) <= 1e-10, splits
         assert all(isinstance(m, PatternState) for m in mems)
     assert want.std(dim=-1).min() > 0.1
@@ -536,8 +536,6 @@ def test_reference_only_pattern_validation_errors(entry, fragments):
 # --------------------------------------------------------------------------
 # Engine against the oracle
 # --------------------------------------------------------------------------
-
-
 
 
 @pytest.mark.parametrize("mode", MODES)

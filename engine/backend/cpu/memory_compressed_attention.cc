@@ -37,7 +37,7 @@ void CopyRows(const std::vector<kernels::KvSpan>& spans, bool values, int64_t be
 
 absl::Status CpuBackend::MemoryCompressedAttention(
     const std::vector<MemoryCompressedAttentionArgs>& batch) {
-  std::vector<kernels::KvSpan> stored, compressed;
+  std::vector<kernels::KvSpan> stored, compressed, raw;
   for (const MemoryCompressedAttentionArgs& a : batch) {
     const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
     const int64_t t = a.qkv->dim(0), ld = 3 * width;
@@ -75,7 +75,7 @@ absl::Status CpuBackend::MemoryCompressedAttention(
     compressed.clear();
     a.compressed->AppendSpans(compressed);
     compressed.push_back({ckeys.data(), cvalues.data(), width, blocks});
-    const std::vector<kernels::KvSpan> raw = {{keys.data(), values.data(), width, open + t}};
+    raw.assign(1, {keys.data(), values.data(), width, open + t});
     kernels::MemoryCompressedAttention(shape, x, ld, compressed, raw, a.out->data<float>(), width,
                                        pool_);
     for (int64_t r = 0; r < t; ++r) {

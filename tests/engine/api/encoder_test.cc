@@ -75,7 +75,8 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->one_sided_window, (std::vector<int64_t>{2, 4}));
   EXPECT_EQ(c->max_tokens(), 78);
-  EXPECT_TRUE(IsEncoderConfig(good));
+  EXPECT_TRUE(IsEncoderArchitecture("longformer"));
+  EXPECT_FALSE(IsEncoderArchitecture("transfo_xl"));
   const auto with = [&](const std::string& field, const std::string& value) {
     std::string text = good;
     const size_t at = text.find("\"" + field + "\": ");
