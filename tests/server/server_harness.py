@@ -43,29 +43,53 @@ def executable(var: str) -> str:
 class ServerProcess:
     """One mnemo-server process: started on construction, stopped by `stop()`."""
 
+    # Whether the harness picked the ports (a start-up that lost them may move to new ones).
+    picks_ports = True
+    relaunches = 0
+
     def __init__(self, binary: str, model_dir: str, workdir: str, extra_flags: Iterable[str] = (),
                  models: Optional[list[str]] = None, grace_s: float = 5.0,
                  tls: Optional[TlsConfig] = None):
         # `tls`: how the harness and client() connect when the server's listener is TLS.
         self.tls = tls
+        self.grace_s = grace_s
+        self.workdir = workdir
+        self.model_flags = []
+        for spec in models or [f"tiny={model_dir}"]:
+            self.model_flags += ["--model", spec]
+        self.binary, self.extra_flags = binary, list(extra_flags)
+        self._launch()
+        self.returncode: Optional[int] = None
+        self.sigterm_sent = False
+        RUNNING_SERVERS.append(self)
+
+    def _launch(self) -> None:
+        """Starts the process on two ports free_port picked."""
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.grace_s = grace_s
-        self.stderr_path = os.path.join(workdir, f"mnemo-server-{self.port}.log")
-        model_flags = []
-        for spec in models or [f"tiny={model_dir}"]:
-            model_flags += ["--model", spec]
-        self.args = [binary, "--listen", self.target,
+        self.stderr_path = os.path.join(self.workdir, f"mnemo-server-{self.port}.log")
+        self.args = [self.binary, "--listen", self.target,
                      "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-                     *model_flags, "--shutdown-grace", f"{grace_s:g}s", *extra_flags]
+                     *self.model_flags, "--shutdown-grace", f"{self.grace_s:g}s",
+                     *self.extra_flags]
         self._log = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         self.channel = self.new_channel()
-        self.returncode: Optional[int] = None
-        self.sigterm_sent = False
-        RUNNING_SERVERS.append(self)
+
+    def _relaunch_if_port_taken(self) -> bool:
+        """free_port's port is free when picked, not when the server binds it: another process
+        (a parallel test) may take it in between. A server that exited at start-up for that
+        alone starts again on new ports (at most twice); True when it did."""
+        if (not self.picks_ports or self.relaunches >= 2 or
+                "Address already in use" not in self.stderr_text()):
+            return False
+        self.relaunches += 1
+        self.channel.close()
+        self._log.close()
+        self._launch()
+        return True
 
     def stderr_text(self, tail_bytes: int = 20000) -> str:
         if not self._log.closed:
@@ -90,6 +114,9 @@ class ServerProcess:
         fresh = False
         while time.monotonic() < end:
             if self.proc.poll() is not None:
+                if self._relaunch_if_port_taken():
+                    fresh = False
+                    continue
                 self.fail(f"mnemo-server exited with {self.proc.returncode} during start-up")
             if not fresh:
                 if "listening on" not in self.stderr_text():

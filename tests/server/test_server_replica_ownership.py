@@ -506,6 +506,8 @@ def test_a_crashed_owner_loses_its_none_sessions_and_not_the_durable_ones(
 class EnvServerProcess(ServerProcess):
     """A mnemo-server configured through MNEMO_* variables (plus `flags` on the command line)."""
 
+    picks_ports = False  # the caller's ports
+
     def __init__(self, binary: str, workdir: str, env: dict[str, str], flags: list[str],
                  port: int, metrics_port: int):
         self.port, self.metrics_port = port, metrics_port
