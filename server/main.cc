@@ -119,6 +119,7 @@ tokenizer.model or vocab.words in DIR, or a byte vocabulary named by config.json
   --max-generate-tokens N    GenerateRequest.max_tokens at most (default 4096)
   --max-input-tokens N       tokens of one prompt or scored text, ids of one Detokenize or one
                              Ingest message, at most (default 1048576)
+  --max-encode-tokens N      tokens of one Encode document at most (default 1048576)
   --max-text-bytes N         bytes of one text field (Tokenize, a prompt, a scored text, one
                              Ingest message) at most (default 8388608)
   --max-stop-ids N           GenerateRequest.stop_ids at most (default 64); every other string
@@ -237,6 +238,7 @@ absl::Status Serve(int argc, char** argv) {
                                              {"batch-wait", true},
                                              {"max-generate-tokens", true},
                                              {"max-input-tokens", true},
+                                             {"max-encode-tokens", true},
                                              {"max-text-bytes", true},
                                              {"max-stop-ids", true},
                                              {"max-message-bytes", true},
@@ -315,6 +317,8 @@ absl::Status Serve(int argc, char** argv) {
   ASSIGN_OR_RETURN(ctx.limits.max_generate_tokens,
                    flags.Int("max-generate-tokens", 4096, 1, 1 << 24));
   ASSIGN_OR_RETURN(ctx.limits.max_input_tokens, flags.Int("max-input-tokens", 1 << 20, 1, 1 << 28));
+  ASSIGN_OR_RETURN(ctx.limits.max_encode_tokens,
+                   flags.Int("max-encode-tokens", 1 << 20, 1, 1 << 28));
   ASSIGN_OR_RETURN(ctx.limits.max_text_bytes,
                    flags.Int("max-text-bytes", int64_t{8} << 20, 1, int64_t{1} << 30));
   ASSIGN_OR_RETURN(int64_t max_stop_ids, flags.Int("max-stop-ids", 64, 0, 1 << 20));
@@ -509,6 +513,11 @@ absl::Status Serve(int argc, char** argv) {
       std::fprintf(stderr, "mnemo-server: model %s generates speculatively: draft %s, %d tokens\n",
                    m->name.c_str(), m->draft->dir.c_str(), m->draft_tokens);
     }
+  }
+  for (const auto& e : models->encoders()) {
+    std::fprintf(stderr, "mnemo-server: encoder %s (%s, %s, Encode only) from %s\n",
+                 e->name.c_str(), e->encoder->config().architecture.c_str(), e->device.c_str(),
+                 e->dir.c_str());
   }
   std::fprintf(stderr,
                "mnemo-server: listening on %s (port %d, %s, reflection %s), metrics on %s\n",

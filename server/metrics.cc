@@ -38,7 +38,7 @@ Histogram::BucketBoundaries ByteBuckets() {
 
 Histogram::BucketBoundaries BatchBuckets() { return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}; }
 
-constexpr std::array<const char*, 4> kPhases = {"decode", "prefill", "ingest", "score"};
+constexpr std::array<const char*, 5> kPhases = {"decode", "prefill", "ingest", "score", "encode"};
 constexpr std::array<const char*, 4> kStateSources = {"resident", "promoted", "store", "new"};
 
 // The index of `name` in `names` (the documented label values; an unknown one, a programming
@@ -88,6 +88,11 @@ Metrics::Metrics()
                            .Help("Document tokens received by Ingest")
                            .Register(*registry_)
                            .Add({})),
+      encoded_tokens_(BuildCounter()
+                          .Name("mnemo_encoded_tokens_total")
+                          .Help("Document tokens encoded by Encode")
+                          .Register(*registry_)
+                          .Add({})),
       running_(BuildGauge()
                    .Name("mnemo_requests_running")
                    .Help("RPCs being handled")

@@ -35,6 +35,7 @@ class Metrics {
   void PromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
   void GeneratedTokens(int64_t n) { generated_tokens_.Increment(static_cast<double>(n)); }
   void IngestedTokens(int64_t n) { ingested_tokens_.Increment(static_cast<double>(n)); }
+  void EncodedTokens(int64_t n) { encoded_tokens_.Increment(static_cast<double>(n)); }
   void SetWaiting(int64_t n) { waiting_.Set(static_cast<double>(n)); }
   void ObserveBatch(int64_t sequences) { batch_size_.Observe(static_cast<double>(sequences)); }
   // `phase`: "decode", "prefill", "ingest" or "score".
@@ -88,6 +89,7 @@ class Metrics {
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generated_tokens_;
   prometheus::Counter& ingested_tokens_;
+  prometheus::Counter& encoded_tokens_;
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Family<prometheus::Counter>& rejected_;
@@ -122,7 +124,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& tenant_state_bytes_;
   prometheus::Counter& auth_failures_;
   // The per-step and per-request series, made once: a lookup here costs no lock or allocation.
-  std::array<prometheus::Histogram*, 4> step_by_phase_{};   // kPhases order
+  std::array<prometheus::Histogram*, 5> step_by_phase_{};   // kPhases order
   std::array<prometheus::Histogram*, 4> ttft_by_source_{};  // kStateSources order
 };
 

@@ -88,12 +88,30 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
   }
   auto registry = std::make_unique<ModelRegistry>();
   for (const ModelSpec& spec : specs) {
-    if (registry->Find(spec.name).ok()) {
+    if (registry->Find(spec.name).ok() || registry->IsEncoder(spec.name)) {
       return absl::InvalidArgumentError(absl::StrCat("model \"", spec.name, "\" given twice"));
     }
     auto with_name = [&](const absl::Status& s) {
       return absl::Status(s.code(), absl::StrCat("model \"", spec.name, "\": ", s.message()));
     };
+    auto encoder_checkpoint = engine::api::IsEncoderCheckpoint(spec.dir);
+    if (!encoder_checkpoint.ok()) return with_name(encoder_checkpoint.status());
+    if (*encoder_checkpoint) {
+      auto encoder = engine::api::Encoder::Load(spec.dir);
+      if (!encoder.ok()) return with_name(encoder.status());
+      auto e = std::make_unique<LoadedEncoder>();
+      e->name = spec.name;
+      e->dir = spec.dir;
+      e->encoder = *std::move(encoder);
+      e->tokenizer = e->encoder->tokenizer();
+      e->scheduler = std::make_unique<Scheduler>(*e->encoder, scheduling, metrics);
+      if (metrics != nullptr) {
+        metrics->ModelInfo(e->name, e->device, DTypeName(e->encoder->config().dtype),
+                           e->encoder->config().architecture);
+      }
+      registry->encoders_.push_back(std::move(e));
+      continue;
+    }
     engine::api::LoadOptions load;
     load.device = device;
     load.model = options;
@@ -117,20 +135,59 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
   return registry;
 }
 
+std::string ModelRegistry::LoadedNames() const {
+  std::vector<std::string> names;
+  for (const auto& m : models_) names.push_back(m->name);
+  for (const auto& e : encoders_) names.push_back(absl::StrCat(e->name, " (encoder)"));
+  return absl::StrJoin(names, ", ");
+}
+
+bool ModelRegistry::IsEncoder(const std::string& name) const {
+  return std::any_of(encoders_.begin(), encoders_.end(),
+                     [&](const auto& e) { return !name.empty() && e->name == name; });
+}
+
 absl::StatusOr<LoadedModel*> ModelRegistry::Find(const std::string& name) const {
   if (name.empty() && !models_.empty()) return models_.front().get();
-  std::vector<std::string> names;
   for (const auto& m : models_) {
     if (m->name == name) return m.get();
-    names.push_back(m->name);
   }
-  return absl::NotFoundError(absl::StrCat("no model named \"", Echo(name),
-                                          "\" (loaded: ", absl::StrJoin(names, ", "), ")"));
+  if (IsEncoder(name)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model \"", name, "\" is an encoder: it has no sessions and only serves Encode"));
+  }
+  if (name.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("this server has no decoder model (loaded: ", LoadedNames(), "); name one"));
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no model named \"", Echo(name), "\" (loaded: ", LoadedNames(), ")"));
+}
+
+absl::StatusOr<LoadedEncoder*> ModelRegistry::FindEncoder(const std::string& name) const {
+  if (name.empty() && !encoders_.empty()) return encoders_.front().get();
+  for (const auto& e : encoders_) {
+    if (e->name == name) return e.get();
+  }
+  if (name.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this server has no encoder model (loaded: ", LoadedNames(), ")"));
+  }
+  for (const auto& m : models_) {
+    if (m->name == name) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model \"", name, "\" is a decoder (", m->model->config().architecture,
+          "): Encode needs an encoder model (docs/checkpoint-format.md \"Encoders\")"));
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no model named \"", Echo(name), "\" (loaded: ", LoadedNames(), ")"));
 }
 
 void ModelRegistry::Shutdown() {
   for (auto& m : models_) m->scheduler->Shutdown();
   for (auto& d : drafts_) d->scheduler->Shutdown();
+  for (auto& e : encoders_) e->scheduler->Shutdown();
 }
 
 }  // namespace mnemo::server

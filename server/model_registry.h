@@ -1,5 +1,7 @@
 // ModelRegistry: the models a server loaded at start, by name, each with its tokenizer, its
 // scheduler (the engine loop that batches its steps) and the facts clients may ask about.
+// Decoders (sessions, Generate, Score) and encoders (Encode) share one namespace of names; each
+// lookup says which family it wants and names the other as such.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 
+#include "engine/api/encoder.h"
 #include "engine/api/model.h"
 #include "server/scheduler.h"
 
@@ -35,6 +38,16 @@ struct LoadedModel {
   int64_t SessionBytes() const;
 };
 
+// An encoder checkpoint (docs/checkpoint-format.md "Encoders"), served by Encode on the CPU.
+struct LoadedEncoder {
+  std::string name;
+  std::string dir;
+  std::string device = "cpu";
+  std::shared_ptr<const engine::api::Encoder> encoder;
+  const engine::api::Tokenizer* tokenizer = nullptr;  // null when it has none
+  std::unique_ptr<Scheduler> scheduler;
+};
+
 struct ModelSpec {
   std::string name;
   std::string dir;
@@ -42,7 +55,8 @@ struct ModelSpec {
 
 class ModelRegistry {
  public:
-  // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure).
+  // Loads each model on `device` (INVALID_ARGUMENT / NOT_FOUND naming the model on failure);
+  // encoders run on the CPU whatever `device` says.
   // `segment_tokens` 0 means each model's memory length. With `speculative`, a model whose
   // directory names a draft (draft.json) also loads the draft and generates speculatively.
   // `backend_faults` (test facility, --backend-faults): every model's backend fails the ops this
@@ -53,15 +67,25 @@ class ModelRegistry {
       const engine::api::ModelOptions& options = {}, bool speculative = false,
       const std::string& backend_faults = "");
 
-  // `name` empty: the default model (the first one). NOT_FOUND listing the loaded names.
+  // A decoder; `name` empty: the default model (the first decoder). NOT_FOUND listing the loaded
+  // names; FAILED_PRECONDITION for an encoder's name.
   absl::StatusOr<LoadedModel*> Find(const std::string& name) const;
+  // An encoder; `name` empty: the first encoder. NOT_FOUND listing the loaded names;
+  // FAILED_PRECONDITION for a decoder's name.
+  absl::StatusOr<LoadedEncoder*> FindEncoder(const std::string& name) const;
+  // Whether `name` (non-empty) names an encoder.
+  bool IsEncoder(const std::string& name) const;
   const std::vector<std::unique_ptr<LoadedModel>>& models() const { return models_; }
+  const std::vector<std::unique_ptr<LoadedEncoder>>& encoders() const { return encoders_; }
   // Stops every model's engine loop (pending steps fail with UNAVAILABLE).
   void Shutdown();
 
  private:
   std::vector<std::unique_ptr<LoadedModel>> models_;
   std::vector<std::unique_ptr<LoadedModel>> drafts_;  // not served on their own
+  std::vector<std::unique_ptr<LoadedEncoder>> encoders_;
+
+  std::string LoadedNames() const;
 };
 
 // Parses "NAME=DIR" (NAME: 1–64 of [A-Za-z0-9._-]).

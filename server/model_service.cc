@@ -5,13 +5,31 @@
 namespace mnemo::server {
 namespace {
 
-absl::StatusOr<const engine::api::Tokenizer*> TokenizerOf(const LoadedModel& m) {
-  if (m.tokenizer == nullptr) {
+// A model's tokenizer and vocabulary size, decoder or encoder; `name` empty: the default decoder
+// or, on a server without one, the first encoder.
+struct TokenizerOfModel {
+  const engine::api::Tokenizer* tokenizer;
+  int64_t vocab_size;
+};
+
+absl::StatusOr<TokenizerOfModel> TokenizerOf(const ModelRegistry& models, const std::string& name) {
+  std::string found;
+  TokenizerOfModel t{};
+  if (models.IsEncoder(name) || (name.empty() && models.models().empty())) {
+    ASSIGN_OR_RETURN(LoadedEncoder * e, models.FindEncoder(name));
+    found = e->name;
+    t = {e->tokenizer, e->encoder->config().vocab_size};
+  } else {
+    ASSIGN_OR_RETURN(LoadedModel * m, models.Find(name));
+    found = m->name;
+    t = {m->tokenizer, m->model->config().vocab_size};
+  }
+  if (t.tokenizer == nullptr) {
     return absl::FailedPreconditionError(
-        "model \"" + m.name +
+        "model \"" + found +
         "\" has no tokenizer (tokenizer.model, vocab.words or a byte vocabulary): use token ids");
   }
-  return m.tokenizer;
+  return t;
 }
 
 }  // namespace
@@ -22,6 +40,7 @@ grpc::Status ModelServiceImpl::HandleListModels(grpc::ServerContext* context,
   RpcScope scope(ctx_, "ListModels", context);
   if (absl::Status s = scope.Admit(); !s.ok()) return scope.Finish(s);
   for (const auto& m : ctx_.models->models()) ModelToProto(*m, response->add_models());
+  for (const auto& e : ctx_.models->encoders()) EncoderToProto(*e, response->add_models());
   return scope.Finish(absl::OkStatus());
 }
 
@@ -30,6 +49,10 @@ grpc::Status ModelServiceImpl::HandleGetModel(grpc::ServerContext* context,
                                               v1::Model* response) {
   RpcScope scope(ctx_, "GetModel", context);
   if (absl::Status s = scope.Admit(); !s.ok()) return scope.Finish(s);
+  if (ctx_.models->IsEncoder(request->name())) {
+    EncoderToProto(**ctx_.models->FindEncoder(request->name()), response);
+    return scope.Finish(absl::OkStatus());
+  }
   auto m = ctx_.models->Find(request->name());
   if (m.ok()) ModelToProto(**m, response);
   return scope.Finish(m.status());
@@ -41,9 +64,8 @@ grpc::Status ModelServiceImpl::HandleTokenize(grpc::ServerContext* context,
   RpcScope scope(ctx_, "Tokenize", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
-    ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
-    ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
-    auto ids = tokenizer->Encode(request->text());
+    ASSIGN_OR_RETURN(const TokenizerOfModel m, TokenizerOf(*ctx_.models, request->model()));
+    auto ids = m.tokenizer->Encode(request->text());
     if (!ids.ok()) return InvalidField("text", std::string(ids.status().message()));
     response->mutable_ids()->Add(ids->begin(), ids->end());
     return absl::OkStatus();
@@ -57,13 +79,12 @@ grpc::Status ModelServiceImpl::HandleDetokenize(grpc::ServerContext* context,
   RpcScope scope(ctx_, "Detokenize", context);
   auto run = [&]() -> absl::Status {
     RETURN_IF_ERROR(scope.Admit());
-    ASSIGN_OR_RETURN(LoadedModel * m, ctx_.models->Find(request->model()));
-    ASSIGN_OR_RETURN(const engine::api::Tokenizer* tokenizer, TokenizerOf(*m));
+    ASSIGN_OR_RETURN(const TokenizerOfModel m, TokenizerOf(*ctx_.models, request->model()));
     FieldViolations violations;
-    CheckTokenIds(request->ids(), m->model->config().vocab_size, "ids", violations);
+    CheckTokenIds(request->ids(), m.vocab_size, "ids", violations);
     RETURN_IF_ERROR(violations.ToStatus());
     ASSIGN_OR_RETURN(std::string text,
-                     tokenizer->Decode({request->ids().begin(), request->ids().end()}));
+                     m.tokenizer->Decode({request->ids().begin(), request->ids().end()}));
     response->set_text(std::move(text));
     return absl::OkStatus();
   };

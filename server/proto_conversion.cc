@@ -219,10 +219,33 @@ void ModelToProto(const LoadedModel& m, v1::Model* out) {
   out->set_eos_token_id(m.tokenizer != nullptr ? m.tokenizer->eos_id()
                                                : static_cast<int32_t>(c.eos_token_id.value_or(-1)));
   out->set_fingerprint(m.description.fingerprint);
+  out->set_family("decoder");
   if (m.draft != nullptr) {
     out->set_draft_model(m.draft->dir);
     out->set_draft_tokens(m.draft_tokens);
   }
+}
+
+void EncoderToProto(const LoadedEncoder& e, v1::Model* out) {
+  const engine::api::EncoderConfig& c = e.encoder->config();
+  out->set_name(e.name);
+  out->set_family("encoder");
+  out->set_architecture(c.architecture);
+  out->set_vocab_size(c.vocab_size);
+  out->set_d_model(c.d_model);
+  out->set_n_head(c.n_head);
+  out->set_d_head(c.d_head);
+  out->set_n_kv_head(c.n_head);
+  out->set_d_inner(c.d_inner);
+  out->set_max_positions(c.max_tokens());
+  for (int64_t w : c.one_sided_window) {
+    v1::Layer* layer = out->add_layers();
+    layer->set_attention(v1::ATTENTION_KIND_LONGFORMER);
+    layer->set_window(w);
+  }
+  out->set_dtype(DTypeName(c.dtype));
+  out->set_device(e.device);
+  out->set_eos_token_id(e.tokenizer != nullptr ? e.tokenizer->eos_id() : -1);
 }
 
 }  // namespace mnemo::server

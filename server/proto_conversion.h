@@ -35,6 +35,7 @@ v1::Durability DurabilityToProto(Durability durability);
 // Unset for DURABILITY_UNSPECIFIED (the server's default).
 std::optional<Durability> DurabilityFromProto(v1::Durability durability);
 void ModelToProto(const LoadedModel& model, v1::Model* out);
+void EncoderToProto(const LoadedEncoder& encoder, v1::Model* out);
 
 google::protobuf::Timestamp TimeToProto(absl::Time t);
 google::protobuf::Duration DurationToProto(absl::Duration d);

@@ -174,6 +174,17 @@ absl::Status CheckRequest(const v1::IngestRequest& request, const RequestLimits&
   return b.ToStatus();
 }
 
+absl::Status CheckRequest(const v1::EncodeRequest& request, const RequestLimits& limits,
+                          int64_t index) {
+  Bounds b(index == 0 ? std::string() : absl::StrCat("messages[", index, "]."));
+  b.Bytes("model", request.model(), kMaxNameBytes);
+  b.Known("pooling", request.pooling(), v1::Pooling_IsValid);
+  b.Count("global_positions", request.global_positions_size(), kMaxGlobalPositions, "positions");
+  b.Bytes("text", request.text(), limits.max_text_bytes);
+  TokenIds(b, "ids.ids", request.ids(), limits);
+  return b.ToStatus();
+}
+
 absl::Status CheckRequest(const v1::ImportSessionRequest& request, const RequestLimits& limits,
                           int64_t index) {
   Bounds b(index == 0 ? std::string() : absl::StrCat("messages[", index, "]."));

@@ -23,6 +23,7 @@ inline constexpr int64_t kMaxPageTokenBytes = 32;     // a decimal uint64
 inline constexpr int64_t kMaxLabelKeyBytes = 63;      // label keys
 inline constexpr int64_t kMaxLabelValueBytes = 256;   // label values
 inline constexpr int64_t kMaxReplicaNameBytes = 256;  // HandOffSessionRequest.to_replica
+inline constexpr int64_t kMaxGlobalPositions = 4096;  // EncodeRequest.global_positions
 
 // OK, or INVALID_ARGUMENT with a BadRequest detail naming every field past its limit or holding
 // an enum value this server does not know (proto3 parses unknown values; read as the default,
@@ -43,6 +44,8 @@ absl::Status CheckRequest(const v1::GenerateRequest& request, const RequestLimit
 absl::Status CheckRequest(const v1::ScoreRequest& request, const RequestLimits& limits);
 absl::Status CheckRequest(const v1::HandOffSessionRequest& request, const RequestLimits& limits);
 absl::Status CheckRequest(const v1::IngestRequest& request, const RequestLimits& limits,
+                          int64_t index);
+absl::Status CheckRequest(const v1::EncodeRequest& request, const RequestLimits& limits,
                           int64_t index);
 // ImportSessionRequest.data is bounded by the snapshot size of the model it names, which the
 // service checks as the chunks arrive.

@@ -14,6 +14,9 @@ using engine::api::LogitsMode;
 
 struct Scheduler::Step {
   engine::api::SessionState* state = nullptr;
+  // An encode step (encoder models) runs this window instead, writing *hidden.
+  const engine::api::EncoderSequence* window = nullptr;
+  engine::api::Tensor* hidden = nullptr;
   std::vector<int32_t> tokens;
   LogitsMode mode = LogitsMode::kNone;
   bool token_by_token = false;
@@ -25,11 +28,21 @@ struct Scheduler::Step {
   std::vector<float>* logits = nullptr;  // the submitter's buffer
   absl::Status status;
   StepOutput output;
-  bool is_decode() const { return tokens.size() == 1 && mode == LogitsMode::kLast; }
+  bool is_decode() const {
+    return window == nullptr && tokens.size() == 1 && mode == LogitsMode::kLast;
+  }
+  // Tokens the step adds to a pass (the prefill budget).
+  int64_t token_count() const {
+    return static_cast<int64_t>(window != nullptr ? window->ids.size() : tokens.size());
+  }
 };
 
 Scheduler::Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics)
-    : model_(model), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
+    : model_(&model), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
+
+Scheduler::Scheduler(const engine::api::Encoder& encoder, SchedulerOptions options,
+                     Metrics* metrics)
+    : encoder_(&encoder), options_(options), metrics_(metrics), loop_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() {
   Shutdown();
@@ -67,6 +80,18 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   step->logits = logits;
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
+  return Enqueue(std::move(step));
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::SubmitEncode(
+    const engine::api::EncoderSequence* window, engine::api::Tensor* hidden) {
+  auto step = std::make_shared<Step>();
+  step->window = window;
+  step->hidden = hidden;
+  return Enqueue(std::move(step));
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Enqueue(std::shared_ptr<Step> step) {
   step->submitted = absl::Now();
   MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -142,7 +167,7 @@ std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
   for (auto& s : queue_) {
     if (static_cast<int>(batch.size()) >= options_.max_batch_sequences) break;
     if (s->is_decode()) continue;
-    const auto t = static_cast<int64_t>(s->tokens.size());
+    const int64_t t = s->token_count();
     if (prefill_tokens > 0 && prefill_tokens + t > options_.max_batch_tokens) break;
     prefill_tokens += t;
     batch.push_back(s);
@@ -186,10 +211,12 @@ void Scheduler::Loop() {
 
 void Scheduler::Execute(std::vector<std::shared_ptr<Step>>& steps) {
   const absl::Time start = absl::Now();
-  std::vector<Step*> decode, by_mode[3];
+  std::vector<Step*> decode, by_mode[3], encode;
   for (auto& s : steps) {
     s->output.queued = start - s->submitted;
-    if (s->is_decode()) {
+    if (s->window != nullptr) {
+      encode.push_back(s.get());
+    } else if (s->is_decode()) {
       decode.push_back(s.get());
     } else {
       by_mode[static_cast<int>(s->mode)].push_back(s.get());
@@ -201,6 +228,33 @@ void Scheduler::Execute(std::vector<std::shared_ptr<Step>>& steps) {
   if (!by_mode[0].empty()) Forward(by_mode[0], LogitsMode::kNone, "ingest");
   if (!by_mode[1].empty()) Forward(by_mode[1], LogitsMode::kLast, "prefill");
   if (!by_mode[2].empty()) Forward(by_mode[2], LogitsMode::kAll, "score");
+  if (!encode.empty()) Encode(encode);
+}
+
+void Scheduler::Encode(std::vector<Step*>& steps) {
+  const absl::Time start = absl::Now();
+  std::vector<engine::api::EncoderSequence> windows;
+  windows.reserve(steps.size());
+  for (Step* s : steps) windows.push_back(*s->window);
+  absl::StatusOr<std::vector<engine::api::Tensor>> hidden =
+      encoder_ != nullptr ? encoder_->EncodeBatch(windows)
+                          : absl::FailedPreconditionError("this model is not an encoder");
+  if (hidden.status().code() == absl::StatusCode::kInvalidArgument && steps.size() > 1) {
+    for (Step* s : steps) {  // run each alone so only the bad one fails
+      std::vector<Step*> one{s};
+      Encode(one);
+    }
+    return;
+  }
+  if (metrics_ != nullptr)
+    metrics_->ObserveStep("encode", absl::ToDoubleSeconds(absl::Now() - start));
+  for (size_t k = 0; k < steps.size(); ++k) {
+    if (hidden.ok()) {
+      *steps[k]->hidden = std::move((*hidden)[k]);
+    } else {
+      steps[k]->status = hidden.status();
+    }
+  }
 }
 
 void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* phase) {
@@ -214,7 +268,10 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   int64_t compressions = 0;  // compressive memories: rows compressed by this pass
   for (Step* s : steps) compressions -= s->state->compressions();
   engine::api::Tensor logits;
-  absl::Status status = model_.Forward(inputs, mode, &logits);
+  absl::Status status =
+      model_ != nullptr
+          ? model_->Forward(inputs, mode, &logits)
+          : absl::FailedPreconditionError("this model is an encoder: it only encodes");
   if ((status.code() == absl::StatusCode::kInvalidArgument ||
        status.code() == absl::StatusCode::kOutOfRange) &&
       steps.size() > 1) {
@@ -233,7 +290,7 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   for (Step* s : steps) compressions += s->state->compressions();
   if (metrics_ != nullptr && compressions > 0) metrics_->Compressions(compressions);
   if (mode == LogitsMode::kNone) return;
-  const int64_t vocab = model_.config().vocab_size;
+  const int64_t vocab = model_->config().vocab_size;
   const float* data = logits.data<float>();
   int64_t row = 0;
   for (Step* s : steps) {

@@ -3,7 +3,9 @@
 // each forward pass from everything pending: all decode steps first (one token each, up to
 // max_batch_sequences), then prefill segments in arrival order under a token budget, so a long
 // ingest advances one segment per step and cannot starve interactive generation. A handler has at
-// most one step pending at a time, which makes the queue round-robin across sessions.
+// most one step pending at a time, which makes the queue round-robin across sessions. An encoder
+// model's loop takes encode steps (one window of a document each, SubmitEncode) the same way,
+// under the same token budget: windows of concurrent Encode requests share a pass.
 //
 // Threading: Submit, Ticket, ActiveStream, Shutdown and queued may be called from any number of
 // threads; the states they pass must each be used by one caller at a time (the session manager's
@@ -25,6 +27,7 @@
 #include "absl/time/time.h"
 
 #include "base/mutex.h"
+#include "engine/api/encoder.h"
 #include "engine/api/model.h"
 
 namespace mnemo::server {
@@ -48,6 +51,8 @@ struct StepOutput {
 class Scheduler {
  public:
   Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics);
+  // An encoder model's loop: it takes encode steps only.
+  Scheduler(const engine::api::Encoder& encoder, SchedulerOptions options, Metrics* metrics);
   ~Scheduler();  // finishes the steps already taken, fails the rest with UNAVAILABLE
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -87,6 +92,13 @@ class Scheduler {
                                                  bool token_by_token = false)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Queues one window of a document for an encoder model's next pass that has room; the pass
+  // writes the window's final hidden states [ids.size(), D] into *hidden. `window` and `hidden`
+  // must outlive the ticket. Errors as Submit.
+  absl::StatusOr<std::unique_ptr<Ticket>> SubmitEncode(const engine::api::EncoderSequence* window,
+                                                       engine::api::Tensor* hidden)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // A request that will submit steps back to back (a generation or ingest in progress): while
   // one is registered, the loop waits up to batch_wait for its next step so decode steps of
   // concurrent streams share a pass.
@@ -116,8 +128,14 @@ class Scheduler {
   // bad step cannot fail the others.
   void Forward(std::vector<Step*>& steps, engine::api::LogitsMode mode, const char* phase)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // One encoder pass over encode steps, retried one by one on INVALID_ARGUMENT as Forward.
+  void Encode(std::vector<Step*>& steps) ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues a prepared step (Submit, SubmitEncode).
+  absl::StatusOr<std::unique_ptr<Ticket>> Enqueue(std::shared_ptr<Step> step)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
-  const engine::api::Model& model_;
+  const engine::api::Model* model_ = nullptr;      // a decoder's loop
+  const engine::api::Encoder* encoder_ = nullptr;  // an encoder's loop
   const SchedulerOptions options_;
   Metrics* metrics_;
 

@@ -32,6 +32,7 @@ struct RequestLimits {
   int64_t max_generate_tokens = 4096;  // GenerateRequest.max_tokens
   // Tokens of one prompt or scored text, ids of one Detokenize and of one Ingest message.
   int64_t max_input_tokens = 1 << 20;
+  int64_t max_encode_tokens = 1 << 20;  // tokens of one Encode document
   // Bytes of one text field: Tokenize, a prompt, a scored text, one Ingest message's chunk.
   int64_t max_text_bytes = int64_t{8} << 20;
   int max_stop_strings = 16;

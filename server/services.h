@@ -89,6 +89,10 @@ class InferenceServiceImpl final : public v1::InferenceService::StreamedUnarySer
       grpc::ServerReaderWriter<v1::IngestProgress, v1::IngestRequest>* stream) override;
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateEvent>* writer) override;
+  // server/encode_service.cc
+  grpc::Status Encode(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::EncodeResponse, v1::EncodeRequest>* stream) override;
 
   grpc::Status StreamedScore(
       grpc::ServerContext* context,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <thread>
 #include <utility>
@@ -461,17 +462,91 @@ absl::StatusOr<v1::Session> Client::ForkSession(const std::string& session_id) {
   return ForkSession(request);
 }
 
+namespace {
+
+// The document of a client-streaming call (Ingest, Encode) as its attempts send it: the chunks
+// read so far are kept for a retry until they pass the policy's replay_buffer_bytes.
+class ChunkReplay {
+ public:
+  ChunkReplay(ChunkReader next_chunk, size_t max_bytes)
+      : next_chunk_(std::move(next_chunk)), max_bytes_(max_bytes) {}
+  bool replayable() const { return replayable_; }
+  // The status of `next_chunk` when it failed (the attempt was cancelled then).
+  const absl::Status& reader_status() const { return reader_status_; }
+
+  // Writes the `leading` messages (the first one holding the header fields) or, when there are
+  // none, `header` with the first text chunk; then the kept chunks and the rest of the source as
+  // text chunks; then half-closes. A failed write stops (the call's Finish says why); a failed
+  // read cancels the call.
+  template <typename Request, typename Response>
+  void Send(grpc::ClientReaderWriter<Request, Response>* stream, grpc::ClientContext* context,
+            const std::vector<Request>& leading, const Request& header) {
+    for (const Request& m : leading) {
+      if (!stream->Write(m)) return;
+    }
+    bool sent_any = !leading.empty();
+    Request request;
+    if (!sent_any) request = header;
+    auto write = [&](std::string text) {
+      request.set_text(std::move(text));
+      if (!stream->Write(request)) return false;
+      sent_any = true;
+      request.Clear();
+      return true;
+    };
+    if (replayable_) {
+      for (const std::string& chunk : sent_) {
+        if (!write(chunk)) return;
+      }
+    }
+    while (!source_done_) {
+      absl::StatusOr<std::optional<std::string>> chunk = next_chunk_();
+      if (!chunk.ok()) {
+        reader_status_ = chunk.status();
+        context->TryCancel();
+        return;
+      }
+      if (!chunk->has_value()) {
+        source_done_ = true;
+        break;
+      }
+      if (replayable_) {
+        sent_bytes_ += (*chunk)->size();
+        if (sent_bytes_ > max_bytes_) {
+          replayable_ = false;
+          std::vector<std::string>().swap(sent_);
+        } else {
+          sent_.push_back(**chunk);
+        }
+      }
+      if (!write(std::move(**chunk))) return;
+    }
+    // An empty document still sends the header, so the server can answer.
+    if (!sent_any && !stream->Write(request)) return;
+    stream->WritesDone();
+  }
+
+ private:
+  ChunkReader next_chunk_;
+  size_t max_bytes_;
+  std::vector<std::string> sent_;
+  size_t sent_bytes_ = 0;
+  bool replayable_ = true;
+  bool source_done_ = false;
+  absl::Status reader_status_;
+};
+
+}  // namespace
+
 absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
                                                   ChunkReader next_chunk,
                                                   const IngestProgressCallback& on_progress,
                                                   int64_t expected_state_version) {
   Retrier retrier(retry_, timeout_, Pinned(expected_state_version), "Ingest");
-  // The chunks read so far, sent again by a retry; dropped (no more retries) once they pass the
-  // policy's replay_buffer_bytes.
-  std::vector<std::string> sent;
-  size_t sent_bytes = 0;
-  bool replayable = true;
-  bool source_done = false;
+  ChunkReplay chunks(std::move(next_chunk), retry_.replay_buffer_bytes);
+  v1::IngestRequest header;
+  header.set_session_id(session_id);
+  header.set_expected_state_version(expected_state_version);
   for (;;) {
     grpc::ClientContext context;
     Prepare(&context, session_id, retrier.deadline());
@@ -480,50 +555,7 @@ absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
     // Writes run on their own thread while this one reads: the server answers every message,
     // and a client that only wrote would stall once the unread answers filled the flow-control
     // window.
-    absl::Status reader_status;  // an error of next_chunk; written by the writer thread only
-    std::thread writer([&] {
-      v1::IngestRequest request;
-      request.set_session_id(session_id);
-      request.set_expected_state_version(expected_state_version);
-      bool sent_any = false;
-      auto write = [&](std::string text) {
-        request.set_text(std::move(text));
-        if (!stream->Write(request)) return false;  // the call failed: Finish() says why
-        sent_any = true;
-        request.Clear();
-        return true;
-      };
-      if (replayable) {
-        for (const std::string& chunk : sent) {
-          if (!write(chunk)) return;
-        }
-      }
-      while (!source_done) {
-        absl::StatusOr<std::optional<std::string>> chunk = next_chunk();
-        if (!chunk.ok()) {
-          reader_status = chunk.status();
-          context.TryCancel();
-          return;
-        }
-        if (!chunk->has_value()) {
-          source_done = true;
-          break;
-        }
-        if (replayable) {
-          sent_bytes += (*chunk)->size();
-          if (sent_bytes > retry_.replay_buffer_bytes) {
-            replayable = false;
-            std::vector<std::string>().swap(sent);
-          } else {
-            sent.push_back(**chunk);
-          }
-        }
-        if (!write(std::move(**chunk))) return;
-      }
-      // An empty document still names the session, so the server can answer with its version.
-      if (!sent_any && !stream->Write(request)) return;
-      stream->WritesDone();
-    });
+    std::thread writer([&] { chunks.Send(stream.get(), &context, {}, header); });
     v1::IngestProgress progress;
     std::optional<v1::IngestProgress> last;
     while (stream->Read(&progress)) {
@@ -532,7 +564,7 @@ absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
     }
     writer.join();
     absl::Status status = FromGrpcStatus(stream->Finish());
-    if (!reader_status.ok()) return reader_status;
+    if (!chunks.reader_status().ok()) return chunks.reader_status();
     if (status.ok()) {
       if (!last.has_value() || !last->done()) {
         return absl::InternalError(
@@ -542,7 +574,82 @@ absl::StatusOr<v1::IngestProgress> Client::Ingest(const std::string& session_id,
     }
     // Progress messages do not commit anything: only the final one does, so they do not stop a
     // retry.
-    if (!retrier.Retry(&status, /*received=*/false, replayable)) return status;
+    if (!retrier.Retry(&status, /*received=*/false, chunks.replayable())) return status;
+  }
+}
+
+absl::StatusOr<EncodeResult> Client::Encode(const v1::EncodeRequest& options,
+                                            ChunkReader next_chunk) {
+  return EncodeStream(options, {}, std::move(next_chunk));
+}
+
+absl::StatusOr<EncodeResult> Client::Encode(const v1::EncodeRequest& options,
+                                            const std::vector<int32_t>& ids) {
+  // Messages of at most kIdsPerMessage ids (well under the server's per-message limits).
+  constexpr size_t kIdsPerMessage = size_t{1} << 18;
+  std::vector<v1::EncodeRequest> messages;
+  for (size_t at = 0; at < ids.size() || messages.empty(); at += kIdsPerMessage) {
+    v1::EncodeRequest& m = messages.emplace_back();
+    if (messages.size() == 1) m = options;
+    m.clear_chunk();
+    const size_t end = std::min(ids.size(), at + kIdsPerMessage);
+    if (end > at) m.mutable_ids()->mutable_ids()->Add(ids.begin() + at, ids.begin() + end);
+  }
+  return EncodeStream(options, messages,
+                      [] { return absl::StatusOr<std::optional<std::string>>(std::nullopt); });
+}
+
+absl::StatusOr<EncodeResult> Client::EncodeStream(const v1::EncodeRequest& options,
+                                                  const std::vector<v1::EncodeRequest>& leading,
+                                                  ChunkReader next_chunk) {
+  Retrier retrier(retry_, timeout_, Safety::kReadOnly, "Encode");
+  ChunkReplay chunks(std::move(next_chunk), retry_.replay_buffer_bytes);
+  v1::EncodeRequest header = options;
+  header.clear_chunk();
+  for (;;) {
+    grpc::ClientContext context;
+    Prepare(&context, "", retrier.deadline());
+    std::unique_ptr<grpc::ClientReaderWriter<v1::EncodeRequest, v1::EncodeResponse>> stream =
+        inference_->Encode(&context);
+    // (The server answers only after the half-close, but the writer keeps Ingest's shape: a
+    // read error from the source must be able to cancel while this thread waits.)
+    std::thread writer([&] { chunks.Send(stream.get(), &context, leading, header); });
+    EncodeResult result;
+    v1::EncodeResponse response;
+    bool done = false;
+    absl::Status bad;
+    while (stream->Read(&response)) {
+      if (response.count() > 0) {
+        const int64_t floats = response.count() * response.dim();
+        if (response.dim() <= 0 || (result.dim != 0 && response.dim() != result.dim) ||
+            static_cast<int64_t>(response.vectors().size()) != floats * 4) {
+          bad = absl::InternalError("an Encode response whose vectors do not match count × dim");
+          context.TryCancel();
+          break;
+        }
+        result.dim = response.dim();
+        result.rows += response.count();
+        const size_t at = result.vectors.size();
+        result.vectors.resize(at + static_cast<size_t>(floats));
+        std::memcpy(result.vectors.data() + at, response.vectors().data(),
+                    response.vectors().size());  // little-endian float32, as on the wire
+        result.ids.insert(result.ids.end(), response.ids().begin(), response.ids().end());
+      }
+      if (response.done()) {
+        done = true;
+        result.tokens = response.tokens();
+        result.windows = response.windows();
+      }
+    }
+    writer.join();
+    absl::Status status = FromGrpcStatus(stream->Finish());
+    if (!chunks.reader_status().ok()) return chunks.reader_status();
+    if (!bad.ok()) return bad;
+    if (status.ok()) {
+      if (!done) return absl::InternalError("the Encode stream ended without its last message");
+      return result;
+    }
+    if (!retrier.Retry(&status, /*received=*/false, chunks.replayable())) return status;
   }
 }
 

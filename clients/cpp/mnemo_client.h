@@ -92,6 +92,17 @@ using ChunkReader = std::function<absl::StatusOr<std::optional<std::string>>()>;
 using IngestProgressCallback = std::function<void(const v1::IngestProgress&)>;
 using GenerateEventCallback = std::function<void(const v1::GenerateEvent&)>;
 
+// What Encode returned: `rows` vectors of `dim` floats, row after row; per-token output also
+// carries the rows' token ids. `tokens`: the document's tokens; `windows`: the passes it ran in.
+struct EncodeResult {
+  int64_t rows = 0;
+  int64_t dim = 0;
+  std::vector<float> vectors;
+  std::vector<int32_t> ids;
+  int64_t tokens = 0;
+  int64_t windows = 0;
+};
+
 // Reads `in` in chunks of about `chunk_bytes` (at least 4) bytes cut only at UTF-8 character
 // boundaries (protobuf string fields must be valid UTF-8): an incomplete character at the end of
 // a read is carried into the next chunk. Invalid UTF-8 gives INVALID_ARGUMENT naming the byte
@@ -173,6 +184,13 @@ class Client {
                                      const GenerateEventCallback& on_event = {});
 
   absl::StatusOr<v1::ScoreResponse> Score(const v1::ScoreRequest& request);
+  // Encodes a document with an encoder model. `options` names the model, pooling, global
+  // positions and window (its chunk is ignored); the document is the text chunks `next_chunk`
+  // returns (read as Ingest reads them), or `ids`. Read-only: retried as such, resending the
+  // document (text kept up to the policy's replay_buffer_bytes).
+  absl::StatusOr<EncodeResult> Encode(const v1::EncodeRequest& options, ChunkReader next_chunk);
+  absl::StatusOr<EncodeResult> Encode(const v1::EncodeRequest& options,
+                                      const std::vector<int32_t>& ids);
 
   // A bearer token for a server with an auth file, sent as "authorization: Bearer <token>"
   // metadata on every later call ("" : none).
@@ -196,6 +214,10 @@ class Client {
   // The retry bookkeeping of one call (attempts, deadline, backoff); defined in the .cc file.
   class Retrier;
 
+  // Encode's stream: the `leading` messages (ids), then the text chunks.
+  absl::StatusOr<EncodeResult> EncodeStream(const v1::EncodeRequest& options,
+                                            const std::vector<v1::EncodeRequest>& leading,
+                                            ChunkReader next_chunk);
   // One unary call, retried per retry_: `attempt` runs the stub on a fresh context.
   absl::Status Unary(const char* method, Safety safety, const std::string& session_id,
                      const std::function<grpc::Status(grpc::ClientContext*)>& attempt,

@@ -1,7 +1,7 @@
 // mnemo-client: the command line of the mnemo.v1 server, a thin shell over mnemo::client::Client.
-// Sessions (create/get/list/delete/fork), ingesting files, streaming generation, scoring and
-// tokenizing. Exit status: 0 success, 1 an error (printed as "error: CODE: message"), 2 a usage
-// error.
+// Sessions (create/get/list/delete/fork), ingesting files, streaming generation, scoring,
+// encoding and tokenizing. Exit status: 0 success, 1 an error (printed as "error: CODE: message"),
+// 2 a usage error.
 #include <unistd.h>
 
 #include <atomic>
@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
@@ -105,6 +106,16 @@ commands:
       --text T | --file F  the text to score
       --commit             keep the scored text in the session's memory
       --expected-version V fail with ABORTED unless the session is at version V
+  encode               an encoder's float32 vectors of a document, written raw (little-endian,
+                       row after row) to --output; prints "ROWS DIM"
+      --file F | --ids-file F  the document: UTF-8 text ("-" for stdin), or token ids
+                           (whitespace- or comma-separated)
+      --output F           where the vectors go
+      --model M            the encoder (default: the first one the server loaded)
+      --pool P             none (every token's vector, the default), mean or first
+      --global-positions P,P,…  document positions that attend globally, ascending
+      --window N           tokens per pass (default: the model's maximum)
+      --chunk-bytes N      bytes per text message (default 65536)
   tokenize TEXT        token ids of TEXT (--model M)
   detokenize ID...     text of the token ids (--model M)
 
@@ -440,6 +451,79 @@ absl::Status RunScore(Client& client, const Flags& flags) {
   return absl::OkStatus();
 }
 
+// Integers separated by commas or whitespace ("what" names them in errors).
+absl::StatusOr<std::vector<int64_t>> IntegerList(absl::string_view text, absl::string_view what) {
+  std::vector<int64_t> out;
+  for (absl::string_view word : absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"))) {
+    if (word.empty()) continue;
+    int64_t value;
+    if (!absl::SimpleAtoi(word, &value)) {
+      return Usage(absl::StrCat(what, ": \"", word, "\" is not an integer"));
+    }
+    out.push_back(value);
+  }
+  return out;
+}
+
+absl::Status RunEncode(Client& client, const Flags& flags) {
+  if (flags.Has("file") == flags.Has("ids-file")) {
+    return Usage("encode needs exactly one of --file or --ids-file");
+  }
+  if (!flags.Has("output")) return Usage("encode needs --output");
+  v1::EncodeRequest options;
+  options.set_model(flags.Get("model"));
+  const std::string pool = flags.Get("pool", "none");
+  if (pool == "none") {
+    options.set_pooling(v1::POOLING_NONE);
+  } else if (pool == "mean") {
+    options.set_pooling(v1::POOLING_MEAN);
+  } else if (pool == "first") {
+    options.set_pooling(v1::POOLING_FIRST);
+  } else {
+    return Usage(absl::StrCat("--pool must be none, mean or first; got \"", pool, "\""));
+  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> globals,
+                   IntegerList(flags.Get("global-positions"), "--global-positions"));
+  options.mutable_global_positions()->Add(globals.begin(), globals.end());
+  ASSIGN_OR_RETURN(int64_t window, FlagValue(flags.Int("window", 0, 0, INT64_MAX)));
+  options.set_window_tokens(window);
+  ASSIGN_OR_RETURN(int64_t chunk_bytes, FlagValue(flags.Int("chunk-bytes", 65536, 4, 64 << 20)));
+  absl::StatusOr<EncodeResult> result;
+  if (flags.Has("ids-file")) {
+    ASSIGN_OR_RETURN(const std::string text, ReadFile(flags.Get("ids-file")));
+    ASSIGN_OR_RETURN(std::vector<int64_t> wide, IntegerList(text, flags.Get("ids-file")));
+    std::vector<int32_t> ids;
+    for (int64_t id : wide) {
+      if (id < INT32_MIN || id > INT32_MAX) {
+        return absl::InvalidArgumentError(absl::StrCat(id, " is not a token id"));
+      }
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    result = client.Encode(options, ids);
+  } else {
+    const std::string path = flags.Get("file");
+    std::ifstream file;
+    std::istream* in = &std::cin;
+    if (path != "-") {
+      file.open(path, std::ios::binary);
+      if (!file) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+      in = &file;
+    }
+    result = client.Encode(options, MakeUtf8ChunkReader(in, static_cast<size_t>(chunk_bytes)));
+  }
+  if (!result.ok()) return result.status();
+  std::ofstream out(flags.Get("output"), std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(result->vectors.data()),
+            static_cast<std::streamsize>(result->vectors.size() * sizeof(float)));
+  out.close();
+  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", flags.Get("output")));
+  std::printf("%lld %lld\n", static_cast<long long>(result->rows),
+              static_cast<long long>(result->dim));
+  std::fprintf(stderr, "[encode: tokens %lld, passes %lld]\n",
+               static_cast<long long>(result->tokens), static_cast<long long>(result->windows));
+  return absl::OkStatus();
+}
+
 absl::Status RunTokenize(Client& client, const Flags& flags, const std::string& text) {
   RETURN_IF_ERROR(CheckUtf8(text, "TEXT"));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, client.Tokenize(text, flags.Get("model")));
@@ -491,6 +575,10 @@ const std::map<std::string, Command>& Commands() {
          "repetition-penalty", "seed", "stop", "stop-id", "commit", "expected-version"},
         {"ignore-eos"}}},
       {"score", {{"session", "model", "text", "file", "expected-version"}, {"commit"}}},
+      {"encode",
+       {{"file", "ids-file", "output", "model", "pool", "global-positions", "window",
+         "chunk-bytes"},
+        {}}},
       {"tokenize", {{"model"}, {}, 1, 1}},
       {"detokenize", {{"model"}, {}, 1, SIZE_MAX}},
   };
@@ -514,6 +602,7 @@ absl::Status Run(Client& client, const std::string& command, const Flags& flags)
   if (command == "ingest") return RunIngest(client, flags, args[0], args[1]);
   if (command == "generate") return RunGenerate(client, flags);
   if (command == "score") return RunScore(client, flags);
+  if (command == "encode") return RunEncode(client, flags);
   if (command == "tokenize") return RunTokenize(client, flags, args[0]);
   if (command == "detokenize") return RunDetokenize(client, flags, args);
   return Usage(absl::StrCat("unknown command \"", command, "\""));

@@ -62,9 +62,8 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& dir) {
 
 const EncoderConfig& Encoder::config() const { return model_->config(); }
 
-absl::StatusOr<Tensor> Encoder::Encode(std::span<const int32_t> ids,
-                                       const EncodeOptions& options) const {
-  const auto n = static_cast<int64_t>(ids.size());
+absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
+                                                        const EncodeOptions& options) const {
   const int64_t most = config().max_tokens();
   const int64_t window = options.window_tokens == 0 ? most : options.window_tokens;
   if (window < 2 || window > most) {
@@ -72,41 +71,77 @@ absl::StatusOr<Tensor> Encoder::Encode(std::span<const int32_t> ids,
                                                    " tokens: it must be in [2, ", most,
                                                    "] (the model's position table)"));
   }
-  if (n == 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
+  if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
   const std::vector<int64_t>& globals = options.global_positions;
   for (size_t g = 0; g < globals.size(); ++g) {
-    if (globals[g] < 0 || globals[g] >= n || (g > 0 && globals[g] <= globals[g - 1])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("global positions must ascend, each in [0, ", n, "); got ", globals[g]));
+    if (globals[g] < 0 || globals[g] >= tokens || (g > 0 && globals[g] <= globals[g - 1])) {
+      return absl::InvalidArgumentError(absl::StrCat("global positions must ascend, each in [0, ",
+                                                     tokens, "); got ", globals[g]));
     }
   }
+  return PlanEncodeWindows(tokens, window);
+}
+
+absl::StatusOr<std::vector<Tensor>> Encoder::EncodeBatch(
+    std::span<const EncoderSequence> batch) const {
+  return model_->EncodeBatch(batch);
+}
+
+EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow& w,
+                               const std::vector<int64_t>& global_positions) {
+  EncoderSequence seq{ids.subspan(w.begin, w.length), {}};
+  for (int64_t g : global_positions) {
+    if (g >= w.begin && g < w.begin + w.length) seq.global_positions.push_back(g - w.begin);
+  }
+  return seq;
+}
+
+Pooler::Pooler(Pooling pooling, int64_t tokens, int64_t d_model)
+    : pooling_(pooling), tokens_(tokens), sum_(Tensor::Zeros(DType::kF32, {1, d_model})) {}
+
+void Pooler::Add(const EncodeWindow& w, const Tensor& hidden) {
+  const int64_t d = sum_.dim(1);
+  float* dst = sum_.data<float>();
+  const float* src = hidden.data<float>();
+  if (pooling_ == Pooling::kFirst) {
+    if (w.keep_begin == 0) std::memcpy(dst, src, d * sizeof(float));  // (the window begins at 0)
+    return;
+  }
+  for (int64_t t = w.keep_begin; t < w.keep_end; ++t) {
+    const float* row = src + (t - w.begin) * d;
+    for (int64_t e = 0; e < d; ++e) dst[e] += row[e];
+  }
+}
+
+Tensor Pooler::Finish() {
+  if (pooling_ == Pooling::kMean) {
+    float* dst = sum_.data<float>();
+    for (int64_t e = 0; e < sum_.dim(1); ++e) dst[e] /= static_cast<float>(tokens_);
+  }
+  return std::move(sum_);
+}
+
+absl::StatusOr<Tensor> Encoder::Encode(std::span<const int32_t> ids,
+                                       const EncodeOptions& options) const {
+  const auto n = static_cast<int64_t>(ids.size());
+  ASSIGN_OR_RETURN(const std::vector<EncodeWindow> windows, Plan(n, options));
   const int64_t d = config().d_model;
   const bool per_token = options.pooling == Pooling::kNone;
-  Tensor out = Tensor::Zeros(DType::kF32, {per_token ? n : 1, d});
-  float* dst = out.data<float>();
-  for (const EncodeWindow& w : PlanEncodeWindows(n, window)) {
-    std::vector<int64_t> inside;
-    for (int64_t g : globals) {
-      if (g >= w.begin && g < w.begin + w.length) inside.push_back(g - w.begin);
+  Tensor out = per_token ? Tensor::Empty(DType::kF32, {n, d}) : Tensor();
+  Pooler pooler(options.pooling, n, d);
+  for (const EncodeWindow& w : windows) {
+    const EncoderSequence seq = WindowSequence(ids, w, options.global_positions);
+    ASSIGN_OR_RETURN(std::vector<Tensor> h, EncodeBatch(std::span(&seq, 1)));
+    if (per_token) {
+      std::memcpy(out.data<float>() + w.keep_begin * d,
+                  h[0].data<float>() + (w.keep_begin - w.begin) * d,
+                  (w.keep_end - w.keep_begin) * d * sizeof(float));
+    } else {
+      pooler.Add(w, h[0]);
+      if (options.pooling == Pooling::kFirst) break;  // the first window holds token 0
     }
-    ASSIGN_OR_RETURN(Tensor h, model_->Encode(ids.subspan(w.begin, w.length), inside));
-    const float* src = h.data<float>();
-    for (int64_t t = w.keep_begin; t < w.keep_end; ++t) {
-      const float* row = src + (t - w.begin) * d;
-      if (per_token) {
-        std::memcpy(dst + t * d, row, d * sizeof(float));
-      } else if (options.pooling == Pooling::kMean) {
-        for (int64_t e = 0; e < d; ++e) dst[e] += row[e];
-      } else if (t == 0) {
-        std::memcpy(dst, row, d * sizeof(float));
-      }
-    }
-    if (options.pooling == Pooling::kFirst) break;  // the first window holds token 0
   }
-  if (options.pooling == Pooling::kMean) {
-    for (int64_t e = 0; e < d; ++e) dst[e] /= static_cast<float>(n);
-  }
-  return out;
+  return per_token ? std::move(out) : pooler.Finish();
 }
 
 }  // namespace mnemo::engine::api

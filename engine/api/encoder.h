@@ -1,7 +1,9 @@
-// engine::api::Encoder: a loaded encoder checkpoint (docs/checkpoint-format.md "Encoders") as the
-// command line (`mnemo encode`) uses it: a document's token ids in, one vector per token or one
-// pooled vector out. A document longer than one pass runs in overlapping windows (the rule is
-// PlanEncodeWindows below, and docs/command-line.md).
+// engine::api::Encoder: a loaded encoder checkpoint (docs/checkpoint-format.md "Encoders"): a
+// document's token ids in, one vector per token or one pooled vector out. A document longer than
+// one pass runs in overlapping windows (the rule is PlanEncodeWindows below, and
+// docs/command-line.md). The command line (`mnemo encode`) calls Encode; the server plans the
+// windows itself (Plan, WindowSequence) and runs them through its scheduler, which puts windows of
+// several requests into one pass (EncodeBatch), and folds them with a Pooler.
 //
 // Threading: a loaded Encoder is immutable; Encode may run concurrently from several threads.
 #pragma once
@@ -15,6 +17,7 @@
 #include "absl/status/statusor.h"
 
 #include "engine/encoder/encoder_config.h"
+#include "engine/encoder/encoder_sequence.h"
 #include "engine/tensor/tensor.h"
 #include "engine/tokenizer/tokenizer.h"
 
@@ -25,6 +28,8 @@ class EncoderModel;
 namespace mnemo::engine::api {
 
 using EncoderConfig = engine::EncoderConfig;
+using EncoderSequence = engine::EncoderSequence;
+using engine::IsEncoderCheckpoint;
 
 enum class Pooling : uint8_t {
   kNone,   // every token's vector: [N, D]
@@ -56,6 +61,26 @@ struct EncodeWindow {
 // tokens of context on each side. The kept ranges tile [0, n) in order.
 std::vector<EncodeWindow> PlanEncodeWindows(int64_t n, int64_t window);
 
+// The window of `ids` (the whole document) that `w` runs, with the document's global positions
+// that fall inside it.
+EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow& w,
+                               const std::vector<int64_t>& global_positions);
+
+// Folds a document's windows, in plan order, into one pooled vector (kMean or kFirst).
+class Pooler {
+ public:
+  Pooler(Pooling pooling, int64_t tokens, int64_t d_model);
+  // Adds window `w`'s kept rows; `hidden` is its pass's output [w.length, D].
+  void Add(const EncodeWindow& w, const Tensor& hidden);
+  // The pooled vector [1, D] once every window was added.
+  Tensor Finish();
+
+ private:
+  Pooling pooling_;
+  int64_t tokens_;
+  Tensor sum_;
+};
+
 class Encoder {
  public:
   // Loads `<dir>/config.json`, `<dir>/model.safetensors` and, when present, a sentencepiece
@@ -72,6 +97,16 @@ class Encoder {
   // The document's vectors as `options.pooling` says (float32, host). INVALID_ARGUMENT for no
   // ids, an id outside the vocabulary, a bad global position or window size.
   absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids, const EncodeOptions& options) const;
+
+  // The windows a document of `tokens` tokens runs in under `options`. INVALID_ARGUMENT for no
+  // tokens, a window outside [2, max_tokens] or a bad global position (ids are checked by the
+  // pass).
+  absl::StatusOr<std::vector<EncodeWindow>> Plan(int64_t tokens,
+                                                 const EncodeOptions& options) const;
+
+  // One pass over several windows, of one document or of several (EncoderModel::EncodeBatch):
+  // each one's final hidden states [ids.size(), D].
+  absl::StatusOr<std::vector<Tensor>> EncodeBatch(std::span<const EncoderSequence> batch) const;
 
  private:
   Encoder() = default;

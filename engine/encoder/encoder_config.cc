@@ -1,12 +1,10 @@
 #include "engine/encoder/encoder_config.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
+#include "base/read_file.h"
 #include "base/status_macros.h"
 #include "engine/model/enum_names.h"
 #include "engine/model/layer_entry_reader.h"
@@ -60,13 +58,16 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   return c;
 }
 
+absl::StatusOr<bool> IsEncoderCheckpoint(const std::string& dir) {
+  ASSIGN_OR_RETURN(const std::string text, ReadFile(dir + "/config.json"));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("architecture") && j.at("architecture").is_string() &&
+         IsEncoderArchitecture(j.at("architecture").get<std::string>());
+}
+
 absl::StatusOr<EncoderConfig> LoadEncoderConfig(const std::string& dir) {
-  const std::string path = dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = ParseEncoderConfig(text.str());
+  ASSIGN_OR_RETURN(const std::string text, ReadFile(dir + "/config.json"));
+  auto config = ParseEncoderConfig(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
   }

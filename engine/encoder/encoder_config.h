@@ -41,6 +41,11 @@ struct EncoderConfig {
 // Whether an "architecture" value names an encoder ("longformer").
 bool IsEncoderArchitecture(std::string_view architecture);
 
+// Whether `<dir>/config.json` names an encoder architecture (false for a decoder's, or for a
+// config that is not JSON: the decoder loader then says what is wrong with it). NOT_FOUND when
+// the file cannot be read.
+absl::StatusOr<bool> IsEncoderCheckpoint(const std::string& dir);
+
 // Parses and validates config.json text. Errors are INVALID_ARGUMENT and name the field.
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text);
 

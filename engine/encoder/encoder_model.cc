@@ -56,8 +56,15 @@ absl::StatusOr<std::unique_ptr<EncoderModel>> EncoderModel::Load(const std::stri
 
 absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
                                             const std::vector<int64_t>& global_positions) const {
-  const EncoderConfig& c = config_;
-  const auto n = static_cast<int64_t>(ids.size());
+  const EncoderSequence one{ids, global_positions};
+  ASSIGN_OR_RETURN(std::vector<Tensor> out, EncodeBatch(std::span(&one, 1)));
+  return std::move(out.front());
+}
+
+namespace {
+
+absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
+  const auto n = static_cast<int64_t>(s.ids.size());
   if (n == 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
   if (n > c.max_tokens()) {
     return absl::InvalidArgumentError(absl::StrCat(n,
@@ -66,36 +73,60 @@ absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
                                                    c.max_tokens()));
   }
   for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at position ", i,
+    if (s.ids[i] < 0 || s.ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", s.ids[i], " at position ", i,
                                                      " is outside the vocabulary [0, ",
                                                      c.vocab_size, ")"));
     }
   }
-  for (size_t g = 0; g < global_positions.size(); ++g) {
-    if (global_positions[g] < 0 || global_positions[g] >= n ||
-        (g > 0 && global_positions[g] <= global_positions[g - 1])) {
-      return absl::InvalidArgumentError(absl::StrCat("global positions must ascend, each in [0, ",
-                                                     n, "); got ", global_positions[g]));
+  const std::vector<int64_t>& g = s.global_positions;
+  for (size_t k = 0; k < g.size(); ++k) {
+    if (g[k] < 0 || g[k] >= n || (k > 0 && g[k] <= g[k - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("global positions must ascend, each in [0, ", n, "); got ", g[k]));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Tensor>> EncoderModel::EncodeBatch(
+    std::span<const EncoderSequence> batch) const {
+  const EncoderConfig& c = config_;
+  std::vector<int64_t> offsets{0};  // each window's first row in the pass
+  bool any_global = false;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    if (absl::Status s = CheckSequence(c, batch[k]); !s.ok()) {
+      if (batch.size() == 1) return s;
+      return absl::Status(s.code(), absl::StrCat("window ", k, ": ", s.message()));
+    }
+    offsets.push_back(offsets.back() + static_cast<int64_t>(batch[k].ids.size()));
+    any_global = any_global || !batch[k].global_positions.empty();
+  }
+  if (batch.empty()) return std::vector<Tensor>();
+  const int64_t n = offsets.back();
   Backend& be = *backend_;
   const int64_t d = c.d_model;
   const auto eps = static_cast<float>(c.layer_norm_epsilon);
   // Embeddings: word + position + token type 0, then a LayerNorm. Positions follow RoBERTa's
-  // rule: a non-padding token's is pad_token_id + its count of non-padding tokens so far, a
-  // padding token's is pad_token_id.
-  std::vector<int32_t> positions(static_cast<size_t>(n));
-  int32_t seen = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const bool pad = ids[i] == c.pad_token_id;
-    seen += pad ? 0 : 1;
-    positions[i] = static_cast<int32_t>(c.pad_token_id + (pad ? 0 : seen));
+  // rule within each window: a non-padding token's is pad_token_id + its count of non-padding
+  // tokens so far, a padding token's is pad_token_id.
+  std::vector<int32_t> ids, positions;
+  ids.reserve(static_cast<size_t>(n));
+  positions.reserve(static_cast<size_t>(n));
+  for (const EncoderSequence& seq : batch) {
+    int32_t seen = 0;
+    for (int32_t id : seq.ids) {
+      const bool pad = id == c.pad_token_id;
+      seen += pad ? 0 : 1;
+      ids.push_back(id);
+      positions.push_back(static_cast<int32_t>(c.pad_token_id + (pad ? 0 : seen)));
+    }
   }
   Tensor x = Tensor::Empty(DType::kF32, {n, d});
   Tensor add = Tensor::Empty(DType::kF32, {n, d});
-  RETURN_IF_ERROR(
-      be.Embedding(weights_.word_emb, std::vector<int32_t>(ids.begin(), ids.end()), 1.0f, x));
+  RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, 1.0f, x));
   RETURN_IF_ERROR(be.Embedding(weights_.position_emb, positions, 1.0f, add));
   RETURN_IF_ERROR(be.Add(x, add, x));
   RETURN_IF_ERROR(be.FillRows(weights_.token_type_emb.Rows(0, 1), add));  // every token's type 0
@@ -104,7 +135,7 @@ absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
 
   Tensor qkv = Tensor::Empty(DType::kF32, {n, 3 * d});
   Tensor global_qkv;
-  if (!global_positions.empty()) global_qkv = Tensor::Empty(DType::kF32, {n, 3 * d});
+  if (any_global) global_qkv = Tensor::Empty(DType::kF32, {n, 3 * d});
   Tensor attn = Tensor::Empty(DType::kF32, {n, d});
   Tensor hidden = Tensor::Empty(DType::kF32, {n, c.d_inner});
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -113,9 +144,15 @@ absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
     if (global_qkv.defined()) {
       RETURN_IF_ERROR(be.Linear(x, lw.global_qkv, &lw.global_qkv_bias, global_qkv));
     }
-    RETURN_IF_ERROR(
-        be.LongformerAttention({&qkv, &global_qkv, &global_positions, c.one_sided_window[l],
-                                static_cast<int>(c.n_head), static_cast<int>(c.d_head), &attn}));
+    for (size_t k = 0; k < batch.size(); ++k) {  // attention stays within each window
+      const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
+      const std::vector<int64_t>& globals = batch[k].global_positions;
+      const Tensor gq = globals.empty() ? Tensor() : global_qkv.Rows(offsets[k], offsets[k + 1]);
+      Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
+      RETURN_IF_ERROR(
+          be.LongformerAttention({&q, &gq, &globals, c.one_sided_window[l],
+                                  static_cast<int>(c.n_head), static_cast<int>(c.d_head), &out}));
+    }
     // Post-LayerNorm blocks (BERT): x = LN(x + W_o·attn), x = LN(x + W_2·act(W_1·x)).
     RETURN_IF_ERROR(be.Linear(attn, lw.o, &lw.o_bias, add));
     RETURN_IF_ERROR(be.AddLayerNorm(x, add, lw.attn_ln_gamma, lw.attn_ln_beta, eps, x));
@@ -123,7 +160,10 @@ absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
     RETURN_IF_ERROR(be.Linear(hidden, lw.fc2, &lw.fc2_bias, add));
     RETURN_IF_ERROR(be.AddLayerNorm(x, add, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
   }
-  return x;
+  std::vector<Tensor> out;
+  out.reserve(batch.size());
+  for (size_t k = 0; k < batch.size(); ++k) out.push_back(x.Rows(offsets[k], offsets[k + 1]));
+  return out;
 }
 
 }  // namespace mnemo::engine

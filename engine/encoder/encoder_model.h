@@ -1,5 +1,7 @@
 // EncoderModel: a loaded encoder checkpoint (engine/encoder/encoder_config.h) on the CPU backend:
-// one pass over a whole window of a document returns every token's final hidden state.
+// one pass over a whole window of a document returns every token's final hidden state. Several
+// windows (of one document or of several) may share a pass: their rows go through each product
+// together, so the weights are read once per pass, and attention runs per window.
 //
 // Threading: a loaded EncoderModel is immutable; Encode may run concurrently from several threads.
 #pragma once
@@ -14,6 +16,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/encoder/encoder_config.h"
+#include "engine/encoder/encoder_sequence.h"
 #include "engine/tensor/tensor.h"
 
 namespace mnemo::engine {
@@ -52,6 +55,11 @@ class EncoderModel {
   // or a bad global position.
   absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids,
                                 const std::vector<int64_t>& global_positions) const;
+
+  // One pass over several windows: each one's final hidden states [ids.size(), D], as Encode
+  // would return them alone (to float32 rounding). INVALID_ARGUMENT, naming the window, when any
+  // is bad (nothing runs then).
+  absl::StatusOr<std::vector<Tensor>> EncodeBatch(std::span<const EncoderSequence> batch) const;
 
  private:
   EncoderModel(EncoderConfig config, EncoderWeights weights)

@@ -27,6 +27,7 @@ MAX_SESSION_ID = 64
 MAX_PAGE_TOKEN = 32
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
+MAX_GLOBAL_POSITIONS = 4096
 TOKEN = 5  # an id inside the tiny model's vocabulary
 
 
@@ -89,6 +90,15 @@ def _ingest(build):
     def call(stubs, sid, n):
         messages = build(n, sid)
         return list(stubs.inference.Ingest(iter(messages), timeout=60))
+    return call
+
+
+def _encode(**fields):
+    """Encode's first message (this server has no encoder: within every limit the call fails
+    with FAILED_PRECONDITION, past one with INVALID_ARGUMENT before the model is looked up)."""
+    def call(stubs, sid, n):
+        built = {k: v(n) for k, v in fields.items()}
+        return list(stubs.inference.Encode(iter([pb.EncodeRequest(**built)]), timeout=60))
     return call
 
 
@@ -200,6 +210,12 @@ CASES = [
      lambda s, sid, n: s.inference.Score(pb.ScoreRequest(text=text(n)))),
     ("Score.ids", "ids.ids", MAX_INPUT_TOKENS,
      lambda s, sid, n: s.inference.Score(pb.ScoreRequest(ids=pb.TokenIds(ids=[TOKEN] * n)))),
+    ("Encode.model", "model", MAX_NAME, _encode(model=lambda n: "m" * n)),
+    ("Encode.text", "text", MAX_TEXT_BYTES, _encode(text=text)),
+    ("Encode.ids", "ids.ids", MAX_INPUT_TOKENS,
+     _encode(ids=lambda n: pb.TokenIds(ids=[TOKEN] * n))),
+    ("Encode.global_positions", "global_positions", MAX_GLOBAL_POSITIONS,
+     _encode(global_positions=lambda n: list(range(n)))),
 ]
 
 

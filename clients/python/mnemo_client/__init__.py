@@ -21,9 +21,11 @@ from mnemo_client.tls import TlsConfig
 __all__ = [
     "MnemoClient",
     "GenerateResult",
+    "EncodeResult",
     "collect_generate",
     "commit_mode",
     "durability_value",
+    "pooling_value",
     "sampling_params",
     "bad_request_violations",
     "error_info",
@@ -34,8 +36,8 @@ __all__ = [
     "TlsConfig",
 ]
 
-_CLIENT_NAMES = {"MnemoClient", "GenerateResult", "collect_generate", "commit_mode",
-                 "durability_value", "sampling_params"}
+_CLIENT_NAMES = {"MnemoClient", "GenerateResult", "EncodeResult", "collect_generate",
+                 "commit_mode", "durability_value", "pooling_value", "sampling_params"}
 
 
 def __getattr__(name):

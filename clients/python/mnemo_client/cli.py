@@ -159,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--file", default=None)
     p.add_argument("--commit", action="store_true", help="keep the text in the session")
 
+    p = sub.add_parser("encode", help="an encoder's vectors of a document, written to a file")
+    p.add_argument("file", metavar="FILE", help="the document: UTF-8 text, or ids with --ids")
+    p.add_argument("--output", required=True, metavar="OUT",
+                   help="raw little-endian float32, row after row; 'ROWS DIM' goes to stdout")
+    p.add_argument("--ids", action="store_true",
+                   help="FILE holds token ids (whitespace- or comma-separated)")
+    p.add_argument("--model", default="", help="the encoder (default: the first one)")
+    p.add_argument("--pool", choices=["none", "mean", "first"], default="none")
+    p.add_argument("--global-positions", default="", metavar="P,P,…",
+                   help="document positions that attend globally, ascending")
+    p.add_argument("--window", type=int, default=0, metavar="N",
+                   help="tokens per pass (default: the model's maximum)")
+    p.add_argument("--chunk-bytes", type=int, default=65536)
+
     p = sub.add_parser("tokenize", help="print the token ids of a text")
     p.add_argument("text")
     p.add_argument("--model", default="")
@@ -167,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", type=int)
     p.add_argument("--model", default="")
     return parser
+
+
+def _encode(client, args) -> int:
+    from mnemo_client.utf8 import iter_utf8_chunks
+    positions = [int(p) for p in args.global_positions.replace(",", " ").split()]
+    with open(args.file, "rb") as f:
+        if args.ids:
+            document = [int(t) for t in f.read().decode("ascii").replace(",", " ").split()]
+            result = client.encode(document, model=args.model, pooling=args.pool,
+                                   global_positions=positions, window_tokens=args.window)
+        else:
+            result = client.encode(iter_utf8_chunks(f, args.chunk_bytes), model=args.model,
+                                   pooling=args.pool, global_positions=positions,
+                                   window_tokens=args.window)
+    with open(args.output, "wb") as out:
+        out.write(result.data)
+    print(f"{result.rows} {result.dim}")
+    print(f"encoded {result.tokens} tokens in {result.windows} passes", file=sys.stderr)
+    return 0
 
 
 def _print_message(message) -> None:
@@ -340,6 +373,8 @@ def run(args) -> int:
             return _generate(client, args)
         elif cmd == "score":
             return _score(client, args)
+        elif cmd == "encode":
+            return _encode(client, args)
         elif cmd == "tokenize":
             print(" ".join(str(i) for i in client.tokenize(args.text, model=args.model)))
         elif cmd == "detokenize":

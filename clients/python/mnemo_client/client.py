@@ -28,6 +28,7 @@ Threading: one MnemoClient (one channel) may be shared by many threads.
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -197,17 +198,63 @@ def collect_generate(events: Iterable[Any],
     return result
 
 
-class _IngestRequests:
-    """The request side of an Ingest stream: header on the first message, one chunk each.
+POOLINGS = {
+    "none": pb.POOLING_NONE,
+    "mean": pb.POOLING_MEAN,
+    "first": pb.POOLING_FIRST,
+}
+
+
+def pooling_value(value: Union[str, int, None]) -> int:
+    """A Pooling enum value from "none" / "mean" / "first", an int, or None (the default)."""
+    if value is None:
+        return pb.POOLING_UNSPECIFIED
+    if isinstance(value, str):
+        if value not in POOLINGS:
+            raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {value!r}")
+        return POOLINGS[value]
+    return int(value)
+
+
+@dataclass
+class EncodeResult:
+    """What Encode returned: `rows` vectors of `dim` float32 each, row after row in `data`
+    (little-endian), the token ids of the rows (per-token output), the document's tokens and the
+    passes it ran in."""
+
+    dim: int = 0
+    rows: int = 0
+    data: bytes = b""
+    ids: list = field(default_factory=list)
+    tokens: int = 0
+    windows: int = 0
+
+    def vectors(self) -> list:
+        """The vectors as lists of Python floats."""
+        import array
+        values = array.array("f")
+        values.frombytes(self.data)
+        if sys.byteorder != "little":
+            values.byteswap()
+        return [values[r * self.dim:(r + 1) * self.dim].tolist() for r in range(self.rows)]
+
+    def numpy(self):
+        """The vectors as a float32 numpy array [rows, dim] (needs numpy)."""
+        import numpy as np
+        return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.dim)
+
+
+class _ChunkedRequests:
+    """The request side of an Ingest or Encode stream: `header` (an IngestRequest or
+    EncodeRequest holding the first message's fields) on the first message, one chunk each.
 
     Runs on gRPC's request thread. An exception from the caller's chunk iterable is stored and
     the call cancelled (so the server discards the partial document) instead of half-closing.
     """
 
-    def __init__(self, session_id: str, chunks: Iterable[Chunk], expected_state_version: int):
-        self.session_id = session_id
+    def __init__(self, header, chunks: Iterable[Chunk]):
+        self.header = header
         self.chunks = chunks
-        self.expected_state_version = expected_state_version
         self.error: Optional[BaseException] = None
         self.bytes_sent = 0
         self.messages_sent = 0
@@ -218,11 +265,10 @@ class _IngestRequests:
         self._call = call
         self._call_ready.set()
 
-    def _message(self, chunk: Optional[Chunk]) -> pb.IngestRequest:
-        request = pb.IngestRequest()
+    def _message(self, chunk: Optional[Chunk]):
+        request = type(self.header)()
         if self.messages_sent == 0:
-            request.session_id = self.session_id
-            request.expected_state_version = self.expected_state_version
+            request.CopyFrom(self.header)
         if chunk is None:
             pass
         elif isinstance(chunk, str):
@@ -243,7 +289,7 @@ class _IngestRequests:
                 message = self._message(chunk)
                 self.messages_sent += 1
                 yield message
-            if self.messages_sent == 0:  # no chunk at all: still name the session
+            if self.messages_sent == 0:  # no chunk at all: still send the header
                 self.messages_sent += 1
                 yield self._message(None)
         except GeneratorExit:  # gRPC closed the stream (the call ended): nothing to report
@@ -554,7 +600,7 @@ class MnemoClient:
 
     def ingest(self, session_id: str, chunks: Iterable[Chunk], expected_state_version: int = 0,
                on_progress: Optional[Callable[[Any], None]] = None, timeout: Any = _UNSET,
-               _requests: Optional[_IngestRequests] = None):
+               _requests: Optional[_ChunkedRequests] = None):
         """Streams a document into the session; returns the final IngestProgress (done=True).
 
         `chunks` yields str (whole characters) or sequences of token ids, one message each; it
@@ -567,20 +613,38 @@ class MnemoClient:
         `on_progress` then starts over; chunks beyond the policy's replay_buffer_bytes are not
         kept and the call is then not retried.
         """
-        requests = _requests or _IngestRequests(session_id, chunks, expected_state_version)
+        requests = _requests or _ChunkedRequests(
+            pb.IngestRequest(session_id=session_id, expected_state_version=expected_state_version),
+            chunks)
+        last = None
+
+        def on_message(progress):
+            nonlocal last
+            last = progress
+            if on_progress is not None:
+                on_progress(progress)
+
+        self._chunked_call("Ingest", self.inference_stub.Ingest, requests, on_message, timeout,
+                           _pinned(expected_state_version), session_id)
+        return last
+
+    def _chunked_call(self, method: str, rpc, requests: _ChunkedRequests,
+                      on_message: Callable[[Any], None], timeout: Any, safety: Safety,
+                      session_id: str = "", on_attempt: Optional[Callable[[], None]] = None):
+        """A chunks-in, messages-out stream (Ingest, Encode), retried as `mnemo_client.retry`
+        describes: the chunks are replayed from a buffer, each attempt first calls `on_attempt`
+        (to drop what an earlier attempt delivered) and its messages go to `on_message`."""
         buffer = ReplayBuffer(iter(requests), self.retry_policy.replay_buffer_bytes)
         metadata = self._metadata(session_id)
 
         def attempt(attempt_timeout):
-            call = self.inference_stub.Ingest(buffer.attempt(), timeout=attempt_timeout,
-                                              metadata=metadata)
+            if on_attempt is not None:
+                on_attempt()
+            call = rpc(buffer.attempt(), timeout=attempt_timeout, metadata=metadata)
             requests.attach(call)
-            last = None
             try:
-                for progress in call:
-                    last = progress
-                    if on_progress is not None:
-                        on_progress(progress)
+                for message in call:
+                    on_message(message)
             except grpc.RpcError:
                 if requests.error is not None:
                     raise requests.error
@@ -590,10 +654,8 @@ class MnemoClient:
                 raise
             if requests.error is not None:
                 raise requests.error
-            return last
 
-        retrier = self._retrier("Ingest", timeout, _pinned(expected_state_version))
-        return retrier.run(attempt, lambda: buffer.replayable)
+        self._retrier(method, timeout, safety).run(attempt, lambda: buffer.replayable)
 
     def ingest_text(self, session_id: str, text: str, chunk_bytes: int = 65536,
                     **kwargs):
@@ -614,8 +676,10 @@ class MnemoClient:
         """
         total = os.path.getsize(path)
         with open(path, "rb") as f:
-            requests = _IngestRequests(session_id, iter_utf8_chunks(f, chunk_bytes),
-                                       expected_state_version)
+            requests = _ChunkedRequests(
+                pb.IngestRequest(session_id=session_id,
+                                 expected_state_version=expected_state_version),
+                iter_utf8_chunks(f, chunk_bytes))
             bar = _ProgressBar(total, stream) if progress else None
             on_progress = None
             if bar is not None:
@@ -626,6 +690,53 @@ class MnemoClient:
             if bar is not None:
                 bar.finish(requests.bytes_sent, final)
             return final
+
+    def encode(self, document: Union[str, Sequence[int], Iterable[Chunk]], *, model: str = "",
+               pooling: Union[str, int, None] = None, global_positions: Sequence[int] = (),
+               window_tokens: int = 0, chunk_bytes: int = 65536,
+               timeout: Any = _UNSET) -> EncodeResult:
+        """Encodes a document with an encoder model (Model.family "encoder"): a str (sent in
+        UTF-8-safe chunks of `chunk_bytes`), a sequence of token ids (a list, tuple or array of
+        integers), or any other iterable of chunks (str or id sequences, one message each, as
+        `ingest` takes them). `pooling` is "none" (one
+        vector per token, the default), "mean" or "first"; `global_positions` are document
+        positions that attend globally; `window_tokens` the tokens per pass (0: the model's
+        maximum; longer documents run in overlapping windows, docs/server-api.md "Encode").
+        Read-only, so it is retried like one."""
+        header = pb.EncodeRequest(model=model, pooling=pooling_value(pooling),
+                                  global_positions=[int(g) for g in global_positions],
+                                  window_tokens=window_tokens)
+        if isinstance(document, str):
+            from mnemo_client.utf8 import split_utf8
+            chunks: Iterable[Chunk] = split_utf8(document.encode("utf-8"), chunk_bytes)
+        elif hasattr(document, "__len__") and (
+                len(document) == 0 or isinstance(document[0], numbers.Integral)):
+            ids = [int(i) for i in document]
+            step = 1 << 18
+            chunks = [ids[i:i + step] for i in range(0, len(ids), step)]
+        else:
+            chunks = document
+        result = EncodeResult()
+        parts: list = []
+
+        def on_attempt():
+            parts.clear()
+            result.ids.clear()
+            result.rows = 0
+
+        def on_message(r):
+            if r.count:
+                result.dim = r.dim
+                result.rows += r.count
+                parts.append(r.vectors)
+                result.ids.extend(r.ids)
+            if r.done:
+                result.tokens, result.windows = r.tokens, r.windows
+
+        self._chunked_call("Encode", self.inference_stub.Encode, _ChunkedRequests(header, chunks),
+                           on_message, timeout, Safety.READ_ONLY, on_attempt=on_attempt)
+        result.data = b"".join(parts)
+        return result
 
     def _generate_request(self, session_id: str, prompt: Prompt, *, model: str,
                           max_tokens: int, sampling, temperature, top_k, top_p,

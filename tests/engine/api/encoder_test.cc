@@ -1,16 +1,21 @@
 // engine/api/encoder and engine/encoder/encoder_config: the window plan of long documents (one
 // pass when it fits; windows every ⌊window/2⌋ tokens, the last ending at the end; every token
 // kept once, from the window where it is farthest from an edge, the earlier on a tie), and the
-// encoder config's validation (each bad field named; decoder parsing names an encoder as one).
+// encoder config's validation (each bad field named; decoder parsing names an encoder as one),
+// and on a small random Longformer checkpoint: windows of several documents sharing one pass
+// (EncodeBatch) give what each window gives alone, and the Pooler folds windows as Encode does.
 #include "engine/api/encoder.h"
 
 #include <algorithm>
+#include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "engine/encoder/encoder_config.h"
 #include "engine/model/model_config.h"
 #include "gtest/gtest.h"
+#include "tests/test_checkpoint.h"
 
 namespace mnemo::engine::api {
 namespace {
@@ -115,6 +120,128 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
   auto decoder = ParseModelConfig(good);
   ASSERT_FALSE(decoder.ok());
   EXPECT_NE(decoder.status().message().find("encoder"), std::string::npos) << decoder.status();
+}
+
+// A random Longformer: d_model 16 (2 heads of 8), 2 layers with windows 4 and 6, 40 ids, passes
+// of up to 30 tokens.
+test::ScopedTempDir WriteRandomLongformer(uint32_t seed) {
+  const std::string config = R"({"architecture": "longformer", "vocab_size": 40, "d_model": 16,
+      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu",
+      "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 32, "type_vocab_size": 1,
+      "attention_window": [4, 6], "torch_dtype": "float32"})";
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
+  std::vector<test::RawTensor> tensors;
+  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float base) {
+    int64_t count = 1;
+    for (int64_t e : shape) count *= e;
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = base + uniform(rng);
+    tensors.push_back({name, "F32", std::move(shape), test::FloatBytes(v, DType::kF32)});
+  };
+  add("embeddings.word.weight", {40, 16}, 0);
+  add("embeddings.position.weight", {32, 16}, 0);
+  add("embeddings.token_type.weight", {1, 16}, 0);
+  add("embeddings.ln.weight", {16}, 1);
+  add("embeddings.ln.bias", {16}, 0);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (const char* proj : {"attn.qkv", "attn.global_qkv"}) {
+      add(p + proj + ".weight", {48, 16}, 0);
+      add(p + proj + ".bias", {48}, 0);
+    }
+    add(p + "attn.o.weight", {16, 16}, 0);
+    add(p + "attn.o.bias", {16}, 0);
+    add(p + "attn.ln.weight", {16}, 1);
+    add(p + "attn.ln.bias", {16}, 0);
+    add(p + "ff.fc1.weight", {32, 16}, 0);
+    add(p + "ff.fc1.bias", {32}, 0);
+    add(p + "ff.fc2.weight", {16, 32}, 0);
+    add(p + "ff.fc2.bias", {16}, 0);
+    add(p + "ff.ln.weight", {16}, 1);
+    add(p + "ff.ln.bias", {16}, 0);
+  }
+  return test::WriteCheckpointFiles(config, tensors);
+}
+
+std::vector<float> Values(const Tensor& t) {
+  return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+}
+
+TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
+  const test::ScopedTempDir dir = WriteRandomLongformer(3);
+  auto encoder = Encoder::Load(dir.path());
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  const std::vector<int32_t> a = test::RandomTokens(30, 40, 1);
+  const std::vector<int32_t> b = test::RandomTokens(7, 40, 2);
+  const std::vector<int32_t> c = test::RandomTokens(19, 40, 3);
+  // Globals in some windows only (the pass computes global projections for every row then).
+  const std::vector<EncoderSequence> batch{{a, {0, 17, 29}}, {b, {}}, {c, {4}}};
+  auto together = (*encoder)->EncodeBatch(batch);
+  ASSERT_TRUE(together.ok()) << together.status();
+  ASSERT_EQ(together->size(), 3u);
+  for (size_t k = 0; k < batch.size(); ++k) {
+    auto alone = (*encoder)->EncodeBatch(std::span(&batch[k], 1));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ((*together)[k].shape(), (*alone)[0].shape());
+    EXPECT_TRUE(test::NearRelative(Values((*together)[k]), Values((*alone)[0]), 1e-5))
+        << "window " << k;
+  }
+  // One bad window fails the pass, naming it; nothing is returned for the others.
+  const std::vector<int32_t> bad{3, 40};
+  const std::vector<EncoderSequence> with_bad{{a, {}}, {bad, {}}};
+  auto refused = (*encoder)->EncodeBatch(with_bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("window 1"), std::string::npos) << refused.status();
+}
+
+TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {
+  const test::ScopedTempDir dir = WriteRandomLongformer(4);
+  auto encoder = Encoder::Load(dir.path());
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  const std::vector<int32_t> ids = test::RandomTokens(50, 40, 5);
+  EncodeOptions options;
+  options.window_tokens = 12;
+  options.global_positions = {0, 13, 49};
+  auto per_token = (*encoder)->Encode(ids, options);
+  ASSERT_TRUE(per_token.ok()) << per_token.status();
+  ASSERT_EQ(per_token->shape(), (std::vector<int64_t>{50, 16}));
+  auto windows = (*encoder)->Plan(50, options);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  ASSERT_GT(windows->size(), 3u);
+  for (Pooling pooling : {Pooling::kMean, Pooling::kFirst}) {
+    options.pooling = pooling;
+    auto pooled = (*encoder)->Encode(ids, options);
+    ASSERT_TRUE(pooled.ok()) << pooled.status();
+    Pooler pooler(pooling, 50, 16);
+    for (const EncodeWindow& w : *windows) {
+      const EncoderSequence seq = WindowSequence(ids, w, options.global_positions);
+      auto h = (*encoder)->EncodeBatch(std::span(&seq, 1));
+      ASSERT_TRUE(h.ok()) << h.status();
+      pooler.Add(w, (*h)[0]);
+    }
+    const std::vector<float> folded = Values(pooler.Finish());
+    EXPECT_EQ(folded, Values(*pooled));
+    // The definition from the per-token vectors.
+    std::vector<float> expected(16, 0.0f);
+    const std::vector<float> rows = Values(*per_token);
+    for (int64_t t = 0; t < (pooling == Pooling::kFirst ? 1 : 50); ++t) {
+      for (int e = 0; e < 16; ++e) expected[e] += rows[t * 16 + e];
+    }
+    if (pooling == Pooling::kMean) {
+      for (float& v : expected) v /= 50.0f;
+    }
+    EXPECT_TRUE(test::NearRelative(folded, expected, 1e-5));
+  }
+  // Plan's refusals.
+  EXPECT_EQ((*encoder)->Plan(0, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EncodeOptions wide;
+  wide.window_tokens = 31;  // the position table holds 30
+  EXPECT_EQ((*encoder)->Plan(40, wide).status().code(), absl::StatusCode::kInvalidArgument);
+  EncodeOptions unordered;
+  unordered.global_positions = {5, 5};
+  EXPECT_EQ((*encoder)->Plan(40, unordered).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -1,0 +1,226 @@
+// InferenceService.Encode: a document streams in (text and ids, as Ingest takes them), is
+// tokenized and bounded as it arrives, then runs window by window through the encoder's scheduler
+// (windows of concurrent requests share passes) while the vectors stream out.
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+#include "base/status_macros.h"
+#include "server/proto_conversion.h"
+#include "server/services.h"
+#include "server/text_chunker.h"
+
+namespace mnemo::server {
+namespace {
+
+using engine::api::EncoderSequence;
+using engine::api::EncodeWindow;
+using engine::api::Pooling;
+
+// Per-token responses carry about this many bytes of vectors at most (gRPC's default receive
+// limit is 4 MiB).
+constexpr int64_t kResponseVectorBytes = int64_t{1} << 20;
+
+Pooling PoolingOf(v1::Pooling p) {
+  switch (p) {
+    case v1::POOLING_MEAN:
+      return Pooling::kMean;
+    case v1::POOLING_FIRST:
+      return Pooling::kFirst;
+    default:
+      return Pooling::kNone;
+  }
+}
+
+// The first message's options checked against the model (positions against the document's length
+// once it is known).
+absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::EncoderConfig& c) {
+  FieldViolations violations;
+  const int64_t w = first.window_tokens();
+  if (w != 0 && (w < 2 || w > c.max_tokens())) {
+    violations.Add("window_tokens",
+                   absl::StrCat("must be 0 (the model's maximum) or in [2, ", c.max_tokens(), "]"));
+  }
+  const auto& g = first.global_positions();
+  for (int i = 0; i < g.size(); ++i) {
+    if (g[i] < 0 || (i > 0 && g[i] <= g[i - 1])) {
+      violations.Add(absl::StrCat("global_positions[", i, "]"),
+                     "positions must be ≥ 0 and strictly ascending");
+      break;
+    }
+  }
+  return violations.ToStatus();
+}
+
+// One window in flight: what the scheduler reads and writes must outlive its ticket, which is
+// destroyed first (declared last).
+struct WindowStep {
+  EncodeWindow window;
+  EncoderSequence sequence;
+  engine::api::Tensor hidden;
+  std::unique_ptr<Scheduler::Ticket> ticket;
+};
+
+}  // namespace
+
+grpc::Status InferenceServiceImpl::Encode(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::EncodeResponse, v1::EncodeRequest>* stream) {
+  RpcScope scope(ctx_, "Encode", context);
+  auto run = [&]() -> absl::Status {
+    RETURN_IF_ERROR(scope.Admit());
+    RETURN_IF_ERROR(scope.CheckTokens());
+    v1::EncodeRequest message;
+    (void)v1::TakeRequestParseError();  // what an earlier call on this thread left behind
+    if (!stream->Read(&message)) {
+      if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+        return InvalidField("messages[0]", e.error_message());
+      }
+      return InvalidField("chunk", "the stream ended before its first message");
+    }
+    RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, 0));
+    ASSIGN_OR_RETURN(LoadedEncoder * model, ctx_.models->FindEncoder(message.model()));
+    const engine::api::Encoder& encoder = *model->encoder;
+    RETURN_IF_ERROR(CheckOptions(message, encoder.config()));
+    engine::api::EncodeOptions options;
+    options.pooling = PoolingOf(message.pooling());
+    options.global_positions.assign(message.global_positions().begin(),
+                                    message.global_positions().end());
+    options.window_tokens = message.window_tokens();
+
+    // The document, bounded as it arrives.
+    std::vector<int32_t> ids;
+    TextChunker chunker;
+    const int64_t vocab = encoder.config().vocab_size;
+    auto append = [&](std::span<const int32_t> more, const std::string& field) -> absl::Status {
+      if (static_cast<int64_t>(ids.size() + more.size()) > ctx_.limits.max_encode_tokens) {
+        return InvalidField(
+            field, absl::StrCat("the document holds more than the ", ctx_.limits.max_encode_tokens,
+                                " tokens one Encode may carry (--max-encode-tokens)"));
+      }
+      ids.insert(ids.end(), more.begin(), more.end());
+      scope.ChargeTokens(static_cast<int64_t>(more.size()));
+      return absl::OkStatus();
+    };
+    auto feed_text = [&](const std::string& text, const std::string& field) -> absl::Status {
+      if (text.empty()) return absl::OkStatus();
+      auto encoded = model->tokenizer->Encode(text);
+      if (!encoded.ok()) return InvalidField(field, std::string(encoded.status().message()));
+      return append(*encoded, field);
+    };
+    int64_t index = 0;
+    do {
+      const std::string prefix = index == 0 ? "" : absl::StrCat("messages[", index, "].");
+      if (index != 0) {
+        RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, index));
+        RETURN_IF_ERROR(scope.CheckTokens());
+      }
+      switch (message.chunk_case()) {
+        case v1::EncodeRequest::kText:
+          if (model->tokenizer == nullptr) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "model \"", model->name, "\" has no tokenizer (tokenizer.model): send token ids"));
+          }
+          RETURN_IF_ERROR(feed_text(chunker.Push(message.text()), prefix + "text"));
+          break;
+        case v1::EncodeRequest::kIds: {
+          FieldViolations violations;
+          CheckTokenIds(message.ids().ids(), vocab, prefix + "ids.ids", violations);
+          RETURN_IF_ERROR(violations.ToStatus());
+          // Text held back for the next space goes in first: the document keeps its order.
+          RETURN_IF_ERROR(feed_text(chunker.Finish(), prefix + "text"));
+          const auto& more = message.ids().ids();
+          RETURN_IF_ERROR(
+              append(std::span(more.data(), static_cast<size_t>(more.size())), prefix + "ids.ids"));
+          break;
+        }
+        case v1::EncodeRequest::CHUNK_NOT_SET:
+          break;
+      }
+      ++index;
+    } while (stream->Read(&message));
+    if (context->IsCancelled()) return absl::CancelledError("the client cancelled");
+    if (grpc::Status e = v1::TakeRequestParseError(); !e.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("messages[", index, "]: ", e.error_message()));
+    }
+    RETURN_IF_ERROR(feed_text(chunker.Finish(), "text"));
+    const auto n = static_cast<int64_t>(ids.size());
+    if (n == 0) return InvalidField("chunk", "the document is empty: send text or ids");
+    if (!options.global_positions.empty() && options.global_positions.back() >= n) {
+      return InvalidField(
+          absl::StrCat("global_positions[", options.global_positions.size() - 1, "]"),
+          absl::StrCat(options.global_positions.back(), " is past the document's ", n, " tokens"));
+    }
+    ASSIGN_OR_RETURN(const std::vector<EncodeWindow> windows, encoder.Plan(n, options));
+
+    // The windows, in order, through the scheduler: the next one is queued before the previous
+    // one's vectors are written, so the pass and the transfer overlap.
+    const RequestControl control = ControlOf(context);
+    Scheduler::ActiveStream active(*model->scheduler);
+    const int64_t d = encoder.config().d_model;
+    engine::api::Pooler pooler(options.pooling, n, d);
+    const bool per_token = options.pooling == Pooling::kNone;
+    const size_t count =
+        options.pooling == Pooling::kFirst ? size_t{1} : windows.size();  // token 0: window 0
+    auto submit = [&](size_t k, WindowStep& step) -> absl::Status {
+      if (control.cancelled && control.cancelled()) {
+        return absl::CancelledError("the request was cancelled");
+      }
+      if (absl::Now() >= control.deadline) {
+        return absl::DeadlineExceededError("the request's deadline passed");
+      }
+      step.window = windows[k];
+      step.sequence = engine::api::WindowSequence(ids, step.window, options.global_positions);
+      ASSIGN_OR_RETURN(step.ticket, model->scheduler->SubmitEncode(&step.sequence, &step.hidden));
+      return absl::OkStatus();
+    };
+    auto write_rows = [&](const WindowStep& step) -> absl::Status {
+      const EncodeWindow& w = step.window;
+      const int64_t per_message = std::max<int64_t>(1, kResponseVectorBytes / (d * 4));
+      for (int64_t t = w.keep_begin; t < w.keep_end; t += per_message) {
+        const int64_t rows = std::min(per_message, w.keep_end - t);
+        v1::EncodeResponse r;
+        r.set_first_token(t);
+        r.set_count(rows);
+        r.set_dim(d);
+        r.set_vectors(step.hidden.data<char>() + (t - w.begin) * d * 4,
+                      static_cast<size_t>(rows * d * 4));
+        r.mutable_ids()->Add(ids.begin() + t, ids.begin() + t + rows);
+        if (!stream->Write(r)) return absl::CancelledError("the client went away");
+      }
+      return absl::OkStatus();
+    };
+    WindowStep steps[2];  // the one being written and the next one queued
+    RETURN_IF_ERROR(submit(0, steps[0]));
+    for (size_t k = 0; k < count; ++k) {
+      WindowStep& current = steps[k % 2];
+      RETURN_IF_ERROR(current.ticket->Wait(control.deadline, control.cancelled).status());
+      current.ticket.reset();
+      if (k + 1 < count) RETURN_IF_ERROR(submit(k + 1, steps[(k + 1) % 2]));
+      if (per_token) {
+        RETURN_IF_ERROR(write_rows(current));
+      } else {
+        pooler.Add(current.window, current.hidden);
+      }
+      current.hidden = engine::api::Tensor();
+    }
+    v1::EncodeResponse last;
+    if (!per_token) {
+      const engine::api::Tensor pooled = pooler.Finish();
+      last.set_count(1);
+      last.set_dim(d);
+      last.set_vectors(pooled.data<char>(), static_cast<size_t>(d * 4));
+    }
+    last.set_tokens(n);
+    last.set_windows(static_cast<int64_t>(count));
+    last.set_done(true);
+    ctx_.metrics->EncodedTokens(n);
+    if (!stream->Write(last)) return absl::CancelledError("the client went away");
+    return absl::OkStatus();
+  };
+  return scope.Finish(run());
+}
+
+}  // namespace mnemo::server

@@ -1,0 +1,294 @@
+"""Encode through the real server: a random Hugging Face `LongformerModel`, converted with
+tools/convert_hf_longformer.py and served beside the tiny decoder, encoded through the Python
+client, its command line and the C++ command line.
+
+- the vectors match Hugging Face's `last_hidden_state` (float64 oracle, within 1e-4), and
+  documents longer than a pass match `mnemo encode` with the same window (same windows, same
+  vectors); pooled vectors are the mean and first row of the per-token ones;
+- text streamed in odd chunks encodes as its tokens (the ids come back with the rows);
+- concurrent Encode calls share forward passes (the encode steps counted by the metrics are
+  fewer than the windows run) and get what each gets alone;
+- every kind of bad input is refused with its status code and field, and the server goes on
+  serving; decoders refuse Encode and the encoder refuses sessions, by name.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from mnemo.v1 import mnemo_pb2 as pb
+from mnemo_checkpoint import write_checkpoint
+from mnemo_client import bad_request_violations
+from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error, pb_bytes,
+                            raw_stream_stream)
+from tools.convert_hf_longformer import convert, random_hf_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def hf_fields(vocab_size):
+    return dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, attention_window=[4, 8], max_position_embeddings=68,
+                pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_model, tmp_path_factory):
+    """(HF model in float64, checkpoint with the tiny model's tokenizer, one without)."""
+    with open(os.path.join(tiny_model, "config.json")) as f:
+        import json
+        vocab = json.load(f)["vocab_size"]
+    model = random_hf_model(hf_fields(vocab), seed=11).double()
+    config, tensors = convert(model, dtype="float32")
+    with_tok = tmp_path_factory.mktemp("encoder") / "enc"
+    write_checkpoint(with_tok, config, tensors)
+    shutil.copy(os.path.join(tiny_model, "tokenizer.model"), with_tok / "tokenizer.model")
+    bare = tmp_path_factory.mktemp("encoder_bare") / "enc"
+    write_checkpoint(bare, config, tensors)
+    return model, str(with_tok), str(bare)
+
+
+@pytest.fixture(scope="module")
+def server(server_bin, tiny_model, encoders, tmp_path_factory):
+    _, with_tok, bare = encoders
+    s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
+                      BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
+                                    "--max-batch-tokens", "4096"],
+                      models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}"])
+    s.wait_serving()
+    yield s
+    s.stop(check=True)
+
+
+def hf_hidden(model, ids, globals_=()):
+    mask = torch.zeros(1, len(ids), dtype=torch.long)
+    for g in globals_:
+        mask[0, g] = 1
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), global_attention_mask=mask)
+    return out.last_hidden_state[0].numpy()
+
+
+def assert_close(got, want, tol=1e-4):
+    scale = float(np.abs(want).max())
+    diff = float(np.abs(np.asarray(got, np.float64) - want).max())
+    assert diff <= tol * scale + 1e-6, f"max|diff| {diff:.3e} > {tol} * {scale:.3e}"
+
+
+def document(n, seed, vocab):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, size=n).tolist()
+    ids[n // 2] = 1  # the pad id inside the document: positions count around it
+    return ids
+
+
+def cli_encode(mnemo_bin, tmp_path, ckpt, ids, *flags):
+    ids_file, out = tmp_path / "ids.txt", tmp_path / "cli.f32"
+    ids_file.write_text(" ".join(map(str, ids)))
+    proc = subprocess.run([mnemo_bin, "encode", "--model", ckpt, "--ids", str(ids_file),
+                           "--output", str(out), *flags], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows, cols = map(int, proc.stdout.split())
+    return np.fromfile(out, dtype="<f4").reshape(rows, cols)
+
+
+def test_encode_matches_hugging_face_and_the_command_line(server, encoders, mnemo_bin,
+                                                          tmp_path):
+    model, with_tok, _ = encoders
+    vocab = model.config.vocab_size
+    client = server.client()
+    ids = document(60, 1, vocab)
+    for globals_ in ((), (0, 31, 59)):
+        r = client.encode(ids, model="enc", global_positions=globals_)
+        assert (r.rows, r.dim, r.tokens, r.windows) == (60, 32, 60, 1)
+        assert r.ids == ids
+        assert_close(r.numpy(), hf_hidden(model, ids, globals_))
+    # A document longer than a pass (the position table holds 66): windows of 24, the same
+    # windows and vectors as the engine's command line.
+    long_ids = document(150, 2, vocab)
+    r = client.encode(long_ids, model="enc", global_positions=[0, 100], window_tokens=24)
+    assert r.windows == len(range(0, 150 - 24, 12)) + 1
+    want = cli_encode(mnemo_bin, tmp_path, with_tok, long_ids, "--window", "24",
+                      "--global-positions", "0,100")
+    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-6)
+    # Per-token output arrives in order in several messages once it passes ~1 MiB: not here,
+    # but the pooled forms are the mean and the first row of the per-token one.
+    per_token = r.numpy().astype(np.float64)
+    mean = client.encode(long_ids, model="enc", global_positions=[0, 100], window_tokens=24,
+                         pooling="mean")
+    assert (mean.rows, mean.dim, mean.ids) == (1, 32, [])
+    np.testing.assert_allclose(mean.numpy()[0], per_token.mean(axis=0), rtol=0, atol=1e-5)
+    first = client.encode(long_ids, model="enc", global_positions=[0, 100], window_tokens=24,
+                          pooling="first")
+    assert first.windows == 1  # only the window holding token 0 runs
+    np.testing.assert_allclose(first.numpy()[0], per_token[0], rtol=0, atol=1e-6)
+    # The vectors in plain Python.
+    assert np.allclose(np.array(first.vectors()), first.numpy())
+
+
+def test_text_streamed_in_odd_chunks_encodes_as_its_tokens(server):
+    client = server.client()
+    text = ("The quick brown fox jumps over the lazy dog; naïve café, 日本語 and 🎉 too. " * 4)
+    ids = client.tokenize(text, model="enc")
+    assert len(ids) > 66  # more than one pass
+    by_ids = client.encode(ids, model="enc", window_tokens=40, global_positions=[0])
+    pieces = [text[i:i + 7] for i in range(0, len(text), 7)]
+    by_text = client.encode(iter(pieces), model="enc", window_tokens=40, global_positions=[0])
+    assert by_text.ids == ids
+    np.testing.assert_array_equal(by_text.numpy(), by_ids.numpy())
+    # Text and ids mixed keep the document's order.
+    mixed = client.encode(iter(["The quick brown", [7, 8, 9], " fox jumps"]), model="enc")
+    want = (client.tokenize("The quick brown", model="enc") + [7, 8, 9] +
+            client.tokenize(" fox jumps", model="enc"))
+    assert mixed.ids == want
+    np.testing.assert_array_equal(mixed.numpy(), client.encode(want, model="enc").numpy())
+
+
+def test_concurrent_encodes_share_forward_passes(server, encoders):
+    model, _, _ = encoders
+    vocab = model.config.vocab_size
+    client = server.client()
+    docs = [document(90 + 7 * k, 10 + k, vocab) for k in range(6)]
+    alone = [client.encode(d, model="enc", window_tokens=30, global_positions=[0]).numpy()
+             for d in docs]
+
+    def passes():
+        return server.metrics().sum("mnemo_engine_step_seconds_count", phase="encode")
+
+    before = passes()
+    results = [None] * len(docs)
+    barrier = threading.Barrier(len(docs))
+
+    def run(k):
+        barrier.wait()
+        results[k] = client.encode(docs[k], model="enc", window_tokens=30, global_positions=[0])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(docs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    windows = sum(r.windows for r in results)
+    ran = passes() - before
+    assert ran < windows / 2, f"{ran} encode passes for {windows} windows: no sharing"
+    for got, want in zip(results, alone):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+
+
+def test_the_encoder_is_described_and_tokenizes(server):
+    client = server.client()
+    m = client.model("enc")
+    assert (m.family, m.architecture, m.d_model, m.n_head, m.max_positions) == (
+        "encoder", "longformer", 32, 4, 66)
+    assert [(l.attention, l.window) for l in m.layers] == [
+        (pb.ATTENTION_KIND_LONGFORMER, 2), (pb.ATTENTION_KIND_LONGFORMER, 4)]
+    assert client.model("tiny").family == "decoder"
+    names = {x.name: x.family for x in client.models()}
+    assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder"}
+    ids = client.tokenize("hello world", model="enc")
+    assert client.detokenize(ids, model="enc") == "hello world"
+
+
+def violations(e):
+    return dict(bad_request_violations(e))
+
+
+def test_bad_encode_requests_are_refused_and_the_server_goes_on(server, encoders):
+    model, _, _ = encoders
+    vocab = model.config.vocab_size
+    client = server.client()
+    code = grpc.StatusCode
+    # Decoders do not encode; the encoder has no sessions.
+    e = expect_error(lambda: client.encode([5, 6], model="tiny"), code.FAILED_PRECONDITION)
+    assert "decoder" in e.details()
+    e = expect_error(lambda: client.create_session(model="enc"), code.FAILED_PRECONDITION)
+    assert "encoder" in e.details()
+    expect_error(lambda: client.generate_text("", [5, 6], model="enc", max_tokens=2),
+                 code.FAILED_PRECONDITION)
+    expect_error(lambda: client.score(ids=[5, 6], model="enc"), code.FAILED_PRECONDITION)
+    expect_error(lambda: client.encode([5], model="nope"), code.NOT_FOUND)
+    # Fields.
+    cases = [
+        (dict(document=[5, vocab]), "ids.ids[1]"),
+        (dict(document=[5, -1]), "ids.ids[1]"),
+        (dict(document=[5, 6, 7], global_positions=[2, 1]), "global_positions[1]"),
+        (dict(document=[5, 6, 7], global_positions=[-1]), "global_positions[0]"),
+        (dict(document=[5, 6, 7], global_positions=[0, 3]), "global_positions[1]"),
+        (dict(document=[5, 6, 7], global_positions=list(range(4097))), "global_positions"),
+        (dict(document=[5, 6, 7], window_tokens=1), "window_tokens"),
+        (dict(document=[5, 6, 7], window_tokens=67), "window_tokens"),
+        (dict(document=[5, 6, 7], window_tokens=-4), "window_tokens"),
+        (dict(document=[5, 6, 7], pooling=99), "pooling"),
+        (dict(document=[]), "chunk"),
+        (dict(document=iter([])), "chunk"),
+        (dict(document=[5] * 5001), "ids.ids"),
+        (dict(document=iter([[5] * 3000, [6] * 3000])), "messages[1].ids.ids"),
+    ]
+    for kwargs, field in cases:
+        e = expect_error(lambda: client.encode(model="enc", **kwargs), code.INVALID_ARGUMENT)
+        assert field in violations(e), (kwargs.get("global_positions"), field, violations(e))
+    # Text to an encoder without a tokenizer.
+    e = expect_error(lambda: client.encode("some text", model="bare"), code.FAILED_PRECONDITION)
+    assert "tokenizer" in e.details()
+    # Invalid UTF-8 in a text chunk (the Python protobuf library refuses to build it).
+    first = pb.EncodeRequest(model="enc").SerializeToString()
+    bad_text = pb_bytes(5, b"ok \xff\xfe")
+    e = expect_error(lambda: raw_stream_stream(server.channel, "/mnemo.v1.InferenceService/Encode",
+                                               [first, bad_text]), code.INVALID_ARGUMENT)
+    # A message that does not parse at all.
+    e = expect_error(lambda: raw_stream_stream(server.channel, "/mnemo.v1.InferenceService/Encode",
+                                               [first, b"\xff\xff\xff"]), code.INVALID_ARGUMENT)
+    # The server still encodes.
+    ok = client.encode([5, 6, 7], model="enc")
+    assert (ok.rows, ok.tokens) == (3, 3)
+    assert server.alive()
+
+
+def test_command_lines_encode(server, encoders, tmp_path):
+    """The Python client's and the C++ client's command lines write the same float32 rows."""
+    model, _, _ = encoders
+    vocab = model.config.vocab_size
+    ids = document(80, 5, vocab)
+    want = server.client().encode(ids, model="enc", window_tokens=32, global_positions=[0, 9])
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(",".join(map(str, ids)))
+    env = dict(os.environ)
+    py_out = tmp_path / "py.f32"
+    proc = subprocess.run([sys.executable, "-m", "mnemo_client", "--target", server.target,
+                           "encode", str(ids_file), "--ids", "--model", "enc", "--window", "32",
+                           "--global-positions", "0,9", "--output", str(py_out)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["80", "32"]
+    assert py_out.read_bytes() == want.data
+    cpp_out = tmp_path / "cpp.f32"
+    proc = subprocess.run([executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
+                           "--ids-file", str(ids_file), "--model", "enc", "--window", "32",
+                           "--global-positions", "0,9", "--output", str(cpp_out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["80", "32"]
+    assert cpp_out.read_bytes() == want.data
+    # Pooled, from text.
+    text_file = tmp_path / "doc.txt"
+    text_file.write_text("a small document about encoders and their windows")
+    mean = server.client().encode(text_file.read_text(), model="enc", pooling="mean")
+    proc = subprocess.run([executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
+                           "--file", str(text_file), "--model", "enc", "--pool", "mean",
+                           "--output", str(cpp_out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "32"]
+    assert cpp_out.read_bytes() == mean.data
+    # A bad request exits 1 naming the field.
+    proc = subprocess.run([executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
+                           "--ids-file", str(ids_file), "--model", "enc", "--window", "1",
+                           "--output", str(cpp_out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "window_tokens" in proc.stderr, proc.stderr
