@@ -43,15 +43,22 @@ absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Enc
     violations.Add("window_tokens",
                    absl::StrCat("must be 0 (the model's maximum) or in [2, ", c.max_tokens(), "]"));
   }
-  const auto& g = first.global_positions();
-  for (int i = 0; i < g.size(); ++i) {
-    if (g[i] < 0 || (i > 0 && g[i] <= g[i - 1])) {
-      violations.Add(absl::StrCat("global_positions[", i, "]"),
-                     "positions must be ≥ 0 and strictly ascending");
-      break;
+  for (const auto& [name, g] : {std::pair{"global_positions", &first.global_positions()},
+                                std::pair{"mlm_positions", &first.mlm_positions()}}) {
+    for (int i = 0; i < g->size(); ++i) {
+      if ((*g)[i] < 0 || (i > 0 && (*g)[i] <= (*g)[i - 1])) {
+        violations.Add(absl::StrCat(name, "[", i, "]"),
+                       "positions must be ≥ 0 and strictly ascending");
+        break;
+      }
     }
   }
-  return violations.ToStatus();
+  RETURN_IF_ERROR(violations.ToStatus());
+  if (first.mlm_positions_size() > 0 && !c.mlm_head) {
+    return absl::FailedPreconditionError(
+        "this encoder has no masked-LM head (config mlm_head): mlm_positions cannot be served");
+  }
+  return absl::OkStatus();
 }
 
 // One window in flight: what the scheduler reads and writes must outlive its ticket, which is
@@ -59,7 +66,7 @@ absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Enc
 struct WindowStep {
   EncodeWindow window;
   EncoderSequence sequence;
-  engine::api::Tensor hidden;
+  engine::api::EncodedWindow out;
   std::unique_ptr<Scheduler::Ticket> ticket;
 };
 
@@ -89,6 +96,7 @@ grpc::Status InferenceServiceImpl::Encode(
     options.global_positions.assign(message.global_positions().begin(),
                                     message.global_positions().end());
     options.window_tokens = message.window_tokens();
+    options.mlm_positions.assign(message.mlm_positions().begin(), message.mlm_positions().end());
 
     // The document, bounded as it arrives.
     std::vector<int32_t> ids;
@@ -148,12 +156,18 @@ grpc::Status InferenceServiceImpl::Encode(
     RETURN_IF_ERROR(feed_text(chunker.Finish(), "text"));
     const auto n = static_cast<int64_t>(ids.size());
     if (n == 0) return InvalidField("chunk", "the document is empty: send text or ids");
-    if (!options.global_positions.empty() && options.global_positions.back() >= n) {
-      return InvalidField(
-          absl::StrCat("global_positions[", options.global_positions.size() - 1, "]"),
-          absl::StrCat(options.global_positions.back(), " is past the document's ", n, " tokens"));
+    for (const auto& [name, g] : {std::pair{"global_positions", &options.global_positions},
+                                  std::pair{"mlm_positions", &options.mlm_positions}}) {
+      if (!g->empty() && g->back() >= n) {
+        return InvalidField(absl::StrCat(name, "[", g->size() - 1, "]"),
+                            absl::StrCat(g->back(), " is past the document's ", n, " tokens"));
+      }
     }
-    ASSIGN_OR_RETURN(const std::vector<EncodeWindow> windows, encoder.Plan(n, options));
+    ASSIGN_OR_RETURN(const std::vector<EncodeWindow> planned, encoder.Plan(n, options));
+    std::vector<EncodeWindow> windows;  // the ones to run (kFirst: token 0's and MLM positions')
+    for (const EncodeWindow& w : planned) {
+      if (engine::api::WindowNeeded(w, options)) windows.push_back(w);
+    }
 
     // The windows, in order, through the scheduler: the next one is queued before the previous
     // one's vectors are written, so the pass and the transfer overlap.
@@ -162,8 +176,8 @@ grpc::Status InferenceServiceImpl::Encode(
     const int64_t d = encoder.config().d_model;
     engine::api::Pooler pooler(options.pooling, n, d);
     const bool per_token = options.pooling == Pooling::kNone;
-    const size_t count =
-        options.pooling == Pooling::kFirst ? size_t{1} : windows.size();  // token 0: window 0
+    const size_t count = windows.size();
+    const int64_t vocab_bytes = encoder.config().vocab_size * 4;
     auto submit = [&](size_t k, WindowStep& step) -> absl::Status {
       if (control.cancelled && control.cancelled()) {
         return absl::CancelledError("the request was cancelled");
@@ -172,8 +186,8 @@ grpc::Status InferenceServiceImpl::Encode(
         return absl::DeadlineExceededError("the request's deadline passed");
       }
       step.window = windows[k];
-      step.sequence = engine::api::WindowSequence(ids, step.window, options.global_positions);
-      ASSIGN_OR_RETURN(step.ticket, model->scheduler->SubmitEncode(&step.sequence, &step.hidden));
+      step.sequence = engine::api::WindowSequence(ids, step.window, options);
+      ASSIGN_OR_RETURN(step.ticket, model->scheduler->SubmitEncode(&step.sequence, &step.out));
       return absl::OkStatus();
     };
     auto write_rows = [&](const WindowStep& step) -> absl::Status {
@@ -185,9 +199,20 @@ grpc::Status InferenceServiceImpl::Encode(
         r.set_first_token(t);
         r.set_count(rows);
         r.set_dim(d);
-        r.set_vectors(step.hidden.data<char>() + (t - w.begin) * d * 4,
+        r.set_vectors(step.out.hidden.data<char>() + (t - w.begin) * d * 4,
                       static_cast<size_t>(rows * d * 4));
         r.mutable_ids()->Add(ids.begin() + t, ids.begin() + t + rows);
+        if (!stream->Write(r)) return absl::CancelledError("the client went away");
+      }
+      return absl::OkStatus();
+    };
+    auto write_mlm = [&](const WindowStep& step) -> absl::Status {
+      for (size_t j = 0; j < step.sequence.mlm_positions.size(); ++j) {
+        v1::EncodeResponse r;
+        v1::MaskedLmLogprobs* m = r.add_mlm();
+        m->set_position(step.window.begin + step.sequence.mlm_positions[j]);
+        m->set_logprobs(step.out.mlm_logprobs.data<char>() + static_cast<int64_t>(j) * vocab_bytes,
+                        static_cast<size_t>(vocab_bytes));
         if (!stream->Write(r)) return absl::CancelledError("the client went away");
       }
       return absl::OkStatus();
@@ -202,9 +227,10 @@ grpc::Status InferenceServiceImpl::Encode(
       if (per_token) {
         RETURN_IF_ERROR(write_rows(current));
       } else {
-        pooler.Add(current.window, current.hidden);
+        pooler.Add(current.window, current.out.hidden);
       }
-      current.hidden = engine::api::Tensor();
+      RETURN_IF_ERROR(write_mlm(current));
+      current.out = engine::api::EncodedWindow();
     }
     v1::EncodeResponse last;
     if (!per_token) {

@@ -180,6 +180,7 @@ absl::Status CheckRequest(const v1::EncodeRequest& request, const RequestLimits&
   b.Bytes("model", request.model(), kMaxNameBytes);
   b.Known("pooling", request.pooling(), v1::Pooling_IsValid);
   b.Count("global_positions", request.global_positions_size(), kMaxGlobalPositions, "positions");
+  b.Count("mlm_positions", request.mlm_positions_size(), kMaxMlmPositions, "positions");
   b.Bytes("text", request.text(), limits.max_text_bytes);
   TokenIds(b, "ids.ids", request.ids(), limits);
   return b.ToStatus();

@@ -24,6 +24,7 @@ inline constexpr int64_t kMaxLabelKeyBytes = 63;      // label keys
 inline constexpr int64_t kMaxLabelValueBytes = 256;   // label values
 inline constexpr int64_t kMaxReplicaNameBytes = 256;  // HandOffSessionRequest.to_replica
 inline constexpr int64_t kMaxGlobalPositions = 4096;  // EncodeRequest.global_positions
+inline constexpr int64_t kMaxMlmPositions = 256;      // EncodeRequest.mlm_positions
 
 // OK, or INVALID_ARGUMENT with a BadRequest detail naming every field past its limit or holding
 // an enum value this server does not know (proto3 parses unknown values; read as the default,

@@ -16,7 +16,7 @@ struct Scheduler::Step {
   engine::api::SessionState* state = nullptr;
   // An encode step (encoder models) runs this window instead, writing *hidden.
   const engine::api::EncoderSequence* window = nullptr;
-  engine::api::Tensor* hidden = nullptr;
+  engine::api::EncodedWindow* encoded = nullptr;
   std::vector<int32_t> tokens;
   LogitsMode mode = LogitsMode::kNone;
   bool token_by_token = false;
@@ -84,10 +84,10 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::SubmitEncode(
-    const engine::api::EncoderSequence* window, engine::api::Tensor* hidden) {
+    const engine::api::EncoderSequence* window, engine::api::EncodedWindow* out) {
   auto step = std::make_shared<Step>();
   step->window = window;
-  step->hidden = hidden;
+  step->encoded = out;
   return Enqueue(std::move(step));
 }
 
@@ -236,10 +236,13 @@ void Scheduler::Encode(std::vector<Step*>& steps) {
   std::vector<engine::api::EncoderSequence> windows;
   windows.reserve(steps.size());
   for (Step* s : steps) windows.push_back(*s->window);
-  absl::StatusOr<std::vector<engine::api::Tensor>> hidden =
+  absl::StatusOr<std::vector<engine::api::EncodedWindow>> encoded =
       encoder_ != nullptr ? encoder_->EncodeBatch(windows)
                           : absl::FailedPreconditionError("this model is not an encoder");
-  if (hidden.status().code() == absl::StatusCode::kInvalidArgument && steps.size() > 1) {
+  const absl::StatusCode code = encoded.status().code();
+  if ((code == absl::StatusCode::kInvalidArgument ||
+       code == absl::StatusCode::kFailedPrecondition) &&
+      steps.size() > 1 && encoder_ != nullptr) {
     for (Step* s : steps) {  // run each alone so only the bad one fails
       std::vector<Step*> one{s};
       Encode(one);
@@ -249,10 +252,10 @@ void Scheduler::Encode(std::vector<Step*>& steps) {
   if (metrics_ != nullptr)
     metrics_->ObserveStep("encode", absl::ToDoubleSeconds(absl::Now() - start));
   for (size_t k = 0; k < steps.size(); ++k) {
-    if (hidden.ok()) {
-      *steps[k]->hidden = std::move((*hidden)[k]);
+    if (encoded.ok()) {
+      *steps[k]->encoded = std::move((*encoded)[k]);
     } else {
-      steps[k]->status = hidden.status();
+      steps[k]->status = encoded.status();
     }
   }
 }

@@ -93,10 +93,10 @@ class Scheduler {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Queues one window of a document for an encoder model's next pass that has room; the pass
-  // writes the window's final hidden states [ids.size(), D] into *hidden. `window` and `hidden`
-  // must outlive the ticket. Errors as Submit.
+  // writes the window's hidden states (and masked-LM log-probabilities) into *out. `window` and
+  // `out` must outlive the ticket. Errors as Submit.
   absl::StatusOr<std::unique_ptr<Ticket>> SubmitEncode(const engine::api::EncoderSequence* window,
-                                                       engine::api::Tensor* hidden)
+                                                       engine::api::EncodedWindow* out)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // A request that will submit steps back to back (a generation or ingest in progress): while
@@ -128,7 +128,8 @@ class Scheduler {
   // bad step cannot fail the others.
   void Forward(std::vector<Step*>& steps, engine::api::LogitsMode mode, const char* phase)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // One encoder pass over encode steps, retried one by one on INVALID_ARGUMENT as Forward.
+  // One encoder pass over encode steps, retried one by one as Forward does when it fails for a
+  // step's input.
   void Encode(std::vector<Step*>& steps) ABSL_LOCKS_EXCLUDED(mu_);
   // Queues a prepared step (Submit, SubmitEncode).
   absl::StatusOr<std::unique_ptr<Ticket>> Enqueue(std::shared_ptr<Step> step)

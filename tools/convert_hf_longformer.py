@@ -18,11 +18,17 @@ Architecture "longformer" (docs/checkpoint-format.md "Encoders"):
     encoder.layer.N.output.dense                         layers.N.ff.fc2
     encoder.layer.N.output.LayerNorm                     layers.N.ff.ln
 
+    lm_head.dense                                        mlm.dense
+    lm_head.layer_norm                                   mlm.ln
+    lm_head.bias (= lm_head.decoder.bias)                mlm.decoder.bias
+
 (weights and biases alike). config.json gets hidden_size → d_model, num_attention_heads →
 n_head, intermediate_size → d_inner, hidden_act → activation, layer_norm_eps,
 max_position_embeddings → position_rows, pad_token_id, type_vocab_size and attention_window (one
-even entry per layer). The pooler and any task head (lm_head, classifier) are not converted: the
-engine returns the final hidden states, pooled by mean or first token on request.
+even entry per layer). The masked-LM head of LongformerForMaskedLM is converted when present
+(config mlm_head: true); its output matrix must be tied to the word embeddings, as Hugging Face
+ties it. The pooler and the other task heads (classifier, QA) are not converted: the engine
+returns the final hidden states, pooled by mean or first token on request.
 
 Refused (ConversionError naming the field): a model_type other than longformer, a
 position_embedding_type other than absolute, an odd attention window, hidden_size not a multiple
@@ -128,6 +134,17 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
             out[f"{ours}ff.fc1.{leaf}"] = get(f"{hf}intermediate.dense.{leaf}")
             out[f"{ours}ff.fc2.{leaf}"] = get(f"{hf}output.dense.{leaf}")
             out[f"{ours}ff.ln.{leaf}"] = get(f"{hf}output.LayerNorm.{leaf}")
+    if "lm_head.dense.weight" in sd:
+        decoder = sd.get("lm_head.decoder.weight")
+        if decoder is not None and not torch.equal(decoder,
+                                                   sd["embeddings.word_embeddings.weight"]):
+            raise ConversionError("lm_head.decoder.weight differs from the word embeddings: only "
+                                  "a masked-LM head tied to them (Hugging Face's default) runs")
+        config["mlm_head"] = True
+        for leaf in ("weight", "bias"):
+            out[f"mlm.dense.{leaf}"] = get(f"lm_head.dense.{leaf}")
+            out[f"mlm.ln.{leaf}"] = get(f"lm_head.layer_norm.{leaf}")
+        out["mlm.decoder.bias"] = get("lm_head.bias")
     return config, out
 
 
@@ -139,23 +156,26 @@ def convert_dir(hf_dir, out_dir, dtype=None):
     return config
 
 
-def random_hf_model(overrides, seed=0, std=None):
-    """A seeded random LongformerModel in eval mode, without its pooler: weights N(0, std^2)
-    (default 0.5/sqrt(hidden_size)), LayerNorm weights N(1, std^2), so the output depends on
-    every tensor."""
-    from transformers import LongformerConfig, LongformerModel
+def random_hf_model(overrides, seed=0, std=None, masked_lm=False):
+    """A seeded random LongformerModel (LongformerForMaskedLM with `masked_lm`) in eval mode,
+    without a pooler: weights N(0, std^2) (default 0.5/sqrt(hidden_size)), LayerNorm weights
+    N(1, std^2), so the output depends on every tensor (the MLM decoder stays tied to the word
+    embeddings)."""
+    from transformers import LongformerConfig, LongformerForMaskedLM, LongformerModel
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = LongformerConfig(**overrides)
         torch.manual_seed(int(seed))
-        model = LongformerModel(cfg, add_pooling_layer=False)
+        model = (LongformerForMaskedLM(cfg) if masked_lm
+                 else LongformerModel(cfg, add_pooling_layer=False))
     std = std if std is not None else 0.5 / math.sqrt(cfg.hidden_size)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
-            p.copy_((1.0 + noise if "LayerNorm.weight" in name else noise).to(p.dtype))
+            ln = "LayerNorm.weight" in name or "layer_norm.weight" in name
+            p.copy_((1.0 + noise if ln else noise).to(p.dtype))
     return model.eval()
 
 

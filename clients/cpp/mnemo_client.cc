@@ -635,6 +635,18 @@ absl::StatusOr<EncodeResult> Client::EncodeStream(const v1::EncodeRequest& optio
                     response.vectors().size());  // little-endian float32, as on the wire
         result.ids.insert(result.ids.end(), response.ids().begin(), response.ids().end());
       }
+      for (const v1::MaskedLmLogprobs& m : response.mlm()) {
+        if (m.logprobs().size() % 4 != 0) {
+          bad = absl::InternalError("an Encode response with a partial float32 log-probability");
+          context.TryCancel();
+          break;
+        }
+        result.mlm_positions.push_back(m.position());
+        const size_t at = result.mlm_logprobs.size();
+        result.mlm_logprobs.resize(at + m.logprobs().size() / 4);
+        std::memcpy(result.mlm_logprobs.data() + at, m.logprobs().data(), m.logprobs().size());
+      }
+      if (!bad.ok()) break;
       if (response.done()) {
         done = true;
         result.tokens = response.tokens();

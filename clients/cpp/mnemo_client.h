@@ -94,6 +94,8 @@ using GenerateEventCallback = std::function<void(const v1::GenerateEvent&)>;
 
 // What Encode returned: `rows` vectors of `dim` floats, row after row; per-token output also
 // carries the rows' token ids. `tokens`: the document's tokens; `windows`: the passes it ran in.
+// With EncodeRequest.mlm_positions: those positions, in order, and their masked-LM
+// log-probabilities, vocab_size floats each, position after position.
 struct EncodeResult {
   int64_t rows = 0;
   int64_t dim = 0;
@@ -101,6 +103,8 @@ struct EncodeResult {
   std::vector<int32_t> ids;
   int64_t tokens = 0;
   int64_t windows = 0;
+  std::vector<int64_t> mlm_positions;
+  std::vector<float> mlm_logprobs;
 };
 
 // Reads `in` in chunks of about `chunk_bytes` (at least 4) bytes cut only at UTF-8 character

@@ -115,6 +115,8 @@ commands:
       --pool P             none (every token's vector, the default), mean or first
       --global-positions P,P,…  document positions that attend globally, ascending
       --window N           tokens per pass (default: the model's maximum)
+      --mlm-positions P,…  positions whose masked-LM log-probabilities to write (encoders
+                           with the MLM head) to --mlm-output F: float32 [positions, vocab]
       --chunk-bytes N      bytes per text message (default 65536)
   tokenize TEXT        token ids of TEXT (--model M)
   detokenize ID...     text of the token ids (--model M)
@@ -485,6 +487,12 @@ absl::Status RunEncode(Client& client, const Flags& flags) {
   ASSIGN_OR_RETURN(std::vector<int64_t> globals,
                    IntegerList(flags.Get("global-positions"), "--global-positions"));
   options.mutable_global_positions()->Add(globals.begin(), globals.end());
+  ASSIGN_OR_RETURN(std::vector<int64_t> mlm,
+                   IntegerList(flags.Get("mlm-positions"), "--mlm-positions"));
+  if (mlm.empty() != !flags.Has("mlm-output")) {
+    return Usage("--mlm-positions and --mlm-output go together");
+  }
+  options.mutable_mlm_positions()->Add(mlm.begin(), mlm.end());
   ASSIGN_OR_RETURN(int64_t window, FlagValue(flags.Int("window", 0, 0, INT64_MAX)));
   options.set_window_tokens(window);
   ASSIGN_OR_RETURN(int64_t chunk_bytes, FlagValue(flags.Int("chunk-bytes", 65536, 4, 64 << 20)));
@@ -517,6 +525,14 @@ absl::Status RunEncode(Client& client, const Flags& flags) {
             static_cast<std::streamsize>(result->vectors.size() * sizeof(float)));
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat("cannot write ", flags.Get("output")));
+  if (!mlm.empty()) {
+    std::ofstream mlm_out(flags.Get("mlm-output"), std::ios::binary | std::ios::trunc);
+    mlm_out.write(reinterpret_cast<const char*>(result->mlm_logprobs.data()),
+                  static_cast<std::streamsize>(result->mlm_logprobs.size() * sizeof(float)));
+    mlm_out.close();
+    if (!mlm_out)
+      return absl::DataLossError(absl::StrCat("cannot write ", flags.Get("mlm-output")));
+  }
   std::printf("%lld %lld\n", static_cast<long long>(result->rows),
               static_cast<long long>(result->dim));
   std::fprintf(stderr, "[encode: tokens %lld, passes %lld]\n",
@@ -577,7 +593,7 @@ const std::map<std::string, Command>& Commands() {
       {"score", {{"session", "model", "text", "file", "expected-version"}, {"commit"}}},
       {"encode",
        {{"file", "ids-file", "output", "model", "pool", "global-positions", "window",
-         "chunk-bytes"},
+         "mlm-positions", "mlm-output", "chunk-bytes"},
         {}}},
       {"tokenize", {{"model"}, {}, 1, 1}},
       {"detokenize", {{"model"}, {}, 1, SIZE_MAX}},

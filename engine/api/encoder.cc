@@ -72,28 +72,45 @@ absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
                                                    "] (the model's position table)"));
   }
   if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
-  const std::vector<int64_t>& globals = options.global_positions;
-  for (size_t g = 0; g < globals.size(); ++g) {
-    if (globals[g] < 0 || globals[g] >= tokens || (g > 0 && globals[g] <= globals[g - 1])) {
-      return absl::InvalidArgumentError(absl::StrCat("global positions must ascend, each in [0, ",
-                                                     tokens, "); got ", globals[g]));
+  for (const auto* list : {&options.global_positions, &options.mlm_positions}) {
+    const std::vector<int64_t>& g = *list;
+    for (size_t k = 0; k < g.size(); ++k) {
+      if (g[k] < 0 || g[k] >= tokens || (k > 0 && g[k] <= g[k - 1])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(list == &options.global_positions ? "global" : "masked-LM",
+                         " positions must ascend, each in [0, ", tokens, "); got ", g[k]));
+      }
     }
+  }
+  if (!options.mlm_positions.empty() && !config().mlm_head) {
+    return absl::FailedPreconditionError(
+        "the checkpoint has no masked-LM head (config mlm_head): no MLM log-probabilities");
   }
   return PlanEncodeWindows(tokens, window);
 }
 
-absl::StatusOr<std::vector<Tensor>> Encoder::EncodeBatch(
+absl::StatusOr<std::vector<EncodedWindow>> Encoder::EncodeBatch(
     std::span<const EncoderSequence> batch) const {
   return model_->EncodeBatch(batch);
 }
 
 EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow& w,
-                               const std::vector<int64_t>& global_positions) {
-  EncoderSequence seq{ids.subspan(w.begin, w.length), {}};
-  for (int64_t g : global_positions) {
+                               const EncodeOptions& options) {
+  EncoderSequence seq{ids.subspan(w.begin, w.length), {}, {}};
+  for (int64_t g : options.global_positions) {
     if (g >= w.begin && g < w.begin + w.length) seq.global_positions.push_back(g - w.begin);
   }
+  for (int64_t p : options.mlm_positions) {
+    if (p >= w.keep_begin && p < w.keep_end) seq.mlm_positions.push_back(p - w.begin);
+  }
   return seq;
+}
+
+bool WindowNeeded(const EncodeWindow& w, const EncodeOptions& options) {
+  if (options.pooling != Pooling::kFirst || w.keep_begin == 0) return true;
+  const std::vector<int64_t>& m = options.mlm_positions;
+  return std::lower_bound(m.begin(), m.end(), w.keep_begin) !=
+         std::lower_bound(m.begin(), m.end(), w.keep_end);
 }
 
 Pooler::Pooler(Pooling pooling, int64_t tokens, int64_t d_model)
@@ -121,27 +138,38 @@ Tensor Pooler::Finish() {
   return std::move(sum_);
 }
 
-absl::StatusOr<Tensor> Encoder::Encode(std::span<const int32_t> ids,
-                                       const EncodeOptions& options) const {
+absl::StatusOr<EncodeOutput> Encoder::Encode(std::span<const int32_t> ids,
+                                             const EncodeOptions& options) const {
   const auto n = static_cast<int64_t>(ids.size());
   ASSIGN_OR_RETURN(const std::vector<EncodeWindow> windows, Plan(n, options));
-  const int64_t d = config().d_model;
+  const int64_t d = config().d_model, v = config().vocab_size;
   const bool per_token = options.pooling == Pooling::kNone;
-  Tensor out = per_token ? Tensor::Empty(DType::kF32, {n, d}) : Tensor();
+  EncodeOutput out;
+  if (per_token) out.vectors = Tensor::Empty(DType::kF32, {n, d});
+  const auto mlm = static_cast<int64_t>(options.mlm_positions.size());
+  if (mlm > 0) out.mlm_logprobs = Tensor::Empty(DType::kF32, {mlm, v});
+  int64_t mlm_done = 0;
   Pooler pooler(options.pooling, n, d);
   for (const EncodeWindow& w : windows) {
-    const EncoderSequence seq = WindowSequence(ids, w, options.global_positions);
-    ASSIGN_OR_RETURN(std::vector<Tensor> h, EncodeBatch(std::span(&seq, 1)));
+    if (!WindowNeeded(w, options)) continue;
+    const EncoderSequence seq = WindowSequence(ids, w, options);
+    ASSIGN_OR_RETURN(std::vector<EncodedWindow> h, EncodeBatch(std::span(&seq, 1)));
     if (per_token) {
-      std::memcpy(out.data<float>() + w.keep_begin * d,
-                  h[0].data<float>() + (w.keep_begin - w.begin) * d,
+      std::memcpy(out.vectors.data<float>() + w.keep_begin * d,
+                  h[0].hidden.data<float>() + (w.keep_begin - w.begin) * d,
                   (w.keep_end - w.keep_begin) * d * sizeof(float));
     } else {
-      pooler.Add(w, h[0]);
-      if (options.pooling == Pooling::kFirst) break;  // the first window holds token 0
+      pooler.Add(w, h[0].hidden);
+    }
+    const auto rows = static_cast<int64_t>(seq.mlm_positions.size());
+    if (rows > 0) {  // windows keep ascending ranges: the positions come in order
+      std::memcpy(out.mlm_logprobs.data<float>() + mlm_done * v, h[0].mlm_logprobs.data<float>(),
+                  rows * v * sizeof(float));
+      mlm_done += rows;
     }
   }
-  return per_token ? std::move(out) : pooler.Finish();
+  if (!per_token) out.vectors = pooler.Finish();
+  return out;
 }
 
 }  // namespace mnemo::engine::api

@@ -29,6 +29,7 @@ namespace mnemo::engine::api {
 
 using EncoderConfig = engine::EncoderConfig;
 using EncoderSequence = engine::EncoderSequence;
+using EncodedWindow = engine::EncodedWindow;
 using engine::IsEncoderCheckpoint;
 
 enum class Pooling : uint8_t {
@@ -43,6 +44,14 @@ struct EncodeOptions {
   std::vector<int64_t> global_positions;
   // Tokens per pass; 0: the model's maximum (EncoderConfig::max_tokens).
   int64_t window_tokens = 0;
+  // Document positions (ascending) whose masked-LM log-probabilities to return (checkpoints with
+  // the MLM head): each from the window that keeps the position's vector.
+  std::vector<int64_t> mlm_positions;
+};
+
+struct EncodeOutput {
+  Tensor vectors;       // [N, D] per token, or [1, D] pooled
+  Tensor mlm_logprobs;  // [mlm_positions.size(), V]; empty without mlm_positions
 };
 
 // One pass of a long document: tokens [begin, begin + length) run together; the tokens
@@ -62,9 +71,13 @@ struct EncodeWindow {
 std::vector<EncodeWindow> PlanEncodeWindows(int64_t n, int64_t window);
 
 // The window of `ids` (the whole document) that `w` runs, with the document's global positions
-// that fall inside it.
+// that fall inside it and the masked-LM positions it keeps.
 EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow& w,
-                               const std::vector<int64_t>& global_positions);
+                               const EncodeOptions& options);
+
+// Whether window `w` has to run: every window does, except under kFirst pooling, where only the
+// first one and those keeping a masked-LM position do.
+bool WindowNeeded(const EncodeWindow& w, const EncodeOptions& options);
 
 // Folds a document's windows, in plan order, into one pooled vector (kMean or kFirst).
 class Pooler {
@@ -94,19 +107,22 @@ class Encoder {
   // Null when the checkpoint has no tokenizer.model.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
 
-  // The document's vectors as `options.pooling` says (float32, host). INVALID_ARGUMENT for no
-  // ids, an id outside the vocabulary, a bad global position or window size.
-  absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids, const EncodeOptions& options) const;
+  // The document's vectors as `options.pooling` says (float32, host), and the masked-LM
+  // log-probabilities options.mlm_positions asks for. INVALID_ARGUMENT for no ids, an id outside
+  // the vocabulary, a bad global or MLM position or window size.
+  absl::StatusOr<EncodeOutput> Encode(std::span<const int32_t> ids,
+                                      const EncodeOptions& options) const;
 
   // The windows a document of `tokens` tokens runs in under `options`. INVALID_ARGUMENT for no
-  // tokens, a window outside [2, max_tokens] or a bad global position (ids are checked by the
-  // pass).
+  // tokens, a window outside [2, max_tokens] or a bad global or MLM position (ids are checked by
+  // the pass); FAILED_PRECONDITION for MLM positions without the checkpoint's MLM head.
   absl::StatusOr<std::vector<EncodeWindow>> Plan(int64_t tokens,
                                                  const EncodeOptions& options) const;
 
   // One pass over several windows, of one document or of several (EncoderModel::EncodeBatch):
   // each one's final hidden states [ids.size(), D].
-  absl::StatusOr<std::vector<Tensor>> EncodeBatch(std::span<const EncoderSequence> batch) const;
+  absl::StatusOr<std::vector<EncodedWindow>> EncodeBatch(
+      std::span<const EncoderSequence> batch) const;
 
  private:
   Encoder() = default;

@@ -54,6 +54,7 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(std::string dtype,
                    r.String("torch_dtype", std::nullopt, {"float32", "float16", "bfloat16"}));
   c.dtype = *ParseDTypeName(dtype);
+  ASSIGN_OR_RETURN(c.mlm_head, r.Bool("mlm_head", false));
   RETURN_IF_ERROR(r.CheckAllRead());
   return c;
 }

@@ -32,6 +32,9 @@ struct EncoderConfig {
   // Per layer: keys a local query sees on each side (Hugging Face attention_window / 2).
   std::vector<int64_t> one_sided_window;
   DType dtype = DType::kF32;
+  // Whether the checkpoint carries the masked-LM head (Hugging Face LongformerLMHead: dense,
+  // exact GELU, LayerNorm, the word embeddings as the output matrix with a bias).
+  bool mlm_head = false;
 
   int64_t attn_width() const { return n_head * d_head; }
   // Tokens one pass may hold: the position table's rows past the padding offset.

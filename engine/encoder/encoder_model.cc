@@ -1,6 +1,7 @@
 #include "engine/encoder/encoder_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,13 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
     ASSIGN_OR_RETURN(lw.ff_ln_gamma, r.Read(p + "ff.ln.weight", {d}));
     ASSIGN_OR_RETURN(lw.ff_ln_beta, r.Read(p + "ff.ln.bias", {d}));
   }
+  if (c.mlm_head) {
+    ASSIGN_OR_RETURN(w.mlm.dense, r.Read("mlm.dense.weight", {d, d}));
+    ASSIGN_OR_RETURN(w.mlm.dense_bias, r.Read("mlm.dense.bias", {d}));
+    ASSIGN_OR_RETURN(w.mlm.ln_gamma, r.Read("mlm.ln.weight", {d}));
+    ASSIGN_OR_RETURN(w.mlm.ln_beta, r.Read("mlm.ln.bias", {d}));
+    ASSIGN_OR_RETURN(w.mlm.decoder_bias, r.Read("mlm.decoder.bias", {c.vocab_size}));
+  }
   RETURN_IF_ERROR(r.CheckNoExtra());
   return w;
 }
@@ -56,9 +64,9 @@ absl::StatusOr<std::unique_ptr<EncoderModel>> EncoderModel::Load(const std::stri
 
 absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
                                             const std::vector<int64_t>& global_positions) const {
-  const EncoderSequence one{ids, global_positions};
-  ASSIGN_OR_RETURN(std::vector<Tensor> out, EncodeBatch(std::span(&one, 1)));
-  return std::move(out.front());
+  const EncoderSequence one{ids, global_positions, {}};
+  ASSIGN_OR_RETURN(std::vector<EncodedWindow> out, EncodeBatch(std::span(&one, 1)));
+  return std::move(out.front().hidden);
 }
 
 namespace {
@@ -79,19 +87,26 @@ absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
                                                      c.vocab_size, ")"));
     }
   }
-  const std::vector<int64_t>& g = s.global_positions;
-  for (size_t k = 0; k < g.size(); ++k) {
-    if (g[k] < 0 || g[k] >= n || (k > 0 && g[k] <= g[k - 1])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("global positions must ascend, each in [0, ", n, "); got ", g[k]));
+  for (const auto* list : {&s.global_positions, &s.mlm_positions}) {
+    const std::vector<int64_t>& g = *list;
+    for (size_t k = 0; k < g.size(); ++k) {
+      if (g[k] < 0 || g[k] >= n || (k > 0 && g[k] <= g[k - 1])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(list == &s.global_positions ? "global" : "masked-LM",
+                         " positions must ascend, each in [0, ", n, "); got ", g[k]));
+      }
     }
+  }
+  if (!s.mlm_positions.empty() && !c.mlm_head) {
+    return absl::FailedPreconditionError(
+        "the checkpoint has no masked-LM head (config mlm_head): no MLM log-probabilities");
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<std::vector<Tensor>> EncoderModel::EncodeBatch(
+absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     std::span<const EncoderSequence> batch) const {
   const EncoderConfig& c = config_;
   std::vector<int64_t> offsets{0};  // each window's first row in the pass
@@ -104,7 +119,7 @@ absl::StatusOr<std::vector<Tensor>> EncoderModel::EncodeBatch(
     offsets.push_back(offsets.back() + static_cast<int64_t>(batch[k].ids.size()));
     any_global = any_global || !batch[k].global_positions.empty();
   }
-  if (batch.empty()) return std::vector<Tensor>();
+  if (batch.empty()) return std::vector<EncodedWindow>();
   const int64_t n = offsets.back();
   Backend& be = *backend_;
   const int64_t d = c.d_model;
@@ -160,9 +175,39 @@ absl::StatusOr<std::vector<Tensor>> EncoderModel::EncodeBatch(
     RETURN_IF_ERROR(be.Linear(hidden, lw.fc2, &lw.fc2_bias, add));
     RETURN_IF_ERROR(be.AddLayerNorm(x, add, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
   }
-  std::vector<Tensor> out;
-  out.reserve(batch.size());
-  for (size_t k = 0; k < batch.size(); ++k) out.push_back(x.Rows(offsets[k], offsets[k + 1]));
+  std::vector<EncodedWindow> out(batch.size());
+  for (size_t k = 0; k < batch.size(); ++k) out[k].hidden = x.Rows(offsets[k], offsets[k + 1]);
+  // The masked-LM head over every window's chosen rows at once.
+  std::vector<int64_t> rows;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    for (int64_t p : batch[k].mlm_positions) rows.push_back(offsets[k] + p);
+  }
+  if (rows.empty()) return out;
+  const auto m = static_cast<int64_t>(rows.size());
+  Tensor picked = Tensor::Empty(DType::kF32, {m, d});
+  Tensor dense = Tensor::Empty(DType::kF32, {m, d});
+  Tensor logits = Tensor::Empty(DType::kF32, {m, c.vocab_size});
+  RETURN_IF_ERROR(be.GatherRows(x, rows, picked));
+  RETURN_IF_ERROR(be.LinearBiasActivation(picked, weights_.mlm.dense, weights_.mlm.dense_bias,
+                                          kernels::Activation::kGelu, dense));
+  RETURN_IF_ERROR(be.LayerNorm(dense, weights_.mlm.ln_gamma, weights_.mlm.ln_beta, eps, dense));
+  RETURN_IF_ERROR(be.Linear(dense, weights_.word_emb, &weights_.mlm.decoder_bias, logits));
+  // log-softmax per row, in double for the normaliser.
+  float* l = logits.data<float>();
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = l + r * c.vocab_size;
+    const float top = *std::max_element(row, row + c.vocab_size);
+    double sum = 0;
+    for (int64_t v = 0; v < c.vocab_size; ++v) sum += std::exp(static_cast<double>(row[v] - top));
+    const auto shift = static_cast<float>(top + std::log(sum));
+    for (int64_t v = 0; v < c.vocab_size; ++v) row[v] -= shift;
+  }
+  int64_t at = 0;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    const auto count = static_cast<int64_t>(batch[k].mlm_positions.size());
+    if (count > 0) out[k].mlm_logprobs = logits.Rows(at, at + count);
+    at += count;
+  }
   return out;
 }
 

@@ -32,12 +32,20 @@ struct EncoderLayerWeights {
   Tensor ff_ln_gamma, ff_ln_beta;      // [D]
 };
 
+// The masked-LM head (config mlm_head): logits = W_emb · LN(gelu(W·h + b)) + decoder_bias.
+struct MaskedLmWeights {
+  Tensor dense, dense_bias;  // [D, D], [D]
+  Tensor ln_gamma, ln_beta;  // [D]
+  Tensor decoder_bias;       // [V]; the output matrix is the word embeddings
+};
+
 struct EncoderWeights {
   Tensor word_emb;                   // [V, D]
   Tensor position_emb;               // [position_rows, D]
   Tensor token_type_emb;             // [type_vocab_size, D]
   Tensor emb_ln_gamma, emb_ln_beta;  // [D]
   std::vector<EncoderLayerWeights> layers;
+  MaskedLmWeights mlm;  // empty without config mlm_head
 };
 
 class EncoderModel {
@@ -57,9 +65,11 @@ class EncoderModel {
                                 const std::vector<int64_t>& global_positions) const;
 
   // One pass over several windows: each one's final hidden states [ids.size(), D], as Encode
-  // would return them alone (to float32 rounding). INVALID_ARGUMENT, naming the window, when any
-  // is bad (nothing runs then).
-  absl::StatusOr<std::vector<Tensor>> EncodeBatch(std::span<const EncoderSequence> batch) const;
+  // would return them alone (to float32 rounding), and the masked-LM log-probabilities of its
+  // mlm_positions. INVALID_ARGUMENT, naming the window, when any is bad (nothing runs then);
+  // FAILED_PRECONDITION for MLM positions on a checkpoint without the head.
+  absl::StatusOr<std::vector<EncodedWindow>> EncodeBatch(
+      std::span<const EncoderSequence> batch) const;
 
  private:
   EncoderModel(EncoderConfig config, EncoderWeights weights)

@@ -1,16 +1,25 @@
-// EncoderSequence: one window of an encoder pass (engine/encoder/encoder_model.h): its token ids
-// and the positions in it that attend globally.
+// EncoderSequence: one window of an encoder pass (engine/encoder/encoder_model.h): its token ids,
+// the positions in it that attend globally and those whose masked-LM log-probabilities to return;
+// EncodedWindow: what the pass returns for it.
 #pragma once
 
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "engine/tensor/tensor.h"
+
 namespace mnemo::engine {
 
 struct EncoderSequence {
   std::span<const int32_t> ids;
   std::vector<int64_t> global_positions;  // ascending, each < ids.size()
+  std::vector<int64_t> mlm_positions;     // ascending, each < ids.size(); needs the MLM head
+};
+
+struct EncodedWindow {
+  Tensor hidden;        // [ids.size(), D]: every token's final hidden state
+  Tensor mlm_logprobs;  // [mlm_positions.size(), V]: log-softmax of the masked-LM head's logits
 };
 
 }  // namespace mnemo::engine

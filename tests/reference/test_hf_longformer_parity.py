@@ -231,3 +231,67 @@ def test_encode_refuses_bad_input(mnemo_bin, tmp_path, case):
     proc = subprocess.run([mnemo_bin, "logits", "--model", str(ckpt), "--ids", str(empty),
                            "--output", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 1 and "encoder" in proc.stderr, proc.stderr
+
+
+def hf_mlm_logprobs(model, ids, globals_=()):
+    mask = torch.zeros(1, len(ids), dtype=torch.long)
+    for g in globals_:
+        mask[0, g] = 1
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), global_attention_mask=mask).logits[0]
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):
+    """LongformerForMaskedLM's head (dense, exact GELU, LayerNorm, tied decoder and its bias):
+    log-softmax at chosen positions within 1e-4, in one pass and in windows (each position from
+    the window that keeps its vector), with every pooling."""
+    model = random_hf_model(BASE, seed=17, masked_lm=True).double()
+    config, tensors = convert(model, dtype="float32")
+    assert config["mlm_head"] is True
+    ckpt = tmp_path / "mlm"
+    write_checkpoint(ckpt, config, tensors)
+    out = tmp_path / "mlm.f32"
+    ids = document(40, 8)
+    positions = [0, 7, 20, 39]
+
+    def run(*flags):
+        encode(mnemo_bin, tmp_path, ckpt, ids, "--mlm-positions", ",".join(map(str, positions)),
+               "--mlm-output", str(out), *flags)
+        return np.fromfile(out, dtype="<f4").reshape(len(positions), BASE["vocab_size"])
+
+    want = hf_mlm_logprobs(model, ids, (0,))[positions]
+    for pool in ("none", "mean", "first"):
+        assert_logits_close(run("--global-positions", "0", "--pool", pool), want,
+                            what=f"one pass, pool {pool}")
+    want = np.zeros((len(positions), BASE["vocab_size"]))
+    for begin, kept in plan_windows(40, 16):
+        lp = hf_mlm_logprobs(model, ids[begin:begin + 16], [0] if begin == 0 else [])
+        for k, p in enumerate(positions):
+            if p in kept:
+                want[k] = lp[p - begin]
+    for pool in ("none", "first"):  # first still runs the windows that keep a position
+        assert_logits_close(run("--window", "16", "--global-positions", "0", "--pool", pool),
+                            want, what=f"windows of 16, pool {pool}")
+    # A checkpoint without the head refuses positions; bad positions are named.
+    plain = tmp_path / "plain"
+    config, tensors = convert(random_hf_model(BASE, seed=17), dtype="float32")
+    write_checkpoint(plain, config, tensors)
+    proc = subprocess.run([mnemo_bin, "encode", "--model", str(plain), "--ids",
+                           str(tmp_path / "ids.txt"), "--output", str(tmp_path / "o"),
+                           "--mlm-positions", "3", "--mlm-output", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "masked-LM head" in proc.stderr, proc.stderr
+    for flags, fragment in [(["--mlm-positions", "9,2", "--mlm-output", str(out)], "ascend"),
+                            (["--mlm-positions", "40", "--mlm-output", str(out)], "masked-LM"),
+                            (["--mlm-positions", "3"], "go together")]:
+        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
+
+
+def test_converter_refuses_an_untied_masked_lm_head():
+    model = random_hf_model(BASE, seed=2, masked_lm=True)
+    sd = dict(model.state_dict())
+    sd["lm_head.decoder.weight"] = sd["lm_head.decoder.weight"].clone() + 1.0
+    with pytest.raises(ConversionError, match="tied"):
+        convert(sd, model.config)

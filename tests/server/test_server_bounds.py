@@ -28,6 +28,7 @@ MAX_PAGE_TOKEN = 32
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_GLOBAL_POSITIONS = 4096
+MAX_MLM_POSITIONS = 256
 TOKEN = 5  # an id inside the tiny model's vocabulary
 
 
@@ -216,6 +217,8 @@ CASES = [
      _encode(ids=lambda n: pb.TokenIds(ids=[TOKEN] * n))),
     ("Encode.global_positions", "global_positions", MAX_GLOBAL_POSITIONS,
      _encode(global_positions=lambda n: list(range(n)))),
+    ("Encode.mlm_positions", "mlm_positions", MAX_MLM_POSITIONS,
+     _encode(mlm_positions=lambda n: list(range(n)))),
 ]
 
 

@@ -8,6 +8,8 @@ client, its command line and the C++ command line.
 - text streamed in odd chunks encodes as its tokens (the ids come back with the rows);
 - concurrent Encode calls share forward passes (the encode steps counted by the metrics are
   fewer than the windows run) and get what each gets alone;
+- masked-LM log-probabilities of chosen positions (a converted LongformerForMaskedLM) match
+  Hugging Face's and `mnemo encode`'s, through both clients;
 - every kind of bad input is refused with its status code and field, and the server goes on
   serving; decoders refuse Encode and the encoder refuses sessions, by name.
 """
@@ -56,12 +58,26 @@ def encoders(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(server_bin, tiny_model, encoders, tmp_path_factory):
+def mlm_encoder(tiny_model, tmp_path_factory):
+    """(LongformerForMaskedLM in float64, its checkpoint)."""
+    with open(os.path.join(tiny_model, "config.json")) as f:
+        import json
+        vocab = json.load(f)["vocab_size"]
+    model = random_hf_model(hf_fields(vocab), seed=12, masked_lm=True).double()
+    config, tensors = convert(model, dtype="float32")
+    ckpt = tmp_path_factory.mktemp("encoder_mlm") / "mlm"
+    write_checkpoint(ckpt, config, tensors)
+    return model, str(ckpt)
+
+
+@pytest.fixture(scope="module")
+def server(server_bin, tiny_model, encoders, mlm_encoder, tmp_path_factory):
     _, with_tok, bare = encoders
     s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
                       BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
                                     "--max-batch-tokens", "4096"],
-                      models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}"])
+                      models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}",
+                              f"mlm={mlm_encoder[1]}"])
     s.wait_serving()
     yield s
     s.stop(check=True)
@@ -192,7 +208,7 @@ def test_the_encoder_is_described_and_tokenizes(server):
         (pb.ATTENTION_KIND_LONGFORMER, 2), (pb.ATTENTION_KIND_LONGFORMER, 4)]
     assert client.model("tiny").family == "decoder"
     names = {x.name: x.family for x in client.models()}
-    assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder"}
+    assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder"}
     ids = client.tokenize("hello world", model="enc")
     assert client.detokenize(ids, model="enc") == "hello world"
 
@@ -231,10 +247,18 @@ def test_bad_encode_requests_are_refused_and_the_server_goes_on(server, encoders
         (dict(document=iter([])), "chunk"),
         (dict(document=[5] * 5001), "ids.ids"),
         (dict(document=iter([[5] * 3000, [6] * 3000])), "messages[1].ids.ids"),
+        (dict(document=[5, 6, 7], mlm_positions=[2, 1]), "mlm_positions[1]"),
+        (dict(document=[5, 6, 7], mlm_positions=[3]), "mlm_positions[0]"),
+        (dict(document=[5] * 300, mlm_positions=list(range(257))), "mlm_positions"),
     ]
     for kwargs, field in cases:
-        e = expect_error(lambda: client.encode(model="enc", **kwargs), code.INVALID_ARGUMENT)
+        name = "mlm" if "mlm_positions" in kwargs else "enc"
+        e = expect_error(lambda: client.encode(model=name, **kwargs), code.INVALID_ARGUMENT)
         assert field in violations(e), (kwargs.get("global_positions"), field, violations(e))
+    # Masked-LM positions on an encoder without the head.
+    e = expect_error(lambda: client.encode([5, 6], model="enc", mlm_positions=[1]),
+                     code.FAILED_PRECONDITION)
+    assert "masked-LM" in e.details()
     # Text to an encoder without a tokenizer.
     e = expect_error(lambda: client.encode("some text", model="bare"), code.FAILED_PRECONDITION)
     assert "tokenizer" in e.details()
@@ -292,3 +316,52 @@ def test_command_lines_encode(server, encoders, tmp_path):
                            "--ids-file", str(ids_file), "--model", "enc", "--window", "1",
                            "--output", str(cpp_out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "window_tokens" in proc.stderr, proc.stderr
+
+
+def hf_mlm_logprobs(model, ids, globals_=()):
+    mask = torch.zeros(1, len(ids), dtype=torch.long)
+    for g in globals_:
+        mask[0, g] = 1
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), global_attention_mask=mask).logits[0]
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def test_masked_lm_log_probabilities(server, mlm_encoder, mnemo_bin, tmp_path):
+    model, ckpt = mlm_encoder
+    vocab = model.config.vocab_size
+    client = server.client()
+    ids = document(50, 21, vocab)
+    positions = [0, 9, 33, 49]
+    r = client.encode(ids, model="mlm", global_positions=[0], mlm_positions=positions,
+                      pooling="mean")
+    assert sorted(r.mlm) == positions and r.rows == 1
+    want = hf_mlm_logprobs(model, ids, (0,))[positions]
+    assert_close(np.stack([r.mlm_numpy(p) for p in positions]), want)
+    # In windows: what the engine's command line writes, through both command-line clients too.
+    ids = document(130, 22, vocab)
+    positions = [3, 40, 41, 129]
+    r = client.encode(ids, model="mlm", window_tokens=20, mlm_positions=positions,
+                      pooling="first")
+    assert r.windows > 1  # "first" still runs the windows that keep a position
+    got = np.stack([r.mlm_numpy(p) for p in positions])
+    ids_file, cli_out = tmp_path / "ids.txt", tmp_path / "cli.f32"
+    ids_file.write_text(" ".join(map(str, ids)))
+    proc = subprocess.run([mnemo_bin, "encode", "--model", ckpt, "--ids", str(ids_file),
+                           "--output", str(tmp_path / "v.f32"), "--window", "20",
+                           "--mlm-positions", ",".join(map(str, positions)), "--mlm-output",
+                           str(cli_out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    want = np.fromfile(cli_out, dtype="<f4").reshape(len(positions), vocab)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    for command in ([sys.executable, "-m", "mnemo_client", "--target", server.target, "encode",
+                     str(ids_file), "--ids"],
+                    [executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
+                     "--ids-file", str(ids_file)]):
+        out = tmp_path / "client_mlm.f32"
+        proc = subprocess.run(command + ["--model", "mlm", "--window", "20", "--mlm-positions",
+                                         ",".join(map(str, positions)), "--mlm-output", str(out),
+                                         "--output", str(tmp_path / "client_v.f32")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == b"".join(r.mlm[p] for p in positions), command[0]

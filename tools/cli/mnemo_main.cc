@@ -122,6 +122,9 @@ encode (--model DIR names an encoder checkpoint; only --model of the common flag
   --window N           tokens per pass (default and most: the model's position table); a
                        longer document runs in windows every N/2 tokens, each token taking its
                        vector from the window where it is farthest from an edge
+  --mlm-positions L    comma-separated ascending token positions whose masked-LM
+                       log-probabilities to write (a checkpoint with the MLM head)
+  --mlm-output FILE    where they go: raw little-endian float32 [positions, vocab_size]
   Prints the output's shape to stdout.
 )";
 
@@ -312,18 +315,31 @@ absl::Status RunEncode(const Flags& flags) {
   } else {
     return absl::InvalidArgumentError("--pool must be none, mean or first");
   }
-  if (flags.Has("global-positions")) {
-    for (absl::string_view part : absl::StrSplit(flags.Get("global-positions"), ',')) {
+  for (const auto& [flag, list] : {std::pair{"global-positions", &options.global_positions},
+                                   std::pair{"mlm-positions", &options.mlm_positions}}) {
+    if (!flags.Has(flag)) continue;
+    for (absl::string_view part : absl::StrSplit(flags.Get(flag), ',')) {
       int64_t p = 0;
       if (!absl::SimpleAtoi(part, &p)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("--global-positions: \"", part, "\" is not a position"));
+            absl::StrCat("--", flag, ": \"", part, "\" is not a position"));
       }
-      options.global_positions.push_back(p);
+      list->push_back(p);
     }
   }
+  if (options.mlm_positions.empty() != !flags.Has("mlm-output")) {
+    return absl::InvalidArgumentError("--mlm-positions and --mlm-output go together");
+  }
   ASSIGN_OR_RETURN(options.window_tokens, flags.Int("window", 0, 0, int64_t{1} << 24));
-  ASSIGN_OR_RETURN(const Tensor out, encoder->Encode(ids, options));
+  ASSIGN_OR_RETURN(const api::EncodeOutput encoded, encoder->Encode(ids, options));
+  const Tensor& out = encoded.vectors;
+  if (!options.mlm_positions.empty()) {
+    std::ofstream mlm(flags.Get("mlm-output"), std::ios::binary);
+    if (!mlm) return absl::NotFoundError(absl::StrCat("cannot write ", flags.Get("mlm-output")));
+    mlm.write(static_cast<const char*>(encoded.mlm_logprobs.raw()),
+              static_cast<std::streamsize>(encoded.mlm_logprobs.bytes()));
+    if (!mlm.flush()) return absl::InternalError("writing the MLM log-probabilities failed");
+  }
   std::ofstream file(flags.Get("output"), std::ios::binary);
   if (!file) return absl::NotFoundError(absl::StrCat("cannot write ", flags.Get("output")));
   file.write(static_cast<const char*>(out.raw()), static_cast<std::streamsize>(out.bytes()));
@@ -563,8 +579,10 @@ int Main(int argc, char** argv) {
     known["output"] = true;
     known["decode"] = false;
   } else if (command == "encode") {
-    known = {{"model", true}, {"ids", true},    {"text-file", true},        {"output", true},
-             {"pool", true},  {"window", true}, {"global-positions", true}, {"help", false}};
+    known = {
+        {"model", true},      {"ids", true},    {"text-file", true},        {"output", true},
+        {"pool", true},       {"window", true}, {"global-positions", true}, {"mlm-positions", true},
+        {"mlm-output", true}, {"help", false}};
   } else {
     std::fprintf(stderr, "mnemo: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return 2;

@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="document positions that attend globally, ascending")
     p.add_argument("--window", type=int, default=0, metavar="N",
                    help="tokens per pass (default: the model's maximum)")
+    p.add_argument("--mlm-positions", default="", metavar="P,P,…",
+                   help="positions whose masked-LM log-probabilities to write to --mlm-output")
+    p.add_argument("--mlm-output", default=None, metavar="F",
+                   help="raw little-endian float32 [positions, vocab_size]")
     p.add_argument("--chunk-bytes", type=int, default=65536)
 
     p = sub.add_parser("tokenize", help="print the token ids of a text")
@@ -186,17 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _encode(client, args) -> int:
     from mnemo_client.utf8 import iter_utf8_chunks
     positions = [int(p) for p in args.global_positions.replace(",", " ").split()]
+    mlm = [int(p) for p in args.mlm_positions.replace(",", " ").split()]
+    if bool(mlm) != (args.mlm_output is not None):
+        raise ValueError("--mlm-positions and --mlm-output go together")
+    options = dict(model=args.model, pooling=args.pool, global_positions=positions,
+                   window_tokens=args.window, mlm_positions=mlm)
     with open(args.file, "rb") as f:
         if args.ids:
             document = [int(t) for t in f.read().decode("ascii").replace(",", " ").split()]
-            result = client.encode(document, model=args.model, pooling=args.pool,
-                                   global_positions=positions, window_tokens=args.window)
+            result = client.encode(document, **options)
         else:
-            result = client.encode(iter_utf8_chunks(f, args.chunk_bytes), model=args.model,
-                                   pooling=args.pool, global_positions=positions,
-                                   window_tokens=args.window)
+            result = client.encode(iter_utf8_chunks(f, args.chunk_bytes), **options)
     with open(args.output, "wb") as out:
         out.write(result.data)
+    if mlm:
+        with open(args.mlm_output, "wb") as out:
+            out.write(b"".join(result.mlm[p] for p in mlm))
     print(f"{result.rows} {result.dim}")
     print(f"encoded {result.tokens} tokens in {result.windows} passes", file=sys.stderr)
     return 0

@@ -220,7 +220,8 @@ def pooling_value(value: Union[str, int, None]) -> int:
 class EncodeResult:
     """What Encode returned: `rows` vectors of `dim` float32 each, row after row in `data`
     (little-endian), the token ids of the rows (per-token output), the document's tokens and the
-    passes it ran in."""
+    passes it ran in; `mlm` maps each position asked for to its masked-LM log-probabilities
+    (vocab_size little-endian float32, by token id)."""
 
     dim: int = 0
     rows: int = 0
@@ -228,6 +229,7 @@ class EncodeResult:
     ids: list = field(default_factory=list)
     tokens: int = 0
     windows: int = 0
+    mlm: dict = field(default_factory=dict)
 
     def vectors(self) -> list:
         """The vectors as lists of Python floats."""
@@ -242,6 +244,11 @@ class EncodeResult:
         """The vectors as a float32 numpy array [rows, dim] (needs numpy)."""
         import numpy as np
         return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.dim)
+
+    def mlm_numpy(self, position: int):
+        """One position's masked-LM log-probabilities as a float32 numpy array [vocab_size]."""
+        import numpy as np
+        return np.frombuffer(self.mlm[position], dtype="<f4")
 
 
 class _ChunkedRequests:
@@ -693,19 +700,21 @@ class MnemoClient:
 
     def encode(self, document: Union[str, Sequence[int], Iterable[Chunk]], *, model: str = "",
                pooling: Union[str, int, None] = None, global_positions: Sequence[int] = (),
-               window_tokens: int = 0, chunk_bytes: int = 65536,
-               timeout: Any = _UNSET) -> EncodeResult:
+               window_tokens: int = 0, mlm_positions: Sequence[int] = (),
+               chunk_bytes: int = 65536, timeout: Any = _UNSET) -> EncodeResult:
         """Encodes a document with an encoder model (Model.family "encoder"): a str (sent in
         UTF-8-safe chunks of `chunk_bytes`), a sequence of token ids (a list, tuple or array of
         integers), or any other iterable of chunks (str or id sequences, one message each, as
         `ingest` takes them). `pooling` is "none" (one
         vector per token, the default), "mean" or "first"; `global_positions` are document
         positions that attend globally; `window_tokens` the tokens per pass (0: the model's
-        maximum; longer documents run in overlapping windows, docs/server-api.md "Encode").
-        Read-only, so it is retried like one."""
+        maximum; longer documents run in overlapping windows, docs/server-api.md "Encode");
+        `mlm_positions` the positions whose masked-LM log-probabilities to return (encoders with
+        the MLM head). Read-only, so it is retried like one."""
         header = pb.EncodeRequest(model=model, pooling=pooling_value(pooling),
                                   global_positions=[int(g) for g in global_positions],
-                                  window_tokens=window_tokens)
+                                  window_tokens=window_tokens,
+                                  mlm_positions=[int(p) for p in mlm_positions])
         if isinstance(document, str):
             from mnemo_client.utf8 import split_utf8
             chunks: Iterable[Chunk] = split_utf8(document.encode("utf-8"), chunk_bytes)
@@ -722,6 +731,7 @@ class MnemoClient:
         def on_attempt():
             parts.clear()
             result.ids.clear()
+            result.mlm.clear()
             result.rows = 0
 
         def on_message(r):
@@ -730,6 +740,8 @@ class MnemoClient:
                 result.rows += r.count
                 parts.append(r.vectors)
                 result.ids.extend(r.ids)
+            for m in r.mlm:
+                result.mlm[m.position] = m.logprobs
             if r.done:
                 result.tokens, result.windows = r.tokens, r.windows
 

@@ -106,6 +106,7 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
            {"activation", "\"tanh\""},      //
            {"torch_dtype", "\"int32\""},    //
            {"layer_norm_epsilon", "0"},     //
+           {"mlm_head", "1"},               // a boolean
            {"pooler", "true"},              // unknown
        }) {
     auto bad = ParseEncoderConfig(with(field, value));
@@ -176,20 +177,20 @@ TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
   const std::vector<int32_t> b = test::RandomTokens(7, 40, 2);
   const std::vector<int32_t> c = test::RandomTokens(19, 40, 3);
   // Globals in some windows only (the pass computes global projections for every row then).
-  const std::vector<EncoderSequence> batch{{a, {0, 17, 29}}, {b, {}}, {c, {4}}};
+  const std::vector<EncoderSequence> batch{{a, {0, 17, 29}, {}}, {b, {}, {}}, {c, {4}, {}}};
   auto together = (*encoder)->EncodeBatch(batch);
   ASSERT_TRUE(together.ok()) << together.status();
   ASSERT_EQ(together->size(), 3u);
   for (size_t k = 0; k < batch.size(); ++k) {
     auto alone = (*encoder)->EncodeBatch(std::span(&batch[k], 1));
     ASSERT_TRUE(alone.ok()) << alone.status();
-    EXPECT_EQ((*together)[k].shape(), (*alone)[0].shape());
-    EXPECT_TRUE(test::NearRelative(Values((*together)[k]), Values((*alone)[0]), 1e-5))
+    EXPECT_EQ((*together)[k].hidden.shape(), (*alone)[0].hidden.shape());
+    EXPECT_TRUE(test::NearRelative(Values((*together)[k].hidden), Values((*alone)[0].hidden), 1e-5))
         << "window " << k;
   }
   // One bad window fails the pass, naming it; nothing is returned for the others.
   const std::vector<int32_t> bad{3, 40};
-  const std::vector<EncoderSequence> with_bad{{a, {}}, {bad, {}}};
+  const std::vector<EncoderSequence> with_bad{{a, {}, {}}, {bad, {}, {}}};
   auto refused = (*encoder)->EncodeBatch(with_bad);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
@@ -206,7 +207,7 @@ TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {
   options.global_positions = {0, 13, 49};
   auto per_token = (*encoder)->Encode(ids, options);
   ASSERT_TRUE(per_token.ok()) << per_token.status();
-  ASSERT_EQ(per_token->shape(), (std::vector<int64_t>{50, 16}));
+  ASSERT_EQ(per_token->vectors.shape(), (std::vector<int64_t>{50, 16}));
   auto windows = (*encoder)->Plan(50, options);
   ASSERT_TRUE(windows.ok()) << windows.status();
   ASSERT_GT(windows->size(), 3u);
@@ -216,16 +217,16 @@ TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {
     ASSERT_TRUE(pooled.ok()) << pooled.status();
     Pooler pooler(pooling, 50, 16);
     for (const EncodeWindow& w : *windows) {
-      const EncoderSequence seq = WindowSequence(ids, w, options.global_positions);
+      const EncoderSequence seq = WindowSequence(ids, w, options);
       auto h = (*encoder)->EncodeBatch(std::span(&seq, 1));
       ASSERT_TRUE(h.ok()) << h.status();
-      pooler.Add(w, (*h)[0]);
+      pooler.Add(w, (*h)[0].hidden);
     }
     const std::vector<float> folded = Values(pooler.Finish());
-    EXPECT_EQ(folded, Values(*pooled));
+    EXPECT_EQ(folded, Values(pooled->vectors));
     // The definition from the per-token vectors.
     std::vector<float> expected(16, 0.0f);
-    const std::vector<float> rows = Values(*per_token);
+    const std::vector<float> rows = Values(per_token->vectors);
     for (int64_t t = 0; t < (pooling == Pooling::kFirst ? 1 : 50); ++t) {
       for (int e = 0; e < 16; ++e) expected[e] += rows[t * 16 + e];
     }
