@@ -46,7 +46,8 @@ from mnemo_checkpoint import write_checkpoint
 from tools.convert_hf_transfo_xl import load_hf_checkpoint
 from tools.convert_hf_mistral import main as converter_main
 
-__all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "main"]
+__all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
+           "hf_mlm_logprobs", "main"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -177,6 +178,26 @@ def random_hf_model(overrides, seed=0, std=None, masked_lm=False):
             ln = "LayerNorm.weight" in name or "layer_norm.weight" in name
             p.copy_((1.0 + noise if ln else noise).to(p.dtype))
     return model.eval()
+
+
+def _hf_forward(model, ids, global_positions):
+    mask = torch.zeros(1, len(ids), dtype=torch.long)
+    for g in global_positions:
+        mask[0, g] = 1
+    with torch.no_grad():
+        return model(torch.tensor([ids]), global_attention_mask=mask)
+
+
+def hf_last_hidden(model, ids, global_positions=()):
+    """The reference of the engine's vectors: Hugging Face's last_hidden_state [len(ids), D] of
+    one pass with `global_positions` attending globally."""
+    return _hf_forward(model, ids, global_positions).last_hidden_state[0].numpy()
+
+
+def hf_mlm_logprobs(model, ids, global_positions=()):
+    """A LongformerForMaskedLM's log-softmax over the vocabulary at every position [len(ids), V]
+    of one pass."""
+    return torch.log_softmax(_hf_forward(model, ids, global_positions).logits[0], dim=-1).numpy()
 
 
 def main(argv=None):

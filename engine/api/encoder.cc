@@ -72,20 +72,8 @@ absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
                                                    "] (the model's position table)"));
   }
   if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
-  for (const auto* list : {&options.global_positions, &options.mlm_positions}) {
-    const std::vector<int64_t>& g = *list;
-    for (size_t k = 0; k < g.size(); ++k) {
-      if (g[k] < 0 || g[k] >= tokens || (k > 0 && g[k] <= g[k - 1])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(list == &options.global_positions ? "global" : "masked-LM",
-                         " positions must ascend, each in [0, ", tokens, "); got ", g[k]));
-      }
-    }
-  }
-  if (!options.mlm_positions.empty() && !config().mlm_head) {
-    return absl::FailedPreconditionError(
-        "the checkpoint has no masked-LM head (config mlm_head): no MLM log-probabilities");
-  }
+  RETURN_IF_ERROR(engine::CheckEncodePositions(options.global_positions, options.mlm_positions,
+                                               tokens, config().mlm_head));
   return PlanEncodeWindows(tokens, window);
 }
 

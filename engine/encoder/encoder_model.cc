@@ -87,21 +87,7 @@ absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
                                                      c.vocab_size, ")"));
     }
   }
-  for (const auto* list : {&s.global_positions, &s.mlm_positions}) {
-    const std::vector<int64_t>& g = *list;
-    for (size_t k = 0; k < g.size(); ++k) {
-      if (g[k] < 0 || g[k] >= n || (k > 0 && g[k] <= g[k - 1])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(list == &s.global_positions ? "global" : "masked-LM",
-                         " positions must ascend, each in [0, ", n, "); got ", g[k]));
-      }
-    }
-  }
-  if (!s.mlm_positions.empty() && !c.mlm_head) {
-    return absl::FailedPreconditionError(
-        "the checkpoint has no masked-LM head (config mlm_head): no MLM log-probabilities");
-  }
-  return absl::OkStatus();
+  return CheckEncodePositions(s.global_positions, s.mlm_positions, n, c.mlm_head);
 }
 
 }  // namespace

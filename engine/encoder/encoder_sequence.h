@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/status.h"
+
 #include "engine/tensor/tensor.h"
 
 namespace mnemo::engine {
@@ -16,6 +18,12 @@ struct EncoderSequence {
   std::vector<int64_t> global_positions;  // ascending, each < ids.size()
   std::vector<int64_t> mlm_positions;     // ascending, each < ids.size(); needs the MLM head
 };
+
+// OK when the global and the masked-LM positions each ascend within [0, n) and MLM positions
+// come with the checkpoint's head (`mlm_head`); else INVALID_ARGUMENT, or FAILED_PRECONDITION for
+// MLM positions without the head, saying which.
+absl::Status CheckEncodePositions(const std::vector<int64_t>& global,
+                                  const std::vector<int64_t>& mlm, int64_t n, bool mlm_head);
 
 struct EncodedWindow {
   Tensor hidden;        // [ids.size(), D]: every token's final hidden state

@@ -30,7 +30,8 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from parity_common import assert_logits_close, write_ids
-from tools.convert_hf_longformer import ConversionError, convert, convert_dir, random_hf_model
+from tools.convert_hf_longformer import (ConversionError, convert, convert_dir, hf_last_hidden,
+                                         hf_mlm_logprobs, random_hf_model)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,14 +47,6 @@ CASES = {
     "wide_window": dict(attention_window=[16, 16], type_vocab_size=2, layer_norm_eps=1e-6),
 }
 
-
-def hf_hidden(model, ids, globals_=()):
-    mask = torch.zeros(1, len(ids), dtype=torch.long)
-    for g in globals_:
-        mask[0, g] = 1
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), global_attention_mask=mask)
-    return out.last_hidden_state[0].numpy()
 
 
 def encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
@@ -93,7 +86,7 @@ def document(n, seed, vocab=60):
 def test_engine_matches_hf_every_token(mnemo_bin, tmp_path, case, globals_):
     model, ckpt, _ = case
     ids = document(37, 1)
-    want = hf_hidden(model, ids, globals_)
+    want = hf_last_hidden(model, ids, globals_)
     flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
     got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
     assert_logits_close(got, want, what=f"globals {globals_}")
@@ -109,7 +102,7 @@ def test_engine_matches_hf_over_several_query_blocks(mnemo_bin, tmp_path):
     write_checkpoint(ckpt, config, tensors)
     ids = document(200, 6)
     for globals_ in ((), (0, 63, 64, 130, 199)):
-        want = hf_hidden(model, ids, globals_)
+        want = hf_last_hidden(model, ids, globals_)
         flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
         got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
         assert_logits_close(got, want, what=f"200 tokens, globals {globals_}")
@@ -118,7 +111,7 @@ def test_engine_matches_hf_over_several_query_blocks(mnemo_bin, tmp_path):
 def test_engine_pools_as_documented(mnemo_bin, tmp_path, case):
     model, ckpt, _ = case
     ids = document(29, 2)
-    want = hf_hidden(model, ids, (0,))
+    want = hf_last_hidden(model, ids, (0,))
     mean = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean", "--global-positions", "0")
     first = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "first", "--global-positions", "0")
     assert mean.shape == first.shape == (1, want.shape[1])
@@ -147,7 +140,7 @@ def test_engine_long_document_runs_in_windows(mnemo_bin, tmp_path, case):
     globals_ = (0, 40)
     for begin, kept in plan_windows(90, 16):
         inside = [g - begin for g in globals_ if begin <= g < begin + 16]
-        hidden = hf_hidden(model, ids[begin:begin + 16], inside)
+        hidden = hf_last_hidden(model, ids[begin:begin + 16], inside)
         for t in kept:
             want[t] = hidden[t - begin]
     got = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", "16", "--global-positions", "0,40")
@@ -166,7 +159,7 @@ def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
     ids = document(33, 4)
-    want = hf_hidden(model.double(), ids, (3,))
+    want = hf_last_hidden(model.double(), ids, (3,))
     got = encode(mnemo_bin, tmp_path, ckpt, ids, "--global-positions", "3")
     assert_logits_close(got, want, what="bfloat16 checkpoint")
 
@@ -232,14 +225,6 @@ def test_encode_refuses_bad_input(mnemo_bin, tmp_path, case):
                            "--output", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 1 and "encoder" in proc.stderr, proc.stderr
 
-
-def hf_mlm_logprobs(model, ids, globals_=()):
-    mask = torch.zeros(1, len(ids), dtype=torch.long)
-    for g in globals_:
-        mask[0, g] = 1
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]), global_attention_mask=mask).logits[0]
-    return torch.log_softmax(logits, dim=-1).numpy()
 
 
 def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):

@@ -14,6 +14,7 @@ client, its command line and the C++ command line.
   serving; decoders refuse Encode and the encoder refuses sessions, by name.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,14 +24,13 @@ import threading
 import grpc
 import numpy as np
 import pytest
-import torch
 
 from mnemo.v1 import mnemo_pb2 as pb
 from mnemo_checkpoint import write_checkpoint
 from mnemo_client import bad_request_violations
 from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error, pb_bytes,
                             raw_stream_stream)
-from tools.convert_hf_longformer import convert, random_hf_model
+from tools.convert_hf_longformer import convert, hf_last_hidden, hf_mlm_logprobs, random_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +45,6 @@ def hf_fields(vocab_size):
 def encoders(tiny_model, tmp_path_factory):
     """(HF model in float64, checkpoint with the tiny model's tokenizer, one without)."""
     with open(os.path.join(tiny_model, "config.json")) as f:
-        import json
         vocab = json.load(f)["vocab_size"]
     model = random_hf_model(hf_fields(vocab), seed=11).double()
     config, tensors = convert(model, dtype="float32")
@@ -61,7 +60,6 @@ def encoders(tiny_model, tmp_path_factory):
 def mlm_encoder(tiny_model, tmp_path_factory):
     """(LongformerForMaskedLM in float64, its checkpoint)."""
     with open(os.path.join(tiny_model, "config.json")) as f:
-        import json
         vocab = json.load(f)["vocab_size"]
     model = random_hf_model(hf_fields(vocab), seed=12, masked_lm=True).double()
     config, tensors = convert(model, dtype="float32")
@@ -82,14 +80,6 @@ def server(server_bin, tiny_model, encoders, mlm_encoder, tmp_path_factory):
     yield s
     s.stop(check=True)
 
-
-def hf_hidden(model, ids, globals_=()):
-    mask = torch.zeros(1, len(ids), dtype=torch.long)
-    for g in globals_:
-        mask[0, g] = 1
-    with torch.no_grad():
-        out = model(torch.tensor([ids]), global_attention_mask=mask)
-    return out.last_hidden_state[0].numpy()
 
 
 def assert_close(got, want, tol=1e-4):
@@ -126,7 +116,7 @@ def test_encode_matches_hugging_face_and_the_command_line(server, encoders, mnem
         r = client.encode(ids, model="enc", global_positions=globals_)
         assert (r.rows, r.dim, r.tokens, r.windows) == (60, 32, 60, 1)
         assert r.ids == ids
-        assert_close(r.numpy(), hf_hidden(model, ids, globals_))
+        assert_close(r.numpy(), hf_last_hidden(model, ids, globals_))
     # A document longer than a pass (the position table holds 66): windows of 24, the same
     # windows and vectors as the engine's command line.
     long_ids = document(150, 2, vocab)
@@ -317,14 +307,6 @@ def test_command_lines_encode(server, encoders, tmp_path):
                            "--output", str(cpp_out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "window_tokens" in proc.stderr, proc.stderr
 
-
-def hf_mlm_logprobs(model, ids, globals_=()):
-    mask = torch.zeros(1, len(ids), dtype=torch.long)
-    for g in globals_:
-        mask[0, g] = 1
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]), global_attention_mask=mask).logits[0]
-    return torch.log_softmax(logits, dim=-1).numpy()
 
 
 def test_masked_lm_log_probabilities(server, mlm_encoder, mnemo_bin, tmp_path):
