@@ -53,6 +53,10 @@ absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Enc
       }
     }
   }
+  if (first.global_positions_size() > 0 && c.nystromformer()) {
+    violations.Add("global_positions",
+                   "global positions are Longformer's: a nystromformer encoder has none");
+  }
   RETURN_IF_ERROR(violations.ToStatus());
   if (first.mlm_positions_size() > 0 && !c.mlm_head) {
     return absl::FailedPreconditionError(

@@ -238,10 +238,17 @@ void EncoderToProto(const LoadedEncoder& e, v1::Model* out) {
   out->set_n_kv_head(c.n_head);
   out->set_d_inner(c.d_inner);
   out->set_max_positions(c.max_tokens());
-  for (int64_t w : c.one_sided_window) {
+  for (int64_t l = 0; l < c.n_layer; ++l) {
     v1::Layer* layer = out->add_layers();
-    layer->set_attention(v1::ATTENTION_KIND_LONGFORMER);
-    layer->set_window(w);
+    if (c.nystromformer()) {
+      layer->set_attention(v1::ATTENTION_KIND_NYSTROMFORMER);
+      layer->set_window(c.segment_len);
+      layer->set_num_landmarks(c.num_landmarks);
+      layer->set_conv_kernel_size(c.conv_kernel_size);
+    } else {
+      layer->set_attention(v1::ATTENTION_KIND_LONGFORMER);
+      layer->set_window(c.one_sided_window[static_cast<size_t>(l)]);
+    }
   }
   out->set_dtype(DTypeName(c.dtype));
   out->set_device(e.device);

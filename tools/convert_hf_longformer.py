@@ -47,7 +47,7 @@ from tools.convert_hf_transfo_xl import load_hf_checkpoint
 from tools.convert_hf_mistral import main as converter_main
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
-           "hf_mlm_logprobs", "main"]
+           "hf_mlm_logprobs", "bert_tensors", "main"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -115,26 +115,12 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
             raise ConversionError(f"missing tensor {key!r}")
         return sd[key].detach().to(target).contiguous()
 
-    out = {
-        "embeddings.word.weight": get("embeddings.word_embeddings.weight"),
-        "embeddings.position.weight": get("embeddings.position_embeddings.weight"),
-        "embeddings.token_type.weight": get("embeddings.token_type_embeddings.weight"),
-        "embeddings.ln.weight": get("embeddings.LayerNorm.weight"),
-        "embeddings.ln.bias": get("embeddings.LayerNorm.bias"),
-    }
+    out = bert_tensors(get, config["n_layer"])
     for n in range(config["n_layer"]):
-        hf, ours = f"encoder.layer.{n}.", f"layers.{n}."
+        att = f"encoder.layer.{n}.attention.self."
         for leaf in ("weight", "bias"):
-            att = hf + "attention.self."
-            out[f"{ours}attn.qkv.{leaf}"] = torch.cat(
-                [get(f"{att}{p}.{leaf}") for p in ("query", "key", "value")])
-            out[f"{ours}attn.global_qkv.{leaf}"] = torch.cat(
+            out[f"layers.{n}.attn.global_qkv.{leaf}"] = torch.cat(
                 [get(f"{att}{p}_global.{leaf}") for p in ("query", "key", "value")])
-            out[f"{ours}attn.o.{leaf}"] = get(f"{hf}attention.output.dense.{leaf}")
-            out[f"{ours}attn.ln.{leaf}"] = get(f"{hf}attention.output.LayerNorm.{leaf}")
-            out[f"{ours}ff.fc1.{leaf}"] = get(f"{hf}intermediate.dense.{leaf}")
-            out[f"{ours}ff.fc2.{leaf}"] = get(f"{hf}output.dense.{leaf}")
-            out[f"{ours}ff.ln.{leaf}"] = get(f"{hf}output.LayerNorm.{leaf}")
     if "lm_head.dense.weight" in sd:
         decoder = sd.get("lm_head.decoder.weight")
         if decoder is not None and not torch.equal(decoder,
@@ -147,6 +133,30 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
             out[f"mlm.ln.{leaf}"] = get(f"lm_head.layer_norm.{leaf}")
         out["mlm.decoder.bias"] = get("lm_head.bias")
     return config, out
+
+
+def bert_tensors(get, n_layer):
+    """The tensors every BERT-layout encoder shares (embeddings, qkv, o, the LayerNorms and the
+    feed-forward), by mnemo name; `get(hf_name)` reads one Hugging Face tensor."""
+    out = {
+        "embeddings.word.weight": get("embeddings.word_embeddings.weight"),
+        "embeddings.position.weight": get("embeddings.position_embeddings.weight"),
+        "embeddings.token_type.weight": get("embeddings.token_type_embeddings.weight"),
+        "embeddings.ln.weight": get("embeddings.LayerNorm.weight"),
+        "embeddings.ln.bias": get("embeddings.LayerNorm.bias"),
+    }
+    for n in range(n_layer):
+        hf, ours = f"encoder.layer.{n}.", f"layers.{n}."
+        for leaf in ("weight", "bias"):
+            att = hf + "attention.self."
+            out[f"{ours}attn.qkv.{leaf}"] = torch.cat(
+                [get(f"{att}{p}.{leaf}") for p in ("query", "key", "value")])
+            out[f"{ours}attn.o.{leaf}"] = get(f"{hf}attention.output.dense.{leaf}")
+            out[f"{ours}attn.ln.{leaf}"] = get(f"{hf}attention.output.LayerNorm.{leaf}")
+            out[f"{ours}ff.fc1.{leaf}"] = get(f"{hf}intermediate.dense.{leaf}")
+            out[f"{ours}ff.fc2.{leaf}"] = get(f"{hf}output.dense.{leaf}")
+            out[f"{ours}ff.ln.{leaf}"] = get(f"{hf}output.LayerNorm.{leaf}")
+    return out
 
 
 def convert_dir(hf_dir, out_dir, dtype=None):

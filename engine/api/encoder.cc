@@ -72,8 +72,8 @@ absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
                                                    "] (the model's position table)"));
   }
   if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
-  RETURN_IF_ERROR(engine::CheckEncodePositions(options.global_positions, options.mlm_positions,
-                                               tokens, config().mlm_head));
+  RETURN_IF_ERROR(engine::CheckEncodePositions(config(), options.global_positions,
+                                               options.mlm_positions, tokens));
   return PlanEncodeWindows(tokens, window);
 }
 

@@ -153,6 +153,18 @@ struct LongformerAttentionArgs {
   Tensor* out;  // [N, H·d_h]
 };
 
+// One encoder pass's Nyströmformer attention (kernels/cpu/nystrom_attention.h) over a window
+// padded to L positions: no state.
+struct NystromAttentionArgs {
+  const Tensor* qkv;   // [L, 3·H·d_h]: q | k | v
+  const Tensor* conv;  // [H, taps], or null without the values' convolution
+  int64_t valid;       // positions before it are the window's tokens, the rest padding
+  int64_t landmarks;   // dividing L
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [L, H·d_h]
+};
+
 // One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
 // attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
 // into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
@@ -267,6 +279,10 @@ class Backend {
   virtual absl::Status LongformerAttention(const LongformerAttentionArgs& args) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no Longformer attention kernel"));
+  }
+  virtual absl::Status NystromAttention(const NystromAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no Nyströmformer attention kernel"));
   }
   // Updates every sequence's compressive memory of one layer.
   virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {

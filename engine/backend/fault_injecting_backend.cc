@@ -239,6 +239,11 @@ absl::Status FaultInjectingBackend::LongformerAttention(const LongformerAttentio
              [&] { return base_->LongformerAttention(args); });
 }
 
+absl::Status FaultInjectingBackend::NystromAttention(const NystromAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "NystromAttention",
+             [&] { return base_->NystromAttention(args); });
+}
+
 absl::Status FaultInjectingBackend::CompressMemory(const std::vector<CompressArgs>& batch) {
   return Run(BackendOp::kAttention, "CompressMemory", [&] { return base_->CompressMemory(batch); });
 }

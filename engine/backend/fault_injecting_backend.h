@@ -9,7 +9,8 @@
 //         copy (Copy, FillRows, GatherRows, ConcatColumns), compute (Linear, SparseLinear,
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
 //         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
-//         MemoryCompressedAttention, RoutingAttention, LongformerAttention, CompressMemory), append
+//         MemoryCompressedAttention, RoutingAttention, LongformerAttention, NystromAttention,
+//         CompressMemory), append
 //         (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
@@ -101,6 +102,7 @@ class FaultInjectingBackend final : public Backend {
       const std::vector<MemoryCompressedAttentionArgs>& batch) override;
   absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) override;
   absl::Status LongformerAttention(const LongformerAttentionArgs& args) override;
+  absl::Status NystromAttention(const NystromAttentionArgs& args) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
   absl::Status BeginStep(uint64_t key) override;

@@ -11,7 +11,9 @@
 
 namespace mnemo::engine {
 
-bool IsEncoderArchitecture(std::string_view architecture) { return architecture == "longformer"; }
+bool IsEncoderArchitecture(std::string_view architecture) {
+  return architecture == "longformer" || architecture == "nystromformer";
+}
 
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   const nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
@@ -21,7 +23,8 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   // The reader names the object in errors and refuses fields nobody read.
   LayerEntryReader r(j, "(encoder)");
   EncoderConfig c;
-  ASSIGN_OR_RETURN(c.architecture, r.String("architecture", std::nullopt, {"longformer"}));
+  ASSIGN_OR_RETURN(c.architecture,
+                   r.String("architecture", std::nullopt, {"longformer", "nystromformer"}));
   ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
   ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
@@ -41,20 +44,36 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   ASSIGN_OR_RETURN(c.pad_token_id, r.Int("pad_token_id", 0, c.vocab_size - 1));
   ASSIGN_OR_RETURN(c.position_rows, r.Int("position_rows", c.pad_token_id + 2, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.type_vocab_size, r.Int("type_vocab_size", 1, 1024, 1));
-  ASSIGN_OR_RETURN(std::vector<int64_t> windows,
-                   r.IntList("attention_window", 2, 2 * kMaxSpan, /*as_written=*/true));
-  if (static_cast<int64_t>(windows.size()) != c.n_layer) {
-    return r.Error(absl::StrCat("needs \"attention_window\": n_layer = ", c.n_layer,
-                                " even integers, one per layer"));
-  }
-  for (int64_t w : windows) {
-    if (w % 2 != 0) return r.Error("\"attention_window\" entries must be even");
-    c.one_sided_window.push_back(w / 2);
+  if (c.nystromformer()) {
+    // Positions count from 2 (Hugging Face's table has max_position_embeddings + 2 rows).
+    ASSIGN_OR_RETURN(c.segment_len, r.Int("segment_len", 1, c.position_rows - 2));
+    ASSIGN_OR_RETURN(c.num_landmarks, r.Int("num_landmarks", 1, c.segment_len));
+    if (c.segment_len % c.num_landmarks != 0) {
+      return r.Error("needs \"num_landmarks\" dividing \"segment_len\"");
+    }
+    ASSIGN_OR_RETURN(c.conv_kernel_size, r.Int("conv_kernel_size", 0, c.segment_len, 0));
+    if (c.conv_kernel_size > 0 && c.conv_kernel_size % 2 == 0) {
+      return r.Error("\"conv_kernel_size\" must be odd (or 0: no convolution)");
+    }
+  } else {
+    ASSIGN_OR_RETURN(std::vector<int64_t> windows,
+                     r.IntList("attention_window", 2, 2 * kMaxSpan, /*as_written=*/true));
+    if (static_cast<int64_t>(windows.size()) != c.n_layer) {
+      return r.Error(absl::StrCat("needs \"attention_window\": n_layer = ", c.n_layer,
+                                  " even integers, one per layer"));
+    }
+    for (int64_t w : windows) {
+      if (w % 2 != 0) return r.Error("\"attention_window\" entries must be even");
+      c.one_sided_window.push_back(w / 2);
+    }
   }
   ASSIGN_OR_RETURN(std::string dtype,
                    r.String("torch_dtype", std::nullopt, {"float32", "float16", "bfloat16"}));
   c.dtype = *ParseDTypeName(dtype);
   ASSIGN_OR_RETURN(c.mlm_head, r.Bool("mlm_head", false));
+  if (c.mlm_head && c.nystromformer()) {
+    return r.Error("\"mlm_head\": the masked-LM head is Longformer's only");
+  }
   RETURN_IF_ERROR(r.CheckAllRead());
   return c;
 }

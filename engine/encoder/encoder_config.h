@@ -1,7 +1,8 @@
 // EncoderConfig: the validated config.json of an encoder checkpoint (docs/checkpoint-format.md
 // "Encoders"): a bidirectional stack that reads a whole document (or a window of it) at once and
-// returns one vector per token. Architecture "longformer": BERT-style post-LayerNorm blocks whose
-// attention is Longformer's sliding window with global positions, learned absolute positions.
+// returns one vector per token, in BERT-style post-LayerNorm blocks with learned absolute
+// positions. Architecture "longformer": Longformer's sliding window with global positions;
+// "nystromformer": Nyströmformer's landmark attention over passes padded to segment_len.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,7 @@
 namespace mnemo::engine {
 
 struct EncoderConfig {
-  std::string architecture;  // "longformer"
+  std::string architecture;  // "longformer" or "nystromformer"
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
@@ -29,19 +30,30 @@ struct EncoderConfig {
   int64_t position_rows = 0;  // rows of the position table (Hugging Face max_position_embeddings)
   int64_t pad_token_id = 0;   // positions count from pad_token_id + 1 (RoBERTa's rule)
   int64_t type_vocab_size = 1;
-  // Per layer: keys a local query sees on each side (Hugging Face attention_window / 2).
+  // Longformer, per layer: keys a local query sees on each side (Hugging Face attention_window /
+  // 2).
   std::vector<int64_t> one_sided_window;
+  // Nyströmformer: every pass holds segment_len positions (padded with pad_token_id, masked where
+  // Hugging Face masks), num_landmarks of them (dividing segment_len; equal: exact attention), and
+  // the taps of the values' depthwise convolution (odd; 0: none).
+  int64_t segment_len = 0;
+  int64_t num_landmarks = 0;
+  int64_t conv_kernel_size = 0;
   DType dtype = DType::kF32;
   // Whether the checkpoint carries the masked-LM head (Hugging Face LongformerLMHead: dense,
   // exact GELU, LayerNorm, the word embeddings as the output matrix with a bias).
   bool mlm_head = false;
 
+  bool nystromformer() const { return architecture == "nystromformer"; }
   int64_t attn_width() const { return n_head * d_head; }
-  // Tokens one pass may hold: the position table's rows past the padding offset.
-  int64_t max_tokens() const { return position_rows - pad_token_id - 1; }
+  // Tokens one pass may hold: Longformer, the position table's rows past the padding offset;
+  // Nyströmformer, segment_len.
+  int64_t max_tokens() const {
+    return nystromformer() ? segment_len : position_rows - pad_token_id - 1;
+  }
 };
 
-// Whether an "architecture" value names an encoder ("longformer").
+// Whether an "architecture" value names an encoder ("longformer", "nystromformer").
 bool IsEncoderArchitecture(std::string_view architecture);
 
 // Whether `<dir>/config.json` names an encoder architecture (false for a decoder's, or for a

@@ -27,8 +27,14 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
     EncoderLayerWeights& lw = w.layers.emplace_back();
     ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.qkv.weight", {3 * d, d}));
     ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.qkv.bias", {3 * d}));
-    ASSIGN_OR_RETURN(lw.global_qkv, r.Read(p + "attn.global_qkv.weight", {3 * d, d}));
-    ASSIGN_OR_RETURN(lw.global_qkv_bias, r.Read(p + "attn.global_qkv.bias", {3 * d}));
+    if (c.nystromformer()) {
+      if (c.conv_kernel_size > 0) {
+        ASSIGN_OR_RETURN(lw.conv, r.Read(p + "attn.conv.weight", {c.n_head, c.conv_kernel_size}));
+      }
+    } else {
+      ASSIGN_OR_RETURN(lw.global_qkv, r.Read(p + "attn.global_qkv.weight", {3 * d, d}));
+      ASSIGN_OR_RETURN(lw.global_qkv_bias, r.Read(p + "attn.global_qkv.bias", {3 * d}));
+    }
     ASSIGN_OR_RETURN(lw.o, r.Read(p + "attn.o.weight", {d, d}));
     ASSIGN_OR_RETURN(lw.o_bias, r.Read(p + "attn.o.bias", {d}));
     ASSIGN_OR_RETURN(lw.attn_ln_gamma, r.Read(p + "attn.ln.weight", {d}));
@@ -87,7 +93,7 @@ absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
                                                      c.vocab_size, ")"));
     }
   }
-  return CheckEncodePositions(s.global_positions, s.mlm_positions, n, c.mlm_head);
+  return CheckEncodePositions(c, s.global_positions, s.mlm_positions, n);
 }
 
 }  // namespace
@@ -102,7 +108,10 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
       if (batch.size() == 1) return s;
       return absl::Status(s.code(), absl::StrCat("window ", k, ": ", s.message()));
     }
-    offsets.push_back(offsets.back() + static_cast<int64_t>(batch[k].ids.size()));
+    // A Nyströmformer window is padded to segment_len rows.
+    offsets.push_back(offsets.back() + (c.nystromformer()
+                                            ? c.segment_len
+                                            : static_cast<int64_t>(batch[k].ids.size())));
     any_global = any_global || !batch[k].global_positions.empty();
   }
   if (batch.empty()) return std::vector<EncodedWindow>();
@@ -110,13 +119,22 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   Backend& be = *backend_;
   const int64_t d = c.d_model;
   const auto eps = static_cast<float>(c.layer_norm_epsilon);
-  // Embeddings: word + position + token type 0, then a LayerNorm. Positions follow RoBERTa's
-  // rule within each window: a non-padding token's is pad_token_id + its count of non-padding
-  // tokens so far, a padding token's is pad_token_id.
+  // Embeddings: word + position + token type 0, then a LayerNorm. Longformer's positions follow
+  // RoBERTa's rule within each window: a non-padding token's is pad_token_id + its count of
+  // non-padding tokens so far, a padding token's is pad_token_id. Nyströmformer's count from 2
+  // over the whole padded window.
   std::vector<int32_t> ids, positions;
   ids.reserve(static_cast<size_t>(n));
   positions.reserve(static_cast<size_t>(n));
   for (const EncoderSequence& seq : batch) {
+    if (c.nystromformer()) {
+      for (int64_t i = 0; i < c.segment_len; ++i) {
+        const auto at = static_cast<size_t>(i);
+        ids.push_back(at < seq.ids.size() ? seq.ids[at] : static_cast<int32_t>(c.pad_token_id));
+        positions.push_back(static_cast<int32_t>(i + 2));
+      }
+      continue;
+    }
     int32_t seen = 0;
     for (int32_t id : seq.ids) {
       const bool pad = id == c.pad_token_id;
@@ -145,7 +163,15 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     if (global_qkv.defined()) {
       RETURN_IF_ERROR(be.Linear(x, lw.global_qkv, &lw.global_qkv_bias, global_qkv));
     }
-    for (size_t k = 0; k < batch.size(); ++k) {  // attention stays within each window
+    for (size_t k = 0; k < batch.size() && c.nystromformer(); ++k) {
+      const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
+      Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
+      RETURN_IF_ERROR(be.NystromAttention(
+          {&q, lw.conv.defined() ? &lw.conv : nullptr, static_cast<int64_t>(batch[k].ids.size()),
+           c.num_landmarks, static_cast<int>(c.n_head), static_cast<int>(c.d_head), &out}));
+    }
+    for (size_t k = 0; k < batch.size() && !c.nystromformer(); ++k) {
+      // Attention stays within each window.
       const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
       const std::vector<int64_t>& globals = batch[k].global_positions;
       const Tensor gq = globals.empty() ? Tensor() : global_qkv.Rows(offsets[k], offsets[k + 1]);
@@ -162,7 +188,10 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     RETURN_IF_ERROR(be.AddLayerNorm(x, add, lw.ff_ln_gamma, lw.ff_ln_beta, eps, x));
   }
   std::vector<EncodedWindow> out(batch.size());
-  for (size_t k = 0; k < batch.size(); ++k) out[k].hidden = x.Rows(offsets[k], offsets[k + 1]);
+  for (size_t k = 0; k < batch.size(); ++k) {
+    // (a padded window's rows past its tokens are dropped)
+    out[k].hidden = x.Rows(offsets[k], offsets[k] + static_cast<int64_t>(batch[k].ids.size()));
+  }
   // The masked-LM head over every window's chosen rows at once.
   std::vector<int64_t> rows;
   for (size_t k = 0; k < batch.size(); ++k) {

@@ -24,7 +24,8 @@ namespace mnemo::engine {
 // One block's weights (docs/checkpoint-format.md "Encoders": names and shapes).
 struct EncoderLayerWeights {
   Tensor qkv, qkv_bias;                // [3·D, D], [3·D]: query | key | value
-  Tensor global_qkv, global_qkv_bias;  // the global positions' own projections, same shapes
+  Tensor global_qkv, global_qkv_bias;  // Longformer: the global positions' own projections
+  Tensor conv;                         // Nyströmformer: [H, taps] of the values' convolution
   Tensor o, o_bias;                    // [D, D], [D]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
   Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]

@@ -4,8 +4,8 @@
 
 namespace mnemo::engine {
 
-absl::Status CheckEncodePositions(const std::vector<int64_t>& global,
-                                  const std::vector<int64_t>& mlm, int64_t n, bool mlm_head) {
+absl::Status CheckEncodePositions(const EncoderConfig& config, const std::vector<int64_t>& global,
+                                  const std::vector<int64_t>& mlm, int64_t n) {
   for (const auto* list : {&global, &mlm}) {
     const std::vector<int64_t>& g = *list;
     for (size_t k = 0; k < g.size(); ++k) {
@@ -16,7 +16,11 @@ absl::Status CheckEncodePositions(const std::vector<int64_t>& global,
       }
     }
   }
-  if (!mlm.empty() && !mlm_head) {
+  if (!global.empty() && config.nystromformer()) {
+    return absl::InvalidArgumentError(
+        "global positions are Longformer's: a nystromformer encoder has none");
+  }
+  if (!mlm.empty() && !config.mlm_head) {
     return absl::FailedPreconditionError(
         "the checkpoint has no masked-LM head (config mlm_head): no MLM log-probabilities");
   }

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 
+#include "engine/encoder/encoder_config.h"
 #include "engine/tensor/tensor.h"
 
 namespace mnemo::engine {
@@ -19,11 +20,12 @@ struct EncoderSequence {
   std::vector<int64_t> mlm_positions;     // ascending, each < ids.size(); needs the MLM head
 };
 
-// OK when the global and the masked-LM positions each ascend within [0, n) and MLM positions
-// come with the checkpoint's head (`mlm_head`); else INVALID_ARGUMENT, or FAILED_PRECONDITION for
-// MLM positions without the head, saying which.
-absl::Status CheckEncodePositions(const std::vector<int64_t>& global,
-                                  const std::vector<int64_t>& mlm, int64_t n, bool mlm_head);
+// OK when the global and the masked-LM positions each ascend within [0, n), global positions
+// come with an architecture that has them (Longformer) and MLM positions with the checkpoint's
+// head (`mlm_head`); else INVALID_ARGUMENT, or FAILED_PRECONDITION for what the checkpoint lacks,
+// saying which.
+absl::Status CheckEncodePositions(const EncoderConfig& config, const std::vector<int64_t>& global,
+                                  const std::vector<int64_t>& mlm, int64_t n);
 
 struct EncodedWindow {
   Tensor hidden;        // [ids.size(), D]: every token's final hidden state

@@ -169,3 +169,17 @@ def oracle_model(cfg: dict, seed: int):
     with tempfile.TemporaryDirectory() as d:
         model = random_checkpoint(cfg, d, seed=seed)
     return model.double().eval()
+
+
+def plan_windows(n, window):
+    """docs/command-line.md's rule, written from its words: windows every window // 2 tokens,
+    the last ending at the document's end; each token from the window where it is farthest from
+    an edge, the earlier on a tie."""
+    if n <= window:
+        return [(0, range(n))]
+    starts = list(range(0, n - window, window // 2)) + [n - window]
+    keep = {b: [] for b in starts}
+    for t in range(n):
+        rooms = [(min(t - b, b + window - 1 - t), -b) for b in starts if b <= t < b + window]
+        keep[-max(rooms)[1]].append(t)
+    return [(b, keep[b]) for b in starts if keep[b]]

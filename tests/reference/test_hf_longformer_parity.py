@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import assert_logits_close, write_ids
+from parity_common import assert_logits_close, plan_windows, write_ids
 from tools.convert_hf_longformer import (ConversionError, convert, convert_dir, hf_last_hidden,
                                          hf_mlm_logprobs, random_hf_model)
 
@@ -117,20 +117,6 @@ def test_engine_pools_as_documented(mnemo_bin, tmp_path, case):
     assert mean.shape == first.shape == (1, want.shape[1])
     assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
     assert_logits_close(first, want[:1], what="first")
-
-
-def plan_windows(n, window):
-    """docs/command-line.md's rule, written from its words: windows every window // 2 tokens,
-    the last ending at the document's end; each token from the window where it is farthest from
-    an edge, the earlier on a tie."""
-    if n <= window:
-        return [(0, range(n))]
-    starts = list(range(0, n - window, window // 2)) + [n - window]
-    keep = {b: [] for b in starts}
-    for t in range(n):
-        rooms = [(min(t - b, b + window - 1 - t), -b) for b in starts if b <= t < b + window]
-        keep[-max(rooms)[1]].append(t)
-    return [(b, keep[b]) for b in starts if keep[b]]
 
 
 def test_engine_long_document_runs_in_windows(mnemo_bin, tmp_path, case):

@@ -8,6 +8,7 @@ client, its command line and the C++ command line.
 - text streamed in odd chunks encodes as its tokens (the ids come back with the rows);
 - concurrent Encode calls share forward passes (the encode steps counted by the metrics are
   fewer than the windows run) and get what each gets alone;
+- a Nyströmformer encoder serves beside it, matching Hugging Face on padded passes;
 - masked-LM log-probabilities of chosen positions (a converted LongformerForMaskedLM) match
   Hugging Face's and `mnemo encode`'s, through both clients;
 - every kind of bad input is refused with its status code and field, and the server goes on
@@ -30,6 +31,7 @@ from mnemo_checkpoint import write_checkpoint
 from mnemo_client import bad_request_violations
 from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error, pb_bytes,
                             raw_stream_stream)
+from tools import convert_hf_nystromformer as nystromformer
 from tools.convert_hf_longformer import convert, hf_last_hidden, hf_mlm_logprobs, random_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,13 +71,27 @@ def mlm_encoder(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(server_bin, tiny_model, encoders, mlm_encoder, tmp_path_factory):
+def nystromformer_encoder(tmp_path_factory):
+    """(NystromformerModel in float64, its checkpoint): 8 landmarks over passes of 32."""
+    model = nystromformer.random_hf_model(
+        dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=64, max_position_embeddings=40, pad_token_id=1,
+             segment_means_seq_len=32, num_landmarks=8, conv_kernel_size=5), seed=13).double()
+    config, tensors = nystromformer.convert(model, dtype="float32")
+    ckpt = tmp_path_factory.mktemp("encoder_nystromformer") / "nys"
+    write_checkpoint(ckpt, config, tensors)
+    return model, str(ckpt)
+
+
+@pytest.fixture(scope="module")
+def server(server_bin, tiny_model, encoders, mlm_encoder, nystromformer_encoder,
+           tmp_path_factory):
     _, with_tok, bare = encoders
     s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
                       BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
                                     "--max-batch-tokens", "4096"],
                       models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}",
-                              f"mlm={mlm_encoder[1]}"])
+                              f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}"])
     s.wait_serving()
     yield s
     s.stop(check=True)
@@ -198,7 +214,12 @@ def test_the_encoder_is_described_and_tokenizes(server):
         (pb.ATTENTION_KIND_LONGFORMER, 2), (pb.ATTENTION_KIND_LONGFORMER, 4)]
     assert client.model("tiny").family == "decoder"
     names = {x.name: x.family for x in client.models()}
-    assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder"}
+    assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder",
+                     "nys": "encoder"}
+    n = client.model("nys")
+    assert (n.architecture, n.max_positions) == ("nystromformer", 32)
+    assert {(l.attention, l.window, l.num_landmarks, l.conv_kernel_size) for l in n.layers} == {
+        (pb.ATTENTION_KIND_NYSTROMFORMER, 32, 8, 5)}
     ids = client.tokenize("hello world", model="enc")
     assert client.detokenize(ids, model="enc") == "hello world"
 
@@ -245,6 +266,10 @@ def test_bad_encode_requests_are_refused_and_the_server_goes_on(server, encoders
         name = "mlm" if "mlm_positions" in kwargs else "enc"
         e = expect_error(lambda: client.encode(model=name, **kwargs), code.INVALID_ARGUMENT)
         assert field in violations(e), (kwargs.get("global_positions"), field, violations(e))
+    # Global positions on an encoder without them.
+    e = expect_error(lambda: client.encode([5, 6], model="nys", global_positions=[0]),
+                     code.INVALID_ARGUMENT)
+    assert "global_positions" in violations(e)
     # Masked-LM positions on an encoder without the head.
     e = expect_error(lambda: client.encode([5, 6], model="enc", mlm_positions=[1]),
                      code.FAILED_PRECONDITION)
@@ -347,3 +372,17 @@ def test_masked_lm_log_probabilities(server, mlm_encoder, mnemo_bin, tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert out.read_bytes() == b"".join(r.mlm[p] for p in positions), command[0]
+
+
+def test_nystromformer_encodes_through_the_server(server, nystromformer_encoder, mnemo_bin,
+                                                  tmp_path):
+    model, ckpt = nystromformer_encoder
+    client = server.client()
+    ids = document(20, 31, 60)  # a short pass: padded to 32, the padding masked
+    r = client.encode(ids, model="nys")
+    assert (r.rows, r.windows) == (20, 1)
+    assert_close(r.numpy(), nystromformer.hf_last_hidden(model, ids))
+    long_ids = document(100, 32, 60)
+    r = client.encode(long_ids, model="nys", window_tokens=24)
+    want = cli_encode(mnemo_bin, tmp_path, ckpt, long_ids, "--window", "24")
+    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-6)

@@ -70,6 +70,7 @@ class CpuBackend final : public Backend {
       const std::vector<MemoryCompressedAttentionArgs>& batch) override;
   absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) override;
   absl::Status LongformerAttention(const LongformerAttentionArgs& args) override;
+  absl::Status NystromAttention(const NystromAttentionArgs& args) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
 

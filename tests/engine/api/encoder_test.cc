@@ -10,6 +10,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/encoder/encoder_config.h"
@@ -116,6 +117,32 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
     EXPECT_TRUE(message.find(field) != std::string::npos ||
                 (field == "d_head" && message.find("n_head") != std::string::npos))
         << field << ": " << message;
+  }
+  // Nyströmformer: its own fields instead of attention_window, each checked.
+  const std::string nystrom = R"({"architecture": "nystromformer", "vocab_size": 60,
+      "d_model": 32, "n_layer": 2, "n_head": 4, "d_head": 8, "d_inner": 64, "activation":
+      "gelu_tanh", "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 66,
+      "type_vocab_size": 2, "segment_len": 64, "num_landmarks": 8, "conv_kernel_size": 5,
+      "torch_dtype": "float32"})";
+  auto n = ParseEncoderConfig(nystrom);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(n->nystromformer());
+  EXPECT_EQ(n->max_tokens(), 64);
+  EXPECT_TRUE(IsEncoderArchitecture("nystromformer"));
+  for (const auto& [from, to, field] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"\"num_landmarks\": 8", "\"num_landmarks\": 7", "num_landmarks"},  // divides 64
+           {"\"conv_kernel_size\": 5", "\"conv_kernel_size\": 4", "conv_kernel_size"},  // odd
+           {"\"segment_len\": 64", "\"segment_len\": 65", "segment_len"},  // the table's rows
+           {"\"torch_dtype\"", "\"mlm_head\": true, \"torch_dtype\"", "mlm_head"},
+           {"\"torch_dtype\"", "\"attention_window\": [4, 4], \"torch_dtype\"",
+            "attention_window"},  // Longformer's
+       }) {
+    std::string text = nystrom;
+    text.replace(text.find(from), from.size(), to);
+    auto bad = ParseEncoderConfig(text);
+    ASSERT_FALSE(bad.ok()) << to;
+    EXPECT_NE(bad.status().message().find(field), std::string::npos) << bad.status();
   }
   // The decoders' parser names an encoder as one instead of listing its fields as unknown.
   auto decoder = ParseModelConfig(good);

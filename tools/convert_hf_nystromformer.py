@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Convert a Hugging Face NystromformerModel (or the encoder of its task heads) to a mnemo encoder
+checkpoint.
+
+Architecture "nystromformer" (docs/checkpoint-format.md "Encoders"): the BERT layout of
+tools/convert_hf_longformer.bert_tensors (prefix "nystromformer." dropped; embeddings, qkv, o,
+LayerNorms, feed-forward), plus
+
+    HF                                                   mnemo
+    encoder.layer.N.attention.self.conv.weight [H,1,k,1] layers.N.attn.conv.weight [H, k]
+
+config.json gets the common encoder fields (hidden_size → d_model, num_attention_heads → n_head,
+intermediate_size → d_inner, hidden_act → activation, layer_norm_eps, max_position_embeddings + 2
+→ position_rows, pad_token_id, type_vocab_size) and segment_means_seq_len → segment_len,
+num_landmarks, conv_kernel_size (0 for none). Task heads are not converted.
+
+Refused (ConversionError naming the field): a model_type other than nystromformer, a
+position_embedding_type other than absolute, inv_coeff_init_option (only the "original"
+pseudo-inverse initialisation runs), num_landmarks not dividing segment_means_seq_len, an even
+conv_kernel_size, hidden_size not a multiple of num_attention_heads, a hidden_act the engine
+lacks.
+"""
+
+import math
+import sys
+import warnings
+
+import torch
+
+from mnemo_checkpoint import write_checkpoint
+from tools.convert_hf_longformer import ACTIVATIONS, DTYPES, ConversionError, bert_tensors
+from tools.convert_hf_mistral import main as converter_main
+from tools.convert_hf_transfo_xl import load_hf_checkpoint
+
+__all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
+           "main"]
+
+
+def our_config(cfg, dtype_name):
+    if cfg.get("model_type", "nystromformer") != "nystromformer":
+        raise ConversionError(f"model_type {cfg.get('model_type')!r}: only \"nystromformer\"")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise ConversionError(f"position_embedding_type {cfg['position_embedding_type']!r}: "
+                              f"only \"absolute\" is supported")
+    if cfg.get("inv_coeff_init_option"):
+        raise ConversionError("inv_coeff_init_option: only the original pseudo-inverse "
+                              "initialisation is supported")
+    act = cfg.get("hidden_act", "gelu_new")
+    if act not in ACTIVATIONS:
+        raise ConversionError(f"hidden_act {act!r}: supported are {sorted(ACTIVATIONS)}")
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if d % heads:
+        raise ConversionError(f"hidden_size {d} is not a multiple of num_attention_heads {heads}")
+    seg, landmarks = cfg["segment_means_seq_len"], cfg["num_landmarks"]
+    if seg % landmarks:
+        raise ConversionError(f"num_landmarks {landmarks} does not divide "
+                              f"segment_means_seq_len {seg}")
+    conv = cfg.get("conv_kernel_size") or 0
+    if conv % 2 == 0 and conv:
+        raise ConversionError(f"conv_kernel_size {conv}: only odd kernels keep the length")
+    return {
+        "architecture": "nystromformer",
+        "vocab_size": cfg["vocab_size"],
+        "d_model": d,
+        "n_layer": cfg["num_hidden_layers"],
+        "n_head": heads,
+        "d_head": d // heads,
+        "d_inner": cfg["intermediate_size"],
+        "activation": ACTIVATIONS[act],
+        "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-5),
+        "pad_token_id": cfg.get("pad_token_id", 1),
+        "position_rows": cfg["max_position_embeddings"] + 2,
+        "type_vocab_size": cfg.get("type_vocab_size", 2),
+        "segment_len": seg,
+        "num_landmarks": landmarks,
+        "conv_kernel_size": conv,
+        "torch_dtype": dtype_name,
+    }
+
+
+def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
+    """Return (our config dict, {name: tensor}) for a Nyströmformer module or a state dict with
+    its config."""
+    if isinstance(hf_model_or_state_dict, dict):
+        sd = hf_model_or_state_dict
+        cfg = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    else:
+        sd, cfg = hf_model_or_state_dict.state_dict(), hf_model_or_state_dict.config.to_dict()
+    sd = {(k[len("nystromformer."):] if k.startswith("nystromformer.") else k): v
+          for k, v in sd.items()}
+    stored = next(v for v in sd.values() if v.is_floating_point()).dtype
+    target = DTYPES[dtype] if dtype else stored
+    name = {v: k for k, v in DTYPES.items()}[target]
+    config = our_config(cfg, name)
+
+    def get(key):
+        if key not in sd:
+            raise ConversionError(f"missing tensor {key!r}")
+        return sd[key].detach().to(target).contiguous()
+
+    out = bert_tensors(get, config["n_layer"])
+    if config["conv_kernel_size"]:
+        for n in range(config["n_layer"]):
+            w = get(f"encoder.layer.{n}.attention.self.conv.weight")  # [H, 1, k, 1]
+            out[f"layers.{n}.attn.conv.weight"] = w.reshape(w.shape[0], w.shape[2]).contiguous()
+    return config, out
+
+
+def convert_dir(hf_dir, out_dir, dtype=None):
+    """Convert an HF Nyströmformer directory; returns our config dict."""
+    sd, hf_config = load_hf_checkpoint(hf_dir)
+    config, tensors = convert(sd, hf_config, dtype=dtype)
+    write_checkpoint(out_dir, config, tensors)
+    return config
+
+
+def random_hf_model(overrides, seed=0, std=None):
+    """A seeded random NystromformerModel in eval mode: weights N(0, std^2) (default
+    0.5/sqrt(hidden_size)), LayerNorm weights N(1, std^2)."""
+    from transformers import NystromformerConfig, NystromformerModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = NystromformerConfig(**overrides)
+        torch.manual_seed(int(seed))
+        model = NystromformerModel(cfg)
+    std = std if std is not None else 0.5 / math.sqrt(cfg.hidden_size)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
+            p.copy_((1.0 + noise if "LayerNorm.weight" in name else noise).to(p.dtype))
+    return model.eval()
+
+
+def hf_last_hidden(model, ids):
+    """The reference of one engine pass: Hugging Face's last_hidden_state of `ids` padded to
+    segment_means_seq_len with pad_token_id (masked), the padding's rows dropped."""
+    seg, pad = model.config.segment_means_seq_len, model.config.pad_token_id
+    padded = list(ids) + [pad] * (seg - len(ids))
+    mask = torch.tensor([[1] * len(ids) + [0] * (seg - len(ids))])
+    with torch.no_grad():
+        out = model(torch.tensor([padded]), attention_mask=mask).last_hidden_state[0]
+    return out[:len(ids)].numpy()
+
+
+def main(argv=None):
+    return converter_main(
+        argv, "convert_hf_nystromformer", "Nyströmformer encoder (NystromformerModel)",
+        sys.modules[__name__],
+        summary=lambda c: (f"{c['n_layer']} layers, d_model {c['d_model']}, {c['n_head']} heads, "
+                           f"{c['num_landmarks']} landmarks over {c['segment_len']}, "
+                           f"conv {c['conv_kernel_size']}, {c['torch_dtype']}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
