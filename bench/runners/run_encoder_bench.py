@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Encoder benchmark: a Longformer encoder through mnemo and through Hugging Face's
-LongformerModel at the same shape and document lengths, in one run on one machine.
+"""Encoder benchmark: a Longformer or Nyströmformer encoder through mnemo and through Hugging
+Face at the same shape and document lengths, in one run on one machine.
 
-The model: a random LongformerModel (tools/convert_hf_longformer.random_hf_model, seeded) of the
-shape --d-model / --layers / --heads / --window, with a position table for the longest length,
-converted once with tools/convert_hf_longformer.py. Each point is its own subprocess (peak RSS
-belongs to that point alone):
-  * mnemo: build/release/encoder_bench --model DIR --len L --global-first (api::Encoder::Encode,
-    every token's vector, one pass);
-  * hf: LongformerModel(input_ids, global_attention_mask with the first token global) in float32,
-    torch.no_grad, on .venv's python (its transformers has Longformer), threads = the machine's
-    CPUs; last_hidden_state;
+--arch longformer (default): a random LongformerModel (tools/convert_hf_longformer.random_hf_model,
+seeded) of the shape --d-model / --layers / --heads / --window, with a position table for the
+longest length, converted once with tools/convert_hf_longformer.py; the whole document is one pass.
+--arch nystromformer: a random NystromformerModel of the same width and depth with the published
+model's attention (passes of --segment 512 positions, 64 landmarks, a convolution of 35 taps); a
+document runs in the documented overlapping windows of a pass each (every token computed twice),
+on both sides. Each point is its own subprocess (peak RSS belongs to that point alone):
+  * mnemo: build/release/encoder_bench --model DIR --len L [--global-first] (api::Encoder::Encode,
+    every token's vector; Nyströmformer windows share passes of up to 8192 rows);
+  * hf: LongformerModel(input_ids, global_attention_mask with the first token global), or
+    NystromformerModel over the same windows in batches of 16 (8192 rows), in float32,
+    torch.no_grad, on .venv's python (its transformers has both), threads = the machine's CPUs;
+    last_hidden_state;
   * the machine's physical limits (build/release/physical_limits --quick): the sgemm peak the
     encoder's products are bound by.
 Every point reports ms (min / median / max over --runs after --warmup; one run past 16k tokens),
@@ -67,11 +71,45 @@ print(json.dumps({"bench": "encoder", "impl": "hf", "len": L, "runs": runs, "war
                   "torch": torch.__version__}))
 """
 
+HF_NYSTROMFORMER_PEER = r"""
+import json, resource, statistics, sys, time, warnings
+import torch
+warnings.simplefilter("ignore")
+from transformers import NystromformerModel
+hf_dir, L, runs, warmup, threads = sys.argv[1], *(int(x) for x in sys.argv[2:6])
+torch.set_num_threads(threads)
+model = NystromformerModel.from_pretrained(hf_dir).eval()
+W = model.config.segment_means_seq_len
+gen = torch.Generator().manual_seed(1)
+ids = torch.randint(3, model.config.vocab_size, (L,), generator=gen)
+# The windows mnemo runs: every W // 2 tokens, the last ending at the end (all full when L >= W).
+starts = [0] if L <= W else list(range(0, L - W, W // 2)) + [L - W]
+windows = torch.stack([ids[b:b + W] for b in starts]) if L >= W else ids[None]
+ms = []
+with torch.no_grad():
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        for b in range(0, len(windows), 16):
+            out = model(windows[b:b + 16]).last_hidden_state
+            del out
+        t1 = time.perf_counter()
+        if i >= warmup:
+            ms.append((t1 - t0) * 1e3)
+med = statistics.median(ms)
+print(json.dumps({"bench": "encoder", "impl": "hf", "len": L, "runs": runs, "warmup": warmup,
+                  "windows": len(starts), "ms_min": min(ms), "ms_median": med,
+                  "ms_max": max(ms), "tokens_per_s": L / (med / 1e3),
+                  "threads": torch.get_num_threads(),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "torch": torch.__version__}))
+"""
+
 MAKE_MODEL = r"""
-import json, sys
+import importlib, json, sys
 from mnemo_checkpoint import write_checkpoint
-from tools.convert_hf_longformer import convert, random_hf_model
-fields, hf_dir, ours = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+arch, fields, hf_dir, ours = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+converter = importlib.import_module(f"tools.convert_hf_{arch}")
+convert, random_hf_model = converter.convert, converter.random_hf_model
 model = random_hf_model(fields, seed=1)
 model.save_pretrained(hf_dir)
 config, tensors = convert(model, dtype="float32")
@@ -82,9 +120,18 @@ log = Log("run_encoder_bench")
 
 
 def pass_flops(cfg, length):
-    """Multiply-adds × 2 of one pass: the projections (local and global q, k, v; output; FFN),
-    the band's scores and sums, the global row's scores and sums."""
+    """Multiply-adds × 2 of a document's passes. Longformer, one pass: the projections (local
+    and global q, k, v; output; FFN), the band's scores and sums, the global row's scores and
+    sums. Nyströmformer, every window of a pass: the projections (q, k, v; output; FFN), the
+    landmark products (four of L·m·d and one of L·m² per head) and the convolution."""
     d, f, n_layer = cfg["d_model"], cfg["d_inner"], cfg["n_layer"]
+    if cfg["architecture"] == "nystromformer":
+        seg, m, taps, heads = (cfg["segment_len"], cfg["num_landmarks"],
+                               cfg["conv_kernel_size"], cfg["n_head"])
+        windows = 1 if length <= seg else len(range(0, length - seg, seg // 2)) + 1
+        attention = seg * (4 * m * d + heads * m * m) if m < seg else 2 * seg * seg * d
+        per_window = seg * (4 * d * d + 2 * d * f + taps * d) + attention
+        return 2.0 * n_layer * windows * per_window
     w = cfg["attention_window"][0] // 2
     per_token = 6 * d * d + d * d + 2 * d * f + 2 * d * min(2 * w + 2, length)
     return 2.0 * n_layer * (length * per_token + 2 * length * d)
@@ -92,7 +139,10 @@ def pass_flops(cfg, length):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", choices=["longformer", "nystromformer"], default="longformer")
     ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--segment", type=int, default=512,
+                    help="nystromformer: positions per pass (segment_means_seq_len)")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -116,13 +166,17 @@ def main(argv=None):
     try:
         fields = dict(vocab_size=1000, hidden_size=args.d_model, num_hidden_layers=args.layers,
                       num_attention_heads=args.heads, intermediate_size=4 * args.d_model,
-                      attention_window=args.window, pad_token_id=1,
-                      max_position_embeddings=max(lengths) + 2)
-        log(f"random LongformerModel {fields}")
+                      pad_token_id=1)
+        if args.arch == "longformer":
+            fields.update(attention_window=args.window, max_position_embeddings=max(lengths) + 2)
+        else:
+            fields.update(segment_means_seq_len=args.segment, num_landmarks=64,
+                          conv_kernel_size=35, max_position_embeddings=args.segment + 2)
+        log(f"random {args.arch} {fields}")
         # In a child process: a point's peak RSS (getrusage, kept across exec) then starts from
         # this light process, not from one that held torch and the model.
         ours = os.path.join(work, "mnemo")
-        subprocess.run([args.hf_python, "-c", MAKE_MODEL, json.dumps(fields),
+        subprocess.run([args.hf_python, "-c", MAKE_MODEL, args.arch, json.dumps(fields),
                         os.path.join(work, "hf"), ours], env=python_env(env), cwd=ROOT,
                        check=True, timeout=600)
         with open(os.path.join(ours, "config.json")) as f:
@@ -130,7 +184,7 @@ def main(argv=None):
 
         out = ResultWriter(args.output or result_path("encoder"))
         record = out.record
-        record(machine_info(env, bench="encoder", lengths=lengths, model=config))
+        record(machine_info(env, bench="encoder", arch=args.arch, lengths=lengths, model=config))
         peak = None
         limits = os.path.join(args.build_dir, "physical_limits")
         if os.path.exists(limits):
@@ -143,10 +197,13 @@ def main(argv=None):
         points = {}
         for length in lengths:
             runs, warmup = (args.runs, args.warmup) if length <= 16384 else (1, 0)
+            longformer = args.arch == "longformer"
             jobs = [("mnemo", [binary, "--model", ours, "--len", str(length), "--runs",
-                               str(runs), "--warmup", str(warmup), "--global-first"])]
+                               str(runs), "--warmup", str(warmup)] +
+                     (["--global-first"] if longformer else []))]
             if not args.no_hf:
-                jobs.append(("hf", [args.hf_python, "-c", HF_PEER, os.path.join(work, "hf"),
+                peer = HF_PEER if longformer else HF_NYSTROMFORMER_PEER
+                jobs.append(("hf", [args.hf_python, "-c", peer, os.path.join(work, "hf"),
                                     str(length), str(runs), str(warmup), str(threads)]))
             for impl, cmd in jobs:
                 log(f"{impl} L={length}")

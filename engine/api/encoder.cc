@@ -11,6 +11,13 @@
 #include "engine/encoder/encoder_model.h"
 
 namespace mnemo::engine::api {
+namespace {
+
+// Rows one pass of Encode holds at most (more when a single window is longer): bounds the pass's
+// activations ([rows, d_inner] floats and the attention's buffers) while keeping products wide.
+constexpr int64_t kPassTokens = 8192;
+
+}  // namespace
 
 std::vector<EncodeWindow> PlanEncodeWindows(int64_t n, int64_t window) {
   if (n <= window) return {{0, n, 0, n}};
@@ -138,23 +145,41 @@ absl::StatusOr<EncodeOutput> Encoder::Encode(std::span<const int32_t> ids,
   if (mlm > 0) out.mlm_logprobs = Tensor::Empty(DType::kF32, {mlm, v});
   int64_t mlm_done = 0;
   Pooler pooler(options.pooling, n, d);
+  std::vector<EncodeWindow> needed;
   for (const EncodeWindow& w : windows) {
-    if (!WindowNeeded(w, options)) continue;
-    const EncoderSequence seq = WindowSequence(ids, w, options);
-    ASSIGN_OR_RETURN(std::vector<EncodedWindow> h, EncodeBatch(std::span(&seq, 1)));
-    if (per_token) {
-      std::memcpy(out.vectors.data<float>() + w.keep_begin * d,
-                  h[0].hidden.data<float>() + (w.keep_begin - w.begin) * d,
-                  (w.keep_end - w.keep_begin) * d * sizeof(float));
-    } else {
-      pooler.Add(w, h[0].hidden);
+    if (WindowNeeded(w, options)) needed.push_back(w);
+  }
+  // Consecutive windows share a pass up to kPassTokens rows (at least one window each), so the
+  // products of short windows run over many rows at once.
+  for (size_t first = 0; first < needed.size();) {
+    std::vector<EncoderSequence> group;
+    int64_t rows = 0;
+    size_t last = first;
+    for (; last < needed.size(); ++last) {
+      // (a Nyströmformer window is padded to the pass length)
+      const int64_t more = config().nystromformer() ? config().segment_len : needed[last].length;
+      if (!group.empty() && rows + more > kPassTokens) break;
+      rows += more;
+      group.push_back(WindowSequence(ids, needed[last], options));
     }
-    const auto rows = static_cast<int64_t>(seq.mlm_positions.size());
-    if (rows > 0) {  // windows keep ascending ranges: the positions come in order
-      std::memcpy(out.mlm_logprobs.data<float>() + mlm_done * v, h[0].mlm_logprobs.data<float>(),
-                  rows * v * sizeof(float));
-      mlm_done += rows;
+    ASSIGN_OR_RETURN(std::vector<EncodedWindow> h, EncodeBatch(group));
+    for (size_t g = 0; g < group.size(); ++g) {
+      const EncodeWindow& w = needed[first + g];
+      if (per_token) {
+        std::memcpy(out.vectors.data<float>() + w.keep_begin * d,
+                    h[g].hidden.data<float>() + (w.keep_begin - w.begin) * d,
+                    (w.keep_end - w.keep_begin) * d * sizeof(float));
+      } else {
+        pooler.Add(w, h[g].hidden);
+      }
+      const auto picked = static_cast<int64_t>(group[g].mlm_positions.size());
+      if (picked > 0) {  // windows keep ascending ranges: the positions come in order
+        std::memcpy(out.mlm_logprobs.data<float>() + mlm_done * v, h[g].mlm_logprobs.data<float>(),
+                    picked * v * sizeof(float));
+        mlm_done += picked;
+      }
     }
+    first = last;
   }
   if (!per_token) out.vectors = pooler.Finish();
   return out;

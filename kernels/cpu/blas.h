@@ -60,6 +60,10 @@ void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_
 void GemmNN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// The same in double (small products that rounding would spoil: Nyström's pseudo-inverse).
+void GemmNN(int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+            const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
 // c[m, n] = alpha · a[k, m]ᵀ · b[k, n] + beta · c  (row-major, strides in elements).
 void GemmTN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc);

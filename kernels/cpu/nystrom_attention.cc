@@ -17,13 +17,7 @@ namespace {
 // c[m, m] = a[m, m] · b[m, m], row-major doubles.
 void MatMul(const std::vector<double>& a, const std::vector<double>& b, std::vector<double>& c,
             int64_t m) {
-  std::fill(c.begin(), c.end(), 0.0);
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t l = 0; l < m; ++l) {
-      const double x = a[i * m + l];
-      for (int64_t j = 0; j < m; ++j) c[i * m + j] += x * b[l * m + j];
-    }
-  }
+  GemmNN(m, m, m, 1.0, a.data(), m, b.data(), m, 0.0, c.data(), m);
 }
 
 // Softmax of each row of a [rows, cols] double matrix.

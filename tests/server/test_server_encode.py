@@ -140,7 +140,7 @@ def test_encode_matches_hugging_face_and_the_command_line(server, encoders, mnem
     assert r.windows == len(range(0, 150 - 24, 12)) + 1
     want = cli_encode(mnemo_bin, tmp_path, with_tok, long_ids, "--window", "24",
                       "--global-positions", "0,100")
-    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-5)  # (passes group differently)
     # Per-token output arrives in order in several messages once it passes ~1 MiB: not here,
     # but the pooled forms are the mean and the first row of the per-token one.
     per_token = r.numpy().astype(np.float64)
@@ -360,7 +360,7 @@ def test_masked_lm_log_probabilities(server, mlm_encoder, mnemo_bin, tmp_path):
                            str(cli_out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     want = np.fromfile(cli_out, dtype="<f4").reshape(len(positions), vocab)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     for command in ([sys.executable, "-m", "mnemo_client", "--target", server.target, "encode",
                      str(ids_file), "--ids"],
                     [executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
@@ -385,4 +385,4 @@ def test_nystromformer_encodes_through_the_server(server, nystromformer_encoder,
     long_ids = document(100, 32, 60)
     r = client.encode(long_ids, model="nys", window_tokens=24)
     want = cli_encode(mnemo_bin, tmp_path, ckpt, long_ids, "--window", "24")
-    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-5)  # (passes group differently)

@@ -250,7 +250,8 @@ TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {
       pooler.Add(w, (*h)[0].hidden);
     }
     const std::vector<float> folded = Values(pooler.Finish());
-    EXPECT_EQ(folded, Values(pooled->vectors));
+    // (Encode runs consecutive windows in one pass: the same values to float32 rounding.)
+    EXPECT_TRUE(test::NearRelative(folded, Values(pooled->vectors), 1e-5));
     // The definition from the per-token vectors.
     std::vector<float> expected(16, 0.0f);
     const std::vector<float> rows = Values(per_token->vectors);
