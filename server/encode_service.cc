@@ -53,9 +53,9 @@ absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Enc
       }
     }
   }
-  if (first.global_positions_size() > 0 && c.nystromformer()) {
-    violations.Add("global_positions",
-                   "global positions are Longformer's: a nystromformer encoder has none");
+  if (first.global_positions_size() > 0 && c.fixed_length()) {
+    violations.Add("global_positions", absl::StrCat("global positions are Longformer's: a ",
+                                                    c.architecture, " encoder has none"));
   }
   RETURN_IF_ERROR(violations.ToStatus());
   if (first.mlm_positions_size() > 0 && !c.mlm_head) {

@@ -245,6 +245,14 @@ void EncoderToProto(const LoadedEncoder& e, v1::Model* out) {
       layer->set_window(c.segment_len);
       layer->set_num_landmarks(c.num_landmarks);
       layer->set_conv_kernel_size(c.conv_kernel_size);
+    } else if (c.linformer()) {
+      layer->set_attention(v1::ATTENTION_KIND_LINFORMER);
+      layer->set_window(c.segment_len);
+      layer->set_projected_length(c.linformer_k);
+    } else if (c.synthesized()) {
+      layer->set_attention(v1::ATTENTION_KIND_SYNTHESIZER);
+      layer->set_window(c.segment_len);
+      layer->set_synthesizer(c.synthesizer);
     } else {
       layer->set_attention(v1::ATTENTION_KIND_LONGFORMER);
       layer->set_window(c.one_sided_window[static_cast<size_t>(l)]);

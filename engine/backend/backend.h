@@ -165,6 +165,29 @@ struct NystromAttentionArgs {
   Tensor* out;  // [L, H·d_h]
 };
 
+// One encoder pass's Linformer attention (kernels/cpu/linformer_attention.h) over a window of N
+// positions: no state.
+struct LinformerAttentionArgs {
+  const Tensor* qkv;     // [N, 3·H·d_h]: q | k | v
+  const Tensor* proj_k;  // E [k, n_max]
+  const Tensor* proj_v;  // F [k, n_max]
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [N, H·d_h]
+};
+
+// One encoder pass's Synthesizer attention (kernels/cpu/synthesizer_attention.h) over a window of
+// N positions: no state.
+struct SynthesizerAttentionArgs {
+  const Tensor* hidden;  // dense: relu(first dense layer) [N, H·d_h]; random: null
+  const Tensor* w2;      // dense: [H, n_max, d_h]; random: null
+  const Tensor* b2;      // dense: [H, n_max]; random: the matrices [H, n_max, n_max]
+  const Tensor* v;       // [N, H·d_h]
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [N, H·d_h]
+};
+
 // One sequence's compressive-memory update of one layer (MODEL-SPEC §2.2), issued after its
 // attention and before its AppendToMemory: the XL rows the append will evict go, oldest first,
 // into the eviction buffer; full groups are compressed, projected by W_k/W_v and join the
@@ -283,6 +306,14 @@ class Backend {
   virtual absl::Status NystromAttention(const NystromAttentionArgs& args) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no Nyströmformer attention kernel"));
+  }
+  virtual absl::Status LinformerAttention(const LinformerAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no Linformer attention kernel"));
+  }
+  virtual absl::Status SynthesizerAttention(const SynthesizerAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no Synthesizer attention kernel"));
   }
   // Updates every sequence's compressive memory of one layer.
   virtual absl::Status CompressMemory(const std::vector<CompressArgs>& batch) {

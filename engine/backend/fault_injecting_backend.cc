@@ -244,6 +244,16 @@ absl::Status FaultInjectingBackend::NystromAttention(const NystromAttentionArgs&
              [&] { return base_->NystromAttention(args); });
 }
 
+absl::Status FaultInjectingBackend::LinformerAttention(const LinformerAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "LinformerAttention",
+             [&] { return base_->LinformerAttention(args); });
+}
+
+absl::Status FaultInjectingBackend::SynthesizerAttention(const SynthesizerAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "SynthesizerAttention",
+             [&] { return base_->SynthesizerAttention(args); });
+}
+
 absl::Status FaultInjectingBackend::CompressMemory(const std::vector<CompressArgs>& batch) {
   return Run(BackendOp::kAttention, "CompressMemory", [&] { return base_->CompressMemory(batch); });
 }

@@ -12,7 +12,8 @@
 namespace mnemo::engine {
 
 bool IsEncoderArchitecture(std::string_view architecture) {
-  return architecture == "longformer" || architecture == "nystromformer";
+  return architecture == "longformer" || architecture == "nystromformer" ||
+         architecture == "linformer" || architecture == "synthesizer";
 }
 
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
@@ -24,7 +25,8 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   LayerEntryReader r(j, "(encoder)");
   EncoderConfig c;
   ASSIGN_OR_RETURN(c.architecture,
-                   r.String("architecture", std::nullopt, {"longformer", "nystromformer"}));
+                   r.String("architecture", std::nullopt,
+                            {"longformer", "nystromformer", "linformer", "synthesizer"}));
   ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
   ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
@@ -55,6 +57,14 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
     if (c.conv_kernel_size > 0 && c.conv_kernel_size % 2 == 0) {
       return r.Error("\"conv_kernel_size\" must be odd (or 0: no convolution)");
     }
+  } else if (c.linformer() || c.synthesized()) {
+    // Positions count from 0 (BERT's): the table holds every position of a pass.
+    ASSIGN_OR_RETURN(c.segment_len, r.Int("segment_len", 1, c.position_rows));
+    if (c.linformer()) {
+      ASSIGN_OR_RETURN(c.linformer_k, r.Int("linformer_k", 1, c.segment_len));
+    } else {
+      ASSIGN_OR_RETURN(c.synthesizer, r.String("synthesizer", std::nullopt, {"dense", "random"}));
+    }
   } else {
     ASSIGN_OR_RETURN(std::vector<int64_t> windows,
                      r.IntList("attention_window", 2, 2 * kMaxSpan, /*as_written=*/true));
@@ -71,7 +81,7 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
                    r.String("torch_dtype", std::nullopt, {"float32", "float16", "bfloat16"}));
   c.dtype = *ParseDTypeName(dtype);
   ASSIGN_OR_RETURN(c.mlm_head, r.Bool("mlm_head", false));
-  if (c.mlm_head && c.nystromformer()) {
+  if (c.mlm_head && c.fixed_length()) {
     return r.Error("\"mlm_head\": the masked-LM head is Longformer's only");
   }
   RETURN_IF_ERROR(r.CheckAllRead());

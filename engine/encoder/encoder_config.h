@@ -2,7 +2,10 @@
 // "Encoders"): a bidirectional stack that reads a whole document (or a window of it) at once and
 // returns one vector per token, in BERT-style post-LayerNorm blocks with learned absolute
 // positions. Architecture "longformer": Longformer's sliding window with global positions;
-// "nystromformer": Nyströmformer's landmark attention over passes padded to segment_len.
+// "nystromformer": Nyströmformer's landmark attention over passes padded to segment_len;
+// "linformer": keys and values projected along the sequence; "synthesizer": synthesized (dense)
+// or learned (random) attention weights. The last two have weights that span the sequence
+// (segment_len positions at most), which is why they are encoder kinds and not decoder layers.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +21,7 @@
 namespace mnemo::engine {
 
 struct EncoderConfig {
-  std::string architecture;  // "longformer" or "nystromformer"
+  std::string architecture;  // "longformer", "nystromformer", "linformer" or "synthesizer"
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
@@ -39,21 +42,30 @@ struct EncoderConfig {
   int64_t segment_len = 0;
   int64_t num_landmarks = 0;
   int64_t conv_kernel_size = 0;
+  // Linformer: the rows keys and values are projected to (E, F: [linformer_k, segment_len]).
+  int64_t linformer_k = 0;
+  // Synthesizer: "dense" or "random".
+  std::string synthesizer;
   DType dtype = DType::kF32;
   // Whether the checkpoint carries the masked-LM head (Hugging Face LongformerLMHead: dense,
   // exact GELU, LayerNorm, the word embeddings as the output matrix with a bias).
   bool mlm_head = false;
 
   bool nystromformer() const { return architecture == "nystromformer"; }
+  bool linformer() const { return architecture == "linformer"; }
+  bool synthesized() const { return architecture == "synthesizer"; }
+  // Whether passes hold at most segment_len positions (every architecture but Longformer).
+  bool fixed_length() const { return architecture != "longformer"; }
   int64_t attn_width() const { return n_head * d_head; }
   // Tokens one pass may hold: Longformer, the position table's rows past the padding offset;
   // Nyströmformer, segment_len.
   int64_t max_tokens() const {
-    return nystromformer() ? segment_len : position_rows - pad_token_id - 1;
+    return fixed_length() ? segment_len : position_rows - pad_token_id - 1;
   }
 };
 
-// Whether an "architecture" value names an encoder ("longformer", "nystromformer").
+// Whether an "architecture" value names an encoder ("longformer", "nystromformer", "linformer",
+// "synthesizer").
 bool IsEncoderArchitecture(std::string_view architecture);
 
 // Whether `<dir>/config.json` names an encoder architecture (false for a decoder's, or for a

@@ -25,13 +25,30 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     EncoderLayerWeights& lw = w.layers.emplace_back();
-    ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.qkv.weight", {3 * d, d}));
-    ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.qkv.bias", {3 * d}));
-    if (c.nystromformer()) {
+    const int64_t heads = c.n_head, seg = c.segment_len;
+    if (c.synthesized()) {  // no queries or keys: the weights are synthesized
+      ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.v.weight", {d, d}));
+      ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.v.bias", {d}));
+      if (c.synthesizer == "dense") {
+        ASSIGN_OR_RETURN(lw.synth1, r.Read(p + "attn.synth1.weight", {d, d}));
+        ASSIGN_OR_RETURN(lw.synth1_bias, r.Read(p + "attn.synth1.bias", {d}));
+        ASSIGN_OR_RETURN(lw.synth2, r.Read(p + "attn.synth2.weight", {heads, seg, c.d_head}));
+        ASSIGN_OR_RETURN(lw.synth2_bias, r.Read(p + "attn.synth2.bias", {heads, seg}));
+      } else {
+        ASSIGN_OR_RETURN(lw.random, r.Read(p + "attn.random.weight", {heads, seg, seg}));
+      }
+    } else {
+      ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.qkv.weight", {3 * d, d}));
+      ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.qkv.bias", {3 * d}));
+    }
+    if (c.linformer()) {
+      ASSIGN_OR_RETURN(lw.proj_k, r.Read(p + "attn.proj_k.weight", {c.linformer_k, seg}));
+      ASSIGN_OR_RETURN(lw.proj_v, r.Read(p + "attn.proj_v.weight", {c.linformer_k, seg}));
+    } else if (c.nystromformer()) {
       if (c.conv_kernel_size > 0) {
         ASSIGN_OR_RETURN(lw.conv, r.Read(p + "attn.conv.weight", {c.n_head, c.conv_kernel_size}));
       }
-    } else {
+    } else if (!c.synthesized()) {
       ASSIGN_OR_RETURN(lw.global_qkv, r.Read(p + "attn.global_qkv.weight", {3 * d, d}));
       ASSIGN_OR_RETURN(lw.global_qkv_bias, r.Read(p + "attn.global_qkv.bias", {3 * d}));
     }
@@ -122,7 +139,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   // Embeddings: word + position + token type 0, then a LayerNorm. Longformer's positions follow
   // RoBERTa's rule within each window: a non-padding token's is pad_token_id + its count of
   // non-padding tokens so far, a padding token's is pad_token_id. Nyströmformer's count from 2
-  // over the whole padded window.
+  // over the whole padded window; Linformer's and Synthesizer's from 0 (BERT's).
   std::vector<int32_t> ids, positions;
   ids.reserve(static_cast<size_t>(n));
   positions.reserve(static_cast<size_t>(n));
@@ -132,6 +149,13 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
         const auto at = static_cast<size_t>(i);
         ids.push_back(at < seq.ids.size() ? seq.ids[at] : static_cast<int32_t>(c.pad_token_id));
         positions.push_back(static_cast<int32_t>(i + 2));
+      }
+      continue;
+    }
+    if (c.fixed_length()) {
+      for (size_t i = 0; i < seq.ids.size(); ++i) {
+        ids.push_back(seq.ids[i]);
+        positions.push_back(static_cast<int32_t>(i));
       }
       continue;
     }
@@ -152,7 +176,9 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   RETURN_IF_ERROR(be.Add(x, add, x));
   RETURN_IF_ERROR(be.LayerNorm(x, weights_.emb_ln_gamma, weights_.emb_ln_beta, eps, x));
 
-  Tensor qkv = Tensor::Empty(DType::kF32, {n, 3 * d});
+  Tensor qkv = Tensor::Empty(DType::kF32, {n, weights_.layers[0].qkv.dim(0)});
+  Tensor synth;  // dense Synthesizer: relu(W1·x + b1)
+  if (c.synthesizer == "dense") synth = Tensor::Empty(DType::kF32, {n, d});
   Tensor global_qkv;
   if (any_global) global_qkv = Tensor::Empty(DType::kF32, {n, 3 * d});
   Tensor attn = Tensor::Empty(DType::kF32, {n, d});
@@ -163,22 +189,31 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     if (global_qkv.defined()) {
       RETURN_IF_ERROR(be.Linear(x, lw.global_qkv, &lw.global_qkv_bias, global_qkv));
     }
-    for (size_t k = 0; k < batch.size() && c.nystromformer(); ++k) {
-      const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
-      Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
-      RETURN_IF_ERROR(be.NystromAttention(
-          {&q, lw.conv.defined() ? &lw.conv : nullptr, static_cast<int64_t>(batch[k].ids.size()),
-           c.num_landmarks, static_cast<int>(c.n_head), static_cast<int>(c.d_head), &out}));
-    }
-    for (size_t k = 0; k < batch.size() && !c.nystromformer(); ++k) {
-      // Attention stays within each window.
-      const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
-      const std::vector<int64_t>& globals = batch[k].global_positions;
-      const Tensor gq = globals.empty() ? Tensor() : global_qkv.Rows(offsets[k], offsets[k + 1]);
-      Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
+    if (synth.defined()) {
       RETURN_IF_ERROR(
-          be.LongformerAttention({&q, &gq, &globals, c.one_sided_window[l],
-                                  static_cast<int>(c.n_head), static_cast<int>(c.d_head), &out}));
+          be.LinearBiasActivation(x, lw.synth1, lw.synth1_bias, kernels::Activation::kRelu, synth));
+    }
+    const auto heads = static_cast<int>(c.n_head), head_dim = static_cast<int>(c.d_head);
+    for (size_t k = 0; k < batch.size(); ++k) {  // attention stays within each window
+      const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
+      Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
+      if (c.nystromformer()) {
+        RETURN_IF_ERROR(be.NystromAttention({&q, lw.conv.defined() ? &lw.conv : nullptr,
+                                             static_cast<int64_t>(batch[k].ids.size()),
+                                             c.num_landmarks, heads, head_dim, &out}));
+      } else if (c.linformer()) {
+        RETURN_IF_ERROR(be.LinformerAttention({&q, &lw.proj_k, &lw.proj_v, heads, head_dim, &out}));
+      } else if (c.synthesized()) {
+        const Tensor h1 = synth.defined() ? synth.Rows(offsets[k], offsets[k + 1]) : Tensor();
+        RETURN_IF_ERROR(be.SynthesizerAttention(
+            {synth.defined() ? &h1 : nullptr, synth.defined() ? &lw.synth2 : nullptr,
+             synth.defined() ? &lw.synth2_bias : &lw.random, &q, heads, head_dim, &out}));
+      } else {
+        const std::vector<int64_t>& globals = batch[k].global_positions;
+        const Tensor gq = globals.empty() ? Tensor() : global_qkv.Rows(offsets[k], offsets[k + 1]);
+        RETURN_IF_ERROR(be.LongformerAttention(
+            {&q, &gq, &globals, c.one_sided_window[l], heads, head_dim, &out}));
+      }
     }
     // Post-LayerNorm blocks (BERT): x = LN(x + W_o·attn), x = LN(x + W_2·act(W_1·x)).
     RETURN_IF_ERROR(be.Linear(attn, lw.o, &lw.o_bias, add));

@@ -23,9 +23,13 @@ namespace mnemo::engine {
 
 // One block's weights (docs/checkpoint-format.md "Encoders": names and shapes).
 struct EncoderLayerWeights {
-  Tensor qkv, qkv_bias;                // [3·D, D], [3·D]: query | key | value
+  Tensor qkv, qkv_bias;  // [3·D, D], [3·D]: query | key | value (Synthesizer: value only, [D, D])
   Tensor global_qkv, global_qkv_bias;  // Longformer: the global positions' own projections
   Tensor conv;                         // Nyströmformer: [H, taps] of the values' convolution
+  Tensor proj_k, proj_v;               // Linformer: E, F [linformer_k, segment_len]
+  Tensor synth1, synth1_bias;          // dense Synthesizer: [D, D], [D]
+  Tensor synth2, synth2_bias;          // dense Synthesizer: [H, segment_len, d_head], [H, seg]
+  Tensor random;                       // random Synthesizer: [H, segment_len, segment_len]
   Tensor o, o_bias;                    // [D, D], [D]
   Tensor attn_ln_gamma, attn_ln_beta;  // [D]
   Tensor fc1, fc1_bias;                // [d_inner, D], [d_inner]

@@ -16,9 +16,9 @@ absl::Status CheckEncodePositions(const EncoderConfig& config, const std::vector
       }
     }
   }
-  if (!global.empty() && config.nystromformer()) {
-    return absl::InvalidArgumentError(
-        "global positions are Longformer's: a nystromformer encoder has none");
+  if (!global.empty() && config.fixed_length()) {
+    return absl::InvalidArgumentError(absl::StrCat("global positions are Longformer's: a ",
+                                                   config.architecture, " encoder has none"));
   }
   if (!mlm.empty() && !config.mlm_head) {
     return absl::FailedPreconditionError(

@@ -8,7 +8,8 @@ client, its command line and the C++ command line.
 - text streamed in odd chunks encodes as its tokens (the ids come back with the rows);
 - concurrent Encode calls share forward passes (the encode steps counted by the metrics are
   fewer than the windows run) and get what each gets alone;
-- a Nyströmformer encoder serves beside it, matching Hugging Face on padded passes;
+- Nyströmformer, Linformer and Synthesizer encoders serve beside it, matching Hugging Face or
+  the PyTorch reference;
 - masked-LM log-probabilities of chosen positions (a converted LongformerForMaskedLM) match
   Hugging Face's and `mnemo encode`'s, through both clients;
 - every kind of bad input is refused with its status code and field, and the server goes on
@@ -31,6 +32,7 @@ from mnemo_checkpoint import write_checkpoint
 from mnemo_client import bad_request_violations
 from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error, pb_bytes,
                             raw_stream_stream)
+from mnemo_reference import encoder as reference_encoder
 from tools import convert_hf_nystromformer as nystromformer
 from tools.convert_hf_longformer import convert, hf_last_hidden, hf_mlm_logprobs, random_hf_model
 
@@ -84,14 +86,30 @@ def nystromformer_encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sequence_encoders(tmp_path_factory):
+    """{name: (config, float64 tensors, checkpoint)}: a Linformer and a dense Synthesizer."""
+    import torch
+    out = {}
+    for name, config in (("lin", reference_encoder.linformer_config(segment_len=24, k=6)),
+                         ("syn", reference_encoder.synthesizer_config(segment_len=24))):
+        tensors = reference_encoder.random_tensors(config, seed=5)
+        ckpt = tmp_path_factory.mktemp(f"encoder_{name}") / name
+        write_checkpoint(ckpt, config, {k: v.to(torch.float32) for k, v in tensors.items()})
+        out[name] = (config, tensors, str(ckpt))
+    return out
+
+
+@pytest.fixture(scope="module")
 def server(server_bin, tiny_model, encoders, mlm_encoder, nystromformer_encoder,
-           tmp_path_factory):
+           sequence_encoders, tmp_path_factory):
     _, with_tok, bare = encoders
     s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
                       BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
                                     "--max-batch-tokens", "4096"],
                       models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}",
-                              f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}"])
+                              f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}",
+                              f"lin={sequence_encoders['lin'][2]}",
+                              f"syn={sequence_encoders['syn'][2]}"])
     s.wait_serving()
     yield s
     s.stop(check=True)
@@ -215,7 +233,12 @@ def test_the_encoder_is_described_and_tokenizes(server):
     assert client.model("tiny").family == "decoder"
     names = {x.name: x.family for x in client.models()}
     assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder",
-                     "nys": "encoder"}
+                     "nys": "encoder", "lin": "encoder", "syn": "encoder"}
+    lin, syn = client.model("lin").layers[0], client.model("syn").layers[0]
+    assert (lin.attention, lin.window, lin.projected_length) == (
+        pb.ATTENTION_KIND_LINFORMER, 24, 6)
+    assert (syn.attention, syn.window, syn.synthesizer) == (
+        pb.ATTENTION_KIND_SYNTHESIZER, 24, "dense")
     n = client.model("nys")
     assert (n.architecture, n.max_positions) == ("nystromformer", 32)
     assert {(l.attention, l.window, l.num_landmarks, l.conv_kernel_size) for l in n.layers} == {
@@ -386,3 +409,14 @@ def test_nystromformer_encodes_through_the_server(server, nystromformer_encoder,
     r = client.encode(long_ids, model="nys", window_tokens=24)
     want = cli_encode(mnemo_bin, tmp_path, ckpt, long_ids, "--window", "24")
     np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-5)  # (passes group differently)
+
+
+def test_linformer_and_synthesizer_encode_through_the_server(server, sequence_encoders):
+    client = server.client()
+    for name, (config, tensors, _) in sequence_encoders.items():
+        ids = document(15, 40, 60)
+        r = client.encode(ids, model=name)
+        assert_close(r.numpy(), reference_encoder.encode(config, tensors, ids))
+        long_ids = document(70, 41, 60)  # windows of 24 every 12
+        r = client.encode(long_ids, model=name, pooling="mean")
+        assert r.windows == len(range(0, 70 - 24, 12)) + 1

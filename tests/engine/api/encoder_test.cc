@@ -144,6 +144,23 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
     ASSERT_FALSE(bad.ok()) << to;
     EXPECT_NE(bad.status().message().find(field), std::string::npos) << bad.status();
   }
+  // Linformer and Synthesizer: a pass of segment_len positions at most, their own fields.
+  const std::string linformer = R"({"architecture": "linformer", "vocab_size": 60, "d_model": 32,
+      "n_layer": 2, "n_head": 4, "d_head": 8, "d_inner": 64, "pad_token_id": 1,
+      "position_rows": 24, "segment_len": 24, "linformer_k": 6, "torch_dtype": "float32"})";
+  auto lin = ParseEncoderConfig(linformer);
+  ASSERT_TRUE(lin.ok()) << lin.status();
+  EXPECT_TRUE(lin->linformer() && lin->fixed_length());
+  EXPECT_EQ(lin->max_tokens(), 24);
+  std::string synth = linformer;
+  synth.replace(synth.find("\"linformer\""), 11, "\"synthesizer\"");
+  synth.replace(synth.find("\"linformer_k\": 6"), 16, "\"synthesizer\": \"random\"");
+  auto syn = ParseEncoderConfig(synth);
+  ASSERT_TRUE(syn.ok()) << syn.status() << synth;
+  EXPECT_TRUE(syn->synthesized());
+  EXPECT_EQ(syn->synthesizer, "random");
+  synth.replace(synth.find("\"random\""), 8, "\"mixed\"");
+  EXPECT_FALSE(ParseEncoderConfig(synth).ok());
   // The decoders' parser names an encoder as one instead of listing its fields as unknown.
   auto decoder = ParseModelConfig(good);
   ASSERT_FALSE(decoder.ok());

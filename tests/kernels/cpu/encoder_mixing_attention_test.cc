@@ -1,0 +1,130 @@
+// kernels/cpu/linformer_attention and kernels/cpu/synthesizer_attention against naive double
+// loops written from their definitions (the headers): a pass of N ≤ n_max positions using the
+// first N columns of Linformer's E and F, and the first N positions of Synthesizer's dense
+// logits or random matrices, with rows strided as the projections lay them out.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/linformer_attention.h"
+#include "kernels/cpu/synthesizer_attention.h"
+
+namespace mnemo::kernels {
+namespace {
+
+std::vector<float> Normal(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> dist;
+  std::vector<float> v(n);
+  for (float& x : v) x = scale * dist(rng);
+  return v;
+}
+
+// softmax(logits) · values for one row, in double.
+void MixRow(std::vector<double> logits, const std::vector<std::vector<double>>& values,
+            double* out) {
+  const double top = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (double& l : logits) sum += l = std::exp(l - top);
+  for (size_t e = 0; e < values[0].size(); ++e) {
+    double acc = 0;
+    for (size_t j = 0; j < logits.size(); ++j) acc += logits[j] / sum * values[j][e];
+    out[e] = acc;
+  }
+}
+
+void ExpectNear(const std::vector<float>& got, const std::vector<double>& want) {
+  double scale = 0;
+  for (double x : want) scale = std::max(scale, std::abs(x));
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 1e-5 * scale + 1e-6) << "element " << i;
+  }
+}
+
+TEST(LinformerAttentionTest, MatchesTheDefinition) {
+  ThreadPool pool(2);
+  for (const LinformerShape s : {LinformerShape{2, 4, 12, 3, 12}, LinformerShape{3, 8, 7, 5, 16},
+                                 LinformerShape{1, 8, 1, 2, 9}, LinformerShape{4, 2, 16, 16, 16}}) {
+    SCOPED_TRACE(testing::Message()
+                 << "N " << s.len << " k " << s.projected << " n_max " << s.max_len);
+    const int64_t w = static_cast<int64_t>(s.num_heads) * s.head_dim, d = s.head_dim;
+    std::mt19937 rng(static_cast<uint32_t>(s.len * 7 + s.projected));
+    const std::vector<float> qkv = Normal(static_cast<size_t>(s.len * 3 * w), rng);
+    const std::vector<float> e = Normal(static_cast<size_t>(s.projected * s.max_len), rng, 0.5f);
+    const std::vector<float> f = Normal(e.size(), rng, 0.5f);
+    std::vector<float> out(static_cast<size_t>(s.len * w), 99.0f);
+    LinformerAttention(s, qkv.data(), 3 * w, qkv.data() + w, 3 * w, qkv.data() + 2 * w, 3 * w,
+                       e.data(), f.data(), out.data(), w, pool);
+    std::vector<double> want(out.size());
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      // E·K and F·V over the pass's N positions: [k, d_h] each.
+      std::vector<std::vector<double>> pk(s.projected, std::vector<double>(d)), pv = pk;
+      for (int64_t r = 0; r < s.projected; ++r) {
+        for (int64_t j = 0; j < s.len; ++j) {
+          for (int64_t c = 0; c < d; ++c) {
+            pk[r][c] += e[r * s.max_len + j] * double{qkv[j * 3 * w + w + h * d + c]};
+            pv[r][c] += f[r * s.max_len + j] * double{qkv[j * 3 * w + 2 * w + h * d + c]};
+          }
+        }
+      }
+      for (int64_t i = 0; i < s.len; ++i) {
+        std::vector<double> logits(s.projected);
+        for (int64_t r = 0; r < s.projected; ++r) {
+          for (int64_t c = 0; c < d; ++c) logits[r] += qkv[i * 3 * w + h * d + c] * pk[r][c];
+          logits[r] /= std::sqrt(static_cast<double>(d));
+        }
+        MixRow(logits, pv, want.data() + i * w + h * d);
+      }
+    }
+    ExpectNear(out, want);
+  }
+}
+
+TEST(SynthesizerAttentionTest, DenseAndRandomMatchTheDefinition) {
+  ThreadPool pool(2);
+  for (const bool dense : {true, false}) {
+    for (const SynthesizerShape s : {SynthesizerShape{2, 4, 10, 10}, SynthesizerShape{3, 8, 6, 11},
+                                     SynthesizerShape{1, 4, 1, 5}}) {
+      SCOPED_TRACE(testing::Message()
+                   << (dense ? "dense" : "random") << " N " << s.len << " n_max " << s.max_len);
+      const int64_t w = static_cast<int64_t>(s.num_heads) * s.head_dim, d = s.head_dim,
+                    m = s.max_len;
+      std::mt19937 rng(static_cast<uint32_t>(s.len * 5 + (dense ? 1 : 0)));
+      const std::vector<float> v = Normal(static_cast<size_t>(s.len * w), rng);
+      const std::vector<float> h1 = Normal(v.size(), rng);
+      const std::vector<float> w2 = Normal(static_cast<size_t>(s.num_heads * m * d), rng, 0.5f);
+      const std::vector<float> b2 =
+          Normal(static_cast<size_t>(s.num_heads * m * (dense ? 1 : m)), rng, 2.0f);
+      std::vector<float> out(v.size(), 99.0f);
+      SynthesizerAttention(s, dense ? h1.data() : nullptr, w, dense ? w2.data() : nullptr,
+                           b2.data(), v.data(), w, out.data(), w, pool);
+      std::vector<double> want(out.size());
+      for (int64_t h = 0; h < s.num_heads; ++h) {
+        std::vector<std::vector<double>> values(s.len, std::vector<double>(d));
+        for (int64_t j = 0; j < s.len; ++j) {
+          for (int64_t c = 0; c < d; ++c) values[j][c] = v[j * w + h * d + c];
+        }
+        for (int64_t i = 0; i < s.len; ++i) {
+          std::vector<double> logits(s.len);
+          for (int64_t j = 0; j < s.len; ++j) {
+            if (dense) {
+              logits[j] = b2[h * m + j];
+              for (int64_t c = 0; c < d; ++c) {
+                logits[j] += double{h1[i * w + h * d + c]} * w2[(h * m + j) * d + c];
+              }
+            } else {
+              logits[j] = b2[(h * m + i) * m + j];
+            }
+          }
+          MixRow(logits, values, want.data() + i * w + h * d);
+        }
+      }
+      ExpectNear(out, want);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mnemo::kernels
