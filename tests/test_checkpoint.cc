@@ -558,4 +558,44 @@ ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed) 
          << worst << ": " << a[worst] << " vs " << b[worst];
 }
 
+ScopedTempDir WriteRandomLongformer(uint32_t seed) {
+  const std::string config = R"({"architecture": "longformer", "vocab_size": 40, "d_model": 16,
+      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu",
+      "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 32, "type_vocab_size": 1,
+      "attention_window": [4, 6], "torch_dtype": "float32"})";
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
+  std::vector<RawTensor> tensors;
+  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float base) {
+    int64_t count = 1;
+    for (int64_t e : shape) count *= e;
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = base + uniform(rng);
+    tensors.push_back({name, "F32", std::move(shape), FloatBytes(v, DType::kF32)});
+  };
+  add("embeddings.word.weight", {40, 16}, 0);
+  add("embeddings.position.weight", {32, 16}, 0);
+  add("embeddings.token_type.weight", {1, 16}, 0);
+  add("embeddings.ln.weight", {16}, 1);
+  add("embeddings.ln.bias", {16}, 0);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    for (const char* proj : {"attn.qkv", "attn.global_qkv"}) {
+      add(p + proj + ".weight", {48, 16}, 0);
+      add(p + proj + ".bias", {48}, 0);
+    }
+    add(p + "attn.o.weight", {16, 16}, 0);
+    add(p + "attn.o.bias", {16}, 0);
+    add(p + "attn.ln.weight", {16}, 1);
+    add(p + "attn.ln.bias", {16}, 0);
+    add(p + "ff.fc1.weight", {32, 16}, 0);
+    add(p + "ff.fc1.bias", {32}, 0);
+    add(p + "ff.fc2.weight", {16, 32}, 0);
+    add(p + "ff.fc2.bias", {16}, 0);
+    add(p + "ff.ln.weight", {16}, 1);
+    add(p + "ff.ln.bias", {16}, 0);
+  }
+  return WriteCheckpointFiles(config, tensors);
+}
+
 }  // namespace mnemo::test

@@ -176,6 +176,10 @@ ScopedTempDir WriteCheckpointFiles(const std::string& config_json,
 // A valid checkpoint of `config` with RandomWeights(config, seed).
 ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed);
 
+// A random Longformer encoder checkpoint: d_model 16 (2 heads of 8), 2 layers with windows 4 and
+// 6, 40 ids, passes of up to 30 tokens, weights from std::mt19937(seed).
+ScopedTempDir WriteRandomLongformer(uint32_t seed);
+
 // Succeeds when a and b have the same size and max|a − b| ≤ tol · max|b| (and nothing is NaN).
 ::testing::AssertionResult NearRelative(const std::vector<float>& a, const std::vector<float>& b,
                                         double tol);

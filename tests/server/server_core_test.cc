@@ -584,6 +584,69 @@ TEST(ModelRepositoryTest, ServesEverySubdirectoryWithAConfigByName) {
   EXPECT_EQ(ParseModelSpec("=dir").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An encoder beside a decoder in one registry: each lookup names the other family; the encoder's
+// scheduler takes windows from concurrent callers into shared passes, each getting what it would
+// alone (run under TSan in CI: the loop, the tickets and the callers' buffers).
+TEST(EncoderSchedulingTest, ConcurrentWindowsSharePassesAndTheRegistryNamesTheFamilies) {
+  const test::ScopedTempDir decoder = test::WriteCheckpoint(test::SmallConfig(), 1);
+  const test::ScopedTempDir encoder_dir = test::WriteRandomLongformer(7);
+  Metrics metrics;
+  SchedulerOptions options;
+  options.batch_wait = absl::Milliseconds(20);
+  auto registry = ModelRegistry::Load({{"dec", decoder.path()}, {"enc", encoder_dir.path()}}, "cpu",
+                                      5, options, &metrics);
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  EXPECT_EQ((*registry)->Find("enc").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*registry)->FindEncoder("dec").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*registry)->FindEncoder("nope").status().code(), absl::StatusCode::kNotFound);
+  auto found = (*registry)->FindEncoder("");
+  ASSERT_TRUE(found.ok()) << found.status();
+  LoadedEncoder& enc = **found;
+  EXPECT_EQ(enc.name, "enc");
+
+  constexpr int kCallers = 4, kWindows = 6;
+  std::vector<std::vector<int32_t>> docs;
+  for (int c = 0; c < kCallers; ++c) docs.push_back(test::RandomTokens(20 + c, 40, 10 + c));
+  std::barrier start(kCallers);
+  std::vector<std::vector<std::vector<float>>> got(kCallers);
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&, c] {
+      Scheduler::ActiveStream active(*enc.scheduler);
+      start.arrive_and_wait();
+      for (int w = 0; w < kWindows; ++w) {
+        const engine::api::EncoderSequence seq{docs[c], {0}, {}};
+        engine::api::EncodedWindow out;
+        auto ticket = enc.scheduler->SubmitEncode(&seq, &out);
+        ASSERT_TRUE(ticket.ok()) << ticket.status();
+        ASSERT_TRUE((*ticket)->Wait(absl::InfiniteFuture(), {}).ok());
+        ticket->reset();
+        got[c].emplace_back(out.hidden.data<float>(),
+                            out.hidden.data<float>() + out.hidden.numel());
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  for (int c = 0; c < kCallers; ++c) {
+    const engine::api::EncoderSequence seq{docs[c], {0}, {}};
+    auto alone = enc.encoder->EncodeBatch(std::span(&seq, 1));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const std::vector<float> want(
+        alone->front().hidden.data<float>(),
+        alone->front().hidden.data<float>() + alone->front().hidden.numel());
+    for (const auto& window : got[c]) EXPECT_TRUE(test::NearRelative(window, want, 1e-5));
+  }
+  // Fewer passes than windows: some were shared.
+  const std::string exposition =
+      prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+  const std::string key = "mnemo_engine_step_seconds_count{phase=\"encode\"} ";
+  const size_t at = exposition.find(key);
+  ASSERT_NE(at, std::string::npos) << exposition;
+  const double passes = std::stod(exposition.substr(at + key.size()));
+  EXPECT_LT(passes, kCallers * kWindows);
+  (*registry)->Shutdown();
+}
+
 TEST(TextChunkerTest, RunsEndBeforeASpaceAndConcatenateToTheInput) {
   const std::string text = "It was the best of times,  it was the worst of times; é ü ok";
   for (size_t piece : {1, 2, 5, 11}) {

@@ -167,54 +167,12 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
   EXPECT_NE(decoder.status().message().find("encoder"), std::string::npos) << decoder.status();
 }
 
-// A random Longformer: d_model 16 (2 heads of 8), 2 layers with windows 4 and 6, 40 ids, passes
-// of up to 30 tokens.
-test::ScopedTempDir WriteRandomLongformer(uint32_t seed) {
-  const std::string config = R"({"architecture": "longformer", "vocab_size": 40, "d_model": 16,
-      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu",
-      "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 32, "type_vocab_size": 1,
-      "attention_window": [4, 6], "torch_dtype": "float32"})";
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
-  std::vector<test::RawTensor> tensors;
-  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float base) {
-    int64_t count = 1;
-    for (int64_t e : shape) count *= e;
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float& x : v) x = base + uniform(rng);
-    tensors.push_back({name, "F32", std::move(shape), test::FloatBytes(v, DType::kF32)});
-  };
-  add("embeddings.word.weight", {40, 16}, 0);
-  add("embeddings.position.weight", {32, 16}, 0);
-  add("embeddings.token_type.weight", {1, 16}, 0);
-  add("embeddings.ln.weight", {16}, 1);
-  add("embeddings.ln.bias", {16}, 0);
-  for (int l = 0; l < 2; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    for (const char* proj : {"attn.qkv", "attn.global_qkv"}) {
-      add(p + proj + ".weight", {48, 16}, 0);
-      add(p + proj + ".bias", {48}, 0);
-    }
-    add(p + "attn.o.weight", {16, 16}, 0);
-    add(p + "attn.o.bias", {16}, 0);
-    add(p + "attn.ln.weight", {16}, 1);
-    add(p + "attn.ln.bias", {16}, 0);
-    add(p + "ff.fc1.weight", {32, 16}, 0);
-    add(p + "ff.fc1.bias", {32}, 0);
-    add(p + "ff.fc2.weight", {16, 32}, 0);
-    add(p + "ff.fc2.bias", {16}, 0);
-    add(p + "ff.ln.weight", {16}, 1);
-    add(p + "ff.ln.bias", {16}, 0);
-  }
-  return test::WriteCheckpointFiles(config, tensors);
-}
-
 std::vector<float> Values(const Tensor& t) {
   return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
 }
 
 TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
-  const test::ScopedTempDir dir = WriteRandomLongformer(3);
+  const test::ScopedTempDir dir = test::WriteRandomLongformer(3);
   auto encoder = Encoder::Load(dir.path());
   ASSERT_TRUE(encoder.ok()) << encoder.status();
   const std::vector<int32_t> a = test::RandomTokens(30, 40, 1);
@@ -242,7 +200,7 @@ TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
 }
 
 TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {
-  const test::ScopedTempDir dir = WriteRandomLongformer(4);
+  const test::ScopedTempDir dir = test::WriteRandomLongformer(4);
   auto encoder = Encoder::Load(dir.path());
   ASSERT_TRUE(encoder.ok()) << encoder.status();
   const std::vector<int32_t> ids = test::RandomTokens(50, 40, 5);
