@@ -47,7 +47,7 @@ from tools.convert_hf_transfo_xl import load_hf_checkpoint
 from tools.convert_hf_mistral import main as converter_main
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
-           "hf_mlm_logprobs", "bert_tensors", "main"]
+           "hf_mlm_logprobs", "bert_tensors", "read_encoder", "main"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -96,24 +96,32 @@ def our_config(cfg, dtype_name):
     }
 
 
-def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
-    """Return (our config dict, {name: tensor}) for a Longformer module or a state dict with its
-    config."""
+def read_encoder(hf_model_or_state_dict, hf_config, dtype, prefix, make_config):
+    """What an encoder converter starts from: the state dict with the encoder's `prefix` ("name.")
+    dropped, our config (make_config(hf config dict, dtype name)) and get(hf_name), one tensor
+    cast to the target dtype (the stored one by default), ConversionError when missing."""
     if isinstance(hf_model_or_state_dict, dict):
         sd, cfg = hf_model_or_state_dict, _as_dict(hf_config)
     else:
         sd, cfg = hf_model_or_state_dict.state_dict(), hf_model_or_state_dict.config.to_dict()
-    sd = {(k[len("longformer."):] if k.startswith("longformer.") else k): v
-          for k, v in sd.items()}
-    stored = next(iter(sd.values())).dtype
+    sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+    stored = next(v for v in sd.values() if v.is_floating_point()).dtype
     target = DTYPES[dtype] if dtype else stored
-    name = {v: k for k, v in DTYPES.items()}[target]
-    config = our_config(cfg, name)
+    config = make_config(cfg, {v: k for k, v in DTYPES.items()}[target])
 
     def get(key):
         if key not in sd:
             raise ConversionError(f"missing tensor {key!r}")
         return sd[key].detach().to(target).contiguous()
+
+    return sd, config, get
+
+
+def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
+    """Return (our config dict, {name: tensor}) for a Longformer module or a state dict with its
+    config."""
+    sd, config, get = read_encoder(hf_model_or_state_dict, hf_config, dtype, "longformer.",
+                                   our_config)
 
     out = bert_tensors(get, config["n_layer"])
     for n in range(config["n_layer"]):

@@ -28,7 +28,7 @@ import warnings
 import torch
 
 from mnemo_checkpoint import write_checkpoint
-from tools.convert_hf_longformer import ACTIVATIONS, DTYPES, ConversionError, bert_tensors
+from tools.convert_hf_longformer import ACTIVATIONS, ConversionError, bert_tensors, read_encoder
 from tools.convert_hf_mistral import main as converter_main
 from tools.convert_hf_transfo_xl import load_hf_checkpoint
 
@@ -81,22 +81,8 @@ def our_config(cfg, dtype_name):
 def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
     """Return (our config dict, {name: tensor}) for a Nyströmformer module or a state dict with
     its config."""
-    if isinstance(hf_model_or_state_dict, dict):
-        sd = hf_model_or_state_dict
-        cfg = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    else:
-        sd, cfg = hf_model_or_state_dict.state_dict(), hf_model_or_state_dict.config.to_dict()
-    sd = {(k[len("nystromformer."):] if k.startswith("nystromformer.") else k): v
-          for k, v in sd.items()}
-    stored = next(v for v in sd.values() if v.is_floating_point()).dtype
-    target = DTYPES[dtype] if dtype else stored
-    name = {v: k for k, v in DTYPES.items()}[target]
-    config = our_config(cfg, name)
-
-    def get(key):
-        if key not in sd:
-            raise ConversionError(f"missing tensor {key!r}")
-        return sd[key].detach().to(target).contiguous()
+    _, config, get = read_encoder(hf_model_or_state_dict, hf_config, dtype, "nystromformer.",
+                                  our_config)
 
     out = bert_tensors(get, config["n_layer"])
     if config["conv_kernel_size"]:

@@ -183,3 +183,21 @@ def plan_windows(n, window):
         rooms = [(min(t - b, b + window - 1 - t), -b) for b in starts if b <= t < b + window]
         keep[-max(rooms)[1]].append(t)
     return [(b, keep[b]) for b in starts if keep[b]]
+
+
+def run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
+    """`$MNEMO_BIN encode` of `ids` with `flags`: the vectors [rows, cols] as float32, or the
+    finished process when not `expect_ok`."""
+    ids_file = tmp_path / "ids.txt"
+    write_ids(ids_file, ids)
+    out = tmp_path / "out.f32"
+    cmd = [mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(ids_file), "--output",
+           str(out), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if not expect_ok:
+        return proc
+    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
+    rows, cols = map(int, proc.stdout.split())
+    data = np.fromfile(out, dtype="<f4")
+    assert data.size == rows * cols
+    return data.reshape(rows, cols)

@@ -11,7 +11,6 @@ Run: PYTHONPATH=python:. MNEMO_BIN=build/release/mnemo .venv/bin/python -m pytes
 """
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import torch
 
 from mnemo_checkpoint import write_checkpoint
 from mnemo_reference import encoder as ref
-from parity_common import assert_logits_close, plan_windows, write_ids
+from parity_common import assert_logits_close, plan_windows, run_encode
 
 CASES = {
     "linformer_k6_of_24": ref.linformer_config(segment_len=24, k=6),
@@ -29,19 +28,6 @@ CASES = {
     "synthesizer_random": ref.synthesizer_config(segment_len=20, kind="random", n_head=2),
 }
 
-
-def encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
-    ids_file = tmp_path / "ids.txt"
-    write_ids(ids_file, ids)
-    out = tmp_path / "out.f32"
-    cmd = [mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(ids_file), "--output",
-           str(out), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if not expect_ok:
-        return proc
-    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
-    rows, cols = map(int, proc.stdout.split())
-    return np.fromfile(out, dtype="<f4").reshape(rows, cols)
 
 
 def as_float32(tensors):
@@ -66,7 +52,7 @@ def test_engine_matches_the_reference_full_and_short_passes(mnemo_bin, tmp_path,
     seg = config["segment_len"]
     for n in sorted({seg, seg - 1, seg // 2, 1}):
         ids = document(n, n)
-        assert_logits_close(encode(mnemo_bin, tmp_path, ckpt, ids),
+        assert_logits_close(run_encode(mnemo_bin, tmp_path, ckpt, ids),
                             ref.encode(config, tensors, ids), what=f"{n} of {seg} positions")
 
 
@@ -81,9 +67,9 @@ def test_engine_runs_long_documents_in_windows_and_pools(mnemo_bin, tmp_path, ca
             hidden = ref.encode(config, tensors, ids[begin:begin + window])
             for t in kept:
                 want[t] = hidden[t - begin]
-        got = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
+        got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
         assert_logits_close(got, want, what=f"windows of {window}")
-    mean = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool", "mean")
+    mean = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool", "mean")
     assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
 
 
@@ -92,7 +78,7 @@ def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
     tensors = {k: v.to(torch.bfloat16) for k, v in ref.random_tensors(config, seed=4).items()}
     write_checkpoint(tmp_path / "bf16", config, tensors)
     ids = document(17, 5)
-    assert_logits_close(encode(mnemo_bin, tmp_path, tmp_path / "bf16", ids),
+    assert_logits_close(run_encode(mnemo_bin, tmp_path, tmp_path / "bf16", ids),
                         ref.encode(config, tensors, ids), what="bfloat16 checkpoint")
 
 
@@ -103,7 +89,7 @@ def test_encode_refuses_what_these_kinds_lack(mnemo_bin, tmp_path, case):
                             (["--window", str(config["segment_len"] + 1)], "window"),
                             (["--mlm-positions", "3", "--mlm-output", str(tmp_path / "m")],
                              "masked-LM head")]:
-        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
 
 
@@ -118,7 +104,7 @@ def test_bad_linformer_configs_are_named(mnemo_bin, tmp_path, edit, fragment):
     config = dict(CASES["linformer_k6_of_24"], **edit)
     write_checkpoint(tmp_path / "bad", config,
                      as_float32(ref.random_tensors(CASES["linformer_k6_of_24"], seed=1)))
-    proc = encode(mnemo_bin, tmp_path, tmp_path / "bad", [3, 4], expect_ok=False)
+    proc = run_encode(mnemo_bin, tmp_path, tmp_path / "bad", [3, 4], expect_ok=False)
     assert proc.returncode == 1 and fragment in proc.stderr, proc.stderr
 
 
@@ -126,11 +112,11 @@ def test_bad_synthesizer_configs_and_tensors_are_named(mnemo_bin, tmp_path):
     config = CASES["synthesizer_dense"]
     tensors = as_float32(ref.random_tensors(config, seed=1))
     write_checkpoint(tmp_path / "kind", dict(config, synthesizer="factorized"), tensors)
-    proc = encode(mnemo_bin, tmp_path, tmp_path / "kind", [3, 4], expect_ok=False)
+    proc = run_encode(mnemo_bin, tmp_path, tmp_path / "kind", [3, 4], expect_ok=False)
     assert proc.returncode == 1 and "synthesizer" in proc.stderr, proc.stderr
     # A random Synthesizer's config over a dense one's tensors: the missing matrix is named.
     write_checkpoint(tmp_path / "mixed", dict(config, synthesizer="random"), tensors)
-    proc = encode(mnemo_bin, tmp_path, tmp_path / "mixed", [3, 4], expect_ok=False)
+    proc = run_encode(mnemo_bin, tmp_path, tmp_path / "mixed", [3, 4], expect_ok=False)
     assert proc.returncode == 1 and "attn.random.weight" in proc.stderr, proc.stderr
     assert json.loads((tmp_path / "kind" / "config.json").read_text())["synthesizer"] == \
         "factorized"

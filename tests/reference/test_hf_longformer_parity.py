@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import assert_logits_close, plan_windows, write_ids
+from parity_common import assert_logits_close, plan_windows, run_encode
 from tools.convert_hf_longformer import (ConversionError, convert, convert_dir, hf_last_hidden,
                                          hf_mlm_logprobs, random_hf_model)
 
@@ -48,21 +48,6 @@ CASES = {
 }
 
 
-
-def encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
-    ids_file = tmp_path / "ids.txt"
-    write_ids(ids_file, ids)
-    out = tmp_path / "out.f32"
-    cmd = [mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(ids_file), "--output",
-           str(out), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if not expect_ok:
-        return proc
-    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
-    rows, cols = map(int, proc.stdout.split())
-    data = np.fromfile(out, dtype="<f4")
-    assert data.size == rows * cols
-    return data.reshape(rows, cols)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -88,7 +73,7 @@ def test_engine_matches_hf_every_token(mnemo_bin, tmp_path, case, globals_):
     ids = document(37, 1)
     want = hf_last_hidden(model, ids, globals_)
     flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
-    got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
     assert_logits_close(got, want, what=f"globals {globals_}")
 
 
@@ -104,7 +89,7 @@ def test_engine_matches_hf_over_several_query_blocks(mnemo_bin, tmp_path):
     for globals_ in ((), (0, 63, 64, 130, 199)):
         want = hf_last_hidden(model, ids, globals_)
         flags = ["--global-positions", ",".join(map(str, globals_))] if globals_ else []
-        got = encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
+        got = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags)
         assert_logits_close(got, want, what=f"200 tokens, globals {globals_}")
 
 
@@ -112,8 +97,8 @@ def test_engine_pools_as_documented(mnemo_bin, tmp_path, case):
     model, ckpt, _ = case
     ids = document(29, 2)
     want = hf_last_hidden(model, ids, (0,))
-    mean = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean", "--global-positions", "0")
-    first = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "first", "--global-positions", "0")
+    mean = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean", "--global-positions", "0")
+    first = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "first", "--global-positions", "0")
     assert mean.shape == first.shape == (1, want.shape[1])
     assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
     assert_logits_close(first, want[:1], what="first")
@@ -129,7 +114,7 @@ def test_engine_long_document_runs_in_windows(mnemo_bin, tmp_path, case):
         hidden = hf_last_hidden(model, ids[begin:begin + 16], inside)
         for t in kept:
             want[t] = hidden[t - begin]
-    got = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", "16", "--global-positions", "0,40")
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", "16", "--global-positions", "0,40")
     assert_logits_close(got, want, what="windows of 16")
     # Two windows overlapping most of their length split the document at the overlap's middle.
     assert plan_windows(90, 77) == [(0, list(range(0, 45))), (13, list(range(45, 90)))]
@@ -146,7 +131,7 @@ def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
     ids = document(33, 4)
     want = hf_last_hidden(model.double(), ids, (3,))
-    got = encode(mnemo_bin, tmp_path, ckpt, ids, "--global-positions", "3")
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--global-positions", "3")
     assert_logits_close(got, want, what="bfloat16 checkpoint")
 
 
@@ -194,7 +179,7 @@ def test_encode_refuses_bad_input(mnemo_bin, tmp_path, case):
         (["--window", "100000"], "window"),
         (["--pool", "max"], "--pool"),
     ]:
-        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
     bad_ids = tmp_path / "bad.txt"
     bad_ids.write_text("3 4 60\n")
@@ -227,7 +212,7 @@ def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):
     positions = [0, 7, 20, 39]
 
     def run(*flags):
-        encode(mnemo_bin, tmp_path, ckpt, ids, "--mlm-positions", ",".join(map(str, positions)),
+        run_encode(mnemo_bin, tmp_path, ckpt, ids, "--mlm-positions", ",".join(map(str, positions)),
                "--mlm-output", str(out), *flags)
         return np.fromfile(out, dtype="<f4").reshape(len(positions), BASE["vocab_size"])
 
@@ -256,7 +241,7 @@ def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):
     for flags, fragment in [(["--mlm-positions", "9,2", "--mlm-output", str(out)], "ascend"),
                             (["--mlm-positions", "40", "--mlm-output", str(out)], "masked-LM"),
                             (["--mlm-positions", "3"], "go together")]:
-        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import assert_logits_close, plan_windows, write_ids
+from parity_common import assert_logits_close, plan_windows, run_encode
 from tools.convert_hf_nystromformer import (ConversionError, convert, convert_dir,
                                             hf_last_hidden, random_hf_model)
 
@@ -43,19 +43,6 @@ CASES = {
                                       conv_kernel_size=63, layer_norm_eps=1e-6),
 }
 
-
-def encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
-    ids_file = tmp_path / "ids.txt"
-    write_ids(ids_file, ids)
-    out = tmp_path / "out.f32"
-    cmd = [mnemo_bin, "encode", "--model", str(ckpt), "--ids", str(ids_file), "--output",
-           str(out), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if not expect_ok:
-        return proc
-    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr}"
-    rows, cols = map(int, proc.stdout.split())
-    return np.fromfile(out, dtype="<f4").reshape(rows, cols)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -80,7 +67,7 @@ def test_engine_matches_hf_full_and_short_passes(mnemo_bin, tmp_path, case):
     seg = fields["segment_means_seq_len"]
     for n in sorted({seg, seg - 1, seg // 2 + 1, 3}):
         ids = document(n, n)
-        got = encode(mnemo_bin, tmp_path, ckpt, ids)
+        got = run_encode(mnemo_bin, tmp_path, ckpt, ids)
         assert_logits_close(got, hf_last_hidden(model, ids), what=f"{n} of {seg} positions")
 
 
@@ -94,9 +81,9 @@ def test_engine_pools_and_runs_long_documents_in_windows(mnemo_bin, tmp_path, ca
         hidden = hf_last_hidden(model, ids[begin:begin + seg])
         for t in kept:
             want[t] = hidden[t - begin]
-    got = encode(mnemo_bin, tmp_path, ckpt, ids)
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids)
     assert_logits_close(got, want, what=f"windows of {seg}")
-    mean = encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean")
+    mean = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean")
     assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
     # Shorter windows are padded to the pass as well.
     window = seg // 2
@@ -105,7 +92,7 @@ def test_engine_pools_and_runs_long_documents_in_windows(mnemo_bin, tmp_path, ca
         hidden = hf_last_hidden(model, ids[begin:begin + window])
         for t in kept:
             want[t] = hidden[t - begin]
-    got = encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
     assert_logits_close(got, want, what=f"windows of {window}")
 
 
@@ -120,7 +107,7 @@ def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
     ids = document(30, 5)
-    assert_logits_close(encode(mnemo_bin, tmp_path, ckpt, ids),
+    assert_logits_close(run_encode(mnemo_bin, tmp_path, ckpt, ids),
                         hf_last_hidden(model.double(), ids), what="bfloat16 checkpoint")
 
 
@@ -161,5 +148,5 @@ def test_encode_refuses_what_nystromformer_lacks(mnemo_bin, tmp_path, case):
                             (["--window", str(seg + 1)], "window"),
                             (["--mlm-positions", "3", "--mlm-output", str(tmp_path / "m")],
                              "masked-LM head")]:
-        proc = encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
+        proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)
