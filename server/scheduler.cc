@@ -168,9 +168,10 @@ std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
     if (static_cast<int>(batch.size()) >= options_.max_batch_sequences) break;
     if (s->is_decode()) continue;
     // (a Nyströmformer window runs padded to its pass length)
-    const int64_t t = s->window != nullptr && encoder_->config().nystromformer()
-                          ? encoder_->config().segment_len
-                          : s->token_count();
+    const int64_t t =
+        s->window != nullptr && encoder_ != nullptr && encoder_->config().nystromformer()
+            ? encoder_->config().segment_len
+            : s->token_count();
     if (prefill_tokens > 0 && prefill_tokens + t > options_.max_batch_tokens) break;
     prefill_tokens += t;
     batch.push_back(s);
