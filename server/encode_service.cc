@@ -10,6 +10,7 @@
 #include "base/status_macros.h"
 #include "server/proto_conversion.h"
 #include "server/services.h"
+#include "server/session_runner.h"
 #include "server/text_chunker.h"
 
 namespace mnemo::server {
@@ -167,11 +168,7 @@ grpc::Status InferenceServiceImpl::Encode(
                             absl::StrCat(g->back(), " is past the document's ", n, " tokens"));
       }
     }
-    ASSIGN_OR_RETURN(const std::vector<EncodeWindow> planned, encoder.Plan(n, options));
-    std::vector<EncodeWindow> windows;  // the ones to run (kFirst: token 0's and MLM positions')
-    for (const EncodeWindow& w : planned) {
-      if (engine::api::WindowNeeded(w, options)) windows.push_back(w);
-    }
+    ASSIGN_OR_RETURN(const std::vector<EncodeWindow> windows, encoder.Plan(n, options));
 
     // The windows, in order, through the scheduler: the next one is queued before the previous
     // one's vectors are written, so the pass and the transfer overlap.
@@ -183,12 +180,7 @@ grpc::Status InferenceServiceImpl::Encode(
     const size_t count = windows.size();
     const int64_t vocab_bytes = encoder.config().vocab_size * 4;
     auto submit = [&](size_t k, WindowStep& step) -> absl::Status {
-      if (control.cancelled && control.cancelled()) {
-        return absl::CancelledError("the request was cancelled");
-      }
-      if (absl::Now() >= control.deadline) {
-        return absl::DeadlineExceededError("the request's deadline passed");
-      }
+      RETURN_IF_ERROR(CheckControl(control));
       step.window = windows[k];
       step.sequence = engine::api::WindowSequence(ids, step.window, options);
       ASSIGN_OR_RETURN(step.ticket, model->scheduler->SubmitEncode(&step.sequence, &step.out));

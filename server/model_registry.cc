@@ -143,8 +143,9 @@ std::string ModelRegistry::LoadedNames() const {
 }
 
 bool ModelRegistry::IsEncoder(const std::string& name) const {
+  if (name.empty()) return false;
   return std::any_of(encoders_.begin(), encoders_.end(),
-                     [&](const auto& e) { return !name.empty() && e->name == name; });
+                     [&](const auto& e) { return e->name == name; });
 }
 
 absl::StatusOr<LoadedModel*> ModelRegistry::Find(const std::string& name) const {

@@ -14,7 +14,7 @@ using engine::api::LogitsMode;
 
 struct Scheduler::Step {
   engine::api::SessionState* state = nullptr;
-  // An encode step (encoder models) runs this window instead, writing *hidden.
+  // An encode step (encoder models) runs this window instead, writing *encoded.
   const engine::api::EncoderSequence* window = nullptr;
   engine::api::EncodedWindow* encoded = nullptr;
   std::vector<int32_t> tokens;
@@ -30,10 +30,6 @@ struct Scheduler::Step {
   StepOutput output;
   bool is_decode() const {
     return window == nullptr && tokens.size() == 1 && mode == LogitsMode::kLast;
-  }
-  // Tokens the step adds to a pass (the prefill budget).
-  int64_t token_count() const {
-    return static_cast<int64_t>(window != nullptr ? window->ids.size() : tokens.size());
   }
 };
 
@@ -80,6 +76,7 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::Submit(
   step->logits = logits;
   step->tokens.assign(tokens.begin(), tokens.end());
   step->mode = mode;
+  if (model_ == nullptr) return absl::FailedPreconditionError("this model is an encoder");
   return Enqueue(std::move(step));
 }
 
@@ -88,6 +85,7 @@ absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> Scheduler::SubmitEncode(
   auto step = std::make_shared<Step>();
   step->window = window;
   step->encoded = out;
+  if (encoder_ == nullptr) return absl::FailedPreconditionError("this model is not an encoder");
   return Enqueue(std::move(step));
 }
 
@@ -167,11 +165,11 @@ std::vector<std::shared_ptr<Scheduler::Step>> Scheduler::TakeBatch() {
   for (auto& s : queue_) {
     if (static_cast<int>(batch.size()) >= options_.max_batch_sequences) break;
     if (s->is_decode()) continue;
-    // (a Nyströmformer window runs padded to its pass length)
+    // (encode steps are only ever queued on an encoder's loop)
     const int64_t t =
-        s->window != nullptr && encoder_ != nullptr && encoder_->config().nystromformer()
-            ? encoder_->config().segment_len
-            : s->token_count();
+        s->window != nullptr
+            ? encoder_->config().pass_rows(static_cast<int64_t>(s->window->ids.size()))
+            : static_cast<int64_t>(s->tokens.size());
     if (prefill_tokens > 0 && prefill_tokens + t > options_.max_batch_tokens) break;
     prefill_tokens += t;
     batch.push_back(s);
@@ -240,13 +238,11 @@ void Scheduler::Encode(std::vector<Step*>& steps) {
   std::vector<engine::api::EncoderSequence> windows;
   windows.reserve(steps.size());
   for (Step* s : steps) windows.push_back(*s->window);
-  absl::StatusOr<std::vector<engine::api::EncodedWindow>> encoded =
-      encoder_ != nullptr ? encoder_->EncodeBatch(windows)
-                          : absl::FailedPreconditionError("this model is not an encoder");
+  absl::StatusOr<std::vector<engine::api::EncodedWindow>> encoded = encoder_->EncodeBatch(windows);
   const absl::StatusCode code = encoded.status().code();
   if ((code == absl::StatusCode::kInvalidArgument ||
        code == absl::StatusCode::kFailedPrecondition) &&
-      steps.size() > 1 && encoder_ != nullptr) {
+      steps.size() > 1) {
     for (Step* s : steps) {  // run each alone so only the bad one fails
       std::vector<Step*> one{s};
       Encode(one);
@@ -275,10 +271,7 @@ void Scheduler::Forward(std::vector<Step*>& steps, LogitsMode mode, const char* 
   int64_t compressions = 0;  // compressive memories: rows compressed by this pass
   for (Step* s : steps) compressions -= s->state->compressions();
   engine::api::Tensor logits;
-  absl::Status status =
-      model_ != nullptr
-          ? model_->Forward(inputs, mode, &logits)
-          : absl::FailedPreconditionError("this model is an encoder: it only encodes");
+  absl::Status status = model_->Forward(inputs, mode, &logits);
   if ((status.code() == absl::StatusCode::kInvalidArgument ||
        status.code() == absl::StatusCode::kOutOfRange) &&
       steps.size() > 1) {

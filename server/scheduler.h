@@ -51,7 +51,8 @@ struct StepOutput {
 class Scheduler {
  public:
   Scheduler(const engine::api::Model& model, SchedulerOptions options, Metrics* metrics);
-  // An encoder model's loop: it takes encode steps only.
+  // An encoder model's loop: it takes encode steps only (Submit is FAILED_PRECONDITION there, as
+  // SubmitEncode is on a decoder's).
   Scheduler(const engine::api::Encoder& encoder, SchedulerOptions options, Metrics* metrics);
   ~Scheduler();  // finishes the steps already taken, fails the rest with UNAVAILABLE
   Scheduler(const Scheduler&) = delete;

@@ -14,17 +14,6 @@ namespace {
 
 using engine::api::LogitsMode;
 
-// Whether the request may start another step: CANCELLED or DEADLINE_EXCEEDED when not.
-absl::Status CheckControl(const RequestControl& control) {
-  if (control.cancelled && control.cancelled()) {
-    return absl::CancelledError("the request was cancelled");
-  }
-  if (absl::Now() >= control.deadline) {
-    return absl::DeadlineExceededError("the request's deadline passed");
-  }
-  return absl::OkStatus();
-}
-
 // Queues one scheduler step over `ids`; the request's cancellation and deadline are checked
 // first, so a long ingest or generation stops at its next step.
 absl::StatusOr<std::unique_ptr<Scheduler::Ticket>> SubmitTo(
@@ -107,6 +96,16 @@ absl::Status RunPendingFront(LoadedModel& model, SessionMemory& memory, size_t c
 }
 
 }  // namespace
+
+absl::Status CheckControl(const RequestControl& control) {
+  if (control.cancelled && control.cancelled()) {
+    return absl::CancelledError("the request was cancelled");
+  }
+  if (absl::Now() >= control.deadline) {
+    return absl::DeadlineExceededError("the request's deadline passed");
+  }
+  return absl::OkStatus();
+}
 
 absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,
                           std::span<const int32_t> tokens, const RequestControl& control,

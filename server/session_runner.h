@@ -29,6 +29,9 @@ struct RequestControl {
   absl::Time* first_step_start = nullptr;
 };
 
+// Whether the request may start another step: CANCELLED or DEADLINE_EXCEEDED when not.
+absl::Status CheckControl(const RequestControl& control);
+
 // Appends tokens to the document: whole segments run as soon as more than one segment is pending
 // (so the tail, 1 … segment tokens, waits for what comes next). Adds the segments run to *segments.
 absl::Status AppendTokens(LoadedModel& model, SessionMemory& memory,

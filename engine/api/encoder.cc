@@ -81,7 +81,15 @@ absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
   if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
   RETURN_IF_ERROR(engine::CheckEncodePositions(config(), options.global_positions,
                                                options.mlm_positions, tokens));
-  return PlanEncodeWindows(tokens, window);
+  std::vector<EncodeWindow> windows = PlanEncodeWindows(tokens, window);
+  if (options.pooling == Pooling::kFirst) {  // token 0's window and those keeping MLM positions
+    const std::vector<int64_t>& m = options.mlm_positions;
+    std::erase_if(windows, [&](const EncodeWindow& w) {
+      return w.keep_begin != 0 && std::lower_bound(m.begin(), m.end(), w.keep_begin) ==
+                                      std::lower_bound(m.begin(), m.end(), w.keep_end);
+    });
+  }
+  return windows;
 }
 
 absl::StatusOr<std::vector<EncodedWindow>> Encoder::EncodeBatch(
@@ -99,13 +107,6 @@ EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow&
     if (p >= w.keep_begin && p < w.keep_end) seq.mlm_positions.push_back(p - w.begin);
   }
   return seq;
-}
-
-bool WindowNeeded(const EncodeWindow& w, const EncodeOptions& options) {
-  if (options.pooling != Pooling::kFirst || w.keep_begin == 0) return true;
-  const std::vector<int64_t>& m = options.mlm_positions;
-  return std::lower_bound(m.begin(), m.end(), w.keep_begin) !=
-         std::lower_bound(m.begin(), m.end(), w.keep_end);
 }
 
 Pooler::Pooler(Pooling pooling, int64_t tokens, int64_t d_model)
@@ -145,26 +146,21 @@ absl::StatusOr<EncodeOutput> Encoder::Encode(std::span<const int32_t> ids,
   if (mlm > 0) out.mlm_logprobs = Tensor::Empty(DType::kF32, {mlm, v});
   int64_t mlm_done = 0;
   Pooler pooler(options.pooling, n, d);
-  std::vector<EncodeWindow> needed;
-  for (const EncodeWindow& w : windows) {
-    if (WindowNeeded(w, options)) needed.push_back(w);
-  }
   // Consecutive windows share a pass up to kPassTokens rows (at least one window each), so the
   // products of short windows run over many rows at once.
-  for (size_t first = 0; first < needed.size();) {
+  for (size_t first = 0; first < windows.size();) {
     std::vector<EncoderSequence> group;
     int64_t rows = 0;
     size_t last = first;
-    for (; last < needed.size(); ++last) {
-      // (a Nyströmformer window is padded to the pass length)
-      const int64_t more = config().nystromformer() ? config().segment_len : needed[last].length;
+    for (; last < windows.size(); ++last) {
+      const int64_t more = config().pass_rows(windows[last].length);
       if (!group.empty() && rows + more > kPassTokens) break;
       rows += more;
-      group.push_back(WindowSequence(ids, needed[last], options));
+      group.push_back(WindowSequence(ids, windows[last], options));
     }
     ASSIGN_OR_RETURN(std::vector<EncodedWindow> h, EncodeBatch(group));
     for (size_t g = 0; g < group.size(); ++g) {
-      const EncodeWindow& w = needed[first + g];
+      const EncodeWindow& w = windows[first + g];
       if (per_token) {
         std::memcpy(out.vectors.data<float>() + w.keep_begin * d,
                     h[g].hidden.data<float>() + (w.keep_begin - w.begin) * d,

@@ -75,10 +75,6 @@ std::vector<EncodeWindow> PlanEncodeWindows(int64_t n, int64_t window);
 EncoderSequence WindowSequence(std::span<const int32_t> ids, const EncodeWindow& w,
                                const EncodeOptions& options);
 
-// Whether window `w` has to run: every window does, except under kFirst pooling, where only the
-// first one and those keeping a masked-LM position do.
-bool WindowNeeded(const EncodeWindow& w, const EncodeOptions& options);
-
 // Folds a document's windows, in plan order, into one pooled vector (kMean or kFirst).
 class Pooler {
  public:
@@ -113,9 +109,11 @@ class Encoder {
   absl::StatusOr<EncodeOutput> Encode(std::span<const int32_t> ids,
                                       const EncodeOptions& options) const;
 
-  // The windows a document of `tokens` tokens runs in under `options`. INVALID_ARGUMENT for no
-  // tokens, a window outside [2, max_tokens] or a bad global or MLM position (ids are checked by
-  // the pass); FAILED_PRECONDITION for MLM positions without the checkpoint's MLM head.
+  // The windows a document of `tokens` tokens runs in under `options`, in order: the plan's
+  // windows (PlanEncodeWindows) but, under kFirst pooling, only the first one and those keeping
+  // a masked-LM position. INVALID_ARGUMENT for no tokens, a window outside [2, max_tokens] or a
+  // bad global or MLM position (ids are checked by the pass); FAILED_PRECONDITION for MLM
+  // positions without the checkpoint's MLM head.
   absl::StatusOr<std::vector<EncodeWindow>> Plan(int64_t tokens,
                                                  const EncodeOptions& options) const;
 

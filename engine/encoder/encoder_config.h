@@ -62,6 +62,8 @@ struct EncoderConfig {
   int64_t max_tokens() const {
     return fixed_length() ? segment_len : position_rows - pad_token_id - 1;
   }
+  // Rows a window of `tokens` tokens takes in a pass: Nyströmformer pads it to segment_len.
+  int64_t pass_rows(int64_t tokens) const { return nystromformer() ? segment_len : tokens; }
 };
 
 // Whether an "architecture" value names an encoder ("longformer", "nystromformer", "linformer",

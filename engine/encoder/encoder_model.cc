@@ -1,7 +1,6 @@
 #include "engine/encoder/encoder_model.h"
 
 #include <algorithm>
-#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +8,7 @@
 #include "base/status_macros.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/checkpoint/tensor_reader.h"
+#include "engine/sampling/sampler.h"
 
 namespace mnemo::engine {
 namespace {
@@ -85,13 +85,6 @@ absl::StatusOr<std::unique_ptr<EncoderModel>> EncoderModel::Load(const std::stri
   return std::unique_ptr<EncoderModel>(new EncoderModel(std::move(config), std::move(weights)));
 }
 
-absl::StatusOr<Tensor> EncoderModel::Encode(std::span<const int32_t> ids,
-                                            const std::vector<int64_t>& global_positions) const {
-  const EncoderSequence one{ids, global_positions, {}};
-  ASSIGN_OR_RETURN(std::vector<EncodedWindow> out, EncodeBatch(std::span(&one, 1)));
-  return std::move(out.front().hidden);
-}
-
 namespace {
 
 absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
@@ -125,10 +118,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
       if (batch.size() == 1) return s;
       return absl::Status(s.code(), absl::StrCat("window ", k, ": ", s.message()));
     }
-    // A Nyströmformer window is padded to segment_len rows.
-    offsets.push_back(offsets.back() + (c.nystromformer()
-                                            ? c.segment_len
-                                            : static_cast<int64_t>(batch[k].ids.size())));
+    offsets.push_back(offsets.back() + c.pass_rows(static_cast<int64_t>(batch[k].ids.size())));
     any_global = any_global || !batch[k].global_positions.empty();
   }
   if (batch.empty()) return std::vector<EncodedWindow>();
@@ -242,15 +232,9 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
                                           kernels::Activation::kGelu, dense));
   RETURN_IF_ERROR(be.LayerNorm(dense, weights_.mlm.ln_gamma, weights_.mlm.ln_beta, eps, dense));
   RETURN_IF_ERROR(be.Linear(dense, weights_.word_emb, &weights_.mlm.decoder_bias, logits));
-  // log-softmax per row, in double for the normaliser.
   float* l = logits.data<float>();
   for (int64_t r = 0; r < m; ++r) {
-    float* row = l + r * c.vocab_size;
-    const float top = *std::max_element(row, row + c.vocab_size);
-    double sum = 0;
-    for (int64_t v = 0; v < c.vocab_size; ++v) sum += std::exp(static_cast<double>(row[v] - top));
-    const auto shift = static_cast<float>(top + std::log(sum));
-    for (int64_t v = 0; v < c.vocab_size; ++v) row[v] -= shift;
+    LogSoftmax(l + r * c.vocab_size, c.vocab_size, l + r * c.vocab_size);
   }
   int64_t at = 0;
   for (size_t k = 0; k < batch.size(); ++k) {

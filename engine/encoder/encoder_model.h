@@ -62,17 +62,11 @@ class EncoderModel {
 
   const EncoderConfig& config() const { return config_; }
 
-  // The final hidden states [ids.size(), D] (float32, host) of one pass over `ids` with the
-  // positions in `global_positions` (ascending, each < ids.size()) attending globally.
-  // INVALID_ARGUMENT for no ids, more than config().max_tokens(), an id outside the vocabulary
-  // or a bad global position.
-  absl::StatusOr<Tensor> Encode(std::span<const int32_t> ids,
-                                const std::vector<int64_t>& global_positions) const;
-
-  // One pass over several windows: each one's final hidden states [ids.size(), D], as Encode
-  // would return them alone (to float32 rounding), and the masked-LM log-probabilities of its
-  // mlm_positions. INVALID_ARGUMENT, naming the window, when any is bad (nothing runs then);
-  // FAILED_PRECONDITION for MLM positions on a checkpoint without the head.
+  // One pass over several windows: each one's final hidden states [ids.size(), D] (float32,
+  // host), as the window would get alone (to float32 rounding), and the masked-LM
+  // log-probabilities of its mlm_positions. INVALID_ARGUMENT, naming the window, when any is bad
+  // (no ids, more than config().max_tokens(), an id outside the vocabulary, a bad position;
+  // nothing runs then); FAILED_PRECONDITION for MLM positions on a checkpoint without the head.
   absl::StatusOr<std::vector<EncodedWindow>> EncodeBatch(
       std::span<const EncoderSequence> batch) const;
 

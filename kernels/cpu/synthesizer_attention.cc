@@ -16,9 +16,9 @@ void SynthesizerAttention(const SynthesizerShape& s, const float* h1, int64_t ld
                           ThreadPool& pool) {
   UseSingleThreadedBlas();
   const int64_t d = s.head_dim, n = s.len, m = s.max_len;
-  pool.ParallelFor(s.num_heads, 1, [&](int64_t h0, int64_t h1i) {
+  pool.ParallelFor(s.num_heads, 1, [&](int64_t first, int64_t end) {
     std::vector<float> logits(static_cast<size_t>(n * n));
-    for (int64_t h = h0; h < h1i; ++h) {
+    for (int64_t h = first; h < end; ++h) {
       if (h1 != nullptr) {
         // logits[i, j] = h1_i · w2_h[j] + b2_h[j], for the pass's j < N only.
         GemmNT(n, n, d, 1.0f, h1 + h * d, ldh, w2 + h * m * d, d, 0.0f, logits.data(), n);

@@ -625,6 +625,10 @@ class MnemoClient:
             chunks)
         last = None
 
+        def on_attempt():
+            nonlocal last
+            last = None
+
         def on_message(progress):
             nonlocal last
             last = progress
@@ -632,7 +636,7 @@ class MnemoClient:
                 on_progress(progress)
 
         self._chunked_call("Ingest", self.inference_stub.Ingest, requests, on_message, timeout,
-                           _pinned(expected_state_version), session_id)
+                           _pinned(expected_state_version), session_id, on_attempt=on_attempt)
         return last
 
     def _chunked_call(self, method: str, rpc, requests: _ChunkedRequests,
@@ -705,9 +709,8 @@ class MnemoClient:
         """Encodes a document with an encoder model (Model.family "encoder"): a str (sent in
         UTF-8-safe chunks of `chunk_bytes`), a sequence of token ids (a list, tuple or array of
         integers), or any other iterable of chunks (str or id sequences, one message each, as
-        `ingest` takes them). `pooling` is "none" (one
-        vector per token, the default), "mean" or "first"; `global_positions` are document
-        positions that attend globally; `window_tokens` the tokens per pass (0: the model's
+        `ingest` takes them). `pooling` is "none" (one vector per token, the default), "mean" or
+        "first"; `global_positions` are document positions that attend globally; `window_tokens` the tokens per pass (0: the model's
         maximum; longer documents run in overlapping windows, docs/server-api.md "Encode");
         `mlm_positions` the positions whose masked-LM log-probabilities to return (encoders with
         the MLM head). Read-only, so it is retried like one."""
