@@ -54,7 +54,7 @@ absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Enc
       }
     }
   }
-  if (first.global_positions_size() > 0 && c.fixed_length()) {
+  if (first.global_positions_size() > 0 && !c.longformer()) {
     violations.Add("global_positions", absl::StrCat("global positions are Longformer's: a ",
                                                     c.architecture, " encoder has none"));
   }

@@ -253,6 +253,12 @@ void EncoderToProto(const LoadedEncoder& e, v1::Model* out) {
       layer->set_attention(v1::ATTENTION_KIND_SYNTHESIZER);
       layer->set_window(c.segment_len);
       layer->set_synthesizer(c.synthesizer);
+    } else if (c.bigbird()) {
+      layer->set_attention(v1::ATTENTION_KIND_BIGBIRD);
+      layer->set_window(c.max_tokens());
+      layer->set_pattern(c.block_sparse ? "block_sparse" : "original_full");
+      layer->set_block_size(c.block_size);
+      layer->set_num_random_blocks(c.num_random_blocks);
     } else {
       layer->set_attention(v1::ATTENTION_KIND_LONGFORMER);
       layer->set_window(c.one_sided_window[static_cast<size_t>(l)]);

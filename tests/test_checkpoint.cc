@@ -558,11 +558,12 @@ ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed) 
          << worst << ": " << a[worst] << " vs " << b[worst];
 }
 
-ScopedTempDir WriteRandomLongformer(uint32_t seed) {
-  const std::string config = R"({"architecture": "longformer", "vocab_size": 40, "d_model": 16,
-      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu",
-      "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 32, "type_vocab_size": 1,
-      "attention_window": [4, 6], "torch_dtype": "float32"})";
+namespace {
+
+// A BERT-layout encoder of d_model 16 (2 heads of 8), 2 layers, 40 ids and `position_rows`
+// positions; Longformer's global projections when `global`.
+ScopedTempDir WriteRandomBertEncoder(const std::string& config, int64_t position_rows,
+                                     bool global, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
   std::vector<RawTensor> tensors;
@@ -574,13 +575,14 @@ ScopedTempDir WriteRandomLongformer(uint32_t seed) {
     tensors.push_back({name, "F32", std::move(shape), FloatBytes(v, DType::kF32)});
   };
   add("embeddings.word.weight", {40, 16}, 0);
-  add("embeddings.position.weight", {32, 16}, 0);
+  add("embeddings.position.weight", {position_rows, 16}, 0);
   add("embeddings.token_type.weight", {1, 16}, 0);
   add("embeddings.ln.weight", {16}, 1);
   add("embeddings.ln.bias", {16}, 0);
   for (int l = 0; l < 2; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     for (const char* proj : {"attn.qkv", "attn.global_qkv"}) {
+      if (!global && std::string(proj) == "attn.global_qkv") continue;
       add(p + proj + ".weight", {48, 16}, 0);
       add(p + proj + ".bias", {48}, 0);
     }
@@ -596,6 +598,27 @@ ScopedTempDir WriteRandomLongformer(uint32_t seed) {
     add(p + "ff.ln.bias", {16}, 0);
   }
   return WriteCheckpointFiles(config, tensors);
+}
+
+}  // namespace
+
+ScopedTempDir WriteRandomLongformer(uint32_t seed) {
+  return WriteRandomBertEncoder(
+      R"({"architecture": "longformer", "vocab_size": 40, "d_model": 16,
+      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu",
+      "layer_norm_epsilon": 1e-5, "pad_token_id": 1, "position_rows": 32, "type_vocab_size": 1,
+      "attention_window": [4, 6], "torch_dtype": "float32"})",
+      32, /*global=*/true, seed);
+}
+
+ScopedTempDir WriteRandomBigBird(uint32_t seed) {
+  return WriteRandomBertEncoder(
+      R"({"architecture": "bigbird", "vocab_size": 40, "d_model": 16,
+      "n_layer": 2, "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu_tanh",
+      "layer_norm_epsilon": 1e-12, "pad_token_id": 0, "position_rows": 66, "type_vocab_size": 1,
+      "attention_type": "block_sparse", "block_size": 4, "num_random_blocks": 1,
+      "rescale_embeddings": true, "torch_dtype": "float32"})",
+      66, /*global=*/false, seed);
 }
 
 }  // namespace mnemo::test

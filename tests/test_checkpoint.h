@@ -179,6 +179,10 @@ ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed);
 // A random Longformer encoder checkpoint: d_model 16 (2 heads of 8), 2 layers with windows 4 and
 // 6, 40 ids, passes of up to 30 tokens, weights from std::mt19937(seed).
 ScopedTempDir WriteRandomLongformer(uint32_t seed);
+// A random block-sparse BigBird encoder checkpoint of the same shape: blocks of 4, one random
+// block per row (windows over 28 tokens run block-sparse, padded to whole blocks), 66 positions
+// (passes of up to 64 tokens).
+ScopedTempDir WriteRandomBigBird(uint32_t seed);
 
 // Succeeds when a and b have the same size and max|a − b| ≤ tol · max|b| (and nothing is NaN).
 ::testing::AssertionResult NearRelative(const std::vector<float>& a, const std::vector<float>& b,

@@ -153,6 +153,19 @@ struct LongformerAttentionArgs {
   Tensor* out;  // [N, H·d_h]
 };
 
+// One encoder pass's BigBird attention (kernels/cpu/bigbird_attention.h) over a window padded to
+// L positions (whole blocks when block-sparse): no state.
+struct BigBirdAttentionArgs {
+  const Tensor* qkv;                   // [L, 3·H·d_h]: q | k | v
+  const std::vector<int32_t>* random;  // block-sparse: [H, L / b − 2, r] blocks; full: null
+  int64_t valid;                       // positions before it are the window's tokens
+  int64_t block_size;
+  int64_t num_random;  // r (block-sparse)
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [L, H·d_h]
+};
+
 // One encoder pass's Nyströmformer attention (kernels/cpu/nystrom_attention.h) over a window
 // padded to L positions: no state.
 struct NystromAttentionArgs {
@@ -302,6 +315,10 @@ class Backend {
   virtual absl::Status LongformerAttention(const LongformerAttentionArgs& args) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no Longformer attention kernel"));
+  }
+  virtual absl::Status BigBirdAttention(const BigBirdAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no BigBird attention kernel"));
   }
   virtual absl::Status NystromAttention(const NystromAttentionArgs& args) {
     return absl::UnimplementedError(

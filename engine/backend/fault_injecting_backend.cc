@@ -239,6 +239,11 @@ absl::Status FaultInjectingBackend::LongformerAttention(const LongformerAttentio
              [&] { return base_->LongformerAttention(args); });
 }
 
+absl::Status FaultInjectingBackend::BigBirdAttention(const BigBirdAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "BigBirdAttention",
+             [&] { return base_->BigBirdAttention(args); });
+}
+
 absl::Status FaultInjectingBackend::NystromAttention(const NystromAttentionArgs& args) {
   return Run(BackendOp::kAttention, "NystromAttention",
              [&] { return base_->NystromAttention(args); });

@@ -13,7 +13,7 @@ namespace mnemo::engine {
 
 bool IsEncoderArchitecture(std::string_view architecture) {
   return architecture == "longformer" || architecture == "nystromformer" ||
-         architecture == "linformer" || architecture == "synthesizer";
+         architecture == "linformer" || architecture == "synthesizer" || architecture == "bigbird";
 }
 
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
@@ -26,7 +26,7 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   EncoderConfig c;
   ASSIGN_OR_RETURN(c.architecture,
                    r.String("architecture", std::nullopt,
-                            {"longformer", "nystromformer", "linformer", "synthesizer"}));
+                            {"longformer", "nystromformer", "linformer", "synthesizer", "bigbird"}));
   ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
   ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
@@ -65,6 +65,15 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
     } else {
       ASSIGN_OR_RETURN(c.synthesizer, r.String("synthesizer", std::nullopt, {"dense", "random"}));
     }
+  } else if (c.bigbird()) {
+    // Positions count from 0 (BERT's) over the pass, padding included.
+    ASSIGN_OR_RETURN(std::string type,
+                     r.String("attention_type", std::nullopt, {"original_full", "block_sparse"}));
+    c.block_sparse = type == "block_sparse";
+    ASSIGN_OR_RETURN(c.block_size, r.Int("block_size", 1, c.position_rows));
+    ASSIGN_OR_RETURN(c.num_random_blocks,
+                     r.Int("num_random_blocks", c.block_sparse ? 1 : 0, 1024));
+    ASSIGN_OR_RETURN(c.rescale_embeddings, r.Bool("rescale_embeddings", false));
   } else {
     ASSIGN_OR_RETURN(std::vector<int64_t> windows,
                      r.IntList("attention_window", 2, 2 * kMaxSpan, /*as_written=*/true));
@@ -82,7 +91,12 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   c.dtype = *ParseDTypeName(dtype);
   ASSIGN_OR_RETURN(c.mlm_head, r.Bool("mlm_head", false));
   if (c.mlm_head && c.fixed_length()) {
-    return r.Error("\"mlm_head\": the masked-LM head is Longformer's only");
+    return r.Error("\"mlm_head\": the masked-LM head is Longformer's and BigBird's only");
+  }
+  if (c.mlm_head) {
+    ASSIGN_OR_RETURN(std::string mlm_act,
+                     r.String("mlm_activation", "gelu", EnumNames<Activation>()));
+    c.mlm_activation = *ParseEnum<Activation>(mlm_act);
   }
   RETURN_IF_ERROR(r.CheckAllRead());
   return c;

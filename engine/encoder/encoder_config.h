@@ -4,8 +4,10 @@
 // positions. Architecture "longformer": Longformer's sliding window with global positions;
 // "nystromformer": Nyströmformer's landmark attention over passes padded to segment_len;
 // "linformer": keys and values projected along the sequence; "synthesizer": synthesized (dense)
-// or learned (random) attention weights. The last two have weights that span the sequence
-// (segment_len positions at most), which is why they are encoder kinds and not decoder layers.
+// or learned (random) attention weights; "bigbird": BigBird's full or block-sparse attention
+// (global first and last blocks, a sliding window of blocks, random blocks drawn as Hugging Face
+// draws them). Linformer and Synthesizer have weights that span the sequence (segment_len
+// positions at most), which is why they are encoder kinds and not decoder layers.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,8 @@
 namespace mnemo::engine {
 
 struct EncoderConfig {
-  std::string architecture;  // "longformer", "nystromformer", "linformer" or "synthesizer"
+  // "longformer", "nystromformer", "linformer", "synthesizer" or "bigbird"
+  std::string architecture;
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
@@ -46,28 +49,51 @@ struct EncoderConfig {
   int64_t linformer_k = 0;
   // Synthesizer: "dense" or "random".
   std::string synthesizer;
+  // BigBird: block-sparse (Hugging Face attention_type "block_sparse") or full attention, blocks
+  // of block_size, num_random_blocks random blocks per query block; the word embeddings scaled by
+  // sqrt(d_model) (rescale_embeddings).
+  bool block_sparse = false;
+  int64_t block_size = 0;
+  int64_t num_random_blocks = 0;
+  bool rescale_embeddings = false;
   DType dtype = DType::kF32;
-  // Whether the checkpoint carries the masked-LM head (Hugging Face LongformerLMHead: dense,
-  // exact GELU, LayerNorm, the word embeddings as the output matrix with a bias).
+  // Whether the checkpoint carries the masked-LM head (Longformer's and BigBird's: dense, the
+  // activation mlm_activation, LayerNorm, the word embeddings as the output matrix with a bias).
   bool mlm_head = false;
+  kernels::Activation mlm_activation = kernels::Activation::kGelu;
 
+  bool longformer() const { return architecture == "longformer"; }
   bool nystromformer() const { return architecture == "nystromformer"; }
   bool linformer() const { return architecture == "linformer"; }
   bool synthesized() const { return architecture == "synthesizer"; }
-  // Whether passes hold at most segment_len positions (every architecture but Longformer).
-  bool fixed_length() const { return architecture != "longformer"; }
+  bool bigbird() const { return architecture == "bigbird"; }
+  // Whether passes hold at most segment_len positions (Nyströmformer, Linformer, Synthesizer).
+  bool fixed_length() const { return nystromformer() || linformer() || synthesized(); }
   int64_t attn_width() const { return n_head * d_head; }
   // Tokens one pass may hold: Longformer, the position table's rows past the padding offset;
-  // Nyströmformer, segment_len.
+  // BigBird, the table's rows (whole blocks of them when block-sparse, as a pass is padded to
+  // whole blocks); the others, segment_len.
   int64_t max_tokens() const {
-    return fixed_length() ? segment_len : position_rows - pad_token_id - 1;
+    if (fixed_length()) return segment_len;
+    if (bigbird()) return block_sparse ? position_rows / block_size * block_size : position_rows;
+    return position_rows - pad_token_id - 1;
   }
-  // Rows a window of `tokens` tokens takes in a pass: Nyströmformer pads it to segment_len.
-  int64_t pass_rows(int64_t tokens) const { return nystromformer() ? segment_len : tokens; }
+  // Whether a BigBird window of `tokens` tokens runs block-sparse: Hugging Face runs windows of
+  // at most (5 + 2r) blocks' worth of tokens with full attention.
+  bool sparse_pass(int64_t tokens) const {
+    return bigbird() && block_sparse && tokens > (5 + 2 * num_random_blocks) * block_size;
+  }
+  // Rows a window of `tokens` tokens takes in a pass: Nyströmformer pads it to segment_len,
+  // block-sparse BigBird to whole blocks.
+  int64_t pass_rows(int64_t tokens) const {
+    if (nystromformer()) return segment_len;
+    if (sparse_pass(tokens)) return (tokens + block_size - 1) / block_size * block_size;
+    return tokens;
+  }
 };
 
 // Whether an "architecture" value names an encoder ("longformer", "nystromformer", "linformer",
-// "synthesizer").
+// "synthesizer", "bigbird").
 bool IsEncoderArchitecture(std::string_view architecture);
 
 // Whether `<dir>/config.json` names an encoder architecture (false for a decoder's, or for a

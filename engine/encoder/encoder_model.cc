@@ -1,6 +1,7 @@
 #include "engine/encoder/encoder_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +9,7 @@
 #include "base/status_macros.h"
 #include "engine/checkpoint/safetensors.h"
 #include "engine/checkpoint/tensor_reader.h"
+#include "engine/encoder/bigbird_random_blocks.h"
 #include "engine/sampling/sampler.h"
 
 namespace mnemo::engine {
@@ -48,7 +50,7 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
       if (c.conv_kernel_size > 0) {
         ASSIGN_OR_RETURN(lw.conv, r.Read(p + "attn.conv.weight", {c.n_head, c.conv_kernel_size}));
       }
-    } else if (!c.synthesized()) {
+    } else if (c.longformer()) {
       ASSIGN_OR_RETURN(lw.global_qkv, r.Read(p + "attn.global_qkv.weight", {3 * d, d}));
       ASSIGN_OR_RETURN(lw.global_qkv_bias, r.Read(p + "attn.global_qkv.bias", {3 * d}));
     }
@@ -129,7 +131,8 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   // Embeddings: word + position + token type 0, then a LayerNorm. Longformer's positions follow
   // RoBERTa's rule within each window: a non-padding token's is pad_token_id + its count of
   // non-padding tokens so far, a padding token's is pad_token_id. Nyströmformer's count from 2
-  // over the whole padded window; Linformer's and Synthesizer's from 0 (BERT's).
+  // over the whole padded window; BigBird's from 0 over its padded window; Linformer's and
+  // Synthesizer's from 0 (BERT's).
   std::vector<int32_t> ids, positions;
   ids.reserve(static_cast<size_t>(n));
   positions.reserve(static_cast<size_t>(n));
@@ -139,6 +142,15 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
         const auto at = static_cast<size_t>(i);
         ids.push_back(at < seq.ids.size() ? seq.ids[at] : static_cast<int32_t>(c.pad_token_id));
         positions.push_back(static_cast<int32_t>(i + 2));
+      }
+      continue;
+    }
+    if (c.bigbird()) {
+      const int64_t rows = c.pass_rows(static_cast<int64_t>(seq.ids.size()));
+      for (int64_t i = 0; i < rows; ++i) {
+        const auto at = static_cast<size_t>(i);
+        ids.push_back(at < seq.ids.size() ? seq.ids[at] : static_cast<int32_t>(c.pad_token_id));
+        positions.push_back(static_cast<int32_t>(i));
       }
       continue;
     }
@@ -159,7 +171,9 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   }
   Tensor x = Tensor::Empty(DType::kF32, {n, d});
   Tensor add = Tensor::Empty(DType::kF32, {n, d});
-  RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, 1.0f, x));
+  const float word_scale =
+      c.rescale_embeddings ? std::sqrt(static_cast<float>(c.d_model)) : 1.0f;
+  RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, word_scale, x));
   RETURN_IF_ERROR(be.Embedding(weights_.position_emb, positions, 1.0f, add));
   RETURN_IF_ERROR(be.Add(x, add, x));
   RETURN_IF_ERROR(be.FillRows(weights_.token_type_emb.Rows(0, 1), add));  // every token's type 0
@@ -191,6 +205,17 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
         RETURN_IF_ERROR(be.NystromAttention({&q, lw.conv.defined() ? &lw.conv : nullptr,
                                              static_cast<int64_t>(batch[k].ids.size()),
                                              c.num_landmarks, heads, head_dim, &out}));
+      } else if (c.bigbird()) {
+        const auto tokens = static_cast<int64_t>(batch[k].ids.size());
+        std::vector<int32_t> random;
+        if (c.sparse_pass(tokens)) {
+          ASSIGN_OR_RETURN(random, BigBirdRandomBlocks({l, offsets[k + 1] - offsets[k], c.block_size,
+                                                        c.num_random_blocks, c.n_head,
+                                                        c.position_rows}));
+        }
+        RETURN_IF_ERROR(be.BigBirdAttention({&q, random.empty() ? nullptr : &random, tokens,
+                                             c.block_size, c.num_random_blocks, heads, head_dim,
+                                             &out}));
       } else if (c.linformer()) {
         RETURN_IF_ERROR(be.LinformerAttention({&q, &lw.proj_k, &lw.proj_v, heads, head_dim, &out}));
       } else if (c.synthesized()) {
@@ -229,7 +254,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   Tensor logits = Tensor::Empty(DType::kF32, {m, c.vocab_size});
   RETURN_IF_ERROR(be.GatherRows(x, rows, picked));
   RETURN_IF_ERROR(be.LinearBiasActivation(picked, weights_.mlm.dense, weights_.mlm.dense_bias,
-                                          kernels::Activation::kGelu, dense));
+                                          c.mlm_activation, dense));
   RETURN_IF_ERROR(be.LayerNorm(dense, weights_.mlm.ln_gamma, weights_.mlm.ln_beta, eps, dense));
   RETURN_IF_ERROR(be.Linear(dense, weights_.word_emb, &weights_.mlm.decoder_bias, logits));
   float* l = logits.data<float>();

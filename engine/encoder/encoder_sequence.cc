@@ -16,7 +16,7 @@ absl::Status CheckEncodePositions(const EncoderConfig& config, const std::vector
       }
     }
   }
-  if (!global.empty() && config.fixed_length()) {
+  if (!global.empty() && !config.longformer()) {
     return absl::InvalidArgumentError(absl::StrCat("global positions are Longformer's: a ",
                                                    config.architecture, " encoder has none"));
   }

@@ -27,7 +27,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                               e.segment_len <= e.position_rows
         : e.synthesized() ? (e.synthesizer == "dense" || e.synthesizer == "random") &&
                                 e.segment_len <= e.position_rows
-                          : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
+        : e.bigbird() ? e.block_size >= 1 && e.block_size <= e.position_rows &&
+                            e.num_random_blocks >= 1 && e.pass_rows(e.max_tokens()) <= e.position_rows
+                      : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
     if (!ok || (e.mlm_head && e.fixed_length())) std::abort();
   } else if (encoder.status().code() != absl::StatusCode::kInvalidArgument) {
     std::abort();

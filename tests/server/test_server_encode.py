@@ -33,6 +33,7 @@ from mnemo_client import bad_request_violations
 from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error, pb_bytes,
                             raw_stream_stream)
 from mnemo_reference import encoder as reference_encoder
+from tools import convert_hf_bigbird as bigbird
 from tools import convert_hf_nystromformer as nystromformer
 from tools.convert_hf_longformer import convert, hf_last_hidden, hf_mlm_logprobs, random_hf_model
 
@@ -86,6 +87,19 @@ def nystromformer_encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bigbird_encoder(tmp_path_factory):
+    """(BigBirdModel in float64, its checkpoint): block-sparse, blocks of 8, one random block."""
+    model = bigbird.random_hf_model(
+        dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=64, max_position_embeddings=260, attention_type="block_sparse",
+             block_size=8, num_random_blocks=1), seed=14).double()
+    config, tensors = bigbird.convert(model, dtype="float32")
+    ckpt = tmp_path_factory.mktemp("encoder_bigbird") / "bb"
+    write_checkpoint(ckpt, config, tensors)
+    return model, str(ckpt)
+
+
+@pytest.fixture(scope="module")
 def sequence_encoders(tmp_path_factory):
     """{name: (config, float64 tensors, checkpoint)}: a Linformer and a dense Synthesizer."""
     import torch
@@ -101,13 +115,14 @@ def sequence_encoders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(server_bin, tiny_model, encoders, mlm_encoder, nystromformer_encoder,
-           sequence_encoders, tmp_path_factory):
+           bigbird_encoder, sequence_encoders, tmp_path_factory):
     _, with_tok, bare = encoders
     s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
                       BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
                                     "--max-batch-tokens", "4096"],
                       models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}",
                               f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}",
+                              f"bb={bigbird_encoder[1]}",
                               f"lin={sequence_encoders['lin'][2]}",
                               f"syn={sequence_encoders['syn'][2]}"])
     s.wait_serving()
@@ -236,7 +251,7 @@ def test_the_encoder_is_described_and_tokenizes(server):
     assert client.model("tiny").family == "decoder"
     names = {x.name: x.family for x in client.models()}
     assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder",
-                     "nys": "encoder", "lin": "encoder", "syn": "encoder"}
+                     "nys": "encoder", "bb": "encoder", "lin": "encoder", "syn": "encoder"}
     lin, syn = client.model("lin").layers[0], client.model("syn").layers[0]
     assert (lin.attention, lin.window, lin.projected_length) == (
         pb.ATTENTION_KIND_LINFORMER, 24, 6)
@@ -246,6 +261,10 @@ def test_the_encoder_is_described_and_tokenizes(server):
     assert (n.architecture, n.max_positions) == ("nystromformer", 32)
     assert {(l.attention, l.window, l.num_landmarks, l.conv_kernel_size) for l in n.layers} == {
         (pb.ATTENTION_KIND_NYSTROMFORMER, 32, 8, 5)}
+    b = client.model("bb")
+    assert (b.architecture, b.max_positions) == ("bigbird", 256)
+    assert {(l.attention, l.window, l.pattern, l.block_size, l.num_random_blocks)
+            for l in b.layers} == {(pb.ATTENTION_KIND_BIGBIRD, 256, "block_sparse", 8, 1)}
     ids = client.tokenize("hello world", model="enc")
     assert client.detokenize(ids, model="enc") == "hello world"
 
@@ -412,6 +431,23 @@ def test_nystromformer_encodes_through_the_server(server, nystromformer_encoder,
     r = client.encode(long_ids, model="nys", window_tokens=24)
     want = cli_encode(mnemo_bin, tmp_path, ckpt, long_ids, "--window", "24")
     np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-5)  # (passes group differently)
+
+
+def test_bigbird_encodes_through_the_server(server, bigbird_encoder, mnemo_bin, tmp_path):
+    model, ckpt = bigbird_encoder
+    client = server.client()
+    for n in (30, 61):  # full attention; block-sparse, padded to 64
+        ids = document(n, 50 + n, 60)
+        r = client.encode(ids, model="bb")
+        assert (r.rows, r.windows) == (n, 1)
+        assert_close(r.numpy(), bigbird.hf_last_hidden(model, ids))
+    long_ids = document(300, 33, 60)  # windows of 100 every 50, block-sparse
+    r = client.encode(long_ids, model="bb", window_tokens=100)
+    want = cli_encode(mnemo_bin, tmp_path, ckpt, long_ids, "--window", "100")
+    np.testing.assert_allclose(r.numpy(), want, rtol=0, atol=1e-5)
+    with pytest.raises(grpc.RpcError) as e:
+        client.encode(long_ids, model="bb", global_positions=[0])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Longformer" in e.value.details()
 
 
 def test_linformer_and_synthesizer_encode_through_the_server(server, sequence_encoders):

@@ -71,6 +71,7 @@ class CpuBackend final : public Backend {
   absl::Status RoutingAttention(const std::vector<RoutingAttentionArgs>& batch) override;
   absl::Status LongformerAttention(const LongformerAttentionArgs& args) override;
   absl::Status NystromAttention(const NystromAttentionArgs& args) override;
+  absl::Status BigBirdAttention(const BigBirdAttentionArgs& args) override;
   absl::Status LinformerAttention(const LinformerAttentionArgs& args) override;
   absl::Status SynthesizerAttention(const SynthesizerAttentionArgs& args) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;

@@ -161,6 +161,41 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
   EXPECT_EQ(syn->synthesizer, "random");
   synth.replace(synth.find("\"random\""), 8, "\"mixed\"");
   EXPECT_FALSE(ParseEncoderConfig(synth).ok());
+  // BigBird: full or block-sparse attention, its block fields checked.
+  const std::string bigbird = R"({"architecture": "bigbird", "vocab_size": 60, "d_model": 32,
+      "n_layer": 2, "n_head": 4, "d_head": 8, "d_inner": 64, "pad_token_id": 0,
+      "position_rows": 1100, "attention_type": "block_sparse", "block_size": 64,
+      "num_random_blocks": 3, "torch_dtype": "float32"})";
+  auto bb = ParseEncoderConfig(bigbird);
+  ASSERT_TRUE(bb.ok()) << bb.status();
+  EXPECT_TRUE(bb->bigbird() && bb->block_sparse && !bb->fixed_length());
+  EXPECT_EQ(bb->max_tokens(), 1088);  // whole blocks of the table
+  EXPECT_EQ(bb->pass_rows(705), 768);
+  EXPECT_EQ(bb->pass_rows(704), 704);  // (5 + 2·3) blocks: full attention
+  EXPECT_TRUE(IsEncoderArchitecture("bigbird"));
+  for (const auto& [from, to, field] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"\"block_sparse\"", "\"sliding\"", "attention_type"},
+           {"\"block_size\": 64", "\"block_size\": 0", "block_size"},
+           {"\"num_random_blocks\": 3", "\"num_random_blocks\": 0", "num_random_blocks"},
+           {"\"torch_dtype\"", "\"mlm_activation\": \"gelu\", \"torch_dtype\"",
+            "mlm_activation"},  // without the head
+           {"\"torch_dtype\"", "\"mlm_head\": true, \"mlm_activation\": \"tanh\", \"torch_dtype\"",
+            "mlm_activation"},
+       }) {
+    std::string text = bigbird;
+    text.replace(text.find(from), from.size(), to);
+    auto bad = ParseEncoderConfig(text);
+    ASSERT_FALSE(bad.ok()) << to;
+    EXPECT_NE(bad.status().message().find(field), std::string::npos) << bad.status();
+  }
+  std::string full = bigbird;
+  full.replace(full.find("\"block_sparse\""), 14, "\"original_full\"");
+  full.replace(full.find("\"num_random_blocks\": 3"), 22, "\"num_random_blocks\": 0");
+  auto fb = ParseEncoderConfig(full);
+  ASSERT_TRUE(fb.ok()) << fb.status();
+  EXPECT_EQ(fb->max_tokens(), 1100);
+  EXPECT_EQ(fb->pass_rows(1000), 1000);
   // The decoders' parser names an encoder as one instead of listing its fields as unknown.
   auto decoder = ParseModelConfig(good);
   ASSERT_FALSE(decoder.ok());
@@ -171,6 +206,21 @@ std::vector<float> Values(const Tensor& t) {
   return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
 }
 
+// Every window of `batch` in one pass gets what it gets alone.
+void ExpectSharedPassEqualsAlone(const Encoder& encoder, const std::vector<EncoderSequence>& batch) {
+  auto together = encoder.EncodeBatch(batch);
+  ASSERT_TRUE(together.ok()) << together.status();
+  ASSERT_EQ(together->size(), batch.size());
+  for (size_t k = 0; k < batch.size(); ++k) {
+    auto alone = encoder.EncodeBatch(std::span(&batch[k], 1));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ((*together)[k].hidden.shape(), (*alone)[0].hidden.shape());
+    EXPECT_EQ((*together)[k].hidden.dim(0), static_cast<int64_t>(batch[k].ids.size()));
+    EXPECT_TRUE(test::NearRelative(Values((*together)[k].hidden), Values((*alone)[0].hidden), 1e-5))
+        << "window " << k;
+  }
+}
+
 TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
   const test::ScopedTempDir dir = test::WriteRandomLongformer(3);
   auto encoder = Encoder::Load(dir.path());
@@ -179,17 +229,7 @@ TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
   const std::vector<int32_t> b = test::RandomTokens(7, 40, 2);
   const std::vector<int32_t> c = test::RandomTokens(19, 40, 3);
   // Globals in some windows only (the pass computes global projections for every row then).
-  const std::vector<EncoderSequence> batch{{a, {0, 17, 29}, {}}, {b, {}, {}}, {c, {4}, {}}};
-  auto together = (*encoder)->EncodeBatch(batch);
-  ASSERT_TRUE(together.ok()) << together.status();
-  ASSERT_EQ(together->size(), 3u);
-  for (size_t k = 0; k < batch.size(); ++k) {
-    auto alone = (*encoder)->EncodeBatch(std::span(&batch[k], 1));
-    ASSERT_TRUE(alone.ok()) << alone.status();
-    EXPECT_EQ((*together)[k].hidden.shape(), (*alone)[0].hidden.shape());
-    EXPECT_TRUE(test::NearRelative(Values((*together)[k].hidden), Values((*alone)[0].hidden), 1e-5))
-        << "window " << k;
-  }
+  ExpectSharedPassEqualsAlone(**encoder, {{a, {0, 17, 29}, {}}, {b, {}, {}}, {c, {4}, {}}});
   // One bad window fails the pass, naming it; nothing is returned for the others.
   const std::vector<int32_t> bad{3, 40};
   const std::vector<EncoderSequence> with_bad{{a, {}, {}}, {bad, {}, {}}};
@@ -197,6 +237,29 @@ TEST(EncoderTest, WindowsSharingAPassEncodeAsTheyWouldAlone) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("window 1"), std::string::npos) << refused.status();
+}
+
+TEST(EncoderTest, BigBirdPassesPadToBlocksAndShareAPass) {
+  const test::ScopedTempDir dir = test::WriteRandomBigBird(5);
+  auto encoder = Encoder::Load(dir.path());
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  const EncoderConfig& c = (*encoder)->config();
+  EXPECT_EQ(c.max_tokens(), 64);  // 66 positions hold 16 whole blocks of 4
+  EXPECT_FALSE(c.sparse_pass(28));  // (5 + 2·1) blocks of 4: full attention, as Hugging Face
+  EXPECT_EQ(c.pass_rows(28), 28);
+  EXPECT_TRUE(c.sparse_pass(29));
+  EXPECT_EQ(c.pass_rows(29), 32);
+  // Full, padded block-sparse, whole-block and longest windows in one pass.
+  ExpectSharedPassEqualsAlone(**encoder, {{test::RandomTokens(10, 40, 1), {}, {}},
+                                          {test::RandomTokens(29, 40, 2), {}, {}},
+                                          {test::RandomTokens(48, 40, 3), {}, {}},
+                                          {test::RandomTokens(64, 40, 4), {}, {}},
+                                          {test::RandomTokens(45, 40, 5), {}, {}}});
+  const std::vector<int32_t> ids = test::RandomTokens(29, 40, 6);
+  // Global positions are Longformer's.
+  auto global = (*encoder)->EncodeBatch(std::vector<EncoderSequence>{{ids, {0}, {}}});
+  ASSERT_FALSE(global.ok());
+  EXPECT_NE(global.status().message().find("Longformer"), std::string::npos) << global.status();
 }
 
 TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {

@@ -1,7 +1,9 @@
-// kernels/cpu/linformer_attention and kernels/cpu/synthesizer_attention against naive double
-// loops written from their definitions (the headers): a pass of N ≤ n_max positions using the
-// first N columns of Linformer's E and F, and the first N positions of Synthesizer's dense
-// logits or random matrices, with rows strided as the projections lay them out.
+// kernels/cpu/linformer_attention, kernels/cpu/synthesizer_attention and
+// kernels/cpu/bigbird_attention against naive double loops written from their definitions (the
+// headers): a pass of N ≤ n_max positions using the first N columns of Linformer's E and F, and
+// the first N positions of Synthesizer's dense logits or random matrices; BigBird's full and
+// block-sparse attention over padded passes, random blocks repeating band blocks, each other and
+// padding; rows strided as the projections lay them out.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/bigbird_attention.h"
 #include "kernels/cpu/linformer_attention.h"
 #include "kernels/cpu/synthesizer_attention.h"
 
@@ -123,6 +126,59 @@ TEST(SynthesizerAttentionTest, DenseAndRandomMatchTheDefinition) {
       }
       ExpectNear(out, want);
     }
+  }
+}
+
+TEST(BigBirdAttentionTest, FullAndBlockSparseMatchTheDefinition) {
+  ThreadPool pool(2);
+  for (const BigBirdShape s : {BigBirdShape{2, 4, 48, 48, 4, 2}, BigBirdShape{3, 8, 64, 59, 8, 1},
+                               BigBirdShape{1, 4, 40, 33, 4, 3}, BigBirdShape{2, 4, 23, 23, 8, 0},
+                               BigBirdShape{2, 8, 9, 9, 64, 0}}) {
+    SCOPED_TRACE(testing::Message() << "L " << s.len << " valid " << s.valid << " b "
+                                    << s.block_size << " r " << s.num_random);
+    const int64_t w = static_cast<int64_t>(s.num_heads) * s.head_dim, d = s.head_dim,
+                  b = s.block_size, blocks = (s.len + b - 1) / b;
+    std::mt19937 rng(static_cast<uint32_t>(s.len * 3 + s.num_random));
+    const std::vector<float> qkv = Normal(static_cast<size_t>(s.len * 3 * w), rng);
+    // Random blocks anywhere: repeating the band, each other, or past the valid positions.
+    std::vector<int32_t> random(static_cast<size_t>(s.num_heads * (blocks - 2) * s.num_random));
+    std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(blocks - 1));
+    for (int32_t& r : random) r = pick(rng);
+    std::vector<float> out(static_cast<size_t>(s.len * w), 99.0f);
+    BigBirdAttention(s, qkv.data(), 3 * w, qkv.data() + w, 3 * w, qkv.data() + 2 * w, 3 * w,
+                     s.num_random > 0 ? random.data() : nullptr, out.data(), w, pool);
+    std::vector<double> want(out.size());  // padding rows: zeros
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      for (int64_t i = 0; i < s.valid; ++i) {
+        const int64_t bi = i / b;
+        std::vector<int64_t> seen;  // key blocks, a random one as often as drawn
+        if (s.num_random == 0 || bi == 0 || bi == blocks - 1) {
+          for (int64_t j = 0; j < blocks; ++j) seen.push_back(j);
+        } else {
+          for (int64_t j = 0; j < blocks; ++j) {
+            if (j == 0 || j == blocks - 1 || std::abs(j - bi) <= 1) seen.push_back(j);
+          }
+          for (int64_t t = 0; t < s.num_random; ++t) {
+            seen.push_back(random[(h * (blocks - 2) + bi - 1) * s.num_random + t]);
+          }
+        }
+        std::vector<double> logits;
+        std::vector<std::vector<double>> values;
+        for (int64_t block : seen) {
+          for (int64_t j = block * b; j < std::min((block + 1) * b, s.valid); ++j) {
+            double dot = 0;
+            for (int64_t c = 0; c < d; ++c) {
+              dot += double{qkv[i * 3 * w + h * d + c]} * qkv[j * 3 * w + w + h * d + c];
+            }
+            logits.push_back(dot / std::sqrt(static_cast<double>(d)));
+            values.emplace_back(d);
+            for (int64_t c = 0; c < d; ++c) values.back()[c] = qkv[j * 3 * w + 2 * w + h * d + c];
+          }
+        }
+        MixRow(logits, values, want.data() + i * w + h * d);
+      }
+    }
+    ExpectNear(out, want);
   }
 }
 
