@@ -562,8 +562,8 @@ namespace {
 
 // A BERT-layout encoder of d_model 16 (2 heads of 8), 2 layers, 40 ids and `position_rows`
 // positions; Longformer's global projections when `global`.
-ScopedTempDir WriteRandomBertEncoder(const std::string& config, int64_t position_rows,
-                                     bool global, uint32_t seed) {
+ScopedTempDir WriteRandomBertEncoder(const std::string& config, int64_t position_rows, bool global,
+                                     uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
   std::vector<RawTensor> tensors;

@@ -24,37 +24,24 @@ block_sparse with num_random_blocks < 1, hidden_size not a multiple of num_atten
 hidden_act the engine lacks, an MLM output matrix not tied to the word embeddings.
 """
 
-import math
-import shutil
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 
-from mnemo_checkpoint import write_checkpoint
-from tools.convert_hf_longformer import ACTIVATIONS, ConversionError, bert_tensors, read_encoder
+from tools.convert_hf_longformer import (ConversionError, bert_tensors, encoder_fields,
+                                         random_encoder, read_encoder)
+from tools.convert_hf_mistral import convert_dir_with
 from tools.convert_hf_mistral import main as converter_main
-from tools.convert_hf_transfo_xl import load_hf_checkpoint
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
            "hf_mlm_logprobs", "main"]
 
 
 def our_config(cfg, dtype_name):
-    if cfg.get("model_type", "big_bird") != "big_bird":
-        raise ConversionError(f"model_type {cfg.get('model_type')!r}: only \"big_bird\"")
-    if cfg.get("position_embedding_type", "absolute") != "absolute":
-        raise ConversionError(f"position_embedding_type {cfg['position_embedding_type']!r}: "
-                              f"only \"absolute\" is supported")
     if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
         raise ConversionError("is_decoder / add_cross_attention: only BigBird's encoder converts")
-    act = cfg.get("hidden_act", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise ConversionError(f"hidden_act {act!r}: supported are {sorted(ACTIVATIONS)}")
-    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    if d % heads:
-        raise ConversionError(f"hidden_size {d} is not a multiple of num_attention_heads {heads}")
+    fields = encoder_fields(cfg, dtype_name, "big_bird", "bigbird", "gelu_new", 1e-12, 0, 2)
     kind = cfg.get("attention_type", "block_sparse")
     if kind not in ("original_full", "block_sparse"):
         raise ConversionError(f"attention_type {kind!r}: original_full or block_sparse")
@@ -62,25 +49,9 @@ def our_config(cfg, dtype_name):
     if kind == "block_sparse" and random_blocks < 1:
         raise ConversionError(f"num_random_blocks {random_blocks}: block_sparse attention draws at "
                               f"least one random block per row")
-    return {
-        "architecture": "bigbird",
-        "vocab_size": cfg["vocab_size"],
-        "d_model": d,
-        "n_layer": cfg["num_hidden_layers"],
-        "n_head": heads,
-        "d_head": d // heads,
-        "d_inner": cfg["intermediate_size"],
-        "activation": ACTIVATIONS[act],
-        "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-12),
-        "pad_token_id": cfg.get("pad_token_id", 0),
-        "position_rows": cfg.get("max_position_embeddings", 4096),
-        "type_vocab_size": cfg.get("type_vocab_size", 2),
-        "attention_type": kind,
-        "block_size": cfg.get("block_size", 64),
-        "num_random_blocks": random_blocks,
-        "rescale_embeddings": bool(cfg.get("rescale_embeddings", False)),
-        "torch_dtype": dtype_name,
-    }
+    return dict(fields, attention_type=kind, block_size=cfg.get("block_size", 64),
+                num_random_blocks=random_blocks,
+                rescale_embeddings=bool(cfg.get("rescale_embeddings", False)))
 
 
 def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
@@ -113,34 +84,16 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
 def convert_dir(hf_dir, out_dir, dtype=None):
     """Convert an HF BigBird directory; returns our config dict. BigBird's sentencepiece model
     (spiece.model) becomes the checkpoint's tokenizer.model."""
-    sd, hf_config = load_hf_checkpoint(hf_dir)
-    config, tensors = convert(sd, hf_config, dtype=dtype)
-    write_checkpoint(out_dir, config, tensors)
-    spiece = Path(hf_dir) / "spiece.model"
-    if spiece.is_file():
-        shutil.copyfile(spiece, Path(out_dir) / "tokenizer.model")
-    return config
+    return convert_dir_with(convert, hf_dir, out_dir, dtype, tokenizer="spiece.model")
 
 
 def random_hf_model(overrides, seed=0, std=None, masked_lm=False):
-    """A seeded random BigBirdModel (BigBirdForMaskedLM with `masked_lm`) in eval mode, without a
-    pooler: weights N(0, std^2) (default 0.5/sqrt(hidden_size)), LayerNorm weights N(1, std^2)
-    (the MLM decoder stays tied to the word embeddings)."""
+    """A seeded random BigBirdModel (BigBirdForMaskedLM with `masked_lm`) without a pooler
+    (tools/convert_hf_longformer.random_encoder)."""
     from transformers import BigBirdConfig, BigBirdForMaskedLM, BigBirdModel
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = BigBirdConfig(**overrides)
-        torch.manual_seed(int(seed))
-        model = (BigBirdForMaskedLM(cfg) if masked_lm
-                 else BigBirdModel(cfg, add_pooling_layer=False))
-    std = std if std is not None else 0.5 / math.sqrt(cfg.hidden_size)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
-            p.copy_((1.0 + noise if "LayerNorm.weight" in name else noise).to(p.dtype))
-    return model.eval()
+    return random_encoder(BigBirdConfig, BigBirdForMaskedLM if masked_lm else (
+        lambda cfg: BigBirdModel(cfg, add_pooling_layer=False)), overrides, seed, std)
 
 
 def _hf_forward(model, ids):

@@ -36,18 +36,17 @@ of num_attention_heads, a hidden_act the engine lacks (it has gelu, gelu_new /
 gelu_pytorch_tanh, relu, silu).
 """
 
-import math
 import sys
 import warnings
 
 import torch
 
-from mnemo_checkpoint import write_checkpoint
-from tools.convert_hf_transfo_xl import load_hf_checkpoint
+from tools.convert_hf_mistral import convert_dir_with, randomize_weights
 from tools.convert_hf_mistral import main as converter_main
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
-           "hf_mlm_logprobs", "bert_tensors", "read_encoder", "main"]
+           "hf_mlm_logprobs", "bert_tensors", "encoder_fields", "read_encoder", "random_encoder",
+           "main"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -62,38 +61,47 @@ def _as_dict(hf_config):
     return hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
 
 
-def our_config(cfg, dtype_name):
-    if cfg.get("model_type", "longformer") != "longformer":
-        raise ConversionError(f"model_type {cfg.get('model_type')!r}: only \"longformer\"")
+def encoder_fields(cfg, dtype_name, model_type, architecture, hidden_act, layer_norm_eps,
+                   pad_token_id, type_vocab_size, extra_positions=0):
+    """The config.json fields every BERT-layout encoder shares, after the checks they share
+    (model_type, absolute positions, an activation the engine has, heads dividing hidden_size).
+    hidden_act … type_vocab_size are the model's Hugging Face defaults; the position table has
+    extra_positions rows past max_position_embeddings."""
+    if cfg.get("model_type", model_type) != model_type:
+        raise ConversionError(f"model_type {cfg.get('model_type')!r}: only \"{model_type}\"")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise ConversionError(f"position_embedding_type {cfg['position_embedding_type']!r}: "
                               f"only \"absolute\" is supported")
-    act = cfg.get("hidden_act", "gelu")
+    act = cfg.get("hidden_act", hidden_act)
     if act not in ACTIVATIONS:
         raise ConversionError(f"hidden_act {act!r}: supported are {sorted(ACTIVATIONS)}")
-    d, heads, layers = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     if d % heads:
         raise ConversionError(f"hidden_size {d} is not a multiple of num_attention_heads {heads}")
-    window = cfg["attention_window"]
-    windows = [window] * layers if isinstance(window, int) else list(window)
-    if len(windows) != layers or any(w < 2 or w % 2 for w in windows):
-        raise ConversionError(f"attention_window {window!r}: one even window >= 2 per layer")
     return {
-        "architecture": "longformer",
+        "architecture": architecture,
         "vocab_size": cfg["vocab_size"],
         "d_model": d,
-        "n_layer": layers,
+        "n_layer": cfg["num_hidden_layers"],
         "n_head": heads,
         "d_head": d // heads,
         "d_inner": cfg["intermediate_size"],
         "activation": ACTIVATIONS[act],
-        "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-5),
-        "pad_token_id": cfg.get("pad_token_id", 1),
-        "position_rows": cfg["max_position_embeddings"],
-        "type_vocab_size": cfg.get("type_vocab_size", 1),
-        "attention_window": windows,
+        "layer_norm_epsilon": cfg.get("layer_norm_eps", layer_norm_eps),
+        "pad_token_id": cfg.get("pad_token_id", pad_token_id),
+        "position_rows": cfg["max_position_embeddings"] + extra_positions,
+        "type_vocab_size": cfg.get("type_vocab_size", type_vocab_size),
         "torch_dtype": dtype_name,
     }
+
+
+def our_config(cfg, dtype_name):
+    fields = encoder_fields(cfg, dtype_name, "longformer", "longformer", "gelu", 1e-5, 1, 1)
+    layers, window = fields["n_layer"], cfg["attention_window"]
+    windows = [window] * layers if isinstance(window, int) else list(window)
+    if len(windows) != layers or any(w < 2 or w % 2 for w in windows):
+        raise ConversionError(f"attention_window {window!r}: one even window >= 2 per layer")
+    return dict(fields, attention_window=windows)
 
 
 def read_encoder(hf_model_or_state_dict, hf_config, dtype, prefix, make_config):
@@ -169,33 +177,29 @@ def bert_tensors(get, n_layer):
 
 def convert_dir(hf_dir, out_dir, dtype=None):
     """Convert an HF Longformer directory; returns our config dict."""
-    sd, hf_config = load_hf_checkpoint(hf_dir)
-    config, tensors = convert(sd, hf_config, dtype=dtype)
-    write_checkpoint(out_dir, config, tensors)
-    return config
+    return convert_dir_with(convert, hf_dir, out_dir, dtype)
+
+
+def random_encoder(config_cls, make_model, overrides, seed=0, std=None):
+    """A seeded random Hugging Face encoder (make_model(config_cls(**overrides))) in eval mode:
+    weights N(0, std^2) (default 0.5/sqrt(hidden_size)), LayerNorm weights N(1, std^2), so the
+    output depends on every tensor (a tied MLM decoder stays tied)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = config_cls(**overrides)
+        torch.manual_seed(int(seed))
+        model = make_model(cfg)
+    return randomize_weights(model, cfg.hidden_size, seed, std, is_norm=lambda name: (
+        "LayerNorm.weight" in name or "layer_norm.weight" in name))
 
 
 def random_hf_model(overrides, seed=0, std=None, masked_lm=False):
-    """A seeded random LongformerModel (LongformerForMaskedLM with `masked_lm`) in eval mode,
-    without a pooler: weights N(0, std^2) (default 0.5/sqrt(hidden_size)), LayerNorm weights
-    N(1, std^2), so the output depends on every tensor (the MLM decoder stays tied to the word
-    embeddings)."""
+    """A seeded random LongformerModel (LongformerForMaskedLM with `masked_lm`) without a pooler
+    (random_encoder)."""
     from transformers import LongformerConfig, LongformerForMaskedLM, LongformerModel
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = LongformerConfig(**overrides)
-        torch.manual_seed(int(seed))
-        model = (LongformerForMaskedLM(cfg) if masked_lm
-                 else LongformerModel(cfg, add_pooling_layer=False))
-    std = std if std is not None else 0.5 / math.sqrt(cfg.hidden_size)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
-            ln = "LayerNorm.weight" in name or "layer_norm.weight" in name
-            p.copy_((1.0 + noise if ln else noise).to(p.dtype))
-    return model.eval()
+    return random_encoder(LongformerConfig, LongformerForMaskedLM if masked_lm else (
+        lambda cfg: LongformerModel(cfg, add_pooling_layer=False)), overrides, seed, std)
 
 
 def _hf_forward(model, ids, global_positions):

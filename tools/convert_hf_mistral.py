@@ -227,12 +227,12 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
                            our_config, MISTRAL_NORMS, lambda w: w)
 
 
-def convert_dir_with(convert_fn, hf_dir, out_dir, dtype=None):
-    """Convert an HF checkpoint directory with `convert_fn` (and copy its tokenizer.model, when
-    it has one); returns our config dict."""
+def convert_dir_with(convert_fn, hf_dir, out_dir, dtype=None, tokenizer="tokenizer.model"):
+    """Convert an HF checkpoint directory with `convert_fn` (and copy its sentencepiece model,
+    named `tokenizer` there, as tokenizer.model, when it has one); returns our config dict."""
     sd, hf_config = load_hf_checkpoint(hf_dir)
     config, tensors = convert_fn(sd, hf_config, dtype=dtype)
-    tokenizer = os.path.join(hf_dir, "tokenizer.model")
+    tokenizer = os.path.join(hf_dir, tokenizer)
     write_checkpoint(out_dir, config, tensors,
                      tokenizer=tokenizer if os.path.isfile(tokenizer) else None)
     return config
@@ -244,22 +244,28 @@ def convert_dir(hf_dir, out_dir, dtype=None):
 
 
 def random_model(config_cls, model_cls, overrides, seed=0, std=None):
-    """A seeded random Hugging Face decoder in eval mode (eager attention).
-    Weights N(0, std^2) (default 0.5/sqrt(hidden_size)), norm weights
-    N(1, std^2), so the logits depend on every tensor."""
+    """A seeded random Hugging Face decoder in eval mode (eager attention), by
+    randomize_weights."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = config_cls(**overrides)
         cfg._attn_implementation = "eager"
         torch.manual_seed(int(seed))
         model = model_cls(cfg)
+    return randomize_weights(model, cfg.hidden_size, seed, std)
+
+
+def randomize_weights(model, hidden_size, seed=0, std=None, is_norm=lambda name: "norm" in name):
+    """`model` in eval mode with seeded random weights: N(0, std^2) (default
+    0.5/sqrt(hidden_size)), norm weights (is_norm(parameter name)) N(1, std^2), so the outputs
+    depend on every tensor."""
     if std is None:
-        std = 0.5 / math.sqrt(cfg.hidden_size)
+        std = 0.5 / math.sqrt(hidden_size)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
-            p.copy_((1.0 + noise if "norm" in name else noise).to(p.dtype))
+            p.copy_((1.0 + noise if is_norm(name) else noise).to(p.dtype))
     return model.eval()
 
 

@@ -21,36 +21,25 @@ conv_kernel_size, hidden_size not a multiple of num_attention_heads, a hidden_ac
 lacks.
 """
 
-import math
 import sys
-import warnings
 
 import torch
 
-from mnemo_checkpoint import write_checkpoint
-from tools.convert_hf_longformer import ACTIVATIONS, ConversionError, bert_tensors, read_encoder
+from tools.convert_hf_longformer import (ConversionError, bert_tensors, encoder_fields,
+                                         random_encoder, read_encoder)
+from tools.convert_hf_mistral import convert_dir_with
 from tools.convert_hf_mistral import main as converter_main
-from tools.convert_hf_transfo_xl import load_hf_checkpoint
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
            "main"]
 
 
 def our_config(cfg, dtype_name):
-    if cfg.get("model_type", "nystromformer") != "nystromformer":
-        raise ConversionError(f"model_type {cfg.get('model_type')!r}: only \"nystromformer\"")
-    if cfg.get("position_embedding_type", "absolute") != "absolute":
-        raise ConversionError(f"position_embedding_type {cfg['position_embedding_type']!r}: "
-                              f"only \"absolute\" is supported")
     if cfg.get("inv_coeff_init_option"):
         raise ConversionError("inv_coeff_init_option: only the original pseudo-inverse "
                               "initialisation is supported")
-    act = cfg.get("hidden_act", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise ConversionError(f"hidden_act {act!r}: supported are {sorted(ACTIVATIONS)}")
-    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    if d % heads:
-        raise ConversionError(f"hidden_size {d} is not a multiple of num_attention_heads {heads}")
+    fields = encoder_fields(cfg, dtype_name, "nystromformer", "nystromformer", "gelu_new", 1e-5,
+                            1, 2, extra_positions=2)
     seg, landmarks = cfg["segment_means_seq_len"], cfg["num_landmarks"]
     if seg % landmarks:
         raise ConversionError(f"num_landmarks {landmarks} does not divide "
@@ -58,24 +47,7 @@ def our_config(cfg, dtype_name):
     conv = cfg.get("conv_kernel_size") or 0
     if conv % 2 == 0 and conv:
         raise ConversionError(f"conv_kernel_size {conv}: only odd kernels keep the length")
-    return {
-        "architecture": "nystromformer",
-        "vocab_size": cfg["vocab_size"],
-        "d_model": d,
-        "n_layer": cfg["num_hidden_layers"],
-        "n_head": heads,
-        "d_head": d // heads,
-        "d_inner": cfg["intermediate_size"],
-        "activation": ACTIVATIONS[act],
-        "layer_norm_epsilon": cfg.get("layer_norm_eps", 1e-5),
-        "pad_token_id": cfg.get("pad_token_id", 1),
-        "position_rows": cfg["max_position_embeddings"] + 2,
-        "type_vocab_size": cfg.get("type_vocab_size", 2),
-        "segment_len": seg,
-        "num_landmarks": landmarks,
-        "conv_kernel_size": conv,
-        "torch_dtype": dtype_name,
-    }
+    return dict(fields, segment_len=seg, num_landmarks=landmarks, conv_kernel_size=conv)
 
 
 def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
@@ -94,29 +66,14 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
 
 def convert_dir(hf_dir, out_dir, dtype=None):
     """Convert an HF Nyströmformer directory; returns our config dict."""
-    sd, hf_config = load_hf_checkpoint(hf_dir)
-    config, tensors = convert(sd, hf_config, dtype=dtype)
-    write_checkpoint(out_dir, config, tensors)
-    return config
+    return convert_dir_with(convert, hf_dir, out_dir, dtype)
 
 
 def random_hf_model(overrides, seed=0, std=None):
-    """A seeded random NystromformerModel in eval mode: weights N(0, std^2) (default
-    0.5/sqrt(hidden_size)), LayerNorm weights N(1, std^2)."""
+    """A seeded random NystromformerModel (tools/convert_hf_longformer.random_encoder)."""
     from transformers import NystromformerConfig, NystromformerModel
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = NystromformerConfig(**overrides)
-        torch.manual_seed(int(seed))
-        model = NystromformerModel(cfg)
-    std = std if std is not None else 0.5 / math.sqrt(cfg.hidden_size)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
-            p.copy_((1.0 + noise if "LayerNorm.weight" in name else noise).to(p.dtype))
-    return model.eval()
+    return random_encoder(NystromformerConfig, NystromformerModel, overrides, seed, std)
 
 
 def hf_last_hidden(model, ids):

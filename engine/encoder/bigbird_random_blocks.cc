@@ -54,9 +54,9 @@ std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& 
 absl::Status Assign(const std::vector<int32_t>& drawn, int64_t r, int32_t* row) {
   const auto n = static_cast<int64_t>(drawn.size());
   if (n != 1 && n < r) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "BigBird's random-block draw found ", n, " candidate blocks for ", r,
-        " random blocks per row; the pass is too short for block-sparse attention"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("BigBird's random-block draw found ", n, " candidate blocks for ", r,
+                     " random blocks per row; the pass is too short for block-sparse attention"));
   }
   for (int64_t t = 0; t < r; ++t) row[t] = drawn[n == 1 ? 0 : t];
   return absl::OkStatus();
@@ -124,9 +124,9 @@ std::vector<int32_t> SingleRow(NumpyLegacyRandom& rng, int64_t row, int64_t to_e
 absl::StatusOr<std::vector<int32_t>> BigBirdRandomBlocks(const BigBirdRandomPlan& p) {
   const int64_t b = p.block_size, r = p.num_random, blocks = p.len / b, rows = blocks - 2;
   if (r < 1 || b < 1 || p.len % b != 0 || blocks < 2 * r + 6) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block-sparse attention needs more than 2·r + 5 = ", 2 * r + 5, " blocks; the pass has ",
-        blocks, " of ", b));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block-sparse attention needs more than 2·r + 5 = ", 2 * r + 5,
+                     " blocks; the pass has ", blocks, " of ", b));
   }
   std::vector<int32_t> out(static_cast<size_t>(p.num_heads * rows * r));
   NumpyLegacyRandom rng(static_cast<uint32_t>(p.layer));

@@ -24,9 +24,9 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   // The reader names the object in errors and refuses fields nobody read.
   LayerEntryReader r(j, "(encoder)");
   EncoderConfig c;
-  ASSIGN_OR_RETURN(c.architecture,
-                   r.String("architecture", std::nullopt,
-                            {"longformer", "nystromformer", "linformer", "synthesizer", "bigbird"}));
+  ASSIGN_OR_RETURN(c.architecture, r.String("architecture", std::nullopt,
+                                            {"longformer", "nystromformer", "linformer",
+                                             "synthesizer", "bigbird"}));
   ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
   ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
@@ -71,8 +71,7 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
                      r.String("attention_type", std::nullopt, {"original_full", "block_sparse"}));
     c.block_sparse = type == "block_sparse";
     ASSIGN_OR_RETURN(c.block_size, r.Int("block_size", 1, c.position_rows));
-    ASSIGN_OR_RETURN(c.num_random_blocks,
-                     r.Int("num_random_blocks", c.block_sparse ? 1 : 0, 1024));
+    ASSIGN_OR_RETURN(c.num_random_blocks, r.Int("num_random_blocks", c.block_sparse ? 1 : 0, 1024));
     ASSIGN_OR_RETURN(c.rescale_embeddings, r.Bool("rescale_embeddings", false));
   } else {
     ASSIGN_OR_RETURN(std::vector<int64_t> windows,

@@ -171,8 +171,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
   }
   Tensor x = Tensor::Empty(DType::kF32, {n, d});
   Tensor add = Tensor::Empty(DType::kF32, {n, d});
-  const float word_scale =
-      c.rescale_embeddings ? std::sqrt(static_cast<float>(c.d_model)) : 1.0f;
+  const float word_scale = c.rescale_embeddings ? std::sqrt(static_cast<float>(c.d_model)) : 1.0f;
   RETURN_IF_ERROR(be.Embedding(weights_.word_emb, ids, word_scale, x));
   RETURN_IF_ERROR(be.Embedding(weights_.position_emb, positions, 1.0f, add));
   RETURN_IF_ERROR(be.Add(x, add, x));
@@ -209,13 +208,13 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
         const auto tokens = static_cast<int64_t>(batch[k].ids.size());
         std::vector<int32_t> random;
         if (c.sparse_pass(tokens)) {
-          ASSIGN_OR_RETURN(random, BigBirdRandomBlocks({l, offsets[k + 1] - offsets[k], c.block_size,
-                                                        c.num_random_blocks, c.n_head,
-                                                        c.position_rows}));
+          ASSIGN_OR_RETURN(random,
+                           BigBirdRandomBlocks({l, offsets[k + 1] - offsets[k], c.block_size,
+                                                c.num_random_blocks, c.n_head, c.position_rows}));
         }
-        RETURN_IF_ERROR(be.BigBirdAttention({&q, random.empty() ? nullptr : &random, tokens,
-                                             c.block_size, c.num_random_blocks, heads, head_dim,
-                                             &out}));
+        RETURN_IF_ERROR(
+            be.BigBirdAttention({&q, random.empty() ? nullptr : &random, tokens, c.block_size,
+                                 c.num_random_blocks, heads, head_dim, &out}));
       } else if (c.linformer()) {
         RETURN_IF_ERROR(be.LinformerAttention({&q, &lw.proj_k, &lw.proj_v, heads, head_dim, &out}));
       } else if (c.synthesized()) {

@@ -19,17 +19,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::abort();
     }
     // Each architecture's own fields, as its attention kernel relies on them.
-    const bool ok =
-        e.nystromformer() ? e.segment_len <= e.position_rows - 2 && e.num_landmarks >= 1 &&
-                                e.segment_len % e.num_landmarks == 0 &&
-                                (e.conv_kernel_size == 0 || e.conv_kernel_size % 2 == 1)
-        : e.linformer() ? e.linformer_k >= 1 && e.linformer_k <= e.segment_len &&
-                              e.segment_len <= e.position_rows
-        : e.synthesized() ? (e.synthesizer == "dense" || e.synthesizer == "random") &&
-                                e.segment_len <= e.position_rows
-        : e.bigbird() ? e.block_size >= 1 && e.block_size <= e.position_rows &&
-                            e.num_random_blocks >= 1 && e.pass_rows(e.max_tokens()) <= e.position_rows
-                      : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
+    const bool ok = e.nystromformer()
+                        ? e.segment_len <= e.position_rows - 2 && e.num_landmarks >= 1 &&
+                              e.segment_len % e.num_landmarks == 0 &&
+                              (e.conv_kernel_size == 0 || e.conv_kernel_size % 2 == 1)
+                    : e.linformer() ? e.linformer_k >= 1 && e.linformer_k <= e.segment_len &&
+                                          e.segment_len <= e.position_rows
+                    : e.synthesized() ? (e.synthesizer == "dense" || e.synthesizer == "random") &&
+                                            e.segment_len <= e.position_rows
+                    : e.bigbird() ? e.block_size >= 1 && e.block_size <= e.position_rows &&
+                                        (e.num_random_blocks >= 1 || !e.block_sparse) &&
+                                        e.pass_rows(e.max_tokens()) <= e.position_rows
+                                  : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
     if (!ok || (e.mlm_head && e.fixed_length())) std::abort();
   } else if (encoder.status().code() != absl::StatusCode::kInvalidArgument) {
     std::abort();

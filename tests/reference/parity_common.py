@@ -201,3 +201,25 @@ def run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=True):
     data = np.fromfile(out, dtype="<f4")
     assert data.size == rows * cols
     return data.reshape(rows, cols)
+
+
+def write_converted(convert, model, ckpt, dtype="float32"):
+    """A converter's `convert` of a Hugging Face `model` to `dtype`, written as a checkpoint at
+    `ckpt`; returns our config dict."""
+    from mnemo_checkpoint import write_checkpoint
+
+    config, tensors = convert(model, dtype=dtype)
+    write_checkpoint(ckpt, config, tensors)
+    return config
+
+
+def bfloat16_pair(convert, model, ckpt):
+    """A bfloat16 checkpoint of `model` at `ckpt`, and the model to compare it with: `model` on
+    the stored (rounded) values, in float64."""
+    write_converted(convert, model, ckpt, "bfloat16")
+    with open(f"{ckpt}/config.json") as f:
+        assert json.load(f)["torch_dtype"] == "bfloat16"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    return model.double()

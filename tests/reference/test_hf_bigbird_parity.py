@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import assert_logits_close, plan_windows, run_encode
+from parity_common import (assert_logits_close, bfloat16_pair, plan_windows, run_encode,
+                           write_converted)
 from tools.convert_hf_bigbird import (ConversionError, convert, convert_dir, hf_last_hidden,
                                       hf_mlm_logprobs, random_hf_model)
 
@@ -50,8 +50,7 @@ def case(request, tmp_path_factory):
     fields = dict(BASE, **CASES[request.param])
     model = random_hf_model(fields, seed=9).double()
     ckpt = tmp_path_factory.mktemp(request.param) / "ckpt"
-    config, tensors = convert(model, dtype="float32")
-    write_checkpoint(ckpt, config, tensors)
+    write_converted(convert, model, ckpt)
     return model, ckpt, fields
 
 
@@ -118,16 +117,11 @@ def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):
 def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
     fields = dict(BASE, **CASES["sparse_8_r2"])
     model = random_hf_model(fields, seed=4)
-    config, tensors = convert(model, dtype="bfloat16")
     ckpt = tmp_path / "bf16"
-    write_checkpoint(ckpt, config, tensors)
-    assert json.loads((ckpt / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    with torch.no_grad():  # HF on the stored values, in float64
-        for p in model.parameters():
-            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    model = bfloat16_pair(convert, model, ckpt)
     ids = document(130, 5)
     assert_logits_close(run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", "130"),
-                        hf_last_hidden(model.double(), ids), what="bfloat16 checkpoint")
+                        hf_last_hidden(model, ids), what="bfloat16 checkpoint")
 
 
 def test_converter_reads_a_saved_hf_directory_and_its_command_line(tmp_path):

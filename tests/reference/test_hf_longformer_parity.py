@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import assert_logits_close, plan_windows, run_encode
+from parity_common import (assert_logits_close, bfloat16_pair, plan_windows, run_encode,
+                           write_converted)
 from tools.convert_hf_longformer import (ConversionError, convert, convert_dir, hf_last_hidden,
                                          hf_mlm_logprobs, random_hf_model)
 
@@ -55,8 +55,7 @@ def case(request, tmp_path_factory):
     fields = dict(BASE, **CASES[request.param])
     model = random_hf_model(fields, seed=7).double()
     ckpt = tmp_path_factory.mktemp(request.param) / "ckpt"
-    config, tensors = convert(model, dtype="float32")
-    write_checkpoint(ckpt, config, tensors)
+    write_converted(convert, model, ckpt)
     return model, ckpt, fields
 
 
@@ -122,15 +121,10 @@ def test_engine_long_document_runs_in_windows(mnemo_bin, tmp_path, case):
 
 def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
     model = random_hf_model(BASE, seed=11)
-    config, tensors = convert(model, dtype="bfloat16")
     ckpt = tmp_path / "bf16"
-    write_checkpoint(ckpt, config, tensors)
-    assert json.loads((ckpt / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    with torch.no_grad():  # HF on the stored values, in float64
-        for p in model.parameters():
-            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    model = bfloat16_pair(convert, model, ckpt)
     ids = document(33, 4)
-    want = hf_last_hidden(model.double(), ids, (3,))
+    want = hf_last_hidden(model, ids, (3,))
     got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--global-positions", "3")
     assert_logits_close(got, want, what="bfloat16 checkpoint")
 

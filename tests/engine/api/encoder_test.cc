@@ -207,7 +207,8 @@ std::vector<float> Values(const Tensor& t) {
 }
 
 // Every window of `batch` in one pass gets what it gets alone.
-void ExpectSharedPassEqualsAlone(const Encoder& encoder, const std::vector<EncoderSequence>& batch) {
+void ExpectSharedPassEqualsAlone(const Encoder& encoder,
+                                 const std::vector<EncoderSequence>& batch) {
   auto together = encoder.EncodeBatch(batch);
   ASSERT_TRUE(together.ok()) << together.status();
   ASSERT_EQ(together->size(), batch.size());
@@ -244,7 +245,7 @@ TEST(EncoderTest, BigBirdPassesPadToBlocksAndShareAPass) {
   auto encoder = Encoder::Load(dir.path());
   ASSERT_TRUE(encoder.ok()) << encoder.status();
   const EncoderConfig& c = (*encoder)->config();
-  EXPECT_EQ(c.max_tokens(), 64);  // 66 positions hold 16 whole blocks of 4
+  EXPECT_EQ(c.max_tokens(), 64);    // 66 positions hold 16 whole blocks of 4
   EXPECT_FALSE(c.sparse_pass(28));  // (5 + 2·1) blocks of 4: full attention, as Hugging Face
   EXPECT_EQ(c.pass_rows(28), 28);
   EXPECT_TRUE(c.sparse_pass(29));
