@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Encoder benchmark: a Longformer or Nyströmformer encoder through mnemo and through Hugging
-Face at the same shape and document lengths, in one run on one machine.
+"""Encoder benchmark: a Longformer, Nyströmformer or BigBird encoder through mnemo and through
+Hugging Face at the same shape and document lengths, in one run on one machine.
 
 --arch longformer (default): a random LongformerModel (tools/convert_hf_longformer.random_hf_model,
 seeded) of the shape --d-model / --layers / --heads / --window, with a position table for the
@@ -8,11 +8,14 @@ longest length, converted once with tools/convert_hf_longformer.py; the whole do
 --arch nystromformer: a random NystromformerModel of the same width and depth with the published
 model's attention (passes of --segment 512 positions, 64 landmarks, a convolution of 35 taps); a
 document runs in the documented overlapping windows of a pass each (every token computed twice),
-on both sides. Each point is its own subprocess (peak RSS belongs to that point alone):
+on both sides. --arch bigbird: a random BigBirdModel of the same width and depth with the
+published model's attention (block_sparse, blocks of 64, 3 random blocks, passes of up to
+--bigbird-positions 4096 positions), windows as for Nyströmformer. Each point is its own
+subprocess (peak RSS belongs to that point alone):
   * mnemo: build/release/encoder_bench --model DIR --len L [--global-first] (api::Encoder::Encode,
     every token's vector; Nyströmformer windows share passes of up to 8192 rows);
   * hf: LongformerModel(input_ids, global_attention_mask with the first token global), or
-    NystromformerModel over the same windows in batches of 16 (8192 rows), in float32,
+    NystromformerModel / BigBirdModel over the same windows in batches of 8192 rows, in float32,
     torch.no_grad, on .venv's python (its transformers has both), threads = the machine's CPUs;
     last_hidden_state;
   * the machine's physical limits (build/release/physical_limits --quick): the sgemm peak the
@@ -71,15 +74,16 @@ print(json.dumps({"bench": "encoder", "impl": "hf", "len": L, "runs": runs, "war
                   "torch": torch.__version__}))
 """
 
-HF_NYSTROMFORMER_PEER = r"""
+HF_WINDOWED_PEER = r"""
 import json, resource, statistics, sys, time, warnings
 import torch
 warnings.simplefilter("ignore")
-from transformers import NystromformerModel
+import transformers
 hf_dir, L, runs, warmup, threads = sys.argv[1], *(int(x) for x in sys.argv[2:6])
 torch.set_num_threads(threads)
-model = NystromformerModel.from_pretrained(hf_dir).eval()
-W = model.config.segment_means_seq_len
+model = getattr(transformers, sys.argv[6]).from_pretrained(hf_dir).eval()
+W = int(sys.argv[7])
+batch = max(1, 8192 // W)
 gen = torch.Generator().manual_seed(1)
 ids = torch.randint(3, model.config.vocab_size, (L,), generator=gen)
 # The windows mnemo runs: every W // 2 tokens, the last ending at the end (all full when L >= W).
@@ -89,8 +93,8 @@ ms = []
 with torch.no_grad():
     for i in range(warmup + runs):
         t0 = time.perf_counter()
-        for b in range(0, len(windows), 16):
-            out = model(windows[b:b + 16]).last_hidden_state
+        for b in range(0, len(windows), batch):
+            out = model(windows[b:b + batch]).last_hidden_state
             del out
         t1 = time.perf_counter()
         if i >= warmup:
@@ -118,19 +122,39 @@ write_checkpoint(ours, config, tensors)
 
 log = Log("run_encoder_bench")
 
+HF_CLASSES = {"nystromformer": "NystromformerModel", "bigbird": "BigBirdModel"}
+
+
+def window_tokens(cfg):
+    """The most tokens one pass of the converted encoder holds (EncoderConfig::max_tokens)."""
+    if cfg["architecture"] == "bigbird":
+        return cfg["position_rows"] // cfg["block_size"] * cfg["block_size"]
+    if cfg["architecture"] == "longformer":
+        return cfg["position_rows"] - cfg["pad_token_id"] - 1
+    return cfg["segment_len"]
+
 
 def pass_flops(cfg, length):
     """Multiply-adds × 2 of a document's passes. Longformer, one pass: the projections (local
     and global q, k, v; output; FFN), the band's scores and sums, the global row's scores and
     sums. Nyströmformer, every window of a pass: the projections (q, k, v; output; FFN), the
-    landmark products (four of L·m·d and one of L·m² per head) and the convolution."""
+    landmark products (four of L·m·d and one of L·m² per head) and the convolution. BigBird,
+    every window: the projections and each query's scores and sums over the keys it sees."""
     d, f, n_layer = cfg["d_model"], cfg["d_inner"], cfg["n_layer"]
     if cfg["architecture"] == "nystromformer":
-        seg, m, taps, heads = (cfg["segment_len"], cfg["num_landmarks"],
+        seg, m, taps, heads = (window_tokens(cfg), cfg["num_landmarks"],
                                cfg["conv_kernel_size"], cfg["n_head"])
         windows = 1 if length <= seg else len(range(0, length - seg, seg // 2)) + 1
         attention = seg * (4 * m * d + heads * m * m) if m < seg else 2 * seg * seg * d
         per_window = seg * (4 * d * d + 2 * d * f + taps * d) + attention
+        return 2.0 * n_layer * windows * per_window
+    if cfg["architecture"] == "bigbird":
+        window = min(length, window_tokens(cfg))
+        windows = 1 if length <= window else len(range(0, length - window, window // 2)) + 1
+        b, r = cfg["block_size"], cfg["num_random_blocks"]
+        # the global blocks' queries see every key; the others 5 + r blocks (4 + r next to them)
+        keys = 2 * b * window + (window - 2 * b) * (5 + r) * b
+        per_window = window * (4 * d * d + 2 * d * f) + 2 * d * keys
         return 2.0 * n_layer * windows * per_window
     w = cfg["attention_window"][0] // 2
     per_token = 6 * d * d + d * d + 2 * d * f + 2 * d * min(2 * w + 2, length)
@@ -139,10 +163,13 @@ def pass_flops(cfg, length):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", choices=["longformer", "nystromformer"], default="longformer")
+    ap.add_argument("--arch", choices=["longformer", "nystromformer", "bigbird"],
+                    default="longformer")
     ap.add_argument("--lengths", default="4096,16384,65536")
     ap.add_argument("--segment", type=int, default=512,
                     help="nystromformer: positions per pass (segment_means_seq_len)")
+    ap.add_argument("--bigbird-positions", type=int, default=4096,
+                    help="bigbird: the position table (max_position_embeddings), a pass's most")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -169,6 +196,9 @@ def main(argv=None):
                       pad_token_id=1)
         if args.arch == "longformer":
             fields.update(attention_window=args.window, max_position_embeddings=max(lengths) + 2)
+        elif args.arch == "bigbird":
+            fields.update(attention_type="block_sparse", block_size=64, num_random_blocks=3,
+                          max_position_embeddings=args.bigbird_positions, pad_token_id=0)
         else:
             fields.update(segment_means_seq_len=args.segment, num_landmarks=64,
                           conv_kernel_size=35, max_position_embeddings=args.segment + 2)
@@ -202,9 +232,11 @@ def main(argv=None):
                                str(runs), "--warmup", str(warmup)] +
                      (["--global-first"] if longformer else []))]
             if not args.no_hf:
-                peer = HF_PEER if longformer else HF_NYSTROMFORMER_PEER
-                jobs.append(("hf", [args.hf_python, "-c", peer, os.path.join(work, "hf"),
-                                    str(length), str(runs), str(warmup), str(threads)]))
+                hf = [args.hf_python, "-c", HF_PEER if longformer else HF_WINDOWED_PEER,
+                      os.path.join(work, "hf"), str(length), str(runs), str(warmup), str(threads)]
+                if not longformer:  # the class and the window both sides run
+                    hf += [HF_CLASSES[args.arch], str(window_tokens(config))]
+                jobs.append(("hf", hf))
             for impl, cmd in jobs:
                 log(f"{impl} L={length}")
                 try:
