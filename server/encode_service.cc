@@ -30,6 +30,8 @@ Pooling PoolingOf(v1::Pooling p) {
       return Pooling::kMean;
     case v1::POOLING_FIRST:
       return Pooling::kFirst;
+    case v1::POOLING_FUNNEL:
+      return Pooling::kFunnel;
     default:
       return Pooling::kNone;
   }
@@ -37,12 +39,17 @@ Pooling PoolingOf(v1::Pooling p) {
 
 // The first message's options checked against the model (positions against the document's length
 // once it is known).
-absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::EncoderConfig& c) {
+absl::Status CheckOptions(const v1::EncodeRequest& first, const engine::api::Encoder& encoder) {
+  const engine::api::EncoderConfig& c = encoder.config();
   FieldViolations violations;
   const int64_t w = first.window_tokens();
-  if (w != 0 && (w < 2 || w > c.max_tokens())) {
-    violations.Add("window_tokens",
-                   absl::StrCat("must be 0 (the model's maximum) or in [2, ", c.max_tokens(), "]"));
+  if (w != 0 && (w < encoder.min_window() || w > c.max_tokens())) {
+    violations.Add("window_tokens", absl::StrCat("must be 0 (the model's maximum) or in [",
+                                                 encoder.min_window(), ", ", c.max_tokens(), "]"));
+  }
+  if (first.pooling() == v1::POOLING_FUNNEL && !c.funnel()) {
+    violations.Add("pooling", absl::StrCat("POOLING_FUNNEL is a Funnel encoder's; this one is ",
+                                           c.architecture));
   }
   for (const auto& [name, g] : {std::pair{"global_positions", &first.global_positions()},
                                 std::pair{"mlm_positions", &first.mlm_positions()}}) {
@@ -95,7 +102,7 @@ grpc::Status InferenceServiceImpl::Encode(
     RETURN_IF_ERROR(CheckRequest(message, ctx_.limits, 0));
     ASSIGN_OR_RETURN(LoadedEncoder * model, ctx_.models->FindEncoder(message.model()));
     const engine::api::Encoder& encoder = *model->encoder;
-    RETURN_IF_ERROR(CheckOptions(message, encoder.config()));
+    RETURN_IF_ERROR(CheckOptions(message, encoder));
     engine::api::EncodeOptions options;
     options.pooling = PoolingOf(message.pooling());
     options.global_positions.assign(message.global_positions().begin(),
@@ -177,6 +184,8 @@ grpc::Status InferenceServiceImpl::Encode(
     const int64_t d = encoder.config().d_model;
     engine::api::Pooler pooler(options.pooling, n, d);
     const bool per_token = options.pooling == Pooling::kNone;
+    const bool funnel = options.pooling == Pooling::kFunnel;
+    engine::api::Tensor funnel_rows;  // the pooled sequence (its one window)
     const size_t count = windows.size();
     const int64_t vocab_bytes = encoder.config().vocab_size * 4;
     auto submit = [&](size_t k, WindowStep& step) -> absl::Status {
@@ -222,6 +231,8 @@ grpc::Status InferenceServiceImpl::Encode(
       if (k + 1 < count) RETURN_IF_ERROR(submit(k + 1, steps[(k + 1) % 2]));
       if (per_token) {
         RETURN_IF_ERROR(write_rows(current));
+      } else if (funnel) {
+        funnel_rows = std::move(current.out.pooled);
       } else {
         pooler.Add(current.window, current.out.hidden);
       }
@@ -230,10 +241,10 @@ grpc::Status InferenceServiceImpl::Encode(
     }
     v1::EncodeResponse last;
     if (!per_token) {
-      const engine::api::Tensor pooled = pooler.Finish();
-      last.set_count(1);
+      const engine::api::Tensor pooled = funnel ? std::move(funnel_rows) : pooler.Finish();
+      last.set_count(pooled.dim(0));
       last.set_dim(d);
-      last.set_vectors(pooled.data<char>(), static_cast<size_t>(d * 4));
+      last.set_vectors(pooled.data<char>(), static_cast<size_t>(pooled.dim(0) * d * 4));
     }
     last.set_tokens(n);
     last.set_windows(static_cast<int64_t>(count));

@@ -253,6 +253,10 @@ void EncoderToProto(const LoadedEncoder& e, v1::Model* out) {
       layer->set_attention(v1::ATTENTION_KIND_SYNTHESIZER);
       layer->set_window(c.segment_len);
       layer->set_synthesizer(c.synthesizer);
+    } else if (c.funnel()) {
+      layer->set_attention(v1::ATTENTION_KIND_FUNNEL);
+      layer->set_window(c.segment_len);
+      layer->set_pattern(c.pooling);
     } else if (c.bigbird()) {
       layer->set_attention(v1::ATTENTION_KIND_BIGBIRD);
       layer->set_window(c.max_tokens());

@@ -112,7 +112,8 @@ commands:
                            (whitespace- or comma-separated)
       --output F           where the vectors go
       --model M            the encoder (default: the first one the server loaded)
-      --pool P             none (every token's vector, the default), mean or first
+      --pool P             none (every token's vector, the default), mean, first, or funnel
+                           (a Funnel encoder's pooled sequence)
       --global-positions P,P,…  document positions that attend globally, ascending
       --window N           tokens per pass (default: the model's maximum)
       --mlm-positions P,…  positions whose masked-LM log-probabilities to write (encoders
@@ -481,8 +482,10 @@ absl::Status RunEncode(Client& client, const Flags& flags) {
     options.set_pooling(v1::POOLING_MEAN);
   } else if (pool == "first") {
     options.set_pooling(v1::POOLING_FIRST);
+  } else if (pool == "funnel") {
+    options.set_pooling(v1::POOLING_FUNNEL);
   } else {
-    return Usage(absl::StrCat("--pool must be none, mean or first; got \"", pool, "\""));
+    return Usage(absl::StrCat("--pool must be none, mean, first or funnel; got \"", pool, "\""));
   }
   ASSIGN_OR_RETURN(std::vector<int64_t> globals,
                    IntegerList(flags.Get("global-positions"), "--global-positions"));

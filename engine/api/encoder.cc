@@ -69,16 +69,34 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& dir) {
 
 const EncoderConfig& Encoder::config() const { return model_->config(); }
 
+int64_t Encoder::min_window() const { return std::max<int64_t>(2, config().min_tokens()); }
+
 absl::StatusOr<std::vector<EncodeWindow>> Encoder::Plan(int64_t tokens,
                                                         const EncodeOptions& options) const {
   const int64_t most = config().max_tokens();
   const int64_t window = options.window_tokens == 0 ? most : options.window_tokens;
-  if (window < 2 || window > most) {
-    return absl::InvalidArgumentError(absl::StrCat("window of ", window,
-                                                   " tokens: it must be in [2, ", most,
-                                                   "] (the model's position table)"));
+  if (window < min_window() || window > most) {
+    return absl::InvalidArgumentError(absl::StrCat("window of ", window, " tokens: it must be in [",
+                                                   min_window(), ", ", most,
+                                                   "] (the model's passes)"));
   }
   if (tokens <= 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
+  const EncoderConfig& c = config();
+  if (options.pooling == Pooling::kFunnel) {
+    if (!c.funnel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pooling funnel: the pooled sequence is a Funnel encoder's; this one is ",
+                       c.architecture));
+    }
+    if (tokens > window) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pooling funnel returns one pass's pooled sequence: the document's ", tokens,
+                       " tokens exceed the window of ", window));
+    }
+  } else if (c.funnel() && c.decoder_layers == 0) {
+    return absl::FailedPreconditionError(
+        "a Funnel base model (no decoder) has no per-token vectors: ask for pooling funnel");
+  }
   RETURN_IF_ERROR(engine::CheckEncodePositions(config(), options.global_positions,
                                                options.mlm_positions, tokens));
   std::vector<EncodeWindow> windows = PlanEncodeWindows(tokens, window);
@@ -161,7 +179,9 @@ absl::StatusOr<EncodeOutput> Encoder::Encode(std::span<const int32_t> ids,
     ASSIGN_OR_RETURN(std::vector<EncodedWindow> h, EncodeBatch(group));
     for (size_t g = 0; g < group.size(); ++g) {
       const EncodeWindow& w = windows[first + g];
-      if (per_token) {
+      if (options.pooling == Pooling::kFunnel) {
+        out.vectors = std::move(h[g].pooled);  // (the one window)
+      } else if (per_token) {
         std::memcpy(out.vectors.data<float>() + w.keep_begin * d,
                     h[g].hidden.data<float>() + (w.keep_begin - w.begin) * d,
                     (w.keep_end - w.keep_begin) * d * sizeof(float));
@@ -177,6 +197,7 @@ absl::StatusOr<EncodeOutput> Encoder::Encode(std::span<const int32_t> ids,
     }
     first = last;
   }
+  if (options.pooling == Pooling::kFunnel) return out;
   if (!per_token) out.vectors = pooler.Finish();
   return out;
 }

@@ -36,6 +36,9 @@ enum class Pooling : uint8_t {
   kNone,   // every token's vector: [N, D]
   kMean,   // the mean of every token's vector: [1, D]
   kFirst,  // the first token's vector: [1, D]
+  // A Funnel encoder's pooled sequence, the output of its last block: [rows, D], the first
+  // token's row first. The document runs in one pass.
+  kFunnel,
 };
 
 struct EncodeOptions {
@@ -100,6 +103,8 @@ class Encoder {
   Encoder& operator=(const Encoder&) = delete;
 
   const EncoderConfig& config() const;
+  // The fewest tokens a window may hold: 2, or the more a Funnel pass needs.
+  int64_t min_window() const;
   // Null when the checkpoint has no tokenizer.model.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
 
@@ -111,9 +116,11 @@ class Encoder {
 
   // The windows a document of `tokens` tokens runs in under `options`, in order: the plan's
   // windows (PlanEncodeWindows) but, under kFirst pooling, only the first one and those keeping
-  // a masked-LM position. INVALID_ARGUMENT for no tokens, a window outside [2, max_tokens] or a
-  // bad global or MLM position (ids are checked by the pass); FAILED_PRECONDITION for MLM
-  // positions without the checkpoint's MLM head.
+  // a masked-LM position. INVALID_ARGUMENT for no tokens, a window outside [min_window(),
+  // max_tokens], a bad global or MLM position (ids are checked by the pass), or kFunnel for an
+  // encoder other than Funnel or a document longer than one window; FAILED_PRECONDITION for MLM
+  // positions without the checkpoint's MLM head, or a Funnel base model (it has no per-token
+  // vectors) asked for anything but kFunnel.
   absl::StatusOr<std::vector<EncodeWindow>> Plan(int64_t tokens,
                                                  const EncodeOptions& options) const;
 

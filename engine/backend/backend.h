@@ -166,6 +166,23 @@ struct BigBirdAttentionArgs {
   Tensor* out;  // [L, H·d_h]
 };
 
+// One Funnel-Transformer layer's relative attention (kernels/cpu/funnel_attention.h) over one
+// window: queries at one pooling level, keys at the same or the previous one. No state.
+struct FunnelAttentionArgs {
+  const Tensor* q_qkv;   // [Tq, 3·H·d_h]: the queries are its first H·d_h columns
+  const Tensor* kv_qkv;  // [Tk, 3·H·d_h]: keys and values in the other columns
+  const Tensor* r;       // [q_stride·(Tq − 1) + Tk, H·d_h]: R(δ) by relative distance
+  const Tensor* r_w_bias;
+  const Tensor* r_r_bias;
+  const Tensor* r_s_bias;
+  const Tensor* seg;  // [H·d_h]: the same-token-type embedding
+  int64_t q_stride;   // 1, or 2 where the layer pools its queries
+  bool separate_cls;
+  int num_heads;
+  int head_dim;
+  Tensor* out;  // [Tq, H·d_h]
+};
+
 // One encoder pass's Nyströmformer attention (kernels/cpu/nystrom_attention.h) over a window
 // padded to L positions: no state.
 struct NystromAttentionArgs {
@@ -315,6 +332,10 @@ class Backend {
   virtual absl::Status LongformerAttention(const LongformerAttentionArgs& args) {
     return absl::UnimplementedError(
         absl::StrCat(std::string(name()), " has no Longformer attention kernel"));
+  }
+  virtual absl::Status FunnelAttention(const FunnelAttentionArgs& args) {
+    return absl::UnimplementedError(
+        absl::StrCat(std::string(name()), " has no Funnel attention kernel"));
   }
   virtual absl::Status BigBirdAttention(const BigBirdAttentionArgs& args) {
     return absl::UnimplementedError(

@@ -244,6 +244,11 @@ absl::Status FaultInjectingBackend::BigBirdAttention(const BigBirdAttentionArgs&
              [&] { return base_->BigBirdAttention(args); });
 }
 
+absl::Status FaultInjectingBackend::FunnelAttention(const FunnelAttentionArgs& args) {
+  return Run(BackendOp::kAttention, "FunnelAttention",
+             [&] { return base_->FunnelAttention(args); });
+}
+
 absl::Status FaultInjectingBackend::NystromAttention(const NystromAttentionArgs& args) {
   return Run(BackendOp::kAttention, "NystromAttention",
              [&] { return base_->NystromAttention(args); });

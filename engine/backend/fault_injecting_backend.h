@@ -10,7 +10,8 @@
 //         LinearBiasActivation, LayerNorm, AddLayerNorm, BiasActivation, Add, Embedding),
 //         attention (RelativeAttention, LinearAttention, SparseAttention, LshAttention,
 //         MemoryCompressedAttention, RoutingAttention, LongformerAttention, NystromAttention,
-//         BigBirdAttention, LinformerAttention, SynthesizerAttention, CompressMemory), append
+//         BigBirdAttention, FunnelAttention, LinformerAttention, SynthesizerAttention,
+//         CompressMemory), append
 //         (AppendToMemory), sync (Synchronize, BeginStep, EndStep), or any;
 //   mode  oom: RESOURCE_EXHAUSTED, as a device out of memory, the op not run; fail: INTERNAL, as
 //         a failed launch, the op not run; late: INTERNAL after the op ran (a deferred device
@@ -104,6 +105,7 @@ class FaultInjectingBackend final : public Backend {
   absl::Status LongformerAttention(const LongformerAttentionArgs& args) override;
   absl::Status NystromAttention(const NystromAttentionArgs& args) override;
   absl::Status BigBirdAttention(const BigBirdAttentionArgs& args) override;
+  absl::Status FunnelAttention(const FunnelAttentionArgs& args) override;
   absl::Status LinformerAttention(const LinformerAttentionArgs& args) override;
   absl::Status SynthesizerAttention(const SynthesizerAttentionArgs& args) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;

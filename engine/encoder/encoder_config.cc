@@ -1,5 +1,7 @@
 #include "engine/encoder/encoder_config.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -13,7 +15,8 @@ namespace mnemo::engine {
 
 bool IsEncoderArchitecture(std::string_view architecture) {
   return architecture == "longformer" || architecture == "nystromformer" ||
-         architecture == "linformer" || architecture == "synthesizer" || architecture == "bigbird";
+         architecture == "linformer" || architecture == "synthesizer" ||
+         architecture == "bigbird" || architecture == "funnel";
 }
 
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
@@ -26,13 +29,15 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   EncoderConfig c;
   ASSIGN_OR_RETURN(c.architecture, r.String("architecture", std::nullopt,
                                             {"longformer", "nystromformer", "linformer",
-                                             "synthesizer", "bigbird"}));
+                                             "synthesizer", "bigbird", "funnel"}));
   ASSIGN_OR_RETURN(c.vocab_size, r.Int("vocab_size", 1, int64_t{1} << 24));
   ASSIGN_OR_RETURN(c.d_model, r.Int("d_model", 1, 65536));
   ASSIGN_OR_RETURN(c.n_layer, r.Int("n_layer", 1, 1024));
   ASSIGN_OR_RETURN(c.n_head, r.Int("n_head", 1, 1024));
   ASSIGN_OR_RETURN(c.d_head, r.Int("d_head", 1, 4096));
-  if (c.n_head * c.d_head != c.d_model) return r.Error("needs n_head × d_head = d_model");
+  if (!c.funnel() && c.n_head * c.d_head != c.d_model) {
+    return r.Error("needs n_head × d_head = d_model");
+  }
   ASSIGN_OR_RETURN(c.d_inner, r.Int("d_inner", 1, int64_t{1} << 20));
   ASSIGN_OR_RETURN(std::string act, r.String("activation", "gelu", EnumNames<Activation>()));
   c.activation = *ParseEnum<Activation>(act);
@@ -65,6 +70,25 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
     } else {
       ASSIGN_OR_RETURN(c.synthesizer, r.String("synthesizer", std::nullopt, {"dense", "random"}));
     }
+  } else if (c.funnel()) {
+    // Relative positions: no table (position_rows is the most a pass holds, as segment_len).
+    if (c.d_model % 2 != 0) return r.Error("needs an even d_model (the sinusoid's sin | cos)");
+    ASSIGN_OR_RETURN(c.block_sizes, r.IntList("block_sizes", 1, 1024, /*as_written=*/true));
+    ASSIGN_OR_RETURN(c.block_repeats, r.IntList("block_repeats", 1, 1024, /*as_written=*/true));
+    int64_t layers = 0;
+    for (int64_t b : c.block_sizes) layers += b;
+    if (c.block_sizes.empty() || c.block_sizes.size() > 16 || layers != c.n_layer ||
+        c.block_repeats.size() != c.block_sizes.size()) {
+      return r.Error(
+          "needs 1 … 16 \"block_sizes\" summing to n_layer and one \"block_repeats\" "
+          "entry per block");
+    }
+    ASSIGN_OR_RETURN(c.decoder_layers, r.Int("decoder_layers", 0, 1024));
+    ASSIGN_OR_RETURN(c.separate_cls, r.Bool("separate_cls", true));
+    ASSIGN_OR_RETURN(c.truncate_seq, r.Bool("truncate_seq", true));
+    ASSIGN_OR_RETURN(c.pool_q_only, r.Bool("pool_q_only", true));
+    ASSIGN_OR_RETURN(c.pooling, r.String("pooling", "mean", {"mean", "max"}));
+    ASSIGN_OR_RETURN(c.segment_len, r.Int("segment_len", c.min_tokens(), c.position_rows));
   } else if (c.bigbird()) {
     // Positions count from 0 (BERT's) over the pass, padding included.
     ASSIGN_OR_RETURN(std::string type,
@@ -99,6 +123,18 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
   }
   RETURN_IF_ERROR(r.CheckAllRead());
   return c;
+}
+
+int64_t EncoderConfig::min_tokens() const {
+  if (!funnel()) return 1;
+  int64_t fewest = 1;  // going back from the last block: each pooling needs more than `floor`
+  const int64_t floor = separate_cls ? 2 : 1;
+  for (size_t b = block_sizes.size(); b-- > 1;) {
+    int64_t t = std::max(fewest, floor + 1);
+    while (PooledLength(t) < fewest) ++t;
+    fewest = t;
+  }
+  return fewest;
 }
 
 absl::StatusOr<bool> IsEncoderCheckpoint(const std::string& dir) {

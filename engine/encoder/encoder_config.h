@@ -6,8 +6,10 @@
 // "linformer": keys and values projected along the sequence; "synthesizer": synthesized (dense)
 // or learned (random) attention weights; "bigbird": BigBird's full or block-sparse attention
 // (global first and last blocks, a sliding window of blocks, random blocks drawn as Hugging Face
-// draws them). Linformer and Synthesizer have weights that span the sequence (segment_len
-// positions at most), which is why they are encoder kinds and not decoder layers.
+// draws them); "funnel": Funnel-Transformer's blocks that pool the sequence between them, its
+// relative attention, and the up-sampling decoder. Linformer and Synthesizer have weights that
+// span the sequence (segment_len positions at most), which is why they are encoder kinds and not
+// decoder layers.
 #pragma once
 
 #include <cstdint>
@@ -23,13 +25,13 @@
 namespace mnemo::engine {
 
 struct EncoderConfig {
-  // "longformer", "nystromformer", "linformer", "synthesizer" or "bigbird"
+  // "longformer", "nystromformer", "linformer", "synthesizer", "bigbird" or "funnel"
   std::string architecture;
   int64_t vocab_size = 0;
   int64_t d_model = 0;
   int64_t n_layer = 0;
   int64_t n_head = 0;
-  int64_t d_head = 0;  // n_head · d_head = d_model
+  int64_t d_head = 0;  // n_head · d_head = d_model (Funnel: any)
   int64_t d_inner = 0;
   kernels::Activation activation = kernels::Activation::kGelu;
   double layer_norm_epsilon = 1e-5;
@@ -56,6 +58,18 @@ struct EncoderConfig {
   int64_t block_size = 0;
   int64_t num_random_blocks = 0;
   bool rescale_embeddings = false;
+  // Funnel: encoder blocks of block_sizes[b] layers (n_layer in all), each layer run
+  // block_repeats[b] times; every block after the first starts by pooling the sequence by 2
+  // ("mean" or "max"; separate_cls keeps the first token apart, truncate_seq drops the last; with
+  // pool_q_only the pooling layer's keys and values stay unpooled); then decoder_layers layers over
+  // the sequence up-sampled back to every token (0: the base model, which returns only the pooled
+  // sequence). Passes hold at most segment_len tokens.
+  std::vector<int64_t> block_sizes, block_repeats;
+  int64_t decoder_layers = 0;
+  bool separate_cls = true;
+  bool truncate_seq = true;
+  bool pool_q_only = true;
+  std::string pooling;
   DType dtype = DType::kF32;
   // Whether the checkpoint carries the masked-LM head (Longformer's and BigBird's: dense, the
   // activation mlm_activation, LayerNorm, the word embeddings as the output matrix with a bias).
@@ -67,8 +81,18 @@ struct EncoderConfig {
   bool linformer() const { return architecture == "linformer"; }
   bool synthesized() const { return architecture == "synthesizer"; }
   bool bigbird() const { return architecture == "bigbird"; }
-  // Whether passes hold at most segment_len positions (Nyströmformer, Linformer, Synthesizer).
-  bool fixed_length() const { return nystromformer() || linformer() || synthesized(); }
+  bool funnel() const { return architecture == "funnel"; }
+  // Whether passes hold at most segment_len positions (Nyströmformer, Linformer, Synthesizer,
+  // Funnel).
+  bool fixed_length() const { return nystromformer() || linformer() || synthesized() || funnel(); }
+  // Funnel: the rows a pooling step leaves of t.
+  int64_t PooledLength(int64_t t) const {
+    return (t + (separate_cls && !truncate_seq ? 1 : 0) + 1) / 2;
+  }
+  // The fewest tokens a pass holds: Funnel pools at every block only while the sequence is
+  // longer than the separate first token and one more (Hugging Face skips the pooling otherwise,
+  // which its relative positions do not support); 1 elsewhere.
+  int64_t min_tokens() const;
   int64_t attn_width() const { return n_head * d_head; }
   // Tokens one pass may hold: Longformer, the position table's rows past the padding offset;
   // BigBird, the table's rows (whole blocks of them when block-sparse, as a pass is padded to

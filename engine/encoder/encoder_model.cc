@@ -10,25 +10,61 @@
 #include "engine/checkpoint/safetensors.h"
 #include "engine/checkpoint/tensor_reader.h"
 #include "engine/encoder/bigbird_random_blocks.h"
+#include "engine/encoder/funnel_forward.h"
 #include "engine/sampling/sampler.h"
 
 namespace mnemo::engine {
 namespace {
 
-absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader& r) {
+// Funnel's layer: its own projections and relative-attention tensors, BERT's output and FFN.
+absl::Status ReadFunnelAttention(const EncoderConfig& c, TensorReader& r, const std::string& p,
+                                 EncoderLayerWeights& lw) {
+  const int64_t d = c.d_model, w = c.attn_width();
+  ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.qkv.weight", {3 * w, d}));
+  ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.qkv.bias", {3 * w}));
+  ASSIGN_OR_RETURN(lw.r, r.Read(p + "attn.r.weight", {w, d}));
+  ASSIGN_OR_RETURN(lw.r_w_bias, r.Read(p + "attn.r_w_bias", {w}));
+  ASSIGN_OR_RETURN(lw.r_r_bias, r.Read(p + "attn.r_r_bias", {w}));
+  ASSIGN_OR_RETURN(lw.r_s_bias, r.Read(p + "attn.r_s_bias", {w}));
+  ASSIGN_OR_RETURN(lw.seg_embed, r.Read(p + "attn.seg_embed", {2, w}));
+  return absl::OkStatus();
+}
+
+// The output projection, the two LayerNorms and the feed-forward every encoder layer has.
+absl::Status ReadBlockTail(const EncoderConfig& c, TensorReader& r, const std::string& p,
+                           EncoderLayerWeights& lw) {
   const int64_t d = c.d_model, f = c.d_inner;
+  ASSIGN_OR_RETURN(lw.o, r.Read(p + "attn.o.weight", {d, c.attn_width()}));
+  ASSIGN_OR_RETURN(lw.o_bias, r.Read(p + "attn.o.bias", {d}));
+  ASSIGN_OR_RETURN(lw.attn_ln_gamma, r.Read(p + "attn.ln.weight", {d}));
+  ASSIGN_OR_RETURN(lw.attn_ln_beta, r.Read(p + "attn.ln.bias", {d}));
+  ASSIGN_OR_RETURN(lw.fc1, r.Read(p + "ff.fc1.weight", {f, d}));
+  ASSIGN_OR_RETURN(lw.fc1_bias, r.Read(p + "ff.fc1.bias", {f}));
+  ASSIGN_OR_RETURN(lw.fc2, r.Read(p + "ff.fc2.weight", {d, f}));
+  ASSIGN_OR_RETURN(lw.fc2_bias, r.Read(p + "ff.fc2.bias", {d}));
+  ASSIGN_OR_RETURN(lw.ff_ln_gamma, r.Read(p + "ff.ln.weight", {d}));
+  ASSIGN_OR_RETURN(lw.ff_ln_beta, r.Read(p + "ff.ln.bias", {d}));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader& r) {
+  const int64_t d = c.d_model;
   EncoderWeights w;
   ASSIGN_OR_RETURN(w.word_emb, r.Read("embeddings.word.weight", {c.vocab_size, d}));
-  ASSIGN_OR_RETURN(w.position_emb, r.Read("embeddings.position.weight", {c.position_rows, d}));
-  ASSIGN_OR_RETURN(w.token_type_emb,
-                   r.Read("embeddings.token_type.weight", {c.type_vocab_size, d}));
+  if (!c.funnel()) {  // Funnel's positions are relative, and every token's type is 0
+    ASSIGN_OR_RETURN(w.position_emb, r.Read("embeddings.position.weight", {c.position_rows, d}));
+    ASSIGN_OR_RETURN(w.token_type_emb,
+                     r.Read("embeddings.token_type.weight", {c.type_vocab_size, d}));
+  }
   ASSIGN_OR_RETURN(w.emb_ln_gamma, r.Read("embeddings.ln.weight", {d}));
   ASSIGN_OR_RETURN(w.emb_ln_beta, r.Read("embeddings.ln.bias", {d}));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     EncoderLayerWeights& lw = w.layers.emplace_back();
     const int64_t heads = c.n_head, seg = c.segment_len;
-    if (c.synthesized()) {  // no queries or keys: the weights are synthesized
+    if (c.funnel()) {
+      RETURN_IF_ERROR(ReadFunnelAttention(c, r, p, lw));
+    } else if (c.synthesized()) {  // no queries or keys: the weights are synthesized
       ASSIGN_OR_RETURN(lw.qkv, r.Read(p + "attn.v.weight", {d, d}));
       ASSIGN_OR_RETURN(lw.qkv_bias, r.Read(p + "attn.v.bias", {d}));
       if (c.synthesizer == "dense") {
@@ -54,16 +90,13 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
       ASSIGN_OR_RETURN(lw.global_qkv, r.Read(p + "attn.global_qkv.weight", {3 * d, d}));
       ASSIGN_OR_RETURN(lw.global_qkv_bias, r.Read(p + "attn.global_qkv.bias", {3 * d}));
     }
-    ASSIGN_OR_RETURN(lw.o, r.Read(p + "attn.o.weight", {d, d}));
-    ASSIGN_OR_RETURN(lw.o_bias, r.Read(p + "attn.o.bias", {d}));
-    ASSIGN_OR_RETURN(lw.attn_ln_gamma, r.Read(p + "attn.ln.weight", {d}));
-    ASSIGN_OR_RETURN(lw.attn_ln_beta, r.Read(p + "attn.ln.bias", {d}));
-    ASSIGN_OR_RETURN(lw.fc1, r.Read(p + "ff.fc1.weight", {f, d}));
-    ASSIGN_OR_RETURN(lw.fc1_bias, r.Read(p + "ff.fc1.bias", {f}));
-    ASSIGN_OR_RETURN(lw.fc2, r.Read(p + "ff.fc2.weight", {d, f}));
-    ASSIGN_OR_RETURN(lw.fc2_bias, r.Read(p + "ff.fc2.bias", {d}));
-    ASSIGN_OR_RETURN(lw.ff_ln_gamma, r.Read(p + "ff.ln.weight", {d}));
-    ASSIGN_OR_RETURN(lw.ff_ln_beta, r.Read(p + "ff.ln.bias", {d}));
+    RETURN_IF_ERROR(ReadBlockTail(c, r, p, lw));
+  }
+  for (int64_t l = 0; l < c.decoder_layers; ++l) {
+    const std::string p = absl::StrCat("decoder.", l, ".");
+    EncoderLayerWeights& lw = w.decoder.emplace_back();
+    RETURN_IF_ERROR(ReadFunnelAttention(c, r, p, lw));
+    RETURN_IF_ERROR(ReadBlockTail(c, r, p, lw));
   }
   if (c.mlm_head) {
     ASSIGN_OR_RETURN(w.mlm.dense, r.Read("mlm.dense.weight", {d, d}));
@@ -92,6 +125,11 @@ namespace {
 absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
   const auto n = static_cast<int64_t>(s.ids.size());
   if (n == 0) return absl::InvalidArgumentError("nothing to encode: no token ids");
+  if (n < c.min_tokens()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(n, " tokens in one pass; a Funnel pass needs at least ", c.min_tokens(),
+                     " (every block after the first pools the sequence)"));
+  }
   if (n > c.max_tokens()) {
     return absl::InvalidArgumentError(absl::StrCat(n,
                                                    " tokens in one pass; the model's position "
@@ -124,6 +162,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     any_global = any_global || !batch[k].global_positions.empty();
   }
   if (batch.empty()) return std::vector<EncodedWindow>();
+  if (c.funnel()) return FunnelForward(c, weights_, *backend_, batch);
   const int64_t n = offsets.back();
   Backend& be = *backend_;
   const int64_t d = c.d_model;

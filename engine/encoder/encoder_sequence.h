@@ -28,8 +28,10 @@ absl::Status CheckEncodePositions(const EncoderConfig& config, const std::vector
                                   const std::vector<int64_t>& mlm, int64_t n);
 
 struct EncodedWindow {
-  Tensor hidden;        // [ids.size(), D]: every token's final hidden state
+  Tensor hidden;        // [ids.size(), D]: every token's final hidden state (not for a Funnel
+                        // base model, which has none)
   Tensor mlm_logprobs;  // [mlm_positions.size(), V]: log-softmax of the masked-LM head's logits
+  Tensor pooled;        // Funnel: the encoder's pooled sequence [rows, D] (first token first)
 };
 
 }  // namespace mnemo::engine

@@ -117,7 +117,9 @@ encode (--model DIR names an encoder checkpoint; only --model of the common flag
   --ids FILE           whitespace-separated token ids (or --text-file FILE with a
                        tokenizer.model in the checkpoint)
   --output FILE        raw little-endian float32 [num_tokens, d_model], or [1, d_model] pooled
-  --pool P             none (default: every token), mean, or first (the first token's vector)
+                       ([rows, d_model] for --pool funnel)
+  --pool P             none (default: every token), mean, first (the first token's vector),
+                       or funnel (a Funnel encoder's pooled sequence, one pass)
   --global-positions L comma-separated ascending token positions that attend globally
   --window N           tokens per pass (default and most: the model's position table); a
                        longer document runs in windows every N/2 tokens, each token taking its
@@ -312,8 +314,10 @@ absl::Status RunEncode(const Flags& flags) {
     options.pooling = api::Pooling::kMean;
   } else if (pool == "first") {
     options.pooling = api::Pooling::kFirst;
+  } else if (pool == "funnel") {
+    options.pooling = api::Pooling::kFunnel;
   } else {
-    return absl::InvalidArgumentError("--pool must be none, mean or first");
+    return absl::InvalidArgumentError("--pool must be none, mean, first or funnel");
   }
   for (const auto& [flag, list] : {std::pair{"global-positions", &options.global_positions},
                                    std::pair{"mlm-positions", &options.mlm_positions}}) {

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", action="store_true",
                    help="FILE holds token ids (whitespace- or comma-separated)")
     p.add_argument("--model", default="", help="the encoder (default: the first one)")
-    p.add_argument("--pool", choices=["none", "mean", "first"], default="none")
+    p.add_argument("--pool", choices=["none", "mean", "first", "funnel"], default="none")
     p.add_argument("--global-positions", default="", metavar="P,P,…",
                    help="document positions that attend globally, ascending")
     p.add_argument("--window", type=int, default=0, metavar="N",

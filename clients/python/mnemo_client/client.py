@@ -202,11 +202,13 @@ POOLINGS = {
     "none": pb.POOLING_NONE,
     "mean": pb.POOLING_MEAN,
     "first": pb.POOLING_FIRST,
+    "funnel": pb.POOLING_FUNNEL,
 }
 
 
 def pooling_value(value: Union[str, int, None]) -> int:
-    """A Pooling enum value from "none" / "mean" / "first", an int, or None (the default)."""
+    """A Pooling enum value from "none" / "mean" / "first" / "funnel", an int, or None (the
+    default)."""
     if value is None:
         return pb.POOLING_UNSPECIFIED
     if isinstance(value, str):

@@ -72,6 +72,7 @@ class CpuBackend final : public Backend {
   absl::Status LongformerAttention(const LongformerAttentionArgs& args) override;
   absl::Status NystromAttention(const NystromAttentionArgs& args) override;
   absl::Status BigBirdAttention(const BigBirdAttentionArgs& args) override;
+  absl::Status FunnelAttention(const FunnelAttentionArgs& args) override;
   absl::Status LinformerAttention(const LinformerAttentionArgs& args) override;
   absl::Status SynthesizerAttention(const SynthesizerAttentionArgs& args) override;
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
