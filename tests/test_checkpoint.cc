@@ -560,44 +560,60 @@ ScopedTempDir WriteCheckpoint(const engine::ModelConfig& config, uint32_t seed) 
 
 namespace {
 
+// Tensors of uniform noise around a base (1 for LayerNorm gains, 0 otherwise), in order.
+class RandomTensors {
+ public:
+  explicit RandomTensors(uint32_t seed) : rng_(seed) {}
+  void Add(const std::string& name, std::vector<int64_t> shape, float base = 0.0f) {
+    std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
+    int64_t count = 1;
+    for (int64_t e : shape) count *= e;
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = base + uniform(rng_);
+    tensors_.push_back({name, "F32", std::move(shape), FloatBytes(v, DType::kF32)});
+  }
+  // The output projection, the LayerNorms and the feed-forward of a d_model 16 layer (width 16).
+  void AddBlockTail(const std::string& p) {
+    Add(p + "attn.o.weight", {16, 16});
+    Add(p + "attn.o.bias", {16});
+    Add(p + "attn.ln.weight", {16}, 1);
+    Add(p + "attn.ln.bias", {16});
+    Add(p + "ff.fc1.weight", {32, 16});
+    Add(p + "ff.fc1.bias", {32});
+    Add(p + "ff.fc2.weight", {16, 32});
+    Add(p + "ff.fc2.bias", {16});
+    Add(p + "ff.ln.weight", {16}, 1);
+    Add(p + "ff.ln.bias", {16});
+  }
+  ScopedTempDir Write(const std::string& config) const {
+    return WriteCheckpointFiles(config, tensors_);
+  }
+
+ private:
+  std::mt19937 rng_;
+  std::vector<RawTensor> tensors_;
+};
+
 // A BERT-layout encoder of d_model 16 (2 heads of 8), 2 layers, 40 ids and `position_rows`
 // positions; Longformer's global projections when `global`.
 ScopedTempDir WriteRandomBertEncoder(const std::string& config, int64_t position_rows, bool global,
                                      uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> uniform(-0.3f, 0.3f);
-  std::vector<RawTensor> tensors;
-  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float base) {
-    int64_t count = 1;
-    for (int64_t e : shape) count *= e;
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float& x : v) x = base + uniform(rng);
-    tensors.push_back({name, "F32", std::move(shape), FloatBytes(v, DType::kF32)});
-  };
-  add("embeddings.word.weight", {40, 16}, 0);
-  add("embeddings.position.weight", {position_rows, 16}, 0);
-  add("embeddings.token_type.weight", {1, 16}, 0);
-  add("embeddings.ln.weight", {16}, 1);
-  add("embeddings.ln.bias", {16}, 0);
+  RandomTensors t(seed);
+  t.Add("embeddings.word.weight", {40, 16});
+  t.Add("embeddings.position.weight", {position_rows, 16});
+  t.Add("embeddings.token_type.weight", {1, 16});
+  t.Add("embeddings.ln.weight", {16}, 1);
+  t.Add("embeddings.ln.bias", {16});
   for (int l = 0; l < 2; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     for (const char* proj : {"attn.qkv", "attn.global_qkv"}) {
       if (!global && std::string(proj) == "attn.global_qkv") continue;
-      add(p + proj + ".weight", {48, 16}, 0);
-      add(p + proj + ".bias", {48}, 0);
+      t.Add(p + proj + ".weight", {48, 16});
+      t.Add(p + proj + ".bias", {48});
     }
-    add(p + "attn.o.weight", {16, 16}, 0);
-    add(p + "attn.o.bias", {16}, 0);
-    add(p + "attn.ln.weight", {16}, 1);
-    add(p + "attn.ln.bias", {16}, 0);
-    add(p + "ff.fc1.weight", {32, 16}, 0);
-    add(p + "ff.fc1.bias", {32}, 0);
-    add(p + "ff.fc2.weight", {16, 32}, 0);
-    add(p + "ff.fc2.bias", {16}, 0);
-    add(p + "ff.ln.weight", {16}, 1);
-    add(p + "ff.ln.bias", {16}, 0);
+    t.AddBlockTail(p);
   }
-  return WriteCheckpointFiles(config, tensors);
+  return t.Write(config);
 }
 
 }  // namespace
@@ -619,6 +635,30 @@ ScopedTempDir WriteRandomBigBird(uint32_t seed) {
       "attention_type": "block_sparse", "block_size": 4, "num_random_blocks": 1,
       "rescale_embeddings": true, "torch_dtype": "float32"})",
       66, /*global=*/false, seed);
+}
+
+ScopedTempDir WriteRandomFunnel(uint32_t seed) {
+  RandomTensors t(seed);
+  t.Add("embeddings.word.weight", {40, 16});
+  t.Add("embeddings.ln.weight", {16}, 1);
+  t.Add("embeddings.ln.bias", {16});
+  for (const char* p : {"layers.0.", "layers.1.", "layers.2.", "decoder.0."}) {
+    const std::string s(p);
+    t.Add(s + "attn.qkv.weight", {48, 16});
+    t.Add(s + "attn.qkv.bias", {48});
+    t.Add(s + "attn.r.weight", {16, 16});
+    for (const char* bias : {"attn.r_w_bias", "attn.r_r_bias", "attn.r_s_bias"}) {
+      t.Add(s + bias, {16});
+    }
+    t.Add(s + "attn.seg_embed", {2, 16});
+    t.AddBlockTail(s);
+  }
+  return t.Write(R"({"architecture": "funnel", "vocab_size": 40, "d_model": 16, "n_layer": 3,
+      "n_head": 2, "d_head": 8, "d_inner": 32, "activation": "gelu_tanh",
+      "layer_norm_epsilon": 1e-9, "pad_token_id": 0, "position_rows": 64, "type_vocab_size": 3,
+      "block_sizes": [1, 1, 1], "block_repeats": [1, 2, 1], "decoder_layers": 1,
+      "separate_cls": true, "truncate_seq": true, "pool_q_only": true, "pooling": "mean",
+      "segment_len": 64, "torch_dtype": "float32"})");
 }
 
 }  // namespace mnemo::test

@@ -183,6 +183,10 @@ ScopedTempDir WriteRandomLongformer(uint32_t seed);
 // block per row (windows over 28 tokens run block-sparse, padded to whole blocks), 66 positions
 // (passes of up to 64 tokens).
 ScopedTempDir WriteRandomBigBird(uint32_t seed);
+// A random Funnel encoder checkpoint: d_model 16 (2 heads of 8), blocks [1, 1, 1] (the second
+// run twice), one decoder layer, mean pooling with the first token separate and the last
+// truncated: passes of 5 … 64 tokens.
+ScopedTempDir WriteRandomFunnel(uint32_t seed);
 
 // Succeeds when a and b have the same size and max|a − b| ≤ tol · max|b| (and nothing is NaN).
 ::testing::AssertionResult NearRelative(const std::vector<float>& a, const std::vector<float>& b,

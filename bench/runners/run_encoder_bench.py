@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Encoder benchmark: a Longformer, Nyströmformer or BigBird encoder through mnemo and through
-Hugging Face at the same shape and document lengths, in one run on one machine.
+"""Encoder benchmark: a Longformer, Nyströmformer, BigBird or Funnel encoder through mnemo and
+through Hugging Face at the same shape and document lengths, in one run on one machine.
 
 --arch longformer (default): a random LongformerModel (tools/convert_hf_longformer.random_hf_model,
 seeded) of the shape --d-model / --layers / --heads / --window, with a position table for the
@@ -10,12 +10,16 @@ model's attention (passes of --segment 512 positions, 64 landmarks, a convolutio
 document runs in the documented overlapping windows of a pass each (every token computed twice),
 on both sides. --arch bigbird: a random BigBirdModel of the same width and depth with the
 published model's attention (block_sparse, blocks of 64, 3 random blocks, passes of up to
---bigbird-positions 4096 positions), windows as for Nyströmformer. Each point is its own
+--bigbird-positions 4096 positions), windows as for Nyströmformer. --arch funnel: a random
+FunnelModel of the same width (heads of d_model / heads) with the published model's layout
+scaled to the depth (three blocks, --layers − 2 layers in the first and one in each of the
+others, two decoder layers; passes of up to 512 tokens), windows as for Nyströmformer. Each point is its own
 subprocess (peak RSS belongs to that point alone):
   * mnemo: build/release/encoder_bench --model DIR --len L [--global-first] (api::Encoder::Encode,
     every token's vector; Nyströmformer windows share passes of up to 8192 rows);
   * hf: LongformerModel(input_ids, global_attention_mask with the first token global), or
-    NystromformerModel / BigBirdModel over the same windows in batches of 8192 rows, in float32,
+    NystromformerModel / BigBirdModel / FunnelModel over the same windows in batches of 8192 rows,
+    in float32,
     torch.no_grad, on .venv's python (its transformers has both), threads = the machine's CPUs;
     last_hidden_state;
   * the machine's physical limits (build/release/physical_limits --quick): the sgemm peak the
@@ -122,7 +126,37 @@ write_checkpoint(ours, config, tensors)
 
 log = Log("run_encoder_bench")
 
-HF_CLASSES = {"nystromformer": "NystromformerModel", "bigbird": "BigBirdModel"}
+HF_CLASSES = {"nystromformer": "NystromformerModel", "bigbird": "BigBirdModel",
+              "funnel": "FunnelModel"}
+
+
+def windows_of(cfg, length):
+    """Passes a document of `length` tokens runs in (the documented windows)."""
+    window = window_tokens(cfg)
+    return 1 if length <= window else len(range(0, length - window, window // 2)) + 1
+
+
+def funnel_window_flops(cfg, t):
+    """Multiply-adds of one Funnel pass of t tokens: at each layer run, the projections of its
+    queries (q, o) and keys (k, v), the sinusoids' projection, the content and positional scores
+    and the sums, the feed-forward; the decoder at full length."""
+    d, f, w = cfg["d_model"], cfg["d_inner"], cfg["n_head"] * cfg["d_head"]
+    sep, trunc = cfg["separate_cls"], cfg["truncate_seq"]
+
+    def layer(tq, tk, stride):
+        m = stride * (tq - 1) + tk
+        return tq * 2 * d * w + tk * 2 * d * w + m * d * w + tq * m * w + 2 * tq * tk * w + \
+            tq * 2 * d * f
+
+    total, prev = 0, t
+    for b, (size, repeats) in enumerate(zip(cfg["block_sizes"], cfg["block_repeats"])):
+        cur = prev if b == 0 else (prev + (1 if sep and not trunc else 0) + 1) // 2
+        for run in range(size * repeats):
+            pooling = b > 0 and run == 0
+            keys = prev if pooling and cfg["pool_q_only"] else cur
+            total += layer(cur, keys, 2 if pooling and cfg["pool_q_only"] else 1)
+        prev = cur
+    return total + cfg["decoder_layers"] * layer(t, t, 1)
 
 
 def window_tokens(cfg):
@@ -144,13 +178,16 @@ def pass_flops(cfg, length):
     if cfg["architecture"] == "nystromformer":
         seg, m, taps, heads = (window_tokens(cfg), cfg["num_landmarks"],
                                cfg["conv_kernel_size"], cfg["n_head"])
-        windows = 1 if length <= seg else len(range(0, length - seg, seg // 2)) + 1
+        windows = windows_of(cfg, length)
         attention = seg * (4 * m * d + heads * m * m) if m < seg else 2 * seg * seg * d
         per_window = seg * (4 * d * d + 2 * d * f + taps * d) + attention
         return 2.0 * n_layer * windows * per_window
+    if cfg["architecture"] == "funnel":
+        return 2.0 * funnel_window_flops(cfg, min(length, window_tokens(cfg))) * windows_of(
+            cfg, length)
     if cfg["architecture"] == "bigbird":
         window = min(length, window_tokens(cfg))
-        windows = 1 if length <= window else len(range(0, length - window, window // 2)) + 1
+        windows = windows_of(cfg, length)
         b, r = cfg["block_size"], cfg["num_random_blocks"]
         # the global blocks' queries see every key; the others 5 + r blocks (4 + r next to them)
         keys = 2 * b * window + (window - 2 * b) * (5 + r) * b
@@ -163,7 +200,7 @@ def pass_flops(cfg, length):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", choices=["longformer", "nystromformer", "bigbird"],
+    ap.add_argument("--arch", choices=["longformer", "nystromformer", "bigbird", "funnel"],
                     default="longformer")
     ap.add_argument("--lengths", default="4096,16384,65536")
     ap.add_argument("--segment", type=int, default=512,
@@ -196,6 +233,10 @@ def main(argv=None):
                       pad_token_id=1)
         if args.arch == "longformer":
             fields.update(attention_window=args.window, max_position_embeddings=max(lengths) + 2)
+        elif args.arch == "funnel":
+            fields = dict(vocab_size=1000, d_model=args.d_model, n_head=args.heads,
+                          d_head=args.d_model // args.heads, d_inner=4 * args.d_model,
+                          block_sizes=[args.layers - 2, 1, 1], num_decoder_layers=2)
         elif args.arch == "bigbird":
             fields.update(attention_type="block_sparse", block_size=64, num_random_blocks=3,
                           max_position_embeddings=args.bigbird_positions, pad_token_id=0)

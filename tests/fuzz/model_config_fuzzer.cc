@@ -15,10 +15,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto encoder = mnemo::engine::ParseEncoderConfig(text);
   if (encoder.ok()) {
     const mnemo::engine::EncoderConfig& e = *encoder;
-    if (e.n_head * e.d_head != e.d_model || e.max_tokens() < 1 || e.pad_token_id >= e.vocab_size) {
+    if ((!e.funnel() && e.n_head * e.d_head != e.d_model) || e.max_tokens() < 1 ||
+        e.pad_token_id >= e.vocab_size) {
       std::abort();
     }
     // Each architecture's own fields, as its attention kernel relies on them.
+    auto funnel_ok = [&] {
+      int64_t layers = 0;
+      for (int64_t b : e.block_sizes) layers += b;
+      return !e.block_sizes.empty() && e.block_repeats.size() == e.block_sizes.size() &&
+             layers == e.n_layer && e.d_model % 2 == 0 && e.segment_len >= e.min_tokens() &&
+             (e.pooling == "mean" || e.pooling == "max") && e.decoder_layers >= 0;
+    };
     const bool ok = e.nystromformer()
                         ? e.segment_len <= e.position_rows - 2 && e.num_landmarks >= 1 &&
                               e.segment_len % e.num_landmarks == 0 &&
@@ -30,7 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                     : e.bigbird() ? e.block_size >= 1 && e.block_size <= e.position_rows &&
                                         (e.num_random_blocks >= 1 || !e.block_sparse) &&
                                         e.pass_rows(e.max_tokens()) <= e.position_rows
-                                  : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
+                    : e.funnel() ? funnel_ok()
+                                 : static_cast<int64_t>(e.one_sided_window.size()) == e.n_layer;
     if (!ok || (e.mlm_head && e.fixed_length())) std::abort();
   } else if (encoder.status().code() != absl::StatusCode::kInvalidArgument) {
     std::abort();

@@ -34,6 +34,7 @@ from server_harness import (BASE_FLAGS, ServerProcess, executable, expect_error,
                             raw_stream_stream)
 from mnemo_reference import encoder as reference_encoder
 from tools import convert_hf_bigbird as bigbird
+from tools import convert_hf_funnel as funnel
 from tools import convert_hf_nystromformer as nystromformer
 from tools.convert_hf_longformer import convert, hf_last_hidden, hf_mlm_logprobs, random_hf_model
 
@@ -100,6 +101,21 @@ def bigbird_encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def funnel_encoders(tmp_path_factory):
+    """{"fun": (FunnelModel, checkpoint), "funbase": (FunnelBaseModel, checkpoint)}, float64."""
+    out = {}
+    for name, base in (("fun", False), ("funbase", True)):
+        model = funnel.random_hf_model(
+            dict(vocab_size=60, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1, 1],
+                 num_decoder_layers=1), seed=15, base=base).double()
+        config, tensors = funnel.convert(model, dtype="float32")
+        ckpt = tmp_path_factory.mktemp(f"encoder_{name}") / name
+        write_checkpoint(ckpt, config, tensors)
+        out[name] = (model, str(ckpt))
+    return out
+
+
+@pytest.fixture(scope="module")
 def sequence_encoders(tmp_path_factory):
     """{name: (config, float64 tensors, checkpoint)}: a Linformer and a dense Synthesizer."""
     import torch
@@ -115,14 +131,15 @@ def sequence_encoders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(server_bin, tiny_model, encoders, mlm_encoder, nystromformer_encoder,
-           bigbird_encoder, sequence_encoders, tmp_path_factory):
+           bigbird_encoder, funnel_encoders, sequence_encoders, tmp_path_factory):
     _, with_tok, bare = encoders
     s = ServerProcess(server_bin, tiny_model, str(tmp_path_factory.mktemp("encode_server")),
                       BASE_FLAGS + ["--max-encode-tokens", "5000", "--batch-wait", "50ms",
                                     "--max-batch-tokens", "4096"],
                       models=[f"tiny={tiny_model}", f"enc={with_tok}", f"bare={bare}",
                               f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}",
-                              f"bb={bigbird_encoder[1]}",
+                              f"bb={bigbird_encoder[1]}", f"fun={funnel_encoders['fun'][1]}",
+                              f"funbase={funnel_encoders['funbase'][1]}",
                               f"lin={sequence_encoders['lin'][2]}",
                               f"syn={sequence_encoders['syn'][2]}"])
     s.wait_serving()
@@ -251,7 +268,8 @@ def test_the_encoder_is_described_and_tokenizes(server):
     assert client.model("tiny").family == "decoder"
     names = {x.name: x.family for x in client.models()}
     assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder",
-                     "nys": "encoder", "bb": "encoder", "lin": "encoder", "syn": "encoder"}
+                     "nys": "encoder", "bb": "encoder", "fun": "encoder", "funbase": "encoder",
+                     "lin": "encoder", "syn": "encoder"}
     lin, syn = client.model("lin").layers[0], client.model("syn").layers[0]
     assert (lin.attention, lin.window, lin.projected_length) == (
         pb.ATTENTION_KIND_LINFORMER, 24, 6)
@@ -265,6 +283,10 @@ def test_the_encoder_is_described_and_tokenizes(server):
     assert (b.architecture, b.max_positions) == ("bigbird", 256)
     assert {(l.attention, l.window, l.pattern, l.block_size, l.num_random_blocks)
             for l in b.layers} == {(pb.ATTENTION_KIND_BIGBIRD, 256, "block_sparse", 8, 1)}
+    f = client.model("fun")
+    assert (f.architecture, f.max_positions, len(f.layers)) == ("funnel", 512, 3)
+    assert {(l.attention, l.window, l.pattern) for l in f.layers} == {
+        (pb.ATTENTION_KIND_FUNNEL, 512, "mean")}
     ids = client.tokenize("hello world", model="enc")
     assert client.detokenize(ids, model="enc") == "hello world"
 
@@ -448,6 +470,45 @@ def test_bigbird_encodes_through_the_server(server, bigbird_encoder, mnemo_bin, 
     with pytest.raises(grpc.RpcError) as e:
         client.encode(long_ids, model="bb", global_positions=[0])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Longformer" in e.value.details()
+
+
+def test_funnel_encodes_through_the_server_and_returns_its_pooled_sequence(
+        server, funnel_encoders, mnemo_bin, tmp_path):
+    client = server.client()
+    model, ckpt = funnel_encoders["fun"]
+    ids = document(37, 60, 60)
+    r = client.encode(ids, model="fun")
+    assert (r.rows, r.windows) == (37, 1)
+    assert_close(r.numpy(), funnel.hf_last_hidden(model, ids))
+    pooled = client.encode(ids, model="fun", pooling="funnel")
+    assert pooled.rows == 10 and pooled.windows == 1  # 37 → 19 → 10
+    np.testing.assert_allclose(pooled.numpy(), cli_encode(mnemo_bin, tmp_path, ckpt, ids, "--pool",
+                                                          "funnel"), rtol=0, atol=1e-5)
+    base, _ = funnel_encoders["funbase"]
+    r = client.encode(ids, model="funbase", pooling="funnel")
+    assert_close(r.numpy(), funnel.hf_last_hidden(base, ids))
+    # The C++ command-line client writes the same rows.
+    out = tmp_path / "funnel.f32"
+    ids_file = tmp_path / "funnel_ids.txt"
+    ids_file.write_text(" ".join(map(str, ids)))
+    proc = subprocess.run([executable("MNEMO_CLIENT_BIN"), "--target", server.target, "encode",
+                           "--model", "funbase", "--ids-file", str(ids_file), "--pool", "funnel",
+                           "--output", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == r.data
+    for kwargs, code, fragment in [
+            (dict(model="funbase"), grpc.StatusCode.FAILED_PRECONDITION, "pooling funnel"),
+            (dict(model="bb", pooling="funnel"), grpc.StatusCode.INVALID_ARGUMENT, "Funnel"),
+            (dict(model="fun", pooling="funnel", window_tokens=20),
+             grpc.StatusCode.INVALID_ARGUMENT, "one pass"),
+            (dict(model="fun", window_tokens=4), grpc.StatusCode.INVALID_ARGUMENT,
+             "window_tokens")]:
+        with pytest.raises(grpc.RpcError) as e:
+            client.encode(ids, **kwargs)
+        assert e.value.code() == code and fragment in e.value.details(), (kwargs, e.value)
+    with pytest.raises(grpc.RpcError) as e:  # too short to pool at every block
+        client.encode(ids[:4], model="fun")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
 
 
 def test_linformer_and_synthesizer_encode_through_the_server(server, sequence_encoders):

@@ -196,6 +196,31 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
   ASSERT_TRUE(fb.ok()) << fb.status();
   EXPECT_EQ(fb->max_tokens(), 1100);
   EXPECT_EQ(fb->pass_rows(1000), 1000);
+  // Funnel: blocks, pooling and heads of any width, each field checked.
+  const std::string funnel = R"({"architecture": "funnel", "vocab_size": 60, "d_model": 32,
+      "n_layer": 4, "n_head": 3, "d_head": 10, "d_inner": 64, "pad_token_id": 0,
+      "position_rows": 512, "block_sizes": [2, 1, 1], "block_repeats": [1, 1, 1],
+      "decoder_layers": 2, "pooling": "mean", "segment_len": 512, "torch_dtype": "float32"})";
+  auto fn = ParseEncoderConfig(funnel);
+  ASSERT_TRUE(fn.ok()) << fn.status();
+  EXPECT_TRUE(fn->funnel() && fn->fixed_length() && fn->separate_cls && fn->truncate_seq);
+  EXPECT_EQ(fn->attn_width(), 30);
+  EXPECT_EQ(fn->min_tokens(), 5);
+  for (const auto& [from, to, field] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"\"n_layer\": 4", "\"n_layer\": 5", "block_sizes"},  // their sum
+           {"\"block_repeats\": [1, 1, 1]", "\"block_repeats\": [1]", "block_repeats"},
+           {"\"d_model\": 32", "\"d_model\": 33", "even"},                 // the sinusoid
+           {"\"mean\"", "\"min\"", "pooling"},                             //
+           {"\"segment_len\": 512", "\"segment_len\": 4", "segment_len"},  // pools at every block
+           {"\"decoder_layers\": 2", "\"decoder_layers\": -1", "decoder_layers"},
+       }) {
+    std::string text = funnel;
+    text.replace(text.find(from), from.size(), to);
+    auto bad = ParseEncoderConfig(text);
+    ASSERT_FALSE(bad.ok()) << to;
+    EXPECT_NE(bad.status().message().find(field), std::string::npos) << bad.status();
+  }
   // The decoders' parser names an encoder as one instead of listing its fields as unknown.
   auto decoder = ParseModelConfig(good);
   ASSERT_FALSE(decoder.ok());
@@ -261,6 +286,44 @@ TEST(EncoderTest, BigBirdPassesPadToBlocksAndShareAPass) {
   auto global = (*encoder)->EncodeBatch(std::vector<EncoderSequence>{{ids, {0}, {}}});
   ASSERT_FALSE(global.ok());
   EXPECT_NE(global.status().message().find("Longformer"), std::string::npos) << global.status();
+}
+
+TEST(EncoderTest, FunnelWindowsShareAPassAndPoolAsTheyWouldAlone) {
+  const test::ScopedTempDir dir = test::WriteRandomFunnel(6);
+  auto encoder = Encoder::Load(dir.path());
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  const EncoderConfig& c = (*encoder)->config();
+  EXPECT_EQ(c.min_tokens(), 5);  // 5 → 3 → 2: both poolings see more than the first and one
+  EXPECT_EQ((*encoder)->min_window(), 5);
+  EXPECT_EQ(c.PooledLength(5), 3);
+  const std::vector<int32_t> a = test::RandomTokens(5, 40, 1), b = test::RandomTokens(64, 40, 2),
+                             d = test::RandomTokens(17, 40, 3);
+  const std::vector<EncoderSequence> batch{{a, {}, {}}, {b, {}, {}}, {d, {}, {}}};
+  ExpectSharedPassEqualsAlone(**encoder, batch);
+  auto together = (*encoder)->EncodeBatch(batch);
+  ASSERT_TRUE(together.ok()) << together.status();
+  for (size_t k = 0; k < batch.size(); ++k) {  // the pooled sequences too: 5 → 2, 64 → 16, 17 → 5
+    auto alone = (*encoder)->EncodeBatch(std::span(&batch[k], 1));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const int64_t n = static_cast<int64_t>(batch[k].ids.size());
+    EXPECT_EQ((*together)[k].pooled.dim(0), c.PooledLength(c.PooledLength(n)));
+    EXPECT_TRUE(
+        test::NearRelative(Values((*together)[k].pooled), Values((*alone)[0].pooled), 1e-5));
+  }
+  // Too short to pool at every block: refused, naming the need.
+  const std::vector<EncoderSequence> short_pass{{test::RandomTokens(4, 40, 4), {}, {}}};
+  auto refused = (*encoder)->EncodeBatch(short_pass);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("at least 5"), std::string::npos) << refused.status();
+  // The pooled sequence through Encode: one pass only.
+  EncodeOptions funnel;
+  funnel.pooling = Pooling::kFunnel;
+  const std::vector<int32_t> doc = test::RandomTokens(40, 40, 5);
+  auto pooled = (*encoder)->Encode(doc, funnel);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_EQ(pooled->vectors.dim(0), 10);
+  funnel.window_tokens = 20;
+  EXPECT_EQ((*encoder)->Encode(doc, funnel).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(EncoderTest, PoolerFoldsWindowsAsEncodeDoes) {

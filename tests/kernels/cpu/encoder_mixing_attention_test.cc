@@ -1,9 +1,10 @@
-// kernels/cpu/linformer_attention, kernels/cpu/synthesizer_attention and
-// kernels/cpu/bigbird_attention against naive double loops written from their definitions (the
-// headers): a pass of N ≤ n_max positions using the first N columns of Linformer's E and F, and
-// the first N positions of Synthesizer's dense logits or random matrices; BigBird's full and
-// block-sparse attention over padded passes, random blocks repeating band blocks, each other and
-// padding; rows strided as the projections lay them out.
+// kernels/cpu/linformer_attention, kernels/cpu/synthesizer_attention,
+// kernels/cpu/bigbird_attention and kernels/cpu/funnel_attention against naive double loops
+// written from their definitions (the headers): a pass of N ≤ n_max positions using the first N
+// columns of Linformer's E and F, and the first N positions of Synthesizer's dense logits or
+// random matrices; BigBird's full and block-sparse attention over padded passes, random blocks
+// repeating band blocks, each other and padding; Funnel's relative attention with and without
+// pooled queries and the separate first token; rows strided as the projections lay them out.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/bigbird_attention.h"
+#include "kernels/cpu/funnel_attention.h"
 #include "kernels/cpu/linformer_attention.h"
 #include "kernels/cpu/synthesizer_attention.h"
 
@@ -173,6 +175,51 @@ TEST(BigBirdAttentionTest, FullAndBlockSparseMatchTheDefinition) {
             logits.push_back(dot / std::sqrt(static_cast<double>(d)));
             values.emplace_back(d);
             for (int64_t c = 0; c < d; ++c) values.back()[c] = qkv[j * 3 * w + 2 * w + h * d + c];
+          }
+        }
+        MixRow(logits, values, want.data() + i * w + h * d);
+      }
+    }
+    ExpectNear(out, want);
+  }
+}
+
+TEST(FunnelAttentionTest, MatchesTheDefinition) {
+  ThreadPool pool(2);
+  for (const FunnelShape s : {FunnelShape{2, 4, 9, 9, 1, true}, FunnelShape{3, 8, 5, 9, 2, true},
+                              FunnelShape{2, 4, 6, 11, 2, false}, FunnelShape{1, 4, 1, 3, 2, true},
+                              FunnelShape{2, 8, 7, 7, 1, false}}) {
+    SCOPED_TRACE(testing::Message() << "Tq " << s.q_len << " Tk " << s.k_len << " stride "
+                                    << s.q_stride << " separate " << s.separate_cls);
+    const int64_t w = static_cast<int64_t>(s.num_heads) * s.head_dim, d = s.head_dim,
+                  m = s.q_stride * (s.q_len - 1) + s.k_len;
+    std::mt19937 rng(static_cast<uint32_t>(s.q_len * 11 + s.k_len));
+    const std::vector<float> q = Normal(static_cast<size_t>(s.q_len * 3 * w), rng);
+    const std::vector<float> kv = Normal(static_cast<size_t>(s.k_len * 3 * w), rng);
+    const std::vector<float> r = Normal(static_cast<size_t>(m * w), rng);
+    const std::vector<float> biases = Normal(static_cast<size_t>(4 * w), rng, 0.5f);
+    const float *r_w = biases.data(), *r_r = r_w + w, *r_s = r_r + w, *seg = r_s + w;
+    std::vector<float> out(static_cast<size_t>(s.q_len * w), 99.0f);
+    FunnelAttention(s, q.data(), 3 * w, kv.data() + w, 3 * w, kv.data() + 2 * w, 3 * w, r.data(),
+                    r_w, r_r, r_s, seg, out.data(), w, pool);
+    std::vector<double> want(out.size());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      std::vector<std::vector<double>> values(s.k_len, std::vector<double>(d));
+      for (int64_t j = 0; j < s.k_len; ++j) {
+        for (int64_t c = 0; c < d; ++c) values[j][c] = kv[j * 3 * w + 2 * w + h * d + c];
+      }
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        std::vector<double> logits(s.k_len);
+        for (int64_t j = 0; j < s.k_len; ++j) {
+          const bool masked = s.separate_cls && (i == 0 || j == 0);
+          const int64_t t = s.q_stride * i + s.k_len - 1 - j;  // the row of R(p_i − p_j)
+          for (int64_t c = 0; c < d; ++c) {
+            const int64_t e = h * d + c;
+            const double x = q[i * 3 * w + e];
+            logits[j] += (x + r_w[e]) * scale * kv[j * 3 * w + w + e];
+            if (!masked)
+              logits[j] += (x + r_r[e]) * scale * r[t * w + e] + (x + r_s[e]) * scale * seg[e];
           }
         }
         MixRow(logits, values, want.data() + i * w + h * d);
