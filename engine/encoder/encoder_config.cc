@@ -94,8 +94,11 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
     ASSIGN_OR_RETURN(std::string type,
                      r.String("attention_type", std::nullopt, {"original_full", "block_sparse"}));
     c.block_sparse = type == "block_sparse";
-    ASSIGN_OR_RETURN(c.block_size, r.Int("block_size", 1, c.position_rows));
-    ASSIGN_OR_RETURN(c.num_random_blocks, r.Int("num_random_blocks", c.block_sparse ? 1 : 0, 1024));
+    // At most 4096 blocks and 64 random ones per row: the random-block draw walks every block
+    // row of the table (Hugging Face's paper plan), so its cost stays bounded by the checkpoint.
+    ASSIGN_OR_RETURN(c.block_size,
+                     r.Int("block_size", (c.position_rows + 4095) / 4096, c.position_rows));
+    ASSIGN_OR_RETURN(c.num_random_blocks, r.Int("num_random_blocks", c.block_sparse ? 1 : 0, 64));
     ASSIGN_OR_RETURN(c.rescale_embeddings, r.Bool("rescale_embeddings", false));
   } else {
     ASSIGN_OR_RETURN(std::vector<int64_t> windows,

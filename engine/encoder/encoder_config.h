@@ -117,7 +117,7 @@ struct EncoderConfig {
 };
 
 // Whether an "architecture" value names an encoder ("longformer", "nystromformer", "linformer",
-// "synthesizer", "bigbird").
+// "synthesizer", "bigbird", "funnel").
 bool IsEncoderArchitecture(std::string_view architecture);
 
 // Whether `<dir>/config.json` names an encoder architecture (false for a decoder's, or for a

@@ -223,3 +223,24 @@ def bfloat16_pair(convert, model, ckpt):
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
     return model.double()
+
+
+def stitched_windows(reference, ids, window):
+    """The vectors a document gets in windows of `window` tokens (plan_windows): each token's row
+    of `reference(the window's ids)` (an [len, D] array) from the window that keeps it."""
+    rows = {}
+    for begin, kept in plan_windows(len(ids), window):
+        hidden = reference(ids[begin:begin + window])
+        rows.update({t: hidden[t - begin] for t in kept})
+    return np.stack([rows[t] for t in range(len(ids))])
+
+
+def check_windows_and_pooling(mnemo_bin, tmp_path, ckpt, ids, window, reference):
+    """`mnemo encode` of `ids` in windows of `window` against stitched_windows(reference), per
+    token, mean-pooled and first-token pooled."""
+    want = stitched_windows(reference, ids, window)
+    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
+    assert_logits_close(got, want, what=f"windows of {window}")
+    for pool, expect in (("mean", want.mean(axis=0, keepdims=True)), ("first", want[:1])):
+        got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool", pool)
+        assert_logits_close(got, expect, what=f"windows of {window}, pool {pool}")

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from mnemo_checkpoint import write_checkpoint
-from parity_common import (assert_logits_close, bfloat16_pair, plan_windows, run_encode,
-                           write_converted)
+from parity_common import (assert_logits_close, bfloat16_pair, check_windows_and_pooling,
+                           run_encode, write_converted)
 from tools.convert_hf_bigbird import (ConversionError, convert, convert_dir, hf_last_hidden,
                                       hf_mlm_logprobs, random_hf_model)
 
@@ -82,19 +82,9 @@ def test_engine_draws_the_paper_plan_at_1024_positions(mnemo_bin, tmp_path, case
 
 
 def test_engine_pools_and_runs_long_documents_in_windows(mnemo_bin, tmp_path, case):
-    model, ckpt, fields = case
-    window, n = 160, 500
-    ids = document(n, 4)
-    want = np.zeros((n, fields["hidden_size"]))
-    for begin, kept in plan_windows(n, window):
-        hidden = hf_last_hidden(model, ids[begin:begin + window])
-        for t in kept:
-            want[t] = hidden[t - begin]
-    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
-    assert_logits_close(got, want, what=f"windows of {window}")
-    for pool, expect in (("mean", want.mean(axis=0, keepdims=True)), ("first", want[:1])):
-        got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool", pool)
-        assert_logits_close(got, expect, what=pool)
+    model, ckpt, _ = case
+    check_windows_and_pooling(mnemo_bin, tmp_path, ckpt, document(500, 4), 160,
+                              lambda ids: hf_last_hidden(model, ids))
 
 
 def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from parity_common import (assert_logits_close, bfloat16_pair, plan_windows, run_encode,
-                           write_converted)
+from parity_common import (assert_logits_close, bfloat16_pair, check_windows_and_pooling,
+                           run_encode, write_converted)
 from tools.convert_hf_funnel import (ConversionError, convert, convert_dir, hf_last_hidden,
                                      random_hf_model)
 
@@ -101,19 +101,10 @@ def test_engine_matches_hf_from_the_fewest_tokens_up(mnemo_bin, tmp_path, case):
 
 
 def test_engine_pools_and_runs_long_documents_in_windows(mnemo_bin, tmp_path, case):
-    model, ckpt, fields, _ = case
-    window, n = 24, 70
-    ids = document(n, 4)
-    want = np.zeros((n, fields["d_model"]))
-    for begin, kept in plan_windows(n, window):
-        hidden = hf_last_hidden(model, ids[begin:begin + window])
-        for t in kept:
-            want[t] = hidden[t - begin]
-    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
-    assert_logits_close(got, want, what=f"windows of {window}")
-    for pool, expect in (("mean", want.mean(axis=0, keepdims=True)), ("first", want[:1])):
-        got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool", pool)
-        assert_logits_close(got, expect, what=pool)
+    model, ckpt, _, _ = case
+    window, ids = 24, document(70, 4)
+    check_windows_and_pooling(mnemo_bin, tmp_path, ckpt, ids, window,
+                              lambda part: hf_last_hidden(model, part))
     # The pooled sequence is one pass's: a longer document is refused, naming the window.
     proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window), "--pool",
                       "funnel", expect_ok=False)

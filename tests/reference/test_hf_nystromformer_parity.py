@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity_common import (assert_logits_close, bfloat16_pair, plan_windows, run_encode,
-                           write_converted)
+from parity_common import (assert_logits_close, bfloat16_pair, check_windows_and_pooling,
+                           run_encode, stitched_windows, write_converted)
 from tools.convert_hf_nystromformer import (ConversionError, convert, convert_dir,
                                             hf_last_hidden, random_hf_model)
 
@@ -74,24 +74,14 @@ def test_engine_pools_and_runs_long_documents_in_windows(mnemo_bin, tmp_path, ca
     seg = fields["segment_means_seq_len"]
     n = 3 * seg + 5
     ids = document(n, 4)
-    want = np.zeros((n, fields["hidden_size"]))
-    for begin, kept in plan_windows(n, seg):
-        hidden = hf_last_hidden(model, ids[begin:begin + seg])
-        for t in kept:
-            want[t] = hidden[t - begin]
+    want = stitched_windows(lambda part: hf_last_hidden(model, part), ids, seg)
     got = run_encode(mnemo_bin, tmp_path, ckpt, ids)
     assert_logits_close(got, want, what=f"windows of {seg}")
     mean = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--pool", "mean")
     assert_logits_close(mean, want.mean(axis=0, keepdims=True), what="mean")
     # Shorter windows are padded to the pass as well.
-    window = seg // 2
-    want = np.zeros((n, fields["hidden_size"]))
-    for begin, kept in plan_windows(n, window):
-        hidden = hf_last_hidden(model, ids[begin:begin + window])
-        for t in kept:
-            want[t] = hidden[t - begin]
-    got = run_encode(mnemo_bin, tmp_path, ckpt, ids, "--window", str(window))
-    assert_logits_close(got, want, what=f"windows of {window}")
+    check_windows_and_pooling(mnemo_bin, tmp_path, ckpt, ids, seg // 2,
+                              lambda part: hf_last_hidden(model, part))
 
 
 def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):

@@ -178,6 +178,8 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
            {"\"block_sparse\"", "\"sliding\"", "attention_type"},
            {"\"block_size\": 64", "\"block_size\": 0", "block_size"},
            {"\"num_random_blocks\": 3", "\"num_random_blocks\": 0", "num_random_blocks"},
+           {"\"num_random_blocks\": 3", "\"num_random_blocks\": 65", "num_random_blocks"},
+           {"\"position_rows\": 1100", "\"position_rows\": 300000", "block_size"},  // 4096 blocks
            {"\"torch_dtype\"", "\"mlm_activation\": \"gelu\", \"torch_dtype\"",
             "mlm_activation"},  // without the head
            {"\"torch_dtype\"", "\"mlm_head\": true, \"mlm_activation\": \"tanh\", \"torch_dtype\"",
