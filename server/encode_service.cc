@@ -185,7 +185,6 @@ grpc::Status InferenceServiceImpl::Encode(
     engine::api::Pooler pooler(options.pooling, n, d);
     const bool per_token = options.pooling == Pooling::kNone;
     const bool funnel = options.pooling == Pooling::kFunnel;
-    engine::api::Tensor funnel_rows;  // the pooled sequence (its one window)
     const size_t count = windows.size();
     const int64_t vocab_bytes = encoder.config().vocab_size * 4;
     auto submit = [&](size_t k, WindowStep& step) -> absl::Status {
@@ -231,8 +230,17 @@ grpc::Status InferenceServiceImpl::Encode(
       if (k + 1 < count) RETURN_IF_ERROR(submit(k + 1, steps[(k + 1) % 2]));
       if (per_token) {
         RETURN_IF_ERROR(write_rows(current));
-      } else if (funnel) {
-        funnel_rows = std::move(current.out.pooled);
+      } else if (funnel) {  // (the one window): its pooled rows, in messages of about 1 MiB
+        const engine::api::Tensor& rows = current.out.pooled;
+        const int64_t per_message = std::max<int64_t>(1, kResponseVectorBytes / (d * 4));
+        for (int64_t r = 0; r < rows.dim(0); r += per_message) {
+          const int64_t take = std::min(per_message, rows.dim(0) - r);
+          v1::EncodeResponse out;
+          out.set_count(take);
+          out.set_dim(d);
+          out.set_vectors(rows.data<char>() + r * d * 4, static_cast<size_t>(take * d * 4));
+          if (!stream->Write(out)) return absl::CancelledError("the client went away");
+        }
       } else {
         pooler.Add(current.window, current.out.hidden);
       }
@@ -240,11 +248,11 @@ grpc::Status InferenceServiceImpl::Encode(
       current.out = engine::api::EncodedWindow();
     }
     v1::EncodeResponse last;
-    if (!per_token) {
-      const engine::api::Tensor pooled = funnel ? std::move(funnel_rows) : pooler.Finish();
-      last.set_count(pooled.dim(0));
+    if (!per_token && !funnel) {
+      const engine::api::Tensor pooled = pooler.Finish();
+      last.set_count(1);
       last.set_dim(d);
-      last.set_vectors(pooled.data<char>(), static_cast<size_t>(pooled.dim(0) * d * 4));
+      last.set_vectors(pooled.data<char>(), static_cast<size_t>(d * 4));
     }
     last.set_tokens(n);
     last.set_windows(static_cast<int64_t>(count));

@@ -169,9 +169,9 @@ struct BigBirdAttentionArgs {
 // One Funnel-Transformer layer's relative attention (kernels/cpu/funnel_attention.h) over one
 // window: queries at one pooling level, keys at the same or the previous one. No state.
 struct FunnelAttentionArgs {
-  const Tensor* q_qkv;   // [Tq, 3·H·d_h]: the queries are its first H·d_h columns
-  const Tensor* kv_qkv;  // [Tk, 3·H·d_h]: keys and values in the other columns
-  const Tensor* r;       // [q_stride·(Tq − 1) + Tk, H·d_h]: R(δ) by relative distance
+  const Tensor* q;   // [Tq, ≥ H·d_h]: the queries are its first H·d_h columns
+  const Tensor* kv;  // [Tk, ≥ 2·H·d_h]: keys then values are its last 2·H·d_h columns
+  const Tensor* r;   // [q_stride·(Tq − 1) + Tk, H·d_h]: R(δ) by relative distance
   const Tensor* r_w_bias;
   const Tensor* r_r_bias;
   const Tensor* r_s_bias;

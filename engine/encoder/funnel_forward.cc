@@ -122,12 +122,18 @@ absl::StatusOr<Tensor> FunnelPass::Layer(const EncoderLayerWeights& lw, const Te
                                          int64_t lk, const Rows& rk) {
   const int64_t d = c_.d_model, width = c_.attn_width();
   const auto eps = static_cast<float>(c_.layer_norm_epsilon);
-  Tensor q_qkv = Tensor::Empty(DType::kF32, {rq.total(), 3 * width});
-  RETURN_IF_ERROR(be_.Linear(q_in, lw.qkv, &lw.qkv_bias, q_qkv));
-  Tensor kv_qkv = q_qkv;
-  if (&kv_in != &q_in) {
-    kv_qkv = Tensor::Empty(DType::kF32, {rk.total(), 3 * width});
-    RETURN_IF_ERROR(be_.Linear(kv_in, lw.qkv, &lw.qkv_bias, kv_qkv));
+  Tensor q_qkv, kv_qkv;  // one product when queries, keys and values read the same rows
+  if (&kv_in == &q_in) {
+    q_qkv = Tensor::Empty(DType::kF32, {rq.total(), 3 * width});
+    RETURN_IF_ERROR(be_.Linear(q_in, lw.qkv, &lw.qkv_bias, q_qkv));
+    kv_qkv = q_qkv;
+  } else {  // the pooling layer: queries of the pooled rows, keys and values of the others
+    q_qkv = Tensor::Empty(DType::kF32, {rq.total(), width});
+    const Tensor wq = lw.qkv.Rows(0, width), bq = lw.qkv_bias.Rows(0, width);
+    RETURN_IF_ERROR(be_.Linear(q_in, wq, &bq, q_qkv));
+    kv_qkv = Tensor::Empty(DType::kF32, {rk.total(), 2 * width});
+    const Tensor wkv = lw.qkv.Rows(width, 3 * width), bkv = lw.qkv_bias.Rows(width, 3 * width);
+    RETURN_IF_ERROR(be_.Linear(kv_in, wkv, &bkv, kv_qkv));
   }
   const Tensor& pe = Sinusoids(lq, rq, lk, rk);
   Tensor r = Tensor::Empty(DType::kF32, {pe.dim(0), width});

@@ -6,11 +6,12 @@
 namespace mnemo::engine::cpu {
 
 absl::Status CpuBackend::FunnelAttention(const FunnelAttentionArgs& a) {
-  const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim, ld = 3 * width;
-  const kernels::FunnelShape shape{a.num_heads,      a.head_dim, a.q_qkv->dim(0),
-                                   a.kv_qkv->dim(0), a.q_stride, a.separate_cls};
-  const float* kv = a.kv_qkv->data<float>();
-  kernels::FunnelAttention(shape, a.q_qkv->data<float>(), ld, kv + width, ld, kv + 2 * width, ld,
+  const int64_t width = static_cast<int64_t>(a.num_heads) * a.head_dim;
+  const int64_t ldq = a.q->dim(1), ldkv = a.kv->dim(1);
+  const kernels::FunnelShape shape{a.num_heads,  a.head_dim, a.q->dim(0),
+                                   a.kv->dim(0), a.q_stride, a.separate_cls};
+  const float* k = a.kv->data<float>() + (ldkv - 2 * width);
+  kernels::FunnelAttention(shape, a.q->data<float>(), ldq, k, ldkv, k + width, ldkv,
                            a.r->data<float>(), a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                            a.r_s_bias->data<float>(), a.seg->data<float>(), a.out->data<float>(),
                            width, pool_);
