@@ -23,10 +23,11 @@ FunnelBaseModel: no decoder tensors), separate_cls, truncate_seq, pool_q_only, p
 pooling, and the most tokens a pass holds, segment_len (max_position_embeddings when the config
 has one, else 512, the length the published models were trained at). attention_type is not
 stored: "relative_shift" and "factorized" are two ways of computing the same scores, and the
-engine computes them one way. The task heads are not converted.
+engine computes them one way. FunnelForMaskedLM's head converts (mlm_head: lm_head.bias →
+mlm.decoder.bias; its weight must be tied to the word embeddings); the other task heads do not.
 
 Refused (ConversionError naming the field): a model_type other than funnel, a hidden_act the
-engine lacks, an odd d_model, a pooling_type other than mean / max.
+engine lacks, an odd d_model, a pooling_type other than mean / max, an untied lm_head.
 """
 
 import sys
@@ -39,7 +40,7 @@ from tools.convert_hf_mistral import convert_dir_with
 from tools.convert_hf_mistral import main as converter_main
 
 __all__ = ["ConversionError", "convert", "convert_dir", "random_hf_model", "hf_last_hidden",
-           "main"]
+           "hf_mlm_logprobs", "main"]
 
 
 def our_config(cfg, dtype_name):
@@ -119,6 +120,13 @@ def convert(hf_model_or_state_dict, hf_config=None, dtype=None):
             n += 1
     for i in range(config["decoder_layers"]):
         out.update(_layer(get, f"decoder.layers.{i}.", f"decoder.{i}.", width))
+    if "lm_head.bias" in sd:  # FunnelForMaskedLM: the word embeddings as output matrix, a bias
+        if not torch.equal(sd.get("lm_head.weight", sd["embeddings.word_embeddings.weight"]),
+                           sd["embeddings.word_embeddings.weight"]):
+            raise ConversionError("lm_head.weight differs from the word embeddings: only a "
+                                  "masked-LM head tied to them (Hugging Face's default) runs")
+        config["mlm_head"] = True
+        out["mlm.decoder.bias"] = get("lm_head.bias")
     return config, out
 
 
@@ -128,12 +136,13 @@ def convert_dir(hf_dir, out_dir, dtype=None):
     return convert_dir_with(convert, hf_dir, out_dir, dtype)
 
 
-def random_hf_model(overrides, seed=0, std=None, base=False):
-    """A seeded random FunnelModel (FunnelBaseModel with `base`) (random_encoder)."""
-    from transformers import FunnelBaseModel, FunnelConfig, FunnelModel
+def random_hf_model(overrides, seed=0, std=None, base=False, masked_lm=False):
+    """A seeded random FunnelModel (FunnelBaseModel with `base`, FunnelForMaskedLM with
+    `masked_lm`) (random_encoder)."""
+    from transformers import FunnelBaseModel, FunnelConfig, FunnelForMaskedLM, FunnelModel
 
-    return random_encoder(FunnelConfig, FunnelBaseModel if base else FunnelModel, overrides, seed,
-                          std)
+    cls = FunnelForMaskedLM if masked_lm else FunnelBaseModel if base else FunnelModel
+    return random_encoder(FunnelConfig, cls, overrides, seed, std)
 
 
 def hf_last_hidden(model, ids):
@@ -141,6 +150,12 @@ def hf_last_hidden(model, ids):
     pooled sequence (FunnelBaseModel)."""
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).last_hidden_state[0].numpy()
+
+
+def hf_mlm_logprobs(model, ids):
+    """A FunnelForMaskedLM's log-softmax over the vocabulary at every position [len(ids), V]."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([list(ids)])).logits[0], dim=-1).numpy()
 
 
 def main(argv=None):

@@ -116,10 +116,13 @@ absl::StatusOr<EncoderConfig> ParseEncoderConfig(std::string_view json_text) {
                    r.String("torch_dtype", std::nullopt, {"float32", "float16", "bfloat16"}));
   c.dtype = *ParseDTypeName(dtype);
   ASSIGN_OR_RETURN(c.mlm_head, r.Bool("mlm_head", false));
-  if (c.mlm_head && c.fixed_length()) {
-    return r.Error("\"mlm_head\": the masked-LM head is Longformer's and BigBird's only");
+  if (c.mlm_head && c.fixed_length() && !c.funnel()) {
+    return r.Error("\"mlm_head\": the masked-LM head is Longformer's, BigBird's and Funnel's only");
   }
-  if (c.mlm_head) {
+  if (c.mlm_head && c.funnel() && c.decoder_layers == 0) {
+    return r.Error("\"mlm_head\": Funnel's masked-LM head reads the decoder's per-token output");
+  }
+  if (c.mlm_head && !c.funnel()) {  // (Funnel's head has no transform, so no activation)
     ASSIGN_OR_RETURN(std::string mlm_act,
                      r.String("mlm_activation", "gelu", EnumNames<Activation>()));
     c.mlm_activation = *ParseEnum<Activation>(mlm_act);

@@ -72,7 +72,8 @@ struct EncoderConfig {
   std::string pooling;
   DType dtype = DType::kF32;
   // Whether the checkpoint carries the masked-LM head (Longformer's and BigBird's: dense, the
-  // activation mlm_activation, LayerNorm, the word embeddings as the output matrix with a bias).
+  // activation mlm_activation, LayerNorm, the word embeddings as the output matrix with a bias;
+  // Funnel's: the output matrix and bias alone, over the decoder's output).
   bool mlm_head = false;
   kernels::Activation mlm_activation = kernels::Activation::kGelu;
 

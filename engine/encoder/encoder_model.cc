@@ -98,11 +98,13 @@ absl::StatusOr<EncoderWeights> LoadWeights(const EncoderConfig& c, TensorReader&
     RETURN_IF_ERROR(ReadFunnelAttention(c, r, p, lw));
     RETURN_IF_ERROR(ReadBlockTail(c, r, p, lw));
   }
-  if (c.mlm_head) {
+  if (c.mlm_head && !c.funnel()) {  // (Funnel's head has no transform)
     ASSIGN_OR_RETURN(w.mlm.dense, r.Read("mlm.dense.weight", {d, d}));
     ASSIGN_OR_RETURN(w.mlm.dense_bias, r.Read("mlm.dense.bias", {d}));
     ASSIGN_OR_RETURN(w.mlm.ln_gamma, r.Read("mlm.ln.weight", {d}));
     ASSIGN_OR_RETURN(w.mlm.ln_beta, r.Read("mlm.ln.bias", {d}));
+  }
+  if (c.mlm_head) {
     ASSIGN_OR_RETURN(w.mlm.decoder_bias, r.Read("mlm.decoder.bias", {c.vocab_size}));
   }
   RETURN_IF_ERROR(r.CheckNoExtra());
@@ -146,6 +148,46 @@ absl::Status CheckSequence(const EncoderConfig& c, const EncoderSequence& s) {
   return CheckEncodePositions(c, s.global_positions, s.mlm_positions, n);
 }
 
+// The masked-LM head over every window's chosen rows at once: logits = word · T(h) + bias, with
+// T the head's transform (dense, activation, LayerNorm: Longformer's and BigBird's; Funnel's head
+// has none), then a log-softmax per row.
+absl::Status MaskedLm(const EncoderConfig& c, const EncoderWeights& w, Backend& be,
+                      std::span<const EncoderSequence> batch, std::vector<EncodedWindow>& out) {
+  int64_t m = 0;
+  for (const EncoderSequence& s : batch) m += static_cast<int64_t>(s.mlm_positions.size());
+  if (m == 0) return absl::OkStatus();
+  const int64_t d = c.d_model;
+  Tensor h = Tensor::Empty(DType::kF32, {m, d});
+  for (size_t k = 0, at = 0; k < batch.size(); ++k) {
+    const std::vector<int64_t>& positions = batch[k].mlm_positions;
+    if (positions.empty()) continue;
+    Tensor rows = h.Rows(static_cast<int64_t>(at), static_cast<int64_t>(at + positions.size()));
+    RETURN_IF_ERROR(be.GatherRows(out[k].hidden, positions, rows));
+    at += positions.size();
+  }
+  if (w.mlm.dense.defined()) {
+    Tensor dense = Tensor::Empty(DType::kF32, {m, d});
+    RETURN_IF_ERROR(
+        be.LinearBiasActivation(h, w.mlm.dense, w.mlm.dense_bias, c.mlm_activation, dense));
+    RETURN_IF_ERROR(be.LayerNorm(dense, w.mlm.ln_gamma, w.mlm.ln_beta,
+                                 static_cast<float>(c.layer_norm_epsilon), dense));
+    h = dense;
+  }
+  Tensor logits = Tensor::Empty(DType::kF32, {m, c.vocab_size});
+  RETURN_IF_ERROR(be.Linear(h, w.word_emb, &w.mlm.decoder_bias, logits));
+  float* l = logits.data<float>();
+  for (int64_t r = 0; r < m; ++r) {
+    LogSoftmax(l + r * c.vocab_size, c.vocab_size, l + r * c.vocab_size);
+  }
+  int64_t at = 0;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    const auto count = static_cast<int64_t>(batch[k].mlm_positions.size());
+    if (count > 0) out[k].mlm_logprobs = logits.Rows(at, at + count);
+    at += count;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
@@ -162,7 +204,11 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     any_global = any_global || !batch[k].global_positions.empty();
   }
   if (batch.empty()) return std::vector<EncodedWindow>();
-  if (c.funnel()) return FunnelForward(c, weights_, *backend_, batch);
+  if (c.funnel()) {
+    ASSIGN_OR_RETURN(std::vector<EncodedWindow> out, FunnelForward(c, weights_, *backend_, batch));
+    RETURN_IF_ERROR(MaskedLm(c, weights_, *backend_, batch, out));
+    return out;
+  }
   const int64_t n = offsets.back();
   Backend& be = *backend_;
   const int64_t d = c.d_model;
@@ -280,31 +326,7 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
     // (a padded window's rows past its tokens are dropped)
     out[k].hidden = x.Rows(offsets[k], offsets[k] + static_cast<int64_t>(batch[k].ids.size()));
   }
-  // The masked-LM head over every window's chosen rows at once.
-  std::vector<int64_t> rows;
-  for (size_t k = 0; k < batch.size(); ++k) {
-    for (int64_t p : batch[k].mlm_positions) rows.push_back(offsets[k] + p);
-  }
-  if (rows.empty()) return out;
-  const auto m = static_cast<int64_t>(rows.size());
-  Tensor picked = Tensor::Empty(DType::kF32, {m, d});
-  Tensor dense = Tensor::Empty(DType::kF32, {m, d});
-  Tensor logits = Tensor::Empty(DType::kF32, {m, c.vocab_size});
-  RETURN_IF_ERROR(be.GatherRows(x, rows, picked));
-  RETURN_IF_ERROR(be.LinearBiasActivation(picked, weights_.mlm.dense, weights_.mlm.dense_bias,
-                                          c.mlm_activation, dense));
-  RETURN_IF_ERROR(be.LayerNorm(dense, weights_.mlm.ln_gamma, weights_.mlm.ln_beta, eps, dense));
-  RETURN_IF_ERROR(be.Linear(dense, weights_.word_emb, &weights_.mlm.decoder_bias, logits));
-  float* l = logits.data<float>();
-  for (int64_t r = 0; r < m; ++r) {
-    LogSoftmax(l + r * c.vocab_size, c.vocab_size, l + r * c.vocab_size);
-  }
-  int64_t at = 0;
-  for (size_t k = 0; k < batch.size(); ++k) {
-    const auto count = static_cast<int64_t>(batch[k].mlm_positions.size());
-    if (count > 0) out[k].mlm_logprobs = logits.Rows(at, at + count);
-    at += count;
-  }
+  RETURN_IF_ERROR(MaskedLm(c, weights_, be, batch, out));
   return out;
 }
 

@@ -27,10 +27,11 @@ struct EncoderLayerWeights {
   Tensor ff_ln_gamma, ff_ln_beta;      // [D]
 };
 
-// The masked-LM head (config mlm_head): logits = W_emb · LN(gelu(W·h + b)) + decoder_bias.
+// The masked-LM head (config mlm_head): logits = W_emb · LN(act(W·h + b)) + decoder_bias
+// (Funnel's: W_emb · h + decoder_bias).
 struct MaskedLmWeights {
-  Tensor dense, dense_bias;  // [D, D], [D]
-  Tensor ln_gamma, ln_beta;  // [D]
+  Tensor dense, dense_bias;  // [D, D], [D] (not Funnel's)
+  Tensor ln_gamma, ln_beta;  // [D] (not Funnel's)
   Tensor decoder_bias;       // [V]; the output matrix is the word embeddings
 };
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from parity_common import (assert_logits_close, bfloat16_pair, check_windows_and_pooling,
-                           run_encode, write_converted)
+                           run_encode, stitched_windows, write_converted)
 from tools.convert_hf_funnel import (ConversionError, convert, convert_dir, hf_last_hidden,
-                                     random_hf_model)
+                                     hf_mlm_logprobs, random_hf_model)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +129,25 @@ def test_base_model_returns_its_pooled_sequence(mnemo_bin, tmp_path):
         assert proc.returncode == 1 and "pooling funnel" in proc.stderr, proc.stderr
 
 
+def test_masked_lm_log_probabilities_match_hf(mnemo_bin, tmp_path):
+    """FunnelForMaskedLM's head (the tied word embeddings and a bias over the decoder's output),
+    in one pass and from the windows that keep each position."""
+    model = random_hf_model(BASE, seed=17, masked_lm=True).double()
+    config = write_converted(convert, model, tmp_path / "mlm")
+    assert config["mlm_head"] is True
+    out = tmp_path / "mlm.f32"
+    ids, positions = document(60, 8), [0, 7, 31, 59]
+
+    def run(*flags):
+        run_encode(mnemo_bin, tmp_path, tmp_path / "mlm", ids, "--mlm-positions",
+                   ",".join(map(str, positions)), "--mlm-output", str(out), *flags)
+        return np.fromfile(out, dtype="<f4").reshape(len(positions), BASE["vocab_size"])
+
+    assert_logits_close(run(), hf_mlm_logprobs(model, ids)[positions], what="one pass")
+    want = stitched_windows(lambda part: hf_mlm_logprobs(model, part), ids, 24)[positions]
+    assert_logits_close(run("--window", "24"), want, what="windows of 24")
+
+
 def test_engine_matches_a_bfloat16_checkpoint(mnemo_bin, tmp_path):
     model = bfloat16_pair(convert, random_hf_model(BASE, seed=4), tmp_path / "bf16")
     ids = document(30, 5)
@@ -172,6 +191,6 @@ def test_encode_refuses_what_funnel_lacks(mnemo_bin, tmp_path, case):
                             (["--window", str(fewest - 1)], "window"),
                             (["--window", "513"], "window"),
                             (["--mlm-positions", "3", "--mlm-output", str(tmp_path / "m")],
-                             "masked-LM head")]:
+                             "masked-LM head")]:  # (the plain FunnelModel has none)
         proc = run_encode(mnemo_bin, tmp_path, ckpt, ids, *flags, expect_ok=False)
         assert proc.returncode == 1 and fragment in proc.stderr, (flags, proc.stderr)

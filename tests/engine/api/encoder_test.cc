@@ -216,6 +216,10 @@ TEST(EncoderConfigTest, ParsesAndNamesEveryBadField) {
            {"\"mean\"", "\"min\"", "pooling"},                             //
            {"\"segment_len\": 512", "\"segment_len\": 4", "segment_len"},  // pools at every block
            {"\"decoder_layers\": 2", "\"decoder_layers\": -1", "decoder_layers"},
+           {"\"decoder_layers\": 2", "\"decoder_layers\": 0, \"mlm_head\": true",
+            "mlm_head"},  // the head reads the decoder's output
+           {"\"torch_dtype\"", "\"mlm_head\": true, \"mlm_activation\": \"gelu\", \"torch_dtype\"",
+            "mlm_activation"},  // no transform
        }) {
     std::string text = funnel;
     text.replace(text.find(from), from.size(), to);
