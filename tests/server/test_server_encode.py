@@ -102,12 +102,16 @@ def bigbird_encoder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def funnel_encoders(tmp_path_factory):
-    """{"fun": (FunnelModel, checkpoint), "funbase": (FunnelBaseModel, checkpoint)}, float64."""
+    """{"fun": (FunnelModel, checkpoint), "funbase": (FunnelBaseModel, checkpoint), "funwide": (a
+    two-block FunnelBaseModel of d_model 512 and passes of 2048, checkpoint)}, float64."""
     out = {}
-    for name, base in (("fun", False), ("funbase", True)):
-        model = funnel.random_hf_model(
-            dict(vocab_size=60, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1, 1],
-                 num_decoder_layers=1), seed=15, base=base).double()
+    small = dict(vocab_size=60, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1, 1],
+                 num_decoder_layers=1)
+    wide = dict(vocab_size=60, d_model=512, n_head=8, d_head=64, d_inner=512, block_sizes=[1, 1],
+                max_position_embeddings=2048)
+    for name, fields, base in (("fun", small, False), ("funbase", small, True),
+                               ("funwide", wide, True)):
+        model = funnel.random_hf_model(fields, seed=15, base=base).double()
         config, tensors = funnel.convert(model, dtype="float32")
         ckpt = tmp_path_factory.mktemp(f"encoder_{name}") / name
         write_checkpoint(ckpt, config, tensors)
@@ -140,6 +144,7 @@ def server(server_bin, tiny_model, encoders, mlm_encoder, nystromformer_encoder,
                               f"mlm={mlm_encoder[1]}", f"nys={nystromformer_encoder[1]}",
                               f"bb={bigbird_encoder[1]}", f"fun={funnel_encoders['fun'][1]}",
                               f"funbase={funnel_encoders['funbase'][1]}",
+                              f"funwide={funnel_encoders['funwide'][1]}",
                               f"lin={sequence_encoders['lin'][2]}",
                               f"syn={sequence_encoders['syn'][2]}"])
     s.wait_serving()
@@ -269,7 +274,7 @@ def test_the_encoder_is_described_and_tokenizes(server):
     names = {x.name: x.family for x in client.models()}
     assert names == {"tiny": "decoder", "enc": "encoder", "bare": "encoder", "mlm": "encoder",
                      "nys": "encoder", "bb": "encoder", "fun": "encoder", "funbase": "encoder",
-                     "lin": "encoder", "syn": "encoder"}
+                     "funwide": "encoder", "lin": "encoder", "syn": "encoder"}
     lin, syn = client.model("lin").layers[0], client.model("syn").layers[0]
     assert (lin.attention, lin.window, lin.projected_length) == (
         pb.ATTENTION_KIND_LINFORMER, 24, 6)
@@ -509,6 +514,16 @@ def test_funnel_encodes_through_the_server_and_returns_its_pooled_sequence(
     with pytest.raises(grpc.RpcError) as e:  # too short to pool at every block
         client.encode(ids[:4], model="fun")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+    # A pooled sequence over 1 MiB (550 rows of 512 floats) streams in several messages.
+    wide, _ = funnel_encoders["funwide"]
+    long_ids = document(1100, 61, 60)
+    r = client.encode(long_ids, model="funwide", pooling="funnel")
+    assert (r.rows, r.dim, len(r.data)) == (550, 512, 550 * 512 * 4)
+    assert_close(r.numpy(), funnel.hf_last_hidden(wide, long_ids))
+    request = pb.EncodeRequest(model="funwide", pooling=pb.POOLING_FUNNEL,
+                               ids=pb.TokenIds(ids=long_ids))
+    replies = list(client.inference_stub.Encode(iter([request]), metadata=client._metadata("")))
+    assert [m.count for m in replies if m.count] == [512, 38], [m.count for m in replies]
 
 
 def test_linformer_and_synthesizer_encode_through_the_server(server, sequence_encoders):
