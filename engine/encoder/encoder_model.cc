@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -282,7 +283,8 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
           be.LinearBiasActivation(x, lw.synth1, lw.synth1_bias, kernels::Activation::kRelu, synth));
     }
     const auto heads = static_cast<int>(c.n_head), head_dim = static_cast<int>(c.d_head);
-    for (size_t k = 0; k < batch.size(); ++k) {  // attention stays within each window
+    std::map<int64_t, std::vector<int32_t>> random_blocks;  // BigBird's, by padded length
+    for (size_t k = 0; k < batch.size(); ++k) {             // attention stays within each window
       const Tensor q = qkv.Rows(offsets[k], offsets[k + 1]);
       Tensor out = attn.Rows(offsets[k], offsets[k + 1]);
       if (c.nystromformer()) {
@@ -291,15 +293,19 @@ absl::StatusOr<std::vector<EncodedWindow>> EncoderModel::EncodeBatch(
                                              c.num_landmarks, heads, head_dim, &out}));
       } else if (c.bigbird()) {
         const auto tokens = static_cast<int64_t>(batch[k].ids.size());
-        std::vector<int32_t> random;
-        if (c.sparse_pass(tokens)) {
-          ASSIGN_OR_RETURN(random,
-                           BigBirdRandomBlocks({l, offsets[k + 1] - offsets[k], c.block_size,
-                                                c.num_random_blocks, c.n_head, c.position_rows}));
+        const std::vector<int32_t>* random = nullptr;
+        if (c.sparse_pass(tokens)) {  // drawn once per layer and padded length
+          const int64_t len = offsets[k + 1] - offsets[k];
+          auto [it, fresh] = random_blocks.try_emplace(len);
+          if (fresh) {
+            ASSIGN_OR_RETURN(it->second,
+                             BigBirdRandomBlocks({l, len, c.block_size, c.num_random_blocks,
+                                                  c.n_head, c.position_rows}));
+          }
+          random = &it->second;
         }
-        RETURN_IF_ERROR(
-            be.BigBirdAttention({&q, random.empty() ? nullptr : &random, tokens, c.block_size,
-                                 c.num_random_blocks, heads, head_dim, &out}));
+        RETURN_IF_ERROR(be.BigBirdAttention(
+            {&q, random, tokens, c.block_size, c.num_random_blocks, heads, head_dim, &out}));
       } else if (c.linformer()) {
         RETURN_IF_ERROR(be.LinformerAttention({&q, &lw.proj_k, &lw.proj_v, heads, head_dim, &out}));
       } else if (c.synthesized()) {

@@ -82,35 +82,47 @@ class FunnelPass {
   // states at level lq.
   absl::StatusOr<Tensor> Layer(const EncoderLayerWeights& lw, const Tensor& q_in, int64_t lq,
                                const Rows& rq, const Tensor& kv_in, int64_t lk, const Rows& rk);
-  // The sinusoids of every relative distance of the (lq, lk) level pair, every window's rows one
-  // after the other: [Σ q_stride·(Tq − 1) + Tk, D].
-  const Tensor& Sinusoids(int64_t lq, const Rows& rq, int64_t lk, const Rows& rk);
+  // The sinusoids of every relative distance of the (lq, lk) level pair: one table of
+  // q_stride·(Tq − 1) + Tk rows per distinct window shape (Tq, Tk), one after the other (windows
+  // of one length share theirs, and so does the projection of it).
+  struct Distances {
+    Tensor pe;                                                 // [rows, D]
+    std::map<std::pair<int64_t, int64_t>, int64_t> first_row;  // by (Tq, Tk)
+  };
+  const Distances& Sinusoids(int64_t lq, const Rows& rq, int64_t lk, const Rows& rk);
 
   const EncoderConfig& c_;
   const EncoderWeights& w_;
   Backend& be_;
-  std::map<std::pair<int64_t, int64_t>, Tensor> sinusoids_;
+  std::map<std::pair<int64_t, int64_t>, Distances> sinusoids_;
 };
 
-const Tensor& FunnelPass::Sinusoids(int64_t lq, const Rows& rq, int64_t lk, const Rows& rk) {
-  Tensor& table = sinusoids_[{lq, lk}];
-  if (table.defined()) return table;
+const FunnelPass::Distances& FunnelPass::Sinusoids(int64_t lq, const Rows& rq, int64_t lk,
+                                                   const Rows& rk) {
+  Distances& table = sinusoids_[{lq, lk}];
+  if (table.pe.defined()) return table;
   const Level q = LevelOf(c_, lq), k = LevelOf(c_, lk);
   const int64_t ratio = q.step / k.step, d = c_.d_model, half = d / 2;
   int64_t rows = 0;
-  for (size_t n = 0; n < rq.len.size(); ++n) rows += ratio * (rq.len[n] - 1) + rk.len[n];
-  table = Tensor::Empty(DType::kF32, {rows, d});
-  float* out = table.data<float>();
   for (size_t n = 0; n < rq.len.size(); ++n) {
-    const int64_t m = ratio * (rq.len[n] - 1) + rk.len[n];
-    for (int64_t t = 0; t < m; ++t, out += d) {
+    if (table.first_row.emplace(std::pair{rq.len[n], rk.len[n]}, rows).second) {
+      rows += ratio * (rq.len[n] - 1) + rk.len[n];
+    }
+  }
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int64_t e = 0; e < half; ++e) {
+    inv_freq[e] = std::pow(10000.0, -static_cast<double>(e) / static_cast<double>(half));
+  }
+  table.pe = Tensor::Empty(DType::kF32, {rows, d});
+  for (const auto& [shape, first] : table.first_row) {
+    const auto [tq, tk] = shape;
+    float* out = table.pe.data<float>() + first * d;
+    for (int64_t t = 0; t < ratio * (tq - 1) + tk; ++t, out += d) {
       // In double: the distances reach the pass's length, too far for float arguments.
-      const auto delta = static_cast<double>(q.first - k.first - (rk.len[n] - 1 - t) * k.step);
+      const auto delta = static_cast<double>(q.first - k.first - (tk - 1 - t) * k.step);
       for (int64_t e = 0; e < half; ++e) {
-        const double angle =
-            delta / std::pow(10000.0, static_cast<double>(e) / static_cast<double>(half));
-        out[e] = static_cast<float>(std::sin(angle));
-        out[half + e] = static_cast<float>(std::cos(angle));
+        out[e] = static_cast<float>(std::sin(delta * inv_freq[e]));
+        out[half + e] = static_cast<float>(std::cos(delta * inv_freq[e]));
       }
     }
   }
@@ -135,15 +147,15 @@ absl::StatusOr<Tensor> FunnelPass::Layer(const EncoderLayerWeights& lw, const Te
     const Tensor wkv = lw.qkv.Rows(width, 3 * width), bkv = lw.qkv_bias.Rows(width, 3 * width);
     RETURN_IF_ERROR(be_.Linear(kv_in, wkv, &bkv, kv_qkv));
   }
-  const Tensor& pe = Sinusoids(lq, rq, lk, rk);
-  Tensor r = Tensor::Empty(DType::kF32, {pe.dim(0), width});
-  RETURN_IF_ERROR(be_.Linear(pe, lw.r, nullptr, r));
+  const Distances& distances = Sinusoids(lq, rq, lk, rk);
+  Tensor r = Tensor::Empty(DType::kF32, {distances.pe.dim(0), width});
+  RETURN_IF_ERROR(be_.Linear(distances.pe, lw.r, nullptr, r));
   const Tensor seg = lw.seg_embed.Rows(1, 2);  // every token has type 0: "same" everywhere
   Tensor attn = Tensor::Empty(DType::kF32, {rq.total(), width});
   const int64_t ratio = LevelOf(c_, lq).step / LevelOf(c_, lk).step;
-  int64_t r_row = 0;
   for (size_t n = 0; n < rq.len.size(); ++n) {
     const int64_t m = ratio * (rq.len[n] - 1) + rk.len[n];
+    const int64_t r_row = distances.first_row.at({rq.len[n], rk.len[n]});
     const Tensor q = q_qkv.Rows(rq.offset[n], rq.offset[n + 1]);
     const Tensor kv = kv_qkv.Rows(rk.offset[n], rk.offset[n + 1]);
     const Tensor rn = r.Rows(r_row, r_row + m);
@@ -151,7 +163,6 @@ absl::StatusOr<Tensor> FunnelPass::Layer(const EncoderLayerWeights& lw, const Te
     RETURN_IF_ERROR(be_.FunnelAttention({&q, &kv, &rn, &lw.r_w_bias, &lw.r_r_bias, &lw.r_s_bias,
                                          &seg, ratio, c_.separate_cls, static_cast<int>(c_.n_head),
                                          static_cast<int>(c_.d_head), &out}));
-    r_row += m;
   }
   Tensor x = Tensor::Empty(DType::kF32, {rq.total(), d});
   Tensor add = Tensor::Empty(DType::kF32, {rq.total(), d});
