@@ -195,8 +195,9 @@ int main(int argc, char** argv) {
     nonzeros = L * (L + 1) / 2 * H;
     params = "{\"memory_len\":0,\"clamp_len\":0,\"same_length\":false}";
     call = [&, shape] {
-      mnemo::kernels::RelativeAttention(shape, q, 3 * width, spans, rk.data(), width, u.data(),
-                                        v.data(), out.data(), width, pool);
+      const mnemo::kernels::KvSpan table{rk.data(), nullptr, width, rows};
+      mnemo::kernels::RelativeAttention(shape, q, 3 * width, spans, table, u.data(), v.data(),
+                                        out.data(), width, pool);
     };
   } else if (o.kind == "window") {
     constexpr int64_t kWindow = 512;

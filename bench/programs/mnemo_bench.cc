@@ -326,8 +326,8 @@ std::string DeviceMemoryJson(const TransfoXlModel& model) {
 
 // Bytes one decode step (T = 1, on `state`'s memory) must read at least. Weight matrices and
 // embeddings count at `matrix_bytes` per value (2 when the backend keeps a 16-bit
-// checkpoint's type), key/value rings at their dtype's size (2 with 16-bit session memory),
-// everything else at 4. Compressive layers add their compressed rows' keys
+// checkpoint's type), key/value rings and distance tables at the rings' dtype's size (2 with
+// 16-bit session memory), everything else at 4. Compressive layers add their compressed rows' keys
 // and values, the distance rows reaching them, and the compressor's weights, read once per
 // compression_rate steps.
 std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& state,
@@ -363,8 +363,10 @@ std::string DecodeBytesJson(const engine::ModelConfig& c, const SessionState& st
     const int64_t ring_bytes =  // keys and values in the ring's dtype (--session-memory)
         ls != nullptr && ls->ring() != nullptr ? DTypeSize(ls->ring()->dtype()) : 4;
     const int64_t ring_width = ls != nullptr && ls->ring() != nullptr ? ls->ring()->width() : w;
-    memory += ring_bytes * 2 * (rows + compressed) * ring_width;                    // keys, values
-    if (c.is_dense(l)) memory += 4 * (std::min(rows + compressed, clamp) + 1) * w;  // distances
+    memory += ring_bytes * 2 * (rows + compressed) * ring_width;  // keys, values
+    if (c.is_dense(l)) {  // distances: the table is stored as the rings are
+      memory += ring_bytes * (std::min(rows + compressed, clamp) + 1) * w;
+    }
     const engine::LayerConfig& lc = c.layer(l);
     if (lc.dense.compressive()) {
       compressor += 4.0 * static_cast<double>(d * d * lc.dense.compress_taps() + d) /

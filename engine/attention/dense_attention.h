@@ -60,6 +60,10 @@ class DenseAttentionLayer final : public AttentionLayer {
   std::pair<int64_t, int64_t> ScoredMemoryKeys(const LayerState& state) const override;
   absl::Status Forward(const AttentionCall& call) const override;
 
+  // The precomputed distance table, stored as the session memory's dtype (a decode step reads
+  // all of it).
+  const Tensor& relative_table() const { return rel_table_; }
+
  private:
   DenseAttentionLayer(const ModelConfig& config, int64_t layer) : AttentionLayer(config, layer) {}
   // Rows [begin, begin + count) of one sequence of the batch.

@@ -69,6 +69,9 @@ class TransfoXlModel {
   // float32 host tensor shaped as LogitsMode says (untouched for kNone).
   absl::Status Forward(const std::vector<SequenceInput>& batch, LogitsMode mode, Tensor* logits);
 
+  // Layer l's attention kind, bound to the weights on the model's device.
+  const AttentionLayer& attention(int64_t l) const { return *attention_[static_cast<size_t>(l)]; }
+
   // Whether any layer passes or adds RealFormer residual scores (token_by_token refuses these).
   bool UsesResidualAttention() const;
 

@@ -19,23 +19,6 @@
 namespace mnemo::engine {
 namespace {
 
-// A host copy of a float32, float16 or bfloat16 tensor as `dtype`: widening is exact; narrowing
-// rounds to nearest even (exact for values that came from that type, as a 16-bit checkpoint's).
-Tensor Converted(const Tensor& host, DType dtype) {
-  Tensor out = Tensor::Empty(dtype, host.shape());
-  const auto n = static_cast<size_t>(host.numel());
-  if (dtype == DType::kF32) {
-    ConvertToFloat(host.dtype(), host.raw(), out.data<float>(), n);
-  } else if (host.dtype() == DType::kF32) {
-    ConvertFromFloat(host.data<float>(), dtype, out.raw(), n);
-  } else {  // one 16-bit type to the other, through float32
-    std::vector<float> wide(n);
-    ConvertToFloat(host.dtype(), host.raw(), wide.data(), n);
-    ConvertFromFloat(wide.data(), dtype, out.raw(), n);
-  }
-  return out;
-}
-
 // Calls fn(tensor, is_matrix) on every tensor field of `w`, in one fixed order. Matrices are the
 // weight matrices and embeddings (what a 16-bit checkpoint keeps 16-bit); the rest are biases,
 // LayerNorms, r biases and the kinds' small constants (always float32).

@@ -56,4 +56,19 @@ std::string ShapeToString(const std::vector<int64_t>& shape) {
   return "[" + absl::StrJoin(shape, ", ") + "]";
 }
 
+Tensor Converted(const Tensor& host, DType dtype) {
+  Tensor out = Tensor::Empty(dtype, host.shape());
+  const auto n = static_cast<size_t>(host.numel());
+  if (dtype == DType::kF32) {
+    ConvertToFloat(host.dtype(), host.raw(), out.data<float>(), n);
+  } else if (host.dtype() == DType::kF32) {
+    ConvertFromFloat(host.data<float>(), dtype, out.raw(), n);
+  } else {  // one 16-bit type to the other, through float32
+    std::vector<float> wide(n);
+    ConvertToFloat(host.dtype(), host.raw(), wide.data(), n);
+    ConvertFromFloat(wide.data(), dtype, out.raw(), n);
+  }
+  return out;
+}
+
 }  // namespace mnemo::engine

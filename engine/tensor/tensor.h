@@ -56,6 +56,10 @@ class Tensor {
   std::vector<int64_t> shape_;
 };
 
+// A host copy of a float32, float16 or bfloat16 tensor as `dtype`: widening is exact; narrowing
+// rounds to nearest even (exact for values that came from that type, as a 16-bit checkpoint's).
+Tensor Converted(const Tensor& host, DType dtype);
+
 // "[2, 3, 4]"
 std::string ShapeToString(const std::vector<int64_t>& shape);
 

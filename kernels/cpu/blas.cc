@@ -8,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "kernels/cpu/half_linear.h"
+
 namespace mnemo::kernels {
 
 namespace {
@@ -18,6 +20,10 @@ constexpr int64_t kColumnAlign = 16;  // keep column blocks a multiple of the ve
 
 void LinearBlock(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
                  int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  if (rows <= kDecodeKernelMaxRows && FloatDecodeKernelAvailable()) {
+    FloatGemvRows(x, ldx, w, bias, y, ldy, rows, in, out);
+    return;
+  }
   // With a bias, y starts as the bias and BLAS accumulates into it (beta = 1): one pass over y.
   float beta = 0.0f;
   if (bias != nullptr) {

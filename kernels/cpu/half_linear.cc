@@ -8,12 +8,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/blas.h"
 
 namespace mnemo::kernels {
 
 namespace {
+
+// How a weight of each type is stored.
+template <WeightType T>
+using Elem = std::conditional_t<T == WeightType::kF32, float, uint16_t>;
 
 // Weight columns widened at a time for sgemm: 128 rows of `in` floats stay within a core's L2
 // (1 MiB at in = 2048) while sgemm still gets a wide enough product.
@@ -29,7 +34,7 @@ constexpr int kRowGroupAvx2 = 4;
 // layer products (bf16, 2 threads of the 2-vCPU Xeon, 30 GB/s) one row read 19 GB/s, four 25,
 // eight 25–29 with the prefetch below. Registers bound it: R·NR accumulators, NR weight vectors
 // and R activation vectors within 32.
-constexpr int WeightRowsAvx512(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 4 : 2; }
+constexpr int WeightRowsAvx512(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 4 : 3; }
 
 // Contiguous weight rows are also prefetched this many elements (bytes × 2) ahead of the reads:
 // on the products above 25 → 27–29 GB/s with four or eight rows (256–768 bytes measured alike).
@@ -38,16 +43,19 @@ constexpr int64_t kPrefetchAhead = 256;
 // The decode kernel runs over panels of this many weight rows (a multiple of every
 // WeightRowsAvx512), each against every group of activation rows in turn: the panel stays in the
 // core's cache for the groups after the first (16 rows of 14336 bf16 weights: 448 KiB).
-constexpr int64_t kPanelRows = 16;
+constexpr int64_t kPanelRows = 24;
 
 // Rows apart (not contiguous: the keys of one attention head) the hardware prefetchers follow
 // poorly, so the decode kernel asks for the next panel's rows before each panel: +28% tokens/s for
 // 32 sessions' bf16 memory in one step (16 rows ahead measured better than 8 here).
 constexpr int64_t kPrefetchRows = kPanelRows;
 
-inline void PrefetchRow(const uint16_t* row, int64_t n) {
+template <typename E>
+inline void PrefetchRow(const E* row, int64_t n) {
   const auto* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t b = 0; b < n * 2; b += 64) __builtin_prefetch(bytes + b, 0, 3);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(E)); b += 64) {
+    __builtin_prefetch(bytes + b, 0, 3);
+  }
 }
 
 // One weight, widened exactly (kernels/ depends on no project library, so not base/dtype.h's).
@@ -206,14 +214,48 @@ MNEMO_AVX512 inline __m512 Widen16(__m256i h) {
   }
 }
 
+// 16 weights from `p` as float32: loaded as they are (kF32) or widened (kBF16, kF16).
 template <WeightType T>
-MNEMO_AVX512 inline __m512 Load16(const uint16_t* p) {
-  return Widen16<T>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+MNEMO_AVX512 inline __m512 Load16(const Elem<T>* p) {
+  if constexpr (T == WeightType::kF32) {
+    return _mm512_loadu_ps(p);
+  } else {
+    return Widen16<T>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
 }
 
 template <WeightType T>
-MNEMO_AVX512 inline __m512 LoadMasked16(const uint16_t* p, __mmask16 m) {
-  return Widen16<T>(_mm256_maskz_loadu_epi16(m, p));
+MNEMO_AVX512 inline __m512 LoadMasked16(const Elem<T>* p, __mmask16 m) {
+  if constexpr (T == WeightType::kF32) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else {
+    return Widen16<T>(_mm256_maskz_loadu_epi16(m, p));
+  }
+}
+
+// Lane k: the sum of v[k]'s 16 lanes. The 16 sums share each level of one tree of adds (lanes
+// i and i + 8, then i + 4, i + 2, i + 1, as _mm512_reduce_add_ps adds them one vector at a time)
+// through 15 vector adds and their shuffles instead of 16 × 4, so every sum is the same whatever
+// vectors sit beside it.
+MNEMO_AVX512 inline __attribute__((always_inline)) __m512 SumLanes16(const __m512 (&v)[16]) {
+  __m512 s[8], t[4], u[2];
+  for (int k = 0; k < 8; ++k) {  // 256-bit halves: s[k] holds v[2k]'s 8 sums, then v[2k + 1]'s
+    s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int k = 0; k < 4; ++k) {  // 128-bit halves: 128-bit block b of t[k] holds v[4k + b]'s 4
+    t[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int k = 0; k < 2; ++k) {  // lanes 0 + 2 and 1 + 3 of each block
+    u[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Lane 4b + m of r holds the sum of v[4m + b].
+  const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, r);
 }
 
 // One step of 16 columns (the masked tail when `m` is not all ones) for R activation rows
@@ -221,7 +263,7 @@ MNEMO_AVX512 inline __m512 LoadMasked16(const uint16_t* p, __mmask16 m) {
 // on neither R nor NR and a batch computes what single rows do, bit for bit.
 template <WeightType T, int R, int NR, bool kMasked>
 MNEMO_AVX512 inline __attribute__((always_inline)) void TileStepAvx512(const float* x, int64_t ldx,
-                                                                       const uint16_t* w,
+                                                                       const Elem<T>* w,
                                                                        int64_t ldw, int64_t i,
                                                                        __mmask16 m,
                                                                        __m512 (&acc)[R][NR]) {
@@ -238,7 +280,7 @@ MNEMO_AVX512 inline __attribute__((always_inline)) void TileStepAvx512(const flo
 
 // y[r, j] = Σ_i x[r, i] · w[j, i] (+ bias[j]) for r < R, j < NR.
 template <WeightType T, int R, int NR>
-MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
                              const float* bias, float* y, int64_t ldy, int64_t in) {
   __m512 acc[R][NR];
   for (int r = 0; r < R; ++r) {
@@ -246,10 +288,14 @@ MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const uint16_t* w, int
   }
   const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
   int64_t i = 0;
-  if (ldw == in) {  // rows one after another: prefetch ahead of each (one line per 32 columns)
+  if (ldw == in) {  // rows one after another: prefetch ahead of each (every line of 32 columns)
     for (; i < pairs; i += 32) {
-      for (int j = 0; j < NR; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead), _MM_HINT_T0);
+      for (int j = 0; j < NR; ++j) {
+        for (int64_t b = 0; b < 32 * static_cast<int64_t>(sizeof(Elem<T>)); b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead) + b,
+                       _MM_HINT_T0);
+        }
+      }
       TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
       TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i + 16, 0xffff, acc);
     }
@@ -259,9 +305,20 @@ MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const uint16_t* w, int
     const auto tail = static_cast<__mmask16>((1u << (in - i)) - 1u);
     TileStepAvx512<T, R, NR, true>(x, ldx, w, ldw, i, tail, acc);
   }
+  // Each accumulator's lanes summed, 16 accumulators at a time (zeros pad the last sixteen).
+  constexpr int kAcc = R * NR, kChunks = (kAcc + 15) / 16;
+  alignas(64) float sums[kChunks * 16];
+  for (int c = 0; c < kChunks; ++c) {
+    __m512 v[16];
+    for (int k = 0; k < 16; ++k) {
+      const int a = c * 16 + k;
+      v[k] = a < kAcc ? acc[a / NR][a % NR] : _mm512_setzero_ps();
+    }
+    _mm512_store_ps(sums + c * 16, SumLanes16(v));
+  }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < NR; ++j) {
-      y[r * ldy + j] = _mm512_reduce_add_ps(acc[r][j]) + (bias != nullptr ? bias[j] : 0.0f);
+      y[r * ldy + j] = sums[r * NR + j] + (bias != nullptr ? bias[j] : 0.0f);
     }
   }
 }
@@ -269,7 +326,7 @@ MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const uint16_t* w, int
 // R activation rows against `out` weight rows: WeightRowsAvx512(R) of them at a time, the rest
 // one by one.
 template <WeightType T, int R>
-MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
                              const float* bias, float* y, int64_t ldy, int64_t in, int64_t out) {
   constexpr int kRows = WeightRowsAvx512(R);
   int64_t o = 0;
@@ -286,7 +343,7 @@ MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const uint16_t* w, int
 // y[c] += Σ_r p[r]·w[r, c]: 64 columns at a time in four accumulators (masked at the end), each
 // 16-bit row read once.
 template <WeightType T>
-MNEMO_AVX512 void RowSumAvx512(const float* p, const uint16_t* w, int64_t ldw, int64_t n,
+MNEMO_AVX512 void RowSumAvx512(const float* p, const Elem<T>* w, int64_t ldw, int64_t n,
                                int64_t cols, float* y) {
   for (int64_t c0 = 0; c0 < cols; c0 += 64) {
     __mmask16 m[4];
@@ -326,12 +383,13 @@ MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int6
 
 // ---- dispatch ----
 
-using GemvFn = void (*)(const float*, int64_t, const uint16_t*, int64_t, const float*, float*,
+template <WeightType T>
+using GemvFn = void (*)(const float*, int64_t, const Elem<T>*, int64_t, const float*, float*,
                         int64_t, int64_t, int64_t);
 
 template <WeightType T, int R>
-GemvFn GemvFor(HalfIsa isa) {
-  if constexpr (R <= kRowGroupAvx2) {
+GemvFn<T> GemvFor(HalfIsa isa) {
+  if constexpr (T != WeightType::kF32 && R <= kRowGroupAvx2) {
     if (isa == HalfIsa::kAvx2) return &GemvAvx2<T, R>;
   }
   return &GemvAvx512<T, R>;
@@ -339,7 +397,7 @@ GemvFn GemvFor(HalfIsa isa) {
 
 // The kernel for a group of `rows` (at most the ISA's row group).
 template <WeightType T>
-GemvFn GemvForRows(HalfIsa isa, int rows) {
+GemvFn<T> GemvForRows(HalfIsa isa, int rows) {
   switch (rows) {
     case 1:
       return GemvFor<T, 1>(isa);
@@ -360,18 +418,22 @@ GemvFn GemvForRows(HalfIsa isa, int rows) {
   }
 }
 
-// The decode kernel (isa kAvx512 or kAvx2) over panels of kPanelRows weight rows `ldw` apart,
-// each against every group of activation rows.
-void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
-                WeightType type, const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in,
-                int64_t out) {
+// The group kernels for `rows` activation rows: `full` for every group but the last.
+template <WeightType T>
+struct GroupKernels {
+  GroupKernels(HalfIsa isa, int64_t group, int64_t rows)
+      : full(GemvForRows<T>(isa, static_cast<int>(std::min(group, rows)))),
+        last(GemvForRows<T>(isa, static_cast<int>((rows - 1) % group + 1))) {}
+  GemvFn<T> full, last;
+};
+
+// The decode kernel (isa kAvx512 or kAvx2; kF32 weights only kAvx512) over panels of kPanelRows
+// weight rows `ldw` apart, each against every group of activation rows.
+template <WeightType T>
+void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
+                const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
   const int64_t group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
-  const auto kernel = [&](int64_t n) {
-    const int g = static_cast<int>(n);
-    return type == WeightType::kBF16 ? GemvForRows<WeightType::kBF16>(isa, g)
-                                     : GemvForRows<WeightType::kF16>(isa, g);
-  };
-  const GemvFn full = kernel(std::min(group, rows)), last = kernel((rows - 1) % group + 1);
+  const GroupKernels<T> kernels(isa, group, rows);
   for (int64_t p0 = 0; p0 < out; p0 += kPanelRows) {
     const int64_t n = std::min(kPanelRows, out - p0);
     if (ldw != in) {
@@ -379,11 +441,22 @@ void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, int
         PrefetchRow(w + o * ldw, in);
       }
     }
+    const float* b = bias != nullptr ? bias + p0 : nullptr;
     for (int64_t r0 = 0; r0 < rows; r0 += group) {
-      const GemvFn fn = r0 + group < rows ? full : last;
-      fn(x + r0 * ldx, ldx, w + p0 * ldw, ldw, bias != nullptr ? bias + p0 : nullptr,
-         y + r0 * ldy + p0, ldy, in, n);
+      const auto fn = r0 + group < rows ? kernels.full : kernels.last;
+      fn(x + r0 * ldx, ldx, w + p0 * ldw, ldw, b, y + r0 * ldy + p0, ldy, in, n);
     }
+  }
+}
+
+// 16-bit weights of either type.
+void HalfGemvPanels(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                    WeightType type, const float* bias, float* y, int64_t ldy, int64_t rows,
+                    int64_t in, int64_t out) {
+  if (type == WeightType::kBF16) {
+    GemvPanels<WeightType::kBF16>(isa, x, ldx, w, ldw, bias, y, ldy, rows, in, out);
+  } else {
+    GemvPanels<WeightType::kF16>(isa, x, ldx, w, ldw, bias, y, ldy, rows, in, out);
   }
 }
 
@@ -447,7 +520,23 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
     GemvScalar(x, ldx, w, in, type, bias, y, ldy, rows, in, out);
     return;
   }
-  GemvPanels(isa, x, ldx, w, in, type, bias, y, ldy, rows, in, out);
+  HalfGemvPanels(isa, x, ldx, w, in, type, bias, y, ldy, rows, in, out);
+}
+
+bool FloatDecodeKernelAvailable() { return SupportedHalfIsas().front() == HalfIsa::kAvx512; }
+
+void FloatGemvRows(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
+                   int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  GemvPanels<WeightType::kF32>(HalfIsa::kAvx512, x, ldx, w, in, bias, y, ldy, rows, in, out);
+}
+
+void FloatDotRows(const float* x, const float* w, int64_t ldw, int64_t n, int64_t cols, float* y) {
+  if (n > 0)
+    GemvPanels<WeightType::kF32>(HalfIsa::kAvx512, x, 0, w, ldw, nullptr, y, 1, 1, cols, n);
+}
+
+void FloatRowSum(const float* p, const float* w, int64_t ldw, int64_t n, int64_t cols, float* y) {
+  RowSumAvx512<WeightType::kF32>(p, w, ldw, n, cols, y);
 }
 
 void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, WeightType type,
@@ -457,7 +546,7 @@ void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, We
     GemvScalar(x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
     return;
   }
-  GemvPanels(isa, x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
+  HalfGemvPanels(isa, x, 0, w, ldw, type, nullptr, y, 1, 1, cols, n);
 }
 
 void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, WeightType type,
@@ -512,7 +601,7 @@ void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type,
   const HalfIsa isa = SupportedHalfIsas().front();
   ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
     const float* b = bias != nullptr ? bias + o0 : nullptr;
-    if (rows <= kHalfDecodeMaxRows) {
+    if (rows <= kDecodeKernelMaxRows) {
       HalfGemvRows(isa, x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);
     } else {
       WidenedGemm(x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);

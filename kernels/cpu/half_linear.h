@@ -3,7 +3,7 @@
 // float32; each weight is widened exactly (bf16 and f16 are subsets of float32), so the only
 // difference from the float32 product of the same widened weights is the order of the sums.
 //
-// Decode rows (up to kHalfDecodeMaxRows per call: one session or a batch of them) stream each
+// Decode rows (up to kDecodeKernelMaxRows per call: one session or a batch of them) stream each
 // weight row and widen it in registers: AVX-512 where the CPU has it, AVX2 + F16C otherwise,
 // plain C++ elsewhere, chosen at run time. More rows (prefill) widen tiles of the weights into a
 // per-thread float32 buffer and run OpenBLAS's sgemm on them: Debian's OpenBLAS is built without
@@ -30,7 +30,7 @@ const std::vector<HalfIsa>& SupportedHalfIsas();
 // rows with AVX-512, per four with AVX2, from the cache after the first); more take widened tiles
 // and sgemm. Up to 32 rows (batched decode) the register kernel beats widening a tile: B = 12
 // 350 → 420–480 tok/s, B = 32 447–506 → 506–521 on the 12-layer benchmark model.
-inline constexpr int64_t kHalfDecodeMaxRows = 32;
+inline constexpr int64_t kDecodeKernelMaxRows = 32;
 
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), w stored as `type`
 // (kBF16 or kF16),
@@ -42,6 +42,17 @@ void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type,
 // each with the others): y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows (any count).
 void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, WeightType type,
                   const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out);
+
+// The decode kernel on float32 weights (AVX-512 only: FloatDecodeKernelAvailable()), single-
+// threaded: y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows. Linear (blas.h) takes it for
+// decode rows: it reads each weight row once per eight rows, where sgemm would first copy (pack)
+// the whole weight matrix, and each row's sums do not depend on the rows beside it.
+bool FloatDecodeKernelAvailable();
+void FloatGemvRows(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
+                   int64_t ldy, int64_t rows, int64_t in, int64_t out);
+// HalfDotRows and HalfRowSum (below) on float32 rows, with the same kernels (AVX-512 only).
+void FloatDotRows(const float* x, const float* w, int64_t ldw, int64_t n, int64_t cols, float* y);
+void FloatRowSum(const float* p, const float* w, int64_t ldw, int64_t n, int64_t cols, float* y);
 
 // Attention over 16-bit key/value rows (relative_attention.cc, 16-bit session memory), single-
 // threaded, with a chosen instruction set, rows `ldw` elements apart:

@@ -57,6 +57,33 @@ void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t f
   if (s.out_scores != nullptr) std::copy(scores, scores + n, s.out_scores + at);
 }
 
+// y[j] = x · (head `head`'s slice of the key row row0 + j) for j < n: 16-bit rows widened in
+// registers, float32 rows through the decode kernel (BLAS on a CPU without AVX-512).
+void DotHeadRows(const KvSpan& span, int64_t row0, int64_t n, int head, int head_dim,
+                 const float* x, float* y) {
+  const int64_t off = row0 * span.ld + static_cast<int64_t>(head) * head_dim;
+  if (span.type != WeightType::kF32) {
+    HalfDotRows(SupportedHalfIsas().front(), x, span.k16 + off, span.ld, span.type, n, head_dim, y);
+  } else if (FloatDecodeKernelAvailable()) {
+    FloatDotRows(x, span.k + off, span.ld, n, head_dim, y);
+  } else {
+    Gemv(n, head_dim, span.k + off, span.ld, x, 0.0f, y);
+  }
+}
+
+// y += Σ_j p[j] · (head `head`'s slice of the value row row0 + j) for j < n, read the same ways.
+void AddHeadRowSum(const KvSpan& span, int64_t row0, int64_t n, int head, int head_dim,
+                   const float* p, float* y) {
+  const int64_t off = row0 * span.ld + static_cast<int64_t>(head) * head_dim;
+  if (span.type != WeightType::kF32) {
+    HalfRowSum(SupportedHalfIsas().front(), p, span.v16 + off, span.ld, span.type, n, head_dim, y);
+  } else if (FloatDecodeKernelAvailable()) {
+    FloatRowSum(p, span.v + off, span.ld, n, head_dim, y);
+  } else {
+    GemvT(n, head_dim, span.v + off, span.ld, p, 1.0f, y);
+  }
+}
+
 // Decode steps (T = 1 each), key block by key block: every head's slice of a block of rows is
 // read while the block is in cache, so the memory streams as whole rows. (Head by head, each head
 // read d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's shape, about half the
@@ -66,8 +93,8 @@ void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t f
 // each query's heads' softmaxes; then the values' blocks. The values' sums are kept per block and
 // added in block order, and a query's key mass is summed in head order, so nothing depends on how
 // the pool scheduled the work.
-void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
-                       int64_t ldr, ThreadPool& pool) {
+void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const KvSpan& table,
+                       ThreadPool& pool) {
   struct Job {  // one query's extent and its parts of the scratch
     int64_t first, last, n, table_rows, key_blocks, block0;
     float *qu, *qv, *scores, *bd, *partial;
@@ -128,8 +155,8 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const fl
           const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
           const int head_dim = q.shape.head_dim;
           for (int h = 0; r0 < r1 && h < q.shape.num_heads; ++h) {
-            Gemv(r1 - r0, head_dim, rk + r0 * ldr + h * head_dim, ldr, job.qv + h * head_dim, 0.0f,
-                 job.bd + h * job.table_rows + r0);
+            DotHeadRows(table, r0, r1 - r0, h, head_dim, job.qv + h * head_dim,
+                        job.bd + h * job.table_rows + r0);
           }
         }
         continue;
@@ -142,33 +169,36 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const fl
       const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
       ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
         for (int h = 0; h < heads; ++h) {
-          const int64_t off = row * span.ld + static_cast<int64_t>(h) * head_dim;
-          float* y = job.scores + h * job.n + (j - job.first);
-          if (span.type != WeightType::kF32) {  // widened in registers
-            HalfDotRows(SupportedHalfIsas().front(), job.qu + h * head_dim, span.k16 + off, span.ld,
-                        span.type, m, head_dim, y);
-          } else {
-            Gemv(m, head_dim, span.k + off, span.ld, job.qu + h * head_dim, 0.0f, y);
-          }
+          DotHeadRows(span, row, m, h, head_dim, job.qu + h * head_dim,
+                      job.scores + h * job.n + (j - job.first));
         }
       });
     }
   });
-  for (int64_t i = 0; i < count; ++i) {
-    const Job& job = jobs[i];
-    const RelativeAttentionShape& s = queries[i].shape;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    const int64_t clamp = EffectiveClamp(s);
-    for (int h = 0; h < s.num_heads && job.n > 0; ++h) {
-      float* row = job.scores + h * job.n;
-      const float* pos = job.bd + h * job.table_rows;
-      for (int64_t j = job.first; j <= job.last; ++j) {
-        row[j - job.first] = (row[j - job.first] + pos[std::min(job.last - j, clamp)]) * scale;
+  // Each query's softmaxes (its heads in order: its key mass sums in head order); a batch's queries
+  // split over the pool.
+  const auto softmax = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const Job& job = jobs[i];
+      const RelativeAttentionShape& s = queries[i].shape;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+      const int64_t clamp = EffectiveClamp(s);
+      for (int h = 0; h < s.num_heads && job.n > 0; ++h) {
+        float* row = job.scores + h * job.n;
+        const float* pos = job.bd + h * job.table_rows;
+        for (int64_t j = job.first; j <= job.last; ++j) {
+          row[j - job.first] = (row[j - job.first] + pos[std::min(job.last - j, clamp)]) * scale;
+        }
+        CarryScores(s, h, 0, job.first, row, job.n);
+        SoftmaxRow(row, job.n);
+        AddKeyMass(s, row, job.first, job.n);
       }
-      CarryScores(s, h, 0, job.first, row, job.n);
-      SoftmaxRow(row, job.n);
-      AddKeyMass(s, row, job.first, job.n);
     }
+  };
+  if (count > 1) {
+    pool.ParallelFor(count, 1, softmax);
+  } else {
+    softmax(0, count);
   }
   pool.ParallelFor(total_key_blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -183,14 +213,8 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const fl
       const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
       ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
         for (int h = 0; h < heads; ++h) {
-          const int64_t off = row * span.ld + static_cast<int64_t>(h) * head_dim;
-          const float* p = job.scores + h * job.n + (j - job.first);
-          if (span.type != WeightType::kF32) {
-            HalfRowSum(SupportedHalfIsas().front(), p, span.v16 + off, span.ld, span.type, m,
-                       head_dim, sum + h * head_dim);
-          } else {
-            GemvT(m, head_dim, span.v + off, span.ld, p, 1.0f, sum + h * head_dim);
-          }
+          AddHeadRowSum(span, row, m, h, head_dim, job.scores + h * job.n + (j - job.first),
+                        sum + h * head_dim);
         }
       });
     }
@@ -207,9 +231,9 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const fl
 }
 
 void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
-                 const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
-                 const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo, int head,
-                 int64_t i0, int64_t i1, std::vector<float>& work) {
+                 const std::vector<KvSpan>& keys, const KvSpan& table, const float* r_w_bias,
+                 const float* r_r_bias, float* out, int64_t ldo, int head, int64_t i0, int64_t i1,
+                 std::vector<float>& work) {
   const int head_dim = s.head_dim;
   const int64_t b = i1 - i0;
   const int64_t col0 = FirstVisibleKey(s, i0);  // first key any row of the block sees
@@ -233,8 +257,8 @@ void AttendBlock(const RelativeAttentionShape& s, const float* q, int64_t ldq,
     GemmNT(b, n, head_dim, 1.0f, qu, head_dim, k.data, k.ld, 0.0f, scores + (j - col0), ncols);
   });
   // Positional term per distance: bd[r, p] = (q_r + v)·Rk[p].
-  GemmNT(b, table_rows, head_dim, 1.0f, qv, head_dim, rk + head * head_dim, ldr, 0.0f, bd,
-         table_rows);
+  const HeadRows rk = HeadSlice(table, /*values=*/false, 0, table_rows, head, head_dim);
+  GemmNT(b, table_rows, head_dim, 1.0f, qv, head_dim, rk.data, rk.ld, 0.0f, bd, table_rows);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   {
     for (int64_t r = 0; r < b; ++r) {
@@ -277,13 +301,11 @@ int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape) {
 }
 
 void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
-                       const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
-                       const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,
-                       ThreadPool& pool) {
+                       const std::vector<KvSpan>& keys, const KvSpan& table, const float* r_w_bias,
+                       const float* r_r_bias, float* out, int64_t ldo, ThreadPool& pool) {
   if (shape.query_len <= 0) return;
   if (shape.query_len == 1) {
-    AttendDecodeSteps({RelativeDecodeQuery{shape, q, &keys, r_w_bias, r_r_bias, out}}, rk, ldr,
-                      pool);
+    AttendDecodeSteps({RelativeDecodeQuery{shape, q, &keys, r_w_bias, r_r_bias, out}}, table, pool);
     return;
   }
   // One task per (head, query block), each on one thread with single-threaded BLAS.
@@ -306,7 +328,7 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
       const int h = static_cast<int>(t / blocks);
       const int64_t i0 = (t % blocks) * kQueryBlock;
       const int64_t i1 = std::min(shape.query_len, i0 + kQueryBlock);
-      AttendBlock(s, q, ldq, keys, rk, ldr, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work);
+      AttendBlock(s, q, ldq, keys, table, r_w_bias, r_r_bias, out, ldo, h, i0, i1, work);
     }
   });
   for (int64_t t = 0; t < tasks; ++t) {
@@ -314,9 +336,9 @@ void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int6
   }
 }
 
-void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
-                             int64_t ldr, ThreadPool& pool) {
-  if (!queries.empty()) AttendDecodeSteps(queries, rk, ldr, pool);
+void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const KvSpan& table,
+                             ThreadPool& pool) {
+  if (!queries.empty()) AttendDecodeSteps(queries, table, pool);
 }
 
 }  // namespace mnemo::kernels

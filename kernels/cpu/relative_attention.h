@@ -37,20 +37,21 @@ int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
 // q:   [T, H·d_h], row stride ldq.
 // keys: spans covering exactly M + T key positions, oldest first; memory spans may be 16-bit rings
 //       (KvSpan::type), widened head by head as they are read.
-// rk:  [rows ≥ RelativeTableRowsNeeded, H·d_h], row p = W_r · sinusoid(p), row stride ldr.
+// table: the distance table as a span's keys (v unused): [rows ≥ RelativeTableRowsNeeded, H·d_h],
+//       row p = W_r · sinusoid(p), row stride table.ld; float32, or 16-bit (KvSpan::type: 16-bit
+//       session memory) and read as the 16-bit key rows are.
 // r_w_bias, r_r_bias: [H, d_h] (u and v of the paper).
 // out: [T, H·d_h], row stride ldo.
 // Work is split over `pool`: multi-row calls by (head, block of 64 queries), each with
 // single-threaded BLAS products; T = 1 (decode) by blocks of 64 key rows (every head's slice of a
 // block at once, so the memory streams whole rows), with the softmax per head in between.
 void RelativeAttention(const RelativeAttentionShape& shape, const float* q, int64_t ldq,
-                       const std::vector<KvSpan>& keys, const float* rk, int64_t ldr,
-                       const float* r_w_bias, const float* r_r_bias, float* out, int64_t ldo,
-                       ThreadPool& pool);
+                       const std::vector<KvSpan>& keys, const KvSpan& table, const float* r_w_bias,
+                       const float* r_r_bias, float* out, int64_t ldo, ThreadPool& pool);
 
 // One decode step (T = 1) of several sequences of one layer, as RelativeAttention computes each,
-// in one pass: the blocks of every sequence's keys share the pool, and the layer's distance table
-// `rk` (row stride ldr), the same for all of them, is read once instead of once per sequence.
+// in one pass: the blocks of every sequence's keys share the pool, and the layer's distance table,
+// the same for all of them, is read once instead of once per sequence.
 struct RelativeDecodeQuery {
   RelativeAttentionShape shape;  // query_len must be 1
   const float* q;                // [H·d_h]
@@ -59,7 +60,7 @@ struct RelativeDecodeQuery {
   const float* r_r_bias;
   float* out;  // [H·d_h]
 };
-void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const float* rk,
-                             int64_t ldr, ThreadPool& pool);
+void RelativeAttentionDecode(const std::vector<RelativeDecodeQuery>& queries, const KvSpan& table,
+                             ThreadPool& pool);
 
 }  // namespace mnemo::kernels

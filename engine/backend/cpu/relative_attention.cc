@@ -6,8 +6,20 @@
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/tensor/weight_type.h"
 
 namespace mnemo::engine::cpu {
+namespace {
+
+// A distance table [rows, H·d_h] as the kernels take it: a span whose keys are its rows, float32
+// or 16-bit (16-bit session memory).
+kernels::KvSpan TableSpan(const Tensor& table) {
+  const int64_t rows = table.dim(0), ld = table.dim(1);
+  if (table.dtype() == DType::kF32) return {table.data<float>(), nullptr, ld, rows};
+  return {nullptr, nullptr, ld, rows, table.data<uint16_t>(), nullptr, WeightTypeOf(table.dtype())};
+}
+
+}  // namespace
 
 absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionArgs>& batch) {
   // Decode steps (one new position) run together, so that the layer's distance table is read
@@ -47,7 +59,7 @@ absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionAr
       step_tables.push_back(a.rel_table);
       continue;
     }
-    kernels::RelativeAttention(shape, qkv, 3 * width, spans[i], a.rel_table->data<float>(), width,
+    kernels::RelativeAttention(shape, qkv, 3 * width, spans[i], TableSpan(*a.rel_table),
                                a.r_w_bias->data<float>(), a.r_r_bias->data<float>(),
                                a.out->data<float>(), width, pool_);
   }
@@ -61,8 +73,7 @@ absl::Status CpuBackend::RelativeAttention(const std::vector<RelativeAttentionAr
       group.push_back(steps[j]);
       done[j] = true;
     }
-    const Tensor& table = *step_tables[i];
-    kernels::RelativeAttentionDecode(group, table.data<float>(), table.dim(1), pool_);
+    kernels::RelativeAttentionDecode(group, TableSpan(*step_tables[i]), pool_);
   }
   for (size_t i = 0; i < n; ++i) {
     const RelativeAttentionArgs& a = batch[i];

@@ -1,11 +1,11 @@
 // ModelOptions::session_memory on the CPU backend: with bfloat16 or float16 session memory the
 // key/value rings of dense and compressive layers (XL memory and compressed memory) hold 16-bit
 // values, every other kind's state stays float32, a session holds exactly the bytes StateBytes
-// says, the logits are those of the float32 memory (the oracle) on keys and values rounded as
-// they are stored (within the float32 tolerance; the distance from the unrounded oracle is
-// printed), runs are reproducible bit for bit, and a snapshot carries its memory dtype: it restores
-// exactly into a model with the same session memory and is refused (FAILED_PRECONDITION, naming the
-// flag) by one with another.
+// says, dense layers' distance tables are 16-bit too, the logits are those of the float32 memory
+// (the oracle) on keys, values and distance tables rounded as they are stored (within the float32
+// tolerance; the distance from the unrounded oracle is printed), runs are reproducible bit for bit,
+// and a snapshot carries its memory dtype: it restores exactly into a model with the same session
+// memory and is refused (FAILED_PRECONDITION, naming the flag) by one with another.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -68,6 +68,22 @@ void RoundRings(SessionState& state, DType dtype) {
                                        : HalfToFloat(FloatToHalf(x[i]));
         }
       }
+    }
+  }
+}
+
+// Rounds a float32 model's distance tables to `dtype` and back, in place: what a model with
+// `dtype` session memory stores.
+void RoundTables(const TransfoXlModel& model, DType dtype) {
+  for (int64_t l = 0; l < model.config().n_layer; ++l) {
+    const auto* dense = dynamic_cast<const DenseAttentionLayer*>(&model.attention(l));
+    if (dense == nullptr) continue;
+    const Tensor& table = dense->relative_table();
+    ASSERT_EQ(table.dtype(), DType::kF32);
+    float* x = table.data<float>();
+    for (int64_t i = 0; i < table.numel(); ++i) {
+      x[i] = dtype == DType::kBF16 ? BFloat16ToFloat(FloatToBFloat16(x[i]))
+                                   : HalfToFloat(FloatToHalf(x[i]));
     }
   }
 }
@@ -174,6 +190,14 @@ TEST_P(SessionMemoryTest, RingsAre16BitAndComputeOnTheRoundedValues) {
     auto model = Load(dir.path(), memory);
     ASSERT_NE(model, nullptr);
     EXPECT_EQ(model->session_memory(), memory);
+    auto rounded_oracle = Load(dir.path(), DType::kF32);  // float32, its tables rounded
+    ASSERT_NE(rounded_oracle, nullptr);
+    RoundTables(*rounded_oracle, memory);
+    for (int64_t l = 0; l < config.n_layer; ++l) {
+      if (const auto* dense = dynamic_cast<const DenseAttentionLayer*>(&model->attention(l))) {
+        EXPECT_EQ(dense->relative_table().dtype(), memory) << "layer " << l;
+      }
+    }
     SessionState state = *model->NewState();
     const SessionState wide = *oracle->NewState();
     EXPECT_EQ(state.bytes(), model->StateBytes());
@@ -204,7 +228,7 @@ TEST_P(SessionMemoryTest, RingsAre16BitAndComputeOnTheRoundedValues) {
     for (const std::vector<int64_t>& cut : cuts) {
       const std::vector<float> a = Logits(*model, doc, cut);
       const std::vector<float> b = Logits(*oracle, doc, cut);
-      const std::vector<float> rounded = Logits(*oracle, doc, cut, memory);
+      const std::vector<float> rounded = Logits(*rounded_oracle, doc, cut, memory);
       ASSERT_EQ(a.size(), b.size());
       ASSERT_EQ(a.size(), rounded.size());
       EXPECT_LE(RelativeError(a, rounded), kSameValuesTol) << "segments starting with " << cut[0];

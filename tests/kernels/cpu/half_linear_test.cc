@@ -3,7 +3,7 @@
 // rows and widened tiles + sgemm, inline and on a multi-threaded pool) against a double-precision
 // product of the widened weights, over lengths around the vector widths and unrolls, rows around
 // the row group, padded x / y rows (x padding poisoned with NaN so a read shows up, y padding
-// checked untouched).
+// checked untouched). The same kernels on float32 weights and rows (Linear's decode rows).
 #include "kernels/cpu/half_linear.h"
 
 #include <cmath>
@@ -17,6 +17,7 @@
 
 #include "base/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace mnemo::kernels {
@@ -32,7 +33,9 @@ uint16_t Narrow(float f, WeightType type) {
   return type == WeightType::kBF16 ? FloatToBFloat16(f) : FloatToHalf(f);
 }
 
-std::string Name(WeightType type) { return type == WeightType::kBF16 ? "bf16" : "f16"; }
+std::string Name(WeightType type) {
+  return type == WeightType::kBF16 ? "bf16" : type == WeightType::kF16 ? "f16" : "f32";
+}
 
 // Every bit pattern through the decode kernel as a 1×1 product with x = 1: the widened weight
 // itself (infinities and NaN included), on each instruction set; and through WidenRow.
@@ -73,21 +76,32 @@ TEST(HalfLinearTest, WidenRowScales) {
   EXPECT_EQ(out, (std::vector<float>{6.0f, -8.0f, 1.0f}));
 }
 
+// A product's operands: 16-bit weights in `w`, or float32 ones in `wf` (type kF32).
 struct Problem {
   int64_t rows, in, out, ldx, ldy;
   std::vector<float> x, bias;
   std::vector<uint16_t> w;
+  std::vector<float> wf;
+
+  double Weight(WeightType type, int64_t at) const {
+    return type == WeightType::kF32 ? wf[at] : Reference(w[at], type);
+  }
 };
 
 Problem MakeProblem(int64_t rows, int64_t in, int64_t out, WeightType type, std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  Problem p{rows, in, out, in + 3, out + 5, {}, {}, {}};
+  Problem p{rows, in, out, in + 3, out + 5, {}, {}, {}, {}};
   p.x.assign(static_cast<size_t>(rows * p.ldx), std::numeric_limits<float>::quiet_NaN());
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < in; ++i) p.x[r * p.ldx + i] = dist(rng);
   }
-  p.w.resize(static_cast<size_t>(out * in));
-  for (uint16_t& v : p.w) v = Narrow(dist(rng), type);
+  if (type == WeightType::kF32) {
+    p.wf.resize(static_cast<size_t>(out * in));
+    for (float& v : p.wf) v = dist(rng);
+  } else {
+    p.w.resize(static_cast<size_t>(out * in));
+    for (uint16_t& v : p.w) v = Narrow(dist(rng), type);
+  }
   p.bias.resize(static_cast<size_t>(out));
   for (float& b : p.bias) b = dist(rng);
   return p;
@@ -103,8 +117,7 @@ void ExpectMatches(const Problem& p, WeightType type, bool with_bias, const std:
     for (int64_t o = 0; o < p.out; ++o) {
       double sum = with_bias ? p.bias[o] : 0.0, magnitude = with_bias ? std::fabs(p.bias[o]) : 0.0;
       for (int64_t i = 0; i < p.in; ++i) {
-        const double term =
-            static_cast<double>(p.x[r * p.ldx + i]) * Reference(p.w[o * p.in + i], type);
+        const double term = static_cast<double>(p.x[r * p.ldx + i]) * p.Weight(type, o * p.in + i);
         sum += term;
         magnitude += std::fabs(term);
       }
@@ -130,9 +143,9 @@ TEST(HalfLinearTest, DecodeKernelOfEveryIsaMatchesDouble) {
       for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 11, 32}) {
         for (int64_t in : {1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 513}) {
           for (bool with_bias : {false, true}) {
-            // 37 outputs: two full panels of weight rows and a short one, whole tiles and single
+            // 61 outputs: two full panels of weight rows and a short one, whole tiles and single
             // rows in each.
-            const Problem p = MakeProblem(rows, in, 37, type, rng);
+            const Problem p = MakeProblem(rows, in, 61, type, rng);
             std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
             HalfGemvRows(isa, p.x.data(), p.ldx, p.w.data(), type,
                          with_bias ? p.bias.data() : nullptr, y.data(), p.ldy, rows, in, p.out);
@@ -232,7 +245,7 @@ TEST(HalfLinearTest, AttentionKernelsOfEveryIsaMatchDouble) {
   }
 }
 
-// HalfLinear takes the decode kernel up to kHalfDecodeMaxRows rows and widened tiles beyond, on
+// HalfLinear takes the decode kernel up to kDecodeKernelMaxRows rows and widened tiles beyond, on
 // one thread or split by column blocks (out spans several 128-column tiles and ragged blocks).
 TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
   std::mt19937 rng(9);
@@ -240,7 +253,7 @@ TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
   for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
     for (ThreadPool* pool : {&inline_pool, &threaded}) {
       for (int64_t rows :
-           {int64_t{1}, int64_t{13}, kHalfDecodeMaxRows, kHalfDecodeMaxRows + 1, int64_t{37}}) {
+           {int64_t{1}, int64_t{13}, kDecodeKernelMaxRows, kDecodeKernelMaxRows + 1, int64_t{37}}) {
         for (int64_t out : {1, 33, 300}) {
           for (bool with_bias : {false, true}) {
             const Problem p = MakeProblem(rows, 72, out, type, rng);
@@ -253,6 +266,87 @@ TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
           }
         }
       }
+    }
+  }
+}
+
+// The decode kernel on float32 weights, which Linear (blas.h) takes for up to
+// kDecodeKernelMaxRows rows: against double like the 16-bit kernels, a batch bit for bit what
+// its rows compute alone (FloatGemvRows and Linear, inline and threaded), and the attention forms
+// over rows `ldw` apart.
+TEST(HalfLinearTest, FloatDecodeKernelMatchesDoubleAndSingleRows) {
+  if (!FloatDecodeKernelAvailable()) GTEST_SKIP() << "no AVX-512: Linear runs OpenBLAS";
+  std::mt19937 rng(17);
+  for (int64_t rows : {1, 2, 3, 5, 8, 11, 32}) {
+    for (int64_t in : {1, 7, 16, 17, 33, 64, 513}) {
+      for (bool with_bias : {false, true}) {
+        const Problem p = MakeProblem(rows, in, 61, WeightType::kF32, rng);
+        std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
+        FloatGemvRows(p.x.data(), p.ldx, p.wf.data(), with_bias ? p.bias.data() : nullptr, y.data(),
+                      p.ldy, rows, in, p.out);
+        ExpectMatches(p, WeightType::kF32, with_bias, y,
+                      absl::StrCat("f32 rows ", rows, " in ", in, with_bias ? " bias" : ""));
+      }
+    }
+  }
+  ThreadPool inline_pool(1), threaded(3);
+  for (ThreadPool* pool : {&inline_pool, &threaded}) {
+    for (int64_t in : {5, 64, 300}) {
+      const Problem p = MakeProblem(kDecodeKernelMaxRows, in, 300, WeightType::kF32, rng);
+      std::vector<float> batch(static_cast<size_t>(p.rows * p.ldy), kPoison);
+      Linear(p.x.data(), p.ldx, p.wf.data(), p.bias.data(), batch.data(), p.ldy, p.rows, in, p.out,
+             *pool);
+      ExpectMatches(p, WeightType::kF32, true, batch,
+                    absl::StrCat("Linear threads ", pool->num_threads(), " in ", in));
+      for (int64_t r = 0; r < p.rows; ++r) {
+        std::vector<float> single(static_cast<size_t>(p.out), kPoison);
+        Linear(p.x.data() + r * p.ldx, p.ldx, p.wf.data(), p.bias.data(), single.data(), p.out, 1,
+               in, p.out, *pool);
+        for (int64_t o = 0; o < p.out; ++o) {
+          ASSERT_EQ(batch[r * p.ldy + o], single[o])
+              << "threads " << pool->num_threads() << " in " << in << " row " << r << " out " << o;
+        }
+      }
+    }
+  }
+  for (int64_t cols : {1, 15, 16, 17, 64, 65, 130}) {
+    for (int64_t n : {1, 3, 40}) {
+      const std::string what = absl::StrCat("f32 attention cols ", cols, " rows ", n);
+      const int64_t ldw = cols + 5;
+      std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+      std::vector<float> w(static_cast<size_t>(n * ldw), std::numeric_limits<float>::quiet_NaN());
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t c = 0; c < cols; ++c) w[j * ldw + c] = dist(rng);
+      }
+      std::vector<float> x(static_cast<size_t>(cols)), prob(static_cast<size_t>(n));
+      for (float& v : x) v = dist(rng);
+      for (float& v : prob) v = dist(rng);
+      std::vector<float> dots(static_cast<size_t>(n + 2), kPoison);
+      FloatDotRows(x.data(), w.data(), ldw, n, cols, dots.data());
+      for (int64_t j = 0; j < n; ++j) {
+        double want = 0, magnitude = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          want += static_cast<double>(x[c]) * w[j * ldw + c];
+          magnitude += std::fabs(static_cast<double>(x[c]) * w[j * ldw + c]);
+        }
+        EXPECT_LE(std::fabs(dots[j] - want), (cols + 1) * 0x1p-24 * magnitude)
+            << what << " key " << j;
+      }
+      EXPECT_EQ(dots[n], kPoison) << what;
+      std::vector<float> y(static_cast<size_t>(cols + 3), kPoison);
+      std::vector<double> want(static_cast<size_t>(cols)), magnitude(static_cast<size_t>(cols));
+      for (int64_t c = 0; c < cols; ++c) y[c] = want[c] = magnitude[c] = dist(rng);
+      FloatRowSum(prob.data(), w.data(), ldw, n, cols, y.data());
+      for (int64_t c = 0; c < cols; ++c) {
+        magnitude[c] = std::fabs(magnitude[c]);
+        for (int64_t j = 0; j < n; ++j) {
+          want[c] += static_cast<double>(prob[j]) * w[j * ldw + c];
+          magnitude[c] += std::fabs(static_cast<double>(prob[j]) * w[j * ldw + c]);
+        }
+        EXPECT_LE(std::fabs(y[c] - want[c]), (n + 1) * 0x1p-24 * magnitude[c])
+            << what << " column " << c;
+      }
+      for (int64_t c = cols; c < cols + 3; ++c) EXPECT_EQ(y[c], kPoison) << what;
     }
   }
 }

@@ -50,8 +50,16 @@ struct Inputs {
   std::vector<std::vector<float>> v_storage;  // per span [rows, ld]
   std::vector<KvSpan> spans;
   std::vector<int64_t> span_of_key, row_in_span;  // key position → (span, row)
-  std::vector<float> rk;                          // [table rows, ldr]
-  std::vector<float> r_w_bias, r_r_bias;          // [H, d_h]
+  std::vector<float> rk;                          // [table rows, ldr] (16-bit: widened)
+  std::vector<uint16_t> rk16;                     // the table stored 16-bit (type), if set
+  WeightType table_type = WeightType::kF32;
+  std::vector<float> r_w_bias, r_r_bias;  // [H, d_h]
+
+  KvSpan Table() const {
+    const auto rows = static_cast<int64_t>((rk.size() + ldr - 1) / ldr);
+    if (table_type == WeightType::kF32) return KvSpan{rk.data(), nullptr, ldr, rows};
+    return KvSpan{nullptr, nullptr, ldr, rows, rk16.data(), nullptr, table_type};
+  }
 
   // From the float32 storage (which holds a 16-bit span's values widened).
   const float* Key(int64_t j) const {
@@ -179,8 +187,8 @@ constexpr float kSentinel = -12345.0f;
 // Runs the kernel into an output whose padding columns and unwritten cells hold a sentinel.
 std::vector<float> RunKernel(const Inputs& in, ThreadPool& pool) {
   std::vector<float> out(Extent(in.shape.query_len, in.ldo, in.width), kSentinel);
-  RelativeAttention(in.shape, in.q.data(), in.ldq, in.spans, in.rk.data(), in.ldr,
-                    in.r_w_bias.data(), in.r_r_bias.data(), out.data(), in.ldo, pool);
+  RelativeAttention(in.shape, in.q.data(), in.ldq, in.spans, in.Table(), in.r_w_bias.data(),
+                    in.r_r_bias.data(), out.data(), in.ldo, pool);
   return out;
 }
 
@@ -267,10 +275,20 @@ TEST(RelativeAttentionTest, ResultDoesNotDependOnThreadCount) {
   }
 }
 
+// narrow = wide stored as `type`; wide = what that stores, widened again.
+void Narrow16(std::vector<float>& wide, std::vector<uint16_t>& narrow, WeightType type) {
+  narrow.resize(wide.size());
+  for (size_t i = 0; i < wide.size(); ++i) {
+    narrow[i] = type == WeightType::kBF16 ? FloatToBFloat16(wide[i]) : FloatToHalf(wide[i]);
+    wide[i] = type == WeightType::kBF16 ? BFloat16ToFloat(narrow[i]) : HalfToFloat(narrow[i]);
+  }
+}
+
 // 16-bit rings (KvSpan::type, --session-memory): every span but the last (the segment's own rows,
-// float32 in the engine) stored as bf16 or f16. The kernel computes on the stored values exactly
-// as on float32 rows holding them: checked against the naive reference on the widened values,
-// over decode and multi-row cases of the sweep, partial and wrapped rings included.
+// float32 in the engine) and in half the cases the distance table stored as bf16 or f16. The kernel
+// computes on the stored values exactly as on float32 rows holding them: checked against the naive
+// reference on the widened values, over decode and multi-row cases of the sweep, partial and
+// wrapped rings included.
 TEST(RelativeAttentionTest, SixteenBitMemorySpansComputeOnTheirStoredValues) {
   ThreadPool pool(3);
   int checked = 0;
@@ -280,17 +298,13 @@ TEST(RelativeAttentionTest, SixteenBitMemorySpansComputeOnTheirStoredValues) {
       SCOPED_TRACE(c.Name() + (type == WeightType::kBF16 ? " bf16" : " f16"));
       Inputs in = MakeInputs(c);
       std::vector<std::vector<uint16_t>> k16(in.spans.size()), v16(in.spans.size());
+      if (c.seed % 2 == 1) {  // the distance table too (a long segment's table stays float32)
+        Narrow16(in.rk, in.rk16, type);
+        in.table_type = type;
+      }
       for (size_t s = 0; s + 1 < in.spans.size(); ++s) {
-        for (auto [wide, narrow] :
-             {std::pair{&in.k_storage[s], &k16[s]}, std::pair{&in.v_storage[s], &v16[s]}}) {
-          narrow->resize(wide->size());
-          for (size_t i = 0; i < wide->size(); ++i) {
-            const float x = (*wide)[i];
-            (*narrow)[i] = type == WeightType::kBF16 ? FloatToBFloat16(x) : FloatToHalf(x);
-            (*wide)[i] = type == WeightType::kBF16 ? BFloat16ToFloat((*narrow)[i])
-                                                   : HalfToFloat((*narrow)[i]);
-          }
-        }
+        Narrow16(in.k_storage[s], k16[s], type);
+        Narrow16(in.v_storage[s], v16[s], type);
         const KvSpan f32 = in.spans[s];
         in.spans[s] =
             KvSpan{nullptr, nullptr, f32.ld, f32.rows, k16[s].data(), v16[s].data(), type};
@@ -331,9 +345,8 @@ TEST(RelativeAttentionTest, EmptyQueryWritesNothing) {
   Inputs in = MakeInputs(c);
   in.shape.query_len = 0;
   std::vector<float> out(4, kSentinel);
-  RelativeAttention(in.shape, in.q.data(), in.ldq, in.spans, in.rk.data(), in.ldr,
-                    in.r_w_bias.data(), in.r_r_bias.data(), out.data(), in.ldo,
-                    ThreadPool::Default());
+  RelativeAttention(in.shape, in.q.data(), in.ldq, in.spans, in.Table(), in.r_w_bias.data(),
+                    in.r_r_bias.data(), out.data(), in.ldo, ThreadPool::Default());
   for (float v : out) EXPECT_EQ(v, kSentinel);
 }
 
