@@ -8,7 +8,8 @@
 // plain C++ elsewhere, chosen at run time. More rows (prefill) widen tiles of the weights into a
 // per-thread float32 buffer and run OpenBLAS's sgemm on them: Debian's OpenBLAS is built without
 // its bf16 kernels (`cblas_sbgemm`), and sgemm on widened tiles keeps the float32 activations
-// exact.
+// exact. The AVX-512 decode kernel also runs float32 weights and float32 key/value rows (Float*
+// below), so a float32 batch computes what its rows compute alone too.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,8 @@ const std::vector<HalfIsa>& SupportedHalfIsas();
 // Calls with at most this many rows take the decode kernel (each weight row read once per eight
 // rows with AVX-512, per four with AVX2, from the cache after the first); more take widened tiles
 // and sgemm. Up to 32 rows (batched decode) the register kernel beats widening a tile: B = 12
-// 350 → 420–480 tok/s, B = 32 447–506 → 506–521 on the 12-layer benchmark model.
+// 350 → 420–480 tok/s, B = 32 447–506 → 506–521 on the 12-layer benchmark model. float32 weights
+// likewise (FloatGemvRows): B = 32 393 → 414 tok/s against sgemm, one session 101 → 109.
 inline constexpr int64_t kDecodeKernelMaxRows = 32;
 
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), w stored as `type`
