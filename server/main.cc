@@ -115,7 +115,8 @@ tokenizer.model or vocab.words in DIR, or a byte vocabulary named by config.json
                              pass of ingest or prompt segments holds up decoding
   --max-batch-sequences N    sequences per forward pass (default 256)
   --max-queue N              model steps waiting per model before RESOURCE_EXHAUSTED (default 4096)
-  --batch-wait D             how long a forward pass waits for other streams' steps (default 500us)
+  --batch-wait D             how long a forward pass waits for other streams' steps after the
+                             last pass (default 500us; a quarter of the last pass's time if longer)
   --max-generate-tokens N    GenerateRequest.max_tokens at most (default 4096)
   --max-input-tokens N       tokens of one prompt or scored text, ids of one Detokenize or one
                              Ingest message, at most (default 1048576)

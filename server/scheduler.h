@@ -39,9 +39,18 @@ struct SchedulerOptions {
   int max_batch_sequences = 256;   // sequences per forward pass
   int64_t max_queue = 4096;        // steps waiting; more are refused with RESOURCE_EXHAUSTED
   // How long the loop waits for the other active streams' next steps before it starts a pass
-  // without them (they submit within microseconds of their previous step's result).
+  // without them, counted from the end of the last pass (or the first queued step's submission
+  // if later); a quarter of the last pass's time when that is longer (the streams a pass
+  // answered submit again one after the other, the last milliseconds after the first when the
+  // CPU is busy).
   absl::Duration batch_wait = absl::Microseconds(500);
 };
+
+// When the loop starts a pass, at the latest, while some active stream has no step queued: the
+// later of the first queued step's submission and the end of the last pass (which took
+// `last_pass_time`), plus batch_wait or a quarter of the last pass's time if that is longer.
+absl::Time PassDeadline(absl::Time first_submitted, absl::Time last_pass_end,
+                        absl::Duration last_pass_time, absl::Duration batch_wait);
 
 // What one step reports besides its logits.
 struct StepOutput {
@@ -146,6 +155,8 @@ class Scheduler {
   CondVar done_cv_;  // callers wait here
   std::deque<std::shared_ptr<Step>> queue_ ABSL_GUARDED_BY(mu_);
   int active_streams_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_pass_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Duration last_pass_time_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread loop_;  // last: starts once everything above exists
 };

@@ -137,6 +137,27 @@ TEST_F(ServerCoreTest, ConcurrentStreamsShareForwardPassesWithoutChangingResults
   EXPECT_GE(MaxBatchObserved(), 1.0) << "no forward pass held more than one sequence";
 }
 
+// A pass waits for the streams the last pass answered: from the end of that pass even when the
+// first queued step was submitted during it (else the streams take turns in half-full passes),
+// for batch_wait or a quarter of the last pass's time, whichever is longer.
+TEST(PassDeadlineTest, CountsFromTheLastPassEndForAShareOfItsTime) {
+  const absl::Time end = absl::FromUnixSeconds(1000);
+  const absl::Duration wait = absl::Microseconds(500);
+  // Queued during a 100 ms pass: 25 ms after its end.
+  EXPECT_EQ(PassDeadline(end - absl::Milliseconds(60), end, absl::Milliseconds(100), wait),
+            end + absl::Milliseconds(25));
+  // Submitted after the pass: from the submission.
+  EXPECT_EQ(PassDeadline(end + absl::Milliseconds(3), end, absl::Milliseconds(100), wait),
+            end + absl::Milliseconds(28));
+  // A short pass: batch_wait.
+  EXPECT_EQ(PassDeadline(end - absl::Microseconds(100), end, absl::Microseconds(400), wait),
+            end + wait);
+  // No pass yet.
+  EXPECT_EQ(PassDeadline(end, absl::InfinitePast(), absl::ZeroDuration(), wait), end + wait);
+  EXPECT_EQ(PassDeadline(end, absl::InfinitePast(), absl::ZeroDuration(), absl::ZeroDuration()),
+            end);
+}
+
 TEST_F(ServerCoreTest, TheMemoryDoesNotDependOnHowADocumentWasSplit) {
   const std::vector<int32_t> doc = Document(61, 7, config_.vocab_size);
   const std::vector<int32_t> probe = Document(9, 8, config_.vocab_size);
