@@ -228,6 +228,13 @@ TEST(SoftmaxRowTest, NanScoresGiveNanWithoutUndefinedBehaviour) {
   std::vector<float> overflowed = {inf, inf, 0.0f};  // max − max = inf − inf = NaN
   SoftmaxRow(overflowed.data(), 3);
   EXPECT_TRUE(std::isnan(overflowed[0]));
+  // Rows long enough for the 16 running maxima, the NaN in a lane or in the tail.
+  for (size_t at : {size_t{20}, size_t{35}}) {
+    std::vector<float> row(37, 0.5f);
+    row[at] = std::numeric_limits<float>::quiet_NaN();
+    SoftmaxRow(row.data(), static_cast<int64_t>(row.size()));
+    for (float v : row) EXPECT_TRUE(std::isnan(v)) << "NaN at " << at;
+  }
 }
 
 TEST(SoftmaxRowTest, NegativeInfinityGetsZeroMass) {
