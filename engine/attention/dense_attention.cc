@@ -117,8 +117,9 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> DenseAttentionLayer::Create(
   RETURN_IF_ERROR(cpu.Linear(context.sinusoids, lw.dense.r, nullptr, out->rel_table_));
   // With 16-bit session memory the table is stored 16-bit too: a decode step reads all of it.
   out->memory_dtype_ = context.session_memory;
-  if (out->memory_dtype_ != DType::kF32)
+  if (out->memory_dtype_ != DType::kF32) {
     out->rel_table_ = Converted(out->rel_table_, out->memory_dtype_);
+  }
   // A zero hidden row projects to W_k·0 = 0 (post-LN) or W_k·LN(0) = W_k·beta (pre-LN).
   Tensor zero_in = Tensor::Zeros(DType::kF32, {1, c.d_model});
   if (c.pre_lnorm) std::memcpy(zero_in.raw(), lw.attn_ln_beta.raw(), lw.attn_ln_beta.bytes());
@@ -129,8 +130,9 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> DenseAttentionLayer::Create(
   RETURN_IF_ERROR(cpu.Linear(zero_in, lw.qkv.Rows(2 * hd, 3 * hd), nullptr, out->zero_values_));
   out->zero_hidden_ = std::move(zero_in);
   // The "zeros" memory's rows are stored as every other row of the ring: in its dtype.
-  for (Tensor* row : {&out->zero_keys_, &out->zero_values_})
+  for (Tensor* row : {&out->zero_keys_, &out->zero_values_}) {
     *row = Converted(*row, out->memory_dtype_);
+  }
   return out;
 }
 
