@@ -195,9 +195,9 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const Kv
       }
     }
   };
-  int64_t scores = 0;  // (small batches of a small model stay on this thread)
-  for (int64_t i = 0; i < count; ++i) scores += queries[i].shape.num_heads * jobs[i].n;
-  if (count > 1 && scores >= kMinParallelWork) {
+  int64_t score_count = 0;  // (small batches of a small model stay on this thread)
+  for (int64_t i = 0; i < count; ++i) score_count += queries[i].shape.num_heads * jobs[i].n;
+  if (count > 1 && score_count >= kMinParallelWork) {
     pool.ParallelFor(count, 1, softmax);
   } else {
     softmax(0, count);

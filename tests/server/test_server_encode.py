@@ -522,7 +522,8 @@ def test_funnel_encodes_through_the_server_and_returns_its_pooled_sequence(
     assert_close(r.numpy(), funnel.hf_last_hidden(wide, long_ids))
     request = pb.EncodeRequest(model="funwide", pooling=pb.POOLING_FUNNEL,
                                ids=pb.TokenIds(ids=long_ids))
-    replies = list(client.inference_stub.Encode(iter([request])))  # (no auth on this server)
+    # The raw replies (encode() joins them); this test server asks for no credentials.
+    replies = list(client.inference_stub.Encode(iter([request]), timeout=120))
     assert [m.count for m in replies if m.count] == [512, 38], [m.count for m in replies]
 
 

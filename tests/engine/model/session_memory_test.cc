@@ -55,18 +55,22 @@ std::vector<XlMemory*> SixteenBitRings(LayerState& layer) {
   return {};
 }
 
-// Rounds every such float32 ring of a state to `dtype` and back, in place: what storing them as
+// Rounds a float32 tensor to `dtype` (bfloat16 or float16) and back, in place: what storing it as
 // `dtype` keeps.
+void RoundInPlace(const Tensor& t, DType dtype) {
+  float* x = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    x[i] = dtype == DType::kBF16 ? BFloat16ToFloat(FloatToBFloat16(x[i]))
+                                 : HalfToFloat(FloatToHalf(x[i]));
+  }
+}
+
+// Rounds every such float32 ring of a state as `dtype` memory stores it.
 void RoundRings(SessionState& state, DType dtype) {
   for (int64_t l = 0; l < state.num_layers(); ++l) {
     for (XlMemory* ring : SixteenBitRings(state.layer(l))) {
       for (Tensor* t : {&ring->keys(), &ring->values()}) {
-        if (!t->defined()) continue;
-        float* x = t->data<float>();
-        for (int64_t i = 0; i < t->numel(); ++i) {
-          x[i] = dtype == DType::kBF16 ? BFloat16ToFloat(FloatToBFloat16(x[i]))
-                                       : HalfToFloat(FloatToHalf(x[i]));
-        }
+        if (t->defined()) RoundInPlace(*t, dtype);
       }
     }
   }
@@ -78,13 +82,8 @@ void RoundTables(const TransfoXlModel& model, DType dtype) {
   for (int64_t l = 0; l < model.config().n_layer; ++l) {
     const auto* dense = dynamic_cast<const DenseAttentionLayer*>(&model.attention(l));
     if (dense == nullptr) continue;
-    const Tensor& table = dense->relative_table();
-    ASSERT_EQ(table.dtype(), DType::kF32);
-    float* x = table.data<float>();
-    for (int64_t i = 0; i < table.numel(); ++i) {
-      x[i] = dtype == DType::kBF16 ? BFloat16ToFloat(FloatToBFloat16(x[i]))
-                                   : HalfToFloat(FloatToHalf(x[i]));
-    }
+    ASSERT_EQ(dense->relative_table().dtype(), DType::kF32);
+    RoundInPlace(dense->relative_table(), dtype);
   }
 }
 

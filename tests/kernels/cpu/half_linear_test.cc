@@ -191,6 +191,48 @@ TEST(HalfLinearTest, BatchRowsMatchSingleRowsExactly) {
 // added to y (HalfRowSum), against double, over column counts around the vector widths and the
 // 64-column blocks; the elements between rows are poisoned (a read would show), y's padding and
 // the keys' unused outputs are checked untouched.
+// A query against n rows (`dot(x, y)`: y[j] = Σ_c x[c]·w[j, c]) and probabilities times n rows
+// added to y (`row_sum(p, y)`), row j's `cols` weights being weight(j, c), against double within
+// the float32 summation bound; the kernels' outputs past n (dot) and past cols (row_sum) must stay
+// untouched.
+template <typename Weight, typename Dot, typename RowSum>
+void ExpectAttentionKernelsMatchDouble(const std::string& what, int64_t cols, int64_t n,
+                                       std::mt19937& rng, const Weight& weight, const Dot& dot,
+                                       const RowSum& row_sum) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols)), p(static_cast<size_t>(n));
+  for (float& v : x) v = dist(rng);
+  for (float& v : p) v = dist(rng);
+
+  std::vector<float> dots(static_cast<size_t>(n + 2), kPoison);
+  dot(x.data(), dots.data());
+  for (int64_t j = 0; j < n; ++j) {
+    double want = 0, magnitude = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double term = static_cast<double>(x[c]) * weight(j, c);
+      want += term;
+      magnitude += std::fabs(term);
+    }
+    EXPECT_LE(std::fabs(dots[j] - want), (cols + 1) * 0x1p-24 * magnitude) << what << " key " << j;
+  }
+  EXPECT_EQ(dots[n], kPoison) << what;
+
+  std::vector<float> y(static_cast<size_t>(cols + 3), kPoison);
+  std::vector<double> start(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) y[c] = start[c] = dist(rng);
+  row_sum(p.data(), y.data());
+  for (int64_t c = 0; c < cols; ++c) {
+    double want = start[c], magnitude = std::fabs(start[c]);
+    for (int64_t j = 0; j < n; ++j) {
+      const double term = static_cast<double>(p[j]) * weight(j, c);
+      want += term;
+      magnitude += std::fabs(term);
+    }
+    EXPECT_LE(std::fabs(y[c] - want), (n + 1) * 0x1p-24 * magnitude) << what << " column " << c;
+  }
+  for (int64_t c = cols; c < cols + 3; ++c) EXPECT_EQ(y[c], kPoison) << what;
+}
+
 TEST(HalfLinearTest, AttentionKernelsOfEveryIsaMatchDouble) {
   std::mt19937 rng(9);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
@@ -199,46 +241,20 @@ TEST(HalfLinearTest, AttentionKernelsOfEveryIsaMatchDouble) {
     for (HalfIsa isa : SupportedHalfIsas()) {
       for (int64_t cols : {1, 7, 8, 9, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 128, 130}) {
         for (int64_t n : {1, 3, 40}) {
-          const std::string what =
-              absl::StrCat(Name(type), " ", HalfIsaName(isa), " cols ", cols, " rows ", n);
           const int64_t ldw = cols + 5;
           std::vector<uint16_t> w(static_cast<size_t>(n * ldw), poison);
           for (int64_t j = 0; j < n; ++j) {
             for (int64_t c = 0; c < cols; ++c) w[j * ldw + c] = Narrow(dist(rng), type);
           }
-          std::vector<float> x(static_cast<size_t>(cols)), p(static_cast<size_t>(n));
-          for (float& v : x) v = dist(rng);
-          for (float& v : p) v = dist(rng);
-
-          std::vector<float> dots(static_cast<size_t>(n + 2), kPoison);
-          HalfDotRows(isa, x.data(), w.data(), ldw, type, n, cols, dots.data());
-          for (int64_t j = 0; j < n; ++j) {
-            double want = 0, magnitude = 0;
-            for (int64_t c = 0; c < cols; ++c) {
-              const double term = static_cast<double>(x[c]) * Reference(w[j * ldw + c], type);
-              want += term;
-              magnitude += std::fabs(term);
-            }
-            EXPECT_LE(std::fabs(dots[j] - want), (cols + 1) * 0x1p-24 * magnitude)
-                << what << " key " << j;
-          }
-          EXPECT_EQ(dots[n], kPoison) << what;
-
-          std::vector<float> y(static_cast<size_t>(cols + 3), kPoison);
-          std::vector<double> start(static_cast<size_t>(cols));
-          for (int64_t c = 0; c < cols; ++c) y[c] = start[c] = dist(rng);
-          HalfRowSum(isa, p.data(), w.data(), ldw, type, n, cols, y.data());
-          for (int64_t c = 0; c < cols; ++c) {
-            double want = start[c], magnitude = std::fabs(start[c]);
-            for (int64_t j = 0; j < n; ++j) {
-              const double term = static_cast<double>(p[j]) * Reference(w[j * ldw + c], type);
-              want += term;
-              magnitude += std::fabs(term);
-            }
-            EXPECT_LE(std::fabs(y[c] - want), (n + 1) * 0x1p-24 * magnitude)
-                << what << " column " << c;
-          }
-          for (int64_t c = cols; c < cols + 3; ++c) EXPECT_EQ(y[c], kPoison) << what;
+          ExpectAttentionKernelsMatchDouble(
+              absl::StrCat(Name(type), " ", HalfIsaName(isa), " cols ", cols, " rows ", n), cols, n,
+              rng, [&](int64_t j, int64_t c) { return Reference(w[j * ldw + c], type); },
+              [&](const float* x, float* y) {
+                HalfDotRows(isa, x, w.data(), ldw, type, n, cols, y);
+              },
+              [&](const float* p, float* y) {
+                HalfRowSum(isa, p, w.data(), ldw, type, n, cols, y);
+              });
         }
       }
     }
@@ -309,44 +325,19 @@ TEST(HalfLinearTest, FloatDecodeKernelMatchesDoubleAndSingleRows) {
       }
     }
   }
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (int64_t cols : {1, 15, 16, 17, 64, 65, 130}) {
     for (int64_t n : {1, 3, 40}) {
-      const std::string what = absl::StrCat("f32 attention cols ", cols, " rows ", n);
       const int64_t ldw = cols + 5;
-      std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
       std::vector<float> w(static_cast<size_t>(n * ldw), std::numeric_limits<float>::quiet_NaN());
       for (int64_t j = 0; j < n; ++j) {
         for (int64_t c = 0; c < cols; ++c) w[j * ldw + c] = dist(rng);
       }
-      std::vector<float> x(static_cast<size_t>(cols)), prob(static_cast<size_t>(n));
-      for (float& v : x) v = dist(rng);
-      for (float& v : prob) v = dist(rng);
-      std::vector<float> dots(static_cast<size_t>(n + 2), kPoison);
-      FloatDotRows(x.data(), w.data(), ldw, n, cols, dots.data());
-      for (int64_t j = 0; j < n; ++j) {
-        double want = 0, magnitude = 0;
-        for (int64_t c = 0; c < cols; ++c) {
-          want += static_cast<double>(x[c]) * w[j * ldw + c];
-          magnitude += std::fabs(static_cast<double>(x[c]) * w[j * ldw + c]);
-        }
-        EXPECT_LE(std::fabs(dots[j] - want), (cols + 1) * 0x1p-24 * magnitude)
-            << what << " key " << j;
-      }
-      EXPECT_EQ(dots[n], kPoison) << what;
-      std::vector<float> y(static_cast<size_t>(cols + 3), kPoison);
-      std::vector<double> want(static_cast<size_t>(cols)), magnitude(static_cast<size_t>(cols));
-      for (int64_t c = 0; c < cols; ++c) y[c] = want[c] = magnitude[c] = dist(rng);
-      FloatRowSum(prob.data(), w.data(), ldw, n, cols, y.data());
-      for (int64_t c = 0; c < cols; ++c) {
-        magnitude[c] = std::fabs(magnitude[c]);
-        for (int64_t j = 0; j < n; ++j) {
-          want[c] += static_cast<double>(prob[j]) * w[j * ldw + c];
-          magnitude[c] += std::fabs(static_cast<double>(prob[j]) * w[j * ldw + c]);
-        }
-        EXPECT_LE(std::fabs(y[c] - want[c]), (n + 1) * 0x1p-24 * magnitude[c])
-            << what << " column " << c;
-      }
-      for (int64_t c = cols; c < cols + 3; ++c) EXPECT_EQ(y[c], kPoison) << what;
+      ExpectAttentionKernelsMatchDouble(
+          absl::StrCat("f32 attention cols ", cols, " rows ", n), cols, n, rng,
+          [&](int64_t j, int64_t c) { return w[j * ldw + c]; },
+          [&](const float* x, float* y) { FloatDotRows(x, w.data(), ldw, n, cols, y); },
+          [&](const float* p, float* y) { FloatRowSum(p, w.data(), ldw, n, cols, y); });
     }
   }
 }
