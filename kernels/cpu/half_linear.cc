@@ -37,8 +37,15 @@ constexpr int kRowGroupAvx2 = 4;
 // of float32 products alone, 70 → 76 GFLOP/s at in = 512, 58 → 69 at in = 2048 (one thread).
 constexpr int WeightRowsAvx512(int rows) { return rows <= 2 ? 8 : rows <= 4 ? 4 : 3; }
 
-// Contiguous weight rows are also prefetched this many elements (bytes × 2) ahead of the reads:
-// on the products above 25 → 27–29 GB/s with four or eight rows (256–768 bytes measured alike).
+// Contiguous weight rows are also prefetched ahead of the reads, in one of two ways chosen by CPU
+// (NextTilePrefetch):
+// - Intel: each row this many elements (bytes × 2) ahead, into L1. On the products above
+//   25 → 27–29 GB/s with four or eight rows (256–768 bytes measured alike).
+// - AMD: the next tile's rows, one line per row per step, into L2. Zen 4's prefetchers follow
+//   eight interleaved rows of 1–2 KB poorly (the 12-layer model's rows): with the row-ahead
+//   prefetch one session's bf16 decode read 15 GB/s where one row at a time reads 29 (2 threads,
+//   in = 512), and 27 with the next tile asked for instead (also beside the row-ahead prefetch:
+//   23). One session's decode of the 12-layer model: bf16 125 → 175 tok/s, f32 79 → 102.
 constexpr int64_t kPrefetchAhead = 256;
 
 // The decode kernel runs over panels of this many weight rows (a multiple of every
@@ -50,6 +57,15 @@ constexpr int64_t kPanelRows = 24;
 // poorly, so the decode kernel asks for the next panel's rows before each panel: +28% tokens/s for
 // 32 sessions' bf16 memory in one step (16 rows ahead measured better than 8).
 constexpr int64_t kPrefetchRows = kPanelRows;
+
+// Whether contiguous weight rows are prefetched a tile ahead (kPrefetchAhead above).
+bool NextTilePrefetch() {
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+  }();
+  return amd;
+}
 
 template <typename E>
 inline void PrefetchRow(const E* row, int64_t n) {
@@ -288,13 +304,22 @@ MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const Elem<T>* w, int6
     for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
   }
   const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
+  constexpr int64_t kStepBytes = 32 * static_cast<int64_t>(sizeof(Elem<T>));  // per row
   int64_t i = 0;
-  if (ldw == in) {  // rows one after another: prefetch ahead of each (every line of 32 columns)
+  if (ldw == in) {  // rows one after another: prefetch ahead (every line of 32 columns)
+    const bool next_tile = NextTilePrefetch();
+    // The next tile's rows follow this tile's: its lines in order, NR of them a step, so the
+    // whole tile has been asked for when this one ends (past the last tile: a harmless miss).
+    const auto* next = reinterpret_cast<const char*>(w + NR * ldw);
     for (; i < pairs; i += 32) {
       for (int j = 0; j < NR; ++j) {
-        for (int64_t b = 0; b < 32 * static_cast<int64_t>(sizeof(Elem<T>)); b += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead) + b,
-                       _MM_HINT_T0);
+        for (int64_t b = 0; b < kStepBytes; b += 64) {
+          if (next_tile) {
+            _mm_prefetch(next + (i / 32 * NR + j) * kStepBytes + b, _MM_HINT_T1);
+          } else {
+            _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead) + b,
+                         _MM_HINT_T0);
+          }
         }
       }
       TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
