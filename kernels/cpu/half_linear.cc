@@ -289,8 +289,12 @@ MNEMO_AVX512 inline __attribute__((always_inline)) void TileStepAvx512(const flo
     wv[j] = kMasked ? LoadMasked16<T>(w + j * ldw + i, m) : Load16<T>(w + j * ldw + i);
   }
   for (int r = 0; r < R; ++r) {
-    const __m512 xv =
+    __m512 xv =
         kMasked ? _mm512_maskz_loadu_ps(m, x + r * ldx + i) : _mm512_loadu_ps(x + r * ldx + i);
+    // Keeps the activations in a register: GCC otherwise folds the load into each of the NR
+    // multiply-adds, NR loads where one does. On a Zen 4 core, 8 rows × 3 weight rows with the
+    // data in L2: f32 67–71 → 93–95 GFLOP/s, bf16 76–82 → 93 (in = 512).
+    asm("" : "+v"(xv));
     for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
   }
 }
