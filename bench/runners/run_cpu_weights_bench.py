@@ -26,7 +26,12 @@ measure with mnemo_bench:
             ratio to the same form's single-session decode (target >= 4x at B = 32);
   weights   resident bytes after load (rss_after_load_mib) of each form.
 physical_limits runs before and after the figures; the best of the two passes counts (a pass
-slowed by other load would flatter mnemo). Ratios are against f32 in the same run (targets,
+slowed by other load would flatter mnemo). Some VMs' memory bandwidth moves between levels from
+minute to minute (the AMD EPYC VM of 2026-12-06: 26-31 GB/s in some passes, 40-44 in others), so
+a quick pass (`physical_limits --quick`) also runs right before each form's decode figure and
+once after the last: each decode figure is also given as a fraction of the better of the two
+read bandwidths measured beside it (fraction_of_adjacent_limit; --no-adjacent-limits skips
+these passes). Ratios are against f32 in the same run (targets,
 never assertions: decode >= 0.85 of the bandwidth limit with 16-bit weights, prefill >= 0.70 of
 the sgemm peak, f32 weights with 16-bit memory >= 0.90). There is no llama.cpp on these machines (not in Debian bookworm): its figures
 on the same shapes are in ../shared/PLATFORM-NOTES.md and bench/RESULTS.md.
@@ -50,6 +55,13 @@ from bench.benchlib.machine import Log, QuietWait, bench_env, machine_info
 from bench.benchlib.process import python_env, require_built, run_clean
 from bench.benchlib.results import ResultWriter, result_path
 from bench.runners.run_cpu_bench import flops_per_prefill_token, limits_from
+
+def read_bandwidth(machine_lines):
+    """The best read bandwidth (large array, every hardware thread) of one physical_limits pass."""
+    read = [l for l in machine_lines if l.get("figure") == "bandwidth" and l["kernel"] == "read"
+            and l["array"] == "large"]
+    return max(read, key=lambda l: (l["threads"], l["best_gbps"]))["best_gbps"]
+
 
 # (label, checkpoint dtype, --cpu-weights, --session-memory)
 FORMS = (("f32", "float32", "stored", "float32"),
@@ -93,6 +105,8 @@ def main(argv=None):
                     help="weight/memory forms to run (comma-separated labels; f32 always runs)")
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--quiet-budget", type=float, default=120.0)
+    ap.add_argument("--no-adjacent-limits", dest="adjacent_limits", action="store_false",
+                    help="skip the quick bandwidth passes beside each decode figure")
     args = ap.parse_args(argv)
 
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -119,8 +133,20 @@ def main(argv=None):
     log("physical limits (1/2)")
     machine = out.extend(clean([physical]))
     results = {}
+    adjacent = []  # the quick passes' read bandwidth, in run order
+
+    def adjacent_pass(tag):
+        lines = clean([physical, "--quick"])
+        for line in lines:
+            line["adjacent_pass"] = tag
+        out.extend(lines)
+        adjacent.append(read_bandwidth(lines))
+
     for label, dtype, cpu_weights, memory in forms:
         form = ["--cpu-weights", cpu_weights, "--session-memory", memory]
+        if args.adjacent_limits:
+            log(f"quick bandwidth pass before decode {label}")
+            adjacent_pass(label)
         for fig in ("decode", "prefill"):
             log(f"mnemo {fig} {label}")
             cmd = [mnemo_bench, "--model", dirs[dtype], *form, "--figure", fig, "--runs",
@@ -141,6 +167,9 @@ def main(argv=None):
             out.extend(lines)
             results[(label, f"batched{b}")] = next(
                 l for l in lines if l.get("figure") == "batched-decode")
+    if args.adjacent_limits:
+        log("quick bandwidth pass after the last form")
+        adjacent_pass("end")
     log("physical limits (2/2)")
     machine += out.extend(clean([physical]))
 
@@ -149,7 +178,7 @@ def main(argv=None):
     flops = flops_per_prefill_token(cfg, PREFILL_SEGMENT, PREFILL_MEM)["total"]
     base = {fig: results[("f32", fig)]["tokens_per_s"]["median"] for fig in ("decode", "prefill")}
     rows = []
-    for label, dtype, cpu_weights, memory in forms:
+    for index, (label, dtype, cpu_weights, memory) in enumerate(forms):
         for fig in ("decode", "prefill"):
             m = results[(label, fig)]
             med = m["tokens_per_s"]["median"]
@@ -164,9 +193,14 @@ def main(argv=None):
                           "limit_tokens_per_s": limits["bandwidth_gbps"] * 1e9 / per_token,
                           "fraction_of_limit": med * per_token / (limits["bandwidth_gbps"] * 1e9),
                           "memory_bytes_per_token": m["memory_bytes_per_token"],
+                          "adjacent_bandwidth_gbps": None, "fraction_of_adjacent_limit": None,
                           "target": (TARGETS["decode"] if dtype != "float32" else
                                      TARGETS["decode-f32-weights"] if memory != "float32"
                                      else None)})
+                if args.adjacent_limits:  # the passes before this form and after it
+                    near = max(adjacent[index], adjacent[index + 1])
+                    d.update({"adjacent_bandwidth_gbps": near,
+                              "fraction_of_adjacent_limit": med * per_token / (near * 1e9)})
             else:
                 d.update({"flops_per_token": flops,
                           "sgemm_peak_gflops": limits["sgemm_peak_gflops"],
@@ -191,15 +225,20 @@ def main(argv=None):
 
     print(f"\nlimits: read bandwidth {limits['bandwidth_gbps']:.1f} GB/s, "
           f"sgemm peak {limits['sgemm_peak_gflops']:.1f} GFLOP/s")
+    if args.adjacent_limits:
+        print("read bandwidth beside each form's decode: " +
+              ", ".join(f"{g:.1f}" for g in adjacent) + " GB/s")
     print(f"{'weights':<15}{'figure':<19}{'tok/s':>9}{'x f32':>8}{'MB/token':>10}"
-          f"{'of limit':>10}{'x single':>10}{'RSS MiB':>9}")
+          f"{'of limit':>10}{'of adj':>8}{'x single':>10}{'RSS MiB':>9}")
     for d in rows:
         mb = f"{d['bytes_per_token'] / 1e6:.1f}" if "bytes_per_token" in d else "-"
         frac = d["fraction_of_limit"]
         single = d.get("over_single_session")
         rss = d["rss_after_load_mib"]
+        adj = d.get("fraction_of_adjacent_limit")
         print(f"{d['weights']:<15}{d['figure']:<19}{d['tokens_per_s']:>9.1f}{d['over_f32']:>8.2f}"
               f"{mb:>10}{(f'{frac:.2f}' if frac is not None else '-'):>10}"
+              f"{(f'{adj:.2f}' if adj is not None else '-'):>8}"
               f"{(f'{single:.2f}' if single is not None else '-'):>10}"
               f"{(f'{rss:.0f}' if rss is not None else '-'):>9}")
     print(f"results: {out.path}")
