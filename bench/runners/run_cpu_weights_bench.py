@@ -56,6 +56,7 @@ from bench.benchlib.process import python_env, require_built, run_clean
 from bench.benchlib.results import ResultWriter, result_path
 from bench.runners.run_cpu_bench import flops_per_prefill_token, limits_from
 
+
 def read_bandwidth(machine_lines):
     """The best read bandwidth (large array, every hardware thread) of one physical_limits pass."""
     read = [l for l in machine_lines if l.get("figure") == "bandwidth" and l["kernel"] == "read"
