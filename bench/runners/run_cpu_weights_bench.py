@@ -57,13 +57,6 @@ from bench.benchlib.results import ResultWriter, result_path
 from bench.runners.run_cpu_bench import flops_per_prefill_token, limits_from
 
 
-def read_bandwidth(machine_lines):
-    """The best read bandwidth (large array, every hardware thread) of one physical_limits pass."""
-    read = [l for l in machine_lines if l.get("figure") == "bandwidth" and l["kernel"] == "read"
-            and l["array"] == "large"]
-    return max(read, key=lambda l: (l["threads"], l["best_gbps"]))["best_gbps"]
-
-
 # (label, checkpoint dtype, --cpu-weights, --session-memory)
 FORMS = (("f32", "float32", "stored", "float32"),
          ("bf16-widened", "bfloat16", "float32", "float32"),
@@ -141,7 +134,7 @@ def main(argv=None):
         for line in lines:
             line["adjacent_pass"] = tag
         out.extend(lines)
-        adjacent.append(read_bandwidth(lines))
+        adjacent.append(limits_from(lines)["bandwidth_gbps"])  # as the run's limit is read
 
     for label, dtype, cpu_weights, memory in forms:
         form = ["--cpu-weights", cpu_weights, "--session-memory", memory]
