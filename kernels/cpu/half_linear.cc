@@ -395,6 +395,75 @@ MNEMO_AVX512 void RowSumAvx512(const float* p, const Elem<T>* w, int64_t ldw, in
   }
 }
 
+// Every head's dot products of one query against n key rows, each row read once, whole and in
+// order (head by head, a row's heads are read in separate passes over the rows): s[h·lds + j] =
+// Σ_c x[h·d + c] · w[j·ldw + h·d + c] for d = 16·V. Each (row, head) sum is one accumulator over
+// the head's V vectors, parked in `part` until 16 rows of one head are summed by SumLanes16: the
+// same multiply-adds and adds, in the same order, as TileAvx512 for that head alone.
+template <WeightType T, int V>
+MNEMO_AVX512 void HeadDotsAvx512(const float* x, const Elem<T>* w, int64_t ldw, int64_t n,
+                                 int heads, float* s, int64_t lds) {
+  constexpr int kD = 16 * V, kRows = 16, kHeads = 16;
+  __m512 part[kHeads][kRows];
+  for (int64_t j0 = 0; j0 < n; j0 += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, n - j0));
+    for (int h0 = 0; h0 < heads; h0 += kHeads) {
+      const int hn = std::min(kHeads, heads - h0);
+      for (int r = 0; r < rows; ++r) {
+        const Elem<T>* row = w + (j0 + r) * ldw + h0 * kD;
+        for (int h = 0; h < hn; ++h) {
+          __m512 acc = _mm512_setzero_ps();
+          for (int c = 0; c < V; ++c) {
+            acc = _mm512_fmadd_ps(Load16<T>(row + h * kD + 16 * c),
+                                  _mm512_loadu_ps(x + (h0 + h) * kD + 16 * c), acc);
+          }
+          part[h][r] = acc;
+        }
+      }
+      const auto mask = static_cast<__mmask16>((1u << rows) - 1u);
+      for (int h = 0; h < hn; ++h) {
+        for (int r = rows; r < kRows; ++r) part[h][r] = _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(s + (h0 + h) * lds + j0, mask, SumLanes16(part[h]));
+      }
+    }
+  }
+}
+
+// y[h·d + c] += Σ_j p[h·ldp + j] · w[j·ldw + h·d + c] for every head h (d = 16·V): the rows by
+// blocks of 16, each block read once for G heads at a time (16 accumulators); the same
+// multiply-adds in the same order as RowSumAvx512 for each head alone.
+template <WeightType T, int V>
+MNEMO_AVX512 void HeadRowSumsAvx512(const float* p, int64_t ldp, const Elem<T>* w, int64_t ldw,
+                                    int64_t n, int heads, float* y) {
+  constexpr int kD = 16 * V, kG = 16 / V;
+  constexpr int64_t kRows = 16;
+  for (int64_t j0 = 0; j0 < n; j0 += kRows) {
+    const int64_t j1 = std::min(n, j0 + kRows);
+    for (int h0 = 0; h0 < heads; h0 += kG) {
+      const int hn = std::min(kG, heads - h0);
+      __m512 a[kG][V];
+      for (int g = 0; g < kG; ++g) {
+        for (int c = 0; c < V; ++c) {
+          a[g][c] = g < hn ? _mm512_loadu_ps(y + (h0 + g) * kD + 16 * c) : _mm512_setzero_ps();
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        const Elem<T>* row = w + j * ldw + h0 * kD;
+        for (int g = 0; g < kG; ++g) {
+          if (g >= hn) break;
+          const __m512 pj = _mm512_set1_ps(p[(h0 + g) * ldp + j]);
+          for (int c = 0; c < V; ++c) {
+            a[g][c] = _mm512_fmadd_ps(pj, Load16<T>(row + g * kD + 16 * c), a[g][c]);
+          }
+        }
+      }
+      for (int g = 0; g < hn; ++g) {
+        for (int c = 0; c < V; ++c) _mm512_storeu_ps(y + (h0 + g) * kD + 16 * c, a[g][c]);
+      }
+    }
+  }
+}
+
 template <WeightType T>
 MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int64_t n) {
   const __m512 s = _mm512_set1_ps(scale);
@@ -586,6 +655,74 @@ void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, Wei
     case HalfIsa::kScalar:
       RowSumScalar(p, w, ldw, type, n, cols, y);
       return;
+  }
+}
+
+namespace {
+
+// The head kernels of type T for head_dim = 16·V (HeadKernelsAvailable).
+template <WeightType T>
+void HeadDotsOf(const float* x, const Elem<T>* w, int64_t ldw, int64_t n, int heads, int head_dim,
+                float* s, int64_t lds) {
+  switch (head_dim / 16) {
+    case 1:
+      return HeadDotsAvx512<T, 1>(x, w, ldw, n, heads, s, lds);
+    case 2:
+      return HeadDotsAvx512<T, 2>(x, w, ldw, n, heads, s, lds);
+    case 4:
+      return HeadDotsAvx512<T, 4>(x, w, ldw, n, heads, s, lds);
+    default:
+      return HeadDotsAvx512<T, 8>(x, w, ldw, n, heads, s, lds);
+  }
+}
+
+template <WeightType T>
+void HeadRowSumsOf(const float* p, int64_t ldp, const Elem<T>* w, int64_t ldw, int64_t n, int heads,
+                   int head_dim, float* y) {
+  switch (head_dim / 16) {
+    case 1:
+      return HeadRowSumsAvx512<T, 1>(p, ldp, w, ldw, n, heads, y);
+    case 2:
+      return HeadRowSumsAvx512<T, 2>(p, ldp, w, ldw, n, heads, y);
+    case 4:
+      return HeadRowSumsAvx512<T, 4>(p, ldp, w, ldw, n, heads, y);
+    default:
+      return HeadRowSumsAvx512<T, 8>(p, ldp, w, ldw, n, heads, y);
+  }
+}
+
+}  // namespace
+
+bool HeadKernelsAvailable(int head_dim) {
+  return SupportedHalfIsas().front() == HalfIsa::kAvx512 &&
+         (head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128);
+}
+
+void HeadDots(const float* x, const float* w, int64_t ldw, int64_t n, int heads, int head_dim,
+              float* s, int64_t lds) {
+  HeadDotsOf<WeightType::kF32>(x, w, ldw, n, heads, head_dim, s, lds);
+}
+
+void HeadDots(const float* x, const uint16_t* w, WeightType type, int64_t ldw, int64_t n, int heads,
+              int head_dim, float* s, int64_t lds) {
+  if (type == WeightType::kBF16) {
+    HeadDotsOf<WeightType::kBF16>(x, w, ldw, n, heads, head_dim, s, lds);
+  } else {
+    HeadDotsOf<WeightType::kF16>(x, w, ldw, n, heads, head_dim, s, lds);
+  }
+}
+
+void HeadRowSums(const float* p, int64_t ldp, const float* w, int64_t ldw, int64_t n, int heads,
+                 int head_dim, float* y) {
+  HeadRowSumsOf<WeightType::kF32>(p, ldp, w, ldw, n, heads, head_dim, y);
+}
+
+void HeadRowSums(const float* p, int64_t ldp, const uint16_t* w, WeightType type, int64_t ldw,
+                 int64_t n, int heads, int head_dim, float* y) {
+  if (type == WeightType::kBF16) {
+    HeadRowSumsOf<WeightType::kBF16>(p, ldp, w, ldw, n, heads, head_dim, y);
+  } else {
+    HeadRowSumsOf<WeightType::kF16>(p, ldp, w, ldw, n, heads, head_dim, y);
   }
 }
 

@@ -66,6 +66,24 @@ void HalfDotRows(HalfIsa isa, const float* x, const uint16_t* w, int64_t ldw, We
 void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, WeightType type,
                 int64_t n, int64_t cols, float* y);
 
+// The same two products for every head of a decode query at once, each key/value row read once,
+// whole and in order (head by head, each head's pass read a slice of every row), single-threaded;
+// rows `ldw` elements apart hold the heads side by side (head h at columns h·head_dim …):
+//   HeadDots:    s[h·lds + j] = Σ_c x[h·head_dim + c] · w[j, h·head_dim + c] for j < n, h < heads;
+//   HeadRowSums: y[h·head_dim + c] += Σ_j p[h·ldp + j] · w[j, h·head_dim + c].
+// Each sum is the one HalfDotRows / HalfRowSum (FloatDotRows / FloatRowSum on float32 rows)
+// computes for that head alone, bit for bit. AVX-512 and head_dim 16, 32, 64 or 128 only:
+// HeadKernelsAvailable.
+bool HeadKernelsAvailable(int head_dim);
+void HeadDots(const float* x, const float* w, int64_t ldw, int64_t n, int heads, int head_dim,
+              float* s, int64_t lds);
+void HeadDots(const float* x, const uint16_t* w, WeightType type, int64_t ldw, int64_t n, int heads,
+              int head_dim, float* s, int64_t lds);
+void HeadRowSums(const float* p, int64_t ldp, const float* w, int64_t ldw, int64_t n, int heads,
+                 int head_dim, float* y);
+void HeadRowSums(const float* p, int64_t ldp, const uint16_t* w, WeightType type, int64_t ldw,
+                 int64_t n, int heads, int head_dim, float* y);
+
 // dst[n] = widened src[n] · scale (an embedding row).
 void WidenRow(const uint16_t* src, WeightType type, float scale, float* dst, int64_t n);
 

@@ -57,30 +57,57 @@ void CarryScores(const RelativeAttentionShape& s, int head, int64_t i, int64_t f
   if (s.out_scores != nullptr) std::copy(scores, scores + n, s.out_scores + at);
 }
 
-// y[j] = x · (head `head`'s slice of the key row row0 + j) for j < n: 16-bit rows widened in
-// registers, float32 rows through the decode kernel (BLAS on a CPU without AVX-512).
-void DotHeadRows(const KvSpan& span, int64_t row0, int64_t n, int head, int head_dim,
-                 const float* x, float* y) {
-  const int64_t off = row0 * span.ld + static_cast<int64_t>(head) * head_dim;
-  if (span.type != WeightType::kF32) {
-    HalfDotRows(SupportedHalfIsas().front(), x, span.k16 + off, span.ld, span.type, n, head_dim, y);
-  } else if (FloatDecodeKernelAvailable()) {
-    FloatDotRows(x, span.k + off, span.ld, n, head_dim, y);
-  } else {
-    Gemv(n, head_dim, span.k + off, span.ld, x, 0.0f, y);
+// s[h·lds + j] = x's head h · (head h's slice of the key row row0 + j) for j < n and every
+// head: each row read once, whole, where the head kernels run (AVX-512); otherwise head by head,
+// 16-bit rows widened in registers, float32 rows through the decode kernel (BLAS on a CPU without
+// AVX-512). The head kernels' sums are the head-by-head kernels', bit for bit.
+void DotAllHeads(const KvSpan& span, int64_t row0, int64_t n, int heads, int head_dim,
+                 const float* x, float* s, int64_t lds) {
+  const int64_t off = row0 * span.ld;
+  if (HeadKernelsAvailable(head_dim)) {
+    if (span.type != WeightType::kF32) {
+      HeadDots(x, span.k16 + off, span.type, span.ld, n, heads, head_dim, s, lds);
+    } else {
+      HeadDots(x, span.k + off, span.ld, n, heads, head_dim, s, lds);
+    }
+    return;
+  }
+  for (int h = 0; h < heads; ++h) {
+    const int64_t at = off + static_cast<int64_t>(h) * head_dim;
+    if (span.type != WeightType::kF32) {
+      HalfDotRows(SupportedHalfIsas().front(), x + h * head_dim, span.k16 + at, span.ld, span.type,
+                  n, head_dim, s + h * lds);
+    } else if (FloatDecodeKernelAvailable()) {
+      FloatDotRows(x + h * head_dim, span.k + at, span.ld, n, head_dim, s + h * lds);
+    } else {
+      Gemv(n, head_dim, span.k + at, span.ld, x + h * head_dim, 0.0f, s + h * lds);
+    }
   }
 }
 
-// y += Σ_j p[j] · (head `head`'s slice of the value row row0 + j) for j < n, read the same ways.
-void AddHeadRowSum(const KvSpan& span, int64_t row0, int64_t n, int head, int head_dim,
-                   const float* p, float* y) {
-  const int64_t off = row0 * span.ld + static_cast<int64_t>(head) * head_dim;
-  if (span.type != WeightType::kF32) {
-    HalfRowSum(SupportedHalfIsas().front(), p, span.v16 + off, span.ld, span.type, n, head_dim, y);
-  } else if (FloatDecodeKernelAvailable()) {
-    FloatRowSum(p, span.v + off, span.ld, n, head_dim, y);
-  } else {
-    GemvT(n, head_dim, span.v + off, span.ld, p, 1.0f, y);
+// y[h·d_h …] += Σ_j p[h·ldp + j] · (head h's slice of the value row row0 + j) for every head,
+// read the same ways.
+void AddAllHeadsRowSum(const KvSpan& span, int64_t row0, int64_t n, int heads, int head_dim,
+                       const float* p, int64_t ldp, float* y) {
+  const int64_t off = row0 * span.ld;
+  if (HeadKernelsAvailable(head_dim)) {
+    if (span.type != WeightType::kF32) {
+      HeadRowSums(p, ldp, span.v16 + off, span.type, span.ld, n, heads, head_dim, y);
+    } else {
+      HeadRowSums(p, ldp, span.v + off, span.ld, n, heads, head_dim, y);
+    }
+    return;
+  }
+  for (int h = 0; h < heads; ++h) {
+    const int64_t at = off + static_cast<int64_t>(h) * head_dim;
+    if (span.type != WeightType::kF32) {
+      HalfRowSum(SupportedHalfIsas().front(), p + h * ldp, span.v16 + at, span.ld, span.type, n,
+                 head_dim, y + h * head_dim);
+    } else if (FloatDecodeKernelAvailable()) {
+      FloatRowSum(p + h * ldp, span.v + at, span.ld, n, head_dim, y + h * head_dim);
+    } else {
+      GemvT(n, head_dim, span.v + at, span.ld, p + h * ldp, 1.0f, y + h * head_dim);
+    }
   }
 }
 
@@ -153,10 +180,9 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const Kv
           const Job& job = jobs[i];
           const RelativeDecodeQuery& q = queries[i];
           const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
-          const int head_dim = q.shape.head_dim;
-          for (int h = 0; r0 < r1 && h < q.shape.num_heads; ++h) {
-            DotHeadRows(table, r0, r1 - r0, h, head_dim, job.qv + h * head_dim,
-                        job.bd + h * job.table_rows + r0);
+          if (r0 < r1) {
+            DotAllHeads(table, r0, r1 - r0, q.shape.num_heads, q.shape.head_dim, job.qv,
+                        job.bd + r0, job.table_rows);
           }
         }
         continue;
@@ -168,10 +194,7 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const Kv
       const int64_t j0 = job.first + (b - job.block0) * kKeyBlock;
       const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
       ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
-        for (int h = 0; h < heads; ++h) {
-          DotHeadRows(span, row, m, h, head_dim, job.qu + h * head_dim,
-                      job.scores + h * job.n + (j - job.first));
-        }
+        DotAllHeads(span, row, m, heads, head_dim, job.qu, job.scores + (j - job.first), job.n);
       });
     }
   });
@@ -214,10 +237,7 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const Kv
       const int64_t j0 = job.first + (b - job.block0) * kKeyBlock;
       const int64_t j1 = std::min(job.last + 1, j0 + kKeyBlock);
       ForEachKeyRange(*q.keys, j0, j1, [&](const KvSpan& span, int64_t row, int64_t j, int64_t m) {
-        for (int h = 0; h < heads; ++h) {
-          AddHeadRowSum(span, row, m, h, head_dim, job.scores + h * job.n + (j - job.first),
-                        sum + h * head_dim);
-        }
+        AddAllHeadsRowSum(span, row, m, heads, head_dim, job.scores + (j - job.first), job.n, sum);
       });
     }
   });

@@ -6,8 +6,10 @@
 // checked untouched). The same kernels on float32 weights and rows (Linear's decode rows).
 #include "kernels/cpu/half_linear.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -255,6 +257,86 @@ TEST(HalfLinearTest, AttentionKernelsOfEveryIsaMatchDouble) {
               [&](const float* p, float* y) {
                 HalfRowSum(isa, p, w.data(), ldw, type, n, cols, y);
               });
+        }
+      }
+    }
+  }
+}
+
+// The every-head kernels (HeadDots, HeadRowSums) against the head-by-head ones, bit for bit, on
+// float32, bf16 and f16 rows `ldw` apart whose padding is poisoned with NaN: row counts around
+// their 16-row blocks, head counts around their groups of heads, outputs beyond n / lds and y's
+// padding checked untouched.
+TEST(HalfLinearTest, HeadKernelsMatchHeadByHeadBitForBit) {
+  EXPECT_FALSE(HeadKernelsAvailable(48));
+  EXPECT_FALSE(HeadKernelsAvailable(8));
+  if (!HeadKernelsAvailable(64)) GTEST_SKIP() << "no AVX-512: attention runs head by head";
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const HalfIsa isa = SupportedHalfIsas().front();
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kF16}) {
+    for (int head_dim : {16, 32, 64, 128}) {
+      for (int heads : {1, 3, 5, 8, 17}) {
+        for (int64_t n : {1, 15, 16, 17, 40}) {
+          const std::string what =
+              absl::StrCat(Name(type), " head_dim ", head_dim, " heads ", heads, " rows ", n);
+          const int64_t width = int64_t{heads} * head_dim, ldw = width + 7, lds = n + 3;
+          std::vector<float> wf(static_cast<size_t>(n * ldw), std::nanf(""));
+          std::vector<uint16_t> w16(wf.size(), Narrow(std::nanf(""), WeightType::kBF16));
+          if (type == WeightType::kF16)
+            std::fill(w16.begin(), w16.end(), Narrow(std::nanf(""), type));
+          for (int64_t j = 0; j < n; ++j) {
+            for (int64_t c = 0; c < width; ++c) {
+              wf[j * ldw + c] = dist(rng);
+              w16[j * ldw + c] = Narrow(wf[j * ldw + c], type);
+            }
+          }
+          std::vector<float> x(static_cast<size_t>(width)), p(static_cast<size_t>(heads * lds));
+          for (float& v : x) v = dist(rng);
+          for (float& v : p) v = dist(rng);
+
+          std::vector<float> want(static_cast<size_t>(heads * lds), kPoison), got = want;
+          for (int h = 0; h < heads; ++h) {
+            const int64_t at = int64_t{h} * head_dim;
+            if (type == WeightType::kF32) {
+              FloatDotRows(x.data() + at, wf.data() + at, ldw, n, head_dim, want.data() + h * lds);
+            } else {
+              HalfDotRows(isa, x.data() + at, w16.data() + at, ldw, type, n, head_dim,
+                          want.data() + h * lds);
+            }
+          }
+          if (type == WeightType::kF32) {
+            HeadDots(x.data(), wf.data(), ldw, n, heads, head_dim, got.data(), lds);
+          } else {
+            HeadDots(x.data(), w16.data(), type, ldw, n, heads, head_dim, got.data(), lds);
+          }
+          for (size_t k = 0; k < want.size(); ++k) {
+            ASSERT_EQ(std::memcmp(&got[k], &want[k], sizeof(float)), 0)
+                << what << " dot " << k << ": " << got[k] << " want " << want[k];
+          }
+
+          std::vector<float> sum_want(static_cast<size_t>(width + 5), kPoison);
+          for (int64_t c = 0; c < width; ++c) sum_want[c] = dist(rng);
+          std::vector<float> sum_got = sum_want;
+          for (int h = 0; h < heads; ++h) {
+            const int64_t at = int64_t{h} * head_dim;
+            if (type == WeightType::kF32) {
+              FloatRowSum(p.data() + h * lds, wf.data() + at, ldw, n, head_dim,
+                          sum_want.data() + at);
+            } else {
+              HalfRowSum(isa, p.data() + h * lds, w16.data() + at, ldw, type, n, head_dim,
+                         sum_want.data() + at);
+            }
+          }
+          if (type == WeightType::kF32) {
+            HeadRowSums(p.data(), lds, wf.data(), ldw, n, heads, head_dim, sum_got.data());
+          } else {
+            HeadRowSums(p.data(), lds, w16.data(), type, ldw, n, heads, head_dim, sum_got.data());
+          }
+          for (size_t k = 0; k < sum_want.size(); ++k) {
+            ASSERT_EQ(std::memcmp(&sum_got[k], &sum_want[k], sizeof(float)), 0)
+                << what << " sum " << k << ": " << sum_got[k] << " want " << sum_want[k];
+          }
         }
       }
     }
