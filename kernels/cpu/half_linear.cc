@@ -75,6 +75,20 @@ inline void PrefetchRow(const E* row, int64_t n) {
   }
 }
 
+// The attention head kernels (HeadDots, HeadRowSums) ask for the row this many rows ahead into
+// L2 before reading each row. Each block of 64 key rows is a new stream (another session's ring,
+// or the same ring's values); 32 sessions' bf16 attention alone, 12 layers (Zen 4, 2 threads):
+// 28 → 22.5 ms a step (medians of six; 16 rows ahead alike, 4 less, into L1 slower than none).
+constexpr int64_t kHeadRowsAhead = 8;
+
+template <typename E>
+inline void PrefetchRowL2(const E* row, int64_t n) {
+  const auto* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(E)); b += 64) {
+    _mm_prefetch(bytes + b, _MM_HINT_T1);
+  }
+}
+
 // One weight, widened exactly (kernels/ depends on no project library, so not base/dtype.h's).
 float Widen(uint16_t h, WeightType type) {
   if (type == WeightType::kBF16) {
@@ -411,6 +425,7 @@ MNEMO_AVX512 void HeadDotsAvx512(const float* x, const Elem<T>* w, int64_t ldw, 
       const int hn = std::min(kHeads, heads - h0);
       for (int r = 0; r < rows; ++r) {
         const Elem<T>* row = w + (j0 + r) * ldw + h0 * kD;
+        PrefetchRowL2(row + kHeadRowsAhead * ldw, int64_t{hn} * kD);
         for (int h = 0; h < hn; ++h) {
           __m512 acc = _mm512_setzero_ps();
           for (int c = 0; c < V; ++c) {
@@ -449,6 +464,7 @@ MNEMO_AVX512 void HeadRowSumsAvx512(const float* p, int64_t ldp, const Elem<T>* 
       }
       for (int64_t j = j0; j < j1; ++j) {
         const Elem<T>* row = w + j * ldw + h0 * kD;
+        PrefetchRowL2(row + kHeadRowsAhead * ldw, int64_t{hn} * kD);
         for (int g = 0; g < kG; ++g) {
           if (g >= hn) break;
           const __m512 pj = _mm512_set1_ps(p[(h0 + g) * ldp + j]);
