@@ -676,35 +676,36 @@ void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, Wei
 
 namespace {
 
-// The head kernels of type T for head_dim = 16·V (HeadKernelsAvailable).
+// Calls fn(std::integral_constant<int, V>{}) for head_dim = 16·V, one of HeadKernelsAvailable's
+// sizes: the head kernels' vectors per head as a constant, so their accumulators are registers.
+template <typename Fn>
+void WithHeadVectors(int head_dim, Fn&& fn) {
+  switch (head_dim / 16) {
+    case 1:
+      return fn(std::integral_constant<int, 1>{});
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    case 4:
+      return fn(std::integral_constant<int, 4>{});
+    default:
+      return fn(std::integral_constant<int, 8>{});
+  }
+}
+
 template <WeightType T>
 void HeadDotsOf(const float* x, const Elem<T>* w, int64_t ldw, int64_t n, int heads, int head_dim,
                 float* s, int64_t lds) {
-  switch (head_dim / 16) {
-    case 1:
-      return HeadDotsAvx512<T, 1>(x, w, ldw, n, heads, s, lds);
-    case 2:
-      return HeadDotsAvx512<T, 2>(x, w, ldw, n, heads, s, lds);
-    case 4:
-      return HeadDotsAvx512<T, 4>(x, w, ldw, n, heads, s, lds);
-    default:
-      return HeadDotsAvx512<T, 8>(x, w, ldw, n, heads, s, lds);
-  }
+  WithHeadVectors(head_dim, [&](auto v) {
+    HeadDotsAvx512<T, decltype(v)::value>(x, w, ldw, n, heads, s, lds);
+  });
 }
 
 template <WeightType T>
 void HeadRowSumsOf(const float* p, int64_t ldp, const Elem<T>* w, int64_t ldw, int64_t n, int heads,
                    int head_dim, float* y) {
-  switch (head_dim / 16) {
-    case 1:
-      return HeadRowSumsAvx512<T, 1>(p, ldp, w, ldw, n, heads, y);
-    case 2:
-      return HeadRowSumsAvx512<T, 2>(p, ldp, w, ldw, n, heads, y);
-    case 4:
-      return HeadRowSumsAvx512<T, 4>(p, ldp, w, ldw, n, heads, y);
-    default:
-      return HeadRowSumsAvx512<T, 8>(p, ldp, w, ldw, n, heads, y);
-  }
+  WithHeadVectors(head_dim, [&](auto v) {
+    HeadRowSumsAvx512<T, decltype(v)::value>(p, ldp, w, ldw, n, heads, y);
+  });
 }
 
 }  // namespace

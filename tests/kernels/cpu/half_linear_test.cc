@@ -7,9 +7,9 @@
 #include "kernels/cpu/half_linear.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -311,7 +311,7 @@ TEST(HalfLinearTest, HeadKernelsMatchHeadByHeadBitForBit) {
             HeadDots(x.data(), w16.data(), type, ldw, n, heads, head_dim, got.data(), lds);
           }
           for (size_t k = 0; k < want.size(); ++k) {
-            ASSERT_EQ(std::memcmp(&got[k], &want[k], sizeof(float)), 0)
+            ASSERT_EQ(std::bit_cast<uint32_t>(got[k]), std::bit_cast<uint32_t>(want[k]))
                 << what << " dot " << k << ": " << got[k] << " want " << want[k];
           }
 
@@ -334,7 +334,7 @@ TEST(HalfLinearTest, HeadKernelsMatchHeadByHeadBitForBit) {
             HeadRowSums(p.data(), lds, w16.data(), type, ldw, n, heads, head_dim, sum_got.data());
           }
           for (size_t k = 0; k < sum_want.size(); ++k) {
-            ASSERT_EQ(std::memcmp(&sum_got[k], &sum_want[k], sizeof(float)), 0)
+            ASSERT_EQ(std::bit_cast<uint32_t>(sum_got[k]), std::bit_cast<uint32_t>(sum_want[k]))
                 << what << " sum " << k << ": " << sum_got[k] << " want " << sum_want[k];
           }
         }
