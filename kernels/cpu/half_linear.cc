@@ -410,7 +410,7 @@ MNEMO_AVX512 void RowSumAvx512(const float* p, const Elem<T>* w, int64_t ldw, in
 }
 
 // Every head's dot products of one query against n key rows, each row read once, whole and in
-// order (head by head, a row's heads are read in separate passes over the rows): s[h·lds + j] =
+// order (not head by head, one pass over the rows per head's slice): s[h·lds + j] =
 // Σ_c x[h·d + c] · w[j·ldw + h·d + c] for d = 16·V. Each (row, head) sum is one accumulator over
 // the head's V vectors, parked in `part` until 16 rows of one head are summed by SumLanes16: the
 // same multiply-adds and adds, in the same order, as TileAvx512 for that head alone.

@@ -67,7 +67,7 @@ void HalfRowSum(HalfIsa isa, const float* p, const uint16_t* w, int64_t ldw, Wei
                 int64_t n, int64_t cols, float* y);
 
 // The same two products for every head of a decode query at once, each key/value row read once,
-// whole and in order (head by head, each head's pass read a slice of every row), single-threaded;
+// whole and in order (not head by head, one pass over the rows per head's slice), single-threaded;
 // rows `ldw` elements apart hold the heads side by side (head h at columns h·head_dim …):
 //   HeadDots:    s[h·lds + j] = Σ_c x[h·head_dim + c] · w[j, h·head_dim + c] for j < n, h < heads;
 //   HeadRowSums: y[h·head_dim + c] += Σ_j p[h·ldp + j] · w[j, h·head_dim + c].

@@ -28,7 +28,8 @@ struct KvSpan {
 // span's own rows, or for a 16-bit ring its rows widened into this thread's buffer (exact: a
 // kernel then computes on the stored values as it would on float32 rows holding them), valid until
 // the thread's next call. Blocks of queries use it (their BLAS products reuse each widened row
-// for many queries); a single query reads 16-bit rows directly (HalfDotRows, HalfRowSum).
+// for many queries); a single query reads 16-bit rows directly (HeadDots and HeadRowSums, or
+// HalfDotRows and HalfRowSum head by head).
 struct HeadRows {
   const float* data;
   int64_t ld;

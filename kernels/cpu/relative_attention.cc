@@ -111,10 +111,12 @@ void AddAllHeadsRowSum(const KvSpan& span, int64_t row0, int64_t n, int heads, i
   }
 }
 
-// Decode steps (T = 1 each), key block by key block: every head's slice of a block of rows is
-// read while the block is in cache, so the memory streams as whole rows. (Head by head, each head
-// read d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's shape, about half the
-// read bandwidth, which made attention over a 1600-row memory twice its bytes' time.) Blocks of
+// Decode steps (T = 1 each), key block by key block: each row of a block is read once, whole, for
+// every head (DotAllHeads, AddAllHeadsRowSum; without the head kernels, every head's slice while
+// the block is in cache), so the memory streams as whole rows. (Head by head over the whole
+// memory, each head read d_h of every H·d_h floats of a row: 256 of every 4096 bytes at wt103's
+// shape, about half the read bandwidth, which made attention over a 1600-row memory twice its
+// bytes' time.) Blocks of
 // every query's keys and of the distance table are split over the pool; a table block is read
 // once for all the queries (a batch's sessions share their layer's table), not once per query. Then
 // each query's heads' softmaxes; then the values' blocks. The values' sums are kept per block and

@@ -36,7 +36,8 @@ int64_t RelativeTableRowsNeeded(const RelativeAttentionShape& shape);
 
 // q:   [T, H·d_h], row stride ldq.
 // keys: spans covering exactly M + T key positions, oldest first; memory spans may be 16-bit rings
-//       (KvSpan::type), widened head by head as they are read.
+//       (KvSpan::type), widened as they are read (exactly: the results are those of float32
+//       rows holding the same values).
 // table: the distance table as a span's keys (v unused): [rows ≥ RelativeTableRowsNeeded, H·d_h],
 //       row p = W_r · sinusoid(p), row stride table.ld; float32, or 16-bit (KvSpan::type: 16-bit
 //       session memory) and read as the 16-bit key rows are.
