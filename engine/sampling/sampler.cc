@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -33,21 +32,6 @@ namespace {
 // Floats exponentiated at a time on the stack (ExpInPlace works in place).
 constexpr int64_t kExpChunk = 1024;
 
-float MaxOf(const float* x, int64_t n) {
-  // 16 running maxima: one compiles to a scalar loop bound by the compare's latency.
-  constexpr int kLanes = 16;
-  float lanes[kLanes];
-  std::fill_n(lanes, kLanes, -std::numeric_limits<float>::infinity());
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) lanes[k] = std::max(lanes[k], x[i + k]);
-  }
-  float max = -std::numeric_limits<float>::infinity();
-  for (int k = 0; k < kLanes; ++k) max = std::max(max, lanes[k]);
-  for (; i < n; ++i) max = std::max(max, x[i]);
-  return max;
-}
-
 // out[i] = exp(at(i) − max) for i < n, through the vectorised float exp (kernels/cpu:
 // ≤ 2 ulp), returning their sum accumulated in double. glibc's double exp, one call per id, cost
 // 233 µs per 32000-id row (Zen 4), twice per sampled token (the draw, the reported log-probability)
@@ -75,7 +59,7 @@ double ExpSum(At at, int64_t n, float max, double* out) {
 }  // namespace
 
 float LogSumExp(const float* logits, int64_t n) {
-  const float max = MaxOf(logits, n);
+  const float max = kernels::RowMax(logits, n);
   const double sum = ExpSum([&](int64_t i) { return logits[i]; }, n, max, nullptr);
   return max + static_cast<float>(std::log(sum));
 }
@@ -143,7 +127,7 @@ int64_t Sampler::Candidates(const float* logits, int64_t vocab,
     std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
                       [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
   }
-  const float max = truncate ? work_[order_[0]] : MaxOf(work_.data(), vocab);
+  const float max = truncate ? work_[order_[0]] : kernels::RowMax(work_.data(), vocab);
   probs_.resize(static_cast<size_t>(keep));
   const double total =
       ExpSum([&](int64_t i) { return work_[order_[i]]; }, keep, max, probs_.data());

@@ -61,7 +61,8 @@ class Sampler {
   std::vector<double> probs_;  // unnormalised probabilities of the candidates
 };
 
-// log Σ exp(logits[i]), accumulated in double after subtracting the max.
+// log Σ exp(logits[i]): each exp(logits[i] − max) by the vectorised float exp (≤ 2 ulp), summed in
+// double.
 float LogSumExp(const float* logits, int64_t n);
 // log-softmax of one row into `out` (same length).
 void LogSoftmax(const float* logits, int64_t n, float* out);

@@ -152,9 +152,9 @@ MNEMO_MULTIVERSION void AddBias(float* y, const float* bias, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += bias[i];
 }
 
-MNEMO_MULTIVERSION void SoftmaxRow(float* x, int64_t n) {
-  // The maximum through 16 running maxima: a single one (even as an omp simd reduction) compiled
-  // to a scalar loop bound by the compare's latency, three quarters of a prefill's softmax time.
+MNEMO_MULTIVERSION float RowMax(const float* x, int64_t n) {
+  // 16 running maxima: a single one (even as an omp simd reduction) compiled to a scalar loop
+  // bound by the compare's latency, three quarters of a prefill's softmax time.
   constexpr int kLanes = 16;
   float lanes[kLanes];
   std::fill_n(lanes, kLanes, -std::numeric_limits<float>::infinity());
@@ -165,6 +165,11 @@ MNEMO_MULTIVERSION void SoftmaxRow(float* x, int64_t n) {
   float max = -std::numeric_limits<float>::infinity();
   for (int k = 0; k < kLanes; ++k) max = std::max(max, lanes[k]);
   for (; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+MNEMO_MULTIVERSION void SoftmaxRow(float* x, int64_t n) {
+  const float max = RowMax(x, n);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {

@@ -14,6 +14,8 @@ namespace mnemo::kernels {
 void AddVectors(const float* a, const float* b, float* y, int64_t n);
 // y[i] = exp(x[i]) for x ≤ 88; inputs below -87 give 0. Max relative error ~2 ulp.
 void ExpInPlace(float* x, int64_t n);
+// The largest of x[0 … n) (−infinity for n = 0; NaNs are skipped), through 16 running maxima.
+float RowMax(const float* x, int64_t n);
 
 // LayerNorm of one row: y = (x − mean)/sqrt(var + eps)·gamma + beta, statistics in float32
 // with a two-pass variance (numerically safe for rows with a large mean). y may alias x.
