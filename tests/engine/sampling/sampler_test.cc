@@ -205,6 +205,23 @@ TEST(SamplerTest, LogSoftmaxMatchesDouble) {
   }
 }
 
+// A vocabulary-sized row (the vectorised exp over chunks, their tail, masked ids at −infinity)
+// against double within float rounding of the result.
+TEST(SamplerTest, LogSumExpOfALongRowMatchesDouble) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist(0.0f, 4.0f);
+  for (int64_t n : {1, 1023, 1024, 1025, 32000}) {
+    std::vector<float> logits(static_cast<size_t>(n));
+    for (float& l : logits) l = dist(rng);
+    for (int64_t i = 3; i < n; i += 97) logits[i] = -std::numeric_limits<float>::infinity();
+    const float max = *std::max_element(logits.begin(), logits.end());
+    double z = 0.0;
+    for (float l : logits) z += std::exp(static_cast<double>(l) - max);
+    const double want = max + std::log(z);
+    EXPECT_NEAR(LogSumExp(logits.data(), n), want, 4e-7 * std::max(1.0, std::fabs(want))) << n;
+  }
+}
+
 TEST(SamplerTest, TopLogprobsAreSortedAndCorrect) {
   SamplingParams p = Params(1.0f, 13);
   p.top_logprobs = 3;

@@ -196,6 +196,23 @@ TEST(ExpInPlaceTest, BoundaryInputs) {
   EXPECT_EQ(x[6], 0.0f);
 }
 
+// RowMax over lengths around its 16 lanes: the maximum wherever it sits (lane, tail), NaNs
+// skipped, −infinity for an empty or all −infinity row.
+TEST(RowMaxTest, FindsTheMaximumAnywhereAndSkipsNaN) {
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(RowMax(nullptr, 0), -inf);
+  for (int64_t n : {1, 15, 16, 17, 33, 1000}) {
+    for (int64_t at = 0; at < n; at += std::max<int64_t>(1, n / 7)) {
+      std::vector<float> x(static_cast<size_t>(n), -5.0f);
+      x[at] = 3.5f;
+      if (n > 1) x[(at + 1) % n] = std::nanf("");
+      EXPECT_EQ(RowMax(x.data(), n), 3.5f) << "n " << n << " at " << at;
+    }
+    std::vector<float> all(static_cast<size_t>(n), -inf);
+    EXPECT_EQ(RowMax(all.data(), n), -inf) << n;
+  }
+}
+
 TEST(SoftmaxRowTest, LargeMagnitudeInputsStayFinite) {
   std::vector<float> x = {1000.0f, 999.0f, -1000.0f, 0.0f, 1000.0f, -3e38f};
   std::vector<double> want(x.size());
