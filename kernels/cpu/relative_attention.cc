@@ -174,18 +174,22 @@ void AttendDecodeSteps(const std::vector<RelativeDecodeQuery>& queries, const Kv
                             [](int64_t v, const Job& j) { return v < j.block0; }) -
            jobs.begin() - 1;
   };
-  pool.ParallelFor(total_key_blocks + table_blocks, grain, [&](int64_t b0, int64_t b1) {
+  // Items of about one key block's work each: every query's key blocks, then the table's blocks
+  // once per query (block-major: a block's rows serve each query in turn from the cache). The pool
+  // splits a job into a few equal runs of items, so an item of every query's table rows at once
+  // left one thread a run many times the others' (B = 32 sessions: half the pass's work in the
+  // last run, the other thread idle for it).
+  pool.ParallelFor(total_key_blocks + table_blocks * count, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       if (b >= total_key_blocks) {  // positional term once per distance (beyond clamp: last row)
-        const int64_t r0 = (b - total_key_blocks) * kKeyBlock;
-        for (int64_t i = 0; i < count; ++i) {
-          const Job& job = jobs[i];
-          const RelativeDecodeQuery& q = queries[i];
-          const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
-          if (r0 < r1) {
-            DotAllHeads(table, r0, r1 - r0, q.shape.num_heads, q.shape.head_dim, job.qv,
-                        job.bd + r0, job.table_rows);
-          }
+        const int64_t r0 = (b - total_key_blocks) / count * kKeyBlock;
+        const int64_t i = (b - total_key_blocks) % count;
+        const Job& job = jobs[i];
+        const RelativeDecodeQuery& q = queries[i];
+        const int64_t r1 = std::min(job.table_rows, r0 + kKeyBlock);
+        if (r0 < r1) {
+          DotAllHeads(table, r0, r1 - r0, q.shape.num_heads, q.shape.head_dim, job.qv, job.bd + r0,
+                      job.table_rows);
         }
         continue;
       }
