@@ -83,9 +83,12 @@ tokenizer.model or vocab.words in DIR, or a byte vocabulary named by config.json
   --sparse-weights M         on (default) or off: on the CPU, pruned weight matrices run from a
                              sparse form (CSR or 2:4) wherever it moves at most 80% of the
                              dense bytes
-  --cpu-weights W            stored (default) or float32: on the CPU, a bf16 or f16 checkpoint's
-                             weight matrices stay 16-bit (half the bytes per decode step) or are
-                             widened to float32 at load (the oracle the 16-bit products match)
+  --cpu-weights W            stored (default), float32 or bf16-products: on the CPU, a bf16 or
+                             f16 checkpoint's weight matrices stay 16-bit (half the bytes per
+                             decode step) or are widened to float32 at load (the oracle the
+                             16-bit products match); bf16-products keeps them 16-bit and lets
+                             decode steps round activations to bf16 for AVX-512 BF16 dot
+                             products (faster batches; within 2^-9 of sum |x*w| of stored)
   --session-memory T         float32 (default), bfloat16 or float16: on the CPU, the dtype of
                              every session's Transformer-XL key/value memory (dense and
                              compressive layers): 16-bit halves those state bytes

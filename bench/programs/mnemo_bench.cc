@@ -103,8 +103,9 @@ struct Options {
   std::string output;
   bool all_logits = false;  // prefill: LogitsMode::kAll instead of kLast
   std::string device = "cpu";
-  bool sparse_weights = true;                                      // --sparse-weights on|off
-  engine::CpuWeights cpu_weights = engine::CpuWeights::kAsStored;  // --cpu-weights stored|float32
+  bool sparse_weights = true;  // --sparse-weights on|off
+  engine::CpuWeights cpu_weights =
+      engine::CpuWeights::kAsStored;   // --cpu-weights stored|float32|bf16-products
   DType session_memory = DType::kF32;  // --session-memory float32|bfloat16|float16
   int batch = 1;
   int64_t tokens = 1 << 20;  // stream: document length

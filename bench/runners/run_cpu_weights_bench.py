@@ -13,6 +13,9 @@ bfloat16 and float16 (cached under build/bench-models/). For each weight form:
                  16-bit, decode widens in registers, prefill widens tiles for sgemm;
   <w>+<m>mem     the same weights with `--session-memory bfloat16|float16`: the K/V memory
                  16-bit too (half the memory bytes a step reads);
+  bf16p          the bf16 checkpoint with `--cpu-weights bf16-products`: decode products round
+                 their activations to bf16 for AVX-512 BF16 dot products (opt-in, within 2^-9
+                 of sum |x*w| of bf16's; the same as bf16 on CPUs without them);
 measure with mnemo_bench:
   decode    memory 512, 64 steps per run, median tokens/s; the bytes a step reads (mnemo_bench's
             bytes_per_token: weights at their stored width + K/V memory + distance-table rows)
@@ -63,7 +66,9 @@ FORMS = (("f32", "float32", "stored", "float32"),
          ("bf16", "bfloat16", "stored", "float32"), ("f16", "float16", "stored", "float32"),
          ("f32+bf16mem", "float32", "stored", "bfloat16"),
          ("bf16+bf16mem", "bfloat16", "stored", "bfloat16"),
-         ("f16+f16mem", "float16", "stored", "float16"))
+         ("f16+f16mem", "float16", "stored", "float16"),
+         ("bf16p", "bfloat16", "bf16-products", "float32"),
+         ("bf16p+bf16mem", "bfloat16", "bf16-products", "bfloat16"))
 PREFILL_SEGMENT = 512
 TARGETS = {"decode": 0.85, "decode-f32-weights": 0.90, "prefill": 0.70}
 

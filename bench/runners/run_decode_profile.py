@@ -123,7 +123,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "teacher"))
-    ap.add_argument("--cpu-weights", default="stored", choices=("stored", "float32"))
+    ap.add_argument("--cpu-weights", default="stored",
+                    choices=("stored", "float32", "bf16-products"))
     ap.add_argument("--decode-steps", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--frequency", type=int, default=4000, help="perf samples per second")

@@ -374,6 +374,11 @@ class Backend {
   virtual absl::Status EndStep() { return absl::OkStatus(); }
   // Abandons the step after an error (its ops may or may not have run).
   virtual void AbortStep() {}
+
+  // CPU: lets Linear round the activations of decode rows against bf16 weights to bf16 for the
+  // CPU's bf16 dot products (CpuWeights::kBf16Products, kernels::HalfProducts::kBf16). Set once,
+  // before the model's first step. Other backends keep their own products and ignore it.
+  virtual void AllowBf16Products(bool /*allow*/) {}
 };
 
 // The CPU backend (OpenBLAS GEMMs, vectorised loops, the process-wide thread pool).

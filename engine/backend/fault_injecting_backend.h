@@ -113,6 +113,7 @@ class FaultInjectingBackend final : public Backend {
   absl::Status BeginStep(uint64_t key) override;
   absl::Status EndStep() override;
   void AbortStep() override { base_->AbortStep(); }
+  void AllowBf16Products(bool allow) override { base_->AllowBf16Products(allow); }
 
  private:
   // What happens to one op: run it or not, and the error to return (ok: none).

@@ -109,9 +109,10 @@ struct EnumTable<Durability> {
 
 template <>
 struct EnumTable<CpuWeights> {
-  static constexpr std::array<EnumEntry<CpuWeights>, 2> kEntries{{
+  static constexpr std::array<EnumEntry<CpuWeights>, 3> kEntries{{
       {CpuWeights::kAsStored, "stored"},
       {CpuWeights::kFloat32, "float32"},
+      {CpuWeights::kBf16Products, "bf16-products"},
   }};
 };
 
@@ -143,7 +144,7 @@ static_assert(TableInDeclarationOrder<FeatureMap>() &&
 static_assert(TableInDeclarationOrder<Durability>() &&
               EnumTable<Durability>::kEntries.size() == size_t(Durability::kSync) + 1);
 static_assert(TableInDeclarationOrder<CpuWeights>() &&
-              EnumTable<CpuWeights>::kEntries.size() == size_t(CpuWeights::kFloat32) + 1);
+              EnumTable<CpuWeights>::kEntries.size() == size_t(CpuWeights::kBf16Products) + 1);
 
 // The canonical name of `value` ("" only for a value outside the enum, i.e. a corrupted one).
 template <typename E>

@@ -12,9 +12,10 @@ namespace mnemo::engine {
 
 absl::StatusOr<CpuWeights> ParseCpuWeights(std::string_view name) {
   if (const std::optional<CpuWeights> parsed = ParseEnum<CpuWeights>(name)) return *parsed;
-  return absl::InvalidArgumentError(absl::StrCat("--cpu-weights must be ",
-                                                 absl::StrJoin(EnumNames<CpuWeights>(), " or "),
-                                                 ", got \"", std::string(name), "\""));
+  const auto names = EnumNames<CpuWeights>();  // "a, b or c"
+  return absl::InvalidArgumentError(
+      absl::StrCat("--cpu-weights must be ", absl::StrJoin(names.begin(), names.end() - 1, ", "),
+                   " or ", names.back(), ", got \"", std::string(name), "\""));
 }
 
 absl::StatusOr<DType> ParseSessionMemory(std::string_view name) {

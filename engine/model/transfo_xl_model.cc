@@ -78,6 +78,8 @@ absl::StatusOr<std::unique_ptr<TransfoXlModel>> TransfoXlModel::Create(
     RETURN_IF_ERROR(model->attention_[l]->Bind(model->weights_.layers[l], be));
   }
   if (be.device() != Device::kCpu) RETURN_IF_ERROR(be.Synchronize());
+  // After the constants above: those stay the oracle's, whatever the steps' products.
+  be.AllowBf16Products(options.cpu_weights == CpuWeights::kBf16Products);
   return model;
 }
 

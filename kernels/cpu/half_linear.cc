@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/blas.h"
 
@@ -307,43 +308,34 @@ MNEMO_AVX512 inline __attribute__((always_inline)) void TileStepAvx512(const flo
   }
 }
 
-// y[r, j] = Σ_i x[r, i] · w[j, i] (+ bias[j]) for r < R, j < NR.
-template <WeightType T, int R, int NR>
-MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
-                             const float* bias, float* y, int64_t ldy, int64_t in) {
-  __m512 acc[R][NR];
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
-  }
-  const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
-  constexpr int64_t kStepBytes = 32 * static_cast<int64_t>(sizeof(Elem<T>));  // per row
-  int64_t i = 0;
-  if (ldw == in) {  // rows one after another: prefetch ahead (every line of 32 columns)
-    const bool next_tile = NextTilePrefetch();
-    // The next tile's rows follow this tile's: its lines in order, NR of them a step, so the
-    // whole tile has been asked for when this one ends (past the last tile: a harmless miss).
-    const auto* next = reinterpret_cast<const char*>(w + NR * ldw);
-    for (; i < pairs; i += 32) {
-      for (int j = 0; j < NR; ++j) {
-        for (int64_t b = 0; b < kStepBytes; b += 64) {
-          if (next_tile) {
-            _mm_prefetch(next + (i / 32 * NR + j) * kStepBytes + b, _MM_HINT_T1);
-          } else {
-            _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead) + b,
-                         _MM_HINT_T0);
-          }
-        }
+// Before the step of 32 columns at `i` over NR contiguous weight rows `ldw` apart: asks for the
+// lines the next steps read (kPrefetchAhead, NextTilePrefetch).
+template <int NR, typename E>
+MNEMO_AVX512 inline __attribute__((always_inline)) void PrefetchTileStep(const E* w, int64_t ldw,
+                                                                         int64_t i,
+                                                                         bool next_tile) {
+  constexpr int64_t kStepBytes = 32 * static_cast<int64_t>(sizeof(E));  // per row
+  // The next tile's rows follow this tile's: its lines in order, NR of them a step, so the whole
+  // tile has been asked for when this one ends (past the last tile: a harmless miss).
+  const auto* next = reinterpret_cast<const char*>(w + NR * ldw);
+  for (int j = 0; j < NR; ++j) {
+    for (int64_t b = 0; b < kStepBytes; b += 64) {
+      if (next_tile) {
+        _mm_prefetch(next + (i / 32 * NR + j) * kStepBytes + b, _MM_HINT_T1);
+      } else {
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + i + kPrefetchAhead) + b,
+                     _MM_HINT_T0);
       }
-      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
-      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i + 16, 0xffff, acc);
     }
   }
-  for (; i < singles; i += 16) TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
-  if (i < in) {
-    const auto tail = static_cast<__mmask16>((1u << (in - i)) - 1u);
-    TileStepAvx512<T, R, NR, true>(x, ldx, w, ldw, i, tail, acc);
-  }
-  // Each accumulator's lanes summed, 16 accumulators at a time (zeros pad the last sixteen).
+}
+
+// y[r, j] = the sum of acc[r][j]'s lanes (+ bias[j]), 16 accumulators at a time (zeros pad the
+// last sixteen).
+template <int R, int NR>
+MNEMO_AVX512 inline __attribute__((always_inline)) void StoreTileSums(const __m512 (&acc)[R][NR],
+                                                                      const float* bias, float* y,
+                                                                      int64_t ldy) {
   constexpr int kAcc = R * NR, kChunks = (kAcc + 15) / 16;
   alignas(64) float sums[kChunks * 16];
   for (int c = 0; c < kChunks; ++c) {
@@ -359,6 +351,32 @@ MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const Elem<T>* w, int6
       y[r * ldy + j] = sums[r * NR + j] + (bias != nullptr ? bias[j] : 0.0f);
     }
   }
+}
+
+// y[r, j] = Σ_i x[r, i] · w[j, i] (+ bias[j]) for r < R, j < NR.
+template <WeightType T, int R, int NR>
+MNEMO_AVX512 void TileAvx512(const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
+                             const float* bias, float* y, int64_t ldy, int64_t in) {
+  __m512 acc[R][NR];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const int64_t pairs = in / 32 * 32, singles = in / 16 * 16;
+  int64_t i = 0;
+  if (ldw == in) {  // rows one after another: prefetch ahead (every line of 32 columns)
+    const bool next_tile = NextTilePrefetch();
+    for (; i < pairs; i += 32) {
+      PrefetchTileStep<NR>(w, ldw, i, next_tile);
+      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
+      TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i + 16, 0xffff, acc);
+    }
+  }
+  for (; i < singles; i += 16) TileStepAvx512<T, R, NR, false>(x, ldx, w, ldw, i, 0xffff, acc);
+  if (i < in) {
+    const auto tail = static_cast<__mmask16>((1u << (in - i)) - 1u);
+    TileStepAvx512<T, R, NR, true>(x, ldx, w, ldw, i, tail, acc);
+  }
+  StoreTileSums(acc, bias, y, ldy);
 }
 
 // R activation rows against `out` weight rows: WeightRowsAvx512(R) of them at a time, the rest
@@ -377,6 +395,90 @@ MNEMO_AVX512 void GemvAvx512(const float* x, int64_t ldx, const Elem<T>* w, int6
                         in);
   }
 }
+
+// ---- AVX-512 BF16: products of bf16 activations and bf16 weights (HalfProducts::kBf16) ----
+
+#define MNEMO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,avx512bf16")))
+
+// One step of 32 columns (the masked tail when `m` is not all ones) for R bf16 activation rows
+// against NR bf16 weight rows `ldw` apart: each accumulator lane adds the products of one pair
+// of columns (vdpbf16ps), one accumulator per (row, weight row) pair as in TileStepAvx512, so a
+// batch computes what its rows compute alone, bit for bit.
+template <int R, int NR, bool kMasked>
+MNEMO_AVX512_BF16 inline __attribute__((always_inline)) void Bf16TileStep(
+    const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t i, __mmask32 m,
+    __m512 (&acc)[R][NR]) {
+  __m512i wv[NR];
+  for (int j = 0; j < NR; ++j) {
+    wv[j] = kMasked ? _mm512_maskz_loadu_epi16(m, w + j * ldw + i)
+                    : _mm512_loadu_si512(w + j * ldw + i);
+  }
+  for (int r = 0; r < R; ++r) {
+    __m512i xv = kMasked ? _mm512_maskz_loadu_epi16(m, x + r * ldx + i)
+                         : _mm512_loadu_si512(x + r * ldx + i);
+    asm("" : "+v"(xv));  // one load for the NR products, as in TileStepAvx512
+    for (int j = 0; j < NR; ++j) {
+      acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)xv, (__m512bh)wv[j]);
+    }
+  }
+}
+
+// y[r, j] = Σ_i x[r, i] · w[j, i] (+ bias[j]) for r < R, j < NR, x and w bf16.
+template <int R, int NR>
+MNEMO_AVX512_BF16 void Bf16TileAvx512(const uint16_t* x, int64_t ldx, const uint16_t* w,
+                                      int64_t ldw, const float* bias, float* y, int64_t ldy,
+                                      int64_t in) {
+  __m512 acc[R][NR];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const int64_t steps = in / 32 * 32;
+  const bool next_tile = NextTilePrefetch();
+  int64_t i = 0;
+  for (; i < steps; i += 32) {
+    if (ldw == in) PrefetchTileStep<NR>(w, ldw, i, next_tile);
+    Bf16TileStep<R, NR, false>(x, ldx, w, ldw, i, ~__mmask32{0}, acc);
+  }
+  if (i < in) {
+    const auto tail = static_cast<__mmask32>((uint64_t{1} << (in - i)) - 1u);
+    Bf16TileStep<R, NR, true>(x, ldx, w, ldw, i, tail, acc);
+  }
+  StoreTileSums(acc, bias, y, ldy);
+}
+
+// R bf16 activation rows against `out` bf16 weight rows, WeightRowsAvx512(R) at a time as
+// GemvAvx512 (the same registers: R·NR accumulators, NR weight and one activation vector).
+template <int R>
+MNEMO_AVX512_BF16 void Bf16GemvAvx512(const uint16_t* x, int64_t ldx, const uint16_t* w,
+                                      int64_t ldw, const float* bias, float* y, int64_t ldy,
+                                      int64_t in, int64_t out) {
+  constexpr int kRows = WeightRowsAvx512(R);
+  int64_t o = 0;
+  for (; o + kRows <= out; o += kRows) {
+    Bf16TileAvx512<R, kRows>(x, ldx, w + o * ldw, ldw, bias != nullptr ? bias + o : nullptr, y + o,
+                             ldy, in);
+  }
+  for (; o < out; ++o) {
+    Bf16TileAvx512<R, 1>(x, ldx, w + o * ldw, ldw, bias != nullptr ? bias + o : nullptr, y + o, ldy,
+                         in);
+  }
+}
+
+// dst[i] = src[i] rounded to bf16, to nearest even (NaN stays NaN), 16 at a time.
+MNEMO_AVX512_BF16 void RoundToBf16Avx512(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)h);
+  }
+  if (i < n) {
+    const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
+  }
+}
+
+#undef MNEMO_AVX512_BF16
 
 // y[c] += Σ_r p[r]·w[r, c]: 64 columns at a time in four accumulators (masked at the end), each
 // 16-bit row read once.
@@ -492,9 +594,12 @@ MNEMO_AVX512 void WidenAvx512(const uint16_t* src, float scale, float* dst, int6
 
 // ---- dispatch ----
 
+// A decode kernel on one group of activation rows (x of type X) against weight rows (E).
+template <typename X, typename E>
+using RowsFn = void (*)(const X*, int64_t, const E*, int64_t, const float*, float*, int64_t,
+                        int64_t, int64_t);
 template <WeightType T>
-using GemvFn = void (*)(const float*, int64_t, const Elem<T>*, int64_t, const float*, float*,
-                        int64_t, int64_t, int64_t);
+using GemvFn = RowsFn<float, Elem<T>>;
 
 template <WeightType T, int R>
 GemvFn<T> GemvFor(HalfIsa isa) {
@@ -504,37 +609,36 @@ GemvFn<T> GemvFor(HalfIsa isa) {
   return &GemvAvx512<T, R>;
 }
 
-// The kernel for a group of `rows` (at most the ISA's row group).
-template <WeightType T>
-GemvFn<T> GemvForRows(HalfIsa isa, int rows) {
+// fn(std::integral_constant<int, R>{}) for a group of R = `rows` activation rows (1–8; more
+// than 8: 8), so the kernels get the group's size as a constant.
+template <typename Fn>
+auto WithRowGroup(int rows, Fn&& fn) {
   switch (rows) {
     case 1:
-      return GemvFor<T, 1>(isa);
+      return fn(std::integral_constant<int, 1>{});
     case 2:
-      return GemvFor<T, 2>(isa);
+      return fn(std::integral_constant<int, 2>{});
     case 3:
-      return GemvFor<T, 3>(isa);
+      return fn(std::integral_constant<int, 3>{});
     case 4:
-      return GemvFor<T, 4>(isa);
+      return fn(std::integral_constant<int, 4>{});
     case 5:
-      return GemvFor<T, 5>(isa);
+      return fn(std::integral_constant<int, 5>{});
     case 6:
-      return GemvFor<T, 6>(isa);
+      return fn(std::integral_constant<int, 6>{});
     case 7:
-      return GemvFor<T, 7>(isa);
+      return fn(std::integral_constant<int, 7>{});
     default:
-      return GemvFor<T, 8>(isa);
+      return fn(std::integral_constant<int, 8>{});
   }
 }
 
-// The decode kernel (isa kAvx512 or kAvx2; kF32 weights only kAvx512) over panels of kPanelRows
-// weight rows `ldw` apart, each against every group of activation rows.
-template <WeightType T>
-void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
-                const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
-  const int64_t group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
-  const GemvFn<T> full = GemvForRows<T>(isa, static_cast<int>(std::min(group, rows)));
-  const GemvFn<T> last = GemvForRows<T>(isa, static_cast<int>((rows - 1) % group + 1));
+// A decode kernel over panels of kPanelRows weight rows `ldw` apart, each against every group of
+// `group` activation rows (`full` for whole groups, `last` for the final one).
+template <typename X, typename E>
+void RunPanels(RowsFn<X, E> full, RowsFn<X, E> last, int64_t group, const X* x, int64_t ldx,
+               const E* w, int64_t ldw, const float* bias, float* y, int64_t ldy, int64_t rows,
+               int64_t in, int64_t out) {
   for (int64_t p0 = 0; p0 < out; p0 += kPanelRows) {
     const int64_t n = std::min(kPanelRows, out - p0);
     if (ldw != in) {
@@ -544,10 +648,21 @@ void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const Elem<T>* w, int6
     }
     const float* b = bias != nullptr ? bias + p0 : nullptr;
     for (int64_t r0 = 0; r0 < rows; r0 += group) {
-      const GemvFn<T> fn = r0 + group < rows ? full : last;
+      const RowsFn<X, E> fn = r0 + group < rows ? full : last;
       fn(x + r0 * ldx, ldx, w + p0 * ldw, ldw, b, y + r0 * ldy + p0, ldy, in, n);
     }
   }
+}
+
+// The decode kernel (isa kAvx512 or kAvx2; kF32 weights only kAvx512).
+template <WeightType T>
+void GemvPanels(HalfIsa isa, const float* x, int64_t ldx, const Elem<T>* w, int64_t ldw,
+                const float* bias, float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  const int64_t group = isa == HalfIsa::kAvx512 ? kRowGroupAvx512 : kRowGroupAvx2;
+  const auto kernel = [isa](auto r) { return GemvFor<T, decltype(r)::value>(isa); };
+  RunPanels<float, Elem<T>>(WithRowGroup(static_cast<int>(std::min(group, rows)), kernel),
+                            WithRowGroup(static_cast<int>((rows - 1) % group + 1), kernel), group,
+                            x, ldx, w, ldw, bias, y, ldy, rows, in, out);
 }
 
 // 16-bit weights of either type.
@@ -622,6 +737,26 @@ void HalfGemvRows(HalfIsa isa, const float* x, int64_t ldx, const uint16_t* w, W
     return;
   }
   HalfGemvPanels(isa, x, ldx, w, in, type, bias, y, ldy, rows, in, out);
+}
+
+bool Bf16ProductsAvailable() {
+  static const bool available = [] {
+    __builtin_cpu_init();
+    return SupportedHalfIsas().front() == HalfIsa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return available;
+}
+
+void RoundToBf16(const float* src, uint16_t* dst, int64_t n) { RoundToBf16Avx512(src, dst, n); }
+
+void Bf16GemvRows(const uint16_t* x, int64_t ldx, const uint16_t* w, const float* bias, float* y,
+                  int64_t ldy, int64_t rows, int64_t in, int64_t out) {
+  using Fn = RowsFn<uint16_t, uint16_t>;
+  const auto kernel = [](auto r) -> Fn { return &Bf16GemvAvx512<decltype(r)::value>; };
+  RunPanels<uint16_t, uint16_t>(
+      WithRowGroup(static_cast<int>(std::min<int64_t>(kRowGroupAvx512, rows)), kernel),
+      WithRowGroup(static_cast<int>((rows - 1) % kRowGroupAvx512 + 1), kernel), kRowGroupAvx512, x,
+      ldx, w, in, bias, y, ldy, rows, in, out);
 }
 
 bool FloatDecodeKernelAvailable() { return SupportedHalfIsas().front() == HalfIsa::kAvx512; }
@@ -766,8 +901,23 @@ void WidenRows(const uint16_t* src, int64_t lds, WeightType type, int64_t rows, 
 }
 
 void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
-                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool) {
+                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
+                HalfProducts products) {
   if (rows <= 0 || out <= 0) return;
+  if (products == HalfProducts::kBf16 && type == WeightType::kBF16 &&
+      rows <= kDecodeKernelMaxRows && Bf16ProductsAvailable()) {
+    // The activations rounded once, on the calling thread, for every block.
+    thread_local std::vector<uint16_t> rounded;  // grows to the largest call once, then reused
+    if (rounded.size() < static_cast<size_t>(rows * in)) rounded.resize(rows * in);
+    for (int64_t r = 0; r < rows; ++r) RoundToBf16(x + r * ldx, rounded.data() + r * in, in);
+    // A pointer, not the thread_local by name: a worker naming it would get its own copy.
+    const uint16_t* xb = rounded.data();
+    ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
+      Bf16GemvRows(xb, in, w + o0 * in, bias != nullptr ? bias + o0 : nullptr, y + o0, ldy, rows,
+                   in, n);
+    });
+    return;
+  }
   const HalfIsa isa = SupportedHalfIsas().front();
   ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
     const float* b = bias != nullptr ? bias + o0 : nullptr;

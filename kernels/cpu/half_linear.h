@@ -10,6 +10,11 @@
 // its bf16 kernels (`cblas_sbgemm`), and sgemm on widened tiles keeps the float32 activations
 // exact. The AVX-512 decode kernel also runs float32 weights and float32 key/value rows (Float*
 // below), so a float32 batch computes what its rows compute alone too.
+//
+// HalfProducts::kBf16 (opt-in: `--cpu-weights bf16-products`) trades that exactness for the
+// multiply rate of AVX-512 BF16: a compute-bound batch of decode rows against bf16 weights rounds
+// its activations to bf16 and sums bf16 × bf16 products in float32 with vdpbf16ps, 32 products an
+// instruction where a float32 multiply-add does 16.
 #pragma once
 
 #include <cstdint>
@@ -34,11 +39,37 @@ const std::vector<HalfIsa>& SupportedHalfIsas();
 // likewise (FloatGemvRows): B = 32 393 → 414 tok/s against sgemm, one session 101 → 109.
 inline constexpr int64_t kDecodeKernelMaxRows = 32;
 
+// How HalfLinear multiplies bf16 weights on decode rows.
+enum class HalfProducts : uint8_t {
+  // Each weight widened exactly, float32 activations: the float32 product of the widened weights
+  // up to the order of the sums. The default; f16 weights and prefill rows always.
+  kFloat32,
+  // Where the CPU has AVX-512 BF16 (Bf16ProductsAvailable), calls of at most
+  // kDecodeKernelMaxRows rows against bf16 weights round each activation to bf16 (to nearest
+  // even) and take Bf16GemvRows: each product exact, sums in float32 as the decode kernel's (a
+  // batch still computes what its rows compute alone, bit for bit). Rounding adds at most 2⁻⁹ of
+  // Σ|x·w| to an output. Elsewhere (other CPUs, f16 weights, calls of more rows: prefill) as
+  // kFloat32: a permission, not a requirement. On one Zen 4 core, 32 rows with the data in L2:
+  // 94 → 165 GFLOP/s at in = 512, 100 → 124 at in = 2048; B = 32 sessions of the 12-layer
+  // benchmark model (2 vCPUs), bf16 weights + bf16 memory 681 → 783 tok/s, one session alike.
+  kBf16,
+};
+
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ (+ bias[out] when not null), w stored as `type`
-// (kBF16 or kF16),
-// split over `pool` by blocks of output columns. Strides are in elements.
+// (kBF16 or kF16), split over `pool` by blocks of output columns. Strides are in elements.
 void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type, const float* bias,
-                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool);
+                float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
+                HalfProducts products = HalfProducts::kFloat32);
+
+// Whether this CPU runs HalfProducts::kBf16's kernel (AVX-512 F, BW, VL and BF16).
+bool Bf16ProductsAvailable();
+// That kernel on one block, single-threaded (Bf16ProductsAvailable only): y[r, o] =
+// Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows (any count), x and w bf16, sums in float32
+// (vdpbf16ps: bf16 inputs below the normal range count as zero, as do float32 results).
+void Bf16GemvRows(const uint16_t* x, int64_t ldx, const uint16_t* w, const float* bias, float* y,
+                  int64_t ldy, int64_t rows, int64_t in, int64_t out);
+// dst[i] = src[i] rounded to bf16, to nearest even (Bf16ProductsAvailable only: vcvtneps2bf16).
+void RoundToBf16(const float* src, uint16_t* dst, int64_t n);
 
 // The decode kernel on one block, single-threaded, with a chosen instruction set (tests compare
 // each with the others): y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows (any count).

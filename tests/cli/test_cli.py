@@ -453,7 +453,8 @@ def test_bad_state_files_give_clear_errors(model, mixed_model, tmp_path):
 def test_16bit_weights_score_like_float32_weights(model, tmp_path, dtype):
     """A 16-bit checkpoint scores the same with its weights kept 16-bit (`--cpu-weights stored`,
     the default) as widened to float32 at load (`float32`, the oracle form), in prefill segments
-    and decode steps; a bad value is refused naming the flag."""
+    and decode steps, and near it with `bf16-products` (activations rounded to bf16 in decode
+    products: within the server test's bound); a bad value is refused naming the flag."""
     with open(os.path.join(model, "config.json")) as f:
         config = json.load(f)
     config.update(torch_dtype=dtype)
@@ -476,9 +477,11 @@ def test_16bit_weights_score_like_float32_weights(model, tmp_path, dtype):
         stored, widened = scores(segment_len, "stored"), scores(segment_len, "float32")
         assert len(stored) == len(ids) - 1
         assert stored == pytest.approx(widened, abs=1e-4)
+        assert scores(segment_len, "bf16-products") == pytest.approx(widened, abs=5e-2)
     bad = run("score", "--model", str(out), "--ids-file", str(ids_path), "--cpu-weights", "f16",
               check=False)
-    assert bad.returncode != 0 and "--cpu-weights must be stored or float32" in bad.stderr
+    assert bad.returncode != 0
+    assert "--cpu-weights must be stored, float32 or bf16-products" in bad.stderr
 
 
 def test_16bit_session_memory_scores_close_to_float32_memory(model, tmp_path):

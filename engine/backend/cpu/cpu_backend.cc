@@ -77,7 +77,7 @@ absl::Status CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* 
                     pool_);
   } else {
     kernels::HalfLinear(x.data<float>(), in, w.data<uint16_t>(), WeightTypeOf(w.dtype()), b,
-                        y.data<float>(), out, rows, in, out, pool_);
+                        y.data<float>(), out, rows, in, out, pool_, half_products_);
   }
   return absl::OkStatus();
 }

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 
 #include "engine/backend/backend.h"
+#include "kernels/cpu/half_linear.h"
 #include "kernels/cpu/kv_span.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -78,11 +79,16 @@ class CpuBackend final : public Backend {
   absl::Status CompressMemory(const std::vector<CompressArgs>& batch) override;
   absl::Status AppendToMemory(const std::vector<MemoryAppendArgs>& batch) override;
 
+  void AllowBf16Products(bool allow) override {
+    half_products_ = allow ? kernels::HalfProducts::kBf16 : kernels::HalfProducts::kFloat32;
+  }
+
  private:
   // One sequence's compressive-memory update (compression.cc).
   absl::Status CompressOne(const CompressArgs& a);
 
   kernels::ThreadPool& pool_;
+  kernels::HalfProducts half_products_ = kernels::HalfProducts::kFloat32;
 };
 
 }  // namespace mnemo::engine::cpu

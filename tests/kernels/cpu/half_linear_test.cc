@@ -3,7 +3,9 @@
 // rows and widened tiles + sgemm, inline and on a multi-threaded pool) against a double-precision
 // product of the widened weights, over lengths around the vector widths and unrolls, rows around
 // the row group, padded x / y rows (x padding poisoned with NaN so a read shows up, y padding
-// checked untouched). The same kernels on float32 weights and rows (Linear's decode rows).
+// checked untouched). The same kernels on float32 weights and rows (Linear's decode rows). The
+// bf16-products kernel (HalfProducts::kBf16) against double on the same bf16 values, and
+// HalfLinear with it within its rounding bound of the float32 activations' product.
 #include "kernels/cpu/half_linear.h"
 
 #include <algorithm>
@@ -363,6 +365,136 @@ TEST(HalfLinearTest, LinearMatchesDoubleInlineAndThreaded) {
                                        " out ", out, with_bias ? " bias" : ""));
           }
         }
+      }
+    }
+  }
+}
+
+// ---- HalfProducts::kBf16: bf16 activations × bf16 weights (AVX-512 BF16) ----
+
+// RoundToBf16 rounds to nearest even like base/dtype's FloatToBFloat16 (ties both ways,
+// infinities, NaN kept NaN, lengths around the 16-lane vector), writing nothing past n.
+TEST(HalfLinearTest, Bf16ProductsRoundActivationsToNearestEven) {
+  if (!Bf16ProductsAvailable()) GTEST_SKIP() << "this CPU has no AVX-512 BF16";
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> dist(-3.0f, 3.0f);
+  for (int64_t n : {1, 15, 16, 17, 40}) {
+    std::vector<float> src(static_cast<size_t>(n));
+    for (float& v : src) v = dist(rng);
+    // Exact ties (round to even both ways), the largest finite float, infinities and NaN.
+    const float specials[] = {
+        std::bit_cast<float>(0x3f808000u),       std::bit_cast<float>(0x3f818000u),
+        std::numeric_limits<float>::max(),       std::numeric_limits<float>::infinity(),
+        -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+    for (size_t k = 0; k < std::size(specials) && k < src.size(); ++k) src[k] = specials[k];
+    std::vector<uint16_t> dst(static_cast<size_t>(n + 3), 0xabcd);
+    RoundToBf16(src.data(), dst.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isnan(src[i])) {
+        EXPECT_TRUE(std::isnan(BFloat16ToFloat(dst[i]))) << "n " << n << " at " << i;
+      } else {
+        EXPECT_EQ(dst[i], FloatToBFloat16(src[i])) << "n " << n << " at " << i << " " << src[i];
+      }
+    }
+    for (int64_t i = n; i < n + 3; ++i) EXPECT_EQ(dst[i], 0xabcd) << "wrote past n " << n;
+  }
+}
+
+// A product's operands for Bf16GemvRows: a Problem whose activations are bf16 values, in float
+// (p.x, for the double reference) and bf16 (xb, rows p.ldx apart, padding poisoned with NaN).
+std::vector<uint16_t> RoundedActivations(Problem& p) {
+  std::vector<uint16_t> xb(p.x.size(), 0x7fc0);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    for (int64_t i = 0; i < p.in; ++i) {
+      const size_t at = static_cast<size_t>(r * p.ldx + i);
+      xb[at] = FloatToBFloat16(p.x[at]);
+      p.x[at] = BFloat16ToFloat(xb[at]);
+    }
+  }
+  return xb;
+}
+
+// Bf16GemvRows against the double product of the same bf16 values (each product exact, float32
+// sums: ExpectMatches's bound), over lengths around the 32-column step and rows around the
+// row group; a batch computes what each row does alone, bit for bit.
+TEST(HalfLinearTest, Bf16ProductsMatchDoubleAndSingleRows) {
+  if (!Bf16ProductsAvailable()) GTEST_SKIP() << "this CPU has no AVX-512 BF16";
+  std::mt19937 rng(23);
+  for (int64_t rows : {1, 2, 3, 5, 8, 11, 32}) {
+    for (int64_t in : {1, 2, 31, 32, 33, 63, 64, 65, 100, 513}) {
+      for (bool with_bias : {false, true}) {
+        Problem p = MakeProblem(rows, in, 61, WeightType::kBF16, rng);
+        const std::vector<uint16_t> xb = RoundedActivations(p);
+        std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
+        Bf16GemvRows(xb.data(), p.ldx, p.w.data(), with_bias ? p.bias.data() : nullptr, y.data(),
+                     p.ldy, rows, in, p.out);
+        const std::string what =
+            absl::StrCat("bf16 products rows ", rows, " in ", in, with_bias ? " bias" : "");
+        ExpectMatches(p, WeightType::kBF16, with_bias, y, what);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::vector<float> single(static_cast<size_t>(p.out), kPoison);
+          Bf16GemvRows(xb.data() + r * p.ldx, p.ldx, p.w.data(),
+                       with_bias ? p.bias.data() : nullptr, single.data(), p.out, 1, in, p.out);
+          for (int64_t o = 0; o < p.out; ++o) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(y[r * p.ldy + o]), std::bit_cast<uint32_t>(single[o]))
+                << what << " row " << r << " out " << o;
+          }
+        }
+      }
+    }
+  }
+}
+
+// HalfLinear with HalfProducts::kBf16: decode rows against bf16 weights within the rounding
+// bound of the float32 activations' product (2⁻⁹ of Σ|x·w| for the rounding, plus the float32
+// sums'), inline and threaded alike bit for bit; f16 weights and prefill rows (more than
+// kDecodeKernelMaxRows) compute what HalfProducts::kFloat32 does on the same pool, bit for bit.
+TEST(HalfLinearTest, LinearWithBf16ProductsWithinRoundingBound) {
+  if (!Bf16ProductsAvailable()) GTEST_SKIP() << "this CPU has no AVX-512 BF16";
+  std::mt19937 rng(29);
+  ThreadPool inline_pool(1), threaded(3);
+  for (WeightType type : {WeightType::kBF16, WeightType::kF16}) {
+    for (int64_t rows : {int64_t{1}, int64_t{13}, kDecodeKernelMaxRows, int64_t{37}}) {
+      const Problem p = MakeProblem(rows, 200, 300, type, rng);
+      std::vector<float> y(static_cast<size_t>(rows * p.ldy), kPoison);
+      std::vector<float> threaded_y = y, exact_y = y;
+      HalfLinear(p.x.data(), p.ldx, p.w.data(), type, p.bias.data(), y.data(), p.ldy, rows, p.in,
+                 p.out, inline_pool, HalfProducts::kBf16);
+      HalfLinear(p.x.data(), p.ldx, p.w.data(), type, p.bias.data(), threaded_y.data(), p.ldy, rows,
+                 p.in, p.out, threaded, HalfProducts::kBf16);
+      HalfLinear(p.x.data(), p.ldx, p.w.data(), type, p.bias.data(), exact_y.data(), p.ldy, rows,
+                 p.in, p.out, inline_pool, HalfProducts::kFloat32);
+      const std::string what = absl::StrCat(Name(type), " rows ", rows);
+      const bool rounded = type == WeightType::kBF16 && rows <= kDecodeKernelMaxRows;
+      int wrong = 0, differ = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t o = 0; o < p.ldy; ++o) {
+          const size_t at = static_cast<size_t>(r * p.ldy + o);
+          if (!rounded || o >= p.out) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(y[at]), std::bit_cast<uint32_t>(exact_y[at]))
+                << what << " y[" << r << "," << o << "]";
+            continue;
+          }
+          double sum = p.bias[o], magnitude = std::fabs(p.bias[o]);
+          for (int64_t i = 0; i < p.in; ++i) {
+            const double term =
+                static_cast<double>(p.x[r * p.ldx + i]) * p.Weight(type, o * p.in + i);
+            sum += term;
+            magnitude += std::fabs(term);
+          }
+          const double bound = (0x1p-9 + static_cast<double>(p.in + 1) * 0x1p-24) * magnitude;
+          if (!(std::fabs(y[at] - sum) <= bound) && ++wrong < 4) {
+            ADD_FAILURE() << what << " y[" << r << "," << o << "] = " << y[at] << ", want " << sum;
+          }
+          differ += y[at] != exact_y[at];
+          // The kernel's sums do not depend on the column blocks the pool splits the product in.
+          ASSERT_EQ(std::bit_cast<uint32_t>(y[at]), std::bit_cast<uint32_t>(threaded_y[at]))
+              << what << " threaded, y[" << r << "," << o << "]";
+        }
+      }
+      EXPECT_EQ(wrong, 0) << what;
+      if (rounded) {
+        EXPECT_GT(differ, 0) << what << ": the activations were not rounded";
       }
     }
   }
