@@ -68,7 +68,8 @@ bool Bf16ProductsAvailable();
 // (vdpbf16ps: bf16 inputs below the normal range count as zero, as do float32 results).
 void Bf16GemvRows(const uint16_t* x, int64_t ldx, const uint16_t* w, const float* bias, float* y,
                   int64_t ldy, int64_t rows, int64_t in, int64_t out);
-// dst[i] = src[i] rounded to bf16, to nearest even (Bf16ProductsAvailable only: vcvtneps2bf16).
+// dst[i] = src[i] rounded to bf16, to nearest even, float32 subnormals to zero
+// (Bf16ProductsAvailable only: vcvtneps2bf16).
 void RoundToBf16(const float* src, uint16_t* dst, int64_t n);
 
 // The decode kernel on one block, single-threaded, with a chosen instruction set (tests compare
