@@ -433,10 +433,11 @@ MNEMO_AVX512_BF16 void Bf16TileAvx512(const uint16_t* x, int64_t ldx, const uint
     for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
   }
   const int64_t steps = in / 32 * 32;
+  const bool contiguous = ldw == in;  // rows one after another: prefetch ahead as TileAvx512
   const bool next_tile = NextTilePrefetch();
   int64_t i = 0;
   for (; i < steps; i += 32) {
-    if (ldw == in) PrefetchTileStep<NR>(w, ldw, i, next_tile);
+    if (contiguous) PrefetchTileStep<NR>(w, ldw, i, next_tile);
     Bf16TileStep<R, NR, false>(x, ldx, w, ldw, i, ~__mmask32{0}, acc);
   }
   if (i < in) {
@@ -904,24 +905,22 @@ void HalfLinear(const float* x, int64_t ldx, const uint16_t* w, WeightType type,
                 float* y, int64_t ldy, int64_t rows, int64_t in, int64_t out, ThreadPool& pool,
                 HalfProducts products) {
   if (rows <= 0 || out <= 0) return;
+  // kBf16: the activations rounded once, on the calling thread, for every block; xb is a pointer
+  // rather than the thread_local by name, which a worker would resolve to its own copy.
+  const uint16_t* xb = nullptr;
   if (products == HalfProducts::kBf16 && type == WeightType::kBF16 &&
       rows <= kDecodeKernelMaxRows && Bf16ProductsAvailable()) {
-    // The activations rounded once, on the calling thread, for every block.
     thread_local std::vector<uint16_t> rounded;  // grows to the largest call once, then reused
     if (rounded.size() < static_cast<size_t>(rows * in)) rounded.resize(rows * in);
     for (int64_t r = 0; r < rows; ++r) RoundToBf16(x + r * ldx, rounded.data() + r * in, in);
-    // A pointer, not the thread_local by name: a worker naming it would get its own copy.
-    const uint16_t* xb = rounded.data();
-    ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
-      Bf16GemvRows(xb, in, w + o0 * in, bias != nullptr ? bias + o0 : nullptr, y + o0, ldy, rows,
-                   in, n);
-    });
-    return;
+    xb = rounded.data();
   }
   const HalfIsa isa = SupportedHalfIsas().front();
   ForColumnBlocks(rows, in, out, pool, [&](int64_t o0, int64_t n) {
     const float* b = bias != nullptr ? bias + o0 : nullptr;
-    if (rows <= kDecodeKernelMaxRows) {
+    if (xb != nullptr) {
+      Bf16GemvRows(xb, in, w + o0 * in, b, y + o0, ldy, rows, in, n);
+    } else if (rows <= kDecodeKernelMaxRows) {
       HalfGemvRows(isa, x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);
     } else {
       WidenedGemm(x, ldx, w + o0 * in, type, b, y + o0, ldy, rows, in, n);
